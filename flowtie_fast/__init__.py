@@ -1,0 +1,40 @@
+"""flowtie_fast: phase and phase gradient from defocused intensity triplets.
+
+The data path, top to bottom::
+
+    FocalTriplet / FocalSeries     (triplet.py)  measured planes, dz, pixel size, energy
+      -> focal derivative kernels  (backend.py)  CUDA kernels or Numba twins
+      -> PoissonSolver operators   (poisson.py)  FFT / DCT plans, one discretisation
+      -> TIESolver methods         (solvers.py)  tie-uniform, tie, tie-exact, gd, icom
+      -> Reconstruction            phase (rad), gradient (rad/Å), TIE residual
+
+Conventions (units, signs, axes) are those of the project's DESIGN notes:
+lengths in Å, energy in eV, phase in rad, phase gradient in rad/Å.
+"""
+
+from .backend import Backend, get_backend, gpu_available
+from .errors import BackendError, InputError
+from .physics import wavelength, wavenumber
+from .poisson import PoissonSolver
+from .solvers import METHODS, Reconstruction, TIESolver, reconstruct
+from .triplet import FocalSeries, FocalTriplet, focal_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "Backend",
+    "BackendError",
+    "FocalSeries",
+    "FocalTriplet",
+    "InputError",
+    "PoissonSolver",
+    "Reconstruction",
+    "TIESolver",
+    "focal_weights",
+    "get_backend",
+    "gpu_available",
+    "reconstruct",
+    "wavelength",
+    "wavenumber",
+]

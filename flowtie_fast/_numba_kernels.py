@@ -1,0 +1,191 @@
+"""Numba twins of the CUDA kernels (``kernels/flowtie_ops.cuh``).
+
+Each function computes exactly what the CUDA kernel of the same name
+computes, row-parallel with ``prange``, into caller-supplied outputs; the
+backend in :mod:`flowtie_fast.backend` wraps them. Scalars are passed in the
+array dtype so that float32 work stays float32. Compiled lazily per dtype and
+cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+_jit = njit(parallel=True, cache=True, fastmath=False, nogil=True)
+_inline = njit(inline="always", cache=True, nogil=True)
+
+
+@_jit
+def focal_derivative3(minus, zero, plus, out, wm, wz, wp):
+    ny, nx = out.shape
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        for j in range(nx):
+            out[i, j] = wm * minus[i, j] + wz * zero[i, j] + wp * plus[i, j]
+
+
+@_jit
+def focal_derivative_n(stack, w, out):
+    n, ny, nx = stack.shape
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        for j in range(nx):
+            acc = out.dtype.type(0)
+            for k in range(n):
+                acc += w[k] * stack[k, i, j]
+            out[i, j] = acc
+
+
+@_inline
+def _next(i, n, mirror):
+    if i + 1 < n:
+        return i + 1
+    return -1 if mirror else 0
+
+
+@_inline
+def _prev(i, n, mirror):
+    if i > 0:
+        return i - 1
+    return -1 if mirror else n - 1
+
+
+@_jit
+def fd_gradient(u, gy, gx, inv_h0, inv_h1, mirror, centred):
+    ny, nx = u.shape
+    half = u.dtype.type(0.5)
+    zero = u.dtype.type(0)
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        for j in range(nx):
+            if centred:
+                up = i + 1 if i + 1 < ny else (i if mirror else 0)
+                dn = i - 1 if i > 0 else (0 if mirror else ny - 1)
+                rt = j + 1 if j + 1 < nx else (j if mirror else 0)
+                lf = j - 1 if j > 0 else (0 if mirror else nx - 1)
+                gy[i, j] = (u[up, j] - u[dn, j]) * (half * inv_h0)
+                gx[i, j] = (u[i, rt] - u[i, lf]) * (half * inv_h1)
+            else:
+                up = _next(i, ny, mirror)
+                rt = _next(j, nx, mirror)
+                gy[i, j] = zero if up < 0 else (u[up, j] - u[i, j]) * inv_h0
+                gx[i, j] = zero if rt < 0 else (u[i, rt] - u[i, j]) * inv_h1
+
+
+@_jit
+def fd_divergence(gy, gx, out, inv_h0, inv_h1, mirror):
+    ny, nx = out.shape
+    zero = out.dtype.type(0)
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        dn = _prev(i, ny, mirror)
+        for j in range(nx):
+            lf = _prev(j, nx, mirror)
+            fy = zero if (mirror and i == ny - 1) else gy[i, j]
+            fx = zero if (mirror and j == nx - 1) else gx[i, j]
+            fy_prev = zero if dn < 0 else gy[dn, j]
+            fx_prev = zero if lf < 0 else gx[i, lf]
+            out[i, j] = (fy - fy_prev) * inv_h0 + (fx - fx_prev) * inv_h1
+
+
+@_inline
+def _flux_y(u, w, i, j, inv_h0, floor, mirror, divide):
+    ny = u.shape[0]
+    q = _next(i, ny, mirror)
+    if q < 0:
+        return u[i, j] * 0
+    m = (w[i, j] + w[q, j]) * 0.5
+    if divide:
+        m = 1 / (m if m > floor else floor)
+    return (u[q, j] - u[i, j]) * inv_h0 * m
+
+
+@_inline
+def _flux_x(u, w, i, j, inv_h1, floor, mirror, divide):
+    nx = u.shape[1]
+    q = _next(j, nx, mirror)
+    if q < 0:
+        return u[i, j] * 0
+    m = (w[i, j] + w[i, q]) * 0.5
+    if divide:
+        m = 1 / (m if m > floor else floor)
+    return (u[i, q] - u[i, j]) * inv_h1 * m
+
+
+@_jit
+def weighted_divergence(u, w, out, inv_h0, inv_h1, floor, mirror, divide):
+    ny, nx = u.shape
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        dn = _prev(i, ny, mirror)
+        for j in range(nx):
+            lf = _prev(j, nx, mirror)
+            fy = _flux_y(u, w, i, j, inv_h0, floor, mirror, divide)
+            fx = _flux_x(u, w, i, j, inv_h1, floor, mirror, divide)
+            fy_prev = u[i, j] * 0 if dn < 0 else _flux_y(u, w, dn, j, inv_h0, floor, mirror, divide)
+            fx_prev = u[i, j] * 0 if lf < 0 else _flux_x(u, w, i, lf, inv_h1, floor, mirror, divide)
+            out[i, j] = (fy - fy_prev) * inv_h0 + (fx - fx_prev) * inv_h1
+
+
+@_jit
+def vector_scale(gy, gx, w, floor, divide):
+    ny, nx = w.shape
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        for j in range(nx):
+            s = w[i, j]
+            if divide:
+                s = 1 / (s if s > floor else floor)
+            gy[i, j] *= s
+            gx[i, j] *= s
+
+
+@_inline
+def _inv_lap(s, alpha):
+    if not (s > 0):
+        return s * 0
+    return -s / (s * s + alpha)
+
+
+@_jit
+def inverse_laplacian(data, sy, sx, alpha, scale):
+    ny, nxs = data.shape
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        for j in range(nxs):
+            data[i, j] *= scale * _inv_lap(sy[i] + sx[j], alpha)
+
+
+@_jit
+def spectral_gradient(F, Gy, Gx, ky, kx, scale):
+    ny, nxh = F.shape
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        a = ky[i] * scale
+        for j in range(nxh):
+            b = kx[j] * scale
+            re = F[i, j].real
+            im = F[i, j].imag
+            Gy[i, j] = complex(-a * im, a * re)
+            Gx[i, j] = complex(-b * im, b * re)
+
+
+@_jit
+def spectral_divergence(Gy, Gx, out, ky, kx, sy, sx, alpha, scale, poisson):
+    ny, nxh = out.shape
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        for j in range(nxh):
+            re = ky[i] * Gy[i, j].real + kx[j] * Gx[i, j].real
+            im = ky[i] * Gy[i, j].imag + kx[j] * Gx[i, j].imag
+            f = scale
+            if poisson:
+                f = f * _inv_lap(sy[i] + sx[j], alpha)
+            out[i, j] = complex(-im * f, re * f)
+
+
+def set_threads(n: int) -> None:
+    """Set Numba's thread count for the calling thread (thread-local in Numba)."""
+    numba.set_num_threads(n)

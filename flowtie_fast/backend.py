@@ -1,0 +1,373 @@
+"""The one backend object: NumPy + Numba + pyFFTW on the CPU, CuPy + CUDA + cuFFT on the GPU.
+
+Solvers are written once against :class:`Backend`: its ``xp`` (the array
+module), its kernels (the Numba twins or the CUDA kernels, same signatures) and
+its transform plans (:class:`RealFFTPlan`, :class:`DCTPlan`), which own their
+buffers so that repeated transforms of one shape allocate nothing new on the
+CPU.
+
+Transforms are unnormalised: a forward-inverse pair multiplies by
+``1 / plan.roundtrip_scale``; the solvers fold ``roundtrip_scale`` into the
+Fourier multipliers instead of spending a pass on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import warnings
+
+import numpy as np
+
+from .errors import BackendError
+
+__all__ = ["Backend", "get_backend", "gpu_available"]
+
+_FFTW_FLAGS = ("FFTW_MEASURE",)
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_available() -> bool:
+    """True when CuPy imports, sees a device, and a small computation on it succeeds."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return False
+        x = cupy.arange(8, dtype=cupy.float32)
+        return float((x * 2).sum()) == 56.0
+    except Exception:  # no CuPy, no driver, no device: all mean "no GPU here"
+        return False
+
+
+def _have_pyfftw() -> bool:
+    try:
+        import pyfftw  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_no_pyfftw() -> None:
+    warnings.warn(
+        "pyFFTW is not installed: the CPU backend uses scipy.fft, which is slower; "
+        "install pyFFTW (pip install pyfftw) for planned FFTs",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def _execute_from(fftw, src, own_input, output) -> None:
+    """Run a forward FFTW plan on ``src``: in place of its own input buffer when
+    ``src`` has the same layout and alignment (no copy), else through a copy.
+    Forward r2c and r2r plans preserve their input."""
+    if src is own_input:
+        fftw.execute()
+        return
+    if (src.shape == own_input.shape and src.dtype == own_input.dtype
+            and src.flags.c_contiguous and src.ctypes.data % fftw.input_alignment == 0):
+        fftw.update_arrays(src, output)
+        try:
+            fftw.execute()
+        finally:
+            fftw.update_arrays(own_input, output)
+    else:
+        own_input[...] = src
+        fftw.execute()
+
+
+class RealFFTPlan:
+    """Real-to-complex 2-D FFT over the last two axes of ``batch + (ny, nx)``.
+
+    Attributes ``real`` and ``spec`` are the work buffers; ``forward(src)``
+    transforms ``src`` (default ``real``) into ``spec``, ``inverse()``
+    transforms ``spec`` into ``real`` and may destroy ``spec``.
+    """
+
+    def __init__(self, backend: "Backend", shape, dtype):
+        self.backend = backend
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.cdtype = np.result_type(self.dtype, np.complex64)
+        ny, nx = self.shape[-2:]
+        self.spec_shape = self.shape[:-2] + (ny, nx // 2 + 1)
+        self.roundtrip_scale = 1.0 / (ny * nx)
+        self._fftw = None
+        if backend.is_gpu:
+            xp = backend.xp
+            self.real = xp.zeros(self.shape, self.dtype)
+            self.spec = xp.zeros(self.spec_shape, self.cdtype)
+            self.roundtrip_scale = 1.0  # CuPy's inverse normalises
+        elif backend.fft_library == "pyfftw":
+            import pyfftw
+
+            self.real = pyfftw.zeros_aligned(self.shape, self.dtype)
+            self.spec = pyfftw.zeros_aligned(self.spec_shape, self.cdtype)
+            axes = (-2, -1)
+            with backend.fftw_lock:
+                self._fwd = pyfftw.FFTW(self.real, self.spec, axes=axes, flags=_FFTW_FLAGS,
+                                        threads=backend.threads)
+                self._inv = pyfftw.FFTW(self.spec, self.real, axes=axes,
+                                        direction="FFTW_BACKWARD",
+                                        flags=_FFTW_FLAGS + ("FFTW_DESTROY_INPUT",),
+                                        threads=backend.threads)
+            self._fftw = True
+        else:
+            self.real = np.zeros(self.shape, self.dtype)
+            self.spec = np.zeros(self.spec_shape, self.cdtype)
+            self.roundtrip_scale = 1.0  # scipy's inverse normalises
+
+    def forward(self, src=None):
+        """``spec = rfft2(src)``; ``src`` defaults to ``real`` and must match its shape."""
+        src = self.real if src is None else src
+        if self.backend.is_gpu:
+            self.spec = self.backend.xp.fft.rfft2(src)
+        elif self._fftw:
+            _execute_from(self._fwd, src, self.real, self.spec)
+        else:
+            import scipy.fft
+
+            self.spec[...] = scipy.fft.rfft2(src, workers=self.backend.threads)
+        return self.spec
+
+    def inverse(self):
+        """``real = irfft2(spec)`` (unnormalised on pyFFTW); ``spec`` may be destroyed."""
+        ny, nx = self.shape[-2:]
+        if self.backend.is_gpu:
+            self.real = self.backend.xp.fft.irfft2(self.spec, s=(ny, nx))
+        elif self._fftw:
+            self._inv.execute()
+        else:
+            import scipy.fft
+
+            self.real[...] = scipy.fft.irfft2(self.spec, s=(ny, nx),
+                                              workers=self.backend.threads)
+        return self.real
+
+
+class DCTPlan:
+    """DCT-II (forward) and DCT-III (inverse) over the last two axes: the
+    even-extension (homogeneous Neumann, "mirror") transform, without padding.
+
+    Same interface as :class:`RealFFTPlan`; ``spec`` is real.
+    """
+
+    def __init__(self, backend: "Backend", shape, dtype):
+        self.backend = backend
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        ny, nx = self.shape[-2:]
+        self.spec_shape = self.shape
+        # Unnormalised DCT-II followed by DCT-III multiplies by 2N per axis.
+        self.roundtrip_scale = 1.0 / (4.0 * ny * nx)
+        self._fftw = False
+        xp = backend.xp
+        if not backend.is_gpu and backend.fft_library == "pyfftw":
+            import pyfftw
+
+            self.real = pyfftw.zeros_aligned(self.shape, self.dtype)
+            self.spec = pyfftw.zeros_aligned(self.shape, self.dtype)
+            axes = (-2, -1)
+            with backend.fftw_lock:
+                self._fwd = pyfftw.FFTW(self.real, self.spec, axes=axes,
+                                        direction=["FFTW_REDFT10"] * 2, flags=_FFTW_FLAGS,
+                                        threads=backend.threads)
+                self._inv = pyfftw.FFTW(self.spec, self.real, axes=axes,
+                                        direction=["FFTW_REDFT01"] * 2,
+                                        flags=_FFTW_FLAGS + ("FFTW_DESTROY_INPUT",),
+                                        threads=backend.threads)
+            self._fftw = True
+        else:
+            self.real = xp.zeros(self.shape, self.dtype)
+            self.spec = xp.zeros(self.shape, self.dtype)
+
+    def _fft_module(self):
+        if self.backend.is_gpu:
+            import cupyx.scipy.fft as module
+        else:
+            import scipy.fft as module
+        return module
+
+    def forward(self, src=None):
+        """``spec = DCT-II(src)`` (unnormalised)."""
+        src = self.real if src is None else src
+        if self._fftw:
+            _execute_from(self._fwd, src, self.real, self.spec)
+            return self.spec
+        kw = {} if self.backend.is_gpu else {"workers": self.backend.threads}
+        out = self._fft_module().dctn(src, type=2, axes=(-2, -1), **kw)
+        if self.backend.is_gpu:
+            self.spec = out
+        else:
+            self.spec[...] = out
+        return self.spec
+
+    def inverse(self):
+        """``real = DCT-III(spec)`` (unnormalised)."""
+        if self._fftw:
+            self._inv.execute()
+            return self.real
+        kw = {} if self.backend.is_gpu else {"workers": self.backend.threads}
+        out = self._fft_module().dctn(self.spec, type=3, axes=(-2, -1), **kw)
+        if self.backend.is_gpu:
+            self.real = out
+        else:
+            self.real[...] = out
+        return self.real
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class Backend:
+    """CPU or GPU execution: array module, kernels and transform plans.
+
+    Parameters
+    ----------
+    name : {"cpu", "gpu"}
+        Where to compute.
+    threads : int, optional
+        CPU threads for Numba kernels and FFTW plans (default: all cores the
+        process may use). Ignored on the GPU.
+
+    Attributes
+    ----------
+    xp : module
+        ``numpy`` or ``cupy``.
+    kernels : object
+        The Numba twins (CPU) or the CUDA kernels (GPU), same signatures.
+    fft_library : str
+        ``"pyfftw"``, ``"scipy"`` or ``"cufft"``.
+    """
+
+    def __init__(self, name: str = "cpu", threads: int | None = None):
+        if name not in ("cpu", "gpu"):
+            raise BackendError(f"backend: expected 'auto', 'cpu' or 'gpu', got {name!r}")
+        self.name = name
+        self.is_gpu = name == "gpu"
+        if threads is None:
+            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+                os.cpu_count() or 1)
+        if int(threads) < 1:
+            raise BackendError(f"threads: expected a positive integer, got {threads!r}")
+        self.threads = int(threads)
+        self.fftw_lock = threading.Lock()
+        if self.is_gpu:
+            if not gpu_available():
+                raise BackendError(
+                    "backend='gpu': no CUDA device answers (CuPy missing, no driver or no "
+                    "device); use backend='cpu' or 'auto'"
+                )
+            import cupy
+
+            from ._cuda import CudaKernels, load_module
+
+            load_module()  # compile once, now, so the first solve does not pay for it
+            self.xp = cupy
+            self.kernels = CudaKernels()
+            self.fft_library = "cufft"
+        else:
+            # Numba's OpenMP workers spin after each parallel region and starve FFTW's
+            # threads on few cores (a 256² TIE took 30 ms instead of 1.5 ms on 2 cores).
+            # Passive waiting fixes it; it must be set before Numba starts its thread
+            # pool, and a user's own setting wins.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            from . import _numba_kernels
+
+            self.xp = np
+            self.kernels = _numba_kernels
+            self.fft_library = "pyfftw" if _have_pyfftw() else "scipy"
+            if self.fft_library == "scipy":
+                _warn_no_pyfftw()
+
+    def __repr__(self) -> str:
+        extra = f", threads={self.threads}" if not self.is_gpu else ""
+        return f"Backend({self.name!r}{extra}, fft={self.fft_library})"
+
+    # ------------------------------------------------------------------ arrays
+
+    def asarray(self, x, dtype=None):
+        """``x`` on this backend (a copy only where device or dtype change)."""
+        if self.is_gpu:
+            return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+        if _is_cupy(x):
+            x = x.get()
+        return np.ascontiguousarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        """``x`` as a NumPy array."""
+        return x.get() if _is_cupy(x) else np.asarray(x)
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work (no-op on the CPU); used around timings."""
+        if self.is_gpu:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def prepare(self) -> None:
+        """Set per-thread state before running kernels (Numba's thread count)."""
+        if not self.is_gpu:
+            self.kernels.set_threads(min(self.threads, _numba_max_threads()))
+
+    def zeros(self, shape, dtype):
+        """A zeroed work array, SIMD-aligned for FFTW on the CPU."""
+        if self.fft_library == "pyfftw":
+            import pyfftw
+
+            return pyfftw.zeros_aligned(shape, dtype)
+        return self.xp.zeros(shape, dtype)
+
+    # ------------------------------------------------------------------ plans
+
+    def rfft_plan(self, shape, dtype) -> RealFFTPlan:
+        """A real FFT plan owning its buffers for arrays of ``shape`` (…, ny, nx)."""
+        return RealFFTPlan(self, shape, dtype)
+
+    def dct_plan(self, shape, dtype) -> DCTPlan:
+        """A DCT-II / DCT-III plan owning its buffers."""
+        return DCTPlan(self, shape, dtype)
+
+
+def _numba_max_threads() -> int:
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+_BACKENDS: dict = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def get_backend(backend="auto", threads: int | None = None, like=None) -> Backend:
+    """Return the (cached) backend for a name.
+
+    Parameters
+    ----------
+    backend : {"auto", "cpu", "gpu"} or Backend
+        ``"auto"`` takes the GPU when ``like`` is a CuPy array or when a CUDA
+        device answers, else the CPU. ``"gpu"`` without a device raises
+        :class:`~flowtie_fast.errors.BackendError` (never a silent fallback).
+    threads : int, optional
+        CPU thread count (see :class:`Backend`).
+    like : array, optional
+        An input array; a CuPy array makes ``"auto"`` choose the GPU.
+    """
+    if isinstance(backend, Backend):
+        return backend
+    if not isinstance(backend, str) or backend not in ("auto", "cpu", "gpu"):
+        raise BackendError(f"backend: expected 'auto', 'cpu' or 'gpu', got {backend!r}")
+    if backend == "auto":
+        backend = "gpu" if (like is not None and _is_cupy(like)) or gpu_available() else "cpu"
+    key = (backend, threads)
+    with _BACKENDS_LOCK:
+        if key not in _BACKENDS:
+            _BACKENDS[key] = Backend(backend, threads)
+        return _BACKENDS[key]

@@ -1,0 +1,120 @@
+"""Plain NumPy reference of every kernel.
+
+Written independently of the CUDA arithmetic (``kernels/flowtie_ops.cuh``) and
+of its Numba twin (:mod:`flowtie_fast._numba_kernels`), with whole-array
+operations (``np.roll``, slicing) instead of per-pixel index logic, so that the
+tests that hold the three equal check something. Signatures match the backend
+kernels: outputs are returned, never written in place (except where the kernel
+itself is in-place, where a new array is returned all the same).
+
+Conventions: images are (ny, nx), axis 0 = y, axis 1 = x; ``pixel_size`` is
+(h0, h1) in Å; vector fields are (2, ny, nx) with component 0 along axis 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def focal_derivative3(minus, zero, plus, weights):
+    """Weighted sum of three planes, ``w0*minus + w1*zero + w2*plus``."""
+    w = weights
+    return w[0] * minus + w[1] * zero + w[2] * plus
+
+
+def focal_derivative_n(stack, weights):
+    """Weighted sum over the planes of a stack (n, ny, nx)."""
+    return np.tensordot(np.asarray(weights), stack, axes=(0, 0))
+
+
+def _forward(u, axis, h, mirror):
+    d = (np.roll(u, -1, axis=axis) - u) / h
+    if mirror:
+        idx = [slice(None)] * u.ndim
+        idx[axis] = -1
+        d[tuple(idx)] = 0
+    return d
+
+
+def _backward(g, axis, h, mirror):
+    if mirror:
+        g = g.copy()
+        idx = [slice(None)] * g.ndim
+        idx[axis] = -1
+        g[tuple(idx)] = 0  # the last face carries no flux
+        prev = np.roll(g, 1, axis=axis)
+        idx[axis] = 0
+        prev[tuple(idx)] = 0
+    else:
+        prev = np.roll(g, 1, axis=axis)
+    return (g - prev) / h
+
+
+def fd_gradient(u, pixel_size, mirror, centred=False):
+    """Forward-difference (or central-difference) gradient, (2, ny, nx)."""
+    h0, h1 = pixel_size
+    if centred:
+        if mirror:
+            pad = np.pad(u, 1, mode="edge")  # even reflection about the edge face
+            gy = (pad[2:, 1:-1] - pad[:-2, 1:-1]) / (2 * h0)
+            gx = (pad[1:-1, 2:] - pad[1:-1, :-2]) / (2 * h1)
+        else:
+            gy = (np.roll(u, -1, 0) - np.roll(u, 1, 0)) / (2 * h0)
+            gx = (np.roll(u, -1, 1) - np.roll(u, 1, 1)) / (2 * h1)
+        return np.stack([gy, gx])
+    return np.stack([_forward(u, 0, h0, mirror), _forward(u, 1, h1, mirror)])
+
+
+def fd_divergence(g, pixel_size, mirror):
+    """Backward-difference divergence of a (2, ny, nx) field."""
+    h0, h1 = pixel_size
+    return _backward(g[0], 0, h0, mirror) + _backward(g[1], 1, h1, mirror)
+
+
+def _face_weights(w, axis, floor, divide):
+    face = 0.5 * (w + np.roll(w, -1, axis=axis))
+    if divide:
+        return 1.0 / np.maximum(face, floor)
+    return face
+
+
+def weighted_divergence(u, w, pixel_size, floor, mirror, divide):
+    """``div(W grad u)``, W the mean intensity on each face, or its inverse
+    bounded by ``floor`` when ``divide``."""
+    h0, h1 = pixel_size
+    fy = _forward(u, 0, h0, mirror) * _face_weights(w, 0, floor, divide)
+    fx = _forward(u, 1, h1, mirror) * _face_weights(w, 1, floor, divide)
+    return _backward(fy, 0, h0, mirror) + _backward(fx, 1, h1, mirror)
+
+
+def vector_scale(g, w, floor, divide):
+    """``g * w`` or ``g / max(w, floor)`` for a (2, ny, nx) field."""
+    s = 1.0 / np.maximum(w, floor) if divide else w
+    return g * s[None]
+
+
+def inverse_laplacian_factor(s, alpha):
+    """``-s / (s**2 + alpha)`` for s > 0 and 0 at s = 0."""
+    s = np.asarray(s)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = -s / (s * s + alpha)
+    return np.where(s > 0, f, 0.0)
+
+
+def inverse_laplacian(spectrum, sy, sx, alpha, scale):
+    """Spectrum (complex half spectrum or real DCT) times the inverse Laplacian."""
+    f = inverse_laplacian_factor(sy[:, None] + sx[None, :], alpha)
+    return spectrum * (scale * f)
+
+
+def spectral_gradient(F, ky, kx, scale):
+    """(2, ny, nxh) half spectra ``scale * i k F``."""
+    return np.stack([1j * scale * ky[:, None] * F, 1j * scale * kx[None, :] * F])
+
+
+def spectral_divergence(G, ky, kx, sy, sx, alpha, scale, poisson):
+    """``scale * i (ky Gy + kx Gx)``, times the inverse Laplacian if ``poisson``."""
+    d = 1j * (ky[:, None] * G[0] + kx[None, :] * G[1]) * scale
+    if poisson:
+        d = d * inverse_laplacian_factor(sy[:, None] + sx[None, :], alpha)
+    return d

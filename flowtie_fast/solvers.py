@@ -1,0 +1,479 @@
+"""Phase retrieval from a focal series: TIE, exact TIE, gradient descent, iCOM.
+
+The TIE (DESIGN §2) reads ``k ∂I/∂z = -∇·(I ∇φ)``. Every method here is
+written once against :class:`~flowtie_fast.poisson.PoissonSolver`, whose
+operators (gradient, divergence, transport, Teague step, Poisson solve) share
+one discretisation, and so against one backend.
+
+Methods
+-------
+``tie-uniform``
+    ``∇²φ = -k ∂I/∂z / Ī``: one Poisson solve with the mean in-focus intensity.
+``tie``
+    Teague's solution: ``∇²ψ = -k ∂I/∂z``, ``∇φ = ∇ψ / max(I, floor)``,
+    ``φ = ∇⁻² ∇·(∇ψ / max(I, floor))``. Exact only where ``I ∇φ`` is curl-free.
+``tie-exact``
+    The TIE with the measured positive intensity solved exactly: conjugate
+    gradients on ``-∇·(I ∇φ) = k ∂I/∂z`` preconditioned by Teague's solution
+    (symmetric positive definite), started from Teague's answer. This is Zuo
+    et al.'s idea of iterating Teague's solution on the TIE residual, with
+    conjugate directions instead of plain fixed-point steps so that it
+    converges for any positive intensity. Stops when
+    ``‖residual‖ ≤ tol ‖k ∂I/∂z‖`` (default tol 1e-5 in float32, 1e-10 in
+    float64) or after ``max_iter`` iterations (default 100).
+``gd``
+    The gradient-descent baseline: minimise
+    ``J(φ) = ½ ‖k ∂I/∂z + ∇·(I ∇φ)‖²`` over φ from φ = 0 by steepest descent
+    with exact line search (J is quadratic). The descent direction is the
+    gradient of J preconditioned by the inverse bi-Laplacian scaled by
+    ``1 / Ī²`` (``preconditioner="biharmonic"``, default; a Sobolev
+    gradient) or the plain gradient (``preconditioner="none"``). Stops when
+    one step lowers J by less than ``tol`` times J (default 1e-6), or after
+    ``max_iter`` steps (default 200).
+``icom``
+    Integrates a measured phase gradient (``series.gradient``, e.g. 4D-STEM
+    centre of mass) by ``φ = ∇⁻² ∇·g``.
+
+Every :class:`Reconstruction` carries the phase (mean zero, rad), its gradient
+(rad/Å) and the TIE residual map ``(k ∂I/∂z + ∇·(I ∇φ)) / Ī`` (1/Å²).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import Backend, get_backend
+from .errors import InputError
+from .poisson import PoissonSolver
+from .triplet import FocalSeries
+
+__all__ = ["METHODS", "Reconstruction", "TIESolver", "reconstruct"]
+
+METHODS = ("tie-uniform", "tie", "tie-exact", "gd", "icom")
+_FUTURE_METHODS = {"flowtie": "the learned flow model is not part of this release yet"}
+
+
+@dataclass
+class Reconstruction:
+    """Result of a phase retrieval.
+
+    Attributes
+    ----------
+    phase : array (Ny, Nx)
+        Phase in rad, mean zero.
+    gradient : array (2, Ny, Nx)
+        Phase gradient in rad/Å, (d/d axis 0, d/d axis 1).
+    method : str
+        The method that produced it.
+    info : dict
+        Solver details (iterations, convergence, objective history, timings in s).
+    """
+
+    phase: object
+    gradient: object
+    method: str
+    info: dict = field(default_factory=dict)
+    _residual: object = field(default=None, repr=False)
+    _residual_fn: object = field(default=None, repr=False)
+
+    @property
+    def residual(self):
+        """TIE residual ``(k ∂I/∂z + ∇·(I ∇φ)) / Ī`` in 1/Å², (Ny, Nx).
+
+        Zero where the phase explains the measured transport of intensity.
+        Computed on first access (it costs one transport operator) from the
+        inputs as they were when the reconstruction was made.
+        """
+        if self._residual is None and self._residual_fn is not None:
+            self._residual = self._residual_fn()
+            self._residual_fn = None
+        return self._residual
+
+
+def _dot(xp, a, b) -> float:
+    return float(xp.vdot(a.ravel(), b.ravel()))
+
+
+class TIESolver:
+    """Reusable solver for one image shape: plans, buffers and kernels made once.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image shape (Ny, Nx).
+    pixel_size : float or (float, float)
+        Sampling along (axis 0, axis 1) in Å.
+    boundary : {"periodic", "mirror"}
+        Boundary condition of the Poisson solves.
+    scheme : {"auto", "spectral", "fd"}
+        Discretisation (see :mod:`flowtie_fast.poisson`).
+    alpha : float
+        Tikhonov parameter in Å⁻⁴.
+    floor : float
+        Intensity floor as a fraction of the mean in-focus intensity; Teague's
+        division uses ``max(I, floor * Ī)`` (default 1e-3).
+    dtype : {"float32", "float64"}
+        Working precision.
+    backend : {"auto", "cpu", "gpu"} or Backend
+        Where to compute.
+    threads : int, optional
+        CPU threads.
+
+    Notes
+    -----
+    Calls on one solver are serialised by a lock (it owns work buffers); use
+    one solver per thread to solve in parallel.
+
+    Examples
+    --------
+    >>> solver = TIESolver((256, 256), pixel_size=0.18)
+    >>> for t in triplets:
+    ...     rec = solver.solve(t, method="tie")
+    """
+
+    def __init__(self, shape, pixel_size, *, boundary="periodic", scheme="auto", alpha=0.0,
+                 floor=1e-3, dtype="float32", backend="auto", threads=None):
+        if not (np.isfinite(floor) and floor > 0):
+            raise InputError(f"floor: expected a positive fraction of the mean intensity, "
+                             f"got {floor!r}")
+        self.floor = float(floor)
+        self.poisson = PoissonSolver(shape, pixel_size, boundary=boundary, scheme=scheme,
+                                     alpha=alpha, dtype=dtype, backend=backend, threads=threads)
+        self.backend: Backend = self.poisson.backend
+        self.shape = self.poisson.shape
+        self.pixel_size = self.poisson.pixel_size
+        self.dtype = self.poisson.dtype
+        be = self.backend
+        self._didz = be.zeros(self.shape, self.dtype)
+        self._intensity = be.zeros(self.shape, self.dtype)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        p = self.poisson
+        return (f"TIESolver(shape={self.shape}, pixel_size={self.pixel_size}, "
+                f"boundary={p.boundary!r}, scheme={p.scheme!r}, dtype={self.dtype}, "
+                f"backend={self.backend!r})")
+
+    # ------------------------------------------------------------------ inputs
+
+    def _check_series(self, series):
+        if not isinstance(series, FocalSeries):
+            raise InputError(f"triplet: expected a FocalTriplet or FocalSeries, "
+                             f"got {type(series).__name__}")
+        if series.shape != self.shape:
+            raise InputError(f"triplet: expected images of shape {self.shape} for this solver, "
+                             f"got {series.shape}")
+        if not np.allclose(series.pixel_size, self.pixel_size, rtol=1e-6, atol=0):
+            raise InputError(f"triplet: pixel_size {series.pixel_size} Å differs from the "
+                             f"solver's {self.pixel_size} Å")
+
+    def _planes(self, series):
+        """Planes on this backend in the working dtype (float16 and integers are cast)."""
+        be = self.backend
+        return [be.asarray(p, self.dtype) for p in series.planes]
+
+    def _derivative_and_intensity(self, series):
+        """Fill the focal derivative (1/Å, intensity units) and the in-focus intensity."""
+        planes = self._planes(series)
+        kern = self.backend.kernels
+        t = self.dtype.type
+        dw, iw = series.derivative_weights, series.intensity_weights
+        if len(planes) == 3:
+            kern.focal_derivative3(*planes, self._didz, *(t(w) for w in dw))
+            if np.allclose(iw, [0, 1, 0], atol=1e-12):
+                self._intensity[...] = planes[1]
+            else:
+                kern.focal_derivative3(*planes, self._intensity, *(t(w) for w in iw))
+        else:
+            stack = self.backend.xp.stack(planes)
+            kern.focal_derivative_n(stack, self.backend.asarray(dw, self.dtype), self._didz)
+            kern.focal_derivative_n(stack, self.backend.asarray(iw, self.dtype),
+                                    self._intensity)
+        mean = float(self._intensity.mean())
+        if not mean > 0:
+            raise InputError(f"triplet: the in-focus intensity must have a positive mean, "
+                             f"got {mean:g}")
+        return mean
+
+    # ------------------------------------------------------------------ public
+
+    def solve(self, series, method="tie", *, tol=None, max_iter=None,
+              preconditioner="biharmonic", out=None, gradient_out=None):
+        """Retrieve the phase of a focal series.
+
+        Parameters
+        ----------
+        series : FocalTriplet or FocalSeries
+            The measured intensities (shape and pixel size of this solver).
+        method : {"tie-uniform", "tie", "tie-exact", "gd", "icom"}
+            See the module docstring.
+        tol, max_iter : optional
+            Stopping rule of ``tie-exact`` and ``gd``.
+        preconditioner : {"biharmonic", "none"}
+            Descent direction of ``gd``.
+        out, gradient_out : arrays, optional
+            Caller-owned outputs (backend arrays of the working dtype).
+
+        Returns
+        -------
+        Reconstruction
+        """
+        if method in _FUTURE_METHODS:
+            raise InputError(f"method: {method!r} is not available: {_FUTURE_METHODS[method]}")
+        if method not in METHODS:
+            raise InputError(f"method: expected one of {METHODS}, got {method!r}")
+        self._check_series(series)
+        if method == "icom" and series.gradient is None:
+            raise InputError("method: 'icom' needs a measured phase gradient "
+                             "(FocalSeries(..., gradient=...))")
+        with self._lock:
+            self.backend.prepare()
+            start = time.perf_counter()
+            if method == "icom":
+                g = self.backend.asarray(series.gradient, self.dtype)
+                rec = self.integrate(g, out=out, gradient_out=gradient_out, _locked=True)
+                rec.info["time"] = time.perf_counter() - start
+                return rec
+            mean = self._derivative_and_intensity(series)
+            k = series.wavenumber
+            phase = self.poisson._out(out)
+            grad = self.poisson._out(gradient_out, (2,) + self.shape)
+            info = {"backend": self.backend.name, "scheme": self.poisson.scheme,
+                    "boundary": self.poisson.boundary}
+            residual = None
+            if method == "tie-uniform":
+                self.poisson.solve(self._didz, scale=-k / mean, out=phase, grad_out=grad)
+            elif method == "tie":
+                self.poisson.teague(self._didz, self._intensity, self.floor * mean, scale=-k,
+                                    out=phase, grad_out=grad)
+            elif method == "tie-exact":
+                residual = self._pcg(k, mean, phase, grad, info, tol, max_iter)
+            else:
+                if preconditioner not in ("biharmonic", "none"):
+                    raise InputError("preconditioner: expected 'biharmonic' or 'none', "
+                                     f"got {preconditioner!r}")
+                residual = self._gradient_descent(k, mean, phase, grad, info, tol, max_iter,
+                                                  preconditioner)
+            self.backend.synchronize()
+            info["time"] = time.perf_counter() - start
+            rec = Reconstruction(phase, grad, method, info)
+            if residual is not None:
+                rec._residual = residual / mean
+            else:
+                didz = self._didz.copy()
+                intensity = self._intensity.copy()
+                rec._residual_fn = lambda: self._residual(phase, didz, intensity, k, mean)
+            return rec
+
+    def integrate(self, gradient, *, out=None, gradient_out=None, _locked=False):
+        """``icom``: integrate a phase gradient (2, Ny, Nx) in rad/Å to a phase.
+
+        The result is the least-squares potential ``∇⁻² ∇·g``; its residual
+        map is the curl-free misfit ``|g - ∇φ|`` per pixel (rad/Å).
+        """
+        if not _locked:
+            with self._lock:
+                self.backend.prepare()
+                return self.integrate(gradient, out=out, gradient_out=gradient_out,
+                                      _locked=True)
+        g = self.backend.asarray(gradient, self.dtype)
+        if g.shape != (2,) + self.shape:
+            raise InputError(f"gradient: expected shape {(2,) + self.shape}, got {g.shape}")
+        phase = self.poisson._out(out)
+        grad = self.poisson._out(gradient_out, (2,) + self.shape)
+        self.poisson.integrate(g, out=phase, grad_out=grad)
+        misfit = self.backend.xp.sqrt(((g - grad) ** 2).sum(axis=0))
+        return Reconstruction(phase, grad, "icom", {"backend": self.backend.name},
+                              _residual=misfit)
+
+    # ------------------------------------------------------------------ internals
+
+    def _residual(self, phase, didz, intensity, k, mean):
+        """``(k ∂I/∂z + ∇·(I ∇φ)) / Ī``."""
+        with self._lock:
+            self.backend.prepare()
+            r = self.poisson.transport(phase, intensity)
+            r += k * didz
+            r /= mean
+        return r
+
+    def _solvable_rhs(self, k):
+        """``k ∂I/∂z`` projected onto the range of the transport operator: on a
+        periodic or Neumann domain the transport term integrates to zero, so the
+        mean of ∂I/∂z (a change of dose between planes, not phase) and, for the
+        spectral scheme, the Nyquist checkerboards cannot be matched."""
+        return self.poisson.remove_null_space(self._didz * k)
+
+    def _apply_a(self, x, out):
+        """``A x = -∇·(I ∇x)``: symmetric positive (semi)definite."""
+        self.poisson.transport(x, self._intensity, out=out)
+        out *= -1
+        return out
+
+    def _pcg(self, k, mean, x, grad, info, tol, max_iter):
+        """Teague-preconditioned conjugate gradients for ``A φ = k ∂I/∂z``."""
+        xp = self.backend.xp
+        P = self.poisson
+        floor = self.floor * mean
+        if tol is None:
+            tol = 1e-5 if self.dtype == np.float32 else 1e-10
+        max_iter = 100 if max_iter is None else int(max_iter)
+        # The exact TIE needs positive weights: clip the intensity at the floor.
+        xp.maximum(self._intensity, floor, out=self._intensity)
+        b = self._solvable_rhs(k)
+        b_norm = float(xp.linalg.norm(b)) or 1.0
+
+        def precondition(r, out):
+            P.teague(r, self._intensity, floor, scale=-1.0, out=out)
+            return out
+
+        precondition(b, x)  # Teague's answer as the starting point
+        ax = self._apply_a(x, xp.empty_like(x))
+        r = b - ax
+        z = precondition(r, xp.empty_like(x))
+        p = z.copy()
+        rz = _dot(xp, r, z)
+        history = [float(xp.linalg.norm(r)) / b_norm]
+        it = 0
+        while history[-1] > tol and it < max_iter:
+            ap = self._apply_a(p, ax)
+            pap = _dot(xp, p, ap)
+            if not pap > 0:
+                break
+            a = rz / pap
+            x += a * p
+            r -= a * ap
+            history.append(float(xp.linalg.norm(r)) / b_norm)
+            it += 1
+            if history[-1] <= tol:
+                break
+            precondition(r, z)
+            rz_new = _dot(xp, r, z)
+            p *= rz_new / rz
+            p += z
+            rz = rz_new
+        x -= x.mean()
+        P.gradient(x, out=grad)
+        info.update(iterations=it, converged=history[-1] <= tol, tol=tol,
+                    relative_residual=history)
+        return self._true_residual(x, b)
+
+    def _gradient_descent(self, k, mean, x, grad, info, tol, max_iter, preconditioner):
+        """Steepest descent with exact line search on ``J = ½ ‖A φ - b‖²``."""
+        xp = self.backend.xp
+        P = self.poisson
+        if tol is None:
+            tol = 1e-6
+        max_iter = 200 if max_iter is None else int(max_iter)
+        b = self._solvable_rhs(k)
+        x[...] = 0
+        r = b.copy()  # r = b - A x
+        ar = xp.empty_like(x)
+        d = xp.empty_like(x)
+        ad = xp.empty_like(x)
+        objective = [0.5 * _dot(xp, r, r)]
+        it = 0
+        while it < max_iter and objective[-1] > 0:
+            # dJ/dx = A (A x - b) = -A r; descent direction d = M A r.
+            self._apply_a(r, ar)
+            if preconditioner == "biharmonic":
+                P.solve(ar, scale=1.0 / mean**2, out=d, power=2)
+            else:
+                d[...] = ar
+            self._apply_a(d, ad)
+            ad_norm2 = _dot(xp, ad, ad)
+            if not ad_norm2 > 0:
+                break
+            step = _dot(xp, r, ad) / ad_norm2
+            x += step * d
+            r -= step * ad
+            objective.append(0.5 * _dot(xp, r, r))
+            it += 1
+            if objective[-2] - objective[-1] <= tol * objective[-2]:
+                break
+        x -= x.mean()
+        P.gradient(x, out=grad)
+        info.update(iterations=it, objective=objective, tol=tol, preconditioner=preconditioner,
+                    converged=it < max_iter)
+        return self._true_residual(x, b)
+
+    def _true_residual(self, x, b):
+        """``k ∂I/∂z + ∇·(I ∇φ) = b - A x`` recomputed from x (the recursively
+        updated residual of the iterations drifts in float32)."""
+        r = self.poisson.transport(x, self._intensity)
+        r += b
+        return r
+
+
+_SOLVER_CACHE: "OrderedDict[tuple, TIESolver]" = OrderedDict()
+_SOLVER_CACHE_SIZE = 8
+_SOLVER_CACHE_LOCK = threading.Lock()
+
+
+def _cached_solver(shape, pixel_size, backend, threads, **options) -> TIESolver:
+    key = (shape, tuple(pixel_size), backend.name, threads, tuple(sorted(options.items())))
+    with _SOLVER_CACHE_LOCK:
+        solver = _SOLVER_CACHE.pop(key, None)
+        if solver is None:
+            solver = TIESolver(shape, pixel_size, backend=backend, threads=threads, **options)
+        _SOLVER_CACHE[key] = solver
+        while len(_SOLVER_CACHE) > _SOLVER_CACHE_SIZE:
+            _SOLVER_CACHE.popitem(last=False)
+    return solver
+
+
+def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary="periodic",
+                scheme="auto", alpha=0.0, floor=1e-3, dtype="float32", **options):
+    """Phase and phase gradient of a focal triplet (or series).
+
+    Parameters
+    ----------
+    triplet : FocalTriplet or FocalSeries
+        The measured intensities.
+    method : {"tie", "tie-uniform", "tie-exact", "gd", "icom"}
+        See :mod:`flowtie_fast.solvers`.
+    backend : {"auto", "cpu", "gpu"}
+        ``auto`` takes the GPU when the input is a CuPy array or a device
+        answers; ``gpu`` without a device raises.
+    threads : int, optional
+        CPU threads.
+    boundary, scheme, alpha, floor, dtype
+        See :class:`TIESolver`.
+    **options
+        ``tol``, ``max_iter``, ``preconditioner`` for the iterative methods.
+
+    Returns
+    -------
+    Reconstruction
+        With ``phase`` (Ny, Nx) rad, ``gradient`` (2, Ny, Nx) rad/Å and
+        ``residual``; the arrays live where the input lived (NumPy or CuPy)
+        unless ``backend`` names a device explicitly.
+
+    Notes
+    -----
+    Solvers (and their FFT plans) are cached per shape and options, so calling
+    this in a loop plans once; :class:`TIESolver` gives explicit control.
+    """
+    if not isinstance(triplet, FocalSeries):
+        raise InputError(f"triplet: expected a FocalTriplet or FocalSeries, "
+                         f"got {type(triplet).__name__}")
+    explicit = backend in ("cpu", "gpu") or isinstance(backend, Backend)
+    be = get_backend(backend, threads, like=triplet.planes[0])
+    solver = _cached_solver(triplet.shape, triplet.pixel_size, be, threads, boundary=boundary,
+                            scheme=scheme, alpha=float(alpha), floor=float(floor),
+                            dtype=str(np.dtype(dtype)))
+    rec = solver.solve(triplet, method=method, **options)
+    if be.is_gpu and not explicit and not triplet.on_gpu:
+        rec.phase = be.to_numpy(rec.phase)
+        rec.gradient = be.to_numpy(rec.gradient)
+        if rec._residual is not None:
+            rec._residual = be.to_numpy(rec._residual)
+        elif rec._residual_fn is not None:
+            fn = rec._residual_fn
+            rec._residual_fn = lambda: be.to_numpy(fn())
+    return rec

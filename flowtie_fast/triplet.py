@@ -1,0 +1,251 @@
+"""Focal series and triplets: the measured intensities at known defocus.
+
+A :class:`FocalSeries` holds N >= 2 intensity images recorded at propagation
+distances ``z`` (Å) around the plane of interest ``z0``; the focal derivative
+and the in-focus intensity at ``z0`` are least-squares polynomial
+(Savitzky-Golay) combinations of the planes. A :class:`FocalTriplet` is the
+common case ``I(z0 - dz), I(z0), I(z0 + dz)``.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import numpy as np
+
+from .errors import InputError
+from .physics import wavenumber
+
+__all__ = ["FocalSeries", "FocalTriplet", "focal_weights"]
+
+
+def _positive(name: str, value, pair: bool = False):
+    """A positive finite float (or a pair of them when ``pair``)."""
+    values = value if (pair and isinstance(value, (tuple, list, np.ndarray))) else (value,)
+    if pair and len(values) not in (1, 2):
+        raise InputError(f"{name}: expected a positive number or a pair of them, got {value!r}")
+    out = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (Real, np.floating, np.integer)):
+            raise InputError(f"{name}: expected a positive number, got {v!r}")
+        v = float(v)
+        if not math.isfinite(v) or v <= 0:
+            raise InputError(f"{name}: expected a positive finite number, got {v!r}")
+        out.append(v)
+    if pair:
+        return (out[0], out[-1])
+    return out[0]
+
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def check_image(name: str, a, shape=None):
+    """Validate one real 2-D image and return it as an array (NumPy or CuPy, no copy
+    where possible); raise :class:`InputError` naming ``name`` otherwise."""
+    if a is None:
+        raise InputError(f"{name}: expected a 2-D real array, got None")
+    if not _is_cupy(a):
+        try:
+            a = np.asarray(a)
+        except Exception as exc:  # unreadable array-likes
+            raise InputError(f"{name}: could not be read as an array ({exc})") from exc
+    kind = a.dtype.kind
+    if kind == "c":
+        raise InputError(f"{name}: expected real intensities, got complex dtype {a.dtype}")
+    if kind not in "uif":
+        raise InputError(f"{name}: expected a real numeric dtype, got {a.dtype}")
+    if a.ndim != 2:
+        raise InputError(f"{name}: expected a 2-D array (Ny, Nx), got shape {tuple(a.shape)}")
+    if min(a.shape) < 2:
+        raise InputError(f"{name}: expected at least 2 pixels along each axis, got {a.shape}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise InputError(f"{name}: expected shape {tuple(shape)} like the other planes, "
+                         f"got {tuple(a.shape)}")
+    if kind == "f":
+        xp = _xp(a)
+        if not bool(xp.isfinite(a).all()):
+            raise InputError(f"{name}: contains NaN or Inf")
+    return a
+
+
+def _xp(a):
+    if _is_cupy(a):
+        import cupy
+
+        return cupy
+    return np
+
+
+def focal_weights(z, z0: float = 0.0, degree: int | None = None):
+    """Least-squares (Savitzky-Golay) weights for the value and the derivative at ``z0``.
+
+    Fits a polynomial of ``degree`` (default ``min(2, N - 1)``) to N samples at
+    ``z`` and returns the rows that map the samples to its value and to its
+    first derivative at ``z0``. For three planes at ``(-dz, 0, dz)`` this is
+    ``I(0)`` and ``(I+ - I-) / (2 dz)``; for uneven spacing the exact
+    three-point derivative of the interpolating parabola.
+
+    Parameters
+    ----------
+    z : sequence of float
+        Plane positions in Å, distinct.
+    z0 : float
+        Where to evaluate, in Å.
+    degree : int, optional
+        Polynomial degree, 1 <= degree < N.
+
+    Returns
+    -------
+    value, derivative : ndarray
+        Weight rows of length N (derivative weights in 1/Å).
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n = z.size
+    if degree is None:
+        degree = min(2, n - 1)
+    if not 1 <= degree < n:
+        raise InputError(f"degree: expected 1 <= degree < {n} (number of planes), got {degree}")
+    if np.unique(z).size != n:
+        raise InputError(f"z: expected distinct plane positions, got {z.tolist()}")
+    scale = np.max(np.abs(z - z0))
+    t = (z - z0) / scale
+    vander = np.vander(t, degree + 1, increasing=True)
+    pinv = np.linalg.pinv(vander)
+    return pinv[0], pinv[1] / scale
+
+
+class FocalSeries:
+    """Intensity images at N >= 2 propagation distances.
+
+    Parameters
+    ----------
+    planes : sequence of 2-D arrays
+        Intensities (any real dtype, NumPy or CuPy), each (Ny, Nx).
+    z : sequence of float
+        Propagation distance of each plane in Å (DESIGN §2: a probe defocus
+        Δf in abTEM's convention records the plane ``z = -Δf``).
+    pixel_size : float or (float, float)
+        Sampling along (axis 0, axis 1) in Å.
+    energy : float
+        Electron energy in eV.
+    z0 : float
+        Plane where the phase is wanted, in Å (default 0).
+    degree : int, optional
+        Degree of the least-squares fit (default ``min(2, N - 1)``).
+    gradient : array (2, Ny, Nx), optional
+        A measured phase gradient in rad/Å (e.g. 4D-STEM centre of mass),
+        used by ``method="icom"``.
+    """
+
+    def __init__(self, planes, z, pixel_size, energy, z0: float = 0.0, degree=None,
+                 gradient=None):
+        if isinstance(planes, (list, tuple)):
+            planes = list(planes)
+        elif planes is not None and getattr(planes, "ndim", 0) == 3:
+            planes = [planes[i] for i in range(planes.shape[0])]
+        else:
+            raise InputError("planes: expected a sequence of 2-D arrays or a 3-D stack")
+        if len(planes) < 2:
+            raise InputError(f"planes: expected at least 2 planes, got {len(planes)}")
+        z = np.asarray(z, dtype=np.float64).ravel()
+        if z.size != len(planes) or not np.all(np.isfinite(z)):
+            raise InputError(f"z: expected {len(planes)} finite positions in Å, got {z.tolist()}")
+        names = self._plane_names(len(planes))
+        first = check_image(names[0], planes[0])
+        self.planes = [first] + [check_image(nm, p, first.shape)
+                                 for nm, p in zip(names[1:], planes[1:])]
+        for nm, p in zip(names, self.planes):
+            if not bool(_xp(p).any(p)):
+                raise InputError(f"{nm}: intensity is zero everywhere")
+        self.z = z
+        self.z0 = float(z0)
+        self.pixel_size = _positive("pixel_size", pixel_size, pair=True)
+        self.energy = _positive("energy", energy)
+        self.intensity_weights, self.derivative_weights = focal_weights(z, self.z0, degree)
+        self.gradient = None
+        if gradient is not None:
+            self.gradient = self._check_gradient(gradient)
+
+    @staticmethod
+    def _plane_names(n):
+        return [f"planes[{i}]" for i in range(n)]
+
+    def _check_gradient(self, g):
+        if not _is_cupy(g):
+            g = np.asarray(g)
+        if g.dtype.kind not in "uif" or g.shape != (2,) + self.shape:
+            raise InputError(f"gradient: expected a real array of shape {(2,) + self.shape} "
+                             f"(rad/Å), got {g.dtype} {tuple(g.shape)}")
+        if not bool(_xp(g).isfinite(g).all()):
+            raise InputError("gradient: contains NaN or Inf")
+        return g
+
+    @property
+    def shape(self) -> tuple:
+        """Image shape (Ny, Nx)."""
+        return tuple(self.planes[0].shape)
+
+    @property
+    def wavenumber(self) -> float:
+        """``k = 2π/λ`` in rad/Å."""
+        return wavenumber(self.energy)
+
+    @property
+    def on_gpu(self) -> bool:
+        """True when the planes are CuPy arrays."""
+        return _is_cupy(self.planes[0])
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(shape={self.shape}, z={self.z.tolist()} Å, "
+                f"pixel_size={self.pixel_size} Å, energy={self.energy:g} eV)")
+
+
+class FocalTriplet(FocalSeries):
+    """Three intensities ``I(z0 - dz), I(z0), I(z0 + dz)`` ordered by z.
+
+    Parameters
+    ----------
+    minus, zero, plus : 2-D arrays
+        Intensities at ``z0 - dz_minus``, ``z0`` and ``z0 + dz_plus`` (any real
+        dtype, NumPy or CuPy, same shape).
+    dz : float or (float, float)
+        Defocus step in Å; a pair ``(dz_minus, dz_plus)`` for uneven spacing.
+    pixel_size : float or (float, float)
+        Sampling along (axis 0, axis 1) in Å.
+    energy : float
+        Electron energy in eV.
+    gradient : array (2, Ny, Nx), optional
+        A measured phase gradient in rad/Å for ``method="icom"``.
+
+    Examples
+    --------
+    >>> t = FocalTriplet(minus, zero, plus, dz=20.0, pixel_size=0.18, energy=300e3)
+    """
+
+    def __init__(self, minus, zero, plus, dz, pixel_size, energy, gradient=None):
+        dz_minus, dz_plus = _positive("dz", dz, pair=True)
+        self.dz = (dz_minus, dz_plus)
+        super().__init__([minus, zero, plus], [-dz_minus, 0.0, dz_plus], pixel_size, energy,
+                         z0=0.0, degree=2, gradient=gradient)
+
+    @staticmethod
+    def _plane_names(n):
+        return ["minus", "zero", "plus"]
+
+    @property
+    def minus(self):
+        """Intensity at ``z0 - dz``."""
+        return self.planes[0]
+
+    @property
+    def zero(self):
+        """Intensity at ``z0``."""
+        return self.planes[1]
+
+    @property
+    def plus(self):
+        """Intensity at ``z0 + dz``."""
+        return self.planes[2]

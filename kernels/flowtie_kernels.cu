@@ -1,0 +1,74 @@
+// flowtie_fast: thin __global__ wrappers around the per-pixel functions of
+// flowtie_ops.cuh, one per dtype (suffix _f32 / _f64). Loaded once per process
+// by flowtie_fast/_cuda.py through cupy.RawModule; launch geometry is a 1-D
+// grid-stride loop over pixels (or spectrum elements).
+#include "flowtie_ops.cuh"
+
+#define FT_LOOP(count) \
+    for (long p = (long)blockIdx.x * blockDim.x + threadIdx.x; p < (count); \
+         p += (long)blockDim.x * gridDim.x)
+
+#define FT_DEFINE_KERNELS(T, SUFFIX)                                                          \
+    extern "C" __global__ void focal_derivative3_##SUFFIX(                                   \
+        const T* minus, const T* zero, const T* plus, T* out, long n, T wm, T wz, T wp) {    \
+        FT_LOOP(n) { out[p] = ft::focal_derivative3(minus[p], zero[p], plus[p], wm, wz, wp); } \
+    }                                                                                         \
+    extern "C" __global__ void focal_derivative_n_##SUFFIX(                                  \
+        const T* stack, const T* w, T* out, long n, int planes) {                            \
+        FT_LOOP(n) { out[p] = ft::focal_derivative_n(stack, n, planes, w, p); }               \
+    }                                                                                         \
+    extern "C" __global__ void fd_gradient_##SUFFIX(const T* u, T* gy, T* gx, int ny, int nx, \
+                                                    T inv_h0, T inv_h1, int mirror,          \
+                                                    int centred) {                           \
+        FT_LOOP((long)ny * nx) {                                                              \
+            ft::fd_gradient(u, ny, nx, (int)(p / nx), (int)(p % nx), inv_h0, inv_h1, mirror,  \
+                            centred, gy, gx);                                                 \
+        }                                                                                     \
+    }                                                                                         \
+    extern "C" __global__ void fd_divergence_##SUFFIX(const T* gy, const T* gx, T* out,       \
+                                                      int ny, int nx, T inv_h0, T inv_h1,    \
+                                                      int mirror) {                          \
+        FT_LOOP((long)ny * nx) {                                                              \
+            out[p] = ft::fd_divergence(gy, gx, ny, nx, (int)(p / nx), (int)(p % nx), inv_h0,  \
+                                       inv_h1, mirror);                                       \
+        }                                                                                     \
+    }                                                                                         \
+    extern "C" __global__ void weighted_divergence_##SUFFIX(                                  \
+        const T* u, const T* w, T* out, int ny, int nx, T inv_h0, T inv_h1, T floor,         \
+        int mirror, int divide) {                                                             \
+        FT_LOOP((long)ny * nx) {                                                              \
+            out[p] = ft::weighted_divergence(u, w, ny, nx, (int)(p / nx), (int)(p % nx),      \
+                                             inv_h0, inv_h1, floor, mirror, divide);         \
+        }                                                                                     \
+    }                                                                                         \
+    extern "C" __global__ void vector_scale_##SUFFIX(T* gy, T* gx, const T* w, long n,       \
+                                                     T floor, int divide) {                  \
+        FT_LOOP(n) { ft::vector_scale(gy, gx, w, p, floor, divide); }                         \
+    }                                                                                         \
+    extern "C" __global__ void inverse_laplacian_##SUFFIX(T* data, int ny, int nxs,          \
+                                                          int comps, const T* sy,            \
+                                                          const T* sx, T alpha, T scale) {   \
+        FT_LOOP((long)ny * nxs) {                                                             \
+            ft::inverse_laplacian(data, nxs, comps, (int)(p / nxs), (int)(p % nxs), sy, sx,   \
+                                  alpha, scale);                                              \
+        }                                                                                     \
+    }                                                                                         \
+    extern "C" __global__ void spectral_gradient_##SUFFIX(const T* F, T* Gy, T* Gx, int ny,  \
+                                                          int nxh, const T* ky, const T* kx, \
+                                                          T scale) {                         \
+        FT_LOOP((long)ny * nxh) {                                                             \
+            ft::spectral_gradient(F, Gy, Gx, nxh, (int)(p / nxh), (int)(p % nxh), ky, kx,     \
+                                  scale);                                                     \
+        }                                                                                     \
+    }                                                                                         \
+    extern "C" __global__ void spectral_divergence_##SUFFIX(                                  \
+        const T* Gy, const T* Gx, T* out, int ny, int nxh, const T* ky, const T* kx,         \
+        const T* sy, const T* sx, T alpha, T scale, int poisson) {                           \
+        FT_LOOP((long)ny * nxh) {                                                             \
+            ft::spectral_divergence(Gy, Gx, out, nxh, (int)(p / nxh), (int)(p % nxh), ky, kx, \
+                                    sy, sx, alpha, scale, poisson);                           \
+        }                                                                                     \
+    }
+
+FT_DEFINE_KERNELS(float, f32)
+FT_DEFINE_KERNELS(double, f64)

@@ -1,0 +1,207 @@
+// flowtie_fast: per-pixel arithmetic of every CUDA kernel.
+//
+// Everything here is a `__host__ __device__` function of one output pixel so
+// that the same code runs in the `__global__` wrappers of flowtie_kernels.cu
+// and, compiled by g++ with the CUDA qualifiers defined away, in the host
+// harness of tests/host/host_kernels.cpp (checked against NumPy on every CI
+// run, GPU or not).
+//
+// Layout: C-contiguous row-major images of shape (ny, nx), pixel p = i*nx + j,
+// axis 0 = i ("y"), axis 1 = j ("x"). Half spectra of real FFTs are
+// (ny, nx/2+1) complex, stored as interleaved (re, im) pairs of T.
+//
+// Discretisation (one scheme each, consistent with the Poisson symbols built in
+// flowtie_fast/poisson.py):
+//   finite differences ("fd"): gradient = forward differences, divergence =
+//     backward differences (the negative adjoint of that gradient), so that
+//     div(grad(.)) is the compact 5-point Laplacian whose Fourier symbol
+//     (periodic) or DCT-II symbol (mirror) inverts it exactly.
+//   spectral: gradient = i q, divergence = i q . , Laplacian = -|q|^2, with the
+//     Nyquist component of first derivatives set to zero by the caller.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define FT_HD __host__ __device__ __forceinline__
+#else
+#define FT_HD inline
+#endif
+
+namespace ft {
+
+// ---------------------------------------------------------------- focal derivative
+
+// d I / d z (or any weighted combination) from three planes.
+template <typename T>
+FT_HD T focal_derivative3(T minus, T zero, T plus, T w_minus, T w_zero, T w_plus) {
+    return w_minus * minus + w_zero * zero + w_plus * plus;
+}
+
+// Weighted sum over n planes of a stack (n, ny, nx): the least-squares
+// (Savitzky-Golay) derivative when the weights are its row.
+template <typename T>
+FT_HD T focal_derivative_n(const T* stack, long plane, int n, const T* w, long p) {
+    T acc = T(0);
+    for (int k = 0; k < n; ++k) acc += w[k] * stack[k * plane + p];
+    return acc;
+}
+
+// ---------------------------------------------------------------- index helpers
+
+// Index of the next sample along an axis of length n, or -1 where a mirror
+// (homogeneous Neumann) boundary says the forward difference is zero.
+FT_HD int next_index(int i, int n, int mirror) {
+    if (i + 1 < n) return i + 1;
+    return mirror ? -1 : 0;
+}
+
+// Index of the previous sample, or -1 where the mirror boundary has no face.
+FT_HD int prev_index(int i, int n, int mirror) {
+    if (i > 0) return i - 1;
+    return mirror ? -1 : n - 1;
+}
+
+// ---------------------------------------------------------------- finite differences
+
+// Gradient of u at (i, j). Forward differences (the "fd" scheme's operator) or,
+// with `centred`, central differences on the pixel (used for the reported
+// phase gradient; the mirror boundary reflects u evenly).
+template <typename T>
+FT_HD void fd_gradient(const T* u, int ny, int nx, int i, int j, T inv_h0, T inv_h1,
+                       int mirror, int centred, T* gy, T* gx) {
+    const long p = (long)i * nx + j;
+    if (centred) {
+        int up = i + 1 < ny ? i + 1 : (mirror ? i : 0);
+        int dn = i > 0 ? i - 1 : (mirror ? 0 : ny - 1);
+        int rt = j + 1 < nx ? j + 1 : (mirror ? j : 0);
+        int lf = j > 0 ? j - 1 : (mirror ? 0 : nx - 1);
+        gy[p] = (u[(long)up * nx + j] - u[(long)dn * nx + j]) * (T(0.5) * inv_h0);
+        gx[p] = (u[(long)i * nx + rt] - u[(long)i * nx + lf]) * (T(0.5) * inv_h1);
+        return;
+    }
+    int up = next_index(i, ny, mirror);
+    int rt = next_index(j, nx, mirror);
+    gy[p] = up < 0 ? T(0) : (u[(long)up * nx + j] - u[p]) * inv_h0;
+    gx[p] = rt < 0 ? T(0) : (u[(long)i * nx + rt] - u[p]) * inv_h1;
+}
+
+// Divergence of (gy, gx) at (i, j) by backward differences: the negative
+// adjoint of the forward-difference gradient for the same boundary.
+template <typename T>
+FT_HD T fd_divergence(const T* gy, const T* gx, int ny, int nx, int i, int j, T inv_h0,
+                      T inv_h1, int mirror) {
+    const long p = (long)i * nx + j;
+    int dn = prev_index(i, ny, mirror);
+    int lf = prev_index(j, nx, mirror);
+    // On a mirror boundary the last face carries no flux whatever the input says.
+    T fy = (mirror && i == ny - 1) ? T(0) : gy[p];
+    T fx = (mirror && j == nx - 1) ? T(0) : gx[p];
+    T fy_prev = dn < 0 ? T(0) : gy[(long)dn * nx + j];
+    T fx_prev = lf < 0 ? T(0) : gx[(long)i * nx + lf];
+    return (fy - fy_prev) * inv_h0 + (fx - fx_prev) * inv_h1;
+}
+
+// Weight of the face between two pixels of intensity a and b: the mean
+// intensity, or its inverse bounded by `floor` (Teague's division by I).
+template <typename T>
+FT_HD T face_weight(T a, T b, T floor, int divide) {
+    T m = T(0.5) * (a + b);
+    if (!divide) return m;
+    return T(1) / (m > floor ? m : floor);
+}
+
+// Flux w * du/dy on the face between rows i and next(i); zero on a mirror edge.
+template <typename T>
+FT_HD T face_flux_y(const T* u, const T* w, int ny, int nx, int i, int j, T inv_h0, T floor,
+                    int mirror, int divide) {
+    int q = next_index(i, ny, mirror);
+    if (q < 0) return T(0);
+    const long a = (long)i * nx + j, b = (long)q * nx + j;
+    return (u[b] - u[a]) * inv_h0 * face_weight(w[a], w[b], floor, divide);
+}
+
+// Flux w * du/dx on the face between columns j and next(j).
+template <typename T>
+FT_HD T face_flux_x(const T* u, const T* w, int ny, int nx, int i, int j, T inv_h1, T floor,
+                    int mirror, int divide) {
+    int q = next_index(j, nx, mirror);
+    if (q < 0) return T(0);
+    const long a = (long)i * nx + j, b = (long)i * nx + q;
+    return (u[b] - u[a]) * inv_h1 * face_weight(w[a], w[b], floor, divide);
+}
+
+// Fused div(W grad u) at (i, j) with W the face weight above: with `divide`
+// this is Teague's middle step div(grad psi / max(I, floor)); without it, the
+// finite-difference transport operator div(I grad phi) of the TIE.
+template <typename T>
+FT_HD T weighted_divergence(const T* u, const T* w, int ny, int nx, int i, int j, T inv_h0,
+                            T inv_h1, T floor, int mirror, int divide) {
+    int dn = prev_index(i, ny, mirror);
+    int lf = prev_index(j, nx, mirror);
+    T fy = face_flux_y(u, w, ny, nx, i, j, inv_h0, floor, mirror, divide);
+    T fx = face_flux_x(u, w, ny, nx, i, j, inv_h1, floor, mirror, divide);
+    T fy_prev = dn < 0 ? T(0) : face_flux_y(u, w, ny, nx, dn, j, inv_h0, floor, mirror, divide);
+    T fx_prev = lf < 0 ? T(0) : face_flux_x(u, w, ny, nx, i, lf, inv_h1, floor, mirror, divide);
+    return (fy - fy_prev) * inv_h0 + (fx - fx_prev) * inv_h1;
+}
+
+// ---------------------------------------------------------------- pointwise
+
+// (gy, gx) *= I, or /= max(I, floor) with `divide`, at pixel p, in place.
+template <typename T>
+FT_HD void vector_scale(T* gy, T* gx, const T* w, long p, T floor, int divide) {
+    T s = w[p];
+    if (divide) s = T(1) / (s > floor ? s : floor);
+    gy[p] *= s;
+    gx[p] *= s;
+}
+
+// ---------------------------------------------------------------- Fourier multipliers
+
+// Symbol of the (Tikhonov-regularised) inverse Laplacian for -Laplacian
+// symbol s >= 0: -1/s, or -s / (s^2 + alpha); zero at s = 0 (mean of the phase).
+template <typename T>
+FT_HD T inverse_laplacian_factor(T s, T alpha) {
+    if (!(s > T(0))) return T(0);
+    return -s / (s * s + alpha);
+}
+
+// In place: data *= scale * inverse_laplacian_factor(sy[i] + sx[j], alpha) for
+// the `comps` values of element (i, j) of a (ny, nxs) spectrum (2 = complex
+// half spectrum, 1 = real DCT spectrum).
+template <typename T>
+FT_HD void inverse_laplacian(T* data, int nxs, int comps, int i, int j, const T* sy,
+                             const T* sx, T alpha, T scale) {
+    T f = scale * inverse_laplacian_factor(sy[i] + sx[j], alpha);
+    const long e = ((long)i * nxs + j) * comps;
+    for (int c = 0; c < comps; ++c) data[e + c] *= f;
+}
+
+// Half-spectrum gradient: (Gy, Gx) = scale * i (ky[i], kx[j]) F at (i, j).
+template <typename T>
+FT_HD void spectral_gradient(const T* F, T* Gy, T* Gx, int nxh, int i, int j, const T* ky,
+                             const T* kx, T scale) {
+    const long e = ((long)i * nxh + j) * 2;
+    T re = F[e], im = F[e + 1];
+    T a = ky[i] * scale, b = kx[j] * scale;
+    Gy[e] = -a * im;
+    Gy[e + 1] = a * re;
+    Gx[e] = -b * im;
+    Gx[e + 1] = b * re;
+}
+
+// Half-spectrum divergence i (ky Gy + kx Gx), times scale, and with `poisson`
+// also times the inverse Laplacian symbol: out may alias Gy or Gx.
+template <typename T>
+FT_HD void spectral_divergence(const T* Gy, const T* Gx, T* out, int nxh, int i, int j,
+                               const T* ky, const T* kx, const T* sy, const T* sx, T alpha,
+                               T scale, int poisson) {
+    const long e = ((long)i * nxh + j) * 2;
+    T re = ky[i] * Gy[e] + kx[j] * Gx[e];
+    T im = ky[i] * Gy[e + 1] + kx[j] * Gx[e + 1];
+    T f = scale;
+    if (poisson) f *= inverse_laplacian_factor(sy[i] + sx[j], alpha);
+    out[e] = -im * f;
+    out[e + 1] = re * f;
+}
+
+}  // namespace ft
