@@ -252,7 +252,14 @@ class PoissonSolver:
             self.vector.forward()
             self._spectral_divergence_to_scalar(self.rt, poisson=True)
         else:
-            self.backend.kernels.fd_divergence(g[0], g[1], self.work, *self._inv_h(),
+            # A measured gradient lives on the pixel centres; the fd divergence takes
+            # fluxes on the faces: average neighbours onto the faces first (second
+            # order, and the mirror edge faces carry no flux anyway).
+            xp = self.backend.xp
+            faces = xp.empty_like(g)
+            faces[0] = 0.5 * (g[0] + xp.roll(g[0], -1, axis=0))
+            faces[1] = 0.5 * (g[1] + xp.roll(g[1], -1, axis=1))
+            self.backend.kernels.fd_divergence(faces[0], faces[1], self.work, *self._inv_h(),
                                                self.mirror)
             self.scalar.forward(self.work)
             self._multiply_inverse_laplacian(self.scalar.spec, self.rt)

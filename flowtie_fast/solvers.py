@@ -410,6 +410,7 @@ class TIESolver:
         return r
 
 
+_SOLVE_OPTIONS = {"tol", "max_iter", "preconditioner", "out", "gradient_out"}
 _SOLVER_CACHE: "OrderedDict[tuple, TIESolver]" = OrderedDict()
 _SOLVER_CACHE_SIZE = 8
 _SOLVER_CACHE_LOCK = threading.Lock()
@@ -462,6 +463,10 @@ def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary
     if not isinstance(triplet, FocalSeries):
         raise InputError(f"triplet: expected a FocalTriplet or FocalSeries, "
                          f"got {type(triplet).__name__}")
+    unknown = set(options) - _SOLVE_OPTIONS
+    if unknown:
+        raise InputError(f"options: unknown {sorted(unknown)}; expected some of "
+                         f"{sorted(_SOLVE_OPTIONS)}")
     explicit = backend in ("cpu", "gpu") or isinstance(backend, Backend)
     be = get_backend(backend, threads, like=triplet.planes[0])
     solver = _cached_solver(triplet.shape, triplet.pixel_size, be, threads, boundary=boundary,

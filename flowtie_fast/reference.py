@@ -1,4 +1,4 @@
-"""Plain NumPy reference of every kernel.
+"""Plain NumPy references: every kernel, and Teague's TIE as common scripts write it.
 
 Written independently of the CUDA arithmetic (``kernels/flowtie_ops.cuh``) and
 of its Numba twin (:mod:`flowtie_fast._numba_kernels`), with whole-array
@@ -118,3 +118,48 @@ def spectral_divergence(G, ky, kx, sy, sx, alpha, scale, poisson):
     if poisson:
         d = d * inverse_laplacian_factor(sy[:, None] + sx[None, :], alpha)
     return d
+
+
+def teague_tie(minus, zero, plus, dz, pixel_size, energy, floor=1e-3):
+    """Teague's TIE solution the way common scripts write it: complex128
+    ``np.fft.fft2`` throughout, periodic boundaries, no plans, no kernels.
+
+    The baseline of the benchmarks and an independent check of ``method="tie"``.
+
+    Parameters
+    ----------
+    minus, zero, plus : 2-D arrays
+        Intensities at ``-dz``, 0, ``+dz``.
+    dz : float
+        Defocus step in Å.
+    pixel_size : float or (float, float)
+        Sampling in Å.
+    energy : float
+        Electron energy in eV.
+    floor : float
+        Intensity floor as a fraction of the mean in-focus intensity.
+
+    Returns
+    -------
+    ndarray (Ny, Nx)
+        Phase in rad, mean zero.
+    """
+    from .physics import wavenumber
+
+    h0, h1 = (pixel_size, pixel_size) if np.isscalar(pixel_size) else pixel_size
+    k = wavenumber(energy)
+    zero = np.asarray(zero, dtype=np.float64)
+    didz = (np.asarray(plus, dtype=np.float64) - np.asarray(minus, dtype=np.float64)) / (2 * dz)
+    ny, nx = zero.shape
+    qy = 2 * np.pi * np.fft.fftfreq(ny, h0)[:, None]
+    qx = 2 * np.pi * np.fft.fftfreq(nx, h1)[None, :]
+    q2 = qy**2 + qx**2
+    inv_q2 = np.zeros_like(q2)
+    inv_q2[q2 > 0] = 1.0 / q2[q2 > 0]
+    psi_hat = np.fft.fft2(k * didz) * inv_q2  # ∇²ψ = -k dI/dz
+    intensity = np.maximum(zero, floor * zero.mean())
+    gy = np.real(np.fft.ifft2(1j * qy * psi_hat)) / intensity
+    gx = np.real(np.fft.ifft2(1j * qx * psi_hat)) / intensity
+    div_hat = 1j * qy * np.fft.fft2(gy) + 1j * qx * np.fft.fft2(gx)
+    phase = np.real(np.fft.ifft2(-div_hat * inv_q2))
+    return phase - phase.mean()

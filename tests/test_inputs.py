@@ -1,0 +1,143 @@
+"""Bad input raises InputError (a ValueError) naming the argument (DESIGN §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import flowtie_fast as ft
+
+E = 300e3
+
+
+@pytest.fixture
+def planes(rng):
+    return [1 + 0.1 * rng.random((16, 16)) for _ in range(3)]
+
+
+def make(planes, **kw):
+    args = dict(dz=20.0, pixel_size=0.2, energy=E)
+    args.update(kw)
+    return ft.FocalTriplet(*planes, **args)
+
+
+def bad(planes, index, value):
+    p = [q.copy() for q in planes]
+    p[index] = value
+    return p
+
+
+@pytest.mark.parametrize("index,name", [(0, "minus"), (1, "zero"), (2, "plus")])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_values(planes, index, name, value):
+    p = bad(planes, index, planes[index].copy())
+    p[index][3, 4] = value
+    with pytest.raises(ft.InputError, match=f"{name}: contains NaN or Inf"):
+        make(p)
+
+
+def test_shape_mismatch(planes):
+    with pytest.raises(ft.InputError, match=r"plus: expected shape \(16, 16\)"):
+        make(bad(planes, 2, np.ones((16, 15))))
+
+
+@pytest.mark.parametrize("value,match", [
+    (np.ones(16), "zero: expected a 2-D array"),
+    (np.ones((2, 16, 16)), "zero: expected a 2-D array"),
+    (np.ones((16, 16), complex), "zero: expected real intensities, got complex"),
+    (np.array([["a"] * 16] * 16), "zero: expected a real numeric dtype"),
+    (np.ones((1, 16)), "zero: expected at least 2 pixels"),
+    (None, "zero: expected a 2-D real array"),
+])
+def test_wrong_arrays(planes, value, match):
+    with pytest.raises(ft.InputError, match=match):
+        make(bad(planes, 1, value))
+
+
+@pytest.mark.parametrize("index,name", [(0, "minus"), (1, "zero"), (2, "plus")])
+def test_all_zero_intensity(planes, index, name):
+    with pytest.raises(ft.InputError, match=f"{name}: intensity is zero everywhere"):
+        make(bad(planes, index, np.zeros((16, 16))))
+
+
+def test_non_positive_mean_intensity_at_solve_time(planes):
+    t = make(bad(planes, 1, -np.ones((16, 16))))
+    with pytest.raises(ft.InputError, match="in-focus intensity must have a positive mean"):
+        ft.reconstruct(t, method="tie", backend="cpu")
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(dz=0.0), "dz: expected a positive"),
+    (dict(dz=-5.0), "dz: expected a positive"),
+    (dict(dz=np.nan), "dz: expected a positive"),
+    (dict(dz=(5.0, -1.0)), "dz: expected a positive"),
+    (dict(dz="20"), "dz: expected a positive number"),
+    (dict(pixel_size=0.0), "pixel_size: expected a positive"),
+    (dict(pixel_size=-0.2), "pixel_size: expected a positive"),
+    (dict(pixel_size=(0.2, 0.0)), "pixel_size: expected a positive"),
+    (dict(energy=0.0), "energy: expected a positive"),
+    (dict(energy=-300e3), "energy: expected a positive"),
+    (dict(energy=np.inf), "energy: expected a positive"),
+    (dict(energy=True), "energy: expected a positive number"),
+])
+def test_bad_scalars(planes, kw, match):
+    with pytest.raises(ft.InputError, match=match):
+        make(planes, **kw)
+
+
+def test_unknown_method(planes):
+    with pytest.raises(ft.InputError, match="method: expected one of"):
+        ft.reconstruct(make(planes), method="magic", backend="cpu")
+
+
+def test_flowtie_not_yet_available(planes):
+    with pytest.raises(ft.InputError, match="method: 'flowtie' is not available"):
+        ft.reconstruct(make(planes), method="flowtie", backend="cpu")
+
+
+def test_icom_without_gradient(planes):
+    with pytest.raises(ft.InputError, match="'icom' needs a measured phase gradient"):
+        ft.reconstruct(make(planes), method="icom", backend="cpu")
+
+
+def test_bad_gradient_shape(planes):
+    with pytest.raises(ft.InputError, match=r"gradient: expected a real array of shape \(2, 16, 16\)"):
+        make(planes, gradient=np.zeros((16, 16)))
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(boundary="reflect"), "boundary: expected one of"),
+    (dict(scheme="fem"), "scheme: expected one of"),
+    (dict(boundary="mirror", scheme="spectral"), "scheme: 'spectral' needs boundary='periodic'"),
+    (dict(alpha=-1.0), "alpha: expected a non-negative"),
+    (dict(floor=0.0), "floor: expected a positive"),
+    (dict(dtype="int8"), "dtype: expected float32 or float64"),
+    (dict(backend="tpu"), "backend: expected 'auto', 'cpu' or 'gpu'"),
+    (dict(threads=0), "threads: expected a positive integer"),
+    (dict(preconditioner="jacobi", method="gd"), "preconditioner: expected"),
+    (dict(tolerance=1e-3), "options: unknown"),
+])
+def test_bad_solver_options(planes, kw, match):
+    kw = dict(kw)
+    method = kw.pop("method", "tie")
+    with pytest.raises(ValueError, match=match):
+        ft.reconstruct(make(planes), method=method, **kw)
+
+
+def test_not_a_triplet():
+    with pytest.raises(ft.InputError, match="triplet: expected a FocalTriplet"):
+        ft.reconstruct(np.ones((3, 16, 16)))
+
+
+def test_solver_rejects_other_shapes_and_pixel_sizes(planes):
+    solver = ft.TIESolver((16, 16), 0.2, backend="cpu")
+    with pytest.raises(ft.InputError, match=r"triplet: expected images of shape \(16, 16\)"):
+        solver.solve(ft.FocalTriplet(*(np.ones((8, 8)),) * 3, dz=1.0, pixel_size=0.2, energy=E))
+    with pytest.raises(ft.InputError, match="pixel_size"):
+        solver.solve(make(planes, pixel_size=0.3))
+    with pytest.raises(ft.InputError, match="out: expected float32 array"):
+        solver.solve(make(planes), out=np.empty((16, 16), np.float64))
+
+
+def test_errors_are_value_errors():
+    assert issubclass(ft.InputError, ValueError) and issubclass(ft.BackendError, ValueError)

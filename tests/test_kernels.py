@@ -1,0 +1,183 @@
+"""Every kernel: Numba twin, CUDA arithmetic (host-compiled, and on a device
+where one answers) against the plain NumPy reference, float32 and float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flowtie_fast import reference as ref
+from flowtie_fast.poisson import _fd_symbol, _wavenumbers
+
+DTYPES = [np.float32, np.float64]
+# Odd and even sizes, non-square: boundary and Nyquist handling both exercised.
+SHAPES = [(12, 9), (16, 20)]
+PIXEL = (0.17, 0.23)
+
+
+def tol(dtype):
+    return dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+def close(impl, got, want, dtype, scale=1.0):
+    got = impl.to_host(got)
+    t = tol(dtype)
+    np.testing.assert_allclose(got, want, rtol=t["rtol"], atol=t["atol"] * scale)
+
+
+def test_reference_detects_a_wrong_kernel(rng):
+    """The comparison can fail: a backward difference is not the forward one."""
+    u = rng.random((8, 8))
+    fwd = ref.fd_gradient(u, (1.0, 1.0), mirror=False)
+    bwd = np.stack([u - np.roll(u, 1, 0), u - np.roll(u, 1, 1)])
+    assert np.abs(fwd - bwd).max() > 0.1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_focal_derivative3(impl, dtype, shape, rng):
+    a, b, c = (rng.random(shape).astype(dtype) for _ in range(3))
+    w = (-0.025, 0.004, 0.021)
+    out = impl.empty(shape, dtype)
+    impl.kernels.focal_derivative3(impl.to_dev(a), impl.to_dev(b), impl.to_dev(c), out,
+                                   *(dtype(x) for x in w))
+    close(impl, out, ref.focal_derivative3(a, b, c, w), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("planes", [2, 5])
+def test_focal_derivative_n(impl, dtype, planes, rng):
+    stack = rng.random((planes, 11, 7)).astype(dtype)
+    w = rng.normal(size=planes).astype(dtype)
+    out = impl.empty((11, 7), dtype)
+    impl.kernels.focal_derivative_n(impl.to_dev(stack), impl.to_dev(w), out)
+    close(impl, out, ref.focal_derivative_n(stack, w), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("centred", [False, True])
+def test_fd_gradient(impl, dtype, shape, mirror, centred, rng):
+    u = rng.random(shape).astype(dtype)
+    gy, gx = impl.empty(shape, dtype), impl.empty(shape, dtype)
+    impl.kernels.fd_gradient(impl.to_dev(u), gy, gx, dtype(1 / PIXEL[0]), dtype(1 / PIXEL[1]),
+                             mirror, centred)
+    want = ref.fd_gradient(u, PIXEL, mirror, centred)
+    close(impl, gy, want[0], dtype, scale=10)
+    close(impl, gx, want[1], dtype, scale=10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mirror", [False, True])
+def test_fd_divergence(impl, dtype, shape, mirror, rng):
+    g = rng.random((2,) + shape).astype(dtype)
+    out = impl.empty(shape, dtype)
+    impl.kernels.fd_divergence(impl.to_dev(g[0]), impl.to_dev(g[1]), out, dtype(1 / PIXEL[0]),
+                               dtype(1 / PIXEL[1]), mirror)
+    close(impl, out, ref.fd_divergence(g, PIXEL, mirror), dtype, scale=10)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_fd_divergence_is_minus_adjoint_of_gradient(mirror, rng):
+    """<div g, u> = -<g, grad u>: the pair is one consistent scheme."""
+    u, g = rng.random((9, 14)), rng.random((2, 9, 14))
+    lhs = np.vdot(ref.fd_divergence(g, PIXEL, mirror), u)
+    rhs = -np.vdot(g, ref.fd_gradient(u, PIXEL, mirror))
+    assert lhs == pytest.approx(rhs, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("divide", [False, True])
+def test_weighted_divergence(impl, dtype, shape, mirror, divide, rng):
+    u = rng.random(shape).astype(dtype)
+    w = (0.05 + rng.random(shape)).astype(dtype)
+    w[0, 0] = 0.001  # below the floor: the floor must act
+    floor = dtype(0.02)
+    out = impl.empty(shape, dtype)
+    impl.kernels.weighted_divergence(impl.to_dev(u), impl.to_dev(w), out, dtype(1 / PIXEL[0]),
+                                     dtype(1 / PIXEL[1]), floor, mirror, divide)
+    want = ref.weighted_divergence(u, w, PIXEL, floor, mirror, divide)
+    close(impl, out, want, dtype, scale=np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("divide", [False, True])
+def test_vector_scale(impl, dtype, divide, rng):
+    g = rng.normal(size=(2, 10, 13)).astype(dtype)
+    w = rng.random((10, 13)).astype(dtype)
+    gy, gx = impl.to_dev(g[0].copy()), impl.to_dev(g[1].copy())  # scaled in place
+    impl.kernels.vector_scale(gy, gx, impl.to_dev(w), dtype(0.1), divide)
+    want = ref.vector_scale(g, w, 0.1, divide)
+    close(impl, gy, want[0], dtype, scale=10)
+    close(impl, gx, want[1], dtype, scale=10)
+
+
+def _symbols(shape, dtype, kind):
+    ny, nx = shape
+    if kind == "spectral":
+        ky, kx = _wavenumbers(ny, PIXEL[0], False), _wavenumbers(nx, PIXEL[1], True)
+        return ky**2, kx**2
+    if kind == "fd-periodic":
+        return _fd_symbol(ny, PIXEL[0], ny, False), _fd_symbol(nx, PIXEL[1], nx // 2 + 1, False)
+    return _fd_symbol(ny, PIXEL[0], ny, True), _fd_symbol(nx, PIXEL[1], nx, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", ["spectral", "fd-periodic", "mirror-dct"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_inverse_laplacian(impl, dtype, shape, kind, alpha, rng):
+    sy, sx = (s.astype(dtype) for s in _symbols(shape, dtype, kind))
+    cdtype = np.complex64 if dtype == np.float32 else np.complex128
+    if kind == "mirror-dct":
+        data = rng.normal(size=(shape[0], sx.size)).astype(dtype)
+    else:
+        data = (rng.normal(size=(shape[0], sx.size))
+                + 1j * rng.normal(size=(shape[0], sx.size))).astype(cdtype)
+    dev = impl.to_dev(data.copy())  # scaled in place
+    impl.kernels.inverse_laplacian(dev, impl.to_dev(sy), impl.to_dev(sx), dtype(alpha),
+                                   dtype(-3.0))
+    want = ref.inverse_laplacian(data.astype(np.complex128 if kind != "mirror-dct" else float),
+                                 sy.astype(float), sx.astype(float), alpha, -3.0)
+    close(impl, dev, want, dtype)
+    assert impl.to_host(dev).flat[0] == 0  # the mean of the solution is zero
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_spectral_gradient(impl, dtype, shape, rng):
+    ky = _wavenumbers(shape[0], PIXEL[0], False).astype(dtype)
+    kx = _wavenumbers(shape[1], PIXEL[1], True).astype(dtype)
+    cdtype = np.complex64 if dtype == np.float32 else np.complex128
+    F = (rng.normal(size=(shape[0], kx.size)) + 1j * rng.normal(size=(shape[0], kx.size)))
+    F = F.astype(cdtype)
+    Gy, Gx = impl.empty(F.shape, cdtype), impl.empty(F.shape, cdtype)
+    impl.kernels.spectral_gradient(impl.to_dev(F), Gy, Gx, impl.to_dev(ky), impl.to_dev(kx),
+                                   dtype(0.5))
+    want = ref.spectral_gradient(F, ky, kx, 0.5)
+    close(impl, Gy, want[0], dtype, scale=10)
+    close(impl, Gx, want[1], dtype, scale=10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("poisson", [False, True])
+@pytest.mark.parametrize("alias", [False, True])
+def test_spectral_divergence(impl, dtype, shape, poisson, alias, rng):
+    ky = _wavenumbers(shape[0], PIXEL[0], False).astype(dtype)
+    kx = _wavenumbers(shape[1], PIXEL[1], True).astype(dtype)
+    sy, sx = (ky**2).astype(dtype), (kx**2).astype(dtype)
+    cdtype = np.complex64 if dtype == np.float32 else np.complex128
+    G = (rng.normal(size=(2, shape[0], kx.size))
+         + 1j * rng.normal(size=(2, shape[0], kx.size))).astype(cdtype)
+    gy, gx = impl.to_dev(G[0].copy()), impl.to_dev(G[1].copy())
+    out = gy if alias else impl.empty(G[0].shape, cdtype)  # in place is allowed
+    impl.kernels.spectral_divergence(gy, gx, out, impl.to_dev(ky), impl.to_dev(kx),
+                                     impl.to_dev(sy), impl.to_dev(sx), dtype(0.0), dtype(2.0),
+                                     int(poisson))
+    want = ref.spectral_divergence(G, ky, kx, sy, sx, 0.0, 2.0, poisson)
+    close(impl, out, want, dtype, scale=100)
