@@ -62,7 +62,7 @@ class Kernels:
 
     def time_spectral_gradient(self, backend, size):
         self.k.spectral_gradient(self.spec, self.vspec[0], self.vspec[1], self.sy, self.sx,
-                                 self.f(1))
+                                 self.sy, self.sx, self.f(0), self.f(1), 1)
         self._sync()
 
     def time_spectral_divergence(self, backend, size):

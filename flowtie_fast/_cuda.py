@@ -130,12 +130,12 @@ class CudaKernels:
                np.int32(comps), sy, sx, T(alpha), T(scale))
 
     @staticmethod
-    def spectral_gradient(F, Gy, Gx, ky, kx, scale):
-        _check(F, Gy, Gx, ky, kx)
+    def spectral_gradient(F, Gy, Gx, ky, kx, sy, sx, alpha, scale, poisson):
+        _check(F, Gy, Gx, ky, kx, sy, sx)
         T = _real_dtype(F.dtype)
         ny, nxh = F.shape
         launch("spectral_gradient", F.size, F.dtype, F, Gy, Gx, np.int32(ny), np.int32(nxh),
-               ky, kx, T(scale))
+               ky, kx, sy, sx, T(alpha), T(scale), np.int32(poisson))
 
     @staticmethod
     def spectral_divergence(Gy, Gx, out, ky, kx, sy, sx, alpha, scale, poisson):

@@ -159,13 +159,16 @@ def inverse_laplacian(data, sy, sx, alpha, scale):
 
 
 @_jit
-def spectral_gradient(F, Gy, Gx, ky, kx, scale):
+def spectral_gradient(F, Gy, Gx, ky, kx, sy, sx, alpha, scale, poisson):
     ny, nxh = F.shape
     for row in prange(ny):
         i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
-        a = ky[i] * scale
         for j in range(nxh):
-            b = kx[j] * scale
+            f = scale
+            if poisson:
+                f = f * _inv_lap(sy[i] + sx[j], alpha)
+            a = ky[i] * f
+            b = kx[j] * f
             re = F[i, j].real
             im = F[i, j].imag
             Gy[i, j] = complex(-a * im, a * re)

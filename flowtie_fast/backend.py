@@ -62,31 +62,73 @@ def _warn_no_pyfftw() -> None:
 # --------------------------------------------------------------------------- plans
 
 
-def _execute_from(fftw, src, own_input, output) -> None:
-    """Run a forward FFTW plan on ``src``: in place of its own input buffer when
-    ``src`` has the same layout and alignment (no copy), else through a copy.
-    Forward r2c and r2r plans preserve their input."""
-    if src is own_input:
-        fftw.execute()
-        return
-    if (src.shape == own_input.shape and src.dtype == own_input.dtype
-            and src.flags.c_contiguous and src.ctypes.data % fftw.input_alignment == 0):
-        fftw.update_arrays(src, output)
-        try:
-            fftw.execute()
-        finally:
-            fftw.update_arrays(own_input, output)
-    else:
-        own_input[...] = src
-        fftw.execute()
+class _FFTWPair:
+    """Forward and inverse FFTW plans over the last two axes of a buffer pair,
+    one plan per leading index (FFTW runs two planned 2-D transforms faster
+    than one batched plan of two on few cores). ``src``/``dst`` arrays of the
+    same layout and alignment are transformed in place of the buffers (no copy);
+    others go through a copy."""
+
+    def __init__(self, real, spec, threads, forward_kind, inverse_kind):
+        import pyfftw
+
+        self.real, self.spec = real, spec
+        lead = real.shape[:-2]
+        self.index = list(np.ndindex(*lead)) if lead else [()]
+        axes = (-2, -1)
+        fwd_kw = {"direction": forward_kind} if forward_kind else {}
+        inv_kw = {"direction": inverse_kind}
+        self.fwd = [pyfftw.FFTW(real[i], spec[i], axes=axes, flags=_FFTW_FLAGS, threads=threads,
+                                **fwd_kw) for i in self.index]
+        self.inv = [pyfftw.FFTW(spec[i], real[i], axes=axes,
+                                flags=_FFTW_FLAGS + ("FFTW_DESTROY_INPUT",), threads=threads,
+                                **inv_kw) for i in self.index]
+
+    @staticmethod
+    def _fits(a, like, alignment):
+        return (a.shape == like.shape and a.dtype == like.dtype and a.flags.c_contiguous
+                and a.ctypes.data % alignment == 0)
+
+    def forward(self, src):
+        """``spec = T(src)``; forward r2c and r2r plans preserve their input."""
+        if src is not self.real and not self._fits(src, self.real, self.fwd[0].input_alignment):
+            self.real[...] = src
+            src = self.real
+        for i, plan in zip(self.index, self.fwd):
+            if src is self.real:
+                plan.execute()
+            else:
+                plan.update_arrays(src[i], self.spec[i])
+                try:
+                    plan.execute()
+                finally:
+                    plan.update_arrays(self.real[i], self.spec[i])
+
+    def inverse(self, dst):
+        """``dst = T⁻¹(spec)`` (``real`` when dst is None); destroys ``spec``."""
+        direct = dst is None or dst is self.real or self._fits(
+            dst, self.real, self.inv[0].output_alignment)
+        target = self.real if dst is None else dst
+        for i, plan in zip(self.index, self.inv):
+            if target is self.real or not direct:
+                plan.execute()
+            else:
+                plan.update_arrays(self.spec[i], target[i])
+                try:
+                    plan.execute()
+                finally:
+                    plan.update_arrays(self.spec[i], self.real[i])
+        if not direct:
+            dst[...] = self.real
+        return target
 
 
 class RealFFTPlan:
     """Real-to-complex 2-D FFT over the last two axes of ``batch + (ny, nx)``.
 
     Attributes ``real`` and ``spec`` are the work buffers; ``forward(src)``
-    transforms ``src`` (default ``real``) into ``spec``, ``inverse()``
-    transforms ``spec`` into ``real`` and may destroy ``spec``.
+    transforms ``src`` (default ``real``) into ``spec``; ``inverse(dst)``
+    transforms ``spec`` into ``dst`` (default ``real``) and may destroy ``spec``.
     """
 
     def __init__(self, backend: "Backend", shape, dtype):
@@ -96,58 +138,54 @@ class RealFFTPlan:
         self.cdtype = np.result_type(self.dtype, np.complex64)
         ny, nx = self.shape[-2:]
         self.spec_shape = self.shape[:-2] + (ny, nx // 2 + 1)
-        self.roundtrip_scale = 1.0 / (ny * nx)
+        self.real = backend.zeros(self.shape, self.dtype)
+        self.spec = backend.zeros(self.spec_shape, self.cdtype)
         self._fftw = None
-        if backend.is_gpu:
-            xp = backend.xp
-            self.real = xp.zeros(self.shape, self.dtype)
-            self.spec = xp.zeros(self.spec_shape, self.cdtype)
-            self.roundtrip_scale = 1.0  # CuPy's inverse normalises
-        elif backend.fft_library == "pyfftw":
-            import pyfftw
-
-            self.real = pyfftw.zeros_aligned(self.shape, self.dtype)
-            self.spec = pyfftw.zeros_aligned(self.spec_shape, self.cdtype)
-            axes = (-2, -1)
+        if backend.fft_library == "pyfftw":
             with backend.fftw_lock:
-                self._fwd = pyfftw.FFTW(self.real, self.spec, axes=axes, flags=_FFTW_FLAGS,
-                                        threads=backend.threads)
-                self._inv = pyfftw.FFTW(self.spec, self.real, axes=axes,
-                                        direction="FFTW_BACKWARD",
-                                        flags=_FFTW_FLAGS + ("FFTW_DESTROY_INPUT",),
-                                        threads=backend.threads)
-            self._fftw = True
+                self._fftw = _FFTWPair(self.real, self.spec, backend.threads, None,
+                                       "FFTW_BACKWARD")
+            self.roundtrip_scale = 1.0 / (ny * nx)  # FFTW does not normalise
         else:
-            self.real = np.zeros(self.shape, self.dtype)
-            self.spec = np.zeros(self.spec_shape, self.cdtype)
-            self.roundtrip_scale = 1.0  # scipy's inverse normalises
+            self.roundtrip_scale = 1.0  # scipy's and CuPy's inverse normalise
 
     def forward(self, src=None):
-        """``spec = rfft2(src)``; ``src`` defaults to ``real`` and must match its shape."""
+        """``spec = rfft2(src)``; ``src`` defaults to ``real``."""
         src = self.real if src is None else src
-        if self.backend.is_gpu:
+        if self._fftw is not None:
+            self._fftw.forward(src)
+        elif self.backend.is_gpu:
             self.spec = self.backend.xp.fft.rfft2(src)
-        elif self._fftw:
-            _execute_from(self._fwd, src, self.real, self.spec)
         else:
             import scipy.fft
 
             self.spec[...] = scipy.fft.rfft2(src, workers=self.backend.threads)
         return self.spec
 
-    def inverse(self):
-        """``real = irfft2(spec)`` (unnormalised on pyFFTW); ``spec`` may be destroyed."""
+    def inverse(self, dst=None):
+        """``dst = irfft2(spec)`` (unnormalised with pyFFTW); ``spec`` may be destroyed."""
+        if self._fftw is not None:
+            return self._fftw.inverse(dst)
         ny, nx = self.shape[-2:]
         if self.backend.is_gpu:
-            self.real = self.backend.xp.fft.irfft2(self.spec, s=(ny, nx))
-        elif self._fftw:
-            self._inv.execute()
+            out = self.backend.xp.fft.irfft2(self.spec, s=(ny, nx))
         else:
             import scipy.fft
 
-            self.real[...] = scipy.fft.irfft2(self.spec, s=(ny, nx),
-                                              workers=self.backend.threads)
-        return self.real
+            out = scipy.fft.irfft2(self.spec, s=(ny, nx), workers=self.backend.threads)
+        return _store(self, out, dst)
+
+
+def _store(plan, out, dst):
+    """Put a freshly computed transform into ``dst`` (or the plan's buffer)."""
+    if dst is not None:
+        dst[...] = out
+        return dst
+    if plan.backend.is_gpu:
+        plan.real = out
+    else:
+        plan.real[...] = out
+    return plan.real
 
 
 class DCTPlan:
@@ -165,60 +203,43 @@ class DCTPlan:
         self.spec_shape = self.shape
         # Unnormalised DCT-II followed by DCT-III multiplies by 2N per axis.
         self.roundtrip_scale = 1.0 / (4.0 * ny * nx)
-        self._fftw = False
-        xp = backend.xp
-        if not backend.is_gpu and backend.fft_library == "pyfftw":
-            import pyfftw
-
-            self.real = pyfftw.zeros_aligned(self.shape, self.dtype)
-            self.spec = pyfftw.zeros_aligned(self.shape, self.dtype)
-            axes = (-2, -1)
+        self.real = backend.zeros(self.shape, self.dtype)
+        self.spec = backend.zeros(self.shape, self.dtype)
+        self._fftw = None
+        if backend.fft_library == "pyfftw":
             with backend.fftw_lock:
-                self._fwd = pyfftw.FFTW(self.real, self.spec, axes=axes,
-                                        direction=["FFTW_REDFT10"] * 2, flags=_FFTW_FLAGS,
-                                        threads=backend.threads)
-                self._inv = pyfftw.FFTW(self.spec, self.real, axes=axes,
-                                        direction=["FFTW_REDFT01"] * 2,
-                                        flags=_FFTW_FLAGS + ("FFTW_DESTROY_INPUT",),
-                                        threads=backend.threads)
-            self._fftw = True
-        else:
-            self.real = xp.zeros(self.shape, self.dtype)
-            self.spec = xp.zeros(self.shape, self.dtype)
+                self._fftw = _FFTWPair(self.real, self.spec, backend.threads,
+                                       ["FFTW_REDFT10"] * 2, ["FFTW_REDFT01"] * 2)
 
-    def _fft_module(self):
+    def _module(self):
         if self.backend.is_gpu:
             import cupyx.scipy.fft as module
         else:
             import scipy.fft as module
         return module
 
+    def _kw(self):
+        return {} if self.backend.is_gpu else {"workers": self.backend.threads}
+
     def forward(self, src=None):
         """``spec = DCT-II(src)`` (unnormalised)."""
         src = self.real if src is None else src
-        if self._fftw:
-            _execute_from(self._fwd, src, self.real, self.spec)
+        if self._fftw is not None:
+            self._fftw.forward(src)
             return self.spec
-        kw = {} if self.backend.is_gpu else {"workers": self.backend.threads}
-        out = self._fft_module().dctn(src, type=2, axes=(-2, -1), **kw)
+        out = self._module().dctn(src, type=2, axes=(-2, -1), **self._kw())
         if self.backend.is_gpu:
             self.spec = out
         else:
             self.spec[...] = out
         return self.spec
 
-    def inverse(self):
-        """``real = DCT-III(spec)`` (unnormalised)."""
-        if self._fftw:
-            self._inv.execute()
-            return self.real
-        kw = {} if self.backend.is_gpu else {"workers": self.backend.threads}
-        out = self._fft_module().dctn(self.spec, type=3, axes=(-2, -1), **kw)
-        if self.backend.is_gpu:
-            self.real = out
-        else:
-            self.real[...] = out
-        return self.real
+    def inverse(self, dst=None):
+        """``dst = DCT-III(spec)`` (unnormalised)."""
+        if self._fftw is not None:
+            return self._fftw.inverse(dst)
+        out = self._module().dctn(self.spec, type=3, axes=(-2, -1), **self._kw())
+        return _store(self, out, dst)
 
 
 # --------------------------------------------------------------------------- backend
@@ -312,6 +333,15 @@ class Backend:
         """Set per-thread state before running kernels (Numba's thread count)."""
         if not self.is_gpu:
             self.kernels.set_threads(min(self.threads, _numba_max_threads()))
+
+    def empty(self, shape, dtype):
+        """An uninitialised array, SIMD-aligned for FFTW on the CPU (so that
+        transforms can write into it directly)."""
+        if self.fft_library == "pyfftw":
+            import pyfftw
+
+            return pyfftw.empty_aligned(shape, dtype)
+        return self.xp.empty(shape, dtype)
 
     def zeros(self, shape, dtype):
         """A zeroed work array, SIMD-aligned for FFTW on the CPU."""

@@ -149,7 +149,7 @@ class PoissonSolver:
     def _out(self, out, shape=None):
         shape = self.shape if shape is None else shape
         if out is None:
-            return self.backend.xp.empty(shape, self.dtype)
+            return self.backend.empty(shape, self.dtype)
         if tuple(out.shape) != tuple(shape) or out.dtype != self.dtype:
             raise InputError(f"out: expected {self.dtype} array of shape {shape}, "
                              f"got {out.dtype} {tuple(out.shape)}")
@@ -162,11 +162,13 @@ class PoissonSolver:
                                                    self.dtype.type(scale))
             scale = 1.0
 
-    def _spectral_gradient_to_vector(self, scale):
-        """``vector.spec = i k scalar.spec * scale``."""
+    def _spectral_gradient_to_vector(self, scale, poisson=False):
+        """``vector.spec = i k scalar.spec * scale`` (times the inverse Laplacian)."""
         v = self.vector
+        t = self.dtype.type
         self.backend.kernels.spectral_gradient(self.scalar.spec, v.spec[0], v.spec[1],
-                                               self.ky, self.kx, self.dtype.type(scale))
+                                               self.ky, self.kx, self.sy, self.sx,
+                                               t(self.alpha), t(scale), int(poisson))
 
     def _spectral_divergence_to_scalar(self, scale, poisson):
         """``scalar.spec = i k · vector.spec * scale`` (times the inverse Laplacian)."""
@@ -176,16 +178,16 @@ class PoissonSolver:
             self.dtype.type(self.alpha), self.dtype.type(scale), int(poisson))
 
     def _finish(self, out, grad_out):
-        """Copy the phase held in ``scalar`` (its spectrum, or its real buffer
-        for the fd scheme) into ``out`` and optionally its gradient into ``grad_out``."""
+        """Transform the phase spectrum held in ``scalar`` into ``out`` and
+        optionally its gradient into ``grad_out``."""
         if self.scheme == "spectral":
             if grad_out is not None:
                 self._spectral_gradient_to_vector(1.0)
-            out[...] = self.scalar.inverse()
+            self.scalar.inverse(out)
             if grad_out is not None:
-                grad_out[...] = self.vector.inverse()
+                self.vector.inverse(grad_out)
         else:
-            out[...] = self.scalar.inverse()
+            self.scalar.inverse(out)
             if grad_out is not None:
                 self.gradient(out, grad_out)
         return out
@@ -234,7 +236,7 @@ class PoissonSolver:
         if self.scheme == "spectral":
             self.scalar.forward(u)
             self._spectral_gradient_to_vector(self.rt)
-            out[...] = self.vector.inverse()
+            self.vector.inverse(out)
         else:
             self.backend.kernels.fd_gradient(u, out[0], out[1], *self._inv_h(), self.mirror,
                                              True)
@@ -276,7 +278,7 @@ class PoissonSolver:
             k.vector_scale(g[0], g[1], w, self.dtype.type(0), 0)
             self.vector.forward()
             self._spectral_divergence_to_scalar(self.rt, poisson=False)
-            out[...] = self.scalar.inverse()
+            self.scalar.inverse(out)
         else:
             k.weighted_divergence(phi, w, out, *self._inv_h(), self.dtype.type(0),
                                   self.mirror, 0)
@@ -293,14 +295,14 @@ class PoissonSolver:
         k = self.backend.kernels
         t = self.dtype.type
         self.scalar.forward(source)
-        self._multiply_inverse_laplacian(self.scalar.spec, scale * self.rt)
         if self.scheme == "spectral":
-            self._spectral_gradient_to_vector(1.0)
+            self._spectral_gradient_to_vector(scale * self.rt, poisson=True)  # ∇ψ, fused
             g = self.vector.inverse()
             k.vector_scale(g[0], g[1], w, t(floor), 1)
             self.vector.forward()
             self._spectral_divergence_to_scalar(self.rt, poisson=True)
         else:
+            self._multiply_inverse_laplacian(self.scalar.spec, scale * self.rt)
             psi = self.scalar.inverse()
             k.weighted_divergence(psi, w, self.work, *self._inv_h(), t(floor), self.mirror, 1)
             self.scalar.forward(self.work)

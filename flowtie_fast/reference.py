@@ -107,9 +107,12 @@ def inverse_laplacian(spectrum, sy, sx, alpha, scale):
     return spectrum * (scale * f)
 
 
-def spectral_gradient(F, ky, kx, scale):
-    """(2, ny, nxh) half spectra ``scale * i k F``."""
-    return np.stack([1j * scale * ky[:, None] * F, 1j * scale * kx[None, :] * F])
+def spectral_gradient(F, ky, kx, sy, sx, alpha, scale, poisson):
+    """(2, ny, nxh) half spectra ``scale * i k F``, times the inverse Laplacian if ``poisson``."""
+    f = scale
+    if poisson:
+        f = f * inverse_laplacian_factor(sy[:, None] + sx[None, :], alpha)
+    return np.stack([1j * ky[:, None] * F * f, 1j * kx[None, :] * F * f])
 
 
 def spectral_divergence(G, ky, kx, sy, sx, alpha, scale, poisson):

@@ -87,7 +87,8 @@ class Reconstruction:
 
         Zero where the phase explains the measured transport of intensity.
         Computed on first access (it costs one transport operator) from the
-        inputs as they were when the reconstruction was made.
+        planes of the series that was solved: modify those arrays in between
+        and it describes the modified data.
         """
         if self._residual is None and self._residual_fn is not None:
             self._residual = self._residual_fn()
@@ -150,7 +151,8 @@ class TIESolver:
         self.dtype = self.poisson.dtype
         be = self.backend
         self._didz = be.zeros(self.shape, self.dtype)
-        self._intensity = be.zeros(self.shape, self.dtype)
+        self._intensity_buffer = be.zeros(self.shape, self.dtype)
+        self._intensity = self._intensity_buffer  # the in-focus intensity in use
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -186,12 +188,14 @@ class TIESolver:
         if len(planes) == 3:
             kern.focal_derivative3(*planes, self._didz, *(t(w) for w in dw))
             if np.allclose(iw, [0, 1, 0], atol=1e-12):
-                self._intensity[...] = planes[1]
+                self._intensity = planes[1]  # read only: no copy
             else:
+                self._intensity = self._intensity_buffer
                 kern.focal_derivative3(*planes, self._intensity, *(t(w) for w in iw))
         else:
             stack = self.backend.xp.stack(planes)
             kern.focal_derivative_n(stack, self.backend.asarray(dw, self.dtype), self._didz)
+            self._intensity = self._intensity_buffer
             kern.focal_derivative_n(stack, self.backend.asarray(iw, self.dtype),
                                     self._intensity)
         mean = float(self._intensity.mean())
@@ -265,9 +269,7 @@ class TIESolver:
             if residual is not None:
                 rec._residual = residual / mean
             else:
-                didz = self._didz.copy()
-                intensity = self._intensity.copy()
-                rec._residual_fn = lambda: self._residual(phase, didz, intensity, k, mean)
+                rec._residual_fn = lambda: self._residual(series, phase)
             return rec
 
     def integrate(self, gradient, *, out=None, gradient_out=None, _locked=False):
@@ -293,12 +295,13 @@ class TIESolver:
 
     # ------------------------------------------------------------------ internals
 
-    def _residual(self, phase, didz, intensity, k, mean):
-        """``(k ∂I/∂z + ∇·(I ∇φ)) / Ī``."""
+    def _residual(self, series, phase):
+        """``(k ∂I/∂z + ∇·(I ∇φ)) / Ī`` from the series' planes."""
         with self._lock:
             self.backend.prepare()
-            r = self.poisson.transport(phase, intensity)
-            r += k * didz
+            mean = self._derivative_and_intensity(series)
+            r = self.poisson.transport(phase, self._intensity)
+            r += series.wavenumber * self._didz
             r /= mean
         return r
 
@@ -324,7 +327,7 @@ class TIESolver:
             tol = 1e-5 if self.dtype == np.float32 else 1e-10
         max_iter = 100 if max_iter is None else int(max_iter)
         # The exact TIE needs positive weights: clip the intensity at the floor.
-        xp.maximum(self._intensity, floor, out=self._intensity)
+        self._intensity = xp.maximum(self._intensity, floor, out=self._intensity_buffer)
         b = self._solvable_rhs(k)
         b_norm = float(xp.linalg.norm(b)) or 1.0
 
@@ -361,7 +364,7 @@ class TIESolver:
         P.gradient(x, out=grad)
         info.update(iterations=it, converged=history[-1] <= tol, tol=tol,
                     relative_residual=history)
-        return self._true_residual(x, b)
+        return self._true_residual(x, k)
 
     def _gradient_descent(self, k, mean, x, grad, info, tol, max_iter, preconditioner):
         """Steepest descent with exact line search on ``J = ½ ‖A φ - b‖²``."""
@@ -400,13 +403,13 @@ class TIESolver:
         P.gradient(x, out=grad)
         info.update(iterations=it, objective=objective, tol=tol, preconditioner=preconditioner,
                     converged=it < max_iter)
-        return self._true_residual(x, b)
+        return self._true_residual(x, k)
 
-    def _true_residual(self, x, b):
-        """``k ∂I/∂z + ∇·(I ∇φ) = b - A x`` recomputed from x (the recursively
-        updated residual of the iterations drifts in float32)."""
+    def _true_residual(self, x, k):
+        """``k ∂I/∂z + ∇·(I ∇φ)`` recomputed from x (the recursively updated
+        residual of the iterations drifts in float32)."""
         r = self.poisson.transport(x, self._intensity)
-        r += b
+        r += k * self._didz
         return r
 
 

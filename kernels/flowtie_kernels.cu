@@ -53,12 +53,12 @@
                                   alpha, scale);                                              \
         }                                                                                     \
     }                                                                                         \
-    extern "C" __global__ void spectral_gradient_##SUFFIX(const T* F, T* Gy, T* Gx, int ny,  \
-                                                          int nxh, const T* ky, const T* kx, \
-                                                          T scale) {                         \
+    extern "C" __global__ void spectral_gradient_##SUFFIX(                                    \
+        const T* F, T* Gy, T* Gx, int ny, int nxh, const T* ky, const T* kx, const T* sy,    \
+        const T* sx, T alpha, T scale, int poisson) {                                         \
         FT_LOOP((long)ny * nxh) {                                                             \
-            ft::spectral_gradient(F, Gy, Gx, nxh, (int)(p / nxh), (int)(p % nxh), ky, kx,     \
-                                  scale);                                                     \
+            ft::spectral_gradient(F, Gy, Gx, nxh, (int)(p / nxh), (int)(p % nxh), ky, kx, sy, \
+                                  sx, alpha, scale, poisson);                                 \
         }                                                                                     \
     }                                                                                         \
     extern "C" __global__ void spectral_divergence_##SUFFIX(                                  \

@@ -176,13 +176,18 @@ FT_HD void inverse_laplacian(T* data, int nxs, int comps, int i, int j, const T*
     for (int c = 0; c < comps; ++c) data[e + c] *= f;
 }
 
-// Half-spectrum gradient: (Gy, Gx) = scale * i (ky[i], kx[j]) F at (i, j).
+// Half-spectrum gradient: (Gy, Gx) = scale * i (ky[i], kx[j]) F at (i, j), and
+// with `poisson` also times the inverse Laplacian symbol (the gradient of the
+// Poisson solution, fused).
 template <typename T>
 FT_HD void spectral_gradient(const T* F, T* Gy, T* Gx, int nxh, int i, int j, const T* ky,
-                             const T* kx, T scale) {
+                             const T* kx, const T* sy, const T* sx, T alpha, T scale,
+                             int poisson) {
     const long e = ((long)i * nxh + j) * 2;
     T re = F[e], im = F[e + 1];
-    T a = ky[i] * scale, b = kx[j] * scale;
+    T f = scale;
+    if (poisson) f *= inverse_laplacian_factor(sy[i] + sx[j], alpha);
+    T a = ky[i] * f, b = kx[j] * f;
     Gy[e] = -a * im;
     Gy[e + 1] = a * re;
     Gx[e] = -b * im;

@@ -97,11 +97,11 @@ class HostKernels:
             _ptr(data), ctypes.c_int(data.shape[0]), ctypes.c_int(data.shape[1]),
             ctypes.c_int(comps), _ptr(sy), _ptr(sx), T(alpha), T(scale))
 
-    def spectral_gradient(self, F, Gy, Gx, ky, kx, scale):
+    def spectral_gradient(self, F, Gy, Gx, ky, kx, sy, sx, alpha, scale, poisson):
         T = self._c(F.dtype)
-        self._fn("spectral_gradient", F.dtype)(_ptr(F), _ptr(Gy), _ptr(Gx),
-                                               ctypes.c_int(F.shape[0]), ctypes.c_int(F.shape[1]),
-                                               _ptr(ky), _ptr(kx), T(scale))
+        self._fn("spectral_gradient", F.dtype)(
+            _ptr(F), _ptr(Gy), _ptr(Gx), ctypes.c_int(F.shape[0]), ctypes.c_int(F.shape[1]),
+            _ptr(ky), _ptr(kx), _ptr(sy), _ptr(sx), T(alpha), T(scale), ctypes.c_int(poisson))
 
     def spectral_divergence(self, Gy, Gx, out, ky, kx, sy, sx, alpha, scale, poisson):
         T = self._c(out.dtype)

@@ -149,16 +149,19 @@ def test_inverse_laplacian(impl, dtype, shape, kind, alpha, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_spectral_gradient(impl, dtype, shape, rng):
+@pytest.mark.parametrize("poisson", [False, True])
+def test_spectral_gradient(impl, dtype, shape, poisson, rng):
     ky = _wavenumbers(shape[0], PIXEL[0], False).astype(dtype)
     kx = _wavenumbers(shape[1], PIXEL[1], True).astype(dtype)
+    sy, sx = (ky**2).astype(dtype), (kx**2).astype(dtype)
     cdtype = np.complex64 if dtype == np.float32 else np.complex128
     F = (rng.normal(size=(shape[0], kx.size)) + 1j * rng.normal(size=(shape[0], kx.size)))
     F = F.astype(cdtype)
     Gy, Gx = impl.empty(F.shape, cdtype), impl.empty(F.shape, cdtype)
     impl.kernels.spectral_gradient(impl.to_dev(F), Gy, Gx, impl.to_dev(ky), impl.to_dev(kx),
-                                   dtype(0.5))
-    want = ref.spectral_gradient(F, ky, kx, 0.5)
+                                   impl.to_dev(sy), impl.to_dev(sx), dtype(0.1), dtype(0.5),
+                                   int(poisson))
+    want = ref.spectral_gradient(F, ky, kx, sy, sx, 0.1, 0.5, poisson)
     close(impl, Gy, want[0], dtype, scale=10)
     close(impl, Gx, want[1], dtype, scale=10)
 

@@ -46,9 +46,11 @@
                               alpha, scale);                                                 \
     }                                                                                        \
     extern "C" void spectral_gradient_##SUFFIX(const T* F, T* Gy, T* Gx, int ny, int nxh,    \
-                                               const T* ky, const T* kx, T scale) {          \
+                                               const T* ky, const T* kx, const T* sy,        \
+                                               const T* sx, T alpha, T scale, int poisson) { \
         HOST_LOOP((long)ny * nxh)                                                            \
-        ft::spectral_gradient(F, Gy, Gx, nxh, (int)(p / nxh), (int)(p % nxh), ky, kx, scale);\
+        ft::spectral_gradient(F, Gy, Gx, nxh, (int)(p / nxh), (int)(p % nxh), ky, kx, sy, sx,\
+                              alpha, scale, poisson);                                        \
     }                                                                                        \
     extern "C" void spectral_divergence_##SUFFIX(const T* Gy, const T* Gx, T* out, int ny,   \
                                                  int nxh, const T* ky, const T* kx,          \
