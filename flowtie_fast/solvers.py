@@ -231,6 +231,14 @@ class TIESolver:
             raise InputError(f"method: {method!r} is not available: {_FUTURE_METHODS[method]}")
         if method not in METHODS:
             raise InputError(f"method: expected one of {METHODS}, got {method!r}")
+        if preconditioner not in ("biharmonic", "none"):
+            raise InputError("preconditioner: expected 'biharmonic' or 'none', "
+                             f"got {preconditioner!r}")
+        if tol is not None and not (np.isfinite(tol) and tol > 0):
+            raise InputError(f"tol: expected a positive relative tolerance, got {tol!r}")
+        if max_iter is not None and (isinstance(max_iter, bool) or int(max_iter) != max_iter
+                                     or max_iter < 1):
+            raise InputError(f"max_iter: expected a positive integer, got {max_iter!r}")
         self._check_series(series)
         if method == "icom" and series.gradient is None:
             raise InputError("method: 'icom' needs a measured phase gradient "
@@ -258,9 +266,6 @@ class TIESolver:
             elif method == "tie-exact":
                 residual = self._pcg(k, mean, phase, grad, info, tol, max_iter)
             else:
-                if preconditioner not in ("biharmonic", "none"):
-                    raise InputError("preconditioner: expected 'biharmonic' or 'none', "
-                                     f"got {preconditioner!r}")
                 residual = self._gradient_descent(k, mean, phase, grad, info, tol, max_iter,
                                                   preconditioner)
             self.backend.synchronize()

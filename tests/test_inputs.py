@@ -116,6 +116,10 @@ def test_bad_gradient_shape(planes):
     (dict(threads=0), "threads: expected a positive integer"),
     (dict(preconditioner="jacobi", method="gd"), "preconditioner: expected"),
     (dict(tolerance=1e-3), "options: unknown"),
+    (dict(tol=0.0, method="tie-exact"), "tol: expected a positive"),
+    (dict(tol=np.nan, method="gd"), "tol: expected a positive"),
+    (dict(max_iter=0, method="gd"), "max_iter: expected a positive integer"),
+    (dict(max_iter=2.5, method="tie-exact"), "max_iter: expected a positive integer"),
 ])
 def test_bad_solver_options(planes, kw, match):
     kw = dict(kw)

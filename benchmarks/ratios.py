@@ -1,0 +1,92 @@
+"""Same-run ratios for benchmarks/RESULTS.md: ``tie`` against the FFTs it
+performs (same plans, same library) and against the plain NumPy reference.
+
+asv tracks each timing over time; this script answers the ratio questions in
+one process, interleaving the contenders so that drift and noise on a shared
+machine hit all of them alike, and prints a Markdown table.
+
+    python benchmarks/ratios.py --sizes 256 1024 2048 --backend cpu --repeats 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import flowtie_fast as ft  # noqa: E402
+from benchmarks.common import DZ, ENERGY, PIXEL, require, triplet, triplet_arrays  # noqa: E402
+from flowtie_fast.reference import teague_tie  # noqa: E402
+
+
+def _fft_bound(poisson, sync):
+    def run():
+        poisson.scalar.forward()
+        poisson.vector.inverse()
+        poisson.vector.forward()
+        poisson.scalar.inverse()
+        poisson.vector.inverse()
+        sync()
+    return run
+
+
+def measure(size, backend, repeats, reference):
+    be = require(backend)
+    t = triplet(size, backend)
+    solver = ft.TIESolver((size, size), PIXEL, backend=be)
+    out = be.empty((size, size), solver.dtype)
+    grad = be.empty((2, size, size), solver.dtype)
+    contenders = {
+        "tie": lambda: (solver.solve(t, method="tie"), be.synchronize()),
+        "tie, out= given": lambda: (solver.solve(t, method="tie", out=out, gradient_out=grad),
+                                    be.synchronize()),
+        "tie-uniform": lambda: (solver.solve(t, method="tie-uniform"), be.synchronize()),
+        "FFTs of tie (8 real 2-D)": _fft_bound(solver.poisson, be.synchronize),
+    }
+    if reference:
+        planes = triplet_arrays(size)
+        contenders["NumPy reference Teague"] = lambda: teague_tie(*planes, DZ, PIXEL, ENERGY)
+    times = {name: [] for name in contenders}
+    for fn in contenders.values():
+        fn()  # warm: JIT, plans
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048])
+    parser.add_argument("--backend", default="cpu")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--no-reference", action="store_true")
+    args = parser.parse_args(argv)
+    be = require(args.backend)
+    print(f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} cores, "
+          f"{platform.processor() or platform.machine()}, backend {be!r}, "
+          f"median of {args.repeats} interleaved runs, float32")
+    print()
+    print("| size | contender | median (ms) | / FFTs of tie | NumPy reference / this |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for size in args.sizes:
+        m = measure(size, args.backend, args.repeats, not args.no_reference)
+        bound = m["FFTs of tie (8 real 2-D)"]
+        ref = m.get("NumPy reference Teague")
+        for name, value in m.items():
+            speedup = f"{ref / value:.1f}x" if ref else "-"
+            print(f"| {size}² | {name} | {value * 1e3:.2f} | {value / bound:.2f} | {speedup} |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
