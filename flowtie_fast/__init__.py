@@ -2,6 +2,7 @@
 
 The data path, top to bottom::
 
+    4D-STEM arrays / files         (stem.py, io.py)  one-pass virtual images + centre of mass
     FocalTriplet / FocalSeries     (triplet.py)  measured planes, dz, pixel size, energy
       -> focal derivative kernels  (backend.py)  CUDA kernels or Numba twins
       -> PoissonSolver operators   (poisson.py)  FFT / DCT plans, one discretisation
@@ -14,6 +15,7 @@ lengths in Å, energy in eV, phase in rad, phase gradient in rad/Å.
 
 from .backend import Backend, get_backend, gpu_available
 from .errors import BackendError, InputError
+from .io import Dataset, load, save
 from .physics import wavelength, wavenumber
 from .poisson import PoissonSolver
 from .solvers import METHODS, Reconstruction, TIESolver, reconstruct
@@ -25,6 +27,7 @@ __all__ = [
     "METHODS",
     "Backend",
     "BackendError",
+    "Dataset",
     "FocalSeries",
     "FocalTriplet",
     "InputError",
@@ -34,7 +37,9 @@ __all__ = [
     "focal_weights",
     "get_backend",
     "gpu_available",
+    "load",
     "reconstruct",
+    "save",
     "wavelength",
     "wavenumber",
 ]

@@ -46,6 +46,13 @@ def load_module():
     return cupy.RawModule(code=code, options=("-std=c++14", f"-I{directory}"))
 
 
+_REDUCE_SUFFIX = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16",
+                  np.dtype(np.uint32): "u32", np.dtype(np.int32): "i32",
+                  np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+REDUCE_DTYPES = tuple(_REDUCE_SUFFIX)
+_REDUCE_BLOCK = 256
+
+
 def _suffix(dtype) -> str:
     dtype = np.dtype(dtype)
     if dtype in (np.float32, np.complex64):
@@ -144,3 +151,16 @@ class CudaKernels:
         ny, nxh = out.shape
         launch("spectral_divergence", out.size, out.dtype, Gy, Gx, out, np.int32(ny),
                np.int32(nxh), ky, kx, sy, sx, T(alpha), T(scale), np.int32(poisson))
+
+    @staticmethod
+    def reduce_patterns(data, W, out):
+        """out (P, Q) float32 = data (P, K) @ W.T; data of a dtype in REDUCE_DTYPES."""
+        _check(data, W, out)
+        suffix = _REDUCE_SUFFIX.get(np.dtype(data.dtype))
+        if suffix is None:
+            raise TypeError(f"reduce_patterns takes {REDUCE_DTYPES}, not {data.dtype}")
+        npat, count = data.shape
+        fn = load_module().get_function(f"reduce_patterns_{suffix}")
+        blocks = max(1, min(_MAX_BLOCKS, npat))
+        fn((blocks,), (_REDUCE_BLOCK,), (data, np.int64(npat), np.int64(count), W,
+                                          np.int32(W.shape[0]), out))

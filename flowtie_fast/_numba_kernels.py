@@ -192,3 +192,17 @@ def spectral_divergence(Gy, Gx, out, ky, kx, sy, sx, alpha, scale, poisson):
 def set_threads(n: int) -> None:
     """Set Numba's thread count for the calling thread (thread-local in Numba)."""
     numba.set_num_threads(n)
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def reduce_patterns(data, W, out):
+    """out[p, q] = sum_k W[q, k] * data[p, k] (float64 accumulation); the pattern
+    stays in cache while the few weight rows are swept over it."""
+    npat, count = data.shape
+    nq = W.shape[0]
+    for p in prange(npat):
+        for q in range(nq):
+            acc = 0.0
+            for k in range(count):
+                acc += W[q, k] * data[p, k]
+            out[p, q] = acc

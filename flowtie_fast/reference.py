@@ -123,6 +123,11 @@ def spectral_divergence(G, ky, kx, sy, sx, alpha, scale, poisson):
     return d
 
 
+def reduce_patterns(data, W):
+    """Weighted sums of every pattern: (P, K) data times (Q, K) weights -> (P, Q)."""
+    return np.asarray(data, dtype=np.float64) @ np.asarray(W, dtype=np.float64).T
+
+
 def teague_tie(minus, zero, plus, dz, pixel_size, energy, floor=1e-3):
     """Teague's TIE solution the way common scripts write it: complex128
     ``np.fft.fft2`` throughout, periodic boundaries, no plans, no kernels.

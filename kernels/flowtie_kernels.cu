@@ -72,3 +72,44 @@
 
 FT_DEFINE_KERNELS(float, f32)
 FT_DEFINE_KERNELS(double, f64)
+
+// 4D-STEM reduction: out[p][q] = sum_k W[q][k] * data[p][k] for each pattern p of
+// `count` detector pixels; one block per pattern (grid-stride), a strided share
+// of the pixels per thread, shares added in shared memory. Block size 256.
+#define FT_REDUCE_BLOCK 256
+
+template <typename TIn>
+__device__ void reduce_patterns(const TIn* data, long npat, long count, const float* W, int nq,
+                                float* out) {
+    __shared__ float part[FT_MAX_WEIGHTS][FT_REDUCE_BLOCK];
+    const int t = threadIdx.x;
+    for (long p = blockIdx.x; p < npat; p += gridDim.x) {
+        float acc[FT_MAX_WEIGHTS];
+        for (int q = 0; q < FT_MAX_WEIGHTS; ++q) acc[q] = 0.0f;
+        ft::weighted_sums(data + p * count, count, (long)t, (long)blockDim.x, W, nq, acc);
+        for (int q = 0; q < FT_MAX_WEIGHTS; ++q) part[q][t] = acc[q];
+        __syncthreads();
+        for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+            if (t < s) {
+                for (int q = 0; q < FT_MAX_WEIGHTS; ++q) part[q][t] += part[q][t + s];
+            }
+            __syncthreads();
+        }
+        if (t < nq) out[p * nq + t] = part[t][0];
+        __syncthreads();
+    }
+}
+
+#define FT_DEFINE_REDUCE(TIN, SUFFIX)                                                       \
+    extern "C" __global__ void reduce_patterns_##SUFFIX(const TIN* data, long npat,        \
+                                                        long count, const float* W,        \
+                                                        int nq, float* out) {              \
+        reduce_patterns<TIN>(data, npat, count, W, nq, out);                                \
+    }
+
+FT_DEFINE_REDUCE(unsigned char, u8)
+FT_DEFINE_REDUCE(unsigned short, u16)
+FT_DEFINE_REDUCE(unsigned int, u32)
+FT_DEFINE_REDUCE(int, i32)
+FT_DEFINE_REDUCE(float, f32)
+FT_DEFINE_REDUCE(double, f64)

@@ -209,4 +209,24 @@ FT_HD void spectral_divergence(const T* Gy, const T* Gx, T* out, int nxh, int i,
     out[e + 1] = re * f;
 }
 
+// ---------------------------------------------------------------- 4D-STEM reduction
+
+// Most weighted sums (virtual detectors, centre-of-mass moments) one pass computes.
+#define FT_MAX_WEIGHTS 8
+
+// Partial weighted sums of one diffraction pattern of `count` detector pixels
+// over the pixels k = begin, begin + step, ... : acc[q] += W[q][k] * pattern[k].
+// A CUDA thread takes a strided share (then the block adds the shares up); the
+// host harness and a serial loop take begin = 0, step = 1.
+template <typename TIn, typename TAcc>
+FT_HD void weighted_sums(const TIn* pattern, long count, long begin, long step, const float* W,
+                         int nq, TAcc* acc) {
+    for (long k = begin; k < count; k += step) {
+        TAcc v = (TAcc)pattern[k];
+        for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
+            if (q < nq) acc[q] += (TAcc)W[(long)q * count + k] * v;
+        }
+    }
+}
+
 }  // namespace ft

@@ -184,3 +184,18 @@ def test_spectral_divergence(impl, dtype, shape, poisson, alias, rng):
                                      int(poisson))
     want = ref.spectral_divergence(G, ky, kx, sy, sx, 0.0, 2.0, poisson)
     close(impl, out, want, dtype, scale=100)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32, np.float32,
+                                   np.float64])
+@pytest.mark.parametrize("nq", [1, 5, 8])
+def test_reduce_patterns(impl, dtype, nq, rng):
+    """Virtual detectors and centre-of-mass moments of many patterns in one pass."""
+    npat, count = 37, 19 * 23  # not a multiple of the CUDA block
+    hi = 250 if np.dtype(dtype).kind in "ui" else 1.0
+    data = (rng.random((npat, count)) * hi).astype(dtype)
+    W = rng.normal(size=(nq, count)).astype(np.float32)
+    out = impl.empty((npat, nq), np.float32)
+    impl.kernels.reduce_patterns(impl.to_dev(data), impl.to_dev(W), out)
+    want = ref.reduce_patterns(data, W)
+    close(impl, out, want, np.float32, scale=np.abs(want).max())

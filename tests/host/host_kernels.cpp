@@ -63,3 +63,21 @@
 
 HOST_DEFINE(float, f32)
 HOST_DEFINE(double, f64)
+
+// 4D-STEM reduction, serial: the same per-pattern arithmetic with one share.
+#define HOST_DEFINE_REDUCE(TIN, SUFFIX)                                                     \
+    extern "C" void reduce_patterns_##SUFFIX(const TIN* data, long npat, long count,       \
+                                             const float* W, int nq, float* out) {         \
+        for (long p = 0; p < npat; ++p) {                                                   \
+            float acc[FT_MAX_WEIGHTS] = {0};                                                \
+            ft::weighted_sums(data + p * count, count, 0L, 1L, W, nq, acc);                 \
+            for (int q = 0; q < nq; ++q) out[p * nq + q] = acc[q];                          \
+        }                                                                                   \
+    }
+
+HOST_DEFINE_REDUCE(unsigned char, u8)
+HOST_DEFINE_REDUCE(unsigned short, u16)
+HOST_DEFINE_REDUCE(unsigned int, u32)
+HOST_DEFINE_REDUCE(int, i32)
+HOST_DEFINE_REDUCE(float, f32)
+HOST_DEFINE_REDUCE(double, f64)

@@ -1,0 +1,236 @@
+"""Multislice simulation of 4D-STEM focal triplets with abTEM (extra ``sim``).
+
+abTEM, the field's standard multislice code, does the physics; this module
+chooses the set-up the FlowTIE evaluation needs and computes the ground
+truth:
+
+- a crystal (GaAs [001], SrTiO3 [001] built in, any ``ase.Atoms`` accepted),
+  repeated laterally into a supercell wide enough for the probe and along z to
+  the largest thickness;
+- one multislice pass per defocus for a whole thickness series: abTEM exit
+  planes after whole unit cells;
+- three probe defoci ``(+dz, 0, -dz)`` (abTEM: positive = underfocus), which
+  record the planes ``(-dz, 0, +dz)`` (DESIGN §2) and are stored in that order;
+- a scan of whole unit cells (periodic) on a pixelated detector, optional
+  frozen phonons and Poisson noise at a dose in e⁻/Å²;
+- the ground truth per thickness: the projected potential of the slices above
+  the exit plane times σ(E), Fourier-resampled to the scan grid, and its
+  spectral gradient.
+
+Cost on 2 cores: see ``benchmarks/RESULTS.md`` ("Simulation").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["MATERIALS", "SimulationCase", "crystal", "simulate_series", "ground_truth_phase"]
+
+MATERIALS = {
+    "GaAs": {"lattice": 5.6533, "structure": "zincblende"},
+    "SrTiO3": {"lattice": 3.905, "structure": "perovskite"},
+}
+
+
+def _abtem():
+    try:
+        import abtem
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("simulation needs abTEM: pip install 'flowtie_fast[sim]'") from exc
+    return abtem
+
+
+def crystal(material):
+    """The [001] unit cell of a built-in material, or ``material`` itself (ase.Atoms).
+
+    Returns an orthorhombic ``ase.Atoms`` with z along the beam.
+    """
+    import ase
+    import ase.build
+
+    if isinstance(material, ase.Atoms):
+        atoms = material.copy()
+        cell = atoms.cell
+        if not np.allclose(cell.array, np.diag(np.diag(cell.array)), atol=1e-6):
+            raise InputError("material: expected an orthorhombic cell (z along the beam)")
+        return atoms
+    if material == "GaAs":
+        return ase.build.bulk("GaAs", "zincblende", a=MATERIALS["GaAs"]["lattice"], cubic=True)
+    if material == "SrTiO3":
+        a = MATERIALS["SrTiO3"]["lattice"]
+        return ase.Atoms("SrTiO3", cell=[a, a, a], pbc=True,
+                         scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0),
+                                           (0.5, 0, 0.5), (0, 0.5, 0.5)])
+    raise InputError(f"material: expected one of {tuple(MATERIALS)} or an ase.Atoms, "
+                     f"got {material!r}")
+
+
+@dataclass
+class SimulationCase:
+    """One thickness of a simulated series: the three 4D datasets and the truth."""
+
+    material: str
+    thickness: float  # Å
+    minus: np.ndarray  # (Sy, Sx, Ky, Kx) recorded at z = -dz (abTEM defocus +dz)
+    zero: np.ndarray
+    plus: np.ndarray
+    dz: float
+    scan_step: tuple  # Å
+    k_sampling: tuple  # 1/Å
+    energy: float
+    semiangle: float  # mrad
+    phase: np.ndarray  # ground-truth projected phase on the scan grid, rad
+    gradient: np.ndarray  # its gradient, rad/Å
+    meta: dict = field(default_factory=dict)
+
+
+def ground_truth_phase(projected_potential, scan_shape, energy):
+    """``σ(E) V_proj`` (rad) Fourier-resampled to the scan grid.
+
+    ``projected_potential`` (V·Å) samples exactly one scan period from the
+    origin, like the scan; its spectrum is cropped (or zero-padded) to the scan
+    grid, Nyquist terms dropped.
+    """
+    from abtem.core.energy import energy2sigma
+
+    v = np.asarray(projected_potential, dtype=np.float64)
+    spec = np.fft.fft2(v)
+    sy, sx = scan_shape
+    ny, nx = v.shape
+    out = np.zeros(scan_shape, complex)
+    fy = np.fft.fftfreq(sy, 1.0 / sy).round().astype(int)
+    fx = np.fft.fftfreq(sx, 1.0 / sx).round().astype(int)
+    keep_y = np.flatnonzero(np.abs(fy) < min(sy, ny) / 2)
+    keep_x = np.flatnonzero(np.abs(fx) < min(sx, nx) / 2)
+    out[np.ix_(keep_y, keep_x)] = spec[np.ix_(fy[keep_y] % ny, fx[keep_x] % nx)]
+    out *= (sy * sx) / (ny * nx)
+    return energy2sigma(energy) * np.real(np.fft.ifft2(out))
+
+
+def _spectral_gradient(phase, step):
+    sy, sx = phase.shape
+    qy = 2 * np.pi * np.fft.fftfreq(sy, step[0])[:, None]
+    qx = 2 * np.pi * np.fft.fftfreq(sx, step[1])[None, :]
+    spec = np.fft.fft2(phase)
+    return np.stack([np.real(np.fft.ifft2(1j * qy * spec)), np.real(np.fft.ifft2(1j * qx * spec))])
+
+
+def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0, 200.0), *,
+                    energy=300e3, semiangle=20.0, dz=20.0, scan_cells=(1, 1),
+                    scan_gpts=None, supercell=16.0, potential_sampling=0.05,
+                    slice_thickness=1.5, max_angle=None, frozen_phonons=0, sigma=0.08,
+                    dose=None, seed=0, progress=False):
+    """Simulate a 4D-STEM thickness series at three probe defoci in one multislice pass.
+
+    Parameters
+    ----------
+    material : "GaAs", "SrTiO3" or ase.Atoms
+        Orthorhombic cell, [001] along the beam.
+    thicknesses : sequence of float
+        Wanted thicknesses in Å; rounded to whole unit cells (at least one).
+    energy : float
+        eV (default 300 keV).
+    semiangle : float
+        Probe convergence semi-angle in mrad (default 20).
+    dz : float
+        Defocus step in Å (default 20): probe defoci ``+dz, 0, -dz``.
+    scan_cells : (int, int)
+        Unit cells covered by the periodic scan.
+    scan_gpts : (int, int), optional
+        Scan positions (default: about 0.2 Å steps, at least 16 per cell).
+    supercell : float
+        Minimum lateral size of the potential in Å (probe room; default 16).
+    potential_sampling : float
+        Å (default 0.05).
+    slice_thickness : float
+        Target slice thickness in Å (rounded to divide the cell height).
+    max_angle : float, optional
+        Detector extent in mrad (default 3 × semiangle).
+    frozen_phonons : int
+        Configurations (0: static lattice).
+    sigma : float
+        Thermal displacement in Å for frozen phonons.
+    dose : float, optional
+        Electrons per Å² for Poisson noise (default: noise-free).
+    seed : int
+    progress : bool
+        Show abTEM's progress bar.
+
+    Returns
+    -------
+    list of SimulationCase, one per thickness.
+    """
+    abtem = _abtem()
+
+    unit = crystal(material)
+    name = material if isinstance(material, str) else unit.get_chemical_formula()
+    a, b, c = np.diag(unit.cell.array)
+    cells = sorted({max(1, int(round(t / c))) for t in thicknesses})
+    per_cell = max(1, int(round(c / slice_thickness)))
+    scan_cells = tuple(int(s) for s in scan_cells)
+    rep = (max(scan_cells[0], math.ceil(supercell / a)), max(scan_cells[1], math.ceil(supercell / b)))
+    atoms = unit * (rep[0], rep[1], cells[-1])
+    if frozen_phonons:
+        potential_atoms = abtem.FrozenPhonons(atoms, num_configs=int(frozen_phonons),
+                                              sigmas=sigma, seed=seed)
+    else:
+        potential_atoms = atoms
+    exit_planes = tuple(per_cell * m - 1 for m in cells)
+    pot = abtem.Potential(potential_atoms, sampling=potential_sampling,
+                          slice_thickness=c / per_cell, exit_planes=exit_planes,
+                          projection="infinite")
+    extent = (scan_cells[0] * a, scan_cells[1] * b)
+    if scan_gpts is None:
+        scan_gpts = tuple(max(16 * n, int(round(e / 0.2))) for n, e in zip(scan_cells, extent))
+    scan = abtem.GridScan(start=(0, 0), end=extent, gpts=scan_gpts, endpoint=False)
+    max_angle = 3 * semiangle if max_angle is None else max_angle
+    probe = abtem.Probe(energy=energy, semiangle_cutoff=semiangle,
+                        defocus=np.array([dz, 0.0, -dz]))
+    probe.grid.match(pot)
+    detector = abtem.PixelatedDetector(max_angle=max_angle)
+    start = time.perf_counter()
+    measured = probe.scan(pot, scan=scan, detectors=detector)
+    if progress:
+        measured = measured.compute(scheduler="threads", progress_bar=True)
+    else:
+        measured = measured.compute(scheduler="threads", progress_bar=False)
+    elapsed = time.perf_counter() - start
+    data = np.asarray(measured.array, dtype=np.float32)
+    # axes: (thickness, defocus, scan 0, scan 1, k 0, k 1); with frozen phonons abTEM averages
+    while data.ndim > 6:
+        data = data.mean(axis=0)
+    k_sampling = tuple(float(s) for s in measured.sampling[-2:])
+    scan_step = (extent[0] / scan_gpts[0], extent[1] / scan_gpts[1])
+
+    # Ground truth: projected potential of the slices above each exit plane, on a
+    # potential of exactly one scan period (static lattice: the mean over
+    # frozen phonons to first order).
+    truth = abtem.Potential(unit * (scan_cells[0], scan_cells[1], cells[-1]),
+                            sampling=potential_sampling, slice_thickness=c / per_cell,
+                            projection="infinite")
+    cumulative = np.cumsum(np.asarray(truth.build().compute().array), axis=0)
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i, m in enumerate(cells):
+        phase = ground_truth_phase(cumulative[exit_planes[i]], scan_gpts, energy)
+        planes = data[i]
+        if dose is not None:
+            # Normalise each pattern set to the dose per scan-pixel area, draw counts.
+            electrons = dose * scan_step[0] * scan_step[1]
+            norm = planes.sum(axis=(-2, -1), keepdims=True).mean()
+            planes = rng.poisson(planes * (electrons / norm)).astype(np.float32)
+        cases.append(SimulationCase(
+            material=name, thickness=float(m * c), minus=planes[0], zero=planes[1],
+            plus=planes[2], dz=float(dz), scan_step=scan_step, k_sampling=k_sampling,
+            energy=float(energy), semiangle=float(semiangle), phase=phase.astype(np.float32),
+            gradient=_spectral_gradient(phase, scan_step).astype(np.float32),
+            meta={"cells": int(m), "supercell": rep, "potential_sampling": potential_sampling,
+                  "slice_thickness": c / per_cell, "frozen_phonons": int(frozen_phonons),
+                  "dose": dose, "seconds_total": elapsed, "abtem": abtem.__version__}))
+    return cases

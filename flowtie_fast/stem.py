@@ -1,0 +1,315 @@
+"""4D-STEM: from (Sy, Sx, Ky, Kx) patterns to virtual images and the centre of mass.
+
+One pass over the data computes every virtual image (bright-field disk,
+annulus, whole detector) and the centre-of-mass moments together: each is a
+weighted sum of a pattern's pixels, so the pass is one small matrix product
+``patterns (P, K) @ weights (Q, K).T`` done by the ``reduce_patterns`` kernel
+(CUDA, or its Numba twin). The data stream through in chunks of scan rows, so
+memory maps, HDF5 datasets and dask arrays larger than memory need only one
+chunk in memory at a time.
+
+Conventions (DESIGN §2): detector axis i is parallel to scan axis i unless a
+rotation is given; the centre of mass in 1/Å times 2π is the phase gradient
+in rad/Å (thin object, blurred by the probe).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import Backend, get_backend
+from .errors import InputError
+from .physics import wavelength
+
+__all__ = ["Detector", "Reduction", "reduce_4dstem", "find_center", "calibrate_rotation"]
+
+MAX_WEIGHTS = 8  # FT_MAX_WEIGHTS in kernels/flowtie_ops.cuh
+_NATIVE = (np.uint8, np.uint16, np.uint32, np.int32, np.float32, np.float64)
+
+
+def _pair(name, value):
+    v = np.broadcast_to(np.asarray(value, dtype=np.float64), (2,))
+    if not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise InputError(f"{name}: expected a positive number or pair of them, got {value!r}")
+    return float(v[0]), float(v[1])
+
+
+@dataclass
+class Detector:
+    """Pixelated detector geometry.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Detector pixels (Ky, Kx).
+    k_sampling : float or (float, float)
+        Reciprocal-space sampling in 1/Å per pixel.
+    energy : float
+        Electron energy in eV.
+    center : (float, float)
+        Position of the undeflected beam in pixels (fractional allowed).
+    """
+
+    shape: tuple
+    k_sampling: tuple
+    energy: float
+    center: tuple
+
+    def k(self):
+        """Reciprocal coordinates (ky, kx) in 1/Å relative to the centre, each (Ky, Kx)."""
+        iy = (np.arange(self.shape[0]) - self.center[0]) * self.k_sampling[0]
+        ix = (np.arange(self.shape[1]) - self.center[1]) * self.k_sampling[1]
+        return np.meshgrid(iy, ix, indexing="ij")
+
+    def angle_mrad(self):
+        """Scattering angle of each pixel in mrad (small-angle: λ |k|)."""
+        ky, kx = self.k()
+        return np.hypot(ky, kx) * wavelength(self.energy) * 1e3
+
+
+def find_center(patterns) -> tuple:
+    """Centre of the bright-field disk of a mean pattern, in pixels.
+
+    The centre of mass of the pixels brighter than half the brightest one: the
+    disk, without the dark-field tails that would pull a plain centre of mass.
+    """
+    m = np.asarray(patterns, dtype=np.float64)
+    m = m.reshape(-1, *m.shape[-2:]).mean(axis=0)
+    mask = m >= 0.5 * m.max()
+    w = np.where(mask, m, 0.0)
+    total = w.sum()
+    if not total > 0:
+        raise InputError("center: the mean pattern is empty; give the detector centre")
+    iy, ix = np.indices(m.shape)
+    return float((w * iy).sum() / total), float((w * ix).sum() / total)
+
+
+def bf_radius_mrad(patterns, detector: Detector) -> float:
+    """Bright-field disk radius (mrad) from a mean pattern: the radius of a disk
+    with the area of the pixels brighter than half the brightest."""
+    m = np.asarray(patterns, dtype=np.float64)
+    m = m.reshape(-1, *m.shape[-2:]).mean(axis=0)
+    area = np.count_nonzero(m >= 0.5 * m.max())
+    mrad_per_px = math.sqrt(detector.k_sampling[0] * detector.k_sampling[1]) * \
+        wavelength(detector.energy) * 1e3
+    return math.sqrt(area / math.pi) * mrad_per_px
+
+
+def sample_patterns(data, count: int = 256):
+    """Up to ``count`` patterns spread evenly over the scan (cheap: no full pass)."""
+    sy, sx = data.shape[:2]
+    rows = np.unique(np.linspace(0, sy - 1, min(sy, 16)).astype(int))
+    per_row = max(1, count // len(rows))
+    cols = np.unique(np.linspace(0, sx - 1, min(sx, per_row)).astype(int))
+    out = []
+    for r in rows:
+        row = np.asarray(_to_numpy(data[int(r)]))
+        out.append(row[cols])
+    return np.concatenate(out, axis=0)
+
+
+def _to_numpy(x):
+    if type(x).__module__.startswith("cupy"):
+        return x.get()
+    if hasattr(x, "compute") and not isinstance(x, np.ndarray):
+        x = x.compute()
+    return np.asarray(x)
+
+
+@dataclass
+class Reduction:
+    """What one pass over a 4D-STEM dataset gives.
+
+    Attributes
+    ----------
+    virtual : dict of str -> array (Sy, Sx)
+        Virtual images (counts summed over each detector region).
+    com : array (2, Sy, Sx)
+        Centre of mass relative to the detector centre, 1/Å, in scan axes.
+    detector : Detector
+        The geometry used (with the centre found or given).
+    rotation : float
+        Detector-to-scan rotation applied, degrees; ``flip`` the transpose.
+    """
+
+    virtual: dict
+    com: object
+    detector: Detector
+    rotation: float = 0.0
+    flip: bool = False
+    regions: dict = field(default_factory=dict)
+
+    @property
+    def gradient(self):
+        """Phase gradient ``2π · COM`` in rad/Å, (2, Sy, Sx)."""
+        return 2 * np.pi * self.com
+
+
+def detector_weights(detector: Detector, regions: dict, com_radius_mrad=None):
+    """Weight rows for the virtual images and the centre-of-mass moments.
+
+    Parameters
+    ----------
+    regions : dict of name -> (inner_mrad, outer_mrad)
+        Annular regions (inner 0: a disk; outer ``inf``: to the edge).
+    com_radius_mrad : float, optional
+        Limit the centre of mass to this radius (default: whole detector).
+
+    Returns
+    -------
+    W : float32 array (Q, Ky*Kx)
+        Rows: one per region, then [mask, mask·ky, mask·kx] of the COM.
+    """
+    if len(regions) + 3 > MAX_WEIGHTS:
+        raise InputError(f"virtual: at most {MAX_WEIGHTS - 3} virtual images in one pass")
+    theta = detector.angle_mrad()
+    rows = []
+    for name, (inner, outer) in regions.items():
+        if not (0 <= inner < outer):
+            raise InputError(f"virtual: region {name!r} needs 0 <= inner < outer mrad, "
+                             f"got ({inner}, {outer})")
+        rows.append((theta >= inner) & (theta < outer))
+    com_mask = np.ones(detector.shape, bool) if com_radius_mrad is None else (
+        theta < com_radius_mrad)
+    ky, kx = detector.k()
+    rows += [com_mask, com_mask * ky, com_mask * kx]
+    return np.stack([np.asarray(r, np.float64).ravel() for r in rows]).astype(np.float32)
+
+
+def _native(chunk, xp):
+    """The chunk in a dtype the kernel reads directly (others are converted)."""
+    dt = np.dtype(chunk.dtype)
+    if dt in _NATIVE:
+        return xp.ascontiguousarray(chunk)
+    if dt.kind == "b" or (dt.kind == "u" and dt.itemsize < 4):
+        return xp.ascontiguousarray(chunk, dtype=np.uint16)
+    if dt.kind in "ui":
+        return xp.ascontiguousarray(chunk, dtype=np.float64 if dt.itemsize > 4 else np.int32)
+    if dt.kind == "f":
+        return xp.ascontiguousarray(chunk, dtype=np.float32 if dt.itemsize <= 4 else np.float64)
+    raise InputError(f"data: expected real detector counts, got dtype {dt}")
+
+
+def check_4d(name, data):
+    """Validate a 4D-STEM array-like (NumPy, CuPy, memmap, HDF5, dask)."""
+    shape = getattr(data, "shape", None)
+    dtype = getattr(data, "dtype", None)
+    if shape is None or dtype is None:
+        raise InputError(f"{name}: expected a 4-D array (Sy, Sx, Ky, Kx), got {type(data)}")
+    if len(shape) != 4:
+        raise InputError(f"{name}: expected a 4-D array (Sy, Sx, Ky, Kx), got shape "
+                         f"{tuple(shape)}")
+    if min(shape) < 2:
+        raise InputError(f"{name}: expected at least 2 along every axis, got {tuple(shape)}")
+    if np.dtype(dtype).kind not in "buif":
+        raise InputError(f"{name}: expected real detector counts, got dtype {dtype}")
+    return data
+
+
+def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=None,
+                  backend="auto", chunk_bytes: int = 64 << 20, name: str = "data"):
+    """One pass over a 4D-STEM dataset: virtual images and centre of mass.
+
+    Parameters
+    ----------
+    data : array-like (Sy, Sx, Ky, Kx)
+        Any real dtype; NumPy, CuPy, ``np.memmap``, ``h5py.Dataset`` or dask.
+    detector : Detector
+        Geometry (centre included).
+    regions : dict of name -> (inner_mrad, outer_mrad)
+        Virtual detectors.
+    com_radius_mrad : float, optional
+        Limit of the centre of mass (default: whole detector).
+    backend : {"auto", "cpu", "gpu"} or Backend
+    chunk_bytes : int
+        Upper bound of the raw data read at once (whole scan rows, at least one).
+
+    Returns
+    -------
+    Reduction
+        Before any rotation (detector axes).
+    """
+    check_4d(name, data)
+    sy, sx, ky, kx = (int(s) for s in data.shape)
+    if (ky, kx) != tuple(detector.shape):
+        raise InputError(f"{name}: detector shape {(ky, kx)} differs from {detector.shape}")
+    be: Backend = get_backend(backend, like=data)
+    be.prepare()
+    xp = be.xp
+    W = be.asarray(detector_weights(detector, regions, com_radius_mrad))
+    q = W.shape[0]
+    out = xp.empty((sy * sx, q), np.float32)
+    row_bytes = sx * ky * kx * np.dtype(data.dtype).itemsize
+    rows = max(1, int(chunk_bytes // max(row_bytes, 1)))
+    for i0 in range(0, sy, rows):
+        i1 = min(sy, i0 + rows)
+        chunk = data[i0:i1]
+        chunk = be.asarray(chunk) if be.is_gpu else _to_numpy(chunk)
+        chunk = _native(chunk, xp).reshape((i1 - i0) * sx, ky * kx)
+        be.kernels.reduce_patterns(chunk, W, out[i0 * sx:i1 * sx])
+    # A NaN or Inf anywhere in a pattern makes every sum of it NaN (0 * NaN is NaN),
+    # so checking the small output checks the data without a second pass.
+    bad = ~xp.isfinite(out).all(axis=1)
+    if bool(bad.any()):
+        first = int(xp.argmax(bad))
+        raise InputError(f"{name}: contains NaN or Inf (first at scan position "
+                         f"{divmod(first, sx)})")
+    out = out.reshape(sy, sx, q)
+    virtual = {n: xp.ascontiguousarray(out[..., i]) for i, n in enumerate(regions)}
+    total = out[..., -3]
+    safe = xp.where(total > 0, total, 1)
+    com = xp.stack([out[..., -2] / safe, out[..., -1] / safe]).astype(np.float32)
+    return Reduction(virtual, com, detector, regions=dict(regions))
+
+
+def rotate_com(com, degrees: float, flip: bool):
+    """COM vectors from detector axes to scan axes: optional transpose, then rotation."""
+    xp = np if isinstance(com, np.ndarray) else __import__("cupy")
+    c = com[::-1] if flip else com
+    t = math.radians(degrees)
+    return xp.stack([math.cos(t) * c[0] - math.sin(t) * c[1],
+                     math.sin(t) * c[0] + math.cos(t) * c[1]])
+
+
+def _curl_energy(com):
+    gy, gx = com
+    dgx_dy = np.roll(gx, -1, 0) - np.roll(gx, 1, 0)
+    dgy_dx = np.roll(gy, -1, 1) - np.roll(gy, 1, 1)
+    return float(np.mean((dgx_dy - dgy_dx) ** 2))
+
+
+def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
+    """Detector rotation (degrees) and flip that make the COM field curl-free.
+
+    A phase gradient has no curl, so the right rotation minimises the mean
+    squared curl (as py4DSTEM and LiberTEM do); a coarse search over 0–180°
+    for both handednesses is refined by golden section. The curl cannot tell
+    θ from θ + 180°: ``reference_gradient`` (e.g. the gradient of a TIE
+    phase, rad/Å) picks the one that agrees with it; without it the answer
+    lies in [0, 180).
+    """
+    com = _to_numpy(com).astype(np.float64)
+    best = None
+    for flip in (False, True):
+        for deg in np.arange(0.0, 180.0, step_degrees):
+            e = _curl_energy(rotate_com(com, deg, flip))
+            if best is None or e < best[0]:
+                best = (e, deg, flip)
+    _, deg, flip = best
+    lo, hi = deg - step_degrees, deg + step_degrees
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(30):
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        if _curl_energy(rotate_com(com, a, flip)) < _curl_energy(rotate_com(com, b, flip)):
+            hi = b
+        else:
+            lo = a
+    deg = 0.5 * (lo + hi) % 180.0
+    if reference_gradient is not None:
+        ref = _to_numpy(reference_gradient)
+        if float(np.sum(rotate_com(com, deg, flip) * ref)) < 0:
+            deg += 180.0
+    return deg, flip
