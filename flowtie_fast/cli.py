@@ -1,8 +1,15 @@
-"""Command line: ``flowtie demo``.
+"""Command line: ``flowtie demo | reconstruct | simulate | evaluate``.
 
-``flowtie demo`` makes a focal triplet of a known phase object by Fresnel
-propagation (a weak phase object on a non-uniform amplitude), retrieves it
-with every TIE method and prints the phase error and the time of each.
+- ``flowtie demo`` makes a focal triplet of a known phase object by Fresnel
+  propagation (a weak phase object on a non-uniform amplitude), retrieves it
+  with every TIE method and prints the phase error and the time of each.
+- ``flowtie reconstruct FILE --method M -o OUT [--png FIGURE]`` reconstructs a
+  file of the flowtie_fast layout (triplet or 4D-STEM) and writes the phase,
+  gradient and residual atomically (``.npz`` or ``.h5``).
+- ``flowtie simulate`` runs abTEM for a thickness series and writes one file
+  per thickness (extra ``sim``).
+- ``flowtie evaluate DIR`` runs every method on every simulated case and prints
+  and saves the table of phase errors.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -63,6 +71,96 @@ def _demo(args) -> int:
     return 0
 
 
+def _reconstruct(args) -> int:
+    import flowtie_fast as ft
+    from flowtie_fast.io import write_fields
+
+    options = {}
+    if args.virtual:
+        options["virtual"] = args.virtual
+    with ft.load(args.file) as ds:
+        t = ds.triplet(backend=args.backend, **options) if ds.kind == "4dstem" else ds.triplet()
+        rec = ft.reconstruct(t, method=args.method, backend=args.backend,
+                             boundary=args.boundary)
+        be = ft.get_backend(args.backend)
+        fields = {"phase": be.to_numpy(rec.phase), "gradient": be.to_numpy(rec.gradient),
+                  "residual": be.to_numpy(rec.residual), "method": args.method,
+                  "pixel_size": np.asarray(t.pixel_size), "source": str(args.file)}
+        if ds.phase_gt is not None:
+            from flowtie_fast.evaluate import phase_errors
+
+            mse, nmse = phase_errors(fields["phase"], ds.phase_gt)
+            print(f"phase error against the file's ground truth: MSE {mse:.4g} rad², "
+                  f"NMSE {nmse:.4g}")
+        truth = ds.phase_gt
+    write_fields(args.output, fields, arrays=("phase", "gradient", "residual"))
+    print(f"{args.method}: {args.output} ({rec.info.get('time', 0) * 1e3:.1f} ms)")
+    if args.png:
+        _figure(args.png, fields, truth, args.method)
+        print(f"figure: {args.png}")
+    return 0
+
+
+def _figure(path, fields, truth, method) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("phase (rad)", fields["phase"]), ("d phase / d axis 0 (rad/Å)", fields["gradient"][0]),
+              ("d phase / d axis 1 (rad/Å)", fields["gradient"][1]),
+              ("TIE residual (1/Å²)", fields["residual"])]
+    if truth is not None:
+        panels.insert(0, ("ground truth phase (rad)", truth))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2))
+    for ax, (title, img) in zip(np.atleast_1d(axes), panels):
+        im = ax.imshow(img, cmap="gray")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(method)
+    fig.tight_layout()
+    tmp = Path(path).with_name("." + Path(path).name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _simulate(args) -> int:
+    import flowtie_fast as ft
+    from flowtie_fast.simulate import simulate_series
+
+    out = Path(args.output)
+    start = time.perf_counter()
+    cases = simulate_series(args.material, args.thickness, energy=args.energy,
+                            semiangle=args.semiangle, dz=args.dz,
+                            scan_gpts=tuple(args.scan_gpts) if args.scan_gpts else None,
+                            supercell=args.supercell, potential_sampling=args.sampling,
+                            max_angle=args.max_angle, frozen_phonons=args.frozen_phonons,
+                            dose=args.dose, seed=args.seed, progress=True)
+    for c in cases:
+        path = ft.save(out / f"{c.material}_{c.thickness:06.1f}A.npz", c)
+        print(f"{path}  ({c.zero.shape}, thickness {c.thickness:.1f} Å)")
+    print(f"simulated {len(cases)} thicknesses in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from flowtie_fast.evaluate import evaluate, format_table
+
+    options = {"virtual": args.virtual} if args.virtual else {}
+    rows = evaluate(args.directory, methods=args.methods, backend=args.backend,
+                    triplet_options=options, progress=print)
+    table = format_table(rows)
+    print(table)
+    if args.output:
+        tmp = Path(args.output).with_name("." + Path(args.output).name + ".tmp")
+        tmp.write_text(table)
+        tmp.replace(args.output)
+        print(f"table: {args.output}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="flowtie", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,8 +170,51 @@ def main(argv=None) -> int:
     demo.add_argument("--dz", type=float, default=20.0, help="defocus step in Å")
     demo.add_argument("--energy", type=float, default=300e3, help="electron energy in eV")
     demo.set_defaults(func=_demo)
+
+    from flowtie_fast.solvers import METHODS
+
+    rec = sub.add_parser("reconstruct", help="reconstruct a file (triplet or 4D-STEM)")
+    rec.add_argument("file", type=Path)
+    rec.add_argument("--method", default="tie", choices=METHODS)
+    rec.add_argument("-o", "--output", type=Path, required=True, help=".npz or .h5 to write")
+    rec.add_argument("--png", type=Path, help="also write a figure")
+    rec.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"))
+    rec.add_argument("--boundary", default="periodic", choices=("periodic", "mirror"))
+    rec.add_argument("--virtual", help="virtual image of 4D data (bf, bf-full, abf, df, whole)")
+    rec.set_defaults(func=_reconstruct)
+
+    sim = sub.add_parser("simulate", help="abTEM thickness series at three defoci")
+    sim.add_argument("--material", default="GaAs", choices=("GaAs", "SrTiO3"))
+    sim.add_argument("--thickness", type=float, nargs="+", default=[5.65, 22.6, 56.5],
+                     help="thicknesses in Å (rounded to whole cells)")
+    sim.add_argument("-o", "--output", type=Path, default=Path("data"))
+    sim.add_argument("--energy", type=float, default=300e3, help="eV")
+    sim.add_argument("--semiangle", type=float, default=20.0, help="mrad")
+    sim.add_argument("--dz", type=float, default=20.0, help="defocus step in Å")
+    sim.add_argument("--scan-gpts", type=int, nargs=2, help="scan positions per axis")
+    sim.add_argument("--supercell", type=float, default=12.0, help="minimum lateral size, Å")
+    sim.add_argument("--sampling", type=float, default=0.06, help="potential sampling, Å")
+    sim.add_argument("--max-angle", type=float, default=40.0, help="detector extent, mrad")
+    sim.add_argument("--frozen-phonons", type=int, default=0)
+    sim.add_argument("--dose", type=float, help="electrons per Å² (Poisson noise)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=_simulate)
+
+    ev = sub.add_parser("evaluate", help="every method on every case of a folder")
+    ev.add_argument("directory", type=Path)
+    ev.add_argument("--methods", nargs="+", default=["tie-uniform", "tie", "tie-exact", "gd",
+                                                      "icom"])
+    ev.add_argument("--backend", default="cpu", choices=("auto", "cpu", "gpu"))
+    ev.add_argument("--virtual", help="virtual image of 4D data")
+    ev.add_argument("-o", "--output", type=Path, help="write the table (Markdown) here")
+    ev.set_defaults(func=_evaluate)
+
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ValueError as exc:  # InputError and friends: a clear message, no traceback
+        print(f"flowtie {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -150,9 +150,14 @@ def save(path, obj) -> Path:
     -------
     Path
     """
+    return write_fields(path, _fields(_from_object(obj)), arrays=_ARRAYS)
+
+
+def write_fields(path, fields: dict, arrays=()) -> Path:
+    """Write ``fields`` atomically to ``.npz`` (all keys) or HDF5 (keys in
+    ``arrays`` as datasets, the rest as root attributes)."""
     path = Path(path)
     suffix = _suffix(path)
-    fields = _fields(_from_object(obj))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -165,7 +170,7 @@ def save(path, obj) -> Path:
 
             with h5py.File(tmp, "w") as f:
                 for k, v in fields.items():
-                    if k in _ARRAYS:
+                    if k in arrays:
                         f.create_dataset(k, data=np.asarray(v),
                                          chunks=True if np.ndim(v) >= 3 else None)
                     else:

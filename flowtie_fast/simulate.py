@@ -121,6 +121,24 @@ def _spectral_gradient(phase, step):
     return np.stack([np.real(np.fft.ifft2(1j * qy * spec)), np.real(np.fft.ifft2(1j * qx * spec))])
 
 
+def _thickness_defocus_scan_k(measured, n_thickness):
+    """abTEM's measurement as (thickness, defocus, scan 0, scan 1, k 0, k 1) float32:
+    axes found by their metadata (abTEM drops a thickness axis of length one and
+    adds one per ensemble, e.g. frozen phonons, which is averaged)."""
+    data = np.asarray(measured.array, dtype=np.float32)
+    kinds = [type(ax).__name__ for ax in measured.axes_metadata]
+    ensemble = [i for i, k in enumerate(kinds[:-4])
+                if k not in ("ThicknessAxis", "ParameterAxis")]
+    if ensemble:
+        data = data.mean(axis=tuple(ensemble))
+        kinds = [k for i, k in enumerate(kinds) if i not in ensemble]
+    if "ThicknessAxis" not in kinds:
+        data = data[None]
+    if data.shape[:2] != (n_thickness, 3) or data.ndim != 6:
+        raise RuntimeError(f"unexpected abTEM output axes {kinds} with shape {data.shape}")
+    return data
+
+
 def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0, 200.0), *,
                     energy=300e3, semiangle=20.0, dz=20.0, scan_cells=(1, 1),
                     scan_gpts=None, supercell=16.0, potential_sampling=0.05,
@@ -201,10 +219,7 @@ def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0,
     else:
         measured = measured.compute(scheduler="threads", progress_bar=False)
     elapsed = time.perf_counter() - start
-    data = np.asarray(measured.array, dtype=np.float32)
-    # axes: (thickness, defocus, scan 0, scan 1, k 0, k 1); with frozen phonons abTEM averages
-    while data.ndim > 6:
-        data = data.mean(axis=0)
+    data = _thickness_defocus_scan_k(measured, len(cells))
     k_sampling = tuple(float(s) for s in measured.sampling[-2:])
     scan_step = (extent[0] / scan_gpts[0], extent[1] / scan_gpts[1])
 
