@@ -70,7 +70,10 @@ def main(argv=None):
     parser.add_argument("--backend", default="cpu")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--stem", action="store_true", help="the 4D reduction instead")
     args = parser.parse_args(argv)
+    if args.stem:
+        return reduction(args.backend, args.repeats)
     be = require(args.backend)
     print(f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, backend {be!r}, "
@@ -86,6 +89,42 @@ def main(argv=None):
             speedup = f"{ref / value:.1f}x" if ref else "-"
             print(f"| {size}² | {name} | {value * 1e3:.2f} | {value / bound:.2f} | {speedup} |")
         sys.stdout.flush()
+
+
+
+
+def reduction(backend="cpu", repeats=10, shape=(128, 128, 64, 64)):
+    """Median time of the one-pass 4D reduction and of a NumPy sum of the same array."""
+    import numpy as np
+
+    from benchmarks.benchmark_stem import REGIONS
+    from flowtie_fast import stem
+
+    be = require(backend)
+    rows = []
+    for dtype in ("uint16", "float32"):
+        data = be.asarray((np.random.default_rng(0).random(shape, dtype=np.float32) * 200)
+                          .astype(dtype))
+        det = stem.Detector(shape[2:], (0.05, 0.05), 300e3, (31.5, 31.5))
+        run = {"reduce": lambda: (stem.reduce_4dstem(data, det, REGIONS, backend=be,
+                                                     chunk_bytes=1 << 40), be.synchronize()),
+               "sum": lambda: (data.sum(), be.synchronize())}
+        times = {k: [] for k in run}
+        for f in run.values():
+            f()
+        for _ in range(repeats):
+            for k, f in run.items():
+                start = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - start)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        gbs = data.nbytes / 1e9
+        rows.append(f"| {shape} {dtype} ({data.nbytes / 1e6:.0f} MB) | {med['reduce'] * 1e3:.1f} "
+                    f"| {gbs / med['reduce']:.1f} | {med['sum'] * 1e3:.1f} | "
+                    f"{gbs / med['sum']:.1f} | {med['sum'] / med['reduce']:.2f} |")
+    print("| data | reduction (ms) | GB/s | NumPy sum (ms) | GB/s | fraction of sum bandwidth |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

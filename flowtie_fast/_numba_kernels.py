@@ -196,13 +196,16 @@ def set_threads(n: int) -> None:
 
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def reduce_patterns(data, W, out):
-    """out[p, q] = sum_k W[q, k] * data[p, k] (float64 accumulation); the pattern
-    stays in cache while the few weight rows are swept over it."""
+    """out[p, q] = sum_k W[q, k] * data[p, k]. The pattern stays in cache while
+    the few weight rows are swept over it; float32 SIMD sums (8 to 16
+    independent lanes, as the CUDA threads sum their shares in float32): 2.3x
+    faster than float64 here, relative error ~1e-7 for 4096 pixels. (A float32
+    sum per block added up in float64 ran 10x slower: Numba stops vectorising.)"""
     npat, count = data.shape
     nq = W.shape[0]
     for p in prange(npat):
         for q in range(nq):
-            acc = 0.0
+            acc = np.float32(0)
             for k in range(count):
-                acc += W[q, k] * data[p, k]
+                acc += W[q, k] * np.float32(data[p, k])
             out[p, q] = acc
