@@ -256,3 +256,87 @@ def _dataset(fields: dict, path: Path, handle) -> Dataset:
                    tuple(np.broadcast_to(np.asarray(fields["scan_step"], float), (2,))),
                    float(_scalar(fields["energy"])), k_sampling, truth.get("phase_gt"),
                    truth.get("gradient_gt"), meta, handle)
+
+
+# --------------------------------------------------------------------------- raw detector files
+
+_RAW_READERS = {".mib": "rsciio.quantumdetector", ".blo": "rsciio.blockfile",
+                ".dm3": "rsciio.digitalmicrograph", ".dm4": "rsciio.digitalmicrograph",
+                ".emd": "rsciio.emd"}
+_LENGTH = {"nm": 10.0, "Å": 1.0, "A": 1.0, "angstrom": 1.0, "pm": 0.01, "µm": 1e4, "um": 1e4}
+
+
+def _per_angstrom(scale, units, energy):
+    u = str(units).replace(" ", "")
+    if u in ("1/nm", "nm^-1", "nm-1"):
+        return scale / 10.0
+    if u in ("1/Å", "1/A", "Å^-1", "A^-1"):
+        return scale
+    if u == "mrad":
+        if energy is None:
+            raise InputError("energy: needed to convert a detector calibrated in mrad")
+        from .physics import wavelength
+
+        return scale * 1e-3 / wavelength(energy)
+    raise InputError(f"k_sampling: cannot convert detector units {units!r}; give k_sampling")
+
+
+def read_raw(path, *, energy=None, scan_step=None, k_sampling=None):
+    """One 4D-STEM dataset of a detector file, lazily, through rosettasciio.
+
+    Reads .mib (Quantum Detectors), .blo (blockfile), .dm3/.dm4 (Gatan) and
+    .emd files with rosettasciio (``pip install rosettasciio``). Calibrations
+    come from the file unless given: scan step in Å, detector sampling in 1/Å
+    (converted from nm, 1/nm or mrad), energy in eV.
+
+    Returns
+    -------
+    data, scan_step, k_sampling, energy
+        ``data`` is the (Sy, Sx, Ky, Kx) array, lazy (dask) where the reader is.
+    """
+    path = Path(path)
+    module = _RAW_READERS.get(path.suffix.lower())
+    if module is None:
+        raise InputError(f"path: expected one of {sorted(_RAW_READERS)}, got {path.name!r}")
+    if not path.is_file():
+        raise InputError(f"path: no such file {str(path)!r}")
+    try:
+        import importlib
+
+        reader = importlib.import_module(module).file_reader
+    except ImportError as exc:
+        raise InputError(f"path: reading {path.suffix} files needs rosettasciio "
+                         f"(pip install rosettasciio): {exc}") from exc
+    try:
+        signals = reader(str(path), lazy=True)
+    except Exception as exc:
+        raise InputError(f"path: {path.name} could not be read by {module} ({exc})") from exc
+    four = [s for s in signals if len(s["data"].shape) == 4]
+    if not four:
+        raise InputError(f"path: {path.name} holds no 4-D dataset (Sy, Sx, Ky, Kx)")
+    sig = four[0]
+    axes = sig["axes"]
+    if energy is None:
+        beam = sig.get("metadata", {}).get("Acquisition_instrument", {}).get("TEM", {})
+        energy = beam.get("beam_energy")
+        energy = None if energy is None else float(energy) * 1e3  # keV -> eV
+        if energy is None:
+            raise InputError(f"energy: {path.name} does not record the beam energy; give it")
+    if scan_step is None:
+        try:
+            scan_step = tuple(float(a["scale"]) * _LENGTH[str(a.get("units"))] for a in axes[:2])
+        except KeyError as exc:
+            raise InputError(f"scan_step: cannot convert scan units {exc}; give scan_step") \
+                from exc
+    if k_sampling is None:
+        k_sampling = tuple(_per_angstrom(float(a["scale"]), a.get("units"), energy)
+                           for a in axes[2:4])
+    return sig["data"], scan_step, k_sampling, float(energy)
+
+
+def load_raw_triplet(minus, zero, plus, dz, **calibration) -> Dataset:
+    """A :class:`Dataset` of three detector files (planes -dz, 0, +dz), read lazily."""
+    parts = [read_raw(p, **calibration) for p in (minus, zero, plus)]
+    _, step, ks, energy = parts[1]
+    return Dataset(parts[0][0], parts[1][0], parts[2][0], tuple(np.broadcast_to(dz, (2,))),
+                   tuple(step), energy, tuple(ks))

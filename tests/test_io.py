@@ -103,3 +103,30 @@ def test_failed_write_leaves_nothing(tmp_path, dataset):
     with pytest.raises(RuntimeError, match="disk full"):
         ft.save(tmp_path / "x.npz", broken)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_raw_detector_files_through_rosettasciio(tmp_path, rng):
+    emd = pytest.importorskip("rsciio.emd")
+    data = rng.random((6, 5, 10, 12)).astype(np.float32)
+    paths = []
+    for name in ("m", "z", "p"):
+        sig = {"data": data, "axes": [
+            {"name": "y", "size": 6, "scale": 0.02, "units": "nm", "navigate": True, "offset": 0},
+            {"name": "x", "size": 5, "scale": 0.025, "units": "nm", "navigate": True, "offset": 0},
+            {"name": "ky", "size": 10, "scale": 0.5, "units": "1/nm", "navigate": False,
+             "offset": 0},
+            {"name": "kx", "size": 12, "scale": 0.5, "units": "1/nm", "navigate": False,
+             "offset": 0}],
+            "metadata": {"General": {"title": name}, "Signal": {"signal_type": ""}},
+            "original_metadata": {}}
+        paths.append(tmp_path / f"{name}.emd")
+        emd.file_writer(str(paths[-1]), sig)
+    with pytest.raises(ft.InputError, match="energy: z.emd does not record the beam energy"):
+        ft.io.read_raw(paths[1])
+    ds = ft.io.load_raw_triplet(*paths, dz=20.0, energy=300e3)
+    assert ds.scan_step == pytest.approx((0.2, 0.25)) and ds.k_sampling == pytest.approx((0.05,
+                                                                                          0.05))
+    t = ds.triplet(center=(5, 6), backend="cpu")
+    assert t.shape == (6, 5) and t.pixel_size == pytest.approx((0.2, 0.25))
+    with pytest.raises(ft.InputError, match="expected one of"):
+        ft.io.read_raw(tmp_path / "x.tiff")
