@@ -85,3 +85,18 @@ def test_command_line_reports_bad_files(tmp_path, capsys):
     assert main(["reconstruct", str(bad), "-o", str(tmp_path / "o.npz")]) == 2
     assert "missing key" in capsys.readouterr().err
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_frozen_phonons_and_dose():
+    (c,) = simulate_series("SrTiO3", (3.905,), scan_gpts=(12, 12), supercell=8.0,
+                           potential_sampling=0.1, max_angle=30.0, frozen_phonons=2, sigma=0.08,
+                           dose=2e4, seed=3)
+    assert c.zero.shape[:2] == (12, 12) and c.meta["frozen_phonons"] == 2
+    counts = c.zero.sum(axis=(-2, -1))
+    assert np.all(c.zero == np.round(c.zero))  # Poisson counts
+    expected = 2e4 * c.scan_step[0] * c.scan_step[1]
+    assert abs(counts.mean() / expected - 1) < 0.05
+    t = ft.FocalTriplet.from_4dstem(c.minus, c.zero, c.plus, dz=c.dz, scan_step=c.scan_step,
+                                    k_sampling=c.k_sampling, energy=c.energy, backend="cpu")
+    _, nmse = phase_errors(ft.reconstruct(t, method="icom", backend="cpu").phase, c.phase)
+    assert nmse < 0.8
