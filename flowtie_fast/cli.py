@@ -24,17 +24,12 @@ import numpy as np
 
 def phase_object(n: int, pixel_size: float, seed: int = 0):
     """A smooth periodic test object: phase (rad) and amplitude, (n, n)."""
-    rng = np.random.default_rng(seed)
+    from flowtie_fast.optics import gaussian_bumps
+
     length = n * pixel_size
+    phase = gaussian_bumps(n, pixel_size, 16, 0.3, (0.02 * length, 0.06 * length), seed)
     y = np.arange(n)[:, None] * pixel_size
     x = np.arange(n)[None, :] * pixel_size
-    phase = np.zeros((n, n))
-    for _ in range(16):
-        cy, cx = rng.uniform(0, length, 2)
-        width = rng.uniform(0.02, 0.06) * length
-        dy = (y - cy + length / 2) % length - length / 2
-        dx = (x - cx + length / 2) % length - length / 2
-        phase += rng.uniform(-0.3, 0.3) * np.exp(-(dx**2 + dy**2) / (2 * width**2))
     amplitude = 1 - 0.2 * np.exp(-((y - length / 3) ** 2 + (x - length / 2) ** 2)
                                  / (2 * (0.1 * length) ** 2))
     return phase, amplitude

@@ -14,7 +14,7 @@ import numpy as np
 from .physics import wavelength
 from .triplet import FocalSeries, FocalTriplet
 
-__all__ = ["propagate", "defocus_series", "defocus_triplet"]
+__all__ = ["propagate", "defocus_series", "defocus_triplet", "gaussian_bumps"]
 
 
 def propagate(wave, distance: float, pixel_size, energy: float):
@@ -55,3 +55,21 @@ def defocus_triplet(phase, dz: float, pixel_size, energy, amplitude=None) -> Foc
     """The focal triplet ``I(-dz), I(0), I(+dz)`` of ``amplitude * exp(i phase)``."""
     s = defocus_series(phase, (-dz, 0.0, dz), pixel_size, energy, amplitude)
     return FocalTriplet(*s.planes, dz=dz, pixel_size=pixel_size, energy=energy)
+
+
+def gaussian_bumps(n: int, pixel_size: float, count: int, height: float, widths, seed=0):
+    """A smooth periodic phase (rad), (n, n): ``count`` Gaussian bumps of random
+    height in ``[-height, height]`` rad and width (σ) in ``widths`` Å, placed at
+    random on the periodic box."""
+    rng = np.random.default_rng(seed)
+    length = n * pixel_size
+    y = np.arange(n)[:, None] * pixel_size
+    x = np.arange(n)[None, :] * pixel_size
+    phase = np.zeros((n, n))
+    for _ in range(count):
+        cy, cx = rng.uniform(0, length, 2)
+        width = rng.uniform(*widths)
+        dy = (y - cy + length / 2) % length - length / 2
+        dx = (x - cx + length / 2) % length - length / 2
+        phase += rng.uniform(-height, height) * np.exp(-(dx**2 + dy**2) / (2 * width**2))
+    return phase

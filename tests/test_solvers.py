@@ -9,7 +9,7 @@ from fields import neumann_field, periodic_field, rel_rms, triplet_from
 
 import flowtie_fast as ft
 from flowtie_fast import reference
-from flowtie_fast.optics import defocus_series, defocus_triplet
+from flowtie_fast.optics import defocus_series, defocus_triplet, gaussian_bumps
 
 E = 300e3
 PIXEL = (0.2, 0.25)
@@ -81,18 +81,7 @@ def test_mirror_recovers_a_non_periodic_phase_and_periodic_does_not(backend, met
 
 def _weak_phase_object(n=128, pixel=0.2, seed=3):
     """Gaussian bumps of ±0.1 rad, 1.2 to 3 Å wide, on a periodic box."""
-    rng = np.random.default_rng(seed)
-    length = n * pixel
-    y = np.arange(n)[:, None] * pixel
-    x = np.arange(n)[None, :] * pixel
-    phi = np.zeros((n, n))
-    for _ in range(10):
-        cy, cx = rng.uniform(0, length, 2)
-        w = rng.uniform(1.2, 3.0)
-        dy = (y - cy + length / 2) % length - length / 2
-        dx = (x - cx + length / 2) % length - length / 2
-        phi += rng.uniform(-0.1, 0.1) * np.exp(-(dx**2 + dy**2) / (2 * w**2))
-    return phi
+    return gaussian_bumps(n, pixel, 10, 0.1, (1.2, 3.0), seed)
 
 
 def _linear_theory_error(phi, pixel, dz):
