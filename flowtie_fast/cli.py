@@ -102,7 +102,8 @@ def _figure(path, fields, truth, method) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("phase (rad)", fields["phase"]), ("d phase / d axis 0 (rad/Å)", fields["gradient"][0]),
+    panels = [("phase (rad)", fields["phase"]),
+              ("d phase / d axis 0 (rad/Å)", fields["gradient"][0]),
               ("d phase / d axis 1 (rad/Å)", fields["gradient"][1]),
               ("TIE residual (1/Å²)", fields["residual"])]
     if truth is not None:

@@ -192,7 +192,8 @@ def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0,
     cells = sorted({max(1, int(round(t / c))) for t in thicknesses})
     per_cell = max(1, int(round(c / slice_thickness)))
     scan_cells = tuple(int(s) for s in scan_cells)
-    rep = (max(scan_cells[0], math.ceil(supercell / a)), max(scan_cells[1], math.ceil(supercell / b)))
+    rep = (max(scan_cells[0], math.ceil(supercell / a)),
+           max(scan_cells[1], math.ceil(supercell / b)))
     atoms = unit * (rep[0], rep[1], cells[-1])
     if frozen_phonons:
         potential_atoms = abtem.FrozenPhonons(atoms, num_configs=int(frozen_phonons),

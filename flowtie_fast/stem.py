@@ -31,7 +31,11 @@ _NATIVE = (np.uint8, np.uint16, np.uint32, np.int32, np.float32, np.float64)
 
 
 def _pair(name, value):
-    v = np.broadcast_to(np.asarray(value, dtype=np.float64), (2,))
+    try:
+        v = np.broadcast_to(np.asarray(value, dtype=np.float64), (2,))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name}: expected a positive number or pair of them, "
+                         f"got {value!r}") from exc
     if not np.all(np.isfinite(v)) or np.any(v <= 0):
         raise InputError(f"{name}: expected a positive number or pair of them, got {value!r}")
     return float(v[0]), float(v[1])
@@ -266,7 +270,10 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
     for i0 in range(0, sy, rows):
         i1 = min(sy, i0 + rows)
         chunk = data[i0:i1]
-        chunk = be.asarray(chunk) if be.is_gpu else _to_numpy(chunk)
+        if not type(chunk).__module__.startswith("cupy"):
+            chunk = _to_numpy(chunk)  # memory map, HDF5 or dask: read this chunk only
+        if be.is_gpu:
+            chunk = be.asarray(chunk)
         chunk = _native(chunk, xp).reshape((i1 - i0) * sx, ky * kx)
         be.kernels.reduce_patterns(chunk, W, out[i0 * sx:i1 * sx])
     # A NaN or Inf anywhere in a pattern makes every sum of it NaN (0 * NaN is NaN),

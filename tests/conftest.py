@@ -39,7 +39,8 @@ class Impl:
         return self.to_dev(np.zeros(shape, dtype))
 
 
-@pytest.fixture(params=["numba", "cuda-arithmetic-on-host", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.fixture(params=["numba", "cuda-arithmetic-on-host",
+                        pytest.param("cuda", marks=pytest.mark.gpu)])
 def impl(request):
     """Each implementation of the kernels: the Numba twin, the CUDA arithmetic
     compiled for the host, and the CUDA kernels on a device."""

@@ -101,7 +101,8 @@ def test_icom_without_gradient(planes):
 
 
 def test_bad_gradient_shape(planes):
-    with pytest.raises(ft.InputError, match=r"gradient: expected a real array of shape \(2, 16, 16\)"):
+    with pytest.raises(ft.InputError,
+                       match=r"gradient: expected a real array of shape \(2, 16, 16\)"):
         make(planes, gradient=np.zeros((16, 16)))
 
 
