@@ -1,0 +1,114 @@
+"""FlowNet: a small U-Net from the normalised triplet to the flow, in physical units.
+
+Inputs and outputs are made dimensionless with the pixel size so that one
+network serves scan steps from 0.1 to 0.5 Å and any image size:
+
+- intensities divided by the mean in-focus intensity Ī: I-/Ī, I0/Ī, I+/Ī;
+- the transport source ``k ∂I/∂z h² / Ī`` (rad per pixel², the right-hand
+  side of the TIE written per pixel);
+- optionally the 4D-STEM centre of mass as a phase gradient per pixel,
+  ``2π COM h`` (rad per pixel);
+- output: the flow ``v h`` in rad per pixel; divide by h for rad/Å.
+
+h is the pixel size along each axis (Å). Convolutions pad circularly: the
+triplets are periodic (whole unit cells) or mirrored by the caller.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def flow_inputs(minus, zero, plus, didz, wavenumber: float, pixel_size, com=None):
+    """Stack the dimensionless input channels, (B, C, H, W) float32.
+
+    Parameters
+    ----------
+    minus, zero, plus, didz : tensors (B, H, W)
+        Intensities and the focal derivative (intensity per Å).
+    wavenumber : float
+        k = 2π/λ in rad/Å.
+    pixel_size : (float, float)
+        Å along (axis 0, axis 1).
+    com : tensor (B, 2, H, W), optional
+        Centre of mass in 1/Å.
+    """
+    mean = zero.mean(dim=(-2, -1), keepdim=True)
+    h2 = float(pixel_size[0]) * float(pixel_size[1])
+    chans = [minus / mean, zero / mean, plus / mean, wavenumber * didz * h2 / mean]
+    if com is not None:
+        scale = torch.tensor([float(pixel_size[0]), float(pixel_size[1])], dtype=com.dtype,
+                             device=com.device).view(1, 2, 1, 1)
+        chans += list((2 * torch.pi * com * scale).unbind(1))
+    return torch.stack(chans, dim=1).float()
+
+
+class _Block(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, padding_mode="circular"), nn.GELU(),
+            nn.Conv2d(cout, cout, 3, padding=1, padding_mode="circular"), nn.GELU())
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class _Up(nn.Module):
+    """Upsample the coarse level and merge it with the skip connection."""
+
+    def __init__(self, c_lo, c_hi):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(c_lo, c_hi, 2, stride=2)
+        self.merge = _Block(2 * c_hi, c_hi)
+
+    def forward(self, x, skip):
+        return self.merge(torch.cat([self.up(x), skip], dim=1))
+
+
+class FlowNet(nn.Module):
+    """U-Net with ``depth`` levels of ``width · 2^level`` channels.
+
+    Parameters
+    ----------
+    in_channels : int
+        4 (triplet) or 6 (triplet and centre of mass).
+    width : int
+        Channels of the first level (default 24: about 0.5 M parameters at depth 3).
+    depth : int
+        Levels (each halves the image; inputs are padded circularly to a
+        multiple of ``2^(depth-1)`` and the output cropped back).
+
+    Scriptable: ``torch.jit.script(FlowNet())`` runs on any image size.
+    """
+
+    def __init__(self, in_channels: int = 4, width: int = 24, depth: int = 3):
+        super().__init__()
+        self.in_channels, self.width, self.depth = in_channels, width, depth
+        self.multiple: int = 2 ** (depth - 1)
+        chans = [width * 2**i for i in range(depth)]
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for c in chans:
+            self.down.append(_Block(cin, c))
+            cin = c
+        self.ups = nn.ModuleList([_Up(c_lo, c_hi) for c_hi, c_lo in
+                                  zip(chans[-2::-1], chans[:0:-1])])
+        self.head = nn.Conv2d(chans[0], 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        m = self.multiple
+        ph, pw = (m - h % m) % m, (m - w % m) % m
+        if ph > 0 or pw > 0:
+            x = nn.functional.pad(x, [0, pw, 0, ph], mode="circular")
+        skips: list[torch.Tensor] = []
+        for i, block in enumerate(self.down):
+            if i > 0:
+                x = nn.functional.avg_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for i, up in enumerate(self.ups):
+            x = up(x, skips[len(skips) - 2 - i])
+        return self.head(x)[..., :h, :w]

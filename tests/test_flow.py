@@ -1,0 +1,88 @@
+"""FlowTIE model and composite loss (PyTorch): exactness, consistency with the
+solver, any image size, TorchScript, and a loss that training lowers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fields import periodic_field
+
+torch = pytest.importorskip("torch")
+
+import flowtie_fast as ft  # noqa: E402
+from flowtie_fast.flow import CompositeLoss, FlowNet, SpectralOperators, flow_inputs  # noqa: E402
+
+E = 300e3
+PIXEL = (0.2, 0.25)
+
+
+def exact_batch(contrast=0.4, shape=(48, 40)):
+    phi, intensity, didz, grad = periodic_field(shape=shape, pixel=PIXEL, contrast=contrast)
+    t = lambda a: torch.as_tensor(a, dtype=torch.float64)[None]  # noqa: E731
+    return t(phi), t(grad), t(intensity), t(didz)
+
+
+def test_each_loss_term_vanishes_on_exact_data():
+    phi, grad, zero, didz = exact_batch()
+    loss = CompositeLoss(phi.shape[-2:], PIXEL)
+    k = ft.wavenumber(E)
+    exact = loss.terms(grad, phi, grad, zero, didz, k)
+    wrong = loss.terms(torch.zeros_like(grad), phi, grad, zero, didz, k)
+    for name in ("flow", "continuity", "phase"):
+        assert float(exact[name]) <= 1e-12 * float(wrong[name]), (name, exact, wrong)
+        assert float(wrong[name]) > 0
+
+
+def test_spectral_operators_are_the_solvers(rng):
+    shape = (30, 36)
+    ops = SpectralOperators(shape, PIXEL)
+    solver = ft.PoissonSolver(shape, PIXEL, dtype=np.float64, backend="cpu")
+    u = rng.random(shape)
+    g = rng.random((2,) + shape)
+    np.testing.assert_allclose(ops.gradient(torch.as_tensor(u)).numpy(), solver.gradient(u),
+                               atol=1e-10)
+    np.testing.assert_allclose(ops.integrate(torch.as_tensor(g)).numpy(), solver.integrate(g),
+                               atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (33, 47), (64, 48)])
+def test_model_takes_any_size_and_scripts(shape):
+    torch.manual_seed(0)
+    net = FlowNet(in_channels=6).eval()
+    assert sum(p.numel() for p in net.parameters()) <= 2_000_000
+    x = torch.randn(2, 6, *shape)
+    with torch.no_grad():
+        y = net(x)
+        scripted = torch.jit.script(net)
+        torch.testing.assert_close(scripted(x), y)
+    assert y.shape == (2, 2) + shape
+
+
+def test_inputs_are_dimensionless():
+    phi, grad, zero, didz = exact_batch()
+    k = ft.wavenumber(E)
+    a = flow_inputs(zero, zero, zero, didz, k, PIXEL, com=grad / (2 * np.pi))
+    b = flow_inputs(7 * zero, 7 * zero, 7 * zero, 7 * didz, k, PIXEL, com=grad / (2 * np.pi))
+    torch.testing.assert_close(a, b)  # dose does not matter
+    assert a.shape == (1, 6) + tuple(phi.shape[-2:])
+    # The COM channels are the gradient in rad per pixel.
+    torch.testing.assert_close(a[0, 4].double(), grad[0, 0] * PIXEL[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_few_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    phi, grad, zero, didz = (x.float() for x in exact_batch())
+    k = ft.wavenumber(E)
+    net = FlowNet(in_channels=4, width=8, depth=2)
+    loss = CompositeLoss(phi.shape[-2:], PIXEL, weights=(1.0, 0.1, 1.0)).float()
+    x = flow_inputs(zero, zero, zero, didz, k, PIXEL)
+    scale = torch.tensor(PIXEL).view(1, 2, 1, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    history = []
+    for _ in range(30):
+        opt.zero_grad()
+        total, _ = loss(net(x) / scale, phi, grad, zero, didz, k)
+        total.backward()
+        opt.step()
+        history.append(float(total.detach()))
+    assert history[-1] < 0.5 * history[0]
