@@ -240,7 +240,8 @@ def _dataset(fields: dict, path: Path, handle) -> Dataset:
     if len(shape) == 4:
         if "k_sampling" not in fields:
             raise InputError(f"{path.name}: missing key 'k_sampling' (1/Å) for 4D-STEM data")
-        k_sampling = tuple(np.broadcast_to(np.asarray(fields["k_sampling"], float), (2,)))
+        k_sampling = tuple(float(v) for v in np.broadcast_to(
+            np.asarray(fields["k_sampling"], float), (2,)))
     scan = shape[:2]
     for k, want in (("phase_gt", scan), ("gradient_gt", (2,) + scan)):
         if k in fields and tuple(fields[k].shape) != want:
@@ -253,7 +254,8 @@ def _dataset(fields: dict, path: Path, handle) -> Dataset:
     arr = (lambda k: fields[k]) if lazy else (lambda k: np.asarray(fields[k]))
     truth = {k: np.asarray(fields[k]) for k in ("phase_gt", "gradient_gt") if k in fields}
     return Dataset(arr("minus"), arr("zero"), arr("plus"), (float(dz[0]), float(dz[-1])),
-                   tuple(np.broadcast_to(np.asarray(fields["scan_step"], float), (2,))),
+                   tuple(float(v) for v in np.broadcast_to(np.asarray(fields["scan_step"],
+                                                                     float), (2,))),
                    float(_scalar(fields["energy"])), k_sampling, truth.get("phase_gt"),
                    truth.get("gradient_gt"), meta, handle)
 
