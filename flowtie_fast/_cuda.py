@@ -153,9 +153,9 @@ class CudaKernels:
                np.int32(nxh), ky, kx, sy, sx, T(alpha), T(scale), np.int32(poisson))
 
     @staticmethod
-    def reduce_patterns(data, W, out):
-        """out (P, Q) float32 = data (P, K) @ W.T; data of a dtype in REDUCE_DTYPES."""
-        _check(data, W, out)
+    def reduce_patterns(data, W, lo, hi, out):
+        """out (P, Q) float32 = data (P, K) @ W.T, row q of W read over [lo[q], hi[q])."""
+        _check(data, W, lo, hi, out)
         suffix = _REDUCE_SUFFIX.get(np.dtype(data.dtype))
         if suffix is None:
             raise TypeError(f"reduce_patterns takes {REDUCE_DTYPES}, not {data.dtype}")
@@ -163,4 +163,4 @@ class CudaKernels:
         fn = load_module().get_function(f"reduce_patterns_{suffix}")
         blocks = max(1, min(_MAX_BLOCKS, npat))
         fn((blocks,), (_REDUCE_BLOCK,), (data, np.int64(npat), np.int64(count), W,
-                                          np.int32(W.shape[0]), out))
+                                          np.int32(W.shape[0]), lo, hi, out))

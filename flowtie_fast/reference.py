@@ -123,9 +123,14 @@ def spectral_divergence(G, ky, kx, sy, sx, alpha, scale, poisson):
     return d
 
 
-def reduce_patterns(data, W):
-    """Weighted sums of every pattern: (P, K) data times (Q, K) weights -> (P, Q)."""
-    return np.asarray(data, dtype=np.float64) @ np.asarray(W, dtype=np.float64).T
+def reduce_patterns(data, W, lo=None, hi=None):
+    """Weighted sums of every pattern: (P, K) data times (Q, K) weights -> (P, Q),
+    row q of W taken over [lo[q], hi[q]) only (default: all of it)."""
+    W = np.array(W, dtype=np.float64)
+    if lo is not None:
+        k = np.arange(W.shape[1])
+        W[(k[None, :] < np.asarray(lo)[:, None]) | (k[None, :] >= np.asarray(hi)[:, None])] = 0
+    return np.asarray(data, dtype=np.float64) @ W.T
 
 
 def teague_tie(minus, zero, plus, dz, pixel_size, energy, floor=1e-3):

@@ -201,6 +201,16 @@ def detector_weights(detector: Detector, regions: dict, com_radius_mrad=None):
     return W, combine
 
 
+def weight_ranges(W):
+    """For each weight row, the flat pixel range [lo, hi) holding all its
+    non-zero weights (int64): the kernel reads only that range."""
+    nz = W != 0
+    any_nz = nz.any(axis=1)
+    lo = np.where(any_nz, nz.argmax(axis=1), 0)
+    hi = np.where(any_nz, W.shape[1] - nz[:, ::-1].argmax(axis=1), 0)
+    return lo.astype(np.int64), hi.astype(np.int64)
+
+
 def _native(chunk, xp):
     """The chunk in a dtype the kernel reads directly (others are converted)."""
     dt = np.dtype(chunk.dtype)
@@ -262,7 +272,8 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
     be.prepare()
     xp = be.xp
     W, combine = detector_weights(detector, regions, com_radius_mrad)
-    W = be.asarray(W)
+    lo, hi = weight_ranges(W)
+    W, lo, hi = be.asarray(W), be.asarray(lo), be.asarray(hi)
     q = W.shape[0]
     out = xp.empty((sy * sx, q), np.float32)
     row_bytes = sx * ky * kx * np.dtype(data.dtype).itemsize
@@ -275,7 +286,7 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
         if be.is_gpu:
             chunk = be.asarray(chunk)
         chunk = _native(chunk, xp).reshape((i1 - i0) * sx, ky * kx)
-        be.kernels.reduce_patterns(chunk, W, out[i0 * sx:i1 * sx])
+        be.kernels.reduce_patterns(chunk, W, lo, hi, out[i0 * sx:i1 * sx])
     # A NaN or Inf anywhere in a pattern makes every sum of it NaN (0 * NaN is NaN),
     # so checking the small output checks the data without a second pass.
     bad = ~xp.isfinite(out).all(axis=1)

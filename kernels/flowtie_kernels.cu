@@ -80,13 +80,13 @@ FT_DEFINE_KERNELS(double, f64)
 
 template <typename TIn>
 __device__ void reduce_patterns(const TIn* data, long npat, long count, const float* W, int nq,
-                                float* out) {
+                                const long* lo, const long* hi, float* out) {
     __shared__ float part[FT_MAX_WEIGHTS][FT_REDUCE_BLOCK];
     const int t = threadIdx.x;
     for (long p = blockIdx.x; p < npat; p += gridDim.x) {
         float acc[FT_MAX_WEIGHTS];
         for (int q = 0; q < FT_MAX_WEIGHTS; ++q) acc[q] = 0.0f;
-        ft::weighted_sums(data + p * count, count, (long)t, (long)blockDim.x, W, nq, acc);
+        ft::weighted_sums(data + p * count, count, (long)t, (long)blockDim.x, W, nq, lo, hi, acc);
         for (int q = 0; q < FT_MAX_WEIGHTS; ++q) part[q][t] = acc[q];
         __syncthreads();
         for (int s = blockDim.x / 2; s > 0; s >>= 1) {
@@ -101,10 +101,10 @@ __device__ void reduce_patterns(const TIn* data, long npat, long count, const fl
 }
 
 #define FT_DEFINE_REDUCE(TIN, SUFFIX)                                                       \
-    extern "C" __global__ void reduce_patterns_##SUFFIX(const TIN* data, long npat,        \
-                                                        long count, const float* W,        \
-                                                        int nq, float* out) {              \
-        reduce_patterns<TIN>(data, npat, count, W, nq, out);                                \
+    extern "C" __global__ void reduce_patterns_##SUFFIX(                                    \
+        const TIN* data, long npat, long count, const float* W, int nq, const long* lo,     \
+        const long* hi, float* out) {                                                       \
+        reduce_patterns<TIN>(data, npat, count, W, nq, lo, hi, out);                        \
     }
 
 FT_DEFINE_REDUCE(unsigned char, u8)

@@ -214,18 +214,21 @@ FT_HD void spectral_divergence(const T* Gy, const T* Gx, T* out, int nxh, int i,
 // Most weighted sums (virtual detectors, centre-of-mass moments) one pass computes.
 #define FT_MAX_WEIGHTS 8
 
-// Partial weighted sums of one diffraction pattern of `count` detector pixels
-// over the pixels k = begin, begin + step, ... : acc[q] += W[q][k] * pattern[k].
-// A CUDA thread takes a strided share (then the block adds the shares up); the
-// host harness and a serial loop take begin = 0, step = 1.
+// Partial weighted sums of one diffraction pattern of `count` detector pixels:
+// acc[q] += W[q][k] * pattern[k] over k = lo[q] + begin, lo[q] + begin + step,
+// ... < hi[q], where [lo[q], hi[q]) holds every non-zero weight of row q (a
+// small bright-field disk spans a few percent of the detector). A CUDA thread
+// takes a strided share (the block adds the shares up); the host harness and a
+// serial loop take begin = 0, step = 1.
 template <typename TIn, typename TAcc>
 FT_HD void weighted_sums(const TIn* pattern, long count, long begin, long step, const float* W,
-                         int nq, TAcc* acc) {
-    for (long k = begin; k < count; k += step) {
-        TAcc v = (TAcc)pattern[k];
-        for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
-            if (q < nq) acc[q] += (TAcc)W[(long)q * count + k] * v;
-        }
+                         int nq, const long* lo, const long* hi, TAcc* acc) {
+    for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
+        if (q >= nq) break;
+        const float* w = W + (long)q * count;
+        TAcc s = TAcc(0);
+        for (long k = lo[q] + begin; k < hi[q]; k += step) s += (TAcc)w[k] * (TAcc)pattern[k];
+        acc[q] += s;
     }
 }
 

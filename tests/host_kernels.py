@@ -112,7 +112,7 @@ class HostKernels:
     _REDUCE = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16", np.dtype(np.uint32): "u32",
                np.dtype(np.int32): "i32", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
-    def reduce_patterns(self, data, W, out):
+    def reduce_patterns(self, data, W, lo, hi, out):
         fn = getattr(self.lib, f"reduce_patterns_{self._REDUCE[np.dtype(data.dtype)]}")
         fn(_ptr(data), ctypes.c_long(data.shape[0]), ctypes.c_long(data.shape[1]), _ptr(W),
-           ctypes.c_int(W.shape[0]), _ptr(out))
+           ctypes.c_int(W.shape[0]), _ptr(lo), _ptr(hi), _ptr(out))

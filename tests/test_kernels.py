@@ -195,7 +195,21 @@ def test_reduce_patterns(impl, dtype, nq, rng):
     hi = 250 if np.dtype(dtype).kind in "ui" else 1.0
     data = (rng.random((npat, count)) * hi).astype(dtype)
     W = rng.normal(size=(nq, count)).astype(np.float32)
+    # Row ranges: full, a middle slice, and empty.
+    lo = np.array([0, 40, 0, 7, 100, 0, 3, 9][:nq], np.int64)
+    hi = np.array([count, 300, 0, count, 101, count, 250, 333][:nq], np.int64)
     out = impl.empty((npat, nq), np.float32)
-    impl.kernels.reduce_patterns(impl.to_dev(data), impl.to_dev(W), out)
-    want = ref.reduce_patterns(data, W)
+    impl.kernels.reduce_patterns(impl.to_dev(data), impl.to_dev(W), impl.to_dev(lo),
+                                 impl.to_dev(hi), out)
+    want = ref.reduce_patterns(data, W, lo, hi)
     close(impl, out, want, np.float32, scale=np.abs(want).max())
+
+
+def test_weight_ranges_cover_every_non_zero_weight(rng):
+    from flowtie_fast.stem import weight_ranges
+
+    W = np.zeros((3, 50), np.float32)
+    W[0, 5:9] = 1
+    W[1, [2, 40]] = 2
+    lo, hi = weight_ranges(W)
+    assert lo.tolist() == [5, 2, 0] and hi.tolist() == [9, 41, 0]

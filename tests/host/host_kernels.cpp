@@ -67,10 +67,11 @@ HOST_DEFINE(double, f64)
 // 4D-STEM reduction, serial: the same per-pattern arithmetic with one share.
 #define HOST_DEFINE_REDUCE(TIN, SUFFIX)                                                     \
     extern "C" void reduce_patterns_##SUFFIX(const TIN* data, long npat, long count,       \
-                                             const float* W, int nq, float* out) {         \
+                                             const float* W, int nq, const long* lo,       \
+                                             const long* hi, float* out) {                 \
         for (long p = 0; p < npat; ++p) {                                                   \
             float acc[FT_MAX_WEIGHTS] = {0};                                                \
-            ft::weighted_sums(data + p * count, count, 0L, 1L, W, nq, acc);                 \
+            ft::weighted_sums(data + p * count, count, 0L, 1L, W, nq, lo, hi, acc);         \
             for (int q = 0; q < nq; ++q) out[p * nq + q] = acc[q];                          \
         }                                                                                   \
     }
