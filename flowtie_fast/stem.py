@@ -108,11 +108,8 @@ def sample_patterns(data, count: int = 256):
     rows = np.unique(np.linspace(0, sy - 1, min(sy, 16)).astype(int))
     per_row = max(1, count // len(rows))
     cols = np.unique(np.linspace(0, sx - 1, min(sx, per_row)).astype(int))
-    out = []
-    for r in rows:
-        row = np.asarray(_to_numpy(data[int(r)]))
-        out.append(row[cols])
-    return np.concatenate(out, axis=0)
+    # Read only the sampled patterns (a whole scan row of a large dataset is big).
+    return np.concatenate([_to_numpy(data[int(r), cols]) for r in rows], axis=0)
 
 
 def _to_numpy(x):
@@ -287,8 +284,9 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
             chunk = be.asarray(chunk)
         chunk = _native(chunk, xp).reshape((i1 - i0) * sx, ky * kx)
         be.kernels.reduce_patterns(chunk, W, lo, hi, out[i0 * sx:i1 * sx])
-    # A NaN or Inf anywhere in a pattern makes every sum of it NaN (0 * NaN is NaN),
-    # so checking the small output checks the data without a second pass.
+    # A NaN or Inf in any pixel an output reads makes that sum NaN (even where its
+    # weight is 0: 0 * NaN is NaN), so checking the small output checks the data
+    # that matters without a second pass.
     bad = ~xp.isfinite(out).all(axis=1)
     if bool(bad.any()):
         first = int(xp.argmax(bad))

@@ -316,9 +316,10 @@ class FocalTriplet(FocalSeries):
         planes = [r.virtual[virtual] for r in reductions]
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy)
         com = reductions[1].com
-        if rotation == "auto":
-            reference = t._tie_gradient()
-            rotation, flip = stem.calibrate_rotation(com, reference)
+        if isinstance(rotation, str):
+            if rotation != "auto":
+                raise InputError(f"rotation: expected degrees or 'auto', got {rotation!r}")
+            rotation, flip = stem.calibrate_rotation(com, t._tie_gradient())
         rotation = float(rotation)
         for r in reductions:
             r.com = stem.rotate_com(r.com, rotation, bool(flip))
