@@ -1,4 +1,4 @@
-"""Command line: ``flowtie demo | reconstruct | simulate | evaluate``.
+"""Command line: ``flowtie demo | reconstruct | simulate | evaluate | train``.
 
 - ``flowtie demo`` makes a focal triplet of a known phase object by Fresnel
   propagation (a weak phase object on a non-uniform amplitude), retrieves it
@@ -10,6 +10,8 @@
   per thickness (extra ``sim``).
 - ``flowtie evaluate DIR`` runs every method on every simulated case and prints
   and saves the table of phase errors.
+- ``flowtie train DIR`` trains the flow model (extra ``flow``) with
+  checkpoints it resumes from, and exports it to TorchScript.
 """
 
 from __future__ import annotations
@@ -157,6 +159,31 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from flowtie_fast.flow.data import load_samples
+    from flowtie_fast.flow.train import TrainConfig, export_torchscript, train
+
+    samples = load_samples(args.data)
+    if not samples:
+        print("flowtie train: error: data: no files with a ground truth", file=sys.stderr)
+        return 2
+    print(f"{len(samples)} training cases: " + ", ".join(s.name for s in samples))
+    dose = (args.dose[0], args.dose[1]) if args.dose else (None, None)
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
+                      depth=args.depth, seed=args.seed, dose=dose,
+                      weights=tuple(args.weights))
+
+    def report(step, total, terms, seconds):
+        print(f"step {step:6d}/{cfg.steps}  loss {total:.4g}  " +
+              "  ".join(f"{k} {v:.3g}" for k, v in terms.items()) + f"  {seconds:.0f} s",
+              flush=True)
+
+    model, _ = train(samples, cfg, checkpoint=args.checkpoint, progress=report)
+    export_torchscript(model, args.output, cfg)
+    print(f"model: {args.output}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="flowtie", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +231,23 @@ def main(argv=None) -> int:
     ev.add_argument("--virtual", help="virtual image of 4D data")
     ev.add_argument("-o", "--output", type=Path, help="write the table (Markdown) here")
     ev.set_defaults(func=_evaluate)
+
+    tr = sub.add_parser("train", help="train the flow model on simulated cases (torch)")
+    tr.add_argument("data", type=Path, nargs="+", help="files or folders with ground truth")
+    tr.add_argument("-o", "--output", type=Path, default=Path("flowtie_model.pt"),
+                    help="TorchScript file to write")
+    tr.add_argument("--checkpoint", type=Path, default=Path("flowtie_train.ckpt"),
+                    help="checkpoint, resumed from when it exists")
+    tr.add_argument("--steps", type=int, default=2000)
+    tr.add_argument("--batch", type=int, default=8)
+    tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--width", type=int, default=24)
+    tr.add_argument("--depth", type=int, default=3)
+    tr.add_argument("--weights", type=float, nargs=3, default=[1.0, 0.1, 1.0],
+                    help="flow, continuity, phase")
+    tr.add_argument("--dose", type=float, nargs=2, help="counts per pixel range (noise)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
     try:

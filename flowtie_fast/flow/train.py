@@ -1,0 +1,151 @@
+"""Training the flow model: deterministic, checkpointed, resumable.
+
+Each step draws one case, makes a batch of augmented copies of it (periodic
+shifts, flips, 90° rotations, dose), predicts the flow from the dimensionless
+inputs and takes an Adam step on the composite loss. Everything random comes
+from one seed (NumPy generator and torch), and a checkpoint holds the model,
+the optimiser, the step and both random states, so that an interrupted run
+resumed from its checkpoint ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import Sample, augment, tile
+from .loss import CompositeLoss
+from .model import FlowNet, flow_inputs
+
+__all__ = ["TrainConfig", "train", "export_torchscript"]
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (saved in checkpoints and exports)."""
+
+    steps: int = 2000
+    batch: int = 8
+    reps: int = 2  # periods per side of each training image
+    lr: float = 2e-3
+    weights: tuple = (1.0, 0.1, 1.0)  # flow, continuity, phase
+    width: int = 24
+    depth: int = 3
+    use_com: bool = True
+    dose: tuple = (None, None)  # counts per pixel, log-uniform; (None, None): no noise
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+def _batch(samples, cfg: TrainConfig, rng):
+    s = samples[int(rng.integers(len(samples)))]
+    s = tile(s, cfg.reps)
+    batch = [augment(s, rng, cfg.dose) for _ in range(cfg.batch)]
+    # A rotation swaps the axes (shape, pixel sizes): keep the first one's class.
+    ref = (batch[0].phase.shape, batch[0].pixel_size)
+    return [b for b in batch if (b.phase.shape, b.pixel_size) == ref]
+
+
+def _tensors(batch: list[Sample], use_com: bool):
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(np.stack(a)))  # noqa: E731
+    planes = t([b.planes for b in batch])
+    didz = t([b.didz.astype(np.float32) for b in batch])
+    com = t([b.com for b in batch]) if use_com else None
+    x = flow_inputs(planes[:, 0], planes[:, 1], planes[:, 2], didz, batch[0].wavenumber,
+                    batch[0].pixel_size, com)
+    return x, planes[:, 1], didz, t([b.phase for b in batch]), t([b.gradient for b in batch])
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_name("." + path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=None,
+          stop_after=None):
+    """Train (or resume training) a :class:`FlowNet` on ``samples``.
+
+    Parameters
+    ----------
+    samples : list of Sample
+    cfg : TrainConfig
+    checkpoint : path, optional
+        Written every ``cfg.checkpoint_every`` steps and at the end; if it
+        exists, training resumes from it.
+    progress : callable, optional
+        Called with (step, total loss, terms dict) every 10 steps.
+    stop_after : int, optional
+        Stop after this many steps of this call (to test resuming).
+
+    Returns
+    -------
+    model, history (list of total losses)
+    """
+    cfg = cfg or TrainConfig()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = FlowNet(in_channels=6 if cfg.use_com else 4, width=cfg.width, depth=cfg.depth)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step, history = 0, []
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+    losses: dict = {}
+
+    def state():
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "history": history, "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}
+
+    done_here = 0
+    start = time.perf_counter()
+    while step < cfg.steps and (stop_after is None or done_here < stop_after):
+        batch = _batch(samples, cfg, rng)
+        x, zero, didz, phase, grad = _tensors(batch, cfg.use_com)
+        key = (tuple(zero.shape[-2:]), batch[0].pixel_size)
+        if key not in losses:
+            losses[key] = CompositeLoss(zero.shape[-2:], batch[0].pixel_size,
+                                        cfg.weights).float()
+        scale = torch.tensor(batch[0].pixel_size, dtype=torch.float32).view(1, 2, 1, 1)
+        opt.zero_grad()
+        total, terms = losses[key](model(x) / scale, phase, grad, zero, didz,
+                                   batch[0].wavenumber)
+        total.backward()
+        opt.step()
+        step += 1
+        done_here += 1
+        history.append(float(total.detach()))
+        if progress is not None and step % 10 == 0:
+            progress(step, history[-1], {k: float(v.detach()) for k, v in terms.items()},
+                     time.perf_counter() - start)
+        if checkpoint is not None and step % cfg.checkpoint_every == 0:
+            _save(checkpoint, state())
+    if checkpoint is not None:
+        _save(checkpoint, state())
+    return model, history
+
+
+def export_torchscript(model: FlowNet, path, cfg: TrainConfig | None = None) -> Path:
+    """Script the model and save it atomically with its configuration."""
+    import json
+
+    path = Path(path)
+    scripted = torch.jit.script(model.eval())
+    extra = {"config.json": json.dumps({"in_channels": model.in_channels, "width": model.width,
+                                        "depth": model.depth,
+                                        "train": asdict(cfg) if cfg else None})}
+    tmp = path.with_name("." + path.name + ".tmp")
+    torch.jit.save(scripted, str(tmp), _extra_files=extra)
+    os.replace(tmp, path)
+    return path
