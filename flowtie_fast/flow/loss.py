@@ -3,10 +3,15 @@
 With ``v`` the predicted flow (rad/Å), ``φ_gt`` and ``∇φ_gt`` the ground
 truth, I0 the in-focus intensity and ``k ∂I/∂z`` the measured transport:
 
-- flow: ``mean |v − ∇φ_gt|² h²`` (rad² per pixel²);
-- continuity: ``mean (k ∂I/∂z + ∇·(I0 v))² h⁴ / Ī²`` (the TIE residual per pixel);
-- phase: ``mean (P(v) − φ_gt)²`` after removing both means (rad²), with
-  ``P = ∇⁻² ∇·`` the Poisson integration.
+- flow: ``mean |v − ∇φ_gt|² / mean |∇φ_gt|²``;
+- continuity: ``mean (k ∂I/∂z + ∇·(I0 v))² / mean (k ∂I/∂z)²`` (the TIE
+  residual relative to the measured transport);
+- phase: ``mean (P(v) − φ_gt)² / var(φ_gt)`` after removing both means (the
+  NMSE of the evaluation), with ``P = ∇⁻² ∇·`` the Poisson integration.
+
+Each term is normalised per sample, so that thick specimens (phases of
+several rad) do not drown thin ones in a batch or over training; without the
+normalisation a first training run collapsed to a zero flow.
 
 The derivatives and P are the solver's spectral scheme
 (:mod:`flowtie_fast.poisson`): ``i q`` with the Nyquist wavenumber zeroed, so
@@ -78,19 +83,20 @@ class CompositeLoss(nn.Module):
     def __init__(self, shape, pixel_size, weights=(1.0, 1.0, 1.0)):
         super().__init__()
         self.ops = SpectralOperators(shape, pixel_size)
-        self.h2 = float(pixel_size[0]) * float(pixel_size[1])
         self.weights = tuple(float(w) for w in weights)
 
     def terms(self, v, phase_gt, gradient_gt, zero, didz, wavenumber: float):
-        flow = ((v - gradient_gt) ** 2).mean() * self.h2
-        mean = zero.mean(dim=(-2, -1), keepdim=True)
+        img = (-2, -1)
+        eps = 1e-30
+        flow = ((v - gradient_gt) ** 2).sum(-3).mean(img) / \
+            ((gradient_gt**2).sum(-3).mean(img) + eps)
+        source = wavenumber * didz
         transport = self.ops.divergence(zero.unsqueeze(-3) * v)
-        continuity = (((wavenumber * didz + transport) * self.h2 / mean) ** 2).mean()
+        continuity = ((source + transport) ** 2).mean(img) / ((source**2).mean(img) + eps)
         p = self.ops.integrate(v)
-        d = (p - p.mean(dim=(-2, -1), keepdim=True)) - \
-            (phase_gt - phase_gt.mean(dim=(-2, -1), keepdim=True))
-        phase = (d**2).mean()
-        return {"flow": flow, "continuity": continuity, "phase": phase}
+        d = (p - p.mean(img, keepdim=True)) - (phase_gt - phase_gt.mean(img, keepdim=True))
+        phase = (d**2).mean(img) / (phase_gt.var(img, unbiased=False) + eps)
+        return {"flow": flow.mean(), "continuity": continuity.mean(), "phase": phase.mean()}
 
     def forward(self, v, phase_gt, gradient_gt, zero, didz, wavenumber: float):
         t = self.terms(v, phase_gt, gradient_gt, zero, didz, wavenumber)
