@@ -246,6 +246,28 @@ class PoissonSolver:
         t = self.dtype.type
         return t(self.inv_h[0]), t(self.inv_h[1])
 
+    def _fd_divergence_of_centred(self, g, out):
+        """fd divergence of a field given on the pixel centres (a measured gradient):
+        neighbours averaged onto the faces first (second order; the mirror edge
+        faces carry no flux anyway)."""
+        xp = self.backend.xp
+        faces = xp.empty_like(g)
+        faces[0] = 0.5 * (g[0] + xp.roll(g[0], -1, axis=0))
+        faces[1] = 0.5 * (g[1] + xp.roll(g[1], -1, axis=1))
+        self.backend.kernels.fd_divergence(faces[0], faces[1], out, *self._inv_h(), self.mirror)
+        return out
+
+    def divergence(self, g, out=None):
+        """``∇·g`` of a vector field (2, Ny, Nx) given on the pixel centres."""
+        out = self._out(out)
+        if self.scheme == "spectral":
+            self.vector.real[...] = g
+            self.vector.forward()
+            self._spectral_divergence_to_scalar(self.rt, poisson=False)
+            self.scalar.inverse(out)
+            return out
+        return self._fd_divergence_of_centred(g, out)
+
     def integrate(self, g, out=None, grad_out=None):
         """``u = ∇⁻² ∇·g``: the least-squares (curl-free) potential of a vector field."""
         out = self._out(out)
@@ -254,16 +276,7 @@ class PoissonSolver:
             self.vector.forward()
             self._spectral_divergence_to_scalar(self.rt, poisson=True)
         else:
-            # A measured gradient lives on the pixel centres; the fd divergence takes
-            # fluxes on the faces: average neighbours onto the faces first (second
-            # order, and the mirror edge faces carry no flux anyway).
-            xp = self.backend.xp
-            faces = xp.empty_like(g)
-            faces[0] = 0.5 * (g[0] + xp.roll(g[0], -1, axis=0))
-            faces[1] = 0.5 * (g[1] + xp.roll(g[1], -1, axis=1))
-            self.backend.kernels.fd_divergence(faces[0], faces[1], self.work, *self._inv_h(),
-                                               self.mirror)
-            self.scalar.forward(self.work)
+            self.scalar.forward(self._fd_divergence_of_centred(g, self.work))
             self._multiply_inverse_laplacian(self.scalar.spec, self.rt)
         return self._finish(out, grad_out)
 

@@ -33,6 +33,11 @@ Methods
 ``icom``
     Integrates a measured phase gradient (``series.gradient``, e.g. 4D-STEM
     centre of mass) by ``φ = ∇⁻² ∇·g``.
+``flowtie``
+    A trained network predicts the flow ``v ≈ ∇φ`` from the triplet (and the
+    centre of mass); ``φ = ∇⁻² ∇·v``. Its residual map is the continuity
+    residual of the predicted flow, ``(k ∂I/∂z + ∇·(I v)) / Ī``: where the
+    flow disagrees with the measured transport (:mod:`flowtie_fast.flow`).
 
 Every :class:`Reconstruction` carries the phase (mean zero, rad), its gradient
 (rad/Å) and the TIE residual map ``(k ∂I/∂z + ∇·(I ∇φ)) / Ī`` (1/Å²).
@@ -54,8 +59,7 @@ from .triplet import FocalSeries
 
 __all__ = ["METHODS", "Reconstruction", "TIESolver", "reconstruct"]
 
-METHODS = ("tie-uniform", "tie", "tie-exact", "gd", "icom")
-_FUTURE_METHODS = {"flowtie": "the learned flow model is not part of this release yet"}
+METHODS = ("tie-uniform", "tie", "tie-exact", "gd", "icom", "flowtie")
 
 
 @dataclass
@@ -207,7 +211,7 @@ class TIESolver:
     # ------------------------------------------------------------------ public
 
     def solve(self, series, method="tie", *, tol=None, max_iter=None,
-              preconditioner="biharmonic", out=None, gradient_out=None):
+              preconditioner="biharmonic", model=None, out=None, gradient_out=None):
         """Retrieve the phase of a focal series.
 
         Parameters
@@ -220,6 +224,8 @@ class TIESolver:
             Stopping rule of ``tie-exact`` and ``gd``.
         preconditioner : {"biharmonic", "none"}
             Descent direction of ``gd``.
+        model : path or FlowModel, optional
+            The flow model of ``flowtie`` (default: the shipped one).
         out, gradient_out : arrays, optional
             Caller-owned outputs (backend arrays of the working dtype).
 
@@ -227,8 +233,6 @@ class TIESolver:
         -------
         Reconstruction
         """
-        if method in _FUTURE_METHODS:
-            raise InputError(f"method: {method!r} is not available: {_FUTURE_METHODS[method]}")
         if method not in METHODS:
             raise InputError(f"method: expected one of {METHODS}, got {method!r}")
         if preconditioner not in ("biharmonic", "none"):
@@ -258,7 +262,9 @@ class TIESolver:
             info = {"backend": self.backend.name, "scheme": self.poisson.scheme,
                     "boundary": self.poisson.boundary}
             residual = None
-            if method == "tie-uniform":
+            if method == "flowtie":
+                residual = self._flow(series, k, model, phase, grad, info)
+            elif method == "tie-uniform":
                 self.poisson.solve(self._didz, scale=-k / mean, out=phase, grad_out=grad)
             elif method == "tie":
                 self.poisson.teague(self._didz, self._intensity, self.floor * mean, scale=-k,
@@ -299,6 +305,29 @@ class TIESolver:
                               _residual=misfit)
 
     # ------------------------------------------------------------------ internals
+
+    def _flow(self, series, k, model, phase, grad, info):
+        """``flowtie``: the network's flow, integrated by the Poisson solver; returns
+        the continuity residual of the predicted flow, ``k ∂I/∂z + ∇·(I v)``."""
+        from .flow.infer import FlowModel, load_model
+
+        be = self.backend
+        device = "cuda" if be.is_gpu else "cpu"
+        if not isinstance(model, FlowModel):
+            model = load_model(None if model is None else str(model), device)
+        com = None
+        if series.gradient is not None:
+            com = be.asarray(series.gradient, self.dtype) / (2 * np.pi)
+        v = model.predict(self._planes(series), self._didz, k, self.pixel_size, com)
+        if be.is_gpu:
+            v = be.xp.from_dlpack(v).astype(self.dtype, copy=False)
+        else:
+            v = v.cpu().numpy().astype(self.dtype, copy=False)
+        self.poisson.integrate(v, out=phase, grad_out=grad)
+        info["model"] = str(model.path)
+        residual = self.poisson.divergence(self._intensity[None] * v)
+        residual += k * self._didz
+        return residual
 
     def _residual(self, series, phase):
         """``(k ∂I/∂z + ∇·(I ∇φ)) / Ī`` from the series' planes."""
@@ -418,7 +447,7 @@ class TIESolver:
         return r
 
 
-_SOLVE_OPTIONS = {"tol", "max_iter", "preconditioner", "out", "gradient_out"}
+_SOLVE_OPTIONS = {"tol", "max_iter", "preconditioner", "model", "out", "gradient_out"}
 _SOLVER_CACHE: "OrderedDict[tuple, TIESolver]" = OrderedDict()
 _SOLVER_CACHE_SIZE = 8
 _SOLVER_CACHE_LOCK = threading.Lock()

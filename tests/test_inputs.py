@@ -90,9 +90,18 @@ def test_unknown_method(planes):
         ft.reconstruct(make(planes), method="magic", backend="cpu")
 
 
-def test_flowtie_not_yet_available(planes):
-    with pytest.raises(ft.InputError, match="method: 'flowtie' is not available"):
-        ft.reconstruct(make(planes), method="flowtie", backend="cpu")
+def test_flowtie_model_errors(planes, tmp_path):
+    pytest.importorskip("torch")
+    t = make(planes)
+    with pytest.raises(ft.InputError, match="model: no such file"):
+        ft.reconstruct(t, method="flowtie", backend="cpu", model=tmp_path / "none.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 not a model at all" * 20)
+    with pytest.raises(ft.InputError, match="model: corrupt.pt is not a readable TorchScript"):
+        ft.reconstruct(t, method="flowtie", backend="cpu", model=corrupt)
+    # The shipped model reads the centre of mass: a plain triplet has none.
+    with pytest.raises(ft.InputError, match="needs the 4D-STEM centre of mass"):
+        ft.reconstruct(t, method="flowtie", backend="cpu")
 
 
 def test_icom_without_gradient(planes):

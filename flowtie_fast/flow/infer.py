@@ -1,0 +1,106 @@
+"""Inference of the flow model: TorchScript files, the shipped default, zero-copy GPU input.
+
+:class:`FlowModel` loads a TorchScript file written by
+:func:`~flowtie_fast.flow.train.export_torchscript` (or the file shipped in
+``flowtie_fast/data``) and predicts the flow (rad/Å) of a focal series; the
+phase is then the project's own Poisson integration of it
+(:meth:`TIESolver.solve` with ``method="flowtie"``). On the GPU, CuPy arrays
+reach torch through DLPack without a copy to the host.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = ["FlowModel", "default_model_path", "load_model"]
+
+DEFAULT_MODEL = "flow_default.pt"
+
+
+def default_model_path() -> Path:
+    """The TorchScript file shipped in the package."""
+    return Path(str(resources.files("flowtie_fast.data").joinpath(DEFAULT_MODEL)))
+
+
+class FlowModel:
+    """A TorchScript flow model on a device.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        TorchScript file (default: the shipped model).
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    """
+
+    def __init__(self, path=None, device: str = "cpu"):
+        try:
+            import torch
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise InputError("model: method 'flowtie' needs PyTorch (pip install "
+                             "'flowtie_fast[flow]')") from exc
+        self.torch = torch
+        path = default_model_path() if path is None else Path(path)
+        if not path.is_file():
+            raise InputError(f"model: no such file {str(path)!r}")
+        extra = {"config.json": ""}
+        try:
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        except Exception as exc:
+            raise InputError(f"model: {path.name} is not a readable TorchScript flow model "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                             ) from exc
+        raw = extra["config.json"]
+        try:
+            self.config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+            self.in_channels = int(self.config["in_channels"])
+        except Exception as exc:
+            raise InputError(f"model: {path.name} has no flowtie_fast configuration "
+                             "(config.json); export it with flowtie_fast.flow.train."
+                             "export_torchscript") from exc
+        self.module = module.eval()
+        self.path, self.device = path, device
+
+    def __repr__(self) -> str:
+        return f"FlowModel({str(self.path)!r}, in_channels={self.in_channels}, {self.device})"
+
+    def _tensor(self, a):
+        torch = self.torch
+        if type(a).__module__.startswith("cupy"):
+            return torch.from_dlpack(a)  # zero copy on the device
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    def predict(self, planes, didz, wavenumber, pixel_size, com=None):
+        """Flow (2, H, W) in rad/Å, as a torch tensor on the model's device.
+
+        ``planes`` (3 arrays), ``didz`` and ``com`` (1/Å, (2, H, W)) are NumPy or
+        CuPy arrays; ``com`` is required by models with 6 input channels.
+        """
+        from .model import flow_inputs
+
+        torch = self.torch
+        if self.in_channels == 6 and com is None:
+            raise InputError("triplet: this flow model needs the 4D-STEM centre of mass "
+                             "(FocalTriplet.from_4dstem, or gradient=)")
+        t = [self._tensor(p)[None].float() for p in planes]
+        c = self._tensor(com)[None].float() if self.in_channels == 6 else None
+        x = flow_inputs(t[0], t[1], t[2], self._tensor(didz)[None].float(), wavenumber,
+                        pixel_size, c).to(self.device)
+        with torch.no_grad():
+            v = self.module(x)[0]
+        scale = torch.tensor([float(pixel_size[0]), float(pixel_size[1])],
+                             device=v.device).view(2, 1, 1)
+        return v / scale
+
+
+@functools.lru_cache(maxsize=8)
+def load_model(path=None, device: str = "cpu") -> FlowModel:
+    """A cached :class:`FlowModel` (loading a TorchScript file takes ~0.1 s)."""
+    return FlowModel(path, device)
