@@ -116,13 +116,25 @@ def test_cuda_module_compiles_and_launches():
     assert load_module() is load_module()  # compiled once per process
 
 
-def test_demo_runs_and_reports_every_method(capsys):
+def test_fresnel_demo_runs_and_reports_every_method(capsys):
     from flowtie_fast.cli import main
 
-    assert main(["demo", "--size", "64"]) == 0
+    assert main(["demo", "--fresnel", "--size", "64"]) == 0
     out = capsys.readouterr().out
     for method in ("tie-uniform", "tie", "tie-exact", "gd"):
         assert f"\n{method} " in out
+
+
+def test_gaas_demo_table_and_figure(capsys, tmp_path):
+    pytest.importorskip("abtem")
+    from flowtie_fast.cli import main
+
+    png = tmp_path / "demo.png"
+    assert main(["demo", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    for method in ("tie-uniform", "tie", "tie-exact", "gd", "icom"):
+        assert f"\n{method} " in out
+    assert png.stat().st_size > 10_000
 
 
 @pytest.mark.gpu
