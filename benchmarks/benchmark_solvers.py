@@ -84,3 +84,29 @@ class NumpyReference:
 
     def time_teague_numpy(self, size):
         teague_tie(*self.planes, DZ, PIXEL, ENERGY)
+
+
+class FlowTIE:
+    """Network inference plus Poisson integration (``method="flowtie"``, shipped
+    model; the triplet carries a centre-of-mass field as 4D-STEM triplets do)."""
+
+    params = (BACKENDS, SIZES)
+    param_names = ["backend", "size"]
+    timeout = 300
+
+    def setup(self, backend, size):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise NotImplementedError("PyTorch is not installed")
+        self.be = require(backend)
+        planes = triplet(size, backend).planes
+        gradient = self.be.xp.zeros((2, size, size), np.float32)
+        self.t = ft.FocalTriplet(*planes, dz=DZ, pixel_size=PIXEL, energy=ENERGY,
+                                 gradient=gradient)
+        self.solver = ft.TIESolver((size, size), PIXEL, backend=self.be)
+        self.solver.solve(self.t, method="flowtie")
+
+    def time_flowtie(self, backend, size):
+        self.solver.solve(self.t, method="flowtie")
+        self.be.synchronize()
