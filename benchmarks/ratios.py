@@ -71,9 +71,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--stem", action="store_true", help="the 4D reduction instead")
+    parser.add_argument("--flow", action="store_true", help="flowtie inference instead")
     args = parser.parse_args(argv)
     if args.stem:
         return reduction(args.backend, args.repeats)
+    if args.flow:
+        return flow_timing(args.backend, args.repeats, args.sizes)
     be = require(args.backend)
     print(f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, backend {be!r}, "
@@ -125,6 +128,40 @@ def reduction(backend="cpu", repeats=10, shape=(128, 128, 64, 64)):
     print("| data | reduction (ms) | GB/s | NumPy sum (ms) | GB/s | fraction of sum bandwidth |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     print("\n".join(rows))
+
+
+def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024)):
+    """Median time of method="flowtie" (network + Poisson integration + residual)
+    and of the network alone, beside tie."""
+    import numpy as np
+    import torch
+
+    from flowtie_fast.flow.infer import load_model
+
+    be = require(backend)
+    print("| size | flowtie (ms) | network alone (ms) | tie (ms) |")
+    print("| --- | ---: | ---: | ---: |")
+    for size in sizes:
+        planes = triplet(size, backend).planes
+        t = ft.FocalTriplet(*planes, dz=DZ, pixel_size=PIXEL, energy=ENERGY,
+                            gradient=be.xp.zeros((2, size, size), np.float32))
+        solver = ft.TIESolver((size, size), PIXEL, backend=be)
+        model = load_model(None, "cuda" if be.is_gpu else "cpu")
+        x = torch.zeros(1, 6, size, size, device=model.device)
+        runs = {"flowtie": lambda: (solver.solve(t, method="flowtie"), be.synchronize()),
+                "net": lambda: (model.module(x), be.synchronize()),
+                "tie": lambda: (solver.solve(t, method="tie"), be.synchronize())}
+        times = {k: [] for k in runs}
+        with torch.no_grad():
+            for f in runs.values():
+                f()
+            for _ in range(repeats):
+                for k, f in runs.items():
+                    start = time.perf_counter()
+                    f()
+                    times[k].append(time.perf_counter() - start)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        print(f"| {size}² | {med['flowtie']:.1f} | {med['net']:.1f} | {med['tie']:.2f} |")
 
 
 if __name__ == "__main__":
