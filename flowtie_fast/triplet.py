@@ -272,7 +272,7 @@ class FocalTriplet(FocalSeries):
             Radius of the "bf" disk in mrad; default a quarter of the
             bright-field disk measured on the mean pattern (on GaAs
             simulations at 20 mrad this gave the lowest TIE phase error:
-            benchmarks/RESULTS.md).
+            benchmarks/EVALUATION.md).
         com_radius : float, optional
             Limit of the centre of mass in mrad (default: whole detector).
         rotation : float or "auto"
