@@ -91,42 +91,62 @@ def fd_divergence(gy, gx, out, inv_h0, inv_h1, mirror):
 
 
 @_inline
-def _flux_y(u, w, i, j, inv_h0, floor, mirror, divide):
-    ny = u.shape[0]
-    q = _next(i, ny, mirror)
+def _row_flux_y(u, w, i, q, inv_h0, floor, divide, f):
+    """f[j] = flux on the face between rows i and q (q < 0: a mirror edge, no flux)."""
+    nx = u.shape[1]
+    half = u.dtype.type(0.5)
+    one = u.dtype.type(1)
     if q < 0:
-        return u[i, j] * 0
-    m = (w[i, j] + w[q, j]) * 0.5
-    if divide:
-        m = 1 / (m if m > floor else floor)
-    return (u[q, j] - u[i, j]) * inv_h0 * m
+        for j in range(nx):
+            f[j] = 0
+        return
+    for j in range(nx):
+        m = half * (w[i, j] + w[q, j])
+        if divide:
+            m = one / (m if m > floor else floor)
+        f[j] = (u[q, j] - u[i, j]) * inv_h0 * m
 
 
 @_inline
-def _flux_x(u, w, i, j, inv_h1, floor, mirror, divide):
+def _row_flux_x(u, w, i, inv_h1, floor, mirror, divide, f):
+    """f[j] = flux on the face between columns j and j + 1 of row i."""
     nx = u.shape[1]
-    q = _next(j, nx, mirror)
-    if q < 0:
-        return u[i, j] * 0
-    m = (w[i, j] + w[i, q]) * 0.5
-    if divide:
-        m = 1 / (m if m > floor else floor)
-    return (u[i, q] - u[i, j]) * inv_h1 * m
+    half = u.dtype.type(0.5)
+    one = u.dtype.type(1)
+    for j in range(nx - 1):
+        m = half * (w[i, j] + w[i, j + 1])
+        if divide:
+            m = one / (m if m > floor else floor)
+        f[j] = (u[i, j + 1] - u[i, j]) * inv_h1 * m
+    if mirror:
+        f[nx - 1] = 0
+    else:
+        m = half * (w[i, nx - 1] + w[i, 0])
+        if divide:
+            m = one / (m if m > floor else floor)
+        f[nx - 1] = (u[i, 0] - u[i, nx - 1]) * inv_h1 * m
 
 
 @_jit
 def weighted_divergence(u, w, out, inv_h0, inv_h1, floor, mirror, divide):
+    """div(W grad u) with the face weights of ft::weighted_divergence; the fluxes
+    of a row are computed once into scratch rows (branch-free inner loops that
+    vectorise; the per-pixel form ran ~10x slower), with the same arithmetic."""
     ny, nx = u.shape
     for row in prange(ny):
         i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        fx = np.empty(nx, u.dtype)
+        fy = np.empty(nx, u.dtype)
+        fy_prev = np.empty(nx, u.dtype)
+        _row_flux_x(u, w, i, inv_h1, floor, mirror, divide, fx)
+        _row_flux_y(u, w, i, _next(i, ny, mirror), inv_h0, floor, divide, fy)
         dn = _prev(i, ny, mirror)
-        for j in range(nx):
-            lf = _prev(j, nx, mirror)
-            fy = _flux_y(u, w, i, j, inv_h0, floor, mirror, divide)
-            fx = _flux_x(u, w, i, j, inv_h1, floor, mirror, divide)
-            fy_prev = u[i, j] * 0 if dn < 0 else _flux_y(u, w, dn, j, inv_h0, floor, mirror, divide)
-            fx_prev = u[i, j] * 0 if lf < 0 else _flux_x(u, w, i, lf, inv_h1, floor, mirror, divide)
-            out[i, j] = (fy - fy_prev) * inv_h0 + (fx - fx_prev) * inv_h1
+        _row_flux_y(u, w, dn, _next(dn, ny, mirror) if dn >= 0 else -1, inv_h0, floor, divide,
+                    fy_prev)
+        fx_last = fx[nx - 1] * 0 if mirror else fx[nx - 1]
+        out[i, 0] = (fy[0] - fy_prev[0]) * inv_h0 + (fx[0] - fx_last) * inv_h1
+        for j in range(1, nx):
+            out[i, j] = (fy[j] - fy_prev[j]) * inv_h0 + (fx[j] - fx[j - 1]) * inv_h1
 
 
 @_jit
