@@ -309,7 +309,11 @@ class TIESolver:
     def _flow(self, series, k, model, phase, grad, info):
         """``flowtie``: the network's flow, integrated by the Poisson solver; returns
         the continuity residual of the predicted flow, ``k ∂I/∂z + ∇·(I v)``."""
-        from .flow.infer import FlowModel, load_model
+        try:
+            from .flow.infer import FlowModel, load_model
+        except ImportError as exc:  # flowtie_fast.flow needs PyTorch
+            raise InputError("method: 'flowtie' needs PyTorch (pip install "
+                             f"'flowtie_fast[flow]'): {exc}") from exc
 
         be = self.backend
         device = "cuda" if be.is_gpu else "cpu"
