@@ -117,25 +117,31 @@ def _demo(args) -> int:
 
 def _demo_figure(path, case, results) -> None:
     """Like the paper's Fig. 3: gradients and phases, truth against methods."""
+    panels = [("ground truth ∂φ/∂axis0 (rad/Å)", case.gradient[0])]
+    if "flowtie" in results:
+        panels.append(("FlowTIE ∂φ/∂axis0 (rad/Å)", results["flowtie"][1][0]))
+    panels.append(("ground truth φ (rad)", case.phase - case.phase.mean()))
+    for m, label in (("tie", "TIE"), ("flowtie", "FlowTIE"), ("gd", "GD"), ("icom", "iCOM")):
+        if m in results:
+            panels.append((f"{label} φ (rad)", results[m][0]))
+    _save_panels(path, panels)
+
+
+def _save_panels(path, panels, title=None) -> None:
+    """A row of grey images with colour bars, written atomically as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("ground truth ∂φ/∂axis0 (rad/Å)", case.gradient[0])]
-    if "flowtie" in results:
-        panels.append(("FlowTIE ∂φ/∂axis0 (rad/Å)", results["flowtie"][1][0]))
-    panels.append(("ground truth φ (rad)", case.phase))
-    for m, label in (("tie", "TIE"), ("flowtie", "FlowTIE"), ("gd", "GD"), ("icom", "iCOM")):
-        if m in results:
-            panels.append((f"{label} φ (rad)", results[m][0]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels), 3.0))
-    for ax, (title, img) in zip(axes, panels):
-        im = ax.imshow(np.asarray(img) - (np.mean(img) if "φ (rad)" in title else 0),
-                       cmap="gray")
-        ax.set_title(title, fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.1))
+    for ax, (name, img) in zip(np.atleast_1d(axes), panels):
+        im = ax.imshow(np.asarray(img), cmap="gray")
+        ax.set_title(name, fontsize=8)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     tmp = Path(path).with_name("." + Path(path).name + ".tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -174,29 +180,13 @@ def _reconstruct(args) -> int:
 
 
 def _figure(path, fields, truth, method) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [("phase (rad)", fields["phase"]),
               ("d phase / d axis 0 (rad/Å)", fields["gradient"][0]),
               ("d phase / d axis 1 (rad/Å)", fields["gradient"][1]),
               ("TIE residual (1/Å²)", fields["residual"])]
     if truth is not None:
         panels.insert(0, ("ground truth phase (rad)", truth))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2))
-    for ax, (title, img) in zip(np.atleast_1d(axes), panels):
-        im = ax.imshow(img, cmap="gray")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(method)
-    fig.tight_layout()
-    tmp = Path(path).with_name("." + Path(path).name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_panels(path, panels, title=method)
 
 
 def _simulate(args) -> int:
