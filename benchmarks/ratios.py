@@ -53,9 +53,16 @@ def measure(size, backend, repeats, reference):
     if reference:
         planes = triplet_arrays(size)
         contenders["NumPy reference Teague"] = lambda: teague_tie(*planes, DZ, PIXEL, ENERGY)
+    return interleaved(contenders, repeats)
+
+
+def interleaved(contenders: dict, repeats: int) -> dict:
+    """Median seconds of each callable: one warm-up call each (JIT, plans), then
+    ``repeats`` rounds that run every contender once, so that drift and noise
+    on a shared machine hit all of them alike."""
     times = {name: [] for name in contenders}
     for fn in contenders.values():
-        fn()  # warm: JIT, plans
+        fn()
     for _ in range(repeats):
         for name, fn in contenders.items():
             start = time.perf_counter()
@@ -109,18 +116,10 @@ def reduction(backend="cpu", repeats=10, shape=(128, 128, 64, 64)):
         data = be.asarray((np.random.default_rng(0).random(shape, dtype=np.float32) * 200)
                           .astype(dtype))
         det = stem.Detector(shape[2:], (0.05, 0.05), 300e3, (31.5, 31.5))
-        run = {"reduce": lambda: (stem.reduce_4dstem(data, det, REGIONS, backend=be,
-                                                     chunk_bytes=1 << 40), be.synchronize()),
-               "sum": lambda: (data.sum(), be.synchronize())}
-        times = {k: [] for k in run}
-        for f in run.values():
-            f()
-        for _ in range(repeats):
-            for k, f in run.items():
-                start = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - start)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = interleaved({
+            "reduce": lambda: (stem.reduce_4dstem(data, det, REGIONS, backend=be,
+                                                  chunk_bytes=1 << 40), be.synchronize()),
+            "sum": lambda: (data.sum(), be.synchronize())}, repeats)
         gbs = data.nbytes / 1e9
         rows.append(f"| {shape} {dtype} ({data.nbytes / 1e6:.0f} MB) | {med['reduce'] * 1e3:.1f} "
                     f"| {gbs / med['reduce']:.1f} | {med['sum'] * 1e3:.1f} | "
@@ -151,16 +150,8 @@ def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024)):
         runs = {"flowtie": lambda: (solver.solve(t, method="flowtie"), be.synchronize()),
                 "net": lambda: (model.module(x), be.synchronize()),
                 "tie": lambda: (solver.solve(t, method="tie"), be.synchronize())}
-        times = {k: [] for k in runs}
         with torch.no_grad():
-            for f in runs.values():
-                f()
-            for _ in range(repeats):
-                for k, f in runs.items():
-                    start = time.perf_counter()
-                    f()
-                    times[k].append(time.perf_counter() - start)
-        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+            med = {k: v * 1e3 for k, v in interleaved(runs, repeats).items()}
         print(f"| {size}² | {med['flowtie']:.1f} | {med['net']:.1f} | {med['tie']:.2f} |")
 
 

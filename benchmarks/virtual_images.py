@@ -15,7 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flowtie_fast.evaluate import evaluate  # noqa: E402
 from flowtie_fast.io import load  # noqa: E402
-from flowtie_fast.stem import Detector, bf_radius_mrad, find_center, sample_patterns  # noqa: E402
+from flowtie_fast.stem import (  # noqa: E402
+    Detector,
+    bf_radius_mrad,
+    find_center,
+    mean_pattern,
+    sample_patterns,
+)
 
 # Virtual detectors: a bright-field disk of a fraction of the measured disk
 # radius, the annular bright field, and the whole detector.
@@ -24,9 +30,9 @@ FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 
 def disk_radius(path):
     with load(path) as ds:
-        sample = sample_patterns(ds.zero)
-        det = Detector(tuple(ds.zero.shape[2:]), ds.k_sampling, ds.energy, find_center(sample))
-        return bf_radius_mrad(sample, det)
+        mean = mean_pattern(sample_patterns(ds.zero))  # what from_4dstem measures
+        det = Detector(tuple(ds.zero.shape[2:]), ds.k_sampling, ds.energy, find_center(mean))
+        return bf_radius_mrad(mean, det)
 
 
 def main(folder):

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import BackendError
 
-__all__ = ["Backend", "get_backend", "gpu_available"]
+__all__ = ["Backend", "array_module", "get_backend", "gpu_available", "is_cupy"]
 
 _FFTW_FLAGS = ("FFTW_MEASURE",)
 
@@ -148,13 +148,14 @@ class RealFFTPlan:
         src = self.real if src is None else src
         if self._fftw is not None:
             self._fftw.forward(src)
-        elif self.backend.is_gpu:
-            self.spec = self.backend.xp.fft.rfft2(src)
+            return self.spec
+        if self.backend.is_gpu:
+            out = self.backend.xp.fft.rfft2(src.astype(self.dtype, copy=False))
         else:
             import scipy.fft
 
-            self.spec[...] = scipy.fft.rfft2(src, workers=self.backend.threads)
-        return self.spec
+            out = scipy.fft.rfft2(src, workers=self.backend.threads)
+        return _keep(self, "spec", out)
 
     def inverse(self, dst=None):
         """``dst = irfft2(spec)`` (unnormalised with pyFFTW); ``spec`` may be destroyed."""
@@ -167,19 +168,21 @@ class RealFFTPlan:
             import scipy.fft
 
             out = scipy.fft.irfft2(self.spec, s=(ny, nx), workers=self.backend.threads)
-        return _store(self, out, dst)
+        return _keep(self, "real", out, dst)
 
 
-def _store(plan, out, dst):
-    """Put a freshly computed transform into ``dst`` (or the plan's buffer)."""
+def _keep(plan, name, out, dst=None):
+    """Put a transform computed by CuPy or scipy into ``dst``, or make it the
+    plan's ``name`` buffer: adopted on the GPU (CuPy allocates from its pool),
+    copied into the fixed buffer on the CPU."""
     if dst is not None:
         dst[...] = out
         return dst
     if plan.backend.is_gpu:
-        plan.real = out
+        setattr(plan, name, out)
     else:
-        plan.real[...] = out
-    return plan.real
+        getattr(plan, name)[...] = out
+    return getattr(plan, name)
 
 
 class DCTPlan:
@@ -221,19 +224,16 @@ class DCTPlan:
         if self._fftw is not None:
             self._fftw.forward(src)
             return self.spec
-        out = self._module().dctn(src, type=2, axes=(-2, -1), **self._kw())
-        if self.backend.is_gpu:
-            self.spec = out
-        else:
-            self.spec[...] = out
-        return self.spec
+        out = self._module().dctn(src.astype(self.dtype, copy=False), type=2, axes=(-2, -1),
+                                  **self._kw())
+        return _keep(self, "spec", out)
 
     def inverse(self, dst=None):
         """``dst = DCT-III(spec)`` (unnormalised)."""
         if self._fftw is not None:
             return self._fftw.inverse(dst)
         out = self._module().dctn(self.spec, type=3, axes=(-2, -1), **self._kw())
-        return _store(self, out, dst)
+        return _keep(self, "real", out, dst)
 
 
 # --------------------------------------------------------------------------- backend
@@ -310,13 +310,13 @@ class Backend:
         """``x`` on this backend (a copy only where device or dtype change)."""
         if self.is_gpu:
             return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
-        if _is_cupy(x):
+        if is_cupy(x):
             x = x.get()
         return np.ascontiguousarray(x, dtype=dtype)
 
     def to_numpy(self, x):
         """``x`` as a NumPy array."""
-        return x.get() if _is_cupy(x) else np.asarray(x)
+        return x.get() if is_cupy(x) else np.asarray(x)
 
     def synchronize(self) -> None:
         """Wait for queued GPU work (no-op on the CPU); used around timings."""
@@ -362,8 +362,18 @@ def _numba_max_threads() -> int:
     return numba.config.NUMBA_NUM_THREADS
 
 
-def _is_cupy(x) -> bool:
+def is_cupy(x) -> bool:
+    """True for CuPy arrays (checked without importing CuPy)."""
     return type(x).__module__.startswith("cupy")
+
+
+def array_module(x):
+    """``numpy`` or ``cupy``, whichever ``x`` belongs to."""
+    if is_cupy(x):
+        import cupy
+
+        return cupy
+    return np
 
 
 _BACKENDS: dict = {}
@@ -389,7 +399,7 @@ def get_backend(backend="auto", threads: int | None = None, like=None) -> Backen
     if not isinstance(backend, str) or backend not in ("auto", "cpu", "gpu"):
         raise BackendError(f"backend: expected 'auto', 'cpu' or 'gpu', got {backend!r}")
     if backend == "auto":
-        backend = "gpu" if (like is not None and _is_cupy(like)) or gpu_available() else "cpu"
+        backend = "gpu" if (like is not None and is_cupy(like)) or gpu_available() else "cpu"
     key = (backend, threads)
     with _BACKENDS_LOCK:
         if key not in _BACKENDS:

@@ -44,18 +44,9 @@ def nmse(phase, truth) -> float:
     return float(np.mean(d**2) / np.var(truth))
 
 
-def _timed(ft, t, method, backend, repeats=3):
-    ft.reconstruct(t, method=method, backend=backend)  # plans, JIT, model loading
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        rec = ft.reconstruct(t, method=method, backend=backend)
-        best = min(best, time.perf_counter() - start)
-    return rec, best
-
-
 def _demo_fresnel(args) -> int:
     import flowtie_fast as ft
+    from flowtie_fast.evaluate import timed_reconstruct
     from flowtie_fast.optics import defocus_triplet
 
     phase, amplitude = phase_object(args.size, args.pixel_size)
@@ -67,7 +58,7 @@ def _demo_fresnel(args) -> int:
           "then best of 3)")
     for method in ("tie-uniform", "tie", "tie-exact", "gd"):
         for backend in backends:
-            rec, best = _timed(ft, t, method, backend)
+            rec, best = timed_reconstruct(t, method, backend)
             err = nmse(ft.get_backend(backend).to_numpy(rec.phase), phase)
             print(f"{method:<12}{backend:<9}{err:>11.2e}{best * 1e3:>12.2f}")
     return 0
@@ -83,7 +74,7 @@ def _demo(args) -> int:
             print("abTEM is not installed (extra 'sim'): the Fresnel demo instead")
         return _demo_fresnel(args)
     import flowtie_fast as ft
-    from flowtie_fast.evaluate import phase_errors
+    from flowtie_fast.evaluate import phase_errors, timed_reconstruct
     from flowtie_fast.simulate import simulate_series
 
     start = time.perf_counter()
@@ -104,7 +95,7 @@ def _demo(args) -> int:
     results = {}
     for method in methods:
         for backend in backends:
-            rec, best = _timed(ft, t, method, backend)
+            rec, best = timed_reconstruct(t, method, backend)
             phase = ft.get_backend(backend).to_numpy(rec.phase)
             mse, err = phase_errors(phase, case.phase)
             results[method] = (phase, ft.get_backend(backend).to_numpy(rec.gradient))

@@ -72,7 +72,7 @@ class Dataset:
 
     def triplet(self, **kwargs):
         """The :class:`~flowtie_fast.triplet.FocalTriplet` (``from_4dstem`` for 4D data;
-        keyword arguments go to it)."""
+        keyword arguments go to it, ``backend`` only is accepted for images)."""
         from .triplet import FocalTriplet
 
         if self.kind == "4dstem":
@@ -80,8 +80,12 @@ class Dataset:
                                             scan_step=self.scan_step,
                                             k_sampling=self.k_sampling, energy=self.energy,
                                             **kwargs)
+        kwargs.pop("backend", None)  # images are read as they are
+        if kwargs:
+            raise InputError(f"options: {sorted(kwargs)} apply to 4D-STEM data only; this "
+                             "file holds a triplet of images")
         return FocalTriplet(np.asarray(self.minus), np.asarray(self.zero), np.asarray(self.plus),
-                            dz=self.dz, pixel_size=self.scan_step, energy=self.energy, **kwargs)
+                            dz=self.dz, pixel_size=self.scan_step, energy=self.energy)
 
     def close(self) -> None:
         """Close the underlying HDF5 file, if any."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import get_backend
-from .errors import InputError
+from .errors import InputError, check_positive
 
 __all__ = ["PoissonSolver"]
 
@@ -102,11 +102,7 @@ class PoissonSolver:
         if len(shape) != 2 or min(shape) < 2:
             raise InputError(f"shape: expected (Ny, Nx) with at least 2 pixels each, got {shape}")
         self.shape = (int(shape[0]), int(shape[1]))
-        if np.isscalar(pixel_size):
-            pixel_size = (pixel_size, pixel_size)
-        self.pixel_size = (float(pixel_size[0]), float(pixel_size[1]))
-        if not all(np.isfinite(self.pixel_size)) or min(self.pixel_size) <= 0:
-            raise InputError(f"pixel_size: expected positive Å, got {pixel_size}")
+        self.pixel_size = check_positive("pixel_size", pixel_size, pair=True)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise InputError(f"dtype: expected float32 or float64, got {self.dtype}")
@@ -138,8 +134,18 @@ class PoissonSolver:
         else:
             self.scalar = be.rfft_plan(self.shape, self.dtype)
         self.rt = dt(self.scalar.roundtrip_scale)
+        # The Nyquist checkerboards the spectral gradient annihilates (even axes).
+        self._checkerboards = []
         if self.scheme == "spectral":
             self.vector = be.rfft_plan((2,) + self.shape, self.dtype)
+            signs = [(1 - 2 * (np.arange(n) % 2)).astype(self.dtype) if n % 2 == 0 else None
+                     for n in self.shape]
+            if signs[0] is not None:
+                self._checkerboards.append(be.asarray(signs[0][:, None]))
+            if signs[1] is not None:
+                self._checkerboards.append(be.asarray(signs[1][None, :]))
+            if signs[0] is not None and signs[1] is not None:
+                self._checkerboards.append(be.asarray(np.outer(signs[0], signs[1])))
         else:
             self.work = be.zeros(self.shape, self.dtype)
             self.vector = None
@@ -201,14 +207,8 @@ class PoissonSolver:
         only without them.
         """
         f -= f.mean()
-        if self.scheme == "spectral":
-            xp = self.backend.xp
-            ny, nx = self.shape
-            sy = (1 - 2 * (xp.arange(ny) % 2)).astype(self.dtype)[:, None] if ny % 2 == 0 else None
-            sx = (1 - 2 * (xp.arange(nx) % 2)).astype(self.dtype)[None, :] if nx % 2 == 0 else None
-            for pattern in (sy, sx, sy * sx if sy is not None and sx is not None else None):
-                if pattern is not None:
-                    f -= pattern * (f * pattern).mean()
+        for pattern in self._checkerboards:
+            f -= pattern * (f * pattern).mean()
         return f
 
     # ------------------------------------------------------------------ operators
@@ -261,8 +261,7 @@ class PoissonSolver:
         """``∇·g`` of a vector field (2, Ny, Nx) given on the pixel centres."""
         out = self._out(out)
         if self.scheme == "spectral":
-            self.vector.real[...] = g
-            self.vector.forward()
+            self.vector.forward(g)
             self._spectral_divergence_to_scalar(self.rt, poisson=False)
             self.scalar.inverse(out)
             return out
@@ -272,8 +271,7 @@ class PoissonSolver:
         """``u = ∇⁻² ∇·g``: the least-squares (curl-free) potential of a vector field."""
         out = self._out(out)
         if self.scheme == "spectral":
-            self.vector.real[...] = g
-            self.vector.forward()
+            self.vector.forward(g)
             self._spectral_divergence_to_scalar(self.rt, poisson=True)
         else:
             self.scalar.forward(self._fd_divergence_of_centred(g, self.work))

@@ -178,14 +178,11 @@ class TIESolver:
             raise InputError(f"triplet: pixel_size {series.pixel_size} Å differs from the "
                              f"solver's {self.pixel_size} Å")
 
-    def _planes(self, series):
-        """Planes on this backend in the working dtype (float16 and integers are cast)."""
-        be = self.backend
-        return [be.asarray(p, self.dtype) for p in series.planes]
-
     def _derivative_and_intensity(self, series):
-        """Fill the focal derivative (1/Å, intensity units) and the in-focus intensity."""
-        planes = self._planes(series)
+        """Fill the focal derivative (1/Å, intensity units) and the in-focus intensity;
+        return the mean intensity and the planes in the working dtype."""
+        # Planes on this backend in the working dtype (float16 and integers are cast).
+        planes = [self.backend.asarray(p, self.dtype) for p in series.planes]
         kern = self.backend.kernels
         t = self.dtype.type
         dw, iw = series.derivative_weights, series.intensity_weights
@@ -206,7 +203,7 @@ class TIESolver:
         if not mean > 0:
             raise InputError(f"triplet: the in-focus intensity must have a positive mean, "
                              f"got {mean:g}")
-        return mean
+        return mean, planes
 
     # ------------------------------------------------------------------ public
 
@@ -255,7 +252,7 @@ class TIESolver:
                 rec = self.integrate(g, out=out, gradient_out=gradient_out, _locked=True)
                 rec.info["time"] = time.perf_counter() - start
                 return rec
-            mean = self._derivative_and_intensity(series)
+            mean, planes = self._derivative_and_intensity(series)
             k = series.wavenumber
             phase = self.poisson._out(out)
             grad = self.poisson._out(gradient_out, (2,) + self.shape)
@@ -263,7 +260,7 @@ class TIESolver:
                     "boundary": self.poisson.boundary}
             residual = None
             if method == "flowtie":
-                residual = self._flow(series, k, model, phase, grad, info)
+                residual = self._flow(series, planes, k, model, phase, grad, info)
             elif method == "tie-uniform":
                 self.poisson.solve(self._didz, scale=-k / mean, out=phase, grad_out=grad)
             elif method == "tie":
@@ -306,7 +303,7 @@ class TIESolver:
 
     # ------------------------------------------------------------------ internals
 
-    def _flow(self, series, k, model, phase, grad, info):
+    def _flow(self, series, planes, k, model, phase, grad, info):
         """``flowtie``: the network's flow, integrated by the Poisson solver; returns
         the continuity residual of the predicted flow, ``k ∂I/∂z + ∇·(I v)``."""
         try:
@@ -322,7 +319,7 @@ class TIESolver:
         com = None
         if series.gradient is not None:
             com = be.asarray(series.gradient, self.dtype) / (2 * np.pi)
-        v = model.predict(self._planes(series), self._didz, k, self.pixel_size, com)
+        v = model.predict(planes, self._didz, k, self.pixel_size, com)
         if be.is_gpu:
             v = be.xp.from_dlpack(v).astype(self.dtype, copy=False)
         else:
@@ -337,7 +334,7 @@ class TIESolver:
         """``(k ∂I/∂z + ∇·(I ∇φ)) / Ī`` from the series' planes."""
         with self._lock:
             self.backend.prepare()
-            mean = self._derivative_and_intensity(series)
+            mean, _ = self._derivative_and_intensity(series)
             r = self.poisson.transport(phase, self._intensity)
             r += series.wavenumber * self._didz
             r /= mean

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import Backend, get_backend
+from .backend import Backend, array_module, get_backend, is_cupy
 from .errors import InputError
 from .physics import wavelength
 
@@ -28,17 +28,6 @@ __all__ = ["Detector", "Reduction", "reduce_4dstem", "find_center", "calibrate_r
 
 MAX_WEIGHTS = 8  # FT_MAX_WEIGHTS in kernels/flowtie_ops.cuh
 _NATIVE = (np.uint8, np.uint16, np.uint32, np.int32, np.float32, np.float64)
-
-
-def _pair(name, value):
-    try:
-        v = np.broadcast_to(np.asarray(value, dtype=np.float64), (2,))
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{name}: expected a positive number or pair of them, "
-                         f"got {value!r}") from exc
-    if not np.all(np.isfinite(v)) or np.any(v <= 0):
-        raise InputError(f"{name}: expected a positive number or pair of them, got {value!r}")
-    return float(v[0]), float(v[1])
 
 
 @dataclass
@@ -74,16 +63,26 @@ class Detector:
         return np.hypot(ky, kx) * wavelength(self.energy) * 1e3
 
 
+def mean_pattern(patterns):
+    """The mean (Ky, Kx) of one pattern or a stack of them, float64."""
+    m = np.asarray(patterns, dtype=np.float64)
+    return m.reshape(-1, *m.shape[-2:]).mean(axis=0)
+
+
+def _bright_field(m):
+    """Pixels of a mean pattern brighter than half its brightest: the disk."""
+    return m >= 0.5 * m.max()
+
+
 def find_center(patterns) -> tuple:
     """Centre of the bright-field disk of a mean pattern, in pixels.
 
     The centre of mass of the pixels brighter than half the brightest one: the
     disk, without the dark-field tails that would pull a plain centre of mass.
+    ``patterns``: one mean pattern or a stack to average.
     """
-    m = np.asarray(patterns, dtype=np.float64)
-    m = m.reshape(-1, *m.shape[-2:]).mean(axis=0)
-    mask = m >= 0.5 * m.max()
-    w = np.where(mask, m, 0.0)
+    m = mean_pattern(patterns)
+    w = np.where(_bright_field(m), m, 0.0)
     total = w.sum()
     if not total > 0:
         raise InputError("center: the mean pattern is empty; give the detector centre")
@@ -94,9 +93,7 @@ def find_center(patterns) -> tuple:
 def bf_radius_mrad(patterns, detector: Detector) -> float:
     """Bright-field disk radius (mrad) from a mean pattern: the radius of a disk
     with the area of the pixels brighter than half the brightest."""
-    m = np.asarray(patterns, dtype=np.float64)
-    m = m.reshape(-1, *m.shape[-2:]).mean(axis=0)
-    area = np.count_nonzero(m >= 0.5 * m.max())
+    area = np.count_nonzero(_bright_field(mean_pattern(patterns)))
     mrad_per_px = math.sqrt(detector.k_sampling[0] * detector.k_sampling[1]) * \
         wavelength(detector.energy) * 1e3
     return math.sqrt(area / math.pi) * mrad_per_px
@@ -113,7 +110,7 @@ def sample_patterns(data, count: int = 256):
 
 
 def _to_numpy(x):
-    if type(x).__module__.startswith("cupy"):
+    if is_cupy(x):
         return x.get()
     if hasattr(x, "compute") and not isinstance(x, np.ndarray):
         x = x.compute()
@@ -278,7 +275,7 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
     for i0 in range(0, sy, rows):
         i1 = min(sy, i0 + rows)
         chunk = data[i0:i1]
-        if not type(chunk).__module__.startswith("cupy"):
+        if not is_cupy(chunk):
             chunk = _to_numpy(chunk)  # memory map, HDF5 or dask: read this chunk only
         if be.is_gpu:
             chunk = be.asarray(chunk)
@@ -303,7 +300,7 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
 
 def rotate_com(com, degrees: float, flip: bool):
     """COM vectors from detector axes to scan axes: optional transpose, then rotation."""
-    xp = np if isinstance(com, np.ndarray) else __import__("cupy")
+    xp = array_module(com)
     c = com[::-1] if flip else com
     t = math.radians(degrees)
     return xp.stack([math.cos(t) * c[0] - math.sin(t) * c[1],

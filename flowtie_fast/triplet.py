@@ -9,37 +9,13 @@ common case ``I(z0 - dz), I(z0), I(z0 + dz)``.
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import numpy as np
 
-from .errors import InputError
+from .backend import array_module, is_cupy
+from .errors import InputError, check_positive
 from .physics import wavenumber
 
 __all__ = ["FocalSeries", "FocalTriplet", "focal_weights"]
-
-
-def _positive(name: str, value, pair: bool = False):
-    """A positive finite float (or a pair of them when ``pair``)."""
-    values = value if (pair and isinstance(value, (tuple, list, np.ndarray))) else (value,)
-    if pair and len(values) not in (1, 2):
-        raise InputError(f"{name}: expected a positive number or a pair of them, got {value!r}")
-    out = []
-    for v in values:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (Real, np.floating, np.integer)):
-            raise InputError(f"{name}: expected a positive number, got {v!r}")
-        v = float(v)
-        if not math.isfinite(v) or v <= 0:
-            raise InputError(f"{name}: expected a positive finite number, got {v!r}")
-        out.append(v)
-    if pair:
-        return (out[0], out[-1])
-    return out[0]
-
-
-def _is_cupy(x) -> bool:
-    return type(x).__module__.startswith("cupy")
 
 
 def check_image(name: str, a, shape=None):
@@ -47,7 +23,7 @@ def check_image(name: str, a, shape=None):
     where possible); raise :class:`InputError` naming ``name`` otherwise."""
     if a is None:
         raise InputError(f"{name}: expected a 2-D real array, got None")
-    if not _is_cupy(a):
+    if not is_cupy(a):
         try:
             a = np.asarray(a)
         except Exception as exc:  # unreadable array-likes
@@ -65,18 +41,10 @@ def check_image(name: str, a, shape=None):
         raise InputError(f"{name}: expected shape {tuple(shape)} like the other planes, "
                          f"got {tuple(a.shape)}")
     if kind == "f":
-        xp = _xp(a)
+        xp = array_module(a)
         if not bool(xp.isfinite(a).all()):
             raise InputError(f"{name}: contains NaN or Inf")
     return a
-
-
-def _xp(a):
-    if _is_cupy(a):
-        import cupy
-
-        return cupy
-    return np
 
 
 def focal_weights(z, z0: float = 0.0, degree: int | None = None):
@@ -158,12 +126,12 @@ class FocalSeries:
         self.planes = [first] + [check_image(nm, p, first.shape)
                                  for nm, p in zip(names[1:], planes[1:])]
         for nm, p in zip(names, self.planes):
-            if not bool(_xp(p).any(p)):
+            if not bool(array_module(p).any(p)):
                 raise InputError(f"{nm}: intensity is zero everywhere")
         self.z = z
         self.z0 = float(z0)
-        self.pixel_size = _positive("pixel_size", pixel_size, pair=True)
-        self.energy = _positive("energy", energy)
+        self.pixel_size = check_positive("pixel_size", pixel_size, pair=True)
+        self.energy = check_positive("energy", energy)
         self.intensity_weights, self.derivative_weights = focal_weights(z, self.z0, degree)
         self.gradient = None
         if gradient is not None:
@@ -174,12 +142,12 @@ class FocalSeries:
         return [f"planes[{i}]" for i in range(n)]
 
     def _check_gradient(self, g):
-        if not _is_cupy(g):
+        if not is_cupy(g):
             g = np.asarray(g)
         if g.dtype.kind not in "uif" or g.shape != (2,) + self.shape:
             raise InputError(f"gradient: expected a real array of shape {(2,) + self.shape} "
                              f"(rad/Å), got {g.dtype} {tuple(g.shape)}")
-        if not bool(_xp(g).isfinite(g).all()):
+        if not bool(array_module(g).isfinite(g).all()):
             raise InputError("gradient: contains NaN or Inf")
         return g
 
@@ -196,7 +164,7 @@ class FocalSeries:
     @property
     def on_gpu(self) -> bool:
         """True when the planes are CuPy arrays."""
-        return _is_cupy(self.planes[0])
+        return is_cupy(self.planes[0])
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(shape={self.shape}, z={self.z.tolist()} Å, "
@@ -226,7 +194,7 @@ class FocalTriplet(FocalSeries):
     """
 
     def __init__(self, minus, zero, plus, dz, pixel_size, energy, gradient=None):
-        dz_minus, dz_plus = _positive("dz", dz, pair=True)
+        dz_minus, dz_plus = check_positive("dz", dz, pair=True)
         self.dz = (dz_minus, dz_plus)
         super().__init__([minus, zero, plus], [-dz_minus, 0.0, dz_plus], pixel_size, energy,
                          z0=0.0, degree=2, gradient=gradient)
@@ -297,15 +265,15 @@ class FocalTriplet(FocalSeries):
             if tuple(d.shape) != tuple(data[1].shape):
                 raise InputError(f"{n}: expected shape {tuple(data[1].shape)} like zero, "
                                  f"got {tuple(d.shape)}")
-        k_sampling = stem._pair("k_sampling", k_sampling)
-        energy = _positive("energy", energy)
-        sample = stem.sample_patterns(data[1])
+        k_sampling = check_positive("k_sampling", k_sampling, pair=True)
+        energy = check_positive("energy", energy)
+        mean = stem.mean_pattern(stem.sample_patterns(data[1]))
         if center is None:
-            center = stem.find_center(sample)
+            center = stem.find_center(mean)
         center = tuple(float(c) for c in center)
         detector = stem.Detector(tuple(data[1].shape[2:]), k_sampling, energy, center)
-        disk = stem.bf_radius_mrad(sample, detector)
-        bf_radius = 0.25 * disk if bf_radius is None else _positive("bf_radius", bf_radius)
+        disk = stem.bf_radius_mrad(mean, detector)
+        bf_radius = 0.25 * disk if bf_radius is None else check_positive("bf_radius", bf_radius)
         regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
                    "df": (disk, np.inf), "whole": (0.0, np.inf)}
         if virtual not in regions:

@@ -130,3 +130,19 @@ def test_raw_detector_files_through_rosettasciio(tmp_path, rng):
     assert t.shape == (6, 5) and t.pixel_size == pytest.approx((0.2, 0.25))
     with pytest.raises(ft.InputError, match="expected one of"):
         ft.io.read_raw(tmp_path / "x.tiff")
+
+
+def test_evaluate_a_triplet_file_with_ground_truth(tmp_path):
+    """Image triplets (not 4D data) with a ground truth go through evaluate too."""
+    from fields import periodic_field, triplet_from
+
+    from flowtie_fast.evaluate import evaluate
+
+    phi, intensity, didz, grad = periodic_field(shape=(32, 30), contrast=0.3)
+    t = triplet_from(intensity, didz, 10.0, (0.2, 0.25), 300e3)
+    ft.save(tmp_path / "t.npz", ft.Dataset(*t.planes, dz=(10.0, 10.0), scan_step=(0.2, 0.25),
+                                           energy=300e3, phase_gt=phi, gradient_gt=grad))
+    (row,) = evaluate(tmp_path, methods=("tie-exact",), repeats=1)
+    assert row["nmse"] < 1e-6
+    with pytest.raises(ft.InputError, match=r"options: \['virtual'\] apply to 4D-STEM"):
+        ft.load(tmp_path / "t.npz").triplet(virtual="bf")

@@ -51,10 +51,7 @@ def load_samples(paths, **triplet_options) -> list:
         with load(path) as ds:
             if ds.phase_gt is None or ds.gradient_gt is None:
                 continue
-            options = dict(triplet_options)
-            if ds.kind == "4dstem":
-                options.setdefault("backend", "cpu")
-            t = ds.triplet(**options)
+            t = ds.triplet(**{"backend": "cpu", **triplet_options})
             planes = np.stack([np.asarray(p, np.float32) for p in t.planes])
             com = (np.asarray(t.gradient, np.float32) / (2 * np.pi)
                    if t.gradient is not None else np.zeros((2,) + t.shape, np.float32))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend import is_cupy
 from ..errors import InputError
 
 __all__ = ["FlowModel", "default_model_path", "load_model"]
@@ -73,7 +74,7 @@ class FlowModel:
 
     def _tensor(self, a):
         torch = self.torch
-        if type(a).__module__.startswith("cupy"):
+        if is_cupy(a):
             return torch.from_dlpack(a)  # zero copy on the device
         return torch.from_numpy(np.ascontiguousarray(a))
 
