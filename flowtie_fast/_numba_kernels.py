@@ -214,6 +214,13 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(n)
 
 
+# Detector pixels per block of the reduction: four patterns' blocks and the
+# weight rows' blocks (4 x 1 KB + 6 x 1 KB for float32) stay in L1 over all the
+# rows (measured on 64² float32 patterns: 128: 10.6 ms, 256: 10.4, 512: 11.3,
+# 1024: 12.4, unblocked: 12.9; a NumPy sum of the same array: 10.4).
+REDUCE_BLOCK = 256
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def reduce_patterns(data, W, lo, hi, out):
     """out[p, q] = sum_k W[q, k] * data[p, k] over k in [lo[q], hi[q]) (every
@@ -221,22 +228,34 @@ def reduce_patterns(data, W, lo, hi, out):
 
     The sums of ft::weighted_sums, in another loop order: four patterns share
     each sweep of a weight row (one weight load for four multiply-adds; 1.4x
-    faster than one pattern per sweep on float32), the patterns stay in cache
-    over the few rows, and the sums are float32 SIMD lanes (as the CUDA threads
-    sum their shares in float32; relative error ~1e-7 for 4096 pixels).
+    faster than one pattern per sweep on float32), and the detector is swept in
+    blocks of REDUCE_BLOCK pixels, every weight row over one block before the
+    next, so each pattern comes from memory once and is re-read from L1 (1.25x
+    faster than whole-row sweeps). Sums are float32 SIMD lanes (as the CUDA
+    threads sum their shares in float32; relative error ~1e-7 for 4096 pixels).
     Zero-based views: loops that start elsewhere, or float32 blocks added up in
     float64, ran 7-10x slower here because Numba stops vectorising them."""
-    npat = data.shape[0]
+    npat, npix = data.shape
     nq = W.shape[0]
     for g in prange((npat + 3) // 4):
-        p = 4 * g
-        if p + 4 <= npat:
+        p = 4 * np.int64(g)
+        if p + 4 > npat:
+            for pp in range(p, npat):
+                for q in range(nq):
+                    out[pp, q] = _dot(W[q, lo[q]:hi[q]], data[pp, lo[q]:hi[q]])
+            continue
+        acc = np.zeros((nq, 4), np.float32)
+        for b0 in range(0, npix, REDUCE_BLOCK):
             for q in range(nq):
-                w = W[q, lo[q]:hi[q]]
-                d0 = data[p, lo[q]:hi[q]]
-                d1 = data[p + 1, lo[q]:hi[q]]
-                d2 = data[p + 2, lo[q]:hi[q]]
-                d3 = data[p + 3, lo[q]:hi[q]]
+                s = max(np.int64(lo[q]), b0)
+                e = min(np.int64(hi[q]), b0 + REDUCE_BLOCK)
+                if s >= e:
+                    continue
+                w = W[q, s:e]
+                d0 = data[p, s:e]
+                d1 = data[p + 1, s:e]
+                d2 = data[p + 2, s:e]
+                d3 = data[p + 3, s:e]
                 a0 = np.float32(0)
                 a1 = np.float32(0)
                 a2 = np.float32(0)
@@ -247,16 +266,18 @@ def reduce_patterns(data, W, lo, hi, out):
                     a1 += wk * np.float32(d1[k])
                     a2 += wk * np.float32(d2[k])
                     a3 += wk * np.float32(d3[k])
-                out[p, q] = a0
-                out[p + 1, q] = a1
-                out[p + 2, q] = a2
-                out[p + 3, q] = a3
-        else:
-            for pp in range(p, npat):
-                for q in range(nq):
-                    w = W[q, lo[q]:hi[q]]
-                    d = data[pp, lo[q]:hi[q]]
-                    a = np.float32(0)
-                    for k in range(w.size):
-                        a += w[k] * np.float32(d[k])
-                    out[pp, q] = a
+                acc[q, 0] += a0
+                acc[q, 1] += a1
+                acc[q, 2] += a2
+                acc[q, 3] += a3
+        for q in range(nq):
+            for j in range(4):
+                out[p + j, q] = acc[q, j]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _dot(w, d):
+    a = np.float32(0)
+    for k in range(w.size):
+        a += w[k] * np.float32(d[k])
+    return a
