@@ -78,24 +78,36 @@ class FlowNet(nn.Module):
         Channels of the first level (default 24: about 0.5 M parameters at depth 3).
     depth : int
         Levels (each halves the image; inputs are padded circularly to a
-        multiple of ``2^(depth-1)`` and the output cropped back).
+        multiple of ``stride · 2^(depth-1)`` and the output cropped back).
+    stride : int
+        1: the first level works at full resolution. s > 1: the input is
+        folded into ``s²`` times the channels at 1/s of the resolution
+        (pixel unshuffle, no information lost) and the head unfolds ``2 s²``
+        channels back into the full-resolution flow (pixel shuffle): about
+        ``s²`` times fewer operations. The flow of a probe-limited image
+        varies little between neighbouring scan pixels, which is why this
+        costs little accuracy (measured in benchmarks/EVALUATION.md).
 
     Scriptable: ``torch.jit.script(FlowNet())`` runs on any image size.
     """
 
-    def __init__(self, in_channels: int = 4, width: int = 24, depth: int = 3):
+    def __init__(self, in_channels: int = 4, width: int = 24, depth: int = 3, stride: int = 1):
         super().__init__()
-        self.in_channels, self.width, self.depth = in_channels, width, depth
-        self.multiple: int = 2 ** (depth - 1)
+        if stride < 1:
+            raise ValueError(f"stride: expected a positive integer, got {stride!r}")
+        self.in_channels, self.width, self.depth, self.stride = in_channels, width, depth, stride
+        self.multiple: int = stride * 2 ** (depth - 1)
         chans = [width * 2**i for i in range(depth)]
+        self.fold = nn.PixelUnshuffle(stride)
+        self.unfold = nn.PixelShuffle(stride)
         self.down = nn.ModuleList()
-        cin = in_channels
+        cin = in_channels * stride**2
         for c in chans:
             self.down.append(_Block(cin, c))
             cin = c
         self.ups = nn.ModuleList([_Up(c_lo, c_hi) for c_hi, c_lo in
                                   zip(chans[-2::-1], chans[:0:-1])])
-        self.head = nn.Conv2d(chans[0], 2, 1)
+        self.head = nn.Conv2d(chans[0], 2 * stride**2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
@@ -103,6 +115,7 @@ class FlowNet(nn.Module):
         ph, pw = (m - h % m) % m, (m - w % m) % m
         if ph > 0 or pw > 0:
             x = nn.functional.pad(x, [0, pw, 0, ph], mode="circular")
+        x = self.fold(x)
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.down):
             if i > 0:
@@ -111,4 +124,4 @@ class FlowNet(nn.Module):
             skips.append(x)
         for i, up in enumerate(self.ups):
             x = up(x, skips[len(skips) - 2 - i])
-        return self.head(x)[..., :h, :w]
+        return self.unfold(self.head(x))[..., :h, :w]

@@ -36,6 +36,7 @@ class TrainConfig:
     weights: tuple = (1.0, 0.1, 1.0)  # flow, continuity, phase
     width: int = 24
     depth: int = 3
+    stride: int = 1  # FlowNet's pixel-unshuffle factor
     use_com: bool = True
     dose: tuple = (None, None)  # counts per pixel, log-uniform; (None, None): no noise
     seed: int = 0
@@ -90,7 +91,8 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
     cfg = cfg or TrainConfig()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = FlowNet(in_channels=6 if cfg.use_com else 4, width=cfg.width, depth=cfg.depth)
+    model = FlowNet(in_channels=6 if cfg.use_com else 4, width=cfg.width, depth=cfg.depth,
+                    stride=cfg.stride)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, history = 0, []
     checkpoint = Path(checkpoint) if checkpoint else None
@@ -143,7 +145,7 @@ def export_torchscript(model: FlowNet, path, cfg: TrainConfig | None = None) -> 
     path = Path(path)
     scripted = torch.jit.script(model.eval())
     extra = {"config.json": json.dumps({"in_channels": model.in_channels, "width": model.width,
-                                        "depth": model.depth,
+                                        "depth": model.depth, "stride": model.stride,
                                         "train": asdict(cfg) if cfg else None})}
     tmp = path.with_name("." + path.name + ".tmp")
     torch.jit.save(scripted, str(tmp), _extra_files=extra)
