@@ -8,15 +8,18 @@ The data path, top to bottom::
       -> PoissonSolver operators   (poisson.py)  FFT / DCT plans, one discretisation
       -> TIESolver methods         (solvers.py)  tie-uniform, tie, tie-exact, gd, icom
       -> Reconstruction            phase (rad), gradient (rad/Å), TIE residual
+    Plan                           (plan.py)  one shape/method prepared once: no allocation
+                                   per solve, batches (B, 3, Ny, Nx) -> (B, Ny, Nx)
 
 Conventions (units, signs, axes) are those of the project's DESIGN notes:
 lengths in Å, energy in eV, phase in rad, phase gradient in rad/Å.
 """
 
-from .backend import Backend, get_backend, gpu_available
+from .backend import Backend, get_backend, gpu_available, load_wisdom, save_wisdom
 from .errors import BackendError, InputError
 from .io import Dataset, load, save
 from .physics import wavelength, wavenumber
+from .plan import Plan
 from .poisson import PoissonSolver
 from .solvers import METHODS, Reconstruction, TIESolver, reconstruct
 from .triplet import FocalSeries, FocalTriplet, focal_weights
@@ -31,6 +34,7 @@ __all__ = [
     "FocalSeries",
     "FocalTriplet",
     "InputError",
+    "Plan",
     "PoissonSolver",
     "Reconstruction",
     "TIESolver",
@@ -38,8 +42,10 @@ __all__ = [
     "get_backend",
     "gpu_available",
     "load",
+    "load_wisdom",
     "reconstruct",
     "save",
+    "save_wisdom",
     "wavelength",
     "wavenumber",
 ]

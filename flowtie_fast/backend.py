@@ -22,7 +22,8 @@ import numpy as np
 
 from .errors import BackendError
 
-__all__ = ["Backend", "array_module", "get_backend", "gpu_available", "is_cupy"]
+__all__ = ["Backend", "array_module", "get_backend", "gpu_available", "is_cupy", "load_wisdom",
+           "save_wisdom"]
 
 _FFTW_FLAGS = ("FFTW_MEASURE",)
 
@@ -294,6 +295,8 @@ class Backend:
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             from . import _numba_kernels
 
+            _prefer_threadsafe_layer()
+
             self.xp = np
             self.kernels = _numba_kernels
             self.fft_library = "pyfftw" if _have_pyfftw() else "scipy"
@@ -354,6 +357,59 @@ class Backend:
     def dct_plan(self, shape, dtype) -> DCTPlan:
         """A DCT-II / DCT-III plan owning its buffers."""
         return DCTPlan(self, shape, dtype)
+
+
+def _prefer_threadsafe_layer() -> None:
+    """Ask Numba for a threading layer that parallel kernels may enter from many
+    threads at once (omp or tbb; the fallback workqueue layer aborts the process
+    on concurrent calls), where one is installed and the user chose none."""
+    import importlib
+
+    import numba
+
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return
+    for layer in ("omppool", "tbbpool"):
+        try:
+            importlib.import_module(f"numba.np.ufunc.{layer}")
+        except ImportError:
+            continue
+        numba.config.THREADING_LAYER = "threadsafe"
+        return
+
+
+def save_wisdom(path) -> None:
+    """Write FFTW's accumulated wisdom (the measured plans) to ``path`` atomically.
+
+    Planning with FFTW_MEASURE takes 10-100 ms a shape; with the wisdom read
+    back (:func:`load_wisdom`) a later process plans at once.
+    """
+    if not _have_pyfftw():
+        return
+    import pyfftw
+
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, *[np.frombuffer(w, np.uint8) for w in pyfftw.export_wisdom()])
+    os.replace(tmp, path)
+
+
+def load_wisdom(path) -> bool:
+    """Read FFTW wisdom written by :func:`save_wisdom`; False when ``path`` does
+    not exist yet. A file of another kind raises :class:`BackendError`."""
+    if not _have_pyfftw() or not os.path.exists(path):
+        return False
+    import pyfftw
+
+    try:
+        with np.load(path) as f:
+            wisdom = tuple(f[f"arr_{i}"].tobytes() for i in range(len(f.files)))
+    except Exception as exc:
+        raise BackendError(f"wisdom: {os.fspath(path)!r} is not an FFTW wisdom file "
+                           f"({exc})") from exc
+    pyfftw.import_wisdom(wisdom)
+    return True
 
 
 def _numba_max_threads() -> int:

@@ -140,12 +140,17 @@ class PoissonSolver:
             self.vector = be.rfft_plan((2,) + self.shape, self.dtype)
             signs = [(1 - 2 * (np.arange(n) % 2)).astype(self.dtype) if n % 2 == 0 else None
                      for n in self.shape]
+            ones = [np.ones(n, self.dtype) for n in self.shape]
+            # Stored whole: NumPy buffers broadcast operands in a temporary, and a
+            # plan must not allocate.
             if signs[0] is not None:
-                self._checkerboards.append(be.asarray(signs[0][:, None]))
+                self._checkerboards.append(be.asarray(np.outer(signs[0], ones[1])))
             if signs[1] is not None:
-                self._checkerboards.append(be.asarray(signs[1][None, :]))
+                self._checkerboards.append(be.asarray(np.outer(ones[0], signs[1])))
             if signs[0] is not None and signs[1] is not None:
                 self._checkerboards.append(be.asarray(np.outer(signs[0], signs[1])))
+            if self._checkerboards:
+                self._null_scratch = be.empty(self.shape, self.dtype)
         else:
             self.work = be.zeros(self.shape, self.dtype)
             self.vector = None
@@ -206,9 +211,12 @@ class PoissonSolver:
         wavenumbers are zeroed); a right-hand side ``∇·(w ∇φ) = f`` is solvable
         only without them.
         """
+        xp = self.backend.xp
         f -= f.mean()
-        for pattern in self._checkerboards:
-            f -= pattern * (f * pattern).mean()
+        for pattern in self._checkerboards:  # no temporaries: a plan solves allocation-free
+            scratch = xp.multiply(f, pattern, out=self._null_scratch)
+            xp.multiply(pattern, scratch.mean(), out=scratch)
+            f -= scratch
         return f
 
     # ------------------------------------------------------------------ operators

@@ -157,6 +157,7 @@ class TIESolver:
         self._didz = be.zeros(self.shape, self.dtype)
         self._intensity_buffer = be.zeros(self.shape, self.dtype)
         self._intensity = self._intensity_buffer  # the in-focus intensity in use
+        self._buffers: dict = {}  # work arrays of the iterative methods, made once
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -178,14 +179,14 @@ class TIESolver:
             raise InputError(f"triplet: pixel_size {series.pixel_size} Å differs from the "
                              f"solver's {self.pixel_size} Å")
 
-    def _derivative_and_intensity(self, series):
+    def _derivative_and_intensity(self, planes, derivative_weights, intensity_weights):
         """Fill the focal derivative (1/Å, intensity units) and the in-focus intensity;
         return the mean intensity and the planes in the working dtype."""
         # Planes on this backend in the working dtype (float16 and integers are cast).
-        planes = [self.backend.asarray(p, self.dtype) for p in series.planes]
+        planes = [self.backend.asarray(p, self.dtype) for p in planes]
         kern = self.backend.kernels
         t = self.dtype.type
-        dw, iw = series.derivative_weights, series.intensity_weights
+        dw, iw = derivative_weights, intensity_weights
         if len(planes) == 3:
             kern.focal_derivative3(*planes, self._didz, *(t(w) for w in dw))
             if np.allclose(iw, [0, 1, 0], atol=1e-12):
@@ -200,6 +201,8 @@ class TIESolver:
             kern.focal_derivative_n(stack, self.backend.asarray(iw, self.dtype),
                                     self._intensity)
         mean = float(self._intensity.mean())
+        if not np.isfinite(mean):
+            raise InputError("triplet: the in-focus intensity contains NaN or Inf")
         if not mean > 0:
             raise InputError(f"triplet: the in-focus intensity must have a positive mean, "
                              f"got {mean:g}")
@@ -244,6 +247,8 @@ class TIESolver:
         if method == "icom" and series.gradient is None:
             raise InputError("method: 'icom' needs a measured phase gradient "
                              "(FocalSeries(..., gradient=...))")
+        options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
+                   "model": model}
         with self._lock:
             self.backend.prepare()
             start = time.perf_counter()
@@ -252,26 +257,13 @@ class TIESolver:
                 rec = self.integrate(g, out=out, gradient_out=gradient_out, _locked=True)
                 rec.info["time"] = time.perf_counter() - start
                 return rec
-            mean, planes = self._derivative_and_intensity(series)
-            k = series.wavenumber
             phase = self.poisson._out(out)
             grad = self.poisson._out(gradient_out, (2,) + self.shape)
             info = {"backend": self.backend.name, "scheme": self.poisson.scheme,
                     "boundary": self.poisson.boundary}
-            residual = None
-            if method == "flowtie":
-                residual = self._flow(series, planes, k, model, phase, grad, info)
-            elif method == "tie-uniform":
-                self.poisson.solve(self._didz, scale=-k / mean, out=phase, grad_out=grad)
-            elif method == "tie":
-                self.poisson.teague(self._didz, self._intensity, self.floor * mean, scale=-k,
-                                    out=phase, grad_out=grad)
-            elif method == "tie-exact":
-                residual = self._pcg(k, mean, phase, grad, info, tol, max_iter)
-            else:
-                residual = self._gradient_descent(k, mean, phase, grad, info, tol, max_iter,
-                                                  preconditioner)
-            self.backend.synchronize()
+            mean, residual = self._solve_planes(
+                series.planes, series.derivative_weights, series.intensity_weights,
+                series.wavenumber, series.gradient, method, phase, grad, info, options)
             info["time"] = time.perf_counter() - start
             rec = Reconstruction(phase, grad, method, info)
             if residual is not None:
@@ -279,6 +271,35 @@ class TIESolver:
             else:
                 rec._residual_fn = lambda: self._residual(series, phase)
             return rec
+
+    def _solve_planes(self, planes, derivative_weights, intensity_weights, k, gradient,
+                      method, phase, grad, info, options):
+        """The solve itself, on validated arrays and under the lock: fills ``phase``
+        and ``grad``; returns the mean intensity and the unnormalised residual map
+        where the method computes it anyway (else None)."""
+        mean, planes = self._derivative_and_intensity(planes, derivative_weights,
+                                                      intensity_weights)
+        tol, max_iter = options.get("tol"), options.get("max_iter")
+        want = options.get("residual", True)
+        residual = None
+        if method == "flowtie":
+            residual = self._flow(planes, gradient, k, options.get("model"), phase, grad, info,
+                                  want)
+        elif method == "tie-uniform":
+            self.poisson.solve(self._didz, scale=-k / mean, out=phase, grad_out=grad)
+        elif method == "tie":
+            self.poisson.teague(self._didz, self._intensity, self.floor * mean, scale=-k,
+                                out=phase, grad_out=grad)
+        elif method == "tie-exact":
+            residual = self._pcg(k, mean, phase, grad, info, tol, max_iter, want)
+        elif method == "gd":
+            residual = self._gradient_descent(k, mean, phase, grad, info, tol, max_iter,
+                                              options.get("preconditioner") or "biharmonic",
+                                              want)
+        else:
+            raise InputError(f"method: {method!r} does not solve from planes")
+        self.backend.synchronize()
+        return mean, residual
 
     def integrate(self, gradient, *, out=None, gradient_out=None, _locked=False):
         """``icom``: integrate a phase gradient (2, Ny, Nx) in rad/Å to a phase.
@@ -303,7 +324,7 @@ class TIESolver:
 
     # ------------------------------------------------------------------ internals
 
-    def _flow(self, series, planes, k, model, phase, grad, info):
+    def _flow(self, planes, gradient, k, model, phase, grad, info, want_residual=True):
         """``flowtie``: the network's flow, integrated by the Poisson solver; returns
         the continuity residual of the predicted flow, ``k ∂I/∂z + ∇·(I v)``."""
         try:
@@ -317,8 +338,8 @@ class TIESolver:
         if not isinstance(model, FlowModel):
             model = load_model(None if model is None else str(model), device)
         com = None
-        if series.gradient is not None:
-            com = be.asarray(series.gradient, self.dtype) / (2 * np.pi)
+        if gradient is not None:
+            com = be.asarray(gradient, self.dtype) / (2 * np.pi)
         v = model.predict(planes, self._didz, k, self.pixel_size, com)
         if be.is_gpu:
             v = be.xp.from_dlpack(v).astype(self.dtype, copy=False)
@@ -326,6 +347,8 @@ class TIESolver:
             v = v.cpu().numpy().astype(self.dtype, copy=False)
         self.poisson.integrate(v, out=phase, grad_out=grad)
         info["model"] = str(model.path)
+        if not want_residual:
+            return None
         residual = self.poisson.divergence(self._intensity[None] * v)
         residual += k * self._didz
         return residual
@@ -334,18 +357,27 @@ class TIESolver:
         """``(k ∂I/∂z + ∇·(I ∇φ)) / Ī`` from the series' planes."""
         with self._lock:
             self.backend.prepare()
-            mean, _ = self._derivative_and_intensity(series)
+            mean, _ = self._derivative_and_intensity(
+                series.planes, series.derivative_weights, series.intensity_weights)
             r = self.poisson.transport(phase, self._intensity)
             r += series.wavenumber * self._didz
             r /= mean
         return r
+
+    def _buf(self, name):
+        """A work array of the image shape, made on first use and kept."""
+        b = self._buffers.get(name)
+        if b is None:
+            b = self._buffers[name] = self.backend.zeros(self.shape, self.dtype)
+        return b
 
     def _solvable_rhs(self, k):
         """``k ∂I/∂z`` projected onto the range of the transport operator: on a
         periodic or Neumann domain the transport term integrates to zero, so the
         mean of ∂I/∂z (a change of dose between planes, not phase) and, for the
         spectral scheme, the Nyquist checkerboards cannot be matched."""
-        return self.poisson.remove_null_space(self._didz * k)
+        b = self.backend.xp.multiply(self._didz, k, out=self._buf("rhs"))
+        return self.poisson.remove_null_space(b)
 
     def _apply_a(self, x, out):
         """``A x = -∇·(I ∇x)``: symmetric positive (semi)definite."""
@@ -353,7 +385,7 @@ class TIESolver:
         out *= -1
         return out
 
-    def _pcg(self, k, mean, x, grad, info, tol, max_iter):
+    def _pcg(self, k, mean, x, grad, info, tol, max_iter, want_residual=True):
         """Teague-preconditioned conjugate gradients for ``A φ = k ∂I/∂z``."""
         xp = self.backend.xp
         P = self.poisson
@@ -371,10 +403,12 @@ class TIESolver:
             return out
 
         precondition(b, x)  # Teague's answer as the starting point
-        ax = self._apply_a(x, xp.empty_like(x))
-        r = b - ax
-        z = precondition(r, xp.empty_like(x))
-        p = z.copy()
+        ax = self._apply_a(x, self._buf("ap"))
+        r = xp.subtract(b, ax, out=self._buf("r"))
+        z = precondition(r, self._buf("z"))
+        p = self._buf("p")
+        p[...] = z
+        tmp = self._buf("tmp")  # in-place updates: no temporaries per iteration
         rz = _dot(xp, r, z)
         history = [float(xp.linalg.norm(r)) / b_norm]
         it = 0
@@ -384,8 +418,8 @@ class TIESolver:
             if not pap > 0:
                 break
             a = rz / pap
-            x += a * p
-            r -= a * ap
+            x += xp.multiply(p, a, out=tmp)
+            r -= xp.multiply(ap, a, out=tmp)
             history.append(float(xp.linalg.norm(r)) / b_norm)
             it += 1
             if history[-1] <= tol:
@@ -399,9 +433,10 @@ class TIESolver:
         P.gradient(x, out=grad)
         info.update(iterations=it, converged=history[-1] <= tol, tol=tol,
                     relative_residual=history)
-        return self._true_residual(x, k)
+        return self._true_residual(x, k) if want_residual else None
 
-    def _gradient_descent(self, k, mean, x, grad, info, tol, max_iter, preconditioner):
+    def _gradient_descent(self, k, mean, x, grad, info, tol, max_iter, preconditioner,
+                          want_residual=True):
         """Steepest descent with exact line search on ``J = ½ ‖A φ - b‖²``."""
         xp = self.backend.xp
         P = self.poisson
@@ -410,10 +445,9 @@ class TIESolver:
         max_iter = 200 if max_iter is None else int(max_iter)
         b = self._solvable_rhs(k)
         x[...] = 0
-        r = b.copy()  # r = b - A x
-        ar = xp.empty_like(x)
-        d = xp.empty_like(x)
-        ad = xp.empty_like(x)
+        r = self._buf("r")  # r = b - A x
+        r[...] = b
+        ar, d, ad, tmp = (self._buf(n) for n in ("ar", "d", "ad", "tmp"))
         objective = [0.5 * _dot(xp, r, r)]
         it = 0
         while it < max_iter and objective[-1] > 0:
@@ -428,8 +462,8 @@ class TIESolver:
             if not ad_norm2 > 0:
                 break
             step = _dot(xp, r, ad) / ad_norm2
-            x += step * d
-            r -= step * ad
+            x += xp.multiply(d, step, out=tmp)
+            r -= xp.multiply(ad, step, out=tmp)
             objective.append(0.5 * _dot(xp, r, r))
             it += 1
             if objective[-2] - objective[-1] <= tol * objective[-2]:
@@ -438,7 +472,7 @@ class TIESolver:
         P.gradient(x, out=grad)
         info.update(iterations=it, objective=objective, tol=tol, preconditioner=preconditioner,
                     converged=it < max_iter)
-        return self._true_residual(x, k)
+        return self._true_residual(x, k) if want_residual else None
 
     def _true_residual(self, x, k):
         """``k ∂I/∂z + ∇·(I ∇φ)`` recomputed from x (the recursively updated

@@ -84,20 +84,36 @@ class FlowModel:
         ``planes`` (3 arrays), ``didz`` and ``com`` (1/Å, (2, H, W)) are NumPy or
         CuPy arrays; ``com`` is required by models with 6 input channels.
         """
+        torch = self.torch
+        stack = torch.stack([self._tensor(p).float() for p in planes])[None]
+        c = None if com is None else self._tensor(com)[None]
+        return self.predict_batch(stack, self._tensor(didz)[None], wavenumber, pixel_size,
+                                  c)[0]
+
+    def predict_batch(self, planes, didz, wavenumber, pixel_size, com=None):
+        """Flows (B, 2, H, W) in rad/Å of a batch, in one network call.
+
+        ``planes`` (B, 3, H, W), ``didz`` (B, H, W) and ``com`` (B, 2, H, W) in
+        1/Å: NumPy or CuPy arrays or torch tensors.
+        """
         from .model import flow_inputs
 
         torch = self.torch
         if self.in_channels == 6 and com is None:
             raise InputError("triplet: this flow model needs the 4D-STEM centre of mass "
                              "(FocalTriplet.from_4dstem, or gradient=)")
-        t = [self._tensor(p)[None].float() for p in planes]
-        c = self._tensor(com)[None].float() if self.in_channels == 6 else None
-        x = flow_inputs(t[0], t[1], t[2], self._tensor(didz)[None].float(), wavenumber,
+
+        def tensor(a):
+            return (a if isinstance(a, torch.Tensor) else self._tensor(a)).float()
+
+        planes = tensor(planes)
+        c = tensor(com) if self.in_channels == 6 else None
+        x = flow_inputs(planes[:, 0], planes[:, 1], planes[:, 2], tensor(didz), wavenumber,
                         pixel_size, c).to(self.device)
         with torch.no_grad():
-            v = self.module(x)[0]
+            v = self.module(x)
         scale = torch.tensor([float(pixel_size[0]), float(pixel_size[1])],
-                             device=v.device).view(2, 1, 1)
+                             device=v.device).view(1, 2, 1, 1)
         return v / scale
 
 

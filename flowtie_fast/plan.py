@@ -1,0 +1,278 @@
+"""Plans for acquisition software: one shape, method and backend, prepared once.
+
+A :class:`Plan` owns a :class:`~flowtie_fast.solvers.TIESolver` (FFT plans,
+kernels, work buffers) and the focal weights of one defocus step. After its
+warm-up call, ``plan.solve(minus, zero, plus, out=phase)`` allocates no image
+arrays for ``tie-uniform``, ``tie``, ``tie-exact``, ``gd`` and ``icom`` (the
+allocation tracker, which sees NumPy's buffers, sees a few KB of Python
+objects a call: less than a quarter of one 64² float32 image, tested),
+compiles nothing and plans nothing. ``flowtie`` runs its network through
+PyTorch, whose activations PyTorch allocates.
+
+First-call costs are measured separately in :attr:`Plan.timings` (seconds):
+
+- ``setup``: backend, FFT plans (FFTW_MEASURE on the CPU) and work buffers;
+- ``first_solve``: the warm-up solve, which loads or compiles the Numba
+  kernels (cached on disk after the first run of a machine), NVRTC-compiles
+  the CUDA kernels on the GPU and loads the flow model;
+- ``solve``: the second, steady call.
+
+FFTW's plans can be kept between runs in a wisdom file
+(:func:`~flowtie_fast.backend.save_wisdom`, ``Plan(..., wisdom=path)``).
+
+Thread model: a plan serialises its own calls with a lock (it owns buffers),
+so one plan shared by many threads is safe but runs one solve at a time;
+for parallel solves give each thread its own plan (tested: 8 threads with a
+plan each give results identical to one thread). On the CPU the Numba kernels
+then run concurrently, which needs a thread-safe Numba threading layer (omp
+or tbb): the CPU backend asks Numba for one unless NUMBA_THREADING_LAYER is set.
+
+Examples
+--------
+>>> plan = Plan((128, 128), pixel_size=0.2, dz=20.0, energy=300e3, method="tie")
+>>> phase = np.empty((128, 128), np.float32)
+>>> for minus, zero, plus in frames:
+...     plan.solve(minus, zero, plus, out=phase)
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .backend import is_cupy, load_wisdom, save_wisdom
+from .errors import InputError, check_positive
+from .physics import wavenumber
+from .solvers import METHODS, TIESolver
+from .triplet import focal_weights
+
+__all__ = ["Plan"]
+
+
+class Plan:
+    """A prepared solve of one image shape, defocus step, method and backend.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image shape (Ny, Nx).
+    pixel_size : float or (float, float)
+        Sampling along (axis 0, axis 1) in Å.
+    dz : float
+        Defocus step in Å: the planes are at ``-dz, 0, +dz`` (DESIGN §2).
+    energy : float
+        Electron energy in eV.
+    method : str
+        One of :data:`~flowtie_fast.solvers.METHODS`.
+    backend : {"auto", "cpu", "gpu"} or Backend
+    threads : int, optional
+        CPU threads of this plan.
+    dtype, boundary, scheme, alpha, floor
+        See :class:`~flowtie_fast.solvers.TIESolver`.
+    model : path or FlowModel, optional
+        The flow model of ``flowtie`` (default: the shipped one).
+    tol, max_iter, preconditioner
+        Stopping rule and descent direction of ``tie-exact`` and ``gd``.
+    warmup : bool
+        Solve a synthetic triplet once now, so that the first real call pays
+        no compilation (default True).
+    wisdom : path, optional
+        FFTW wisdom file (CPU): read before planning when it exists, written
+        after.
+    """
+
+    def __init__(self, shape, pixel_size, dz, energy, method="tie", *, backend="auto",
+                 threads=None, dtype="float32", boundary="periodic", scheme="auto", alpha=0.0,
+                 floor=1e-3, model=None, tol=None, max_iter=None, preconditioner="biharmonic",
+                 warmup=True, wisdom=None):
+        if method not in METHODS:
+            raise InputError(f"method: expected one of {METHODS}, got {method!r}")
+        self.dz = check_positive("dz", dz)
+        self.energy = check_positive("energy", energy)
+        self.method = method
+        start = time.perf_counter()
+        if wisdom is not None:
+            load_wisdom(wisdom)
+        self.solver = TIESolver(shape, pixel_size, boundary=boundary, scheme=scheme,
+                                alpha=alpha, floor=floor, dtype=dtype, backend=backend,
+                                threads=threads)
+        if wisdom is not None and not self.solver.backend.is_gpu:
+            save_wisdom(wisdom)
+        self.backend = self.solver.backend
+        self.shape, self.dtype = self.solver.shape, self.solver.dtype
+        self.pixel_size = self.solver.pixel_size
+        self.wavenumber = wavenumber(self.energy)
+        self._intensity_weights, self._derivative_weights = focal_weights(
+            (-self.dz, 0.0, self.dz))
+        self._options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
+                         "model": model, "residual": False}
+        self._grad = self.backend.empty((2,) + self.shape, self.dtype)
+        self.timings = {"setup": time.perf_counter() - start}
+        if warmup:
+            self._warm_up()
+
+    def __repr__(self) -> str:
+        return (f"Plan(shape={self.shape}, method={self.method!r}, dz={self.dz} Å, "
+                f"backend={self.backend!r})")
+
+    def _warm_up(self):
+        """Two solves of a smooth synthetic triplet: the first pays for
+        compilation and model loading, the second is the steady cost."""
+        xp = self.backend.xp
+        y, x = np.meshgrid(*(np.arange(n) / n for n in self.shape), indexing="ij")
+        bump = 1.0 + 0.05 * np.cos(2 * np.pi * y) * np.cos(2 * np.pi * x)
+        planes = [xp.asarray((bump * (1 + 0.01 * s)).astype(self.dtype)) for s in (-1, 0, 1)]
+        gradient = xp.zeros((2,) + self.shape, self.dtype)
+        out = self.backend.empty(self.shape, self.dtype)
+        for key in ("first_solve", "solve"):
+            start = time.perf_counter()
+            self.solve(*planes, gradient=gradient, out=out)
+            self.timings[key] = time.perf_counter() - start
+
+    # ------------------------------------------------------------------ checks
+
+    def _image(self, name, a, shape):
+        if is_cupy(a) != self.backend.is_gpu:
+            where = "CuPy" if self.backend.is_gpu else "NumPy"
+            raise InputError(f"{name}: expected a {where} array for this {self.backend.name} "
+                             f"plan, got {type(a).__name__}")
+        if not hasattr(a, "dtype") or a.dtype.kind not in "uif":
+            raise InputError(f"{name}: expected a real array, got "
+                             f"{getattr(a, 'dtype', type(a).__name__)}")
+        if tuple(a.shape) != tuple(shape):
+            raise InputError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
+        return a
+
+    def _output(self, name, a, shape):
+        if a is None:
+            return self.backend.empty(shape, self.dtype)
+        self._image(name, a, shape)
+        if a.dtype != self.dtype or not a.flags.c_contiguous:
+            raise InputError(f"{name}: expected a C-contiguous {self.dtype} array, got "
+                             f"{a.dtype}{'' if a.flags.c_contiguous else ' (not contiguous)'}")
+        return a
+
+    # ------------------------------------------------------------------ solves
+
+    def solve(self, minus, zero, plus, *, gradient=None, out=None, gradient_out=None):
+        """The phase (rad, mean zero) of one triplet.
+
+        Parameters
+        ----------
+        minus, zero, plus : arrays (Ny, Nx)
+            Intensities at ``-dz, 0, +dz`` on this plan's backend (any real
+            dtype; the working dtype avoids a conversion).
+        gradient : array (2, Ny, Nx), optional
+            Measured phase gradient in rad/Å (4D-STEM centre of mass ``2π COM``);
+            required by ``icom`` and by flow models that read it.
+        out : array (Ny, Nx), optional
+            Caller-owned phase output (C-contiguous, working dtype).
+        gradient_out : array (2, Ny, Nx), optional
+            Caller-owned phase-gradient output (rad/Å).
+
+        Returns
+        -------
+        out
+            The phase. Non-finite input raises :class:`InputError` before
+            ``out`` is written.
+        """
+        planes = [self._image(n, a, self.shape)
+                  for n, a in (("minus", minus), ("zero", zero), ("plus", plus))]
+        if gradient is not None:
+            gradient = self._image("gradient", gradient, (2,) + self.shape)
+        if self.method == "icom" and gradient is None:
+            raise InputError("gradient: method 'icom' needs the measured phase gradient")
+        out = self._output("out", out, self.shape)
+        grad = self._output("gradient_out", gradient_out, (2,) + self.shape) \
+            if gradient_out is not None else self._grad
+        s = self.solver
+        with s._lock:
+            self.backend.prepare()
+            if self.method == "icom":
+                # A NaN anywhere makes the divergence's sum NaN: checked before writing.
+                if not np.isfinite(float(gradient.sum())):
+                    raise InputError("gradient: contains NaN or Inf")
+                s.poisson.integrate(s.backend.asarray(gradient, self.dtype), out=out,
+                                    grad_out=grad)
+                return out
+            mean, _ = s._derivative_and_intensity(planes, self._derivative_weights,
+                                                  self._intensity_weights)
+            # Any NaN or Inf of the planes reaches the mean (zero) or ∂I/∂z (minus,
+            # plus): two reductions instead of a pass over each plane.
+            if not (np.isfinite(mean) and np.isfinite(float(s._didz.sum()))):
+                raise InputError("minus, zero, plus: contain NaN or Inf")
+            s._solve_planes(planes, self._derivative_weights, self._intensity_weights,
+                            self.wavenumber, gradient, self.method, out, grad, {},
+                            self._options)
+        return out
+
+    def solve_batch(self, stack, *, gradient=None, out=None, gradient_out=None):
+        """Phases of many triplets: (B, 3, Ny, Nx) in, (B, Ny, Nx) out.
+
+        For a time or tilt series. The plan's buffers serve every item; for
+        ``flowtie`` the network sees the whole batch at once (one forward pass)
+        and the Poisson integration runs per item.
+
+        Parameters
+        ----------
+        stack : array (B, 3, Ny, Nx)
+            Triplets ``(minus, zero, plus)`` on this plan's backend.
+        gradient : array (B, 2, Ny, Nx), optional
+            Measured phase gradients (rad/Å).
+        out : array (B, Ny, Nx), optional
+        gradient_out : array (B, 2, Ny, Nx), optional
+
+        Returns
+        -------
+        out
+        """
+        if getattr(stack, "ndim", 0) != 4 or stack.shape[1] != 3:
+            raise InputError(f"stack: expected an array (B, 3, Ny, Nx), got shape "
+                             f"{tuple(getattr(stack, 'shape', ()))}")
+        b = int(stack.shape[0])
+        self._image("stack", stack, (b, 3) + self.shape)
+        if gradient is not None:
+            self._image("gradient", gradient, (b, 2) + self.shape)
+        out = self._output("out", out, (b,) + self.shape)
+        if gradient_out is not None:
+            self._output("gradient_out", gradient_out, (b, 2) + self.shape)
+        if self.method == "flowtie" and b > 1:
+            return self._flow_batch(stack, gradient, out, gradient_out)
+        for i in range(b):
+            self.solve(stack[i, 0], stack[i, 1], stack[i, 2],
+                       gradient=None if gradient is None else gradient[i], out=out[i],
+                       gradient_out=None if gradient_out is None else gradient_out[i])
+        return out
+
+    def _flow_batch(self, stack, gradient, out, gradient_out):
+        """flowtie over a batch: one network call, then one integration per item."""
+        from .flow.infer import FlowModel, load_model
+
+        s, be = self.solver, self.backend
+        model = self._options["model"]
+        if not isinstance(model, FlowModel):
+            model = load_model(None if model is None else str(model),
+                               "cuda" if be.is_gpu else "cpu")
+        xp = be.xp
+        b = stack.shape[0]
+        planes = be.asarray(stack, self.dtype)
+        didz = xp.empty((b,) + self.shape, self.dtype)
+        with s._lock:
+            be.prepare()
+            for i in range(b):
+                mean, _ = s._derivative_and_intensity(list(planes[i]),
+                                                      self._derivative_weights,
+                                                      self._intensity_weights)
+                if not (np.isfinite(mean) and np.isfinite(float(s._didz.sum()))):
+                    raise InputError(f"stack[{i}]: contains NaN or Inf")
+                didz[i] = s._didz
+            com = None if gradient is None else be.asarray(gradient, self.dtype) / (2 * np.pi)
+            v = model.predict_batch(planes, didz, self.wavenumber, self.pixel_size, com)
+            v = xp.from_dlpack(v) if be.is_gpu else v.cpu().numpy()
+            v = v.astype(self.dtype, copy=False)
+            for i in range(b):
+                grad = self._grad if gradient_out is None else gradient_out[i]
+                s.poisson.integrate(xp.ascontiguousarray(v[i]), out=out[i], grad_out=grad)
+            be.synchronize()
+        return out
