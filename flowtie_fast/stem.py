@@ -5,8 +5,10 @@ annulus, whole detector) and the centre-of-mass moments together: each is a
 weighted sum of a pattern's pixels, so the pass is one small matrix product
 ``patterns (P, K) @ weights (Q, K).T`` done by the ``reduce_patterns`` kernel
 (CUDA, or its Numba twin). The data stream through in chunks of scan rows, so
-memory maps, HDF5 datasets and dask arrays larger than memory need only one
-chunk in memory at a time.
+memory maps and HDF5 datasets larger than memory need only one chunk in
+memory at a time. A dask array is reduced where its chunks live: each chunk
+of scan positions becomes its few sums on a dask worker (a
+``dask.distributed`` cluster when a client is active), and only those travel.
 
 Conventions (DESIGN §2): detector axis i is parallel to scan axis i unless a
 rotation is given; the centre of mass in 1/Å times 2π is the phase gradient
@@ -21,10 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backend import Backend, array_module, get_backend, is_cupy
-from .errors import InputError
+from .errors import InputError, check_positive
 from .physics import wavelength
 
-__all__ = ["Detector", "Reduction", "reduce_4dstem", "find_center", "calibrate_rotation"]
+__all__ = ["Detector", "Reduction", "calibrate_rotation", "find_center", "finish_reduction",
+           "reduce_4dstem", "triplet_geometry"]
 
 MAX_WEIGHTS = 8  # FT_MAX_WEIGHTS in kernels/flowtie_ops.cuh
 _NATIVE = (np.uint8, np.uint16, np.uint32, np.int32, np.float32, np.float64)
@@ -219,6 +222,30 @@ def _native(chunk, xp):
     raise InputError(f"data: expected real detector counts, got dtype {dt}")
 
 
+def _is_dask(data) -> bool:
+    return type(data).__module__.split(".")[0] == "dask" and hasattr(data, "map_blocks")
+
+
+def _reduce_block(block, W, lo, hi):
+    """One dask chunk (sy, sx, Ky, Kx) -> its weighted sums (sy, sx, Q), on a worker."""
+    be = get_backend("cpu")
+    be.prepare()
+    sy, sx = block.shape[:2]
+    flat = _native(np.asarray(block), np).reshape(sy * sx, -1)
+    out = np.empty((sy * sx, W.shape[0]), np.float32)
+    be.kernels.reduce_patterns(flat, W, lo, hi, out)
+    return out.reshape(sy, sx, -1)
+
+
+def _reduce_dask(data, W, lo, hi):
+    """The reduction as a dask graph over scan chunks (each chunk holds whole
+    patterns); computed by the active scheduler, distributed or local."""
+    data = data.rechunk({2: -1, 3: -1})
+    sums = data.map_blocks(_reduce_block, W, lo, hi, drop_axis=(2, 3), new_axis=2,
+                           chunks=data.chunks[:2] + ((W.shape[0],),), dtype=np.float32)
+    return np.asarray(sums.compute())
+
+
 def check_4d(name, data):
     """Validate a 4D-STEM array-like (NumPy, CuPy, memmap, HDF5, dask)."""
     shape = getattr(data, "shape", None)
@@ -272,6 +299,9 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
     out = xp.empty((sy * sx, q), np.float32)
     row_bytes = sx * ky * kx * np.dtype(data.dtype).itemsize
     rows = max(1, int(chunk_bytes // max(row_bytes, 1)))
+    if _is_dask(data) and not be.is_gpu:
+        out[...] = _reduce_dask(data, W, lo, hi).reshape(sy * sx, q)
+        rows = sy + 1  # done: skip the streamed loop
     for i0 in range(0, sy, rows):
         i1 = min(sy, i0 + rows)
         chunk = data[i0:i1]
@@ -281,21 +311,77 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
             chunk = be.asarray(chunk)
         chunk = _native(chunk, xp).reshape((i1 - i0) * sx, ky * kx)
         be.kernels.reduce_patterns(chunk, W, lo, hi, out[i0 * sx:i1 * sx])
+    return finish_reduction(out.reshape(sy, sx, q), combine, detector, regions, name)
+
+
+def finish_reduction(sums, combine, detector: Detector, regions: dict, name: str = "data"):
+    """Virtual images and centre of mass from the weighted sums of one pass.
+
+    Parameters
+    ----------
+    sums : array (Sy, Sx, Q) float32
+        The sums of the weight rows of :func:`detector_weights` (NumPy or CuPy),
+        from ``reduce_4dstem`` or a LiberTEM UDF (:mod:`flowtie_fast.live`).
+    combine : ndarray (R + 3, Q)
+        The second return value of :func:`detector_weights`.
+    detector, regions
+        As given to :func:`detector_weights`.
+
+    Returns
+    -------
+    Reduction
+    """
+    xp = array_module(sums)
+    sy, sx, q = sums.shape
     # A NaN or Inf in any pixel an output reads makes that sum NaN (even where its
     # weight is 0: 0 * NaN is NaN), so checking the small output checks the data
     # that matters without a second pass.
-    bad = ~xp.isfinite(out).all(axis=1)
+    bad = ~xp.isfinite(sums.reshape(sy * sx, q)).all(axis=1)
     if bool(bad.any()):
         first = int(xp.argmax(bad))
         raise InputError(f"{name}: contains NaN or Inf (first at scan position "
                          f"{divmod(first, sx)})")
-    out = out.reshape(sy, sx, q)
-    out = out @ be.asarray(combine.T.astype(np.float32))  # bins -> regions, COM moments
+    out = sums @ xp.asarray(combine.T.astype(np.float32))  # bins -> regions, COM moments
     virtual = {n: xp.ascontiguousarray(out[..., i]) for i, n in enumerate(regions)}
     total = out[..., -3]
     safe = xp.where(total > 0, total, 1)
     com = xp.stack([out[..., -2] / safe, out[..., -1] / safe]).astype(np.float32)
     return Reduction(virtual, com, detector, regions=dict(regions))
+
+
+def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None):
+    """Detector and virtual-detector regions for a focal triplet from the mean
+    in-focus pattern.
+
+    Parameters
+    ----------
+    mean : ndarray (Ky, Kx)
+        Mean pattern (:func:`mean_pattern`).
+    k_sampling : (float, float)
+        1/Å per detector pixel.
+    energy : float
+        eV.
+    center : (float, float), optional
+        Detector centre in pixels (default: :func:`find_center`).
+    bf_radius : float, optional
+        Radius of the "bf" disk in mrad (default a quarter of the measured
+        bright-field disk).
+
+    Returns
+    -------
+    detector : Detector
+    regions : dict
+        "bf", "bf-full", "abf", "df", "whole" as (inner, outer) mrad.
+    """
+    if center is None:
+        center = find_center(mean)
+    center = tuple(float(c) for c in center)
+    detector = Detector(tuple(mean.shape), k_sampling, energy, center)
+    disk = bf_radius_mrad(mean, detector)
+    bf_radius = 0.25 * disk if bf_radius is None else check_positive("bf_radius", bf_radius)
+    regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
+               "df": (disk, np.inf), "whole": (0.0, np.inf)}
+    return detector, regions
 
 
 def rotate_com(com, degrees: float, flip: bool):

@@ -268,21 +268,41 @@ class FocalTriplet(FocalSeries):
         k_sampling = check_positive("k_sampling", k_sampling, pair=True)
         energy = check_positive("energy", energy)
         mean = stem.mean_pattern(stem.sample_patterns(data[1]))
-        if center is None:
-            center = stem.find_center(mean)
-        center = tuple(float(c) for c in center)
-        detector = stem.Detector(tuple(data[1].shape[2:]), k_sampling, energy, center)
-        disk = stem.bf_radius_mrad(mean, detector)
-        bf_radius = 0.25 * disk if bf_radius is None else check_positive("bf_radius", bf_radius)
-        regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
-                   "df": (disk, np.inf), "whole": (0.0, np.inf)}
+        detector, regions = stem.triplet_geometry(mean, k_sampling, energy, center, bf_radius)
         if virtual not in regions:
             raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
         reductions = [stem.reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,
                                          backend=backend, chunk_bytes=chunk_bytes, name=n)
                       for n, d in zip(names, data)]
+        return cls.from_reductions(reductions, dz, scan_step, virtual=virtual,
+                                   rotation=rotation, flip=flip)
+
+    @classmethod
+    def from_reductions(cls, reductions, dz, scan_step, *, virtual="bf", rotation=0.0,
+                        flip=False):
+        """Focal triplet from the three reductions of a 4D-STEM triplet.
+
+        The second half of :meth:`from_4dstem`, for reductions made elsewhere
+        (a LiberTEM UDF on a file or a live stream: :mod:`flowtie_fast.live`).
+
+        Parameters
+        ----------
+        reductions : three :class:`~flowtie_fast.stem.Reduction`
+            Of the datasets at ``-dz, 0, +dz``, before any rotation.
+        dz, scan_step, virtual, rotation, flip
+            As in :meth:`from_4dstem`.
+        """
+        from . import stem
+
+        reductions = list(reductions)
+        if len(reductions) != 3 or not all(isinstance(r, stem.Reduction) for r in reductions):
+            raise InputError("reductions: expected three flowtie_fast.stem.Reduction "
+                             "(minus, zero, plus)")
+        if virtual not in reductions[1].virtual:
+            raise InputError(f"virtual: expected one of {tuple(reductions[1].virtual)}, "
+                             f"got {virtual!r}")
         planes = [r.virtual[virtual] for r in reductions]
-        t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy)
+        t = cls(*planes, dz=dz, pixel_size=scan_step, energy=reductions[1].detector.energy)
         com = reductions[1].com
         if isinstance(rotation, str):
             if rotation != "auto":

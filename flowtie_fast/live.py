@@ -1,0 +1,154 @@
+"""LiberTEM: the one-pass 4D-STEM reduction as a UDF, for files and live streams.
+
+LiberTEM runs user-defined functions (UDFs) over the partitions of a dataset
+(a file, a memory array, or a detector stream through LiberTEM-live) on its
+executors. :class:`ReductionUDF` computes, per scan position, the weighted
+sums of :func:`flowtie_fast.stem.detector_weights` (virtual-detector bins and
+centre-of-mass moments) with the project's ``reduce_patterns`` kernel (the
+Numba twin on the CPU); :func:`reduce_with_libertem` turns its result into a
+:class:`~flowtie_fast.stem.Reduction`, and :func:`triplet_with_libertem` runs
+it over the three datasets of a focal triplet and hands the
+:class:`~flowtie_fast.triplet.FocalTriplet` to the solvers.
+
+Needs the optional extra ``live`` (``pip install 'flowtie_fast[live]'``).
+
+Examples
+--------
+>>> from libertem.api import Context
+>>> ctx = Context.make_with("inline")
+>>> datasets = [ctx.load("npy", path=p) for p in ("m.npy", "0.npy", "p.npy")]
+>>> t = triplet_with_libertem(ctx, datasets, dz=20, scan_step=0.2,
+...                           k_sampling=0.05, energy=300e3)
+>>> rec = ft.reconstruct(t, method="icom")
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from libertem.udf import UDF
+    from libertem.udf.sum import SumUDF
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("flowtie_fast.live needs LiberTEM: pip install 'flowtie_fast[live]'"
+                      ) from exc
+
+from .backend import get_backend
+from .errors import InputError, check_positive
+from .stem import (_native, detector_weights, finish_reduction, triplet_geometry,
+                   weight_ranges)
+from .triplet import FocalTriplet
+
+__all__ = ["ReductionUDF", "reduce_with_libertem", "triplet_with_libertem"]
+
+
+class ReductionUDF(UDF):
+    """Weighted sums of each frame: ``sums[p, q] = Σ_k W[q, k] frame_p[k]``.
+
+    Parameters
+    ----------
+    weights : ndarray (Q, Ky*Kx) float32
+        Weight rows (:func:`flowtie_fast.stem.detector_weights`).
+    lo, hi : ndarray (Q,), optional
+        Pixel range of each row's non-zero weights (default: found; LiberTEM
+        passes them back when it copies the UDF to its workers).
+
+    Result
+    ------
+    ``sums``: a navigation buffer of Q float32 values per scan position.
+    """
+
+    def __init__(self, weights, lo=None, hi=None):
+        weights = np.ascontiguousarray(weights, dtype=np.float32)
+        if lo is None or hi is None:
+            lo, hi = weight_ranges(weights)
+        super().__init__(weights=weights, lo=lo, hi=hi)
+
+    def get_result_buffers(self):
+        """One float32 vector of Q sums per scan position."""
+        q = self.params.weights.shape[0]
+        return {"sums": self.buffer(kind="nav", extra_shape=(q,), dtype=np.float32)}
+
+    def process_partition(self, partition):
+        """All frames of a partition, (n, Ky, Kx), through the reduction kernel."""
+        n = partition.shape[0]
+        flat = _native(np.asarray(partition), np).reshape(n, -1)
+        out = np.empty((n, self.params.weights.shape[0]), np.float32)
+        be = get_backend("cpu")
+        be.prepare()
+        be.kernels.reduce_patterns(flat, self.params.weights, self.params.lo, self.params.hi,
+                                   out)
+        self.results.sums[:] = out
+
+
+def _nav_sig(dataset):
+    shape = tuple(dataset.shape)
+    if len(shape) != 4:
+        raise InputError(f"dataset: expected a 4-D dataset (Sy, Sx, Ky, Kx), got shape {shape}")
+    return shape[:2], shape[2:]
+
+
+def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=None,
+                         name="dataset"):
+    """Virtual images and centre of mass of a LiberTEM dataset in one UDF pass.
+
+    Parameters
+    ----------
+    ctx : libertem.api.Context
+    dataset : LiberTEM DataSet (Sy, Sx, Ky, Kx)
+    detector : Detector
+    regions : dict of name -> (inner_mrad, outer_mrad)
+    com_radius_mrad : float, optional
+
+    Returns
+    -------
+    Reduction
+        Equal to :func:`flowtie_fast.stem.reduce_4dstem` of the same data.
+    """
+    (sy, sx), sig = _nav_sig(dataset)
+    if tuple(sig) != tuple(detector.shape):
+        raise InputError(f"{name}: detector shape {tuple(sig)} differs from {detector.shape}")
+    W, combine = detector_weights(detector, regions, com_radius_mrad)
+    result = ctx.run_udf(dataset=dataset, udf=ReductionUDF(W))
+    sums = np.asarray(result["sums"].data, np.float32).reshape(sy, sx, -1)
+    return finish_reduction(sums, combine, detector, regions, name)
+
+
+def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, center=None,
+                          virtual="bf", bf_radius=None, com_radius=None, rotation=0.0,
+                          flip=False):
+    """:meth:`FocalTriplet.from_4dstem` with the passes run by LiberTEM.
+
+    Parameters
+    ----------
+    ctx : libertem.api.Context
+    datasets : three LiberTEM DataSets
+        At the planes ``-dz, 0, +dz`` (DESIGN §2).
+    dz, scan_step, k_sampling, energy, center, virtual, bf_radius, com_radius, rotation, flip
+        As in :meth:`FocalTriplet.from_4dstem`. Without ``center`` one more
+        pass (LiberTEM's SumUDF over the in-focus dataset) gives the mean
+        pattern the centre and the bright-field radius are found from.
+
+    Returns
+    -------
+    FocalTriplet
+    """
+    datasets = list(datasets)
+    if len(datasets) != 3:
+        raise InputError(f"datasets: expected three (minus, zero, plus), got {len(datasets)}")
+    shapes = [tuple(d.shape) for d in datasets]
+    if len(set(shapes)) != 1:
+        raise InputError(f"datasets: expected equal shapes, got {shapes}")
+    (sy, sx), _ = _nav_sig(datasets[1])
+    k_sampling = check_positive("k_sampling", k_sampling, pair=True)
+    energy = check_positive("energy", energy)
+    mean = np.asarray(ctx.run_udf(dataset=datasets[1], udf=SumUDF())["intensity"].data,
+                      np.float64) / (sy * sx)
+    detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius)
+    if virtual not in regions:
+        raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
+    reductions = [reduce_with_libertem(ctx, d, detector, regions, com_radius_mrad=com_radius,
+                                       name=n)
+                  for n, d in zip(("minus", "zero", "plus"), datasets)]
+    return FocalTriplet.from_reductions(reductions, dz, scan_step, virtual=virtual,
+                                        rotation=rotation, flip=flip)
