@@ -32,13 +32,17 @@ class Poisson:
 
 
 class Solvers:
-    params = (BACKENDS, SIZES, ["tie-uniform", "tie", "tie-exact", "gd"])
+    """Every solver method but flowtie (below), through ``TIESolver.solve``."""
+
+    params = (BACKENDS, SIZES, ["tie-uniform", "tie", "tie-exact", "gd", "icom"])
     param_names = ["backend", "size", "method"]
     timeout = 600
 
     def setup(self, backend, size, method):
         self.be = require(backend)
         self.t = triplet(size, backend)
+        # A measured gradient, as 4D-STEM triplets carry (icom integrates it).
+        self.t.gradient = self.be.xp.full((2, size, size), 0.01, np.float32)
         self.solver = ft.TIESolver((size, size), PIXEL, backend=self.be)
         self.solver.solve(self.t, method=method)
 
