@@ -204,7 +204,7 @@ def _evaluate(args) -> int:
 
     options = {"virtual": args.virtual} if args.virtual else {}
     rows = evaluate(args.directory, methods=args.methods, backend=args.backend,
-                    triplet_options=options, progress=print)
+                    triplet_options=options, model=args.model, progress=print)
     table = format_table(rows)
     print(table)
     if args.output:
@@ -289,6 +289,7 @@ def main(argv=None) -> int:
                                                       "icom"])
     ev.add_argument("--backend", default="cpu", choices=("auto", "cpu", "gpu"))
     ev.add_argument("--virtual", help="virtual image of 4D data")
+    ev.add_argument("--model", type=Path, help="flow model of flowtie (default: shipped)")
     ev.add_argument("-o", "--output", type=Path, help="write the table (Markdown) here")
     ev.set_defaults(func=_evaluate)
 

@@ -31,16 +31,17 @@ def phase_errors(phase, truth):
     return mse, mse / float(np.var(truth))
 
 
-def timed_reconstruct(triplet, method, backend="cpu", repeats=3):
+def timed_reconstruct(triplet, method, backend="cpu", repeats=3, **options):
     """(Reconstruction, best time in s of ``repeats`` runs after a warm-up call
-    that pays for planning, compilation and model loading)."""
+    that pays for planning, compilation and model loading); ``options`` go to
+    :func:`~flowtie_fast.solvers.reconstruct`."""
     from .solvers import reconstruct
 
-    reconstruct(triplet, method=method, backend=backend)
+    reconstruct(triplet, method=method, backend=backend, **options)
     best = np.inf
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
-        rec = reconstruct(triplet, method=method, backend=backend)
+        rec = reconstruct(triplet, method=method, backend=backend, **options)
         best = min(best, time.perf_counter() - start)
     return rec, best
 
@@ -59,7 +60,7 @@ def _files(paths):
 
 
 def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triplet_options=None,
-             progress=None):
+             model=None, progress=None):
     """Run ``methods`` on every case with a ground truth.
 
     Parameters
@@ -72,6 +73,8 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
         Each method is timed ``repeats`` times after a warm-up; the best is kept.
     triplet_options : dict, optional
         Passed to :meth:`Dataset.triplet` (e.g. ``virtual``, ``bf_radius``).
+    model : path, optional
+        Flow model of ``flowtie`` (default: the shipped one).
     progress : callable, optional
         Called with a line of text per case.
 
@@ -90,7 +93,8 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
             material = ds.meta.get("material", path.stem)
             thickness = float(ds.meta.get("thickness", np.nan))
         for method in methods:
-            rec, best = timed_reconstruct(t, method, backend, repeats)
+            options = {"model": model} if method == "flowtie" and model is not None else {}
+            rec, best = timed_reconstruct(t, method, backend, repeats, **options)
             phase = rec.phase.get() if hasattr(rec.phase, "get") else rec.phase
             mse, nmse = phase_errors(phase, truth)
             rows.append({"material": material, "thickness": thickness, "method": method,
