@@ -12,16 +12,10 @@ import numpy as np
 
 import flowtie_fast as ft
 from flowtie_fast.evaluate import phase_errors
+from flowtie_fast.simulate import poisson_counts
 
 METHODS = ("tie", "tie-exact", "icom", "flowtie")
 DOSES = (1e4, 1e5, 1e6)  # electrons per Å²
-
-
-def counts(pattern_set, electrons_per_pattern, rng):
-    """Poisson counts with a mean of ``electrons_per_pattern`` per pattern (uint16)."""
-    p = np.asarray(pattern_set)
-    scale = electrons_per_pattern / p.sum(axis=(-2, -1), keepdims=True).mean()
-    return rng.poisson(p * scale).astype(np.uint16)
 
 
 def main():
@@ -32,9 +26,9 @@ def main():
     print("| --- | ---: |" + " ---: |" * len(METHODS))
     for path in files:
         with ft.load(path) as ds:
-            area = ds.scan_step[0] * ds.scan_step[1]
             for dose in DOSES:
-                planes = [counts(p, dose * area, rng) for p in (ds.minus, ds.zero, ds.plus)]
+                planes = [poisson_counts(p, dose, ds.scan_step, rng, np.uint16)
+                          for p in (ds.minus, ds.zero, ds.plus)]
                 t = ft.FocalTriplet.from_4dstem(*planes, dz=ds.dz, scan_step=ds.scan_step,
                                                 k_sampling=ds.k_sampling, energy=ds.energy,
                                                 backend="cpu")

@@ -219,7 +219,7 @@ def _train(args) -> int:
     from flowtie_fast.flow.data import load_samples
     from flowtie_fast.flow.train import TrainConfig, export_torchscript, train
 
-    samples = load_samples(args.data)
+    samples = load_samples(args.data, doses=[None] + list(args.doses or []))
     if not samples:
         print("flowtie train: error: data: no files with a ground truth", file=sys.stderr)
         return 2
@@ -308,7 +308,11 @@ def main(argv=None) -> int:
                     help="pixel-unshuffle factor of the first level (2: ~4x faster)")
     tr.add_argument("--weights", type=float, nargs=3, default=[1.0, 0.1, 1.0],
                     help="flow, continuity, phase")
-    tr.add_argument("--dose", type=float, nargs=2, help="counts per pixel range (noise)")
+    tr.add_argument("--dose", type=float, nargs=2,
+                    help="counts per pixel range of noise drawn on the planes (image triplets)")
+    tr.add_argument("--doses", type=float, nargs="+",
+                    help="e/Å²: a noisy copy of each 4D-STEM case per dose (Poisson counts "
+                         "on the patterns, then the reduction), beside the noise-free one")
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(func=_train)
 

@@ -38,6 +38,29 @@ MATERIALS = {
 }
 
 
+def poisson_counts(patterns, dose, scan_step, rng, dtype=np.float32):
+    """Detector counts at a dose: the patterns scaled so that the mean pattern
+    holds ``dose`` electrons per Å² times the scan-pixel area, then Poisson
+    draws.
+
+    Parameters
+    ----------
+    patterns : ndarray (..., Ky, Kx)
+        Noise-free intensities (any scale).
+    dose : float
+        Electrons per Å².
+    scan_step : (float, float)
+        Å.
+    rng : numpy.random.Generator
+    dtype : dtype
+        Of the counts (float32 as simulations store them; uint16 as detectors).
+    """
+    p = np.asarray(patterns)
+    electrons = float(dose) * float(scan_step[0]) * float(scan_step[1])
+    norm = p.sum(axis=(-2, -1), keepdims=True).mean()
+    return rng.poisson(p * (electrons / norm)).astype(dtype)
+
+
 def _abtem():
     try:
         import abtem
@@ -237,10 +260,7 @@ def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0,
         phase = ground_truth_phase(cumulative[exit_planes[i]], scan_gpts, energy)
         planes = data[i]
         if dose is not None:
-            # Normalise each pattern set to the dose per scan-pixel area, draw counts.
-            electrons = dose * scan_step[0] * scan_step[1]
-            norm = planes.sum(axis=(-2, -1), keepdims=True).mean()
-            planes = rng.poisson(planes * (electrons / norm)).astype(np.float32)
+            planes = poisson_counts(planes, dose, scan_step, rng)
         cases.append(SimulationCase(
             material=name, thickness=float(m * c), minus=planes[0], zero=planes[1],
             plus=planes[2], dz=float(dz), scan_step=scan_step, k_sampling=k_sampling,

@@ -112,3 +112,23 @@ def test_train_command_line(tmp_path, capsys):
                  str(tmp_path / "c.ckpt")]) == 0
     assert "step     10/10" in capsys.readouterr().out
     assert torch.jit.load(str(out))(torch.randn(1, 6, 24, 20)).shape == (1, 2, 24, 20)
+
+
+def test_4dstem_dose_samples_carry_counting_noise(tmp_path):
+    """Noisy copies are drawn on the patterns: the centre of mass gets the
+    shot noise of the dose (error ~ 1/sqrt(dose)), the ground truth stays."""
+    from test_stem import K_SAMPLING, _phase_and_gradient, gaussian_patterns
+
+    phi, grad = _phase_and_gradient(n=16)
+    data = gaussian_patterns(grad / (2 * np.pi) / K_SAMPLING) * 50
+    ds = ft.Dataset(data, data, data, dz=(20.0, 20.0), scan_step=(0.25, 0.25), energy=E,
+                    k_sampling=(K_SAMPLING, K_SAMPLING), phase_gt=phi.astype(np.float32),
+                    gradient_gt=grad.astype(np.float32))
+    ft.save(tmp_path / "c.npz", ds)
+    clean, low, high = load_samples(tmp_path, doses=(None, 1e3, 1e5), center=(16.0, 15.0))
+    assert [s.name for s in (clean, low, high)] == ["c", "c@1e+03", "c@1e+05"]
+    np.testing.assert_array_equal(low.phase, clean.phase)
+    err = [float(np.std(s.com - clean.com)) for s in (low, high)]
+    # 100x the dose: 10x less scatter of the centre of mass (Poisson), within 40 %.
+    assert 6 < err[0] / err[1] < 14
+    assert not np.array_equal(low.planes, clean.planes)

@@ -10,7 +10,10 @@ the pixel size (Å). Augmentations act on all of them consistently:
   axis 0 negates component 0; a rotation permutes and negates components and
   swaps the pixel sizes);
 - dose: Poisson counts at a random dose per pixel, the derivative recomputed
-  from the noisy planes.
+  from the noisy planes (:func:`augment`, for triplets of images);
+- 4D-STEM dose: :func:`load_samples` with ``doses`` draws Poisson counts on
+  the patterns themselves and reduces them, so that the planes and the centre
+  of mass carry the noise of a real acquisition at that dose.
 """
 
 from __future__ import annotations
@@ -42,23 +45,51 @@ class Sample:
         return np.tensordot(self.weights, self.planes, axes=(0, 0))
 
 
-def load_samples(paths, **triplet_options) -> list:
-    """Samples from files of the flowtie_fast layout that carry a ground truth."""
-    from ..evaluate import _files
+def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
+    """Samples from files of the flowtie_fast layout that carry a ground truth.
 
+    Parameters
+    ----------
+    paths : path or sequence of paths
+        Files or folders.
+    doses : sequence of float or None
+        One sample per file and dose: None is the noise-free data; a number is
+        a dose in e⁻/Å² at which Poisson counts are drawn on the 4D-STEM
+        patterns before the reduction (files of images: noise-free only).
+    seed : int
+        Of the Poisson draws.
+    **triplet_options
+        Passed to :meth:`Dataset.triplet` (e.g. ``virtual``).
+    """
+    from ..evaluate import _files
+    from ..simulate import poisson_counts
+    from ..triplet import FocalTriplet
+
+    rng = np.random.default_rng(seed)
     samples = []
     for path in _files(paths):
         with load(path) as ds:
             if ds.phase_gt is None or ds.gradient_gt is None:
                 continue
-            t = ds.triplet(**{"backend": "cpu", **triplet_options})
-            planes = np.stack([np.asarray(p, np.float32) for p in t.planes])
-            com = (np.asarray(t.gradient, np.float32) / (2 * np.pi)
-                   if t.gradient is not None else np.zeros((2,) + t.shape, np.float32))
-            samples.append(Sample(planes, np.asarray(t.derivative_weights, np.float32), com,
-                                  np.asarray(ds.phase_gt, np.float32),
-                                  np.asarray(ds.gradient_gt, np.float32), t.wavenumber,
-                                  tuple(t.pixel_size), Path(path).stem))
+            for dose in doses:
+                if dose is None:
+                    t = ds.triplet(**{"backend": "cpu", **triplet_options})
+                elif ds.kind == "4dstem":
+                    counts = [poisson_counts(p, dose, ds.scan_step, rng, np.uint16)
+                              for p in (ds.minus, ds.zero, ds.plus)]
+                    t = FocalTriplet.from_4dstem(*counts, dz=ds.dz, scan_step=ds.scan_step,
+                                                 k_sampling=ds.k_sampling, energy=ds.energy,
+                                                 **{"backend": "cpu", **triplet_options})
+                else:
+                    continue
+                planes = np.stack([np.asarray(p, np.float32) for p in t.planes])
+                com = (np.asarray(t.gradient, np.float32) / (2 * np.pi)
+                       if t.gradient is not None else np.zeros((2,) + t.shape, np.float32))
+                name = Path(path).stem + ("" if dose is None else f"@{dose:.0e}")
+                samples.append(Sample(planes, np.asarray(t.derivative_weights, np.float32),
+                                      com, np.asarray(ds.phase_gt, np.float32),
+                                      np.asarray(ds.gradient_gt, np.float32), t.wavenumber,
+                                      tuple(t.pixel_size), name))
     return samples
 
 
