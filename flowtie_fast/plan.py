@@ -11,10 +11,13 @@ PyTorch, whose activations PyTorch allocates.
 
 First-call costs are measured separately in :attr:`Plan.timings` (seconds):
 
-- ``setup``: backend, FFT plans (FFTW_MEASURE on the CPU) and work buffers;
+- ``backend``: the backend object (imports; on the GPU the NVRTC compilation
+  of the CUDA kernels, once per process);
+- ``setup``: FFT plans (FFTW_MEASURE on the CPU, cuFFT on the GPU) and work
+  buffers;
 - ``first_solve``: the warm-up solve, which loads or compiles the Numba
-  kernels (cached on disk after the first run of a machine), NVRTC-compiles
-  the CUDA kernels on the GPU and loads the flow model;
+  kernels (compiled once per machine, then loaded from Numba's disk cache)
+  and loads the flow model;
 - ``solve``: the second, steady call.
 
 FFTW's plans can be kept between runs in a wisdom file
@@ -41,7 +44,7 @@ import time
 
 import numpy as np
 
-from .backend import is_cupy, load_wisdom, save_wisdom
+from .backend import get_backend, is_cupy, load_wisdom, save_wisdom
 from .errors import InputError, check_positive
 from .physics import wavenumber
 from .solvers import METHODS, TIESolver
@@ -92,6 +95,9 @@ class Plan:
         self.energy = check_positive("energy", energy)
         self.method = method
         start = time.perf_counter()
+        backend = get_backend(backend, threads)
+        self.timings = {"backend": time.perf_counter() - start}
+        start = time.perf_counter()
         if wisdom is not None:
             load_wisdom(wisdom)
         self.solver = TIESolver(shape, pixel_size, boundary=boundary, scheme=scheme,
@@ -108,7 +114,7 @@ class Plan:
         self._options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
                          "model": model, "residual": False}
         self._grad = self.backend.empty((2,) + self.shape, self.dtype)
-        self.timings = {"setup": time.perf_counter() - start}
+        self.timings["setup"] = time.perf_counter() - start
         if warmup:
             self._warm_up()
 
