@@ -39,6 +39,7 @@ class TrainConfig:
     stride: int = 1  # FlowNet's pixel-unshuffle factor
     use_com: bool = True
     dose: tuple = (None, None)  # counts per pixel, log-uniform; (None, None): no noise
+    clip: float = 1.0  # largest gradient norm of a step (0: no clipping)
     seed: int = 0
     checkpoint_every: int = 100
 
@@ -124,6 +125,10 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
         total, terms = losses[key](model(x) / scale, phase, grad, zero, didz,
                                    batch[0].wavenumber)
         total.backward()
+        if cfg.clip > 0:
+            # One thick case's spike (loss x17 in a step, measured) otherwise
+            # threw the strided networks into a dead state they never left.
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         step += 1
         done_here += 1
