@@ -121,9 +121,7 @@ def main(argv=None):
     test = cases(args.test)
     print(f"{len(samples)} training cases, {len(test)} test cases", flush=True)
     best = classical_best(test)
-    base = {"dose": tuple(args.dose) if args.dose else (None, None)}
-    if args.study == "loss":
-        base.update(width=32, depth=3, stride=2)
+    base = {"dose": tuple(args.dose) if args.dose else (None, None)}  # default network
     configs = LOSS_WEIGHTS if args.study == "loss" else ARCHITECTURES
     rows = run(configs, samples, test, best, args.steps, args.models, base)
     print(table(rows, test, best))
