@@ -34,7 +34,8 @@ LOSS_WEIGHTS = {
     "flow only (1, 0, 0)": {"weights": (1.0, 0.0, 0.0)},
     "phase only (0, 0, 1)": {"weights": (0.0, 0.0, 1.0)},
     "flow + phase (1, 0, 1)": {"weights": (1.0, 0.0, 1.0)},
-    "default (1, 0.1, 1)": {"weights": (1.0, 0.1, 1.0)},
+    "weak continuity (1, 0.01, 1)": {"weights": (1.0, 0.01, 1.0)},
+    "session-1 default (1, 0.1, 1)": {"weights": (1.0, 0.1, 1.0)},
     "strong continuity (1, 1, 1)": {"weights": (1.0, 1.0, 1.0)},
 }
 ARCHITECTURES = {
@@ -115,6 +116,8 @@ def main(argv=None):
     p.add_argument("--models", type=Path, default=Path("ablation_models"))
     p.add_argument("--study", choices=("loss", "architecture"), default="loss")
     p.add_argument("--dose", type=float, nargs=2)
+    p.add_argument("--weights", type=float, nargs=3, help="loss weights of the architecture study")
+    p.add_argument("--only", nargs="+", help="run only the configurations starting so")
     args = p.parse_args(argv)
     args.models.mkdir(parents=True, exist_ok=True)
     samples = load_samples(args.train)
@@ -122,7 +125,11 @@ def main(argv=None):
     print(f"{len(samples)} training cases, {len(test)} test cases", flush=True)
     best = classical_best(test)
     base = {"dose": tuple(args.dose) if args.dose else (None, None)}  # default network
+    if args.weights:
+        base["weights"] = tuple(args.weights)
     configs = LOSS_WEIGHTS if args.study == "loss" else ARCHITECTURES
+    if args.only:
+        configs = {k: v for k, v in configs.items() if k.startswith(tuple(args.only))}
     rows = run(configs, samples, test, best, args.steps, args.models, base)
     print(table(rows, test, best))
 

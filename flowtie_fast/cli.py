@@ -306,7 +306,7 @@ def main(argv=None) -> int:
     tr.add_argument("--depth", type=int, default=3)
     tr.add_argument("--stride", type=int, default=1,
                     help="pixel-unshuffle factor of the first level (2: ~4x faster)")
-    tr.add_argument("--weights", type=float, nargs=3, default=[1.0, 0.1, 1.0],
+    tr.add_argument("--weights", type=float, nargs=3, default=[1.0, 0.0, 1.0],
                     help="flow, continuity, phase")
     tr.add_argument("--dose", type=float, nargs=2,
                     help="counts per pixel range of noise drawn on the planes (image triplets)")

@@ -33,7 +33,7 @@ class TrainConfig:
     batch: int = 8
     reps: int = 2  # periods per side of each training image
     lr: float = 2e-3
-    weights: tuple = (1.0, 0.1, 1.0)  # flow, continuity, phase
+    weights: tuple = (1.0, 0.0, 1.0)  # flow, continuity, phase (ablation: EVALUATION.md)
     width: int = 24
     depth: int = 3
     stride: int = 1  # FlowNet's pixel-unshuffle factor
