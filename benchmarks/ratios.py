@@ -79,11 +79,13 @@ def main(argv=None):
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--stem", action="store_true", help="the 4D reduction instead")
     parser.add_argument("--flow", action="store_true", help="flowtie inference instead")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                        help="flow model arithmetic (--flow)")
     args = parser.parse_args(argv)
     if args.stem:
         return reduction(args.backend, args.repeats)
     if args.flow:
-        return flow_timing(args.backend, args.repeats, args.sizes)
+        return flow_timing(args.backend, args.repeats, args.sizes, args.precision)
     be = require(args.backend)
     print(f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, backend {be!r}, "
@@ -129,30 +131,45 @@ def reduction(backend="cpu", repeats=10, shape=(128, 128, 64, 64)):
     print("\n".join(rows))
 
 
-def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024)):
+def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024), precision="float32"):
     """Median time of method="flowtie" (network + Poisson integration + residual)
-    and of the network alone, beside tie."""
+    and of the network alone, beside tie; and of a Plan's flowtie solve (no
+    residual, caller-owned output)."""
     import numpy as np
     import torch
 
     from flowtie_fast.flow.infer import load_model
 
     be = require(backend)
-    print("| size | flowtie (ms) | network alone (ms) | tie (ms) |")
-    print("| --- | ---: | ---: | ---: |")
+    print(f"flow model precision: {precision}\n")
+    print("| size | flowtie (ms) | Plan.solve flowtie (ms) | network alone (ms) | tie (ms) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for size in sizes:
         planes = triplet(size, backend).planes
         t = ft.FocalTriplet(*planes, dz=DZ, pixel_size=PIXEL, energy=ENERGY,
                             gradient=be.xp.zeros((2, size, size), np.float32))
         solver = ft.TIESolver((size, size), PIXEL, backend=be)
-        model = load_model(None, "cuda" if be.is_gpu else "cpu")
+        model = load_model(None, "cuda" if be.is_gpu else "cpu", precision)
         x = torch.zeros(1, 6, size, size, device=model.device)
-        runs = {"flowtie": lambda: (solver.solve(t, method="flowtie"), be.synchronize()),
-                "net": lambda: (model.module(x), be.synchronize()),
+        plan = ft.Plan((size, size), PIXEL, DZ, ENERGY, method="flowtie", backend=be,
+                       model=model)
+        out = be.empty((size, size), np.float32)
+
+        def net():
+            with torch.autocast(x.device.type, dtype=torch.bfloat16,
+                                enabled=precision == "bfloat16"):
+                model.module(x)
+
+        runs = {"flowtie": lambda: (solver.solve(t, method="flowtie", model=model),
+                                    be.synchronize()),
+                "plan": lambda: (plan.solve(*planes, gradient=t.gradient, out=out),
+                                 be.synchronize()),
+                "net": lambda: (net(), be.synchronize()),
                 "tie": lambda: (solver.solve(t, method="tie"), be.synchronize())}
         with torch.no_grad():
             med = {k: v * 1e3 for k, v in interleaved(runs, repeats).items()}
-        print(f"| {size}² | {med['flowtie']:.1f} | {med['net']:.1f} | {med['tie']:.2f} |")
+        print(f"| {size}² | {med['flowtie']:.1f} | {med['plan']:.1f} | {med['net']:.1f} | "
+              f"{med['tie']:.2f} |")
 
 
 if __name__ == "__main__":

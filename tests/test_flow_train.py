@@ -132,3 +132,18 @@ def test_4dstem_dose_samples_carry_counting_noise(tmp_path):
     # 100x the dose: 10x less scatter of the centre of mass (Poisson), within 40 %.
     assert 6 < err[0] / err[1] < 14
     assert not np.array_equal(low.planes, clean.planes)
+
+
+def test_bfloat16_inference_stays_close_to_float32():
+    """The shipped model under bfloat16 autocast: flows within 3 % of the
+    largest float32 flow, float32 out; an unknown precision is refused."""
+    from flowtie_fast.flow import FlowModel
+
+    s = make_sample()
+    args = (list(s.planes), s.didz.astype(np.float32), s.wavenumber, s.pixel_size, s.com)
+    v32 = FlowModel().predict(*args).numpy()
+    v16 = FlowModel(precision="bfloat16").predict(*args)
+    assert str(v16.dtype) == "torch.float32"
+    assert np.abs(v16.numpy() - v32).max() <= 0.03 * np.abs(v32).max()
+    with pytest.raises(ft.InputError, match="precision"):
+        FlowModel(precision="float16")
