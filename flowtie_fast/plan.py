@@ -47,7 +47,7 @@ import numpy as np
 from .backend import get_backend, is_cupy, load_wisdom, save_wisdom
 from .errors import InputError, check_positive
 from .physics import wavenumber
-from .solvers import METHODS, TIESolver
+from .solvers import TIESolver, check_options
 from .triplet import focal_weights
 
 __all__ = ["Plan"]
@@ -89,8 +89,7 @@ class Plan:
                  threads=None, dtype="float32", boundary="periodic", scheme="auto", alpha=0.0,
                  floor=1e-3, model=None, tol=None, max_iter=None, preconditioner="biharmonic",
                  warmup=True, wisdom=None):
-        if method not in METHODS:
-            raise InputError(f"method: expected one of {METHODS}, got {method!r}")
+        check_options(method, tol, max_iter, preconditioner)
         self.dz = check_positive("dz", dz)
         self.energy = check_positive("energy", energy)
         self.method = method

@@ -100,6 +100,20 @@ class Reconstruction:
         return self._residual
 
 
+def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic"):
+    """Validate a method name and the stopping rule of the iterative methods."""
+    if method not in METHODS:
+        raise InputError(f"method: expected one of {METHODS}, got {method!r}")
+    if preconditioner not in ("biharmonic", "none"):
+        raise InputError("preconditioner: expected 'biharmonic' or 'none', "
+                         f"got {preconditioner!r}")
+    if tol is not None and not (np.isfinite(tol) and tol > 0):
+        raise InputError(f"tol: expected a positive relative tolerance, got {tol!r}")
+    if max_iter is not None and (isinstance(max_iter, bool) or int(max_iter) != max_iter
+                                 or max_iter < 1):
+        raise InputError(f"max_iter: expected a positive integer, got {max_iter!r}")
+
+
 def _dot(xp, a, b) -> float:
     return float(xp.vdot(a.ravel(), b.ravel()))
 
@@ -233,16 +247,7 @@ class TIESolver:
         -------
         Reconstruction
         """
-        if method not in METHODS:
-            raise InputError(f"method: expected one of {METHODS}, got {method!r}")
-        if preconditioner not in ("biharmonic", "none"):
-            raise InputError("preconditioner: expected 'biharmonic' or 'none', "
-                             f"got {preconditioner!r}")
-        if tol is not None and not (np.isfinite(tol) and tol > 0):
-            raise InputError(f"tol: expected a positive relative tolerance, got {tol!r}")
-        if max_iter is not None and (isinstance(max_iter, bool) or int(max_iter) != max_iter
-                                     or max_iter < 1):
-            raise InputError(f"max_iter: expected a positive integer, got {max_iter!r}")
+        check_options(method, tol, max_iter, preconditioner)
         self._check_series(series)
         if method == "icom" and series.gradient is None:
             raise InputError("method: 'icom' needs a measured phase gradient "

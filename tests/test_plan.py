@@ -164,6 +164,10 @@ def test_plan_rejects_bad_arguments():
         ft.Plan((N, N), PIXEL, DZ, E, method="fast")
     with pytest.raises(ft.InputError, match="dz"):
         ft.Plan((N, N), PIXEL, -1.0, E)
+    with pytest.raises(ft.InputError, match="max_iter"):
+        ft.Plan((N, N), PIXEL, DZ, E, method="gd", max_iter=0)
+    with pytest.raises(ft.InputError, match="preconditioner"):
+        ft.Plan((N, N), PIXEL, DZ, E, method="gd", preconditioner="jacobi")
     with pytest.raises(ft.InputError, match="gradient: method 'icom'"):
         ft.Plan((N, N), PIXEL, DZ, E, method="icom", backend="cpu",
                 warmup=False).solve(*frames(1)[0][0])
