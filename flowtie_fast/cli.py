@@ -227,6 +227,7 @@ def _train(args) -> int:
     dose = (args.dose[0], args.dose[1]) if args.dose else (None, None)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
                       depth=args.depth, stride=args.stride, seed=args.seed, dose=dose,
+                      channels=tuple(args.channels) if args.channels else None,
                       weights=tuple(args.weights))
 
     def report(step, total, terms, seconds):
@@ -304,6 +305,8 @@ def main(argv=None) -> int:
     tr.add_argument("--lr", type=float, default=2e-3)
     tr.add_argument("--width", type=int, default=24)
     tr.add_argument("--depth", type=int, default=3)
+    tr.add_argument("--channels", type=int, nargs="+",
+                    help="channels of each level (overrides --width and --depth)")
     tr.add_argument("--stride", type=int, default=1,
                     help="pixel-unshuffle factor of the first level (2: ~4x faster)")
     tr.add_argument("--weights", type=float, nargs=3, default=[1.0, 0.0, 1.0],

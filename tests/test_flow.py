@@ -45,11 +45,13 @@ def test_spectral_operators_are_the_solvers(rng):
                                atol=1e-10)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kind", ["plain", "strided", "tapered"])
 @pytest.mark.parametrize("shape", [(32, 32), (33, 47), (64, 48)])
-def test_model_takes_any_size_and_scripts(shape, stride):
+def test_model_takes_any_size_and_scripts(shape, kind):
     torch.manual_seed(0)
-    net = FlowNet(in_channels=6, width=32 if stride == 2 else 24, stride=stride).eval()
+    net = {"plain": lambda: FlowNet(in_channels=6),
+           "strided": lambda: FlowNet(in_channels=6, width=32, stride=2),
+           "tapered": lambda: FlowNet(in_channels=6, channels=(16, 40, 80))}[kind]().eval()
     assert sum(p.numel() for p in net.parameters()) <= 2_000_000
     x = torch.randn(2, 6, *shape)
     with torch.no_grad():

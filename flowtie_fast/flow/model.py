@@ -87,17 +87,24 @@ class FlowNet(nn.Module):
         ``s²`` times fewer operations. The flow of a probe-limited image
         varies little between neighbouring scan pixels, which is why this
         costs little accuracy (measured in benchmarks/EVALUATION.md).
+    channels : sequence of int, optional
+        Channels of each level, overriding ``width`` and ``depth`` (e.g. a
+        narrow full-resolution level and wider coarse ones).
 
     Scriptable: ``torch.jit.script(FlowNet())`` runs on any image size.
     """
 
-    def __init__(self, in_channels: int = 4, width: int = 24, depth: int = 3, stride: int = 1):
+    def __init__(self, in_channels: int = 4, width: int = 24, depth: int = 3, stride: int = 1,
+                 channels=None):
         super().__init__()
         if stride < 1:
             raise ValueError(f"stride: expected a positive integer, got {stride!r}")
+        chans = [width * 2**i for i in range(depth)] if channels is None else \
+            [int(c) for c in channels]
+        width, depth = chans[0], len(chans)
         self.in_channels, self.width, self.depth, self.stride = in_channels, width, depth, stride
+        self.channels = chans
         self.multiple: int = stride * 2 ** (depth - 1)
-        chans = [width * 2**i for i in range(depth)]
         self.fold = nn.PixelUnshuffle(stride)
         self.unfold = nn.PixelShuffle(stride)
         self.down = nn.ModuleList()

@@ -37,6 +37,7 @@ class TrainConfig:
     width: int = 24
     depth: int = 3
     stride: int = 1  # FlowNet's pixel-unshuffle factor
+    channels: tuple | None = None  # channels per level, overriding width and depth
     use_com: bool = True
     dose: tuple = (None, None)  # counts per pixel, log-uniform; (None, None): no noise
     clip: float = 5.0  # largest gradient norm of a step (0: none); median ~1, spikes ~1000
@@ -93,7 +94,7 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = FlowNet(in_channels=6 if cfg.use_com else 4, width=cfg.width, depth=cfg.depth,
-                    stride=cfg.stride)
+                    stride=cfg.stride, channels=cfg.channels)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, history = 0, []
     checkpoint = Path(checkpoint) if checkpoint else None
@@ -152,6 +153,7 @@ def export_torchscript(model: FlowNet, path, cfg: TrainConfig | None = None) -> 
     scripted = torch.jit.script(model.eval())
     extra = {"config.json": json.dumps({"in_channels": model.in_channels, "width": model.width,
                                         "depth": model.depth, "stride": model.stride,
+                                        "channels": model.channels,
                                         "train": asdict(cfg) if cfg else None})}
     tmp = path.with_name("." + path.name + ".tmp")
     torch.jit.save(scripted, str(tmp), _extra_files=extra)
