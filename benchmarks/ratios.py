@@ -81,11 +81,12 @@ def main(argv=None):
     parser.add_argument("--flow", action="store_true", help="flowtie inference instead")
     parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
                         help="flow model arithmetic (--flow)")
+    parser.add_argument("--model", default="default", help="shipped flow model (--flow)")
     args = parser.parse_args(argv)
     if args.stem:
         return reduction(args.backend, args.repeats)
     if args.flow:
-        return flow_timing(args.backend, args.repeats, args.sizes, args.precision)
+        return flow_timing(args.backend, args.repeats, args.sizes, args.precision, args.model)
     be = require(args.backend)
     print(f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, backend {be!r}, "
@@ -131,7 +132,8 @@ def reduction(backend="cpu", repeats=10, shape=(128, 128, 64, 64)):
     print("\n".join(rows))
 
 
-def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024), precision="float32"):
+def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024), precision="float32",
+                model_name="default"):
     """Median time of method="flowtie" (network + Poisson integration + residual)
     and of the network alone, beside tie; and of a Plan's flowtie solve (no
     residual, caller-owned output)."""
@@ -141,7 +143,7 @@ def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024), precision="float32
     from flowtie_fast.flow.infer import load_model
 
     be = require(backend)
-    print(f"flow model precision: {precision}\n")
+    print(f"flow model {model_name!r}, precision {precision}\n")
     print("| size | flowtie (ms) | Plan.solve flowtie (ms) | network alone (ms) | tie (ms) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for size in sizes:
@@ -149,7 +151,7 @@ def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024), precision="float32
         t = ft.FocalTriplet(*planes, dz=DZ, pixel_size=PIXEL, energy=ENERGY,
                             gradient=be.xp.zeros((2, size, size), np.float32))
         solver = ft.TIESolver((size, size), PIXEL, backend=be)
-        model = load_model(None, "cuda" if be.is_gpu else "cpu", precision)
+        model = load_model(model_name, "cuda" if be.is_gpu else "cpu", precision)
         x = torch.zeros(1, 6, size, size, device=model.device)
         plan = ft.Plan((size, size), PIXEL, DZ, ENERGY, method="flowtie", backend=be,
                        model=model)

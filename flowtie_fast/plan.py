@@ -73,8 +73,9 @@ class Plan:
         CPU threads of this plan.
     dtype, boundary, scheme, alpha, floor
         See :class:`~flowtie_fast.solvers.TIESolver`.
-    model : path or FlowModel, optional
-        The flow model of ``flowtie`` (default: the shipped one).
+    model : path, "default", "fast" or FlowModel, optional
+        The flow model of ``flowtie``: a TorchScript file or a shipped model
+        (default "default"; "fast" takes about half the time, less accurate).
     tol, max_iter, preconditioner
         Stopping rule and descent direction of ``tie-exact`` and ``gd``.
     warmup : bool

@@ -238,8 +238,9 @@ class TIESolver:
             Stopping rule of ``tie-exact`` and ``gd``.
         preconditioner : {"biharmonic", "none"}
             Descent direction of ``gd``.
-        model : path or FlowModel, optional
-            The flow model of ``flowtie`` (default: the shipped one).
+        model : path, "default", "fast" or FlowModel, optional
+            The flow model of ``flowtie``: a TorchScript file or a shipped model
+            (default "default"; "fast" takes about half the time, less accurate).
         out, gradient_out : arrays, optional
             Caller-owned outputs (backend arrays of the working dtype).
 

@@ -147,3 +147,18 @@ def test_bfloat16_inference_stays_close_to_float32():
     assert np.abs(v16.numpy() - v32).max() <= 0.03 * np.abs(v32).max()
     with pytest.raises(ft.InputError, match="precision"):
         FlowModel(precision="float16")
+
+
+def test_both_shipped_models_load_by_name():
+    """model="fast" and "default" name the two shipped files; each loads, reads
+    6 channels; an unknown name is a missing file."""
+    from flowtie_fast.flow import FlowModel
+    from flowtie_fast.flow.infer import default_model_path
+
+    for name in ("default", "fast"):
+        m = FlowModel(name)
+        assert m.path == default_model_path(name) and m.in_channels == 6
+        assert m.path.stat().st_size < 3e6  # shipped weights stay small
+    assert FlowModel("fast").config["channels"] == [16, 40, 80]
+    with pytest.raises(ft.InputError, match="no such file"):
+        FlowModel("fastest")

@@ -22,12 +22,15 @@ from ..errors import InputError
 
 __all__ = ["FlowModel", "default_model_path", "load_model"]
 
-DEFAULT_MODEL = "flow_default.pt"
+# The models shipped in flowtie_fast/data (MODEL.md): "default" is the most
+# accurate; "fast" has a narrow full-resolution level (about half the time,
+# measured less accurate: benchmarks/EVALUATION.md).
+SHIPPED = {"default": "flow_default.pt", "fast": "flow_fast.pt"}
 
 
-def default_model_path() -> Path:
-    """The TorchScript file shipped in the package."""
-    return Path(str(resources.files("flowtie_fast.data").joinpath(DEFAULT_MODEL)))
+def default_model_path(name: str = "default") -> Path:
+    """A TorchScript file shipped in the package (``"default"`` or ``"fast"``)."""
+    return Path(str(resources.files("flowtie_fast.data").joinpath(SHIPPED[name])))
 
 
 class FlowModel:
@@ -36,7 +39,8 @@ class FlowModel:
     Parameters
     ----------
     path : str or Path, optional
-        TorchScript file (default: the shipped model).
+        TorchScript file, or the name of a shipped model, ``"default"``
+        (the default) or ``"fast"``.
     device : str
         ``"cpu"`` or ``"cuda"``.
     precision : {"float32", "bfloat16"}
@@ -57,7 +61,9 @@ class FlowModel:
             raise InputError(f"precision: expected 'float32' or 'bfloat16', got {precision!r}")
         self.precision = precision
         self.torch = torch
-        path = default_model_path() if path is None else Path(path)
+        if path is None or (isinstance(path, str) and path in SHIPPED):
+            path = default_model_path(path or "default")
+        path = Path(path)
         if not path.is_file():
             raise InputError(f"model: no such file {str(path)!r}")
         extra = {"config.json": ""}
