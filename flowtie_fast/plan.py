@@ -113,7 +113,6 @@ class Plan:
             (-self.dz, 0.0, self.dz))
         self._options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
                          "model": model, "residual": False}
-        self._grad = self.backend.empty((2,) + self.shape, self.dtype)
         self.timings["setup"] = time.perf_counter() - start
         if warmup:
             self._warm_up()
@@ -175,7 +174,8 @@ class Plan:
         out : array (Ny, Nx), optional
             Caller-owned phase output (C-contiguous, working dtype).
         gradient_out : array (2, Ny, Nx), optional
-            Caller-owned phase-gradient output (rad/Å).
+            Caller-owned phase-gradient output (rad/Å); without it the
+            gradient is not computed (for ``tie``, 3 of its 8 transforms).
 
         Returns
         -------
@@ -190,8 +190,9 @@ class Plan:
         if self.method == "icom" and gradient is None:
             raise InputError("gradient: method 'icom' needs the measured phase gradient")
         out = self._output("out", out, self.shape)
+        # Without gradient_out the gradient is not computed (3 of the 8 FFTs of tie).
         grad = self._output("gradient_out", gradient_out, (2,) + self.shape) \
-            if gradient_out is not None else self._grad
+            if gradient_out is not None else None
         s = self.solver
         with s._lock:
             self.backend.prepare()
@@ -278,7 +279,7 @@ class Plan:
             v = xp.from_dlpack(v) if be.is_gpu else v.cpu().numpy()
             v = v.astype(self.dtype, copy=False)
             for i in range(b):
-                grad = self._grad if gradient_out is None else gradient_out[i]
+                grad = None if gradient_out is None else gradient_out[i]
                 s.poisson.integrate(xp.ascontiguousarray(v[i]), out=out[i], grad_out=grad)
             be.synchronize()
         return out

@@ -436,7 +436,8 @@ class TIESolver:
             p += z
             rz = rz_new
         x -= x.mean()
-        P.gradient(x, out=grad)
+        if grad is not None:  # a Plan without gradient_out skips it
+            P.gradient(x, out=grad)
         info.update(iterations=it, converged=history[-1] <= tol, tol=tol,
                     relative_residual=history)
         return self._true_residual(x, k) if want_residual else None
@@ -475,7 +476,8 @@ class TIESolver:
             if objective[-2] - objective[-1] <= tol * objective[-2]:
                 break
         x -= x.mean()
-        P.gradient(x, out=grad)
+        if grad is not None:  # a Plan without gradient_out skips it
+            P.gradient(x, out=grad)
         info.update(iterations=it, objective=objective, tol=tol, preconditioner=preconditioner,
                     converged=it < max_iter)
         return self._true_residual(x, k) if want_residual else None
