@@ -118,7 +118,6 @@ def run(dtype, backend, repeats):
     print(f"| reading the data once (NumPy sum of each) | {reading * 1e3:.1f} | |")
     print(f"\nwhole path / reading once: {total / reading:.2f} "
           f"({nbytes / 1e9 / total:.1f} GB/s through the whole path)")
-    del data
 
 
 def main(argv=None):

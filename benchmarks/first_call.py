@@ -44,8 +44,8 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=["tie", "flowtie"])
     p.add_argument("--backend", default="cpu")
     args = p.parse_args(argv)
-    print(f"| method | run | import (ms) | backend (ms) | setup: FFT plans (ms) | "
-          f"first solve (ms) | steady solve (ms) |")
+    print("| method | run | import (ms) | backend (ms) | setup: FFT plans (ms) | "
+          "first solve (ms) | steady solve (ms) |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for method in args.methods:
         with tempfile.TemporaryDirectory() as tmp:
