@@ -16,4 +16,4 @@ python -m benchmarks.ratios --flow --backend gpu --sizes 256 1024
 python -m benchmarks.ratios --flow --backend gpu --sizes 256 --model fast
 python benchmarks/end_to_end.py --backend gpu --repeats 5
 python benchmarks/first_call.py --backend gpu --methods tie flowtie
-asv run --python=same --quick --bench "gpu" || true
+asv machine --yes && asv run --python=same --quick --bench "Solvers|Reduce4D|PlanSolve|FlowTIE" || true
