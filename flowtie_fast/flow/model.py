@@ -84,9 +84,9 @@ class FlowNet(nn.Module):
         folded into ``s²`` times the channels at 1/s of the resolution
         (pixel unshuffle, no information lost) and the head unfolds ``2 s²``
         channels back into the full-resolution flow (pixel shuffle): about
-        ``s²`` times fewer operations. The flow of a probe-limited image
-        varies little between neighbouring scan pixels, which is why this
-        costs little accuracy (measured in benchmarks/EVALUATION.md).
+        ``s²`` times fewer operations. Measured at s = 2: ~4x faster, but
+        less accurate, and lost on unseen Si (benchmarks/EVALUATION.md); the
+        shipped models use s = 1.
     channels : sequence of int, optional
         Channels of each level, overriding ``width`` and ``depth`` (e.g. a
         narrow full-resolution level and wider coarse ones).
