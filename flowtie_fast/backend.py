@@ -381,8 +381,9 @@ def _prefer_threadsafe_layer() -> None:
 def save_wisdom(path) -> None:
     """Write FFTW's accumulated wisdom (the measured plans) to ``path`` atomically.
 
-    Planning with FFTW_MEASURE takes 10-100 ms a shape; with the wisdom read
-    back (:func:`load_wisdom`) a later process plans at once.
+    Planning a solver's transforms with FFTW_MEASURE took about 0.5 s at 256²
+    on 2 cores; with the wisdom read back (:func:`load_wisdom`) a later
+    process planned them in ~7 ms (benchmarks/RESULTS.md).
     """
     if not _have_pyfftw():
         return
