@@ -111,8 +111,9 @@ class Plan:
         self.wavenumber = wavenumber(self.energy)
         self._intensity_weights, self._derivative_weights = focal_weights(
             (-self.dz, 0.0, self.dz))
+        # Planes reach the plan unvalidated: the derivative step checks them.
         self._options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
-                         "model": model, "residual": False}
+                         "model": model, "residual": False, "check_finite": True}
         self.timings["setup"] = time.perf_counter() - start
         if warmup:
             self._warm_up()
@@ -203,12 +204,6 @@ class Plan:
                 s.poisson.integrate(s.backend.asarray(gradient, self.dtype), out=out,
                                     grad_out=grad)
                 return out
-            mean, _ = s._derivative_and_intensity(planes, self._derivative_weights,
-                                                  self._intensity_weights)
-            # Any NaN or Inf of the planes reaches the mean (zero) or ∂I/∂z (minus,
-            # plus): two reductions instead of a pass over each plane.
-            if not (np.isfinite(mean) and np.isfinite(float(s._didz.sum()))):
-                raise InputError("minus, zero, plus: contain NaN or Inf")
             s._solve_planes(planes, self._derivative_weights, self._intensity_weights,
                             self.wavenumber, gradient, self.method, out, grad, {},
                             self._options)
@@ -254,13 +249,8 @@ class Plan:
 
     def _flow_batch(self, stack, gradient, out, gradient_out):
         """flowtie over a batch: one network call, then one integration per item."""
-        from .flow.infer import FlowModel, load_model
-
         s, be = self.solver, self.backend
-        model = self._options["model"]
-        if not isinstance(model, FlowModel):
-            model = load_model(None if model is None else str(model),
-                               "cuda" if be.is_gpu else "cpu")
+        model = s._flow_model(self._options["model"])
         xp = be.xp
         b = stack.shape[0]
         planes = be.asarray(stack, self.dtype)
@@ -268,18 +258,15 @@ class Plan:
         with s._lock:
             be.prepare()
             for i in range(b):
-                mean, _ = s._derivative_and_intensity(list(planes[i]),
-                                                      self._derivative_weights,
-                                                      self._intensity_weights)
-                if not (np.isfinite(mean) and np.isfinite(float(s._didz.sum()))):
-                    raise InputError(f"stack[{i}]: contains NaN or Inf")
+                try:
+                    s._derivative_and_intensity(list(planes[i]), self._derivative_weights,
+                                                self._intensity_weights, check_finite=True)
+                except InputError as exc:
+                    raise InputError(f"stack[{i}]: {exc}") from exc
                 didz[i] = s._didz
-            com = None if gradient is None else be.asarray(gradient, self.dtype) / (2 * np.pi)
-            v = model.predict_batch(planes, didz, self.wavenumber, self.pixel_size, com)
-            v = xp.from_dlpack(v) if be.is_gpu else v.cpu().numpy()
-            v = v.astype(self.dtype, copy=False)
+            v = s._predict_flow(model, planes, didz, self.wavenumber, gradient)
             for i in range(b):
                 grad = None if gradient_out is None else gradient_out[i]
-                s.poisson.integrate(xp.ascontiguousarray(v[i]), out=out[i], grad_out=grad)
+                s.poisson.integrate(v[i], out=out[i], grad_out=grad)
             be.synchronize()
         return out

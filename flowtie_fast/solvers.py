@@ -193,9 +193,15 @@ class TIESolver:
             raise InputError(f"triplet: pixel_size {series.pixel_size} Å differs from the "
                              f"solver's {self.pixel_size} Å")
 
-    def _derivative_and_intensity(self, planes, derivative_weights, intensity_weights):
+    def _derivative_and_intensity(self, planes, derivative_weights, intensity_weights,
+                                  check_finite=False):
         """Fill the focal derivative (1/Å, intensity units) and the in-focus intensity;
-        return the mean intensity and the planes in the working dtype."""
+        return the mean intensity and the planes in the working dtype.
+
+        A NaN or Inf in the in-focus plane always stops here (the mean); with
+        ``check_finite`` one in any plane does (it reaches ∂I/∂z or the mean:
+        one reduction instead of a pass over each plane, for callers whose
+        planes were not validated as a FocalSeries's are)."""
         # Planes on this backend in the working dtype (float16 and integers are cast).
         planes = [self.backend.asarray(p, self.dtype) for p in planes]
         kern = self.backend.kernels
@@ -217,6 +223,8 @@ class TIESolver:
         mean = float(self._intensity.mean())
         if not np.isfinite(mean):
             raise InputError("triplet: the in-focus intensity contains NaN or Inf")
+        if check_finite and not np.isfinite(float(self._didz.sum())):
+            raise InputError("triplet: the planes contain NaN or Inf")
         if not mean > 0:
             raise InputError(f"triplet: the in-focus intensity must have a positive mean, "
                              f"got {mean:g}")
@@ -284,7 +292,8 @@ class TIESolver:
         and ``grad``; returns the mean intensity and the unnormalised residual map
         where the method computes it anyway (else None)."""
         mean, planes = self._derivative_and_intensity(planes, derivative_weights,
-                                                      intensity_weights)
+                                                      intensity_weights,
+                                                      options.get("check_finite", False))
         tol, max_iter = options.get("tol"), options.get("max_iter")
         want = options.get("residual", True)
         residual = None
@@ -330,27 +339,36 @@ class TIESolver:
 
     # ------------------------------------------------------------------ internals
 
-    def _flow(self, planes, gradient, k, model, phase, grad, info, want_residual=True):
-        """``flowtie``: the network's flow, integrated by the Poisson solver; returns
-        the continuity residual of the predicted flow, ``k ∂I/∂z + ∇·(I v)``."""
+    def _flow_model(self, model):
+        """The :class:`~flowtie_fast.flow.infer.FlowModel` of ``model`` (None, a
+        shipped name, a path, or a FlowModel) on this backend's device."""
         try:
             from .flow.infer import FlowModel, load_model
         except ImportError as exc:  # flowtie_fast.flow needs PyTorch
             raise InputError("method: 'flowtie' needs PyTorch (pip install "
                              f"'flowtie_fast[flow]'): {exc}") from exc
+        if isinstance(model, FlowModel):
+            return model
+        return load_model(None if model is None else str(model),
+                          "cuda" if self.backend.is_gpu else "cpu")
 
+    def _predict_flow(self, model, planes, didz, k, gradient):
+        """Flows (B, 2, Ny, Nx) in rad/Å, on this backend in the working dtype, of
+        planes (B, 3, Ny, Nx) and ∂I/∂z (B, Ny, Nx), with the measured gradients
+        (B, 2, Ny, Nx, rad/Å) or None: one network call."""
         be = self.backend
-        device = "cuda" if be.is_gpu else "cpu"
-        if not isinstance(model, FlowModel):
-            model = load_model(None if model is None else str(model), device)
-        com = None
-        if gradient is not None:
-            com = be.asarray(gradient, self.dtype) / (2 * np.pi)
-        v = model.predict(planes, self._didz, k, self.pixel_size, com)
-        if be.is_gpu:
-            v = be.xp.from_dlpack(v).astype(self.dtype, copy=False)
-        else:
-            v = v.cpu().numpy().astype(self.dtype, copy=False)
+        com = None if gradient is None else be.asarray(gradient, self.dtype) / (2 * np.pi)
+        v = model.predict_batch(planes, didz, k, self.pixel_size, com)
+        v = be.xp.from_dlpack(v) if be.is_gpu else v.cpu().numpy()  # no copy on the GPU
+        return v.astype(self.dtype, copy=False)
+
+    def _flow(self, planes, gradient, k, model, phase, grad, info, want_residual=True):
+        """``flowtie``: the network's flow, integrated by the Poisson solver; returns
+        the continuity residual of the predicted flow, ``k ∂I/∂z + ∇·(I v)``."""
+        model = self._flow_model(model)
+        xp = self.backend.xp
+        v = self._predict_flow(model, xp.stack(planes)[None], self._didz[None], k,
+                               None if gradient is None else gradient[None])[0]
         self.poisson.integrate(v, out=phase, grad_out=grad)
         info["model"] = str(model.path)
         if not want_residual:
