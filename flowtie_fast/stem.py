@@ -291,17 +291,24 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
         raise InputError(f"{name}: detector shape {(ky, kx)} differs from {detector.shape}")
     be: Backend = get_backend(backend, like=data)
     be.prepare()
-    xp = be.xp
     W, combine = detector_weights(detector, regions, com_radius_mrad)
     lo, hi = weight_ranges(W)
     W, lo, hi = be.asarray(W), be.asarray(lo), be.asarray(hi)
-    q = W.shape[0]
-    out = xp.empty((sy * sx, q), np.float32)
+    if _is_dask(data) and not be.is_gpu:
+        sums = _reduce_dask(data, W, lo, hi)  # on the workers, chunk by chunk
+    else:
+        sums = _reduce_streamed(data, W, lo, hi, be, chunk_bytes)
+    return finish_reduction(sums, combine, detector, regions, name)
+
+
+def _reduce_streamed(data, W, lo, hi, be: Backend, chunk_bytes):
+    """The weighted sums (Sy, Sx, Q), reading whole scan rows of at most
+    ``chunk_bytes`` at a time."""
+    sy, sx, ky, kx = (int(s) for s in data.shape)
+    xp = be.xp
+    out = xp.empty((sy * sx, W.shape[0]), np.float32)
     row_bytes = sx * ky * kx * np.dtype(data.dtype).itemsize
     rows = max(1, int(chunk_bytes // max(row_bytes, 1)))
-    if _is_dask(data) and not be.is_gpu:
-        out[...] = _reduce_dask(data, W, lo, hi).reshape(sy * sx, q)
-        rows = sy + 1  # done: skip the streamed loop
     for i0 in range(0, sy, rows):
         i1 = min(sy, i0 + rows)
         chunk = data[i0:i1]
@@ -311,7 +318,7 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
             chunk = be.asarray(chunk)
         chunk = _native(chunk, xp).reshape((i1 - i0) * sx, ky * kx)
         be.kernels.reduce_patterns(chunk, W, lo, hi, out[i0 * sx:i1 * sx])
-    return finish_reduction(out.reshape(sy, sx, q), combine, detector, regions, name)
+    return out.reshape(sy, sx, -1)
 
 
 def finish_reduction(sums, combine, detector: Detector, regions: dict, name: str = "data"):
