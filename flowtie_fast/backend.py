@@ -389,11 +389,10 @@ def save_wisdom(path) -> None:
         return
     import pyfftw
 
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, *[np.frombuffer(w, np.uint8) for w in pyfftw.export_wisdom()])
-    os.replace(tmp, path)
 
 
 def load_wisdom(path) -> bool:

@@ -208,9 +208,10 @@ def _evaluate(args) -> int:
     table = format_table(rows)
     print(table)
     if args.output:
-        tmp = Path(args.output).with_name("." + Path(args.output).name + ".tmp")
-        tmp.write_text(table)
-        tmp.replace(args.output)
+        from flowtie_fast.io import atomic_path
+
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(table)
         print(f"table: {args.output}")
     return 0
 

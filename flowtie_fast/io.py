@@ -30,6 +30,7 @@ through the reduction.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -157,15 +158,30 @@ def save(path, obj) -> Path:
     return write_fields(path, _fields(_from_object(obj)), arrays=_ARRAYS)
 
 
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path beside ``path`` to write to; moved onto ``path`` when the
+    block ends, deleted if it raises (nothing is half-written). Creates the
+    folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_fields(path, fields: dict, arrays=()) -> Path:
     """Write ``fields`` atomically to ``.npz`` (all keys) or HDF5 (keys in
     ``arrays`` as datasets, the rest as root attributes)."""
     path = Path(path)
     suffix = _suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if suffix == ".npz":
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.asarray(v) for k, v in fields.items()})
@@ -179,11 +195,6 @@ def write_fields(path, fields: dict, arrays=()) -> Path:
                                          chunks=True if np.ndim(v) >= 3 else None)
                     else:
                         f.attrs[k] = v
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

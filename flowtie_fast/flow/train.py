@@ -10,7 +10,6 @@ resumed from its checkpoint ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import atomic_path
 from .data import Sample, augment, tile
 from .loss import CompositeLoss
 from .model import FlowNet, flow_inputs
@@ -65,9 +65,8 @@ def _tensors(batch: list[Sample], use_com: bool):
 
 
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=None,
@@ -155,7 +154,6 @@ def export_torchscript(model: FlowNet, path, cfg: TrainConfig | None = None) -> 
                                         "depth": model.depth, "stride": model.stride,
                                         "channels": model.channels,
                                         "train": asdict(cfg) if cfg else None})}
-    tmp = path.with_name("." + path.name + ".tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files=extra)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.jit.save(scripted, str(tmp), _extra_files=extra)
     return path
