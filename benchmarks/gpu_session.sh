@@ -1,19 +1,44 @@
 #!/usr/bin/env bash
-# Everything a session with a CUDA device should run first, in one go; the
-# output is the GPU section of benchmarks/RESULTS.md. No GPU has been lent to
-# this project yet: nothing below has run on one.
+# Everything a session with a CUDA device runs first, in one go, each step under
+# its own time limit so that one hang cannot eat the lease; the output is the
+# GPU section of benchmarks/RESULTS.md.
 #
-#   bash benchmarks/gpu_session.sh 2>&1 | tee gpu_session.log
+#   bash benchmarks/gpu_session.sh [LOG_DIR] [STEPS]
+#
+# STEPS picks a subset by name (default: all): tests ratios stem flow e2e first
+# profile asv.  Python is ``python3`` unless PYTHON says otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
-python -c "import flowtie_fast as ft; print('gpu_available', ft.gpu_available())"
-python -m pytest -q -m gpu -rs                          # kernels, backends, plans on the device
-python -m pytest -q                                     # and everything else
-python -m benchmarks.ratios --backend gpu --repeats 30  # tie vs its cuFFTs, vs NumPy
-python -m benchmarks.ratios --stem --backend gpu        # 4D reduction vs reading once
-python -m benchmarks.ratios --flow --backend gpu --sizes 256 1024
-python -m benchmarks.ratios --flow --backend gpu --sizes 256 --model fast
-python benchmarks/end_to_end.py --backend gpu --repeats 5
-python benchmarks/first_call.py --backend gpu --methods tie flowtie
-asv machine --yes && asv run --python=same --quick --bench "Solvers|Reduce4D|PlanSolve|FlowTIE" || true
+LOG=${1:-.}
+STEPS=${2:-"tests ratios stem flow e2e first profile asv"}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+mkdir -p "$LOG"
+
+step() {  # step NAME SECONDS COMMAND...: run when NAME is in STEPS, log to LOG/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    case " $STEPS " in *" $name "*) ;; *) return 0 ;; esac
+    echo "=== $name ($(date +%T), limit ${limit}s): $*"
+    local t0=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee -a "$LOG/$name.log"
+    echo "=== $name: rc ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+$PY -c "import flowtie_fast as ft, cupy, torch; print('gpu_available', ft.gpu_available(), \
+'cupy', cupy.__version__, 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+step tests 200 $PY -m pytest -q -m gpu -rs -p no:cacheprovider \
+    tests/test_kernels.py tests/test_backend.py tests/test_solvers.py tests/test_plan.py \
+    tests/test_stem.py tests/test_flow.py
+step ratios 60 $PY -m benchmarks.ratios --backend gpu --repeats 30 --sizes 256 1024 2048
+step stem 60 $PY -m benchmarks.ratios --stem --backend gpu
+step flow 90 bash -c "$PY -m benchmarks.ratios --flow --backend gpu --sizes 256 1024 && \
+    $PY -m benchmarks.ratios --flow --backend gpu --sizes 256 --precision bfloat16 && \
+    $PY -m benchmarks.ratios --flow --backend gpu --sizes 256 --model fast --precision bfloat16"
+step e2e 90 $PY benchmarks/end_to_end.py --backend gpu --repeats 5
+step first 60 $PY benchmarks/first_call.py --backend gpu --methods tie flowtie
+step profile 60 $PY benchmarks/profile_stages.py --backend gpu
+step asv 150 bash -c "asv machine --yes >/dev/null && asv run --python=same --quick \
+    --bench 'Solvers|Reduce4D|PlanSolve|PlanBatch|FlowTIE' --show-stderr"
+exit 0
