@@ -69,30 +69,43 @@ def tie_stages(size, backend, repeats):
           f"the rest {(whole - ffts) * 1e3:.2f} ms")
 
 
-def flow_stages(size, repeats):
-    """The network's time per operator type (torch profiler, CPU)."""
+def flow_stages(size, repeats, backend="cpu"):
+    """The network's time per operator type (torch profiler): CPU time on the
+    CPU; on the GPU, device time per kernel type beside the host time that
+    launches them (a network whose host time exceeds its device time is
+    launch-bound)."""
     import torch
 
     from flowtie_fast.flow.infer import load_model
 
-    model = load_model(None, "cpu")
-    x = torch.zeros(1, model.in_channels, size, size)
+    gpu = backend == "gpu"
+    model = load_model(None, "cuda" if gpu else "cpu")
+    x = torch.zeros(1, model.in_channels, size, size, device=model.device)
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if gpu:
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.no_grad():
         for _ in range(3):
             model.module(x)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.profiler.profile(activities=acts) as prof:
             for _ in range(repeats):
                 model.module(x)
-    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-    total = sum(e.self_cpu_time_total for e in rows)
+            if gpu:
+                torch.cuda.synchronize()
+    key = "self_device_time_total" if gpu else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))
+    total = sum(getattr(e, key) for e in rows)
+    host = sum(e.self_cpu_time_total for e in rows)
+    where = "device" if gpu else "CPU"
     print(f"\nflow network ({model.config.get('width')} wide, depth "
           f"{model.config.get('depth')}, stride {model.config.get('stride', 1)}) at "
-          f"{size}²: {total / repeats / 1e3:.1f} ms per call (profiled)\n")
-    print("| operator | ms per call | share |")
+          f"{size}² on {backend}: {total / repeats / 1e3:.2f} ms of {where} time per call "
+          f"(profiled)" + (f", {host / repeats / 1e3:.2f} ms of host time" if gpu else "") + "\n")
+    print(f"| operator | {where} ms per call | share |")
     print("| --- | ---: | ---: |")
     for e in rows[:8]:
-        print(f"| {e.key} | {e.self_cpu_time_total / repeats / 1e3:.2f} | "
-              f"{e.self_cpu_time_total / total:.0%} |")
+        print(f"| {e.key} | {getattr(e, key) / repeats / 1e3:.3f} | "
+              f"{getattr(e, key) / total:.0%} |")
 
 
 def main(argv=None):
@@ -103,7 +116,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=30)
     args = p.parse_args(argv)
     tie_stages(args.size, args.backend, args.repeats)
-    flow_stages(args.flow_size, max(3, args.repeats // 5))
+    flow_stages(args.flow_size, max(3, args.repeats // 5), args.backend)
 
 
 if __name__ == "__main__":

@@ -140,12 +140,13 @@ def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024), precision="float32
     import numpy as np
     import torch
 
-    from flowtie_fast.flow.infer import load_model
+    from flowtie_fast.flow.infer import FlowModel, load_model
 
     be = require(backend)
     print(f"flow model {model_name!r}, precision {precision}\n")
-    print("| size | flowtie (ms) | Plan.solve flowtie (ms) | network alone (ms) | tie (ms) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| size | flowtie (ms) | Plan.solve flowtie (ms) | Plan.solve, no CUDA graph (ms) "
+          "| network alone (ms) | tie (ms) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for size in sizes:
         planes = triplet(size, backend).planes
         t = ft.FocalTriplet(*planes, dz=DZ, pixel_size=PIXEL, energy=ENERGY,
@@ -156,6 +157,11 @@ def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024), precision="float32
         plan = ft.Plan((size, size), PIXEL, DZ, ENERGY, method="flowtie", backend=be,
                        model=model)
         out = be.empty((size, size), np.float32)
+        eager = None
+        if be.is_gpu:  # the same weights predicting without CUDA graphs
+            eager = ft.Plan((size, size), PIXEL, DZ, ENERGY, method="flowtie", backend=be,
+                            model=FlowModel(model.path, model.device, precision,
+                                            cuda_graphs=False))
 
         def net():
             with torch.autocast(x.device.type, dtype=torch.bfloat16,
@@ -167,11 +173,14 @@ def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024), precision="float32
                 "plan": lambda: (plan.solve(*planes, gradient=t.gradient, out=out),
                                  be.synchronize()),
                 "net": lambda: (net(), be.synchronize()),
+                "eager": lambda: eager is not None and (
+                    eager.solve(*planes, gradient=t.gradient, out=out), be.synchronize()),
                 "tie": lambda: (solver.solve(t, method="tie"), be.synchronize())}
         with torch.no_grad():
             med = {k: v * 1e3 for k, v in interleaved(runs, repeats).items()}
-        print(f"| {size}² | {med['flowtie']:.1f} | {med['plan']:.1f} | {med['net']:.1f} | "
-              f"{med['tie']:.2f} |")
+        no_graph = f"{med['eager']:.2f}" if eager is not None else "—"
+        print(f"| {size}² | {med['flowtie']:.2f} | {med['plan']:.2f} | {no_graph} | "
+              f"{med['net']:.2f} | {med['tie']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -161,6 +161,7 @@ class CudaKernels:
             raise TypeError(f"reduce_patterns takes {REDUCE_DTYPES}, not {data.dtype}")
         npat, count = data.shape
         fn = load_module().get_function(f"reduce_patterns_{suffix}")
-        blocks = max(1, min(_MAX_BLOCKS, npat))
+        warps = _REDUCE_BLOCK // 32  # one warp per pattern
+        blocks = max(1, min(_MAX_BLOCKS, -(-npat // warps)))
         fn((blocks,), (_REDUCE_BLOCK,), (data, np.int64(npat), np.int64(count), W,
                                           np.int32(W.shape[0]), lo, hi, out))

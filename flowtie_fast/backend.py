@@ -174,13 +174,14 @@ class RealFFTPlan:
 
 def _keep(plan, name, out, dst=None):
     """Put a transform computed by CuPy or scipy into ``dst``, or make it the
-    plan's ``name`` buffer: adopted on the GPU (CuPy allocates from its pool),
-    copied into the fixed buffer on the CPU."""
+    plan's ``name`` buffer: adopted on the GPU when C-contiguous (CuPy allocates
+    from its pool; the CUDA kernels take C-ordered arrays), else copied into the
+    fixed buffer."""
     if dst is not None:
         dst[...] = out
         return dst
-    if plan.backend.is_gpu:
-        setattr(plan, name, out)
+    if plan.backend.is_gpu and out.flags.c_contiguous:
+        setattr(plan, name, out)  # cuFFT's output is C-ordered; cupyx's DCT may not be
     else:
         getattr(plan, name)[...] = out
     return getattr(plan, name)

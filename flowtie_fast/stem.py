@@ -67,7 +67,11 @@ class Detector:
 
 
 def mean_pattern(patterns):
-    """The mean (Ky, Kx) of one pattern or a stack of them, float64."""
+    """The mean (Ky, Kx) of one pattern or a stack of them, float64, as a NumPy
+    array (a CuPy stack is averaged on the device; only the mean comes back)."""
+    if is_cupy(patterns):
+        m = patterns.astype(np.float64, copy=False)
+        return m.reshape(-1, *m.shape[-2:]).mean(axis=0).get()
     m = np.asarray(patterns, dtype=np.float64)
     return m.reshape(-1, *m.shape[-2:]).mean(axis=0)
 
@@ -103,11 +107,18 @@ def bf_radius_mrad(patterns, detector: Detector) -> float:
 
 
 def sample_patterns(data, count: int = 256):
-    """Up to ``count`` patterns spread evenly over the scan (cheap: no full pass)."""
+    """Up to ``count`` patterns spread evenly over the scan (cheap: no full pass).
+
+    Returns a NumPy stack (N, Ky, Kx), or for CuPy data a CuPy stack gathered in
+    one indexing call on the device (:func:`mean_pattern` takes either)."""
     sy, sx = data.shape[:2]
     rows = np.unique(np.linspace(0, sy - 1, min(sy, 16)).astype(int))
     per_row = max(1, count // len(rows))
     cols = np.unique(np.linspace(0, sx - 1, min(sx, per_row)).astype(int))
+    if is_cupy(data):
+        xp = array_module(data)
+        picked = data[xp.asarray(rows)[:, None], xp.asarray(cols)[None, :]]
+        return picked.reshape(-1, *data.shape[2:])
     # Read only the sampled patterns (a whole scan row of a large dataset is big).
     return np.concatenate([_to_numpy(data[int(r), cols]) for r in rows], axis=0)
 

@@ -74,29 +74,30 @@ FT_DEFINE_KERNELS(float, f32)
 FT_DEFINE_KERNELS(double, f64)
 
 // 4D-STEM reduction: out[p][q] = sum_k W[q][k] * data[p][k] for each pattern p of
-// `count` detector pixels; one block per pattern (grid-stride), a strided share
-// of the pixels per thread, shares added in shared memory. Block size 256.
+// `count` detector pixels. One warp per pattern (grid-stride over warps): the
+// lanes read consecutive pixels (coalesced), each keeps its partial sums in
+// registers, and five shuffles add them up, with no shared memory and no block
+// barrier. Block size 256 (eight patterns a block).
 #define FT_REDUCE_BLOCK 256
 
 template <typename TIn>
 __device__ void reduce_patterns(const TIn* data, long npat, long count, const float* W, int nq,
                                 const long* lo, const long* hi, float* out) {
-    __shared__ float part[FT_MAX_WEIGHTS][FT_REDUCE_BLOCK];
-    const int t = threadIdx.x;
-    for (long p = blockIdx.x; p < npat; p += gridDim.x) {
+    const int lane = threadIdx.x & 31;
+    const long warps = (long)gridDim.x * (blockDim.x >> 5);
+    for (long p = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); p < npat;
+         p += warps) {
         float acc[FT_MAX_WEIGHTS];
+#pragma unroll
         for (int q = 0; q < FT_MAX_WEIGHTS; ++q) acc[q] = 0.0f;
-        ft::weighted_sums(data + p * count, count, (long)t, (long)blockDim.x, W, nq, lo, hi, acc);
-        for (int q = 0; q < FT_MAX_WEIGHTS; ++q) part[q][t] = acc[q];
-        __syncthreads();
-        for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-            if (t < s) {
-                for (int q = 0; q < FT_MAX_WEIGHTS; ++q) part[q][t] += part[q][t + s];
-            }
-            __syncthreads();
+        ft::weighted_sums(data + p * count, count, (long)lane, 32L, W, nq, lo, hi, acc);
+#pragma unroll
+        for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
+            for (int s = 16; s > 0; s >>= 1) acc[q] += __shfl_down_sync(0xffffffffu, acc[q], s);
         }
-        if (t < nq) out[p * nq + t] = part[t][0];
-        __syncthreads();
+        if (lane == 0) {
+            for (int q = 0; q < nq; ++q) out[p * nq + q] = acc[q];
+        }
     }
 }
 

@@ -215,20 +215,30 @@ FT_HD void spectral_divergence(const T* Gy, const T* Gx, T* out, int nxh, int i,
 #define FT_MAX_WEIGHTS 8
 
 // Partial weighted sums of one diffraction pattern of `count` detector pixels:
-// acc[q] += W[q][k] * pattern[k] over k = lo[q] + begin, lo[q] + begin + step,
-// ... < hi[q], where [lo[q], hi[q]) holds every non-zero weight of row q (a
-// small bright-field disk spans a few percent of the detector). A CUDA thread
-// takes a strided share (the block adds the shares up); the host harness and a
-// serial loop take begin = 0, step = 1.
+// acc[q] += W[q][k] * pattern[k] for lo[q] <= k < hi[q], where [lo[q], hi[q])
+// holds every non-zero weight of row q (a small bright-field disk spans a few
+// percent of the detector), over k = begin, begin + step, ... of the union of
+// those ranges. One sweep: each detector pixel is read once and feeds every row
+// (the rows' weights come from cache). A CUDA lane takes a strided share (the
+// warp adds the shares up); the host harness and a serial loop take begin = 0,
+// step = 1, which adds each row in increasing k.
 template <typename TIn, typename TAcc>
 FT_HD void weighted_sums(const TIn* pattern, long count, long begin, long step, const float* W,
                          int nq, const long* lo, const long* hi, TAcc* acc) {
+    long first = count, last = 0;
     for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
         if (q >= nq) break;
-        const float* w = W + (long)q * count;
-        TAcc s = TAcc(0);
-        for (long k = lo[q] + begin; k < hi[q]; k += step) s += (TAcc)w[k] * (TAcc)pattern[k];
-        acc[q] += s;
+        if (lo[q] < hi[q]) {
+            first = lo[q] < first ? lo[q] : first;
+            last = hi[q] > last ? hi[q] : last;
+        }
+    }
+    for (long k = first + begin; k < last; k += step) {
+        const TAcc x = (TAcc)pattern[k];
+        for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
+            if (q >= nq) break;
+            if (k >= lo[q] && k < hi[q]) acc[q] += (TAcc)W[(long)q * count + k] * x;
+        }
     }
 }
 

@@ -48,6 +48,21 @@ def test_reduction_equals_numpy(backend, dtype, rng):
     np.testing.assert_allclose(host(red.com), com, rtol=1e-4, atol=1e-6)
 
 
+def test_sampled_mean_pattern_on_either_backend(backend, rng):
+    """16 rows x 16 columns of the scan, averaged; CuPy data stays on the device
+    until the mean."""
+    data = (rng.random((40, 37, 12, 10)) * 100).astype(np.uint16)
+    be = ft.get_backend(backend)
+    picked = stem.sample_patterns(be.asarray(data))
+    assert picked.shape == (16 * 16, 12, 10)
+    rows = np.unique(np.linspace(0, 39, 16).astype(int))
+    cols = np.unique(np.linspace(0, 36, 16).astype(int))
+    want = data[rows][:, cols].reshape(-1, 12, 10).astype(np.float64).mean(axis=0)
+    mean = stem.mean_pattern(picked)
+    assert isinstance(mean, np.ndarray) and mean.dtype == np.float64
+    np.testing.assert_allclose(mean, want, rtol=1e-12)
+
+
 def test_centre_of_mass_is_the_phase_gradient_over_two_pi():
     rng = np.random.default_rng(0)
     offsets = rng.uniform(-2, 2, size=(2, 5, 4))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -48,10 +50,26 @@ class FlowModel:
         ``torch.autocast`` (inputs, outputs and the Poisson integration stay
         float32): on CPUs with bfloat16 instructions (AVX512-BF16, AMX) about
         1.5x faster, with a flow error of ~0.7 % of its largest value
-        (measured, benchmarks/RESULTS.md).
+        (measured, benchmarks/RESULTS.md). On the GPU, cuDNN may run float32
+        convolutions on TF32 tensor cores (PyTorch's default).
+    cuda_graphs : bool
+        On a CUDA device, record the whole prediction (input channels, network,
+        output scaling) as a CUDA graph per input shape, wavenumber and pixel
+        size, and replay it: one launch instead of dozens, which is most of the
+        time at small sizes. The first call of a new shape captures (about as
+        long as three plain calls); a capture that fails falls back to plain
+        calls with a warning. Ignored on the CPU.
+
+    Notes
+    -----
+    One instance may serve several threads (:func:`load_model` caches it): the
+    graphs' input buffers are filled and replayed under a lock.
     """
 
-    def __init__(self, path=None, device: str = "cpu", precision: str = "float32"):
+    _MAX_GRAPHS = 4  # captured shapes kept per model (each holds its own buffers)
+
+    def __init__(self, path=None, device: str = "cpu", precision: str = "float32",
+                 cuda_graphs: bool = True):
         try:
             import torch
         except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -83,6 +101,10 @@ class FlowModel:
                              "export_torchscript") from exc
         self.module = module.eval()
         self.path, self.device = path, device
+        self.cuda_graphs = bool(cuda_graphs) and torch.device(device).type == "cuda"
+        self._graphs = {}  # key -> (graph, static inputs, static output)
+        self._graph_failed = set()
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"FlowModel({str(self.path)!r}, in_channels={self.in_channels}, {self.device}, "
@@ -112,27 +134,76 @@ class FlowModel:
         ``planes`` (B, 3, H, W), ``didz`` (B, H, W) and ``com`` (B, 2, H, W) in
         1/Å: NumPy or CuPy arrays or torch tensors.
         """
-        from .model import flow_inputs
-
         torch = self.torch
         if self.in_channels == 6 and com is None:
             raise InputError("triplet: this flow model needs the 4D-STEM centre of mass "
                              "(FocalTriplet.from_4dstem, or gradient=)")
 
         def tensor(a):
-            return (a if isinstance(a, torch.Tensor) else self._tensor(a)).float()
+            t = a if isinstance(a, torch.Tensor) else self._tensor(a)
+            return t.to(self.device).float()
 
-        planes = tensor(planes)
-        c = tensor(com) if self.in_channels == 6 else None
-        x = flow_inputs(planes[:, 0], planes[:, 1], planes[:, 2], tensor(didz), wavenumber,
-                        pixel_size, c).to(self.device)
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16,
-                                             enabled=self.precision == "bfloat16"):
-            v = self.module(x)
-        v = v.float()
-        scale = torch.tensor([float(pixel_size[0]), float(pixel_size[1])],
-                             device=v.device).view(1, 2, 1, 1)
-        return v / scale
+        args = (tensor(planes), tensor(didz), tensor(com) if self.in_channels == 6 else None)
+        k, h = float(wavenumber), (float(pixel_size[0]), float(pixel_size[1]))
+        if self.cuda_graphs:
+            v = self._replay(args, k, h)
+            if v is not None:
+                return v
+        return self._compute(*args, k, h)
+
+    def _compute(self, planes, didz, com, k, h):
+        """Inputs, network and output scaling on the model's device."""
+        from .model import flow_inputs
+
+        torch = self.torch
+        with torch.no_grad():
+            x = flow_inputs(planes[:, 0], planes[:, 1], planes[:, 2], didz, k, h, com)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16,
+                                enabled=self.precision == "bfloat16", cache_enabled=False):
+                v = self.module(x).float()
+            return torch.stack([v[:, 0] / h[0], v[:, 1] / h[1]], dim=1)
+
+    def _replay(self, args, k, h):
+        """The prediction through the CUDA graph of this shape (captured on first
+        use); None where capturing failed."""
+        key = (tuple(args[0].shape), args[2] is not None, k, h)
+        with self._lock:
+            entry = self._graphs.get(key)
+            if entry is None:
+                if key in self._graph_failed:
+                    return None
+                entry = self._capture(args, k, h, key)
+                if entry is None:
+                    return None
+            graph, static, out = entry
+            for s, a in zip(static, args):
+                if s is not None:
+                    s.copy_(a)
+            graph.replay()
+            return out.clone()  # the graph's output buffer is reused by the next replay
+
+    def _capture(self, args, k, h, key):
+        torch = self.torch
+        static = tuple(None if a is None else a.clone() for a in args)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up: cuDNN picks its algorithms
+                for _ in range(2):
+                    self._compute(*static, k, h)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._compute(*static, k, h)
+        except Exception as exc:  # an operator that cannot be captured
+            self._graph_failed.add(key)
+            warnings.warn(f"flow model: CUDA graph capture failed ({type(exc).__name__}: "
+                          f"{exc}); predicting without graphs", RuntimeWarning, stacklevel=4)
+            return None
+        if len(self._graphs) >= self._MAX_GRAPHS:
+            self._graphs.pop(next(iter(self._graphs)))
+        self._graphs[key] = entry = (graph, static, out)
+        return entry
 
 
 @functools.lru_cache(maxsize=8)

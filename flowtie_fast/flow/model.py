@@ -37,10 +37,9 @@ def flow_inputs(minus, zero, plus, didz, wavenumber: float, pixel_size, com=None
     mean = zero.mean(dim=(-2, -1), keepdim=True)
     h2 = float(pixel_size[0]) * float(pixel_size[1])
     chans = [minus / mean, zero / mean, plus / mean, wavenumber * didz * h2 / mean]
-    if com is not None:
-        scale = torch.tensor([float(pixel_size[0]), float(pixel_size[1])], dtype=com.dtype,
-                             device=com.device).view(1, 2, 1, 1)
-        chans += list((2 * torch.pi * com * scale).unbind(1))
+    if com is not None:  # scalars, not a tensor from the host: CUDA graphs capture this
+        chans += [2 * torch.pi * float(pixel_size[0]) * com[:, 0],
+                  2 * torch.pi * float(pixel_size[1]) * com[:, 1]]
     return torch.stack(chans, dim=1).float()
 
 
