@@ -153,11 +153,12 @@ def test_cuda_graph_replay_equals_plain_calls():
         for _ in range(2):
             planes = 1 + 0.1 * torch.rand((b, 3, ny, nx), device="cuda", generator=gen)
             didz = 1e-3 * torch.randn((b, ny, nx), device="cuda", generator=gen)
-            runs.append((planes, didz, graphed.predict_batch(planes, didz, k, h)))
-        for planes, didz, v in runs:
-            want = plain.predict_batch(planes, didz, k, h)
+            com = 1e-3 * torch.randn((b, 2, ny, nx), device="cuda", generator=gen)
+            runs.append((planes, didz, com, graphed.predict_batch(planes, didz, k, h, com)))
+        for planes, didz, com, v in runs:
+            want = plain.predict_batch(planes, didz, k, h, com)
             err = float((v - want).abs().max() / want.abs().max())
             print(f"graph vs plain {shape}: {err:.2e}")
             assert err < 5e-3
-        assert not torch.equal(runs[0][2], runs[1][2])
+        assert not torch.equal(runs[0][3], runs[1][3])
     assert len(graphed._graphs) == 2 and not graphed._graph_failed

@@ -64,16 +64,16 @@
 HOST_DEFINE(float, f32)
 HOST_DEFINE(double, f64)
 
-// 4D-STEM reduction as one warp does it: 32 lane shares (begin = lane, step =
-// 32), then the shuffle-down tree (offsets 16, 8, 4, 2, 1) in the kernel's order.
+// 4D-STEM reduction as one warp does it: 32 lane shares of runs of `width`
+// pixels, then the shuffle-down tree (offsets 16, 8, 4, 2, 1) in the kernel's order.
 #define HOST_DEFINE_REDUCE(TIN, SUFFIX)                                                     \
     extern "C" void reduce_patterns_##SUFFIX(const TIN* data, long npat, long count,       \
                                              const float* W, int nq, const long* lo,       \
-                                             const long* hi, float* out) {                 \
+                                             const long* hi, int width, float* out) {      \
         for (long p = 0; p < npat; ++p) {                                                   \
             float acc[32][FT_MAX_WEIGHTS] = {{0}};                                          \
             for (int lane = 0; lane < 32; ++lane)                                           \
-                ft::weighted_sums(data + p * count, count, (long)lane, 32L, W, nq, lo, hi,  \
+                ft::weighted_sums(data + p * count, count, lane, 32, width, W, nq, lo, hi,  \
                                   acc[lane]);                                               \
             for (int s = 16; s > 0; s >>= 1)                                                \
                 for (int lane = 0; lane < s; ++lane)                                        \
