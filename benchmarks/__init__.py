@@ -1,0 +1,9 @@
+"""The asv suite (``benchmark_*.py``) and the scripts behind benchmarks/*.md."""
+
+try:
+    import flowtie_fast  # noqa: F401
+except ImportError:  # a source tree run with `asv run --python=same`, package not installed:
+    import pathlib  # asv's benchmark processes see neither PYTHONPATH nor the checkout
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))

@@ -168,8 +168,8 @@ class CudaKernels:
             raise TypeError(f"reduce_patterns takes {REDUCE_DTYPES}, not {data.dtype}")
         npat, count = data.shape
         fn = load_module().get_function(f"reduce_patterns_{suffix}")
-        warps = _REDUCE_BLOCK // 32  # one warp per pattern
-        blocks = max(1, min(_MAX_BLOCKS, -(-npat // warps)))
+        group = _REDUCE_BLOCK // 32 * 4  # four patterns a warp
+        blocks = max(1, min(_MAX_BLOCKS, -(-npat // group)))
         fn((blocks,), (_REDUCE_BLOCK,), (data, np.int64(npat), np.int64(count), W,
                                           np.int32(W.shape[0]), lo, hi,
                                           np.int32(reduce_width(data.dtype, count,

@@ -226,8 +226,8 @@ def reduce_patterns(data, W, lo, hi, out):
     """out[p, q] = sum_k W[q, k] * data[p, k] over k in [lo[q], hi[q]) (every
     non-zero weight of row q lies there).
 
-    The sums of ft::weighted_sums, in another loop order: four patterns share
-    each sweep of a weight row (one weight load for four multiply-adds; 1.4x
+    The sums of ft::weighted_pixel (flowtie_ops.cuh), in another loop order:
+    four patterns share each sweep of a weight row (one weight load for four multiply-adds; 1.4x
     faster than one pattern per sweep on float32), and the detector is swept in
     blocks of REDUCE_BLOCK pixels, every weight row over one block before the
     next, so each pattern comes from memory once and is re-read from L1 (1.25x

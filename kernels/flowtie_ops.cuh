@@ -213,6 +213,9 @@ FT_HD void spectral_divergence(const T* Gy, const T* Gx, T* out, int nxh, int i,
 
 // Most weighted sums (virtual detectors, centre-of-mass moments) one pass computes.
 #define FT_MAX_WEIGHTS 8
+// Detector pixels per tile of weights (the CUDA kernel's shared memory): a
+// multiple of 32 lanes x 16 pixels, the widest run one 16-byte load reads.
+#define FT_REDUCE_CHUNK 1024
 
 // The union [first, last) of the row ranges [lo[q], hi[q]) (empty rows skipped).
 FT_HD void weight_span(int nq, const long* lo, const long* hi, long count, long* first,
@@ -230,32 +233,15 @@ FT_HD void weight_span(int nq, const long* lo, const long* hi, long count, long*
 
 // Detector pixel k of value x into every row whose range [lo[q], hi[q]) holds
 // it (every non-zero weight of row q lies there: a small bright-field disk
-// spans a few percent of the detector).
+// spans a few percent of the detector). Weight q of pixel k is
+// W[q * stride + k - offset]: the whole matrix (stride = pixels, offset = 0) or
+// a tile of it from pixel `offset` on (the CUDA kernel's shared memory).
 template <typename TAcc>
-FT_HD void weighted_pixel(TAcc x, long k, long count, const float* W, int nq, const long* lo,
-                          const long* hi, TAcc* acc) {
+FT_HD void weighted_pixel(TAcc x, long k, const float* W, long stride, long offset, int nq,
+                          const long* lo, const long* hi, TAcc* acc) {
     for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
         if (q >= nq) break;
-        if (k >= lo[q] && k < hi[q]) acc[q] += (TAcc)W[(long)q * count + k] * x;
-    }
-}
-
-// One lane's partial weighted sums of a pattern of `count` pixels, in one sweep
-// (each pixel read once, feeding every row): the lane takes runs of `width`
-// consecutive pixels starting at start + lane * width, every lanes * width
-// pixels, where start is the span's first pixel rounded down to a multiple of
-// width. The CUDA kernel reads each run with one 16-byte load (width = 16 /
-// sizeof(TIn)) or takes width = 1; a serial loop is lane 0 of 1 lane, width 1.
-template <typename TIn, typename TAcc>
-FT_HD void weighted_sums(const TIn* pattern, long count, int lane, int lanes, int width,
-                         const float* W, int nq, const long* lo, const long* hi, TAcc* acc) {
-    long first, last;
-    weight_span(nq, lo, hi, count, &first, &last);
-    const long start = first - first % width;
-    for (long k = start + (long)lane * width; k < last; k += (long)lanes * width) {
-        for (int j = 0; j < width; ++j) {
-            weighted_pixel((TAcc)pattern[k + j], k + j, count, W, nq, lo, hi, acc);
-        }
+        if (k >= lo[q] && k < hi[q]) acc[q] += (TAcc)W[(long)q * stride + (k - offset)] * x;
     }
 }
 

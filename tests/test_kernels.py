@@ -190,7 +190,8 @@ def test_spectral_divergence(impl, dtype, shape, poisson, alias, rng):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32, np.float32,
                                    np.float64])
 @pytest.mark.parametrize("nq", [1, 5, 8])
-@pytest.mark.parametrize("count", [19 * 23, 24 * 16])  # pixel loads, 16-byte loads
+# pixel loads; 16-byte loads; several weight tiles (FT_REDUCE_CHUNK = 1024 pixels)
+@pytest.mark.parametrize("count", [19 * 23, 24 * 16, 48 * 48])
 def test_reduce_patterns(impl, dtype, nq, count, rng):
     """Virtual detectors and centre-of-mass moments of many patterns in one pass."""
     npat = 37  # not a multiple of the patterns of a CUDA block

@@ -50,8 +50,11 @@ class FlowModel:
         ``torch.autocast`` (inputs, outputs and the Poisson integration stay
         float32): on CPUs with bfloat16 instructions (AVX512-BF16, AMX) about
         1.5x faster, with a flow error of ~0.7 % of its largest value
-        (measured, benchmarks/RESULTS.md). On the GPU, cuDNN may run float32
-        convolutions on TF32 tensor cores (PyTorch's default).
+        (measured, benchmarks/RESULTS.md). ``"float32"`` on the GPU turns
+        PyTorch's default of TF32 convolutions off for the call (TF32 moved the
+        flow by 3e-3 of its largest value against the CPU, IEEE float32 by 4e-6,
+        at the same speed on an H200): the flag is process-wide, so another
+        thread's cuDNN call made at that moment runs in IEEE float32 too.
     cuda_graphs : bool
         On a CUDA device, record the whole prediction (input channels, network,
         output scaling) as a CUDA graph per input shape, wavenumber and pixel
@@ -156,12 +159,19 @@ class FlowModel:
         from .model import flow_inputs
 
         torch = self.torch
-        with torch.no_grad():
-            x = flow_inputs(planes[:, 0], planes[:, 1], planes[:, 2], didz, k, h, com)
-            with torch.autocast(x.device.type, dtype=torch.bfloat16,
-                                enabled=self.precision == "bfloat16", cache_enabled=False):
-                v = self.module(x).float()
-            return torch.stack([v[:, 0] / h[0], v[:, 1] / h[1]], dim=1)
+        cudnn = torch.backends.cudnn
+        tf32 = cudnn.allow_tf32
+        if self.precision == "float32":
+            cudnn.allow_tf32 = False  # IEEE float32 convolutions, not TF32 (see the class)
+        try:
+            with torch.no_grad():
+                x = flow_inputs(planes[:, 0], planes[:, 1], planes[:, 2], didz, k, h, com)
+                with torch.autocast(x.device.type, dtype=torch.bfloat16,
+                                    enabled=self.precision == "bfloat16", cache_enabled=False):
+                    v = self.module(x).float()
+                return torch.stack([v[:, 0] / h[0], v[:, 1] / h[1]], dim=1)
+        finally:
+            cudnn.allow_tf32 = tf32
 
     def _replay(self, args, k, h):
         """The prediction through the CUDA graph of this shape (captured on first

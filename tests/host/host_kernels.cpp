@@ -3,6 +3,9 @@
 // image exactly as the __global__ wrappers of kernels/flowtie_kernels.cu do.
 // tests/test_kernels.py builds this into a shared library and holds every
 // entry point equal to the NumPy reference.
+#include <algorithm>
+#include <vector>
+
 #include "flowtie_ops.cuh"
 
 #define HOST_LOOP(count) for (long p = 0; p < (count); ++p)
@@ -64,17 +67,32 @@
 HOST_DEFINE(float, f32)
 HOST_DEFINE(double, f64)
 
-// 4D-STEM reduction as one warp does it: 32 lane shares of runs of `width`
-// pixels, then the shuffle-down tree (offsets 16, 8, 4, 2, 1) in the kernel's order.
+// 4D-STEM reduction as one warp of the CUDA kernel does it: weight tiles of
+// FT_REDUCE_CHUNK pixels, 32 lanes each taking runs of `width` pixels every
+// 32 * width, then the shuffle-down tree (offsets 16, 8, 4, 2, 1).
 #define HOST_DEFINE_REDUCE(TIN, SUFFIX)                                                     \
     extern "C" void reduce_patterns_##SUFFIX(const TIN* data, long npat, long count,       \
                                              const float* W, int nq, const long* lo,       \
                                              const long* hi, int width, float* out) {      \
+        long first, last;                                                                   \
+        ft::weight_span(nq, lo, hi, count, &first, &last);                                  \
+        const long start = first - first % width;                                           \
+        std::vector<float> tile(FT_MAX_WEIGHTS * FT_REDUCE_CHUNK);                          \
         for (long p = 0; p < npat; ++p) {                                                   \
             float acc[32][FT_MAX_WEIGHTS] = {{0}};                                          \
-            for (int lane = 0; lane < 32; ++lane)                                           \
-                ft::weighted_sums(data + p * count, count, lane, 32, width, W, nq, lo, hi,  \
-                                  acc[lane]);                                               \
+            for (long c0 = start; c0 < last; c0 += FT_REDUCE_CHUNK) {                       \
+                const long c_end = std::min(c0 + FT_REDUCE_CHUNK, last);                    \
+                for (int i = 0; i < nq * FT_REDUCE_CHUNK; ++i) {                            \
+                    const long k = c0 + i % FT_REDUCE_CHUNK;                                \
+                    tile[i] = k < count ? W[(long)(i / FT_REDUCE_CHUNK) * count + k] : 0.0f; \
+                }                                                                           \
+                for (int lane = 0; lane < 32; ++lane)                                       \
+                    for (long k = c0 + (long)lane * width; k < c_end; k += 32L * width)     \
+                        for (int j = 0; j < width; ++j)                                     \
+                            ft::weighted_pixel((float)data[p * count + k + j], k + j,       \
+                                               tile.data(), (long)FT_REDUCE_CHUNK, c0, nq,  \
+                                               lo, hi, acc[lane]);                          \
+            }                                                                               \
             for (int s = 16; s > 0; s >>= 1)                                                \
                 for (int lane = 0; lane < s; ++lane)                                        \
                     for (int q = 0; q < nq; ++q) acc[lane][q] += acc[lane + s][q];          \
