@@ -66,13 +66,6 @@ def _real_dtype(dtype):
     return np.float32 if _suffix(dtype) == "f32" else np.float64
 
 
-def reduce_width(dtype, count: int, address: int) -> int:
-    """Pixels per 16-byte load of the reduction kernel: 16 / itemsize where every
-    pattern starts 16-byte aligned (``count`` pixels each from ``address``), else 1."""
-    v = 16 // np.dtype(dtype).itemsize
-    return v if count % v == 0 and address % 16 == 0 else 1
-
-
 def _check(*arrays):
     for a in arrays:
         if not a.flags.c_contiguous:
@@ -171,6 +164,4 @@ class CudaKernels:
         group = _REDUCE_BLOCK // 32 * 4  # four patterns a warp
         blocks = max(1, min(_MAX_BLOCKS, -(-npat // group)))
         fn((blocks,), (_REDUCE_BLOCK,), (data, np.int64(npat), np.int64(count), W,
-                                          np.int32(W.shape[0]), lo, hi,
-                                          np.int32(reduce_width(data.dtype, count,
-                                                                data.data.ptr)), out))
+                                          np.int32(W.shape[0]), lo, hi, out))

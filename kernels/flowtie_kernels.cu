@@ -79,71 +79,33 @@ FT_DEFINE_KERNELS(double, f64)
 // A block of eight warps takes 32 patterns (four a warp) at a time and sweeps
 // the detector in tiles of FT_REDUCE_CHUNK pixels: the block copies the tile's
 // weights into shared memory once, then every warp reads its four patterns'
-// pixels (16-byte loads of width = 16 / sizeof(TIn) pixels where the patterns
-// are 16-byte aligned, else single pixels; four loads in flight a lane) and
-// adds them into register sums with ft::weighted_pixel. Five shuffles add the
-// lanes up. Reading the weights from L2 for every pattern (eight rows of a 128²
-// detector are 512 kB, twice L1) had made the kernel L2-bound at a tenth of
-// the memory bandwidth. tests/host/host_kernels.cpp runs the same lanes, tiles
-// and shuffle order on the CPU.
+// pixels, lane l taking pixels l, l + 32, ... (coalesced reads, and the lanes
+// read consecutive weights: no shared-memory bank conflict), and adds them into
+// register sums with ft::weighted_pixel. Five shuffles add the lanes up.
+// Measured on an H200 (benchmarks/RESULTS.md): weights read from L2 for every
+// pattern, or 16-byte pixel runs per lane (weights read 4-8 floats apart, a 4-8
+// way bank conflict), ran at a tenth of the memory bandwidth or less.
+// tests/host/host_kernels.cpp runs the same lanes, tiles and shuffle order on
+// the CPU.
 #define FT_REDUCE_BLOCK 256
 #define FT_REDUCE_PER_WARP 4
 
-template <typename TIn, int V>
-struct FtRun {  // V consecutive pixels, read with one 16-byte load
-    __align__(16) TIn v[V];
-    __device__ __forceinline__ void load(const TIn* p) {
-        *reinterpret_cast<uint4*>(v) = __ldcs(reinterpret_cast<const uint4*>(p));
-    }
-};
-template <typename TIn>
-struct FtRun<TIn, 1> {
-    TIn v[1];
-    __device__ __forceinline__ void load(const TIn* p) { v[0] = __ldcs(p); }
-};
-
-// One tile [c0, c_end) of the warp's patterns p0 .. p0 + FT_REDUCE_PER_WARP - 1.
-template <typename TIn, int V>
-__device__ __forceinline__ void reduce_tile(const TIn* data, long npat, long count, long p0,
-                                            long c0, long c_end, const float* tile, int nq,
-                                            const long* lo, const long* hi, int lane,
-                                            float (*acc)[FT_MAX_WEIGHTS]) {
-    for (long k = c0 + (long)lane * V; k < c_end; k += 32L * V) {
-        FtRun<TIn, V> run[FT_REDUCE_PER_WARP];
-#pragma unroll
-        for (int m = 0; m < FT_REDUCE_PER_WARP; ++m) {
-            if (p0 + m < npat) run[m].load(data + (p0 + m) * count + k);
-        }
-#pragma unroll
-        for (int m = 0; m < FT_REDUCE_PER_WARP; ++m) {
-            if (p0 + m < npat) {
-#pragma unroll
-                for (int j = 0; j < V; ++j) {
-                    ft::weighted_pixel((float)run[m].v[j], k + j, tile, (long)FT_REDUCE_CHUNK,
-                                       c0, nq, lo, hi, acc[m]);
-                }
-            }
-        }
-    }
-}
-
 template <typename TIn>
 __device__ void reduce_patterns(const TIn* data, long npat, long count, const float* W, int nq,
-                                const long* lo_g, const long* hi_g, int width, float* out) {
-    constexpr int V = 16 / sizeof(TIn);
+                                const long* lo_g, const long* hi_g, float* out) {
     constexpr int GROUP = (FT_REDUCE_BLOCK / 32) * FT_REDUCE_PER_WARP;
     __shared__ float tile[FT_MAX_WEIGHTS * FT_REDUCE_CHUNK];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    long lo[FT_MAX_WEIGHTS], hi[FT_MAX_WEIGHTS];
+    const int n = (int)count;
+    int lo[FT_MAX_WEIGHTS], hi[FT_MAX_WEIGHTS];
 #pragma unroll
     for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
-        lo[q] = q < nq ? lo_g[q] : 0;
-        hi[q] = q < nq ? hi_g[q] : 0;
+        lo[q] = q < nq ? (int)lo_g[q] : 0;
+        hi[q] = q < nq ? (int)hi_g[q] : 0;
     }
-    long first, last;
-    ft::weight_span(nq, lo, hi, count, &first, &last);
-    const long start = first - first % width;
+    int first, last;
+    ft::weight_span(nq, lo, hi, n, &first, &last);
     for (long g = (long)blockIdx.x * GROUP; g < npat; g += (long)gridDim.x * GROUP) {
         const long p0 = g + (long)warp * FT_REDUCE_PER_WARP;
         float acc[FT_REDUCE_PER_WARP][FT_MAX_WEIGHTS];
@@ -152,18 +114,23 @@ __device__ void reduce_patterns(const TIn* data, long npat, long count, const fl
 #pragma unroll
             for (int q = 0; q < FT_MAX_WEIGHTS; ++q) acc[m][q] = 0.0f;
         }
-        for (long c0 = start; c0 < last; c0 += FT_REDUCE_CHUNK) {
-            const long c_end = c0 + FT_REDUCE_CHUNK < last ? c0 + FT_REDUCE_CHUNK : last;
+        for (int c0 = first; c0 < last; c0 += FT_REDUCE_CHUNK) {
+            const int c_end = c0 + FT_REDUCE_CHUNK < last ? c0 + FT_REDUCE_CHUNK : last;
             __syncthreads();  // the previous tile is no longer read
             for (int i = threadIdx.x; i < nq * FT_REDUCE_CHUNK; i += blockDim.x) {
-                const long k = c0 + i % FT_REDUCE_CHUNK;
-                tile[i] = k < count ? __ldg(W + (long)(i / FT_REDUCE_CHUNK) * count + k) : 0.0f;
+                const int k = c0 + i % FT_REDUCE_CHUNK;
+                tile[i] = k < n ? __ldg(W + (long)(i / FT_REDUCE_CHUNK) * count + k) : 0.0f;
             }
             __syncthreads();
-            if (width == V) {
-                reduce_tile<TIn, V>(data, npat, count, p0, c0, c_end, tile, nq, lo, hi, lane, acc);
-            } else {
-                reduce_tile<TIn, 1>(data, npat, count, p0, c0, c_end, tile, nq, lo, hi, lane, acc);
+#pragma unroll 2
+            for (int k = c0 + lane; k < c_end; k += 32) {
+                float x[FT_REDUCE_PER_WARP];
+#pragma unroll
+                for (int m = 0; m < FT_REDUCE_PER_WARP; ++m) {  // four loads in flight
+                    x[m] = p0 + m < npat ? (float)__ldcs(data + (p0 + m) * count + k) : 0.0f;
+                }
+                ft::weighted_pixel<FT_REDUCE_PER_WARP>(x, k, tile, FT_REDUCE_CHUNK, c0, nq, lo,
+                                                       hi, acc);
             }
         }
 #pragma unroll
@@ -187,8 +154,8 @@ __device__ void reduce_patterns(const TIn* data, long npat, long count, const fl
 #define FT_DEFINE_REDUCE(TIN, SUFFIX)                                                       \
     extern "C" __global__ void reduce_patterns_##SUFFIX(                                    \
         const TIN* data, long npat, long count, const float* W, int nq, const long* lo,     \
-        const long* hi, int width, float* out) {                                            \
-        reduce_patterns<TIN>(data, npat, count, W, nq, lo, hi, width, out);                 \
+        const long* hi, float* out) {                                                       \
+        reduce_patterns<TIN>(data, npat, count, W, nq, lo, hi, out);                        \
     }
 
 FT_DEFINE_REDUCE(unsigned char, u8)

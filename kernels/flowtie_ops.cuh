@@ -218,8 +218,8 @@ FT_HD void spectral_divergence(const T* Gy, const T* Gx, T* out, int nxh, int i,
 #define FT_REDUCE_CHUNK 1024
 
 // The union [first, last) of the row ranges [lo[q], hi[q]) (empty rows skipped).
-FT_HD void weight_span(int nq, const long* lo, const long* hi, long count, long* first,
-                       long* last) {
+// Pixel indices of one pattern are int: a detector has fewer than 2^31 pixels.
+FT_HD void weight_span(int nq, const int* lo, const int* hi, int count, int* first, int* last) {
     *first = count;
     *last = 0;
     for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
@@ -231,17 +231,22 @@ FT_HD void weight_span(int nq, const long* lo, const long* hi, long count, long*
     }
 }
 
-// Detector pixel k of value x into every row whose range [lo[q], hi[q]) holds
-// it (every non-zero weight of row q lies there: a small bright-field disk
-// spans a few percent of the detector). Weight q of pixel k is
-// W[q * stride + k - offset]: the whole matrix (stride = pixels, offset = 0) or
-// a tile of it from pixel `offset` on (the CUDA kernel's shared memory).
-template <typename TAcc>
-FT_HD void weighted_pixel(TAcc x, long k, const float* W, long stride, long offset, int nq,
-                          const long* lo, const long* hi, TAcc* acc) {
+// Detector pixel k of M patterns, of values x[m], into every row q whose range
+// [lo[q], hi[q]) holds it (every non-zero weight of row q lies there: a small
+// bright-field disk spans a few percent of the detector): acc[m][q] += w * x[m].
+// The weight w of pixel k is W[q * stride + k - offset]: the whole matrix
+// (stride = pixels, offset = 0) or a tile of it from pixel `offset` on (the
+// CUDA kernel's shared memory); one range test and one weight serve the M
+// patterns.
+template <int M, typename TAcc>
+FT_HD void weighted_pixel(const TAcc* x, int k, const float* W, int stride, int offset, int nq,
+                          const int* lo, const int* hi, TAcc (*acc)[FT_MAX_WEIGHTS]) {
     for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
         if (q >= nq) break;
-        if (k >= lo[q] && k < hi[q]) acc[q] += (TAcc)W[(long)q * stride + (k - offset)] * x;
+        if (k >= lo[q] && k < hi[q]) {
+            const TAcc w = (TAcc)W[(long)q * stride + (k - offset)];
+            for (int m = 0; m < M; ++m) acc[m][q] += w * x[m];
+        }
     }
 }
 

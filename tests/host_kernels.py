@@ -114,8 +114,5 @@ class HostKernels:
 
     def reduce_patterns(self, data, W, lo, hi, out):
         fn = getattr(self.lib, f"reduce_patterns_{self._REDUCE[np.dtype(data.dtype)]}")
-        from flowtie_fast._cuda import reduce_width  # the GPU's choice of load width
-
-        width = reduce_width(data.dtype, data.shape[1], data.ctypes.data)
         fn(_ptr(data), ctypes.c_long(data.shape[0]), ctypes.c_long(data.shape[1]), _ptr(W),
-           ctypes.c_int(W.shape[0]), _ptr(lo), _ptr(hi), ctypes.c_int(width), _ptr(out))
+           ctypes.c_int(W.shape[0]), _ptr(lo), _ptr(hi), _ptr(out))

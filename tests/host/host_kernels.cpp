@@ -67,36 +67,42 @@
 HOST_DEFINE(float, f32)
 HOST_DEFINE(double, f64)
 
-// 4D-STEM reduction as one warp of the CUDA kernel does it: weight tiles of
-// FT_REDUCE_CHUNK pixels, 32 lanes each taking runs of `width` pixels every
-// 32 * width, then the shuffle-down tree (offsets 16, 8, 4, 2, 1).
+// 4D-STEM reduction as one warp of the CUDA kernel does it, a pattern at a time
+// (the kernel's four patterns a warp are independent sums): weight tiles of
+// FT_REDUCE_CHUNK pixels, lane l taking pixels l, l + 32, ..., then the
+// shuffle-down tree (offsets 16, 8, 4, 2, 1).
 #define HOST_DEFINE_REDUCE(TIN, SUFFIX)                                                     \
     extern "C" void reduce_patterns_##SUFFIX(const TIN* data, long npat, long count,       \
-                                             const float* W, int nq, const long* lo,       \
-                                             const long* hi, int width, float* out) {      \
-        long first, last;                                                                   \
-        ft::weight_span(nq, lo, hi, count, &first, &last);                                  \
-        const long start = first - first % width;                                           \
+                                             const float* W, int nq, const long* lo_g,     \
+                                             const long* hi_g, float* out) {               \
+        const int n = (int)count;                                                           \
+        int lo[FT_MAX_WEIGHTS] = {0}, hi[FT_MAX_WEIGHTS] = {0};                             \
+        for (int q = 0; q < nq; ++q) {                                                      \
+            lo[q] = (int)lo_g[q];                                                           \
+            hi[q] = (int)hi_g[q];                                                           \
+        }                                                                                   \
+        int first, last;                                                                    \
+        ft::weight_span(nq, lo, hi, n, &first, &last);                                      \
         std::vector<float> tile(FT_MAX_WEIGHTS * FT_REDUCE_CHUNK);                          \
         for (long p = 0; p < npat; ++p) {                                                   \
-            float acc[32][FT_MAX_WEIGHTS] = {{0}};                                          \
-            for (long c0 = start; c0 < last; c0 += FT_REDUCE_CHUNK) {                       \
-                const long c_end = std::min(c0 + FT_REDUCE_CHUNK, last);                    \
+            float acc[32][1][FT_MAX_WEIGHTS] = {};                                          \
+            for (int c0 = first; c0 < last; c0 += FT_REDUCE_CHUNK) {                        \
+                const int c_end = std::min(c0 + FT_REDUCE_CHUNK, last);                     \
                 for (int i = 0; i < nq * FT_REDUCE_CHUNK; ++i) {                            \
-                    const long k = c0 + i % FT_REDUCE_CHUNK;                                \
-                    tile[i] = k < count ? W[(long)(i / FT_REDUCE_CHUNK) * count + k] : 0.0f; \
+                    const int k = c0 + i % FT_REDUCE_CHUNK;                                 \
+                    tile[i] = k < n ? W[(long)(i / FT_REDUCE_CHUNK) * count + k] : 0.0f;    \
                 }                                                                           \
                 for (int lane = 0; lane < 32; ++lane)                                       \
-                    for (long k = c0 + (long)lane * width; k < c_end; k += 32L * width)     \
-                        for (int j = 0; j < width; ++j)                                     \
-                            ft::weighted_pixel((float)data[p * count + k + j], k + j,       \
-                                               tile.data(), (long)FT_REDUCE_CHUNK, c0, nq,  \
-                                               lo, hi, acc[lane]);                          \
+                    for (int k = c0 + lane; k < c_end; k += 32) {                           \
+                        const float x = (float)data[p * count + k];                         \
+                        ft::weighted_pixel<1>(&x, k, tile.data(), FT_REDUCE_CHUNK, c0, nq,  \
+                                              lo, hi, acc[lane]);                           \
+                    }                                                                       \
             }                                                                               \
             for (int s = 16; s > 0; s >>= 1)                                                \
                 for (int lane = 0; lane < s; ++lane)                                        \
-                    for (int q = 0; q < nq; ++q) acc[lane][q] += acc[lane + s][q];          \
-            for (int q = 0; q < nq; ++q) out[p * nq + q] = acc[0][q];                       \
+                    for (int q = 0; q < nq; ++q) acc[lane][0][q] += acc[lane + s][0][q];    \
+            for (int q = 0; q < nq; ++q) out[p * nq + q] = acc[0][0][q];                    \
         }                                                                                   \
     }
 
