@@ -29,6 +29,10 @@ __all__ = ["FlowModel", "default_model_path", "load_model"]
 # measured less accurate: benchmarks/EVALUATION.md).
 SHIPPED = {"default": "flow_default.pt", "fast": "flow_fast.pt"}
 
+# cuDNN's TF32 switch is process-wide: GPU calls that turn it off for their
+# duration take this lock, so that concurrent calls restore the caller's value.
+_TF32_LOCK = threading.Lock()
+
 
 def default_model_path(name: str = "default") -> Path:
     """A TorchScript file shipped in the package (``"default"`` or ``"fast"``)."""
@@ -54,7 +58,7 @@ class FlowModel:
         PyTorch's default of TF32 convolutions off for the call (TF32 moved the
         flow by 3e-3 of its largest value against the CPU, IEEE float32 by 4e-6,
         at the same speed on an H200): the flag is process-wide, so another
-        thread's cuDNN call made at that moment runs in IEEE float32 too.
+        thread's own cuDNN call made at that moment runs in IEEE float32 too.
     cuda_graphs : bool
         On a CUDA device, record the whole prediction (input channels, network,
         output scaling) as a CUDA graph per input shape, wavenumber and pixel
@@ -156,22 +160,28 @@ class FlowModel:
 
     def _compute(self, planes, didz, com, k, h):
         """Inputs, network and output scaling on the model's device."""
+        torch = self.torch
+        if not (planes.is_cuda and self.precision == "float32"):
+            return self._network(planes, didz, com, k, h)
+        cudnn = torch.backends.cudnn
+        with _TF32_LOCK:  # the flag is process-wide: one toggling call at a time
+            tf32 = cudnn.allow_tf32
+            cudnn.allow_tf32 = False  # IEEE float32 convolutions, not TF32 (see the class)
+            try:
+                return self._network(planes, didz, com, k, h)
+            finally:
+                cudnn.allow_tf32 = tf32
+
+    def _network(self, planes, didz, com, k, h):
         from .model import flow_inputs
 
         torch = self.torch
-        cudnn = torch.backends.cudnn
-        tf32 = cudnn.allow_tf32
-        if self.precision == "float32":
-            cudnn.allow_tf32 = False  # IEEE float32 convolutions, not TF32 (see the class)
-        try:
-            with torch.no_grad():
-                x = flow_inputs(planes[:, 0], planes[:, 1], planes[:, 2], didz, k, h, com)
-                with torch.autocast(x.device.type, dtype=torch.bfloat16,
-                                    enabled=self.precision == "bfloat16", cache_enabled=False):
-                    v = self.module(x).float()
-                return torch.stack([v[:, 0] / h[0], v[:, 1] / h[1]], dim=1)
-        finally:
-            cudnn.allow_tf32 = tf32
+        with torch.no_grad():
+            x = flow_inputs(planes[:, 0], planes[:, 1], planes[:, 2], didz, k, h, com)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16,
+                                enabled=self.precision == "bfloat16", cache_enabled=False):
+                v = self.module(x).float()
+            return torch.stack([v[:, 0] / h[0], v[:, 1] / h[1]], dim=1)
 
     def _replay(self, args, k, h):
         """The prediction through the CUDA graph of this shape (captured on first
