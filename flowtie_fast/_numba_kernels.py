@@ -227,12 +227,13 @@ def reduce_patterns(data, W, lo, hi, out):
     non-zero weight of row q lies there).
 
     The sums of ft::weighted_pixel (flowtie_ops.cuh), in another loop order:
-    four patterns share each sweep of a weight row (one weight load for four multiply-adds; 1.4x
-    faster than one pattern per sweep on float32), and the detector is swept in
-    blocks of REDUCE_BLOCK pixels, every weight row over one block before the
-    next, so each pattern comes from memory once and is re-read from L1 (1.25x
-    faster than whole-row sweeps). Sums are float32 SIMD lanes (as the CUDA
-    threads sum their shares in float32; relative error ~1e-7 for 4096 pixels).
+    four patterns share each sweep of a weight row (one weight load for four
+    multiply-adds; 1.4x faster than one pattern per sweep on float32), and the
+    detector is swept in blocks of REDUCE_BLOCK pixels, every weight row over
+    one block before the next, so each pattern comes from memory once and is
+    re-read from L1 (1.25x faster than whole-row sweeps). Sums are float32 SIMD
+    lanes (as the CUDA lanes sum their shares in float32; relative error ~1e-7
+    for 4096 pixels).
     Zero-based views: loops that start elsewhere, or float32 blocks added up in
     float64, ran 7-10x slower here because Numba stops vectorising them."""
     npat, npix = data.shape

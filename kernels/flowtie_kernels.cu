@@ -84,9 +84,10 @@ FT_DEFINE_KERNELS(double, f64)
 // register sums with ft::weighted_pixel. Five shuffles add the lanes up.
 // Measured on an H200 (benchmarks/RESULTS.md): weights read from L2 for every
 // pattern, or 16-byte pixel runs per lane (weights read 4-8 floats apart, a 4-8
-// way bank conflict), ran at a tenth of the memory bandwidth or less.
-// tests/host/host_kernels.cpp runs the same lanes, tiles and shuffle order on
-// the CPU.
+// way bank conflict), ran at a tenth of the memory bandwidth or less; this
+// layout had not yet run on a device when written (session 3: the lease was
+// spent). tests/host/host_kernels.cpp runs the same lanes, tiles and shuffle
+// order on the CPU.
 #define FT_REDUCE_BLOCK 256
 #define FT_REDUCE_PER_WARP 4
 

@@ -213,8 +213,8 @@ FT_HD void spectral_divergence(const T* Gy, const T* Gx, T* out, int nxh, int i,
 
 // Most weighted sums (virtual detectors, centre-of-mass moments) one pass computes.
 #define FT_MAX_WEIGHTS 8
-// Detector pixels per tile of weights (the CUDA kernel's shared memory): a
-// multiple of 32 lanes x 16 pixels, the widest run one 16-byte load reads.
+// Detector pixels per tile of weights (the CUDA kernel's shared memory, 8 rows
+// x 1024 x 4 bytes = 32 kB; a multiple of the 32 lanes of a warp).
 #define FT_REDUCE_CHUNK 1024
 
 // The union [first, last) of the row ranges [lo[q], hi[q]) (empty rows skipped).

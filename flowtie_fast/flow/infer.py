@@ -52,9 +52,10 @@ class FlowModel:
     precision : {"float32", "bfloat16"}
         Arithmetic of the network. ``"bfloat16"`` converts its weights once and
         runs it in bfloat16 (inputs, outputs and the Poisson integration stay
-        float32): on CPUs with bfloat16 instructions (AVX512-BF16, AMX) about
-        1.7x faster than float32 and 1.4x faster than ``torch.autocast``
-        (which recast the weights at every call), with a flow error of ~1 % of
+        float32): on CPUs with bfloat16 instructions (AVX512-BF16, AMX) the
+        network runs about 1.9x faster than in float32 and 1.5x faster than
+        under ``torch.autocast`` (which recast the weights at every call), with
+        a flow error of ~1 % of
         its largest value and phase NMSE moved by at most 0.0017 on the test
         cases (measured, benchmarks/RESULTS.md). ``"float32"`` on the GPU turns
         PyTorch's default of TF32 convolutions off for the call (TF32 moved the
