@@ -69,7 +69,11 @@ def run(configs, samples, test, best, steps, models: Path, base: dict):
     for label, overrides in configs.items():
         cfg = TrainConfig(**{**base, "steps": steps, **overrides})
         start = time.perf_counter()
-        model, history = train(samples, cfg)
+        try:
+            model, history = train(samples, cfg)
+        except RuntimeError as exc:  # collapsed past its rollbacks: no model to test
+            print(json.dumps({"config": label, "collapsed": str(exc)}), flush=True)
+            continue
         seconds = time.perf_counter() - start
         path = models / (label.split(" (")[0].replace(" ", "_").replace(",", "") + ".pt")
         export_torchscript(model, path, cfg)

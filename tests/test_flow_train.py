@@ -76,6 +76,43 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     assert np.mean(h[-5:]) < 0.5 * np.mean(h[:5])
 
 
+def test_a_dead_network_is_recognised_and_a_fresh_one_is_not():
+    from flowtie_fast.flow.train import _dead
+
+    fresh = {"flow": torch.tensor(0.9985), "phase": torch.tensor(0.9995),
+             "grad_norm": torch.tensor(0.3)}  # a new network: near zero, learning
+    dead = {"flow": torch.tensor(1.0), "phase": torch.tensor(1.0),
+            "grad_norm": torch.tensor(2e-8)}  # seed 2 of the shipped recipe from step ~250
+    assert not _dead(fresh) and _dead(dead)
+    assert not _dead({**dead, "phase": torch.tensor(0.5)})
+
+
+def test_a_collapse_rolls_back_to_the_last_healthy_state(monkeypatch):
+    """Twenty dead steps from step 31: back to the snapshot of step 30, learning
+    rate halved, the run completes; a NaN that recurs exhausts the rollbacks."""
+    import flowtie_fast.flow.train as tr
+
+    calls = {"n": 0}
+
+    def dead_once(terms):
+        calls["n"] += 1
+        return 31 <= calls["n"] <= 50
+
+    monkeypatch.setattr(tr, "_dead", dead_once)
+    samples = [make_sample()]
+    cfg = TrainConfig(steps=60, batch=1, reps=1, width=8, depth=2, lr=2e-3, checkpoint_every=10)
+    with pytest.warns(RuntimeWarning, match="collapse detected at step 50.*rolled back to "
+                                            "step 30.*halved to 0.001"):
+        model, history = tr.train(samples, cfg)
+    assert len(history) == 60 and calls["n"] == 60 + 20
+
+    bad = make_sample()
+    bad.planes[1, 3, 3] = np.nan  # every batch carries it: the loss is never finite
+    with pytest.warns(RuntimeWarning, match="rolled back"), \
+            pytest.raises(RuntimeError, match="collapsed .* after 2 rollbacks"):
+        tr.train([bad], TrainConfig(steps=5, batch=1, reps=1, width=8, depth=2, restarts=2))
+
+
 def test_export_loads_and_matches(tmp_path):
     model, _ = train([make_sample()], TrainConfig(steps=2, batch=1, reps=1, width=8, depth=2))
     path = export_torchscript(model, tmp_path / "flow.pt")
