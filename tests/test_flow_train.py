@@ -88,8 +88,9 @@ def test_a_dead_network_is_recognised_and_a_fresh_one_is_not():
 
 
 def test_a_collapse_rolls_back_to_the_last_healthy_state(monkeypatch):
-    """Twenty dead steps from step 31: back to the snapshot of step 30, learning
-    rate halved, the run completes; a NaN that recurs exhausts the rollbacks."""
+    """Twenty dead steps from step 31, detected at step 50: back to the newest
+    snapshot at least 40 steps older (step 10), learning rate halved, the run
+    completes; a NaN that recurs exhausts the rollbacks."""
     import flowtie_fast.flow.train as tr
 
     calls = {"n": 0}
@@ -102,9 +103,9 @@ def test_a_collapse_rolls_back_to_the_last_healthy_state(monkeypatch):
     samples = [make_sample()]
     cfg = TrainConfig(steps=60, batch=1, reps=1, width=8, depth=2, lr=2e-3, checkpoint_every=10)
     with pytest.warns(RuntimeWarning, match="collapse detected at step 50.*rolled back to "
-                                            "step 30.*halved to 0.001"):
+                                            "step 10.*halved to 0.001"):
         model, history = tr.train(samples, cfg)
-    assert len(history) == 60 and calls["n"] == 60 + 20
+    assert len(history) == 60 and calls["n"] == 50 + 50
 
     bad = make_sample()
     bad.planes[1, 3, 3] = np.nan  # every batch carries it: the loss is never finite

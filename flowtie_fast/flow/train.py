@@ -69,16 +69,20 @@ def _tensors(batch: list[Sample], use_com: bool):
 
 # A run has collapsed when its loss is not finite, or when the network is dead
 # for this many steps in a row: a zero prediction (the flow and phase terms are
-# normalised so that a zero flow scores exactly 1 on each) with no gradient to
-# leave it. One seed in four of the shipped recipe died so at step ~250
-# (gradient norm 1e-7 to 1e-8 for the remaining 2750 steps, measured), where a
-# fresh network scores just under 1 with gradient norms of 0.1 to 1.
+# normalised so that a zero flow scores exactly 1 on each) with almost no
+# gradient to leave it. One seed in four of the shipped recipe died so after a
+# spike at step ~250 (gradient norm 3e-4 twenty steps later, 1e-7 to 1e-8 for
+# the rest of the run, measured); a fresh network scores just under 1 with
+# gradient norms of 0.1 to 1. A rollback goes to the newest healthy snapshot
+# taken at least ROLLBACK_MARGIN steps before the collapse was detected (a
+# snapshot taken in the steps of the fatal spike would die again).
 COLLAPSE_STEPS = 20
+ROLLBACK_MARGIN = 2 * COLLAPSE_STEPS
 
 
 def _dead(terms) -> bool:
-    return (float(terms["flow"]) > 0.999 and float(terms["phase"]) > 0.999
-            and float(terms["grad_norm"]) < 1e-4)
+    value = {k: float(terms[k].detach()) for k in ("flow", "phase", "grad_norm")}
+    return value["flow"] > 0.999 and value["phase"] > 0.999 and value["grad_norm"] < 1e-2
 
 
 def _save(path: Path, state: dict) -> None:
@@ -109,11 +113,13 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
     Raises
     ------
     RuntimeError
-        When the run collapses (zero flow for ``COLLAPSE_STEPS`` steps, or a
-        non-finite loss) more than ``cfg.restarts`` times. Each collapse rolls
-        the run back to its last healthy snapshot (taken with each checkpoint:
-        model, optimiser, step, random states) and halves the learning rate,
-        with a ``RuntimeWarning``; a run that never collapses is unaffected.
+        When the run collapses (zero flow and no gradient for
+        ``COLLAPSE_STEPS`` steps, or a non-finite loss) more than
+        ``cfg.restarts`` times. Each collapse rolls the run back to a healthy
+        snapshot (taken with each checkpoint: model, optimiser, step, random
+        states; the newest at least ``ROLLBACK_MARGIN`` steps old) and halves
+        the learning rate, with a ``RuntimeWarning``; a run that never
+        collapses is unaffected.
     """
     cfg = cfg or TrainConfig()
     torch.manual_seed(cfg.seed)
@@ -147,7 +153,7 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
         rng.bit_generator.state = snap["numpy_rng"]
         torch.set_rng_state(snap["torch_rng"])
 
-    snapshot, streak = copy.deepcopy(state()), 0  # the last healthy state
+    snapshots, streak = [copy.deepcopy(state())], 0  # the last healthy states, oldest first
     done_here = 0
     start = time.perf_counter()
     while step < cfg.steps and (stop_after is None or done_here < stop_after):
@@ -177,7 +183,9 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
                     f"{step + 1} after {restarts} rollbacks with halved learning rates; try "
                     f"a lower lr or another seed")
             detected = step + 1
-            restore(snapshot)
+            while len(snapshots) > 1 and snapshots[-1]["step"] > detected - ROLLBACK_MARGIN:
+                snapshots.pop()
+            restore(snapshots[-1])
             restarts += 1
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * 0.5 ** restarts
@@ -195,9 +203,9 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
             progress(step, history[-1], {k: float(v.detach()) for k, v in terms.items()},
                      time.perf_counter() - start)
         if step % cfg.checkpoint_every == 0 and streak == 0:  # healthy states only
-            snapshot = copy.deepcopy(state())
+            snapshots = snapshots[-3:] + [copy.deepcopy(state())]
             if checkpoint is not None:
-                _save(checkpoint, snapshot)
+                _save(checkpoint, snapshots[-1])
     if checkpoint is not None:
         _save(checkpoint, state())
     return model, history
