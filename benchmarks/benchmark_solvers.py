@@ -92,15 +92,16 @@ class NumpyReference:
 
 class FlowTIE:
     """Network inference plus Poisson integration (``method="flowtie"``, shipped
-    model; the triplet carries a centre-of-mass field as 4D-STEM triplets do)."""
+    default model in float32 or bfloat16 weights; the triplet carries a
+    centre-of-mass field as 4D-STEM triplets do)."""
 
-    params = (BACKENDS, SIZES)
-    param_names = ["backend", "size"]
+    params = (BACKENDS, SIZES, ["float32", "bfloat16"])
+    param_names = ["backend", "size", "precision"]
     timeout = 300
 
-    def setup(self, backend, size):
+    def setup(self, backend, size, precision):
         try:
-            import torch  # noqa: F401
+            from flowtie_fast.flow import FlowModel
         except ImportError:
             raise NotImplementedError("PyTorch is not installed")
         self.be = require(backend)
@@ -108,9 +109,10 @@ class FlowTIE:
         gradient = self.be.xp.zeros((2, size, size), np.float32)
         self.t = ft.FocalTriplet(*planes, dz=DZ, pixel_size=PIXEL, energy=ENERGY,
                                  gradient=gradient)
+        self.model = FlowModel("default", "cuda" if self.be.is_gpu else "cpu", precision)
         self.solver = ft.TIESolver((size, size), PIXEL, backend=self.be)
-        self.solver.solve(self.t, method="flowtie")
+        self.solver.solve(self.t, method="flowtie", model=self.model)
 
-    def time_flowtie(self, backend, size):
-        self.solver.solve(self.t, method="flowtie")
+    def time_flowtie(self, backend, size, precision):
+        self.solver.solve(self.t, method="flowtie", model=self.model)
         self.be.synchronize()
