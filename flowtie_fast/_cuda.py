@@ -51,6 +51,7 @@ _REDUCE_SUFFIX = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16",
                   np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 REDUCE_DTYPES = tuple(_REDUCE_SUFFIX)
 _REDUCE_BLOCK = 256
+MAX_WEIGHTS = 8  # FT_MAX_WEIGHTS of kernels/flowtie_ops.cuh: weight rows of one pass
 
 
 def _suffix(dtype) -> str:
@@ -160,8 +161,16 @@ class CudaKernels:
         if suffix is None:
             raise TypeError(f"reduce_patterns takes {REDUCE_DTYPES}, not {data.dtype}")
         npat, count = data.shape
+        nq = W.shape[0]
+        if not 1 <= nq <= MAX_WEIGHTS:  # the kernel's shared-memory tile holds this many rows
+            raise ValueError(f"W: expected 1 to {MAX_WEIGHTS} weight rows, got {nq}")
+        if (W.dtype != np.float32 or lo.dtype != np.int64 or hi.dtype != np.int64
+                or out.dtype != np.float32 or W.shape[1] != count
+                or lo.shape != (nq,) or hi.shape != (nq,) or out.shape != (npat, nq)):
+            raise ValueError("reduce_patterns: expected W float32 (Q, K), lo and hi int64 (Q,), "
+                             "out float32 (P, Q) for data (P, K)")
         fn = load_module().get_function(f"reduce_patterns_{suffix}")
         group = _REDUCE_BLOCK // 32 * 4  # four patterns a warp
         blocks = max(1, min(_MAX_BLOCKS, -(-npat // group)))
         fn((blocks,), (_REDUCE_BLOCK,), (data, np.int64(npat), np.int64(count), W,
-                                          np.int32(W.shape[0]), lo, hi, out))
+                                          np.int32(nq), lo, hi, out))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._cuda import MAX_WEIGHTS  # weight rows one pass computes (the CUDA tile)
 from .backend import Backend, array_module, get_backend, is_cupy
 from .errors import InputError, check_positive
 from .physics import wavelength
@@ -29,7 +30,7 @@ from .physics import wavelength
 __all__ = ["Detector", "Reduction", "calibrate_rotation", "find_center", "finish_reduction",
            "reduce_4dstem", "triplet_geometry"]
 
-MAX_WEIGHTS = 8  # FT_MAX_WEIGHTS in kernels/flowtie_ops.cuh
+
 _NATIVE = (np.uint8, np.uint16, np.uint32, np.int32, np.float32, np.float64)
 
 

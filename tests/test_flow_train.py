@@ -114,6 +114,37 @@ def test_a_collapse_rolls_back_to_the_last_healthy_state(monkeypatch):
         tr.train([bad], TrainConfig(steps=5, batch=1, reps=1, width=8, depth=2, restarts=2))
 
 
+def test_a_run_resumed_inside_a_dead_stretch_ends_as_the_uninterrupted_one(monkeypatch,
+                                                                          tmp_path):
+    """Stopped at step 40, ten steps into a dead stretch: the checkpoint keeps the
+    streak and the snapshots, so the resumed run rolls back where the
+    uninterrupted one does (step 50, to step 10) and ends with the same weights."""
+    import flowtie_fast.flow.train as tr
+
+    def dead_from_31_to_50():
+        calls = {"n": 0}
+
+        def dead(terms):
+            calls["n"] += 1
+            return 31 <= calls["n"] <= 50
+        return dead
+
+    samples = [make_sample()]
+    cfg = TrainConfig(steps=60, batch=1, reps=1, width=8, depth=2, lr=2e-3, checkpoint_every=10)
+    monkeypatch.setattr(tr, "_dead", dead_from_31_to_50())
+    with pytest.warns(RuntimeWarning, match="rolled back to step 10"):
+        straight, history = tr.train(samples, cfg)
+    monkeypatch.setattr(tr, "_dead", dead_from_31_to_50())  # the same verdicts, call by call
+    ckpt = tmp_path / "run.pt"
+    tr.train(samples, cfg, checkpoint=ckpt, stop_after=40)
+    assert torch.load(ckpt, weights_only=False)["streak"] == 10
+    with pytest.warns(RuntimeWarning, match="rolled back to step 10"):
+        resumed, history2 = tr.train(samples, cfg, checkpoint=ckpt)
+    assert history2 == history
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_export_loads_and_matches(tmp_path):
     model, _ = train([make_sample()], TrainConfig(steps=2, batch=1, reps=1, width=8, depth=2))
     path = export_torchscript(model, tmp_path / "flow.pt")

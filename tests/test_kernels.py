@@ -189,17 +189,19 @@ def test_spectral_divergence(impl, dtype, shape, poisson, alias, rng):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32, np.float32,
                                    np.float64])
 @pytest.mark.parametrize("nq", [1, 5, 8])
-# one weight tile; several (FT_REDUCE_CHUNK = 1024 pixels), the last one partial
-@pytest.mark.parametrize("count", [19 * 23, 48 * 47])
-def test_reduce_patterns(impl, dtype, nq, count, rng):
+# fewer patterns than a CUDA block takes (32) and fewer pixels than a warp has
+# lanes; 37 patterns (not a multiple of 32) of one weight tile; several tiles
+# (FT_REDUCE_CHUNK = 1024 pixels), the last one partial
+@pytest.mark.parametrize("npat,count", [(5, 20), (37, 19 * 23), (37, 48 * 47)])
+def test_reduce_patterns(impl, dtype, nq, npat, count, rng):
     """Virtual detectors and centre-of-mass moments of many patterns in one pass."""
-    npat = 37  # not a multiple of the patterns of a CUDA block
     hi = 250 if np.dtype(dtype).kind in "ui" else 1.0
     data = (rng.random((npat, count)) * hi).astype(dtype)
     W = rng.normal(size=(nq, count)).astype(np.float32)
     # Row ranges: full, a middle slice, and empty.
-    lo = np.array([0, 40, 0, 7, 100, 0, 3, 9][:nq], np.int64)
-    hi = np.array([count, 300, 0, count, 101, count, 250, 333][:nq], np.int64)
+    lo = np.minimum(np.array([0, 40, 0, 7, 100, 0, 3, 9][:nq], np.int64), count)
+    hi = np.minimum(np.array([count, 300, 0, count, 101, count, 250, 333][:nq], np.int64),
+                    count)
     out = impl.empty((npat, nq), np.float32)
     impl.kernels.reduce_patterns(impl.to_dev(data), impl.to_dev(W), impl.to_dev(lo),
                                  impl.to_dev(hi), out)
@@ -215,3 +217,25 @@ def test_weight_ranges_cover_every_non_zero_weight(rng):
     W[1, [2, 40]] = 2
     lo, hi = weight_ranges(W)
     assert lo.tolist() == [5, 2, 0] and hi.tolist() == [9, 41, 0]
+
+
+def test_the_weight_row_limit_is_the_kernels():
+    """The Python limit on weight rows is FT_MAX_WEIGHTS, the rows of the CUDA
+    kernel's shared-memory tile (more would write past it)."""
+    import re
+    from pathlib import Path
+
+    from flowtie_fast._cuda import MAX_WEIGHTS
+
+    header = (Path(__file__).resolve().parent.parent / "kernels" / "flowtie_ops.cuh").read_text()
+    assert int(re.search(r"#define FT_MAX_WEIGHTS (\d+)", header).group(1)) == MAX_WEIGHTS
+    from flowtie_fast._cuda import CudaKernels
+
+    # Checked before any launch (so also where no GPU answers): nine rows would
+    # overflow the tile, a float64 W would be read as float32.
+    data, out = np.zeros((4, 16), np.float32), np.zeros((4, 9), np.float32)
+    lo, hi = np.zeros(9, np.int64), np.full(9, 16, np.int64)
+    with pytest.raises(ValueError, match="W: expected 1 to 8 weight rows, got 9"):
+        CudaKernels.reduce_patterns(data, np.zeros((9, 16), np.float32), lo, hi, out)
+    with pytest.raises(ValueError, match="W float32"):
+        CudaKernels.reduce_patterns(data, np.zeros((2, 16)), lo[:2], hi[:2], out[:, :2].copy())

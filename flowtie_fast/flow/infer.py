@@ -32,6 +32,10 @@ SHIPPED = {"default": "flow_default.pt", "fast": "flow_fast.pt"}
 # cuDNN's TF32 switch is process-wide: GPU calls that turn it off for their
 # duration take this lock, so that concurrent calls restore the caller's value.
 _TF32_LOCK = threading.Lock()
+# One CUDA graph capture at a time in the process (torch's capture stream is
+# shared by every graph); captures are thread-local, so that other threads'
+# CUDA calls during one neither fail nor break it.
+_CAPTURE_LOCK = threading.Lock()
 
 
 def default_model_path(name: str = "default") -> Path:
@@ -113,7 +117,7 @@ class FlowModel:
         self.module = module.eval().to(self.dtype)
         self.path, self.device = path, device
         self.cuda_graphs = bool(cuda_graphs) and torch.device(device).type == "cuda"
-        self._graphs = {}  # key -> (graph, static inputs, static output)
+        self._graphs = {}  # key -> (graph, static inputs, static output, last replay)
         self._graph_failed = set()
         self._lock = threading.Lock()
 
@@ -197,26 +201,33 @@ class FlowModel:
                 entry = self._capture(args, k, h, key)
                 if entry is None:
                     return None
-            graph, static, out = entry
+            graph, static, out, done = entry
+            torch = self.torch
+            # A caller on another stream must not refill the inputs while the
+            # last replay still reads them.
+            torch.cuda.current_stream().wait_event(done)
             for s, a in zip(static, args):
                 if s is not None:
                     s.copy_(a)
             graph.replay()
-            return out.clone()  # the graph's output buffer is reused by the next replay
+            v = out.clone()  # the graph's output buffer is reused by the next replay
+            done.record()
+            return v
 
     def _capture(self, args, k, h, key):
         torch = self.torch
         static = tuple(None if a is None else a.clone() for a in args)
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up: cuDNN picks its algorithms
-                for _ in range(2):
-                    self._compute(*static, k, h)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self._compute(*static, k, h)
+            with _CAPTURE_LOCK:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # warm-up: cuDNN picks its algorithms
+                    for _ in range(2):
+                        self._compute(*static, k, h)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    out = self._compute(*static, k, h)
         except Exception as exc:  # an operator that cannot be captured
             self._graph_failed.add(key)
             warnings.warn(f"flow model: CUDA graph capture failed ({type(exc).__name__}: "
@@ -224,7 +235,9 @@ class FlowModel:
             return None
         if len(self._graphs) >= self._MAX_GRAPHS:
             self._graphs.pop(next(iter(self._graphs)))
-        self._graphs[key] = entry = (graph, static, out)
+        done = torch.cuda.Event()
+        done.record()
+        self._graphs[key] = entry = (graph, static, out, done)
         return entry
 
 

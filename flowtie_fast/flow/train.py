@@ -128,15 +128,16 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
                     stride=cfg.stride, channels=cfg.channels)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, history, restarts = 0, [], 0
+    loaded = None
     checkpoint = Path(checkpoint) if checkpoint else None
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, history = state["step"], state["history"]
-        restarts = state.get("restarts", 0)
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
+        loaded = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(loaded["model"])
+        opt.load_state_dict(loaded["optimizer"])
+        step, history = loaded["step"], loaded["history"]
+        restarts = loaded.get("restarts", 0)
+        rng.bit_generator.state = loaded["numpy_rng"]
+        torch.set_rng_state(loaded["torch_rng"])
     losses: dict = {}
 
     def state():
@@ -147,13 +148,23 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
 
     def restore(snap):
         nonlocal step, history
+        snap = copy.deepcopy(snap)  # the optimiser would otherwise adopt the snapshot's tensors
         model.load_state_dict(snap["model"])
         opt.load_state_dict(snap["optimizer"])
-        step, history = snap["step"], list(snap["history"])
+        step, history = snap["step"], snap["history"]
         rng.bit_generator.state = snap["numpy_rng"]
         torch.set_rng_state(snap["torch_rng"])
 
-    snapshots, streak = [copy.deepcopy(state())], 0  # the last healthy states, oldest first
+    # Healthy states to roll back to, oldest first, and the length of the current
+    # dead streak: both travel in the checkpoint, so that a resumed run decides
+    # as the uninterrupted one would.
+    snapshots = loaded.get("snapshots") if loaded else None
+    snapshots = snapshots or [copy.deepcopy(state())]
+    streak = loaded.get("streak", 0) if loaded else 0
+
+    def save():
+        _save(checkpoint, {**state(), "snapshots": snapshots, "streak": streak})
+
     done_here = 0
     start = time.perf_counter()
     while step < cfg.steps and (stop_after is None or done_here < stop_after):
@@ -183,17 +194,21 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
                     f"{step + 1} after {restarts} rollbacks with halved learning rates; try "
                     f"a lower lr or another seed")
             detected = step + 1
-            while len(snapshots) > 1 and snapshots[-1]["step"] > detected - ROLLBACK_MARGIN:
-                snapshots.pop()
-            restore(snapshots[-1])
+            # The newest snapshot at least ROLLBACK_MARGIN steps old (else the oldest).
+            old_enough = [s for s in snapshots if s["step"] <= detected - ROLLBACK_MARGIN]
+            target = old_enough[-1] if old_enough else snapshots[0]
+            snapshots = [s for s in snapshots if s["step"] <= target["step"]]
+            restore(target)
             restarts += 1
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * 0.5 ** restarts
+            streak = 0
+            if checkpoint is not None:
+                save()  # the rollback, its count and learning rate survive an interruption
             warnings.warn(f"train: collapse detected at step {detected} (zero flow or "
                           f"non-finite loss); rolled back to step {step}, learning rate "
                           f"halved to {opt.param_groups[0]['lr']:g}", RuntimeWarning,
                           stacklevel=2)
-            streak = 0
             continue
         opt.step()
         step += 1
@@ -203,11 +218,16 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
             progress(step, history[-1], {k: float(v.detach()) for k, v in terms.items()},
                      time.perf_counter() - start)
         if step % cfg.checkpoint_every == 0 and streak == 0:  # healthy states only
-            snapshots = snapshots[-3:] + [copy.deepcopy(state())]
+            snapshots.append(copy.deepcopy(state()))
+            # Keep what a rollback may need: from the newest snapshot that is
+            # already ROLLBACK_MARGIN steps old on.
+            old_enough = [i for i, s in enumerate(snapshots)
+                          if s["step"] <= step - ROLLBACK_MARGIN]
+            snapshots = snapshots[old_enough[-1]:] if old_enough else snapshots
             if checkpoint is not None:
-                _save(checkpoint, snapshots[-1])
+                save()
     if checkpoint is not None:
-        _save(checkpoint, state())
+        save()
     return model, history
 
 
