@@ -79,7 +79,7 @@ def main(argv=None):
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--stem", action="store_true", help="the 4D reduction instead")
     parser.add_argument("--flow", action="store_true", help="flowtie inference instead")
-    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+    parser.add_argument("--precision", default="float32", choices=("float32", "tf32", "bfloat16"),
                         help="flow model arithmetic (--flow)")
     parser.add_argument("--model", default="default", help="shipped flow model (--flow)")
     args = parser.parse_args(argv)
