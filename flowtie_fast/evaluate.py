@@ -73,8 +73,9 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
         Each method is timed ``repeats`` times after a warm-up; the best is kept.
     triplet_options : dict, optional
         Passed to :meth:`Dataset.triplet` (e.g. ``virtual``, ``bf_radius``).
-    model : path, optional
-        Flow model of ``flowtie`` (default: the shipped one).
+    model : str, path or FlowModel, optional
+        Flow model of ``flowtie``: a shipped name, a TorchScript file or a
+        :class:`~flowtie_fast.flow.FlowModel` (default: the shipped default).
     progress : callable, optional
         Called with a line of text per case.
 

@@ -3,6 +3,8 @@ ground truth, the file layout, and the command line."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -90,6 +92,15 @@ def test_file_round_trip_and_command_line(case, tmp_path, capsys):
         _, nmse = phase_errors(z["phase"], case.phase)
         assert nmse < 0.6
     assert png.stat().st_size > 1000
+    if importlib.util.find_spec("torch") is not None:  # flowtie: model and precision
+        flow = tmp_path / "flow.npz"
+        assert main(["reconstruct", str(path), "--method", "flowtie", "--model", "fast",
+                     "--precision", "bfloat16", "-o", str(flow), "--backend", "cpu"]) == 0
+        with np.load(flow) as z:
+            assert phase_errors(z["phase"], case.phase)[1] < 0.6
+        assert main(["reconstruct", str(path), "--method", "flowtie", "--model",
+                     str(tmp_path / "none.pt"), "-o", str(flow), "--backend", "cpu"]) == 2
+        assert "model: no such file" in capsys.readouterr().err
     table = tmp_path / "table.md"
     assert main(["evaluate", str(tmp_path / "cases"), "--methods", "tie", "icom",
                  "-o", str(table)]) == 0
