@@ -244,14 +244,18 @@ def _train(args) -> int:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
                       depth=args.depth, stride=args.stride, seed=args.seed, dose=dose,
                       channels=tuple(args.channels) if args.channels else None,
-                      weights=tuple(args.weights))
+                      weights=tuple(args.weights), restarts=args.restarts)
 
     def report(step, total, terms, seconds):
         print(f"step {step:6d}/{cfg.steps}  loss {total:.4g}  " +
               "  ".join(f"{k} {v:.3g}" for k, v in terms.items()) + f"  {seconds:.0f} s",
               flush=True)
 
-    model, _ = train(samples, cfg, checkpoint=args.checkpoint, progress=report)
+    try:
+        model, _ = train(samples, cfg, checkpoint=args.checkpoint, progress=report)
+    except RuntimeError as exc:  # collapsed past its rollbacks: nothing worth exporting
+        print(f"flowtie train: error: {exc}", file=sys.stderr)
+        return 2
     export_torchscript(model, args.output, cfg)
     print(f"model: {args.output}")
     return 0
@@ -343,6 +347,9 @@ def main(argv=None) -> int:
                     help="e/Å²: a noisy copy of each 4D-STEM case per dose (Poisson counts "
                          "on the patterns, then the reduction), beside the noise-free one")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--restarts", type=int, default=3,
+                    help="rollbacks (learning rate halved) after a collapse to a zero flow or "
+                         "a non-finite loss, before giving up (0: give up at once)")
     tr.set_defaults(func=_train)
 
     args = parser.parse_args(argv)

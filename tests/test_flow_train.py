@@ -168,7 +168,7 @@ def test_samples_from_files(tmp_path):
     assert loaded.pixel_size == s.pixel_size and loaded.name == "a"
 
 
-def test_train_command_line(tmp_path, capsys):
+def test_train_command_line(tmp_path, capsys, monkeypatch):
     from flowtie_fast.cli import main
 
     s = make_sample()
@@ -181,6 +181,15 @@ def test_train_command_line(tmp_path, capsys):
                  str(tmp_path / "c.ckpt")]) == 0
     assert "step     10/10" in capsys.readouterr().out
     assert torch.jit.load(str(out))(torch.randn(1, 6, 24, 20)).shape == (1, 2, 24, 20)
+
+    import flowtie_fast.flow.train as tr  # a run that is dead from its first step
+
+    monkeypatch.setattr(tr, "_dead", lambda terms: True)
+    dead = tmp_path / "dead.pt"
+    assert main(["train", str(tmp_path / "data"), "--steps", "30", "--batch", "1", "--width",
+                 "8", "--depth", "2", "-o", str(dead), "--restarts", "0", "--checkpoint",
+                 str(tmp_path / "d.ckpt")]) == 2
+    assert "collapsed" in capsys.readouterr().err and not dead.exists()
 
 
 def test_4dstem_dose_samples_carry_counting_noise(tmp_path):
