@@ -81,7 +81,8 @@ def main(argv=None):
     parser.add_argument("--flow", action="store_true", help="flowtie inference instead")
     parser.add_argument("--precision", default="float32", choices=("float32", "tf32", "bfloat16"),
                         help="flow model arithmetic (--flow)")
-    parser.add_argument("--model", default="default", help="shipped flow model (--flow)")
+    parser.add_argument("--model", default="default",
+                        help="shipped flow model or ensemble (--flow)")
     args = parser.parse_args(argv)
     if args.stem:
         return reduction(args.backend, args.repeats)
@@ -140,7 +141,7 @@ def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024), precision="float32
     import numpy as np
     import torch
 
-    from flowtie_fast.flow.infer import FlowModel, load_model
+    from flowtie_fast.flow.infer import FlowEnsemble, FlowModel, load_model
 
     be = require(backend)
     print(f"flow model {model_name!r}, precision {precision}\n")
@@ -157,14 +158,16 @@ def flow_timing(backend="cpu", repeats=10, sizes=(256, 1024), precision="float32
         plan = ft.Plan((size, size), PIXEL, DZ, ENERGY, method="flowtie", backend=be,
                        model=model)
         out = be.empty((size, size), np.float32)
+        members = getattr(model, "models", [model])  # an ensemble's, or the one model
         eager = None
         if be.is_gpu:  # the same weights predicting without CUDA graphs
+            plain = [FlowModel(m.path, m.device, precision, cuda_graphs=False) for m in members]
             eager = ft.Plan((size, size), PIXEL, DZ, ENERGY, method="flowtie", backend=be,
-                            model=FlowModel(model.path, model.device, precision,
-                                            cuda_graphs=False))
+                            model=plain[0] if len(plain) == 1 else FlowEnsemble(plain))
 
         def net():
-            model.module(x.to(model.dtype))
+            for m in members:
+                m.module(x.to(m.dtype))
 
         runs = {"flowtie": lambda: (solver.solve(t, method="flowtie", model=model),
                                     be.synchronize()),

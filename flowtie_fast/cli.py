@@ -174,12 +174,12 @@ def _reconstruct(args) -> int:
 
 
 def _flow_model(model, precision, backend):
-    """The FlowModel of the command line's --model and --precision."""
+    """The flow model of the command line's --model and --precision."""
     import flowtie_fast as ft
-    from flowtie_fast.flow import FlowModel
+    from flowtie_fast.flow import load_model
 
     device = "cuda" if ft.get_backend(backend).is_gpu else "cpu"
-    return FlowModel(model or "default", device, precision)
+    return load_model(model or "default", device, precision)
 
 
 def _figure(path, fields, truth, method) -> None:
@@ -287,8 +287,8 @@ def main(argv=None) -> int:
     rec.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"))
     rec.add_argument("--boundary", default="periodic", choices=("periodic", "mirror"))
     rec.add_argument("--virtual", help="virtual image of 4D data (bf, bf-full, abf, df, whole)")
-    rec.add_argument("--model", help="flowtie: shipped model name (default, fast) or a "
-                                     "TorchScript file")
+    rec.add_argument("--model", help="flowtie: shipped model name (default, fast, ensemble) "
+                                     "or a TorchScript file")
     rec.add_argument("--precision", default="float32", choices=PRECISIONS,
                      help="flowtie: network arithmetic (bfloat16 ~1.9x faster on CPUs with "
                           "bfloat16 instructions)")

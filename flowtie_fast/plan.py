@@ -73,7 +73,7 @@ class Plan:
         CPU threads of this plan.
     dtype, boundary, scheme, alpha, floor
         See :class:`~flowtie_fast.solvers.TIESolver`.
-    model : path, "default", "fast" or FlowModel, optional
+    model : path, "default", "fast", "ensemble", FlowModel or FlowEnsemble, optional
         The flow model of ``flowtie``: a TorchScript file or a shipped model
         (default "default"; "fast" takes about half the time, less accurate).
     tol, max_iter, preconditioner

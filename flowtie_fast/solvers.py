@@ -246,7 +246,7 @@ class TIESolver:
             Stopping rule of ``tie-exact`` and ``gd``.
         preconditioner : {"biharmonic", "none"}
             Descent direction of ``gd``.
-        model : path, "default", "fast" or FlowModel, optional
+        model : path, "default", "fast", "ensemble", FlowModel or FlowEnsemble, optional
             The flow model of ``flowtie``: a TorchScript file or a shipped model
             (default "default"; "fast" takes about half the time, less accurate).
         out, gradient_out : arrays, optional
@@ -343,11 +343,11 @@ class TIESolver:
         """The :class:`~flowtie_fast.flow.infer.FlowModel` of ``model`` (None, a
         shipped name, a path, or a FlowModel) on this backend's device."""
         try:
-            from .flow.infer import FlowModel, load_model
+            from .flow.infer import FlowEnsemble, FlowModel, load_model
         except ImportError as exc:  # flowtie_fast.flow needs PyTorch
             raise InputError("method: 'flowtie' needs PyTorch (pip install "
                              f"'flowtie_fast[flow]'): {exc}") from exc
-        if isinstance(model, FlowModel):
+        if isinstance(model, (FlowModel, FlowEnsemble)):
             return model
         return load_model(None if model is None else str(model),
                           "cuda" if self.backend.is_gpu else "cpu")

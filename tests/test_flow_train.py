@@ -168,6 +168,30 @@ def test_samples_from_files(tmp_path):
     assert loaded.pixel_size == s.pixel_size and loaded.name == "a"
 
 
+def test_the_shipped_ensemble_is_the_mean_of_its_members(tmp_path):
+    """model="ensemble": the mean flow of the default model and seeds 2 and 3,
+    exactly; through reconstruct it integrates that mean flow; members must
+    agree on their inputs."""
+    from flowtie_fast.flow import FlowEnsemble, FlowModel, FlowNet, load_model
+
+    ens = load_model("ensemble")
+    assert isinstance(ens, FlowEnsemble) and ens.path == "ensemble" and len(ens.models) == 3
+    s = make_sample()
+    args = (list(s.planes), s.didz.astype(np.float32), s.wavenumber, s.pixel_size, s.com)
+    members = [FlowModel(n).predict(*args) for n in ("default", "seed2", "seed3")]
+    torch.testing.assert_close(ens.predict(*args), sum(members) / 3)
+    t = ft.FocalTriplet(*s.planes, dz=10.0, pixel_size=s.pixel_size, energy=E,
+                        gradient=(2 * np.pi * s.com).astype(np.float32))
+    rec = ft.reconstruct(t, method="flowtie", model="ensemble", backend="cpu")
+    assert rec.info["model"] == "ensemble"
+    one = [ft.reconstruct(t, method="flowtie", model=n, backend="cpu").phase
+           for n in ("default", "seed2", "seed3")]
+    np.testing.assert_allclose(rec.phase, np.mean(one, axis=0), atol=1e-4 * np.abs(rec.phase).max())
+    with pytest.raises(ft.InputError, match="share their device and input channels"):
+        four = export_torchscript(FlowNet(in_channels=4, width=8, depth=2), tmp_path / "4.pt")
+        FlowEnsemble([FlowModel("default"), FlowModel(four)])
+
+
 def test_train_command_line(tmp_path, capsys, monkeypatch):
     from flowtie_fast.cli import main
 
@@ -232,12 +256,13 @@ def test_bfloat16_inference_stays_close_to_float32():
 
 
 def test_both_shipped_models_load_by_name():
-    """model="fast" and "default" name the two shipped files; each loads, reads
-    6 channels; an unknown name is a missing file."""
+    """Every shipped name loads its file and reads 6 channels; the shipped
+    weights stay small; an unknown name is a missing file."""
     from flowtie_fast.flow import FlowModel
-    from flowtie_fast.flow.infer import default_model_path
+    from flowtie_fast.flow.infer import SHIPPED, default_model_path
 
-    for name in ("default", "fast"):
+    assert sum(default_model_path(n).stat().st_size for n in SHIPPED) < 6e6
+    for name in SHIPPED:
         m = FlowModel(name)
         assert m.path == default_model_path(name) and m.in_channels == 6
         assert m.path.stat().st_size < 3e6  # shipped weights stay small

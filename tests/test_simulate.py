@@ -58,7 +58,7 @@ def test_thin_specimen_signs_and_axes(case, method):
         assert wrong > 1.4, wrong
 
 
-@pytest.mark.parametrize("model", ["default", "fast"])
+@pytest.mark.parametrize("model", ["default", "fast", "ensemble"])
 def test_shipped_flow_model_beats_tie_on_a_small_case(case, model):
     """Each shipped model (trained on other sizes, samplings and thicknesses) cuts
     the phase error of the TIE here, and reports where its flow disagrees with
@@ -72,7 +72,7 @@ def test_shipped_flow_model_beats_tie_on_a_small_case(case, model):
     flow = phase_errors(rec.phase, case.phase)[1]
     assert flow < 0.75 * tie, (flow, tie)
     assert rec.residual.shape == (16, 16) and np.isfinite(rec.residual).all()
-    assert rec.info["model"].endswith(f"flow_{model}.pt")
+    assert rec.info["model"].endswith("ensemble" if model == "ensemble" else f"flow_{model}.pt")
     # The gradient returned is that of the returned phase (curl-free projection).
     p = ft.PoissonSolver((16, 16), case.scan_step, backend="cpu")
     np.testing.assert_allclose(rec.gradient, p.gradient(rec.phase), atol=1e-4)

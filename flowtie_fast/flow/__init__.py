@@ -8,8 +8,8 @@ This package holds the model and the loss; training, the shipped weights and
 """
 
 from .loss import CompositeLoss, SpectralOperators
-from .infer import FlowModel, load_model
+from .infer import FlowEnsemble, FlowModel, load_model
 from .model import FlowNet, flow_inputs
 
-__all__ = ["CompositeLoss", "FlowModel", "FlowNet", "SpectralOperators", "flow_inputs",
-           "load_model"]
+__all__ = ["CompositeLoss", "FlowEnsemble", "FlowModel", "FlowNet", "SpectralOperators",
+           "flow_inputs", "load_model"]

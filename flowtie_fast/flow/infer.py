@@ -22,12 +22,16 @@ import numpy as np
 from ..backend import is_cupy
 from ..errors import InputError
 
-__all__ = ["FlowModel", "default_model_path", "load_model"]
+__all__ = ["FlowEnsemble", "FlowModel", "default_model_path", "load_model"]
 
 # The models shipped in flowtie_fast/data (MODEL.md): "default" is the most
-# accurate; "fast" has a narrow full-resolution level (about half the time,
-# measured less accurate: benchmarks/EVALUATION.md).
-SHIPPED = {"default": "flow_default.pt", "fast": "flow_fast.pt"}
+# accurate single network; "fast" has a narrow full-resolution level (about
+# half the time, measured less accurate: benchmarks/EVALUATION.md); "seed2"
+# and "seed3" are the same recipe as "default" with other seeds, and
+# "ensemble" is the mean flow of those three (three times the network time).
+SHIPPED = {"default": "flow_default.pt", "fast": "flow_fast.pt",
+           "seed2": "flow_seed2.pt", "seed3": "flow_seed3.pt"}
+ENSEMBLES = {"ensemble": ("default", "seed2", "seed3")}
 
 # cuDNN's TF32 switch is process-wide: GPU calls that turn it off for their
 # duration take this lock, so that concurrent calls restore the caller's value.
@@ -246,7 +250,61 @@ class FlowModel:
         return entry
 
 
+class FlowEnsemble:
+    """The mean flow of several :class:`FlowModel` (seeds of one recipe): the
+    spread between seeds is the largest error left (EVALUATION.md), and the
+    mean of three seeds' flows halved the worst case of the test crystals.
+
+    Parameters
+    ----------
+    models : sequence of FlowModel
+        On one device, all with or all without the centre-of-mass channels.
+    name : str, optional
+        Shown as ``path`` (what a reconstruction's ``info["model"]`` reports).
+
+    Notes
+    -----
+    Same interface as :class:`FlowModel` (``predict``, ``predict_batch``,
+    ``device``, ``in_channels``, ``precision``); each member keeps its own
+    CUDA graphs. The time is the members' times added up.
+    """
+
+    def __init__(self, models, name=None):
+        self.models = list(models)
+        if not self.models:
+            raise InputError("model: an ensemble needs at least one flow model")
+        first = self.models[0]
+        for m in self.models[1:]:
+            if (m.device, m.in_channels) != (first.device, first.in_channels):
+                raise InputError("model: the members of an ensemble must share their device "
+                                 "and input channels")
+        self.device, self.in_channels = first.device, first.in_channels
+        self.precision = first.precision
+        self.path = name or "+".join(str(m.path) for m in self.models)
+
+    def __repr__(self) -> str:
+        return f"FlowEnsemble({self.path!r}, {len(self.models)} models, {self.device})"
+
+    def predict_batch(self, planes, didz, wavenumber, pixel_size, com=None):
+        """The mean of the members' :meth:`FlowModel.predict_batch`."""
+        v = self.models[0].predict_batch(planes, didz, wavenumber, pixel_size, com)
+        for m in self.models[1:]:
+            v = v + m.predict_batch(planes, didz, wavenumber, pixel_size, com)
+        return v / len(self.models)
+
+    def predict(self, planes, didz, wavenumber, pixel_size, com=None):
+        """The mean of the members' :meth:`FlowModel.predict`."""
+        v = self.models[0].predict(planes, didz, wavenumber, pixel_size, com)
+        for m in self.models[1:]:
+            v = v + m.predict(planes, didz, wavenumber, pixel_size, com)
+        return v / len(self.models)
+
+
 @functools.lru_cache(maxsize=8)
-def load_model(path=None, device: str = "cpu", precision: str = "float32") -> FlowModel:
-    """A cached :class:`FlowModel` (loading a TorchScript file takes ~0.1 s)."""
+def load_model(path=None, device: str = "cpu", precision: str = "float32"):
+    """A cached :class:`FlowModel`, or :class:`FlowEnsemble` for a shipped
+    ensemble name (``"ensemble"``); loading a TorchScript file takes ~0.1 s."""
+    if isinstance(path, str) and path in ENSEMBLES:
+        return FlowEnsemble([load_model(m, device, precision) for m in ENSEMBLES[path]],
+                            name=path)
     return FlowModel(path, device, precision)
