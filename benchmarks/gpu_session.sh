@@ -41,7 +41,8 @@ step ratios 60 $PY -m benchmarks.ratios --backend gpu --repeats 30 --sizes 256 1
 step stem 60 $PY -m benchmarks.ratios --stem --backend gpu
 step flow 90 bash -c "$PY -m benchmarks.ratios --flow --backend gpu --sizes 256 1024 && \
     $PY -m benchmarks.ratios --flow --backend gpu --sizes 256 --precision bfloat16 && \
-    $PY -m benchmarks.ratios --flow --backend gpu --sizes 256 --model fast --precision bfloat16"
+    $PY -m benchmarks.ratios --flow --backend gpu --sizes 256 --model fast --precision bfloat16 && \
+    $PY -m benchmarks.ratios --flow --backend gpu --sizes 256 --model ensemble"
 step e2e 90 $PY benchmarks/end_to_end.py --backend gpu --repeats 5
 step first 60 $PY benchmarks/first_call.py --backend gpu --methods tie flowtie
 step profile 60 $PY benchmarks/profile_stages.py --backend gpu

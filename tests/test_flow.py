@@ -105,7 +105,8 @@ def test_a_few_training_steps_lower_the_loss():
 
 
 @pytest.mark.gpu
-def test_flowtie_on_the_gpu_matches_the_cpu_and_passes_cupy_without_copy():
+@pytest.mark.parametrize("model", ["default", "ensemble"])
+def test_flowtie_on_the_gpu_matches_the_cpu_and_passes_cupy_without_copy(model):
     """The same triplet through the GPU plan (cuDNN, cuFFT, DLPack) and the CPU
     plan gives the same phase; a CuPy array reaches torch without a host copy."""
     from conftest import _skip_without_gpu
@@ -117,9 +118,9 @@ def test_flowtie_on_the_gpu_matches_the_cpu_and_passes_cupy_without_copy():
     from test_plan import DZ, E, N, PIXEL, frames
 
     (planes, grad), = frames(1)
-    cpu = ft.Plan((N, N), PIXEL, DZ, E, method="flowtie", backend="cpu").solve(
+    cpu = ft.Plan((N, N), PIXEL, DZ, E, method="flowtie", backend="cpu", model=model).solve(
         *planes, gradient=grad)
-    plan = ft.Plan((N, N), PIXEL, DZ, E, method="flowtie", backend="gpu")
+    plan = ft.Plan((N, N), PIXEL, DZ, E, method="flowtie", backend="gpu", model=model)
     gpu = plan.solve(*(cupy.asarray(p) for p in planes), gradient=cupy.asarray(grad))
     assert isinstance(gpu, cupy.ndarray)
     gpu = cupy.asnumpy(gpu)
@@ -127,9 +128,9 @@ def test_flowtie_on_the_gpu_matches_the_cpu_and_passes_cupy_without_copy():
     err = np.abs(gpu - cpu).max() / np.abs(cpu).max()
     print(f"flowtie GPU vs CPU: max |diff| / max |phase| = {err:.2e}")
     assert err < 1e-4
-    model = load_model(None, "cuda")
+    single = load_model(None, "cuda")
     a = cupy.arange(12, dtype=cupy.float32).reshape(3, 4)
-    assert model._tensor(a).data_ptr() == a.data.ptr
+    assert single._tensor(a).data_ptr() == a.data.ptr
 
 
 @pytest.mark.gpu
