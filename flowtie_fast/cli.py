@@ -215,9 +215,8 @@ def _evaluate(args) -> int:
     from flowtie_fast.evaluate import evaluate, format_table
 
     options = {"virtual": args.virtual} if args.virtual else {}
-    model = None
-    if "flowtie" in args.methods and (args.model or args.precision != "float32"):
-        model = _flow_model(args.model, args.precision, args.backend)
+    model = _flow_model(args.model, args.precision, args.backend) \
+        if "flowtie" in args.methods else None
     rows = evaluate(args.directory, methods=args.methods, backend=args.backend,
                     triplet_options=options, model=model, progress=print)
     table = format_table(rows)

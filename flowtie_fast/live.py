@@ -33,9 +33,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("flowtie_fast.live needs LiberTEM: pip install 'flowtie_fast[live]'"
                       ) from exc
 
-from .backend import get_backend
 from .errors import InputError, check_positive
-from .stem import (_native, detector_weights, finish_reduction, triplet_geometry,
+from .stem import (detector_weights, finish_reduction, reduce_frames, triplet_geometry,
                    weight_ranges)
 from .triplet import FocalTriplet
 
@@ -71,14 +70,8 @@ class ReductionUDF(UDF):
 
     def process_partition(self, partition):
         """All frames of a partition, (n, Ky, Kx), through the reduction kernel."""
-        n = partition.shape[0]
-        flat = _native(np.asarray(partition), np).reshape(n, -1)
-        out = np.empty((n, self.params.weights.shape[0]), np.float32)
-        be = get_backend("cpu")
-        be.prepare()
-        be.kernels.reduce_patterns(flat, self.params.weights, self.params.lo, self.params.hi,
-                                   out)
-        self.results.sums[:] = out
+        self.results.sums[:] = reduce_frames(partition, self.params.weights, self.params.lo,
+                                             self.params.hi)
 
 
 def _nav_sig(dataset):
@@ -125,9 +118,9 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     datasets : three LiberTEM DataSets
         At the planes ``-dz, 0, +dz`` (DESIGN §2).
     dz, scan_step, k_sampling, energy, center, virtual, bf_radius, com_radius, rotation, flip
-        As in :meth:`FocalTriplet.from_4dstem`. Without ``center`` one more
-        pass (LiberTEM's SumUDF over the in-focus dataset) gives the mean
-        pattern the centre and the bright-field radius are found from.
+        As in :meth:`FocalTriplet.from_4dstem`. One more pass (LiberTEM's
+        SumUDF over the in-focus dataset) gives the mean pattern that the
+        bright-field radius, and the centre unless given, are found from.
 
     Returns
     -------

@@ -238,15 +238,22 @@ def _is_dask(data) -> bool:
     return type(data).__module__.split(".")[0] == "dask" and hasattr(data, "map_blocks")
 
 
-def _reduce_block(block, W, lo, hi):
-    """One dask chunk (sy, sx, Ky, Kx) -> its weighted sums (sy, sx, Q), on a worker."""
+def reduce_frames(frames, W, lo, hi):
+    """Weighted sums (N, Q) float32 of the N whole patterns of ``frames`` (..., Ky,
+    Kx) in host memory, by the CPU kernel: a dask chunk on a worker or a
+    LiberTEM partition (:mod:`flowtie_fast.live`)."""
     be = get_backend("cpu")
     be.prepare()
-    sy, sx = block.shape[:2]
-    flat = _native(np.asarray(block), np).reshape(sy * sx, -1)
-    out = np.empty((sy * sx, W.shape[0]), np.float32)
+    a = np.asarray(frames)
+    flat = _native(a, np).reshape(-1, a.shape[-2] * a.shape[-1])
+    out = np.empty((flat.shape[0], W.shape[0]), np.float32)
     be.kernels.reduce_patterns(flat, W, lo, hi, out)
-    return out.reshape(sy, sx, -1)
+    return out
+
+
+def _reduce_block(block, W, lo, hi):
+    """One dask chunk (sy, sx, Ky, Kx) -> its weighted sums (sy, sx, Q), on a worker."""
+    return reduce_frames(block, W, lo, hi).reshape(block.shape[0], block.shape[1], -1)
 
 
 def _reduce_dask(data, W, lo, hi):

@@ -285,19 +285,19 @@ class FlowEnsemble:
     def __repr__(self) -> str:
         return f"FlowEnsemble({self.path!r}, {len(self.models)} models, {self.device})"
 
+    def _mean(self, method, *args):
+        v = getattr(self.models[0], method)(*args)
+        for m in self.models[1:]:
+            v = v + getattr(m, method)(*args)
+        return v / len(self.models)
+
     def predict_batch(self, planes, didz, wavenumber, pixel_size, com=None):
         """The mean of the members' :meth:`FlowModel.predict_batch`."""
-        v = self.models[0].predict_batch(planes, didz, wavenumber, pixel_size, com)
-        for m in self.models[1:]:
-            v = v + m.predict_batch(planes, didz, wavenumber, pixel_size, com)
-        return v / len(self.models)
+        return self._mean("predict_batch", planes, didz, wavenumber, pixel_size, com)
 
     def predict(self, planes, didz, wavenumber, pixel_size, com=None):
         """The mean of the members' :meth:`FlowModel.predict`."""
-        v = self.models[0].predict(planes, didz, wavenumber, pixel_size, com)
-        for m in self.models[1:]:
-            v = v + m.predict(planes, didz, wavenumber, pixel_size, com)
-        return v / len(self.models)
+        return self._mean("predict", planes, didz, wavenumber, pixel_size, com)
 
 
 @functools.lru_cache(maxsize=8)
