@@ -51,6 +51,7 @@ case " $STEPS " in *" asv "*)
     [ -d .git ] || { git init -q -b main && git add -A && \
         git -c user.name=device -c user.email=device@localhost commit -qm "device copy"; } ;;
 esac
-step asv 90 bash -c "asv machine --yes >/dev/null && asv run --python=same --quick \
-    --bench 'Reduce4D|PlanSolve|FlowTIE' --show-stderr"
+# The whole suite, GPU rows only (--quick: one sample each); results beside the logs.
+step asv 300 bash -c "asv machine --yes >/dev/null && FLOWTIE_ASV_BACKENDS=gpu \
+    asv run --python=same --quick --show-stderr; cp -r .asv/results '$LOG/asv-results'"
 exit 0

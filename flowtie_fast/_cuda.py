@@ -50,8 +50,17 @@ _REDUCE_SUFFIX = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16",
                   np.dtype(np.uint32): "u32", np.dtype(np.int32): "i32",
                   np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 REDUCE_DTYPES = tuple(_REDUCE_SUFFIX)
-_REDUCE_BLOCK = 256
+_REDUCE_BLOCK = 256  # FT_REDUCE_BLOCK of kernels/flowtie_kernels.cu
+_REDUCE_LANES = 8  # FT_REDUCE_LANES of kernels/flowtie_ops.cuh: lanes a pattern
 MAX_WEIGHTS = 8  # FT_MAX_WEIGHTS of kernels/flowtie_ops.cuh: weight rows of one pass
+
+
+def reduce_kernel(dtype, count: int, address: int) -> str:
+    """Name of the reduction kernel for rows of ``count`` pixels of ``dtype``
+    from byte ``address`` on: the one reading 16-byte runs where every row
+    starts 16-byte aligned, else the one reading a pixel at a time."""
+    aligned = (count * np.dtype(dtype).itemsize) % 16 == 0 and address % 16 == 0
+    return f"reduce_patterns_{_REDUCE_SUFFIX[np.dtype(dtype)]}" + ("" if aligned else "_1")
 
 
 def _suffix(dtype) -> str:
@@ -169,8 +178,8 @@ class CudaKernels:
                 or lo.shape != (nq,) or hi.shape != (nq,) or out.shape != (npat, nq)):
             raise ValueError("reduce_patterns: expected W float32 (Q, K), lo and hi int64 (Q,), "
                              "out float32 (P, Q) for data (P, K)")
-        fn = load_module().get_function(f"reduce_patterns_{suffix}")
-        group = _REDUCE_BLOCK // 32 * 4  # four patterns a warp
+        fn = load_module().get_function(reduce_kernel(data.dtype, count, data.data.ptr))
+        group = _REDUCE_BLOCK // _REDUCE_LANES  # patterns a block
         blocks = max(1, min(_MAX_BLOCKS, -(-npat // group)))
         fn((blocks,), (_REDUCE_BLOCK,), (data, np.int64(npat), np.int64(count), W,
                                           np.int32(nq), lo, hi, out))

@@ -125,12 +125,17 @@ def spectral_divergence(G, ky, kx, sy, sx, alpha, scale, poisson):
 
 def reduce_patterns(data, W, lo=None, hi=None):
     """Weighted sums of every pattern: (P, K) data times (Q, K) weights -> (P, Q),
-    row q of W taken over [lo[q], hi[q]) only (default: all of it)."""
-    W = np.array(W, dtype=np.float64)
-    if lo is not None:
-        k = np.arange(W.shape[1])
-        W[(k[None, :] < np.asarray(lo)[:, None]) | (k[None, :] >= np.asarray(hi)[:, None])] = 0
-    return np.asarray(data, dtype=np.float64) @ W.T
+    row q of W taken over [lo[q], hi[q]) only (default: all of it): pixels
+    outside a row's range do not enter its sum, not even a NaN."""
+    W = np.asarray(W, dtype=np.float64)
+    data = np.asarray(data, dtype=np.float64)
+    nq, count = W.shape
+    lo = np.zeros(nq, int) if lo is None else np.asarray(lo)
+    hi = np.full(nq, count) if hi is None else np.asarray(hi)
+    out = np.zeros((data.shape[0], nq))
+    for q in range(nq):
+        out[:, q] = data[:, lo[q]:hi[q]] @ W[q, lo[q]:hi[q]]
+    return out
 
 
 def teague_tie(minus, zero, plus, dz, pixel_size, energy, floor=1e-3):

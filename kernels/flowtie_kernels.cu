@@ -74,30 +74,78 @@ FT_DEFINE_KERNELS(float, f32)
 FT_DEFINE_KERNELS(double, f64)
 
 // 4D-STEM reduction: out[p][q] = sum_k W[q][k] * data[p][k] for each pattern p of
-// `count` detector pixels.
+// `count` detector pixels, row q of W read over [lo[q], hi[q]).
 //
-// A block of eight warps takes 32 patterns (four a warp) at a time and sweeps
-// the detector in tiles of FT_REDUCE_CHUNK pixels: the block copies the tile's
-// weights into shared memory once, then every warp reads its four patterns'
-// pixels, lane l taking pixels l, l + 32, ... (coalesced reads, and the lanes
-// read consecutive weights: no shared-memory bank conflict), and adds them into
-// register sums with ft::weighted_pixel. Five shuffles add the lanes up.
-// Measured on an H200 (benchmarks/RESULTS.md): weights read from L2 for every
-// pattern, or 16-byte pixel runs per lane (weights read 4-8 floats apart, a 4-8
-// way bank conflict), ran at a tenth of the memory bandwidth or less; this
-// layout had not yet run on a device when written (session 3: the lease was
-// spent). tests/host/host_kernels.cpp runs the same lanes, tiles and shuffle
-// order on the CPU.
+// Eight lanes take one pattern (a warp four, a block of 256 threads 32), and
+// the block sweeps the detector in tiles of FT_REDUCE_CHUNK pixels: it copies
+// the tile's weights into shared memory once (ft::tile_index's layout), then
+// each lane reads every eighth 16-byte run of its pattern, FT_REDUCE_UNROLL
+// runs in flight before it adds them (ft::weighted_run); a butterfly over the
+// eight lanes ends the sweep and lane q writes sum q. Rows that are not 16-byte
+// aligned are read a pixel at a time (V = 1), same order otherwise.
+// Earlier designs, measured on an H200 and an H100 (benchmarks/RESULTS.md):
+// lanes reading 2-byte pixels 32 apart and testing every pixel's range ran at
+// 50-60 Gpixel/s whatever the pixel type (5.6 ms for one 537 MB uint16 pass, 16x
+// reading it once). tests/host/host_kernels.cpp runs the same lanes, runs,
+// tiles and butterfly on the CPU.
 #define FT_REDUCE_BLOCK 256
-#define FT_REDUCE_PER_WARP 4
+#define FT_REDUCE_UNROLL 4
 
+// One run of V pixels from global memory, read once (streaming loads): `load`
+// keeps the raw 16 bytes in four registers, `unpack` turns them into floats
+// when the run is added (fewer registers live than V floats a run).
+__device__ __forceinline__ float word_pixel(const uint4& r, int j, unsigned char) {
+    const unsigned w = j < 4 ? r.x : j < 8 ? r.y : j < 12 ? r.z : r.w;
+    return (float)((w >> (8 * (j & 3))) & 0xffu);
+}
+__device__ __forceinline__ float word_pixel(const uint4& r, int j, unsigned short) {
+    const unsigned w = j < 2 ? r.x : j < 4 ? r.y : j < 6 ? r.z : r.w;
+    return (float)((w >> (16 * (j & 1))) & 0xffffu);
+}
+__device__ __forceinline__ unsigned word(const uint4& r, int j) {
+    return j == 0 ? r.x : j == 1 ? r.y : j == 2 ? r.z : r.w;
+}
+__device__ __forceinline__ float word_pixel(const uint4& r, int j, unsigned) {
+    return (float)word(r, j);
+}
+__device__ __forceinline__ float word_pixel(const uint4& r, int j, int) {
+    return (float)(int)word(r, j);
+}
+__device__ __forceinline__ float word_pixel(const uint4& r, int j, float) {
+    return __uint_as_float(word(r, j));
+}
+__device__ __forceinline__ float word_pixel(const uint4& r, int j, double) {
+    return (float)__hiloint2double((int)word(r, 2 * j + 1), (int)word(r, 2 * j));
+}
+
+template <typename TIn, int V>
+struct Run {
+    typedef uint4 Raw;
+    static __device__ __forceinline__ Raw load(const TIn* p) {
+        return __ldcs(reinterpret_cast<const uint4*>(p));
+    }
+    static __device__ __forceinline__ void unpack(const Raw& r, float* x) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) x[j] = word_pixel(r, j, TIn());
+    }
+};
 template <typename TIn>
-__device__ void reduce_patterns(const TIn* data, long npat, long count, const float* W, int nq,
-                                const long* lo_g, const long* hi_g, float* out) {
-    constexpr int GROUP = (FT_REDUCE_BLOCK / 32) * FT_REDUCE_PER_WARP;
-    __shared__ float tile[FT_MAX_WEIGHTS * FT_REDUCE_CHUNK];
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
+struct Run<TIn, 1> {
+    typedef TIn Raw;
+    static __device__ __forceinline__ Raw load(const TIn* p) { return __ldcs(p); }
+    static __device__ __forceinline__ void unpack(const Raw& r, float* x) { x[0] = (float)r; }
+};
+
+template <typename TIn, int V>
+__device__ void reduce_patterns(const TIn* __restrict__ data, long npat, long count,
+                                const float* __restrict__ W, int nq, const long* lo_g,
+                                const long* hi_g, float* __restrict__ out) {
+    constexpr int PER_BLOCK = FT_REDUCE_BLOCK / FT_REDUCE_LANES;
+    constexpr int RUNS = FT_REDUCE_CHUNK / V;  // runs of a tile
+    constexpr int STEP = FT_REDUCE_LANES * FT_REDUCE_UNROLL;
+    __shared__ __align__(16) float tile[FT_MAX_WEIGHTS * FT_REDUCE_CHUNK];
+    const int lane = threadIdx.x % FT_REDUCE_LANES;
+    const int slot = threadIdx.x / FT_REDUCE_LANES;
     const int n = (int)count;
     int lo[FT_MAX_WEIGHTS], hi[FT_MAX_WEIGHTS];
 #pragma unroll
@@ -107,56 +155,71 @@ __device__ void reduce_patterns(const TIn* data, long npat, long count, const fl
     }
     int first, last;
     ft::weight_span(nq, lo, hi, n, &first, &last);
-    for (long g = (long)blockIdx.x * GROUP; g < npat; g += (long)gridDim.x * GROUP) {
-        const long p0 = g + (long)warp * FT_REDUCE_PER_WARP;
-        float acc[FT_REDUCE_PER_WARP][FT_MAX_WEIGHTS];
+    first -= first % V;  // runs start at multiples of V: 16-byte aligned
+    for (long g = (long)blockIdx.x * PER_BLOCK; g < npat; g += (long)gridDim.x * PER_BLOCK) {
+        const long p = g + slot;
+        const TIn* row = data + (p < npat ? p : 0) * count;
+        float acc[FT_MAX_WEIGHTS];
 #pragma unroll
-        for (int m = 0; m < FT_REDUCE_PER_WARP; ++m) {
-#pragma unroll
-            for (int q = 0; q < FT_MAX_WEIGHTS; ++q) acc[m][q] = 0.0f;
-        }
-        for (int c0 = first; c0 < last; c0 += FT_REDUCE_CHUNK) {
-            const int c_end = c0 + FT_REDUCE_CHUNK < last ? c0 + FT_REDUCE_CHUNK : last;
+        for (int q = 0; q < FT_MAX_WEIGHTS; ++q) acc[q] = 0.0f;
+        for (int t0 = first; t0 < last; t0 += FT_REDUCE_CHUNK) {
+            const int t_end = t0 + FT_REDUCE_CHUNK < last ? t0 + FT_REDUCE_CHUNK : last;
             __syncthreads();  // the previous tile is no longer read
-            for (int i = threadIdx.x; i < nq * FT_REDUCE_CHUNK; i += blockDim.x) {
-                const int k = c0 + i % FT_REDUCE_CHUNK;
-                tile[i] = k < n ? __ldg(W + (long)(i / FT_REDUCE_CHUNK) * count + k) : 0.0f;
+#pragma unroll 4
+            for (int i = threadIdx.x; i < FT_MAX_WEIGHTS * FT_REDUCE_CHUNK;
+                 i += FT_REDUCE_BLOCK) {
+                const int q = i / FT_REDUCE_CHUNK, k = i % FT_REDUCE_CHUNK;
+                if (q < nq) {
+                    tile[ft::tile_index<V>(q, k)] =
+                        t0 + k < n ? __ldg(W + (long)q * count + t0 + k) : 0.0f;
+                }
             }
             __syncthreads();
-#pragma unroll 2
-            for (int k = c0 + lane; k < c_end; k += 32) {
-                float x[FT_REDUCE_PER_WARP];
+            if (p >= npat) continue;
+            for (int r0 = lane; r0 < RUNS; r0 += STEP) {
+                typename Run<TIn, V>::Raw raw[FT_REDUCE_UNROLL];
 #pragma unroll
-                for (int m = 0; m < FT_REDUCE_PER_WARP; ++m) {  // four loads in flight
-                    x[m] = p0 + m < npat ? (float)__ldcs(data + (p0 + m) * count + k) : 0.0f;
+                for (int u = 0; u < FT_REDUCE_UNROLL; ++u) {  // the loads first: in flight
+                    const int k0 = t0 + (r0 + u * FT_REDUCE_LANES) * V;
+                    if (k0 < t_end) raw[u] = Run<TIn, V>::load(row + k0);
                 }
-                ft::weighted_pixel<FT_REDUCE_PER_WARP>(x, k, tile, FT_REDUCE_CHUNK, c0, nq, lo,
-                                                       hi, acc);
-            }
-        }
 #pragma unroll
-        for (int m = 0; m < FT_REDUCE_PER_WARP; ++m) {
-#pragma unroll
-            for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
-                for (int s = 16; s > 0; s >>= 1) {
-                    acc[m][q] += __shfl_down_sync(0xffffffffu, acc[m][q], s);
-                }
-            }
-            if (lane == 0 && p0 + m < npat) {
-#pragma unroll
-                for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {  // constant indices: registers
-                    if (q < nq) out[(p0 + m) * nq + q] = acc[m][q];
+                for (int u = 0; u < FT_REDUCE_UNROLL; ++u) {
+                    const int k0 = t0 + (r0 + u * FT_REDUCE_LANES) * V;
+                    if (k0 < t_end) {
+                        float x[V];
+                        Run<TIn, V>::unpack(raw[u], x);
+                        ft::weighted_run<V>(x, k0, tile, t0, nq, lo, hi, acc);
+                    }
                 }
             }
         }
+#pragma unroll
+        for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
+#pragma unroll
+            for (int off = FT_REDUCE_LANES / 2; off > 0; off >>= 1) {
+                acc[q] += __shfl_xor_sync(0xffffffffu, acc[q], off);
+            }
+        }
+        float mine = 0.0f;  // sum `lane`, picked with constant indices (registers)
+#pragma unroll
+        for (int q = 0; q < FT_MAX_WEIGHTS; ++q) mine = q == lane ? acc[q] : mine;
+        if (p < npat && lane < nq) out[p * nq + lane] = mine;
     }
 }
 
+// reduce_patterns_<type> reads 16-byte runs (rows and base 16-byte aligned),
+// reduce_patterns_<type>_1 one pixel at a time.
 #define FT_DEFINE_REDUCE(TIN, SUFFIX)                                                       \
-    extern "C" __global__ void reduce_patterns_##SUFFIX(                                    \
+    extern "C" __global__ void __launch_bounds__(FT_REDUCE_BLOCK) reduce_patterns_##SUFFIX( \
         const TIN* data, long npat, long count, const float* W, int nq, const long* lo,     \
         const long* hi, float* out) {                                                       \
-        reduce_patterns<TIN>(data, npat, count, W, nq, lo, hi, out);                        \
+        reduce_patterns<TIN, 16 / sizeof(TIN)>(data, npat, count, W, nq, lo, hi, out);      \
+    }                                                                                       \
+    extern "C" __global__ void __launch_bounds__(FT_REDUCE_BLOCK)                           \
+        reduce_patterns_##SUFFIX##_1(const TIN* data, long npat, long count, const float* W, \
+                                     int nq, const long* lo, const long* hi, float* out) {  \
+        reduce_patterns<TIN, 1>(data, npat, count, W, nq, lo, hi, out);                     \
     }
 
 FT_DEFINE_REDUCE(unsigned char, u8)

@@ -214,8 +214,13 @@ FT_HD void spectral_divergence(const T* Gy, const T* Gx, T* out, int nxh, int i,
 // Most weighted sums (virtual detectors, centre-of-mass moments) one pass computes.
 #define FT_MAX_WEIGHTS 8
 // Detector pixels per tile of weights (the CUDA kernel's shared memory, 8 rows
-// x 1024 x 4 bytes = 32 kB; a multiple of the 32 lanes of a warp).
-#define FT_REDUCE_CHUNK 1024
+// x 512 x 4 bytes = 16 kB; a multiple of every run length times the lanes).
+#define FT_REDUCE_CHUNK 512
+// Lanes that share one pattern: each takes every FT_REDUCE_LANES-th run of it,
+// so that they read consecutive runs (FT_REDUCE_LANES x 16 contiguous bytes);
+// after the sweep a butterfly over them leaves every lane with the pattern's
+// sums, and lane q writes sum q (FT_MAX_WEIGHTS of them, one a lane).
+#define FT_REDUCE_LANES 8
 
 // The union [first, last) of the row ranges [lo[q], hi[q]) (empty rows skipped).
 // Pixel indices of one pattern are int: a detector has fewer than 2^31 pixels.
@@ -231,21 +236,74 @@ FT_HD void weight_span(int nq, const int* lo, const int* hi, int count, int* fir
     }
 }
 
-// Detector pixel k of M patterns, of values x[m], into every row q whose range
-// [lo[q], hi[q]) holds it (every non-zero weight of row q lies there: a small
-// bright-field disk spans a few percent of the detector): acc[m][q] += w * x[m].
-// The weight w of pixel k is W[q * stride + k - offset]: the whole matrix
-// (stride = pixels, offset = 0) or a tile of it from pixel `offset` on (the
-// CUDA kernel's shared memory); one range test and one weight serve the M
-// patterns.
-template <int M, typename TAcc>
-FT_HD void weighted_pixel(const TAcc* x, int k, const float* W, int stride, int offset, int nq,
-                          const int* lo, const int* hi, TAcc (*acc)[FT_MAX_WEIGHTS]) {
+// Position in a weight tile of row q's weight for pixel k of the tile
+// (0 <= k < FT_REDUCE_CHUNK), when patterns are read in runs of V pixels (one
+// 16-byte load: V = 16 / sizeof(pixel); 1 where rows are not 16-byte aligned).
+// The tile is [row][part][run][4]: the weights of a run are split in parts of
+// (at most) four floats, one 16-byte shared load each, and the same part of
+// consecutive runs is contiguous, so that the lanes of one pattern (consecutive
+// runs) read consecutive 16-byte words: no bank conflict.
+template <int V>
+FT_HD int tile_index(int q, int k) {
+    constexpr int w = V < 4 ? V : 4;  // floats of a part
+    constexpr int parts = V / w;
+    const int run = k / V, j = k % V;
+    return ((q * parts + j / w) * (FT_REDUCE_CHUNK / V) + run) * w + j % w;
+}
+
+// N consecutive floats of a weight tile (4N-byte aligned): one shared-memory
+// load of 4N bytes on the device, N loads on the host.
+template <int N>
+FT_HD void tile_load(const float* p, float* w) {
+    for (int e = 0; e < N; ++e) w[e] = p[e];
+}
+#if defined(__CUDA_ARCH__)
+template <>
+FT_HD void tile_load<4>(const float* p, float* w) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    w[0] = v.x;
+    w[1] = v.y;
+    w[2] = v.z;
+    w[3] = v.w;
+}
+template <>
+FT_HD void tile_load<2>(const float* p, float* w) {
+    const float2 v = *reinterpret_cast<const float2*>(p);
+    w[0] = v.x;
+    w[1] = v.y;
+}
+#endif
+
+// One run x[0..V) of a pattern, pixels k0 .. k0 + V - 1 (k0 - t0 of the tile
+// that starts at pixel t0, a multiple of V), into the sums acc[q] of every row
+// whose range [lo[q], hi[q]) meets it: acc[q] += W[q][k] * x[k - k0]. Every
+// non-zero weight of row q lies in its range (a small bright-field disk spans a
+// few percent of the detector); a run inside the range reads its weights part
+// by part (ft::tile_index), and a run that straddles a range edge tests each
+// pixel, so that pixels outside a row's range are never read into its sum (a
+// NaN there stays out, as in the NumPy reference).
+template <int V>
+FT_HD void weighted_run(const float* x, int k0, const float* tile, int t0, int nq, const int* lo,
+                        const int* hi, float* acc) {
+    constexpr int w = V < 4 ? V : 4;
+    constexpr int parts = V / w;
+#pragma unroll
     for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
         if (q >= nq) break;
-        if (k >= lo[q] && k < hi[q]) {
-            const TAcc w = (TAcc)W[(long)q * stride + (k - offset)];
-            for (int m = 0; m < M; ++m) acc[m][q] += w * x[m];
+        if (k0 >= lo[q] && k0 + V <= hi[q]) {
+#pragma unroll
+            for (int part = 0; part < parts; ++part) {
+                float wt[w];
+                tile_load<w>(tile + tile_index<V>(q, k0 - t0 + part * w), wt);
+#pragma unroll
+                for (int e = 0; e < w; ++e) acc[q] += wt[e] * x[part * w + e];
+            }
+        } else if (k0 < hi[q] && k0 + V > lo[q]) {
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                const int k = k0 + j;
+                if (k >= lo[q] && k < hi[q]) acc[q] += tile[tile_index<V>(q, k - t0)] * x[j];
+            }
         }
     }
 }

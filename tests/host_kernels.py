@@ -109,10 +109,9 @@ class HostKernels:
             _ptr(Gy), _ptr(Gx), _ptr(out), ctypes.c_int(out.shape[0]), ctypes.c_int(out.shape[1]),
             _ptr(ky), _ptr(kx), _ptr(sy), _ptr(sx), T(alpha), T(scale), ctypes.c_int(poisson))
 
-    _REDUCE = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16", np.dtype(np.uint32): "u32",
-               np.dtype(np.int32): "i32", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
-
     def reduce_patterns(self, data, W, lo, hi, out):
-        fn = getattr(self.lib, f"reduce_patterns_{self._REDUCE[np.dtype(data.dtype)]}")
+        from flowtie_fast._cuda import reduce_kernel  # the variant the device would run
+
+        fn = getattr(self.lib, reduce_kernel(data.dtype, data.shape[1], data.ctypes.data))
         fn(_ptr(data), ctypes.c_long(data.shape[0]), ctypes.c_long(data.shape[1]), _ptr(W),
            ctypes.c_int(W.shape[0]), _ptr(lo), _ptr(hi), _ptr(out))

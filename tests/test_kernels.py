@@ -209,6 +209,33 @@ def test_reduce_patterns(impl, dtype, nq, npat, count, rng):
     close(impl, out, want, np.float32, scale=np.abs(want).max())
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_reduce_patterns_unaligned_rows_and_nan_outside_a_range(impl, dtype, rng):
+    """Rows that do not start 16-byte aligned (one element into a buffer) take
+    the pixel-at-a-time kernel and give the same sums; a NaN outside a row's
+    range (a dead pixel outside the bright-field disk) stays out of its sum,
+    also where a 16-byte run straddles the range edge (pixels 33..40)."""
+    npat, count = 37, 48 * 48
+    flat = (rng.random(npat * count + 1) * 200).astype(dtype)
+    W = rng.normal(size=(3, count)).astype(np.float32)
+    lo, hi = np.array([0, 33, 100], np.int64), np.array([count, 41, 2000], np.int64)
+    if np.dtype(dtype).kind == "f":
+        flat[1 + 5 * count + 32] = np.nan  # pattern 5, pixel 32: outside rows 1 and 2
+        flat[1 + 6 * count + 41] = np.nan  # pattern 6, pixel 41: outside row 1
+    data = flat[1:].reshape(npat, count)
+    want = ref.reduce_patterns(data, W, lo, hi)
+    out = impl.empty((npat, 3), np.float32)
+    dev = impl.to_dev(flat)[1:].reshape(npat, count)  # the unaligned view on the device
+    impl.kernels.reduce_patterns(dev, impl.to_dev(W), impl.to_dev(lo), impl.to_dev(hi), out)
+    got = impl.to_host(out)
+    finite = np.isfinite(want)
+    if np.dtype(dtype).kind == "f":
+        assert finite[5, 1:].all() and finite[6, 1] and not finite[5, 0]
+    assert np.array_equal(np.isfinite(got), finite)
+    close(impl, impl.to_dev(np.where(finite, got, 0)), np.where(finite, want, 0), np.float32,
+          scale=np.abs(want[finite]).max())
+
+
 def test_weight_ranges_cover_every_non_zero_weight(rng):
     from flowtie_fast.stem import weight_ranges
 

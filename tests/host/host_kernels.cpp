@@ -4,6 +4,7 @@
 // tests/test_kernels.py builds this into a shared library and holds every
 // entry point equal to the NumPy reference.
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "flowtie_ops.cuh"
@@ -67,43 +68,62 @@
 HOST_DEFINE(float, f32)
 HOST_DEFINE(double, f64)
 
-// 4D-STEM reduction as one warp of the CUDA kernel does it, a pattern at a time
-// (the kernel's four patterns a warp are independent sums): weight tiles of
-// FT_REDUCE_CHUNK pixels, lane l taking pixels l, l + 32, ..., then the
-// shuffle-down tree (offsets 16, 8, 4, 2, 1).
+// 4D-STEM reduction as the CUDA kernel does it, a pattern at a time (the
+// kernel's patterns are independent sums): weight tiles of FT_REDUCE_CHUNK
+// pixels in ft::tile_index's layout, lane l of FT_REDUCE_LANES taking runs l,
+// l + FT_REDUCE_LANES, ... of V pixels in order, then the butterfly (offsets
+// FT_REDUCE_LANES / 2, ..., 1) after which lane q holds sum q.
+template <typename TIN, int V>
+void host_reduce(const TIN* data, long npat, long count, const float* W, int nq,
+                 const long* lo_g, const long* hi_g, float* out) {
+    const int n = (int)count;
+    int lo[FT_MAX_WEIGHTS] = {0}, hi[FT_MAX_WEIGHTS] = {0};
+    for (int q = 0; q < nq; ++q) {
+        lo[q] = (int)lo_g[q];
+        hi[q] = (int)hi_g[q];
+    }
+    int first, last;
+    ft::weight_span(nq, lo, hi, n, &first, &last);
+    first -= first % V;
+    std::vector<float> tile(FT_MAX_WEIGHTS * FT_REDUCE_CHUNK);
+    for (long p = 0; p < npat; ++p) {
+        float acc[FT_REDUCE_LANES][FT_MAX_WEIGHTS] = {};
+        for (int t0 = first; t0 < last; t0 += FT_REDUCE_CHUNK) {
+            const int t_end = std::min(t0 + FT_REDUCE_CHUNK, last);
+            for (int q = 0; q < nq; ++q)
+                for (int k = 0; k < FT_REDUCE_CHUNK; ++k)
+                    tile[ft::tile_index<V>(q, k)] = t0 + k < n ? W[(long)q * count + t0 + k] : 0.0f;
+            for (int lane = 0; lane < FT_REDUCE_LANES; ++lane)
+                for (int r = lane; r < FT_REDUCE_CHUNK / V; r += FT_REDUCE_LANES) {
+                    const int k0 = t0 + r * V;
+                    if (k0 >= t_end) continue;
+                    float x[V];
+                    for (int j = 0; j < V; ++j) x[j] = (float)data[p * count + k0 + j];
+                    ft::weighted_run<V>(x, k0, tile.data(), t0, nq, lo, hi, acc[lane]);
+                }
+        }
+        for (int off = FT_REDUCE_LANES / 2; off > 0; off >>= 1) {
+            float next[FT_REDUCE_LANES][FT_MAX_WEIGHTS];
+            for (int lane = 0; lane < FT_REDUCE_LANES; ++lane)
+                for (int q = 0; q < FT_MAX_WEIGHTS; ++q)
+                    next[lane][q] = acc[lane][q] + acc[lane ^ off][q];
+            std::memcpy(acc, next, sizeof(acc));
+        }
+        for (int q = 0; q < nq; ++q) out[p * nq + q] = acc[q][q];
+    }
+}
+
+// reduce_patterns_<type>: runs of 16 bytes; reduce_patterns_<type>_1: a pixel at a time.
 #define HOST_DEFINE_REDUCE(TIN, SUFFIX)                                                     \
     extern "C" void reduce_patterns_##SUFFIX(const TIN* data, long npat, long count,       \
-                                             const float* W, int nq, const long* lo_g,     \
-                                             const long* hi_g, float* out) {               \
-        const int n = (int)count;                                                           \
-        int lo[FT_MAX_WEIGHTS] = {0}, hi[FT_MAX_WEIGHTS] = {0};                             \
-        for (int q = 0; q < nq; ++q) {                                                      \
-            lo[q] = (int)lo_g[q];                                                           \
-            hi[q] = (int)hi_g[q];                                                           \
-        }                                                                                   \
-        int first, last;                                                                    \
-        ft::weight_span(nq, lo, hi, n, &first, &last);                                      \
-        std::vector<float> tile(FT_MAX_WEIGHTS * FT_REDUCE_CHUNK);                          \
-        for (long p = 0; p < npat; ++p) {                                                   \
-            float acc[32][1][FT_MAX_WEIGHTS] = {};                                          \
-            for (int c0 = first; c0 < last; c0 += FT_REDUCE_CHUNK) {                        \
-                const int c_end = std::min(c0 + FT_REDUCE_CHUNK, last);                     \
-                for (int i = 0; i < nq * FT_REDUCE_CHUNK; ++i) {                            \
-                    const int k = c0 + i % FT_REDUCE_CHUNK;                                 \
-                    tile[i] = k < n ? W[(long)(i / FT_REDUCE_CHUNK) * count + k] : 0.0f;    \
-                }                                                                           \
-                for (int lane = 0; lane < 32; ++lane)                                       \
-                    for (int k = c0 + lane; k < c_end; k += 32) {                           \
-                        const float x = (float)data[p * count + k];                         \
-                        ft::weighted_pixel<1>(&x, k, tile.data(), FT_REDUCE_CHUNK, c0, nq,  \
-                                              lo, hi, acc[lane]);                           \
-                    }                                                                       \
-            }                                                                               \
-            for (int s = 16; s > 0; s >>= 1)                                                \
-                for (int lane = 0; lane < s; ++lane)                                        \
-                    for (int q = 0; q < nq; ++q) acc[lane][0][q] += acc[lane + s][0][q];    \
-            for (int q = 0; q < nq; ++q) out[p * nq + q] = acc[0][0][q];                    \
-        }                                                                                   \
+                                             const float* W, int nq, const long* lo,       \
+                                             const long* hi, float* out) {                 \
+        host_reduce<TIN, 16 / sizeof(TIN)>(data, npat, count, W, nq, lo, hi, out);          \
+    }                                                                                       \
+    extern "C" void reduce_patterns_##SUFFIX##_1(const TIN* data, long npat, long count,   \
+                                                 const float* W, int nq, const long* lo,   \
+                                                 const long* hi, float* out) {             \
+        host_reduce<TIN, 1>(data, npat, count, W, nq, lo, hi, out);                         \
     }
 
 HOST_DEFINE_REDUCE(unsigned char, u8)
