@@ -220,6 +220,34 @@ def weight_ranges(W):
     return lo.astype(np.int64), hi.astype(np.int64)
 
 
+_WEIGHT_CACHE: dict = {}
+_WEIGHT_CACHE_SIZE = 8
+
+
+def _weights_on(be: Backend, detector: Detector, regions: dict, com_radius_mrad):
+    """``detector_weights`` and ``weight_ranges`` on the backend's device, kept
+    for the last few geometries: an acquisition loop reduces scan after scan
+    with the same detector (computing and uploading them was half a GPU pass)."""
+    try:
+        key = (be, tuple(int(n) for n in detector.shape),
+               np.asarray(detector.k_sampling, float).tobytes(), float(detector.energy),
+               np.asarray(detector.center, float).tobytes(),
+               tuple((n, float(a), float(b)) for n, (a, b) in regions.items()),
+               None if com_radius_mrad is None else float(com_radius_mrad))
+    except (TypeError, ValueError):  # detector_weights says what is wrong
+        key = None
+    hit = _WEIGHT_CACHE.get(key) if key is not None else None
+    if hit is None:
+        W, combine = detector_weights(detector, regions, com_radius_mrad)
+        lo, hi = weight_ranges(W)
+        hit = (be.asarray(W), be.asarray(lo), be.asarray(hi), combine)
+        if key is not None:
+            if len(_WEIGHT_CACHE) >= _WEIGHT_CACHE_SIZE:
+                _WEIGHT_CACHE.pop(next(iter(_WEIGHT_CACHE)))  # the oldest
+            _WEIGHT_CACHE[key] = hit
+    return hit
+
+
 def _native(chunk, xp):
     """The chunk in a dtype the kernel reads directly (others are converted)."""
     dt = np.dtype(chunk.dtype)
@@ -312,9 +340,7 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
         raise InputError(f"{name}: detector shape {(ky, kx)} differs from {detector.shape}")
     be: Backend = get_backend(backend, like=data)
     be.prepare()
-    W, combine = detector_weights(detector, regions, com_radius_mrad)
-    lo, hi = weight_ranges(W)
-    W, lo, hi = be.asarray(W), be.asarray(lo), be.asarray(hi)
+    W, lo, hi, combine = _weights_on(be, detector, regions, com_radius_mrad)
     if _is_dask(data) and not be.is_gpu:
         sums = _reduce_dask(data, W, lo, hi)  # on the workers, chunk by chunk
     else:

@@ -88,8 +88,14 @@ FT_DEFINE_KERNELS(double, f64)
 // 50-60 Gpixel/s whatever the pixel type (5.6 ms for one 537 MB uint16 pass, 16x
 // reading it once). tests/host/host_kernels.cpp runs the same lanes, runs,
 // tiles and butterfly on the CPU.
-#define FT_REDUCE_BLOCK 256
+// Tuning knobs (benchmarks/reduce_kernel.py builds variants with -D).
+#ifndef FT_REDUCE_UNROLL
 #define FT_REDUCE_UNROLL 4
+#endif
+#ifndef FT_REDUCE_MIN_BLOCKS
+#define FT_REDUCE_MIN_BLOCKS 4
+#endif
+#define FT_REDUCE_BLOCK 256
 
 // One run of V pixels from global memory, read once (streaming loads): `load`
 // keeps the raw 16 bytes in four registers, `unpack` turns them into floats
@@ -211,12 +217,12 @@ __device__ void reduce_patterns(const TIn* __restrict__ data, long npat, long co
 // reduce_patterns_<type> reads 16-byte runs (rows and base 16-byte aligned),
 // reduce_patterns_<type>_1 one pixel at a time.
 #define FT_DEFINE_REDUCE(TIN, SUFFIX)                                                       \
-    extern "C" __global__ void __launch_bounds__(FT_REDUCE_BLOCK) reduce_patterns_##SUFFIX( \
+    extern "C" __global__ void __launch_bounds__(FT_REDUCE_BLOCK, FT_REDUCE_MIN_BLOCKS) reduce_patterns_##SUFFIX( \
         const TIN* data, long npat, long count, const float* W, int nq, const long* lo,     \
         const long* hi, float* out) {                                                       \
         reduce_patterns<TIN, 16 / sizeof(TIN)>(data, npat, count, W, nq, lo, hi, out);      \
     }                                                                                       \
-    extern "C" __global__ void __launch_bounds__(FT_REDUCE_BLOCK)                           \
+    extern "C" __global__ void __launch_bounds__(FT_REDUCE_BLOCK, FT_REDUCE_MIN_BLOCKS)                           \
         reduce_patterns_##SUFFIX##_1(const TIN* data, long npat, long count, const float* W, \
                                      int nq, const long* lo, const long* hi, float* out) {  \
         reduce_patterns<TIN, 1>(data, npat, count, W, nq, lo, hi, out);                     \

@@ -215,7 +215,9 @@ FT_HD void spectral_divergence(const T* Gy, const T* Gx, T* out, int nxh, int i,
 #define FT_MAX_WEIGHTS 8
 // Detector pixels per tile of weights (the CUDA kernel's shared memory, 8 rows
 // x 512 x 4 bytes = 16 kB; a multiple of every run length times the lanes).
+#ifndef FT_REDUCE_CHUNK
 #define FT_REDUCE_CHUNK 512
+#endif
 // Lanes that share one pattern: each takes every FT_REDUCE_LANES-th run of it,
 // so that they read consecutive runs (FT_REDUCE_LANES x 16 contiguous bytes);
 // after the sweep a butterfly over them leaves every lane with the pattern's

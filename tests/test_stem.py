@@ -9,7 +9,7 @@ import pytest
 from fields import rel_rms
 
 import flowtie_fast as ft
-from flowtie_fast import stem
+from flowtie_fast import reference as ref, stem
 
 E = 300e3
 K_SAMPLING = 0.05  # 1/Å per detector pixel
@@ -211,3 +211,22 @@ def test_from_4dstem_rejects_bad_data(rng):
         ft.FocalTriplet.from_4dstem(good, good, good, **{**kw, "k_sampling": 0})
     with pytest.raises(ft.InputError, match="virtual: expected one of"):
         ft.FocalTriplet.from_4dstem(good, good, good, **kw, virtual="haadf")
+
+
+def test_weights_are_reused_for_the_same_geometry_and_not_for_another(rng):
+    """An acquisition loop reduces scan after scan with one detector: the
+    weights are computed once; another centre or region set gets its own."""
+    data = (rng.random((3, 4, 16, 16)) * 100).astype(np.uint16)
+    det = stem.Detector((16, 16), (0.05, 0.05), 300e3, (7.5, 7.5))
+    regions = {"bf": (0.0, 5.0), "df": (5.0, np.inf)}
+    stem._WEIGHT_CACHE.clear()
+    a = stem.reduce_4dstem(data, det, regions, backend="cpu")
+    b = stem.reduce_4dstem(data, det, regions, backend="cpu")
+    assert len(stem._WEIGHT_CACHE) == 1
+    np.testing.assert_array_equal(a.com, b.com)
+    moved = stem.Detector((16, 16), (0.05, 0.05), 300e3, (8.5, 7.5))
+    c = stem.reduce_4dstem(data, moved, regions, backend="cpu")
+    assert len(stem._WEIGHT_CACHE) == 2 and not np.array_equal(a.com, c.com)
+    W, _ = stem.detector_weights(moved, regions)
+    want = ref.reduce_patterns(data.reshape(12, 256), W, *stem.weight_ranges(W))
+    np.testing.assert_allclose(c.virtual["bf"].ravel(), want[:, 0], rtol=1e-5)
