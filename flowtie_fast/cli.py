@@ -243,7 +243,8 @@ def _train(args) -> int:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
                       depth=args.depth, stride=args.stride, seed=args.seed, dose=dose,
                       channels=tuple(args.channels) if args.channels else None,
-                      weights=tuple(args.weights), restarts=args.restarts)
+                      weights=tuple(args.weights), restarts=args.restarts,
+                      teacher=args.teacher, distill=args.distill)
 
     def report(step, total, terms, seconds):
         print(f"step {step:6d}/{cfg.steps}  loss {total:.4g}  " +
@@ -349,6 +350,11 @@ def main(argv=None) -> int:
     tr.add_argument("--restarts", type=int, default=3,
                     help="rollbacks (learning rate halved) after a collapse to a zero flow or "
                          "a non-finite loss, before giving up (0: give up at once)")
+    tr.add_argument("--teacher",
+                    help="distil from this flow model (default, fast, seed2, seed3, ensemble "
+                         "or a file)")
+    tr.add_argument("--distill", type=float, default=0.0,
+                    help="fraction of the teacher's flow in the flow term's target (0..1)")
     tr.set_defaults(func=_train)
 
     args = parser.parse_args(argv)

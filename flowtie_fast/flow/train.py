@@ -6,6 +6,10 @@ inputs and takes an Adam step on the composite loss. Everything random comes
 from one seed (NumPy generator and torch), and a checkpoint holds the model,
 the optimiser, the step and both random states, so that an interrupted run
 resumed from its checkpoint ends with the same weights as an uninterrupted one.
+
+With a teacher (``TrainConfig.teacher``, ``distill``), the flow term's target
+is a blend of the ground-truth gradient and the teacher's predicted flow: a
+single network learns from the mean flow of an ensemble (MODEL.md).
 """
 
 from __future__ import annotations
@@ -46,6 +50,29 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     restarts: int = 3  # rollbacks after a collapse (zero flow or NaN), lr halved each; 0: none
+    # Distillation: the flow term's target is (1 - distill) * ground truth +
+    # distill * the teacher's flow (a shipped name, "ensemble" or a file).
+    teacher: str | None = None
+    distill: float = 0.0
+
+
+def _teacher(cfg: TrainConfig):
+    """The teacher's networks (TorchScript, float32, CPU), or None."""
+    if not 0.0 <= cfg.distill <= 1.0:
+        raise ValueError(f"distill: expected a fraction in [0, 1], got {cfg.distill}")
+    if cfg.distill == 0.0:
+        return None
+    if not cfg.teacher:
+        raise ValueError("teacher: distill > 0 needs a teacher model")
+    from .infer import FlowEnsemble, load_model
+
+    model = load_model(str(cfg.teacher))
+    members = model.models if isinstance(model, FlowEnsemble) else [model]
+    channels = 6 if cfg.use_com else 4
+    if any(m.in_channels != channels for m in members):
+        raise ValueError(f"teacher: {cfg.teacher} takes other inputs than this run "
+                         f"({channels} channels)")
+    return [m.module for m in members]
 
 
 def _batch(samples, cfg: TrainConfig, rng):
@@ -122,6 +149,7 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
         collapses is unaffected.
     """
     cfg = cfg or TrainConfig()
+    teachers = _teacher(cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = FlowNet(in_channels=6 if cfg.use_com else 4, width=cfg.width, depth=cfg.depth,
@@ -175,6 +203,10 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
             losses[key] = CompositeLoss(zero.shape[-2:], batch[0].pixel_size,
                                         cfg.weights).float()
         scale = torch.tensor(batch[0].pixel_size, dtype=torch.float32).view(1, 2, 1, 1)
+        if teachers:  # the flow target moves toward the teacher's flow (rad/Å)
+            with torch.no_grad():
+                v = sum(t(x) for t in teachers) / len(teachers) / scale
+            grad = (1 - cfg.distill) * grad + cfg.distill * v
         opt.zero_grad()
         total, terms = losses[key](model(x) / scale, phase, grad, zero, didz,
                                    batch[0].wavenumber)
