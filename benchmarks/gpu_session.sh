@@ -8,11 +8,11 @@
 # STEPS picks a subset by name (default: all): tests ratios stem flow e2e first
 # profile asv.  Python is ``python3`` unless PYTHON says otherwise.
 #
-# Session 3 (one H200) ran every step; the 4D reduction kernel was rewritten
-# after its last run and has not run on a device since: a session with a
-# device should start with "tests stem e2e" (RESULTS.md, GPU section). On the
-# device machines of this workplace pyFFTW and asv come as wheels (.whl) and
-# the whole run took 3 minutes of its 15.
+# Session 3 (one H200) and session 4 (one H100) ran every step (RESULTS.md,
+# GPU section); the asv step, the whole suite's GPU rows, took 223 s. On the
+# device machines of this workplace pyFFTW and asv come as wheels (.whl); the
+# other steps take about 3 minutes. benchmarks/reduce_kernel.py times the
+# reduction kernel alone and its tuning variants (one minute).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${1:-.}
@@ -37,7 +37,7 @@ $PY -c "import flowtie_fast as ft, cupy, torch; print('gpu_available', ft.gpu_av
 step tests 200 $PY -m pytest -q -s -m gpu -rs -p no:cacheprovider \
     tests/test_kernels.py tests/test_backend.py tests/test_solvers.py tests/test_plan.py \
     tests/test_stem.py tests/test_flow.py
-step ratios 60 $PY -m benchmarks.ratios --backend gpu --repeats 30 --sizes 256 1024 2048
+step ratios 120 $PY -m benchmarks.ratios --backend gpu --repeats 30 --sizes 256 1024 2048
 step stem 60 $PY -m benchmarks.ratios --stem --backend gpu
 step flow 90 bash -c "$PY -m benchmarks.ratios --flow --backend gpu --sizes 256 1024 && \
     $PY -m benchmarks.ratios --flow --backend gpu --sizes 256 --precision bfloat16 && \
