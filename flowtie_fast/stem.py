@@ -18,6 +18,7 @@ in rad/Å (thin object, blurred by the probe).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -222,12 +223,14 @@ def weight_ranges(W):
 
 _WEIGHT_CACHE: dict = {}
 _WEIGHT_CACHE_SIZE = 8
+_WEIGHT_LOCK = threading.Lock()
 
 
 def _weights_on(be: Backend, detector: Detector, regions: dict, com_radius_mrad):
     """``detector_weights`` and ``weight_ranges`` on the backend's device, kept
     for the last few geometries: an acquisition loop reduces scan after scan
-    with the same detector (computing and uploading them was half a GPU pass)."""
+    with the same detector (computing and uploading them is ~0.3 ms of host
+    work, a third of a GPU pass of 128² patterns)."""
     try:
         key = (be, tuple(int(n) for n in detector.shape),
                np.asarray(detector.k_sampling, float).tobytes(), float(detector.energy),
@@ -236,15 +239,17 @@ def _weights_on(be: Backend, detector: Detector, regions: dict, com_radius_mrad)
                None if com_radius_mrad is None else float(com_radius_mrad))
     except (TypeError, ValueError):  # detector_weights says what is wrong
         key = None
-    hit = _WEIGHT_CACHE.get(key) if key is not None else None
+    with _WEIGHT_LOCK:
+        hit = _WEIGHT_CACHE.get(key) if key is not None else None
     if hit is None:
         W, combine = detector_weights(detector, regions, com_radius_mrad)
         lo, hi = weight_ranges(W)
         hit = (be.asarray(W), be.asarray(lo), be.asarray(hi), combine)
         if key is not None:
-            if len(_WEIGHT_CACHE) >= _WEIGHT_CACHE_SIZE:
-                _WEIGHT_CACHE.pop(next(iter(_WEIGHT_CACHE)))  # the oldest
-            _WEIGHT_CACHE[key] = hit
+            with _WEIGHT_LOCK:
+                if len(_WEIGHT_CACHE) >= _WEIGHT_CACHE_SIZE:
+                    _WEIGHT_CACHE.pop(next(iter(_WEIGHT_CACHE)))  # the oldest
+                _WEIGHT_CACHE[key] = hit
     return hit
 
 
