@@ -222,15 +222,16 @@ __device__ void reduce_patterns(const TIn* __restrict__ data, long npat, long co
 
 // reduce_patterns_<type> reads 16-byte runs (rows and base 16-byte aligned),
 // reduce_patterns_<type>_1 one pixel at a time.
+#define FT_REDUCE_BOUNDS __launch_bounds__(FT_REDUCE_BLOCK, FT_REDUCE_MIN_BLOCKS)
 #define FT_DEFINE_REDUCE(TIN, SUFFIX)                                                       \
-    extern "C" __global__ void __launch_bounds__(FT_REDUCE_BLOCK, FT_REDUCE_MIN_BLOCKS) reduce_patterns_##SUFFIX( \
+    extern "C" __global__ void FT_REDUCE_BOUNDS reduce_patterns_##SUFFIX(                   \
         const TIN* data, long npat, long count, const float* W, int nq, const long* lo,     \
         const long* hi, float* out) {                                                       \
         reduce_patterns<TIN, 16 / sizeof(TIN)>(data, npat, count, W, nq, lo, hi, out);      \
     }                                                                                       \
-    extern "C" __global__ void __launch_bounds__(FT_REDUCE_BLOCK, FT_REDUCE_MIN_BLOCKS)                           \
-        reduce_patterns_##SUFFIX##_1(const TIN* data, long npat, long count, const float* W, \
-                                     int nq, const long* lo, const long* hi, float* out) {  \
+    extern "C" __global__ void FT_REDUCE_BOUNDS reduce_patterns_##SUFFIX##_1(               \
+        const TIN* data, long npat, long count, const float* W, int nq, const long* lo,     \
+        const long* hi, float* out) {                                                       \
         reduce_patterns<TIN, 1>(data, npat, count, W, nq, lo, hi, out);                     \
     }
 
