@@ -351,8 +351,8 @@ def main(argv=None) -> int:
                     help="rollbacks (learning rate halved) after a collapse to a zero flow or "
                          "a non-finite loss, before giving up (0: give up at once)")
     tr.add_argument("--teacher",
-                    help="distil from this flow model (default, fast, seed2, seed3, ensemble "
-                         "or a file)")
+                    help="distil from this flow model (a shipped name: default, fast, seed0, "
+                         "seed2, seed3, ensemble; or a file)")
     tr.add_argument("--distill", type=float, default=0.0,
                     help="fraction of the teacher's flow in the flow term's target (0..1)")
     tr.set_defaults(func=_train)
