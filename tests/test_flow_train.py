@@ -305,5 +305,7 @@ def test_both_shipped_models_load_by_name():
     # The default was distilled from the ensemble (MODEL.md): its file says so.
     recipe = FlowModel("default").config["train"]
     assert (recipe["teacher"], recipe["distill"], recipe["seed"]) == ("ensemble", 0.5, 0)
+    recipe = FlowModel("fast").config["train"]
+    assert (recipe["teacher"], recipe["distill"], recipe["seed"]) == ("ensemble", 0.5, 1)
     with pytest.raises(ft.InputError, match="no such file"):
         FlowModel("fastest")
