@@ -24,8 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flowtie_fast as ft  # noqa: E402
 from flowtie_fast.evaluate import _files, phase_errors  # noqa: E402
-from flowtie_fast.flow.data import load_samples  # noqa: E402
-from flowtie_fast.flow.train import TrainConfig, export_torchscript, train  # noqa: E402
 
 CLASSICAL = ("tie-uniform", "tie", "tie-exact", "gd", "icom")
 
@@ -65,6 +63,8 @@ def classical_best(test):
 
 
 def run(configs, samples, test, best, steps, models: Path, base: dict):
+    from flowtie_fast.flow.train import TrainConfig, export_torchscript, train
+
     rows = []
     for label, overrides in configs.items():
         cfg = TrainConfig(**{**base, "steps": steps, **overrides})
@@ -124,6 +124,8 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", help="run only the configurations starting so")
     args = p.parse_args(argv)
     args.models.mkdir(parents=True, exist_ok=True)
+    from flowtie_fast.flow.data import load_samples
+
     samples = load_samples(args.train)
     test = cases(args.test)
     print(f"{len(samples)} training cases, {len(test)} test cases", flush=True)

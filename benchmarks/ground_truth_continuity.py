@@ -14,15 +14,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from flowtie_fast.flow.data import load_samples  # noqa: E402
-from flowtie_fast.flow.loss import CompositeLoss  # noqa: E402
 
 
 def main(paths):
+    import torch
+
+    from flowtie_fast.flow.data import load_samples
+    from flowtie_fast.flow.loss import CompositeLoss
+
     print("| case | continuity of the exact flow (normalised) |")
     print("| --- | ---: |")
     for s in load_samples(paths):

@@ -14,10 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import flowtie_fast as ft  # noqa: E402
 from benchmarks.ablation import cases  # noqa: E402
 from flowtie_fast.evaluate import phase_errors  # noqa: E402
-from flowtie_fast.flow import FlowModel  # noqa: E402
 
 
 def main(argv=None):
+    from flowtie_fast.flow import FlowModel
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--test", nargs="+", required=True, help="files or folders with ground truth")
     p.add_argument("--models", nargs="+", default=["default"])
