@@ -223,10 +223,10 @@ REDUCE_BLOCK = 256
 
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def reduce_patterns(data, W, lo, hi, out):
-    """out[p, q] = sum_k W[q, k] * data[p, k] over k in [lo[q], hi[q]) (every
-    non-zero weight of row q lies there).
+    """out[p, q] = sum_k W[q, k] * data[p, k] over k in [lo[q], hi[q]) clipped
+    to the pattern (every non-zero weight of row q lies there).
 
-    The sums of ft::weighted_pixel (flowtie_ops.cuh), in another loop order:
+    The sums of ft::weighted_run (flowtie_ops.cuh), in another loop order:
     four patterns share each sweep of a weight row (one weight load for four
     multiply-adds; 1.4x faster than one pattern per sweep on float32), and the
     detector is swept in blocks of REDUCE_BLOCK pixels, every weight row over
@@ -243,7 +243,9 @@ def reduce_patterns(data, W, lo, hi, out):
         if p + 4 > npat:
             for pp in range(p, npat):
                 for q in range(nq):
-                    out[pp, q] = _dot(W[q, lo[q]:hi[q]], data[pp, lo[q]:hi[q]])
+                    a = min(max(np.int64(lo[q]), 0), npix)
+                    b = min(max(np.int64(hi[q]), a), npix)
+                    out[pp, q] = _dot(W[q, a:b], data[pp, a:b])
             continue
         acc = np.zeros((nq, 4), np.float32)
         for b0 in range(0, npix, REDUCE_BLOCK):

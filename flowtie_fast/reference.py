@@ -125,8 +125,8 @@ def spectral_divergence(G, ky, kx, sy, sx, alpha, scale, poisson):
 
 def reduce_patterns(data, W, lo=None, hi=None):
     """Weighted sums of every pattern: (P, K) data times (Q, K) weights -> (P, Q),
-    row q of W taken over [lo[q], hi[q]) only (default: all of it): pixels
-    outside a row's range do not enter its sum, not even a NaN."""
+    row q of W taken over [lo[q], hi[q]) only (default: all of it), clipped to
+    [0, K): pixels outside a row's range do not enter its sum, not even a NaN."""
     W = np.asarray(W, dtype=np.float64)
     data = np.asarray(data, dtype=np.float64)
     nq, count = W.shape
@@ -134,7 +134,9 @@ def reduce_patterns(data, W, lo=None, hi=None):
     hi = np.full(nq, count) if hi is None else np.asarray(hi)
     out = np.zeros((data.shape[0], nq))
     for q in range(nq):
-        out[:, q] = data[:, lo[q]:hi[q]] @ W[q, lo[q]:hi[q]]
+        a = min(max(int(lo[q]), 0), count)
+        b = min(max(int(hi[q]), a), count)
+        out[:, q] = data[:, a:b] @ W[q, a:b]
     return out
 
 

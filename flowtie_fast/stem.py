@@ -232,7 +232,12 @@ def _weights_on(be: Backend, detector: Detector, regions: dict, com_radius_mrad)
     with the same detector (computing and uploading them is ~0.3 ms of host
     work, a third of a GPU pass of 128² patterns)."""
     try:
-        key = (be, tuple(int(n) for n in detector.shape),
+        device = None
+        if be.is_gpu:  # one backend object serves every GPU: the arrays live on one
+            import cupy
+
+            device = cupy.cuda.Device().id
+        key = (be, device, tuple(int(n) for n in detector.shape),
                np.asarray(detector.k_sampling, float).tobytes(), float(detector.energy),
                np.asarray(detector.center, float).tobytes(),
                tuple((n, float(a), float(b)) for n, (a, b) in regions.items()),
@@ -240,15 +245,21 @@ def _weights_on(be: Backend, detector: Detector, regions: dict, com_radius_mrad)
     except (TypeError, ValueError):  # detector_weights says what is wrong
         key = None
     with _WEIGHT_LOCK:
-        hit = _WEIGHT_CACHE.get(key) if key is not None else None
+        hit = _WEIGHT_CACHE.pop(key, None) if key is not None else None
+        if hit is not None:
+            _WEIGHT_CACHE[key] = hit  # the most recently used goes last
     if hit is None:
         W, combine = detector_weights(detector, regions, com_radius_mrad)
         lo, hi = weight_ranges(W)
+        combine.flags.writeable = False  # shared by every call with this geometry
         hit = (be.asarray(W), be.asarray(lo), be.asarray(hi), combine)
+        for a in hit[:3]:
+            if isinstance(a, np.ndarray):
+                a.flags.writeable = False
         if key is not None:
             with _WEIGHT_LOCK:
                 if len(_WEIGHT_CACHE) >= _WEIGHT_CACHE_SIZE:
-                    _WEIGHT_CACHE.pop(next(iter(_WEIGHT_CACHE)))  # the oldest
+                    _WEIGHT_CACHE.pop(next(iter(_WEIGHT_CACHE)))  # the least recently used
                 _WEIGHT_CACHE[key] = hit
     return hit
 
@@ -396,9 +407,10 @@ def finish_reduction(sums, combine, detector: Detector, regions: dict, name: str
     """
     xp = array_module(sums)
     sy, sx, q = sums.shape
-    # A NaN or Inf in any pixel an output reads makes that sum NaN (even where its
-    # weight is 0: 0 * NaN is NaN), so checking the small output checks the data
-    # that matters without a second pass.
+    # A NaN or Inf in any pixel an output reads (inside its weight row's range)
+    # makes that sum NaN (even where its weight is 0: 0 * NaN is NaN), so checking
+    # the small output checks the data that matters without a second pass;
+    # pixels outside every row's range are not read.
     bad = ~xp.isfinite(sums.reshape(sy * sx, q)).all(axis=1)
     if bool(bad.any()):
         first = int(xp.argmax(bad))

@@ -162,8 +162,8 @@ __device__ void reduce_patterns(const TIn* __restrict__ data, long npat, long co
     int lo[FT_MAX_WEIGHTS], hi[FT_MAX_WEIGHTS];
 #pragma unroll
     for (int q = 0; q < FT_MAX_WEIGHTS; ++q) {
-        lo[q] = q < nq ? (int)lo_g[q] : 0;
-        hi[q] = q < nq ? (int)hi_g[q] : 0;
+        lo[q] = hi[q] = 0;
+        if (q < nq) ft::clip_range(lo_g[q], hi_g[q], count, &lo[q], &hi[q]);
     }
     int first, last;
     ft::weight_span(nq, lo, hi, n, &first, &last);
@@ -179,7 +179,7 @@ __device__ void reduce_patterns(const TIn* __restrict__ data, long npat, long co
             __syncthreads();  // the previous tile is no longer read
 #pragma unroll 4
             for (int i = threadIdx.x; i < FT_MAX_WEIGHTS * FT_REDUCE_CHUNK;
-                 i += FT_REDUCE_BLOCK) {
+                 i += FT_REDUCE_BLOCK) {  // launched with FT_REDUCE_BLOCK threads (tested)
                 const int q = i / FT_REDUCE_CHUNK, k = i % FT_REDUCE_CHUNK;
                 if (q < nq) {
                     tile[ft::tile_index<V>(q, k)] =

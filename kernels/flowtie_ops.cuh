@@ -224,6 +224,18 @@ FT_HD void spectral_divergence(const T* Gy, const T* Gx, T* out, int nxh, int i,
 // sums, and lane q writes sum q (FT_MAX_WEIGHTS of them, one a lane).
 #define FT_REDUCE_LANES 8
 
+static_assert(FT_REDUCE_CHUNK % 16 == 0, "a weight tile holds whole 16-byte runs of any type");
+static_assert(FT_REDUCE_LANES >= FT_MAX_WEIGHTS, "lane q writes sum q");
+
+// Row range [lo, hi) clipped to the pattern's pixels [0, count) (an empty
+// range where hi <= lo): the kernels never read outside a pattern.
+FT_HD void clip_range(long lo, long hi, long count, int* l, int* h) {
+    const long a = lo < 0 ? 0 : (lo > count ? count : lo);
+    const long b = hi < a ? a : (hi > count ? count : hi);
+    *l = (int)a;
+    *h = (int)b;
+}
+
 // The union [first, last) of the row ranges [lo[q], hi[q]) (empty rows skipped).
 // Pixel indices of one pattern are int: a detector has fewer than 2^31 pixels.
 FT_HD void weight_span(int nq, const int* lo, const int* hi, int count, int* first, int* last) {

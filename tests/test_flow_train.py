@@ -171,7 +171,8 @@ def test_distillation_pulls_the_student_toward_its_teacher(tmp_path):
     path = export_torchscript(teacher, tmp_path / "teacher.pt")
     base = dict(steps=40, batch=2, reps=1, width=8, depth=2, lr=3e-3, weights=(1.0, 0.0, 0.0))
     plain, h0 = train(samples, TrainConfig(**base))
-    ignored, h1 = train(samples, TrainConfig(**base, teacher=str(path), distill=0.0))
+    with pytest.warns(RuntimeWarning, match="ignored: distill is 0"):
+        ignored, h1 = train(samples, TrainConfig(**base, teacher=str(path), distill=0.0))
     assert h1 == h0
     student, _ = train(samples, TrainConfig(**base, teacher=str(path), distill=1.0))
     x = _tensors([samples[0]], True)[0]
@@ -182,7 +183,7 @@ def test_distillation_pulls_the_student_toward_its_teacher(tmp_path):
     assert near < 0.5 * far
 
 
-def test_distillation_settings_are_checked():
+def test_distillation_settings_are_checked(tmp_path):
     with pytest.raises(ValueError, match="distill: expected a fraction"):
         train([make_sample()], TrainConfig(steps=1, width=8, depth=2, distill=1.5,
                                            teacher="default"))
@@ -191,6 +192,13 @@ def test_distillation_settings_are_checked():
     with pytest.raises(ValueError, match="teacher: .* takes other inputs"):
         train([make_sample()], TrainConfig(steps=1, width=8, depth=2, distill=0.5,
                                            teacher="default", use_com=False))
+    # A run resumed from its checkpoint keeps the targets it was trained on.
+    ckpt = tmp_path / "run.ckpt"
+    cfg = TrainConfig(steps=2, batch=1, reps=1, width=8, depth=2, teacher="fast", distill=0.5)
+    train([make_sample()], cfg, checkpoint=ckpt, stop_after=1)
+    with pytest.raises(ValueError, match="teacher: the checkpoint .* teacher='fast', not None"):
+        train([make_sample()], TrainConfig(steps=2, batch=1, reps=1, width=8, depth=2),
+              checkpoint=ckpt)
 
 
 def test_samples_from_files(tmp_path):

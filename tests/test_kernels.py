@@ -191,17 +191,20 @@ def test_spectral_divergence(impl, dtype, shape, poisson, alias, rng):
 @pytest.mark.parametrize("nq", [1, 5, 8])
 # fewer patterns than a CUDA block takes (32) and fewer pixels than a warp has
 # lanes; 37 patterns (not a multiple of 32) of one weight tile; several tiles
-# (FT_REDUCE_CHUNK = 1024 pixels), the last one partial
+# (FT_REDUCE_CHUNK = 512 pixels), the last one partial
 @pytest.mark.parametrize("npat,count", [(5, 20), (37, 19 * 23), (37, 48 * 47)])
 def test_reduce_patterns(impl, dtype, nq, npat, count, rng):
     """Virtual detectors and centre-of-mass moments of many patterns in one pass."""
     hi = 250 if np.dtype(dtype).kind in "ui" else 1.0
     data = (rng.random((npat, count)) * hi).astype(dtype)
     W = rng.normal(size=(nq, count)).astype(np.float32)
-    # Row ranges: full, a middle slice, and empty.
+    # Row ranges: full, a middle slice, and empty; row 5 reaches outside the
+    # pattern on both sides (clipped to it: nothing is read outside).
     lo = np.minimum(np.array([0, 40, 0, 7, 100, 0, 3, 9][:nq], np.int64), count)
     hi = np.minimum(np.array([count, 300, 0, count, 101, count, 250, 333][:nq], np.int64),
                     count)
+    if nq > 5:
+        lo[5], hi[5] = -5, count + 7
     out = impl.empty((npat, nq), np.float32)
     impl.kernels.reduce_patterns(impl.to_dev(data), impl.to_dev(W), impl.to_dev(lo),
                                  impl.to_dev(hi), out)
@@ -210,22 +213,28 @@ def test_reduce_patterns(impl, dtype, nq, npat, count, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
-def test_reduce_patterns_unaligned_rows_and_nan_outside_a_range(impl, dtype, rng):
-    """Rows that do not start 16-byte aligned (one element into a buffer) take
-    the pixel-at-a-time kernel and give the same sums; a NaN outside a row's
-    range (a dead pixel outside the bright-field disk) stays out of its sum,
-    also where a 16-byte run straddles the range edge (pixels 33..40)."""
+@pytest.mark.parametrize("offset", [0, 1])
+def test_reduce_patterns_unaligned_rows_and_nan_outside_a_range(impl, dtype, offset, rng):
+    """Rows that start 16-byte aligned (offset 0: the kernel reading 16-byte
+    runs) or not (one element into a buffer: the pixel-at-a-time kernel) give
+    the same sums; a NaN outside a row's range (a dead pixel outside the
+    bright-field disk) stays out of its sum, also where a 16-byte run
+    straddles the range edge (pixels 33..40)."""
+    from flowtie_fast._cuda import reduce_kernel
+
     npat, count = 37, 48 * 48
-    flat = (rng.random(npat * count + 1) * 200).astype(dtype)
+    assert reduce_kernel(dtype, count, offset * np.dtype(dtype).itemsize).endswith(
+        "_1") == bool(offset)
+    flat = (rng.random(npat * count + offset) * 200).astype(dtype)
     W = rng.normal(size=(3, count)).astype(np.float32)
     lo, hi = np.array([0, 33, 100], np.int64), np.array([count, 41, 2000], np.int64)
     if np.dtype(dtype).kind == "f":
-        flat[1 + 5 * count + 32] = np.nan  # pattern 5, pixel 32: outside rows 1 and 2
-        flat[1 + 6 * count + 41] = np.nan  # pattern 6, pixel 41: outside row 1
-    data = flat[1:].reshape(npat, count)
+        flat[offset + 5 * count + 32] = np.nan  # pattern 5, pixel 32: outside rows 1 and 2
+        flat[offset + 6 * count + 41] = np.nan  # pattern 6, pixel 41: outside row 1
+    data = flat[offset:].reshape(npat, count)
     want = ref.reduce_patterns(data, W, lo, hi)
     out = impl.empty((npat, 3), np.float32)
-    dev = impl.to_dev(flat)[1:].reshape(npat, count)  # the unaligned view on the device
+    dev = impl.to_dev(flat)[offset:].reshape(npat, count)  # on the device
     impl.kernels.reduce_patterns(dev, impl.to_dev(W), impl.to_dev(lo), impl.to_dev(hi), out)
     got = impl.to_host(out)
     finite = np.isfinite(want)
@@ -254,8 +263,16 @@ def test_the_weight_row_limit_is_the_kernels():
 
     from flowtie_fast._cuda import MAX_WEIGHTS
 
-    header = (Path(__file__).resolve().parent.parent / "kernels" / "flowtie_ops.cuh").read_text()
+    kernels = Path(__file__).resolve().parent.parent / "kernels"
+    header = (kernels / "flowtie_ops.cuh").read_text()
     assert int(re.search(r"#define FT_MAX_WEIGHTS (\d+)", header).group(1)) == MAX_WEIGHTS
+    # The launch matches the kernel: its block (the weight tile is filled by
+    # FT_REDUCE_BLOCK threads) and its lanes a pattern (patterns a block).
+    from flowtie_fast._cuda import _REDUCE_BLOCK, _REDUCE_LANES
+
+    source = (kernels / "flowtie_kernels.cu").read_text()
+    assert int(re.search(r"#define FT_REDUCE_BLOCK (\d+)", source).group(1)) == _REDUCE_BLOCK
+    assert int(re.search(r"#define FT_REDUCE_LANES (\d+)", header).group(1)) == _REDUCE_LANES
     from flowtie_fast._cuda import CudaKernels
 
     # Checked before any launch (so also where no GPU answers): nine rows would

@@ -61,6 +61,9 @@ def _teacher(cfg: TrainConfig):
     if not 0.0 <= cfg.distill <= 1.0:
         raise ValueError(f"distill: expected a fraction in [0, 1], got {cfg.distill}")
     if cfg.distill == 0.0:
+        if cfg.teacher:
+            warnings.warn(f"train: teacher {cfg.teacher} ignored: distill is 0", RuntimeWarning,
+                          stacklevel=3)
         return None
     if not cfg.teacher:
         raise ValueError("teacher: distill > 0 needs a teacher model")
@@ -160,6 +163,11 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
     checkpoint = Path(checkpoint) if checkpoint else None
     if checkpoint is not None and checkpoint.exists():
         loaded = torch.load(checkpoint, weights_only=False)
+        saved = loaded.get("config", {})
+        for name in ("teacher", "distill"):  # a resumed run keeps its targets
+            if saved.get(name, getattr(TrainConfig, name)) != getattr(cfg, name):
+                raise ValueError(f"{name}: the checkpoint {checkpoint} was trained with "
+                                 f"{name}={saved.get(name)!r}, not {getattr(cfg, name)!r}")
         model.load_state_dict(loaded["model"])
         opt.load_state_dict(loaded["optimizer"])
         step, history = loaded["step"], loaded["history"]

@@ -78,10 +78,7 @@ void host_reduce(const TIN* data, long npat, long count, const float* W, int nq,
                  const long* lo_g, const long* hi_g, float* out) {
     const int n = (int)count;
     int lo[FT_MAX_WEIGHTS] = {0}, hi[FT_MAX_WEIGHTS] = {0};
-    for (int q = 0; q < nq; ++q) {
-        lo[q] = (int)lo_g[q];
-        hi[q] = (int)hi_g[q];
-    }
+    for (int q = 0; q < nq; ++q) ft::clip_range(lo_g[q], hi_g[q], count, &lo[q], &hi[q]);
     int first, last;
     ft::weight_span(nq, lo, hi, n, &first, &last);
     first -= first % V;
