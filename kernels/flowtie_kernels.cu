@@ -106,16 +106,14 @@ FT_DEFINE_KERNELS(double, f64)
 // One run of V pixels from global memory, read once (streaming loads): `load`
 // keeps the raw 16 bytes in four registers, `unpack` turns them into floats
 // when the run is added (fewer registers live than V floats a run).
+__device__ __forceinline__ unsigned word(const uint4& r, int j) {  // 32-bit word j of 4
+    return j == 0 ? r.x : j == 1 ? r.y : j == 2 ? r.z : r.w;
+}
 __device__ __forceinline__ float word_pixel(const uint4& r, int j, unsigned char) {
-    const unsigned w = j < 4 ? r.x : j < 8 ? r.y : j < 12 ? r.z : r.w;
-    return (float)((w >> (8 * (j & 3))) & 0xffu);
+    return (float)((word(r, j >> 2) >> (8 * (j & 3))) & 0xffu);
 }
 __device__ __forceinline__ float word_pixel(const uint4& r, int j, unsigned short) {
-    const unsigned w = j < 2 ? r.x : j < 4 ? r.y : j < 6 ? r.z : r.w;
-    return (float)((w >> (16 * (j & 1))) & 0xffffu);
-}
-__device__ __forceinline__ unsigned word(const uint4& r, int j) {
-    return j == 0 ? r.x : j == 1 ? r.y : j == 2 ? r.z : r.w;
+    return (float)((word(r, j >> 1) >> (16 * (j & 1))) & 0xffffu);
 }
 __device__ __forceinline__ float word_pixel(const uint4& r, int j, unsigned) {
     return (float)word(r, j);
