@@ -287,8 +287,8 @@ def main(argv=None) -> int:
     rec.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"))
     rec.add_argument("--boundary", default="periodic", choices=("periodic", "mirror"))
     rec.add_argument("--virtual", help="virtual image of 4D data (bf, bf-full, abf, df, whole)")
-    rec.add_argument("--model", help="flowtie: shipped model name (default, fast, ensemble) "
-                                     "or a TorchScript file")
+    rec.add_argument("--model", help="flowtie: shipped model name (default, fast, seed0, "
+                                     "seed2, seed3, ensemble) or a TorchScript file")
     rec.add_argument("--precision", default="float32", choices=PRECISIONS,
                      help="flowtie: network arithmetic (bfloat16 ~1.9x faster on CPUs with "
                           "bfloat16 instructions)")

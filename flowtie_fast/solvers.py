@@ -340,8 +340,8 @@ class TIESolver:
     # ------------------------------------------------------------------ internals
 
     def _flow_model(self, model):
-        """The :class:`~flowtie_fast.flow.infer.FlowModel` of ``model`` (None, a
-        shipped name, a path, or a FlowModel) on this backend's device."""
+        """The flow model of ``model`` (None, a shipped name or ensemble, a path,
+        or a FlowModel / FlowEnsemble, returned as given) on this backend's device."""
         try:
             from .flow.infer import FlowEnsemble, FlowModel, load_model
         except ImportError as exc:  # flowtie_fast.flow needs PyTorch

@@ -214,7 +214,7 @@ FT_HD void spectral_divergence(const T* Gy, const T* Gx, T* out, int nxh, int i,
 // Most weighted sums (virtual detectors, centre-of-mass moments) one pass computes.
 #define FT_MAX_WEIGHTS 8
 // Detector pixels per tile of weights (the CUDA kernel's shared memory, 8 rows
-// x 512 x 4 bytes = 16 kB; a multiple of every run length times the lanes).
+// x 512 x 4 bytes = 16 kB; a multiple of every run length, 1 to 16 pixels).
 #ifndef FT_REDUCE_CHUNK
 #define FT_REDUCE_CHUNK 512
 #endif

@@ -213,20 +213,26 @@ def test_from_4dstem_rejects_bad_data(rng):
         ft.FocalTriplet.from_4dstem(good, good, good, **kw, virtual="haadf")
 
 
-def test_weights_are_reused_for_the_same_geometry_and_not_for_another(rng):
+def test_weights_are_reused_for_the_same_geometry_and_not_for_another(rng, monkeypatch):
     """An acquisition loop reduces scan after scan with one detector: the
     weights are computed once; another centre or region set gets its own."""
     data = (rng.random((3, 4, 16, 16)) * 100).astype(np.uint16)
     det = stem.Detector((16, 16), (0.05, 0.05), 300e3, (7.5, 7.5))
     regions = {"bf": (0.0, 5.0), "df": (5.0, np.inf)}
     stem._WEIGHT_CACHE.clear()
+    made = []
+    compute = stem.detector_weights
+    monkeypatch.setattr(stem, "detector_weights", lambda *a: made.append(a) or compute(*a))
     a = stem.reduce_4dstem(data, det, regions, backend="cpu")
     b = stem.reduce_4dstem(data, det, regions, backend="cpu")
-    assert len(stem._WEIGHT_CACHE) == 1
+    assert len(made) == 1 and len(stem._WEIGHT_CACHE) == 1
     np.testing.assert_array_equal(a.com, b.com)
     moved = stem.Detector((16, 16), (0.05, 0.05), 300e3, (8.5, 7.5))
     c = stem.reduce_4dstem(data, moved, regions, backend="cpu")
-    assert len(stem._WEIGHT_CACHE) == 2 and not np.array_equal(a.com, c.com)
-    W, _ = stem.detector_weights(moved, regions)
+    assert len(made) == 2 and len(stem._WEIGHT_CACHE) == 2
+    assert not np.array_equal(a.com, c.com)
+    stem.reduce_4dstem(data, det, {"bf": (0.0, 5.0)}, backend="cpu")
+    assert len(made) == 3
+    W, _ = compute(moved, regions)
     want = ref.reduce_patterns(data.reshape(12, 256), W, *stem.weight_ranges(W))
     np.testing.assert_allclose(c.virtual["bf"].ravel(), want[:, 0], rtol=1e-5)
