@@ -209,6 +209,31 @@ def spectral_divergence(Gy, Gx, out, ky, kx, sy, sx, alpha, scale, poisson):
             out[i, j] = complex(-im * f, re * f)
 
 
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
+def plane_stats(a, scratch, out, k):
+    """``out[k] = (min, sum)`` of the 2-D array ``a`` in float64; ``scratch`` is a
+    (2, Ny) float64 work array. NaN reaches the sum (never the minimum), +Inf
+    the sum, -Inf the minimum: the input is finite exactly when both are."""
+    ny, nx = a.shape
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        lo = np.inf
+        acc = 0.0
+        for j in range(nx):
+            v = np.float64(a[i, j])
+            acc += v
+            lo = min(lo, v)
+        scratch[0, i] = lo
+        scratch[1, i] = acc
+    lo = np.inf
+    acc = 0.0
+    for i in range(ny):
+        lo = min(lo, scratch[0, i])
+        acc += scratch[1, i]
+    out[k, 0] = lo
+    out[k, 1] = acc
+
+
 def set_threads(n: int) -> None:
     """Set Numba's thread count for the calling thread (thread-local in Numba)."""
     numba.set_num_threads(n)

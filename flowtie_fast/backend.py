@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .errors import BackendError
+from .errors import BackendError, InputError
 
 __all__ = ["Backend", "array_module", "get_backend", "gpu_available", "is_cupy", "load_wisdom",
            "save_wisdom"]
@@ -84,7 +84,8 @@ class _FFTWPair:
     @staticmethod
     def _fits(a, like, alignment):
         return (a.shape == like.shape and a.dtype == like.dtype and a.flags.c_contiguous
-                and a.ctypes.data % alignment == 0)
+                # not a.ctypes.data: it leaves cyclic garbage on every call
+                and a.__array_interface__["data"][0] % alignment == 0)
 
     @staticmethod
     def _run(plan, src, dst, own_src, own_dst):
@@ -332,6 +333,65 @@ class Backend:
         if not self.is_gpu:
             self.kernels.set_threads(min(self.threads, _numba_max_threads()))
 
+    def plane_stats(self, planes, scratch=None, out=None):
+        """Minimum and sum of each plane, as a NumPy (N, 2) float64 array.
+
+        One fused pass over each plane (a Numba kernel on the CPU for float32
+        and float64 arrays; on the GPU the N x 2 values are gathered and copied
+        to the host once). The planes are finite exactly when every minimum and
+        every sum is. ``scratch`` (a ``(2, Ny)`` float64 work array) and ``out``
+        (``(N, 2)`` float64) let repeated calls allocate nothing.
+        """
+        xp = self.xp
+        if self.is_gpu:
+            stats = xp.stack([xp.stack([p.min().astype(xp.float64), p.sum(dtype=xp.float64)])
+                              for p in planes])
+            return stats.get()
+        if out is None or out.shape != (len(planes), 2):
+            out = np.empty((len(planes), 2))
+        for i, p in enumerate(planes):
+            if p.dtype in (np.float32, np.float64) and p.ndim == 2:
+                if scratch is None or scratch.shape != (2, p.shape[0]):
+                    scratch = np.empty((2, p.shape[0]))
+                self.kernels.plane_stats(p, scratch, out, i)
+            else:
+                out[i] = (float(p.min()), float(p.sum(dtype=np.float64)))
+        return out
+
+    def check_output(self, name, a, shape, dtype, inputs=(), input_names=()):
+        """Validate a caller-supplied output array before any work is done.
+
+        It must be an array of this backend (NumPy on the CPU, CuPy on the
+        GPU) of exactly ``shape`` and ``dtype``, C-contiguous, aligned,
+        writeable, and share no memory with any of ``inputs`` (arrays or None,
+        named by ``input_names`` in the message); otherwise
+        :class:`InputError` naming ``name``. Returns ``a``.
+        """
+        want = "CuPy" if self.is_gpu else "NumPy"
+        if self.is_gpu != is_cupy(a) or not (is_cupy(a) or isinstance(a, np.ndarray)):
+            raise InputError(f"{name}: expected a writeable {want} array for this {self.name} "
+                             f"backend, got {type(a).__name__}")
+        dtype = np.dtype(dtype)
+        if a.dtype != dtype or tuple(a.shape) != tuple(shape):
+            raise InputError(f"{name}: expected a {dtype} array of shape {tuple(shape)}, got "
+                             f"{a.dtype} {tuple(a.shape)}")
+        flags = a.flags
+        if not flags.c_contiguous:
+            raise InputError(f"{name}: expected a C-contiguous array (e.g. np.empty{shape}), "
+                             "got a strided view")
+        if not self.is_gpu:
+            if not flags.writeable:
+                raise InputError(f"{name}: the array is read-only (a read-only memory map, a "
+                                 "view of bytes, or writeable=False); pass a writeable array")
+            if not flags.aligned:
+                raise InputError(f"{name}: the array is not aligned to its {dtype} items; "
+                                 "pass an array allocated by NumPy")
+        for i, other in enumerate(inputs):
+            if other is not None and xp_may_share_memory(a, other):
+                raise InputError(f"{name}: shares memory with {input_names[i]}; pass a "
+                                 "separate output array")
+        return a
+
     def empty(self, shape, dtype):
         """An uninitialised array, SIMD-aligned for FFTW on the CPU (so that
         transforms can write into it directly)."""
@@ -422,6 +482,14 @@ def _numba_max_threads() -> int:
 def is_cupy(x) -> bool:
     """True for CuPy arrays (checked without importing CuPy)."""
     return type(x).__module__.startswith("cupy")
+
+
+def xp_may_share_memory(a, b) -> bool:
+    """Whether two arrays of one module may overlap (bounds only: no search);
+    arrays of different modules never do."""
+    if is_cupy(a) != is_cupy(b):
+        return False
+    return bool(array_module(a).may_share_memory(a, b))
 
 
 def array_module(x):

@@ -45,12 +45,14 @@ import time
 import numpy as np
 
 from .backend import get_backend, is_cupy, load_wisdom, save_wisdom
-from .errors import InputError, check_positive
+from .errors import InputError, check_finite_result, check_positive
 from .physics import wavenumber
 from .solvers import TIESolver, check_options
 from .triplet import focal_weights
 
 __all__ = ["Plan"]
+
+_INPUT_NAMES = ("minus", "zero", "plus", "gradient", "out")
 
 
 class Plan:
@@ -113,7 +115,7 @@ class Plan:
             (-self.dz, 0.0, self.dz))
         # Planes reach the plan unvalidated: the derivative step checks them.
         self._options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
-                         "model": model, "residual": False, "check_finite": True}
+                         "model": model, "residual": False}
         self.timings["setup"] = time.perf_counter() - start
         if warmup:
             self._warm_up()
@@ -150,14 +152,10 @@ class Plan:
             raise InputError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
         return a
 
-    def _output(self, name, a, shape):
+    def _output(self, name, a, shape, inputs=(), input_names=()):
         if a is None:
             return self.backend.empty(shape, self.dtype)
-        self._image(name, a, shape)
-        if a.dtype != self.dtype or not a.flags.c_contiguous:
-            raise InputError(f"{name}: expected a C-contiguous {self.dtype} array, got "
-                             f"{a.dtype}{'' if a.flags.c_contiguous else ' (not contiguous)'}")
-        return a
+        return self.backend.check_output(name, a, shape, self.dtype, inputs, input_names)
 
     # ------------------------------------------------------------------ solves
 
@@ -190,23 +188,22 @@ class Plan:
             gradient = self._image("gradient", gradient, (2,) + self.shape)
         if self.method == "icom" and gradient is None:
             raise InputError("gradient: method 'icom' needs the measured phase gradient")
-        out = self._output("out", out, self.shape)
+        inputs = (minus, zero, plus, gradient, out)
+        out = self._output("out", out, self.shape, inputs[:4], _INPUT_NAMES)
         # Without gradient_out the gradient is not computed (3 of the 8 FFTs of tie).
-        grad = self._output("gradient_out", gradient_out, (2,) + self.shape) \
-            if gradient_out is not None else None
+        grad = self._output("gradient_out", gradient_out, (2,) + self.shape, inputs,
+                            _INPUT_NAMES) if gradient_out is not None else None
         s = self.solver
         with s._lock:
             self.backend.prepare()
             if self.method == "icom":
-                # A NaN anywhere makes the divergence's sum NaN: checked before writing.
-                if not np.isfinite(float(gradient.sum())):
-                    raise InputError("gradient: contains NaN or Inf")
-                s.poisson.integrate(s.backend.asarray(gradient, self.dtype), out=out,
-                                    grad_out=grad)
-                return out
-            s._solve_planes(planes, self._derivative_weights, self._intensity_weights,
-                            self.wavenumber, gradient, self.method, out, grad, {},
-                            self._options)
+                # Checked before anything is written.
+                s.poisson.integrate(s._check_gradient(gradient), out=out, grad_out=grad)
+            else:
+                s._solve_planes(planes, self._derivative_weights, self._intensity_weights,
+                                self.wavenumber, gradient, self.method, out, grad, {},
+                                self._options)
+            check_finite_result(self.method, out, grad)
         return out
 
     def solve_batch(self, stack, *, gradient=None, out=None, gradient_out=None):
@@ -236,15 +233,20 @@ class Plan:
         self._image("stack", stack, (b, 3) + self.shape)
         if gradient is not None:
             self._image("gradient", gradient, (b, 2) + self.shape)
-        out = self._output("out", out, (b,) + self.shape)
+        out = self._output("out", out, (b,) + self.shape, (stack, gradient),
+                           ("stack", "gradient"))
         if gradient_out is not None:
-            self._output("gradient_out", gradient_out, (b, 2) + self.shape)
+            self._output("gradient_out", gradient_out, (b, 2) + self.shape,
+                         (stack, gradient, out), ("stack", "gradient", "out"))
         if self.method == "flowtie" and b > 1:
             return self._flow_batch(stack, gradient, out, gradient_out)
         for i in range(b):
-            self.solve(stack[i, 0], stack[i, 1], stack[i, 2],
-                       gradient=None if gradient is None else gradient[i], out=out[i],
-                       gradient_out=None if gradient_out is None else gradient_out[i])
+            try:
+                self.solve(stack[i, 0], stack[i, 1], stack[i, 2],
+                           gradient=None if gradient is None else gradient[i], out=out[i],
+                           gradient_out=None if gradient_out is None else gradient_out[i])
+            except InputError as exc:
+                raise type(exc)(f"stack[{i}]: {exc}") from exc
         return out
 
     def _flow_batch(self, stack, gradient, out, gradient_out):
@@ -258,15 +260,15 @@ class Plan:
         with s._lock:
             be.prepare()
             for i in range(b):
-                try:
-                    s._derivative_and_intensity(list(planes[i]), self._derivative_weights,
-                                                self._intensity_weights, check_finite=True)
-                except InputError as exc:
-                    raise InputError(f"stack[{i}]: {exc}") from exc
+                s._derivative_and_intensity(list(planes[i]), self._derivative_weights,
+                                            self._intensity_weights,
+                                            [f"stack[{i}, {j}]" for j in range(3)])
                 didz[i] = s._didz
             v = s._predict_flow(model, planes, didz, self.wavenumber, gradient)
+            check_finite_result("flowtie: the flow network", v)
             for i in range(b):
                 grad = None if gradient_out is None else gradient_out[i]
                 s.poisson.integrate(v[i], out=out[i], grad_out=grad)
+            check_finite_result("flowtie", out, gradient_out)
             be.synchronize()
         return out

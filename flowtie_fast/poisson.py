@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_backend
+from .backend import get_backend, is_cupy
 from .errors import InputError, check_positive
 
 __all__ = ["PoissonSolver"]
@@ -157,14 +157,30 @@ class PoissonSolver:
 
     # ------------------------------------------------------------------ helpers
 
+    def _in(self, name, a, shape=None):
+        """An operand of this solver's backend and shape (the kernels index it
+        without bounds checks); :class:`InputError` naming ``name`` otherwise."""
+        shape = self.shape if shape is None else shape
+        if (is_cupy(a) != self.backend.is_gpu or not hasattr(a, "shape")
+                or getattr(getattr(a, "dtype", None), "kind", "") not in "uif"
+                or tuple(a.shape) != tuple(shape)):
+            where = "CuPy" if self.backend.is_gpu else "NumPy"
+            raise InputError(f"{name}: expected a real {where} array of shape {tuple(shape)}, "
+                             f"got {type(a).__name__} {getattr(a, 'dtype', '')} "
+                             f"{tuple(getattr(a, 'shape', ()))}")
+        return a
+
+    def _outs(self, out, grad_out):
+        """Validated (or new) phase output and validated gradient output (or None)."""
+        if grad_out is not None:
+            self._out(grad_out, (2,) + self.shape)
+        return self._out(out), grad_out
+
     def _out(self, out, shape=None):
         shape = self.shape if shape is None else shape
         if out is None:
             return self.backend.empty(shape, self.dtype)
-        if tuple(out.shape) != tuple(shape) or out.dtype != self.dtype:
-            raise InputError(f"out: expected {self.dtype} array of shape {shape}, "
-                             f"got {out.dtype} {tuple(out.shape)}")
-        return out
+        return self.backend.check_output("out", out, shape, self.dtype)
 
     def _multiply_inverse_laplacian(self, spec, scale, power=1):
         for _ in range(power):
@@ -233,13 +249,15 @@ class PoissonSolver:
         out, grad_out : arrays, optional
             Where to write ``u`` and its gradient (2, Ny, Nx).
         """
-        out = self._out(out)
+        self._in("f", f)
+        out, grad_out = self._outs(out, grad_out)
         self.scalar.forward(f)
         self._multiply_inverse_laplacian(self.scalar.spec, scale * self.rt, power)
         return self._finish(out, grad_out)
 
     def gradient(self, u, out=None):
         """Gradient (2, Ny, Nx) of ``u`` at the pixel centres (rad/Å for a phase)."""
+        self._in("u", u)
         out = self._out(out, (2,) + self.shape)
         if self.scheme == "spectral":
             self.scalar.forward(u)
@@ -267,6 +285,7 @@ class PoissonSolver:
 
     def divergence(self, g, out=None):
         """``∇·g`` of a vector field (2, Ny, Nx) given on the pixel centres."""
+        self._in("g", g, (2,) + self.shape)
         out = self._out(out)
         if self.scheme == "spectral":
             self.vector.forward(g)
@@ -277,7 +296,8 @@ class PoissonSolver:
 
     def integrate(self, g, out=None, grad_out=None):
         """``u = ∇⁻² ∇·g``: the least-squares (curl-free) potential of a vector field."""
-        out = self._out(out)
+        self._in("g", g, (2,) + self.shape)
+        out, grad_out = self._outs(out, grad_out)
         if self.scheme == "spectral":
             self.vector.forward(g)
             self._spectral_divergence_to_scalar(self.rt, poisson=True)
@@ -288,6 +308,8 @@ class PoissonSolver:
 
     def transport(self, phi, w, out=None):
         """The transport term ``∇·(w ∇φ)`` of the TIE (w the in-focus intensity)."""
+        self._in("phi", phi)
+        self._in("w", w)
         out = self._out(out)
         k = self.backend.kernels
         if self.scheme == "spectral":
@@ -310,7 +332,9 @@ class PoissonSolver:
         ``φ = ∇⁻² ∇·(∇ψ / max(w, floor))``: exact when ``w ∇φ`` is curl-free
         (e.g. uniform w).
         """
-        out = self._out(out)
+        self._in("source", source)
+        self._in("w", w)
+        out, grad_out = self._outs(out, grad_out)
         k = self.backend.kernels
         t = self.dtype.type
         self.scalar.forward(source)

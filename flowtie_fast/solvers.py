@@ -53,9 +53,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backend import Backend, get_backend
-from .errors import InputError
+from .errors import InputError, check_finite_result
 from .poisson import PoissonSolver
-from .triplet import FocalSeries
+from .triplet import FocalSeries, check_intensity_stats
 
 __all__ = ["METHODS", "Reconstruction", "TIESolver", "reconstruct"]
 
@@ -171,6 +171,9 @@ class TIESolver:
         self._didz = be.zeros(self.shape, self.dtype)
         self._intensity_buffer = be.zeros(self.shape, self.dtype)
         self._intensity = self._intensity_buffer  # the in-focus intensity in use
+        # Minimum and sum of each plane (validation and mean intensity), made once.
+        self._stats_scratch = None if be.is_gpu else np.empty((2, self.shape[0]))
+        self._stats = np.empty((3, 2))
         self._buffers: dict = {}  # work arrays of the iterative methods, made once
         self._lock = threading.Lock()
 
@@ -194,16 +197,23 @@ class TIESolver:
                              f"solver's {self.pixel_size} Å")
 
     def _derivative_and_intensity(self, planes, derivative_weights, intensity_weights,
-                                  check_finite=False):
-        """Fill the focal derivative (1/Å, intensity units) and the in-focus intensity;
-        return the mean intensity and the planes in the working dtype.
+                                  names=None):
+        """Validate the planes, fill the focal derivative (1/Å, intensity units)
+        and the in-focus intensity; return the mean intensity and the planes in
+        the working dtype.
 
-        A NaN or Inf in the in-focus plane always stops here (the mean); with
-        ``check_finite`` one in any plane does (it reaches ∂I/∂z or the mean:
-        one reduction instead of a pass over each plane, for callers whose
-        planes were not validated as a FocalSeries's are)."""
+        Every entry point (a FocalSeries, a Plan's bare arrays, a batch) goes
+        through the same check, one fused pass over each plane
+        (:func:`~flowtie_fast.triplet.check_intensity_stats`): NaN or Inf, a
+        negative intensity or an all-zero plane raises :class:`InputError`
+        naming the plane (``names``, default minus/zero/plus or planes[i])."""
         # Planes on this backend in the working dtype (float16 and integers are cast).
         planes = [self.backend.asarray(p, self.dtype) for p in planes]
+        if names is None:
+            names = ("minus", "zero", "plus") if len(planes) == 3 else \
+                [f"planes[{i}]" for i in range(len(planes))]
+        stats = self.backend.plane_stats(planes, self._stats_scratch, self._stats)
+        check_intensity_stats(names, stats)
         kern = self.backend.kernels
         t = self.dtype.type
         dw, iw = derivative_weights, intensity_weights
@@ -220,11 +230,11 @@ class TIESolver:
             self._intensity = self._intensity_buffer
             kern.focal_derivative_n(stack, self.backend.asarray(iw, self.dtype),
                                     self._intensity)
-        mean = float(self._intensity.mean())
-        if not np.isfinite(mean):
-            raise InputError("triplet: the in-focus intensity contains NaN or Inf")
-        if check_finite and not np.isfinite(float(self._didz.sum())):
-            raise InputError("triplet: the planes contain NaN or Inf")
+        # The mean of the weighted in-focus intensity, from the planes' sums.
+        mean = 0.0
+        for i, w in enumerate(iw):
+            mean += float(w) * stats.item(i, 1)
+        mean /= self.shape[0] * self.shape[1]
         if not mean > 0:
             raise InputError(f"triplet: the in-focus intensity must have a positive mean, "
                              f"got {mean:g}")
@@ -261,8 +271,17 @@ class TIESolver:
         if method == "icom" and series.gradient is None:
             raise InputError("method: 'icom' needs a measured phase gradient "
                              "(FocalSeries(..., gradient=...))")
+        names = series._plane_names(len(series.planes))
         options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
-                   "model": model}
+                   "model": model, "names": names}
+        inputs = (*series.planes, series.gradient, out)
+        input_names = (*names, "gradient", "out")
+        be = self.backend
+        if out is not None:
+            be.check_output("out", out, self.shape, self.dtype, inputs[:-1], input_names)
+        if gradient_out is not None:
+            be.check_output("gradient_out", gradient_out, (2,) + self.shape, self.dtype,
+                            inputs, input_names)
         with self._lock:
             self.backend.prepare()
             start = time.perf_counter()
@@ -278,6 +297,7 @@ class TIESolver:
             mean, residual = self._solve_planes(
                 series.planes, series.derivative_weights, series.intensity_weights,
                 series.wavenumber, series.gradient, method, phase, grad, info, options)
+            check_finite_result(method, phase, grad)
             info["time"] = time.perf_counter() - start
             rec = Reconstruction(phase, grad, method, info)
             if residual is not None:
@@ -292,8 +312,7 @@ class TIESolver:
         and ``grad``; returns the mean intensity and the unnormalised residual map
         where the method computes it anyway (else None)."""
         mean, planes = self._derivative_and_intensity(planes, derivative_weights,
-                                                      intensity_weights,
-                                                      options.get("check_finite", False))
+                                                      intensity_weights, options.get("names"))
         tol, max_iter = options.get("tol"), options.get("max_iter")
         want = options.get("residual", True)
         residual = None
@@ -327,17 +346,34 @@ class TIESolver:
                 self.backend.prepare()
                 return self.integrate(gradient, out=out, gradient_out=gradient_out,
                                       _locked=True)
-        g = self.backend.asarray(gradient, self.dtype)
-        if g.shape != (2,) + self.shape:
-            raise InputError(f"gradient: expected shape {(2,) + self.shape}, got {g.shape}")
+        g = self._check_gradient(gradient)
+        be = self.backend
+        if out is not None:
+            be.check_output("out", out, self.shape, self.dtype, (gradient,), ("gradient",))
+        if gradient_out is not None:
+            be.check_output("gradient_out", gradient_out, (2,) + self.shape, self.dtype,
+                            (gradient, out), ("gradient", "out"))
         phase = self.poisson._out(out)
         grad = self.poisson._out(gradient_out, (2,) + self.shape)
         self.poisson.integrate(g, out=phase, grad_out=grad)
+        check_finite_result("icom", phase, grad)
         misfit = self.backend.xp.sqrt(((g - grad) ** 2).sum(axis=0))
         return Reconstruction(phase, grad, "icom", {"backend": self.backend.name},
                               _residual=misfit)
 
     # ------------------------------------------------------------------ internals
+
+    def _check_gradient(self, gradient):
+        """A measured phase gradient (2, Ny, Nx), rad/Å, finite, in the working dtype."""
+        if not hasattr(gradient, "shape") or not hasattr(gradient, "dtype"):
+            gradient = np.asarray(gradient)
+        if gradient.dtype.kind not in "uif" or tuple(gradient.shape) != (2,) + self.shape:
+            raise InputError(f"gradient: expected a real array of shape {(2,) + self.shape} "
+                             f"(rad/Å), got {gradient.dtype} {tuple(gradient.shape)}")
+        g = self.backend.asarray(gradient, self.dtype)
+        if not np.isfinite(float(g.sum())):
+            raise InputError("gradient: contains NaN or Inf")
+        return g
 
     def _flow_model(self, model):
         """The flow model of ``model`` (None, a shipped name or ensemble, a path,
@@ -369,6 +405,7 @@ class TIESolver:
         xp = self.backend.xp
         v = self._predict_flow(model, xp.stack(planes)[None], self._didz[None], k,
                                None if gradient is None else gradient[None])[0]
+        check_finite_result("flowtie: the flow network", v)
         self.poisson.integrate(v, out=phase, grad_out=grad)
         info["model"] = str(model.path)
         if not want_residual:
@@ -386,6 +423,7 @@ class TIESolver:
             r = self.poisson.transport(phase, self._intensity)
             r += series.wavenumber * self._didz
             r /= mean
+            check_finite_result("residual", r)
         return r
 
     def _buf(self, name):

@@ -9,9 +9,11 @@ common case ``I(z0 - dz), I(z0), I(z0 + dz)``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .backend import array_module, is_cupy
+from .backend import array_module, get_backend, is_cupy
 from .errors import InputError, check_positive
 from .physics import wavenumber
 
@@ -40,11 +42,27 @@ def check_image(name: str, a, shape=None):
     if shape is not None and tuple(a.shape) != tuple(shape):
         raise InputError(f"{name}: expected shape {tuple(shape)} like the other planes, "
                          f"got {tuple(a.shape)}")
-    if kind == "f":
-        xp = array_module(a)
-        if not bool(xp.isfinite(a).all()):
-            raise InputError(f"{name}: contains NaN or Inf")
     return a
+
+
+def check_intensity_stats(names, stats) -> None:
+    """The one validation of measured intensities, for every entry point.
+
+    ``stats`` holds each plane's minimum and sum (N x 2, from
+    :meth:`~flowtie_fast.backend.Backend.plane_stats`). Refused, with
+    :class:`InputError` naming the plane: NaN or Inf, a negative value (an
+    intensity is a count or a sum of counts; the TIE and its solvers need
+    ``I >= 0``), and a plane that is zero everywhere (a dropped frame).
+    """
+    for i, name in enumerate(names):
+        low, total = stats.item(i, 0), stats.item(i, 1)
+        if not (math.isfinite(low) and math.isfinite(total)):
+            raise InputError(f"{name}: contains NaN or Inf")
+        if low < 0:
+            raise InputError(f"{name}: expected non-negative intensities, got a minimum of "
+                             f"{low:g} (subtract less background, or clip at 0)")
+        if total == 0:
+            raise InputError(f"{name}: intensity is zero everywhere (a dropped frame?)")
 
 
 def focal_weights(z, z0: float = 0.0, degree: int | None = None):
@@ -125,9 +143,8 @@ class FocalSeries:
         first = check_image(names[0], planes[0])
         self.planes = [first] + [check_image(nm, p, first.shape)
                                  for nm, p in zip(names[1:], planes[1:])]
-        for nm, p in zip(names, self.planes):
-            if not bool(array_module(p).any(p)):
-                raise InputError(f"{nm}: intensity is zero everywhere")
+        be = get_backend("gpu" if is_cupy(first) else "cpu")
+        check_intensity_stats(names, be.plane_stats(self.planes))
         self.z = z
         self.z0 = float(z0)
         self.pixel_size = check_positive("pixel_size", pixel_size, pair=True)

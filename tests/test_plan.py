@@ -155,13 +155,13 @@ def test_nan_input_raises_before_writing_out():
 @pytest.mark.parametrize("call, match", [
     (lambda p, f: p.solve(f[0][:, :-1], f[1], f[2]), "minus: expected shape"),
     (lambda p, f: p.solve(f[0], f[1].astype(complex), f[2]), "zero: expected a real array"),
-    (lambda p, f: p.solve(*f, out=np.empty((N, N))), "out: expected a C-contiguous float32"),
+    (lambda p, f: p.solve(*f, out=np.empty((N, N))), "out: expected a float32 array of shape"),
     (lambda p, f: p.solve(*f, out=np.empty((N, 2 * N), np.float32)[:, ::2]),
      "out: expected a C-contiguous"),
     (lambda p, f: p.solve(*f, gradient=np.zeros((N, N))), "gradient: expected shape"),
     (lambda p, f: p.solve_batch(f), "stack: expected an array \\(B, 3, Ny, Nx\\)"),
     (lambda p, f: p.solve_batch(f[None], out=np.empty((2, N, N), np.float32)),
-     "out: expected shape"),
+     "out: expected a float32 array of shape"),
 ])
 def test_plan_rejects_bad_input(call, match):
     (planes, _), = frames(1)
