@@ -231,20 +231,23 @@ def _evaluate(args) -> int:
 
 
 def _train(args) -> int:
-    from flowtie_fast.flow.data import load_samples
-    from flowtie_fast.flow.train import TrainConfig, export_torchscript, train
+    from flowtie_fast.flow.data import check_doses, load_samples
+    from flowtie_fast.flow.train import TrainConfig, check_checkpoints, export_torchscript, train
 
-    samples = load_samples(args.data, doses=[None] + list(args.doses or []))
-    if not samples:
-        print("flowtie train: error: data: no files with a ground truth", file=sys.stderr)
-        return 2
-    print(f"{len(samples)} training cases: " + ", ".join(s.name for s in samples))
+    # Every setting and both checkpoint paths are checked before the data is read.
     dose = (args.dose[0], args.dose[1]) if args.dose else (None, None)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
                       depth=args.depth, stride=args.stride, seed=args.seed, dose=dose,
                       channels=tuple(args.channels) if args.channels else None,
                       weights=tuple(args.weights), restarts=args.restarts,
                       teacher=args.teacher, distill=args.distill)
+    doses = check_doses([None] + list(args.doses or []))
+    check_checkpoints(cfg, args.checkpoint, args.resume, args.overwrite)
+    samples = load_samples(args.data, doses=doses)
+    if not samples:
+        print("flowtie train: error: data: no files with a ground truth", file=sys.stderr)
+        return 2
+    print(f"{len(samples)} training cases: " + ", ".join(s.name for s in samples))
 
     def report(step, total, terms, seconds):
         print(f"step {step:6d}/{cfg.steps}  loss {total:.4g}  " +
@@ -252,7 +255,9 @@ def _train(args) -> int:
               flush=True)
 
     try:
-        model, _ = train(samples, cfg, checkpoint=args.checkpoint, progress=report)
+        model, _ = train(samples, cfg, checkpoint=args.checkpoint, resume=args.resume,
+                         overwrite=args.overwrite, progress=report,
+                         log=lambda line: print(line, flush=True))
     except RuntimeError as exc:  # collapsed past its rollbacks: nothing worth exporting
         print(f"flowtie train: error: {exc}", file=sys.stderr)
         return 2
@@ -329,7 +334,16 @@ def main(argv=None) -> int:
     tr.add_argument("-o", "--output", type=Path, default=Path("flowtie_model.pt"),
                     help="TorchScript file to write")
     tr.add_argument("--checkpoint", type=Path, default=Path("flowtie_train.ckpt"),
-                    help="checkpoint, resumed from when it exists")
+                    help="checkpoint to write every 100 steps and at the end; never read "
+                         "unless it is also --resume: if it exists already the run refuses to "
+                         "start (pass --resume with it to continue that run, another "
+                         "--checkpoint path, or --overwrite)")
+    tr.add_argument("--resume", type=Path, metavar="PATH",
+                    help="continue the run saved in this checkpoint (may be the --checkpoint "
+                         "path); it must have the same settings but --steps and --restarts, "
+                         "and fewer steps than --steps. Read as tensors only: no code in it runs")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --checkpoint file instead of refusing to start")
     tr.add_argument("--steps", type=int, default=2000)
     tr.add_argument("--batch", type=int, default=8)
     tr.add_argument("--lr", type=float, default=2e-3)

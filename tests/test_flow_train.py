@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from fields import periodic_field, triplet_from
@@ -68,7 +70,9 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     straight, history = train(samples, cfg)
     ckpt = tmp_path / "run.pt"
     train(samples, cfg, checkpoint=ckpt, stop_after=3)
-    resumed, history2 = train(samples, cfg, checkpoint=ckpt)
+    lines = []
+    resumed, history2 = train(samples, cfg, checkpoint=ckpt, resume=ckpt, log=lines.append)
+    assert lines == [f"resuming from {ckpt} at step 3"]
     assert history2 == history
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
@@ -137,9 +141,9 @@ def test_a_run_resumed_inside_a_dead_stretch_ends_as_the_uninterrupted_one(monke
     monkeypatch.setattr(tr, "_dead", dead_from_31_to_50())  # the same verdicts, call by call
     ckpt = tmp_path / "run.pt"
     tr.train(samples, cfg, checkpoint=ckpt, stop_after=40)
-    assert torch.load(ckpt, weights_only=False)["streak"] == 10
+    assert torch.load(ckpt, weights_only=True)["streak"] == 10
     with pytest.warns(RuntimeWarning, match="rolled back to step 10"):
-        resumed, history2 = tr.train(samples, cfg, checkpoint=ckpt)
+        resumed, history2 = tr.train(samples, cfg, checkpoint=ckpt, resume=ckpt)
     assert history2 == history
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
@@ -196,9 +200,15 @@ def test_distillation_settings_are_checked(tmp_path):
     ckpt = tmp_path / "run.ckpt"
     cfg = TrainConfig(steps=2, batch=1, reps=1, width=8, depth=2, teacher="fast", distill=0.5)
     train([make_sample()], cfg, checkpoint=ckpt, stop_after=1)
-    with pytest.raises(ValueError, match="teacher: the checkpoint .* teacher='fast', not None"):
+    with pytest.raises(ft.InputError, match="resume: the checkpoint .* was trained with "
+                                            "--teacher fast, this run asks for no --teacher; "
+                                            "pass --teacher fast or start without --resume"):
         train([make_sample()], TrainConfig(steps=2, batch=1, reps=1, width=8, depth=2),
-              checkpoint=ckpt)
+              checkpoint=ckpt, resume=ckpt)
+    with pytest.raises(ft.InputError, match="resume: .* --distill 0.5, this run asks for "
+                                            "--distill 0.25; pass --distill 0.5"):
+        train([make_sample()], TrainConfig(steps=2, batch=1, reps=1, width=8, depth=2,
+                                           teacher="fast", distill=0.25), resume=ckpt)
 
 
 def test_samples_from_files(tmp_path):
@@ -317,3 +327,275 @@ def test_both_shipped_models_load_by_name():
     assert (recipe["teacher"], recipe["distill"], recipe["seed"]) == ("ensemble", 0.5, 1)
     with pytest.raises(ft.InputError, match="no such file"):
         FlowModel("fastest")
+
+
+# Checkpoints: read as tensors and plain containers only, resumed only when asked,
+# and only into a run of the same network and objective.
+
+TINY = dict(batch=1, reps=1, width=4, depth=2, checkpoint_every=2)
+
+
+class _Payload:
+    """Unpickling this creates ``path``: proof that the pickle's code ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _write_data(folder):
+    s = make_sample()
+    ft.save(folder / "a.npz", ft.Dataset(*s.planes, dz=(10.0, 10.0), scan_step=s.pixel_size,
+                                         energy=E, phase_gt=s.phase, gradient_gt=s.gradient))
+    return folder
+
+
+def _plain_equal(a, b):
+    """Same structure and values, and nothing but tensors and plain containers."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and \
+            all(_plain_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and \
+            all(_plain_equal(x, y) for x, y in zip(a, b))
+    assert a is None or type(a) in (int, float, str, bool), type(a)
+    return type(a) is type(b) and a == b
+
+
+def test_checkpoints_hold_only_tensors_and_plain_containers(tmp_path):
+    """Every entry (snapshots, random states, config with tuples and NumPy
+    numbers) reads back with weights_only=True, equal to what was saved."""
+    ckpt = tmp_path / "run.ckpt"
+    cfg = TrainConfig(steps=4, seed=np.int64(3), dose=(np.float32(50), 500.0),
+                      channels=[np.int64(4), 8], **{**TINY, "width": np.int64(4)})
+    train([make_sample()], cfg, checkpoint=ckpt)
+    safe = torch.load(ckpt, weights_only=True)
+    assert _plain_equal(torch.load(ckpt, weights_only=False), safe)
+    assert {"model", "optimizer", "step", "history", "numpy_rng", "torch_rng", "config",
+            "restarts", "snapshots", "streak"} <= safe.keys()
+    assert safe["step"] == 4 and len(safe["snapshots"]) == 3
+    assert safe["config"]["seed"] == 3 and safe["config"]["channels"] == (4, 8)
+    assert safe["config"]["dose"] == (50.0, 500.0)
+
+
+def test_a_planted_pickle_never_runs(tmp_path, capsys):
+    """A checkpoint whose unpickling would run code, a truncated or random file,
+    a file without the training state: one-line InputErrors naming resume, and
+    the payload never runs (through the API and the command line)."""
+    import pickle
+
+    from flowtie_fast.cli import main
+
+    marker = tmp_path / "pwned"
+    planted = tmp_path / "planted.ckpt"
+    torch.save({"model": _Payload(marker)}, planted)
+    legacy = tmp_path / "legacy.ckpt"
+    legacy.write_bytes(pickle.dumps(_Payload(marker)))
+    # The payload is live: an unrestricted load runs it.
+    proof = tmp_path / "proof"
+    torch.save(_Payload(proof), tmp_path / "proof.ckpt")
+    torch.load(tmp_path / "proof.ckpt", weights_only=False)
+    assert proof.exists()
+
+    good = tmp_path / "good.ckpt"
+    cfg = TrainConfig(steps=4, **TINY)
+    train([make_sample()], cfg, checkpoint=good, stop_after=2)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    noise = tmp_path / "noise.ckpt"
+    noise.write_bytes(np.random.default_rng(0).bytes(4000))
+    partial = tmp_path / "partial.ckpt"
+    state = torch.load(good, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "optimizer"}, partial)
+    listed = tmp_path / "list.ckpt"
+    torch.save([1, 2], listed)
+    tampered = tmp_path / "tampered.ckpt"
+    torch.save({**state, "model": dict(list(state["model"].items())[1:])}, tampered)
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    cases = {planted: "other objects .* not unpickled", legacy: "not unpickled",
+             truncated: "unreadable", noise: "not unpickled|unreadable",
+             partial: "no 'optimizer' entry", listed: "expected a dict",
+             tampered: "does not fit this network: RuntimeError: .*Missing key",
+             empty: "unreadable: .*empty",
+             tmp_path / "missing.ckpt": "no such checkpoint file"}
+    for path, why in cases.items():
+        with pytest.raises(ft.InputError, match=f"^resume: .*({why})") as err:
+            train([make_sample()], cfg, resume=path)
+        assert "\n" not in str(err.value)
+    data = _write_data(tmp_path / "data")
+    assert main(["train", str(data), "--steps", "4", "--batch", "1", "--width", "4", "--depth",
+                 "2", "--resume", str(planted), "--checkpoint", str(tmp_path / "new.ckpt"),
+                 "-o", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flowtie train: error: resume: ") and err.count("\n") == 1
+    assert not marker.exists() and not (tmp_path / "m.pt").exists()
+
+
+def test_an_existing_checkpoint_is_neither_read_nor_replaced_without_being_asked(tmp_path):
+    samples = [make_sample()]
+    cfg = TrainConfig(steps=4, **TINY)
+    ckpt = tmp_path / "run.ckpt"
+    train(samples, cfg, checkpoint=ckpt, stop_after=2)
+    before = ckpt.read_bytes()
+    with pytest.raises(ft.InputError, match=r"^checkpoint: .*run.ckpt exists .* pass --resume "
+                                            r".*run.ckpt .* another --checkpoint path, or "
+                                            r"--overwrite"):
+        train(samples, cfg, checkpoint=ckpt)
+    with pytest.raises(ft.InputError, match="^checkpoint: "):  # resuming elsewhere
+        train(samples, cfg, checkpoint=ckpt, resume=tmp_path / "other.ckpt")
+    assert ckpt.read_bytes() == before
+    # Asked to: a fresh run replaces it (the same run as one without a checkpoint).
+    _, fresh = train(samples, cfg)
+    _, history = train(samples, cfg, checkpoint=ckpt, overwrite=True)
+    assert history == fresh and torch.load(ckpt, weights_only=True)["step"] == 4
+    # Resuming into another file leaves the checkpoint read alone.
+    train(samples, cfg, checkpoint=ckpt, overwrite=True, stop_after=2)
+    before = ckpt.read_bytes()
+    _, resumed = train(samples, cfg, checkpoint=tmp_path / "next.ckpt", resume=ckpt)
+    assert resumed == fresh and ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"width": 8}, "--width 4, this run asks for --width 8; pass --width 4"),
+    ({"channels": (4, 8, 16)}, "no --channels, this run asks for --channels 4 8 16; leave out "
+                               "--channels"),
+    ({"stride": 2}, "--stride 1, this run asks for --stride 2; pass --stride 1"),
+    ({"use_com": False}, "use_com=True, this run asks for use_com=False; set use_com=True"),
+    ({"weights": (1.0, 0.0, 0.0)}, "--weights 1 0 1, this run asks for --weights 1 0 0"),
+    ({"lr": 1e-3}, "--lr 0.002, this run asks for --lr 0.001; pass --lr 0.002"),
+    ({"seed": 1}, "--seed 0, this run asks for --seed 1; pass --seed 0"),
+    ({"dose": (10.0, 100.0)}, "no --dose, this run asks for --dose 10 100"),
+])
+def test_a_checkpoint_of_another_network_or_objective_is_refused(tmp_path, change, message):
+    ckpt = tmp_path / "run.ckpt"
+    train([make_sample()], TrainConfig(steps=4, **TINY), checkpoint=ckpt, stop_after=2)
+    with pytest.raises(ft.InputError) as err:
+        train([make_sample()], TrainConfig(**{"steps": 4, **TINY, **change}), resume=ckpt)
+    text = str(err.value)
+    assert text.startswith(f"resume: the checkpoint {ckpt} was trained with ") and "\n" not in text
+    assert message in text and text.endswith("or start without --resume")
+
+
+def test_resuming_trains_longer_but_never_zero_steps(tmp_path):
+    from dataclasses import fields
+
+    from flowtie_fast.flow.train import _CHECKED, RESUMABLE
+
+    # Every setting is either compared with the checkpoint's or free to change.
+    assert sorted(RESUMABLE + _CHECKED) == sorted(f.name for f in fields(TrainConfig))
+    samples = [make_sample()]
+    ckpt = tmp_path / "run.ckpt"
+    train(samples, TrainConfig(steps=4, **TINY), checkpoint=ckpt)
+    for steps in (4, 3):
+        with pytest.raises(ft.InputError, match=f"^resume: the checkpoint .* is already at step "
+                                                f"4, this run asks for --steps {steps}; pass "
+                                                f"--steps above 4"):
+            train(samples, TrainConfig(steps=steps, **TINY), checkpoint=ckpt, resume=ckpt)
+    # More steps (and another checkpoint interval and rollback budget): trains on.
+    longer = TrainConfig(steps=6, **{**TINY, "checkpoint_every": 3}, restarts=1)
+    lines = []
+    _, history = train(samples, longer, checkpoint=ckpt, resume=ckpt, log=lines.append)
+    assert lines == [f"resuming from {ckpt} at step 4"] and len(history) == 6
+    assert torch.load(ckpt, weights_only=True)["step"] == 6
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", -1, "steps: expected a positive integer, got -1"),
+    ("steps", 2.5, "steps: expected a positive integer"),
+    ("batch", 0, "batch: expected a positive integer"),
+    ("lr", float("nan"), "lr: expected a positive finite number"),
+    ("lr", -1e-3, "lr: expected a positive finite number"),
+    ("width", 0, "width: expected a positive integer"),
+    ("depth", 0, "depth: expected a positive integer"),
+    ("channels", (8, 0), "channels: expected a positive integer, got 0"),
+    ("stride", 0, "stride: expected a positive integer"),
+    ("weights", (0.0, 0.0, 0.0), "weights: expected at least one positive weight"),
+    ("weights", (1.0, float("inf"), 0.0), "weights: expected a finite number >= 0, got inf"),
+    ("weights", (1.0, -1.0, 0.0), "weights: expected a finite number >= 0, got -1.0"),
+    ("weights", (1.0, 1.0), "weights: expected three numbers"),
+    ("dose", (100.0, 10.0), r"dose: expected low <= high, got \(100, 10\)"),
+    ("dose", (0.0, 10.0), "dose: expected a positive finite number, got 0.0"),
+    ("restarts", -1, "restarts: expected an integer >= 0, got -1"),
+    ("distill", 1.5, r"distill: expected a fraction in \[0, 1\], got 1.5"),
+])
+def test_train_settings_are_checked(field, value, message):
+    with pytest.raises(ft.InputError, match=f"^{message}"):
+        TrainConfig(**{field: value})
+    cfg = TrainConfig(steps=1, **TINY)
+    setattr(cfg, field, value)  # changed after it was made: train checks it again
+    with pytest.raises(ft.InputError, match=f"^{message}"):
+        train([make_sample()], cfg)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "-1"], "steps: expected a positive integer, got -1"),
+    (["--batch", "0"], "batch: expected a positive integer"),
+    (["--lr", "inf"], "lr: expected a positive finite number"),
+    (["--width", "0"], "width: expected a positive integer"),
+    (["--depth", "-2"], "depth: expected a positive integer"),
+    (["--channels", "8", "0"], "channels: expected a positive integer"),
+    (["--stride", "0"], "stride: expected a positive integer"),
+    (["--weights", "0", "0", "0"], "weights: expected at least one positive weight"),
+    (["--weights", "1", "nan", "0"], "weights: expected a finite number >= 0"),
+    (["--dose", "100", "10"], "dose: expected low <= high"),
+    (["--dose", "-1", "10"], "dose: expected a positive finite number"),
+    (["--doses", "1e4", "-5"], "doses: expected a positive finite number, got -5.0"),
+    (["--restarts", "-1"], "restarts: expected an integer >= 0"),
+    (["--distill", "2", "--teacher", "fast"], r"distill: expected a fraction in \[0, 1\]"),
+])
+def test_the_train_command_checks_its_numbers_before_reading_data(
+        tmp_path, capsys, args, message):
+    """The data path does not exist: the number is refused before it is looked at."""
+    from flowtie_fast.cli import main
+
+    assert main(["train", str(tmp_path / "missing"), "--checkpoint", str(tmp_path / "c.ckpt"),
+                 *args]) == 2
+    err = capsys.readouterr().err
+    assert re.match(f"flowtie train: error: {message}", err) and err.count("\n") == 1
+
+
+def test_the_train_command_resumes_only_when_asked(tmp_path, capsys):
+    from flowtie_fast.cli import main
+
+    data = _write_data(tmp_path / "data")
+    ckpt, out = tmp_path / "c.ckpt", tmp_path / "m.pt"
+    base = ["train", str(data), "--batch", "1", "--width", "4", "--depth", "2", "-o", str(out),
+            "--checkpoint", str(ckpt)]
+    assert main([*base, "--steps", "3"]) == 0
+    capsys.readouterr()
+    before = ckpt.read_bytes()
+    assert main([*base, "--steps", "5"]) == 2  # exists, not asked to resume or overwrite
+    err = capsys.readouterr().err
+    assert err.startswith(f"flowtie train: error: checkpoint: {ckpt} exists") and \
+        f"--resume {ckpt}" in err and "--overwrite" in err and ckpt.read_bytes() == before
+    assert main([*base, "--steps", "5", "--resume", str(ckpt)]) == 0
+    assert f"resuming from {ckpt} at step 3\n" in capsys.readouterr().out
+    assert torch.load(ckpt, weights_only=True)["step"] == 5
+    assert main([*base, "--steps", "5", "--resume", str(ckpt)]) == 2
+    assert "already at step 5, this run asks for --steps 5" in capsys.readouterr().err
+    assert main([*base, "--steps", "8", "--resume", str(ckpt), "--width", "8"]) == 2
+    assert "was trained with --width 4, this run asks for --width 8; pass --width 4" in \
+        capsys.readouterr().err
+    assert main([*base, "--steps", "2", "--overwrite"]) == 0
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
+    assert "resuming" not in capsys.readouterr().out
+
+
+def test_missing_data_paths_are_named(tmp_path, capsys):
+    from flowtie_fast.cli import main
+
+    data = _write_data(tmp_path / "data")
+    for missing in (tmp_path / "gaas", tmp_path / "b.npz"):
+        with pytest.raises(ft.InputError, match=f"^paths: no such file or folder "
+                                                f"'{re.escape(str(missing))}'"):
+            load_samples([data, missing])
+        assert main(["train", str(data), str(missing), "--checkpoint",
+                     str(tmp_path / "c.ckpt")]) == 2
+        assert f"paths: no such file or folder '{missing}'" in capsys.readouterr().err
+    with pytest.raises(ft.InputError, match="^doses: expected a positive"):
+        load_samples(data, doses=(None, 0.0))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError, check_positive
 from ..io import load
 
 __all__ = ["Sample", "load_samples", "augment", "tile"]
@@ -45,6 +46,15 @@ class Sample:
         return np.tensordot(self.weights, self.planes, axes=(0, 0))
 
 
+def check_doses(doses) -> list:
+    """``doses`` as a list of None (noise-free) and positive finite floats
+    (e⁻/Å²); :class:`InputError` naming ``doses`` otherwise."""
+    if isinstance(doses, (str, bytes)) or not hasattr(doses, "__iter__"):
+        raise InputError(f"doses: expected a sequence of doses in e⁻/Å² (or None), "
+                         f"got {doses!r}")
+    return [None if d is None else check_positive("doses", d) for d in doses]
+
+
 def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
     """Samples from files of the flowtie_fast layout that carry a ground truth.
 
@@ -60,11 +70,22 @@ def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
         Of the Poisson draws.
     **triplet_options
         Passed to :meth:`Dataset.triplet` (e.g. ``virtual``).
+
+    Raises
+    ------
+    InputError
+        Before anything is read: a path that does not exist (naming it), or
+        a dose that is neither None nor a positive finite number.
     """
     from ..evaluate import _files
     from ..simulate import poisson_counts
     from ..triplet import FocalTriplet
 
+    doses = check_doses(doses)
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    for p in paths:
+        if not Path(p).exists():
+            raise InputError(f"paths: no such file or folder {str(p)!r}")
     rng = np.random.default_rng(seed)
     samples = []
     for path in _files(paths):

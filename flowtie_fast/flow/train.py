@@ -7,6 +7,12 @@ from one seed (NumPy generator and torch), and a checkpoint holds the model,
 the optimiser, the step and both random states, so that an interrupted run
 resumed from its checkpoint ends with the same weights as an uninterrupted one.
 
+Checkpoints hold tensors and plain containers only (dict, list, tuple, int,
+float, str, bool, None) and are read with ``torch.load(weights_only=True)``:
+a file that holds anything else is refused, never unpickled. A run resumes
+only when asked to (``resume``), and only from a checkpoint of the same
+network and objective.
+
 With a teacher (``TrainConfig.teacher``, ``distill``), the flow term's target
 is a blend of the ground-truth gradient and the teacher's predicted flow: a
 single network learns from the mean flow of an ensemble (MODEL.md).
@@ -15,25 +21,58 @@ single network learns from the mean flow of an ensemble (MODEL.md).
 from __future__ import annotations
 
 import copy
+import math
+import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import InputError, check_positive
 from ..io import atomic_path
 from .data import Sample, augment, tile
 from .loss import CompositeLoss
 from .model import FlowNet, flow_inputs
 
-__all__ = ["TrainConfig", "train", "export_torchscript"]
+__all__ = ["TrainConfig", "train", "check_checkpoints", "load_checkpoint",
+           "export_torchscript"]
+
+
+def _integer(name: str, value, low: int) -> int:
+    """``value`` as an int >= ``low``; :class:`InputError` naming ``name`` otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Integral, np.integer)) \
+            or value < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise InputError(f"{name}: expected {what}, got {value!r}")
+    return int(value)
+
+
+def _real(name: str, value, low: float, high: float = math.inf) -> float:
+    """``value`` as a finite float in [low, high]; :class:`InputError` otherwise."""
+    number = (Real, np.floating, np.integer)
+    ok = isinstance(value, number) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        value = float(value)
+        ok = math.isfinite(value) and low <= value <= high
+    if not ok:
+        bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise InputError(f"{name}: expected a finite number {bounds}, got {value!r}")
+    return value
 
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of a training run (saved in checkpoints and exports)."""
+    """Hyper-parameters of a training run (saved in checkpoints and exports).
+
+    Checked and normalised (plain Python numbers and tuples) when made and
+    again by :func:`train`: a bad value raises
+    :class:`~flowtie_fast.errors.InputError` naming the field, which is also
+    the name of its ``flowtie train`` option (``steps`` is ``--steps``).
+    """
 
     steps: int = 2000
     batch: int = 8
@@ -55,25 +94,84 @@ class TrainConfig:
     teacher: str | None = None
     distill: float = 0.0
 
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> TrainConfig:
+        """Check every field and normalise it in place; returns ``self``.
+
+        Raises
+        ------
+        InputError
+            Naming the first bad field and what was expected: ``steps``,
+            ``batch``, ``reps``, ``width``, ``depth``, ``stride``,
+            ``checkpoint_every`` positive integers; ``restarts`` and ``seed``
+            integers >= 0; ``lr`` a positive finite number; ``weights`` three
+            finite non-negative numbers (flow, continuity, phase), not all
+            zero; ``channels`` None or positive integers; ``dose`` (None,
+            None) or two positive finite counts per pixel, low <= high;
+            ``clip`` finite >= 0; ``distill`` in [0, 1], and > 0 only with a
+            ``teacher``.
+        """
+        for name in ("steps", "batch", "reps", "width", "depth", "stride", "checkpoint_every"):
+            setattr(self, name, _integer(name, getattr(self, name), 1))
+        self.restarts = _integer("restarts", self.restarts, 0)
+        self.seed = _integer("seed", self.seed, 0)
+        self.lr = check_positive("lr", self.lr)
+        w = self.weights
+        if isinstance(w, (str, bytes)) or not hasattr(w, "__len__") or len(w) != 3:
+            raise InputError(f"weights: expected three numbers (flow, continuity, phase), "
+                             f"got {w!r}")
+        w = tuple(_real("weights", v, 0.0) for v in w)
+        if not any(w):
+            raise InputError(f"weights: expected at least one positive weight, got {w!r}")
+        self.weights = w
+        if self.channels is not None:
+            c = self.channels
+            if isinstance(c, (str, bytes)) or not hasattr(c, "__len__") or len(c) == 0:
+                raise InputError(f"channels: expected positive integers, got {c!r}")
+            self.channels = tuple(_integer("channels", v, 1) for v in c)
+        if not isinstance(self.use_com, (bool, np.bool_)):
+            raise InputError(f"use_com: expected True or False, got {self.use_com!r}")
+        self.use_com = bool(self.use_com)
+        dose = (None, None) if self.dose is None else self.dose
+        if tuple(dose) != (None, None):
+            if isinstance(dose, (str, bytes)) or not hasattr(dose, "__len__") or len(dose) != 2:
+                raise InputError(f"dose: expected two counts per pixel (low, high), got {dose!r}")
+            lo, hi = check_positive("dose", dose, pair=True)
+            if lo > hi:
+                raise InputError(f"dose: expected low <= high, got ({lo:g}, {hi:g})")
+            dose = (lo, hi)
+        self.dose = tuple(dose)
+        self.clip = _real("clip", self.clip, 0.0)
+        if self.teacher is not None:
+            if not isinstance(self.teacher, (str, os.PathLike)):
+                raise InputError(f"teacher: expected a model name or file, got {self.teacher!r}")
+            self.teacher = str(self.teacher) or None
+        d = self.distill
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (Real, np.floating, np.integer)) \
+                or not 0.0 <= float(d) <= 1.0:
+            raise InputError(f"distill: expected a fraction in [0, 1], got {d!r}")
+        self.distill = float(d)
+        if self.distill > 0 and not self.teacher:
+            raise InputError("teacher: distill > 0 needs a teacher model")
+        return self
+
 
 def _teacher(cfg: TrainConfig):
     """The teacher's networks (TorchScript, float32, CPU), or None."""
-    if not 0.0 <= cfg.distill <= 1.0:
-        raise ValueError(f"distill: expected a fraction in [0, 1], got {cfg.distill}")
     if cfg.distill == 0.0:
         if cfg.teacher:
             warnings.warn(f"train: teacher {cfg.teacher} ignored: distill is 0", RuntimeWarning,
                           stacklevel=3)
         return None
-    if not cfg.teacher:
-        raise ValueError("teacher: distill > 0 needs a teacher model")
     from .infer import FlowEnsemble, load_model
 
     model = load_model(str(cfg.teacher))
     members = model.models if isinstance(model, FlowEnsemble) else [model]
     channels = 6 if cfg.use_com else 4
     if any(m.in_channels != channels for m in members):
-        raise ValueError(f"teacher: {cfg.teacher} takes other inputs than this run "
+        raise InputError(f"teacher: {cfg.teacher} takes other inputs than this run "
                          f"({channels} channels)")
     return [m.module for m in members]
 
@@ -115,24 +213,238 @@ def _dead(terms) -> bool:
     return value["flow"] > 0.999 and value["phase"] > 0.999 and value["grad_norm"] < 1e-2
 
 
+def _plain(obj):
+    """``obj`` with NumPy scalars and arrays made Python numbers and lists, so
+    that it loads with ``torch.load(weights_only=True)``."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return obj.tolist()
+    return obj
+
+
 def _save(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=None,
-          stop_after=None):
+# What a checkpoint holds: required keys, then those that older checkpoints lack.
+_REQUIRED = {"model": dict, "optimizer": dict, "step": int, "history": list,
+             "numpy_rng": dict, "torch_rng": torch.Tensor, "config": dict}
+_OPTIONAL = {"restarts": int, "snapshots": list, "streak": int}
+_SNAPSHOT = ("model", "optimizer", "step", "history", "numpy_rng", "torch_rng")
+
+# The settings a resumed run may change: how long it runs, how often it saves
+# and how many rollbacks it may still take. Every other one changes the
+# network, the data, the objective or the optimiser (the seed is replaced by
+# the checkpoint's random states), so it must be the checkpoint's; listed in
+# the order they are checked (the network first).
+RESUMABLE = ("steps", "checkpoint_every", "restarts")
+_CHECKED = ("channels", "width", "depth", "stride", "use_com", "weights", "teacher", "distill",
+            "lr", "batch", "reps", "dose", "clip", "seed")
+# The ``flowtie train`` option of each field (None: Python only).
+_OPTIONS = {"steps": "--steps", "batch": "--batch", "reps": None, "lr": "--lr",
+            "weights": "--weights", "width": "--width", "depth": "--depth",
+            "stride": "--stride", "channels": "--channels", "use_com": None, "dose": "--dose",
+            "clip": None, "seed": "--seed", "checkpoint_every": None, "restarts": "--restarts",
+            "teacher": "--teacher", "distill": "--distill"}
+
+
+def _resume_error(path, reason: str) -> InputError:
+    return InputError(f"resume: {path} is not a flowtie training checkpoint ({reason})")
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`train`, without running any code.
+
+    Parameters
+    ----------
+    path : path
+        The checkpoint file.
+
+    Returns
+    -------
+    dict
+        Its state: ``model`` and ``optimizer`` state dicts, ``step``,
+        ``history`` (total losses), ``numpy_rng``, ``torch_rng``, ``config``
+        (the :class:`TrainConfig` as a dict) and, when present, ``restarts``,
+        ``snapshots`` and ``streak``.
+
+    Raises
+    ------
+    InputError
+        Naming ``resume``, when the file is missing, unreadable (truncated,
+        not a torch file), holds objects other than tensors and plain
+        containers (it is read with ``torch.load(weights_only=True)``: such
+        objects are refused, never built) or lacks a key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"resume: no such checkpoint file {str(path)!r}")
+    try:
+        with warnings.catch_warnings():  # torch's notes on odd pickle protocols
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (every failure to read is the file's)
+        if "weights only" in str(exc).lower() or "weightsunpickler" in str(exc).lower():
+            reason = ("expected tensors and plain containers only: it holds other objects or is "
+                      "not a torch file, and was not unpickled")
+        else:
+            first = str(exc).strip().splitlines()[0].split(". ")[0][:160] if str(exc).strip() \
+                else ("the file is empty" if path.stat().st_size == 0 else "")
+            reason = f"unreadable: {type(exc).__name__}" + (f": {first}" if first else "")
+        raise _resume_error(path, reason) from None
+    if not isinstance(state, dict):
+        raise _resume_error(path, f"expected a dict of training state, got a "
+                                  f"{type(state).__name__}")
+    for key, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        if key not in state:
+            if key in _REQUIRED:
+                raise _resume_error(path, f"no {key!r} entry")
+            continue
+        if not isinstance(state[key], kind) or (kind is int and isinstance(state[key], bool)):
+            raise _resume_error(path, f"{key!r} is a {type(state[key]).__name__}, expected a "
+                                      f"{kind.__name__}")
+    if state["step"] < 0:
+        raise _resume_error(path, f"step {state['step']} is negative")
+    for snap in state.get("snapshots") or []:
+        if not isinstance(snap, dict) or any(k not in snap for k in _SNAPSHOT) \
+                or not isinstance(snap["step"], int):
+            raise _resume_error(path, "a rollback snapshot lacks entries")
+    return state
+
+
+def _setting(name: str, value) -> str:
+    """How a field's value reads on the command line: ``--width 16``."""
+    option = _OPTIONS.get(name)
+    if option is None:
+        return f"{name}={value!r}"
+    if value is None or value == (None, None) or (name == "distill" and value == 0):
+        return f"no {option}"
+    values = value if isinstance(value, tuple) else (value,)
+    return option + "".join(f" {v:g}" if isinstance(v, float) else f" {v}" for v in values)
+
+
+def _fix(name: str, value) -> str:
+    option = _OPTIONS.get(name)
+    if option is None:
+        return f"set {name}={value!r}"
+    if value is None or value == (None, None) or (name == "distill" and value == 0):
+        return f"leave out {option}"
+    return f"pass {_setting(name, value)}"
+
+
+def _canonical(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_canonical(v) for v in value)
+    return value
+
+
+def _check_fit(state: dict, path, cfg: TrainConfig) -> None:
+    """InputError unless the checkpoint's network and objective are ``cfg``'s
+    and it is short of ``cfg.steps``."""
+    saved = {f.name: _canonical(state["config"].get(f.name, f.default))
+             for f in fields(TrainConfig)}
+    saved["teacher"] = saved["teacher"] or None
+    asked = {f.name: _canonical(getattr(cfg, f.name)) for f in fields(TrainConfig)}
+    for name in _CHECKED:
+        if name in ("width", "depth") and saved["channels"] is not None \
+                and saved["channels"] == asked["channels"]:
+            continue  # --channels overrides them
+        if saved[name] != asked[name]:
+            raise InputError(
+                f"resume: the checkpoint {path} was trained with {_setting(name, saved[name])}, "
+                f"this run asks for {_setting(name, asked[name])}; {_fix(name, saved[name])} "
+                f"or start without --resume")
+    if state["step"] >= cfg.steps:
+        raise InputError(
+            f"resume: the checkpoint {path} is already at step {state['step']}, this run asks "
+            f"for --steps {cfg.steps}; pass --steps above {state['step']} to train longer, or "
+            f"start without --resume")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_checkpoints(cfg: TrainConfig, checkpoint=None, resume=None,
+                      overwrite: bool = False) -> dict | None:
+    """Check the checkpoint paths of a run before it starts (:func:`train`
+    does; the command line also calls it before it reads the data).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    checkpoint : path, optional
+        The file the run will write. If it exists it must be ``resume`` (the
+        run continues it) or ``overwrite`` must be true: an existing
+        checkpoint is never replaced by accident.
+    resume : path, optional
+        Checkpoint to continue from (:func:`load_checkpoint`), of the same
+        network and objective as ``cfg`` (every field but those of
+        ``RESUMABLE``: ``steps``, ``checkpoint_every``, ``restarts``) and
+        short of ``cfg.steps``.
+    overwrite : bool
+        Replace an existing ``checkpoint``.
+
+    Returns
+    -------
+    dict or None
+        The state to resume from (None without ``resume``).
+
+    Raises
+    ------
+    InputError
+        Naming ``checkpoint`` or ``resume`` and the option to change.
+    """
+    checkpoint = Path(checkpoint) if checkpoint else None
+    resume = Path(resume) if resume else None
+    if checkpoint is not None and checkpoint.is_dir():
+        raise InputError(f"checkpoint: {checkpoint} is a folder, expected a file path")
+    if checkpoint is not None and checkpoint.exists() and not overwrite \
+            and not (resume is not None and _same_file(checkpoint, resume)):
+        raise InputError(
+            f"checkpoint: {checkpoint} exists and would be overwritten (it is only read with "
+            f"--resume); pass --resume {checkpoint} to continue that run, another --checkpoint "
+            f"path, or --overwrite to replace it")
+    if resume is None:
+        return None
+    state = load_checkpoint(resume)
+    _check_fit(state, resume, cfg)
+    return state
+
+
+def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, resume=None,
+          overwrite=False, progress=None, log=None, stop_after=None):
     """Train (or resume training) a :class:`FlowNet` on ``samples``.
 
     Parameters
     ----------
     samples : list of Sample
     cfg : TrainConfig
+        Checked again here (:meth:`TrainConfig.validate`, on a copy).
     checkpoint : path, optional
-        Written every ``cfg.checkpoint_every`` steps and at the end; if it
-        exists, training resumes from it.
+        Written every ``cfg.checkpoint_every`` steps and at the end (tensors
+        and plain containers only). Never read, except as ``resume``; if it
+        exists already, the run refuses to start unless it is ``resume`` or
+        ``overwrite`` is true.
+    resume : path, optional
+        Continue the run saved in this checkpoint (it may be ``checkpoint``):
+        it is read with ``torch.load(weights_only=True)`` and must be of the
+        same network and objective (all settings but ``steps``,
+        ``checkpoint_every`` and ``restarts``) and short of ``cfg.steps``.
+        Without it, training starts from step 0.
+    overwrite : bool
+        Replace an existing ``checkpoint`` that is not ``resume``.
     progress : callable, optional
-        Called with (step, total loss, terms dict) every 10 steps.
+        Called with (step, total loss, terms dict, seconds) every 10 steps.
+    log : callable, optional
+        Called with one line of text: "resuming from PATH at step N".
     stop_after : int, optional
         Stop after this many steps of this call (to test resuming).
 
@@ -142,6 +454,10 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
 
     Raises
     ------
+    InputError
+        A bad setting (:meth:`TrainConfig.validate`), or a checkpoint that
+        would be overwritten, cannot be read safely or does not fit this run
+        (:func:`check_checkpoints`); nothing has been trained.
     RuntimeError
         When the run collapses (zero flow and no gradient for
         ``COLLAPSE_STEPS`` steps, or a non-finite loss) more than
@@ -151,7 +467,9 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
         the learning rate, with a ``RuntimeWarning``; a run that never
         collapses is unaffected.
     """
-    cfg = cfg or TrainConfig()
+    cfg = replace(cfg) if cfg is not None else TrainConfig()  # a checked copy
+    checkpoint = Path(checkpoint) if checkpoint else None
+    loaded = check_checkpoints(cfg, checkpoint, resume, overwrite)
     teachers = _teacher(cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -159,27 +477,27 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, progress=
                     stride=cfg.stride, channels=cfg.channels)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, history, restarts = 0, [], 0
-    loaded = None
-    checkpoint = Path(checkpoint) if checkpoint else None
-    if checkpoint is not None and checkpoint.exists():
-        loaded = torch.load(checkpoint, weights_only=False)
-        saved = loaded.get("config", {})
-        for name in ("teacher", "distill"):  # a resumed run keeps its targets
-            if saved.get(name, getattr(TrainConfig, name)) != getattr(cfg, name):
-                raise ValueError(f"{name}: the checkpoint {checkpoint} was trained with "
-                                 f"{name}={saved.get(name)!r}, not {getattr(cfg, name)!r}")
-        model.load_state_dict(loaded["model"])
-        opt.load_state_dict(loaded["optimizer"])
+    if loaded is not None:
+        try:
+            model.load_state_dict(loaded["model"])
+            opt.load_state_dict(loaded["optimizer"])
+            rng.bit_generator.state = loaded["numpy_rng"]
+            torch.set_rng_state(loaded["torch_rng"])
+        except Exception as exc:  # noqa: BLE001 (tampered or foreign state)
+            text = " ".join(str(exc).split())  # one line
+            text = text if len(text) <= 200 else text[:197] + "..."
+            raise _resume_error(resume, f"its state does not fit this network: "
+                                        f"{type(exc).__name__}: {text}") from None
         step, history = loaded["step"], loaded["history"]
         restarts = loaded.get("restarts", 0)
-        rng.bit_generator.state = loaded["numpy_rng"]
-        torch.set_rng_state(loaded["torch_rng"])
+        if log is not None:
+            log(f"resuming from {resume} at step {step}")
     losses: dict = {}
 
     def state():
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "history": history, "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "config": asdict(cfg),
+                "history": history, "numpy_rng": _plain(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state(), "config": _plain(asdict(cfg)),
                 "restarts": restarts}
 
     def restore(snap):
