@@ -22,8 +22,18 @@ thickness      float, Å                   optional
 semiangle      float, mrad                optional
 =============  =========================  ==========================================
 
-Writes are atomic (a temporary file in the target folder, then a rename), so a
-failed write leaves nothing behind. HDF5 datasets are read lazily: a
+Writes are atomic (a temporary file in the target folder, flushed to disk,
+then a rename), so a failed write leaves nothing behind. Temporaries are named
+``.NAME.flowtie-tmp.<host>.<pid>.<random>``; the leftovers of a killed writer
+are removed by the next write of the same file (see :func:`atomic_path`).
+Files are created with the permissions of the process umask, like any other
+file the user creates. :func:`check_output` checks an output path before any
+work is done.
+
+Reading never executes code from the file (no pickles) and never follows a
+link to another file; every key is checked (dtype, shape, positive finite
+calibrations) and a bad one raises :class:`~flowtie_fast.errors.InputError`
+naming the file and the key. HDF5 datasets are read lazily: a
 :class:`Dataset` loaded from HDF5 keeps the file open and streams 4D data
 through the reduction.
 """
@@ -31,8 +41,15 @@ through the reduction.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
-import tempfile
+import re
+import secrets
+import socket
+import stat
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,12 +57,19 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Dataset", "load", "save"]
+__all__ = ["Dataset", "check_output", "load", "save"]
 
 FORMAT = "flowtie_fast/1"
 _ARRAYS = ("minus", "zero", "plus", "phase_gt", "gradient_gt")
 _REQUIRED = ("minus", "zero", "plus", "dz", "scan_step", "energy")
 _OPTIONAL_SCALARS = ("material", "thickness", "semiangle")
+_KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy") + _OPTIONAL_SCALARS
+_DATA_SUFFIXES = (".npz", ".h5", ".hdf5")
+
+#: Temporaries of other hosts (whose processes cannot be asked) older than this
+#: many seconds are taken for the leftovers of a killed writer.
+STALE_SECONDS = 24 * 3600
+_TMP_MARK = ".flowtie-tmp."
 
 
 @dataclass
@@ -135,11 +159,90 @@ def _fields(ds: Dataset) -> dict:
     return out
 
 
-def _suffix(path: Path) -> str:
+def _suffix(path: Path, suffixes=None, name: str = "path") -> str:
+    """The lower-case suffix of ``path`` if it is one of ``suffixes`` (default:
+    the data files, .npz, .h5 and .hdf5); :class:`InputError` naming ``name``
+    otherwise."""
+    if suffixes is None:
+        suffixes = _DATA_SUFFIXES
+    elif isinstance(suffixes, str):
+        suffixes = (suffixes,)
+    suffixes = tuple(x.lower() if x.startswith(".") else f".{x.lower()}" for x in suffixes)
     s = path.suffix.lower()
-    if s not in (".npz", ".h5", ".hdf5"):
-        raise InputError(f"path: expected a .npz, .h5 or .hdf5 file, got {path.name!r}")
+    if s not in suffixes:
+        listed = suffixes[0] if len(suffixes) == 1 else \
+            ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
+        raise InputError(f"{name}: expected a {listed} file, got {path.name!r}")
     return s
+
+
+def check_output(path, *, inputs=(), overwrite=False, name="output", suffixes=None) -> Path:
+    """Check an output path before any work is done; nothing is created.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to be written.
+    inputs : iterable of str or Path, optional
+        The files read by the same command (``None`` entries are skipped); the
+        output must not be one of them, through a symbolic link or a hard link
+        either.
+    overwrite : bool, optional
+        Whether an existing file may be replaced.
+    name : str, optional
+        The argument's name, used in the messages.
+    suffixes : iterable of str, optional
+        The accepted suffixes (``(".png",)``, ``(".md", ".txt")``, ...);
+        default the data files: .npz, .h5 and .hdf5.
+
+    Returns
+    -------
+    Path
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises
+    ------
+    InputError
+        When ``path`` is one of ``inputs``, is a directory or another thing
+        than a regular file, has another suffix, exists and ``overwrite`` is
+        false, has a parent that is not a folder, or when its folder cannot be
+        created or written.
+    """
+    path = Path(path)
+    shown = str(path)
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        inputs = (inputs,)
+    real = os.path.realpath(path)
+    for source in inputs:
+        if source is None:
+            continue
+        same = os.path.realpath(source) == real
+        if not same:
+            with contextlib.suppress(OSError, ValueError):  # one of them is missing
+                same = os.path.samefile(path, source)
+        if same:
+            which = "" if str(source) == shown else f" {str(source)!r}"
+            raise InputError(f"{name}: {shown!r} is the input file{which}; choose another "
+                             "output path")
+    if path.is_dir():
+        raise InputError(f"{name}: {shown!r} is a directory; expected the path of a file")
+    _suffix(path, suffixes, name)
+    if os.path.lexists(path):
+        if path.exists() and not path.is_file():
+            raise InputError(f"{name}: {shown!r} exists and is not a regular file; choose "
+                             "another output path")
+        if not overwrite:
+            raise InputError(f"{name}: {shown!r} exists; pass --overwrite to replace it")
+    folder = Path(os.path.abspath(path)).parent
+    while not folder.is_dir():
+        if os.path.lexists(folder):
+            raise InputError(f"{name}: {shown!r} cannot be created: {str(folder)!r} is not a "
+                             "folder")
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{name}: {shown!r} cannot be written: no permission to write in "
+                         f"{str(folder)!r} (or a read-only file system)")
+    return path
 
 
 def save(path, obj) -> Path:
@@ -158,27 +261,211 @@ def save(path, obj) -> Path:
     return write_fields(path, _fields(_from_object(obj)), arrays=_ARRAYS)
 
 
+def _host_tag() -> str:
+    """This host's name as it appears in temporaries: letters, digits and
+    hyphens, hashed where the name has other characters or is long."""
+    try:
+        host = socket.gethostname()
+    except OSError:
+        host = ""
+    if re.fullmatch(r"[A-Za-z0-9-]{1,40}", host):
+        return host
+    digest = hashlib.sha1(host.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9-]', '-', host)[:24]}-{digest}"
+
+
+_HOST = _host_tag()
+
+
+def _tmp_stem(name: str) -> str:
+    """``name`` as it appears in its temporaries (shortened, with a hash, where
+    long, so that the temporary's name fits the file system's limit)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= 120:
+        return name
+    return f"{raw[:80].decode('utf-8', 'ignore')}~{hashlib.sha1(raw).hexdigest()[:12]}"
+
+
+def _tmp_pattern(stem: str):
+    return re.compile(re.escape(f".{stem}{_TMP_MARK}")
+                      + r"(?P<host>[A-Za-z0-9-]{1,40})\.(?P<pid>[1-9][0-9]{0,9})\.[0-9a-f]{8}")
+
+
+def _pid_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this host (False where unsure)."""
+    if os.name == "nt":  # os.kill would terminate the process there
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError, ValueError):  # PermissionError: another user's process
+        return False
+    return False
+
+
+def _remove_stale(folder: Path, stem: str) -> None:
+    """Remove the temporaries of ``stem`` left in ``folder`` by killed writers.
+
+    A temporary is removed when it is a regular file whose name matches the
+    pattern exactly and either its writer ran on this host and runs no more,
+    or it comes from another host and was last modified more than
+    :data:`STALE_SECONDS` ago. Temporaries of live processes are kept. Best
+    effort: errors are ignored.
+    """
+    prefix = f".{stem}{_TMP_MARK}"
+    pattern = _tmp_pattern(stem)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        match = pattern.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if match["host"] == _HOST:
+            if not _pid_gone(int(match["pid"])):
+                continue
+        elif now - st.st_mtime < STALE_SECONDS:
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+
+
+def _create_tmp(folder: Path, stem: str) -> Path:
+    """Create an empty temporary for ``stem`` in ``folder``, mode 0o666 less the
+    process umask (applied by the system, as for any new file)."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    for _ in range(100):
+        tmp = folder / f".{stem}{_TMP_MARK}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free name for a temporary file", str(folder))
+
+
+_NO_FSYNC = {errno.EINVAL, getattr(errno, "ENOTSUP", errno.EINVAL),
+             getattr(errno, "EOPNOTSUPP", errno.EINVAL)}
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush ``path`` to disk (through a new handle: writers use their own)."""
+    flags = (os.O_RDWR | getattr(os, "O_BINARY", 0)) if os.name == "nt" else os.O_RDONLY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_FSYNC:  # a file system without fsync
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk where the platform can (POSIX);
+    skipped silently elsewhere. Only an I/O error is raised."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """A temporary path beside ``path`` to write to; moved onto ``path`` when the
-    block ends, deleted if it raises (nothing is half-written). Creates the
-    folder."""
+    """A temporary path beside ``path`` to write to, moved onto ``path`` when
+    the block ends.
+
+    The folder is created if needed. The temporary,
+    ``.NAME.flowtie-tmp.<host>.<pid>.<random>``, is created empty with the
+    permissions of the process umask; when the block ends it is flushed to
+    disk (fsync), renamed onto ``path`` and the folder is flushed too. If the
+    block raises, the temporary is deleted and nothing is half-written. A
+    process killed inside the block cannot delete its temporary: each write
+    first removes the temporaries of the same file name whose process no
+    longer runs on this host (or, from another host, that are older than
+    :data:`STALE_SECONDS`); a live process's temporary is never touched.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write.
+
+    Yields
+    ------
+    Path
+        The temporary: write it by path or through any file handle, and close
+        it before the block ends.
+
+    Raises
+    ------
+    OSError
+        When the folder, the temporary or the file cannot be written (disk
+        full, read-only file system, permission denied); no temporary is left.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = _tmp_stem(path.name)
+    _remove_stale(folder, stem)
+    tmp = _create_tmp(folder, stem)
     try:
-        yield Path(tmp)
+        yield tmp
+        _fsync_file(tmp)
         os.replace(tmp, path)
+        _fsync_dir(folder)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
 def write_fields(path, fields: dict, arrays=()) -> Path:
     """Write ``fields`` atomically to ``.npz`` (all keys) or HDF5 (keys in
-    ``arrays`` as datasets, the rest as root attributes)."""
+    ``arrays`` as datasets, the rest as root attributes).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.npz``, ``.h5`` or ``.hdf5``.
+    fields : dict
+        Names and values (arrays, numbers, strings).
+    arrays : iterable of str, optional
+        The keys stored as HDF5 datasets.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    InputError
+        For another suffix.
+    OSError
+        When the file cannot be written (disk full, read-only file system,
+        permission denied); no temporary is left behind.
+    """
     path = Path(path)
     suffix = _suffix(path)
     with atomic_path(path) as tmp:
@@ -201,30 +488,38 @@ def write_fields(path, fields: dict, arrays=()) -> Path:
 def load(path) -> Dataset:
     """Read a file written by :func:`save` (or any file in the layout).
 
-    Raises :class:`~flowtie_fast.errors.InputError` naming the file and the
-    key for missing keys, wrong shapes and unreadable or truncated files.
+    Only the keys of the layout are read; nothing in the file is executed
+    (no pickles) and HDF5 links to other files, virtual and external datasets
+    are refused.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.npz`` or ``.h5``/``.hdf5``.
+
+    Returns
+    -------
+    Dataset
+        Close it (or use it in a ``with`` block) when read from HDF5.
+
+    Raises
+    ------
+    InputError
+        Naming the file and the key for missing keys, wrong shapes or dtypes
+        (the planes and ground truths hold real numbers: integers or floats;
+        not bools, complex numbers, strings or objects), calibrations that are
+        not positive finite numbers of the right count (``dz``, ``scan_step``
+        and ``k_sampling``: 1 or 2, ``energy``: 1), and unreadable or
+        truncated files.
     """
     path = Path(path)
     suffix = _suffix(path)
     if not path.is_file():
         raise InputError(f"path: no such file {str(path)!r}")
-    handle = None
-    try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                fields = {k: z[k] for k in z.files}
-        else:
-            import h5py
-
-            handle = h5py.File(path, "r")
-            fields = {k: handle[k] for k in handle.keys()}
-            fields.update({k: handle.attrs[k] for k in handle.attrs.keys()})
-    except InputError:
-        raise
-    except Exception as exc:
-        if handle is not None:
-            handle.close()
-        raise InputError(f"path: {path.name} is not a readable {suffix} file ({exc})") from exc
+    if suffix == ".npz":
+        handle, fields = None, _read_npz(path)
+    else:
+        handle, fields = _read_h5(path, suffix)
     try:
         return _dataset(fields, path, handle)
     except BaseException:
@@ -233,9 +528,146 @@ def load(path) -> Dataset:
         raise
 
 
-def _scalar(v):
-    v = np.asarray(v)
-    return v.item() if v.ndim == 0 else v
+def _read_npz(path: Path) -> dict:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise InputError(f"path: {path.name} is not a readable .npz file ({exc})") from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise InputError(f"path: {path.name} is not a readable .npz file (it holds a single "
+                         "array, not named keys)")
+    with z:
+        fields = {}
+        for k in _KEYS:
+            if k not in z.files:
+                continue
+            try:
+                fields[k] = z[k]
+            except Exception as exc:  # object arrays (pickles), truncated members
+                raise InputError(f"{path.name}: '{k}' cannot be read ({exc})") from exc
+    return fields
+
+
+def _read_h5(path: Path, suffix: str):
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except Exception as exc:
+        raise InputError(f"path: {path.name} is not a readable {suffix} file ({exc})") from exc
+    fields, key = {}, None
+    try:
+        for key in _KEYS:
+            link = handle.get(key, getlink=True)
+            if link is None:
+                continue
+            if isinstance(link, h5py.ExternalLink):
+                raise InputError(f"{path.name}: '{key}' is a link to another file; expected "
+                                 "data stored in this file")
+            obj = handle[key]
+            if not isinstance(obj, h5py.Dataset):
+                raise InputError(f"{path.name}: '{key}' is an HDF5 {type(obj).__name__}, "
+                                 "expected a dataset")
+            if obj.is_virtual or obj.external:
+                raise InputError(f"{path.name}: '{key}' is a virtual or external dataset; "
+                                 "expected data stored in this file")
+            fields[key] = obj
+        for key in _KEYS:
+            if key in handle.attrs:
+                fields[key] = handle.attrs[key]
+    except InputError:
+        handle.close()
+        raise
+    except Exception as exc:
+        handle.close()
+        raise InputError(f"{path.name}: '{key}' cannot be read ({exc})") from exc
+    return handle, fields
+
+
+def _is_h5_dataset(v) -> bool:
+    h5py = sys.modules.get("h5py")
+    return h5py is not None and isinstance(v, h5py.Dataset)
+
+
+def _describe(a: np.ndarray) -> str:
+    if a.dtype.kind == "V":
+        return f"a compound value of dtype {a.dtype}"
+    if a.size == 1:
+        text = repr(a.reshape(-1)[0].item() if a.dtype.kind != "O" else a.reshape(-1)[0])
+        return text if len(text) <= 60 else text[:57] + "..."
+    return f"an array of dtype {a.dtype} and shape {a.shape}"
+
+
+def _as_array(v, k: str, path: Path):
+    """``v`` as an array or an HDF5 dataset (not read)."""
+    if isinstance(v, np.ndarray) or _is_h5_dataset(v):
+        return v
+    try:
+        return np.asarray(v)
+    except Exception as exc:
+        raise InputError(f"{path.name}: '{k}' cannot be read ({exc})") from exc
+
+
+def _array_shape(fields: dict, k: str, path: Path) -> tuple:
+    """The shape of array ``k``, checked to hold real numbers."""
+    v = _as_array(fields[k], k, path)
+    if v.shape is None:
+        raise InputError(f"{path.name}: '{k}' is an empty HDF5 dataset; expected an array")
+    if v.dtype.kind not in "iuf":
+        raise InputError(f"{path.name}: '{k}' has dtype {v.dtype}; expected real numbers "
+                         "(integers or floats)")
+    return tuple(v.shape)
+
+
+def _read(v, k: str, path: Path) -> np.ndarray:
+    try:
+        return np.asarray(v)
+    except Exception as exc:
+        raise InputError(f"{path.name}: '{k}' cannot be read ({exc})") from exc
+
+
+def _positive(fields: dict, k: str, path: Path, most: int, unit: str) -> tuple:
+    """Key ``k``: ``most`` positive finite floats (one value is repeated)."""
+    want = "a positive finite number" + (" or a pair of them" if most == 2 else "")
+    want += f" ({unit})"
+    v = _as_array(fields[k], k, path)
+    if v.shape is None or len(v.shape) > 1 or not 1 <= int(np.prod(v.shape)) <= most:
+        got = "no dataspace" if v.shape is None else \
+            f"{int(np.prod(v.shape))} values of shape {tuple(v.shape)}"
+        raise InputError(f"{path.name}: '{k}' must be {want}, got {got}")
+    a = _read(v, k, path)
+    if a.dtype.kind not in "iuf":
+        raise InputError(f"{path.name}: '{k}' must be {want}, got {_describe(a)}")
+    values = a.astype(float).reshape(-1)
+    if not (np.isfinite(values).all() and (values > 0).all()):
+        raise InputError(f"{path.name}: '{k}' must be {want}, got {values.tolist()}")
+    return (float(values[0]), float(values[-1])) if most == 2 else (float(values[0]),)
+
+
+def _text(fields: dict, k: str, path: Path) -> str:
+    v = fields[k]
+    if _is_h5_dataset(v):
+        if v.shape != ():
+            raise InputError(f"{path.name}: '{k}' must be a string, got a dataset of shape "
+                             f"{v.shape}")
+        try:
+            v = v[()]
+        except Exception as exc:
+            raise InputError(f"{path.name}: '{k}' cannot be read ({exc})") from exc
+    if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "SU":
+        v = v.item()
+    if isinstance(v, bytes):
+        try:
+            v = v.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path.name}: '{k}' is not UTF-8 text ({exc})") from exc
+    if not isinstance(v, str):
+        try:
+            got = _describe(np.asarray(v))
+        except Exception:
+            got = type(v).__name__
+        raise InputError(f"{path.name}: '{k}' must be a string, got {got}")
+    return str(v)
 
 
 def _dataset(fields: dict, path: Path, handle) -> Dataset:
@@ -243,36 +675,43 @@ def _dataset(fields: dict, path: Path, handle) -> Dataset:
     if missing:
         raise InputError(f"{path.name}: missing key(s) {missing}; expected the layout "
                          f"{FORMAT} ({', '.join(_REQUIRED)})")
-    shape = tuple(fields["zero"].shape)
-    for k in ("minus", "plus"):
-        if tuple(fields[k].shape) != shape:
-            raise InputError(f"{path.name}: '{k}' has shape {tuple(fields[k].shape)}, "
-                             f"expected {shape} like 'zero'")
+    shape = _array_shape(fields, "zero", path)
     if len(shape) not in (2, 4):
         raise InputError(f"{path.name}: 'zero' must be 2-D (triplet) or 4-D (4D-STEM), got "
                          f"shape {shape}")
+    for k in ("minus", "plus"):
+        other = _array_shape(fields, k, path)
+        if other != shape:
+            raise InputError(f"{path.name}: '{k}' has shape {other}, expected {shape} like "
+                             "'zero'")
+    if 0 in shape:
+        raise InputError(f"{path.name}: 'zero' is empty (shape {shape})")
     k_sampling = None
     if len(shape) == 4:
         if "k_sampling" not in fields:
             raise InputError(f"{path.name}: missing key 'k_sampling' (1/Å) for 4D-STEM data")
-        k_sampling = tuple(float(v) for v in np.broadcast_to(
-            np.asarray(fields["k_sampling"], float), (2,)))
+        k_sampling = _positive(fields, "k_sampling", path, 2, "1/Å")
     scan = shape[:2]
+    truth = {}
     for k, want in (("phase_gt", scan), ("gradient_gt", (2,) + scan)):
-        if k in fields and tuple(fields[k].shape) != want:
-            raise InputError(f"{path.name}: '{k}' has shape {tuple(fields[k].shape)}, "
-                             f"expected {want}")
-    meta = {k: _scalar(fields[k]) for k in _OPTIONAL_SCALARS if k in fields}
-    meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in meta.items()}
-    dz = np.asarray(fields["dz"], float).reshape(-1)
+        if k in fields:
+            got = _array_shape(fields, k, path)
+            if got != want:
+                raise InputError(f"{path.name}: '{k}' has shape {got}, expected {want}")
+            truth[k] = _read(fields[k], k, path)
+    meta = {}
+    if "material" in fields:
+        meta["material"] = _text(fields, "material", path)
+    for k, unit in (("thickness", "Å"), ("semiangle", "mrad")):
+        if k in fields:
+            meta[k] = _positive(fields, k, path, 1, unit)[0]
+    dz = _positive(fields, "dz", path, 2, "Å")
+    scan_step = _positive(fields, "scan_step", path, 2, "Å")
+    energy = _positive(fields, "energy", path, 1, "eV")[0]
     lazy = handle is not None
     arr = (lambda k: fields[k]) if lazy else (lambda k: np.asarray(fields[k]))
-    truth = {k: np.asarray(fields[k]) for k in ("phase_gt", "gradient_gt") if k in fields}
-    return Dataset(arr("minus"), arr("zero"), arr("plus"), (float(dz[0]), float(dz[-1])),
-                   tuple(float(v) for v in np.broadcast_to(np.asarray(fields["scan_step"],
-                                                                     float), (2,))),
-                   float(_scalar(fields["energy"])), k_sampling, truth.get("phase_gt"),
-                   truth.get("gradient_gt"), meta, handle)
+    return Dataset(arr("minus"), arr("zero"), arr("plus"), dz, scan_step, energy, k_sampling,
+                   truth.get("phase_gt"), truth.get("gradient_gt"), meta, handle)
 
 
 # --------------------------------------------------------------------------- raw detector files

@@ -146,3 +146,537 @@ def test_evaluate_a_triplet_file_with_ground_truth(tmp_path):
     assert row["nmse"] < 1e-6
     with pytest.raises(ft.InputError, match=r"options: \['virtual'\] apply to 4D-STEM"):
         ft.load(tmp_path / "t.npz").triplet(virtual="bf")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+_CHILD_WRITER = """\
+import sys, time
+from flowtie_fast.io import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"x" * 4096)
+    print(tmp.name, flush=True)
+    time.sleep(120)
+"""
+
+
+def _child_env():
+    import os
+    from pathlib import Path
+
+    return {**os.environ, "PYTHONPATH": str(Path(ft.__file__).resolve().parents[1])}
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_temporary_is_named_after_the_file_host_and_process(tmp_path):
+    import os
+    import re
+
+    with ft.io.atomic_path(tmp_path / "r.npz") as tmp:
+        assert tmp.parent == tmp_path
+        assert re.fullmatch(rf"\.r\.npz\.flowtie-tmp\.{re.escape(ft.io._HOST)}\.{os.getpid()}"
+                            r"\.[0-9a-f]{8}", tmp.name)
+        tmp.write_bytes(b"data")
+    assert _names(tmp_path) == ["r.npz"] and (tmp_path / "r.npz").read_bytes() == b"data"
+
+
+def test_host_tag_is_safe_in_a_file_name(monkeypatch):
+    import re
+    import socket
+
+    tags = set()
+    for host in ("node1.cluster.example.org", "node1-cluster-example-org", "a" * 60, "", "ü/x"):
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        tag = ft.io._host_tag()
+        assert re.fullmatch(r"[A-Za-z0-9-]{1,40}", tag)
+        tags.add(tag)
+    assert len(tags) == 5
+    assert "node1-cluster-example-org" in tags  # a plain name is kept as it is
+
+
+def test_killed_writer_leftover_is_removed_by_the_next_write(tmp_path):
+    """A writer killed with SIGKILL inside atomic_path leaves its temporary; the
+    next write of the same file removes it, but never while the writer lives."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    if not hasattr(signal, "SIGKILL"):
+        pytest.skip("needs SIGKILL (POSIX)")
+    target = tmp_path / "out.npz"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_WRITER, str(target)],
+                             stdout=subprocess.PIPE, text=True, env=_child_env())
+    try:
+        tmp_name = child.stdout.readline().strip()
+        assert tmp_name.startswith(".out.npz.flowtie-tmp.") and f".{child.pid}." in tmp_name
+        ft.io.write_fields(target, {"a": np.arange(3)})  # the writer still runs: kept
+        assert _names(tmp_path) == sorted([tmp_name, "out.npz"])
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)  # reaped: no zombie answers os.kill(pid, 0)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert _names(tmp_path) == sorted([tmp_name, "out.npz"])
+    ft.io.write_fields(target, {"a": np.arange(4)})
+    assert _names(tmp_path) == ["out.npz"]
+    with np.load(target) as z:
+        np.testing.assert_array_equal(z["a"], np.arange(4))
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    import os
+    import time
+
+    host, dead, me = ft.io._HOST, _dead_pid(), os.getpid()
+    two_days_ago = time.time() - 2 * 86400
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep")
+    removed = [f".r.npz.flowtie-tmp.{host}.{dead}.0123abcd",         # this host, dead writer
+               f".r.npz.flowtie-tmp.elsewhere.{me}.0123abcd"]         # another host, old
+    kept = [f".r.npz.flowtie-tmp.{host}.{me}.0123abcd",              # a live writer, even old
+            f".r.npz.flowtie-tmp.elsewhere.{dead}.4567abcd",         # another host, recent
+            f".s.npz.flowtie-tmp.{host}.{dead}.0123abcd",            # another file's
+            ".r.npz.ab12cd34.tmp",                                   # not this pattern
+            f".r.npz.flowtie-tmp.{host}.{dead}.0123abcd.bak",
+            f".r.npz.flowtie-tmp.{host}.{dead}.0123ABCD",
+            f".r.npz.flowtie-tmp.{host}.0{dead}.0123abcd",
+            f"r.npz.flowtie-tmp.{host}.{dead}.0123abcd"]
+    for name in removed + kept:
+        (tmp_path / name).write_bytes(b"left over")
+    for name in (removed[1], kept[0]):
+        os.utime(tmp_path / name, (two_days_ago, two_days_ago))
+    folder = tmp_path / f".r.npz.flowtie-tmp.{host}.{dead}.fedcba98"  # not a regular file
+    folder.mkdir()
+    link = tmp_path / f".r.npz.flowtie-tmp.{host}.{dead}.98fedcba"
+    link.symlink_to(precious)
+    ft.io.write_fields(tmp_path / "r.npz", {"a": np.arange(3)})
+    assert _names(tmp_path) == sorted(kept + [folder.name, link.name, "precious.txt", "r.npz"])
+    assert precious.read_text() == "keep"
+
+
+def test_long_file_names_get_a_short_temporary(tmp_path):
+    name = "a" * 246 + ".npz"  # 250 characters: the file system allows 255
+    path = ft.io.write_fields(tmp_path / name, {"a": np.arange(3)})
+    assert _names(tmp_path) == [name] and path.name == name
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_write_is_flushed_before_and_after_the_rename(tmp_path, monkeypatch, suffix):
+    import os
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync dir" if stat.S_ISDIR(st.st_mode) else "fsync file", st.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = ft.io.write_fields(tmp_path / f"r{suffix}", {"a": np.arange(3)}, arrays=("a",))
+    ino = path.stat().st_ino
+    assert events == [("fsync file", ino), ("replace", ino),
+                      ("fsync dir", tmp_path.stat().st_ino)]
+
+
+def test_fsync_unsupported_is_skipped_and_io_errors_raise(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def no_fsync(fd):
+        raise OSError(errno.EINVAL, "fsync not supported")
+
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    path = ft.io.write_fields(tmp_path / "r.npz", {"a": np.arange(3)})
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["a"], np.arange(3))
+
+    def failing_disk(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", failing_disk)
+    with pytest.raises(OSError) as info:
+        ft.io.write_fields(tmp_path / "s.npz", {"a": np.arange(3)})
+    assert info.value.errno == errno.EIO
+    assert _names(tmp_path) == ["r.npz"]
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_get_the_permissions_of_the_umask(tmp_path, mask, mode):
+    import os
+    import stat
+
+    if os.name == "nt":
+        pytest.skip("POSIX permissions")
+    old = os.umask(mask)
+    try:
+        paths = [ft.io.write_fields(tmp_path / "a.npz", {"x": np.arange(3)}),
+                 ft.io.write_fields(tmp_path / "b.h5", {"x": np.arange(3)}, arrays=("x",))]
+        with ft.io.atomic_path(tmp_path / "c.md") as tmp:
+            tmp.write_text("| table |")
+        paths.append(tmp_path / "c.md")
+    finally:
+        os.umask(old)
+    assert [oct(stat.S_IMODE(p.stat().st_mode)) for p in paths] == [oct(mode)] * 3
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES"])
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_write_errors_propagate_and_leave_nothing(tmp_path, monkeypatch, code, suffix):
+    import errno
+    import os
+
+    import h5py
+
+    number = getattr(errno, code)
+    target = ft.io.write_fields(tmp_path / f"r{suffix}", {"a": np.arange(3)}, arrays=("a",))
+    before = target.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError(number, os.strerror(number))
+
+    monkeypatch.setattr(np, "savez", fail)
+    monkeypatch.setattr(h5py, "File", fail)
+    with pytest.raises(OSError) as info:
+        ft.io.write_fields(target, {"a": np.arange(5)}, arrays=("a",))
+    assert info.value.errno == number and not isinstance(info.value, ft.InputError)
+    assert _names(tmp_path) == [target.name] and target.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- output checks
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw.npz").write_bytes(b"input")
+    return tmp_path
+
+
+def test_check_output_accepts_a_new_or_replaceable_file(workdir):
+    check = ft.io.check_output
+    out = check("new/deeper/r.npz", inputs=["raw.npz", None])
+    assert out == ft.io.Path("new/deeper/r.npz") and not (workdir / "new").exists()
+    assert check("raw.h5", inputs="raw.npz") == ft.io.Path("raw.h5")
+    (workdir / "old.hdf5").write_bytes(b"")
+    assert check("old.hdf5", overwrite=True) == ft.io.Path("old.hdf5")
+    assert check("figure.PNG", suffixes=(".png",)) == ft.io.Path("figure.PNG")
+    assert check("table.md", suffixes=(".md", ".txt"), inputs=[workdir]) == \
+        ft.io.Path("table.md")
+
+
+def _symlink(workdir):
+    (workdir / "link.npz").symlink_to(workdir / "raw.npz")
+    return "link.npz"
+
+
+def _hardlink(workdir):
+    import os
+
+    os.link(workdir / "raw.npz", workdir / "hard.npz")
+    return "hard.npz"
+
+
+def _fifo(workdir):
+    import os
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    os.mkfifo(workdir / "pipe.npz")
+    return "pipe.npz"
+
+
+def _parent_file(workdir):
+    (workdir / "notes").write_text("a file")
+    return "notes/a/b/r.npz"
+
+
+def _existing(workdir):
+    (workdir / "x.npz").write_bytes(b"")
+    return "x.npz"
+
+
+def _folder(workdir):
+    (workdir / "d.npz").mkdir()
+    return "d.npz"
+
+
+@pytest.mark.parametrize("make, options, message", [
+    (lambda w: "raw.npz", {}, r"^output: 'raw.npz' is the input file; choose another output "
+                              r"path$"),
+    (lambda w: "raw.npz", {"overwrite": True}, "'raw.npz' is the input file"),
+    (lambda w: "sub/../raw.npz", {}, r"^output: 'sub/../raw.npz' is the input file 'raw.npz'; "),
+    (lambda w: str(w / "raw.npz"), {}, "raw.npz' is the input file 'raw.npz'"),
+    (_symlink, {"overwrite": True}, r"^output: 'link.npz' is the input file 'raw.npz'"),
+    (_hardlink, {"overwrite": True}, r"^output: 'hard.npz' is the input file 'raw.npz'"),
+    (_existing, {},
+     r"^output: 'x.npz' exists; pass --overwrite to replace it$"),
+    (_folder, {"overwrite": True}, r"^output: 'd.npz' is a directory; expected the path of a "),
+    (_fifo, {"overwrite": True}, r"^output: 'pipe.npz' exists and is not a regular file"),
+    (lambda w: "x.tiff", {}, r"^output: expected a .npz, .h5 or .hdf5 file, got 'x.tiff'$"),
+    (lambda w: "x.npz", {"suffixes": (".png",), "name": "--png"},
+     r"^--png: expected a .png file, got 'x.npz'$"),
+    (_parent_file, {}, r"^output: 'notes/a/b/r.npz' cannot be created: '.*notes' is not a "
+                       r"folder$"),
+])
+def test_check_output_refuses(workdir, make, options, message):
+    out = make(workdir)
+    with pytest.raises(ft.InputError, match=message):
+        ft.io.check_output(out, inputs=["raw.npz"], **options)
+
+
+def test_check_output_needs_a_writable_folder(workdir, monkeypatch):
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if os.path.samefile(
+        p, workdir) else real_access(p, mode, **k))
+    with pytest.raises(ft.InputError, match=r"^output: 'new/r.npz' cannot be written: no "
+                                            r"permission to write in '.*'"):
+        ft.io.check_output("new/r.npz")
+
+
+def test_check_output_in_a_read_only_folder(workdir):
+    import os
+
+    if os.name == "nt" or os.geteuid() == 0:
+        pytest.skip("permissions do not bind root (or Windows)")
+    (workdir / "ro").mkdir(mode=0o500)
+    try:
+        with pytest.raises(ft.InputError, match="'ro/r.npz' cannot be written"):
+            ft.io.check_output("ro/r.npz")
+    finally:
+        (workdir / "ro").chmod(0o700)
+
+
+# --------------------------------------------------------------------------- hostile files
+
+def _base_triplet():
+    return {"minus": np.ones((4, 4)), "zero": np.ones((4, 4)), "plus": np.ones((4, 4)),
+            "dz": np.array([10.0, 10.0]), "scan_step": np.array([0.5, 0.5]),
+            "energy": 300e3}
+
+
+def _base_4d():
+    return {"minus": np.ones((2, 2, 3, 3)), "zero": np.ones((2, 2, 3, 3)),
+            "plus": np.ones((2, 2, 3, 3)), "dz": 10.0, "scan_step": 0.5, "energy": 300e3,
+            "k_sampling": np.array([0.1, 0.1])}
+
+
+def _write_case(path, fields):
+    """``.npz``: every key as saved by np.savez (object arrays pickled);
+    HDF5: arrays as datasets, the rest as root attributes, or ``value(file, key)``
+    for a crafted HDF5 object."""
+    if path.suffix == ".npz":
+        np.savez(path, **fields)
+        return
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for k, v in fields.items():
+            if isinstance(v, np.ndarray) and v.dtype.kind == "U":
+                v = v.astype("S")  # HDF5 holds byte strings
+            if callable(v):
+                v(f, k)
+            elif k in ft.io._ARRAYS:
+                f.create_dataset(k, data=v)
+            else:
+                f.attrs[k] = v
+
+
+_OBJECTS = np.array([["a", 1], [None, 2.0]] * 2, dtype=object)
+
+_HOSTILE = [  # (base, changes, key, what the message says after the key)
+    ("3", {"dz": "abc"}, "dz", r"must be a positive finite number or a pair of them \(Å\), "
+                               r"got .?'abc'"),
+    ("3", {"dz": [1.0, 2.0, 3.0]}, "dz", r"must be .*, got 3 values of shape \(3,\)$"),
+    ("3", {"dz": [[1.0, 2.0]]}, "dz", r"got 2 values of shape \(1, 2\)"),
+    ("3", {"dz": np.array([], float)}, "dz", r"got 0 values of shape \(0,\)"),
+    ("3", {"dz": [-1.0, 1.0]}, "dz", r"got \[-1.0, 1.0\]"),
+    ("3", {"dz": np.nan}, "dz", r"got \[nan\]"),
+    ("3", {"dz": True}, "dz", "got True"),
+    ("3", {"dz": np.array([True, False])}, "dz", "dtype bool"),
+    ("3", {"dz": 1 + 2j}, "dz", r"got \(1\+2j\)"),
+    ("3", {"energy": np.ones(5)}, "energy", r"must be a positive finite number \(eV\), got "
+                                            r"5 values of shape \(5,\)$"),
+    ("3", {"energy": 0.0}, "energy", r"got \[0.0\]"),
+    ("3", {"energy": -np.inf}, "energy", r"got \[-inf\]"),
+    ("3", {"energy": "300 keV"}, "energy", "300 keV"),
+    ("3", {"scan_step": np.ones(3)}, "scan_step", r"got 3 values of shape \(3,\)"),
+    ("3", {"scan_step": "0.5"}, "scan_step", "got .?'0.5'"),
+    ("3", {"minus": np.ones(4)}, "minus", r"has shape \(4,\), expected \(4, 4\) like 'zero'"),
+    ("3", {"zero": np.float64(1.0)}, "zero", r"must be 2-D \(triplet\) or 4-D \(4D-STEM\), "
+                                             r"got shape \(\)"),
+    ("3", {"zero": np.ones((4, 4, 4))}, "zero", r"got shape \(4, 4, 4\)"),
+    ("3", {"minus": np.ones((4, 4), bool)}, "minus", "has dtype bool; expected real numbers"),
+    ("3", {"plus": np.ones((4, 4), complex)}, "plus", "has dtype complex128"),
+    ("3", {"zero": np.full((4, 4), "a")}, "zero", "has dtype"),
+    ("3", {"minus": np.zeros((0, 4)), "zero": np.zeros((0, 4)), "plus": np.zeros((0, 4))},
+     "zero", r"is empty \(shape \(0, 4\)\)"),
+    ("3", {"phase_gt": np.ones((4, 4), complex)}, "phase_gt", "has dtype complex128"),
+    ("3", {"gradient_gt": np.ones((4, 4))}, "gradient_gt", r"has shape \(4, 4\), expected "
+                                                           r"\(2, 4, 4\)"),
+    ("3", {"material": 5}, "material", "must be a string, got 5"),
+    ("3", {"material": np.ones(3)}, "material", "must be a string, got an array"),
+    ("3", {"material": np.bytes_(b"\xff\xfe")}, "material", "is not UTF-8 text"),
+    ("3", {"thickness": "thick"}, "thickness", r"must be a positive finite number \(Å\)"),
+    ("3", {"semiangle": -1.0}, "semiangle", r"\(mrad\), got \[-1.0\]"),
+    ("4", {"k_sampling": "abc"}, "k_sampling", r"must be .* \(1/Å\)"),
+    ("4", {"k_sampling": np.ones(3)}, "k_sampling", r"got 3 values of shape \(3,\)"),
+    ("4", {"k_sampling": [0.0, 0.1]}, "k_sampling", r"got \[0.0, 0.1\]"),
+    ("4", {"minus": np.ones((2, 2, 3, 4))}, "minus", r"has shape \(2, 2, 3, 4\)"),
+]
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+@pytest.mark.parametrize("base, changes, key, says", _HOSTILE)
+def test_hostile_files_raise_input_errors(tmp_path, suffix, base, changes, key, says):
+    fields = {**(_base_triplet() if base == "3" else _base_4d()), **changes}
+    path = tmp_path / f"bad{suffix}"
+    _write_case(path, fields)
+    with pytest.raises(ft.InputError, match=rf"^bad{suffix}: '{key}' .*{says}"):
+        ft.load(path).close()
+
+
+def test_object_arrays_in_npz_are_never_unpickled(tmp_path):
+    _write_case(tmp_path / "bad.npz", {**_base_triplet(), "minus": _OBJECTS})
+    with pytest.raises(ft.InputError, match=r"^bad.npz: 'minus' cannot be read \(Object "
+                                            r"arrays cannot be loaded when allow_pickle"):
+        ft.load(tmp_path / "bad.npz")
+    # keys outside the layout are not read at all
+    _write_case(tmp_path / "extra.npz", {**_base_triplet(), "note": _OBJECTS})
+    assert ft.load(tmp_path / "extra.npz").dz == (10.0, 10.0)
+
+
+def _h5_group(f, k):
+    f.create_group(k)
+
+
+def _h5_external_link(f, k):
+    import h5py
+
+    f[k] = h5py.ExternalLink("/etc/other.h5", "/data")
+
+
+def _h5_dangling(f, k):
+    import h5py
+
+    f[k] = h5py.SoftLink("/nowhere")
+
+
+def _h5_strings(f, k):
+    import h5py
+
+    f.create_dataset(k, data=np.array([["a"] * 4] * 4, dtype=object), dtype=h5py.string_dtype())
+
+
+def _h5_empty_dataset(f, k):
+    import h5py
+
+    f.create_dataset(k, data=h5py.Empty("f8"))
+
+
+def _h5_empty_attr(f, k):
+    import h5py
+
+    f.attrs[k] = h5py.Empty("f8")
+
+
+def _h5_reference_attr(f, k):
+    f.create_dataset("target", data=np.ones(2))
+    f.attrs[k] = f["target"].ref
+
+
+def _h5_compound_attr(f, k):
+    f.attrs[k] = np.array((1.0, 2.0), dtype=[("a", "f8"), ("b", "f8")])
+
+
+def _h5_string_dataset(f, k):
+    f.create_dataset(k, data="abc")
+
+
+def _h5_virtual(f, k):
+    import h5py
+
+    layout = h5py.VirtualLayout(shape=(4, 4), dtype="f8")
+    layout[:] = h5py.VirtualSource("/etc/other.h5", "zero", shape=(4, 4))
+    f.create_virtual_dataset(k, layout)
+
+
+def _h5_external_storage(f, k):
+    f.create_dataset(k, shape=(4, 4), dtype="f8", external=[("/etc/hostname", 0, 128)])
+
+
+def _h5_reference_dataset(f, k):
+    import h5py
+
+    f.create_dataset("target", data=np.ones(2))
+    refs = np.empty((4, 4), dtype=h5py.ref_dtype)
+    refs[...] = f["target"].ref
+    f.create_dataset(k, data=refs)
+
+
+@pytest.mark.parametrize("key, make, says", [
+    ("zero", _h5_group, "is an HDF5 Group, expected a dataset"),
+    ("plus", _h5_external_link, "is a link to another file"),
+    ("plus", _h5_dangling, "cannot be read"),
+    ("minus", _h5_strings, "has dtype object; expected real numbers"),
+    ("minus", _h5_reference_dataset, "has dtype object"),
+    ("zero", _h5_empty_dataset, "is an empty HDF5 dataset"),
+    ("energy", _h5_empty_attr, "must be a positive finite number"),
+    ("dz", _h5_reference_attr, "must be a positive finite number or a pair of them"),
+    ("dz", _h5_compound_attr, "must be a positive finite number or a pair"),
+    ("scan_step", _h5_string_dataset, "got b?'abc'"),
+    ("material", _h5_empty_attr, "must be a string"),
+    ("material", _h5_reference_attr, "must be a string"),
+    ("zero", _h5_virtual, "is a virtual or external dataset"),
+    ("minus", _h5_external_storage, "is a virtual or external dataset"),
+])
+def test_hostile_hdf5_objects_raise_input_errors(tmp_path, key, make, says):
+    path = tmp_path / "bad.h5"
+    _write_case(path, {**_base_triplet(), key: make})
+    with pytest.raises(ft.InputError, match=rf"^bad.h5: '{key}' .*{says}"):
+        ft.load(path).close()
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_loose_but_valid_files_load(tmp_path, suffix):
+    """Scalars for pairs, integers, one-element arrays and bytes are accepted."""
+    fields = {"minus": np.ones((4, 4), np.uint8), "zero": np.ones((4, 4), np.int16),
+              "plus": np.ones((4, 4), np.float32), "dz": 12, "scan_step": np.array([0.5]),
+              "energy": np.array([200e3]), "material": np.bytes_(b"Si"), "thickness": 40,
+              "semiangle": np.float32(20.0)}
+    _write_case(tmp_path / f"ok{suffix}", fields)
+    with ft.load(tmp_path / f"ok{suffix}") as ds:
+        assert ds.dz == (12.0, 12.0) and ds.scan_step == (0.5, 0.5) and ds.energy == 200e3
+        assert ds.meta == {"material": "Si", "thickness": 40.0, "semiangle": 20.0}
+        assert all(type(v) is float for v in ds.dz + ds.scan_step + (ds.energy,))
+    if suffix == ".h5":  # a string dataset is read as text too
+        import h5py
+
+        with h5py.File(tmp_path / "ok.h5", "a") as f:
+            del f.attrs["material"]
+            f.create_dataset("material", data="GaAs")
+        with ft.load(tmp_path / "ok.h5") as ds:
+            assert ds.meta["material"] == "GaAs"
