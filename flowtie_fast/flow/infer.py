@@ -6,12 +6,20 @@
 phase is then the project's own Poisson integration of it
 (:meth:`TIESolver.solve` with ``method="flowtie"``). On the GPU, CuPy arrays
 reach torch through DLPack without a copy to the host.
+
+Integrity: a shipped model file must match the SHA-256 digest recorded in
+``flowtie_fast/data/models.json`` (:func:`record_digests` rewrites it after a
+model is retrained); every model, shipped or not, must return a finite flow
+of the right shape on a small probe triplet when it is loaded; and a flow
+with NaN or Inf is refused at prediction instead of becoming a NaN phase.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import math
 import threading
 import warnings
 from importlib import resources
@@ -21,18 +29,27 @@ import numpy as np
 
 from ..backend import is_cupy
 from ..errors import InputError
+from ..physics import wavenumber as _wavenumber
 
-__all__ = ["FlowEnsemble", "FlowModel", "default_model_path", "load_model"]
+__all__ = ["FlowEnsemble", "FlowModel", "default_model_path", "file_digest", "load_model",
+           "record_digests", "recorded_digests"]
 
 # The models shipped in flowtie_fast/data (MODEL.md): "seed0", "seed2" and
 # "seed3" are one recipe with three seeds, and "ensemble" is the mean of their
 # flows (three times the network time); "default" is one network of the same
-# size distilled from that ensemble (session 4: as accurate on the test cases,
-# at a third of its time); "fast" has a narrow full-resolution level (about
+# size distilled from that ensemble (as accurate on the test cases, at a third
+# of its time); "fast" has a narrow full-resolution level (about
 # half the time, measured less accurate: benchmarks/EVALUATION.md).
 SHIPPED = {"default": "flow_default.pt", "fast": "flow_fast.pt", "seed0": "flow_seed0.pt",
            "seed2": "flow_seed2.pt", "seed3": "flow_seed3.pt"}
 ENSEMBLES = {"ensemble": ("seed0", "seed2", "seed3")}
+# SHA-256 of each shipped file, {file name: hex digest}, in the data package.
+DIGESTS_FILE = "models.json"
+# The probe every model must pass at load: a smooth 32x32 triplet at 300 keV
+# and 0.2 Å pixels (see FlowModel._probe).
+_PROBE_SHAPE = (32, 32)
+_PROBE_PIXEL = (0.2, 0.2)
+_PROBE_DZ = 50.0  # Å
 
 # cuDNN's TF32 switch is process-wide: GPU calls that turn it off for their
 # duration take this lock, so that concurrent calls restore the caller's value.
@@ -43,9 +60,103 @@ _TF32_LOCK = threading.Lock()
 _CAPTURE_LOCK = threading.Lock()
 
 
+def _data_dir() -> Path:
+    """The folder of the shipped model files (the ``flowtie_fast.data`` package)."""
+    return Path(str(resources.files("flowtie_fast.data")))
+
+
 def default_model_path(name: str = "default") -> Path:
     """A TorchScript file shipped in the package (a name of ``SHIPPED``)."""
-    return Path(str(resources.files("flowtie_fast.data").joinpath(SHIPPED[name])))
+    return _data_dir() / SHIPPED[name]
+
+
+def file_digest(path) -> str:
+    """The SHA-256 digest of a file, as 64 hexadecimal digits.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (a shipped model is about 1 MB: under 1 ms).
+
+    Returns
+    -------
+    str
+    """
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def recorded_digests() -> dict:
+    """The digests recorded for the shipped model files.
+
+    Returns
+    -------
+    dict
+        ``{file name: SHA-256 hex digest}``, read from ``models.json`` in the
+        installed package (not from a folder that ``_data_dir`` may point to).
+
+    Raises
+    ------
+    InputError
+        The digest file is missing or unreadable (a broken install).
+    """
+    path = Path(str(resources.files("flowtie_fast.data").joinpath(DIGESTS_FILE)))
+    try:
+        digests = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"model: the digests of the shipped models ({path}) cannot be read "
+                         f"({exc}); reinstall flowtie_fast") from exc
+    if not isinstance(digests, dict):
+        raise InputError(f"model: {path} is not a table of digests; reinstall flowtie_fast")
+    return digests
+
+
+def record_digests() -> dict:
+    """Record the SHA-256 digest of every shipped model file in ``models.json``.
+
+    Run it after a shipped model is retrained or replaced (shipped files whose
+    digest does not match are refused at load)::
+
+        python -c "from flowtie_fast.flow.infer import record_digests; record_digests()"
+
+    Returns
+    -------
+    dict
+        The digests written, ``{file name: SHA-256 hex digest}``.
+    """
+    digests = {SHIPPED[n]: file_digest(default_model_path(n)) for n in sorted(SHIPPED)}
+    path = Path(str(resources.files("flowtie_fast.data").joinpath(DIGESTS_FILE)))
+    path.write_text(json.dumps(dict(sorted(digests.items())), indent=1) + "\n")
+    return digests
+
+
+def _shipped_name(path: Path):
+    """The name (a key of ``SHIPPED``) of the shipped file at ``path``, or None."""
+    try:
+        resolved = path.resolve()
+        return next((n for n in SHIPPED if default_model_path(n).resolve() == resolved), None)
+    except OSError:
+        return None
+
+
+def _verify_shipped(name: str, path: Path) -> None:
+    """Refuse a shipped model file whose SHA-256 is not the recorded one."""
+    want = recorded_digests().get(SHIPPED[name])
+    if want is None:
+        raise InputError(f"model: no digest is recorded for the shipped file {path} (model "
+                         f"{name!r}); reinstall flowtie_fast")
+    if file_digest(path) != want:
+        raise InputError(f"model: the shipped file {path} (model {name!r}) does not match its "
+                         "recorded digest (corrupted or modified install); reinstall "
+                         "flowtie_fast")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class FlowModel:
@@ -82,6 +193,16 @@ class FlowModel:
         long as three plain calls); a capture that fails falls back to plain
         calls with a warning. Ignored on the CPU.
 
+    Raises
+    ------
+    InputError
+        The file is missing or is no TorchScript flow model (nothing in it is
+        run as Python: TorchScript's loader resolves no arbitrary classes); a
+        shipped file does not match its recorded SHA-256 digest; or the
+        network fails, returns a shape other than (1, 2, 32, 32) or returns
+        NaN or Inf on the load-time probe, a smooth 32x32 triplet (0.2 Å
+        pixels, 300 keV, a centre of mass of zeros for 6-channel models).
+
     Notes
     -----
     One instance may serve several threads (:func:`load_model` caches it): the
@@ -102,18 +223,23 @@ class FlowModel:
                              f"{precision!r}")
         self.precision = precision
         self.torch = torch
+        shipped = None
         if path is None or (isinstance(path, str) and path in SHIPPED):
-            path = default_model_path(path or "default")
+            shipped = path or "default"
+            path = default_model_path(shipped)
         path = Path(path)
         if not path.is_file():
             raise InputError(f"model: no such file {str(path)!r}")
+        if shipped is None:  # a shipped file given by its path is checked alike
+            shipped = _shipped_name(path)
+        if shipped is not None:
+            _verify_shipped(shipped, path)  # ~1 ms a file (SHA-256 of ~1 MB)
         extra = {"config.json": ""}
         try:
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
         except Exception as exc:
             raise InputError(f"model: {path.name} is not a readable TorchScript flow model "
-                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-                             ) from exc
+                             f"(file {str(path)!r}: {_first_line(exc)})") from exc
         raw = extra["config.json"]
         try:
             self.config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
@@ -129,6 +255,70 @@ class FlowModel:
         self._graphs = {}  # key -> (graph, static inputs, static output, last replay)
         self._graph_failed = set()
         self._lock = threading.Lock()
+        self._probe()
+
+    def _probe(self):
+        """Run the network once on a smooth synthetic triplet: InputError
+        naming the file unless it returns a finite flow of shape (1, 2, 32, 32).
+
+        The triplet is the transport of intensity of a weak phase object,
+        ``∂I/∂z = -∇·(I ∇φ) / k`` with ``φ = 0.5 sin sin`` over one period,
+        ``I0 = 1 + 0.1 cos`` and planes ``I0 ∓ dz ∂I/∂z`` at dz = 50 Å (all
+        positive). It runs unoptimised: ~5 ms for a shipped model freshly
+        loaded on 2 CPU cores, and TorchScript's optimising first run stays
+        with the first prediction.
+        """
+        torch = self.torch
+        ny, nx = _PROBE_SHAPE
+        h = _PROBE_PIXEL
+        k = _wavenumber(300e3)  # rad/Å
+        gy, gx = 2 * np.pi / (ny * h[0]), 2 * np.pi / (nx * h[1])
+        y, x = np.meshgrid(np.arange(ny) * h[0], np.arange(nx) * h[1], indexing="ij")
+        phi_y = 0.5 * gy * np.cos(gy * y) * np.sin(gx * x)
+        phi_x = 0.5 * gx * np.sin(gy * y) * np.cos(gx * x)
+        intensity = 1 + 0.1 * np.cos(gy * y + gx * x)
+        i_y, i_x = -0.1 * gy * np.sin(gy * y + gx * x), -0.1 * gx * np.sin(gy * y + gx * x)
+        lap = -(gy**2 + gx**2) * 0.5 * np.sin(gy * y) * np.sin(gx * x)
+        didz = -(i_y * phi_y + i_x * phi_x + intensity * lap) / k
+        planes = np.stack([intensity + _PROBE_DZ * didz, intensity, intensity - _PROBE_DZ * didz])
+
+        def t(a):
+            return torch.as_tensor(np.asarray(a, np.float32)[None], device=self.device)
+
+        com = t(np.zeros((2, ny, nx))) if self.in_channels == 6 else None
+        from .model import flow_inputs
+
+        where = f"model: {str(self.path)!r}"
+        try:
+            # Unoptimised (a thread-local switch): TorchScript's profiling run
+            # and optimisation stay for the first prediction, as without probe.
+            with torch.no_grad(), torch.jit.optimized_execution(False):
+                p, d = t(planes), t(didz)
+                v = self.module(flow_inputs(p[:, 0], p[:, 1], p[:, 2], d, k, h, com)
+                                .to(self.dtype))
+        except Exception as exc:
+            raise InputError(f"{where} fails on a probe triplet of {ny}x{nx} pixels with "
+                             f"{self.in_channels} input channels ({type(exc).__name__}: "
+                             f"{_first_line(exc)})") from exc
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != (1, 2, ny, nx):
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise InputError(f"{where} returns {got} for a probe triplet of {ny}x{nx} pixels; "
+                             f"a flow model returns a flow of shape (1, 2, {ny}, {nx})")
+        if not bool(torch.isfinite(v).all()):
+            raise InputError(f"{where} produces NaN or Inf on a smooth probe triplet "
+                             f"({ny}x{nx} pixels): a broken or corrupted model")
+
+    def _check_finite(self, v, args):
+        """InputError naming the model unless the flow ``v`` is finite: one sum
+        (NaN and Inf propagate through it; ~0.01 ms at 256² on the CPU)."""
+        torch = self.torch
+        if math.isfinite(float(v.sum())) or bool(torch.isfinite(v).all()):
+            return  # (the second test only where the sum overflowed)
+        why = ""
+        if not all(bool(torch.isfinite(a).all()) for a in args if a is not None):
+            why = "; the input planes, didz or centre of mass hold NaN or Inf"
+        raise InputError("model: the flow network produced NaN or Inf for this input "
+                         f"(model {str(self.path)!r}){why}")
 
     def __repr__(self) -> str:
         return (f"FlowModel({str(self.path)!r}, in_channels={self.in_channels}, {self.device}, "
@@ -145,6 +335,8 @@ class FlowModel:
 
         ``planes`` (3 arrays), ``didz`` and ``com`` (1/Å, (2, H, W)) are NumPy or
         CuPy arrays; ``com`` is required by models with 6 input channels.
+        :class:`InputError` where the flow holds NaN or Inf (see
+        :meth:`predict_batch`).
         """
         torch = self.torch
         stack = torch.stack([self._tensor(p).float() for p in planes])[None]
@@ -157,6 +349,13 @@ class FlowModel:
 
         ``planes`` (B, 3, H, W), ``didz`` (B, H, W) and ``com`` (B, 2, H, W) in
         1/Å: NumPy or CuPy arrays or torch tensors.
+
+        Raises
+        ------
+        InputError
+            The network's flow holds NaN or Inf (the message names the model,
+            and says so where the input already held them); a 6-channel model
+            is given no centre of mass.
         """
         torch = self.torch
         if self.in_channels == 6 and com is None:
@@ -169,11 +368,11 @@ class FlowModel:
 
         args = (tensor(planes), tensor(didz), tensor(com) if self.in_channels == 6 else None)
         k, h = float(wavenumber), (float(pixel_size[0]), float(pixel_size[1]))
-        if self.cuda_graphs:
-            v = self._replay(args, k, h)
-            if v is not None:
-                return v
-        return self._compute(*args, k, h)
+        v = self._replay(args, k, h) if self.cuda_graphs else None
+        if v is None:
+            v = self._compute(*args, k, h)
+        self._check_finite(v, args)
+        return v
 
     def _compute(self, planes, didz, com, k, h):
         """Inputs, network and output scaling on the model's device."""
@@ -267,7 +466,9 @@ class FlowEnsemble:
     -----
     Same interface as :class:`FlowModel` (``predict``, ``predict_batch``,
     ``device``, ``in_channels``, ``precision``); each member keeps its own
-    CUDA graphs. The time is the members' times added up.
+    CUDA graphs. The time is the members' times added up. The integrity
+    checks are the members': each passed the load-time probe, and a member
+    whose flow holds NaN or Inf raises :class:`InputError` naming its file.
     """
 
     def __init__(self, models, name=None):
