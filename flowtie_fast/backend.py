@@ -297,10 +297,12 @@ class Backend:
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             from . import _numba_kernels
 
-            _prefer_threadsafe_layer()
-
             self.xp = np
             self.kernels = _numba_kernels
+            if not _prefer_threadsafe_layer():
+                # Numba's workqueue layer aborts the process when two threads enter
+                # parallel kernels at once: serialise every kernel call instead.
+                self.kernels = _SerialKernels(_numba_kernels)
             self.fft_library = "pyfftw" if _have_pyfftw() else "scipy"
             if self.fft_library == "scipy":
                 _warn_no_pyfftw()
@@ -357,6 +359,34 @@ class Backend:
             else:
                 out[i] = (float(p.min()), float(p.sum(dtype=np.float64)))
         return out
+
+    def available_memory(self) -> int | None:
+        """Bytes that can still be allocated: free device memory (plus CuPy's pool)
+        on the GPU, the kernel's MemAvailable on Linux, free physical pages
+        elsewhere; None where nothing tells."""
+        if self.is_gpu:
+            free, _ = self.xp.cuda.runtime.memGetInfo()
+            return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+    def check_memory(self, name, value, nbytes: int, what: str) -> None:
+        """Refuse, before allocating, work that needs more memory than is available:
+        :class:`InputError` naming ``name`` (=``value``) with both figures."""
+        available = self.available_memory()
+        if available is not None and nbytes > available:
+            raise InputError(f"{name}: {value} needs about {_gib(nbytes)} for {what}, more "
+                             f"than the {_gib(available)} available on the {self.name}; "
+                             "use a smaller size or another machine")
 
     def check_output(self, name, a, shape, dtype, inputs=(), input_names=()):
         """Validate a caller-supplied output array before any work is done.
@@ -420,23 +450,54 @@ class Backend:
         return DCTPlan(self, shape, dtype)
 
 
-def _prefer_threadsafe_layer() -> None:
+def _prefer_threadsafe_layer() -> bool:
     """Ask Numba for a threading layer that parallel kernels may enter from many
     threads at once (omp or tbb; the fallback workqueue layer aborts the process
-    on concurrent calls), where one is installed and the user chose none."""
+    on concurrent calls), where one is installed and the user chose none.
+
+    Returns whether the layer in use is thread-safe: False when the user chose
+    ``workqueue`` (NUMBA_THREADING_LAYER) or neither omp nor tbb is installed.
+    """
     import importlib
 
     import numba
 
-    if "NUMBA_THREADING_LAYER" in os.environ:
-        return
+    chosen = os.environ.get("NUMBA_THREADING_LAYER", "").strip().lower()
+    if chosen:
+        return chosen in ("omp", "tbb", "threadsafe", "safe")
+    if str(numba.config.THREADING_LAYER).lower() in ("omp", "tbb", "threadsafe", "safe"):
+        return True
     for layer in ("omppool", "tbbpool"):
         try:
             importlib.import_module(f"numba.np.ufunc.{layer}")
         except ImportError:
             continue
         numba.config.THREADING_LAYER = "threadsafe"
-        return
+        return True
+    return False
+
+
+_KERNEL_LOCK = threading.Lock()
+
+
+class _SerialKernels:
+    """The Numba kernels behind one process-wide lock, for a threading layer that
+    must not be entered by two threads at once (workqueue): solves from several
+    threads stay correct and run one kernel at a time."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        attr = getattr(self._module, name)
+        if not callable(attr) or name == "set_threads":
+            return attr
+
+        def serial(*args, **kwargs):
+            with _KERNEL_LOCK:
+                return attr(*args, **kwargs)
+
+        return serial
 
 
 def save_wisdom(path) -> None:
@@ -482,6 +543,10 @@ def _numba_max_threads() -> int:
 def is_cupy(x) -> bool:
     """True for CuPy arrays (checked without importing CuPy)."""
     return type(x).__module__.startswith("cupy")
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"
 
 
 def xp_may_share_memory(a, b) -> bool:

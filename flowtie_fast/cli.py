@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,17 @@ def _demo(args) -> int:
     the Fresnel phase object where abTEM is missing (or with --fresnel)."""
     import importlib.util
 
+    from flowtie_fast.errors import check_count, check_positive
+
+    check_count("--size", args.size, 16, 4096)
+    for name in ("pixel_size", "dz", "energy"):
+        check_positive(name, getattr(args, name))
+    if args.png:
+        from flowtie_fast.io import check_output
+
+        # The demo replaces its own figure; any other existing file is refused.
+        check_output(args.png, overwrite=args.png.name == "flowtie_demo.png",
+                     name="--png", suffixes=".png")
     if args.fresnel or importlib.util.find_spec("abtem") is None:
         if not args.fresnel:
             print("abTEM is not installed (extra 'sim'): the Fresnel demo instead")
@@ -134,16 +146,23 @@ def _save_panels(path, panels, title=None) -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = Path(path).with_name("." + Path(path).name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    from flowtie_fast.io import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _reconstruct(args) -> int:
     import flowtie_fast as ft
-    from flowtie_fast.io import write_fields
+    from flowtie_fast.io import check_output, write_fields
 
+    check_output(args.output, inputs=[args.file], overwrite=args.overwrite)
+    if args.png:
+        check_output(args.png, inputs=[args.file, args.output], overwrite=args.overwrite,
+                     name="--png", suffixes=".png")
     options = {}
     if args.virtual:
         options["virtual"] = args.virtual
@@ -196,7 +215,20 @@ def _simulate(args) -> int:
     import flowtie_fast as ft
     from flowtie_fast.simulate import simulate_series
 
+    from flowtie_fast.io import check_output
+    from flowtie_fast.simulate import check_settings, series_thicknesses
+
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise ft.InputError(f"output: {str(out)!r} is a file; expected a folder")
+    check_settings(args.thickness, energy=args.energy, semiangle=args.semiangle, dz=args.dz,
+                   scan_gpts=args.scan_gpts, supercell=args.supercell,
+                   potential_sampling=args.sampling, max_angle=args.max_angle,
+                   frozen_phonons=args.frozen_phonons, dose=args.dose, seed=args.seed)
+    paths = [out / _case_name(args.material, t)
+             for t in series_thicknesses(args.material, args.thickness)]
+    for path in paths:  # before minutes of simulation, not after
+        check_output(path, overwrite=args.overwrite)
     start = time.perf_counter()
     cases = simulate_series(args.material, args.thickness, energy=args.energy,
                             semiangle=args.semiangle, dz=args.dz,
@@ -205,15 +237,24 @@ def _simulate(args) -> int:
                             max_angle=args.max_angle, frozen_phonons=args.frozen_phonons,
                             dose=args.dose, seed=args.seed, progress=True)
     for c in cases:
-        path = ft.save(out / f"{c.material}_{c.thickness:06.1f}A.npz", c)
+        path = ft.save(out / _case_name(c.material, c.thickness), c)
         print(f"{path}  ({c.zero.shape}, thickness {c.thickness:.1f} Å)")
     print(f"simulated {len(cases)} thicknesses in {time.perf_counter() - start:.0f} s")
     return 0
 
 
+def _case_name(material, thickness) -> str:
+    """File name of one simulated thickness (Å)."""
+    return f"{material}_{thickness:06.1f}A.npz"
+
+
 def _evaluate(args) -> int:
     from flowtie_fast.evaluate import evaluate, format_table
 
+    if args.output:
+        from flowtie_fast.io import check_output
+
+        check_output(args.output, overwrite=args.overwrite, suffixes=(".md", ".txt"))
     options = {"virtual": args.virtual} if args.virtual else {}
     model = _flow_model(args.model, args.precision, args.backend) \
         if "flowtie" in args.methods else None
@@ -233,6 +274,7 @@ def _evaluate(args) -> int:
 def _train(args) -> int:
     from flowtie_fast.flow.data import check_doses, load_samples
     from flowtie_fast.flow.train import TrainConfig, check_checkpoints, export_torchscript, train
+    from flowtie_fast.io import check_output
 
     # Every setting and both checkpoint paths are checked before the data is read.
     dose = (args.dose[0], args.dose[1]) if args.dose else (None, None)
@@ -243,6 +285,8 @@ def _train(args) -> int:
                       teacher=args.teacher, distill=args.distill)
     doses = check_doses([None] + list(args.doses or []))
     check_checkpoints(cfg, args.checkpoint, args.resume, args.overwrite)
+    check_output(args.output, inputs=[*args.data, args.checkpoint, args.resume],
+                 overwrite=args.overwrite, suffixes=(".pt", ".pth", ".ts"))
     samples = load_samples(args.data, doses=doses)
     if not samples:
         print("flowtie train: error: data: no files with a ground truth", file=sys.stderr)
@@ -267,9 +311,21 @@ def _train(args) -> int:
 
 
 def main(argv=None) -> int:
+    from flowtie_fast import __version__
+
     parser = argparse.ArgumentParser(prog="flowtie", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"flowtie_fast {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the Python traceback of an error")
+    overwrite = argparse.ArgumentParser(add_help=False)
+    overwrite.add_argument("--overwrite", action="store_true",
+                           help="replace existing output files (default: refuse to start)")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="every method on a simulated GaAs 4D-STEM triplet")
+    demo = sub.add_parser("demo", parents=[common],
+                          help="every method on a simulated GaAs 4D-STEM triplet")
     demo.add_argument("--png", type=Path, default=Path("flowtie_demo.png"),
                       help="figure to write (GaAs demo)")
     demo.add_argument("--fresnel", action="store_true",
@@ -284,7 +340,8 @@ def main(argv=None) -> int:
 
     PRECISIONS = ("float32", "tf32", "bfloat16")
 
-    rec = sub.add_parser("reconstruct", help="reconstruct a file (triplet or 4D-STEM)")
+    rec = sub.add_parser("reconstruct", parents=[common, overwrite],
+                         help="reconstruct a file (triplet or 4D-STEM)")
     rec.add_argument("file", type=Path)
     rec.add_argument("--method", default="tie", choices=METHODS)
     rec.add_argument("-o", "--output", type=Path, required=True, help=".npz or .h5 to write")
@@ -299,7 +356,8 @@ def main(argv=None) -> int:
                           "bfloat16 instructions)")
     rec.set_defaults(func=_reconstruct)
 
-    sim = sub.add_parser("simulate", help="abTEM thickness series at three defoci")
+    sim = sub.add_parser("simulate", parents=[common, overwrite],
+                         help="abTEM thickness series at three defoci")
     sim.add_argument("--material", default="GaAs", choices=("GaAs", "SrTiO3"))
     sim.add_argument("--thickness", type=float, nargs="+", default=[5.65, 22.6, 56.5],
                      help="thicknesses in Å (rounded to whole cells)")
@@ -316,7 +374,8 @@ def main(argv=None) -> int:
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=_simulate)
 
-    ev = sub.add_parser("evaluate", help="every method on every case of a folder")
+    ev = sub.add_parser("evaluate", parents=[common, overwrite],
+                        help="every method on every case of a folder")
     ev.add_argument("directory", type=Path)
     ev.add_argument("--methods", nargs="+", default=["tie-uniform", "tie", "tie-exact", "gd",
                                                       "icom"])
@@ -329,7 +388,8 @@ def main(argv=None) -> int:
     ev.add_argument("-o", "--output", type=Path, help="write the table (Markdown) here")
     ev.set_defaults(func=_evaluate)
 
-    tr = sub.add_parser("train", help="train the flow model on simulated cases (torch)")
+    tr = sub.add_parser("train", parents=[common],
+                        help="train the flow model on simulated cases (torch)")
     tr.add_argument("data", type=Path, nargs="+", help="files or folders with ground truth")
     tr.add_argument("-o", "--output", type=Path, default=Path("flowtie_model.pt"),
                     help="TorchScript file to write")
@@ -343,7 +403,8 @@ def main(argv=None) -> int:
                          "path); it must have the same settings but --steps and --restarts, "
                          "and fewer steps than --steps. Read as tensors only: no code in it runs")
     tr.add_argument("--overwrite", action="store_true",
-                    help="replace an existing --checkpoint file instead of refusing to start")
+                    help="replace an existing --checkpoint file and -o model instead of "
+                         "refusing to start")
     tr.add_argument("--steps", type=int, default=2000)
     tr.add_argument("--batch", type=int, default=8)
     tr.add_argument("--lr", type=float, default=2e-3)
@@ -374,9 +435,41 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:  # InputError and friends: a clear message, no traceback
-        print(f"flowtie {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"flowtie {args.command}: interrupted; nothing half-written is left",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, never a traceback (--debug shows it)
+        if args.debug:
+            traceback.print_exc()
+        print(f"flowtie {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        return _exit_code(exc)
+
+
+def _exit_code(exc) -> int:
+    """2 for bad usage or input (InputError and other ValueErrors), 1 for the
+    environment (no GPU, files, memory) and anything unexpected."""
+    from flowtie_fast.errors import BackendError
+
+    if isinstance(exc, ValueError) and not isinstance(exc, BackendError):
         return 2
+    return 1
+
+
+def _describe(exc) -> str:
+    """One line for an exception: its message for ours, the kind for the rest."""
+    from flowtie_fast.errors import BackendError, InputError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (InputError, BackendError)):
+        return text
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({text}); try a smaller input or another machine"
+    if isinstance(exc, OSError):
+        return text  # "[Errno 28] No space left on device: 'path'"
+    if isinstance(exc, ValueError):
+        return text
+    return f"unexpected {type(exc).__name__}: {text} (run with --debug for the traceback)"
 
 
 if __name__ == "__main__":

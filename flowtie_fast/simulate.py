@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, check_count, check_positive
 
 __all__ = ["MATERIALS", "SimulationCase", "crystal", "simulate_series", "ground_truth_phase"]
 
@@ -162,6 +162,59 @@ def _thickness_defocus_scan_k(measured, n_thickness):
     return data
 
 
+def _cells(thicknesses, height) -> list:
+    """Whole unit cells of each wanted thickness (at least one), sorted, unique."""
+    return sorted({max(1, int(round(t / height))) for t in thicknesses})
+
+
+def series_thicknesses(material, thicknesses) -> list:
+    """The thicknesses (Å) :func:`simulate_series` simulates for these wanted
+    ones: whole unit cells of ``material``, sorted, without repeats."""
+    height = float(crystal(material).cell.array[2, 2])
+    return [m * height for m in _cells(check_settings(thicknesses), height)]
+
+
+def check_settings(thicknesses, *, energy=300e3, semiangle=20.0, dz=20.0, scan_cells=(1, 1),
+                   scan_gpts=None, supercell=16.0, potential_sampling=0.05,
+                   slice_thickness=1.5, max_angle=None, frozen_phonons=0, sigma=0.08,
+                   dose=None, seed=0):
+    """Every setting of :func:`simulate_series` (same names and units) checked
+    before abTEM runs; :class:`InputError` naming the first bad one. Returns
+    the thicknesses as a tuple of floats."""
+    try:
+        thicknesses = tuple(float(t) for t in np.atleast_1d(thicknesses))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"thicknesses: expected numbers in Å, got {thicknesses!r}") from exc
+    if not thicknesses:
+        raise InputError("thicknesses: expected at least one thickness in Å")
+    for t in thicknesses:
+        if not (math.isfinite(t) and 0 < t <= 1e5):
+            raise InputError(f"thicknesses: expected Å in (0, 1e5], got {t!r}")
+    check_positive("energy", energy)
+    check_positive("dz", dz)
+    for name, value, hi in (("semiangle", semiangle, 500.0), ("supercell", supercell, 1e4),
+                            ("potential_sampling", potential_sampling, 1.0),
+                            ("slice_thickness", slice_thickness, 100.0)):
+        if check_positive(name, value) > hi:
+            raise InputError(f"{name}: expected at most {hi:g}, got {value!r}")
+    if max_angle is not None and check_positive("max_angle", max_angle) > 2000:
+        raise InputError(f"max_angle: expected at most 2000 mrad, got {max_angle!r}")
+    if sigma < 0 or not math.isfinite(sigma):
+        raise InputError(f"sigma: expected a non-negative displacement in Å, got {sigma!r}")
+    if dose is not None:
+        check_positive("dose", dose)
+    check_count("frozen_phonons", frozen_phonons, 0, 10000)
+    check_count("seed", seed, 0)
+    for name, pair, low in (("scan_cells", scan_cells, 1), ("scan_gpts", scan_gpts, 2)):
+        if pair is None:
+            continue
+        if len(pair) != 2:
+            raise InputError(f"{name}: expected two integers, got {pair!r}")
+        for v in pair:
+            check_count(name, v, low, 1 << 16)
+    return thicknesses
+
+
 def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0, 200.0), *,
                     energy=300e3, semiangle=20.0, dz=20.0, scan_cells=(1, 1),
                     scan_gpts=None, supercell=16.0, potential_sampling=0.05,
@@ -207,12 +260,18 @@ def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0,
     -------
     list of SimulationCase, one per thickness.
     """
+    thicknesses = check_settings(thicknesses, energy=energy, semiangle=semiangle, dz=dz,
+                                 scan_cells=scan_cells, scan_gpts=scan_gpts,
+                                 supercell=supercell, potential_sampling=potential_sampling,
+                                 slice_thickness=slice_thickness, max_angle=max_angle,
+                                 frozen_phonons=frozen_phonons, sigma=sigma, dose=dose,
+                                 seed=seed)
     abtem = _abtem()
 
     unit = crystal(material)
     name = material if isinstance(material, str) else unit.get_chemical_formula()
     a, b, c = np.diag(unit.cell.array)
-    cells = sorted({max(1, int(round(t / c))) for t in thicknesses})
+    cells = _cells(thicknesses, c)
     per_cell = max(1, int(round(c / slice_thickness)))
     scan_cells = tuple(int(s) for s in scan_cells)
     rep = (max(scan_cells[0], math.ceil(supercell / a)),

@@ -60,6 +60,7 @@ from .triplet import FocalSeries, check_intensity_stats
 __all__ = ["METHODS", "Reconstruction", "TIESolver", "reconstruct"]
 
 METHODS = ("tie-uniform", "tie", "tie-exact", "gd", "icom", "flowtie")
+SOLVER_IMAGES = 14  # images of the working dtype a TIESolver adds to its Poisson solver
 
 
 @dataclass
@@ -168,6 +169,10 @@ class TIESolver:
         self.pixel_size = self.poisson.pixel_size
         self.dtype = self.poisson.dtype
         be = self.backend
+        # Beyond the Poisson solver's: ∂I/∂z, the intensity, the iterative methods'
+        # work arrays, the outputs and the planes cast to the working dtype.
+        be.check_memory("shape", self.shape, SOLVER_IMAGES * self.poisson.work_bytes,
+                        "a TIE solver's buffers")
         self._didz = be.zeros(self.shape, self.dtype)
         self._intensity_buffer = be.zeros(self.shape, self.dtype)
         self._intensity = self._intensity_buffer  # the in-focus intensity in use
@@ -221,6 +226,7 @@ class TIESolver:
             kern.focal_derivative3(*planes, self._didz, *(t(w) for w in dw))
             if np.allclose(iw, [0, 1, 0], atol=1e-12):
                 self._intensity = planes[1]  # read only: no copy
+                iw = (0.0, 1.0, 0.0)  # the mean below is then the in-focus plane's
             else:
                 self._intensity = self._intensity_buffer
                 kern.focal_derivative3(*planes, self._intensity, *(t(w) for w in iw))

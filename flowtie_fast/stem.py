@@ -25,7 +25,7 @@ import numpy as np
 
 from ._cuda import MAX_WEIGHTS  # weight rows one pass computes (the CUDA tile)
 from .backend import Backend, array_module, get_backend, is_cupy
-from .errors import InputError, check_positive
+from .errors import InputError, check_count, check_positive
 from .physics import wavelength
 
 __all__ = ["Detector", "Reduction", "calibrate_rotation", "find_center", "finish_reduction",
@@ -350,6 +350,9 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
         Before any rotation (detector axes).
     """
     check_4d(name, data)
+    if com_radius_mrad is not None:
+        com_radius_mrad = check_positive("com_radius", com_radius_mrad)
+    chunk_bytes = check_count("chunk_bytes", chunk_bytes, 1)
     sy, sx, ky, kx = (int(s) for s in data.shape)
     if (ky, kx) != tuple(detector.shape):
         raise InputError(f"{name}: detector shape {(ky, kx)} differs from {detector.shape}")
@@ -449,7 +452,15 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None):
     """
     if center is None:
         center = find_center(mean)
-    center = tuple(float(c) for c in center)
+    try:
+        center = tuple(float(c) for c in center)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"center: expected (row, column) in detector pixels, got {center!r}") \
+            from exc
+    if len(center) != 2 or not all(math.isfinite(c) and -n <= c <= 2 * n
+                                   for c, n in zip(center, mean.shape)):
+        raise InputError(f"center: expected (row, column) in detector pixels near the "
+                         f"{tuple(mean.shape)} detector, got {center!r}")
     detector = Detector(tuple(mean.shape), k_sampling, energy, center)
     disk = bf_radius_mrad(mean, detector)
     bf_radius = 0.25 * disk if bf_radius is None else check_positive("bf_radius", bf_radius)

@@ -325,7 +325,12 @@ class FocalTriplet(FocalSeries):
             if rotation != "auto":
                 raise InputError(f"rotation: expected degrees or 'auto', got {rotation!r}")
             rotation, flip = stem.calibrate_rotation(com, t._tie_gradient())
-        rotation = float(rotation)
+        try:
+            rotation = float(rotation)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"rotation: expected degrees or 'auto', got {rotation!r}") from exc
+        if not math.isfinite(rotation):
+            raise InputError(f"rotation: expected finite degrees, got {rotation!r}")
         for r in reductions:
             r.com = stem.rotate_com(r.com, rotation, bool(flip))
             r.rotation, r.flip = rotation, bool(flip)

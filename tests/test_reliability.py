@@ -1,0 +1,340 @@
+"""Refusals that keep a run unattended safe: caller buffers, intensities,
+physical ranges, non-finite results, memory, the thread layer and the command
+line (one line, an exit code, nothing overwritten by surprise)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import flowtie_fast as ft
+from flowtie_fast import cli
+from flowtie_fast.errors import ResultError
+
+N, PIXEL, DZ, E = 32, 0.2, 20.0, 300e3
+
+
+def planes(seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.arange(N), np.arange(N), indexing="ij")
+    base = 1.0 + 0.2 * np.cos(2 * np.pi * y / N) * np.sin(2 * np.pi * x / N)
+    return [(base * (1 + 0.02 * s) + 0.01 * rng.random((N, N))).astype(dtype)
+            for s in (-1, 0, 1)]
+
+
+def triplet(p=None, **kw):
+    p = planes() if p is None else p
+    args = dict(dz=DZ, pixel_size=PIXEL, energy=E)
+    args.update(kw)
+    return ft.FocalTriplet(*p, **args)
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return ft.Plan((N, N), PIXEL, DZ, E, method="tie", backend="cpu")
+
+
+# --------------------------------------------------------------------------- buffers
+
+
+def read_only_memmap(tmp_path, shape):
+    path = tmp_path / "out.dat"
+    np.zeros(shape, np.float32).tofile(path)
+    return np.memmap(path, np.float32, mode="r", shape=shape)
+
+
+def read_only_bytes(shape):
+    return np.frombuffer(bytes(4 * int(np.prod(shape))), np.float32).reshape(shape)
+
+
+@pytest.mark.parametrize("make", ["memmap", "bytes", "flag"])
+def test_read_only_outputs_are_refused_before_any_work(plan, tmp_path, make):
+    """A read-only memory map crashed the process; an array over immutable bytes
+    was written through."""
+    shape = (N, N)
+    if make == "memmap":
+        out = read_only_memmap(tmp_path, shape)
+    elif make == "bytes":
+        out = read_only_bytes(shape)
+    else:
+        out = np.zeros(shape, np.float32)
+        out.flags.writeable = False
+    with pytest.raises(ft.InputError, match="out: the array is read-only"):
+        plan.solve(*planes(), out=out)
+    with pytest.raises(ft.InputError, match="out: the array is read-only"):
+        ft.reconstruct(triplet(), method="tie", backend="cpu", out=out)
+    grad = read_only_bytes((2, N, N))
+    with pytest.raises(ft.InputError, match="gradient_out: the array is read-only"):
+        plan.solve(*planes(), gradient_out=grad)
+    with pytest.raises(ft.InputError, match="out: the array is read-only"):
+        ft.TIESolver((N, N), PIXEL, backend="cpu").poisson.solve(planes()[0], out=out)
+    assert not np.any(out)
+
+
+@pytest.mark.parametrize("out, match", [
+    (np.zeros((N, N), np.float32, order="F")[:, :N // 2], "out: expected a float32 array"),
+    (np.asfortranarray(np.zeros((N, N + 1), np.float32))[:, :N], "out: expected a C-contig"),
+    (np.zeros((N, N), np.float64), "out: expected a float32 array of shape"),
+    (np.zeros((N, N + 1), np.float32), "out: expected a float32 array of shape"),
+    ([[0.0] * N] * N, "out: expected a writeable NumPy array"),
+])
+def test_outputs_of_the_wrong_layout_are_refused(plan, out, match):
+    with pytest.raises(ft.InputError, match=match):
+        plan.solve(*planes(), out=out)
+
+
+def test_an_output_that_aliases_an_input_is_refused(plan):
+    p = planes()
+    keep = [a.copy() for a in p]
+    with pytest.raises(ft.InputError, match="out: shares memory with zero"):
+        plan.solve(*p, out=p[1])
+    stack = np.zeros((2, N, N), np.float32)
+    with pytest.raises(ft.InputError, match="gradient_out: shares memory with out"):
+        plan.solve(*p, out=stack[0], gradient_out=stack)
+    with pytest.raises(ft.InputError, match="out: shares memory with minus"):
+        ft.reconstruct(ft.FocalTriplet(*p, dz=DZ, pixel_size=PIXEL, energy=E), method="tie",
+                       backend="cpu", out=p[0])
+    for a, b in zip(p, keep):
+        np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- intensities
+
+
+@pytest.mark.parametrize("i, name", [(0, "minus"), (1, "zero"), (2, "plus")])
+def test_a_dropped_frame_is_refused_alike_by_every_entry_point(plan, i, name):
+    """A Plan returned a 7 rad phase for an all-zero frame that FocalTriplet refused."""
+    p = planes()
+    p[i] = np.zeros_like(p[i])
+    message = f"{name}: intensity is zero everywhere"
+    with pytest.raises(ft.InputError, match=message):
+        triplet(p)
+    out = np.full((N, N), 7.0, np.float32)
+    with pytest.raises(ft.InputError, match=message):
+        plan.solve(*p, out=out)
+    assert np.all(out == 7.0)  # nothing written
+    with pytest.raises(ft.InputError, match=rf"stack\[1\]: {name}: intensity is zero"):
+        plan.solve_batch(np.stack([np.stack(planes()), np.stack(p)]))
+
+
+@pytest.mark.parametrize("method", ["tie", "tie-exact", "gd", "tie-uniform"])
+def test_negative_intensities_are_refused(plan, method):
+    """tie-exact reported converged=True with an error of 6e5 on them."""
+    p = planes()
+    p[1] = p[1] - 1.5
+    with pytest.raises(ft.InputError, match="zero: expected non-negative intensities"):
+        triplet(p)
+    m = ft.Plan((N, N), PIXEL, DZ, E, method=method, backend="cpu", warmup=False)
+    with pytest.raises(ft.InputError, match="zero: expected non-negative intensities"):
+        m.solve(*p)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_planes_are_refused_by_a_plan(plan, value):
+    p = planes()
+    p[2][3, 4] = value
+    with pytest.raises(ft.InputError, match="plus: contains NaN or Inf"):
+        plan.solve(*p)
+
+
+# --------------------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(dz=1e-39), "dz: expected 0.001 to 1e\\+08 Å"),
+    (dict(pixel_size=1.8e-11), "pixel_size: expected 0.0001 to 1e\\+07 Å"),
+    (dict(energy=300.0), "energy: expected 1000 to 1e\\+07 eV \\(e.g. 300e3 for 300 keV\\)"),
+    (dict(energy=3e9), "energy: expected 1000 to 1e\\+07 eV"),
+])
+def test_implausible_physical_parameters_name_the_unit(kw, match):
+    """dz = 1e-39, a pixel size in metres or an energy in keV gave NaN or zero phases."""
+    with pytest.raises(ft.InputError, match=match):
+        triplet(**kw)
+    args = dict(pixel_size=PIXEL, dz=DZ, energy=E)
+    args.update(kw)
+    with pytest.raises(ft.InputError, match=match):
+        ft.Plan((N, N), method="tie", backend="cpu", warmup=False, **args)
+
+
+def test_4dstem_calibrations_are_checked():
+    from flowtie_fast import stem
+
+    data = np.ones((4, 4, 16, 16), np.float32)
+    detector = stem.Detector((16, 16), (0.05, 0.05), E, (8.0, 8.0))
+    with pytest.raises(ft.InputError, match="com_radius: expected a positive"):
+        stem.reduce_4dstem(data, detector, {"bf": (0.0, 5.0)}, com_radius_mrad=0.0,
+                           backend="cpu")
+    with pytest.raises(ft.InputError, match="k_sampling: expected"):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=DZ, scan_step=PIXEL,
+                                    k_sampling=5e-9, energy=E, backend="cpu")
+    with pytest.raises(ft.InputError, match="center: expected"):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=DZ, scan_step=PIXEL,
+                                    k_sampling=0.05, energy=E, center=(np.nan, 3),
+                                    backend="cpu")
+
+
+# --------------------------------------------------------------------------- results
+
+
+def overflowing_planes():
+    """Finite float32 planes whose transport overflows float32 in the solve."""
+    p = planes()
+    p[2] = p[2] * np.float32(3e37)
+    return p
+
+
+def test_a_non_finite_result_is_refused_naming_the_stage(plan):
+    p = overflowing_planes()
+    out = np.zeros((N, N), np.float32)
+    with pytest.raises(ResultError, match="tie: the result contains NaN or Inf"):
+        plan.solve(*p, out=out)
+    with pytest.raises(ResultError, match="tie: the result contains NaN or Inf"):
+        ft.reconstruct(triplet(p), method="tie", backend="cpu")
+    assert issubclass(ResultError, ft.InputError)
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def test_a_solver_too_large_for_memory_is_refused_with_the_figures():
+    with pytest.raises(ft.InputError, match=r"shape: \(200000, 200000\) needs about .* GiB "
+                                            r".* more than the .* GiB available on the cpu"):
+        ft.TIESolver((200000, 200000), PIXEL, backend="cpu")
+    with pytest.raises(ft.InputError, match="shape: expected \\(Ny, Nx\\), integers"):
+        ft.TIESolver((16.5, 16), PIXEL, backend="cpu")
+
+
+def test_the_workqueue_layer_is_serialised_not_aborted():
+    """Numba's workqueue layer aborted the process (SIGABRT) when two plans
+    solved at once."""
+    code = textwrap.dedent(f"""
+        import threading, numpy as np, flowtie_fast as ft
+        rng = np.random.default_rng(0)
+        p = [(1 + 0.1 * rng.random(({N}, {N}))).astype(np.float32) for _ in range(3)]
+        want = ft.Plan(({N}, {N}), 0.2, 20.0, 300e3, backend="cpu").solve(*p)
+        bad = []
+        def work():
+            plan = ft.Plan(({N}, {N}), 0.2, 20.0, 300e3, backend="cpu")
+            out = np.empty(({N}, {N}), np.float32)
+            for _ in range(100):
+                plan.solve(*p, out=out)
+                bad.append(not np.array_equal(out, want))
+        ts = [threading.Thread(target=work) for _ in range(4)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        import numba
+        print(numba.threading_layer(), len(bad), any(bad))
+    """)
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["workqueue", "400", "False"]
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@pytest.fixture
+def raw(tmp_path):
+    path = tmp_path / "raw.npz"
+    ft.save(path, triplet(planes(dtype=np.float64)))
+    return path
+
+
+def one_line_error(capsys, command):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"flowtie {command}: error: "), err
+    return err[0]
+
+
+def test_the_output_may_not_be_the_input(raw, capsys):
+    before = raw.read_bytes()
+    assert cli.main(["reconstruct", str(raw), "-o", str(raw)]) == 2
+    assert "is the input file" in one_line_error(capsys, "reconstruct")
+    link = raw.with_name("link.npz")
+    link.symlink_to(raw.name)
+    assert cli.main(["reconstruct", str(raw), "-o", str(link), "--overwrite"]) == 2
+    assert "is the input file" in one_line_error(capsys, "reconstruct")
+    assert raw.read_bytes() == before
+
+
+def test_an_existing_output_is_kept_unless_overwrite(raw, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out.npz"
+    out.write_bytes(b"precious")
+    calls = []
+    monkeypatch.setattr(ft, "reconstruct", lambda *a, **k: calls.append(1))
+    assert cli.main(["reconstruct", str(raw), "-o", str(out)]) == 2
+    assert "exists; pass --overwrite" in one_line_error(capsys, "reconstruct")
+    assert out.read_bytes() == b"precious" and not calls  # refused before any work
+    monkeypatch.undo()
+    assert cli.main(["reconstruct", str(raw), "-o", str(out), "--overwrite"]) == 0
+    with np.load(out) as z:
+        assert z["phase"].shape == (N, N)
+
+
+def test_simulate_checks_its_outputs_and_numbers_before_simulating(tmp_path, capsys,
+                                                                  monkeypatch):
+    pytest.importorskip("ase")
+    from flowtie_fast import simulate
+
+    monkeypatch.setattr(simulate, "simulate_series",
+                        lambda *a, **k: pytest.fail("simulated before checking"))
+    (t,) = simulate.series_thicknesses("GaAs", [5.65])
+    (tmp_path / cli._case_name("GaAs", t)).write_bytes(b"finished simulation")
+    assert cli.main(["simulate", "--thickness", "5.65", "-o", str(tmp_path)]) == 2
+    assert "exists; pass --overwrite" in one_line_error(capsys, "simulate")
+    for args in (["--thickness", "-5"], ["--dz", "-20"], ["--energy", "300"],
+                 ["--frozen-phonons", "-1"], ["--scan-gpts", "0", "4"]):
+        assert cli.main(["simulate", *args, "-o", str(tmp_path / "new")]) == 2, args
+        one_line_error(capsys, "simulate")
+
+
+@pytest.mark.parametrize("args", [["demo", "--size", "0"], ["demo", "--fresnel", "--dz", "-20"],
+                                  ["demo", "--fresnel", "--pixel-size", "2e-11"]])
+def test_demo_numbers_are_checked(args, capsys):
+    assert cli.main(args) == 2
+    one_line_error(capsys, "demo")
+
+
+def test_environment_failures_are_one_line_with_exit_1(raw, tmp_path, capsys, monkeypatch):
+    from flowtie_fast import io
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o.npz"))
+
+    monkeypatch.setattr(io, "write_fields", full)
+    assert cli.main(["reconstruct", str(raw), "-o", str(tmp_path / "o.npz")]) == 1
+    assert "No space left on device" in one_line_error(capsys, "reconstruct")
+    assert not list(tmp_path.glob("*o.npz*"))
+
+
+def test_unexpected_failures_are_one_line_and_debug_shows_the_traceback(raw, tmp_path, capsys,
+                                                                      monkeypatch):
+    def broken(*a, **k):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(ft, "reconstruct", broken)
+    argv = ["reconstruct", str(raw), "-o", str(tmp_path / "o.npz")]
+    assert cli.main(argv) == 1
+    line = one_line_error(capsys, "reconstruct")
+    assert "unexpected ZeroDivisionError" in line and "--debug" in line
+    assert cli.main(["--debug", *argv]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ZeroDivisionError" in err
+    assert cli.main([*argv, "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_malformed_files_are_one_line_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, minus=np.ones(3), zero=np.ones(3), plus=np.ones(3), dz=np.array("x"),
+             scan_step=np.ones(7), energy=np.ones(5))
+    assert cli.main(["reconstruct", str(bad), "-o", str(tmp_path / "o.npz")]) == 2
+    one_line_error(capsys, "reconstruct")
