@@ -285,8 +285,10 @@ def _train(args) -> int:
                       teacher=args.teacher, distill=args.distill)
     doses = check_doses([None] + list(args.doses or []))
     check_checkpoints(cfg, args.checkpoint, args.resume, args.overwrite)
+    # Resuming continues the run whose model -o holds: it is replaced at the end.
     check_output(args.output, inputs=[*args.data, args.checkpoint, args.resume],
-                 overwrite=args.overwrite, suffixes=(".pt", ".pth", ".ts"))
+                 overwrite=args.overwrite or args.resume is not None,
+                 suffixes=(".pt", ".pth", ".ts"))
     samples = load_samples(args.data, doses=doses)
     if not samples:
         print("flowtie train: error: data: no files with a ground truth", file=sys.stderr)
@@ -392,7 +394,8 @@ def main(argv=None) -> int:
                         help="train the flow model on simulated cases (torch)")
     tr.add_argument("data", type=Path, nargs="+", help="files or folders with ground truth")
     tr.add_argument("-o", "--output", type=Path, default=Path("flowtie_model.pt"),
-                    help="TorchScript file to write")
+                    help="TorchScript file to write (an existing one is refused unless "
+                         "--overwrite or --resume)")
     tr.add_argument("--checkpoint", type=Path, default=Path("flowtie_train.ckpt"),
                     help="checkpoint to write every 100 steps and at the end; never read "
                          "unless it is also --resume: if it exists already the run refuses to "

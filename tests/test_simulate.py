@@ -99,7 +99,8 @@ def test_file_round_trip_and_command_line(case, tmp_path, capsys):
         with np.load(flow) as z:
             assert phase_errors(z["phase"], case.phase)[1] < 0.6
         assert main(["reconstruct", str(path), "--method", "flowtie", "--model",
-                     str(tmp_path / "none.pt"), "-o", str(flow), "--backend", "cpu"]) == 2
+                     str(tmp_path / "none.pt"), "-o", str(flow), "--backend", "cpu",
+                     "--overwrite"]) == 2
         assert "model: no such file" in capsys.readouterr().err
     table = tmp_path / "table.md"
     assert main(["evaluate", str(tmp_path / "cases"), "--methods", "tie", "icom",
