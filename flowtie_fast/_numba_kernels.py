@@ -211,27 +211,62 @@ def spectral_divergence(Gy, Gx, out, ky, kx, sy, sx, alpha, scale, poisson):
 
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
 def plane_stats(a, scratch, out, k):
-    """``out[k] = (min, sum)`` of the 2-D array ``a`` in float64; ``scratch`` is a
-    (2, Ny) float64 work array. NaN reaches the sum (never the minimum), +Inf
-    the sum, -Inf the minimum: the input is finite exactly when both are."""
+    """``out[k] = (negatives, sum)`` of the 2-D array ``a``: the number of
+    negative values and the float64 sum (NaN and ±Inf make it non-finite;
+    float64 sums of float32 data cannot overflow). Both reductions vectorise,
+    unlike a NaN-aware minimum. ``scratch`` is a (2, Ny) float64 work array."""
     ny, nx = a.shape
     for row in prange(ny):
         i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
-        lo = np.inf
+        count = 0
         acc = 0.0
         for j in range(nx):
-            v = np.float64(a[i, j])
-            acc += v
-            lo = min(lo, v)
-        scratch[0, i] = lo
+            v = a[i, j]
+            acc += np.float64(v)
+            count += v < 0
+        scratch[0, i] = count
         scratch[1, i] = acc
-    lo = np.inf
+    count = 0.0
     acc = 0.0
-    for i in range(ny):
-        lo = min(lo, scratch[0, i])
+    for i in range(ny):  # a plain loop: an array .sum() would be another parallel region
+        count += scratch[0, i]
         acc += scratch[1, i]
-    out[k, 0] = lo
+    out[k, 0] = count
     out[k, 1] = acc
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
+def focal_derivative3_stats(minus, zero, plus, out, wm, wz, wp, scratch, stats):
+    """:func:`focal_derivative3` and :func:`plane_stats` of the three planes in
+    one pass over them (16 µs against 10 µs for the derivative alone at 256²
+    on 2 cores): ``stats[k] = (negatives, sum)`` of plane k; ``scratch`` is a
+    (6, Ny) float64 work array. Reassociation (which lets the sums vectorise)
+    may change the derivative by an ulp against :func:`focal_derivative3`,
+    never its zero: identical planes give exactly zero (no contraction)."""
+    ny, nx = out.shape
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        n0 = n1 = n2 = 0
+        s0 = s1 = s2 = 0.0
+        for j in range(nx):
+            a, b, c = minus[i, j], zero[i, j], plus[i, j]
+            out[i, j] = wm * a + wz * b + wp * c
+            s0 += np.float64(a)
+            s1 += np.float64(b)
+            s2 += np.float64(c)
+            n0 += a < 0
+            n1 += b < 0
+            n2 += c < 0
+        scratch[0, i], scratch[1, i], scratch[2, i] = n0, n1, n2
+        scratch[3, i], scratch[4, i], scratch[5, i] = s0, s1, s2
+    for k in range(3):  # plain loops: an array .sum() would be another parallel region
+        count = 0.0
+        acc = 0.0
+        for i in range(ny):
+            count += scratch[k, i]
+            acc += scratch[3 + k, i]
+        stats[k, 0] = count
+        stats[k, 1] = acc
 
 
 def set_threads(n: int) -> None:

@@ -336,18 +336,19 @@ class Backend:
             self.kernels.set_threads(min(self.threads, _numba_max_threads()))
 
     def plane_stats(self, planes, scratch=None, out=None):
-        """Minimum and sum of each plane, as a NumPy (N, 2) float64 array.
+        """The number of negative values and the sum of each plane, as a NumPy
+        (N, 2) float64 array.
 
-        One fused pass over each plane (a Numba kernel on the CPU for float32
-        and float64 arrays; on the GPU the N x 2 values are gathered and copied
-        to the host once). The planes are finite exactly when every minimum and
-        every sum is. ``scratch`` (a ``(2, Ny)`` float64 work array) and ``out``
-        (``(N, 2)`` float64) let repeated calls allocate nothing.
+        One pass over each plane (a Numba kernel on the CPU for float32 and
+        float64 arrays; on the GPU the N x 2 values are gathered and copied to
+        the host once). A plane is finite exactly when its float64 sum is.
+        ``scratch`` (a ``(2, Ny)`` float64 work array) and ``out`` (``(N, 2)``
+        float64) let repeated calls allocate nothing.
         """
         xp = self.xp
         if self.is_gpu:
-            stats = xp.stack([xp.stack([p.min().astype(xp.float64), p.sum(dtype=xp.float64)])
-                              for p in planes])
+            stats = xp.stack([xp.stack([(p < 0).sum(dtype=xp.float64),
+                                        p.sum(dtype=xp.float64)]) for p in planes])
             return stats.get()
         if out is None or out.shape != (len(planes), 2):
             out = np.empty((len(planes), 2))
@@ -357,7 +358,7 @@ class Backend:
                     scratch = np.empty((2, p.shape[0]))
                 self.kernels.plane_stats(p, scratch, out, i)
             else:
-                out[i] = (float(p.min()), float(p.sum(dtype=np.float64)))
+                out[i] = (float(np.count_nonzero(p < 0)), float(p.sum(dtype=np.float64)))
         return out
 
     def available_memory(self) -> int | None:

@@ -115,6 +115,12 @@ def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic"):
         raise InputError(f"max_iter: expected a positive integer, got {max_iter!r}")
 
 
+def _is_in_focus_row(w) -> bool:
+    """Whether three intensity weights pick the middle plane, ``(0, 1, 0)``
+    (scalar arithmetic: this runs on every solve)."""
+    return abs(w[0]) < 1e-12 and abs(w[1] - 1) < 1e-12 and abs(w[2]) < 1e-12
+
+
 def _dot(xp, a, b) -> float:
     return float(xp.vdot(a.ravel(), b.ravel()))
 
@@ -177,7 +183,7 @@ class TIESolver:
         self._intensity_buffer = be.zeros(self.shape, self.dtype)
         self._intensity = self._intensity_buffer  # the in-focus intensity in use
         # Minimum and sum of each plane (validation and mean intensity), made once.
-        self._stats_scratch = None if be.is_gpu else np.empty((2, self.shape[0]))
+        self._stats_scratch = None if be.is_gpu else np.empty((6, self.shape[0]))
         self._stats = np.empty((3, 2))
         self._buffers: dict = {}  # work arrays of the iterative methods, made once
         self._lock = threading.Lock()
@@ -217,14 +223,22 @@ class TIESolver:
         if names is None:
             names = ("minus", "zero", "plus") if len(planes) == 3 else \
                 [f"planes[{i}]" for i in range(len(planes))]
-        stats = self.backend.plane_stats(planes, self._stats_scratch, self._stats)
-        check_intensity_stats(names, stats)
         kern = self.backend.kernels
         t = self.dtype.type
         dw, iw = derivative_weights, intensity_weights
+        fused = len(planes) == 3 and not self.backend.is_gpu
+        if fused:  # the derivative and the planes' statistics in one pass
+            stats = self._stats
+            kern.focal_derivative3_stats(*planes, self._didz, *(t(w) for w in dw),
+                                         self._stats_scratch, stats)
+        else:
+            scratch = None if self._stats_scratch is None else self._stats_scratch[:2]
+            stats = self.backend.plane_stats(planes, scratch, self._stats)
+        check_intensity_stats(names, stats, planes)
         if len(planes) == 3:
-            kern.focal_derivative3(*planes, self._didz, *(t(w) for w in dw))
-            if np.allclose(iw, [0, 1, 0], atol=1e-12):
+            if not fused:
+                kern.focal_derivative3(*planes, self._didz, *(t(w) for w in dw))
+            if _is_in_focus_row(iw):
                 self._intensity = planes[1]  # read only: no copy
                 iw = (0.0, 1.0, 0.0)  # the mean below is then the in-focus plane's
             else:

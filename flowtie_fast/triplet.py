@@ -45,22 +45,24 @@ def check_image(name: str, a, shape=None):
     return a
 
 
-def check_intensity_stats(names, stats) -> None:
+def check_intensity_stats(names, stats, planes) -> None:
     """The one validation of measured intensities, for every entry point.
 
-    ``stats`` holds each plane's minimum and sum (N x 2, from
-    :meth:`~flowtie_fast.backend.Backend.plane_stats`). Refused, with
+    ``stats`` holds each plane's number of negative values and its sum (N x 2,
+    from :meth:`~flowtie_fast.backend.Backend.plane_stats`). Refused, with
     :class:`InputError` naming the plane: NaN or Inf, a negative value (an
     intensity is a count or a sum of counts; the TIE and its solvers need
     ``I >= 0``), and a plane that is zero everywhere (a dropped frame).
     """
     for i, name in enumerate(names):
-        low, total = stats.item(i, 0), stats.item(i, 1)
-        if not (math.isfinite(low) and math.isfinite(total)):
+        negatives, total = stats.item(i, 0), stats.item(i, 1)
+        if not math.isfinite(total):
             raise InputError(f"{name}: contains NaN or Inf")
-        if low < 0:
-            raise InputError(f"{name}: expected non-negative intensities, got a minimum of "
-                             f"{low:g} (subtract less background, or clip at 0)")
+        if negatives:
+            low = float(planes[i].min())
+            raise InputError(f"{name}: expected non-negative intensities, got {negatives:.0f} "
+                             f"negative values, the lowest {low:g} (subtract less background, "
+                             "or clip at 0)")
         if total == 0:
             raise InputError(f"{name}: intensity is zero everywhere (a dropped frame?)")
 
@@ -144,7 +146,7 @@ class FocalSeries:
         self.planes = [first] + [check_image(nm, p, first.shape)
                                  for nm, p in zip(names[1:], planes[1:])]
         be = get_backend("gpu" if is_cupy(first) else "cpu")
-        check_intensity_stats(names, be.plane_stats(self.planes))
+        check_intensity_stats(names, be.plane_stats(self.planes), self.planes)
         self.z = z
         self.z0 = float(z0)
         self.pixel_size = check_positive("pixel_size", pixel_size, pair=True)
