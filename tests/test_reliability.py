@@ -338,3 +338,32 @@ def test_malformed_files_are_one_line_errors(tmp_path, capsys):
              scan_step=np.ones(7), energy=np.ones(5))
     assert cli.main(["reconstruct", str(bad), "-o", str(tmp_path / "o.npz")]) == 2
     one_line_error(capsys, "reconstruct")
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fused_statistics_match_numpy_and_leave_the_derivative_unchanged(dtype):
+    from flowtie_fast import _numba_kernels as k
+
+    rng = np.random.default_rng(3)
+    p = [rng.normal(1.0, 0.5, (37, 29)).astype(dtype) for _ in range(3)]
+    p[2][5, 7] = np.nan
+    w = [dtype(v) for v in (-0.025, 0.0, 0.025)]
+    want = np.empty((37, 29), dtype)
+    got = np.empty_like(want)
+    k.focal_derivative3(*p, want, *w)
+    stats = np.empty((3, 2))
+    k.focal_derivative3_stats(*p, got, *w, np.empty((6, 37)), stats)
+    np.testing.assert_array_equal(got, want)
+    for i, a in enumerate(p):
+        assert stats[i, 0] == np.count_nonzero(a < 0)
+        np.testing.assert_allclose(stats[i, 1], a.astype(np.float64).sum(), rtol=1e-12)
+        single = np.empty((3, 2))
+        k.plane_stats(a, np.empty((2, 37)), single, i)
+        np.testing.assert_array_equal(single[i], stats[i])
+    assert np.isnan(stats[2, 1])
+    same = [p[0]] * 3
+    k.focal_derivative3_stats(*same, got, *w, np.empty((6, 37)), stats)
+    assert not got.any()  # identical planes: exactly no derivative
