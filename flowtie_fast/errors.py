@@ -84,4 +84,4 @@ def check_finite_result(stage: str, *arrays) -> None:
     for a in arrays:
         if a is not None and not math.isfinite(float(a.sum())):
             raise ResultError(f"{stage}: the result contains NaN or Inf (refused rather than "
-                             "returned); check the input's scale and the physical parameters")
+                              "returned); check the input's scale and the physical parameters")

@@ -262,7 +262,7 @@ class Plan:
             for i in range(b):
                 s._derivative_and_intensity(list(planes[i]), self._derivative_weights,
                                             self._intensity_weights,
-                                            [f"stack[{i}, {j}]" for j in range(3)])
+                                            [f"stack[{i}]: {n}" for n in _INPUT_NAMES[:3]])
                 didz[i] = s._didz
             v = s._predict_flow(model, planes, didz, self.wavenumber, gradient)
             check_finite_result("flowtie: the flow network", v)

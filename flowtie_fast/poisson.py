@@ -122,8 +122,9 @@ class PoissonSolver:
         self.mirror = boundary == "mirror"
         self.backend = be = get_backend(backend, threads)
         ny, nx = self.shape
-        # Plans, spectra and work arrays: about a dozen images (the measured peak
-        # of a spectral solver is 9-11), checked before anything is allocated.
+        # Plans, spectra and work arrays, checked before anything is allocated (a
+        # spectral TIESolver holds 12 images once built and 17-23 at the peak of a
+        # solve, measured at 512² float32: this bound and SOLVER_IMAGES cover both).
         self.work_bytes = ny * nx * self.dtype.itemsize  # one image of the working dtype
         be.check_memory("shape", self.shape, WORK_IMAGES * self.work_bytes,
                         "a Poisson solver's plans and buffers")
@@ -186,14 +187,14 @@ class PoissonSolver:
     def _outs(self, out, grad_out):
         """Validated (or new) phase output and validated gradient output (or None)."""
         if grad_out is not None:
-            self._out(grad_out, (2,) + self.shape)
+            self._out(grad_out, (2,) + self.shape, "grad_out")
         return self._out(out), grad_out
 
-    def _out(self, out, shape=None):
+    def _out(self, out, shape=None, name="out"):
         shape = self.shape if shape is None else shape
         if out is None:
             return self.backend.empty(shape, self.dtype)
-        return self.backend.check_output("out", out, shape, self.dtype)
+        return self.backend.check_output(name, out, shape, self.dtype)
 
     def _multiply_inverse_laplacian(self, spec, scale, power=1):
         for _ in range(power):
