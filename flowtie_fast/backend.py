@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .errors import BackendError, InputError
+from .errors import BackendError, InputError, check_count
 
 __all__ = ["Backend", "array_module", "get_backend", "gpu_available", "is_cupy", "load_wisdom",
            "save_wisdom"]
@@ -271,9 +271,7 @@ class Backend:
         if threads is None:
             threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
                 os.cpu_count() or 1)
-        if int(threads) < 1:
-            raise BackendError(f"threads: expected a positive integer, got {threads!r}")
-        self.threads = int(threads)
+        self.threads = check_count("threads", threads, 1, 4096)
         self.fftw_lock = threading.Lock()
         if self.is_gpu:
             if not gpu_available():
@@ -591,6 +589,8 @@ def get_backend(backend="auto", threads: int | None = None, like=None) -> Backen
         raise BackendError(f"backend: expected 'auto', 'cpu' or 'gpu', got {backend!r}")
     if backend == "auto":
         backend = "gpu" if (like is not None and is_cupy(like)) or gpu_available() else "cpu"
+    if threads is not None:
+        threads = check_count("threads", threads, 1, 4096)
     key = (backend, threads)
     with _BACKENDS_LOCK:
         if key not in _BACKENDS:

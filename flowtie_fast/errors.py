@@ -44,14 +44,19 @@ def check_positive(name: str, value, pair: bool = False):
 
     Names listed in :data:`RANGES` are also held to their plausible range, and
     the message gives the unit expected."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
     values = value if (pair and isinstance(value, (tuple, list, np.ndarray))) else (value,)
-    if pair and len(values) not in (1, 2):
+    if pair and (np.ndim(values) != 1 or len(values) not in (1, 2)):
         raise InputError(f"{name}: expected a positive number or a pair of them, got {value!r}")
     out = []
     for v in values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (Real, np.floating, np.integer)):
             raise InputError(f"{name}: expected a positive number, got {v!r}")
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:
+            v = math.inf
         if not math.isfinite(v) or v <= 0:
             raise InputError(f"{name}: expected a positive finite number, got {v!r}")
         if name in RANGES:
@@ -68,6 +73,8 @@ def check_positive(name: str, value, pair: bool = False):
 def check_count(name: str, value, low: int = 1, high: int | None = None) -> int:
     """``value`` as an integer in ``[low, high]``; :class:`InputError` naming
     ``name`` otherwise (bools and non-integral floats are refused)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and value == int(value):
         ok, value = True, int(value)
@@ -85,3 +92,44 @@ def check_finite_result(stage: str, *arrays) -> None:
         if a is not None and not math.isfinite(float(a.sum())):
             raise ResultError(f"{stage}: the result contains NaN or Inf (refused rather than "
                               "returned); check the input's scale and the physical parameters")
+
+
+def check_real(name: str, value, *, low=None, low_open=False, default=None) -> float:
+    """``value`` as a finite float of at least ``low`` (above it when
+    ``low_open``); :class:`InputError` naming ``name`` otherwise. ``None`` gives
+    ``default`` when one is set."""
+    if value is None and default is not None:
+        return default
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Real, np.floating,
+                                                                       np.integer)):
+        raise InputError(f"{name}: expected a real number, got {value!r}")
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    if not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low)):
+        bound = "" if low is None else f" {'above' if low_open else 'at least'} {low:g}"
+        raise InputError(f"{name}: expected a finite number{bound}, got {value!r}")
+    return v
+
+
+def check_choice(name: str, value, choices) -> str:
+    """``value`` if it is one of the strings ``choices``; :class:`InputError`
+    naming ``name`` otherwise (also for unhashable or non-string values)."""
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_float_dtype(name: str, value) -> np.dtype:
+    """``value`` as the working dtype, float32 or float64; :class:`InputError`
+    naming ``name`` otherwise."""
+    try:
+        dtype = None if value is None else np.dtype(value)
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype not in (np.float32, np.float64):
+        raise InputError(f"{name}: expected 'float32' or 'float64', got {value!r}")
+    return dtype

@@ -93,6 +93,8 @@ class Plan:
                  floor=1e-3, model=None, tol=None, max_iter=None, preconditioner="biharmonic",
                  warmup=True, wisdom=None):
         check_options(method, tol, max_iter, preconditioner)
+        if not isinstance(warmup, (bool, np.bool_)):
+            raise InputError(f"warmup: expected True or False, got {warmup!r}")
         self.dz = check_positive("dz", dz)
         self.energy = check_positive("energy", energy)
         self.method = method

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import get_backend, is_cupy
-from .errors import InputError, check_positive
+from .errors import InputError, check_choice, check_float_dtype, check_positive, check_real
 
 __all__ = ["PoissonSolver"]
 
@@ -43,10 +43,8 @@ WORK_IMAGES = 12  # images of the working dtype a PoissonSolver holds, rounded u
 
 def resolve_scheme(boundary: str, scheme: str) -> str:
     """The concrete scheme for a boundary; raise :class:`InputError` on bad names."""
-    if boundary not in BOUNDARIES:
-        raise InputError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
-    if scheme not in SCHEMES:
-        raise InputError(f"scheme: expected one of {SCHEMES}, got {scheme!r}")
+    check_choice("boundary", boundary, BOUNDARIES)
+    check_choice("scheme", scheme, SCHEMES)
     if scheme == "auto":
         return "spectral" if boundary == "periodic" else "fd"
     if scheme == "spectral" and boundary == "mirror":
@@ -111,12 +109,8 @@ class PoissonSolver:
                              f"got {shape!r}")
         self.shape = (int(shape[0]), int(shape[1]))
         self.pixel_size = check_positive("pixel_size", pixel_size, pair=True)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise InputError(f"dtype: expected float32 or float64, got {self.dtype}")
-        self.alpha = float(alpha)
-        if not np.isfinite(self.alpha) or self.alpha < 0:
-            raise InputError(f"alpha: expected a non-negative Tikhonov parameter, got {alpha}")
+        self.dtype = check_float_dtype("dtype", dtype)
+        self.alpha = check_real("alpha", alpha, low=0.0)  # Tikhonov parameter, Å⁻⁴
         self.boundary = boundary
         self.scheme = resolve_scheme(boundary, scheme)
         self.mirror = boundary == "mirror"

@@ -53,8 +53,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backend import Backend, get_backend
-from .errors import InputError, check_finite_result
-from .poisson import PoissonSolver
+from .errors import (InputError, check_choice, check_count, check_finite_result,
+                     check_float_dtype, check_real)
+from .poisson import PoissonSolver, resolve_scheme
 from .triplet import FocalSeries, check_intensity_stats
 
 __all__ = ["METHODS", "Reconstruction", "TIESolver", "reconstruct"]
@@ -103,16 +104,12 @@ class Reconstruction:
 
 def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic"):
     """Validate a method name and the stopping rule of the iterative methods."""
-    if method not in METHODS:
-        raise InputError(f"method: expected one of {METHODS}, got {method!r}")
-    if preconditioner not in ("biharmonic", "none"):
-        raise InputError("preconditioner: expected 'biharmonic' or 'none', "
-                         f"got {preconditioner!r}")
-    if tol is not None and not (np.isfinite(tol) and tol > 0):
-        raise InputError(f"tol: expected a positive relative tolerance, got {tol!r}")
-    if max_iter is not None and (isinstance(max_iter, bool) or int(max_iter) != max_iter
-                                 or max_iter < 1):
-        raise InputError(f"max_iter: expected a positive integer, got {max_iter!r}")
+    check_choice("method", method, METHODS)
+    check_choice("preconditioner", preconditioner, ("biharmonic", "none"))
+    if tol is not None:
+        check_real("tol", tol, low=0.0, low_open=True)
+    if max_iter is not None:
+        check_count("max_iter", max_iter, 1, 10**7)
 
 
 def _is_in_focus_row(w) -> bool:
@@ -164,10 +161,7 @@ class TIESolver:
 
     def __init__(self, shape, pixel_size, *, boundary="periodic", scheme="auto", alpha=0.0,
                  floor=1e-3, dtype="float32", backend="auto", threads=None):
-        if not (np.isfinite(floor) and floor > 0):
-            raise InputError(f"floor: expected a positive fraction of the mean intensity, "
-                             f"got {floor!r}")
-        self.floor = float(floor)
+        self.floor = check_real("floor", floor, low=0.0, low_open=True)
         self.poisson = PoissonSolver(shape, pixel_size, boundary=boundary, scheme=scheme,
                                      alpha=alpha, dtype=dtype, backend=backend, threads=threads)
         self.backend: Backend = self.poisson.backend
@@ -377,7 +371,8 @@ class TIESolver:
         grad = self.poisson._out(gradient_out, (2,) + self.shape)
         self.poisson.integrate(g, out=phase, grad_out=grad)
         check_finite_result("icom", phase, grad)
-        misfit = self.backend.xp.sqrt(((g - grad) ** 2).sum(axis=0))
+        misfit = self.backend.xp.hypot(g[0] - grad[0], g[1] - grad[1])
+        check_finite_result("icom: the misfit |g - ∇φ|", misfit)
         return Reconstruction(phase, grad, "icom", {"backend": self.backend.name},
                               _residual=misfit)
 
@@ -623,11 +618,15 @@ def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary
     if unknown:
         raise InputError(f"options: unknown {sorted(unknown)}; expected some of "
                          f"{sorted(_SOLVE_OPTIONS)}")
-    explicit = backend in ("cpu", "gpu") or isinstance(backend, Backend)
+    explicit = isinstance(backend, Backend) or (isinstance(backend, str)
+                                                 and backend in ("cpu", "gpu"))
     be = get_backend(backend, threads, like=triplet.planes[0])
+    # Checked here, not only by the solver: they form the solver cache's key.
+    resolve_scheme(boundary, scheme)
     solver = _cached_solver(triplet.shape, triplet.pixel_size, be, threads, boundary=boundary,
-                            scheme=scheme, alpha=float(alpha), floor=float(floor),
-                            dtype=str(np.dtype(dtype)))
+                            scheme=scheme, alpha=check_real("alpha", alpha, low=0.0),
+                            floor=check_real("floor", floor, low=0.0, low_open=True),
+                            dtype=str(check_float_dtype("dtype", dtype)))
     rec = solver.solve(triplet, method=method, **options)
     if be.is_gpu and not explicit and not triplet.on_gpu:
         rec.phase = be.to_numpy(rec.phase)

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .backend import array_module, get_backend, is_cupy
-from .errors import InputError, check_positive
+from .errors import InputError, check_choice, check_count, check_positive, check_real
 from .physics import wavenumber
 
 __all__ = ["FocalSeries", "FocalTriplet", "focal_weights"]
@@ -138,9 +138,16 @@ class FocalSeries:
             raise InputError("planes: expected a sequence of 2-D arrays or a 3-D stack")
         if len(planes) < 2:
             raise InputError(f"planes: expected at least 2 planes, got {len(planes)}")
-        z = np.asarray(z, dtype=np.float64).ravel()
+        try:
+            z = np.asarray(z, dtype=np.float64).ravel()
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"z: expected {len(planes)} finite positions in Å, got {z!r}") \
+                from exc
         if z.size != len(planes) or not np.all(np.isfinite(z)):
             raise InputError(f"z: expected {len(planes)} finite positions in Å, got {z.tolist()}")
+        z0 = check_real("z0", z0)
+        if degree is not None:
+            degree = check_count("degree", degree, 1, len(planes) - 1)
         names = self._plane_names(len(planes))
         first = check_image(names[0], planes[0])
         self.planes = [first] + [check_image(nm, p, first.shape)
@@ -162,7 +169,10 @@ class FocalSeries:
 
     def _check_gradient(self, g):
         if not is_cupy(g):
-            g = np.asarray(g)
+            try:
+                g = np.asarray(g)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"gradient: could not be read as an array ({exc})") from exc
         if g.dtype.kind not in "uif" or g.shape != (2,) + self.shape:
             raise InputError(f"gradient: expected a real array of shape {(2,) + self.shape} "
                              f"(rad/Å), got {g.dtype} {tuple(g.shape)}")
@@ -288,8 +298,7 @@ class FocalTriplet(FocalSeries):
         energy = check_positive("energy", energy)
         mean = stem.mean_pattern(stem.sample_patterns(data[1]))
         detector, regions = stem.triplet_geometry(mean, k_sampling, energy, center, bf_radius)
-        if virtual not in regions:
-            raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
+        check_choice("virtual", virtual, tuple(regions))
         reductions = [stem.reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,
                                          backend=backend, chunk_bytes=chunk_bytes, name=n)
                       for n, d in zip(names, data)]
@@ -317,9 +326,8 @@ class FocalTriplet(FocalSeries):
         if len(reductions) != 3 or not all(isinstance(r, stem.Reduction) for r in reductions):
             raise InputError("reductions: expected three flowtie_fast.stem.Reduction "
                              "(minus, zero, plus)")
-        if virtual not in reductions[1].virtual:
-            raise InputError(f"virtual: expected one of {tuple(reductions[1].virtual)}, "
-                             f"got {virtual!r}")
+        check_choice("virtual", virtual, tuple(reductions[1].virtual))
+        scan_step = check_positive("scan_step", scan_step, pair=True)
         planes = [r.virtual[virtual] for r in reductions]
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=reductions[1].detector.energy)
         com = reductions[1].com
@@ -327,12 +335,7 @@ class FocalTriplet(FocalSeries):
             if rotation != "auto":
                 raise InputError(f"rotation: expected degrees or 'auto', got {rotation!r}")
             rotation, flip = stem.calibrate_rotation(com, t._tie_gradient())
-        try:
-            rotation = float(rotation)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"rotation: expected degrees or 'auto', got {rotation!r}") from exc
-        if not math.isfinite(rotation):
-            raise InputError(f"rotation: expected finite degrees, got {rotation!r}")
+        rotation = check_real("rotation", rotation)
         for r in reductions:
             r.com = stem.rotate_com(r.com, rotation, bool(flip))
             r.rotation, r.flip = rotation, bool(flip)
