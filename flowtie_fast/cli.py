@@ -163,10 +163,16 @@ def _reconstruct(args) -> int:
     if args.png:
         check_output(args.png, inputs=[args.file, args.output], overwrite=args.overwrite,
                      name="--png", suffixes=".png")
+    if args.method != "flowtie" and (args.model or args.precision != "float32"):
+        raise ft.InputError("--model/--precision: apply to --method flowtie only, got "
+                            f"--method {args.method}")
     options = {}
     if args.virtual:
         options["virtual"] = args.virtual
     with ft.load(args.file) as ds:
+        if args.virtual and ds.kind != "4dstem":
+            raise ft.InputError(f"--virtual: applies to 4D-STEM files only; {args.file.name} "
+                                "holds a triplet of images")
         t = ds.triplet(backend=args.backend, **options) if ds.kind == "4dstem" else ds.triplet()
         extra = {}
         if args.method == "flowtie":

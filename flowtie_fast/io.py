@@ -532,7 +532,8 @@ def _read_npz(path: Path) -> dict:
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise InputError(f"path: {path.name} is not a readable .npz file ({exc})") from exc
+        raise InputError(f"path: {path.name} is not a readable .npz file "
+                         f"({_reason(exc)})") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise InputError(f"path: {path.name} is not a readable .npz file (it holds a single "
                          "array, not named keys)")
@@ -544,7 +545,8 @@ def _read_npz(path: Path) -> dict:
             try:
                 fields[k] = z[k]
             except Exception as exc:  # object arrays (pickles), truncated members
-                raise InputError(f"{path.name}: '{k}' cannot be read ({exc})") from exc
+                raise InputError(f"{path.name}: '{k}' cannot be read ({_reason(exc)})") \
+                    from exc
     return fields
 
 
@@ -565,6 +567,11 @@ def _read_h5(path: Path, suffix: str):
                 raise InputError(f"{path.name}: '{key}' is a link to another file; expected "
                                  "data stored in this file")
             obj = handle[key]
+            # A soft link may lead through an external link: where the object lives
+            # is what counts, not how the key was written.
+            if obj.file.id != handle.id:
+                raise InputError(f"{path.name}: '{key}' resolves to an object in another "
+                                 "file; expected data stored in this file")
             if not isinstance(obj, h5py.Dataset):
                 raise InputError(f"{path.name}: '{key}' is an HDF5 {type(obj).__name__}, "
                                  "expected a dataset")
@@ -582,6 +589,14 @@ def _read_h5(path: Path, suffix: str):
         handle.close()
         raise InputError(f"{path.name}: '{key}' cannot be read ({exc})") from exc
     return handle, fields
+
+
+def _reason(exc) -> str:
+    """Why NumPy could not read a file, without its advice to unpickle it."""
+    text = " ".join(str(exc).split())
+    if "pickle" in text:
+        return "pickled Python objects, or not an .npz archive: nothing pickled is ever loaded"
+    return text
 
 
 def _is_h5_dataset(v) -> bool:

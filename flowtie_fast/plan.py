@@ -48,7 +48,7 @@ from .backend import get_backend, is_cupy, load_wisdom, save_wisdom
 from .errors import InputError, check_finite_result, check_positive
 from .physics import wavenumber
 from .solvers import TIESolver, check_options
-from .triplet import focal_weights
+from .triplet import check_intensity_stats, focal_weights
 
 __all__ = ["Plan"]
 
@@ -242,6 +242,13 @@ class Plan:
                          (stack, gradient, out), ("stack", "gradient", "out"))
         if self.method == "flowtie" and b > 1:
             return self._flow_batch(stack, gradient, out, gradient_out)
+        # Every item is checked before the first is solved: a refusal writes nothing.
+        for i in range(b):
+            items = [stack[i, j] for j in range(3)]
+            check_intensity_stats([f"stack[{i}]: {n}" for n in _INPUT_NAMES[:3]],
+                                  self.backend.plane_stats(items), items)
+        if gradient is not None and not np.isfinite(float(gradient.sum())):
+            raise InputError("gradient: contains NaN or Inf")
         for i in range(b):
             try:
                 self.solve(stack[i, 0], stack[i, 1], stack[i, 2],

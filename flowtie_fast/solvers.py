@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backend import Backend, get_backend
-from .errors import (InputError, check_choice, check_count, check_finite_result,
+from .errors import (InputError, ResultError, check_choice, check_count, check_finite_result,
                      check_float_dtype, check_real)
 from .poisson import PoissonSolver, resolve_scheme
 from .triplet import FocalSeries, check_intensity_stats
@@ -409,7 +409,18 @@ class TIESolver:
         (B, 2, Ny, Nx, rad/Å) or None: one network call."""
         be = self.backend
         com = None if gradient is None else be.asarray(gradient, self.dtype) / (2 * np.pi)
-        v = model.predict_batch(planes, didz, k, self.pixel_size, com)
+        try:
+            v = model.predict_batch(planes, didz, k, self.pixel_size, com)
+        except InputError:
+            raise
+        except RuntimeError as exc:  # the network itself failed on this input
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"model: the flow network {model.path} failed on this input "
+                             f"({first})") from exc
+        want = (planes.shape[0], 2) + tuple(planes.shape[-2:])
+        if tuple(v.shape) != want:
+            raise InputError(f"model: the flow network {model.path} returned shape "
+                             f"{tuple(v.shape)} for this input, expected {want}")
         v = be.xp.from_dlpack(v) if be.is_gpu else v.cpu().numpy()  # no copy on the GPU
         return v.astype(self.dtype, copy=False)
 
@@ -527,6 +538,10 @@ class TIESolver:
         r[...] = b
         ar, d, ad, tmp = (self._buf(n) for n in ("ar", "d", "ad", "tmp"))
         objective = [0.5 * _dot(xp, r, r)]
+        if not np.isfinite(objective[0]):  # |k ∂I/∂z|² overflows the working dtype
+            raise ResultError("gd: the objective overflows the working precision for "
+                              "intensities of this scale; rescale them (e.g. divide by their "
+                              "mean) or use dtype='float64'")
         it = 0
         while it < max_iter and objective[-1] > 0:
             # dJ/dx = A (A x - b) = -A r; descent direction d = M A r.

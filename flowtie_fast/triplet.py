@@ -25,6 +25,9 @@ def check_image(name: str, a, shape=None):
     where possible); raise :class:`InputError` naming ``name`` otherwise."""
     if a is None:
         raise InputError(f"{name}: expected a 2-D real array, got None")
+    if isinstance(a, np.ma.MaskedArray):
+        raise InputError(f"{name}: masked arrays are not supported (the mask would be "
+                         "ignored); fill the masked pixels, e.g. a.filled(a.mean())")
     if not is_cupy(a):
         try:
             a = np.asarray(a)
@@ -336,6 +339,8 @@ class FocalTriplet(FocalSeries):
                 raise InputError(f"rotation: expected degrees or 'auto', got {rotation!r}")
             rotation, flip = stem.calibrate_rotation(com, t._tie_gradient())
         rotation = check_real("rotation", rotation)
+        if not isinstance(flip, (bool, np.bool_)):
+            raise InputError(f"flip: expected True or False, got {flip!r}")
         for r in reductions:
             r.com = stem.rotate_com(r.com, rotation, bool(flip))
             r.rotation, r.flip = rotation, bool(flip)

@@ -367,3 +367,77 @@ def test_the_fused_statistics_match_numpy_and_leave_the_derivative_unchanged(dty
     same = [p[0]] * 3
     k.focal_derivative3_stats(*same, got, *w, np.empty((6, 37)), stats)
     assert not got.any()  # identical planes: exactly no derivative
+
+
+# --------------------------------------------------------------------------- hostile cases
+
+
+def test_gd_refuses_an_objective_that_overflows():
+    """gd returned an all-zero phase marked converged for intensities of 1e20."""
+    p = [a * np.float32(1e20) for a in planes()]
+    with pytest.raises(ResultError, match="gd: the objective overflows"):
+        ft.reconstruct(triplet(p), method="gd", backend="cpu")
+
+
+def test_a_batch_refused_at_a_later_item_writes_nothing(plan):
+    bad = planes()
+    bad[1] = np.zeros_like(bad[1])
+    out = np.full((2, N, N), 7.0, np.float32)
+    with pytest.raises(ft.InputError, match=r"stack\[1\]: zero: intensity is zero"):
+        plan.solve_batch(np.stack([np.stack(planes()), np.stack(bad)]), out=out)
+    assert np.all(out == 7.0)
+
+
+def test_masked_arrays_and_non_bool_flags_are_refused():
+    p = planes()
+    with pytest.raises(ft.InputError, match="zero: masked arrays are not supported"):
+        ft.FocalTriplet(p[0], np.ma.masked_array(p[1], p[1] > 1.1), p[2], dz=DZ,
+                        pixel_size=PIXEL, energy=E)
+    data = np.ones((4, 4, 16, 16), np.float32)
+    with pytest.raises(ft.InputError, match="flip: expected True or False"):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=DZ, scan_step=PIXEL, k_sampling=0.05,
+                                    energy=E, center=(8.0, 8.0), flip="no", backend="cpu")
+
+
+def test_hdf5_data_reached_through_a_soft_link_to_another_file_is_refused(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "t.h5"
+    ft.save(path, triplet(planes(dtype=np.float64)))
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("g/zero", data=planes()[1])
+    with h5py.File(path, "a") as f:
+        del f["zero"]
+        f["lnk"] = h5py.ExternalLink("other.h5", "/g")
+        f["zero"] = h5py.SoftLink("/lnk/zero")
+    with pytest.raises(ft.InputError, match="'zero' resolves to an object in another file"):
+        ft.load(path)
+
+
+def test_options_that_do_not_apply_are_refused(raw, tmp_path, capsys):
+    out = str(tmp_path / "o.npz")
+    assert cli.main(["reconstruct", str(raw), "-o", out, "--virtual", "df"]) == 2
+    assert "--virtual: applies to 4D-STEM files only" in one_line_error(capsys, "reconstruct")
+    assert cli.main(["reconstruct", str(raw), "-o", out, "--model", "fast"]) == 2
+    assert "apply to --method flowtie only" in one_line_error(capsys, "reconstruct")
+
+
+def test_a_flow_network_of_the_wrong_output_shape_is_refused_at_prediction(tmp_path):
+    torch = pytest.importorskip("torch")
+    from flowtie_fast.flow.infer import FlowModel
+
+    model = FlowModel("default")
+
+    class Cropped:
+        path = "cropped.pt"
+
+        def predict_batch(self, planes, didz, k, h, com=None):
+            v = model.predict_batch(planes, didz, k, h, com)
+            return v[..., : v.shape[-1] // 2] if v.shape[-1] > 32 else v
+
+    solver = ft.TIESolver((64, 64), PIXEL, backend="cpu")
+    p = [np.pad(a, 16, mode="wrap") for a in planes()]
+    with pytest.raises(ft.InputError, match=r"model: the flow network cropped.pt returned "
+                                            r"shape \(1, 2, 64, 32\)"):
+        solver._predict_flow(Cropped(), np.stack(p)[None], np.zeros((1, 64, 64), np.float32),
+                             ft.wavenumber(E), np.zeros((1, 2, 64, 64), np.float32))
+    assert torch is not None
