@@ -3,8 +3,8 @@
 A small fully convolutional network predicts the phase gradient ("flow") from
 the defocused triplet; it is trained with a composite loss (flow, continuity,
 phase) whose Poisson integration is the solver's own spectral operator.
-This package holds the model and the loss; training, the shipped weights and
-``method="flowtie"`` come with the rest of that issue.
+This package holds the network, its loss, inference (:class:`FlowModel`,
+the shipped models by name) and training (:mod:`flowtie_fast.flow.train`).
 """
 
 from .loss import CompositeLoss, SpectralOperators
