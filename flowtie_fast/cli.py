@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from flowtie_fast.errors import BackendError, check_count, check_positive
+from flowtie_fast.io import atomic_path, check_output, write_fields
+
 
 def phase_object(n: int, pixel_size: float, seed: int = 0):
     """A smooth periodic test object: phase (rad) and amplitude, (n, n)."""
@@ -70,14 +73,10 @@ def _demo(args) -> int:
     the Fresnel phase object where abTEM is missing (or with --fresnel)."""
     import importlib.util
 
-    from flowtie_fast.errors import check_count, check_positive
-
     check_count("--size", args.size, 16, 4096)
     for name in ("pixel_size", "dz", "energy"):
         check_positive(name, getattr(args, name))
     if args.png:
-        from flowtie_fast.io import check_output
-
         # The demo replaces its own figure; any other existing file is refused.
         check_output(args.png, overwrite=args.png.name == "flowtie_demo.png",
                      name="--png", suffixes=".png")
@@ -146,8 +145,6 @@ def _save_panels(path, panels, title=None) -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    from flowtie_fast.io import atomic_path
-
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
@@ -157,7 +154,6 @@ def _save_panels(path, panels, title=None) -> None:
 
 def _reconstruct(args) -> int:
     import flowtie_fast as ft
-    from flowtie_fast.io import check_output, write_fields
 
     check_output(args.output, inputs=[args.file], overwrite=args.overwrite)
     if args.png:
@@ -221,7 +217,6 @@ def _simulate(args) -> int:
     import flowtie_fast as ft
     from flowtie_fast.simulate import simulate_series
 
-    from flowtie_fast.io import check_output
     from flowtie_fast.simulate import check_settings, series_thicknesses
 
     out = Path(args.output)
@@ -258,8 +253,6 @@ def _evaluate(args) -> int:
     from flowtie_fast.evaluate import evaluate, format_table
 
     if args.output:
-        from flowtie_fast.io import check_output
-
         check_output(args.output, overwrite=args.overwrite, suffixes=(".md", ".txt"))
     options = {"virtual": args.virtual} if args.virtual else {}
     model = _flow_model(args.model, args.precision, args.backend) \
@@ -269,8 +262,6 @@ def _evaluate(args) -> int:
     table = format_table(rows)
     print(table)
     if args.output:
-        from flowtie_fast.io import atomic_path
-
         with atomic_path(args.output) as tmp:
             tmp.write_text(table)
         print(f"table: {args.output}")
@@ -280,7 +271,6 @@ def _evaluate(args) -> int:
 def _train(args) -> int:
     from flowtie_fast.flow.data import check_doses, load_samples
     from flowtie_fast.flow.train import TrainConfig, check_checkpoints, export_torchscript, train
-    from flowtie_fast.io import check_output
 
     # Every setting and both checkpoint paths are checked before the data is read.
     dose = (args.dose[0], args.dose[1]) if args.dose else (None, None)
@@ -458,26 +448,20 @@ def main(argv=None) -> int:
 def _exit_code(exc) -> int:
     """2 for bad usage or input (InputError and other ValueErrors), 1 for the
     environment (no GPU, files, memory) and anything unexpected."""
-    from flowtie_fast.errors import BackendError
-
     if isinstance(exc, ValueError) and not isinstance(exc, BackendError):
         return 2
     return 1
 
 
 def _describe(exc) -> str:
-    """One line for an exception: its message for ours, the kind for the rest."""
-    from flowtie_fast.errors import BackendError, InputError
-
+    """One line for an exception: the message of a bad input (ours are
+    ValueErrors) or of the environment ("[Errno 28] No space left on device:
+    'path'"); the kind for anything else."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, (InputError, BackendError)):
+    if isinstance(exc, (ValueError, OSError)):
         return text
     if isinstance(exc, MemoryError):
         return f"out of memory ({text}); try a smaller input or another machine"
-    if isinstance(exc, OSError):
-        return text  # "[Errno 28] No space left on device: 'path'"
-    if isinstance(exc, ValueError):
-        return text
     return f"unexpected {type(exc).__name__}: {text} (run with --debug for the traceback)"
 
 

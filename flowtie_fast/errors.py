@@ -79,8 +79,11 @@ def check_count(name: str, value, low: int = 1, high: int | None = None) -> int:
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and value == int(value):
         ok, value = True, int(value)
     if not ok or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise InputError(f"{name}: expected an integer {bound}, got {value!r}")
+        if high is not None:
+            what = f"an integer in [{low}, {high}]"
+        else:
+            what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise InputError(f"{name}: expected {what}, got {value!r}")
     return int(value)
 
 
@@ -92,6 +95,13 @@ def check_finite_result(stage: str, *arrays) -> None:
         if a is not None and not math.isfinite(float(a.sum())):
             raise ResultError(f"{stage}: the result contains NaN or Inf (refused rather than "
                               "returned); check the input's scale and the physical parameters")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when empty),
+    for one-line errors that wrap another library's."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_real(name: str, value, *, low=None, low_open=False, default=None) -> float:
@@ -110,7 +120,7 @@ def check_real(name: str, value, *, low=None, low_open=False, default=None) -> f
     except OverflowError:
         v = math.inf
     if not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low)):
-        bound = "" if low is None else f" {'above' if low_open else 'at least'} {low:g}"
+        bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
         raise InputError(f"{name}: expected a finite number{bound}, got {value!r}")
     return v
 

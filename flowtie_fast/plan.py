@@ -48,7 +48,7 @@ from .backend import get_backend, is_cupy, load_wisdom, save_wisdom
 from .errors import InputError, check_finite_result, check_positive
 from .physics import wavenumber
 from .solvers import TIESolver, check_options
-from .triplet import check_intensity_stats, focal_weights
+from .triplet import check_gradient, check_intensity_stats, focal_weights
 
 __all__ = ["Plan"]
 
@@ -245,10 +245,12 @@ class Plan:
         # Every item is checked before the first is solved: a refusal writes nothing.
         for i in range(b):
             items = [stack[i, j] for j in range(3)]
-            check_intensity_stats([f"stack[{i}]: {n}" for n in _INPUT_NAMES[:3]],
-                                  self.backend.plane_stats(items), items)
-        if gradient is not None and not np.isfinite(float(gradient.sum())):
-            raise InputError("gradient: contains NaN or Inf")
+            try:
+                check_intensity_stats(_INPUT_NAMES[:3], self.backend.plane_stats(items), items)
+                if gradient is not None:
+                    check_gradient(gradient[i], self.shape)
+            except InputError as exc:
+                raise InputError(f"stack[{i}]: {exc}") from exc
         for i in range(b):
             try:
                 self.solve(stack[i, 0], stack[i, 1], stack[i, 2],
@@ -274,7 +276,6 @@ class Plan:
                                             [f"stack[{i}]: {n}" for n in _INPUT_NAMES[:3]])
                 didz[i] = s._didz
             v = s._predict_flow(model, planes, didz, self.wavenumber, gradient)
-            check_finite_result("flowtie: the flow network", v)
             for i in range(b):
                 grad = None if gradient_out is None else gradient_out[i]
                 s.poisson.integrate(v[i], out=out[i], grad_out=grad)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError, check_count, check_positive
+from .errors import InputError, check_count, check_positive, check_real
 
 __all__ = ["MATERIALS", "SimulationCase", "crystal", "simulate_series", "ground_truth_phase"]
 
@@ -199,8 +199,7 @@ def check_settings(thicknesses, *, energy=300e3, semiangle=20.0, dz=20.0, scan_c
             raise InputError(f"{name}: expected at most {hi:g}, got {value!r}")
     if max_angle is not None and check_positive("max_angle", max_angle) > 2000:
         raise InputError(f"max_angle: expected at most 2000 mrad, got {max_angle!r}")
-    if sigma < 0 or not math.isfinite(sigma):
-        raise InputError(f"sigma: expected a non-negative displacement in Å, got {sigma!r}")
+    check_real("sigma", sigma, low=0.0)  # thermal displacement, Å
     if dose is not None:
         check_positive("dose", dose)
     check_count("frozen_phonons", frozen_phonons, 0, 10000)

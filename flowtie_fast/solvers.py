@@ -54,9 +54,9 @@ import numpy as np
 
 from .backend import Backend, get_backend
 from .errors import (InputError, ResultError, check_choice, check_count, check_finite_result,
-                     check_float_dtype, check_real)
+                     check_float_dtype, check_real, first_line)
 from .poisson import PoissonSolver, resolve_scheme
-from .triplet import FocalSeries, check_intensity_stats
+from .triplet import FocalSeries, check_gradient, check_intensity_stats
 
 __all__ = ["METHODS", "Reconstruction", "TIESolver", "reconstruct"]
 
@@ -379,16 +379,9 @@ class TIESolver:
     # ------------------------------------------------------------------ internals
 
     def _check_gradient(self, gradient):
-        """A measured phase gradient (2, Ny, Nx), rad/Å, finite, in the working dtype."""
-        if not hasattr(gradient, "shape") or not hasattr(gradient, "dtype"):
-            gradient = np.asarray(gradient)
-        if gradient.dtype.kind not in "uif" or tuple(gradient.shape) != (2,) + self.shape:
-            raise InputError(f"gradient: expected a real array of shape {(2,) + self.shape} "
-                             f"(rad/Å), got {gradient.dtype} {tuple(gradient.shape)}")
-        g = self.backend.asarray(gradient, self.dtype)
-        if not np.isfinite(float(g.sum())):
-            raise InputError("gradient: contains NaN or Inf")
-        return g
+        """A measured phase gradient (2, Ny, Nx), rad/Å, checked
+        (:func:`~flowtie_fast.triplet.check_gradient`), in the working dtype."""
+        return self.backend.asarray(check_gradient(gradient, self.shape), self.dtype)
 
     def _flow_model(self, model):
         """The flow model of ``model`` (None, a shipped name or ensemble, a path,
@@ -414,9 +407,8 @@ class TIESolver:
         except InputError:
             raise
         except RuntimeError as exc:  # the network itself failed on this input
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"model: the flow network {model.path} failed on this input "
-                             f"({first})") from exc
+                             f"({first_line(exc)})") from exc
         want = (planes.shape[0], 2) + tuple(planes.shape[-2:])
         if tuple(v.shape) != want:
             raise InputError(f"model: the flow network {model.path} returned shape "
@@ -431,7 +423,6 @@ class TIESolver:
         xp = self.backend.xp
         v = self._predict_flow(model, xp.stack(planes)[None], self._didz[None], k,
                                None if gradient is None else gradient[None])[0]
-        check_finite_result("flowtie: the flow network", v)
         self.poisson.integrate(v, out=phase, grad_out=grad)
         info["model"] = str(model.path)
         if not want_residual:

@@ -70,6 +70,27 @@ def check_intensity_stats(names, stats, planes) -> None:
             raise InputError(f"{name}: intensity is zero everywhere (a dropped frame?)")
 
 
+def check_gradient(g, shape):
+    """A measured phase gradient (2, Ny, Nx) in rad/Å: a real, finite array of
+    images of ``shape`` (NumPy or CuPy, returned without a copy where possible);
+    :class:`InputError` naming ``gradient`` otherwise. Finiteness is one sum in
+    the array's own dtype (no temporary: a Plan calls this on every icom solve),
+    confirmed element by element only where the sum is not finite (it may
+    merely have overflowed)."""
+    want = (2,) + tuple(shape)
+    if not is_cupy(g):
+        try:
+            g = np.asarray(g)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"gradient: could not be read as an array ({exc})") from exc
+    if g.dtype.kind not in "uif" or tuple(g.shape) != want:
+        raise InputError(f"gradient: expected a real array of shape {want} (rad/Å), got "
+                         f"{g.dtype} {tuple(g.shape)}")
+    if not math.isfinite(float(g.sum())) and not bool(array_module(g).isfinite(g).all()):
+        raise InputError("gradient: contains NaN or Inf")
+    return g
+
+
 def focal_weights(z, z0: float = 0.0, degree: int | None = None):
     """Least-squares (Savitzky-Golay) weights for the value and the derivative at ``z0``.
 
@@ -171,17 +192,7 @@ class FocalSeries:
         return [f"planes[{i}]" for i in range(n)]
 
     def _check_gradient(self, g):
-        if not is_cupy(g):
-            try:
-                g = np.asarray(g)
-            except (TypeError, ValueError) as exc:
-                raise InputError(f"gradient: could not be read as an array ({exc})") from exc
-        if g.dtype.kind not in "uif" or g.shape != (2,) + self.shape:
-            raise InputError(f"gradient: expected a real array of shape {(2,) + self.shape} "
-                             f"(rad/Å), got {g.dtype} {tuple(g.shape)}")
-        if not bool(array_module(g).isfinite(g).all()):
-            raise InputError("gradient: contains NaN or Inf")
-        return g
+        return check_gradient(g, self.shape)
 
     @property
     def shape(self) -> tuple:

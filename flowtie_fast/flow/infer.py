@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import is_cupy
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..physics import wavenumber as _wavenumber
 
 __all__ = ["FlowEnsemble", "FlowModel", "default_model_path", "file_digest", "load_model",
@@ -89,6 +89,12 @@ def file_digest(path) -> str:
     return sha.hexdigest()
 
 
+def _digests_path() -> Path:
+    """``models.json`` of the installed package (never of a folder that
+    :func:`_data_dir` is pointed at: the digests vouch for the install)."""
+    return Path(str(resources.files("flowtie_fast.data").joinpath(DIGESTS_FILE)))
+
+
 def recorded_digests() -> dict:
     """The digests recorded for the shipped model files.
 
@@ -103,7 +109,7 @@ def recorded_digests() -> dict:
     InputError
         The digest file is missing or unreadable (a broken install).
     """
-    path = Path(str(resources.files("flowtie_fast.data").joinpath(DIGESTS_FILE)))
+    path = _digests_path()
     try:
         digests = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -128,7 +134,7 @@ def record_digests() -> dict:
         The digests written, ``{file name: SHA-256 hex digest}``.
     """
     digests = {SHIPPED[n]: file_digest(default_model_path(n)) for n in sorted(SHIPPED)}
-    path = Path(str(resources.files("flowtie_fast.data").joinpath(DIGESTS_FILE)))
+    path = _digests_path()
     path.write_text(json.dumps(dict(sorted(digests.items())), indent=1) + "\n")
     return digests
 
@@ -152,11 +158,6 @@ def _verify_shipped(name: str, path: Path) -> None:
         raise InputError(f"model: the shipped file {path} (model {name!r}) does not match its "
                          "recorded digest (corrupted or modified install); reinstall "
                          "flowtie_fast")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class FlowModel:
@@ -239,7 +240,7 @@ class FlowModel:
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
         except Exception as exc:
             raise InputError(f"model: {path.name} is not a readable TorchScript flow model "
-                             f"(file {str(path)!r}: {_first_line(exc)})") from exc
+                             f"(file {str(path)!r}: {first_line(exc)})") from exc
         raw = extra["config.json"]
         try:
             self.config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
@@ -299,7 +300,7 @@ class FlowModel:
         except Exception as exc:
             raise InputError(f"{where} fails on a probe triplet of {ny}x{nx} pixels with "
                              f"{self.in_channels} input channels ({type(exc).__name__}: "
-                             f"{_first_line(exc)})") from exc
+                             f"{first_line(exc)})") from exc
         if not isinstance(v, torch.Tensor) or tuple(v.shape) != (1, 2, ny, nx):
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise InputError(f"{where} returns {got} for a probe triplet of {ny}x{nx} pixels; "

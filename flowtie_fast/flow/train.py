@@ -21,18 +21,17 @@ single network learns from the mean flow of an ensemble (MODEL.md).
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
-from numbers import Integral, Real
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import InputError, check_positive
+from ..errors import InputError, check_count, check_positive, check_real
 from ..io import atomic_path
 from .data import Sample, augment, tile
 from .loss import CompositeLoss
@@ -40,28 +39,6 @@ from .model import FlowNet, flow_inputs
 
 __all__ = ["TrainConfig", "train", "check_checkpoints", "load_checkpoint",
            "export_torchscript"]
-
-
-def _integer(name: str, value, low: int) -> int:
-    """``value`` as an int >= ``low``; :class:`InputError` naming ``name`` otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Integral, np.integer)) \
-            or value < low:
-        what = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise InputError(f"{name}: expected {what}, got {value!r}")
-    return int(value)
-
-
-def _real(name: str, value, low: float, high: float = math.inf) -> float:
-    """``value`` as a finite float in [low, high]; :class:`InputError` otherwise."""
-    number = (Real, np.floating, np.integer)
-    ok = isinstance(value, number) and not isinstance(value, (bool, np.bool_))
-    if ok:
-        value = float(value)
-        ok = math.isfinite(value) and low <= value <= high
-    if not ok:
-        bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
-        raise InputError(f"{name}: expected a finite number {bounds}, got {value!r}")
-    return value
 
 
 @dataclass
@@ -114,15 +91,15 @@ class TrainConfig:
             ``teacher``.
         """
         for name in ("steps", "batch", "reps", "width", "depth", "stride", "checkpoint_every"):
-            setattr(self, name, _integer(name, getattr(self, name), 1))
-        self.restarts = _integer("restarts", self.restarts, 0)
-        self.seed = _integer("seed", self.seed, 0)
+            setattr(self, name, check_count(name, getattr(self, name), 1))
+        self.restarts = check_count("restarts", self.restarts, 0)
+        self.seed = check_count("seed", self.seed, 0)
         self.lr = check_positive("lr", self.lr)
         w = self.weights
         if isinstance(w, (str, bytes)) or not hasattr(w, "__len__") or len(w) != 3:
             raise InputError(f"weights: expected three numbers (flow, continuity, phase), "
                              f"got {w!r}")
-        w = tuple(_real("weights", v, 0.0) for v in w)
+        w = tuple(check_real("weights", v, low=0.0) for v in w)
         if not any(w):
             raise InputError(f"weights: expected at least one positive weight, got {w!r}")
         self.weights = w
@@ -130,7 +107,7 @@ class TrainConfig:
             c = self.channels
             if isinstance(c, (str, bytes)) or not hasattr(c, "__len__") or len(c) == 0:
                 raise InputError(f"channels: expected positive integers, got {c!r}")
-            self.channels = tuple(_integer("channels", v, 1) for v in c)
+            self.channels = tuple(check_count("channels", v, 1) for v in c)
         if not isinstance(self.use_com, (bool, np.bool_)):
             raise InputError(f"use_com: expected True or False, got {self.use_com!r}")
         self.use_com = bool(self.use_com)
@@ -143,7 +120,7 @@ class TrainConfig:
                 raise InputError(f"dose: expected low <= high, got ({lo:g}, {hi:g})")
             dose = (lo, hi)
         self.dose = tuple(dose)
-        self.clip = _real("clip", self.clip, 0.0)
+        self.clip = check_real("clip", self.clip, low=0.0)
         if self.teacher is not None:
             if not isinstance(self.teacher, (str, os.PathLike)):
                 raise InputError(f"teacher: expected a model name or file, got {self.teacher!r}")
@@ -316,12 +293,17 @@ def load_checkpoint(path) -> dict:
     return state
 
 
+def _unset(name: str, value) -> bool:
+    """Whether a field's value means its option was left out."""
+    return value is None or value == (None, None) or (name == "distill" and value == 0)
+
+
 def _setting(name: str, value) -> str:
     """How a field's value reads on the command line: ``--width 16``."""
     option = _OPTIONS.get(name)
     if option is None:
         return f"{name}={value!r}"
-    if value is None or value == (None, None) or (name == "distill" and value == 0):
+    if _unset(name, value):
         return f"no {option}"
     values = value if isinstance(value, tuple) else (value,)
     return option + "".join(f" {v:g}" if isinstance(v, float) else f" {v}" for v in values)
@@ -331,7 +313,7 @@ def _fix(name: str, value) -> str:
     option = _OPTIONS.get(name)
     if option is None:
         return f"set {name}={value!r}"
-    if value is None or value == (None, None) or (name == "distill" and value == 0):
+    if _unset(name, value):
         return f"leave out {option}"
     return f"pass {_setting(name, value)}"
 
