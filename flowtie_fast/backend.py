@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .errors import BackendError, InputError, check_count
+from .errors import BackendError, InputError, check_count, first_line
 
 __all__ = ["Backend", "array_module", "get_backend", "gpu_available", "is_cupy", "load_wisdom",
            "save_wisdom"]
@@ -293,7 +293,10 @@ class Backend:
             # Passive waiting fixes it; it must be set before Numba starts its thread
             # pool, and a user's own setting wins.
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            from . import _numba_kernels
+            try:
+                from . import _numba_kernels
+            except (ValueError, ImportError) as exc:  # e.g. NUMBA_NUM_THREADS=0
+                raise _numba_error(exc) from exc
 
             self.xp = np
             self.kernels = _numba_kernels
@@ -301,6 +304,7 @@ class Backend:
                 # Numba's workqueue layer aborts the process when two threads enter
                 # parallel kernels at once: serialise every kernel call instead.
                 self.kernels = _SerialKernels(_numba_kernels)
+            _start_numba_threads()
             self.fft_library = "pyfftw" if _have_pyfftw() else "scipy"
             if self.fft_library == "scipy":
                 _warn_no_pyfftw()
@@ -317,6 +321,9 @@ class Backend:
             return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
         if is_cupy(x):
             x = x.get()
+        if dtype is not None and getattr(x, "dtype", None) != dtype:
+            with np.errstate(over="ignore"):  # an overflowing cast is refused by the checks
+                return np.ascontiguousarray(x, dtype=dtype)
         return np.ascontiguousarray(x, dtype=dtype)
 
     def to_numpy(self, x):
@@ -474,6 +481,27 @@ def _prefer_threadsafe_layer() -> bool:
         numba.config.THREADING_LAYER = "threadsafe"
         return True
     return False
+
+
+def _start_numba_threads() -> None:
+    """Start Numba's thread pool now, so that a bad NUMBA_THREADING_LAYER or
+    NUMBA_NUM_THREADS is a :class:`BackendError` naming them, here, rather
+    than Numba's error at the first kernel call."""
+    import numba
+
+    try:
+        numba.get_num_threads()  # launches the pool with the configured layer
+    except (ValueError, ImportError, RuntimeError) as exc:
+        raise _numba_error(exc) from exc
+
+
+def _numba_error(exc) -> BackendError:
+    """Numba refused its configuration: say which variables to check."""
+    settings = ", ".join(f"{k}={os.environ[k]!r}" for k in
+                         ("NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS") if k in os.environ)
+    return BackendError(f"backend: Numba does not start ({first_line(exc)}); check "
+                        f"{settings or 'the NUMBA_* environment variables'} (layers: omp, tbb, "
+                        "workqueue; threads: a positive integer)")
 
 
 _KERNEL_LOCK = threading.Lock()

@@ -52,6 +52,8 @@ def _files(paths):
         p = Path(p)
         if p.is_dir():
             out += sorted(q for q in p.iterdir() if q.suffix.lower() in (".npz", ".h5", ".hdf5"))
+        elif not p.exists():
+            raise InputError(f"paths: no such file or folder {str(p)!r}")
         else:
             out.append(p)
     if not out:

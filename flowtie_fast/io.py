@@ -205,10 +205,11 @@ def check_output(path, *, inputs=(), overwrite=False, name="output", suffixes=No
     InputError
         When ``path`` is one of ``inputs``, is a directory or another thing
         than a regular file, has another suffix, exists and ``overwrite`` is
-        false, has a parent that is not a folder, or when its folder cannot be
-        created or written.
+        false, has a parent that is not a folder, has a name longer than the
+        file system allows, or when its folder cannot be created or written.
     """
     path = Path(path)
+    _check_name_lengths(name, path)
     shown = str(path)
     if isinstance(inputs, (str, bytes, os.PathLike)):
         inputs = (inputs,)
@@ -243,6 +244,21 @@ def check_output(path, *, inputs=(), overwrite=False, name="output", suffixes=No
         raise InputError(f"{name}: {shown!r} cannot be written: no permission to write in "
                          f"{str(folder)!r} (or a read-only file system)")
     return path
+
+
+def _check_name_lengths(name: str, path: Path) -> None:
+    """Refuse a path with a component longer than its file system allows
+    (checked first: longer names make the other checks fail with OSError)."""
+    parts = Path(os.path.abspath(path)).parts
+    try:
+        name_max = os.pathconf(parts[0], "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    for part in parts[1:]:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            raise InputError(f"{name}: the name {part[:40]!r}... has {size} bytes; the file "
+                             f"system allows {name_max}")
 
 
 def save(path, obj) -> Path:

@@ -112,6 +112,12 @@ def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic"):
         check_count("max_iter", max_iter, 1, 10**7)
 
 
+# Mean intensities each working dtype holds with its full precision through
+# the solves (squares and spectra included): below, values are subnormal and
+# lose bits; above, the iterative methods' norms overflow.
+_INTENSITY_SCALE = {np.float32: (1e-30, 1e12), np.float64: (1e-290, 1e150)}
+
+
 def _is_in_focus_row(w) -> bool:
     """Whether three intensity weights pick the middle plane, ``(0, 1, 0)``
     (scalar arithmetic: this runs on every solve)."""
@@ -213,7 +219,7 @@ class TIESolver:
         negative intensity or an all-zero plane raises :class:`InputError`
         naming the plane (``names``, default minus/zero/plus or planes[i])."""
         # Planes on this backend in the working dtype (float16 and integers are cast).
-        planes = [self.backend.asarray(p, self.dtype) for p in planes]
+        given, planes = planes, [self.backend.asarray(p, self.dtype) for p in planes]
         if names is None:
             names = ("minus", "zero", "plus") if len(planes) == 3 else \
                 [f"planes[{i}]" for i in range(len(planes))]
@@ -228,7 +234,11 @@ class TIESolver:
         else:
             scratch = None if self._stats_scratch is None else self._stats_scratch[:2]
             stats = self.backend.plane_stats(planes, scratch, self._stats)
-        check_intensity_stats(names, stats, planes)
+        try:
+            check_intensity_stats(names, stats, planes)
+        except InputError as exc:
+            self._explain_overflow(names, given, planes, exc)
+            raise
         if len(planes) == 3:
             if not fused:
                 kern.focal_derivative3(*planes, self._didz, *(t(w) for w in dw))
@@ -252,7 +262,26 @@ class TIESolver:
         if not mean > 0:
             raise InputError(f"triplet: the in-focus intensity must have a positive mean, "
                              f"got {mean:g}")
+        lo, hi = _INTENSITY_SCALE[self.dtype.type]
+        if not lo <= mean <= hi:
+            raise InputError(f"triplet: a mean in-focus intensity of {mean:g} is outside what "
+                             f"{self.dtype} holds precisely ({lo:g} to {hi:g}); rescale the "
+                             "intensities (e.g. divide by their mean) or use dtype='float64'")
         return mean, planes
+
+    def _explain_overflow(self, names, given, planes, exc):
+        """Where a plane was refused as non-finite only because casting it to the
+        working dtype overflowed, say so instead (the rare path of a refusal)."""
+        if "NaN or Inf" not in str(exc):
+            return
+        for name, a, cast in zip(names, given, planes):
+            if cast is a or getattr(a, "dtype", np.dtype(object)).kind != "f":
+                continue
+            xp = self.backend.xp
+            if bool(xp.isfinite(xp.asarray(a)).all()) and not bool(xp.isfinite(cast).all()):
+                raise InputError(f"{name}: values up to {float(abs(xp.asarray(a)).max()):g} "
+                                 f"exceed the range of {self.dtype}; rescale the intensities "
+                                 "or use dtype='float64'") from exc
 
     # ------------------------------------------------------------------ public
 

@@ -464,6 +464,10 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None):
     detector = Detector(tuple(mean.shape), k_sampling, energy, center)
     disk = bf_radius_mrad(mean, detector)
     bf_radius = 0.25 * disk if bf_radius is None else check_positive("bf_radius", bf_radius)
+    pixel_mrad = 1e3 * wavelength(energy) * min(detector.k_sampling)
+    if bf_radius < 0.5 * pixel_mrad:
+        raise InputError(f"bf_radius: {bf_radius:g} mrad is smaller than half a detector pixel "
+                         f"({pixel_mrad:g} mrad): the virtual disk would hold no pixel")
     regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
                "df": (disk, np.inf), "whole": (0.0, np.inf)}
     return detector, regions

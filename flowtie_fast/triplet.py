@@ -311,6 +311,8 @@ class FocalTriplet(FocalSeries):
         k_sampling = check_positive("k_sampling", k_sampling, pair=True)
         energy = check_positive("energy", energy)
         mean = stem.mean_pattern(stem.sample_patterns(data[1]))
+        if not np.isfinite(mean).all():
+            raise InputError("zero: the patterns contain NaN or Inf")
         detector, regions = stem.triplet_geometry(mean, k_sampling, energy, center, bf_radius)
         check_choice("virtual", virtual, tuple(regions))
         reductions = [stem.reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,

@@ -371,10 +371,29 @@ def test_the_fused_statistics_match_numpy_and_leave_the_derivative_unchanged(dty
 
 
 def test_gd_refuses_an_objective_that_overflows():
-    """gd returned an all-zero phase marked converged for intensities of 1e20."""
-    p = [a * np.float32(1e20) for a in planes()]
+    """gd returned an all-zero phase marked converged when |k ∂I/∂z|² overflowed
+    float32 (an accepted mean intensity, 9e11, with an extreme focal change)."""
+    p = [a * np.float32(9e11) for a in planes()]
+    p[2] = p[2] * np.float32(1e6)
     with pytest.raises(ResultError, match="gd: the objective overflows"):
         ft.reconstruct(triplet(p), method="gd", backend="cpu")
+
+
+@pytest.mark.parametrize("scale, dtype, match", [
+    (1e-42, np.float32, "triplet: a mean in-focus intensity of 1.* is outside what float32"),
+    (1e20, np.float32, "triplet: a mean in-focus intensity of 1.* is outside what float32"),
+    (1e300, np.float64, "minus: values up to 1.* exceed the range of float32"),
+])
+def test_intensities_beyond_the_working_precision_are_refused(scale, dtype, match):
+    """Subnormal planes gave a 2.7x wrong tie phase without a word; float64 values
+    beyond float32 were reported as NaN or Inf."""
+    p = [a.astype(dtype) * dtype(scale) for a in planes()]
+    with pytest.raises(ft.InputError, match=match):
+        ft.reconstruct(triplet(p), method="tie", backend="cpu")
+    rec = ft.reconstruct(triplet(p), method="tie", backend="cpu", dtype="float64") \
+        if scale < 1e200 else None
+    if rec is not None:
+        assert np.isfinite(rec.phase).all()
 
 
 def test_a_batch_refused_at_a_later_item_writes_nothing(plan):
@@ -438,3 +457,60 @@ def test_a_flow_network_of_the_wrong_output_shape_is_refused_at_prediction(tmp_p
                                             r"shape \(1, 2, 64, 32\)"):
         solver._predict_flow(Cropped(), np.stack(p)[None], np.zeros((1, 64, 64), np.float32),
                              ft.wavenumber(E), np.zeros((1, 2, 64, 64), np.float32))
+
+
+def test_an_output_name_too_long_is_refused_before_the_work(raw, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ft, "reconstruct", lambda *a, **k: calls.append(1))
+    long = raw.with_name("a" * 300 + ".npz")
+    assert cli.main(["reconstruct", str(raw), "-o", str(long)]) == 2
+    assert "the file system allows" in one_line_error(capsys, "reconstruct") and not calls
+
+
+@pytest.mark.parametrize("env, names", [
+    ({"NUMBA_THREADING_LAYER": "garbage"}, "NUMBA_THREADING_LAYER='garbage'"),
+    ({"NUMBA_NUM_THREADS": "0"}, "NUMBA_NUM_THREADS='0'"),
+])
+def test_a_bad_numba_setting_is_a_backend_error_naming_it(env, names):
+    code = ("import numpy as np, flowtie_fast as ft\n"
+            "p = [np.ones((16, 16)) * (1 + 0.01 * i) for i in range(3)]\n"
+            "try:\n"
+            "    ft.reconstruct(ft.FocalTriplet(*p, dz=20.0, pixel_size=0.2, energy=3e5),\n"
+            "                   backend='cpu')\n"
+            "except ft.BackendError as e:\n"
+            "    print('BackendError', e)\n")
+    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("BackendError backend: Numba does not start") and \
+        names in run.stdout, run.stdout
+
+
+def disk_patterns(scan=(4, 4), det=16, radius=4.0):
+    y, x = np.meshgrid(np.arange(det), np.arange(det), indexing="ij")
+    disk = ((y - det / 2) ** 2 + (x - det / 2) ** 2 <= radius**2).astype(np.float32)
+    return np.broadcast_to(100 * disk + 1, scan + (det, det)).copy()
+
+
+def test_4dstem_refusals_name_the_cause():
+    """A NaN in the patterns was reported as an empty mean pattern; a virtual
+    disk smaller than a pixel as a dropped frame."""
+    data = disk_patterns()
+    bad = data.copy()
+    bad[1, 1, 8, 8] = np.nan
+    args = dict(dz=DZ, scan_step=PIXEL, k_sampling=0.05, energy=E, backend="cpu")
+    with pytest.raises(ft.InputError, match="zero: the patterns contain NaN or Inf"):
+        ft.FocalTriplet.from_4dstem(data, bad, data, **args)
+    with pytest.raises(ft.InputError, match="bf_radius: 0.001 mrad is smaller than half a "
+                                            "detector pixel"):
+        ft.FocalTriplet.from_4dstem(data, data, data, bf_radius=1e-3, **args)
+
+
+def test_evaluate_and_model_paths_say_what_is_wrong(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path / "nosuchdir")]) == 2
+    assert "no such file or folder" in one_line_error(capsys, "evaluate")
+    from flowtie_fast.flow.infer import load_model
+
+    pytest.importorskip("torch")
+    with pytest.raises(ft.InputError, match="is a folder, expected a TorchScript file"):
+        load_model(str(tmp_path))

@@ -229,6 +229,8 @@ class FlowModel:
             shipped = path or "default"
             path = default_model_path(shipped)
         path = Path(path)
+        if path.is_dir():
+            raise InputError(f"model: {str(path)!r} is a folder, expected a TorchScript file")
         if not path.is_file():
             raise InputError(f"model: no such file {str(path)!r}")
         if shipped is None:  # a shipped file given by its path is checked alike
