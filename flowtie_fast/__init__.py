@@ -15,16 +15,38 @@ Conventions (units, signs, axes) are those of the project's DESIGN notes:
 lengths in Å, energy in eV, phase in rad, phase gradient in rad/Å.
 """
 
-from .backend import Backend, get_backend, gpu_available, load_wisdom, save_wisdom
-from .errors import BackendError, InputError
-from .io import Dataset, load, save
-from .physics import wavelength, wavenumber
-from .plan import Plan
-from .poisson import PoissonSolver
-from .solvers import METHODS, Reconstruction, TIESolver, reconstruct
-from .triplet import FocalSeries, FocalTriplet, focal_weights
+import importlib
 
 __version__ = "0.1.0"
+
+# The public names and the module that defines each: imported on first use
+# (PEP 562), so that ``import flowtie_fast`` and the command line start
+# without NumPy, Numba or h5py until something needs them.
+_PUBLIC = {
+    "Backend": "backend", "get_backend": "backend", "gpu_available": "backend",
+    "load_wisdom": "backend", "save_wisdom": "backend",
+    "BackendError": "errors", "InputError": "errors",
+    "Dataset": "io", "load": "io", "save": "io",
+    "wavelength": "physics", "wavenumber": "physics",
+    "Plan": "plan",
+    "PoissonSolver": "poisson",
+    "METHODS": "solvers", "Reconstruction": "solvers", "TIESolver": "solvers",
+    "reconstruct": "solvers",
+    "FocalSeries": "triplet", "FocalTriplet": "triplet", "focal_weights": "triplet",
+}
+
+
+def __getattr__(name):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flowtie_fast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 __all__ = [
     "METHODS",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowtie_fast import __version__
 from flowtie_fast.errors import BackendError, check_count, check_positive
 from flowtie_fast.io import atomic_path, check_output, write_fields
 
@@ -309,8 +310,29 @@ def _train(args) -> int:
 
 
 def main(argv=None) -> int:
-    from flowtie_fast import __version__
+    """Run ``flowtie``: parse the arguments and the command; one line and an
+    exit status for any failure (see :func:`_exit_code`)."""
+    try:
+        parser = _parser()
+    except KeyboardInterrupt:
+        print("flowtie: interrupted while starting; nothing was done", file=sys.stderr)
+        return 130
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"flowtie {args.command}: interrupted; nothing half-written is left",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, never a traceback (--debug shows it)
+        if args.debug:
+            traceback.print_exc()
+        print(f"flowtie {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        return _exit_code(exc)
 
+
+def _parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="flowtie", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"flowtie_fast {__version__}")
     parser.add_argument("--debug", action="store_true",
@@ -431,18 +453,7 @@ def main(argv=None) -> int:
                     help="fraction of the teacher's flow in the flow term's target (0..1)")
     tr.set_defaults(func=_train)
 
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print(f"flowtie {args.command}: interrupted; nothing half-written is left",
-              file=sys.stderr)
-        return 130
-    except Exception as exc:  # one line, never a traceback (--debug shows it)
-        if args.debug:
-            traceback.print_exc()
-        print(f"flowtie {args.command}: error: {_describe(exc)}", file=sys.stderr)
-        return _exit_code(exc)
+    return parser
 
 
 def _exit_code(exc) -> int:

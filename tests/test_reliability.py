@@ -514,3 +514,21 @@ def test_evaluate_and_model_paths_say_what_is_wrong(tmp_path, capsys):
     pytest.importorskip("torch")
     with pytest.raises(ft.InputError, match="is a folder, expected a TorchScript file"):
         load_model(str(tmp_path))
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while `flowtie` imported its modules printed a traceback; the
+    entry point imports nothing heavy before its handler is in place."""
+    from flowtie_fast import _entry
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_entry.importlib, "import_module", interrupted)
+    assert _entry.main(["--version"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["flowtie: interrupted while starting; nothing was done"]
+    code = "import sys, flowtie_fast._entry; print('numpy' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert run.stdout.strip() == "False", run.stderr
