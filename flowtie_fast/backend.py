@@ -350,11 +350,8 @@ class Backend:
         ``scratch`` (a ``(2, Ny)`` float64 work array) and ``out`` (``(N, 2)``
         float64) let repeated calls allocate nothing.
         """
-        xp = self.xp
         if self.is_gpu:
-            stats = xp.stack([xp.stack([(p < 0).sum(dtype=xp.float64),
-                                        p.sum(dtype=xp.float64)]) for p in planes])
-            return stats.get()
+            return array_stats(planes)
         if out is None or out.shape != (len(planes), 2):
             out = np.empty((len(planes), 2))
         for i, p in enumerate(planes):
@@ -363,7 +360,7 @@ class Backend:
                     scratch = np.empty((2, p.shape[0]))
                 self.kernels.plane_stats(p, scratch, out, i)
             else:
-                out[i] = (float(np.count_nonzero(p < 0)), float(p.sum(dtype=np.float64)))
+                out[i] = array_stats([p])[0]
         return out
 
     def available_memory(self) -> int | None:
@@ -570,6 +567,19 @@ def _numba_max_threads() -> int:
 def is_cupy(x) -> bool:
     """True for CuPy arrays (checked without importing CuPy)."""
     return type(x).__module__.startswith("cupy")
+
+
+def array_stats(planes) -> np.ndarray:
+    """The number of negative values and the float64 sum of each plane (NumPy
+    or CuPy arrays), as a NumPy (N, 2) float64 array, by the array module's
+    own reductions: no kernel to compile or load (on the GPU, the N x 2 values
+    are gathered and copied to the host once)."""
+    if planes and is_cupy(planes[0]):
+        xp = array_module(planes[0])
+        return xp.stack([xp.stack([(p < 0).sum(dtype=xp.float64), p.sum(dtype=xp.float64)])
+                         for p in planes]).get()
+    return np.array([(np.count_nonzero(p < 0), p.sum(dtype=np.float64)) for p in planes],
+                    dtype=np.float64).reshape(len(planes), 2)
 
 
 def _gib(nbytes: float) -> str:

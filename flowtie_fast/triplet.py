@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .backend import array_module, get_backend, is_cupy
+from .backend import array_module, array_stats, is_cupy
 from .errors import InputError, check_choice, check_count, check_positive, check_real
 from .physics import wavenumber
 
@@ -176,8 +176,7 @@ class FocalSeries:
         first = check_image(names[0], planes[0])
         self.planes = [first] + [check_image(nm, p, first.shape)
                                  for nm, p in zip(names[1:], planes[1:])]
-        be = get_backend("gpu" if is_cupy(first) else "cpu")
-        check_intensity_stats(names, be.plane_stats(self.planes), self.planes)
+        check_intensity_stats(names, array_stats(self.planes), self.planes)
         self.z = z
         self.z0 = float(z0)
         self.pixel_size = check_positive("pixel_size", pixel_size, pair=True)
