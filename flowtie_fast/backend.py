@@ -487,6 +487,9 @@ def _start_numba_threads() -> None:
     import numba
 
     try:
+        count = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+        if count and not count.isdigit():  # Numba would warn and ignore it
+            raise ValueError(f"NUMBA_NUM_THREADS must be a positive integer, got {count!r}")
         numba.get_num_threads()  # launches the pool with the configured layer
     except (ValueError, ImportError, RuntimeError) as exc:
         raise _numba_error(exc) from exc
@@ -537,6 +540,8 @@ def save_wisdom(path) -> None:
 
     from .io import atomic_path
 
+    if os.path.isdir(path):
+        raise InputError(f"wisdom: {os.fspath(path)!r} is a folder, expected a file path")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, *[np.frombuffer(w, np.uint8) for w in pyfftw.export_wisdom()])
 
@@ -553,7 +558,7 @@ def load_wisdom(path) -> bool:
             wisdom = tuple(f[f"arr_{i}"].tobytes() for i in range(len(f.files)))
     except Exception as exc:
         raise BackendError(f"wisdom: {os.fspath(path)!r} is not an FFTW wisdom file "
-                           f"({exc})") from exc
+                           f"({first_line(exc).split('. ')[0]})") from exc
     pyfftw.import_wisdom(wisdom)
     return True
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from flowtie_fast import __version__
 from flowtie_fast.errors import BackendError, check_count, check_positive
-from flowtie_fast.io import atomic_path, check_output, write_fields
+from flowtie_fast.io import atomic_path, check_not_input, check_output, write_fields
 
 
 def phase_object(n: int, pixel_size: float, seed: int = 0):
@@ -281,9 +281,13 @@ def _train(args) -> int:
                       weights=tuple(args.weights), restarts=args.restarts,
                       teacher=args.teacher, distill=args.distill)
     doses = check_doses([None] + list(args.doses or []))
+    # Neither the checkpoint nor the model may replace a training file.
+    data_files = [q for d in map(Path, args.data)
+                  for q in (sorted(d.iterdir()) if d.is_dir() else [d])]
+    check_not_input("--checkpoint", args.checkpoint, data_files)
     check_checkpoints(cfg, args.checkpoint, args.resume, args.overwrite)
     # Resuming continues the run whose model -o holds: it is replaced at the end.
-    check_output(args.output, inputs=[*args.data, args.checkpoint, args.resume],
+    check_output(args.output, inputs=[*data_files, args.checkpoint, args.resume],
                  overwrite=args.overwrite or args.resume is not None,
                  suffixes=(".pt", ".pth", ".ts"))
     samples = load_samples(args.data, doses=doses)

@@ -23,12 +23,14 @@ DEFAULT_METHODS = ("tie-uniform", "tie", "tie-exact", "gd", "icom")
 
 
 def phase_errors(phase, truth):
-    """(MSE in rad², NMSE) after removing both means."""
+    """(MSE in rad², NMSE) after removing both means; NMSE is NaN where the
+    ground truth is flat (nothing to normalise by)."""
     phase = np.asarray(phase, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     d = (phase - phase.mean()) - (truth - truth.mean())
     mse = float(np.mean(d**2))
-    return mse, mse / float(np.var(truth))
+    var = float(np.var(truth))
+    return mse, mse / var if var > 0 else float("nan")  # a flat truth has no NMSE
 
 
 def timed_reconstruct(triplet, method, backend="cpu", repeats=3, **options):

@@ -90,6 +90,7 @@ class Dataset:
     gradient_gt: object = None
     meta: dict = field(default_factory=dict)
     _handle: object = field(default=None, repr=False)
+    _closed: bool = field(default=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -99,6 +100,10 @@ class Dataset:
         """The :class:`~flowtie_fast.triplet.FocalTriplet` (``from_4dstem`` for 4D data;
         keyword arguments go to it, ``backend`` only is accepted for images)."""
         from .triplet import FocalTriplet
+
+        if self._closed:
+            raise InputError("dataset: its HDF5 file is closed; load it again (ft.load) to "
+                             "read it")
 
         if self.kind == "4dstem":
             return FocalTriplet.from_4dstem(self.minus, self.zero, self.plus, dz=self.dz,
@@ -113,10 +118,11 @@ class Dataset:
                             dz=self.dz, pixel_size=self.scan_step, energy=self.energy)
 
     def close(self) -> None:
-        """Close the underlying HDF5 file, if any."""
+        """Close the underlying HDF5 file, if any; its data cannot be read after."""
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+            self._closed = True
 
     def __enter__(self):
         return self
@@ -211,20 +217,7 @@ def check_output(path, *, inputs=(), overwrite=False, name="output", suffixes=No
     path = Path(path)
     _check_name_lengths(name, path)
     shown = str(path)
-    if isinstance(inputs, (str, bytes, os.PathLike)):
-        inputs = (inputs,)
-    real = os.path.realpath(path)
-    for source in inputs:
-        if source is None:
-            continue
-        same = os.path.realpath(source) == real
-        if not same:
-            with contextlib.suppress(OSError, ValueError):  # one of them is missing
-                same = os.path.samefile(path, source)
-        if same:
-            which = "" if str(source) == shown else f" {str(source)!r}"
-            raise InputError(f"{name}: {shown!r} is the input file{which}; choose another "
-                             "output path")
+    check_not_input(name, path, inputs)
     if path.is_dir():
         raise InputError(f"{name}: {shown!r} is a directory; expected the path of a file")
     _suffix(path, suffixes, name)
@@ -244,6 +237,27 @@ def check_output(path, *, inputs=(), overwrite=False, name="output", suffixes=No
         raise InputError(f"{name}: {shown!r} cannot be written: no permission to write in "
                          f"{str(folder)!r} (or a read-only file system)")
     return path
+
+
+def check_not_input(name: str, path, inputs) -> None:
+    """Refuse an output ``path`` that is one of ``inputs`` (paths or None), by
+    name, through a symbolic link or as a hard link: :class:`InputError`
+    naming ``name``."""
+    shown = str(path)
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        inputs = (inputs,)
+    real = os.path.realpath(path)
+    for source in inputs:
+        if source is None:
+            continue
+        same = os.path.realpath(source) == real
+        if not same:
+            with contextlib.suppress(OSError, ValueError):  # one of them is missing
+                same = os.path.samefile(path, source)
+        if same:
+            which = "" if str(source) == shown else f" {str(source)!r}"
+            raise InputError(f"{name}: {shown!r} is the input file{which}; choose another "
+                             "output path")
 
 
 def _check_name_lengths(name: str, path: Path) -> None:
@@ -528,6 +542,8 @@ def load(path) -> Dataset:
         and ``k_sampling``: 1 or 2, ``energy``: 1), and unreadable or
         truncated files.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"path: expected a file path, got {type(path).__name__}")
     path = Path(path)
     suffix = _suffix(path)
     if not path.is_file():
@@ -597,6 +613,9 @@ def _read_h5(path: Path, suffix: str):
             fields[key] = obj
         for key in _KEYS:
             if key in handle.attrs:
+                if key in fields:  # which of the two is meant cannot be told
+                    raise InputError(f"{path.name}: '{key}' is both a dataset and a root "
+                                     "attribute; expected one of them")
                 fields[key] = handle.attrs[key]
     except InputError:
         handle.close()

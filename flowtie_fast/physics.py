@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from .errors import check_positive
+
 PLANCK = 6.62607015e-34  # J s
 ELECTRON_MASS = 9.1093837015e-31  # kg
 ELEMENTARY_CHARGE = 1.602176634e-19  # C
@@ -26,7 +28,7 @@ def wavelength(energy: float) -> float:
     float
         Wavelength in Å (0.019687 Å at 300 keV).
     """
-    e = ELEMENTARY_CHARGE * float(energy)
+    e = ELEMENTARY_CHARGE * check_positive("energy", energy)
     m0c2 = ELECTRON_MASS * SPEED_OF_LIGHT**2
     momentum = math.sqrt(2.0 * ELECTRON_MASS * e * (1.0 + e / (2.0 * m0c2)))
     return PLANCK / momentum * 1e10

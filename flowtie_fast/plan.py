@@ -48,7 +48,7 @@ from .backend import get_backend, is_cupy, load_wisdom, save_wisdom
 from .errors import InputError, check_finite_result, check_positive
 from .physics import wavenumber
 from .solvers import TIESolver, check_options
-from .triplet import check_gradient, check_intensity_stats, focal_weights
+from .triplet import check_gradient, check_not_masked, focal_weights
 
 __all__ = ["Plan"]
 
@@ -92,7 +92,7 @@ class Plan:
                  threads=None, dtype="float32", boundary="periodic", scheme="auto", alpha=0.0,
                  floor=1e-3, model=None, tol=None, max_iter=None, preconditioner="biharmonic",
                  warmup=True, wisdom=None):
-        check_options(method, tol, max_iter, preconditioner)
+        check_options(method, tol, max_iter, preconditioner, model)
         if not isinstance(warmup, (bool, np.bool_)):
             raise InputError(f"warmup: expected True or False, got {warmup!r}")
         self.dz = check_positive("dz", dz)
@@ -143,6 +143,7 @@ class Plan:
     # ------------------------------------------------------------------ checks
 
     def _image(self, name, a, shape):
+        check_not_masked(name, a)
         if is_cupy(a) != self.backend.is_gpu:
             where = "CuPy" if self.backend.is_gpu else "NumPy"
             raise InputError(f"{name}: expected a {where} array for this {self.backend.name} "
@@ -244,9 +245,9 @@ class Plan:
             return self._flow_batch(stack, gradient, out, gradient_out)
         # Every item is checked before the first is solved: a refusal writes nothing.
         for i in range(b):
-            items = [stack[i, j] for j in range(3)]
             try:
-                check_intensity_stats(_INPUT_NAMES[:3], self.backend.plane_stats(items), items)
+                self.solver.validate_planes([stack[i, j] for j in range(3)],
+                                            self._intensity_weights, _INPUT_NAMES[:3])
                 if gradient is not None:
                     check_gradient(gradient[i], self.shape)
             except InputError as exc:

@@ -111,6 +111,9 @@ class PoissonSolver:
         self.pixel_size = check_positive("pixel_size", pixel_size, pair=True)
         self.dtype = check_float_dtype("dtype", dtype)
         self.alpha = check_real("alpha", alpha, low=0.0)  # Tikhonov parameter, Å⁻⁴
+        if self.alpha > 1e12:  # |q|⁴ of any sampled frequency is far below: a zero phase
+            raise InputError(f"alpha: expected a Tikhonov parameter of at most 1e12 Å⁻⁴, "
+                             f"got {alpha!r}")
         self.boundary = boundary
         self.scheme = resolve_scheme(boundary, scheme)
         self.mirror = boundary == "mirror"

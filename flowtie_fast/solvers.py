@@ -102,20 +102,39 @@ class Reconstruction:
         return self._residual
 
 
-def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic"):
-    """Validate a method name and the stopping rule of the iterative methods."""
+def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic", model=None):
+    """Validate a method name and the stopping rule of the iterative methods;
+    refuse options the method would ignore (a typo or a wrong method is likelier
+    than an intent)."""
     check_choice("method", method, METHODS)
     check_choice("preconditioner", preconditioner, ("biharmonic", "none"))
     if tol is not None:
         check_real("tol", tol, low=0.0, low_open=True)
     if max_iter is not None:
         check_count("max_iter", max_iter, 1, 10**7)
+    if model is not None and method != "flowtie":
+        raise InputError(f"model: applies to method 'flowtie' only, got method {method!r}")
+    for name, value in (("tol", tol), ("max_iter", max_iter)):
+        if value is not None and method not in ("tie-exact", "gd"):
+            raise InputError(f"{name}: applies to methods 'tie-exact' and 'gd' only, got "
+                             f"method {method!r}")
+    if preconditioner != "biharmonic" and method != "gd":
+        raise InputError(f"preconditioner: applies to method 'gd' only, got method {method!r}")
 
 
 # Mean intensities each working dtype holds with its full precision through
 # the solves (squares and spectra included): below, values are subnormal and
 # lose bits; above, the iterative methods' norms overflow.
-_INTENSITY_SCALE = {np.float32: (1e-30, 1e12), np.float64: (1e-290, 1e150)}
+_INTENSITY_SCALE = {np.float32: (1e-12, 1e12), np.float64: (1e-140, 1e140)}
+
+
+def _check_floor(floor) -> float:
+    """Teague's intensity floor, a fraction of the mean intensity in (0, 1]."""
+    floor = check_real("floor", floor, low=0.0, low_open=True)
+    if floor > 1:
+        raise InputError(f"floor: expected a fraction of the mean intensity in (0, 1], "
+                         f"got {floor!r}")
+    return floor
 
 
 def _is_in_focus_row(w) -> bool:
@@ -167,7 +186,7 @@ class TIESolver:
 
     def __init__(self, shape, pixel_size, *, boundary="periodic", scheme="auto", alpha=0.0,
                  floor=1e-3, dtype="float32", backend="auto", threads=None):
-        self.floor = check_real("floor", floor, low=0.0, low_open=True)
+        self.floor = _check_floor(floor)
         self.poisson = PoissonSolver(shape, pixel_size, boundary=boundary, scheme=scheme,
                                      alpha=alpha, dtype=dtype, backend=backend, threads=threads)
         self.backend: Backend = self.poisson.backend
@@ -226,6 +245,7 @@ class TIESolver:
         kern = self.backend.kernels
         t = self.dtype.type
         dw, iw = derivative_weights, intensity_weights
+        in_focus = len(planes) == 3 and _is_in_focus_row(iw)
         fused = len(planes) == 3 and not self.backend.is_gpu
         if fused:  # the derivative and the planes' statistics in one pass
             stats = self._stats
@@ -234,17 +254,13 @@ class TIESolver:
         else:
             scratch = None if self._stats_scratch is None else self._stats_scratch[:2]
             stats = self.backend.plane_stats(planes, scratch, self._stats)
-        try:
-            check_intensity_stats(names, stats, planes)
-        except InputError as exc:
-            self._explain_overflow(names, given, planes, exc)
-            raise
+        mean = self._check_planes(names, given, planes, stats,
+                                  (0.0, 1.0, 0.0) if in_focus else iw)
         if len(planes) == 3:
             if not fused:
                 kern.focal_derivative3(*planes, self._didz, *(t(w) for w in dw))
-            if _is_in_focus_row(iw):
+            if in_focus:
                 self._intensity = planes[1]  # read only: no copy
-                iw = (0.0, 1.0, 0.0)  # the mean below is then the in-focus plane's
             else:
                 self._intensity = self._intensity_buffer
                 kern.focal_derivative3(*planes, self._intensity, *(t(w) for w in iw))
@@ -254,7 +270,27 @@ class TIESolver:
             self._intensity = self._intensity_buffer
             kern.focal_derivative_n(stack, self.backend.asarray(iw, self.dtype),
                                     self._intensity)
-        # The mean of the weighted in-focus intensity, from the planes' sums.
+        return mean, planes
+
+    def validate_planes(self, planes, intensity_weights, names):
+        """Check planes as a solve would, without solving: :class:`InputError`
+        naming the plane, or the mean in-focus intensity (for a batch, checked
+        whole before any item is written)."""
+        given, planes = planes, [self.backend.asarray(p, self.dtype) for p in planes]
+        iw = intensity_weights
+        if len(planes) == 3 and _is_in_focus_row(iw):
+            iw = (0.0, 1.0, 0.0)
+        return self._check_planes(names, given, planes, self.backend.plane_stats(planes), iw)
+
+    def _check_planes(self, names, given, planes, stats, iw):
+        """The checks of the planes' statistics (``given``: the planes as passed,
+        ``planes``: in the working dtype); returns the mean in-focus intensity,
+        ``Σ w_i mean(plane_i)``."""
+        try:
+            check_intensity_stats(names, stats, planes)
+        except InputError as exc:
+            self._explain_overflow(names, given, planes, exc)
+            raise
         mean = 0.0
         for i, w in enumerate(iw):
             mean += float(w) * stats.item(i, 1)
@@ -264,10 +300,11 @@ class TIESolver:
                              f"got {mean:g}")
         lo, hi = _INTENSITY_SCALE[self.dtype.type]
         if not lo <= mean <= hi:
+            advice = " or use dtype='float64'" if self.dtype == np.float32 else ""
             raise InputError(f"triplet: a mean in-focus intensity of {mean:g} is outside what "
                              f"{self.dtype} holds precisely ({lo:g} to {hi:g}); rescale the "
-                             "intensities (e.g. divide by their mean) or use dtype='float64'")
-        return mean, planes
+                             f"intensities (e.g. divide by their mean){advice}")
+        return mean
 
     def _explain_overflow(self, names, given, planes, exc):
         """Where a plane was refused as non-finite only because casting it to the
@@ -282,6 +319,9 @@ class TIESolver:
                 raise InputError(f"{name}: values up to {float(abs(xp.asarray(a)).max()):g} "
                                  f"exceed the range of {self.dtype}; rescale the intensities "
                                  "or use dtype='float64'") from exc
+            if bool(xp.isfinite(cast).all()):  # finite values whose float64 sum overflows
+                raise InputError(f"{name}: values up to {float(abs(cast).max()):g} are too "
+                                 "large to sum; rescale the intensities") from exc
 
     # ------------------------------------------------------------------ public
 
@@ -309,7 +349,7 @@ class TIESolver:
         -------
         Reconstruction
         """
-        check_options(method, tol, max_iter, preconditioner)
+        check_options(method, tol, max_iter, preconditioner, model)
         self._check_series(series)
         if method == "icom" and series.gradient is None:
             raise InputError("method: 'icom' needs a measured phase gradient "
@@ -435,9 +475,11 @@ class TIESolver:
             v = model.predict_batch(planes, didz, k, self.pixel_size, com)
         except InputError:
             raise
-        except RuntimeError as exc:  # the network itself failed on this input
+        except Exception as exc:  # noqa: BLE001  the network itself failed on this input
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            why = lines[-1] if lines else first_line(exc)  # TorchScript puts the cause last
             raise InputError(f"model: the flow network {model.path} failed on this input "
-                             f"({first_line(exc)})") from exc
+                             f"({why})") from exc
         want = (planes.shape[0], 2) + tuple(planes.shape[-2:])
         if tuple(v.shape) != want:
             raise InputError(f"model: the flow network {model.path} returned shape "
@@ -573,6 +615,10 @@ class TIESolver:
             self._apply_a(d, ad)
             ad_norm2 = _dot(xp, ad, ad)
             if not ad_norm2 > 0:
+                if it == 0:  # no step at all: |A d|² underflowed, not a solution
+                    raise ResultError("gd: the descent step underflows the working precision "
+                                      "for intensities of this scale; rescale them (e.g. "
+                                      "divide by their mean) or use dtype='float64'")
                 break
             step = _dot(xp, r, ad) / ad_norm2
             x += xp.multiply(d, step, out=tmp)
@@ -603,7 +649,8 @@ _SOLVER_CACHE_LOCK = threading.Lock()
 
 
 def _cached_solver(shape, pixel_size, backend, threads, **options) -> TIESolver:
-    key = (shape, tuple(pixel_size), backend.name, threads, tuple(sorted(options.items())))
+    key = (shape, tuple(pixel_size), backend.name, backend.threads,
+           tuple(sorted(options.items())))
     with _SOLVER_CACHE_LOCK:
         solver = _SOLVER_CACHE.pop(key, None)
         if solver is None:
@@ -660,7 +707,7 @@ def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary
     resolve_scheme(boundary, scheme)
     solver = _cached_solver(triplet.shape, triplet.pixel_size, be, threads, boundary=boundary,
                             scheme=scheme, alpha=check_real("alpha", alpha, low=0.0),
-                            floor=check_real("floor", floor, low=0.0, low_open=True),
+                            floor=_check_floor(floor),
                             dtype=str(check_float_dtype("dtype", dtype)))
     rec = solver.solve(triplet, method=method, **options)
     if be.is_gpu and not explicit and not triplet.on_gpu:

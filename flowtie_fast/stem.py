@@ -308,6 +308,17 @@ def _reduce_dask(data, W, lo, hi):
     return np.asarray(sums.compute())
 
 
+def check_disk(name: str, radius, detector: Detector) -> float:
+    """A detector disk's radius in mrad: positive, in range and at least half a
+    detector pixel (a smaller disk holds one pixel or none)."""
+    radius = check_positive(name, radius)
+    pixel_mrad = 1e3 * wavelength(detector.energy) * min(detector.k_sampling)
+    if radius < 0.5 * pixel_mrad:
+        raise InputError(f"{name}: {radius:g} mrad is smaller than half a detector pixel "
+                         f"({pixel_mrad:g} mrad): the disk would hold one pixel or none")
+    return radius
+
+
 def check_4d(name, data):
     """Validate a 4D-STEM array-like (NumPy, CuPy, memmap, HDF5, dask)."""
     shape = getattr(data, "shape", None)
@@ -319,7 +330,7 @@ def check_4d(name, data):
                          f"{tuple(shape)}")
     if min(shape) < 2:
         raise InputError(f"{name}: expected at least 2 along every axis, got {tuple(shape)}")
-    if np.dtype(dtype).kind not in "buif":
+    if np.dtype(dtype).kind not in "uif":
         raise InputError(f"{name}: expected real detector counts, got dtype {dtype}")
     return data
 
@@ -350,10 +361,10 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
         Before any rotation (detector axes).
     """
     check_4d(name, data)
-    if com_radius_mrad is not None:
-        com_radius_mrad = check_positive("com_radius", com_radius_mrad)
     chunk_bytes = check_count("chunk_bytes", chunk_bytes, 1)
     sy, sx, ky, kx = (int(s) for s in data.shape)
+    if com_radius_mrad is not None:
+        com_radius_mrad = check_disk("com_radius", com_radius_mrad, detector)
     if (ky, kx) != tuple(detector.shape):
         raise InputError(f"{name}: detector shape {(ky, kx)} differs from {detector.shape}")
     be: Backend = get_backend(backend, like=data)
@@ -463,11 +474,8 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None):
                          f"{tuple(mean.shape)} detector, got {center!r}")
     detector = Detector(tuple(mean.shape), k_sampling, energy, center)
     disk = bf_radius_mrad(mean, detector)
-    bf_radius = 0.25 * disk if bf_radius is None else check_positive("bf_radius", bf_radius)
-    pixel_mrad = 1e3 * wavelength(energy) * min(detector.k_sampling)
-    if bf_radius < 0.5 * pixel_mrad:
-        raise InputError(f"bf_radius: {bf_radius:g} mrad is smaller than half a detector pixel "
-                         f"({pixel_mrad:g} mrad): the virtual disk would hold no pixel")
+    bf_radius = 0.25 * disk if bf_radius is None else check_disk("bf_radius", bf_radius,
+                                                                   detector)
     regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
                "df": (disk, np.inf), "whole": (0.0, np.inf)}
     return detector, regions

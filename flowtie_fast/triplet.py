@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .backend import array_module, array_stats, is_cupy
-from .errors import InputError, check_choice, check_count, check_positive, check_real
+from .errors import RANGES, InputError, check_choice, check_count, check_positive, check_real
 from .physics import wavenumber
 
 __all__ = ["FocalSeries", "FocalTriplet", "focal_weights"]
@@ -25,9 +25,7 @@ def check_image(name: str, a, shape=None):
     where possible); raise :class:`InputError` naming ``name`` otherwise."""
     if a is None:
         raise InputError(f"{name}: expected a 2-D real array, got None")
-    if isinstance(a, np.ma.MaskedArray):
-        raise InputError(f"{name}: masked arrays are not supported (the mask would be "
-                         "ignored); fill the masked pixels, e.g. a.filled(a.mean())")
+    check_not_masked(name, a)
     if not is_cupy(a):
         try:
             a = np.asarray(a)
@@ -46,6 +44,14 @@ def check_image(name: str, a, shape=None):
         raise InputError(f"{name}: expected shape {tuple(shape)} like the other planes, "
                          f"got {tuple(a.shape)}")
     return a
+
+
+def check_not_masked(name: str, a) -> None:
+    """Refuse a NumPy masked array: the solvers would read the values under its
+    mask as data."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise InputError(f"{name}: masked arrays are not supported (the mask would be "
+                         "ignored); fill the masked pixels, e.g. a.filled(a.mean())")
 
 
 def check_intensity_stats(names, stats, planes) -> None:
@@ -78,6 +84,7 @@ def check_gradient(g, shape):
     confirmed element by element only where the sum is not finite (it may
     merely have overflowed)."""
     want = (2,) + tuple(shape)
+    check_not_masked("gradient", g)
     if not is_cupy(g):
         try:
             g = np.asarray(g)
@@ -120,6 +127,9 @@ def focal_weights(z, z0: float = 0.0, degree: int | None = None):
         degree = min(2, n - 1)
     if not 1 <= degree < n:
         raise InputError(f"degree: expected 1 <= degree < {n} (number of planes), got {degree}")
+    if not (np.all(np.isfinite(z)) and np.isfinite(z0)):
+        raise InputError(f"z: expected finite plane positions in Å, got {z.tolist()} "
+                         f"(z0 = {z0})")
     if np.unique(z).size != n:
         raise InputError(f"z: expected distinct plane positions, got {z.tolist()}")
     scale = np.max(np.abs(z - z0))
@@ -170,6 +180,16 @@ class FocalSeries:
         if z.size != len(planes) or not np.all(np.isfinite(z)):
             raise InputError(f"z: expected {len(planes)} finite positions in Å, got {z.tolist()}")
         z0 = check_real("z0", z0)
+        lo, hi = RANGES["dz"][:2]
+        gaps = np.diff(np.sort(z))
+        gaps = gaps[gaps > 0]  # repeated planes are refused by focal_weights
+        span = float(z.max() - z.min())
+        if (gaps.size and gaps.min() < lo) or np.abs(z - z0).max() > hi:
+            raise InputError(f"z: expected planes {lo:g} to {hi:g} Å apart and from z0, got "
+                             f"{z.tolist()} with z0 = {z0:g}")
+        if not z.min() - span <= z0 <= z.max() + span:
+            raise InputError(f"z0: expected a plane within one span ({span:g} Å) of the "
+                             f"measured ones {z.tolist()}, got {z0:g}")
         if degree is not None:
             degree = check_count("degree", degree, 1, len(planes) - 1)
         names = self._plane_names(len(planes))

@@ -532,3 +532,123 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert run.stdout.strip() == "False", run.stderr
+
+
+# --------------------------------------------------------------------------- hostile cases, second round
+
+
+def test_train_never_writes_its_checkpoint_over_a_training_file(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    case = data / "c1.npz"
+    ft.save(case, triplet(planes(dtype=np.float64)))
+    before = case.read_bytes()
+    for target in ([str(case)], [str(data)]):
+        argv = ["train", *target, "--checkpoint", str(case), "--overwrite", "--steps", "1",
+                "-o", str(tmp_path / "m.pt")]
+        assert cli.main(argv) == 2
+        assert "--checkpoint: " in one_line_error(capsys, "train")
+    assert case.read_bytes() == before
+
+
+def test_a_batch_refused_for_its_scale_writes_nothing(plan):
+    one = np.stack(planes())
+    out = np.full((2, N, N), 7.0, np.float32)
+    with pytest.raises(ft.InputError, match=r"stack\[1\]: triplet: a mean in-focus intensity"):
+        plan.solve_batch(np.stack([one, one * np.float32(1e20)]), out=out)
+    assert np.all(out == 7.0)
+
+
+def test_masked_inputs_are_refused_by_every_entry_point(plan):
+    p = planes()
+    masked = np.ma.masked_array(p[1], p[1] > 1.1)
+    with pytest.raises(ft.InputError, match="zero: masked arrays are not supported"):
+        plan.solve(p[0], masked, p[2])
+    with pytest.raises(ft.InputError, match="gradient: masked arrays are not supported"):
+        triplet(gradient=np.ma.masked_array(np.zeros((2, N, N)), False))
+    with pytest.raises(ft.InputError, match="stack: masked arrays are not supported"):
+        plan.solve_batch(np.ma.masked_array(np.stack([np.stack(p)]), False))
+
+
+def test_a_centre_of_mass_disk_under_a_pixel_is_refused():
+    data = disk_patterns()
+    with pytest.raises(ft.InputError, match="com_radius: 0.001 mrad is smaller than half a "
+                                            "detector pixel"):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=DZ, scan_step=PIXEL, k_sampling=0.05,
+                                    energy=E, com_radius=1e-3, backend="cpu")
+
+
+@pytest.mark.parametrize("z, z0, match", [
+    ([-1e300, 0.0, 1e300], 0.0, "z: expected planes 0.001 to 1e\\+08 Å apart"),
+    ([-1e-12, 0.0, 1e-12], 0.0, "z: expected planes 0.001 to 1e\\+08 Å apart"),
+    ([-20.0, 0.0, 20.0], 1e3, "z0: expected a plane within one span"),
+])
+def test_focal_series_spacing_is_held_to_the_dz_range(z, z0, match):
+    with pytest.raises(ft.InputError, match=match):
+        ft.FocalSeries(planes(), z, PIXEL, E, z0=z0)
+
+
+def test_an_hdf5_key_given_twice_is_refused(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "both.h5"
+    ft.save(path, triplet(planes(dtype=np.float64)))
+    with h5py.File(path, "a") as f:
+        f.create_dataset("dz", data=np.array([20.0, 20.0]))
+        f.attrs["dz"] = np.array([999.0, 999.0])
+    with pytest.raises(ft.InputError, match="'dz' is both a dataset and a root attribute"):
+        ft.load(path)
+
+
+def test_gd_refuses_a_step_that_underflows(monkeypatch):
+    """gd returned a zero phase marked converged when |A d|² underflowed."""
+    from flowtie_fast import solvers
+
+    monkeypatch.setitem(solvers._INTENSITY_SCALE, np.float32, (1e-40, 1e12))
+    p = [a * np.float32(1e-20) for a in planes()]
+    with pytest.raises(ResultError, match="gd: the descent step underflows"):
+        ft.reconstruct(triplet(p), method="gd", backend="cpu")
+
+
+def test_options_a_method_would_ignore_are_refused():
+    t = triplet()
+    for options, match in ((dict(model="default"), "model: applies to method 'flowtie'"),
+                           (dict(tol=1e-3), "tol: applies to methods 'tie-exact' and 'gd'"),
+                           (dict(preconditioner="none"), "preconditioner: applies to method")):
+        with pytest.raises(ft.InputError, match=match):
+            ft.reconstruct(t, method="tie", backend="cpu", **options)
+    with pytest.raises(ft.InputError, match="floor: expected a fraction"):
+        ft.reconstruct(t, method="tie", backend="cpu", floor=1e300)
+    with pytest.raises(ft.InputError, match="alpha: expected a Tikhonov parameter"):
+        ft.reconstruct(t, method="tie", backend="cpu", alpha=1e300)
+
+
+def test_small_api_edges_raise_input_errors(tmp_path):
+    path = tmp_path / "t.h5"
+    ft.save(path, triplet(planes(dtype=np.float64)))
+    ds = ft.load(path)
+    ds.close()
+    with pytest.raises(ft.InputError, match="dataset: its HDF5 file is closed"):
+        ds.triplet()
+    for bad in (None, b"t.npz", 3):
+        with pytest.raises(ft.InputError, match="path: expected a file path"):
+            ft.load(bad)
+    for energy in (0, -1, "x"):
+        with pytest.raises(ft.InputError, match="energy: expected"):
+            ft.wavelength(energy)
+    with pytest.raises(ft.InputError, match="z: expected finite plane positions"):
+        ft.focal_weights([0.0, np.nan, 2.0])
+    with pytest.raises(ft.InputError, match="wisdom: .* is a folder"):
+        ft.save_wisdom(tmp_path)
+
+
+def test_a_flat_ground_truth_has_no_nmse_but_the_result_is_written(tmp_path, capsys):
+    from flowtie_fast.evaluate import phase_errors
+
+    mse, nmse = phase_errors(np.ones((4, 4)), np.zeros((4, 4)))
+    assert mse == 0.0 and np.isnan(nmse)
+    path = tmp_path / "flat.npz"
+    np.savez(path, format="flowtie_fast/1", kind="triplet", minus=planes()[0], zero=planes()[1],
+             plus=planes()[2], dz=[DZ, DZ], scan_step=[PIXEL, PIXEL], energy=E,
+             phase_gt=np.zeros((N, N)))
+    assert cli.main(["reconstruct", str(path), "-o", str(tmp_path / "o.npz")]) == 0
+    assert (tmp_path / "o.npz").is_file()

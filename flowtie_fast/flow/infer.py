@@ -399,6 +399,11 @@ class FlowModel:
         with torch.no_grad():
             x = flow_inputs(planes[:, 0], planes[:, 1], planes[:, 2], didz, k, h, com)
             v = self.module(x.to(self.dtype)).float()
+            if v.ndim != 4 or tuple(v.shape[:2]) != (x.shape[0], 2) \
+                    or tuple(v.shape[2:]) != tuple(x.shape[2:]):
+                raise InputError(f"model: the flow network {str(self.path)!r} returned shape "
+                                 f"{tuple(v.shape)} for an input of {tuple(x.shape)}, expected "
+                                 f"{(x.shape[0], 2) + tuple(x.shape[2:])}")
             return torch.stack([v[:, 0] / h[0], v[:, 1] / h[1]], dim=1)
 
     def _replay(self, args, k, h):
