@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError, check_count, check_positive, check_real
+from .physics import wavelength
 
 __all__ = ["MATERIALS", "SimulationCase", "crystal", "simulate_series", "ground_truth_phase"]
 
@@ -199,6 +200,16 @@ def check_settings(thicknesses, *, energy=300e3, semiangle=20.0, dz=20.0, scan_c
             raise InputError(f"{name}: expected at most {hi:g}, got {value!r}")
     if max_angle is not None and check_positive("max_angle", max_angle) > 2000:
         raise InputError(f"max_angle: expected at most 2000 mrad, got {max_angle!r}")
+    detector = 3 * semiangle if max_angle is None else max_angle
+    if detector < semiangle:
+        raise InputError(f"max_angle: the detector ({detector:g} mrad) must take in the "
+                         f"bright-field disk (semiangle {semiangle:g} mrad)")
+    # abTEM keeps scattering angles up to 2/3 of the Nyquist angle λ / (2 Δx).
+    resolved = 1e3 * (2 / 3) * wavelength(energy) / (2 * potential_sampling)
+    if detector > 1.05 * resolved:
+        raise InputError(f"potential_sampling: {potential_sampling:g} Å resolves angles up to "
+                         f"{resolved:.3g} mrad, less than the detector's {detector:g} mrad; "
+                         f"use at most {1e3 * wavelength(energy) / (3 * detector):.3g} Å")
     check_real("sigma", sigma, low=0.0)  # thermal displacement, Å
     if dose is not None:
         check_positive("dose", dose)

@@ -652,3 +652,14 @@ def test_a_flat_ground_truth_has_no_nmse_but_the_result_is_written(tmp_path, cap
              phase_gt=np.zeros((N, N)))
     assert cli.main(["reconstruct", str(path), "-o", str(tmp_path / "o.npz")]) == 0
     assert (tmp_path / "o.npz").is_file()
+
+
+def test_simulate_refuses_a_grid_that_cannot_hold_its_detector():
+    """--sampling 0.9 wrote a probe truncated at 7 mrad for a 40 mrad detector."""
+    from flowtie_fast.simulate import check_settings
+
+    with pytest.raises(ft.InputError, match="potential_sampling: 0.9 Å resolves angles up to"):
+        check_settings([5.65], potential_sampling=0.9)
+    with pytest.raises(ft.InputError, match="max_angle: the detector \\(1 mrad\\)"):
+        check_settings([5.65], max_angle=1.0)
+    assert check_settings([5.65]) == (5.65,)
