@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from flowtie_fast import __version__
-from flowtie_fast.errors import BackendError, check_count, check_positive
+from flowtie_fast.errors import BackendError, InputError, check_count, check_positive
 from flowtie_fast.io import atomic_path, check_not_input, check_output, write_fields
 
 
@@ -292,8 +292,8 @@ def _train(args) -> int:
                  suffixes=(".pt", ".pth", ".ts"))
     samples = load_samples(args.data, doses=doses)
     if not samples:
-        print("flowtie train: error: data: no files with a ground truth", file=sys.stderr)
-        return 2
+        raise InputError("data: no files with a ground truth (training needs both "
+                         "'phase_gt' and 'gradient_gt' in each file)")
     print(f"{len(samples)} training cases: " + ", ".join(s.name for s in samples))
 
     def report(step, total, terms, seconds):
