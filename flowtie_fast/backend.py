@@ -527,39 +527,67 @@ class _SerialKernels:
         return serial
 
 
+WISDOM_FORMAT = "flowtie_fast/fftw-wisdom/1"
+
+
+def _wisdom_path(path) -> str:
+    """``path`` as a file path for wisdom; :class:`InputError` naming ``wisdom``."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise InputError(f"wisdom: expected a file path, got {path!r}")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"wisdom: {path!r} is a folder, expected a file path")
+    return path
+
+
+def _read_wisdom(path: str) -> tuple:
+    """The wisdom pieces of a file written by :func:`save_wisdom`;
+    :class:`BackendError` for any other file (nothing in it is unpickled)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["format"]) != WISDOM_FORMAT:
+                raise ValueError(f"format {str(f['format'])!r}")
+            return tuple(f[f"w{i}"].tobytes() for i in range(len(f.files) - 1))
+    except Exception as exc:  # noqa: BLE001  every failure to read is the file's
+        reason = "no 'format' entry" if isinstance(exc, KeyError) else \
+            first_line(exc).split(". ")[0]
+        raise BackendError(f"wisdom: {path!r} is not an FFTW wisdom file written by "
+                           f"flowtie_fast ({reason}); give another path (it is never "
+                           "replaced)") from exc
+
+
 def save_wisdom(path) -> None:
     """Write FFTW's accumulated wisdom (the measured plans) to ``path`` atomically.
 
     Planning a solver's transforms with FFTW_MEASURE took about 0.5 s at 256²
     on 2 cores; with the wisdom read back (:func:`load_wisdom`) a later
-    process planned them in ~7 ms (benchmarks/RESULTS.md).
+    process planned them in ~7 ms (benchmarks/RESULTS.md). An existing file
+    is replaced only if it is a wisdom file itself (:class:`BackendError`
+    otherwise: someone's data is never overwritten).
     """
+    path = _wisdom_path(path)
     if not _have_pyfftw():
         return
     import pyfftw
 
     from .io import atomic_path
 
-    if os.path.isdir(path):
-        raise InputError(f"wisdom: {os.fspath(path)!r} is a folder, expected a file path")
+    if os.path.lexists(path):
+        _read_wisdom(path)  # refuses a file of another kind
+    pieces = {f"w{i}": np.frombuffer(w, np.uint8) for i, w in enumerate(pyfftw.export_wisdom())}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, *[np.frombuffer(w, np.uint8) for w in pyfftw.export_wisdom()])
+        np.savez(f, format=np.array(WISDOM_FORMAT), **pieces)
 
 
 def load_wisdom(path) -> bool:
     """Read FFTW wisdom written by :func:`save_wisdom`; False when ``path`` does
     not exist yet. A file of another kind raises :class:`BackendError`."""
+    path = _wisdom_path(path)
     if not _have_pyfftw() or not os.path.exists(path):
         return False
     import pyfftw
 
-    try:
-        with np.load(path) as f:
-            wisdom = tuple(f[f"arr_{i}"].tobytes() for i in range(len(f.files)))
-    except Exception as exc:
-        raise BackendError(f"wisdom: {os.fspath(path)!r} is not an FFTW wisdom file "
-                           f"({first_line(exc).split('. ')[0]})") from exc
-    pyfftw.import_wisdom(wisdom)
+    pyfftw.import_wisdom(_read_wisdom(path))
     return True
 
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -78,9 +79,9 @@ def _demo(args) -> int:
     for name in ("pixel_size", "dz", "energy"):
         check_positive(name, getattr(args, name))
     if args.png:
-        # The demo replaces its own figure; any other existing file is refused.
-        check_output(args.png, overwrite=args.png.name == "flowtie_demo.png",
-                     name="--png", suffixes=".png")
+        # The demo replaces its own figure; any other existing file needs --overwrite.
+        args.overwrite = args.overwrite or args.png.name == "flowtie_demo.png"
+        check_output(args.png, overwrite=args.overwrite, name="--png", suffixes=".png")
     if args.fresnel or importlib.util.find_spec("abtem") is None:
         if not args.fresnel:
             print("abTEM is not installed (extra 'sim'): the Fresnel demo instead")
@@ -113,12 +114,12 @@ def _demo(args) -> int:
             results[method] = (phase, ft.get_backend(backend).to_numpy(rec.gradient))
             print(f"{method:<12}{backend:<9}{mse:>12.4f}{err:>8.3f}{best * 1e3:>11.2f}")
     if args.png:
-        _demo_figure(args.png, case, results)
+        _demo_figure(args.png, case, results, overwrite=args.overwrite)
         print(f"figure: {args.png}")
     return 0
 
 
-def _demo_figure(path, case, results) -> None:
+def _demo_figure(path, case, results, overwrite) -> None:
     """Like the paper's Fig. 3: gradients and phases, truth against methods."""
     panels = [("ground truth ∂φ/∂axis0 (rad/Å)", case.gradient[0])]
     if "flowtie" in results:
@@ -127,10 +128,10 @@ def _demo_figure(path, case, results) -> None:
     for m, label in (("tie", "TIE"), ("flowtie", "FlowTIE"), ("gd", "GD"), ("icom", "iCOM")):
         if m in results:
             panels.append((f"{label} φ (rad)", results[m][0]))
-    _save_panels(path, panels)
+    _save_panels(path, panels, overwrite=overwrite)
 
 
-def _save_panels(path, panels, title=None) -> None:
+def _save_panels(path, panels, title=None, overwrite=True) -> None:
     """A row of grey images with colour bars, written atomically as PNG."""
     import matplotlib
 
@@ -147,7 +148,7 @@ def _save_panels(path, panels, title=None) -> None:
         fig.suptitle(title)
     fig.tight_layout()
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, overwrite) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
@@ -158,8 +159,11 @@ def _reconstruct(args) -> int:
 
     check_output(args.output, inputs=[args.file], overwrite=args.overwrite)
     if args.png:
-        check_output(args.png, inputs=[args.file, args.output], overwrite=args.overwrite,
-                     name="--png", suffixes=".png")
+        check_output(args.png, inputs=[args.file], overwrite=args.overwrite, name="--png",
+                     suffixes=".png")
+        if os.path.realpath(args.png) == os.path.realpath(args.output):
+            raise InputError(f"--png: {str(args.png)!r} is also the -o output; choose another "
+                             "figure path")
     if args.method != "flowtie" and (args.model or args.precision != "float32"):
         raise ft.InputError("--model/--precision: apply to --method flowtie only, got "
                             f"--method {args.method}")
@@ -187,10 +191,11 @@ def _reconstruct(args) -> int:
             print(f"phase error against the file's ground truth: MSE {mse:.4g} rad², "
                   f"NMSE {nmse:.4g}")
         truth = ds.phase_gt
-    write_fields(args.output, fields, arrays=("phase", "gradient", "residual"))
+    write_fields(args.output, fields, arrays=("phase", "gradient", "residual"),
+                 overwrite=args.overwrite)
     print(f"{args.method}: {args.output} ({rec.info.get('time', 0) * 1e3:.1f} ms)")
     if args.png:
-        _figure(args.png, fields, truth, args.method)
+        _figure(args.png, fields, truth, args.method, args.overwrite)
         print(f"figure: {args.png}")
     return 0
 
@@ -204,14 +209,14 @@ def _flow_model(model, precision, backend):
     return load_model(model or "default", device, precision)
 
 
-def _figure(path, fields, truth, method) -> None:
+def _figure(path, fields, truth, method, overwrite) -> None:
     panels = [("phase (rad)", fields["phase"]),
               ("d phase / d axis 0 (rad/Å)", fields["gradient"][0]),
               ("d phase / d axis 1 (rad/Å)", fields["gradient"][1]),
               ("TIE residual (1/Å²)", fields["residual"])]
     if truth is not None:
         panels.insert(0, ("ground truth phase (rad)", truth))
-    _save_panels(path, panels, title=method)
+    _save_panels(path, panels, title=method, overwrite=overwrite)
 
 
 def _simulate(args) -> int:
@@ -239,7 +244,7 @@ def _simulate(args) -> int:
                             max_angle=args.max_angle, frozen_phonons=args.frozen_phonons,
                             dose=args.dose, seed=args.seed, progress=True)
     for c in cases:
-        path = ft.save(out / _case_name(c.material, c.thickness), c)
+        path = ft.save(out / _case_name(c.material, c.thickness), c, overwrite=args.overwrite)
         print(f"{path}  ({c.zero.shape}, thickness {c.thickness:.1f} Å)")
     print(f"simulated {len(cases)} thicknesses in {time.perf_counter() - start:.0f} s")
     return 0
@@ -253,6 +258,9 @@ def _case_name(material, thickness) -> str:
 def _evaluate(args) -> int:
     from flowtie_fast.evaluate import evaluate, format_table
 
+    if "flowtie" not in args.methods and (args.model or args.precision != "float32"):
+        raise InputError("--model/--precision: apply to flowtie only, which --methods leaves "
+                         "out")
     if args.output:
         check_output(args.output, overwrite=args.overwrite, suffixes=(".md", ".txt"))
     options = {"virtual": args.virtual} if args.virtual else {}
@@ -263,7 +271,7 @@ def _evaluate(args) -> int:
     table = format_table(rows)
     print(table)
     if args.output:
-        with atomic_path(args.output) as tmp:
+        with atomic_path(args.output, args.overwrite) as tmp:
             tmp.write_text(table)
         print(f"table: {args.output}")
     return 0
@@ -348,7 +356,7 @@ def _parser() -> argparse.ArgumentParser:
     overwrite.add_argument("--overwrite", action="store_true",
                            help="replace existing output files (default: refuse to start)")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", parents=[common],
+    demo = sub.add_parser("demo", parents=[common, overwrite],
                           help="every method on a simulated GaAs 4D-STEM triplet")
     demo.add_argument("--png", type=Path, default=Path("flowtie_demo.png"),
                       help="figure to write (GaAs demo)")

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, check_positive
 
 __all__ = ["Dataset", "check_output", "load", "save"]
 
@@ -275,7 +275,7 @@ def _check_name_lengths(name: str, path: Path) -> None:
                              f"system allows {name_max}")
 
 
-def save(path, obj) -> Path:
+def save(path, obj, overwrite: bool = True) -> Path:
     """Write a triplet, a 4D-STEM dataset or a simulated case atomically.
 
     Parameters
@@ -283,12 +283,15 @@ def save(path, obj) -> Path:
     path : str or Path
         ``.npz`` or ``.h5``/``.hdf5``.
     obj : Dataset, FocalTriplet or simulate.SimulationCase
+    overwrite : bool
+        Replace an existing file (default); False refuses one, atomically
+        (:func:`atomic_path`).
 
     Returns
     -------
     Path
     """
-    return write_fields(path, _fields(_from_object(obj)), arrays=_ARRAYS)
+    return write_fields(path, _fields(_from_object(obj)), arrays=_ARRAYS, overwrite=overwrite)
 
 
 def _host_tag() -> str:
@@ -423,7 +426,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, overwrite: bool = True):
     """A temporary path beside ``path`` to write to, moved onto ``path`` when
     the block ends.
 
@@ -441,6 +444,11 @@ def atomic_path(path):
     ----------
     path : str or Path
         The file to write.
+    overwrite : bool
+        Replace an existing file (default). False: the temporary is linked to
+        ``path`` only if no file of that name exists at that moment (an atomic
+        test, so a concurrent writer that got there first is never replaced)
+        and :class:`InputError` is raised otherwise.
 
     Yields
     ------
@@ -463,7 +471,10 @@ def atomic_path(path):
     try:
         yield tmp
         _fsync_file(tmp)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
         _fsync_dir(folder)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -471,7 +482,28 @@ def atomic_path(path):
         raise
 
 
-def write_fields(path, fields: dict, arrays=()) -> Path:
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if that name is free, then drop the
+    temporary name: ``link`` fails atomically on an existing name (where the
+    file system has no hard links, an existence test and a rename instead)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise InputError(f"output: {str(path)!r} was created meanwhile by another writer; "
+                         "it is kept (pass --overwrite to replace it)") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                             errno.EMLINK):
+            raise
+        if os.path.lexists(path):
+            raise InputError(f"output: {str(path)!r} was created meanwhile by another "
+                             "writer; it is kept (pass --overwrite to replace it)") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def write_fields(path, fields: dict, arrays=(), overwrite: bool = True) -> Path:
     """Write ``fields`` atomically to ``.npz`` (all keys) or HDF5 (keys in
     ``arrays`` as datasets, the rest as root attributes).
 
@@ -483,6 +515,8 @@ def write_fields(path, fields: dict, arrays=()) -> Path:
         Names and values (arrays, numbers, strings).
     arrays : iterable of str, optional
         The keys stored as HDF5 datasets.
+    overwrite : bool
+        Replace an existing file (default); see :func:`atomic_path`.
 
     Returns
     -------
@@ -498,7 +532,7 @@ def write_fields(path, fields: dict, arrays=()) -> Path:
     """
     path = Path(path)
     suffix = _suffix(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite) as tmp:
         if suffix == ".npz":
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.asarray(v) for k, v in fields.items()})
@@ -749,6 +783,9 @@ def _dataset(fields: dict, path: Path, handle) -> Dataset:
             if got != want:
                 raise InputError(f"{path.name}: '{k}' has shape {got}, expected {want}")
             truth[k] = _read(fields[k], k, path)
+            if not np.isfinite(truth[k]).all():
+                raise InputError(f"{path.name}: '{k}' contains NaN or Inf; a ground truth "
+                                 "must be finite")
     meta = {}
     if "material" in fields:
         meta["material"] = _text(fields, "material", path)
@@ -800,6 +837,8 @@ def read_raw(path, *, energy=None, scan_step=None, k_sampling=None):
     data, scan_step, k_sampling, energy
         ``data`` is the (Sy, Sx, Ky, Kx) array, lazy (dask) where the reader is.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"path: expected a file path, got {type(path).__name__}")
     path = Path(path)
     module = _RAW_READERS.get(path.suffix.lower())
     if module is None:
@@ -837,12 +876,13 @@ def read_raw(path, *, energy=None, scan_step=None, k_sampling=None):
     if k_sampling is None:
         k_sampling = tuple(_per_angstrom(float(a["scale"]), a.get("units"), energy)
                            for a in axes[2:4])
-    return sig["data"], scan_step, k_sampling, float(energy)
+    return (sig["data"], check_positive("scan_step", scan_step, pair=True),
+            check_positive("k_sampling", k_sampling, pair=True), check_positive("energy", energy))
 
 
 def load_raw_triplet(minus, zero, plus, dz, **calibration) -> Dataset:
     """A :class:`Dataset` of three detector files (planes -dz, 0, +dz), read lazily."""
+    dz = check_positive("dz", dz, pair=True)
     parts = [read_raw(p, **calibration) for p in (minus, zero, plus)]
     _, step, ks, energy = parts[1]
-    return Dataset(parts[0][0], parts[1][0], parts[2][0], tuple(np.broadcast_to(dz, (2,))),
-                   tuple(step), energy, tuple(ks))
+    return Dataset(parts[0][0], parts[1][0], parts[2][0], dz, step, energy, ks)

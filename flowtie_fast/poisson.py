@@ -261,6 +261,7 @@ class PoissonSolver:
             Where to write ``u`` and its gradient (2, Ny, Nx).
         """
         self._in("f", f)
+        check_real("scale", scale)
         out, grad_out = self._outs(out, grad_out)
         self.scalar.forward(f)
         self._multiply_inverse_laplacian(self.scalar.spec, scale * self.rt, power)

@@ -193,11 +193,12 @@ def check_settings(thicknesses, *, energy=300e3, semiangle=20.0, dz=20.0, scan_c
             raise InputError(f"thicknesses: expected Å in (0, 1e5], got {t!r}")
     check_positive("energy", energy)
     check_positive("dz", dz)
-    for name, value, hi in (("semiangle", semiangle, 500.0), ("supercell", supercell, 1e4),
-                            ("potential_sampling", potential_sampling, 1.0),
-                            ("slice_thickness", slice_thickness, 100.0)):
-        if check_positive(name, value) > hi:
-            raise InputError(f"{name}: expected at most {hi:g}, got {value!r}")
+    for name, value, lo, hi in (("semiangle", semiangle, 0.1, 500.0),
+                                ("supercell", supercell, 1.0, 1e4),
+                                ("potential_sampling", potential_sampling, 0.005, 1.0),
+                                ("slice_thickness", slice_thickness, 0.1, 100.0)):
+        if not lo <= check_positive(name, value) <= hi:
+            raise InputError(f"{name}: expected {lo:g} to {hi:g}, got {value!r}")
     if max_angle is not None and check_positive("max_angle", max_angle) > 2000:
         raise InputError(f"max_angle: expected at most 2000 mrad, got {max_angle!r}")
     detector = 3 * semiangle if max_angle is None else max_angle

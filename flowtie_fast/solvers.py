@@ -627,6 +627,12 @@ class TIESolver:
             it += 1
             if objective[-2] - objective[-1] <= tol * objective[-2]:
                 break
+        if len(objective) > 1 and not objective[1] < objective[0]:
+            # An exact line search always lowers a positive quadratic: no progress at
+            # all means the working precision cannot resolve the step.
+            raise ResultError("gd: the first step did not lower the objective (the working "
+                              "precision cannot resolve these intensities' contrast); use "
+                              "dtype='float64' or method='tie-exact'")
         x -= x.mean()
         if grad is not None:  # a Plan without gradient_out skips it
             P.gradient(x, out=grad)

@@ -663,3 +663,88 @@ def test_simulate_refuses_a_grid_that_cannot_hold_its_detector():
     with pytest.raises(ft.InputError, match="max_angle: the detector \\(1 mrad\\)"):
         check_settings([5.65], max_angle=1.0)
     assert check_settings([5.65]) == (5.65,)
+
+
+# --------------------------------------------------------------------------- hostile cases, third round
+
+
+def test_a_file_that_is_not_wisdom_is_never_replaced(tmp_path):
+    """Plan(wisdom=...) replaced a user's .npz of three arrays with FFTW wisdom."""
+    path = tmp_path / "exp.npz"
+    np.savez(path, np.arange(10.0), np.ones(5), np.zeros(3))
+    before = path.read_bytes()
+    with pytest.raises(ft.BackendError, match="is not an FFTW wisdom file written by"):
+        ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", wisdom=path, warmup=False)
+    assert path.read_bytes() == before
+    wisdom = tmp_path / "plans.wisdom"
+    ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", wisdom=wisdom, warmup=False)
+    assert ft.load_wisdom(wisdom) is True
+    for bad in ("", 123, None):
+        with pytest.raises(ft.InputError, match="wisdom: expected a file path"):
+            ft.load_wisdom(bad)
+
+
+def test_an_output_created_by_a_concurrent_writer_is_kept(tmp_path):
+    """Two runs without --overwrite both succeeded, the second replacing the first."""
+    from flowtie_fast.io import atomic_path
+
+    path = tmp_path / "new.npz"
+    with pytest.raises(ft.InputError, match="was created meanwhile by another writer"):
+        with atomic_path(path, overwrite=False) as tmp:
+            tmp.write_bytes(b"mine")
+            path.write_bytes(b"theirs")  # the other writer finishes first
+    assert path.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["new.npz"]  # no temporary left
+    with atomic_path(tmp_path / "free.npz", overwrite=False) as tmp:
+        tmp.write_bytes(b"ok")
+    assert (tmp_path / "free.npz").read_bytes() == b"ok"
+
+
+def test_flow_model_arguments_are_checked():
+    pytest.importorskip("torch")
+    from flowtie_fast.flow.infer import FlowEnsemble, load_model
+
+    for bad in ("", 42, ["default"], object()):
+        with pytest.raises(ft.InputError, match="model: expected a shipped name"):
+            load_model(bad)
+    with pytest.raises(ft.InputError, match="device: expected a string"):
+        load_model("fast", device=None)
+    with pytest.raises(ft.InputError, match="model: the members of an ensemble are FlowModel"):
+        FlowEnsemble(["fast"])
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ft.BackendError, match="PyTorch sees no CUDA device"):
+            load_model("fast", device="cuda")
+
+
+def test_gd_refuses_a_first_step_without_progress():
+    """gd in float32 reported convergence after one step that changed nothing
+    (one pixel of 1e9 in a plane of ones)."""
+    h = np.ones((64, 64), np.float32)
+    h[10, 10] = 1e9
+    t = ft.FocalTriplet(h, h, h * np.float32(1.0001), dz=DZ, pixel_size=PIXEL, energy=E)
+    with pytest.raises(ResultError, match="gd: the first step did not lower the objective"):
+        ft.reconstruct(t, method="gd", backend="cpu")
+
+
+def test_more_inputs_that_are_refused(tmp_path, capsys):
+    path = tmp_path / "gt.npz"
+    np.savez(path, format="flowtie_fast/1", kind="triplet", minus=planes()[0], zero=planes()[1],
+             plus=planes()[2], dz=[DZ, DZ], scan_step=[PIXEL, PIXEL], energy=E,
+             phase_gt=np.full((N, N), np.nan))
+    with pytest.raises(ft.InputError, match="'phase_gt' contains NaN or Inf"):
+        ft.load(path)
+    solver = ft.PoissonSolver((N, N), PIXEL, backend="cpu")
+    with pytest.raises(ft.InputError, match="scale: expected a finite number"):
+        solver.solve(planes()[0], scale=np.nan)
+    from flowtie_fast.simulate import check_settings
+
+    with pytest.raises(ft.InputError, match="potential_sampling: expected 0.005 to 1"):
+        check_settings([10.0], potential_sampling=1e-9)
+    from flowtie_fast.io import load_raw_triplet
+
+    with pytest.raises(ft.InputError, match="dz: expected a positive"):
+        load_raw_triplet("a.blo", "b.blo", "c.blo", dz=-5)
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--model", "fast"]) == 2
+    assert "apply to flowtie only" in one_line_error(capsys, "evaluate")

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import threading
 import warnings
 from importlib import resources
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import is_cupy
-from ..errors import InputError, first_line
+from ..errors import BackendError, InputError, first_line
 from ..physics import wavenumber as _wavenumber
 
 __all__ = ["FlowEnsemble", "FlowModel", "default_model_path", "file_digest", "load_model",
@@ -224,6 +225,11 @@ class FlowModel:
                              f"{precision!r}")
         self.precision = precision
         self.torch = torch
+        if not isinstance(device, str):
+            raise InputError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError(f"device: {device!r}, but PyTorch sees no CUDA device here; "
+                               "use device='cpu'")
         shipped = None
         if path is None or (isinstance(path, str) and path in SHIPPED):
             shipped = path or "default"
@@ -483,6 +489,13 @@ class FlowEnsemble:
         self.models = list(models)
         if not self.models:
             raise InputError("model: an ensemble needs at least one flow model")
+        for m in self.models:
+            if not isinstance(m, FlowModel):
+                raise InputError(f"model: the members of an ensemble are FlowModel objects "
+                                 f"(load_model(...)), got {type(m).__name__}")
+        if len({m.precision for m in self.models}) > 1:
+            raise InputError("model: the members of an ensemble must share their precision, "
+                             f"got {[m.precision for m in self.models]}")
         first = self.models[0]
         for m in self.models[1:]:
             if (m.device, m.in_channels) != (first.device, first.in_channels):
@@ -510,11 +523,33 @@ class FlowEnsemble:
         return self._mean("predict", planes, didz, wavenumber, pixel_size, com)
 
 
-@functools.lru_cache(maxsize=8)
 def load_model(path=None, device: str = "cpu", precision: str = "float32"):
     """A cached :class:`FlowModel`, or :class:`FlowEnsemble` for a shipped
-    ensemble name (``"ensemble"``); loading a TorchScript file takes ~0.1 s."""
-    if isinstance(path, str) and path in ENSEMBLES:
-        return FlowEnsemble([load_model(m, device, precision) for m in ENSEMBLES[path]],
+    ensemble name (``"ensemble"``); loading a TorchScript file takes ~0.1 s.
+
+    Raises
+    ------
+    InputError
+        ``path`` is not None, a shipped name or a file path; ``device`` or
+        ``precision`` is not a string (see :class:`FlowModel`).
+    BackendError
+        ``device`` names a GPU that PyTorch cannot use here.
+    """
+    if path is not None and (not isinstance(path, (str, os.PathLike)) or not os.fspath(path)):
+        raise InputError(f"model: expected a shipped name ({', '.join(sorted(SHIPPED))}, "
+                         f"{', '.join(sorted(ENSEMBLES))}) or a TorchScript file, got {path!r}")
+    for name, value in (("device", device), ("precision", precision)):
+        if not isinstance(value, str):
+            raise InputError(f"{name}: expected a string, got {value!r}")
+    return _load_model(None if path is None else os.fspath(path), device, precision)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_model(path, device, precision):
+    if path in ENSEMBLES:
+        return FlowEnsemble([_load_model(m, device, precision) for m in ENSEMBLES[path]],
                             name=path)
     return FlowModel(path, device, precision)
+
+
+load_model.cache_clear = _load_model.cache_clear  # forget the loaded models
