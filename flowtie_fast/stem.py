@@ -468,9 +468,9 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None):
     except (TypeError, ValueError) as exc:
         raise InputError(f"center: expected (row, column) in detector pixels, got {center!r}") \
             from exc
-    if len(center) != 2 or not all(math.isfinite(c) and -n <= c <= 2 * n
+    if len(center) != 2 or not all(math.isfinite(c) and 0 <= c <= n - 1
                                    for c, n in zip(center, mean.shape)):
-        raise InputError(f"center: expected (row, column) in detector pixels near the "
+        raise InputError(f"center: expected (row, column) in detector pixels on the "
                          f"{tuple(mean.shape)} detector, got {center!r}")
     detector = Detector(tuple(mean.shape), k_sampling, energy, center)
     disk = bf_radius_mrad(mean, detector)

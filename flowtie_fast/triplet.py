@@ -121,7 +121,14 @@ def focal_weights(z, z0: float = 0.0, degree: int | None = None):
     value, derivative : ndarray
         Weight rows of length N (derivative weights in 1/Å).
     """
-    z = np.asarray(z, dtype=np.float64)
+    try:
+        z = np.asarray(z, dtype=np.float64)
+        z0 = float(z0)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(f"z: expected plane positions in Å (and z0 a number), got {z!r}") \
+            from exc
+    if z.ndim != 1:
+        raise InputError(f"z: expected a sequence of plane positions in Å, got shape {z.shape}")
     n = z.size
     if degree is None:
         degree = min(2, n - 1)

@@ -748,3 +748,14 @@ def test_more_inputs_that_are_refused(tmp_path, capsys):
         load_raw_triplet("a.blo", "b.blo", "c.blo", dz=-5)
     assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--model", "fast"]) == 2
     assert "apply to flowtie only" in one_line_error(capsys, "evaluate")
+
+
+def test_a_centre_off_the_detector_and_odd_plane_positions_are_named():
+    data = disk_patterns()
+    with pytest.raises(ft.InputError, match="center: expected \\(row, column\\) in detector "
+                                            "pixels on the"):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=DZ, scan_step=PIXEL, k_sampling=0.05,
+                                    energy=E, center=(-10.0, -10.0), backend="cpu")
+    for z in ("abc", [[0.0, 1.0], [2.0, 3.0]]):
+        with pytest.raises(ft.InputError, match="z: expected"):
+            ft.focal_weights(z)
