@@ -75,17 +75,26 @@ def _demo(args) -> int:
     the Fresnel phase object where abTEM is missing (or with --fresnel)."""
     import importlib.util
 
+    fresnel = args.fresnel or importlib.util.find_spec("abtem") is None
+    options = {"size": 256, "pixel_size": 0.2, "dz": 20.0, "energy": 300e3}
+    given = [f"--{k.replace('_', '-')}" for k in options if getattr(args, k) is not None]
+    if not fresnel and given:  # the GaAs demo's conditions are fixed
+        raise InputError(f"{'/'.join(given)}: apply to the Fresnel demo only (--fresnel)")
+    if fresnel and args.png is not None:
+        raise InputError("--png: the Fresnel demo writes no figure")
+    for k, default in options.items():
+        setattr(args, k, default if getattr(args, k) is None else getattr(args, k))
     check_count("--size", args.size, 16, 4096)
     for name in ("pixel_size", "dz", "energy"):
         check_positive(name, getattr(args, name))
-    if args.png:
-        # The demo replaces its own figure; any other existing file needs --overwrite.
-        args.overwrite = args.overwrite or args.png.name == "flowtie_demo.png"
-        check_output(args.png, overwrite=args.overwrite, name="--png", suffixes=".png")
-    if args.fresnel or importlib.util.find_spec("abtem") is None:
+    if fresnel:
         if not args.fresnel:
             print("abTEM is not installed (extra 'sim'): the Fresnel demo instead")
         return _demo_fresnel(args)
+    # The demo replaces its own figure; any other existing file needs --overwrite.
+    args.png = Path("flowtie_demo.png") if args.png is None else args.png
+    args.overwrite = args.overwrite or args.png.name == "flowtie_demo.png"
+    check_output(args.png, overwrite=args.overwrite, name="--png", suffixes=".png")
     import flowtie_fast as ft
     from flowtie_fast.evaluate import phase_errors, timed_reconstruct
     from flowtie_fast.simulate import simulate_series
@@ -358,14 +367,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", parents=[common, overwrite],
                           help="every method on a simulated GaAs 4D-STEM triplet")
-    demo.add_argument("--png", type=Path, default=Path("flowtie_demo.png"),
-                      help="figure to write (GaAs demo)")
+    demo.add_argument("--png", type=Path,
+                      help="figure to write (GaAs demo; default flowtie_demo.png, replaced "
+                           "on each run)")
     demo.add_argument("--fresnel", action="store_true",
                       help="a Fresnel-propagated phase object instead (no abTEM needed)")
-    demo.add_argument("--size", type=int, default=256, help="image size in pixels (Fresnel)")
-    demo.add_argument("--pixel-size", type=float, default=0.2, help="Å per pixel")
-    demo.add_argument("--dz", type=float, default=20.0, help="defocus step in Å")
-    demo.add_argument("--energy", type=float, default=300e3, help="electron energy in eV")
+    demo.add_argument("--size", type=int, help="image size in pixels (Fresnel; default 256)")
+    demo.add_argument("--pixel-size", type=float, help="Å per pixel (Fresnel; default 0.2)")
+    demo.add_argument("--dz", type=float, help="defocus step in Å (Fresnel; default 20)")
+    demo.add_argument("--energy", type=float,
+                      help="electron energy in eV (Fresnel; default 300e3)")
     demo.set_defaults(func=_demo)
 
     from flowtie_fast.solvers import METHODS

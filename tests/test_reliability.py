@@ -5,6 +5,7 @@ line (one line, an exit code, nothing overwritten by surprise)."""
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import subprocess
 import sys
@@ -296,7 +297,8 @@ def test_simulate_checks_its_outputs_and_numbers_before_simulating(tmp_path, cap
         one_line_error(capsys, "simulate")
 
 
-@pytest.mark.parametrize("args", [["demo", "--size", "0"], ["demo", "--fresnel", "--dz", "-20"],
+@pytest.mark.parametrize("args", [["demo", "--fresnel", "--size", "0"],
+                                  ["demo", "--fresnel", "--dz", "-20"],
                                   ["demo", "--fresnel", "--pixel-size", "2e-11"]])
 def test_demo_numbers_are_checked(args, capsys):
     assert cli.main(args) == 2
@@ -367,7 +369,7 @@ def test_the_fused_statistics_match_numpy_and_leave_the_derivative_unchanged(dty
     assert not got.any()  # identical planes: exactly no derivative
 
 
-# --------------------------------------------------------------------------- hostile cases
+# --------------------------------------------------------------------------- solvers and inputs
 
 
 def test_gd_refuses_an_objective_that_overflows():
@@ -534,7 +536,7 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
     assert run.stdout.strip() == "False", run.stderr
 
 
-# --------------------------------------------------------------------------- hostile cases, second round
+# --------------------------------------------------------------------------- data, batches, ranges
 
 
 def test_train_never_writes_its_checkpoint_over_a_training_file(tmp_path, capsys):
@@ -665,7 +667,7 @@ def test_simulate_refuses_a_grid_that_cannot_hold_its_detector():
     assert check_settings([5.65]) == (5.65,)
 
 
-# --------------------------------------------------------------------------- hostile cases, third round
+# --------------------------------------------------------------------------- wisdom, writers, models
 
 
 def test_a_file_that_is_not_wisdom_is_never_replaced(tmp_path):
@@ -759,3 +761,11 @@ def test_a_centre_off_the_detector_and_odd_plane_positions_are_named():
     for z in ("abc", [[0.0, 1.0], [2.0, 3.0]]):
         with pytest.raises(ft.InputError, match="z: expected"):
             ft.focal_weights(z)
+
+
+def test_demo_options_of_the_other_demo_are_refused(capsys):
+    assert cli.main(["demo", "--size", "64"]) == (2 if importlib.util.find_spec("abtem")
+                                                  else 0)
+    capsys.readouterr()
+    assert cli.main(["demo", "--fresnel", "--size", "32", "--png", "x.png"]) == 2
+    assert "--png: the Fresnel demo writes no figure" in one_line_error(capsys, "demo")
