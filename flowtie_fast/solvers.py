@@ -495,7 +495,7 @@ class TIESolver:
         v = self._predict_flow(model, xp.stack(planes)[None], self._didz[None], k,
                                None if gradient is None else gradient[None])[0]
         self.poisson.integrate(v, out=phase, grad_out=grad)
-        info["model"] = str(model.path)
+        info["model"], info["precision"] = str(model.path), model.precision
         if not want_residual:
             return None
         residual = self.poisson.divergence(self._intensity[None] * v)
