@@ -23,6 +23,12 @@ class BackendError(ValueError):
     """A requested backend cannot be used (no GPU answers, CuPy missing, ...)."""
 
 
+class TrustWarning(UserWarning):
+    """A result was returned but should not be trusted as it stands (the data
+    hold no signal above their noise, the input lies outside what a model
+    knows, a registration is unreliable); ``rec.info`` carries the same flag."""
+
+
 # Plausible ranges of the physical parameters, in the library's units. A value
 # outside is almost always a unit slip (a pixel size in metres, an energy in keV)
 # or a typo, and would give NaN or a meaningless phase; it is refused with the

@@ -46,6 +46,7 @@ import numpy as np
 
 from .backend import get_backend, is_cupy, load_wisdom, save_wisdom
 from .errors import InputError, check_finite_result, check_positive
+from .noise import COUNTS, check_noise
 from .physics import wavenumber
 from .solvers import TIESolver, check_options
 from .triplet import check_gradient, check_not_masked, focal_weights
@@ -73,7 +74,7 @@ class Plan:
     backend : {"auto", "cpu", "gpu"} or Backend
     threads : int, optional
         CPU threads of this plan.
-    dtype, boundary, scheme, alpha, floor
+    dtype, boundary, scheme, alpha, floor, denoise
         See :class:`~flowtie_fast.solvers.TIESolver`.
     model : path, "default", "fast", "ensemble", FlowModel or FlowEnsemble, optional
         The flow model of ``flowtie``: a TorchScript file or a shipped model
@@ -90,7 +91,7 @@ class Plan:
 
     def __init__(self, shape, pixel_size, dz, energy, method="tie", *, backend="auto",
                  threads=None, dtype="float32", boundary="periodic", scheme="auto", alpha=0.0,
-                 floor=1e-3, model=None, tol=None, max_iter=None, preconditioner="biharmonic",
+                 floor="auto", denoise=True, model=None, tol=None, max_iter=None, preconditioner="biharmonic",
                  warmup=True, wisdom=None):
         check_options(method, tol, max_iter, preconditioner, model)
         if not isinstance(warmup, (bool, np.bool_)):
@@ -105,7 +106,8 @@ class Plan:
         if wisdom is not None:
             load_wisdom(wisdom)
         self.solver = TIESolver(shape, pixel_size, boundary=boundary, scheme=scheme,
-                                alpha=alpha, floor=floor, dtype=dtype, backend=backend,
+                                alpha=alpha, floor=floor, denoise=denoise, dtype=dtype,
+                                backend=backend,
                                 threads=threads)
         if wisdom is not None and not self.solver.backend.is_gpu:
             save_wisdom(wisdom)
@@ -162,7 +164,8 @@ class Plan:
 
     # ------------------------------------------------------------------ solves
 
-    def solve(self, minus, zero, plus, *, gradient=None, out=None, gradient_out=None):
+    def solve(self, minus, zero, plus, *, gradient=None, out=None, gradient_out=None,
+              noise=None):
         """The phase (rad, mean zero) of one triplet.
 
         Parameters
@@ -178,6 +181,11 @@ class Plan:
         gradient_out : array (2, Ny, Nx), optional
             Caller-owned phase-gradient output (rad/Å); without it the
             gradient is not computed (for ``tie``, 3 of its 8 transforms).
+        noise : Noise, float or sequence of float, optional
+            White-noise variance of the planes (intensity²) for ``alpha`` and
+            ``floor`` "auto"; default: Poisson statistics where the planes
+            are counts (an integer dtype), otherwise none
+            (:mod:`flowtie_fast.noise`).
 
         Returns
         -------
@@ -187,6 +195,9 @@ class Plan:
         """
         planes = [self._image(n, a, self.shape)
                   for n, a in (("minus", minus), ("zero", zero), ("plus", plus))]
+        noise = check_noise(noise, 3)
+        if noise is None and all(p.dtype.kind in "iu" for p in planes):
+            noise = COUNTS
         if gradient is not None:
             gradient = self._image("gradient", gradient, (2,) + self.shape)
         if self.method == "icom" and gradient is None:
@@ -200,12 +211,14 @@ class Plan:
         with s._lock:
             self.backend.prepare()
             if self.method == "icom":
+                s.poisson.alpha = 0.0 if s.alpha == "auto" else s.alpha
                 # Checked before anything is written.
                 s.poisson.integrate(s._check_gradient(gradient), out=out, grad_out=grad)
             else:
+                options = self._options if noise is None else {**self._options, "noise": noise}
                 s._solve_planes(planes, self._derivative_weights, self._intensity_weights,
                                 self.wavenumber, gradient, self.method, out, grad, {},
-                                self._options)
+                                options)
             check_finite_result(self.method, out, grad)
         return out
 

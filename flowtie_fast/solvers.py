@@ -47,14 +47,17 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .backend import Backend, get_backend
-from .errors import (InputError, ResultError, check_choice, check_count, check_finite_result,
-                     check_float_dtype, check_real, first_line)
+from .errors import (InputError, ResultError, TrustWarning, check_choice, check_count,
+                     check_finite_result, check_float_dtype, check_real, first_line)
+from .noise import (ALPHA_MAX, COUNTS, denoise, discrepancy_alpha, poisson_noise,
+                    teague_floor)
 from .poisson import PoissonSolver, resolve_scheme
 from .triplet import FocalSeries, check_gradient, check_intensity_stats
 
@@ -128,13 +131,32 @@ def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic", 
 _INTENSITY_SCALE = {np.float32: (1e-12, 1e12), np.float64: (1e-140, 1e140)}
 
 
-def _check_floor(floor) -> float:
-    """Teague's intensity floor, a fraction of the mean intensity in (0, 1]."""
+def _check_floor(floor):
+    """Teague's intensity floor, a fraction of the mean intensity in (0, 1], or "auto"."""
+    if isinstance(floor, str) and floor == "auto":
+        return floor
     floor = check_real("floor", floor, low=0.0, low_open=True)
     if floor > 1:
         raise InputError(f"floor: expected a fraction of the mean intensity in (0, 1], "
                          f"got {floor!r}")
     return floor
+
+
+def _check_bool(name, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_alpha(alpha):
+    """The Tikhonov parameter in Å⁻⁴ (0 to 1e12) or "auto"."""
+    if isinstance(alpha, str) and alpha == "auto":
+        return alpha
+    alpha = check_real("alpha", alpha, low=0.0)
+    if alpha > ALPHA_MAX:
+        raise InputError(f"alpha: expected a Tikhonov parameter of at most {ALPHA_MAX:g} Å⁻⁴, "
+                         f"or 'auto', got {alpha!r}")
+    return alpha
 
 
 def _is_in_focus_row(w) -> bool:
@@ -160,11 +182,19 @@ class TIESolver:
         Boundary condition of the Poisson solves.
     scheme : {"auto", "spectral", "fd"}
         Discretisation (see :mod:`flowtie_fast.poisson`).
-    alpha : float
-        Tikhonov parameter in Å⁻⁴.
-    floor : float
+    alpha : float or "auto"
+        Tikhonov parameter in Å⁻⁴ of the classical methods' Poisson solves
+        (default 0); "auto": from the noise of the series by Morozov's
+        discrepancy principle (0 where the noise is unknown).
+    floor : float or "auto"
         Intensity floor as a fraction of the mean in-focus intensity; Teague's
-        division uses ``max(I, floor * Ī)`` (default 1e-3).
+        division uses ``max(I, floor * Ī)``. "auto" (default): twice the
+        noise's standard deviation over the mean, at least 1e-3 (1e-3 where
+        the noise is unknown).
+    denoise : bool
+        Filter the focal derivative by its spectrum and the series' noise
+        before the classical methods solve (default True; nothing happens
+        where the noise is unknown). The rules: :mod:`flowtie_fast.noise`.
     dtype : {"float32", "float64"}
         Working precision.
     backend : {"auto", "cpu", "gpu"} or Backend
@@ -185,10 +215,13 @@ class TIESolver:
     """
 
     def __init__(self, shape, pixel_size, *, boundary="periodic", scheme="auto", alpha=0.0,
-                 floor=1e-3, dtype="float32", backend="auto", threads=None):
+                 floor="auto", denoise=True, dtype="float32", backend="auto", threads=None):
         self.floor = _check_floor(floor)
+        self.alpha = _check_alpha(alpha)
+        self.denoise = _check_bool("denoise", denoise)
         self.poisson = PoissonSolver(shape, pixel_size, boundary=boundary, scheme=scheme,
-                                     alpha=alpha, dtype=dtype, backend=backend, threads=threads)
+                                     alpha=0.0 if alpha == "auto" else alpha, dtype=dtype,
+                                     backend=backend, threads=threads)
         self.backend: Backend = self.poisson.backend
         self.shape = self.poisson.shape
         self.pixel_size = self.poisson.pixel_size
@@ -356,7 +389,7 @@ class TIESolver:
                              "(FocalSeries(..., gradient=...))")
         names = series._plane_names(len(series.planes))
         options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
-                   "model": model, "names": names}
+                   "model": model, "names": names, "noise": getattr(series, "noise", None)}
         inputs = (*series.planes, series.gradient, out)
         input_names = (*names, "gradient", "out")
         be = self.backend
@@ -368,6 +401,7 @@ class TIESolver:
         with self._lock:
             self.backend.prepare()
             start = time.perf_counter()
+            self.poisson.alpha = 0.0 if self.alpha == "auto" else self.alpha
             if method == "icom":
                 g = self.backend.asarray(series.gradient, self.dtype)
                 rec = self.integrate(g, out=out, gradient_out=gradient_out, _locked=True)
@@ -399,24 +433,61 @@ class TIESolver:
         tol, max_iter = options.get("tol"), options.get("max_iter")
         want = options.get("residual", True)
         residual = None
+        self.poisson.alpha = 0.0 if self.alpha == "auto" else self.alpha
+        floor, noise_norm = self.floor, 0.0
+        if method != "flowtie":
+            floor, noise_norm = self._regularise(options.get("noise"), mean, k,
+                                                 derivative_weights, intensity_weights, info)
         if method == "flowtie":
             residual = self._flow(planes, gradient, k, options.get("model"), phase, grad, info,
                                   want)
         elif method == "tie-uniform":
             self.poisson.solve(self._didz, scale=-k / mean, out=phase, grad_out=grad)
         elif method == "tie":
-            self.poisson.teague(self._didz, self._intensity, self.floor * mean, scale=-k,
+            self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k,
                                 out=phase, grad_out=grad)
         elif method == "tie-exact":
-            residual = self._pcg(k, mean, phase, grad, info, tol, max_iter, want)
+            residual = self._pcg(k, mean, phase, grad, info, tol, max_iter, want, floor,
+                                 noise_norm)
         elif method == "gd":
             residual = self._gradient_descent(k, mean, phase, grad, info, tol, max_iter,
                                               options.get("preconditioner") or "biharmonic",
-                                              want)
+                                              want, noise_norm)
         else:
             raise InputError(f"method: {method!r} does not solve from planes")
         self.backend.synchronize()
         return mean, residual
+
+    def _regularise(self, noise, mean, k, derivative_weights, intensity_weights, info):
+        """Set this solve's Tikhonov parameter and return Teague's floor
+        (fraction of the mean) and the norm the noise gives the TIE residual,
+        ``k √N σ_D`` (0 without noise), from the series' noise
+        (:mod:`flowtie_fast.noise`) where ``alpha`` / ``floor`` are "auto"."""
+        if noise == COUNTS:
+            noise = poisson_noise(self._stats[:, 1] / (self.shape[0] * self.shape[1]))
+        info["noise"] = None if noise is None else noise.source
+        if noise is None:
+            floor = 1e-3 if self.floor == "auto" else self.floor
+            info.update(alpha=self.poisson.alpha, floor=floor)
+            return floor, 0.0
+        var_d = noise.combined(derivative_weights)  # of ∂I/∂z, intensity²/Å²
+        var_i = noise.combined(intensity_weights)
+        if self.denoise:
+            info["denoise"] = denoise(self._didz, var_d)
+            if info["denoise"] == 0:
+                info["trust"] = "no signal above the noise"
+                warnings.warn("the focal derivative holds no signal above the noise of the "
+                              f"planes ({noise.source} noise): the phase is zero; a "
+                              "larger dose or defocus step, or the measured gradient "
+                              "(method='icom'), may carry it", TrustWarning, stacklevel=4)
+        if self.alpha == "auto":
+            # The filter is linear: α of the source -k ∂I/∂z / Ī is that of ∂I/∂z.
+            self.poisson.alpha = discrepancy_alpha(self._didz, self.pixel_size, var_d)
+        floor = teague_floor(var_i, mean) if self.floor == "auto" else self.floor
+        info.update(alpha=self.poisson.alpha, floor=floor)
+        if self.denoise:  # the filtered derivative is fitted exactly
+            return floor, 0.0
+        return floor, k * (self.shape[0] * self.shape[1] * var_d) ** 0.5
 
     def integrate(self, gradient, *, out=None, gradient_out=None, _locked=False):
         """``icom``: integrate a phase gradient (2, Ny, Nx) in rad/Å to a phase.
@@ -535,18 +606,20 @@ class TIESolver:
         out *= -1
         return out
 
-    def _pcg(self, k, mean, x, grad, info, tol, max_iter, want_residual=True):
-        """Teague-preconditioned conjugate gradients for ``A φ = k ∂I/∂z``."""
+    def _pcg(self, k, mean, x, grad, info, tol, max_iter, want_residual=True, floor=1e-3,
+             noise_norm=0.0):
+        """Teague-preconditioned conjugate gradients for ``A φ = k ∂I/∂z``; without
+        a given ``tol``, they stop at the noise's residual ``noise_norm``."""
         xp = self.backend.xp
         P = self.poisson
-        floor = self.floor * mean
-        if tol is None:
-            tol = 1e-5 if self.dtype == np.float32 else 1e-10
+        floor = floor * mean
         max_iter = 100 if max_iter is None else int(max_iter)
         # The exact TIE needs positive weights: clip the intensity at the floor.
         self._intensity = xp.maximum(self._intensity, floor, out=self._intensity_buffer)
         b = self._solvable_rhs(k)
         b_norm = float(xp.linalg.norm(b)) or 1.0
+        if tol is None:
+            tol = max(1e-5 if self.dtype == np.float32 else 1e-10, noise_norm / b_norm)
 
         def precondition(r, out):
             P.teague(r, self._intensity, floor, scale=-1.0, out=out)
@@ -587,8 +660,9 @@ class TIESolver:
         return self._true_residual(x, k) if want_residual else None
 
     def _gradient_descent(self, k, mean, x, grad, info, tol, max_iter, preconditioner,
-                          want_residual=True):
-        """Steepest descent with exact line search on ``J = ½ ‖A φ - b‖²``."""
+                          want_residual=True, noise_norm=0.0):
+        """Steepest descent with exact line search on ``J = ½ ‖A φ - b‖²``; stops
+        once J is down to the noise's ``½ noise_norm²``."""
         xp = self.backend.xp
         P = self.poisson
         if tol is None:
@@ -604,8 +678,9 @@ class TIESolver:
             raise ResultError("gd: the objective overflows the working precision for "
                               "intensities of this scale; rescale them (e.g. divide by their "
                               "mean) or use dtype='float64'")
+        target = 0.5 * noise_norm ** 2
         it = 0
-        while it < max_iter and objective[-1] > 0:
+        while it < max_iter and objective[-1] > target:
             # dJ/dx = A (A x - b) = -A r; descent direction d = M A r.
             self._apply_a(r, ar)
             if preconditioner == "biharmonic":
@@ -637,7 +712,7 @@ class TIESolver:
         if grad is not None:  # a Plan without gradient_out skips it
             P.gradient(x, out=grad)
         info.update(iterations=it, objective=objective, tol=tol, preconditioner=preconditioner,
-                    converged=it < max_iter)
+                    converged=it < max_iter or objective[-1] <= target)
         return self._true_residual(x, k) if want_residual else None
 
     def _true_residual(self, x, k):
@@ -668,7 +743,8 @@ def _cached_solver(shape, pixel_size, backend, threads, **options) -> TIESolver:
 
 
 def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary="periodic",
-                scheme="auto", alpha=0.0, floor=1e-3, dtype="float32", **options):
+                scheme="auto", alpha=0.0, floor="auto", denoise=True, dtype="float32",
+                **options):
     """Phase and phase gradient of a focal triplet (or series).
 
     Parameters
@@ -682,7 +758,7 @@ def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary
         answers; ``gpu`` without a device raises.
     threads : int, optional
         CPU threads.
-    boundary, scheme, alpha, floor, dtype
+    boundary, scheme, alpha, floor, denoise, dtype
         See :class:`TIESolver`.
     **options
         ``tol``, ``max_iter``, ``preconditioner`` for the iterative methods.
@@ -712,8 +788,8 @@ def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary
     # Checked here, not only by the solver: they form the solver cache's key.
     resolve_scheme(boundary, scheme)
     solver = _cached_solver(triplet.shape, triplet.pixel_size, be, threads, boundary=boundary,
-                            scheme=scheme, alpha=check_real("alpha", alpha, low=0.0),
-                            floor=_check_floor(floor),
+                            scheme=scheme, alpha=_check_alpha(alpha),
+                            floor=_check_floor(floor), denoise=_check_bool("denoise", denoise),
                             dtype=str(check_float_dtype("dtype", dtype)))
     rec = solver.solve(triplet, method=method, **options)
     if be.is_gpu and not explicit and not triplet.on_gpu:

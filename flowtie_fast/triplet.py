@@ -15,7 +15,8 @@ import numpy as np
 
 from .backend import array_module, array_stats, is_cupy
 from .errors import RANGES, InputError, check_choice, check_count, check_positive, check_real
-from .physics import wavenumber
+from .noise import band_noise, check_noise, poisson_noise
+from .physics import wavelength, wavenumber
 
 __all__ = ["FocalSeries", "FocalTriplet", "focal_weights"]
 
@@ -146,6 +147,16 @@ def focal_weights(z, z0: float = 0.0, degree: int | None = None):
     return pinv[0], pinv[1] / scale
 
 
+def _virtual_image_noise(planes, scan_step, energy, regions, virtual):
+    """Noise of 4D-STEM virtual images measured above their band limit, or
+    None (no room above it, or the regions unknown)."""
+    disk = regions.get("bf-full", (0.0, 0.0))[1]
+    if not disk > 0:
+        return None
+    band = 2 * disk * 1e-3 / wavelength(energy)
+    return band_noise(planes, scan_step, band)
+
+
 class FocalSeries:
     """Intensity images at N >= 2 propagation distances.
 
@@ -167,10 +178,21 @@ class FocalSeries:
     gradient : array (2, Ny, Nx), optional
         A measured phase gradient in rad/Å (e.g. 4D-STEM centre of mass),
         used by ``method="icom"``.
+    noise : Noise, float or sequence of float, optional
+        White-noise variance of the planes (intensity², one number or one per
+        plane), from which the classical methods set their regularisation
+        (:mod:`flowtie_fast.noise`). Default: Poisson statistics where the
+        planes are counts (an integer dtype), otherwise unknown (None: no
+        regularisation).
+
+    Attributes
+    ----------
+    noise : Noise or None
+        The noise in use (``noise.source`` says where it came from).
     """
 
     def __init__(self, planes, z, pixel_size, energy, z0: float = 0.0, degree=None,
-                 gradient=None):
+                 gradient=None, noise=None):
         if isinstance(planes, (list, tuple)):
             planes = list(planes)
         elif planes is not None and getattr(planes, "ndim", 0) == 3:
@@ -203,7 +225,12 @@ class FocalSeries:
         first = check_image(names[0], planes[0])
         self.planes = [first] + [check_image(nm, p, first.shape)
                                  for nm, p in zip(names[1:], planes[1:])]
-        check_intensity_stats(names, array_stats(self.planes), self.planes)
+        stats = array_stats(self.planes)
+        check_intensity_stats(names, stats, self.planes)
+        self.noise = check_noise(noise, len(self.planes))
+        if self.noise is None and all(p.dtype.kind in "iu" for p in self.planes):
+            size = self.planes[0].shape[0] * self.planes[0].shape[1]
+            self.noise = poisson_noise(stats[:, 1] / size)
         self.z = z
         self.z0 = float(z0)
         self.pixel_size = check_positive("pixel_size", pixel_size, pair=True)
@@ -256,17 +283,19 @@ class FocalTriplet(FocalSeries):
         Electron energy in eV.
     gradient : array (2, Ny, Nx), optional
         A measured phase gradient in rad/Å for ``method="icom"``.
+    noise : Noise, float or sequence of float, optional
+        White-noise variance of the planes (see :class:`FocalSeries`).
 
     Examples
     --------
     >>> t = FocalTriplet(minus, zero, plus, dz=20.0, pixel_size=0.18, energy=300e3)
     """
 
-    def __init__(self, minus, zero, plus, dz, pixel_size, energy, gradient=None):
+    def __init__(self, minus, zero, plus, dz, pixel_size, energy, gradient=None, noise=None):
         dz_minus, dz_plus = check_positive("dz", dz, pair=True)
         self.dz = (dz_minus, dz_plus)
         super().__init__([minus, zero, plus], [-dz_minus, 0.0, dz_plus], pixel_size, energy,
-                         z0=0.0, degree=2, gradient=gradient)
+                         z0=0.0, degree=2, gradient=gradient, noise=noise)
 
     @staticmethod
     def _plane_names(n):
@@ -344,12 +373,13 @@ class FocalTriplet(FocalSeries):
         reductions = [stem.reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,
                                          backend=backend, chunk_bytes=chunk_bytes, name=n)
                       for n, d in zip(names, data)]
+        counts = all(np.dtype(d.dtype).kind in "iu" for d in data)
         return cls.from_reductions(reductions, dz, scan_step, virtual=virtual,
-                                   rotation=rotation, flip=flip)
+                                   rotation=rotation, flip=flip, counts=counts)
 
     @classmethod
     def from_reductions(cls, reductions, dz, scan_step, *, virtual="bf", rotation=0.0,
-                        flip=False):
+                        flip=False, counts=False):
         """Focal triplet from the three reductions of a 4D-STEM triplet.
 
         The second half of :meth:`from_4dstem`, for reductions made elsewhere
@@ -361,6 +391,16 @@ class FocalTriplet(FocalSeries):
             Of the datasets at ``-dz, 0, +dz``, before any rotation.
         dz, scan_step, virtual, rotation, flip
             As in :meth:`from_4dstem`.
+        counts : bool
+            Whether the patterns were electron counts (an integer dtype).
+
+        Notes
+        -----
+        The triplet's ``noise`` is measured where the virtual images leave
+        room above their band limit (a probe of aperture α, the measured
+        bright-field disk, puts no spatial frequency above ``2α / λ`` into
+        any scanned image, whatever the specimen), else taken as Poisson where the patterns
+        were counts, else unknown (:mod:`flowtie_fast.noise`).
         """
         from . import stem
 
@@ -371,7 +411,11 @@ class FocalTriplet(FocalSeries):
         check_choice("virtual", virtual, tuple(reductions[1].virtual))
         scan_step = check_positive("scan_step", scan_step, pair=True)
         planes = [r.virtual[virtual] for r in reductions]
-        t = cls(*planes, dz=dz, pixel_size=scan_step, energy=reductions[1].detector.energy)
+        energy = reductions[1].detector.energy
+        noise = _virtual_image_noise(planes, scan_step, energy, reductions[1].regions, virtual)
+        if noise is None and counts:
+            noise = poisson_noise([float(p.mean()) for p in planes])
+        t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
         com = reductions[1].com
         if isinstance(rotation, str):
             if rotation != "auto":

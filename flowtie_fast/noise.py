@@ -1,0 +1,266 @@
+"""The noise of measured intensities, and the regularisation it sets.
+
+The focal derivative is a difference of nearly equal planes divided by the
+defocus step; at a low dose it is mostly noise, and the inverse Laplacian of
+the TIE amplifies that noise at low spatial frequencies without bound. Where
+the noise of the planes is known, the classical methods set their
+regularisation from it:
+
+Noise of a plane
+    The variance σ² (intensity²) of a white noise per pixel, one per plane:
+
+    - ``"poisson"``: electron counts (planes of an integer dtype, or 4D-STEM
+      data recorded as counts) have the variance of their mean, σ² = Ī
+      (Poisson statistics; a pixel's variance is its count, and the
+      white-noise equivalent is the mean);
+    - ``"band"``: an image that cannot hold spatial frequencies above a limit
+      q_max holds only noise above it; the mean power there (a median,
+      robust to leakage from the edges of a non-periodic field of view) is
+      σ², whatever the detector's gain. A scanned image of a probe of
+      aperture α has ``q_max = 2α / λ`` whatever the specimen (the scan
+      position enters only through the incident wave, a sum of plane waves
+      within the aperture, and the intensity pairs two of them);
+    - ``"given"``: variances the caller states.
+
+Denoising the focal derivative (``denoise=True``, the default)
+    ∂I/∂z is filtered by its own spectrum (:func:`denoise`): a Fourier mode
+    keeps the Wiener gain ``1 - N σ_D² / P(q)`` where its power P(q) exceeds
+    the universal threshold ``2 ln(M) N σ_D²`` and is removed otherwise,
+    with ``σ_D² = Σ_i w_i² σ_i²`` for the derivative weights ``w_i``. A
+    crystal's transport sits in a few strong modes, which pass; the noise's
+    modes at low spatial frequencies, which the inverse Laplacian would
+    amplify most, do not. Where nothing passes, the phase is zero (the data
+    hold none above their noise) and ``info["denoise"]`` says 0 modes.
+
+Teague's floor (``floor="auto"``, the default)
+    ``max(1e-3, min(1, 2 σ_0 / Ī))`` as a fraction of the mean: the division
+    by the intensity skips pixels within two standard deviations of zero.
+
+Tikhonov α (``alpha="auto"``, not the default)
+    Morozov's discrepancy principle: the α (Å⁻⁴) at which the regularised
+    fit of ∂I/∂z leaves a residual as large as the noise,
+    ``Σ_q |(1 - F_α(q)) D̂(q)|² = N (N - 1) σ_D²`` with
+    ``F_α = s² / (s² + α)``, ``s = |2π q|²``. One α for every frequency
+    smooths the Bragg peaks of a crystal with the noise; on simulated
+    crystals it lost to the filter above at every dose from 1e3 to 1e6 e/Å²
+    (docs/evaluation.md).
+
+Iterative methods
+    Without the filter (``denoise=False``), ``tie-exact`` and ``gd`` stop once
+    the TIE residual ``‖k ∂I/∂z + ∇·(I ∇φ)‖`` is down to the noise's
+    ``k √N σ_D`` (iterating further fits the noise).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import array_module
+from .errors import InputError
+
+__all__ = ["Noise", "COUNTS", "check_noise", "poisson_noise", "band_noise", "denoise",
+           "discrepancy_alpha", "teague_floor", "ALPHA_MAX"]
+
+COUNTS = "counts"  # a solve's noise: Poisson statistics of the planes it is given
+ALPHA_MAX = 1e12  # Å⁻⁴: the largest Tikhonov parameter a solver accepts
+FLOOR_MIN = 1e-3  # Teague's floor without noise, fraction of the mean intensity
+BAND_MARGIN = 1.1  # frequencies above 1.1 x the band limit are taken as noise only
+BAND_MIN_FRACTION = 0.05  # of the modes, for a band estimate
+
+
+@dataclass(frozen=True)
+class Noise:
+    """White-noise variances of the planes of a focal series.
+
+    Attributes
+    ----------
+    variance : tuple of float
+        Per plane, in intensity² (the planes' units squared).
+    source : str
+        ``"poisson"``, ``"band"`` or ``"given"`` (module docstring).
+    """
+
+    variance: tuple
+    source: str
+
+    def combined(self, weights) -> float:
+        """Variance of ``Σ w_i I_i`` (intensity² times the weights' units²)."""
+        return float(sum(float(w) ** 2 * v for w, v in zip(weights, self.variance)))
+
+    def __repr__(self) -> str:
+        v = ", ".join(f"{x:.3g}" for x in self.variance)
+        return f"Noise(variance=({v}), source={self.source!r})"
+
+
+def check_noise(noise, n_planes: int):
+    """``noise`` as given to a series or a solve: None (unknown), a
+    :class:`Noise`, or the variance (one number or one per plane, intensity²).
+    Returns a Noise or None; :class:`InputError` naming ``noise`` otherwise."""
+    if noise is None or isinstance(noise, Noise):
+        if noise is not None and len(noise.variance) != n_planes:
+            raise InputError(f"noise: expected {n_planes} variances, got "
+                             f"{len(noise.variance)}")
+        return noise
+    if isinstance(noise, (str, bytes, bool, np.bool_)):
+        raise InputError(f"noise: expected the variance of the planes' noise (intensity², "
+                         f"one number or one per plane), got {noise!r}")
+    try:
+        v = np.asarray(noise, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"noise: expected the variance of the planes' noise (intensity², "
+                         f"one number or one per plane), got {noise!r}") from exc
+    if v.size == 1:
+        v = np.repeat(v, n_planes)
+    if v.size != n_planes or not np.all(np.isfinite(v)) or np.any(v < 0):
+        raise InputError(f"noise: expected 1 or {n_planes} finite non-negative variances "
+                         f"(intensity²), got {noise!r}")
+    return Noise(tuple(float(x) for x in v), "given")
+
+
+def poisson_noise(means) -> Noise:
+    """Noise of counts: each plane's variance is its mean count."""
+    return Noise(tuple(float(m) for m in means), "poisson")
+
+
+def _host(a):
+    get = getattr(a, "get", None)
+    return np.asarray(get() if callable(get) else a)
+
+
+def band_noise(planes, pixel_size, band_limit):
+    """Noise variances from the power above a band limit, or None where too
+    few frequencies lie above it.
+
+    Parameters
+    ----------
+    planes : sequence of 2-D arrays
+    pixel_size : (float, float)
+        Å.
+    band_limit : float
+        Highest spatial frequency the images can carry, 1/Å (cycles).
+    """
+    shape = tuple(planes[0].shape)
+    qy = np.fft.fftfreq(shape[0], pixel_size[0])[:, None]
+    qx = np.fft.rfftfreq(shape[1], pixel_size[1])[None, :]
+    above = (qy ** 2 + qx ** 2) > (BAND_MARGIN * band_limit) ** 2
+    if above.sum() < BAND_MIN_FRACTION * above.size or above.sum() < 16:
+        return None
+    n = shape[0] * shape[1]
+    variance = []
+    for p in planes:
+        a = _host(p).astype(np.float64)
+        power = np.abs(np.fft.rfft2(a - a.mean())[above]) ** 2 / n
+        # A periodogram ordinate of white noise is exponential: median = ln 2 x mean.
+        variance.append(float(np.median(power)) / math.log(2))
+    return Noise(tuple(variance), "band")
+
+
+def _symbols(shape, pixel_size):
+    """``s = |2π q|²`` (1/Å²) on the rfft half plane and each mode's multiplicity."""
+    qy = np.fft.fftfreq(shape[0], pixel_size[0])[:, None]
+    qx = np.fft.rfftfreq(shape[1], pixel_size[1])[None, :]
+    s = (2 * np.pi) ** 2 * (qy ** 2 + qx ** 2)
+    mult = np.full(s.shape, 2.0)
+    mult[:, 0] = 1.0
+    if shape[1] % 2 == 0:
+        mult[:, -1] = 1.0
+    return s, mult
+
+
+def discrepancy_alpha(source, pixel_size, variance: float, *, bins: int = 400) -> float:
+    """Morozov's Tikhonov parameter (Å⁻⁴) for an inverse Laplacian of ``source``.
+
+    Parameters
+    ----------
+    source : 2-D array (NumPy or CuPy)
+        The right-hand side ``f`` of ``∇²φ = f`` (1/Å²).
+    pixel_size : (float, float)
+        Å.
+    variance : float
+        Variance of the white noise of ``source`` per pixel (1/Å⁴).
+
+    Returns
+    -------
+    float
+        0 when the variance is 0; :data:`ALPHA_MAX` when the noise accounts
+        for all the power of ``source``.
+    """
+    if not variance > 0:
+        return 0.0
+    f = _host(source).astype(np.float64)
+    shape = f.shape
+    n = f.size
+    spec = np.fft.rfft2(f)
+    s, mult = _symbols(shape, pixel_size)
+    power = (mult * (spec.real ** 2 + spec.imag ** 2)).ravel()[1:]  # without q = 0
+    s = s.ravel()[1:]
+    target = n * (n - 1) * float(variance)
+    if power.sum() <= target:
+        return ALPHA_MAX
+    # Log bins of s: R(α) on a few hundred numbers instead of every mode.
+    edges = np.geomspace(s.min() * (1 - 1e-9), s.max() * (1 + 1e-9), bins + 1)
+    idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, bins - 1)
+    p = np.bincount(idx, power, bins)
+    s2 = (np.bincount(idx, s * power, bins) / np.where(p > 0, p, 1.0)) ** 2
+    keep = p > 0
+    p, s2 = p[keep], s2[keep]
+
+    def residual(alpha):
+        return float(np.sum(p * (alpha / (s2 + alpha)) ** 2))
+
+    lo, hi = math.log(s2.min() * 1e-12), math.log(min(ALPHA_MAX, s2.max() * 1e6))
+    if residual(math.exp(hi)) <= target:
+        return min(ALPHA_MAX, math.exp(hi))
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if residual(math.exp(mid)) > target:
+            hi = mid
+        else:
+            lo = mid
+    return math.exp(0.5 * (lo + hi))
+
+
+def teague_floor(variance: float, mean: float) -> float:
+    """Teague's intensity floor (fraction of the mean) for a noise variance of
+    the in-focus intensity: ``max(1e-3, min(1, 2 σ / Ī))``."""
+    if not variance > 0 or not mean > 0:
+        return FLOOR_MIN
+    return max(FLOOR_MIN, min(1.0, 2.0 * math.sqrt(variance) / mean))
+
+
+
+def denoise(a, variance: float) -> int:
+    """Filter ``a`` in place by its own spectrum and a known white noise;
+    returns the number of Fourier modes kept (besides the mean).
+
+    A mode whose power ``P(q) = |â(q)|²`` exceeds the universal threshold
+    ``2 ln(M) N σ²`` (M modes of the half plane, N pixels: pure noise passes
+    it with probability about 1/M² per mode, so about one noise mode in M
+    images) keeps the Wiener gain ``1 - N σ² / P(q)``; every other mode is
+    removed. Where no mode but the mean passes, ``a`` becomes zero: the data
+    hold no signal above their noise.
+
+    Parameters
+    ----------
+    a : 2-D array (NumPy or CuPy), real
+        Overwritten.
+    variance : float
+        Variance of the white noise of ``a`` per pixel (``a``'s units²).
+    """
+    xp = array_module(a)
+    spec = xp.fft.rfft2(a.astype(xp.float64))
+    power = spec.real ** 2 + spec.imag ** 2
+    noise = a.size * float(variance)
+    threshold = 2.0 * math.log(power.size) * noise
+    gain = xp.where(power > threshold, 1.0 - noise / xp.maximum(power, 1e-300), 0.0)
+    gain[0, 0] = 0.0
+    kept = int(xp.count_nonzero(gain))
+    if kept == 0:
+        a[...] = 0
+        return 0
+    gain[0, 0] = 1.0
+    a[...] = xp.fft.irfft2(spec * gain, s=a.shape)
+    return kept

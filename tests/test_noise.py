@@ -1,0 +1,199 @@
+"""The noise of the planes and the regularisation it sets (flowtie_fast.noise).
+
+A Fresnel-propagated phase object recorded as Poisson counts from 1e2 to 1e6
+electrons per Å²: every classical method stays at or below a flat phase's
+error where the noise hides the transport, and keeps its noise-free accuracy
+where it does not; without the noise-aware defaults the same data blow up.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import flowtie_fast as ft
+from flowtie_fast.noise import (ALPHA_MAX, band_noise, check_noise, denoise, discrepancy_alpha,
+                                poisson_noise, teague_floor)
+from flowtie_fast.optics import defocus_triplet, gaussian_bumps
+
+E = 300e3
+PIXEL = 0.25
+CLASSICAL = ("tie-uniform", "tie", "tie-exact", "gd")
+
+
+def _object(n=96):
+    """Gaussian bumps of 0.6 rad, 1.5 to 4 Å wide, on a periodic box."""
+    return gaussian_bumps(n, PIXEL, 12, 0.6, (1.5, 4.0), seed=1)
+
+
+def _nmse(phase, truth):
+    p = np.asarray(phase, float) - np.mean(phase)
+    t = truth - truth.mean()
+    return float(np.mean((p - t) ** 2) / np.mean(t ** 2))
+
+
+def _counts(triplet, dose, rng):
+    """Poisson counts of the planes at ``dose`` e⁻/Å², as uint32."""
+    electrons = dose * PIXEL * PIXEL
+    mean = float(np.mean(triplet.zero))
+    return [rng.poisson(np.asarray(p) * (electrons / mean)).astype(np.uint32)
+            for p in triplet.planes]
+
+
+@pytest.fixture(scope="module")
+def phase_object():
+    phi = _object()
+    return phi, defocus_triplet(phi, 40.0, PIXEL, E)
+
+
+def test_counts_are_poisson_and_floats_are_unknown(phase_object):
+    _, t = phase_object
+    counts = _counts(t, 1e4, np.random.default_rng(0))
+    c = ft.FocalTriplet(*counts, dz=40.0, pixel_size=PIXEL, energy=E)
+    assert c.noise.source == "poisson"
+    np.testing.assert_allclose(c.noise.variance, [p.mean() for p in counts], rtol=1e-12)
+    f = ft.FocalTriplet(*(p.astype(np.float32) for p in counts), dz=40.0, pixel_size=PIXEL,
+                        energy=E)
+    assert f.noise is None
+    g = ft.FocalTriplet(*counts, dz=40.0, pixel_size=PIXEL, energy=E, noise=(1.0, 2.0, 3.0))
+    assert g.noise.source == "given" and g.noise.variance == (1.0, 2.0, 3.0)
+
+
+@pytest.mark.parametrize("dose", [1e2, 1e3, 1e4, 1e5, 1e6])
+def test_classical_methods_never_worse_than_flat(phase_object, dose):
+    phi, t = phase_object
+    counts = _counts(t, dose, np.random.default_rng(int(dose)))
+    c = ft.FocalTriplet(*counts, dz=40.0, pixel_size=PIXEL, energy=E)
+    clean = _nmse(ft.reconstruct(t, method="tie", backend="cpu").phase, phi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        for method in CLASSICAL:
+            err = _nmse(ft.reconstruct(c, method=method, backend="cpu").phase, phi)
+            assert err <= 1.0 + 1e-6, (method, dose, err)
+            if dose >= 1e5:  # the noise no longer hides the transport
+                assert err < clean + 0.1, (method, dose, err, clean)
+
+
+@pytest.fixture(scope="module")
+def absorbing_object():
+    """The phase object with dark spots (amplitude down to 0.03): few counts
+    there at a low dose, which Teague's division amplifies."""
+    phi = _object()
+    amp = np.clip(1.0 - 0.97 * gaussian_bumps(96, PIXEL, 10, 1.0, (1.0, 2.0), seed=7), 0.03, 1)
+    return phi, defocus_triplet(phi, 40.0, PIXEL, E, amplitude=amp)
+
+
+@pytest.mark.parametrize("dose", [1e2, 1e3, 1e4, 1e5])
+def test_without_the_noise_defaults_low_dose_blows_up(absorbing_object, dose):
+    """Regularisation off, the same counts: far worse than a flat phase at a
+    low dose (the tests above could fail); on, never much worse than flat
+    (one Fourier mode above the noise at 3e3 e/Å² gives up to 1.3: the
+    amplitude's share of the transport is taken for phase)."""
+    phi, t = absorbing_object
+    c = ft.FocalTriplet(*_counts(t, dose, np.random.default_rng(3)), dz=40.0,
+                        pixel_size=PIXEL, energy=E)
+    off = _nmse(ft.reconstruct(c, method="tie", backend="cpu", denoise=False,
+                               floor=1e-3).phase, phi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        on = ft.reconstruct(c, method="tie", backend="cpu")
+    assert on.info["noise"] == "poisson" and on.info["floor"] > 1e-3
+    if dose <= 1e3:
+        assert off > 20 and _nmse(on.phase, phi) <= 1.0 + 1e-6
+    else:
+        assert _nmse(on.phase, phi) < off and on.info["denoise"] > 0
+
+
+def test_plan_takes_counts_as_poisson(absorbing_object):
+    phi, t = absorbing_object
+    counts = _counts(t, 1e3, np.random.default_rng(4))
+    plan = ft.Plan(phi.shape, PIXEL, 40.0, E, method="tie", backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        assert _nmse(plan.solve(*counts), phi) <= 1.0 + 1e-6
+        raw = ft.Plan(phi.shape, PIXEL, 40.0, E, method="tie", backend="cpu", denoise=False,
+                      floor=1e-3)
+        assert _nmse(raw.solve(*counts), phi) > 20
+        floats = [p.astype(np.float32) for p in counts]  # unknown noise unless given
+        assert _nmse(plan.solve(*floats), phi) > 20
+        given = [float(p.mean()) for p in counts]
+        assert _nmse(plan.solve(*floats, noise=given), phi) <= 1.0 + 1e-6
+
+
+def test_band_noise_measures_white_noise_above_the_band():
+    rng = np.random.default_rng(2)
+    n, pixel = 128, 0.2
+    y, x = np.meshgrid(np.arange(n) * pixel, np.arange(n) * pixel, indexing="ij")
+    signal = 100 + 20 * np.cos(2 * np.pi * 0.5 * y) * np.cos(2 * np.pi * 0.3 * x)
+    planes = [signal + rng.normal(0, 3.0, (n, n)) for _ in range(3)]
+    noise = band_noise(planes, (pixel, pixel), band_limit=1.0)
+    assert noise.source == "band"
+    np.testing.assert_allclose(noise.variance, 9.0, rtol=0.1)
+    assert band_noise(planes, (pixel, pixel), band_limit=3.3) is None  # no room above
+
+
+def test_4dstem_counts_carry_their_noise():
+    """Virtual images of Poisson patterns: the measured noise is the counts'."""
+    rng = np.random.default_rng(0)
+    sy = sx = 32
+    ky = kx = 24
+    yy, xx = np.mgrid[:ky, :kx] - 11.5
+    disk = (np.hypot(yy, xx) < 5).astype(float)
+    lam = ft.wavelength(E)
+    k_sampling = 4.0 / 5 * 1e-3 / lam  # the disk edge at 4 mrad: room above 2α/λ
+    scan = 0.1
+    patterns = [rng.poisson(np.broadcast_to(disk * 3.0, (sy, sx, ky, kx))).astype(np.uint16)
+                for _ in range(3)]
+    t = ft.FocalTriplet.from_4dstem(*patterns, dz=20.0, scan_step=scan, k_sampling=k_sampling,
+                                    energy=E, center=(11.5, 11.5), backend="cpu")
+    assert t.noise.source == "band"
+    np.testing.assert_allclose(t.noise.variance, [float(p.mean()) for p in t.planes],
+                               rtol=0.2)
+
+
+def test_denoise_keeps_strong_modes_and_removes_noise():
+    rng = np.random.default_rng(1)
+    n = 64
+    y, x = np.mgrid[:n, :n]
+    clean = np.cos(2 * np.pi * 3 * y / n) + 0.5 * np.sin(2 * np.pi * 5 * x / n)
+    noisy = clean + rng.normal(0, 0.5, (n, n))
+    a = noisy.copy()
+    kept = denoise(a, 0.25)
+    assert 1 <= kept <= 8
+    assert np.mean((a - clean) ** 2) < 0.05 * np.mean((noisy - clean) ** 2)
+    pure = rng.normal(0, 0.5, (n, n))
+    assert denoise(pure, 0.25) == 0 and np.all(pure == 0)
+
+
+def test_discrepancy_alpha():
+    rng = np.random.default_rng(0)
+    n = 64
+    y, x = np.mgrid[:n, :n]
+    clean = np.cos(2 * np.pi * 2 * y / n)
+    noisy = clean + rng.normal(0, 0.3, (n, n))
+    assert discrepancy_alpha(noisy, (0.2, 0.2), 0.0) == 0.0
+    a1 = discrepancy_alpha(noisy, (0.2, 0.2), 0.05)
+    a2 = discrepancy_alpha(noisy, (0.2, 0.2), 0.09)
+    assert 0 < a1 < a2 < ALPHA_MAX
+    assert discrepancy_alpha(rng.normal(0, 0.3, (n, n)), (0.2, 0.2), 1.0) == ALPHA_MAX
+
+
+def test_floor_rule():
+    assert teague_floor(0.0, 10.0) == 1e-3
+    assert teague_floor(25.0, 100.0) == pytest.approx(0.1)
+    assert teague_floor(1e6, 1.0) == 1.0
+    assert poisson_noise([4.0, 5.0]).variance == (4.0, 5.0)
+
+
+@pytest.mark.parametrize("bad", ["high", -1.0, [1.0, 2.0], [np.nan] * 3, True, object()])
+def test_bad_noise_is_refused(bad):
+    with pytest.raises(ft.InputError, match="noise"):
+        check_noise(bad, 3)
+
+
+@pytest.mark.parametrize("bad", [{"denoise": "yes"}, {"alpha": "maybe"}, {"floor": "often"},
+                                 {"alpha": 1e13}])
+def test_bad_regularisation_options_are_refused(phase_object, bad):
+    _, t = phase_object
+    with pytest.raises(ft.InputError, match=next(iter(bad))):
+        ft.reconstruct(t, method="tie", backend="cpu", **bad)
