@@ -79,6 +79,11 @@ class Plan:
     model : path, "default", "fast", "ensemble", FlowModel or FlowEnsemble, optional
         The flow model of ``flowtie``: a TorchScript file or a shipped model
         (default "default"; "fast" takes about half the time, less accurate).
+    uncertainty : bool, optional
+        ``flowtie``: the trust check, the fallback to the classical phase and
+        the uncertainty map (``uncertainty_out``) at every solve (default
+        True; four network passes: ``False`` runs the network alone).
+        ``plan.info`` holds the latest solve's verdict.
     tol, max_iter, preconditioner
         Stopping rule and descent direction of ``tie-exact`` and ``gd``.
     warmup : bool
@@ -91,9 +96,9 @@ class Plan:
 
     def __init__(self, shape, pixel_size, dz, energy, method="tie", *, backend="auto",
                  threads=None, dtype="float32", boundary="periodic", scheme="auto", alpha=0.0,
-                 floor="auto", denoise=True, model=None, tol=None, max_iter=None, preconditioner="biharmonic",
-                 warmup=True, wisdom=None):
-        check_options(method, tol, max_iter, preconditioner, model)
+                 floor="auto", denoise=True, model=None, uncertainty=None, tol=None,
+                 max_iter=None, preconditioner="biharmonic", warmup=True, wisdom=None):
+        check_options(method, tol, max_iter, preconditioner, model, uncertainty)
         if not isinstance(warmup, (bool, np.bool_)):
             raise InputError(f"warmup: expected True or False, got {warmup!r}")
         self.dz = check_positive("dz", dz)
@@ -119,7 +124,9 @@ class Plan:
             (-self.dz, 0.0, self.dz))
         # Planes reach the plan unvalidated: the derivative step checks them.
         self._options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
-                         "model": model, "residual": False}
+                         "model": model, "residual": False,
+                         "uncertainty": method == "flowtie" and uncertainty is not False}
+        self.info: dict = {}  # of the latest solve: the trust check and fallback of flowtie
         self.timings["setup"] = time.perf_counter() - start
         if warmup:
             self._warm_up()
@@ -165,7 +172,7 @@ class Plan:
     # ------------------------------------------------------------------ solves
 
     def solve(self, minus, zero, plus, *, gradient=None, out=None, gradient_out=None,
-              noise=None):
+              noise=None, uncertainty_out=None):
         """The phase (rad, mean zero) of one triplet.
 
         Parameters
@@ -186,6 +193,10 @@ class Plan:
             ``floor`` "auto"; default: Poisson statistics where the planes
             are counts (an integer dtype), otherwise none
             (:mod:`flowtie_fast.noise`).
+        uncertainty_out : array (Ny, Nx), optional
+            ``flowtie`` with ``uncertainty``: filled with the phase's standard
+            deviation (rad) where the flow is trusted; left as it was where the
+            classical phase was returned instead (``plan.info["fallback"]``).
 
         Returns
         -------
@@ -207,7 +218,13 @@ class Plan:
         # Without gradient_out the gradient is not computed (3 of the 8 FFTs of tie).
         grad = self._output("gradient_out", gradient_out, (2,) + self.shape, inputs,
                             _INPUT_NAMES) if gradient_out is not None else None
+        if uncertainty_out is not None:
+            if not self._options["uncertainty"]:
+                raise InputError("uncertainty_out: needs a flowtie plan with uncertainty")
+            self._output("uncertainty_out", uncertainty_out, self.shape,
+                         (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
         s = self.solver
+        info: dict = {}
         with s._lock:
             self.backend.prepare()
             if self.method == "icom":
@@ -217,17 +234,22 @@ class Plan:
             else:
                 options = self._options if noise is None else {**self._options, "noise": noise}
                 s._solve_planes(planes, self._derivative_weights, self._intensity_weights,
-                                self.wavenumber, gradient, self.method, out, grad, {},
+                                self.wavenumber, gradient, self.method, out, grad, info,
                                 options)
             check_finite_result(self.method, out, grad)
+            spread = info.pop("uncertainty_map", None)
+            if spread is not None and uncertainty_out is not None:
+                uncertainty_out[...] = spread
+            self.info = info
         return out
 
     def solve_batch(self, stack, *, gradient=None, out=None, gradient_out=None):
         """Phases of many triplets: (B, 3, Ny, Nx) in, (B, Ny, Nx) out.
 
         For a time or tilt series. The plan's buffers serve every item; for
-        ``flowtie`` the network sees the whole batch at once (one forward pass)
-        and the Poisson integration runs per item.
+        ``flowtie`` with ``uncertainty=False`` the network sees the whole batch
+        at once (one forward pass) and the Poisson integration runs per item;
+        with the trust check, each item is solved as by :meth:`solve`.
 
         Parameters
         ----------
@@ -254,7 +276,7 @@ class Plan:
         if gradient_out is not None:
             self._output("gradient_out", gradient_out, (b, 2) + self.shape,
                          (stack, gradient, out), ("stack", "gradient", "out"))
-        if self.method == "flowtie" and b > 1:
+        if self.method == "flowtie" and b > 1 and not self._options["uncertainty"]:
             return self._flow_batch(stack, gradient, out, gradient_out)
         # Every item is checked before the first is solved: a refusal writes nothing.
         for i in range(b):

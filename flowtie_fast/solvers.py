@@ -56,8 +56,8 @@ import numpy as np
 from .backend import Backend, get_backend
 from .errors import (InputError, ResultError, TrustWarning, check_choice, check_count,
                      check_finite_result, check_float_dtype, check_real, first_line)
-from .noise import (ALPHA_MAX, COUNTS, denoise, discrepancy_alpha, poisson_noise,
-                    teague_floor)
+from .noise import (ALPHA_MAX, COUNTS, GRADIENT_THRESHOLD, denoise, discrepancy_alpha,
+                    poisson_noise, teague_floor)
 from .poisson import PoissonSolver, resolve_scheme
 from .triplet import FocalSeries, check_gradient, check_intensity_stats
 
@@ -80,13 +80,22 @@ class Reconstruction:
     method : str
         The method that produced it.
     info : dict
-        Solver details (iterations, convergence, objective history, timings in s).
+        Solver details (iterations, convergence, objective history, timings in
+        s); for ``flowtie``, the trust check (``trusted``, ``rel_spread``,
+        ``snr``) and ``fallback``, the classical method whose phase was
+        returned where the flow was not trusted.
+    uncertainty : array (Ny, Nx) or None
+        ``flowtie``: the standard deviation of the phase at each pixel in rad
+        (float32), the spread of the shipped models' phases times a factor
+        calibrated on validation simulations (:mod:`flowtie_fast.trust`); None
+        for the classical methods, a fallback or ``uncertainty=False``.
     """
 
     phase: object
     gradient: object
     method: str
     info: dict = field(default_factory=dict)
+    uncertainty: object = None
     _residual: object = field(default=None, repr=False)
     _residual_fn: object = field(default=None, repr=False)
 
@@ -105,11 +114,17 @@ class Reconstruction:
         return self._residual
 
 
-def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic", model=None):
+def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic", model=None,
+                  uncertainty=None):
     """Validate a method name and the stopping rule of the iterative methods;
     refuse options the method would ignore (a typo or a wrong method is likelier
     than an intent)."""
     check_choice("method", method, METHODS)
+    if uncertainty is not None:
+        _check_bool("uncertainty", uncertainty)
+        if method != "flowtie":
+            raise InputError(f"uncertainty: applies to method 'flowtie' only, got method "
+                             f"{method!r}")
     check_choice("preconditioner", preconditioner, ("biharmonic", "none"))
     if tol is not None:
         check_real("tol", tol, low=0.0, low_open=True)
@@ -359,7 +374,8 @@ class TIESolver:
     # ------------------------------------------------------------------ public
 
     def solve(self, series, method="tie", *, tol=None, max_iter=None,
-              preconditioner="biharmonic", model=None, out=None, gradient_out=None):
+              preconditioner="biharmonic", model=None, uncertainty=None, out=None,
+              gradient_out=None):
         """Retrieve the phase of a focal series.
 
         Parameters
@@ -375,6 +391,12 @@ class TIESolver:
         model : path, "default", "fast", "ensemble", FlowModel or FlowEnsemble, optional
             The flow model of ``flowtie``: a TorchScript file or a shipped model
             (default "default"; "fast" takes about half the time, less accurate).
+        uncertainty : bool, optional
+            ``flowtie``: run the shipped models beside the chosen one for the
+            per-pixel uncertainty and the trust check, and fall back to the
+            classical phase where the flow is not trusted (default True; four
+            network passes instead of one: ``False`` for speed, with neither).
+            See :mod:`flowtie_fast.trust`.
         out, gradient_out : arrays, optional
             Caller-owned outputs (backend arrays of the working dtype).
 
@@ -382,14 +404,16 @@ class TIESolver:
         -------
         Reconstruction
         """
-        check_options(method, tol, max_iter, preconditioner, model)
+        check_options(method, tol, max_iter, preconditioner, model, uncertainty)
         self._check_series(series)
         if method == "icom" and series.gradient is None:
             raise InputError("method: 'icom' needs a measured phase gradient "
                              "(FocalSeries(..., gradient=...))")
         names = series._plane_names(len(series.planes))
         options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
-                   "model": model, "names": names, "noise": getattr(series, "noise", None)}
+                   "model": model, "names": names, "noise": getattr(series, "noise", None),
+                   "gradient_noise": getattr(series, "gradient_noise", None),
+                   "uncertainty": method == "flowtie" and uncertainty is not False}
         inputs = (*series.planes, series.gradient, out)
         input_names = (*names, "gradient", "out")
         be = self.backend
@@ -403,8 +427,12 @@ class TIESolver:
             start = time.perf_counter()
             self.poisson.alpha = 0.0 if self.alpha == "auto" else self.alpha
             if method == "icom":
-                g = self.backend.asarray(series.gradient, self.dtype)
+                g, kept = self._denoised_gradient(series.gradient,
+                                                  getattr(series, "gradient_noise", None))
+                noise = getattr(series, "gradient_noise", None)
                 rec = self.integrate(g, out=out, gradient_out=gradient_out, _locked=True)
+                if kept is not None:
+                    rec.info.update(noise=noise.source, denoise=kept)
                 rec.info["time"] = time.perf_counter() - start
                 return rec
             phase = self.poisson._out(out)
@@ -416,7 +444,7 @@ class TIESolver:
                 series.wavenumber, series.gradient, method, phase, grad, info, options)
             check_finite_result(method, phase, grad)
             info["time"] = time.perf_counter() - start
-            rec = Reconstruction(phase, grad, method, info)
+            rec = Reconstruction(phase, grad, method, info, info.pop("uncertainty_map", None))
             if residual is not None:
                 rec._residual = residual / mean
             else:
@@ -441,6 +469,9 @@ class TIESolver:
         if method == "flowtie":
             residual = self._flow(planes, gradient, k, options.get("model"), phase, grad, info,
                                   want)
+            if options.get("uncertainty"):
+                residual = self._trust(planes, gradient, k, options, mean, derivative_weights,
+                                       intensity_weights, phase, grad, info, residual)
         elif method == "tie-uniform":
             self.poisson.solve(self._didz, scale=-k / mean, out=phase, grad_out=grad)
         elif method == "tie":
@@ -457,6 +488,16 @@ class TIESolver:
             raise InputError(f"method: {method!r} does not solve from planes")
         self.backend.synchronize()
         return mean, residual
+
+    def _denoised_gradient(self, gradient, noise):
+        """A measured gradient in the working dtype, filtered by its noise where
+        that is known and ``denoise`` is on (a copy: the caller keeps its own);
+        and the Fourier modes kept per component (None: not filtered)."""
+        g = self.backend.asarray(gradient, self.dtype)
+        if not (self.denoise and noise is not None):
+            return g, None
+        g = g.copy()
+        return g, [denoise(g[i], noise.variance[i], GRADIENT_THRESHOLD(g[i])) for i in range(2)]
 
     def _regularise(self, noise, mean, k, derivative_weights, intensity_weights, info):
         """Set this solve's Tikhonov parameter and return Teague's floor
@@ -572,6 +613,60 @@ class TIESolver:
         residual = self.poisson.divergence(self._intensity[None] * v)
         residual += k * self._didz
         return residual
+
+    def _trust(self, planes, gradient, k, options, mean, derivative_weights, intensity_weights,
+               phase, grad, info, residual):
+        """The uncertainty map and trust check of a ``flowtie`` solve, and the
+        fallback to the classical phase where the flow is not trusted
+        (:mod:`flowtie_fast.trust`); returns the residual to report."""
+        from . import trust
+
+        xp = self.backend.xp
+        model = self._flow_model(options.get("model"))
+        members = trust.members(model, self._flow_model)
+        if members is None:
+            info["trusted"] = None
+            info["uncertainty"] = ("unavailable for a single model of your own (give a "
+                                   "FlowEnsemble)")
+            return residual
+        phases = [phase - phase.mean()]
+        scratch = self._buf("member_phase")
+        for m in members:
+            v = self._predict_flow(m, xp.stack(planes)[None], self._didz[None], k,
+                                   None if gradient is None else gradient[None])[0]
+            self.poisson.integrate(v, out=scratch)
+            phases.append(scratch - scratch.mean())
+        spread = xp.stack(phases).std(axis=0)
+        scale = trust.calibration()["scale"] if trust.is_shipped(model) else 1.0
+        snr = trust.derivative_snr(self._didz, options.get("noise"), derivative_weights,
+                                   self._stats, self.shape)
+        icom = None
+        if gradient is not None:  # the classical phase of the measured gradient
+            g, _ = self._denoised_gradient(gradient, options.get("gradient_noise"))
+            icom = self.poisson.integrate(g, out=scratch)
+        verdict = trust.verdict(float(xp.sqrt((spread ** 2).mean())), float(phases[0].std()),
+                                snr, None if icom is None else float(icom.std()))
+        info.update(verdict)
+        if verdict["trusted"]:
+            info["uncertainty_map"] = (spread * scale).astype(self.dtype)
+            return residual
+        # Not trusted: the classical phase instead, from the measured gradient
+        # where there is one (it does not go through the focal derivative).
+        if icom is not None:
+            info["fallback"] = "icom"
+            phase[...] = icom
+            if grad is not None:
+                self.poisson.gradient(phase, out=grad)
+        else:
+            info["fallback"] = "tie"
+            floor, _ = self._regularise(options.get("noise"), mean, k, derivative_weights,
+                                        intensity_weights, info)
+            self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k, out=phase,
+                                grad_out=grad)
+        warnings.warn(f"flowtie: the flow is not trusted on this input ({verdict['why']}); "
+                      f"returned the {info['fallback']} phase instead (rec.info['fallback'])",
+                      TrustWarning, stacklevel=5)
+        return None
 
     def _residual(self, series, phase):
         """``(k ∂I/∂z + ∇·(I ∇φ)) / Ī`` from the series' planes."""
@@ -723,7 +818,8 @@ class TIESolver:
         return r
 
 
-_SOLVE_OPTIONS = {"tol", "max_iter", "preconditioner", "model", "out", "gradient_out"}
+_SOLVE_OPTIONS = {"tol", "max_iter", "preconditioner", "model", "uncertainty", "out",
+                  "gradient_out"}
 _SOLVER_CACHE: "OrderedDict[tuple, TIESolver]" = OrderedDict()
 _SOLVER_CACHE_SIZE = 8
 _SOLVER_CACHE_LOCK = threading.Lock()

@@ -1,0 +1,134 @@
+"""When to trust a flowtie phase: the per-pixel uncertainty, the trust check
+and the fallback to the classical phase.
+
+A network answers every input, including those unlike anything it was
+trained on (a dose far below the training data's, a specimen of another
+kind), and its answer then looks as confident as a good one. Three measured
+signals decide:
+
+Uncertainty
+    The shipped models (``default`` and the three seeds ``seed0``, ``seed2``,
+    ``seed3``: one recipe, different initialisations) each predict a flow;
+    each is integrated to a phase (mean removed). The standard deviation of
+    these phases at each pixel, times a factor calibrated on the validation
+    simulations (``data/calibration.json``: the factor that makes
+    ``|phase error| <= uncertainty`` hold on 68 % of their pixels, all doses
+    pooled), is ``rec.uncertainty`` (rad).
+
+Relative spread
+    The RMS of that spread over the RMS of the phase: where the members
+    disagree by a large part of the phase itself, none of them knows the input.
+
+Signal above the noise
+    The share of the focal derivative's power that lies above its noise
+    (:func:`flowtie_fast.noise.denoise`): 0 where nothing does. 1 where the
+    noise is unknown.
+
+Strength against the measured gradient
+    The RMS of the flow's phase over that of the phase integrated from the
+    measured centre of mass (``icom``, filtered by its noise), where there is
+    one: every member can blow up alike on noise it never saw (a small
+    spread, a phase ten to 1e4 times too strong), which the centre of mass
+    does not.
+
+The flow is not trusted where that ratio exceeds ``icom_ratio_limit``, the
+relative spread exceeds ``spread_limit``, or it exceeds
+``spread_limit_no_signal`` while no signal lies above the noise (limits in
+``data/calibration.json``, chosen on the validation simulations and scored
+on the test ones after: docs/evaluation.md). Then the returned
+phase is the classical one, ``icom`` where a measured gradient exists (the
+4D-STEM centre of mass does not go through the focal derivative) and ``tie``
+otherwise, ``rec.info["fallback"]`` names it and a
+:class:`~flowtie_fast.errors.TrustWarning` says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from importlib import resources
+
+import numpy as np
+
+from .noise import COUNTS, denoise, poisson_noise
+
+__all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict", "MEMBERS"]
+
+MEMBERS = ("default", "seed0", "seed2", "seed3")  # the calibrated set of shipped models
+CALIBRATION_FILE = "calibration.json"
+
+
+@functools.lru_cache(maxsize=1)
+def calibration() -> dict:
+    """The calibration of the shipped set (``scale``, ``spread_limit``,
+    ``spread_limit_no_signal`` and how they were measured)."""
+    path = resources.files("flowtie_fast.data").joinpath(CALIBRATION_FILE)
+    return json.loads(path.read_text())
+
+
+def _shipped_name(model):
+    """The shipped name of a FlowModel or FlowEnsemble, or None."""
+    from .flow.infer import ENSEMBLES, SHIPPED, default_model_path
+
+    name = str(getattr(model, "path", ""))
+    if name in ENSEMBLES:
+        return name
+    for key in SHIPPED:
+        if name == str(default_model_path(key)):
+            return key
+    return None
+
+
+def is_shipped(model) -> bool:
+    """Whether the model is one of the shipped set (its uncertainty is calibrated)."""
+    return _shipped_name(model) is not None
+
+
+def members(model, loader=None):
+    """The other models whose phases join ``model``'s for the spread: the rest
+    of the shipped set for a shipped model, the members of a FlowEnsemble of
+    your own, None for a single model of your own."""
+    from .flow.infer import FlowEnsemble, load_model
+
+    name = _shipped_name(model)
+    if name is None:
+        return list(model.models) if isinstance(model, FlowEnsemble) else None
+    return [load_model(m, model.device, model.precision) for m in MEMBERS if m != name]
+
+
+def derivative_snr(didz, noise, derivative_weights, stats, shape) -> float:
+    """The share of the focal derivative's power (mean removed) above its
+    noise; 1.0 where the noise is unknown."""
+    if noise is None:
+        return 1.0
+    if noise == COUNTS:
+        noise = poisson_noise(stats[:, 1] / (shape[0] * shape[1]))
+    d = didz - didz.mean()
+    total = float((d * d).sum())
+    if not total > 0:
+        return 0.0
+    kept = d.astype(np.float64)
+    denoise(kept, noise.combined(derivative_weights))
+    return float((kept * kept).sum()) / total
+
+
+def verdict(rms_spread: float, phase_rms: float, snr: float, icom_rms=None) -> dict:
+    """The trust check: ``trusted``, ``rel_spread``, ``snr``, ``icom_ratio``
+    and ``why``."""
+    cal = calibration()
+    rel = rms_spread / phase_rms if phase_rms > 0 else math.inf
+    ratio = None
+    if icom_rms is not None:
+        ratio = phase_rms / icom_rms if icom_rms > 0 else math.inf
+    why = ""
+    if ratio is not None and ratio > cal["icom_ratio_limit"]:
+        why = (f"the phase is {ratio:.3g} times as strong as the one the measured centre "
+               f"of mass gives")
+    elif rel > cal["spread_limit"]:
+        why = f"the models disagree by {rel:.0%} of the phase"
+    elif snr == 0 and rel > cal["spread_limit_no_signal"]:
+        why = (f"no signal above the noise in the focal derivative and the models "
+               f"disagree by {rel:.0%} of the phase")
+    return {"trusted": not why, "rel_spread": rel, "snr": snr, "icom_ratio": ratio,
+            "why": why or None}

@@ -1,0 +1,112 @@
+"""flowtie's uncertainty, trust check and fallback (flowtie_fast.trust) on a
+small multislice simulation, noise-free and at a dose far below the
+training data's."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("abtem")
+
+import flowtie_fast as ft  # noqa: E402
+from flowtie_fast import trust  # noqa: E402
+from flowtie_fast.acquisition import counts  # noqa: E402
+from flowtie_fast.evaluate import phase_errors  # noqa: E402
+from flowtie_fast.simulate import simulate_series  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def case():
+    """Two unit cells of SrTiO3 [001] (7.8 Å), 20 x 20 scan, 300 keV, 20 mrad, dz = 20 Å."""
+    (c,) = simulate_series("SrTiO3", (7.8,), scan_gpts=(20, 20), supercell=8.0,
+                           potential_sampling=0.08, max_angle=40.0)
+    return c
+
+
+def _triplet(case, dose=None, seed=0):
+    planes = [case.minus, case.zero, case.plus]
+    if dose is not None:
+        rng = np.random.default_rng(seed)
+        planes = [counts(p, dose, case.scan_step, rng, dtype=np.uint32) for p in planes]
+    return ft.FocalTriplet.from_4dstem(*planes, dz=case.dz, scan_step=case.scan_step,
+                                       k_sampling=case.k_sampling, energy=case.energy,
+                                       backend="cpu")
+
+
+def test_noise_free_flow_is_trusted_with_a_calibrated_uncertainty(case):
+    rec = ft.reconstruct(_triplet(case), method="flowtie", backend="cpu")
+    assert rec.info["trusted"] is True and "fallback" not in rec.info
+    u = rec.uncertainty
+    assert u.shape == case.phase.shape and u.dtype == np.float32
+    assert np.isfinite(u).all() and (u >= 0).all() and u.max() > 0
+    err = np.abs((rec.phase - rec.phase.mean()) - (case.phase - case.phase.mean()))
+    coverage = float(np.mean(err <= u))
+    assert 0.4 <= coverage <= 0.98, coverage
+    assert rec.info["rel_spread"] < trust.calibration()["spread_limit"]
+
+
+def test_a_dose_far_below_training_falls_back_to_icom(case):
+    t = _triplet(case, dose=300.0, seed=1)
+    raw = ft.reconstruct(t, method="flowtie", backend="cpu", uncertainty=False)
+    with pytest.warns(ft.TrustWarning, match="not trusted"):
+        safe = ft.reconstruct(t, method="flowtie", backend="cpu")
+    icom = ft.reconstruct(t, method="icom", backend="cpu")
+    assert safe.info["trusted"] is False and safe.info["fallback"] == "icom"
+    assert safe.uncertainty is None
+    np.testing.assert_array_equal(safe.phase, icom.phase)
+    # the raw flow was worse than the classical phase it was replaced by
+    assert phase_errors(raw.phase, case.phase)[1] > phase_errors(safe.phase, case.phase)[1]
+
+
+def test_uncertainty_off_is_the_network_alone(case):
+    t = _triplet(case)
+    rec = ft.reconstruct(t, method="flowtie", backend="cpu", uncertainty=False)
+    assert rec.uncertainty is None and "trusted" not in rec.info
+    full = ft.reconstruct(t, method="flowtie", backend="cpu")
+    np.testing.assert_array_equal(rec.phase, full.phase)  # the same network answer
+
+
+def test_uncertainty_applies_to_flowtie_only(case):
+    with pytest.raises(ft.InputError, match="uncertainty: applies to method 'flowtie'"):
+        ft.reconstruct(_triplet(case), method="tie", backend="cpu", uncertainty=True)
+    with pytest.raises(ft.InputError, match="uncertainty: expected True or False"):
+        ft.reconstruct(_triplet(case), method="flowtie", backend="cpu", uncertainty="yes")
+
+
+def test_plan_fills_uncertainty_out_and_reports_the_verdict(case):
+    t = _triplet(case)
+    plan = ft.Plan(t.shape, t.pixel_size, t.dz[0], t.energy, method="flowtie", backend="cpu")
+    u = np.full(t.shape, -1.0, np.float32)
+    phase = plan.solve(*t.planes, gradient=t.gradient, uncertainty_out=u)
+    rec = ft.reconstruct(t, method="flowtie", backend="cpu")
+    np.testing.assert_allclose(phase, rec.phase, atol=1e-5)
+    np.testing.assert_allclose(u, rec.uncertainty, atol=1e-5)
+    assert plan.info["trusted"] is True
+    fast = ft.Plan(t.shape, t.pixel_size, t.dz[0], t.energy, method="flowtie",
+                   backend="cpu", uncertainty=False)
+    with pytest.raises(ft.InputError, match="uncertainty_out"):
+        fast.solve(*t.planes, gradient=t.gradient, uncertainty_out=u)
+
+
+def test_an_ensemble_of_your_own_gives_an_uncalibrated_spread(case):
+    from flowtie_fast.flow.infer import FlowEnsemble, load_model
+
+    t = _triplet(case)
+    mine = FlowEnsemble([load_model("seed0"), load_model("seed2")], name="mine")
+    rec = ft.reconstruct(t, method="flowtie", backend="cpu", model=mine)
+    assert rec.uncertainty is not None and rec.uncertainty.max() > 0
+    single = ft.reconstruct(t, method="flowtie", backend="cpu",
+                            model=str(load_model("seed0").path) + "")
+    # a shipped file given by path is still the shipped model: calibrated
+    assert single.uncertainty is not None
+
+
+def test_calibration_file_is_complete():
+    cal = trust.calibration()
+    assert tuple(cal["members"]) == trust.MEMBERS
+    assert 1.0 <= cal["scale"] <= 5.0
+    assert 0 < cal["spread_limit_no_signal"] <= cal["spread_limit"] < 1
