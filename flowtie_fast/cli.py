@@ -228,35 +228,84 @@ def _figure(path, fields, truth, method, overwrite) -> None:
     _save_panels(path, panels, title=method, overwrite=overwrite)
 
 
+_SERIES_OPTIONS = {"material": "GaAs", "thickness": [5.65, 22.6, 56.5], "energy": 300e3,
+                   "semiangle": 20.0, "dz": 20.0, "scan_gpts": None, "supercell": 12.0,
+                   "sampling": 0.06, "max_angle": 40.0, "frozen_phonons": 0, "dose": None,
+                   "seed": 0, "tilt": None}
+
+
 def _simulate(args) -> int:
+    """One thickness series (the options), or a resumable sweep (--sweep)."""
     import flowtie_fast as ft
-    from flowtie_fast.simulate import simulate_series
 
-    from flowtie_fast.simulate import check_settings, series_thicknesses
+    given = [f"--{k.replace('_', '-')}" for k in _SERIES_OPTIONS
+             if getattr(args, k) is not None]
+    if args.sweep is not None or args.list:
+        return _simulate_sweep(args, given)
+    if args.limit is not None:
+        raise InputError("--limit: applies to a sweep only (--sweep CONFIG)")
+    for k, default in _SERIES_OPTIONS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, default)
+    from flowtie_fast.simulate import check_settings, series_thicknesses, simulate_series
 
-    out = Path(args.output)
+    out = Path("data") if args.output is None else Path(args.output)
     if out.exists() and not out.is_dir():
         raise ft.InputError(f"output: {str(out)!r} is a file; expected a folder")
-    check_settings(args.thickness, energy=args.energy, semiangle=args.semiangle, dz=args.dz,
+    dz = args.dz
+    if isinstance(dz, list):
+        dz = dz[0] if len(dz) == 1 else tuple(dz)
+    tilt = (0.0, 0.0) if args.tilt is None else tuple(args.tilt)
+    check_settings(args.thickness, energy=args.energy, semiangle=args.semiangle, dz=dz,
                    scan_gpts=args.scan_gpts, supercell=args.supercell,
                    potential_sampling=args.sampling, max_angle=args.max_angle,
-                   frozen_phonons=args.frozen_phonons, dose=args.dose, seed=args.seed)
+                   frozen_phonons=args.frozen_phonons, dose=args.dose, seed=args.seed,
+                   tilt=tilt)
     paths = [out / _case_name(args.material, t)
              for t in series_thicknesses(args.material, args.thickness)]
     for path in paths:  # before minutes of simulation, not after
         check_output(path, overwrite=args.overwrite)
     start = time.perf_counter()
     cases = simulate_series(args.material, args.thickness, energy=args.energy,
-                            semiangle=args.semiangle, dz=args.dz,
+                            semiangle=args.semiangle, dz=dz,
                             scan_gpts=tuple(args.scan_gpts) if args.scan_gpts else None,
                             supercell=args.supercell, potential_sampling=args.sampling,
                             max_angle=args.max_angle, frozen_phonons=args.frozen_phonons,
-                            dose=args.dose, seed=args.seed, progress=True)
+                            dose=args.dose, seed=args.seed, progress=True, tilt=tilt)
     for c in cases:
         path = ft.save(out / _case_name(c.material, c.thickness), c, overwrite=args.overwrite)
         print(f"{path}  ({c.zero.shape}, thickness {c.thickness:.1f} Å)")
     print(f"simulated {len(cases)} thicknesses in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _simulate_sweep(args, given) -> int:
+    """``flowtie simulate --sweep CONFIG -o DIR [--limit N] [--list]``."""
+    from flowtie_fast import sweep
+
+    if given:
+        raise InputError(f"{'/'.join(given)}: apply to a single series, not to --sweep (the "
+                         "recipe sets every setting)")
+    if args.overwrite:
+        raise InputError("--overwrite: a sweep never replaces finished series; it resumes "
+                         "(use another -o folder to start again)")
+    if args.limit is not None:
+        check_count("--limit", args.limit, 1)
+    cfg = sweep.load_config(args.sweep)
+    series = sweep.plan(cfg)
+    if args.list:
+        sweep.list_plan(cfg, series, folder=args.output, file=sys.stdout)
+        return 0
+    if args.output is None:
+        raise InputError("-o/--output: a sweep needs an output folder (e.g. -o data/corpus)")
+    print(f"sweep {cfg['sweep']['name']!r} ({cfg['_source']}): {len(series)} series planned; "
+          f"output {args.output}", flush=True)
+    result = sweep.run(cfg, args.output, limit=args.limit,
+                       log=lambda line: print(line, flush=True))
+    print(f"{result['simulated']} series simulated in {result['seconds']:.0f} s "
+          f"({result['done_before']} done before, {len(result['failed'])} failed); "
+          f"manifest: {Path(args.output) / 'manifest.jsonl'}", flush=True)
+    return 1 if result["failed"] else 0
 
 
 def _case_name(material, thickness) -> str:
@@ -400,21 +449,33 @@ def _parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=_reconstruct)
 
     sim = sub.add_parser("simulate", parents=[common, overwrite],
-                         help="abTEM thickness series at three defoci")
-    sim.add_argument("--material", default="GaAs", choices=("GaAs", "SrTiO3"))
-    sim.add_argument("--thickness", type=float, nargs="+", default=[5.65, 22.6, 56.5],
-                     help="thicknesses in Å (rounded to whole cells)")
-    sim.add_argument("-o", "--output", type=Path, default=Path("data"))
-    sim.add_argument("--energy", type=float, default=300e3, help="eV")
-    sim.add_argument("--semiangle", type=float, default=20.0, help="mrad")
-    sim.add_argument("--dz", type=float, default=20.0, help="defocus step in Å")
+                         help="abTEM thickness series at three defoci, or a resumable sweep")
+    sim.add_argument("--sweep", type=Path, metavar="CONFIG",
+                     help="run the sweep of this recipe (TOML; the shipped one is "
+                          "flowtie_fast/data/corpus.toml), resuming where it stopped")
+    sim.add_argument("--limit", type=int, metavar="N",
+                     help="--sweep: simulate only the first N pending series")
+    sim.add_argument("--list", action="store_true",
+                     help="--sweep: print the planned series and their estimated cost "
+                          "(and, with -o, which are done) without simulating")
+    sim.add_argument("--material", choices=("GaAs", "SrTiO3"), help="default GaAs")
+    sim.add_argument("--thickness", type=float, nargs="+",
+                     help="thicknesses in Å (rounded to whole cells; default 5.65 22.6 56.5)")
+    sim.add_argument("-o", "--output", type=Path,
+                     help="output folder (default data; required with --sweep)")
+    sim.add_argument("--energy", type=float, help="eV (default 300e3)")
+    sim.add_argument("--semiangle", type=float, help="mrad (default 20)")
+    sim.add_argument("--dz", type=float, nargs="+", metavar="DZ",
+                     help="defocus step in Å, or two: dz_minus dz_plus (default 20)")
+    sim.add_argument("--tilt", type=float, nargs=2, metavar=("X", "Y"),
+                     help="beam tilt (specimen mistilt) in mrad (default 0 0)")
     sim.add_argument("--scan-gpts", type=int, nargs=2, help="scan positions per axis")
-    sim.add_argument("--supercell", type=float, default=12.0, help="minimum lateral size, Å")
-    sim.add_argument("--sampling", type=float, default=0.06, help="potential sampling, Å")
-    sim.add_argument("--max-angle", type=float, default=40.0, help="detector extent, mrad")
-    sim.add_argument("--frozen-phonons", type=int, default=0)
+    sim.add_argument("--supercell", type=float, help="minimum lateral size, Å (default 12)")
+    sim.add_argument("--sampling", type=float, help="potential sampling, Å (default 0.06)")
+    sim.add_argument("--max-angle", type=float, help="detector extent, mrad (default 40)")
+    sim.add_argument("--frozen-phonons", type=int, help="configurations (default 0)")
     sim.add_argument("--dose", type=float, help="electrons per Å² (Poisson noise)")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=int, help="default 0")
     sim.set_defaults(func=_simulate)
 
     ev = sub.add_parser("evaluate", parents=[common, overwrite],

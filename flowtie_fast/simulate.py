@@ -4,18 +4,29 @@ abTEM, the field's standard multislice code, does the physics; this module
 chooses the set-up the FlowTIE evaluation needs and computes the ground
 truth:
 
-- a crystal (GaAs [001], SrTiO3 [001] built in, any ``ase.Atoms`` accepted),
-  repeated laterally into a supercell wide enough for the probe and along z to
-  the largest thickness;
-- one multislice pass per defocus for a whole thickness series: abTEM exit
-  planes after whole unit cells;
-- three probe defoci ``(+dz, 0, -dz)`` (abTEM: positive = underfocus), which
-  record the planes ``(-dz, 0, +dz)`` (DESIGN §2) and are stored in that order;
-- a scan of whole unit cells (periodic) on a pixelated detector, optional
-  frozen phonons and Poisson noise at a dose in e⁻/Å²;
-- the ground truth per thickness: the projected potential of the slices above
-  the exit plane times σ(E), Fourier-resampled to the scan grid, and its
-  spectral gradient.
+- :func:`simulate_series`: a crystal (GaAs [001], SrTiO3 [001] built in, any
+  orthorhombic ``ase.Atoms`` accepted), repeated laterally into a supercell
+  wide enough for the probe and along z to the largest thickness, scanned
+  over whole unit cells (periodic);
+- :func:`simulate_specimen`: any orthorhombic specimen of its full thickness
+  (:mod:`flowtie_fast.specimens`), exit planes at given depths, scanned over
+  a :class:`ScanWindow`: whole periods, or a window inside the supercell
+  (non-periodic) with a margin of extra scan positions on each side;
+- one multislice pass for a whole thickness series: abTEM exit planes;
+- three probe defoci ``(+dz_minus, 0, -dz_plus)`` (abTEM: positive =
+  underfocus), which record the planes ``(-dz_minus, 0, +dz_plus)`` (DESIGN
+  §2) and are stored in that order; ``dz`` is one step or the pair;
+- a beam tilt (specimen mistilt, mrad): abTEM shifts the wave by
+  ``Δz tan(tilt)`` in every slice, so the beam at depth z crosses the
+  specimen at ``r + z tan(tilt)``;
+- a pixelated detector, optional frozen phonons and Poisson noise at a dose
+  in e⁻/Å²;
+- the ground truth per thickness: σ(E) times the projected potential of the
+  static specimen above the exit plane, along the (tilted) beam path,
+  band-limited to the scan grid's Nyquist frequency and evaluated at the scan
+  positions, with its gradient from the same Fourier series
+  (:func:`window_truth`; :func:`ground_truth_phase` is its periodic special
+  case).
 
 Cost on 2 cores: see ``benchmarks/RESULTS.md`` ("Simulation").
 """
@@ -31,7 +42,8 @@ import numpy as np
 from .errors import InputError, check_count, check_positive, check_real
 from .physics import wavelength
 
-__all__ = ["MATERIALS", "SimulationCase", "crystal", "simulate_series", "ground_truth_phase"]
+__all__ = ["MATERIALS", "ScanWindow", "SimulationCase", "crystal", "simulate_series",
+           "simulate_specimen", "ground_truth_phase", "window_truth", "slicing"]
 
 MATERIALS = {
     "GaAs": {"lattice": 5.6533, "structure": "zincblende"},
@@ -104,7 +116,7 @@ class SimulationCase:
     minus: np.ndarray  # (Sy, Sx, Ky, Kx) recorded at z = -dz (abTEM defocus +dz)
     zero: np.ndarray
     plus: np.ndarray
-    dz: float
+    dz: float | tuple  # Å: one step, or (dz_minus, dz_plus) where they differ
     scan_step: tuple  # Å
     k_sampling: tuple  # 1/Å
     energy: float
@@ -178,10 +190,11 @@ def series_thicknesses(material, thicknesses) -> list:
 def check_settings(thicknesses, *, energy=300e3, semiangle=20.0, dz=20.0, scan_cells=(1, 1),
                    scan_gpts=None, supercell=16.0, potential_sampling=0.05,
                    slice_thickness=1.5, max_angle=None, frozen_phonons=0, sigma=0.08,
-                   dose=None, seed=0):
+                   dose=None, seed=0, tilt=(0.0, 0.0)):
     """Every setting of :func:`simulate_series` (same names and units) checked
-    before abTEM runs; :class:`InputError` naming the first bad one. Returns
-    the thicknesses as a tuple of floats."""
+    before abTEM runs; :class:`InputError` naming the first bad one. ``dz`` is
+    one step or a pair ``(dz_minus, dz_plus)`` (Å); ``tilt`` is ``(x, y)`` in
+    mrad, at most 50 each. Returns the thicknesses as a tuple of floats."""
     try:
         thicknesses = tuple(float(t) for t in np.atleast_1d(thicknesses))
     except (TypeError, ValueError) as exc:
@@ -192,7 +205,8 @@ def check_settings(thicknesses, *, energy=300e3, semiangle=20.0, dz=20.0, scan_c
         if not (math.isfinite(t) and 0 < t <= 1e5):
             raise InputError(f"thicknesses: expected Å in (0, 1e5], got {t!r}")
     check_positive("energy", energy)
-    check_positive("dz", dz)
+    check_positive("dz", dz, pair=True)
+    _check_tilt(tilt)
     for name, value, lo, hi in (("semiangle", semiangle, 0.1, 500.0),
                                 ("supercell", supercell, 1.0, 1e4),
                                 ("potential_sampling", potential_sampling, 0.005, 1.0),
@@ -226,11 +240,27 @@ def check_settings(thicknesses, *, energy=300e3, semiangle=20.0, dz=20.0, scan_c
     return thicknesses
 
 
+def _check_tilt(tilt):
+    """``tilt`` as two floats in mrad, each within ±50; InputError otherwise."""
+    try:
+        pair = tuple(float(t) for t in tilt)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"tilt: expected two numbers (x, y) in mrad, got {tilt!r}") from exc
+    if len(pair) != 2 or not all(math.isfinite(t) and abs(t) <= 50 for t in pair):
+        raise InputError(f"tilt: expected two numbers (x, y) in mrad within ±50, got {tilt!r}")
+    return pair
+
+
+def _dz_pair(dz):
+    """``(dz_minus, dz_plus)`` in Å of one step or a pair."""
+    return check_positive("dz", dz, pair=True)
+
+
 def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0, 200.0), *,
                     energy=300e3, semiangle=20.0, dz=20.0, scan_cells=(1, 1),
                     scan_gpts=None, supercell=16.0, potential_sampling=0.05,
                     slice_thickness=1.5, max_angle=None, frozen_phonons=0, sigma=0.08,
-                    dose=None, seed=0, progress=False):
+                    dose=None, seed=0, progress=False, tilt=(0.0, 0.0)):
     """Simulate a 4D-STEM thickness series at three probe defoci in one multislice pass.
 
     Parameters
@@ -243,8 +273,9 @@ def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0,
         eV (default 300 keV).
     semiangle : float
         Probe convergence semi-angle in mrad (default 20).
-    dz : float
-        Defocus step in Å (default 20): probe defoci ``+dz, 0, -dz``.
+    dz : float or (float, float)
+        Defocus step in Å (default 20): probe defoci ``+dz, 0, -dz``; a pair
+        ``(dz_minus, dz_plus)`` gives ``+dz_minus, 0, -dz_plus``.
     scan_cells : (int, int)
         Unit cells covered by the periodic scan.
     scan_gpts : (int, int), optional
@@ -266,18 +297,24 @@ def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0,
     seed : int
     progress : bool
         Show abTEM's progress bar.
+    tilt : (float, float)
+        Beam tilt against the zone axis along x and y (abTEM's first and second
+        axes), mrad; the ground truth follows the tilted beam path.
 
     Returns
     -------
-    list of SimulationCase, one per thickness.
+    list of SimulationCase, one per thickness; ``dz`` is a float where the
+    steps are equal, the pair otherwise.
     """
     thicknesses = check_settings(thicknesses, energy=energy, semiangle=semiangle, dz=dz,
                                  scan_cells=scan_cells, scan_gpts=scan_gpts,
                                  supercell=supercell, potential_sampling=potential_sampling,
                                  slice_thickness=slice_thickness, max_angle=max_angle,
                                  frozen_phonons=frozen_phonons, sigma=sigma, dose=dose,
-                                 seed=seed)
+                                 seed=seed, tilt=tilt)
     abtem = _abtem()
+    dz_minus, dz_plus = _dz_pair(dz)
+    tilt = _check_tilt(tilt)
 
     unit = crystal(material)
     name = material if isinstance(material, str) else unit.get_chemical_formula()
@@ -303,7 +340,7 @@ def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0,
     scan = abtem.GridScan(start=(0, 0), end=extent, gpts=scan_gpts, endpoint=False)
     max_angle = 3 * semiangle if max_angle is None else max_angle
     probe = abtem.Probe(energy=energy, semiangle_cutoff=semiangle,
-                        defocus=np.array([dz, 0.0, -dz]))
+                        defocus=np.array([dz_minus, 0.0, -dz_plus]), tilt=tilt)
     probe.grid.match(pot)
     detector = abtem.PixelatedDetector(max_angle=max_angle)
     start = time.perf_counter()
@@ -323,20 +360,326 @@ def simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0,
     truth = abtem.Potential(unit * (scan_cells[0], scan_cells[1], cells[-1]),
                             sampling=potential_sampling, slice_thickness=c / per_cell,
                             projection="infinite")
-    cumulative = np.cumsum(np.asarray(truth.build().compute().array), axis=0)
+    slices = np.asarray(truth.build().compute().array)
+    if tilt == (0.0, 0.0):
+        cumulative = np.cumsum(slices, axis=0)
+        truths = []
+        for i in range(len(cells)):
+            phase = ground_truth_phase(cumulative[exit_planes[i]], scan_gpts, energy)
+            truths.append((phase, _spectral_gradient(phase, scan_step)))
+    else:
+        positions = [np.arange(n) * s for n, s in zip(scan_gpts, scan_step)]
+        truths = window_truth(slices, extent, positions, scan_step, energy,
+                              np.full(len(slices), c / per_cell), exit_planes, tilt)
+    step_dz = float(dz_minus) if dz_minus == dz_plus else (float(dz_minus), float(dz_plus))
     rng = np.random.default_rng(seed)
     cases = []
     for i, m in enumerate(cells):
-        phase = ground_truth_phase(cumulative[exit_planes[i]], scan_gpts, energy)
+        phase, gradient = truths[i]
         planes = data[i]
         if dose is not None:
             planes = poisson_counts(planes, dose, scan_step, rng)
         cases.append(SimulationCase(
             material=name, thickness=float(m * c), minus=planes[0], zero=planes[1],
-            plus=planes[2], dz=float(dz), scan_step=scan_step, k_sampling=k_sampling,
+            plus=planes[2], dz=step_dz, scan_step=scan_step, k_sampling=k_sampling,
             energy=float(energy), semiangle=float(semiangle), phase=phase.astype(np.float32),
-            gradient=_spectral_gradient(phase, scan_step).astype(np.float32),
+            gradient=gradient.astype(np.float32),
             meta={"cells": int(m), "supercell": rep, "potential_sampling": potential_sampling,
                   "slice_thickness": c / per_cell, "frozen_phonons": int(frozen_phonons),
-                  "dose": dose, "seconds_total": elapsed, "abtem": abtem.__version__}))
+                  "dose": dose, "seconds_total": elapsed, "abtem": abtem.__version__,
+                  "tilt": tilt, "periodic": True, "margin": 0}))
+    return cases
+
+
+@dataclass(frozen=True)
+class ScanWindow:
+    """The scan positions of :func:`simulate_specimen` (abTEM's x, then y).
+
+    Parameters
+    ----------
+    start : (float, float)
+        First position of the nominal window, Å.
+    step : (float, float)
+        Scan step, Å.
+    gpts : (int, int)
+        Positions of the nominal window.
+    margin : int
+        Extra positions on each side of the nominal window (non-periodic
+        windows only), so that drift can later be applied by cropping shifted
+        windows instead of wrapping.
+    periodic : bool
+        The nominal window is one lateral period of the specimen (its data and
+        ground truth may be treated as periodic); then ``margin`` must be 0.
+    """
+
+    start: tuple
+    step: tuple
+    gpts: tuple
+    margin: int = 0
+    periodic: bool = False
+
+    def check(self) -> "ScanWindow":
+        """The window with numbers checked (InputError naming the field)."""
+        if len(self.start) != 2 or not all(math.isfinite(float(v)) for v in self.start):
+            raise InputError(f"start: expected two finite numbers in Å, got {self.start!r}")
+        step = check_positive("scan_step", tuple(self.step), pair=True)
+        if len(self.gpts) != 2:
+            raise InputError(f"gpts: expected two integers, got {self.gpts!r}")
+        for v in self.gpts:
+            check_count("gpts", v, 2, 4096)
+        check_count("margin", self.margin, 0, 1024)
+        if self.periodic and self.margin:
+            raise InputError(f"margin: expected 0 for a periodic window, got {self.margin!r}")
+        return ScanWindow(tuple(float(v) for v in self.start), step,
+                          tuple(int(v) for v in self.gpts), int(self.margin), bool(self.periodic))
+
+    @property
+    def shape(self) -> tuple:
+        """Scan positions per axis, margins included."""
+        return tuple(int(n) + 2 * int(self.margin) for n in self.gpts)
+
+    def positions(self) -> list:
+        """The positions along x and along y (Å), margins included."""
+        return [float(s0) + (np.arange(n) - int(self.margin)) * float(d)
+                for s0, d, n in zip(self.start, self.step, self.shape)]
+
+
+def slicing(height, exit_depths, slice_thickness):
+    """Slice thicknesses that tile ``[0, height]`` with a boundary at each exit depth.
+
+    Parameters
+    ----------
+    height : float
+        Specimen cell height, Å.
+    exit_depths : sequence of float
+        Depths (Å, in ``(0, height]``) after which the wave is recorded.
+    slice_thickness : float
+        Largest slice thickness, Å; each stretch between exit depths is cut
+        into equal slices no thicker than this (to 0.1 %).
+
+    Returns
+    -------
+    slices : tuple of float
+        Å, summing to ``height``.
+    exit_planes : tuple of int
+        Index of the slice that ends at each exit depth (sorted, unique).
+    depths : tuple of float
+        The exit depths, sorted and unique.
+    """
+    height = float(height)
+    depths = sorted({round(float(d), 6) for d in np.atleast_1d(exit_depths)})
+    if not depths or depths[0] <= 0 or depths[-1] > height + 1e-6:
+        raise InputError(f"exit_depths: expected depths in (0, {height:g}] Å, got "
+                         f"{list(np.atleast_1d(exit_depths))!r}")
+    depths = [min(d, height) for d in depths]
+    bounds = [0.0] + depths + ([height] if depths[-1] < height - 1e-6 else [])
+    slices, planes = [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        n = max(1, math.ceil((hi - lo) / float(slice_thickness) - 1e-3))
+        slices += [(hi - lo) / n] * n
+        if hi in depths:
+            planes.append(len(slices) - 1)
+    return tuple(slices), tuple(planes), tuple(depths)
+
+
+def window_truth(slices, extent, positions, step, energy, thicknesses, exit_planes,
+                 tilt=(0.0, 0.0)):
+    """Ground-truth phase and gradient at scan positions, for each exit plane.
+
+    ``σ(E)`` times the projected potential of the slices above each exit
+    plane, as the Fourier series of the periodic supercell potential cut to
+    the scan grid's band (``|q| < 1 / (2 step)`` per axis, the Nyquist
+    frequency excluded, and below the potential grid's own Nyquist frequency)
+    and evaluated at the positions by a matrix DFT; the gradient is the same
+    series differentiated. For a window of whole periods this equals
+    :func:`ground_truth_phase` and its spectral gradient.
+
+    Parameters
+    ----------
+    slices : ndarray (n, Nx, Ny)
+        Projected potential of each slice, V·Å, on the supercell grid (sample
+        ``j`` at ``j * extent / N``).
+    extent : (float, float)
+        Supercell size, Å.
+    positions : (ndarray, ndarray)
+        Scan positions along x and y, Å.
+    step : (float, float)
+        Scan step, Å (sets the band).
+    energy : float
+        eV.
+    thicknesses : sequence of float
+        Slice thicknesses, Å (for the tilt).
+    exit_planes : sequence of int
+        Slice index after which each truth is taken.
+    tilt : (float, float)
+        Beam tilt in mrad: slice ``n`` is taken at ``r + z_n tan(tilt)``, with
+        ``z_n`` the depth of its middle.
+
+    Returns
+    -------
+    list of (phase, gradient)
+        ``phase`` (Sx, Sy) in rad, ``gradient`` (2, Sx, Sy) in rad/Å, float64.
+    """
+    from abtem.core.energy import energy2sigma
+
+    slices = np.asarray(slices)
+    n, nx, ny = slices.shape
+    sigma = energy2sigma(energy)
+    qs, keeps = [], []
+    for size, length, d in zip((nx, ny), extent, step):
+        k = np.fft.fftfreq(size, 1.0 / size).round().astype(int)
+        q = k / float(length)
+        keep = np.flatnonzero((np.abs(q) * 2 * float(d) < 1 - 1e-9) & (2 * np.abs(k) < size))
+        qs.append(q[keep])
+        keeps.append(keep)
+    ex = np.exp(2j * np.pi * np.asarray(positions[0], float)[:, None] * qs[0][None, :])
+    ey = np.exp(2j * np.pi * np.asarray(positions[1], float)[:, None] * qs[1][None, :])
+    z_mid = np.cumsum(thicknesses) - np.asarray(thicknesses) / 2
+    tx, ty = (math.tan(t * 1e-3) for t in tilt)
+    wanted = {int(p): i for i, p in enumerate(exit_planes)}
+    acc = np.zeros((len(qs[0]), len(qs[1])), complex)
+    out = [None] * len(exit_planes)
+    chunk = 16
+    for first in range(0, n, chunk):
+        spec = np.fft.fft2(slices[first:first + chunk], axes=(1, 2))
+        spec = spec[:, keeps[0]][:, :, keeps[1]] / (nx * ny)
+        for j in range(spec.shape[0]):
+            s = spec[j]
+            if tx or ty:
+                z = z_mid[first + j]
+                s = s * np.exp(2j * np.pi * z * (tx * qs[0][:, None] + ty * qs[1][None, :]))
+            acc += s
+            i = wanted.get(first + j)
+            if i is not None:
+                phase = sigma * np.real(ex @ acc @ ey.T)
+                gx = sigma * np.real(ex @ (2j * np.pi * qs[0][:, None] * acc) @ ey.T)
+                gy = sigma * np.real(ex @ (2j * np.pi * qs[1][None, :] * acc) @ ey.T)
+                out[i] = (phase, np.stack([gx, gy]))
+    return out
+
+
+def simulate_specimen(atoms, exit_depths, scan, *, energy=300e3, semiangle=20.0, dz=20.0,
+                      potential_sampling=0.08, potential_gpts=None, slice_thickness=2.0,
+                      max_angle=None,
+                      tilt=(0.0, 0.0), frozen_phonons=0, sigma=0.08, seed=0, name=None,
+                      progress=False):
+    """Simulate a 4D-STEM thickness series of a whole specimen in one multislice pass.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Orthorhombic cell with z along the beam: the whole specimen (its full
+        thickness; x and y periodic, as in abTEM).
+    exit_depths : sequence of float
+        Depths in Å where the wave is recorded: one case each.
+    scan : ScanWindow
+        Scan positions (Å), periodic or a window with a margin.
+    energy : float
+        eV.
+    semiangle : float
+        Probe convergence semi-angle, mrad.
+    dz : float or (float, float)
+        Defocus step(s) in Å: probe defoci ``+dz_minus, 0, -dz_plus``.
+    potential_sampling : float
+        Å.
+    potential_gpts : (int, int), optional
+        Potential grid points instead (FFT-friendly sizes); the sampling is
+        then the cell size over them.
+    slice_thickness : float
+        Largest slice thickness, Å (:func:`slicing`).
+    max_angle : float, optional
+        Detector extent in mrad (default 3 × semiangle).
+    tilt : (float, float)
+        Beam tilt along x and y, mrad.
+    frozen_phonons : int
+        Configurations (0: static).
+    sigma : float
+        Thermal displacement for frozen phonons, Å.
+    seed : int
+    name : str, optional
+        Material name recorded in the cases (default: the chemical formula).
+    progress : bool
+        Show abTEM's progress bar.
+
+    Returns
+    -------
+    list of SimulationCase
+        One per exit depth, ``thickness`` the exit depth in Å; the data and
+        truth hold the whole scan including margins (``meta["margin"]``).
+        The truth is that of the static specimen.
+    """
+    from .specimens import check_orthorhombic
+
+    check_orthorhombic(atoms)
+    if not isinstance(scan, ScanWindow):
+        raise InputError(f"scan: expected a ScanWindow, got {type(scan).__name__}")
+    scan = scan.check()
+    lx, ly, height = (float(v) for v in np.diag(atoms.cell.array))
+    if potential_gpts is not None:
+        if len(potential_gpts) != 2:
+            raise InputError(f"potential_gpts: expected two integers, got {potential_gpts!r}")
+        potential_gpts = tuple(check_count("potential_gpts", g, 8, 1 << 14)
+                               for g in potential_gpts)
+        potential_sampling = max(lx / potential_gpts[0], ly / potential_gpts[1])
+    check_settings(exit_depths, energy=energy, semiangle=semiangle, dz=dz,
+                   supercell=min(lx, ly), potential_sampling=potential_sampling,
+                   slice_thickness=slice_thickness, max_angle=max_angle,
+                   frozen_phonons=frozen_phonons, sigma=sigma, seed=seed, tilt=tilt)
+    tilt = _check_tilt(tilt)
+    dz_minus, dz_plus = _dz_pair(dz)
+    slices, exit_planes, depths = slicing(height, exit_depths, slice_thickness)
+    abtem = _abtem()
+    static = atoms.copy()
+    static.pbc = True
+    if frozen_phonons:
+        source = abtem.FrozenPhonons(static, num_configs=int(frozen_phonons), sigmas=sigma,
+                                     seed=seed)
+    else:
+        source = static
+    sampled = {"sampling": potential_sampling} if potential_gpts is None else \
+        {"gpts": potential_gpts}
+    pot = abtem.Potential(source, **sampled, slice_thickness=slices, exit_planes=exit_planes,
+                          projection="infinite")
+    start = [p[0] for p in scan.positions()]
+    end = [s + n * d for s, n, d in zip(start, scan.shape, scan.step)]
+    grid = abtem.GridScan(start=start, end=end, gpts=scan.shape, endpoint=False)
+    max_angle = 3 * semiangle if max_angle is None else max_angle
+    probe = abtem.Probe(energy=energy, semiangle_cutoff=semiangle,
+                        defocus=np.array([dz_minus, 0.0, -dz_plus]), tilt=tilt)
+    probe.grid.match(pot)
+    detector = abtem.PixelatedDetector(max_angle=max_angle)
+    t0 = time.perf_counter()
+    measured = probe.scan(pot, scan=grid, detectors=detector)
+    measured = measured.compute(scheduler="threads", progress_bar=bool(progress))
+    elapsed = time.perf_counter() - t0
+    data = _thickness_defocus_scan_k(measured, len(depths))
+    k_sampling = tuple(float(s) for s in measured.sampling[-2:])
+
+    t1 = time.perf_counter()
+    truth_pot = abtem.Potential(static, **sampled, slice_thickness=slices,
+                                projection="infinite")
+    truth_slices = np.asarray(truth_pot.build().compute().array)
+    truths = window_truth(truth_slices, (lx, ly), scan.positions(), scan.step, energy,
+                          slices, exit_planes, tilt)
+    truth_seconds = time.perf_counter() - t1
+    label = name or atoms.get_chemical_formula()
+    step_dz = float(dz_minus) if dz_minus == dz_plus else (float(dz_minus), float(dz_plus))
+    cases = []
+    for i, depth in enumerate(depths):
+        phase, gradient = truths[i]
+        planes = data[i]
+        cases.append(SimulationCase(
+            material=label, thickness=float(depth), minus=planes[0], zero=planes[1],
+            plus=planes[2], dz=step_dz, scan_step=scan.step, k_sampling=k_sampling,
+            energy=float(energy), semiangle=float(semiangle), phase=phase.astype(np.float32),
+            gradient=gradient.astype(np.float32),
+            meta={"exit_plane": int(exit_planes[i]), "periodic": scan.periodic,
+                  "margin": scan.margin, "window_start": list(scan.start),
+                  "window_gpts": list(scan.gpts), "supercell": [lx, ly, height],
+                  "potential_gpts": list(pot.gpts), "num_slices": len(slices),
+                  "potential_sampling": float(potential_sampling),
+                  "max_angle": float(max_angle), "tilt": list(tilt),
+                  "frozen_phonons": int(frozen_phonons), "sigma": float(sigma),
+                  "seconds_multislice": elapsed, "seconds_truth": truth_seconds,
+                  "abtem": abtem.__version__}))
     return cases
