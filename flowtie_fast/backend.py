@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import sys
 import threading
 import warnings
 
@@ -294,8 +296,11 @@ class Backend:
             # pool, and a user's own setting wins.
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             try:
+                _import_numba()
                 from . import _numba_kernels
             except (ValueError, ImportError) as exc:  # e.g. NUMBA_NUM_THREADS=0
+                if isinstance(exc, BackendError):
+                    raise
                 raise _numba_error(exc) from exc
 
             self.xp = np
@@ -370,26 +375,12 @@ class Backend:
         if self.is_gpu:
             free, _ = self.xp.cuda.runtime.memGetInfo()
             return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
+        return host_available_memory()
 
     def check_memory(self, name, value, nbytes: int, what: str) -> None:
         """Refuse, before allocating, work that needs more memory than is available:
         :class:`InputError` naming ``name`` (=``value``) with both figures."""
-        available = self.available_memory()
-        if available is not None and nbytes > available:
-            raise InputError(f"{name}: {value} needs about {_gib(nbytes)} for {what}, more "
-                             f"than the {_gib(available)} available on the {self.name}; "
-                             "use a smaller size or another machine")
+        _refuse_beyond(name, value, nbytes, what, self.available_memory(), self.name)
 
     def check_output(self, name, a, shape, dtype, inputs=(), input_names=()):
         """Validate a caller-supplied output array before any work is done.
@@ -495,6 +486,42 @@ def _start_numba_threads() -> None:
         raise _numba_error(exc) from exc
 
 
+#: NUMBA_* variables Numba could not parse when this process imported it:
+#: name -> (value, Numba's reason). Numba then ignores the value (its warning
+#: carries a traceback); the CPU backend refuses to start instead.
+_NUMBA_UNREAD: dict = {}
+_NUMBA_WARNING = re.compile(r"Environment variable '(NUMBA_\w+)' is defined but its associated "
+                            r"value '(.*?)' could not be parsed", re.S)
+
+
+def _import_numba() -> None:
+    """Import Numba with its warnings about NUMBA_* variables it cannot parse
+    caught (each is a multi-line warning with a traceback), and refuse such a
+    setting with a one-line :class:`BackendError` naming the variable, its
+    value and Numba's reason. Where Numba was imported before (by another
+    library), its warnings were shown then and only the settings this module
+    checks itself are refused (:func:`_start_numba_threads`)."""
+    if "numba" not in sys.modules:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import numba  # noqa: F401
+        for w in caught:
+            match = _NUMBA_WARNING.match(str(w.message))
+            if match is None:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
+                                       source=w.source)
+                continue
+            lines = [x.strip() for x in str(w.message).splitlines() if x.strip()]
+            _NUMBA_UNREAD[match[1]] = (match[2], lines[-1] if lines else "")
+    unread = {k: v for k, v in _NUMBA_UNREAD.items() if os.environ.get(k) == v[0]}
+    if unread:
+        name, (value, reason) = next(iter(unread.items()))
+        reason = reason.split(": ", 1)[-1] if reason.startswith(("ValueError", "TypeError",
+                                                                 "KeyError")) else reason
+        raise BackendError(f"backend: Numba does not start: it cannot read {name}={value!r} "
+                           f"({reason}); correct or unset {name}")
+
+
 def _numba_error(exc) -> BackendError:
     """Numba refused its configuration: say which variables to check."""
     settings = ", ".join(f"{k}={os.environ[k]!r}" for k in
@@ -530,13 +557,36 @@ class _SerialKernels:
 WISDOM_FORMAT = "flowtie_fast/fftw-wisdom/1"
 
 
-def _wisdom_path(path) -> str:
-    """``path`` as a file path for wisdom; :class:`InputError` naming ``wisdom``."""
-    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-        raise InputError(f"wisdom: expected a file path, got {path!r}")
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise InputError(f"wisdom: {path!r} is a folder, expected a file path")
+def _wisdom_path(path, *, creatable: bool = False) -> str:
+    """``path`` as a file path for wisdom; :class:`InputError` naming ``wisdom``.
+
+    The path must be one the system takes (no NUL, names within the file
+    system's limits), not a folder, and its parent folders not files. With
+    ``creatable`` a path that does not exist yet must be creatable: its
+    folder (or the nearest existing one) writable, tried by creating and
+    removing a temporary there, so that a plan refuses it before planning
+    rather than after (the wisdom is written there when planning ends)."""
+    from .io import _create_tmp, _tmp_stem, as_path, check_target
+
+    if isinstance(path, str) and not path:
+        raise InputError("wisdom: expected a file path, got ''")
+    target = as_path("wisdom", path)
+    path = os.fspath(target)
+    try:
+        if os.path.isdir(path):
+            raise InputError(f"wisdom: {path!r} is a folder, expected a file path")
+    except OSError as exc:
+        raise InputError(f"wisdom: {path!r} cannot be used ({exc.strerror})") from exc
+    if creatable and not os.path.lexists(path):
+        check_target("wisdom", target, True, "")
+        folder = target.parent
+        if folder.is_dir():
+            try:
+                os.unlink(_create_tmp(folder, _tmp_stem(target.name)))
+            except OSError as exc:
+                raise InputError(f"wisdom: {path!r} cannot be created in {str(folder)!r} "
+                                 f"({exc.strerror or first_line(exc)}); give a path in a "
+                                 "folder you can write") from exc
     return path
 
 
@@ -572,17 +622,22 @@ def save_wisdom(path) -> None:
 
     from .io import atomic_path
 
-    if os.path.lexists(path):
-        _read_wisdom(path)  # refuses a file of another kind
-    pieces = {f"w{i}": np.frombuffer(w, np.uint8) for i, w in enumerate(pyfftw.export_wisdom())}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    wisdom = pyfftw.export_wisdom()
+    if os.path.lexists(path) and _read_wisdom(path) == tuple(wisdom):  # refuses another kind
+        return  # nothing new to write (the file may be shared and read-only)
+    pieces = {f"w{i}": np.frombuffer(w, np.uint8) for i, w in enumerate(wisdom)}
+    with atomic_path(path, name="wisdom") as tmp, open(tmp, "wb") as f:
         np.savez(f, format=np.array(WISDOM_FORMAT), **pieces)
 
 
 def load_wisdom(path) -> bool:
     """Read FFTW wisdom written by :func:`save_wisdom`; False when ``path`` does
-    not exist yet. A file of another kind raises :class:`BackendError`."""
-    path = _wisdom_path(path)
+    not exist yet. A file of another kind raises :class:`BackendError`.
+
+    A path that does not exist must be one :func:`save_wisdom` can create
+    (its folder writable): :class:`InputError` naming ``wisdom`` otherwise,
+    so that ``Plan(wisdom=...)`` refuses it before planning."""
+    path = _wisdom_path(path, creatable=True)
     if not _have_pyfftw() or not os.path.exists(path):
         return False
     import pyfftw
@@ -613,6 +668,37 @@ def array_stats(planes) -> np.ndarray:
                          for p in planes]).get()
     return np.array([(np.count_nonzero(p < 0), p.sum(dtype=np.float64)) for p in planes],
                     dtype=np.float64).reshape(len(planes), 2)
+
+
+def host_available_memory() -> int | None:
+    """Bytes of host memory that can still be allocated: the kernel's
+    MemAvailable on Linux, free physical pages elsewhere; None where nothing
+    tells. Needs no backend (nothing is imported or compiled)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_host_memory(name, value, nbytes: int, what: str) -> None:
+    """:meth:`Backend.check_memory` for host memory, without a backend (nothing
+    compiled): refuse work that needs more than is available now, with
+    :class:`InputError` naming ``name`` (=``value``)."""
+    _refuse_beyond(name, value, nbytes, what, host_available_memory(), "cpu")
+
+
+def _refuse_beyond(name, value, nbytes, what, available, where) -> None:
+    if available is not None and nbytes > available:
+        raise InputError(f"{name}: {value} needs about {_gib(nbytes)} for {what}, more "
+                         f"than the {_gib(available)} available on the {where}; "
+                         "use a smaller size or another machine")
 
 
 def _gib(nbytes: float) -> str:

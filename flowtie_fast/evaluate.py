@@ -9,13 +9,13 @@ divided by ``var(φ_gt)``.
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .io import load
+from .errors import InputError, check_count
+from .io import as_path, load
 
 __all__ = ["evaluate", "format_table", "phase_errors", "timed_reconstruct", "DEFAULT_METHODS"]
 
@@ -39,9 +39,10 @@ def timed_reconstruct(triplet, method, backend="cpu", repeats=3, **options):
     :func:`~flowtie_fast.solvers.reconstruct`."""
     from .solvers import reconstruct
 
+    repeats = check_count("repeats", repeats, 1)
     reconstruct(triplet, method=method, backend=backend, **options)
     best = np.inf
-    for _ in range(max(1, repeats)):
+    for _ in range(repeats):
         start = time.perf_counter()
         rec = reconstruct(triplet, method=method, backend=backend, **options)
         best = min(best, time.perf_counter() - start)
@@ -49,11 +50,26 @@ def timed_reconstruct(triplet, method, backend="cpu", repeats=3, **options):
 
 
 def _files(paths):
+    if isinstance(paths, (str, os.PathLike)) and not isinstance(paths, bytes):
+        given = [paths]
+    elif isinstance(paths, (list, tuple)):
+        given = list(paths)
+    else:
+        raise InputError("paths: expected a file or folder path (str or pathlib.Path) or a "
+                         f"list of them, got {type(paths).__name__}")
+    if not given:
+        raise InputError("paths: expected a file or folder path or a list of them, got an "
+                         "empty list")
     out = []
-    for p in [paths] if isinstance(paths, (str, Path)) else paths:
-        p = Path(p)
+    for p in given:
+        p = as_path("paths", p)
         if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in (".npz", ".h5", ".hdf5"))
+            try:
+                out += sorted(q for q in p.iterdir()
+                              if q.suffix.lower() in (".npz", ".h5", ".hdf5"))
+            except OSError as exc:
+                raise InputError(f"paths: the folder {str(p)!r} cannot be read "
+                                 f"({exc.strerror})") from exc
         elif not p.exists():
             raise InputError(f"paths: no such file or folder {str(p)!r}")
         else:
@@ -86,10 +102,47 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
     Returns
     -------
     list of dict
-        Rows with material, thickness (Å), method, mse (rad²), nmse, time_ms.
+        Rows with case (the file's name, or its path where two files share
+        a name), material, thickness (Å), method, mse (rad²), nmse, time_ms.
+
+    Raises
+    ------
+    InputError
+        Before any file is read, for arguments of the wrong type or range: a
+        method that is not one of :data:`~flowtie_fast.solvers.METHODS` or
+        given twice, ``repeats`` not a positive integer, ``model`` without
+        ``flowtie`` among the methods, ``paths`` not a path or a list of them.
     """
+    from .backend import get_backend
+    from .solvers import METHODS
+
+    if isinstance(methods, str):
+        methods = (methods,)
+    if not isinstance(methods, (list, tuple)) or not methods:
+        raise InputError(f"methods: expected a list of method names from {METHODS}, got "
+                         f"{methods!r}")
+    for m in methods:
+        if not isinstance(m, str) or m not in METHODS:
+            raise InputError(f"methods: expected names from {METHODS}, got {m!r}")
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise InputError(f"methods: each method once, got {twice[0]!r} more than once")
+    methods = tuple(methods)
+    repeats = check_count("repeats", repeats, 1)
+    if model is not None and "flowtie" not in methods:
+        raise InputError(f"model: applies to flowtie only, which methods {list(methods)} "
+                         "leave out")
+    if triplet_options is not None and not isinstance(triplet_options, dict):
+        raise InputError(f"triplet_options: expected a dict of options, got "
+                         f"{type(triplet_options).__name__}")
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress: expected a callable or None, got {progress!r}")
+    get_backend(backend)  # a BackendError naming it, before any work
     rows = []
-    for path in _files(paths):
+    files = _files(paths)
+    names = [p.name for p in files]
+    for path in files:
+        case = path.name if names.count(path.name) == 1 else str(path)
         with load(path) as ds:
             if ds.phase_gt is None:
                 raise InputError(f"{path.name}: no ground truth ('phase_gt') to evaluate against")
@@ -102,31 +155,39 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
             rec, best = timed_reconstruct(t, method, backend, repeats, **options)
             phase = rec.phase.get() if hasattr(rec.phase, "get") else rec.phase
             mse, nmse = phase_errors(phase, truth)
-            rows.append({"material": material, "thickness": thickness, "method": method,
-                         "mse": mse, "nmse": nmse, "time_ms": best * 1e3})
+            rows.append({"case": case, "material": material, "thickness": thickness,
+                         "method": method, "mse": mse, "nmse": nmse, "time_ms": best * 1e3})
         if progress is not None:
-            progress(f"{material} {thickness:.1f} Å: " + ", ".join(
+            progress(f"{case} ({material} {thickness:.1f} Å): " + ", ".join(
                 f"{r['method']} {r['nmse']:.3f}" for r in rows[-len(methods):]))
     return rows
 
 
+def _case(r) -> tuple:
+    """What tells one case from another: its file (rows of :func:`evaluate`),
+    else its material and thickness."""
+    return (r.get("case"), r["material"], r["thickness"])
+
+
 def format_table(rows) -> str:
-    """Markdown: one line per case, MSE (NMSE) per method, and the times."""
+    """Markdown: one line per case (per file: two files of one material and
+    thickness are two lines), MSE (NMSE) per method, and the times."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    cases = list(dict.fromkeys((r["material"], r["thickness"]) for r in rows))
-    by = {(r["material"], r["thickness"], r["method"]): r for r in rows}
-    head = "| material | thickness (nm) | " + " | ".join(
+    cases = list(dict.fromkeys(_case(r) for r in rows))
+    by = {_case(r) + (r["method"],): r for r in rows}
+    head = "| case | material | thickness (nm) | " + " | ".join(
         f"{m} MSE (NMSE)" for m in methods) + " | best |"
-    lines = [head, "|" + " --- |" * (len(methods) + 3)]
-    for material, thickness in cases:
+    lines = [head, "|" + " --- |" * (len(methods) + 4)]
+    for case in cases:
         cells = []
         for m in methods:
-            r = by.get((material, thickness, m))
+            r = by.get(case + (m,))
             cells.append("-" if r is None else f"{r['mse']:.4f} ({r['nmse']:.3f})")
-        present = [by[(material, thickness, m)] for m in methods if (material, thickness, m) in by]
+        present = [by[case + (m,)] for m in methods if case + (m,) in by]
         best = min(present, key=lambda r: r["mse"])["method"]
-        lines.append(f"| {material} | {thickness / 10:.2f} | " + " | ".join(cells) +
-                     f" | {best} |")
+        name, material, thickness = case
+        lines.append(f"| {name or '-'} | {material} | {thickness / 10:.2f} | " +
+                     " | ".join(cells) + f" | {best} |")
     lines.append("")
     lines.append("| method | median time (ms) |")
     lines.append("| --- | ---: |")

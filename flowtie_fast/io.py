@@ -17,10 +17,19 @@ k_sampling     (2,) float, 1/Å            detector sampling (4dstem only)
 energy         float, eV
 phase_gt       (Sy, Sx) float, rad        ground-truth phase (optional)
 gradient_gt    (2, Sy, Sx) float, rad/Å   its gradient (optional)
+gradient       (2, Ny, Nx) float, rad/Å   a measured phase gradient of a triplet
+                                          (optional; triplets only: 4D-STEM data
+                                          give theirs, the centre of mass, when
+                                          reduced), for ``method="icom"``
 material       str                        optional
 thickness      float, Å                   optional
 semiangle      float, mrad                optional
 =============  =========================  ==========================================
+
+``format`` and ``kind`` are optional when reading (files written by hand
+may leave them out), but checked when present: a format newer than
+``flowtie_fast/1`` ("written by a newer flowtie_fast") and a ``kind`` that
+disagrees with the arrays' dimensions are refused.
 
 Writes are atomic (a temporary file in the target folder, flushed to disk,
 then a rename), so a failed write leaves nothing behind. Temporaries are named
@@ -55,15 +64,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, check_positive
+from .errors import InputError, check_positive, first_line
 
 __all__ = ["Dataset", "check_output", "load", "save"]
 
 FORMAT = "flowtie_fast/1"
-_ARRAYS = ("minus", "zero", "plus", "phase_gt", "gradient_gt")
+_ARRAYS = ("minus", "zero", "plus", "phase_gt", "gradient_gt", "gradient")
 _REQUIRED = ("minus", "zero", "plus", "dz", "scan_step", "energy")
 _OPTIONAL_SCALARS = ("material", "thickness", "semiangle")
-_KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy") + _OPTIONAL_SCALARS
+_KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy", "format", "kind") + \
+    _OPTIONAL_SCALARS
 _DATA_SUFFIXES = (".npz", ".h5", ".hdf5")
 
 #: Temporaries of other hosts (whose processes cannot be asked) older than this
@@ -76,7 +86,9 @@ _TMP_MARK = ".flowtie-tmp."
 class Dataset:
     """A focal triplet on disk or in memory: 4D-STEM data or three images.
 
-    Build the triplet with :meth:`triplet`.
+    Build the triplet with :meth:`triplet`. ``gradient`` is a measured phase
+    gradient (2, Ny, Nx) in rad/Å of a triplet of images, given to the
+    triplet (``method="icom"``).
     """
 
     minus: object
@@ -89,8 +101,10 @@ class Dataset:
     phase_gt: object = None
     gradient_gt: object = None
     meta: dict = field(default_factory=dict)
+    gradient: object = None
     _handle: object = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
+    _path: object = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -101,10 +115,7 @@ class Dataset:
         keyword arguments go to it, ``backend`` only is accepted for images)."""
         from .triplet import FocalTriplet
 
-        if self._closed:
-            raise InputError("dataset: its HDF5 file is closed; load it again (ft.load) to "
-                             "read it")
-
+        self._check_open("dataset")
         if self.kind == "4dstem":
             return FocalTriplet.from_4dstem(self.minus, self.zero, self.plus, dz=self.dz,
                                             scan_step=self.scan_step,
@@ -114,8 +125,53 @@ class Dataset:
         if kwargs:
             raise InputError(f"options: {sorted(kwargs)} apply to 4D-STEM data only; this "
                              "file holds a triplet of images")
-        return FocalTriplet(np.asarray(self.minus), np.asarray(self.zero), np.asarray(self.plus),
-                            dz=self.dz, pixel_size=self.scan_step, energy=self.energy)
+        self._check_read_memory()
+        where = Path(self._name())
+        planes = [_read(getattr(self, k), k, where) for k in ("minus", "zero", "plus")]
+        gradient = None if self.gradient is None else _read(self.gradient, "gradient", where)
+        return FocalTriplet(*planes, dz=self.dz, pixel_size=self.scan_step, energy=self.energy,
+                            gradient=gradient)
+
+    def _name(self) -> str:
+        """How messages name this dataset: its file's name, else ``dataset``."""
+        return "dataset" if self._path is None else Path(self._path).name
+
+    def _check_open(self, name: str) -> None:
+        """:class:`InputError` naming ``name`` when the HDF5 file was closed
+        (by :meth:`close`, or through the h5py file itself)."""
+        closed = self._closed
+        if not closed and self._handle is not None:
+            try:
+                closed = not bool(self._handle)  # an h5py File is false once closed
+            except Exception:  # noqa: BLE001  a handle that cannot say is unusable
+                closed = True
+        if closed:
+            raise InputError(f"{name}: its HDF5 file is closed; load it again (ft.load) to "
+                             "read it")
+
+    def _check_read_memory(self) -> None:
+        """Refuse, before reading, planes that do not fit in the memory
+        available now (an HDF5 file may declare any size): :class:`InputError`
+        naming the file with both figures."""
+        from .backend import _gib, host_available_memory
+
+        nbytes = 0
+        for k in ("minus", "zero", "plus", "gradient"):
+            v = getattr(self, k)
+            if v is None or isinstance(v, np.ndarray):
+                continue  # in memory already
+            shape, dtype = getattr(v, "shape", None), getattr(v, "dtype", None)
+            if shape is None or dtype is None:
+                continue
+            nbytes += int(np.prod([int(n) for n in shape], dtype=object)) * \
+                np.dtype(dtype).itemsize
+        available = host_available_memory()
+        if available is not None and nbytes > available:
+            shape = tuple(int(n) for n in self.zero.shape)
+            raise InputError(f"{self._name()}: its planes of shape {shape} ({self.zero.dtype}) "
+                             f"need about {_gib(nbytes)} to be read, more than the "
+                             f"{_gib(available)} of memory available; crop or bin them, or "
+                             "use another machine")
 
     def close(self) -> None:
         """Close the underlying HDF5 file, if any; its data cannot be read after."""
@@ -133,11 +189,15 @@ class Dataset:
 
 def _from_object(obj) -> Dataset:
     if isinstance(obj, Dataset):
+        obj._check_open("obj")
         return obj
+    from .backend import is_cupy
     from .triplet import FocalTriplet
 
     if isinstance(obj, FocalTriplet):
-        return Dataset(obj.minus, obj.zero, obj.plus, obj.dz, obj.pixel_size, obj.energy)
+        host = [None if a is None else (a.get() if is_cupy(a) else a)
+                for a in (*obj.planes, obj.gradient)]
+        return Dataset(*host[:3], obj.dz, obj.pixel_size, obj.energy, gradient=host[3])
     # A simulate.SimulationCase (duck-typed: the module needs abTEM).
     if all(hasattr(obj, a) for a in ("minus", "zero", "plus", "k_sampling", "phase")):
         return Dataset(obj.minus, obj.zero, obj.plus, (obj.dz, obj.dz), tuple(obj.scan_step),
@@ -159,6 +219,8 @@ def _fields(ds: Dataset) -> dict:
         out["phase_gt"] = ds.phase_gt
     if ds.gradient_gt is not None:
         out["gradient_gt"] = ds.gradient_gt
+    if ds.gradient is not None:
+        out["gradient"] = ds.gradient
     for k in _OPTIONAL_SCALARS:
         if ds.meta.get(k) is not None:
             out[k] = ds.meta[k]
@@ -214,29 +276,100 @@ def check_output(path, *, inputs=(), overwrite=False, name="output", suffixes=No
         false, has a parent that is not a folder, has a name longer than the
         file system allows, or when its folder cannot be created or written.
     """
-    path = Path(path)
-    _check_name_lengths(name, path)
-    shown = str(path)
+    path = as_path(name, path)
+    overwrite = _check_bool("overwrite", overwrite)
     check_not_input(name, path, inputs)
-    if path.is_dir():
-        raise InputError(f"{name}: {shown!r} is a directory; expected the path of a file")
+    if _is_dir(name, path):
+        raise InputError(f"{name}: {str(path)!r} is a directory; expected the path of a file")
     _suffix(path, suffixes, name)
-    if os.path.lexists(path):
-        if path.exists() and not path.is_file():
-            raise InputError(f"{name}: {shown!r} exists and is not a regular file; choose "
-                             "another output path")
-        if not overwrite:
-            raise InputError(f"{name}: {shown!r} exists; pass --overwrite to replace it")
-    folder = Path(os.path.abspath(path)).parent
-    while not folder.is_dir():
-        if os.path.lexists(folder):
-            raise InputError(f"{name}: {shown!r} cannot be created: {str(folder)!r} is not a "
-                             "folder")
-        folder = folder.parent
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{name}: {shown!r} cannot be written: no permission to write in "
-                         f"{str(folder)!r} (or a read-only file system)")
+    check_target(name, path, overwrite, "pass --overwrite to replace it")
     return path
+
+
+def as_path(name: str, path) -> Path:
+    """``path`` (a str or an ``os.PathLike``) as a :class:`~pathlib.Path`, checked
+    to be one the system can take: not empty, no NUL character, each name and
+    the whole within the file system's limits; :class:`InputError` naming
+    ``name`` otherwise. Nothing is read from the disk."""
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"{name}: expected a file path (str or pathlib.Path), got "
+                         f"{type(path).__name__}")
+    try:
+        text = os.fspath(path)
+    except TypeError as exc:
+        raise InputError(f"{name}: expected a file path, got {first_line(exc)}") from exc
+    if not isinstance(text, str):
+        raise InputError(f"{name}: expected a file path as text, got {type(text).__name__}")
+    if not text:
+        raise InputError(f"{name}: expected a file path, got an empty string")
+    if "\0" in text:
+        raise InputError(f"{name}: expected a file path without NUL characters, got "
+                         f"{_short(text)!r}")
+    path = Path(text)
+    _check_name_lengths(name, path)
+    return path
+
+
+def _short(text: str, size: int = 60) -> str:
+    return text if len(text) <= size else text[:size - 3] + "..."
+
+
+def _check_bool(name: str, value) -> bool:
+    """``value`` as a bool: True or False only (a string such as ``"no"`` is
+    refused rather than taken as true); :class:`InputError` naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def _is_dir(name: str, path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise _path_error(name, path, exc) from exc
+
+
+def _path_error(name: str, path: Path, exc: OSError) -> InputError:
+    """An OSError met while looking at ``path`` as an :class:`InputError`
+    naming ``name`` and ``path`` (not a temporary)."""
+    if exc.errno == errno.ELOOP:
+        what = "a loop of symbolic links"
+    elif exc.errno == errno.ENOTDIR:
+        what = "one of its folders is a file"
+    else:
+        what = exc.strerror or first_line(exc)
+    return InputError(f"{name}: {_short(str(path), 200)!r} cannot be used ({what})")
+
+
+def check_target(name: str, path: Path, overwrite: bool, hint: str) -> None:
+    """Refuse an output ``path`` that cannot be written as a new or replaced
+    regular file: a directory or other non-regular file in its place, an
+    existing file when not ``overwrite`` (``hint`` says how to replace it), a
+    parent that is not a folder, or a folder that cannot be written.
+    :class:`InputError` naming ``name``; nothing is created."""
+    shown = repr(_short(str(path), 200))
+    try:
+        if os.path.lexists(path):
+            if _is_dir(name, path):
+                raise InputError(f"{name}: {shown} is a directory; expected the path of a file")
+            if path.exists() and not path.is_file():
+                raise InputError(f"{name}: {shown} exists and is not a regular file; choose "
+                                 "another output path")
+            if not overwrite:
+                raise InputError(f"{name}: {shown} exists; {hint}")
+        folder = Path(os.path.abspath(path)).parent
+        while not folder.is_dir():
+            if os.path.lexists(folder):
+                raise InputError(f"{name}: {shown} cannot be created: {str(folder)!r} is not "
+                                 "a folder")
+            folder = folder.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"{name}: {shown} cannot be written: no permission to write in "
+                             f"{str(folder)!r} (or a read-only file system)")
+    except OSError as exc:  # ELOOP, EACCES on a parent, ...
+        raise _path_error(name, path, exc) from exc
 
 
 def check_not_input(name: str, path, inputs) -> None:
@@ -261,9 +394,14 @@ def check_not_input(name: str, path, inputs) -> None:
 
 
 def _check_name_lengths(name: str, path: Path) -> None:
-    """Refuse a path with a component longer than its file system allows
-    (checked first: longer names make the other checks fail with OSError)."""
-    parts = Path(os.path.abspath(path)).parts
+    """Refuse a path with a component longer than its file system allows, or
+    longer as a whole than the system takes (PATH_MAX); checked first: longer
+    names make the other checks fail with OSError."""
+    try:
+        absolute = os.path.abspath(path)
+    except (OSError, ValueError):  # the working folder is gone
+        absolute = str(path)
+    parts = Path(absolute).parts
     try:
         name_max = os.pathconf(parts[0], "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
@@ -273,10 +411,22 @@ def _check_name_lengths(name: str, path: Path) -> None:
         if size > name_max:
             raise InputError(f"{name}: the name {part[:40]!r}... has {size} bytes; the file "
                              f"system allows {name_max}")
+    try:
+        path_max = os.pathconf(parts[0], "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        path_max = 4096
+    size = max(len(os.fsencode(str(path))), len(os.fsencode(absolute)))
+    if path_max > 0 and size >= path_max:
+        raise InputError(f"{name}: the path {str(path)[:40]!r}... has {size} bytes; the "
+                         f"system takes paths of fewer than {path_max}")
 
 
 def save(path, obj, overwrite: bool = True) -> Path:
     """Write a triplet, a 4D-STEM dataset or a simulated case atomically.
+
+    A :class:`~flowtie_fast.triplet.FocalTriplet`'s measured ``gradient``
+    (e.g. the centre of mass of 4D-STEM data) is stored too, as ``gradient``,
+    and given back to the triplet by :meth:`Dataset.triplet`.
 
     Parameters
     ----------
@@ -284,14 +434,34 @@ def save(path, obj, overwrite: bool = True) -> Path:
         ``.npz`` or ``.h5``/``.hdf5``.
     obj : Dataset, FocalTriplet or simulate.SimulationCase
     overwrite : bool
-        Replace an existing file (default); False refuses one, atomically
-        (:func:`atomic_path`).
+        Replace an existing file (default); False refuses one, checked before
+        anything is written, and atomically again when the file is renamed
+        into place (:func:`atomic_path`).
 
     Returns
     -------
     Path
+
+    Raises
+    ------
+    InputError
+        Naming ``path`` for a path that is not a writable file path (a
+        directory, a folder that is a file, a name too long, an existing file
+        when ``overwrite`` is False), ``overwrite`` for a value that is not a
+        bool, ``obj`` for another object or a closed HDF5 dataset.
+    OSError
+        When the file cannot be written (disk full, read-only file system,
+        permission denied), naming ``path``; no temporary is left.
     """
-    return write_fields(path, _fields(_from_object(obj)), arrays=_ARRAYS, overwrite=overwrite)
+    path = as_path("path", path)
+    overwrite = _check_bool("overwrite", overwrite)
+    _suffix(path)
+    ds = _from_object(obj)
+    if ds.gradient is not None and ds.kind == "4dstem":
+        raise InputError("obj: a measured 'gradient' is stored for a triplet of images only; "
+                         "4D-STEM data give their own (the centre of mass) when reduced")
+    check_target("path", path, overwrite, "pass overwrite=True to replace it")
+    return write_fields(path, _fields(ds), arrays=_ARRAYS, overwrite=overwrite, name="path")
 
 
 def _host_tag() -> str:
@@ -426,7 +596,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path, overwrite: bool = True):
+def atomic_path(path, overwrite: bool = True, *, name: str = "output"):
     """A temporary path beside ``path`` to write to, moved onto ``path`` when
     the block ends.
 
@@ -449,6 +619,8 @@ def atomic_path(path, overwrite: bool = True):
         ``path`` only if no file of that name exists at that moment (an atomic
         test, so a concurrent writer that got there first is never replaced)
         and :class:`InputError` is raised otherwise.
+    name : str
+        How messages name the path (the argument that gave it).
 
     Yields
     ------
@@ -458,52 +630,93 @@ def atomic_path(path, overwrite: bool = True):
 
     Raises
     ------
+    InputError
+        Naming ``name`` when the path cannot be a file (a name too long, a
+        folder in its place or a file in place of a folder, a loop of links).
     OSError
         When the folder, the temporary or the file cannot be written (disk
-        full, read-only file system, permission denied); no temporary is left.
+        full, read-only file system, permission denied), of the class and
+        ``errno`` of the system's error, its message naming ``path`` (not the
+        temporary); no temporary is left.
     """
-    path = Path(path)
+    path = as_path(name, path)
+    overwrite = _check_bool("overwrite", overwrite)
     folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     stem = _tmp_stem(path.name)
-    _remove_stale(folder, stem)
-    tmp = _create_tmp(folder, stem)
     try:
-        yield tmp
-        _fsync_file(tmp)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _link_new(tmp, path)
-        _fsync_dir(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale(folder, stem)
+        tmp = _create_tmp(folder, stem)
+    except OSError as exc:
+        raise _write_error(name, path, exc, None) from exc
+    try:
+        try:
+            yield tmp
+            _fsync_file(tmp)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                _link_new(tmp, path, name)
+            _fsync_dir(folder)
+        except OSError as exc:
+            raise _write_error(name, path, exc, tmp) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
-def _link_new(tmp: Path, path: Path) -> None:
+#: System errors that say the path itself cannot be a file (the caller's input).
+_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP}
+
+
+def _write_error(name: str, path: Path, exc: OSError, tmp) -> Exception:
+    """An OSError of a write, told in one line naming ``path`` (never the
+    temporary): an :class:`InputError` where the path cannot be a file, else
+    an OSError of the same class and ``errno`` (an environment error: disk
+    full, read-only file system, no permission)."""
+    reason = exc.strerror or first_line(exc)
+    if tmp is not None:
+        reason = reason.replace(str(tmp), str(path))
+    reason = reason.replace(f".{_tmp_stem(path.name)}{_TMP_MARK}", "")
+    shown = repr(_short(str(path), 200))
+    if exc.errno in _PATH_ERRNOS:
+        if exc.errno == errno.EISDIR:
+            return InputError(f"{name}: {shown} is a directory; expected the path of a file")
+        if exc.errno == errno.EEXIST:
+            reason = "one of its folders is a file"
+        return InputError(f"{name}: {shown} cannot be written ({reason})")
+    text = f"{name}: {shown} cannot be written ({reason})"
+    try:
+        new = type(exc)(exc.errno, text) if exc.errno is not None else type(exc)(text)
+    except Exception:  # an OSError subclass of another signature
+        new = OSError(exc.errno, text) if exc.errno is not None else OSError(text)
+    return new
+
+
+def _link_new(tmp: Path, path: Path, name: str = "output") -> None:
     """Give ``tmp`` the name ``path`` only if that name is free, then drop the
     temporary name: ``link`` fails atomically on an existing name (where the
     file system has no hard links, an existence test and a rename instead)."""
+    meanwhile = InputError(f"{name}: {str(path)!r} was created meanwhile by another writer; "
+                           "it is kept (overwriting was not allowed)")
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise InputError(f"output: {str(path)!r} was created meanwhile by another writer; "
-                         "it is kept (pass --overwrite to replace it)") from None
+        raise meanwhile from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
                              errno.EMLINK):
             raise
         if os.path.lexists(path):
-            raise InputError(f"output: {str(path)!r} was created meanwhile by another "
-                             "writer; it is kept (pass --overwrite to replace it)") from None
+            raise meanwhile from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
 
 
-def write_fields(path, fields: dict, arrays=(), overwrite: bool = True) -> Path:
+def write_fields(path, fields: dict, arrays=(), overwrite: bool = True, *,
+                 name: str = "output") -> Path:
     """Write ``fields`` atomically to ``.npz`` (all keys) or HDF5 (keys in
     ``arrays`` as datasets, the rest as root attributes).
 
@@ -517,6 +730,8 @@ def write_fields(path, fields: dict, arrays=(), overwrite: bool = True) -> Path:
         The keys stored as HDF5 datasets.
     overwrite : bool
         Replace an existing file (default); see :func:`atomic_path`.
+    name : str
+        How messages name the path.
 
     Returns
     -------
@@ -525,14 +740,14 @@ def write_fields(path, fields: dict, arrays=(), overwrite: bool = True) -> Path:
     Raises
     ------
     InputError
-        For another suffix.
+        For another suffix, or a path that cannot be a file.
     OSError
         When the file cannot be written (disk full, read-only file system,
-        permission denied); no temporary is left behind.
+        permission denied), naming the path; no temporary is left behind.
     """
-    path = Path(path)
-    suffix = _suffix(path)
-    with atomic_path(path, overwrite) as tmp:
+    path = as_path(name, path)
+    suffix = _suffix(path, None, name)
+    with atomic_path(path, overwrite, name=name) as tmp:
         if suffix == ".npz":
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.asarray(v) for k, v in fields.items()})
@@ -573,15 +788,14 @@ def load(path) -> Dataset:
         (the planes and ground truths hold real numbers: integers or floats;
         not bools, complex numbers, strings or objects), calibrations that are
         not positive finite numbers of the right count (``dz``, ``scan_step``
-        and ``k_sampling``: 1 or 2, ``energy``: 1), and unreadable or
-        truncated files.
+        and ``k_sampling``: 1 or 2, ``energy``: 1), a ``format`` newer than
+        this version reads or a ``kind`` the arrays contradict, and
+        unreadable or truncated files; naming ``path`` for a path that is not
+        a regular file (missing, a directory, a FIFO, a loop of links).
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise InputError(f"path: expected a file path, got {type(path).__name__}")
-    path = Path(path)
+    path = as_path("path", path)
     suffix = _suffix(path)
-    if not path.is_file():
-        raise InputError(f"path: no such file {str(path)!r}")
+    check_input_file("path", path)
     if suffix == ".npz":
         handle, fields = None, _read_npz(path)
     else:
@@ -592,6 +806,36 @@ def load(path) -> Dataset:
         if handle is not None:
             handle.close()
         raise
+
+
+def check_input_file(name: str, path: Path) -> None:
+    """Refuse a ``path`` that is not an existing regular file (following
+    links), saying what it is: :class:`InputError` naming ``name``."""
+    shown = repr(_short(str(path), 200))
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            target = os.readlink(path) if os.path.islink(path) else "?"
+            raise InputError(f"{name}: {shown} is a symbolic link to {target!r}, which does "
+                             "not exist") from None
+        raise InputError(f"{name}: no such file {str(path)!r}") from None
+    except NotADirectoryError:
+        raise InputError(f"{name}: no such file {shown} (one of its folders is a file)") \
+            from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{name}: {shown} is a symbolic-link loop; expected a file") \
+                from None
+        raise InputError(f"{name}: {shown} cannot be read "
+                         f"({exc.strerror or first_line(exc)})") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{name}: {shown} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+        raise InputError(f"{name}: {shown} is {kind}, not a regular file")
 
 
 def _read_npz(path: Path) -> dict:
@@ -770,6 +1014,7 @@ def _dataset(fields: dict, path: Path, handle) -> Dataset:
                              "'zero'")
     if 0 in shape:
         raise InputError(f"{path.name}: 'zero' is empty (shape {shape})")
+    _check_format(fields, path, shape)
     k_sampling = None
     if len(shape) == 4:
         if "k_sampling" not in fields:
@@ -777,15 +1022,19 @@ def _dataset(fields: dict, path: Path, handle) -> Dataset:
         k_sampling = _positive(fields, "k_sampling", path, 2, "1/Å")
     scan = shape[:2]
     truth = {}
-    for k, want in (("phase_gt", scan), ("gradient_gt", (2,) + scan)):
+    if "gradient" in fields and len(shape) == 4:
+        raise InputError(f"{path.name}: 'gradient' is for a triplet of images; 4D-STEM data "
+                         "give their own (the centre of mass) when reduced: remove it")
+    for k, want in (("phase_gt", scan), ("gradient_gt", (2,) + scan), ("gradient", (2,) + scan)):
         if k in fields:
             got = _array_shape(fields, k, path)
             if got != want:
                 raise InputError(f"{path.name}: '{k}' has shape {got}, expected {want}")
             truth[k] = _read(fields[k], k, path)
             if not np.isfinite(truth[k]).all():
-                raise InputError(f"{path.name}: '{k}' contains NaN or Inf; a ground truth "
-                                 "must be finite")
+                what = "a measured gradient" if k == "gradient" else "a ground truth"
+                raise InputError(f"{path.name}: '{k}' contains NaN or Inf; {what} must be "
+                                 "finite")
     meta = {}
     if "material" in fields:
         meta["material"] = _text(fields, "material", path)
@@ -798,7 +1047,34 @@ def _dataset(fields: dict, path: Path, handle) -> Dataset:
     lazy = handle is not None
     arr = (lambda k: fields[k]) if lazy else (lambda k: np.asarray(fields[k]))
     return Dataset(arr("minus"), arr("zero"), arr("plus"), dz, scan_step, energy, k_sampling,
-                   truth.get("phase_gt"), truth.get("gradient_gt"), meta, handle)
+                   truth.get("phase_gt"), truth.get("gradient_gt"), meta,
+                   gradient=truth.get("gradient"), _handle=handle, _path=path)
+
+
+def _check_format(fields: dict, path: Path, shape: tuple) -> None:
+    """The optional ``format`` and ``kind`` keys: a format of this layout no
+    newer than :data:`FORMAT`, a kind that agrees with the arrays."""
+    if "format" in fields:
+        text = _text(fields, "format", path)
+        match = re.fullmatch(r"flowtie_fast/([0-9]{1,9})", text.strip())
+        if match is None:
+            raise InputError(f"{path.name}: 'format' must be {FORMAT!r}, got "
+                             f"{_short(text)!r}")
+        if int(match[1]) > int(FORMAT.split("/")[1]):
+            raise InputError(f"{path.name}: 'format' is {text.strip()!r}: written by a newer "
+                             f"flowtie_fast (this version reads up to {FORMAT!r}); update "
+                             "flowtie_fast to read it")
+    if "kind" in fields:
+        kind = _text(fields, "kind", path).strip()
+        actual = "4dstem" if len(shape) == 4 else "triplet"
+        if kind not in ("4dstem", "triplet"):
+            raise InputError(f"{path.name}: 'kind' must be '4dstem' or 'triplet', got "
+                             f"{_short(kind)!r}")
+        if kind != actual:
+            what = "4-D patterns (Sy, Sx, Ky, Kx)" if actual == "4dstem" else \
+                "2-D images (a triplet)"
+            raise InputError(f"{path.name}: 'kind' is {kind!r} but 'zero' has shape {shape} "
+                             f"({what}); expected kind {actual!r}")
 
 
 # --------------------------------------------------------------------------- raw detector files

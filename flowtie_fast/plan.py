@@ -48,7 +48,7 @@ from .backend import get_backend, is_cupy, load_wisdom, save_wisdom
 from .errors import InputError, check_finite_result, check_positive
 from .noise import COUNTS, check_noise
 from .physics import wavenumber
-from .solvers import TIESolver, check_options
+from .solvers import TIESolver, check_options, check_regularisation
 from .triplet import check_gradient, check_not_masked, focal_weights
 
 __all__ = ["Plan"]
@@ -99,6 +99,7 @@ class Plan:
                  floor="auto", denoise=True, model=None, uncertainty=None, tol=None,
                  max_iter=None, preconditioner="biharmonic", warmup=True, wisdom=None):
         check_options(method, tol, max_iter, preconditioner, model, uncertainty)
+        check_regularisation(method, alpha, floor)
         if not isinstance(warmup, (bool, np.bool_)):
             raise InputError(f"warmup: expected True or False, got {warmup!r}")
         self.dz = check_positive("dz", dz)
@@ -229,6 +230,8 @@ class Plan:
             self.backend.prepare()
             if self.method == "icom":
                 s.poisson.alpha = 0.0 if s.alpha == "auto" else s.alpha
+                # The planes are not used, but checked as every solve checks them.
+                s.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3])
                 # Checked before anything is written.
                 s.poisson.integrate(s._check_gradient(gradient), out=out, grad_out=grad)
             else:

@@ -157,6 +157,15 @@ def _check_floor(floor):
     return floor
 
 
+def check_regularisation(method, alpha, floor) -> None:
+    """Refuse an intensity floor the method would ignore (the default, "auto",
+    passes for every method; ``alpha`` regularises every Poisson solve,
+    integrations included)."""
+    if not (isinstance(floor, str) and floor == "auto") and method not in ("tie", "tie-exact"):
+        raise InputError(f"floor: applies to methods 'tie' and 'tie-exact' only, got method "
+                         f"{method!r}")
+
+
 def _check_bool(name, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(f"{name}: expected True or False, got {value!r}")
@@ -876,8 +885,10 @@ def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary
                          f"got {type(triplet).__name__}")
     unknown = set(options) - _SOLVE_OPTIONS
     if unknown:
-        raise InputError(f"options: unknown {sorted(unknown)}; expected some of "
-                         f"{sorted(_SOLVE_OPTIONS)}")
+        known = sorted(_SOLVE_OPTIONS | {"backend", "threads", "boundary", "scheme", "alpha",
+                                         "floor", "denoise", "dtype"})
+        raise InputError(f"options: unknown {sorted(unknown)}; expected some of {known}")
+    check_regularisation(method, alpha, floor)
     explicit = isinstance(backend, Backend) or (isinstance(backend, str)
                                                  and backend in ("cpu", "gpu"))
     be = get_backend(backend, threads, like=triplet.planes[0])

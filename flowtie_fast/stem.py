@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
+from numbers import Real
 
 import numpy as np
 
@@ -374,7 +375,33 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
         sums = _reduce_dask(data, W, lo, hi)  # on the workers, chunk by chunk
     else:
         sums = _reduce_streamed(data, W, lo, hi, be, chunk_bytes)
-    return finish_reduction(sums, combine, detector, regions, name)
+    try:
+        return finish_reduction(sums, combine, detector, regions, name)
+    except InputError as exc:
+        _explain_overflow(name, data, sums, exc)
+        raise
+
+
+def _explain_overflow(name: str, data, sums, exc) -> None:
+    """Where the sums of a scan position are NaN or Inf but its pattern is
+    finite, the float32 reduction overflowed: say so (the rare path of a
+    refusal; one pattern is read)."""
+    if "NaN or Inf" not in str(exc):
+        return
+    xp = array_module(sums)
+    sy, sx, q = sums.shape
+    bad = ~xp.isfinite(sums.reshape(sy * sx, q)).all(axis=1)
+    i, j = divmod(int(xp.argmax(bad)), sx)
+    try:
+        pattern = _to_numpy(data[i, j])
+    except Exception:  # noqa: BLE001  the refusal as it stands is right
+        return
+    if pattern.dtype.kind == "f" and np.isfinite(pattern).all():
+        peak = float(np.abs(pattern.astype(np.float64)).max())
+        factor = 10.0 ** -math.ceil(math.log10(max(peak, 1.0) / 1e30))
+        raise InputError(f"{name}: values up to {peak:g} (at scan position {(i, j)}) are too "
+                         "large for the float32 reduction, whose sums overflow; rescale the "
+                         f"data (e.g. multiply by {factor:g})") from exc
 
 
 def _reduce_streamed(data, W, lo, hi, be: Backend, chunk_bytes):
@@ -461,15 +488,8 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None):
     regions : dict
         "bf", "bf-full", "abf", "df", "whole" as (inner, outer) mrad.
     """
-    if center is None:
-        center = find_center(mean)
-    try:
-        center = tuple(float(c) for c in center)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"center: expected (row, column) in detector pixels, got {center!r}") \
-            from exc
-    if len(center) != 2 or not all(math.isfinite(c) and 0 <= c <= n - 1
-                                   for c, n in zip(center, mean.shape)):
+    center = find_center(mean) if center is None else check_center(center)
+    if not all(math.isfinite(c) and 0 <= c <= n - 1 for c, n in zip(center, mean.shape)):
         raise InputError(f"center: expected (row, column) in detector pixels on the "
                          f"{tuple(mean.shape)} detector, got {center!r}")
     detector = Detector(tuple(mean.shape), k_sampling, energy, center)
@@ -479,6 +499,114 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None):
     regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
                "df": (disk, np.inf), "whole": (0.0, np.inf)}
     return detector, regions
+
+
+def check_center(center) -> tuple:
+    """A detector centre: a sequence (tuple, list or 1-D array) of two real
+    numbers, (row, column) in pixels, as floats; :class:`InputError` naming
+    ``center`` otherwise. Strings (``"88"`` would be read digit by digit),
+    dicts and sets (their keys, in no set order) and bools are refused."""
+    bad = InputError(f"center: expected (row, column) in detector pixels, two real numbers, "
+                     f"got {_shown(center)}")
+    if isinstance(center, np.ndarray):
+        if center.dtype.kind not in "iuf" or center.shape != (2,):
+            raise bad
+        items = center.tolist()
+    elif isinstance(center, (tuple, list)):
+        items = list(center)
+    else:
+        raise bad
+    if len(items) != 2:
+        raise bad
+    out = []
+    for c in items:
+        if isinstance(c, np.ndarray) and c.ndim == 0:
+            c = c[()]
+        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (Real, np.integer, np.floating)):
+            raise bad
+        try:
+            out.append(float(c))
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise bad from exc
+    return tuple(out)
+
+
+def _shown(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_F32 = np.finfo(np.float32)
+
+
+def check_float32_range(name: str, patterns, detector: Detector) -> None:
+    """Refuse patterns whose values the float32 reduction cannot sum: so large
+    that a pattern's sum (or its centre-of-mass moment) overflows, or so small
+    (below float32's smallest normal number) that the sums underflow to zero,
+    which would read as a dropped frame. ``patterns``: a sample (N, Ky, Kx) of
+    the dataset (:func:`sample_patterns`), for data of a wider dtype than
+    float32; :class:`InputError` naming ``name`` with the factor to rescale by."""
+    a = _to_numpy(patterns)
+    if a.dtype.kind != "f" or a.dtype.itemsize <= 4 or a.size == 0:
+        return  # float32 and narrower, integers up to 64 bits: within float32's range
+    a = np.abs(a.astype(np.float64, copy=False))
+    with np.errstate(over="ignore", invalid="ignore"):
+        peak = float(a.max())
+        if not math.isfinite(peak):
+            return  # NaN or Inf: refused by the reduction, naming the scan position
+        k_max = max(1.0, float(np.max(np.abs(np.concatenate([np.ravel(k) for k in
+                                                                 detector.k()])))))
+        sums = float(a.reshape(a.shape[0], -1).sum(axis=1).max()) * k_max
+    if sums > 0.5 * float(_F32.max):
+        factor = 10.0 ** -math.ceil(math.log10(sums / 1e30))
+        raise InputError(f"{name}: pattern values up to {peak:g} (sums up to {sums:g}) are too "
+                         "large for the float32 reduction, whose sums would overflow; rescale "
+                         f"the data (e.g. multiply by {factor:g})")
+    if 0 < peak < float(_F32.tiny):
+        factor = 10.0 ** math.ceil(math.log10(1.0 / peak))
+        raise InputError(f"{name}: pattern values of at most {peak:g} are too small for the "
+                         f"float32 reduction (below {float(_F32.tiny):.3g}, they sum to zero); "
+                         f"rescale the data (e.g. multiply by {factor:g})")
+
+
+def check_region(name: str, regions: dict, detector: Detector, bf_given: bool) -> None:
+    """Refuse a virtual detector ``name`` of ``regions`` that holds no detector
+    pixel (its image would be zero everywhere, which reads as a dropped frame):
+    :class:`InputError` naming ``bf_radius`` for the "bf" disk (with a radius
+    that holds the nearest pixels), ``virtual`` otherwise."""
+    inner, outer = regions[name]
+    theta = detector.angle_mrad()
+    if np.count_nonzero((theta >= inner) & (theta < outer)):
+        return
+    if name == "bf":
+        nearest = float(theta.min())
+        hint = f"{1.05 * nearest:.3g}" if nearest > 0 else "a larger radius"
+        how = "given" if bf_given else \
+            f"the default, a quarter of the {regions['bf-full'][1]:.3g} mrad bright-field disk"
+        raise InputError(f"bf_radius: the 'bf' disk of {outer:.3g} mrad ({how}) holds no "
+                         f"detector pixel around the centre {tuple(detector.center)} (the "
+                         f"nearest lies at {nearest:.3g} mrad); give a larger one, e.g. "
+                         f"bf_radius={hint}")
+    raise InputError(f"virtual: the {name!r} region ({inner:.3g} to {outer:.3g} mrad) holds no "
+                     "detector pixel; choose another virtual image")
+
+
+def check_reduction_memory(name: str, data, chunk_bytes: int) -> None:
+    """Refuse, before reading, a dataset whose patterns are too large for the
+    reduction's least memory: one scan row (or ``chunk_bytes``), the sampled
+    patterns for the mean and the detector weights; :class:`InputError`
+    naming ``name`` with the figures."""
+    from .backend import check_host_memory
+
+    sy, sx, ky, kx = (int(s) for s in data.shape)
+    itemsize = np.dtype(data.dtype).itemsize
+    pixels = ky * kx
+    row = sx * pixels * max(itemsize, 4)  # read, then in a type the kernels read
+    sample = min(256, sy * sx) * pixels * (itemsize + 8)  # read, then as float64
+    weights = pixels * (MAX_WEIGHTS * 4 + 64)  # weight rows, angles, masks, k grids
+    need = max(row, min(chunk_bytes, sy * sx * pixels * itemsize)) + sample + weights
+    check_host_memory(name, f"a {tuple(data.shape)} dataset ({np.dtype(data.dtype)})", need,
+                      "its reduction (one scan row at a time)")
 
 
 def rotate_com(com, degrees: float, flip: bool):

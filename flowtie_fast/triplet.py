@@ -10,6 +10,7 @@ common case ``I(z0 - dz), I(z0), I(z0 + dz)``.
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import numpy as np
 
@@ -96,7 +97,55 @@ def check_gradient(g, shape):
                          f"{g.dtype} {tuple(g.shape)}")
     if not math.isfinite(float(g.sum())) and not bool(array_module(g).isfinite(g).all()):
         raise InputError("gradient: contains NaN or Inf")
+    if g.dtype.kind == "f" and g.dtype.itemsize > 4:
+        # Finite values beyond float32 become Inf in a float32 solve (said to be
+        # NaN or Inf there); no phase gradient in rad/Å comes near them.
+        peak = max(abs(float(g.max())), abs(float(g.min())))
+        if peak > _FLOAT32_MAX:
+            raise InputError(f"gradient: values up to {peak:g} exceed the range of float32 "
+                             f"({_FLOAT32_MAX:.3g}); a phase gradient is a few rad/Å: check "
+                             "its units, or rescale it")
     return g
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_positions(name: str, z, count=None) -> np.ndarray:
+    """Plane positions in Å: a sequence (or 1-D array) of real numbers, not
+    bools or strings (``np.asarray`` would read ``False`` as 0 and ``"-40"`` as
+    -40); ``count`` of them when given. Returned as float64;
+    :class:`InputError` naming ``name`` otherwise (finiteness and spacing are
+    checked by the callers)."""
+    want = f"{count} " if count is not None else ""
+    bad = InputError(f"{name}: expected {want}plane positions in Å (real numbers), got "
+                     f"{_shown(z)}")
+    if isinstance(z, np.ndarray):
+        if z.dtype.kind not in "iuf":
+            raise bad
+        values = z
+    elif isinstance(z, (list, tuple, range)):
+        for v in z:
+            if isinstance(v, np.ndarray) and v.ndim == 0:
+                v = v[()]
+            if isinstance(v, (bool, np.bool_)) or \
+                    not isinstance(v, (Real, np.integer, np.floating)):
+                raise bad
+        values = z
+    else:
+        raise bad
+    try:
+        z = np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise bad from exc
+    if count is not None and z.size != count:
+        raise bad
+    return z
+
+
+def _shown(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def focal_weights(z, z0: float = 0.0, degree: int | None = None):
@@ -122,14 +171,8 @@ def focal_weights(z, z0: float = 0.0, degree: int | None = None):
     value, derivative : ndarray
         Weight rows of length N (derivative weights in 1/Å).
     """
-    try:
-        z = np.asarray(z, dtype=np.float64)
-        z0 = float(z0)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InputError(f"z: expected plane positions in Å (and z0 a number), got {z!r}") \
-            from exc
-    if z.ndim != 1:
-        raise InputError(f"z: expected a sequence of plane positions in Å, got shape {z.shape}")
+    z = check_positions("z", z)
+    z0 = check_real("z0", z0)
     n = z.size
     if degree is None:
         degree = min(2, n - 1)
@@ -145,6 +188,55 @@ def focal_weights(z, z0: float = 0.0, degree: int | None = None):
     vander = np.vander(t, degree + 1, increasing=True)
     pinv = np.linalg.pinv(vander)
     return pinv[0], pinv[1] / scale
+
+
+REGISTRATION_THRESHOLD = 0.1  # px: smaller shifts are reported, not applied (the
+# estimate's accuracy; the dark field of thick crystals shifts by a few hundredths
+# of a pixel with defocus alone)
+
+
+def _check_register(register):
+    if register is True or register is False or register == "periodic":
+        return register
+    raise InputError(f"register: expected True, False or 'periodic', got {register!r}")
+
+
+def _register(planes, signals, register, scan_step):
+    """The planes with the drift of the ±dz ones undone (shifts from
+    ``signals`` when given, else from the planes), and the record of it.
+
+    The shifts are estimated as for a non-periodic field of view (tapered
+    edges: a crystal repeating within a periodic scan gives equal correlation
+    peaks a period apart, which the taper tells apart) and applied
+    periodically for ``register="periodic"`` (scans of whole periods), by
+    mirror extension otherwise (:mod:`flowtie_fast.registration`)."""
+    from .registration import apply_shift, register_triplet
+
+    record = {"shifts": np.zeros((3, 2)), "reliable": False, "applied": False,
+              "signal": "planes" if signals is None else "df"}
+    if min(planes[0].shape) < 8:
+        return planes, {**record, "why": "images under 8 px a side"}
+    host = [np.asarray(p.get() if is_cupy(p) else p) for p in planes]
+    source = None if signals is None else [np.asarray(s.get() if is_cupy(s) else s)
+                                           for s in signals]
+    _, shifts, reliable = register_triplet(host, signals=source, periodic=False,
+                                           apply_unreliable=False, threshold=1e9)
+    record.update(shifts=shifts, reliable=bool(reliable))
+    if not reliable:
+        return planes, record
+    out = list(planes)
+    for i in (0, 2):
+        if math.hypot(*shifts[i]) < REGISTRATION_THRESHOLD:
+            continue
+        shifted = apply_shift(host[i].astype(np.float64), shifts[i],
+                              periodic=register == "periodic")
+        # Intensities: the interpolation's ringing below zero is clipped; the
+        # plane keeps its device and floating dtype (counts become float64).
+        xp = array_module(planes[i])
+        out[i] = xp.asarray(np.maximum(shifted, 0),
+                            dtype=planes[i].dtype if planes[i].dtype.kind == "f" else np.float64)
+        record["applied"] = True
+    return out, record
 
 
 def _virtual_image_noise(planes, scan_step, energy, regions, virtual):
@@ -201,12 +293,8 @@ class FocalSeries:
             raise InputError("planes: expected a sequence of 2-D arrays or a 3-D stack")
         if len(planes) < 2:
             raise InputError(f"planes: expected at least 2 planes, got {len(planes)}")
-        try:
-            z = np.asarray(z, dtype=np.float64).ravel()
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InputError(f"z: expected {len(planes)} finite positions in Å, got {z!r}") \
-                from exc
-        if z.size != len(planes) or not np.all(np.isfinite(z)):
+        z = check_positions("z", z, len(planes))
+        if not np.all(np.isfinite(z)):
             raise InputError(f"z: expected {len(planes)} finite positions in Å, got {z.tolist()}")
         z0 = check_real("z0", z0)
         lo, hi = RANGES["dz"][:2]
@@ -237,6 +325,7 @@ class FocalSeries:
         self.energy = check_positive("energy", energy)
         self.intensity_weights, self.derivative_weights = focal_weights(z, self.z0, degree)
         self.gradient = None
+        self.gradient_noise = None  # Noise of the gradient's two components, (rad/Å)²
         if gradient is not None:
             self.gradient = self._check_gradient(gradient)
 
@@ -285,17 +374,32 @@ class FocalTriplet(FocalSeries):
         A measured phase gradient in rad/Å for ``method="icom"``.
     noise : Noise, float or sequence of float, optional
         White-noise variance of the planes (see :class:`FocalSeries`).
+    register : bool or "periodic"
+        Undo a drift of the ±dz images against the in-focus one, estimated
+        from the images themselves (default False: from images alone, the
+        mean lateral transport of the image by the specimen's phase gradient
+        cannot be told from drift, which biases the estimate by up to a few
+        tenths of a pixel for strong phase objects or large dz;
+        :meth:`from_4dstem` registers by default, from the dark field).
+        ``"periodic"`` for images of whole periods. The record is in
+        ``triplet.registration``.
 
     Examples
     --------
     >>> t = FocalTriplet(minus, zero, plus, dz=20.0, pixel_size=0.18, energy=300e3)
     """
 
-    def __init__(self, minus, zero, plus, dz, pixel_size, energy, gradient=None, noise=None):
+    def __init__(self, minus, zero, plus, dz, pixel_size, energy, gradient=None, noise=None,
+                 register=False):
         dz_minus, dz_plus = check_positive("dz", dz, pair=True)
         self.dz = (dz_minus, dz_plus)
+        _check_register(register)
         super().__init__([minus, zero, plus], [-dz_minus, 0.0, dz_plus], pixel_size, energy,
                          z0=0.0, degree=2, gradient=gradient, noise=noise)
+        self.registration = None
+        if register:
+            self.planes, self.registration = _register(self.planes, None, register,
+                                                       self.pixel_size)
 
     @staticmethod
     def _plane_names(n):
@@ -304,7 +408,7 @@ class FocalTriplet(FocalSeries):
     @classmethod
     def from_4dstem(cls, minus, zero, plus, dz, scan_step, k_sampling, energy, *, center=None,
                     virtual="bf", bf_radius=None, com_radius=None, rotation=0.0, flip=False,
-                    backend="auto", chunk_bytes=64 << 20):
+                    register=True, backend="auto", chunk_bytes=64 << 20):
         """Focal triplet from 4D-STEM data recorded at three probe defoci.
 
         Each dataset is reduced in one pass (chunked, bounded memory) to the
@@ -346,6 +450,17 @@ class FocalTriplet(FocalSeries):
             ``flip``) by minimising the curl of the centre of mass.
         flip : bool
             Transpose the detector axes before rotating.
+        register : bool or "periodic"
+            Undo the drift between the three scans (default True): the
+            sub-pixel shifts of the ±dz scans against the in-focus one are
+            estimated from their annular dark-field images (which do not
+            change with defocus) and applied to the planes before any solve;
+            ``"periodic"`` for scans of whole periods (simulations), where
+            the shift wraps around; False to skip. The estimate and whether
+            it was applied are in ``triplet.registration`` (shifts in px
+            that align each plane, row 1 zero); shifts under 0.1 px are
+            reported, not applied, and an unreliable estimate is not applied,
+            with a :class:`~flowtie_fast.registration.RegistrationWarning`.
         backend : {"auto", "cpu", "gpu"}
         chunk_bytes : int
             Upper bound of raw data read at once.
@@ -365,21 +480,32 @@ class FocalTriplet(FocalSeries):
                                  f"got {tuple(d.shape)}")
         k_sampling = check_positive("k_sampling", k_sampling, pair=True)
         energy = check_positive("energy", energy)
-        mean = stem.mean_pattern(stem.sample_patterns(data[1]))
+        chunk_bytes = check_count("chunk_bytes", chunk_bytes, 1)
+        for n, d in zip(names, data):
+            if not (is_cupy(d) or stem._is_dask(d)):  # host memory, before reading
+                stem.check_reduction_memory(n, d, chunk_bytes)
+        sample = stem.sample_patterns(data[1])
+        mean = stem.mean_pattern(sample)
         if not np.isfinite(mean).all():
             raise InputError("zero: the patterns contain NaN or Inf")
         detector, regions = stem.triplet_geometry(mean, k_sampling, energy, center, bf_radius)
         check_choice("virtual", virtual, tuple(regions))
+        stem.check_region(virtual, regions, detector, bf_radius is not None)
+        for n, d in zip(names, data):  # sums beyond float32 (data of a wider dtype)
+            if np.dtype(d.dtype).kind == "f" and np.dtype(d.dtype).itemsize > 4:
+                stem.check_float32_range(n, sample if n == "zero" else stem.sample_patterns(d),
+                                         detector)
         reductions = [stem.reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,
                                          backend=backend, chunk_bytes=chunk_bytes, name=n)
                       for n, d in zip(names, data)]
         counts = all(np.dtype(d.dtype).kind in "iu" for d in data)
         return cls.from_reductions(reductions, dz, scan_step, virtual=virtual,
-                                   rotation=rotation, flip=flip, counts=counts)
+                                   rotation=rotation, flip=flip, counts=counts,
+                                   register=register)
 
     @classmethod
     def from_reductions(cls, reductions, dz, scan_step, *, virtual="bf", rotation=0.0,
-                        flip=False, counts=False):
+                        flip=False, counts=False, register=True):
         """Focal triplet from the three reductions of a 4D-STEM triplet.
 
         The second half of :meth:`from_4dstem`, for reductions made elsewhere
@@ -389,7 +515,7 @@ class FocalTriplet(FocalSeries):
         ----------
         reductions : three :class:`~flowtie_fast.stem.Reduction`
             Of the datasets at ``-dz, 0, +dz``, before any rotation.
-        dz, scan_step, virtual, rotation, flip
+        dz, scan_step, virtual, rotation, flip, register
             As in :meth:`from_4dstem`.
         counts : bool
             Whether the patterns were electron counts (an integer dtype).
@@ -412,6 +538,12 @@ class FocalTriplet(FocalSeries):
         scan_step = check_positive("scan_step", scan_step, pair=True)
         planes = [r.virtual[virtual] for r in reductions]
         energy = reductions[1].detector.energy
+        registration = None
+        if _check_register(register):
+            signals = [r.virtual.get("df") for r in reductions]
+            planes, registration = _register(
+                planes, None if any(x is None for x in signals) else signals, register,
+                scan_step)
         noise = _virtual_image_noise(planes, scan_step, energy, reductions[1].regions, virtual)
         if noise is None and counts:
             noise = poisson_noise([float(p.mean()) for p in planes])
@@ -427,7 +559,10 @@ class FocalTriplet(FocalSeries):
         for r in reductions:
             r.com = stem.rotate_com(r.com, rotation, bool(flip))
             r.rotation, r.flip = rotation, bool(flip)
+        t.registration = registration
         t.gradient = t._check_gradient(reductions[1].gradient)
+        t.gradient_noise = _virtual_image_noise(list(t.gradient), scan_step, energy,
+                                                reductions[1].regions, virtual)
         t.reductions = reductions
         return t
 

@@ -148,6 +148,27 @@ def test_evaluate_a_triplet_file_with_ground_truth(tmp_path):
         ft.load(tmp_path / "t.npz").triplet(virtual="bf")
 
 
+def test_evaluate_keeps_every_case_of_one_material_and_thickness(tmp_path):
+    """Two files of GaAs 10 Å (one noisy, one noise-free) were one row of the table."""
+    from fields import periodic_field, triplet_from
+
+    from flowtie_fast.evaluate import evaluate, format_table
+
+    phi, intensity, didz, grad = periodic_field(shape=(32, 30), contrast=0.3)
+    t = triplet_from(intensity, didz, 10.0, (0.2, 0.25), 300e3)
+    noisy = [p * (1 + 0.01 * np.random.default_rng(i).random(p.shape))
+             for i, p in enumerate(t.planes)]
+    meta = {"material": "GaAs", "thickness": 10.0}
+    for name, planes in (("clean.npz", t.planes), ("noisy.npz", noisy)):
+        ft.save(tmp_path / name, ft.Dataset(*planes, dz=(10.0, 10.0), scan_step=(0.2, 0.25),
+                                            energy=300e3, phase_gt=phi, meta=meta))
+    rows = evaluate(tmp_path, methods=("tie",), repeats=1)
+    assert [r["case"] for r in rows] == ["clean.npz", "noisy.npz"]
+    assert rows[0]["mse"] != rows[1]["mse"]
+    lines = [x for x in format_table(rows).splitlines() if "GaAs" in x]
+    assert len(lines) == 2 and "clean.npz" in lines[0] and "noisy.npz" in lines[1]
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 _CHILD_WRITER = """\
@@ -470,6 +491,128 @@ def test_check_output_in_a_read_only_folder(workdir):
         (workdir / "ro").chmod(0o700)
 
 
+def _save_under_a_file(w):
+    (w / "reg").write_text("a file")
+    return "reg/x.npz"
+
+
+@pytest.mark.parametrize("make, message", [
+    (_folder, r"^path: 'd.npz' is a directory; expected the path of a file$"),
+    (_save_under_a_file, r"^path: 'reg/x.npz' cannot be created: '.*reg' is not a folder$"),
+    (lambda w: None, r"^path: expected a file path \(str or pathlib.Path\), got NoneType$"),
+    (lambda w: b"x.npz", r"^path: expected a file path .*got bytes$"),
+    (lambda w: "", r"^path: expected a file path, got an empty string$"),
+    (lambda w: "a" * 300 + ".npz", r"^path: the name 'a{40}'... has 304 bytes; the file "
+                                   r"system allows \d+$"),
+    (lambda w: "a\0b.npz", r"^path: expected a file path without NUL characters"),
+    (lambda w: "/".join(["abcdefgh"] * 600) + ".npz", r"^path: the path .* has \d+ bytes; "
+                                                      r"the system takes paths of fewer than"),
+])
+def test_save_refuses_paths_that_cannot_be_files(workdir, make, message):
+    """save raised IsADirectoryError, FileExistsError, TypeError, OSError 36 and a
+    plain ValueError for these."""
+    a = np.ones((8, 8))
+    t = ft.FocalTriplet(a, a * 1.1, a * 1.2, dz=20.0, pixel_size=0.2, energy=300e3)
+    target = make(workdir)
+    before = _names(workdir)
+    with pytest.raises(ft.InputError, match=message):
+        ft.save(target, t)
+    assert _names(workdir) == before  # nothing created, no temporary
+
+
+def test_save_into_an_unwritable_place_names_the_path_not_the_temporary(tmp_path,
+                                                                         monkeypatch):
+    """/proc/x.npz: FileNotFoundError naming '/proc/.x.npz.flowtie-tmp...'."""
+    import errno
+    import os
+
+    a = np.ones((8, 8))
+    t = ft.FocalTriplet(a, a * 1.1, a * 1.2, dz=20.0, pixel_size=0.2, energy=300e3)
+    if os.path.isdir("/proc"):
+        with pytest.raises((ft.InputError, OSError)) as info:
+            ft.save("/proc/x.npz", t)
+        assert "'/proc/x.npz'" in str(info.value) and "flowtie-tmp" not in str(info.value)
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):  # a folder that takes no new files
+        if "flowtie-tmp" in str(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(FileNotFoundError) as info:
+        ft.save(tmp_path / "x.npz", t)
+    text = str(info.value)
+    assert text.startswith("[Errno 2] path: ") and "x.npz' cannot be written (No such file" in text
+    assert "flowtie-tmp" not in text and "\n" not in text and _names(tmp_path) == []
+
+
+def test_save_keeps_an_existing_file_unless_overwrite_is_true(workdir, monkeypatch):
+    """overwrite=False said 'created meanwhile by another writer ... pass --overwrite'
+    (a CLI flag) after writing a temporary; overwrite="no" replaced the file."""
+    a = np.ones((8, 8))
+    t = ft.FocalTriplet(a, a * 1.1, a * 1.2, dz=20.0, pixel_size=0.2, energy=300e3)
+    (workdir / "ow.npz").write_bytes(b"keep")
+    created, real_create_tmp = [], ft.io._create_tmp
+    monkeypatch.setattr(ft.io, "_create_tmp", lambda *a: created.append(a))
+    with pytest.raises(ft.InputError, match=r"^path: 'ow.npz' exists; pass overwrite=True to "
+                                            r"replace it$"):
+        ft.save("ow.npz", t, overwrite=False)
+    for bad in ("no", 0, None, np.array([True])):
+        with pytest.raises(ft.InputError, match=r"^overwrite: expected True or False, got "):
+            ft.save("ow.npz", t, overwrite=bad)
+    assert (workdir / "ow.npz").read_bytes() == b"keep" and created == []
+    monkeypatch.setattr(ft.io, "_create_tmp", real_create_tmp)
+    for call in (lambda: ft.io.write_fields("w.npz", {"a": np.ones(2)}, overwrite="no"),
+                 lambda: ft.io.check_output("w.npz", overwrite="yes"),
+                 lambda: ft.io.atomic_path("w.npz", "no").__enter__()):
+        with pytest.raises(ft.InputError, match="^overwrite: expected True or False"):
+            call()
+    assert not (workdir / "w.npz").exists()
+    ft.save("ow.npz", t, overwrite=np.bool_(True))
+    assert ft.load(workdir / "ow.npz").triplet().shape == (8, 8)
+
+
+def test_saving_a_closed_hdf5_dataset_is_refused(tmp_path):
+    """save raised h5py's RuntimeError for a Dataset whose file was closed."""
+    a = np.ones((8, 8))
+    ft.save(tmp_path / "g.h5", ft.FocalTriplet(a, a * 1.1, a * 1.2, dz=20.0, pixel_size=0.2,
+                                               energy=300e3))
+    ds = ft.load(tmp_path / "g.h5")
+    ds.close()
+    with pytest.raises(ft.InputError, match="^obj: its HDF5 file is closed; load it again"):
+        ft.save(tmp_path / "c.npz", ds)
+    other = ft.load(tmp_path / "g.h5")
+    other._handle.close()  # closed through h5py, not Dataset.close
+    for call, name in ((lambda: ft.save(tmp_path / "c.npz", other), "obj"),
+                       (other.triplet, "dataset")):
+        with pytest.raises(ft.InputError, match=f"^{name}: its HDF5 file is closed"):
+            call()
+    assert _names(tmp_path) == ["g.h5"]
+
+
+def test_a_triplet_keeps_its_measured_gradient_through_save_and_load(tmp_path):
+    """save dropped a FocalTriplet's gradient: icom was impossible after reload."""
+    rng = np.random.default_rng(3)
+    planes = [1 + 0.1 * rng.random((16, 12)) for _ in range(3)]
+    gradient = 0.01 * rng.standard_normal((2, 16, 12))
+    t = ft.FocalTriplet(*planes, dz=20.0, pixel_size=0.2, energy=300e3, gradient=gradient)
+    expected = ft.reconstruct(t, method="icom", backend="cpu").phase
+    for suffix in (".npz", ".h5"):
+        with ft.load(ft.save(tmp_path / f"g{suffix}", t)) as ds:
+            np.testing.assert_array_equal(ds.gradient, gradient)
+            back = ds.triplet()
+        np.testing.assert_array_equal(back.gradient, gradient)
+        np.testing.assert_array_equal(ft.reconstruct(back, method="icom", backend="cpu").phase,
+                                      expected)
+    stack = [np.ones((2, 2, 4, 4))] * 3
+    with pytest.raises(ft.InputError, match="^obj: a measured 'gradient' is stored for a "
+                                            "triplet of images only"):
+        ft.save(tmp_path / "s.npz", ft.Dataset(*stack, dz=(20.0, 20.0), scan_step=(0.2, 0.2),
+                                               energy=300e3, k_sampling=(0.1, 0.1),
+                                               gradient=np.zeros((2, 2, 2))))
+
+
 # --------------------------------------------------------------------------- hostile files
 
 def _base_triplet():
@@ -546,6 +689,21 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("4", {"k_sampling": np.ones(3)}, "k_sampling", r"got 3 values of shape \(3,\)"),
     ("4", {"k_sampling": [0.0, 0.1]}, "k_sampling", r"got \[0.0, 0.1\]"),
     ("4", {"minus": np.ones((2, 2, 3, 4))}, "minus", r"has shape \(2, 2, 3, 4\)"),
+    # The declared format and kind were ignored: a newer file loaded as this layout.
+    ("3", {"format": "flowtie_fast/9"}, "format", r"is 'flowtie_fast/9': written by a newer "
+                                                  r"flowtie_fast \(this version reads up to "
+                                                  r"'flowtie_fast/1'\)"),
+    ("3", {"format": "h5py/1"}, "format", r"must be 'flowtie_fast/1', got 'h5py/1'$"),
+    ("3", {"format": 1.0}, "format", "must be a string, got 1.0"),
+    ("3", {"kind": "4dstem"}, "kind", r"is '4dstem' but 'zero' has shape \(4, 4\) \(2-D "
+                                      r"images \(a triplet\)\); expected kind 'triplet'$"),
+    ("4", {"kind": "triplet"}, "kind", r"is 'triplet' but 'zero' has shape \(2, 2, 3, 3\)"),
+    ("3", {"kind": "movie"}, "kind", r"must be '4dstem' or 'triplet', got 'movie'$"),
+    ("3", {"gradient": np.ones((4, 4))}, "gradient", r"has shape \(4, 4\), expected "
+                                                     r"\(2, 4, 4\)"),
+    ("3", {"gradient": np.full((2, 4, 4), np.inf)}, "gradient", "contains NaN or Inf; a "
+                                                                "measured gradient must be"),
+    ("4", {"gradient": np.zeros((2, 2, 2))}, "gradient", "is for a triplet of images"),
 ]
 
 
@@ -658,6 +816,59 @@ def test_hostile_hdf5_objects_raise_input_errors(tmp_path, key, make, says):
     _write_case(path, {**_base_triplet(), key: make})
     with pytest.raises(ft.InputError, match=rf"^bad.h5: '{key}' .*{says}"):
         ft.load(path).close()
+
+
+def test_load_says_what_a_path_that_is_not_a_file_is(tmp_path):
+    """A directory, a FIFO or a loop of links was 'no such file'; a name over
+    the file system's limit raised OSError 36 from Path.is_file."""
+    import os
+
+    (tmp_path / "d.npz").mkdir()
+    os.symlink("loop.npz", tmp_path / "loop.npz")
+    os.symlink("gone.npz", tmp_path / "dangling.npz")
+    (tmp_path / "reg").write_text("a file")
+    cases = [("d.npz", r"'.*d.npz' is a directory, not a file$"),
+             ("loop.npz", r"'.*loop.npz' is a symbolic-link loop; expected a file$"),
+             ("dangling.npz", r"'.*dangling.npz' is a symbolic link to 'gone.npz', which "
+                              r"does not exist$"),
+             ("reg/x.npz", r"no such file '.*reg/x.npz' \(one of its folders is a file\)$"),
+             ("a" * 300 + ".npz", r"the name 'a{40}'... has 304 bytes; the file system allows"),
+             ("/".join(["abcdefgh"] * 600) + ".npz", r"the path .* has \d+ bytes; the system "
+                                                     r"takes paths of fewer than \d+$")]
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.npz")
+        cases.append(("pipe.npz", r"'.*pipe.npz' is a FIFO \(named pipe\), not a regular "
+                                  "file$"))
+    for name, says in cases:
+        with pytest.raises(ft.InputError, match=f"^path: {says}"):
+            ft.load(tmp_path / name)
+
+
+def test_hdf5_planes_too_large_for_memory_are_refused_before_reading(tmp_path):
+    """Planes that claim 200000² float64 gave MemoryError from .triplet()."""
+    import h5py
+
+    with h5py.File(tmp_path / "huge.h5", "w") as f:  # declared, never written: a small file
+        for k in ("minus", "zero", "plus"):
+            f.create_dataset(k, shape=(200000, 200000), dtype="f8")
+        f.attrs.update(dz=[20.0, 20.0], scan_step=[0.2, 0.2], energy=300e3)
+    with ft.load(tmp_path / "huge.h5") as ds:
+        with pytest.raises(ft.InputError, match=r"^huge.h5: its planes of shape \(200000, "
+                                                r"200000\) \(float64\) need about 894 GiB to "
+                                                r"be read, more than the .* GiB of memory "
+                                                r"available"):
+            ds.triplet()
+    with h5py.File(tmp_path / "huge4.h5", "w") as f:  # patterns of 100000² pixels
+        for k in ("minus", "zero", "plus"):
+            f.create_dataset(k, shape=(4, 4, 100000, 100000), dtype="f4",
+                             chunks=(1, 1, 1000, 1000))
+        f.attrs.update(dz=[20.0, 20.0], scan_step=[0.2, 0.2], energy=300e3,
+                       k_sampling=[0.05, 0.05])
+    with ft.load(tmp_path / "huge4.h5") as ds:
+        with pytest.raises(ft.InputError, match=r"^minus: a \(4, 4, 100000, 100000\) dataset "
+                                                r"\(float32\) needs about .* GiB for its "
+                                                r"reduction"):
+            ds.triplet(backend="cpu")
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])

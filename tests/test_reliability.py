@@ -488,6 +488,29 @@ def test_a_bad_numba_setting_is_a_backend_error_naming_it(env, names):
         names in run.stdout, run.stdout
 
 
+@pytest.mark.parametrize("env, reason", [
+    ({"NUMBA_NUM_THREADS": "abc"}, "invalid literal for int"),
+    ({"NUMBA_OPT": "abc"}, "supported values are 0, 1, 2, 3, and 'max'"),
+])
+def test_a_numba_setting_numba_cannot_parse_is_one_line_naming_it(env, reason):
+    """Numba printed a RuntimeWarning with a Python traceback before the one-line
+    BackendError (NUMBA_NUM_THREADS=abc), or before a successful run (NUMBA_OPT=abc)."""
+    (name, value), = env.items()
+    code = ("import numpy as np, flowtie_fast as ft\n"
+            "p = [np.ones((16, 16)) * (1 + 0.01 * i) for i in range(3)]\n"
+            "try:\n"
+            "    ft.reconstruct(ft.FocalTriplet(*p, dz=20.0, pixel_size=0.2, energy=3e5),\n"
+            "                   backend='cpu')\n"
+            "except ft.BackendError as e:\n"
+            "    print('BackendError', e)\n")
+    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stderr == "", run.stderr[-2000:]
+    assert run.stdout.startswith(f"BackendError backend: Numba does not start: it cannot read "
+                                 f"{name}={value!r} (") and reason in run.stdout, run.stdout
+    assert len(run.stdout.strip().splitlines()) == 1
+
+
 def disk_patterns(scan=(4, 4), det=16, radius=4.0):
     y, x = np.meshgrid(np.arange(det), np.arange(det), indexing="ij")
     disk = ((y - det / 2) ** 2 + (x - det / 2) ** 2 <= radius**2).astype(np.float32)
@@ -506,6 +529,132 @@ def test_4dstem_refusals_name_the_cause():
     with pytest.raises(ft.InputError, match="bf_radius: 0.001 mrad is smaller than half a "
                                             "detector pixel"):
         ft.FocalTriplet.from_4dstem(data, data, data, bf_radius=1e-3, **args)
+
+
+def test_a_detector_centre_is_two_real_numbers():
+    """center="88" was read digit by digit, a dict by its keys, (True, 8) as (1, 8),
+    and a set in no set order."""
+    data = disk_patterns()
+    args = dict(dz=DZ, scan_step=PIXEL, k_sampling=0.05, energy=E, backend="cpu")
+    for center in ("88", b"88", {8: 1, 9: 2}, {8, 9}, (True, 8), (8, np.bool_(False)),
+                   (8, "8"), (8, 8, 8), [8], np.array([[8, 8]]), np.array([True, True]), 8.0):
+        with pytest.raises(ft.InputError, match=r"^center: expected \(row, column\) in detector "
+                                                r"pixels, two real numbers, got "):
+            ft.FocalTriplet.from_4dstem(data, data, data, center=center, **args)
+    for center in ((8, 8.0), [np.float32(8), np.int64(8)], np.array([8.0, 8.0]),
+                   (np.array(8.0), 8)):
+        t = ft.FocalTriplet.from_4dstem(data, data, data, center=center, **args)
+        assert t.reductions[1].detector.center == (8.0, 8.0)
+
+
+def test_4dstem_data_beyond_float32_are_named_as_such():
+    """data * 1e38 (finite float64) was 'minus: contains NaN or Inf' and data * 1e-50
+    'intensity is zero everywhere (a dropped frame?)'."""
+    data = disk_patterns().astype(np.float64)
+    args = dict(dz=DZ, scan_step=PIXEL, k_sampling=0.05, energy=E, backend="cpu")
+    with pytest.raises(ft.InputError, match=r"^minus: pattern values up to 1.01e\+40 \(sums "
+                                            r"up to .*\) are too large for the float32 "
+                                            r"reduction, whose sums would overflow; rescale the "
+                                            r"data \(e.g. multiply by 1e-12\)$"):
+        ft.FocalTriplet.from_4dstem(data * 1e38, data * 1e38, data * 1e38, **args)
+    with pytest.raises(ft.InputError, match=r"^zero: pattern values of at most 1.01e-48 are too "
+                                            r"small for the float32 reduction \(below 1.18e-38, "
+                                            r"they sum to zero\); rescale the data \(e.g. "
+                                            r"multiply by 1e\+48\)$"):
+        ft.FocalTriplet.from_4dstem(data, data * 1e-50, data, **args)
+    # A pattern the sample for the mean does not see overflows in the pass itself.
+    big = disk_patterns(scan=(40, 4)).astype(np.float64)
+    big[1, 1] *= 1e38
+    with pytest.raises(ft.InputError, match=r"^plus: values up to 1.01e\+40 \(at scan "
+                                            r"position \(1, 1\)\) are too large for the "
+                                            r"float32 reduction, whose sums overflow"):
+        ft.FocalTriplet.from_4dstem(big / 1e38 + 1, big / 1e38 + 1, big, **args)
+    t = ft.FocalTriplet.from_4dstem(data * 1e20, data * 1e20, data * 1e20, **args)
+    assert np.isfinite(t.zero).all()  # large, but within float32's sums
+
+
+def test_an_empty_bright_field_disk_is_named_not_called_a_dropped_frame():
+    """A bright-field disk of 2 px centred between pixels: the default 'bf' disk
+    (a quarter of it, 0.5 px) held no pixel and the planes were 'a dropped frame'."""
+    y, x = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    disk = ((y - 7.5) ** 2 + (x - 7.5) ** 2 <= 4.0).astype(np.float32)
+    data = np.broadcast_to(100 * disk + 1, (4, 4, 16, 16)).copy()
+    args = dict(dz=DZ, scan_step=PIXEL, k_sampling=0.05, energy=E, backend="cpu")
+    with pytest.raises(ft.InputError, match=r"^bf_radius: the 'bf' disk of .* mrad \(the "
+                                            r"default, a quarter of the .* mrad bright-field "
+                                            r"disk\) holds no detector pixel around the centre "
+                                            r"\(7.5, 7.5\) .*; give a larger one, e.g. "
+                                            r"bf_radius=0.731$"):
+        ft.FocalTriplet.from_4dstem(data, data, data, **args)
+    t = ft.FocalTriplet.from_4dstem(data, data, data, bf_radius=0.731, **args)
+    assert t.zero.min() > 0
+    assert ft.FocalTriplet.from_4dstem(data, data, data, virtual="bf-full", **args).shape == \
+        (4, 4)
+
+
+def test_a_gradient_beyond_float32_is_named_as_such(plan):
+    """A finite gradient of 1e300 rad/Å was said to contain NaN (by icom)."""
+    with pytest.raises(ft.InputError, match=r"^gradient: values up to 1e\+300 exceed the range "
+                                            r"of float32 \(3.4e\+38\); a phase gradient is a "
+                                            r"few rad/Å"):
+        ft.reconstruct(triplet(gradient=np.full((2, N, N), 1e300)), method="icom",
+                       backend="cpu")
+    with pytest.raises(ft.InputError, match="^gradient: values up to 1e\\+300 exceed"):
+        ft.Plan((N, N), PIXEL, DZ, E, method="icom", backend="cpu", warmup=False).solve(
+            *planes(), gradient=np.full((2, N, N), -1e300))
+    assert triplet(gradient=np.full((2, N, N), 1e30)).gradient.dtype == np.float64
+
+
+def test_plane_positions_are_real_numbers():
+    """FocalSeries took booleans (False, True) as 0 and 1 Å and strings as numbers."""
+    a, b, c = planes()
+    for z in ([False, True], [np.False_, 40.0], ["-40", "40"], [b"0", 40.0], "ab",
+              np.array([False, True]), np.array(["0", "40"]), [[0.0], [40.0]], None, 5.0):
+        with pytest.raises(ft.InputError, match=r"^z: expected 2 plane positions in Å \(real "
+                                                r"numbers\), got "):
+            ft.FocalSeries([a, b], z, PIXEL, E)
+    with pytest.raises(ft.InputError, match=r"^z: expected plane positions in Å"):
+        ft.focal_weights([False, True, 2.0])
+    with pytest.raises(ft.InputError, match=r"^z0: expected a real number, got '0'"):
+        ft.focal_weights([-1.0, 0.0, 1.0], z0="0")
+    s = ft.FocalSeries([a, b, c], np.array([-40, 0, 40]), PIXEL, E)
+    assert s.z.tolist() == [-40.0, 0.0, 40.0]
+    assert ft.FocalSeries([a, b, c], (np.float32(-40), 0, np.int64(40)), PIXEL, E).z[2] == 40.0
+
+
+def test_evaluate_checks_its_arguments_before_any_work(tmp_path, monkeypatch):
+    """repeats=2.5, paths=None raised TypeError; model with methods=['tie'] was
+    ignored; methods=['tie', 'bogus'] failed after tie had run."""
+    from flowtie_fast import evaluate as ev
+
+    ft.save(tmp_path / "t.npz", ft.Dataset(*planes(), dz=(DZ, DZ), scan_step=(PIXEL, PIXEL),
+                                           energy=E, phase_gt=np.zeros((N, N))))
+    ran = []
+    monkeypatch.setattr(ev, "timed_reconstruct", lambda *a, **k: ran.append(a))
+    for kwargs, says in (
+            (dict(repeats=2.5), r"^repeats: expected a positive integer, got 2.5$"),
+            (dict(repeats="x"), r"^repeats: expected a positive integer, got 'x'$"),
+            (dict(repeats=0), r"^repeats: expected a positive integer, got 0$"),
+            (dict(paths=None), r"^paths: expected a file or folder path .* got NoneType$"),
+            (dict(paths=b"dir"), r"^paths: expected a file or folder path .* got bytes$"),
+            (dict(paths=[]), r"^paths: expected .* got an empty list$"),
+            (dict(model="no-such.pt"), r"^model: applies to flowtie only, which methods "
+                                       r"\['tie'\] leave out$"),
+            (dict(methods=["tie", "bogus"]), r"^methods: expected names from .*, got "
+                                             r"'bogus'$"),
+            (dict(methods=["tie", "tie"]), r"^methods: each method once, got 'tie' more "),
+            (dict(methods=[]), r"^methods: expected a list of method names"),
+            (dict(triplet_options="bf"), r"^triplet_options: expected a dict"),
+            (dict(progress="yes"), r"^progress: expected a callable or None")):
+        args = {"paths": tmp_path, "methods": ["tie"], "repeats": 1, **kwargs}
+        with pytest.raises(ft.InputError, match=says):
+            ev.evaluate(args.pop("paths"), **args)
+    with pytest.raises(ft.BackendError, match="backend: expected"):
+        ev.evaluate(tmp_path, methods=["tie"], backend="tpu")
+    assert ran == []
+    monkeypatch.undo()
+    with pytest.raises(ft.InputError, match=r"^repeats: expected a positive integer"):
+        ev.timed_reconstruct(triplet(), "tie", "cpu", 2.5)
 
 
 def test_evaluate_and_model_paths_say_what_is_wrong(tmp_path, capsys):
@@ -668,6 +817,42 @@ def test_simulate_refuses_a_grid_that_cannot_hold_its_detector():
 
 
 # --------------------------------------------------------------------------- wisdom, writers, models
+
+
+def test_a_wisdom_path_that_cannot_be_written_is_refused_before_planning(tmp_path,
+                                                                          monkeypatch):
+    """Plan(wisdom="/proc/w.wis") planned, then raised FileNotFoundError on the
+    temporary."""
+    import errno
+
+    from flowtie_fast import plan as plan_module
+
+    planned = []
+    monkeypatch.setattr(plan_module, "TIESolver",
+                        lambda *a, **k: planned.append(1) or pytest.fail("planned"))
+    (tmp_path / "reg").write_text("a file")
+    paths = [(tmp_path / "reg" / "w.wis", r"^wisdom: '.*w.wis' cannot be created: '.*reg' is "
+                                          r"not a folder$"),
+             (str(tmp_path / ("w" * 300)), r"^wisdom: the name 'w{40}'... has 300 bytes")]
+    if os.path.isdir("/proc"):
+        paths.append(("/proc/w.wis", r"^wisdom: '/proc/w.wis' cannot be"))
+    for path, says in paths:
+        with pytest.raises(ft.InputError, match=says):
+            ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", wisdom=path, warmup=False)
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):  # a folder that takes no new files
+        if "flowtie-tmp" in str(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(ft.InputError, match=r"^wisdom: '.*w.wis' cannot be created in '.*' "
+                                            r"\(Permission denied\); give a path in a folder "
+                                            r"you can write$"):
+        ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", wisdom=tmp_path / "w.wis", warmup=False)
+    assert planned == [] and sorted(p.name for p in tmp_path.iterdir()) == ["reg"]
+
 
 
 def test_a_file_that_is_not_wisdom_is_never_replaced(tmp_path):

@@ -110,3 +110,65 @@ def test_calibration_file_is_complete():
     assert tuple(cal["members"]) == trust.MEMBERS
     assert 1.0 <= cal["scale"] <= 5.0
     assert 0 < cal["spread_limit_no_signal"] <= cal["spread_limit"] < 1
+
+
+# ---------------------------------------------------------------- drift between the scans
+
+def _drifted(case, shift_minus, shift_plus):
+    from flowtie_fast.acquisition import drift
+
+    return [drift(case.minus, shift_minus), case.zero, drift(case.plus, shift_plus)]
+
+
+@pytest.mark.parametrize("shifts", [((2.3, -1.7), (-1.84, -2.04)), ((0.4, 0.3), (-0.3, 0.5))])
+def test_from_4dstem_registers_drifted_scans(case, shifts):
+    data = _drifted(case, *shifts)
+    kw = dict(dz=case.dz, scan_step=case.scan_step, k_sampling=case.k_sampling,
+              energy=case.energy, backend="cpu")
+    t = ft.FocalTriplet.from_4dstem(*data, register="periodic", **kw)
+    reg = t.registration
+    assert reg["reliable"] and reg["applied"] and reg["signal"] == "df"
+    # the shift that aligns a scan undoes its drift
+    np.testing.assert_allclose(-reg["shifts"][0], shifts[0], atol=0.1)
+    np.testing.assert_allclose(-reg["shifts"][2], shifts[1], atol=0.1)
+    clean = ft.reconstruct(_triplet(case), method="flowtie", backend="cpu", uncertainty=False)
+    fixed = ft.reconstruct(t, method="flowtie", backend="cpu", uncertainty=False)
+    raw = ft.reconstruct(ft.FocalTriplet.from_4dstem(*data, register=False, **kw),
+                         method="flowtie", backend="cpu", uncertainty=False)
+    e_clean, e_fixed, e_raw = (phase_errors(r.phase, case.phase)[1] for r in (clean, fixed, raw))
+    assert e_fixed < e_clean + 0.02, (e_fixed, e_clean)
+    if max(map(abs, shifts[0])) > 1:
+        assert e_raw > 3 * e_fixed, (e_raw, e_fixed)
+
+
+def test_undrifted_scans_are_left_as_recorded(case):
+    t = ft.FocalTriplet.from_4dstem(case.minus, case.zero, case.plus, dz=case.dz,
+                                    scan_step=case.scan_step, k_sampling=case.k_sampling,
+                                    energy=case.energy, backend="cpu")
+    assert t.registration["reliable"] and not t.registration["applied"]
+    u = ft.FocalTriplet.from_4dstem(case.minus, case.zero, case.plus, dz=case.dz,
+                                    scan_step=case.scan_step, k_sampling=case.k_sampling,
+                                    energy=case.energy, backend="cpu", register=False)
+    assert u.registration is None
+    for a, b in zip(t.planes, u.planes):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_unreliable_registration_is_not_applied(case):
+    from flowtie_fast.registration import RegistrationWarning
+
+    rng = np.random.default_rng(0)
+    noise = [rng.poisson(2.0, case.zero.shape).astype(np.uint16) for _ in range(3)]
+    with pytest.warns(RegistrationWarning, match="not applied"):
+        t = ft.FocalTriplet.from_4dstem(*noise, dz=case.dz, scan_step=case.scan_step,
+                                        k_sampling=case.k_sampling, energy=case.energy,
+                                        center=(case.zero.shape[2] / 2, case.zero.shape[3] / 2),
+                                        backend="cpu")
+    assert not t.registration["reliable"] and not t.registration["applied"]
+
+
+def test_register_is_checked(case):
+    with pytest.raises(ft.InputError, match="register"):
+        ft.FocalTriplet.from_4dstem(case.minus, case.zero, case.plus, dz=case.dz,
+                                    scan_step=case.scan_step, k_sampling=case.k_sampling,
+                                    energy=case.energy, backend="cpu", register="yes")

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 import warnings
 from importlib import resources
@@ -225,8 +226,11 @@ class FlowModel:
                              f"{precision!r}")
         self.precision = precision
         self.torch = torch
-        if not isinstance(device, str):
-            raise InputError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+            raise InputError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        if path is not None and (not isinstance(path, (str, os.PathLike)) or not os.fspath(path)):
+            raise InputError(f"model: expected a shipped name ({', '.join(sorted(SHIPPED))}) "
+                             f"or a TorchScript file, got {path!r}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"device: {device!r}, but PyTorch sees no CUDA device here; "
                                "use device='cpu'")

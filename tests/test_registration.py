@@ -1,0 +1,475 @@
+"""Drift registration (flowtie_fast.registration): shift estimates against known
+translations, shifting, triplets, refusal of unreliable estimates, bad arguments."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from fields import periodic_field
+
+from flowtie_fast.errors import InputError
+from flowtie_fast.optics import defocus_triplet, gaussian_bumps
+from flowtie_fast.registration import (RegistrationWarning, Shift, apply_shift, estimate_shift,
+                                       register_triplet)
+
+SHIFTS = [(3.0, -2.0), (0.373, -4.612), (-4.93, 2.281), (5.0, 4.5), (-1.5, 0.25)]
+
+
+def bandlimited(shape, kmax, seed):
+    """A periodic random field (unit variance) whose Fourier coefficients are
+    zero beyond ``kmax`` cycles/px (and at the Nyquist frequency)."""
+    rng = np.random.default_rng(seed)
+    f = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.fftfreq(shape[1])[None, :]
+    f[np.hypot(fy, fx) >= kmax] = 0
+    a = np.fft.ifft2(f).real
+    return a / a.std()
+
+
+def translate(a, d):
+    """The periodic band-limited image ``a`` with its content moved by ``d``
+    px (full complex spectrum: independent of the module under test)."""
+    fy = np.fft.fftfreq(a.shape[0])[:, None]
+    fx = np.fft.fftfreq(a.shape[1])[None, :]
+    return np.fft.ifft2(np.fft.fft2(a) * np.exp(-2j * np.pi * (fy * d[0] + fx * d[1]))).real
+
+
+def error(shift, d):
+    """Distance (px) between an estimate and the shift -d that undoes a
+    displacement d."""
+    return float(np.hypot(shift.dy + d[0], shift.dx + d[1]))
+
+
+def quiet(fn, *args, **kwargs):
+    """Call ``fn`` and fail on any RegistrationWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegistrationWarning)
+        return fn(*args, **kwargs)
+
+
+# --------------------------------------------------------------- estimate_shift
+
+
+@pytest.mark.parametrize("d", SHIFTS)
+def test_periodic_bandlimited_shift(d):
+    a = bandlimited((128, 112), 0.3, seed=1)
+    s = estimate_shift(a, translate(a, d))
+    assert error(s, d) < 0.008  # the 1/100 px grid
+    assert s.quality > 0.8
+
+
+@pytest.mark.parametrize("d", SHIFTS[:3])
+def test_periodic_field_of_fields_py(d):
+    # A TIE plane of the analytic field: a few harmonics, so a correct but
+    # ambiguous-looking correlation (secondary maxima almost as high).
+    _, intensity, didz, _ = periodic_field()
+    plane = intensity + 20.0 * didz
+    s = estimate_shift(plane, translate(plane, d))
+    assert error(s, d) < 0.008
+
+
+def test_upsample_sets_the_grid():
+    a = bandlimited((64, 64), 0.3, seed=2)
+    d = (1.234, -2.345)
+    coarse = estimate_shift(a, translate(a, d), upsample=1)
+    assert (coarse.dy, coarse.dx) == (-1.0, 2.0)
+    tenth = estimate_shift(a, translate(a, d), upsample=10)
+    assert error(tenth, d) < 0.071 and round(tenth.dy * 10) == tenth.dy * 10
+    fine = estimate_shift(a, translate(a, d), upsample=1000)
+    assert error(fine, d) < 0.001
+
+
+def test_float32_and_integer_input():
+    a = 100 + 20 * bandlimited((96, 96), 0.25, seed=3)
+    d = (2.37, -1.61)
+    s = estimate_shift(a.astype(np.float32), translate(a, d).astype(np.float32))
+    assert error(s, d) < 0.01
+    s = estimate_shift(np.round(a).astype(np.uint16), np.round(translate(a, d)).astype(np.uint16))
+    assert error(s, d) < 0.02
+
+
+@pytest.fixture(scope="module")
+def large_field():
+    return bandlimited((256, 256), 0.15, seed=4)
+
+
+@pytest.mark.parametrize("d", [(3, -2), (-5, 5), (0, 4), (1, 1)])
+def test_non_periodic_integer_crops(large_field, d):
+    # Shifted windows of a larger field: content enters and leaves at the edges.
+    ref = large_field[64:192, 64:192]
+    mov = large_field[64 - d[0]:192 - d[0], 64 - d[1]:192 - d[1]]
+    s = estimate_shift(ref, mov, periodic=False)
+    assert error(s, d) < 0.02
+    assert s.quality > 0.8
+
+
+@pytest.mark.parametrize("d", [(0.373, -4.612), (-2.5, 1.25), (4.81, 3.07)])
+def test_non_periodic_subpixel_crops(large_field, d):
+    ref = large_field[64:192, 64:192]
+    mov = translate(large_field, d)[64:192, 64:192]  # no wrap-around inside the crop
+    assert error(estimate_shift(ref, mov, periodic=False), d) < 0.02
+    # Treated as periodic, the edges bias the estimate.
+    assert error(estimate_shift(ref, mov, periodic=True), d) > 0.05
+
+
+def test_non_periodic_with_fixed_illumination(large_field):
+    # A ramp and a broad spot that do not move with the specimen.
+    y = np.linspace(-1, 1, 128)[:, None]
+    x = np.linspace(-1, 1, 128)[None, :]
+    illumination = 1 + 0.3 * (0.6 * y + 0.8 * x) + 0.3 * np.exp(-((y - 0.2) ** 2 + x**2) / 0.3)
+    d = (2.6, -3.3)
+    ref = (2 + 0.3 * large_field[64:192, 64:192]) * illumination
+    mov = (2 + 0.3 * translate(large_field, d)[64:192, 64:192]) * illumination
+    assert error(estimate_shift(ref, mov, periodic=False), d) < 0.03
+
+
+@pytest.mark.parametrize("counts", [20, 50])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_poisson_low_counts(counts, seed):
+    rng = np.random.default_rng(10 + seed)
+    mean = 1 + 0.2 * bandlimited((128, 128), 0.15, seed=20 + seed)
+    for d in SHIFTS[1:4]:
+        ref = rng.poisson(counts * mean).astype(np.float32)
+        mov = rng.poisson(counts * translate(mean, d)).astype(np.float32)
+        s = estimate_shift(ref, mov)
+        assert error(s, d) < 0.1
+        assert s.quality > 0.5
+
+
+def test_poisson_low_counts_non_periodic(large_field):
+    rng = np.random.default_rng(5)
+    d = (-3.41, 2.77)
+    ref = rng.poisson(30 * (1 + 0.2 * large_field[64:192, 64:192]))
+    mov = rng.poisson(30 * (1 + 0.2 * translate(large_field, d)[64:192, 64:192]))
+    assert error(estimate_shift(ref, mov, periodic=False), d) < 0.1
+
+
+def test_inverted_contrast():
+    a = bandlimited((96, 96), 0.25, seed=6)
+    d = (-2.71, 1.44)
+    s = estimate_shift(a, -translate(a, d), invert=True)
+    assert error(s, d) < 0.01 and s.quality > 0.8
+    # Without invert the maximum of an anti-correlation is no match.
+    assert estimate_shift(a, -translate(a, d)).quality < 0.5
+
+
+def test_quality_separates_matches_from_noise():
+    rng = np.random.default_rng(7)
+    a = bandlimited((128, 128), 0.1, seed=8)
+    assert estimate_shift(a, translate(a, (1.3, 2.1))).quality > 0.8
+    for seed in range(4):
+        b = bandlimited((128, 128), 0.1, seed=30 + seed)  # unrelated, as smooth
+        assert estimate_shift(a, b, invert=True).quality < 0.5
+        noise = rng.poisson(30, (2, 128, 128)).astype(float)
+        assert estimate_shift(noise[0], noise[1], invert=True).quality < 0.5
+
+
+def test_featureless_input_has_no_shift():
+    a = bandlimited((64, 64), 0.3, seed=9)
+    flat = np.full((64, 64), 3.0)
+    for ref, mov in ((flat, a), (a, flat), (flat, flat), (np.zeros((64, 64)), a)):
+        assert estimate_shift(ref, mov) == Shift(0.0, 0.0, 0.0)
+    # In focus, a simulated pure phase object is flat up to rounding.
+    minus, focus, _ = fresnel(amplitude=0.0)
+    assert 0 < np.ptp(focus) < 1e-9
+    assert estimate_shift(focus, minus, invert=True) == Shift(0.0, 0.0, 0.0)
+
+
+# --------------------------------------------------------------- apply_shift
+
+
+def test_apply_shift_matches_the_translation():
+    a = bandlimited((96, 80), 0.3, seed=11)
+    for d in SHIFTS:
+        np.testing.assert_allclose(apply_shift(a, d), translate(a, d), atol=1e-12)
+    assert np.isrealobj(apply_shift(a, (0.5, 0.5)))
+
+
+def test_apply_shift_undoes_the_estimate():
+    a = bandlimited((128, 112), 0.3, seed=12)
+    b = translate(a, (2.61, -3.17))
+    aligned = apply_shift(b, estimate_shift(a, b, upsample=1000))
+    assert np.abs(aligned - a).max() < 0.01 * np.abs(a).max()
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (63, 50), (48, 65)])
+def test_apply_shift_round_trip(shape):
+    a = bandlimited(shape, 0.3, seed=13)
+    for s in [(1.37, -2.71), (0.5, 0.5), (-4.2, 3.9)]:
+        back = apply_shift(apply_shift(a, s), (-s[0], -s[1]))
+        np.testing.assert_allclose(back, a, atol=1e-12)
+
+
+def test_apply_shift_zero_and_whole_pixels_are_exact():
+    rng = np.random.default_rng(14)
+    a = rng.random((40, 36)).astype(np.float32)
+    for periodic in (True, False):
+        out = apply_shift(a, (0.0, 0.0), periodic=periodic)
+        assert out.dtype == np.float32 and np.array_equal(out, a) and out is not a
+    assert np.array_equal(apply_shift(a, (3, -5)), np.roll(a, (3, -5), axis=(0, 1)))
+    # Not periodic: the rows entering at the top are the mirror of the first rows.
+    out = apply_shift(a, (2.0, 0.0), periodic=False)
+    np.testing.assert_array_equal(out[2:], a[:-2])
+    np.testing.assert_array_equal(out[:2], a[1::-1])
+    assert apply_shift(a, (0.3, -0.2)).dtype == np.float32
+    assert apply_shift(np.arange(100, dtype=np.uint8).reshape(10, 10), (0.5, 0)).dtype == np.float64
+
+
+def test_apply_shift_non_periodic_interior(large_field):
+    d = (2.4, -3.7)
+    moved = translate(large_field, d)[64:192, 64:192]
+    back = apply_shift(moved, (-d[0], -d[1]), periodic=False)
+    truth = large_field[64:192, 64:192]
+    inner = (slice(8, -8), slice(8, -8))
+    assert np.abs(back[inner] - truth[inner]).max() < 0.02 * np.abs(truth).max()
+    # Content moves right: the first 4 columns are extrapolated, the last ones
+    # are data. There a periodic shift rings (the wrap-around is a jump).
+    wrapped = apply_shift(moved, (-d[0], -d[1]), periodic=True)
+    edge = (slice(8, -8), slice(-6, None))
+    assert np.abs(back[edge] - truth[edge]).max() < 0.1 * np.abs(truth).max()
+    assert np.abs(wrapped[edge] - truth[edge]).max() > 3 * np.abs(back[edge] - truth[edge]).max()
+
+
+# --------------------------------------------------------------- triplets
+
+
+def fresnel(amplitude=0.1, phase_height=0.5, dz=100.0, n=128, widths=(2.0, 5.0), seed=1):
+    """Triplet (I(-dz), I(0), I(+dz)) of a Gaussian-bump phase object (rad),
+    0.5 Å pixels, 300 keV, with an absorbing amplitude (0: a pure phase
+    object); dz in Å, bump widths in Å."""
+    phase = gaussian_bumps(n, 0.5, 60 * (n // 128) ** 2, phase_height, widths, seed=seed)
+    amp = 1 - amplitude * gaussian_bumps(n, 0.5, 60 * (n // 128) ** 2, 1.0, widths,
+                                         seed=seed + 1) ** 2
+    return [np.asarray(p) for p in defocus_triplet(phase, dz, 0.5, 300e3, amplitude=amp).planes]
+
+
+def rel_rms(a, b):
+    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean((b - b.mean()) ** 2)))
+
+
+@pytest.mark.parametrize("d0,d2", [((2.3, -1.7), (-1.1, 3.4)), ((0.4, 4.6), (-3.9, -0.8))])
+def test_fresnel_triplet_drift(d0, d2):
+    truth = fresnel()
+    planes = [translate(truth[0], d0), truth[1], translate(truth[2], d2)]
+    registered, shifts, reliable = quiet(register_triplet, planes)
+    assert reliable
+    assert shifts.shape == (3, 2) and not shifts[1].any()
+    np.testing.assert_allclose(shifts[0], [-d0[0], -d0[1]], atol=0.02)
+    np.testing.assert_allclose(shifts[2], [-d2[0], -d2[1]], atol=0.02)
+    assert registered[1] is planes[1]
+    for i in (0, 2):
+        assert rel_rms(registered[i], truth[i]) < 0.01
+    # The focal difference, what the TIE uses.
+    assert rel_rms(registered[2] - registered[0], truth[2] - truth[0]) < 0.03
+    assert rel_rms(planes[2] - planes[0], truth[2] - truth[0]) > 1.0
+
+
+def test_fresnel_mixed_contrast():
+    # Weak absorption and a strong phase: in the pairwise correlations the
+    # amplitude and phase contrasts partly cancel; the joint refinement holds.
+    truth = fresnel(amplitude=0.03, phase_height=1.0, dz=300.0, widths=(1.5, 4.0))
+    d0, d2 = (2.3, -1.7), (-1.1, 3.4)
+    planes = [translate(truth[0], d0), truth[1], translate(truth[2], d2)]
+    registered, shifts, reliable = quiet(register_triplet, planes)
+    assert reliable
+    np.testing.assert_allclose(shifts[[0, 2]], [[-d0[0], -d0[1]], [-d2[0], -d2[1]]], atol=0.07)
+    assert rel_rms(registered[2] - registered[0], truth[2] - truth[0]) < 0.1
+
+
+def test_fresnel_pure_phase_object_uniform_drift():
+    # The in-focus plane is flat: only the ±dz pair can be matched, and a drift
+    # uniform in time (plane 1 midway) is recovered.
+    truth = fresnel(amplitude=0.0)
+    assert np.ptp(truth[1]) < 1e-9
+    d = (1.4, -2.2)
+    planes = [translate(truth[0], d), truth[1], translate(truth[2], (-d[0], -d[1]))]
+    registered, shifts, reliable = quiet(register_triplet, planes)
+    assert reliable
+    np.testing.assert_allclose(shifts[[0, 2]], [[-d[0], -d[1]], [d[0], d[1]]], atol=0.02)
+    assert rel_rms(registered[2] - registered[0], truth[2] - truth[0]) < 0.03
+
+
+def test_fresnel_pure_phase_object_uneven_drift():
+    # With a flat in-focus plane the frame of the pair is immaterial: the pair
+    # is aligned to each other, shifted together by a common offset.
+    truth = fresnel(amplitude=0.0)
+    d0, d2 = (2.3, -1.7), (-1.1, 3.4)
+    planes = [translate(truth[0], d0), truth[1], translate(truth[2], d2)]
+    registered, shifts, reliable = quiet(register_triplet, planes)
+    assert reliable
+    residual0, residual2 = shifts[0] + d0, shifts[2] + d2  # content offset left in each
+    np.testing.assert_allclose(residual0, residual2, atol=0.03)
+    common = (residual0 + residual2) / 2
+    assert rel_rms(registered[2] - registered[0], translate(truth[2] - truth[0], common)) < 0.03
+
+
+def test_fresnel_triplet_with_signals():
+    truth = fresnel(phase_height=1.0, dz=300.0)
+    adf = 1 + 0.3 * bandlimited((128, 128), 0.2, seed=15)  # defocus-invariant
+    d0, d2 = (2.3, -1.7), (-1.1, 3.4)
+    planes = [translate(truth[0], d0), truth[1], translate(truth[2], d2)]
+    signals = [translate(adf, d0), adf, translate(adf, d2)]
+    registered, shifts, reliable = quiet(register_triplet, planes, signals=signals)
+    assert reliable
+    np.testing.assert_allclose(shifts[[0, 2]], [[-d0[0], -d0[1]], [-d2[0], -d2[1]]], atol=0.01)
+    for i in (0, 2):
+        assert rel_rms(registered[i], truth[i]) < 0.005
+
+
+def test_fresnel_triplet_non_periodic():
+    big = fresnel(n=256)
+    d0, d2 = (2.3, -1.7), (-1.1, 3.4)
+    crop = (slice(64, 192), slice(64, 192))
+    truth = [p[crop] for p in big]
+    planes = [translate(big[0], d0)[crop], truth[1], translate(big[2], d2)[crop]]
+    registered, shifts, reliable = quiet(register_triplet, planes, periodic=False)
+    assert reliable
+    np.testing.assert_allclose(shifts[[0, 2]], [[-d0[0], -d0[1]], [-d2[0], -d2[1]]], atol=0.05)
+    inner = (slice(8, -8), slice(8, -8))
+    assert rel_rms(registered[2][inner] - registered[0][inner],
+                   truth[2][inner] - truth[0][inner]) < 0.05
+
+
+@pytest.mark.parametrize("with_signals", [False, True])
+def test_zero_drift_leaves_planes_unchanged(with_signals):
+    planes = fresnel()
+    copies = [p.copy() for p in planes]
+    adf = 1 + 0.3 * bandlimited((128, 128), 0.2, seed=16)
+    signals = [adf, adf.copy(), adf.copy()] if with_signals else None
+    registered, shifts, reliable = quiet(register_triplet, planes, signals=signals)
+    assert reliable
+    assert np.hypot(*shifts[0]) < 0.02 and np.hypot(*shifts[2]) < 0.02
+    for out, given, copy in zip(registered, planes, copies):
+        assert out is given and np.array_equal(out, copy)
+
+
+def test_threshold_reports_but_does_not_apply():
+    truth = fresnel()
+    planes = [translate(truth[0], (0.3, 0.0)), truth[1], truth[2]]
+    registered, shifts, _ = quiet(register_triplet, planes, threshold=0.5)
+    assert abs(shifts[0, 0] + 0.3) < 0.02
+    assert registered[0] is planes[0]
+
+
+@pytest.mark.parametrize("kind", ["flat", "noise", "flat-focus-noise"])
+def test_featureless_or_noise_triplet_is_unreliable(kind):
+    rng = np.random.default_rng(17)
+    noise = [rng.poisson(30, (128, 128)).astype(float) for _ in range(3)]
+    planes = {"flat": [np.full((128, 128), 5.0)] * 3,
+              "noise": noise,
+              "flat-focus-noise": [noise[0], np.full((128, 128), 30.0), noise[2]]}[kind]
+    with pytest.warns(RegistrationWarning, match=r"plane [02] .*may be wrong.*register=False"):
+        _, _, reliable = register_triplet(planes)
+    assert reliable is False
+
+
+def test_noise_signals_are_unreliable():
+    rng = np.random.default_rng(18)
+    signals = [rng.normal(size=(96, 96)) for _ in range(3)]
+    with pytest.warns(RegistrationWarning) as record:
+        _, _, reliable = register_triplet(fresnel(n=96), signals=signals)
+    assert not reliable
+    assert any("from the signals" in str(w.message) and "quality" in str(w.message)
+               for w in record)
+
+
+def test_shift_beyond_max_shift_is_unreliable():
+    truth = fresnel()
+    planes = [translate(truth[0], (3.0, 2.0)), truth[1], translate(truth[2], (-3.0, -2.0))]
+    with pytest.warns(RegistrationWarning, match="exceeds max_shift 2"):
+        _, shifts, reliable = register_triplet(planes, max_shift=2.0)
+    assert not reliable
+    np.testing.assert_allclose(shifts[0], [-3.0, -2.0], atol=0.02)
+
+
+def test_low_dose_triplet_is_flagged_as_uncertain():
+    # 50 counts per pixel: the amplitude contrast gives each plane a clear
+    # match, but the weak phase contrast leaves the relative shift of the ±dz
+    # planes uncertain by more than 0.1 px.
+    rng = np.random.default_rng(19)
+    planes = [rng.poisson(50 * p).astype(float) for p in fresnel(amplitude=0.3)]
+    with pytest.warns(RegistrationWarning, match=r"relative shift .* uncertain by ±0\.[1-9]"):
+        _, _, reliable = register_triplet(planes)
+    assert not reliable
+
+
+# --------------------------------------------------------------- arguments
+
+
+GOOD = np.ones((16, 16)) + np.arange(16.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(reference=np.ones(16)), r"reference: expected a 2-D array"),
+    (dict(reference=np.ones((2, 16, 16))), r"reference: expected a 2-D array"),
+    (dict(moving=np.ones((16, 15))), r"moving: expected shape \(16, 16\)"),
+    (dict(reference=np.ones((4, 16))), r"reference: expected at least 8 pixels"),
+    (dict(moving=np.ones((16, 16), complex)), r"moving: expected a real image"),
+    (dict(moving=np.array([["a"] * 16] * 16)), r"moving: expected a real numeric dtype"),
+    (dict(reference=None), r"reference: expected a 2-D real array, got None"),
+    (dict(reference=np.ma.masked_array(GOOD)), r"reference: masked arrays"),
+    (dict(upsample=0), r"upsample: expected an integer in \[1, 1000\], got 0"),
+    (dict(upsample=2.5), r"upsample: expected an integer"),
+    (dict(upsample=True), r"upsample: expected an integer"),
+    (dict(upsample=5000), r"upsample: expected an integer in \[1, 1000\]"),
+    (dict(periodic="no"), r"periodic: expected True or False, got 'no'"),
+    (dict(invert=1), r"invert: expected True or False, got 1"),
+])
+def test_estimate_shift_arguments(kwargs, match):
+    args = dict(reference=GOOD, moving=GOOD)
+    args.update(kwargs)
+    ref, mov = args.pop("reference"), args.pop("moving")
+    with pytest.raises(InputError, match=match):
+        estimate_shift(ref, mov, **args)
+
+
+@pytest.mark.parametrize("name", ["reference", "moving"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_estimate_shift_non_finite(name, value):
+    bad = GOOD.copy()
+    bad[3, 4] = value
+    args = dict(reference=GOOD, moving=GOOD)
+    args[name] = bad
+    with pytest.raises(InputError, match=f"{name}: contains NaN or Inf"):
+        estimate_shift(args["reference"], args["moving"])
+
+
+@pytest.mark.parametrize("image,shift,match", [
+    (GOOD, (1.0,), r"shift: expected a Shift or a pair"),
+    (GOOD, (1.0, np.nan), r"shift: expected a Shift or a pair .*nan"),
+    (GOOD, "up", r"shift: expected a Shift or a pair"),
+    (GOOD, (1, 2, 3), r"shift: expected a Shift or a pair"),
+    (np.full((16, 16), np.inf), (1, 2), r"image: contains NaN or Inf"),
+    (np.ones((16,)), (1, 2), r"image: expected a 2-D array"),
+])
+def test_apply_shift_arguments(image, shift, match):
+    with pytest.raises(InputError, match=match):
+        apply_shift(image, shift)
+
+
+def test_apply_shift_accepts_a_shift():
+    a = bandlimited((32, 32), 0.3, seed=21)
+    np.testing.assert_array_equal(apply_shift(a, Shift(1.5, -0.5, 0.9)), apply_shift(a, (1.5, -0.5)))
+
+
+@pytest.mark.parametrize("planes,kwargs,match", [
+    ([GOOD, GOOD], {}, r"planes: expected a sequence of three 2-D arrays .*got 2 items"),
+    (np.ones((2, 16, 16)), {}, r"planes: expected a sequence of three .*shape \(2, 16, 16\)"),
+    (GOOD, {}, r"planes: expected a sequence of three"),
+    ([GOOD, GOOD, np.ones((16, 15))], {}, r"planes\[2\]: expected shape \(16, 16\)"),
+    ([GOOD, np.full((16, 16), np.nan), GOOD], {}, r"planes\[1\]: contains NaN or Inf"),
+    ([GOOD] * 3, dict(signals=[GOOD, GOOD, np.ones((15, 16))]), r"signals\[2\]: expected shape"),
+    ([GOOD] * 3, dict(signals=[GOOD]), r"signals: expected a sequence of three"),
+    ([GOOD] * 3, dict(max_shift=0), r"max_shift: expected a finite number > 0"),
+    ([GOOD] * 3, dict(max_shift=np.inf), r"max_shift: expected a finite number"),
+    ([GOOD] * 3, dict(min_quality=1.5), r"min_quality: expected a number in \[0, 1\], got 1.5"),
+    ([GOOD] * 3, dict(min_quality=-0.1), r"min_quality: expected a finite number >= 0"),
+    ([GOOD] * 3, dict(threshold=-1), r"threshold: expected a finite number >= 0, got -1"),
+    ([GOOD] * 3, dict(periodic=None), r"periodic: expected True or False, got None"),
+])
+def test_register_triplet_arguments(planes, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        register_triplet(planes, **kwargs)
