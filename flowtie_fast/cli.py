@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -173,26 +174,36 @@ def _reconstruct(args) -> int:
         if os.path.realpath(args.png) == os.path.realpath(args.output):
             raise InputError(f"--png: {str(args.png)!r} is also the -o output; choose another "
                              "figure path")
-    if args.method != "flowtie" and (args.model or args.precision != "float32"):
-        raise ft.InputError("--model/--precision: apply to --method flowtie only, got "
-                            f"--method {args.method}")
+    if args.method != "flowtie" and (args.model or args.precision != "float32"
+                                     or args.no_uncertainty):
+        raise ft.InputError("--model/--precision/--no-uncertainty: apply to --method flowtie "
+                            f"only, got --method {args.method}")
     options = {}
     if args.virtual:
         options["virtual"] = args.virtual
+    if args.register is not None:
+        options["register"] = {"on": True, "periodic": "periodic", "off": False}[args.register]
     with ft.load(args.file) as ds:
-        if args.virtual and ds.kind != "4dstem":
-            raise ft.InputError(f"--virtual: applies to 4D-STEM files only; {args.file.name} "
-                                "holds a triplet of images")
+        for flag, given in (("--virtual", args.virtual), ("--register", args.register)):
+            if given and ds.kind != "4dstem":
+                raise ft.InputError(f"{flag}: applies to 4D-STEM files only; "
+                                    f"{args.file.name} holds a triplet of images")
         t = ds.triplet(backend=args.backend, **options) if ds.kind == "4dstem" else ds.triplet()
+        _report_registration(getattr(t, "registration", None))
         extra = {}
         if args.method == "flowtie":
             extra["model"] = _flow_model(args.model, args.precision, args.backend)
+            extra["uncertainty"] = not args.no_uncertainty
         rec = ft.reconstruct(t, method=args.method, backend=args.backend,
                              boundary=args.boundary, **extra)
         be = ft.get_backend(args.backend)
         fields = {"phase": be.to_numpy(rec.phase), "gradient": be.to_numpy(rec.gradient),
                   "residual": be.to_numpy(rec.residual), "method": args.method,
                   "pixel_size": np.asarray(t.pixel_size), "source": str(args.file)}
+        if rec.uncertainty is not None:
+            fields["uncertainty"] = be.to_numpy(rec.uncertainty)
+        if rec.info.get("fallback"):
+            fields["fallback"] = rec.info["fallback"]
         if ds.phase_gt is not None:
             from flowtie_fast.evaluate import phase_errors
 
@@ -200,13 +211,29 @@ def _reconstruct(args) -> int:
             print(f"phase error against the file's ground truth: MSE {mse:.4g} rad², "
                   f"NMSE {nmse:.4g}")
         truth = ds.phase_gt
-    write_fields(args.output, fields, arrays=("phase", "gradient", "residual"),
+    write_fields(args.output, fields, arrays=("phase", "gradient", "residual", "uncertainty"),
                  overwrite=args.overwrite)
-    print(f"{args.method}: {args.output} ({rec.info.get('time', 0) * 1e3:.1f} ms)")
+    done = f"{args.method} (returned the {rec.info['fallback']} phase)" \
+        if rec.info.get("fallback") else args.method
+    print(f"{done}: {args.output} ({rec.info.get('time', 0) * 1e3:.1f} ms)")
     if args.png:
         _figure(args.png, fields, truth, args.method, args.overwrite)
         print(f"figure: {args.png}")
     return 0
+
+
+def _report_registration(record) -> None:
+    """One line on the registration of a 4D-STEM triplet's scans."""
+    if not record:
+        return
+    s = record["shifts"]
+    shifts = ", ".join(f"{name} ({s[i][0]:+.2f}, {s[i][1]:+.2f})"
+                       for i, name in ((0, "-dz"), (2, "+dz")))
+    state = ("applied" if record["applied"] else
+             "not applied (unreliable)" if not record["reliable"] else
+             "not applied (under 0.1 px)")
+    print(f"registration from the {record['signal']} images: shifts (dy, dx) px {shifts}; "
+          f"{state}")
 
 
 def _flow_model(model, precision, backend):
@@ -389,7 +416,12 @@ def main(argv=None) -> int:
         return 130
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            warnings.simplefilter("default")
+            for kind in (DeprecationWarning, FutureWarning):  # dependencies' notes to us
+                warnings.simplefilter("ignore", kind)
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"flowtie {args.command}: interrupted; nothing half-written is left",
               file=sys.stderr)
@@ -399,6 +431,15 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"flowtie {args.command}: error: {_describe(exc)}", file=sys.stderr)
         return _exit_code(exc)
+
+
+def _one_line_warning(command):
+    """A ``warnings.showwarning`` that prints ``flowtie CMD: warning: ...`` on one
+    line (the library's own warnings say what was done and what to change)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"flowtie {command}: warning: {text}", file=sys.stderr)
+    return show
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -446,6 +487,12 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--precision", default="float32", choices=PRECISIONS,
                      help="flowtie: network arithmetic (bfloat16 ~1.9x faster on CPUs with "
                           "bfloat16 instructions)")
+    rec.add_argument("--no-uncertainty", action="store_true",
+                     help="flowtie: run the network alone, without the uncertainty map, the "
+                          "trust check and the fallback to the classical phase (4x faster)")
+    rec.add_argument("--register", choices=("on", "periodic", "off"),
+                     help="4D-STEM: undo the drift between the three scans (default on; "
+                          "periodic for scans of whole unit cells; off)")
     rec.set_defaults(func=_reconstruct)
 
     sim = sub.add_parser("simulate", parents=[common, overwrite],

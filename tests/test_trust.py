@@ -172,3 +172,50 @@ def test_register_is_checked(case):
         ft.FocalTriplet.from_4dstem(case.minus, case.zero, case.plus, dz=case.dz,
                                     scan_step=case.scan_step, k_sampling=case.k_sampling,
                                     energy=case.energy, backend="cpu", register="yes")
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_cli_writes_the_uncertainty_and_says_when_it_falls_back(case, tmp_path, capsys):
+    from flowtie_fast.cli import main
+
+    clean = tmp_path / "clean.npz"
+    ft.save(clean, case)
+    out = tmp_path / "rec.npz"
+    assert main(["reconstruct", str(clean), "-o", str(out), "--method", "flowtie",
+                 "--register", "periodic"]) == 0
+    with np.load(out) as f:
+        assert f["uncertainty"].shape == case.phase.shape and "fallback" not in f
+    text = capsys.readouterr()
+    assert "registration from the df images" in text.out
+
+    low = tmp_path / "low.npz"
+    rng = np.random.default_rng(1)
+    planes = [counts(p, 300.0, case.scan_step, rng, dtype=np.uint16)
+              for p in (case.minus, case.zero, case.plus)]
+    ft.save(low, ft.io.Dataset(*planes, (case.dz, case.dz), case.scan_step, case.energy,
+                               case.k_sampling, case.phase, case.gradient))
+    out2 = tmp_path / "rec2.npz"
+    assert main(["reconstruct", str(low), "-o", str(out2), "--method", "flowtie"]) == 0
+    text = capsys.readouterr()
+    assert "returned the icom phase" in text.out
+    warnings_ = [ln for ln in text.err.splitlines() if ln.strip()]
+    assert warnings_ and all(ln.startswith("flowtie reconstruct: warning: ")
+                             for ln in warnings_), text.err
+    with np.load(out2) as f:
+        assert str(f["fallback"]) == "icom" and "uncertainty" not in f
+
+
+def test_cli_refuses_options_that_do_not_apply(case, tmp_path, capsys):
+    from flowtie_fast.cli import main
+
+    images = tmp_path / "images.npz"
+    t = _triplet(case)
+    ft.save(images, ft.FocalTriplet(*t.planes, dz=t.dz, pixel_size=t.pixel_size,
+                                    energy=t.energy))
+    assert main(["reconstruct", str(images), "-o", str(tmp_path / "a.npz"),
+                 "--register", "off"]) == 2
+    assert "--register: applies to 4D-STEM files only" in capsys.readouterr().err
+    assert main(["reconstruct", str(images), "-o", str(tmp_path / "b.npz"), "--method", "tie",
+                 "--no-uncertainty"]) == 2
+    assert "--no-uncertainty" in capsys.readouterr().err
