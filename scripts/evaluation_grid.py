@@ -1,0 +1,174 @@
+"""The evaluation grid: every method x dose x drift on simulations with ground truth.
+
+For every case (a file of the flowtie_fast layout with a ground truth, from
+``scripts/simulate_evaluation_sets.py`` or a ``flowtie simulate --sweep``
+folder, whose manifest says which windows are non-periodic and their margin)
+and every condition (dose in e⁻/Å² or noise-free; drift of the ±dz scans or
+none), the phase NMSE of every method, flowtie as the library returns it (the
+trust check and fallback on) and the network alone, the ratio of flowtie's
+MSE to the best classical method's, the uncertainty's coverage (share of
+pixels with ``|error| <= uncertainty``) and the registration's error.
+
+    python scripts/evaluation_grid.py data/test data/corpus -o data/grid.jsonl
+    python scripts/evaluation_grid.py --table data/grid.jsonl   # Markdown, worst first
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import flowtie_fast as ft
+from flowtie_fast.acquisition import counts, crop_margin, drift
+from flowtie_fast.evaluate import phase_errors
+
+CLASSICAL = ("tie-uniform", "tie", "tie-exact", "gd", "icom")
+DOSES = (None, 1e3, 1e4, 1e5)
+DRIFTS = (None, ((2.3, -1.7), (-1.8, -2.0)))
+
+
+def cases(folders):
+    """(path, periodic, margin, kind) of every file with a ground truth."""
+    for folder in folders:
+        folder = Path(folder)
+        manifest = folder / "manifest.jsonl"
+        if manifest.exists():
+            for line in manifest.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                scan = row.get("scan", {})
+                for f in row.get("files", []):
+                    name = f if isinstance(f, str) else f.get("file", f.get("path"))
+                    yield (folder / Path(name).name, bool(scan.get("periodic", True)),
+                           int(scan.get("margin", 0) or 0), row.get("family", "crystal"))
+        else:
+            for f in sorted(folder.glob("*.npz")):
+                yield f, True, 0, "crystal"
+
+
+def one(path, periodic, margin, kind, dose, shifts, rng):
+    ds = ft.load(path)
+    planes = [np.asarray(p) for p in (ds.minus, ds.zero, ds.plus)]
+    truth = np.asarray(ds.phase_gt, float)
+    if margin:
+        truth = crop_margin(truth, margin)
+    if shifts is not None:
+        planes = [drift(planes[0], shifts[0], periodic=periodic, margin=margin), planes[1],
+                  drift(planes[2], shifts[1], periodic=periodic, margin=margin)]
+        planes[1] = crop_margin(planes[1], margin) if margin else planes[1]
+    elif margin:
+        planes = [crop_margin(p, margin) for p in planes]
+    if dose is not None:
+        planes = [counts(p, dose, ds.scan_step, rng, dtype=np.uint32) for p in planes]
+    t = ft.FocalTriplet.from_4dstem(*planes, dz=ds.dz, scan_step=ds.scan_step,
+                                    k_sampling=ds.k_sampling, energy=ds.energy, backend="cpu",
+                                    register="periodic" if periodic else True)
+    boundary = "periodic" if periodic else "mirror"
+    row = {"case": path.stem, "kind": kind, "periodic": periodic, "energy": ds.energy,
+           "thickness": ds.meta.get("thickness"), "dose": dose,
+           "drift": None if shifts is None else [list(s) for s in shifts],
+           "shape": list(t.shape)}
+    reg = t.registration or {}
+    if shifts is not None and reg:
+        want = -np.array([shifts[0], shifts[1]])
+        got = reg["shifts"][[0, 2]]
+        row["registration_error"] = float(np.abs(got - want).max()) if reg["applied"] else None
+        row["registration_applied"] = bool(reg["applied"])
+    for m in CLASSICAL:
+        row[m] = phase_errors(ft.reconstruct(t, method=m, backend="cpu",
+                                             boundary=boundary).phase, truth)[1]
+    raw = ft.reconstruct(t, method="flowtie", backend="cpu", boundary=boundary,
+                         uncertainty=False)
+    safe = ft.reconstruct(t, method="flowtie", backend="cpu", boundary=boundary)
+    row["flowtie_raw"] = phase_errors(raw.phase, truth)[1]
+    row["flowtie"] = phase_errors(safe.phase, truth)[1]
+    row["fallback"] = safe.info.get("fallback")
+    best = min(row[m] for m in CLASSICAL)
+    row["best_classical"] = min(CLASSICAL, key=lambda m: row[m])
+    row["ratio"] = row["flowtie"] / best if best > 0 else math.inf
+    if safe.uncertainty is not None:
+        err = np.abs((safe.phase - safe.phase.mean()) - (truth - truth.mean()))
+        row["coverage"] = float(np.mean(err <= safe.uncertainty))
+    return row
+
+
+def run(folders, out, limit=None):
+    rng = np.random.default_rng(0)
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["case"], r["dose"], r["drift"] is not None))
+    n = 0
+    with out.open("a") as f:
+        for path, periodic, margin, kind in cases(folders):
+            if not path.exists():
+                continue
+            n += 1
+            if limit and n > limit:
+                break
+            for dose in DOSES:
+                for shifts in DRIFTS:
+                    if (path.stem, dose, shifts is not None) in done:
+                        continue
+                    start = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        try:
+                            row = one(path, periodic, margin, kind, dose, shifts, rng)
+                        except ft.InputError as exc:
+                            row = {"case": path.stem, "kind": kind, "dose": dose,
+                                   "drift": None if shifts is None else [list(s) for s in shifts],
+                                   "error": str(exc)}
+                    row["seconds"] = time.perf_counter() - start
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                    print(path.stem, dose, shifts is not None, row.get("ratio"),
+                          row.get("fallback"), flush=True)
+
+
+def table(path):
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    rows = [r for r in rows if "error" not in r]
+    rows.sort(key=lambda r: -r["ratio"])
+    head = ("| case | kind | keV | dose e/Å² | drift | best classical (NMSE) | flowtie NMSE "
+            "| network alone | ratio | fallback | coverage | registration error px |")
+    lines = [head, "|" + " --- |" * 12]
+    for r in rows:
+        dose = "none" if r["dose"] is None else f"{r['dose']:.0e}"
+        best = r["best_classical"]
+        cov = "" if r.get("coverage") is None else f"{r['coverage']:.2f}"
+        reg = "" if r.get("registration_error") is None else f"{r['registration_error']:.2f}"
+        lines.append(
+            f"| {r['case']} | {r['kind']} | {r['energy'] / 1e3:.0f} | {dose} | "
+            f"{'yes' if r['drift'] else 'no'} | {best} ({r[best]:.3f}) | {r['flowtie']:.3f} | "
+            f"{r['flowtie_raw']:.3f} | {r['ratio']:.2f} | {r['fallback'] or ''} | {cov} | "
+            f"{reg} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="*", type=Path)
+    parser.add_argument("-o", "--output", type=Path, default=Path("data/grid.jsonl"))
+    parser.add_argument("--limit", type=int, help="first N cases only")
+    parser.add_argument("--table", type=Path, help="print the Markdown table of a grid file")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
+    run(args.folders, args.output, args.limit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
