@@ -637,6 +637,9 @@ def _consistent_shifts(planes, s0, s2, periodic):
     return s[:2], s[2:], sigma
 
 
+SYMMETRY_FRACTION = 0.7  # of the signals' self-match quality a match must reach
+
+
 def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min_quality=0.5,
                      threshold=0.02, apply_unreliable=True):
     """Estimate and undo the drift of the -dz and +dz planes against the in-focus one.
@@ -700,7 +703,9 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
         Quality in [0, 1] below which an estimate is not trusted (default
         0.5: noise and unrelated images score below about 0.45, correct
         matches of images with structure above about 0.7; see
-        :func:`estimate_shift`).
+        :func:`estimate_shift`). With ``signals``, lowered to 0.7 times the
+        lowest quality of a signal matched with itself, where that is lower
+        (a crystal's repeating image caps every match's quality).
     threshold : float
         Shifts of magnitude below this (px, default 0.02, about the
         estimator's accuracy) are reported but not applied, so that planes
@@ -755,6 +760,14 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
     e01 = estimate_shift(images[1], images[0], periodic=periodic, invert=invert)
     e21 = estimate_shift(images[1], images[2], periodic=periodic, invert=invert)
     e02 = estimate_shift(images[2], images[0], periodic=periodic, invert=invert)
+    if signals is not None:
+        # A crystal's image repeats: its correlation has near-equal peaks a
+        # lattice vector apart, which caps the quality of any match, its match
+        # with itself included. A match as sharp as the signals' own symmetry
+        # allows is as good as it gets (a lattice vector off changes nothing
+        # inside a crystal); noise makes the self-match sharp and keeps the bar.
+        own = min(estimate_shift(x, x, periodic=periodic).quality for x in images)
+        min_quality = min(min_quality, SYMMETRY_FRACTION * own)
     s0, s2, loop = _combine(e01, e21, e02, min_quality)
     problems = []
     if signals is not None:

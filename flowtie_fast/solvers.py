@@ -422,6 +422,7 @@ class TIESolver:
         options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
                    "model": model, "names": names, "noise": getattr(series, "noise", None),
                    "gradient_noise": getattr(series, "gradient_noise", None),
+                   "registration": getattr(series, "registration", None),
                    "uncertainty": method == "flowtie" and uncertainty is not False}
         inputs = (*series.planes, series.gradient, out)
         input_names = (*names, "gradient", "out")
@@ -654,7 +655,8 @@ class TIESolver:
             g, _ = self._denoised_gradient(gradient, options.get("gradient_noise"))
             icom = self.poisson.integrate(g, out=scratch)
         verdict = trust.verdict(float(xp.sqrt((spread ** 2).mean())), float(phases[0].std()),
-                                snr, None if icom is None else float(icom.std()))
+                                snr, None if icom is None else float(icom.std()),
+                                options.get("registration"))
         info.update(verdict)
         if verdict["trusted"]:
             info["uncertainty_map"] = (spread * scale).astype(self.dtype)

@@ -13,7 +13,20 @@ the pixel size (Å). Augmentations act on all of them consistently:
   from the noisy planes (:func:`augment`, for triplets of images);
 - 4D-STEM dose: :func:`load_samples` with ``doses`` draws Poisson counts on
   the patterns themselves and reduces them, so that the planes and the centre
-  of mass carry the noise of a real acquisition at that dose.
+  of mass carry the noise of a real acquisition at that dose;
+- real acquisitions: :func:`load_corpus` reads a sweep folder
+  (:mod:`flowtie_fast.sweep`) and draws, per file, a fixed number of
+  acquisitions (:mod:`flowtie_fast.acquisition`: counts with gain noise and a
+  flat-field map, drift, source blur) on the 4D patterns before the reduction,
+  which registers the three scans as the library does at inference.
+
+Periodic and non-periodic samples
+---------------------------------
+Samples of whole periods (``Sample.periodic``, the default) take periodic
+shifts and tilings. Windows (``periodic=False``: a crop of a larger specimen,
+its margin already removed) take flips and 90° rotations only: :func:`augment`
+never shifts them and :func:`tile` returns them as they are, since wrapping a
+window around would put a seam into it.
 """
 
 from __future__ import annotations
@@ -23,10 +36,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, check_positive
+from ..errors import InputError, check_count, check_positive
 from ..io import load
 
-__all__ = ["Sample", "load_samples", "augment", "tile"]
+__all__ = ["Sample", "load_samples", "load_corpus", "corpus_ranges", "augment", "tile",
+           "MIN_TRAINING_DOSE"]
+
+# The lowest dose load_corpus draws by default (e⁻/Å²), whatever the recipe's
+# range says. The recipe's [acquisition] dose starts at 1e2: at scan steps of
+# 0.1-0.5 Å a pattern then holds 1-25 electrons, the phase is lost to every
+# method (the validation conditions start at 1e3) and such samples, whose loss
+# is normalised per sample like every other one, would mostly teach the
+# network to blur. 1e3 is the low end of the validation conditions.
+MIN_TRAINING_DOSE = 1e3
 
 
 @dataclass
@@ -39,6 +61,8 @@ class Sample:
     wavenumber: float  # rad/Å
     pixel_size: tuple  # Å
     name: str = ""
+    periodic: bool = True  # whole periods: periodic shifts, tilings and spectral loss terms
+    conditions: dict | None = None  # the acquisition drawn for it (load_corpus), else None
 
     @property
     def didz(self) -> np.ndarray:
@@ -114,6 +138,203 @@ def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
     return samples
 
 
+def corpus_ranges(acquisition, overrides=None, min_dose=MIN_TRAINING_DOSE) -> dict:
+    """The ranges :func:`load_corpus` draws acquisitions from: a manifest
+    line's ``acquisition`` table, updated by ``overrides`` (a key set to None
+    switches that effect off), with the dose's low end raised to ``min_dose``
+    (None: as recorded).
+
+    Raises
+    ------
+    InputError
+        ``overrides`` that is not a mapping of known conditions
+        (:data:`flowtie_fast.acquisition.CONDITIONS`), or a bad ``min_dose``.
+    """
+    from collections.abc import Mapping
+
+    from ..acquisition import CONDITIONS
+
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise InputError(f"ranges: expected a mapping of acquisition ranges, got {overrides!r}")
+    unknown = [k for k in (overrides or {}) if k not in CONDITIONS]
+    if unknown:
+        raise InputError(f"ranges: unknown conditions {unknown!r}; expected keys among "
+                         f"{CONDITIONS}")
+    out = {k: v for k, v in dict(acquisition or {}).items() if k in CONDITIONS}
+    out.update(overrides or {})
+    out = {k: v for k, v in out.items() if v is not None}
+    if min_dose is not None and out.get("dose") is not None:
+        floor = check_positive("min_dose", min_dose)
+        dose = out["dose"]
+        if isinstance(dose, (list, tuple)):
+            lo, hi = (float(v) for v in dose)
+            out["dose"] = (max(lo, floor), max(hi, floor))
+        else:
+            out["dose"] = max(float(dose), floor)
+    return out
+
+
+def _corpus_sample(t, phase, gradient, name, periodic, conditions) -> Sample:
+    planes = np.stack([np.asarray(p, np.float32) for p in t.planes])
+    com = (np.asarray(t.gradient, np.float32) / (2 * np.pi)
+           if t.gradient is not None else np.zeros((2,) + t.shape, np.float32))
+    return Sample(planes, np.asarray(t.derivative_weights, np.float32), com,
+                  np.ascontiguousarray(phase, np.float32),
+                  np.ascontiguousarray(gradient, np.float32), t.wavenumber,
+                  tuple(float(h) for h in t.pixel_size), name, periodic, conditions)
+
+
+def load_corpus(folder, *, variants=3, seed=0, ranges=None, min_dose=MIN_TRAINING_DOSE,
+                series=None, progress=None, **triplet_options) -> list:
+    """Samples from a sweep folder (:func:`flowtie_fast.sweep.run`): every file
+    of every finished series in its ``manifest.jsonl``, noise-free and under
+    ``variants`` random acquisitions.
+
+    For each file, the noise-free sample comes first, then ``variants``
+    samples, each with its own conditions drawn by
+    :func:`flowtie_fast.acquisition.random_conditions` from the series'
+    recorded ``acquisition`` ranges (see :func:`corpus_ranges`: ``ranges``
+    overrides, the dose floored at ``min_dose``) and applied to the 4D patterns
+    by :func:`flowtie_fast.acquisition.apply` (source blur, drift, counts with
+    gain noise and a flat-field map). The patterns are then reduced by
+    :meth:`FocalTriplet.from_4dstem` with registration (``"periodic"`` for
+    series of whole periods, True for windows), as the library reduces an
+    acquisition at inference: the network sees the registered planes and the
+    centre of mass it will be fed.
+
+    Windows (``truth.periodic`` false) carry ``truth.margin`` extra scan
+    positions each side: the drift moves the scans within it and the margin is
+    then cropped, from the patterns (by :func:`~flowtie_fast.acquisition.apply`)
+    and from the ground truth; their samples have ``periodic=False``. The drift
+    is capped at the margin.
+
+    Deterministic: the draws of a file come from a generator seeded by
+    ``(seed, series index, file position)``, so they do not depend on which
+    other series are in the folder (a growing corpus keeps its earlier
+    samples). The 4D arrays of a file are dropped once it is reduced.
+
+    Parameters
+    ----------
+    folder : path
+        Holding ``manifest.jsonl`` and the series' files.
+    variants : int
+        Acquisitions per file (>= 0) besides the noise-free sample.
+    seed : int
+    ranges : mapping, optional
+        Overrides of the recorded ranges (keys of
+        :data:`flowtie_fast.acquisition.CONDITIONS`; None switches an effect off).
+    min_dose : float or None
+        Lowest dose drawn (e⁻/Å², default :data:`MIN_TRAINING_DOSE`); None: the
+        recorded range as it is.
+    series : sequence of str, optional
+        Only these series ids (``"s0007"``); default: all finished ones.
+    progress : callable, optional
+        Called with a line of text per file.
+    **triplet_options
+        Passed to :meth:`FocalTriplet.from_4dstem` (e.g. ``virtual``).
+
+    Returns
+    -------
+    list of Sample
+        Named ``<file stem>`` (noise-free) and ``<file stem>@a<j>``, in the
+        manifest's series order; ``conditions`` holds what was applied (dose,
+        gain noise, gain map, drift, source FWHM, margin) and the registration
+        (``registered``, ``registration_shifts``).
+
+    Raises
+    ------
+    InputError
+        Before anything is read: no such folder, no manifest in it, a bad
+        ``variants``, ``seed``, ``ranges`` or ``min_dose``, an unknown series id,
+        a listed file that is missing.
+    """
+    import warnings
+
+    from .. import acquisition
+    from ..sweep import read_manifest
+    from ..triplet import FocalTriplet
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"folder: no such folder {str(folder)!r}")
+    if not (folder / "manifest.jsonl").is_file():
+        raise InputError(f"folder: {str(folder)!r} has no manifest.jsonl (a sweep folder: "
+                         f"flowtie simulate --sweep)")
+    variants = check_count("variants", variants, 0)
+    seed = check_count("seed", seed, 0)
+    if min_dose is not None:
+        check_positive("min_dose", min_dose)
+    corpus_ranges({}, ranges, min_dose)  # checks ranges
+    records = sorted(read_manifest(folder).values(), key=lambda r: (r.get("index", 0), r["id"]))
+    if series is not None:
+        wanted = [series] if isinstance(series, str) else list(series)
+        known = {r["id"] for r in records}
+        missing = [s for s in wanted if s not in known]
+        if missing:
+            raise InputError(f"series: {missing!r} not finished in {str(folder)!r}")
+        records = [r for r in records if r["id"] in set(wanted)]
+    jobs = []
+    for rec in records:
+        truth = rec.get("truth") or {}
+        periodic = bool(truth.get("periodic", rec.get("scan", {}).get("periodic", True)))
+        margin = 0 if periodic else int(truth.get("margin", rec.get("scan", {}).get("margin", 0)))
+        todo = corpus_ranges(rec.get("acquisition"), ranges, min_dose)
+        if todo.get("drift") is not None and not periodic:
+            todo["drift"] = min(float(todo["drift"]), float(margin))
+        for k, entry in enumerate(rec.get("files", [])):
+            path = folder / entry["file"]
+            if not path.is_file():
+                raise InputError(f"folder: {entry['file']} of series {rec['id']} is listed in "
+                                 f"manifest.jsonl but missing")
+            jobs.append((rec, k, path, periodic, margin, todo))
+    options = {"backend": "cpu", **triplet_options}
+    samples = []
+    for rec, k, path, periodic, margin, todo in jobs:
+        rng = np.random.default_rng([seed, int(rec.get("index", 0)), k])
+        register = "periodic" if periodic else True
+        with load(path) as ds:
+            if ds.kind != "4dstem" or ds.phase_gt is None or ds.gradient_gt is None:
+                continue
+            raw = [np.asarray(p) for p in (ds.minus, ds.zero, ds.plus)]
+            calib = {"dz": ds.dz, "scan_step": ds.scan_step, "k_sampling": ds.k_sampling,
+                     "energy": ds.energy}
+            phase, gradient = np.asarray(ds.phase_gt), np.asarray(ds.gradient_gt)
+        if margin:
+            phase = phase[margin:-margin, margin:-margin]
+            gradient = gradient[:, margin:-margin, margin:-margin]
+        var = float(np.var(phase))
+        if not (np.isfinite(phase).all() and np.isfinite(gradient).all() and var > 0):
+            if progress is not None:
+                progress(f"{path.name}: skipped (flat or non-finite ground truth)")
+            continue
+        for j in range(variants + 1):
+            if j == 0:
+                cond = {"dose": None, "gain_noise": 0.0, "gain_map": None, "drift": None,
+                        "source_fwhm": 0.0}
+            else:
+                cond = acquisition.random_conditions(rng, todo)
+            planes, applied = acquisition.apply(raw, rng=rng, scan_step=calib["scan_step"],
+                                                periodic=periodic, margin=margin, **cond)
+            with warnings.catch_warnings():  # unreliable registrations are left unapplied
+                warnings.simplefilter("ignore")
+                t = FocalTriplet.from_4dstem(*planes, **calib, register=register, **options)
+            del planes
+            reg = getattr(t, "registration", None) or {}
+            applied = {key: applied[key] for key in ("dose", "gain_noise", "gain_map", "drift",
+                                                     "source_fwhm", "margin")}
+            applied["registered"] = bool(reg.get("applied", False))
+            shifts = reg.get("shifts")
+            applied["registration_shifts"] = None if shifts is None else \
+                np.asarray(shifts, float).tolist()
+            name = path.stem + ("" if j == 0 else f"@a{j}")
+            samples.append(_corpus_sample(t, phase, gradient, name, periodic, applied))
+        del raw
+        if progress is not None:
+            progress(f"{path.name}: {variants + 1} samples ({'periodic' if periodic else 'window'}"
+                     f", {samples[-1].phase.shape[0]} x {samples[-1].phase.shape[1]})")
+    return samples
+
+
 def _flip(s: Sample, axis: int) -> Sample:
     sign = np.ones((2, 1, 1), np.float32)
     sign[axis] = -1
@@ -142,8 +363,10 @@ def _shift(s: Sample, dy: int, dx: int) -> Sample:
 
 
 def augment(s: Sample, rng: np.random.Generator, dose_range=(None, None)) -> Sample:
-    """A random periodic shift, flip, 90° rotation and (optionally) dose."""
-    s = _shift(s, int(rng.integers(s.phase.shape[0])), int(rng.integers(s.phase.shape[1])))
+    """A random periodic shift (periodic samples only: no random number is
+    drawn for it otherwise), flip, 90° rotation and (optionally) dose."""
+    if s.periodic:
+        s = _shift(s, int(rng.integers(s.phase.shape[0])), int(rng.integers(s.phase.shape[1])))
     if rng.random() < 0.5:
         s = _flip(s, 0)
     if rng.random() < 0.5:
@@ -161,7 +384,11 @@ def augment(s: Sample, rng: np.random.Generator, dose_range=(None, None)) -> Sam
 
 def tile(s: Sample, reps: int) -> Sample:
     """``reps`` x ``reps`` periods of a periodic sample (still periodic, unlike a
-    crop, so the spectral operators of the loss stay exact)."""
+    crop, so the spectral operators of the loss stay exact); a non-periodic
+    sample (a window) is returned as it is."""
+    if not s.periodic or reps == 1:
+        return s
+
     def t(a):
         return np.tile(a, (1,) * (a.ndim - 2) + (reps, reps))
 

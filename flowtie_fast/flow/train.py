@@ -16,6 +16,18 @@ network and objective.
 With a teacher (``TrainConfig.teacher``, ``distill``), the flow term's target
 is a blend of the ground-truth gradient and the teacher's predicted flow: a
 single network learns from the mean flow of an ensemble (MODEL.md).
+
+With ``TrainConfig.init`` (a shipped model's name or a TorchScript file of the
+same network), the run starts from that model's weights instead of a random
+initialisation: a fine-tuning.
+
+Non-periodic samples (windows, ``Sample.periodic`` false: :func:`load_corpus`)
+are never shifted periodically nor tiled, and their batches train on the flow
+term alone: the continuity and phase terms use the periodic spectral
+derivative and Poisson integration, which do not hold across a window's
+border (a non-periodic phase has no periodic integral), so their weights are
+0 for those batches. A batch holds copies of one sample, so it is all of one
+kind.
 """
 
 from __future__ import annotations
@@ -70,6 +82,9 @@ class TrainConfig:
     # distill * the teacher's flow (a shipped name, "ensemble" or a file).
     teacher: str | None = None
     distill: float = 0.0
+    # Fine-tuning: the weights the run starts from (a shipped name or a TorchScript
+    # file of the same network); None: a random initialisation.
+    init: str | None = None
 
     def __post_init__(self):
         self.validate()
@@ -88,7 +103,7 @@ class TrainConfig:
             zero; ``channels`` None or positive integers; ``dose`` (None,
             None) or two positive finite counts per pixel, low <= high;
             ``clip`` finite >= 0; ``distill`` in [0, 1], and > 0 only with a
-            ``teacher``.
+            ``teacher``; ``init`` None or a model name or file.
         """
         for name in ("steps", "batch", "reps", "width", "depth", "stride", "checkpoint_every"):
             setattr(self, name, check_count(name, getattr(self, name), 1))
@@ -132,6 +147,10 @@ class TrainConfig:
         self.distill = float(d)
         if self.distill > 0 and not self.teacher:
             raise InputError("teacher: distill > 0 needs a teacher model")
+        if self.init is not None:
+            if not isinstance(self.init, (str, os.PathLike)):
+                raise InputError(f"init: expected a model name or file, got {self.init!r}")
+            self.init = str(self.init) or None
         return self
 
 
@@ -151,6 +170,29 @@ def _teacher(cfg: TrainConfig):
         raise InputError(f"teacher: {cfg.teacher} takes other inputs than this run "
                          f"({channels} channels)")
     return [m.module for m in members]
+
+
+def _initial_weights(cfg: TrainConfig, model: FlowNet) -> None:
+    """Load ``cfg.init``'s parameters into ``model`` (InputError naming
+    ``init`` when they do not fit)."""
+    from .infer import FlowEnsemble, load_model
+
+    loaded = load_model(cfg.init)
+    if isinstance(loaded, FlowEnsemble):
+        raise InputError(f"init: {cfg.init} is an ensemble; expected one network")
+    try:
+        model.load_state_dict(loaded.module.state_dict(), strict=True)
+    except Exception as exc:  # noqa: BLE001 (another network's parameters)
+        text = " ".join(str(exc).split())
+        text = text if len(text) <= 200 else text[:197] + "..."
+        raise InputError(f"init: the weights of {cfg.init} do not fit this network "
+                         f"({type(exc).__name__}: {text})") from None
+
+
+def _check_samples(samples, cfg: TrainConfig) -> None:
+    if any(not getattr(s, "periodic", True) for s in samples) and cfg.weights[0] == 0:
+        raise InputError(f"weights: non-periodic samples train on the flow term alone; a flow "
+                         f"weight of 0 ({cfg.weights!r}) leaves them nothing to learn")
 
 
 def _batch(samples, cfg: TrainConfig, rng):
@@ -219,14 +261,14 @@ _SNAPSHOT = ("model", "optimizer", "step", "history", "numpy_rng", "torch_rng")
 # the checkpoint's random states), so it must be the checkpoint's; listed in
 # the order they are checked (the network first).
 RESUMABLE = ("steps", "checkpoint_every", "restarts")
-_CHECKED = ("channels", "width", "depth", "stride", "use_com", "weights", "teacher", "distill",
-            "lr", "batch", "reps", "dose", "clip", "seed")
+_CHECKED = ("channels", "width", "depth", "stride", "use_com", "init", "weights", "teacher",
+            "distill", "lr", "batch", "reps", "dose", "clip", "seed")
 # The ``flowtie train`` option of each field (None: Python only).
 _OPTIONS = {"steps": "--steps", "batch": "--batch", "reps": None, "lr": "--lr",
             "weights": "--weights", "width": "--width", "depth": "--depth",
             "stride": "--stride", "channels": "--channels", "use_com": None, "dose": "--dose",
             "clip": None, "seed": "--seed", "checkpoint_every": None, "restarts": "--restarts",
-            "teacher": "--teacher", "distill": "--distill"}
+            "teacher": "--teacher", "distill": "--distill", "init": None}
 
 
 def _resume_error(path, reason: str) -> InputError:
@@ -330,6 +372,7 @@ def _check_fit(state: dict, path, cfg: TrainConfig) -> None:
     saved = {f.name: _canonical(state["config"].get(f.name, f.default))
              for f in fields(TrainConfig)}
     saved["teacher"] = saved["teacher"] or None
+    saved["init"] = saved["init"] or None
     asked = {f.name: _canonical(getattr(cfg, f.name)) for f in fields(TrainConfig)}
     for name in _CHECKED:
         if name in ("width", "depth") and saved["channels"] is not None \
@@ -452,11 +495,14 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, resume=No
     cfg = replace(cfg) if cfg is not None else TrainConfig()  # a checked copy
     checkpoint = Path(checkpoint) if checkpoint else None
     loaded = check_checkpoints(cfg, checkpoint, resume, overwrite)
+    _check_samples(samples, cfg)
     teachers = _teacher(cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = FlowNet(in_channels=6 if cfg.use_com else 4, width=cfg.width, depth=cfg.depth,
                     stride=cfg.stride, channels=cfg.channels)
+    if cfg.init is not None and loaded is None:
+        _initial_weights(cfg, model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, history, restarts = 0, [], 0
     if loaded is not None:
@@ -506,10 +552,12 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, resume=No
     while step < cfg.steps and (stop_after is None or done_here < stop_after):
         batch = _batch(samples, cfg, rng)
         x, zero, didz, phase, grad = _tensors(batch, cfg.use_com)
-        key = (tuple(zero.shape[-2:]), batch[0].pixel_size)
-        if key not in losses:
+        periodic = bool(getattr(batch[0], "periodic", True))
+        key = (tuple(zero.shape[-2:]), batch[0].pixel_size, periodic)
+        if key not in losses:  # windows: the flow term alone (module docstring)
             losses[key] = CompositeLoss(zero.shape[-2:], batch[0].pixel_size,
-                                        cfg.weights).float()
+                                        cfg.weights if periodic else
+                                        (cfg.weights[0], 0.0, 0.0)).float()
         scale = torch.tensor(batch[0].pixel_size, dtype=torch.float32).view(1, 2, 1, 1)
         if teachers:  # the flow target moves toward the teacher's flow (rad/Å)
             with torch.no_grad():
