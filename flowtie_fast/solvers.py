@@ -453,6 +453,14 @@ class TIESolver:
                 series.planes, series.derivative_weights, series.intensity_weights,
                 series.wavenumber, series.gradient, method, phase, grad, info, options)
             check_finite_result(method, phase, grad)
+            registration = getattr(series, "registration", None)
+            if (method != "flowtie" and registration is not None
+                    and not registration.get("reliable", True)):
+                info["trust"] = "the drift between the scans could not be measured"
+                warnings.warn(f"{method}: the drift between the scans could not be measured "
+                              "(triplet.registration); if they drifted, this phase is wrong. "
+                              "method='icom' uses the in-focus scan alone", TrustWarning,
+                              stacklevel=3)
             info["time"] = time.perf_counter() - start
             rec = Reconstruction(phase, grad, method, info, info.pop("uncertainty_map", None))
             if residual is not None:

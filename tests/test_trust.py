@@ -165,6 +165,9 @@ def test_an_unreliable_registration_is_not_applied(case):
                                         center=(case.zero.shape[2] / 2, case.zero.shape[3] / 2),
                                         backend="cpu")
     assert not t.registration["reliable"] and not t.registration["applied"]
+    with pytest.warns(ft.TrustWarning, match="drift between the scans could not be measured"):
+        rec = ft.reconstruct(t, method="tie-uniform", backend="cpu")
+    assert rec.info["trust"] == "the drift between the scans could not be measured"
 
 
 def test_register_is_checked(case):
