@@ -10,6 +10,7 @@ MSE to the best classical method's, the uncertainty's coverage (share of
 pixels with ``|error| <= uncertainty``) and the registration's error.
 
     python scripts/evaluation_grid.py data/test data/corpus -o data/grid.jsonl
+    (of a sweep folder, the thinnest and the thickest file of each series)
     python scripts/evaluation_grid.py --table data/grid.jsonl   # Markdown, worst first
 """
 
@@ -46,7 +47,8 @@ def cases(folders):
                 except ValueError:
                     continue
                 scan = row.get("scan", {})
-                for f in row.get("files", []):
+                files = row.get("files", [])
+                for f in files[:1] + files[-1:] if len(files) > 1 else files:
                     name = f if isinstance(f, str) else f.get("file", f.get("path"))
                     yield (folder / Path(name).name, bool(scan.get("periodic", True)),
                            int(scan.get("margin", 0) or 0), row.get("family", "crystal"))
