@@ -298,7 +298,8 @@ def _simulate(args) -> int:
                             scan_gpts=tuple(args.scan_gpts) if args.scan_gpts else None,
                             supercell=args.supercell, potential_sampling=args.sampling,
                             max_angle=args.max_angle, frozen_phonons=args.frozen_phonons,
-                            dose=args.dose, seed=args.seed, progress=True, tilt=tilt)
+                            dose=args.dose, seed=args.seed, progress=True, tilt=tilt,
+                            device=args.device)
     for c in cases:
         path = ft.save(out / _case_name(c.material, c.thickness), c, overwrite=args.overwrite)
         print(f"{path}  ({c.zero.shape}, thickness {c.thickness:.1f} Å)")
@@ -328,7 +329,7 @@ def _simulate_sweep(args, given) -> int:
     print(f"sweep {cfg['sweep']['name']!r} ({cfg['_source']}): {len(series)} series planned; "
           f"output {args.output}", flush=True)
     result = sweep.run(cfg, args.output, limit=args.limit,
-                       log=lambda line: print(line, flush=True))
+                       log=lambda line: print(line, flush=True), device=args.device)
     print(f"{result['simulated']} series simulated in {result['seconds']:.0f} s "
           f"({result['done_before']} done before, {len(result['failed'])} failed); "
           f"manifest: {Path(args.output) / 'manifest.jsonl'}", flush=True)
@@ -500,6 +501,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--sweep", type=Path, metavar="CONFIG",
                      help="run the sweep of this recipe (TOML; the shipped one is "
                           "flowtie_fast/data/corpus.toml), resuming where it stopped")
+    sim.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
+                     help="where abTEM computes (gpu: CuPy on the first CUDA device; "
+                          "default cpu)")
     sim.add_argument("--limit", type=int, metavar="N",
                      help="--sweep: simulate only the first N pending series")
     sim.add_argument("--list", action="store_true",

@@ -1149,7 +1149,7 @@ class _Progress:
             self.bar.close()
 
 
-def run(cfg, folder, *, limit=None, progress=True, log=print) -> dict:
+def run(cfg, folder, *, limit=None, progress=True, log=print, device="cpu") -> dict:
     """Simulate the pending series of a recipe into ``folder`` (resumable).
 
     Parameters
@@ -1160,6 +1160,8 @@ def run(cfg, folder, *, limit=None, progress=True, log=print) -> dict:
         Output folder (created).
     limit : int, optional
         Simulate at most this many pending series (in plan order).
+    device : {"cpu", "gpu"}
+        Where abTEM computes (``simulate_specimen``); checked before any series.
     progress : bool
         Progress bar with ETA on stderr.
     log : callable
@@ -1172,7 +1174,9 @@ def run(cfg, folder, *, limit=None, progress=True, log=print) -> dict:
     """
     from . import __version__
     from .io import Dataset, save
-    from .simulate import ScanWindow, simulate_specimen
+    from .simulate import ScanWindow, device_context, simulate_specimen
+
+    device_context(device)  # "gpu" without a device: refused before any series
 
     if not isinstance(cfg, dict):
         cfg = load_config(cfg)
@@ -1213,7 +1217,8 @@ def run(cfg, folder, *, limit=None, progress=True, log=print) -> dict:
                         potential_gpts=tuple(st["potential_gpts"]),
                         slice_thickness=st["slice_thickness"], max_angle=st["max_angle"],
                         tilt=tuple(st["tilt"]), frozen_phonons=st["frozen_phonons"],
-                        sigma=st["sigma"] or 0.08, seed=s["specimen"]["seed"], name=s["name"])
+                        sigma=st["sigma"] or 0.08, seed=s["specimen"]["seed"], name=s["name"],
+                        device=device)
                     if len(cases) != len(s["files"]):
                         raise RuntimeError(f"{len(cases)} thicknesses simulated, "
                                            f"{len(s['files'])} planned")

@@ -132,3 +132,26 @@ def test_frozen_phonons_and_dose():
                                     k_sampling=c.k_sampling, energy=c.energy, backend="cpu")
     _, nmse = phase_errors(ft.reconstruct(t, method="icom", backend="cpu").phase, c.phase)
     assert nmse < 0.8
+
+
+def test_simulation_on_the_gpu_matches_the_cpu():
+    """abTEM through CuPy gives the same patterns and truth (a GPU only)."""
+    from conftest import _skip_without_gpu
+
+    _skip_without_gpu()
+    kw = dict(scan_gpts=(8, 8), supercell=8.0, potential_sampling=0.08, max_angle=40.0)
+    (cpu,) = simulate_series("GaAs", (5.65,), **kw)
+    (gpu,) = simulate_series("GaAs", (5.65,), device="gpu", **kw)
+    assert isinstance(gpu.zero, np.ndarray)
+    for a, b in ((cpu.minus, gpu.minus), (cpu.zero, gpu.zero), (cpu.plus, gpu.plus)):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-6 * float(np.max(a)))
+    np.testing.assert_allclose(gpu.phase, cpu.phase, atol=1e-5)
+
+
+def test_a_gpu_simulation_without_a_device_is_refused_before_any_work():
+    from flowtie_fast.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("a CUDA device answers here")
+    with pytest.raises(ft.BackendError, match="device: 'gpu'"):
+        simulate_series("GaAs", (5.65,), device="gpu")
