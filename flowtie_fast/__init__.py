@@ -11,7 +11,7 @@ The data path, top to bottom::
     Plan                           (plan.py)  one shape/method prepared once: no allocation
                                    per solve, batches (B, 3, Ny, Nx) -> (B, Ny, Nx)
 
-Conventions (units, signs, axes) are those of the project's DESIGN notes:
+Conventions (units, signs, axes): docs/conventions.md;
 lengths in Å, energy in eV, phase in rad, phase gradient in rad/Å.
 """
 

@@ -45,7 +45,7 @@ def phase_object(n: int, pixel_size: float, seed: int = 0):
 
 
 def nmse(phase, truth) -> float:
-    """Normalised phase MSE after removing both means (DESIGN §2)."""
+    """Normalised phase MSE after removing both means (docs/conventions.md)."""
     phase = np.asarray(phase, dtype=np.float64)
     d = (phase - phase.mean()) - (truth - truth.mean())
     return float(np.mean(d**2) / np.var(truth))

@@ -2,7 +2,7 @@
 
 ``evaluate(paths)`` loads each file of the layout in :mod:`flowtie_fast.io`
 that carries a ground truth, builds the focal triplet (``from_4dstem`` for
-4D-STEM data), runs each method and measures the phase error (DESIGN §2):
+4D-STEM data), runs each method and measures the phase error (docs/conventions.md):
 ``MSE = mean(((φ - mean φ) - (φ_gt - mean φ_gt))²)`` in rad², and NMSE, that
 divided by ``var(φ_gt)``.
 """

@@ -116,7 +116,7 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     ----------
     ctx : libertem.api.Context
     datasets : three LiberTEM DataSets
-        At the planes ``-dz, 0, +dz`` (DESIGN §2).
+        At the planes ``-dz, 0, +dz`` (docs/conventions.md).
     dz, scan_step, k_sampling, energy, center, virtual, bf_radius, com_radius, rotation, flip
         As in :meth:`FocalTriplet.from_4dstem`. One more pass (LiberTEM's
         SumUDF over the in-focus dataset) gives the mean pattern that the

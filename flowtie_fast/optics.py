@@ -2,7 +2,7 @@
 
 Used to make defocused intensity series of known phase objects (tests, demo,
 benchmarks); multislice simulation of crystals is :mod:`abTEM`'s job.
-Sign convention (DESIGN §2): a wave ``ψ = A exp(iφ)`` propagated by ``z``
+Sign convention (docs/conventions.md): a wave ``ψ = A exp(iφ)`` propagated by ``z``
 obeys the paraxial equation ``∂ψ/∂z = (i / 2k) ∇²ψ``, whose intensity obeys the
 TIE ``k ∂I/∂z = -∇·(I ∇φ)``.
 """

@@ -66,7 +66,7 @@ class Plan:
     pixel_size : float or (float, float)
         Sampling along (axis 0, axis 1) in Å.
     dz : float
-        Defocus step in Å: the planes are at ``-dz, 0, +dz`` (DESIGN §2).
+        Defocus step in Å: the planes are at ``-dz, 0, +dz`` (docs/conventions.md).
     energy : float
         Electron energy in eV.
     method : str

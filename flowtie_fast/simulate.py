@@ -14,8 +14,8 @@ truth:
   (non-periodic) with a margin of extra scan positions on each side;
 - one multislice pass for a whole thickness series: abTEM exit planes;
 - three probe defoci ``(+dz_minus, 0, -dz_plus)`` (abTEM: positive =
-  underfocus), which record the planes ``(-dz_minus, 0, +dz_plus)`` (DESIGN
-  §2) and are stored in that order; ``dz`` is one step or the pair;
+  underfocus), which record the planes ``(-dz_minus, 0, +dz_plus)``
+  (docs/conventions.md) and are stored in that order; ``dz`` is one step or the pair;
 - a beam tilt (specimen mistilt, mrad): abTEM shifts the wave by
   ``Δz tan(tilt)`` in every slice, so the beam at depth z crosses the
   specimen at ``r + z tan(tilt)``;

@@ -1,6 +1,6 @@
 """Phase retrieval from a focal series: TIE, exact TIE, gradient descent, iCOM.
 
-The TIE (DESIGN §2) reads ``k ∂I/∂z = -∇·(I ∇φ)``. Every method here is
+The TIE (docs/conventions.md) reads ``k ∂I/∂z = -∇·(I ∇φ)``. Every method here is
 written once against :class:`~flowtie_fast.poisson.PoissonSolver`, whose
 operators (gradient, divergence, transport, Teague step, Poisson solve) share
 one discretisation, and so against one backend.

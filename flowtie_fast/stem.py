@@ -10,7 +10,7 @@ memory at a time. A dask array is reduced where its chunks live: each chunk
 of scan positions becomes its few sums on a dask worker (a
 ``dask.distributed`` cluster when a client is active), and only those travel.
 
-Conventions (DESIGN §2): detector axis i is parallel to scan axis i unless a
+Conventions (docs/conventions.md): detector axis i is parallel to scan axis i unless a
 rotation is given; the centre of mass in 1/Å times 2π is the phase gradient
 in rad/Å (thin object, blurred by the probe).
 """

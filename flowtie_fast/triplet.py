@@ -257,7 +257,7 @@ class FocalSeries:
     planes : sequence of 2-D arrays
         Intensities (any real dtype, NumPy or CuPy), each (Ny, Nx).
     z : sequence of float
-        Propagation distance of each plane in Å (DESIGN §2: a probe defocus
+        Propagation distance of each plane in Å (docs/conventions.md: a probe defocus
         Δf in abTEM's convention records the plane ``z = -Δf``).
     pixel_size : float or (float, float)
         Sampling along (axis 0, axis 1) in Å.
@@ -420,7 +420,7 @@ class FocalTriplet(FocalSeries):
         ----------
         minus, zero, plus : array-like (Sy, Sx, Ky, Kx)
             Patterns recorded at the planes ``-dz, 0, +dz`` (abTEM defoci
-            ``+dz, 0, -dz``: DESIGN §2), any real dtype; NumPy, CuPy, memory
+            ``+dz, 0, -dz``: docs/conventions.md), any real dtype; NumPy, CuPy, memory
             maps, HDF5 datasets or dask arrays.
         dz : float or (float, float)
             Defocus step in Å.

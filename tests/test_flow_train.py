@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -599,3 +600,187 @@ def test_missing_data_paths_are_named(tmp_path, capsys):
         assert f"paths: no such file or folder '{missing}'" in capsys.readouterr().err
     with pytest.raises(ft.InputError, match="^doses: expected a positive"):
         load_samples(data, doses=(None, 0.0))
+
+
+# -- load_corpus: a sweep folder, real acquisitions ----------------------------------------
+
+ACQUISITION = {"dose": [1e2, 1e6], "gain_noise": [0.0, 0.3], "gain_map": [0.0, 0.05],
+               "drift": 3.0, "source_fwhm": [0.0, 1.0]}
+
+
+def fake_corpus(folder, margin=3):
+    """Two series in a sweep folder: s0000 periodic (16 x 16 scan, one file), s0001 a
+    window (16 x 16 and ``margin`` positions each side, two files), tiny patterns."""
+    import json
+
+    from test_stem import K_SAMPLING, _phase_and_gradient, gaussian_patterns
+
+    lines = []
+    for index, (periodic, n_files) in enumerate([(True, 1), (False, 2)]):
+        m = 0 if periodic else margin
+        n = 16 + 2 * m
+        files = []
+        for k in range(n_files):
+            phi, grad = _phase_and_gradient(n=n)
+            phi, grad = (1 + k) * phi, (1 + k) * grad
+            data = gaussian_patterns(grad / (2 * np.pi) / K_SAMPLING) * 50
+            name = f"s{index:04d}_fake_t{k}.npz"
+            ft.save(folder / name,
+                    ft.Dataset(data, data, data, dz=(20.0, 20.0), scan_step=(0.25, 0.25),
+                               energy=E, k_sampling=(K_SAMPLING, K_SAMPLING),
+                               phase_gt=phi.astype(np.float32),
+                               gradient_gt=grad.astype(np.float32)))
+            files.append({"file": name, "thickness": 5.0 * (k + 1), "exit_plane": k})
+        lines.append({"id": f"s{index:04d}", "index": index, "family": "fake", "name": "fake",
+                      "scan": {"periodic": periodic, "margin": m, "shape": [n, n]},
+                      "truth": {"periodic": periodic, "margin": m}, "files": files,
+                      "acquisition": ACQUISITION})
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return folder
+
+
+def test_corpus_samples_are_periodic_or_cropped_windows_under_drawn_acquisitions(tmp_path):
+    from flowtie_fast.acquisition import crop_margin
+    from flowtie_fast.flow.data import load_corpus
+
+    folder = fake_corpus(tmp_path)
+    samples = load_corpus(folder, variants=2, seed=3, center=(16.0, 15.0))
+    assert [s.name for s in samples] == [
+        "s0000_fake_t0", "s0000_fake_t0@a1", "s0000_fake_t0@a2",
+        "s0001_fake_t0", "s0001_fake_t0@a1", "s0001_fake_t0@a2",
+        "s0001_fake_t1", "s0001_fake_t1@a1", "s0001_fake_t1@a2"]
+    assert [s.periodic for s in samples] == [True] * 3 + [False] * 6
+    for s in samples:  # the window's margin of 3 is cropped from planes, COM and truth
+        assert s.planes.shape == (3, 16, 16) and s.com.shape == s.gradient.shape == (2, 16, 16)
+        assert s.phase.shape == (16, 16)
+    with ft.load(folder / "s0001_fake_t1.npz") as ds:
+        np.testing.assert_array_equal(samples[6].phase, ds.phase_gt[3:-3, 3:-3])
+        np.testing.assert_array_equal(samples[7].gradient, ds.gradient_gt[:, 3:-3, 3:-3])
+        t = ft.FocalTriplet.from_4dstem(*(crop_margin(p, 3) for p in (ds.minus, ds.zero,
+                                                                       ds.plus)),
+                                        dz=ds.dz, scan_step=ds.scan_step,
+                                        k_sampling=ds.k_sampling, energy=ds.energy,
+                                        center=(16.0, 15.0), backend="cpu")
+    np.testing.assert_allclose(samples[6].planes[1], t.planes[1], rtol=1e-6)
+    np.testing.assert_allclose(2 * np.pi * samples[6].com, t.gradient, rtol=1e-5, atol=1e-7)
+    clean, noisy = samples[0], samples[1:3] + samples[4:6] + samples[7:9]
+    assert clean.conditions["dose"] is None and clean.conditions["drift"] == [[0.0, 0.0]] * 3
+    for s in noisy:  # drawn from the recorded ranges, the dose floored at 1e3
+        c = s.conditions
+        assert 1e3 <= c["dose"] <= 1e6 and 0 <= c["gain_noise"] <= 0.3
+        assert 0 < max(abs(v) for row in c["drift"] for v in row) <= 3.0
+        assert c["drift"][1] == [0.0, 0.0] and 0 <= c["source_fwhm"] <= 1.0
+        assert c["margin"] == (0 if s.periodic else 3)
+    assert len({s.conditions["dose"] for s in noisy}) == len(noisy)
+    assert not np.array_equal(samples[1].planes, clean.planes)
+
+
+def test_corpus_acquisitions_are_deterministic_by_seed(tmp_path):
+    from flowtie_fast.flow.data import load_corpus
+
+    folder = fake_corpus(tmp_path)
+    a = load_corpus(folder, variants=1, seed=5, center=(16.0, 15.0))
+    b = load_corpus(folder, variants=1, seed=5, center=(16.0, 15.0))
+    c = load_corpus(folder, variants=1, seed=6, center=(16.0, 15.0))
+    for x, y in zip(a, b):
+        assert x.conditions == y.conditions
+        np.testing.assert_array_equal(x.planes, y.planes)
+        np.testing.assert_array_equal(x.com, y.com)
+    assert a[1].conditions["dose"] != c[1].conditions["dose"]
+    np.testing.assert_array_equal(a[0].planes, c[0].planes)  # noise-free: no draw
+    # A series' draws do not depend on the others in the folder.
+    (only,) = [s for s in load_corpus(folder, variants=1, seed=5, series=["s0001"],
+                                      center=(16.0, 15.0)) if s.name == "s0001_fake_t1@a1"]
+    assert only.conditions == a[-1].conditions
+    # Overrides of the recorded ranges, and the floor of the dose.
+    d = load_corpus(folder, variants=1, seed=5, series=["s0000"], min_dose=None,
+                    ranges={"dose": 50.0, "drift": None, "source_fwhm": None},
+                    center=(16.0, 15.0))
+    assert d[1].conditions["dose"] == 50.0 and d[1].conditions["drift"] == [[0.0, 0.0]] * 3
+    assert d[1].conditions["source_fwhm"] == 0.0
+
+
+def test_corpus_arguments_are_checked(tmp_path):
+    from flowtie_fast.flow.data import load_corpus
+
+    with pytest.raises(ft.InputError, match="no manifest.jsonl"):
+        load_corpus(tmp_path)
+    folder = fake_corpus(tmp_path)
+    with pytest.raises(ft.InputError, match="variants"):
+        load_corpus(folder, variants=-1)
+    with pytest.raises(ft.InputError, match="unknown conditions"):
+        load_corpus(folder, ranges={"dosage": 1e3})
+    with pytest.raises(ft.InputError, match="series"):
+        load_corpus(folder, series=["s0009"])
+    (folder / "s0000_fake_t0.npz").unlink()
+    with pytest.raises(ft.InputError, match="s0000_fake_t0.npz of series s0000 .* missing"):
+        load_corpus(folder)
+
+
+def _dihedral(s):
+    """The eight flips and rotations of a sample's in-focus plane."""
+    out, a = [], s.planes[1]
+    for k in range(4):
+        r = np.rot90(a, k)
+        out += [r, np.flip(r, 0)]
+    return out
+
+
+def test_windows_are_never_shifted_nor_tiled():
+    from flowtie_fast.flow.train import _batch
+
+    s = replace(make_sample(shape=(20, 20)), periodic=False)
+    assert tile(s, 3) is s
+    rng = np.random.default_rng(0)
+    forms = _dihedral(s)
+    for _ in range(40):
+        a = augment(s, rng)
+        assert a.periodic is False
+        assert any(f.shape == a.planes[1].shape and np.array_equal(f, a.planes[1])
+                   for f in forms)
+    cfg = TrainConfig(batch=6, reps=2)
+    for b in _batch([s], cfg, np.random.default_rng(1)):
+        assert b.planes.shape == (3, 20, 20)
+        assert any(np.array_equal(f, b.planes[1]) for f in forms)
+    # A periodic sample is shifted (a shift is not a flip or rotation of this field).
+    p = make_sample(shape=(20, 20))
+    shifted = [augment(p, np.random.default_rng(i)).planes[1] for i in range(8)]
+    assert not all(any(np.array_equal(f, x) for f in _dihedral(p)) for x in shifted)
+
+
+def test_window_batches_train_on_the_flow_term_alone():
+    seen = {}
+
+    def progress(step, total, terms, seconds):
+        seen[step] = (total, terms)
+
+    cfg = TrainConfig(steps=10, batch=2, reps=1, width=8, depth=2, weights=(1.0, 0.0, 1.0))
+    train([replace(make_sample(), periodic=False)], cfg, progress=progress)
+    total, terms = seen[10]
+    assert total == pytest.approx(terms["flow"], rel=1e-6) and terms["phase"] > 1e-3
+    train([make_sample()], cfg, progress=progress)
+    total, terms = seen[10]
+    assert total == pytest.approx(terms["flow"] + terms["phase"], rel=1e-5)
+    with pytest.raises(ft.InputError, match="weights: non-periodic samples"):
+        train([replace(make_sample(), periodic=False)],
+              TrainConfig(steps=1, batch=1, reps=1, width=8, depth=2, weights=(0, 0, 1)))
+
+
+def test_a_run_starts_from_the_weights_of_init(tmp_path):
+    from flowtie_fast.flow import FlowNet
+
+    torch.manual_seed(7)
+    start = FlowNet(in_channels=6, width=8, depth=2)
+    path = export_torchscript(start, tmp_path / "start.pt")
+    cfg = TrainConfig(steps=1, batch=1, reps=1, width=8, depth=2, lr=1e-12, init=str(path))
+    model, _ = train([make_sample()], cfg)
+    for k, v in start.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=1e-9)
+    fresh, _ = train([make_sample()], replace(cfg, init=None))
+    assert not torch.equal(fresh.state_dict()["head.weight"], start.state_dict()["head.weight"])
+    with pytest.raises(ft.InputError, match="init: the weights of .* do not fit"):
+        train([make_sample()], replace(cfg, width=16))
+    ckpt = tmp_path / "c.ckpt"
+    train([make_sample()], replace(cfg, steps=2), checkpoint=ckpt, stop_after=1)
+    with pytest.raises(ft.InputError, match="resume: .* was trained with init="):
+        train([make_sample()], replace(cfg, steps=2, init=None), checkpoint=ckpt, resume=ckpt)

@@ -1,4 +1,4 @@
-"""Bad input raises InputError (a ValueError) naming the argument (DESIGN §3)."""
+"""Bad input raises InputError (a ValueError) naming the argument (docs/reliability.md)."""
 
 from __future__ import annotations
 
