@@ -66,7 +66,8 @@ import numpy as np
 from .backend import array_module
 from .errors import InputError
 
-__all__ = ["Noise", "COUNTS", "GRADIENT_THRESHOLD", "check_noise", "poisson_noise",
+__all__ = ["Noise", "COUNTS", "GRADIENT_THRESHOLD", "check_noise", "estimate_noise",
+           "poisson_noise",
            "band_noise", "denoise",
            "discrepancy_alpha", "teague_floor", "ALPHA_MAX"]
 
@@ -101,29 +102,65 @@ class Noise:
         return f"Noise(variance=({v}), source={self.source!r})"
 
 
+SOURCES = ("poisson", "band", "given", "estimated")
+_EXPECTED = "the variance of the planes' noise (intensity², one real number or one per plane)"
+
+
+def _short(value) -> str:
+    """A value for a message: short reprs as they are, arrays by shape."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and getattr(value, "size", 0) > 8:
+        return f"an array of shape {tuple(shape)}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def check_noise(noise, n_planes: int):
     """``noise`` as given to a series or a solve: None (unknown), a
     :class:`Noise`, or the variance (one number or one per plane, intensity²).
     Returns a Noise or None; :class:`InputError` naming ``noise`` otherwise."""
-    if noise is None or isinstance(noise, Noise):
-        if noise is not None and len(noise.variance) != n_planes:
-            raise InputError(f"noise: expected {n_planes} variances, got "
-                             f"{len(noise.variance)}")
-        return noise
-    if isinstance(noise, (str, bytes, bool, np.bool_)):
-        raise InputError(f"noise: expected the variance of the planes' noise (intensity², "
-                         f"one number or one per plane), got {noise!r}")
+    if noise is None:
+        return None
+    if isinstance(noise, Noise):
+        if noise.source not in SOURCES:
+            raise InputError(f"noise: expected a source among {SOURCES}, got "
+                             f"{noise.source!r}")
+        values = noise.variance
+        source = noise.source
+    else:
+        values, source = noise, "given"
+    if isinstance(values, (str, bytes, bool, np.bool_)) or isinstance(values, np.ma.MaskedArray):
+        raise InputError(f"noise: expected {_EXPECTED}, got {_short(values)}")
     try:
-        v = np.asarray(noise, dtype=np.float64).reshape(-1)
+        raw = np.asarray(values)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"noise: expected the variance of the planes' noise (intensity², "
-                         f"one number or one per plane), got {noise!r}") from exc
+        raise InputError(f"noise: expected {_EXPECTED}, got {_short(values)}") from exc
+    if raw.dtype.kind not in "iuf" or any(isinstance(x, (bool, np.bool_, str, bytes))
+                                          for x in np.atleast_1d(raw).tolist()):
+        raise InputError(f"noise: expected {_EXPECTED}, got {_short(values)}")
+    v = raw.astype(np.float64).reshape(-1)
     if v.size == 1:
         v = np.repeat(v, n_planes)
     if v.size != n_planes or not np.all(np.isfinite(v)) or np.any(v < 0):
         raise InputError(f"noise: expected 1 or {n_planes} finite non-negative variances "
-                         f"(intensity²), got {noise!r}")
-    return Noise(tuple(float(x) for x in v), "given")
+                         f"(intensity²), got {_short(values)}")
+    return Noise(tuple(float(x) for x in v), source)
+
+
+def estimate_noise(plane) -> float:
+    """A white-noise variance estimated from one image: the mean absolute
+    response to a filter that cancels planes and smooth curvature
+    (Immerkær 1996), ``σ = √(π/2) Σ|I * N| / (6 (W-2)(H-2))`` with
+    ``N = [[1,-2,1],[-2,4,-2],[1,-2,1]]``; image structure adds to it, so it
+    is an upper bound where the image is not smooth on the pixel scale."""
+    a = _host(plane).astype(np.float64)
+    if min(a.shape) < 3:
+        return 0.0
+    r = (a[:-2, :-2] - 2 * a[:-2, 1:-1] + a[:-2, 2:]
+         - 2 * a[1:-1, :-2] + 4 * a[1:-1, 1:-1] - 2 * a[1:-1, 2:]
+         + a[2:, :-2] - 2 * a[2:, 1:-1] + a[2:, 2:])
+    sigma = math.sqrt(math.pi / 2) * float(np.abs(r).sum()) / (6 * r.size)
+    return sigma * sigma
 
 
 def poisson_noise(means) -> Noise:
@@ -274,7 +311,8 @@ def denoise(a, variance: float, threshold: float | None = None) -> int:
     if threshold is None:
         threshold = 2.0 * math.log(power.size)
     threshold = threshold * noise
-    gain = xp.where(power > threshold, 1.0 - noise / xp.maximum(power, 1e-300), 0.0)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        gain = xp.where(power > threshold, 1.0 - noise / xp.maximum(power, 1e-300), 0.0)
     gain[0, 0] = 0.0
     kept = int(xp.count_nonzero(gain))
     if kept == 0:

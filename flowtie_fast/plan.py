@@ -41,6 +41,7 @@ Examples
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
@@ -145,10 +146,13 @@ class Plan:
         planes = [xp.asarray((bump * (1 + 0.01 * s)).astype(self.dtype)) for s in (-1, 0, 1)]
         gradient = xp.zeros((2,) + self.shape, self.dtype)
         out = self.backend.empty(self.shape, self.dtype)
-        for key in ("first_solve", "solve"):
-            start = time.perf_counter()
-            self.solve(*planes, gradient=gradient, out=out)
-            self.timings[key] = time.perf_counter() - start
+        with warnings.catch_warnings():  # a verdict on synthetic planes says nothing
+            warnings.simplefilter("ignore")
+            for key in ("first_solve", "solve"):
+                start = time.perf_counter()
+                self.solve(*planes, gradient=gradient, out=out)
+                self.timings[key] = time.perf_counter() - start
+        self.info = {}
 
     # ------------------------------------------------------------------ checks
 
@@ -246,7 +250,8 @@ class Plan:
             self.info = info
         return out
 
-    def solve_batch(self, stack, *, gradient=None, out=None, gradient_out=None):
+    def solve_batch(self, stack, *, gradient=None, out=None, gradient_out=None, noise=None,
+                    uncertainty_out=None):
         """Phases of many triplets: (B, 3, Ny, Nx) in, (B, Ny, Nx) out.
 
         For a time or tilt series. The plan's buffers serve every item; for
@@ -262,6 +267,11 @@ class Plan:
             Measured phase gradients (rad/Å).
         out : array (B, Ny, Nx), optional
         gradient_out : array (B, 2, Ny, Nx), optional
+        noise : Noise, float or sequence of float, optional
+            As for :meth:`solve`, the same for every item.
+        uncertainty_out : array (B, Ny, Nx), optional
+            As for :meth:`solve`, per item. ``plan.info["items"]`` holds each
+            item's verdict, ``plan.info["trusted"]`` whether all were trusted.
 
         Returns
         -------
@@ -279,6 +289,13 @@ class Plan:
         if gradient_out is not None:
             self._output("gradient_out", gradient_out, (b, 2) + self.shape,
                          (stack, gradient, out), ("stack", "gradient", "out"))
+        if uncertainty_out is not None:
+            if not self._options["uncertainty"]:
+                raise InputError("uncertainty_out: needs a flowtie plan with uncertainty")
+            self._output("uncertainty_out", uncertainty_out, (b,) + self.shape,
+                         (stack, gradient, out, gradient_out),
+                         ("stack", "gradient", "out", "gradient_out"))
+        noise = check_noise(noise, 3)
         if self.method == "flowtie" and b > 1 and not self._options["uncertainty"]:
             return self._flow_batch(stack, gradient, out, gradient_out)
         # Every item is checked before the first is solved: a refusal writes nothing.
@@ -290,13 +307,21 @@ class Plan:
                     check_gradient(gradient[i], self.shape)
             except InputError as exc:
                 raise InputError(f"stack[{i}]: {exc}") from exc
+        items = []
         for i in range(b):
             try:
                 self.solve(stack[i, 0], stack[i, 1], stack[i, 2],
                            gradient=None if gradient is None else gradient[i], out=out[i],
-                           gradient_out=None if gradient_out is None else gradient_out[i])
+                           gradient_out=None if gradient_out is None else gradient_out[i],
+                           noise=noise,
+                           uncertainty_out=None if uncertainty_out is None
+                           else uncertainty_out[i])
             except InputError as exc:
                 raise type(exc)(f"stack[{i}]: {exc}") from exc
+            items.append(self.info)
+        self.info = {"items": items}
+        if self.method == "flowtie" and self._options["uncertainty"]:
+            self.info["trusted"] = all(it.get("trusted") is not False for it in items)
         return out
 
     def _flow_batch(self, stack, gradient, out, gradient_out):

@@ -638,6 +638,7 @@ def _consistent_shifts(planes, s0, s2, periodic):
 
 
 SYMMETRY_FRACTION = 0.7  # of the signals' self-match quality a match must reach
+STRUCTURE_QUALITY = 0.15  # self-match quality below which a signal has no structure
 
 
 def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min_quality=0.5,
@@ -767,7 +768,8 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
         # allows is as good as it gets (a lattice vector off changes nothing
         # inside a crystal); noise makes the self-match sharp and keeps the bar.
         own = min(estimate_shift(x, x, periodic=periodic).quality for x in images)
-        min_quality = min(min_quality, SYMMETRY_FRACTION * own)
+        if own >= STRUCTURE_QUALITY:  # signals without structure keep the bar
+            min_quality = min(min_quality, SYMMETRY_FRACTION * own)
     s0, s2, loop = _combine(e01, e21, e02, min_quality)
     problems = []
     if signals is not None:
@@ -779,7 +781,7 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
                 if e.quality < min_quality:
                     problems.append(f"the shift of {_NAMES[i]} from the signals, {_fmt(e)} px, "
                                     f"has quality {e.quality:.2f} (signal 0 against signal 2: "
-                                    f"{e02.quality:.2f}), below min_quality {min_quality:g}")
+                                    f"{e02.quality:.2f}), below min_quality {min_quality:.2f}")
         elif loop is not None and float(np.hypot(*loop)) > _CONSISTENCY:
             problems.append(f"the signals' pairwise shifts disagree: 0 against 1 {_fmt(e01)}, "
                             f"2 against 1 {_fmt(e21)}, 0 against 2 {_fmt(e02)} px miss "
@@ -800,7 +802,7 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
             if check.quality < min_quality:
                 problems.append(f"the shift of {_NAMES[i]}, estimated {_fmt(s)} px, has "
                                 f"quality {check.quality:.2f}, below min_quality "
-                                f"{min_quality:g}")
+                                f"{min_quality:.2f}")
             elif miss > _CONSISTENCY:
                 problems.append(f"the shift of {_NAMES[i]}, estimated {_fmt(s)} px, "
                                 f"disagrees with its correlation against 2 I(0) - "
@@ -811,7 +813,8 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
             problems.append(f"the shift of {_NAMES[i]}, estimated {_fmt(s)} px, exceeds "
                             f"max_shift {max_shift:g} px")
     apply_unreliable = _check_bool("apply_unreliable", apply_unreliable)
-    consequence = ("the registration may be wrong (pass register=False to skip it)"
+    consequence = ("the registration may be wrong (register=False, or --register off, "
+                   "skips it)"
                    if apply_unreliable else "not applied: the planes are used as recorded")
     for text in problems:
         warnings.warn(f"register_triplet: {text}; {consequence}", RegistrationWarning,

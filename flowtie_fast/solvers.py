@@ -642,19 +642,17 @@ class TIESolver:
         xp = self.backend.xp
         model = self._flow_model(options.get("model"))
         members = trust.members(model, self._flow_model)
-        if members is None:
-            info["trusted"] = None
-            info["uncertainty"] = ("unavailable for a single model of your own (give a "
-                                   "FlowEnsemble)")
-            return residual
         phases = [phase - phase.mean()]
         scratch = self._buf("member_phase")
-        for m in members:
+        for m in members or ():
             v = self._predict_flow(m, xp.stack(planes)[None], self._didz[None], k,
                                    None if gradient is None else gradient[None])[0]
             self.poisson.integrate(v, out=scratch)
             phases.append(scratch - scratch.mean())
-        spread = xp.stack(phases).std(axis=0)
+        spread = xp.stack(phases).std(axis=0) if members else None
+        if members is None:
+            info["uncertainty"] = ("unavailable for a single model of your own (give a "
+                                   "FlowEnsemble of two or more different models)")
         scale = trust.calibration()["scale"] if trust.is_shipped(model) else 1.0
         snr = trust.derivative_snr(self._didz, options.get("noise"), derivative_weights,
                                    self._stats, self.shape)
@@ -662,12 +660,14 @@ class TIESolver:
         if gradient is not None:  # the classical phase of the measured gradient
             g, _ = self._denoised_gradient(gradient, options.get("gradient_noise"))
             icom = self.poisson.integrate(g, out=scratch)
-        verdict = trust.verdict(float(xp.sqrt((spread ** 2).mean())), float(phases[0].std()),
-                                snr, None if icom is None else float(icom.std()),
+        verdict = trust.verdict(None if spread is None else float(xp.sqrt((spread ** 2).mean())),
+                                float(phases[0].std()), snr,
+                                None if icom is None else float(icom.std()),
                                 options.get("registration"))
         info.update(verdict)
         if verdict["trusted"]:
-            info["uncertainty_map"] = (spread * scale).astype(self.dtype)
+            if spread is not None:
+                info["uncertainty_map"] = (spread * scale).astype(self.dtype)
             return residual
         # Not trusted: the classical phase instead, from the measured gradient
         # where there is one (it does not go through the focal derivative).
@@ -683,7 +683,7 @@ class TIESolver:
             self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k, out=phase,
                                 grad_out=grad)
         warnings.warn(f"flowtie: the flow is not trusted on this input ({verdict['why']}); "
-                      f"returned the {info['fallback']} phase instead (rec.info['fallback'])",
+                      f"returned the {info['fallback']} phase instead",
                       TrustWarning, stacklevel=5)
         return None
 

@@ -195,6 +195,43 @@ REGISTRATION_THRESHOLD = 0.1  # px: smaller shifts are reported, not applied (th
 # of a pixel with defocus alone)
 
 
+COUNTS_MISMATCH = 10.0  # estimated / Poisson variance beyond which planes are not counts
+
+
+def _counts_noise(planes, stats):
+    """The noise of planes given without one: Poisson where every plane is of
+    an integer dtype and its noise, estimated from the image, is within a
+    factor 10 of the Poisson variance; the estimate, with a TrustWarning,
+    where integer planes are not counts (an 8-bit export, detector units of
+    another gain); None, with a TrustWarning for mixed dtypes, otherwise."""
+    import warnings
+
+    from .errors import TrustWarning
+    from .noise import Noise, estimate_noise
+
+    integer = [p.dtype.kind in "iu" for p in planes]
+    if not any(integer):
+        return None
+    if not all(integer):
+        warnings.warn("planes: some are integers (counts?) and some floating point; their "
+                      "noise is unknown and nothing is regularised (pass noise=)",
+                      TrustWarning, stacklevel=4)
+        return None
+    size = planes[0].shape[0] * planes[0].shape[1]
+    poisson = poisson_noise(stats[:, 1] / size)
+    if min(planes[0].shape) < 8:
+        return poisson
+    estimated = [estimate_noise(p) for p in planes]
+    ratio = sum(estimated) / max(sum(poisson.variance), 1e-300)
+    if 1 / COUNTS_MISMATCH <= ratio <= COUNTS_MISMATCH:
+        return poisson
+    warnings.warn(f"planes: integer planes whose noise ({sum(estimated) / 3:.3g}, estimated "
+                  f"from the images) is {ratio:.2g} times that of electron counts of their "
+                  "mean: taken as measured, not as counts (pass noise= to state it)",
+                  TrustWarning, stacklevel=4)
+    return Noise(tuple(estimated), "estimated")
+
+
 def _check_register(register):
     if register is True or register is False or register == "periodic":
         return register
@@ -215,6 +252,13 @@ def _register(planes, signals, register, scan_step):
     record = {"shifts": np.zeros((3, 2)), "reliable": False, "applied": False,
               "signal": "planes" if signals is None else "df"}
     if min(planes[0].shape) < 8:
+        import warnings
+
+        from .registration import RegistrationWarning
+
+        warnings.warn(f"register: images of {tuple(planes[0].shape)} px are too small to "
+                      "measure a drift (at least 8 px a side); the planes are used as "
+                      "recorded", RegistrationWarning, stacklevel=4)
         return planes, {**record, "why": "images under 8 px a side"}
     host = [np.asarray(p.get() if is_cupy(p) else p) for p in planes]
     source = None if signals is None else [np.asarray(s.get() if is_cupy(s) else s)
@@ -316,9 +360,8 @@ class FocalSeries:
         stats = array_stats(self.planes)
         check_intensity_stats(names, stats, self.planes)
         self.noise = check_noise(noise, len(self.planes))
-        if self.noise is None and all(p.dtype.kind in "iu" for p in self.planes):
-            size = self.planes[0].shape[0] * self.planes[0].shape[1]
-            self.noise = poisson_noise(stats[:, 1] / size)
+        if self.noise is None:
+            self.noise = _counts_noise(self.planes, stats)
         self.z = z
         self.z0 = float(z0)
         self.pixel_size = check_positive("pixel_size", pixel_size, pair=True)
@@ -538,15 +581,16 @@ class FocalTriplet(FocalSeries):
         scan_step = check_positive("scan_step", scan_step, pair=True)
         planes = [r.virtual[virtual] for r in reductions]
         energy = reductions[1].detector.energy
+        # The noise first: an interpolating shift smooths it.
+        noise = _virtual_image_noise(planes, scan_step, energy, reductions[1].regions, virtual)
+        if noise is None and counts:
+            noise = poisson_noise([float(p.mean()) for p in planes])
         registration = None
         if _check_register(register):
             signals = [r.virtual.get("df") for r in reductions]
             planes, registration = _register(
                 planes, None if any(x is None for x in signals) else signals, register,
                 scan_step)
-        noise = _virtual_image_noise(planes, scan_step, energy, reductions[1].regions, virtual)
-        if noise is None and counts:
-            noise = poisson_noise([float(p.mean()) for p in planes])
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
         com = reductions[1].com
         if isinstance(rotation, str):

@@ -105,7 +105,10 @@ def members(model, loader=None):
 
     name = _shipped_name(model)
     if name is None:
-        return list(model.models) if isinstance(model, FlowEnsemble) else None
+        if not isinstance(model, FlowEnsemble):
+            return None
+        distinct = list({str(m.path): m for m in model.models}.values())
+        return distinct if len(distinct) >= 2 else None  # one network has no spread
     return [load_model(m, model.device, model.precision) for m in MEMBERS if m != name]
 
 
@@ -125,13 +128,14 @@ def derivative_snr(didz, noise, derivative_weights, stats, shape) -> float:
     return float((kept * kept).sum()) / total
 
 
-def verdict(rms_spread: float, phase_rms: float, snr: float, icom_rms=None,
+def verdict(rms_spread, phase_rms: float, snr: float, icom_rms=None,
             registration=None) -> dict:
     """The trust check: ``trusted``, ``rel_spread``, ``snr``, ``icom_ratio``
     and ``why``. ``registration``: the triplet's record, where its scans were
     registered."""
     cal = calibration()
-    rel = rms_spread / phase_rms if phase_rms > 0 else math.inf
+    rel = None if rms_spread is None else (rms_spread / phase_rms if phase_rms > 0
+                                           else math.inf)
     ratio = None
     if icom_rms is not None:
         ratio = phase_rms / icom_rms if icom_rms > 0 else math.inf
@@ -143,9 +147,9 @@ def verdict(rms_spread: float, phase_rms: float, snr: float, icom_rms=None,
             and snr < cal["icom_ratio_snr_limit"]):
         why = (f"the phase is {ratio:.3g} times as strong as the one the measured centre "
                f"of mass gives")
-    elif rel > cal["spread_limit"]:
+    elif rel is not None and rel > cal["spread_limit"]:
         why = f"the models disagree by {rel:.0%} of the phase"
-    elif snr == 0 and rel > cal["spread_limit_no_signal"]:
+    elif rel is not None and snr == 0 and rel > cal["spread_limit_no_signal"]:
         why = (f"no signal above the noise in the focal derivative and the models "
                f"disagree by {rel:.0%} of the phase")
     return {"trusted": not why, "rel_spread": rel, "snr": snr, "icom_ratio": ratio,

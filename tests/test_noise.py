@@ -197,3 +197,68 @@ def test_bad_regularisation_options_are_refused(phase_object, bad):
     _, t = phase_object
     with pytest.raises(ft.InputError, match=next(iter(bad))):
         ft.reconstruct(t, method="tie", backend="cpu", **bad)
+
+
+# ---------------------------------------------------------------- what is and is not counts
+
+def test_integer_planes_that_are_not_counts_are_measured_with_a_warning(phase_object):
+    phi, t = phase_object
+    top = max(float(np.max(p)) for p in t.planes)
+    u8 = [np.round(np.asarray(p) / top * 255).astype(np.uint8) for p in t.planes]
+    with pytest.warns(ft.TrustWarning, match="not as counts"):
+        c = ft.FocalTriplet(*u8, dz=40.0, pixel_size=PIXEL, energy=E)
+    assert c.noise.source == "estimated"
+    floats = ft.FocalTriplet(*(p.astype(np.float32) for p in u8), dz=40.0, pixel_size=PIXEL,
+                             energy=E)
+    err = _nmse(ft.reconstruct(c, method="tie", backend="cpu").phase, phi)
+    ref = _nmse(ft.reconstruct(floats, method="tie", backend="cpu").phase, phi)
+    assert err < ref + 0.05, (err, ref)  # not smoothed as if 128 counts a pixel
+
+
+def test_counts_in_detector_units_are_measured(phase_object):
+    """100 units per electron at 1e2 e/Å²: Poisson on the units would be 100x
+    too small a noise; measured instead, never much worse than flat."""
+    phi, t = phase_object
+    rng = np.random.default_rng(2)
+    adu = [(c.astype(np.uint32) * 100).astype(np.uint32) for c in _counts(t, 1e2, rng)]
+    with pytest.warns(ft.TrustWarning, match="not as counts"):
+        c = ft.FocalTriplet(*adu, dz=40.0, pixel_size=PIXEL, energy=E)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        assert _nmse(ft.reconstruct(c, method="tie", backend="cpu").phase, phi) <= 1.0 + 1e-6
+
+
+def test_mixed_integer_and_float_planes_have_unknown_noise_and_say_so(phase_object):
+    _, t = phase_object
+    counts = _counts(t, 1e4, np.random.default_rng(0))
+    with pytest.warns(ft.TrustWarning, match="mixed|some are integers"):
+        c = ft.FocalTriplet(counts[0], counts[1].astype(np.float32), counts[2], dz=40.0,
+                            pixel_size=PIXEL, energy=E)
+    assert c.noise is None
+
+
+@pytest.mark.parametrize("bad", [ft.Noise((-1.0,) * 3, "given"), ft.Noise((np.nan,) * 3, "given"),
+                                 ft.Noise(("a", "b", "c"), "given"),
+                                 ft.Noise((1.0, 1.0, 1.0), "bogus"),
+                                 np.array([1 + 0j, 1, 1]), np.array([True, False, True]),
+                                 ["1", "2", "3"], np.ma.array([1.0, 2.0, 3.0], mask=[0, 1, 0])])
+def test_noise_objects_and_arrays_are_checked_like_numbers(phase_object, bad):
+    _, t = phase_object
+    with pytest.raises(ft.InputError, match="noise"):
+        ft.FocalTriplet(*t.planes, dz=40.0, pixel_size=PIXEL, energy=E, noise=bad)
+
+
+def test_a_bad_noise_array_is_named_by_its_shape():
+    with pytest.raises(ft.InputError) as err:
+        check_noise(np.ones((64, 64)), 3)
+    assert "\n" not in str(err.value) and "shape (64, 64)" in str(err.value)
+
+
+def test_an_overflowing_noise_filter_stays_silent(phase_object):
+    _, t = phase_object
+    c = ft.FocalTriplet(*t.planes, dz=40.0, pixel_size=PIXEL, energy=E, noise=1e300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        rec = ft.reconstruct(c, method="tie", backend="cpu")
+    assert np.all(rec.phase == 0)

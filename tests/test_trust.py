@@ -222,3 +222,89 @@ def test_cli_refuses_options_that_do_not_apply(case, tmp_path, capsys):
     assert main(["reconstruct", str(images), "-o", str(tmp_path / "b.npz"), "--method", "tie",
                  "--no-uncertainty"]) == 2
     assert "--no-uncertainty" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- edge cases of the checks
+
+def test_scans_too_small_to_register_say_so(case):
+    from flowtie_fast.registration import RegistrationWarning
+
+    small = [x[:6, :6] for x in (case.minus, case.zero, case.plus)]
+    with pytest.warns(RegistrationWarning, match="too small"):
+        t = ft.FocalTriplet.from_4dstem(*small, dz=case.dz, scan_step=case.scan_step,
+                                        k_sampling=case.k_sampling, energy=case.energy,
+                                        backend="cpu")
+    assert not t.registration["reliable"]
+
+
+def test_constant_data_are_not_registered_reliably(case):
+    flat = [np.ones_like(x) for x in (case.minus, case.zero, case.plus)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = ft.FocalTriplet.from_4dstem(*flat, dz=case.dz, scan_step=case.scan_step,
+                                        k_sampling=case.k_sampling, energy=case.energy,
+                                        center=(flat[0].shape[2] / 2, flat[0].shape[3] / 2),
+                                        backend="cpu")
+    assert not t.registration["reliable"]
+
+
+def test_the_noise_is_measured_before_the_drift_is_undone(case):
+    data = _drifted(case, (1.5, 0.5), (-1.2, 0.7))
+    rng = np.random.default_rng(3)
+    data = [counts(p, 1e5, case.scan_step, rng, dtype=np.uint32) for p in data]
+    kw = dict(dz=case.dz, scan_step=case.scan_step, k_sampling=case.k_sampling,
+              energy=case.energy, backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = ft.FocalTriplet.from_4dstem(*data, register="periodic", **kw)
+        b = ft.FocalTriplet.from_4dstem(*data, register=False, **kw)
+    assert a.noise == b.noise
+
+
+def _tiny_model(path):
+    from flowtie_fast.flow import FlowNet
+    from flowtie_fast.flow.train import export_torchscript
+
+    torch.manual_seed(0)
+    return export_torchscript(FlowNet(in_channels=6, width=4, depth=1).eval(), path)
+
+
+def test_one_network_twice_is_no_ensemble(case, tmp_path):
+    from flowtie_fast.flow.infer import FlowEnsemble, load_model
+
+    path = _tiny_model(tmp_path / "tiny.pt")
+    t = _triplet(case)
+    for members in ([load_model(str(path))], [load_model(str(path))] * 2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ft.TrustWarning)
+            rec = ft.reconstruct(t, method="flowtie", backend="cpu",
+                                 model=FlowEnsemble(members, name="one"))
+        assert rec.uncertainty is None and "unavailable" in rec.info["uncertainty"]
+        assert rec.info["rel_spread"] is None
+
+
+def test_making_a_flowtie_plan_warns_about_nothing(case):
+    t = _triplet(case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", DeprecationWarning)
+        plan = ft.Plan(t.shape, t.pixel_size, t.dz[0], t.energy, method="flowtie",
+                       backend="cpu")
+    assert plan.info == {}
+
+
+def test_a_batch_keeps_every_items_verdict(case):
+    t = _triplet(case)
+    low = _triplet(case, dose=300.0, seed=1)
+    plan = ft.Plan(t.shape, t.pixel_size, t.dz[0], t.energy, method="flowtie", backend="cpu")
+    stack = np.stack([np.stack([np.asarray(p, np.float32) for p in x.planes])
+                      for x in (low, t)])
+    grads = np.stack([np.asarray(low.gradient, np.float32), np.asarray(t.gradient, np.float32)])
+    u = np.full((2,) + t.shape, -1.0, np.float32)
+    with pytest.warns(ft.TrustWarning):
+        plan.solve_batch(stack, gradient=grads, uncertainty_out=u,
+                         noise=[float(v) for v in low.noise.variance])
+    items = plan.info["items"]
+    assert items[0]["trusted"] is False and items[0]["fallback"] == "icom"
+    assert plan.info["trusted"] is False
+    assert np.all(u[0] == -1.0)  # left as it was where the phase fell back
