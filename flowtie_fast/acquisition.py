@@ -31,6 +31,15 @@ space. Non-periodic data are extended by their mirror image (half-sample
 symmetric, ``d c b a | a b c d``; scipy.ndimage's ``"reflect"``) before the
 Fourier operation, which keeps the extension continuous and conserves the
 total intensity of a blur.
+
+The data are intensities (counts or sums of counts), and they stay
+non-negative: a Fourier shift or blur rings next to sharp features (a
+sub-pixel shift of sparse counts gives values down to almost -1 count), and
+everything below zero after it is set to zero (a negative input value too,
+once interpolated). The clip changes the result only where the ringing went
+below zero: there a shift is no longer undone exactly by the opposite shift,
+nor is the total intensity of a blur conserved exactly. Whole-pixel shifts
+and crops are exact moves of the values and are never clipped.
 """
 
 from __future__ import annotations
@@ -217,7 +226,9 @@ def drift(data, shift, *, periodic=True, margin=0) -> np.ndarray:
         The integer part is an exact :func:`numpy.roll`, the fractional part
         (in [-0.5, 0.5]) a Fourier shift, exact for band-limited data; on an
         even length the Nyquist component is multiplied by ``cos(π d)``, so
-        shifting back undoes a shift exactly only for data without it.
+        shifting back undoes a shift exactly only for data without it (and
+        only where the shift's ringing stayed above zero: values below are
+        clipped, see Returns).
     margin : int
         Non-periodic only (refused with ``periodic=True``): the output is the
         nominal window, ``data[margin:-margin, margin:-margin]`` shifted;
@@ -235,7 +246,10 @@ def drift(data, shift, *, periodic=True, margin=0) -> np.ndarray:
     ndarray
         The shape of ``data`` (periodic) or of the nominal window; float32 and
         float64 keep their dtype, other real types become float64. A zero
-        shift returns a copy of the input (of its window).
+        shift returns a copy of the input (of its window), a whole-pixel shift
+        the input's values moved; a sub-pixel shift is clipped at zero after
+        the interpolation (intensities stay non-negative; the ringing of a
+        Fourier shift next to sharp features would go below zero).
 
     Raises
     ------
@@ -260,6 +274,7 @@ def _transform(a: np.ndarray, fwhm: float, step: tuple, shift: tuple, periodic: 
     whole = [int(round(d)) for d in shift]
     frac = [d - w for d, w in zip(shift, whole)]
     out = np.roll(a, whole, axis=(0, 1)) if periodic and any(whole) else a
+    filtered = False
     for axis in (0, 1):
         s = fwhm / FWHM_PER_SIGMA / step[axis]  # σ in samples along this axis
         f = frac[axis]
@@ -268,13 +283,20 @@ def _transform(a: np.ndarray, fwhm: float, step: tuple, shift: tuple, periodic: 
                 return np.exp(-2.0 * (np.pi * s * q) ** 2 - 2j * np.pi * q * f)
 
             out = _filter_axis(out, axis, response, mirror=not periodic)
+            filtered = True
     if not periodic:
         ny, nx = a.shape[0] - 2 * m, a.shape[1] - 2 * m
         y0, x0 = m - whole[0], m - whole[1]
         out = out[y0:y0 + ny, x0:x0 + nx]
     if np.may_share_memory(out, a):
         out = out.copy()
-    return out.astype(a.dtype, copy=False)
+    out = out.astype(a.dtype, copy=False)
+    if filtered:
+        # Intensities: the ringing of the Fourier interpolation below zero (next
+        # to sharp features of counts) is clipped; exact moves (whole pixels,
+        # crops) are left as they are.
+        np.maximum(out, 0, out=out)
+    return out
 
 
 def source_blur(data, source_fwhm, scan_step, *, periodic=True) -> np.ndarray:
@@ -306,7 +328,10 @@ def source_blur(data, source_fwhm, scan_step, *, periodic=True) -> np.ndarray:
     -------
     ndarray
         The shape of ``data``; float32 and float64 keep their dtype, other real
-        types become float64.
+        types become float64. Non-negative where a blur was applied: values
+        below zero after it (the product's ringing next to sharp features, or
+        a negative input value) are set to zero, and only there is the total
+        intensity no longer conserved exactly.
     """
     a = _data("data", data)
     fwhm = check_real("source_fwhm", source_fwhm, low=0.0)
@@ -502,7 +527,10 @@ def apply(case_planes, *, rng, dose=None, gain_noise=0.0, gain_map=None, drift=N
     -------
     planes : tuple of three ndarrays
         (minus, zero, plus), of the nominal window's shape; float32 and float64
-        keep their dtype (counts: float32).
+        keep their dtype (counts: float32). Non-negative after a source blur or
+        a sub-pixel drift (their interpolation is clipped at zero, as in
+        :func:`drift`), so that they are valid intensities of a
+        :class:`~flowtie_fast.triplet.FocalTriplet` without a dose too.
     applied : dict
         What was applied, in plain Python types for a manifest: ``order``,
         ``dose`` (e⁻/Å² or None), ``electrons_per_pattern``, ``gain_noise``,

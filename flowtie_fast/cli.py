@@ -276,9 +276,9 @@ def _simulate(args) -> int:
             setattr(args, k, default)
     from flowtie_fast.simulate import check_settings, series_thicknesses, simulate_series
 
-    out = Path("data") if args.output is None else Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise ft.InputError(f"output: {str(out)!r} is a file; expected a folder")
+    from flowtie_fast.sweep import check_folder
+
+    out = check_folder(Path("data") if args.output is None else args.output)
     dz = args.dz
     if isinstance(dz, list):
         dz = dz[0] if len(dz) == 1 else tuple(dz)
@@ -319,13 +319,15 @@ def _simulate_sweep(args, given) -> int:
                          "(use another -o folder to start again)")
     if args.limit is not None:
         check_count("--limit", args.limit, 1)
+    if args.output is not None:  # before the recipe is read: a file in the way, ...
+        sweep.check_folder(args.output, writable=not args.list)
+    elif not args.list:
+        raise InputError("-o/--output: a sweep needs an output folder (e.g. -o data/corpus)")
     cfg = sweep.load_config(args.sweep)
     series = sweep.plan(cfg)
     if args.list:
         sweep.list_plan(cfg, series, folder=args.output, file=sys.stdout)
         return 0
-    if args.output is None:
-        raise InputError("-o/--output: a sweep needs an output folder (e.g. -o data/corpus)")
     print(f"sweep {cfg['sweep']['name']!r} ({cfg['_source']}): {len(series)} series planned; "
           f"output {args.output}", flush=True)
     result = sweep.run(cfg, args.output, limit=args.limit,
@@ -508,7 +510,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="--sweep: simulate only the first N pending series")
     sim.add_argument("--list", action="store_true",
                      help="--sweep: print the planned series and their estimated cost "
-                          "(and, with -o, which are done) without simulating")
+                          "(and, with -o, which are done, pending or simulated under "
+                          "another recipe) without simulating")
     sim.add_argument("--material", choices=("GaAs", "SrTiO3"), help="default GaAs")
     sim.add_argument("--thickness", type=float, nargs="+",
                      help="thicknesses in Å (rounded to whole cells; default 5.65 22.6 56.5)")

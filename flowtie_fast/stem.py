@@ -29,10 +29,16 @@ from .backend import Backend, array_module, get_backend, is_cupy
 from .errors import InputError, check_count, check_positive
 from .physics import wavelength
 
-__all__ = ["Detector", "Reduction", "calibrate_rotation", "find_center", "finish_reduction",
-           "reduce_4dstem", "triplet_geometry"]
+__all__ = ["Detector", "DetectorWarning", "Reduction", "calibrate_rotation", "find_center",
+           "finish_reduction", "reduce_4dstem", "triplet_geometry"]
 
 _NATIVE = (np.uint8, np.uint16, np.uint32, np.int32, np.float32, np.float64)
+
+
+class DetectorWarning(UserWarning):
+    """The detector does not record what the triplet's geometry measures: the
+    bright-field disk fills it, with no dark field around it
+    (:func:`triplet_geometry`)."""
 
 
 @dataclass
@@ -464,7 +470,35 @@ def finish_reduction(sums, combine, detector: Detector, regions: dict, name: str
     return Reduction(virtual, com, detector, regions=dict(regions))
 
 
-def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None):
+def disk_fills_detector(mean) -> tuple:
+    """Whether the bright-field disk of a mean pattern reaches the detector's
+    edge along so much of it that there is no dark field around the disk.
+
+    The disk (pixels brighter than half the brightest, as
+    :func:`bf_radius_mrad` measures it) fills the detector when at least as
+    many of the detector's edge pixels are in it as its radius holds pixels:
+    a disk cut along such a chord lies an eighth of its radius or more
+    beyond the edge, and the dark field around it is gone or cut short. A
+    disk that only touches an edge (a chord shorter than its radius: its
+    radius measured within about 1 %, its centre within 3 % of it) is not. A flat mean pattern (a detector all
+    bright field, or patterns without a disk) fills it too.
+
+    Returns
+    -------
+    (bool, int, int)
+        Whether it fills the detector, the edge pixels in the disk, and the
+        detector's edge pixels.
+    """
+    m = np.asarray(mean)
+    bright = _bright_field(m)
+    edge = np.zeros(m.shape, bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    on_edge = int(np.count_nonzero(bright & edge))
+    radius_px = math.sqrt(np.count_nonzero(bright) / math.pi)
+    return on_edge > 0 and on_edge >= radius_px, on_edge, int(np.count_nonzero(edge))
+
+
+def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name="zero"):
     """Detector and virtual-detector regions for a focal triplet from the mean
     in-focus pattern.
 
@@ -481,12 +515,29 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None):
     bf_radius : float, optional
         Radius of the "bf" disk in mrad (default a quarter of the measured
         bright-field disk).
+    name : str
+        The data the mean pattern comes from, named in the warning.
 
     Returns
     -------
     detector : Detector
     regions : dict
         "bf", "bf-full", "abf", "df", "whole" as (inner, outer) mrad.
+
+        Where the bright-field disk fills the detector
+        (:func:`disk_fills_detector`: a detector cropped to the disk, or a
+        camera length too long), its edge is not recorded: its radius is not
+        known (the measured one is a lower bound, the detector's own extent),
+        and what would be the "df" annulus holds bright field, whose images
+        change with defocus. Then only "bf" (by default a quarter of that
+        lower bound) and "whole" are returned, with a
+        :class:`DetectorWarning`: no "bf-full", "abf" or "df" image, so that
+        :meth:`~flowtie_fast.triplet.FocalTriplet.from_4dstem` measures no
+        band-limited noise (the band limit comes from the disk's radius) and
+        does not register the scans on a "dark field" that is bright field
+        (it registers them on the planes, as it does without one). The
+        missing ``"df"`` region is the flag a program can read
+        (``"df" not in triplet.reductions[1].regions``).
     """
     center = find_center(mean) if center is None else check_center(center)
     if not all(math.isfinite(c) and 0 <= c <= n - 1 for c, n in zip(center, mean.shape)):
@@ -496,6 +547,23 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None):
     disk = bf_radius_mrad(mean, detector)
     bf_radius = 0.25 * disk if bf_radius is None else check_disk("bf_radius", bf_radius,
                                                                    detector)
+    fills, on_edge, edge = disk_fills_detector(mean)
+    if fills:
+        import warnings
+
+        mrad_per_px = 1e3 * wavelength(energy) * np.asarray(k_sampling, float)
+        reach = min(min(c + 0.5, n - 0.5 - c) * d
+                    for c, n, d in zip(center, mean.shape, mrad_per_px))
+        warnings.warn(
+            f"{name}: the bright-field disk fills the detector ({disk:.3g} mrad measured, "
+            f"the detector's nearest edge {reach:.3g} mrad from the centre; {on_edge} of its "
+            f"{edge} edge pixels are bright field): no dark field surrounds it, so its radius "
+            f"is unknown (at least {disk:.3g} mrad); only the 'bf' (radius {bf_radius:.3g} "
+            "mrad) and 'whole' images are made: no 'bf-full', 'abf' or 'df', no noise "
+            "measured above the band limit, the scans not registered; record the "
+            "whole disk with dark field around it (a shorter camera length, an uncropped "
+            "detector)", DetectorWarning, stacklevel=3)
+        return detector, {"bf": (0.0, bf_radius), "whole": (0.0, np.inf)}
     regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
                "df": (disk, np.inf), "whole": (0.0, np.inf)}
     return detector, regions
@@ -581,8 +649,9 @@ def check_region(name: str, regions: dict, detector: Detector, bf_given: bool) -
     if name == "bf":
         nearest = float(theta.min())
         hint = f"{1.05 * nearest:.3g}" if nearest > 0 else "a larger radius"
+        disk = regions.get("bf-full", (0.0, 4 * outer))[1]  # none where it fills the detector
         how = "given" if bf_given else \
-            f"the default, a quarter of the {regions['bf-full'][1]:.3g} mrad bright-field disk"
+            f"the default, a quarter of the {disk:.3g} mrad bright-field disk"
         raise InputError(f"bf_radius: the 'bf' disk of {outer:.3g} mrad ({how}) holds no "
                          f"detector pixel around the centre {tuple(detector.center)} (the "
                          f"nearest lies at {nearest:.3g} mrad); give a larger one, e.g. "

@@ -15,9 +15,11 @@ thickness ``k`` (layout of :mod:`flowtie_fast.io`: noise-free patterns, dz as
 the pair ``(dz_minus, dz_plus)``, the ground-truth phase and gradient on the
 whole scan, margins included). The files are written atomically; then one
 JSON line describing the series is appended to ``DIR/manifest.jsonl``. A series
-is done when all its files and its manifest line exist; a killed run resumes
-with the first series that is not done, and a series whose recorded settings
-differ from the recipe's plan is refused (restore the recipe, or only append
+is done when all its files and its manifest line exist and the line records
+the settings the recipe plans now (``--list`` shows the same test: ``done``,
+``pending`` or ``other recipe``); a killed run resumes with the first series
+that is not done, and a series whose recorded settings differ from the
+recipe's plan is refused (restore the recipe, or only append
 stages so that planned series keep their settings).
 
 Order
@@ -68,14 +70,16 @@ import numpy as np
 from .errors import InputError
 
 __all__ = ["load_config", "plan", "run", "estimate_seconds", "list_plan", "read_manifest",
-           "HELD_OUT", "DEFAULT_CONFIG"]
+           "check_folder", "HELD_OUT", "DEFAULT_CONFIG"]
 
 #: The recipe shipped with the package.
 DEFAULT_CONFIG = Path(__file__).parent / "data" / "corpus.toml"
 
 #: Specimens kept out of the corpus: the validation set (Cu, CeO2 in any
 #: orientation) and the test set (Si [001], MgO [001]; and the GaAs and SrTiO3
-#: [001] thicknesses, in unit cells, that the test set holds out).
+#: [001] thicknesses, in unit cells, that the test set holds out: no crystal,
+#: edge or interface series plans them, an interface skipping those of both its
+#: crystals).
 HELD_OUT = {
     "elements": ("Cu", "Ce"),
     "materials": ("Cu", "CeO2"),
@@ -207,6 +211,18 @@ def _check_held_out(material, zone, key):
                          "or testing (flowtie_fast.sweep.HELD_OUT); remove it")
 
 
+def _held_out_cells(ref):
+    """The cell counts along the beam that the test set holds out for a
+    crystal, edge or interface ``ref`` (``"Material:zone"`` or
+    ``"Left:zone|Right:zone"``): those of every component, so that no planned
+    thickness is a held-out number of cells of any crystal in the specimen."""
+    skip = set()
+    for part in ref.split("|"):
+        material, _, zone = part.partition(":")
+        skip.update(HELD_OUT["cells"].get((material, zone), ()))
+    return tuple(sorted(skip))
+
+
 def _check_elements(elements, key):
     bad = sorted(set(elements) & set(HELD_OUT["elements"]))
     if bad:
@@ -228,9 +244,10 @@ def load_config(path=None) -> dict:
         The recipe with every value checked and normalised, plus
         ``"_source"`` (the path) and ``"_sha256"`` (of the file's bytes).
     """
-    path = Path(DEFAULT_CONFIG if path is None else path)
-    if not path.is_file():
-        raise InputError(f"config: no such file {str(path)!r}")
+    from .io import as_path, check_input_file
+
+    path = as_path("config", DEFAULT_CONFIG if path is None else path)
+    check_input_file("config", path)  # says what a directory, FIFO or broken link is
     raw = path.read_bytes()
     try:
         cfg = _toml().loads(raw.decode("utf-8"))
@@ -648,6 +665,38 @@ def _scan_periodic(rng, cfg, period):
     return gpts
 
 
+def _scan_fallback(cfg, period, preferred, fam, name):
+    """Positions per axis for one unit cell that the drawn step could not scan
+    within the recipe's limits: ``preferred`` on both axes where its steps are
+    within ``grid.scan_step`` (the planner's choice since the first recipe),
+    else the feasible count nearest to it on each axis; a cell that no count
+    within ``grid.scan_gpts`` scans with a step within ``grid.scan_step`` is
+    refused, naming the keys, rather than planned with a step beyond them."""
+    g = cfg["grid"]
+    (s_lo, s_hi), (n_lo, n_hi) = g["scan_step"], g["scan_gpts"]
+
+    def within(p, n):
+        return s_lo - 1e-9 <= p / n <= s_hi + 1e-9
+
+    if all(within(p, preferred) for p in period):
+        return [preferred] * 2
+    out = []
+    for p in period:
+        feasible = [n for n in range(n_lo, n_hi + 1) if within(p, n)]
+        if not feasible:
+            fewest, most = math.ceil(p / s_hi - 1e-9), math.floor(p / s_lo + 1e-9)
+            detail = (f"such steps take {fewest} to {most} positions along its {p:.3f} Å side"
+                      if fewest <= most else f"no whole number of positions along its "
+                      f"{p:.3f} Å side gives such a step")
+            raise InputError(
+                f"grid.scan_step: family {fam['name']!r} scans whole cells of {name} "
+                f"({period[0]:.3f} x {period[1]:.3f} Å) with steps within grid.scan_step = "
+                f"{g['scan_step']} Å and grid.scan_gpts = {g['scan_gpts']} positions per "
+                f"side, which cannot be: {detail}; widen grid.scan_step or grid.scan_gpts")
+        out.append(min(feasible, key=lambda n: (abs(n - preferred), n)))
+    return out
+
+
 def _draw_series(cfg, stage, fam, ref, index, rng):
     g = cfg["grid"]
     optics = _draw_optics(cfg, rng)
@@ -683,8 +732,7 @@ def _draw_series(cfg, stage, fam, ref, index, rng):
             name = f"{material}{zone}"
         z_period = c
         thick = _thickness_draw(rng, stage, cfg)
-        skip = HELD_OUT["cells"].get((specimen.get("material"), specimen.get("zone")), ())
-        cells = _whole_cells(thick, c, skip)
+        cells = _whole_cells(thick, c, _held_out_cells(ref))
         exits = [m * c for m in cells]
         height = cells[-1] * c
         specimen["cells"] = cells
@@ -695,7 +743,8 @@ def _draw_series(cfg, stage, fam, ref, index, rng):
             gpts = _scan_periodic(rng, cfg, period)
             if gpts is None:  # too many positions: one cell per axis
                 period = (lx_cell, ly_cell)
-                gpts = _scan_periodic(rng, cfg, period) or [g["scan_gpts"][1]] * 2
+                gpts = _scan_periodic(rng, cfg, period) or \
+                    _scan_fallback(cfg, period, g["scan_gpts"][1], fam, name)
             cx, cy = (round(p / u) for p, u in zip(period, (lx_cell, ly_cell)))
             # The supercell holds whole scan periods.
             rep = [math.ceil(math.ceil(supercell_min / u - 1e-9) / k) * k
@@ -753,7 +802,8 @@ def _draw_series(cfg, stage, fam, ref, index, rng):
             if gpts is None:
                 cx = cy = 1
                 period = (lx_cell, ly_cell)
-                gpts = _scan_periodic(rng, cfg, period) or [g["scan_gpts"][0]] * 2
+                gpts = _scan_periodic(rng, cfg, period) or \
+                    _scan_fallback(cfg, period, g["scan_gpts"][0], fam, name)
             rep = [math.ceil(math.ceil(supercell_min / lx_cell - 1e-9) / cx) * cx,
                    math.ceil(math.ceil(supercell_min / ly_cell - 1e-9) / cy) * cy]
             scan = {"periodic": True, "start": [0.0, 0.0],
@@ -990,15 +1040,69 @@ def _planned_key(series) -> str:
 
 
 def _is_done(series, folder, records) -> bool:
+    """The test of :func:`run` (and of :func:`list_plan`): a manifest line of
+    the same planned settings and every file of the series."""
+    return _status(series, folder, records) == "done"
+
+
+def _other_plan(series, records) -> bool:
+    """Whether ``series`` was recorded under other planned settings (another
+    recipe or seed): :func:`run` refuses the folder then."""
     rec = records.get(series["id"])
-    return rec is not None and all((Path(folder) / f).is_file() for f in series["files"])
+    return rec is not None and "plan" in rec and \
+        _planned_key(rec["plan"]) != _planned_key(series)
+
+
+def _status(series, folder, records) -> str:
+    """``"done"``, ``"other recipe"`` (recorded with other settings: a run
+    refuses the folder) or ``"pending"`` (no manifest line, or a file missing:
+    a run simulates it)."""
+    if _other_plan(series, records):
+        return "other recipe"
+    rec = records.get(series["id"])
+    if rec is not None and all((Path(folder) / f).is_file() for f in series["files"]):
+        return "done"
+    return "pending"
+
+
+def check_folder(folder, name="output", writable=True) -> Path:
+    """An output folder of a sweep, checked before any work: a path the system
+    takes that is a folder or can be made one (no file in its place or in
+    the place of a folder above it) and, with ``writable``, in a folder this
+    process may write; :class:`InputError` naming ``name`` otherwise.
+    Nothing is created."""
+    from .io import _path_error, _short, as_path
+
+    folder = as_path(name, folder)
+    shown = repr(_short(str(folder), 200))
+    try:
+        if os.path.lexists(folder):
+            if not folder.is_dir():
+                what = "a file" if folder.is_file() else "not a folder"
+                raise InputError(f"{name}: {shown} is {what}; expected a folder (existing or "
+                                 "to be created)")
+            if writable and not os.access(folder, os.W_OK | os.X_OK):
+                raise InputError(f"{name}: {shown} cannot be written: no permission to write "
+                                 "in it (or a read-only file system)")
+            return folder
+        parent = Path(os.path.abspath(folder)).parent
+        while not parent.is_dir():
+            if os.path.lexists(parent):
+                what = "a file, not a folder" if parent.is_file() else "not a folder"
+                raise InputError(f"{name}: {shown} cannot be created: {str(parent)!r} is "
+                                 f"{what}")
+            parent = parent.parent
+        if writable and not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"{name}: {shown} cannot be created: no permission to write in "
+                             f"{str(parent)!r} (or a read-only file system)")
+    except OSError as exc:  # ELOOP, EACCES on a parent, ...
+        raise _path_error(name, folder, exc) from exc
+    return folder
 
 
 def _check_recorded(series, records) -> None:
     rec = records.get(series["id"])
-    if rec is None or "plan" not in rec:
-        return
-    if _planned_key(rec["plan"]) != _planned_key(series):
+    if _other_plan(series, records):
         old, new = rec["plan"], series
         diff = next((k for k in ("kind", "name", "specimen", "settings", "scan", "extent",
                                  "thicknesses", "files") if old.get(k) != new.get(k)), "settings")
@@ -1041,7 +1145,14 @@ def _format_seconds(s) -> str:
 
 
 def list_plan(cfg, series, folder=None, file=None) -> str:
-    """A table of the planned series with their estimated cost and status."""
+    """A table of the planned series with their estimated cost and status.
+
+    The status (with ``folder``) is the test :func:`run` makes: ``done`` (a
+    manifest line of the same planned settings and every file), ``other
+    recipe`` (recorded with other settings: a run refuses the folder) or
+    ``pending``."""
+    if folder is not None:
+        folder = check_folder(folder, writable=False)
     records = read_manifest(folder) if folder is not None else {}
     lines = [f"sweep {cfg['sweep']['name']!r}: {len(series)} series, "
              f"{sum(s['exits'] for s in series)} thickness files; cost model "
@@ -1051,6 +1162,7 @@ def list_plan(cfg, series, folder=None, file=None) -> str:
              f"{'dz- / dz+ Å':>14}{'tilt':>6}{'FP':>3} {'thicknesses Å':<30}{'scan':<22}"
              f"{'cell Å':>12}{'Δ Å':>6}{'sl':>5}{'est':>8}  status"]
     total = 0.0
+    others = []
     for s in series:
         st = s["settings"]
         sc = s["scan"]
@@ -1062,7 +1174,9 @@ def list_plan(cfg, series, folder=None, file=None) -> str:
         thick = ",".join(f"{t:.0f}" for t in s["thicknesses"])
         if len(thick) > 29:
             thick = thick[:26] + "..."
-        status = "done" if folder is not None and _is_done(s, folder, records) else "pending"
+        status = _status(s, folder, records) if folder is not None else "pending"
+        if status == "other recipe":
+            others.append(s["id"])
         lines.append(f"{s['id']:<6}{s['stage']:>3} {s['family'][:15]:<16}{s['name'][:21]:<22}"
                      f"{st['energy'] / 1e3:>5.0f}{st['semiangle']:>6.1f}"
                      f"{st['dz'][0]:>7.1f}/{st['dz'][1]:<6.1f}{tilt:>6.1f}"
@@ -1083,6 +1197,12 @@ def list_plan(cfg, series, folder=None, file=None) -> str:
         families[s["family"]] = families.get(s["family"], 0) + 1
     lines.append("families in the first 40: " + ", ".join(f"{k} {v}"
                                                           for k, v in families.items()))
+    if others:
+        lines.append(f"{len(others)} series in {str(folder)!r} ({others[0]}"
+                     f"{'' if len(others) == 1 else ', ...'}) "
+                     f"{'was' if len(others) == 1 else 'were'} simulated under another "
+                     "recipe (other recorded settings): a run into this folder is refused; "
+                     "restore that recipe or use another folder")
     text = "\n".join(lines)
     if file is not None:
         print(text, file=file)
@@ -1178,11 +1298,9 @@ def run(cfg, folder, *, limit=None, progress=True, log=print, device="cpu") -> d
 
     device_context(device)  # "gpu" without a device: refused before any series
 
+    folder = check_folder(folder)  # before the recipe is read or planned
     if not isinstance(cfg, dict):
         cfg = load_config(cfg)
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"output: {str(folder)!r} is a file; expected a folder")
     series = plan(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     with _lock(folder):

@@ -588,9 +588,19 @@ class FocalTriplet(FocalSeries):
         registration = None
         if _check_register(register):
             signals = [r.virtual.get("df") for r in reductions]
-            planes, registration = _register(
-                planes, None if any(x is None for x in signals) else signals, register,
-                scan_step)
+            if any(x is None for x in signals):  # no dark field on this detector
+                import warnings
+
+                from .registration import RegistrationWarning
+
+                warnings.warn("register: the detector records no dark field to measure the "
+                              "drift on; not applied: the planes are used as recorded",
+                              RegistrationWarning, stacklevel=2)
+                registration = {"shifts": np.zeros((3, 2)), "reliable": False,
+                                "applied": False, "signal": None,
+                                "why": "no dark field on the detector"}
+            else:
+                planes, registration = _register(planes, signals, register, scan_step)
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
         com = reductions[1].com
         if isinstance(rotation, str):

@@ -192,6 +192,7 @@ def test_from_4dstem_icom_recovers_the_encoded_phase(rotation):
     assert len(t.reductions) == 3 and set(t.reductions[1].virtual) >= {"bf", "whole"}
 
 
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.DetectorWarning")  # random patterns
 def test_from_4dstem_rejects_bad_data(rng):
     good = rng.random((4, 4, 8, 8)).astype(np.float32)
     kw = dict(dz=20.0, scan_step=0.2, k_sampling=K_SAMPLING, energy=E, center=(4, 4),
@@ -236,3 +237,55 @@ def test_weights_are_reused_for_the_same_geometry_and_not_for_another(rng, monke
     W, _ = compute(moved, regions)
     want = ref.reduce_patterns(data.reshape(12, 256), W, *stem.weight_ranges(W))
     np.testing.assert_allclose(c.virtual["bf"].ravel(), want[:, 0], rtol=1e-5)
+
+
+def _disk_data(det=53, radius_px=12.4, seed=3):
+    """Three 4D scans of a bright-field disk (a weak dark-field floor around it)
+    whose brightness varies over a 12 x 12 scan, alike in the three; k_sampling
+    puts its edge at about 20 mrad at 300 keV."""
+    rng = np.random.default_rng(seed)
+    iy, ix = np.indices((det, det)) - (det - 1) / 2
+    disk = (np.hypot(iy, ix) <= radius_px).astype(np.float64)
+    k = 20e-3 / ft.wavelength(E) / radius_px
+    scan = 1 + 0.2 * rng.random((12, 12, 1, 1))
+    out = [(1000 * disk * scan * (1 + 0.01 * i) + 30 * scan * (1 - disk)).astype(np.float32)
+           for i in (-1, 0, 1)]
+    return out, k
+
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.registration.RegistrationWarning")
+def test_a_detector_inside_the_bright_field_disk_is_flagged():
+    """A detector cropped to 15 x 15 px inside a 20 mrad disk measured a
+    'bf-full' disk of the detector's own size, and its 'df' image was bright
+    field (registration on it, noise band from it): a DetectorWarning, and no
+    'bf-full', 'abf' or 'df' region (so no band-limited noise, no registration
+    on a false dark field)."""
+    import warnings
+
+    data, k = _disk_data()
+    kw = dict(dz=20.0, scan_step=0.2, k_sampling=k, energy=E, backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", stem.DetectorWarning)  # the whole detector: no warning
+        whole = ft.FocalTriplet.from_4dstem(*data, **kw)
+    assert whole.reductions[1].regions["bf-full"][1] == pytest.approx(20.0, rel=0.03)
+    assert whole.registration["signal"] == "df"
+
+    cropped = [d[..., 19:34, 19:34] for d in data]
+    with pytest.warns(stem.DetectorWarning, match=r"^zero: the bright-field disk fills the "
+                                                  r"detector \(.* mrad measured.*no dark field"):
+        t = ft.FocalTriplet.from_4dstem(*cropped, **kw)
+    regions = t.reductions[1].regions
+    assert set(regions) == {"bf", "whole"}
+    assert t.noise is None or t.noise.source != "band"
+    assert t.registration["signal"] is None
+    np.testing.assert_array_equal(t.zero, t.reductions[1].virtual["bf"])
+    with pytest.warns(stem.DetectorWarning), pytest.raises(ft.InputError, match="^virtual: "):
+        ft.FocalTriplet.from_4dstem(*cropped, **kw, virtual="df")
+    fills, on_edge, edge = stem.disk_fills_detector(stem.mean_pattern(cropped[1]))
+    assert fills and on_edge == edge == 56
+
+    # A disk that only touches an edge still has dark field around it.
+    mean = stem.mean_pattern(data[1])
+    assert not stem.disk_fills_detector(mean)[0]
+    assert not stem.disk_fills_detector(mean[14:, :])[0]  # 1 edge pixel in the disk
+    assert stem.disk_fills_detector(mean[20:, :])[0]  # cut 6 px deep: 15 px along the edge

@@ -296,3 +296,150 @@ def test_single_series_command_takes_uneven_steps_and_a_tilt(tmp_path, capsys):
     assert np.isfinite(ds.gradient_gt).all() and np.ptp(ds.phase_gt) > 0
     assert main(["simulate", "--limit", "2", "-o", str(out)]) == 2
     assert "--limit" in capsys.readouterr().err
+
+
+# -- defects found by a hostile test -------------------------------------------------------------
+
+
+def _held_out(ref):
+    """The held-out cell counts of every crystal of a specimen reference."""
+    out = set()
+    for part in ref.split("|"):
+        material, _, zone = part.partition(":")
+        out |= set(sweep.HELD_OUT["cells"].get((material, zone), ()))
+    return out
+
+
+def test_no_family_plans_held_out_thicknesses(tmp_path):
+    """The interface family planned 3 SrTiO3 [001] cells (11.715 Å, s0096 of the
+    default recipe) and a GaAs:001|SrTiO3:001 interface 2 GaAs cells: the
+    held-out thicknesses of the test set leaked into the corpus."""
+    series = sweep.plan(sweep.load_config())
+    for s in series:
+        sp = s["specimen"]
+        ref = sp.get("left", "") + "|" + sp.get("right", "") if s["kind"] == "interface" \
+            else f"{sp.get('material')}:{sp.get('zone')}"
+        assert not set(sp.get("cells", ())) & _held_out(ref), (s["id"], s["name"], sp["cells"])
+    text = TINY.replace('''[[family]]
+name = "film"
+kind = "amorphous"
+weight = 1
+scan = "window"
+specimens = ["C"]''', '''[[family]]
+name = "iface"
+kind = "interface"
+weight = 3
+scan = "window"
+cells = [1, 1]
+specimens = ["GaAs:001|SrTiO3:001", "BaTiO3:001|SrTiO3:001"]''').replace(
+        "series = 2", "series = 16").replace("max_cost = 1.0", "max_cost = 1000.0").replace(
+        "thickness = [3.0, 12.0]", "thickness = [3.0, 60.0]").replace(
+        "thicknesses = [1, 2]", "thicknesses = [3, 5]")
+    planned = [s for s in sweep.plan(sweep.load_config(_write(tmp_path, text)))
+               if s["kind"] == "interface"]
+    assert len(planned) >= 8
+    for s in planned:
+        ref = s["specimen"]["left"] + "|" + s["specimen"]["right"]
+        assert not set(s["specimen"]["cells"]) & _held_out(ref), (s["name"], s["thicknesses"])
+        assert len(s["specimen"]["cells"]) == len(set(s["specimen"]["cells"]))
+
+
+#: sha256 of the planned settings of s0000 to s0095 of the committed recipe.
+PLANNED_S0000_S0095 = "4a7bcf62426f84b9760792326683dc8a4d6c36ba0083e0e68b1b8b442e8fe4ec"
+
+
+def test_the_default_recipe_keeps_the_plan_of_its_simulated_series():
+    """Fixing the planner must not re-plan series a sweep has simulated (a
+    folder holding them would be refused): s0000 to s0095 as first planned."""
+    import hashlib
+
+    series = sweep.plan(sweep.load_config())[:96]
+    digest = hashlib.sha256("\n".join(sweep._planned_key(s) for s in series).encode())
+    assert digest.hexdigest() == PLANNED_S0000_S0095
+
+
+@pytest.mark.parametrize("make", ["file", "parent-file"])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path, capsys,
+                                                                          monkeypatch, make):
+    """-o afile/sub gave '[Errno 20] Not a directory' and exit status 1, after
+    the recipe was planned."""
+    cfg_path = _write(tmp_path, TINY)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    out = afile if make == "file" else afile / "sub"
+    planned = []
+    monkeypatch.setattr(sweep, "plan", lambda cfg: planned.append(cfg) or [])
+    assert main(["simulate", "--sweep", str(cfg_path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flowtie simulate: error: output: ") and "afile" in err
+    assert "is a file" in err and len(err.strip().splitlines()) == 1
+    assert main(["simulate", "--sweep", str(cfg_path), "--list", "-o", str(out)]) == 2
+    assert "output: " in capsys.readouterr().err
+    assert not planned and afile.read_text() == "x"
+    with pytest.raises(ft.InputError, match=r"^output: .*afile.* is a file"):
+        sweep.run(sweep.load_config(cfg_path), out, progress=False)
+    # The single-series command says the same.
+    assert main(["simulate", "--material", "GaAs", "--thickness", "5.65", "-o", str(out)]) == 2
+    assert "output: " in capsys.readouterr().err
+
+
+def test_list_shows_series_of_another_recipe_as_such(tmp_path, capsys):
+    """--list marked a series simulated with seed 5 'done' for a recipe of seed 6,
+    which a run refuses: the status is the run's test (files, manifest line and
+    the same recorded settings)."""
+    cfg_path = _write(tmp_path, TINY)
+    other = _write(tmp_path, TINY.replace("seed = 5", "seed = 6"), "other.toml")
+    first = sweep.plan(sweep.load_config(cfg_path))[0]
+    assert first["files"] == sweep.plan(sweep.load_config(other))[0]["files"]
+    out = tmp_path / "corpus"
+    out.mkdir()
+    for f in first["files"]:
+        (out / f).write_bytes(b"")
+    sweep._append_line(out / "manifest.jsonl", {"id": first["id"], "plan": first})
+
+    def status(path):
+        assert main(["simulate", "--sweep", str(path), "--list", "-o", str(out)]) == 0
+        text = capsys.readouterr().out
+        return {line.split()[0]: line.split("  ")[-1].strip() for line in text.splitlines()
+                if line.startswith("s000")}, text
+
+    listed, _ = status(cfg_path)
+    assert listed == {"s0000": "done", "s0001": "pending"}
+    listed, text = status(other)
+    assert listed == {"s0000": "other recipe", "s0001": "pending"}
+    assert "1 series in" in text and "another recipe" in text
+    assert main(["simulate", "--sweep", str(other), "-o", str(out)]) == 2  # as the run says
+    assert "series s0000" in capsys.readouterr().err
+
+
+def test_the_planner_keeps_its_scan_step_limit():
+    """grid.scan_step = [0.5, 0.5] with scan_gpts = [4, 4] planned graphene with
+    steps of 0.615 x 1.065 Å: a cell that no allowed count of positions scans
+    within the step limits is refused, naming the key."""
+    text = TINY.replace("scan_gpts = [4, 12]", "scan_gpts = [4, 4]").replace(
+        "scan_step = [0.4, 0.5]", "scan_step = [0.5, 0.5]")
+    cfg = sweep.check_config(sweep._toml().loads(text))
+    with pytest.raises(ft.InputError, match=r"^grid.scan_step: .*graphene.*grid.scan_gpts"):
+        sweep.plan(cfg)
+    # Where some counts fit, the fallback of one cell takes the one nearest the
+    # planner's choice, within the limits.
+    g = {"grid": {"scan_step": [0.4, 0.5], "scan_gpts": [4, 12]}}
+    fam = {"name": "2d"}
+    assert sweep._scan_fallback(g, (2.46, 4.261), 4, fam, "graphene") == [5, 9]
+    assert sweep._scan_fallback(g, (2.46, 4.261), 12, fam, "graphene") == [6, 10]
+    assert sweep._scan_fallback({"grid": {"scan_step": [0.1, 1.1], "scan_gpts": [4, 12]}},
+                                (2.46, 4.261), 4, fam, "graphene") == [4, 4]
+    for cfg in (sweep.load_config(), sweep.check_config(sweep._toml().loads(TINY))):
+        lo, hi = cfg["grid"]["scan_step"]
+        for s in sweep.plan(cfg):
+            assert all(lo - 1e-6 <= v <= hi + 1e-6 for v in s["scan"]["step"]), s["id"]
+
+
+def test_a_folder_given_as_the_recipe_is_called_a_folder(tmp_path, capsys):
+    """--sweep DIR said 'config: no such file'."""
+    with pytest.raises(ft.InputError, match=r"^config: .* is a directory"):
+        sweep.load_config(tmp_path)
+    assert main(["simulate", "--sweep", str(tmp_path), "--list"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    with pytest.raises(ft.InputError, match=r"^config: no such file"):
+        sweep.load_config(tmp_path / "missing.toml")
