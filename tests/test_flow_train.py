@@ -784,3 +784,19 @@ def test_a_run_starts_from_the_weights_of_init(tmp_path):
     train([make_sample()], replace(cfg, steps=2), checkpoint=ckpt, stop_after=1)
     with pytest.raises(ft.InputError, match="resume: .* was trained with init="):
         train([make_sample()], replace(cfg, steps=2, init=None), checkpoint=ckpt, resume=ckpt)
+
+
+def test_a_cosine_schedule_resumes_exactly(tmp_path):
+    cfg = TrainConfig(steps=6, batch=2, reps=1, width=8, depth=2, checkpoint_every=2,
+                      schedule="cosine")
+    whole, hist = train([make_sample()], cfg)
+    ckpt = tmp_path / "c.ckpt"
+    train([make_sample()], cfg, checkpoint=ckpt, stop_after=3)
+    resumed, hist2 = train([make_sample()], cfg, checkpoint=ckpt, resume=ckpt)
+    assert hist2 == hist
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
+    flat, _ = train([make_sample()], replace(cfg, schedule="constant"))
+    assert not torch.equal(flat.state_dict()["head.weight"], whole.state_dict()["head.weight"])
+    with pytest.raises(ft.InputError, match="schedule: expected 'constant' or 'cosine'"):
+        TrainConfig(schedule="linear")

@@ -33,6 +33,7 @@ kind.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 import warnings
@@ -85,6 +86,10 @@ class TrainConfig:
     # Fine-tuning: the weights the run starts from (a shipped name or a TorchScript
     # file of the same network); None: a random initialisation.
     init: str | None = None
+    # Learning rate over the run: "constant", or "cosine" (lr x (1 + cos(π step / steps)) / 2,
+    # down to 0 at the last step; a rollback's halvings apply on top; a run resumed with
+    # other steps follows the new length from there on).
+    schedule: str = "constant"
 
     def __post_init__(self):
         self.validate()
@@ -103,7 +108,8 @@ class TrainConfig:
             zero; ``channels`` None or positive integers; ``dose`` (None,
             None) or two positive finite counts per pixel, low <= high;
             ``clip`` finite >= 0; ``distill`` in [0, 1], and > 0 only with a
-            ``teacher``; ``init`` None or a model name or file.
+            ``teacher``; ``init`` None or a model name or file; ``schedule``
+            "constant" or "cosine".
         """
         for name in ("steps", "batch", "reps", "width", "depth", "stride", "checkpoint_every"):
             setattr(self, name, check_count(name, getattr(self, name), 1))
@@ -147,6 +153,8 @@ class TrainConfig:
         self.distill = float(d)
         if self.distill > 0 and not self.teacher:
             raise InputError("teacher: distill > 0 needs a teacher model")
+        if self.schedule not in ("constant", "cosine"):
+            raise InputError(f"schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
         if self.init is not None:
             if not isinstance(self.init, (str, os.PathLike)):
                 raise InputError(f"init: expected a model name or file, got {self.init!r}")
@@ -262,13 +270,14 @@ _SNAPSHOT = ("model", "optimizer", "step", "history", "numpy_rng", "torch_rng")
 # the order they are checked (the network first).
 RESUMABLE = ("steps", "checkpoint_every", "restarts")
 _CHECKED = ("channels", "width", "depth", "stride", "use_com", "init", "weights", "teacher",
-            "distill", "lr", "batch", "reps", "dose", "clip", "seed")
+            "distill", "lr", "schedule", "batch", "reps", "dose", "clip", "seed")
 # The ``flowtie train`` option of each field (None: Python only).
 _OPTIONS = {"steps": "--steps", "batch": "--batch", "reps": None, "lr": "--lr",
             "weights": "--weights", "width": "--width", "depth": "--depth",
             "stride": "--stride", "channels": "--channels", "use_com": None, "dose": "--dose",
             "clip": None, "seed": "--seed", "checkpoint_every": None, "restarts": "--restarts",
-            "teacher": "--teacher", "distill": "--distill", "init": None}
+            "teacher": "--teacher", "distill": "--distill", "init": None,
+            "schedule": None}
 
 
 def _resume_error(path, reason: str) -> InputError:
@@ -563,6 +572,10 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, resume=No
             with torch.no_grad():
                 v = sum(t(x) for t in teachers) / len(teachers) / scale
             grad = (1 - cfg.distill) * grad + cfg.distill * v
+        if cfg.schedule == "cosine":  # a function of the step: resumes exactly
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * 0.5 ** restarts * 0.5 * (1 + math.cos(math.pi * step
+                                                                             / cfg.steps))
         opt.zero_grad()
         total, terms = losses[key](model(x) / scale, phase, grad, zero, didz,
                                    batch[0].wavenumber)
