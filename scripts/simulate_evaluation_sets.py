@@ -6,9 +6,12 @@ Resumable: a case whose file exists is skipped. Writes under ``data/``
 - ``data/validation``: Cu and CeO2 [001] (model and threshold selection only);
 - ``data/test``: Si and MgO [001] (never trained on), the GaAs and SrTiO3
   thicknesses held out of training, and SrTiO3 1.56 nm scanned at 0.122 Å
-  (the low-dose case, dosed at evaluation time).
+  (the low-dose case, dosed at evaluation time);
+- ``data/train``: the GaAs and SrTiO3 [001] series the shipped models were
+  trained on (``flowtie_fast/data/MODEL.md``), without the frozen-phonon and
+  32 x 32 series: ``python scripts/simulate_evaluation_sets.py data train``.
 
-Settings of ``benchmarks/EVALUATION.md``: 300 keV, 20 mrad, dz 20 Å, 24 x 24
+Settings of ``docs/evaluation.md``: 300 keV, 20 mrad, dz 20 Å, 24 x 24
 scan of one cell, 12 Å supercell, 0.06 Å potential sampling, 40 mrad detector.
 """
 
@@ -43,11 +46,19 @@ SETS = [
     ("test", "SrTiO3", (15.6,), {"scan_gpts": (32, 32), "tag": "step0.12"}),
     ("test", "GaAs", (11.3, 45.2, 141.3), {}),
     ("test", "SrTiO3", (11.7, 50.8, 148.4), {}),
+    ("train", "SrTiO3", (7.8, 15.6, 31.2, 62.5, 117.1, 160.1),
+     {"semiangle": 15.0, "dz": 15.0, "scan_gpts": (20, 20), "tag": "15mrad"}),
+    ("train", "GaAs", (11.3, 17.0, 33.9, 67.8, 113.1, 169.6),
+     {"semiangle": 25.0, "dz": 30.0, "scan_gpts": (16, 16), "tag": "25mrad"}),
+    ("train", "SrTiO3", (3.9, 23.4, 101.5, 199.2), {}),
+    ("train", "GaAs", (5.7, 22.6, 90.5, 197.9), {}),
 ]
 
 
-def main(root="data"):
+def main(root="data", *folders):
     for folder, name, thicknesses, extra in SETS:
+        if folders and folder not in folders or not folders and folder == "train":
+            continue
         extra = dict(extra)
         tag = extra.pop("tag", "")
         material = cell(name)
@@ -61,8 +72,7 @@ def main(root="data"):
         if not todo:
             continue
         start = time.perf_counter()
-        cases = simulate_series(material, todo, **COMMON,
-                                scan_gpts=extra.get("scan_gpts", (24, 24)))
+        cases = simulate_series(material, todo, **{**COMMON, "scan_gpts": (24, 24), **extra})
         for c in cases:
             c.material = name
             ft.save(path(c.thickness), c)
