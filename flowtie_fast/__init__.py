@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 # without NumPy, Numba or h5py until something needs them.
 _PUBLIC = {
     "Backend": "backend", "get_backend": "backend", "gpu_available": "backend",
-    "load_wisdom": "backend", "save_wisdom": "backend",
+    "load_wisdom": "fft", "save_wisdom": "fft",
     "BackendError": "errors", "InputError": "errors", "ResultError": "errors",
     "TrustWarning": "errors", "Noise": "noise",
     "Dataset": "io", "load": "io", "save": "io",

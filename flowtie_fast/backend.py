@@ -1,14 +1,10 @@
 """The one backend object: NumPy + Numba + pyFFTW on the CPU, CuPy + CUDA + cuFFT on the GPU.
 
 Solvers are written once against :class:`Backend`: its ``xp`` (the array
-module), its kernels (the Numba twins or the CUDA kernels, same signatures) and
-its transform plans (:class:`RealFFTPlan`, :class:`DCTPlan`), which own their
-buffers so that repeated transforms of one shape allocate nothing new on the
-CPU.
-
-Transforms are unnormalised: a forward-inverse pair multiplies by
-``1 / plan.roundtrip_scale``; the solvers fold ``roundtrip_scale`` into the
-Fourier multipliers instead of spending a pass on it.
+module), its kernels (the Numba twins or the CUDA kernels, same signatures),
+its thread count and the FFT library its transform plans use
+(:mod:`flowtie_fast.fft`); arrays it allocates are SIMD-aligned for FFTW.
+It also checks arrays and memory against the device before work starts.
 """
 
 from __future__ import annotations
@@ -24,10 +20,7 @@ import numpy as np
 
 from .errors import BackendError, InputError, check_count, first_line
 
-__all__ = ["Backend", "array_module", "get_backend", "gpu_available", "is_cupy", "load_wisdom",
-           "save_wisdom"]
-
-_FFTW_FLAGS = ("FFTW_MEASURE",)
+__all__ = ["Backend", "array_module", "get_backend", "gpu_available", "is_cupy"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,185 +53,6 @@ def _warn_no_pyfftw() -> None:
         RuntimeWarning,
         stacklevel=3,
     )
-
-
-# --------------------------------------------------------------------------- plans
-
-
-class _FFTWPair:
-    """Forward and inverse FFTW plans over the last two axes of a buffer pair
-    (one batched plan for a leading axis: 15-20 % faster than a plan per slice
-    at 256²-2048² on 2 cores). ``src``/``dst`` arrays of the same layout and
-    alignment are transformed in place of the buffers (no copy); others go
-    through a copy."""
-
-    def __init__(self, real, spec, threads, forward_kind, inverse_kind):
-        import pyfftw
-
-        self.real, self.spec = real, spec
-        axes = (-2, -1)
-        fwd_kw = {"direction": forward_kind} if forward_kind else {}
-        self.fwd = pyfftw.FFTW(real, spec, axes=axes, flags=_FFTW_FLAGS, threads=threads,
-                               **fwd_kw)
-        self.inv = pyfftw.FFTW(spec, real, axes=axes, direction=inverse_kind,
-                               flags=_FFTW_FLAGS + ("FFTW_DESTROY_INPUT",), threads=threads)
-
-    @staticmethod
-    def _fits(a, like, alignment):
-        return (a.shape == like.shape and a.dtype == like.dtype and a.flags.c_contiguous
-                # not a.ctypes.data: it leaves cyclic garbage on every call
-                and a.__array_interface__["data"][0] % alignment == 0)
-
-    @staticmethod
-    def _run(plan, src, dst, own_src, own_dst):
-        """Execute ``plan`` on (src, dst) instead of its own arrays, then restore them."""
-        plan.update_arrays(src, dst)
-        try:
-            plan.execute()
-        finally:
-            plan.update_arrays(own_src, own_dst)
-
-    def forward(self, src):
-        """``spec = T(src)``; forward r2c and r2r plans preserve their input."""
-        if src is self.real:
-            self.fwd.execute()
-        elif self._fits(src, self.real, self.fwd.input_alignment):
-            self._run(self.fwd, src, self.spec, self.real, self.spec)
-        else:
-            self.real[...] = src
-            self.fwd.execute()
-
-    def inverse(self, dst):
-        """``dst = T⁻¹(spec)`` (``real`` when dst is None); destroys ``spec``."""
-        if dst is None or dst is self.real:
-            self.inv.execute()
-            return self.real
-        if self._fits(dst, self.real, self.inv.output_alignment):
-            self._run(self.inv, self.spec, dst, self.spec, self.real)
-        else:
-            self.inv.execute()
-            dst[...] = self.real
-        return dst
-
-
-class RealFFTPlan:
-    """Real-to-complex 2-D FFT over the last two axes of ``batch + (ny, nx)``.
-
-    Attributes ``real`` and ``spec`` are the work buffers; ``forward(src)``
-    transforms ``src`` (default ``real``) into ``spec``; ``inverse(dst)``
-    transforms ``spec`` into ``dst`` (default ``real``) and may destroy ``spec``.
-    """
-
-    def __init__(self, backend: "Backend", shape, dtype):
-        self.backend = backend
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-        self.cdtype = np.result_type(self.dtype, np.complex64)
-        ny, nx = self.shape[-2:]
-        self.spec_shape = self.shape[:-2] + (ny, nx // 2 + 1)
-        self.real = backend.zeros(self.shape, self.dtype)
-        self.spec = backend.zeros(self.spec_shape, self.cdtype)
-        self._fftw = None
-        if backend.fft_library == "pyfftw":
-            with backend.fftw_lock:
-                self._fftw = _FFTWPair(self.real, self.spec, backend.threads, None,
-                                       "FFTW_BACKWARD")
-            self.roundtrip_scale = 1.0 / (ny * nx)  # FFTW does not normalise
-        else:
-            self.roundtrip_scale = 1.0  # scipy's and CuPy's inverse normalise
-
-    def forward(self, src=None):
-        """``spec = rfft2(src)``; ``src`` defaults to ``real``."""
-        src = self.real if src is None else src
-        if self._fftw is not None:
-            self._fftw.forward(src)
-            return self.spec
-        if self.backend.is_gpu:
-            out = self.backend.xp.fft.rfft2(src.astype(self.dtype, copy=False))
-        else:
-            import scipy.fft
-
-            out = scipy.fft.rfft2(src, workers=self.backend.threads)
-        return _keep(self, "spec", out)
-
-    def inverse(self, dst=None):
-        """``dst = irfft2(spec)`` (unnormalised with pyFFTW); ``spec`` may be destroyed."""
-        if self._fftw is not None:
-            return self._fftw.inverse(dst)
-        ny, nx = self.shape[-2:]
-        if self.backend.is_gpu:
-            out = self.backend.xp.fft.irfft2(self.spec, s=(ny, nx))
-        else:
-            import scipy.fft
-
-            out = scipy.fft.irfft2(self.spec, s=(ny, nx), workers=self.backend.threads)
-        return _keep(self, "real", out, dst)
-
-
-def _keep(plan, name, out, dst=None):
-    """Put a transform computed by CuPy or scipy into ``dst``, or make it the
-    plan's ``name`` buffer: adopted on the GPU when C-contiguous (CuPy allocates
-    from its pool; the CUDA kernels take C-ordered arrays), else copied into the
-    fixed buffer."""
-    if dst is not None:
-        dst[...] = out
-        return dst
-    if plan.backend.is_gpu and out.flags.c_contiguous:
-        setattr(plan, name, out)  # cuFFT's output is C-ordered; cupyx's DCT may not be
-    else:
-        getattr(plan, name)[...] = out
-    return getattr(plan, name)
-
-
-class DCTPlan:
-    """DCT-II (forward) and DCT-III (inverse) over the last two axes: the
-    even-extension (homogeneous Neumann, "mirror") transform, without padding.
-
-    Same interface as :class:`RealFFTPlan`; ``spec`` is real.
-    """
-
-    def __init__(self, backend: "Backend", shape, dtype):
-        self.backend = backend
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-        ny, nx = self.shape[-2:]
-        self.spec_shape = self.shape
-        # Unnormalised DCT-II followed by DCT-III multiplies by 2N per axis.
-        self.roundtrip_scale = 1.0 / (4.0 * ny * nx)
-        self.real = backend.zeros(self.shape, self.dtype)
-        self.spec = backend.zeros(self.shape, self.dtype)
-        self._fftw = None
-        if backend.fft_library == "pyfftw":
-            with backend.fftw_lock:
-                self._fftw = _FFTWPair(self.real, self.spec, backend.threads,
-                                       ["FFTW_REDFT10"] * 2, ["FFTW_REDFT01"] * 2)
-
-    def _module(self):
-        if self.backend.is_gpu:
-            import cupyx.scipy.fft as module
-        else:
-            import scipy.fft as module
-        return module
-
-    def _kw(self):
-        return {} if self.backend.is_gpu else {"workers": self.backend.threads}
-
-    def forward(self, src=None):
-        """``spec = DCT-II(src)`` (unnormalised)."""
-        src = self.real if src is None else src
-        if self._fftw is not None:
-            self._fftw.forward(src)
-            return self.spec
-        out = self._module().dctn(src.astype(self.dtype, copy=False), type=2, axes=(-2, -1),
-                                  **self._kw())
-        return _keep(self, "spec", out)
-
-    def inverse(self, dst=None):
-        """``dst = DCT-III(spec)`` (unnormalised)."""
-        if self._fftw is not None:
-            return self._fftw.inverse(dst)
-        out = self._module().dctn(self.spec, type=3, axes=(-2, -1), **self._kw())
-        return _keep(self, "real", out, dst)
 
 
 # --------------------------------------------------------------------------- backend
@@ -433,16 +247,6 @@ class Backend:
             return pyfftw.zeros_aligned(shape, dtype)
         return self.xp.zeros(shape, dtype)
 
-    # ------------------------------------------------------------------ plans
-
-    def rfft_plan(self, shape, dtype) -> RealFFTPlan:
-        """A real FFT plan owning its buffers for arrays of ``shape`` (…, ny, nx)."""
-        return RealFFTPlan(self, shape, dtype)
-
-    def dct_plan(self, shape, dtype) -> DCTPlan:
-        """A DCT-II / DCT-III plan owning its buffers."""
-        return DCTPlan(self, shape, dtype)
-
 
 def _prefer_threadsafe_layer() -> bool:
     """Ask Numba for a threading layer that parallel kernels may enter from many
@@ -552,98 +356,6 @@ class _SerialKernels:
                 return attr(*args, **kwargs)
 
         return serial
-
-
-WISDOM_FORMAT = "flowtie_fast/fftw-wisdom/1"
-
-
-def _wisdom_path(path, *, creatable: bool = False) -> str:
-    """``path`` as a file path for wisdom; :class:`InputError` naming ``wisdom``.
-
-    The path must be one the system takes (no NUL, names within the file
-    system's limits), not a folder, and its parent folders not files. With
-    ``creatable`` a path that does not exist yet must be creatable: its
-    folder (or the nearest existing one) writable, tried by creating and
-    removing a temporary there, so that a plan refuses it before planning
-    rather than after (the wisdom is written there when planning ends)."""
-    from .io import _create_tmp, _tmp_stem, as_path, check_target
-
-    if isinstance(path, str) and not path:
-        raise InputError("wisdom: expected a file path, got ''")
-    target = as_path("wisdom", path)
-    path = os.fspath(target)
-    try:
-        if os.path.isdir(path):
-            raise InputError(f"wisdom: {path!r} is a folder, expected a file path")
-    except OSError as exc:
-        raise InputError(f"wisdom: {path!r} cannot be used ({exc.strerror})") from exc
-    if creatable and not os.path.lexists(path):
-        check_target("wisdom", target, True, "")
-        folder = target.parent
-        if folder.is_dir():
-            try:
-                os.unlink(_create_tmp(folder, _tmp_stem(target.name)))
-            except OSError as exc:
-                raise InputError(f"wisdom: {path!r} cannot be created in {str(folder)!r} "
-                                 f"({exc.strerror or first_line(exc)}); give a path in a "
-                                 "folder you can write") from exc
-    return path
-
-
-def _read_wisdom(path: str) -> tuple:
-    """The wisdom pieces of a file written by :func:`save_wisdom`;
-    :class:`BackendError` for any other file (nothing in it is unpickled)."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if str(f["format"]) != WISDOM_FORMAT:
-                raise ValueError(f"format {str(f['format'])!r}")
-            return tuple(f[f"w{i}"].tobytes() for i in range(len(f.files) - 1))
-    except Exception as exc:  # noqa: BLE001  every failure to read is the file's
-        reason = "no 'format' entry" if isinstance(exc, KeyError) else \
-            first_line(exc).split(". ")[0]
-        raise BackendError(f"wisdom: {path!r} is not an FFTW wisdom file written by "
-                           f"flowtie_fast ({reason}); give another path (it is never "
-                           "replaced)") from exc
-
-
-def save_wisdom(path) -> None:
-    """Write FFTW's accumulated wisdom (the measured plans) to ``path`` atomically.
-
-    Planning a solver's transforms with FFTW_MEASURE took about 0.5 s at 256²
-    on 2 cores; with the wisdom read back (:func:`load_wisdom`) a later
-    process planned them in ~7 ms (benchmarks/RESULTS.md). An existing file
-    is replaced only if it is a wisdom file itself (:class:`BackendError`
-    otherwise: someone's data is never overwritten).
-    """
-    path = _wisdom_path(path)
-    if not _have_pyfftw():
-        return
-    import pyfftw
-
-    from .io import atomic_path
-
-    wisdom = pyfftw.export_wisdom()
-    if os.path.lexists(path) and _read_wisdom(path) == tuple(wisdom):  # refuses another kind
-        return  # nothing new to write (the file may be shared and read-only)
-    pieces = {f"w{i}": np.frombuffer(w, np.uint8) for i, w in enumerate(wisdom)}
-    with atomic_path(path, name="wisdom") as tmp, open(tmp, "wb") as f:
-        np.savez(f, format=np.array(WISDOM_FORMAT), **pieces)
-
-
-def load_wisdom(path) -> bool:
-    """Read FFTW wisdom written by :func:`save_wisdom`; False when ``path`` does
-    not exist yet. A file of another kind raises :class:`BackendError`.
-
-    A path that does not exist must be one :func:`save_wisdom` can create
-    (its folder writable): :class:`InputError` naming ``wisdom`` otherwise,
-    so that ``Plan(wisdom=...)`` refuses it before planning."""
-    path = _wisdom_path(path, creatable=True)
-    if not _have_pyfftw() or not os.path.exists(path):
-        return False
-    import pyfftw
-
-    pyfftw.import_wisdom(_read_wisdom(path))
-    return True
 
 
 def _numba_max_threads() -> int:

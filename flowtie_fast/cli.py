@@ -28,7 +28,8 @@ import numpy as np
 
 from flowtie_fast import __version__
 from flowtie_fast.errors import BackendError, InputError, check_count, check_positive
-from flowtie_fast.io import atomic_path, check_not_input, check_output, write_fields
+from flowtie_fast.files import atomic_path, check_not_input, check_output
+from flowtie_fast.io import write_fields
 
 
 def phase_object(n: int, pixel_size: float, seed: int = 0):

@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from .errors import InputError, check_count
-from .io import as_path, load
+from .files import as_path
+from .io import load
 
 __all__ = ["evaluate", "format_table", "phase_errors", "timed_reconstruct", "DEFAULT_METHODS"]
 

@@ -21,7 +21,7 @@ First-call costs are measured separately in :attr:`Plan.timings` (seconds):
 - ``solve``: the second, steady call.
 
 FFTW's plans can be kept between runs in a wisdom file
-(:func:`~flowtie_fast.backend.save_wisdom`, ``Plan(..., wisdom=path)``).
+(:func:`~flowtie_fast.fft.save_wisdom`, ``Plan(..., wisdom=path)``).
 
 Thread model: a plan serialises its own calls with a lock (it owns buffers),
 so one plan shared by many threads is safe but runs one solve at a time;
@@ -45,8 +45,9 @@ import warnings
 
 import numpy as np
 
-from .backend import get_backend, is_cupy, load_wisdom, save_wisdom
+from .backend import get_backend, is_cupy
 from .errors import InputError, check_finite_result, check_positive
+from .fft import load_wisdom, save_wisdom
 from .noise import COUNTS, check_noise
 from .physics import wavenumber
 from .solvers import TIESolver, check_options, check_regularisation

@@ -31,6 +31,7 @@ import numpy as np
 
 from .backend import get_backend, is_cupy
 from .errors import InputError, check_choice, check_float_dtype, check_positive, check_real
+from .fft import DCTPlan, RealFFTPlan
 
 __all__ = ["PoissonSolver"]
 
@@ -141,14 +142,14 @@ class PoissonSolver:
         self.sy, self.sx = be.asarray(sy, self.dtype), be.asarray(sx, self.dtype)
 
         if self.mirror:
-            self.scalar = be.dct_plan(self.shape, self.dtype)
+            self.scalar = DCTPlan(be, self.shape, self.dtype)
         else:
-            self.scalar = be.rfft_plan(self.shape, self.dtype)
+            self.scalar = RealFFTPlan(be, self.shape, self.dtype)
         self.rt = dt(self.scalar.roundtrip_scale)
         # The Nyquist checkerboards the spectral gradient annihilates (even axes).
         self._checkerboards = []
         if self.scheme == "spectral":
-            self.vector = be.rfft_plan((2,) + self.shape, self.dtype)
+            self.vector = RealFFTPlan(be, (2,) + self.shape, self.dtype)
             signs = [(1 - 2 * (np.arange(n) % 2)).astype(self.dtype) if n % 2 == 0 else None
                      for n in self.shape]
             ones = [np.ones(n, self.dtype) for n in self.shape]

@@ -244,7 +244,7 @@ def load_config(path=None) -> dict:
         The recipe with every value checked and normalised, plus
         ``"_source"`` (the path) and ``"_sha256"`` (of the file's bytes).
     """
-    from .io import as_path, check_input_file
+    from .files import as_path, check_input_file
 
     path = as_path("config", DEFAULT_CONFIG if path is None else path)
     check_input_file("config", path)  # says what a directory, FIFO or broken link is
@@ -1071,7 +1071,7 @@ def check_folder(folder, name="output", writable=True) -> Path:
     the place of a folder above it) and, with ``writable``, in a folder this
     process may write; :class:`InputError` naming ``name`` otherwise.
     Nothing is created."""
-    from .io import _path_error, _short, as_path
+    from .files import _path_error, _short, as_path
 
     folder = as_path(name, folder)
     shown = repr(_short(str(folder), 200))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import flowtie_fast as ft
+import flowtie_fast.files as ft_files
 
 
 @pytest.fixture
@@ -173,7 +174,7 @@ def test_evaluate_keeps_every_case_of_one_material_and_thickness(tmp_path):
 
 _CHILD_WRITER = """\
 import sys, time
-from flowtie_fast.io import atomic_path
+from flowtie_fast.files import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_bytes(b"x" * 4096)
     print(tmp.name, flush=True)
@@ -205,9 +206,9 @@ def test_temporary_is_named_after_the_file_host_and_process(tmp_path):
     import os
     import re
 
-    with ft.io.atomic_path(tmp_path / "r.npz") as tmp:
+    with ft_files.atomic_path(tmp_path / "r.npz") as tmp:
         assert tmp.parent == tmp_path
-        assert re.fullmatch(rf"\.r\.npz\.flowtie-tmp\.{re.escape(ft.io._HOST)}\.{os.getpid()}"
+        assert re.fullmatch(rf"\.r\.npz\.flowtie-tmp\.{re.escape(ft_files._HOST)}\.{os.getpid()}"
                             r"\.[0-9a-f]{8}", tmp.name)
         tmp.write_bytes(b"data")
     assert _names(tmp_path) == ["r.npz"] and (tmp_path / "r.npz").read_bytes() == b"data"
@@ -220,7 +221,7 @@ def test_host_tag_is_safe_in_a_file_name(monkeypatch):
     tags = set()
     for host in ("node1.cluster.example.org", "node1-cluster-example-org", "a" * 60, "", "ü/x"):
         monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
-        tag = ft.io._host_tag()
+        tag = ft_files._host_tag()
         assert re.fullmatch(r"[A-Za-z0-9-]{1,40}", tag)
         tags.add(tag)
     assert len(tags) == 5
@@ -264,7 +265,7 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     import os
     import time
 
-    host, dead, me = ft.io._HOST, _dead_pid(), os.getpid()
+    host, dead, me = ft_files._HOST, _dead_pid(), os.getpid()
     two_days_ago = time.time() - 2 * 86400
     precious = tmp_path / "precious.txt"
     precious.write_text("keep")
@@ -355,7 +356,7 @@ def test_files_get_the_permissions_of_the_umask(tmp_path, mask, mode):
     try:
         paths = [ft.io.write_fields(tmp_path / "a.npz", {"x": np.arange(3)}),
                  ft.io.write_fields(tmp_path / "b.h5", {"x": np.arange(3)}, arrays=("x",))]
-        with ft.io.atomic_path(tmp_path / "c.md") as tmp:
+        with ft_files.atomic_path(tmp_path / "c.md") as tmp:
             tmp.write_text("| table |")
         paths.append(tmp_path / "c.md")
     finally:
@@ -396,15 +397,15 @@ def workdir(tmp_path, monkeypatch):
 
 
 def test_check_output_accepts_a_new_or_replaceable_file(workdir):
-    check = ft.io.check_output
+    check = ft_files.check_output
     out = check("new/deeper/r.npz", inputs=["raw.npz", None])
-    assert out == ft.io.Path("new/deeper/r.npz") and not (workdir / "new").exists()
-    assert check("raw.h5", inputs="raw.npz") == ft.io.Path("raw.h5")
+    assert out == ft_files.Path("new/deeper/r.npz") and not (workdir / "new").exists()
+    assert check("raw.h5", inputs="raw.npz") == ft_files.Path("raw.h5")
     (workdir / "old.hdf5").write_bytes(b"")
-    assert check("old.hdf5", overwrite=True) == ft.io.Path("old.hdf5")
-    assert check("figure.PNG", suffixes=(".png",)) == ft.io.Path("figure.PNG")
+    assert check("old.hdf5", overwrite=True) == ft_files.Path("old.hdf5")
+    assert check("figure.PNG", suffixes=(".png",)) == ft_files.Path("figure.PNG")
     assert check("table.md", suffixes=(".md", ".txt"), inputs=[workdir]) == \
-        ft.io.Path("table.md")
+        ft_files.Path("table.md")
 
 
 def _symlink(workdir):
@@ -464,7 +465,7 @@ def _folder(workdir):
 def test_check_output_refuses(workdir, make, options, message):
     out = make(workdir)
     with pytest.raises(ft.InputError, match=message):
-        ft.io.check_output(out, inputs=["raw.npz"], **options)
+        ft_files.check_output(out, inputs=["raw.npz"], **options)
 
 
 def test_check_output_needs_a_writable_folder(workdir, monkeypatch):
@@ -475,7 +476,7 @@ def test_check_output_needs_a_writable_folder(workdir, monkeypatch):
         p, workdir) else real_access(p, mode, **k))
     with pytest.raises(ft.InputError, match=r"^output: 'new/r.npz' cannot be written: no "
                                             r"permission to write in '.*'"):
-        ft.io.check_output("new/r.npz")
+        ft_files.check_output("new/r.npz")
 
 
 def test_check_output_in_a_read_only_folder(workdir):
@@ -486,7 +487,7 @@ def test_check_output_in_a_read_only_folder(workdir):
     (workdir / "ro").mkdir(mode=0o500)
     try:
         with pytest.raises(ft.InputError, match="'ro/r.npz' cannot be written"):
-            ft.io.check_output("ro/r.npz")
+            ft_files.check_output("ro/r.npz")
     finally:
         (workdir / "ro").chmod(0o700)
 
@@ -553,8 +554,8 @@ def test_save_keeps_an_existing_file_unless_overwrite_is_true(workdir, monkeypat
     a = np.ones((8, 8))
     t = ft.FocalTriplet(a, a * 1.1, a * 1.2, dz=20.0, pixel_size=0.2, energy=300e3)
     (workdir / "ow.npz").write_bytes(b"keep")
-    created, real_create_tmp = [], ft.io._create_tmp
-    monkeypatch.setattr(ft.io, "_create_tmp", lambda *a: created.append(a))
+    created, real_create_tmp = [], ft_files._create_tmp
+    monkeypatch.setattr(ft_files, "_create_tmp", lambda *a: created.append(a))
     with pytest.raises(ft.InputError, match=r"^path: 'ow.npz' exists; pass overwrite=True to "
                                             r"replace it$"):
         ft.save("ow.npz", t, overwrite=False)
@@ -562,10 +563,10 @@ def test_save_keeps_an_existing_file_unless_overwrite_is_true(workdir, monkeypat
         with pytest.raises(ft.InputError, match=r"^overwrite: expected True or False, got "):
             ft.save("ow.npz", t, overwrite=bad)
     assert (workdir / "ow.npz").read_bytes() == b"keep" and created == []
-    monkeypatch.setattr(ft.io, "_create_tmp", real_create_tmp)
+    monkeypatch.setattr(ft_files, "_create_tmp", real_create_tmp)
     for call in (lambda: ft.io.write_fields("w.npz", {"a": np.ones(2)}, overwrite="no"),
-                 lambda: ft.io.check_output("w.npz", overwrite="yes"),
-                 lambda: ft.io.atomic_path("w.npz", "no").__enter__()):
+                 lambda: ft_files.check_output("w.npz", overwrite="yes"),
+                 lambda: ft_files.atomic_path("w.npz", "no").__enter__()):
         with pytest.raises(ft.InputError, match="^overwrite: expected True or False"):
             call()
     assert not (workdir / "w.npz").exists()

@@ -873,7 +873,7 @@ def test_a_file_that_is_not_wisdom_is_never_replaced(tmp_path):
 
 def test_an_output_created_by_a_concurrent_writer_is_kept(tmp_path):
     """Two runs without --overwrite both succeeded, the second replacing the first."""
-    from flowtie_fast.io import atomic_path
+    from flowtie_fast.files import atomic_path
 
     path = tmp_path / "new.npz"
     with pytest.raises(ft.InputError, match="was created meanwhile by another writer"):

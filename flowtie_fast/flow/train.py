@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, check_count, check_positive, check_real
-from ..io import atomic_path
+from ..files import atomic_path
 from .data import Sample, augment, tile
 from .loss import CompositeLoss
 from .model import FlowNet, flow_inputs
