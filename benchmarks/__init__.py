@@ -1,4 +1,7 @@
-"""The asv suite (``benchmark_*.py``) and the scripts behind benchmarks/*.md."""
+"""The asv suite: ``benchmark_*.py`` and their shared set-up, ``common.py``.
+
+Studies, profiles and device scripts live in ``scripts/``.
+"""
 
 try:
     import flowtie_fast  # noqa: F401

@@ -4,9 +4,9 @@ Trains one model per configuration on the same cases with the same seed and
 number of steps, then measures the phase NMSE of ``method="flowtie"`` on
 held-out thicknesses and on crystals never seen in training, beside the best
 classical method of each case (lowest MSE of tie-uniform, tie, tie-exact, gd,
-icom). Prints Markdown tables for benchmarks/EVALUATION.md.
+icom). Prints Markdown tables for docs/evaluation.md.
 
-    python benchmarks/ablation.py --train A.npz B/ ... --test C/ D.npz ... \\
+    python scripts/ablation.py --train A.npz B/ ... --test C/ D.npz ... \\
         --steps 800 --models /tmp/ablation
 """
 
@@ -33,7 +33,7 @@ LOSS_WEIGHTS = {
     "phase only (0, 0, 1)": {"weights": (0.0, 0.0, 1.0)},
     "flow + phase (1, 0, 1)": {"weights": (1.0, 0.0, 1.0)},
     "weak continuity (1, 0.01, 1)": {"weights": (1.0, 0.01, 1.0)},
-    "session-1 default (1, 0.1, 1)": {"weights": (1.0, 0.1, 1.0)},
+    "continuity 0.1 (1, 0.1, 1)": {"weights": (1.0, 0.1, 1.0)},
     "strong continuity (1, 1, 1)": {"weights": (1.0, 1.0, 1.0)},
 }
 ARCHITECTURES = {

@@ -6,9 +6,9 @@ and ``reconstruct(method="flowtie")``; each stage is timed on its own, the
 whole path once more in one call, and both are held against reading the
 same three arrays once (a NumPy sum of each, single-threaded).
 
-    python benchmarks/end_to_end.py --backend cpu --repeats 5
+    python scripts/end_to_end.py --backend cpu --repeats 5
 
-Prints a Markdown table for benchmarks/RESULTS.md.
+Prints a Markdown table for docs/performance.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """First-call costs of a Plan in fresh processes: cold (empty Numba cache, no
 FFTW wisdom) and warm (cache and wisdom file from the cold run).
 
-    python benchmarks/first_call.py --size 256 --methods tie flowtie
+    python scripts/first_call.py --size 256 --methods tie flowtie
 
 Each run is a new Python process, so imports, Numba compilation or cache
 loading, FFTW planning and model loading are all counted; prints a Markdown
-table for benchmarks/RESULTS.md.
+table for docs/performance.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
-# Everything a session with a CUDA device runs first, in one go, each step under
-# its own time limit so that one hang cannot eat the lease; the output is the
-# GPU section of benchmarks/RESULTS.md.
+# The GPU checks and timings in one go, each step under its own time limit so
+# that one hang cannot use up the device time; the output is the GPU section
+# of docs/performance.md.
 #
-#   bash benchmarks/gpu_session.sh [LOG_DIR] [STEPS]
+#   bash scripts/gpu_run.sh [LOG_DIR] [STEPS]
 #
 # STEPS picks a subset by name (default: all): tests ratios stem flow e2e first
 # profile asv.  Python is ``python3`` unless PYTHON says otherwise.
 #
-# Session 3 (one H200) and session 4 (one H100) ran every step (RESULTS.md,
-# GPU section); the asv step, the whole suite's GPU rows, took 223 s. On the
-# device machines of this workplace pyFFTW and asv come as wheels (.whl); the
-# other steps take about 3 minutes. benchmarks/reduce_kernel.py times the
-# reduction kernel alone and its tuning variants (one minute).
+# The asv step (the whole suite's GPU rows) takes about 4 minutes, the other
+# steps about 3. scripts/reduce_kernel.py times the reduction kernel alone and
+# its tuning variants (one minute).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${1:-.}
@@ -34,18 +32,16 @@ step() {  # step NAME SECONDS COMMAND...: run when NAME is in STEPS, log to LOG/
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
 $PY -c "import flowtie_fast as ft, cupy, torch; print('gpu_available', ft.gpu_available(), \
 'cupy', cupy.__version__, 'torch', torch.__version__, 'cuda', torch.version.cuda)"
-step tests 200 $PY -m pytest -q -s -m gpu -rs -p no:cacheprovider \
-    tests/test_kernels.py tests/test_backend.py tests/test_solvers.py tests/test_plan.py \
-    tests/test_stem.py tests/test_flow.py
-step ratios 120 $PY -m benchmarks.ratios --backend gpu --repeats 30 --sizes 256 1024 2048
-step stem 60 $PY -m benchmarks.ratios --stem --backend gpu
-step flow 90 bash -c "$PY -m benchmarks.ratios --flow --backend gpu --sizes 256 1024 && \
-    $PY -m benchmarks.ratios --flow --backend gpu --sizes 256 --precision bfloat16 && \
-    $PY -m benchmarks.ratios --flow --backend gpu --sizes 256 --model fast --precision bfloat16 && \
-    $PY -m benchmarks.ratios --flow --backend gpu --sizes 256 --model ensemble"
-step e2e 90 $PY benchmarks/end_to_end.py --backend gpu --repeats 5
-step first 60 $PY benchmarks/first_call.py --backend gpu --methods tie flowtie
-step profile 60 $PY benchmarks/profile_stages.py --backend gpu
+step tests 200 $PY -m pytest -q -s -m gpu -rs -p no:cacheprovider tests
+step ratios 120 $PY -m scripts.ratios --backend gpu --repeats 30 --sizes 256 1024 2048
+step stem 60 $PY -m scripts.ratios --stem --backend gpu
+step flow 90 bash -c "$PY -m scripts.ratios --flow --backend gpu --sizes 256 1024 && \
+    $PY -m scripts.ratios --flow --backend gpu --sizes 256 --precision bfloat16 && \
+    $PY -m scripts.ratios --flow --backend gpu --sizes 256 --model fast --precision bfloat16 && \
+    $PY -m scripts.ratios --flow --backend gpu --sizes 256 --model ensemble"
+step e2e 90 $PY scripts/end_to_end.py --backend gpu --repeats 5
+step first 60 $PY scripts/first_call.py --backend gpu --methods tie flowtie
+step profile 60 $PY scripts/profile_stages.py --backend gpu
 # asv needs a git checkout: a device copy may come without one.
 case " $STEPS " in *" asv "*)
     [ -d .git ] || { git init -q -b main && git add -A && \

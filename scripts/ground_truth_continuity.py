@@ -1,11 +1,11 @@
 """How far the ground truth itself is from the TIE: the continuity term of the
 composite loss evaluated on the exact flow ∇φ_gt of each simulated case.
 
-    python benchmarks/ground_truth_continuity.py data/eval data/unseen
+    python scripts/ground_truth_continuity.py data/eval data/unseen
 
 A value near 0 means the measured transport ``k ∂I/∂z`` is what the projected
 phase predicts (the TIE holds); 1 means it explains none of it; above 1 it
-points elsewhere. It is why the loss ablation (EVALUATION.md) drops the
+points elsewhere. It is why the loss ablation (docs/evaluation.md) drops the
 continuity weight.
 """
 

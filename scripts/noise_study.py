@@ -1,7 +1,7 @@
 """Phase error at finite dose: Poisson counts drawn from the noise-free 4D data
 of data/eval and data/unseen (thin cases), for the methods that 4D-STEM feeds.
 
-    python benchmarks/noise_study.py [--models default fast]   # the table in EVALUATION.md
+    python scripts/noise_study.py [--models default fast]   # the table in docs/evaluation.md
 """
 
 from __future__ import annotations

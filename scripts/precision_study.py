@@ -1,6 +1,6 @@
 """Phase NMSE of the shipped flow models in float32 and in bfloat16, per case.
 
-    python benchmarks/precision_study.py --test data/eval data/unseen --models default fast
+    python scripts/precision_study.py --test data/eval data/unseen --models default fast
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flowtie_fast as ft  # noqa: E402
-from benchmarks.ablation import cases  # noqa: E402
+from scripts.ablation import cases  # noqa: E402
 from flowtie_fast.evaluate import phase_errors  # noqa: E402
 
 

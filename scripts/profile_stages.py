@@ -1,8 +1,8 @@
 """Where the time goes: the stages of the 1024² ``tie`` solve and of the flow
 network, each timed on its own (median of interleaved runs), for
-benchmarks/PROFILE.md.
+docs/performance.md.
 
-    python benchmarks/profile_stages.py --size 1024 --repeats 30
+    python scripts/profile_stages.py --size 1024 --repeats 30
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flowtie_fast as ft  # noqa: E402
 from benchmarks.common import PIXEL, require, triplet  # noqa: E402
-from benchmarks.ratios import interleaved  # noqa: E402
+from scripts.ratios import interleaved  # noqa: E402
 
 
 def tie_stages(size, backend, repeats):

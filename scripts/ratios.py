@@ -1,11 +1,11 @@
-"""Same-run ratios for benchmarks/RESULTS.md: ``tie`` against the FFTs it
+"""Same-run ratios for docs/performance.md: ``tie`` against the FFTs it
 performs (same plans, same library) and against the plain NumPy reference.
 
 asv tracks each timing over time; this script answers the ratio questions in
 one process, interleaving the contenders so that drift and noise on a shared
 machine hit all of them alike, and prints a Markdown table.
 
-    python benchmarks/ratios.py --sizes 256 1024 2048 --backend cpu --repeats 30
+    python scripts/ratios.py --sizes 256 1024 2048 --backend cpu --repeats 30
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The 4D reduction kernel alone on a CUDA device, against reading its data once.
 
-    python -m benchmarks.reduce_kernel [--repeats N] [--variants NAME ...]
+    python -m scripts.reduce_kernel [--repeats N] [--variants NAME ...]
 
 Times ``reduce_patterns`` (kernels/flowtie_kernels.cu) by CUDA events, without
 the host-side work of ``stem.reduce_4dstem`` (weights, transfers, combining

@@ -1,9 +1,9 @@
 """Which virtual image makes the TIE on a 4D-STEM focal triplet most accurate?
 
 Runs ``tie`` and ``tie-exact`` on every simulated case of a folder for several
-virtual detectors and prints the NMSE table used in benchmarks/RESULTS.md:
+virtual detectors and prints the NMSE table used in docs/evaluation.md:
 
-    python benchmarks/virtual_images.py data/eval
+    python scripts/virtual_images.py data/eval
 """
 
 from __future__ import annotations
