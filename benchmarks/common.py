@@ -27,8 +27,8 @@ def require(backend):
 
 def triplet_arrays(n, seed=0):
     """A focal triplet of an n x n weak phase object with absorption (float32)."""
-    from flowtie_fast.cli import phase_object
-    from flowtie_fast.optics import propagate
+    from flowtie_fast.evaluation.phantom import phase_object
+    from flowtie_fast.simulation.optics import propagate
 
     phase, amplitude = phase_object(n, PIXEL, seed)
     wave = amplitude * np.exp(1j * phase)
