@@ -4,7 +4,7 @@ beside the FFTs they perform and a plain NumPy reference Teague TIE."""
 import numpy as np
 
 import flowtie_fast as ft
-from flowtie_fast.reference import teague_tie
+from flowtie_fast.testing import teague_tie
 
 from .common import BACKENDS, DZ, ENERGY, PIXEL, SIZES, require, triplet, triplet_arrays
 

@@ -32,30 +32,11 @@ from flowtie_fast.files import atomic_path, check_not_input, check_output
 from flowtie_fast.io import write_fields
 
 
-def phase_object(n: int, pixel_size: float, seed: int = 0):
-    """A smooth periodic test object: phase (rad) and amplitude, (n, n)."""
-    from flowtie_fast.optics import gaussian_bumps
-
-    length = n * pixel_size
-    phase = gaussian_bumps(n, pixel_size, 16, 0.3, (0.02 * length, 0.06 * length), seed)
-    y = np.arange(n)[:, None] * pixel_size
-    x = np.arange(n)[None, :] * pixel_size
-    amplitude = 1 - 0.2 * np.exp(-((y - length / 3) ** 2 + (x - length / 2) ** 2)
-                                 / (2 * (0.1 * length) ** 2))
-    return phase, amplitude
-
-
-def nmse(phase, truth) -> float:
-    """Normalised phase MSE after removing both means (docs/conventions.md)."""
-    phase = np.asarray(phase, dtype=np.float64)
-    d = (phase - phase.mean()) - (truth - truth.mean())
-    return float(np.mean(d**2) / np.var(truth))
-
-
 def _demo_fresnel(args) -> int:
     import flowtie_fast as ft
-    from flowtie_fast.evaluate import timed_reconstruct
-    from flowtie_fast.optics import defocus_triplet
+    from flowtie_fast.evaluation.evaluate import phase_errors, timed_reconstruct
+    from flowtie_fast.evaluation.phantom import phase_object
+    from flowtie_fast.simulation.optics import defocus_triplet
 
     phase, amplitude = phase_object(args.size, args.pixel_size)
     t = defocus_triplet(phase, args.dz, args.pixel_size, args.energy, amplitude=amplitude)
@@ -67,7 +48,7 @@ def _demo_fresnel(args) -> int:
     for method in ("tie-uniform", "tie", "tie-exact", "gd"):
         for backend in backends:
             rec, best = timed_reconstruct(t, method, backend)
-            err = nmse(ft.get_backend(backend).to_numpy(rec.phase), phase)
+            _, err = phase_errors(ft.get_backend(backend).to_numpy(rec.phase), phase)
             print(f"{method:<12}{backend:<9}{err:>11.2e}{best * 1e3:>12.2f}")
     return 0
 
@@ -98,8 +79,8 @@ def _demo(args) -> int:
     args.overwrite = args.overwrite or args.png.name == "flowtie_demo.png"
     check_output(args.png, overwrite=args.overwrite, name="--png", suffixes=".png")
     import flowtie_fast as ft
-    from flowtie_fast.evaluate import phase_errors, timed_reconstruct
-    from flowtie_fast.simulate import simulate_series
+    from flowtie_fast.evaluation.evaluate import phase_errors, timed_reconstruct
+    from flowtie_fast.simulation.simulate import simulate_series
 
     start = time.perf_counter()
     (case,) = simulate_series("GaAs", (11.3,), scan_gpts=(16, 16), supercell=8.0,
@@ -206,7 +187,7 @@ def _reconstruct(args) -> int:
         if rec.info.get("fallback"):
             fields["fallback"] = rec.info["fallback"]
         if ds.phase_gt is not None:
-            from flowtie_fast.evaluate import phase_errors
+            from flowtie_fast.evaluation.evaluate import phase_errors
 
             mse, nmse = phase_errors(fields["phase"], ds.phase_gt)
             print(f"phase error against the file's ground truth: MSE {mse:.4g} rad², "
@@ -275,9 +256,9 @@ def _simulate(args) -> int:
     for k, default in _SERIES_OPTIONS.items():
         if getattr(args, k) is None:
             setattr(args, k, default)
-    from flowtie_fast.simulate import check_settings, series_thicknesses, simulate_series
+    from flowtie_fast.simulation.simulate import check_settings, series_thicknesses, simulate_series
 
-    from flowtie_fast.sweep import check_folder
+    from flowtie_fast.simulation.sweep import check_folder
 
     out = check_folder(Path("data") if args.output is None else args.output)
     dz = args.dz
@@ -310,7 +291,7 @@ def _simulate(args) -> int:
 
 def _simulate_sweep(args, given) -> int:
     """``flowtie simulate --sweep CONFIG -o DIR [--limit N] [--list]``."""
-    from flowtie_fast import sweep
+    from flowtie_fast.simulation import sweep
 
     if given:
         raise InputError(f"{'/'.join(given)}: apply to a single series, not to --sweep (the "
@@ -345,7 +326,7 @@ def _case_name(material, thickness) -> str:
 
 
 def _evaluate(args) -> int:
-    from flowtie_fast.evaluate import evaluate, format_table
+    from flowtie_fast.evaluation.evaluate import evaluate, format_table
 
     if "flowtie" not in args.methods and (args.model or args.precision != "float32"):
         raise InputError("--model/--precision: apply to flowtie only, which --methods leaves "
@@ -367,8 +348,8 @@ def _evaluate(args) -> int:
 
 
 def _train(args) -> int:
-    from flowtie_fast.flow.data import check_doses, load_samples
-    from flowtie_fast.flow.train import TrainConfig, check_checkpoints, export_torchscript, train
+    from flowtie_fast.training.data import check_doses, load_samples
+    from flowtie_fast.training.train import TrainConfig, check_checkpoints, export_torchscript, train
 
     # Every setting and both checkpoint paths are checked before the data is read.
     dose = (args.dose[0], args.dose[1]) if args.dose else (None, None)

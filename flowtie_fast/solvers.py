@@ -53,9 +53,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import trust
 from .backend import Backend, get_backend
 from .errors import (InputError, ResultError, TrustWarning, check_choice, check_count,
                      check_finite_result, check_float_dtype, check_real, first_line)
+from .flow.infer import FlowEnsemble, FlowModel, load_model
 from .noise import (ALPHA_MAX, COUNTS, GRADIENT_THRESHOLD, denoise, discrepancy_alpha,
                     poisson_noise, teague_floor)
 from .poisson import PoissonSolver, resolve_scheme
@@ -585,11 +587,6 @@ class TIESolver:
     def _flow_model(self, model):
         """The flow model of ``model`` (None, a shipped name or ensemble, a path,
         or a FlowModel / FlowEnsemble, returned as given) on this backend's device."""
-        try:
-            from .flow.infer import FlowEnsemble, FlowModel, load_model
-        except ImportError as exc:  # flowtie_fast.flow needs PyTorch
-            raise InputError("method: 'flowtie' needs PyTorch (pip install "
-                             f"'flowtie_fast[flow]'): {exc}") from exc
         if isinstance(model, (FlowModel, FlowEnsemble)):
             return model
         return load_model(None if model is None else str(model),
@@ -637,8 +634,6 @@ class TIESolver:
         """The uncertainty map and trust check of a ``flowtie`` solve, and the
         fallback to the classical phase where the flow is not trusted
         (:mod:`flowtie_fast.trust`); returns the residual to report."""
-        from . import trust
-
         xp = self.backend.xp
         model = self._flow_model(options.get("model"))
         members = trust.members(model, self._flow_model)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .physics import wavenumber
+
 
 def focal_derivative3(minus, zero, plus, weights):
     """Weighted sum of three planes, ``w0*minus + w1*zero + w2*plus``."""
@@ -164,8 +166,6 @@ def teague_tie(minus, zero, plus, dz, pixel_size, energy, floor=1e-3):
     ndarray (Ny, Nx)
         Phase in rad, mean zero.
     """
-    from .physics import wavenumber
-
     h0, h1 = (pixel_size, pixel_size) if np.isscalar(pixel_size) else pixel_size
     k = wavenumber(energy)
     zero = np.asarray(zero, dtype=np.float64)

@@ -63,6 +63,7 @@ from importlib import resources
 
 import numpy as np
 
+from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, default_model_path, load_model
 from .noise import COUNTS, denoise, poisson_noise
 
 __all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict", "MEMBERS"]
@@ -81,8 +82,6 @@ def calibration() -> dict:
 
 def _shipped_name(model):
     """The shipped name of a FlowModel or FlowEnsemble, or None."""
-    from .flow.infer import ENSEMBLES, SHIPPED, default_model_path
-
     name = str(getattr(model, "path", ""))
     if name in ENSEMBLES:
         return name
@@ -101,8 +100,6 @@ def members(model, loader=None):
     """The other models whose phases join ``model``'s for the spread: the rest
     of the shipped set for a shipped model, the members of a FlowEnsemble of
     your own, None for a single model of your own."""
-    from .flow.infer import FlowEnsemble, load_model
-
     name = _shipped_name(model)
     if name is None:
         if not isinstance(model, FlowEnsemble):

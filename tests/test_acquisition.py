@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from flowtie_fast.acquisition import (FWHM_PER_SIGMA, apply, counts, crop_margin, drift,
+from flowtie_fast.simulation.acquisition import (FWHM_PER_SIGMA, apply, counts, crop_margin, drift,
                                       random_conditions, source_blur)
 from flowtie_fast.errors import InputError
 

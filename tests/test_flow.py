@@ -10,7 +10,9 @@ from fields import periodic_field
 torch = pytest.importorskip("torch")
 
 import flowtie_fast as ft  # noqa: E402
-from flowtie_fast.flow import CompositeLoss, FlowNet, SpectralOperators, flow_inputs  # noqa: E402
+from flowtie_fast.flow import flow_inputs  # noqa: E402
+from flowtie_fast.flow.model import FlowNet  # noqa: E402
+from flowtie_fast.training.loss import CompositeLoss, SpectralOperators  # noqa: E402
 
 E = 300e3
 PIXEL = (0.2, 0.25)

@@ -12,8 +12,8 @@ from fields import periodic_field, triplet_from
 torch = pytest.importorskip("torch")
 
 import flowtie_fast as ft  # noqa: E402
-from flowtie_fast.flow.data import Sample, _flip, _rot90, augment, load_samples, tile  # noqa: E402
-from flowtie_fast.flow.train import TrainConfig, export_torchscript, train  # noqa: E402
+from flowtie_fast.training.data import Sample, _flip, _rot90, augment, load_samples, tile  # noqa: E402
+from flowtie_fast.training.train import TrainConfig, export_torchscript, train  # noqa: E402
 
 E = 300e3
 
@@ -82,7 +82,7 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
 
 
 def test_a_dead_network_is_recognised_and_a_fresh_one_is_not():
-    from flowtie_fast.flow.train import _dead
+    from flowtie_fast.training.train import _dead
 
     fresh = {"flow": torch.tensor(0.9985), "phase": torch.tensor(0.9995),
              "grad_norm": torch.tensor(0.3)}  # a new network: near zero, learning
@@ -96,7 +96,7 @@ def test_a_collapse_rolls_back_to_the_last_healthy_state(monkeypatch):
     """Twenty dead steps from step 31, detected at step 50: back to the newest
     snapshot at least 40 steps older (step 10), learning rate halved, the run
     completes; a NaN that recurs exhausts the rollbacks."""
-    import flowtie_fast.flow.train as tr
+    import flowtie_fast.training.train as tr
 
     calls = {"n": 0}
 
@@ -124,7 +124,7 @@ def test_a_run_resumed_inside_a_dead_stretch_ends_as_the_uninterrupted_one(monke
     """Stopped at step 40, ten steps into a dead stretch: the checkpoint keeps the
     streak and the snapshots, so the resumed run rolls back where the
     uninterrupted one does (step 50, to step 10) and ends with the same weights."""
-    import flowtie_fast.flow.train as tr
+    import flowtie_fast.training.train as tr
 
     def dead_from_31_to_50():
         calls = {"n": 0}
@@ -168,7 +168,7 @@ def test_distillation_pulls_the_student_toward_its_teacher(tmp_path):
     trained on the flow term alone ends nearer the teacher than one trained on
     the ground truth (same seed, same batches); distill = 0 ignores the
     teacher (bitwise the plain run)."""
-    from flowtie_fast.flow.train import _tensors
+    from flowtie_fast.training.train import _tensors
 
     samples = [make_sample()]
     # A teacher that is wrong on purpose: a briefly trained small network.
@@ -226,7 +226,8 @@ def test_the_shipped_ensemble_is_the_mean_of_its_members(tmp_path):
     """model="ensemble": the mean flow of seeds 0, 2 and 3 of one recipe,
     exactly; through reconstruct it integrates that mean flow; members must
     agree on their inputs."""
-    from flowtie_fast.flow import FlowEnsemble, FlowModel, FlowNet, load_model
+    from flowtie_fast.flow import FlowEnsemble, FlowModel, load_model
+    from flowtie_fast.flow.model import FlowNet
 
     ens = load_model("ensemble")
     assert isinstance(ens, FlowEnsemble) and ens.path == "ensemble" and len(ens.models) == 3
@@ -260,7 +261,7 @@ def test_train_command_line(tmp_path, capsys, monkeypatch):
     assert "step     10/10" in capsys.readouterr().out
     assert torch.jit.load(str(out))(torch.randn(1, 6, 24, 20)).shape == (1, 2, 24, 20)
 
-    import flowtie_fast.flow.train as tr  # a run that is dead from its first step
+    import flowtie_fast.training.train as tr  # a run that is dead from its first step
 
     monkeypatch.setattr(tr, "_dead", lambda terms: True)
     dead = tmp_path / "dead.pt"
@@ -485,7 +486,7 @@ def test_a_checkpoint_of_another_network_or_objective_is_refused(tmp_path, chang
 def test_resuming_trains_longer_but_never_zero_steps(tmp_path):
     from dataclasses import fields
 
-    from flowtie_fast.flow.train import _CHECKED, RESUMABLE
+    from flowtie_fast.training.train import _CHECKED, RESUMABLE
 
     # Every setting is either compared with the checkpoint's or free to change.
     assert sorted(RESUMABLE + _CHECKED) == sorted(f.name for f in fields(TrainConfig))
@@ -640,8 +641,8 @@ def fake_corpus(folder, margin=3):
 
 
 def test_corpus_samples_are_periodic_or_cropped_windows_under_drawn_acquisitions(tmp_path):
-    from flowtie_fast.acquisition import crop_margin
-    from flowtie_fast.flow.data import load_corpus
+    from flowtie_fast.simulation.acquisition import crop_margin
+    from flowtie_fast.training.data import load_corpus
 
     folder = fake_corpus(tmp_path)
     samples = load_corpus(folder, variants=2, seed=3, center=(16.0, 15.0))
@@ -676,7 +677,7 @@ def test_corpus_samples_are_periodic_or_cropped_windows_under_drawn_acquisitions
 
 
 def test_corpus_acquisitions_are_deterministic_by_seed(tmp_path):
-    from flowtie_fast.flow.data import load_corpus
+    from flowtie_fast.training.data import load_corpus
 
     folder = fake_corpus(tmp_path)
     a = load_corpus(folder, variants=1, seed=5, center=(16.0, 15.0))
@@ -701,7 +702,7 @@ def test_corpus_acquisitions_are_deterministic_by_seed(tmp_path):
 
 
 def test_corpus_arguments_are_checked(tmp_path):
-    from flowtie_fast.flow.data import load_corpus
+    from flowtie_fast.training.data import load_corpus
 
     with pytest.raises(ft.InputError, match="no manifest.jsonl"):
         load_corpus(tmp_path)
@@ -727,7 +728,7 @@ def _dihedral(s):
 
 
 def test_windows_are_never_shifted_nor_tiled():
-    from flowtie_fast.flow.train import _batch
+    from flowtie_fast.training.train import _batch
 
     s = replace(make_sample(shape=(20, 20)), periodic=False)
     assert tile(s, 3) is s
@@ -767,7 +768,7 @@ def test_window_batches_train_on_the_flow_term_alone():
 
 
 def test_a_run_starts_from_the_weights_of_init(tmp_path):
-    from flowtie_fast.flow import FlowNet
+    from flowtie_fast.flow.model import FlowNet
 
     torch.manual_seed(7)
     start = FlowNet(in_channels=6, width=8, depth=2)

@@ -1033,7 +1033,7 @@ SIM_BAD = [("--energy", ["0", "-300e3", "nan", "inf", "1e12", "10"]),
 @fuzz(30)
 @given(data=st.data())
 def test_cli_simulate_refuses_bad_numbers(data, capsys, monkeypatch):
-    import flowtie_fast.simulate as sim
+    import flowtie_fast.simulation.simulate as sim
 
     def _must_not_run(*a, **k):
         raise AssertionError("simulate_series ran although a setting is invalid")
@@ -1069,8 +1069,8 @@ TRAIN_BAD = [("--steps", ["0", "-1"]), ("--batch", ["0", "-8"]),
 @given(data=st.data())
 def test_cli_train_refuses_bad_numbers(data, capsys, monkeypatch):
     pytest.importorskip("torch")
-    import flowtie_fast.flow.data as fdata
-    import flowtie_fast.flow.train as ftrain
+    import flowtie_fast.training.data as fdata
+    import flowtie_fast.training.train as ftrain
 
     def _must_not_run(*a, **k):
         raise AssertionError("training data was read although a setting is invalid")

@@ -137,7 +137,7 @@ def test_evaluate_a_triplet_file_with_ground_truth(tmp_path):
     """Image triplets (not 4D data) with a ground truth go through evaluate too."""
     from fields import periodic_field, triplet_from
 
-    from flowtie_fast.evaluate import evaluate
+    from flowtie_fast.evaluation.evaluate import evaluate
 
     phi, intensity, didz, grad = periodic_field(shape=(32, 30), contrast=0.3)
     t = triplet_from(intensity, didz, 10.0, (0.2, 0.25), 300e3)
@@ -153,7 +153,7 @@ def test_evaluate_keeps_every_case_of_one_material_and_thickness(tmp_path):
     """Two files of GaAs 10 Å (one noisy, one noise-free) were one row of the table."""
     from fields import periodic_field, triplet_from
 
-    from flowtie_fast.evaluate import evaluate, format_table
+    from flowtie_fast.evaluation.evaluate import evaluate, format_table
 
     phi, intensity, didz, grad = periodic_field(shape=(32, 30), contrast=0.3)
     t = triplet_from(intensity, didz, 10.0, (0.2, 0.25), 300e3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowtie_fast import reference as ref
+from flowtie_fast import testing as ref
 from flowtie_fast.poisson import _fd_symbol, _wavenumbers
 
 DTYPES = [np.float32, np.float64]

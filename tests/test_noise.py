@@ -14,7 +14,7 @@ import pytest
 import flowtie_fast as ft
 from flowtie_fast.noise import (ALPHA_MAX, band_noise, check_noise, denoise, discrepancy_alpha,
                                 poisson_noise, teague_floor)
-from flowtie_fast.optics import defocus_triplet, gaussian_bumps
+from flowtie_fast.simulation.optics import defocus_triplet, gaussian_bumps
 
 E = 300e3
 PIXEL = 0.25

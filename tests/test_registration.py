@@ -10,7 +10,7 @@ import pytest
 from fields import periodic_field
 
 from flowtie_fast.errors import InputError
-from flowtie_fast.optics import defocus_triplet, gaussian_bumps
+from flowtie_fast.simulation.optics import defocus_triplet, gaussian_bumps
 from flowtie_fast.registration import (RegistrationWarning, Shift, apply_shift, estimate_shift,
                                        register_triplet)
 

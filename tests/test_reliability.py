@@ -283,7 +283,7 @@ def test_an_existing_output_is_kept_unless_overwrite(raw, tmp_path, capsys, monk
 def test_simulate_checks_its_outputs_and_numbers_before_simulating(tmp_path, capsys,
                                                                   monkeypatch):
     pytest.importorskip("ase")
-    from flowtie_fast import simulate
+    from flowtie_fast.simulation import simulate
 
     monkeypatch.setattr(simulate, "simulate_series",
                         lambda *a, **k: pytest.fail("simulated before checking"))
@@ -625,7 +625,7 @@ def test_plane_positions_are_real_numbers():
 def test_evaluate_checks_its_arguments_before_any_work(tmp_path, monkeypatch):
     """repeats=2.5, paths=None raised TypeError; model with methods=['tie'] was
     ignored; methods=['tie', 'bogus'] failed after tie had run."""
-    from flowtie_fast import evaluate as ev
+    from flowtie_fast.evaluation import evaluate as ev
 
     ft.save(tmp_path / "t.npz", ft.Dataset(*planes(), dz=(DZ, DZ), scan_step=(PIXEL, PIXEL),
                                            energy=E, phase_gt=np.zeros((N, N))))
@@ -793,7 +793,7 @@ def test_small_api_edges_raise_input_errors(tmp_path):
 
 
 def test_a_flat_ground_truth_has_no_nmse_but_the_result_is_written(tmp_path, capsys):
-    from flowtie_fast.evaluate import phase_errors
+    from flowtie_fast.evaluation.evaluate import phase_errors
 
     mse, nmse = phase_errors(np.ones((4, 4)), np.zeros((4, 4)))
     assert mse == 0.0 and np.isnan(nmse)
@@ -807,7 +807,7 @@ def test_a_flat_ground_truth_has_no_nmse_but_the_result_is_written(tmp_path, cap
 
 def test_simulate_refuses_a_grid_that_cannot_hold_its_detector():
     """--sampling 0.9 wrote a probe truncated at 7 mrad for a 40 mrad detector."""
-    from flowtie_fast.simulate import check_settings
+    from flowtie_fast.simulation.simulate import check_settings
 
     with pytest.raises(ft.InputError, match="potential_sampling: 0.9 Å resolves angles up to"):
         check_settings([5.65], potential_sampling=0.9)
@@ -925,7 +925,7 @@ def test_more_inputs_that_are_refused(tmp_path, capsys):
     solver = ft.PoissonSolver((N, N), PIXEL, backend="cpu")
     with pytest.raises(ft.InputError, match="scale: expected a finite number"):
         solver.solve(planes()[0], scale=np.nan)
-    from flowtie_fast.simulate import check_settings
+    from flowtie_fast.simulation.simulate import check_settings
 
     with pytest.raises(ft.InputError, match="potential_sampling: expected 0.005 to 1"):
         check_settings([10.0], potential_sampling=1e-9)

@@ -13,8 +13,8 @@ import flowtie_fast as ft
 pytest.importorskip("abtem")
 
 from flowtie_fast.cli import main  # noqa: E402
-from flowtie_fast.evaluate import evaluate, format_table, phase_errors  # noqa: E402
-from flowtie_fast.simulate import simulate_series  # noqa: E402
+from flowtie_fast.evaluation.evaluate import evaluate, format_table, phase_errors  # noqa: E402
+from flowtie_fast.simulation.simulate import simulate_series  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 from fields import neumann_field, periodic_field, rel_rms, triplet_from
 
 import flowtie_fast as ft
-from flowtie_fast import reference
-from flowtie_fast.optics import defocus_series, defocus_triplet, gaussian_bumps
+from flowtie_fast import testing as reference
+from flowtie_fast.simulation.optics import defocus_series, defocus_triplet, gaussian_bumps
 
 E = 300e3
 PIXEL = (0.2, 0.25)

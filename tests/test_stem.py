@@ -9,7 +9,8 @@ import pytest
 from fields import rel_rms
 
 import flowtie_fast as ft
-from flowtie_fast import reference as ref, stem
+from flowtie_fast import stem
+from flowtie_fast import testing as ref
 
 E = 300e3
 K_SAMPLING = 0.05  # 1/Å per detector pixel

@@ -13,11 +13,11 @@ import flowtie_fast as ft
 
 pytest.importorskip("abtem")
 
-from flowtie_fast import sweep  # noqa: E402
+from flowtie_fast.simulation import sweep  # noqa: E402
 from flowtie_fast.cli import main  # noqa: E402
-from flowtie_fast.simulate import (ScanWindow, _spectral_gradient,  # noqa: E402
+from flowtie_fast.simulation.simulate import (ScanWindow, _spectral_gradient,  # noqa: E402
                                    ground_truth_phase, simulate_specimen, window_truth)
-from flowtie_fast.specimens import crystal_cell, layered, repeat_to  # noqa: E402
+from flowtie_fast.simulation.specimens import crystal_cell, layered, repeat_to  # noqa: E402
 
 TINY = """
 schema = 1

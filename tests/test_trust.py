@@ -14,9 +14,9 @@ pytest.importorskip("abtem")
 
 import flowtie_fast as ft  # noqa: E402
 from flowtie_fast import trust  # noqa: E402
-from flowtie_fast.acquisition import counts  # noqa: E402
-from flowtie_fast.evaluate import phase_errors  # noqa: E402
-from flowtie_fast.simulate import simulate_series  # noqa: E402
+from flowtie_fast.simulation.acquisition import counts  # noqa: E402
+from flowtie_fast.evaluation.evaluate import phase_errors  # noqa: E402
+from flowtie_fast.simulation.simulate import simulate_series  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_calibration_file_is_complete():
 # ---------------------------------------------------------------- drift between the scans
 
 def _drifted(case, shift_minus, shift_plus):
-    from flowtie_fast.acquisition import drift
+    from flowtie_fast.simulation.acquisition import drift
 
     return [drift(case.minus, shift_minus), case.zero, drift(case.plus, shift_plus)]
 
@@ -262,8 +262,8 @@ def test_the_noise_is_measured_before_the_drift_is_undone(case):
 
 
 def _tiny_model(path):
-    from flowtie_fast.flow import FlowNet
-    from flowtie_fast.flow.train import export_torchscript
+    from flowtie_fast.flow.model import FlowNet
+    from flowtie_fast.training.train import export_torchscript
 
     torch.manual_seed(0)
     return export_torchscript(FlowNet(in_channels=6, width=4, depth=1).eval(), path)

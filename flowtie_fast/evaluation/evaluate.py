@@ -14,9 +14,11 @@ import time
 
 import numpy as np
 
-from .errors import InputError, check_count
-from .files import as_path
-from .io import load
+from ..backend import get_backend
+from ..errors import InputError, check_count
+from ..files import as_path
+from ..io import load
+from ..solvers import METHODS, reconstruct
 
 __all__ = ["evaluate", "format_table", "phase_errors", "timed_reconstruct", "DEFAULT_METHODS"]
 
@@ -38,8 +40,6 @@ def timed_reconstruct(triplet, method, backend="cpu", repeats=3, **options):
     """(Reconstruction, best time in s of ``repeats`` runs after a warm-up call
     that pays for planning, compilation and model loading); ``options`` go to
     :func:`~flowtie_fast.solvers.reconstruct`."""
-    from .solvers import reconstruct
-
     repeats = check_count("repeats", repeats, 1)
     reconstruct(triplet, method=method, backend=backend, **options)
     best = np.inf
@@ -50,7 +50,10 @@ def timed_reconstruct(triplet, method, backend="cpu", repeats=3, **options):
     return rec, best
 
 
-def _files(paths):
+def case_files(paths):
+    """The data files of ``paths`` (files, or folders whose .npz/.h5/.hdf5 files
+    are taken in name order), checked to exist; :class:`InputError` naming
+    ``paths`` otherwise."""
     if isinstance(paths, (str, os.PathLike)) and not isinstance(paths, bytes):
         given = [paths]
     elif isinstance(paths, (list, tuple)):
@@ -114,9 +117,6 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
         given twice, ``repeats`` not a positive integer, ``model`` without
         ``flowtie`` among the methods, ``paths`` not a path or a list of them.
     """
-    from .backend import get_backend
-    from .solvers import METHODS
-
     if isinstance(methods, str):
         methods = (methods,)
     if not isinstance(methods, (list, tuple)) or not methods:
@@ -140,7 +140,7 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
         raise InputError(f"progress: expected a callable or None, got {progress!r}")
     get_backend(backend)  # a BackendError naming it, before any work
     rows = []
-    files = _files(paths)
+    files = case_files(paths)
     names = [p.name for p in files]
     for path in files:
         case = path.name if names.count(path.name) == 1 else str(path)

@@ -1,15 +1,14 @@
-"""The learned flow of FlowTIE (extra ``flow``: PyTorch).
+"""The learned flow of FlowTIE at run time (extra ``flow``: PyTorch).
 
 A small fully convolutional network predicts the phase gradient ("flow") from
-the defocused triplet; it is trained with a composite loss (flow, continuity,
-phase) whose Poisson integration is the solver's own spectral operator.
-This package holds the network, its loss, inference (:class:`FlowModel`,
-the shipped models by name) and training (:mod:`flowtie_fast.flow.train`).
+the defocused triplet; :class:`FlowModel` loads a TorchScript file (a shipped
+model by name, or your own) and predicts, :class:`FlowEnsemble` runs several
+for the uncertainty and the trust check. Importing this package does not
+import PyTorch: a model does when it is loaded. The network's definition is
+:class:`flowtie_fast.flow.model.FlowNet` (imports PyTorch); its training,
+loss and data are in :mod:`flowtie_fast.training`.
 """
 
-from .loss import CompositeLoss, SpectralOperators
-from .infer import FlowEnsemble, FlowModel, load_model
-from .model import FlowNet, flow_inputs
+from .infer import FlowEnsemble, FlowModel, flow_inputs, load_model
 
-__all__ = ["CompositeLoss", "FlowEnsemble", "FlowModel", "FlowNet", "SpectralOperators",
-           "flow_inputs", "load_model"]
+__all__ = ["FlowEnsemble", "FlowModel", "flow_inputs", "load_model"]

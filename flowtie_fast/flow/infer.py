@@ -1,7 +1,7 @@
 """Inference of the flow model: TorchScript files, the shipped default, zero-copy GPU input.
 
 :class:`FlowModel` loads a TorchScript file written by
-:func:`~flowtie_fast.flow.train.export_torchscript` (or the file shipped in
+:func:`~flowtie_fast.training.train.export_torchscript` (or the file shipped in
 ``flowtie_fast/data``) and predicts the flow (rad/Å) of a focal series; the
 phase is then the project's own Poisson integration of it
 (:meth:`TIESolver.solve` with ``method="flowtie"``). On the GPU, CuPy arrays
@@ -259,7 +259,7 @@ class FlowModel:
             self.in_channels = int(self.config["in_channels"])
         except Exception as exc:
             raise InputError(f"model: {path.name} has no flowtie_fast configuration "
-                             "(config.json); export it with flowtie_fast.flow.train."
+                             "(config.json); export it with flowtie_fast.training.train."
                              "export_torchscript") from exc
         self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.module = module.eval().to(self.dtype)
@@ -299,8 +299,6 @@ class FlowModel:
             return torch.as_tensor(np.asarray(a, np.float32)[None], device=self.device)
 
         com = t(np.zeros((2, ny, nx))) if self.in_channels == 6 else None
-        from .model import flow_inputs
-
         where = f"model: {str(self.path)!r}"
         try:
             # Unoptimised (a thread-local switch): TorchScript's profiling run
@@ -403,8 +401,6 @@ class FlowModel:
                 cudnn.allow_tf32 = before
 
     def _network(self, planes, didz, com, k, h):
-        from .model import flow_inputs
-
         torch = self.torch
         with torch.no_grad():
             x = flow_inputs(planes[:, 0], planes[:, 1], planes[:, 2], didz, k, h, com)
@@ -557,3 +553,28 @@ def _load_model(path, device, precision):
 
 
 load_model.cache_clear = _load_model.cache_clear  # forget the loaded models
+
+
+def flow_inputs(minus, zero, plus, didz, wavenumber: float, pixel_size, com=None):
+    """Stack the dimensionless input channels, (B, C, H, W) float32.
+
+    Parameters
+    ----------
+    minus, zero, plus, didz : tensors (B, H, W)
+        Intensities and the focal derivative (intensity per Å).
+    wavenumber : float
+        k = 2π/λ in rad/Å.
+    pixel_size : (float, float)
+        Å along (axis 0, axis 1).
+    com : tensor (B, 2, H, W), optional
+        Centre of mass in 1/Å.
+    """
+    import torch
+
+    mean = zero.mean(dim=(-2, -1), keepdim=True)
+    h2 = float(pixel_size[0]) * float(pixel_size[1])
+    chans = [minus / mean, zero / mean, plus / mean, wavenumber * didz * h2 / mean]
+    if com is not None:  # scalars, not a tensor from the host: CUDA graphs capture this
+        chans += [2 * torch.pi * float(pixel_size[0]) * com[:, 0],
+                  2 * torch.pi * float(pixel_size[1]) * com[:, 1]]
+    return torch.stack(chans, dim=1).float()

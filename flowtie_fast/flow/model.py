@@ -10,7 +10,8 @@ network serves scan steps from 0.1 to 0.5 Å and any image size:
   ``2π COM h`` (rad per pixel);
 - output: the flow ``v h`` in rad per pixel; divide by h for rad/Å.
 
-h is the pixel size along each axis (Å). Convolutions pad circularly: the
+h is the pixel size along each axis (Å); the channels are made by
+:func:`~flowtie_fast.flow.infer.flow_inputs`. Convolutions pad circularly: the
 triplets are periodic (whole unit cells) or mirrored by the caller.
 """
 
@@ -18,29 +19,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-def flow_inputs(minus, zero, plus, didz, wavenumber: float, pixel_size, com=None):
-    """Stack the dimensionless input channels, (B, C, H, W) float32.
-
-    Parameters
-    ----------
-    minus, zero, plus, didz : tensors (B, H, W)
-        Intensities and the focal derivative (intensity per Å).
-    wavenumber : float
-        k = 2π/λ in rad/Å.
-    pixel_size : (float, float)
-        Å along (axis 0, axis 1).
-    com : tensor (B, 2, H, W), optional
-        Centre of mass in 1/Å.
-    """
-    mean = zero.mean(dim=(-2, -1), keepdim=True)
-    h2 = float(pixel_size[0]) * float(pixel_size[1])
-    chans = [minus / mean, zero / mean, plus / mean, wavenumber * didz * h2 / mean]
-    if com is not None:  # scalars, not a tensor from the host: CUDA graphs capture this
-        chans += [2 * torch.pi * float(pixel_size[0]) * com[:, 0],
-                  2 * torch.pi * float(pixel_size[1]) * com[:, 1]]
-    return torch.stack(chans, dim=1).float()
 
 
 class _Block(nn.Module):

@@ -49,7 +49,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .errors import InputError, check_count, check_positive, check_real
+from ..errors import InputError, check_count, check_positive, check_real
 
 __all__ = ["counts", "drift", "crop_margin", "source_blur", "apply", "random_conditions",
            "FWHM_PER_SIGMA", "CONDITIONS"]
@@ -373,7 +373,7 @@ def counts(patterns, dose, scan_step, rng, *, gain_noise=0.0, gain_map=None,
 
     The intensities are scaled so that the mean pattern holds
     ``dose * scan_step[0] * scan_step[1]`` electrons (as
-    :func:`flowtie_fast.simulate.poisson_counts`); electron numbers are Poisson
+    :func:`flowtie_fast.simulation.simulate.poisson_counts`); electron numbers are Poisson
     draws; each electron's recorded signal is a gain of mean 1 and relative
     standard deviation ``gain_noise``, gamma-distributed so that the signal
     stays non-negative (the sum of ``n`` gains is ``Gamma(n k, θ)`` with
@@ -497,7 +497,7 @@ def apply(case_planes, *, rng, dose=None, gain_noise=0.0, gain_map=None, drift=N
     ----------
     case_planes : three arrays, or an object with ``minus``, ``zero``, ``plus``
         The scans recorded at ``-dz``, ``0``, ``+dz`` (a
-        :class:`~flowtie_fast.simulate.SimulationCase` will do): 4D-STEM
+        :class:`~flowtie_fast.simulation.simulate.SimulationCase` will do): 4D-STEM
         ``(Sy, Sx, Ky, Kx)`` or images ``(Ny, Nx)``, one shape, noise-free,
         with ``margin`` extra scan positions on each side when not periodic.
     rng : numpy.random.Generator

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .physics import wavelength
-from .triplet import FocalSeries, FocalTriplet
+from ..physics import wavelength
+from ..triplet import FocalSeries, FocalTriplet
 
 __all__ = ["propagate", "defocus_series", "defocus_triplet", "gaussian_bumps"]
 

@@ -9,7 +9,7 @@ truth:
   wide enough for the probe and along z to the largest thickness, scanned
   over whole unit cells (periodic);
 - :func:`simulate_specimen`: any orthorhombic specimen of its full thickness
-  (:mod:`flowtie_fast.specimens`), exit planes at given depths, scanned over
+  (:mod:`flowtie_fast.simulation.specimens`), exit planes at given depths, scanned over
   a :class:`ScanWindow`: whole periods, or a window inside the supercell
   (non-periodic) with a margin of extra scan positions on each side;
 - one multislice pass for a whole thickness series: abTEM exit planes;
@@ -40,8 +40,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError, check_count, check_positive, check_real
-from .physics import wavelength
+from ..backend import gpu_available
+from ..errors import BackendError, InputError, check_choice, check_count, check_positive, check_real
+from ..physics import wavelength
+from .specimens import check_orthorhombic
 
 __all__ = ["MATERIALS", "ScanWindow", "SimulationCase", "crystal", "simulate_series",
            "simulate_specimen", "ground_truth_phase", "window_truth", "slicing"]
@@ -78,9 +80,6 @@ def poisson_counts(patterns, dose, scan_step, rng, dtype=np.float32):
 def device_context(device):
     """abTEM's configuration for ``device`` ("cpu" or "gpu": CuPy on the
     first CUDA device); :class:`BackendError` where no device answers."""
-    from .backend import gpu_available
-    from .errors import BackendError, check_choice
-
     check_choice("device", device, ("cpu", "gpu"))
     if device == "gpu" and not gpu_available():
         raise BackendError("device: 'gpu', but CuPy finds no CUDA device that answers here; "
@@ -636,8 +635,6 @@ def _simulate_specimen(atoms, exit_depths, scan, *, energy=300e3, semiangle=20.0
         truth hold the whole scan including margins (``meta["margin"]``).
         The truth is that of the static specimen.
     """
-    from .specimens import check_orthorhombic
-
     check_orthorhombic(atoms)
     if not isinstance(scan, ScanWindow):
         raise InputError(f"scan: expected a ScanWindow, got {type(scan).__name__}")

@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["CRYSTALS", "LAYERED", "AMORPHOUS", "ZONES", "crystal_cell", "layered", "amorphous",
            "nanoparticle_on_support", "point_defects", "interface", "repeat_to",

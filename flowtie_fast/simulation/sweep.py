@@ -8,7 +8,7 @@ seed, and :func:`run` simulates the pending ones into a folder::
 
 Series and files
 ----------------
-A *series* is one multislice pass (:func:`flowtie_fast.simulate.simulate_specimen`)
+A *series* is one multislice pass (:func:`flowtie_fast.simulation.simulate.simulate_specimen`)
 that records several thicknesses through abTEM exit planes. Series ``i`` is
 named ``s{i:04d}``; its files are ``DIR/s0007_<specimen>_t<k>.npz``, one per
 thickness ``k`` (layout of :mod:`flowtie_fast.io`: noise-free patterns, dz as
@@ -49,7 +49,7 @@ sigma Å, supercell Å, potential_gpts, num_slices), ``scan`` (periodic, start,
 step, gpts of the nominal window, margin, shape with margins), ``truth``
 (periodic flag, margin, what it is), ``files`` (file, thickness Å,
 exit_plane), ``acquisition`` (the recipe's ranges, applied at load time by
-:mod:`flowtie_fast.acquisition`), ``timing`` (seconds: multislice, truth,
+:mod:`flowtie_fast.simulation.acquisition`), ``timing`` (seconds: multislice, truth,
 total, estimated), ``plan`` (the planned series as drawn), versions and the
 time it finished.
 """
@@ -61,19 +61,27 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .. import __version__
+from ..errors import InputError
+from ..files import _path_error, _short, as_path, check_input_file
+from ..io import Dataset, save
+from ..physics import wavelength
+from .simulate import ScanWindow, device_context, simulate_specimen, slicing
+from .specimens import (AMORPHOUS, CRYSTALS, LAYERED, ZONES, _FAMILY, _conventional, amorphous,
+                        crystal_cell, interface, layered, nanoparticle_on_support, point_defects)
 
 __all__ = ["load_config", "plan", "run", "estimate_seconds", "list_plan", "read_manifest",
            "check_folder", "HELD_OUT", "DEFAULT_CONFIG"]
 
 #: The recipe shipped with the package.
-DEFAULT_CONFIG = Path(__file__).parent / "data" / "corpus.toml"
+DEFAULT_CONFIG = Path(__file__).parent.parent / "data" / "corpus.toml"
 
 #: Specimens kept out of the corpus: the validation set (Cu, CeO2 in any
 #: orientation) and the test set (Si [001], MgO [001]; and the GaAs and SrTiO3
@@ -191,8 +199,6 @@ def _strings(table, key, where, required=True):
 
 def _specimen_ref(text, key):
     """``"Material:zone"`` checked against the crystals and the held-out specimens."""
-    from .specimens import CRYSTALS, ZONES, _FAMILY
-
     if ":" not in text:
         _fail(key, "'Material:zone' (e.g. 'GaAs:110')", text)
     material, zone = text.split(":", 1)
@@ -208,7 +214,7 @@ def _specimen_ref(text, key):
 def _check_held_out(material, zone, key):
     if material in HELD_OUT["materials"] or (material, zone) in HELD_OUT["zones"]:
         raise InputError(f"{key}: {material} [{zone}] is held out of the corpus for validation "
-                         "or testing (flowtie_fast.sweep.HELD_OUT); remove it")
+                         "or testing (flowtie_fast.simulation.sweep.HELD_OUT); remove it")
 
 
 def _held_out_cells(ref):
@@ -244,8 +250,6 @@ def load_config(path=None) -> dict:
         The recipe with every value checked and normalised, plus
         ``"_source"`` (the path) and ``"_sha256"`` (of the file's bytes).
     """
-    from .files import as_path, check_input_file
-
     path = as_path("config", DEFAULT_CONFIG if path is None else path)
     check_input_file("config", path)  # says what a directory, FIFO or broken link is
     raw = path.read_bytes()
@@ -379,8 +383,6 @@ def check_config(cfg) -> dict:
 
 
 def _check_family(f, i):
-    from .specimens import AMORPHOUS, CRYSTALS, LAYERED
-
     where = f"family[{i}]."
     if not isinstance(f, dict):
         _fail(f"family[{i}]", "a table", f)
@@ -474,8 +476,6 @@ def _check_family(f, i):
 
 
 def _elements(material):
-    import re
-
     return re.findall(r"[A-Z][a-z]?", material)
 
 
@@ -506,8 +506,6 @@ _UNIT_CACHE = {}
 
 def _unit_cell(ref):
     """The orthogonal cell of ``"Material:zone"`` (cached; do not modify)."""
-    from .specimens import crystal_cell
-
     if ref not in _UNIT_CACHE:
         material, zone = ref.split(":")
         _UNIT_CACHE[ref] = crystal_cell(material, zone)
@@ -521,8 +519,6 @@ def _geometry_interface(ref, n_left, n_right):
 
 
 def _layer_geometry(material, layers):
-    from .specimens import layered
-
     key = ("layered", material, layers)
     if key not in _UNIT_CACHE:
         _UNIT_CACHE[key] = layered(material, layers)
@@ -604,7 +600,6 @@ def _draw_optics(cfg, rng):
     else:
         tilt = [0.0, 0.0]
     detector = round(semiangle * float(rng.uniform(*o["detector"])), 2)
-    from .physics import wavelength
 
     # abTEM keeps angles up to 2/3 of the Nyquist angle: the sampling must resolve
     # the detector (simulate.check_settings).
@@ -869,7 +864,6 @@ def _draw_series(cfg, stage, fam, ref, index, rng):
     # FFT-friendly potential grids (7-smooth sizes), at least as fine as drawn.
     pot_gpts = [_smooth(math.ceil(e / optics["potential_sampling"] - 1e-9)) for e in extent]
     optics["potential_gpts"] = pot_gpts
-    from .simulate import slicing
 
     slices, _, depths = slicing(height, exits, slice_t)
     optics["slice_thickness"] = round(slice_t, 6)
@@ -923,8 +917,6 @@ def _draw_defects(rng, fam, material):
 
 
 def _unit_cell_elements(material):
-    from .specimens import _conventional
-
     return _conventional(material).get_chemical_symbols()
 
 
@@ -934,9 +926,6 @@ def _unit_cell_elements(material):
 def build_specimen(series):
     """The ase.Atoms of a planned series (whole specimen, its full thickness) and
     the exit depths (Å) to record."""
-    from .specimens import (amorphous, crystal_cell, interface, layered,
-                            nanoparticle_on_support, point_defects)
-
     sp = series["specimen"]
     kind = series["kind"]
     if kind in ("crystal", "edge"):
@@ -1071,8 +1060,6 @@ def check_folder(folder, name="output", writable=True) -> Path:
     the place of a folder above it) and, with ``writable``, in a folder this
     process may write; :class:`InputError` naming ``name`` otherwise.
     Nothing is created."""
-    from .files import _path_error, _short, as_path
-
     folder = as_path(name, folder)
     shown = repr(_short(str(folder), 200))
     try:
@@ -1292,10 +1279,6 @@ def run(cfg, folder, *, limit=None, progress=True, log=print, device="cpu") -> d
     dict
         ``planned``, ``done_before``, ``simulated``, ``failed`` (ids), ``seconds``.
     """
-    from . import __version__
-    from .io import Dataset, save
-    from .simulate import ScanWindow, device_context, simulate_specimen
-
     device_context(device)  # "gpu" without a device: refused before any series
 
     folder = check_folder(folder)  # before the recipe is read or planned

@@ -15,8 +15,8 @@ the pixel size (Å). Augmentations act on all of them consistently:
   the patterns themselves and reduces them, so that the planes and the centre
   of mass carry the noise of a real acquisition at that dose;
 - real acquisitions: :func:`load_corpus` reads a sweep folder
-  (:mod:`flowtie_fast.sweep`) and draws, per file, a fixed number of
-  acquisitions (:mod:`flowtie_fast.acquisition`: counts with gain noise and a
+  (:mod:`flowtie_fast.simulation.sweep`) and draws, per file, a fixed number of
+  acquisitions (:mod:`flowtie_fast.simulation.acquisition`: counts with gain noise and a
   flat-field map, drift, source blur) on the 4D patterns before the reduction,
   which registers the three scans as the library does at inference.
 
@@ -31,13 +31,21 @@ window around would put a seam into it.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, check_count, check_positive
+from ..evaluation.evaluate import case_files
 from ..io import load
+from ..simulation import acquisition
+from ..simulation.acquisition import CONDITIONS
+from ..simulation.simulate import poisson_counts
+from ..simulation.sweep import read_manifest
+from ..triplet import FocalTriplet
 
 __all__ = ["Sample", "load_samples", "load_corpus", "corpus_ranges", "augment", "tile",
            "MIN_TRAINING_DOSE"]
@@ -101,10 +109,6 @@ def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
         Before anything is read: a path that does not exist (naming it), or
         a dose that is neither None nor a positive finite number.
     """
-    from ..evaluate import _files
-    from ..simulate import poisson_counts
-    from ..triplet import FocalTriplet
-
     doses = check_doses(doses)
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     for p in paths:
@@ -112,7 +116,7 @@ def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
             raise InputError(f"paths: no such file or folder {str(p)!r}")
     rng = np.random.default_rng(seed)
     samples = []
-    for path in _files(paths):
+    for path in case_files(paths):
         with load(path) as ds:
             if ds.phase_gt is None or ds.gradient_gt is None:
                 continue
@@ -148,12 +152,8 @@ def corpus_ranges(acquisition, overrides=None, min_dose=MIN_TRAINING_DOSE) -> di
     ------
     InputError
         ``overrides`` that is not a mapping of known conditions
-        (:data:`flowtie_fast.acquisition.CONDITIONS`), or a bad ``min_dose``.
+        (:data:`flowtie_fast.simulation.acquisition.CONDITIONS`), or a bad ``min_dose``.
     """
-    from collections.abc import Mapping
-
-    from ..acquisition import CONDITIONS
-
     if overrides is not None and not isinstance(overrides, Mapping):
         raise InputError(f"ranges: expected a mapping of acquisition ranges, got {overrides!r}")
     unknown = [k for k in (overrides or {}) if k not in CONDITIONS]
@@ -186,16 +186,16 @@ def _corpus_sample(t, phase, gradient, name, periodic, conditions) -> Sample:
 
 def load_corpus(folder, *, variants=3, seed=0, ranges=None, min_dose=MIN_TRAINING_DOSE,
                 series=None, progress=None, **triplet_options) -> list:
-    """Samples from a sweep folder (:func:`flowtie_fast.sweep.run`): every file
+    """Samples from a sweep folder (:func:`flowtie_fast.simulation.sweep.run`): every file
     of every finished series in its ``manifest.jsonl``, noise-free and under
     ``variants`` random acquisitions.
 
     For each file, the noise-free sample comes first, then ``variants``
     samples, each with its own conditions drawn by
-    :func:`flowtie_fast.acquisition.random_conditions` from the series'
+    :func:`flowtie_fast.simulation.acquisition.random_conditions` from the series'
     recorded ``acquisition`` ranges (see :func:`corpus_ranges`: ``ranges``
     overrides, the dose floored at ``min_dose``) and applied to the 4D patterns
-    by :func:`flowtie_fast.acquisition.apply` (source blur, drift, counts with
+    by :func:`flowtie_fast.simulation.acquisition.apply` (source blur, drift, counts with
     gain noise and a flat-field map). The patterns are then reduced by
     :meth:`FocalTriplet.from_4dstem` with registration (``"periodic"`` for
     series of whole periods, True for windows), as the library reduces an
@@ -204,7 +204,7 @@ def load_corpus(folder, *, variants=3, seed=0, ranges=None, min_dose=MIN_TRAININ
 
     Windows (``truth.periodic`` false) carry ``truth.margin`` extra scan
     positions each side: the drift moves the scans within it and the margin is
-    then cropped, from the patterns (by :func:`~flowtie_fast.acquisition.apply`)
+    then cropped, from the patterns (by :func:`~flowtie_fast.simulation.acquisition.apply`)
     and from the ground truth; their samples have ``periodic=False``. The drift
     is capped at the margin.
 
@@ -222,7 +222,7 @@ def load_corpus(folder, *, variants=3, seed=0, ranges=None, min_dose=MIN_TRAININ
     seed : int
     ranges : mapping, optional
         Overrides of the recorded ranges (keys of
-        :data:`flowtie_fast.acquisition.CONDITIONS`; None switches an effect off).
+        :data:`flowtie_fast.simulation.acquisition.CONDITIONS`; None switches an effect off).
     min_dose : float or None
         Lowest dose drawn (e⁻/Å², default :data:`MIN_TRAINING_DOSE`); None: the
         recorded range as it is.
@@ -248,12 +248,6 @@ def load_corpus(folder, *, variants=3, seed=0, ranges=None, min_dose=MIN_TRAININ
         ``variants``, ``seed``, ``ranges`` or ``min_dose``, an unknown series id,
         a listed file that is missing.
     """
-    import warnings
-
-    from .. import acquisition
-    from ..sweep import read_manifest
-    from ..triplet import FocalTriplet
-
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"folder: no such folder {str(folder)!r}")

@@ -22,6 +22,7 @@ same network), the run starts from that model's weights instead of a random
 initialisation: a fine-tuning.
 
 Non-periodic samples (windows, ``Sample.periodic`` false: :func:`load_corpus`)
+
 are never shifted periodically nor tiled, and their batches train on the flow
 term alone: the continuity and phase terms use the periodic spectral
 derivative and Poisson integration, which do not hold across a window's
@@ -33,6 +34,7 @@ kind.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -46,9 +48,11 @@ import torch
 
 from ..errors import InputError, check_count, check_positive, check_real
 from ..files import atomic_path
+from ..flow.infer import FlowEnsemble, flow_inputs, load_model
+from ..flow.model import FlowNet
 from .data import Sample, augment, tile
 from .loss import CompositeLoss
-from .model import FlowNet, flow_inputs
+
 
 __all__ = ["TrainConfig", "train", "check_checkpoints", "load_checkpoint",
            "export_torchscript"]
@@ -169,7 +173,6 @@ def _teacher(cfg: TrainConfig):
             warnings.warn(f"train: teacher {cfg.teacher} ignored: distill is 0", RuntimeWarning,
                           stacklevel=3)
         return None
-    from .infer import FlowEnsemble, load_model
 
     model = load_model(str(cfg.teacher))
     members = model.models if isinstance(model, FlowEnsemble) else [model]
@@ -183,8 +186,6 @@ def _teacher(cfg: TrainConfig):
 def _initial_weights(cfg: TrainConfig, model: FlowNet) -> None:
     """Load ``cfg.init``'s parameters into ``model`` (InputError naming
     ``init`` when they do not fit)."""
-    from .infer import FlowEnsemble, load_model
-
     loaded = load_model(cfg.init)
     if isinstance(loaded, FlowEnsemble):
         raise InputError(f"init: {cfg.init} is an ensemble; expected one network")
@@ -634,8 +635,6 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, resume=No
 
 def export_torchscript(model: FlowNet, path, cfg: TrainConfig | None = None) -> Path:
     """Script the model and save it atomically with its configuration."""
-    import json
-
     path = Path(path)
     scripted = torch.jit.script(model.eval())
     extra = {"config.json": json.dumps({"in_channels": model.in_channels, "width": model.width,
