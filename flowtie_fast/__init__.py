@@ -33,7 +33,7 @@ _PUBLIC = {
     "PoissonSolver": "poisson",
     "METHODS": "solvers", "Reconstruction": "solvers", "TIESolver": "solvers",
     "reconstruct": "solvers",
-    "FocalSeries": "triplet", "FocalTriplet": "triplet", "focal_weights": "triplet",
+    "FocalSeries": "triplet", "FocalTriplet": "triplet", "focal_weights": "planes",
 }
 
 

@@ -51,7 +51,7 @@ from .fft import load_wisdom, save_wisdom
 from .noise import COUNTS, check_noise
 from .physics import wavenumber
 from .solvers import TIESolver, check_options, check_regularisation
-from .triplet import check_gradient, check_not_masked, focal_weights
+from .planes import check_gradient, check_not_masked, focal_weights
 
 __all__ = ["Plan"]
 

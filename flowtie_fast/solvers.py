@@ -61,7 +61,7 @@ from .flow.infer import FlowEnsemble, FlowModel, load_model
 from .noise import (ALPHA_MAX, COUNTS, GRADIENT_THRESHOLD, denoise, discrepancy_alpha,
                     poisson_noise, teague_floor)
 from .poisson import PoissonSolver, resolve_scheme
-from .triplet import FocalSeries, check_gradient, check_intensity_stats
+from .planes import check_gradient, check_intensity_stats
 
 __all__ = ["METHODS", "Reconstruction", "TIESolver", "reconstruct"]
 
@@ -185,6 +185,19 @@ def _check_alpha(alpha):
     return alpha
 
 
+#: What the solvers read of a focal series (:class:`~flowtie_fast.triplet.FocalSeries`).
+SERIES_ATTRIBUTES = ("planes", "plane_names", "shape", "pixel_size", "wavenumber",
+                     "derivative_weights", "intensity_weights", "gradient", "on_gpu")
+
+
+def _check_is_series(series) -> None:
+    """Refuse anything but a focal series (a FocalTriplet or FocalSeries, or an
+    object with their attributes): :class:`InputError` naming ``triplet``."""
+    if not all(hasattr(series, a) for a in SERIES_ATTRIBUTES):
+        raise InputError(f"triplet: expected a FocalTriplet or FocalSeries, "
+                         f"got {type(series).__name__}")
+
+
 def _is_in_focus_row(w) -> bool:
     """Whether three intensity weights pick the middle plane, ``(0, 1, 0)``
     (scalar arithmetic: this runs on every solve)."""
@@ -275,9 +288,7 @@ class TIESolver:
     # ------------------------------------------------------------------ inputs
 
     def _check_series(self, series):
-        if not isinstance(series, FocalSeries):
-            raise InputError(f"triplet: expected a FocalTriplet or FocalSeries, "
-                             f"got {type(series).__name__}")
+        _check_is_series(series)
         if series.shape != self.shape:
             raise InputError(f"triplet: expected images of shape {self.shape} for this solver, "
                              f"got {series.shape}")
@@ -420,7 +431,7 @@ class TIESolver:
         if method == "icom" and series.gradient is None:
             raise InputError("method: 'icom' needs a measured phase gradient "
                              "(FocalSeries(..., gradient=...))")
-        names = series._plane_names(len(series.planes))
+        names = series.plane_names
         options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
                    "model": model, "names": names, "noise": getattr(series, "noise", None),
                    "gradient_noise": getattr(series, "gradient_noise", None),
@@ -885,9 +896,7 @@ def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary
     Solvers (and their FFT plans) are cached per shape and options, so calling
     this in a loop plans once; :class:`TIESolver` gives explicit control.
     """
-    if not isinstance(triplet, FocalSeries):
-        raise InputError(f"triplet: expected a FocalTriplet or FocalSeries, "
-                         f"got {type(triplet).__name__}")
+    _check_is_series(triplet)
     unknown = set(options) - _SOLVE_OPTIONS
     if unknown:
         known = sorted(_SOLVE_OPTIONS | {"backend", "threads", "boundary", "scheme", "alpha",

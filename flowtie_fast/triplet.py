@@ -5,194 +5,32 @@ distances ``z`` (Å) around the plane of interest ``z0``; the focal derivative
 and the in-focus intensity at ``z0`` are least-squares polynomial
 (Savitzky-Golay) combinations of the planes. A :class:`FocalTriplet` is the
 common case ``I(z0 - dz), I(z0), I(z0 + dz)``.
+
+Both are containers: they check what they are given (:mod:`flowtie_fast.planes`)
+and hold it. ``FocalTriplet.from_4dstem`` and ``from_reductions`` build one
+from 4D-STEM data by the steps of :mod:`flowtie_fast.stem.focal` (reduction,
+registration, rotation); ``register=`` undoes drift by
+:mod:`flowtie_fast.stem.registration`. The rotation calibration's TIE phase
+is the one :func:`flowtie_fast.solvers.reconstruct` gives.
 """
 
 from __future__ import annotations
 
-import math
-from numbers import Real
+import warnings
 
 import numpy as np
 
-from .backend import array_module, array_stats, is_cupy
-from .errors import RANGES, InputError, check_choice, check_count, check_positive, check_real
-from .noise import band_noise, check_noise, poisson_noise
-from .physics import wavelength, wavenumber
+from .backend import array_stats, is_cupy
+from .errors import RANGES, InputError, TrustWarning, check_count, check_positive, check_real
+from .noise import Noise, check_noise, estimate_noise, poisson_noise
+from .physics import wavenumber
+from .planes import (check_gradient, check_image, check_intensity_stats, check_positions,
+                     focal_weights)
+from .solvers import reconstruct
+from .stem.focal import (check_register, orient, prepare_planes, reduce_triplet,
+                         register_planes, virtual_image_noise)
 
-__all__ = ["FocalSeries", "FocalTriplet", "focal_weights"]
-
-
-def check_image(name: str, a, shape=None):
-    """Validate one real 2-D image and return it as an array (NumPy or CuPy, no copy
-    where possible); raise :class:`InputError` naming ``name`` otherwise."""
-    if a is None:
-        raise InputError(f"{name}: expected a 2-D real array, got None")
-    check_not_masked(name, a)
-    if not is_cupy(a):
-        try:
-            a = np.asarray(a)
-        except Exception as exc:  # unreadable array-likes
-            raise InputError(f"{name}: could not be read as an array ({exc})") from exc
-    kind = a.dtype.kind
-    if kind == "c":
-        raise InputError(f"{name}: expected real intensities, got complex dtype {a.dtype}")
-    if kind not in "uif":
-        raise InputError(f"{name}: expected a real numeric dtype, got {a.dtype}")
-    if a.ndim != 2:
-        raise InputError(f"{name}: expected a 2-D array (Ny, Nx), got shape {tuple(a.shape)}")
-    if min(a.shape) < 2:
-        raise InputError(f"{name}: expected at least 2 pixels along each axis, got {a.shape}")
-    if shape is not None and tuple(a.shape) != tuple(shape):
-        raise InputError(f"{name}: expected shape {tuple(shape)} like the other planes, "
-                         f"got {tuple(a.shape)}")
-    return a
-
-
-def check_not_masked(name: str, a) -> None:
-    """Refuse a NumPy masked array: the solvers would read the values under its
-    mask as data."""
-    if isinstance(a, np.ma.MaskedArray):
-        raise InputError(f"{name}: masked arrays are not supported (the mask would be "
-                         "ignored); fill the masked pixels, e.g. a.filled(a.mean())")
-
-
-def check_intensity_stats(names, stats, planes) -> None:
-    """The one validation of measured intensities, for every entry point.
-
-    ``stats`` holds each plane's number of negative values and its sum (N x 2,
-    from :meth:`~flowtie_fast.backend.Backend.plane_stats`). Refused, with
-    :class:`InputError` naming the plane: NaN or Inf, a negative value (an
-    intensity is a count or a sum of counts; the TIE and its solvers need
-    ``I >= 0``), and a plane that is zero everywhere (a dropped frame).
-    """
-    for i, name in enumerate(names):
-        negatives, total = stats.item(i, 0), stats.item(i, 1)
-        if not math.isfinite(total):
-            raise InputError(f"{name}: contains NaN or Inf")
-        if negatives:
-            low = float(planes[i].min())
-            raise InputError(f"{name}: expected non-negative intensities, got {negatives:.0f} "
-                             f"negative values, the lowest {low:g} (subtract less background, "
-                             "or clip at 0)")
-        if total == 0:
-            raise InputError(f"{name}: intensity is zero everywhere (a dropped frame?)")
-
-
-def check_gradient(g, shape):
-    """A measured phase gradient (2, Ny, Nx) in rad/Å: a real, finite array of
-    images of ``shape`` (NumPy or CuPy, returned without a copy where possible);
-    :class:`InputError` naming ``gradient`` otherwise. Finiteness is one sum in
-    the array's own dtype (no temporary: a Plan calls this on every icom solve),
-    confirmed element by element only where the sum is not finite (it may
-    merely have overflowed)."""
-    want = (2,) + tuple(shape)
-    check_not_masked("gradient", g)
-    if not is_cupy(g):
-        try:
-            g = np.asarray(g)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"gradient: could not be read as an array ({exc})") from exc
-    if g.dtype.kind not in "uif" or tuple(g.shape) != want:
-        raise InputError(f"gradient: expected a real array of shape {want} (rad/Å), got "
-                         f"{g.dtype} {tuple(g.shape)}")
-    if not math.isfinite(float(g.sum())) and not bool(array_module(g).isfinite(g).all()):
-        raise InputError("gradient: contains NaN or Inf")
-    if g.dtype.kind == "f" and g.dtype.itemsize > 4:
-        # Finite values beyond float32 become Inf in a float32 solve (said to be
-        # NaN or Inf there); no phase gradient in rad/Å comes near them.
-        peak = max(abs(float(g.max())), abs(float(g.min())))
-        if peak > _FLOAT32_MAX:
-            raise InputError(f"gradient: values up to {peak:g} exceed the range of float32 "
-                             f"({_FLOAT32_MAX:.3g}); a phase gradient is a few rad/Å: check "
-                             "its units, or rescale it")
-    return g
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def check_positions(name: str, z, count=None) -> np.ndarray:
-    """Plane positions in Å: a sequence (or 1-D array) of real numbers, not
-    bools or strings (``np.asarray`` would read ``False`` as 0 and ``"-40"`` as
-    -40); ``count`` of them when given. Returned as float64;
-    :class:`InputError` naming ``name`` otherwise (finiteness and spacing are
-    checked by the callers)."""
-    want = f"{count} " if count is not None else ""
-    bad = InputError(f"{name}: expected {want}plane positions in Å (real numbers), got "
-                     f"{_shown(z)}")
-    if isinstance(z, np.ndarray):
-        if z.dtype.kind not in "iuf":
-            raise bad
-        values = z
-    elif isinstance(z, (list, tuple, range)):
-        for v in z:
-            if isinstance(v, np.ndarray) and v.ndim == 0:
-                v = v[()]
-            if isinstance(v, (bool, np.bool_)) or \
-                    not isinstance(v, (Real, np.integer, np.floating)):
-                raise bad
-        values = z
-    else:
-        raise bad
-    try:
-        z = np.asarray(values, dtype=np.float64).ravel()
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise bad from exc
-    if count is not None and z.size != count:
-        raise bad
-    return z
-
-
-def _shown(v) -> str:
-    text = repr(v)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def focal_weights(z, z0: float = 0.0, degree: int | None = None):
-    """Least-squares (Savitzky-Golay) weights for the value and the derivative at ``z0``.
-
-    Fits a polynomial of ``degree`` (default ``min(2, N - 1)``) to N samples at
-    ``z`` and returns the rows that map the samples to its value and to its
-    first derivative at ``z0``. For three planes at ``(-dz, 0, dz)`` this is
-    ``I(0)`` and ``(I+ - I-) / (2 dz)``; for uneven spacing the exact
-    three-point derivative of the interpolating parabola.
-
-    Parameters
-    ----------
-    z : sequence of float
-        Plane positions in Å, distinct.
-    z0 : float
-        Where to evaluate, in Å.
-    degree : int, optional
-        Polynomial degree, 1 <= degree < N.
-
-    Returns
-    -------
-    value, derivative : ndarray
-        Weight rows of length N (derivative weights in 1/Å).
-    """
-    z = check_positions("z", z)
-    z0 = check_real("z0", z0)
-    n = z.size
-    if degree is None:
-        degree = min(2, n - 1)
-    if not 1 <= degree < n:
-        raise InputError(f"degree: expected 1 <= degree < {n} (number of planes), got {degree}")
-    if not (np.all(np.isfinite(z)) and np.isfinite(z0)):
-        raise InputError(f"z: expected finite plane positions in Å, got {z.tolist()} "
-                         f"(z0 = {z0})")
-    if np.unique(z).size != n:
-        raise InputError(f"z: expected distinct plane positions, got {z.tolist()}")
-    scale = np.max(np.abs(z - z0))
-    t = (z - z0) / scale
-    vander = np.vander(t, degree + 1, increasing=True)
-    pinv = np.linalg.pinv(vander)
-    return pinv[0], pinv[1] / scale
-
-
-REGISTRATION_THRESHOLD = 0.1  # px: smaller shifts are reported, not applied (the
-# estimate's accuracy; the dark field of thick crystals shifts by a few hundredths
-# of a pixel with defocus alone)
+__all__ = ["FocalSeries", "FocalTriplet"]
 
 
 COUNTS_MISMATCH = 10.0  # estimated / Poisson variance beyond which planes are not counts
@@ -204,11 +42,6 @@ def _counts_noise(planes, stats):
     factor 10 of the Poisson variance; the estimate, with a TrustWarning,
     where integer planes are not counts (an 8-bit export, detector units of
     another gain); None, with a TrustWarning for mixed dtypes, otherwise."""
-    import warnings
-
-    from .errors import TrustWarning
-    from .noise import Noise, estimate_noise
-
     integer = [p.dtype.kind in "iu" for p in planes]
     if not any(integer):
         return None
@@ -230,67 +63,6 @@ def _counts_noise(planes, stats):
                   "mean: taken as measured, not as counts (pass noise= to state it)",
                   TrustWarning, stacklevel=4)
     return Noise(tuple(estimated), "estimated")
-
-
-def _check_register(register):
-    if register is True or register is False or register == "periodic":
-        return register
-    raise InputError(f"register: expected True, False or 'periodic', got {register!r}")
-
-
-def _register(planes, signals, register, scan_step):
-    """The planes with the drift of the ±dz ones undone (shifts from
-    ``signals`` when given, else from the planes), and the record of it.
-
-    The shifts are estimated as for a non-periodic field of view (tapered
-    edges: a crystal repeating within a periodic scan gives equal correlation
-    peaks a period apart, which the taper tells apart) and applied
-    periodically for ``register="periodic"`` (scans of whole periods), by
-    mirror extension otherwise (:mod:`flowtie_fast.registration`)."""
-    from .registration import apply_shift, register_triplet
-
-    record = {"shifts": np.zeros((3, 2)), "reliable": False, "applied": False,
-              "signal": "planes" if signals is None else "df"}
-    if min(planes[0].shape) < 8:
-        import warnings
-
-        from .registration import RegistrationWarning
-
-        warnings.warn(f"register: images of {tuple(planes[0].shape)} px are too small to "
-                      "measure a drift (at least 8 px a side); the planes are used as "
-                      "recorded", RegistrationWarning, stacklevel=4)
-        return planes, {**record, "why": "images under 8 px a side"}
-    host = [np.asarray(p.get() if is_cupy(p) else p) for p in planes]
-    source = None if signals is None else [np.asarray(s.get() if is_cupy(s) else s)
-                                           for s in signals]
-    _, shifts, reliable = register_triplet(host, signals=source, periodic=False,
-                                           apply_unreliable=False, threshold=1e9)
-    record.update(shifts=shifts, reliable=bool(reliable))
-    if not reliable:
-        return planes, record
-    out = list(planes)
-    for i in (0, 2):
-        if math.hypot(*shifts[i]) < REGISTRATION_THRESHOLD:
-            continue
-        shifted = apply_shift(host[i].astype(np.float64), shifts[i],
-                              periodic=register == "periodic")
-        # Intensities: the interpolation's ringing below zero is clipped; the
-        # plane keeps its device and floating dtype (counts become float64).
-        xp = array_module(planes[i])
-        out[i] = xp.asarray(np.maximum(shifted, 0),
-                            dtype=planes[i].dtype if planes[i].dtype.kind == "f" else np.float64)
-        record["applied"] = True
-    return out, record
-
-
-def _virtual_image_noise(planes, scan_step, energy, regions, virtual):
-    """Noise of 4D-STEM virtual images measured above their band limit, or
-    None (no room above it, or the regions unknown)."""
-    disk = regions.get("bf-full", (0.0, 0.0))[1]
-    if not disk > 0:
-        return None
-    band = 2 * disk * 1e-3 / wavelength(energy)
-    return band_noise(planes, scan_step, band)
 
 
 class FocalSeries:
@@ -376,6 +148,11 @@ class FocalSeries:
     def _plane_names(n):
         return [f"planes[{i}]" for i in range(n)]
 
+    @property
+    def plane_names(self) -> list:
+        """How messages name the planes: ``planes[i]``, or minus, zero, plus."""
+        return self._plane_names(len(self.planes))
+
     def _check_gradient(self, g):
         return check_gradient(g, self.shape)
 
@@ -436,12 +213,12 @@ class FocalTriplet(FocalSeries):
                  register=False):
         dz_minus, dz_plus = check_positive("dz", dz, pair=True)
         self.dz = (dz_minus, dz_plus)
-        _check_register(register)
+        check_register(register)
         super().__init__([minus, zero, plus], [-dz_minus, 0.0, dz_plus], pixel_size, energy,
                          z0=0.0, degree=2, gradient=gradient, noise=noise)
         self.registration = None
         if register:
-            self.planes, self.registration = _register(self.planes, None, register,
+            self.planes, self.registration = register_planes(self.planes, None, register,
                                                        self.pixel_size)
 
     @staticmethod
@@ -503,7 +280,7 @@ class FocalTriplet(FocalSeries):
             it was applied are in ``triplet.registration`` (shifts in px
             that align each plane, row 1 zero); shifts under 0.1 px are
             reported, not applied, and an unreliable estimate is not applied,
-            with a :class:`~flowtie_fast.registration.RegistrationWarning`.
+            with a :class:`~flowtie_fast.stem.registration.RegistrationWarning`.
         backend : {"auto", "cpu", "gpu"}
         chunk_bytes : int
             Upper bound of raw data read at once.
@@ -511,37 +288,12 @@ class FocalTriplet(FocalSeries):
         Returns
         -------
         FocalTriplet
-            With ``reductions``: the three :class:`~flowtie_fast.stem.Reduction`.
+            With ``reductions``: the three :class:`~flowtie_fast.stem.reduction.Reduction`.
         """
-        from . import stem
-
-        names = ("minus", "zero", "plus")
-        data = [stem.check_4d(n, d) for n, d in zip(names, (minus, zero, plus))]
-        for n, d in zip(names, data):
-            if tuple(d.shape) != tuple(data[1].shape):
-                raise InputError(f"{n}: expected shape {tuple(data[1].shape)} like zero, "
-                                 f"got {tuple(d.shape)}")
-        k_sampling = check_positive("k_sampling", k_sampling, pair=True)
-        energy = check_positive("energy", energy)
-        chunk_bytes = check_count("chunk_bytes", chunk_bytes, 1)
-        for n, d in zip(names, data):
-            if not (is_cupy(d) or stem._is_dask(d)):  # host memory, before reading
-                stem.check_reduction_memory(n, d, chunk_bytes)
-        sample = stem.sample_patterns(data[1])
-        mean = stem.mean_pattern(sample)
-        if not np.isfinite(mean).all():
-            raise InputError("zero: the patterns contain NaN or Inf")
-        detector, regions = stem.triplet_geometry(mean, k_sampling, energy, center, bf_radius)
-        check_choice("virtual", virtual, tuple(regions))
-        stem.check_region(virtual, regions, detector, bf_radius is not None)
-        for n, d in zip(names, data):  # sums beyond float32 (data of a wider dtype)
-            if np.dtype(d.dtype).kind == "f" and np.dtype(d.dtype).itemsize > 4:
-                stem.check_float32_range(n, sample if n == "zero" else stem.sample_patterns(d),
-                                         detector)
-        reductions = [stem.reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,
-                                         backend=backend, chunk_bytes=chunk_bytes, name=n)
-                      for n, d in zip(names, data)]
-        counts = all(np.dtype(d.dtype).kind in "iu" for d in data)
+        reductions, counts = reduce_triplet(
+            minus, zero, plus, k_sampling, energy, center=center, virtual=virtual,
+            bf_radius=bf_radius, com_radius=com_radius, backend=backend,
+            chunk_bytes=chunk_bytes)
         return cls.from_reductions(reductions, dz, scan_step, virtual=virtual,
                                    rotation=rotation, flip=flip, counts=counts,
                                    register=register)
@@ -552,11 +304,11 @@ class FocalTriplet(FocalSeries):
         """Focal triplet from the three reductions of a 4D-STEM triplet.
 
         The second half of :meth:`from_4dstem`, for reductions made elsewhere
-        (a LiberTEM UDF on a file or a live stream: :mod:`flowtie_fast.live`).
+        (a LiberTEM UDF on a file or a live stream: :mod:`flowtie_fast.stem.live`).
 
         Parameters
         ----------
-        reductions : three :class:`~flowtie_fast.stem.Reduction`
+        reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
             Of the datasets at ``-dz, 0, +dz``, before any rotation.
         dz, scan_step, virtual, rotation, flip, register
             As in :meth:`from_4dstem`.
@@ -571,59 +323,19 @@ class FocalTriplet(FocalSeries):
         any scanned image, whatever the specimen), else taken as Poisson where the patterns
         were counts, else unknown (:mod:`flowtie_fast.noise`).
         """
-        from . import stem
-
-        reductions = list(reductions)
-        if len(reductions) != 3 or not all(isinstance(r, stem.Reduction) for r in reductions):
-            raise InputError("reductions: expected three flowtie_fast.stem.Reduction "
-                             "(minus, zero, plus)")
-        check_choice("virtual", virtual, tuple(reductions[1].virtual))
-        scan_step = check_positive("scan_step", scan_step, pair=True)
-        planes = [r.virtual[virtual] for r in reductions]
-        energy = reductions[1].detector.energy
-        # The noise first: an interpolating shift smooths it.
-        noise = _virtual_image_noise(planes, scan_step, energy, reductions[1].regions, virtual)
-        if noise is None and counts:
-            noise = poisson_noise([float(p.mean()) for p in planes])
-        registration = None
-        if _check_register(register):
-            signals = [r.virtual.get("df") for r in reductions]
-            if any(x is None for x in signals):  # no dark field on this detector
-                import warnings
-
-                from .registration import RegistrationWarning
-
-                warnings.warn("register: the detector records no dark field to measure the "
-                              "drift on; not applied: the planes are used as recorded",
-                              RegistrationWarning, stacklevel=2)
-                registration = {"shifts": np.zeros((3, 2)), "reliable": False,
-                                "applied": False, "signal": None,
-                                "why": "no dark field on the detector"}
-            else:
-                planes, registration = _register(planes, signals, register, scan_step)
+        reductions, planes, scan_step, energy, noise, registration = prepare_planes(
+            reductions, scan_step, virtual=virtual, counts=counts, register=register)
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
-        com = reductions[1].com
-        if isinstance(rotation, str):
-            if rotation != "auto":
-                raise InputError(f"rotation: expected degrees or 'auto', got {rotation!r}")
-            rotation, flip = stem.calibrate_rotation(com, t._tie_gradient())
-        rotation = check_real("rotation", rotation)
-        if not isinstance(flip, (bool, np.bool_)):
-            raise InputError(f"flip: expected True or False, got {flip!r}")
-        for r in reductions:
-            r.com = stem.rotate_com(r.com, rotation, bool(flip))
-            r.rotation, r.flip = rotation, bool(flip)
+        orient(reductions, rotation, flip, t._tie_gradient)
         t.registration = registration
         t.gradient = t._check_gradient(reductions[1].gradient)
-        t.gradient_noise = _virtual_image_noise(list(t.gradient), scan_step, energy,
+        t.gradient_noise = virtual_image_noise(list(t.gradient), scan_step, energy,
                                                 reductions[1].regions, virtual)
         t.reductions = reductions
         return t
 
     def _tie_gradient(self):
         """Phase gradient of Teague's TIE on these planes (rad/Å)."""
-        from .solvers import reconstruct
-
         return reconstruct(self, method="tie", backend="cpu").gradient
 
     @property

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flowtie_fast as ft  # noqa: E402
-from flowtie_fast.evaluate import _files, phase_errors  # noqa: E402
+from flowtie_fast.evaluation.evaluate import case_files, phase_errors  # noqa: E402
 
 CLASSICAL = ("tie-uniform", "tie", "tie-exact", "gd", "icom")
 
@@ -46,7 +46,7 @@ ARCHITECTURES = {
 def cases(paths):
     """(name, triplet, truth) of every file with a ground truth."""
     out = []
-    for path in _files(paths):
+    for path in case_files(paths):
         with ft.load(path) as ds:
             t = ds.triplet(backend="cpu")
             out.append((path.stem, float(ds.meta.get("thickness", np.nan)), t,
@@ -63,7 +63,7 @@ def classical_best(test):
 
 
 def run(configs, samples, test, best, steps, models: Path, base: dict):
-    from flowtie_fast.flow.train import TrainConfig, export_torchscript, train
+    from flowtie_fast.training.train import TrainConfig, export_torchscript, train
 
     rows = []
     for label, overrides in configs.items():
@@ -124,7 +124,7 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", help="run only the configurations starting so")
     args = p.parse_args(argv)
     args.models.mkdir(parents=True, exist_ok=True)
-    from flowtie_fast.flow.data import load_samples
+    from flowtie_fast.training.data import load_samples
 
     samples = load_samples(args.train)
     test = cases(args.test)

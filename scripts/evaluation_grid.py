@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 import flowtie_fast as ft
-from flowtie_fast.acquisition import counts, crop_margin, drift
-from flowtie_fast.evaluate import phase_errors
+from flowtie_fast.simulation.acquisition import counts, crop_margin, drift
+from flowtie_fast.evaluation.evaluate import phase_errors
 
 CLASSICAL = ("tie-uniform", "tie", "tie-exact", "gd", "icom")
 DOSES = (None, 1e3, 1e4, 1e5)

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main(paths):
     import torch
 
-    from flowtie_fast.flow.data import load_samples
-    from flowtie_fast.flow.loss import CompositeLoss
+    from flowtie_fast.training.data import load_samples
+    from flowtie_fast.training.loss import CompositeLoss
 
     print("| case | continuity of the exact flow (normalised) |")
     print("| --- | ---: |")

@@ -12,8 +12,8 @@ import glob
 import numpy as np
 
 import flowtie_fast as ft
-from flowtie_fast.evaluate import phase_errors
-from flowtie_fast.simulate import poisson_counts
+from flowtie_fast.evaluation.evaluate import phase_errors
+from flowtie_fast.simulation.simulate import poisson_counts
 
 METHODS = ("tie", "tie-exact", "icom")
 DOSES = (1e4, 1e5, 1e6)  # electrons per Å²

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flowtie_fast as ft  # noqa: E402
 from scripts.ablation import cases  # noqa: E402
-from flowtie_fast.evaluate import phase_errors  # noqa: E402
+from flowtie_fast.evaluation.evaluate import phase_errors  # noqa: E402
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flowtie_fast as ft  # noqa: E402
 from benchmarks.common import DZ, ENERGY, PIXEL, require, triplet, triplet_arrays  # noqa: E402
-from flowtie_fast.reference import teague_tie  # noqa: E402
+from flowtie_fast.testing import teague_tie  # noqa: E402
 
 
 def _fft_bound(poisson, sync):

@@ -24,7 +24,7 @@ from pathlib import Path
 import ase.build
 
 import flowtie_fast as ft
-from flowtie_fast.simulate import series_thicknesses, simulate_series
+from flowtie_fast.simulation.simulate import series_thicknesses, simulate_series
 
 COMMON = dict(energy=300e3, semiangle=20.0, dz=20.0, supercell=12.0,
               potential_sampling=0.06, max_angle=40.0)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import flowtie_fast as ft
-from flowtie_fast.acquisition import counts as dose_counts
-from flowtie_fast.evaluate import phase_errors
+from flowtie_fast.simulation.acquisition import counts as dose_counts
+from flowtie_fast.evaluation.evaluate import phase_errors
 from flowtie_fast.flow.infer import load_model
 from flowtie_fast.noise import denoise
 

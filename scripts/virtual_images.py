@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flowtie_fast.evaluate import evaluate  # noqa: E402
+from flowtie_fast.evaluation.evaluate import evaluate  # noqa: E402
 from flowtie_fast.io import load  # noqa: E402
 from flowtie_fast.stem import (  # noqa: E402
     Detector,

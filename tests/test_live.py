@@ -14,7 +14,7 @@ from flowtie_fast import stem
 pytest.importorskip("libertem")
 from libertem.api import Context  # noqa: E402
 
-from flowtie_fast.live import (  # noqa: E402
+from flowtie_fast.stem.live import (  # noqa: E402
     reduce_with_libertem,
     triplet_with_libertem,
 )

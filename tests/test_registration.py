@@ -1,4 +1,4 @@
-"""Drift registration (flowtie_fast.registration): shift estimates against known
+"""Drift registration (flowtie_fast.stem.registration): shift estimates against known
 translations, shifting, triplets, refusal of unreliable estimates, bad arguments."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fields import periodic_field
 
 from flowtie_fast.errors import InputError
 from flowtie_fast.simulation.optics import defocus_triplet, gaussian_bumps
-from flowtie_fast.registration import (RegistrationWarning, Shift, apply_shift, estimate_shift,
+from flowtie_fast.stem.registration import (RegistrationWarning, Shift, apply_shift, estimate_shift,
                                        register_triplet)
 
 SHIFTS = [(3.0, -2.0), (0.373, -4.612), (-4.93, 2.281), (5.0, 4.5), (-1.5, 0.25)]

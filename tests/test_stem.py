@@ -10,6 +10,7 @@ from fields import rel_rms
 
 import flowtie_fast as ft
 from flowtie_fast import stem
+from flowtie_fast.stem import reduction
 from flowtie_fast import testing as ref
 
 E = 300e3
@@ -221,17 +222,17 @@ def test_weights_are_reused_for_the_same_geometry_and_not_for_another(rng, monke
     data = (rng.random((3, 4, 16, 16)) * 100).astype(np.uint16)
     det = stem.Detector((16, 16), (0.05, 0.05), 300e3, (7.5, 7.5))
     regions = {"bf": (0.0, 5.0), "df": (5.0, np.inf)}
-    stem._WEIGHT_CACHE.clear()
+    reduction._WEIGHT_CACHE.clear()
     made = []
     compute = stem.detector_weights
-    monkeypatch.setattr(stem, "detector_weights", lambda *a: made.append(a) or compute(*a))
+    monkeypatch.setattr(reduction, "detector_weights", lambda *a: made.append(a) or compute(*a))
     a = stem.reduce_4dstem(data, det, regions, backend="cpu")
     b = stem.reduce_4dstem(data, det, regions, backend="cpu")
-    assert len(made) == 1 and len(stem._WEIGHT_CACHE) == 1
+    assert len(made) == 1 and len(reduction._WEIGHT_CACHE) == 1
     np.testing.assert_array_equal(a.com, b.com)
     moved = stem.Detector((16, 16), (0.05, 0.05), 300e3, (8.5, 7.5))
     c = stem.reduce_4dstem(data, moved, regions, backend="cpu")
-    assert len(made) == 2 and len(stem._WEIGHT_CACHE) == 2
+    assert len(made) == 2 and len(reduction._WEIGHT_CACHE) == 2
     assert not np.array_equal(a.com, c.com)
     stem.reduce_4dstem(data, det, {"bf": (0.0, 5.0)}, backend="cpu")
     assert len(made) == 3
@@ -254,7 +255,7 @@ def _disk_data(det=53, radius_px=12.4, seed=3):
     return out, k
 
 
-@pytest.mark.filterwarnings("ignore::flowtie_fast.registration.RegistrationWarning")
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
 def test_a_detector_inside_the_bright_field_disk_is_flagged():
     """A detector cropped to 15 x 15 px inside a 20 mrad disk measured a
     'bf-full' disk of the detector's own size, and its 'df' image was bright

@@ -155,7 +155,7 @@ def test_undrifted_scans_are_left_as_recorded(case):
 
 
 def test_an_unreliable_registration_is_not_applied(case):
-    from flowtie_fast.registration import RegistrationWarning
+    from flowtie_fast.stem.registration import RegistrationWarning
 
     rng = np.random.default_rng(0)
     noise = [rng.poisson(2.0, case.zero.shape).astype(np.uint16) for _ in range(3)]
@@ -227,7 +227,7 @@ def test_cli_refuses_options_that_do_not_apply(case, tmp_path, capsys):
 # ---------------------------------------------------------------- edge cases of the checks
 
 def test_scans_too_small_to_register_say_so(case):
-    from flowtie_fast.registration import RegistrationWarning
+    from flowtie_fast.stem.registration import RegistrationWarning
 
     small = [x[:6, :6] for x in (case.minus, case.zero, case.plus)]
     with pytest.warns(RegistrationWarning, match="too small"):

@@ -3,10 +3,10 @@
 LiberTEM runs user-defined functions (UDFs) over the partitions of a dataset
 (a file, a memory array, or a detector stream through LiberTEM-live) on its
 executors. :class:`ReductionUDF` computes, per scan position, the weighted
-sums of :func:`flowtie_fast.stem.detector_weights` (virtual-detector bins and
+sums of :func:`flowtie_fast.stem.detector.detector_weights` (virtual-detector bins and
 centre-of-mass moments) with the project's ``reduce_patterns`` kernel (the
 Numba twin on the CPU); :func:`reduce_with_libertem` turns its result into a
-:class:`~flowtie_fast.stem.Reduction`, and :func:`triplet_with_libertem` runs
+:class:`~flowtie_fast.stem.reduction.Reduction`, and :func:`triplet_with_libertem` runs
 it over the three datasets of a focal triplet and hands the
 :class:`~flowtie_fast.triplet.FocalTriplet` to the solvers.
 
@@ -30,13 +30,13 @@ try:
     from libertem.udf import UDF
     from libertem.udf.sum import SumUDF
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("flowtie_fast.live needs LiberTEM: pip install 'flowtie_fast[live]'"
+    raise ImportError("flowtie_fast.stem.live needs LiberTEM: pip install 'flowtie_fast[live]'"
                       ) from exc
 
-from .errors import InputError, check_positive
-from .stem import (detector_weights, finish_reduction, reduce_frames, triplet_geometry,
-                   weight_ranges)
-from .triplet import FocalTriplet
+from ..errors import InputError, check_positive
+from ..triplet import FocalTriplet
+from .detector import detector_weights, triplet_geometry, weight_ranges
+from .reduction import finish_reduction, reduce_frames
 
 __all__ = ["ReductionUDF", "reduce_with_libertem", "triplet_with_libertem"]
 

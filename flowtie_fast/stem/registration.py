@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError, check_count, check_real
+from ..errors import InputError, check_count, check_real
 
 __all__ = ["RegistrationWarning", "Shift", "apply_shift", "estimate_shift", "register_triplet"]
 

@@ -1,0 +1,197 @@
+"""Measured planes: the checks every entry point applies, and the focal weights.
+
+Intensities reach the solvers from a :class:`~flowtie_fast.triplet.FocalSeries`,
+a :class:`~flowtie_fast.plan.Plan`'s bare arrays or a batch; each goes
+through the same checks here (:func:`check_image`,
+:func:`check_intensity_stats`, :func:`check_gradient`). :func:`focal_weights`
+gives the least-squares rows that turn planes at positions ``z`` (Å) into the
+intensity and its focal derivative at ``z0``.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import numpy as np
+
+from .backend import array_module, is_cupy
+from .errors import InputError, check_real
+
+__all__ = ["check_gradient", "check_image", "check_intensity_stats", "check_not_masked",
+           "check_positions", "focal_weights"]
+
+
+def check_image(name: str, a, shape=None):
+    """Validate one real 2-D image and return it as an array (NumPy or CuPy, no copy
+    where possible); raise :class:`InputError` naming ``name`` otherwise."""
+    if a is None:
+        raise InputError(f"{name}: expected a 2-D real array, got None")
+    check_not_masked(name, a)
+    if not is_cupy(a):
+        try:
+            a = np.asarray(a)
+        except Exception as exc:  # unreadable array-likes
+            raise InputError(f"{name}: could not be read as an array ({exc})") from exc
+    kind = a.dtype.kind
+    if kind == "c":
+        raise InputError(f"{name}: expected real intensities, got complex dtype {a.dtype}")
+    if kind not in "uif":
+        raise InputError(f"{name}: expected a real numeric dtype, got {a.dtype}")
+    if a.ndim != 2:
+        raise InputError(f"{name}: expected a 2-D array (Ny, Nx), got shape {tuple(a.shape)}")
+    if min(a.shape) < 2:
+        raise InputError(f"{name}: expected at least 2 pixels along each axis, got {a.shape}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise InputError(f"{name}: expected shape {tuple(shape)} like the other planes, "
+                         f"got {tuple(a.shape)}")
+    return a
+
+
+
+def check_not_masked(name: str, a) -> None:
+    """Refuse a NumPy masked array: the solvers would read the values under its
+    mask as data."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise InputError(f"{name}: masked arrays are not supported (the mask would be "
+                         "ignored); fill the masked pixels, e.g. a.filled(a.mean())")
+
+
+
+def check_intensity_stats(names, stats, planes) -> None:
+    """The one validation of measured intensities, for every entry point.
+
+    ``stats`` holds each plane's number of negative values and its sum (N x 2,
+    from :meth:`~flowtie_fast.backend.Backend.plane_stats`). Refused, with
+    :class:`InputError` naming the plane: NaN or Inf, a negative value (an
+    intensity is a count or a sum of counts; the TIE and its solvers need
+    ``I >= 0``), and a plane that is zero everywhere (a dropped frame).
+    """
+    for i, name in enumerate(names):
+        negatives, total = stats.item(i, 0), stats.item(i, 1)
+        if not math.isfinite(total):
+            raise InputError(f"{name}: contains NaN or Inf")
+        if negatives:
+            low = float(planes[i].min())
+            raise InputError(f"{name}: expected non-negative intensities, got {negatives:.0f} "
+                             f"negative values, the lowest {low:g} (subtract less background, "
+                             "or clip at 0)")
+        if total == 0:
+            raise InputError(f"{name}: intensity is zero everywhere (a dropped frame?)")
+
+
+
+def check_gradient(g, shape):
+    """A measured phase gradient (2, Ny, Nx) in rad/Å: a real, finite array of
+    images of ``shape`` (NumPy or CuPy, returned without a copy where possible);
+    :class:`InputError` naming ``gradient`` otherwise. Finiteness is one sum in
+    the array's own dtype (no temporary: a Plan calls this on every icom solve),
+    confirmed element by element only where the sum is not finite (it may
+    merely have overflowed)."""
+    want = (2,) + tuple(shape)
+    check_not_masked("gradient", g)
+    if not is_cupy(g):
+        try:
+            g = np.asarray(g)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"gradient: could not be read as an array ({exc})") from exc
+    if g.dtype.kind not in "uif" or tuple(g.shape) != want:
+        raise InputError(f"gradient: expected a real array of shape {want} (rad/Å), got "
+                         f"{g.dtype} {tuple(g.shape)}")
+    if not math.isfinite(float(g.sum())) and not bool(array_module(g).isfinite(g).all()):
+        raise InputError("gradient: contains NaN or Inf")
+    if g.dtype.kind == "f" and g.dtype.itemsize > 4:
+        # Finite values beyond float32 become Inf in a float32 solve (said to be
+        # NaN or Inf there); no phase gradient in rad/Å comes near them.
+        peak = max(abs(float(g.max())), abs(float(g.min())))
+        if peak > _FLOAT32_MAX:
+            raise InputError(f"gradient: values up to {peak:g} exceed the range of float32 "
+                             f"({_FLOAT32_MAX:.3g}); a phase gradient is a few rad/Å: check "
+                             "its units, or rescale it")
+    return g
+
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+
+def check_positions(name: str, z, count=None) -> np.ndarray:
+    """Plane positions in Å: a sequence (or 1-D array) of real numbers, not
+    bools or strings (``np.asarray`` would read ``False`` as 0 and ``"-40"`` as
+    -40); ``count`` of them when given. Returned as float64;
+    :class:`InputError` naming ``name`` otherwise (finiteness and spacing are
+    checked by the callers)."""
+    want = f"{count} " if count is not None else ""
+    bad = InputError(f"{name}: expected {want}plane positions in Å (real numbers), got "
+                     f"{_shown(z)}")
+    if isinstance(z, np.ndarray):
+        if z.dtype.kind not in "iuf":
+            raise bad
+        values = z
+    elif isinstance(z, (list, tuple, range)):
+        for v in z:
+            if isinstance(v, np.ndarray) and v.ndim == 0:
+                v = v[()]
+            if isinstance(v, (bool, np.bool_)) or \
+                    not isinstance(v, (Real, np.integer, np.floating)):
+                raise bad
+        values = z
+    else:
+        raise bad
+    try:
+        z = np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise bad from exc
+    if count is not None and z.size != count:
+        raise bad
+    return z
+
+
+
+def _shown(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+
+def focal_weights(z, z0: float = 0.0, degree: int | None = None):
+    """Least-squares (Savitzky-Golay) weights for the value and the derivative at ``z0``.
+
+    Fits a polynomial of ``degree`` (default ``min(2, N - 1)``) to N samples at
+    ``z`` and returns the rows that map the samples to its value and to its
+    first derivative at ``z0``. For three planes at ``(-dz, 0, dz)`` this is
+    ``I(0)`` and ``(I+ - I-) / (2 dz)``; for uneven spacing the exact
+    three-point derivative of the interpolating parabola.
+
+    Parameters
+    ----------
+    z : sequence of float
+        Plane positions in Å, distinct.
+    z0 : float
+        Where to evaluate, in Å.
+    degree : int, optional
+        Polynomial degree, 1 <= degree < N.
+
+    Returns
+    -------
+    value, derivative : ndarray
+        Weight rows of length N (derivative weights in 1/Å).
+    """
+    z = check_positions("z", z)
+    z0 = check_real("z0", z0)
+    n = z.size
+    if degree is None:
+        degree = min(2, n - 1)
+    if not 1 <= degree < n:
+        raise InputError(f"degree: expected 1 <= degree < {n} (number of planes), got {degree}")
+    if not (np.all(np.isfinite(z)) and np.isfinite(z0)):
+        raise InputError(f"z: expected finite plane positions in Å, got {z.tolist()} "
+                         f"(z0 = {z0})")
+    if np.unique(z).size != n:
+        raise InputError(f"z: expected distinct plane positions, got {z.tolist()}")
+    scale = np.max(np.abs(z - z0))
+    t = (z - z0) / scale
+    vander = np.vander(t, degree + 1, increasing=True)
+    pinv = np.linalg.pinv(vander)
+    return pinv[0], pinv[1] / scale

@@ -1,0 +1,370 @@
+"""Detector geometry of 4D-STEM data: centre, bright-field disk, virtual detectors.
+
+The geometry of a triplet is measured once, on patterns sampled across the
+in-focus scan (:func:`sample_patterns`, :func:`mean_pattern`): the detector
+centre (:func:`find_center`), the bright-field disk's radius
+(:func:`bf_radius_mrad`) and from them the regions of the virtual images
+(:func:`triplet_geometry`: ``bf``, ``bf-full``, ``abf``, ``df``, ``whole``),
+turned into weight rows for the one-pass reduction (:func:`detector_weights`).
+Angles are in mrad, detector sampling in 1/Å per pixel.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from numbers import Real
+
+import numpy as np
+
+from .._cuda import MAX_WEIGHTS  # weight rows one pass computes (the CUDA tile)
+from ..backend import array_module, is_cupy
+from ..errors import InputError, check_positive
+from ..physics import wavelength
+
+__all__ = ["Detector", "DetectorWarning", "find_center", "triplet_geometry"]
+
+
+class DetectorWarning(UserWarning):
+    """The detector does not record what the triplet's geometry measures: the
+    bright-field disk fills it, with no dark field around it
+    (:func:`triplet_geometry`)."""
+
+
+
+@dataclass
+class Detector:
+    """Pixelated detector geometry.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Detector pixels (Ky, Kx).
+    k_sampling : float or (float, float)
+        Reciprocal-space sampling in 1/Å per pixel.
+    energy : float
+        Electron energy in eV.
+    center : (float, float)
+        Position of the undeflected beam in pixels (fractional allowed).
+    """
+
+    shape: tuple
+    k_sampling: tuple
+    energy: float
+    center: tuple
+
+    def k(self):
+        """Reciprocal coordinates (ky, kx) in 1/Å relative to the centre, each (Ky, Kx)."""
+        iy = (np.arange(self.shape[0]) - self.center[0]) * self.k_sampling[0]
+        ix = (np.arange(self.shape[1]) - self.center[1]) * self.k_sampling[1]
+        return np.meshgrid(iy, ix, indexing="ij")
+
+    def angle_mrad(self):
+        """Scattering angle of each pixel in mrad (small-angle: λ |k|)."""
+        ky, kx = self.k()
+        return np.hypot(ky, kx) * wavelength(self.energy) * 1e3
+
+
+
+def mean_pattern(patterns):
+    """The mean (Ky, Kx) of one pattern or a stack of them, float64, as a NumPy
+    array (a CuPy stack is averaged on the device; only the mean comes back)."""
+    if is_cupy(patterns):
+        m = patterns.astype(np.float64, copy=False)
+        return m.reshape(-1, *m.shape[-2:]).mean(axis=0).get()
+    m = np.asarray(patterns, dtype=np.float64)
+    return m.reshape(-1, *m.shape[-2:]).mean(axis=0)
+
+
+
+def _bright_field(m):
+    """Pixels of a mean pattern brighter than half its brightest: the disk."""
+    return m >= 0.5 * m.max()
+
+
+
+def find_center(patterns) -> tuple:
+    """Centre of the bright-field disk of a mean pattern, in pixels.
+
+    The centre of mass of the pixels brighter than half the brightest one: the
+    disk, without the dark-field tails that would pull a plain centre of mass.
+    ``patterns``: one mean pattern or a stack to average.
+    """
+    m = mean_pattern(patterns)
+    w = np.where(_bright_field(m), m, 0.0)
+    total = w.sum()
+    if not total > 0:
+        raise InputError("center: the mean pattern is empty; give the detector centre")
+    iy, ix = np.indices(m.shape)
+    return float((w * iy).sum() / total), float((w * ix).sum() / total)
+
+
+
+def bf_radius_mrad(patterns, detector: Detector) -> float:
+    """Bright-field disk radius (mrad) from a mean pattern: the radius of a disk
+    with the area of the pixels brighter than half the brightest."""
+    area = np.count_nonzero(_bright_field(mean_pattern(patterns)))
+    mrad_per_px = math.sqrt(detector.k_sampling[0] * detector.k_sampling[1]) * \
+        wavelength(detector.energy) * 1e3
+    return math.sqrt(area / math.pi) * mrad_per_px
+
+
+
+def sample_patterns(data, count: int = 256):
+    """Up to ``count`` patterns spread evenly over the scan (cheap: no full pass).
+
+    Returns a NumPy stack (N, Ky, Kx), or for CuPy data a CuPy stack gathered in
+    one indexing call on the device (:func:`mean_pattern` takes either)."""
+    sy, sx = data.shape[:2]
+    rows = np.unique(np.linspace(0, sy - 1, min(sy, 16)).astype(int))
+    per_row = max(1, count // len(rows))
+    cols = np.unique(np.linspace(0, sx - 1, min(sx, per_row)).astype(int))
+    if is_cupy(data):
+        xp = array_module(data)
+        picked = data[xp.asarray(rows)[:, None], xp.asarray(cols)[None, :]]
+        return picked.reshape(-1, *data.shape[2:])
+    # Read only the sampled patterns (a whole scan row of a large dataset is big).
+    return np.concatenate([_to_numpy(data[int(r), cols]) for r in rows], axis=0)
+
+
+
+def _to_numpy(x):
+    if is_cupy(x):
+        return x.get()
+    if hasattr(x, "compute") and not isinstance(x, np.ndarray):
+        x = x.compute()
+    return np.asarray(x)
+
+
+
+def detector_weights(detector: Detector, regions: dict, com_radius_mrad=None):
+    """Weight rows of the one-pass reduction, and how to combine their sums.
+
+    The regions are cut into disjoint annular bins at every radius any of them
+    (or the centre-of-mass limit) uses; the kernel sums each bin once, and each
+    virtual image is a sum of bins. With the two centre-of-mass moments that
+    makes fewer rows than one per region (6 instead of 8 for the defaults of
+    ``from_4dstem``): the reduction's cost is proportional to the rows.
+
+    Parameters
+    ----------
+    regions : dict of name -> (inner_mrad, outer_mrad)
+        Annular regions (inner 0: a disk; outer ``inf``: to the edge).
+    com_radius_mrad : float, optional
+        Limit the centre of mass to this radius (default: whole detector).
+
+    Returns
+    -------
+    W : float32 array (Q, Ky*Kx)
+        Rows: the bins, then ``mask·ky`` and ``mask·kx`` of the centre of mass.
+    combine : float64 array (len(regions) + 3, Q)
+        Row sums to outputs: the regions, then the COM total, ky and kx moments.
+    """
+    for name, (inner, outer) in regions.items():
+        if not (0 <= inner < outer):
+            raise InputError(f"virtual: region {name!r} needs 0 <= inner < outer mrad, "
+                             f"got ({inner}, {outer})")
+    com_outer = np.inf if com_radius_mrad is None else float(com_radius_mrad)
+    spans = list(regions.values()) + [(0.0, com_outer)]
+    edges = sorted({float(e) for span in spans for e in span})
+    bins = [(a, b) for a, b in zip(edges[:-1], edges[1:])
+            if any(lo <= a and b <= hi for lo, hi in spans)]
+    if len(bins) + 2 > MAX_WEIGHTS:
+        raise InputError(f"virtual: these regions need {len(bins)} detector bins; at most "
+                         f"{MAX_WEIGHTS - 2} fit in one pass")
+    theta = detector.angle_mrad()
+    rows = [(theta >= a) & (theta < b) for a, b in bins]
+    com_mask = theta < com_outer
+    ky, kx = detector.k()
+    rows += [com_mask * ky, com_mask * kx]
+    W = np.stack([np.asarray(r, np.float64).ravel() for r in rows]).astype(np.float32)
+    combine = np.zeros((len(regions) + 3, len(rows)))
+    for i, (lo, hi) in enumerate(spans):  # the regions, then the COM total
+        for j, (a, b) in enumerate(bins):
+            combine[i, j] = float(lo <= a and b <= hi)
+    combine[-2, -2] = combine[-1, -1] = 1.0
+    return W, combine
+
+
+
+def weight_ranges(W):
+    """For each weight row, the flat pixel range [lo, hi) holding all its
+    non-zero weights (int64): the kernel reads only that range."""
+    nz = W != 0
+    any_nz = nz.any(axis=1)
+    lo = np.where(any_nz, nz.argmax(axis=1), 0)
+    hi = np.where(any_nz, W.shape[1] - nz[:, ::-1].argmax(axis=1), 0)
+    return lo.astype(np.int64), hi.astype(np.int64)
+
+
+
+def check_disk(name: str, radius, detector: Detector) -> float:
+    """A detector disk's radius in mrad: positive, in range and at least half a
+    detector pixel (a smaller disk holds one pixel or none)."""
+    radius = check_positive(name, radius)
+    pixel_mrad = 1e3 * wavelength(detector.energy) * min(detector.k_sampling)
+    if radius < 0.5 * pixel_mrad:
+        raise InputError(f"{name}: {radius:g} mrad is smaller than half a detector pixel "
+                         f"({pixel_mrad:g} mrad): the disk would hold one pixel or none")
+    return radius
+
+
+
+def disk_fills_detector(mean) -> tuple:
+    """Whether the bright-field disk of a mean pattern reaches the detector's
+    edge along so much of it that there is no dark field around the disk.
+
+    The disk (pixels brighter than half the brightest, as
+    :func:`bf_radius_mrad` measures it) fills the detector when at least as
+    many of the detector's edge pixels are in it as its radius holds pixels:
+    a disk cut along such a chord lies an eighth of its radius or more
+    beyond the edge, and the dark field around it is gone or cut short. A
+    disk that only touches an edge (a chord shorter than its radius: its
+    radius measured within about 1 %, its centre within 3 % of it) is not. A flat mean pattern (a detector all
+    bright field, or patterns without a disk) fills it too.
+
+    Returns
+    -------
+    (bool, int, int)
+        Whether it fills the detector, the edge pixels in the disk, and the
+        detector's edge pixels.
+    """
+    m = np.asarray(mean)
+    bright = _bright_field(m)
+    edge = np.zeros(m.shape, bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    on_edge = int(np.count_nonzero(bright & edge))
+    radius_px = math.sqrt(np.count_nonzero(bright) / math.pi)
+    return on_edge > 0 and on_edge >= radius_px, on_edge, int(np.count_nonzero(edge))
+
+
+
+def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name="zero"):
+    """Detector and virtual-detector regions for a focal triplet from the mean
+    in-focus pattern.
+
+    Parameters
+    ----------
+    mean : ndarray (Ky, Kx)
+        Mean pattern (:func:`mean_pattern`).
+    k_sampling : (float, float)
+        1/Å per detector pixel.
+    energy : float
+        eV.
+    center : (float, float), optional
+        Detector centre in pixels (default: :func:`find_center`).
+    bf_radius : float, optional
+        Radius of the "bf" disk in mrad (default a quarter of the measured
+        bright-field disk).
+    name : str
+        The data the mean pattern comes from, named in the warning.
+
+    Returns
+    -------
+    detector : Detector
+    regions : dict
+        "bf", "bf-full", "abf", "df", "whole" as (inner, outer) mrad.
+
+        Where the bright-field disk fills the detector
+        (:func:`disk_fills_detector`: a detector cropped to the disk, or a
+        camera length too long), its edge is not recorded: its radius is not
+        known (the measured one is a lower bound, the detector's own extent),
+        and what would be the "df" annulus holds bright field, whose images
+        change with defocus. Then only "bf" (by default a quarter of that
+        lower bound) and "whole" are returned, with a
+        :class:`DetectorWarning`: no "bf-full", "abf" or "df" image, so that
+        :meth:`~flowtie_fast.triplet.FocalTriplet.from_4dstem` measures no
+        band-limited noise (the band limit comes from the disk's radius) and
+        does not register the scans on a "dark field" that is bright field
+        (it registers them on the planes, as it does without one). The
+        missing ``"df"`` region is the flag a program can read
+        (``"df" not in triplet.reductions[1].regions``).
+    """
+    center = find_center(mean) if center is None else check_center(center)
+    if not all(math.isfinite(c) and 0 <= c <= n - 1 for c, n in zip(center, mean.shape)):
+        raise InputError(f"center: expected (row, column) in detector pixels on the "
+                         f"{tuple(mean.shape)} detector, got {center!r}")
+    detector = Detector(tuple(mean.shape), k_sampling, energy, center)
+    disk = bf_radius_mrad(mean, detector)
+    bf_radius = 0.25 * disk if bf_radius is None else check_disk("bf_radius", bf_radius,
+                                                                   detector)
+    fills, on_edge, edge = disk_fills_detector(mean)
+    if fills:
+        mrad_per_px = 1e3 * wavelength(energy) * np.asarray(k_sampling, float)
+        reach = min(min(c + 0.5, n - 0.5 - c) * d
+                    for c, n, d in zip(center, mean.shape, mrad_per_px))
+        warnings.warn(
+            f"{name}: the bright-field disk fills the detector ({disk:.3g} mrad measured, "
+            f"the detector's nearest edge {reach:.3g} mrad from the centre; {on_edge} of its "
+            f"{edge} edge pixels are bright field): no dark field surrounds it, so its radius "
+            f"is unknown (at least {disk:.3g} mrad); only the 'bf' (radius {bf_radius:.3g} "
+            "mrad) and 'whole' images are made: no 'bf-full', 'abf' or 'df', no noise "
+            "measured above the band limit, the scans not registered; record the "
+            "whole disk with dark field around it (a shorter camera length, an uncropped "
+            "detector)", DetectorWarning, stacklevel=3)
+        return detector, {"bf": (0.0, bf_radius), "whole": (0.0, np.inf)}
+    regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
+               "df": (disk, np.inf), "whole": (0.0, np.inf)}
+    return detector, regions
+
+
+
+def check_center(center) -> tuple:
+    """A detector centre: a sequence (tuple, list or 1-D array) of two real
+    numbers, (row, column) in pixels, as floats; :class:`InputError` naming
+    ``center`` otherwise. Strings (``"88"`` would be read digit by digit),
+    dicts and sets (their keys, in no set order) and bools are refused."""
+    bad = InputError(f"center: expected (row, column) in detector pixels, two real numbers, "
+                     f"got {_shown(center)}")
+    if isinstance(center, np.ndarray):
+        if center.dtype.kind not in "iuf" or center.shape != (2,):
+            raise bad
+        items = center.tolist()
+    elif isinstance(center, (tuple, list)):
+        items = list(center)
+    else:
+        raise bad
+    if len(items) != 2:
+        raise bad
+    out = []
+    for c in items:
+        if isinstance(c, np.ndarray) and c.ndim == 0:
+            c = c[()]
+        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (Real, np.integer, np.floating)):
+            raise bad
+        try:
+            out.append(float(c))
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise bad from exc
+    return tuple(out)
+
+
+
+def _shown(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+
+def check_region(name: str, regions: dict, detector: Detector, bf_given: bool) -> None:
+    """Refuse a virtual detector ``name`` of ``regions`` that holds no detector
+    pixel (its image would be zero everywhere, which reads as a dropped frame):
+    :class:`InputError` naming ``bf_radius`` for the "bf" disk (with a radius
+    that holds the nearest pixels), ``virtual`` otherwise."""
+    inner, outer = regions[name]
+    theta = detector.angle_mrad()
+    if np.count_nonzero((theta >= inner) & (theta < outer)):
+        return
+    if name == "bf":
+        nearest = float(theta.min())
+        hint = f"{1.05 * nearest:.3g}" if nearest > 0 else "a larger radius"
+        disk = regions.get("bf-full", (0.0, 4 * outer))[1]  # none where it fills the detector
+        how = "given" if bf_given else \
+            f"the default, a quarter of the {disk:.3g} mrad bright-field disk"
+        raise InputError(f"bf_radius: the 'bf' disk of {outer:.3g} mrad ({how}) holds no "
+                         f"detector pixel around the centre {tuple(detector.center)} (the "
+                         f"nearest lies at {nearest:.3g} mrad); give a larger one, e.g. "
+                         f"bf_radius={hint}")
+    raise InputError(f"virtual: the {name!r} region ({inner:.3g} to {outer:.3g} mrad) holds no "
+                     "detector pixel; choose another virtual image")

@@ -1,0 +1,226 @@
+"""The triplet from 4D-STEM data: three reductions, their planes, drift and rotation.
+
+The steps of :meth:`FocalTriplet.from_4dstem <flowtie_fast.triplet.FocalTriplet.from_4dstem>`
+that need no triplet:
+
+- :func:`reduce_triplet`: the three datasets checked, the detector geometry
+  measured once on the in-focus scan, and each dataset reduced in one pass
+  to its virtual images and centre of mass;
+- :func:`prepare_planes`: the chosen virtual images as planes, their noise
+  measured above the band limit, and the drift of the ±dz scans undone
+  (:func:`register_planes`, from the dark field);
+- :func:`orient`: the centre of mass rotated from detector to scan axes.
+
+The triplet itself is built by :class:`~flowtie_fast.triplet.FocalTriplet`,
+which calls these in turn.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from ..backend import array_module, is_cupy
+from ..errors import InputError, check_choice, check_count, check_positive, check_real
+from ..noise import band_noise, poisson_noise
+from ..physics import wavelength
+from .detector import check_region, mean_pattern, sample_patterns, triplet_geometry
+from .reduction import (Reduction, _is_dask, check_4d, check_float32_range,
+                        check_reduction_memory, reduce_4dstem)
+from .registration import RegistrationWarning, apply_shift, register_triplet
+from .rotation import calibrate_rotation, rotate_com
+
+__all__ = ["orient", "prepare_planes", "reduce_triplet", "register_planes"]
+
+#: px: smaller shifts are reported, not applied (the estimate's accuracy; the
+#: dark field of thick crystals shifts by a few hundredths of a pixel with
+#: defocus alone).
+REGISTRATION_THRESHOLD = 0.1
+
+
+def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtual="bf",
+                   bf_radius=None, com_radius=None, backend="auto", chunk_bytes=64 << 20):
+    """The three reductions of a 4D-STEM triplet, in one pass over each dataset.
+
+    Parameters
+    ----------
+    minus, zero, plus, k_sampling, energy, center, virtual, bf_radius, com_radius, backend,
+    chunk_bytes
+        As in :meth:`FocalTriplet.from_4dstem
+        <flowtie_fast.triplet.FocalTriplet.from_4dstem>`.
+
+    Returns
+    -------
+    reductions : list of three :class:`~flowtie_fast.stem.reduction.Reduction`
+        Of the datasets at ``-dz, 0, +dz``, before any rotation.
+    counts : bool
+        Whether every dataset holds counts (an integer dtype).
+    """
+    names = ("minus", "zero", "plus")
+    data = [check_4d(n, d) for n, d in zip(names, (minus, zero, plus))]
+    for n, d in zip(names, data):
+        if tuple(d.shape) != tuple(data[1].shape):
+            raise InputError(f"{n}: expected shape {tuple(data[1].shape)} like zero, "
+                             f"got {tuple(d.shape)}")
+    k_sampling = check_positive("k_sampling", k_sampling, pair=True)
+    energy = check_positive("energy", energy)
+    chunk_bytes = check_count("chunk_bytes", chunk_bytes, 1)
+    for n, d in zip(names, data):
+        if not (is_cupy(d) or _is_dask(d)):  # host memory, before reading
+            check_reduction_memory(n, d, chunk_bytes)
+    sample = sample_patterns(data[1])
+    mean = mean_pattern(sample)
+    if not np.isfinite(mean).all():
+        raise InputError("zero: the patterns contain NaN or Inf")
+    detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius)
+    check_choice("virtual", virtual, tuple(regions))
+    check_region(virtual, regions, detector, bf_radius is not None)
+    for n, d in zip(names, data):  # sums beyond float32 (data of a wider dtype)
+        if np.dtype(d.dtype).kind == "f" and np.dtype(d.dtype).itemsize > 4:
+            check_float32_range(n, sample if n == "zero" else sample_patterns(d), detector)
+    reductions = [reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,
+                                backend=backend, chunk_bytes=chunk_bytes, name=n)
+                  for n, d in zip(names, data)]
+    counts = all(np.dtype(d.dtype).kind in "iu" for d in data)
+    return reductions, counts
+
+
+def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, register=True):
+    """The planes of a triplet from its three reductions: the chosen virtual
+    images, their noise, and the drift of the ±dz scans undone.
+
+    Parameters
+    ----------
+    reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
+    scan_step, virtual, counts, register
+        As in :meth:`FocalTriplet.from_reductions
+        <flowtie_fast.triplet.FocalTriplet.from_reductions>`.
+
+    Returns
+    -------
+    reductions : list
+    planes : list of three arrays (Sy, Sx)
+    scan_step : (float, float)
+        Checked, Å.
+    energy : float
+        eV, of the in-focus reduction's detector.
+    noise : Noise or None
+    registration : dict or None
+        The record of the registration (see ``FocalTriplet.registration``).
+    """
+    reductions = list(reductions)
+    if len(reductions) != 3 or not all(isinstance(r, Reduction) for r in reductions):
+        raise InputError("reductions: expected three flowtie_fast.Reduction "
+                         "(minus, zero, plus)")
+    check_choice("virtual", virtual, tuple(reductions[1].virtual))
+    scan_step = check_positive("scan_step", scan_step, pair=True)
+    planes = [r.virtual[virtual] for r in reductions]
+    energy = reductions[1].detector.energy
+    # The noise first: an interpolating shift smooths it.
+    noise = virtual_image_noise(planes, scan_step, energy, reductions[1].regions, virtual)
+    if noise is None and counts:
+        noise = poisson_noise([float(p.mean()) for p in planes])
+    registration = None
+    if check_register(register):
+        signals = [r.virtual.get("df") for r in reductions]
+        if any(x is None for x in signals):  # no dark field on this detector
+            warnings.warn("register: the detector records no dark field to measure the "
+                          "drift on; not applied: the planes are used as recorded",
+                          RegistrationWarning, stacklevel=3)
+            registration = {"shifts": np.zeros((3, 2)), "reliable": False,
+                            "applied": False, "signal": None,
+                            "why": "no dark field on the detector"}
+        else:
+            planes, registration = register_planes(planes, signals, register, scan_step)
+    return reductions, planes, scan_step, energy, noise, registration
+
+
+def orient(reductions, rotation, flip, tie_gradient):
+    """Rotate the reductions' centre of mass from detector to scan axes, in place.
+
+    Parameters
+    ----------
+    reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
+    rotation : float or "auto"
+        Degrees; "auto" finds it and ``flip`` (:func:`calibrate_rotation`),
+        with ``tie_gradient()`` (rad/Å, the planes' TIE phase gradient)
+        telling θ from θ + 180°.
+    flip : bool
+    tie_gradient : callable
+        Called only for ``rotation="auto"``.
+
+    Returns
+    -------
+    rotation, flip : float, bool
+        As applied.
+    """
+    com = reductions[1].com
+    if isinstance(rotation, str):
+        if rotation != "auto":
+            raise InputError(f"rotation: expected degrees or 'auto', got {rotation!r}")
+        rotation, flip = calibrate_rotation(com, tie_gradient())
+    rotation = check_real("rotation", rotation)
+    if not isinstance(flip, (bool, np.bool_)):
+        raise InputError(f"flip: expected True or False, got {flip!r}")
+    for r in reductions:
+        r.com = rotate_com(r.com, rotation, bool(flip))
+        r.rotation, r.flip = rotation, bool(flip)
+    return rotation, bool(flip)
+
+
+def check_register(register):
+    """``register`` checked: True, False or "periodic"; :class:`InputError` otherwise."""
+    if register is True or register is False or register == "periodic":
+        return register
+    raise InputError(f"register: expected True, False or 'periodic', got {register!r}")
+
+
+def register_planes(planes, signals, register, scan_step):
+    """The planes with the drift of the ±dz ones undone (shifts from
+    ``signals`` when given, else from the planes), and the record of it.
+
+    The shifts are estimated as for a non-periodic field of view (tapered
+    edges: a crystal repeating within a periodic scan gives equal correlation
+    peaks a period apart, which the taper tells apart) and applied
+    periodically for ``register="periodic"`` (scans of whole periods), by
+    mirror extension otherwise (:mod:`flowtie_fast.stem.registration`)."""
+    record = {"shifts": np.zeros((3, 2)), "reliable": False, "applied": False,
+              "signal": "planes" if signals is None else "df"}
+    if min(planes[0].shape) < 8:
+        warnings.warn(f"register: images of {tuple(planes[0].shape)} px are too small to "
+                      "measure a drift (at least 8 px a side); the planes are used as "
+                      "recorded", RegistrationWarning, stacklevel=4)
+        return planes, {**record, "why": "images under 8 px a side"}
+    host = [np.asarray(p.get() if is_cupy(p) else p) for p in planes]
+    source = None if signals is None else [np.asarray(s.get() if is_cupy(s) else s)
+                                           for s in signals]
+    _, shifts, reliable = register_triplet(host, signals=source, periodic=False,
+                                           apply_unreliable=False, threshold=1e9)
+    record.update(shifts=shifts, reliable=bool(reliable))
+    if not reliable:
+        return planes, record
+    out = list(planes)
+    for i in (0, 2):
+        if math.hypot(*shifts[i]) < REGISTRATION_THRESHOLD:
+            continue
+        shifted = apply_shift(host[i].astype(np.float64), shifts[i],
+                              periodic=register == "periodic")
+        # Intensities: the interpolation's ringing below zero is clipped; the
+        # plane keeps its device and floating dtype (counts become float64).
+        xp = array_module(planes[i])
+        out[i] = xp.asarray(np.maximum(shifted, 0),
+                            dtype=planes[i].dtype if planes[i].dtype.kind == "f" else np.float64)
+        record["applied"] = True
+    return out, record
+
+
+def virtual_image_noise(planes, scan_step, energy, regions, virtual):
+    """Noise of 4D-STEM virtual images measured above their band limit, or
+    None (no room above it, or the regions unknown)."""
+    disk = regions.get("bf-full", (0.0, 0.0))[1]
+    if not disk > 0:
+        return None
+    band = 2 * disk * 1e-3 / wavelength(energy)
+    return band_noise(planes, scan_step, band)
