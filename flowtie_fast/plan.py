@@ -42,15 +42,16 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 
 from .backend import get_backend, is_cupy
-from .errors import InputError, check_finite_result, check_positive
+from .errors import InputError, check_positive
 from .fft import load_wisdom, save_wisdom
 from .noise import COUNTS, check_noise
 from .physics import wavenumber
-from .solvers import TIESolver, check_options, check_regularisation
+from .solvers import SolveOptions, TIESolver, check_options, check_regularisation
 from .planes import check_gradient, check_not_masked, focal_weights
 
 __all__ = ["Plan"]
@@ -126,9 +127,9 @@ class Plan:
         self._intensity_weights, self._derivative_weights = focal_weights(
             (-self.dz, 0.0, self.dz))
         # Planes reach the plan unvalidated: the derivative step checks them.
-        self._options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
-                         "model": model, "residual": False,
-                         "uncertainty": method == "flowtie" and uncertainty is not False}
+        self.options = SolveOptions(tol=tol, max_iter=max_iter, preconditioner=preconditioner,
+                                    model=model, residual=False, names=_INPUT_NAMES[:3],
+                                    uncertainty=method == "flowtie" and uncertainty is not False)
         self.info: dict = {}  # of the latest solve: the trust check and fallback of flowtie
         self.timings["setup"] = time.perf_counter() - start
         if warmup:
@@ -225,30 +226,15 @@ class Plan:
         grad = self._output("gradient_out", gradient_out, (2,) + self.shape, inputs,
                             _INPUT_NAMES) if gradient_out is not None else None
         if uncertainty_out is not None:
-            if not self._options["uncertainty"]:
+            if not self.options.uncertainty:
                 raise InputError("uncertainty_out: needs a flowtie plan with uncertainty")
             self._output("uncertainty_out", uncertainty_out, self.shape,
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
-        s = self.solver
-        info: dict = {}
-        with s._lock:
-            self.backend.prepare()
-            if self.method == "icom":
-                s.poisson.alpha = 0.0 if s.alpha == "auto" else s.alpha
-                # The planes are not used, but checked as every solve checks them.
-                s.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3])
-                # Checked before anything is written.
-                s.poisson.integrate(s._check_gradient(gradient), out=out, grad_out=grad)
-            else:
-                options = self._options if noise is None else {**self._options, "noise": noise}
-                s._solve_planes(planes, self._derivative_weights, self._intensity_weights,
-                                self.wavenumber, gradient, self.method, out, grad, info,
-                                options)
-            check_finite_result(self.method, out, grad)
-            spread = info.pop("uncertainty_map", None)
-            if spread is not None and uncertainty_out is not None:
-                uncertainty_out[...] = spread
-            self.info = info
+        options = self.options if noise is None else replace(self.options, noise=noise)
+        self.info = self.solver.solve_planes(
+            planes, self._derivative_weights, self._intensity_weights, self.wavenumber,
+            self.method, gradient=gradient, out=out, gradient_out=grad,
+            uncertainty_out=uncertainty_out, options=options)
         return out
 
     def solve_batch(self, stack, *, gradient=None, out=None, gradient_out=None, noise=None,
@@ -291,14 +277,18 @@ class Plan:
             self._output("gradient_out", gradient_out, (b, 2) + self.shape,
                          (stack, gradient, out), ("stack", "gradient", "out"))
         if uncertainty_out is not None:
-            if not self._options["uncertainty"]:
+            if not self.options.uncertainty:
                 raise InputError("uncertainty_out: needs a flowtie plan with uncertainty")
             self._output("uncertainty_out", uncertainty_out, (b,) + self.shape,
                          (stack, gradient, out, gradient_out),
                          ("stack", "gradient", "out", "gradient_out"))
         noise = check_noise(noise, 3)
-        if self.method == "flowtie" and b > 1 and not self._options["uncertainty"]:
-            return self._flow_batch(stack, gradient, out, gradient_out)
+        if self.method == "flowtie" and b > 1 and not self.options.uncertainty:
+            return self.solver.flow_batch(stack, self._derivative_weights,
+                                          self._intensity_weights, self.wavenumber,
+                                          gradient=gradient, out=out,
+                                          gradient_out=gradient_out, model=self.options.model,
+                                          names=_INPUT_NAMES[:3])
         # Every item is checked before the first is solved: a refusal writes nothing.
         for i in range(b):
             try:
@@ -321,29 +311,6 @@ class Plan:
                 raise type(exc)(f"stack[{i}]: {exc}") from exc
             items.append(self.info)
         self.info = {"items": items}
-        if self.method == "flowtie" and self._options["uncertainty"]:
+        if self.method == "flowtie" and self.options.uncertainty:
             self.info["trusted"] = all(it.get("trusted") is not False for it in items)
-        return out
-
-    def _flow_batch(self, stack, gradient, out, gradient_out):
-        """flowtie over a batch: one network call, then one integration per item."""
-        s, be = self.solver, self.backend
-        model = s._flow_model(self._options["model"])
-        xp = be.xp
-        b = stack.shape[0]
-        planes = be.asarray(stack, self.dtype)
-        didz = xp.empty((b,) + self.shape, self.dtype)
-        with s._lock:
-            be.prepare()
-            for i in range(b):
-                s._derivative_and_intensity(list(planes[i]), self._derivative_weights,
-                                            self._intensity_weights,
-                                            [f"stack[{i}]: {n}" for n in _INPUT_NAMES[:3]])
-                didz[i] = s._didz
-            v = s._predict_flow(model, planes, didz, self.wavenumber, gradient)
-            for i in range(b):
-                grad = None if gradient_out is None else gradient_out[i]
-                s.poisson.integrate(v[i], out=out[i], grad_out=grad)
-            check_finite_result("flowtie", out, gradient_out)
-            be.synchronize()
         return out

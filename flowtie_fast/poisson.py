@@ -185,10 +185,13 @@ class PoissonSolver:
     def _outs(self, out, grad_out):
         """Validated (or new) phase output and validated gradient output (or None)."""
         if grad_out is not None:
-            self._out(grad_out, (2,) + self.shape, "grad_out")
-        return self._out(out), grad_out
+            self.output(grad_out, (2,) + self.shape, "grad_out")
+        return self.output(out), grad_out
 
-    def _out(self, out, shape=None, name="out"):
+    def output(self, out, shape=None, name="out"):
+        """An output array of this solver's dtype: ``out`` checked (shape, dtype,
+        backend, C order; :class:`InputError` naming ``name``), or a new one
+        where ``out`` is None. ``shape`` defaults to the image shape."""
         shape = self.shape if shape is None else shape
         if out is None:
             return self.backend.empty(shape, self.dtype)
@@ -271,7 +274,7 @@ class PoissonSolver:
     def gradient(self, u, out=None):
         """Gradient (2, Ny, Nx) of ``u`` at the pixel centres (rad/Å for a phase)."""
         self._in("u", u)
-        out = self._out(out, (2,) + self.shape)
+        out = self.output(out, (2,) + self.shape)
         if self.scheme == "spectral":
             self.scalar.forward(u)
             self._spectral_gradient_to_vector(self.rt)
@@ -299,7 +302,7 @@ class PoissonSolver:
     def divergence(self, g, out=None):
         """``∇·g`` of a vector field (2, Ny, Nx) given on the pixel centres."""
         self._in("g", g, (2,) + self.shape)
-        out = self._out(out)
+        out = self.output(out)
         if self.scheme == "spectral":
             self.vector.forward(g)
             self._spectral_divergence_to_scalar(self.rt, poisson=False)
@@ -323,7 +326,7 @@ class PoissonSolver:
         """The transport term ``∇·(w ∇φ)`` of the TIE (w the in-focus intensity)."""
         self._in("phi", phi)
         self._in("w", w)
-        out = self._out(out)
+        out = self.output(out)
         k = self.backend.kernels
         if self.scheme == "spectral":
             self.scalar.forward(phi)

@@ -63,7 +63,7 @@ from .noise import (ALPHA_MAX, COUNTS, GRADIENT_THRESHOLD, denoise, discrepancy_
 from .poisson import PoissonSolver, resolve_scheme
 from .planes import check_gradient, check_intensity_stats
 
-__all__ = ["METHODS", "Reconstruction", "TIESolver", "reconstruct"]
+__all__ = ["METHODS", "Reconstruction", "SolveOptions", "TIESolver", "reconstruct"]
 
 METHODS = ("tie-uniform", "tie", "tie-exact", "gd", "icom", "flowtie")
 SOLVER_IMAGES = 14  # images of the working dtype a TIESolver adds to its Poisson solver
@@ -206,6 +206,48 @@ def _is_in_focus_row(w) -> bool:
 
 def _dot(xp, a, b) -> float:
     return float(xp.vdot(a.ravel(), b.ravel()))
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """How one solve of :meth:`TIESolver.solve_planes` runs (the options a
+    :class:`~flowtie_fast.plan.Plan` fixes once, and what a focal series
+    carries besides its planes).
+
+    Parameters
+    ----------
+    tol, max_iter : optional
+        Stopping rule of ``tie-exact`` and ``gd`` (see :class:`TIESolver`).
+    preconditioner : {"biharmonic", "none"}
+        Descent direction of ``gd``.
+    model : path, str, FlowModel or FlowEnsemble, optional
+        The flow model of ``flowtie`` (default: the shipped default).
+    uncertainty : bool
+        ``flowtie``: the trust check, its fallback and the uncertainty map.
+    residual : bool
+        Compute the residual map where a method can (a Plan returns the phase
+        only and says False).
+    noise : Noise, "counts" or None
+        The planes' noise (:mod:`flowtie_fast.noise`); ``"counts"``: Poisson
+        statistics of the planes solved.
+    gradient_noise : Noise or None
+        The noise of a measured gradient ((rad/Å)², per component).
+    registration : dict or None
+        The record of the scans' registration (``triplet.registration``).
+    names : sequence of str, optional
+        How messages name the planes (default minus, zero, plus).
+    """
+
+    tol: float | None = None
+    max_iter: int | None = None
+    preconditioner: str = "biharmonic"
+    model: object = None
+    uncertainty: bool = False
+    residual: bool = True
+    noise: object = None
+    gradient_noise: object = None
+    registration: dict | None = None
+    names: tuple | None = None
 
 
 class TIESolver:
@@ -432,11 +474,12 @@ class TIESolver:
             raise InputError("method: 'icom' needs a measured phase gradient "
                              "(FocalSeries(..., gradient=...))")
         names = series.plane_names
-        options = {"tol": tol, "max_iter": max_iter, "preconditioner": preconditioner,
-                   "model": model, "names": names, "noise": getattr(series, "noise", None),
-                   "gradient_noise": getattr(series, "gradient_noise", None),
-                   "registration": getattr(series, "registration", None),
-                   "uncertainty": method == "flowtie" and uncertainty is not False}
+        options = SolveOptions(tol=tol, max_iter=max_iter, preconditioner=preconditioner,
+                               model=model, names=tuple(names),
+                               noise=getattr(series, "noise", None),
+                               gradient_noise=getattr(series, "gradient_noise", None),
+                               registration=getattr(series, "registration", None),
+                               uncertainty=method == "flowtie" and uncertainty is not False)
         inputs = (*series.planes, series.gradient, out)
         input_names = (*names, "gradient", "out")
         be = self.backend
@@ -458,8 +501,8 @@ class TIESolver:
                     rec.info.update(noise=noise.source, denoise=kept)
                 rec.info["time"] = time.perf_counter() - start
                 return rec
-            phase = self.poisson._out(out)
-            grad = self.poisson._out(gradient_out, (2,) + self.shape)
+            phase = self.poisson.output(out)
+            grad = self.poisson.output(gradient_out, (2,) + self.shape)
             info = {"backend": self.backend.name, "scheme": self.poisson.scheme,
                     "boundary": self.poisson.boundary}
             mean, residual = self._solve_planes(
@@ -488,19 +531,19 @@ class TIESolver:
         and ``grad``; returns the mean intensity and the unnormalised residual map
         where the method computes it anyway (else None)."""
         mean, planes = self._derivative_and_intensity(planes, derivative_weights,
-                                                      intensity_weights, options.get("names"))
-        tol, max_iter = options.get("tol"), options.get("max_iter")
-        want = options.get("residual", True)
+                                                      intensity_weights, options.names)
+        tol, max_iter = options.tol, options.max_iter
+        want = options.residual
         residual = None
         self.poisson.alpha = 0.0 if self.alpha == "auto" else self.alpha
         floor, noise_norm = self.floor, 0.0
         if method != "flowtie":
-            floor, noise_norm = self._regularise(options.get("noise"), mean, k,
+            floor, noise_norm = self._regularise(options.noise, mean, k,
                                                  derivative_weights, intensity_weights, info)
         if method == "flowtie":
-            residual = self._flow(planes, gradient, k, options.get("model"), phase, grad, info,
+            residual = self._flow(planes, gradient, k, options.model, phase, grad, info,
                                   want)
-            if options.get("uncertainty"):
+            if options.uncertainty:
                 residual = self._trust(planes, gradient, k, options, mean, derivative_weights,
                                        intensity_weights, phase, grad, info, residual)
         elif method == "tie-uniform":
@@ -513,7 +556,7 @@ class TIESolver:
                                  noise_norm)
         elif method == "gd":
             residual = self._gradient_descent(k, mean, phase, grad, info, tol, max_iter,
-                                              options.get("preconditioner") or "biharmonic",
+                                              options.preconditioner or "biharmonic",
                                               want, noise_norm)
         else:
             raise InputError(f"method: {method!r} does not solve from planes")
@@ -561,6 +604,107 @@ class TIESolver:
             return floor, 0.0
         return floor, k * (self.shape[0] * self.shape[1] * var_d) ** 0.5
 
+    def solve_planes(self, planes, derivative_weights, intensity_weights, wavenumber, method, *,
+                     gradient=None, out, gradient_out=None, uncertainty_out=None,
+                     options: SolveOptions = SolveOptions()) -> dict:
+        """Solve bare planes into caller-owned outputs: the entry point of a
+        :class:`~flowtie_fast.plan.Plan`.
+
+        Parameters
+        ----------
+        planes : sequence of arrays (Ny, Nx)
+            Intensities on this solver's backend (any real dtype), unchecked:
+            they are checked here as every solve checks them.
+        derivative_weights, intensity_weights : sequence of float
+            Rows of :func:`~flowtie_fast.planes.focal_weights` (1/Å and 1).
+        wavenumber : float
+            ``k = 2π/λ`` in rad/Å.
+        method : str
+            One of :data:`METHODS`.
+        gradient : array (2, Ny, Nx), optional
+            Measured phase gradient in rad/Å (``icom``, and flow models that
+            read it).
+        out : array (Ny, Nx)
+            The phase (rad), working dtype.
+        gradient_out : array (2, Ny, Nx), optional
+            The phase gradient (rad/Å); not computed without it.
+        uncertainty_out : array (Ny, Nx), optional
+            ``flowtie`` with ``options.uncertainty``: the phase's standard
+            deviation (rad), written where the flow is trusted.
+        options : SolveOptions
+
+        Returns
+        -------
+        dict
+            The solve's information (for ``flowtie``: the trust verdict and
+            any fallback).
+        """
+        info: dict = {}
+        with self._lock:
+            self.backend.prepare()
+            self.poisson.alpha = 0.0 if self.alpha == "auto" else self.alpha
+            if method == "icom":
+                # The planes are not used, but checked as every solve checks them.
+                self.validate_planes(planes, intensity_weights,
+                                     options.names or ("minus", "zero", "plus"))
+                # Checked before anything is written.
+                self.poisson.integrate(self._check_gradient(gradient), out=out,
+                                       grad_out=gradient_out)
+            else:
+                self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
+                                   gradient, method, out, gradient_out, info, options)
+            check_finite_result(method, out, gradient_out)
+            spread = info.pop("uncertainty_map", None)
+            if spread is not None and uncertainty_out is not None:
+                uncertainty_out[...] = spread
+        return info
+
+    def flow_batch(self, stack, derivative_weights, intensity_weights, wavenumber, *,
+                   gradient=None, out, gradient_out=None, model=None, names=None):
+        """``flowtie`` over a batch, without the trust check: one network call,
+        then one Poisson integration per item.
+
+        Parameters
+        ----------
+        stack : array (B, 3, Ny, Nx)
+            Triplets on this solver's backend, unchecked (checked here).
+        derivative_weights, intensity_weights, wavenumber
+            As in :meth:`solve_planes`.
+        gradient : array (B, 2, Ny, Nx), optional
+            Measured phase gradients (rad/Å).
+        out : array (B, Ny, Nx)
+        gradient_out : array (B, 2, Ny, Nx), optional
+        model : optional
+            As in :class:`SolveOptions`.
+        names : sequence of str, optional
+            How messages name the three planes (each prefixed ``stack[i]: ``).
+
+        Returns
+        -------
+        out
+        """
+        names = names or ("minus", "zero", "plus")
+        model = self._flow_model(model)
+        be = self.backend
+        xp = be.xp
+        b = stack.shape[0]
+        planes = be.asarray(stack, self.dtype)
+        didz = xp.empty((b,) + self.shape, self.dtype)
+        with self._lock:
+            be.prepare()
+            for i in range(b):
+                self._derivative_and_intensity(list(planes[i]), derivative_weights,
+                                               intensity_weights,
+                                               [f"stack[{i}]: {n}" for n in names])
+                didz[i] = self._didz
+            v = self._predict_flow(model, planes, didz, wavenumber, gradient)
+            for i in range(b):
+                grad = None if gradient_out is None else gradient_out[i]
+                self.poisson.integrate(v[i], out=out[i], grad_out=grad)
+            check_finite_result("flowtie", out, gradient_out)
+            be.synchronize()
+        return out
+
     def integrate(self, gradient, *, out=None, gradient_out=None, _locked=False):
         """``icom``: integrate a phase gradient (2, Ny, Nx) in rad/Å to a phase.
 
@@ -579,8 +723,8 @@ class TIESolver:
         if gradient_out is not None:
             be.check_output("gradient_out", gradient_out, (2,) + self.shape, self.dtype,
                             (gradient, out), ("gradient", "out"))
-        phase = self.poisson._out(out)
-        grad = self.poisson._out(gradient_out, (2,) + self.shape)
+        phase = self.poisson.output(out)
+        grad = self.poisson.output(gradient_out, (2,) + self.shape)
         self.poisson.integrate(g, out=phase, grad_out=grad)
         check_finite_result("icom", phase, grad)
         misfit = self.backend.xp.hypot(g[0] - grad[0], g[1] - grad[1])
@@ -646,7 +790,7 @@ class TIESolver:
         fallback to the classical phase where the flow is not trusted
         (:mod:`flowtie_fast.trust`); returns the residual to report."""
         xp = self.backend.xp
-        model = self._flow_model(options.get("model"))
+        model = self._flow_model(options.model)
         members = trust.members(model, self._flow_model)
         phases = [phase - phase.mean()]
         scratch = self._buf("member_phase")
@@ -660,16 +804,16 @@ class TIESolver:
             info["uncertainty"] = ("unavailable for a single model of your own (give a "
                                    "FlowEnsemble of two or more different models)")
         scale = trust.calibration()["scale"] if trust.is_shipped(model) else 1.0
-        snr = trust.derivative_snr(self._didz, options.get("noise"), derivative_weights,
+        snr = trust.derivative_snr(self._didz, options.noise, derivative_weights,
                                    self._stats, self.shape)
         icom = None
         if gradient is not None:  # the classical phase of the measured gradient
-            g, _ = self._denoised_gradient(gradient, options.get("gradient_noise"))
+            g, _ = self._denoised_gradient(gradient, options.gradient_noise)
             icom = self.poisson.integrate(g, out=scratch)
         verdict = trust.verdict(None if spread is None else float(xp.sqrt((spread ** 2).mean())),
                                 float(phases[0].std()), snr,
                                 None if icom is None else float(icom.std()),
-                                options.get("registration"))
+                                options.registration)
         info.update(verdict)
         if verdict["trusted"]:
             if spread is not None:
@@ -684,7 +828,7 @@ class TIESolver:
                 self.poisson.gradient(phase, out=grad)
         else:
             info["fallback"] = "tie"
-            floor, _ = self._regularise(options.get("noise"), mean, k, derivative_weights,
+            floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
                                         intensity_weights, info)
             self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k, out=phase,
                                 grad_out=grad)
