@@ -41,9 +41,11 @@ __all__ = ["FlowEnsemble", "FlowModel", "default_model_path", "file_digest", "lo
 # flows (three times the network time); "default" is one network of the same
 # size distilled from that ensemble (as accurate on the test cases, at a third
 # of its time); "fast" has a narrow full-resolution level (about
-# half the time, measured less accurate: benchmarks/EVALUATION.md).
+# half the time, measured less accurate); "corpus" is the same network trained
+# on the simulated acquisitions of flowtie_fast/data/corpus.toml (low doses,
+# unseen specimen kinds; weaker on thick crystals): docs/models.md.
 SHIPPED = {"default": "flow_default.pt", "fast": "flow_fast.pt", "seed0": "flow_seed0.pt",
-           "seed2": "flow_seed2.pt", "seed3": "flow_seed3.pt"}
+           "seed2": "flow_seed2.pt", "seed3": "flow_seed3.pt", "corpus": "flow_corpus.pt"}
 ENSEMBLES = {"ensemble": ("seed0", "seed2", "seed3")}
 # SHA-256 of each shipped file, {file name: hex digest}, in the data package.
 DIGESTS_FILE = "models.json"
