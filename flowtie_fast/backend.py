@@ -10,6 +10,7 @@ It also checks arrays and memory against the device before work starts.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ import warnings
 
 import numpy as np
 
+from ._cuda import CudaKernels, load_module
 from .errors import BackendError, InputError, check_count, first_line
 
 __all__ = ["Backend", "array_module", "get_backend", "gpu_available", "is_cupy"]
@@ -37,9 +39,33 @@ def gpu_available() -> bool:
         return False
 
 
+#: Modules that pyFFTW's package imports for interfaces flowtie_fast does not
+#: use (its dask.fft and scipy.fftpack twins): about 1.5 s of a process start
+#: on 2 cores, most of a small reconstruction's.
+_PYFFTW_UNUSED = ("dask.array.fft", "scipy.fftpack")
+
+
+def _import_pyfftw():
+    """Import pyFFTW without its dask and scipy.fftpack interfaces (they are
+    skipped as if dask and scipy were missing; ``pyfftw.interfaces`` then
+    lacks them in this process); ImportError where pyFFTW is not installed."""
+    if "pyfftw" in sys.modules:
+        return sys.modules["pyfftw"]
+    skipped = [m for m in _PYFFTW_UNUSED if m not in sys.modules]
+    for m in skipped:
+        sys.modules[m] = None  # an ImportError for pyFFTW's optional interfaces
+    try:
+        import pyfftw
+    finally:
+        for m in skipped:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
+    return pyfftw
+
+
 def _have_pyfftw() -> bool:
     try:
-        import pyfftw  # noqa: F401
+        _import_pyfftw()
     except ImportError:
         return False
     return True
@@ -96,8 +122,6 @@ class Backend:
                     "device); use backend='cpu' or 'auto'"
                 )
             import cupy
-
-            from ._cuda import CudaKernels, load_module
 
             load_module()  # compile once, now, so the first solve does not pay for it
             self.xp = cupy
@@ -256,8 +280,6 @@ def _prefer_threadsafe_layer() -> bool:
     Returns whether the layer in use is thread-safe: False when the user chose
     ``workqueue`` (NUMBA_THREADING_LAYER) or neither omp nor tbb is installed.
     """
-    import importlib
-
     import numba
 
     chosen = os.environ.get("NUMBA_THREADING_LAYER", "").strip().lower()

@@ -12,6 +12,11 @@
   and saves the table of phase errors.
 - ``flowtie train DIR`` trains the flow model (extra ``flow``) with
   checkpoints it resumes from, and exports it to TorchScript.
+
+Each command checks its arguments, calls public functions of the package and
+prints. The research commands (demo, simulate, evaluate, train) import their
+subpackage when they run, so that ``flowtie reconstruct`` starts without
+them, and without PyTorch unless the method is flowtie.
 """
 
 from __future__ import annotations
@@ -26,39 +31,34 @@ from pathlib import Path
 
 import numpy as np
 
+import flowtie_fast as ft
 from flowtie_fast import __version__
 from flowtie_fast.errors import BackendError, InputError, check_count, check_positive
 from flowtie_fast.files import atomic_path, check_not_input, check_output
+from flowtie_fast.flow import load_model
 from flowtie_fast.io import write_fields
+from flowtie_fast.solvers import METHODS
 
 
 def _demo_fresnel(args) -> int:
-    import flowtie_fast as ft
-    from flowtie_fast.evaluation.evaluate import phase_errors, timed_reconstruct
-    from flowtie_fast.evaluation.phantom import phase_object
-    from flowtie_fast.simulation.optics import defocus_triplet
+    from flowtie_fast.evaluation import demo
 
-    phase, amplitude = phase_object(args.size, args.pixel_size)
-    t = defocus_triplet(phase, args.dz, args.pixel_size, args.energy, amplitude=amplitude)
+    phase, t = demo.fresnel_case(args.size, args.pixel_size, args.dz, args.energy)
     print(f"Fresnel-propagated phase object: {args.size}x{args.size} px, "
           f"{args.pixel_size} Å/px, dz = ±{args.dz} Å, {args.energy / 1e3:g} keV")
-    backends = ["cpu"] + (["gpu"] if ft.gpu_available() else [])
     print(f"{'method':<12}{'backend':<9}{'NMSE':>11}{'time (ms)':>12}  (first call plans, "
           "then best of 3)")
-    for method in ("tie-uniform", "tie", "tie-exact", "gd"):
-        for backend in backends:
-            rec, best = timed_reconstruct(t, method, backend)
-            _, err = phase_errors(ft.get_backend(backend).to_numpy(rec.phase), phase)
-            print(f"{method:<12}{backend:<9}{err:>11.2e}{best * 1e3:>12.2f}")
+    for row in demo.method_rows(t, phase, demo.methods(gradient=False), demo.backends()):
+        print(f"{row.method:<12}{row.backend:<9}{row.nmse:>11.2e}{row.seconds * 1e3:>12.2f}")
     return 0
 
 
 def _demo(args) -> int:
     """GaAs 4D-STEM triplet simulated by abTEM, every method, a table and a figure;
     the Fresnel phase object where abTEM is missing (or with --fresnel)."""
-    import importlib.util
+    from flowtie_fast.evaluation import demo
 
-    fresnel = args.fresnel or importlib.util.find_spec("abtem") is None
+    fresnel = args.fresnel or not demo.have_abtem()
     options = {"size": 256, "pixel_size": 0.2, "dz": 20.0, "energy": 300e3}
     given = [f"--{k.replace('_', '-')}" for k in options if getattr(args, k) is not None]
     if not fresnel and given:  # the GaAs demo's conditions are fixed
@@ -78,33 +78,16 @@ def _demo(args) -> int:
     args.png = Path("flowtie_demo.png") if args.png is None else args.png
     args.overwrite = args.overwrite or args.png.name == "flowtie_demo.png"
     check_output(args.png, overwrite=args.overwrite, name="--png", suffixes=".png")
-    import flowtie_fast as ft
-    from flowtie_fast.evaluation.evaluate import phase_errors, timed_reconstruct
-    from flowtie_fast.simulation.simulate import simulate_series
-
-    start = time.perf_counter()
-    (case,) = simulate_series("GaAs", (11.3,), scan_gpts=(16, 16), supercell=8.0,
-                              potential_sampling=0.08, max_angle=40.0)
+    case, t, seconds = demo.gaas_case()
     print(f"GaAs [001], {case.thickness / 10:.2f} nm, 300 keV, 20 mrad, probe defoci "
           f"+{case.dz:g}/0/-{case.dz:g} Å, {case.zero.shape[0]}x{case.zero.shape[1]} scan of "
-          f"{case.zero.shape[2]}x{case.zero.shape[3]} patterns: abTEM "
-          f"{time.perf_counter() - start:.0f} s")
-    t = ft.FocalTriplet.from_4dstem(case.minus, case.zero, case.plus, dz=case.dz,
-                                    scan_step=case.scan_step, k_sampling=case.k_sampling,
-                                    energy=case.energy, backend="cpu")
-    methods = ["tie-uniform", "tie", "tie-exact", "gd", "icom"]
-    if importlib.util.find_spec("torch") is not None:
-        methods.append("flowtie")
-    backends = ["cpu"] + (["gpu"] if ft.gpu_available() else [])
+          f"{case.zero.shape[2]}x{case.zero.shape[3]} patterns: abTEM {seconds:.0f} s")
     print(f"{'method':<12}{'backend':<9}{'MSE (rad²)':>12}{'NMSE':>8}{'time (ms)':>11}")
     results = {}
-    for method in methods:
-        for backend in backends:
-            rec, best = timed_reconstruct(t, method, backend)
-            phase = ft.get_backend(backend).to_numpy(rec.phase)
-            mse, err = phase_errors(phase, case.phase)
-            results[method] = (phase, ft.get_backend(backend).to_numpy(rec.gradient))
-            print(f"{method:<12}{backend:<9}{mse:>12.4f}{err:>8.3f}{best * 1e3:>11.2f}")
+    for row in demo.method_rows(t, case.phase, demo.methods(), demo.backends()):
+        results[row.method] = (row.phase, row.gradient)
+        print(f"{row.method:<12}{row.backend:<9}{row.mse:>12.4f}{row.nmse:>8.3f}"
+              f"{row.seconds * 1e3:>11.2f}")
     if args.png:
         _demo_figure(args.png, case, results, overwrite=args.overwrite)
         print(f"figure: {args.png}")
@@ -147,8 +130,6 @@ def _save_panels(path, panels, title=None, overwrite=True) -> None:
 
 
 def _reconstruct(args) -> int:
-    import flowtie_fast as ft
-
     check_output(args.output, inputs=[args.file], overwrite=args.overwrite)
     if args.png:
         check_output(args.png, inputs=[args.file], overwrite=args.overwrite, name="--png",
@@ -220,9 +201,6 @@ def _report_registration(record) -> None:
 
 def _flow_model(model, precision, backend):
     """The flow model of the command line's --model and --precision."""
-    import flowtie_fast as ft
-    from flowtie_fast.flow import load_model
-
     device = "cuda" if ft.get_backend(backend).is_gpu else "cpu"
     return load_model(model or "default", device, precision)
 
@@ -245,8 +223,6 @@ _SERIES_OPTIONS = {"material": "GaAs", "thickness": [5.65, 22.6, 56.5], "energy"
 
 def _simulate(args) -> int:
     """One thickness series (the options), or a resumable sweep (--sweep)."""
-    import flowtie_fast as ft
-
     given = [f"--{k.replace('_', '-')}" for k in _SERIES_OPTIONS
              if getattr(args, k) is not None]
     if args.sweep is not None or args.list:
@@ -256,7 +232,8 @@ def _simulate(args) -> int:
     for k, default in _SERIES_OPTIONS.items():
         if getattr(args, k) is None:
             setattr(args, k, default)
-    from flowtie_fast.simulation.simulate import check_settings, series_thicknesses, simulate_series
+    from flowtie_fast.simulation.simulate import (check_settings, series_thicknesses,
+                                                  simulate_series)
 
     from flowtie_fast.simulation.sweep import check_folder
 
@@ -349,7 +326,8 @@ def _evaluate(args) -> int:
 
 def _train(args) -> int:
     from flowtie_fast.training.data import check_doses, load_samples
-    from flowtie_fast.training.train import TrainConfig, check_checkpoints, export_torchscript, train
+    from flowtie_fast.training.train import (TrainConfig, check_checkpoints, export_torchscript,
+                                             train)
 
     # Every setting and both checkpoint paths are checked before the data is read.
     dose = (args.dose[0], args.dose[1]) if args.dose else (None, None)
@@ -453,8 +431,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--energy", type=float,
                       help="electron energy in eV (Fresnel; default 300e3)")
     demo.set_defaults(func=_demo)
-
-    from flowtie_fast.solvers import METHODS
 
     PRECISIONS = ("float32", "tf32", "bfloat16")
 

@@ -4,10 +4,16 @@ Reads every module of ``flowtie_fast`` with :mod:`ast` (nothing is imported)
 and prints, for each module, the package modules it imports at module level.
 It then reports
 
-* circles among module-level imports (strongly connected components), and
-* imports inside functions or classes that name anything other than an
-  optional dependency (``OPTIONAL`` below): such an import hides an edge of
-  the graph from the reader and usually dodges a circle.
+* circles among module-level imports (strongly connected components; a
+  module also depends on its package, whose ``__init__`` runs first, where
+  that ``__init__`` imports anything but the package's own submodules);
+* imports inside functions or classes of anything but an optional or heavy
+  dependency (``OPTIONAL``), a platform-dependent standard module
+  (``PLATFORM``) or a package module allowed to be loaded late
+  (``LATE``, each with its reason): such an import hides an edge of the
+  graph from the reader and usually dodges a circle; and
+* runtime modules that import the research subpackages (``RESEARCH``), at
+  any level: the runtime never imports them.
 
 Usage::
 
@@ -34,6 +40,27 @@ OPTIONAL = frozenset({
     "pyfftw", "matplotlib", "h5py", "rsciio", "hyperspy", "numba", "scipy",
     "psutil", "tqdm",
 })
+
+#: Standard modules that exist on some platforms or Python versions only.
+PLATFORM = frozenset({"fcntl", "tomllib", "tomli"})
+
+#: Package modules that may be imported inside a function, by the modules
+#: named, and why.
+LATE = {
+    # Numba compiles or loads the CPU kernels when this module is imported;
+    # the CPU backend imports it once it has checked Numba's settings.
+    "flowtie_fast._numba_kernels": {"flowtie_fast.backend"},
+    # The research commands load their subpackage when they run, so that
+    # `flowtie reconstruct` starts without them (and without PyTorch).
+    "flowtie_fast.simulation": {"flowtie_fast.cli"},
+    "flowtie_fast.evaluation": {"flowtie_fast.cli"},
+    "flowtie_fast.training": {"flowtie_fast.cli"},
+}
+
+#: Subpackages for research that the runtime never imports.
+RESEARCH = ("flowtie_fast.simulation", "flowtie_fast.evaluation", "flowtie_fast.training")
+#: Modules that may import them: themselves, the command line and the tests' references.
+RESEARCH_USERS = RESEARCH + ("flowtie_fast.cli", "flowtie_fast.testing")
 
 
 def module_name(path: Path) -> str:
@@ -133,7 +160,15 @@ def build():
     for path in files:
         name = module_name(path)
         graph[name], nested[name] = scan(path, modules)
-    # a module imports its parent packages too (running their __init__)
+    # Importing a module runs its parent packages' __init__ first: the module
+    # depends on what they import, except on the package's own submodules
+    # (an __init__ re-exporting its submodules runs each of them once).
+    for name in list(graph):
+        parent = name.rsplit(".", 1)[0] if "." in name else None
+        if parent and parent in graph and parent != PACKAGE:
+            outside = {d for d in graph[parent] if not d.startswith(parent + ".")}
+            if outside:
+                graph[name].add(parent)
     return graph, nested
 
 
@@ -173,14 +208,38 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def _late(module: str, target: str) -> bool:
+    return any((target == m or target.startswith(m + ".")) and module in users
+               for m, users in LATE.items())
+
+
 def disallowed(nested: dict[str, list[tuple[int, str, str]]]) -> list[tuple[str, int, str]]:
-    """Function-level imports that are not of an optional dependency."""
+    """Function-level imports that are not of an optional dependency, a
+    platform module or a package module allowed late."""
     bad = []
     for module, items in sorted(nested.items()):
         for line, target, top in items:
-            if top not in OPTIONAL:
+            if top not in OPTIONAL and top not in PLATFORM and not _late(module, target):
                 bad.append((module, line, target))
     return bad
+
+
+def research_imports(graph, nested) -> list[tuple[str, str]]:
+    """Runtime modules that import a research subpackage, at any level."""
+    def research(t):
+        return any(t == r or t.startswith(r + ".") for r in RESEARCH)
+
+    def user(m):
+        return any(m == r or m.startswith(r + ".") for r in RESEARCH_USERS)
+
+    bad = set()
+    for module, deps in graph.items():
+        if not user(module):
+            bad.update((module, d) for d in deps if research(d))
+    for module, items in nested.items():
+        if not user(module):
+            bad.update((module, t) for _, t, _ in items if research(t))
+    return sorted(bad)
 
 
 def main(argv=None) -> int:
@@ -196,19 +255,23 @@ def main(argv=None) -> int:
         print()
     found = circles(graph)
     bad = disallowed(nested)
+    leaks = research_imports(graph, nested)
     print(f"circles: {len(found) or 'none'}")
     for comp in found:
         print("  " + " <-> ".join(c.removeprefix(PACKAGE + ".") for c in comp))
     print(f"function-level imports of non-optional modules: {len(bad) or 'none'}")
     for module, line, target in bad:
         print(f"  {module}:{line}: {target}")
+    print(f"runtime imports of research subpackages: {len(leaks) or 'none'}")
+    for module, target in leaks:
+        print(f"  {module} -> {target}")
     if not args.check:
         allowed = sorted({(m, t) for m, items in nested.items() for _, t, top in items
-                          if top in OPTIONAL})
-        print(f"function-level imports of optional dependencies: {len(allowed)}")
+                          if (m, t) not in {(b[0], b[2]) for b in bad}})
+        print(f"function-level imports allowed (optional, platform, late): {len(allowed)}")
         for m, t in allowed:
             print(f"  {m.removeprefix(PACKAGE + '.')}: {t}")
-    return 1 if (found or bad) else 0
+    return 1 if (found or bad or leaks) else 0
 
 
 if __name__ == "__main__":
