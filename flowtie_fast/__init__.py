@@ -2,14 +2,26 @@
 
 The data path, top to bottom::
 
-    4D-STEM arrays / files         (stem.py, io.py)  one-pass virtual images + centre of mass
+    4D-STEM arrays / files         (stem/, io.py)  one-pass virtual images + centre of mass,
+                                   detector geometry, drift registration, rotation
     FocalTriplet / FocalSeries     (triplet.py)  measured planes, dz, pixel size, energy
-      -> focal derivative kernels  (backend.py)  CUDA kernels or Numba twins
-      -> PoissonSolver operators   (poisson.py)  FFT / DCT plans, one discretisation
-      -> TIESolver methods         (solvers.py)  tie-uniform, tie, tie-exact, gd, icom
+      -> focal derivative kernels  (_numba_kernels.py, _cuda.py)  Numba twins or CUDA
+      -> PoissonSolver operators   (poisson.py, fft.py)  FFT / DCT plans, one discretisation
+      -> TIESolver methods         (solvers.py)  tie-uniform, tie, tie-exact, gd, icom, flowtie
       -> Reconstruction            phase (rad), gradient (rad/Å), TIE residual
     Plan                           (plan.py)  one shape/method prepared once: no allocation
                                    per solve, batches (B, 3, Ny, Nx) -> (B, Ny, Nx)
+
+Layers (a module imports only modules below it; ``python scripts/import_graph.py``):
+
+1. errors, physics, files (paths, atomic writes), backend, fft, _cuda, _numba_kernels
+2. poisson, noise, planes (checks of measured planes, focal weights)
+3. stem (4D-STEM reduction, detector, rotation, registration, the steps to a triplet)
+4. flow (network inference), trust, solvers
+5. triplet (containers; built from 4D data by stem, rotation calibrated by solvers)
+6. plan, io, stem.live; cli (the ``flowtie`` command) on top
+7. research, never imported by the runtime: simulation/, evaluation/, training/,
+   testing.py (the NumPy references)
 
 Conventions (units, signs, axes): docs/conventions.md;
 lengths in Å, energy in eV, phase in rad, phase gradient in rad/Å.

@@ -346,7 +346,7 @@ class TIESolver:
 
         Every entry point (a FocalSeries, a Plan's bare arrays, a batch) goes
         through the same check, one fused pass over each plane
-        (:func:`~flowtie_fast.triplet.check_intensity_stats`): NaN or Inf, a
+        (:func:`~flowtie_fast.planes.check_intensity_stats`): NaN or Inf, a
         negative intensity or an all-zero plane raises :class:`InputError`
         naming the plane (``names``, default minus/zero/plus or planes[i])."""
         # Planes on this backend in the working dtype (float16 and integers are cast).
@@ -736,7 +736,7 @@ class TIESolver:
 
     def _check_gradient(self, gradient):
         """A measured phase gradient (2, Ny, Nx), rad/Å, checked
-        (:func:`~flowtie_fast.triplet.check_gradient`), in the working dtype."""
+        (:func:`~flowtie_fast.planes.check_gradient`), in the working dtype."""
         return self.backend.asarray(check_gradient(gradient, self.shape), self.dtype)
 
     def _flow_model(self, model):
