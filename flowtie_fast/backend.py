@@ -114,6 +114,7 @@ class Backend:
             threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
                 os.cpu_count() or 1)
         self.threads = check_count("threads", threads, 1, 4096)
+        self.fft_threads = self.threads  # FFTW's (capped by _threads' decision)
         self.fftw_lock = threading.Lock()
         if self.is_gpu:
             if not gpu_available():
@@ -128,11 +129,12 @@ class Backend:
             self.kernels = CudaKernels()
             self.fft_library = "cufft"
         else:
-            # Numba's OpenMP workers spin after each parallel region and starve FFTW's
-            # threads on few cores (a 256² TIE took 30 ms instead of 1.5 ms on 2 cores).
-            # Passive waiting fixes it; it must be set before Numba starts its thread
-            # pool, and a user's own setting wins.
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            from . import _threads
+
+            # Passive OpenMP runtimes for Numba and FFTW whatever was imported first
+            # (PyTorch puts its spinning libgomp in the global scope): decided before
+            # Numba starts its thread pool and pyFFTW is loaded; see _threads.
+            openmp = _threads.prepare()
             try:
                 _import_numba()
                 from . import _numba_kernels
@@ -143,11 +145,16 @@ class Backend:
 
             self.xp = np
             self.kernels = _numba_kernels
-            if not _prefer_threadsafe_layer():
+            if openmp.serial_layer:
+                import numba
+
+                numba.config.THREADING_LAYER = "workqueue"  # pthreads: waits passively
+            if openmp.serial_layer or not _prefer_threadsafe_layer():
                 # Numba's workqueue layer aborts the process when two threads enter
                 # parallel kernels at once: serialise every kernel call instead.
                 self.kernels = _SerialKernels(_numba_kernels)
             _start_numba_threads()
+            self.fft_threads = min(self.threads, openmp.fftw_threads or self.threads)
             self.fft_library = "pyfftw" if _have_pyfftw() else "scipy"
             if self.fft_library == "scipy":
                 _warn_no_pyfftw()

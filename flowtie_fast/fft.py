@@ -111,7 +111,7 @@ class RealFFTPlan:
         self._fftw = None
         if backend.fft_library == "pyfftw":
             with backend.fftw_lock:
-                self._fftw = _FFTWPair(self.real, self.spec, backend.threads, None,
+                self._fftw = _FFTWPair(self.real, self.spec, backend.fft_threads, None,
                                        "FFTW_BACKWARD")
             self.roundtrip_scale = 1.0 / (ny * nx)  # FFTW does not normalise
         else:
@@ -180,7 +180,7 @@ class DCTPlan:
         self._fftw = None
         if backend.fft_library == "pyfftw":
             with backend.fftw_lock:
-                self._fftw = _FFTWPair(self.real, self.spec, backend.threads,
+                self._fftw = _FFTWPair(self.real, self.spec, backend.fft_threads,
                                        ["FFTW_REDFT10"] * 2, ["FFTW_REDFT01"] * 2)
 
     def _module(self):
