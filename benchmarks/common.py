@@ -11,7 +11,7 @@ import numpy as np
 import flowtie_fast as ft
 
 SIZES = [256, 1024, 2048]
-# FLOWTIE_ASV_BACKENDS="gpu" runs the GPU rows only (a device session's minutes).
+# FLOWTIE_ASV_BACKENDS="gpu" runs the GPU rows only (where device time is short).
 BACKENDS = os.environ.get("FLOWTIE_ASV_BACKENDS", "cpu gpu").split()
 PIXEL = 0.2
 ENERGY = 300e3
