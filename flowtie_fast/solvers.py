@@ -677,7 +677,7 @@ class TIESolver:
         model : optional
             As in :class:`SolveOptions`.
         names : sequence of str, optional
-            How messages name the three planes (each prefixed ``stack[i]: ``).
+            How messages name the three planes (each after ``stack[i]:``).
 
         Returns
         -------
