@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 
+from . import _threads
 from ._cuda import CudaKernels, load_module
 from .errors import BackendError, InputError, check_count, first_line
 
@@ -129,8 +130,6 @@ class Backend:
             self.kernels = CudaKernels()
             self.fft_library = "cufft"
         else:
-            from . import _threads
-
             # Passive OpenMP runtimes for Numba and FFTW whatever was imported first
             # (PyTorch puts its spinning libgomp in the global scope): decided before
             # Numba starts its thread pool and pyFFTW is loaded; see _threads.
