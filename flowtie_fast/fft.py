@@ -2,8 +2,8 @@
 
 :class:`RealFFTPlan` (periodic boundary) and :class:`DCTPlan` (mirror
 boundary) own their buffers, so that repeated transforms of one shape
-allocate nothing new on the CPU: pyFFTW plans (FFTW_MEASURE) where pyFFTW is
-installed, scipy.fft otherwise, cuFFT through CuPy on the GPU
+allocate nothing new on the CPU: pyFFTW plans (FFTW_MEASURE; FFTW_ESTIMATE
+below 64 x 64 pixels) where pyFFTW is installed, scipy.fft otherwise, cuFFT through CuPy on the GPU
 (:attr:`~flowtie_fast.backend.Backend.fft_library`). FFTW's measured plans
 can be kept between processes in a wisdom file (:func:`save_wisdom`,
 :func:`load_wisdom`).
@@ -29,7 +29,17 @@ if TYPE_CHECKING:
 
 __all__ = ["DCTPlan", "RealFFTPlan", "load_wisdom", "save_wisdom"]
 
-_FFTW_FLAGS = ("FFTW_MEASURE",)
+# FFTW measures candidate algorithms when it plans a transform (FFTW_MEASURE): worth
+# it for the sizes a Plan repeats, not below 64 x 64 pixels an image, where the
+# measuring (~0.16 s for 32², most of a small one-shot reconstruction's start)
+# costs more than it can save: FFTW's estimate is used there.
+_FFTW_MEASURE_FROM = 64 * 64
+
+
+def _fftw_flags(real) -> tuple:
+    """FFTW planner flags for transforms over the last two axes of ``real``."""
+    small = real.shape[-1] * real.shape[-2] < _FFTW_MEASURE_FROM
+    return ("FFTW_ESTIMATE",) if small else ("FFTW_MEASURE",)
 
 
 # --------------------------------------------------------------------------- plans
@@ -48,10 +58,11 @@ class _FFTWPair:
         self.real, self.spec = real, spec
         axes = (-2, -1)
         fwd_kw = {"direction": forward_kind} if forward_kind else {}
-        self.fwd = pyfftw.FFTW(real, spec, axes=axes, flags=_FFTW_FLAGS, threads=threads,
+        flags = _fftw_flags(real)
+        self.fwd = pyfftw.FFTW(real, spec, axes=axes, flags=flags, threads=threads,
                                **fwd_kw)
         self.inv = pyfftw.FFTW(spec, real, axes=axes, direction=inverse_kind,
-                               flags=_FFTW_FLAGS + ("FFTW_DESTROY_INPUT",), threads=threads)
+                               flags=flags + ("FFTW_DESTROY_INPUT",), threads=threads)
 
     @staticmethod
     def _fits(a, like, alignment):

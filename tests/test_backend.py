@@ -154,3 +154,20 @@ def test_results_live_where_the_input_lived():
     c = ft.reconstruct(t, method="tie", backend="cpu")
     assert rel_rms(cupy.asnumpy(a.phase), c.phase) < 1e-5
     assert rel_rms(b.phase, c.phase) < 1e-5
+
+
+def test_fftw_measures_only_transforms_worth_it():
+    """FFTW measures its plans for the sizes a Plan repeats and estimates them
+    for small images, where measuring costs more than a one-shot solve."""
+    pytest.importorskip("pyfftw")
+    from flowtie_fast.fft import RealFFTPlan
+
+    backend = ft.backend.get_backend("cpu")
+    if backend.fft_library != "pyfftw":
+        pytest.skip("pyFFTW is not this backend's FFT library")
+    small = RealFFTPlan(backend, (32, 32), np.float32)
+    large = RealFFTPlan(backend, (64, 64), np.float32)
+    assert "FFTW_ESTIMATE" in small._fftw.fwd.flags and "FFTW_MEASURE" in large._fftw.fwd.flags
+    x = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    small.forward(x)
+    np.testing.assert_allclose(small.spec, np.fft.rfft2(x), rtol=1e-5, atol=1e-4)
