@@ -55,29 +55,5 @@ numpydoc_validation_checks = {
     # name what a thing is ("The phase ...") rather than start with a verb,
     # closing quotes on the last line of text.
     "SA01", "EX01", "ES01", "SS05", "SS06", "GL02",
-    # Open docstring defects of the package (listed, object by object, for
-    # the package's maintainers); to be removed once fixed:
-    "PR01",  # parameters not documented
-    "PR03",  # parameters documented in another order than the signature
-    "PR04",  # parameter without a type
-    "PR07",  # parameter without a description
-    "PR08",  # parameter description not starting with a capital letter
-    "RT01",  # no Returns section
-    "RT02",  # first line of Returns holds more than the type
-    "RT03",  # return value without a description
-    "GL06",  # unknown section ("Result" in ReductionUDF)
-    "GL07",  # sections in the wrong order
 }
 
-
-def _escape_known_markup_slips(app, what, name, obj, options, lines):
-    """Open docstring defect, to be removed once fixed in the package:
-    ``Detector.angle_mrad`` writes ``λ |k|``, which reStructuredText reads as
-    an undefined substitution (an error under -W). Only that docstring is
-    touched."""
-    if name.endswith("Detector.angle_mrad"):
-        lines[:] = [line.replace("|k|", r"\|k\|") for line in lines]
-
-
-def setup(app):
-    app.connect("autodoc-process-docstring", _escape_known_markup_slips)

@@ -238,8 +238,8 @@ def plane_stats(a, scratch, out, k):
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
 def focal_derivative3_stats(minus, zero, plus, out, wm, wz, wp, scratch, stats):
     """:func:`focal_derivative3` and :func:`plane_stats` of the three planes in
-    one pass over them (16 µs against 10 µs for the derivative alone at 256²
-    on 2 cores): ``stats[k] = (negatives, sum)`` of plane k; ``scratch`` is a
+    one pass over them (far cheaper than a second pass for the checks):
+    ``stats[k] = (negatives, sum)`` of plane k; ``scratch`` is a
     (6, Ny) float64 work array. Reassociation (which lets the sums vectorise)
     may change the derivative by an ulp against :func:`focal_derivative3`,
     never its zero: identical planes give exactly zero (no contraction)."""
@@ -276,8 +276,8 @@ def set_threads(n: int) -> None:
 
 # Detector pixels per block of the reduction: four patterns' blocks and the
 # weight rows' blocks (4 x 1 KB + 6 x 1 KB for float32) stay in L1 over all the
-# rows (measured on 64² float32 patterns: 128: 10.6 ms, 256: 10.4, 512: 11.3,
-# 1024: 12.4, unblocked: 12.9; a NumPy sum of the same array: 10.4).
+# rows; of 128-1024 pixels and no blocking, 256 is the fastest on 64² float32
+# patterns, as fast as a NumPy sum of the same array.
 REDUCE_BLOCK = 256
 
 
@@ -288,14 +288,14 @@ def reduce_patterns(data, W, lo, hi, out):
 
     The sums of ft::weighted_run (flowtie_ops.cuh), in another loop order:
     four patterns share each sweep of a weight row (one weight load for four
-    multiply-adds; 1.4x faster than one pattern per sweep on float32), and the
+    multiply-adds, faster than one pattern per sweep), and the
     detector is swept in blocks of REDUCE_BLOCK pixels, every weight row over
     one block before the next, so each pattern comes from memory once and is
-    re-read from L1 (1.25x faster than whole-row sweeps). Sums are float32 SIMD
+    re-read from L1 (faster than whole-row sweeps). Sums are float32 SIMD
     lanes (as the CUDA lanes sum their shares in float32; relative error ~1e-7
     for 4096 pixels).
     Zero-based views: loops that start elsewhere, or float32 blocks added up in
-    float64, ran 7-10x slower here because Numba stops vectorising them."""
+    float64, are several times slower because Numba stops vectorising them."""
     npat, npix = data.shape
     nq = W.shape[0]
     for g in prange((npat + 3) // 4):

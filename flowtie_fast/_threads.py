@@ -9,8 +9,8 @@ once, when it is loaded. So with PyTorch imported first, Numba's kernels and
 FFTW's transforms run on PyTorch's runtime, whose idle workers spin (it was
 loaded before the CPU backend could ask for passive waiting); on cores shared
 with other busy programs a spinning worker holds a core that a preempted one
-needs, and a 256² ``tie`` took 1-112 ms per solve instead of 1-5 ms
-(``scripts/busy_host.py``).
+needs, and a 256² ``tie`` becomes up to tens of times slower per solve
+(``scripts/busy_host.py`` measures it).
 
 :func:`prepare` is called by the CPU backend before it imports Numba's kernels
 and pyFFTW. It asks for passive waiting (``OMP_WAIT_POLICY=PASSIVE`` unless
@@ -102,7 +102,7 @@ def describe() -> str:
 def _decide() -> Decision:
     user_policy = [k for k in _POLICY_VARS if os.environ.get(k, "").strip()]
     # Numba's OpenMP workers spin after each parallel region and starve FFTW's threads on
-    # few cores (a 256² TIE took 30 ms instead of 1.5 ms on 2 cores): passive waiting,
+    # few cores (a 256² TIE many times slower on 2 cores): passive waiting,
     # read by each runtime when it is loaded. A user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if os.environ.get("FLOWTIE_OMP_GUARD", "").strip() == "0":

@@ -165,7 +165,20 @@ class Backend:
     # ------------------------------------------------------------------ arrays
 
     def asarray(self, x, dtype=None):
-        """``x`` on this backend (a copy only where device or dtype change)."""
+        """``x`` on this backend (a copy only where device or dtype change).
+
+        Parameters
+        ----------
+        x : array-like
+            NumPy, CuPy or anything ``numpy.asarray`` takes.
+        dtype : dtype, optional
+            The dtype wanted (default: ``x``'s own).
+
+        Returns
+        -------
+        ndarray or cupy.ndarray
+            A C-contiguous array of this backend's module.
+        """
         if self.is_gpu:
             return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
         if is_cupy(x):
@@ -176,7 +189,18 @@ class Backend:
         return np.ascontiguousarray(x, dtype=dtype)
 
     def to_numpy(self, x):
-        """``x`` as a NumPy array."""
+        """``x`` as a NumPy array.
+
+        Parameters
+        ----------
+        x : array-like
+            A NumPy or CuPy array (a CuPy array is copied to the host).
+
+        Returns
+        -------
+        ndarray
+            ``x`` on the host (not copied where it already is a NumPy array).
+        """
         return x.get() if is_cupy(x) else np.asarray(x)
 
     def synchronize(self) -> None:
@@ -196,8 +220,22 @@ class Backend:
         One pass over each plane (a Numba kernel on the CPU for float32 and
         float64 arrays; on the GPU the N x 2 values are gathered and copied to
         the host once). A plane is finite exactly when its float64 sum is.
-        ``scratch`` (a ``(2, Ny)`` float64 work array) and ``out`` (``(N, 2)``
-        float64) let repeated calls allocate nothing.
+
+        Parameters
+        ----------
+        planes : sequence of N arrays (Ny, Nx)
+            The planes, on this backend.
+        scratch : ndarray (2, Ny) of float64, optional
+            Work array, so that repeated calls allocate nothing (made when
+            missing or of another shape).
+        out : ndarray (N, 2) of float64, optional
+            Where to write the result (made when missing or of another shape).
+
+        Returns
+        -------
+        ndarray (N, 2) of float64
+            Per plane: the number of negative values and the sum (the planes'
+            unit).
         """
         if self.is_gpu:
             return array_stats(planes)
@@ -213,17 +251,39 @@ class Backend:
         return out
 
     def available_memory(self) -> int | None:
-        """Bytes that can still be allocated: free device memory (plus CuPy's pool)
-        on the GPU, the kernel's MemAvailable on Linux, free physical pages
-        elsewhere; None where nothing tells."""
+        """Bytes that can still be allocated.
+
+        Returns
+        -------
+        int or None
+            Free device memory (plus CuPy's pool) on the GPU, the kernel's
+            MemAvailable on Linux, free physical pages elsewhere, in bytes;
+            None where nothing tells.
+        """
         if self.is_gpu:
             free, _ = self.xp.cuda.runtime.memGetInfo()
             return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
         return host_available_memory()
 
     def check_memory(self, name, value, nbytes: int, what: str) -> None:
-        """Refuse, before allocating, work that needs more memory than is available:
-        :class:`InputError` naming ``name`` (=``value``) with both figures."""
+        """Refuse, before allocating, work that needs more memory than is available.
+
+        Parameters
+        ----------
+        name : str
+            The argument the message names (e.g. ``"shape"``).
+        value : object
+            Its value, as the message shows it.
+        nbytes : int
+            Memory the work needs, in bytes.
+        what : str
+            What the memory is for, as the message says it.
+
+        Raises
+        ------
+        InputError
+            Naming ``name`` (=``value``), with the memory needed and available.
+        """
         _refuse_beyond(name, value, nbytes, what, self.available_memory(), self.name)
 
     def check_output(self, name, a, shape, dtype, inputs=(), input_names=()):
@@ -231,9 +291,32 @@ class Backend:
 
         It must be an array of this backend (NumPy on the CPU, CuPy on the
         GPU) of exactly ``shape`` and ``dtype``, C-contiguous, aligned,
-        writeable, and share no memory with any of ``inputs`` (arrays or None,
-        named by ``input_names`` in the message); otherwise
-        :class:`InputError` naming ``name``. Returns ``a``.
+        writeable, and share no memory with any of ``inputs``.
+
+        Parameters
+        ----------
+        name : str
+            The argument's name, as messages give it.
+        a : array
+            The output array.
+        shape : tuple of int
+            The shape it must have.
+        dtype : dtype
+            The dtype it must have.
+        inputs : sequence of arrays or None, optional
+            Arrays it must not overlap (default none).
+        input_names : sequence of str, optional
+            Their names, as messages give them.
+
+        Returns
+        -------
+        array
+            ``a`` itself.
+
+        Raises
+        ------
+        InputError
+            Naming ``name`` and what is wrong.
         """
         want = "CuPy" if self.is_gpu else "NumPy"
         if self.is_gpu != is_cupy(a) or not (is_cupy(a) or isinstance(a, np.ndarray)):
@@ -262,7 +345,20 @@ class Backend:
 
     def empty(self, shape, dtype):
         """An uninitialised array, SIMD-aligned for FFTW on the CPU (so that
-        transforms can write into it directly)."""
+        transforms can write into it directly).
+
+        Parameters
+        ----------
+        shape : tuple of int
+            The array's shape.
+        dtype : dtype
+            The array's dtype.
+
+        Returns
+        -------
+        ndarray or cupy.ndarray
+            Of this backend's module, uninitialised.
+        """
         if self.fft_library == "pyfftw":
             import pyfftw
 
@@ -270,7 +366,20 @@ class Backend:
         return self.xp.empty(shape, dtype)
 
     def zeros(self, shape, dtype):
-        """A zeroed work array, SIMD-aligned for FFTW on the CPU."""
+        """A zeroed work array, SIMD-aligned for FFTW on the CPU.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            The array's shape.
+        dtype : dtype
+            The array's dtype.
+
+        Returns
+        -------
+        ndarray or cupy.ndarray
+            Of this backend's module, filled with zeros.
+        """
         if self.fft_library == "pyfftw":
             import pyfftw
 
@@ -479,6 +588,12 @@ def get_backend(backend="auto", threads: int | None = None, like=None) -> Backen
         CPU thread count (see :class:`Backend`).
     like : array, optional
         An input array; a CuPy array makes ``"auto"`` choose the GPU.
+
+    Returns
+    -------
+    Backend
+        ``backend`` itself where it is one, else the backend cached for the
+        name and thread count (made on first use).
     """
     if isinstance(backend, Backend):
         return backend

@@ -278,11 +278,17 @@ def _read_wisdom(path: str) -> tuple:
 def save_wisdom(path) -> None:
     """Write FFTW's accumulated wisdom (the measured plans) to ``path`` atomically.
 
-    Planning a solver's transforms with FFTW_MEASURE took about 0.5 s at 256²
-    on 2 cores; with the wisdom read back (:func:`load_wisdom`) a later
-    process planned them in ~7 ms (benchmarks/RESULTS.md). An existing file
+    Planning a solver's transforms with FFTW_MEASURE takes about 0.5 s at
+    256² on 2 cores; with the wisdom read back (:func:`load_wisdom`) a later
+    process plans them in ~7 ms (docs/performance.md). An existing file
     is replaced only if it is a wisdom file itself (:class:`BackendError`
-    otherwise: someone's data is never overwritten).
+    otherwise: someone's data is never overwritten). Nothing is written
+    where pyFFTW is not installed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The wisdom file, created or replaced.
     """
     path = _wisdom_path(path)
     if not _have_pyfftw():
@@ -298,12 +304,24 @@ def save_wisdom(path) -> None:
 
 
 def load_wisdom(path) -> bool:
-    """Read FFTW wisdom written by :func:`save_wisdom`; False when ``path`` does
-    not exist yet. A file of another kind raises :class:`BackendError`.
+    """Read FFTW wisdom written by :func:`save_wisdom`.
 
-    A path that does not exist must be one :func:`save_wisdom` can create
-    (its folder writable): :class:`InputError` naming ``wisdom`` otherwise,
-    so that ``Plan(wisdom=...)`` refuses it before planning."""
+    A file of another kind raises :class:`BackendError`. A path that does not
+    exist must be one :func:`save_wisdom` can create (its folder writable):
+    :class:`InputError` naming ``wisdom`` otherwise, so that
+    ``Plan(wisdom=...)`` refuses it before planning.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The wisdom file.
+
+    Returns
+    -------
+    bool
+        True when wisdom was read; False when ``path`` does not exist yet or
+        pyFFTW is not installed.
+    """
     path = _wisdom_path(path, creatable=True)
     if not _have_pyfftw() or not os.path.exists(path):
         return False

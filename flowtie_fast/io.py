@@ -78,9 +78,35 @@ _KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy", "format", "kind") 
 class Dataset:
     """A focal triplet on disk or in memory: 4D-STEM data or three images.
 
-    Build the triplet with :meth:`triplet`. ``gradient`` is a measured phase
-    gradient (2, Ny, Nx) in rad/Å of a triplet of images, given to the
-    triplet (``method="icom"``).
+    Build the triplet with :meth:`triplet`. :func:`load` and
+    :func:`~flowtie_fast.io.load_raw_triplet` make datasets; each parameter
+    is kept as the attribute of the same name.
+
+    Parameters
+    ----------
+    minus, zero, plus : array
+        The planes at ``-dz, 0, +dz``: 4D-STEM patterns (Sy, Sx, Ky, Kx) or
+        images (Ny, Nx), in memory, memory-mapped or HDF5 datasets.
+    dz : (float, float)
+        Defocus steps in Å.
+    scan_step : (float, float)
+        Scan step (4D-STEM) or pixel size (images) in Å.
+    energy : float
+        Electron energy in eV.
+    k_sampling : (float, float) or None, optional
+        Detector sampling in 1/Å per pixel (4D-STEM data; default None).
+    phase_gt : array (Ny, Nx), optional
+        Ground-truth phase in rad (simulations).
+    gradient_gt : array (2, Ny, Nx), optional
+        Ground-truth phase gradient in rad/Å (simulations).
+    meta : dict, optional
+        Free-form metadata (default empty).
+    gradient : array (2, Ny, Nx), optional
+        A measured phase gradient in rad/Å of a triplet of images, given to
+        the triplet (``method="icom"``).
+    _handle, _closed, _path : optional
+        Internal: the open HDF5 file, whether it was closed, and the file's
+        path.
     """
 
     minus: object
@@ -103,8 +129,23 @@ class Dataset:
         return "4dstem" if len(self.zero.shape) == 4 else "triplet"
 
     def triplet(self, **kwargs):
-        """The :class:`~flowtie_fast.triplet.FocalTriplet` (``from_4dstem`` for 4D data;
-        keyword arguments go to it, ``backend`` only is accepted for images)."""
+        """The focal triplet of this dataset.
+
+        Parameters
+        ----------
+        **kwargs
+            Options of :meth:`~flowtie_fast.triplet.FocalTriplet.from_4dstem`
+            (``virtual``, ``rotation``, ``register``, ...) for 4D-STEM data;
+            for images only ``backend``, which is ignored (images are read as
+            they are).
+
+        Returns
+        -------
+        FocalTriplet
+            For 4D-STEM data, the reduced triplet (with its ``gradient``, the
+            centre of mass); for images, the three images and any measured
+            ``gradient`` (rad/Å).
+        """
         self._check_open("dataset")
         if self.kind == "4dstem":
             return FocalTriplet.from_4dstem(self.minus, self.zero, self.plus, dz=self.dz,
@@ -223,7 +264,10 @@ def save(path, obj, overwrite: bool = True) -> Path:
     ----------
     path : str or Path
         ``.npz`` or ``.h5``/``.hdf5``.
-    obj : Dataset, FocalTriplet or simulate.SimulationCase
+    obj : Dataset, FocalTriplet or SimulationCase
+        What to write: a dataset (e.g. of :func:`load`), a triplet of images
+        or a simulated case (:class:`~flowtie_fast.simulation.simulate.SimulationCase`,
+        with its ground truth).
     overwrite : bool
         Replace an existing file (default); False refuses one, checked before
         anything is written, and atomically again when the file is renamed
@@ -232,6 +276,7 @@ def save(path, obj, overwrite: bool = True) -> Path:
     Returns
     -------
     Path
+        The file written.
 
     Raises
     ------
@@ -616,10 +661,29 @@ def read_raw(path, *, energy=None, scan_step=None, k_sampling=None):
     come from the file unless given: scan step in Å, detector sampling in 1/Å
     (converted from nm, 1/nm or mrad), energy in eV.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The detector file (.mib, .blo, .dm3, .dm4 or .emd).
+    energy : float, optional
+        Electron energy in eV (default: the file's beam energy; an
+        :class:`InputError` where it records none).
+    scan_step : float or (float, float), optional
+        Scan step in Å (default: the file's scan calibration).
+    k_sampling : float or (float, float), optional
+        Detector sampling in 1/Å per pixel (default: the file's detector
+        calibration).
+
     Returns
     -------
-    data, scan_step, k_sampling, energy
-        ``data`` is the (Sy, Sx, Ky, Kx) array, lazy (dask) where the reader is.
+    data : array (Sy, Sx, Ky, Kx)
+        The patterns, lazy (dask) where the reader is.
+    scan_step : (float, float)
+        Scan step in Å.
+    k_sampling : (float, float)
+        Detector sampling in 1/Å per pixel.
+    energy : float
+        Electron energy in eV.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"path: expected a file path, got {type(path).__name__}")
@@ -663,7 +727,24 @@ def read_raw(path, *, energy=None, scan_step=None, k_sampling=None):
 
 
 def load_raw_triplet(minus, zero, plus, dz, **calibration) -> Dataset:
-    """A :class:`Dataset` of three detector files (planes -dz, 0, +dz), read lazily."""
+    """A :class:`Dataset` of three detector files (planes -dz, 0, +dz), read lazily.
+
+    Parameters
+    ----------
+    minus, zero, plus : str or os.PathLike
+        The detector files of the planes ``-dz``, ``0`` and ``+dz`` (formats
+        of :func:`read_raw`).
+    dz : float or (float, float)
+        Defocus step in Å.
+    **calibration
+        ``energy`` (eV), ``scan_step`` (Å), ``k_sampling`` (1/Å), as in
+        :func:`read_raw`; the in-focus file's calibration is the dataset's.
+
+    Returns
+    -------
+    Dataset
+        The 4D-STEM triplet; :meth:`Dataset.triplet` reduces it.
+    """
     dz = check_positive("dz", dz, pair=True)
     parts = [read_raw(p, **calibration) for p in (minus, zero, plus)]
     _, step, ks, energy = parts[1]

@@ -82,7 +82,9 @@ BAND_MIN_FRACTION = 0.05  # of the modes, for a band estimate
 class Noise:
     """White-noise variances of the planes of a focal series.
 
-    Attributes
+    Each parameter is kept as the attribute of the same name.
+
+    Parameters
     ----------
     variance : tuple of float
         Per plane, in intensity² (the planes' units squared).
@@ -94,7 +96,19 @@ class Noise:
     source: str
 
     def combined(self, weights) -> float:
-        """Variance of ``Σ w_i I_i`` (intensity² times the weights' units²)."""
+        """Variance of the weighted sum ``Σ w_i I_i`` of the planes.
+
+        Parameters
+        ----------
+        weights : sequence of float
+            One weight per plane (e.g. a row of
+            :func:`~flowtie_fast.planes.focal_weights`: 1, or 1/Å).
+
+        Returns
+        -------
+        float
+            The variance: intensity² times the weights' unit squared.
+        """
         return float(sum(float(w) ** 2 * v for w, v in zip(weights, self.variance)))
 
     def __repr__(self) -> str:
@@ -152,7 +166,19 @@ def estimate_noise(plane) -> float:
     response to a filter that cancels planes and smooth curvature
     (Immerkær 1996), ``σ = √(π/2) Σ|I * N| / (6 (W-2)(H-2))`` with
     ``N = [[1,-2,1],[-2,4,-2],[1,-2,1]]``; image structure adds to it, so it
-    is an upper bound where the image is not smooth on the pixel scale."""
+    is an upper bound where the image is not smooth on the pixel scale.
+
+    Parameters
+    ----------
+    plane : 2-D array (NumPy or CuPy)
+        One image (intensity).
+
+    Returns
+    -------
+    float
+        The variance per pixel, intensity²; 0 for an image under 3 pixels on
+        a side.
+    """
     a = _host(plane).astype(np.float64)
     if min(a.shape) < 3:
         return 0.0
@@ -164,7 +190,18 @@ def estimate_noise(plane) -> float:
 
 
 def poisson_noise(means) -> Noise:
-    """Noise of counts: each plane's variance is its mean count."""
+    """Noise of counts: each plane's variance is its mean count.
+
+    Parameters
+    ----------
+    means : sequence of float
+        Each plane's mean, in counts (electrons) per pixel.
+
+    Returns
+    -------
+    Noise
+        Variances equal to the means (counts²), source ``"poisson"``.
+    """
     return Noise(tuple(float(m) for m in means), "poisson")
 
 
@@ -174,16 +211,23 @@ def _host(a):
 
 
 def band_noise(planes, pixel_size, band_limit):
-    """Noise variances from the power above a band limit, or None where too
-    few frequencies lie above it.
+    """Noise variances from the power above a band limit.
 
     Parameters
     ----------
-    planes : sequence of 2-D arrays
+    planes : sequence of 2-D arrays (NumPy or CuPy)
+        The images (intensity), all of one shape.
     pixel_size : (float, float)
-        Å.
+        Sampling along (axis 0, axis 1) in Å.
     band_limit : float
         Highest spatial frequency the images can carry, 1/Å (cycles).
+
+    Returns
+    -------
+    Noise or None
+        Per plane, the variance per pixel (intensity²), source ``"band"``;
+        None where too few frequencies lie above the band limit (under 5 %
+        of the modes, or under 16).
     """
     shape = tuple(planes[0].shape)
     qy = np.fft.fftfreq(shape[0], pixel_size[0])[:, None]
@@ -224,6 +268,9 @@ def discrepancy_alpha(source, pixel_size, variance: float, *, bins: int = 400) -
         Å.
     variance : float
         Variance of the white noise of ``source`` per pixel (1/Å⁴).
+    bins : int, optional
+        Logarithmic bins of the spectrum the residual is evaluated on
+        (default 400).
 
     Returns
     -------
@@ -267,8 +314,21 @@ def discrepancy_alpha(source, pixel_size, variance: float, *, bins: int = 400) -
 
 
 def teague_floor(variance: float, mean: float) -> float:
-    """Teague's intensity floor (fraction of the mean) for a noise variance of
-    the in-focus intensity: ``max(1e-3, min(1, 2 σ / Ī))``."""
+    """Teague's intensity floor for a noise variance of the in-focus intensity.
+
+    Parameters
+    ----------
+    variance : float
+        Noise variance of the in-focus intensity per pixel (intensity²).
+    mean : float
+        Mean in-focus intensity ``Ī`` (intensity).
+
+    Returns
+    -------
+    float
+        The floor as a fraction of the mean, ``max(1e-3, min(1, 2 σ / Ī))``;
+        1e-3 where the variance or the mean is not positive.
+    """
     if not variance > 0 or not mean > 0:
         return FLOOR_MIN
     return max(FLOOR_MIN, min(1.0, 2.0 * math.sqrt(variance) / mean))
@@ -285,8 +345,7 @@ def GRADIENT_THRESHOLD(a) -> float:
 
 
 def denoise(a, variance: float, threshold: float | None = None) -> int:
-    """Filter ``a`` in place by its own spectrum and a known white noise;
-    returns the number of Fourier modes kept (besides the mean).
+    """Filter ``a`` in place by its own spectrum and a known white noise.
 
     A mode whose power ``P(q) = |â(q)|²`` exceeds the universal threshold
     ``2 ln(M) N σ²`` (M modes of the half plane, N pixels: pure noise passes
@@ -303,6 +362,12 @@ def denoise(a, variance: float, threshold: float | None = None) -> int:
         Variance of the white noise of ``a`` per pixel (``a``'s units²).
     threshold : float, optional
         In units of the noise power ``N σ²`` (default ``2 ln M``).
+
+    Returns
+    -------
+    int
+        The number of Fourier modes kept (besides the mean, which is
+        removed).
     """
     xp = array_module(a)
     spec = xp.fft.rfft2(a.astype(xp.float64))

@@ -35,5 +35,16 @@ def wavelength(energy: float) -> float:
 
 
 def wavenumber(energy: float) -> float:
-    """``k = 2π / λ`` in rad/Å for an energy in eV."""
+    """Relativistic electron wavenumber ``k = 2π / λ``.
+
+    Parameters
+    ----------
+    energy : float
+        Kinetic energy of the electrons in eV (e.g. 300e3).
+
+    Returns
+    -------
+    float
+        Wavenumber in rad/Å (319.15 rad/Å at 300 keV).
+    """
     return 2.0 * math.pi / wavelength(energy)

@@ -73,12 +73,25 @@ class Plan:
     energy : float
         Electron energy in eV.
     method : str
-        One of :data:`~flowtie_fast.solvers.METHODS`.
+        One of :data:`~flowtie_fast.solvers.METHODS` (default "tie").
     backend : {"auto", "cpu", "gpu"} or Backend
+        Where to compute (default "auto": the GPU where one answers).
     threads : int, optional
         CPU threads of this plan.
-    dtype, boundary, scheme, alpha, floor, denoise
-        See :class:`~flowtie_fast.solvers.TIESolver`.
+    dtype : {"float32", "float64"}
+        Working precision (default "float32").
+    boundary : {"periodic", "mirror"}
+        Boundary condition of the Poisson solves (default "periodic").
+    scheme : {"auto", "spectral", "fd"}
+        Discretisation (default "auto").
+    alpha : float or "auto"
+        Tikhonov parameter in Å⁻⁴ (default 0).
+    floor : float or "auto"
+        Intensity floor as a fraction of the mean in-focus intensity (default
+        "auto").
+    denoise : bool
+        Filter the focal derivative by the noise (default True). These six
+        are as in :class:`~flowtie_fast.solvers.TIESolver`.
     model : path, "default", "fast", "ensemble", FlowModel or FlowEnsemble, optional
         The flow model of ``flowtie``: a TorchScript file or a shipped model
         (default "default"; "fast" takes about half the time, less accurate).
@@ -87,8 +100,13 @@ class Plan:
         the uncertainty map (``uncertainty_out``) at every solve (default
         True; four network passes: ``False`` runs the network alone).
         ``plan.info`` holds the latest solve's verdict.
-    tol, max_iter, preconditioner
-        Stopping rule and descent direction of ``tie-exact`` and ``gd``.
+    tol : float, optional
+        Relative residual at which ``tie-exact`` and ``gd`` stop (default: as
+        in :meth:`~flowtie_fast.solvers.TIESolver.solve`).
+    max_iter : int, optional
+        Most iterations of ``tie-exact`` and ``gd`` (default 100 and 200).
+    preconditioner : {"biharmonic", "none"}
+        Descent direction of ``gd`` (default "biharmonic").
     warmup : bool
         Solve a synthetic triplet once now, so that the first real call pays
         no compilation (default True).
@@ -253,7 +271,11 @@ class Plan:
         gradient : array (B, 2, Ny, Nx), optional
             Measured phase gradients (rad/Å).
         out : array (B, Ny, Nx), optional
+            Caller-owned output for the phases (rad), the plan's dtype and
+            backend; allocated when not given.
         gradient_out : array (B, 2, Ny, Nx), optional
+            Caller-owned output for the phase gradients (rad/Å); not computed
+            without it.
         noise : Noise, float or sequence of float, optional
             As for :meth:`solve`, the same for every item.
         uncertainty_out : array (B, Ny, Nx), optional
@@ -262,7 +284,8 @@ class Plan:
 
         Returns
         -------
-        out
+        array (B, Ny, Nx)
+            The phases in rad (``out`` where given), on the plan's backend.
         """
         if getattr(stack, "ndim", 0) != 4 or stack.shape[1] != 3:
             raise InputError(f"stack: expected an array (B, 3, Ny, Nx), got shape "

@@ -169,14 +169,18 @@ def focal_weights(z, z0: float = 0.0, degree: int | None = None):
     z : sequence of float
         Plane positions in Å, distinct.
     z0 : float
-        Where to evaluate, in Å.
+        Where to evaluate, in Å (default 0).
     degree : int, optional
-        Polynomial degree, 1 <= degree < N.
+        Polynomial degree, 1 <= degree < N (default ``min(2, N - 1)``).
 
     Returns
     -------
-    value, derivative : ndarray
-        Weight rows of length N (derivative weights in 1/Å).
+    value : ndarray
+        Weight row of length N that maps the samples to the value at ``z0``
+        (dimensionless).
+    derivative : ndarray
+        Weight row of length N that maps the samples to the derivative at
+        ``z0``, in 1/Å.
     """
     z = check_positions("z", z)
     z0 = check_real("z0", z0)

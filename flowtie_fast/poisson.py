@@ -189,9 +189,28 @@ class PoissonSolver:
         return self.output(out), grad_out
 
     def output(self, out, shape=None, name="out"):
-        """An output array of this solver's dtype: ``out`` checked (shape, dtype,
-        backend, C order; :class:`InputError` naming ``name``), or a new one
-        where ``out`` is None. ``shape`` defaults to the image shape."""
+        """An output array of this solver's dtype.
+
+        Parameters
+        ----------
+        out : array or None
+            A caller-owned output, checked (shape, dtype, backend, C order);
+            None for a new array.
+        shape : tuple of int, optional
+            Its shape (default: the image shape (Ny, Nx)).
+        name : str, optional
+            How messages name ``out`` (default "out").
+
+        Returns
+        -------
+        array
+            ``out``, or a new uninitialised array of ``shape``.
+
+        Raises
+        ------
+        InputError
+            Naming ``name``, where ``out`` does not fit.
+        """
         shape = self.shape if shape is None else shape
         if out is None:
             return self.backend.empty(shape, self.dtype)
@@ -241,6 +260,17 @@ class PoissonSolver:
         spectral scheme on even axes, the Nyquist checkerboards (their
         wavenumbers are zeroed); a right-hand side ``∇·(w ∇φ) = f`` is solvable
         only without them.
+
+        Parameters
+        ----------
+        f : array (Ny, Nx)
+            A right-hand side of this solver's dtype and backend, modified in
+            place.
+
+        Returns
+        -------
+        array (Ny, Nx)
+            ``f``, projected.
         """
         xp = self.backend.xp
         f -= f.mean()
@@ -258,11 +288,21 @@ class PoissonSolver:
         Parameters
         ----------
         f : array (Ny, Nx)
-            Right-hand side.
+            Right-hand side (e.g. rad/Å² for a phase's Laplacian).
         scale : float
-            Factor applied to ``f`` inside the Fourier multiplier (no extra pass).
+            Factor applied to ``f`` inside the Fourier multiplier (no extra
+            pass; default 1).
         out, grad_out : arrays, optional
-            Where to write ``u`` and its gradient (2, Ny, Nx).
+            Where to write ``u`` (Ny, Nx) and its gradient (2, Ny, Nx).
+        power : {1, 2}
+            1 (default): invert the Laplacian; 2: invert it twice (the
+            biharmonic operator).
+
+        Returns
+        -------
+        array (Ny, Nx)
+            ``u`` (``out`` where given), mean zero; in rad when ``f`` is a
+            phase's Laplacian in rad/Å².
         """
         self._in("f", f)
         check_real("scale", scale)
@@ -272,7 +312,20 @@ class PoissonSolver:
         return self._finish(out, grad_out)
 
     def gradient(self, u, out=None):
-        """Gradient (2, Ny, Nx) of ``u`` at the pixel centres (rad/Å for a phase)."""
+        """Gradient (2, Ny, Nx) of ``u`` at the pixel centres.
+
+        Parameters
+        ----------
+        u : array (Ny, Nx)
+            A scalar field (e.g. a phase in rad).
+        out : array (2, Ny, Nx), optional
+            Where to write the gradient.
+
+        Returns
+        -------
+        array (2, Ny, Nx)
+            (d/d axis 0, d/d axis 1) of ``u`` per Å (rad/Å for a phase).
+        """
         self._in("u", u)
         out = self.output(out, (2,) + self.shape)
         if self.scheme == "spectral":
@@ -300,7 +353,20 @@ class PoissonSolver:
         return out
 
     def divergence(self, g, out=None):
-        """``∇·g`` of a vector field (2, Ny, Nx) given on the pixel centres."""
+        """``∇·g`` of a vector field (2, Ny, Nx) given on the pixel centres.
+
+        Parameters
+        ----------
+        g : array (2, Ny, Nx)
+            The field, (axis 0, axis 1) components (e.g. rad/Å).
+        out : array (Ny, Nx), optional
+            Where to write the divergence.
+
+        Returns
+        -------
+        array (Ny, Nx)
+            The divergence, ``g``'s unit per Å (rad/Å² for a phase gradient).
+        """
         self._in("g", g, (2,) + self.shape)
         out = self.output(out)
         if self.scheme == "spectral":
@@ -311,7 +377,23 @@ class PoissonSolver:
         return self._fd_divergence_of_centred(g, out)
 
     def integrate(self, g, out=None, grad_out=None):
-        """``u = ∇⁻² ∇·g``: the least-squares (curl-free) potential of a vector field."""
+        """``u = ∇⁻² ∇·g``: the least-squares (curl-free) potential of a vector field.
+
+        Parameters
+        ----------
+        g : array (2, Ny, Nx)
+            The field on the pixel centres (e.g. a phase gradient in rad/Å).
+        out : array (Ny, Nx), optional
+            Where to write ``u``.
+        grad_out : array (2, Ny, Nx), optional
+            Where to write ``∇u``, the curl-free part of ``g``; not computed
+            without it.
+
+        Returns
+        -------
+        array (Ny, Nx)
+            ``u``, mean zero (rad for a phase gradient in rad/Å).
+        """
         self._in("g", g, (2,) + self.shape)
         out, grad_out = self._outs(out, grad_out)
         if self.scheme == "spectral":
@@ -323,7 +405,22 @@ class PoissonSolver:
         return self._finish(out, grad_out)
 
     def transport(self, phi, w, out=None):
-        """The transport term ``∇·(w ∇φ)`` of the TIE (w the in-focus intensity)."""
+        """The transport term ``∇·(w ∇φ)`` of the TIE.
+
+        Parameters
+        ----------
+        phi : array (Ny, Nx)
+            The phase in rad.
+        w : array (Ny, Nx)
+            The weight: the in-focus intensity.
+        out : array (Ny, Nx), optional
+            Where to write the result.
+
+        Returns
+        -------
+        array (Ny, Nx)
+            ``∇·(w ∇φ)``: ``w``'s unit times rad/Å².
+        """
         self._in("phi", phi)
         self._in("w", w)
         out = self.output(out)
@@ -347,6 +444,28 @@ class PoissonSolver:
         ``∇²ψ = scale * source``, ``∇φ ≈ ∇ψ / max(w, floor)``,
         ``φ = ∇⁻² ∇·(∇ψ / max(w, floor))``: exact when ``w ∇φ`` is curl-free
         (e.g. uniform w).
+
+        Parameters
+        ----------
+        source : array (Ny, Nx)
+            Right-hand side (for the TIE: ``∂I/∂z`` in intensity per Å, with
+            ``scale = -k`` in rad/Å).
+        w : array (Ny, Nx)
+            The weight: the in-focus intensity.
+        floor : float
+            Lower bound of ``w`` in the division, in ``w``'s unit (absolute,
+            not a fraction).
+        scale : float
+            Factor applied to ``source`` (default 1).
+        out : array (Ny, Nx), optional
+            Where to write ``φ``.
+        grad_out : array (2, Ny, Nx), optional
+            Where to write ``∇φ``; not computed without it.
+
+        Returns
+        -------
+        array (Ny, Nx)
+            ``φ`` (``out`` where given), mean zero: rad for the TIE.
         """
         self._in("source", source)
         self._in("w", w)

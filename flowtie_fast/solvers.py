@@ -73,7 +73,10 @@ SOLVER_IMAGES = 14  # images of the working dtype a TIESolver adds to its Poisso
 class Reconstruction:
     """Result of a phase retrieval.
 
-    Attributes
+    The solvers build it; each parameter is kept as the attribute of the same
+    name.
+
+    Parameters
     ----------
     phase : array (Ny, Nx)
         Phase in rad, mean zero.
@@ -81,16 +84,20 @@ class Reconstruction:
         Phase gradient in rad/Å, (d/d axis 0, d/d axis 1).
     method : str
         The method that produced it.
-    info : dict
+    info : dict, optional
         Solver details (iterations, convergence, objective history, timings in
         s); for ``flowtie``, the trust check (``trusted``, ``rel_spread``,
         ``snr``) and ``fallback``, the classical method whose phase was
         returned where the flow was not trusted.
-    uncertainty : array (Ny, Nx) or None
+    uncertainty : array (Ny, Nx) or None, optional
         ``flowtie``: the standard deviation of the phase at each pixel in rad
         (float32), the spread of the shipped models' phases times a factor
         calibrated on validation simulations (:mod:`flowtie_fast.trust`); None
-        for the classical methods, a fallback or ``uncertainty=False``.
+        (default) for the classical methods, a fallback or
+        ``uncertainty=False``.
+    _residual, _residual_fn : optional
+        Internal (set by the solvers): the residual map (1/Å²), or the function
+        that computes it on first access of :attr:`residual`.
     """
 
     phase: object
@@ -385,9 +392,31 @@ class TIESolver:
         return mean, planes
 
     def validate_planes(self, planes, intensity_weights, names):
-        """Check planes as a solve would, without solving: :class:`InputError`
-        naming the plane, or the mean in-focus intensity (for a batch, checked
-        whole before any item is written)."""
+        """Check planes as a solve would, without solving.
+
+        A batch is checked whole this way before any item is written.
+
+        Parameters
+        ----------
+        planes : sequence of arrays (Ny, Nx)
+            Intensities (any real dtype, any backend's arrays).
+        intensity_weights : sequence of float
+            The row of :func:`~flowtie_fast.planes.focal_weights` that forms the
+            in-focus intensity from the planes (dimensionless).
+        names : sequence of str
+            How messages name the planes.
+
+        Returns
+        -------
+        float
+            The mean in-focus intensity ``Σ w_i mean(plane_i)`` (the planes'
+            unit, e.g. counts).
+
+        Raises
+        ------
+        InputError
+            Naming the plane that fails a check.
+        """
         given, planes = planes, [self.backend.asarray(p, self.dtype) for p in planes]
         iw = intensity_weights
         if len(planes) == 3 and _is_in_focus_row(iw):
@@ -446,12 +475,18 @@ class TIESolver:
         ----------
         series : FocalTriplet or FocalSeries
             The measured intensities (shape and pixel size of this solver).
-        method : {"tie-uniform", "tie", "tie-exact", "gd", "icom"}
-            See the module docstring.
-        tol, max_iter : optional
-            Stopping rule of ``tie-exact`` and ``gd``.
+        method : {"tie", "tie-uniform", "tie-exact", "gd", "icom", "flowtie"}
+            See the module docstring (default "tie").
+        tol : float, optional
+            Stopping rule of ``tie-exact`` and ``gd``: the relative residual
+            (dimensionless) at which they stop. Default: ``tie-exact`` stops at
+            the noise's level, at least 1e-5 (float32) or 1e-10 (float64);
+            ``gd`` at 1e-6 or the noise's level.
+        max_iter : int, optional
+            Stopping rule of ``tie-exact`` and ``gd``: most iterations (default
+            100 for ``tie-exact``, 200 for ``gd``).
         preconditioner : {"biharmonic", "none"}
-            Descent direction of ``gd``.
+            Descent direction of ``gd`` (default "biharmonic").
         model : path, "default", "fast", "ensemble", FlowModel or FlowEnsemble, optional
             The flow model of ``flowtie``: a TorchScript file or a shipped model
             (default "default"; "fast" takes about half the time, less accurate).
@@ -462,11 +497,14 @@ class TIESolver:
             network passes instead of one: ``False`` for speed, with neither).
             See :mod:`flowtie_fast.trust`.
         out, gradient_out : arrays, optional
-            Caller-owned outputs (backend arrays of the working dtype).
+            Caller-owned outputs (backend arrays of the working dtype): the
+            phase (Ny, Nx) in rad and the gradient (2, Ny, Nx) in rad/Å.
 
         Returns
         -------
         Reconstruction
+            The phase (rad), its gradient (rad/Å), the solve's information and,
+            for ``flowtie``, the uncertainty map.
         """
         check_options(method, tol, max_iter, preconditioner, model, uncertainty)
         self._check_series(series)
@@ -631,7 +669,8 @@ class TIESolver:
         uncertainty_out : array (Ny, Nx), optional
             ``flowtie`` with ``options.uncertainty``: the phase's standard
             deviation (rad), written where the flow is trusted.
-        options : SolveOptions
+        options : SolveOptions, optional
+            How the solve runs (default: ``SolveOptions()``).
 
         Returns
         -------
@@ -668,20 +707,27 @@ class TIESolver:
         ----------
         stack : array (B, 3, Ny, Nx)
             Triplets on this solver's backend, unchecked (checked here).
-        derivative_weights, intensity_weights, wavenumber
-            As in :meth:`solve_planes`.
+        derivative_weights, intensity_weights : sequence of float
+            As in :meth:`solve_planes` (1/Å and 1).
+        wavenumber : float
+            ``k = 2π/λ`` in rad/Å.
         gradient : array (B, 2, Ny, Nx), optional
             Measured phase gradients (rad/Å).
         out : array (B, Ny, Nx)
+            The phases (rad), working dtype, written in place.
         gradient_out : array (B, 2, Ny, Nx), optional
-        model : optional
-            As in :class:`SolveOptions`.
+            The phase gradients (rad/Å), written in place; not computed
+            without it.
+        model : path, str, FlowModel or FlowEnsemble, optional
+            As in :class:`SolveOptions` (default: the shipped default).
         names : sequence of str, optional
-            How messages name the three planes (each after ``stack[i]:``).
+            How messages name the three planes (each after ``stack[i]:``;
+            default ``("minus", "zero", "plus")``).
 
         Returns
         -------
-        out
+        array (B, Ny, Nx)
+            ``out``, holding the phases in rad.
         """
         names = names or ("minus", "zero", "plus")
         model = self._flow_model(model)
@@ -710,6 +756,24 @@ class TIESolver:
 
         The result is the least-squares potential ``∇⁻² ∇·g``; its residual
         map is the curl-free misfit ``|g - ∇φ|`` per pixel (rad/Å).
+
+        Parameters
+        ----------
+        gradient : array (2, Ny, Nx)
+            Measured phase gradient in rad/Å, (d/d axis 0, d/d axis 1).
+        out : array (Ny, Nx), optional
+            Caller-owned output for the phase (rad), working dtype.
+        gradient_out : array (2, Ny, Nx), optional
+            Caller-owned output for the integrated (curl-free) gradient, rad/Å.
+        _locked : bool, optional
+            Internal: True when the caller already holds the solver's lock
+            (default False).
+
+        Returns
+        -------
+        Reconstruction
+            Method ``icom``: the phase (rad), the curl-free gradient (rad/Å)
+            and the misfit as its residual.
         """
         if not _locked:
             with self._lock:
@@ -1023,8 +1087,20 @@ def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary
         answers; ``gpu`` without a device raises.
     threads : int, optional
         CPU threads.
-    boundary, scheme, alpha, floor, denoise, dtype
-        See :class:`TIESolver`.
+    boundary : {"periodic", "mirror"}
+        Boundary condition of the Poisson solves (default "periodic"; see
+        :class:`TIESolver`).
+    scheme : {"auto", "spectral", "fd"}
+        Discretisation (default "auto").
+    alpha : float or "auto"
+        Tikhonov parameter in Å⁻⁴ (default 0).
+    floor : float or "auto"
+        Intensity floor as a fraction of the mean in-focus intensity (default
+        "auto").
+    denoise : bool
+        Filter the focal derivative by the series' noise (default True).
+    dtype : {"float32", "float64"}
+        Working precision (default "float32").
     **options
         ``tol``, ``max_iter``, ``preconditioner`` for the iterative methods.
 

@@ -262,14 +262,14 @@ class FocalTriplet(FocalSeries):
             Radius of the "bf" disk in mrad; default a quarter of the
             bright-field disk measured on the mean pattern (on GaAs
             simulations at 20 mrad this gave the lowest TIE phase error:
-            benchmarks/EVALUATION.md).
+            docs/evaluation.md).
         com_radius : float, optional
             Limit of the centre of mass in mrad (default: whole detector).
         rotation : float or "auto"
-            Detector-to-scan rotation in degrees; "auto" finds it (and
-            ``flip``) by minimising the curl of the centre of mass.
+            Detector-to-scan rotation in degrees (default 0); "auto" finds it
+            (and ``flip``) by minimising the curl of the centre of mass.
         flip : bool
-            Transpose the detector axes before rotating.
+            Transpose the detector axes before rotating (default False).
         register : bool or "periodic"
             Undo the drift between the three scans (default True): the
             sub-pixel shifts of the ±dz scans against the in-focus one are
@@ -282,8 +282,10 @@ class FocalTriplet(FocalSeries):
             reported, not applied, and an unreliable estimate is not applied,
             with a :class:`~flowtie_fast.stem.registration.RegistrationWarning`.
         backend : {"auto", "cpu", "gpu"}
+            Where the reduction runs (default "auto": the GPU where one
+            answers).
         chunk_bytes : int
-            Upper bound of raw data read at once.
+            Upper bound of raw data read at once, in bytes (default 64 MiB).
 
         Returns
         -------
@@ -310,10 +312,28 @@ class FocalTriplet(FocalSeries):
         ----------
         reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
             Of the datasets at ``-dz, 0, +dz``, before any rotation.
-        dz, scan_step, virtual, rotation, flip, register
-            As in :meth:`from_4dstem`.
+        dz : float or (float, float)
+            Defocus step in Å.
+        scan_step : float or (float, float)
+            Scan step in Å (the pixel size of the triplet).
+        virtual : {"bf", "bf-full", "abf", "df", "whole"}
+            Which virtual image forms the planes (default "bf"; as in
+            :meth:`from_4dstem`).
+        rotation : float or "auto"
+            Detector-to-scan rotation in degrees (default 0); "auto" finds it.
+        flip : bool
+            Transpose the detector axes before rotating (default False).
         counts : bool
-            Whether the patterns were electron counts (an integer dtype).
+            Whether the patterns were electron counts (an integer dtype;
+            default False).
+        register : bool or "periodic"
+            Undo the drift between the three scans (default True; as in
+            :meth:`from_4dstem`).
+
+        Returns
+        -------
+        FocalTriplet
+            With ``reductions``: the three reductions it was made from.
 
         Notes
         -----

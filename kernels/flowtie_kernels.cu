@@ -83,18 +83,12 @@ FT_DEFINE_KERNELS(double, f64)
 // runs in flight before it adds them (ft::weighted_run); a butterfly over the
 // eight lanes ends the sweep and lane q writes sum q. Rows that are not 16-byte
 // aligned are read a pixel at a time (V = 1), same order otherwise.
-// Measured on an H100 (benchmarks/RESULTS.md, benchmarks/reduce_kernel.py):
-// 0.25 ms for 537 MB of uint16 patterns with three rows, 1.4x reading them
-// once (2.6x with eight rows: the time grows with the rows, the arithmetic
-// sets it). Bounding the registers to 64 so that four blocks fit an SM was
-// worth 1.4x; the runs in flight and the tile length moved it by less than
-// 10 % (two runs: 1.2x slower). The designs before this one (2-byte loads, one
-// shared load per FMA, a range test per pixel and pattern) passed 50-60
-// Gpixel/s in whole reduce_4dstem calls whatever the pixel type; this one
-// 1.07 Tpixel/s (uint16, three rows, kernel alone).
+// Bounding the registers to 64 so that four blocks fit an SM is what makes
+// it fast; the runs in flight and the tile length matter less. Figures, per
+// variant and machine: docs/performance.md ("python -m scripts.reduce_kernel").
 // tests/host/host_kernels.cpp runs the same lanes, runs, tiles and butterfly
 // on the CPU.
-// Tuning knobs (benchmarks/reduce_kernel.py builds variants with -D).
+// Tuning knobs (scripts/reduce_kernel.py builds variants with -D).
 #ifndef FT_REDUCE_UNROLL
 #define FT_REDUCE_UNROLL 4
 #endif

@@ -8,7 +8,7 @@ Resumable: a case whose file exists is skipped. Writes under ``data/``
   thicknesses held out of training, and SrTiO3 1.56 nm scanned at 0.122 Å
   (the low-dose case, dosed at evaluation time);
 - ``data/train``: the GaAs and SrTiO3 [001] series the shipped models were
-  trained on (``flowtie_fast/data/MODEL.md``), without the frozen-phonon and
+  trained on (docs/models.md), without the frozen-phonon and
   32 x 32 series: ``python scripts/simulate_evaluation_sets.py data train``.
 
 Settings of ``docs/evaluation.md``: 300 keV, 20 mrad, dz 20 Å, 24 x 24

@@ -323,7 +323,7 @@ def test_both_shipped_models_load_by_name():
         assert m.path == default_model_path(name) and m.in_channels == 6
         assert m.path.stat().st_size < 3e6  # shipped weights stay small
     assert FlowModel("fast").config["channels"] == [16, 40, 80]
-    # The default was distilled from the ensemble (MODEL.md): its file says so.
+    # The default was distilled from the ensemble (docs/models.md): its file says so.
     recipe = FlowModel("default").config["train"]
     assert (recipe["teacher"], recipe["distill"], recipe["seed"]) == ("ensemble", 0.5, 0)
     recipe = FlowModel("fast").config["train"]

@@ -178,18 +178,16 @@ class FlowModel:
         Arithmetic of the network. ``"bfloat16"`` converts its weights once and
         runs it in bfloat16 (inputs, outputs and the Poisson integration stay
         float32): on CPUs with bfloat16 instructions (AVX512-BF16, AMX) the
-        network runs about 1.9x faster than in float32 and 1.5x faster than
-        under ``torch.autocast`` (which recast the weights at every call), with
-        a flow error of ~1 % of
-        its largest value and phase NMSE moved by at most 0.0017 on the test
-        cases (measured, benchmarks/RESULTS.md). ``"float32"`` on the GPU turns
-        PyTorch's default of TF32 convolutions off for the call (TF32 moved the
-        flow by 3e-3 of its largest value against the CPU, IEEE float32 by 4e-6,
-        at the same speed on an H200): the flag is process-wide, so another
-        thread's own cuDNN call made at that moment runs in IEEE float32 too.
-        ``"tf32"`` leaves cuDNN's TF32 convolutions on (PyTorch's default; on
-        an H200 1.6x faster than IEEE float32 at 1024², 5.3 against 8.6 ms, and
-        alike at 256²); on the CPU it is float32.
+        network runs about twice as fast as in float32, and faster than under
+        ``torch.autocast``, which recasts the weights at every call; the phase
+        NMSE of the test cases moves by at most 0.0017 (docs/performance.md).
+        ``"float32"`` on the GPU turns PyTorch's default of TF32 convolutions
+        off for the call (TF32 moves the flow away from the CPU's result far
+        more than IEEE float32 does, for no speed at 256²): the flag is
+        process-wide, so another thread's own cuDNN call made at that moment
+        runs in IEEE float32 too. ``"tf32"`` leaves cuDNN's TF32 convolutions
+        on (PyTorch's default; faster than IEEE float32 at 1024² on an H200,
+        alike at 256²: docs/performance.md); on the CPU it is float32.
     cuda_graphs : bool
         On a CUDA device, record the whole prediction (input channels, network,
         output scaling) as a CUDA graph per input shape, wavenumber and pixel
@@ -344,12 +342,32 @@ class FlowModel:
         return torch.from_numpy(np.ascontiguousarray(a))
 
     def predict(self, planes, didz, wavenumber, pixel_size, com=None):
-        """Flow (2, H, W) in rad/Å, as a torch tensor on the model's device.
+        """Flow of one triplet, as a torch tensor on the model's device.
 
-        ``planes`` (3 arrays), ``didz`` and ``com`` (1/Å, (2, H, W)) are NumPy or
-        CuPy arrays; ``com`` is required by models with 6 input channels.
-        :class:`InputError` where the flow holds NaN or Inf (see
-        :meth:`predict_batch`).
+        Parameters
+        ----------
+        planes : sequence of three arrays (H, W)
+            The intensities at ``-dz, 0, +dz`` (NumPy or CuPy).
+        didz : array (H, W)
+            The focal derivative ``∂I/∂z``, intensity per Å.
+        wavenumber : float
+            ``k = 2π/λ`` in rad/Å.
+        pixel_size : (float, float)
+            Sampling along (axis 0, axis 1) in Å.
+        com : array (2, H, W), optional
+            The 4D-STEM centre of mass in 1/Å; required by models with 6
+            input channels, ignored by the others.
+
+        Returns
+        -------
+        torch.Tensor (2, H, W)
+            The flow (the phase gradient the network predicts) in rad/Å,
+            float32.
+
+        Raises
+        ------
+        InputError
+            Where the flow holds NaN or Inf (see :meth:`predict_batch`).
         """
         torch = self.torch
         stack = torch.stack([self._tensor(p).float() for p in planes])[None]
@@ -358,10 +376,26 @@ class FlowModel:
                                   c)[0]
 
     def predict_batch(self, planes, didz, wavenumber, pixel_size, com=None):
-        """Flows (B, 2, H, W) in rad/Å of a batch, in one network call.
+        """Flows of a batch of triplets, in one network call.
 
-        ``planes`` (B, 3, H, W), ``didz`` (B, H, W) and ``com`` (B, 2, H, W) in
-        1/Å: NumPy or CuPy arrays or torch tensors.
+        Parameters
+        ----------
+        planes : array or torch.Tensor (B, 3, H, W)
+            The intensities at ``-dz, 0, +dz`` (NumPy, CuPy or torch).
+        didz : array or torch.Tensor (B, H, W)
+            The focal derivatives ``∂I/∂z``, intensity per Å.
+        wavenumber : float
+            ``k = 2π/λ`` in rad/Å.
+        pixel_size : (float, float)
+            Sampling along (axis 0, axis 1) in Å.
+        com : array or torch.Tensor (B, 2, H, W), optional
+            The 4D-STEM centres of mass in 1/Å; required by models with 6
+            input channels, ignored by the others.
+
+        Returns
+        -------
+        torch.Tensor (B, 2, H, W)
+            The flows in rad/Å, float32, on the model's device.
 
         Raises
         ------
@@ -468,8 +502,9 @@ class FlowModel:
 
 class FlowEnsemble:
     """The mean flow of several :class:`FlowModel` (seeds of one recipe): the
-    spread between seeds is the largest error left (EVALUATION.md), and the
-    mean of three seeds' flows halved the worst case of the test crystals.
+    spread between seeds is the largest error left, and the mean of three
+    seeds' flows halves the worst case of the test crystals
+    (docs/evaluation.md, docs/models.md).
 
     Parameters
     ----------
@@ -517,17 +552,72 @@ class FlowEnsemble:
         return v / len(self.models)
 
     def predict_batch(self, planes, didz, wavenumber, pixel_size, com=None):
-        """The mean of the members' :meth:`FlowModel.predict_batch`."""
+        """The mean of the members' :meth:`FlowModel.predict_batch`.
+
+        Parameters
+        ----------
+        planes : array or torch.Tensor (B, 3, H, W)
+            The intensities at ``-dz, 0, +dz``.
+        didz : array or torch.Tensor (B, H, W)
+            The focal derivatives, intensity per Å.
+        wavenumber : float
+            ``k = 2π/λ`` in rad/Å.
+        pixel_size : (float, float)
+            Sampling along (axis 0, axis 1) in Å.
+        com : array or torch.Tensor (B, 2, H, W), optional
+            The centres of mass in 1/Å (models with 6 input channels).
+
+        Returns
+        -------
+        torch.Tensor (B, 2, H, W)
+            The mean flow in rad/Å.
+        """
         return self._mean("predict_batch", planes, didz, wavenumber, pixel_size, com)
 
     def predict(self, planes, didz, wavenumber, pixel_size, com=None):
-        """The mean of the members' :meth:`FlowModel.predict`."""
+        """The mean of the members' :meth:`FlowModel.predict`.
+
+        Parameters
+        ----------
+        planes : sequence of three arrays (H, W)
+            The intensities at ``-dz, 0, +dz``.
+        didz : array (H, W)
+            The focal derivative, intensity per Å.
+        wavenumber : float
+            ``k = 2π/λ`` in rad/Å.
+        pixel_size : (float, float)
+            Sampling along (axis 0, axis 1) in Å.
+        com : array (2, H, W), optional
+            The centre of mass in 1/Å (models with 6 input channels).
+
+        Returns
+        -------
+        torch.Tensor (2, H, W)
+            The mean flow in rad/Å.
+        """
         return self._mean("predict", planes, didz, wavenumber, pixel_size, com)
 
 
 def load_model(path=None, device: str = "cpu", precision: str = "float32"):
     """A cached :class:`FlowModel`, or :class:`FlowEnsemble` for a shipped
     ensemble name (``"ensemble"``); loading a TorchScript file takes ~0.1 s.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        A TorchScript file or a shipped name (``"default"``, ``"fast"``,
+        ``"ensemble"``, ...: docs/models.md); None (default) for the default
+        model.
+    device : str
+        ``"cpu"`` (default) or ``"cuda"`` (or ``"cuda:N"``).
+    precision : {"float32", "tf32", "bfloat16"}
+        Arithmetic of the network (default "float32"; see
+        :class:`FlowModel`).
+
+    Returns
+    -------
+    FlowModel or FlowEnsemble
+        Loaded once per (path, device, precision) and cached (eight at most).
 
     Raises
     ------

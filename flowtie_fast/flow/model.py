@@ -62,7 +62,7 @@ class FlowNet(nn.Module):
         (pixel unshuffle, no information lost) and the head unfolds ``2 s²``
         channels back into the full-resolution flow (pixel shuffle): about
         ``s²`` times fewer operations. Measured at s = 2: ~4x faster, but
-        less accurate, and lost on unseen Si (benchmarks/EVALUATION.md); the
+        less accurate, and lost on unseen Si (docs/evaluation.md); the
         shipped models use s = 1.
     channels : sequence of int, optional
         Channels of each level, overriding ``width`` and ``depth`` (e.g. a

@@ -28,7 +28,7 @@ truth:
   (:func:`window_truth`; :func:`ground_truth_phase` is its periodic special
   case).
 
-Cost on 2 cores: see ``benchmarks/RESULTS.md`` ("Simulation").
+Cost on 2 cores: see docs/performance.md ("Simulation cost").
 """
 
 from __future__ import annotations

@@ -55,13 +55,28 @@ class Detector:
     center: tuple
 
     def k(self):
-        """Reciprocal coordinates (ky, kx) in 1/Å relative to the centre, each (Ky, Kx)."""
+        """Reciprocal coordinates of the detector pixels relative to the centre.
+
+        Returns
+        -------
+        ky : ndarray (Ky, Kx)
+            Along detector axis 0, in 1/Å.
+        kx : ndarray (Ky, Kx)
+            Along detector axis 1, in 1/Å.
+        """
         iy = (np.arange(self.shape[0]) - self.center[0]) * self.k_sampling[0]
         ix = (np.arange(self.shape[1]) - self.center[1]) * self.k_sampling[1]
         return np.meshgrid(iy, ix, indexing="ij")
 
     def angle_mrad(self):
-        """Scattering angle of each pixel in mrad (small-angle: λ |k|)."""
+        """Scattering angle of each detector pixel.
+
+        Returns
+        -------
+        ndarray (Ky, Kx)
+            The angle in mrad, in the small-angle approximation ``λ·|k|``
+            (λ in Å, k in 1/Å).
+        """
         ky, kx = self.k()
         return np.hypot(ky, kx) * wavelength(self.energy) * 1e3
 
@@ -89,7 +104,22 @@ def find_center(patterns) -> tuple:
 
     The centre of mass of the pixels brighter than half the brightest one: the
     disk, without the dark-field tails that would pull a plain centre of mass.
-    ``patterns``: one mean pattern or a stack to average.
+
+    Parameters
+    ----------
+    patterns : array (..., Ky, Kx)
+        One mean pattern or a stack to average (NumPy or CuPy, any real
+        dtype).
+
+    Returns
+    -------
+    (float, float)
+        The centre (along Ky, along Kx) in detector pixels, fractional.
+
+    Raises
+    ------
+    InputError
+        Where the mean pattern is empty.
     """
     m = mean_pattern(patterns)
     w = np.where(_bright_field(m), m, 0.0)
@@ -249,37 +279,42 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
     mean : ndarray (Ky, Kx)
         Mean pattern (:func:`mean_pattern`).
     k_sampling : (float, float)
-        1/Å per detector pixel.
+        Detector sampling in 1/Å per pixel.
     energy : float
-        eV.
+        Electron energy in eV.
     center : (float, float), optional
         Detector centre in pixels (default: :func:`find_center`).
     bf_radius : float, optional
         Radius of the "bf" disk in mrad (default a quarter of the measured
         bright-field disk).
     name : str
-        The data the mean pattern comes from, named in the warning.
+        The data the mean pattern comes from, named in the warning (default
+        "zero").
 
     Returns
     -------
     detector : Detector
-    regions : dict
-        "bf", "bf-full", "abf", "df", "whole" as (inner, outer) mrad.
+        The geometry, with the centre found or given.
+    regions : dict of str -> (float, float)
+        "bf", "bf-full", "abf", "df", "whole" as (inner, outer) in mrad (see
+        Notes for a detector the bright-field disk fills).
 
-        Where the bright-field disk fills the detector
-        (:func:`disk_fills_detector`: a detector cropped to the disk, or a
-        camera length too long), its edge is not recorded: its radius is not
-        known (the measured one is a lower bound, the detector's own extent),
-        and what would be the "df" annulus holds bright field, whose images
-        change with defocus. Then only "bf" (by default a quarter of that
-        lower bound) and "whole" are returned, with a
-        :class:`DetectorWarning`: no "bf-full", "abf" or "df" image, so that
-        :meth:`~flowtie_fast.triplet.FocalTriplet.from_4dstem` measures no
-        band-limited noise (the band limit comes from the disk's radius) and
-        does not register the scans on a "dark field" that is bright field
-        (it registers them on the planes, as it does without one). The
-        missing ``"df"`` region is the flag a program can read
-        (``"df" not in triplet.reductions[1].regions``).
+    Notes
+    -----
+    Where the bright-field disk fills the detector
+    (:func:`disk_fills_detector`: a detector cropped to the disk, or a
+    camera length too long), its edge is not recorded: its radius is not
+    known (the measured one is a lower bound, the detector's own extent),
+    and what would be the "df" annulus holds bright field, whose images
+    change with defocus. Then only "bf" (by default a quarter of that
+    lower bound) and "whole" are returned, with a
+    :class:`DetectorWarning`: no "bf-full", "abf" or "df" image, so that
+    :meth:`~flowtie_fast.triplet.FocalTriplet.from_4dstem` measures no
+    band-limited noise (the band limit comes from the disk's radius) and
+    does not register the scans on a "dark field" that is bright field
+    (it registers them on the planes, as it does without one). The
+    missing ``"df"`` region is the flag a program can read
+    (``"df" not in triplet.reductions[1].regions``).
     """
     center = find_center(mean) if center is None else check_center(center)
     if not all(math.isfinite(c) and 0 <= c <= n - 1 for c, n in zip(center, mean.shape)):

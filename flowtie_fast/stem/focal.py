@@ -112,7 +112,7 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
     """
     reductions = list(reductions)
     if len(reductions) != 3 or not all(isinstance(r, Reduction) for r in reductions):
-        raise InputError("reductions: expected three flowtie_fast.Reduction "
+        raise InputError("reductions: expected three flowtie_fast.stem.Reduction "
                          "(minus, zero, plus)")
     check_choice("virtual", virtual, tuple(reductions[1].virtual))
     scan_step = check_positive("scan_step", scan_step, pair=True)

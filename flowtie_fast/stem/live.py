@@ -44,6 +44,9 @@ __all__ = ["ReductionUDF", "reduce_with_libertem", "triplet_with_libertem"]
 class ReductionUDF(UDF):
     """Weighted sums of each frame: ``sums[p, q] = Σ_k W[q, k] frame_p[k]``.
 
+    Its result is ``sums``: a navigation buffer of Q float32 values per scan
+    position (the patterns' unit, e.g. counts, times the weights').
+
     Parameters
     ----------
     weights : ndarray (Q, Ky*Kx) float32
@@ -51,10 +54,6 @@ class ReductionUDF(UDF):
     lo, hi : ndarray (Q,), optional
         Pixel range of each row's non-zero weights (default: found; LiberTEM
         passes them back when it copies the UDF to its workers).
-
-    Result
-    ------
-    ``sums``: a navigation buffer of Q float32 values per scan position.
     """
 
     def __init__(self, weights, lo=None, hi=None):
@@ -64,12 +63,26 @@ class ReductionUDF(UDF):
         super().__init__(weights=weights, lo=lo, hi=hi)
 
     def get_result_buffers(self):
-        """One float32 vector of Q sums per scan position."""
+        """The UDF's result buffers (LiberTEM's interface).
+
+        Returns
+        -------
+        dict
+            ``{"sums": buffer}``: one float32 vector of Q sums per scan
+            position.
+        """
         q = self.params.weights.shape[0]
         return {"sums": self.buffer(kind="nav", extra_shape=(q,), dtype=np.float32)}
 
     def process_partition(self, partition):
-        """All frames of a partition, (n, Ky, Kx), through the reduction kernel."""
+        """All frames of a partition through the reduction kernel.
+
+        Parameters
+        ----------
+        partition : ndarray (n, Ky, Kx)
+            The partition's frames, as LiberTEM passes them; the sums go to
+            ``self.results.sums``.
+        """
         self.results.sums[:] = reduce_frames(partition, self.params.weights, self.params.lo,
                                              self.params.hi)
 
@@ -88,10 +101,17 @@ def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=Non
     Parameters
     ----------
     ctx : libertem.api.Context
+        The LiberTEM context that runs the UDF.
     dataset : LiberTEM DataSet (Sy, Sx, Ky, Kx)
+        The 4D-STEM dataset (a file, a memory array or a live stream).
     detector : Detector
+        Geometry (centre included).
     regions : dict of name -> (inner_mrad, outer_mrad)
+        Virtual detectors: annuli in mrad.
     com_radius_mrad : float, optional
+        Limit of the centre of mass in mrad (default: whole detector).
+    name : str
+        How messages name the dataset (default "dataset").
 
     Returns
     -------
@@ -112,19 +132,45 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
                           flip=False):
     """:meth:`FocalTriplet.from_4dstem` with the passes run by LiberTEM.
 
+    One more pass (LiberTEM's SumUDF over the in-focus dataset) gives the
+    mean pattern that the bright-field radius, and the centre unless given,
+    are found from. The parameters are those of
+    :meth:`~flowtie_fast.triplet.FocalTriplet.from_4dstem`.
+
     Parameters
     ----------
     ctx : libertem.api.Context
+        The LiberTEM context that runs the passes.
     datasets : three LiberTEM DataSets
-        At the planes ``-dz, 0, +dz`` (docs/conventions.md).
-    dz, scan_step, k_sampling, energy, center, virtual, bf_radius, com_radius, rotation, flip
-        As in :meth:`FocalTriplet.from_4dstem`. One more pass (LiberTEM's
-        SumUDF over the in-focus dataset) gives the mean pattern that the
-        bright-field radius, and the centre unless given, are found from.
+        At the planes ``-dz, 0, +dz`` (docs/conventions.md), of equal shape
+        (Sy, Sx, Ky, Kx).
+    dz : float or (float, float)
+        Defocus step in Å.
+    scan_step : float or (float, float)
+        Scan step in Å (the pixel size of the triplet).
+    k_sampling : float or (float, float)
+        Detector sampling in 1/Å per pixel.
+    energy : float
+        Electron energy in eV.
+    center : (float, float), optional
+        Detector centre in pixels (default: found from the mean pattern).
+    virtual : {"bf", "bf-full", "abf", "df", "whole"}
+        Which virtual image forms the planes (default "bf").
+    bf_radius : float, optional
+        Radius of the "bf" disk in mrad (default a quarter of the measured
+        bright-field disk).
+    com_radius : float, optional
+        Limit of the centre of mass in mrad (default: whole detector).
+    rotation : float or "auto"
+        Detector-to-scan rotation in degrees (default 0).
+    flip : bool
+        Transpose the detector axes before rotating (default False).
 
     Returns
     -------
     FocalTriplet
+        With ``gradient`` (rad/Å, the in-focus centre of mass) and
+        ``reductions``, ready for :func:`~flowtie_fast.solvers.reconstruct`.
     """
     datasets = list(datasets)
     if len(datasets) != 3:

@@ -37,7 +37,10 @@ _NATIVE = (np.uint8, np.uint16, np.uint32, np.int32, np.float32, np.float64)
 class Reduction:
     """What one pass over a 4D-STEM dataset gives.
 
-    Attributes
+    :func:`reduce_4dstem` makes it; each parameter is kept as the attribute
+    of the same name.
+
+    Parameters
     ----------
     virtual : dict of str -> array (Sy, Sx)
         Virtual images (counts summed over each detector region).
@@ -45,8 +48,14 @@ class Reduction:
         Centre of mass relative to the detector centre, 1/Å, in scan axes.
     detector : Detector
         The geometry used (with the centre found or given).
-    rotation : float
-        Detector-to-scan rotation applied, degrees; ``flip`` the transpose.
+    rotation : float, optional
+        Detector-to-scan rotation applied, in degrees (default 0).
+    flip : bool, optional
+        Whether the detector axes were transposed before rotating (default
+        False).
+    regions : dict of str -> (float, float), optional
+        The virtual detectors, ``name -> (inner, outer)`` in mrad (default
+        empty).
     """
 
     virtual: dict
@@ -70,8 +79,8 @@ _WEIGHT_LOCK = threading.Lock()
 def _weights_on(be: Backend, detector: Detector, regions: dict, com_radius_mrad):
     """``detector_weights`` and ``weight_ranges`` on the backend's device, kept
     for the last few geometries: an acquisition loop reduces scan after scan
-    with the same detector (computing them took 0.34 ms for 128² pixels on the
-    2-core VM; a GPU pass of 128² patterns is about 1 ms)."""
+    with the same detector, and computing them again would cost a noticeable
+    part of a GPU pass over the patterns."""
     try:
         device = None
         if be.is_gpu:  # one backend object serves every GPU: the arrays live on one
@@ -177,14 +186,19 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
     detector : Detector
         Geometry (centre included).
     regions : dict of name -> (inner_mrad, outer_mrad)
-        Virtual detectors.
+        Virtual detectors: annuli in mrad.
     com_radius_mrad : float, optional
-        Limit of the centre of mass (default: whole detector).
+        Limit of the centre of mass in mrad (default: whole detector).
     backend : {"auto", "cpu", "gpu"} or Backend
+        Where to reduce (default "auto": the GPU for a CuPy array or where a
+        device answers).
     chunk_bytes : int
-        Upper bound of the raw data read or copied at once (whole scan rows, at
-        least one): from a file, to the device, or into a type the kernels
-        read. A device array the kernels read as it is goes in one launch.
+        Upper bound of the raw data read or copied at once, in bytes (default
+        64 MiB; whole scan rows, at least one): from a file, to the device, or
+        into a type the kernels read. A device array the kernels read as it is
+        goes in one launch.
+    name : str
+        How messages name ``data`` (default "data").
 
     Returns
     -------
@@ -244,7 +258,7 @@ def _reduce_streamed(data, W, lo, hi, be: Backend, chunk_bytes):
     rows = max(1, int(chunk_bytes // max(row_bytes, 1)))
     if is_cupy(data) and np.dtype(data.dtype) in _NATIVE and data.flags.c_contiguous:
         # Nothing to copy: one launch keeps every SM busy (a 64 MB chunk of 128²
-        # patterns is 2048 of them, 64 blocks for the H100's 132 SMs).
+        # patterns is 2048 of them, 64 blocks: fewer than an H100 has SMs).
         rows = sy
     for i0 in range(0, sy, rows):
         i1 = min(sy, i0 + rows)

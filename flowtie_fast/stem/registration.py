@@ -96,7 +96,10 @@ class RegistrationWarning(UserWarning):
 class Shift:
     """A translation estimate.
 
-    Attributes
+    :func:`estimate_shift` makes it; each parameter is kept as the attribute
+    of the same name.
+
+    Parameters
     ----------
     dy, dx : float
         Translation in pixels along axis 0 and axis 1 that, applied to the
@@ -471,7 +474,7 @@ def apply_shift(image, shift, *, periodic=True) -> np.ndarray:
         ``(dy, dx)`` in pixels: the content moves by ``+dy`` rows and ``+dx``
         columns (the output at ``r`` is the input at ``r - (dy, dx)``).
     periodic : bool
-        True: Fourier shift of the periodic image, one axis after the other
+        True (default): Fourier shift of the periodic image, one axis after the other
         (exact for band-limited periodic fields; content leaving one edge
         re-enters at the other). False: Fourier shift of the even mirror
         extension of the image (each axis extended to twice its length by
@@ -492,19 +495,19 @@ def apply_shift(image, shift, *, periodic=True) -> np.ndarray:
         are exact (a roll, periodic; mirrored rows and columns, not
         periodic).
 
-    Notes
-    -----
-    Along an axis of even length, the Nyquist component is multiplied by
-    ``cos(π d)`` (the real part of its phase factor: the output stays real),
-    so shifting by ``s`` then ``-s`` restores an image exactly only when it
-    has no component at the Nyquist frequency (a band-limited image).
-
     Raises
     ------
     InputError
         Naming the argument: ``image`` not a finite real 2-D array of at least
         8 px a side, ``shift`` not a Shift or a pair of finite numbers, a
         ``periodic`` that is not a bool.
+
+    Notes
+    -----
+    Along an axis of even length, the Nyquist component is multiplied by
+    ``cos(π d)`` (the real part of its phase factor: the output stays real),
+    so shifting by ``s`` then ``-s`` restores an image exactly only when it
+    has no component at the Nyquist frequency (a band-limited image).
     """
     a = _check_image("image", image)
     dy, dx = _check_shift(shift)

@@ -45,6 +45,24 @@ def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
     θ from θ + 180°: ``reference_gradient`` (e.g. the gradient of a TIE
     phase, rad/Å) picks the one that agrees with it; without it the answer
     lies in [0, 180).
+
+    Parameters
+    ----------
+    com : array (2, Sy, Sx)
+        Centre of mass in 1/Å, in detector axes (NumPy or CuPy).
+    reference_gradient : array (2, Sy, Sx), optional
+        A phase gradient in rad/Å in scan axes that resolves the 180°
+        ambiguity.
+    step_degrees : float
+        Step of the coarse search in degrees (default 1).
+
+    Returns
+    -------
+    rotation : float
+        Detector-to-scan rotation in degrees, in [0, 360) with
+        ``reference_gradient``, else in [0, 180).
+    flip : bool
+        Whether the detector axes are to be transposed before rotating.
     """
     com = _to_numpy(com).astype(np.float64)
     best = None

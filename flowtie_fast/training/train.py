@@ -15,7 +15,7 @@ network and objective.
 
 With a teacher (``TrainConfig.teacher``, ``distill``), the flow term's target
 is a blend of the ground-truth gradient and the teacher's predicted flow: a
-single network learns from the mean flow of an ensemble (MODEL.md).
+single network learns from the mean flow of an ensemble (docs/models.md).
 
 With ``TrainConfig.init`` (a shipped model's name or a TorchScript file of the
 same network), the run starts from that model's weights instead of a random
@@ -72,7 +72,7 @@ class TrainConfig:
     batch: int = 8
     reps: int = 2  # periods per side of each training image
     lr: float = 2e-3
-    weights: tuple = (1.0, 0.0, 1.0)  # flow, continuity, phase (ablation: EVALUATION.md)
+    weights: tuple = (1.0, 0.0, 1.0)  # flow, continuity, phase (ablation: docs/evaluation.md)
     width: int = 24
     depth: int = 3
     stride: int = 1  # FlowNet's pixel-unshuffle factor
