@@ -55,6 +55,9 @@ LATE = {
     "flowtie_fast.simulation": {"flowtie_fast.cli"},
     "flowtie_fast.evaluation": {"flowtie_fast.cli"},
     "flowtie_fast.training": {"flowtie_fast.cli"},
+    # FlowNet imports PyTorch: the runtime loads it when a model file is loaded
+    # (the fused CPU path rebuilds the network from the file's weights).
+    "flowtie_fast.flow.model": {"flowtie_fast.flow.infer"},
 }
 
 #: Subpackages for research that the runtime never imports.
