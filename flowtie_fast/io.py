@@ -403,6 +403,7 @@ def _read_npz(path: Path) -> dict:
         raise InputError(f"path: {path.name} is not a readable .npz file (it holds a single "
                          "array, not named keys)")
     with z:
+        _check_npz_memory(z, path)
         fields = {}
         for k in _KEYS:
             if k not in z.files:
@@ -413,6 +414,45 @@ def _read_npz(path: Path) -> dict:
                 raise InputError(f"{path.name}: '{k}' cannot be read ({_reason(exc)})") \
                     from exc
     return fields
+
+
+def _check_npz_memory(z, path: Path) -> None:
+    """Refuse, before reading any member, an .npz archive whose arrays (the
+    sizes their .npy headers declare: shape x dtype, read without loading,
+    compressed members included) do not fit in the memory available now:
+    :class:`InputError` naming the file with both figures."""
+    from numpy.lib import format as npy
+
+    total, largest = 0, None
+    for k in _KEYS:
+        if k not in z.files:
+            continue
+        member = k + ".npy" if k + ".npy" in z.zip.namelist() else k
+        try:
+            with z.zip.open(member) as fp:
+                if fp.read(len(npy.MAGIC_PREFIX)) != npy.MAGIC_PREFIX:
+                    nbytes, shape, dtype = z.zip.getinfo(member).file_size, None, None
+                else:
+                    fp.seek(0)
+                    version = npy.read_magic(fp)
+                    read = npy.read_array_header_1_0 if version == (1, 0) else \
+                        npy.read_array_header_2_0
+                    shape, _, dtype = read(fp)
+                    nbytes = int(np.prod([int(n) for n in shape], dtype=object)) * \
+                        dtype.itemsize
+        except Exception as exc:  # malformed or oversized headers, truncated members
+            raise InputError(f"{path.name}: '{k}' cannot be read ({_reason(exc)})") from exc
+        total += nbytes
+        if largest is None or nbytes > largest[1]:
+            largest = (k, nbytes, shape, dtype)
+    available = host_available_memory()
+    if available is not None and total > available:
+        k, _, shape, dtype = largest
+        what = f"'{k}' of shape {tuple(int(n) for n in shape)} ({dtype})" if shape is not None \
+            else f"'{k}'"
+        raise InputError(f"{path.name}: its arrays need about {_gib(total)} to be read "
+                         f"(largest: {what}), more than the {_gib(available)} of memory "
+                         "available; crop or bin them, or use another machine")
 
 
 def _read_h5(path: Path, suffix: str):
@@ -462,6 +502,11 @@ def _read_h5(path: Path, suffix: str):
 def _reason(exc) -> str:
     """Why NumPy could not read a file, without its advice to unpickle it."""
     text = " ".join(str(exc).split())
+    if "max_header_size" in text or "Header info length" in text:
+        found = re.search(r"Header info length \((\d+)\)", text)
+        size = f" ({found.group(1)} bytes)" if found else ""
+        return (f"its .npy header is too large{size}; a header this size is refused as "
+                "unsafe to parse")
     if "pickle" in text:
         return "pickled Python objects, or not an .npz archive: nothing pickled is ever loaded"
     return text
@@ -691,8 +736,9 @@ def read_raw(path, *, energy=None, scan_step=None, k_sampling=None):
     module = _RAW_READERS.get(path.suffix.lower())
     if module is None:
         raise InputError(f"path: expected one of {sorted(_RAW_READERS)}, got {path.name!r}")
-    if not path.is_file():
-        raise InputError(f"path: no such file {str(path)!r}")
+    check_input_file("path", path)
+    if energy is not None:  # a keV slip is named before any unit conversion uses it
+        energy = check_positive("energy", energy)
     try:
         reader = importlib.import_module(module).file_reader
     except ImportError as exc:
@@ -713,6 +759,7 @@ def read_raw(path, *, energy=None, scan_step=None, k_sampling=None):
         energy = None if energy is None else float(energy) * 1e3  # keV -> eV
         if energy is None:
             raise InputError(f"energy: {path.name} does not record the beam energy; give it")
+        energy = check_positive("energy", energy)
     if scan_step is None:
         try:
             scan_step = tuple(float(a["scale"]) * _LENGTH[str(a.get("units"))] for a in axes[:2])

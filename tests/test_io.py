@@ -872,6 +872,75 @@ def test_hdf5_planes_too_large_for_memory_are_refused_before_reading(tmp_path):
             ds.triplet(backend="cpu")
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_npz_arrays_too_large_for_memory_are_refused_before_reading(tmp_path, monkeypatch,
+                                                                    compress):
+    """An .npz was read in full (a compressed one expands without bound) with
+    no memory check: the sizes its .npy headers declare are checked first."""
+    import flowtie_fast.io as fio
+
+    save = np.savez_compressed if compress else np.savez
+    save(tmp_path / "big.npz", minus=np.ones((128, 128)), zero=np.ones((128, 128)),
+         plus=np.ones((128, 128)), dz=[20.0, 20.0], scan_step=[0.2, 0.2], energy=300e3)
+    read = []
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__",
+                        lambda self, k, real=np.lib.npyio.NpzFile.__getitem__:
+                        read.append(k) or real(self, k))
+    monkeypatch.setattr(fio, "host_available_memory", lambda: 100_000)
+    with pytest.raises(ft.InputError, match=r"^big.npz: its arrays need about .* GiB to be "
+                                            r"read \(largest: 'minus' of shape \(128, 128\) "
+                                            r"\(float64\)\), more than the .* GiB of memory "
+                                            r"available"):
+        ft.load(tmp_path / "big.npz")
+    assert read == []
+    monkeypatch.setattr(fio, "host_available_memory", lambda: 10**9)
+    assert ft.load(tmp_path / "big.npz").zero.shape == (128, 128)
+
+
+def test_npz_header_too_large_is_named(tmp_path):
+    """A header over NumPy's max_header_size was reported as pickled objects."""
+    import io
+    import zipfile
+
+    d = ("{'descr': '<f8', 'fortran_order': False, 'shape': (4, 4), }" + " " * 200000 +
+         "\n").encode()
+    fields = dict(minus=np.ones((4, 4)), zero=np.ones((4, 4)), plus=np.ones((4, 4)),
+                  dz=np.array([20.0, 20.0]), scan_step=np.array([0.2, 0.2]),
+                  energy=np.array(300e3))
+    with zipfile.ZipFile(tmp_path / "h.npz", "w") as z:
+        for k, v in fields.items():
+            b = io.BytesIO()
+            np.save(b, v)
+            z.writestr(k + ".npy", b.getvalue())
+        z.writestr("phase_gt.npy", b"\x93NUMPY\x02\x00" + len(d).to_bytes(4, "little") + d +
+                   bytes(4 * 4 * 8))
+    with pytest.raises(ft.InputError, match=r"'phase_gt' cannot be read \(its \.npy header "
+                                            r"is too large") as info:
+        ft.load(tmp_path / "h.npz")
+    assert "pickle" not in str(info.value)
+
+
+def test_read_raw_names_a_directory_and_a_kev_energy_first(tmp_path):
+    """A folder was called 'no such file'; energy=300 (keV) was hidden behind
+    the detector-unit error."""
+    emd = pytest.importorskip("rsciio.emd")
+    (tmp_path / "d.blo").mkdir()
+    with pytest.raises(ft.InputError, match=r"^path: .*d\.blo' is a directory, not a file"):
+        ft.io.read_raw(tmp_path / "d.blo")
+    ax = {"navigate": True, "offset": 0, "scale": 0.02, "units": "nm", "size": 3}
+    sig = {"data": np.ones((3, 3, 4, 4), np.float32),
+           "axes": [dict(ax, name="y"), dict(ax, name="x"),
+                    dict(ax, name="ky", navigate=False, units="cm", size=4),
+                    dict(ax, name="kx", navigate=False, units="cm", size=4)],
+           "metadata": {"General": {"title": "z"}, "Signal": {"signal_type": ""}},
+           "original_metadata": {}}
+    emd.file_writer(str(tmp_path / "z.emd"), sig)
+    with pytest.raises(ft.InputError, match=r"^energy: expected 1000 to 1e\+07 eV .*got 300"):
+        ft.io.read_raw(tmp_path / "z.emd", energy=300)
+    with pytest.raises(ft.InputError, match=r"^k_sampling: cannot convert detector units"):
+        ft.io.read_raw(tmp_path / "z.emd", energy=300e3)
+
+
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])
 def test_loose_but_valid_files_load(tmp_path, suffix):
     """Scalars for pairs, integers, one-element arrays and bytes are accepted."""
