@@ -266,7 +266,17 @@ def _read_wisdom(path: str) -> tuple:
         with np.load(path, allow_pickle=False) as f:
             if str(f["format"]) != WISDOM_FORMAT:
                 raise ValueError(f"format {str(f['format'])!r}")
-            return tuple(f[f"w{i}"].tobytes() for i in range(len(f.files) - 1))
+            expected = ["format", "w0", "w1", "w2"]  # double, single, long double
+            if sorted(f.files) != expected:
+                raise ValueError(f"entries {sorted(f.files)}, expected {expected}")
+            pieces = []
+            for k in expected[1:]:
+                w = f[k]
+                if w.dtype != np.uint8 or w.ndim != 1:
+                    raise ValueError(f"'{k}' holds {w.dtype} of shape {w.shape}, expected "
+                                     "the bytes of FFTW wisdom (uint8, 1-D)")
+                pieces.append(w.tobytes())
+            return tuple(pieces)
     except Exception as exc:  # noqa: BLE001  every failure to read is the file's
         reason = "no 'format' entry" if isinstance(exc, KeyError) else \
             first_line(exc).split(". ")[0]
@@ -306,7 +316,11 @@ def save_wisdom(path) -> None:
 def load_wisdom(path) -> bool:
     """Read FFTW wisdom written by :func:`save_wisdom`.
 
-    A file of another kind raises :class:`BackendError`. A path that does not
+    A file of another kind, or one whose entries are not the three pieces
+    :func:`save_wisdom` writes, raises :class:`BackendError` naming
+    ``wisdom`` and the file. Wisdom FFTW rejects (written by another FFTW
+    build, or damaged) gives a ``RuntimeWarning`` and False: plans are then
+    measured afresh. A path that does not
     exist must be one :func:`save_wisdom` can create (its folder writable):
     :class:`InputError` naming ``wisdom`` otherwise, so that
     ``Plan(wisdom=...)`` refuses it before planning.
@@ -319,15 +333,24 @@ def load_wisdom(path) -> bool:
     Returns
     -------
     bool
-        True when wisdom was read; False when ``path`` does not exist yet or
-        pyFFTW is not installed.
+        True when wisdom was read; False when ``path`` does not exist yet,
+        FFTW rejected its wisdom, or pyFFTW is not installed.
     """
     path = _wisdom_path(path, creatable=True)
     if not _have_pyfftw() or not os.path.exists(path):
         return False
     import pyfftw
 
-    pyfftw.import_wisdom(_read_wisdom(path))
+    accepted = pyfftw.import_wisdom(_read_wisdom(path))
+    if not all(accepted):
+        import warnings
+
+        precisions = [p for p, ok in zip(("double", "single", "long double"), accepted)
+                      if not ok]
+        warnings.warn(f"wisdom: FFTW rejected the {', '.join(precisions)} wisdom in {path!r} "
+                      "(written by another FFTW build, or damaged); plans are measured "
+                      "afresh", RuntimeWarning, stacklevel=2)
+        return False
     return True
 
 

@@ -196,6 +196,33 @@ def test_wisdom_file_round_trip(tmp_path):
         ft.load_wisdom(tmp_path / "bad")
 
 
+def test_malformed_or_rejected_wisdom_is_refused_or_reported(tmp_path):
+    """Fewer than 3 pieces raised IndexError; pieces FFTW rejects were taken
+    as read (load_wisdom returned True)."""
+    pytest.importorskip("pyfftw")
+    from flowtie_fast.fft import WISDOM_FORMAT
+
+    fmt = np.array(WISDOM_FORMAT)
+    cases = {"none.wis": {}, "two.wis": dict(w0=np.zeros(3, np.uint8), w1=np.zeros(3, np.uint8)),
+             "floats.wis": dict(w0=np.zeros(5), w1=np.zeros(1, np.uint8),
+                                w2=np.zeros(1, np.uint8))}
+    for name, pieces in cases.items():
+        with open(tmp_path / name, "wb") as f:
+            np.savez(f, format=fmt, **pieces)
+        for call in (lambda p: ft.load_wisdom(p),
+                     lambda p: ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", wisdom=p,
+                                       warmup=False)):
+            with pytest.raises(ft.BackendError, match=rf"^wisdom: '.*{name}' is not an FFTW "
+                                                      r"wisdom file"):
+                call(tmp_path / name)
+    garbage = {f"w{i}": np.frombuffer(b"garbage", np.uint8) for i in range(3)}
+    with open(tmp_path / "rejected.wis", "wb") as f:
+        np.savez(f, format=fmt, **garbage)
+    with pytest.warns(RuntimeWarning, match=r"wisdom: FFTW rejected the double, single, long "
+                                            r"double wisdom in '.*rejected.wis'"):
+        assert ft.load_wisdom(tmp_path / "rejected.wis") is False
+
+
 @pytest.mark.parametrize("method", ["tie", "icom", "tie-exact"])
 def test_plan_on_each_backend_matches_the_cpu(backend, method):
     """The same plan on the GPU (CuPy arrays in and out) gives the CPU's phase."""
