@@ -27,8 +27,8 @@ from .physics import wavenumber
 from .planes import (check_gradient, check_image, check_intensity_stats, check_positions,
                      focal_weights)
 from .solvers import reconstruct
-from .stem.focal import (check_register, orient, prepare_planes, reduce_triplet,
-                         register_planes, virtual_image_noise)
+from .stem.focal import (check_register, check_rotation, orient, prepare_planes,
+                         reduce_triplet, register_planes, virtual_image_noise)
 
 __all__ = ["FocalSeries", "FocalTriplet"]
 
@@ -266,8 +266,9 @@ class FocalTriplet(FocalSeries):
         com_radius : float, optional
             Limit of the centre of mass in mrad (default: whole detector).
         rotation : float or "auto"
-            Detector-to-scan rotation in degrees (default 0); "auto" finds it
-            (and ``flip``) by minimising the curl of the centre of mass.
+            Detector-to-scan rotation in degrees within ±360 (default 0);
+            "auto" finds it (and ``flip``) by minimising the curl of the
+            centre of mass.
         flip : bool
             Transpose the detector axes before rotating (default False).
         register : bool or "periodic"
@@ -292,6 +293,9 @@ class FocalTriplet(FocalSeries):
         FocalTriplet
             With ``reductions``: the three :class:`~flowtie_fast.stem.reduction.Reduction`.
         """
+        check_rotation(rotation)  # before the pass over the data
+        if not isinstance(flip, (bool, np.bool_)):
+            raise InputError(f"flip: expected True or False, got {flip!r}")
         reductions, counts = reduce_triplet(
             minus, zero, plus, k_sampling, energy, center=center, virtual=virtual,
             bf_radius=bf_radius, com_radius=com_radius, backend=backend,
@@ -311,7 +315,11 @@ class FocalTriplet(FocalSeries):
         Parameters
         ----------
         reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
-            Of the datasets at ``-dz, 0, +dz``, before any rotation.
+            Of the datasets at ``-dz, 0, +dz``. They are not modified: the
+            triplet keeps rotated copies. Reductions that record a rotation
+            already applied (another triplet's ``reductions``) are turned
+            back to detector axes first: ``rotation`` and ``flip`` are always
+            from the detector axes.
         dz : float or (float, float)
             Defocus step in Å.
         scan_step : float or (float, float)
@@ -320,7 +328,8 @@ class FocalTriplet(FocalSeries):
             Which virtual image forms the planes (default "bf"; as in
             :meth:`from_4dstem`).
         rotation : float or "auto"
-            Detector-to-scan rotation in degrees (default 0); "auto" finds it.
+            Detector-to-scan rotation in degrees within ±360 (default 0);
+            "auto" finds it.
         flip : bool
             Transpose the detector axes before rotating (default False).
         counts : bool
@@ -333,7 +342,9 @@ class FocalTriplet(FocalSeries):
         Returns
         -------
         FocalTriplet
-            With ``reductions``: the three reductions it was made from.
+            With ``reductions``: copies of the three reductions it was made
+            from, their centre of mass rotated to scan axes (``rotation`` and
+            ``flip`` recorded).
 
         Notes
         -----
@@ -343,10 +354,11 @@ class FocalTriplet(FocalSeries):
         any scanned image, whatever the specimen), else taken as Poisson where the patterns
         were counts, else unknown (:mod:`flowtie_fast.noise`).
         """
+        check_rotation(rotation)
         reductions, planes, scan_step, energy, noise, registration = prepare_planes(
             reductions, scan_step, virtual=virtual, counts=counts, register=register)
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
-        orient(reductions, rotation, flip, t._tie_gradient)
+        reductions, _, _ = orient(reductions, rotation, flip, t._tie_gradient)
         t.registration = registration
         t.gradient = t._check_gradient(reductions[1].gradient)
         t.gradient_noise = virtual_image_noise(list(t.gradient), scan_step, energy,

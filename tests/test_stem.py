@@ -194,6 +194,61 @@ def test_from_4dstem_icom_recovers_the_encoded_phase(rotation):
     assert len(t.reductions) == 3 and set(t.reductions[1].virtual) >= {"bf", "whole"}
 
 
+def test_from_reductions_leaves_the_reductions_given_unchanged():
+    """The rotation is applied to copies: building twice from the same
+    reductions, or from a triplet's own (rotated) reductions, gives the
+    same gradient, and the caller's centre of mass is not rotated."""
+    _, grad = _phase_and_gradient(n=16)
+    data = gaussian_patterns(grad / (2 * np.pi) / K_SAMPLING)
+    reds, _ = stem.reduce_triplet(data, data, data, K_SAMPLING, E, center=(16.0, 15.0),
+                                  backend="cpu")
+    raw = [r.com.copy() for r in reds]
+    kw = dict(dz=20.0, scan_step=0.25, register=False)
+    t1 = ft.FocalTriplet.from_reductions(reds, rotation=30.0, **kw)
+    t2 = ft.FocalTriplet.from_reductions(reds, rotation=30.0, **kw)
+    for r, c in zip(reds, raw):
+        assert np.array_equal(r.com, c) and r.rotation == 0.0 and r.flip is False
+    np.testing.assert_array_equal(t1.gradient, t2.gradient)
+    np.testing.assert_allclose(t1.gradient, 2 * np.pi * stem.rotate_com(raw[1], 30.0, False),
+                               atol=1e-5)
+    assert t1.reductions[1].rotation == 30.0 and t1.reductions[1] is not reds[1]
+    # A triplet's own reductions: the rotation asked for is from the detector axes.
+    for rotation, flip in ((30.0, False), (90.0, True)):
+        t3 = ft.FocalTriplet.from_reductions(t1.reductions, rotation=rotation, flip=flip, **kw)
+        direct = ft.FocalTriplet.from_reductions(reds, rotation=rotation, flip=flip, **kw)
+        np.testing.assert_allclose(t3.gradient, direct.gradient, atol=1e-5)
+    assert t1.reductions[1].rotation == 30.0
+    t = ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.25,
+                                    k_sampling=K_SAMPLING, energy=E, center=(16.0, 15.0),
+                                    rotation=90.0, register=False, backend="cpu")
+    again = ft.FocalTriplet.from_reductions(t.reductions, rotation=90.0, **kw)
+    np.testing.assert_allclose(again.gradient, t.gradient, atol=1e-5)
+
+
+@pytest.mark.parametrize("rotation", [1e300, np.inf, np.nan, -361.0, "north", True, None])
+def test_from_4dstem_refuses_a_rotation_out_of_range(rotation, rng):
+    data = rng.random((4, 4, 8, 8)).astype(np.float32)
+    with pytest.raises(ft.InputError, match="rotation: expected"):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.2,
+                                    k_sampling=K_SAMPLING, energy=E, rotation=rotation)
+
+
+def test_rotation_functions_refuse_bad_inputs():
+    com = np.ones((2, 8, 8))
+    with pytest.raises(ft.InputError, match="flip: expected True or False, got 'no'"):
+        stem.rotate_com(com, 0.0, "no")
+    with pytest.raises(ft.InputError, match="degrees: expected"):
+        stem.rotate_com(com, np.nan, False)
+    with pytest.raises(ft.InputError, match=r"com: expected an array \(2, Sy, Sx\)"):
+        stem.rotate_com(np.ones((3, 8, 8)), 0.0, False)
+    with pytest.raises(ft.InputError, match=r"com: expected an array \(2, Sy, Sx\)"):
+        stem.calibrate_rotation(np.zeros((3, 8, 8)))
+    with pytest.raises(ft.InputError, match="com: contains NaN or Inf"):
+        stem.calibrate_rotation(np.full((2, 8, 8), np.nan))
+    with pytest.raises(ft.InputError, match="reference_gradient: expected"):
+        stem.calibrate_rotation(com, reference_gradient=np.ones((2, 4, 4)))
+
+
 @pytest.mark.filterwarnings("ignore::flowtie_fast.stem.DetectorWarning")  # random patterns
 def test_from_4dstem_rejects_bad_data(rng):
     good = rng.random((4, 4, 8, 8)).astype(np.float32)

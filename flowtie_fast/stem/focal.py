@@ -17,6 +17,7 @@ which calls these in turn.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -138,36 +139,76 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
 
 
 def orient(reductions, rotation, flip, tie_gradient):
-    """Rotate the reductions' centre of mass from detector to scan axes, in place.
+    """The reductions with their centre of mass rotated from detector to scan axes.
+
+    The reductions given are left unchanged: the rotated ones are new
+    :class:`~flowtie_fast.stem.reduction.Reduction` objects (new ``com``
+    arrays, the other arrays shared). ``rotation`` and ``flip`` are always
+    from the detector axes: reductions that record a rotation already
+    applied (a triplet's own ``reductions``) are turned back to detector
+    axes first, so they give the same centre of mass as the unrotated ones.
 
     Parameters
     ----------
     reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
     rotation : float or "auto"
-        Degrees; "auto" finds it and ``flip`` (:func:`calibrate_rotation`),
-        with ``tie_gradient()`` (rad/Å, the planes' TIE phase gradient)
-        telling θ from θ + 180°.
+        Degrees, within ±360; "auto" finds it and ``flip``
+        (:func:`calibrate_rotation`), with ``tie_gradient()`` (rad/Å, the
+        planes' TIE phase gradient) telling θ from θ + 180°.
     flip : bool
     tie_gradient : callable
         Called only for ``rotation="auto"``.
 
     Returns
     -------
+    reductions : list of three :class:`~flowtie_fast.stem.reduction.Reduction`
+        New objects, their centre of mass in scan axes.
     rotation, flip : float, bool
         As applied.
     """
-    com = reductions[1].com
+    if not isinstance(flip, (bool, np.bool_)):
+        raise InputError(f"flip: expected True or False, got {flip!r}")
+    if not (isinstance(rotation, str) and rotation == "auto"):
+        rotation = check_rotation(rotation)
+    raw = [detector_com(r) for r in reductions]
+    if isinstance(rotation, str):
+        rotation, flip = calibrate_rotation(raw[1], tie_gradient())
+    flip = bool(flip)
+    out = [dataclasses.replace(r, com=rotate_com(c, rotation, flip), rotation=rotation,
+                               flip=flip)
+           for r, c in zip(reductions, raw)]
+    return out, rotation, flip
+
+
+def check_rotation(rotation):
+    """``rotation`` checked: finite degrees within ±360, or "auto";
+    :class:`InputError` otherwise."""
     if isinstance(rotation, str):
         if rotation != "auto":
             raise InputError(f"rotation: expected degrees or 'auto', got {rotation!r}")
-        rotation, flip = calibrate_rotation(com, tie_gradient())
-    rotation = check_real("rotation", rotation)
+        return rotation
+    try:
+        value = check_real("rotation", rotation)
+    except InputError:
+        raise InputError("rotation: expected finite degrees (within ±360) or 'auto', "
+                         f"got {rotation!r}") from None
+    if abs(value) > 360:
+        raise InputError(f"rotation: expected degrees within ±360 or 'auto', got {rotation!r}")
+    return value
+
+
+def detector_com(reduction):
+    """A reduction's centre of mass in detector axes: the rotation and flip it
+    records as applied undone (a copy when there is one to undo)."""
+    rotation, flip = reduction.rotation, reduction.flip
     if not isinstance(flip, (bool, np.bool_)):
-        raise InputError(f"flip: expected True or False, got {flip!r}")
-    for r in reductions:
-        r.com = rotate_com(r.com, rotation, bool(flip))
-        r.rotation, r.flip = rotation, bool(flip)
-    return rotation, bool(flip)
+        raise InputError(f"reductions: expected flip True or False, got {flip!r}")
+    rotation = check_real("reductions: rotation", rotation)
+    com = reduction.com
+    if rotation == 0 and not flip:
+        return com
+    com = rotate_com(com, -rotation, False)
+    return com[::-1] if flip else com
 
 
 def check_register(register):

@@ -13,13 +13,44 @@ import math
 import numpy as np
 
 from ..backend import array_module
+from ..errors import InputError, check_real
 from .detector import _to_numpy
 
 __all__ = ["calibrate_rotation", "rotate_com"]
 
 
 def rotate_com(com, degrees: float, flip: bool):
-    """COM vectors from detector axes to scan axes: optional transpose, then rotation."""
+    """COM vectors from detector axes to scan axes: optional transpose, then rotation.
+
+    Parameters
+    ----------
+    com : array (2, Sy, Sx)
+        Centre of mass (NumPy or CuPy); not modified.
+    degrees : float
+        Rotation in degrees.
+    flip : bool
+        Transpose the detector axes before rotating.
+
+    Returns
+    -------
+    array (2, Sy, Sx)
+        A new array.
+    """
+    if not isinstance(flip, (bool, np.bool_)):
+        raise InputError(f"flip: expected True or False, got {flip!r}")
+    degrees = check_real("degrees", degrees)
+    _check_com_shape("com", com)
+    return _rotate(com, degrees, bool(flip))
+
+
+def _check_com_shape(name, com):
+    shape = getattr(com, "shape", None)
+    if shape is None or len(shape) != 3 or shape[0] != 2:
+        got = f"shape {tuple(shape)}" if shape is not None else type(com).__name__
+        raise InputError(f"{name}: expected an array (2, Sy, Sx), got {got}")
+
+
+def _rotate(com, degrees, flip):
     xp = array_module(com)
     c = com[::-1] if flip else com
     t = math.radians(degrees)
@@ -64,11 +95,30 @@ def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
     flip : bool
         Whether the detector axes are to be transposed before rotating.
     """
-    com = _to_numpy(com).astype(np.float64)
+    if hasattr(com, "shape"):
+        _check_com_shape("com", com)
+    com = _to_numpy(com)
+    _check_com_shape("com", com)
+    if com.dtype.kind not in "iuf":
+        raise InputError(f"com: expected real numbers, got dtype {com.dtype}")
+    com = com.astype(np.float64)
+    if not np.isfinite(com).all():
+        raise InputError("com: contains NaN or Inf; expected a finite centre of mass")
+    step_degrees = check_real("step_degrees", step_degrees, low=0, low_open=True)
+    if step_degrees > 90:
+        raise InputError(f"step_degrees: expected at most 90, got {step_degrees!r}")
+    ref = None
+    if reference_gradient is not None:
+        ref = _to_numpy(reference_gradient)
+        if ref.shape != com.shape or ref.dtype.kind not in "iuf":
+            raise InputError(f"reference_gradient: expected a real array of shape "
+                             f"{com.shape} like com, got {ref.dtype} {ref.shape}")
+        if not np.isfinite(ref).all():
+            raise InputError("reference_gradient: expected finite values, got NaN or Inf")
     best = None
     for flip in (False, True):
         for deg in np.arange(0.0, 180.0, step_degrees):
-            e = _curl_energy(rotate_com(com, deg, flip))
+            e = _curl_energy(_rotate(com, deg, flip))
             if best is None or e < best[0]:
                 best = (e, deg, flip)
     _, deg, flip = best
@@ -76,13 +126,12 @@ def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
     g = (math.sqrt(5) - 1) / 2
     for _ in range(30):
         a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-        if _curl_energy(rotate_com(com, a, flip)) < _curl_energy(rotate_com(com, b, flip)):
+        if _curl_energy(_rotate(com, a, flip)) < _curl_energy(_rotate(com, b, flip)):
             hi = b
         else:
             lo = a
     deg = 0.5 * (lo + hi) % 180.0
-    if reference_gradient is not None:
-        ref = _to_numpy(reference_gradient)
-        if float(np.sum(rotate_com(com, deg, flip) * ref)) < 0:
+    if ref is not None:
+        if float(np.sum(_rotate(com, deg, flip) * ref)) < 0:
             deg += 180.0
     return deg, flip
