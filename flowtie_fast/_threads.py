@@ -28,7 +28,10 @@ library loaded with ``RTLD_DEEPBIND``) the fallback is taken directly.
 
 Nothing is changed when the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``
 (their runtime, their choice: the shared runtime is then configured as they
-asked), and ``FLOWTIE_OMP_GUARD=0`` turns the guard off.
+asked), and ``FLOWTIE_OMP_GUARD=0`` (or false/no/off, any case) turns the
+guard off; 1/true/yes/on keep it on; any other value raises
+:class:`~flowtie_fast.BackendError` naming the variable when the CPU backend
+is made.
 """
 
 from __future__ import annotations
@@ -99,14 +102,37 @@ def describe() -> str:
     return "" if _DECISION is None else _DECISION.reason
 
 
+_GUARD_OFF = ("0", "false", "no", "off")
+_GUARD_ON = ("", "1", "true", "yes", "on")
+
+
+def _guard_on() -> bool:
+    """``FLOWTIE_OMP_GUARD`` read: 0/false/no/off turn the guard off, 1/true/
+    yes/on (or unset) keep it on, case-insensitive; anything else is refused
+    with :class:`BackendError` naming the variable (not silently ignored)."""
+    raw = os.environ.get("FLOWTIE_OMP_GUARD", "")
+    value = raw.strip().lower()
+    if value in _GUARD_OFF:
+        return False
+    if value in _GUARD_ON:
+        return True
+    from .errors import BackendError
+
+    raise BackendError(f"FLOWTIE_OMP_GUARD: expected one of 0/false/no/off (guard off) or "
+                       f"1/true/yes/on (guard on), got {raw[:80]!r}; fix or unset the "
+                       "environment variable")
+
+
 def _decide() -> Decision:
+    guard = _guard_on()  # a bad value is refused before the environment is touched
     user_policy = [k for k in _POLICY_VARS if os.environ.get(k, "").strip()]
     # Numba's OpenMP workers spin after each parallel region and starve FFTW's threads on
     # few cores (a 256² TIE many times slower on 2 cores): passive waiting,
     # read by each runtime when it is loaded. A user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if os.environ.get("FLOWTIE_OMP_GUARD", "").strip() == "0":
-        return Decision(reason="guard off (FLOWTIE_OMP_GUARD=0)")
+    if not guard:
+        return Decision(reason="guard off (FLOWTIE_OMP_GUARD="
+                               f"{os.environ['FLOWTIE_OMP_GUARD'].strip()})")
     if not sys.platform.startswith("linux"):
         return Decision(reason="not Linux: nothing checked")
     foreign = _global_runtime()

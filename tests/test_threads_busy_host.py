@@ -168,3 +168,27 @@ def test_a_preloaded_library_takes_the_fallback_not_deepbind(tmp_path):
     assert info["kernels"] == "_SerialKernels" and info["isolated"] == {}
     if info["fftw_threads"] is not None:
         assert info["fft_threads"] == 1
+
+
+@pytest.mark.parametrize("value", ["off", "FALSE", " No "])
+def test_the_guard_is_turned_off_by_any_usual_word(tmp_path, value):
+    """Only "0" was read: off/false/no left the guard on, silently."""
+    info, _ = _run("none", tmp_path, env={"FLOWTIE_OMP_GUARD": value}, bindings=False)
+    assert info["reason"].startswith("guard off (FLOWTIE_OMP_GUARD="), info["reason"]
+
+
+def test_an_unknown_guard_value_is_refused_naming_the_variable(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    child = ("import flowtie_fast as ft\n"
+             "try:\n    ft.get_backend('cpu')\n"
+             "except ft.BackendError as e:\n    print('REFUSED', e)\n")
+    for value, refused in (("maybe", True), ("On", False)):
+        r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                           timeout=600, env=dict(env, FLOWTIE_OMP_GUARD=value))
+        assert r.returncode == 0, r.stderr[-3000:]
+        if refused:
+            assert r.stdout.startswith("REFUSED FLOWTIE_OMP_GUARD: expected one of "
+                                       "0/false/no/off"), r.stdout
+            assert "'maybe'" in r.stdout
+        else:
+            assert "REFUSED" not in r.stdout, r.stdout
