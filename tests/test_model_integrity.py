@@ -153,6 +153,31 @@ def test_a_shipped_file_with_flipped_weights_is_refused(fake_data_dir, tmp_path)
     assert (user.predict(*args) - want).abs().max() > 0.5 * want.abs().max()  # silently wrong
 
 
+def test_the_model_cache_follows_the_file_not_the_path_string(tmp_path, monkeypatch):
+    """A relative path after a change of folder, and a file replaced at the
+    same path, load the file now there, not the network cached before."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    save_module(Zero(), tmp_path / "a" / "m.pt")
+    save_module(Linear(), tmp_path / "b" / "m.pt")
+    planes, didz = smooth_triplet()
+    args = (planes, didz, K, PIXEL, np.zeros((2,) + didz.shape, np.float32))
+    nonzero = lambda m: bool(m.predict(*args).abs().max() > 0)  # noqa: E731
+    load_model.cache_clear()
+    try:
+        monkeypatch.chdir(tmp_path / "a")
+        a = load_model("m.pt")
+        assert not nonzero(a) and load_model("m.pt") is a  # cached
+        monkeypatch.chdir(tmp_path / "b")
+        b = load_model("m.pt")
+        assert b is not a and nonzero(b)
+        assert str(b.path) == str((tmp_path / "b" / "m.pt").resolve())
+        shutil.copy(tmp_path / "b" / "m.pt", tmp_path / "a" / "m.pt")  # replaced in place
+        assert nonzero(load_model(tmp_path / "a" / "m.pt"))
+    finally:
+        load_model.cache_clear()
+
+
 # ---------------------------------------------------------------- files that are no model
 
 

@@ -822,7 +822,11 @@ def load_model(path=None, device: str = "cpu", precision: str = "float32"):
     Returns
     -------
     FlowModel or FlowEnsemble
-        Loaded once per (path, device, precision) and cached (eight at most).
+        Loaded once per (model, device, precision) and cached (eight at
+        most). A file is cached by its real path and identity (device,
+        inode, size, modification and change times): a relative path after
+        a change of working folder, or a file replaced at the same path,
+        loads the file now there.
 
     Raises
     ------
@@ -838,13 +842,28 @@ def load_model(path=None, device: str = "cpu", precision: str = "float32"):
     for name, value in (("device", device), ("precision", precision)):
         if not isinstance(value, str):
             raise InputError(f"{name}: expected a string, got {value!r}")
-    return _load_model(None if path is None else os.fspath(path), device, precision)
+    return _load_model(*_model_key(None if path is None else os.fspath(path)), device,
+                       precision)
+
+
+def _model_key(path):
+    """``(path, identity)``: a shipped name (or None) as given; a file by its
+    real path and ``(device, inode, size, mtime, ctime)``; a path that does not
+    exist as given (the loader refuses it, naming it as the caller did)."""
+    if path is None or (isinstance(path, str) and (path in SHIPPED or path in ENSEMBLES)):
+        return path, None
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except (OSError, ValueError):
+        return path, None
+    return real, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_model(path, device, precision):
+def _load_model(path, identity, device, precision):
     if path in ENSEMBLES:
-        return FlowEnsemble([_load_model(m, device, precision) for m in ENSEMBLES[path]],
+        return FlowEnsemble([_load_model(m, None, device, precision) for m in ENSEMBLES[path]],
                             name=path)
     return FlowModel(path, device, precision)
 
