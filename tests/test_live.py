@@ -86,3 +86,47 @@ def test_bad_datasets_are_named(ctx, rng):
     det = stem.Detector((9, 9), (K_SAMPLING, K_SAMPLING), E, (4.0, 4.0))
     with pytest.raises(ft.InputError, match="detector shape"):
         reduce_with_libertem(ctx, ds, det, {"whole": (0, np.inf)})
+
+
+def test_bad_arguments_are_refused_before_any_pass(ctx, rng, monkeypatch):
+    """virtual=["bf"] raised TypeError after a full pass; datasets=None a
+    TypeError."""
+    data = rng.random((4, 4, 8, 8)).astype(np.float32)
+    ds = ctx.load("memory", data=data, sig_dims=2)
+    passes = []
+    monkeypatch.setattr(ctx, "run_udf", lambda *a, **k: passes.append(k))
+    kw = dict(dz=20.0, scan_step=0.25, k_sampling=K_SAMPLING, energy=E)
+    for args, extra, says in [
+            ((None,), {}, r"^datasets: expected three LiberTEM datasets .*got NoneType"),
+            (("abc",), {}, r"^datasets: expected three LiberTEM datasets .*got str"),
+            (([ds, None, ds],), {}, r"^datasets: the zero entry is NoneType"),
+            (([ds] * 3,), {"virtual": ["bf"]}, r"^virtual: expected one of .*got \['bf'\]"),
+            (([ds] * 3,), {"virtual": "dark"}, r"^virtual: expected one of"),
+            (([ds] * 3,), {"dz": -1.0}, r"^dz: ")]:
+        with pytest.raises(ft.InputError, match=says):
+            triplet_with_libertem(ctx, *args, **{**kw, **extra})
+    assert passes == []
+
+
+def test_reduction_udf_refuses_bad_weights(ctx):
+    """ReductionUDF("abc") gave ValueError, np.ones(5) AxisError; NaN weights
+    and weights of another detector size gave NaN or partial sums."""
+    from flowtie_fast.stem.live import ReductionUDF
+
+    for w, says in [("abc", r"^weights: expected a 2-D array of real numbers"),
+                    (None, r"^weights: expected a 2-D array of real numbers"),
+                    (np.ones(5), r"^weights: expected a non-empty 2-D array .*got shape \(5,\)"),
+                    (np.ones((2, 8, 8)), r"^weights: expected a non-empty 2-D array"),
+                    (np.full((2, 64), np.nan), r"^weights: expected finite numbers")]:
+        with pytest.raises(ft.InputError, match=says):
+            ReductionUDF(w)
+    with pytest.raises(ft.InputError, match=r"^lo, hi: expected 0 <= lo <= hi <= 64"):
+        ReductionUDF(np.ones((2, 64)), lo=np.array([0, 0]), hi=np.array([10**8, 64]))
+    with pytest.raises(ft.InputError, match=r"^lo, hi: .*got lo=5, hi=3"):
+        ReductionUDF(np.ones((2, 64)), lo=np.array([5, 0]), hi=np.array([3, 64]))
+    ds = ctx.load("memory", data=np.ones((4, 4, 16, 16), np.float32), sig_dims=2)
+    with pytest.raises(ft.InputError, match=r"^weights: shape \(2, 64\) .* the dataset's "
+                                            r"detector is \(16, 16\) \(256 pixels\)"):
+        ctx.run_udf(dataset=ds, udf=ReductionUDF(np.ones((2, 64), np.float32)))
+    r = ctx.run_udf(dataset=ds, udf=ReductionUDF(np.ones((2, 256), np.float32)))
+    assert np.allclose(np.asarray(r["sums"].data), 256.0)

@@ -40,6 +40,8 @@ from .reduction import finish_reduction, reduce_frames
 
 __all__ = ["ReductionUDF", "reduce_with_libertem", "triplet_with_libertem"]
 
+_VIRTUAL = ("bf", "bf-full", "abf", "df", "whole")
+
 
 class ReductionUDF(UDF):
     """Weighted sums of each frame: ``sums[p, q] = Σ_k W[q, k] frame_p[k]``.
@@ -57,10 +59,28 @@ class ReductionUDF(UDF):
     """
 
     def __init__(self, weights, lo=None, hi=None):
-        weights = np.ascontiguousarray(weights, dtype=np.float32)
+        weights = _check_weights(weights)
         if lo is None or hi is None:
             lo, hi = weight_ranges(weights)
+        else:
+            lo, hi = _check_range(lo, hi, weights)
         super().__init__(weights=weights, lo=lo, hi=hi)
+
+    def _check_detector(self):
+        """The weights' pixel count against the dataset's detector, when the
+        UDF runs: :class:`InputError` naming ``weights`` with both shapes."""
+        sig = tuple(int(n) for n in self.meta.dataset_shape.sig)
+        w = self.params.weights
+        if int(np.prod(sig)) != w.shape[1]:
+            raise InputError(f"weights: shape {tuple(w.shape)} has {w.shape[1]} detector "
+                             f"pixels per row, but the dataset's detector is {sig} "
+                             f"({int(np.prod(sig))} pixels); expected weights of shape "
+                             f"({w.shape[0]}, {int(np.prod(sig))})")
+
+    def preprocess(self):
+        """Check the weights against the dataset's detector (LiberTEM's
+        interface, before any partition is processed)."""
+        self._check_detector()
 
     def get_result_buffers(self):
         """The UDF's result buffers (LiberTEM's interface).
@@ -71,6 +91,7 @@ class ReductionUDF(UDF):
             ``{"sums": buffer}``: one float32 vector of Q sums per scan
             position.
         """
+        self._check_detector()
         q = self.params.weights.shape[0]
         return {"sums": self.buffer(kind="nav", extra_shape=(q,), dtype=np.float32)}
 
@@ -85,6 +106,47 @@ class ReductionUDF(UDF):
         """
         self.results.sums[:] = reduce_frames(partition, self.params.weights, self.params.lo,
                                              self.params.hi)
+
+
+def _check_weights(weights):
+    """``weights`` as a C-contiguous float32 (Q, Ky*Kx) array of finite real
+    numbers; :class:`InputError` naming ``weights`` otherwise."""
+    try:
+        arr = np.asarray(weights)
+    except Exception as exc:  # noqa: BLE001  ragged lists and the like
+        raise InputError(f"weights: expected a 2-D array (rows, detector pixels), got "
+                         f"{type(weights).__name__}") from exc
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"weights: expected a 2-D array of real numbers (rows, detector "
+                         f"pixels), got {type(weights).__name__} of dtype {arr.dtype}")
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise InputError(f"weights: expected a non-empty 2-D array (rows, detector pixels: "
+                         f"Ky*Kx), got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError(f"weights: expected finite numbers, got "
+                         f"{int(np.count_nonzero(~np.isfinite(arr)))} NaN or Inf (or beyond "
+                         "float32)")
+    return arr
+
+
+def _check_range(lo, hi, weights):
+    """``lo``, ``hi`` as int64 (Q,) pixel ranges with 0 <= lo <= hi <= Ky*Kx."""
+    q, k = weights.shape
+    out = []
+    for name, v in (("lo", lo), ("hi", hi)):
+        a = np.asarray(v)
+        if a.dtype.kind not in "iu" or a.shape != (q,):
+            raise InputError(f"{name}: expected {q} integers (one per weight row), got "
+                             f"{a.dtype} of shape {a.shape}")
+        out.append(a.astype(np.int64))
+    lo, hi = out
+    bad = (lo < 0) | (hi > k) | (lo > hi)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"lo, hi: expected 0 <= lo <= hi <= {k} (the detector pixels of "
+                         f"the weights), got lo={int(lo[i])}, hi={int(hi[i])} for row {i}")
+    return lo, hi
 
 
 def _nav_sig(dataset):
@@ -172,9 +234,20 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
         With ``gradient`` (rad/Å, the in-focus centre of mass) and
         ``reductions``, ready for :func:`~flowtie_fast.solvers.reconstruct`.
     """
+    if isinstance(datasets, (str, bytes)) or not hasattr(datasets, "__iter__"):
+        raise InputError(f"datasets: expected three LiberTEM datasets (minus, zero, plus), "
+                         f"got {type(datasets).__name__}")
     datasets = list(datasets)
     if len(datasets) != 3:
         raise InputError(f"datasets: expected three (minus, zero, plus), got {len(datasets)}")
+    for n, d in zip(("minus", "zero", "plus"), datasets):
+        if not hasattr(d, "shape"):
+            raise InputError(f"datasets: the {n} entry is {type(d).__name__}, expected a "
+                             "LiberTEM dataset (ctx.load(...))")
+    if not isinstance(virtual, str) or virtual not in _VIRTUAL:
+        raise InputError(f"virtual: expected one of {_VIRTUAL}, got {virtual!r}")
+    check_positive("dz", dz, pair=True)
+    check_positive("scan_step", scan_step, pair=True)
     shapes = [tuple(d.shape) for d in datasets]
     if len(set(shapes)) != 1:
         raise InputError(f"datasets: expected equal shapes, got {shapes}")
