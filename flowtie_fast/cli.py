@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -46,11 +47,18 @@ def _demo_fresnel(args) -> int:
     phase, t = demo.fresnel_case(args.size, args.pixel_size, args.dz, args.energy)
     print(f"Fresnel-propagated phase object: {args.size}x{args.size} px, "
           f"{args.pixel_size} Å/px, dz = ±{args.dz} Å, {args.energy / 1e3:g} keV")
-    print(f"{'method':<12}{'backend':<9}{'NMSE':>11}{'time (ms)':>12}  (first call plans, "
-          "then best of 3)")
+    column = f"best of {demo.REPEATS} warm, ms"
+    print(f"{'method':<12}{'backend':<9}{'NMSE':>11}{column:>24}")
     for row in demo.method_rows(t, phase, demo.methods(gradient=False), demo.backends()):
-        print(f"{row.method:<12}{row.backend:<9}{row.nmse:>11.2e}{row.seconds * 1e3:>12.2f}")
+        print(f"{row.method:<12}{row.backend:<9}{row.nmse:>11.2e}{row.seconds * 1e3:>24.3f}")
+    print(_demo_note(demo.REPEATS))
     return 0
+
+
+def _demo_note(repeats) -> str:
+    """What the demo's columns mean."""
+    return ("NMSE: MSE / var(truth), both means removed (dimensionless). Time: the best of "
+            f"{repeats} runs after a warm-up run that plans, compiles and loads the model.")
 
 
 def _demo(args) -> int:
@@ -74,36 +82,37 @@ def _demo(args) -> int:
         if not args.fresnel:
             print("abTEM is not installed (extra 'sim'): the Fresnel demo instead")
         return _demo_fresnel(args)
-    # The demo replaces its own figure; any other existing file needs --overwrite.
-    args.png = Path("flowtie_demo.png") if args.png is None else args.png
-    args.overwrite = args.overwrite or args.png.name == "flowtie_demo.png"
+    # The demo replaces its own figure (in the temporary folder, never in the
+    # working tree); any other existing file needs --overwrite.
+    default = _demo_png()
+    args.png = default if args.png is None else args.png
+    args.overwrite = args.overwrite or args.png == default
     check_output(args.png, overwrite=args.overwrite, name="--png", suffixes=".png")
+    methods = demo.methods()
+    if "flowtie" not in methods:
+        print("flowtie: skipped, PyTorch is not installed (pip install 'flowtie_fast[flow]')")
     case, t, seconds = demo.gaas_case()
-    print(f"GaAs [001], {case.thickness / 10:.2f} nm, 300 keV, 20 mrad, probe defoci "
-          f"+{case.dz:g}/0/-{case.dz:g} Å, {case.zero.shape[0]}x{case.zero.shape[1]} scan of "
-          f"{case.zero.shape[2]}x{case.zero.shape[3]} patterns: abTEM {seconds:.0f} s")
-    print(f"{'method':<12}{'backend':<9}{'MSE (rad²)':>12}{'NMSE':>8}{'time (ms)':>11}")
-    results = {}
-    for row in demo.method_rows(t, case.phase, demo.methods(), demo.backends()):
-        results[row.method] = (row.phase, row.gradient)
+    print(f"{demo.conditions(case)}; {case.zero.shape[2]}x{case.zero.shape[3]} px patterns; "
+          f"abTEM {seconds:.0f} s")
+    column = f"best of {demo.REPEATS} warm, ms"
+    print(f"{'method':<12}{'backend':<9}{'MSE (rad²)':>12}{'NMSE':>8}{column:>24}")
+    rows = []
+    for row in demo.method_rows(t, case.phase, methods, demo.backends()):
+        rows.append(row)
         print(f"{row.method:<12}{row.backend:<9}{row.mse:>12.4f}{row.nmse:>8.3f}"
-              f"{row.seconds * 1e3:>11.2f}")
-    if args.png:
-        _demo_figure(args.png, case, results, overwrite=args.overwrite)
-        print(f"figure: {args.png}")
+              f"{row.seconds * 1e3:>24.3f}")
+    print(_demo_note(demo.REPEATS))
+    fig = demo.figure(case, rows)
+    with atomic_path(args.png, args.overwrite) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    print(f"figure: {args.png}")
     return 0
 
 
-def _demo_figure(path, case, results, overwrite) -> None:
-    """Like the paper's Fig. 3: gradients and phases, truth against methods."""
-    panels = [("ground truth ∂φ/∂axis0 (rad/Å)", case.gradient[0])]
-    if "flowtie" in results:
-        panels.append(("FlowTIE ∂φ/∂axis0 (rad/Å)", results["flowtie"][1][0]))
-    panels.append(("ground truth φ (rad)", case.phase - case.phase.mean()))
-    for m, label in (("tie", "TIE"), ("flowtie", "FlowTIE"), ("gd", "GD"), ("icom", "iCOM")):
-        if m in results:
-            panels.append((f"{label} φ (rad)", results[m][0]))
-    _save_panels(path, panels, overwrite=overwrite)
+def _demo_png() -> Path:
+    """Where ``flowtie demo`` writes its figure by default: the system's
+    temporary folder, so that a run from a source checkout leaves nothing in it."""
+    return Path(tempfile.gettempdir()) / "flowtie_demo.png"
 
 
 def _save_panels(path, panels, title=None, overwrite=True) -> None:
@@ -303,18 +312,27 @@ def _case_name(material, thickness) -> str:
 
 
 def _evaluate(args) -> int:
-    from flowtie_fast.evaluation.evaluate import evaluate, format_table
+    from flowtie_fast.evaluation.evaluate import available_methods, evaluate, format_table
 
-    if "flowtie" not in args.methods and (args.model or args.precision != "float32"):
-        raise InputError("--model/--precision: apply to flowtie only, which --methods leaves "
-                         "out")
+    given = args.methods is not None
+    methods = args.methods if given else list(available_methods())
+    if "flowtie" not in methods and (args.model or args.precision != "float32"):
+        raise InputError("--model/--precision: apply to flowtie only, which "
+                         + ("--methods leaves out" if given else
+                            "needs PyTorch (pip install 'flowtie_fast[flow]')"))
+    check_count("--repeats", args.repeats, 1, 1000)
     if args.output:
         check_output(args.output, overwrite=args.overwrite, suffixes=(".md", ".txt"))
+    if not given and "flowtie" not in methods:
+        print("flowtie: skipped, PyTorch is not installed (pip install 'flowtie_fast[flow]')")
     options = {"virtual": args.virtual} if args.virtual else {}
     model = _flow_model(args.model, args.precision, args.backend) \
-        if "flowtie" in args.methods else None
-    rows = evaluate(args.directory, methods=args.methods, backend=args.backend,
-                    triplet_options=options, model=model, progress=print)
+        if "flowtie" in methods else None
+    print(f"methods: {', '.join(methods)}; {args.backend} backend; time: best of "
+          f"{args.repeats} runs after a warm-up run")
+    rows = evaluate(args.directory, methods=methods, backend=args.backend,
+                    repeats=args.repeats, triplet_options=options, model=model,
+                    progress=print, skip_without_gradient=not given)
     table = format_table(rows)
     print(table)
     if args.output:
@@ -405,9 +423,27 @@ def _one_line_warning(command):
     return show
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help where it has a default
+    value and its help does not already say ``default``; flags (no value) and
+    options without a default say what happens when they are absent in their
+    own help."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" not in text and action.option_strings and action.nargs != 0
+                and default is not None and default is not argparse.SUPPRESS):
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) \
+                else "%(default)s"
+            text += f" (default: {shown})"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    parser = argparse.ArgumentParser(prog="flowtie", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="flowtie", description=__doc__.splitlines()[0],
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"flowtie_fast {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error")
@@ -418,11 +454,17 @@ def _parser() -> argparse.ArgumentParser:
     overwrite.add_argument("--overwrite", action="store_true",
                            help="replace existing output files (default: refuse to start)")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", parents=[common, overwrite],
-                          help="every method on a simulated GaAs 4D-STEM triplet")
+
+    def command(name, **kwargs):
+        kwargs.setdefault("description", kwargs.get("help"))
+        return sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+
+    demo = command("demo", parents=[common, overwrite],
+                   help="every method on a simulated GaAs 4D-STEM triplet: a table of "
+                        "phase errors and warm timings, and a figure")
     demo.add_argument("--png", type=Path,
-                      help="figure to write (GaAs demo; default flowtie_demo.png, replaced "
-                           "on each run)")
+                      help="figure to write (GaAs demo; default: flowtie_demo.png in the "
+                           "system's temporary folder, replaced on each run)")
     demo.add_argument("--fresnel", action="store_true",
                       help="a Fresnel-propagated phase object instead (no abTEM needed)")
     demo.add_argument("--size", type=int, help="image size in pixels (Fresnel; default 256)")
@@ -434,17 +476,24 @@ def _parser() -> argparse.ArgumentParser:
 
     PRECISIONS = ("float32", "tf32", "bfloat16")
 
-    rec = sub.add_parser("reconstruct", parents=[common, overwrite],
-                         help="reconstruct a file (triplet or 4D-STEM)")
-    rec.add_argument("file", type=Path)
-    rec.add_argument("--method", default="tie", choices=METHODS)
-    rec.add_argument("-o", "--output", type=Path, required=True, help=".npz or .h5 to write")
-    rec.add_argument("--png", type=Path, help="also write a figure")
-    rec.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"))
-    rec.add_argument("--boundary", default="periodic", choices=("periodic", "mirror"))
-    rec.add_argument("--virtual", help="virtual image of 4D data (bf, bf-full, abf, df, whole)")
+    rec = command("reconstruct", parents=[common, overwrite],
+                  help="reconstruct a file (triplet or 4D-STEM)")
+    rec.add_argument("file", type=Path,
+                     help="a .npz or .h5 file of the flowtie_fast layout (ft.save)")
+    rec.add_argument("--method", default="tie", choices=METHODS, help="phase retrieval method")
+    rec.add_argument("-o", "--output", type=Path, required=True,
+                     help=".npz or .h5 to write: phase (rad), gradient (rad/Å), residual")
+    rec.add_argument("--png", type=Path, help="also write a figure here (default: none)")
+    rec.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"),
+                     help="where to compute (auto: the GPU where one answers)")
+    rec.add_argument("--boundary", default="periodic", choices=("periodic", "mirror"),
+                     help="boundary condition of the Poisson solves")
+    rec.add_argument("--virtual",
+                     help="4D-STEM: virtual image the planes are made of (bf, bf-full, abf, "
+                          "df, whole; default bf)")
     rec.add_argument("--model", help="flowtie: shipped model name (default, fast, seed0, "
-                                     "seed2, seed3, ensemble) or a TorchScript file")
+                                     "seed2, seed3, ensemble) or a TorchScript file "
+                                     "(default: default)")
     rec.add_argument("--precision", default="float32", choices=PRECISIONS,
                      help="flowtie: network arithmetic (bfloat16 ~1.9x faster on CPUs with "
                           "bfloat16 instructions)")
@@ -456,56 +505,74 @@ def _parser() -> argparse.ArgumentParser:
                           "periodic for scans of whole unit cells; off)")
     rec.set_defaults(func=_reconstruct)
 
-    sim = sub.add_parser("simulate", parents=[common, overwrite],
-                         help="abTEM thickness series at three defoci, or a resumable sweep")
+    sim = command("simulate", parents=[common, overwrite],
+                  help="abTEM thickness series at three defoci, or a resumable sweep")
     sim.add_argument("--sweep", type=Path, metavar="CONFIG",
                      help="run the sweep of this recipe (TOML; the shipped one is "
-                          "flowtie_fast/data/corpus.toml), resuming where it stopped")
+                          "flowtie_fast/data/corpus.toml), resuming where it stopped "
+                          "(default: one series, of the options below)")
     sim.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
                      help="where abTEM computes (gpu: CuPy on the first CUDA device; "
                           "default cpu)")
     sim.add_argument("--limit", type=int, metavar="N",
-                     help="--sweep: simulate only the first N pending series")
+                     help="--sweep: simulate only the first N pending series (default: all)")
     sim.add_argument("--list", action="store_true",
                      help="--sweep: print the planned series and their estimated cost "
                           "(and, with -o, which are done, pending or simulated under "
                           "another recipe) without simulating")
-    sim.add_argument("--material", choices=("GaAs", "SrTiO3"), help="default GaAs")
+    sim.add_argument("--material", choices=("GaAs", "SrTiO3"),
+                     help="crystal, seen along [001] (default GaAs)")
     sim.add_argument("--thickness", type=float, nargs="+",
                      help="thicknesses in Å (rounded to whole cells; default 5.65 22.6 56.5)")
     sim.add_argument("-o", "--output", type=Path,
                      help="output folder (default data; required with --sweep)")
-    sim.add_argument("--energy", type=float, help="eV (default 300e3)")
-    sim.add_argument("--semiangle", type=float, help="mrad (default 20)")
+    sim.add_argument("--energy", type=float, help="electron energy in eV (default 300e3)")
+    sim.add_argument("--semiangle", type=float,
+                     help="probe convergence semi-angle in mrad (default 20)")
     sim.add_argument("--dz", type=float, nargs="+", metavar="DZ",
                      help="defocus step in Å, or two: dz_minus dz_plus (default 20)")
     sim.add_argument("--tilt", type=float, nargs=2, metavar=("X", "Y"),
                      help="beam tilt (specimen mistilt) in mrad (default 0 0)")
-    sim.add_argument("--scan-gpts", type=int, nargs=2, help="scan positions per axis")
+    sim.add_argument("--scan-gpts", type=int, nargs=2, metavar=("NY", "NX"),
+                     help="scan positions per axis (default: a step of about 0.2 Å, at "
+                          "least 16 per unit cell)")
     sim.add_argument("--supercell", type=float, help="minimum lateral size, Å (default 12)")
     sim.add_argument("--sampling", type=float, help="potential sampling, Å (default 0.06)")
     sim.add_argument("--max-angle", type=float, help="detector extent, mrad (default 40)")
-    sim.add_argument("--frozen-phonons", type=int, help="configurations (default 0)")
-    sim.add_argument("--dose", type=float, help="electrons per Å² (Poisson noise)")
-    sim.add_argument("--seed", type=int, help="default 0")
+    sim.add_argument("--frozen-phonons", type=int,
+                     help="frozen-phonon configurations (default 0: a static lattice)")
+    sim.add_argument("--dose", type=float,
+                     help="electrons per Å², drawn as Poisson noise (default: noise-free)")
+    sim.add_argument("--seed", type=int,
+                     help="seed of the noise and the phonon displacements (default 0)")
     sim.set_defaults(func=_simulate)
 
-    ev = sub.add_parser("evaluate", parents=[common, overwrite],
-                        help="every method on every case of a folder")
-    ev.add_argument("directory", type=Path)
-    ev.add_argument("--methods", nargs="+", default=["tie-uniform", "tie", "tie-exact", "gd",
-                                                      "icom"])
-    ev.add_argument("--backend", default="cpu", choices=("auto", "cpu", "gpu"))
-    ev.add_argument("--virtual", help="virtual image of 4D data")
-    ev.add_argument("--model", help="flow model of flowtie: shipped name or file "
-                                    "(default: the shipped default)")
+    ev = command("evaluate", parents=[common, overwrite],
+                 help="every method on every case of a folder: phase errors and warm "
+                      "timings against the files' ground truth")
+    ev.add_argument("directory", type=Path,
+                    help="folder (or file) of cases with a ground truth ('phase_gt'), e.g. "
+                         "written by flowtie simulate")
+    ev.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
+                    help=f"methods to run, of {', '.join(METHODS)} (default: all of them; "
+                         "flowtie where PyTorch is installed; icom and flowtie skip cases "
+                         "without a measured gradient)")
+    ev.add_argument("--backend", default="cpu", choices=("auto", "cpu", "gpu"),
+                    help="where to compute")
+    ev.add_argument("--repeats", type=int, default=3, metavar="N",
+                    help="timed runs per method after a warm-up run; the best is reported")
+    ev.add_argument("--virtual", help="4D-STEM: virtual image the planes are made of (bf, "
+                                      "bf-full, abf, df, whole; default bf)")
+    ev.add_argument("--model", help="flowtie: shipped model name or TorchScript file "
+                                    "(default: default)")
     ev.add_argument("--precision", default="float32", choices=PRECISIONS,
                     help="flowtie: network arithmetic")
-    ev.add_argument("-o", "--output", type=Path, help="write the table (Markdown) here")
+    ev.add_argument("-o", "--output", type=Path,
+                    help="also write the table (Markdown) here (default: print it only)")
     ev.set_defaults(func=_evaluate)
 
-    tr = sub.add_parser("train", parents=[common],
-                        help="train the flow model on simulated cases (torch)")
+    tr = command("train", parents=[common],
+                 help="train the flow model on simulated cases (torch)")
     tr.add_argument("data", type=Path, nargs="+", help="files or folders with ground truth")
     tr.add_argument("-o", "--output", type=Path, default=Path("flowtie_model.pt"),
                     help="TorchScript file to write (an existing one is refused unless "
@@ -518,33 +585,41 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", type=Path, metavar="PATH",
                     help="continue the run saved in this checkpoint (may be the --checkpoint "
                          "path); it must have the same settings but --steps and --restarts, "
-                         "and fewer steps than --steps. Read as tensors only: no code in it runs")
+                         "and fewer steps than --steps. Read as tensors only: no code in it "
+                         "runs (default: a new run)")
     tr.add_argument("--overwrite", action="store_true",
                     help="replace an existing --checkpoint file and -o model instead of "
                          "refusing to start")
-    tr.add_argument("--steps", type=int, default=2000)
-    tr.add_argument("--batch", type=int, default=8)
-    tr.add_argument("--lr", type=float, default=2e-3)
-    tr.add_argument("--width", type=int, default=24)
-    tr.add_argument("--depth", type=int, default=3)
+    tr.add_argument("--steps", type=int, default=2000, help="optimiser steps in all")
+    tr.add_argument("--batch", type=int, default=8,
+                    help="augmented copies of one case per step")
+    tr.add_argument("--lr", type=float, default=2e-3, help="learning rate of Adam")
+    tr.add_argument("--width", type=int, default=24,
+                    help="channels of the network's first level")
+    tr.add_argument("--depth", type=int, default=3, help="levels of the network")
     tr.add_argument("--channels", type=int, nargs="+",
-                    help="channels of each level (overrides --width and --depth)")
+                    help="channels of each level (overrides --width and --depth; default: "
+                         "from them)")
     tr.add_argument("--stride", type=int, default=1,
                     help="pixel-unshuffle factor of the first level (2: ~4x faster)")
     tr.add_argument("--weights", type=float, nargs=3, default=[1.0, 0.0, 1.0],
-                    help="flow, continuity, phase")
-    tr.add_argument("--dose", type=float, nargs=2,
-                    help="counts per pixel range of noise drawn on the planes (image triplets)")
+                    metavar=("FLOW", "CONTINUITY", "PHASE"),
+                    help="weights of the loss terms: flow, continuity, phase")
+    tr.add_argument("--dose", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                    help="counts per pixel range of noise drawn on the planes (image "
+                         "triplets; default: noise-free)")
     tr.add_argument("--doses", type=float, nargs="+",
                     help="e/Å²: a noisy copy of each 4D-STEM case per dose (Poisson counts "
-                         "on the patterns, then the reduction), beside the noise-free one")
-    tr.add_argument("--seed", type=int, default=0)
+                         "on the patterns, then the reduction), beside the noise-free one "
+                         "(default: none)")
+    tr.add_argument("--seed", type=int, default=0,
+                    help="seed of the initialisation, the sampling and the augmentation")
     tr.add_argument("--restarts", type=int, default=3,
                     help="rollbacks (learning rate halved) after a collapse to a zero flow or "
                          "a non-finite loss, before giving up (0: give up at once)")
     tr.add_argument("--teacher",
                     help="distil from this flow model (a shipped name: default, fast, seed0, "
-                         "seed2, seed3, ensemble; or a file)")
+                         "seed2, seed3, ensemble; or a file; default: none)")
     tr.add_argument("--distill", type=float, default=0.0,
                     help="fraction of the teacher's flow in the flow term's target (0..1)")
     tr.set_defaults(func=_train)

@@ -128,6 +128,36 @@ class Dataset:
     def kind(self) -> str:
         return "4dstem" if len(self.zero.shape) == 4 else "triplet"
 
+    def __repr__(self) -> str:
+        """One line: kind, shape and dtype of the planes, the conditions, what
+        else it holds and its file; never the data (nothing is read)."""
+        try:
+            shape = tuple(int(n) for n in self.zero.shape)
+            dtype = str(self.zero.dtype)
+        except Exception:  # noqa: BLE001  an h5py dataset of a closed file
+            shape, dtype = "closed", "?"
+
+        def nums(v) -> str:
+            return "(" + ", ".join(f"{float(x):.4g}" for x in np.ravel(v)) + ")"
+
+        parts = [f"kind={self.kind if shape != 'closed' else '?'!r}",
+                 f"shape={shape}", f"dtype={dtype}", f"dz={nums(self.dz)} Å",
+                 f"scan_step={nums(self.scan_step)} Å", f"energy={float(self.energy):g} eV"]
+        if self.k_sampling is not None:
+            parts.append(f"k_sampling={nums(self.k_sampling)} 1/Å")
+        extra = [k for k in ("gradient", "phase_gt", "gradient_gt")
+                 if getattr(self, k) is not None]
+        if extra:
+            parts.append(f"with={extra}")
+        if self.meta:
+            parts.append("meta={" + ", ".join(f"{k!r}: {_short(' '.join(repr(v).split()), 30)}"
+                                              for k, v in self.meta.items()) + "}")
+        if self._path is not None:
+            parts.append(f"file={Path(self._path).name!r}")
+        if self._closed:
+            parts.append("closed")
+        return "Dataset(" + ", ".join(parts) + ")"
+
     def triplet(self, **kwargs):
         """The focal triplet of this dataset.
 

@@ -74,7 +74,10 @@ class Reconstruction:
     """Result of a phase retrieval.
 
     The solvers build it; each parameter is kept as the attribute of the same
-    name.
+    name. The property :attr:`residual` (Ny, Nx), in 1/Å² and computed on
+    first access, is the TIE residual map of the phase; for ``flowtie`` the
+    continuity residual of the predicted flow, for ``icom`` the curl-free
+    misfit of the measured gradient (rad/Å).
 
     Parameters
     ----------
@@ -83,12 +86,23 @@ class Reconstruction:
     gradient : array (2, Ny, Nx)
         Phase gradient in rad/Å, (d/d axis 0, d/d axis 1).
     method : str
-        The method that produced it.
+        The method that produced it, one of ``tie-uniform``, ``tie``,
+        ``tie-exact``, ``gd``, ``icom``, ``flowtie``.
     info : dict, optional
-        Solver details (iterations, convergence, objective history, timings in
-        s); for ``flowtie``, the trust check (``trusted``, ``rel_spread``,
-        ``snr``) and ``fallback``, the classical method whose phase was
-        returned where the flow was not trusted.
+        Solver details. Every method: ``backend`` and ``time`` (s, of the
+        solve). The methods that solve from the planes: ``scheme``,
+        ``boundary``; the TIE methods and ``gd`` also ``noise`` (its source or
+        None), ``alpha`` (Å⁻⁴), ``floor`` and, where the noise is known,
+        ``denoise`` (Fourier modes kept). ``tie-exact``: ``iterations``,
+        ``converged``, ``tol``, ``relative_residual`` (history). ``gd``:
+        ``iterations``, ``converged``, ``tol``, ``objective`` (history),
+        ``preconditioner``. ``icom``: ``noise`` and ``denoise`` where the
+        gradient's noise is known. ``flowtie``: ``model`` (its file) and
+        ``precision``; with ``uncertainty``, the trust check (``trusted``,
+        ``rel_spread``, ``snr``, ``icom_ratio``, ``why``) and, where the flow
+        was not trusted, ``fallback``: the classical method (``icom`` or
+        ``tie``) whose phase was returned. ``trust``: why a classical phase
+        may be wrong, where a :class:`TrustWarning` said so.
     uncertainty : array (Ny, Nx) or None, optional
         ``flowtie``: the standard deviation of the phase at each pixel in rad
         (float32), the spread of the shipped models' phases times a factor
@@ -121,6 +135,24 @@ class Reconstruction:
             self._residual = self._residual_fn()
             self._residual_fn = None
         return self._residual
+
+    def __repr__(self) -> str:
+        """One line: method, shape and dtype, where the arrays live, the time and
+        the trust outcome; never the arrays (nor computes the residual)."""
+        info = self.info or {}
+        shape = tuple(int(n) for n in getattr(self.phase, "shape", ()))
+        parts = [f"method={self.method!r}", f"phase={shape} {getattr(self.phase, 'dtype', '?')}"
+                 " rad", "gradient rad/Å"]
+        if "backend" in info:
+            parts.append(f"backend={info['backend']!r}")
+        if isinstance(info.get("time"), (int, float)):
+            ms = info["time"] * 1e3
+            parts.append(f"time={ms:.3g} ms" if ms < 100 else f"time={ms:.0f} ms")
+        for key in ("iterations", "converged", "trusted", "fallback"):
+            if info.get(key) is not None:
+                parts.append(f"{key}={info[key]!r}")
+        parts.append("uncertainty=" + ("None" if self.uncertainty is None else f"{shape} rad"))
+        return "Reconstruction(" + ", ".join(parts) + ")"
 
 
 def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic", model=None,
@@ -503,8 +535,10 @@ class TIESolver:
         Returns
         -------
         Reconstruction
-            The phase (rad), its gradient (rad/Å), the solve's information and,
-            for ``flowtie``, the uncertainty map.
+            The phase (rad), its gradient (rad/Å), the residual map (1/Å², on
+            first access), the solve's ``info`` (its keys:
+            :class:`Reconstruction`) and, for ``flowtie``, the uncertainty map
+            (rad).
         """
         check_options(method, tol, max_iter, preconditioner, model, uncertainty)
         self._check_series(series)
@@ -1080,8 +1114,11 @@ def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary
     ----------
     triplet : FocalTriplet or FocalSeries
         The measured intensities.
-    method : {"tie", "tie-uniform", "tie-exact", "gd", "icom"}
-        See :mod:`flowtie_fast.solvers`.
+    method : {"tie", "tie-uniform", "tie-exact", "gd", "icom", "flowtie"}
+        See :mod:`flowtie_fast.solvers` (default "tie"). ``icom`` needs the
+        measured phase gradient (``FocalTriplet.from_4dstem``, or
+        ``gradient=``); ``flowtie`` needs PyTorch (extra ``flow``) and, with
+        the shipped models, the measured gradient too.
     backend : {"auto", "cpu", "gpu"}
         ``auto`` takes the GPU when the input is a CuPy array or a device
         answers; ``gpu`` without a device raises.
@@ -1102,14 +1139,23 @@ def reconstruct(triplet, method="tie", *, backend="auto", threads=None, boundary
     dtype : {"float32", "float64"}
         Working precision (default "float32").
     **options
-        ``tol``, ``max_iter``, ``preconditioner`` for the iterative methods.
+        Those of :meth:`TIESolver.solve`: ``tol``, ``max_iter`` (``tie-exact``
+        and ``gd``), ``preconditioner`` (``gd``); ``model`` (``flowtie``: a
+        shipped name "default", "fast", "seed0", "seed2", "seed3",
+        "ensemble", a TorchScript file, or a loaded model; default
+        "default") and ``uncertainty`` (``flowtie``: the uncertainty map,
+        the trust check and the fallback to the classical phase; default
+        True); ``out``, ``gradient_out``. An option the method would ignore
+        raises :class:`InputError`.
 
     Returns
     -------
     Reconstruction
-        With ``phase`` (Ny, Nx) rad, ``gradient`` (2, Ny, Nx) rad/Å and
-        ``residual``; the arrays live where the input lived (NumPy or CuPy)
-        unless ``backend`` names a device explicitly.
+        With ``phase`` (Ny, Nx) rad, ``gradient`` (2, Ny, Nx) rad/Å,
+        ``residual`` (Ny, Nx) 1/Å², ``uncertainty`` (``flowtie``: (Ny, Nx)
+        rad, else None) and ``info`` (the keys: :class:`Reconstruction`);
+        the arrays live where the input lived (NumPy or CuPy) unless
+        ``backend`` names a device explicitly.
 
     Notes
     -----

@@ -172,8 +172,11 @@ class FocalSeries:
         return is_cupy(self.planes[0])
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(shape={self.shape}, z={self.z.tolist()} Å, "
-                f"pixel_size={self.pixel_size} Å, energy={self.energy:g} eV)")
+        z = ", ".join(f"{float(v):.4g}" for v in self.z)
+        px = ", ".join(f"{float(v):.4g}" for v in self.pixel_size)
+        extra = ", with gradient" if self.gradient is not None else ""
+        return (f"{type(self).__name__}(shape={self.shape}, z=[{z}] Å, pixel_size=({px}) Å, "
+                f"energy={self.energy:g} eV{extra})")
 
 
 class FocalTriplet(FocalSeries):

@@ -106,7 +106,7 @@ def test_file_round_trip_and_command_line(case, tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "cases"), "--methods", "tie", "icom",
                  "-o", str(table)]) == 0
     text = table.read_text()
-    assert "| GaAs | 0.57 |" in text and "tie MSE (NMSE)" in text
+    assert "| GaAs | 5.7 |" in text and "tie MSE (NMSE)" in text and "MSE in rad²" in text
     rows = evaluate(tmp_path / "cases", methods=("tie",), repeats=1)
     assert rows[0]["nmse"] < 0.6 and "GaAs" in format_table(rows)
 

@@ -9,6 +9,7 @@ divided by ``var(φ_gt)``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 
@@ -20,14 +21,47 @@ from ..files import as_path
 from ..io import load
 from ..solvers import METHODS, reconstruct
 
-__all__ = ["evaluate", "format_table", "phase_errors", "timed_reconstruct", "DEFAULT_METHODS"]
+__all__ = ["evaluate", "format_table", "phase_errors", "timed_reconstruct", "DEFAULT_METHODS",
+           "available_methods"]
 
+#: The classical methods (no PyTorch needed): the default of :func:`evaluate`.
 DEFAULT_METHODS = ("tie-uniform", "tie", "tie-exact", "gd", "icom")
+
+#: Methods that integrate the measured phase gradient (the 4D-STEM centre of mass).
+GRADIENT_METHODS = ("icom", "flowtie")
+
+
+def available_methods() -> tuple:
+    """Every method of :data:`~flowtie_fast.solvers.METHODS` that can run here.
+
+    Returns
+    -------
+    tuple of str
+        The methods, ``flowtie`` only where PyTorch is installed (extra
+        ``flow``).
+    """
+    torch = importlib.util.find_spec("torch") is not None
+    return tuple(m for m in METHODS if m != "flowtie" or torch)
 
 
 def phase_errors(phase, truth):
-    """(MSE in rad², NMSE) after removing both means; NMSE is NaN where the
-    ground truth is flat (nothing to normalise by)."""
+    """Phase error against a ground truth, both means removed.
+
+    Parameters
+    ----------
+    phase : array-like (Ny, Nx)
+        The reconstructed phase in rad.
+    truth : array-like (Ny, Nx)
+        The ground-truth phase in rad.
+
+    Returns
+    -------
+    mse : float
+        ``mean(((φ - mean φ) - (φ_gt - mean φ_gt))²)`` in rad².
+    nmse : float
+        ``mse / var(φ_gt)``, dimensionless; NaN where the ground truth is flat
+        (nothing to normalise by).
+    """
     phase = np.asarray(phase, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     d = (phase - phase.mean()) - (truth - truth.mean())
@@ -37,9 +71,29 @@ def phase_errors(phase, truth):
 
 
 def timed_reconstruct(triplet, method, backend="cpu", repeats=3, **options):
-    """(Reconstruction, best time in s of ``repeats`` runs after a warm-up call
-    that pays for planning, compilation and model loading); ``options`` go to
-    :func:`~flowtie_fast.solvers.reconstruct`."""
+    """Reconstruct and time it: the best of ``repeats`` runs after a warm-up
+    call that pays for planning, compilation and model loading.
+
+    Parameters
+    ----------
+    triplet : FocalTriplet or FocalSeries
+        The measured intensities.
+    method : str
+        One of :data:`~flowtie_fast.solvers.METHODS`.
+    backend : {"auto", "cpu", "gpu"} or Backend
+        Where to compute (default "cpu").
+    repeats : int
+        Timed runs after the warm-up (default 3).
+    **options
+        Passed to :func:`~flowtie_fast.solvers.reconstruct`.
+
+    Returns
+    -------
+    rec : Reconstruction
+        Of the last run.
+    seconds : float
+        The best time of the ``repeats`` runs, in s.
+    """
     repeats = check_count("repeats", repeats, 1)
     reconstruct(triplet, method=method, backend=backend, **options)
     best = np.inf
@@ -84,7 +138,7 @@ def case_files(paths):
 
 
 def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triplet_options=None,
-             model=None, progress=None):
+             model=None, progress=None, skip_without_gradient=False):
     """Run ``methods`` on every case with a ground truth.
 
     Parameters
@@ -92,9 +146,13 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
     paths : path or sequence of paths
         Files or folders of files in the flowtie_fast layout.
     methods : sequence of str
+        Methods of :data:`~flowtie_fast.solvers.METHODS` (default: the
+        classical ones, :data:`DEFAULT_METHODS`).
     backend : {"auto", "cpu", "gpu"}
+        Where to compute (default "cpu").
     repeats : int
-        Each method is timed ``repeats`` times after a warm-up; the best is kept.
+        Each method is timed ``repeats`` times after a warm-up; the best is
+        kept (default 3).
     triplet_options : dict, optional
         Passed to :meth:`Dataset.triplet` (e.g. ``virtual``, ``bf_radius``).
     model : str, path or FlowModel, optional
@@ -102,12 +160,19 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
         :class:`~flowtie_fast.flow.FlowModel` (default: the shipped default).
     progress : callable, optional
         Called with a line of text per case.
+    skip_without_gradient : bool
+        Leave ``icom`` and ``flowtie`` out on a case without a measured phase
+        gradient (a triplet of images without ``gradient``) instead of raising
+        (default False).
 
     Returns
     -------
     list of dict
         Rows with case (the file's name, or its path where two files share
-        a name), material, thickness (Å), method, mse (rad²), nmse, time_ms.
+        a name), material, thickness (Å), method, mse (rad²), nmse
+        (dimensionless), time_ms (the best of ``repeats`` warm runs, ms) and
+        repeats and fallback (``flowtie``: the classical method whose phase was
+        returned where the flow was not trusted, else None).
 
     Raises
     ------
@@ -151,16 +216,20 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
             truth = ds.phase_gt
             material = ds.meta.get("material", path.stem)
             thickness = float(ds.meta.get("thickness", np.nan))
+        done = len(rows)
         for method in methods:
+            if skip_without_gradient and method in GRADIENT_METHODS and t.gradient is None:
+                continue
             options = {"model": model} if method == "flowtie" and model is not None else {}
             rec, best = timed_reconstruct(t, method, backend, repeats, **options)
             phase = rec.phase.get() if hasattr(rec.phase, "get") else rec.phase
             mse, nmse = phase_errors(phase, truth)
             rows.append({"case": case, "material": material, "thickness": thickness,
-                         "method": method, "mse": mse, "nmse": nmse, "time_ms": best * 1e3})
+                         "method": method, "mse": mse, "nmse": nmse, "time_ms": best * 1e3,
+                         "repeats": repeats, "fallback": rec.info.get("fallback")})
         if progress is not None:
-            progress(f"{case} ({material} {thickness:.1f} Å): " + ", ".join(
-                f"{r['method']} {r['nmse']:.3f}" for r in rows[-len(methods):]))
+            progress(f"{case} ({material}, {thickness:.1f} Å): NMSE " + ", ".join(
+                f"{r['method']} {r['nmse']:.3f}" for r in rows[done:]))
     return rows
 
 
@@ -171,27 +240,55 @@ def _case(r) -> tuple:
 
 
 def format_table(rows) -> str:
-    """Markdown: one line per case (per file: two files of one material and
-    thickness are two lines), MSE (NMSE) per method, and the times."""
+    """The rows of :func:`evaluate` as a Markdown table.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Rows of :func:`evaluate`.
+
+    Returns
+    -------
+    str
+        Markdown: a line on the units, one line per case (per file: two files
+        of one material and thickness are two lines) with MSE in rad² (NMSE)
+        per method and the method of least MSE; then each method's time in
+        ms.
+    """
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cases = list(dict.fromkeys(_case(r) for r in rows))
     by = {_case(r) + (r["method"],): r for r in rows}
-    head = "| case | material | thickness (nm) | " + " | ".join(
-        f"{m} MSE (NMSE)" for m in methods) + " | best |"
-    lines = [head, "|" + " --- |" * (len(methods) + 4)]
+    lines = ["Phase error against each file's ground truth, both means removed: MSE in rad² "
+             "(NMSE = MSE / var(φ_gt), dimensionless; 1 is the error of a flat phase); "
+             "thickness in Å.", ""]
+    lines.append("| case | material | thickness (Å) | " + " | ".join(
+        f"{m} MSE (NMSE)" for m in methods) + " | least MSE |")
+    lines.append("|" + " --- |" * (len(methods) + 4))
+    fallbacks = missing = False
     for case in cases:
         cells = []
         for m in methods:
             r = by.get(case + (m,))
-            cells.append("-" if r is None else f"{r['mse']:.4f} ({r['nmse']:.3f})")
+            missing = missing or r is None
+            mark = "†" if r is not None and r.get("fallback") else ""
+            fallbacks = fallbacks or bool(mark)
+            cells.append("-" if r is None else f"{r['mse']:.4f} ({r['nmse']:.3f}){mark}")
         present = [by[case + (m,)] for m in methods if case + (m,) in by]
         best = min(present, key=lambda r: r["mse"])["method"]
         name, material, thickness = case
-        lines.append(f"| {name or '-'} | {material} | {thickness / 10:.2f} | " +
+        lines.append(f"| {name or '-'} | {material} | {thickness:.1f} | " +
                      " | ".join(cells) + f" | {best} |")
-    lines.append("")
-    lines.append("| method | median time (ms) |")
-    lines.append("| --- | ---: |")
+    if fallbacks:
+        lines += ["", "† flowtie did not trust its flow there and returned the classical "
+                      "phase (Reconstruction.info['fallback'])."]
+    if missing:
+        lines += ["", "-: not run on that case (icom and flowtie need a measured phase "
+                      "gradient)."]
+    repeats = {r.get("repeats") for r in rows} - {None}
+    runs = (f"best of {repeats.pop()} warm runs" if len(repeats) == 1
+            else "best of the warm runs")
+    lines += ["", f"| method | time (ms): median over the cases of the {runs} |",
+              "| --- | ---: |"]
     for m in methods:
         lines.append(f"| {m} | {np.median([r['time_ms'] for r in rows if r['method'] == m]):.2f} |")
     return "\n".join(lines) + "\n"

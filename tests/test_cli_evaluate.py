@@ -1,0 +1,65 @@
+"""``flowtie evaluate``: every method by default, flowtie included where
+PyTorch is installed, and a table whose numbers carry their units."""
+
+import importlib.util
+
+import numpy as np
+from fields import periodic_field, triplet_from
+
+import flowtie_fast as ft
+from flowtie_fast import cli
+from flowtie_fast.evaluation.evaluate import evaluate, format_table
+
+
+def write_cases(folder):
+    """A triplet with a measured gradient and one without, both with truth."""
+    pixel = (0.2, 0.25)
+    phi, intensity, didz, grad = periodic_field(shape=(32, 30), pixel=pixel, contrast=0.3)
+    t = triplet_from(intensity, didz, 20.0, pixel, 300e3)
+    common = dict(dz=(20.0, 20.0), scan_step=pixel, energy=300e3, phase_gt=phi)
+    ft.save(folder / "a_with_gradient.npz",
+            ft.Dataset(*t.planes, gradient=grad, meta={"material": "X", "thickness": 12.5},
+                       **common))
+    ft.save(folder / "b_images.npz",
+            ft.Dataset(*t.planes, meta={"material": "X", "thickness": 25.0}, **common))
+
+
+def test_every_method_by_default_with_units(tmp_path, capsys):
+    write_cases(tmp_path)
+    table = tmp_path / "table.md"
+    assert cli.main(["evaluate", str(tmp_path), "--repeats", "1", "-o", str(table)]) == 0
+    out = capsys.readouterr().out
+    torch = importlib.util.find_spec("torch") is not None
+    methods = ["tie-uniform", "tie", "tie-exact", "gd", "icom"] + (["flowtie"] if torch else [])
+    text = table.read_text()
+    head = next(line for line in text.splitlines() if line.startswith("| case"))
+    for m in methods:
+        assert f"| {m} MSE (NMSE)" in head or f" {m} MSE (NMSE) |" in head, head
+    if not torch:
+        assert "flowtie: skipped" in out
+    assert "MSE in rad²" in text and "dimensionless" in text and "thickness (Å)" in head
+    assert "| X | 12.5 |" in text and "| X | 25.0 |" in text
+    assert "best of 1 warm runs" in text and "nm" not in text.replace("NMSE", "")
+    # icom and flowtie need the measured gradient: a dash on the file of images alone
+    row = next(line for line in text.splitlines() if "b_images.npz" in line)
+    assert row.count(" - |") == (2 if torch else 1)
+    assert "12.5 Å" in out  # the progress lines use Å too
+
+
+def test_format_table_marks_a_fallback():
+    rows = [{"case": "c.npz", "material": "X", "thickness": 10.0, "method": m, "mse": 0.1,
+             "nmse": 0.5, "time_ms": 1.0, "repeats": 3,
+             "fallback": "tie" if m == "flowtie" else None} for m in ("tie", "flowtie")]
+    text = format_table(rows)
+    assert "(0.500)†" in text and "returned the classical phase" in text
+    assert "best of 3 warm runs" in text
+
+
+def test_library_default_is_unchanged_and_raises_without_gradient(tmp_path):
+    write_cases(tmp_path)
+    rows = evaluate(tmp_path / "a_with_gradient.npz", repeats=1)
+    assert [r["method"] for r in rows] == ["tie-uniform", "tie", "tie-exact", "gd", "icom"]
+    rows = evaluate(tmp_path, methods=("tie", "icom"), repeats=1, skip_without_gradient=True)
+    assert [(r["case"], r["method"]) for r in rows] == [
+        ("a_with_gradient.npz", "tie"), ("a_with_gradient.npz", "icom"), ("b_images.npz", "tie")]
+    assert all(np.isfinite(r["time_ms"]) for r in rows)
