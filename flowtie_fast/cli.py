@@ -150,6 +150,9 @@ def _reconstruct(args) -> int:
                                      or args.no_uncertainty):
         raise ft.InputError("--model/--precision/--no-uncertainty: apply to --method flowtie "
                             f"only, got --method {args.method}")
+    if args.method == "flowtie":  # before the file is read and reduced
+        from flowtie_fast.flow.infer import check_model_source
+        check_model_source("--model", args.model)
     options = {}
     if args.virtual:
         options["virtual"] = args.virtual

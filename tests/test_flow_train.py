@@ -163,6 +163,17 @@ def test_export_loads_and_matches(tmp_path):
         torch.testing.assert_close(loaded(x), model.eval()(x))
 
 
+def test_a_bad_teacher_is_refused_by_the_config_before_any_data(tmp_path):
+    """--teacher nope was refused only after the training data were read."""
+    (tmp_path / "evil.pt").write_bytes(b"not a model")
+    for teacher, says in (("nope", r"^teacher: 'nope' is neither a shipped name"),
+                          (tmp_path, r"^teacher: .* is a directory"),
+                          (tmp_path / "evil.pt", r"^teacher: .* is not a TorchScript model")):
+        with pytest.raises(ft.InputError, match=says):
+            TrainConfig(teacher=teacher, distill=0.5)
+    assert TrainConfig(teacher="fast", distill=0.5).teacher == "fast"
+
+
 def test_distillation_pulls_the_student_toward_its_teacher(tmp_path):
     """With distill = 1 the flow term's target is the teacher's flow: a student
     trained on the flow term alone ends nearer the teacher than one trained on

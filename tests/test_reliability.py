@@ -266,6 +266,23 @@ def test_the_output_may_not_be_the_input(raw, capsys):
     assert raw.read_bytes() == before
 
 
+def test_a_bad_model_is_refused_before_the_file_is_read(raw, tmp_path, capsys, monkeypatch):
+    """--model pointing at a folder or a non-model file was refused only after
+    the 4D reduction ran."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "evil.pt").write_bytes(b"not a model")
+    read = []
+    monkeypatch.setattr(ft, "load", lambda *a, **k: read.append(a))
+    for model, says in ((tmp_path / "mods", "is a directory, not a file"),
+                        (tmp_path / "evil.pt", "is not a TorchScript model file"),
+                        ("nope", "is neither a shipped name")):
+        assert cli.main(["reconstruct", str(raw), "-o", str(tmp_path / "o.npz"),
+                         "--method", "flowtie", "--model", str(model)]) == 2
+        line = one_line_error(capsys, "reconstruct")
+        assert "--model: " in line and says in line, line
+    assert read == []
+
+
 def test_an_existing_output_is_kept_unless_overwrite(raw, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out.npz"
     out.write_bytes(b"precious")

@@ -846,6 +846,37 @@ def load_model(path=None, device: str = "cpu", precision: str = "float32"):
                        precision)
 
 
+def check_model_source(name: str, path) -> None:
+    """Refuse, before any work, a model argument that cannot be loaded: not a
+    shipped or ensemble name and not an existing regular file that is a
+    TorchScript archive (a zip file). :class:`InputError` naming ``name``
+    (e.g. ``model``, ``teacher``, ``--model``); None (the default) passes.
+    Loading it (:func:`load_model`) still checks the model itself."""
+    import zipfile
+
+    from ..files import check_input_file
+
+    if path is None or (isinstance(path, str) and (path in SHIPPED or path in ENSEMBLES)):
+        return
+    names = ", ".join(sorted(SHIPPED) + sorted(ENSEMBLES))
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise InputError(f"{name}: expected a shipped name ({names}) or a TorchScript file, "
+                         f"got {path!r}")
+    if not os.path.lexists(os.fspath(path)) and isinstance(path, str) and \
+            os.sep not in path and "." not in path:
+        raise InputError(f"{name}: {path!r} is neither a shipped name ({names}) nor an "
+                         "existing file")
+    check_input_file(name, Path(os.fspath(path)))
+    try:
+        ok = zipfile.is_zipfile(os.fspath(path))
+    except OSError as exc:
+        raise InputError(f"{name}: {os.fspath(path)!r} cannot be read "
+                         f"({exc.strerror or first_line(exc)})") from exc
+    if not ok:
+        raise InputError(f"{name}: {os.fspath(path)!r} is not a TorchScript model file (a zip "
+                         "archive written by torch.jit.save or export_torchscript)")
+
+
 def _model_key(path):
     """``(path, identity)``: a shipped name (or None) as given; a file by its
     real path and ``(device, inode, size, mtime, ctime)``; a path that does not

@@ -48,7 +48,7 @@ import torch
 
 from ..errors import InputError, check_count, check_positive, check_real
 from ..files import atomic_path
-from ..flow.infer import FlowEnsemble, flow_inputs, load_model
+from ..flow.infer import FlowEnsemble, check_model_source, flow_inputs, load_model
 from ..flow.model import FlowNet
 from .data import Sample, augment, tile
 from .loss import CompositeLoss
@@ -157,6 +157,8 @@ class TrainConfig:
         self.distill = float(d)
         if self.distill > 0 and not self.teacher:
             raise InputError("teacher: distill > 0 needs a teacher model")
+        if self.distill > 0:  # a missing or non-model teacher is refused before any data
+            check_model_source("teacher", self.teacher)
         if self.schedule not in ("constant", "cosine"):
             raise InputError(f"schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
         if self.init is not None:
