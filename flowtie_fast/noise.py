@@ -129,6 +129,19 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _holds_bool_or_text(values) -> bool:
+    """Whether a (nested) list or tuple holds a bool, a NumPy bool or a string."""
+    if isinstance(values, (bool, np.bool_, str, bytes)):
+        return True
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "O":
+            return any(_holds_bool_or_text(x) for x in values.ravel())
+        return values.dtype.kind in "bSU"
+    if isinstance(values, (list, tuple)):
+        return any(_holds_bool_or_text(x) for x in values)
+    return False
+
+
 def check_noise(noise, n_planes: int):
     """``noise`` as given to a series or a solve: None (unknown), a
     :class:`Noise`, or the variance (one number or one per plane, intensity²).
@@ -144,6 +157,8 @@ def check_noise(noise, n_planes: int):
     else:
         values, source = noise, "given"
     if isinstance(values, (str, bytes, bool, np.bool_)) or isinstance(values, np.ma.MaskedArray):
+        raise InputError(f"noise: expected {_EXPECTED}, got {_short(values)}")
+    if _holds_bool_or_text(values):  # np.asarray would read [1.0, True] as [1.0, 1.0]
         raise InputError(f"noise: expected {_EXPECTED}, got {_short(values)}")
     try:
         raw = np.asarray(values)

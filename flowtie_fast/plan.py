@@ -220,8 +220,12 @@ class Plan:
             (:mod:`flowtie_fast.noise`).
         uncertainty_out : array (Ny, Nx), optional
             ``flowtie`` with ``uncertainty``: filled with the phase's standard
-            deviation (rad) where the flow is trusted; left as it was where the
-            classical phase was returned instead (``plan.info["fallback"]``).
+            deviation (rad) where the flow is trusted. Where no map exists
+            (the classical phase returned instead, ``plan.info["fallback"]``,
+            or a single model of your own) every pixel is set to
+            :data:`~flowtie_fast.trust.NO_UNCERTAINTY` (-1, no standard
+            deviation) and ``plan.info["uncertainty"]`` says why: never the
+            previous solve's map.
 
         Returns
         -------

@@ -16,7 +16,7 @@ from numbers import Real
 import numpy as np
 
 from .backend import array_module, is_cupy
-from .errors import InputError, check_real
+from .errors import RANGES, InputError, check_real
 
 __all__ = ["check_gradient", "check_image", "check_intensity_stats", "check_not_masked",
            "check_positions", "focal_weights"]
@@ -167,7 +167,8 @@ def focal_weights(z, z0: float = 0.0, degree: int | None = None):
     Parameters
     ----------
     z : sequence of float
-        Plane positions in Å, distinct.
+        Plane positions in Å, at least 1e-3 Å apart and within 1e8 Å of
+        ``z0`` (as :class:`~flowtie_fast.triplet.FocalSeries` holds them).
     z0 : float
         Where to evaluate, in Å (default 0).
     degree : int, optional
@@ -194,6 +195,10 @@ def focal_weights(z, z0: float = 0.0, degree: int | None = None):
                          f"(z0 = {z0})")
     if np.unique(z).size != n:
         raise InputError(f"z: expected distinct plane positions, got {z.tolist()}")
+    lo, hi = RANGES["dz"][:2]  # as FocalSeries: planes closer than this are one plane
+    if np.diff(np.sort(z)).min() < lo or np.abs(z - z0).max() > hi:
+        raise InputError(f"z: expected planes {lo:g} to {hi:g} Å apart and from z0, got "
+                         f"{z.tolist()} with z0 = {z0:g}")
     scale = np.max(np.abs(z - z0))
     t = (z - z0) / scale
     vander = np.vander(t, degree + 1, increasing=True)

@@ -45,6 +45,7 @@ Every :class:`Reconstruction` carries the phase (mean zero, rad), its gradient
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import warnings
@@ -57,7 +58,7 @@ from . import trust
 from .backend import Backend, get_backend
 from .errors import (InputError, ResultError, TrustWarning, check_choice, check_count,
                      check_finite_result, check_float_dtype, check_real, first_line)
-from .flow.infer import FlowEnsemble, FlowModel, load_model
+from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, FlowModel, load_model
 from .noise import (ALPHA_MAX, COUNTS, GRADIENT_THRESHOLD, denoise, discrepancy_alpha,
                     poisson_noise, teague_floor)
 from .poisson import PoissonSolver, resolve_scheme
@@ -173,12 +174,31 @@ def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic", 
         check_count("max_iter", max_iter, 1, 10**7)
     if model is not None and method != "flowtie":
         raise InputError(f"model: applies to method 'flowtie' only, got method {method!r}")
+    if model is not None:
+        check_model(model)
     for name, value in (("tol", tol), ("max_iter", max_iter)):
         if value is not None and method not in ("tie-exact", "gd"):
             raise InputError(f"{name}: applies to methods 'tie-exact' and 'gd' only, got "
                              f"method {method!r}")
     if preconditioner != "biharmonic" and method != "gd":
         raise InputError(f"preconditioner: applies to method 'gd' only, got method {method!r}")
+
+
+def check_model(model):
+    """``model`` checked: a shipped name, a file path (str or os.PathLike), a
+    FlowModel or a FlowEnsemble; :class:`InputError` naming what is expected
+    otherwise (a number, bytes or a list is not read as a file name)."""
+    if isinstance(model, (FlowModel, FlowEnsemble)):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if isinstance(path, str) and path:
+            return model
+    names = ", ".join([*SHIPPED, *ENSEMBLES])
+    shown = repr(model)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    raise InputError(f"model: expected a shipped name ({names}), a TorchScript file path, "
+                     f"a FlowModel or FlowEnsemble, got {shown}")
 
 
 # Mean intensities each working dtype holds with its full precision through
@@ -702,7 +722,9 @@ class TIESolver:
             The phase gradient (rad/Å); not computed without it.
         uncertainty_out : array (Ny, Nx), optional
             ``flowtie`` with ``options.uncertainty``: the phase's standard
-            deviation (rad), written where the flow is trusted.
+            deviation (rad) where the flow is trusted and the models give a
+            spread; else every pixel set to
+            :data:`~flowtie_fast.trust.NO_UNCERTAINTY` (-1).
         options : SolveOptions, optional
             How the solve runs (default: ``SolveOptions()``).
 
@@ -728,8 +750,10 @@ class TIESolver:
                                    gradient, method, out, gradient_out, info, options)
             check_finite_result(method, out, gradient_out)
             spread = info.pop("uncertainty_map", None)
-            if spread is not None and uncertainty_out is not None:
-                uncertainty_out[...] = spread
+            if uncertainty_out is not None:
+                # No map (a fallback, a single model of your own): a value no map
+                # holds, never the previous solve's map.
+                uncertainty_out[...] = trust.NO_UNCERTAINTY if spread is None else spread
         return info
 
     def flow_batch(self, stack, derivative_weights, intensity_weights, wavenumber, *,
@@ -842,7 +866,7 @@ class TIESolver:
         or a FlowModel / FlowEnsemble, returned as given) on this backend's device."""
         if isinstance(model, (FlowModel, FlowEnsemble)):
             return model
-        return load_model(None if model is None else str(model),
+        return load_model(None if model is None else os.fspath(check_model(model)),
                           "cuda" if self.backend.is_gpu else "cpu")
 
     def _predict_flow(self, model, planes, didz, k, gradient):
@@ -919,6 +943,9 @@ class TIESolver:
             return residual
         # Not trusted: the classical phase instead, from the measured gradient
         # where there is one (it does not go through the focal derivative).
+        fallback = "icom" if icom is not None else "tie"
+        info["uncertainty"] = (f"none: the flow was not trusted; the {fallback} phase "
+                               "returned has no calibrated uncertainty")
         if icom is not None:
             info["fallback"] = "icom"
             phase[...] = icom

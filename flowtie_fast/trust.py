@@ -45,7 +45,9 @@ The flow is not trusted where the registration was unreliable, where the
 ratio to ``icom`` exceeds ``icom_ratio_limit`` at a low signal-to-noise
 ratio, the
 relative spread exceeds ``spread_limit``, or it exceeds
-``spread_limit_no_signal`` while no signal lies above the noise (limits in
+``spread_limit_no_signal`` while no signal lies above the noise, or, for a
+single model of your own (no spread to measure), wherever no signal lies
+above the noise (limits in
 ``data/calibration.json``, chosen on the validation simulations and scored
 on the test ones after: docs/evaluation.md). Then the returned
 phase is the classical one, ``icom`` where a measured gradient exists (the
@@ -60,16 +62,23 @@ import functools
 import json
 import math
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, default_model_path, load_model
 from .noise import COUNTS, denoise, poisson_noise
 
-__all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict", "MEMBERS"]
+__all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict", "MEMBERS",
+           "NO_UNCERTAINTY"]
 
 MEMBERS = ("default", "seed0", "seed2", "seed3")  # the calibrated set of shipped models
 CALIBRATION_FILE = "calibration.json"
+#: rad: what a caller's ``uncertainty_out`` holds at every pixel where a solve
+#: gives no uncertainty map (the flow not trusted and the classical phase
+#: returned, or a single model of your own): a standard deviation cannot be
+#: negative, so it cannot be taken for a map.
+NO_UNCERTAINTY = -1.0
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,7 +97,11 @@ def _shipped_name(model):
     for key in SHIPPED:
         if name == str(default_model_path(key)):
             return key
-    return None
+    try:  # a shipped file given by another path to it (a link, a relative path)
+        real = Path(name).resolve()
+        return next((k for k in SHIPPED if default_model_path(k).resolve() == real), None)
+    except (OSError, ValueError):
+        return None
 
 
 def is_shipped(model) -> bool:
@@ -149,5 +162,8 @@ def verdict(rms_spread, phase_rms: float, snr: float, icom_rms=None,
     elif rel is not None and snr == 0 and rel > cal["spread_limit_no_signal"]:
         why = (f"no signal above the noise in the focal derivative and the models "
                f"disagree by {rel:.0%} of the phase")
+    elif rel is None and snr == 0:
+        why = ("no signal above the noise in the focal derivative, and a single model "
+               "gives no spread to check its flow against")
     return {"trusted": not why, "rel_spread": rel, "snr": snr, "icom_ratio": ratio,
             "why": why or None}

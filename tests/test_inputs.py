@@ -101,6 +101,16 @@ def test_flowtie_model_errors(planes, tmp_path):
     # The shipped model reads the centre of mass: a plain triplet has none.
     with pytest.raises(ft.InputError, match="needs the 4D-STEM centre of mass"):
         ft.reconstruct(t, method="flowtie", backend="cpu")
+    # Neither a name, a path nor a model: not read as a file name.
+    for bad in (3, b"default", ["fast"], "", None.__class__):
+        with pytest.raises(ft.InputError, match=r"^model: expected a shipped name \(default, "
+                                                r"fast, seed0, seed2, seed3, corpus, "
+                                                r"ensemble\), a TorchScript file path, a "
+                                                r"FlowModel or FlowEnsemble, got "):
+            ft.reconstruct(t, method="flowtie", backend="cpu", model=bad)
+        with pytest.raises(ft.InputError, match="^model: expected a shipped name"):
+            ft.Plan(t.shape, t.pixel_size, t.dz[0], t.energy, method="flowtie",
+                    backend="cpu", model=bad)
 
 
 def test_icom_without_gradient(planes):

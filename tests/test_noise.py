@@ -185,7 +185,9 @@ def test_floor_rule():
     assert poisson_noise([4.0, 5.0]).variance == (4.0, 5.0)
 
 
-@pytest.mark.parametrize("bad", ["high", -1.0, [1.0, 2.0], [np.nan] * 3, True, object()])
+@pytest.mark.parametrize("bad", ["high", -1.0, [1.0, 2.0], [np.nan] * 3, True, object(),
+                                 [1.0, True, 1.0], (np.bool_(False), 1.0, 1.0),
+                                 [1.0, "2", 1.0], ft.Noise((1.0, True, 1.0), "given")])
 def test_bad_noise_is_refused(bad):
     with pytest.raises(ft.InputError, match="noise"):
         check_noise(bad, 3)

@@ -805,6 +805,11 @@ def test_small_api_edges_raise_input_errors(tmp_path):
             ft.wavelength(energy)
     with pytest.raises(ft.InputError, match="z: expected finite plane positions"):
         ft.focal_weights([0.0, np.nan, 2.0])
+    # As FocalSeries holds them: planes at least 1e-3 Å apart, within 1e8 Å of z0.
+    for z, z0 in (([0.0, 1e-12, 1.0], 0.0), ([-1.0, 0.0, 1.0], 2e8)):
+        with pytest.raises(ft.InputError, match="z: expected planes 0.001 to 1e.08 Å apart"):
+            ft.focal_weights(z, z0)
+    assert ft.focal_weights([-1e-3, 0.0, 1e-3])[1][2] == pytest.approx(500.0)
     with pytest.raises(ft.InputError, match="wisdom: .* is a folder"):
         ft.save_wisdom(tmp_path)
 

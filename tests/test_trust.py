@@ -300,11 +300,47 @@ def test_a_batch_keeps_every_items_verdict(case):
     stack = np.stack([np.stack([np.asarray(p, np.float32) for p in x.planes])
                       for x in (low, t)])
     grads = np.stack([np.asarray(low.gradient, np.float32), np.asarray(t.gradient, np.float32)])
-    u = np.full((2,) + t.shape, -1.0, np.float32)
+    u = np.full((2,) + t.shape, 7.0, np.float32)
     with pytest.warns(ft.TrustWarning):
         plan.solve_batch(stack, gradient=grads, uncertainty_out=u,
                          noise=[float(v) for v in low.noise.variance])
     items = plan.info["items"]
     assert items[0]["trusted"] is False and items[0]["fallback"] == "icom"
     assert plan.info["trusted"] is False
-    assert np.all(u[0] == -1.0)  # left as it was where the phase fell back
+    assert np.all(u[0] == trust.NO_UNCERTAINTY)  # no map where the phase fell back
+    assert np.all(u[1] >= 0) and u[1].max() > 0
+
+
+def test_a_fallback_in_a_live_loop_leaves_no_stale_uncertainty(case):
+    """A frame that falls back after a trusted one: its uncertainty_out holds
+    NO_UNCERTAINTY at every pixel, not the previous frame's map."""
+    t = _triplet(case)
+    low = _triplet(case, dose=300.0, seed=1)
+    plan = ft.Plan(t.shape, t.pixel_size, t.dz[0], t.energy, method="flowtie", backend="cpu")
+    u = np.empty(t.shape, np.float32)
+    plan.solve(*t.planes, gradient=t.gradient, uncertainty_out=u)
+    assert plan.info["trusted"] is True and (u >= 0).all() and u.max() > 0
+    with pytest.warns(ft.TrustWarning, match="not trusted"):
+        plan.solve(*low.planes, gradient=low.gradient, uncertainty_out=u,
+                   noise=[float(v) for v in low.noise.variance])
+    assert plan.info["fallback"] == "icom"
+    assert np.all(u == trust.NO_UNCERTAINTY)
+    assert plan.info["uncertainty"].startswith("none: the flow was not trusted")
+
+
+def test_a_single_model_of_your_own_is_not_trusted_without_signal(case, tmp_path):
+    """No spread to measure, but no signal above the noise still means no trust."""
+    path = _tiny_model(tmp_path / "tiny.pt")
+    base = _triplet(case)
+    zero = np.asarray(base.zero, np.float64)
+    flat = ft.FocalTriplet(zero, zero, zero, dz=base.dz, pixel_size=base.pixel_size,
+                           energy=base.energy, noise=1.0, gradient=base.gradient)
+    with pytest.warns(ft.TrustWarning, match="no signal above the noise"):
+        rec = ft.reconstruct(flat, method="flowtie", backend="cpu", model=str(path))
+    assert rec.info["snr"] == 0 and rec.info["trusted"] is False
+    assert rec.info["fallback"] == "icom" and rec.uncertainty is None
+    np.testing.assert_array_equal(
+        rec.phase, ft.reconstruct(flat, method="icom", backend="cpu").phase)
+    # the verdict itself: no spread and no signal is no trust; a signal is
+    assert trust.verdict(None, 1.0, 0.0)["trusted"] is False
+    assert trust.verdict(None, 1.0, 0.5)["trusted"] is True
