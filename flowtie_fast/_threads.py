@@ -43,6 +43,8 @@ import os
 import sys
 import threading
 
+from .errors import BackendError
+
 __all__ = ["Decision", "describe", "prepare"]
 
 _POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -116,8 +118,6 @@ def _guard_on() -> bool:
         return False
     if value in _GUARD_ON:
         return True
-    from .errors import BackendError
-
     raise BackendError(f"FLOWTIE_OMP_GUARD: expected one of 0/false/no/off (guard off) or "
                        f"1/true/yes/on (guard on), got {raw[:80]!r}; fix or unset the "
                        "environment variable")

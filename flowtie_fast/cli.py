@@ -37,6 +37,7 @@ from flowtie_fast import __version__
 from flowtie_fast.errors import BackendError, InputError, check_count, check_positive
 from flowtie_fast.files import atomic_path, check_not_input, check_output
 from flowtie_fast.flow import load_model
+from flowtie_fast.flow.infer import check_model_source
 from flowtie_fast.io import write_fields
 from flowtie_fast.solvers import METHODS
 
@@ -151,7 +152,6 @@ def _reconstruct(args) -> int:
         raise ft.InputError("--model/--precision/--no-uncertainty: apply to --method flowtie "
                             f"only, got --method {args.method}")
     if args.method == "flowtie":  # before the file is read and reduced
-        from flowtie_fast.flow.infer import check_model_source
         check_model_source("--model", args.model)
     options = {}
     if args.virtual:

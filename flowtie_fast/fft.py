@@ -16,6 +16,7 @@ Fourier multipliers instead of spending a pass on it.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -343,8 +344,6 @@ def load_wisdom(path) -> bool:
 
     accepted = pyfftw.import_wisdom(_read_wisdom(path))
     if not all(accepted):
-        import warnings
-
         precisions = [p for p, ok in zip(("double", "single", "long double"), accepted)
                       if not ok]
         warnings.warn(f"wisdom: FFTW rejected the {', '.join(precisions)} wisdom in {path!r} "

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy
 
 from .files import (_check_bool, _short, _suffix, as_path, atomic_path, check_input_file,
                      check_target)
@@ -451,8 +452,6 @@ def _check_npz_memory(z, path: Path) -> None:
     sizes their .npy headers declare: shape x dtype, read without loading,
     compressed members included) do not fit in the memory available now:
     :class:`InputError` naming the file with both figures."""
-    from numpy.lib import format as npy
-
     total, largest = 0, None
     for k in _KEYS:
         if k not in z.files:

@@ -24,6 +24,7 @@ import os
 import re
 import threading
 import warnings
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from ..backend import is_cupy
 from ..errors import BackendError, InputError, first_line
+from ..files import check_input_file
 from ..physics import wavenumber as _wavenumber
 
 __all__ = ["FlowEnsemble", "FlowModel", "default_model_path", "file_digest", "load_model",
@@ -852,10 +854,6 @@ def check_model_source(name: str, path) -> None:
     TorchScript archive (a zip file). :class:`InputError` naming ``name``
     (e.g. ``model``, ``teacher``, ``--model``); None (the default) passes.
     Loading it (:func:`load_model`) still checks the model itself."""
-    import zipfile
-
-    from ..files import check_input_file
-
     if path is None or (isinstance(path, str) and (path in SHIPPED or path in ENSEMBLES)):
         return
     names = ", ".join(sorted(SHIPPED) + sorted(ENSEMBLES))
