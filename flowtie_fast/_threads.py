@@ -19,9 +19,10 @@ global scope, loads Numba's ``omppool`` and pyFFTW's ``libfftw3*_omp``
 libraries with ``RTLD_DEEPBIND``: their OpenMP calls then bind to their own
 runtimes, loaded now and therefore passive, exactly as when flowtie_fast is
 imported first. Where that cannot be done (the runtime they would use was
-initialised before, or pyFFTW was loaded before), the fallback is Numba's
-``workqueue`` layer (plain pthreads, passive; the backend serialises its
-kernels) and single-threaded FFTW.
+initialised before, or pyFFTW was loaded before), the fallback runs the
+backend's Numba kernels and FFTW on one thread each (no idle workers to
+spin). Numba's threading layer is never changed: it is the process's, and
+the host's own parallel Numba code may depend on it.
 
 With ``LD_PRELOAD`` set (a preloaded allocator would be bypassed by a
 library loaded with ``RTLD_DEEPBIND``) the fallback is taken directly.
@@ -63,10 +64,9 @@ class Decision:
     isolated : dict
         ``{"numba": runtime, "fftw": runtime}``: the runtimes the libraries
         loaded with RTLD_DEEPBIND bind to.
-    serial_layer : bool
-        Numba must use the ``workqueue`` layer (the backend serialises its
-        kernels): set when Numba's OpenMP layer could not be given a passive
-        runtime.
+    numba_threads : int or None
+        A cap on the threads of the backend's Numba kernels (1) when Numba's
+        OpenMP calls go to a runtime that spins; None: no cap.
     fftw_threads : int or None
         A cap on FFTW's threads (1) when FFTW's OpenMP calls go to a runtime
         that spins; None: no cap.
@@ -74,17 +74,17 @@ class Decision:
         One line for reports and tests.
     """
 
-    def __init__(self, foreign=None, isolated=None, serial_layer=False, fftw_threads=None,
+    def __init__(self, foreign=None, isolated=None, numba_threads=None, fftw_threads=None,
                  reason=""):
         self.foreign = foreign
         self.isolated = dict(isolated or {})
-        self.serial_layer = serial_layer
+        self.numba_threads = numba_threads
         self.fftw_threads = fftw_threads
         self.reason = reason
 
     def __repr__(self) -> str:
         return (f"Decision(foreign={self.foreign!r}, isolated={self.isolated!r}, "
-                f"serial_layer={self.serial_layer}, fftw_threads={self.fftw_threads}, "
+                f"numba_threads={self.numba_threads}, fftw_threads={self.fftw_threads}, "
                 f"reason={self.reason!r})")
 
 
@@ -144,13 +144,14 @@ def _decide() -> Decision:
                                                 f"{', '.join(user_policy)}")
     if os.environ.get("LD_PRELOAD", "").strip():
         # a preloaded allocator (jemalloc, tcmalloc, ASan) would be bypassed by libraries
-        # loaded with RTLD_DEEPBIND: no isolation, the runtime-free fallback instead
-        return Decision(foreign=foreign, serial_layer=_numba_omppool() is not None
-                        and not _already_launched(), fftw_threads=1 if _fftw_omp_libs() else None,
+        # loaded with RTLD_DEEPBIND: no isolation, one thread each instead
+        numba_cap = 1 if _numba_omppool() is not None and not _already_launched() else None
+        return Decision(foreign=foreign, numba_threads=numba_cap,
+                        fftw_threads=1 if _fftw_omp_libs() else None,
                         reason=f"{os.path.basename(foreign)} loaded before and LD_PRELOAD set: "
-                               "Numba on its workqueue layer, FFTW on 1 thread")
+                               "Numba's kernels and FFTW on 1 thread")
     before = _mapped()
-    isolated, serial, fftw_threads, notes = {}, False, None, []
+    isolated, numba_threads, fftw_threads, notes = {}, None, None, []
     numba_lib = _numba_omppool()
     if numba_lib is None:
         notes.append("Numba's omp layer absent")
@@ -159,9 +160,8 @@ def _decide() -> Decision:
     else:
         runtime = _deepbind(numba_lib)
         if runtime is None or _same_file(runtime, foreign) or runtime in before:
-            serial = True
-            notes.append(f"Numba: workqueue layer (its OpenMP runtime {runtime} was loaded "
-                         "before)")
+            numba_threads = 1
+            notes.append(f"Numba: 1 thread (its OpenMP runtime {runtime} was loaded before)")
         else:
             isolated["numba"] = runtime
     fftw_libs = _fftw_omp_libs()
@@ -186,7 +186,7 @@ def _decide() -> Decision:
     reason = (f"{os.path.basename(foreign)} loaded before: "
               + "; ".join([f"{k} on its own passive {os.path.basename(v)}"
                            for k, v in isolated.items()] + notes))
-    return Decision(foreign, isolated, serial, fftw_threads, reason)
+    return Decision(foreign, isolated, numba_threads, fftw_threads, reason)
 
 
 # --------------------------------------------------------------------------- helpers

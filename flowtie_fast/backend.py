@@ -144,11 +144,9 @@ class Backend:
 
             self.xp = np
             self.kernels = _numba_kernels
-            if openmp.serial_layer:
-                import numba
-
-                numba.config.THREADING_LAYER = "workqueue"  # pthreads: waits passively
-            if openmp.serial_layer or not _prefer_threadsafe_layer():
+            # a cap on the kernels' threads where Numba's OpenMP runtime spins
+            self.numba_threads = openmp.numba_threads or self.threads
+            if not _prefer_threadsafe_layer():
                 # Numba's workqueue layer aborts the process when two threads enter
                 # parallel kernels at once: serialise every kernel call instead.
                 self.kernels = _SerialKernels(_numba_kernels)
@@ -211,7 +209,7 @@ class Backend:
     def prepare(self) -> None:
         """Set per-thread state before running kernels (Numba's thread count)."""
         if not self.is_gpu:
-            self.kernels.set_threads(min(self.threads, _numba_max_threads()))
+            self.kernels.set_threads(min(self.threads, self.numba_threads, _numba_max_threads()))
 
     def plane_stats(self, planes, scratch=None, out=None):
         """The number of negative values and the sum of each plane, as a NumPy
