@@ -178,6 +178,17 @@ def test_the_fused_path_falls_back_with_a_warning(monkeypatch):
         raise RuntimeError("no oneDNN kernel for this")
 
     monkeypatch.setattr(_FusedFlowNet, "__call__", broken)
+    # an input both paths refuse: the module's error, and the fused path stays on
+    module = m.module
+
+    def refuses(x):
+        raise RuntimeError("input too small for this network")
+
+    m.module = refuses
+    with pytest.raises(RuntimeError, match="input too small"), torch.no_grad():
+        m._run(x)
+    assert m.runtime == "onednn"
+    m.module = module
     with pytest.warns(RuntimeWarning, match="fused oneDNN path failed"):
         with torch.no_grad():
             got = m._run(x)

@@ -488,10 +488,14 @@ class FlowModel:
             try:
                 return fused(x)
             except RuntimeError as exc:
+                # the module on the same input: where it fails too, the input was the
+                # cause (the error is the module's) and the fused path stays
+                v = self.module(x)
                 self._fused = None  # one assignment: safe beside other threads
                 warnings.warn(f"flow model {str(self.path)!r}: the fused oneDNN path failed "
                               f"({first_line(exc)}); running the TorchScript module",
                               RuntimeWarning, stacklevel=5)
+                return v
         return self.module(x)
 
     def _replay(self, args, k, h):
