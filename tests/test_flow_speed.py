@@ -219,3 +219,11 @@ def test_threads_share_one_fused_model():
         th.join()
     for g, w in zip(got, want):
         assert torch.equal(g, w)
+
+
+def test_the_runtime_variable_is_read_or_refused(monkeypatch):
+    monkeypatch.setenv("FLOWTIE_FLOW_RUNTIME", " TorchScript ")
+    assert FlowModel("default").runtime == "torchscript"
+    monkeypatch.setenv("FLOWTIE_FLOW_RUNTIME", "onnx")
+    with pytest.raises(ft.BackendError, match="FLOWTIE_FLOW_RUNTIME: expected 'onednn'"):
+        FlowModel("default")

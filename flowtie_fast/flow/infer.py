@@ -606,7 +606,12 @@ class _FusedFlowNet:
     def build(cls, module, config):
         """The fused network of a loaded TorchScript FlowNet, or None where the
         file is another network or this PyTorch lacks the oneDNN operators."""
-        if os.environ.get("FLOWTIE_FLOW_RUNTIME", "").lower() == "torchscript":
+        runtime = os.environ.get("FLOWTIE_FLOW_RUNTIME", "").strip().lower()
+        if runtime not in ("", "onednn", "torchscript"):
+            raise BackendError("FLOWTIE_FLOW_RUNTIME: expected 'onednn' (the default on the "
+                               "CPU) or 'torchscript', got "
+                               f"{os.environ['FLOWTIE_FLOW_RUNTIME'][:80]!r}; fix or unset it")
+        if runtime == "torchscript":
             return None
         try:
             import torch
