@@ -736,6 +736,10 @@ class TIESolver:
         """
         info: dict = {}
         with self._lock:
+            if uncertainty_out is not None:
+                # Until this solve gives a map: a value no map holds, never the
+                # previous solve's map (also where this solve raises).
+                uncertainty_out[...] = trust.NO_UNCERTAINTY
             self.backend.prepare()
             self.poisson.alpha = 0.0 if self.alpha == "auto" else self.alpha
             if method == "icom":
@@ -750,10 +754,8 @@ class TIESolver:
                                    gradient, method, out, gradient_out, info, options)
             check_finite_result(method, out, gradient_out)
             spread = info.pop("uncertainty_map", None)
-            if uncertainty_out is not None:
-                # No map (a fallback, a single model of your own): a value no map
-                # holds, never the previous solve's map.
-                uncertainty_out[...] = trust.NO_UNCERTAINTY if spread is None else spread
+            if uncertainty_out is not None and spread is not None:
+                uncertainty_out[...] = spread
         return info
 
     def flow_batch(self, stack, derivative_weights, intensity_weights, wavenumber, *,
