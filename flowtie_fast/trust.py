@@ -62,11 +62,10 @@ import functools
 import json
 import math
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
-from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, default_model_path, load_model
+from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, load_model
 from .noise import COUNTS, denoise, poisson_noise
 
 __all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict", "MEMBERS",
@@ -94,14 +93,9 @@ def _shipped_name(model):
     name = str(getattr(model, "path", ""))
     if name in ENSEMBLES:
         return name
-    for key in SHIPPED:
-        if name == str(default_model_path(key)):
-            return key
-    try:  # a shipped file given by another path to it (a link, a relative path)
-        real = Path(name).resolve()
-        return next((k for k in SHIPPED if default_model_path(k).resolve() == real), None)
-    except (OSError, ValueError):
-        return None
+    # recorded when the file loaded (a shipped file given by any path to it)
+    shipped = getattr(model, "shipped", None)
+    return shipped if shipped in SHIPPED else None
 
 
 def is_shipped(model) -> bool:

@@ -273,6 +273,8 @@ class FlowModel:
                              "export_torchscript") from exc
         self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.path, self.device = path, device
+        # the shipped name (a key of SHIPPED) where the file is a shipped one, else None
+        self.shipped = shipped
         self.cuda_graphs = bool(cuda_graphs) and torch.device(device).type == "cuda"
         self._graphs = {}  # key -> (graph, static inputs, static output, last replay)
         self._graph_failed = set()
