@@ -193,6 +193,23 @@ def _thickness_defocus_scan_k(measured, n_thickness):
     return data
 
 
+def _scan_three_defoci(abtem, pot, scan, n_thickness, *, energy, semiangle, dz_minus, dz_plus,
+                       tilt, max_angle, progress):
+    """Scan a probe at the defoci ``+dz_minus, 0, -dz_plus`` (abTEM's sign) over
+    ``pot`` with a pixelated detector to ``max_angle`` mrad: the patterns (thickness, defocus, Sy, Sx, Ky, Kx) on
+    the host, the detector sampling in 1/Å and the seconds the scan took."""
+    probe = abtem.Probe(energy=energy, semiangle_cutoff=semiangle,
+                        defocus=np.array([dz_minus, 0.0, -dz_plus]), tilt=tilt)
+    probe.grid.match(pot)
+    detector = abtem.PixelatedDetector(max_angle=max_angle)
+    start = time.perf_counter()
+    measured = probe.scan(pot, scan=scan, detectors=detector)
+    measured = _on_host(measured.compute(scheduler="threads", progress_bar=bool(progress)))
+    elapsed = time.perf_counter() - start
+    return (_thickness_defocus_scan_k(measured, n_thickness),
+            tuple(float(s) for s in measured.sampling[-2:]), elapsed)
+
+
 def _cells(thicknesses, height) -> list:
     """Whole unit cells of each wanted thickness (at least one), sorted, unique."""
     return sorted({max(1, int(round(t / height))) for t in thicknesses})
@@ -360,16 +377,9 @@ def _simulate_series(material="GaAs", thicknesses=(5.0, 20.0, 50.0, 100.0, 150.0
         scan_gpts = tuple(max(16 * n, int(round(e / 0.2))) for n, e in zip(scan_cells, extent))
     scan = abtem.GridScan(start=(0, 0), end=extent, gpts=scan_gpts, endpoint=False)
     max_angle = 3 * semiangle if max_angle is None else max_angle
-    probe = abtem.Probe(energy=energy, semiangle_cutoff=semiangle,
-                        defocus=np.array([dz_minus, 0.0, -dz_plus]), tilt=tilt)
-    probe.grid.match(pot)
-    detector = abtem.PixelatedDetector(max_angle=max_angle)
-    start = time.perf_counter()
-    measured = probe.scan(pot, scan=scan, detectors=detector)
-    measured = _on_host(measured.compute(scheduler="threads", progress_bar=bool(progress)))
-    elapsed = time.perf_counter() - start
-    data = _thickness_defocus_scan_k(measured, len(cells))
-    k_sampling = tuple(float(s) for s in measured.sampling[-2:])
+    data, k_sampling, elapsed = _scan_three_defoci(
+        abtem, pot, scan, len(cells), energy=energy, semiangle=semiangle, dz_minus=dz_minus,
+        dz_plus=dz_plus, tilt=tilt, max_angle=max_angle, progress=progress)
     scan_step = (extent[0] / scan_gpts[0], extent[1] / scan_gpts[1])
 
     # Ground truth: projected potential of the slices above each exit plane, on a
@@ -669,16 +679,9 @@ def _simulate_specimen(atoms, exit_depths, scan, *, energy=300e3, semiangle=20.0
     end = [s + n * d for s, n, d in zip(start, scan.shape, scan.step)]
     grid = abtem.GridScan(start=start, end=end, gpts=scan.shape, endpoint=False)
     max_angle = 3 * semiangle if max_angle is None else max_angle
-    probe = abtem.Probe(energy=energy, semiangle_cutoff=semiangle,
-                        defocus=np.array([dz_minus, 0.0, -dz_plus]), tilt=tilt)
-    probe.grid.match(pot)
-    detector = abtem.PixelatedDetector(max_angle=max_angle)
-    t0 = time.perf_counter()
-    measured = probe.scan(pot, scan=grid, detectors=detector)
-    measured = _on_host(measured.compute(scheduler="threads", progress_bar=bool(progress)))
-    elapsed = time.perf_counter() - t0
-    data = _thickness_defocus_scan_k(measured, len(depths))
-    k_sampling = tuple(float(s) for s in measured.sampling[-2:])
+    data, k_sampling, elapsed = _scan_three_defoci(
+        abtem, pot, grid, len(depths), energy=energy, semiangle=semiangle, dz_minus=dz_minus,
+        dz_plus=dz_plus, tilt=tilt, max_angle=max_angle, progress=progress)
 
     t1 = time.perf_counter()
     truth_pot = abtem.Potential(static, **sampled, slice_thickness=slices,
