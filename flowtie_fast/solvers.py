@@ -736,27 +736,38 @@ class TIESolver:
         """
         info: dict = {}
         with self._lock:
+            try:
+                spread = self._solve_into(planes, derivative_weights, intensity_weights,
+                                          wavenumber, gradient, method, out, gradient_out,
+                                          info, options)
+            except BaseException:
+                if uncertainty_out is not None:  # never the previous solve's map
+                    uncertainty_out[...] = trust.NO_UNCERTAINTY
+                raise
             if uncertainty_out is not None:
-                # Until this solve gives a map: a value no map holds, never the
-                # previous solve's map (also where this solve raises).
-                uncertainty_out[...] = trust.NO_UNCERTAINTY
-            self.backend.prepare()
-            self.poisson.alpha = 0.0 if self.alpha == "auto" else self.alpha
-            if method == "icom":
-                # The planes are not used, but checked as every solve checks them.
-                self.validate_planes(planes, intensity_weights,
-                                     options.names or ("minus", "zero", "plus"))
-                # Checked before anything is written.
-                self.poisson.integrate(self._check_gradient(gradient), out=out,
-                                       grad_out=gradient_out)
-            else:
-                self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
-                                   gradient, method, out, gradient_out, info, options)
-            check_finite_result(method, out, gradient_out)
-            spread = info.pop("uncertainty_map", None)
-            if uncertainty_out is not None and spread is not None:
-                uncertainty_out[...] = spread
+                # No map (a fallback, a single model of your own): a value no map holds.
+                uncertainty_out[...] = trust.NO_UNCERTAINTY if spread is None else spread
         return info
+
+    def _solve_into(self, planes, derivative_weights, intensity_weights, wavenumber, gradient,
+                    method, out, gradient_out, info, options):
+        """The body of :meth:`solve_planes` under its lock: the phase into ``out``
+        (and the gradient), the verdict into ``info``; returns the uncertainty
+        map or None."""
+        self.backend.prepare()
+        self.poisson.alpha = 0.0 if self.alpha == "auto" else self.alpha
+        if method == "icom":
+            # The planes are not used, but checked as every solve checks them.
+            self.validate_planes(planes, intensity_weights,
+                                 options.names or ("minus", "zero", "plus"))
+            # Checked before anything is written.
+            self.poisson.integrate(self._check_gradient(gradient), out=out,
+                                   grad_out=gradient_out)
+        else:
+            self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
+                               gradient, method, out, gradient_out, info, options)
+        check_finite_result(method, out, gradient_out)
+        return info.pop("uncertainty_map", None)
 
     def flow_batch(self, stack, derivative_weights, intensity_weights, wavenumber, *,
                    gradient=None, out, gradient_out=None, model=None, names=None):
