@@ -486,11 +486,10 @@ def test_an_output_name_too_long_is_refused_before_the_work(raw, capsys, monkeyp
     assert "the file system allows" in one_line_error(capsys, "reconstruct") and not calls
 
 
-@pytest.mark.parametrize("env, names", [
-    ({"NUMBA_THREADING_LAYER": "garbage"}, "NUMBA_THREADING_LAYER='garbage'"),
-    ({"NUMBA_NUM_THREADS": "0"}, "NUMBA_NUM_THREADS='0'"),
-])
-def test_a_bad_numba_setting_is_a_backend_error_naming_it(env, names):
+
+def _reconstruct_in_child(env):
+    """A small CPU reconstruction in a fresh process with ``env`` added: its
+    BackendError printed on stdout, if any."""
     code = ("import numpy as np, flowtie_fast as ft\n"
             "p = [np.ones((16, 16)) * (1 + 0.01 * i) for i in range(3)]\n"
             "try:\n"
@@ -498,8 +497,15 @@ def test_a_bad_numba_setting_is_a_backend_error_naming_it(env, names):
             "                   backend='cpu')\n"
             "except ft.BackendError as e:\n"
             "    print('BackendError', e)\n")
-    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
-                         capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                          capture_output=True, text=True, timeout=120)
+
+@pytest.mark.parametrize("env, names", [
+    ({"NUMBA_THREADING_LAYER": "garbage"}, "NUMBA_THREADING_LAYER='garbage'"),
+    ({"NUMBA_NUM_THREADS": "0"}, "NUMBA_NUM_THREADS='0'"),
+])
+def test_a_bad_numba_setting_is_a_backend_error_naming_it(env, names):
+    run = _reconstruct_in_child(env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.startswith("BackendError backend: Numba does not start") and \
         names in run.stdout, run.stdout
@@ -513,15 +519,7 @@ def test_a_numba_setting_numba_cannot_parse_is_one_line_naming_it(env, reason):
     """Numba printed a RuntimeWarning with a Python traceback before the one-line
     BackendError (NUMBA_NUM_THREADS=abc), or before a successful run (NUMBA_OPT=abc)."""
     (name, value), = env.items()
-    code = ("import numpy as np, flowtie_fast as ft\n"
-            "p = [np.ones((16, 16)) * (1 + 0.01 * i) for i in range(3)]\n"
-            "try:\n"
-            "    ft.reconstruct(ft.FocalTriplet(*p, dz=20.0, pixel_size=0.2, energy=3e5),\n"
-            "                   backend='cpu')\n"
-            "except ft.BackendError as e:\n"
-            "    print('BackendError', e)\n")
-    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
-                         capture_output=True, text=True, timeout=120)
+    run = _reconstruct_in_child(env)
     assert run.returncode == 0 and run.stderr == "", run.stderr[-2000:]
     assert run.stdout.startswith(f"BackendError backend: Numba does not start: it cannot read "
                                  f"{name}={value!r} (") and reason in run.stdout, run.stdout
