@@ -486,7 +486,6 @@ def test_an_output_name_too_long_is_refused_before_the_work(raw, capsys, monkeyp
     assert "the file system allows" in one_line_error(capsys, "reconstruct") and not calls
 
 
-
 def _reconstruct_in_child(env):
     """A small CPU reconstruction in a fresh process with ``env`` added: its
     BackendError printed on stdout, if any."""
@@ -499,6 +498,7 @@ def _reconstruct_in_child(env):
             "    print('BackendError', e)\n")
     return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
                           capture_output=True, text=True, timeout=120)
+
 
 @pytest.mark.parametrize("env, names", [
     ({"NUMBA_THREADING_LAYER": "garbage"}, "NUMBA_THREADING_LAYER='garbage'"),
