@@ -56,22 +56,25 @@ _DECISION = None
 class Decision:
     """What :func:`prepare` found and chose.
 
-    Attributes
+    Each parameter is kept as the attribute of the same name.
+
+    Parameters
     ----------
-    foreign : str or None
+    foreign : str or None, optional
         The OpenMP runtime in the global symbol scope before the backend
-        loaded its own (PyTorch's libgomp, ...), or None.
-    isolated : dict
+        loaded its own (PyTorch's libgomp, ...), or None (the default).
+    isolated : dict, optional
         ``{"numba": runtime, "fftw": runtime}``: the runtimes the libraries
-        loaded with RTLD_DEEPBIND bind to.
-    numba_threads : int or None
+        loaded with RTLD_DEEPBIND bind to (default None: kept as ``{}``, a
+        copy of a dict given).
+    numba_threads : int or None, optional
         A cap on the threads of the backend's Numba kernels (1) when Numba's
-        OpenMP calls go to a runtime that spins; None: no cap.
-    fftw_threads : int or None
+        OpenMP calls go to a runtime that spins; None (the default): no cap.
+    fftw_threads : int or None, optional
         A cap on FFTW's threads (1) when FFTW's OpenMP calls go to a runtime
-        that spins; None: no cap.
-    reason : str
-        One line for reports and tests.
+        that spins; None (the default): no cap.
+    reason : str, optional
+        One line for reports and tests (default "").
     """
 
     def __init__(self, foreign=None, isolated=None, numba_threads=None, fftw_threads=None,
@@ -91,7 +94,18 @@ class Decision:
 def prepare() -> Decision:
     """Choose the OpenMP runtimes of the CPU backend, once per process (later
     calls return the first decision). Call before Numba's threading layer and
-    pyFFTW are loaded."""
+    pyFFTW are loaded.
+
+    Returns
+    -------
+    Decision
+        The decision of the first call, shared by every later one.
+
+    Raises
+    ------
+    BackendError
+        Where ``FLOWTIE_OMP_GUARD`` holds a value that is neither on nor off.
+    """
     global _DECISION
     with _LOCK:
         if _DECISION is None:
@@ -100,7 +114,13 @@ def prepare() -> Decision:
 
 
 def describe() -> str:
-    """The decision in one line (empty before :func:`prepare`)."""
+    """The decision in one line (empty before :func:`prepare`).
+
+    Returns
+    -------
+    str
+        The ``reason`` of the decision, or "" before :func:`prepare`.
+    """
     return "" if _DECISION is None else _DECISION.reason
 
 

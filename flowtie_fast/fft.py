@@ -109,6 +109,18 @@ class RealFFTPlan:
     Attributes ``real`` and ``spec`` are the work buffers; ``forward(src)``
     transforms ``src`` (default ``real``) into ``spec``; ``inverse(dst)``
     transforms ``spec`` into ``dst`` (default ``real``) and may destroy ``spec``.
+
+    Parameters
+    ----------
+    backend : Backend
+        Where the buffers live and which library transforms
+        (:attr:`~flowtie_fast.backend.Backend.fft_library`: pyFFTW, planned
+        here, scipy.fft or cuFFT).
+    shape : sequence of int
+        ``batch + (ny, nx)``: the shape of the real arrays, in pixels.
+    dtype : dtype
+        The real dtype, float32 or float64; ``spec`` is complex64 or
+        complex128 of shape ``batch + (ny, nx // 2 + 1)``.
     """
 
     def __init__(self, backend: "Backend", shape, dtype):
@@ -130,7 +142,21 @@ class RealFFTPlan:
             self.roundtrip_scale = 1.0  # scipy's and CuPy's inverse normalise
 
     def forward(self, src=None):
-        """``spec = rfft2(src)``; ``src`` defaults to ``real``."""
+        """``spec = rfft2(src)``; ``src`` defaults to ``real``.
+
+        Parameters
+        ----------
+        src : array, optional
+            Real input of the plan's shape, on its backend; not modified,
+            though the ``real`` buffer may receive a copy of it (default
+            None: the ``real`` buffer).
+
+        Returns
+        -------
+        array
+            The ``spec`` buffer holding the transform (on the GPU, the array
+            cuFFT wrote when C-ordered, which becomes ``spec``).
+        """
         src = self.real if src is None else src
         if self._fftw is not None:
             self._fftw.forward(src)
@@ -144,7 +170,22 @@ class RealFFTPlan:
         return _keep(self, "spec", out)
 
     def inverse(self, dst=None):
-        """``dst = irfft2(spec)`` (unnormalised with pyFFTW); ``spec`` may be destroyed."""
+        """``dst = irfft2(spec)`` (unnormalised with pyFFTW); ``spec`` may be destroyed.
+
+        Parameters
+        ----------
+        dst : array, optional
+            Real output of the plan's shape and dtype, on its backend
+            (default None: the ``real`` buffer).
+
+        Returns
+        -------
+        array
+            ``dst``, or the ``real`` buffer (on the GPU, the array cuFFT
+            wrote when C-ordered, which becomes ``real``). With pyFFTW it
+            is ``ny * nx`` times the normalised inverse
+            (``roundtrip_scale``).
+        """
         if self._fftw is not None:
             return self._fftw.inverse(dst)
         ny, nx = self.shape[-2:]
@@ -177,6 +218,17 @@ class DCTPlan:
     even-extension (homogeneous Neumann, "mirror") transform, without padding.
 
     Same interface as :class:`RealFFTPlan`; ``spec`` is real.
+
+    Parameters
+    ----------
+    backend : Backend
+        Where the buffers live and which library transforms (pyFFTW,
+        planned here, scipy.fft or cupyx.scipy.fft).
+    shape : sequence of int
+        ``batch + (ny, nx)``: the shape of the real arrays and of ``spec``,
+        in pixels.
+    dtype : dtype
+        The real dtype of both buffers, float32 or float64.
     """
 
     def __init__(self, backend: "Backend", shape, dtype):
@@ -206,7 +258,21 @@ class DCTPlan:
         return {} if self.backend.is_gpu else {"workers": self.backend.threads}
 
     def forward(self, src=None):
-        """``spec = DCT-II(src)`` (unnormalised)."""
+        """``spec = DCT-II(src)`` (unnormalised).
+
+        Parameters
+        ----------
+        src : array, optional
+            Real input of the plan's shape, on its backend; not modified,
+            though the ``real`` buffer may receive a copy of it (default
+            None: the ``real`` buffer).
+
+        Returns
+        -------
+        array
+            The ``spec`` buffer holding the transform (on the GPU, the array
+            cupyx wrote when C-ordered, which becomes ``spec``).
+        """
         src = self.real if src is None else src
         if self._fftw is not None:
             self._fftw.forward(src)
@@ -216,7 +282,21 @@ class DCTPlan:
         return _keep(self, "spec", out)
 
     def inverse(self, dst=None):
-        """``dst = DCT-III(spec)`` (unnormalised)."""
+        """``dst = DCT-III(spec)`` (unnormalised); ``spec`` may be destroyed.
+
+        Parameters
+        ----------
+        dst : array, optional
+            Real output of the plan's shape and dtype, on its backend
+            (default None: the ``real`` buffer).
+
+        Returns
+        -------
+        array
+            ``dst``, or the ``real`` buffer (on the GPU, the array cupyx
+            wrote when C-ordered, which becomes ``real``); a forward-inverse
+            pair multiplies by ``4 * ny * nx`` (``1 / roundtrip_scale``).
+        """
         if self._fftw is not None:
             return self._fftw.inverse(dst)
         out = self._module().dctn(self.spec, type=3, axes=(-2, -1), **self._kw())

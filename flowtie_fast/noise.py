@@ -145,7 +145,31 @@ def _holds_bool_or_text(values) -> bool:
 def check_noise(noise, n_planes: int):
     """``noise`` as given to a series or a solve: None (unknown), a
     :class:`Noise`, or the variance (one number or one per plane, intensity²).
-    Returns a Noise or None; :class:`InputError` naming ``noise`` otherwise."""
+    Returns a Noise or None; :class:`InputError` naming ``noise`` otherwise.
+
+    Parameters
+    ----------
+    noise : Noise, float, sequence of float or None
+        The noise given: a Noise (its source one of ``"poisson"``,
+        ``"band"``, ``"given"``, ``"estimated"``), a variance for every plane
+        or one per plane (real numbers, not bools or strings), in
+        intensity², or None.
+    n_planes : int
+        The number of planes of the series or solve.
+
+    Returns
+    -------
+    Noise or None
+        None for None; else a Noise with ``n_planes`` float variances (one
+        number repeated for every plane) and the source given (``"given"``
+        for bare variances).
+
+    Raises
+    ------
+    InputError
+        Where the source is unknown, or the variances are not real numbers,
+        not 1 or ``n_planes`` of them, not finite or negative.
+    """
     if noise is None:
         return None
     if isinstance(noise, Noise):
@@ -355,7 +379,19 @@ def GRADIENT_THRESHOLD(a) -> float:
     gradient: ``ln M``, half the universal one. Integrating a gradient
     amplifies a noise mode by 1/q, not 1/q² as the TIE does, and the full
     threshold removed more signal than noise on the 4D-STEM centre of mass
-    (docs/evaluation.md)."""
+    (docs/evaluation.md).
+
+    Parameters
+    ----------
+    a : array (Ny, Nx)
+        One component of the gradient (NumPy or CuPy); only its shape is read.
+
+    Returns
+    -------
+    float
+        ``ln M``, M = ``Ny * (Nx // 2 + 1)`` the modes of the half plane; the
+        ``threshold`` of :func:`denoise`.
+    """
     return math.log(a.shape[0] * (a.shape[1] // 2 + 1))
 
 

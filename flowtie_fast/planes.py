@@ -24,7 +24,30 @@ __all__ = ["check_gradient", "check_image", "check_intensity_stats", "check_not_
 
 def check_image(name: str, a, shape=None):
     """Validate one real 2-D image and return it as an array (NumPy or CuPy, no copy
-    where possible); raise :class:`InputError` naming ``name`` otherwise."""
+    where possible); raise :class:`InputError` naming ``name`` otherwise.
+
+    Parameters
+    ----------
+    name : str
+        How messages name the image.
+    a : array-like (Ny, Nx)
+        The image: a CuPy array, or anything ``np.asarray`` reads (not a
+        masked array), of a real dtype (integer or floating), at least 2
+        pixels along each axis. Its values are not checked here.
+    shape : (int, int), optional
+        The shape it must have (default None: any).
+
+    Returns
+    -------
+    array (Ny, Nx)
+        ``a`` as a NumPy array (``np.asarray``), or the CuPy array itself.
+
+    Raises
+    ------
+    InputError
+        Where ``a`` is None, masked, unreadable, complex or not numeric, not
+        2-D, under 2 pixels along an axis, or not of ``shape``.
+    """
     if a is None:
         raise InputError(f"{name}: expected a 2-D real array, got None")
     check_not_masked(name, a)
@@ -51,7 +74,20 @@ def check_image(name: str, a, shape=None):
 
 def check_not_masked(name: str, a) -> None:
     """Refuse a NumPy masked array: the solvers would read the values under its
-    mask as data."""
+    mask as data.
+
+    Parameters
+    ----------
+    name : str
+        How the message names the array.
+    a : object
+        The array given.
+
+    Raises
+    ------
+    InputError
+        Where ``a`` is a :class:`numpy.ma.MaskedArray`.
+    """
     if isinstance(a, np.ma.MaskedArray):
         raise InputError(f"{name}: masked arrays are not supported (the mask would be "
                          "ignored); fill the masked pixels, e.g. a.filled(a.mean())")
@@ -66,6 +102,22 @@ def check_intensity_stats(names, stats, planes) -> None:
     :class:`InputError` naming the plane: NaN or Inf, a negative value (an
     intensity is a count or a sum of counts; the TIE and its solvers need
     ``I >= 0``), and a plane that is zero everywhere (a dropped frame).
+
+    Parameters
+    ----------
+    names : sequence of str
+        How messages name the planes, one per plane.
+    stats : ndarray (N, 2) of float64
+        Per plane, the number of negative values and the sum.
+    planes : sequence of N arrays (Ny, Nx)
+        The planes; read only to report the lowest value of a plane with
+        negative values.
+
+    Raises
+    ------
+    InputError
+        Where a plane holds NaN or Inf, a negative value, or is zero
+        everywhere.
     """
     for i, name in enumerate(names):
         negatives, total = stats.item(i, 0), stats.item(i, 1)
@@ -87,7 +139,28 @@ def check_gradient(g, shape):
     :class:`InputError` naming ``gradient`` otherwise. Finiteness is one sum in
     the array's own dtype (no temporary: a Plan calls this on every icom solve),
     confirmed element by element only where the sum is not finite (it may
-    merely have overflowed)."""
+    merely have overflowed).
+
+    Parameters
+    ----------
+    g : array-like (2, Ny, Nx)
+        The gradient in rad/Å, ``(d/d axis 0, d/d axis 1)``: a CuPy array or
+        anything ``np.asarray`` reads (not a masked array), of a real dtype.
+    shape : (int, int)
+        The shape (Ny, Nx) of the images.
+
+    Returns
+    -------
+    array (2, Ny, Nx)
+        ``g`` as a NumPy array (``np.asarray``), or the CuPy array itself.
+
+    Raises
+    ------
+    InputError
+        Where ``g`` is masked, unreadable, not real, not of shape
+        ``(2,) + shape``, holds NaN or Inf, or (a floating dtype wider than
+        float32) holds values beyond float32's range.
+    """
     want = (2,) + tuple(shape)
     check_not_masked("gradient", g)
     if not is_cupy(g):
@@ -121,7 +194,30 @@ def check_positions(name: str, z, count=None) -> np.ndarray:
     bools or strings (``np.asarray`` would read ``False`` as 0 and ``"-40"`` as
     -40); ``count`` of them when given. Returned as float64;
     :class:`InputError` naming ``name`` otherwise (finiteness and spacing are
-    checked by the callers)."""
+    checked by the callers).
+
+    Parameters
+    ----------
+    name : str
+        How messages name the positions.
+    z : sequence of float or ndarray
+        The positions in Å: a list, tuple or range of real numbers (NumPy
+        scalars and 0-d arrays included), or a NumPy array of an integer or
+        floating dtype (flattened).
+    count : int, optional
+        How many there must be (default None: any number).
+
+    Returns
+    -------
+    ndarray (N,) of float64
+        The positions in Å.
+
+    Raises
+    ------
+    InputError
+        Where ``z`` is of another type, holds a bool, a string or another
+        non-real item, or does not hold ``count`` values.
+    """
     want = f"{count} " if count is not None else ""
     bad = InputError(f"{name}: expected {want}plane positions in Å (real numbers), got "
                      f"{_shown(z)}")

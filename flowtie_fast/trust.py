@@ -83,7 +83,17 @@ NO_UNCERTAINTY = -1.0
 @functools.lru_cache(maxsize=1)
 def calibration() -> dict:
     """The calibration of the shipped set (``scale``, ``spread_limit``,
-    ``spread_limit_no_signal`` and how they were measured)."""
+    ``spread_limit_no_signal`` and how they were measured).
+
+    Returns
+    -------
+    dict
+        ``data/calibration.json`` of the installed package, read once and
+        cached: ``members``, ``scale`` (the factor on the members' standard
+        deviation), ``spread_limit``, ``spread_limit_no_signal``,
+        ``icom_ratio_limit``, ``icom_ratio_snr_limit`` and how they were
+        fitted (``fitted_on``, ``date``, ``recipe``).
+    """
     path = resources.files("flowtie_fast.data").joinpath(CALIBRATION_FILE)
     return json.loads(path.read_text())
 
@@ -99,14 +109,43 @@ def _shipped_name(model):
 
 
 def is_shipped(model) -> bool:
-    """Whether the model is one of the shipped set (its uncertainty is calibrated)."""
+    """Whether the model is one of the shipped set (its uncertainty is calibrated).
+
+    Parameters
+    ----------
+    model : FlowModel or FlowEnsemble
+        The model: shipped when its ``path`` is a shipped ensemble's name or
+        its file loaded as a shipped one (its ``shipped`` name).
+
+    Returns
+    -------
+    bool
+        True for a shipped model or ensemble.
+    """
     return _shipped_name(model) is not None
 
 
 def members(model, loader=None):
     """The other models whose phases join ``model``'s for the spread: the rest
     of the shipped set for a shipped model, the members of a FlowEnsemble of
-    your own, None for a single model of your own."""
+    your own, None for a single model of your own.
+
+    Parameters
+    ----------
+    model : FlowModel or FlowEnsemble
+        The model whose spread is measured.
+    loader : callable, optional
+        Not used (default None): the shipped members are loaded with
+        :func:`~flowtie_fast.flow.infer.load_model`.
+
+    Returns
+    -------
+    list of FlowModel or None
+        For a shipped model, the shipped members of ``MEMBERS`` but its own
+        name, loaded on its device and precision (all four for the shipped
+        ensemble); for a FlowEnsemble of your own, its distinct members (by
+        file path) when there are two or more; None otherwise.
+    """
     name = _shipped_name(model)
     if name is None:
         if not isinstance(model, FlowEnsemble):
@@ -118,7 +157,36 @@ def members(model, loader=None):
 
 def derivative_snr(didz, noise, derivative_weights, stats, shape) -> float:
     """The share of the focal derivative's power (mean removed) above its
-    noise; 1.0 where the noise is unknown."""
+    noise; 1.0 where the noise is unknown.
+
+    The derivative is filtered by its noise as
+    :func:`~flowtie_fast.noise.denoise` does (on a float64 copy), and the
+    power kept is divided by the power before.
+
+    Parameters
+    ----------
+    didz : array (Ny, Nx)
+        The focal derivative ∂I/∂z (intensity per Å), NumPy or CuPy; not
+        modified.
+    noise : Noise, "counts" or None
+        The planes' noise; ``"counts"`` (:data:`~flowtie_fast.noise.COUNTS`):
+        Poisson, from the planes' means (``stats``); None: unknown.
+    derivative_weights : sequence of float
+        The row of :func:`~flowtie_fast.planes.focal_weights` that maps the
+        planes to the derivative, 1/Å, one weight per plane.
+    stats : ndarray (N, 2)
+        Per plane, the number of negative values and the sum
+        (:meth:`~flowtie_fast.backend.Backend.plane_stats`); the sums are
+        read for ``noise="counts"`` only.
+    shape : (int, int)
+        The planes' shape (Ny, Nx).
+
+    Returns
+    -------
+    float
+        In [0, 1]: 1.0 where ``noise`` is None, 0.0 where the derivative is
+        constant or nothing of it lies above the noise.
+    """
     if noise is None:
         return 1.0
     if noise == COUNTS:
@@ -136,7 +204,36 @@ def verdict(rms_spread, phase_rms: float, snr: float, icom_rms=None,
             registration=None) -> dict:
     """The trust check: ``trusted``, ``rel_spread``, ``snr``, ``icom_ratio``
     and ``why``. ``registration``: the triplet's record, where its scans were
-    registered."""
+    registered.
+
+    The limits are those of :func:`calibration`; the rules are in the
+    module's docstring.
+
+    Parameters
+    ----------
+    rms_spread : float or None
+        The RMS over the pixels of the members' phase standard deviation, in
+        rad; None for a single model (no spread).
+    phase_rms : float
+        The RMS of the flow phase (mean removed), in rad.
+    snr : float
+        The share of the focal derivative's power above its noise
+        (:func:`derivative_snr`).
+    icom_rms : float, optional
+        The RMS of the phase integrated from the measured centre of mass
+        (mean removed), in rad (default None: no measured gradient).
+    registration : dict, optional
+        The triplet's registration record (default None: the scans were not
+        registered); only its ``reliable`` entry is read.
+
+    Returns
+    -------
+    dict
+        ``trusted`` (bool), ``rel_spread`` (``rms_spread / phase_rms``, inf
+        for a zero phase; None without a spread), ``snr`` (as given),
+        ``icom_ratio`` (``phase_rms / icom_rms``, inf for a zero ``icom_rms``;
+        None without it) and ``why`` (the reason it is not trusted, or None).
+    """
     cal = calibration()
     rel = None if rms_spread is None else (rms_spread / phase_rms if phase_rms > 0
                                            else math.inf)

@@ -72,7 +72,26 @@ def _data_dir() -> Path:
 
 
 def default_model_path(name: str = "default") -> Path:
-    """A TorchScript file shipped in the package (a name of ``SHIPPED``)."""
+    """A TorchScript file shipped in the package (a name of ``SHIPPED``).
+
+    Parameters
+    ----------
+    name : str, optional
+        A key of ``SHIPPED``: ``"default"`` (the default), ``"fast"``,
+        ``"seed0"``, ``"seed2"``, ``"seed3"`` or ``"corpus"``; not an
+        ensemble name.
+
+    Returns
+    -------
+    Path
+        The file in the folder of the ``flowtie_fast.data`` package (its
+        existence is not checked).
+
+    Raises
+    ------
+    KeyError
+        Where ``name`` is not a key of ``SHIPPED``.
+    """
     return _data_dir() / SHIPPED[name]
 
 
@@ -87,6 +106,7 @@ def file_digest(path) -> str:
     Returns
     -------
     str
+        The digest, 64 lowercase hexadecimal digits.
     """
     sha = hashlib.sha256()
     with open(path, "rb") as f:
@@ -919,11 +939,20 @@ def flow_inputs(minus, zero, plus, didz, wavenumber: float, pixel_size, com=None
     minus, zero, plus, didz : tensors (B, H, W)
         Intensities and the focal derivative (intensity per Å).
     wavenumber : float
-        k = 2π/λ in rad/Å.
+        The wavenumber k = 2π/λ in rad/Å.
     pixel_size : (float, float)
         Å along (axis 0, axis 1).
     com : tensor (B, 2, H, W), optional
-        Centre of mass in 1/Å.
+        Centre of mass in 1/Å (default None: no centre-of-mass channels).
+
+    Returns
+    -------
+    tensor (B, C, H, W) of float32
+        C = 4 channels, each image divided by the mean ``Ī`` of its in-focus
+        plane: ``minus / Ī``, ``zero / Ī``, ``plus / Ī`` and
+        ``k · didz · h0 · h1 / Ī`` (h the pixel size); with ``com``, C = 6:
+        then ``2π · h0 · com[:, 0]`` and ``2π · h1 · com[:, 1]`` (rad per
+        pixel).
     """
     import torch
 

@@ -84,7 +84,19 @@ class Detector:
 
 def mean_pattern(patterns):
     """The mean (Ky, Kx) of one pattern or a stack of them, float64, as a NumPy
-    array (a CuPy stack is averaged on the device; only the mean comes back)."""
+    array (a CuPy stack is averaged on the device; only the mean comes back).
+
+    Parameters
+    ----------
+    patterns : array (..., Ky, Kx)
+        One pattern or a stack of them (NumPy, CuPy or anything
+        ``np.asarray`` reads; any real dtype), in counts.
+
+    Returns
+    -------
+    ndarray (Ky, Kx) of float64
+        The mean over every leading axis, a NumPy array.
+    """
     if is_cupy(patterns):
         m = patterns.astype(np.float64, copy=False)
         return m.reshape(-1, *m.shape[-2:]).mean(axis=0).get()
@@ -133,7 +145,21 @@ def find_center(patterns) -> tuple:
 
 def bf_radius_mrad(patterns, detector: Detector) -> float:
     """Bright-field disk radius (mrad) from a mean pattern: the radius of a disk
-    with the area of the pixels brighter than half the brightest."""
+    with the area of the pixels brighter than half the brightest.
+
+    Parameters
+    ----------
+    patterns : array (..., Ky, Kx)
+        One mean pattern or a stack to average (:func:`mean_pattern`).
+    detector : Detector
+        The geometry: its ``k_sampling`` (1/Å per pixel, the geometric mean of
+        the two axes is used) and ``energy`` (eV) convert pixels to mrad.
+
+    Returns
+    -------
+    float
+        The radius in mrad.
+    """
     area = np.count_nonzero(_bright_field(mean_pattern(patterns)))
     mrad_per_px = math.sqrt(detector.k_sampling[0] * detector.k_sampling[1]) * \
         wavelength(detector.energy) * 1e3
@@ -144,8 +170,27 @@ def bf_radius_mrad(patterns, detector: Detector) -> float:
 def sample_patterns(data, count: int = 256):
     """Up to ``count`` patterns spread evenly over the scan (cheap: no full pass).
 
-    Returns a NumPy stack (N, Ky, Kx), or for CuPy data a CuPy stack gathered in
-    one indexing call on the device (:func:`mean_pattern` takes either)."""
+    Up to 16 evenly spaced scan rows, and in each the same evenly spaced scan
+    columns, ``count // rows`` of them (at least one, at most ``Sx``): fewer
+    than ``count`` patterns where the scan is small or the division leaves a
+    remainder, one per sampled row (more than ``count``) where ``count`` is
+    below the number of rows.
+
+    Parameters
+    ----------
+    data : array-like (Sy, Sx, Ky, Kx)
+        The 4D-STEM dataset: NumPy, CuPy, ``np.memmap``, ``h5py.Dataset`` or
+        dask (only the sampled patterns are read).
+    count : int, optional
+        The most patterns to take (default 256).
+
+    Returns
+    -------
+    array (N, Ky, Kx)
+        A NumPy stack, or for CuPy data a CuPy stack gathered in one indexing
+        call on the device (:func:`mean_pattern` takes either); the dtype of
+        ``data``.
+    """
     sy, sx = data.shape[:2]
     rows = np.unique(np.linspace(0, sy - 1, min(sy, 16)).astype(int))
     per_row = max(1, count // len(rows))
@@ -179,10 +224,14 @@ def detector_weights(detector: Detector, regions: dict, com_radius_mrad=None):
 
     Parameters
     ----------
+    detector : Detector
+        The geometry (centre included) that gives each pixel's angle (mrad)
+        and reciprocal coordinates (1/Å).
     regions : dict of name -> (inner_mrad, outer_mrad)
         Annular regions (inner 0: a disk; outer ``inf``: to the edge).
     com_radius_mrad : float, optional
-        Limit the centre of mass to this radius (default: whole detector).
+        Limit the centre of mass to this radius in mrad (default None: the
+        whole detector).
 
     Returns
     -------
@@ -190,6 +239,12 @@ def detector_weights(detector: Detector, regions: dict, com_radius_mrad=None):
         Rows: the bins, then ``mask·ky`` and ``mask·kx`` of the centre of mass.
     combine : float64 array (len(regions) + 3, Q)
         Row sums to outputs: the regions, then the COM total, ky and kx moments.
+
+    Raises
+    ------
+    InputError
+        Where a region does not have ``0 <= inner < outer``, or the regions
+        need more bins than one pass computes.
     """
     for name, (inner, outer) in regions.items():
         if not (0 <= inner < outer):
@@ -220,7 +275,21 @@ def detector_weights(detector: Detector, regions: dict, com_radius_mrad=None):
 
 def weight_ranges(W):
     """For each weight row, the flat pixel range [lo, hi) holding all its
-    non-zero weights (int64): the kernel reads only that range."""
+    non-zero weights (int64): the kernel reads only that range.
+
+    Parameters
+    ----------
+    W : ndarray (Q, Ky*Kx)
+        Weight rows (the first return value of :func:`detector_weights`).
+
+    Returns
+    -------
+    lo : ndarray (Q,) of int64
+        The first flat pixel index of each row with a non-zero weight (0 for
+        a row of zeros).
+    hi : ndarray (Q,) of int64
+        One past the last such index (0 for a row of zeros).
+    """
     nz = W != 0
     any_nz = nz.any(axis=1)
     lo = np.where(any_nz, nz.argmax(axis=1), 0)
@@ -253,6 +322,12 @@ def disk_fills_detector(mean) -> tuple:
     disk that only touches an edge (a chord shorter than its radius: its
     radius measured within about 1 %, its centre within 3 % of it) is not. A flat mean pattern (a detector all
     bright field, or patterns without a disk) fills it too.
+
+    Parameters
+    ----------
+    mean : array (Ky, Kx)
+        The mean pattern (:func:`mean_pattern`), a NumPy array or anything
+        ``np.asarray`` reads.
 
     Returns
     -------

@@ -45,12 +45,36 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
                    bf_radius=None, com_radius=None, backend="auto", chunk_bytes=64 << 20):
     """The three reductions of a 4D-STEM triplet, in one pass over each dataset.
 
+    Every parameter is as in :meth:`FocalTriplet.from_4dstem
+    <flowtie_fast.triplet.FocalTriplet.from_4dstem>`.
+
     Parameters
     ----------
-    minus, zero, plus, k_sampling, energy, center, virtual, bf_radius, com_radius, backend,
-    chunk_bytes
-        As in :meth:`FocalTriplet.from_4dstem
-        <flowtie_fast.triplet.FocalTriplet.from_4dstem>`.
+    minus, zero, plus : array-like (Sy, Sx, Ky, Kx)
+        Patterns recorded at the planes ``-dz, 0, +dz``, of one shape, any
+        real dtype; NumPy, CuPy, memory maps, HDF5 datasets or dask arrays.
+    k_sampling : float or (float, float)
+        Detector sampling in 1/Å per pixel.
+    energy : float
+        Electron energy in eV.
+    center : (float, float), optional
+        Detector centre in pixels (default None: found from the bright-field
+        disk of patterns sampled across the in-focus scan).
+    virtual : {"bf", "bf-full", "abf", "df", "whole"}, optional
+        The virtual image that will form the planes (default "bf"): checked
+        to be among the regions measured and to hold detector pixels. Every
+        region is reduced, whichever is named.
+    bf_radius : float, optional
+        Radius of the "bf" disk in mrad (default None: a quarter of the
+        measured bright-field disk).
+    com_radius : float, optional
+        Limit of the centre of mass in mrad (default None: the whole
+        detector).
+    backend : {"auto", "cpu", "gpu"} or Backend, optional
+        Where the reductions run (default "auto").
+    chunk_bytes : int, optional
+        Upper bound of the raw data read or copied at once, in bytes (default
+        64 MiB).
 
     Returns
     -------
@@ -58,6 +82,12 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
         Of the datasets at ``-dz, 0, +dz``, before any rotation.
     counts : bool
         Whether every dataset holds counts (an integer dtype).
+
+    Raises
+    ------
+    InputError
+        Where a dataset, its shape or an argument is refused (the geometry
+        is checked on the in-focus dataset before any pass over the data).
     """
     names = ("minus", "zero", "plus")
     data = [check_4d(n, d) for n, d in zip(names, (minus, zero, plus))]
@@ -92,24 +122,50 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
     """The planes of a triplet from its three reductions: the chosen virtual
     images, their noise, and the drift of the ±dz scans undone.
 
+    The parameters are as in :meth:`FocalTriplet.from_reductions
+    <flowtie_fast.triplet.FocalTriplet.from_reductions>`.
+
     Parameters
     ----------
     reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
-    scan_step, virtual, counts, register
-        As in :meth:`FocalTriplet.from_reductions
-        <flowtie_fast.triplet.FocalTriplet.from_reductions>`.
+        Of the datasets at ``-dz, 0, +dz`` (not modified).
+    scan_step : float or (float, float)
+        Scan step in Å (the pixel size of the planes).
+    virtual : {"bf", "bf-full", "abf", "df", "whole"}, optional
+        Which virtual image forms the planes (default "bf"); one the
+        in-focus reduction holds.
+    counts : bool, optional
+        Whether the patterns were electron counts (default False): then,
+        where the noise cannot be measured above the band limit, it is taken
+        as Poisson from the planes' means.
+    register : bool or "periodic", optional
+        Undo the drift of the ±dz scans (default True), measured on the
+        "df" images; ``"periodic"`` applies the shifts periodically; False
+        skips it.
 
     Returns
     -------
     reductions : list
+        The three reductions given, unchanged.
     planes : list of three arrays (Sy, Sx)
+        The chosen virtual images at ``-dz, 0, +dz``, the ±dz ones
+        shifted where a registration was applied.
     scan_step : (float, float)
         Checked, Å.
     energy : float
-        eV, of the in-focus reduction's detector.
+        Electron energy in eV, of the in-focus reduction's detector.
     noise : Noise or None
+        Measured above the band limit, else Poisson where ``counts``, else
+        None (unknown).
     registration : dict or None
-        The record of the registration (see ``FocalTriplet.registration``).
+        The record of the registration (see ``FocalTriplet.registration``);
+        None for ``register=False``.
+
+    Raises
+    ------
+    InputError
+        Where ``reductions``, ``virtual``, ``scan_step`` or ``register`` is
+        refused.
     """
     reductions = list(reductions)
     if len(reductions) != 3 or not all(isinstance(r, Reduction) for r in reductions):
@@ -151,13 +207,18 @@ def orient(reductions, rotation, flip, tie_gradient):
     Parameters
     ----------
     reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
+        Of the datasets at ``-dz, 0, +dz``, each with the rotation and flip
+        it records as applied.
     rotation : float or "auto"
         Degrees, within ±360; "auto" finds it and ``flip``
         (:func:`calibrate_rotation`), with ``tie_gradient()`` (rad/Å, the
         planes' TIE phase gradient) telling θ from θ + 180°.
     flip : bool
+        Transpose the detector axes before rotating (ignored for "auto",
+        which finds it).
     tie_gradient : callable
-        Called only for ``rotation="auto"``.
+        No arguments, returns the phase gradient (2, Sy, Sx) in rad/Å;
+        called only for ``rotation="auto"``.
 
     Returns
     -------
@@ -226,7 +287,41 @@ def register_planes(planes, signals, register, scan_step):
     edges: a crystal repeating within a periodic scan gives equal correlation
     peaks a period apart, which the taper tells apart) and applied
     periodically for ``register="periodic"`` (scans of whole periods), by
-    mirror extension otherwise (:mod:`flowtie_fast.stem.registration`)."""
+    mirror extension otherwise (:mod:`flowtie_fast.stem.registration`).
+    Shifts under 0.1 px, and an estimate that is not reliable, are recorded
+    and not applied.
+
+    Parameters
+    ----------
+    planes : list of three arrays (Sy, Sx)
+        The images at ``-dz, 0, +dz`` (NumPy or CuPy); the in-focus one is
+        the reference.
+    signals : list of three arrays (Sy, Sx) or None
+        Images of the same scans to measure the shifts on (the dark field,
+        which does not change with defocus); None: the planes themselves.
+    register : True or "periodic"
+        How the shifts are applied: ``"periodic"`` wraps around, anything
+        else extends by mirroring.
+    scan_step : (float, float)
+        Scan step in Å. Not used: the shifts are measured and applied in
+        pixels.
+
+    Returns
+    -------
+    planes : list of three arrays (Sy, Sx)
+        The planes given, the ±dz ones replaced by shifted copies where a
+        shift was applied (on the plane's device, clipped at 0, its floating
+        dtype kept, float64 for counts).
+    record : dict
+        ``shifts`` ((3, 2) in px, row 1 zero), ``reliable``, ``applied``,
+        ``signal`` (``"planes"`` or ``"df"``) and, where nothing could be
+        measured, ``why``.
+
+    Warns
+    -----
+    RegistrationWarning
+        Where the images are under 8 px a side: nothing is measured.
+    """
     record = {"shifts": np.zeros((3, 2)), "reliable": False, "applied": False,
               "signal": "planes" if signals is None else "df"}
     if min(planes[0].shape) < 8:

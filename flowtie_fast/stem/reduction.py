@@ -135,7 +135,29 @@ def _is_dask(data) -> bool:
 def reduce_frames(frames, W, lo, hi):
     """Weighted sums (N, Q) float32 of the N whole patterns of ``frames`` (..., Ky,
     Kx) in host memory, by the CPU kernel: a dask chunk on a worker or a
-    LiberTEM partition (:mod:`flowtie_fast.stem.live`)."""
+    LiberTEM partition (:mod:`flowtie_fast.stem.live`).
+
+    Parameters
+    ----------
+    frames : array (..., Ky, Kx)
+        Patterns in host memory (anything ``np.asarray`` reads), any real
+        dtype; the leading axes are flattened to N.
+    W : ndarray (Q, Ky*Kx) of float32
+        Weight rows (:func:`~flowtie_fast.stem.detector.detector_weights`).
+    lo, hi : ndarray (Q,) of int64
+        The flat pixel range of each row's non-zero weights
+        (:func:`~flowtie_fast.stem.detector.weight_ranges`).
+
+    Returns
+    -------
+    ndarray (N, Q) of float32
+        The sum of each pattern's pixels weighted by each row.
+
+    Raises
+    ------
+    InputError
+        Where the patterns are not real numbers.
+    """
     be = get_backend("cpu")
     be.prepare()
     a = np.asarray(frames)
@@ -282,12 +304,27 @@ def finish_reduction(sums, combine, detector: Detector, regions: dict, name: str
         from ``reduce_4dstem`` or a LiberTEM UDF (:mod:`flowtie_fast.stem.live`).
     combine : ndarray (R + 3, Q)
         The second return value of :func:`detector_weights`.
-    detector, regions
-        As given to :func:`detector_weights`.
+    detector : Detector
+        The geometry given to :func:`detector_weights`.
+    regions : dict of str -> (float, float)
+        The R regions given to :func:`detector_weights`, ``name -> (inner,
+        outer)`` in mrad, in the same order.
+    name : str, optional
+        How messages name the data (default "data").
 
     Returns
     -------
     Reduction
+        The virtual images (one per region) and the centre of mass (1/Å,
+        detector axes; the bare moments where a pattern's centre-of-mass
+        total is not positive), float32 for float32 sums, on the device of
+        ``sums``.
+
+    Raises
+    ------
+    InputError
+        Where a sum is NaN or Inf (the data held NaN or Inf), naming the
+        first scan position.
     """
     xp = array_module(sums)
     sy, sx, q = sums.shape
