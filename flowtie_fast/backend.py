@@ -19,11 +19,14 @@ import warnings
 
 import numpy as np
 
-from . import _threads
+from . import _numpy_kernels, _threads
 from ._cuda import CudaKernels, load_module
 from .errors import BackendError, InputError, check_count, first_line
 
-__all__ = ["Backend", "array_module", "get_backend", "gpu_available", "is_cupy"]
+__all__ = ["KERNELS", "Backend", "array_module", "get_backend", "gpu_available", "is_cupy"]
+
+#: The CPU kernel sets of :class:`Backend`.
+KERNELS = ("numba", "numpy")
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,6 +98,15 @@ class Backend:
     threads : int, optional
         CPU threads for Numba kernels and FFTW plans (default: all cores the
         process may use). Ignored on the GPU.
+    kernels : {"numba", "numpy"}
+        The CPU kernels (default ``"numba"``): the Numba twins of the CUDA
+        kernels (parallel, fastest per call; a new process pays about
+        0.5-0.8 s to import Numba and load their cached machine code before
+        the first call), or the same arithmetic as whole-array NumPy
+        operations (no start-up cost, several times slower per call on large
+        arrays): for one-shot work in a fresh process, such as one command-line
+        reconstruction. Results agree to float32 rounding. Only ``"numba"``
+        on the GPU, whose kernels are CUDA.
 
     Attributes
     ----------
@@ -106,10 +118,14 @@ class Backend:
         ``"pyfftw"``, ``"scipy"`` or ``"cufft"``.
     """
 
-    def __init__(self, name: str = "cpu", threads: int | None = None):
+    def __init__(self, name: str = "cpu", threads: int | None = None, kernels: str = "numba"):
         if name not in ("cpu", "gpu"):
             raise BackendError(f"backend: expected 'auto', 'cpu' or 'gpu', got {name!r}")
+        if kernels not in KERNELS or (name == "gpu" and kernels != "numba"):
+            raise BackendError(f"kernels: expected one of {KERNELS} on the CPU, 'numba' on the "
+                               f"GPU (CUDA kernels), got {kernels!r} for backend {name!r}")
         self.name = name
+        self.kernel_set = "cuda" if name == "gpu" else kernels
         self.is_gpu = name == "gpu"
         if threads is None:
             threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
@@ -134,6 +150,15 @@ class Backend:
             # (PyTorch puts its spinning libgomp in the global scope): decided before
             # Numba starts its thread pool and pyFFTW is loaded; see _threads.
             openmp = _threads.prepare()
+            self.xp = np
+            self.fft_threads = min(self.threads, openmp.fftw_threads or self.threads)
+            self.fft_library = "pyfftw" if _have_pyfftw() else "scipy"
+            if self.fft_library == "scipy":
+                _warn_no_pyfftw()
+            if kernels == "numpy":
+                self.kernels = _numpy_kernels
+                self.numba_threads = 1
+                return
             try:
                 _import_numba()
                 from . import _numba_kernels
@@ -142,7 +167,6 @@ class Backend:
                     raise
                 raise _numba_error(exc) from exc
 
-            self.xp = np
             self.kernels = _numba_kernels
             # a cap on the kernels' threads where Numba's OpenMP runtime spins
             self.numba_threads = openmp.numba_threads or self.threads
@@ -151,13 +175,10 @@ class Backend:
                 # parallel kernels at once: serialise every kernel call instead.
                 self.kernels = _SerialKernels(_numba_kernels)
             _start_numba_threads()
-            self.fft_threads = min(self.threads, openmp.fftw_threads or self.threads)
-            self.fft_library = "pyfftw" if _have_pyfftw() else "scipy"
-            if self.fft_library == "scipy":
-                _warn_no_pyfftw()
 
     def __repr__(self) -> str:
         extra = f", threads={self.threads}" if not self.is_gpu else ""
+        extra += ", kernels='numpy'" if self.kernel_set == "numpy" else ""
         return f"Backend({self.name!r}{extra}, fft={self.fft_library})"
 
     # ------------------------------------------------------------------ arrays
@@ -208,7 +229,7 @@ class Backend:
 
     def prepare(self) -> None:
         """Set per-thread state before running kernels (Numba's thread count)."""
-        if not self.is_gpu:
+        if self.kernel_set == "numba":
             self.kernels.set_threads(min(self.threads, self.numba_threads, _numba_max_threads()))
 
     def plane_stats(self, planes, scratch=None, out=None):
@@ -500,7 +521,18 @@ def _numba_max_threads() -> int:
 
 
 def is_cupy(x) -> bool:
-    """True for CuPy arrays (checked without importing CuPy)."""
+    """Whether ``x`` is a CuPy array (checked without importing CuPy).
+
+    Parameters
+    ----------
+    x : object
+        Any object.
+
+    Returns
+    -------
+    bool
+        True for objects of CuPy's types.
+    """
     return type(x).__module__.startswith("cupy")
 
 
@@ -561,7 +593,18 @@ def xp_may_share_memory(a, b) -> bool:
 
 
 def array_module(x):
-    """``numpy`` or ``cupy``, whichever ``x`` belongs to."""
+    """The array module of ``x``.
+
+    Parameters
+    ----------
+    x : array-like
+        A CuPy array, or anything else (NumPy's).
+
+    Returns
+    -------
+    module
+        ``cupy`` for a CuPy array, else ``numpy``.
+    """
     if is_cupy(x):
         import cupy
 
@@ -573,7 +616,8 @@ _BACKENDS: dict = {}
 _BACKENDS_LOCK = threading.Lock()
 
 
-def get_backend(backend="auto", threads: int | None = None, like=None) -> Backend:
+def get_backend(backend="auto", threads: int | None = None, like=None,
+                kernels: str = "numba") -> Backend:
     """Return the (cached) backend for a name.
 
     Parameters
@@ -586,12 +630,16 @@ def get_backend(backend="auto", threads: int | None = None, like=None) -> Backen
         CPU thread count (see :class:`Backend`).
     like : array, optional
         An input array; a CuPy array makes ``"auto"`` choose the GPU.
+    kernels : {"numba", "numpy"}
+        The CPU kernel set (see :class:`Backend`; default ``"numba"``); a GPU
+        (``"gpu"``, or ``"auto"`` finding a device) always runs its CUDA
+        kernels and ignores ``"numpy"``.
 
     Returns
     -------
     Backend
         ``backend`` itself where it is one, else the backend cached for the
-        name and thread count (made on first use).
+        name, thread count and kernel set (made on first use).
     """
     if isinstance(backend, Backend):
         return backend
@@ -601,8 +649,12 @@ def get_backend(backend="auto", threads: int | None = None, like=None) -> Backen
         backend = "gpu" if (like is not None and is_cupy(like)) or gpu_available() else "cpu"
     if threads is not None:
         threads = check_count("threads", threads, 1, 4096)
-    key = (backend, threads)
+    if kernels not in KERNELS:
+        raise BackendError(f"kernels: expected one of {KERNELS}, got {kernels!r}")
+    if backend == "gpu":
+        kernels = "numba"
+    key = (backend, threads, kernels)
     with _BACKENDS_LOCK:
         if key not in _BACKENDS:
-            _BACKENDS[key] = Backend(backend, threads)
+            _BACKENDS[key] = Backend(backend, threads, kernels)
         return _BACKENDS[key]

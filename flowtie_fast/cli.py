@@ -163,15 +163,15 @@ def _reconstruct(args) -> int:
             if given and ds.kind != "4dstem":
                 raise ft.InputError(f"{flag}: applies to 4D-STEM files only; "
                                     f"{args.file.name} holds a triplet of images")
-        t = ds.triplet(backend=args.backend, **options) if ds.kind == "4dstem" else ds.triplet()
+        be = _one_shot_backend(args.backend, args.kernels, ds)
+        t = ds.triplet(backend=be, **options) if ds.kind == "4dstem" else ds.triplet()
         _report_registration(getattr(t, "registration", None))
         extra = {}
         if args.method == "flowtie":
-            extra["model"] = _flow_model(args.model, args.precision, args.backend)
+            extra["model"] = _flow_model(args.model, args.precision, be)
             extra["uncertainty"] = not args.no_uncertainty
-        rec = ft.reconstruct(t, method=args.method, backend=args.backend,
+        rec = ft.reconstruct(t, method=args.method, backend=be,
                              boundary=args.boundary, **extra)
-        be = ft.get_backend(args.backend)
         fields = {"phase": be.to_numpy(rec.phase), "gradient": be.to_numpy(rec.gradient),
                   "residual": be.to_numpy(rec.residual), "method": args.method,
                   "pixel_size": np.asarray(t.pixel_size), "source": str(args.file)}
@@ -209,6 +209,27 @@ def _report_registration(record) -> None:
              "not applied (under 0.1 px)")
     print(f"registration from the {record['signal']} images: shifts (dy, dx) px {shifts}; "
           f"{state}")
+
+
+#: 4D-STEM data (bytes as stored) up to which ``--kernels auto`` takes the NumPy
+#: kernels: reducing it with them costs less than starting Numba (~0.5-0.8 s).
+ONE_SHOT_NUMPY_BYTES = 256 * 2**20
+
+
+def _one_shot_backend(name, kernels, ds):
+    """The backend of one command-line reconstruction: on the CPU, the NumPy
+    kernels for a triplet of images or a 4D file of at most
+    ``ONE_SHOT_NUMPY_BYTES`` (``--kernels auto``), else the Numba twins."""
+    if name == "gpu" and kernels == "numpy":
+        raise InputError("--kernels numpy: the NumPy kernels are the CPU's; got --backend gpu "
+                         "(use --backend cpu)")
+    if name == "gpu" or (name == "auto" and ft.gpu_available()):
+        return ft.get_backend("gpu")
+    if kernels == "auto":
+        size = sum(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize
+                   for p in (ds.minus, ds.zero, ds.plus)) if ds.kind == "4dstem" else 0
+        kernels = "numpy" if size <= ONE_SHOT_NUMPY_BYTES else "numba"
+    return ft.get_backend("cpu", kernels=kernels)
 
 
 def _flow_model(model, precision, backend):
@@ -491,6 +512,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="where to compute (auto: the GPU where one answers)")
     rec.add_argument("--boundary", default="periodic", choices=("periodic", "mirror"),
                      help="boundary condition of the Poisson solves")
+    rec.add_argument("--kernels", default="auto", choices=("auto", "numba", "numpy"),
+                     help="CPU kernels: numba (fastest per call, ~0.5-0.8 s to start), numpy "
+                          "(no start-up cost), auto: numpy for a triplet of images or a 4D "
+                          "file up to 256 MiB")
     rec.add_argument("--virtual",
                      help="4D-STEM: virtual image the planes are made of (bf, bf-full, abf, "
                           "df, whole; default bf)")

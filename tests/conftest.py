@@ -39,16 +39,21 @@ class Impl:
         return self.to_dev(np.zeros(shape, dtype))
 
 
-@pytest.fixture(params=["numba", "cuda-arithmetic-on-host",
+@pytest.fixture(params=["numba", "numpy", "cuda-arithmetic-on-host",
                         pytest.param("cuda", marks=pytest.mark.gpu)])
 def impl(request):
-    """Each implementation of the kernels: the Numba twin, the CUDA arithmetic
-    compiled for the host, and the CUDA kernels on a device."""
+    """Each implementation of the kernels: the Numba twin, the NumPy kernels of
+    cold starts, the CUDA arithmetic compiled for the host, and the CUDA
+    kernels on a device."""
     ident = lambda a: np.ascontiguousarray(a)  # noqa: E731
     if request.param == "numba":
         from flowtie_fast import _numba_kernels
 
         return Impl("numba", _numba_kernels, ident, np.asarray)
+    if request.param == "numpy":
+        from flowtie_fast import _numpy_kernels
+
+        return Impl("numpy", _numpy_kernels, ident, np.asarray)
     if request.param == "cuda-arithmetic-on-host":
         return Impl("host", request.getfixturevalue("host_lib"), ident, np.asarray)
     _skip_without_gpu()
