@@ -1,7 +1,10 @@
 """LiberTEM: the reduction UDF equals reduce_4dstem on memory and npy datasets,
-and the triplet it builds reconstructs the encoded phase."""
+and the triplet it builds reconstructs the encoded phase; its CuPy branch runs
+here on a fake device and on a CUDA device where one answers."""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +17,10 @@ from flowtie_fast import stem
 pytest.importorskip("libertem")
 from libertem.api import Context  # noqa: E402
 
+from flowtie_fast._cuda import MAX_WEIGHTS  # noqa: E402
+from flowtie_fast.stem import live  # noqa: E402
 from flowtie_fast.stem.live import (  # noqa: E402
+    ReductionUDF,
     reduce_with_libertem,
     triplet_with_libertem,
 )
@@ -130,3 +136,187 @@ def test_reduction_udf_refuses_bad_weights(ctx):
         ctx.run_udf(dataset=ds, udf=ReductionUDF(np.ones((2, 64), np.float32)))
     r = ctx.run_udf(dataset=ds, udf=ReductionUDF(np.ones((2, 256), np.float32)))
     assert np.allclose(np.asarray(r["sums"].data), 256.0)
+
+
+# --------------------------------------------------------------- the CuPy backend
+
+
+class _Dev(np.ndarray):
+    """A NumPy array standing for an array on the fake device."""
+
+
+class FakeXP:
+    """The functions of CuPy that the device branch and LiberTEM's device
+    buffers call, returning arrays "on the device"."""
+
+    ndarray = _Dev
+    scratch: list = []  # the arrays made by empty()
+
+    @staticmethod
+    def ascontiguousarray(a, dtype=None):
+        return np.ascontiguousarray(a, dtype).view(_Dev)
+
+    @staticmethod
+    def empty(shape, dtype):
+        FakeXP.scratch.append(np.empty(shape, dtype).view(_Dev))
+        return FakeXP.scratch[-1]
+
+    @staticmethod
+    def zeros(shape, dtype):
+        return np.zeros(shape, dtype).view(_Dev)
+
+
+class FakeGPU:
+    """The GPU Backend's interface with the CPU kernel behind it: records each
+    host-to-device copy and each launch, and refuses host arrays and more
+    weight rows than one CUDA launch takes, as the CUDA launcher does."""
+
+    is_gpu = True
+    xp = FakeXP
+
+    def __init__(self):
+        self.moved, self.launches = [], []
+        self.kernels = self
+        self._cpu = ft.get_backend("cpu")
+
+    def asarray(self, x, dtype=None):
+        if not isinstance(x, _Dev):
+            self.moved.append(tuple(x.shape))
+        return FakeXP.ascontiguousarray(x, dtype)
+
+    def to_numpy(self, x):
+        return np.asarray(x).view(np.ndarray)
+
+    def reduce_patterns(self, data, W, lo, hi, out):
+        for a in (data, W, lo, hi, out):
+            assert isinstance(a, _Dev) and a.flags.c_contiguous, type(a)
+        assert 1 <= W.shape[0] <= MAX_WEIGHTS
+        into_scratch = any(out is a for a in FakeXP.scratch)
+        self.launches.append((data.dtype, data.shape[0], W.shape[0], into_scratch))
+        self._cpu.prepare()
+        self._cpu.kernels.reduce_patterns(*(a.view(np.ndarray) for a in (data, W, lo, hi, out)))
+
+
+class DeviceBufferUDF(ReductionUDF):
+    """ReductionUDF whose LiberTEM array module is the fake device's, so that
+    its ``where="device"`` result buffers are allocated there."""
+
+    @property
+    def xp(self):
+        return FakeXP
+
+
+@pytest.mark.parametrize("dtype, kernel_dtype", [(np.uint16, np.uint16), (np.int16, np.int32),
+                                                 (np.float64, np.float64), (bool, np.uint16)])
+@pytest.mark.parametrize("rows", [5, MAX_WEIGHTS + 3])
+@pytest.mark.parametrize("udf_class", [ReductionUDF, DeviceBufferUDF])
+def test_cupy_branch_on_a_fake_device_equals_the_numpy_backend(ctx, rng, monkeypatch, dtype,
+                                                               kernel_dtype, rows, udf_class):
+    """The CuPy branch, with the GPU Backend replaced by a fake one over the
+    CPU kernel, run by LiberTEM over three partitions: the weights go to the
+    device once per partition, each partition in its own dtype (no float32
+    copy where the kernel reads the dtype), the rows in launches of at most
+    MAX_WEIGHTS, the sums into the device result buffer or copied to a host
+    one; the merged sums equal the NumPy backend's."""
+    data = (rng.random((9, 7, 12, 10)) * 300).astype(dtype)
+    W = rng.random((rows, 120)).astype(np.float32)
+    W[1, :30] = 0  # a row whose range starts inside the pattern
+    ds = ctx.load("memory", data=data, sig_dims=2, num_partitions=3)
+    want = np.asarray(ctx.run_udf(dataset=ds, udf=ReductionUDF(W))["sums"].data)
+    fake = FakeGPU()
+    monkeypatch.setattr(live, "_device_backend", lambda backend: fake)
+    got = np.asarray(ctx.run_udf(dataset=ds, udf=udf_class(W))["sums"].data)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    launches = 3 * -(-rows // MAX_WEIGHTS)
+    assert len(fake.launches) == launches
+    assert {d for d, *_ in fake.launches} == {np.dtype(kernel_dtype)}
+    assert sum(n for _, n, q, _ in fake.launches if q == min(rows, MAX_WEIGHTS)) == 63
+    # weights, ranges and the partition: one copy each per partition
+    assert sorted(fake.moved) == sorted([(rows, 120), (rows,), (rows,), (21, 12, 10)] * 3)
+    # straight into the device buffer where it is one and one launch takes every row
+    direct = udf_class is DeviceBufferUDF and rows <= MAX_WEIGHTS
+    assert [scratch for *_, scratch in fake.launches] == [not direct] * launches
+
+
+def test_forced_cupy_without_cupy_is_one_line_before_any_pass(ctx, rng, monkeypatch):
+    """backends=("cupy",) where CuPy is missing, or where the executor has no
+    CUDA worker: a BackendError of one line naming the cause and the way out,
+    before any pass (LiberTEM itself fails inside the task with "Could not
+    find backends", or leaves the task to a worker that never comes)."""
+    data = rng.random((4, 4, 8, 8)).astype(np.float32)
+    ds = ctx.load("memory", data=data, sig_dims=2)
+    det = stem.Detector((8, 8), (K_SAMPLING, K_SAMPLING), E, (4.0, 4.0))
+    kw = dict(dz=20.0, scan_step=0.25, k_sampling=K_SAMPLING, energy=E)
+    passes = []
+    run_udf = ctx.run_udf
+    monkeypatch.setattr(ctx, "run_udf", lambda *a, **k: passes.append(k) or run_udf(*a, **k))
+    monkeypatch.setitem(sys.modules, "cupy", None)  # CuPy cannot be imported
+    for backends in (("cupy",), "cupy", ["cupy", "cupyx.scipy.sparse.csr_matrix"]):
+        with pytest.raises(ft.BackendError) as err:
+            reduce_with_libertem(ctx, ds, det, {"whole": (0, np.inf)}, backends=backends)
+        msg = str(err.value)
+        assert "\n" not in msg
+        assert msg.startswith("backends=('cupy'") and "CuPy is not installed" in msg
+        assert "backends=None or ('numpy',)" in msg
+    with pytest.raises(ft.BackendError, match=r"^backends=\('cupy',\): CuPy is not installed"):
+        triplet_with_libertem(ctx, [ds] * 3, **kw, backends=("cupy",))
+    monkeypatch.setattr(live, "_cupy_problem", lambda: None)  # CuPy and a device, but
+    monkeypatch.delenv("LIBERTEM_USE_CUDA", raising=False)   # an inline executor on the CPU
+    with pytest.raises(ft.BackendError, match=r"^backends=\('cupy',\): the context's executor "
+                                              r"has no CUDA worker .*LIBERTEM_USE_CUDA=0"):
+        reduce_with_libertem(ctx, ds, det, {"whole": (0, np.inf)}, backends=("cupy",))
+    for backends, says in [(("cuda",), r"^backends: ReductionUDF runs on 'numpy' or 'cupy', "
+                                       r"got \('cuda',\)"),
+                           ((), r"^backends: expected None or names"),
+                           (3, r"^backends: expected None or names .*got 3")]:
+        with pytest.raises(ft.InputError, match=says):
+            reduce_with_libertem(ctx, ds, det, {"whole": (0, np.inf)}, backends=backends)
+    assert passes == []
+    # NumPy among the backends runs as before, whatever CuPy's state
+    got = reduce_with_libertem(ctx, ds, det, {"whole": (0, np.inf)}, backends=("numpy", "cupy"))
+    np.testing.assert_allclose(got.virtual["whole"], data.sum(axis=(2, 3)), rtol=1e-6)
+    assert [k["backends"] for k in passes] == [("numpy", "cupy")]
+
+
+NO_DEVICE = "no CUDA device answers here (CuPy missing, no driver or no device)"
+
+
+class RecordingUDF(ReductionUDF):
+    """ReductionUDF noting the backend and array types each partition ran with."""
+
+    seen: list = []
+
+    def process_partition(self, partition):
+        RecordingUDF.seen.append((self.meta.array_backend, type(partition).__module__,
+                                  type(self.results.sums).__module__))
+        super().process_partition(partition)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_cupy_backend_on_a_device_equals_the_numpy_backend(ctx, rng, monkeypatch, dtype):
+    """A LiberTEM context whose inline executor runs on CUDA device 0: the
+    UDF runs on the CuPy backend (CuPy partitions and result buffers) and
+    gives the NumPy backend's virtual images and centre of mass, and the sums
+    of more weight rows than one launch takes."""
+    if not ft.gpu_available():
+        pytest.skip(NO_DEVICE)
+    data = (rng.random((12, 10, 33, 31)) * 300).astype(dtype)
+    det = stem.Detector((33, 31), (K_SAMPLING, K_SAMPLING), E, CENTER)
+    regions = {"bf": (0.0, 8.0), "df": (8.0, np.inf), "whole": (0.0, np.inf)}
+    W = rng.random((MAX_WEIGHTS + 3, 33 * 31)).astype(np.float32)
+    host = ctx.load("memory", data=data, sig_dims=2, num_partitions=4)
+    want = reduce_with_libertem(ctx, host, det, regions)
+    want_sums = np.asarray(ctx.run_udf(dataset=host, udf=ReductionUDF(W))["sums"].data)
+    monkeypatch.setenv("LIBERTEM_USE_CUDA", "0")
+    monkeypatch.delenv("LIBERTEM_USE_CPU", raising=False)
+    RecordingUDF.seen = []
+    with Context.make_with("inline") as gctx:
+        ds = gctx.load("memory", data=data, sig_dims=2, num_partitions=4)
+        got = reduce_with_libertem(gctx, ds, det, regions, backends=("cupy",))
+        sums = np.asarray(gctx.run_udf(dataset=ds, udf=RecordingUDF(W))["sums"].data)
+    assert RecordingUDF.seen == [("cupy", "cupy", "cupy")] * 4
+    for name in regions:
+        np.testing.assert_allclose(got.virtual[name], want.virtual[name], rtol=1e-5)
+    np.testing.assert_allclose(got.com, want.com, rtol=1e-5, atol=1e-6 * 16 * K_SAMPLING)
+    np.testing.assert_allclose(sums, want_sums, rtol=1e-5)

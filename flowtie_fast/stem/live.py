@@ -4,8 +4,10 @@ LiberTEM runs user-defined functions (UDFs) over the partitions of a dataset
 (a file, a memory array, or a detector stream through LiberTEM-live) on its
 executors. :class:`ReductionUDF` computes, per scan position, the weighted
 sums of :func:`flowtie_fast.stem.detector.detector_weights` (virtual-detector bins and
-centre-of-mass moments) with the project's ``reduce_patterns`` kernel (the
-Numba twin on the CPU); :func:`reduce_with_libertem` turns its result into a
+centre-of-mass moments) with the project's ``reduce_patterns`` kernel: the
+Numba twin on CPU workers (LiberTEM's NumPy backend), the CUDA kernel on CUDA
+workers (its CuPy backend), where the partition, the weights and the result
+buffer stay on the worker's device; :func:`reduce_with_libertem` turns its result into a
 :class:`~flowtie_fast.stem.reduction.Reduction`, and :func:`triplet_with_libertem` runs
 it over the three datasets of a focal triplet and hands the
 :class:`~flowtie_fast.triplet.FocalTriplet` to the solvers.
@@ -24,6 +26,8 @@ Examples
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 try:
@@ -33,10 +37,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("flowtie_fast.stem.live needs LiberTEM: pip install 'flowtie_fast[live]'"
                       ) from exc
 
-from ..errors import InputError, check_positive
+from .._cuda import MAX_WEIGHTS
+from ..backend import get_backend, gpu_available
+from ..errors import BackendError, InputError, check_positive
 from ..triplet import FocalTriplet
 from .detector import detector_weights, triplet_geometry, weight_ranges
-from .reduction import finish_reduction, reduce_frames
+from .reduction import _native, finish_reduction, reduce_frames
 
 __all__ = ["ReductionUDF", "reduce_with_libertem", "triplet_with_libertem"]
 
@@ -48,6 +54,19 @@ class ReductionUDF(UDF):
 
     Its result is ``sums``: a navigation buffer of Q float32 values per scan
     position (the patterns' unit, e.g. counts, times the weights').
+
+    It declares LiberTEM's NumPy and CuPy backends: a CPU worker reduces each
+    partition with the Numba kernel, a CUDA worker (its device current, CuPy
+    installed) with the CUDA kernel of the GPU :class:`~flowtie_fast.Backend`
+    on the partition as LiberTEM hands it (a CuPy array), the weights copied
+    to the device once per partition and the sums written into a result
+    buffer on the device; LiberTEM copies each partition's sums to the host
+    and merges them there. Patterns arrive in the dataset's own dtype
+    (uint8/16/32, int32, float32 and float64 are read as they are, others
+    converted). Both kernels sum in float32 (in a different order): the
+    backends agree to float32 rounding, a relative ~1e-6 for sums of
+    non-negative counts. A run restricted to ``backends=("cupy",)`` needs a
+    CUDA worker (see :func:`reduce_with_libertem`).
 
     Parameters
     ----------
@@ -82,6 +101,47 @@ class ReductionUDF(UDF):
         interface, before any partition is processed)."""
         self._check_detector()
 
+    def get_backends(self):
+        """The array backends the UDF runs on (LiberTEM's interface).
+
+        Returns
+        -------
+        tuple of str
+            ``("numpy", "cupy")``: NumPy arrays on CPU workers, CuPy arrays on
+            CUDA workers. LiberTEM's ``cuda`` backend (NumPy arrays on a CUDA
+            worker) and the sparse ones are not declared: the kernels read
+            dense patterns, and a dataset's sparse tiles are made dense.
+        """
+        return (self.BACKEND_NUMPY, self.BACKEND_CUPY)
+
+    def get_preferred_input_dtype(self):
+        """The dtype LiberTEM hands the patterns in (LiberTEM's interface).
+
+        Returns
+        -------
+        type
+            ``USE_NATIVE_DTYPE``: the dataset's own dtype, which the kernels
+            read without a float32 copy (a uint16 partition moves to the
+            device in half the bytes).
+        """
+        return self.USE_NATIVE_DTYPE
+
+    def get_task_data(self):
+        """Per-partition data (LiberTEM's interface): on the CuPy backend,
+        the weights and their pixel ranges on the worker's device.
+
+        Returns
+        -------
+        dict
+            ``{"W", "lo", "hi"}`` as device arrays on the CuPy backend, empty
+            on the NumPy backend (the kernel reads ``self.params``).
+        """
+        be = _device_backend(self.meta.array_backend)
+        if be is None:
+            return {}
+        p = self.params
+        return {"W": be.asarray(p.weights), "lo": be.asarray(p.lo), "hi": be.asarray(p.hi)}
+
     def get_result_buffers(self):
         """The UDF's result buffers (LiberTEM's interface).
 
@@ -89,23 +149,72 @@ class ReductionUDF(UDF):
         -------
         dict
             ``{"sums": buffer}``: one float32 vector of Q sums per scan
-            position.
+            position, on the device of a CuPy worker (LiberTEM copies each
+            partition's buffer to the host before merging).
         """
         self._check_detector()
         q = self.params.weights.shape[0]
-        return {"sums": self.buffer(kind="nav", extra_shape=(q,), dtype=np.float32)}
+        return {"sums": self.buffer(kind="nav", extra_shape=(q,), dtype=np.float32,
+                                    where="device")}
 
     def process_partition(self, partition):
         """All frames of a partition through the reduction kernel.
 
         Parameters
         ----------
-        partition : ndarray (n, Ky, Kx)
-            The partition's frames, as LiberTEM passes them; the sums go to
-            ``self.results.sums``.
+        partition : ndarray or cupy.ndarray (n, Ky, Kx)
+            The partition's frames, as LiberTEM passes them (a CuPy array on
+            the CuPy backend); the sums go to ``self.results.sums``.
         """
-        self.results.sums[:] = reduce_frames(partition, self.params.weights, self.params.lo,
-                                             self.params.hi)
+        be = _device_backend(self.meta.array_backend)
+        if be is None:
+            self.results.sums[:] = reduce_frames(partition, self.params.weights,
+                                                 self.params.lo, self.params.hi)
+        else:
+            t = self.task_data
+            _device_sums(be, partition, t.W, t.lo, t.hi, self.results.sums)
+
+
+def _device_backend(array_backend):
+    """The library's GPU backend where LiberTEM hands the UDF CuPy arrays
+    (``array_backend`` "cupy": a CUDA worker, its device current), else None
+    (the NumPy backend: the CPU kernel)."""
+    if array_backend == UDF.BACKEND_CUPY:
+        return get_backend("gpu")
+    return None
+
+
+def _device_sums(be, frames, W, lo, hi, out):
+    """The weighted sums of a partition's patterns by the backend's kernel.
+
+    Parameters
+    ----------
+    be : Backend
+        The GPU backend (its ``xp``, ``asarray``, ``to_numpy`` and
+        ``kernels.reduce_patterns``).
+    frames : array (n, Ky, Kx)
+        The patterns, any real dtype (moved to the device where they are not
+        there; read as they are where the kernel takes their dtype).
+    W : array (Q, Ky*Kx) float32
+        Weight rows, on the device.
+    lo, hi : array (Q,) int64
+        The pixel range of each row's non-zero weights, on the device.
+    out : array (n, Q) float32
+        Where the sums go: written by the kernel where it is a contiguous
+        float32 device array and Q fits one launch (``MAX_WEIGHTS`` rows),
+        else copied in from launches of at most ``MAX_WEIGHTS`` rows.
+    """
+    xp = be.xp
+    n, (q, k) = int(frames.shape[0]), W.shape
+    flat = _native(be.asarray(frames), xp).reshape(n, k)
+    on_device = isinstance(out, xp.ndarray)
+    whole = on_device and out.dtype == np.float32 and out.flags.c_contiguous
+    for q0 in range(0, q, MAX_WEIGHTS):
+        q1 = min(q, q0 + MAX_WEIGHTS)
+        dst = out if whole and q1 - q0 == q else xp.empty((n, q1 - q0), np.float32)
+        be.kernels.reduce_patterns(flat, W[q0:q1], lo[q0:q1], hi[q0:q1], dst)
+        if dst is not out:
+            out[:, q0:q1] = dst if on_device else be.to_numpy(dst)
 
 
 def _check_weights(weights):
@@ -149,6 +258,64 @@ def _check_range(lo, hi, weights):
     return lo, hi
 
 
+_UDF_BACKENDS = ("numpy", "cupy")
+
+
+def _check_backends(ctx, backends):
+    """``backends`` for ``ctx.run_udf``, refused in one line before any pass
+    where :class:`ReductionUDF` cannot run on them here (rather than
+    LiberTEM's error from inside a task, or a task that no worker takes).
+
+    Returns
+    -------
+    tuple of str or None
+        The backends (None: LiberTEM's choice, NumPy on CPU workers and CuPy
+        on CUDA workers).
+    """
+    if backends is None:
+        return None
+    names = (backends,) if isinstance(backends, str) else backends
+    try:
+        names = tuple(names)
+    except TypeError:
+        names = None
+    if not names or not all(isinstance(n, str) for n in names):
+        raise InputError(f"backends: expected None or names of LiberTEM array backends "
+                         f"(e.g. ('cupy',)), got {backends!r}")
+    if not set(names) & set(_UDF_BACKENDS):
+        raise InputError(f"backends: ReductionUDF runs on 'numpy' or 'cupy', got {names!r}")
+    if "numpy" in names:
+        return names
+    problem = _cupy_problem()
+    if problem is None and not _has_cuda_worker(ctx):
+        problem = ("the context's executor has no CUDA worker (make one with "
+                   "Context.make_with('dask', gpus=1), or set LIBERTEM_USE_CUDA=0 for the "
+                   "inline executor)")
+    if problem is not None:
+        raise BackendError(f"backends={names!r}: {problem}; run with backends=None or "
+                           "('numpy',) to reduce on the CPU")
+    return names
+
+
+def _cupy_problem():
+    """Why this process cannot run CuPy arrays (a phrase), or None."""
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed (pip install 'flowtie_fast[gpu]')"
+    if not gpu_available():
+        return "CuPy finds no CUDA device that answers (no driver or no device)"
+    return None
+
+
+def _has_cuda_worker(ctx):
+    """Whether the context's executor has a worker with a CUDA device (True
+    where the executor does not say)."""
+    try:
+        workers = ctx.executor.get_available_workers()
+        return any(w.resources.get("CUDA", 0) for w in workers.workers)
+    except (AttributeError, NotImplementedError, TypeError):
+        return True
+
+
 def _nav_sig(dataset):
     shape = tuple(dataset.shape)
     if len(shape) != 4:
@@ -157,7 +324,7 @@ def _nav_sig(dataset):
 
 
 def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=None,
-                         name="dataset"):
+                         name="dataset", backends=None):
     """Virtual images and centre of mass of a LiberTEM dataset in one UDF pass.
 
     Parameters
@@ -174,24 +341,31 @@ def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=Non
         Limit of the centre of mass in mrad (default: whole detector).
     name : str
         How messages name the dataset (default "dataset").
+    backends : None, str or tuple of str
+        LiberTEM's ``backends`` of ``ctx.run_udf`` (default None: NumPy on
+        CPU workers, CuPy on CUDA workers); ``("cupy",)`` reduces on CUDA
+        workers only and raises :class:`~flowtie_fast.BackendError` before
+        the pass where CuPy or a CUDA worker is missing.
 
     Returns
     -------
     Reduction
-        Equal to :func:`flowtie_fast.stem.reduce_4dstem` of the same data.
+        Equal to :func:`flowtie_fast.stem.reduce_4dstem` of the same data
+        (to float32 rounding).
     """
+    backends = _check_backends(ctx, backends)
     (sy, sx), sig = _nav_sig(dataset)
     if tuple(sig) != tuple(detector.shape):
         raise InputError(f"{name}: detector shape {tuple(sig)} differs from {detector.shape}")
     W, combine = detector_weights(detector, regions, com_radius_mrad)
-    result = ctx.run_udf(dataset=dataset, udf=ReductionUDF(W))
+    result = ctx.run_udf(dataset=dataset, udf=ReductionUDF(W), backends=backends)
     sums = np.asarray(result["sums"].data, np.float32).reshape(sy, sx, -1)
     return finish_reduction(sums, combine, detector, regions, name)
 
 
 def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, center=None,
                           virtual="bf", bf_radius=None, com_radius=None, rotation=0.0,
-                          flip=False):
+                          flip=False, backends=None):
     """:meth:`FocalTriplet.from_4dstem` with the passes run by LiberTEM.
 
     One more pass (LiberTEM's SumUDF over the in-focus dataset) gives the
@@ -227,6 +401,9 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
         Detector-to-scan rotation in degrees (default 0).
     flip : bool
         Transpose the detector axes before rotating (default False).
+    backends : None, str or tuple of str
+        LiberTEM's ``backends`` for every pass (see
+        :func:`reduce_with_libertem`; default None).
 
     Returns
     -------
@@ -246,6 +423,7 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
                              "LiberTEM dataset (ctx.load(...))")
     if not isinstance(virtual, str) or virtual not in _VIRTUAL:
         raise InputError(f"virtual: expected one of {_VIRTUAL}, got {virtual!r}")
+    backends = _check_backends(ctx, backends)
     check_positive("dz", dz, pair=True)
     check_positive("scan_step", scan_step, pair=True)
     shapes = [tuple(d.shape) for d in datasets]
@@ -254,13 +432,13 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     (sy, sx), _ = _nav_sig(datasets[1])
     k_sampling = check_positive("k_sampling", k_sampling, pair=True)
     energy = check_positive("energy", energy)
-    mean = np.asarray(ctx.run_udf(dataset=datasets[1], udf=SumUDF())["intensity"].data,
-                      np.float64) / (sy * sx)
+    total = ctx.run_udf(dataset=datasets[1], udf=SumUDF(), backends=backends)["intensity"]
+    mean = np.asarray(total.data, np.float64) / (sy * sx)
     detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius)
     if virtual not in regions:
         raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
     reductions = [reduce_with_libertem(ctx, d, detector, regions, com_radius_mrad=com_radius,
-                                       name=n)
+                                       name=n, backends=backends)
                   for n, d in zip(("minus", "zero", "plus"), datasets)]
     return FocalTriplet.from_reductions(reductions, dz, scan_step, virtual=virtual,
                                         rotation=rotation, flip=flip)
