@@ -52,7 +52,7 @@ class FlowNet(nn.Module):
     in_channels : int
         4 (triplet) or 6 (triplet and centre of mass).
     width : int
-        Channels of the first level (default 24: about 0.5 M parameters at depth 3).
+        Channels of the first level (default 24: about 0.26 M parameters at depth 3).
     depth : int
         Levels (each halves the image; inputs are padded circularly to a
         multiple of ``stride · 2^(depth-1)`` and the output cropped back).
@@ -68,7 +68,10 @@ class FlowNet(nn.Module):
         Channels of each level, overriding ``width`` and ``depth`` (e.g. a
         narrow full-resolution level and wider coarse ones).
 
-    Scriptable: ``torch.jit.script(FlowNet())`` runs on any image size.
+    Notes
+    -----
+    The module is scriptable: ``torch.jit.script(FlowNet())`` runs on any
+    image size.
     """
 
     def __init__(self, in_channels: int = 4, width: int = 24, depth: int = 3, stride: int = 1,
@@ -94,6 +97,18 @@ class FlowNet(nn.Module):
         self.head = nn.Conv2d(chans[0], 2 * stride**2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The flow of a batch of network inputs.
+
+        Parameters
+        ----------
+        x : Tensor (B, in_channels, Ny, Nx)
+            The dimensionless inputs of :func:`~flowtie_fast.flow.infer.flow_inputs`.
+
+        Returns
+        -------
+        Tensor (B, 2, Ny, Nx)
+            The flow ``v h`` in rad per pixel, component 0 along axis 0.
+        """
         h, w = x.shape[-2], x.shape[-1]
         m = self.multiple
         ph, pw = (m - h % m) % m, (m - w % m) % m
