@@ -926,7 +926,7 @@ class TIESolver:
         (:mod:`flowtie_fast.trust`); returns the residual to report."""
         xp = self.backend.xp
         model = self._flow_model(options.model)
-        members = trust.members(model, self._flow_model)
+        members = trust.members(model)
         phases = [phase - phase.mean()]
         scratch = self._buf("member_phase")
         for m in members or ():

@@ -125,7 +125,7 @@ def is_shipped(model) -> bool:
     return _shipped_name(model) is not None
 
 
-def members(model, loader=None):
+def members(model):
     """The other models whose phases join ``model``'s for the spread: the rest
     of the shipped set for a shipped model, the members of a FlowEnsemble of
     your own, None for a single model of your own.
@@ -133,9 +133,7 @@ def members(model, loader=None):
     Parameters
     ----------
     model : FlowModel or FlowEnsemble
-        The model whose spread is measured.
-    loader : callable, optional
-        Not used (default None): the shipped members are loaded with
+        The model whose spread is measured; shipped members are loaded with
         :func:`~flowtie_fast.flow.infer.load_model`.
 
     Returns
