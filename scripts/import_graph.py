@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: Top-level names that may be imported inside a function: optional or heavy
 #: dependencies whose import is deferred until they are needed.
 OPTIONAL = frozenset({
-    "torch", "abtem", "ase", "dask", "distributed", "libertem", "cupy", "cupyx",
+    "torch", "abtem", "ase", "dask", "distributed", "dask_cuda", "libertem", "cupy", "cupyx",
     "pyfftw", "matplotlib", "h5py", "rsciio", "hyperspy", "numba", "scipy",
     "psutil", "tqdm",
 })

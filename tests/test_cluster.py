@@ -1,0 +1,275 @@
+"""Batches solved on a dask cluster (flowtie_fast.cluster): the same phases as
+one Plan in one process, in input order, one Plan per worker and shape, the
+library's errors raised as themselves, and workers pinned to their device.
+
+CPU clusters of two workers stand in for GPUs (device names that no driver
+knows, so the pinned workers compute on the CPU); the GPU case runs where a
+device answers."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import flowtie_fast as ft
+from flowtie_fast.backend import gpu_available
+
+distributed = pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+cluster = pytest.importorskip("flowtie_fast.cluster")
+
+N, PIXEL, DZ, E = 48, 0.2, 20.0, 300e3  # under 64²: FFTW_ESTIMATE, the same plan everywhere
+FAKE = ["fake0", "fake1"]  # CUDA_VISIBLE_DEVICES entries no driver knows: no GPU visible
+
+
+def _stack(b, n=N, seed=0):
+    """``b`` smooth triplets (b, 3, n, n) float32, each different."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:n, :n] * (2 * np.pi / n)
+    out = np.empty((b, 3, n, n), np.float32)
+    for i in range(b):
+        a, c = rng.uniform(0.2, 0.6, 2)
+        phi = a * np.sin(y + i) * np.cos(2 * x) + c * np.cos(x - y)
+        base = 1000 * (1 + 0.1 * np.cos(x + 0.3 * i))
+        for j, s in enumerate((-1, 0, 1)):
+            out[i, j] = base * (1 - 0.02 * s * phi)
+    return out
+
+
+def _plan(n=N, **kw):
+    return ft.Plan((n, n), PIXEL, DZ, E, backend="cpu", threads=1, **kw)
+
+
+class _Unused:
+    """A client that fails the test if anything is sent to it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"client.{name} used before the inputs were checked")
+
+
+@pytest.fixture(scope="module")
+def pinned():
+    """Two worker processes pinned as GPU workers are (one device each), on
+    device names no driver knows: they compute on the CPU."""
+    with cluster.local_cluster(FAKE, dask_cuda=False) as client:
+        client.wait_for_workers(2)
+        yield client
+
+
+# ------------------------------------------------------------------ devices
+
+
+def test_device_lists_and_worker_environments():
+    vd = cluster.visible_devices
+    assert vd("cpu") == []
+    assert vd("auto", environ={}, count=0) == []
+    assert vd("auto", environ={}, count=2) == ["0", "1"]
+    assert vd("auto", environ={"CUDA_VISIBLE_DEVICES": "3, 5"}, count=2) == ["3", "5"]
+    assert vd("gpu", environ={"CUDA_VISIBLE_DEVICES": "GPU-a,GPU-b,GPU-c"}, count=2) == \
+        ["GPU-a", "GPU-b"]
+    assert vd([2, "GPU-9f"]) == ["2", "GPU-9f"]
+    with pytest.raises(ft.BackendError, match="devices='gpu': no CUDA device"):
+        vd("gpu", environ={}, count=0)
+    for bad in ("tpu", [], [True], [-1], ["0,1"], [0, 0], 3):
+        with pytest.raises(ft.InputError, match="devices: expected"):
+            vd(bad)
+    envs = cluster.worker_environments(["3", "GPU-9f"])
+    assert envs == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "GPU-9f"}]
+    specs = cluster.worker_specs(["3", "5"], 2)
+    assert list(specs) == ["gpu-3", "gpu-5"]
+    assert specs["gpu-5"]["options"]["env"] == {"CUDA_VISIBLE_DEVICES": "5"}
+    assert specs["gpu-5"]["options"]["nthreads"] == 2
+
+
+def test_local_cluster_refuses_bad_arguments_before_starting():
+    with pytest.raises(ft.InputError, match="n_workers: one worker per GPU, 2"):
+        cluster.local_cluster(FAKE, n_workers=3)
+    with pytest.raises(ft.InputError, match="processes: GPU workers"):
+        cluster.local_cluster(FAKE, processes=False)
+    with pytest.raises(ft.InputError, match=r"threads_per_worker: expected an integer"):
+        cluster.local_cluster("cpu", threads_per_worker=0)
+
+
+def test_each_worker_process_sees_its_own_device(pinned):
+    seen = pinned.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    names = {a: w["name"] for a, w in pinned.scheduler_info()["workers"].items()}
+    assert sorted(seen.values()) == FAKE
+    assert {names[a]: d for a, d in seen.items()} == {f"gpu-{d}": d for d in FAKE}
+
+
+# ------------------------------------------------------------------ results
+
+
+def test_phases_equal_one_plan_in_order_with_uneven_batches(pinned):
+    stack = _stack(7)
+    plan = _plan()
+    want = plan.solve_batch(stack)
+    want_grad = np.empty((7, 2, N, N), np.float32)
+    plan.solve_batch(stack, gradient_out=want_grad)
+    phase, grad = cluster.reconstruct_many(stack, pixel_size=PIXEL, dz=DZ, energy=E,
+                                           batch_size=3, threads=1, client=pinned,
+                                           return_gradient=True)  # batches of 3, 3, 1
+    assert phase.dtype == np.float32 and phase.shape == (7, N, N)
+    np.testing.assert_array_equal(phase, want)
+    np.testing.assert_array_equal(grad, want_grad)
+    lazy = cluster.reconstruct_many(da.from_array(stack, chunks=(2, 3, N, N)), method="tie",
+                                    pixel_size=PIXEL, dz=DZ, energy=E, batch_size=4,
+                                    threads=1, client=pinned)
+    np.testing.assert_array_equal(lazy, want)
+
+
+def test_icom_and_triplets_with_their_gradients_and_noise(pinned):
+    stack = _stack(5, seed=1)
+    rng = np.random.default_rng(2)
+    grads = rng.normal(0, 0.1, (5, 2, N, N)).astype(np.float32)
+    plan = _plan(method="icom")
+    want = plan.solve_batch(stack, gradient=grads)
+    got = cluster.reconstruct_many(stack, "icom", pixel_size=PIXEL, dz=DZ, energy=E,
+                                   gradient=grads, batch_size=2, client=pinned)
+    np.testing.assert_array_equal(got, want)
+    triplets = [ft.FocalTriplet(*s, dz=DZ, pixel_size=PIXEL, energy=E, noise=[1.0 + i] * 3)
+                for i, s in enumerate(stack.astype(np.uint16))]
+    tie = _plan(alpha="auto")
+    want = np.stack([tie.solve(*t.planes, noise=t.noise) for t in triplets])
+    got = cluster.reconstruct_many(triplets, alpha="auto", batch_size=2, client=pinned)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_one_plan_per_worker_and_shape_reused_across_batches_and_calls(pinned):
+    cluster.release_plans(pinned)
+    small, large = _stack(6), _stack(4, n=32)
+    for _ in range(2):
+        cluster.reconstruct_many(small, pixel_size=PIXEL, dz=DZ, energy=E, batch_size=2,
+                                 client=pinned)
+        cluster.reconstruct_many(large, pixel_size=PIXEL, dz=DZ, energy=E, batch_size=1,
+                                 client=pinned)
+    plans = cluster.cached_plans(pinned)
+    assert len(plans) == 2
+    for entries in plans.values():
+        shapes = [e["shape"] for e in entries]
+        assert len(shapes) == len(set(shapes)) <= 2  # one Plan per shape on each worker
+        assert {e["device"] for e in entries} == {"cpu"}
+    done = {}
+    for entries in plans.values():
+        for e in entries:
+            done[e["shape"]] = done.get(e["shape"], 0) + e["batches"]
+    # every batch of both calls solved by a Plan made once (not one per task)
+    assert done == {(N, N): 2 * 3, (32, 32): 2 * 4}
+    assert sum(cluster.release_plans(pinned).values()) == sum(map(len, plans.values()))
+    assert all(v == [] for v in cluster.cached_plans(pinned).values())
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_a_refusal_on_a_worker_is_raised_as_itself_with_its_message(pinned):
+    stack = _stack(7)
+    stack[5, 1, 3, 3] = np.nan  # checked on the worker: the data of a dask array
+    lazy = da.from_array(stack, chunks=(2, 3, N, N))
+    with pytest.raises(ft.InputError) as info:
+        cluster.reconstruct_many(lazy, pixel_size=PIXEL, dz=DZ, energy=E, batch_size=2,
+                                 client=pinned)
+    assert type(info.value) is ft.InputError
+    assert str(info.value) == "stack[5]: zero: contains NaN or Inf"
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    # scaled out of float32's precise range: refused by the worker's solver
+    stack = _stack(3)
+    stack[2] *= np.float32(1e16)
+    with pytest.raises(ft.InputError, match=r"^stack\[2\]: triplet: a mean in-focus intensity"):
+        cluster.reconstruct_many(stack, pixel_size=PIXEL, dz=DZ, energy=E, batch_size=1,
+                                 client=pinned)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"method": "tea"}, "method: expected one of"),
+    ({"alpha": -1.0}, "alpha: expected a finite number >= 0"),
+    ({"floor": 0.1, "method": "gd"}, "floor: applies to methods"),
+    ({"tol": 1e-3}, "tol: applies to methods"),
+    ({"warmup": False}, r"options: unknown \['warmup'\]"),
+    ({"backend": "tpu"}, "backend: each worker makes its own"),
+    ({"dz": None}, "dz: expected a value"),
+    ({"energy": 300.0}, "energy: expected 1000 to"),
+    ({"batch_size": 0}, "batch_size: expected"),
+    ({"method": "icom"}, "gradient: method 'icom' needs"),
+    ({"gradient": np.zeros((3, 2, N, N))}, r"gradient: expected a real array of shape \(4, 2"),
+    ({"stack": np.zeros((4, 2, N, N))}, r"stack: expected an array \(B, 3, Ny, Nx\)"),
+    ({"stack": np.zeros((4, 3, N, N), complex)}, "stack: expected real intensities"),
+    ({"nan": (2, 0)}, r"^stack\[2\]: minus: contains NaN or Inf"),
+    ({"nan": (3, 2), "negative": True}, r"^stack\[3\]: plus: expected non-negative"),
+    ({"stack": [ft.FocalTriplet(*_stack(1)[0], dz=(DZ, 2 * DZ), pixel_size=PIXEL, energy=E)],
+      "dz": None, "pixel_size": None, "energy": None}, r"stack\[0\]: expected an even"),
+])
+def test_inputs_are_checked_before_anything_is_sent(kwargs, message):
+    kwargs = dict(kwargs)
+    stack = kwargs.pop("stack", _stack(4))
+    if "nan" in kwargs:
+        i, j = kwargs.pop("nan")
+        stack[i, j, 1, 1] = -1.0 if kwargs.pop("negative", False) else np.nan
+    args = {"pixel_size": PIXEL, "dz": DZ, "energy": E, **kwargs}
+    with pytest.raises(ft.InputError, match=message):
+        cluster.reconstruct_many(stack, client=_Unused(), **args)
+
+
+def test_without_a_client_the_call_says_how_to_start_one(monkeypatch):
+    monkeypatch.setattr(distributed, "default_client",
+                        lambda: (_ for _ in ()).throw(ValueError("No clients found")))
+    with pytest.raises(ft.InputError, match="client: no dask.distributed client is active"):
+        cluster.reconstruct_many(_stack(2), pixel_size=PIXEL, dz=DZ, energy=E)
+
+
+# ------------------------------------------------------------------ 4D-STEM on the workers
+
+
+def test_a_triplet_from_dask_4d_arrays_is_reduced_on_the_workers(pinned):
+    """``from_4dstem`` with dask arrays and a client active: each chunk of scan
+    positions is reduced on a worker; the triplet equals the in-memory one."""
+    rng = np.random.default_rng(3)
+    iy, ix = np.indices((20, 20))
+    spot = np.exp(-((iy - 10.0) ** 2 + (ix - 10.0) ** 2) / 8.0)
+    data = [(1000 * spot * (1 + 0.05 * rng.random((12, 10, 1, 1)))).astype(np.float32)
+            for _ in range(3)]
+    geometry = dict(dz=DZ, scan_step=PIXEL, k_sampling=0.05, energy=E, backend="cpu",
+                    register=False)
+    want = ft.FocalTriplet.from_4dstem(*data, **geometry)
+    lazy = [da.from_array(d, chunks=(4, 10, 20, 20)) for d in data]
+    with pinned.as_current(), distributed.get_task_stream(pinned) as stream:
+        got = ft.FocalTriplet.from_4dstem(*lazy, **geometry)
+    reduced = [t for t in stream.data if str(t["key"]).startswith("('_reduce_block")]
+    assert len(reduced) == 3 * 3  # three chunks of each of the three scans
+    assert len({t["worker"] for t in reduced}) == 2
+    for a, b in zip(got.planes, want.planes):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(got.gradient, want.gradient, rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------------------ threads, GPUs
+
+
+def test_thread_workers_and_the_client_closing_its_cluster():
+    stack = _stack(5)
+    with cluster.local_cluster("cpu", n_workers=2, processes=False) as client:
+        got = cluster.reconstruct_many(stack, pixel_size=PIXEL, dz=DZ, energy=E)  # default
+        plans = cluster.cached_plans()
+        local = client.cluster
+    np.testing.assert_array_equal(got, _plan().solve_batch(stack))
+    assert len(plans) == 2 and all(len(v) == 1 for v in plans.values())
+    assert client.status == "closed" and local.status.name == "closed"
+
+
+@pytest.mark.gpu
+def test_one_worker_per_gpu_equals_a_plan_on_the_gpu():
+    if not gpu_available():
+        pytest.skip("no CUDA device answers here (CuPy missing, no driver or no device)")
+    import cupy
+
+    stack = _stack(8, n=128)
+    want = ft.Plan((128, 128), PIXEL, DZ, E, backend="gpu").solve_batch(cupy.asarray(stack))
+    with cluster.local_cluster("gpu", dask_cuda=False) as client:
+        got = cluster.reconstruct_many(stack, pixel_size=PIXEL, dz=DZ, energy=E,
+                                       backend="gpu", batch_size=2)
+        plans = cluster.cached_plans(client)
+    np.testing.assert_array_equal(got, cupy.asnumpy(want))
+    devices = [e["device"] for v in plans.values() for e in v]
+    assert len(devices) == len(set(devices)) == len(plans)  # one device per worker
