@@ -20,7 +20,7 @@ from fields import periodic_field, triplet_from
 torch = pytest.importorskip("torch")
 
 import flowtie_fast as ft  # noqa: E402
-from flowtie_fast.flow import FlowModel  # noqa: E402
+from flowtie_fast.flow import FlowModel, infer  # noqa: E402
 from flowtie_fast.flow.infer import SHIPPED, _FusedFlowNet, flow_inputs  # noqa: E402
 from flowtie_fast.flow.model import FlowNet  # noqa: E402
 from flowtie_fast.training.train import TrainConfig, export_torchscript, train  # noqa: E402
@@ -193,11 +193,28 @@ def test_the_fused_path_falls_back_with_a_warning(monkeypatch):
         with torch.no_grad():
             got = m._run(x)
     assert torch.equal(got, want) and m.runtime == "torchscript"
-    # a path that differs on the load-time probe is never used
+    # a path that differs on the load-time probe is never used (the agreement
+    # of a shipped config is kept for the process: forget it first)
     monkeypatch.setattr(_FusedFlowNet, "__call__",
                         lambda self, x: 2 * torch.ones(x.shape[0], 2, *x.shape[2:]))
+    monkeypatch.setattr(infer, "_FUSED_AGREED", set())
     with pytest.warns(RuntimeWarning, match="fused oneDNN path is off"):
         assert FlowModel("default").runtime == "torchscript"
+
+
+def test_one_agreement_a_process_serves_every_shipped_file_of_its_config(monkeypatch):
+    monkeypatch.setattr(infer, "_FUSED_AGREED", set())
+    calls = []
+    agrees = _FusedFlowNet.agrees
+
+    def counted(self, module, x, tol=1e-4):
+        calls.append(1)
+        return agrees(self, module, x, tol)
+
+    monkeypatch.setattr(_FusedFlowNet, "agrees", counted)
+    for name in ("seed0", "seed2", "seed3"):
+        assert FlowModel(name).runtime == "onednn"
+    assert len(calls) == 1
 
 
 def test_threads_share_one_fused_model():
