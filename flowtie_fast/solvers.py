@@ -505,8 +505,9 @@ class TIESolver:
         if "NaN or Inf" not in str(exc):
             return
         for name, a, cast in zip(names, given, planes):
-            if cast is a or getattr(a, "dtype", np.dtype(object)).kind != "f":
-                continue
+            if not str(exc).startswith(f"{name}:") or cast is a or \
+                    getattr(a, "dtype", np.dtype(object)).kind != "f":
+                continue  # another plane than the one refused, or not a cast
             xp = self.backend.xp
             if bool(xp.isfinite(xp.asarray(a)).all()) and not bool(xp.isfinite(cast).all()):
                 raise InputError(f"{name}: values up to {float(abs(xp.asarray(a)).max()):g} "

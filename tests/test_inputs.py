@@ -164,3 +164,17 @@ def test_solver_rejects_other_shapes_and_pixel_sizes(planes):
 
 def test_errors_are_value_errors():
     assert issubclass(ft.InputError, ValueError) and issubclass(ft.BackendError, ValueError)
+
+
+def test_a_nan_in_one_plane_is_reported_there_after_a_pickle_round_trip():
+    """Unpickled arrays carry an equal but distinct dtype object, so the working
+    copy is a new array for every plane: the refusal still names the plane
+    that holds the NaN, not a finite one."""
+    import pickle
+
+    planes = [np.full((32, 32), 1100.0, np.float32) for _ in range(3)]
+    planes[1][3, 4] = np.nan
+    planes = pickle.loads(pickle.dumps(planes))
+    plan = ft.Plan((32, 32), 0.2, 20.0, 300e3, backend="cpu")
+    with pytest.raises(ft.InputError, match=r"^zero: .*NaN or Inf"):
+        plan.solve(*planes)
