@@ -141,7 +141,7 @@ def _save_panels(path, panels, title=None, overwrite=True) -> None:
 
 def _reconstruct(args) -> int:
     check_output(args.output, inputs=[args.file], overwrite=args.overwrite)
-    if args.png:
+    if args.png is not None:
         check_output(args.png, inputs=[args.file], overwrite=args.overwrite, name="--png",
                      suffixes=".png")
         if os.path.realpath(args.png) == os.path.realpath(args.output):
@@ -191,7 +191,7 @@ def _reconstruct(args) -> int:
     done = f"{args.method} (returned the {rec.info['fallback']} phase)" \
         if rec.info.get("fallback") else args.method
     print(f"{done}: {args.output} ({rec.info.get('time', 0) * 1e3:.1f} ms)")
-    if args.png:
+    if args.png is not None:
         _figure(args.png, fields, truth, args.method, args.overwrite)
         print(f"figure: {args.png}")
     return 0
@@ -420,6 +420,7 @@ def main(argv=None) -> int:
         print("flowtie: interrupted while starting; nothing was done", file=sys.stderr)
         return 130
     args = parser.parse_args(argv)
+    streams = _printable_streams()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command)
@@ -436,6 +437,33 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"flowtie {args.command}: error: {_describe(exc)}", file=sys.stderr)
         return _exit_code(exc)
+    finally:
+        _restore_streams(streams)
+
+
+def _printable_streams() -> list:
+    """Let stdout and stderr print what their encoding cannot (a path in
+    another script on an ASCII console) as escapes, so that a result already
+    written is not reported as an error; returns what to restore."""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        errors = getattr(stream, "errors", None)
+        if errors in (None, "backslashreplace", "surrogateescape"):
+            continue
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a TextIOWrapper, or closed
+            continue
+        changed.append((stream, errors))
+    return changed
+
+
+def _restore_streams(changed) -> None:
+    for stream, errors in changed:
+        try:
+            stream.reconfigure(errors=errors)
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 def _one_line_warning(command):
@@ -505,9 +533,9 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("file", type=Path,
                      help="a .npz or .h5 file of the flowtie_fast layout (ft.save)")
     rec.add_argument("--method", default="tie", choices=METHODS, help="phase retrieval method")
-    rec.add_argument("-o", "--output", type=Path, required=True,
+    rec.add_argument("-o", "--output", type=str, required=True,
                      help=".npz or .h5 to write: phase (rad), gradient (rad/Å), residual")
-    rec.add_argument("--png", type=Path, help="also write a figure here (default: none)")
+    rec.add_argument("--png", type=str, help="also write a figure here (default: none)")
     rec.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"),
                      help="where to compute (auto: the GPU where one answers)")
     rec.add_argument("--boundary", default="periodic", choices=("periodic", "mirror"),
@@ -595,7 +623,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "(default: default)")
     ev.add_argument("--precision", default="float32", choices=PRECISIONS,
                     help="flowtie: network arithmetic")
-    ev.add_argument("-o", "--output", type=Path,
+    ev.add_argument("-o", "--output", type=str,
                     help="also write the table (Markdown) here (default: print it only)")
     ev.set_defaults(func=_evaluate)
 

@@ -93,7 +93,7 @@ def check_output(path, *, inputs=(), overwrite=False, name="output", suffixes=No
         false, has a parent that is not a folder, has a name longer than the
         file system allows, or when its folder cannot be created or written.
     """
-    path = as_path(name, path)
+    path = as_path(name, path, file=True)
     overwrite = _check_bool("overwrite", overwrite)
     check_not_input(name, path, inputs)
     if _is_dir(name, path):
@@ -104,11 +104,13 @@ def check_output(path, *, inputs=(), overwrite=False, name="output", suffixes=No
 
 
 
-def as_path(name: str, path) -> Path:
+def as_path(name: str, path, *, file: bool = False) -> Path:
     """``path`` (a str or an ``os.PathLike``) as a :class:`~pathlib.Path`, checked
     to be one the system can take: not empty, no NUL character, each name and
-    the whole within the file system's limits; :class:`InputError` naming
-    ``name`` otherwise. Nothing is read from the disk."""
+    the whole within the file system's limits, and with ``file``, not ending
+    in a separator (the path of a folder, which :class:`~pathlib.Path` would
+    silently turn into that of a file); :class:`InputError` naming ``name``
+    otherwise. Nothing is read from the disk."""
     if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
         raise InputError(f"{name}: expected a file path (str or pathlib.Path), got "
                          f"{type(path).__name__}")
@@ -123,6 +125,9 @@ def as_path(name: str, path) -> Path:
     if "\0" in text:
         raise InputError(f"{name}: expected a file path without NUL characters, got "
                          f"{_short(text)!r}")
+    if file and text[-1] in (os.sep, os.altsep or os.sep):
+        raise InputError(f"{name}: {_short(text, 200)!r} ends with {text[-1]!r}, the path of a "
+                         "folder; expected the path of a file (drop the trailing separator)")
     path = Path(text)
     _check_name_lengths(name, path)
     return path
@@ -432,7 +437,7 @@ def atomic_path(path, overwrite: bool = True, *, name: str = "output"):
         ``errno`` of the system's error, its message naming ``path`` (not the
         temporary); no temporary is left.
     """
-    path = as_path(name, path)
+    path = as_path(name, path, file=True)
     overwrite = _check_bool("overwrite", overwrite)
     folder = path.parent
     stem = _tmp_stem(path.name)

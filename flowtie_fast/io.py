@@ -61,9 +61,9 @@ from numpy.lib import format as npy
 from .files import (_check_bool, _short, _suffix, as_path, atomic_path, check_input_file,
                      check_target)
 from .backend import _gib, host_available_memory, is_cupy
-from .errors import InputError, check_positive
+from .errors import RANGES, InputError, check_positive
 from .physics import wavelength
-from .triplet import FocalTriplet
+from .triplet import FocalTriplet, HDF5ReadError
 
 __all__ = ["Dataset", "load", "save"]
 
@@ -179,10 +179,15 @@ class Dataset:
         """
         self._check_open("dataset")
         if self.kind == "4dstem":
-            return FocalTriplet.from_4dstem(self.minus, self.zero, self.plus, dz=self.dz,
-                                            scan_step=self.scan_step,
-                                            k_sampling=self.k_sampling, energy=self.energy,
-                                            **kwargs)
+            try:
+                return FocalTriplet.from_4dstem(self.minus, self.zero, self.plus, dz=self.dz,
+                                                scan_step=self.scan_step,
+                                                k_sampling=self.k_sampling,
+                                                energy=self.energy, **kwargs)
+            except HDF5ReadError as exc:
+                raise InputError(f"{self._name()}: its 4D-STEM data cannot be read "
+                                 f"({exc.reason}); the file is damaged or truncated, or "
+                                 "changed while it was read") from exc
         kwargs.pop("backend", None)  # images are read as they are
         if kwargs:
             raise InputError(f"options: {sorted(kwargs)} apply to 4D-STEM data only; this "
@@ -320,7 +325,7 @@ def save(path, obj, overwrite: bool = True) -> Path:
         When the file cannot be written (disk full, read-only file system,
         permission denied), naming ``path``; no temporary is left.
     """
-    path = as_path("path", path)
+    path = as_path("path", path, file=True)
     overwrite = _check_bool("overwrite", overwrite)
     _suffix(path)
     ds = _from_object(obj)
@@ -361,7 +366,7 @@ def write_fields(path, fields: dict, arrays=(), overwrite: bool = True, *,
         When the file cannot be written (disk full, read-only file system,
         permission denied), naming the path; no temporary is left behind.
     """
-    path = as_path(name, path)
+    path = as_path(name, path, file=True)
     suffix = _suffix(path, None, name)
     with atomic_path(path, overwrite, name=name) as tmp:
         if suffix == ".npz":
@@ -409,7 +414,7 @@ def load(path) -> Dataset:
         unreadable or truncated files; naming ``path`` for a path that is not
         a regular file (missing, a directory, a FIFO, a loop of links).
     """
-    path = as_path("path", path)
+    path = as_path("path", path, file=True)
     suffix = _suffix(path)
     check_input_file("path", path)
     if suffix == ".npz":
@@ -434,6 +439,7 @@ def _read_npz(path: Path) -> dict:
         raise InputError(f"path: {path.name} is not a readable .npz file (it holds a single "
                          "array, not named keys)")
     with z:
+        _check_npz_unique(z, path)
         _check_npz_memory(z, path)
         fields = {}
         for k in _KEYS:
@@ -445,6 +451,19 @@ def _read_npz(path: Path) -> dict:
                 raise InputError(f"{path.name}: '{k}' cannot be read ({_reason(exc)})") \
                     from exc
     return fields
+
+
+def _check_npz_unique(z, path: Path) -> None:
+    """Refuse an archive that stores a key of the layout more than once (two
+    members of one name, or both ``k`` and ``k.npy``): which one is meant
+    cannot be told. :class:`InputError` naming the file and the key."""
+    names = z.zip.namelist()
+    for k in _KEYS:
+        members = [n for n in names if n in (k, k + ".npy")]
+        if len(members) > 1:
+            raise InputError(f"{path.name}: '{k}' is stored twice in the archive (members "
+                             f"{members}); which one is meant cannot be told: write the file "
+                             "again with one of them")
 
 
 def _check_npz_memory(z, path: Path) -> None:
@@ -598,6 +617,11 @@ def _positive(fields: dict, k: str, path: Path, most: int, unit: str) -> tuple:
     values = a.astype(float).reshape(-1)
     if not (np.isfinite(values).all() and (values > 0).all()):
         raise InputError(f"{path.name}: '{k}' must be {want}, got {values.tolist()}")
+    if k in RANGES:  # a unit slip (metres, keV) is named with the file's key
+        lo, hi, unit, example = RANGES[k]
+        if not ((values >= lo) & (values <= hi)).all():
+            raise InputError(f"{path.name}: '{k}' must be {lo:g} to {hi:g} {unit} (e.g. "
+                             f"{example}), got {values.tolist()}")
     return (float(values[0]), float(values[-1])) if most == 2 else (float(values[0]),)
 
 

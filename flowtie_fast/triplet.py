@@ -21,11 +21,12 @@ import warnings
 import numpy as np
 
 from .backend import array_stats, is_cupy
-from .errors import RANGES, InputError, TrustWarning, check_count, check_positive, check_real
+from .errors import (RANGES, InputError, TrustWarning, check_count, check_positive, check_real,
+                     first_line)
 from .noise import Noise, check_noise, estimate_noise, poisson_noise
 from .physics import wavenumber
-from .planes import (check_gradient, check_image, check_intensity_stats, check_positions,
-                     focal_weights)
+from .planes import (check_gradient, check_image, check_intensity_stats, check_not_masked,
+                     check_positions, focal_weights)
 from .solvers import reconstruct
 from .stem.focal import (check_register, check_rotation, orient, prepare_planes,
                          reduce_triplet, register_planes, virtual_image_noise)
@@ -63,6 +64,36 @@ def _counts_noise(planes, stats):
                   "mean: taken as measured, not as counts (pass noise= to state it)",
                   TrustWarning, stacklevel=4)
     return Noise(tuple(estimated), "estimated")
+
+
+class HDF5ReadError(InputError):
+    """HDF5 data that could not be read while a triplet was made from them (a
+    damaged chunk, a truncated file, a file closed meanwhile); ``reason`` is
+    HDF5's own message."""
+
+    def __init__(self, message, reason=""):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _raised_by_h5py(exc) -> bool:
+    """Whether ``exc`` was raised inside h5py (HDF5's errors carry no errno)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if "h5py" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _h5_closed(d) -> bool:
+    """Whether ``d`` is an h5py dataset whose file is closed."""
+    if not type(d).__module__.startswith("h5py"):
+        return False
+    try:
+        return not bool(d.id.valid)
+    except Exception:  # noqa: BLE001  an identifier that cannot say is unusable
+        return True
 
 
 class FocalSeries:
@@ -299,10 +330,22 @@ class FocalTriplet(FocalSeries):
         check_rotation(rotation)  # before the pass over the data
         if not isinstance(flip, (bool, np.bool_)):
             raise InputError(f"flip: expected True or False, got {flip!r}")
-        reductions, counts = reduce_triplet(
-            minus, zero, plus, k_sampling, energy, center=center, virtual=virtual,
-            bf_radius=bf_radius, com_radius=com_radius, backend=backend,
-            chunk_bytes=chunk_bytes)
+        data = {"minus": minus, "zero": zero, "plus": plus}
+        for name, d in data.items():
+            check_not_masked(name, d)
+        try:
+            reductions, counts = reduce_triplet(
+                minus, zero, plus, k_sampling, energy, center=center, virtual=virtual,
+                bf_radius=bf_radius, com_radius=com_radius, backend=backend,
+                chunk_bytes=chunk_bytes)
+        except OSError as exc:
+            if exc.errno is not None or not _raised_by_h5py(exc):
+                raise
+            closed = [name for name, d in data.items() if _h5_closed(d)]
+            names = ", ".join(closed or data)
+            raise HDF5ReadError(f"{names}: HDF5 data cannot be read ({first_line(exc)}); the "
+                                "file is damaged or truncated, or was closed or changed while "
+                                "it was read", reason=first_line(exc)) from exc
         return cls.from_reductions(reductions, dz, scan_step, virtual=virtual,
                                    rotation=rotation, flip=flip, counts=counts,
                                    register=register)

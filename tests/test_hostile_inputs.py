@@ -1,0 +1,162 @@
+"""Hostile inputs: odd arrays, files and streams are refused naming the argument,
+never taken silently or reported as an unexpected error."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+import flowtie_fast as ft
+from flowtie_fast import cli
+
+N, PIXEL, DZ, E = 32, 0.2, 20.0, 300e3
+
+
+def planes(seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.arange(N), np.arange(N), indexing="ij")
+    base = 1.0 + 0.2 * np.cos(2 * np.pi * y / N) * np.sin(2 * np.pi * x / N)
+    return [base * (1 + 0.02 * s) + 0.01 * rng.random((N, N)) for s in (-1, 0, 1)]
+
+
+def patterns(shape=(6, 6, 16, 16), seed=0):
+    rng = np.random.default_rng(seed)
+    ky, kx = np.mgrid[:shape[2], :shape[3]]
+    disk = (ky - shape[2] / 2 + 0.5) ** 2 + (kx - shape[3] / 2 + 0.5) ** 2 < (shape[2] / 4) ** 2
+    return [rng.poisson(disk * 100.0 + 1, size=shape).astype(np.uint16) for _ in range(3)]
+
+
+STEM = dict(dz=DZ, scan_step=0.2, k_sampling=0.05, energy=E, backend="cpu", register=False)
+
+
+def test_masked_4dstem_data_are_refused_naming_the_dataset():
+    data = patterns()
+    masked = np.ma.masked_array(data[1], mask=data[1] > 50)
+    with pytest.raises(ft.InputError, match="^zero: masked arrays are not supported"):
+        ft.FocalTriplet.from_4dstem(data[0], masked, data[2], **STEM)
+
+
+def _corrupt_h5(path, data):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w") as f:
+        for k, d in zip(("minus", "zero", "plus"), data):
+            f.create_dataset(k, data=d, chunks=(1, 1) + d.shape[2:], compression="gzip")
+        f.attrs.update(dict(dz=[DZ, DZ], scan_step=[0.2, 0.2], energy=E,
+                            k_sampling=[0.05, 0.05]))
+    with h5py.File(path, "r") as f:
+        offset = f["zero"].id.get_chunk_info(20).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xde\xad\xbe\xef" * 8)
+
+
+def test_an_hdf5_file_unreadable_mid_reduction_is_an_input_error_naming_it(tmp_path, capsys):
+    path = tmp_path / "corrupt.h5"
+    _corrupt_h5(path, patterns())
+    with ft.load(path) as ds:
+        with pytest.raises(ft.InputError, match=r"^corrupt\.h5: its 4D-STEM data cannot be "
+                                                r"read .*filter"):
+            ds.triplet(backend="cpu", register=False)
+    assert cli.main(["reconstruct", str(path), "-o", str(tmp_path / "o.npz"),
+                     "--backend", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("flowtie reconstruct: error: corrupt.h5: its 4D-STEM data")
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_hdf5_datasets_closed_during_the_reduction_are_named(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    data = patterns()
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        for i, d in enumerate(data):
+            f.create_dataset(f"s{i}", data=d, chunks=(1, 1, 16, 16))
+    f = h5py.File(path, "r")
+
+    class ClosesItsFile:
+        """An HDF5 dataset whose file is closed while it is being read."""
+
+        def __init__(self, d):
+            self.d, self.calls = d, 0
+            self.shape, self.dtype, self.ndim = d.shape, d.dtype, d.ndim
+
+        def __getitem__(self, key):
+            self.calls += 1
+            if self.calls == 3:
+                f.close()
+            return self.d[key]
+
+    with pytest.raises(ft.InputError, match="HDF5 data cannot be read"):
+        ft.FocalTriplet.from_4dstem(f["s0"], ClosesItsFile(f["s1"]), f["s2"], **STEM,
+                                    chunk_bytes=4096)
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("scan_step", [2e-11, 2e-11], r"'scan_step' must be 0.0001 to 1e\+07 Å"),
+    ("energy", 300.0, r"'energy' must be 1000 to 1e\+07 eV \(e.g. 300e3 for 300 keV\)"),
+    ("dz", [20e9, 20e9], r"'dz' must be 0.001 to 1e\+08 Å"),
+])
+def test_calibrations_out_of_range_in_a_file_name_the_file_and_key(tmp_path, key, value, says):
+    p = planes()
+    fields = dict(minus=p[0], zero=p[1], plus=p[2], dz=[DZ, DZ], scan_step=[0.2, 0.2],
+                  energy=E)
+    fields[key] = np.asarray(value)
+    np.savez(tmp_path / "slip.npz", **fields)
+    with pytest.raises(ft.InputError, match=f"^slip.npz: {says}"):
+        ft.load(tmp_path / "slip.npz")
+
+
+def _zip(path, members):
+    with zipfile.ZipFile(path, "w") as z, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of a duplicate name
+        for name, value in members:
+            buf = io.BytesIO()
+            np.save(buf, value)
+            z.writestr(name, buf.getvalue())
+
+
+@pytest.mark.parametrize("extra", ["zero.npy", "zero"])
+def test_an_npz_holding_a_key_twice_is_refused(tmp_path, extra):
+    p = planes()
+    members = [("minus.npy", p[0]), ("zero.npy", p[1]), ("plus.npy", p[2]),
+               ("dz.npy", np.array([DZ, DZ])), ("scan_step.npy", np.array([0.2, 0.2])),
+               ("energy.npy", np.array(E)), (extra, p[1] * 5)]
+    _zip(tmp_path / "twice.npz", members)
+    with pytest.raises(ft.InputError, match=r"^twice.npz: 'zero' is stored twice"):
+        ft.load(tmp_path / "twice.npz")
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_an_output_path_ending_in_a_separator_is_refused(tmp_path, capsys, suffix):
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    target = str(tmp_path / f"out{suffix}") + "/"
+    with pytest.raises(ft.InputError, match=r"^path: .* ends with '/'"):
+        ft.save(target, t)
+    source = ft.save(tmp_path / f"in{suffix}", t)
+    assert cli.main(["reconstruct", str(source), "-o", target, "--backend", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "output:" in err[0] and "ends with '/'" in err[0]
+    with pytest.raises(ft.InputError, match=r"^path: .* ends with '/'"):
+        ft.load(str(source) + "/")
+    assert not (tmp_path / f"out{suffix}").exists()
+
+
+def test_a_console_that_cannot_print_the_path_does_not_turn_success_into_an_error(tmp_path):
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "entrée.npz", t)
+    out = tmp_path / "résultat.npz"
+    env = {"PYTHONIOENCODING": "ascii", "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-m", "flowtie_fast._entry", "reconstruct",
+                          str(source), "-o", str(out), "--backend", "cpu"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "r\\xe9sultat.npz" in run.stdout
+    with np.load(out) as written:
+        assert np.isfinite(written["phase"]).all()
