@@ -148,9 +148,22 @@ def worker_environments(devices) -> list:
 
 
 def worker_specs(devices, threads_per_worker: int = 1) -> dict:
-    """``SpecCluster`` worker specifications: one Nanny (worker process) per
-    GPU, named ``gpu-<device>``, with the environment of
-    :func:`worker_environments` and ``threads_per_worker`` task threads."""
+    """``SpecCluster`` worker specifications: one Nanny (worker process) per GPU.
+
+    Parameters
+    ----------
+    devices : sequence of str
+        The GPUs, one worker each (as :func:`worker_environments` takes them).
+    threads_per_worker : int
+        Task threads of each worker (default 1).
+
+    Returns
+    -------
+    dict
+        ``{"gpu-<device>": {"cls": Nanny, "options": {...}}}``: each worker named
+        ``gpu-<device>``, on 127.0.0.1, with the environment of
+        :func:`worker_environments`.
+    """
     from distributed import Nanny
 
     return {f"gpu-{d}": {"cls": Nanny,
