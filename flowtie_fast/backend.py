@@ -149,6 +149,7 @@ class Backend:
             # Passive OpenMP runtimes for Numba and FFTW whatever was imported first
             # (PyTorch puts its spinning libgomp in the global scope): decided before
             # Numba starts its thread pool and pyFFTW is loaded; see _threads.
+            _check_omp_threads()  # before an OpenMP runtime reads it
             openmp = _threads.prepare()
             self.xp = np
             self.fft_threads = min(self.threads, openmp.fftw_threads or self.threads)
@@ -480,6 +481,21 @@ def _import_numba() -> None:
                                                                  "KeyError")) else reason
         raise BackendError(f"backend: Numba does not start: it cannot read {name}={value!r} "
                            f"({reason}); correct or unset {name}")
+
+
+def _check_omp_threads() -> None:
+    """Refuse an ``OMP_NUM_THREADS`` the OpenMP runtimes of Numba and FFTW would
+    crash on (thread creation fails, or the process dies inside a transform)
+    or silently ignore: each comma-separated level must be an integer from 1
+    to 4096 (the backend's own ``threads`` limit)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not value:
+        return
+    levels = [v.strip() for v in value.split(",")]
+    if not all(v.isdigit() and 1 <= int(v) <= 4096 for v in levels):
+        raise BackendError(f"backend: OMP_NUM_THREADS={value!r}: expected a thread count from 1 "
+                           "to 4096 (or a comma-separated list of them, one per nesting "
+                           "level); fix or unset OMP_NUM_THREADS")
 
 
 def _numba_error(exc) -> BackendError:

@@ -291,9 +291,12 @@ class Plan:
         array (B, Ny, Nx)
             The phases in rad (``out`` where given), on the plan's backend.
         """
-        if getattr(stack, "ndim", 0) != 4 or stack.shape[1] != 3:
+        if not hasattr(stack, "ndim"):
+            raise InputError(f"stack: expected an array (B, 3, Ny, Nx) on this plan's backend, "
+                             f"got {type(stack).__name__}")
+        if stack.ndim != 4 or stack.shape[1] != 3:
             raise InputError(f"stack: expected an array (B, 3, Ny, Nx), got shape "
-                             f"{tuple(getattr(stack, 'shape', ()))}")
+                             f"{tuple(stack.shape)}")
         b = int(stack.shape[0])
         self._image("stack", stack, (b, 3) + self.shape)
         if gradient is not None:

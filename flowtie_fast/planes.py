@@ -246,7 +246,8 @@ def check_positions(name: str, z, count=None) -> np.ndarray:
 
 
 def _shown(v) -> str:
-    text = repr(v)
+    """``repr(v)`` on one line (whitespace runs collapsed), at most 80 characters."""
+    text = " ".join(repr(v).split())
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -502,6 +502,18 @@ class TIESolver:
     def _explain_overflow(self, names, given, planes, exc):
         """Where a plane was refused as non-finite only because casting it to the
         working dtype overflowed, say so instead (the rare path of a refusal)."""
+        if "zero everywhere" in str(exc):
+            for name, a, cast in zip(names, given, planes):
+                if str(exc).startswith(f"{name}:") and cast is not a and \
+                        getattr(a, "dtype", np.dtype(object)).kind == "f":
+                    xp = self.backend.xp
+                    peak = float(abs(xp.asarray(a)).max())
+                    if peak > 0:
+                        raise InputError(
+                            f"{name}: values up to {peak:g} underflow to zero in {self.dtype}; "
+                            f"rescale the intensities (e.g. divide by their mean) or use "
+                            "dtype='float64'") from exc
+            return
         if "NaN or Inf" not in str(exc):
             return
         for name, a, cast in zip(names, given, planes):

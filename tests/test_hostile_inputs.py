@@ -160,3 +160,55 @@ def test_a_console_that_cannot_print_the_path_does_not_turn_success_into_an_erro
     assert "r\\xe9sultat.npz" in run.stdout
     with np.load(out) as written:
         assert np.isfinite(written["phase"]).all()
+
+
+@pytest.mark.parametrize("value", ["100000", "0", "-2", "four", "4,,2", "8,5000"])
+def test_an_omp_thread_count_the_runtimes_cannot_take_is_refused_naming_it(tmp_path, value):
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "in.npz", t)
+    env = {k: v for k, v in __import__("os").environ.items()
+           if not k.startswith(("OMP_", "NUMBA_", "FLOWTIE_"))}
+    run = subprocess.run([sys.executable, "-m", "flowtie_fast._entry", "reconstruct",
+                          str(source), "-o", str(tmp_path / "out.npz"), "--backend", "cpu",
+                          "--kernels", "numba"],
+                         capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": value},
+                         timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stderr.count("\n") == 1 and f"OMP_NUM_THREADS={value!r}" in run.stderr
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_usual_omp_thread_count_is_accepted(monkeypatch):
+    from flowtie_fast import backend
+
+    for value in ("1", "2", " 4 ", "4,2", ""):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        backend._check_omp_threads()
+
+
+def test_planes_that_underflow_in_float32_are_named_as_such():
+    tiny = ft.FocalTriplet(*[p * 1e-100 for p in planes()], dz=DZ, pixel_size=PIXEL, energy=E)
+    with pytest.raises(ft.InputError, match=r"^minus: values up to .* underflow to zero in "
+                                            r"float32; .*dtype='float64'"):
+        ft.reconstruct(tiny, backend="cpu")
+    assert np.isfinite(ft.reconstruct(tiny, backend="cpu", dtype="float64").phase).all()
+
+
+def test_an_all_zero_in_focus_scan_is_a_dropped_frame_from_the_start():
+    data = patterns()
+    with pytest.raises(ft.InputError, match=r"^zero: every sampled pattern is zero "
+                                            r"everywhere \(a dropped frame\?\)"):
+        ft.FocalTriplet.from_4dstem(data[0], np.zeros_like(data[1]), data[2], **STEM)
+
+
+def test_a_plan_batch_that_is_no_array_names_its_type():
+    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu")
+    with pytest.raises(ft.InputError, match=r"^stack: expected an array .* got list$"):
+        plan.solve_batch([[p.tolist() for p in planes()]])
+
+
+def test_plane_positions_of_another_type_are_refused_in_one_line():
+    stack = planes()
+    with pytest.raises(ft.InputError) as info:
+        ft.FocalSeries(stack, np.array([1, 2, 3], "datetime64[s]"), PIXEL, E)
+    assert "\n" not in str(info.value) and str(info.value).startswith("z")

@@ -391,6 +391,9 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
     missing ``"df"`` region is the flag a program can read
     (``"df" not in triplet.reductions[1].regions``).
     """
+    if not float(np.nansum(mean)) > 0 and not np.isnan(mean).any():
+        raise InputError(f"{name}: every sampled pattern is zero everywhere (a dropped "
+                         "frame?)")
     center = find_center(mean) if center is None else check_center(center)
     if not all(math.isfinite(c) and 0 <= c <= n - 1 for c, n in zip(center, mean.shape)):
         raise InputError(f"center: expected (row, column) in detector pixels on the "
