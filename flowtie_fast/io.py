@@ -127,6 +127,8 @@ class Dataset:
 
     @property
     def kind(self) -> str:
+        """``"4dstem"`` where the planes are 4D scans (Sy, Sx, Ky, Kx), else
+        ``"triplet"`` (images (Ny, Nx))."""
         return "4dstem" if len(self.zero.shape) == 4 else "triplet"
 
     def __repr__(self) -> str:

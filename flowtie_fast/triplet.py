@@ -252,8 +252,7 @@ class FocalTriplet(FocalSeries):
                          z0=0.0, degree=2, gradient=gradient, noise=noise)
         self.registration = None
         if register:
-            self.planes, self.registration = register_planes(self.planes, None, register,
-                                                       self.pixel_size)
+            self.planes, self.registration = register_planes(self.planes, None, register)
 
     @staticmethod
     def _plane_names(n):

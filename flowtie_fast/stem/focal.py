@@ -190,7 +190,7 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
                             "applied": False, "signal": None,
                             "why": "no dark field on the detector"}
         else:
-            planes, registration = register_planes(planes, signals, register, scan_step)
+            planes, registration = register_planes(planes, signals, register)
     return reductions, planes, scan_step, energy, noise, registration
 
 
@@ -279,7 +279,7 @@ def check_register(register):
     raise InputError(f"register: expected True, False or 'periodic', got {register!r}")
 
 
-def register_planes(planes, signals, register, scan_step):
+def register_planes(planes, signals, register):
     """The planes with the drift of the ±dz ones undone (shifts from
     ``signals`` when given, else from the planes), and the record of it.
 
@@ -302,9 +302,6 @@ def register_planes(planes, signals, register, scan_step):
     register : True or "periodic"
         How the shifts are applied: ``"periodic"`` wraps around, anything
         else extends by mirroring.
-    scan_step : (float, float)
-        Scan step in Å. Not used: the shifts are measured and applied in
-        pixels.
 
     Returns
     -------
