@@ -267,7 +267,8 @@ class FocalTriplet(FocalSeries):
         Each dataset is reduced in one pass (chunked, bounded memory) to the
         virtual images and the centre of mass; the triplet's planes are the
         chosen virtual image and its ``gradient`` is ``2π ×`` the centre of
-        mass of the in-focus dataset (rad/Å, for ``method="icom"``).
+        mass of the in-focus dataset (rad/Å, for ``method="icom"``), its
+        mean over the scan removed (see :meth:`from_reductions`).
 
         Parameters
         ----------
@@ -393,6 +394,15 @@ class FocalTriplet(FocalSeries):
 
         Notes
         -----
+        The triplet's ``gradient`` is ``2π ×`` the in-focus centre of mass
+        with its mean over the scan removed: a centre of mass that is the same
+        at every scan position comes from the detector centre (estimated from
+        the patterns: a fraction of a pixel off at a few tens of electrons a
+        pattern), descan or beam tilt, not from the specimen's phase, and
+        integrated over a non-periodic field of view it would become a phase
+        ramp many times the phase itself. The reductions keep the centre of
+        mass as measured.
+
         The triplet's ``noise`` is measured where the virtual images leave
         room above their band limit (a probe of aperture α, the measured
         bright-field disk, puts no spatial frequency above ``2α / λ`` into
@@ -405,7 +415,8 @@ class FocalTriplet(FocalSeries):
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
         reductions, _, _ = orient(reductions, rotation, flip, t._tie_gradient)
         t.registration = registration
-        t.gradient = t._check_gradient(reductions[1].gradient)
+        gradient = t._check_gradient(reductions[1].gradient)
+        t.gradient = gradient - gradient.mean(axis=(1, 2), keepdims=True)
         t.gradient_noise = virtual_image_noise(list(t.gradient), scan_step, energy,
                                                 reductions[1].regions, virtual)
         t.reductions = reductions
