@@ -113,16 +113,24 @@ class Plan:
     wisdom : path, optional
         FFTW wisdom file (CPU): read before planning when it exists, written
         after.
+    cuda_graphs : bool
+        GPU ``flowtie``: the flow network's forward pass (its inputs, the
+        network and the output scaling) is captured as a CUDA graph per input
+        shape at the warm-up and replayed at every solve (default True;
+        False launches it eagerly). The classical kernels and FFTs of a solve
+        are launched call by call, not captured. No effect on the CPU.
     """
 
     def __init__(self, shape, pixel_size, dz, energy, method="tie", *, backend="auto",
                  threads=None, dtype="float32", boundary="periodic", scheme="auto", alpha=0.0,
                  floor="auto", denoise=True, model=None, uncertainty=None, tol=None,
-                 max_iter=None, preconditioner="biharmonic", warmup=True, wisdom=None):
+                 max_iter=None, preconditioner="biharmonic", warmup=True, wisdom=None,
+                 cuda_graphs=True):
         check_options(method, tol, max_iter, preconditioner, model, uncertainty)
         check_regularisation(method, alpha, floor)
-        if not isinstance(warmup, (bool, np.bool_)):
-            raise InputError(f"warmup: expected True or False, got {warmup!r}")
+        for name, flag in (("warmup", warmup), ("cuda_graphs", cuda_graphs)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise InputError(f"{name}: expected True or False, got {flag!r}")
         self.dz = check_positive("dz", dz)
         self.energy = check_positive("energy", energy)
         self.method = method
@@ -147,7 +155,8 @@ class Plan:
         # Planes reach the plan unvalidated: the derivative step checks them.
         self.options = SolveOptions(tol=tol, max_iter=max_iter, preconditioner=preconditioner,
                                     model=model, residual=False, names=_INPUT_NAMES[:3],
-                                    uncertainty=method == "flowtie" and uncertainty is not False)
+                                    uncertainty=method == "flowtie" and uncertainty is not False,
+                                    cuda_graphs=bool(cuda_graphs))
         self.info: dict = {}  # of the latest solve: the trust check and fallback of flowtie
         self.timings["setup"] = time.perf_counter() - start
         if warmup:
@@ -318,7 +327,8 @@ class Plan:
                                           self._intensity_weights, self.wavenumber,
                                           gradient=gradient, out=out,
                                           gradient_out=gradient_out, model=self.options.model,
-                                          names=_INPUT_NAMES[:3])
+                                          names=_INPUT_NAMES[:3],
+                                          cuda_graphs=self.options.cuda_graphs)
         # Every item is checked before the first is solved: a refusal writes nothing.
         for i in range(b):
             try:

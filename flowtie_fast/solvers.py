@@ -295,6 +295,9 @@ class SolveOptions:
         The record of the scans' registration (``triplet.registration``).
     names : sequence of str, optional
         How messages name the planes (default minus, zero, plus).
+    cuda_graphs : bool
+        ``flowtie`` on the GPU: replay the flow network through the model's
+        CUDA graphs (default True; False launches it eagerly).
     """
 
     tol: float | None = None
@@ -307,6 +310,7 @@ class SolveOptions:
     gradient_noise: object = None
     registration: dict | None = None
     names: tuple | None = None
+    cuda_graphs: bool = True
 
 
 class TIESolver:
@@ -647,7 +651,7 @@ class TIESolver:
                                                  derivative_weights, intensity_weights, info)
         if method == "flowtie":
             residual = self._flow(planes, gradient, k, options.model, phase, grad, info,
-                                  want)
+                                  want, options.cuda_graphs)
             if options.uncertainty:
                 residual = self._trust(planes, gradient, k, options, mean, derivative_weights,
                                        intensity_weights, phase, grad, info, residual)
@@ -783,7 +787,8 @@ class TIESolver:
         return info.pop("uncertainty_map", None)
 
     def flow_batch(self, stack, derivative_weights, intensity_weights, wavenumber, *,
-                   gradient=None, out, gradient_out=None, model=None, names=None):
+                   gradient=None, out, gradient_out=None, model=None, names=None,
+                   cuda_graphs=True):
         """``flowtie`` over a batch, without the trust check: one network call,
         then one Poisson integration per item.
 
@@ -807,6 +812,8 @@ class TIESolver:
         names : sequence of str, optional
             How messages name the three planes (each after ``stack[i]:``;
             default ``("minus", "zero", "plus")``).
+        cuda_graphs : bool
+            As in :class:`SolveOptions` (default True).
 
         Returns
         -------
@@ -827,7 +834,7 @@ class TIESolver:
                                                intensity_weights,
                                                [f"stack[{i}]: {n}" for n in names])
                 didz[i] = self._didz
-            v = self._predict_flow(model, planes, didz, wavenumber, gradient)
+            v = self._predict_flow(model, planes, didz, wavenumber, gradient, cuda_graphs)
             for i in range(b):
                 grad = None if gradient_out is None else gradient_out[i]
                 self.poisson.integrate(v[i], out=out[i], grad_out=grad)
@@ -895,14 +902,14 @@ class TIESolver:
         return load_model(None if model is None else os.fspath(check_model(model)),
                           "cuda" if self.backend.is_gpu else "cpu")
 
-    def _predict_flow(self, model, planes, didz, k, gradient):
+    def _predict_flow(self, model, planes, didz, k, gradient, graphs=True):
         """Flows (B, 2, Ny, Nx) in rad/Å, on this backend in the working dtype, of
         planes (B, 3, Ny, Nx) and ∂I/∂z (B, Ny, Nx), with the measured gradients
         (B, 2, Ny, Nx, rad/Å) or None: one network call."""
         be = self.backend
         com = None if gradient is None else be.asarray(gradient, self.dtype) / (2 * np.pi)
         try:
-            v = model.predict_batch(planes, didz, k, self.pixel_size, com)
+            v = model.predict_batch(planes, didz, k, self.pixel_size, com, graphs=graphs)
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001  the network itself failed on this input
@@ -917,13 +924,14 @@ class TIESolver:
         v = be.xp.from_dlpack(v) if be.is_gpu else v.cpu().numpy()  # no copy on the GPU
         return v.astype(self.dtype, copy=False)
 
-    def _flow(self, planes, gradient, k, model, phase, grad, info, want_residual=True):
+    def _flow(self, planes, gradient, k, model, phase, grad, info, want_residual=True,
+              graphs=True):
         """``flowtie``: the network's flow, integrated by the Poisson solver; returns
         the continuity residual of the predicted flow, ``k ∂I/∂z + ∇·(I v)``."""
         model = self._flow_model(model)
         xp = self.backend.xp
         v = self._predict_flow(model, xp.stack(planes)[None], self._didz[None], k,
-                               None if gradient is None else gradient[None])[0]
+                               None if gradient is None else gradient[None], graphs)[0]
         self.poisson.integrate(v, out=phase, grad_out=grad)
         info["model"], info["precision"] = str(model.path), model.precision
         if not want_residual:
@@ -944,7 +952,8 @@ class TIESolver:
         scratch = self._buf("member_phase")
         for m in members or ():
             v = self._predict_flow(m, xp.stack(planes)[None], self._didz[None], k,
-                                   None if gradient is None else gradient[None])[0]
+                                   None if gradient is None else gradient[None],
+                                   options.cuda_graphs)[0]
             self.poisson.integrate(v, out=scratch)
             phases.append(scratch - scratch.mean())
         spread = xp.stack(phases).std(axis=0) if members else None

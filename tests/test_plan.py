@@ -237,3 +237,33 @@ def test_plan_on_each_backend_matches_the_cpu(backend, method):
         want = cpu.solve(*planes, gradient=grad)
         got = out[i].get() if hasattr(out[i], "get") else out[i]
         np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
+
+
+def test_cuda_graphs_is_a_flag():
+    with pytest.raises(ft.InputError, match="cuda_graphs: expected True or False, got 'no'"):
+        ft.Plan((32, 32), 0.2, 20.0, 300e3, backend="cpu", cuda_graphs="no")
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_a_flowtie_plan_hands_its_cuda_graphs_choice_to_the_network(monkeypatch, flag):
+    pytest.importorskip("torch")
+    from flowtie_fast.flow.infer import FlowModel
+
+    seen = []
+    predict = FlowModel.predict_batch
+
+    def recorded(self, *args, graphs=None, **kwargs):
+        seen.append(graphs)
+        return predict(self, *args, graphs=graphs, **kwargs)
+
+    monkeypatch.setattr(FlowModel, "predict_batch", recorded)
+    plan = ft.Plan((32, 32), 0.2, 20.0, 300e3, method="flowtie", backend="cpu",
+                   uncertainty=False, cuda_graphs=flag)
+    y, x = np.mgrid[:32, :32] / 32
+    planes = [(1 + 0.05 * np.cos(2 * np.pi * y) * np.sin(2 * np.pi * x) * s + 0.01 * s)
+              .astype(np.float32) for s in (-1, 0, 1)]
+    seen.clear()
+    plan.solve(*planes, gradient=np.zeros((2, 32, 32), np.float32))
+    plan.solve_batch(np.stack([np.stack(planes)] * 2),
+                     gradient=np.zeros((2, 2, 32, 32), np.float32))
+    assert seen == [flag, flag]

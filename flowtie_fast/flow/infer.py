@@ -437,7 +437,7 @@ class FlowModel:
         return self.predict_batch(stack, self._tensor(didz)[None], wavenumber, pixel_size,
                                   c)[0]
 
-    def predict_batch(self, planes, didz, wavenumber, pixel_size, com=None):
+    def predict_batch(self, planes, didz, wavenumber, pixel_size, com=None, graphs=None):
         """Flows of a batch of triplets, in one network call.
 
         Parameters
@@ -453,6 +453,10 @@ class FlowModel:
         com : array or torch.Tensor (B, 2, H, W), optional
             The 4D-STEM centres of mass in 1/Å; required by models with 6
             input channels, ignored by the others.
+        graphs : bool, optional
+            False runs this call without the model's CUDA graphs (default
+            None: the model's ``cuda_graphs``; True cannot turn on graphs
+            the model has off, nor on the CPU).
 
         Returns
         -------
@@ -477,7 +481,7 @@ class FlowModel:
 
         args = (tensor(planes), tensor(didz), tensor(com) if self.in_channels == 6 else None)
         k, h = float(wavenumber), (float(pixel_size[0]), float(pixel_size[1]))
-        v = self._replay(args, k, h) if self.cuda_graphs else None
+        v = self._replay(args, k, h) if self.cuda_graphs and graphs is not False else None
         if v is None:
             v = self._compute(*args, k, h)
         self._check_finite(v, args)
@@ -798,7 +802,7 @@ class FlowEnsemble:
             v = v + getattr(m, method)(*args)
         return v / len(self.models)
 
-    def predict_batch(self, planes, didz, wavenumber, pixel_size, com=None):
+    def predict_batch(self, planes, didz, wavenumber, pixel_size, com=None, graphs=None):
         """The mean of the members' :meth:`FlowModel.predict_batch`.
 
         Parameters
@@ -813,13 +817,15 @@ class FlowEnsemble:
             Sampling along (axis 0, axis 1) in Å.
         com : array or torch.Tensor (B, 2, H, W), optional
             The centres of mass in 1/Å (models with 6 input channels).
+        graphs : bool, optional
+            As in :meth:`FlowModel.predict_batch` (default None).
 
         Returns
         -------
         torch.Tensor (B, 2, H, W)
             The mean flow in rad/Å.
         """
-        return self._mean("predict_batch", planes, didz, wavenumber, pixel_size, com)
+        return self._mean("predict_batch", planes, didz, wavenumber, pixel_size, com, graphs)
 
     def predict(self, planes, didz, wavenumber, pixel_size, com=None):
         """The mean of the members' :meth:`FlowModel.predict`.
