@@ -492,7 +492,7 @@ def _check_omp_threads() -> None:
     if not value:
         return
     levels = [v.strip() for v in value.split(",")]
-    if not all(v.isdigit() and 1 <= int(v) <= 4096 for v in levels):
+    if not all(v.isascii() and v.isdigit() and 1 <= int(v) <= 4096 for v in levels):
         raise BackendError(f"backend: OMP_NUM_THREADS={value!r}: expected a thread count from 1 "
                            "to 4096 (or a comma-separated list of them, one per nesting "
                            "level); fix or unset OMP_NUM_THREADS")

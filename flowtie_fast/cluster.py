@@ -32,6 +32,8 @@ docs/cluster.md.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import logging
 import math
@@ -44,7 +46,7 @@ import numpy as np
 
 from .backend import get_backend, gpu_available, is_cupy
 from .errors import (BackendError, InputError, ResultError, check_choice, check_count,
-                     check_float_dtype, check_positive, check_real)
+                     check_float_dtype, check_positive, check_real, first_line)
 from .noise import ALPHA_MAX, check_noise
 from .plan import Plan
 from .planes import check_intensity_stats
@@ -438,6 +440,11 @@ def _client(client):
         if not all(hasattr(client, a) for a in ("scatter", "submit", "compute", "run")):
             raise InputError(f"client: expected a dask.distributed Client, got "
                              f"{type(client).__name__}")
+        status = getattr(client, "status", "running")
+        if status in ("closing", "closed"):
+            raise InputError(f"client: expected a running dask.distributed Client, got one whose "
+                             f"status is {status!r}; start one, e.g. "
+                             "flowtie_fast.cluster.local_cluster()")
         return client
     try:
         from distributed import default_client
@@ -495,7 +502,11 @@ def _check_plan_options(method, backend, threads, dtype, options) -> tuple:
 def _check_stack(stack):
     """(B, 3, Ny, Nx): its shape and dtype (the data of a NumPy stack are
     checked by :func:`_check_values`)."""
-    shape = tuple(int(n) for n in getattr(stack, "shape", ()))
+    raw = tuple(getattr(stack, "shape", ()))
+    if any(isinstance(n, float) and not math.isfinite(n) for n in raw):
+        raise InputError(f"stack: expected a dask array of known chunk sizes, got shape {raw} "
+                         "(call stack.compute_chunk_sizes() first)")
+    shape = tuple(int(n) for n in raw)
     dtype = getattr(stack, "dtype", None)
     if len(shape) != 4 or shape[1] != 3:
         raise InputError(f"stack: expected an array (B, 3, Ny, Nx) or a sequence of "
@@ -528,14 +539,16 @@ def _check_values(stack, gradient):
 
 def _from_triplets(triplets, pixel_size, dz, energy, gradient, noise):
     """Planes, gradients, per-item noise and geometry of a sequence of FocalTriplet."""
+    for i, t in enumerate(triplets):
+        if not isinstance(t, FocalTriplet):
+            raise InputError(f"stack[{i}]: expected a FocalTriplet (a sequence of them), got "
+                             f"{type(t).__name__}; pass arrays as one array (B, 3, Ny, Nx)")
     for name, value in (("pixel_size", pixel_size), ("dz", dz), ("energy", energy),
                         ("gradient", gradient), ("noise", noise)):
         if value is not None:
             raise InputError(f"{name}: taken from the triplets; expected None, got {value!r}")
     first = triplets[0]
     for i, t in enumerate(triplets):
-        if not isinstance(t, FocalTriplet):
-            raise InputError(f"stack[{i}]: expected a FocalTriplet, got {type(t).__name__}")
         if t.dz[0] != t.dz[1]:
             raise InputError(f"stack[{i}]: expected an even defocus step (dz_minus = dz_plus), "
                              f"got dz={t.dz} Å")
@@ -654,7 +667,7 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
     if method == "icom" and gradient is None:
         raise InputError("gradient: method 'icom' needs the measured phase gradients")
     if batch_size is not None:
-        batch_size = check_count("batch_size", batch_size, 1)
+        batch_size = min(check_count("batch_size", batch_size, 1), b)
     if not lazy:
         _check_values(stack, None if _is_dask(gradient) else gradient)
     client = _client(client)
@@ -691,6 +704,23 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
     return _gather(client, futures, starts, b, return_gradient)
 
 
+def _batch_failure(exc, start):
+    """A batch that came back as an exception of dask's or of the data's: the
+    cluster lost it (a worker died, the cluster closed) or its data could not
+    be read on the worker."""
+    from distributed import KilledWorker
+
+    text = f"{type(exc).__name__}: {first_line(exc) or 'no message'}"
+    lost = (asyncio.CancelledError, concurrent.futures.CancelledError, KilledWorker, OSError,
+            TimeoutError)
+    if isinstance(exc, lost):
+        return BackendError(f"client: the batch from stack[{start}] was lost on the cluster "
+                            f"({text}); a worker died or the cluster closed: check the "
+                            "workers' memory and logs, then run again")
+    return InputError(f"stack[{start}]: the batch from this item could not be read or solved "
+                      f"on a worker ({text})")
+
+
 def _gather(client, futures, starts, b, return_gradient):
     """The batches' results in input order; the first error cancels the rest."""
     from distributed import as_completed
@@ -699,7 +729,12 @@ def _gather(client, futures, starts, b, return_gradient):
     phase = grad = None
     try:
         for future in as_completed(futures):
-            result = future.result()
+            try:
+                result = future.result()
+            except (InputError, BackendError):
+                raise
+            except (Exception, asyncio.CancelledError) as exc:
+                raise _batch_failure(exc, starts[index[future.key]]) from exc
             if result[0] == "error":
                 raise _ERRORS.get(result[1], InputError)(result[2])
             _, p, g = result

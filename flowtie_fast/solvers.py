@@ -1155,7 +1155,7 @@ _SOLVER_CACHE_LOCK = threading.Lock()
 
 
 def _cached_solver(shape, pixel_size, backend, threads, **options) -> TIESolver:
-    key = (shape, tuple(pixel_size), backend.name, backend.threads,
+    key = (shape, tuple(pixel_size), backend.name, backend.threads, backend.kernel_set,
            tuple(sorted(options.items())))
     with _SOLVER_CACHE_LOCK:
         solver = _SOLVER_CACHE.pop(key, None)

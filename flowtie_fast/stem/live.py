@@ -316,6 +316,14 @@ def _has_cuda_worker(ctx):
         return True
 
 
+def _check_dtype(dataset, name):
+    """A dataset of real detector counts: :class:`InputError` naming ``name``
+    otherwise, before any pass."""
+    dtype = np.dtype(getattr(dataset, "dtype", np.float32))
+    if dtype.kind not in "biuf":
+        raise InputError(f"{name}: expected real detector counts, got dtype {dtype}")
+
+
 def _nav_sig(dataset):
     shape = tuple(dataset.shape)
     if len(shape) != 4:
@@ -355,6 +363,7 @@ def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=Non
     """
     backends = _check_backends(ctx, backends)
     (sy, sx), sig = _nav_sig(dataset)
+    _check_dtype(dataset, name)
     if tuple(sig) != tuple(detector.shape):
         raise InputError(f"{name}: detector shape {tuple(sig)} differs from {detector.shape}")
     W, combine = detector_weights(detector, regions, com_radius_mrad)
@@ -430,6 +439,8 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     if len(set(shapes)) != 1:
         raise InputError(f"datasets: expected equal shapes, got {shapes}")
     (sy, sx), _ = _nav_sig(datasets[1])
+    for n, d in zip(("minus", "zero", "plus"), datasets):
+        _check_dtype(d, n)
     k_sampling = check_positive("k_sampling", k_sampling, pair=True)
     energy = check_positive("energy", energy)
     total = ctx.run_udf(dataset=datasets[1], udf=SumUDF(), backends=backends)["intensity"]
