@@ -709,14 +709,18 @@ def _batch_failure(exc, start):
     cluster lost it (a worker died, the cluster closed) or its data could not
     be read on the worker."""
     from distributed import KilledWorker
+    from distributed.comm import CommClosedError
 
     text = f"{type(exc).__name__}: {first_line(exc) or 'no message'}"
-    lost = (asyncio.CancelledError, concurrent.futures.CancelledError, KilledWorker, OSError,
-            TimeoutError)
+    lost = (asyncio.CancelledError, concurrent.futures.CancelledError, KilledWorker,
+            CommClosedError, TimeoutError)
     if isinstance(exc, lost):
         return BackendError(f"client: the batch from stack[{start}] was lost on the cluster "
                             f"({text}); a worker died or the cluster closed: check the "
                             "workers' memory and logs, then run again")
+    if isinstance(exc, OSError):
+        return BackendError(f"client: a worker failed on the batch from stack[{start}] "
+                            f"({text})")
     return InputError(f"stack[{start}]: the batch from this item could not be read or solved "
                       f"on a worker ({text})")
 

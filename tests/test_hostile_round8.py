@@ -170,3 +170,12 @@ def test_reconstruct_with_the_numpy_kernels_after_numba_ones_runs_the_numpy_kern
                                         dtype="float32")
         used[kernels] = solver.backend.kernel_set
     assert used == {"numba": "numba", "numpy": "numpy"}
+
+
+def test_a_file_error_on_a_worker_is_not_reported_as_a_lost_worker(client):
+    from flowtie_fast.cluster import reconstruct_many
+
+    wisdom = "/proc/flowtie-none/w.wis"  # a folder that cannot exist
+    with pytest.raises(ft.BackendError, match=r"worker failed .*FileNotFoundError.*wisdom") as e:
+        reconstruct_many(_stack(2), wisdom=wisdom, **KW)
+    assert "died" not in str(e.value)
