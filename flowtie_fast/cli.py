@@ -223,8 +223,8 @@ def _one_shot_backend(name, kernels, ds):
     if name == "gpu" and kernels == "numpy":
         raise InputError("--kernels numpy: the NumPy kernels are the CPU's; got --backend gpu "
                          "(use --backend cpu)")
-    if name == "gpu" or (name == "auto" and ft.gpu_available()):
-        return ft.get_backend("gpu")
+    if name == "gpu" or (name == "auto" and kernels == "auto" and ft.gpu_available()):
+        return ft.get_backend("gpu")  # a named CPU kernel set keeps "auto" on the CPU
     if kernels == "auto":
         size = sum(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize
                    for p in (ds.minus, ds.zero, ds.plus)) if ds.kind == "4dstem" else 0
@@ -543,7 +543,8 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--kernels", default="auto", choices=("auto", "numba", "numpy"),
                      help="CPU kernels: numba (fastest per call, ~0.5-0.8 s to start), numpy "
                           "(no start-up cost), auto: numpy for a triplet of images or a 4D "
-                          "file up to 256 MiB")
+                          "file up to 256 MiB; numba or numpy with --backend auto computes "
+                          "on the CPU")
     rec.add_argument("--virtual",
                      help="4D-STEM: virtual image the planes are made of (bf, bf-full, abf, "
                           "df, whole; default bf)")

@@ -185,10 +185,11 @@ def _client_class():
 
         def close(self, *args, **kwargs):
             cluster = self.cluster
-            out = super().close(*args, **kwargs)
-            if cluster is not None:
-                cluster.close()
-            return out
+            try:
+                return super().close(*args, **kwargs)
+            finally:
+                if cluster is not None:
+                    cluster.close()
 
     return ClusterClient
 
@@ -248,10 +249,9 @@ def local_cluster(devices="auto", *, n_workers=None, threads_per_worker: int = 1
                 os.cpu_count() or 1)
             n_workers = max(1, cores // threads)
         n_workers = check_count("n_workers", n_workers, 1, 4096)
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads,
-                               processes=bool(processes), dashboard_address=None,
-                               scheduler_kwargs=http, silence_logs=quiet)
-        return _client_class()(cluster)
+        return _start(lambda: LocalCluster(n_workers=n_workers, threads_per_worker=threads,
+                                           processes=bool(processes), dashboard_address=None,
+                                           scheduler_kwargs=http, silence_logs=quiet))
     if n_workers is not None and check_count("n_workers", n_workers, 1) != len(devices):
         raise InputError(f"n_workers: one worker per GPU, {len(devices)} for devices "
                          f"{devices}; got {n_workers!r}")
@@ -265,14 +265,30 @@ def local_cluster(devices="auto", *, n_workers=None, threads_per_worker: int = 1
         except ImportError:
             cuda_cluster = None
     if cuda_cluster is not None:
-        cluster = cuda_cluster(CUDA_VISIBLE_DEVICES=devices, threads_per_worker=threads,
-                               dashboard_address=None, scheduler_kwargs=http,
-                               silence_logs=quiet)
-    else:
-        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", **http}}
-        cluster = SpecCluster(workers=worker_specs(devices, threads), scheduler=scheduler,
-                              silence_logs=quiet, name="flowtie-gpu")
-    return _client_class()(cluster)
+        return _start(lambda: cuda_cluster(CUDA_VISIBLE_DEVICES=devices,
+                                           threads_per_worker=threads, dashboard_address=None,
+                                           scheduler_kwargs=http, silence_logs=quiet))
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", **http}}
+    return _start(lambda: SpecCluster(workers=worker_specs(devices, threads),
+                                      scheduler=scheduler, silence_logs=quiet,
+                                      name="flowtie-gpu"))
+
+
+def _start(make_cluster):
+    """The client of a cluster made by ``make_cluster()``; a cluster or client
+    that fails to start is a :class:`BackendError` (the workers' processes,
+    the scheduler's port), and a cluster whose client fails is closed."""
+    try:
+        cluster = make_cluster()
+    except Exception as exc:  # noqa: BLE001  distributed raises RuntimeError, OSError, ...
+        raise BackendError(f"local_cluster: the cluster did not start "
+                           f"({type(exc).__name__}: {first_line(exc)})") from exc
+    try:
+        return _client_class()(cluster)
+    except Exception as exc:  # noqa: BLE001
+        cluster.close()
+        raise BackendError(f"local_cluster: no client for the cluster "
+                           f"({type(exc).__name__}: {first_line(exc)})") from exc
 
 
 # --------------------------------------------------------------------------- workers
@@ -293,7 +309,10 @@ class _Spec:
     options: tuple  # sorted (name, value) pairs of PLAN_OPTIONS given
 
 
-_PLANS: dict = {}  # (worker id, device, spec) -> [Plan, batches solved]
+_PLANS: dict = {}  # (worker id, device, spec) -> [Plan, batches solved], oldest use first
+#: Plans a worker keeps (per process): an acquisition that changes dz, pixel size
+#: or shape from run to run must not hold every earlier Plan's buffers.
+MAX_PLANS = 8
 _PLANS_LOCK = threading.Lock()
 
 
@@ -326,12 +345,16 @@ def _worker_plan(spec: _Spec):
     backend = get_backend(spec.backend, threads)
     key = (getattr(worker, "id", "local"), _device_label(backend), threads, spec)
     with _PLANS_LOCK:
-        entry = _PLANS.get(key)
+        entry = _PLANS.pop(key, None)
         if entry is None:
             plan = Plan(spec.shape, spec.pixel_size, spec.dz, spec.energy, spec.method,
                         backend=backend, threads=threads, dtype=spec.dtype,
                         **dict(spec.options))
-            entry = _PLANS[key] = [plan, 0]
+            entry = [plan, 0]
+        _PLANS[key] = entry  # the most recently used last
+        mine = [k for k in _PLANS if k[0] == key[0]]
+        for k in mine[:max(0, len(mine) - MAX_PLANS)]:
+            del _PLANS[k]
     return entry
 
 

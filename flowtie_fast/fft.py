@@ -330,13 +330,16 @@ def _wisdom_path(path, *, creatable: bool = False) -> str:
     if creatable and not os.path.lexists(path):
         check_target("wisdom", target, True, "")
         folder = target.parent
-        if folder.is_dir():
-            try:
-                os.unlink(_create_tmp(folder, _tmp_stem(target.name)))
-            except OSError as exc:
-                raise InputError(f"wisdom: {path!r} cannot be created in {str(folder)!r} "
-                                 f"({exc.strerror or first_line(exc)}); give a path in a "
-                                 "folder you can write") from exc
+        if not folder.is_dir():
+            raise InputError(f"wisdom: {path!r} cannot be created: its folder "
+                             f"{str(folder)!r} does not exist; create it or give a path in an "
+                             "existing folder")
+        try:
+            os.unlink(_create_tmp(folder, _tmp_stem(target.name)))
+        except OSError as exc:
+            raise InputError(f"wisdom: {path!r} cannot be created in {str(folder)!r} "
+                             f"({exc.strerror or first_line(exc)}); give a path in a "
+                             "folder you can write") from exc
     return path
 
 

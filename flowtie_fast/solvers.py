@@ -1114,10 +1114,15 @@ class TIESolver:
             self._apply_a(d, ad)
             ad_norm2 = _dot(xp, ad, ad)
             if not ad_norm2 > 0:
-                if it == 0:  # no step at all: |A d|² underflowed, not a solution
+                if it == 0 and self.dtype == np.float32:  # |A d|² underflowed
                     raise ResultError("gd: the descent step underflows the working precision "
                                       "for intensities of this scale; rescale them (e.g. "
                                       "divide by their mean) or use dtype='float64'")
+                if it == 0:  # float64: the operator sees nothing of this residual
+                    raise ResultError(f"gd: the first descent step is zero in float64 on this "
+                                      f"{self.shape[0]} x {self.shape[1]} image (the operator "
+                                      "sees no component of the focal derivative); use "
+                                      "method='tie'")
                 break
             step = _dot(xp, r, ad) / ad_norm2
             x += xp.multiply(d, step, out=tmp)

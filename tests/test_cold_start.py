@@ -152,3 +152,10 @@ def test_a_small_reconstruction_starts_without_numba_and_agrees_with_it(tmp_path
     assert numba_used
     assert np.abs(fast).max() > 0 and np.abs(cold - fast).max() < 1e-4 * np.abs(fast).max()
     assert time.perf_counter() - start < 240
+
+
+def test_a_named_kernel_set_keeps_auto_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(ft, "gpu_available", lambda: True)
+    for kernels in ("numpy", "numba"):
+        be = cli._one_shot_backend("auto", kernels, _File("triplet"))
+        assert not be.is_gpu and be.kernel_set == kernels

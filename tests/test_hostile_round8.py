@@ -176,6 +176,55 @@ def test_a_file_error_on_a_worker_is_not_reported_as_a_lost_worker(client):
     from flowtie_fast.cluster import reconstruct_many
 
     wisdom = "/proc/flowtie-none/w.wis"  # a folder that cannot exist
-    with pytest.raises(ft.BackendError, match=r"worker failed .*FileNotFoundError.*wisdom") as e:
+    with pytest.raises(ft.InputError, match=r"wisdom: .* its folder .* does not exist") as e:
         reconstruct_many(_stack(2), wisdom=wisdom, **KW)
-    assert "died" not in str(e.value)
+    assert "died" not in str(e.value) and "lost" not in str(e.value)
+
+
+def test_a_wisdom_file_in_a_missing_folder_is_refused_before_planning(tmp_path):
+    with pytest.raises(ft.InputError, match=r"^wisdom: .* its folder .* does not exist"):
+        ft.Plan((32, 32), 0.2, 20.0, 300e3, backend="cpu",
+                wisdom=str(tmp_path / "missing" / "w.wis"))
+    assert not (tmp_path / "missing").exists()
+
+
+def test_gd_without_a_first_step_in_float64_does_not_advise_float64():
+    rng = np.random.default_rng(1)
+    t = ft.FocalTriplet(*[1 + 0.1 * rng.random((2, 2)) for _ in range(3)], dz=20.0,
+                        pixel_size=0.2, energy=300e3)
+    with pytest.raises(ft.ResultError) as info:
+        ft.reconstruct(t, method="gd", dtype="float64", backend="cpu")
+    assert "float64 on this 2 x 2 image" in str(info.value)
+    assert "use dtype='float64'" not in str(info.value)
+
+
+def test_a_worker_keeps_at_most_max_plans(client):
+    from flowtie_fast import cluster
+
+    cluster.release_plans(client)
+    for i in range(cluster.MAX_PLANS + 3):
+        cluster.reconstruct_many(_stack(1), pixel_size=0.2, dz=20.0 + i, energy=300e3,
+                                 client=client)
+    kept = cluster.cached_plans(client)
+    assert [len(v) for v in kept.values()] == [cluster.MAX_PLANS]
+    # the most recent geometry is one of those kept: solving it again makes no Plan
+    last = 20.0 + cluster.MAX_PLANS + 2
+    cluster.reconstruct_many(_stack(1), pixel_size=0.2, dz=last, energy=300e3, client=client)
+    kept = cluster.cached_plans(client)
+    assert [len(v) for v in kept.values()] == [cluster.MAX_PLANS]
+    assert sorted(p["batches"] for v in kept.values() for p in v)[-1] == 2
+
+
+def test_a_cluster_that_does_not_start_is_a_backend_error(monkeypatch):
+    pytest.importorskip("distributed")
+    import distributed
+
+    from flowtie_fast import cluster
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Nanny failed to start")
+
+    monkeypatch.setattr(distributed, "LocalCluster", broken)
+    with pytest.raises(ft.BackendError, match=r"^local_cluster: the cluster did not start "
+                                              r"\(RuntimeError: Nanny failed to start\)"):
+        cluster.local_cluster("cpu", n_workers=1, processes=False)
