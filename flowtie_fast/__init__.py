@@ -5,7 +5,8 @@ The data path, top to bottom::
     4D-STEM arrays / files         (stem/, io.py)  one-pass virtual images + centre of mass,
                                    detector geometry, drift registration, rotation
     FocalTriplet / FocalSeries     (triplet.py)  measured planes, dz, pixel size, energy
-      -> focal derivative kernels  (_numba_kernels.py, _cuda.py)  Numba twins or CUDA
+      -> focal derivative kernels  (_numba_kernels.py, _numpy_kernels.py, _cuda.py)  Numba
+                                   twins, the same in NumPy (cold starts), or CUDA
       -> PoissonSolver operators   (poisson.py, fft.py)  FFT / DCT plans, one discretisation
       -> TIESolver methods         (solvers.py)  tie-uniform, tie, tie-exact, gd, icom, flowtie
       -> Reconstruction            phase (rad), gradient (rad/Å), TIE residual
@@ -14,7 +15,8 @@ The data path, top to bottom::
 
 Layers (a module imports only modules below it; ``python scripts/import_graph.py``):
 
-1. errors, physics, files (paths, atomic writes), backend, fft, _cuda, _numba_kernels
+1. errors, physics, files (paths, atomic writes), backend, fft, _cuda, _numba_kernels,
+   _numpy_kernels
 2. poisson, noise, planes (checks of measured planes, focal weights)
 3. stem (4D-STEM reduction, detector, rotation, registration, the steps to a triplet)
 4. flow (network inference), trust, solvers

@@ -655,7 +655,11 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
     ------
     InputError
         Before anything is sent, naming the argument; or from a worker, with
-        the worker's message.
+        the worker's message (:class:`~flowtie_fast.errors.ResultError`, a
+        subclass, where a worker's solve is refused).
+    BackendError
+        A worker's backend refused to start, a batch was lost with its
+        worker or a closed cluster, or a worker failed to write a file.
     """
     threads, dtype, items = _check_plan_options(method, backend, threads, dtype, options)
     if not isinstance(return_gradient, (bool, np.bool_)):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -145,13 +144,11 @@ def test_a_small_reconstruction_starts_without_numba_and_agrees_with_it(tmp_path
     ds = ft.Dataset(*_defocused_4d(rng), dz=(20.0, 20.0), scan_step=(0.3, 0.3),
                     energy=300e3, k_sampling=(0.05, 0.05))
     ft.save(tmp_path / "in.npz", ds)
-    start = time.perf_counter()
     numba_used, cold = _reconstruct_in_child(tmp_path)
     assert not numba_used
     numba_used, fast = _reconstruct_in_child(tmp_path, "--kernels", "numba")
     assert numba_used
     assert np.abs(fast).max() > 0 and np.abs(cold - fast).max() < 1e-4 * np.abs(fast).max()
-    assert time.perf_counter() - start < 240
 
 
 def test_a_named_kernel_set_keeps_auto_on_the_cpu(monkeypatch):

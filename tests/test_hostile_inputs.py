@@ -4,6 +4,7 @@ never taken silently or reported as an unexpected error."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import warnings
@@ -166,7 +167,7 @@ def test_a_console_that_cannot_print_the_path_does_not_turn_success_into_an_erro
 def test_an_omp_thread_count_the_runtimes_cannot_take_is_refused_naming_it(tmp_path, value):
     t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
     source = ft.save(tmp_path / "in.npz", t)
-    env = {k: v for k, v in __import__("os").environ.items()
+    env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OMP_", "NUMBA_", "FLOWTIE_"))}
     run = subprocess.run([sys.executable, "-m", "flowtie_fast._entry", "reconstruct",
                           str(source), "-o", str(tmp_path / "out.npz"), "--backend", "cpu",
