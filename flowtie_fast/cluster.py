@@ -46,12 +46,13 @@ import numpy as np
 
 from .backend import get_backend, gpu_available, is_cupy
 from .errors import (BackendError, InputError, ResultError, check_choice, check_count,
-                     check_float_dtype, check_positive, check_real, first_line)
-from .noise import ALPHA_MAX, check_noise
+                     check_float_dtype, check_positive, first_line)
+from .noise import check_noise
 from .plan import Plan
 from .planes import check_intensity_stats
 from .poisson import resolve_scheme
-from .solvers import check_options, check_regularisation
+from .solvers import (_check_alpha, _check_bool, _check_floor, check_options,
+                      check_regularisation)
 from .triplet import FocalTriplet
 
 __all__ = ["cached_plans", "local_cluster", "reconstruct_many", "release_plans",
@@ -496,16 +497,9 @@ def _check_plan_options(method, backend, threads, dtype, options) -> tuple:
                   options.get("uncertainty"))
     alpha, floor = options.get("alpha", 0.0), options.get("floor", "auto")
     check_regularisation(method, alpha, floor)
-    if not (isinstance(alpha, str) and alpha == "auto"):
-        if check_real("alpha", alpha, low=0.0) > ALPHA_MAX:
-            raise InputError(f"alpha: expected a Tikhonov parameter of at most {ALPHA_MAX:g} "
-                             f"Å⁻⁴, or 'auto', got {alpha!r}")
-    if not (isinstance(floor, str) and floor == "auto"):
-        if check_real("floor", floor, low=0.0, low_open=True) > 1:
-            raise InputError(f"floor: expected a fraction of the mean intensity in (0, 1], "
-                             f"got {floor!r}")
-    if not isinstance(options.get("denoise", True), (bool, np.bool_)):
-        raise InputError(f"denoise: expected True or False, got {options['denoise']!r}")
+    _check_alpha(alpha)  # the checks of the worker's TIESolver
+    _check_floor(floor)
+    _check_bool("denoise", options.get("denoise", True))
     resolve_scheme(options.get("boundary", "periodic"), options.get("scheme", "auto"))
     model = options.get("model")
     if model is not None and not isinstance(model, (str, os.PathLike)):
