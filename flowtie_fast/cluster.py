@@ -727,8 +727,9 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
 
 def _batch_failure(exc, start):
     """A batch that came back as an exception of dask's or of the data's: the
-    cluster lost it (a worker died, the cluster closed) or its data could not
-    be read on the worker."""
+    cluster lost it (a worker died, the cluster closed), the worker failed
+    (a file it writes, its host or device memory), or its data could not be
+    read on the worker."""
     from distributed import KilledWorker
     from distributed.comm import CommClosedError
 
@@ -739,7 +740,7 @@ def _batch_failure(exc, start):
         return BackendError(f"client: the batch from stack[{start}] was lost on the cluster "
                             f"({text}); a worker died or the cluster closed: check the "
                             "workers' memory and logs, then run again")
-    if isinstance(exc, OSError):
+    if isinstance(exc, (OSError, MemoryError)):  # a file it writes, its (device) memory
         return BackendError(f"client: a worker failed on the batch from stack[{start}] "
                             f"({text})")
     return InputError(f"stack[{start}]: the batch from this item could not be read or solved "

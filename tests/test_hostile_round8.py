@@ -229,3 +229,13 @@ def test_a_cluster_that_does_not_start_is_a_backend_error(monkeypatch):
     with pytest.raises(ft.BackendError, match=r"^local_cluster: the cluster did not start "
                                               r"\(RuntimeError: Nanny failed to start\)"):
         cluster.local_cluster("cpu", n_workers=1, processes=False)
+
+
+def test_a_worker_out_of_memory_is_a_backend_error_not_unreadable_data():
+    pytest.importorskip("distributed")
+    from flowtie_fast.cluster import _batch_failure
+
+    err = _batch_failure(MemoryError("Unable to allocate 8.00 GiB"), 4)
+    assert type(err) is ft.BackendError
+    assert str(err).startswith("client: a worker failed on the batch from stack[4] "
+                               "(MemoryError: Unable to allocate")
