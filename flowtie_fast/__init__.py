@@ -21,8 +21,8 @@ Layers (a module imports only modules below it; ``python scripts/import_graph.py
 3. stem (4D-STEM reduction, detector, rotation, registration, the steps to a triplet)
 4. flow (network inference), trust, solvers
 5. triplet (containers; built from 4D data by stem, rotation calibrated by solvers)
-6. plan, io, stem.live, cluster (batches on a dask cluster, one worker per GPU);
-   cli (the ``flowtie`` command) on top
+6. plan, io, stem.live; above plan: cluster (batches on a dask cluster, one
+   worker per GPU); cli (the ``flowtie`` command) on top
 7. research, never imported by the runtime: simulation/, evaluation/, training/,
    testing.py (the NumPy references)
 

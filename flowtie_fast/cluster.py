@@ -26,7 +26,7 @@ FFTW_ESTIMATE) and on the GPU; above, FFTW_MEASURE may pick another
 algorithm in each worker process (the phases then agree to float rounding),
 unless the workers share FFTW wisdom (``wisdom=``).
 
-Needs ``dask.distributed`` (extra ``test``; dask-cuda optional). Docs:
+Needs ``dask.distributed`` (extra ``cluster``; dask-cuda optional). Docs:
 docs/cluster.md.
 """
 
