@@ -909,7 +909,8 @@ class TIESolver:
         be = self.backend
         com = None if gradient is None else be.asarray(gradient, self.dtype) / (2 * np.pi)
         try:
-            v = model.predict_batch(planes, didz, k, self.pixel_size, com, graphs=graphs)
+            extra = {} if graphs else {"graphs": False}  # the model's default: its graphs
+            v = model.predict_batch(planes, didz, k, self.pixel_size, com, **extra)
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001  the network itself failed on this input

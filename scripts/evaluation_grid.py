@@ -58,23 +58,7 @@ def cases(folders):
 
 
 def one(path, periodic, margin, kind, dose, shifts, rng):
-    ds = ft.load(path)
-    planes = [np.asarray(p) for p in (ds.minus, ds.zero, ds.plus)]
-    truth = np.asarray(ds.phase_gt, float)
-    if margin:
-        truth = crop_margin(truth, margin)
-    if shifts is not None:
-        planes = [drift(planes[0], shifts[0], periodic=periodic, margin=margin), planes[1],
-                  drift(planes[2], shifts[1], periodic=periodic, margin=margin)]
-        planes[1] = crop_margin(planes[1], margin) if margin else planes[1]
-    elif margin:
-        planes = [crop_margin(p, margin) for p in planes]
-    if dose is not None:
-        planes = [counts(p, dose, ds.scan_step, rng, dtype=np.uint32) for p in planes]
-    t = ft.FocalTriplet.from_4dstem(*planes, dz=ds.dz, scan_step=ds.scan_step,
-                                    k_sampling=ds.k_sampling, energy=ds.energy, backend="cpu",
-                                    register="periodic" if periodic else True)
-    boundary = "periodic" if periodic else "mirror"
+    t, truth, boundary, ds = triplet_of(path, periodic, margin, dose, shifts, rng)
     row = {"case": path.stem, "kind": kind, "periodic": periodic, "energy": ds.energy,
            "thickness": ds.meta.get("thickness"), "dose": dose,
            "drift": None if shifts is None else [list(s) for s in shifts],
@@ -101,6 +85,28 @@ def one(path, periodic, margin, kind, dose, shifts, rng):
         err = np.abs((safe.phase - safe.phase.mean()) - (truth - truth.mean()))
         row["coverage"] = float(np.mean(err <= safe.uncertainty))
     return row
+
+
+def triplet_of(path, periodic, margin, dose, shifts, rng):
+    """The triplet of one case and condition as the grid reconstructs it, its
+    ground-truth phase (cropped to the window), the boundary and the file."""
+    ds = ft.load(path)
+    planes = [np.asarray(p) for p in (ds.minus, ds.zero, ds.plus)]
+    truth = np.asarray(ds.phase_gt, float)
+    if margin:
+        truth = crop_margin(truth, margin)
+    if shifts is not None:
+        planes = [drift(planes[0], shifts[0], periodic=periodic, margin=margin), planes[1],
+                  drift(planes[2], shifts[1], periodic=periodic, margin=margin)]
+        planes[1] = crop_margin(planes[1], margin) if margin else planes[1]
+    elif margin:
+        planes = [crop_margin(p, margin) for p in planes]
+    if dose is not None:
+        planes = [counts(p, dose, ds.scan_step, rng, dtype=np.uint32) for p in planes]
+    t = ft.FocalTriplet.from_4dstem(*planes, dz=ds.dz, scan_step=ds.scan_step,
+                                    k_sampling=ds.k_sampling, energy=ds.energy, backend="cpu",
+                                    register="periodic" if periodic else True)
+    return t, truth, "periodic" if periodic else "mirror", ds
 
 
 def run(folders, out, limit=None):

@@ -266,4 +266,4 @@ def test_a_flowtie_plan_hands_its_cuda_graphs_choice_to_the_network(monkeypatch,
     plan.solve(*planes, gradient=np.zeros((2, 32, 32), np.float32))
     plan.solve_batch(np.stack([np.stack(planes)] * 2),
                      gradient=np.zeros((2, 2, 32, 32), np.float32))
-    assert seen == [flag, flag]
+    assert seen == ([None, None] if flag else [False, False])  # None: the model's own choice
