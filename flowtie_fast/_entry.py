@@ -6,7 +6,19 @@ import sys
 
 
 def main(argv=None) -> int:
-    """Import the command line and run it (:func:`flowtie_fast.cli.main`)."""
+    """Import the command line and run it (the ``flowtie`` script).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        As for :func:`flowtie_fast.cli.main` (default None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status of :func:`flowtie_fast.cli.main`; 130 when interrupted
+        while the command line is imported.
+    """
     try:
         cli = importlib.import_module("flowtie_fast.cli")
     except KeyboardInterrupt:

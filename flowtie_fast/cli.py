@@ -38,6 +38,8 @@ from flowtie_fast.errors import BackendError, InputError, check_count, check_pos
 from flowtie_fast.files import atomic_path, check_not_input, check_output
 from flowtie_fast.flow import load_model
 from flowtie_fast.flow.infer import check_model_source
+
+__all__ = ["main"]
 from flowtie_fast.io import write_fields
 from flowtie_fast.solvers import METHODS
 
@@ -412,8 +414,20 @@ def _train(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Run ``flowtie``: parse the arguments and the command; one line and an
-    exit status for any failure (see :func:`_exit_code`)."""
+    """Run ``flowtie``: parse the arguments and the command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name (default None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 for bad usage or input, 1 for a
+        fault of the environment, 130 when interrupted; every failure is one
+        line on standard error (the traceback with ``--debug``).
+    """
     try:
         parser = _parser()
     except KeyboardInterrupt:

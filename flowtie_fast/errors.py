@@ -9,6 +9,9 @@ from numbers import Real
 
 import numpy as np
 
+# The public names; the check_* helpers below are the package's own.
+__all__ = ["BackendError", "InputError", "ResultError", "TrustWarning"]
+
 
 class InputError(ValueError):
     """Bad input: the message names the argument and what was expected."""

@@ -31,7 +31,8 @@ from .errors import InputError, first_line
 #: The data files of the flowtie_fast layout.
 _DATA_SUFFIXES = (".npz", ".h5", ".hdf5")
 
-
+# The public names; the other path checks are the package's own helpers.
+__all__ = ["atomic_path", "check_output"]
 
 #: Temporaries of other hosts (whose processes cannot be asked) older than this
 #: many seconds are taken for the leftovers of a killed writer.

@@ -9,6 +9,8 @@ import math
 
 from .errors import check_positive
 
+__all__ = ["wavelength", "wavenumber"]
+
 PLANCK = 6.62607015e-34  # J s
 ELECTRON_MASS = 9.1093837015e-31  # kg
 ELEMENTARY_CHARGE = 1.602176634e-19  # C
