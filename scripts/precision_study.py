@@ -1,4 +1,5 @@
-"""Phase NMSE of the shipped flow models in float32 and in bfloat16, per case.
+"""Phase NMSE of the shipped flow models in float32 and in bfloat16, per case
+(the network alone: no trust check, no fallback).
 
     python scripts/precision_study.py --test data/eval data/unseen --models default fast
 """
@@ -17,7 +18,7 @@ from flowtie_fast.evaluation.evaluate import phase_errors  # noqa: E402
 
 
 def main(argv=None):
-    from flowtie_fast.flow import FlowModel
+    from flowtie_fast.flow import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--test", nargs="+", required=True, help="files or folders with ground truth")
@@ -25,13 +26,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     test = cases(args.test)
     for name in args.models:
-        pair = {prec: FlowModel(name, precision=prec) for prec in ("float32", "bfloat16")}
+        pair = {prec: load_model(name, "cpu", prec) for prec in ("float32", "bfloat16")}
         print(f"\nmodel {name!r}\n")
         print("| case | float32 | bfloat16 | change |\n| --- | ---: | ---: | ---: |")
         worst = 0.0
         for case, _, t, truth in test:
             e = {prec: phase_errors(ft.reconstruct(t, method="flowtie", model=m,
-                                                   backend="cpu").phase, truth)[1]
+                                                   backend="cpu", uncertainty=False).phase,
+                                    truth)[1]
                  for prec, m in pair.items()}
             change = e["bfloat16"] - e["float32"]
             worst = max(worst, abs(change))
