@@ -28,8 +28,9 @@ from .physics import wavenumber
 from .planes import (check_gradient, check_image, check_intensity_stats, check_not_masked,
                      check_positions, focal_weights)
 from .solvers import reconstruct
-from .stem.focal import (check_register, check_rotation, orient, prepare_planes,
-                         reduce_triplet, register_planes, virtual_image_noise)
+from .stem.focal import (check_register, check_rotation, com_poisson_noise, orient,
+                         prepare_planes, reduce_triplet, register_planes,
+                         virtual_image_noise)
 
 __all__ = ["FocalSeries", "FocalTriplet"]
 
@@ -419,6 +420,8 @@ class FocalTriplet(FocalSeries):
         t.gradient = gradient - gradient.mean(axis=(1, 2), keepdims=True)
         t.gradient_noise = virtual_image_noise(list(t.gradient), scan_step, energy,
                                                 reductions[1].regions, virtual)
+        if t.gradient_noise is None and counts:  # no room above the band: the counts'
+            t.gradient_noise = com_poisson_noise(reductions[1])
         t.reductions = reductions
         return t
 

@@ -379,3 +379,27 @@ def test_a_detector_inside_the_bright_field_disk_is_flagged():
     assert not stem.disk_fills_detector(mean)[0]
     assert not stem.disk_fills_detector(mean[14:, :])[0]  # 1 edge pixel in the disk
     assert stem.disk_fills_detector(mean[20:, :])[0]  # cut 6 px deep: 15 px along the edge
+
+
+def test_the_poisson_noise_of_the_centre_of_mass_is_that_of_the_counts(rng):
+    """A uniform bright-field disk of ~400 counts at the same place in every
+    pattern: the centre of mass scatters only by the counts' Poisson noise,
+    and the estimate from the virtual images matches that scatter."""
+    det, radius = 33, 9.0
+    ky, kx = np.mgrid[:det, :det] - 16.0
+    disk = (ky ** 2 + kx ** 2) <= radius ** 2
+    data = rng.poisson(disk * 400.0 / disk.sum(), size=(40, 40, det, det)).astype(np.uint16)
+    energy = 300e3
+    k_sampling = 0.05  # 1/Å per pixel: the disk's edge at 0.45 1/Å
+    bf_mrad = radius * k_sampling * ft.wavelength(energy) * 1e3
+    t = ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=2.0,
+                                    k_sampling=k_sampling, energy=energy, center=(16.0, 16.0),
+                                    bf_radius=0.5 * bf_mrad, backend="cpu", register=False)
+    red = t.reductions[1]
+    assert abs(red.regions["bf-full"][1] - bf_mrad) < 0.1 * bf_mrad
+    noise = stem.focal.com_poisson_noise(red)
+    measured = float(np.var(t.gradient))  # both components: the true field is constant
+    assert noise.source == "poisson"
+    assert 0.8 < noise.variance[0] / measured < 1.25
+    # no room above the band limit at 2 Å steps: the triplet takes the counts' noise
+    assert t.gradient_noise == noise

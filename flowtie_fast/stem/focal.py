@@ -25,7 +25,7 @@ import numpy as np
 
 from ..backend import array_module, is_cupy
 from ..errors import InputError, check_choice, check_count, check_positive, check_real
-from ..noise import band_noise, poisson_noise
+from ..noise import Noise, band_noise, poisson_noise
 from ..physics import wavelength
 from .detector import check_region, mean_pattern, sample_patterns, triplet_geometry
 from .reduction import (Reduction, _is_dask, check_4d, check_float32_range,
@@ -347,6 +347,61 @@ def register_planes(planes, signals, register):
                             dtype=planes[i].dtype if planes[i].dtype.kind == "f" else np.float64)
         record["applied"] = True
     return out, record
+
+
+def com_poisson_noise(reduction: Reduction):
+    """Poisson noise of the phase gradient ``2π COM`` of counted patterns.
+
+    The centre of mass of a pattern of N counts scatters by ``<k_i²> / N`` per
+    component (``<k_i²>`` the second moment of the pattern about its centre of
+    mass, 1/Å²). Here the pattern is taken as uniform within the bright-field
+    disk and outside it (the counts of the ``bf-full`` and ``whole`` virtual
+    images give the weights; the detector's pixels the moments), the
+    components as alike (their mean), and the variance of the field is the
+    mean over the scan positions that hold counts. For a thin specimen the
+    bright field dominates and the estimate is close; counts outside the disk
+    that fall off with angle make it an overestimate (the filter then
+    removes more). A centre of mass limited to a smaller disk
+    (``com_radius``) has a smaller variance than this.
+
+    Parameters
+    ----------
+    reduction : Reduction
+        Of the in-focus scan, from counts (electrons per pixel), with the
+        ``bf-full`` and ``whole`` virtual images.
+
+    Returns
+    -------
+    Noise or None
+        The variance per pixel of each gradient component, (rad/Å)², source
+        ``"poisson"``; None where the virtual images or the disk are missing
+        or no pattern holds counts.
+    """
+    virtual, regions = reduction.virtual, reduction.regions
+    if "whole" not in virtual or "bf-full" not in virtual or "bf-full" not in regions:
+        return None
+    radius = regions["bf-full"][1] * 1e-3 / wavelength(reduction.detector.energy)  # 1/Å
+    ky, kx = reduction.detector.k()
+    k2 = 0.5 * (ky ** 2 + kx ** 2)  # per component, the two taken alike
+    inside = ky ** 2 + kx ** 2 <= radius ** 2
+    if not inside.any():
+        return None
+    k2_in = float(k2[inside].mean())
+    k2_out = float(k2[~inside].mean()) if (~inside).any() else k2_in
+    whole = np.asarray(_to_host(virtual["whole"]), np.float64)
+    bf = np.clip(np.asarray(_to_host(virtual["bf-full"]), np.float64), 0, None)
+    counted = whole > 0
+    if not counted.any():
+        return None
+    n = whole[counted]
+    n_in = np.minimum(bf[counted], n)
+    variance = float(np.mean((n_in * k2_in + (n - n_in) * k2_out) / n ** 2))
+    variance *= (2 * np.pi) ** 2  # of 2π COM, (rad/Å)²
+    return Noise((variance, variance), "poisson")
+
+
+def _to_host(a):
+    return a.get() if is_cupy(a) else a
 
 
 def virtual_image_noise(planes, scan_step, energy, regions, virtual):
