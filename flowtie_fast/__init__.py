@@ -30,7 +30,7 @@ Conventions (units, signs, axes): docs/conventions.md;
 lengths in Å, energy in eV, phase in rad, phase gradient in rad/Å.
 """
 
-import importlib
+import importlib as _importlib
 
 __version__ = "0.1.0"
 
@@ -56,7 +56,7 @@ def __getattr__(name):
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'flowtie_fast' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
 
