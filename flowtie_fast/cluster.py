@@ -114,8 +114,11 @@ def visible_devices(devices="auto", environ=None, count=None) -> list:
     for d in devices:
         if isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 0:
             out.append(str(int(d)))
-        elif isinstance(d, str) and d.strip() and "," not in d:
-            out.append(d.strip())
+        elif isinstance(d, str) and d.strip() and "," not in d and \
+                not d.strip().lstrip("+-").isdigit():
+            out.append(d.strip())  # a UUID (GPU-..., MIG-...)
+        elif isinstance(d, str) and d.strip().isdigit():
+            out.append(str(int(d)))
         else:
             raise InputError(f"devices: expected GPU indices (int >= 0) or UUIDs (str), got "
                              f"{d!r} in {devices!r}")
@@ -245,11 +248,13 @@ def local_cluster(devices="auto", *, n_workers=None, threads_per_worker: int = 1
     # no dashboard; the scheduler's HTTP endpoints on a free port
     http = {"dashboard": False, "dashboard_address": ":0"}
     if not devices:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
         if n_workers is None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-                os.cpu_count() or 1)
             n_workers = max(1, cores // threads)
-        n_workers = check_count("n_workers", n_workers, 1, 4096)
+        # each worker process holds its own Python, NumPy and plans: far more
+        # processes than cores only exhaust memory
+        n_workers = check_count("n_workers", n_workers, 1, 4 * cores)
         return _start(lambda: LocalCluster(n_workers=n_workers, threads_per_worker=threads,
                                            processes=bool(processes), dashboard_address=None,
                                            scheduler_kwargs=http, silence_logs=quiet))

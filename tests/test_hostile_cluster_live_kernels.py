@@ -239,3 +239,42 @@ def test_a_worker_out_of_memory_is_a_backend_error_not_unreadable_data():
     assert type(err) is ft.BackendError
     assert str(err).startswith("client: a worker failed on the batch from stack[4] "
                                "(MemoryError: Unable to allocate")
+
+
+@pytest.mark.parametrize("device", ["-1", "+0", "-0", " -2 "])
+def test_a_device_list_entry_that_hides_every_gpu_is_refused(device):
+    pytest.importorskip("distributed")
+    from flowtie_fast.cluster import visible_devices
+
+    with pytest.raises(ft.InputError, match=r"^devices: expected GPU indices"):
+        visible_devices([device])
+    assert visible_devices(["1", 0, "GPU-8a3f"]) == ["1", "0", "GPU-8a3f"]
+
+
+def test_far_more_cpu_workers_than_cores_are_refused():
+    pytest.importorskip("distributed")
+    from flowtie_fast.cluster import local_cluster
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with pytest.raises(ft.InputError, match=rf"^n_workers: expected an integer in \[1, {4 * cores}\]"):
+        local_cluster("cpu", n_workers=4 * cores + 1)
+
+
+def test_bool_frames_are_refused_alike_by_the_array_and_libertem_paths():
+    rng = np.random.default_rng(0)
+    data = rng.poisson(20.0, (4, 5, 16, 16)).astype(np.uint16)
+    bits = data > 20
+    with pytest.raises(ft.InputError, match=r"zero: expected real detector counts, got dtype "
+                                            r"bool \(cast 1-bit frames to uint8\)"):
+        ft.FocalTriplet.from_4dstem(data, bits, data, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu")
+    pytest.importorskip("libertem")
+    from libertem.api import Context
+
+    from flowtie_fast.stem.live import triplet_with_libertem
+
+    with Context.make_with("inline") as ctx:
+        ds = [ctx.load("memory", data=a, sig_dims=2) for a in (data, bits, data)]
+        with pytest.raises(ft.InputError, match=r"zero: expected real detector counts, got "
+                                                r"dtype bool \(cast 1-bit frames to uint8\)"):
+            triplet_with_libertem(ctx, ds, 20.0, 0.2, 0.05, 300e3)

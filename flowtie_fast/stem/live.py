@@ -320,8 +320,9 @@ def _check_dtype(dataset, name):
     """A dataset of real detector counts: :class:`InputError` naming ``name``
     otherwise, before any pass."""
     dtype = np.dtype(getattr(dataset, "dtype", np.float32))
-    if dtype.kind not in "biuf":
-        raise InputError(f"{name}: expected real detector counts, got dtype {dtype}")
+    if dtype.kind not in "iuf":  # as from_4dstem: 1-bit frames are cast to uint8 first
+        hint = " (cast 1-bit frames to uint8)" if dtype.kind == "b" else ""
+        raise InputError(f"{name}: expected real detector counts, got dtype {dtype}{hint}")
 
 
 def _nav_sig(dataset):

@@ -193,7 +193,8 @@ def check_4d(name, data):
     if min(shape) < 2:
         raise InputError(f"{name}: expected at least 2 along every axis, got {tuple(shape)}")
     if np.dtype(dtype).kind not in "uif":
-        raise InputError(f"{name}: expected real detector counts, got dtype {dtype}")
+        hint = " (cast 1-bit frames to uint8)" if np.dtype(dtype).kind == "b" else ""
+        raise InputError(f"{name}: expected real detector counts, got dtype {dtype}{hint}")
     return data
 
 
