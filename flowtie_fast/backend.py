@@ -113,7 +113,10 @@ class Backend:
     xp : module
         ``numpy`` or ``cupy``.
     kernels : object
-        The Numba twins (CPU) or the CUDA kernels (GPU), same signatures.
+        The Numba twins or the NumPy kernels (CPU) or the CUDA kernels (GPU),
+        same signatures.
+    kernel_set : {"numba", "numpy", "cuda"}
+        Which of them.
     fft_library : str
         ``"pyfftw"``, ``"scipy"`` or ``"cufft"``.
     """
