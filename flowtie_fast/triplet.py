@@ -28,8 +28,8 @@ from .physics import wavenumber
 from .planes import (check_gradient, check_image, check_intensity_stats, check_not_masked,
                      check_positions, focal_weights)
 from .solvers import reconstruct
-from .stem.focal import (check_register, check_rotation, com_poisson_noise, orient,
-                         prepare_planes, reduce_triplet, register_planes,
+from .stem.focal import (check_com_extent, check_register, check_rotation, com_poisson_noise,
+                         orient, prepare_planes, reduce_triplet, register_planes,
                          virtual_image_noise)
 
 __all__ = ["FocalSeries", "FocalTriplet"]
@@ -411,8 +411,11 @@ class FocalTriplet(FocalSeries):
         were counts, else unknown (:mod:`flowtie_fast.noise`).
         """
         check_rotation(rotation)
+        if not isinstance(counts, (bool, np.bool_)):
+            raise InputError(f"counts: expected True or False, got {counts!r}")
         reductions, planes, scan_step, energy, noise, registration = prepare_planes(
             reductions, scan_step, virtual=virtual, counts=counts, register=register)
+        check_com_extent(reductions[1], "zero")
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
         reductions, _, _ = orient(reductions, rotation, flip, t._tie_gradient)
         t.registration = registration

@@ -213,3 +213,53 @@ def test_plane_positions_of_another_type_are_refused_in_one_line():
     with pytest.raises(ft.InputError) as info:
         ft.FocalSeries(stack, np.array([1, 2, 3], "datetime64[s]"), PIXEL, E)
     assert "\n" not in str(info.value) and str(info.value).startswith("z")
+
+
+def test_from_reductions_refuses_a_counts_that_is_not_a_bool():
+    from flowtie_fast.stem.focal import reduce_triplet
+    reductions, _ = reduce_triplet(*patterns(), 0.05, E, backend="cpu")
+    with pytest.raises(ft.InputError, match=r"^counts: expected True or False, got 'no'$"):
+        ft.FocalTriplet.from_reductions(reductions, DZ, 3.0, counts="no", register=False)
+
+
+def test_a_centre_of_mass_beyond_the_detector_is_refused():
+    """Dark-subtracted patterns whose sums are near zero gave a centre of mass of
+    ~70 1/Å on a detector of 0.5 1/Å, integrated without a word."""
+    rng = np.random.default_rng(0)
+    ky, kx = np.mgrid[:16, :16]
+    disk = (ky - 7.5) ** 2 + (kx - 7.5) ** 2 < 16
+    data = [disk * 100.0 + rng.normal(0, 5, (8, 8, 16, 16)) - (disk * 100.0).mean()
+            for _ in range(3)]
+    with pytest.raises(ft.InputError, match=r"^zero: a centre of mass of up to .* 1/Å lies "
+                                            r"beyond the detector"):
+        ft.FocalTriplet.from_4dstem(*data, **STEM)
+
+
+def test_a_non_finite_poisson_com_noise_is_unknown_not_infinite():
+    import dataclasses
+    from flowtie_fast.stem.focal import com_poisson_noise, reduce_triplet
+    reductions, _ = reduce_triplet(*patterns(), 0.05, E, backend="cpu")
+    virtual = dict(reductions[1].virtual)
+    virtual["whole"] = np.full(virtual["whole"].shape, 1e-300)
+    virtual["bf-full"] = np.zeros(virtual["whole"].shape)
+    assert com_poisson_noise(dataclasses.replace(reductions[1], virtual=virtual)) is None
+    bf = np.array(reductions[1].virtual["bf-full"], np.float64)
+    bf[0, 0] = np.nan
+    virtual = {**reductions[1].virtual, "bf-full": bf}
+    assert com_poisson_noise(dataclasses.replace(reductions[1], virtual=virtual)) is None
+
+
+def test_4dstem_patterns_of_negative_sum_are_not_called_zero():
+    data = [(p.astype(np.int16) - 30) for p in patterns()]
+    with pytest.raises(ft.InputError, match=r"^zero: the sampled patterns sum to -\S+ on "
+                                            r"average, expected a positive intensity"):
+        ft.FocalTriplet.from_4dstem(*data, **STEM)
+
+
+def test_a_virtual_image_the_beam_misses_is_named_not_a_dropped_frame():
+    ky, kx = np.mgrid[:16, :16]
+    ring = ((ky - 7.5) ** 2 + (kx - 7.5) ** 2) > 49
+    data = [np.broadcast_to(ring * 5, (8, 8, 16, 16)).astype(np.uint16) for _ in range(3)]
+    with pytest.raises(ft.InputError, match=r"^virtual: the 'bf' image of minus is zero "
+                                            r"everywhere while its patterns hold counts"):
+        ft.FocalTriplet.from_4dstem(*data, **STEM, center=(7.5, 7.5), bf_radius=5.0)

@@ -392,6 +392,10 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
     (``"df" not in triplet.reductions[1].regions``).
     """
     if not float(np.nansum(mean)) > 0 and not np.isnan(mean).any():
+        if (mean != 0).any():
+            raise InputError(f"{name}: the sampled patterns sum to {float(np.sum(mean)):.4g} on "
+                             "average, expected a positive intensity (negative values: a dark "
+                             "level subtracted?)")
         raise InputError(f"{name}: every sampled pattern is zero everywhere (a dropped "
                          "frame?)")
     center = find_center(mean) if center is None else check_center(center)

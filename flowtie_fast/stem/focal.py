@@ -174,6 +174,14 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
     check_choice("virtual", virtual, tuple(reductions[1].virtual))
     scan_step = check_positive("scan_step", scan_step, pair=True)
     planes = [r.virtual[virtual] for r in reductions]
+    for n, p, r in zip(("minus", "zero", "plus"), planes, reductions):
+        whole = r.virtual.get("whole")
+        if (virtual != "whole" and whole is not None and not float(abs(p).max()) > 0
+                and float(abs(whole).max()) > 0):
+            raise InputError(f"virtual: the {virtual!r} image of {n} is zero everywhere while "
+                             f"its patterns hold counts outside the {virtual!r} region; expected "
+                             "a region the beam reaches: check center and bf_radius, or choose "
+                             "another virtual image (e.g. 'whole')")
     energy = reductions[1].detector.energy
     # The noise first: an interpolating shift smooths it.
     noise = virtual_image_noise(planes, scan_step, energy, reductions[1].regions, virtual)
@@ -349,6 +357,25 @@ def register_planes(planes, signals, register):
     return out, record
 
 
+def check_com_extent(reduction: Reduction, name):
+    """A reduction's centre of mass checked to lie on its detector.
+
+    The centre of mass of patterns of non-negative counts lies within the
+    detector; one beyond it comes from patterns whose sums are near zero
+    (negative values, a dark level subtracted) and would integrate to a phase
+    of no meaning. :class:`InputError` naming ``name`` where it lies beyond.
+    """
+    ky, kx = reduction.detector.k()
+    limit = float(np.sqrt(ky ** 2 + kx ** 2).max())
+    com = reduction.com
+    peak = float(abs(com).max()) if com.size else 0.0
+    if math.isfinite(peak) and peak > limit * (1 + 1e-3):  # NaN, Inf: named by the gradient
+        raise InputError(f"{name}: a centre of mass of up to {peak:.3g} 1/Å lies beyond the "
+                         f"detector (at most {limit:.3g} 1/Å from its centre): patterns whose "
+                         "sums are near zero or negative (a dark level subtracted?); expected "
+                         "patterns of non-negative intensity")
+
+
 def com_poisson_noise(reduction: Reduction):
     """Poisson noise of the phase gradient ``2π COM`` of counted patterns.
 
@@ -374,8 +401,8 @@ def com_poisson_noise(reduction: Reduction):
     -------
     Noise or None
         The variance per pixel of each gradient component, (rad/Å)², source
-        ``"poisson"``; None where the virtual images or the disk are missing
-        or no pattern holds counts.
+        ``"poisson"``; None where the virtual images or the disk are missing,
+        no pattern holds counts, or the estimate is not finite.
     """
     virtual, regions = reduction.virtual, reduction.regions
     if "whole" not in virtual or "bf-full" not in virtual or "bf-full" not in regions:
@@ -397,6 +424,8 @@ def com_poisson_noise(reduction: Reduction):
     n_in = np.minimum(bf[counted], n)
     variance = float(np.mean((n_in * k2_in + (n - n_in) * k2_out) / n ** 2))
     variance *= (2 * np.pi) ** 2  # of 2π COM, (rad/Å)²
+    if not math.isfinite(variance):  # virtual images of non-finite or sub-count sums
+        return None
     return Noise((variance, variance), "poisson")
 
 
