@@ -351,8 +351,8 @@ class Backend:
                              f"{a.dtype} {tuple(a.shape)}")
         flags = a.flags
         if not flags.c_contiguous:
-            raise InputError(f"{name}: expected a C-contiguous array (e.g. np.empty{shape}), "
-                             "got a strided view")
+            raise InputError(f"{name}: expected a C-contiguous array (e.g. "
+                             f"np.empty({tuple(shape)}, np.{dtype.name})), got a strided view")
         if not self.is_gpu:
             if not flags.writeable:
                 raise InputError(f"{name}: the array is read-only (a read-only memory map, a "

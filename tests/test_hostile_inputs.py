@@ -263,3 +263,13 @@ def test_a_virtual_image_the_beam_misses_is_named_not_a_dropped_frame():
     with pytest.raises(ft.InputError, match=r"^virtual: the 'bf' image of minus is zero "
                                             r"everywhere while its patterns hold counts"):
         ft.FocalTriplet.from_4dstem(*data, **STEM, center=(7.5, 7.5), bf_radius=5.0)
+
+
+def test_a_strided_out_is_told_an_allocation_that_runs():
+    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", warmup=False)
+    stack = np.stack([np.stack(planes()) for _ in range(2)]).astype(np.float32)
+    out = np.broadcast_to(np.zeros((1, N, N), np.float32), (2, N, N))
+    with pytest.raises(ft.InputError, match=r"^out: expected a C-contiguous array") as err:
+        plan.solve_batch(stack, out=out)
+    hint = str(err.value).split("e.g. ")[1].split("), got")[0]
+    assert eval(hint, {"np": np}).shape == (2, N, N)
