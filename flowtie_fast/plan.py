@@ -52,7 +52,7 @@ from .fft import load_wisdom, save_wisdom
 from .noise import COUNTS, check_noise
 from .physics import wavenumber
 from .solvers import SolveOptions, TIESolver, check_options, check_regularisation
-from .planes import check_gradient, check_not_masked, focal_weights
+from .planes import check_not_masked, focal_weights
 
 __all__ = ["Plan"]
 
@@ -323,6 +323,11 @@ class Plan:
                          ("stack", "gradient", "out", "gradient_out"))
         noise = check_noise(noise, 3)
         if self.method == "flowtie" and b > 1 and not self.options.uncertainty:
+            for i in range(b if gradient is not None else 0):
+                try:
+                    self.solver._check_gradient(gradient[i])
+                except InputError as exc:
+                    raise InputError(f"stack[{i}]: {exc}") from exc
             return self.solver.flow_batch(stack, self._derivative_weights,
                                           self._intensity_weights, self.wavenumber,
                                           gradient=gradient, out=out,
@@ -335,7 +340,7 @@ class Plan:
                 self.solver.validate_planes([stack[i, j] for j in range(3)],
                                             self._intensity_weights, _INPUT_NAMES[:3])
                 if gradient is not None:
-                    check_gradient(gradient[i], self.shape)
+                    self.solver._check_gradient(gradient[i])
             except InputError as exc:
                 raise InputError(f"stack[{i}]: {exc}") from exc
         items = []

@@ -67,6 +67,10 @@ from .planes import check_gradient, check_intensity_stats
 __all__ = ["METHODS", "Reconstruction", "SolveOptions", "TIESolver", "reconstruct"]
 
 METHODS = ("tie-uniform", "tie", "tie-exact", "gd", "icom", "flowtie")
+
+#: rad/Å: the largest phase gradient integrated. 2π × a centre of mass of the
+#: electron's whole wavenumber (1/λ, 50 1/Å at 300 kV) is a few hundred.
+GRADIENT_LIMIT = 1e4
 SOLVER_IMAGES = 14  # images of the working dtype a TIESolver adds to its Poisson solver
 
 
@@ -891,8 +895,15 @@ class TIESolver:
 
     def _check_gradient(self, gradient):
         """A measured phase gradient (2, Ny, Nx), rad/Å, checked
-        (:func:`~flowtie_fast.planes.check_gradient`), in the working dtype."""
-        return self.backend.asarray(check_gradient(gradient, self.shape), self.dtype)
+        (:func:`~flowtie_fast.planes.check_gradient`) and within
+        :data:`GRADIENT_LIMIT`, in the working dtype."""
+        g = check_gradient(gradient, self.shape)
+        peak = max(abs(float(g.max())), abs(float(g.min())))
+        if peak > GRADIENT_LIMIT:
+            raise InputError(f"gradient: values up to {peak:.3g} rad/Å, expected at most "
+                             f"{GRADIENT_LIMIT:g} (a phase gradient is a few rad/Å: 2π × a centre "
+                             "of mass within the detector); check its units, or rescale it")
+        return self.backend.asarray(g, self.dtype)
 
     def _flow_model(self, model):
         """The flow model of ``model`` (None, a shipped name or ensemble, a path,
