@@ -63,6 +63,12 @@ def fd_divergence(gy, gx, out, inv_h0, inv_h1, mirror):
         fy, fx = gy.copy(), gx.copy()
         fy[-1] = 0
         fx[:, -1] = 0
+    _backward_sum(fy, fx, out, inv_h0, inv_h1)
+
+
+def _backward_sum(fy, fx, out, inv_h0, inv_h1):
+    """``out = (fy - fy[prev]) inv_h0 + (fx - fx[prev]) inv_h1``, periodic
+    neighbours (a mirror edge's zeroed last face makes the first one zero)."""
     dy = (fy - np.roll(fy, 1, axis=0)) * inv_h0
     np.multiply(fx - np.roll(fx, 1, axis=1), inv_h1, out=out)
     np.add(dy, out, out=out)
@@ -83,9 +89,7 @@ def weighted_divergence(u, w, out, inv_h0, inv_h1, floor, mirror, divide):
     if mirror:
         fy[-1] = 0
         fx[:, -1] = 0
-    dy = (fy - np.roll(fy, 1, axis=0)) * inv_h0
-    np.multiply(fx - np.roll(fx, 1, axis=1), inv_h1, out=out)
-    np.add(dy, out, out=out)
+    _backward_sum(fy, fx, out, inv_h0, inv_h1)
 
 
 def vector_scale(gy, gx, w, floor, divide):

@@ -46,7 +46,7 @@ import threading
 
 from .errors import BackendError
 
-__all__ = ["Decision", "describe", "prepare"]
+__all__ = ["Decision", "check_thread_count", "describe", "prepare"]
 
 _POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 _LOCK = threading.Lock()
@@ -104,13 +104,37 @@ def prepare() -> Decision:
     Raises
     ------
     BackendError
-        Where ``FLOWTIE_OMP_GUARD`` holds a value that is neither on nor off.
+        Where ``FLOWTIE_OMP_GUARD`` holds a value that is neither on nor off,
+        or ``OMP_NUM_THREADS`` one the runtimes cannot take
+        (:func:`check_thread_count`).
     """
     global _DECISION
     with _LOCK:
         if _DECISION is None:
+            check_thread_count()  # before an OpenMP runtime reads it
             _DECISION = _decide()
         return _DECISION
+
+
+def check_thread_count() -> None:
+    """Refuse an ``OMP_NUM_THREADS`` the OpenMP runtimes of Numba and FFTW would
+    crash on (thread creation fails, or the process dies inside a transform)
+    or silently ignore: each comma-separated level must be an integer from 1
+    to 4096 (the backend's own ``threads`` limit).
+
+    Raises
+    ------
+    BackendError
+        Naming the variable and its value.
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not value:
+        return
+    levels = [v.strip() for v in value.split(",")]
+    if not all(v.isascii() and v.isdigit() and 1 <= int(v) <= 4096 for v in levels):
+        raise BackendError(f"backend: OMP_NUM_THREADS={value!r}: expected a thread count from 1 "
+                           "to 4096 (or a comma-separated list of them, one per nesting "
+                           "level); fix or unset OMP_NUM_THREADS")
 
 
 def describe() -> str:

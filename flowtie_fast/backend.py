@@ -23,7 +23,8 @@ from . import _numpy_kernels, _threads
 from ._cuda import CudaKernels, load_module
 from .errors import BackendError, InputError, check_count, first_line
 
-__all__ = ["KERNELS", "Backend", "array_module", "get_backend", "gpu_available", "is_cupy"]
+__all__ = ["KERNELS", "Backend", "array_module", "get_backend", "gpu_available", "is_cupy",
+           "to_host"]
 
 #: The CPU kernel sets of :class:`Backend`.
 KERNELS = ("numba", "numpy")
@@ -152,7 +153,6 @@ class Backend:
             # Passive OpenMP runtimes for Numba and FFTW whatever was imported first
             # (PyTorch puts its spinning libgomp in the global scope): decided before
             # Numba starts its thread pool and pyFFTW is loaded; see _threads.
-            _check_omp_threads()  # before an OpenMP runtime reads it
             openmp = _threads.prepare()
             self.xp = np
             self.fft_threads = min(self.threads, openmp.fftw_threads or self.threads)
@@ -486,21 +486,6 @@ def _import_numba() -> None:
                            f"({reason}); correct or unset {name}")
 
 
-def _check_omp_threads() -> None:
-    """Refuse an ``OMP_NUM_THREADS`` the OpenMP runtimes of Numba and FFTW would
-    crash on (thread creation fails, or the process dies inside a transform)
-    or silently ignore: each comma-separated level must be an integer from 1
-    to 4096 (the backend's own ``threads`` limit)."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if not value:
-        return
-    levels = [v.strip() for v in value.split(",")]
-    if not all(v.isascii() and v.isdigit() and 1 <= int(v) <= 4096 for v in levels):
-        raise BackendError(f"backend: OMP_NUM_THREADS={value!r}: expected a thread count from 1 "
-                           "to 4096 (or a comma-separated list of them, one per nesting "
-                           "level); fix or unset OMP_NUM_THREADS")
-
-
 def _numba_error(exc) -> BackendError:
     """Numba refused its configuration: say which variables to check."""
     settings = ", ".join(f"{k}={os.environ[k]!r}" for k in
@@ -609,6 +594,22 @@ def xp_may_share_memory(a, b) -> bool:
     if is_cupy(a) != is_cupy(b):
         return False
     return bool(array_module(a).may_share_memory(a, b))
+
+
+def to_host(x):
+    """``x`` as a NumPy array.
+
+    Parameters
+    ----------
+    x : array-like
+        A CuPy array (copied to the host) or anything ``numpy.asarray`` takes.
+
+    Returns
+    -------
+    ndarray
+        ``x`` on the host (not copied where it already is a NumPy array).
+    """
+    return x.get() if is_cupy(x) else np.asarray(x)
 
 
 def array_module(x):

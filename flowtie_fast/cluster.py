@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import get_backend, gpu_available, is_cupy
+from .backend import get_backend, gpu_available, is_cupy, to_host
 from .errors import (BackendError, InputError, ResultError, check_choice, check_count,
                      check_float_dtype, check_positive, first_line)
 from .noise import check_noise
@@ -581,14 +581,10 @@ def _from_triplets(triplets, pixel_size, dz, energy, gradient, noise):
                              f"stack[0] ({first!r}), got {t!r}")
         if (t.gradient is None) != (first.gradient is None):
             raise InputError(f"stack[{i}]: expected a gradient in every triplet or in none")
-    planes = np.stack([np.stack([_host(p) for p in t.planes]) for t in triplets])
-    grads = None if first.gradient is None else np.stack([_host(t.gradient) for t in triplets])
+    planes = np.stack([np.stack([to_host(p) for p in t.planes]) for t in triplets])
+    grads = None if first.gradient is None else np.stack([to_host(t.gradient) for t in triplets])
     return planes, grads, [t.noise for t in triplets], first.pixel_size, first.dz[0], \
         first.energy
-
-
-def _host(a):
-    return a.get() if is_cupy(a) else np.asarray(a)
 
 
 def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=None,

@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, to_host
 from .errors import InputError
 
 __all__ = ["Noise", "COUNTS", "GRADIENT_THRESHOLD", "check_noise", "estimate_noise",
@@ -218,7 +218,7 @@ def estimate_noise(plane) -> float:
         The variance per pixel, intensity²; 0 for an image under 3 pixels on
         a side.
     """
-    a = _host(plane).astype(np.float64)
+    a = to_host(plane).astype(np.float64)
     if min(a.shape) < 3:
         return 0.0
     r = (a[:-2, :-2] - 2 * a[:-2, 1:-1] + a[:-2, 2:]
@@ -242,11 +242,6 @@ def poisson_noise(means) -> Noise:
         Variances equal to the means (counts²), source ``"poisson"``.
     """
     return Noise(tuple(float(m) for m in means), "poisson")
-
-
-def _host(a):
-    get = getattr(a, "get", None)
-    return np.asarray(get() if callable(get) else a)
 
 
 def band_noise(planes, pixel_size, band_limit):
@@ -277,7 +272,7 @@ def band_noise(planes, pixel_size, band_limit):
     n = shape[0] * shape[1]
     variance = []
     for p in planes:
-        a = _host(p).astype(np.float64)
+        a = to_host(p).astype(np.float64)
         power = np.abs(np.fft.rfft2(a - a.mean())[above]) ** 2 / n
         # A periodogram ordinate of white noise is exponential: median = ln 2 x mean.
         variance.append(float(np.median(power)) / math.log(2))
@@ -319,7 +314,7 @@ def discrepancy_alpha(source, pixel_size, variance: float, *, bins: int = 400) -
     """
     if not variance > 0:
         return 0.0
-    f = _host(source).astype(np.float64)
+    f = to_host(source).astype(np.float64)
     shape = f.shape
     n = f.size
     spec = np.fft.rfft2(f)

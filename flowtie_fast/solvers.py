@@ -508,29 +508,28 @@ class TIESolver:
         return mean
 
     def _explain_overflow(self, names, given, planes, exc):
-        """Where a plane was refused as non-finite only because casting it to the
-        working dtype overflowed, say so instead (the rare path of a refusal)."""
+        """Where a plane was refused only because casting it to the working
+        dtype overflowed or underflowed, say so instead (the rare path of a
+        refusal): only the plane the refusal names, and only a float plane
+        that was cast."""
+        refused = [(name, a, cast) for name, a, cast in zip(names, given, planes)
+                   if str(exc).startswith(f"{name}:") and cast is not a
+                   and getattr(a, "dtype", np.dtype(object)).kind == "f"]
+        if not refused:
+            return
+        name, a, cast = refused[0]
+        xp = self.backend.xp
+        a = xp.asarray(a)
         if "zero everywhere" in str(exc):
-            for name, a, cast in zip(names, given, planes):
-                if str(exc).startswith(f"{name}:") and cast is not a and \
-                        getattr(a, "dtype", np.dtype(object)).kind == "f":
-                    xp = self.backend.xp
-                    peak = float(abs(xp.asarray(a)).max())
-                    if peak > 0:
-                        raise InputError(
-                            f"{name}: values up to {peak:g} underflow to zero in {self.dtype}; "
-                            f"rescale the intensities (e.g. divide by their mean) or use "
-                            "dtype='float64'") from exc
-            return
-        if "NaN or Inf" not in str(exc):
-            return
-        for name, a, cast in zip(names, given, planes):
-            if not str(exc).startswith(f"{name}:") or cast is a or \
-                    getattr(a, "dtype", np.dtype(object)).kind != "f":
-                continue  # another plane than the one refused, or not a cast
-            xp = self.backend.xp
-            if bool(xp.isfinite(xp.asarray(a)).all()) and not bool(xp.isfinite(cast).all()):
-                raise InputError(f"{name}: values up to {float(abs(xp.asarray(a)).max()):g} "
+            peak = float(abs(a).max())
+            if peak > 0:
+                raise InputError(
+                    f"{name}: values up to {peak:g} underflow to zero in {self.dtype}; "
+                    f"rescale the intensities (e.g. divide by their mean) or use "
+                    "dtype='float64'") from exc
+        elif "NaN or Inf" in str(exc):
+            if bool(xp.isfinite(a).all()) and not bool(xp.isfinite(cast).all()):
+                raise InputError(f"{name}: values up to {float(abs(a).max()):g} "
                                  f"exceed the range of {self.dtype}; rescale the intensities "
                                  "or use dtype='float64'") from exc
             if bool(xp.isfinite(cast).all()):  # finite values whose float64 sum overflows

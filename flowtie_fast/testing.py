@@ -183,3 +183,18 @@ def teague_tie(minus, zero, plus, dz, pixel_size, energy, floor=1e-3):
     div_hat = 1j * qy * np.fft.fft2(gy) + 1j * qx * np.fft.fft2(gx)
     phase = np.real(np.fft.ifft2(-div_hat * inv_q2))
     return phase - phase.mean()
+
+
+def smooth_triplets(b, n, seed=0):
+    """``b`` smooth, different triplets (b, 3, n, n) float32 of weak phase
+    objects (about 1000 counts a pixel), for batch and cluster checks."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:n, :n] * (2 * np.pi / n)
+    out = np.empty((b, 3, n, n), np.float32)
+    for i in range(b):
+        a, c = rng.uniform(0.2, 0.6, 2)
+        phi = a * np.sin(y + i) * np.cos(2 * x) + c * np.cos(x - y)
+        base = 1000 * (1 + 0.1 * np.cos(x + 0.3 * i))
+        for j, s in enumerate((-1, 0, 1)):
+            out[i, j] = base * (1 - 0.02 * s * phi)
+    return out

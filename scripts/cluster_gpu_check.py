@@ -34,21 +34,13 @@ import numpy as np
 
 import flowtie_fast as ft
 from flowtie_fast import cluster
+from flowtie_fast.testing import smooth_triplets
 
 N, PIXEL, DZ, E = 256, 0.2, 20.0, 300e3
 
 
 def stack(b, n=N, seed=0):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:n, :n] * (2 * np.pi / n)
-    out = np.empty((b, 3, n, n), np.float32)
-    for i in range(b):
-        a, c = rng.uniform(0.2, 0.6, 2)
-        phi = a * np.sin(y + i) * np.cos(2 * x) + c * np.cos(x - y)
-        base = 1000 * (1 + 0.1 * np.cos(x + 0.3 * i))
-        for j, s in enumerate((-1, 0, 1)):
-            out[i, j] = base * (1 - 0.02 * s * phi)
-    return out
+    return smooth_triplets(b, n, seed)
 
 
 def _bus_id():

@@ -15,6 +15,7 @@ import pytest
 
 import flowtie_fast as ft
 from flowtie_fast.backend import gpu_available
+from flowtie_fast.testing import smooth_triplets
 
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
@@ -26,16 +27,7 @@ FAKE = ["fake0", "fake1"]  # CUDA_VISIBLE_DEVICES entries no driver knows: no GP
 
 def _stack(b, n=N, seed=0):
     """``b`` smooth triplets (b, 3, n, n) float32, each different."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:n, :n] * (2 * np.pi / n)
-    out = np.empty((b, 3, n, n), np.float32)
-    for i in range(b):
-        a, c = rng.uniform(0.2, 0.6, 2)
-        phi = a * np.sin(y + i) * np.cos(2 * x) + c * np.cos(x - y)
-        base = 1000 * (1 + 0.1 * np.cos(x + 0.3 * i))
-        for j, s in enumerate((-1, 0, 1)):
-            out[i, j] = base * (1 - 0.02 * s * phi)
-    return out
+    return smooth_triplets(b, n, seed)
 
 
 def _plan(n=N, **kw):

@@ -180,11 +180,11 @@ def test_an_omp_thread_count_the_runtimes_cannot_take_is_refused_naming_it(tmp_p
 
 
 def test_a_usual_omp_thread_count_is_accepted(monkeypatch):
-    from flowtie_fast import backend
+    from flowtie_fast import _threads
 
     for value in ("1", "2", " 4 ", "4,2", ""):
         monkeypatch.setenv("OMP_NUM_THREADS", value)
-        backend._check_omp_threads()
+        _threads.check_thread_count()
 
 
 def test_planes_that_underflow_in_float32_are_named_as_such():

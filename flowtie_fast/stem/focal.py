@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from ..backend import array_module, is_cupy
+from ..backend import array_module, is_cupy, to_host
 from ..errors import InputError, check_choice, check_count, check_positive, check_real
 from ..noise import Noise, band_noise, poisson_noise
 from ..physics import wavelength
@@ -334,9 +334,8 @@ def register_planes(planes, signals, register):
                       "measure a drift (at least 8 px a side); the planes are used as "
                       "recorded", RegistrationWarning, stacklevel=4)
         return planes, {**record, "why": "images under 8 px a side"}
-    host = [np.asarray(p.get() if is_cupy(p) else p) for p in planes]
-    source = None if signals is None else [np.asarray(s.get() if is_cupy(s) else s)
-                                           for s in signals]
+    host = [to_host(p) for p in planes]
+    source = None if signals is None else [to_host(s) for s in signals]
     _, shifts, reliable = register_triplet(host, signals=source, periodic=False,
                                            apply_unreliable=False, threshold=1e9)
     record.update(shifts=shifts, reliable=bool(reliable))
@@ -415,8 +414,8 @@ def com_poisson_noise(reduction: Reduction):
         return None
     k2_in = float(k2[inside].mean())
     k2_out = float(k2[~inside].mean()) if (~inside).any() else k2_in
-    whole = np.asarray(_to_host(virtual["whole"]), np.float64)
-    bf = np.clip(np.asarray(_to_host(virtual["bf-full"]), np.float64), 0, None)
+    whole = np.asarray(to_host(virtual["whole"]), np.float64)
+    bf = np.clip(np.asarray(to_host(virtual["bf-full"]), np.float64), 0, None)
     counted = whole > 0
     if not counted.any():
         return None
@@ -427,10 +426,6 @@ def com_poisson_noise(reduction: Reduction):
     if not math.isfinite(variance):  # virtual images of non-finite or sub-count sums
         return None
     return Noise((variance, variance), "poisson")
-
-
-def _to_host(a):
-    return a.get() if is_cupy(a) else a
 
 
 def virtual_image_noise(planes, scan_step, energy, regions, virtual):
