@@ -377,14 +377,69 @@ def write_fields(path, fields: dict, arrays=(), overwrite: bool = True, *,
         else:
             import h5py
 
-            with h5py.File(tmp, "w") as f:
-                for k, v in fields.items():
-                    if k in arrays:
-                        f.create_dataset(k, data=np.asarray(v),
-                                         chunks=True if np.ndim(v) >= 3 else None)
-                    else:
-                        f.attrs[k] = v
+            with open(tmp, "w+b") as raw:
+                fh = _RecordedErrors(raw)
+                with h5py.File(fh, "w") as f:
+                    for k, v in fields.items():
+                        if k in arrays:
+                            f.create_dataset(k, data=np.asarray(v),
+                                             chunks=True if np.ndim(v) >= 3 else None)
+                        else:
+                            f.attrs[k] = v
+                if fh.error is not None:
+                    raise fh.error
     return path
+
+
+class _RecordedErrors:
+    """A binary file for h5py's file-object driver that records the first
+    error met (disk full, file too large) instead of raising it into HDF5, and
+    from then on takes every call without touching the file: HDF5 that meets a
+    failed write keeps the file open, prints tracebacks from its destructors
+    and crashes the interpreter at exit. The writer raises :attr:`error` once
+    the HDF5 file is closed; the temporary is then discarded."""
+
+    def __init__(self, raw):
+        self._raw, self.error, self._pos = raw, None, 0
+
+    def _call(self, fn, *args):
+        if self.error is None:
+            try:
+                return fn(*args)
+            except OSError as exc:
+                self.error = exc
+        return None
+
+    def seek(self, pos, whence=0):
+        self._pos = pos
+        found = self._call(self._raw.seek, pos, whence)
+        return pos if found is None else found
+
+    def tell(self):
+        found = self._call(self._raw.tell)
+        return self._pos if found is None else found
+
+    def write(self, b):
+        self._call(self._raw.write, b)
+        return memoryview(b).nbytes
+
+    def readinto(self, b):
+        found = self._call(self._raw.readinto, b)
+        if found is None:
+            memoryview(b).cast("B")[:] = b"\0" * memoryview(b).nbytes
+            return memoryview(b).nbytes
+        return found
+
+    def read(self, size=-1):
+        found = self._call(self._raw.read, size)
+        return b"\0" * max(size, 0) if found is None else found
+
+    def truncate(self, size=None):
+        self._call(self._raw.truncate, size)
+        return size
+
+    def flush(self):
+        self._call(self._raw.flush)
 
 
 def load(path) -> Dataset:

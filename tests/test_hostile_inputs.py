@@ -298,3 +298,29 @@ def test_a_batch_with_one_absurd_gradient_is_refused_before_any_item_is_written(
     with pytest.raises(ft.InputError, match=r"^stack\[2\]: gradient: values up to 1e\+28"):
         plan.solve_batch(stack, gradient=gradient, out=out)
     assert (out == 7.0).all()
+
+
+def test_an_hdf5_write_that_fills_the_disk_is_an_oserror_not_a_crash(tmp_path):
+    """HDF5 that met a failed write kept its file open, printed tracebacks from
+    its destructors and crashed the interpreter at exit (SIGSEGV)."""
+    pytest.importorskip("h5py")
+    resource = pytest.importorskip("resource")
+    script = (
+        "import errno, numpy as np, flowtie_fast as ft\n"
+        f"t = ft.FocalTriplet(*[np.full(({N}, {N}), 1.0 + 0.1 * s) for s in range(3)], "
+        f"dz={DZ}, pixel_size={PIXEL}, energy={E})\n"
+        "try:\n"
+        f"    ft.save({str(tmp_path / 'out.h5')!r}, t)\n"
+        "except OSError as exc:\n"
+        "    assert exc.errno == errno.EFBIG, exc\n"
+        "    print('refused:', exc)\n")
+
+    def limit():  # files of at most 6 KiB: the write fails midway
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6 << 10, 6 << 10))
+
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         preexec_fn=limit, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "refused: [Errno 27] path: " in run.stdout
+    assert "Traceback" not in run.stderr
+    assert os.listdir(tmp_path) == []
