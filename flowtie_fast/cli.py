@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -425,8 +427,9 @@ def main(argv=None) -> int:
     -------
     int
         The exit status: 0 on success, 2 for bad usage or input, 1 for a
-        fault of the environment, 130 when interrupted; every failure is one
-        line on standard error (the traceback with ``--debug``).
+        fault of the environment, 130 when interrupted, 143 when terminated
+        (SIGTERM); every failure is one line on standard error (the traceback
+        with ``--debug``).
     """
     try:
         parser = _parser()
@@ -435,6 +438,7 @@ def main(argv=None) -> int:
         return 130
     args = parser.parse_args(argv)
     streams = _printable_streams()
+    sigterm = _catch_sigterm()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command)
@@ -442,10 +446,10 @@ def main(argv=None) -> int:
             for kind in (DeprecationWarning, FutureWarning):  # dependencies' notes to us
                 warnings.simplefilter("ignore", kind)
             return args.func(args)
-    except KeyboardInterrupt:
-        print(f"flowtie {args.command}: interrupted; nothing half-written is left",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"flowtie {args.command}: {how}; nothing half-written is left", file=sys.stderr)
+        return 143 if how == "terminated" else 130
     except Exception as exc:  # one line, never a traceback (--debug shows it)
         if args.debug:
             traceback.print_exc()
@@ -453,6 +457,30 @@ def main(argv=None) -> int:
         return _exit_code(exc)
     finally:
         _restore_streams(streams)
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, like Ctrl-C: the file being
+    written is removed before the command stops."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into :class:`_Terminated` while a command runs (in the main
+    thread, where no one else handles it); returns the handler to restore, or
+    None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return None
+    signal.signal(signal.SIGTERM, _terminate)
+    return previous
 
 
 def _printable_streams() -> list:

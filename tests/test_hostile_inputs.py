@@ -324,3 +324,29 @@ def test_an_hdf5_write_that_fills_the_disk_is_an_oserror_not_a_crash(tmp_path):
     assert "refused: [Errno 27] path: " in run.stdout
     assert "Traceback" not in run.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_sigterm_while_the_command_line_writes_leaves_no_temporary(tmp_path):
+    """SIGTERM (how services and acquisition software stop a process) killed
+    the command mid-write without a word, leaving its temporary beside the
+    output."""
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "in.npz", t)
+    out = tmp_path / "out" / "phase.npz"
+    script = (
+        "import os, signal, sys, numpy as np\n"
+        "from flowtie_fast import cli\n"
+        "savez = np.savez\n"
+        "def terminated_midway(f, **fields):\n"
+        "    f.write(b'PK partial')\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    savez(f, **fields)\n"
+        "np.savez = terminated_midway\n"
+        f"sys.exit(cli.main(['reconstruct', {str(source)!r}, '-o', {str(out)!r}, "
+        "'--backend', 'cpu']))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 143, (run.returncode, run.stderr[-2000:])
+    assert run.stderr.strip().splitlines()[-1] == \
+        "flowtie reconstruct: terminated; nothing half-written is left"
+    assert os.listdir(tmp_path / "out") == []
