@@ -1153,6 +1153,12 @@ class TIESolver:
             P.gradient(x, out=grad)
         info.update(iterations=it, objective=objective, tol=tol, preconditioner=preconditioner,
                     converged=it < max_iter or objective[-1] <= target)
+        if not info["converged"]:
+            info["trust"] = (f"gd: stopped after {it} iterations (max_iter) before its "
+                             f"stopping rule was met (tol {tol:.3g}): the phase is the last "
+                             "iterate, not the solution (a larger max_iter, the 'biharmonic' "
+                             "preconditioner, or method='tie-exact')")
+            warnings.warn(info["trust"], TrustWarning, stacklevel=5)
         return self._true_residual(x, k) if want_residual else None
 
     def _true_residual(self, x, k):

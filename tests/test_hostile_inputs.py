@@ -350,3 +350,17 @@ def test_sigterm_while_the_command_line_writes_leaves_no_temporary(tmp_path):
     assert run.stderr.strip().splitlines()[-1] == \
         "flowtie reconstruct: terminated; nothing half-written is left"
     assert os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("options", [dict(preconditioner="none"), dict(max_iter=3)])
+def test_gd_stopped_by_max_iter_says_its_phase_is_not_the_solution(options):
+    """Without the preconditioner gd ended its 200 iterations 98% away from the
+    solution and returned that iterate without a word."""
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    with pytest.warns(ft.TrustWarning, match=r"^gd: stopped after \d+ iterations \(max_iter\)"):
+        rec = ft.reconstruct(t, method="gd", backend="cpu", **options)
+    assert rec.info["converged"] is False and rec.info["trust"].startswith("gd: stopped")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        rec = ft.reconstruct(t, method="gd", backend="cpu")
+    assert rec.info["converged"] and "trust" not in rec.info
