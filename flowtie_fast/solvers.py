@@ -59,8 +59,8 @@ from .backend import Backend, get_backend
 from .errors import (InputError, ResultError, TrustWarning, check_choice, check_count,
                      check_finite_result, check_float_dtype, check_real, first_line)
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, FlowModel, load_model
-from .noise import (ALPHA_MAX, COUNTS, GRADIENT_THRESHOLD, denoise, discrepancy_alpha,
-                    poisson_noise, teague_floor)
+from .noise import (ALPHA_MAX, COUNTS, GRADIENT_THRESHOLD, check_noise, denoise,
+                    discrepancy_alpha, poisson_noise, teague_floor)
 from .poisson import PoissonSolver, resolve_scheme
 from .planes import check_gradient, check_intensity_stats
 
@@ -404,6 +404,10 @@ class TIESolver:
         if not np.allclose(series.pixel_size, self.pixel_size, rtol=1e-6, atol=0):
             raise InputError(f"triplet: pixel_size {series.pixel_size} Å differs from the "
                              f"solver's {self.pixel_size} Å")
+        # Attributes a caller may have set since the series checked them.
+        check_noise(getattr(series, "noise", None), len(series.planes))
+        if series.gradient is not None:
+            check_gradient(series.gradient, self.shape)
 
     def _derivative_and_intensity(self, planes, derivative_weights, intensity_weights,
                                   names=None):

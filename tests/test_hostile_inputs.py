@@ -364,3 +364,16 @@ def test_gd_stopped_by_max_iter_says_its_phase_is_not_the_solution(options):
         warnings.simplefilter("error", ft.TrustWarning)
         rec = ft.reconstruct(t, method="gd", backend="cpu")
     assert rec.info["converged"] and "trust" not in rec.info
+
+
+def test_a_noise_or_gradient_set_on_a_triplet_after_it_was_made_is_checked_at_the_solve():
+    """A negative noise variance set on the documented attribute gave a phase of
+    2e3 rad without a word; a gradient set to text raised a bare ValueError."""
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    t.noise = ft.Noise((-1.0, -1.0, -1.0), "given")
+    with pytest.raises(ft.InputError, match=r"^noise: expected 1 or 3 finite non-negative"):
+        ft.reconstruct(t, backend="cpu")
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    t.gradient = "abc"
+    with pytest.raises(ft.InputError, match=r"^gradient: expected a real array of shape"):
+        ft.reconstruct(t, method="icom", backend="cpu")
