@@ -386,3 +386,18 @@ def test_a_path_without_a_name_is_shown_as_given_not_as_an_empty_name(capsys):
         ft.load(".")
     assert cli.main(["reconstruct", ".", "-o", "o.npz", "--backend", "cpu"]) == 2
     assert capsys.readouterr().err.strip().endswith("file, got '.'")
+
+
+def test_register_takes_a_numpy_bool_like_the_other_flags():
+    """``register=np.True_`` (a flag read from an array or a config) was refused as
+    "expected True, False or 'periodic', got np.True_" where flip= and counts=
+    take it."""
+    data = patterns()
+    options = {**STEM, "register": np.bool_(False)}
+    t = ft.FocalTriplet.from_4dstem(*data, **options)
+    assert t.registration is None
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E, register=np.bool_(True))
+    assert t.registration is not None
+    with pytest.raises(ft.InputError, match=r"^register: expected True, False or 'periodic'"):
+        ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E,
+                        register=np.array("periodic"))

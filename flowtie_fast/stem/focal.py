@@ -282,7 +282,9 @@ def detector_com(reduction):
 
 def check_register(register):
     """``register`` checked: True, False or "periodic"; :class:`InputError` otherwise."""
-    if register is True or register is False or register == "periodic":
+    if isinstance(register, (bool, np.bool_)):  # a NumPy bool as the other flags
+        return bool(register)
+    if isinstance(register, str) and register == "periodic":
         return register
     raise InputError(f"register: expected True, False or 'periodic', got {register!r}")
 
