@@ -334,8 +334,34 @@ def save(path, obj, overwrite: bool = True) -> Path:
     if ds.gradient is not None and ds.kind == "4dstem":
         raise InputError("obj: a measured 'gradient' is stored for a triplet of images only; "
                          "4D-STEM data give their own (the centre of mass) when reduced")
+    try:
+        fields = _fields(ds)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InputError(f"obj: cannot be written ({' '.join(str(exc).split())}); expected "
+                         "arrays for the planes and numbers for dz, scan_step and energy") \
+            from exc
+    for k in ("phase_gt", "gradient_gt", "gradient"):  # images: read once, here
+        if k in fields and not isinstance(fields[k], np.ndarray):
+            fields[k] = np.asarray(fields[k])
+    # The reader's checks, before anything is written: a file load() would
+    # refuse is never written. The planes (HDF5, dask: maybe large and lazy)
+    # are checked by shape and dtype, not read.
+    _dataset({k: _unread(v) if k in ("minus", "zero", "plus") else v
+              for k, v in fields.items()}, Path("obj"), None, lazy=True)
     check_target("path", path, overwrite, "pass overwrite=True to replace it")
-    return write_fields(path, _fields(ds), arrays=_ARRAYS, overwrite=overwrite, name="path")
+    return write_fields(path, fields, arrays=_ARRAYS, overwrite=overwrite, name="path")
+
+
+def _unread(v):
+    """An array of ``v``'s shape and dtype that holds nothing (every element
+    the one zero), for checks of shape and dtype; ``v`` itself where it is an
+    array already or has no shape and dtype to take."""
+    if isinstance(v, np.ndarray) or not (hasattr(v, "shape") and hasattr(v, "dtype")):
+        return v
+    try:
+        return np.broadcast_to(np.zeros((), np.dtype(v.dtype)), tuple(int(n) for n in v.shape))
+    except (TypeError, ValueError):
+        return v
 
 
 def write_fields(path, fields: dict, arrays=(), overwrite: bool = True, *,
@@ -708,7 +734,7 @@ def _text(fields: dict, k: str, path: Path) -> str:
     return str(v)
 
 
-def _dataset(fields: dict, path: Path, handle) -> Dataset:
+def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
     missing = [k for k in _REQUIRED if k not in fields]
     if missing:
         raise InputError(f"{path.name}: missing key(s) {missing}; expected the layout "
@@ -754,7 +780,7 @@ def _dataset(fields: dict, path: Path, handle) -> Dataset:
     dz = _positive(fields, "dz", path, 2, "Å")
     scan_step = _positive(fields, "scan_step", path, 2, "Å")
     energy = _positive(fields, "energy", path, 1, "eV")[0]
-    lazy = handle is not None
+    lazy = handle is not None if lazy is None else lazy  # True: the planes are not read
     arr = (lambda k: fields[k]) if lazy else (lambda k: np.asarray(fields[k]))
     return Dataset(arr("minus"), arr("zero"), arr("plus"), dz, scan_step, energy, k_sampling,
                    truth.get("phase_gt"), truth.get("gradient_gt"), meta,

@@ -401,3 +401,25 @@ def test_register_takes_a_numpy_bool_like_the_other_flags():
     with pytest.raises(ft.InputError, match=r"^register: expected True, False or 'periodic'"):
         ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E,
                         register=np.array("periodic"))
+
+
+@pytest.mark.parametrize("change,says", [
+    (dict(zero=planes()[1].astype(object)), r"^obj: 'zero' has dtype object; expected real"),
+    (dict(zero=planes()[1] + 0j), r"^obj: 'zero' has dtype complex128"),
+    (dict(energy=300.0), r"^obj: 'energy' must be 1000 to 1e\+07 eV"),
+    (dict(gradient=np.full((2, N, N), np.nan)), r"^obj: 'gradient' contains NaN or Inf"),
+    (dict(meta={"thickness": float("nan")}), r"^obj: 'thickness' must be a positive finite"),
+    (dict(energy=None), r"^obj: cannot be written \(float\(\) argument"),
+    (dict(zero=None), r"^obj: cannot be written \('NoneType' object has no attribute"),
+])
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_save_refuses_what_load_would_refuse_before_writing(tmp_path, change, says, suffix):
+    """save wrote any Dataset it was given (object arrays pickled into the .npz,
+    NaN gradients, an energy in keV), files that load then refused; others
+    raised a bare TypeError or AttributeError."""
+    p = planes()
+    fields = dict(minus=p[0], zero=p[1], plus=p[2], dz=(DZ, DZ), scan_step=(0.2, 0.2),
+                  energy=E)
+    with pytest.raises(ft.InputError, match=says):
+        ft.save(tmp_path / f"out{suffix}", ft.Dataset(**{**fields, **change}))
+    assert os.listdir(tmp_path) == []
