@@ -379,12 +379,13 @@ def test_a_noise_or_gradient_set_on_a_triplet_after_it_was_made_is_checked_at_th
         ft.reconstruct(t, method="icom", backend="cpu")
 
 
-def test_a_path_without_a_name_is_shown_as_given_not_as_an_empty_name(capsys):
+def test_a_path_without_a_name_is_shown_as_given_not_as_an_empty_name(tmp_path, capsys):
     """``flowtie reconstruct .`` said "expected a .npz, .h5 or .hdf5 file, got ''"."""
     with pytest.raises(ft.InputError, match=r"^path: expected a \.npz, \.h5 or \.hdf5 file, "
                                             r"got '\.'$"):
         ft.load(".")
-    assert cli.main(["reconstruct", ".", "-o", "o.npz", "--backend", "cpu"]) == 2
+    assert cli.main(["reconstruct", ".", "-o", str(tmp_path / "o.npz"), "--backend",
+                     "cpu"]) == 2
     assert capsys.readouterr().err.strip().endswith("file, got '.'")
 
 
