@@ -45,6 +45,7 @@ Every :class:`Reconstruction` carries the phase (mean zero, rad), its gradient
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -101,7 +102,12 @@ class Reconstruction:
         ``denoise`` (Fourier modes kept). ``tie-exact``: ``iterations``,
         ``converged``, ``tol``, ``relative_residual`` (history). ``gd``:
         ``iterations``, ``converged``, ``tol``, ``objective`` (history),
-        ``preconditioner``. ``icom``: ``noise`` and ``denoise`` where the
+        ``preconditioner`` and, where ``max_iter`` stopped it, ``distance``
+        (the estimated distance from the solution over the phase's norm).
+        The TIE methods and ``gd`` given a measured gradient:
+        ``icom_disagreement``, their phase's disagreement with the ``icom``
+        phase (:func:`flowtie_fast.trust.disagreement`, 0 where they agree, 1
+        for a flat phase). ``icom``: ``noise`` and ``denoise`` where the
         gradient's noise is known. ``flowtie``: ``model`` (its file) and
         ``precision``; with ``uncertainty``, the trust check (``trusted``,
         ``rel_spread``, ``snr``, ``icom_ratio``, ``why``) and, where the flow
@@ -269,6 +275,24 @@ def _is_in_focus_row(w) -> bool:
 
 def _dot(xp, a, b) -> float:
     return float(xp.vdot(a.ravel(), b.ravel()))
+
+
+#: Relative distance (estimated) from the solution below which ``gd`` stopped
+#: by ``max_iter`` is returned without a warning.
+GD_DISTANCE_LIMIT = 0.01
+
+
+def _remaining_distance(updates, norm) -> float:
+    """How far an iteration stopped early still is from its limit, relative to
+    ``norm`` (the iterate's size): the steps still to come, summed as a
+    geometric series at the rate the last ten steps shrank by (inf where they
+    did not shrink)."""
+    if norm <= 0 or len(updates) < 11:
+        return math.inf
+    rate = (updates[-1] / updates[-11]) ** 0.1 if updates[-11] > 0 else 0.0
+    if not rate < 1:
+        return math.inf
+    return updates[-1] * rate / (1 - rate) / norm
 
 
 @dataclass(frozen=True)
@@ -615,6 +639,12 @@ class TIESolver:
                 rec = self.integrate(g, out=out, gradient_out=gradient_out, _locked=True)
                 if kept is not None:
                     rec.info.update(noise=noise.source, denoise=kept)
+                    if not int(self.backend.xp.count_nonzero(rec.phase)):
+                        rec.info["trust"] = (
+                            "icom: the measured gradient holds no phase above its noise "
+                            f"({noise.source} noise): the phase is zero; a larger dose "
+                            "may carry it")
+                        warnings.warn(rec.info["trust"], TrustWarning, stacklevel=3)
                 rec.info["time"] = time.perf_counter() - start
                 return rec
             phase = self.poisson.output(out)
@@ -646,6 +676,8 @@ class TIESolver:
         """The solve itself, on validated arrays and under the lock: fills ``phase``
         and ``grad``; returns the mean intensity and the unnormalised residual map
         where the method computes it anyway (else None)."""
+        if gradient is not None and method != "flowtie":
+            gradient = self._check_gradient(gradient)  # before anything is written
         mean, planes = self._derivative_and_intensity(planes, derivative_weights,
                                                       intensity_weights, options.names)
         tol, max_iter = options.tol, options.max_iter
@@ -670,14 +702,43 @@ class TIESolver:
         elif method == "tie-exact":
             residual = self._pcg(k, mean, phase, grad, info, tol, max_iter, want, floor,
                                  noise_norm)
+            if not info["converged"]:
+                info["trust"] = (f"tie-exact: stopped after {info['iterations']} iterations "
+                                 f"at a relative residual of {info['relative_residual'][-1]:.3g}"
+                                 f", above its tolerance {info['tol']:.3g}: the phase is the "
+                                 "last iterate (a larger max_iter, or dtype='float64')")
+                warnings.warn(info["trust"], TrustWarning, stacklevel=4)
         elif method == "gd":
             residual = self._gradient_descent(k, mean, phase, grad, info, tol, max_iter,
                                               options.preconditioner or "biharmonic",
                                               want, noise_norm)
         else:
             raise InputError(f"method: {method!r} does not solve from planes")
+        if gradient is not None and method != "flowtie":
+            self._check_against_gradient(method, gradient, options.gradient_noise, phase,
+                                         info)
         self.backend.synchronize()
         return mean, residual
+
+    def _check_against_gradient(self, method, gradient, gradient_noise, phase, info):
+        """Compare a classical focal-derivative phase with the phase of the
+        measured gradient (integrated as ``icom`` would): the disagreement
+        into ``info["icom_disagreement"]``, and a :class:`TrustWarning` with
+        ``info["trust"]`` where it exceeds the calibrated limit
+        (:func:`flowtie_fast.trust.classical_verdict`)."""
+        alpha = self.poisson.alpha
+        self.poisson.alpha = 0.0 if self.alpha == "auto" else self.alpha  # as icom solves
+        try:
+            g, _ = self._denoised_gradient(gradient, gradient_noise)
+            icom = self.poisson.integrate(g, out=self._buf("icom_phase"))
+        finally:
+            self.poisson.alpha = alpha
+        value = trust.disagreement(phase, icom, scratch=self._buf("tmp"))
+        info["icom_disagreement"] = value
+        why = trust.classical_verdict(method, value)
+        if why is not None and "trust" not in info:  # one warning a solve
+            info["trust"] = why
+            warnings.warn(why, TrustWarning, stacklevel=5)
 
     def _denoised_gradient(self, gradient, noise):
         """A measured gradient in the working dtype, filtered by its noise where
@@ -1119,6 +1180,7 @@ class TIESolver:
                               "mean) or use dtype='float64'")
         target = 0.5 * noise_norm ** 2
         it = 0
+        updates = []  # the size of each step taken
         while it < max_iter and objective[-1] > target:
             # dJ/dx = A (A x - b) = -A r; descent direction d = M A r.
             self._apply_a(r, ar)
@@ -1141,6 +1203,7 @@ class TIESolver:
                 break
             step = _dot(xp, r, ad) / ad_norm2
             x += xp.multiply(d, step, out=tmp)
+            updates.append(abs(step) * _dot(xp, d, d) ** 0.5)
             r -= xp.multiply(ad, step, out=tmp)
             objective.append(0.5 * _dot(xp, r, r))
             it += 1
@@ -1158,10 +1221,13 @@ class TIESolver:
         info.update(iterations=it, objective=objective, tol=tol, preconditioner=preconditioner,
                     converged=it < max_iter or objective[-1] <= target)
         if not info["converged"]:
+            info["distance"] = _remaining_distance(updates, float(xp.sqrt(_dot(xp, x, x))))
+        if not info["converged"] and not info["distance"] <= GD_DISTANCE_LIMIT:
             info["trust"] = (f"gd: stopped after {it} iterations (max_iter) before its "
-                             f"stopping rule was met (tol {tol:.3g}): the phase is the last "
-                             "iterate, not the solution (a larger max_iter, the 'biharmonic' "
-                             "preconditioner, or method='tie-exact')")
+                             f"stopping rule was met (tol {tol:.3g}), an estimated "
+                             f"{info['distance']:.2g} of the phase away from the solution: "
+                             "the phase is the last iterate (a larger max_iter, the "
+                             "'biharmonic' preconditioner, or method='tie-exact')")
             warnings.warn(info["trust"], TrustWarning, stacklevel=5)
         return self._true_residual(x, k) if want_residual else None
 

@@ -68,8 +68,8 @@ import numpy as np
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, load_model
 from .noise import COUNTS, denoise, poisson_noise
 
-__all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict", "MEMBERS",
-           "NO_UNCERTAINTY"]
+__all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict",
+           "disagreement", "classical_verdict", "MEMBERS", "NO_UNCERTAINTY"]
 
 MEMBERS = ("default", "seed0", "seed2", "seed3")  # the calibrated set of shipped models
 CALIBRATION_FILE = "calibration.json"
@@ -256,3 +256,73 @@ def verdict(rms_spread, phase_rms: float, snr: float, icom_rms=None,
                "gives no spread to check its flow against")
     return {"trusted": not why, "rel_spread": rel, "snr": snr, "icom_ratio": ratio,
             "why": why or None}
+
+
+def disagreement(phase, reference, scratch=None) -> float:
+    """How far a phase lies from a reference phase, relative to the reference.
+
+    Parameters
+    ----------
+    phase, reference : arrays (Ny, Nx)
+        Phases in rad (NumPy or CuPy, the same); their means are removed here.
+    scratch : array (Ny, Nx), optional
+        A work array of their dtype and backend, overwritten (without it one
+        is allocated).
+
+    Returns
+    -------
+    float
+        ``mean((φ - mean φ - (ψ - mean ψ))²) / var(ψ)``, dimensionless: 0
+        where they agree, 1 for a flat ``phase``; inf where the reference is
+        flat and the phase is not, 0 where both are flat.
+    """
+    # Moments through one work array, not mean-removed copies (a Plan's solve
+    # allocates no image; numpy's pairwise sums keep float32 accurate).
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = phase - reference if scratch is None else np.subtract(phase, reference, out=scratch)
+        dm = float(d.mean())
+        mse = max(float(np.multiply(d, d, out=d).mean()) - dm * dm, 0.0)
+        rm = float(reference.mean())
+        var = max(float(np.multiply(reference, reference, out=d).mean())
+                  - rm * rm, 0.0)
+    if not math.isfinite(mse):  # squares beyond the working precision: no agreement
+        return math.inf
+    if var > 0:
+        return mse / var
+    return math.inf if mse > 0 else 0.0
+
+
+def classical_verdict(method: str, value: float):
+    """The check of a classical focal-derivative phase against the phase the
+    measured centre of mass gives (``icom``).
+
+    The TIE only sees the divergence of the flux; on a window cut from a
+    larger specimen the flux through the window's edge is unknown to it (the
+    ``mirror`` boundary assumes none), and there the solution can carry a
+    smooth bowl or saddle many times stronger than the phase, which the
+    centre of mass, a direct measure of the gradient, does not. Where the two
+    disagree by more than ``classical_disagreement_limit`` (``data/
+    calibration.json``) the focal-derivative phase is not trusted.
+
+    Parameters
+    ----------
+    method : str
+        The classical method that gave the phase (for the message).
+    value : float
+        :func:`disagreement` of its phase against the ``icom`` phase.
+
+    Returns
+    -------
+    str or None
+        Why the phase is not trusted, or None where it is.
+    """
+    limit = calibration()["classical_disagreement_limit"]
+    if not value > limit:
+        return None
+    by = ("that phase is flat where this one is not" if math.isinf(value) else
+          f"mean squared difference {value:.3g} times that phase's variance, limit "
+          f"{limit:g}")
+    return (f"{method}: this phase is far from the one the measured centre of mass "
+            f"gives ({by}): the focal derivative does not determine it here (a window "
+            f"whose edges carry phase, large or uneven defocus steps); method='icom' or "
+            f"'flowtie' may be right")

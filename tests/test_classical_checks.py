@@ -1,0 +1,148 @@
+"""The classical focal-derivative methods say when their phase may be wrong:
+against the measured gradient where there is one, and when ``tie-exact``
+stops before its tolerance."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from fields import grid, neumann_field, rel_rms
+
+import flowtie_fast as ft
+from flowtie_fast import trust
+
+E = 300e3
+PIXEL = (0.2, 0.25)
+FOCAL = ("tie-uniform", "tie", "tie-exact", "gd")
+
+
+def _window(stray):
+    """A non-periodic window whose phase is the Neumann field, with its exact
+    gradient, and planes whose focal derivative carries, besides the phase's,
+    a smooth change the phase does not explain: ``stray`` times a half-period
+    cosine across the window, in units of the phase's own derivative (the
+    illumination changing between the scans, say)."""
+    phi, intensity, didz, grad = neumann_field(contrast=0.0)
+    _, x = np.broadcast_arrays(*grid(phi.shape, PIXEL, centred=True))
+    lx = phi.shape[1] * PIXEL[1]
+    didz = didz + stray * np.abs(didz).max() * np.cos(np.pi * x / lx)
+    planes = [intensity + s * 10.0 * didz for s in (-1, 0, 1)]
+    return ft.FocalTriplet(*planes, dz=10.0, pixel_size=PIXEL, energy=E, gradient=grad), phi
+
+
+def _solve(t, method, **kw):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        rec = ft.reconstruct(t, method=method, boundary="mirror", backend="cpu",
+                             dtype="float64", **kw)
+    return rec, [w for w in seen if issubclass(w.category, ft.TrustWarning)]
+
+
+@pytest.mark.parametrize("method", FOCAL)
+def test_a_phase_the_gradient_confirms_passes_quietly(method):
+    t, phi = _window(stray=0.0)
+    rec, seen = _solve(t, method)
+    assert rel_rms(rec.phase, phi) < 0.01
+    assert rec.info["icom_disagreement"] < 0.01
+    assert seen == [] and "trust" not in rec.info
+
+
+@pytest.mark.parametrize("method", FOCAL)
+def test_a_focal_derivative_the_gradient_contradicts_is_flagged(method):
+    t, phi = _window(stray=0.5)
+    rec, seen = _solve(t, method)
+    # The stray change, integrated twice over the window, swamps the phase ...
+    assert rel_rms(rec.phase, phi) > 2
+    # ... the centre of mass does not see it, and the disagreement says so.
+    icom, _ = _solve(t, "icom")
+    assert rel_rms(icom.phase, phi) < 0.05
+    assert rec.info["icom_disagreement"] > trust.calibration()["classical_disagreement_limit"]
+    assert len(seen) == 1 and method in str(seen[0].message)
+    assert rec.info["trust"] == str(seen[0].message)
+
+
+def test_no_gradient_no_check():
+    phi, intensity, didz, _ = neumann_field(contrast=0.3)
+    t = ft.FocalTriplet(*[intensity + s * 10.0 * didz for s in (-1, 0, 1)], dz=10.0,
+                        pixel_size=PIXEL, energy=E)
+    rec, seen = _solve(t, "tie")
+    assert "icom_disagreement" not in rec.info and seen == []
+
+
+def test_a_bad_gradient_is_refused_before_the_solve():
+    t, _ = _window(stray=0.0)
+    plan = ft.Plan(t.shape, t.pixel_size, dz=10.0, energy=E, method="tie", backend="cpu",
+                   boundary="mirror", dtype="float64")
+    out = np.full(t.shape, 7.0)
+    bad = np.asarray(t.gradient).copy()
+    bad[0, 3, 3] = np.nan
+    with pytest.raises(ft.InputError, match="gradient"):
+        plan.solve(*t.planes, gradient=bad, out=out)
+    assert (out == 7.0).all()  # nothing written
+
+
+def test_the_plan_checks_as_reconstruct_does():
+    t, _ = _window(stray=0.5)
+    plan = ft.Plan(t.shape, t.pixel_size, dz=10.0, energy=E, method="tie", backend="cpu",
+                   boundary="mirror", dtype="float64")
+    with pytest.warns(ft.TrustWarning, match="centre of mass"):
+        plan.solve(*t.planes, gradient=t.gradient)
+    assert plan.info["icom_disagreement"] > 1
+
+
+def test_disagreement_scale():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(16, 16))
+    assert trust.disagreement(ref + 3.0, ref) == pytest.approx(0.0, abs=1e-12)
+    assert trust.disagreement(np.zeros_like(ref), ref) == pytest.approx(1.0)
+    assert trust.disagreement(-ref, ref) == pytest.approx(4.0)
+    assert trust.disagreement(ref, np.zeros_like(ref)) == np.inf
+    assert trust.disagreement(np.zeros_like(ref), np.zeros_like(ref)) == 0.0
+
+
+def test_tie_exact_that_stops_early_says_so():
+    phi, intensity, didz, _ = neumann_field(contrast=0.3)
+    t = ft.FocalTriplet(*[intensity + s * 10.0 * didz for s in (-1, 0, 1)], dz=10.0,
+                        pixel_size=PIXEL, energy=E)
+    rec, seen = _solve(t, "tie-exact", max_iter=1, tol=1e-14)
+    assert not rec.info["converged"]
+    assert len(seen) == 1 and "stopped after 1 iterations" in str(seen[0].message)
+    done, quiet = _solve(t, "tie-exact")
+    assert done.info["converged"] and quiet == []
+
+
+@pytest.mark.parametrize("preconditioner, warned", [("biharmonic", False), ("none", True)])
+def test_gd_stopped_by_max_iter_warns_only_far_from_the_solution(preconditioner, warned):
+    """Stopped by max_iter, the biharmonic descent is already at the solution
+    (no warning); the plain descent is 98 % away (warned, and the estimate of
+    the distance says it is not close)."""
+    phi, intensity, didz, _ = neumann_field(contrast=0.3)
+    t = ft.FocalTriplet(*[intensity + s * 10.0 * didz for s in (-1, 0, 1)], dz=10.0,
+                        pixel_size=PIXEL, energy=E)
+    rec, seen = _solve(t, "gd", preconditioner=preconditioner, max_iter=40, tol=1e-300)
+    assert not rec.info["converged"]
+    error = rel_rms(rec.phase, phi)
+    if warned:
+        assert error > 0.5 and rec.info["distance"] > 0.01
+        assert len(seen) == 1 and "stopped after 40 iterations" in str(seen[0].message)
+    else:
+        assert error < 1e-3 and rec.info["distance"] < 1e-3
+        assert seen == [] and "trust" not in rec.info
+
+
+def test_icom_of_a_gradient_that_is_all_noise_says_its_phase_is_zero():
+    rng = np.random.default_rng(0)
+    flat = np.ones((32, 32))
+    t = ft.FocalTriplet(flat, flat, flat, dz=10.0, pixel_size=0.3, energy=E,
+                        gradient=rng.normal(size=(2, 32, 32)))
+    t.gradient_noise = ft.Noise((4.0, 4.0), "given")  # above the noise: nothing
+    with pytest.warns(ft.TrustWarning, match="no phase above its noise") as seen:
+        rec = ft.reconstruct(t, method="icom", backend="cpu")
+    assert len(seen) == 1 and rec.info["denoise"] == [0, 0]
+    assert not np.any(rec.phase) and rec.info["trust"] == str(seen[0].message)
+    t.gradient_noise = ft.Noise((1e-6, 1e-6), "given")  # all of it kept: no word
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.any(ft.reconstruct(t, method="icom", backend="cpu").phase)
