@@ -346,9 +346,18 @@ class PoissonSolver:
         neighbours averaged onto the faces first (second order; the mirror edge
         faces carry no flux anyway)."""
         xp = self.backend.xp
-        faces = xp.empty_like(g)
-        faces[0] = 0.5 * (g[0] + xp.roll(g[0], -1, axis=0))
-        faces[1] = 0.5 * (g[1] + xp.roll(g[1], -1, axis=1))
+        faces = getattr(self, "_faces", None)
+        if faces is None:  # made on first use and kept: a Plan's solve allocates no image
+            faces = self._faces = self.backend.empty((2,) + self.shape, self.dtype)
+        # Each centre plus its next neighbour (periodically wrapped), in place; along
+        # axis 1 on the flat rows (strided 2-D operands would take NumPy's buffers),
+        # the last column then set apart.
+        xp.add(g[0, :-1], g[0, 1:], out=faces[0, :-1])
+        xp.add(g[0, -1], g[0, 0], out=faces[0, -1])
+        g1, f1 = xp.ascontiguousarray(g[1]).reshape(-1), faces[1].reshape(-1)
+        xp.add(g1[:-1], g1[1:], out=f1[:-1])
+        xp.add(g[1, :, -1], g[1, :, 0], out=faces[1, :, -1])
+        faces *= self.dtype.type(0.5)
         self.backend.kernels.fd_divergence(faces[0], faces[1], out, *self._inv_h(), self.mirror)
         return out
 
