@@ -240,8 +240,10 @@ class Plan:
         -------
         out
             The phase. Non-finite input raises :class:`InputError` before
-            ``out`` is written.
+            ``out`` is written (and ``plan.info`` is then empty: never the
+            verdict of an earlier solve).
         """
+        self.info = {}
         planes = [self._image(n, a, self.shape)
                   for n, a in (("minus", minus), ("zero", zero), ("plus", plus))]
         noise = check_noise(noise, 3)
@@ -300,6 +302,7 @@ class Plan:
         array (B, Ny, Nx)
             The phases in rad (``out`` where given), on the plan's backend.
         """
+        self.info = {}  # a refused batch leaves no earlier solve's verdict
         if not hasattr(stack, "ndim"):
             raise InputError(f"stack: expected an array (B, 3, Ny, Nx) on this plan's backend, "
                              f"got {type(stack).__name__}")

@@ -455,3 +455,24 @@ def test_a_mirror_plan_given_a_gradient_allocates_no_image(method):
             gc.enable()
     assert min(peaks) < n * n * 4 / 4, peaks
     assert np.isfinite(out).all()
+
+
+def test_a_refused_plan_solve_leaves_no_earlier_verdict_in_info():
+    """plan.info kept the previous solve's verdict (its TrustWarning reason)
+    after a refused solve or batch: a program reading it after the error saw
+    a verdict on other data."""
+    p = [a.astype(np.float32) for a in planes()]
+    plan = ft.Plan((N, N), PIXEL, DZ, E, method="tie", backend="cpu")
+    with pytest.warns(ft.TrustWarning):
+        plan.solve(*p, noise=1e3)  # all noise: "no signal above the noise"
+    assert "trust" in plan.info
+    bad = [a.copy() for a in p]
+    bad[1][0, 0] = np.nan
+    with pytest.raises(ft.InputError, match="^zero: contains NaN"):
+        plan.solve(*bad)
+    assert plan.info == {}
+    with pytest.warns(ft.TrustWarning):
+        plan.solve(*p, noise=1e3)
+    with pytest.raises(ft.InputError, match=r"^stack\[0\]: zero: contains NaN"):
+        plan.solve_batch(np.stack(bad)[None])
+    assert plan.info == {}
