@@ -18,8 +18,8 @@ class InputError(ValueError):
 
 
 class ResultError(InputError):
-    """A computed result holds NaN or Inf: refused rather than returned; the
-    message names the stage that produced it."""
+    """A computed result holds NaN or Inf, or a phase gradient no phase has:
+    refused rather than returned; the message names the stage that produced it."""
 
 
 class BackendError(ValueError):

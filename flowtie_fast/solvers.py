@@ -75,6 +75,11 @@ GRADIENT_LIMIT = 1e4
 SOLVER_IMAGES = 14  # images of the working dtype a TIESolver adds to its Poisson solver
 
 
+class ImplausibleResult(ResultError):
+    """A result whose phase gradient exceeds :data:`GRADIENT_LIMIT`: refused
+    (a :class:`ResultError`) naming the stage."""
+
+
 @dataclass
 class Reconstruction:
     """Result of a phase retrieval.
@@ -654,7 +659,7 @@ class TIESolver:
             mean, residual = self._solve_planes(
                 series.planes, series.derivative_weights, series.intensity_weights,
                 series.wavenumber, series.gradient, method, phase, grad, info, options)
-            check_finite_result(method, phase, grad)
+            self._check_result(method, phase, grad)
             registration = getattr(series, "registration", None)
             if (method != "flowtie" and registration is not None
                     and not registration.get("reliable", True)):
@@ -851,7 +856,7 @@ class TIESolver:
         else:
             self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
                                gradient, method, out, gradient_out, info, options)
-        check_finite_result(method, out, gradient_out)
+        self._check_result(method, out, gradient_out)
         return info.pop("uncertainty_map", None)
 
     def flow_batch(self, stack, derivative_weights, intensity_weights, wavenumber, *,
@@ -906,7 +911,9 @@ class TIESolver:
             for i in range(b):
                 grad = None if gradient_out is None else gradient_out[i]
                 self.poisson.integrate(v[i], out=out[i], grad_out=grad)
-            check_finite_result("flowtie", out, gradient_out)
+            for i in range(b):
+                self._check_result("flowtie", out[i],
+                                   None if gradient_out is None else gradient_out[i])
             be.synchronize()
         return out
 
@@ -956,6 +963,39 @@ class TIESolver:
                               _residual=misfit)
 
     # ------------------------------------------------------------------ internals
+
+    def _check_result(self, stage, phase, grad=None):
+        """The result checked finite and plausible, one sum of squares per array:
+        :class:`ResultError` naming ``stage`` where it holds NaN or Inf, or where
+        its phase gradient provably exceeds :data:`GRADIENT_LIMIT` (the planes and
+        the physical parameters then describe no transport of intensity: a
+        millimetre pixel with a 1e-3 Å defocus step gave 1e19 rad). Lower bounds,
+        so that nothing plausible is refused: ``max |∇φ| >= rms(∇φ)``; and without
+        the gradient, some pair of neighbouring pixels differs by at least
+        ``√2 rms(φ) / L`` rad/Å, ``L`` the longer side in Å (the smallest
+        non-zero eigenvalue of the difference Laplacian, either boundary, is at
+        least ``(2 / L)²``; the phase's mean is zero)."""
+        xp = self.backend.xp
+        ny, nx = self.shape
+        side = max(ny * self.pixel_size[0], nx * self.pixel_size[1])
+        peak = 0.0
+        for a, scale in ((phase, side / math.sqrt(2.0)), (grad, 1.0)):
+            if a is None:
+                continue
+            squares = float(xp.vdot(a, a))
+            if not math.isfinite(squares):
+                if not bool(xp.isfinite(a).all()):
+                    check_finite_result(stage, a)  # raises, naming the stage
+                # finite values whose squares overflow the working dtype
+                squares = float(xp.linalg.norm(a.astype(xp.float64))) ** 2
+            peak = max(peak, math.sqrt(squares / a.size) / scale)
+        if peak > GRADIENT_LIMIT:
+            raise ImplausibleResult(
+                f"{stage}: the result's phase gradient reaches at least {peak:.3g} rad/Å, "
+                f"beyond the {GRADIENT_LIMIT:g} rad/Å any phase gradient has (2π × a centre "
+                f"of mass within the detector): refused rather than returned; check the "
+                f"physical parameters (pixel_size {self.pixel_size[0]:g} x "
+                f"{self.pixel_size[1]:g} Å, dz, energy) and the planes' units")
 
     def _check_gradient(self, gradient):
         """A measured phase gradient (2, Ny, Nx), rad/Å, checked

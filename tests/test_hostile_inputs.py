@@ -476,3 +476,28 @@ def test_a_refused_plan_solve_leaves_no_earlier_verdict_in_info():
     with pytest.raises(ft.InputError, match=r"^stack\[0\]: zero: contains NaN"):
         plan.solve_batch(np.stack(bad)[None])
     assert plan.info == {}
+
+
+@pytest.mark.parametrize("pixel,dz", [(1e7, 1e-3), (1e7, DZ), (10.0, 1e-3)])
+@pytest.mark.parametrize("method", ["tie-uniform", "tie", "tie-exact", "gd"])
+def test_a_phase_whose_gradient_no_phase_has_is_refused_naming_the_stage(pixel, dz, method):
+    """Parameters each within its range (a millimetre pixel, a 1e-3 Å defocus
+    step) gave phases up to 1e19 rad and gradients of 1e11 rad/Å without a
+    word; a result whose phase gradient is beyond GRADIENT_LIMIT, the bound on
+    a measured gradient, is refused like a non-finite one, in a Plan too
+    (without a gradient_out, by a lower bound from the phase's own size: it
+    catches the gross cases)."""
+    t = ft.FocalTriplet(*planes(), dz=dz, pixel_size=pixel, energy=E)
+    says = rf"^{method}: the result's phase gradient reaches at least .* beyond the 10000 rad/Å"
+    with pytest.raises(ft.ResultError, match=says):
+        ft.reconstruct(t, method=method, backend="cpu")
+    plan = ft.Plan((N, N), pixel, dz, E, method=method, backend="cpu")
+    out = np.zeros((N, N), np.float32)
+    if pixel == 1e7:
+        with pytest.raises(ft.ResultError, match=says):
+            plan.solve(*planes(), out=out)
+    with pytest.raises(ft.ResultError, match=says):
+        plan.solve(*planes(), out=out, gradient_out=np.zeros((2, N, N), np.float32))
+    # the usual scale passes
+    ft.reconstruct(ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E),
+                   method=method, backend="cpu")
