@@ -394,8 +394,10 @@ def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradien
         return ("ok", be.to_numpy(out), None if grad_out is None else be.to_numpy(grad_out))
     except tuple(_ERRORS.values()) as exc:
         message = re.sub(r"^stack\[(\d+)\]", lambda m: f"stack[{start + int(m[1])}]", str(exc))
-        return ("error", type(exc).__name__ if type(exc).__name__ in _ERRORS else
-                "InputError", message)
+        # the most specific of the three (a ResultError's subclass is a ResultError)
+        name = next(n for n in ("ResultError", "BackendError", "InputError")
+                    if isinstance(exc, _ERRORS[n]))
+        return ("error", name, message)
 
 
 def _canonical(a):

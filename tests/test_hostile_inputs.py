@@ -501,3 +501,15 @@ def test_a_phase_whose_gradient_no_phase_has_is_refused_naming_the_stage(pixel, 
     # the usual scale passes
     ft.reconstruct(ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E),
                    method=method, backend="cpu")
+
+
+def test_a_worker_refusing_a_result_reports_a_result_error():
+    """A worker sent back the refusal of a result of a ResultError's subclass
+    as a plain InputError: the name is now that of the library's class it is."""
+    pytest.importorskip("distributed")
+    from flowtie_fast.cluster import _solve_batch, _Spec
+    stack = np.stack([np.stack(planes(i)) for i in range(2)]).astype(np.float32)
+    spec = _Spec((N, N), (1e7, 1e7), 1e-3, E, "tie", "cpu", 1, "float32", ())
+    status, name, message = _solve_batch(stack, None, None, spec, 4, False)
+    assert (status, name) == ("error", "ResultError")
+    assert message.startswith("stack[4]: tie: the result's phase gradient reaches")
