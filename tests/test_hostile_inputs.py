@@ -513,3 +513,29 @@ def test_a_worker_refusing_a_result_reports_a_result_error():
     status, name, message = _solve_batch(stack, None, None, spec, 4, False)
     assert (status, name) == ("error", "ResultError")
     assert message.startswith("stack[4]: tie: the result's phase gradient reaches")
+
+
+def test_libertem_passes_name_a_missing_context_and_bad_values():
+    """triplet_with_libertem with ctx=None raised a bare AttributeError; NaN in
+    the in-focus dataset was called "center: the mean pattern is empty"; and
+    float64 values whose sums overflow the float32 reduction were called NaN
+    or Inf alone."""
+    pytest.importorskip("libertem")
+    from libertem.api import Context
+
+    from flowtie_fast.stem.live import triplet_with_libertem
+    ctx = Context.make_with("inline")
+    data = [d.astype(np.float32) for d in patterns((6, 6, 16, 16))]
+    args = dict(dz=DZ, scan_step=0.2, k_sampling=0.05, energy=E)
+    with pytest.raises(ft.InputError, match=r"^ctx: expected a LiberTEM Context.*NoneType"):
+        triplet_with_libertem(None, [ctx.load("memory", data=d) for d in data], **args)
+    nan = data[1].copy()
+    nan[0, 0, 0, 0] = np.nan
+    with pytest.raises(ft.InputError, match=r"^zero: the patterns contain NaN or Inf$"):
+        triplet_with_libertem(ctx, [ctx.load("memory", data=d) for d in (data[0], nan, data[2])],
+                              **args)
+    big = data[1].astype(np.float64) * 1e40
+    with pytest.raises(ft.InputError, match=r"^zero: contains NaN or Inf, or float64 values "
+                                            r"whose sums exceed float32's range"):
+        triplet_with_libertem(ctx, [ctx.load("memory", data=d) for d in (data[0], big, data[2])],
+                              **args)

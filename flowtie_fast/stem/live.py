@@ -272,6 +272,9 @@ def _check_backends(ctx, backends):
         The backends (None: LiberTEM's choice, NumPy on CPU workers and CuPy
         on CUDA workers).
     """
+    if not callable(getattr(ctx, "run_udf", None)):
+        raise InputError(f"ctx: expected a LiberTEM Context (libertem.api.Context."
+                         f"make_with(...)), got {type(ctx).__name__}")
     if backends is None:
         return None
     names = (backends,) if isinstance(backends, str) else backends
@@ -370,7 +373,16 @@ def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=Non
     W, combine = detector_weights(detector, regions, com_radius_mrad)
     result = ctx.run_udf(dataset=dataset, udf=ReductionUDF(W), backends=backends)
     sums = np.asarray(result["sums"].data, np.float32).reshape(sy, sx, -1)
-    return finish_reduction(sums, combine, detector, regions, name)
+    try:
+        return finish_reduction(sums, combine, detector, regions, name)
+    except InputError as exc:
+        dtype = np.dtype(getattr(dataset, "dtype", np.float32))
+        if dtype.kind != "f" or dtype.itemsize <= 4:
+            raise
+        # a wider dtype's finite values can overflow the float32 sums as well
+        raise InputError(str(exc).replace(
+            "contains NaN or Inf", f"contains NaN or Inf, or {dtype} values whose sums "
+            "exceed float32's range (the reduction sums in float32: rescale the data)"))
 
 
 def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, center=None,
@@ -446,6 +458,8 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     energy = check_positive("energy", energy)
     total = ctx.run_udf(dataset=datasets[1], udf=SumUDF(), backends=backends)["intensity"]
     mean = np.asarray(total.data, np.float64) / (sy * sx)
+    if not np.isfinite(mean).all():  # else named "the mean pattern is empty" (center)
+        raise InputError("zero: the patterns contain NaN or Inf")
     detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius)
     if virtual not in regions:
         raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
