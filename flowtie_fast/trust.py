@@ -10,10 +10,10 @@ Uncertainty
     The shipped models (``default`` and the three seeds ``seed0``, ``seed2``,
     ``seed3``: one recipe, different initialisations) each predict a flow;
     each is integrated to a phase (mean removed). The standard deviation of
-    these phases at each pixel, times a factor calibrated on the validation
-    simulations (``data/calibration.json``: the factor that makes
-    ``|phase error| <= uncertainty`` hold on 68 % of their pixels, all doses
-    pooled), is ``rec.uncertainty`` (rad).
+    these phases at each pixel, times a factor calibrated on held-out
+    simulations (``data/calibration.json``: the factor that puts the share of
+    pixels with ``|phase error| <= uncertainty`` within 0.5-0.95 on the most
+    cases), is ``rec.uncertainty`` (rad).
 
 Relative spread
     The RMS of that spread over the RMS of the phase: where the members
