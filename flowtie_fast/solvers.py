@@ -1261,13 +1261,15 @@ class TIESolver:
         info.update(iterations=it, objective=objective, tol=tol, preconditioner=preconditioner,
                     converged=it < max_iter or objective[-1] <= target)
         if not info["converged"]:
-            info["distance"] = _remaining_distance(updates, float(xp.sqrt(_dot(xp, x, x))))
+            info["distance"] = _remaining_distance(updates, math.sqrt(_dot(xp, x, x)))
         if not info["converged"] and not info["distance"] <= GD_DISTANCE_LIMIT:
+            far = ("at a distance from the solution its steps do not tell"
+                   if math.isinf(info["distance"]) else
+                   f"an estimated {info['distance']:.2g} of the phase away from the solution")
             info["trust"] = (f"gd: stopped after {it} iterations (max_iter) before its "
-                             f"stopping rule was met (tol {tol:.3g}), an estimated "
-                             f"{info['distance']:.2g} of the phase away from the solution: "
-                             "the phase is the last iterate (a larger max_iter, the "
-                             "'biharmonic' preconditioner, or method='tie-exact')")
+                             f"stopping rule was met (tol {tol:.3g}), {far}: the phase is "
+                             "the last iterate (a larger max_iter, the 'biharmonic' "
+                             "preconditioner, or method='tie-exact')")
             warnings.warn(info["trust"], TrustWarning, stacklevel=5)
         return self._true_residual(x, k) if want_residual else None
 
