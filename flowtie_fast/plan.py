@@ -6,8 +6,11 @@ warm-up call, ``plan.solve(minus, zero, plus, out=phase)`` allocates no image
 arrays for ``tie-uniform``, ``tie``, ``tie-exact``, ``gd`` and ``icom`` (the
 allocation tracker, which sees NumPy's buffers, sees a few KB of Python
 objects a call: less than a quarter of one 64² float32 image, tested),
-compiles nothing and plans nothing. ``flowtie`` runs its network through
-PyTorch, whose activations PyTorch allocates.
+compiles nothing and plans nothing, where the planes' noise is unknown (float
+planes without ``noise=``). With a known noise (integer planes are Poisson
+counts, or ``noise=``) the filter of the focal derivative works on float64
+copies: a few images a call. ``flowtie`` runs its network through PyTorch,
+whose activations PyTorch allocates.
 
 First-call costs are measured separately in :attr:`Plan.timings` (seconds):
 
