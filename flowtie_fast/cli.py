@@ -186,9 +186,13 @@ def _reconstruct(args) -> int:
         if ds.phase_gt is not None:
             from flowtie_fast.evaluation.evaluate import phase_errors
 
-            mse, nmse = phase_errors(fields["phase"], ds.phase_gt)
-            print(f"phase error against the file's ground truth: MSE {mse:.4g} rad², "
-                  f"NMSE {nmse:.4g}")
+            try:
+                mse, nmse = phase_errors(fields["phase"], ds.phase_gt)
+                print(f"phase error against the file's ground truth: MSE {mse:.4g} rad², "
+                      f"NMSE {nmse:.4g}")
+            except InputError as exc:  # the result is still written
+                warnings.warn(f"no phase error against the file's ground truth: {exc}",
+                              UserWarning, stacklevel=2)
         truth = ds.phase_gt
     write_fields(args.output, fields, arrays=("phase", "gradient", "residual", "uncertainty"),
                  overwrite=args.overwrite)

@@ -539,3 +539,36 @@ def test_libertem_passes_name_a_missing_context_and_bad_values():
                                             r"whose sums exceed float32's range"):
         triplet_with_libertem(ctx, [ctx.load("memory", data=d) for d in (data[0], big, data[2])],
                               **args)
+
+
+@pytest.mark.parametrize("truth, says", [
+    (lambda p: p[:1], r"truth: shape \(1, 32\), expected \(32, 32\) like phase"),
+    (lambda p: p[:, :1], r"truth: shape \(32, 1\), expected \(32, 32\)"),
+    (lambda p: 1.0, r"truth: expected a non-empty 2-D array, got shape \(\)"),
+    (lambda p: np.full_like(p, np.nan), "truth: contains NaN or Inf"),
+    (lambda p: p * 1e200, "truth: phases up to .* overflow the squared error"),
+    (lambda p: p + 1j, "truth: expected real numbers"),
+])
+def test_phase_errors_refuse_a_truth_they_would_broadcast_or_overflow(truth, says):
+    from flowtie_fast.evaluation.evaluate import phase_errors
+
+    phase = np.cos(np.arange(32 * 32).reshape(32, 32) * 0.1)
+    with pytest.raises(ft.InputError, match=says):
+        phase_errors(phase, truth(phase))
+
+
+def test_evaluate_names_the_file_whose_truth_overflows_the_error(tmp_path, capsys):
+    from fields import periodic_field, triplet_from
+
+    from flowtie_fast.evaluation.evaluate import evaluate
+
+    pixel = (0.2, 0.25)
+    phi, intensity, didz, grad = periodic_field(shape=(32, 32), pixel=pixel, contrast=0.3)
+    t = triplet_from(intensity, didz, 20.0, pixel, 300e3)
+    ft.save(tmp_path / "huge.npz", ft.Dataset(*t.planes, dz=(20.0, 20.0), scan_step=pixel,
+                                              energy=300e3, phase_gt=phi * 1e200))
+    with pytest.raises(ft.InputError, match="huge.npz: truth: phases up to"):
+        evaluate(tmp_path, methods=("tie",), repeats=1)
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: huge.npz: truth: phases up to" in err and "inf" not in err

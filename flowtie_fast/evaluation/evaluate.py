@@ -61,13 +61,46 @@ def phase_errors(phase, truth):
     nmse : float
         ``mse / var(φ_gt)``, dimensionless; NaN where the ground truth is flat
         (nothing to normalise by).
+
+    Raises
+    ------
+    InputError
+        Naming ``phase`` or ``truth``: not a 2-D array of finite real numbers,
+        shapes that differ (nothing is broadcast), or values whose squared
+        error overflows float64.
     """
-    phase = np.asarray(phase, dtype=np.float64)
-    truth = np.asarray(truth, dtype=np.float64)
-    d = (phase - phase.mean()) - (truth - truth.mean())
-    mse = float(np.mean(d**2))
-    var = float(np.var(truth))
+    phase = _phase_array("phase", phase)
+    truth = _phase_array("truth", truth)
+    if truth.shape != phase.shape:
+        raise InputError(f"truth: shape {truth.shape}, expected {phase.shape} like phase")
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = (phase - phase.mean()) - (truth - truth.mean())
+        mse = float(np.mean(d**2))
+        var = float(np.var(truth))
+    if not (np.isfinite(mse) and np.isfinite(var)):
+        big = {n: float(np.abs(a).max()) for n, a in (("truth", truth), ("phase", phase))}
+        name = max(big, key=big.get)
+        raise InputError(f"{name}: phases up to {big[name]:.3g} rad overflow the squared error "
+                         "in float64; expected phases in rad")
     return mse, mse / var if var > 0 else float("nan")  # a flat truth has no NMSE
+
+
+def _phase_array(name, a) -> np.ndarray:
+    """``a`` as a float64 2-D array of finite real numbers; InputError naming
+    ``name`` otherwise."""
+    try:
+        a = np.asarray(a)
+    except Exception as exc:  # noqa: BLE001 (ragged lists and the like)
+        raise InputError(f"{name}: expected a 2-D array of phases in rad, got "
+                         f"{type(a).__name__} ({exc})") from None
+    if a.dtype.kind not in "iuf":
+        raise InputError(f"{name}: expected real numbers (phases in rad), got dtype {a.dtype}")
+    if a.ndim != 2 or a.size == 0:
+        raise InputError(f"{name}: expected a non-empty 2-D array, got shape {a.shape}")
+    a = a.astype(np.float64, copy=False)
+    if not np.isfinite(a).all():
+        raise InputError(f"{name}: contains NaN or Inf; expected finite phases in rad")
+    return a
 
 
 def timed_reconstruct(triplet, method, backend="cpu", repeats=3, **options):
@@ -223,7 +256,10 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
             options = {"model": model} if method == "flowtie" and model is not None else {}
             rec, best = timed_reconstruct(t, method, backend, repeats, **options)
             phase = rec.phase.get() if hasattr(rec.phase, "get") else rec.phase
-            mse, nmse = phase_errors(phase, truth)
+            try:
+                mse, nmse = phase_errors(phase, truth)
+            except InputError as exc:  # name the file whose truth it is
+                raise InputError(f"{path.name}: {exc}") from None
             rows.append({"case": case, "material": material, "thickness": thickness,
                          "method": method, "mse": mse, "nmse": nmse, "time_ms": best * 1e3,
                          "repeats": repeats, "fallback": rec.info.get("fallback")})
