@@ -353,7 +353,7 @@ def _evaluate(args) -> int:
                          + ("--methods leaves out" if given else
                             "needs PyTorch (pip install 'flowtie_fast[flow]')"))
     check_count("--repeats", args.repeats, 1, 1000)
-    if args.output:
+    if args.output is not None:  # an empty -o is refused, not ignored
         check_output(args.output, overwrite=args.overwrite, suffixes=(".md", ".txt"))
     if not given and "flowtie" not in methods:
         print("flowtie: skipped, PyTorch is not installed (pip install 'flowtie_fast[flow]')")
@@ -367,7 +367,7 @@ def _evaluate(args) -> int:
                     progress=print, skip_without_gradient=not given)
     table = format_table(rows)
     print(table)
-    if args.output:
+    if args.output is not None:
         with atomic_path(args.output, args.overwrite) as tmp:
             tmp.write_text(table)
         print(f"table: {args.output}")

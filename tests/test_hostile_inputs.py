@@ -572,3 +572,9 @@ def test_evaluate_names_the_file_whose_truth_overflows_the_error(tmp_path, capsy
     assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--repeats", "1"]) == 2
     err = capsys.readouterr().err
     assert "error: huge.npz: truth: phases up to" in err and "inf" not in err
+
+
+def test_evaluate_refuses_an_empty_output_path_instead_of_ignoring_it(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "-o", ""]) == 2
+    assert "flowtie evaluate: error: output: expected a file path, got an empty string" in \
+        capsys.readouterr().err
