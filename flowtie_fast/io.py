@@ -49,6 +49,7 @@ through the reduction.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -180,6 +181,10 @@ class Dataset:
             ``gradient`` (rad/Å).
         """
         self._check_open("dataset")
+        unknown = sorted(k for k in kwargs if k not in _TRIPLET_OPTIONS)
+        if unknown:  # a TypeError (or the file's own dz given twice) otherwise
+            raise InputError(f"options: {unknown} are not options of Dataset.triplet; "
+                             f"expected some of {_TRIPLET_OPTIONS}")
         if self.kind == "4dstem":
             try:
                 return FocalTriplet.from_4dstem(self.minus, self.zero, self.plus, dz=self.dz,
@@ -252,6 +257,12 @@ class Dataset:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# The options Dataset.triplet passes to FocalTriplet.from_4dstem (the file gives the rest).
+_TRIPLET_OPTIONS = tuple(
+    n for n, p in inspect.signature(FocalTriplet.from_4dstem).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def _from_object(obj) -> Dataset:

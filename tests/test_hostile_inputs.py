@@ -578,3 +578,14 @@ def test_evaluate_refuses_an_empty_output_path_instead_of_ignoring_it(tmp_path, 
     assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "-o", ""]) == 2
     assert "flowtie evaluate: error: output: expected a file path, got an empty string" in \
         capsys.readouterr().err
+
+
+def test_dataset_triplet_names_an_unknown_option_instead_of_a_type_error():
+    rng = np.random.default_rng(0)
+    data = [rng.random((4, 4, 8, 8)).astype(np.float32) + 0.5 for _ in range(3)]
+    ds = ft.Dataset(*data, dz=(20.0, 20.0), scan_step=(0.2, 0.2), energy=300e3,
+                    k_sampling=(0.05, 0.05))
+    for options in ({"bogus": 1}, {"dz": 5.0}):
+        with pytest.raises(ft.InputError, match=r"options: \['(bogus|dz)'\] are not options "
+                                                r"of Dataset.triplet; expected some of"):
+            ds.triplet(**options)
