@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import flowtie_fast as ft  # noqa: E402
-from evaluation_grid import DRIFTS, cases, triplet_of  # noqa: E402
+from evaluation_grid import DRIFTS, cases, chooses, triplet_of  # noqa: E402
 from flowtie_fast.evaluation.evaluate import phase_errors  # noqa: E402
 
 FOCAL = ("tie-uniform", "tie", "tie-exact", "gd")
@@ -74,10 +74,7 @@ def run(folders, out):
 
 
 def _is_fit(row) -> bool:
-    """Validation crystals and even-numbered corpus series choose; the rest score."""
-    if row["folder"] in ("validation", "test"):
-        return row["folder"] == "validation"
-    return int(row["case"][1:5]) % 2 == 0
+    return chooses(row["folder"], row["case"])
 
 
 def _count(rows, limit):

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import flowtie_fast as ft  # noqa: E402
-from evaluation_grid import cases, triplet_of  # noqa: E402
+from evaluation_grid import cases, chooses, triplet_of  # noqa: E402
 from flowtie_fast import trust  # noqa: E402
 from flowtie_fast.evaluation.evaluate import phase_errors  # noqa: E402
 
@@ -77,9 +77,7 @@ def table(path):
 
 
 def _is_fit(row) -> bool:
-    if row["folder"] != "corpus":
-        return row["folder"] == "validation"
-    return int(row["case"][1:5]) % 2 == 0
+    return chooses(row["folder"], row["case"])
 
 
 def _in_range(rows, s) -> int:

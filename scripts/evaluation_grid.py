@@ -57,6 +57,15 @@ def cases(folders):
                 yield f, True, 0, "crystal"
 
 
+def chooses(folder: str, case: str) -> bool:
+    """The half of the cases that choose a limit (the validation crystals and the
+    even-numbered corpus series); the other half (the test crystals and the
+    odd-numbered series) scores it after."""
+    if folder != "corpus":
+        return folder == "validation"
+    return int(case[1:5]) % 2 == 0
+
+
 def one(path, periodic, margin, kind, dose, shifts, rng):
     t, truth, boundary, ds = triplet_of(path, periodic, margin, dose, shifts, rng)
     row = {"case": path.stem, "kind": kind, "periodic": periodic, "energy": ds.energy,
