@@ -589,3 +589,42 @@ def test_dataset_triplet_names_an_unknown_option_instead_of_a_type_error():
         with pytest.raises(ft.InputError, match=r"options: \['(bogus|dz)'\] are not options "
                                                 r"of Dataset.triplet; expected some of"):
             ds.triplet(**options)
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("depth", 40, "width/depth/stride: .*(too large to be held|parameters needs about)"),
+    ("width", 100000, r"width/depth/stride: a network of .* parameters needs about"),
+    ("channels", (8, 10**51), "channels/stride: levels of up to 1e\\+51 channels"),
+    ("lr", 1e300, r"lr: expected a learning rate in \(0, 1\]"),
+])
+def test_a_training_network_that_cannot_be_held_is_refused_before_it_is_built(field, value,
+                                                                                 says):
+    pytest.importorskip("torch")
+    from flowtie_fast.training.train import TrainConfig
+
+    with pytest.raises(ft.InputError, match=says):
+        TrainConfig(**{field: value})
+
+
+def test_training_refuses_a_network_wider_than_its_images_and_a_batch_beyond_memory(
+        monkeypatch):
+    pytest.importorskip("torch")
+    from fields import periodic_field, triplet_from
+
+    import flowtie_fast.training.train as tr
+    from flowtie_fast.training.data import Sample
+
+    pixel = (0.2, 0.25)
+    phi, intensity, didz, grad = periodic_field(shape=(12, 12), pixel=pixel, contrast=0.1)
+    t = triplet_from(intensity, didz, 1.0, pixel, 300e3)
+    sample = Sample(np.stack(t.planes).astype(np.float32),
+                    np.asarray(t.derivative_weights, np.float32),
+                    (grad / (2 * np.pi)).astype(np.float32), phi.astype(np.float32),
+                    grad.astype(np.float32), t.wavenumber, pixel, "tiny")
+    deep = tr.TrainConfig(steps=1, batch=1, channels=(4,) * 7)  # pads to 64, images of 24
+    with pytest.raises(ft.InputError, match="channels/stride: the network pads its input to "
+                                            "a multiple of 64 .* case tiny gives 24x24"):
+        tr.train([sample], deep)
+    monkeypatch.setattr(tr, "host_available_memory", lambda: 1 << 20)
+    with pytest.raises(ft.InputError, match="batch: a step of 64 copies needs about"):
+        tr.train([sample], tr.TrainConfig(steps=1, batch=64, channels=(4,)))

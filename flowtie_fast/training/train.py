@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..backend import _gib, host_available_memory
 from ..errors import InputError, check_count, check_positive, check_real
 from ..files import atomic_path
 from ..flow.infer import FlowEnsemble, check_model_source, flow_inputs, load_model
@@ -107,19 +108,23 @@ class TrainConfig:
             Naming the first bad field and what was expected: ``steps``,
             ``batch``, ``reps``, ``width``, ``depth``, ``stride``,
             ``checkpoint_every`` positive integers; ``restarts`` and ``seed``
-            integers >= 0; ``lr`` a positive finite number; ``weights`` three
+            integers >= 0; ``lr`` in (0, 1]; ``weights`` three
             finite non-negative numbers (flow, continuity, phase), not all
             zero; ``channels`` None or positive integers; ``dose`` (None,
             None) or two positive finite counts per pixel, low <= high;
             ``clip`` finite >= 0; ``distill`` in [0, 1], and > 0 only with a
             ``teacher``; ``init`` None or a model name or file; ``schedule``
-            "constant" or "cosine".
+            "constant" or "cosine"; a network whose parameters do not fit in
+            the memory available to train.
         """
         for name in ("steps", "batch", "reps", "width", "depth", "stride", "checkpoint_every"):
             setattr(self, name, check_count(name, getattr(self, name), 1))
         self.restarts = check_count("restarts", self.restarts, 0)
         self.seed = check_count("seed", self.seed, 0)
         self.lr = check_positive("lr", self.lr)
+        if self.lr > 1.0:  # Adam's step is lr per parameter: above 1 it only diverges
+            raise InputError(f"lr: expected a learning rate in (0, 1] (e.g. 2e-3), got "
+                             f"{self.lr!r}")
         w = self.weights
         if isinstance(w, (str, bytes)) or not hasattr(w, "__len__") or len(w) != 3:
             raise InputError(f"weights: expected three numbers (flow, continuity, phase), "
@@ -159,6 +164,7 @@ class TrainConfig:
             raise InputError("teacher: distill > 0 needs a teacher model")
         if self.distill > 0:  # a missing or non-model teacher is refused before any data
             check_model_source("teacher", self.teacher)
+        self._check_network_memory()
         if self.schedule not in ("constant", "cosine"):
             raise InputError(f"schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
         if self.init is not None:
@@ -166,6 +172,32 @@ class TrainConfig:
                 raise InputError(f"init: expected a model name or file, got {self.init!r}")
             self.init = str(self.init) or None
         return self
+
+    def _network(self):
+        """The run's FlowNet on the meta device: names and shapes, no memory."""
+        with torch.device("meta"):
+            return FlowNet(in_channels=6 if self.use_com else 4, width=self.width,
+                           depth=self.depth, stride=self.stride, channels=self.channels)
+
+    def _check_network_memory(self) -> None:
+        """InputError naming the network's settings when its parameters, with
+        their gradients, Adam's two moments and the rollback snapshots, do not
+        fit in the memory available now (the process would be killed)."""
+        try:
+            params = sum(p.numel() for p in self._network().parameters())
+        except (RuntimeError, OverflowError, TypeError):  # a size beyond an address
+            widest = max(self.channels or [self.width * 2 ** (self.depth - 1)])
+            widest = f"{widest:.3g}" if widest < 10**300 else "more than 1e300"
+            raise InputError(f"{_network_options(self)}: levels of up to {widest} channels "
+                             "are too large to be held in memory; give fewer or narrower "
+                             "levels") from None
+        need = _PARAM_COPIES * 4 * params
+        available = host_available_memory()
+        if available is not None and need > available:
+            raise InputError(
+                f"{_network_options(self)}: a network of {params:.3g} parameters needs about "
+                f"{_gib(need)} to train (weights, gradients, optimiser state and snapshots), "
+                f"more than the {_gib(available)} available; give fewer or narrower levels")
 
 
 def _teacher(cfg: TrainConfig):
@@ -200,10 +232,46 @@ def _initial_weights(cfg: TrainConfig, model: FlowNet) -> None:
                          f"({type(exc).__name__}: {text})") from None
 
 
+# Copies of the parameters a run holds (weights, gradients, Adam's two moments,
+# rollback snapshots of model and optimiser) and bytes of activations per value of
+# the network's levels (measured 14 to 20 with the saved tensors of the backward
+# pass; the lower end, so that no run that fits is refused).
+_PARAM_COPIES = 12
+_ACTIVATION_COPIES = 14
+
+
+def _network_options(cfg: TrainConfig) -> str:
+    return "channels/stride" if cfg.channels is not None else "width/depth/stride"
+
+
 def _check_samples(samples, cfg: TrainConfig) -> None:
     if any(not getattr(s, "periodic", True) for s in samples) and cfg.weights[0] == 0:
         raise InputError(f"weights: non-periodic samples train on the flow term alone; a flow "
                          f"weight of 0 ({cfg.weights!r}) leaves them nothing to learn")
+    # The network pads its input circularly to a multiple of stride x 2^(levels - 1):
+    # no more than the image itself, and a batch's activations must fit in memory.
+    net = cfg._network()
+    m = net.multiple
+    largest = 0
+    for s in samples:
+        reps = cfg.reps if getattr(s, "periodic", True) else 1
+        sides = [n * reps for n in s.phase.shape[-2:]]
+        if min(sides) < m / 2:
+            raise InputError(
+                f"{_network_options(cfg)}: the network pads its input to a multiple of "
+                f"{m} pixels (stride {net.stride} x 2^{net.depth - 1}), which needs images of "
+                f"at least {(m + 1) // 2} pixels a side; case {s.name} gives "
+                f"{sides[0]}x{sides[1]}: give fewer levels or a smaller stride")
+        padded = [-(-n // m) * m for n in sides]
+        values = sum(c * (padded[0] // (net.stride * 2**i)) * (padded[1] // (net.stride * 2**i))
+                     for i, c in enumerate(net.channels))
+        largest = max(largest, values + (net.in_channels + 16) * sides[0] * sides[1])
+    need = _ACTIVATION_COPIES * 4 * cfg.batch * largest
+    available = host_available_memory()
+    if available is not None and need > available:
+        raise InputError(f"batch: a step of {cfg.batch} copies needs about {_gib(need)} for the "
+                         f"network's activations, more than the {_gib(available)} available; "
+                         "give a smaller batch or a narrower network")
 
 
 def _batch(samples, cfg: TrainConfig, rng):
