@@ -628,3 +628,13 @@ def test_training_refuses_a_network_wider_than_its_images_and_a_batch_beyond_mem
     monkeypatch.setattr(tr, "host_available_memory", lambda: 1 << 20)
     with pytest.raises(ft.InputError, match="batch: a step of 64 copies needs about"):
         tr.train([sample], tr.TrainConfig(steps=1, batch=64, channels=(4,)))
+
+
+def test_a_model_path_that_is_a_fifo_is_named_as_such_not_missing(tmp_path):
+    pytest.importorskip("torch")
+    from flowtie_fast.flow import load_model
+
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(ft.InputError, match="model: .* is a FIFO"):
+        load_model(fifo)

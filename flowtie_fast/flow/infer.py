@@ -274,6 +274,8 @@ class FlowModel:
         if path.is_dir():
             raise InputError(f"model: {str(path)!r} is a folder, expected a TorchScript file")
         if not path.is_file():
+            if os.path.lexists(path):  # a FIFO, a device, a loop or a dangling link
+                check_input_file("model", path)
             raise InputError(f"model: no such file {str(path)!r}")
         if shipped is None:  # a shipped file given by its path is checked alike
             shipped = _shipped_name(path)
