@@ -41,8 +41,8 @@ Registration
     scans were registered and the estimate was unreliable (so not applied),
     the flow is not trusted.
 
-The flow is not trusted where the registration was unreliable, where the
-ratio to ``icom`` exceeds ``icom_ratio_limit`` at a low signal-to-noise
+The flow is not trusted where the registration was unreliable, where its
+phase is flat while the ``icom`` phase is not, where the ratio to ``icom`` exceeds ``icom_ratio_limit`` at a low signal-to-noise
 ratio, the
 relative spread exceeds ``spread_limit``, or it exceeds
 ``spread_limit_no_signal`` while no signal lies above the noise, or, for a
@@ -242,6 +242,9 @@ def verdict(rms_spread, phase_rms: float, snr: float, icom_rms=None,
     if registration is not None and not registration.get("reliable", True):
         why = ("the drift between the scans could not be measured reliably (the flow "
                "compares the ±dz planes pixel by pixel)")
+    elif ratio == 0:
+        why = ("the flow's phase is flat where the measured centre of mass gives a phase "
+               "(a model that predicts no flow)")
     elif (ratio is not None and ratio > cal["icom_ratio_limit"]
             and snr < cal["icom_ratio_snr_limit"]):
         why = (f"the phase is {ratio:.3g} times as strong as the one the measured centre "

@@ -344,3 +344,25 @@ def test_a_single_model_of_your_own_is_not_trusted_without_signal(case, tmp_path
     # the verdict itself: no spread and no signal is no trust; a signal is
     assert trust.verdict(None, 1.0, 0.0)["trusted"] is False
     assert trust.verdict(None, 1.0, 0.5)["trusted"] is True
+
+
+def test_a_model_that_predicts_no_flow_is_not_trusted(case, tmp_path):
+    """A flat flow phase where the measured centre of mass gives a phase is no
+    answer: the icom phase instead, with a warning (it was returned trusted)."""
+    import json
+
+    class Zero(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros_like(x[:, :2])
+
+    path = tmp_path / "zero.pt"
+    torch.jit.save(torch.jit.script(Zero()), str(path),
+                   _extra_files={"config.json": json.dumps({"in_channels": 6})})
+    t = _triplet(case)
+    with pytest.warns(ft.TrustWarning, match="flat"):
+        rec = ft.reconstruct(t, method="flowtie", backend="cpu", model=str(path))
+    assert rec.info["trusted"] is False and rec.info["fallback"] == "icom"
+    icom = ft.reconstruct(t, method="icom", backend="cpu")
+    np.testing.assert_allclose(rec.phase, icom.phase, atol=1e-6)
+    assert trust.verdict(None, 0.0, 1.0, icom_rms=0.3)["trusted"] is False
+    assert trust.verdict(None, 0.2, 1.0, icom_rms=0.3)["trusted"] is True
