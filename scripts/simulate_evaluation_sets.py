@@ -8,8 +8,8 @@ Resumable: a case whose file exists is skipped. Writes under ``data/``
   thicknesses held out of training, and SrTiO3 1.56 nm scanned at 0.122 Å
   (the low-dose case, dosed at evaluation time);
 - ``data/train``: the GaAs and SrTiO3 [001] series the shipped models were
-  trained on (docs/models.md), without the frozen-phonon and
-  32 x 32 series: ``python scripts/simulate_evaluation_sets.py data train``.
+  trained on (docs/models.md), the 32 x 32 and frozen-phonon series
+  included: ``python scripts/simulate_evaluation_sets.py data train``.
 
 Settings of ``docs/evaluation.md``: 300 keV, 20 mrad, dz 20 Å, 24 x 24
 scan of one cell, 12 Å supercell, 0.06 Å potential sampling, 40 mrad detector.
@@ -52,6 +52,9 @@ SETS = [
      {"semiangle": 25.0, "dz": 30.0, "scan_gpts": (16, 16), "tag": "25mrad"}),
     ("train", "SrTiO3", (3.9, 23.4, 101.5, 199.2), {}),
     ("train", "GaAs", (5.7, 22.6, 90.5, 197.9), {}),
+    ("train", "SrTiO3", (3.9, 15.6, 27.3, 54.7), {"scan_gpts": (32, 32), "tag": "32x32"}),
+    ("train", "GaAs", (5.7, 11.3, 28.3, 56.5),
+     {"scan_gpts": (20, 20), "frozen_phonons": 4, "tag": "phonons"}),
 ]
 
 
