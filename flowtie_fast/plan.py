@@ -332,27 +332,25 @@ class Plan:
                          (stack, gradient, out, gradient_out),
                          ("stack", "gradient", "out", "gradient_out"))
         noise = check_noise(noise, 3)
-        if self.method == "flowtie" and b > 1 and not self.options.uncertainty:
-            for i in range(b if gradient is not None else 0):
-                try:
+        batched = self.method == "flowtie" and b > 1 and not self.options.uncertainty
+        # Every item is checked before the first is solved: a refusal writes nothing
+        # (flow_batch checks the planes itself).
+        for i in range(b):
+            try:
+                if not batched:
+                    self.solver.validate_planes([stack[i, j] for j in range(3)],
+                                                self._intensity_weights, _INPUT_NAMES[:3])
+                if gradient is not None:
                     self.solver._check_gradient(gradient[i])
-                except InputError as exc:
-                    raise InputError(f"stack[{i}]: {exc}") from exc
+            except InputError as exc:
+                raise InputError(f"stack[{i}]: {exc}") from exc
+        if batched:
             return self.solver.flow_batch(stack, self._derivative_weights,
                                           self._intensity_weights, self.wavenumber,
                                           gradient=gradient, out=out,
                                           gradient_out=gradient_out, model=self.options.model,
                                           names=_INPUT_NAMES[:3],
                                           cuda_graphs=self.options.cuda_graphs)
-        # Every item is checked before the first is solved: a refusal writes nothing.
-        for i in range(b):
-            try:
-                self.solver.validate_planes([stack[i, j] for j in range(3)],
-                                            self._intensity_weights, _INPUT_NAMES[:3])
-                if gradient is not None:
-                    self.solver._check_gradient(gradient[i])
-            except InputError as exc:
-                raise InputError(f"stack[{i}]: {exc}") from exc
         items = []
         for i in range(b):
             try:

@@ -1,4 +1,5 @@
-"""Analytic test fields with closed-form derivatives.
+"""Analytic test fields with closed-form derivatives, and the tests' shared
+measuring helpers.
 
 Each field returns the phase φ (rad), the in-focus intensity I, and the exact
 ``∂I/∂z = -(1/k) ∇·(I ∇φ)`` from the TIE, written out by hand from the
@@ -6,6 +7,9 @@ closed-form derivatives (independent of the library's operators).
 """
 
 from __future__ import annotations
+
+import gc
+import tracemalloc
 
 import numpy as np
 
@@ -79,3 +83,23 @@ def rel_rms(phase, truth):
     phase = np.asarray(phase, dtype=np.float64)
     d = (phase - phase.mean()) - (truth - truth.mean())
     return float(np.sqrt(np.mean(d**2) / np.mean((truth - truth.mean()) ** 2)))
+
+
+def least_peak_bytes(call, repeats=3) -> int:
+    """The least, over ``repeats`` calls of ``call()``, of the peak bytes the
+    allocation tracker (NumPy's buffers included) sees during one call, with
+    the garbage collector off: the tracker sees every thread and the
+    collector's finalizers, so an allocation of the call itself shows in all
+    of them and a stray one in a single call does not count."""
+    peaks = []
+    gc.disable()
+    tracemalloc.start()
+    try:
+        for _ in range(repeats):
+            tracemalloc.reset_peak()
+            call()
+            peaks.append(tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    return min(peaks)

@@ -1,12 +1,11 @@
 """Plans for acquisition software: same answers as reconstruct, no allocation per
 solve, batches, threads, wisdom files and clear errors."""
 
-import gc
 import threading
-import tracemalloc
 
 import numpy as np
 import pytest
+from fields import least_peak_bytes
 
 import flowtie_fast as ft
 
@@ -53,22 +52,10 @@ def test_plan_solves_without_allocating(method):
     out = np.empty((N, N), np.float32)
     gout = np.empty((2, N, N), np.float32)
     plan.solve(*planes, gradient=grad, out=out, gradient_out=gout)
-    # The tracker sees every thread of the process and the garbage collector's
-    # finalizers: the least of three solves, with the collector off, is the
-    # solve's own (an allocation in the solve shows in all three; 1 run in 4
-    # of the suite saw a stray one in a single solve).
-    peaks = []
-    gc.disable()
-    tracemalloc.start()
-    try:
-        for _ in range(3):
-            tracemalloc.reset_peak()
-            plan.solve(*planes, gradient=grad, out=out, gradient_out=gout)
-            peaks.append(tracemalloc.get_traced_memory()[1])
-    finally:
-        tracemalloc.stop()
-        gc.enable()
-    peak = min(peaks)
+    # The least of three solves is the solve's own (1 run in 4 of the suite saw
+    # a stray allocation in a single solve).
+    peak = least_peak_bytes(lambda: plan.solve(*planes, gradient=grad, out=out,
+                                                gradient_out=gout))
     image = N * N * 4
     assert peak < image / 4, f"{method}: {peak} bytes allocated in one solve"
 
