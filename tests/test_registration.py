@@ -473,3 +473,44 @@ def test_apply_shift_accepts_a_shift():
 def test_register_triplet_arguments(planes, kwargs, match):
     with pytest.raises(InputError, match=match):
         register_triplet(planes, **kwargs)
+
+
+def _scripted_matches(monkeypatch, e01, e21, e02, own):
+    """register_triplet with signals, its pairwise matches given: (dy, dx,
+    quality) of signal 0 and signal 2 against signal 1 and of signal 0
+    against signal 2, and ``own`` the quality of every self-match."""
+    import flowtie_fast.stem.registration as reg
+    signals = [np.random.default_rng(i).random((32, 32)) for i in range(3)]
+    table = {(1, 0): e01, (1, 2): e21, (2, 0): e02}
+
+    def scripted(reference, moving, **kwargs):
+        i = next(k for k, s in enumerate(signals) if s is reference)
+        j = next(k for k, s in enumerate(signals) if s is moving)
+        return Shift(0.0, 0.0, own) if i == j else Shift(*table[(i, j)])
+
+    monkeypatch.setattr(reg, "estimate_shift", scripted)
+    return signals
+
+
+def test_weak_placing_match_is_checked_by_the_third(monkeypatch):
+    """A crystal's lowered bar (0.7 x self-match 0.5 = 0.35) lets a match of
+    signal 0 one lattice vector off (quality 0.6) through; the match of the
+    ±dz signals (0.3, below the bar) still sees the loop open by 4 px."""
+    true0, true2 = (-2.3, 1.7), (1.8, 2.0)
+    signals = _scripted_matches(monkeypatch, (true0[0] + 4.0, true0[1], 0.6), (*true2, 0.9),
+                                (true0[0] - true2[0], true0[1] - true2[1], 0.3), own=0.5)
+    with pytest.warns(RegistrationWarning, match="miss closing by 4.00 px"):
+        _, _, reliable = register_triplet(signals, signals=signals, periodic=False)
+    assert not reliable
+
+
+def test_sharp_placing_matches_are_not_refused_by_a_weak_third(monkeypatch):
+    """Matches of quality 0.95 and more with signal 1 are trusted over a weak
+    (0.3) match of the ±dz signals that misses."""
+    signals = _scripted_matches(monkeypatch, (-2.3, 1.7, 0.96), (1.8, 2.0, 0.97),
+                                (-1.0, 3.0, 0.3), own=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegistrationWarning)
+        _, shifts, reliable = register_triplet(signals, signals=signals, periodic=False)
+    assert reliable
+    np.testing.assert_allclose(shifts[[0, 2]], [[-2.3, 1.7], [1.8, 2.0]])

@@ -642,6 +642,13 @@ def _consistent_shifts(planes, s0, s2, periodic):
 
 SYMMETRY_FRACTION = 0.7  # of the signals' self-match quality a match must reach
 STRUCTURE_QUALITY = 0.15  # self-match quality below which a signal has no structure
+# The loop of the signals' pairwise shifts is also closed when the match of
+# signal 0 with signal 2 is below the bar that places a plane, from this
+# quality up, unless both placing matches reach CLOSURE_TRUST (a match that
+# sharp is trusted over a weak match of the ±dz signals, whose relative shift
+# is the largest of the three). Chosen on the evaluation grid's choosing half.
+CLOSURE_QUALITY = 0.2
+CLOSURE_TRUST = 0.95
 
 
 def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min_quality=0.5,
@@ -650,7 +657,11 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
 
     With ``signals`` (a defocus-invariant image of each scan), the shifts of
     planes 0 and 2 are those of their signals against signal 1 (correlation
-    maximum), checked against the shift of signal 0 against signal 2.
+    maximum), checked against the shift of signal 0 against signal 2: the
+    three must close within 0.5 px when all reach the bar, and also when the
+    match of signal 0 with signal 2 reaches quality 0.2 while either placing
+    match is below 0.95 (a match one lattice vector or a defect off passes
+    the bar lowered for a crystal; the third match still sees it).
 
     From the planes alone, the contrast changes with defocus (for a weak
     phase object ``I(±dz) ≈ I(0) ∓ dz ∇²φ / k``: the ±dz planes are
@@ -774,6 +785,11 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
         if own >= STRUCTURE_QUALITY:  # signals without structure keep the bar
             min_quality = min(min_quality, SYMMETRY_FRACTION * own)
     s0, s2, loop = _combine(e01, e21, e02, min_quality)
+    if (signals is not None and loop is None and e02.quality >= CLOSURE_QUALITY
+            and min(e01.quality, e21.quality) < CLOSURE_TRUST):
+        # A wrong match of one ±dz signal with signal 1 (a lattice vector or
+        # a defect off) passes a lowered bar; the third match still sees it.
+        loop = np.array([e01.dy - e21.dy - e02.dy, e01.dx - e21.dx - e02.dx])
     problems = []
     if signals is not None:
         # Every signal has structure (signal 1 included): each ±dz signal must
