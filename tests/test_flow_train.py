@@ -340,7 +340,7 @@ def test_both_shipped_models_load_by_name():
     recipe = FlowModel("fast").config["train"]
     assert (recipe["teacher"], recipe["distill"], recipe["seed"]) == ("ensemble", 0.5, 1)
     recipe = FlowModel("corpus").config["train"]  # docs/models.md
-    assert (recipe["schedule"], recipe["seed"], recipe["init"]) == ("cosine", 1, None)
+    assert (recipe["schedule"], recipe["seed"], recipe["init"], recipe["steps"]) == ("cosine", 0, None, 10000)
     with pytest.raises(ft.InputError, match="no such file"):
         FlowModel("fastest")
 
