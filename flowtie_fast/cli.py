@@ -376,22 +376,22 @@ def _evaluate(args) -> int:
 
 def _train(args) -> int:
     from flowtie_fast.training.data import check_doses, load_samples
-    from flowtie_fast.training.train import (TrainConfig, check_checkpoints, export_torchscript,
-                                             train)
+    from flowtie_fast.training import train as training
 
     # Every setting and both checkpoint paths are checked before the data is read.
     dose = (args.dose[0], args.dose[1]) if args.dose else (None, None)
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
-                      depth=args.depth, stride=args.stride, seed=args.seed, dose=dose,
-                      channels=tuple(args.channels) if args.channels else None,
-                      weights=tuple(args.weights), restarts=args.restarts,
-                      teacher=args.teacher, distill=args.distill)
+    cfg = training.TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr,
+                               width=args.width, depth=args.depth, stride=args.stride,
+                               seed=args.seed, dose=dose,
+                               channels=tuple(args.channels) if args.channels else None,
+                               weights=tuple(args.weights), restarts=args.restarts,
+                               teacher=args.teacher, distill=args.distill)
     doses = check_doses([None] + list(args.doses or []))
     # Neither the checkpoint nor the model may replace a training file.
     data_files = [q for d in map(Path, args.data)
                   for q in (sorted(d.iterdir()) if d.is_dir() else [d])]
     check_not_input("--checkpoint", args.checkpoint, data_files)
-    check_checkpoints(cfg, args.checkpoint, args.resume, args.overwrite)
+    training.check_checkpoints(cfg, args.checkpoint, args.resume, args.overwrite)
     # Resuming continues the run whose model -o holds: it is replaced at the end.
     check_output(args.output, inputs=[*data_files, args.checkpoint, args.resume],
                  overwrite=args.overwrite or args.resume is not None,
@@ -408,13 +408,14 @@ def _train(args) -> int:
               flush=True)
 
     try:
-        model, _ = train(samples, cfg, checkpoint=args.checkpoint, resume=args.resume,
-                         overwrite=args.overwrite, progress=report,
-                         log=lambda line: print(line, flush=True))
-    except RuntimeError as exc:  # collapsed past its rollbacks: nothing worth exporting
+        model, _ = training.train(samples, cfg, checkpoint=args.checkpoint, resume=args.resume,
+                                  overwrite=args.overwrite, progress=report,
+                                  log=lambda line: print(line, flush=True))
+    except training.TrainingCollapse as exc:  # the settings' fault: nothing worth exporting
         print(f"flowtie train: error: {exc}", file=sys.stderr)
         return 2
-    export_torchscript(model, args.output, cfg)
+    # any other failure (out of memory inside PyTorch, ...) is the environment's: main()
+    training.export_torchscript(model, args.output, cfg)
     print(f"model: {args.output}")
     return 0
 
@@ -745,9 +746,21 @@ def _describe(exc) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (ValueError, OSError)):
         return text
-    if isinstance(exc, MemoryError):
+    if _out_of_memory(exc):
         return f"out of memory ({text}); try a smaller input or another machine"
     return f"unexpected {type(exc).__name__}: {text} (run with --debug for the traceback)"
+
+
+def _out_of_memory(exc) -> bool:
+    """Whether ``exc`` says that memory ran out: a ``MemoryError``, or the
+    ``RuntimeError`` of an allocation PyTorch could not make (its
+    ``OutOfMemoryError`` on a GPU, "can't allocate memory" on the CPU)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (type(exc).__name__ == "OutOfMemoryError"
+                                              or "can't allocate memory" in text
+                                              or "out of memory" in text.lower())
 
 
 if __name__ == "__main__":

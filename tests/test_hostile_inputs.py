@@ -627,3 +627,77 @@ def test_a_model_path_that_is_a_fifo_is_named_as_such_not_missing(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ft.InputError, match="model: .* is a FIFO"):
         load_model(fifo)
+
+
+def _train_data(folder):
+    """A folder with one small training case (planes, ground-truth phase and gradient)."""
+    from fields import periodic_field, triplet_from
+
+    pixel = (0.2, 0.25)
+    phi, intensity, didz, grad = periodic_field(shape=(24, 20), pixel=pixel, contrast=0.3)
+    t = triplet_from(intensity, didz, 10.0, pixel, E)
+    ft.save(folder / "a.npz", ft.Dataset(*[np.asarray(p, np.float32) for p in t.planes],
+                                         dz=(10.0, 10.0), scan_step=pixel, energy=E,
+                                         phase_gt=phi.astype(np.float32),
+                                         gradient_gt=grad.astype(np.float32)))
+    return folder
+
+
+@pytest.mark.parametrize("error, code, says", [
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                  "99999999999 bytes. Error code 12 (Cannot allocate memory)"), 1,
+     "out of memory"),
+    (RuntimeError("a failure inside the library"), 1, "unexpected RuntimeError"),
+])
+def test_train_tells_a_fault_of_the_environment_from_bad_usage(tmp_path, capsys, monkeypatch,
+                                                                error, code, says):
+    """Every RuntimeError of a training run was reported as bad usage (exit 2),
+    out of memory inside PyTorch included."""
+    pytest.importorskip("torch")
+    import flowtie_fast.training.train as tr
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(tr, "train", fails)
+    data = _train_data(tmp_path / "data")
+    out = tmp_path / "m.pt"
+    assert cli.main(["train", str(data), "--steps", "1", "--width", "4", "--depth", "2",
+                     "-o", str(out), "--checkpoint", str(tmp_path / "c.ckpt")]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flowtie train: error: ") and says in err[0]
+    assert not out.exists()
+
+
+def test_a_teacher_that_fails_to_load_is_named_as_the_teacher(tmp_path, capsys):
+    """A teacher file that is a zip but no TorchScript model was reported as
+    "model: ...", which names no argument of flowtie train."""
+    pytest.importorskip("torch")
+    with zipfile.ZipFile(tmp_path / "t.pt", "w") as z:
+        z.writestr("a", "b")
+    data = _train_data(tmp_path / "data")
+    assert cli.main(["train", str(data), "--steps", "1", "--width", "4", "--depth", "2",
+                     "--teacher", str(tmp_path / "t.pt"), "--distill", "0.5",
+                     "-o", str(tmp_path / "m.pt"), "--checkpoint",
+                     str(tmp_path / "c.ckpt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("flowtie train: error: teacher: t.pt is not a readable "
+                              "TorchScript flow model"), err
+
+
+@pytest.mark.parametrize("noise", [[[1.0, 2.0, 3.0]], [[1.0], [2.0], [3.0]],
+                                   np.ones((3, 1)), [[0.5]], np.ones((1, 1, 3))])
+def test_nested_noise_variances_are_refused_not_flattened(noise):
+    """noise=[[1, 2, 3]] (a list of lists: per item? per pixel?) was flattened
+    to three per-plane variances without a word."""
+    says = (r"^noise: expected 1 or 3 variances, one per plane \(intensity², a number or a "
+            r"flat list\), got [^\n]* of shape \(")
+    with pytest.raises(ft.InputError, match=says):
+        ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E, noise=noise)
+    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", warmup=False)
+    with pytest.raises(ft.InputError, match=says):
+        plan.solve(*planes(), noise=noise)
+    with pytest.raises(ft.InputError, match=says):
+        ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E,
+                        noise=ft.Noise(tuple(np.asarray(noise, dtype=object).tolist()),
+                                       "given"))
