@@ -701,3 +701,108 @@ def test_nested_noise_variances_are_refused_not_flattened(noise):
         ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E,
                         noise=ft.Noise(tuple(np.asarray(noise, dtype=object).tolist()),
                                        "given"))
+
+
+_HANGS = '''
+import json, sys, torch
+
+class Hangs(torch.nn.Module):
+    """Returns a zero flow for the 32x32 probe; on other sizes it never returns."""
+
+    def __init__(self, always: bool):
+        super().__init__()
+        self.always = always
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        i = 0
+        while (self.always or x.shape[-1] != 32) and i >= 0:
+            i += 1  # 2**63 steps: never ends
+        return torch.zeros_like(x[:, :2])
+
+torch.jit.save(torch.jit.script(Hangs(sys.argv[2] == "always")), sys.argv[1],
+               _extra_files={"config.json": json.dumps({"in_channels": 4})})
+'''
+
+
+def _hanging_model(path, always):
+    """A flow model file whose network never returns (on every input, or off
+    the load-time probe's 32x32), written by another process (torch.jit.script
+    reads the class's source from a file)."""
+    source = path.with_suffix(".py")
+    source.write_text(_HANGS)
+    subprocess.run([sys.executable, str(source), str(path), "always" if always else "off"],
+                   check=True, timeout=300)
+    source.unlink()
+    return path
+
+
+def test_a_model_that_never_returns_from_the_probe_is_refused_after_the_time_limit(tmp_path):
+    """A model file whose network never returns hung load_model (and flowtie
+    reconstruct --model) forever, deaf to Ctrl-C and SIGTERM."""
+    pytest.importorskip("torch")
+    path = _hanging_model(tmp_path / "hangs.pt", always=True)
+    script = (
+        "import threading, time, flowtie_fast as ft\n"
+        "from flowtie_fast.flow import infer, load_model\n"
+        "infer.PROBE_SECONDS = 2.0\n"
+        "for attempt in range(2):\n"
+        "    start = time.perf_counter()\n"
+        "    try:\n"
+        f"        load_model({str(path)!r})\n"
+        "    except ft.InputError as exc:\n"
+        "        print(f'{time.perf_counter() - start:.1f}', threading.active_count(), exc)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    first, again = run.stdout.strip().splitlines()
+    says = f"model: {str(path)!r} did not return from a probe triplet of 32x32 pixels within 2 s"
+    assert says in first and says in again, run.stdout
+    assert float(first.split()[0]) < 30 and float(again.split()[0]) < 1  # refused at once
+    assert first.split()[1] == again.split()[1] == "2"  # one helper thread left, not two
+
+
+@pytest.mark.parametrize("signum, code, how", [(15, 143, "terminated"),
+                                               (2, 130, "interrupted")])
+def test_the_command_line_ends_on_a_signal_while_a_model_never_returns(tmp_path, signum, code,
+                                                                       how):
+    """A model that passes the probe and then never returns on the data kept
+    flowtie reconstruct running forever: SIGTERM and Ctrl-C reach Python
+    only between its calls, and TorchScript never came back."""
+    pytest.importorskip("torch")
+    import signal
+    import time
+
+    path = _hanging_model(tmp_path / "hangs.pt", always=False)
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "in24.npz", ft.Dataset(*[p[:24, :24] for p in t.planes],
+                                                       dz=(DZ, DZ), scan_step=(PIXEL, PIXEL),
+                                                       energy=E))
+    out = tmp_path / "out.npz"
+    script = (
+        "import sys\n"
+        "from flowtie_fast import cli\n"
+        "from flowtie_fast.flow import infer\n"
+        "run = infer.FlowModel._run\n"
+        "def announced(self, x):\n"
+        "    print('predicting', flush=True)\n"
+        "    return run(self, x)\n"
+        "infer.FlowModel._run = announced\n"
+        f"sys.exit(cli.main(['reconstruct', {str(source)!r}, '-o', {str(out)!r}, '--method', "
+        f"'flowtie', '--model', {str(path)!r}, '--no-uncertainty', '--backend', 'cpu']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "predicting\n"
+        time.sleep(0.5)  # inside the network
+        os.kill(proc.pid, signum)
+        start = time.perf_counter()
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, err[-2000:]
+    assert time.perf_counter() - start < 30
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"flowtie reconstruct: {how};"), err
+    assert sorted(os.listdir(tmp_path)) == ["hangs.pt", "in24.npz"]
