@@ -806,3 +806,64 @@ def test_the_command_line_ends_on_a_signal_while_a_model_never_returns(tmp_path,
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"flowtie reconstruct: {how};"), err
     assert sorted(os.listdir(tmp_path)) == ["hangs.pt", "in24.npz"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_wisdom_path_that_is_no_regular_file_is_refused_not_read(tmp_path, kind):
+    """Plan(wisdom=) on a FIFO blocked forever reading it; /dev/full was
+    called a file of "pickled (object) data"."""
+    if kind == "fifo":
+        path = tmp_path / "w.wis"
+        os.mkfifo(path)
+        says = "is a FIFO (named pipe), not a regular file"
+    else:
+        path = "/dev/full"
+        says = "is a device, not a regular file"
+    script = (  # in another process: a blocked read runs into the timeout
+        "import flowtie_fast as ft\n"
+        "from flowtie_fast.fft import load_wisdom\n"
+        "for load in (lambda: load_wisdom(path), lambda: ft.Plan((32, 32), 0.2, 20.0, 300e3, "
+        "backend='cpu', warmup=False, wisdom=path)):\n"
+        "    try:\n"
+        "        load()\n"
+        "    except ft.InputError as exc:\n"
+        "        print(exc)\n")
+    run = subprocess.run([sys.executable, "-c", f"path = {str(path)!r}\n" + script],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("wisdom: ") and says in line
+                                   for line in lines), run.stdout
+
+
+def test_a_checkpoint_to_resume_that_is_no_regular_file_is_named_as_such(tmp_path):
+    """flowtie train --resume on a FIFO or a device said "no such checkpoint
+    file" of a path that exists."""
+    pytest.importorskip("torch")
+    from flowtie_fast.training.train import load_checkpoint
+
+    fifo = tmp_path / "r.ckpt"
+    os.mkfifo(fifo)
+    for path, says in ((fifo, r"is a FIFO \(named pipe\), not a regular file"),
+                       ("/dev/zero", "is a device, not a regular file")):
+        with pytest.raises(ft.InputError, match=f"^resume: .*{says}"):
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize("channels", [-6, 0, 5, 10**9, "six", None])
+def test_a_model_configuration_of_impossible_input_channels_is_named(tmp_path, channels):
+    """A model file whose config.json declared -6 or 1e9 input channels was
+    reported as failing on the probe ("The following operation failed in the
+    TorchScript interpreter"); a flow model reads 4 channels, or 6 with the
+    centre of mass."""
+    torch = pytest.importorskip("torch")
+    import json
+
+    from flowtie_fast.flow import FlowModel
+
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(6, 2, 3, padding=1)), str(path),
+                   _extra_files={"config.json": json.dumps({"in_channels": channels})})
+    with pytest.raises(ft.InputError, match=r"^model: m.pt declares in_channels=.* in its "
+                                            r"configuration; a flow model reads 4 or 6"):
+        FlowModel(path)

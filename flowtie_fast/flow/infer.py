@@ -345,11 +345,16 @@ class FlowModel:
         raw = extra["config.json"]
         try:
             self.config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-            self.in_channels = int(self.config["in_channels"])
+            channels = self.config["in_channels"]
         except Exception as exc:
             raise InputError(f"model: {path.name} has no flowtie_fast configuration "
                              "(config.json); export it with flowtie_fast.training.train."
                              "export_torchscript") from exc
+        if channels not in (4, 6) or isinstance(channels, bool):  # flow_inputs makes 4 or 6
+            raise InputError(f"model: {path.name} declares in_channels={channels!r} in its "
+                             "configuration; a flow model reads 4 or 6 input channels (6 with "
+                             "the centre of mass)")
+        self.in_channels = int(channels)
         self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.path, self.device = path, device
         # the shipped name (a key of SHIPPED) where the file is a shipped one, else None

@@ -48,7 +48,7 @@ import torch
 
 from ..backend import _gib, host_available_memory
 from ..errors import InputError, check_count, check_positive, check_real
-from ..files import atomic_path
+from ..files import atomic_path, check_input_file
 from ..flow.infer import FlowEnsemble, check_model_source, flow_inputs, load_model
 from ..flow.model import FlowNet
 from .data import Sample, augment, tile
@@ -396,8 +396,9 @@ def load_checkpoint(path) -> dict:
         objects are refused, never built) or lacks a key.
     """
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise InputError(f"resume: no such checkpoint file {str(path)!r}")
+    check_input_file("resume", path)  # a folder, a FIFO, a device, a loop of links
     try:
         with warnings.catch_warnings():  # torch's notes on odd pickle protocols
             warnings.simplefilter("ignore")
