@@ -446,6 +446,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     streams = _printable_streams()
     watch = _SignalWatch(args.command)
+    stdout = sys.stdout
+    sys.stdout = _Stdout(stdout)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command)
@@ -463,8 +465,39 @@ def main(argv=None) -> int:
         print(f"flowtie {args.command}: error: {_describe(exc)}", file=sys.stderr)
         return _exit_code(exc)
     finally:
+        sys.stdout = stdout
         watch.stop()
         _restore_streams(streams)
+
+
+class _StdoutError(OSError):
+    """The standard output could not be written (a full device, a closed pipe)."""
+
+
+class _Stdout:
+    """``sys.stdout`` while a command runs: a failed write or flush raises
+    :class:`_StdoutError`, whose message names the standard output (the
+    system's error alone, "[Errno 28] No space left on device", reads as if
+    the command's output file could not be written)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _call(self, method, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except OSError as exc:
+            raise _StdoutError(exc.errno, f"the standard output cannot be written "
+                                          f"({' '.join(str(exc).split())})") from exc
+
+    def write(self, text):
+        return self._call("write", text)
+
+    def flush(self):
+        return self._call("flush")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -639,10 +672,20 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one line like every other
+    failure of the command (exit status 2), pointing to ``--help`` for the
+    usage; its subcommands' parsers are of this class too."""
+
+    def error(self, message):
+        text = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    parser = argparse.ArgumentParser(prog="flowtie", description=__doc__.splitlines()[0],
-                                     formatter_class=_HelpFormatter)
+    parser = _Parser(prog="flowtie", description=__doc__.splitlines()[0],
+                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"flowtie_fast {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error")
@@ -844,6 +887,8 @@ def _describe(exc) -> str:
     ValueErrors) or of the environment ("[Errno 28] No space left on device:
     'path'"); the kind for anything else."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, _StdoutError):
+        return exc.strerror
     if isinstance(exc, (ValueError, OSError)):
         return text
     if _out_of_memory(exc):

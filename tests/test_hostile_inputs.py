@@ -867,3 +867,39 @@ def test_a_model_configuration_of_impossible_input_channels_is_named(tmp_path, c
     with pytest.raises(ft.InputError, match=r"^model: m.pt declares in_channels=.* in its "
                                             r"configuration; a flow model reads 4 or 6"):
         FlowModel(path)
+
+
+@pytest.mark.parametrize("argv, says", [
+    ([], "flowtie: error: the following arguments are required: command"),
+    (["reconstruct", "in.npz"], "flowtie reconstruct: error: the following arguments are "
+                                "required: -o/--output"),
+    (["reconstruct", "in.npz", "-o", "o.npz", "--method", "nope"],
+     "flowtie reconstruct: error: argument --method: invalid choice: 'nope'"),
+    (["demo", "--size", "1e3"], "flowtie demo: error: argument --size: invalid int value"),
+    (["reconstruct", "in.npz", "-o", "o.npz", "--bogus"],
+     "flowtie: error: unrecognized arguments: --bogus"),
+])
+def test_a_usage_error_is_one_line(capsys, argv, says):
+    """Bad usage printed the command's whole usage (up to ten lines) before
+    its one-line error."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(says) and "--help" in err[0], err
+
+
+def test_an_unwritable_standard_output_is_named_as_such(tmp_path):
+    """With the standard output on a full device, flowtie reconstruct wrote
+    its result and then failed with "[Errno 28] No space left on device",
+    which names no file and reads as if the result could not be written."""
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "in.npz", t)
+    with open("/dev/full", "w") as full:
+        run = subprocess.run([sys.executable, "-m", "flowtie_fast._entry", "reconstruct",
+                              str(source), "-o", str(tmp_path / "out.npz"), "--backend", "cpu"],
+                             stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert run.returncode == 1
+    assert run.stderr.strip() == ("flowtie reconstruct: error: the standard output cannot be "
+                                  "written ([Errno 28] No space left on device)"), run.stderr
+    assert (tmp_path / "out.npz").exists()
