@@ -903,3 +903,50 @@ def test_an_unwritable_standard_output_is_named_as_such(tmp_path):
     assert run.stderr.strip() == ("flowtie reconstruct: error: the standard output cannot be "
                                   "written ([Errno 28] No space left on device)"), run.stderr
     assert (tmp_path / "out.npz").exists()
+
+
+def test_memory_checks_count_the_process_address_space_limit(tmp_path):
+    """Under a limit of the address space (ulimit -v, as batch systems set
+    it), a solver far beyond it passed the memory check, which read the
+    machine's free memory alone, and failed in NumPy with a bare MemoryError."""
+    resource = pytest.importorskip("resource")
+    script = (
+        "import flowtie_fast as ft\n"
+        "try:\n"
+        "    ft.Plan((12000, 12000), 0.2, 20.0, 300e3, backend='cpu', warmup=False)\n"
+        "except ft.InputError as exc:\n"
+        "    print(exc)\n")
+
+    def limit():  # 3 GB of address space: the interpreter and its libraries fit
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         preexec_fn=limit, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("shape: (12000, 12000) needs about") and \
+        "available on the cpu" in run.stdout, run.stdout
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_memory_checks_count_the_memory_limit_of_the_control_group(tmp_path, version):
+    """In a container whose memory is limited by its control group, the check
+    read the host's free memory: work beyond the limit passed it, and the
+    kernel killed the process."""
+    from flowtie_fast import backend
+
+    if version == 2:
+        (tmp_path / "fs" / "job").mkdir(parents=True)
+        (tmp_path / "fs" / "job" / "memory.max").write_text(f"{2 << 30}\n")
+        (tmp_path / "fs" / "job" / "memory.current").write_text(f"{1 << 30}\n")
+        (tmp_path / "fs" / "memory.max").write_text("max\n")
+        (tmp_path / "cgroup").write_text("0::/job\n")
+    else:
+        (tmp_path / "fs" / "memory" / "job").mkdir(parents=True)
+        (tmp_path / "fs" / "memory" / "job" / "memory.limit_in_bytes").write_text(
+            f"{3 << 30}\n")
+        (tmp_path / "fs" / "memory" / "job" / "memory.usage_in_bytes").write_text(
+            f"{2 << 30}\n")
+        (tmp_path / "cgroup").write_text("5:cpu:/\n4:memory:/job\n")
+    headroom = backend._cgroup_headroom(str(tmp_path / "fs"), str(tmp_path / "cgroup"))
+    assert headroom == 1 << 30
+    assert backend.host_available_memory() <= (backend._meminfo_available() or 1 << 62)
