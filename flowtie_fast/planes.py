@@ -94,6 +94,15 @@ def check_not_masked(name: str, a) -> None:
 
 
 
+#: The largest ratio of two planes' mean intensities in one focal series.
+#: Propagation conserves the flux: the planes of a series share one mean but
+#: for the drift of the beam current between exposures (simulated scans at
+#: 1e3 e/Å² differ by up to 18 % from counting noise alone); a factor of 2 is
+#: a plane in other units or of another exposure, whose difference of scale
+#: the focal derivative would take for a transport of intensity.
+FLUX_RATIO = 2.0
+
+
 def check_intensity_stats(names, stats, planes) -> None:
     """The one validation of measured intensities, for every entry point.
 
@@ -101,7 +110,11 @@ def check_intensity_stats(names, stats, planes) -> None:
     from :meth:`~flowtie_fast.backend.Backend.plane_stats`). Refused, with
     :class:`InputError` naming the plane: NaN or Inf, a negative value (an
     intensity is a count or a sum of counts; the TIE and its solvers need
-    ``I >= 0``), and a plane that is zero everywhere (a dropped frame).
+    ``I >= 0``), a plane that is zero everywhere (a dropped frame), and
+    planes whose mean intensities differ by more than :data:`FLUX_RATIO`
+    (one in other units, or of another exposure), and two planes identical
+    pixel for pixel (a frame given twice: compared only where their sums
+    are equal).
 
     Parameters
     ----------
@@ -117,7 +130,8 @@ def check_intensity_stats(names, stats, planes) -> None:
     ------
     InputError
         Where a plane holds NaN or Inf, a negative value, or is zero
-        everywhere.
+        everywhere, or two planes' means differ by more than
+        :data:`FLUX_RATIO`, or two planes are identical.
     """
     for i, name in enumerate(names):
         negatives, total = stats.item(i, 0), stats.item(i, 1)
@@ -130,6 +144,32 @@ def check_intensity_stats(names, stats, planes) -> None:
                              "or clip at 0)")
         if total == 0:
             raise InputError(f"{name}: intensity is zero everywhere (a dropped frame?)")
+    totals = [stats.item(i, 1) for i in range(len(names))]
+    hi = max(range(len(totals)), key=totals.__getitem__)
+    lo = min(range(len(totals)), key=totals.__getitem__)
+    if totals[hi] > FLUX_RATIO * totals[lo]:
+        size = planes[hi].size
+        other = names[lo].rsplit(": ", 1)[-1]  # "stack[i]: minus" is named once
+        raise InputError(f"{names[hi]}: a mean intensity {totals[hi] / totals[lo]:.3g} times "
+                         f"that of {other} ({totals[hi] / size:.4g} against "
+                         f"{totals[lo] / size:.4g}); propagation conserves the flux, so the "
+                         "planes of one focal series share about one mean: is one in other "
+                         "units, or of another exposure? Scale them to one (e.g. divide each "
+                         "by its mean)")
+    for j in range(1, len(totals)):  # equal sums first: one comparison in a rare case
+        for i in range(j):
+            if totals[i] == totals[j] and _identical(planes[i], planes[j]):
+                other = names[i].rsplit(": ", 1)[-1]
+                raise InputError(f"{names[j]}: identical to {other}, pixel for pixel: the same "
+                                 "frame recorded or written twice? The planes of a focal series "
+                                 "are images at different defoci")
+
+
+def _identical(a, b) -> bool:
+    """Whether two images (NumPy or CuPy) hold the same values."""
+    if a is b:
+        return True
+    return a.shape == b.shape and bool(array_module(a).array_equal(a, b))
 
 
 

@@ -3,6 +3,7 @@ never taken silently or reported as an unexpected error."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import subprocess
@@ -966,3 +967,64 @@ def test_sparse_counts_keep_their_poisson_noise():
     with pytest.warns(ft.TrustWarning, match="no signal above the noise"):
         rec = ft.reconstruct(t, backend="cpu")
     assert float(np.abs(rec.phase).max()) == 0.0
+
+
+@pytest.mark.parametrize("plane, factor", [(2, 1000.0), (1, 1e-3), (0, 2.5)])
+def test_planes_whose_flux_differs_beyond_any_drift_are_refused(plane, factor):
+    """A plane in other units or of another exposure (x1000, or x2.5) gave a
+    phase wrong by a factor of up to 1e6 in NMSE, without a word: propagation
+    conserves the flux, and the focal derivative took the difference of
+    scales for a transport of intensity."""
+    p = planes()
+    p[plane] = p[plane] * factor
+    names = ("minus", "zero", "plus")
+    says = r" times that of (minus|zero|plus) .*propagation conserves the flux"
+    with pytest.raises(ft.InputError, match=f"^({'|'.join(names)}): a mean intensity \\S+" +
+                       says):
+        ft.FocalTriplet(*p, dz=DZ, pixel_size=PIXEL, energy=E)
+    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", warmup=False)
+    with pytest.raises(ft.InputError, match=says):
+        plan.solve(*p)
+    with pytest.raises(ft.InputError, match=r"^stack\[1\]: .*" + says):
+        plan.solve_batch(np.stack([np.stack(planes()), np.stack(p)]))
+    if plane == 2 and importlib.util.find_spec("distributed") is not None:
+        from flowtie_fast.cluster import reconstruct_many
+        with pytest.raises(ft.InputError, match=r"^stack\[1\]: .*" + says):  # before sending
+            reconstruct_many(np.stack([np.stack(planes()), np.stack(p)]), pixel_size=PIXEL,
+                             dz=DZ, energy=E, client=object())
+    p[plane] = planes()[plane] * 1.5  # a drift of the beam current: taken
+    ft.FocalTriplet(*p, dz=DZ, pixel_size=PIXEL, energy=E)
+    plan.solve(*p)
+
+
+@pytest.mark.parametrize("twice", [(0, 2), (0, 1), (1, 2)])
+def test_a_frame_given_twice_is_refused_not_solved_to_a_flat_phase(tmp_path, twice):
+    """The same plane given (or stored, an HDF5 hard link) as two planes of a
+    triplet: the focal derivative is zero, or made of one plane, and the
+    phase came back flat (or wrong) without a word for float planes."""
+    p = planes()
+    i, j = twice
+    p[j] = p[i]
+    says = (rf"^{('minus', 'zero', 'plus')[j]}: identical to "
+            rf"{('minus', 'zero', 'plus')[i]}, pixel for pixel")
+    with pytest.raises(ft.InputError, match=says):
+        ft.FocalTriplet(*p, dz=DZ, pixel_size=PIXEL, energy=E)
+    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", warmup=False)
+    with pytest.raises(ft.InputError, match=says):
+        plan.solve(*[a.copy() for a in p])
+    if importlib.util.find_spec("distributed") is not None:
+        from flowtie_fast.cluster import reconstruct_many
+        with pytest.raises(ft.InputError, match=r"^stack\[1\]: " + says[1:]):
+            reconstruct_many(np.stack([np.stack(planes()), np.stack(p)]), pixel_size=PIXEL,
+                             dz=DZ, energy=E, client=object())
+    if twice == (0, 2):
+        h5py = pytest.importorskip("h5py")
+        path = tmp_path / "linked.h5"
+        t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+        ft.save(path, t)
+        with h5py.File(path, "r+") as f:
+            del f["plus"]
+            f["plus"] = f["minus"]  # a hard link: one dataset under two names
+        with ft.load(path) as ds:
+            with pytest.raises(ft.InputError, match=says):
+                ds.triplet()
