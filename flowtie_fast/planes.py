@@ -144,10 +144,9 @@ def check_intensity_stats(names, stats, planes) -> None:
                              "or clip at 0)")
         if total == 0:
             raise InputError(f"{name}: intensity is zero everywhere (a dropped frame?)")
-    totals = [stats.item(i, 1) for i in range(len(names))]
-    hi = max(range(len(totals)), key=totals.__getitem__)
-    lo = min(range(len(totals)), key=totals.__getitem__)
-    if totals[hi] > FLUX_RATIO * totals[lo]:
+    totals = stats[:, 1].tolist()
+    if max(totals) > FLUX_RATIO * min(totals):
+        hi, lo = totals.index(max(totals)), totals.index(min(totals))
         size = planes[hi].size
         other = names[lo].rsplit(": ", 1)[-1]  # "stack[i]: minus" is named once
         raise InputError(f"{names[hi]}: a mean intensity {totals[hi] / totals[lo]:.3g} times "
@@ -156,7 +155,9 @@ def check_intensity_stats(names, stats, planes) -> None:
                          "planes of one focal series share about one mean: is one in other "
                          "units, or of another exposure? Scale them to one (e.g. divide each "
                          "by its mean)")
-    for j in range(1, len(totals)):  # equal sums first: one comparison in a rare case
+    if len(set(totals)) == len(totals):  # no two sums equal: no two planes identical
+        return
+    for j in range(1, len(totals)):
         for i in range(j):
             if totals[i] == totals[j] and _identical(planes[i], planes[j]):
                 other = names[i].rsplit(": ", 1)[-1]
