@@ -112,9 +112,7 @@ def check_intensity_stats(names, stats, planes) -> None:
     intensity is a count or a sum of counts; the TIE and its solvers need
     ``I >= 0``), a plane that is zero everywhere (a dropped frame), and
     planes whose mean intensities differ by more than :data:`FLUX_RATIO`
-    (one in other units, or of another exposure), and two planes identical
-    pixel for pixel (a frame given twice: compared only where their sums
-    are equal).
+    (one in other units, or of another exposure).
 
     Parameters
     ----------
@@ -131,7 +129,7 @@ def check_intensity_stats(names, stats, planes) -> None:
     InputError
         Where a plane holds NaN or Inf, a negative value, or is zero
         everywhere, or two planes' means differ by more than
-        :data:`FLUX_RATIO`, or two planes are identical.
+        :data:`FLUX_RATIO`.
     """
     for i, name in enumerate(names):
         negatives, total = stats.item(i, 0), stats.item(i, 1)
@@ -155,22 +153,7 @@ def check_intensity_stats(names, stats, planes) -> None:
                          "planes of one focal series share about one mean: is one in other "
                          "units, or of another exposure? Scale them to one (e.g. divide each "
                          "by its mean)")
-    if len(set(totals)) == len(totals):  # no two sums equal: no two planes identical
-        return
-    for j in range(1, len(totals)):
-        for i in range(j):
-            if totals[i] == totals[j] and _identical(planes[i], planes[j]):
-                other = names[i].rsplit(": ", 1)[-1]
-                raise InputError(f"{names[j]}: identical to {other}, pixel for pixel: the same "
-                                 "frame recorded or written twice? The planes of a focal series "
-                                 "are images at different defoci")
 
-
-def _identical(a, b) -> bool:
-    """Whether two images (NumPy or CuPy) hold the same values."""
-    if a is b:
-        return True
-    return a.shape == b.shape and bool(array_module(a).array_equal(a, b))
 
 
 

@@ -995,36 +995,3 @@ def test_planes_whose_flux_differs_beyond_any_drift_are_refused(plane, factor):
     p[plane] = planes()[plane] * 1.5  # a drift of the beam current: taken
     ft.FocalTriplet(*p, dz=DZ, pixel_size=PIXEL, energy=E)
     plan.solve(*p)
-
-
-@pytest.mark.parametrize("twice", [(0, 2), (0, 1), (1, 2)])
-def test_a_frame_given_twice_is_refused_not_solved_to_a_flat_phase(tmp_path, twice):
-    """The same plane given (or stored, an HDF5 hard link) as two planes of a
-    triplet: the focal derivative is zero, or made of one plane, and the
-    phase came back flat (or wrong) without a word for float planes."""
-    p = planes()
-    i, j = twice
-    p[j] = p[i]
-    says = (rf"^{('minus', 'zero', 'plus')[j]}: identical to "
-            rf"{('minus', 'zero', 'plus')[i]}, pixel for pixel")
-    with pytest.raises(ft.InputError, match=says):
-        ft.FocalTriplet(*p, dz=DZ, pixel_size=PIXEL, energy=E)
-    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", warmup=False)
-    with pytest.raises(ft.InputError, match=says):
-        plan.solve(*[a.copy() for a in p])
-    if importlib.util.find_spec("distributed") is not None:
-        from flowtie_fast.cluster import reconstruct_many
-        with pytest.raises(ft.InputError, match=r"^stack\[1\]: " + says[1:]):
-            reconstruct_many(np.stack([np.stack(planes()), np.stack(p)]), pixel_size=PIXEL,
-                             dz=DZ, energy=E, client=object())
-    if twice == (0, 2):
-        h5py = pytest.importorskip("h5py")
-        path = tmp_path / "linked.h5"
-        t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
-        ft.save(path, t)
-        with h5py.File(path, "r+") as f:
-            del f["plus"]
-            f["plus"] = f["minus"]  # a hard link: one dataset under two names
-        with ft.load(path) as ds:
-            with pytest.raises(ft.InputError, match=says):
-                ds.triplet()
