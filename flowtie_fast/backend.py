@@ -19,6 +19,11 @@ import warnings
 
 import numpy as np
 
+try:  # POSIX: the address-space limit (host_available_memory)
+    import resource
+except ImportError:  # pragma: no cover - not POSIX
+    resource = None
+
 from . import _numpy_kernels, _threads
 from ._cuda import CudaKernels, load_module
 from .errors import BackendError, InputError, check_count, first_line
@@ -638,15 +643,15 @@ def _group_left(folder: str, limit_file: str, usage_file: str):
 def _address_space_headroom():
     """Bytes of address space the process may still map under its soft
     ``RLIMIT_AS`` (``ulimit -v``), less what it maps now; None without one."""
+    if resource is None:
+        return None
     try:
-        import resource
-
         soft = resource.getrlimit(resource.RLIMIT_AS)[0]
         if soft == resource.RLIM_INFINITY:
             return None
         with open("/proc/self/statm") as f:
             mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (ImportError, OSError, ValueError, IndexError, AttributeError):
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
     return max(soft - mapped, 0)
 

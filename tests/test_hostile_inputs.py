@@ -770,7 +770,6 @@ def test_the_command_line_ends_on_a_signal_while_a_model_never_returns(tmp_path,
     flowtie reconstruct running forever: SIGTERM and Ctrl-C reach Python
     only between its calls, and TorchScript never came back."""
     pytest.importorskip("torch")
-    import signal
     import time
 
     path = _hanging_model(tmp_path / "hangs.pt", always=False)
