@@ -994,3 +994,24 @@ def test_planes_whose_flux_differs_beyond_any_drift_are_refused(plane, factor):
     p[plane] = planes()[plane] * 1.5  # a drift of the beam current: taken
     ft.FocalTriplet(*p, dz=DZ, pixel_size=PIXEL, energy=E)
     plan.solve(*p)
+
+
+def test_sparse_counts_whose_means_differ_by_their_noise_are_taken():
+    """Planes of 0.01-0.03 counts a pixel (a 4D-STEM bright field at 1e2 e/Å²)
+    differ in mean by a factor 2 or 3 from counting noise alone: they are the
+    data, not a plane of other units, and get the no-signal verdict."""
+    rng = np.random.default_rng(5)
+    sparse = [rng.poisson(lam, (N, N)).astype(np.uint16) for lam in (0.01, 0.02, 0.03)]
+    for p in sparse:
+        p[0, 0] += 1
+    means = [p.mean() for p in sparse]
+    assert max(means) > 2 * min(means)
+    t = ft.FocalTriplet(*sparse, dz=DZ, pixel_size=PIXEL, energy=E)
+    with pytest.warns(ft.TrustWarning, match="no signal above the noise"):
+        ft.reconstruct(t, backend="cpu")
+    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", warmup=False)
+    with pytest.warns(ft.TrustWarning, match="no signal above the noise"):
+        plan.solve(*sparse)
+    floats = [p.astype(np.float32) for p in sparse]  # virtual images: float sums of counts
+    ft.FocalTriplet(*floats, dz=DZ, pixel_size=PIXEL, energy=E)
+    plan.solve(*floats)
