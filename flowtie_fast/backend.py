@@ -19,6 +19,11 @@ import warnings
 
 import numpy as np
 
+try:  # POSIX: the address-space limit (host_available_memory)
+    import resource
+except ImportError:  # pragma: no cover - not POSIX
+    resource = None
+
 from . import _numpy_kernels, _threads
 from ._cuda import CudaKernels, load_module
 from .errors import BackendError, InputError, check_count, first_line
@@ -554,9 +559,19 @@ def array_stats(planes) -> np.ndarray:
 
 
 def host_available_memory() -> int | None:
-    """Bytes of host memory that can still be allocated: the kernel's
-    MemAvailable on Linux, free physical pages elsewhere; None where nothing
-    tells. Needs no backend (nothing is imported or compiled)."""
+    """Bytes of host memory this process can still allocate: the least of the
+    kernel's MemAvailable on Linux (free physical pages elsewhere), what the
+    memory limit of the process's control group leaves (a container's or a
+    batch job's) and what its address-space limit leaves (``ulimit -v``);
+    None where nothing tells. Needs no backend (nothing is imported or
+    compiled); reads a few small files (~0.1 ms)."""
+    figures = [_meminfo_available(), _cgroup_headroom(), _address_space_headroom()]
+    figures = [f for f in figures if f is not None]
+    return min(figures) if figures else None
+
+
+def _meminfo_available() -> int | None:
+    """The kernel's MemAvailable (Linux), else free physical pages, in bytes."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -568,6 +583,77 @@ def host_available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+#: A control-group limit at or above this many bytes is no limit ("max", or
+#: cgroup v1's page-counter maximum).
+_NO_LIMIT = 1 << 60
+
+
+def _cgroup_headroom(root: str = "/sys/fs/cgroup", table: str = "/proc/self/cgroup"):
+    """Bytes the memory control groups of this process still allow: the
+    least of limit minus usage over its group and the groups above it
+    (cgroup v2 ``memory.max``/``memory.current``, v1
+    ``memory.limit_in_bytes``/``memory.usage_in_bytes``); None where no limit
+    is set or none can be read. ``root`` and ``table`` are the mount and the
+    process's membership (for tests)."""
+    try:
+        with open(table) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":  # v2
+            base, limit_file, usage_file = root, "memory.max", "memory.current"
+        elif "memory" in parts[1].split(","):  # v1
+            base = os.path.join(root, "memory")
+            limit_file, usage_file = "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        group = parts[2].strip("/")
+        while True:  # the group and every group above it, to the mount's root
+            folder = os.path.join(base, group) if group else base
+            left = _group_left(folder, limit_file, usage_file)
+            if left is not None:
+                best = left if best is None else min(best, left)
+            if not group:
+                break
+            group = os.path.dirname(group)
+    return best
+
+
+def _group_left(folder: str, limit_file: str, usage_file: str):
+    """Limit minus usage of one control group, bytes; None without a limit."""
+    try:
+        with open(os.path.join(folder, limit_file)) as f:
+            limit = f.read().strip()
+        if limit == "max" or int(limit) >= _NO_LIMIT:
+            return None
+        with open(os.path.join(folder, usage_file)) as f:
+            usage = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return max(int(limit) - usage, 0)
+
+
+def _address_space_headroom():
+    """Bytes of address space the process may still map under its soft
+    ``RLIMIT_AS`` (``ulimit -v``), less what it maps now; None without one."""
+    if resource is None:
+        return None
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return max(soft - mapped, 0)
 
 
 def check_host_memory(name, value, nbytes: int, what: str) -> None:

@@ -22,6 +22,7 @@ them, and without PyTorch unless the method is flowtie.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -37,7 +38,8 @@ import numpy as np
 import flowtie_fast as ft
 from flowtie_fast import __version__
 from flowtie_fast.errors import BackendError, InputError, check_count, check_positive
-from flowtie_fast.files import atomic_path, check_not_input, check_output
+from flowtie_fast.files import (atomic_path, check_not_input, check_output,
+                                remove_live_temporaries)
 from flowtie_fast.flow import load_model
 from flowtie_fast.flow.infer import check_model_source
 
@@ -376,22 +378,22 @@ def _evaluate(args) -> int:
 
 def _train(args) -> int:
     from flowtie_fast.training.data import check_doses, load_samples
-    from flowtie_fast.training.train import (TrainConfig, check_checkpoints, export_torchscript,
-                                             train)
+    from flowtie_fast.training import train as training
 
     # Every setting and both checkpoint paths are checked before the data is read.
     dose = (args.dose[0], args.dose[1]) if args.dose else (None, None)
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
-                      depth=args.depth, stride=args.stride, seed=args.seed, dose=dose,
-                      channels=tuple(args.channels) if args.channels else None,
-                      weights=tuple(args.weights), restarts=args.restarts,
-                      teacher=args.teacher, distill=args.distill)
+    cfg = training.TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr,
+                               width=args.width, depth=args.depth, stride=args.stride,
+                               seed=args.seed, dose=dose,
+                               channels=tuple(args.channels) if args.channels else None,
+                               weights=tuple(args.weights), restarts=args.restarts,
+                               teacher=args.teacher, distill=args.distill)
     doses = check_doses([None] + list(args.doses or []))
     # Neither the checkpoint nor the model may replace a training file.
     data_files = [q for d in map(Path, args.data)
                   for q in (sorted(d.iterdir()) if d.is_dir() else [d])]
     check_not_input("--checkpoint", args.checkpoint, data_files)
-    check_checkpoints(cfg, args.checkpoint, args.resume, args.overwrite)
+    training.check_checkpoints(cfg, args.checkpoint, args.resume, args.overwrite)
     # Resuming continues the run whose model -o holds: it is replaced at the end.
     check_output(args.output, inputs=[*data_files, args.checkpoint, args.resume],
                  overwrite=args.overwrite or args.resume is not None,
@@ -408,13 +410,14 @@ def _train(args) -> int:
               flush=True)
 
     try:
-        model, _ = train(samples, cfg, checkpoint=args.checkpoint, resume=args.resume,
-                         overwrite=args.overwrite, progress=report,
-                         log=lambda line: print(line, flush=True))
-    except RuntimeError as exc:  # collapsed past its rollbacks: nothing worth exporting
+        model, _ = training.train(samples, cfg, checkpoint=args.checkpoint, resume=args.resume,
+                                  overwrite=args.overwrite, progress=report,
+                                  log=lambda line: print(line, flush=True))
+    except training.TrainingCollapse as exc:  # the settings' fault: nothing worth exporting
         print(f"flowtie train: error: {exc}", file=sys.stderr)
         return 2
-    export_torchscript(model, args.output, cfg)
+    # any other failure (out of memory inside PyTorch, ...) is the environment's: main()
+    training.export_torchscript(model, args.output, cfg)
     print(f"model: {args.output}")
     return 0
 
@@ -442,7 +445,9 @@ def main(argv=None) -> int:
         return 130
     args = parser.parse_args(argv)
     streams = _printable_streams()
-    sigterm = _catch_sigterm()
+    watch = _SignalWatch(args.command)
+    stdout = sys.stdout
+    sys.stdout = _Stdout(stdout)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command)
@@ -460,9 +465,39 @@ def main(argv=None) -> int:
         print(f"flowtie {args.command}: error: {_describe(exc)}", file=sys.stderr)
         return _exit_code(exc)
     finally:
+        sys.stdout = stdout
+        watch.stop()
         _restore_streams(streams)
-        if sigterm is not None:
-            signal.signal(signal.SIGTERM, sigterm)
+
+
+class _StdoutError(OSError):
+    """The standard output could not be written (a full device, a closed pipe)."""
+
+
+class _Stdout:
+    """``sys.stdout`` while a command runs: a failed write or flush raises
+    :class:`_StdoutError`, whose message names the standard output (the
+    system's error alone, "[Errno 28] No space left on device", reads as if
+    the command's output file could not be written)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _call(self, method, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except OSError as exc:
+            raise _StdoutError(exc.errno, f"the standard output cannot be written "
+                                          f"({' '.join(str(exc).split())})") from exc
+
+    def write(self, text):
+        return self._call("write", text)
+
+    def flush(self):
+        return self._call("flush")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -470,21 +505,120 @@ class _Terminated(KeyboardInterrupt):
     written is removed before the command stops."""
 
 
-def _terminate(signum, frame):
-    raise _Terminated
+#: Seconds a command has, after Ctrl-C or SIGTERM, to get back to Python and
+#: stop in order; past them it is ended where it is (exit 130 or 143, the
+#: temporaries of its writes removed). Python code reacts at once: only a call
+#: that does not return, such as a flow model whose network never ends
+#: (TorchScript cannot be interrupted), waits for them.
+SIGNAL_GRACE_SECONDS = 5.0
 
 
-def _catch_sigterm():
-    """Turn SIGTERM into :class:`_Terminated` while a command runs (in the main
-    thread, where no one else handles it); returns the handler to restore, or
-    None."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is not signal.SIG_DFL:
-        return None
-    signal.signal(signal.SIGTERM, _terminate)
-    return previous
+class _SignalWatch:
+    """Ctrl-C and SIGTERM for a command: raised in the main thread as
+    ``KeyboardInterrupt`` (:class:`_Terminated` for SIGTERM), and ended by a
+    watcher thread where that cannot happen within
+    :data:`SIGNAL_GRACE_SECONDS`.
+
+    Python runs a signal handler only between the main thread's bytecodes; a
+    call into native code that never returns defers it forever. The C-level
+    handler also writes the signal's number into a pipe
+    (``signal.set_wakeup_fd``), which the watcher reads; it counts the
+    handlers that ran. Nothing is installed outside the main thread or where
+    the caller has its own handlers or wake-up descriptor.
+    """
+
+    def __init__(self, command: str):
+        self.command = command
+        self.reached = 0  # handlers that ran in the main thread
+        self.restore, self.write_fd = {}, None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler, default in (
+                (signal.SIGINT, self._interrupt, signal.default_int_handler),
+                (signal.SIGTERM, self._terminate, signal.SIG_DFL)):
+            previous = signal.getsignal(signum)
+            if previous is default:
+                signal.signal(signum, handler)
+                self.restore[signum] = previous
+        if not self.restore:
+            return
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        try:
+            previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            previous_fd = None
+        if previous_fd != -1:  # another wake-up descriptor (or none possible): keep it
+            if previous_fd is not None:
+                signal.set_wakeup_fd(previous_fd)
+            os.close(read_fd)
+            os.close(write_fd)
+            return
+        self.write_fd = write_fd
+        _SignalWatch.active = True
+        if not _SignalWatch.fork_hook:  # a forked child's signals are its own
+            os.register_at_fork(after_in_child=_SignalWatch._forget_in_child)
+            _SignalWatch.fork_hook = True
+        threading.Thread(target=self._watch, args=(read_fd, set(self.restore)),
+                         name="flowtie-signal-watch", daemon=True).start()
+
+    active = False  # a watch's wake-up descriptor is installed
+    fork_hook = False  # _forget_in_child is registered
+
+    @staticmethod
+    def _forget_in_child():
+        if _SignalWatch.active:
+            with contextlib.suppress(ValueError, OSError):  # a fork from another thread
+                signal.set_wakeup_fd(-1)
+
+    def _interrupt(self, signum, frame):
+        self.reached += 1
+        raise KeyboardInterrupt
+
+    def _terminate(self, signum, frame):
+        self.reached += 1
+        raise _Terminated
+
+    def _watch(self, read_fd, watched):
+        received = 0
+        try:
+            while True:
+                data = os.read(read_fd, 64)
+                if not data:  # stop() closed the pipe
+                    return
+                for signum in data:
+                    if signum not in watched:
+                        continue
+                    received += 1
+                    deadline = time.monotonic() + SIGNAL_GRACE_SECONDS
+                    while self.reached < received and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    if self.reached < received:
+                        self._abandon(signum)
+        finally:
+            os.close(read_fd)
+
+    def _abandon(self, signum):
+        """End the process where it is: its writes' temporaries removed, one line."""
+        how, code = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
+        remove_live_temporaries()
+        line = (f"flowtie {self.command}: {how}; a call that did not return within "
+                f"{SIGNAL_GRACE_SECONDS:g} s (a flow model whose network never ends?) was "
+                "abandoned; nothing half-written is left\n")
+        with contextlib.suppress(OSError):
+            os.write(2, line.encode(errors="backslashreplace"))
+        os._exit(code)
+
+    def stop(self):
+        """Restore the handlers and the wake-up descriptor; end the watcher."""
+        if self.write_fd is not None:
+            signal.set_wakeup_fd(-1)  # before the pipe closes: no write into a reused fd
+            _SignalWatch.active = False
+            os.close(self.write_fd)  # the watcher reads the end of the pipe
+            self.write_fd = None
+        for signum, previous in self.restore.items():
+            signal.signal(signum, previous)
+        self.restore = {}
 
 
 def _printable_streams() -> list:
@@ -538,10 +672,20 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one line like every other
+    failure of the command (exit status 2), pointing to ``--help`` for the
+    usage; its subcommands' parsers are of this class too."""
+
+    def error(self, message):
+        text = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    parser = argparse.ArgumentParser(prog="flowtie", description=__doc__.splitlines()[0],
-                                     formatter_class=_HelpFormatter)
+    parser = _Parser(prog="flowtie", description=__doc__.splitlines()[0],
+                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"flowtie_fast {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error")
@@ -743,11 +887,25 @@ def _describe(exc) -> str:
     ValueErrors) or of the environment ("[Errno 28] No space left on device:
     'path'"); the kind for anything else."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, _StdoutError):
+        return exc.strerror
     if isinstance(exc, (ValueError, OSError)):
         return text
-    if isinstance(exc, MemoryError):
+    if _out_of_memory(exc):
         return f"out of memory ({text}); try a smaller input or another machine"
     return f"unexpected {type(exc).__name__}: {text} (run with --debug for the traceback)"
+
+
+def _out_of_memory(exc) -> bool:
+    """Whether ``exc`` says that memory ran out: a ``MemoryError``, or the
+    ``RuntimeError`` of an allocation PyTorch could not make (its
+    ``OutOfMemoryError`` on a GPU, "can't allocate memory" on the CPU)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (type(exc).__name__ == "OutOfMemoryError"
+                                              or "can't allocate memory" in text
+                                              or "out of memory" in text.lower())
 
 
 if __name__ == "__main__":

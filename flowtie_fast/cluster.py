@@ -49,7 +49,7 @@ from .errors import (BackendError, InputError, ResultError, check_choice, check_
                      check_float_dtype, check_positive, first_line)
 from .noise import check_noise
 from .plan import Plan
-from .planes import check_intensity_stats
+from .planes import FLUX_RATIO, check_intensity_stats
 from .poisson import resolve_scheme
 from .solvers import (_check_alpha, _check_bool, _check_floor, check_options,
                       check_regularisation)
@@ -545,13 +545,17 @@ def _check_stack(stack):
 
 def _check_values(stack, gradient):
     """NumPy data checked as each worker's Plan will: NaN or Inf, negative
-    intensities, an all-zero plane; a gradient's NaN or Inf."""
+    intensities, an all-zero plane, planes of different flux
+    (:func:`~flowtie_fast.planes.check_intensity_stats`); a gradient's NaN or
+    Inf."""
     with np.errstate(over="ignore", invalid="ignore"):
         negatives = (stack < 0).sum(axis=(2, 3))
         totals = stack.sum(axis=(2, 3), dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # NaN totals are bad already
+        flux = totals.max(axis=1) > FLUX_RATIO * totals.min(axis=1)
     bad = ~np.isfinite(totals).all(axis=1) | (negatives > 0).any(axis=1) | \
-        (totals == 0).any(axis=1)
-    for i in np.flatnonzero(bad)[:1]:
+        (totals == 0).any(axis=1) | flux
+    for i in np.flatnonzero(bad):  # the first refused item raises (a flux within noise passes)
         names = [f"stack[{i}]: {n}" for n in ("minus", "zero", "plus")]
         stats = np.stack([negatives[i], totals[i]], axis=1).astype(np.float64)
         check_intensity_stats(names, stats, list(stack[i]))

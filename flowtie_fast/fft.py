@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .files import _create_tmp, _tmp_stem, as_path, atomic_path, check_target
+from .files import _create_tmp, _tmp_stem, as_path, atomic_path, check_input_file, check_target
 from .backend import _have_pyfftw
 from .errors import BackendError, InputError, first_line
 
@@ -313,7 +313,8 @@ def _wisdom_path(path, *, creatable: bool = False) -> str:
     """``path`` as a file path for wisdom; :class:`InputError` naming ``wisdom``.
 
     The path must be one the system takes (no NUL, names within the file
-    system's limits), not a folder, and its parent folders not files. With
+    system's limits), not a folder, and its parent folders not files; where
+    it exists, a regular file (a FIFO or a device is refused, not read). With
     ``creatable`` a path that does not exist yet must be creatable: its
     folder (or the nearest existing one) writable, tried by creating and
     removing a temporary there, so that a plan refuses it before planning
@@ -327,6 +328,8 @@ def _wisdom_path(path, *, creatable: bool = False) -> str:
             raise InputError(f"wisdom: {path!r} is a folder, expected a file path")
     except OSError as exc:
         raise InputError(f"wisdom: {path!r} cannot be used ({exc.strerror})") from exc
+    if os.path.exists(path):  # read as wisdom: a FIFO would block, a device never end
+        check_input_file("wisdom", target)
     if creatable and not os.path.lexists(path):
         check_target("wisdom", target, True, "")
         folder = target.parent

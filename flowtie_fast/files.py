@@ -42,6 +42,20 @@ STALE_SECONDS = 24 * 3600
 
 _TMP_MARK = ".flowtie-tmp."
 
+# The temporaries of the writes under way in this process (:func:`atomic_path`),
+# for :func:`remove_live_temporaries`.
+_LIVE: set = set()
+
+
+def remove_live_temporaries() -> None:
+    """Delete the temporaries of the writes under way in this process: for a
+    process about to end without unwinding (``os._exit``), whose writes'
+    own clean-up will not run. The targets are left as they were."""
+    for tmp in list(_LIVE):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        _LIVE.discard(tmp)
+
 
 
 def _suffix(path: Path, suffixes=None, name: str = "path") -> str:
@@ -448,6 +462,7 @@ def atomic_path(path, overwrite: bool = True, *, name: str = "output"):
         tmp = _create_tmp(folder, stem)
     except OSError as exc:
         raise _write_error(name, path, exc, None) from exc
+    _LIVE.add(tmp)
     try:
         try:
             yield tmp
@@ -463,6 +478,8 @@ def atomic_path(path, overwrite: bool = True, *, name: str = "output"):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    finally:
+        _LIVE.discard(tmp)
 
 
 

@@ -125,7 +125,7 @@ def _short(value) -> str:
     shape = getattr(value, "shape", None)
     if shape is not None and getattr(value, "size", 0) > 8:
         return f"an array of shape {tuple(shape)}"
-    text = repr(value)
+    text = " ".join(repr(value).split())  # one line (an array's repr wraps)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -168,7 +168,8 @@ def check_noise(noise, n_planes: int):
     ------
     InputError
         Where the source is unknown, or the variances are not real numbers,
-        not 1 or ``n_planes`` of them, not finite or negative.
+        not 1 or ``n_planes`` of them, nested (a list of lists or an array of
+        more than one dimension), not finite or negative.
     """
     if noise is None:
         return None
@@ -191,6 +192,10 @@ def check_noise(noise, n_planes: int):
     if raw.dtype.kind not in "iuf" or any(isinstance(x, (bool, np.bool_, str, bytes))
                                           for x in np.atleast_1d(raw).tolist()):
         raise InputError(f"noise: expected {_EXPECTED}, got {_short(values)}")
+    if raw.ndim > 1:  # flattened, [[1, 2, 3]] would pass for three plane variances
+        raise InputError(f"noise: expected 1 or {n_planes} variances, one per plane "
+                         f"(intensity², a number or a flat list), got {_short(values)} of "
+                         f"shape {raw.shape}")
     v = raw.astype(np.float64).reshape(-1)
     if v.size == 1:
         v = np.repeat(v, n_planes)

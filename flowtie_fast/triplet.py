@@ -36,12 +36,19 @@ __all__ = ["FocalSeries", "FocalTriplet"]
 
 
 COUNTS_MISMATCH = 10.0  # estimated / Poisson variance beyond which planes are not counts
+# Integer planes of fewer counts a pixel than this, mostly zeros, are counts: the image
+# estimate of a Gaussian noise reads about 11 λ² for λ counts a pixel there, 0.1 of the
+# Poisson variance λ at λ = 0.01, and cannot tell them from another unit.
+SPARSE_COUNTS = 1.0
 
 
 def _counts_noise(planes, stats):
     """The noise of planes given without one: Poisson where every plane is of
     an integer dtype and its noise, estimated from the image, is within a
-    factor 10 of the Poisson variance; the estimate, with a TrustWarning,
+    factor 10 of the Poisson variance, or where they hold under one count a
+    pixel (sparse counts, mostly zeros, whose noise the image estimate
+    cannot measure); the estimate,
+    with a TrustWarning,
     where integer planes are not counts (an 8-bit export, detector units of
     another gain); None, with a TrustWarning for mixed dtypes, otherwise."""
     integer = [p.dtype.kind in "iu" for p in planes]
@@ -54,7 +61,7 @@ def _counts_noise(planes, stats):
         return None
     size = planes[0].shape[0] * planes[0].shape[1]
     poisson = poisson_noise(stats[:, 1] / size)
-    if min(planes[0].shape) < 8:
+    if min(planes[0].shape) < 8 or float(stats[:, 1].max()) < SPARSE_COUNTS * size:
         return poisson
     estimated = [estimate_noise(p) for p in planes]
     ratio = sum(estimated) / max(sum(poisson.variance), 1e-300)

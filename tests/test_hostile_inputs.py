@@ -3,6 +3,7 @@ never taken silently or reported as an unexpected error."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import subprocess
@@ -627,3 +628,390 @@ def test_a_model_path_that_is_a_fifo_is_named_as_such_not_missing(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ft.InputError, match="model: .* is a FIFO"):
         load_model(fifo)
+
+
+def _train_data(folder):
+    """A folder with one small training case (planes, ground-truth phase and gradient)."""
+    from fields import periodic_field, triplet_from
+
+    pixel = (0.2, 0.25)
+    phi, intensity, didz, grad = periodic_field(shape=(24, 20), pixel=pixel, contrast=0.3)
+    t = triplet_from(intensity, didz, 10.0, pixel, E)
+    ft.save(folder / "a.npz", ft.Dataset(*[np.asarray(p, np.float32) for p in t.planes],
+                                         dz=(10.0, 10.0), scan_step=pixel, energy=E,
+                                         phase_gt=phi.astype(np.float32),
+                                         gradient_gt=grad.astype(np.float32)))
+    return folder
+
+
+@pytest.mark.parametrize("error, code, says", [
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                  "99999999999 bytes. Error code 12 (Cannot allocate memory)"), 1,
+     "out of memory"),
+    (RuntimeError("a failure inside the library"), 1, "unexpected RuntimeError"),
+])
+def test_train_tells_a_fault_of_the_environment_from_bad_usage(tmp_path, capsys, monkeypatch,
+                                                                error, code, says):
+    """Every RuntimeError of a training run was reported as bad usage (exit 2),
+    out of memory inside PyTorch included."""
+    pytest.importorskip("torch")
+    import flowtie_fast.training.train as tr
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(tr, "train", fails)
+    data = _train_data(tmp_path / "data")
+    out = tmp_path / "m.pt"
+    assert cli.main(["train", str(data), "--steps", "1", "--width", "4", "--depth", "2",
+                     "-o", str(out), "--checkpoint", str(tmp_path / "c.ckpt")]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flowtie train: error: ") and says in err[0]
+    assert not out.exists()
+
+
+def test_a_teacher_that_fails_to_load_is_named_as_the_teacher(tmp_path, capsys):
+    """A teacher file that is a zip but no TorchScript model was reported as
+    "model: ...", which names no argument of flowtie train."""
+    pytest.importorskip("torch")
+    with zipfile.ZipFile(tmp_path / "t.pt", "w") as z:
+        z.writestr("a", "b")
+    data = _train_data(tmp_path / "data")
+    assert cli.main(["train", str(data), "--steps", "1", "--width", "4", "--depth", "2",
+                     "--teacher", str(tmp_path / "t.pt"), "--distill", "0.5",
+                     "-o", str(tmp_path / "m.pt"), "--checkpoint",
+                     str(tmp_path / "c.ckpt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("flowtie train: error: teacher: t.pt is not a readable "
+                              "TorchScript flow model"), err
+
+
+@pytest.mark.parametrize("noise", [[[1.0, 2.0, 3.0]], [[1.0], [2.0], [3.0]],
+                                   np.ones((3, 1)), [[0.5]], np.ones((1, 1, 3))])
+def test_nested_noise_variances_are_refused_not_flattened(noise):
+    """noise=[[1, 2, 3]] (a list of lists: per item? per pixel?) was flattened
+    to three per-plane variances without a word."""
+    says = (r"^noise: expected 1 or 3 variances, one per plane \(intensity², a number or a "
+            r"flat list\), got [^\n]* of shape \(")
+    with pytest.raises(ft.InputError, match=says):
+        ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E, noise=noise)
+    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", warmup=False)
+    with pytest.raises(ft.InputError, match=says):
+        plan.solve(*planes(), noise=noise)
+    with pytest.raises(ft.InputError, match=says):
+        ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E,
+                        noise=ft.Noise(tuple(np.asarray(noise, dtype=object).tolist()),
+                                       "given"))
+
+
+_HANGS = '''
+import json, sys, torch
+
+class Hangs(torch.nn.Module):
+    """Returns a zero flow for the 32x32 probe; on other sizes it never returns."""
+
+    def __init__(self, always: bool):
+        super().__init__()
+        self.always = always
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        i = 0
+        while (self.always or x.shape[-1] != 32) and i >= 0:
+            i += 1  # 2**63 steps: never ends
+        return torch.zeros_like(x[:, :2])
+
+torch.jit.save(torch.jit.script(Hangs(sys.argv[2] == "always")), sys.argv[1],
+               _extra_files={"config.json": json.dumps({"in_channels": 4})})
+'''
+
+
+def _hanging_model(path, always):
+    """A flow model file whose network never returns (on every input, or off
+    the load-time probe's 32x32), written by another process (torch.jit.script
+    reads the class's source from a file)."""
+    source = path.with_suffix(".py")
+    source.write_text(_HANGS)
+    subprocess.run([sys.executable, str(source), str(path), "always" if always else "off"],
+                   check=True, timeout=300)
+    source.unlink()
+    return path
+
+
+def test_a_model_that_never_returns_from_the_probe_is_refused_after_the_time_limit(tmp_path):
+    """A model file whose network never returns hung load_model (and flowtie
+    reconstruct --model) forever, deaf to Ctrl-C and SIGTERM."""
+    pytest.importorskip("torch")
+    path = _hanging_model(tmp_path / "hangs.pt", always=True)
+    script = (
+        "import threading, time, flowtie_fast as ft\n"
+        "from flowtie_fast.flow import infer, load_model\n"
+        "infer.PROBE_SECONDS = 2.0\n"
+        "for attempt in range(2):\n"
+        "    start = time.perf_counter()\n"
+        "    try:\n"
+        f"        load_model({str(path)!r})\n"
+        "    except ft.InputError as exc:\n"
+        "        print(f'{time.perf_counter() - start:.1f}', threading.active_count(), exc)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    first, again = run.stdout.strip().splitlines()
+    says = f"model: {str(path)!r} did not return from a probe triplet of 32x32 pixels within 2 s"
+    assert says in first and says in again, run.stdout
+    assert float(first.split()[0]) < 30 and float(again.split()[0]) < 1  # refused at once
+    assert first.split()[1] == again.split()[1] == "2"  # one helper thread left, not two
+
+
+@pytest.mark.parametrize("signum, code, how", [(15, 143, "terminated"),
+                                               (2, 130, "interrupted")])
+def test_the_command_line_ends_on_a_signal_while_a_model_never_returns(tmp_path, signum, code,
+                                                                       how):
+    """A model that passes the probe and then never returns on the data kept
+    flowtie reconstruct running forever: SIGTERM and Ctrl-C reach Python
+    only between its calls, and TorchScript never came back."""
+    pytest.importorskip("torch")
+    import time
+
+    path = _hanging_model(tmp_path / "hangs.pt", always=False)
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "in24.npz", ft.Dataset(*[p[:24, :24] for p in t.planes],
+                                                       dz=(DZ, DZ), scan_step=(PIXEL, PIXEL),
+                                                       energy=E))
+    out = tmp_path / "out.npz"
+    script = (
+        "import sys\n"
+        "from flowtie_fast import cli\n"
+        "from flowtie_fast.flow import infer\n"
+        "run = infer.FlowModel._run\n"
+        "def announced(self, x):\n"
+        "    print('predicting', flush=True)\n"
+        "    return run(self, x)\n"
+        "infer.FlowModel._run = announced\n"
+        f"sys.exit(cli.main(['reconstruct', {str(source)!r}, '-o', {str(out)!r}, '--method', "
+        f"'flowtie', '--model', {str(path)!r}, '--no-uncertainty', '--backend', 'cpu']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "predicting\n"
+        time.sleep(0.5)  # inside the network
+        os.kill(proc.pid, signum)
+        start = time.perf_counter()
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, err[-2000:]
+    assert time.perf_counter() - start < 30
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"flowtie reconstruct: {how};"), err
+    assert sorted(os.listdir(tmp_path)) == ["hangs.pt", "in24.npz"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_wisdom_path_that_is_no_regular_file_is_refused_not_read(tmp_path, kind):
+    """Plan(wisdom=) on a FIFO blocked forever reading it; /dev/full was
+    called a file of "pickled (object) data"."""
+    if kind == "fifo":
+        path = tmp_path / "w.wis"
+        os.mkfifo(path)
+        says = "is a FIFO (named pipe), not a regular file"
+    else:
+        path = "/dev/full"
+        says = "is a device, not a regular file"
+    script = (  # in another process: a blocked read runs into the timeout
+        "import flowtie_fast as ft\n"
+        "from flowtie_fast.fft import load_wisdom\n"
+        "for load in (lambda: load_wisdom(path), lambda: ft.Plan((32, 32), 0.2, 20.0, 300e3, "
+        "backend='cpu', warmup=False, wisdom=path)):\n"
+        "    try:\n"
+        "        load()\n"
+        "    except ft.InputError as exc:\n"
+        "        print(exc)\n")
+    run = subprocess.run([sys.executable, "-c", f"path = {str(path)!r}\n" + script],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("wisdom: ") and says in line
+                                   for line in lines), run.stdout
+
+
+def test_a_checkpoint_to_resume_that_is_no_regular_file_is_named_as_such(tmp_path):
+    """flowtie train --resume on a FIFO or a device said "no such checkpoint
+    file" of a path that exists."""
+    pytest.importorskip("torch")
+    from flowtie_fast.training.train import load_checkpoint
+
+    fifo = tmp_path / "r.ckpt"
+    os.mkfifo(fifo)
+    for path, says in ((fifo, r"is a FIFO \(named pipe\), not a regular file"),
+                       ("/dev/zero", "is a device, not a regular file")):
+        with pytest.raises(ft.InputError, match=f"^resume: .*{says}"):
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize("channels", [-6, 0, 5, 10**9, "six", None])
+def test_a_model_configuration_of_impossible_input_channels_is_named(tmp_path, channels):
+    """A model file whose config.json declared -6 or 1e9 input channels was
+    reported as failing on the probe ("The following operation failed in the
+    TorchScript interpreter"); a flow model reads 4 channels, or 6 with the
+    centre of mass."""
+    torch = pytest.importorskip("torch")
+    import json
+
+    from flowtie_fast.flow import FlowModel
+
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(6, 2, 3, padding=1)), str(path),
+                   _extra_files={"config.json": json.dumps({"in_channels": channels})})
+    with pytest.raises(ft.InputError, match=r"^model: m.pt declares in_channels=.* in its "
+                                            r"configuration; a flow model reads 4 or 6"):
+        FlowModel(path)
+
+
+@pytest.mark.parametrize("argv, says", [
+    ([], "flowtie: error: the following arguments are required: command"),
+    (["reconstruct", "in.npz"], "flowtie reconstruct: error: the following arguments are "
+                                "required: -o/--output"),
+    (["reconstruct", "in.npz", "-o", "o.npz", "--method", "nope"],
+     "flowtie reconstruct: error: argument --method: invalid choice: 'nope'"),
+    (["demo", "--size", "1e3"], "flowtie demo: error: argument --size: invalid int value"),
+    (["reconstruct", "in.npz", "-o", "o.npz", "--bogus"],
+     "flowtie: error: unrecognized arguments: --bogus"),
+])
+def test_a_usage_error_is_one_line(capsys, argv, says):
+    """Bad usage printed the command's whole usage (up to ten lines) before
+    its one-line error."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(says) and "--help" in err[0], err
+
+
+def test_an_unwritable_standard_output_is_named_as_such(tmp_path):
+    """With the standard output on a full device, flowtie reconstruct wrote
+    its result and then failed with "[Errno 28] No space left on device",
+    which names no file and reads as if the result could not be written."""
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "in.npz", t)
+    with open("/dev/full", "w") as full:
+        run = subprocess.run([sys.executable, "-m", "flowtie_fast._entry", "reconstruct",
+                              str(source), "-o", str(tmp_path / "out.npz"), "--backend", "cpu"],
+                             stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert run.returncode == 1
+    assert run.stderr.strip() == ("flowtie reconstruct: error: the standard output cannot be "
+                                  "written ([Errno 28] No space left on device)"), run.stderr
+    assert (tmp_path / "out.npz").exists()
+
+
+def test_memory_checks_count_the_process_address_space_limit(tmp_path):
+    """Under a limit of the address space (ulimit -v, as batch systems set
+    it), a solver far beyond it passed the memory check, which read the
+    machine's free memory alone, and failed in NumPy with a bare MemoryError."""
+    resource = pytest.importorskip("resource")
+    script = (
+        "import flowtie_fast as ft\n"
+        "try:\n"
+        "    ft.Plan((12000, 12000), 0.2, 20.0, 300e3, backend='cpu', warmup=False)\n"
+        "except ft.InputError as exc:\n"
+        "    print(exc)\n")
+
+    def limit():  # 3 GB of address space: the interpreter and its libraries fit
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         preexec_fn=limit, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("shape: (12000, 12000) needs about") and \
+        "available on the cpu" in run.stdout, run.stdout
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_memory_checks_count_the_memory_limit_of_the_control_group(tmp_path, version):
+    """In a container whose memory is limited by its control group, the check
+    read the host's free memory: work beyond the limit passed it, and the
+    kernel killed the process."""
+    from flowtie_fast import backend
+
+    if version == 2:
+        (tmp_path / "fs" / "job").mkdir(parents=True)
+        (tmp_path / "fs" / "job" / "memory.max").write_text(f"{2 << 30}\n")
+        (tmp_path / "fs" / "job" / "memory.current").write_text(f"{1 << 30}\n")
+        (tmp_path / "fs" / "memory.max").write_text("max\n")
+        (tmp_path / "cgroup").write_text("0::/job\n")
+    else:
+        (tmp_path / "fs" / "memory" / "job").mkdir(parents=True)
+        (tmp_path / "fs" / "memory" / "job" / "memory.limit_in_bytes").write_text(
+            f"{3 << 30}\n")
+        (tmp_path / "fs" / "memory" / "job" / "memory.usage_in_bytes").write_text(
+            f"{2 << 30}\n")
+        (tmp_path / "cgroup").write_text("5:cpu:/\n4:memory:/job\n")
+    headroom = backend._cgroup_headroom(str(tmp_path / "fs"), str(tmp_path / "cgroup"))
+    assert headroom == 1 << 30
+    assert backend.host_available_memory() <= (backend._meminfo_available() or 1 << 62)
+
+
+def test_sparse_counts_keep_their_poisson_noise():
+    """Integer planes of 0.005 counts a pixel (mostly zeros) were taken as
+    "not counts": the image estimate of a Gaussian noise, 0.1 of the Poisson
+    variance on such data, set the regularisation, and pure shot noise came
+    back as a phase of several radians beside a warning about the noise alone."""
+    rng = np.random.default_rng(3)
+    sparse = [rng.poisson(0.005, (N, N)).astype(np.uint16) for _ in range(3)]
+    for p in sparse:
+        p[0, 0] += 1  # no plane zero everywhere
+    t = ft.FocalTriplet(*sparse, dz=DZ, pixel_size=PIXEL, energy=E)
+    assert t.noise.source == "poisson"
+    with pytest.warns(ft.TrustWarning, match="no signal above the noise"):
+        rec = ft.reconstruct(t, backend="cpu")
+    assert float(np.abs(rec.phase).max()) == 0.0
+
+
+@pytest.mark.parametrize("plane, factor", [(2, 1000.0), (1, 1e-3), (0, 2.5)])
+def test_planes_whose_flux_differs_beyond_any_drift_are_refused(plane, factor):
+    """A plane in other units or of another exposure (x1000, or x2.5) gave a
+    phase wrong by a factor of up to 1e6 in NMSE, without a word: propagation
+    conserves the flux, and the focal derivative took the difference of
+    scales for a transport of intensity."""
+    p = planes()
+    p[plane] = p[plane] * factor
+    names = ("minus", "zero", "plus")
+    says = r" times that of (minus|zero|plus) .*propagation conserves the flux"
+    with pytest.raises(ft.InputError, match=f"^({'|'.join(names)}): a mean intensity \\S+" +
+                       says):
+        ft.FocalTriplet(*p, dz=DZ, pixel_size=PIXEL, energy=E)
+    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", warmup=False)
+    with pytest.raises(ft.InputError, match=says):
+        plan.solve(*p)
+    with pytest.raises(ft.InputError, match=r"^stack\[1\]: .*" + says):
+        plan.solve_batch(np.stack([np.stack(planes()), np.stack(p)]))
+    if plane == 2 and importlib.util.find_spec("distributed") is not None:
+        from flowtie_fast.cluster import reconstruct_many
+        with pytest.raises(ft.InputError, match=r"^stack\[1\]: .*" + says):  # before sending
+            reconstruct_many(np.stack([np.stack(planes()), np.stack(p)]), pixel_size=PIXEL,
+                             dz=DZ, energy=E, client=object())
+    p[plane] = planes()[plane] * 1.5  # a drift of the beam current: taken
+    ft.FocalTriplet(*p, dz=DZ, pixel_size=PIXEL, energy=E)
+    plan.solve(*p)
+
+
+def test_sparse_counts_whose_means_differ_by_their_noise_are_taken():
+    """Planes of 0.01-0.03 counts a pixel (a 4D-STEM bright field at 1e2 e/Å²)
+    differ in mean by a factor 2 or 3 from counting noise alone: they are the
+    data, not a plane of other units, and get the no-signal verdict."""
+    rng = np.random.default_rng(5)
+    sparse = [rng.poisson(lam, (N, N)).astype(np.uint16) for lam in (0.01, 0.02, 0.03)]
+    for p in sparse:
+        p[0, 0] += 1
+    means = [p.mean() for p in sparse]
+    assert max(means) > 2 * min(means)
+    t = ft.FocalTriplet(*sparse, dz=DZ, pixel_size=PIXEL, energy=E)
+    with pytest.warns(ft.TrustWarning, match="no signal above the noise"):
+        ft.reconstruct(t, backend="cpu")
+    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", warmup=False)
+    with pytest.warns(ft.TrustWarning, match="no signal above the noise"):
+        plan.solve(*sparse)
+    floats = [p.astype(np.float32) for p in sparse]  # virtual images: float sums of counts
+    ft.FocalTriplet(*floats, dz=DZ, pixel_size=PIXEL, energy=E)
+    plan.solve(*floats)

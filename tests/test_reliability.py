@@ -184,9 +184,13 @@ def test_4dstem_calibrations_are_checked():
 
 
 def overflowing_planes():
-    """Finite float32 planes whose transport overflows float32 in the solve."""
+    """Finite float32 planes whose transport overflows float32 in the solve:
+    one bright pixel of 3e37 in each of the ±dz planes, at two places (a
+    whole plane x3e37 is now refused before the solve, its flux far from the
+    others')."""
     p = planes()
-    p[2] = p[2] * np.float32(3e37)
+    p[0][3, 3] += np.float32(3e37)
+    p[2][N - 4, N - 5] += np.float32(3e37)
     return p
 
 
@@ -198,6 +202,10 @@ def test_a_non_finite_result_is_refused_naming_the_stage(plan):
     with pytest.raises(ResultError, match="tie: the result contains NaN or Inf"):
         ft.reconstruct(triplet(p), method="tie", backend="cpu")
     assert issubclass(ResultError, ft.InputError)
+    scaled = planes()  # the former input: refused before the solve, naming the plane
+    scaled[2] = scaled[2] * np.float32(3e37)
+    with pytest.raises(ft.InputError, match="^plus: a mean intensity .* times that of"):
+        plan.solve(*scaled, out=out)
 
 
 # --------------------------------------------------------------------------- resources
@@ -393,8 +401,13 @@ def test_gd_refuses_an_objective_that_overflows():
     """gd returned an all-zero phase marked converged when |k ∂I/∂z|² overflowed
     float32 (an accepted mean intensity, 9e11, with an extreme focal change)."""
     p = [a * np.float32(9e11) for a in planes()]
-    p[2] = p[2] * np.float32(1e6)
+    p[0][3, 3] += np.float32(9e20)  # one extreme pixel in each of the ±dz planes
+    p[2][N - 4, N - 5] += np.float32(9e20)
     with pytest.raises(ResultError, match="gd: the objective overflows"):
+        ft.reconstruct(triplet(p), method="gd", backend="cpu")
+    p = [a * np.float32(9e11) for a in planes()]  # the former input: its flux is refused
+    p[2] = p[2] * np.float32(1e6)
+    with pytest.raises(ft.InputError, match="^plus: a mean intensity .* times that of"):
         ft.reconstruct(triplet(p), method="gd", backend="cpu")
 
 

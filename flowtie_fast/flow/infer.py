@@ -57,6 +57,14 @@ _PROBE_SHAPE = (32, 32)
 _PROBE_PIXEL = (0.2, 0.2)
 _PROBE_DZ = 50.0  # Å
 
+#: Seconds a network may take on the load-time probe (a shipped model takes
+#: ~5 ms on 2 CPU cores) before it is refused as one that never returns.
+PROBE_SECONDS = 30.0
+# Files (real path, size, modification time) whose network did not return from
+# the probe in this process: refused at once when loaded again, instead of
+# leaving one more thread running it.
+_NEVER_RETURNED: set = set()
+
 # cuDNN's TF32 switch is process-wide: GPU calls that turn it off for their
 # duration take this lock, so that concurrent calls restore the caller's value.
 _TF32_LOCK = threading.Lock()
@@ -66,6 +74,48 @@ _TF32_LOCK = threading.Lock()
 _CAPTURE_LOCK = threading.Lock()
 #: Configs of shipped files whose fused CPU network agreed with the module here.
 _FUSED_AGREED: set = set()
+
+
+class _ProbeTimeout(Exception):
+    """The network did not return from the probe within :data:`PROBE_SECONDS`."""
+
+
+def _probe_call(module, x):
+    """``module(x)`` without gradients and unoptimised, in a helper thread
+    that the caller waits for at most :data:`PROBE_SECONDS`.
+
+    TorchScript cannot be interrupted (no signal reaches Python while it runs),
+    so a network that never returns is left running in its daemon thread,
+    which ends with the process; the caller gets :class:`_ProbeTimeout`, and
+    Ctrl-C while it waits. An exception of the module is raised here."""
+    import torch
+
+    box = {}
+
+    def run():
+        try:
+            with torch.no_grad(), torch.jit.optimized_execution(False):
+                box["value"] = module(x)
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller)
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="flowtie-model-probe", daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS)
+    if thread.is_alive():
+        raise _ProbeTimeout
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _file_identity(path: Path):
+    """``(real path, size, modification time)`` of a file, or None."""
+    try:
+        st = path.stat()
+        return str(path.resolve()), st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
 
 
 def _data_dir() -> Path:
@@ -228,7 +278,9 @@ class FlowModel:
         shipped file does not match its recorded SHA-256 digest; or the
         network fails, returns a shape other than (1, 2, 32, 32) or returns
         NaN or Inf on the load-time probe, a smooth 32x32 triplet (0.2 Å
-        pixels, 300 keV, a centre of mass of zeros for 6-channel models).
+        pixels, 300 keV, a centre of mass of zeros for 6-channel models), or
+        does not return from it within :data:`PROBE_SECONDS` (30 s); such a
+        file is refused at once when it is loaded again in the process.
 
     Notes
     -----
@@ -281,6 +333,9 @@ class FlowModel:
             shipped = _shipped_name(path)
         if shipped is not None:
             _verify_shipped(shipped, path)  # ~1 ms a file (SHA-256 of ~1 MB)
+        identity = _file_identity(path)
+        if identity is not None and identity in _NEVER_RETURNED:
+            raise InputError(self._never_returned(path, "earlier in this process"))
         extra = {"config.json": ""}
         try:
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
@@ -290,11 +345,16 @@ class FlowModel:
         raw = extra["config.json"]
         try:
             self.config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-            self.in_channels = int(self.config["in_channels"])
+            channels = self.config["in_channels"]
         except Exception as exc:
             raise InputError(f"model: {path.name} has no flowtie_fast configuration "
                              "(config.json); export it with flowtie_fast.training.train."
                              "export_torchscript") from exc
+        if channels not in (4, 6) or isinstance(channels, bool):  # flow_inputs makes 4 or 6
+            raise InputError(f"model: {path.name} declares in_channels={channels!r} in its "
+                             "configuration; a flow model reads 4 or 6 input channels (6 with "
+                             "the centre of mass)")
+        self.in_channels = int(channels)
         self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.path, self.device = path, device
         # the shipped name (a key of SHIPPED) where the file is a shipped one, else None
@@ -309,19 +369,35 @@ class FlowModel:
         # is no FlowNet of its config, or where the fused path fails or differs.
         self._fused = None
         module = module.eval()
-        if torch.device(device).type == "cpu":
-            fused = _FusedFlowNet.build(module, self.config)
-            # Shipped files of one config run the same code: one agreement a
-            # process stands for all of them (their weights are verified).
-            key = (fused.stride, tuple((n, tuple(w.shape)) for n, w in sorted(fused.p.items()))
-                   ) if shipped and fused is not None else None
-            if fused is not None and (key in _FUSED_AGREED
-                                      or fused.agrees(module, self._probe_input())):
-                self._fused = fused.to(self.dtype)
-                if key is not None:
-                    _FUSED_AGREED.add(key)
-        self.module = module.to(self.dtype)
-        self._probe()
+        try:
+            if torch.device(device).type == "cpu":
+                fused = _FusedFlowNet.build(module, self.config)
+                # Shipped files of one config run the same code: one agreement a
+                # process stands for all of them (their weights are verified).
+                key = (fused.stride, tuple((n, tuple(w.shape))
+                                           for n, w in sorted(fused.p.items()))
+                       ) if shipped and fused is not None else None
+                if fused is not None and (key in _FUSED_AGREED
+                                          or fused.agrees(module, self._probe_input())):
+                    self._fused = fused.to(self.dtype)
+                    if key is not None:
+                        _FUSED_AGREED.add(key)
+            self.module = module.to(self.dtype)
+            self._probe()
+        except _ProbeTimeout:
+            if identity is not None:
+                _NEVER_RETURNED.add(identity)
+            raise InputError(self._never_returned(path, "")) from None
+
+    @staticmethod
+    def _never_returned(path, when) -> str:
+        """The refusal of a network that did not return from the probe."""
+        when = f" ({when})" if when else ""
+        ny, nx = _PROBE_SHAPE
+        return (f"model: {str(path)!r} did not return from a probe triplet of {ny}x{nx} pixels "
+                f"within {PROBE_SECONDS:g} s{when}, where a shipped model takes ~5 ms: a "
+                "network that never ends is refused (TorchScript cannot be stopped: it keeps "
+                "running in a background thread until the process ends)")
 
     def _probe_input(self):
         """The probe's network input (1, C, 32, 32), float32 (see :meth:`_probe`)."""
@@ -355,7 +431,8 @@ class FlowModel:
         ``I0 = 1 + 0.1 cos`` and planes ``I0 ∓ dz ∂I/∂z`` at dz = 50 Å (all
         positive). It runs unoptimised: ~5 ms for a shipped model freshly
         loaded on 2 CPU cores, and TorchScript's optimising first run stays
-        with the first prediction.
+        with the first prediction. It runs in a helper thread, waited for at
+        most :data:`PROBE_SECONDS` (:func:`_probe_call`).
         """
         torch = self.torch
         ny, nx = _PROBE_SHAPE
@@ -363,8 +440,9 @@ class FlowModel:
         try:
             # Unoptimised (a thread-local switch): TorchScript's profiling run
             # and optimisation stay for the first prediction, as without probe.
-            with torch.no_grad(), torch.jit.optimized_execution(False):
-                v = self.module(self._probe_input().to(self.dtype))
+            v = _probe_call(self.module, self._probe_input().to(self.dtype))
+        except _ProbeTimeout:
+            raise
         except Exception as exc:
             raise InputError(f"{where} fails on a probe triplet of {ny}x{nx} pixels with "
                              f"{self.in_channels} input channels ({type(exc).__name__}: "
@@ -675,8 +753,9 @@ class _FusedFlowNet:
         probe's to report: they count as agreement here."""
         torch = self._torch
         try:
-            with torch.no_grad(), torch.jit.optimized_execution(False):
-                v = module(x)
+            v = _probe_call(module, x)
+        except _ProbeTimeout:
+            raise
         except Exception:
             return True
         if not isinstance(v, torch.Tensor) or tuple(v.shape) != (x.shape[0], 2) + \

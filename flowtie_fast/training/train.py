@@ -48,15 +48,21 @@ import torch
 
 from ..backend import _gib, host_available_memory
 from ..errors import InputError, check_count, check_positive, check_real
-from ..files import atomic_path
+from ..files import atomic_path, check_input_file
 from ..flow.infer import FlowEnsemble, check_model_source, flow_inputs, load_model
 from ..flow.model import FlowNet
 from .data import Sample, augment, tile
 from .loss import CompositeLoss
 
 
-__all__ = ["TrainConfig", "train", "check_checkpoints", "load_checkpoint",
+__all__ = ["TrainConfig", "TrainingCollapse", "train", "check_checkpoints", "load_checkpoint",
            "export_torchscript"]
+
+
+class TrainingCollapse(RuntimeError):
+    """A run that collapsed (zero flow or a non-finite loss) more often than
+    its rollbacks allow: the settings (learning rate, seed), not the machine,
+    are the cause, and nothing worth exporting was trained."""
 
 
 @dataclass
@@ -208,7 +214,7 @@ def _teacher(cfg: TrainConfig):
                           stacklevel=3)
         return None
 
-    model = load_model(str(cfg.teacher))
+    model = _load_named("teacher", str(cfg.teacher))
     members = model.models if isinstance(model, FlowEnsemble) else [model]
     channels = 6 if cfg.use_com else 4
     if any(m.in_channels != channels for m in members):
@@ -217,10 +223,20 @@ def _teacher(cfg: TrainConfig):
     return [m.module for m in members]
 
 
+def _load_named(name: str, source):
+    """:func:`load_model` of ``source`` on the CPU, its refusals naming the
+    setting ``name`` (``teacher``, ``init``) instead of ``model``."""
+    try:
+        return load_model(source)
+    except InputError as exc:
+        text = str(exc)
+        raise InputError(f"{name}: {text.removeprefix('model: ')}") from exc
+
+
 def _initial_weights(cfg: TrainConfig, model: FlowNet) -> None:
     """Load ``cfg.init``'s parameters into ``model`` (InputError naming
     ``init`` when they do not fit)."""
-    loaded = load_model(cfg.init)
+    loaded = _load_named("init", cfg.init)
     if isinstance(loaded, FlowEnsemble):
         raise InputError(f"init: {cfg.init} is an ensemble; expected one network")
     try:
@@ -380,8 +396,9 @@ def load_checkpoint(path) -> dict:
         objects are refused, never built) or lacks a key.
     """
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise InputError(f"resume: no such checkpoint file {str(path)!r}")
+    check_input_file("resume", path)  # a folder, a FIFO, a device, a loop of links
     try:
         with warnings.catch_warnings():  # torch's notes on odd pickle protocols
             warnings.simplefilter("ignore")
@@ -563,8 +580,8 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, resume=No
         A bad setting (:meth:`TrainConfig.validate`), or a checkpoint that
         would be overwritten, cannot be read safely or does not fit this run
         (:func:`check_checkpoints`); nothing has been trained.
-    RuntimeError
-        When the run collapses (zero flow and no gradient for
+    TrainingCollapse
+        A ``RuntimeError``: when the run collapses (zero flow and no gradient for
         ``COLLAPSE_STEPS`` steps, or a non-finite loss) more than
         ``cfg.restarts`` times. Each collapse rolls the run back to a healthy
         snapshot (taken with each checkpoint: model, optimiser, step, random
@@ -661,7 +678,7 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, resume=No
         streak = streak + 1 if finite and _dead(terms) else 0
         if streak >= COLLAPSE_STEPS or not finite:
             if restarts >= cfg.restarts:
-                raise RuntimeError(
+                raise TrainingCollapse(
                     f"train: the flow model collapsed (zero flow or non-finite loss) at step "
                     f"{step + 1} after {restarts} rollbacks with halved learning rates; try "
                     f"a lower lr or another seed")
