@@ -350,6 +350,9 @@ class Backend:
         if self.is_gpu != is_cupy(a) or not (is_cupy(a) or isinstance(a, np.ndarray)):
             raise InputError(f"{name}: expected a writeable {want} array for this {self.name} "
                              f"backend, got {type(a).__name__}")
+        if isinstance(a, (np.matrix, np.ma.MaskedArray)):  # indexing or a mask of their own
+            raise InputError(f"{name}: expected a plain NumPy array, got {type(a).__name__} "
+                             f"(pass e.g. np.empty({tuple(shape)}, np.{np.dtype(dtype).name}))")
         dtype = np.dtype(dtype)
         if a.dtype != dtype or tuple(a.shape) != tuple(shape):
             raise InputError(f"{name}: expected a {dtype} array of shape {tuple(shape)}, got "

@@ -50,7 +50,7 @@ from dataclasses import replace
 import numpy as np
 
 from .backend import get_backend, is_cupy
-from .errors import InputError, check_positive
+from .errors import InputError, check_positive, first_line
 from .fft import load_wisdom, save_wisdom
 from .noise import COUNTS, check_noise
 from .physics import wavenumber
@@ -193,11 +193,28 @@ class Plan:
     # ------------------------------------------------------------------ checks
 
     def _image(self, name, a, shape):
+        """``a`` checked as an input of ``shape``: an array of this plan's
+        backend, returned as the array the solve reads. An object that is not
+        a NumPy array but converts to one (``__array__``: a memory map, a
+        matrix, an xarray-like wrapper) is converted here, once, and the
+        result is what is checked and solved: its own ``shape`` and ``dtype``
+        attributes are not trusted (the kernels index the planes by the
+        plan's shape)."""
         check_not_masked(name, a)
         if is_cupy(a) != self.backend.is_gpu:
             where = "CuPy" if self.backend.is_gpu else "NumPy"
             raise InputError(f"{name}: expected a {where} array for this {self.backend.name} "
                              f"plan, got {type(a).__name__}")
+        if type(a) is not np.ndarray and not self.backend.is_gpu:
+            if not (isinstance(a, np.ndarray) or hasattr(a, "__array__")
+                    or hasattr(a, "__array_interface__")):
+                raise InputError(f"{name}: expected a NumPy array for this cpu plan, got "
+                                 f"{type(a).__name__}")
+            try:
+                a = np.asarray(a)
+            except Exception as exc:  # noqa: BLE001  any failure of a foreign __array__
+                raise InputError(f"{name}: could not be read as an array "
+                                 f"({first_line(exc)})") from exc
         if not hasattr(a, "dtype") or a.dtype.kind not in "uif":
             raise InputError(f"{name}: expected a real array, got "
                              f"{getattr(a, 'dtype', type(a).__name__)}")
@@ -260,7 +277,7 @@ class Plan:
             gradient = self._image("gradient", gradient, (2,) + self.shape)
         if self.method == "icom" and gradient is None:
             raise InputError("gradient: method 'icom' needs the measured phase gradient")
-        inputs = (minus, zero, plus, gradient, out)
+        inputs = (*planes, gradient, out)
         out = self._output("out", out, self.shape, inputs[:4], _INPUT_NAMES)
         # Without gradient_out the gradient is not computed (3 of the 8 FFTs of tie).
         grad = self._output("gradient_out", gradient_out, (2,) + self.shape, inputs,
@@ -317,9 +334,9 @@ class Plan:
             raise InputError(f"stack: expected an array (B, 3, Ny, Nx), got shape "
                              f"{tuple(stack.shape)}")
         b = int(stack.shape[0])
-        self._image("stack", stack, (b, 3) + self.shape)
+        stack = self._image("stack", stack, (b, 3) + self.shape)
         if gradient is not None:
-            self._image("gradient", gradient, (b, 2) + self.shape)
+            gradient = self._image("gradient", gradient, (b, 2) + self.shape)
         out = self._output("out", out, (b,) + self.shape, (stack, gradient),
                            ("stack", "gradient"))
         if gradient_out is not None:

@@ -1015,3 +1015,61 @@ def test_sparse_counts_whose_means_differ_by_their_noise_are_taken():
     floats = [p.astype(np.float32) for p in sparse]  # virtual images: float sums of counts
     ft.FocalTriplet(*floats, dz=DZ, pixel_size=PIXEL, energy=E)
     plan.solve(*floats)
+
+
+class _ArrayLike:
+    """An xarray-like wrapper: ``shape`` and ``dtype`` attributes, and an
+    ``__array__`` that gives ``data`` (which may not match them) or raises."""
+
+    def __init__(self, data, shape, dtype=np.float64, fail=None):
+        self.data, self.shape, self.dtype, self.ndim = data, shape, np.dtype(dtype), len(shape)
+        self.fail = fail
+
+    def __array__(self, dtype=None, copy=None):
+        if self.fail is not None:
+            raise self.fail
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __getitem__(self, key):
+        return np.asarray(self)[key]
+
+
+def test_a_plan_reads_an_array_like_once_and_checks_what_it_gave():
+    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", warmup=False)
+    m, z, p = planes()
+    # The shape attribute promised (N, N); the kernels would have read past a 3 x 3 buffer.
+    with pytest.raises(ft.InputError, match=r"^minus: expected shape \(32, 32\), got \(3, 3\)"):
+        plan.solve(_ArrayLike(np.ones((3, 3)), (N, N)), z, p)
+    with pytest.raises(ft.InputError, match=r"^zero: could not be read as an array \(boom\)"):
+        plan.solve(m, _ArrayLike(None, (N, N), fail=RuntimeError("boom")), p)
+    with pytest.raises(ft.InputError, match=r"^plus: expected a NumPy array for this cpu plan"):
+        plan.solve(m, z, type("Fake", (), {"shape": (N, N), "dtype": np.dtype("f8")})())
+    stack = np.stack([np.stack([m, z, p])] * 2)
+    with pytest.raises(ft.InputError, match=r"^stack: expected shape \(2, 3, 32, 32\)"):
+        plan.solve_batch(_ArrayLike(stack[:, :, :4], stack.shape))
+    # A wrapper whose data do match is solved as its array.
+    want = plan.solve(m, z, p).copy()
+    assert np.array_equal(plan.solve(_ArrayLike(m, (N, N)), np.asmatrix(z), p), want)
+    assert np.array_equal(plan.solve_batch(_ArrayLike(stack, stack.shape))[1], want)
+
+
+@pytest.mark.parametrize("kind", [np.asmatrix, np.ma.masked_array])
+def test_an_output_of_an_ndarray_subclass_with_its_own_rules_is_refused(kind):
+    plan = ft.Plan((N, N), PIXEL, DZ, E, backend="cpu", warmup=False)
+    out = kind(np.zeros((N, N), np.float32))
+    with pytest.raises(ft.InputError, match=r"^out: expected a plain NumPy array, got"):
+        plan.solve(*planes(), out=out)
+
+
+def test_4dstem_data_whose_shape_does_not_describe_them_are_refused_naming_them():
+    d = patterns()
+    lying = _ArrayLike(d[0][:2, :2, :4, :4], d[0].shape, np.uint16)
+    with pytest.raises(ft.InputError, match=r"^minus: reading scan rows 0:6 of a _ArrayLike of "
+                       r"shape \(6, 6, 16, 16\) gave shape \(2, 2, 4, 4\)"):
+        ft.FocalTriplet.from_4dstem(lying, d[1], d[2], **STEM)
+    lying = _ArrayLike(d[1][:, :, :8], d[1].shape, np.uint16)
+    with pytest.raises(ft.InputError, match=r"^zero: reading scan row 0 of a _ArrayLike"):
+        ft.FocalTriplet.from_4dstem(d[0], lying, d[2], **STEM)
+    unreadable = type("NoItems", (), {"shape": d[0].shape, "dtype": np.dtype("u2")})()
+    with pytest.raises(ft.InputError, match=r"^plus: expected a 4-D array"):
+        ft.FocalTriplet.from_4dstem(d[0], d[1], unreadable, **STEM)

@@ -167,7 +167,7 @@ def bf_radius_mrad(patterns, detector: Detector) -> float:
 
 
 
-def sample_patterns(data, count: int = 256):
+def sample_patterns(data, count: int = 256, name: str = "data"):
     """Up to ``count`` patterns spread evenly over the scan (cheap: no full pass).
 
     Up to 16 evenly spaced scan rows, and in each the same evenly spaced scan
@@ -183,6 +183,8 @@ def sample_patterns(data, count: int = 256):
         dask (only the sampled patterns are read).
     count : int, optional
         The most patterns to take (default 256).
+    name : str, optional
+        How messages name ``data`` (default "data").
 
     Returns
     -------
@@ -200,7 +202,42 @@ def sample_patterns(data, count: int = 256):
         picked = data[xp.asarray(rows)[:, None], xp.asarray(cols)[None, :]]
         return picked.reshape(-1, *data.shape[2:])
     # Read only the sampled patterns (a whole scan row of a large dataset is big).
-    return np.concatenate([_to_numpy(data[int(r), cols]) for r in rows], axis=0)
+    want = (len(cols),) + tuple(int(n) for n in data.shape[2:])
+    picked = []
+    for r in rows:
+        block = _to_numpy(data[int(r), cols])
+        check_read_shape(name, data, block, want, f"scan row {int(r)}")
+        picked.append(block)
+    return np.concatenate(picked, axis=0)
+
+
+def check_read_shape(name, data, block, want, where) -> None:
+    """Refuse a block read from ``data`` whose shape is not the ``want`` that
+    ``data.shape`` promised (an array-like whose ``shape`` does not describe
+    its data): the reduction would take other pixels for these.
+
+    Parameters
+    ----------
+    name : str
+        How the message names ``data``.
+    data : array-like
+        The dataset read.
+    block : array
+        What reading ``where`` gave.
+    want : tuple of int
+        The shape it should have.
+    where : str
+        What was read, for the message (e.g. "scan rows 0:4").
+
+    Raises
+    ------
+    InputError
+        Where the shapes differ.
+    """
+    if tuple(block.shape) != tuple(want):
+        raise InputError(f"{name}: reading {where} of a {type(data).__name__} of shape "
+                         f"{tuple(data.shape)} gave shape {tuple(block.shape)}, expected "
+                         f"{tuple(want)}: its shape does not describe its data")
 
 
 

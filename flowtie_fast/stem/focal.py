@@ -101,7 +101,7 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
     for n, d in zip(names, data):
         if not (is_cupy(d) or _is_dask(d)):  # host memory, before reading
             check_reduction_memory(n, d, chunk_bytes)
-    sample = sample_patterns(data[1])
+    sample = sample_patterns(data[1], name="zero")
     mean = mean_pattern(sample)
     if not np.isfinite(mean).all():
         raise InputError("zero: the patterns contain NaN or Inf")
@@ -110,7 +110,7 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
     check_region(virtual, regions, detector, bf_radius is not None)
     for n, d in zip(names, data):  # sums beyond float32 (data of a wider dtype)
         if np.dtype(d.dtype).kind == "f" and np.dtype(d.dtype).itemsize > 4:
-            check_float32_range(n, sample if n == "zero" else sample_patterns(d), detector)
+            check_float32_range(n, sample if n == "zero" else sample_patterns(d, name=n), detector)
     reductions = [reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,
                                 backend=backend, chunk_bytes=chunk_bytes, name=n)
                   for n, d in zip(names, data)]

@@ -26,7 +26,8 @@ import numpy as np
 from .._cuda import MAX_WEIGHTS
 from ..backend import Backend, array_module, check_host_memory, get_backend, is_cupy
 from ..errors import InputError, check_count
-from .detector import Detector, _to_numpy, check_disk, detector_weights, weight_ranges
+from .detector import (Detector, _to_numpy, check_disk, check_read_shape, detector_weights,
+                       weight_ranges)
 
 __all__ = ["Reduction", "finish_reduction", "reduce_4dstem"]
 
@@ -185,7 +186,7 @@ def check_4d(name, data):
     """Validate a 4D-STEM array-like (NumPy, CuPy, memmap, HDF5, dask)."""
     shape = getattr(data, "shape", None)
     dtype = getattr(data, "dtype", None)
-    if shape is None or dtype is None:
+    if shape is None or dtype is None or not hasattr(data, "__getitem__"):
         raise InputError(f"{name}: expected a 4-D array (Sy, Sx, Ky, Kx), got {type(data)}")
     if len(shape) != 4:
         raise InputError(f"{name}: expected a 4-D array (Sy, Sx, Ky, Kx), got shape "
@@ -241,7 +242,7 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
     if _is_dask(data) and not be.is_gpu:
         sums = _reduce_dask(data, W, lo, hi)  # on the workers, chunk by chunk
     else:
-        sums = _reduce_streamed(data, W, lo, hi, be, chunk_bytes)
+        sums = _reduce_streamed(data, W, lo, hi, be, chunk_bytes, name)
     try:
         return finish_reduction(sums, combine, detector, regions, name)
     except InputError as exc:
@@ -271,7 +272,7 @@ def _explain_overflow(name: str, data, sums, exc) -> None:
                          f"data (e.g. multiply by {factor:g})") from exc
 
 
-def _reduce_streamed(data, W, lo, hi, be: Backend, chunk_bytes):
+def _reduce_streamed(data, W, lo, hi, be: Backend, chunk_bytes, name: str = "data"):
     """The weighted sums (Sy, Sx, Q), reading whole scan rows of at most
     ``chunk_bytes`` at a time."""
     sy, sx, ky, kx = (int(s) for s in data.shape)
@@ -288,6 +289,7 @@ def _reduce_streamed(data, W, lo, hi, be: Backend, chunk_bytes):
         chunk = data[i0:i1]
         if not is_cupy(chunk):
             chunk = _to_numpy(chunk)  # memory map, HDF5 or dask: read this chunk only
+        check_read_shape(name, data, chunk, (i1 - i0, sx, ky, kx), f"scan rows {i0}:{i1}")
         if be.is_gpu:
             chunk = be.asarray(chunk)
         chunk = _native(chunk, xp).reshape((i1 - i0) * sx, ky * kx)
