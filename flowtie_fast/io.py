@@ -102,7 +102,9 @@ class Dataset:
     gradient_gt : array (2, Ny, Nx), optional
         Ground-truth phase gradient in rad/Å (simulations).
     meta : dict, optional
-        Free-form metadata (default empty).
+        Metadata (default empty); :func:`save` stores ``material`` (text),
+        ``thickness`` (Å) and ``semiangle`` (mrad), and refuses other keys
+        rather than drop them.
     gradient : array (2, Ny, Nx), optional
         A measured phase gradient in rad/Å of a triplet of images, given to
         the triplet (``method="icom"``).
@@ -333,7 +335,9 @@ def save(path, obj, overwrite: bool = True) -> Path:
         Naming ``path`` for a path that is not a writable file path (a
         directory, a folder that is a file, a name too long, an existing file
         when ``overwrite`` is False), ``overwrite`` for a value that is not a
-        bool, ``obj`` for another object or a closed HDF5 dataset.
+        bool, ``obj`` for another object, a closed HDF5 dataset, or
+        ``meta`` keys the layout does not store (all but ``material``,
+        ``thickness`` and ``semiangle``).
     OSError
         When the file cannot be written (disk full, read-only file system,
         permission denied), naming ``path``; no temporary is left.
@@ -342,6 +346,13 @@ def save(path, obj, overwrite: bool = True) -> Path:
     overwrite = _check_bool("overwrite", overwrite)
     _suffix(path)
     ds = _from_object(obj)
+    if not isinstance(ds.meta, dict):
+        raise InputError(f"obj: expected meta to be a dict, got {type(ds.meta).__name__}")
+    lost = [k for k, v in ds.meta.items() if k not in _OPTIONAL_SCALARS and v is not None]
+    if lost:  # never dropped without a word
+        raise InputError(f"obj: the layout {FORMAT} stores the meta keys "
+                         f"{', '.join(_OPTIONAL_SCALARS)} only, not {_short(repr(lost), 80)}; "
+                         "remove them from meta (and keep them elsewhere) to save")
     if ds.gradient is not None and ds.kind == "4dstem":
         raise InputError("obj: a measured 'gradient' is stored for a triplet of images only; "
                          "4D-STEM data give their own (the centre of mass) when reduced")
@@ -742,6 +753,14 @@ def _text(fields: dict, k: str, path: Path) -> str:
         except Exception:
             got = type(v).__name__
         raise InputError(f"{path.name}: '{k}' must be a string, got {got}")
+    try:  # what HDF5 stores: UTF-8 without NUL characters (one rule for both formats)
+        v.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{path.name}: '{k}' must be text UTF-8 can encode, got "
+                         f"{_short(repr(v), 60)} ({exc.reason})") from exc
+    if "\x00" in v:
+        raise InputError(f"{path.name}: '{k}' must be text without NUL characters, got "
+                         f"{_short(repr(v), 60)}")
     return str(v)
 
 

@@ -1073,3 +1073,29 @@ def test_4dstem_data_whose_shape_does_not_describe_them_are_refused_naming_them(
     unreadable = type("NoItems", (), {"shape": d[0].shape, "dtype": np.dtype("u2")})()
     with pytest.raises(ft.InputError, match=r"^plus: expected a 4-D array"):
         ft.FocalTriplet.from_4dstem(d[0], d[1], unreadable, **STEM)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_save_refuses_meta_it_would_drop_instead_of_losing_it(tmp_path, suffix):
+    m, z, p = planes()
+    ds = ft.Dataset(m, z, p, (DZ, DZ), (PIXEL, PIXEL), E,
+                    meta={"material": "GaAs", "operator": "é", "run": 7})
+    with pytest.raises(ft.InputError, match=r"^obj: the layout flowtie_fast/1 stores the meta "
+                       r"keys material, thickness, semiangle only, not \['operator', 'run'\]"):
+        ft.save(tmp_path / f"a{suffix}", ds)
+    assert not list(tmp_path.iterdir())
+    ds.meta = {"material": "GaAs", "thickness": 10.0, "other": None}
+    assert ft.load(ft.save(tmp_path / f"b{suffix}", ds)).meta == {"material": "GaAs",
+                                                                   "thickness": 10.0}
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+@pytest.mark.parametrize("material, says", [("Ga\x00As", "without NUL characters"),
+                                            ("Ga\udc80", "UTF-8 can encode")])
+def test_a_material_hdf5_cannot_store_is_refused_in_either_format(tmp_path, suffix, material,
+                                                                   says):
+    m, z, p = planes()
+    ds = ft.Dataset(m, z, p, (DZ, DZ), (PIXEL, PIXEL), E, meta={"material": material})
+    with pytest.raises(ft.InputError, match=f"^obj: 'material' must be text {says}"):
+        ft.save(tmp_path / f"a{suffix}", ds)
+    assert not list(tmp_path.iterdir())
