@@ -1099,3 +1099,26 @@ def test_a_material_hdf5_cannot_store_is_refused_in_either_format(tmp_path, suff
     with pytest.raises(ft.InputError, match=f"^obj: 'material' must be text {says}"):
         ft.save(tmp_path / f"a{suffix}", ds)
     assert not list(tmp_path.iterdir())
+
+
+def _libertem_datasets(ctx, data):
+    return [ctx.load("memory", data=d, sig_dims=2) for d in data]
+
+
+def test_libertem_datasets_in_an_unordered_collection_are_refused():
+    pytest.importorskip("libertem")
+    from libertem.api import Context
+
+    from flowtie_fast.stem.live import triplet_with_libertem
+
+    with Context.make_with("inline") as ctx:
+        ds = _libertem_datasets(ctx, patterns())
+        kw = dict(dz=DZ, scan_step=0.2, k_sampling=0.05, energy=E)
+        # A set has no order: minus and plus could be swapped, flipping the phase's sign.
+        with pytest.raises(ft.InputError, match=r"^datasets: expected three LiberTEM datasets "
+                                                r"in order \(minus, zero, plus\), got set"):
+            triplet_with_libertem(ctx, set(ds), **kw)
+        with pytest.raises(ft.InputError, match=r"^datasets: .* in order .*got dict"):
+            triplet_with_libertem(ctx, dict(zip("mzp", ds)), **kw)
+        assert triplet_with_libertem(ctx, iter(ds), **kw).shape == (6, 6)
+

@@ -27,6 +27,7 @@ Examples
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping, Set
 
 import numpy as np
 
@@ -399,9 +400,9 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     ----------
     ctx : libertem.api.Context
         The LiberTEM context that runs the passes.
-    datasets : three LiberTEM DataSets
-        At the planes ``-dz, 0, +dz`` (docs/conventions.md), of equal shape
-        (Sy, Sx, Ky, Kx).
+    datasets : sequence of three LiberTEM DataSets
+        At the planes ``-dz, 0, +dz`` in this order (docs/conventions.md), of
+        equal shape (Sy, Sx, Ky, Kx); a set or a dict (no order) is refused.
     dz : float or (float, float)
         Defocus step in Å.
     scan_step : float or (float, float)
@@ -436,6 +437,10 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     if isinstance(datasets, (str, bytes)) or not hasattr(datasets, "__iter__"):
         raise InputError(f"datasets: expected three LiberTEM datasets (minus, zero, plus), "
                          f"got {type(datasets).__name__}")
+    if isinstance(datasets, (Set, Mapping)):  # no order: minus and plus could swap
+        raise InputError(f"datasets: expected three LiberTEM datasets in order (minus, zero, "
+                         f"plus), got {type(datasets).__name__}, which has no order (pass a "
+                         "list)")
     datasets = list(datasets)
     if len(datasets) != 3:
         raise InputError(f"datasets: expected three (minus, zero, plus), got {len(datasets)}")
