@@ -1122,3 +1122,40 @@ def test_libertem_datasets_in_an_unordered_collection_are_refused():
             triplet_with_libertem(ctx, dict(zip("mzp", ds)), **kw)
         assert triplet_with_libertem(ctx, iter(ds), **kw).shape == (6, 6)
 
+
+def test_a_libertem_reduction_checks_detector_regions_and_com_radius():
+    pytest.importorskip("libertem")
+    from libertem.api import Context
+
+    from flowtie_fast import stem
+    from flowtie_fast.stem.live import reduce_with_libertem
+
+    det = stem.Detector((16, 16), (0.05, 0.05), E, (7.5, 7.5))
+    whole = {"whole": (0, np.inf)}
+    with Context.make_with("inline") as ctx:
+        ds = _libertem_datasets(ctx, patterns())[0]
+        # A negative radius gave a centre of mass of zero everywhere.
+        with pytest.raises(ft.InputError, match=r"^com_radius: "):
+            reduce_with_libertem(ctx, ds, det, whole, com_radius_mrad=-1)
+        with pytest.raises(ft.InputError, match=r"^detector: expected a Detector"):
+            reduce_with_libertem(ctx, ds, None, whole)
+        with pytest.raises(ft.InputError, match=r"^regions: expected a dict"):
+            reduce_with_libertem(ctx, ds, det, "bf")
+
+
+@pytest.mark.parametrize("regions, says", [
+    ("bf", r"^regions: expected a dict of name -> \(inner, outer\) in mrad, got str"),
+    ({"x": (1, 2, 3)}, r"^regions: expected .* got \(1, 2, 3\) for 'x'"),
+    ({"x": ("a", "b")}, r"^regions: expected .* got \('a', 'b'\) for 'x'"),
+    ({3: (0, 5)}, r"^regions: expected .* names \(str\), got 3"),
+])
+def test_reduce_4dstem_names_regions_of_the_wrong_form(regions, says):
+    from flowtie_fast import stem
+
+    det = stem.Detector((16, 16), (0.05, 0.05), E, (7.5, 7.5))
+    with pytest.raises(ft.InputError, match=says):
+        stem.reduce_4dstem(patterns()[0], det, regions, backend="cpu")
+    with pytest.raises(ft.InputError, match=r"^detector: expected a Detector"):
+        stem.reduce_4dstem(patterns()[0], None, {"whole": (0, np.inf)}, backend="cpu")
+
+

@@ -42,7 +42,8 @@ from .._cuda import MAX_WEIGHTS
 from ..backend import get_backend, gpu_available
 from ..errors import BackendError, InputError, check_positive
 from ..triplet import FocalTriplet
-from .detector import detector_weights, triplet_geometry, weight_ranges
+from .detector import (check_detector, check_disk, check_regions, detector_weights,
+                       triplet_geometry, weight_ranges)
 from .reduction import _native, finish_reduction, reduce_frames
 
 __all__ = ["ReductionUDF", "reduce_with_libertem", "triplet_with_libertem"]
@@ -369,6 +370,10 @@ def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=Non
     backends = _check_backends(ctx, backends)
     (sy, sx), sig = _nav_sig(dataset)
     _check_dtype(dataset, name)
+    check_detector(detector)
+    check_regions(regions)
+    if com_radius_mrad is not None:  # as reduce_4dstem: a negative one gave a zero COM
+        com_radius_mrad = check_disk("com_radius", com_radius_mrad, detector)
     if tuple(sig) != tuple(detector.shape):
         raise InputError(f"{name}: detector shape {tuple(sig)} differs from {detector.shape}")
     W, combine = detector_weights(detector, regions, com_radius_mrad)

@@ -26,8 +26,8 @@ import numpy as np
 from .._cuda import MAX_WEIGHTS
 from ..backend import Backend, array_module, check_host_memory, get_backend, is_cupy
 from ..errors import InputError, check_count
-from .detector import (Detector, _to_numpy, check_disk, check_read_shape, detector_weights,
-                       weight_ranges)
+from .detector import (Detector, _to_numpy, check_detector, check_disk, check_read_shape,
+                       check_regions, detector_weights, weight_ranges)
 
 __all__ = ["Reduction", "finish_reduction", "reduce_4dstem"]
 
@@ -232,6 +232,8 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
     check_4d(name, data)
     chunk_bytes = check_count("chunk_bytes", chunk_bytes, 1)
     sy, sx, ky, kx = (int(s) for s in data.shape)
+    check_detector(detector)
+    check_regions(regions)
     if com_radius_mrad is not None:
         com_radius_mrad = check_disk("com_radius", com_radius_mrad, detector)
     if (ky, kx) != tuple(detector.shape):
