@@ -1159,3 +1159,17 @@ def test_reduce_4dstem_names_regions_of_the_wrong_form(regions, says):
         stem.reduce_4dstem(patterns()[0], None, {"whole": (0, np.inf)}, backend="cpu")
 
 
+def test_reduction_udf_pixel_ranges_must_cover_the_weights():
+    pytest.importorskip("libertem")
+    from flowtie_fast.stem.live import ReductionUDF
+
+    w = np.ones((1, 256), np.float32)
+    # A range narrower than the non-zero weights summed part of each pattern.
+    with pytest.raises(ft.InputError, match=r"^lo, hi: row 0 has non-zero weights outside "
+                                            r"pixels \[0, 10\)"):
+        ReductionUDF(w, lo=np.array([0]), hi=np.array([10]))
+    with pytest.raises(ft.InputError, match=r"^lo, hi: expected both or neither, got lo only"):
+        ReductionUDF(w, lo=np.array([0]))
+    ReductionUDF(w, lo=np.array([0]), hi=np.array([256]))
+
+

@@ -76,12 +76,16 @@ class ReductionUDF(UDF):
         Weight rows (:func:`flowtie_fast.stem.detector_weights`).
     lo, hi : ndarray (Q,), optional
         Pixel range of each row's non-zero weights (default: found; LiberTEM
-        passes them back when it copies the UDF to its workers).
+        passes them back when it copies the UDF to its workers): both or
+        neither, each range holding its row's non-zero weights.
     """
 
     def __init__(self, weights, lo=None, hi=None):
         weights = _check_weights(weights)
-        if lo is None or hi is None:
+        if (lo is None) != (hi is None):
+            raise InputError(f"lo, hi: expected both or neither, got "
+                             f"{'lo' if hi is None else 'hi'} only")
+        if lo is None:
             lo, hi = weight_ranges(weights)
         else:
             lo, hi = _check_range(lo, hi, weights)
@@ -242,7 +246,8 @@ def _check_weights(weights):
 
 
 def _check_range(lo, hi, weights):
-    """``lo``, ``hi`` as int64 (Q,) pixel ranges with 0 <= lo <= hi <= Ky*Kx."""
+    """``lo``, ``hi`` as int64 (Q,) pixel ranges with 0 <= lo <= hi <= Ky*Kx,
+    each holding its row's non-zero weights."""
     q, k = weights.shape
     out = []
     for name, v in (("lo", lo), ("hi", hi)):
@@ -257,6 +262,13 @@ def _check_range(lo, hi, weights):
         i = int(np.argmax(bad))
         raise InputError(f"lo, hi: expected 0 <= lo <= hi <= {k} (the detector pixels of "
                          f"the weights), got lo={int(lo[i])}, hi={int(hi[i])} for row {i}")
+    need_lo, need_hi = weight_ranges(weights)  # the kernel reads only [lo, hi)
+    short = (need_hi > need_lo) & ((lo > need_lo) | (hi < need_hi))
+    if short.any():
+        i = int(np.argmax(short))
+        raise InputError(f"lo, hi: row {i} has non-zero weights outside pixels "
+                         f"[{int(lo[i])}, {int(hi[i])}), which the kernel would leave out; "
+                         f"expected a range holding [{int(need_lo[i])}, {int(need_hi[i])})")
     return lo, hi
 
 
