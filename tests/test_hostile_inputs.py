@@ -1173,3 +1173,13 @@ def test_reduction_udf_pixel_ranges_must_cover_the_weights():
     ReductionUDF(w, lo=np.array([0]), hi=np.array([256]))
 
 
+def test_phase_errors_refuse_masked_arrays():
+    from flowtie_fast.evaluation.evaluate import phase_errors
+
+    a = np.add.outer(np.arange(8.0), np.arange(8.0))
+    with pytest.raises(ft.InputError, match=r"^phase: masked arrays are not supported"):
+        phase_errors(np.ma.masked_array(a, mask=a > 5), a)
+    with pytest.raises(ft.InputError, match=r"^truth: masked arrays are not supported"):
+        phase_errors(a, np.ma.masked_array(a, mask=a > 5))
+
+
