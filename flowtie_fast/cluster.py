@@ -161,7 +161,8 @@ def worker_specs(devices, threads_per_worker: int = 1) -> dict:
     devices : sequence of str
         The GPUs, one worker each (as :func:`worker_environments` takes them).
     threads_per_worker : int
-        Task threads of each worker (default 1).
+        Task threads of each worker, 1 to 4096 (default 1; a worker without
+        a thread would never run a task).
 
     Returns
     -------
@@ -170,10 +171,11 @@ def worker_specs(devices, threads_per_worker: int = 1) -> dict:
         ``gpu-<device>``, on 127.0.0.1, with the environment of
         :func:`worker_environments`.
     """
+    threads = check_count("threads_per_worker", threads_per_worker, 1, 4096)
     from distributed import Nanny
 
     return {f"gpu-{d}": {"cls": Nanny,
-                         "options": {"nthreads": threads_per_worker, "env": env,
+                         "options": {"nthreads": threads, "env": env,
                                      "host": "127.0.0.1", "name": f"gpu-{d}"}}
             for d, env in zip(devices, worker_environments(devices))}
 

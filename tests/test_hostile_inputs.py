@@ -1183,3 +1183,14 @@ def test_phase_errors_refuse_masked_arrays():
         phase_errors(a, np.ma.masked_array(a, mask=a > 5))
 
 
+def test_worker_specs_refuse_a_worker_without_threads():
+    pytest.importorskip("distributed")
+    from flowtie_fast import cluster
+
+    # A worker with no thread never runs a task: a cluster of them waits forever.
+    with pytest.raises(ft.InputError, match=r"^threads_per_worker: expected an integer in "
+                                            r"\[1, 4096\], got 0"):
+        cluster.worker_specs(["0"], threads_per_worker=0)
+    assert cluster.worker_specs(["0"], 2)["gpu-0"]["options"]["nthreads"] == 2
+
+
