@@ -1194,3 +1194,15 @@ def test_worker_specs_refuse_a_worker_without_threads():
     assert cluster.worker_specs(["0"], 2)["gpu-0"]["options"]["nthreads"] == 2
 
 
+@pytest.mark.parametrize("stack, kind", [((x for x in range(3)), "generator"),
+                                         ({"a": 1}, "dict")])
+def test_reconstruct_many_names_the_type_it_was_given(stack, kind):
+    pytest.importorskip("distributed")
+    from flowtie_fast import cluster
+
+    with pytest.raises(ft.InputError, match=f"^stack: expected an array .*got {kind}"):
+        cluster.reconstruct_many(stack, pixel_size=PIXEL, dz=DZ, energy=E)
+    unreadable = _ArrayLike(None, (2, 3, N, N), fail=RuntimeError("boom"))
+    with pytest.raises(ft.InputError, match=r"^stack: could not be read as an array "
+                                            r"\(_ArrayLike: boom\)"):
+        cluster.reconstruct_many(unreadable, pixel_size=PIXEL, dz=DZ, energy=E)
