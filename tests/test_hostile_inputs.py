@@ -1206,3 +1206,13 @@ def test_reconstruct_many_names_the_type_it_was_given(stack, kind):
     with pytest.raises(ft.InputError, match=r"^stack: could not be read as an array "
                                             r"\(_ArrayLike: boom\)"):
         cluster.reconstruct_many(unreadable, pixel_size=PIXEL, dz=DZ, energy=E)
+@pytest.mark.parametrize("schema", ["true", "1.0"])
+def test_a_sweep_schema_of_another_type_is_refused(tmp_path, schema):
+    from flowtie_fast.simulation import sweep
+
+    text = sweep.DEFAULT_CONFIG.read_text().replace("schema = 1", f"schema = {schema}", 1)
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ft.InputError, match=r"^schema: expected 1, got"):
+        sweep.load_config(tmp_path / "c.toml")
+
+
