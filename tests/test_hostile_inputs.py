@@ -1216,3 +1216,22 @@ def test_a_sweep_schema_of_another_type_is_refused(tmp_path, schema):
         sweep.load_config(tmp_path / "c.toml")
 
 
+
+
+def test_reduce_frames_refuses_patterns_of_another_detector_size():
+    from flowtie_fast import stem
+
+    W = np.ones((2, 256), np.float32)
+    lo, hi = np.zeros(2, np.int64), np.full(2, 256, np.int64)
+    # 8 x 8 patterns against weights of 256 pixels: the kernel read past the frames.
+    with pytest.raises(ft.InputError, match=r"^frames: expected patterns \(\.\.\., Ky, Kx\) of "
+                                            r"256 pixels .*got shape \(4, 8, 8\)"):
+        stem.reduce_frames(np.ones((4, 8, 8), np.uint16), W, lo, hi)
+    with pytest.raises(ft.InputError, match=r"^frames: .*got shape \(256,\)"):
+        stem.reduce_frames(np.ones(256, np.uint16), W, lo, hi)
+    with pytest.raises(ft.InputError, match=r"^lo, hi: expected 0 <= lo <= hi <= 256"):
+        stem.reduce_frames(np.ones((4, 16, 16), np.uint16), W, lo, hi + 1)
+    with pytest.raises(ft.InputError, match=r"^W: expected a C-contiguous float32"):
+        stem.reduce_frames(np.ones((4, 16, 16), np.uint16), W.astype(np.float64), lo, hi)
+    got = stem.reduce_frames(np.ones((4, 16, 16), np.uint16), W, lo, hi)
+    assert np.array_equal(got, np.full((4, 2), 256, np.float32))
