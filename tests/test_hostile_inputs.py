@@ -1235,3 +1235,19 @@ def test_reduce_frames_refuses_patterns_of_another_detector_size():
         stem.reduce_frames(np.ones((4, 16, 16), np.uint16), W.astype(np.float64), lo, hi)
     got = stem.reduce_frames(np.ones((4, 16, 16), np.uint16), W, lo, hi)
     assert np.array_equal(got, np.full((4, 2), 256, np.float32))
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["simulate", "-o", "", "--thickness", "10"], "-o/--output"),
+    (["simulate", "--sweep", "", "--list"], "--sweep"),
+    (["reconstruct", "", "-o", "o.npz"], "file"),
+    (["demo", "--png", ""], "--png"),
+    (["evaluate", ""], "directory"),
+])
+def test_an_empty_path_argument_is_a_usage_error_not_the_current_folder(capsys, argv, flag):
+    """``Path("")`` is ``.``: ``simulate -o ""`` wrote into the current folder."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"argument {flag}: expected a path, got an empty string" in err[0]
