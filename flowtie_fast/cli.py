@@ -682,6 +682,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
 
 
+def _path(text: str) -> Path:
+    """A path argument as a :class:`~pathlib.Path`; an empty one is a usage
+    error (``Path("")`` is ``.``, the current folder: ``-o ""`` wrote
+    there)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = _Parser(prog="flowtie", description=__doc__.splitlines()[0],
@@ -704,7 +713,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = command("demo", parents=[common, overwrite],
                    help="every method on a simulated GaAs 4D-STEM triplet: a table of "
                         "phase errors and warm timings, and a figure")
-    demo.add_argument("--png", type=Path,
+    demo.add_argument("--png", type=_path,
                       help="figure to write (GaAs demo; default: flowtie_demo.png in the "
                            "system's temporary folder, replaced on each run)")
     demo.add_argument("--fresnel", action="store_true",
@@ -720,7 +729,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rec = command("reconstruct", parents=[common, overwrite],
                   help="reconstruct a file (triplet or 4D-STEM)")
-    rec.add_argument("file", type=Path,
+    rec.add_argument("file", type=_path,
                      help="a .npz or .h5 file of the flowtie_fast layout (ft.save)")
     rec.add_argument("--method", default="tie", choices=METHODS, help="phase retrieval method")
     rec.add_argument("-o", "--output", type=str, required=True,
@@ -754,7 +763,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = command("simulate", parents=[common, overwrite],
                   help="abTEM thickness series at three defoci, or a resumable sweep")
-    sim.add_argument("--sweep", type=Path, metavar="CONFIG",
+    sim.add_argument("--sweep", type=_path, metavar="CONFIG",
                      help="run the sweep of this recipe (TOML; the shipped one is "
                           "flowtie_fast/data/corpus.toml), resuming where it stopped "
                           "(default: one series, of the options below)")
@@ -771,7 +780,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="crystal, seen along [001] (default GaAs)")
     sim.add_argument("--thickness", type=float, nargs="+",
                      help="thicknesses in Å (rounded to whole cells; default 5.65 22.6 56.5)")
-    sim.add_argument("-o", "--output", type=Path,
+    sim.add_argument("-o", "--output", type=_path,
                      help="output folder (default data; required with --sweep)")
     sim.add_argument("--energy", type=float, help="electron energy in eV (default 300e3)")
     sim.add_argument("--semiangle", type=float,
@@ -797,7 +806,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = command("evaluate", parents=[common, overwrite],
                  help="every method on every case of a folder: phase errors and warm "
                       "timings against the files' ground truth")
-    ev.add_argument("directory", type=Path,
+    ev.add_argument("directory", type=_path,
                     help="folder (or file) of cases with a ground truth ('phase_gt'), e.g. "
                          "written by flowtie simulate")
     ev.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
@@ -820,16 +829,16 @@ def _parser() -> argparse.ArgumentParser:
 
     tr = command("train", parents=[common],
                  help="train the flow model on simulated cases (torch)")
-    tr.add_argument("data", type=Path, nargs="+", help="files or folders with ground truth")
-    tr.add_argument("-o", "--output", type=Path, default=Path("flowtie_model.pt"),
+    tr.add_argument("data", type=_path, nargs="+", help="files or folders with ground truth")
+    tr.add_argument("-o", "--output", type=_path, default=Path("flowtie_model.pt"),
                     help="TorchScript file to write (an existing one is refused unless "
                          "--overwrite or --resume)")
-    tr.add_argument("--checkpoint", type=Path, default=Path("flowtie_train.ckpt"),
+    tr.add_argument("--checkpoint", type=_path, default=Path("flowtie_train.ckpt"),
                     help="checkpoint to write every 100 steps and at the end; never read "
                          "unless it is also --resume: if it exists already the run refuses to "
                          "start (pass --resume with it to continue that run, another "
                          "--checkpoint path, or --overwrite)")
-    tr.add_argument("--resume", type=Path, metavar="PATH",
+    tr.add_argument("--resume", type=_path, metavar="PATH",
                     help="continue the run saved in this checkpoint (may be the --checkpoint "
                          "path); it must have the same settings but --steps and --restarts, "
                          "and fewer steps than --steps. Read as tensors only: no code in it "

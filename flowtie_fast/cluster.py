@@ -161,7 +161,8 @@ def worker_specs(devices, threads_per_worker: int = 1) -> dict:
     devices : sequence of str
         The GPUs, one worker each (as :func:`worker_environments` takes them).
     threads_per_worker : int
-        Task threads of each worker (default 1).
+        Task threads of each worker, 1 to 4096 (default 1; a worker without
+        a thread would never run a task).
 
     Returns
     -------
@@ -170,10 +171,11 @@ def worker_specs(devices, threads_per_worker: int = 1) -> dict:
         ``gpu-<device>``, on 127.0.0.1, with the environment of
         :func:`worker_environments`.
     """
+    threads = check_count("threads_per_worker", threads_per_worker, 1, 4096)
     from distributed import Nanny
 
     return {f"gpu-{d}": {"cls": Nanny,
-                         "options": {"nthreads": threads_per_worker, "env": env,
+                         "options": {"nthreads": threads, "env": env,
                                      "host": "127.0.0.1", "name": f"gpu-{d}"}}
             for d, env in zip(devices, worker_environments(devices))}
 
@@ -523,9 +525,10 @@ def _check_plan_options(method, backend, threads, dtype, options) -> tuple:
     return threads, dtype, items
 
 
-def _check_stack(stack):
+def _check_stack(stack, given=None):
     """(B, 3, Ny, Nx): its shape and dtype (the data of a NumPy stack are
-    checked by :func:`_check_values`)."""
+    checked by :func:`_check_values`); ``given`` is the type name messages
+    use (default: the stack's)."""
     raw = tuple(getattr(stack, "shape", ()))
     if any(isinstance(n, float) and not math.isfinite(n) for n in raw):
         raise InputError(f"stack: expected a dask array of known chunk sizes, got shape {raw} "
@@ -534,7 +537,7 @@ def _check_stack(stack):
     dtype = getattr(stack, "dtype", None)
     if len(shape) != 4 or shape[1] != 3:
         raise InputError(f"stack: expected an array (B, 3, Ny, Nx) or a sequence of "
-                         f"FocalTriplet, got {type(stack).__name__} of shape {shape}")
+                         f"FocalTriplet, got {given or type(stack).__name__} of shape {shape}")
     if shape[0] < 1 or min(shape[2:]) < 2:
         raise InputError(f"stack: expected at least 1 triplet of at least 2 x 2 pixels, got "
                          f"shape {shape}")
@@ -680,9 +683,14 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
     if is_cupy(stack):
         stack = stack.get()
     lazy = _is_dask(stack)
+    given = type(stack).__name__  # what messages name (not the array it gave)
     if not lazy:
-        stack = np.asarray(stack)
-    b, _, ny, nx = _check_stack(stack)
+        try:
+            stack = np.asarray(stack)
+        except Exception as exc:  # noqa: BLE001  an __array__ that raises, and the like
+            raise InputError(f"stack: could not be read as an array ({given}: "
+                             f"{first_line(exc) or type(exc).__name__})") from exc
+    b, _, ny, nx = _check_stack(stack, given)
     if gradient is not None:
         if is_cupy(gradient):
             gradient = gradient.get()

@@ -1099,3 +1099,155 @@ def test_a_material_hdf5_cannot_store_is_refused_in_either_format(tmp_path, suff
     with pytest.raises(ft.InputError, match=f"^obj: 'material' must be text {says}"):
         ft.save(tmp_path / f"a{suffix}", ds)
     assert not list(tmp_path.iterdir())
+
+
+def _libertem_datasets(ctx, data):
+    return [ctx.load("memory", data=d, sig_dims=2) for d in data]
+
+
+def test_libertem_datasets_in_an_unordered_collection_are_refused():
+    pytest.importorskip("libertem")
+    from libertem.api import Context
+
+    from flowtie_fast.stem.live import triplet_with_libertem
+
+    with Context.make_with("inline") as ctx:
+        ds = _libertem_datasets(ctx, patterns())
+        kw = dict(dz=DZ, scan_step=0.2, k_sampling=0.05, energy=E)
+        # A set has no order: minus and plus could be swapped, flipping the phase's sign.
+        with pytest.raises(ft.InputError, match=r"^datasets: expected three LiberTEM datasets "
+                                                r"in order \(minus, zero, plus\), got set"):
+            triplet_with_libertem(ctx, set(ds), **kw)
+        with pytest.raises(ft.InputError, match=r"^datasets: .* in order .*got dict"):
+            triplet_with_libertem(ctx, dict(zip("mzp", ds)), **kw)
+        assert triplet_with_libertem(ctx, iter(ds), **kw).shape == (6, 6)
+
+
+def test_a_libertem_reduction_checks_detector_regions_and_com_radius():
+    pytest.importorskip("libertem")
+    from libertem.api import Context
+
+    from flowtie_fast import stem
+    from flowtie_fast.stem.live import reduce_with_libertem
+
+    det = stem.Detector((16, 16), (0.05, 0.05), E, (7.5, 7.5))
+    whole = {"whole": (0, np.inf)}
+    with Context.make_with("inline") as ctx:
+        ds = _libertem_datasets(ctx, patterns())[0]
+        # A negative radius gave a centre of mass of zero everywhere.
+        with pytest.raises(ft.InputError, match=r"^com_radius: "):
+            reduce_with_libertem(ctx, ds, det, whole, com_radius_mrad=-1)
+        with pytest.raises(ft.InputError, match=r"^detector: expected a Detector"):
+            reduce_with_libertem(ctx, ds, None, whole)
+        with pytest.raises(ft.InputError, match=r"^regions: expected a dict"):
+            reduce_with_libertem(ctx, ds, det, "bf")
+
+
+@pytest.mark.parametrize("regions, says", [
+    ("bf", r"^regions: expected a dict of name -> \(inner, outer\) in mrad, got str"),
+    ({"x": (1, 2, 3)}, r"^regions: expected .* got \(1, 2, 3\) for 'x'"),
+    ({"x": ("a", "b")}, r"^regions: expected .* got \('a', 'b'\) for 'x'"),
+    ({3: (0, 5)}, r"^regions: expected .* names \(str\), got 3"),
+])
+def test_reduce_4dstem_names_regions_of_the_wrong_form(regions, says):
+    from flowtie_fast import stem
+
+    det = stem.Detector((16, 16), (0.05, 0.05), E, (7.5, 7.5))
+    with pytest.raises(ft.InputError, match=says):
+        stem.reduce_4dstem(patterns()[0], det, regions, backend="cpu")
+    with pytest.raises(ft.InputError, match=r"^detector: expected a Detector"):
+        stem.reduce_4dstem(patterns()[0], None, {"whole": (0, np.inf)}, backend="cpu")
+
+
+def test_reduction_udf_pixel_ranges_must_cover_the_weights():
+    pytest.importorskip("libertem")
+    from flowtie_fast.stem.live import ReductionUDF
+
+    w = np.ones((1, 256), np.float32)
+    # A range narrower than the non-zero weights summed part of each pattern.
+    with pytest.raises(ft.InputError, match=r"^lo, hi: row 0 has non-zero weights outside "
+                                            r"pixels \[0, 10\)"):
+        ReductionUDF(w, lo=np.array([0]), hi=np.array([10]))
+    with pytest.raises(ft.InputError, match=r"^lo, hi: expected both or neither, got lo only"):
+        ReductionUDF(w, lo=np.array([0]))
+    ReductionUDF(w, lo=np.array([0]), hi=np.array([256]))
+
+
+def test_phase_errors_refuse_masked_arrays():
+    from flowtie_fast.evaluation.evaluate import phase_errors
+
+    a = np.add.outer(np.arange(8.0), np.arange(8.0))
+    with pytest.raises(ft.InputError, match=r"^phase: masked arrays are not supported"):
+        phase_errors(np.ma.masked_array(a, mask=a > 5), a)
+    with pytest.raises(ft.InputError, match=r"^truth: masked arrays are not supported"):
+        phase_errors(a, np.ma.masked_array(a, mask=a > 5))
+
+
+def test_worker_specs_refuse_a_worker_without_threads():
+    pytest.importorskip("distributed")
+    from flowtie_fast import cluster
+
+    # A worker with no thread never runs a task: a cluster of them waits forever.
+    with pytest.raises(ft.InputError, match=r"^threads_per_worker: expected an integer in "
+                                            r"\[1, 4096\], got 0"):
+        cluster.worker_specs(["0"], threads_per_worker=0)
+    assert cluster.worker_specs(["0"], 2)["gpu-0"]["options"]["nthreads"] == 2
+
+
+@pytest.mark.parametrize("stack, kind", [((x for x in range(3)), "generator"),
+                                         ({"a": 1}, "dict")])
+def test_reconstruct_many_names_the_type_it_was_given(stack, kind):
+    pytest.importorskip("distributed")
+    from flowtie_fast import cluster
+
+    with pytest.raises(ft.InputError, match=f"^stack: expected an array .*got {kind}"):
+        cluster.reconstruct_many(stack, pixel_size=PIXEL, dz=DZ, energy=E)
+    unreadable = _ArrayLike(None, (2, 3, N, N), fail=RuntimeError("boom"))
+    with pytest.raises(ft.InputError, match=r"^stack: could not be read as an array "
+                                            r"\(_ArrayLike: boom\)"):
+        cluster.reconstruct_many(unreadable, pixel_size=PIXEL, dz=DZ, energy=E)
+@pytest.mark.parametrize("schema", ["true", "1.0"])
+def test_a_sweep_schema_of_another_type_is_refused(tmp_path, schema):
+    from flowtie_fast.simulation import sweep
+
+    text = sweep.DEFAULT_CONFIG.read_text().replace("schema = 1", f"schema = {schema}", 1)
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ft.InputError, match=r"^schema: expected 1, got"):
+        sweep.load_config(tmp_path / "c.toml")
+
+
+
+
+def test_reduce_frames_refuses_patterns_of_another_detector_size():
+    from flowtie_fast import stem
+
+    W = np.ones((2, 256), np.float32)
+    lo, hi = np.zeros(2, np.int64), np.full(2, 256, np.int64)
+    # 8 x 8 patterns against weights of 256 pixels: the kernel read past the frames.
+    with pytest.raises(ft.InputError, match=r"^frames: expected patterns \(\.\.\., Ky, Kx\) of "
+                                            r"256 pixels .*got shape \(4, 8, 8\)"):
+        stem.reduce_frames(np.ones((4, 8, 8), np.uint16), W, lo, hi)
+    with pytest.raises(ft.InputError, match=r"^frames: .*got shape \(256,\)"):
+        stem.reduce_frames(np.ones(256, np.uint16), W, lo, hi)
+    with pytest.raises(ft.InputError, match=r"^lo, hi: expected 0 <= lo <= hi <= 256"):
+        stem.reduce_frames(np.ones((4, 16, 16), np.uint16), W, lo, hi + 1)
+    with pytest.raises(ft.InputError, match=r"^W: expected a C-contiguous float32"):
+        stem.reduce_frames(np.ones((4, 16, 16), np.uint16), W.astype(np.float64), lo, hi)
+    got = stem.reduce_frames(np.ones((4, 16, 16), np.uint16), W, lo, hi)
+    assert np.array_equal(got, np.full((4, 2), 256, np.float32))
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["simulate", "-o", "", "--thickness", "10"], "-o/--output"),
+    (["simulate", "--sweep", "", "--list"], "--sweep"),
+    (["reconstruct", "", "-o", "o.npz"], "file"),
+    (["demo", "--png", ""], "--png"),
+    (["evaluate", ""], "directory"),
+])
+def test_an_empty_path_argument_is_a_usage_error_not_the_current_folder(capsys, argv, flag):
+    """``Path("")`` is ``.``: ``simulate -o ""`` wrote into the current folder."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"argument {flag}: expected a path, got an empty string" in err[0]

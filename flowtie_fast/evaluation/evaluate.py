@@ -65,9 +65,9 @@ def phase_errors(phase, truth):
     Raises
     ------
     InputError
-        Naming ``phase`` or ``truth``: not a 2-D array of finite real numbers,
-        shapes that differ (nothing is broadcast), or values whose squared
-        error overflows float64.
+        Naming ``phase`` or ``truth``: not a 2-D array of finite real numbers
+        (or a masked array), shapes that differ (nothing is broadcast), or
+        values whose squared error overflows float64.
     """
     phase = _phase_array("phase", phase)
     truth = _phase_array("truth", truth)
@@ -87,7 +87,10 @@ def phase_errors(phase, truth):
 
 def _phase_array(name, a) -> np.ndarray:
     """``a`` as a float64 2-D array of finite real numbers; InputError naming
-    ``name`` otherwise."""
+    ``name`` otherwise (a masked array too: its mask would be ignored)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise InputError(f"{name}: masked arrays are not supported (the mask would be "
+                         "ignored); fill the masked values first (a.filled(...))")
     try:
         a = np.asarray(a)
     except Exception as exc:  # noqa: BLE001 (ragged lists and the like)

@@ -271,8 +271,9 @@ def check_config(cfg) -> dict:
         _fail("config", "a table", cfg)
     _known(cfg, ("schema", "sweep", "cost", "stage", "optics", "grid", "acquisition",
                  "family"), "")
-    if cfg.get("schema") != 1:
-        _fail("schema", "1", cfg.get("schema"))
+    schema = cfg.get("schema")
+    if type(schema) is not int or schema != 1:  # true and 1.0 equal 1
+        _fail("schema", "1", schema)
     out = {"schema": 1}
 
     t = _table(cfg, "sweep", "")

@@ -283,6 +283,8 @@ def detector_weights(detector: Detector, regions: dict, com_radius_mrad=None):
         Where a region does not have ``0 <= inner < outer``, or the regions
         need more bins than one pass computes.
     """
+    check_detector(detector)
+    check_regions(regions)
     for name, (inner, outer) in regions.items():
         if not (0 <= inner < outer):
             raise InputError(f"virtual: region {name!r} needs 0 <= inner < outer mrad, "
@@ -308,6 +310,31 @@ def detector_weights(detector: Detector, regions: dict, com_radius_mrad=None):
     combine[-2, -2] = combine[-1, -1] = 1.0
     return W, combine
 
+
+
+def check_detector(detector) -> None:
+    """:class:`InputError` naming ``detector`` where it is not a
+    :class:`Detector`."""
+    if not isinstance(detector, Detector):
+        raise InputError(f"detector: expected a Detector (flowtie_fast.stem.Detector), got "
+                         f"{type(detector).__name__}")
+
+
+def check_regions(regions) -> None:
+    """``regions`` as :func:`detector_weights` takes them: a dict of names
+    (str) to ``(inner, outer)``, two real numbers in mrad; :class:`InputError`
+    naming ``regions`` otherwise (the order of each pair is checked by
+    :func:`detector_weights`)."""
+    want = "regions: expected a dict of name -> (inner, outer) in mrad"
+    if not isinstance(regions, dict):
+        raise InputError(f"{want}, got {type(regions).__name__}")
+    for name, span in regions.items():
+        if not isinstance(name, str):
+            raise InputError(f"{want}, names (str), got {name!r}")
+        pair = tuple(span) if isinstance(span, (tuple, list)) else None
+        if pair is None or len(pair) != 2 or not all(
+                isinstance(v, Real) and not isinstance(v, (bool, np.bool_)) for v in pair):
+            raise InputError(f"{want}, two real numbers each, got {span!r} for {name!r}")
 
 
 def weight_ranges(W):

@@ -27,6 +27,7 @@ Examples
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping, Set
 
 import numpy as np
 
@@ -41,7 +42,8 @@ from .._cuda import MAX_WEIGHTS
 from ..backend import get_backend, gpu_available
 from ..errors import BackendError, InputError, check_positive
 from ..triplet import FocalTriplet
-from .detector import detector_weights, triplet_geometry, weight_ranges
+from .detector import (check_detector, check_disk, check_regions, detector_weights,
+                       triplet_geometry, weight_ranges)
 from .reduction import _native, finish_reduction, reduce_frames
 
 __all__ = ["ReductionUDF", "reduce_with_libertem", "triplet_with_libertem"]
@@ -74,12 +76,16 @@ class ReductionUDF(UDF):
         Weight rows (:func:`flowtie_fast.stem.detector_weights`).
     lo, hi : ndarray (Q,), optional
         Pixel range of each row's non-zero weights (default: found; LiberTEM
-        passes them back when it copies the UDF to its workers).
+        passes them back when it copies the UDF to its workers): both or
+        neither, each range holding its row's non-zero weights.
     """
 
     def __init__(self, weights, lo=None, hi=None):
         weights = _check_weights(weights)
-        if lo is None or hi is None:
+        if (lo is None) != (hi is None):
+            raise InputError(f"lo, hi: expected both or neither, got "
+                             f"{'lo' if hi is None else 'hi'} only")
+        if lo is None:
             lo, hi = weight_ranges(weights)
         else:
             lo, hi = _check_range(lo, hi, weights)
@@ -240,7 +246,8 @@ def _check_weights(weights):
 
 
 def _check_range(lo, hi, weights):
-    """``lo``, ``hi`` as int64 (Q,) pixel ranges with 0 <= lo <= hi <= Ky*Kx."""
+    """``lo``, ``hi`` as int64 (Q,) pixel ranges with 0 <= lo <= hi <= Ky*Kx,
+    each holding its row's non-zero weights."""
     q, k = weights.shape
     out = []
     for name, v in (("lo", lo), ("hi", hi)):
@@ -255,6 +262,13 @@ def _check_range(lo, hi, weights):
         i = int(np.argmax(bad))
         raise InputError(f"lo, hi: expected 0 <= lo <= hi <= {k} (the detector pixels of "
                          f"the weights), got lo={int(lo[i])}, hi={int(hi[i])} for row {i}")
+    need_lo, need_hi = weight_ranges(weights)  # the kernel reads only [lo, hi)
+    short = (need_hi > need_lo) & ((lo > need_lo) | (hi < need_hi))
+    if short.any():
+        i = int(np.argmax(short))
+        raise InputError(f"lo, hi: row {i} has non-zero weights outside pixels "
+                         f"[{int(lo[i])}, {int(hi[i])}), which the kernel would leave out; "
+                         f"expected a range holding [{int(need_lo[i])}, {int(need_hi[i])})")
     return lo, hi
 
 
@@ -368,6 +382,10 @@ def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=Non
     backends = _check_backends(ctx, backends)
     (sy, sx), sig = _nav_sig(dataset)
     _check_dtype(dataset, name)
+    check_detector(detector)
+    check_regions(regions)
+    if com_radius_mrad is not None:  # as reduce_4dstem: a negative one gave a zero COM
+        com_radius_mrad = check_disk("com_radius", com_radius_mrad, detector)
     if tuple(sig) != tuple(detector.shape):
         raise InputError(f"{name}: detector shape {tuple(sig)} differs from {detector.shape}")
     W, combine = detector_weights(detector, regions, com_radius_mrad)
@@ -399,9 +417,9 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     ----------
     ctx : libertem.api.Context
         The LiberTEM context that runs the passes.
-    datasets : three LiberTEM DataSets
-        At the planes ``-dz, 0, +dz`` (docs/conventions.md), of equal shape
-        (Sy, Sx, Ky, Kx).
+    datasets : sequence of three LiberTEM DataSets
+        At the planes ``-dz, 0, +dz`` in this order (docs/conventions.md), of
+        equal shape (Sy, Sx, Ky, Kx); a set or a dict (no order) is refused.
     dz : float or (float, float)
         Defocus step in Å.
     scan_step : float or (float, float)
@@ -436,6 +454,10 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     if isinstance(datasets, (str, bytes)) or not hasattr(datasets, "__iter__"):
         raise InputError(f"datasets: expected three LiberTEM datasets (minus, zero, plus), "
                          f"got {type(datasets).__name__}")
+    if isinstance(datasets, (Set, Mapping)):  # no order: minus and plus could swap
+        raise InputError(f"datasets: expected three LiberTEM datasets in order (minus, zero, "
+                         f"plus), got {type(datasets).__name__}, which has no order (pass a "
+                         "list)")
     datasets = list(datasets)
     if len(datasets) != 3:
         raise InputError(f"datasets: expected three (minus, zero, plus), got {len(datasets)}")

@@ -26,8 +26,8 @@ import numpy as np
 from .._cuda import MAX_WEIGHTS
 from ..backend import Backend, array_module, check_host_memory, get_backend, is_cupy
 from ..errors import InputError, check_count
-from .detector import (Detector, _to_numpy, check_disk, check_read_shape, detector_weights,
-                       weight_ranges)
+from .detector import (Detector, _to_numpy, check_detector, check_disk, check_read_shape,
+                       check_regions, detector_weights, weight_ranges)
 
 __all__ = ["Reduction", "finish_reduction", "reduce_4dstem"]
 
@@ -157,15 +157,43 @@ def reduce_frames(frames, W, lo, hi):
     Raises
     ------
     InputError
-        Where the patterns are not real numbers.
+        Where the patterns are not real numbers, or not of the weights'
+        detector size (``Ky*Kx`` pixels: the kernel would read past them), or
+        the weights and ranges are not as described above.
     """
     be = get_backend("cpu")
     be.prepare()
     a = np.asarray(frames)
+    _check_frames_weights(a, W, lo, hi)
     flat = _native(a, np).reshape(-1, a.shape[-2] * a.shape[-1])
     out = np.empty((flat.shape[0], W.shape[0]), np.float32)
     be.kernels.reduce_patterns(flat, W, lo, hi, out)
     return out
+
+
+def _check_frames_weights(a, W, lo, hi) -> None:
+    """What the kernel reads without bounds checks: patterns (..., Ky, Kx)
+    of ``W``'s ``Ky*Kx`` pixels, ``W`` a C-contiguous float32 (Q, Ky*Kx)
+    array, ``lo`` and ``hi`` int64 (Q,) within ``[0, Ky*Kx]``;
+    :class:`InputError` naming the argument otherwise. O(Q): no pass over
+    the patterns or the weights."""
+    if not (isinstance(W, np.ndarray) and W.ndim == 2 and W.dtype == np.float32
+            and W.flags.c_contiguous):
+        raise InputError(f"W: expected a C-contiguous float32 array (rows, detector pixels) "
+                         f"(detector_weights), got {type(W).__name__} "
+                         f"{getattr(W, 'dtype', '')} {getattr(W, 'shape', '')}")
+    q, k = W.shape
+    if a.ndim < 2 or a.shape[-2] * a.shape[-1] != k:
+        raise InputError(f"frames: expected patterns (..., Ky, Kx) of {k} pixels (the "
+                         f"weights' detector), got shape {a.shape}")
+    for name, r in (("lo", lo), ("hi", hi)):
+        if not (isinstance(r, np.ndarray) and r.dtype == np.int64 and r.shape == (q,)):
+            raise InputError(f"{name}: expected {q} int64 pixel indices (weight_ranges), got "
+                             f"{type(r).__name__} {getattr(r, 'dtype', '')} "
+                             f"{getattr(r, 'shape', '')}")
+    if q and (lo.min() < 0 or hi.max() > k or (lo > hi).any()):
+        raise InputError(f"lo, hi: expected 0 <= lo <= hi <= {k} (weight_ranges), got "
+                         f"lo from {int(lo.min())}, hi up to {int(hi.max())}")
 
 
 def _reduce_block(block, W, lo, hi):
@@ -232,6 +260,8 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
     check_4d(name, data)
     chunk_bytes = check_count("chunk_bytes", chunk_bytes, 1)
     sy, sx, ky, kx = (int(s) for s in data.shape)
+    check_detector(detector)
+    check_regions(regions)
     if com_radius_mrad is not None:
         com_radius_mrad = check_disk("com_radius", com_radius_mrad, detector)
     if (ky, kx) != tuple(detector.shape):
