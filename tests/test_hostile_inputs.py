@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -789,8 +790,12 @@ def test_the_command_line_ends_on_a_signal_while_a_model_never_returns(tmp_path,
         "infer.FlowModel._run = announced\n"
         f"sys.exit(cli.main(['reconstruct', {str(source)!r}, '-o', {str(out)!r}, '--method', "
         f"'flowtie', '--model', {str(path)!r}, '--no-uncertainty', '--backend', 'cpu']))\n")
+    # A background job of a non-interactive shell (a CI runner) starts with
+    # SIGINT ignored, and a child inherits that: Ctrl-C is then ignored by
+    # design. The child starts with the default disposition, as in a terminal.
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline() == "predicting\n"
         time.sleep(0.5)  # inside the network
