@@ -42,8 +42,8 @@ Registration
     the flow is not trusted.
 
 The flow is not trusted where the registration was unreliable, where its
-phase is flat while the ``icom`` phase is not, where the ratio to ``icom`` exceeds ``icom_ratio_limit`` at a low signal-to-noise
-ratio, the
+phase is flat while the ``icom`` phase is not, where the ratio to ``icom``
+exceeds ``icom_ratio_limit`` at a low signal-to-noise ratio, the
 relative spread exceeds ``spread_limit``, or it exceeds
 ``spread_limit_no_signal`` while no signal lies above the noise, or, for a
 single model of your own (no spread to measure), wherever no signal lies

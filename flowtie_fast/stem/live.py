@@ -44,7 +44,7 @@ from ..errors import BackendError, InputError, check_positive
 from ..triplet import FocalTriplet
 from .detector import (check_detector, check_disk, check_regions, detector_weights,
                        triplet_geometry, weight_ranges)
-from .reduction import _native, finish_reduction, reduce_frames
+from .reduction import _native, check_pixel_ranges, finish_reduction, reduce_frames
 
 __all__ = ["ReductionUDF", "reduce_with_libertem", "triplet_with_libertem"]
 
@@ -257,11 +257,7 @@ def _check_range(lo, hi, weights):
                              f"{a.dtype} of shape {a.shape}")
         out.append(a.astype(np.int64))
     lo, hi = out
-    bad = (lo < 0) | (hi > k) | (lo > hi)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise InputError(f"lo, hi: expected 0 <= lo <= hi <= {k} (the detector pixels of "
-                         f"the weights), got lo={int(lo[i])}, hi={int(hi[i])} for row {i}")
+    check_pixel_ranges(lo, hi, k)
     need_lo, need_hi = weight_ranges(weights)  # the kernel reads only [lo, hi)
     short = (need_hi > need_lo) & ((lo > need_lo) | (hi < need_hi))
     if short.any():

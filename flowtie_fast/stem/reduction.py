@@ -191,9 +191,19 @@ def _check_frames_weights(a, W, lo, hi) -> None:
             raise InputError(f"{name}: expected {q} int64 pixel indices (weight_ranges), got "
                              f"{type(r).__name__} {getattr(r, 'dtype', '')} "
                              f"{getattr(r, 'shape', '')}")
-    if q and (lo.min() < 0 or hi.max() > k or (lo > hi).any()):
-        raise InputError(f"lo, hi: expected 0 <= lo <= hi <= {k} (weight_ranges), got "
-                         f"lo from {int(lo.min())}, hi up to {int(hi.max())}")
+    check_pixel_ranges(lo, hi, k)
+
+
+def check_pixel_ranges(lo, hi, k: int) -> None:
+    """Integer pixel ranges ``[lo, hi)`` (Q,) checked to lie within the ``k``
+    pixels of a detector, ``0 <= lo <= hi <= k``: the reduction kernel reads
+    them without bounds checks. :class:`InputError` naming ``lo, hi`` and the
+    first row outside."""
+    bad = (lo < 0) | (hi > k) | (lo > hi)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"lo, hi: expected 0 <= lo <= hi <= {k} (the detector pixels of "
+                         f"the weights), got lo={int(lo[i])}, hi={int(hi[i])} for row {i}")
 
 
 def _reduce_block(block, W, lo, hi):

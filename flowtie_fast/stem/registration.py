@@ -526,6 +526,12 @@ def apply_shift(image, shift, *, periodic=True) -> np.ndarray:
 # ------------------------------------------------------------ triplets
 
 
+def _loop(e01: Shift, e21: Shift, e02: Shift) -> np.ndarray:
+    """The closure error (dy, dx) in px of the three pairwise estimates,
+    ``e01 - e21 - e02`` (zero where they agree)."""
+    return np.array([e01.dy - e21.dy - e02.dy, e01.dx - e21.dx - e02.dx])
+
+
 def _combine(e01: Shift, e21: Shift, e02: Shift, min_quality: float):
     """Shifts (s0, s2) of planes 0 and 2 from the pairwise estimates that
     reach ``min_quality``: the least-squares solution of ``s0 = e01``,
@@ -535,7 +541,7 @@ def _combine(e01: Shift, e21: Shift, e02: Shift, min_quality: float):
     v01, v21, v02 = (np.array([e.dy, e.dx]) for e in (e01, e21, e02))
     g01, g21, g02 = (e.quality >= min_quality for e in (e01, e21, e02))
     if g01 and g21 and g02:
-        loop = v01 - v21 - v02
+        loop = _loop(e01, e21, e02)
         return v01 - loop / 3, v21 + loop / 3, loop
     if g01 and g21:
         return v01, v21, None
@@ -789,7 +795,7 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
             and min(e01.quality, e21.quality) < CLOSURE_TRUST):
         # A wrong match of one ±dz signal with signal 1 (a lattice vector or
         # a defect off) passes a lowered bar; the third match still sees it.
-        loop = np.array([e01.dy - e21.dy - e02.dy, e01.dx - e21.dx - e02.dx])
+        loop = _loop(e01, e21, e02)
     problems = []
     if signals is not None:
         # Every signal has structure (signal 1 included): each ±dz signal must
