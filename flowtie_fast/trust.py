@@ -241,7 +241,8 @@ def verdict(rms_spread, phase_rms: float, snr: float, icom_rms=None,
     why = ""
     if registration is not None and not registration.get("reliable", True):
         why = ("the drift between the scans could not be measured reliably (the flow "
-               "compares the ±dz planes pixel by pixel)")
+               "compares the ±dz planes pixel by pixel; register=False where the scans "
+               "are known to be aligned)")
     elif ratio == 0:
         why = ("the flow's phase is flat where the measured centre of mass gives a phase "
                "(a model that predicts no flow)")
