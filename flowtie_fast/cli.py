@@ -84,7 +84,10 @@ def _demo(args) -> int:
         setattr(args, k, default if getattr(args, k) is None else getattr(args, k))
     check_count("--size", args.size, 16, 4096)
     for name in ("pixel_size", "dz", "energy"):
-        check_positive(name, getattr(args, name))
+        try:
+            check_positive(name, getattr(args, name))
+        except InputError as exc:  # named as the option given
+            raise InputError(f"--{name.replace('_', '-')}{str(exc)[len(name):]}") from None
     if fresnel:
         if not args.fresnel:
             print("abTEM is not installed (extra 'sim'): the Fresnel demo instead")

@@ -278,3 +278,20 @@ def test_bool_frames_are_refused_alike_by_the_array_and_libertem_paths():
         with pytest.raises(ft.InputError, match=r"zero: expected real detector counts, got "
                                                 r"dtype bool \(cast 1-bit frames to uint8\)"):
             triplet_with_libertem(ctx, ds, 20.0, 0.2, 0.05, 300e3)
+
+
+def test_models_that_disagree_on_a_flat_phase_say_so_not_inf_percent():
+    from flowtie_fast import trust
+
+    v = trust.verdict(0.1, 0.0, 1.0)
+    assert v["trusted"] is False and v["rel_spread"] == np.inf
+    assert "inf%" not in v["why"] and "flat" in v["why"]
+
+
+def test_demo_numbers_are_named_as_the_options_given(capsys):
+    from flowtie_fast.cli import main
+
+    for option in ("--pixel-size", "--dz", "--energy"):
+        assert main(["demo", "--fresnel", option, "nan"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"flowtie demo: error: {option}: "), err
