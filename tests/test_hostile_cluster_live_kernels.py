@@ -434,3 +434,16 @@ def test_demo_numbers_are_named_as_the_options_given(capsys):
         assert main(["demo", "--fresnel", option, "nan"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"flowtie demo: error: {option}: "), err
+
+
+def test_4dstem_dask_data_of_unknown_chunk_sizes_are_named_not_the_others():
+    da = pytest.importorskip("dask.array")
+
+    data = _disk_patterns()
+    lazy = da.from_array(data, chunks=(5, 7, 13, 11))
+    unknown = lazy[lazy[:, 0, 0, 0] >= 0]  # a boolean selection: rows of unknown count
+    for args, name in (((lazy, unknown, lazy), "zero"), ((unknown, lazy, lazy), "minus")):
+        with pytest.raises(ft.InputError, match=rf"^{name}: expected a dask array of known "
+                                                r"chunk sizes, got shape \(nan, 16, 32, 32\)"):
+            ft.FocalTriplet.from_4dstem(*args, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                        energy=300e3, backend="cpu")
