@@ -729,6 +729,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     PRECISIONS = ("float32", "tf32", "bfloat16")
+    VIRTUAL = ("bf", "bf-full", "abf", "df", "whole")  # the images of FocalTriplet.from_4dstem
 
     rec = command("reconstruct", parents=[common, overwrite],
                   help="reconstruct a file (triplet or 4D-STEM)")
@@ -747,7 +748,7 @@ def _parser() -> argparse.ArgumentParser:
                           "(no start-up cost), auto: numpy for a triplet of images or a 4D "
                           "file up to 256 MiB; numba or numpy with --backend auto computes "
                           "on the CPU")
-    rec.add_argument("--virtual",
+    rec.add_argument("--virtual", choices=VIRTUAL, metavar="IMAGE",
                      help="4D-STEM: virtual image the planes are made of (bf, bf-full, abf, "
                           "df, whole; default bf)")
     rec.add_argument("--model", help="flowtie: shipped model name (default, fast, seed0, "
@@ -820,7 +821,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="where to compute")
     ev.add_argument("--repeats", type=int, default=3, metavar="N",
                     help="timed runs per method after a warm-up run; the best is reported")
-    ev.add_argument("--virtual", help="4D-STEM: virtual image the planes are made of (bf, "
+    ev.add_argument("--virtual", choices=VIRTUAL, metavar="IMAGE", help="4D-STEM: virtual image the planes are made of (bf, "
                                       "bf-full, abf, df, whole; default bf)")
     ev.add_argument("--model", help="flowtie: shipped model name or TorchScript file "
                                     "(default: default)")

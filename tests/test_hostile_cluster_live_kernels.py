@@ -447,3 +447,20 @@ def test_4dstem_dask_data_of_unknown_chunk_sizes_are_named_not_the_others():
                                                 r"chunk sizes, got shape \(nan, 16, 32, 32\)"):
             ft.FocalTriplet.from_4dstem(*args, dz=20.0, scan_step=0.2, k_sampling=0.05,
                                         energy=300e3, backend="cpu")
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "evaluate"])
+def test_an_unknown_virtual_image_is_a_usage_error_naming_the_option(tmp_path, capsys, command):
+    from flowtie_fast.cli import main
+
+    missing = str(tmp_path / "never_read.npz")  # refused before any file is looked at
+    argv = [command, missing, "--virtual", "bogus"]
+    if command == "reconstruct":
+        argv += ["-o", str(tmp_path / "o.npz")]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"flowtie {command}: error: argument --virtual: invalid choice: "
+                          "'bogus'"), err
+    assert len(err.strip().splitlines()) == 1
