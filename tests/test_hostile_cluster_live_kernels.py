@@ -464,3 +464,20 @@ def test_an_unknown_virtual_image_is_a_usage_error_naming_the_option(tmp_path, c
     assert err.startswith(f"flowtie {command}: error: argument --virtual: invalid choice: "
                           "'bogus'"), err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_libertem_float64_patterns_below_float32s_range_are_named_as_from_4dstem():
+    pytest.importorskip("libertem")
+    from libertem.api import Context
+
+    from flowtie_fast.stem.live import triplet_with_libertem
+
+    data = _disk_patterns().astype(np.float64) * 1e-45  # subnormal once summed in float32
+    says = r"^(minus|zero): pattern values of at most .* are too small for the float32 reduction"
+    with pytest.raises(ft.InputError, match=says):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu")
+    with Context.make_with("inline") as ctx:
+        ds = [ctx.load("memory", data=data, sig_dims=2) for _ in range(3)]
+        with pytest.raises(ft.InputError, match=says):
+            triplet_with_libertem(ctx, ds, 20.0, 0.2, 0.05, 300e3)

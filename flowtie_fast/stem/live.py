@@ -45,7 +45,8 @@ from ..triplet import FocalTriplet
 from .detector import (check_detector, check_disk, check_regions, detector_weights,
                        triplet_geometry, weight_ranges)
 from .focal import check_register
-from .reduction import _native, check_pixel_ranges, finish_reduction, reduce_frames
+from .reduction import (_native, check_float32_range, check_pixel_ranges, finish_reduction,
+                        reduce_frames)
 
 __all__ = ["ReductionUDF", "reduce_with_libertem", "triplet_with_libertem"]
 
@@ -486,6 +487,9 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     if not np.isfinite(mean).all():  # else named "the mean pattern is empty" (center)
         raise InputError("zero: the patterns contain NaN or Inf")
     detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius)
+    dtype = np.dtype(getattr(datasets[1], "dtype", np.float32))
+    if dtype.kind == "f" and dtype.itemsize > 4:  # as from_4dstem: values float32 cannot sum
+        check_float32_range("zero", mean[None], detector)
     if virtual not in regions:
         raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
     reductions = [reduce_with_libertem(ctx, d, detector, regions, com_radius_mrad=com_radius,
