@@ -488,7 +488,10 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
         raise InputError("zero: the patterns contain NaN or Inf")
     detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius)
     dtype = np.dtype(getattr(datasets[1], "dtype", np.float32))
-    if dtype.kind == "f" and dtype.itemsize > 4:  # as from_4dstem: values float32 cannot sum
+    if (dtype.kind == "f" and dtype.itemsize > 4
+            and 0 < float(np.abs(mean).max()) < float(np.finfo(np.float32).tiny)):
+        # as from_4dstem: values float32 sums as subnormals or zero (an overflow of
+        # the sums is named by the reduction)
         check_float32_range("zero", mean[None], detector)
     if virtual not in regions:
         raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
