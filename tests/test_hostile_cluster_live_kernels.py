@@ -481,3 +481,26 @@ def test_libertem_float64_patterns_below_float32s_range_are_named_as_from_4dstem
         ds = [ctx.load("memory", data=data, sig_dims=2) for _ in range(3)]
         with pytest.raises(ft.InputError, match=says):
             triplet_with_libertem(ctx, ds, 20.0, 0.2, 0.05, 300e3)
+
+
+@pytest.mark.parametrize("total", [0.1, 0.5])
+def test_ultra_sparse_counts_are_not_taken_for_hot_pixels(total):
+    """At 0.1 e per pattern the mean of 256 sampled patterns is a few
+    scattered counts in the disk: single bright pixels, not hot ones."""
+    from flowtie_fast.stem import detector
+
+    for seed in range(10):
+        data = np.random.default_rng(seed).poisson(_disk_patterns(total=total)).astype(np.uint8)
+        detector.check_hot_pixels(detector.mean_pattern(detector.sample_patterns(data)))
+
+
+def test_two_hot_pixels_are_refused_and_a_dim_one_is_part_of_the_disk():
+    data = _disk_patterns(hot=((3, 3), 1e4))
+    data[..., 28, 5] = 2e4
+    with pytest.raises(ft.InputError, match=r"^zero: detector pixel \(28, 5\)"):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu")
+    dim = _disk_patterns(hot=((3, 3), 25.0))  # under twice the disk (about 17 a pixel)
+    t = ft.FocalTriplet.from_4dstem(dim, dim, dim, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu", register=False)
+    assert np.allclose(t.reductions[1].detector.center, (15.5, 15.5), atol=0.5)

@@ -431,21 +431,23 @@ def disk_fills_detector(mean) -> tuple:
 
 
 
-#: A pixel of the mean pattern in the bright field (above half the brightest)
-#: and this many times brighter than each of its eight neighbours is a hot
-#: pixel, not a bright-field disk: a disk of a few pixels has neighbours of
-#: its own brightness, and its edge pixels fall off to a half or a quarter.
+#: A pixel of the mean pattern this many times brighter than each of its
+#: eight neighbours is isolated: a bright-field disk of a few pixels has
+#: neighbours of its own brightness, and its edge pixels fall off to a half or
+#: a quarter.
 HOT_PIXEL_RATIO = 4.0
 
 
 def check_hot_pixels(mean, name="zero") -> None:
-    """Refuse a mean pattern whose bright field holds an isolated hot pixel.
+    """Refuse a mean pattern whose bright field is made of isolated pixels.
 
     The detector centre and the bright-field disk are measured on the pixels
     brighter than half the brightest (:func:`find_center`,
-    :func:`bf_radius_mrad`): a pixel that reads high in every pattern (a hot
-    pixel of the camera) would be taken for a one-pixel disk, and the centre,
-    every virtual image and the centre of mass with it.
+    :func:`bf_radius_mrad`). A pixel that reads more than twice the disk in
+    every pattern (a hot pixel of the camera) leaves the disk out of that set:
+    the centre, every virtual image and the centre of mass would be measured
+    on the hot pixel. A hot pixel dimmer than that leaves the disk in the set
+    and is taken as part of it.
 
     Parameters
     ----------
@@ -458,10 +460,11 @@ def check_hot_pixels(mean, name="zero") -> None:
     Raises
     ------
     InputError
-        Naming ``name`` and the first such pixel, where a pixel above half the
-        brightest is more than :data:`HOT_PIXEL_RATIO` times each of its
-        neighbours (a bright-field disk within one pixel is refused the same
-        way: its centre and radius cannot be measured).
+        Naming ``name`` and the brightest pixel, where every pixel above half
+        the brightest is more than :data:`HOT_PIXEL_RATIO` times each of its
+        neighbours (hot pixels; a bright-field disk within one pixel, or
+        counts too few to show the disk, are refused the same way: no centre
+        or radius can be measured).
     """
     m = np.asarray(mean, np.float64)
     if m.shape[0] < 3 and m.shape[1] < 3:  # every pixel a corner: a disk of one pixel is all
@@ -473,16 +476,18 @@ def check_hot_pixels(mean, name="zero") -> None:
             if (dy, dx) != (1, 1):
                 neighbours = np.maximum(neighbours, padded[dy:dy + m.shape[0],
                                                            dx:dx + m.shape[1]])
-    hot = _bright_field(m) & (m > HOT_PIXEL_RATIO * np.maximum(neighbours, 0))
-    if hot.any():
-        i, j = (int(v) for v in np.argwhere(hot)[0])
+    bright = _bright_field(m)
+    isolated = bright & (m > HOT_PIXEL_RATIO * np.maximum(neighbours, 0))
+    if bright.any() and np.array_equal(isolated, bright):
+        i, j = (int(v) for v in np.unravel_index(np.argmax(m), m.shape))
         ratio = m[i, j] / neighbours[i, j] if neighbours[i, j] > 0 else math.inf
         raise InputError(f"{name}: detector pixel ({i}, {j}) of the mean pattern is "
-                         f"{ratio:.3g} times its brightest neighbour (a hot pixel, or a "
-                         "bright-field disk within one pixel): the detector centre, the "
-                         "bright-field disk and the centre of mass would be measured on it; "
-                         f"expected patterns with hot pixels set to zero (e.g. "
-                         f"data[..., {i}, {j}] = 0)")
+                         f"{ratio:.3g} times its brightest neighbour, and the pixels above "
+                         "half of it are all such isolated pixels (hot pixels, a bright-field "
+                         "disk within one pixel, or counts too few to show the disk): the "
+                         "detector centre, the bright-field disk and the centre of mass would "
+                         "be measured on them; expected patterns with hot pixels set to zero "
+                         f"(e.g. data[..., {i}, {j}] = 0)")
 
 
 def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name="zero"):
