@@ -821,8 +821,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="where to compute")
     ev.add_argument("--repeats", type=int, default=3, metavar="N",
                     help="timed runs per method after a warm-up run; the best is reported")
-    ev.add_argument("--virtual", choices=VIRTUAL, metavar="IMAGE", help="4D-STEM: virtual image the planes are made of (bf, "
-                                      "bf-full, abf, df, whole; default bf)")
+    ev.add_argument("--virtual", choices=VIRTUAL, metavar="IMAGE",
+                    help="4D-STEM: virtual image the planes are made of (bf, bf-full, abf, df, "
+                         "whole; default bf)")
     ev.add_argument("--model", help="flowtie: shipped model name or TorchScript file "
                                     "(default: default)")
     ev.add_argument("--precision", default="float32", choices=PRECISIONS,
