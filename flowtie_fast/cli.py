@@ -84,7 +84,10 @@ def _demo(args) -> int:
         setattr(args, k, default if getattr(args, k) is None else getattr(args, k))
     check_count("--size", args.size, 16, 4096)
     for name in ("pixel_size", "dz", "energy"):
-        check_positive(name, getattr(args, name))
+        try:
+            check_positive(name, getattr(args, name))
+        except InputError as exc:  # named as the option given
+            raise InputError(f"--{name.replace('_', '-')}{str(exc)[len(name):]}") from None
     if fresnel:
         if not args.fresnel:
             print("abTEM is not installed (extra 'sim'): the Fresnel demo instead")
@@ -726,6 +729,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     PRECISIONS = ("float32", "tf32", "bfloat16")
+    VIRTUAL = ("bf", "bf-full", "abf", "df", "whole")  # the images of FocalTriplet.from_4dstem
 
     rec = command("reconstruct", parents=[common, overwrite],
                   help="reconstruct a file (triplet or 4D-STEM)")
@@ -744,7 +748,7 @@ def _parser() -> argparse.ArgumentParser:
                           "(no start-up cost), auto: numpy for a triplet of images or a 4D "
                           "file up to 256 MiB; numba or numpy with --backend auto computes "
                           "on the CPU")
-    rec.add_argument("--virtual",
+    rec.add_argument("--virtual", choices=VIRTUAL, metavar="IMAGE",
                      help="4D-STEM: virtual image the planes are made of (bf, bf-full, abf, "
                           "df, whole; default bf)")
     rec.add_argument("--model", help="flowtie: shipped model name (default, fast, seed0, "
@@ -817,8 +821,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="where to compute")
     ev.add_argument("--repeats", type=int, default=3, metavar="N",
                     help="timed runs per method after a warm-up run; the best is reported")
-    ev.add_argument("--virtual", help="4D-STEM: virtual image the planes are made of (bf, "
-                                      "bf-full, abf, df, whole; default bf)")
+    ev.add_argument("--virtual", choices=VIRTUAL, metavar="IMAGE",
+                    help="4D-STEM: virtual image the planes are made of (bf, bf-full, abf, df, "
+                         "whole; default bf)")
     ev.add_argument("--model", help="flowtie: shipped model name or TorchScript file "
                                     "(default: default)")
     ev.add_argument("--precision", default="float32", choices=PRECISIONS,

@@ -250,6 +250,10 @@ def verdict(rms_spread, phase_rms: float, snr: float, icom_rms=None,
             and snr < cal["icom_ratio_snr_limit"]):
         why = (f"the phase is {ratio:.3g} times as strong as the one the measured centre "
                f"of mass gives")
+    elif rel == math.inf:  # a zero phase: no relative spread to give
+        why = ("the models disagree on a flat phase (the flow's phase is zero where the "
+               "other models' are not)" if rms_spread > 0 else
+               "every model's phase is flat: there is no flow to check")
     elif rel is not None and rel > cal["spread_limit"]:
         why = f"the models disagree by {rel:.0%} of the phase"
     elif rel is not None and snr == 0 and rel > cal["spread_limit_no_signal"]:

@@ -278,3 +278,229 @@ def test_bool_frames_are_refused_alike_by_the_array_and_libertem_paths():
         with pytest.raises(ft.InputError, match=r"zero: expected real detector counts, got "
                                                 r"dtype bool \(cast 1-bit frames to uint8\)"):
             triplet_with_libertem(ctx, ds, 20.0, 0.2, 0.05, 300e3)
+
+
+def _disk_patterns(sy=16, sx=16, det=(32, 32), total=2000.0, hot=None):
+    """Float32 patterns (Sy, Sx, Ky, Kx): a bright-field disk of 6 px radius
+    displaced by a smooth field, with dark field around it; ``hot``: a
+    detector pixel (row, column) and the value it reads in every pattern."""
+    y, x = np.mgrid[:sy, :sx]
+    gy = 0.8 * np.sin(2 * np.pi * y / sy) * np.cos(2 * np.pi * x / sx)
+    gx = 0.8 * np.cos(2 * np.pi * y / sy) * np.sin(4 * np.pi * x / sx)
+    iy, ix = np.indices(det, dtype=float)
+    r = np.hypot(iy - 15.5 - gy[..., None, None], ix - 15.5 - gx[..., None, None])
+    p = 1 / (1 + np.exp((r - 6.0) / 0.5)) + 0.02 * np.exp(-r / 10)
+    p = (total * p / p.sum(axis=(-2, -1), keepdims=True)).astype(np.float32)
+    if hot is not None:
+        p[:, :, hot[0][0], hot[0][1]] = hot[1]
+    return p
+
+
+def _reductions():
+    from flowtie_fast import stem
+
+    data = _disk_patterns()
+    reds, _ = stem.reduce_triplet(data, data, data, 0.05, 300e3, backend="cpu")
+    return reds
+
+
+@pytest.mark.parametrize("change, says", [
+    ("scan", r"^minus: the 'bf' image of shape \(8, 16\) differs from zero's \(16, 16\)"),
+    ("virtual", r"^virtual: 'bf' is not among the virtual images of minus \('whole',\)"),
+    ("detector", r"^reductions: the detector of plus is str, expected a Detector"),
+    ("nan", r"^minus: the 'bf' image contains NaN or Inf"),
+    ("energy", r"^plus: reduced at 200000 eV, zero's 300000 eV"),
+    ("regions", r"^minus: its 'bf' region \(0, 3\) mrad differs from zero's \(0, 1\.4"),
+])
+def test_from_reductions_names_reductions_that_are_not_one_triplet(change, says):
+    import dataclasses
+
+    reds = _reductions()
+    m, z, p = reds
+    if change == "scan":
+        m = dataclasses.replace(m, virtual={k: v[:8] for k, v in m.virtual.items()})
+    elif change == "virtual":
+        m = dataclasses.replace(m, virtual={"whole": m.virtual["whole"]})
+    elif change == "detector":
+        p = dataclasses.replace(p, detector="detector")
+    elif change == "nan":
+        bf = m.virtual["bf"].copy()
+        bf[0, 0] = np.nan
+        m = dataclasses.replace(m, virtual={**m.virtual, "bf": bf})
+    elif change == "energy":
+        p = dataclasses.replace(p, detector=dataclasses.replace(p.detector, energy=200e3))
+    else:
+        m = dataclasses.replace(m, regions={**m.regions, "bf": (0.0, 3.0)})
+    with pytest.raises(ft.InputError, match=says):
+        ft.FocalTriplet.from_reductions([m, z, p], dz=20.0, scan_step=0.2)
+
+
+def test_a_detector_is_checked_when_it_is_made():
+    from flowtie_fast import stem
+
+    det = stem.Detector((32, 32), 0.05, 300e3, [15.5, 15.5])  # one sampling for both axes
+    assert det.k_sampling == (0.05, 0.05) and det.center == (15.5, 15.5)
+    assert det.k()[0].shape == (32, 32)
+    for kwargs, says in [(dict(center=(np.nan, 5.0)), r"^center: expected .* finite"),
+                         (dict(energy=-1.0), r"^energy: "),
+                         (dict(k_sampling=(0.05, 0.05, 0.05)), r"^k_sampling: "),
+                         (dict(shape=(32,)), r"^detector: expected a shape \(Ky, Kx\)")]:
+        args = dict(shape=(32, 32), k_sampling=0.05, energy=300e3, center=(15.5, 15.5))
+        args.update(kwargs)
+        with pytest.raises(ft.InputError, match=says):
+            stem.Detector(**args)
+
+
+def test_a_libertem_detector_under_two_pixels_a_side_is_refused_like_from_4dstem():
+    pytest.importorskip("libertem")
+    from libertem.api import Context
+
+    from flowtie_fast.stem.live import triplet_with_libertem
+
+    data = np.ascontiguousarray(_disk_patterns()[:, :, 15:16, 15:16])
+    with pytest.raises(ft.InputError, match=r"^minus: expected at least 2 along every axis"):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu")
+    with Context.make_with("inline") as ctx:
+        ds = [ctx.load("memory", data=data, sig_dims=2) for _ in range(3)]
+        with pytest.raises(ft.InputError, match=r"^zero: expected at least 2 along every "
+                                                r"axis, got \(16, 16, 1, 1\)"):
+            triplet_with_libertem(ctx, ds, 20.0, 0.2, 0.05, 300e3)
+
+
+def test_triplet_with_libertem_takes_register_and_counts_like_from_4dstem():
+    pytest.importorskip("libertem")
+    from libertem.api import Context
+
+    from flowtie_fast.stem.live import triplet_with_libertem
+
+    rng = np.random.default_rng(0)
+    data = [rng.poisson(_disk_patterns(total=500.0)).astype(np.uint16) for _ in range(3)]
+    # a 1 Å scan step leaves no room above the band limit: the counts give the noise
+    kw = dict(dz=20.0, scan_step=1.0, k_sampling=0.05, energy=300e3)
+    want = ft.FocalTriplet.from_4dstem(*data, register=False, backend="cpu", **kw)
+    with Context.make_with("inline") as ctx:
+        ds = [ctx.load("memory", data=a, sig_dims=2) for a in data]
+        got = triplet_with_libertem(ctx, ds, register=False, **kw)
+    assert got.registration is None and want.noise is not None
+    assert got.noise == want.noise
+    assert got.gradient_noise == want.gradient_noise
+
+
+@pytest.mark.parametrize("value", [60.0, 1e6])
+def test_a_hot_pixel_is_not_taken_for_the_bright_field_disk(value):
+    pytest.importorskip("libertem")
+    from libertem.api import Context
+
+    from flowtie_fast.stem.live import triplet_with_libertem
+
+    data = _disk_patterns(hot=((3, 3), value))
+    says = r"^zero: detector pixel \(3, 3\) of the mean pattern is .* times its brightest " \
+           r"neighbour"
+    with pytest.raises(ft.InputError, match=says):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu")
+    with Context.make_with("inline") as ctx:
+        ds = [ctx.load("memory", data=data, sig_dims=2) for _ in range(3)]
+        with pytest.raises(ft.InputError, match=says):
+            triplet_with_libertem(ctx, ds, 20.0, 0.2, 0.05, 300e3)
+    # the pixel set to zero, as the message says: the disk is found where it is
+    data[..., 3, 3] = 0
+    t = ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu", register=False)
+    assert np.allclose(t.reductions[1].detector.center, (15.5, 15.5), atol=0.05)
+
+
+def test_sparse_counts_are_not_taken_for_hot_pixels():
+    rng = np.random.default_rng(3)
+    data = [rng.poisson(_disk_patterns(total=3.0)).astype(np.uint8) for _ in range(3)]
+    t = ft.FocalTriplet.from_4dstem(*data, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu", register=False)
+    assert np.allclose(t.reductions[1].detector.center, (15.5, 15.5), atol=1.0)
+
+
+def test_models_that_disagree_on_a_flat_phase_say_so_not_inf_percent():
+    from flowtie_fast import trust
+
+    v = trust.verdict(0.1, 0.0, 1.0)
+    assert v["trusted"] is False and v["rel_spread"] == np.inf
+    assert "inf%" not in v["why"] and "flat" in v["why"]
+
+
+def test_demo_numbers_are_named_as_the_options_given(capsys):
+    from flowtie_fast.cli import main
+
+    for option in ("--pixel-size", "--dz", "--energy"):
+        assert main(["demo", "--fresnel", option, "nan"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"flowtie demo: error: {option}: "), err
+
+
+def test_4dstem_dask_data_of_unknown_chunk_sizes_are_named_not_the_others():
+    da = pytest.importorskip("dask.array")
+
+    data = _disk_patterns()
+    lazy = da.from_array(data, chunks=(5, 7, 13, 11))
+    unknown = lazy[lazy[:, 0, 0, 0] >= 0]  # a boolean selection: rows of unknown count
+    for args, name in (((lazy, unknown, lazy), "zero"), ((unknown, lazy, lazy), "minus")):
+        with pytest.raises(ft.InputError, match=rf"^{name}: expected a dask array of known "
+                                                r"chunk sizes, got shape \(nan, 16, 32, 32\)"):
+            ft.FocalTriplet.from_4dstem(*args, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                        energy=300e3, backend="cpu")
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "evaluate"])
+def test_an_unknown_virtual_image_is_a_usage_error_naming_the_option(tmp_path, capsys, command):
+    from flowtie_fast.cli import main
+
+    missing = str(tmp_path / "never_read.npz")  # refused before any file is looked at
+    argv = [command, missing, "--virtual", "bogus"]
+    if command == "reconstruct":
+        argv += ["-o", str(tmp_path / "o.npz")]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"flowtie {command}: error: argument --virtual: invalid choice: "
+                          "'bogus'"), err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_libertem_float64_patterns_below_float32s_range_are_named_as_from_4dstem():
+    pytest.importorskip("libertem")
+    from libertem.api import Context
+
+    from flowtie_fast.stem.live import triplet_with_libertem
+
+    data = _disk_patterns().astype(np.float64) * 1e-45  # subnormal once summed in float32
+    says = r"^(minus|zero): pattern values of at most .* are too small for the float32 reduction"
+    with pytest.raises(ft.InputError, match=says):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu")
+    with Context.make_with("inline") as ctx:
+        ds = [ctx.load("memory", data=data, sig_dims=2) for _ in range(3)]
+        with pytest.raises(ft.InputError, match=says):
+            triplet_with_libertem(ctx, ds, 20.0, 0.2, 0.05, 300e3)
+
+
+@pytest.mark.parametrize("total", [0.1, 0.5])
+def test_ultra_sparse_counts_are_not_taken_for_hot_pixels(total):
+    """At 0.1 e per pattern the mean of 256 sampled patterns is a few
+    scattered counts in the disk: single bright pixels, not hot ones."""
+    from flowtie_fast.stem import detector
+
+    for seed in range(10):
+        data = np.random.default_rng(seed).poisson(_disk_patterns(total=total)).astype(np.uint8)
+        detector.check_hot_pixels(detector.mean_pattern(detector.sample_patterns(data)))
+
+
+def test_two_hot_pixels_are_refused_and_a_dim_one_is_part_of_the_disk():
+    data = _disk_patterns(hot=((3, 3), 1e4))
+    data[..., 28, 5] = 2e4
+    with pytest.raises(ft.InputError, match=r"^zero: detector pixel \(28, 5\)"):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu")
+    dim = _disk_patterns(hot=((3, 3), 25.0))  # under twice the disk (about 17 a pixel)
+    t = ft.FocalTriplet.from_4dstem(dim, dim, dim, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu", register=False)
+    assert np.allclose(t.reductions[1].detector.center, (15.5, 15.5), atol=0.5)

@@ -47,12 +47,34 @@ class Detector:
         Electron energy in eV.
     center : (float, float)
         Position of the undeflected beam in pixels (fractional allowed).
+
+    Raises
+    ------
+    InputError
+        Where a field is not of this form (checked when the detector is made:
+        a scalar sampling is taken for both axes, a centre of NaN is refused).
     """
 
     shape: tuple
     k_sampling: tuple
     energy: float
     center: tuple
+
+    def __post_init__(self):
+        shape = self.shape
+        if (not isinstance(shape, (tuple, list, np.ndarray)) or len(shape) != 2
+                or not all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+                           and n >= 1 for n in shape)):
+            raise InputError(f"detector: expected a shape (Ky, Kx) of two positive integers, "
+                             f"got {_shown(shape)}")
+        self.shape = tuple(int(n) for n in shape)
+        self.k_sampling = check_positive("k_sampling", self.k_sampling, pair=True)
+        self.energy = check_positive("energy", self.energy)
+        center = check_center(self.center)
+        if not all(math.isfinite(c) for c in center):
+            raise InputError(f"center: expected (row, column) in detector pixels, finite, got "
+                             f"{_shown(self.center)}")
+        self.center = center
 
     def k(self):
         """Reciprocal coordinates of the detector pixels relative to the centre.
@@ -409,6 +431,65 @@ def disk_fills_detector(mean) -> tuple:
 
 
 
+#: A pixel of the mean pattern this many times brighter than each of its
+#: eight neighbours is isolated: a bright-field disk of a few pixels has
+#: neighbours of its own brightness, and its edge pixels fall off to a half or
+#: a quarter.
+HOT_PIXEL_RATIO = 4.0
+
+
+def check_hot_pixels(mean, name="zero") -> None:
+    """Refuse a mean pattern whose bright field is made of isolated pixels.
+
+    The detector centre and the bright-field disk are measured on the pixels
+    brighter than half the brightest (:func:`find_center`,
+    :func:`bf_radius_mrad`). A pixel that reads more than twice the disk in
+    every pattern (a hot pixel of the camera) leaves the disk out of that set:
+    the centre, every virtual image and the centre of mass would be measured
+    on the hot pixel. A hot pixel dimmer than that leaves the disk in the set
+    and is taken as part of it.
+
+    Parameters
+    ----------
+    mean : ndarray (Ky, Kx)
+        The mean pattern (:func:`mean_pattern`), in counts.
+    name : str, optional
+        The data the mean pattern comes from, named in the message (default
+        "zero").
+
+    Raises
+    ------
+    InputError
+        Naming ``name`` and the brightest pixel, where every pixel above half
+        the brightest is more than :data:`HOT_PIXEL_RATIO` times each of its
+        neighbours (hot pixels; a bright-field disk within one pixel, or
+        counts too few to show the disk, are refused the same way: no centre
+        or radius can be measured).
+    """
+    m = np.asarray(mean, np.float64)
+    if m.shape[0] < 3 and m.shape[1] < 3:  # every pixel a corner: a disk of one pixel is all
+        return
+    padded = np.pad(m, 1, constant_values=-np.inf)
+    neighbours = np.full(m.shape, -np.inf)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if (dy, dx) != (1, 1):
+                neighbours = np.maximum(neighbours, padded[dy:dy + m.shape[0],
+                                                           dx:dx + m.shape[1]])
+    bright = _bright_field(m)
+    isolated = bright & (m > HOT_PIXEL_RATIO * np.maximum(neighbours, 0))
+    if bright.any() and np.array_equal(isolated, bright):
+        i, j = (int(v) for v in np.unravel_index(np.argmax(m), m.shape))
+        ratio = m[i, j] / neighbours[i, j] if neighbours[i, j] > 0 else math.inf
+        raise InputError(f"{name}: detector pixel ({i}, {j}) of the mean pattern is "
+                         f"{ratio:.3g} times its brightest neighbour, and the pixels above "
+                         "half of it are all such isolated pixels (hot pixels, a bright-field "
+                         "disk within one pixel, or counts too few to show the disk): the "
+                         "detector centre, the bright-field disk and the centre of mass would "
+                         "be measured on them; expected patterns with hot pixels set to zero "
+                         f"(e.g. data[..., {i}, {j}] = 0)")
+
+
 def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name="zero"):
     """Detector and virtual-detector regions for a focal triplet from the mean
     in-focus pattern.
@@ -462,6 +543,7 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
                              "level subtracted?)")
         raise InputError(f"{name}: every sampled pattern is zero everywhere (a dropped "
                          "frame?)")
+    check_hot_pixels(mean, name)
     center = find_center(mean) if center is None else check_center(center)
     if not all(math.isfinite(c) and 0 <= c <= n - 1 for c, n in zip(center, mean.shape)):
         raise InputError(f"center: expected (row, column) in detector pixels on the "

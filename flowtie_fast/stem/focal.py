@@ -27,7 +27,8 @@ from ..backend import array_module, is_cupy, to_host
 from ..errors import InputError, check_choice, check_count, check_positive, check_real
 from ..noise import Noise, band_noise, poisson_noise
 from ..physics import wavelength
-from .detector import check_region, mean_pattern, sample_patterns, triplet_geometry
+from .detector import (Detector, check_region, mean_pattern, sample_patterns,
+                       triplet_geometry)
 from .reduction import (Reduction, _is_dask, check_4d, check_float32_range,
                         check_reduction_memory, reduce_4dstem)
 from .registration import RegistrationWarning, apply_shift, register_triplet
@@ -173,6 +174,7 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
                          "(minus, zero, plus)")
     check_choice("virtual", virtual, tuple(reductions[1].virtual))
     scan_step = check_positive("scan_step", scan_step, pair=True)
+    check_reductions(reductions, virtual)
     planes = [r.virtual[virtual] for r in reductions]
     for n, p, r in zip(("minus", "zero", "plus"), planes, reductions):
         whole = r.virtual.get("whole")
@@ -200,6 +202,58 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
         else:
             planes, registration = register_planes(planes, signals, register)
     return reductions, planes, scan_step, energy, noise, registration
+
+
+def check_reductions(reductions, virtual) -> None:
+    """Three reductions checked to form one triplet: each of a
+    :class:`~flowtie_fast.stem.detector.Detector` at the in-focus one's
+    energy, with the ``virtual`` image of the in-focus one's scan shape,
+    finite, over the in-focus one's region (in mrad; the centres may differ:
+    a descan that moves the disk with defocus).
+
+    Parameters
+    ----------
+    reductions : list of three :class:`~flowtie_fast.stem.reduction.Reduction`
+        Of the datasets at ``-dz, 0, +dz``.
+    virtual : str
+        The virtual image that forms the planes (one the in-focus reduction
+        holds).
+
+    Raises
+    ------
+    InputError
+        Naming the reduction (``minus``, ``zero``, ``plus``) and what differs.
+    """
+    names = ("minus", "zero", "plus")
+    for n, r in zip(names, reductions):
+        if not isinstance(r.detector, Detector):
+            raise InputError(f"reductions: the detector of {n} is {type(r.detector).__name__}, "
+                             "expected a Detector (flowtie_fast.stem.Detector)")
+        if not isinstance(r.virtual, dict) or virtual not in r.virtual:
+            held = tuple(r.virtual) if isinstance(r.virtual, dict) else r.virtual
+            raise InputError(f"virtual: {virtual!r} is not among the virtual images of {n} "
+                             f"{held!r}; expected reductions of the same regions")
+    zero = reductions[1]
+    shape = tuple(getattr(zero.virtual[virtual], "shape", ()))
+    for n, r in zip(names, reductions):
+        image = r.virtual[virtual]
+        got = tuple(getattr(image, "shape", ()))
+        if len(got) != 2 or got != shape:
+            raise InputError(f"{n}: the {virtual!r} image of shape {got} differs from zero's "
+                             f"{shape}; expected the reductions of three scans of one shape")
+        if getattr(image, "dtype", np.dtype(object)).kind not in "uif" \
+                or not bool(array_module(image).isfinite(image).all()):
+            raise InputError(f"{n}: the {virtual!r} image contains NaN or Inf, or is not an "
+                             "array of real numbers")
+        if r.detector.energy != zero.detector.energy:
+            raise InputError(f"{n}: reduced at {r.detector.energy:g} eV, zero's "
+                             f"{zero.detector.energy:g} eV; expected the three scans at one "
+                             "energy")
+        span, want = r.regions.get(virtual), zero.regions.get(virtual)
+        if span is not None and want is not None and tuple(span) != tuple(want):
+            raise InputError(f"{n}: its {virtual!r} region ({span[0]:g}, {span[1]:g}) mrad "
+                             f"differs from zero's ({want[0]:g}, {want[1]:g}) mrad; expected "
+                             "the three scans reduced over one region")
 
 
 def orient(reductions, rotation, flip, tie_gradient):

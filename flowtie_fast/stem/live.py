@@ -44,7 +44,9 @@ from ..errors import BackendError, InputError, check_positive
 from ..triplet import FocalTriplet
 from .detector import (check_detector, check_disk, check_regions, detector_weights,
                        triplet_geometry, weight_ranges)
-from .reduction import _native, check_pixel_ranges, finish_reduction, reduce_frames
+from .focal import check_register
+from .reduction import (_native, check_float32_range, check_pixel_ranges, finish_reduction,
+                        reduce_frames)
 
 __all__ = ["ReductionUDF", "reduce_with_libertem", "triplet_with_libertem"]
 
@@ -338,10 +340,12 @@ def _check_dtype(dataset, name):
         raise InputError(f"{name}: expected real detector counts, got dtype {dtype}{hint}")
 
 
-def _nav_sig(dataset):
+def _nav_sig(dataset, name="dataset"):
     shape = tuple(dataset.shape)
     if len(shape) != 4:
-        raise InputError(f"dataset: expected a 4-D dataset (Sy, Sx, Ky, Kx), got shape {shape}")
+        raise InputError(f"{name}: expected a 4-D dataset (Sy, Sx, Ky, Kx), got shape {shape}")
+    if min(shape) < 2:  # as from_4dstem (check_4d): no disk, no centre of mass on 1 px
+        raise InputError(f"{name}: expected at least 2 along every axis, got {shape}")
     return shape[:2], shape[2:]
 
 
@@ -376,7 +380,7 @@ def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=Non
         (to float32 rounding).
     """
     backends = _check_backends(ctx, backends)
-    (sy, sx), sig = _nav_sig(dataset)
+    (sy, sx), sig = _nav_sig(dataset, name)
     _check_dtype(dataset, name)
     check_detector(detector)
     check_regions(regions)
@@ -401,7 +405,7 @@ def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=Non
 
 def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, center=None,
                           virtual="bf", bf_radius=None, com_radius=None, rotation=0.0,
-                          flip=False, backends=None):
+                          flip=False, register=True, backends=None):
     """:meth:`FocalTriplet.from_4dstem` with the passes run by LiberTEM.
 
     One more pass (LiberTEM's SumUDF over the in-focus dataset) gives the
@@ -437,6 +441,9 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
         Detector-to-scan rotation in degrees (default 0).
     flip : bool
         Transpose the detector axes before rotating (default False).
+    register : bool or "periodic"
+        Undo the drift between the three scans (default True; False to
+        skip, for scans known to be aligned; as in :meth:`from_4dstem`).
     backends : None, str or tuple of str
         LiberTEM's ``backends`` for every pass (see
         :func:`reduce_with_libertem`; default None).
@@ -464,12 +471,13 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     if not isinstance(virtual, str) or virtual not in _VIRTUAL:
         raise InputError(f"virtual: expected one of {_VIRTUAL}, got {virtual!r}")
     backends = _check_backends(ctx, backends)
+    check_register(register)  # before any pass
     check_positive("dz", dz, pair=True)
     check_positive("scan_step", scan_step, pair=True)
     shapes = [tuple(d.shape) for d in datasets]
     if len(set(shapes)) != 1:
         raise InputError(f"datasets: expected equal shapes, got {shapes}")
-    (sy, sx), _ = _nav_sig(datasets[1])
+    (sy, sx), _ = _nav_sig(datasets[1], "zero")
     for n, d in zip(("minus", "zero", "plus"), datasets):
         _check_dtype(d, n)
     k_sampling = check_positive("k_sampling", k_sampling, pair=True)
@@ -479,10 +487,19 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     if not np.isfinite(mean).all():  # else named "the mean pattern is empty" (center)
         raise InputError("zero: the patterns contain NaN or Inf")
     detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius)
+    dtype = np.dtype(getattr(datasets[1], "dtype", np.float32))
+    if (dtype.kind == "f" and dtype.itemsize > 4
+            and 0 < float(np.abs(mean).max()) < float(np.finfo(np.float32).tiny)):
+        # as from_4dstem: values float32 sums as subnormals or zero (an overflow of
+        # the sums is named by the reduction)
+        check_float32_range("zero", mean[None], detector)
     if virtual not in regions:
         raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
     reductions = [reduce_with_libertem(ctx, d, detector, regions, com_radius_mrad=com_radius,
                                        name=n, backends=backends)
                   for n, d in zip(("minus", "zero", "plus"), datasets)]
+    # counts (an integer dtype) give the noise where it cannot be measured, as in from_4dstem
+    counts = all(np.dtype(getattr(d, "dtype", np.float32)).kind in "iu" for d in datasets)
     return FocalTriplet.from_reductions(reductions, dz, scan_step, virtual=virtual,
-                                        rotation=rotation, flip=flip)
+                                        rotation=rotation, flip=flip, counts=counts,
+                                        register=register)

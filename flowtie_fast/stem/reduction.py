@@ -229,6 +229,9 @@ def check_4d(name, data):
     if len(shape) != 4:
         raise InputError(f"{name}: expected a 4-D array (Sy, Sx, Ky, Kx), got shape "
                          f"{tuple(shape)}")
+    if any(isinstance(n, float) and not math.isfinite(n) for n in shape):  # dask, NaN sizes
+        raise InputError(f"{name}: expected a dask array of known chunk sizes, got shape "
+                         f"{tuple(shape)} (call {name}.compute_chunk_sizes() first)")
     if min(shape) < 2:
         raise InputError(f"{name}: expected at least 2 along every axis, got {tuple(shape)}")
     if np.dtype(dtype).kind not in "uif":
