@@ -347,19 +347,21 @@ def _weights(spec_ref, spec_mov, shape):
     return x, c, cols, floors
 
 
-def _correlate(spec_ref, spec_mov, shape, upsample, invert) -> Shift:
+def _correlate(spec_ref, spec_mov, shape, upsample, invert):
     """Peak of the weighted phase correlation of two rfft2 spectra (see the
-    module's documentation) and its quality."""
+    module's documentation) and its quality: a :class:`Shift` without its
+    ``sigma``, and the correlation's :func:`_weights` (None where the
+    spectra have no cross power)."""
     ny, nx = shape
     weights = _weights(spec_ref, spec_mov, shape)
     if weights is None:
-        return Shift(0.0, 0.0, 0.0)
+        return Shift(0.0, 0.0, 0.0), None
     x, c, cols, _ = weights
     w = x * c
     weight = np.abs(w) * cols
     total = float(weight.sum())
     if not total > 0:
-        return Shift(0.0, 0.0, 0.0)
+        return Shift(0.0, 0.0, 0.0), None
     corr = np.fft.irfft2(w, s=shape)
     score = np.abs(corr) if invert else corr
     iy, ix = np.unravel_index(int(np.argmax(score)), shape)
@@ -383,26 +385,15 @@ def _correlate(spec_ref, spec_mov, shape, upsample, invert) -> Shift:
     centred[:2 * r + 1, :2 * r + 1][disc] = -np.inf
     h2 = float(centred.max())
     quality = min(1.0, max(0.0, 1.0 - h2 / h1)) if h1 > 0 else 0.0
-    return Shift(dy, dx, quality)
+    return Shift(dy, dx, quality), weights
 
 
-def _full_plane(half: np.ndarray, nx: int) -> np.ndarray:
-    """The full (Ny, Nx) plane of an rfft2 half plane of a real array's
-    spectrum, or of a real even function of frequency (Hermitian symmetry)."""
-    ny = half.shape[0]
-    full = np.empty((ny, nx), dtype=half.dtype)
-    full[:, :half.shape[1]] = half
-    rest = np.arange(half.shape[1], nx)
-    full[:, rest] = np.conj(half[(-np.arange(ny)) % ny][:, nx - rest])
-    return full
-
-
-def _peak_sigma(spec_ref, spec_mov, shift, shape, windows) -> float:
+def _peak_sigma(spec_ref, spec_mov, weights, shift, shape, windows) -> float:
     """Noise standard error (px, the larger of the two axes') of the extremum
     at ``shift`` of ``f(t) = Σ_k c Re(A conj(B) exp(i k·t))`` (sum over the
     full frequency plane), the weighted phase correlation of rfft2 spectra
-    ``A`` of the reference and ``B`` of the moving image (:func:`_weights`),
-    its weights ``c`` held fixed: ``H⁻¹ V H⁻¹``, with ``H`` the peak's
+    ``A`` of the reference and ``B`` of the moving image, ``weights`` their
+    :func:`_weights`, held fixed: ``H⁻¹ V H⁻¹``, with ``H`` the peak's
     curvature and ``V`` the covariance of ``∇f`` under pixel noise of
     uniform variance in each image, of white-noise power per bin of its
     windowed spectrum its :func:`_noise_floor`. ``∇f`` is linear in each
@@ -411,13 +402,11 @@ def _peak_sigma(spec_ref, spec_mov, shift, shape, windows) -> float:
     ``windows``: the apodization windows (Ny, Nx) of the two images, None
     for none. ``inf`` where ``H`` is not positive definite (no peak)."""
     ny, nx = shape
-    weights = _weights(spec_ref, spec_mov, shape)
-    if weights is None:
-        return math.inf
     x, c, cols, floors = weights
     ky = 2 * np.pi * np.fft.fftfreq(ny)[:, None]
     kx = 2 * np.pi * np.fft.rfftfreq(nx)[None, :]
-    peak = cols * c * (x * np.exp(1j * (ky * shift[0] + kx * shift[1]))).real
+    phase = np.exp(1j * (ky * shift[0] + kx * shift[1]))
+    peak = cols * c * (x * phase).real
     if float(peak.sum()) < 0:  # a minimum (inverted contrast)
         c, peak = -c, -peak
     k = (ky, kx)
@@ -427,25 +416,18 @@ def _peak_sigma(spec_ref, spec_mov, shift, shape, windows) -> float:
     curvatures = np.linalg.eigvalsh(h)
     if not curvatures.min() > 1e-9 * abs(float(curvatures.max())):
         return math.inf
-    if windows is None:
-        windows = (np.ones(shape), np.ones(shape))
-    # ∂_j f = -Σ_p a(p) Im S_j(p) = -Σ_p b(p) Im T_j(p), a and b the windowed
-    # images: S_j = FFT(c k_j conj(B) e^{ik·t}), T_j = N IFFT(c k_j A e^{ik·t}).
-    full_c = _full_plane(c.astype(np.complex128), nx).real
-    full_k = (np.broadcast_to(2 * np.pi * np.fft.fftfreq(ny)[:, None], shape),
-              np.broadcast_to(2 * np.pi * np.fft.fftfreq(nx)[None, :], shape))
-    full_phase = np.exp(1j * (full_k[0] * shift[0] + full_k[1] * shift[1]))
-    a_full = _full_plane(spec_ref, nx)
-    b_full = _full_plane(spec_mov, nx)
+    # ∂_j f is linear in the pixels of the windowed images a and b:
+    # ∂_j f = Σ_p a(p) u_j(p) = Σ_p b(p) v_j(p), with u_j and v_j (up to a
+    # common sign) N times the inverse transforms of the anti-Hermitian
+    # spectra c k_j conj(B) e^{ik·t} and c k_j A e^{ik·t}.
     v = np.zeros((2, 2))
-    for spec, window, floor, forward in ((np.conj(b_full), windows[0], floors[0], True),
-                                         (a_full, windows[1], floors[1], False)):
-        per_pixel = floor / float((window ** 2).sum())
-        d = full_c * spec * full_phase
-        transform = np.fft.fft2 if forward else lambda a: np.fft.ifft2(a) * (ny * nx)
-        sens = [window * transform(d * kj).imag for kj in full_k]
-        v += per_pixel * np.array([[float((sens[i] * sens[j]).sum()) for j in range(2)]
-                                   for i in range(2)])
+    for spectrum, i in ((np.conj(spec_mov) * phase, 0), (spec_ref * phase, 1)):
+        window = 1.0 if windows is None else windows[i]
+        per_pixel = floors[i] / (ny * nx if windows is None else float((window ** 2).sum()))
+        sens = [window * np.fft.irfft2(-1j * c * kj * spectrum, s=shape) * (ny * nx)
+                for kj in k]
+        v += per_pixel * np.array([[float((sens[a] * sens[b]).sum()) for b in range(2)]
+                                   for a in range(2)])
     # The product of the two images' noise (second order); the bins of a
     # conjugate pair (interior rfft columns) add equal terms.
     second = (cols * c) ** 2 * (floors[0] * floors[1] / 2)
@@ -535,13 +517,13 @@ def estimate_shift(reference, moving, *, periodic=True, upsample=100, invert=Fal
     shape = ref.shape
     if periodic:
         spec_ref, spec_mov = np.fft.rfft2(ref - ref.mean()), np.fft.rfft2(mov - mov.mean())
-        est = _correlate(spec_ref, spec_mov, shape, upsample, invert)
-        return _with_sigma(est, spec_ref, spec_mov, shape, None)
+        est, weights = _correlate(spec_ref, spec_mov, shape, upsample, invert)
+        return _with_sigma(est, spec_ref, spec_mov, weights, shape, None)
     ny, nx = shape
     wy, wx = _window(ny, 0, 0), _window(nx, 0, 0)
     windows = (np.outer(wy, wx),) * 2
     spec_ref, spec_mov = _apodized_spectrum(ref, wy, wx), _apodized_spectrum(mov, wy, wx)
-    est = _correlate(spec_ref, spec_mov, shape, upsample, invert)
+    est, weights = _correlate(spec_ref, spec_mov, shape, upsample, invert)
     for _ in range(_ITERATIONS):
         margin = math.ceil(max(abs(est.dy), abs(est.dx))) + 1
         if margin >= min(ny, nx) / 4:
@@ -551,21 +533,22 @@ def estimate_shift(reference, moving, *, periodic=True, upsample=100, invert=Fal
         windows = (np.outer(wy, wx), np.outer(my, mx))
         spec_ref = _apodized_spectrum(ref, wy, wx)
         spec_mov = _apodized_spectrum(mov, my, mx)
-        new = _correlate(spec_ref, spec_mov, shape, upsample, invert)
+        new, weights = _correlate(spec_ref, spec_mov, shape, upsample, invert)
         step = max(abs(new.dy - est.dy), abs(new.dx - est.dx))
         est = new
         if step < 0.5 / upsample:
             break
-    return _with_sigma(est, spec_ref, spec_mov, shape, windows)
+    return _with_sigma(est, spec_ref, spec_mov, weights, shape, windows)
 
 
-def _with_sigma(est: Shift, spec_ref, spec_mov, shape, windows) -> Shift:
+def _with_sigma(est: Shift, spec_ref, spec_mov, weights, shape, windows) -> Shift:
     """``est`` with its noise standard error (:func:`_peak_sigma`) from the
-    spectra it was found on; unchanged (None) for a featureless match."""
-    if est.quality == 0 and est.dy == 0 and est.dx == 0:
+    spectra it was found on and their correlation's ``weights``; unchanged
+    (``sigma`` None) where the spectra have no cross power."""
+    if weights is None:
         return est
-    return dataclasses.replace(est, sigma=_peak_sigma(spec_ref, spec_mov, (est.dy, est.dx),
-                                                      shape, windows))
+    return dataclasses.replace(est, sigma=_peak_sigma(spec_ref, spec_mov, weights,
+                                                      (est.dy, est.dx), shape, windows))
 
 
 def _shift_axis(a: np.ndarray, d: float, axis: int, periodic: bool) -> np.ndarray:
