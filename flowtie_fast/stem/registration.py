@@ -32,7 +32,9 @@ illumination and thickness changes, that would otherwise set a broad peak)
 and leaves the others at their plain-correlation weight, which noisy
 frequencies need. The whole-pixel peak is refined by evaluating the same
 inverse transform on grids 10 times finer at each stage (matrix-multiply
-DFTs), to ``1/upsample`` px.
+DFTs), to ``1/upsample`` px. The noise standard error of the shift is the
+peak's curvature against the spread of its slope under the images' white
+noise (see :func:`estimate_shift`).
 
 :func:`register_triplet` matches the planes pairwise, then refines the
 shifts of the ±dz planes together so that the triplet is consistent with the
@@ -930,8 +932,8 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
                             f"2 against 1 {_fmt(e21)}, 0 against 2 {_fmt(e02)} px miss "
                             f"closing by {np.hypot(*loop):.2f} px")
         for i, e in ((0, e01), (2, e21)):
-            # A match whose peak noise moves by more than a fraction of the
-            # tolerance (low dose, little structure) is not a measurement.
+            # Noise alone may move this match's peak by 0.5 px (low dose,
+            # little structure in a small field of view).
             if (e.quality >= min_quality and e.sigma is not None
                     and not e.sigma <= _MAX_SIGNAL_SIGMA):
                 problems.append(f"the shift of {_NAMES[i]} from the signals, {_fmt(e)} px, is "
