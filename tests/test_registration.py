@@ -514,3 +514,89 @@ def test_sharp_placing_matches_are_not_refused_by_a_weak_third(monkeypatch):
         _, shifts, reliable = register_triplet(signals, signals=signals, periodic=False)
     assert reliable
     np.testing.assert_allclose(shifts[[0, 2]], [[-2.3, 1.7], [1.8, 2.0]])
+
+
+# --------------------------------------------------------------- signals: noise and closure
+
+D0, D2 = (2.3, -1.7), (-1.8, -2.0)
+
+
+def _drifted_signals(n, counts, seed):
+    """Dark-field-like signals of an n x n field of view cut from a larger
+    smooth field (contrast 0.3), the -dz and +dz scans drifted by D0 and D2,
+    with Poisson noise at ``counts`` per pixel."""
+    big = bandlimited((3 * n, 3 * n), 0.2, seed=100 + seed)
+    big = 1 + 0.3 * big / np.abs(big).max()
+    clean = [translate(big, D0), big, translate(big, D2)]
+    rng = np.random.default_rng(seed)
+    return [rng.poisson(counts * a[n:2 * n, n:2 * n]).astype(float) for a in clean]
+
+
+def _register_signals(signals):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RegistrationWarning)
+        _, shifts, reliable = register_triplet(signals, signals=signals, periodic=False)
+    err = max(error(Shift(*shifts[0], 1.0), D0), error(Shift(*shifts[2], 1.0), D2))
+    return shifts, reliable, err
+
+
+def test_shift_sigma_matches_the_spread_of_repeated_estimates():
+    a = bandlimited((64, 64), 0.15, seed=3)
+    a = 1 + 0.3 * a / np.abs(a).max()
+    b = translate(a, (2.3, -1.7))
+    rng = np.random.default_rng(1)
+    found = [estimate_shift(rng.poisson(100 * a).astype(float), rng.poisson(100 * b).astype(float))
+             for _ in range(60)]
+    spread = np.array([(s.dy, s.dx) for s in found]).std(axis=0).max()
+    sigma = np.median([s.sigma for s in found])
+    assert 0.75 * spread < sigma < 1.25 * spread
+    assert estimate_shift(a, b).sigma < 1e-3  # noise-free: rounding only
+    assert Shift(1.0, 2.0, 0.5).sigma is None
+
+
+def test_low_dose_signals_do_not_pass_a_wrong_shift():
+    # 150 counts per pixel on a 20 px field: noise moves the correlation peak
+    # of some triplets by more than 0.5 px while the three matches still close.
+    results = [_register_signals(_drifted_signals(20, 150, seed)) for seed in range(20)]
+    assert not [seed for seed, (_, reliable, err) in enumerate(results) if reliable and err > 0.5]
+    assert any(reliable for _, reliable, _ in results)
+
+
+def test_well_measured_small_fields_pass():
+    for seed in range(20):
+        shifts, reliable, err = _register_signals(_drifted_signals(20, 15000, seed))
+        assert reliable and err < 0.5, (seed, shifts)
+
+
+def test_noisy_placing_match_is_refused(monkeypatch):
+    """Matches that close but whose peak noise is 0.3 px are not trusted."""
+    signals = _scripted_matches(monkeypatch, (-2.3, 1.7, 0.8, 0.3), (1.8, 2.0, 0.8, 0.05),
+                                (-4.1, -0.3, 0.8, 0.3), own=0.9)
+    with pytest.warns(RegistrationWarning, match=r"plane 0 .* uncertain by ±0\.30 px"):
+        _, _, reliable = register_triplet(signals, signals=signals, periodic=False)
+    assert not reliable
+
+
+def test_loop_within_its_tolerance_passes(monkeypatch):
+    """Two estimates of the ±dz signals' relative shift, each within 0.5 px,
+    may differ by 0.6 px: the loop closes within 0.71 px."""
+    signals = _scripted_matches(monkeypatch, (-2.3, 1.7, 0.8, 0.02), (1.8, 2.0, 0.8, 0.02),
+                                (-4.1 + 0.6, -0.3, 0.7, 0.02), own=0.9)
+    _, shifts, reliable = quiet(register_triplet, signals, signals=signals, periodic=False)
+    assert reliable
+    np.testing.assert_allclose(shifts[[0, 2]], [[-2.1, 1.7], [1.6, 2.0]])  # the loop shared
+    signals = _scripted_matches(monkeypatch, (-2.3, 1.7, 0.8, 0.02), (1.8, 2.0, 0.8, 0.02),
+                                (-4.1 + 0.8, -0.3, 0.7, 0.02), own=0.9)
+    with pytest.warns(RegistrationWarning, match="miss closing by 0.80 px"):
+        _, _, reliable = register_triplet(signals, signals=signals, periodic=False)
+    assert not reliable
+
+
+def test_sharp_placing_matches_are_not_refused_by_a_sharp_third(monkeypatch):
+    """Placing matches of quality 0.95 and more are used as found even where
+    the ±dz match reaches the bar and misses closing."""
+    signals = _scripted_matches(monkeypatch, (-2.3, 1.7, 0.97), (1.8, 2.0, 0.96),
+                                (-3.0, 0.0, 0.6), own=0.9)
+    _, shifts, reliable = quiet(register_triplet, signals, signals=signals, periodic=False)
+    assert reliable
+    np.testing.assert_allclose(shifts[[0, 2]], [[-2.3, 1.7], [1.8, 2.0]])

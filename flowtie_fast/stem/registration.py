@@ -32,7 +32,9 @@ illumination and thickness changes, that would otherwise set a broad peak)
 and leaves the others at their plain-correlation weight, which noisy
 frequencies need. The whole-pixel peak is refined by evaluating the same
 inverse transform on grids 10 times finer at each stage (matrix-multiply
-DFTs), to ``1/upsample`` px.
+DFTs), to ``1/upsample`` px. The noise standard error of the shift is the
+peak's curvature against the spread of its slope under the images' white
+noise (see :func:`estimate_shift`).
 
 :func:`register_triplet` matches the planes pairwise, then refines the
 shifts of the ±dz planes together so that the triplet is consistent with the
@@ -42,6 +44,7 @@ transport of intensity to first order in dz, ``I(-dz) + I(+dz) = 2 I(0)``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -73,6 +76,11 @@ _FLAT = 1e-6
 # Largest disagreement (px) tolerated between estimates of one shift made two
 # ways (pairwise loop, refined against correlated).
 _CONSISTENCY = 0.5
+# Largest closure error (px) of the signals' three pairwise shifts: the loop
+# compares two estimates of the relative shift of the ±dz signals (through
+# signal 1, and directly), each held to _CONSISTENCY, so their independent
+# errors add in quadrature.
+_LOOP = _CONSISTENCY * math.sqrt(2)
 # Gauss-Newton steps of the joint refinement of a triplet, and the step (px)
 # below which it stops.
 _GN_STEPS = 20
@@ -83,6 +91,10 @@ _GN_MAX_STEP = 1.0
 # Largest noise standard error (px) of the relative shift of the ±dz planes
 # accepted as reliable.
 _MAX_SIGMA = 0.1
+# Largest noise standard error (px) of the match of a ±dz signal with the
+# in-focus one accepted as reliable: the 0.5 px tolerance is 2.5 standard
+# errors. Chosen on the evaluation grid's choosing half.
+_MAX_SIGNAL_SIGMA = 0.2
 
 _NAMES = ("plane 0 (I(-dz))", "plane 1 (I(0))", "plane 2 (I(+dz))")
 
@@ -109,11 +121,16 @@ class Shift:
         the height of the correlation peak and ``h2`` the highest correlation
         value away from it (see :func:`estimate_shift`); 0 for featureless
         input.
+    sigma : float or None
+        Noise standard error of the translation in px, the larger of the
+        two axes' (see :func:`estimate_shift`); ``inf`` where the peak's
+        curvature does not determine it, None where it was not estimated.
     """
 
     dy: float
     dx: float
     quality: float
+    sigma: float | None = None
 
 
 # ---------------------------------------------------------------- arguments
@@ -263,13 +280,16 @@ def _noise_floor(p: np.ndarray, shape) -> float:
     return float(np.median(p.ravel()[_bands(shape)], axis=1).min()) / math.log(2)
 
 
-def _gain(spectrum: np.ndarray, shape) -> np.ndarray:
+def _gain(spectrum: np.ndarray, shape, floor: float | None = None) -> np.ndarray:
     """Estimated signal fraction of an rfft2 spectrum's power at each
     frequency: ``1 - N / P̄`` clipped to [0, 1], ``P̄`` the power averaged
-    over (2 _SMOOTH + 1)² bins, ``N`` its white-noise floor."""
+    over (2 _SMOOTH + 1)² bins, ``N`` its white-noise floor (``floor`` when
+    given, else measured by :func:`_noise_floor`)."""
     power = spectrum.real**2 + spectrum.imag**2
     smooth = _box(power, _SMOOTH)
-    return np.clip(1 - _noise_floor(power, shape) / np.maximum(smooth, 1e-300), 0, 1)
+    if floor is None:
+        floor = _noise_floor(power, shape)
+    return np.clip(1 - floor / np.maximum(smooth, 1e-300), 0, 1)
 
 
 def _dft_real(ey: np.ndarray, w: np.ndarray, ex: np.ndarray) -> np.ndarray:
@@ -310,22 +330,40 @@ def _refine(w, shape, ty, tx, upsample):
         span, step = step, max(step / 10, 1.0 / upsample)
 
 
-def _correlate(spec_ref, spec_mov, shape, upsample, invert) -> Shift:
-    """Peak of the weighted phase correlation of two rfft2 spectra (see the
-    module's documentation) and its quality."""
+def _weights(spec_ref, spec_mov, shape):
+    """The cross-power spectrum ``X`` of two rfft2 spectra and the weights
+    ``c`` of the weighted phase correlation (``W = X c``, see the module's
+    documentation), with the rfft columns' multiplicities and the two
+    spectra's white-noise floors: (X, c, cols, floors); None where ``X`` is
+    zero."""
     ny, nx = shape
     cols = _column_weights(nx)
     x = spec_ref * np.conj(spec_mov)
     mag = np.abs(x)
     eps = _WHITEN * float((mag * cols).sum()) / (ny * nx)
     if not eps > 0:
-        return Shift(0.0, 0.0, 0.0)
-    w = x * (_gain(spec_ref, shape) * _gain(spec_mov, shape) / (mag + eps))
-    w[0, 0] = 0.0
+        return None
+    floors = [_noise_floor(f.real**2 + f.imag**2, shape) for f in (spec_ref, spec_mov)]
+    c = _gain(spec_ref, shape, floors[0]) * _gain(spec_mov, shape, floors[1]) / (mag + eps)
+    c[0, 0] = 0.0
+    return x, c, cols, floors
+
+
+def _correlate(spec_ref, spec_mov, shape, upsample, invert):
+    """Peak of the weighted phase correlation of two rfft2 spectra (see the
+    module's documentation) and its quality: a :class:`Shift` without its
+    ``sigma``, and the correlation's :func:`_weights` (None where the
+    spectra have no cross power)."""
+    ny, nx = shape
+    weights = _weights(spec_ref, spec_mov, shape)
+    if weights is None:
+        return Shift(0.0, 0.0, 0.0), None
+    x, c, cols, _ = weights
+    w = x * c
     weight = np.abs(w) * cols
     total = float(weight.sum())
     if not total > 0:
-        return Shift(0.0, 0.0, 0.0)
+        return Shift(0.0, 0.0, 0.0), None
     corr = np.fft.irfft2(w, s=shape)
     score = np.abs(corr) if invert else corr
     iy, ix = np.unravel_index(int(np.argmax(score)), shape)
@@ -349,7 +387,55 @@ def _correlate(spec_ref, spec_mov, shape, upsample, invert) -> Shift:
     centred[:2 * r + 1, :2 * r + 1][disc] = -np.inf
     h2 = float(centred.max())
     quality = min(1.0, max(0.0, 1.0 - h2 / h1)) if h1 > 0 else 0.0
-    return Shift(dy, dx, quality)
+    return Shift(dy, dx, quality), weights
+
+
+def _peak_sigma(spec_ref, spec_mov, weights, shift, shape, windows) -> float:
+    """Noise standard error (px, the larger of the two axes') of the extremum
+    at ``shift`` of ``f(t) = Σ_k c Re(A conj(B) exp(i k·t))`` (sum over the
+    full frequency plane), the weighted phase correlation of rfft2 spectra
+    ``A`` of the reference and ``B`` of the moving image, ``weights`` their
+    :func:`_weights`, held fixed: ``H⁻¹ V H⁻¹``, with ``H`` the peak's
+    curvature and ``V`` the covariance of ``∇f`` under pixel noise of
+    uniform variance in each image, of white-noise power per bin of its
+    windowed spectrum its :func:`_noise_floor`. ``∇f`` is linear in each
+    image's pixels; its pixel sensitivities are computed by FFT, so that the
+    windows' correlation of neighbouring frequencies is accounted for.
+    ``windows``: the apodization windows (Ny, Nx) of the two images, None
+    for none. ``inf`` where ``H`` is not positive definite (no peak)."""
+    ny, nx = shape
+    x, c, cols, floors = weights
+    ky = 2 * np.pi * np.fft.fftfreq(ny)[:, None]
+    kx = 2 * np.pi * np.fft.rfftfreq(nx)[None, :]
+    phase = np.exp(1j * (ky * shift[0] + kx * shift[1]))
+    peak = cols * c * (x * phase).real
+    if float(peak.sum()) < 0:  # a minimum (inverted contrast)
+        c, peak = -c, -peak
+    k = (ky, kx)
+    h = np.array([[float((peak * k[i] * k[j]).sum()) for j in range(2)] for i in range(2)])
+    if not np.isfinite(h).all():
+        return math.inf
+    curvatures = np.linalg.eigvalsh(h)
+    if not curvatures.min() > 1e-9 * abs(float(curvatures.max())):
+        return math.inf
+    # ∂_j f is linear in the pixels of the windowed images a and b:
+    # ∂_j f = Σ_p a(p) u_j(p) = Σ_p b(p) v_j(p), with u_j and v_j (up to a
+    # common sign) N times the inverse transforms of the anti-Hermitian
+    # spectra c k_j conj(B) e^{ik·t} and c k_j A e^{ik·t}.
+    v = np.zeros((2, 2))
+    for spectrum, i in ((np.conj(spec_mov) * phase, 0), (spec_ref * phase, 1)):
+        window = 1.0 if windows is None else windows[i]
+        per_pixel = floors[i] / (ny * nx if windows is None else float((window ** 2).sum()))
+        sens = [window * np.fft.irfft2(-1j * c * kj * spectrum, s=shape) * (ny * nx)
+                for kj in k]
+        v += per_pixel * np.array([[float((sens[a] * sens[b]).sum()) for b in range(2)]
+                                   for a in range(2)])
+    # The product of the two images' noise (second order); the bins of a
+    # conjugate pair (interior rfft columns) add equal terms.
+    second = (cols * c) ** 2 * (floors[0] * floors[1] / 2)
+    v += np.array([[float((second * k[i] * k[j]).sum()) for j in range(2)] for i in range(2)])
+    hinv = np.linalg.inv(h)
+    return math.sqrt(max(float(np.diag(hinv @ v @ hinv).max()), 0.0))
 
 
 # ------------------------------------------------------------ public
@@ -398,9 +484,18 @@ def estimate_shift(reference, moving, *, periodic=True, upsample=100, invert=Fal
         noise-free translates); unrelated images, pure noise and repetitive
         lattices (several equal peaks) score near 0: white noise rarely
         above 0.3, unrelated smooth images rarely above 0.45 (up to about
-        0.6 when only a few features span the field of view). Featureless
-        images (standard deviation at most 1e-6 of the mean) give
-        ``Shift(0.0, 0.0, 0.0)``.
+        0.6 when only a few features span the field of view); and
+        ``sigma``, the noise standard error of ``(dy, dx)`` in px (the
+        larger of the two axes'): the curvature of the correlation peak
+        against the spread of its slope under white pixel noise of the power
+        each image's spectrum shows at its quietest frequencies (the
+        correlation's weights held fixed), ``inf`` where the peak has no
+        curvature. In simulations of Poisson-noisy translates it matches the
+        spread of repeated estimates for periodic images and falls short of
+        it by up to a third for apodized ones. It measures noise only, not a
+        wrong peak (a lattice vector off) nor an image that changes between
+        the scans. Featureless images (standard deviation at most 1e-6 of
+        the mean) give ``Shift(0.0, 0.0, 0.0)`` (``sigma`` None).
 
     Raises
     ------
@@ -423,26 +518,39 @@ def estimate_shift(reference, moving, *, periodic=True, upsample=100, invert=Fal
     mov /= float(np.abs(mov).max())
     shape = ref.shape
     if periodic:
-        return _correlate(np.fft.rfft2(ref - ref.mean()), np.fft.rfft2(mov - mov.mean()),
-                          shape, upsample, invert)
+        spec_ref, spec_mov = np.fft.rfft2(ref - ref.mean()), np.fft.rfft2(mov - mov.mean())
+        est, weights = _correlate(spec_ref, spec_mov, shape, upsample, invert)
+        return _with_sigma(est, spec_ref, spec_mov, weights, shape, None)
     ny, nx = shape
     wy, wx = _window(ny, 0, 0), _window(nx, 0, 0)
-    est = _correlate(_apodized_spectrum(ref, wy, wx), _apodized_spectrum(mov, wy, wx),
-                     shape, upsample, invert)
+    windows = (np.outer(wy, wx),) * 2
+    spec_ref, spec_mov = _apodized_spectrum(ref, wy, wx), _apodized_spectrum(mov, wy, wx)
+    est, weights = _correlate(spec_ref, spec_mov, shape, upsample, invert)
     for _ in range(_ITERATIONS):
         margin = math.ceil(max(abs(est.dy), abs(est.dx))) + 1
         if margin >= min(ny, nx) / 4:
             break  # too little of the field of view left inside the windows
         wy, wx = _window(ny, margin, 0), _window(nx, margin, 0)
+        my, mx = _window(ny, margin, est.dy), _window(nx, margin, est.dx)
+        windows = (np.outer(wy, wx), np.outer(my, mx))
         spec_ref = _apodized_spectrum(ref, wy, wx)
-        spec_mov = _apodized_spectrum(mov, _window(ny, margin, est.dy),
-                                      _window(nx, margin, est.dx))
-        new = _correlate(spec_ref, spec_mov, shape, upsample, invert)
+        spec_mov = _apodized_spectrum(mov, my, mx)
+        new, weights = _correlate(spec_ref, spec_mov, shape, upsample, invert)
         step = max(abs(new.dy - est.dy), abs(new.dx - est.dx))
         est = new
         if step < 0.5 / upsample:
             break
-    return est
+    return _with_sigma(est, spec_ref, spec_mov, weights, shape, windows)
+
+
+def _with_sigma(est: Shift, spec_ref, spec_mov, weights, shape, windows) -> Shift:
+    """``est`` with its noise standard error (:func:`_peak_sigma`) from the
+    spectra it was found on and their correlation's ``weights``; unchanged
+    (``sigma`` None) where the spectra have no cross power."""
+    if weights is None:
+        return est
+    return dataclasses.replace(est, sigma=_peak_sigma(spec_ref, spec_mov, weights,
+                                                      (est.dy, est.dx), shape, windows))
 
 
 def _shift_axis(a: np.ndarray, d: float, axis: int, periodic: bool) -> np.ndarray:
@@ -664,10 +772,16 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
     With ``signals`` (a defocus-invariant image of each scan), the shifts of
     planes 0 and 2 are those of their signals against signal 1 (correlation
     maximum), checked against the shift of signal 0 against signal 2: the
-    three must close within 0.5 px when all reach the bar, and also when the
-    match of signal 0 with signal 2 reaches quality 0.2 while either placing
-    match is below 0.95 (a match one lattice vector or a defect off passes
-    the bar lowered for a crystal; the third match still sees it).
+    three must close within 0.71 px (0.5 px for each of the two estimates
+    of the ±dz signals' relative shift, added in quadrature) when all reach
+    the bar, and also when the match of signal 0 with signal 2 reaches
+    quality 0.2 while either placing match is below 0.95 (a match one
+    lattice vector or a defect off passes the bar lowered for a crystal;
+    the third match still sees it). Placing matches of quality 0.95 and
+    more are used as found, unchecked by the third. The noise standard
+    error of each placing match (:func:`estimate_shift`) must be at most
+    0.2 px: at low dose the correlation peak of a small field of view is
+    moved by noise, and the three matches can close on a wrong shift.
 
     From the planes alone, the contrast changes with defocus (for a weak
     phase object ``I(±dz) ≈ I(0) ∓ dz ∇²φ / k``: the ±dz planes are
@@ -747,9 +861,11 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
         (applied when not below ``threshold``); row 1 is zero.
     reliable : bool
         False when a shift is unreliable: quality below ``min_quality``,
-        magnitude above ``max_shift``, estimates that disagree by more than
-        0.5 px, or (planes alone) a noise standard error of the relative
-        shift of the ±dz planes above 0.1 px. A :class:`RegistrationWarning`
+        magnitude above ``max_shift``, estimates that disagree (by more
+        than 0.5 px; signals: a loop that misses closing by more than
+        0.71 px), a noise standard error above 0.2 px of a signal's match
+        with signal 1, or (planes alone) a noise standard error of the
+        relative shift of the ±dz planes above 0.1 px. A :class:`RegistrationWarning`
         then says which plane and why; the estimates are applied as found,
         and the registered planes may be wrong.
 
@@ -796,6 +912,10 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
         # A wrong match of one ±dz signal with signal 1 (a lattice vector or
         # a defect off) passes a lowered bar; the third match still sees it.
         loop = _loop(e01, e21, e02)
+    if signals is not None and min(e01.quality, e21.quality) >= CLOSURE_TRUST:
+        # Both placing matches that sharp are trusted over the match of the
+        # ±dz signals, whatever its quality: it spans twice the defocus.
+        s0, s2, loop = np.array([e01.dy, e01.dx]), np.array([e21.dy, e21.dx]), None
     problems = []
     if signals is not None:
         # Every signal has structure (signal 1 included): each ±dz signal must
@@ -807,10 +927,18 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
                     problems.append(f"the shift of {_NAMES[i]} from the signals, {_fmt(e)} px, "
                                     f"has quality {e.quality:.2f} (signal 0 against signal 2: "
                                     f"{e02.quality:.2f}), below min_quality {min_quality:.2f}")
-        elif loop is not None and float(np.hypot(*loop)) > _CONSISTENCY:
+        elif loop is not None and float(np.hypot(*loop)) > _LOOP:
             problems.append(f"the signals' pairwise shifts disagree: 0 against 1 {_fmt(e01)}, "
                             f"2 against 1 {_fmt(e21)}, 0 against 2 {_fmt(e02)} px miss "
                             f"closing by {np.hypot(*loop):.2f} px")
+        for i, e in ((0, e01), (2, e21)):
+            # Noise alone may move this match's peak by 0.5 px (low dose,
+            # little structure in a small field of view).
+            if (e.quality >= min_quality and e.sigma is not None
+                    and not e.sigma <= _MAX_SIGNAL_SIGMA):
+                problems.append(f"the shift of {_NAMES[i]} from the signals, {_fmt(e)} px, is "
+                                f"uncertain by ±{e.sigma:.2f} px (noise standard error, more "
+                                f"than {_MAX_SIGNAL_SIGMA} px)")
     else:
         if s0 is None:  # no pair matched: start from the raw estimates, the check decides
             s0, s2 = np.array([e01.dy, e01.dx]), np.array([e21.dy, e21.dx])
