@@ -38,3 +38,39 @@ class Reduce4D:
         """Reading the array once: the bandwidth bound."""
         self.data.sum()
         self.be.synchronize()
+
+
+class Registration:
+    """The drift registration of a triplet from its dark-field images
+    (``register_triplet`` with ``signals``: three pairwise phase correlations,
+    each with its noise standard error, and the self-match of each signal),
+    against one plain FFT cross-correlation of two of the images (NumPy)."""
+
+    params = ([64, 128, 256],)
+    param_names = ["size"]
+
+    def setup(self, size):
+        rng = np.random.default_rng(0)
+        y, x = np.mgrid[:size, :size]
+        blobs = sum(np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 18.0)
+                    for cy, cx in rng.uniform(0, size, (size // 4, 2)))
+        base = 20.0 * (1.0 + blobs)
+        shifts = [(1.3, -0.7), (0.0, 0.0), (-0.9, 1.6)]
+        self.signals = [rng.poisson(np.roll(base, (round(dy), round(dx)), (0, 1))).astype(float)
+                        for dy, dx in shifts]
+        self.planes = [s + 1.0 for s in self.signals]
+
+    def time_register_triplet(self, size):
+        import warnings
+
+        from flowtie_fast.stem.registration import register_triplet
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            register_triplet(self.planes, signals=self.signals, periodic=False,
+                             apply_unreliable=False, threshold=1e9)
+
+    def time_numpy_cross_correlation(self, size):
+        """One FFT cross-correlation of two images: the floor of any estimate."""
+        a, b = np.fft.rfft2(self.signals[1]), np.fft.rfft2(self.signals[0])
+        np.fft.irfft2(a * np.conj(b), s=self.signals[0].shape)
