@@ -1256,3 +1256,76 @@ def test_an_empty_path_argument_is_a_usage_error_not_the_current_folder(capsys, 
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"argument {flag}: expected a path, got an empty string" in err[0]
+
+
+def _fake_raw_reader(monkeypatch, beam_energy=300.0, scale=0.02):
+    """Let read_raw read any file as a 4D-STEM signal of these calibrations."""
+    import types
+
+    from flowtie_fast import io as fio
+
+    def reader(path, lazy=True):
+        axes = [{"scale": scale, "units": "nm"}] * 2 + [{"scale": 0.5, "units": "1/nm"}] * 2
+        tem = {"beam_energy": beam_energy}
+        return [{"data": np.ones((4, 4, 8, 8)), "axes": axes,
+                 "metadata": {"Acquisition_instrument": {"TEM": tem}}}]
+
+    module = types.SimpleNamespace(file_reader=reader)
+    monkeypatch.setattr(fio, "importlib", types.SimpleNamespace(import_module=lambda n: module))
+    return fio
+
+
+@pytest.mark.parametrize("energy, says", [
+    ("200 kV", r"records the beam energy as '200 kV', not a number in keV"),
+    ([300.0], r"records the beam energy as \[300\.0\], not a number in keV"),
+    (True, r"records the beam energy as True, not a number in keV"),
+    (3e5, r"records a beam energy of 300000\.0 keV; expected 1 to 10000 keV"),
+])
+def test_a_beam_energy_a_detector_file_records_as_no_number_is_named(tmp_path, monkeypatch,
+                                                                     energy, says):
+    """The file's beam energy was passed to float(): text such as '200 kV' or
+    a list raised ValueError or TypeError, and True was read as 1 keV."""
+    fio = _fake_raw_reader(monkeypatch, beam_energy=energy)
+    (tmp_path / "z.emd").write_bytes(b"x")
+    with pytest.raises(ft.InputError, match=r"^energy: z\.emd " + says + r".*give energy"):
+        fio.read_raw(tmp_path / "z.emd")
+    assert fio.read_raw(tmp_path / "z.emd", energy=300e3)[3] == 300e3
+
+
+@pytest.mark.parametrize("scale", [None, "abc"])
+def test_a_detector_file_axis_without_a_numeric_scale_is_named(tmp_path, monkeypatch, scale):
+    fio = _fake_raw_reader(monkeypatch, scale=scale)
+    (tmp_path / "z.emd").write_bytes(b"x")
+    with pytest.raises(ft.InputError, match=r"^scan_step: z\.emd records a scan axis scale as "
+                                            r".*, not a number; give scan_step"):
+        fio.read_raw(tmp_path / "z.emd", energy=300e3)
+    assert fio.read_raw(tmp_path / "z.emd", energy=300e3, scan_step=0.2)[1] == (0.2, 0.2)
+
+
+def test_detector_files_of_other_calibrations_are_not_one_focal_series(tmp_path):
+    """The in-focus file's calibration was taken for all three: a defocused
+    scan recorded at ten times the step was reconstructed as if it matched."""
+    from flowtie_fast.io import load_raw_triplet
+
+    emd = pytest.importorskip("rsciio.emd")
+    data = np.random.default_rng(0).random((6, 5, 10, 12)).astype(np.float32)
+
+    def write(name, step, k):
+        axes = [{"name": n, "size": s, "scale": v, "units": u, "navigate": nav, "offset": 0}
+                for n, s, v, u, nav in (("y", 6, step, "nm", True), ("x", 5, step, "nm", True),
+                                        ("ky", 10, k, "1/nm", False),
+                                        ("kx", 12, k, "1/nm", False))]
+        emd.file_writer(str(tmp_path / name), {
+            "data": data, "axes": axes, "original_metadata": {},
+            "metadata": {"General": {"title": name}, "Signal": {"signal_type": ""}}})
+        return tmp_path / name
+
+    m, z = write("m.emd", 0.02, 0.5), write("z.emd", 0.02, 0.5)
+    with pytest.raises(ft.InputError, match=r"^plus: p\.emd records scan_step \(2\.0, 2\.0\) Å, "
+                                            r"the in-focus file z\.emd \(0\.2, 0\.2\) Å.*give "
+                                            r"scan_step"):
+        load_raw_triplet(m, z, write("p.emd", 0.2, 0.5), dz=DZ, energy=E)
+    with pytest.raises(ft.InputError, match=r"^minus: q\.emd records k_sampling \(0\.5, 0\.5\)"):
+        load_raw_triplet(write("q.emd", 0.02, 5.0), z, m, dz=DZ, energy=E)
+    ds = load_raw_triplet(m, z, tmp_path / "p.emd", dz=DZ, energy=E, scan_step=0.2)
+    assert ds.scan_step == (0.2, 0.2)
