@@ -211,6 +211,9 @@ def _report_registration(record) -> None:
     """One line on the registration of a 4D-STEM triplet's scans."""
     if not record:
         return
+    if record.get("why"):  # nothing was measured: no shifts to report
+        print(f"registration: not measured ({record['why']}); the planes are used as recorded")
+        return
     s = record["shifts"]
     shifts = ", ".join(f"{name} ({s[i][0]:+.2f}, {s[i][1]:+.2f})"
                        for i, name in ((0, "-dz"), (2, "+dz")))

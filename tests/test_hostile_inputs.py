@@ -1329,3 +1329,17 @@ def test_detector_files_of_other_calibrations_are_not_one_focal_series(tmp_path)
         load_raw_triplet(write("q.emd", 0.02, 5.0), z, m, dz=DZ, energy=E)
     ds = load_raw_triplet(m, z, tmp_path / "p.emd", dz=DZ, energy=E, scan_step=0.2)
     assert ds.scan_step == (0.2, 0.2)
+
+
+def test_a_registration_that_measured_nothing_is_not_reported_with_shifts(tmp_path, capsys):
+    """Without a dark field nothing is measured: the command line printed
+    'registration from the None images: shifts ... (+0.00, +0.00)'."""
+    flat = [np.full((8, 8, 6, 6), 50, np.uint16) + p[:, :, 5:11, 5:11] % 3
+            for p in patterns((8, 8, 16, 16))]
+    ft.save(tmp_path / "d.npz", ft.Dataset(*flat, DZ, 0.2, E, 0.05))
+    assert cli.main(["reconstruct", str(tmp_path / "d.npz"), "-o",
+                     str(tmp_path / "o.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out and "registration from" not in out
+    assert "registration: not measured (no dark field on the detector); the planes are used " \
+           "as recorded" in out
