@@ -1343,3 +1343,26 @@ def test_a_registration_that_measured_nothing_is_not_reported_with_shifts(tmp_pa
     assert "None" not in out and "registration from" not in out
     assert "registration: not measured (no dark field on the detector); the planes are used " \
            "as recorded" in out
+
+
+@pytest.mark.parametrize("line, says", [
+    ("gain_noise = 1e12", r"^acquisition\.gain_noise: expected a number in \[0, 10\]"),
+    ("gain_map = [0.0, 1e12]", r"^acquisition\.gain_map: expected \[low, high\] numbers within "
+                               r"\[0, 1\]"),
+    ("source_fwhm = 1e12", r"^acquisition\.source_fwhm: expected a number in \[0, 100\] Å"),
+    ("dose = 1e12", r"^acquisition\.dose: expected a number in \[0, 1e\+10\] e/Å²"),
+    ("drift = [1.0, 5.0]", r"^acquisition\.drift: expected one number in \[0, 64\] scan pixels"),
+])
+def test_a_sweep_recipe_acquisition_beyond_reason_is_refused_when_read(tmp_path, line, says):
+    """Values up to 1e12 were taken, and a drift range [low, high] that
+    random_conditions refuses: the failure came when the corpus was loaded
+    for training, after the sweep had simulated it."""
+    from flowtie_fast.simulation import sweep
+
+    key = line.split(" =")[0]
+    text = "\n".join(line if ln.startswith(key + " ") else ln
+                     for ln in sweep.DEFAULT_CONFIG.read_text().splitlines())
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ft.InputError, match=says):
+        sweep.load_config(tmp_path / "c.toml")
+    assert sweep.load_config()["acquisition"]["drift"] == 5.0

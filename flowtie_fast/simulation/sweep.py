@@ -98,6 +98,14 @@ HELD_OUT = {
 KINDS = ("crystal", "layered", "amorphous", "nanoparticle", "interface", "edge")
 SCANS = ("periodic", "window")
 ACQUISITION_KEYS = ("dose", "gain_noise", "gain_map", "drift", "source_fwhm")
+#: The range of each ``[acquisition]`` value (low, high, unit): a number or a
+#: pair ``[low, high]`` within it (``drift``: one number), read before any
+#: series is simulated, not when the corpus is loaded for training.
+ACQUISITION_RANGES = {"dose": (0.0, 1e10, "e/Å²"),
+                      "gain_noise": (0.0, 10.0, "(relative spread of one electron's signal)"),
+                      "gain_map": (0.0, 1.0, "(relative spread of the pixel gains)"),
+                      "drift": (0.0, 64.0, "scan pixels"),
+                      "source_fwhm": (0.0, 100.0, "Å")}
 DEFOCI = 3
 
 # ----------------------------------------------------------------------------- config
@@ -351,11 +359,14 @@ def check_config(cfg) -> dict:
         if key not in t:
             continue
         v = t[key]
+        lo, hi, unit = ACQUISITION_RANGES[key]
+        if key == "drift" and isinstance(v, list):  # random_conditions takes one number
+            _fail("acquisition.drift", f"one number in [{lo:g}, {hi:g}] {unit} (the largest "
+                  "shift of the defocused scans)", v)
         if isinstance(v, list):
-            lo, hi = _pair(t, key, "acquisition.", 0.0, 1e12)
-            acq[key] = [lo, hi]
+            acq[key] = _pair(t, key, "acquisition.", lo, hi, unit)
         else:
-            acq[key] = _real(t, key, "acquisition.", 0.0, 1e12)
+            acq[key] = _real(t, key, "acquisition.", lo, hi, unit)
     if "dose" in acq and min(np.atleast_1d(acq["dose"])) <= 0:
         _fail("acquisition.dose", "positive e/Å² (a number or [low, high])", t["dose"])
     out["acquisition"] = acq
