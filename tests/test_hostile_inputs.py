@@ -1366,3 +1366,32 @@ def test_a_sweep_recipe_acquisition_beyond_reason_is_refused_when_read(tmp_path,
     with pytest.raises(ft.InputError, match=says):
         sweep.load_config(tmp_path / "c.toml")
     assert sweep.load_config()["acquisition"]["drift"] == 5.0
+
+
+def test_series_beyond_their_stage_max_cost_are_named_before_any_is_simulated(tmp_path,
+                                                                              monkeypatch):
+    """Where no draw fitted within max_cost the cheapest was planned without a
+    word: a recipe of 200 Å supercells planned series of hours each, against a
+    max_cost of minutes, and began simulating them."""
+    from flowtie_fast.simulation import sweep
+
+    text = sweep.DEFAULT_CONFIG.read_text()
+    for old, new in (("supercell = [12.0, 20.0]", "supercell = [200.0, 200.0]"),
+                     ("series = 40", "series = 4"), ("series = 160", "series = 1"),
+                     ("series = 100", "series = 1")):
+        text = text.replace(old, new, 1)
+    (tmp_path / "c.toml").write_text(text)
+    cfg = sweep.load_config(tmp_path / "c.toml")
+    over = sweep.over_budget(cfg, sweep.plan(cfg))
+    assert len(over) == 6 and over[0]["estimated_seconds"] > 3600
+    warned_first = []
+    with pytest.warns(UserWarning, match=r"^config: 1 of 1 series exceed their stage's "
+                                         r"max_cost \(no draw of 60 fitted\), the costliest "
+                                         r"s0000 .* against max_cost 2\.8 .*estimated "
+                                         r"[0-9]+:[0-9]{2}:[0-9]{2}; narrow the ranges") as got:
+        monkeypatch.setattr(sweep, "build_specimen",
+                            lambda s: warned_first.append(len(got)) or 1 / 0)
+        sweep.run(cfg, tmp_path / "out", limit=1, progress=False, log=lambda line: None)
+    assert warned_first == [1]
+    assert "config: 6 of 6 series exceed their stage's max_cost" in \
+        sweep.list_plan(cfg, sweep.plan(cfg))

@@ -30,7 +30,8 @@ already span every kind. Every series draws its settings from its own random
 generator (seeded by the recipe's seed and the series index), so appending
 stages or series leaves the earlier ones unchanged. Within a stage a series
 whose cost exceeds the stage's ``max_cost`` (in 1e9 cost units, below) is
-drawn again.
+drawn again, up to :data:`DRAWS` times; where none fits, the cheapest draw is
+planned, and ``--list`` and :func:`run` (before it simulates) say so.
 
 Cost
 ----
@@ -64,6 +65,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +80,7 @@ from .specimens import (AMORPHOUS, CRYSTALS, LAYERED, ZONES, _FAMILY, _conventio
                         crystal_cell, interface, layered, nanoparticle_on_support, point_defects)
 
 __all__ = ["load_config", "plan", "run", "estimate_seconds", "list_plan", "read_manifest",
-           "check_folder", "HELD_OUT", "DEFAULT_CONFIG"]
+           "check_folder", "over_budget", "HELD_OUT", "DEFAULT_CONFIG"]
 
 #: The recipe shipped with the package.
 DEFAULT_CONFIG = Path(__file__).parent.parent / "data" / "corpus.toml"
@@ -577,10 +579,34 @@ def plan(cfg) -> list:
     return out
 
 
+#: Draws of a series within its stage's ``max_cost`` before the cheapest is kept.
+DRAWS = 60
+
+
+def over_budget(cfg, series) -> list:
+    """The planned ``series`` whose cost exceeds their stage's ``max_cost``
+    (no draw of :data:`DRAWS` fitted: the cheapest was kept), costliest
+    first."""
+    over = [s for s in series if s["cost_units"] > cfg["stage"][s["stage"]]["max_cost"] * 1e9]
+    return sorted(over, key=lambda s: -s["cost_units"])
+
+
+def _over_budget_text(cfg, over, n) -> str:
+    """One line on the series of :func:`over_budget` (of ``n``)."""
+    top = over[0]
+    limit = cfg["stage"][top["stage"]]["max_cost"]
+    return (f"config: {len(over)} of {n} series exceed their stage's max_cost (no draw of "
+            f"{DRAWS} fitted), the costliest {top['id']} {top['name']}: "
+            f"{top['cost_units'] / 1e9:.3g} against max_cost {limit:g} (x 1e9 units), "
+            f"estimated {_format_seconds(top['estimated_seconds'])}; narrow the ranges that "
+            "set the cost (grid.supercell, grid.potential_sampling, grid.scan_gpts, "
+            "optics.frozen_phonons, stage thickness) or raise max_cost")
+
+
 def _plan_series(cfg, stage, stage_index, fam, ref, index):
     rng = np.random.default_rng([cfg["sweep"]["seed"], index])
     best = None
-    for _ in range(60):
+    for _ in range(DRAWS):
         series = _draw_series(cfg, stage, fam, ref, index, rng)
         series["stage"] = stage_index
         if best is None or series["cost_units"] < best["cost_units"]:
@@ -1196,6 +1222,9 @@ def list_plan(cfg, series, folder=None, file=None) -> str:
         families[s["family"]] = families.get(s["family"], 0) + 1
     lines.append("families in the first 40: " + ", ".join(f"{k} {v}"
                                                           for k, v in families.items()))
+    over = over_budget(cfg, series)
+    if over:
+        lines.append(_over_budget_text(cfg, over, len(series)))
     if others:
         lines.append(f"{len(others)} series in {str(folder)!r} ({others[0]}"
                      f"{'' if len(others) == 1 else ', ...'}) "
@@ -1290,6 +1319,13 @@ def run(cfg, folder, *, limit=None, progress=True, log=print, device="cpu") -> d
     -------
     dict
         ``planned``, ``done_before``, ``simulated``, ``failed`` (ids), ``seconds``.
+
+    Warns
+    -----
+    UserWarning
+        Before any series is simulated, where pending series exceed their
+        stage's ``max_cost`` (:func:`over_budget`), naming the costliest and
+        its estimated time.
     """
     device_context(device)  # "gpu" without a device: refused before any series
 
@@ -1306,6 +1342,9 @@ def run(cfg, folder, *, limit=None, progress=True, log=print, device="cpu") -> d
         pending = [s for s in series if not _is_done(s, folder, records)]
         if limit is not None:
             pending = pending[:int(limit)]
+        over = over_budget(cfg, pending)
+        if over:  # before any is simulated: they may take far longer than the recipe meant
+            warnings.warn(_over_budget_text(cfg, over, len(pending)), UserWarning, stacklevel=2)
         bar = _Progress(pending, enabled=progress)
         failed = []
         t_start = time.perf_counter()
