@@ -1395,3 +1395,47 @@ def test_series_beyond_their_stage_max_cost_are_named_before_any_is_simulated(tm
     assert warned_first == [1]
     assert "config: 6 of 6 series exceed their stage's max_cost" in \
         sweep.list_plan(cfg, sweep.plan(cfg))
+
+
+def test_a_flow_network_of_complex_or_integer_output_is_refused(tmp_path):
+    """A network returning complex numbers passed the probe (shape and
+    finiteness only) and its imaginary part was dropped by .float() at
+    prediction with PyTorch's warning; a bool flow was read as 0 and 1."""
+    torch = pytest.importorskip("torch")
+    import json
+
+    from flowtie_fast.flow import FlowModel
+
+    class Complex(torch.nn.Module):
+        def forward(self, x):
+            return torch.complex(x[:, :2], x[:, 2:4])
+
+    class ComplexBeyondTheProbe(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[-1] > 32:
+                return torch.complex(x[:, :2], x[:, 2:4])
+            return x[:, :2] * 0.0
+
+    class Boolean(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :2] > 0
+
+    def export(name, module):
+        path = tmp_path / name
+        torch.jit.save(torch.jit.script(module), str(path),
+                       _extra_files={"config.json": json.dumps({"in_channels": 6})})
+        return path
+
+    for name, module, dtype in (("c.pt", Complex(), "complex64"), ("b.pt", Boolean(), "bool")):
+        with pytest.raises(ft.InputError, match=rf"^model: '.*{name}' returns a tensor of "
+                                                rf"torch\.{dtype} for a probe triplet"):
+            FlowModel(export(name, module))
+    t = ft.FocalTriplet(*[np.tile(p, (2, 2)) for p in planes()], DZ, PIXEL, E,
+                        gradient=np.zeros((2, 2 * N, 2 * N)))
+    late = FlowModel(export("late.pt", ComplexBeyondTheProbe()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "discards the imaginary part"
+        with pytest.raises(ft.InputError, match=r"^model: the flow network .*late\.pt' returned "
+                                                r"a tensor of torch\.complex64 for an input of "
+                                                r"\(1, 6, 64, 64\)"):
+            ft.reconstruct(t, "flowtie", model=late, backend="cpu", uncertainty=False)
