@@ -1439,3 +1439,12 @@ def test_a_flow_network_of_complex_or_integer_output_is_refused(tmp_path):
                                                 r"a tensor of torch\.complex64 for an input of "
                                                 r"\(1, 6, 64, 64\)"):
             ft.reconstruct(t, "flowtie", model=late, backend="cpu", uncertainty=False)
+
+
+def test_a_sweep_recipe_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """A recipe saved by an editor that writes a UTF-8 byte-order mark was
+    refused as 'not valid TOML (Invalid statement (at line 1, column 1))'."""
+    from flowtie_fast.simulation import sweep
+
+    (tmp_path / "c.toml").write_bytes(b"\xef\xbb\xbf" + sweep.DEFAULT_CONFIG.read_bytes())
+    assert sweep.load_config(tmp_path / "c.toml")["sweep"] == sweep.load_config()["sweep"]

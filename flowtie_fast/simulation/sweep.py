@@ -264,7 +264,8 @@ def load_config(path=None) -> dict:
     check_input_file("config", path)  # says what a directory, FIFO or broken link is
     raw = path.read_bytes()
     try:
-        cfg = _toml().loads(raw.decode("utf-8"))
+        # "utf-8-sig": a byte-order mark (some Windows editors write one) is no TOML
+        cfg = _toml().loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise InputError(f"config: {path.name} is not UTF-8 text ({exc})") from exc
     except Exception as exc:  # tomllib.TOMLDecodeError
