@@ -250,15 +250,23 @@ def verdict(rms_spread, phase_rms: float, snr: float, icom_rms=None,
         why = (f"the phase is {ratio:.3g} times as strong as the one the measured centre "
                f"of mass gives")
     elif rel is not None and rel > cal["spread_limit"]:
-        why = f"the models disagree by {rel:.0%} of the phase"
+        why = f"the models disagree by {_share(rel)}"
     elif rel is not None and snr == 0 and rel > cal["spread_limit_no_signal"]:
         why = (f"no signal above the noise in the focal derivative and the models "
-               f"disagree by {rel:.0%} of the phase")
+               f"disagree by {_share(rel)}")
     elif rel is None and snr == 0:
         why = ("no signal above the noise in the focal derivative, and a single model "
                "gives no spread to check its flow against")
     return {"trusted": not why, "rel_spread": rel, "snr": snr, "icom_ratio": ratio,
             "why": why or None}
+
+
+def _share(rel) -> str:
+    """``rel``, a spread over the phase's RMS, in words: a percentage, or, for
+    a flat phase (``rel`` infinite), the spread with nothing to compare it to."""
+    if math.isinf(rel):
+        return "more than the phase itself, which is flat"
+    return f"{rel:.0%} of the phase"
 
 
 def disagreement(phase, reference, scratch=None) -> float:

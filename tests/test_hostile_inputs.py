@@ -1448,3 +1448,14 @@ def test_a_sweep_recipe_saved_with_a_byte_order_mark_is_read(tmp_path):
 
     (tmp_path / "c.toml").write_bytes(b"\xef\xbb\xbf" + sweep.DEFAULT_CONFIG.read_bytes())
     assert sweep.load_config(tmp_path / "c.toml")["sweep"] == sweep.load_config()["sweep"]
+
+
+def test_models_that_disagree_on_a_flat_phase_are_not_said_to_disagree_by_inf_percent():
+    """The trust check's reason read 'the models disagree by inf% of the
+    phase' where the flow's phase is flat."""
+    from flowtie_fast import trust
+
+    verdict = trust.verdict(0.1, 0.0, 1.0)
+    assert not verdict["trusted"] and verdict["rel_spread"] == float("inf")
+    assert "inf%" not in verdict["why"]
+    assert verdict["why"] == "the models disagree by more than the phase itself, which is flat"
