@@ -1459,3 +1459,14 @@ def test_models_that_disagree_on_a_flat_phase_are_not_said_to_disagree_by_inf_pe
     assert not verdict["trusted"] and verdict["rel_spread"] == float("inf")
     assert "inf%" not in verdict["why"]
     assert verdict["why"] == "the models disagree by more than the phase itself, which is flat"
+
+
+def test_a_misspelt_shipped_model_name_lists_the_shipped_names():
+    """model='defaultx' said only "model: no such file 'defaultx'"."""
+    pytest.importorskip("torch")
+    from flowtie_fast.flow import FlowModel
+
+    with pytest.raises(ft.InputError, match=r"^model: no such file 'defaultx'; expected a "
+                                            r"shipped name \(.*default, fast.*\) or a "
+                                            r"TorchScript file"):
+        FlowModel("defaultx")

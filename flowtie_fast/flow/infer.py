@@ -328,7 +328,8 @@ class FlowModel:
         if not path.is_file():
             if os.path.lexists(path):  # a FIFO, a device, a loop or a dangling link
                 check_input_file("model", path)
-            raise InputError(f"model: no such file {str(path)!r}")
+            raise InputError(f"model: no such file {str(path)!r}; expected a shipped name "
+                             f"({', '.join(sorted(SHIPPED))}) or a TorchScript file")
         if shipped is None:  # a shipped file given by its path is checked alike
             shipped = _shipped_name(path)
         if shipped is not None:
