@@ -1470,3 +1470,21 @@ def test_a_misspelt_shipped_model_name_lists_the_shipped_names():
                                             r"shipped name \(.*default, fast.*\) or a "
                                             r"TorchScript file"):
         FlowModel("defaultx")
+
+
+def test_training_data_whose_ground_truth_overflows_float32_are_named(tmp_path, capsys):
+    """A gradient_gt of 1e300 became Inf in float32: the training printed
+    'overflow encountered in cast' and then blamed the learning rate ('the
+    flow model collapsed ...; try a lower lr or another seed')."""
+    pytest.importorskip("torch")
+    m, z, p = planes()
+    np.savez(tmp_path / "big.npz", minus=m, zero=z, plus=p, dz=DZ, scan_step=PIXEL, energy=E,
+             phase_gt=np.zeros((N, N)), gradient_gt=np.full((2, N, N), 1e300))
+    assert cli.main(["train", str(tmp_path), "--steps", "2", "--batch", "1", "--restarts", "1",
+                     "-o", str(tmp_path / "m.pt"), "--checkpoint",
+                     str(tmp_path / "c.ckpt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["flowtie train: error: big.npz: 'gradient_gt' holds values up to 1e+300, "
+                   "beyond the range of float32 (3.4e+38) that training works in; expected "
+                   "rad/Å"]
+    assert not (tmp_path / "m.pt").exists()
