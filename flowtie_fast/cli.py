@@ -278,8 +278,8 @@ def _simulate(args) -> int:
     for k, default in _SERIES_OPTIONS.items():
         if getattr(args, k) is None:
             setattr(args, k, default)
-    from flowtie_fast.simulation.simulate import (check_settings, series_thicknesses,
-                                                  simulate_series)
+    from flowtie_fast.simulation.simulate import (cell_height, check_settings,
+                                                  series_thicknesses, simulate_series)
 
     from flowtie_fast.simulation.sweep import check_folder
 
@@ -293,8 +293,15 @@ def _simulate(args) -> int:
                    potential_sampling=args.sampling, max_angle=args.max_angle,
                    frozen_phonons=args.frozen_phonons, dose=args.dose, seed=args.seed,
                    tilt=tilt)
-    paths = [out / _case_name(args.material, t)
-             for t in series_thicknesses(args.material, args.thickness)]
+    simulated = series_thicknesses(args.material, args.thickness)
+    wanted = sorted(set(args.thickness))
+    cell = cell_height(args.material)
+    if len(simulated) < len(wanted) or min(wanted) < cell / 2:  # merged, or raised to a cell
+        warnings.warn(f"--thickness: {', '.join(f'{t:g}' for t in wanted)} Å become "
+                      f"{len(simulated)} thickness{'es' if len(simulated) > 1 else ''} of whole "
+                      f"{args.material} unit cells ({cell:.4g} Å each): "
+                      f"{', '.join(f'{t:.1f}' for t in simulated)} Å", UserWarning, stacklevel=2)
+    paths = [out / _case_name(args.material, t) for t in simulated]
     for path in paths:  # before minutes of simulation, not after
         check_output(path, overwrite=args.overwrite)
     start = time.perf_counter()

@@ -1488,3 +1488,25 @@ def test_training_data_whose_ground_truth_overflows_float32_are_named(tmp_path, 
                    "beyond the range of float32 (3.4e+38) that training works in; expected "
                    "rad/Å"]
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("thickness, says", [
+    (["5", "5.1", "5.2"], "5, 5.1, 5.2 Å become 1 thickness of whole GaAs unit cells "
+                          "(5.653 Å each): 5.7 Å"),
+    (["0.1", "30"], "0.1, 30 Å become 2 thicknesses of whole GaAs unit cells (5.653 Å each): "
+                    "5.7, 28.3 Å"),
+])
+def test_simulate_says_when_thicknesses_become_fewer_or_thicker_cells(tmp_path, capsys,
+                                                                      monkeypatch, thickness,
+                                                                      says):
+    """Three thicknesses within one unit cell gave one file, and 0.1 Å gave
+    a whole cell of 5.65 Å, without a word before the simulation."""
+    pytest.importorskip("ase")
+    from flowtie_fast.simulation import simulate
+
+    monkeypatch.setattr(simulate, "simulate_series", lambda *a, **k: [])
+    assert cli.main(["simulate", "--thickness", *thickness, "-o", str(tmp_path)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"flowtie simulate: warning: --thickness: {says}"]
+    assert cli.main(["simulate", "--thickness", "5.65", "22.6", "-o", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""
