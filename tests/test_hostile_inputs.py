@@ -1510,3 +1510,15 @@ def test_simulate_says_when_thicknesses_become_fewer_or_thicker_cells(tmp_path, 
     assert err == [f"flowtie simulate: warning: --thickness: {says}"]
     assert cli.main(["simulate", "--thickness", "5.65", "22.6", "-o", str(tmp_path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_evaluate_shows_a_thickness_the_file_does_not_record_as_unknown_not_nan(tmp_path,
+                                                                               capsys):
+    """A file without 'thickness' was shown as '(case, nan Å)' and '| nan |'."""
+    m, z, p = planes()
+    np.savez(tmp_path / "c.npz", minus=m, zero=z, plus=p, dz=DZ, scan_step=PIXEL, energy=E,
+             phase_gt=np.outer(np.sin(np.arange(N)), np.ones(N)))
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    assert "c.npz (c): NMSE tie " in out and "| c.npz | c | - | " in out
