@@ -1522,3 +1522,23 @@ def test_evaluate_shows_a_thickness_the_file_does_not_record_as_unknown_not_nan(
     out = capsys.readouterr().out
     assert "nan" not in out
     assert "c.npz (c): NMSE tie " in out and "| c.npz | c | - | " in out
+
+
+def test_fftw_planning_of_awkward_sizes_is_bounded_in_time(monkeypatch):
+    """FFTW_MEASURE planned sizes of large prime factors for longer than any
+    solve (a TIESolver of 2 x 4099 px: 37 s; 2 x 1048573 px: over 5 minutes),
+    in C, where Ctrl-C is not seen: each plan now has a time limit."""
+    pyfftw = pytest.importorskip("pyfftw")
+    from flowtie_fast import fft
+
+    limits = []
+    real_fftw = pyfftw.FFTW
+
+    def spy(*args, **kwargs):
+        limits.append(kwargs.get("planning_timelimit"))
+        return real_fftw(*args, **kwargs)
+
+    monkeypatch.setattr(pyfftw, "FFTW", spy)
+    for boundary in ("periodic", "mirror"):  # measured plans (64² and more): quick here
+        ft.TIESolver((64, 96), PIXEL, boundary=boundary, backend="cpu")
+    assert len(limits) >= 4 and all(t == fft.PLANNING_SECONDS <= 10 for t in limits)
