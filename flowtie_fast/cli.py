@@ -340,11 +340,12 @@ def _simulate_sweep(args, given) -> int:
     if args.list:
         sweep.list_plan(cfg, series, folder=args.output, file=sys.stdout)
         return 0
-    longest = max(series, key=lambda s: s["estimated_seconds"])
-    print(f"sweep {cfg['sweep']['name']!r} ({cfg['_source']}): {len(series)} series planned "
-          f"(estimated {sum(s['estimated_seconds'] for s in series) / 3600:.1f} h, the longest "
-          f"{longest['id']} {sweep._format_seconds(longest['estimated_seconds'])}); "
-          f"output {args.output}", flush=True)
+    longest = max(series, key=lambda s: s["estimated_seconds"], default=None)
+    cost = "" if longest is None else (
+        f" (estimated {sum(s['estimated_seconds'] for s in series) / 3600:.1f} h, the longest "
+        f"{longest['id']} {sweep._format_seconds(longest['estimated_seconds'])})")
+    print(f"sweep {cfg['sweep']['name']!r} ({cfg['_source']}): {len(series)} series "
+          f"planned{cost}; output {args.output}", flush=True)
     result = sweep.run(cfg, args.output, limit=args.limit,
                        log=lambda line: print(line, flush=True), device=args.device)
     print(f"{result['simulated']} series simulated in {result['seconds']:.0f} s "
