@@ -1542,3 +1542,32 @@ def test_fftw_planning_of_awkward_sizes_is_bounded_in_time(monkeypatch):
     for boundary in ("periodic", "mirror"):  # measured plans (64² and more): quick here
         ft.TIESolver((64, 96), PIXEL, boundary=boundary, backend="cpu")
     assert len(limits) >= 4 and all(t == fft.PLANNING_SECONDS <= 10 for t in limits)
+
+
+@pytest.mark.parametrize("line, key", [
+    ({"id": "s0000", "plan": "x"}, "plan"),
+    ({"id": "s0000", "plan": {"id": "s0000", "kind": "crystal"}}, "plan"),
+    ({"id": "s0000", "files": "abc"}, "files"),
+    ({"id": "s0000", "index": True}, "index"),
+    ({"id": "s0000", "truth": [1]}, "truth"),
+])
+def test_a_sweep_manifest_line_of_another_form_is_named(tmp_path, capsys, line, key):
+    """A manifest line whose plan was no planned series failed --list and the
+    run with 'unexpected TypeError' or KeyError (exit status 1); its files or
+    index failed the training's load_corpus alike."""
+    import json
+
+    from flowtie_fast.simulation import sweep
+    from flowtie_fast.training.data import load_corpus
+
+    (tmp_path / "manifest.jsonl").write_text('{"id": "s00\n' + json.dumps(line) + "\n")
+    says = rf"manifest\.jsonl: line 2 \(series s0000\) records '{key}' as .*, expected "
+    with pytest.raises(ft.InputError, match="^" + says):
+        sweep.read_manifest(tmp_path)
+    with pytest.raises(ft.InputError, match="^" + says):
+        load_corpus(tmp_path)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(sweep.DEFAULT_CONFIG.read_text())
+    assert cli.main(["simulate", "--sweep", str(recipe), "--list", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flowtie simulate: error: manifest.jsonl: line 2")

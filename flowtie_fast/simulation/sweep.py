@@ -1013,13 +1013,22 @@ def build_specimen(series):
 def read_manifest(folder) -> dict:
     """The finished series recorded in ``folder/manifest.jsonl``: id -> record
     (the last line of an id wins; lines that do not parse, such as the tail of a
-    killed write, are skipped)."""
+    killed write, are skipped).
+
+    Raises
+    ------
+    InputError
+        Naming the file, the line and the key, for a line of a series (a JSON
+        object with a string ``id``) whose ``plan``, ``files``, ``index``,
+        ``scan``, ``truth`` or ``acquisition`` is not of the form
+        :func:`run` writes (an edited or foreign manifest).
+    """
     path = Path(folder) / "manifest.jsonl"
     out = {}
     if not path.is_file():
         return out
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
@@ -1028,8 +1037,32 @@ def read_manifest(folder) -> dict:
             except json.JSONDecodeError:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("id"), str):
+                _check_record(rec, path, number)
                 out[rec["id"]] = rec
     return out
+
+
+def _check_record(rec, path, number) -> None:
+    """A manifest line of the form :func:`run` writes, in the keys the sweep
+    and the training read; :class:`InputError` naming the line otherwise."""
+    plan_keys = ("id", "kind", "name", "specimen", "settings", "scan", "extent", "thicknesses",
+                 "files")
+    checks = (("plan", lambda v: isinstance(v, dict) and all(k in v for k in plan_keys),
+               f"a planned series (a table with {', '.join(plan_keys)})"),
+              ("files", lambda v: isinstance(v, list) and all(
+                  isinstance(e, dict) and isinstance(e.get("file"), str) for e in v),
+               "a list of tables with a 'file' name"),
+              ("index", lambda v: isinstance(v, int) and not isinstance(v, bool),
+               "an integer"),
+              ("scan", lambda v: isinstance(v, dict), "a table"),
+              ("truth", lambda v: isinstance(v, dict), "a table"),
+              ("acquisition", lambda v: isinstance(v, dict), "a table"))
+    for key, ok, want in checks:
+        if key in rec and not ok(rec[key]):
+            raise InputError(f"{path.name}: line {number} (series {_short(rec['id'])}) "
+                             f"records '{key}' as {_short(repr(rec[key]), 60)}, expected "
+                             f"{want}: not a line this sweep wrote; restore the file or use "
+                             "another folder")
 
 
 def _append_line(path, record) -> None:
