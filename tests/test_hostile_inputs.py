@@ -1571,3 +1571,23 @@ def test_a_sweep_manifest_line_of_another_form_is_named(tmp_path, capsys, line, 
     assert cli.main(["simulate", "--sweep", str(recipe), "--list", "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("flowtie simulate: error: manifest.jsonl: line 2")
+
+
+@pytest.mark.parametrize("option, value", [("gain_noise", 1e3), ("gain_noise", 1e200),
+                                           ("gain_map", 1e6), ("gain_map", 1e200)])
+def test_a_gain_spread_whose_draws_underflow_is_refused(option, value):
+    """A gain noise of 1e3 (or a gain map spread of 1e6) gave counts of zero
+    everywhere without a word, 1e200 an OverflowError."""
+    from flowtie_fast.simulation import acquisition
+
+    patterns = np.ones((4, 4, 8, 8))
+    with pytest.raises(ft.InputError, match=rf"^{option}: expected a relative spread in "
+                                            r"\[0, (10|1)\], got "):
+        acquisition.counts(patterns, 1e3, 0.5, np.random.default_rng(0), **{option: value})
+    with pytest.raises(ft.InputError, match=rf"^{option}: expected a relative spread"):
+        acquisition.apply([patterns] * 3, rng=np.random.default_rng(0), dose=1e3,
+                          scan_step=0.5, **{option: value})
+    top = {"gain_noise": acquisition.GAIN_NOISE_MAX, "gain_map": acquisition.GAIN_MAP_MAX}
+    c = acquisition.counts(patterns, 1e3, 0.5, np.random.default_rng(0),
+                           **{option: top[option]})
+    assert np.isfinite(c).all() and c.mean() > 1

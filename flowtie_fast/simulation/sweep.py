@@ -75,6 +75,7 @@ from ..errors import InputError
 from ..files import _path_error, _short, as_path, check_input_file
 from ..io import Dataset, save
 from ..physics import wavelength
+from .acquisition import GAIN_MAP_MAX, GAIN_NOISE_MAX
 from .simulate import ScanWindow, device_context, simulate_specimen, slicing
 from .specimens import (AMORPHOUS, CRYSTALS, LAYERED, ZONES, _FAMILY, _conventional, amorphous,
                         crystal_cell, interface, layered, nanoparticle_on_support, point_defects)
@@ -104,8 +105,9 @@ ACQUISITION_KEYS = ("dose", "gain_noise", "gain_map", "drift", "source_fwhm")
 #: pair ``[low, high]`` within it (``drift``: one number), read before any
 #: series is simulated, not when the corpus is loaded for training.
 ACQUISITION_RANGES = {"dose": (0.0, 1e10, "e/Å²"),
-                      "gain_noise": (0.0, 10.0, "(relative spread of one electron's signal)"),
-                      "gain_map": (0.0, 1.0, "(relative spread of the pixel gains)"),
+                      "gain_noise": (0.0, GAIN_NOISE_MAX,
+                                     "(relative spread of one electron's signal)"),
+                      "gain_map": (0.0, GAIN_MAP_MAX, "(relative spread of the pixel gains)"),
                       "drift": (0.0, 64.0, "scan pixels"),
                       "source_fwhm": (0.0, 100.0, "Å")}
 DEFOCI = 3
