@@ -414,8 +414,8 @@ def counts(patterns, dose, scan_step, rng, *, gain_noise=0.0, gain_map=None,
     gain_map : None, float or ndarray (Ky, Kx) / (Ny, Nx)
         None: no flat-field error. A float: the relative standard deviation of
         a map drawn here after the electrons (gamma-distributed per pixel, mean
-        1; 0 to :data:`GAIN_MAP_MAX`; 0 draws nothing). An array: the map itself (finite, >= 0). Either
-        way the same for every scan position.
+        1; 0 to :data:`GAIN_MAP_MAX`; 0 draws nothing). An array: the map
+        itself (finite, >= 0). Either way the same for every scan position.
     dtype : dtype
         Of the result: float32 (default) or float64, in electrons (the mean
         gain is 1); an integer dtype rounds to the nearest count.
