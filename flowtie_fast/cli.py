@@ -214,6 +214,9 @@ def _report_registration(record) -> None:
     """One line on the registration of a 4D-STEM triplet's scans."""
     if not record:
         return
+    if record.get("why"):  # nothing was measured: no shifts to report
+        print(f"registration: not measured ({record['why']}); the planes are used as recorded")
+        return
     s = record["shifts"]
     shifts = ", ".join(f"{name} ({s[i][0]:+.2f}, {s[i][1]:+.2f})"
                        for i, name in ((0, "-dz"), (2, "+dz")))
@@ -278,8 +281,8 @@ def _simulate(args) -> int:
     for k, default in _SERIES_OPTIONS.items():
         if getattr(args, k) is None:
             setattr(args, k, default)
-    from flowtie_fast.simulation.simulate import (check_settings, series_thicknesses,
-                                                  simulate_series)
+    from flowtie_fast.simulation.simulate import (cell_height, check_settings,
+                                                  series_thicknesses, simulate_series)
 
     from flowtie_fast.simulation.sweep import check_folder
 
@@ -293,8 +296,15 @@ def _simulate(args) -> int:
                    potential_sampling=args.sampling, max_angle=args.max_angle,
                    frozen_phonons=args.frozen_phonons, dose=args.dose, seed=args.seed,
                    tilt=tilt)
-    paths = [out / _case_name(args.material, t)
-             for t in series_thicknesses(args.material, args.thickness)]
+    simulated = series_thicknesses(args.material, args.thickness)
+    wanted = sorted(set(args.thickness))
+    cell = cell_height(args.material)
+    if len(simulated) < len(wanted) or min(wanted) < cell / 2:  # merged, or raised to a cell
+        warnings.warn(f"--thickness: {', '.join(f'{t:g}' for t in wanted)} Å become "
+                      f"{len(simulated)} thickness{'es' if len(simulated) > 1 else ''} of whole "
+                      f"{args.material} unit cells ({cell:.4g} Å each): "
+                      f"{', '.join(f'{t:.1f}' for t in simulated)} Å", UserWarning, stacklevel=2)
+    paths = [out / _case_name(args.material, t) for t in simulated]
     for path in paths:  # before minutes of simulation, not after
         check_output(path, overwrite=args.overwrite)
     start = time.perf_counter()
@@ -333,8 +343,12 @@ def _simulate_sweep(args, given) -> int:
     if args.list:
         sweep.list_plan(cfg, series, folder=args.output, file=sys.stdout)
         return 0
-    print(f"sweep {cfg['sweep']['name']!r} ({cfg['_source']}): {len(series)} series planned; "
-          f"output {args.output}", flush=True)
+    longest = max(series, key=lambda s: s["estimated_seconds"], default=None)
+    cost = "" if longest is None else (
+        f" (estimated {sum(s['estimated_seconds'] for s in series) / 3600:.1f} h, the longest "
+        f"{longest['id']} {sweep._format_seconds(longest['estimated_seconds'])})")
+    print(f"sweep {cfg['sweep']['name']!r} ({cfg['_source']}): {len(series)} series "
+          f"planned{cost}; output {args.output}", flush=True)
     result = sweep.run(cfg, args.output, limit=args.limit,
                        log=lambda line: print(line, flush=True), device=args.device)
     print(f"{result['simulated']} series simulated in {result['seconds']:.0f} s "

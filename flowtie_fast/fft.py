@@ -36,6 +36,14 @@ __all__ = ["DCTPlan", "RealFFTPlan", "load_wisdom", "save_wisdom"]
 # costs more than it can save: FFTW's estimate is used there.
 _FFTW_MEASURE_FROM = 64 * 64
 
+#: Seconds FFTW may spend measuring candidate algorithms for one transform
+#: before it takes the best found so far (a solver makes two to four plans).
+#: The four of a 256² solver take ~0.5 s in all; sizes of large prime factors
+#: took far longer to measure than to use, in C where Ctrl-C is not seen (a
+#: solver of 2 x 4099 px: 37 s, of 1021² px: 39 s, of 2 x 1048573 px: over 5
+#: minutes; with the limit at most about 20 s).
+PLANNING_SECONDS = 5.0
+
 
 def _fftw_flags(real) -> tuple:
     """FFTW planner flags for transforms over the last two axes of ``real``."""
@@ -61,9 +69,10 @@ class _FFTWPair:
         fwd_kw = {"direction": forward_kind} if forward_kind else {}
         flags = _fftw_flags(real)
         self.fwd = pyfftw.FFTW(real, spec, axes=axes, flags=flags, threads=threads,
-                               **fwd_kw)
+                               planning_timelimit=PLANNING_SECONDS, **fwd_kw)
         self.inv = pyfftw.FFTW(spec, real, axes=axes, direction=inverse_kind,
-                               flags=flags + ("FFTW_DESTROY_INPUT",), threads=threads)
+                               flags=flags + ("FFTW_DESTROY_INPUT",), threads=threads,
+                               planning_timelimit=PLANNING_SECONDS)
 
     @staticmethod
     def _fits(a, like, alignment):

@@ -848,6 +848,9 @@ def _check_format(fields: dict, path: Path, shape: tuple) -> None:
 _RAW_READERS = {".mib": "rsciio.quantumdetector", ".blo": "rsciio.blockfile",
                 ".dm3": "rsciio.digitalmicrograph", ".dm4": "rsciio.digitalmicrograph",
                 ".emd": "rsciio.emd"}
+#: Relative difference up to which the calibrations of the three files of
+#: :func:`load_raw_triplet` are taken as one (rounding in the files' metadata).
+CALIBRATION_RTOL = 1e-3
 _LENGTH = {"nm": 10.0, "Å": 1.0, "A": 1.0, "angstrom": 1.0, "pm": 0.01, "µm": 1e4, "um": 1e4}
 
 
@@ -862,6 +865,28 @@ def _per_angstrom(scale, units, energy):
             raise InputError("energy: needed to convert a detector calibrated in mrad")
         return scale * 1e-3 / wavelength(energy)
     raise InputError(f"k_sampling: cannot convert detector units {units!r}; give k_sampling")
+
+
+def _recorded_number(value, name, path, what, unit=""):
+    """A calibration ``value`` a detector file records, as a float: a real
+    number (not a bool) or text that reads as one; :class:`InputError` naming
+    ``name`` and the file otherwise (``'200 kV'``, None, a list)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    number = None
+    if isinstance(value, (int, float, np.integer, np.floating)) and \
+            not isinstance(value, (bool, np.bool_)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None:
+        unit = f" in {unit}" if unit else ""
+        raise InputError(f"{name}: {path.name} records {what} as {_short(repr(value), 60)}, "
+                         f"not a number{unit}; give {name}")
+    return number
 
 
 def read_raw(path, *, energy=None, scan_step=None, k_sampling=None):
@@ -921,19 +946,28 @@ def read_raw(path, *, energy=None, scan_step=None, k_sampling=None):
     axes = sig["axes"]
     if energy is None:
         beam = sig.get("metadata", {}).get("Acquisition_instrument", {}).get("TEM", {})
-        energy = beam.get("beam_energy")
-        energy = None if energy is None else float(energy) * 1e3  # keV -> eV
-        if energy is None:
+        kev = beam.get("beam_energy")
+        if kev is None:
             raise InputError(f"energy: {path.name} does not record the beam energy; give it")
-        energy = check_positive("energy", energy)
+        kev = _recorded_number(kev, "energy", path, "the beam energy", "keV")
+        try:
+            energy = check_positive("energy", kev * 1e3)  # keV -> eV
+        except InputError:
+            lo, hi = RANGES["energy"][:2]
+            raise InputError(f"energy: {path.name} records a beam energy of {kev!r} keV; "
+                             f"expected {lo / 1e3:g} to {hi / 1e3:g} keV; give energy") from None
     if scan_step is None:
         try:
-            scan_step = tuple(float(a["scale"]) * _LENGTH[str(a.get("units"))] for a in axes[:2])
+            scan_step = tuple(_recorded_number(a.get("scale"), "scan_step", path,
+                                               "a scan axis scale") *
+                              _LENGTH[str(a.get("units"))] for a in axes[:2])
         except KeyError as exc:
             raise InputError(f"scan_step: cannot convert scan units {exc}; give scan_step") \
                 from exc
     if k_sampling is None:
-        k_sampling = tuple(_per_angstrom(float(a["scale"]), a.get("units"), energy)
+        k_sampling = tuple(_per_angstrom(_recorded_number(a.get("scale"), "k_sampling", path,
+                                                          "a detector axis scale"),
+                                         a.get("units"), energy)
                            for a in axes[2:4])
     return (sig["data"], check_positive("scan_step", scan_step, pair=True),
             check_positive("k_sampling", k_sampling, pair=True), check_positive("energy", energy))
@@ -957,8 +991,28 @@ def load_raw_triplet(minus, zero, plus, dz, **calibration) -> Dataset:
     -------
     Dataset
         The 4D-STEM triplet; :meth:`Dataset.triplet` reduces it.
+
+    Raises
+    ------
+    InputError
+        Naming the plane and the key where the calibration a defocused file
+        records (scan step, detector sampling, energy: those not given)
+        differs from the in-focus file's by more than
+        :data:`CALIBRATION_RTOL`: the planes of one focal series share them,
+        and files of other calibrations are of another acquisition or
+        magnification (give the calibration to use one for all three).
     """
     dz = check_positive("dz", dz, pair=True)
     parts = [read_raw(p, **calibration) for p in (minus, zero, plus)]
     _, step, ks, energy = parts[1]
+    for plane, path, part in (("minus", minus, parts[0]), ("plus", plus, parts[2])):
+        for key, unit, mine, theirs in (("scan_step", "Å", part[1], step),
+                                        ("k_sampling", "1/Å", part[2], ks),
+                                        ("energy", "eV", part[3], energy)):
+            if not np.allclose(mine, theirs, rtol=CALIBRATION_RTOL, atol=0):
+                raise InputError(
+                    f"{plane}: {Path(path).name} records {key} {mine!r} {unit}, the in-focus "
+                    f"file {Path(zero).name} {theirs!r} {unit}: the planes of one focal series "
+                    f"share their calibration; check the files, or give {key} to use one "
+                    "for all three")
     return Dataset(parts[0][0], parts[1][0], parts[2][0], dz, step, energy, ks)

@@ -1256,3 +1256,327 @@ def test_an_empty_path_argument_is_a_usage_error_not_the_current_folder(capsys, 
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"argument {flag}: expected a path, got an empty string" in err[0]
+
+
+def _fake_raw_reader(monkeypatch, beam_energy=300.0, scale=0.02):
+    """Let read_raw read any file as a 4D-STEM signal of these calibrations."""
+    import types
+
+    from flowtie_fast import io as fio
+
+    def reader(path, lazy=True):
+        axes = [{"scale": scale, "units": "nm"}] * 2 + [{"scale": 0.5, "units": "1/nm"}] * 2
+        tem = {"beam_energy": beam_energy}
+        return [{"data": np.ones((4, 4, 8, 8)), "axes": axes,
+                 "metadata": {"Acquisition_instrument": {"TEM": tem}}}]
+
+    module = types.SimpleNamespace(file_reader=reader)
+    monkeypatch.setattr(fio, "importlib", types.SimpleNamespace(import_module=lambda n: module))
+    return fio
+
+
+@pytest.mark.parametrize("energy, says", [
+    ("200 kV", r"records the beam energy as '200 kV', not a number in keV"),
+    ([300.0], r"records the beam energy as \[300\.0\], not a number in keV"),
+    (True, r"records the beam energy as True, not a number in keV"),
+    (3e5, r"records a beam energy of 300000\.0 keV; expected 1 to 10000 keV"),
+])
+def test_a_beam_energy_a_detector_file_records_as_no_number_is_named(tmp_path, monkeypatch,
+                                                                     energy, says):
+    """The file's beam energy was passed to float(): text such as '200 kV' or
+    a list raised ValueError or TypeError, and True was read as 1 keV."""
+    fio = _fake_raw_reader(monkeypatch, beam_energy=energy)
+    (tmp_path / "z.emd").write_bytes(b"x")
+    with pytest.raises(ft.InputError, match=r"^energy: z\.emd " + says + r".*give energy"):
+        fio.read_raw(tmp_path / "z.emd")
+    assert fio.read_raw(tmp_path / "z.emd", energy=300e3)[3] == 300e3
+
+
+@pytest.mark.parametrize("scale", [None, "abc"])
+def test_a_detector_file_axis_without_a_numeric_scale_is_named(tmp_path, monkeypatch, scale):
+    fio = _fake_raw_reader(monkeypatch, scale=scale)
+    (tmp_path / "z.emd").write_bytes(b"x")
+    with pytest.raises(ft.InputError, match=r"^scan_step: z\.emd records a scan axis scale as "
+                                            r".*, not a number; give scan_step"):
+        fio.read_raw(tmp_path / "z.emd", energy=300e3)
+    assert fio.read_raw(tmp_path / "z.emd", energy=300e3, scan_step=0.2)[1] == (0.2, 0.2)
+
+
+def test_detector_files_of_other_calibrations_are_not_one_focal_series(tmp_path):
+    """The in-focus file's calibration was taken for all three: a defocused
+    scan recorded at ten times the step was reconstructed as if it matched."""
+    from flowtie_fast.io import load_raw_triplet
+
+    emd = pytest.importorskip("rsciio.emd")
+    data = np.random.default_rng(0).random((6, 5, 10, 12)).astype(np.float32)
+
+    def write(name, step, k):
+        axes = [{"name": n, "size": s, "scale": v, "units": u, "navigate": nav, "offset": 0}
+                for n, s, v, u, nav in (("y", 6, step, "nm", True), ("x", 5, step, "nm", True),
+                                        ("ky", 10, k, "1/nm", False),
+                                        ("kx", 12, k, "1/nm", False))]
+        emd.file_writer(str(tmp_path / name), {
+            "data": data, "axes": axes, "original_metadata": {},
+            "metadata": {"General": {"title": name}, "Signal": {"signal_type": ""}}})
+        return tmp_path / name
+
+    m, z = write("m.emd", 0.02, 0.5), write("z.emd", 0.02, 0.5)
+    with pytest.raises(ft.InputError, match=r"^plus: p\.emd records scan_step \(2\.0, 2\.0\) Å, "
+                                            r"the in-focus file z\.emd \(0\.2, 0\.2\) Å.*give "
+                                            r"scan_step"):
+        load_raw_triplet(m, z, write("p.emd", 0.2, 0.5), dz=DZ, energy=E)
+    with pytest.raises(ft.InputError, match=r"^minus: q\.emd records k_sampling \(0\.5, 0\.5\)"):
+        load_raw_triplet(write("q.emd", 0.02, 5.0), z, m, dz=DZ, energy=E)
+    ds = load_raw_triplet(m, z, tmp_path / "p.emd", dz=DZ, energy=E, scan_step=0.2)
+    assert ds.scan_step == (0.2, 0.2)
+
+
+def test_a_registration_that_measured_nothing_is_not_reported_with_shifts(tmp_path, capsys):
+    """Without a dark field nothing is measured: the command line printed
+    'registration from the None images: shifts ... (+0.00, +0.00)'."""
+    flat = [np.full((8, 8, 6, 6), 50, np.uint16) + p[:, :, 5:11, 5:11] % 3
+            for p in patterns((8, 8, 16, 16))]
+    ft.save(tmp_path / "d.npz", ft.Dataset(*flat, DZ, 0.2, E, 0.05))
+    assert cli.main(["reconstruct", str(tmp_path / "d.npz"), "-o",
+                     str(tmp_path / "o.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out and "registration from" not in out
+    assert "registration: not measured (no dark field on the detector); the planes are used " \
+           "as recorded" in out
+
+
+@pytest.mark.parametrize("line, says", [
+    ("gain_noise = 1e12", r"^acquisition\.gain_noise: expected a number in \[0, 10\]"),
+    ("gain_map = [0.0, 1e12]", r"^acquisition\.gain_map: expected \[low, high\] numbers within "
+                               r"\[0, 1\]"),
+    ("source_fwhm = 1e12", r"^acquisition\.source_fwhm: expected a number in \[0, 100\] Å"),
+    ("dose = 1e12", r"^acquisition\.dose: expected a number in \[0, 1e\+10\] e/Å²"),
+    ("drift = [1.0, 5.0]", r"^acquisition\.drift: expected one number in \[0, 64\] scan pixels"),
+])
+def test_a_sweep_recipe_acquisition_beyond_reason_is_refused_when_read(tmp_path, line, says):
+    """Values up to 1e12 were taken, and a drift range [low, high] that
+    random_conditions refuses: the failure came when the corpus was loaded
+    for training, after the sweep had simulated it."""
+    from flowtie_fast.simulation import sweep
+
+    key = line.split(" =")[0]
+    text = "\n".join(line if ln.startswith(key + " ") else ln
+                     for ln in sweep.DEFAULT_CONFIG.read_text().splitlines())
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ft.InputError, match=says):
+        sweep.load_config(tmp_path / "c.toml")
+    assert sweep.load_config()["acquisition"]["drift"] == 5.0
+
+
+def test_series_beyond_their_stage_max_cost_are_named_before_any_is_simulated(tmp_path,
+                                                                              monkeypatch):
+    """Where no draw fitted within max_cost the cheapest was planned without a
+    word: a recipe of 200 Å supercells planned series of hours each, against a
+    max_cost of minutes, and began simulating them."""
+    from flowtie_fast.simulation import sweep
+
+    text = sweep.DEFAULT_CONFIG.read_text()
+    for old, new in (("supercell = [12.0, 20.0]", "supercell = [200.0, 200.0]"),
+                     ("series = 40", "series = 4"), ("series = 160", "series = 1"),
+                     ("series = 100", "series = 1")):
+        text = text.replace(old, new, 1)
+    (tmp_path / "c.toml").write_text(text)
+    cfg = sweep.load_config(tmp_path / "c.toml")
+    over = sweep.over_budget(cfg, sweep.plan(cfg))
+    assert len(over) == 6 and over[0]["estimated_seconds"] > 3600
+    warned_first = []
+    with pytest.warns(UserWarning, match=r"^config: 1 of 1 series exceed their stage's "
+                                         r"max_cost \(no draw of 60 fitted\), the costliest "
+                                         r"s0000 .* against max_cost 2\.8 .*estimated "
+                                         r"[0-9]+:[0-9]{2}:[0-9]{2}; narrow the ranges") as got:
+        monkeypatch.setattr(sweep, "build_specimen",
+                            lambda s: warned_first.append(len(got)) or 1 / 0)
+        sweep.run(cfg, tmp_path / "out", limit=1, progress=False, log=lambda line: None)
+    assert warned_first == [1]
+    assert "config: 6 of 6 series exceed their stage's max_cost" in \
+        sweep.list_plan(cfg, sweep.plan(cfg))
+
+
+def test_a_flow_network_of_complex_or_integer_output_is_refused(tmp_path):
+    """A network returning complex numbers passed the probe (shape and
+    finiteness only) and its imaginary part was dropped by .float() at
+    prediction with PyTorch's warning; a bool flow was read as 0 and 1."""
+    torch = pytest.importorskip("torch")
+    import json
+
+    from flowtie_fast.flow import FlowModel
+
+    class Complex(torch.nn.Module):
+        def forward(self, x):
+            return torch.complex(x[:, :2], x[:, 2:4])
+
+    class ComplexBeyondTheProbe(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[-1] > 32:
+                return torch.complex(x[:, :2], x[:, 2:4])
+            return x[:, :2] * 0.0
+
+    class Boolean(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :2] > 0
+
+    def export(name, module):
+        path = tmp_path / name
+        torch.jit.save(torch.jit.script(module), str(path),
+                       _extra_files={"config.json": json.dumps({"in_channels": 6})})
+        return path
+
+    for name, module, dtype in (("c.pt", Complex(), "complex64"), ("b.pt", Boolean(), "bool")):
+        with pytest.raises(ft.InputError, match=rf"^model: '.*{name}' returns a tensor of "
+                                                rf"torch\.{dtype} for a probe triplet"):
+            FlowModel(export(name, module))
+    t = ft.FocalTriplet(*[np.tile(p, (2, 2)) for p in planes()], DZ, PIXEL, E,
+                        gradient=np.zeros((2, 2 * N, 2 * N)))
+    late = FlowModel(export("late.pt", ComplexBeyondTheProbe()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "discards the imaginary part"
+        with pytest.raises(ft.InputError, match=r"^model: the flow network .*late\.pt' returned "
+                                                r"a tensor of torch\.complex64 for an input of "
+                                                r"\(1, 6, 64, 64\)"):
+            ft.reconstruct(t, "flowtie", model=late, backend="cpu", uncertainty=False)
+
+
+def test_a_sweep_recipe_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """A recipe saved by an editor that writes a UTF-8 byte-order mark was
+    refused as 'not valid TOML (Invalid statement (at line 1, column 1))'."""
+    from flowtie_fast.simulation import sweep
+
+    (tmp_path / "c.toml").write_bytes(b"\xef\xbb\xbf" + sweep.DEFAULT_CONFIG.read_bytes())
+    assert sweep.load_config(tmp_path / "c.toml")["sweep"] == sweep.load_config()["sweep"]
+
+
+def test_a_misspelt_shipped_model_name_lists_the_shipped_names():
+    """model='defaultx' said only "model: no such file 'defaultx'"."""
+    pytest.importorskip("torch")
+    from flowtie_fast.flow import FlowModel
+
+    with pytest.raises(ft.InputError, match=r"^model: no such file 'defaultx'; expected a "
+                                            r"shipped name \(.*default, fast.*\) or a "
+                                            r"TorchScript file"):
+        FlowModel("defaultx")
+
+
+def test_training_data_whose_ground_truth_overflows_float32_are_named(tmp_path, capsys):
+    """A gradient_gt of 1e300 became Inf in float32: the training printed
+    'overflow encountered in cast' and then blamed the learning rate ('the
+    flow model collapsed ...; try a lower lr or another seed')."""
+    pytest.importorskip("torch")
+    m, z, p = planes()
+    np.savez(tmp_path / "big.npz", minus=m, zero=z, plus=p, dz=DZ, scan_step=PIXEL, energy=E,
+             phase_gt=np.zeros((N, N)), gradient_gt=np.full((2, N, N), 1e300))
+    assert cli.main(["train", str(tmp_path), "--steps", "2", "--batch", "1", "--restarts", "1",
+                     "-o", str(tmp_path / "m.pt"), "--checkpoint",
+                     str(tmp_path / "c.ckpt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["flowtie train: error: big.npz: 'gradient_gt' holds values up to 1e+300, "
+                   "beyond the range of float32 (3.4e+38) that training works in; expected "
+                   "rad/Å"]
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("thickness, says", [
+    (["5", "5.1", "5.2"], "5, 5.1, 5.2 Å become 1 thickness of whole GaAs unit cells "
+                          "(5.653 Å each): 5.7 Å"),
+    (["0.1", "30"], "0.1, 30 Å become 2 thicknesses of whole GaAs unit cells (5.653 Å each): "
+                    "5.7, 28.3 Å"),
+])
+def test_simulate_says_when_thicknesses_become_fewer_or_thicker_cells(tmp_path, capsys,
+                                                                      monkeypatch, thickness,
+                                                                      says):
+    """Three thicknesses within one unit cell gave one file, and 0.1 Å gave
+    a whole cell of 5.65 Å, without a word before the simulation."""
+    pytest.importorskip("ase")
+    from flowtie_fast.simulation import simulate
+
+    monkeypatch.setattr(simulate, "simulate_series", lambda *a, **k: [])
+    assert cli.main(["simulate", "--thickness", *thickness, "-o", str(tmp_path)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"flowtie simulate: warning: --thickness: {says}"]
+    assert cli.main(["simulate", "--thickness", "5.65", "22.6", "-o", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_evaluate_shows_a_thickness_the_file_does_not_record_as_unknown_not_nan(tmp_path,
+                                                                               capsys):
+    """A file without 'thickness' was shown as '(case, nan Å)' and '| nan |'."""
+    m, z, p = planes()
+    np.savez(tmp_path / "c.npz", minus=m, zero=z, plus=p, dz=DZ, scan_step=PIXEL, energy=E,
+             phase_gt=np.outer(np.sin(np.arange(N)), np.ones(N)))
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    assert "c.npz (c): NMSE tie " in out and "| c.npz | c | - | " in out
+
+
+def test_fftw_planning_of_awkward_sizes_is_bounded_in_time(monkeypatch):
+    """FFTW_MEASURE planned sizes of large prime factors for longer than any
+    solve (a TIESolver of 2 x 4099 px: 37 s; 2 x 1048573 px: over 5 minutes),
+    in C, where Ctrl-C is not seen: each plan now has a time limit."""
+    pyfftw = pytest.importorskip("pyfftw")
+    from flowtie_fast import fft
+
+    limits = []
+    real_fftw = pyfftw.FFTW
+
+    def spy(*args, **kwargs):
+        limits.append(kwargs.get("planning_timelimit"))
+        return real_fftw(*args, **kwargs)
+
+    monkeypatch.setattr(pyfftw, "FFTW", spy)
+    for boundary in ("periodic", "mirror"):  # measured plans (64² and more): quick here
+        ft.TIESolver((64, 96), PIXEL, boundary=boundary, backend="cpu")
+    assert len(limits) >= 4 and all(t == fft.PLANNING_SECONDS <= 10 for t in limits)
+
+
+@pytest.mark.parametrize("line, key", [
+    ({"id": "s0000", "plan": "x"}, "plan"),
+    ({"id": "s0000", "plan": {"id": "s0000", "kind": "crystal"}}, "plan"),
+    ({"id": "s0000", "files": "abc"}, "files"),
+    ({"id": "s0000", "index": True}, "index"),
+    ({"id": "s0000", "truth": [1]}, "truth"),
+])
+def test_a_sweep_manifest_line_of_another_form_is_named(tmp_path, capsys, line, key):
+    """A manifest line whose plan was no planned series failed --list and the
+    run with 'unexpected TypeError' or KeyError (exit status 1); its files or
+    index failed the training's load_corpus alike."""
+    import json
+
+    from flowtie_fast.simulation import sweep
+    from flowtie_fast.training.data import load_corpus
+
+    (tmp_path / "manifest.jsonl").write_text('{"id": "s00\n' + json.dumps(line) + "\n")
+    says = rf"manifest\.jsonl: line 2 \(series s0000\) records '{key}' as .*, expected "
+    with pytest.raises(ft.InputError, match="^" + says):
+        sweep.read_manifest(tmp_path)
+    with pytest.raises(ft.InputError, match="^" + says):
+        load_corpus(tmp_path)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(sweep.DEFAULT_CONFIG.read_text())
+    assert cli.main(["simulate", "--sweep", str(recipe), "--list", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flowtie simulate: error: manifest.jsonl: line 2")
+
+
+@pytest.mark.parametrize("option, value", [("gain_noise", 1e3), ("gain_noise", 1e200),
+                                           ("gain_map", 1e6), ("gain_map", 1e200)])
+def test_a_gain_spread_whose_draws_underflow_is_refused(option, value):
+    """A gain noise of 1e3 (or a gain map spread of 1e6) gave counts of zero
+    everywhere without a word, 1e200 an OverflowError."""
+    from flowtie_fast.simulation import acquisition
+
+    patterns = np.ones((4, 4, 8, 8))
+    with pytest.raises(ft.InputError, match=rf"^{option}: expected a relative spread in "
+                                            r"\[0, (10|1)\], got "):
+        acquisition.counts(patterns, 1e3, 0.5, np.random.default_rng(0), **{option: value})
+    with pytest.raises(ft.InputError, match=rf"^{option}: expected a relative spread"):
+        acquisition.apply([patterns] * 3, rng=np.random.default_rng(0), dose=1e3,
+                          scan_step=0.5, **{option: value})
+    top = {"gain_noise": acquisition.GAIN_NOISE_MAX, "gain_map": acquisition.GAIN_MAP_MAX}
+    c = acquisition.counts(patterns, 1e3, 0.5, np.random.default_rng(0),
+                           **{option: top[option]})
+    assert np.isfinite(c).all() and c.mean() > 1

@@ -267,9 +267,17 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
                          "method": method, "mse": mse, "nmse": nmse, "time_ms": best * 1e3,
                          "repeats": repeats, "fallback": rec.info.get("fallback")})
         if progress is not None:
-            progress(f"{case} ({material}, {thickness:.1f} Å): NMSE " + ", ".join(
+            shown = _thickness_text(thickness)
+            where = f"{material}, {shown} Å" if shown else material
+            progress(f"{case} ({where}): NMSE " + ", ".join(
                 f"{r['method']} {r['nmse']:.3f}" for r in rows[done:]))
     return rows
+
+
+def _thickness_text(thickness) -> str:
+    """A thickness in Å for display; "" for a file that records none (NaN),
+    never "nan"."""
+    return f"{thickness:.1f}" if np.isfinite(thickness) else ""
 
 
 def _case(r) -> tuple:
@@ -315,7 +323,7 @@ def format_table(rows) -> str:
         present = [by[case + (m,)] for m in methods if case + (m,) in by]
         best = min(present, key=lambda r: r["mse"])["method"]
         name, material, thickness = case
-        lines.append(f"| {name or '-'} | {material} | {thickness:.1f} | " +
+        lines.append(f"| {name or '-'} | {material} | {_thickness_text(thickness) or '-'} | " +
                      " | ".join(cells) + f" | {best} |")
     if fallbacks:
         lines += ["", "† flowtie did not trust its flow there and returned the classical "

@@ -328,7 +328,8 @@ class FlowModel:
         if not path.is_file():
             if os.path.lexists(path):  # a FIFO, a device, a loop or a dangling link
                 check_input_file("model", path)
-            raise InputError(f"model: no such file {str(path)!r}")
+            raise InputError(f"model: no such file {str(path)!r}; expected a shipped name "
+                             f"({', '.join(sorted(SHIPPED))}) or a TorchScript file")
         if shipped is None:  # a shipped file given by its path is checked alike
             shipped = _shipped_name(path)
         if shipped is not None:
@@ -451,6 +452,10 @@ class FlowModel:
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise InputError(f"{where} returns {got} for a probe triplet of {ny}x{nx} pixels; "
                              f"a flow model returns a flow of shape (1, 2, {ny}, {nx})")
+        if not v.is_floating_point():  # complex, integer or bool: no flow of real numbers
+            raise InputError(f"{where} returns a tensor of {v.dtype} for a probe triplet of "
+                             f"{ny}x{nx} pixels; a flow model returns real floating-point "
+                             "numbers")
         if not bool(torch.isfinite(v).all()):
             raise InputError(f"{where} produces NaN or Inf on a smooth probe triplet "
                              f"({ny}x{nx} pixels): a broken or corrupted model")
@@ -586,7 +591,12 @@ class FlowModel:
         torch = self.torch
         with torch.no_grad():
             x = flow_inputs(planes[:, 0], planes[:, 1], planes[:, 2], didz, k, h, com)
-            v = self._run(x.to(self.dtype)).float()
+            v = self._run(x.to(self.dtype))
+            if not v.is_floating_point():  # .float() would drop an imaginary part
+                raise InputError(f"model: the flow network {str(self.path)!r} returned a tensor "
+                                 f"of {v.dtype} for an input of {tuple(x.shape)}, expected real "
+                                 "floating-point numbers")
+            v = v.float()
             if v.ndim != 4 or tuple(v.shape[:2]) != (x.shape[0], 2) \
                     or tuple(v.shape[2:]) != tuple(x.shape[2:]):
                 raise InputError(f"model: the flow network {str(self.path)!r} returned shape "

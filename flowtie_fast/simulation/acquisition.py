@@ -60,6 +60,12 @@ CONDITIONS = ("dose", "gain_noise", "gain_map", "drift", "source_fwhm")
 
 # Largest mean count per pixel that numpy's Poisson sampler takes with room to spare.
 _MAX_LAM = 1e15
+#: Largest relative spread of one electron's signal (``gain_noise``) and of the
+#: pixel gains (``gain_map``): the gamma draws of a larger one underflow to
+#: zero (a gain noise of 1e3 gave counts of zero everywhere; 1e200 an
+#: OverflowError), and no detector spreads its gain beyond these.
+GAIN_NOISE_MAX = 10.0
+GAIN_MAP_MAX = 1.0
 
 
 # -- argument checks ----------------------------------------------------------
@@ -364,7 +370,15 @@ def _check_gain_map(value, shape: tuple):
             raise InputError("gain_map: expected finite gains >= 0, got NaN, Inf or negative "
                              "values")
         return g
-    return check_real("gain_map", value, low=0.0)
+    return _spread("gain_map", value, GAIN_MAP_MAX)
+
+
+def _spread(name: str, value, top: float) -> float:
+    """A relative spread ``value`` in ``[0, top]``; InputError naming ``name``."""
+    v = check_real(name, value, low=0.0)
+    if v > top:
+        raise InputError(f"{name}: expected a relative spread in [0, {top:g}], got {value!r}")
+    return v
 
 
 def counts(patterns, dose, scan_step, rng, *, gain_noise=0.0, gain_map=None,
@@ -395,13 +409,13 @@ def counts(patterns, dose, scan_step, rng, *, gain_noise=0.0, gain_map=None,
         their product.
     rng : numpy.random.Generator
     gain_noise : float
-        Relative standard deviation of one electron's recorded signal (>= 0;
-        0: counts are the electron numbers).
+        Relative standard deviation of one electron's recorded signal (0 to
+        :data:`GAIN_NOISE_MAX`; 0: counts are the electron numbers).
     gain_map : None, float or ndarray (Ky, Kx) / (Ny, Nx)
         None: no flat-field error. A float: the relative standard deviation of
         a map drawn here after the electrons (gamma-distributed per pixel, mean
-        1; 0 draws nothing). An array: the map itself (finite, >= 0). Either
-        way the same for every scan position.
+        1; 0 to :data:`GAIN_MAP_MAX`; 0 draws nothing). An array: the map
+        itself (finite, >= 0). Either way the same for every scan position.
     dtype : dtype
         Of the result: float32 (default) or float64, in electrons (the mean
         gain is 1); an integer dtype rounds to the nearest count.
@@ -423,7 +437,7 @@ def counts(patterns, dose, scan_step, rng, *, gain_noise=0.0, gain_map=None,
     dose = check_positive("dose", dose)
     step = check_positive("scan_step", scan_step, pair=True)
     rng = _rng(rng)
-    gain_noise = check_real("gain_noise", gain_noise, low=0.0)
+    gain_noise = _spread("gain_noise", gain_noise, GAIN_NOISE_MAX)
     gmap = _check_gain_map(gain_map, p.shape[-2:])
     dt = _counts_dtype(dtype)
     return _counts(p, dose, step, rng, gain_noise, gmap, dt)
@@ -545,7 +559,7 @@ def apply(case_planes, *, rng, dose=None, gain_noise=0.0, gain_map=None, drift=N
     m = _margin(margin, periodic, planes[0].shape)
     shifts = _drift_rows(drift)
     fwhm = check_real("source_fwhm", source_fwhm, low=0.0)
-    gain_noise = check_real("gain_noise", gain_noise, low=0.0)
+    gain_noise = _spread("gain_noise", gain_noise, GAIN_NOISE_MAX)
     gmap = _check_gain_map(gain_map, planes[0].shape[-2:])
     if dose is None:
         if gain_noise > 0:

@@ -45,8 +45,9 @@ from ..errors import BackendError, InputError, check_choice, check_count, check_
 from ..physics import wavelength
 from .specimens import check_orthorhombic
 
-__all__ = ["MATERIALS", "ScanWindow", "SimulationCase", "crystal", "simulate_series",
-           "simulate_specimen", "ground_truth_phase", "window_truth", "slicing"]
+__all__ = ["MATERIALS", "ScanWindow", "SimulationCase", "cell_height", "crystal",
+           "simulate_series", "simulate_specimen", "ground_truth_phase", "window_truth",
+           "slicing"]
 
 MATERIALS = {
     "GaAs": {"lattice": 5.6533, "structure": "zincblende"},
@@ -215,10 +216,16 @@ def _cells(thicknesses, height) -> list:
     return sorted({max(1, int(round(t / height))) for t in thicknesses})
 
 
+def cell_height(material) -> float:
+    """The height (Å) along the beam of one unit cell of ``material`` as
+    :func:`simulate_series` builds it: thicknesses are whole numbers of it."""
+    return float(crystal(material).cell.array[2, 2])
+
+
 def series_thicknesses(material, thicknesses) -> list:
     """The thicknesses (Å) :func:`simulate_series` simulates for these wanted
     ones: whole unit cells of ``material``, sorted, without repeats."""
-    height = float(crystal(material).cell.array[2, 2])
+    height = cell_height(material)
     return [m * height for m in _cells(check_settings(thicknesses), height)]
 
 

@@ -30,7 +30,8 @@ already span every kind. Every series draws its settings from its own random
 generator (seeded by the recipe's seed and the series index), so appending
 stages or series leaves the earlier ones unchanged. Within a stage a series
 whose cost exceeds the stage's ``max_cost`` (in 1e9 cost units, below) is
-drawn again.
+drawn again, up to :data:`DRAWS` times; where none fits, the cheapest draw is
+planned, and ``--list`` and :func:`run` (before it simulates) say so.
 
 Cost
 ----
@@ -64,6 +65,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +75,13 @@ from ..errors import InputError
 from ..files import _path_error, _short, as_path, check_input_file
 from ..io import Dataset, save
 from ..physics import wavelength
+from .acquisition import GAIN_MAP_MAX, GAIN_NOISE_MAX
 from .simulate import ScanWindow, device_context, simulate_specimen, slicing
 from .specimens import (AMORPHOUS, CRYSTALS, LAYERED, ZONES, _FAMILY, _conventional, amorphous,
                         crystal_cell, interface, layered, nanoparticle_on_support, point_defects)
 
 __all__ = ["load_config", "plan", "run", "estimate_seconds", "list_plan", "read_manifest",
-           "check_folder", "HELD_OUT", "DEFAULT_CONFIG"]
+           "check_folder", "over_budget", "HELD_OUT", "DEFAULT_CONFIG"]
 
 #: The recipe shipped with the package.
 DEFAULT_CONFIG = Path(__file__).parent.parent / "data" / "corpus.toml"
@@ -98,6 +101,15 @@ HELD_OUT = {
 KINDS = ("crystal", "layered", "amorphous", "nanoparticle", "interface", "edge")
 SCANS = ("periodic", "window")
 ACQUISITION_KEYS = ("dose", "gain_noise", "gain_map", "drift", "source_fwhm")
+#: The range of each ``[acquisition]`` value (low, high, unit): a number or a
+#: pair ``[low, high]`` within it (``drift``: one number), read before any
+#: series is simulated, not when the corpus is loaded for training.
+ACQUISITION_RANGES = {"dose": (0.0, 1e10, "e/Å²"),
+                      "gain_noise": (0.0, GAIN_NOISE_MAX,
+                                     "(relative spread of one electron's signal)"),
+                      "gain_map": (0.0, GAIN_MAP_MAX, "(relative spread of the pixel gains)"),
+                      "drift": (0.0, 64.0, "scan pixels"),
+                      "source_fwhm": (0.0, 100.0, "Å")}
 DEFOCI = 3
 
 # ----------------------------------------------------------------------------- config
@@ -254,7 +266,8 @@ def load_config(path=None) -> dict:
     check_input_file("config", path)  # says what a directory, FIFO or broken link is
     raw = path.read_bytes()
     try:
-        cfg = _toml().loads(raw.decode("utf-8"))
+        # "utf-8-sig": a byte-order mark (some Windows editors write one) is no TOML
+        cfg = _toml().loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise InputError(f"config: {path.name} is not UTF-8 text ({exc})") from exc
     except Exception as exc:  # tomllib.TOMLDecodeError
@@ -351,11 +364,14 @@ def check_config(cfg) -> dict:
         if key not in t:
             continue
         v = t[key]
+        lo, hi, unit = ACQUISITION_RANGES[key]
+        if key == "drift" and isinstance(v, list):  # random_conditions takes one number
+            _fail("acquisition.drift", f"one number in [{lo:g}, {hi:g}] {unit} (the largest "
+                  "shift of the defocused scans)", v)
         if isinstance(v, list):
-            lo, hi = _pair(t, key, "acquisition.", 0.0, 1e12)
-            acq[key] = [lo, hi]
+            acq[key] = _pair(t, key, "acquisition.", lo, hi, unit)
         else:
-            acq[key] = _real(t, key, "acquisition.", 0.0, 1e12)
+            acq[key] = _real(t, key, "acquisition.", lo, hi, unit)
     if "dose" in acq and min(np.atleast_1d(acq["dose"])) <= 0:
         _fail("acquisition.dose", "positive e/Å² (a number or [low, high])", t["dose"])
     out["acquisition"] = acq
@@ -566,10 +582,34 @@ def plan(cfg) -> list:
     return out
 
 
+#: Draws of a series within its stage's ``max_cost`` before the cheapest is kept.
+DRAWS = 60
+
+
+def over_budget(cfg, series) -> list:
+    """The planned ``series`` whose cost exceeds their stage's ``max_cost``
+    (no draw of :data:`DRAWS` fitted: the cheapest was kept), costliest
+    first."""
+    over = [s for s in series if s["cost_units"] > cfg["stage"][s["stage"]]["max_cost"] * 1e9]
+    return sorted(over, key=lambda s: -s["cost_units"])
+
+
+def _over_budget_text(cfg, over, n) -> str:
+    """One line on the series of :func:`over_budget` (of ``n``)."""
+    top = over[0]
+    limit = cfg["stage"][top["stage"]]["max_cost"]
+    return (f"config: {len(over)} of {n} series exceed their stage's max_cost (no draw of "
+            f"{DRAWS} fitted), the costliest {top['id']} {top['name']}: "
+            f"{top['cost_units'] / 1e9:.3g} against max_cost {limit:g} (x 1e9 units), "
+            f"estimated {_format_seconds(top['estimated_seconds'])}; narrow the ranges that "
+            "set the cost (grid.supercell, grid.potential_sampling, grid.scan_gpts, "
+            "optics.frozen_phonons, stage thickness) or raise max_cost")
+
+
 def _plan_series(cfg, stage, stage_index, fam, ref, index):
     rng = np.random.default_rng([cfg["sweep"]["seed"], index])
     best = None
-    for _ in range(60):
+    for _ in range(DRAWS):
         series = _draw_series(cfg, stage, fam, ref, index, rng)
         series["stage"] = stage_index
         if best is None or series["cost_units"] < best["cost_units"]:
@@ -975,13 +1015,22 @@ def build_specimen(series):
 def read_manifest(folder) -> dict:
     """The finished series recorded in ``folder/manifest.jsonl``: id -> record
     (the last line of an id wins; lines that do not parse, such as the tail of a
-    killed write, are skipped)."""
+    killed write, are skipped).
+
+    Raises
+    ------
+    InputError
+        Naming the file, the line and the key, for a line of a series (a JSON
+        object with a string ``id``) whose ``plan``, ``files``, ``index``,
+        ``scan``, ``truth`` or ``acquisition`` is not of the form
+        :func:`run` writes (an edited or foreign manifest).
+    """
     path = Path(folder) / "manifest.jsonl"
     out = {}
     if not path.is_file():
         return out
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
@@ -990,8 +1039,32 @@ def read_manifest(folder) -> dict:
             except json.JSONDecodeError:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("id"), str):
+                _check_record(rec, path, number)
                 out[rec["id"]] = rec
     return out
+
+
+def _check_record(rec, path, number) -> None:
+    """A manifest line of the form :func:`run` writes, in the keys the sweep
+    and the training read; :class:`InputError` naming the line otherwise."""
+    plan_keys = ("id", "kind", "name", "specimen", "settings", "scan", "extent", "thicknesses",
+                 "files")
+    checks = (("plan", lambda v: isinstance(v, dict) and all(k in v for k in plan_keys),
+               f"a planned series (a table with {', '.join(plan_keys)})"),
+              ("files", lambda v: isinstance(v, list) and all(
+                  isinstance(e, dict) and isinstance(e.get("file"), str) for e in v),
+               "a list of tables with a 'file' name"),
+              ("index", lambda v: isinstance(v, int) and not isinstance(v, bool),
+               "an integer"),
+              ("scan", lambda v: isinstance(v, dict), "a table"),
+              ("truth", lambda v: isinstance(v, dict), "a table"),
+              ("acquisition", lambda v: isinstance(v, dict), "a table"))
+    for key, ok, want in checks:
+        if key in rec and not ok(rec[key]):
+            raise InputError(f"{path.name}: line {number} (series {_short(rec['id'])}) "
+                             f"records '{key}' as {_short(repr(rec[key]), 60)}, expected "
+                             f"{want}: not a line this sweep wrote; restore the file or use "
+                             "another folder")
 
 
 def _append_line(path, record) -> None:
@@ -1185,6 +1258,9 @@ def list_plan(cfg, series, folder=None, file=None) -> str:
         families[s["family"]] = families.get(s["family"], 0) + 1
     lines.append("families in the first 40: " + ", ".join(f"{k} {v}"
                                                           for k, v in families.items()))
+    over = over_budget(cfg, series)
+    if over:
+        lines.append(_over_budget_text(cfg, over, len(series)))
     if others:
         lines.append(f"{len(others)} series in {str(folder)!r} ({others[0]}"
                      f"{'' if len(others) == 1 else ', ...'}) "
@@ -1279,6 +1355,13 @@ def run(cfg, folder, *, limit=None, progress=True, log=print, device="cpu") -> d
     -------
     dict
         ``planned``, ``done_before``, ``simulated``, ``failed`` (ids), ``seconds``.
+
+    Warns
+    -----
+    UserWarning
+        Before any series is simulated, where pending series exceed their
+        stage's ``max_cost`` (:func:`over_budget`), naming the costliest and
+        its estimated time.
     """
     device_context(device)  # "gpu" without a device: refused before any series
 
@@ -1295,6 +1378,9 @@ def run(cfg, folder, *, limit=None, progress=True, log=print, device="cpu") -> d
         pending = [s for s in series if not _is_done(s, folder, records)]
         if limit is not None:
             pending = pending[:int(limit)]
+        over = over_budget(cfg, pending)
+        if over:  # before any is simulated: they may take far longer than the recipe meant
+            warnings.warn(_over_budget_text(cfg, over, len(pending)), UserWarning, stacklevel=2)
         bar = _Progress(pending, enabled=progress)
         failed = []
         t_start = time.perf_counter()

@@ -87,6 +87,21 @@ def check_doses(doses) -> list:
     return [None if d is None else check_positive("doses", d) for d in doses]
 
 
+def _truth32(a, key: str, path) -> np.ndarray:
+    """A ground truth ``a`` (``key`` of the file ``path``) as float32, which
+    training works in; :class:`InputError` naming the file and key where its
+    values overflow float32 (a gradient of 1e300 became Inf and the training
+    "collapsed" as if the learning rate were too high)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(a, np.float32)
+    if not np.isfinite(out).all():
+        big = float(np.nanmax(np.abs(np.asarray(a, np.float64))))
+        unit = "rad" if key == "phase_gt" else "rad/Å"
+        raise InputError(f"{Path(path).name}: '{key}' holds values up to {big:.3g}, beyond the "
+                         f"range of float32 (3.4e+38) that training works in; expected {unit}")
+    return out
+
+
 def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
     """Samples from files of the flowtie_fast layout that carry a ground truth.
 
@@ -107,7 +122,8 @@ def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
     ------
     InputError
         Before anything is read: a path that does not exist (naming it), or
-        a dose that is neither None nor a positive finite number.
+        a dose that is neither None nor a positive finite number; naming the
+        file and key: a ground truth beyond float32's range.
     """
     doses = check_doses(doses)
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -120,6 +136,8 @@ def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
         with load(path) as ds:
             if ds.phase_gt is None or ds.gradient_gt is None:
                 continue
+            phase_gt = _truth32(ds.phase_gt, "phase_gt", path)
+            gradient_gt = _truth32(ds.gradient_gt, "gradient_gt", path)
             for dose in doses:
                 if dose is None:
                     t = ds.triplet(**{"backend": "cpu", **triplet_options})
@@ -136,8 +154,7 @@ def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
                        if t.gradient is not None else np.zeros((2,) + t.shape, np.float32))
                 name = Path(path).stem + ("" if dose is None else f"@{dose:.0e}")
                 samples.append(Sample(planes, np.asarray(t.derivative_weights, np.float32),
-                                      com, np.asarray(ds.phase_gt, np.float32),
-                                      np.asarray(ds.gradient_gt, np.float32), t.wavenumber,
+                                      com, phase_gt, gradient_gt, t.wavenumber,
                                       tuple(t.pixel_size), name))
     return samples
 
@@ -293,6 +310,8 @@ def load_corpus(folder, *, variants=3, seed=0, ranges=None, min_dose=MIN_TRAININ
             calib = {"dz": ds.dz, "scan_step": ds.scan_step, "k_sampling": ds.k_sampling,
                      "energy": ds.energy}
             phase, gradient = np.asarray(ds.phase_gt), np.asarray(ds.gradient_gt)
+            for key, a in (("phase_gt", phase), ("gradient_gt", gradient)):
+                _truth32(a, key, path)  # the samples hold them in float32
         if margin:
             phase = phase[margin:-margin, margin:-margin]
             gradient = gradient[:, margin:-margin, margin:-margin]
