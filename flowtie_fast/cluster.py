@@ -40,13 +40,14 @@ import math
 import os
 import re
 import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .backend import get_backend, gpu_available, is_cupy, to_host
-from .errors import (BackendError, InputError, ResultError, check_choice, check_count,
-                     check_float_dtype, check_positive, first_line)
+from .errors import (BackendError, InputError, ResultError, TrustWarning, check_choice,
+                     check_count, check_float_dtype, check_positive, first_line)
 from .noise import check_noise
 from .plan import Plan
 from .planes import FLUX_RATIO, check_intensity_stats
@@ -366,10 +367,28 @@ def _worker_plan(spec: _Spec):
     return entry
 
 
+#: The entries of a solve's ``info`` that say whether to trust its phase,
+#: carried back from the workers per item (:func:`reconstruct_many`).
+VERDICT_KEYS = ("trusted", "fallback", "why", "trust")
+
+
+def _verdict(info) -> dict:
+    """The trust entries (:data:`VERDICT_KEYS`) of one solve's ``info``, as
+    plain Python values."""
+    out = {}
+    for key in VERDICT_KEYS:
+        value = info.get(key)
+        if value is not None:
+            out[key] = bool(value) if key == "trusted" else str(value)
+    return out
+
+
 def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradient: bool):
-    """One batch on a worker: ``("ok", phase, gradient or None)`` as NumPy
-    arrays, or ``("error", exception name, message)`` for the library's own
-    errors, with the items numbered as in the whole stack."""
+    """One batch on a worker: ``("ok", phase, gradient or None, verdicts)``,
+    the arrays NumPy and ``verdicts`` one dict per item (:func:`_verdict`),
+    or ``("error", exception name, message)`` for the library's own errors,
+    with the items numbered as in the whole stack. The solves' warnings stay
+    on the worker: the verdicts carry what they say."""
     try:
         entry = _worker_plan(spec)
         plan = entry[0]
@@ -378,22 +397,28 @@ def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradien
         gradient = None if gradient is None else be.asarray(_canonical(gradient))
         b = stack.shape[0]
         grad_out = be.empty((b, 2) + plan.shape, plan.dtype) if return_gradient else None
-        if isinstance(noise, list):  # one per item (triplets): solved one at a time
-            out = be.empty((b,) + plan.shape, plan.dtype)
-            for i in range(b):
-                try:
-                    plan.solve(stack[i, 0], stack[i, 1], stack[i, 2],
-                               gradient=None if gradient is None else gradient[i],
-                               out=out[i], noise=noise[i],
-                               gradient_out=None if grad_out is None else grad_out[i])
-                except InputError as exc:
-                    raise type(exc)(f"stack[{i}]: {exc}") from exc
-        else:
-            out = plan.solve_batch(stack, gradient=gradient, noise=noise,
-                                   gradient_out=grad_out)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TrustWarning)  # the verdicts carry them back
+            if isinstance(noise, list):  # one per item (triplets): solved one at a time
+                out = be.empty((b,) + plan.shape, plan.dtype)
+                verdicts = []
+                for i in range(b):
+                    try:
+                        plan.solve(stack[i, 0], stack[i, 1], stack[i, 2],
+                                   gradient=None if gradient is None else gradient[i],
+                                   out=out[i], noise=noise[i],
+                                   gradient_out=None if grad_out is None else grad_out[i])
+                    except InputError as exc:
+                        raise type(exc)(f"stack[{i}]: {exc}") from exc
+                    verdicts.append(_verdict(plan.info))
+            else:
+                out = plan.solve_batch(stack, gradient=gradient, noise=noise,
+                                       gradient_out=grad_out)
+                verdicts = [_verdict(it) for it in plan.info.get("items", [{}] * b)]
         with _PLANS_LOCK:
             entry[1] += 1
-        return ("ok", be.to_numpy(out), None if grad_out is None else be.to_numpy(grad_out))
+        return ("ok", be.to_numpy(out), None if grad_out is None else be.to_numpy(grad_out),
+                verdicts)
     except tuple(_ERRORS.values()) as exc:
         message = re.sub(r"^stack\[(\d+)\]", lambda m: f"stack[{start + int(m[1])}]", str(exc))
         # the most specific of the three (a ResultError's subclass is a ResultError)
@@ -598,8 +623,8 @@ def _from_triplets(triplets, pixel_size, dz, energy, gradient, noise):
 
 def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=None,
                      gradient=None, noise=None, client=None, batch_size=None,
-                     return_gradient=False, backend="auto", threads=None, dtype="float32",
-                     **options):
+                     return_gradient=False, return_info=False, backend="auto", threads=None,
+                     dtype="float32", **options):
     """Phases of many triplets, solved in batches on the workers of a dask cluster.
 
     Each batch goes to a worker, which solves it with its own
@@ -636,6 +661,12 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
         Triplets per task (default: enough for two batches per worker).
     return_gradient : bool
         Also return the phase gradients (default False).
+    return_info : bool
+        Also return each item's verdict (default False). Whatever it is, the
+        items whose solve warned on its worker (a ``flowtie`` flow not
+        trusted and replaced by the classical phase, a TIE with no signal
+        above the noise, ...) are named in one
+        :class:`~flowtie_fast.errors.TrustWarning` here.
     backend : {"auto", "cpu", "gpu"}
         Where each worker solves (default "auto": its GPU where one answers).
     threads : int, optional
@@ -654,6 +685,12 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
         The phases in rad, NumPy, of the working dtype.
     gradient : ndarray (B, 2, Ny, Nx)
         With ``return_gradient``: the phase gradients in rad/Å.
+    info : list of dict
+        With ``return_info``: per item, in input order, the entries of its
+        solve's ``info`` that say whether to trust it (:data:`VERDICT_KEYS`:
+        ``trusted`` and, where not trusted, ``fallback`` and ``why`` for
+        ``flowtie`` with the trust check; ``trust`` where a solve warned);
+        empty for an item without any.
 
     Raises
     ------
@@ -666,8 +703,9 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
         worker or a closed cluster, or a worker failed to write a file.
     """
     threads, dtype, items = _check_plan_options(method, backend, threads, dtype, options)
-    if not isinstance(return_gradient, (bool, np.bool_)):
-        raise InputError(f"return_gradient: expected True or False, got {return_gradient!r}")
+    for name, flag in (("return_gradient", return_gradient), ("return_info", return_info)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise InputError(f"{name}: expected True or False, got {flag!r}")
     if isinstance(stack, (list, tuple)):
         if not stack:
             raise InputError("stack: expected at least one triplet, got an empty sequence")
@@ -737,7 +775,10 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
         futures = [client.submit(_solve_batch, s, g, batch_noise(i0), spec, i0,
                                  bool(return_gradient), pure=False)
                    for s, g, i0 in zip(parts, gparts, starts)]
-    return _gather(client, futures, starts, b, return_gradient)
+    phase, grad, verdicts = _gather(client, futures, starts, b)
+    _warn_untrusted(verdicts, method)
+    out = (phase,) + ((grad,) if return_gradient else ()) + ((verdicts,) if return_info else ())
+    return out[0] if len(out) == 1 else out
 
 
 def _batch_failure(exc, start):
@@ -762,12 +803,14 @@ def _batch_failure(exc, start):
                       f"on a worker ({text})")
 
 
-def _gather(client, futures, starts, b, return_gradient):
-    """The batches' results in input order; the first error cancels the rest."""
+def _gather(client, futures, starts, b):
+    """The batches' phases, gradients (or None) and per-item verdicts, in
+    input order; the first error cancels the rest."""
     from distributed import as_completed
 
     index = {f.key: i for i, f in enumerate(futures)}
     phase = grad = None
+    verdicts = [{} for _ in range(b)]
     try:
         for future in as_completed(futures):
             try:
@@ -778,8 +821,9 @@ def _gather(client, futures, starts, b, return_gradient):
                 raise _batch_failure(exc, starts[index[future.key]]) from exc
             if result[0] == "error":
                 raise _ERRORS.get(result[1], InputError)(result[2])
-            _, p, g = result
+            _, p, g, v = result
             i0 = starts[index[future.key]]
+            verdicts[i0:i0 + len(v)] = v
             if phase is None:
                 phase = np.empty((b,) + p.shape[1:], p.dtype)
                 grad = np.empty((b,) + g.shape[1:], g.dtype) if g is not None else None
@@ -788,4 +832,20 @@ def _gather(client, futures, starts, b, return_gradient):
                 grad[i0:i0 + len(g)] = g
     finally:
         client.cancel([f for f in futures if not f.done()])
-    return (phase, grad) if return_gradient else phase
+    return phase, grad, verdicts
+
+
+def _warn_untrusted(verdicts, method) -> None:
+    """One :class:`~flowtie_fast.errors.TrustWarning` in the calling process
+    for the items whose solve carried one on its worker."""
+    flagged = [(i, v) for i, v in enumerate(verdicts)
+               if v.get("trusted") is False or v.get("trust")]
+    if not flagged:
+        return
+    shown = "; ".join(f"stack[{i}]: {v.get('why') or v.get('trust')}"
+                      + (f" (returned the {v['fallback']} phase)" if v.get("fallback") else "")
+                      for i, v in flagged[:3])
+    more = f"; and {len(flagged) - 3} more" if len(flagged) > 3 else ""
+    warnings.warn(f"reconstruct_many: {len(flagged)} of {len(verdicts)} {method} phases "
+                  f"are not to be trusted as they are: {shown}{more} "
+                  "(return_info=True gives every item's verdict)", TrustWarning, stacklevel=3)

@@ -265,3 +265,35 @@ def test_one_worker_per_gpu_equals_a_plan_on_the_gpu():
     np.testing.assert_array_equal(got, cupy.asnumpy(want))
     devices = [e["device"] for v in plans.values() for e in v]
     assert len(devices) == len(set(devices)) == len(plans)  # one device per worker
+
+
+def test_items_whose_solve_warned_on_a_worker_are_named_here(pinned):
+    """A solve's TrustWarning is raised in the worker process: the caller of a
+    batch saw none and got the phase (zero here, the TIE finding no signal
+    above the noise) as if it were any other."""
+    stack = _stack(4, seed=3)
+    flat = np.full((3, N, N), float(stack[2].mean()), np.float32)
+    flat += np.random.default_rng(4).normal(0, 1e-4, flat.shape).astype(np.float32)
+    stack[2] = flat  # nothing above a noise of 0.01 per pixel
+    plan = _plan()
+    with pytest.warns(ft.TrustWarning, match="no signal above the noise"):
+        want = plan.solve_batch(stack, noise=0.01)
+    with pytest.warns(ft.TrustWarning) as caught:
+        phase, info = cluster.reconstruct_many(stack, pixel_size=PIXEL, dz=DZ, energy=E,
+                                               noise=0.01, batch_size=3, threads=1,
+                                               client=pinned, return_info=True)
+    np.testing.assert_array_equal(phase, want)
+    assert len(info) == 4 and [bool(v.get("trust")) for v in info] == [False, False, True,
+                                                                           False]
+    assert info[2]["trust"] == "no signal above the noise"
+    text = str(caught[0].message)
+    assert text.startswith("reconstruct_many: 1 of 4 tie phases are not to be trusted")
+    assert "stack[2]: no signal above the noise" in text
+    # without return_info the phases alone come back, and the warning all the same
+    with pytest.warns(ft.TrustWarning, match=r"stack\[2\]"):
+        alone = cluster.reconstruct_many(stack, pixel_size=PIXEL, dz=DZ, energy=E,
+                                         noise=0.01, batch_size=2, threads=1, client=pinned)
+    np.testing.assert_array_equal(alone, want)
+    with pytest.raises(ft.InputError, match="return_info: expected True or False"):
+        cluster.reconstruct_many(stack, pixel_size=PIXEL, dz=DZ, energy=E, client=_Unused(),
+                                 return_info="yes")
