@@ -7,6 +7,7 @@ import pytest
 
 import flowtie_fast as ft
 import flowtie_fast.files as ft_files
+import flowtie_fast.io  # noqa: F401  (ft.io is an attribute once the submodule is imported)
 
 
 @pytest.fixture
