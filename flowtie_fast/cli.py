@@ -38,6 +38,7 @@ import numpy as np
 import flowtie_fast as ft
 from flowtie_fast import __version__
 from flowtie_fast.errors import BackendError, InputError, check_count, check_positive
+from flowtie_fast.errors import out_of_memory as _out_of_memory
 from flowtie_fast.files import (atomic_path, check_not_input, check_output,
                                 remove_live_temporaries)
 from flowtie_fast.flow import load_model
@@ -922,18 +923,6 @@ def _describe(exc) -> str:
     if _out_of_memory(exc):
         return f"out of memory ({text}); try a smaller input or another machine"
     return f"unexpected {type(exc).__name__}: {text} (run with --debug for the traceback)"
-
-
-def _out_of_memory(exc) -> bool:
-    """Whether ``exc`` says that memory ran out: a ``MemoryError``, or the
-    ``RuntimeError`` of an allocation PyTorch could not make (its
-    ``OutOfMemoryError`` on a GPU, "can't allocate memory" on the CPU)."""
-    if isinstance(exc, MemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (type(exc).__name__ == "OutOfMemoryError"
-                                              or "can't allocate memory" in text
-                                              or "out of memory" in text.lower())
 
 
 if __name__ == "__main__":
