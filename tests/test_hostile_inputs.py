@@ -1653,3 +1653,14 @@ def test_a_flow_batch_beyond_memory_is_refused_naming_the_planes_not_the_model()
     assert run.stdout.startswith(("planes: 100000 triplet(s) of (32, 32) px need more memory",
                                   "stack: a batch of 100000 items of (32, 32) does not fit")
                                  ), run.stdout
+
+
+@pytest.mark.parametrize("noise, shown", [(np.ones((4, 3)), "an array of shape (4, 3)"),
+                                          (np.ones((32, 32)), "an array of shape (32, 32)"),
+                                          ([[1.0, 2.0, 3.0]], "[[1.0, 2.0, 3.0]] of shape (1, 3)")])
+def test_noise_of_too_many_dimensions_is_shown_with_its_shape_once(noise, shown):
+    """Per-item variances (B, 3) or a variance image gave 'an array of shape
+    (4, 3) of shape (4, 3)'."""
+    with pytest.raises(ft.InputError) as err:
+        ft.FocalTriplet(*planes(), DZ, PIXEL, E, noise=noise)
+    assert str(err.value).endswith(f"got {shown}") and str(err.value).count("of shape") == 1
