@@ -364,7 +364,8 @@ def _case_name(material, thickness) -> str:
 
 
 def _evaluate(args) -> int:
-    from flowtie_fast.evaluation.evaluate import available_methods, evaluate, format_table
+    from flowtie_fast.evaluation.evaluate import (available_methods, case_files, evaluate,
+                                                  format_table)
 
     given = args.methods is not None
     methods = args.methods if given else list(available_methods())
@@ -375,6 +376,7 @@ def _evaluate(args) -> int:
     check_count("--repeats", args.repeats, 1, 1000)
     if args.output is not None:  # an empty -o is refused, not ignored
         check_output(args.output, overwrite=args.overwrite, suffixes=(".md", ".txt"))
+        check_not_input("output", args.output, case_files(args.directory))
     if not given and "flowtie" not in methods:
         print("flowtie: skipped, PyTorch is not installed (pip install 'flowtie_fast[flow]')")
     options = {"virtual": args.virtual} if args.virtual else {}

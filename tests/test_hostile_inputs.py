@@ -1664,3 +1664,19 @@ def test_noise_of_too_many_dimensions_is_shown_with_its_shape_once(noise, shown)
     with pytest.raises(ft.InputError) as err:
         ft.FocalTriplet(*planes(), DZ, PIXEL, E, noise=noise)
     assert str(err.value).endswith(f"got {shown}") and str(err.value).count("of shape") == 1
+
+
+def test_evaluate_refuses_an_output_that_is_a_link_to_one_of_its_cases(tmp_path, capsys):
+    """`flowtie evaluate -o` was checked against nothing it reads: a table
+    path linked to a case file was taken (the link replaced by the table)
+    where every other command refuses an output that is one of its inputs."""
+    data = tmp_path / "data"
+    ft.save(data / "a.npz", ft.FocalTriplet(*planes(), DZ, PIXEL, E))
+    table = tmp_path / "table.md"
+    table.symlink_to(data / "a.npz")
+    before = (data / "a.npz").read_bytes()
+    assert cli.main(["evaluate", str(data), "-o", str(table), "--methods", "tie",
+                     "--backend", "cpu", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "output: " in err[0] and "is the input file" in err[0], err
+    assert table.is_symlink() and (data / "a.npz").read_bytes() == before
