@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -504,6 +505,9 @@ class _Stdout:
         self._stream = stream
 
     def _call(self, method, *args):
+        if self._stream is None:  # the process started with it closed (``>&-``)
+            raise _StdoutError(errno.EBADF, "the standard output cannot be written (it is "
+                                            "closed)")
         try:
             return getattr(self._stream, method)(*args)
         except OSError as exc:

@@ -1680,3 +1680,21 @@ def test_evaluate_refuses_an_output_that_is_a_link_to_one_of_its_cases(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "output: " in err[0] and "is the input file" in err[0], err
     assert table.is_symlink() and (data / "a.npz").read_bytes() == before
+
+
+def test_a_closed_standard_output_is_named_as_such_not_an_unexpected_error(tmp_path):
+    """Started with its standard output closed (``>&-``), where Python sets
+    ``sys.stdout`` to None, flowtie reconstruct wrote its result and then
+    failed with "unexpected AttributeError: 'NoneType' object has no
+    attribute 'write'"; it is named as an output that cannot be written."""
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "in.npz", t)
+    run = subprocess.run([sys.executable, "-m", "flowtie_fast._entry", "reconstruct",
+                          str(source), "-o", str(tmp_path / "out.npz"), "--backend", "cpu"],
+                         stderr=subprocess.PIPE, text=True, timeout=300,
+                         preexec_fn=lambda: os.close(1))
+    assert run.returncode == 1
+    assert run.stderr.strip() == ("flowtie reconstruct: error: the standard output cannot be "
+                                  "written (it is closed)"), run.stderr
+    with np.load(tmp_path / "out.npz") as written:
+        assert np.isfinite(written["phase"]).all()
