@@ -475,7 +475,9 @@ def main(argv=None) -> int:
             warnings.simplefilter("default")
             for kind in (DeprecationWarning, FutureWarning):  # dependencies' notes to us
                 warnings.simplefilter("ignore", kind)
-            return args.func(args)
+            status = args.func(args)
+            sys.stdout.check()
+            return status
     except KeyboardInterrupt as exc:
         how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
         print(f"flowtie {args.command}: {how}; nothing half-written is left", file=sys.stderr)
@@ -503,11 +505,20 @@ class _Stdout:
 
     def __init__(self, stream):
         self._stream = stream
+        self._lost = False  # whether something was printed to a closed standard output
 
-    def _call(self, method, *args):
-        if self._stream is None:  # the process started with it closed (``>&-``)
+    def check(self):
+        """Raise :class:`_StdoutError` where the command printed to a standard
+        output closed when it started: like a full device's, the failure is
+        told after the command's files are written, never instead of them."""
+        if self._lost:
             raise _StdoutError(errno.EBADF, "the standard output cannot be written (it is "
                                             "closed)")
+
+    def _call(self, method, *args):
+        if self._stream is None:  # the process started with it closed (``>&-``): the
+            self._lost = True      # command goes on, and fails at its end (see check)
+            return len(args[0]) if method == "write" else None
         try:
             return getattr(self._stream, method)(*args)
         except OSError as exc:
@@ -674,6 +685,8 @@ def _one_line_warning(command):
     """A ``warnings.showwarning`` that prints ``flowtie CMD: warning: ...`` on one
     line (the library's own warnings say what was done and what to change)."""
     def show(message, category, filename, lineno, file=None, line=None):
+        if sys.stderr is None:  # started with it closed (``2>&-``): dropped, as by Python,
+            return              # not printed on the standard output
         text = " ".join(str(message).split())
         print(f"flowtie {command}: warning: {text}", file=sys.stderr)
     return show
