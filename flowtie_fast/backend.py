@@ -557,7 +557,10 @@ def array_stats(planes) -> np.ndarray:
         xp = array_module(planes[0])
         return xp.stack([xp.stack([(p < 0).sum(dtype=xp.float64), p.sum(dtype=xp.float64)])
                          for p in planes]).get()
-    return np.array([(np.count_nonzero(p < 0), p.sum(dtype=np.float64)) for p in planes],
+    # The negatives are counted only where there are any: ``p < 0`` is a boolean
+    # image of the plane's size, which a memory map or a broadcast view does not hold.
+    return np.array([(np.count_nonzero(p < 0) if p.size and p.min() < 0 else 0,
+                      p.sum(dtype=np.float64)) for p in planes],
                     dtype=np.float64).reshape(len(planes), 2)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -38,6 +39,7 @@ import numpy as np
 import flowtie_fast as ft
 from flowtie_fast import __version__
 from flowtie_fast.errors import BackendError, InputError, check_count, check_positive
+from flowtie_fast.errors import out_of_memory as _out_of_memory
 from flowtie_fast.files import (atomic_path, check_not_input, check_output,
                                 remove_live_temporaries)
 from flowtie_fast.flow import load_model
@@ -363,7 +365,8 @@ def _case_name(material, thickness) -> str:
 
 
 def _evaluate(args) -> int:
-    from flowtie_fast.evaluation.evaluate import available_methods, evaluate, format_table
+    from flowtie_fast.evaluation.evaluate import (available_methods, case_files, evaluate,
+                                                  format_table)
 
     given = args.methods is not None
     methods = args.methods if given else list(available_methods())
@@ -374,6 +377,7 @@ def _evaluate(args) -> int:
     check_count("--repeats", args.repeats, 1, 1000)
     if args.output is not None:  # an empty -o is refused, not ignored
         check_output(args.output, overwrite=args.overwrite, suffixes=(".md", ".txt"))
+        check_not_input("output", args.output, case_files(args.directory))
     if not given and "flowtie" not in methods:
         print("flowtie: skipped, PyTorch is not installed (pip install 'flowtie_fast[flow]')")
     options = {"virtual": args.virtual} if args.virtual else {}
@@ -471,7 +475,9 @@ def main(argv=None) -> int:
             warnings.simplefilter("default")
             for kind in (DeprecationWarning, FutureWarning):  # dependencies' notes to us
                 warnings.simplefilter("ignore", kind)
-            return args.func(args)
+            status = args.func(args)
+            sys.stdout.check()
+            return status
     except KeyboardInterrupt as exc:
         how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
         print(f"flowtie {args.command}: {how}; nothing half-written is left", file=sys.stderr)
@@ -499,8 +505,20 @@ class _Stdout:
 
     def __init__(self, stream):
         self._stream = stream
+        self._lost = False  # whether something was printed to a closed standard output
+
+    def check(self):
+        """Raise :class:`_StdoutError` where the command printed to a standard
+        output closed when it started: like a full device's, the failure is
+        told after the command's files are written, never instead of them."""
+        if self._lost:
+            raise _StdoutError(errno.EBADF, "the standard output cannot be written (it is "
+                                            "closed)")
 
     def _call(self, method, *args):
+        if self._stream is None:  # the process started with it closed (``>&-``): the
+            self._lost = True      # command goes on, and fails at its end (see check)
+            return len(args[0]) if method == "write" else None
         try:
             return getattr(self._stream, method)(*args)
         except OSError as exc:
@@ -667,6 +685,8 @@ def _one_line_warning(command):
     """A ``warnings.showwarning`` that prints ``flowtie CMD: warning: ...`` on one
     line (the library's own warnings say what was done and what to change)."""
     def show(message, category, filename, lineno, file=None, line=None):
+        if sys.stderr is None:  # started with it closed (``2>&-``): dropped, as by Python,
+            return              # not printed on the standard output
         text = " ".join(str(message).split())
         print(f"flowtie {command}: warning: {text}", file=sys.stderr)
     return show
@@ -922,18 +942,6 @@ def _describe(exc) -> str:
     if _out_of_memory(exc):
         return f"out of memory ({text}); try a smaller input or another machine"
     return f"unexpected {type(exc).__name__}: {text} (run with --debug for the traceback)"
-
-
-def _out_of_memory(exc) -> bool:
-    """Whether ``exc`` says that memory ran out: a ``MemoryError``, or the
-    ``RuntimeError`` of an allocation PyTorch could not make (its
-    ``OutOfMemoryError`` on a GPU, "can't allocate memory" on the CPU)."""
-    if isinstance(exc, MemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (type(exc).__name__ == "OutOfMemoryError"
-                                              or "can't allocate memory" in text
-                                              or "out of memory" in text.lower())
 
 
 if __name__ == "__main__":

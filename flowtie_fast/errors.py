@@ -113,6 +113,18 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says that memory ran out: a ``MemoryError``, or the
+    ``RuntimeError`` of an allocation PyTorch could not make (its
+    ``OutOfMemoryError`` on a GPU, "can't allocate memory" on the CPU)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (type(exc).__name__ == "OutOfMemoryError"
+                                              or "can't allocate memory" in text
+                                              or "out of memory" in text.lower())
+
+
 def check_real(name: str, value, *, low=None, low_open=False, default=None) -> float:
     """``value`` as a finite float of at least ``low`` (above it when
     ``low_open``); :class:`InputError` naming ``name`` otherwise. ``None`` gives

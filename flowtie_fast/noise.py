@@ -193,9 +193,11 @@ def check_noise(noise, n_planes: int):
                                           for x in np.atleast_1d(raw).tolist()):
         raise InputError(f"noise: expected {_EXPECTED}, got {_short(values)}")
     if raw.ndim > 1:  # flattened, [[1, 2, 3]] would pass for three plane variances
+        shown = _short(values)  # an array of more than 8 values is shown by its shape
+        if not shown.startswith("an array of shape"):
+            shown += f" of shape {raw.shape}"
         raise InputError(f"noise: expected 1 or {n_planes} variances, one per plane "
-                         f"(intensity², a number or a flat list), got {_short(values)} of "
-                         f"shape {raw.shape}")
+                         f"(intensity², a number or a flat list), got {shown}")
     v = raw.astype(np.float64).reshape(-1)
     if v.size == 1:
         v = np.repeat(v, n_planes)

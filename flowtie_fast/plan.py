@@ -337,6 +337,10 @@ class Plan:
         stack = self._image("stack", stack, (b, 3) + self.shape)
         if gradient is not None:
             gradient = self._image("gradient", gradient, (b, 2) + self.shape)
+        if out is None:  # a memory map or a broadcast view holds more items than memory
+            self.backend.check_memory("stack", f"a batch of {b} items of {self.shape}",
+                                      b * int(np.prod(self.shape)) * self.dtype.itemsize,
+                                      f"its phases ({self.dtype})")
         out = self._output("out", out, (b,) + self.shape, (stack, gradient),
                            ("stack", "gradient"))
         if gradient_out is not None:
@@ -362,12 +366,17 @@ class Plan:
             except InputError as exc:
                 raise InputError(f"stack[{i}]: {exc}") from exc
         if batched:
-            return self.solver.flow_batch(stack, self._derivative_weights,
-                                          self._intensity_weights, self.wavenumber,
-                                          gradient=gradient, out=out,
-                                          gradient_out=gradient_out, model=self.options.model,
-                                          names=_INPUT_NAMES[:3],
-                                          cuda_graphs=self.options.cuda_graphs)
+            try:
+                return self.solver.flow_batch(stack, self._derivative_weights,
+                                              self._intensity_weights, self.wavenumber,
+                                              gradient=gradient, out=out,
+                                              gradient_out=gradient_out,
+                                              model=self.options.model, names=_INPUT_NAMES[:3],
+                                              cuda_graphs=self.options.cuda_graphs)
+            except MemoryError as exc:  # the network's inputs are made for the whole batch
+                raise InputError(f"stack: a batch of {b} items of {self.shape} does not fit "
+                                 f"in memory for one pass of the flow network "
+                                 f"({first_line(exc)}); solve fewer items at a time") from exc
         items = []
         for i in range(b):
             try:

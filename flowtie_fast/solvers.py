@@ -58,7 +58,8 @@ import numpy as np
 from . import trust
 from .backend import Backend, get_backend
 from .errors import (InputError, ResultError, TrustWarning, check_choice, check_count,
-                     check_finite_result, check_float_dtype, check_real, first_line)
+                     check_finite_result, check_float_dtype, check_real, first_line,
+                     out_of_memory)
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, FlowModel, load_model
 from .noise import (ALPHA_MAX, COUNTS, GRADIENT_THRESHOLD, check_noise, denoise,
                     discrepancy_alpha, poisson_noise, teague_floor)
@@ -1022,13 +1023,19 @@ class TIESolver:
         planes (B, 3, Ny, Nx) and ∂I/∂z (B, Ny, Nx), with the measured gradients
         (B, 2, Ny, Nx, rad/Å) or None: one network call."""
         be = self.backend
-        com = None if gradient is None else be.asarray(gradient, self.dtype) / (2 * np.pi)
         try:
+            com = None if gradient is None else be.asarray(gradient, self.dtype) / (2 * np.pi)
             extra = {} if graphs else {"graphs": False}  # the model's default: its graphs
             v = model.predict_batch(planes, didz, k, self.pixel_size, com, **extra)
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001  the network itself failed on this input
+            if out_of_memory(exc):  # the input's size, not the network, is at fault
+                raise InputError(f"planes: {planes.shape[0]} triplet(s) of "
+                                 f"{tuple(planes.shape[-2:])} px need more memory than is "
+                                 f"available for one pass of the flow network "
+                                 f"({first_line(exc)}); solve fewer or smaller images at a "
+                                 "time") from exc
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             why = lines[-1] if lines else first_line(exc)  # TorchScript puts the cause last
             raise InputError(f"model: the flow network {model.path} failed on this input "

@@ -1580,3 +1580,137 @@ def test_a_gain_spread_whose_draws_underflow_is_refused(option, value):
     c = acquisition.counts(patterns, 1e3, 0.5, np.random.default_rng(0),
                            **{option: top[option]})
     assert np.isfinite(c).all() and c.mean() > 1
+
+
+def _under_address_space_limit(script, gib=3):
+    """``script`` run in a fresh interpreter whose address space is limited to
+    ``gib`` GiB (ulimit -v); returns the completed process."""
+    resource = pytest.importorskip("resource")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (gib << 30, gib << 30))
+
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=300)
+
+
+def test_planes_beyond_memory_make_a_triplet_whose_solve_is_refused_not_a_memory_error():
+    """Planes that are views larger than memory (a memory map, a broadcast
+    view) raised a bare MemoryError from the triplet's check for negative
+    values, which made a boolean image of each plane's size; the triplet is
+    made and the solve refused naming its shape."""
+    run = _under_address_space_limit(
+        "import numpy as np, flowtie_fast as ft\n"
+        "big = np.broadcast_to(np.float32(1.0), (60000, 60000))\n"
+        "t = ft.FocalTriplet(big, big, big, 20.0, 0.2, 300e3)\n"
+        "try:\n"
+        "    ft.reconstruct(t, backend='cpu')\n"
+        "except ft.InputError as exc:\n"
+        "    print(exc)\n")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("shape: (60000, 60000) needs about"), run.stdout
+
+
+def test_a_batch_whose_phases_exceed_memory_is_refused_naming_the_stack():
+    """A broadcast or memory-mapped stack of more items than memory holds
+    phases for raised a bare MemoryError when the output was allocated."""
+    run = _under_address_space_limit(
+        "import numpy as np, flowtie_fast as ft\n"
+        "plan = ft.Plan((32, 32), 0.2, 20.0, 300e3, backend='cpu', warmup=False)\n"
+        "y, x = np.mgrid[:32, :32]\n"
+        "base = (1 + 0.1 * np.cos(2 * np.pi * y / 32)).astype(np.float32)\n"
+        "one = np.stack([base, base * 1.01, base * 1.02])[None]\n"
+        "assert plan.solve_batch(np.repeat(one, 2, axis=0)).shape == (2, 32, 32)\n"
+        "try:\n"
+        "    plan.solve_batch(np.broadcast_to(one, (3_000_000, 3, 32, 32)))\n"
+        "except ft.InputError as exc:\n"
+        "    print(exc)\n")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("stack: a batch of 3000000 items of (32, 32) needs about "
+                                 "11.4 GiB for its phases (float32)"), run.stdout
+
+
+def test_a_flow_batch_beyond_memory_is_refused_naming_the_planes_not_the_model():
+    """The batched flow pass makes the network's inputs for the whole batch:
+    beyond memory it raised a bare MemoryError (or, inside the network,
+    blamed the model file for PyTorch's failed allocation)."""
+    pytest.importorskip("torch")
+    run = _under_address_space_limit(
+        "import numpy as np, flowtie_fast as ft\n"
+        "plan = ft.Plan((32, 32), 0.2, 20.0, 300e3, method='flowtie', uncertainty=False,\n"
+        "               backend='cpu', warmup=False)\n"
+        "y, x = np.mgrid[:32, :32]\n"
+        "base = (1 + 0.1 * np.cos(2 * np.pi * y / 32)).astype(np.float32)\n"
+        "one = np.stack([base, base * 1.01, base * 1.02])[None]\n"
+        "g = np.zeros((1, 2, 32, 32), np.float32)\n"
+        "b = 100_000\n"
+        "try:\n"
+        "    plan.solve_batch(np.broadcast_to(one, (b, 3, 32, 32)),\n"
+        "                     gradient=np.broadcast_to(g, (b, 2, 32, 32)))\n"
+        "except ft.InputError as exc:\n"
+        "    print(exc)\n", gib=4)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith(("planes: 100000 triplet(s) of (32, 32) px need more memory",
+                                  "stack: a batch of 100000 items of (32, 32) does not fit")
+                                 ), run.stdout
+
+
+@pytest.mark.parametrize("noise, shown", [(np.ones((4, 3)), "an array of shape (4, 3)"),
+                                          (np.ones((32, 32)), "an array of shape (32, 32)"),
+                                          ([[1.0, 2.0, 3.0]], "[[1.0, 2.0, 3.0]] of shape (1, 3)")])
+def test_noise_of_too_many_dimensions_is_shown_with_its_shape_once(noise, shown):
+    """Per-item variances (B, 3) or a variance image gave 'an array of shape
+    (4, 3) of shape (4, 3)'."""
+    with pytest.raises(ft.InputError) as err:
+        ft.FocalTriplet(*planes(), DZ, PIXEL, E, noise=noise)
+    assert str(err.value).endswith(f"got {shown}") and str(err.value).count("of shape") == 1
+
+
+def test_evaluate_refuses_an_output_that_is_a_link_to_one_of_its_cases(tmp_path, capsys):
+    """`flowtie evaluate -o` was checked against nothing it reads: a table
+    path linked to a case file was taken (the link replaced by the table)
+    where every other command refuses an output that is one of its inputs."""
+    data = tmp_path / "data"
+    ft.save(data / "a.npz", ft.FocalTriplet(*planes(), DZ, PIXEL, E))
+    table = tmp_path / "table.md"
+    table.symlink_to(data / "a.npz")
+    before = (data / "a.npz").read_bytes()
+    assert cli.main(["evaluate", str(data), "-o", str(table), "--methods", "tie",
+                     "--backend", "cpu", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "output: " in err[0] and "is the input file" in err[0], err
+    assert table.is_symlink() and (data / "a.npz").read_bytes() == before
+
+
+def test_a_closed_standard_output_is_named_as_such_not_an_unexpected_error(tmp_path):
+    """Started with its standard output closed (``>&-``), where Python sets
+    ``sys.stdout`` to None, flowtie reconstruct wrote its result and then
+    failed with "unexpected AttributeError: 'NoneType' object has no
+    attribute 'write'" (a 4D-STEM file, which prints before it writes, not
+    even written); the result is written and the failure named at the end,
+    as for a full device."""
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "in.npz", t)
+    run = subprocess.run([sys.executable, "-m", "flowtie_fast._entry", "reconstruct",
+                          str(source), "-o", str(tmp_path / "out.npz"), "--backend", "cpu"],
+                         stderr=subprocess.PIPE, text=True, timeout=300,
+                         preexec_fn=lambda: os.close(1))
+    assert run.returncode == 1
+    assert run.stderr.strip() == ("flowtie reconstruct: error: the standard output cannot be "
+                                  "written (it is closed)"), run.stderr
+    with np.load(tmp_path / "out.npz") as written:
+        assert np.isfinite(written["phase"]).all()
+    # A 4D-STEM file prints its registration before the result is written; with
+    # the standard error closed too, the warnings are dropped, not fatal.
+    data = patterns()
+    four = ft.save(tmp_path / "4d.npz", ft.Dataset(*data, dz=(DZ, DZ), scan_step=(0.2, 0.2),
+                                                   energy=E, k_sampling=(0.05, 0.05)))
+    for closed in ((1,), (1, 2)):
+        out = tmp_path / f"out{len(closed)}.npz"
+        run = subprocess.run([sys.executable, "-m", "flowtie_fast._entry", "reconstruct",
+                              str(four), "-o", str(out), "--backend", "cpu", "--method", "icom"],
+                             stderr=subprocess.PIPE, text=True, timeout=300,
+                             preexec_fn=lambda closed=closed: [os.close(fd) for fd in closed])
+        assert run.returncode == 1, run.stderr
+        with np.load(out) as written:
+            assert np.isfinite(written["phase"]).all()
