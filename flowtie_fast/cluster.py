@@ -318,7 +318,10 @@ class _Spec:
     options: tuple  # sorted (name, value) pairs of PLAN_OPTIONS given
 
 
-_PLANS: dict = {}  # (worker id, device, spec) -> [Plan, batches solved], oldest use first
+# (worker id, device, spec) -> [Plan, batches solved, lock], oldest use first; the
+# lock holds a batch's solves and the reading of their verdicts (plan.info) together
+# where the worker's threads share the plan.
+_PLANS: dict = {}
 #: Plans a worker keeps (per process): an acquisition that changes dz, pixel size
 #: or shape from run to run must not hold every earlier Plan's buffers.
 MAX_PLANS = 8
@@ -359,7 +362,7 @@ def _worker_plan(spec: _Spec):
             plan = Plan(spec.shape, spec.pixel_size, spec.dz, spec.energy, spec.method,
                         backend=backend, threads=threads, dtype=spec.dtype,
                         **dict(spec.options))
-            entry = [plan, 0]
+            entry = [plan, 0, threading.Lock()]
         _PLANS[key] = entry  # the most recently used last
         mine = [k for k in _PLANS if k[0] == key[0]]
         for k in mine[:max(0, len(mine) - MAX_PLANS)]:
@@ -387,8 +390,8 @@ def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradien
     """One batch on a worker: ``("ok", phase, gradient or None, verdicts)``,
     the arrays NumPy and ``verdicts`` one dict per item (:func:`_verdict`),
     or ``("error", exception name, message)`` for the library's own errors,
-    with the items numbered as in the whole stack. The solves' warnings stay
-    on the worker: the verdicts carry what they say."""
+    with the items numbered as in the whole stack. The solves' warnings are
+    shown on the worker; the verdicts carry what they say to the caller."""
     try:
         entry = _worker_plan(spec)
         plan = entry[0]
@@ -397,8 +400,7 @@ def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradien
         gradient = None if gradient is None else be.asarray(_canonical(gradient))
         b = stack.shape[0]
         grad_out = be.empty((b, 2) + plan.shape, plan.dtype) if return_gradient else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", TrustWarning)  # the verdicts carry them back
+        with entry[2]:  # another thread's solve would replace plan.info
             if isinstance(noise, list):  # one per item (triplets): solved one at a time
                 out = be.empty((b,) + plan.shape, plan.dtype)
                 verdicts = []
@@ -444,7 +446,7 @@ def _plan_report(dask_worker=None):
     with _PLANS_LOCK:
         return [{"shape": spec.shape, "method": spec.method, "device": device,
                  "dtype": spec.dtype, "batches": n}
-                for (w, device, _, spec), (_, n) in _PLANS.items() if w == wid]
+                for (w, device, _, spec), (_, n, _) in _PLANS.items() if w == wid]
 
 
 def _plan_release(dask_worker=None):
