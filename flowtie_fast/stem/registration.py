@@ -509,6 +509,13 @@ def estimate_shift(reference, moving, *, periodic=True, upsample=100, invert=Fal
     periodic = _check_bool("periodic", periodic)
     invert = _check_bool("invert", invert)
     upsample = check_count("upsample", upsample, 1, 1000)
+    return _estimate(reference, moving, periodic, upsample, invert, with_sigma=True)
+
+
+def _estimate(reference, moving, periodic, upsample, invert, *, with_sigma) -> Shift:
+    """:func:`estimate_shift` of checked images; the noise standard error is
+    computed only ``with_sigma`` (``sigma`` None otherwise: it costs about as
+    much as the estimate, and only the matches that place a plane read it)."""
     if _flat(reference) or _flat(moving):
         return Shift(0.0, 0.0, 0.0)
     ref = reference.astype(np.float64)
@@ -520,7 +527,7 @@ def estimate_shift(reference, moving, *, periodic=True, upsample=100, invert=Fal
     if periodic:
         spec_ref, spec_mov = np.fft.rfft2(ref - ref.mean()), np.fft.rfft2(mov - mov.mean())
         est, weights = _correlate(spec_ref, spec_mov, shape, upsample, invert)
-        return _with_sigma(est, spec_ref, spec_mov, weights, shape, None)
+        return _with_sigma(est, spec_ref, spec_mov, weights, shape, None) if with_sigma else est
     ny, nx = shape
     wy, wx = _window(ny, 0, 0), _window(nx, 0, 0)
     windows = (np.outer(wy, wx),) * 2
@@ -540,7 +547,7 @@ def estimate_shift(reference, moving, *, periodic=True, upsample=100, invert=Fal
         est = new
         if step < 0.5 / upsample:
             break
-    return _with_sigma(est, spec_ref, spec_mov, weights, shape, windows)
+    return _with_sigma(est, spec_ref, spec_mov, weights, shape, windows) if with_sigma else est
 
 
 def _with_sigma(est: Shift, spec_ref, spec_mov, weights, shape, windows) -> Shift:
@@ -894,16 +901,20 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
 
     images = planes if signals is None else signals
     invert = signals is None
-    e01 = estimate_shift(images[1], images[0], periodic=periodic, invert=invert)
-    e21 = estimate_shift(images[1], images[2], periodic=periodic, invert=invert)
-    e02 = estimate_shift(images[2], images[0], periodic=periodic, invert=invert)
+    # The images are checked; the noise standard error is read of the placing
+    # matches of the signals only.
+    placing = signals is not None
+    e01 = _estimate(images[1], images[0], periodic, 100, invert, with_sigma=placing)
+    e21 = _estimate(images[1], images[2], periodic, 100, invert, with_sigma=placing)
+    e02 = _estimate(images[2], images[0], periodic, 100, invert, with_sigma=False)
     if signals is not None:
         # A crystal's image repeats: its correlation has near-equal peaks a
         # lattice vector apart, which caps the quality of any match, its match
         # with itself included. A match as sharp as the signals' own symmetry
         # allows is as good as it gets (a lattice vector off changes nothing
         # inside a crystal); noise makes the self-match sharp and keeps the bar.
-        own = min(estimate_shift(x, x, periodic=periodic).quality for x in images)
+        own = min(_estimate(x, x, periodic, 100, False, with_sigma=False).quality
+                  for x in images)
         if own >= STRUCTURE_QUALITY:  # signals without structure keep the bar
             min_quality = min(min_quality, SYMMETRY_FRACTION * own)
     s0, s2, loop = _combine(e01, e21, e02, min_quality)
@@ -950,7 +961,7 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
         p = [np.asarray(a, dtype=np.float64) for a in planes]
         for i, j, s, other in ((0, 2, s0, s2), (2, 0, s2, s0)):
             target = 2 * p[1] - apply_shift(p[j], other, periodic=periodic)
-            check = estimate_shift(target, p[i], periodic=periodic)
+            check = _estimate(target, p[i], periodic, 100, False, with_sigma=False)
             miss = float(np.hypot(check.dy - s[0], check.dx - s[1]))
             if check.quality < min_quality:
                 problems.append(f"the shift of {_NAMES[i]}, estimated {_fmt(s)} px, has "
