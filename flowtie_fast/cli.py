@@ -38,12 +38,13 @@ import numpy as np
 
 import flowtie_fast as ft
 from flowtie_fast import __version__
-from flowtie_fast.errors import BackendError, InputError, check_count, check_positive
-from flowtie_fast.errors import out_of_memory as _out_of_memory
+from flowtie_fast.errors import (BackendError, InputError, check_count, check_positive,
+                                 out_of_memory)
 from flowtie_fast.files import (atomic_path, check_not_input, check_output,
                                 remove_live_temporaries)
 from flowtie_fast.flow import load_model
 from flowtie_fast.flow.infer import check_model_source
+from flowtie_fast.stem.detector import VIRTUAL_IMAGES
 
 __all__ = ["main"]
 from flowtie_fast.io import write_fields
@@ -763,7 +764,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     PRECISIONS = ("float32", "tf32", "bfloat16")
-    VIRTUAL = ("bf", "bf-full", "abf", "df", "whole")  # the images of FocalTriplet.from_4dstem
 
     rec = command("reconstruct", parents=[common, overwrite],
                   help="reconstruct a file (triplet or 4D-STEM)")
@@ -782,7 +782,7 @@ def _parser() -> argparse.ArgumentParser:
                           "(no start-up cost), auto: numpy for a triplet of images or a 4D "
                           "file up to 256 MiB; numba or numpy with --backend auto computes "
                           "on the CPU")
-    rec.add_argument("--virtual", choices=VIRTUAL, metavar="IMAGE",
+    rec.add_argument("--virtual", choices=VIRTUAL_IMAGES, metavar="IMAGE",
                      help="4D-STEM: virtual image the planes are made of (bf, bf-full, abf, "
                           "df, whole; default bf)")
     rec.add_argument("--model", help="flowtie: shipped model name (default, fast, seed0, "
@@ -855,7 +855,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="where to compute")
     ev.add_argument("--repeats", type=int, default=3, metavar="N",
                     help="timed runs per method after a warm-up run; the best is reported")
-    ev.add_argument("--virtual", choices=VIRTUAL, metavar="IMAGE",
+    ev.add_argument("--virtual", choices=VIRTUAL_IMAGES, metavar="IMAGE",
                     help="4D-STEM: virtual image the planes are made of (bf, bf-full, abf, df, "
                          "whole; default bf)")
     ev.add_argument("--model", help="flowtie: shipped model name or TorchScript file "
@@ -939,7 +939,7 @@ def _describe(exc) -> str:
         return exc.strerror
     if isinstance(exc, (ValueError, OSError)):
         return text
-    if _out_of_memory(exc):
+    if out_of_memory(exc):
         return f"out of memory ({text}); try a smaller input or another machine"
     return f"unexpected {type(exc).__name__}: {text} (run with --debug for the traceback)"
 

@@ -366,17 +366,12 @@ class Plan:
             except InputError as exc:
                 raise InputError(f"stack[{i}]: {exc}") from exc
         if batched:
-            try:
-                return self.solver.flow_batch(stack, self._derivative_weights,
-                                              self._intensity_weights, self.wavenumber,
-                                              gradient=gradient, out=out,
-                                              gradient_out=gradient_out,
-                                              model=self.options.model, names=_INPUT_NAMES[:3],
-                                              cuda_graphs=self.options.cuda_graphs)
-            except MemoryError as exc:  # the network's inputs are made for the whole batch
-                raise InputError(f"stack: a batch of {b} items of {self.shape} does not fit "
-                                 f"in memory for one pass of the flow network "
-                                 f"({first_line(exc)}); solve fewer items at a time") from exc
+            return self.solver.flow_batch(stack, self._derivative_weights,
+                                          self._intensity_weights, self.wavenumber,
+                                          gradient=gradient, out=out,
+                                          gradient_out=gradient_out, model=self.options.model,
+                                          names=_INPUT_NAMES[:3],
+                                          cuda_graphs=self.options.cuda_graphs)
         items = []
         for i in range(b):
             try:

@@ -347,6 +347,14 @@ class SolveOptions:
     cuda_graphs: bool = True
 
 
+def _beyond_memory(count: int, shape, exc) -> InputError:
+    """The refusal of ``count`` triplets of ``shape`` px whose flow pass ran
+    out of memory (``exc``): the input's size, not the network, is at fault."""
+    return InputError(f"planes: {count} triplet(s) of {tuple(shape)} px need more memory than "
+                      f"is available for one pass of the flow network ({first_line(exc)}); "
+                      "solve fewer or smaller images at a time")
+
+
 class TIESolver:
     """Reusable solver for one image shape: plans, buffers and kernels made once.
 
@@ -896,6 +904,16 @@ class TIESolver:
         """
         names = names or ("minus", "zero", "plus")
         model = self._flow_model(model)
+        b = stack.shape[0]
+        try:
+            return self._flow_batch(stack, derivative_weights, intensity_weights, wavenumber,
+                                    gradient, out, gradient_out, model, names, cuda_graphs)
+        except MemoryError as exc:  # the whole batch's planes and network inputs at once
+            raise _beyond_memory(b, self.shape, exc) from exc
+
+    def _flow_batch(self, stack, derivative_weights, intensity_weights, wavenumber, gradient,
+                    out, gradient_out, model, names, cuda_graphs):
+        """The body of :meth:`flow_batch`, its arguments checked."""
         be = self.backend
         xp = be.xp
         b = stack.shape[0]
@@ -1031,11 +1049,7 @@ class TIESolver:
             raise
         except Exception as exc:  # noqa: BLE001  the network itself failed on this input
             if out_of_memory(exc):  # the input's size, not the network, is at fault
-                raise InputError(f"planes: {planes.shape[0]} triplet(s) of "
-                                 f"{tuple(planes.shape[-2:])} px need more memory than is "
-                                 f"available for one pass of the flow network "
-                                 f"({first_line(exc)}); solve fewer or smaller images at a "
-                                 "time") from exc
+                raise _beyond_memory(planes.shape[0], planes.shape[-2:], exc) from exc
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             why = lines[-1] if lines else first_line(exc)  # TorchScript puts the cause last
             raise InputError(f"model: the flow network {model.path} failed on this input "

@@ -47,10 +47,9 @@ def _counts_noise(planes, stats):
     an integer dtype and its noise, estimated from the image, is within a
     factor 10 of the Poisson variance, or where they hold under one count a
     pixel (sparse counts, mostly zeros, whose noise the image estimate
-    cannot measure); the estimate,
-    with a TrustWarning,
-    where integer planes are not counts (an 8-bit export, detector units of
-    another gain); None, with a TrustWarning for mixed dtypes, otherwise."""
+    cannot measure); the estimate, with a TrustWarning, where integer planes
+    are not counts (an 8-bit export, detector units of another gain); None,
+    with a TrustWarning for mixed dtypes, otherwise."""
     integer = [p.dtype.kind in "iu" for p in planes]
     if not any(integer):
         return None

@@ -23,7 +23,11 @@ from ..backend import array_module, is_cupy
 from ..errors import InputError, check_positive
 from ..physics import wavelength
 
-__all__ = ["Detector", "DetectorWarning", "find_center", "triplet_geometry"]
+__all__ = ["Detector", "DetectorWarning", "VIRTUAL_IMAGES", "find_center", "triplet_geometry"]
+
+#: The virtual images of a triplet's reductions (:func:`triplet_geometry`'s
+#: regions), the names ``virtual=`` takes.
+VIRTUAL_IMAGES = ("bf", "bf-full", "abf", "df", "whole")
 
 
 class DetectorWarning(UserWarning):

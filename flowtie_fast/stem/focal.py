@@ -34,7 +34,7 @@ from .reduction import (Reduction, _is_dask, check_4d, check_float32_range,
 from .registration import RegistrationWarning, apply_shift, register_triplet
 from .rotation import calibrate_rotation, rotate_com
 
-__all__ = ["orient", "prepare_planes", "reduce_triplet", "register_planes"]
+__all__ = ["holds_counts", "orient", "prepare_planes", "reduce_triplet", "register_planes"]
 
 #: px: smaller shifts are reported, not applied (the estimate's accuracy; the
 #: dark field of thick crystals shifts by a few hundredths of a pixel with
@@ -115,8 +115,25 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
     reductions = [reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,
                                 backend=backend, chunk_bytes=chunk_bytes, name=n)
                   for n, d in zip(names, data)]
-    counts = all(np.dtype(d.dtype).kind in "iu" for d in data)
-    return reductions, counts
+    return reductions, holds_counts(data)
+
+
+def holds_counts(datasets) -> bool:
+    """Whether every dataset holds electron counts (an integer dtype): their
+    noise is then Poisson where it cannot be measured.
+
+    Parameters
+    ----------
+    datasets : sequence of array-like
+        The three datasets (NumPy, CuPy, dask, HDF5 or LiberTEM DataSets);
+        one without a ``dtype`` is taken as float32.
+
+    Returns
+    -------
+    bool
+        True where every ``dtype`` is of an integer kind.
+    """
+    return all(np.dtype(getattr(d, "dtype", np.float32)).kind in "iu" for d in datasets)
 
 
 def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, register=True):

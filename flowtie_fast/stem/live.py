@@ -42,15 +42,13 @@ from .._cuda import MAX_WEIGHTS
 from ..backend import get_backend, gpu_available
 from ..errors import BackendError, InputError, check_positive
 from ..triplet import FocalTriplet
-from .detector import (check_detector, check_disk, check_regions, detector_weights,
-                       triplet_geometry, weight_ranges)
-from .focal import check_register
+from .detector import (VIRTUAL_IMAGES, check_detector, check_disk, check_regions,
+                       detector_weights, triplet_geometry, weight_ranges)
+from .focal import check_register, holds_counts
 from .reduction import (_native, check_float32_range, check_pixel_ranges, finish_reduction,
                         reduce_frames)
 
 __all__ = ["ReductionUDF", "reduce_with_libertem", "triplet_with_libertem"]
-
-_VIRTUAL = ("bf", "bf-full", "abf", "df", "whole")
 
 
 class ReductionUDF(UDF):
@@ -468,8 +466,8 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
         if not hasattr(d, "shape"):
             raise InputError(f"datasets: the {n} entry is {type(d).__name__}, expected a "
                              "LiberTEM dataset (ctx.load(...))")
-    if not isinstance(virtual, str) or virtual not in _VIRTUAL:
-        raise InputError(f"virtual: expected one of {_VIRTUAL}, got {virtual!r}")
+    if not isinstance(virtual, str) or virtual not in VIRTUAL_IMAGES:
+        raise InputError(f"virtual: expected one of {VIRTUAL_IMAGES}, got {virtual!r}")
     backends = _check_backends(ctx, backends)
     check_register(register)  # before any pass
     check_positive("dz", dz, pair=True)
@@ -498,8 +496,8 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     reductions = [reduce_with_libertem(ctx, d, detector, regions, com_radius_mrad=com_radius,
                                        name=n, backends=backends)
                   for n, d in zip(("minus", "zero", "plus"), datasets)]
-    # counts (an integer dtype) give the noise where it cannot be measured, as in from_4dstem
-    counts = all(np.dtype(getattr(d, "dtype", np.float32)).kind in "iu" for d in datasets)
+    # counts give the noise where it cannot be measured, as in from_4dstem
     return FocalTriplet.from_reductions(reductions, dz, scan_step, virtual=virtual,
-                                        rotation=rotation, flip=flip, counts=counts,
+                                        rotation=rotation, flip=flip,
+                                        counts=holds_counts(datasets),
                                         register=register)

@@ -309,9 +309,9 @@ def load_corpus(folder, *, variants=3, seed=0, ranges=None, min_dose=MIN_TRAININ
             raw = [np.asarray(p) for p in (ds.minus, ds.zero, ds.plus)]
             calib = {"dz": ds.dz, "scan_step": ds.scan_step, "k_sampling": ds.k_sampling,
                      "energy": ds.energy}
-            phase, gradient = np.asarray(ds.phase_gt), np.asarray(ds.gradient_gt)
-            for key, a in (("phase_gt", phase), ("gradient_gt", gradient)):
-                _truth32(a, key, path)  # the samples hold them in float32
+            # float32, as the samples hold them (checked to fit)
+            phase = _truth32(ds.phase_gt, "phase_gt", path)
+            gradient = _truth32(ds.gradient_gt, "gradient_gt", path)
         if margin:
             phase = phase[margin:-margin, margin:-margin]
             gradient = gradient[:, margin:-margin, margin:-margin]
