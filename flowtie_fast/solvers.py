@@ -113,12 +113,14 @@ class Reconstruction:
         The TIE methods and ``gd`` given a measured gradient:
         ``icom_disagreement``, their phase's disagreement with the ``icom``
         phase (:func:`flowtie_fast.trust.disagreement`, 0 where they agree, 1
-        for a flat phase). ``icom``: ``noise`` and ``denoise`` where the
+        for a flat phase; None where the gradient's orientation looks wrong,
+        ``triplet.gradient_orientation``). ``icom``: ``noise`` and ``denoise`` where the
         gradient's noise is known. ``flowtie``: ``model`` (its file) and
         ``precision``; with ``uncertainty``, the trust check (``trusted``,
         ``rel_spread``, ``snr``, ``icom_ratio``, ``why``) and, where the flow
         was not trusted, ``fallback``: the classical method (``icom`` or
-        ``tie``) whose phase was returned. ``trust``: why a classical phase
+        ``tie``; ``tie`` where the gradient's orientation looks wrong) whose
+        phase was returned. ``trust``: why a classical phase
         may be wrong, where a :class:`TrustWarning` said so.
     uncertainty : array (Ny, Nx) or None, optional
         ``flowtie``: the standard deviation of the phase at each pixel in rad
@@ -327,6 +329,11 @@ class SolveOptions:
         The noise of a measured gradient ((rad/Å)², per component).
     registration : dict or None
         The record of the scans' registration (``triplet.registration``).
+    gradient_suspect : str or None
+        Why the measured gradient's orientation looks wrong (its curl check,
+        ``triplet.gradient_orientation["why"]``): then ``icom`` says so and
+        nothing else leans on the gradient (no check against it, no fallback
+        to it).
     names : sequence of str, optional
         How messages name the planes (default minus, zero, plus).
     cuda_graphs : bool
@@ -343,8 +350,15 @@ class SolveOptions:
     noise: object = None
     gradient_noise: object = None
     registration: dict | None = None
+    gradient_suspect: str | None = None
     names: tuple | None = None
     cuda_graphs: bool = True
+
+
+def _suspect(series):
+    """Why a series' measured gradient looks wrongly oriented, or None."""
+    check = getattr(series, "gradient_orientation", None)
+    return check.get("why") if check and check.get("suspect") else None
 
 
 def _beyond_memory(count: int, shape, exc) -> InputError:
@@ -633,6 +647,7 @@ class TIESolver:
                                noise=getattr(series, "noise", None),
                                gradient_noise=getattr(series, "gradient_noise", None),
                                registration=getattr(series, "registration", None),
+                               gradient_suspect=_suspect(series),
                                uncertainty=method == "flowtie" and uncertainty is not False)
         inputs = (*series.planes, series.gradient, out)
         input_names = (*names, "gradient", "out")
@@ -659,6 +674,10 @@ class TIESolver:
                             f"({noise.source} noise): the phase is zero; a larger dose "
                             "may carry it")
                         warnings.warn(rec.info["trust"], TrustWarning, stacklevel=3)
+                if options.gradient_suspect and "trust" not in rec.info:
+                    rec.info["trust"] = options.gradient_suspect
+                    warnings.warn(f"icom: {options.gradient_suspect}", TrustWarning,
+                                  stacklevel=3)
                 rec.info["time"] = time.perf_counter() - start
                 return rec
             phase = self.poisson.output(out)
@@ -729,8 +748,11 @@ class TIESolver:
         else:
             raise InputError(f"method: {method!r} does not solve from planes")
         if gradient is not None and method != "flowtie":
-            self._check_against_gradient(method, gradient, options.gradient_noise, phase,
-                                         info)
+            if options.gradient_suspect:  # its orientation looks wrong: no reference
+                info["icom_disagreement"] = None
+            else:
+                self._check_against_gradient(method, gradient, options.gradient_noise, phase,
+                                             info)
         self.backend.synchronize()
         return mean, residual
 
@@ -1101,13 +1123,18 @@ class TIESolver:
         snr = trust.derivative_snr(self._didz, options.noise, derivative_weights,
                                    self._stats, self.shape)
         icom = None
-        if gradient is not None:  # the classical phase of the measured gradient
+        if gradient is not None and not options.gradient_suspect:
+            # the classical phase of the measured gradient
             g, _ = self._denoised_gradient(gradient, options.gradient_noise)
             icom = self.poisson.integrate(g, out=scratch)
         verdict = trust.verdict(None if spread is None else float(xp.sqrt((spread ** 2).mean())),
                                 float(phases[0].std()), snr,
                                 None if icom is None else float(icom.std()),
                                 options.registration)
+        if options.gradient_suspect and getattr(model, "in_channels", 4) == 6:
+            # a network that reads the centre of mass reads it misoriented too
+            verdict.update(trusted=False, why="the measured gradient it reads looks "
+                           "wrongly oriented (triplet.gradient_orientation)")
         info.update(verdict)
         if verdict["trusted"]:
             if spread is not None:

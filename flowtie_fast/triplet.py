@@ -28,6 +28,7 @@ from .physics import wavenumber
 from .planes import (check_gradient, check_image, check_intensity_stats, check_not_masked,
                      check_positions, focal_weights)
 from .solvers import reconstruct
+from .trust import gradient_orientation, orientation_warning
 from .stem.focal import (check_com_extent, check_register, check_rotation, com_poisson_noise,
                          orient, prepare_planes, reduce_triplet, register_planes,
                          virtual_image_noise)
@@ -135,6 +136,14 @@ class FocalSeries:
     ----------
     noise : Noise or None
         The noise in use (``noise.source`` says where it came from).
+    gradient_orientation : dict or None
+        With a measured gradient: its curl check
+        (:func:`flowtie_fast.trust.gradient_orientation`; ``suspect`` and,
+        where suspect, ``why``). A gradient with curl beyond its noise is
+        taken in the wrong orientation (a detector rotation or flip given
+        wrong, swapped components): a :class:`TrustWarning` says so here, and
+        the solves do not lean on it (``icom`` says so again, the other
+        methods neither check against it nor fall back to it).
     """
 
     def __init__(self, planes, z, pixel_size, energy, z0: float = 0.0, degree=None,
@@ -179,8 +188,10 @@ class FocalSeries:
         self.intensity_weights, self.derivative_weights = focal_weights(z, self.z0, degree)
         self.gradient = None
         self.gradient_noise = None  # Noise of the gradient's two components, (rad/Å)²
+        self.gradient_orientation = None
         if gradient is not None:
             self.gradient = self._check_gradient(gradient)
+            self._check_orientation()
 
     @staticmethod
     def _plane_names(n):
@@ -193,6 +204,16 @@ class FocalSeries:
 
     def _check_gradient(self, g):
         return check_gradient(g, self.shape)
+
+    def _check_orientation(self, rotation=None, flip=None):
+        """The measured gradient's curl check (:func:`flowtie_fast.trust.
+        gradient_orientation`) into ``gradient_orientation``, with a
+        TrustWarning where its orientation looks wrong."""
+        check = gradient_orientation(self.gradient, self.pixel_size)
+        self.gradient_orientation = check
+        if check["suspect"]:
+            check["why"] = orientation_warning(check, rotation, flip)
+            warnings.warn(check["why"], TrustWarning, stacklevel=4)
 
     @property
     def shape(self) -> tuple:
@@ -423,10 +444,11 @@ class FocalTriplet(FocalSeries):
             reductions, scan_step, virtual=virtual, counts=counts, register=register)
         check_com_extent(reductions[1], "zero")
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
-        reductions, _, _ = orient(reductions, rotation, flip, t._tie_gradient)
+        reductions, rotation, flip = orient(reductions, rotation, flip, t._tie_gradient)
         t.registration = registration
         gradient = t._check_gradient(reductions[1].gradient)
         t.gradient = gradient - gradient.mean(axis=(1, 2), keepdims=True)
+        t._check_orientation(rotation, flip)
         t.gradient_noise = virtual_image_noise(list(t.gradient), scan_step, energy,
                                                 reductions[1].regions, virtual)
         if t.gradient_noise is None and counts:  # no room above the band: the counts'

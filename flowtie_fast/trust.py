@@ -65,11 +65,14 @@ from importlib import resources
 
 import numpy as np
 
+from .backend import array_module, to_host
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, load_model
 from .noise import COUNTS, denoise, poisson_noise
 
 __all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict",
-           "disagreement", "classical_verdict", "MEMBERS", "NO_UNCERTAINTY"]
+           "disagreement", "classical_verdict", "gradient_orientation",
+           "orientation_warning", "MEMBERS",
+           "NO_UNCERTAINTY"]
 
 MEMBERS = ("default", "seed0", "seed2", "seed3")  # the calibrated set of shipped models
 CALIBRATION_FILE = "calibration.json"
@@ -334,3 +337,143 @@ def classical_verdict(method: str, value: float):
             f"gives ({by}): the focal derivative does not determine it here (a window "
             f"whose edges carry phase, large or uneven defocus steps); method='icom' or "
             f"'flowtie' may be right")
+
+
+def _curl_forms(g, step):
+    """The curl and divergence sums of a gradient field and of its transpose:
+    ``(Σc², Σcd, Σd²)`` per orientation (as given, components swapped), from
+    central differences on the interior pixels, in float64 on the host."""
+    xp = array_module(g)
+    g = g.astype(xp.float64)
+    sy, sx = step
+    sums = []
+    for h in (g, g[::-1]):
+        a, b = h[0], h[1]
+        c = (b[2:, 1:-1] - b[:-2, 1:-1]) / (2 * sy) - (a[1:-1, 2:] - a[1:-1, :-2]) / (2 * sx)
+        d = (a[2:, 1:-1] - a[:-2, 1:-1]) / (2 * sy) + (b[1:-1, 2:] - b[1:-1, :-2]) / (2 * sx)
+        sums += [xp.sum(c * c), xp.sum(c * d), xp.sum(d * d)]
+    return np.asarray(to_host(xp.stack(sums)), dtype=np.float64).reshape(2, 3)
+
+
+def _least(a, b, c):
+    """Least and largest of ``E(θ) = a cos²θ + 2b sinθ cosθ + c sin²θ`` and
+    the θ (degrees, [0, 180)) of the least."""
+    mid, half = (a + c) / 2, math.hypot((a - c) / 2, b)
+    theta = 0.5 * (math.degrees(math.atan2(b, (a - c) / 2)) + 180.0)
+    return mid - half, mid + half, theta % 180.0
+
+
+def _orientation_at(g, step):
+    """:func:`gradient_orientation`'s numbers at one sampling, or None where
+    the field has no interior pixels or no variation."""
+    if min(g.shape[1:]) < 3:
+        return None
+    forms = _curl_forms(g, step)
+    total = forms[0, 0] + forms[0, 2]
+    if not total > 0 or not math.isfinite(total):
+        return None
+    (lo, hi, theta), (flo, fhi, ftheta) = _least(*forms[0]), _least(*forms[1])
+    flip = flo < lo
+    least, top, theta = (flo, fhi, ftheta) if flip else (lo, hi, theta)
+    excess = max(forms[0, 0] - least, 0.0)
+    n = (g.shape[1] - 2) * (g.shape[2] - 2)
+    share = min(excess / (top - least), 1.0) if top > least else 0.0
+    return {"curl_fraction": float(forms[0, 0] / total),
+            "least_curl_fraction": float(least / total),
+            "significance": float(excess / total * math.sqrt(n)),
+            "misorientation": math.degrees(math.asin(math.sqrt(share))),
+            "correction": (float(theta), bool(flip))}
+
+
+def gradient_orientation(gradient, pixel_size) -> dict:
+    """Whether a measured phase gradient is taken in the right orientation.
+
+    A phase gradient has no curl. A centre of mass read with the wrong
+    detector rotation or flip, or a gradient whose two components are
+    swapped, has: rotated by θ, a share ``sin²θ`` of its power turns
+    rotational (all of it at 90°), and ``icom`` then returns ``cos θ`` times
+    the phase (the negative phase at 180°, which no curl reveals) or, for a
+    flip, another phase altogether. The rotational share is measured as
+    given and at the least-curl orientation (rotation, and transpose or not,
+    in closed form: the curl of the rotated field is ``cos θ curl g + sin θ
+    div g``), by central differences over the interior pixels, at the full
+    sampling and 2 x 2 binned (where noise hides the curl at full sampling).
+    White noise adds the same curl at every orientation; its spread sets the
+    ``significance``.
+
+    Parameters
+    ----------
+    gradient : array (2, Ny, Nx)
+        Phase gradient in rad/Å (d/d axis 0, d/d axis 1), NumPy or CuPy, finite.
+    pixel_size : (float, float)
+        Sampling along (axis 0, axis 1) in Å.
+
+    Returns
+    -------
+    dict
+        ``curl_fraction``: the rotational share of the gradient's power as
+        given; ``least_curl_fraction``: at its least-curl orientation;
+        ``misorientation``: the angle (degrees, 0-90) the given orientation
+        lies from the least-curl one, ``asin √((given - least) / (most -
+        least))``; ``correction``: ``(degrees, transpose)``, the rotation of
+        :func:`~flowtie_fast.stem.rotation.rotate_com` (after swapping the
+        components where ``transpose``) that makes the gradient curl-free, up
+        to 180°; ``significance``: the excess rotational share over its noise
+        spread (white noise stays below 4); ``suspect``: True where the
+        misorientation exceeds ``orientation_limit_degrees`` and the
+        significance ``orientation_significance`` (``data/calibration.json``)
+        at either sampling; ``testable``: False where the field is too small
+        or flat to tell (then nothing is suspect). The numbers are those of
+        the sampling with the larger significance.
+    """
+    cal = calibration()
+    step = tuple(float(s) for s in pixel_size)
+    found = [_orientation_at(gradient, step)]
+    ny, nx = gradient.shape[1:]
+    if ny >= 10 and nx >= 10:
+        binned = gradient[:, :ny // 2 * 2, :nx // 2 * 2].reshape(2, ny // 2, 2, nx // 2, 2)
+        found.append(_orientation_at(binned.mean(axis=(2, 4)), (2 * step[0], 2 * step[1])))
+    found = [f for f in found if f is not None]
+    if not found:
+        return {"testable": False, "suspect": False}
+    best = max(found, key=lambda f: f["significance"])
+    best["suspect"] = any(f["misorientation"] > cal["orientation_limit_degrees"]
+                          and f["significance"] > cal["orientation_significance"]
+                          for f in found)
+    best["testable"] = True
+    return best
+
+
+def orientation_warning(check, rotation=None, flip=None) -> str:
+    """The message of a suspect :func:`gradient_orientation`.
+
+    Parameters
+    ----------
+    check : dict
+        What :func:`gradient_orientation` returned (``suspect`` True).
+    rotation, flip : float and bool, optional
+        The detector rotation (degrees) and flip the centre of mass was
+        oriented with, where the gradient comes from 4D-STEM data: the
+        message then names the rotation and flip that make it curl-free.
+
+    Returns
+    -------
+    str
+        One sentence for a :class:`~flowtie_fast.errors.TrustWarning` and
+        ``info["trust"]``.
+    """
+    theta, transpose = check["correction"]
+    if rotation is None:
+        turn = f"rotating it by {round(theta) % 180:d}°" + (
+            " after swapping its two components" if transpose else "")
+        fix = "check the order of its components (d/d axis 0 first) and the detector rotation"
+    else:
+        right = (theta - rotation) if transpose else (theta + rotation)
+        turn = "another detector orientation"
+        fix = (f"rotation={round(right) % 180:d} (or {round(right) % 180 + 180:d}) with "
+               f"flip={bool(flip) != transpose}, or rotation='auto', would make it curl-free")
+    return (f"gradient: {check['curl_fraction']:.0%} of its power is curl, which no phase "
+            f"gradient has ({check['least_curl_fraction']:.0%} after {turn}): its "
+            f"orientation looks wrong by about {check['misorientation']:.0f}° (a detector "
+            f"rotation or flip given wrong, swapped components, or a descan across the scan), "
+            f"and an icom phase from it is wrong; {fix}")

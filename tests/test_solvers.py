@@ -183,12 +183,17 @@ def test_icom_integrates_a_gradient(backend, boundary, field):
                         gradient=grad)
     rec = ft.reconstruct(t, method="icom", backend=backend, boundary=boundary, dtype="float64")
     assert rel_rms(host(rec.phase), phi) <= (1e-10 if boundary == "periodic" else 1e-3)
-    # A curl field has no potential: the residual map says so.
+    assert not t.gradient_orientation["suspect"] and "trust" not in rec.info
+    # A curl field has no potential: the residual map says so, and so do the
+    # triplet and the solve (a gradient turned by 90°).
     curl = np.stack([grad[1], -grad[0]])
-    t_curl = ft.FocalTriplet(intensity, intensity, intensity, dz=1.0, pixel_size=PIXEL,
-                             energy=E, gradient=curl)
-    rec_curl = ft.reconstruct(t_curl, method="icom", backend=backend, boundary=boundary,
-                              dtype="float64")
+    with pytest.warns(ft.TrustWarning, match="gradient: 100% of its power is curl"):
+        t_curl = ft.FocalTriplet(intensity, intensity, intensity, dz=1.0, pixel_size=PIXEL,
+                                 energy=E, gradient=curl)
+    with pytest.warns(ft.TrustWarning, match="icom: gradient: .* icom phase from it is wrong"):
+        rec_curl = ft.reconstruct(t_curl, method="icom", backend=backend, boundary=boundary,
+                                  dtype="float64")
+    assert rec_curl.info["trust"] == t_curl.gradient_orientation["why"]
     assert np.mean(host(rec_curl.residual)) > 10 * np.mean(host(rec.residual))
 
 

@@ -17,6 +17,7 @@ from flowtie_fast import trust  # noqa: E402
 from flowtie_fast.simulation.acquisition import counts  # noqa: E402
 from flowtie_fast.evaluation.evaluate import phase_errors  # noqa: E402
 from flowtie_fast.simulation.simulate import simulate_series  # noqa: E402
+from flowtie_fast.stem.rotation import rotate_com  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -366,3 +367,36 @@ def test_a_model_that_predicts_no_flow_is_not_trusted(case, tmp_path):
     np.testing.assert_allclose(rec.phase, icom.phase, atol=1e-6)
     assert trust.verdict(None, 0.0, 1.0, icom_rms=0.3)["trusted"] is False
     assert trust.verdict(None, 0.2, 1.0, icom_rms=0.3)["trusted"] is True
+
+
+# ---------------------------------------------------------------- detector orientation
+
+def test_a_detector_rotation_given_wrong_is_caught_and_the_right_one_named(case):
+    """The patterns were recorded with detector and scan axes parallel: read
+    with rotation=90 the centre of mass is a curl field, icom's phase is
+    wrong, and the triplet and the solve say so, naming a rotation and flip
+    that fix it; the flowtie fallback is then the TIE, not the wrong icom."""
+    planes = [case.minus, case.zero, case.plus]
+    kw = dict(dz=case.dz, scan_step=case.scan_step, k_sampling=case.k_sampling,
+              energy=case.energy, backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        right = ft.FocalTriplet.from_4dstem(*planes, **kw)
+    assert right.gradient_orientation["suspect"] is False
+    with pytest.warns(ft.TrustWarning, match=r"rotation=(0|180) .*flip=False.* rotation='auto'"):
+        wrong = ft.FocalTriplet.from_4dstem(*planes, rotation=90.0, **kw)
+    assert wrong.gradient_orientation["misorientation"] > 80
+    with pytest.warns(ft.TrustWarning, match="icom: gradient:"):
+        bad = ft.reconstruct(wrong, method="icom", backend="cpu")
+    good = ft.reconstruct(right, method="icom", backend="cpu")
+    assert phase_errors(bad.phase, case.phase)[1] > phase_errors(good.phase, case.phase)[1] + 0.3
+    # a flow that is not trusted falls back to the TIE, not to that icom phase
+    low = _triplet(case, dose=300.0, seed=1)
+    assert not low.gradient_orientation["suspect"]
+    with pytest.warns(ft.TrustWarning):
+        turned = ft.FocalTriplet(*low.planes, dz=case.dz, pixel_size=case.scan_step,
+                                 energy=case.energy, noise=low.noise,
+                                 gradient=rotate_com(right.gradient, 90.0, False))
+    with pytest.warns(ft.TrustWarning, match="not trusted"):
+        safe = ft.reconstruct(turned, method="flowtie", backend="cpu")
+    assert safe.info["fallback"] == "tie"

@@ -1,0 +1,119 @@
+"""The curl check of a measured phase gradient (flowtie_fast.trust.gradient_orientation):
+a gradient turned, transposed or with swapped components is caught and its
+correction found; right ones, noise and small rotations pass."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from fields import rel_rms
+
+import flowtie_fast as ft
+from flowtie_fast import trust
+from flowtie_fast.stem.rotation import rotate_com
+
+STEP = (0.25, 0.31)
+
+
+def _field(n=(40, 36), periodic=True):
+    """φ and its gradient (rad/Å) on a scan of STEP (periodic, or a window of
+    half periods)."""
+    y = np.arange(n[0])[:, None] * STEP[0]
+    x = np.arange(n[1])[None, :] * STEP[1]
+    a, b = 2 * np.pi / (n[0] * STEP[0]), 2 * np.pi / (n[1] * STEP[1])
+    if not periodic:
+        a, b = a / 2.3, b / 2.3
+    phi = 0.6 * np.sin(2 * a * y) * np.cos(b * x) + 0.3 * np.cos(a * y + 3 * b * x)
+    gy = 1.2 * a * np.cos(2 * a * y) * np.cos(b * x) - 0.3 * a * np.sin(a * y + 3 * b * x)
+    gx = -0.6 * b * np.sin(2 * a * y) * np.sin(b * x) - 0.9 * b * np.sin(a * y + 3 * b * x)
+    return phi, np.stack([gy, gx])
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+@pytest.mark.parametrize("degrees,flip", [(0.0, False), (10.0, False), (20.0, False),
+                                          (180.0, False), (-20.0, False)])
+def test_a_gradient_within_the_limit_passes(periodic, degrees, flip):
+    _, g = _field(periodic=periodic)
+    check = trust.gradient_orientation(rotate_com(g, degrees, flip), STEP)
+    assert check["testable"] and not check["suspect"]
+    # central differences of a sampled gradient leave a little curl (1.9° for
+    # the right field, whose finest period here is 4 px)
+    assert abs(check["misorientation"] - abs((degrees + 90) % 180 - 90)) < 3.0
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+@pytest.mark.parametrize("degrees,flip", [(40.0, False), (90.0, False), (-135.0, False),
+                                          (0.0, True), (30.0, True), (90.0, True)])
+def test_a_misoriented_gradient_is_caught_and_its_correction_found(periodic, degrees, flip):
+    _, g = _field(periodic=periodic)
+    wrong = rotate_com(g, degrees, flip)
+    check = trust.gradient_orientation(wrong, STEP)
+    assert check["suspect"] and check["curl_fraction"] > 0.2
+    assert check["least_curl_fraction"] < 0.01
+    theta, transpose = check["correction"]
+    assert transpose == flip
+    fixed = rotate_com(wrong, theta, transpose)
+    # curl-free again: the gradient itself, up to the 180° no curl can tell
+    assert min(rel_rms(fixed, g), rel_rms(fixed, -g)) < 0.02
+    if not flip:
+        assert abs(check["misorientation"] - abs((degrees + 90) % 180 - 90)) < 3.0
+
+
+def test_swapped_components_are_caught_by_the_triplet_and_every_solve():
+    phi, g = _field()
+    planes = [np.ones(phi.shape)] * 3
+    kw = dict(dz=20.0, pixel_size=STEP, energy=300e3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        right = ft.FocalTriplet(*planes, gradient=g, **kw)
+    assert right.gradient_orientation["suspect"] is False
+    with pytest.warns(ft.TrustWarning, match=r"gradient: \d+% of its power is curl.*"
+                      "swapping its two components.*order of its components"):
+        swapped = ft.FocalTriplet(*planes, gradient=g[::-1], **kw)
+    check = swapped.gradient_orientation
+    assert check["suspect"] and check["correction"][1] is True
+    with pytest.warns(ft.TrustWarning, match="icom: gradient:"):
+        rec = ft.reconstruct(swapped, method="icom", backend="cpu")
+    assert rec.info["trust"] == check["why"]
+    assert rel_rms(rec.phase - rec.phase.mean(), phi - phi.mean()) > 0.3  # wrong, and said so
+    # the TIE methods do not check themselves against a gradient that is wrong
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tie = ft.reconstruct(swapped, method="tie-uniform", backend="cpu")
+        tie_right = ft.reconstruct(right, method="tie-uniform", backend="cpu")
+    assert tie.info["icom_disagreement"] is None
+    assert tie_right.info["icom_disagreement"] is not None
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (16, 16), (24, 40), (64, 64)])
+def test_noise_alone_is_never_suspect(shape):
+    """White noise has as much curl as divergence at every orientation: its
+    significance stays below the limit (500 draws of each size)."""
+    rng = np.random.default_rng(7)
+    limit = trust.calibration()["orientation_significance"]
+    worst = max(trust.gradient_orientation(rng.standard_normal((2,) + shape), STEP)
+                ["significance"] for _ in range(500))
+    assert worst < 0.9 * limit
+
+
+def test_a_right_gradient_under_noise_passes_and_a_wrong_one_is_caught_above_it():
+    """At a signal-to-noise ratio of 1 (noise RMS equal to the gradient's) the
+    right orientation passes in every draw and a 90° turn is caught in every
+    draw; at 0.1 the check cannot tell and says nothing."""
+    _, g = _field(n=(64, 64))
+    rng = np.random.default_rng(3)
+    rms = np.sqrt(np.mean(g ** 2))
+    for _ in range(50):
+        noise = rng.standard_normal(g.shape) * rms
+        assert not trust.gradient_orientation(g + noise, STEP)["suspect"]
+        assert trust.gradient_orientation(rotate_com(g, 90.0, False) + noise, STEP)["suspect"]
+        faint = rotate_com(g, 90.0, False) + 10 * noise
+        assert not trust.gradient_orientation(faint, STEP)["suspect"]
+
+
+def test_flat_and_tiny_fields_are_not_testable():
+    for g in (np.zeros((2, 16, 16)), np.ones((2, 16, 16)), np.ones((2, 2, 30))):
+        check = trust.gradient_orientation(g, STEP)
+        assert check == {"testable": False, "suspect": False}
