@@ -26,6 +26,14 @@ First-call costs are measured separately in :attr:`Plan.timings` (seconds):
 FFTW's plans can be kept between runs in a wisdom file
 (:func:`~flowtie_fast.fft.save_wisdom`, ``Plan(..., wisdom=path)``).
 
+A measured gradient is checked for curl (a detector rotation or flip given
+wrong, swapped components: :func:`~flowtie_fast.trust.gradient_orientation`)
+once, on the first one given that has enough signal to tell: the orientation
+belongs to the set-up, not to a frame, and the check costs more than an
+``icom`` solve. ``plan.gradient_orientation`` keeps it; where it is suspect a
+:class:`~flowtie_fast.errors.TrustWarning` says so, every ``icom`` solve's
+``plan.info["trust"]`` repeats it, and ``flowtie`` does not fall back to it.
+
 Thread model: a plan serialises its own calls with a lock (it owns buffers),
 so one plan shared by many threads is safe but runs one solve at a time;
 for parallel solves give each thread its own plan (tested: 8 threads with a
@@ -50,13 +58,14 @@ from dataclasses import replace
 import numpy as np
 
 from .backend import get_backend, is_cupy
-from .errors import InputError, check_positive, first_line
+from .errors import InputError, TrustWarning, check_positive, first_line
 from .fft import load_wisdom, save_wisdom
 from .noise import COUNTS, check_noise
 from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation)
 from .planes import check_not_masked, focal_weights
+from .trust import gradient_orientation, orientation_warning
 
 __all__ = ["Plan"]
 
@@ -162,6 +171,7 @@ class Plan:
                                     uncertainty=method == "flowtie" and uncertainty is not False,
                                     cuda_graphs=bool(cuda_graphs))
         self.info: dict = {}  # of the latest solve: the trust check and fallback of flowtie
+        self.gradient_orientation = None  # the curl check of the first telling gradient
         self.timings["setup"] = time.perf_counter() - start
         if warmup:
             self._warm_up()
@@ -191,6 +201,19 @@ class Plan:
         self.info = {}
 
     # ------------------------------------------------------------------ checks
+
+    def _check_orientation(self, gradient):
+        """The curl check of a measured gradient (finite values are checked
+        later by the solve: a non-finite one is left for it to refuse)."""
+        xp = self.backend.xp
+        if not bool(xp.isfinite(gradient).all()):
+            return
+        check = gradient_orientation(gradient, self.pixel_size)
+        if check["testable"]:
+            self.gradient_orientation = check
+            if check["suspect"]:
+                check["why"] = orientation_warning(check)
+                warnings.warn(check["why"], TrustWarning, stacklevel=4)
 
     def _image(self, name, a, shape):
         """``a`` checked as an input of ``shape``: an array of this plan's
@@ -277,6 +300,8 @@ class Plan:
             gradient = self._image("gradient", gradient, (2,) + self.shape)
         if self.method == "icom" and gradient is None:
             raise InputError("gradient: method 'icom' needs the measured phase gradient")
+        if gradient is not None and not (self.gradient_orientation or {}).get("testable"):
+            self._check_orientation(gradient)
         inputs = (*planes, gradient, out)
         out = self._output("out", out, self.shape, inputs[:4], _INPUT_NAMES)
         # Without gradient_out the gradient is not computed (3 of the 8 FFTs of tie).
@@ -288,6 +313,8 @@ class Plan:
             self._output("uncertainty_out", uncertainty_out, self.shape,
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
         options = self.options if noise is None else replace(self.options, noise=noise)
+        if gradient is not None and (self.gradient_orientation or {}).get("suspect"):
+            options = replace(options, gradient_suspect=self.gradient_orientation["why"])
         self.info = self.solver.solve_planes(
             planes, self._derivative_weights, self._intensity_weights, self.wavenumber,
             self.method, gradient=gradient, out=out, gradient_out=grad,

@@ -884,6 +884,8 @@ class TIESolver:
             # Checked before anything is written.
             self.poisson.integrate(self._check_gradient(gradient), out=out,
                                    grad_out=gradient_out)
+            if options.gradient_suspect:
+                info["trust"] = options.gradient_suspect
         else:
             self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
                                gradient, method, out, gradient_out, info, options)

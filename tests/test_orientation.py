@@ -117,3 +117,28 @@ def test_flat_and_tiny_fields_are_not_testable():
     for g in (np.zeros((2, 16, 16)), np.ones((2, 16, 16)), np.ones((2, 2, 30))):
         check = trust.gradient_orientation(g, STEP)
         assert check == {"testable": False, "suspect": False}
+
+
+def test_a_plan_checks_the_first_telling_gradient_once(monkeypatch):
+    phi, g = _field(n=(32, 32))
+    planes = [np.ones(phi.shape, np.float32)] * 3
+    kw = dict(dz=20.0, pixel_size=STEP, energy=300e3, backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = ft.Plan(phi.shape, method="icom", **kw)  # its warm-up gradient is flat
+        assert plan.gradient_orientation is None
+        plan.solve(*planes, gradient=g.astype(np.float32))
+    assert plan.gradient_orientation["testable"] and not plan.gradient_orientation["suspect"]
+    assert "trust" not in plan.info
+    swapped = g[::-1].astype(np.float32)
+    with pytest.warns(ft.TrustWarning, match="gradient: .* icom phase from it is wrong"):
+        wrong = ft.Plan(phi.shape, method="icom", **kw)
+        wrong.solve(*planes, gradient=swapped)
+    why = wrong.gradient_orientation["why"]
+    assert wrong.info["trust"] == why
+    calls = []
+    # checked once: later frames are not checked again, and still carry the verdict
+    monkeypatch.setattr("flowtie_fast.plan.gradient_orientation",
+                        lambda *a: calls.append(a) or trust.gradient_orientation(*a))
+    wrong.solve(*planes, gradient=swapped)
+    assert calls == [] and wrong.info["trust"] == why
