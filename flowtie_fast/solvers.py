@@ -114,8 +114,9 @@ class Reconstruction:
         ``icom_disagreement``, their phase's disagreement with the ``icom``
         phase (:func:`flowtie_fast.trust.disagreement`, 0 where they agree, 1
         for a flat phase; None where the gradient's orientation looks wrong,
-        ``triplet.gradient_orientation``). ``icom``: ``noise`` and ``denoise`` where the
-        gradient's noise is known. ``flowtie``: ``model`` (its file) and
+        ``triplet.gradient_orientation``). ``icom``: ``noise`` and ``denoise``
+        where the gradient's noise is known; ``trust`` where the gradient's
+        orientation looks wrong. ``flowtie``: ``model`` (its file) and
         ``precision``; with ``uncertainty``, the trust check (``trusted``,
         ``rel_spread``, ``snr``, ``icom_ratio``, ``why``) and, where the flow
         was not trusted, ``fallback``: the classical method (``icom`` or

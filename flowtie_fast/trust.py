@@ -71,8 +71,7 @@ from .noise import COUNTS, denoise, poisson_noise
 
 __all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict",
            "disagreement", "classical_verdict", "gradient_orientation",
-           "orientation_warning", "MEMBERS",
-           "NO_UNCERTAINTY"]
+           "orientation_warning", "MEMBERS", "NO_UNCERTAINTY"]
 
 MEMBERS = ("default", "seed0", "seed2", "seed3")  # the calibrated set of shipped models
 CALIBRATION_FILE = "calibration.json"
@@ -421,8 +420,8 @@ def gradient_orientation(gradient, pixel_size) -> dict:
         :func:`~flowtie_fast.stem.rotation.rotate_com` (after swapping the
         components where ``transpose``) that makes the gradient curl-free, up
         to 180°; ``significance``: the excess rotational share over its noise
-        spread (white noise alone stayed below 4.8 in 9300 draws); ``suspect``: True where the
-        misorientation exceeds ``orientation_limit_degrees`` and the
+        spread (white noise alone stayed below 4.8 in 9300 draws); ``suspect``:
+        True where the misorientation exceeds ``orientation_limit_degrees`` and the
         significance ``orientation_significance`` (``data/calibration.json``)
         at either sampling; ``testable``: False where the field is too small
         or flat to tell (then nothing is suspect). The numbers are those of
