@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .backend import array_stats, is_cupy
+from .backend import array_stats, is_cupy, to_host
 from .errors import (RANGES, InputError, TrustWarning, check_count, check_positive, check_real,
                      first_line)
 from .noise import Noise, check_noise, estimate_noise, poisson_noise
@@ -28,7 +28,7 @@ from .physics import wavenumber
 from .planes import (check_gradient, check_image, check_intensity_stats, check_not_masked,
                      check_positions, focal_weights)
 from .solvers import reconstruct
-from .trust import gradient_orientation, orientation_warning
+from .trust import gradient_orientation, orientation_warning, sign_check
 from .stem.focal import (check_com_extent, check_register, check_rotation, com_poisson_noise,
                          orient, prepare_planes, reduce_triplet, register_planes,
                          virtual_image_noise)
@@ -205,15 +205,33 @@ class FocalSeries:
     def _check_gradient(self, g):
         return check_gradient(g, self.shape)
 
-    def _check_orientation(self, rotation=None, flip=None):
+    def _check_orientation(self, rotation=None, flip=None, sign=False):
         """The measured gradient's curl check (:func:`flowtie_fast.trust.
         gradient_orientation`) into ``gradient_orientation``, with a
-        TrustWarning where its orientation looks wrong."""
+        TrustWarning where its orientation looks wrong; with ``sign``, where
+        it passes, also the sign of its phase against the TIE phase of the
+        planes (:func:`flowtie_fast.trust.sign_check`: a turn by 180° has no
+        curl)."""
         check = gradient_orientation(self.gradient, self.pixel_size)
         self.gradient_orientation = check
+        if sign and not check["suspect"]:
+            sign_check(check, self._tie_and_icom_phases)
         if check["suspect"]:
             check["why"] = orientation_warning(check, rotation, flip)
             warnings.warn(check["why"], TrustWarning, stacklevel=4)
+
+    def _tie_and_icom_phases(self):
+        """The ``tie`` phase of the planes alone and the ``icom`` phase of the
+        gradient alone, each without a noise model (no warning of theirs
+        concerns the caller), on the CPU in float64."""
+        kw = dict(pixel_size=self.pixel_size, energy=self.energy)
+        planes = [np.asarray(to_host(p), np.float64) for p in self.planes]
+        tie = reconstruct(FocalSeries(planes, self.z, z0=self.z0, **kw), method="tie",
+                          backend="cpu", dtype="float64").phase
+        icom = reconstruct(FocalSeries(planes, self.z, z0=self.z0,
+                                       gradient=to_host(self.gradient), **kw),
+                           method="icom", backend="cpu", dtype="float64").phase
+        return tie, icom
 
     @property
     def shape(self) -> tuple:
@@ -444,11 +462,12 @@ class FocalTriplet(FocalSeries):
             reductions, scan_step, virtual=virtual, counts=counts, register=register)
         check_com_extent(reductions[1], "zero")
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
+        given = not isinstance(rotation, str)  # "auto" resolves 180° with the TIE phase
         reductions, rotation, flip = orient(reductions, rotation, flip, t._tie_gradient)
         t.registration = registration
         gradient = t._check_gradient(reductions[1].gradient)
         t.gradient = gradient - gradient.mean(axis=(1, 2), keepdims=True)
-        t._check_orientation(rotation, flip)
+        t._check_orientation(rotation, flip, sign=given)
         t.gradient_noise = virtual_image_noise(list(t.gradient), scan_step, energy,
                                                 reductions[1].regions, virtual)
         if t.gradient_noise is None and counts:  # no room above the band: the counts'

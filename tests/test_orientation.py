@@ -142,3 +142,22 @@ def test_a_plan_checks_the_first_telling_gradient_once(monkeypatch):
                         lambda *a: calls.append(a) or trust.gradient_orientation(*a))
     wrong.solve(*planes, gradient=swapped)
     assert calls == [] and wrong.info["trust"] == why
+
+
+def test_the_sign_check_flags_a_phase_opposite_to_the_tie_phase_only():
+    phi, g = _field()
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal(phi.shape)
+    for icom, suspect in ((phi, False), (-phi, True), (noise, False), (-phi + 0.3 * noise, True)):
+        check = trust.gradient_orientation(g, STEP)
+        trust.sign_check(check, lambda: (phi, icom))
+        assert check["suspect"] is suspect, (check["tie_correlation"], suspect)
+        if suspect:
+            assert check["correction"] == (180.0, False) and check["misorientation"] == 180.0
+
+    def refused():
+        raise ft.InputError("planes: no phase")
+
+    check = trust.gradient_orientation(g, STEP)
+    trust.sign_check(check, refused)
+    assert check["tie_correlation"] is None and check["suspect"] is False

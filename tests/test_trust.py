@@ -383,6 +383,17 @@ def test_a_detector_rotation_given_wrong_is_caught_and_the_right_one_named(case)
         warnings.simplefilter("error")
         right = ft.FocalTriplet.from_4dstem(*planes, **kw)
     assert right.gradient_orientation["suspect"] is False
+    assert right.gradient_orientation["tie_correlation"] > 0.5
+    # half a turn has no curl: the sign against the TIE phase of the planes says so
+    with pytest.warns(ft.TrustWarning, match=r"negative of the TIE phase .* half a turn wrong"
+                      r".* rotation=0 with flip=False"):
+        half = ft.FocalTriplet.from_4dstem(*planes, rotation=180.0, **kw)
+    assert half.gradient_orientation["correction"] == (180.0, False)
+    with pytest.warns(ft.TrustWarning, match="icom: gradient: its phase is the negative"):
+        ft.reconstruct(half, method="icom", backend="cpu")
+    # with rotation="auto" the TIE phase already chose the half turn: no second check
+    auto = ft.FocalTriplet.from_4dstem(*planes, rotation="auto", **kw)
+    assert "tie_correlation" not in auto.gradient_orientation
     with pytest.warns(ft.TrustWarning, match=r"rotation=(0|180) .*flip=False.* rotation='auto'"):
         wrong = ft.FocalTriplet.from_4dstem(*planes, rotation=90.0, **kw)
     assert wrong.gradient_orientation["misorientation"] > 80
