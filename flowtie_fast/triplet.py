@@ -209,29 +209,28 @@ class FocalSeries:
         """The measured gradient's curl check (:func:`flowtie_fast.trust.
         gradient_orientation`) into ``gradient_orientation``, with a
         TrustWarning where its orientation looks wrong; with ``sign``, where
-        it passes, also the sign of its phase against the TIE phase of the
-        planes (:func:`flowtie_fast.trust.sign_check`: a turn by 180° has no
-        curl)."""
+        it passes, also its sign against the TIE gradient of the planes
+        (:func:`flowtie_fast.trust.sign_check`: a turn by 180° has no curl)."""
         check = gradient_orientation(self.gradient, self.pixel_size)
         self.gradient_orientation = check
         if sign and not check["suspect"]:
-            sign_check(check, self._tie_and_icom_phases)
+            try:
+                tie = self._plain_tie_gradient()
+            except InputError:  # no TIE phase of these planes: no sign to compare
+                check["tie_correlation"] = None
+            else:
+                sign_check(check, self.gradient, tie)
         if check["suspect"]:
             check["why"] = orientation_warning(check, rotation, flip)
             warnings.warn(check["why"], TrustWarning, stacklevel=4)
 
-    def _tie_and_icom_phases(self):
-        """The ``tie`` phase of the planes alone and the ``icom`` phase of the
-        gradient alone, each without a noise model (no warning of theirs
-        concerns the caller), on the CPU in float64."""
-        kw = dict(pixel_size=self.pixel_size, energy=self.energy)
+    def _plain_tie_gradient(self):
+        """The gradient (rad/Å) of the ``tie`` phase of the planes alone,
+        without a noise model (no warning of it concerns the caller), on the
+        CPU in float64."""
         planes = [np.asarray(to_host(p), np.float64) for p in self.planes]
-        tie = reconstruct(FocalSeries(planes, self.z, z0=self.z0, **kw), method="tie",
-                          backend="cpu", dtype="float64").phase
-        icom = reconstruct(FocalSeries(planes, self.z, z0=self.z0,
-                                       gradient=to_host(self.gradient), **kw),
-                           method="icom", backend="cpu", dtype="float64").phase
-        return tie, icom
+        series = FocalSeries(planes, self.z, self.pixel_size, self.energy, z0=self.z0)
+        return reconstruct(series, method="tie", backend="cpu", dtype="float64").gradient
 
     @property
     def shape(self) -> tuple:

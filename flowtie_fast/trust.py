@@ -66,7 +66,6 @@ from importlib import resources
 import numpy as np
 
 from .backend import array_module, to_host
-from .errors import InputError
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, load_model
 from .noise import COUNTS, denoise, poisson_noise
 
@@ -446,40 +445,43 @@ def gradient_orientation(gradient, pixel_size) -> dict:
     return best
 
 
-def sign_check(check, phases) -> None:
-    """The sign of a curl-free gradient's phase against the TIE phase.
+def sign_check(check, gradient, tie_gradient) -> None:
+    """The sign of a curl-free measured gradient against the TIE gradient.
 
     A gradient turned by 180° (a detector rotation given half a turn wrong)
     has no curl; its ``icom`` phase is the negative phase. The TIE phase of
-    the planes does not go through the detector: on the simulations scored
-    (``orientation_fitted_on``) its correlation with the right ``icom`` phase
-    was never below 0 (median 0.43; 0 where the focal derivative is all
-    noise). Where the correlation lies below ``orientation_sign_limit``
-    (``data/calibration.json``) the gradient is suspect, its correction the
-    half turn.
+    the planes does not go through the detector. Their gradients' correlation
+    ``r`` (components' means removed) is checked against its noise: with
+    white noise in the measured gradient (independent patterns) ``r √n``
+    over ``n`` scan positions is a standard normal where the two share
+    nothing. Where ``r √n`` lies below ``-orientation_significance`` and
+    ``r`` below ``orientation_sign_limit`` (``data/calibration.json``: noise
+    alone, and the disagreement of the two where the centre of mass no
+    longer follows the phase, stayed above both on the simulations scored)
+    the gradient is suspect, its correction the half turn.
 
     Parameters
     ----------
     check : dict
         What :func:`gradient_orientation` returned, updated in place:
-        ``tie_correlation`` (None where a phase could not be made) and, below
-        the limit, ``suspect``, ``misorientation`` 180 and ``correction``
-        ``(180.0, False)``.
-    phases : callable
-        Returns the ``tie`` and the ``icom`` phase (rad, NumPy arrays); an
-        :class:`~flowtie_fast.errors.InputError` from it leaves the check as
-        it is.
+        ``tie_correlation`` ``r`` and, where suspect, ``suspect``,
+        ``misorientation`` 180 and ``correction`` ``(180.0, False)``.
+    gradient, tie_gradient : arrays (2, Ny, Nx)
+        The measured gradient and the gradient of the TIE phase of the
+        planes, rad/Å (NumPy or CuPy, finite).
     """
-    try:
-        tie, icom = phases()
-    except InputError:
-        check["tie_correlation"] = None
-        return
-    a, b = tie - tie.mean(), icom - icom.mean()
-    norm = math.sqrt(float(np.sum(a * a)) * float(np.sum(b * b)))
-    r = float(np.sum(a * b)) / norm if norm > 0 else 0.0
+    xp = array_module(gradient)
+    a = gradient.astype(xp.float64)
+    b = xp.asarray(tie_gradient).astype(xp.float64)
+    a = a - a.mean(axis=(1, 2), keepdims=True)
+    b = b - b.mean(axis=(1, 2), keepdims=True)
+    sums = np.asarray(to_host(xp.stack([xp.sum(a * b), xp.sum(a * a), xp.sum(b * b)])))
+    norm = math.sqrt(float(sums[1]) * float(sums[2]))
+    r = float(sums[0]) / norm if norm > 0 and math.isfinite(norm) else 0.0
     check["tie_correlation"] = r
-    if r < calibration()["orientation_sign_limit"]:
+    cal = calibration()
+    n = gradient.shape[1] * gradient.shape[2]
+    if r < cal["orientation_sign_limit"] and r * math.sqrt(n) < -cal["orientation_significance"]:
         check.update(suspect=True, misorientation=180.0, correction=(180.0, False))
 
 
@@ -515,7 +517,7 @@ def orientation_warning(check, rotation=None, flip=None) -> str:
         fix = ("turn it by 180°" if rotation is None else
                f"rotation={round(rotation + 180) % 360:d} with flip={bool(flip)}, or "
                f"rotation='auto'")
-        return (f"gradient: its phase is the negative of the TIE phase of the planes "
+        return (f"gradient: it points against the gradient of the planes' TIE phase "
                 f"(correlation {check['tie_correlation']:.2f}): the detector rotation looks "
                 f"half a turn wrong, and an icom phase from it is the negative phase; {fix}")
     return (f"gradient: {check['curl_fraction']:.0%} of its power is curl, which no phase "

@@ -383,13 +383,14 @@ def test_a_detector_rotation_given_wrong_is_caught_and_the_right_one_named(case)
         warnings.simplefilter("error")
         right = ft.FocalTriplet.from_4dstem(*planes, **kw)
     assert right.gradient_orientation["suspect"] is False
-    assert right.gradient_orientation["tie_correlation"] > 0.5
+    assert right.gradient_orientation["tie_correlation"] > 0.3
     # half a turn has no curl: the sign against the TIE phase of the planes says so
-    with pytest.warns(ft.TrustWarning, match=r"negative of the TIE phase .* half a turn wrong"
+    with pytest.warns(ft.TrustWarning, match=r"against the gradient of the planes' TIE phase"
+                      r".* half a turn wrong"
                       r".* rotation=0 with flip=False"):
         half = ft.FocalTriplet.from_4dstem(*planes, rotation=180.0, **kw)
     assert half.gradient_orientation["correction"] == (180.0, False)
-    with pytest.warns(ft.TrustWarning, match="icom: gradient: its phase is the negative"):
+    with pytest.warns(ft.TrustWarning, match="icom: gradient: it points against"):
         ft.reconstruct(half, method="icom", backend="cpu")
     # with rotation="auto" the TIE phase already chose the half turn: no second check
     auto = ft.FocalTriplet.from_4dstem(*planes, rotation="auto", **kw)
