@@ -66,6 +66,7 @@ from importlib import resources
 import numpy as np
 
 from .backend import array_module, to_host
+from .errors import InputError, check_positive
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, load_model
 from .noise import COUNTS, denoise, poisson_noise
 
@@ -339,13 +340,20 @@ def classical_verdict(method: str, value: float):
             f"'flowtie' may be right")
 
 
-def _curl_forms(g, step):
+def _curl_forms(g, step, scale=1.0):
     """The curl and divergence sums of a gradient field and of its transpose:
     ``(Σc², Σcd, Σd²)`` per orientation (as given, components swapped), from
     central differences on the interior pixels, in float64."""
     xp = array_module(g)
-    sy, sx = step
+    # The fractions depend on neither the scale of the field nor that of the
+    # steps: both are taken to about 1 (``scale``: the largest magnitude), as
+    # in float64 squares of values beyond 1e154 overflow and below 1e-154 lose
+    # their digits.
+    sy, sx = step[0] / max(step), step[1] / max(step)
     a, b = g[0].astype(xp.float64), g[1].astype(xp.float64)
+    if not 1e-100 < scale < 1e100:  # (divided: 1/scale overflows for subnormal scales)
+        a /= scale
+        b /= scale
     a0 = (a[2:, 1:-1] - a[:-2, 1:-1]).ravel() / (2 * sy)
     a1 = (a[1:-1, 2:] - a[1:-1, :-2]).ravel() / (2 * sx)
     b0 = (b[2:, 1:-1] - b[:-2, 1:-1]).ravel() / (2 * sy)
@@ -370,7 +378,10 @@ def _orientation_at(g, step):
     the field has no interior pixels or no variation."""
     if min(g.shape[1:]) < 3:
         return None
-    forms = _curl_forms(g, step)
+    scale = max(abs(float(g.max())), abs(float(g.min())))
+    if not 0 < scale < math.inf:  # flat, or not finite
+        return None
+    forms = _curl_forms(g, step, scale)
     total = forms[0, 0] + forms[0, 2]
     if not total > 0 or not math.isfinite(total):
         return None
@@ -427,14 +438,29 @@ def gradient_orientation(gradient, pixel_size) -> dict:
         at either sampling; ``testable``: False where the field is too small
         or flat to tell (then nothing is suspect). The numbers are those of
         the sampling with the larger significance.
+
+    Raises
+    ------
+    InputError
+        Where ``gradient`` is not a real array (2, Ny, Nx) or ``pixel_size``
+        not a positive pixel size (a scalar is used for both axes).
     """
     cal = calibration()
-    step = tuple(float(s) for s in pixel_size)
+    step = check_positive("pixel_size", pixel_size, pair=True)
+    xp = array_module(gradient)
+    if xp is np:
+        gradient = np.asarray(gradient)
+    shape, kind = getattr(gradient, "shape", ()), getattr(gradient, "dtype", np.dtype(object)).kind
+    if len(shape) != 3 or shape[0] != 2 or kind not in "iuf":
+        raise InputError(f"gradient: expected a real array (2, Ny, Nx), got "
+                         f"{getattr(gradient, 'dtype', type(gradient).__name__)} {tuple(shape)}")
     found = [_orientation_at(gradient, step)]
     ny, nx = gradient.shape[1:]
     if ny >= 10 and nx >= 10:
         binned = gradient[:, :ny // 2 * 2, :nx // 2 * 2].reshape(2, ny // 2, 2, nx // 2, 2)
-        found.append(_orientation_at(binned.mean(axis=(2, 4)), (2 * step[0], 2 * step[1])))
+        # in float64: a float32 or float16 block sum may overflow
+        found.append(_orientation_at(binned.mean(axis=(2, 4), dtype=xp.float64),
+                                     (2 * step[0], 2 * step[1])))
     found = [f for f in found if f is not None]
     if not found:
         return {"testable": False, "suspect": False}

@@ -142,3 +142,36 @@ def test_a_plan_checks_the_first_telling_gradient_once(monkeypatch):
                         lambda *a: calls.append(a) or trust.gradient_orientation(*a))
     wrong.solve(*planes, gradient=swapped)
     assert calls == [] and wrong.info["trust"] == why
+
+
+@pytest.mark.parametrize("scale,dtype", [(1e200, np.float64), (1e-200, np.float64),
+                                         (1e-310, np.float64), (1e38, np.float32),
+                                         (1e4, np.float16)])
+def test_the_check_does_not_depend_on_the_field_s_scale(scale, dtype):
+    """Squares of values beyond 1e154 overflow and below 1e-154 lose their
+    digits in float64, and the 2x2 block sums of float32 or float16 values
+    near their largest overflow: the field is taken to about 1 first."""
+    _, g = _field()
+    right, wrong = g / np.abs(g).max(), rotate_com(g, 90.0, False) / np.abs(g).max()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warnings either
+        ok = trust.gradient_orientation((right * scale).astype(dtype), STEP)
+        bad = trust.gradient_orientation((wrong * scale).astype(dtype), STEP)
+    assert ok["testable"] and not ok["suspect"]
+    assert bad["suspect"] and bad["misorientation"] > 80
+
+
+@pytest.mark.parametrize("gradient,pixel_size", [
+    (np.zeros((3, 16, 16)), STEP), (np.zeros((2, 16)), STEP), (np.zeros((2, 2, 16, 16)), STEP),
+    (np.zeros((2, 16, 16), object), STEP), (np.zeros((2, 16, 16), complex), STEP),
+    (None, STEP), (np.zeros((2, 16, 16)), (-0.25, 0.31)), (np.zeros((2, 16, 16)), (0.1, 0.2, 0.3)),
+    (np.zeros((2, 16, 16)), "0.25")])
+def test_what_is_not_a_gradient_is_refused(gradient, pixel_size):
+    with pytest.raises(ft.InputError):
+        trust.gradient_orientation(gradient, pixel_size)
+
+
+def test_a_list_and_a_scalar_pixel_size_are_read():
+    _, g = _field()
+    check = trust.gradient_orientation(rotate_com(g, 90.0, False).tolist(), 0.25)
+    assert check["suspect"]
