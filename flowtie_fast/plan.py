@@ -28,9 +28,9 @@ FFTW's plans can be kept between runs in a wisdom file
 
 A measured gradient is checked for curl (a detector rotation or flip given
 wrong, swapped components: :func:`~flowtie_fast.trust.gradient_orientation`)
-once, on the first one given that has enough signal to tell: the orientation
-belongs to the set-up, not to a frame, and the check costs more than an
-``icom`` solve. ``plan.gradient_orientation`` keeps it; where it is suspect a
+once, on the first one given whose signal can tell (``testable``; of the first
+:data:`ORIENTATION_CHECKS` given at most): the orientation belongs to the
+set-up, not to a frame, and the check costs more than an ``icom`` solve. ``plan.gradient_orientation`` keeps it; where it is suspect a
 :class:`~flowtie_fast.errors.TrustWarning` says so, every ``icom`` solve's
 ``plan.info["trust"]`` repeats it, and ``flowtie`` does not fall back to it.
 
@@ -68,6 +68,10 @@ from .planes import check_not_masked, focal_weights
 from .trust import gradient_orientation, orientation_warning
 
 __all__ = ["Plan"]
+
+#: How many measured gradients a plan checks for curl at most while none has
+#: had the signal to tell (a run of noise alone is not checked for ever).
+ORIENTATION_CHECKS = 64
 
 _INPUT_NAMES = ("minus", "zero", "plus", "gradient", "out")
 
@@ -172,6 +176,7 @@ class Plan:
                                     cuda_graphs=bool(cuda_graphs))
         self.info: dict = {}  # of the latest solve: the trust check and fallback of flowtie
         self.gradient_orientation = None  # the curl check of the first telling gradient
+        self._orientation_checks = 0
         self.timings["setup"] = time.perf_counter() - start
         if warmup:
             self._warm_up()
@@ -199,6 +204,7 @@ class Plan:
                     pass                   # solve ran: real planes are checked at theirs
                 self.timings[key] = time.perf_counter() - start
         self.info = {}
+        self.gradient_orientation, self._orientation_checks = None, 0  # synthetic: no check
 
     # ------------------------------------------------------------------ checks
 
@@ -208,9 +214,10 @@ class Plan:
         xp = self.backend.xp
         if not bool(xp.isfinite(gradient).all()):
             return
+        self._orientation_checks += 1
         check = gradient_orientation(gradient, self.pixel_size)
+        self.gradient_orientation = check
         if check["testable"]:
-            self.gradient_orientation = check
             if check["suspect"]:
                 check["why"] = orientation_warning(check)
                 warnings.warn(check["why"], TrustWarning, stacklevel=4)
@@ -300,7 +307,8 @@ class Plan:
             gradient = self._image("gradient", gradient, (2,) + self.shape)
         if self.method == "icom" and gradient is None:
             raise InputError("gradient: method 'icom' needs the measured phase gradient")
-        if gradient is not None and not (self.gradient_orientation or {}).get("testable"):
+        if (gradient is not None and not (self.gradient_orientation or {}).get("testable")
+                and self._orientation_checks < ORIENTATION_CHECKS):
             self._check_orientation(gradient)
         inputs = (*planes, gradient, out)
         out = self._output("out", out, self.shape, inputs[:4], _INPUT_NAMES)

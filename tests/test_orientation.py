@@ -99,18 +99,25 @@ def test_noise_alone_is_never_suspect(shape):
 
 
 def test_a_right_gradient_under_noise_passes_and_a_wrong_one_is_caught_above_it():
-    """At a signal-to-noise ratio of 1 (noise RMS equal to the gradient's) the
-    right orientation passes in every draw and a 90° turn is caught in every
-    draw; at 0.1 the check cannot tell and says nothing."""
+    """With noise of half the gradient's RMS (64², white) the right
+    orientation passes and a 90° turn is caught in every draw; at an RMS
+    equal to the gradient's in most (the curl of the turn then stands 3.5-6
+    noise spreads out); at ten times it the check cannot tell and says so
+    (``testable`` False) rather than anything else."""
     _, g = _field(n=(64, 64))
     rng = np.random.default_rng(3)
     rms = np.sqrt(np.mean(g ** 2))
+    turned = rotate_com(g, 90.0, False)
+    caught_at_1 = 0
     for _ in range(50):
         noise = rng.standard_normal(g.shape) * rms
         assert not trust.gradient_orientation(g + noise, STEP)["suspect"]
-        assert trust.gradient_orientation(rotate_com(g, 90.0, False) + noise, STEP)["suspect"]
-        faint = rotate_com(g, 90.0, False) + 10 * noise
-        assert not trust.gradient_orientation(faint, STEP)["suspect"]
+        assert not trust.gradient_orientation(g + 0.5 * noise, STEP)["suspect"]
+        assert trust.gradient_orientation(turned + 0.5 * noise, STEP)["suspect"]
+        caught_at_1 += trust.gradient_orientation(turned + noise, STEP)["suspect"]
+        faint = trust.gradient_orientation(turned + 10 * noise, STEP)
+        assert not faint["suspect"] and not faint["testable"]
+    assert caught_at_1 >= 40
 
 
 def test_flat_and_tiny_fields_are_not_testable():
@@ -164,3 +171,59 @@ def test_the_sign_check_flags_a_gradient_opposite_to_the_tie_gradient_only():
     check = trust.gradient_orientation(big, STEP)
     trust.sign_check(check, weak, big)
     assert -0.2 < check["tie_correlation"] < -0.05 and check["suspect"] is False
+
+
+@pytest.mark.parametrize("scale,dtype", [(1e200, np.float64), (1e-200, np.float64),
+                                         (1e-310, np.float64), (1e38, np.float32),
+                                         (1e4, np.float16)])
+def test_the_check_does_not_depend_on_the_field_s_scale(scale, dtype):
+    """Squares of values beyond 1e154 overflow and below 1e-154 lose their
+    digits in float64, and the 2x2 block sums of float32 or float16 values
+    near their largest overflow: the field is taken to about 1 first."""
+    _, g = _field()
+    right, wrong = g / np.abs(g).max(), rotate_com(g, 90.0, False) / np.abs(g).max()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warnings either
+        ok = trust.gradient_orientation((right * scale).astype(dtype), STEP)
+        bad = trust.gradient_orientation((wrong * scale).astype(dtype), STEP)
+    assert ok["testable"] and not ok["suspect"]
+    assert bad["suspect"] and bad["misorientation"] > 80
+
+
+@pytest.mark.parametrize("gradient,pixel_size", [
+    (np.zeros((3, 16, 16)), STEP), (np.zeros((2, 16)), STEP), (np.zeros((2, 2, 16, 16)), STEP),
+    (np.zeros((2, 16, 16), object), STEP), (np.zeros((2, 16, 16), complex), STEP),
+    (None, STEP), (np.zeros((2, 16, 16)), (-0.25, 0.31)), (np.zeros((2, 16, 16)), (0.1, 0.2, 0.3)),
+    (np.zeros((2, 16, 16)), "0.25")])
+def test_what_is_not_a_gradient_is_refused(gradient, pixel_size):
+    with pytest.raises(ft.InputError):
+        trust.gradient_orientation(gradient, pixel_size)
+
+
+def test_a_list_and_a_scalar_pixel_size_are_read():
+    _, g = _field()
+    check = trust.gradient_orientation(rotate_com(g, 90.0, False).tolist(), 0.25)
+    assert check["suspect"]
+
+
+def test_a_plan_checks_again_after_a_gradient_that_cannot_tell(monkeypatch):
+    """A first frame of noise cannot tell a turn: the plan checks the next
+    ones, and finds the 90° turn there; after ORIENTATION_CHECKS untelling
+    frames it stops checking."""
+    phi, g = _field(n=(32, 32))
+    planes = [np.ones(phi.shape, np.float32)] * 3
+    rng = np.random.default_rng(2)
+    plan = ft.Plan(phi.shape, method="icom", dz=20.0, pixel_size=STEP, energy=300e3,
+                   backend="cpu")
+    plan.solve(*planes, gradient=rng.standard_normal(g.shape).astype(np.float32))
+    assert plan.gradient_orientation["testable"] is False and "trust" not in plan.info
+    with pytest.warns(ft.TrustWarning, match="gradient: "):
+        plan.solve(*planes, gradient=rotate_com(g, 90.0, False).astype(np.float32))
+    assert plan.gradient_orientation["suspect"] and "trust" in plan.info
+    monkeypatch.setattr(ft.plan, "ORIENTATION_CHECKS", 3)
+    noisy = ft.Plan(phi.shape, method="icom", dz=20.0, pixel_size=STEP, energy=300e3,
+                    backend="cpu")
+    for _ in range(3):
+        noisy.solve(*planes, gradient=rng.standard_normal(g.shape).astype(np.float32))
+    noisy.solve(*planes, gradient=rotate_com(g, 90.0, False).astype(np.float32))
+    assert noisy.gradient_orientation["testable"] is False  # no longer checked
