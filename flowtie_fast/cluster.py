@@ -319,7 +319,7 @@ class _Spec:
 
 
 # (worker id, device, spec) -> [Plan, batches solved, lock], oldest use first; the
-# lock holds a batch's solves and the reading of their verdicts (plan.info) together
+# lock holds a batch on the plan (its orientation check, solves and verdicts) together
 # where the worker's threads share the plan.
 _PLANS: dict = {}
 #: Plans a worker keeps (per process): an acquisition that changes dz, pixel size
@@ -400,7 +400,8 @@ def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradien
         gradient = None if gradient is None else be.asarray(_canonical(gradient))
         b = stack.shape[0]
         grad_out = be.empty((b, 2) + plan.shape, plan.dtype) if return_gradient else None
-        with entry[2]:  # another thread's solve would replace plan.info
+        with entry[2]:  # one batch at a time on a plan: its orientation check and verdicts
+            plan.reset_orientation()  # a cached plan: this call's data may be another set-up's
             if isinstance(noise, list):  # one per item (triplets): solved one at a time
                 out = be.empty((b,) + plan.shape, plan.dtype)
                 verdicts = []

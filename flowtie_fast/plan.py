@@ -51,6 +51,7 @@ Examples
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from dataclasses import replace
@@ -116,7 +117,8 @@ class Plan:
         ``flowtie``: the trust check, the fallback to the classical phase and
         the uncertainty map (``uncertainty_out``) at every solve (default
         True; four network passes: ``False`` runs the network alone).
-        ``plan.info`` holds the latest solve's verdict.
+        ``plan.info`` holds the latest solve's verdict (the latest of the
+        calling thread: each thread sees its own).
     tol : float, optional
         Relative residual at which ``tie-exact`` and ``gd`` stop (default: as
         in :meth:`~flowtie_fast.solvers.TIESolver.solve`).
@@ -174,12 +176,30 @@ class Plan:
                                     model=model, residual=False, names=_INPUT_NAMES[:3],
                                     uncertainty=method == "flowtie" and uncertainty is not False,
                                     cuda_graphs=bool(cuda_graphs))
-        self.info: dict = {}  # of the latest solve: the trust check and fallback of flowtie
+        self._local = threading.local()  # plan.info: each thread's latest solve
+        self.info = {}
         self.gradient_orientation = None  # the curl check of the first telling gradient
         self._orientation_checks = 0
         self.timings["setup"] = time.perf_counter() - start
         if warmup:
             self._warm_up()
+
+    @property
+    def info(self) -> dict:
+        """The information of the calling thread's latest solve (for
+        ``flowtie``: the trust verdict and any fallback; where a measured
+        gradient's orientation looks wrong, ``trust``): a thread sharing the
+        plan reads its own solve's, not another thread's."""
+        return getattr(self._local, "info", {})
+
+    @info.setter
+    def info(self, value: dict):
+        self._local.info = value
+
+    def reset_orientation(self):
+        """Forget the curl check of the measured gradients: the next one given
+        is checked again (another specimen, detector or set-up)."""
+        self.gradient_orientation, self._orientation_checks = None, 0
 
     def __repr__(self) -> str:
         return (f"Plan(shape={self.shape}, method={self.method!r}, dz={self.dz} Å, "
@@ -204,7 +224,7 @@ class Plan:
                     pass                   # solve ran: real planes are checked at theirs
                 self.timings[key] = time.perf_counter() - start
         self.info = {}
-        self.gradient_orientation, self._orientation_checks = None, 0  # synthetic: no check
+        self.reset_orientation()  # the synthetic gradient says nothing of the set-up
 
     # ------------------------------------------------------------------ checks
 
@@ -307,9 +327,6 @@ class Plan:
             gradient = self._image("gradient", gradient, (2,) + self.shape)
         if self.method == "icom" and gradient is None:
             raise InputError("gradient: method 'icom' needs the measured phase gradient")
-        if (gradient is not None and not (self.gradient_orientation or {}).get("testable")
-                and self._orientation_checks < ORIENTATION_CHECKS):
-            self._check_orientation(gradient)
         inputs = (*planes, gradient, out)
         out = self._output("out", out, self.shape, inputs[:4], _INPUT_NAMES)
         # Without gradient_out the gradient is not computed (3 of the 8 FFTs of tie).
@@ -321,6 +338,9 @@ class Plan:
             self._output("uncertainty_out", uncertainty_out, self.shape,
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
         options = self.options if noise is None else replace(self.options, noise=noise)
+        if (gradient is not None and not (self.gradient_orientation or {}).get("testable")
+                and self._orientation_checks < ORIENTATION_CHECKS):
+            self._check_orientation(gradient)  # after every refusal of the call's arguments
         if gradient is not None and (self.gradient_orientation or {}).get("suspect"):
             options = replace(options, gradient_suspect=self.gradient_orientation["why"])
         self.info = self.solver.solve_planes(

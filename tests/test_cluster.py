@@ -297,3 +297,26 @@ def test_items_whose_solve_warned_on_a_worker_are_named_here(pinned):
     with pytest.raises(ft.InputError, match="return_info: expected True or False"):
         cluster.reconstruct_many(stack, pixel_size=PIXEL, dz=DZ, energy=E, client=_Unused(),
                                  return_info="yes")
+
+
+def test_each_call_checks_its_gradients_orientation_on_the_cached_plans(pinned):
+    """Worker plans are kept between calls: each call's gradients are checked
+    for curl afresh, so a set of swapped components after a right set is
+    flagged per item (and right ones after it are not)."""
+    y = np.arange(N)[:, None] * PIXEL
+    x = np.arange(N)[None, :] * PIXEL
+    a = b = 2 * np.pi / (N * PIXEL)
+    gy = 1.2 * a * np.cos(2 * a * y) * np.cos(b * x) - 0.3 * a * np.sin(a * y + 3 * b * x)
+    gx = -0.6 * b * np.sin(2 * a * y) * np.sin(b * x) - 0.9 * b * np.sin(a * y + 3 * b * x)
+    right = np.broadcast_to(np.stack([gy, gx]), (4, 2, N, N)).astype(np.float32)
+    swapped = np.ascontiguousarray(right[:, ::-1])
+    stack = _stack(4, seed=5)
+    kw = dict(pixel_size=PIXEL, dz=DZ, energy=E, batch_size=2, threads=1, client=pinned,
+              return_info=True)
+    for grads, wrong in ((right, False), (swapped, True), (right, False)):
+        if wrong:
+            with pytest.warns(ft.TrustWarning, match="4 of 4 icom phases"):
+                _, info = cluster.reconstruct_many(stack, "icom", gradient=grads, **kw)
+        else:
+            _, info = cluster.reconstruct_many(stack, "icom", gradient=grads, **kw)
+        assert [("trust" in v) for v in info] == [wrong] * 4

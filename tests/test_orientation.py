@@ -227,3 +227,44 @@ def test_a_plan_checks_again_after_a_gradient_that_cannot_tell(monkeypatch):
         noisy.solve(*planes, gradient=rng.standard_normal(g.shape).astype(np.float32))
     noisy.solve(*planes, gradient=rotate_com(g, 90.0, False).astype(np.float32))
     assert noisy.gradient_orientation["testable"] is False  # no longer checked
+
+
+def test_a_refused_call_leaves_the_plan_s_check_as_it_was():
+    phi, g = _field(n=(32, 32))
+    planes = [np.ones(phi.shape, np.float32)] * 3
+    plan = ft.Plan(phi.shape, method="icom", dz=20.0, pixel_size=STEP, energy=300e3,
+                   backend="cpu")
+    with pytest.raises(ft.InputError, match="out"):
+        plan.solve(*planes, gradient=g[::-1].astype(np.float32),
+                   out=np.empty(phi.shape, np.float64))
+    assert plan.gradient_orientation is None
+    plan.solve(*planes, gradient=g.astype(np.float32))
+    assert plan.gradient_orientation["testable"] and "trust" not in plan.info
+
+
+def test_each_thread_reads_its_own_solve_s_info():
+    """One plan shared by threads: plan.info after a solve is that thread's
+    solve's verdict, not the latest of any thread."""
+    import threading
+    import time
+
+    phi, g = _field(n=(32, 32))
+    planes = [np.ones(phi.shape, np.float32)] * 3
+    plan = ft.Plan(phi.shape, method="icom", dz=20.0, pixel_size=STEP, energy=300e3,
+                   backend="cpu")
+    seen, barrier = {}, threading.Barrier(2)
+
+    def run(name, info):
+        barrier.wait()
+        for _ in range(50):
+            plan.solve(*planes, gradient=g.astype(np.float32))
+            mine = plan.info
+            time.sleep(0.002)  # the other thread solves meanwhile
+            info.append(plan.info is mine)
+
+    threads = [threading.Thread(target=run, args=(n, seen.setdefault(n, []))) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": [True] * 50, "b": [True] * 50}
