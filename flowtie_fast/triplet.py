@@ -29,11 +29,24 @@ from .planes import (check_gradient, check_image, check_intensity_stats, check_n
                      check_positions, focal_weights)
 from .solvers import reconstruct
 from .trust import gradient_orientation, orientation_warning, sign_check
-from .stem.focal import (check_com_extent, check_register, check_rotation, com_poisson_noise,
-                         orient, prepare_planes, reduce_triplet, register_planes,
-                         virtual_image_noise)
+from .stem.focal import (apply_registration, check_com_extent, check_register, check_rotation,
+                         com_poisson_noise, orient, prepare_planes, reduce_triplet,
+                         register_planes, virtual_image_noise)
 
 __all__ = ["FocalSeries", "FocalTriplet"]
+
+#: Virtual images whose TIE phase has the sign of the specimen's phase: the
+#: reference that tells a detector rotation from its half turn.
+SIGNED_IMAGES = ("bf", "bf-full")
+
+
+def _bright_field(reductions, registration, register):
+    """The reductions' "bf" images, registered as the planes were, or None
+    where one of them has none."""
+    images = [r.virtual.get("bf") for r in reductions]
+    if any(i is None for i in images):
+        return None
+    return apply_registration(images, registration, register)
 
 
 COUNTS_MISMATCH = 10.0  # estimated / Poisson variance beyond which planes are not counts
@@ -205,17 +218,18 @@ class FocalSeries:
     def _check_gradient(self, g):
         return check_gradient(g, self.shape)
 
-    def _check_orientation(self, rotation=None, flip=None, sign=False):
+    def _check_orientation(self, rotation=None, flip=None, sign=False, reference=None):
         """The measured gradient's curl check (:func:`flowtie_fast.trust.
         gradient_orientation`) into ``gradient_orientation``, with a
         TrustWarning where its orientation looks wrong; with ``sign``, where
-        it passes, also its sign against the TIE gradient of the planes
-        (:func:`flowtie_fast.trust.sign_check`: a turn by 180° has no curl)."""
+        it passes, also its sign against the TIE gradient of the planes, or
+        of the ``reference`` planes (:func:`flowtie_fast.trust.sign_check`: a
+        turn by 180° has no curl)."""
         check = gradient_orientation(self.gradient, self.pixel_size)
         self.gradient_orientation = check
         if sign and not check["suspect"]:
             try:
-                tie = self._plain_tie_gradient()
+                tie = self._plain_tie_gradient(reference)
             except InputError:  # no TIE phase of these planes: no sign to compare
                 check["tie_correlation"] = None
             else:
@@ -224,11 +238,11 @@ class FocalSeries:
             check["why"] = orientation_warning(check, rotation, flip)
             warnings.warn(check["why"], TrustWarning, stacklevel=4)
 
-    def _plain_tie_gradient(self):
-        """The gradient (rad/Å) of the ``tie`` phase of the planes alone,
-        without a noise model (no warning of it concerns the caller), on the
-        CPU in float64."""
-        planes = [np.asarray(to_host(p), np.float64) for p in self.planes]
+    def _plain_tie_gradient(self, planes=None):
+        """The gradient (rad/Å) of the ``tie`` phase of the planes alone (or of
+        ``planes`` at their positions), without a noise model (no warning of it
+        concerns the caller), on the CPU in float64."""
+        planes = [np.asarray(to_host(p), np.float64) for p in planes or self.planes]
         series = FocalSeries(planes, self.z, self.pixel_size, self.energy, z0=self.z0)
         return reconstruct(series, method="tie", backend="cpu", dtype="float64").gradient
 
@@ -461,12 +475,19 @@ class FocalTriplet(FocalSeries):
             reductions, scan_step, virtual=virtual, counts=counts, register=register)
         check_com_extent(reductions[1], "zero")
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
+        # The half turn is told by the TIE phase of bright-field images, whose
+        # contrast follows the phase (that of "abf" and "df" images does not).
+        bright = virtual in SIGNED_IMAGES
+        reference = None if bright else _bright_field(reductions, registration, register)
         given = not isinstance(rotation, str)  # "auto" resolves 180° with the TIE phase
-        reductions, rotation, flip = orient(reductions, rotation, flip, t._tie_gradient)
+        reductions, rotation, flip = orient(
+            reductions, rotation, flip,
+            t._tie_gradient if bright else lambda: t._plain_tie_gradient(reference))
         t.registration = registration
         gradient = t._check_gradient(reductions[1].gradient)
         t.gradient = gradient - gradient.mean(axis=(1, 2), keepdims=True)
-        t._check_orientation(rotation, flip, sign=given)
+        t._check_orientation(rotation, flip, sign=given and (bright or reference is not None),
+                             reference=reference)
         t.gradient_noise = virtual_image_noise(list(t.gradient), scan_step, energy,
                                                 reductions[1].regions, virtual)
         if t.gradient_noise is None and counts:  # no room above the band: the counts'

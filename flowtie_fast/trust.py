@@ -569,7 +569,7 @@ def orientation_warning(check, rotation=None, flip=None) -> str:
         fix = ("turn it by 180°" if rotation is None else
                f"rotation={round(rotation + 180) % 360:d} with flip={bool(flip)}, or "
                f"rotation='auto'")
-        return (f"gradient: it points against the gradient of the planes' TIE phase "
+        return (f"gradient: it points against the gradient of the bright-field TIE phase "
                 f"(correlation {check['tie_correlation']:.2f}): the detector rotation looks "
                 f"half a turn wrong, and an icom phase from it is the negative phase; {fix}")
     return (f"gradient: {check['curl_fraction']:.0%} of its power is curl, which no phase "

@@ -385,7 +385,7 @@ def test_a_detector_rotation_given_wrong_is_caught_and_the_right_one_named(case)
     assert right.gradient_orientation["suspect"] is False
     assert right.gradient_orientation["tie_correlation"] > 0.3
     # half a turn has no curl: the sign against the TIE phase of the planes says so
-    with pytest.warns(ft.TrustWarning, match=r"against the gradient of the planes' TIE phase"
+    with pytest.warns(ft.TrustWarning, match=r"against the gradient of the bright-field TIE phase"
                       r".* half a turn wrong"
                       r".* rotation=0 with flip=False"):
         half = ft.FocalTriplet.from_4dstem(*planes, rotation=180.0, **kw)
@@ -412,3 +412,29 @@ def test_a_detector_rotation_given_wrong_is_caught_and_the_right_one_named(case)
     with pytest.warns(ft.TrustWarning, match="not trusted"):
         safe = ft.reconstruct(turned, method="flowtie", backend="cpu")
     assert safe.info["fallback"] == "tie"
+
+
+@pytest.mark.parametrize("virtual", ["abf", "df"])
+def test_the_half_turn_is_told_by_the_bright_field_whatever_the_planes(case, virtual):
+    """Annular bright- and dark-field images do not carry the phase's sign:
+    the half turn of an explicit rotation, and the one "auto" chooses, are
+    told by the TIE phase of the bright-field images (on the abf planes the
+    right rotation was called half a turn off, and "auto" chose the wrong
+    one, the negative phase without a word)."""
+    kw = dict(dz=case.dz, scan_step=case.scan_step, k_sampling=case.k_sampling,
+              energy=case.energy, backend="cpu", virtual=virtual)
+    planes = [case.minus, case.zero, case.plus]
+    bf = ft.reconstruct(ft.FocalTriplet.from_4dstem(*planes, dz=case.dz,
+                                                    scan_step=case.scan_step,
+                                                    k_sampling=case.k_sampling,
+                                                    energy=case.energy, backend="cpu"),
+                        method="icom", backend="cpu").phase
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        right = ft.FocalTriplet.from_4dstem(*planes, rotation=0.0, **kw)
+        auto = ft.FocalTriplet.from_4dstem(*planes, rotation="auto", **kw)
+    assert right.gradient_orientation["tie_correlation"] > 0.3
+    icom = ft.reconstruct(auto, method="icom", backend="cpu").phase
+    assert np.corrcoef(icom.ravel(), bf.ravel())[0, 1] > 0.99
+    with pytest.warns(ft.TrustWarning, match="half a turn wrong.* rotation=0 with flip=False"):
+        ft.FocalTriplet.from_4dstem(*planes, rotation=180.0, **kw)

@@ -414,19 +414,46 @@ def register_planes(planes, signals, register):
     record.update(shifts=shifts, reliable=bool(reliable))
     if not reliable:
         return planes, record
+    record["applied"] = any(math.hypot(*shifts[i]) >= REGISTRATION_THRESHOLD for i in (0, 2))
+    return apply_registration(planes, record, register), record
+
+
+def apply_registration(planes, record, register):
+    """The ±dz planes shifted as a registration's record says (nothing where
+    it was not applied, nor for a shift under ``REGISTRATION_THRESHOLD``).
+
+    Parameters
+    ----------
+    planes : list of three arrays (Sy, Sx)
+        Images at ``-dz, 0, +dz`` of the registered scans (NumPy or CuPy).
+    record : dict or None
+        What :func:`register_planes` returned (``shifts`` in px, ``applied``).
+    register : True or "periodic"
+        How the shifts are applied: ``"periodic"`` wraps around, anything
+        else extends by mirroring.
+
+    Returns
+    -------
+    list of three arrays (Sy, Sx)
+        The planes given, the shifted ones replaced by copies (on the
+        plane's device, clipped at 0, its floating dtype kept, float64 for
+        counts).
+    """
     out = list(planes)
+    if not record or not record.get("applied"):
+        return out
     for i in (0, 2):
-        if math.hypot(*shifts[i]) < REGISTRATION_THRESHOLD:
+        shift = record["shifts"][i]
+        if math.hypot(*shift) < REGISTRATION_THRESHOLD:
             continue
-        shifted = apply_shift(host[i].astype(np.float64), shifts[i],
+        shifted = apply_shift(to_host(planes[i]).astype(np.float64), shift,
                               periodic=register == "periodic")
         # Intensities: the interpolation's ringing below zero is clipped; the
         # plane keeps its device and floating dtype (counts become float64).
         xp = array_module(planes[i])
         out[i] = xp.asarray(np.maximum(shifted, 0),
                             dtype=planes[i].dtype if planes[i].dtype.kind == "f" else np.float64)
-        record["applied"] = True
-    return out, record
+    return out
 
 
 def check_com_extent(reduction: Reduction, name):
