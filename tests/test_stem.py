@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -403,3 +404,26 @@ def test_the_poisson_noise_of_the_centre_of_mass_is_that_of_the_counts(rng):
     assert 0.8 < noise.variance[0] / measured < 1.25
     # no room above the band limit at 2 Å steps: the triplet takes the counts' noise
     assert t.gradient_noise == noise
+
+
+def test_a_dark_level_subtracted_too_far_is_warned_and_read_noise_is_not(rng):
+    """Patterns whose far dark field lies below zero lost that level from every
+    sum, which divides the centre of mass: icom comes out too strong (here
+    about 1.5 times), and the reduction says so; zero-mean read noise left in
+    the patterns does not set it off."""
+    phi, grad = _phase_and_gradient()
+    offsets_px = grad / (2 * np.pi) / K_SAMPLING
+    data = gaussian_patterns(offsets_px, total=1000.0)
+    kw = dict(dz=20.0, scan_step=0.25, k_sampling=K_SAMPLING, energy=E, center=(16.0, 15.0),
+              register=False, backend="cpu")
+    noisy = data + rng.normal(0, 0.2, data.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        right = ft.FocalTriplet.from_4dstem(noisy, noisy, noisy, **kw)
+    low = noisy - 1000.0 / (3 * data.shape[2] * data.shape[3])  # a third of the sum gone
+    with pytest.warns(ft.TrustWarning,
+                      match=r"far dark field .* below zero.* about 1\.[45]\d* times"):
+        wrong = ft.FocalTriplet.from_4dstem(low, low, low, **kw)
+    ratio = np.std(ft.reconstruct(wrong, method="icom", backend="cpu").phase) / np.std(
+        ft.reconstruct(right, method="icom", backend="cpu").phase)
+    assert 1.4 < ratio < 1.6

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._cuda import MAX_WEIGHTS  # weight rows one pass computes (the CUDA tile)
 from ..backend import array_module, is_cupy
-from ..errors import InputError, check_positive
+from ..errors import InputError, TrustWarning, check_positive
 from ..physics import wavelength
 
 __all__ = ["Detector", "DetectorWarning", "VIRTUAL_IMAGES", "find_center", "triplet_geometry"]
@@ -573,7 +573,63 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
         return detector, {"bf": (0.0, bf_radius), "whole": (0.0, np.inf)}
     regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
                "df": (disk, np.inf), "whole": (0.0, np.inf)}
+    level, share = dark_level(mean, detector, disk)
+    if share > DARK_LEVEL_SHARE:
+        warnings.warn(
+            f"{name}: the mean pattern's far dark field (beyond {DARK_FIELD_REACH:g} times "
+            f"the bright-field disk's {disk:.3g} mrad) lies at {level:.3g} a pixel, below "
+            f"zero: a dark level subtracted too far has taken from each pattern {share:.3g} "
+            f"times the sum left to it, and the centre of mass (icom's gradient) comes out "
+            f"about {1 + share:.3g} times too strong; subtract the detector's measured dark "
+            "level, not more", TrustWarning, stacklevel=3)
     return detector, regions
+
+
+#: Beyond this many bright-field radii the mean pattern holds only the far
+#: dark field, whose level is 0 or above for any specimen.
+DARK_FIELD_REACH = 1.5
+#: A far dark field below zero that takes more than this share of the patterns'
+#: sum (the centre of mass then scaled up by more than 1 + share) is warned.
+DARK_LEVEL_SHARE = 0.05
+
+
+def dark_level(mean, detector: Detector, disk: float) -> tuple:
+    """A mean pattern's negative dark level, and the share of its sum it takes.
+
+    Scattering puts no negative intensity anywhere: a far dark field whose
+    median lies below zero, by more than five times that median's standard
+    error (zero-mean read noise left in the mean pattern), is a dark level
+    subtracted too far. That level,
+    over every detector pixel, is missing from each pattern's sum, which
+    divides the centre of mass.
+
+    Parameters
+    ----------
+    mean : ndarray (Ky, Kx)
+        The mean pattern.
+    detector : Detector
+        Its geometry.
+    disk : float
+        The bright-field disk's radius in mrad.
+
+    Returns
+    -------
+    level : float
+        The median of the pixels beyond :data:`DARK_FIELD_REACH` disk radii
+        (the pattern's unit; 0.0 where fewer than 16 pixels lie there).
+    share : float
+        ``-level × pixels / sum``: 0.0 where the level is not below zero
+        beyond its noise, or the sum is not positive.
+    """
+    m = np.asarray(mean, np.float64)
+    far = m[detector.angle_mrad() > DARK_FIELD_REACH * disk]
+    total = float(m.sum())
+    if far.size < 16:
+        return 0.0, 0.0
+    level = float(np.median(far))
+    # below zero beyond the median's own noise (read noise left in the mean)
+    below = level < -5 * 1.2533 * float(far.std()) / math.sqrt(far.size)
+    return level, (-level * m.size / total if below and total > 0 else 0.0)
 
 
 
