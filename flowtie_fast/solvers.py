@@ -787,11 +787,13 @@ class TIESolver:
         g = g.copy()
         return g, [denoise(g[i], noise.variance[i], GRADIENT_THRESHOLD(g[i])) for i in range(2)]
 
-    def _regularise(self, noise, mean, k, derivative_weights, intensity_weights, info):
+    def _regularise(self, noise, mean, k, derivative_weights, intensity_weights, info,
+                    quiet=False):
         """Set this solve's Tikhonov parameter and return Teague's floor
         (fraction of the mean) and the norm the noise gives the TIE residual,
         ``k √N σ_D`` (0 without noise), from the series' noise
-        (:mod:`flowtie_fast.noise`) where ``alpha`` / ``floor`` are "auto"."""
+        (:mod:`flowtie_fast.noise`) where ``alpha`` / ``floor`` are "auto";
+        ``quiet``: no warning (a phase the caller does not receive)."""
         if noise == COUNTS:
             noise = poisson_noise(self._stats[:, 1] / (self.shape[0] * self.shape[1]))
         info["noise"] = None if noise is None else noise.source
@@ -803,7 +805,7 @@ class TIESolver:
         var_i = noise.combined(intensity_weights)
         if self.denoise:
             info["denoise"] = denoise(self._didz, var_d)
-            if info["denoise"] == 0:
+            if info["denoise"] == 0 and not quiet:
                 info["trust"] = "no signal above the noise"
                 warnings.warn("the focal derivative holds no signal above the noise of the "
                               f"planes ({noise.source} noise): the phase is zero; a "
@@ -1148,11 +1150,26 @@ class TIESolver:
         fallback = "icom" if icom is not None else "tie"
         info["uncertainty"] = (f"none: the flow was not trusted; the {fallback} phase "
                                "returned has no calibrated uncertainty")
+        also = ""
         if icom is not None:
             info["fallback"] = "icom"
             phase[...] = icom
             if grad is not None:
                 self.poisson.gradient(phase, out=grad)
+            # The TIE phase as a second opinion on it (a gradient of the wrong
+            # sign or scale has no curl and passes the orientation check).
+            floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
+                                        intensity_weights, {}, quiet=True)
+            tie = self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k,
+                                      out=self._buf("tie_check"))
+            value = trust.disagreement(tie, phase, scratch=self._buf("tmp"))
+            info["icom_disagreement"] = value
+            limit = trust.calibration()["classical_disagreement_limit"]
+            if value > limit:
+                also = (f", which the tie phase contradicts (mean squared difference "
+                        f"{value:.3g} times its variance, limit {limit:g}): it may be wrong "
+                        f"as well (a measured gradient of the wrong sign, scale or "
+                        f"orientation)")
         else:
             info["fallback"] = "tie"
             floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
@@ -1160,7 +1177,7 @@ class TIESolver:
             self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k, out=phase,
                                 grad_out=grad)
         warnings.warn(f"flowtie: the flow is not trusted on this input ({verdict['why']}); "
-                      f"returned the {info['fallback']} phase instead",
+                      f"returned the {info['fallback']} phase instead{also}",
                       TrustWarning, stacklevel=5)
         return None
 

@@ -438,3 +438,32 @@ def test_the_half_turn_is_told_by_the_bright_field_whatever_the_planes(case, vir
     assert np.corrcoef(icom.ravel(), bf.ravel())[0, 1] > 0.99
     with pytest.warns(ft.TrustWarning, match="half a turn wrong.* rotation=0 with flip=False"):
         ft.FocalTriplet.from_4dstem(*planes, rotation=180.0, **kw)
+
+
+def test_a_fallback_to_icom_says_when_the_tie_phase_contradicts_it():
+    """A measured gradient of the wrong sign has no curl: where the flow is not
+    trusted, the icom phase returned is the negative phase, and the TIE phase
+    of the planes, which contradicts it, is named in the warning (a right
+    gradient's fallback is not)."""
+    from flowtie_fast.simulation.optics import defocus_triplet, gaussian_bumps
+
+    phi = gaussian_bumps(64, 0.3, 12, 0.4, (0.8, 2.0), seed=3)
+    t = defocus_triplet(phi, 40.0, 0.3, 300e3)
+    y = np.fft.fftfreq(64, 0.3)[:, None] * 2j * np.pi
+    x = np.fft.fftfreq(64, 0.3)[None, :] * 2j * np.pi
+    spectrum = np.fft.fft2(phi)
+    g = np.stack([np.fft.ifft2(y * spectrum).real, np.fft.ifft2(x * spectrum).real])
+    for sign, contradicted in ((1.0, False), (-1.0, True)):
+        triplet = ft.FocalTriplet(*t.planes, dz=40.0, pixel_size=0.3, energy=300e3,
+                                  gradient=sign * g)
+        with pytest.warns(ft.TrustWarning, match="not trusted") as caught:
+            # a flow taken for untrusted whatever it is: the fallback is the subject
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(trust, "verdict", lambda *a: {"trusted": False, "rel_spread": 1.0,
+                                                         "snr": 1.0, "icom_ratio": None,
+                                                         "why": "forced"})
+                rec = ft.reconstruct(triplet, method="flowtie", backend="cpu")
+        assert rec.info["fallback"] == "icom"
+        said = any("which the tie phase contradicts" in str(w.message) for w in caught)
+        assert said is contradicted, rec.info["icom_disagreement"]
+        assert (rec.info["icom_disagreement"] > 3.683) is contradicted
