@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .backend import array_stats, is_cupy, to_host
+from .backend import array_stats, get_backend, is_cupy, to_host
 from .errors import (RANGES, InputError, TrustWarning, check_count, check_positive, check_real,
                      first_line)
 from .noise import Noise, check_noise, estimate_noise, poisson_noise
@@ -38,6 +38,13 @@ __all__ = ["FocalSeries", "FocalTriplet"]
 #: Virtual images whose TIE phase has the sign of the specimen's phase: the
 #: reference that tells a detector rotation from its half turn.
 SIGNED_IMAGES = ("bf", "bf-full")
+
+
+def _checks_backend():
+    """The backend of the triplet's own checks (the TIE phase that tells a
+    detector rotation from its half turn): the CPU with the NumPy kernels,
+    which a one-shot start does not compile."""
+    return get_backend("cpu", kernels="numpy")
 
 
 def _bright_field(reductions, registration, register):
@@ -244,7 +251,8 @@ class FocalSeries:
         concerns the caller), on the CPU in float64."""
         planes = [np.asarray(to_host(p), np.float64) for p in planes or self.planes]
         series = FocalSeries(planes, self.z, self.pixel_size, self.energy, z0=self.z0)
-        return reconstruct(series, method="tie", backend="cpu", dtype="float64").gradient
+        return reconstruct(series, method="tie", backend=_checks_backend(),
+                           dtype="float64").gradient
 
     @property
     def shape(self) -> tuple:
@@ -497,7 +505,7 @@ class FocalTriplet(FocalSeries):
 
     def _tie_gradient(self):
         """Phase gradient of Teague's TIE on these planes (rad/Å)."""
-        return reconstruct(self, method="tie", backend="cpu").gradient
+        return reconstruct(self, method="tie", backend=_checks_backend()).gradient
 
     @property
     def minus(self):
