@@ -62,7 +62,7 @@ from numpy.lib import format as npy
 from .files import (_check_bool, _short, _suffix, as_path, atomic_path, check_input_file,
                      check_target)
 from .backend import _gib, host_available_memory, is_cupy
-from .errors import RANGES, InputError, check_positive
+from .errors import RANGES, InputError, check_positive, is_number
 from .physics import wavelength
 from .triplet import FocalTriplet, HDF5ReadError
 
@@ -874,8 +874,7 @@ def _recorded_number(value, name, path, what, unit=""):
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     number = None
-    if isinstance(value, (int, float, np.integer, np.floating)) and \
-            not isinstance(value, (bool, np.bool_)):
+    if is_number(value):
         number = float(value)
     elif isinstance(value, str):
         try:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from numbers import Real
 
 import numpy as np
 
 from .._cuda import MAX_WEIGHTS  # weight rows one pass computes (the CUDA tile)
 from ..backend import array_module, is_cupy
-from ..errors import InputError, check_positive
+from ..errors import InputError, check_positive, is_integer, is_number
 from ..physics import wavelength
 
 __all__ = ["Detector", "DetectorWarning", "VIRTUAL_IMAGES", "find_center", "triplet_geometry"]
@@ -67,8 +66,7 @@ class Detector:
     def __post_init__(self):
         shape = self.shape
         if (not isinstance(shape, (tuple, list, np.ndarray)) or len(shape) != 2
-                or not all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
-                           and n >= 1 for n in shape)):
+                or not all(is_integer(n) and n >= 1 for n in shape)):
             raise InputError(f"detector: expected a shape (Ky, Kx) of two positive integers, "
                              f"got {_shown(shape)}")
         self.shape = tuple(int(n) for n in shape)
@@ -359,7 +357,7 @@ def check_regions(regions) -> None:
             raise InputError(f"{want}, names (str), got {name!r}")
         pair = tuple(span) if isinstance(span, (tuple, list)) else None
         if pair is None or len(pair) != 2 or not all(
-                isinstance(v, Real) and not isinstance(v, (bool, np.bool_)) for v in pair):
+                is_number(v) for v in pair):
             raise InputError(f"{want}, two real numbers each, got {span!r} for {name!r}")
 
 
@@ -598,7 +596,7 @@ def check_center(center) -> tuple:
     for c in items:
         if isinstance(c, np.ndarray) and c.ndim == 0:
             c = c[()]
-        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (Real, np.integer, np.floating)):
+        if not is_number(c):
             raise bad
         try:
             out.append(float(c))
