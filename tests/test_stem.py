@@ -403,3 +403,23 @@ def test_the_poisson_noise_of_the_centre_of_mass_is_that_of_the_counts(rng):
     assert 0.8 < noise.variance[0] / measured < 1.25
     # no room above the band limit at 2 Å steps: the triplet takes the counts' noise
     assert t.gradient_noise == noise
+
+
+def test_stem_helpers_refuse_empty_and_unbounded_inputs():
+    g = np.random.default_rng(0).normal(size=(2, 16, 16))
+    with pytest.raises(ft.InputError, match="step_degrees: expected a finite number >= 0.01"):
+        stem.calibrate_rotation(g, step_degrees=1e-9)  # asked for 1.3 TiB
+    with pytest.raises(ft.InputError, match="com: expected at least 3 scan positions a side"):
+        stem.calibrate_rotation(np.ones((2, 0, 16)))  # returned 1.0 degree
+    assert 0 <= stem.calibrate_rotation(g, step_degrees=0.01)[0] < 180
+    with pytest.raises(ft.InputError, match="patterns: expected a real array"):
+        stem.mean_pattern("x")
+    with pytest.raises(ft.InputError, match="patterns: expected at least one pattern"):
+        stem.mean_pattern(np.ones((0, 4, 16, 16)))  # returned NaN everywhere
+    data = np.ones((4, 4, 8, 8))
+    for count in (0, -1, np.nan, 2.5, "3"):
+        with pytest.raises(ft.InputError, match="count: expected a positive integer"):
+            stem.sample_patterns(data, count=count)
+    with pytest.raises(ft.InputError, match="data: expected a scan of at least one position"):
+        stem.sample_patterns(np.ones((0, 4, 8, 8)))
+    assert stem.sample_patterns(data, count=3).shape[1:] == (8, 8)

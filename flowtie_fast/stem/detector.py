@@ -19,7 +19,7 @@ import numpy as np
 
 from .._cuda import MAX_WEIGHTS  # weight rows one pass computes (the CUDA tile)
 from ..backend import array_module, is_cupy
-from ..errors import InputError, check_positive, is_integer, is_number
+from ..errors import InputError, check_count, check_positive, is_integer, is_number
 from ..physics import wavelength
 
 __all__ = ["Detector", "DetectorWarning", "VIRTUAL_IMAGES", "find_center", "triplet_geometry"]
@@ -120,12 +120,28 @@ def mean_pattern(patterns):
     -------
     ndarray (Ky, Kx) of float64
         The mean over every leading axis, a NumPy array.
+
+    Raises
+    ------
+    InputError
+        Where ``patterns`` is not a real array of at least two axes, or holds
+        no pattern (a leading axis of length 0) or no pixel.
     """
-    if is_cupy(patterns):
-        m = patterns.astype(np.float64, copy=False)
-        return m.reshape(-1, *m.shape[-2:]).mean(axis=0).get()
-    m = np.asarray(patterns, dtype=np.float64)
-    return m.reshape(-1, *m.shape[-2:]).mean(axis=0)
+    if not is_cupy(patterns):
+        try:
+            patterns = np.asarray(patterns)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"patterns: expected a real array (..., Ky, Kx), got "
+                             f"{_shown(patterns)}") from exc
+    shape = tuple(patterns.shape)
+    if patterns.dtype.kind not in "iuf" or len(shape) < 2:
+        raise InputError(f"patterns: expected a real array (..., Ky, Kx) of patterns, got "
+                         f"{patterns.dtype} of shape {shape}")
+    if 0 in shape:
+        raise InputError(f"patterns: expected at least one pattern of at least one pixel, "
+                         f"got shape {shape}")
+    m = patterns.astype(np.float64, copy=False).reshape(-1, *shape[-2:]).mean(axis=0)
+    return m.get() if is_cupy(m) else m
 
 
 
@@ -216,8 +232,18 @@ def sample_patterns(data, count: int = 256, name: str = "data"):
         A NumPy stack, or for CuPy data a CuPy stack gathered in one indexing
         call on the device (:func:`mean_pattern` takes either); the dtype of
         ``data``.
+
+    Raises
+    ------
+    InputError
+        Where ``count`` is not a positive integer, or the scan holds no
+        position.
     """
+    count = check_count("count", count)
     sy, sx = data.shape[:2]
+    if sy < 1 or sx < 1:
+        raise InputError(f"{name}: expected a scan of at least one position, got shape "
+                         f"{tuple(data.shape)}")
     rows = np.unique(np.linspace(0, sy - 1, min(sy, 16)).astype(int))
     per_row = max(1, count // len(rows))
     cols = np.unique(np.linspace(0, sx - 1, min(sx, per_row)).astype(int))
