@@ -304,7 +304,7 @@ def _fields(ds: Dataset) -> dict:
     return out
 
 
-def save(path, obj, overwrite: bool = True) -> Path:
+def save(path, obj, overwrite: bool = False) -> Path:
     """Write a triplet, a 4D-STEM dataset or a simulated case atomically.
 
     A :class:`~flowtie_fast.triplet.FocalTriplet`'s measured ``gradient``
@@ -320,9 +320,10 @@ def save(path, obj, overwrite: bool = True) -> Path:
         or a simulated case (:class:`~flowtie_fast.simulation.simulate.SimulationCase`,
         with its ground truth).
     overwrite : bool
-        Replace an existing file (default); False refuses one, checked before
-        anything is written, and atomically again when the file is renamed
-        into place (:func:`atomic_path`).
+        Replace an existing file. False (the default) refuses one, checked
+        before anything is written, and atomically again when the file is
+        renamed into place (:func:`atomic_path`): saving onto a file, even
+        the one the data were loaded from, needs ``overwrite=True``.
 
     Returns
     -------

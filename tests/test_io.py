@@ -575,6 +575,25 @@ def test_save_keeps_an_existing_file_unless_overwrite_is_true(workdir, monkeypat
     assert ft.load(workdir / "ow.npz").triplet().shape == (8, 8)
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_save_by_default_keeps_an_existing_file_even_the_input(tmp_path, suffix):
+    """The default was overwrite=True: saving onto the input replaced it silently."""
+    a = np.ones((8, 8))
+    path = tmp_path / f"in{suffix}"
+    ft.save(path, ft.FocalTriplet(a, a * 1.1, a * 1.2, dz=20.0, pixel_size=0.2, energy=300e3))
+    before = path.read_bytes()
+    with ft.load(path) as ds:
+        t = ds.triplet()
+    changed = ft.FocalTriplet(*t.planes, dz=10.0, pixel_size=1.0, energy=200e3)
+    with pytest.raises(ft.InputError, match=r"^path: '.*in\.(npz|h5)' exists; pass "
+                                            r"overwrite=True to replace it$"):
+        ft.save(path, changed)
+    assert path.read_bytes() == before and _names(tmp_path) == [path.name]
+    ft.save(path, changed, overwrite=True)
+    with ft.load(path) as ds:
+        assert ds.triplet().dz == (10.0, 10.0)
+
+
 def test_saving_a_closed_hdf5_dataset_is_refused(tmp_path):
     """save raised h5py's RuntimeError for a Dataset whose file was closed."""
     a = np.ones((8, 8))
