@@ -47,6 +47,21 @@ RANGES = {
 }
 
 
+def is_number(value) -> bool:
+    """Whether ``value`` is a real number scalar: a Python or NumPy integer or
+    float, not a bool and not a ``np.timedelta64`` or ``np.datetime64`` (a
+    ``timedelta64`` subclasses ``np.signedinteger`` but is a duration, and
+    ``float()`` refuses it)."""
+    return (isinstance(value, (Real, np.floating, np.integer))
+            and not isinstance(value, (bool, np.bool_, np.timedelta64, np.datetime64)))
+
+
+def is_integer(value) -> bool:
+    """Whether ``value`` is a Python or NumPy integer, not a bool and not a
+    ``np.timedelta64``."""
+    return isinstance(value, (int, np.integer)) and is_number(value)
+
+
 def check_positive(name: str, value, pair: bool = False):
     """``value`` as a positive finite float (or a pair of them when ``pair``: a
     scalar is used for both); :class:`InputError` naming ``name`` otherwise.
@@ -60,7 +75,7 @@ def check_positive(name: str, value, pair: bool = False):
         raise InputError(f"{name}: expected a positive number or a pair of them, got {value!r}")
     out = []
     for v in values:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (Real, np.floating, np.integer)):
+        if not is_number(v):
             raise InputError(f"{name}: expected a positive number, got {v!r}")
         try:
             v = float(v)
@@ -84,7 +99,7 @@ def check_count(name: str, value, low: int = 1, high: int | None = None) -> int:
     ``name`` otherwise (bools and non-integral floats are refused)."""
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    ok = is_integer(value)
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and value == int(value):
         ok, value = True, int(value)
     if not ok or value < low or (high is not None and value > high):
@@ -133,8 +148,7 @@ def check_real(name: str, value, *, low=None, low_open=False, default=None) -> f
         return default
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Real, np.floating,
-                                                                       np.integer)):
+    if not is_number(value):
         raise InputError(f"{name}: expected a real number, got {value!r}")
     try:
         v = float(value)

@@ -563,3 +563,63 @@ def check_input_file(name: str, path: Path) -> None:
                 "a socket" if stat.S_ISSOCK(mode) else
                 "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
         raise InputError(f"{name}: {shown} is {kind}, not a regular file")
+
+
+def check_hdf5_written(name: str, dataset) -> None:
+    """Refuse an h5py dataset that was never written, or a chunked one only
+    partly written: HDF5 reads what is missing as the fill value, which would
+    be taken for data. Metadata only, nothing is read.
+
+    Parameters
+    ----------
+    name : str
+        How the message names the argument (or file) the dataset came from.
+    dataset : h5py.Dataset or anything else
+        Anything that is not an h5py dataset passes. Compact datasets
+        (always allocated), virtual ones (their storage lies in the sources),
+        datasets of no element and datasets whose metadata cannot be queried
+        pass too; reading them reports its own errors.
+
+    Raises
+    ------
+    InputError
+        Naming ``name`` and the dataset: "... was never written" where no
+        storage was allocated (contiguous or chunked), "... holds k of m
+        chunks: partly written" where chunks are missing.
+    """
+    if not type(dataset).__module__.startswith("h5py"):
+        return
+    try:
+        import h5py
+
+        if not isinstance(dataset, h5py.Dataset):
+            return
+        dsid = dataset.id
+        shape, size = dataset.shape, dataset.size
+        if shape is None or not size:
+            return
+        layout = dsid.get_create_plist().get_layout()
+        if layout not in (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED) or dataset.external:
+            return
+        stored = dsid.get_storage_size()
+        chunks = dataset.chunks
+        have = dsid.get_num_chunks() if layout == h5py.h5d.CHUNKED and chunks else None
+        fill = dataset.fillvalue
+    except Exception:  # noqa: BLE001  a closed file, an h5py without these calls
+        return
+    try:
+        fill = f"{fill:g}"
+    except (TypeError, ValueError):
+        fill = repr(fill)
+    what = f"{name}: the HDF5 dataset {dataset.name!r} of shape {tuple(shape)}"
+    if stored == 0:
+        raise InputError(f"{what} was never written (HDF5 holds no storage for it; it "
+                         f"would read as its fill value {fill}); expected recorded data")
+    if have is not None:
+        need = 1
+        for n, c in zip(shape, chunks):
+            need *= -(-int(n) // int(c))
+        if have < need:
+            raise InputError(f"{what} holds {have} of {need} chunks: partly written (the "
+                             f"missing ones would read as its fill value {fill}); expected "
+                             "a complete dataset")

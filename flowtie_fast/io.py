@@ -59,10 +59,10 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy
 
-from .files import (_check_bool, _short, _suffix, as_path, atomic_path, check_input_file,
-                     check_target)
+from .files import (_check_bool, _short, _suffix, as_path, atomic_path, check_hdf5_written,
+                    check_input_file, check_target)
 from .backend import _gib, host_available_memory, is_cupy
-from .errors import RANGES, InputError, check_positive
+from .errors import RANGES, InputError, check_positive, is_number
 from .physics import wavelength
 from .triplet import FocalTriplet, HDF5ReadError
 
@@ -304,7 +304,7 @@ def _fields(ds: Dataset) -> dict:
     return out
 
 
-def save(path, obj, overwrite: bool = True) -> Path:
+def save(path, obj, overwrite: bool = False) -> Path:
     """Write a triplet, a 4D-STEM dataset or a simulated case atomically.
 
     A :class:`~flowtie_fast.triplet.FocalTriplet`'s measured ``gradient``
@@ -320,9 +320,10 @@ def save(path, obj, overwrite: bool = True) -> Path:
         or a simulated case (:class:`~flowtie_fast.simulation.simulate.SimulationCase`,
         with its ground truth).
     overwrite : bool
-        Replace an existing file (default); False refuses one, checked before
-        anything is written, and atomically again when the file is renamed
-        into place (:func:`atomic_path`).
+        Replace an existing file. False (the default) refuses one, checked
+        before anything is written, and atomically again when the file is
+        renamed into place (:func:`atomic_path`): saving onto a file, even
+        the one the data were loaded from, needs ``overwrite=True``.
 
     Returns
     -------
@@ -495,7 +496,8 @@ def load(path) -> Dataset:
 
     Only the keys of the layout are read; nothing in the file is executed
     (no pickles) and HDF5 links to other files, virtual and external datasets
-    are refused.
+    are refused, and so are HDF5 datasets never or only partly written (which
+    HDF5 would read as their fill value).
 
     Parameters
     ----------
@@ -515,8 +517,9 @@ def load(path) -> Dataset:
         not bools, complex numbers, strings or objects), calibrations that are
         not positive finite numbers of the right count (``dz``, ``scan_step``
         and ``k_sampling``: 1 or 2, ``energy``: 1), a ``format`` newer than
-        this version reads or a ``kind`` the arrays contradict, and
-        unreadable or truncated files; naming ``path`` for a path that is not
+        this version reads or a ``kind`` the arrays contradict, HDF5
+        datasets never written or missing chunks, and unreadable or
+        truncated files; naming ``path`` for a path that is not
         a regular file (missing, a directory, a FIFO, a loop of links).
     """
     path = as_path("path", path, file=True)
@@ -636,6 +639,7 @@ def _read_h5(path: Path, suffix: str):
             if obj.is_virtual or obj.external:
                 raise InputError(f"{path.name}: '{key}' is a virtual or external dataset; "
                                  "expected data stored in this file")
+            check_hdf5_written(path.name, obj)
             fields[key] = obj
         for key in _KEYS:
             if key in handle.attrs:
@@ -874,8 +878,7 @@ def _recorded_number(value, name, path, what, unit=""):
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     number = None
-    if isinstance(value, (int, float, np.integer, np.floating)) and \
-            not isinstance(value, (bool, np.bool_)):
+    if is_number(value):
         number = float(value)
     elif isinstance(value, str):
         try:

@@ -11,12 +11,11 @@ intensity and its focal derivative at ``z0``.
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import numpy as np
 
 from .backend import array_module, is_cupy
-from .errors import RANGES, InputError, check_real
+from .errors import RANGES, InputError, check_real, is_number
 
 __all__ = ["check_gradient", "check_image", "check_intensity_stats", "check_not_masked",
            "check_positions", "focal_weights"]
@@ -270,8 +269,7 @@ def check_positions(name: str, z, count=None) -> np.ndarray:
         for v in z:
             if isinstance(v, np.ndarray) and v.ndim == 0:
                 v = v[()]
-            if isinstance(v, (bool, np.bool_)) or \
-                    not isinstance(v, (Real, np.integer, np.floating)):
+            if not is_number(v):
                 raise bad
         values = z
     else:

@@ -447,3 +447,13 @@ def test_bad_arguments_are_named(call, name, value):
         call()
     assert str(err.value).startswith(name)
     assert re.search(value, str(err.value)), str(err.value)
+
+
+@pytest.mark.parametrize("kw", [dict(gain_noise=1e-300), dict(gain_noise=1e-9),
+                                dict(gain_map=1e-300)])
+def test_a_spread_too_small_to_change_the_variance_draws_exact_counts(kw):
+    # gain_noise=1e-300 divided by zero (1 / gain_noise**2)
+    flat = np.ones((8, 8))
+    c = counts(flat, 100.0, (1, 1), np.random.default_rng(0), dtype=np.float64, **kw)
+    exact = counts(flat, 100.0, (1, 1), np.random.default_rng(0), dtype=np.float64)
+    np.testing.assert_array_equal(c, exact)

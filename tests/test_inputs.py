@@ -178,3 +178,35 @@ def test_a_nan_in_one_plane_is_reported_there_after_a_pickle_round_trip():
     plan = ft.Plan((32, 32), 0.2, 20.0, 300e3, backend="cpu")
     with pytest.raises(ft.InputError, match=r"^zero: .*NaN or Inf"):
         plan.solve(*planes)
+
+
+def _triplet_kw(**kw):
+    args = dict(dz=20.0, pixel_size=0.2, energy=E)
+    args.update(kw)
+    return args
+
+
+_PLANES = [np.full((16, 16), 1.0) + 0.01 * np.arange(16) for _ in range(3)]
+
+
+@pytest.mark.parametrize("value", [np.timedelta64(50, "s"), np.timedelta64(1),
+                                   np.datetime64("2020-01-01")])
+@pytest.mark.parametrize("name,call", [
+    ("dz", lambda v: ft.FocalTriplet(*_PLANES, **_triplet_kw(dz=v))),
+    ("pixel_size", lambda v: ft.FocalTriplet(*_PLANES, **_triplet_kw(pixel_size=v))),
+    ("energy", lambda v: ft.FocalTriplet(*_PLANES, **_triplet_kw(energy=v))),
+    ("pixel_size", lambda v: ft.TIESolver((16, 16), v, backend="cpu")),
+    ("threads", lambda v: ft.Plan((16, 16), 0.2, 20.0, E, backend="cpu", threads=v)),
+    ("alpha", lambda v: ft.reconstruct(ft.FocalTriplet(*_PLANES, **_triplet_kw()), alpha=v,
+                                       backend="cpu")),
+    ("floor", lambda v: ft.reconstruct(ft.FocalTriplet(*_PLANES, **_triplet_kw()), floor=v,
+                                       backend="cpu")),
+    ("tol", lambda v: ft.reconstruct(ft.FocalTriplet(*_PLANES, **_triplet_kw()), method="gd",
+                                     tol=v, backend="cpu")),
+    ("max_iter", lambda v: ft.reconstruct(ft.FocalTriplet(*_PLANES, **_triplet_kw()),
+                                          method="gd", max_iter=v, backend="cpu")),
+])
+def test_durations_and_dates_are_not_numbers(name, call, value):
+    # np.timedelta64 subclasses np.signedinteger; float() refuses it
+    with pytest.raises(ft.InputError, match=f"^{name}: expected"):
+        call(value)

@@ -575,6 +575,55 @@ def test_save_keeps_an_existing_file_unless_overwrite_is_true(workdir, monkeypat
     assert ft.load(workdir / "ow.npz").triplet().shape == (8, 8)
 
 
+@pytest.mark.parametrize("case, says", [
+    ("never", r"'/plus' of shape \(16, 16\) was never written \(HDF5 holds no storage for "
+              r"it; it would read as its fill value 1000\); expected recorded data$"),
+    ("never_chunked", r"'/plus' of shape \(16, 16\) was never written"),
+    ("part", r"'/plus' of shape \(16, 16\) holds 1 of 2 chunks: partly written \(the "
+             r"missing ones would read as its fill value 0\); expected a complete dataset$"),
+])
+def test_hdf5_planes_never_or_partly_written_are_refused(tmp_path, case, says):
+    """HDF5 read what was never written as the fill value: the phase was 15 to
+    90 times too strong, without a word."""
+    h5py = pytest.importorskip("h5py")
+    a = 1 + 0.1 * np.random.default_rng(0).random((16, 16))
+    path = tmp_path / f"{case}.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs.update(dz=[20.0, 20.0], scan_step=[0.2, 0.2], energy=300e3)
+        f["minus"], f["zero"] = a, a
+        if case == "never":
+            f.create_dataset("plus", shape=(16, 16), dtype="f4", fillvalue=1000.0)
+        elif case == "never_chunked":
+            f.create_dataset("plus", shape=(16, 16), dtype="f4", chunks=(8, 16))
+        else:
+            f.create_dataset("plus", shape=(16, 16), dtype="f4", chunks=(8, 16))[:8] = a[:8]
+    with pytest.raises(ft.InputError, match=f"^{case}.h5: the HDF5 dataset {says}"):
+        ft.load(path)
+    with h5py.File(path, "a") as f:
+        f["plus"][...] = a  # written in full, it loads
+    with ft.load(path) as ds:
+        np.testing.assert_allclose(ds.triplet().planes[2], a, rtol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_save_by_default_keeps_an_existing_file_even_the_input(tmp_path, suffix):
+    """The default was overwrite=True: saving onto the input replaced it silently."""
+    a = np.ones((8, 8))
+    path = tmp_path / f"in{suffix}"
+    ft.save(path, ft.FocalTriplet(a, a * 1.1, a * 1.2, dz=20.0, pixel_size=0.2, energy=300e3))
+    before = path.read_bytes()
+    with ft.load(path) as ds:
+        t = ds.triplet()
+    changed = ft.FocalTriplet(*t.planes, dz=10.0, pixel_size=1.0, energy=200e3)
+    with pytest.raises(ft.InputError, match=r"^path: '.*in\.(npz|h5)' exists; pass "
+                                            r"overwrite=True to replace it$"):
+        ft.save(path, changed)
+    assert path.read_bytes() == before and _names(tmp_path) == [path.name]
+    ft.save(path, changed, overwrite=True)
+    with ft.load(path) as ds:
+        assert ds.triplet().dz == (10.0, 10.0)
+
+
 def test_saving_a_closed_hdf5_dataset_is_refused(tmp_path):
     """save raised h5py's RuntimeError for a Dataset whose file was closed."""
     a = np.ones((8, 8))
@@ -846,13 +895,26 @@ def test_load_says_what_a_path_that_is_not_a_file_is(tmp_path):
             ft.load(tmp_path / name)
 
 
+def _allocated(f, key, shape, dtype, chunks=None):
+    """A dataset whose storage is allocated but never filled: a sparse file, and
+    what HDF5 reports is that of a written one (which is what it may be)."""
+    import h5py
+
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    if chunks is not None:
+        dcpl.set_chunk(chunks)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    h5py.h5d.create(f.id, key.encode(), dtype, h5py.h5s.create_simple(shape), dcpl)
+
+
 def test_hdf5_planes_too_large_for_memory_are_refused_before_reading(tmp_path):
     """Planes that claim 200000² float64 gave MemoryError from .triplet()."""
     import h5py
 
-    with h5py.File(tmp_path / "huge.h5", "w") as f:  # declared, never written: a small file
+    with h5py.File(tmp_path / "huge.h5", "w") as f:  # allocated, not filled: a sparse file
         for k in ("minus", "zero", "plus"):
-            f.create_dataset(k, shape=(200000, 200000), dtype="f8")
+            _allocated(f, k, (200000, 200000), h5py.h5t.IEEE_F64LE)
         f.attrs.update(dz=[20.0, 20.0], scan_step=[0.2, 0.2], energy=300e3)
     with ft.load(tmp_path / "huge.h5") as ds:
         with pytest.raises(ft.InputError, match=r"^huge.h5: its planes of shape \(200000, "
@@ -862,8 +924,8 @@ def test_hdf5_planes_too_large_for_memory_are_refused_before_reading(tmp_path):
             ds.triplet()
     with h5py.File(tmp_path / "huge4.h5", "w") as f:  # patterns of 100000² pixels
         for k in ("minus", "zero", "plus"):
-            f.create_dataset(k, shape=(4, 4, 100000, 100000), dtype="f4",
-                             chunks=(1, 1, 1000, 1000))
+            _allocated(f, k, (4, 4, 100000, 100000), h5py.h5t.IEEE_F32LE,
+                       chunks=(1, 1, 1000, 1000))
         f.attrs.update(dz=[20.0, 20.0], scan_step=[0.2, 0.2], energy=300e3,
                        k_sampling=[0.05, 0.05])
     with ft.load(tmp_path / "huge4.h5") as ds:

@@ -130,6 +130,44 @@ def test_hdf5_and_dask_inputs_equal_the_in_memory_path(tmp_path, rng):
     np.testing.assert_allclose(red.com, ref.com, rtol=1e-6)
 
 
+def test_hdf5_data_never_or_partly_written_is_refused_before_reading(tmp_path, rng):
+    """HDF5 reads what was never written as the fill value: taken for data."""
+    h5py = pytest.importorskip("h5py")
+    data = rng.integers(1, 500, size=(6, 5, 8, 8)).astype(np.float32)
+    kw = dict(dz=20.0, scan_step=0.2, k_sampling=K_SAMPLING, energy=E, center=(4, 4),
+              bf_radius=5.0, backend="cpu", register=False)
+    det = stem.Detector((8, 8), (K_SAMPLING, K_SAMPLING), E, (4.0, 4.0))
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.create_dataset("good", data=data, chunks=(2, 5, 8, 8))
+        f.create_dataset("never", shape=data.shape, dtype="f4", fillvalue=1000.0)
+        f.create_dataset("never_chunked", shape=data.shape, dtype="f4", chunks=(2, 5, 8, 8))
+        part = f.create_dataset("part", shape=data.shape, dtype="f4", chunks=(2, 5, 8, 8))
+        part[:4] = data[:4]  # 2 of 3 chunks
+        layout = h5py.VirtualLayout(shape=data.shape, dtype="f4")
+        layout[:] = h5py.VirtualSource(f["good"])
+        f.create_virtual_dataset("virtual", layout)
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.COMPACT)
+        h5py.h5d.create(f.id, b"compact", h5py.h5t.NATIVE_FLOAT,
+                        h5py.h5s.create_simple(data.shape), dcpl)
+        f["compact"][...] = data
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        good = f["good"]
+        for key, says in (("never", r"'/never' of shape \(6, 5, 8, 8\) was never written "
+                                    r"\(HDF5 holds no storage for it; it would read as its "
+                                    r"fill value 1000\)"),
+                          ("never_chunked", "'/never_chunked' .* was never written"),
+                          ("part", "'/part' .* holds 2 of 3 chunks: partly written")):
+            with pytest.raises(ft.InputError, match=f"^plus: the HDF5 dataset {says}"):
+                ft.FocalTriplet.from_4dstem(good, good, f[key], **kw)
+            with pytest.raises(ft.InputError, match=f"^data: the HDF5 dataset {says}"):
+                stem.reduce_4dstem(f[key], det, {"bf": (0, 5.0)}, backend="cpu")
+        ref = ft.FocalTriplet.from_4dstem(good, good, good, **kw)
+        for key in ("virtual", "compact"):  # written, whatever the storage says
+            t = ft.FocalTriplet.from_4dstem(good, good, f[key], **kw)
+            np.testing.assert_array_equal(t.planes[2], ref.planes[2])
+
+
 def test_dask_distributed_cluster_equals_the_in_memory_path(rng):
     """On a LocalCluster of two worker processes the chunks are reduced on the
     workers (detector axes split on purpose: the graph rechunks them whole);
@@ -427,3 +465,23 @@ def test_a_dark_level_subtracted_too_far_is_warned_and_read_noise_is_not(rng):
     ratio = np.std(ft.reconstruct(wrong, method="icom", backend="cpu").phase) / np.std(
         ft.reconstruct(right, method="icom", backend="cpu").phase)
     assert 1.4 < ratio < 1.6
+
+
+def test_stem_helpers_refuse_empty_and_unbounded_inputs():
+    g = np.random.default_rng(0).normal(size=(2, 16, 16))
+    with pytest.raises(ft.InputError, match="step_degrees: expected a finite number >= 0.01"):
+        stem.calibrate_rotation(g, step_degrees=1e-9)  # asked for 1.3 TiB
+    with pytest.raises(ft.InputError, match="com: expected at least 3 scan positions a side"):
+        stem.calibrate_rotation(np.ones((2, 0, 16)))  # returned 1.0 degree
+    assert 0 <= stem.calibrate_rotation(g, step_degrees=0.01)[0] < 180
+    with pytest.raises(ft.InputError, match="patterns: expected a real array"):
+        stem.mean_pattern("x")
+    with pytest.raises(ft.InputError, match="patterns: expected at least one pattern"):
+        stem.mean_pattern(np.ones((0, 4, 16, 16)))  # returned NaN everywhere
+    data = np.ones((4, 4, 8, 8))
+    for count in (0, -1, np.nan, 2.5, "3"):
+        with pytest.raises(ft.InputError, match="count: expected a positive integer"):
+            stem.sample_patterns(data, count=count)
+    with pytest.raises(ft.InputError, match="data: expected a scan of at least one position"):
+        stem.sample_patterns(np.ones((0, 4, 8, 8)))
+    assert stem.sample_patterns(data, count=3).shape[1:] == (8, 8)

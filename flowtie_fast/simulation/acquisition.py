@@ -349,7 +349,7 @@ def source_blur(data, source_fwhm, scan_step, *, periodic=True) -> np.ndarray:
 def _gain_map_draw(rng: np.random.Generator, std: float, shape: tuple) -> np.ndarray:
     """A fixed gain per detector pixel: gamma-distributed, mean 1, relative
     standard deviation ``std`` (all ones when 0)."""
-    if std == 0:
+    if _drawn_spread(std) == 0:
         return np.ones(shape)
     k = 1.0 / std**2
     return rng.gamma(k, 1.0 / k, size=shape)
@@ -381,6 +381,14 @@ def _spread(name: str, value, top: float) -> float:
     return v
 
 
+def _drawn_spread(v: float) -> float:
+    """The relative spread ``v`` as drawn: 0 where its variance does not add to
+    1 in float64 (``1 + v**2 == 1``, below about 1.5e-8): the gamma draw of
+    shape ``1 / v**2`` would then equal its mean to float64's precision, and
+    its shape overflows (1e-300 divided by zero)."""
+    return v if 1.0 + v * v > 1.0 else 0.0
+
+
 def counts(patterns, dose, scan_step, rng, *, gain_noise=0.0, gain_map=None,
            dtype=np.float32) -> np.ndarray:
     """Detector counts at a dose: Poisson statistics, then gain noise.
@@ -410,12 +418,16 @@ def counts(patterns, dose, scan_step, rng, *, gain_noise=0.0, gain_map=None,
     rng : numpy.random.Generator
     gain_noise : float
         Relative standard deviation of one electron's recorded signal (0 to
-        :data:`GAIN_NOISE_MAX`; 0: counts are the electron numbers).
+        :data:`GAIN_NOISE_MAX`; 0: counts are the electron numbers). One below
+        about 1.5e-8, whose variance ``gain_noise**2`` does not change
+        ``1 + gain_noise**2`` in float64, is drawn as 0: its effect lies below
+        the precision of the counts.
     gain_map : None, float or ndarray (Ky, Kx) / (Ny, Nx)
         None: no flat-field error. A float: the relative standard deviation of
         a map drawn here after the electrons (gamma-distributed per pixel, mean
-        1; 0 to :data:`GAIN_MAP_MAX`; 0 draws nothing). An array: the map
-        itself (finite, >= 0). Either way the same for every scan position.
+        1; 0 to :data:`GAIN_MAP_MAX`; 0, or below about 1.5e-8 as for
+        ``gain_noise``, draws nothing). An array: the map itself (finite,
+        >= 0). Either way the same for every scan position.
     dtype : dtype
         Of the result: float32 (default) or float64, in electrons (the mean
         gain is 1); an integer dtype rounds to the nearest count.
@@ -455,7 +467,7 @@ def _counts(p, dose, step, rng, gain_noise, gmap, dt) -> np.ndarray:
         raise InputError(f"dose: {dose!r} e⁻/Å² gives up to {lam.max():.3g} electrons in a "
                          f"pixel, more than the {_MAX_LAM:g} the sampler takes")
     n = rng.poisson(lam)
-    if gain_noise > 0:
+    if _drawn_spread(gain_noise) > 0:
         signal = np.zeros(n.shape)
         hit = n > 0
         k = 1.0 / gain_noise**2

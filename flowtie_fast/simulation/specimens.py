@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, is_integer
 
 __all__ = ["CRYSTALS", "LAYERED", "AMORPHOUS", "ZONES", "crystal_cell", "layered", "amorphous",
            "nanoparticle_on_support", "point_defects", "interface", "repeat_to",
@@ -240,7 +240,7 @@ def layered(material, layers=1, vacuum=2.0):
 
     if material not in LAYERED:
         raise InputError(f"material: expected one of {sorted(LAYERED)}, got {material!r}")
-    if not (isinstance(layers, (int, np.integer)) and 1 <= layers <= 20):
+    if not (is_integer(layers) and 1 <= layers <= 20):
         raise InputError(f"layers: expected an integer in [1, 20], got {layers!r}")
     p = LAYERED[material]
     if p["kind"] == "tmd":

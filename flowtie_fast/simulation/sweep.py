@@ -1416,7 +1416,8 @@ def run(cfg, folder, *, limit=None, progress=True, log=print, device="cpu") -> d
                                      c.energy, c.k_sampling, c.phase, c.gradient,
                                      {"material": s["name"], "thickness": c.thickness,
                                       "semiangle": c.semiangle})
-                        save(folder / fname, ds)
+                        # a rerun replaces the files of a series it did not finish
+                        save(folder / fname, ds, overwrite=True)
                         files.append({"file": fname, "thickness": c.thickness,
                                       "exit_plane": c.meta["exit_plane"]})
                 except (KeyboardInterrupt, SystemExit):

@@ -14,13 +14,12 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from numbers import Real
 
 import numpy as np
 
 from .._cuda import MAX_WEIGHTS  # weight rows one pass computes (the CUDA tile)
 from ..backend import array_module, is_cupy
-from ..errors import InputError, TrustWarning, check_positive
+from ..errors import InputError, TrustWarning, check_count, check_positive, is_integer, is_number
 from ..physics import wavelength
 
 __all__ = ["Detector", "DetectorWarning", "VIRTUAL_IMAGES", "find_center", "triplet_geometry"]
@@ -67,8 +66,7 @@ class Detector:
     def __post_init__(self):
         shape = self.shape
         if (not isinstance(shape, (tuple, list, np.ndarray)) or len(shape) != 2
-                or not all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
-                           and n >= 1 for n in shape)):
+                or not all(is_integer(n) and n >= 1 for n in shape)):
             raise InputError(f"detector: expected a shape (Ky, Kx) of two positive integers, "
                              f"got {_shown(shape)}")
         self.shape = tuple(int(n) for n in shape)
@@ -122,12 +120,28 @@ def mean_pattern(patterns):
     -------
     ndarray (Ky, Kx) of float64
         The mean over every leading axis, a NumPy array.
+
+    Raises
+    ------
+    InputError
+        Where ``patterns`` is not a real array of at least two axes, or holds
+        no pattern (a leading axis of length 0) or no pixel.
     """
-    if is_cupy(patterns):
-        m = patterns.astype(np.float64, copy=False)
-        return m.reshape(-1, *m.shape[-2:]).mean(axis=0).get()
-    m = np.asarray(patterns, dtype=np.float64)
-    return m.reshape(-1, *m.shape[-2:]).mean(axis=0)
+    if not is_cupy(patterns):
+        try:
+            patterns = np.asarray(patterns)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"patterns: expected a real array (..., Ky, Kx), got "
+                             f"{_shown(patterns)}") from exc
+    shape = tuple(patterns.shape)
+    if patterns.dtype.kind not in "iuf" or len(shape) < 2:
+        raise InputError(f"patterns: expected a real array (..., Ky, Kx) of patterns, got "
+                         f"{patterns.dtype} of shape {shape}")
+    if 0 in shape:
+        raise InputError(f"patterns: expected at least one pattern of at least one pixel, "
+                         f"got shape {shape}")
+    m = patterns.astype(np.float64, copy=False).reshape(-1, *shape[-2:]).mean(axis=0)
+    return m.get() if is_cupy(m) else m
 
 
 
@@ -218,8 +232,18 @@ def sample_patterns(data, count: int = 256, name: str = "data"):
         A NumPy stack, or for CuPy data a CuPy stack gathered in one indexing
         call on the device (:func:`mean_pattern` takes either); the dtype of
         ``data``.
+
+    Raises
+    ------
+    InputError
+        Where ``count`` is not a positive integer, or the scan holds no
+        position.
     """
+    count = check_count("count", count)
     sy, sx = data.shape[:2]
+    if sy < 1 or sx < 1:
+        raise InputError(f"{name}: expected a scan of at least one position, got shape "
+                         f"{tuple(data.shape)}")
     rows = np.unique(np.linspace(0, sy - 1, min(sy, 16)).astype(int))
     per_row = max(1, count // len(rows))
     cols = np.unique(np.linspace(0, sx - 1, min(sx, per_row)).astype(int))
@@ -359,7 +383,7 @@ def check_regions(regions) -> None:
             raise InputError(f"{want}, names (str), got {name!r}")
         pair = tuple(span) if isinstance(span, (tuple, list)) else None
         if pair is None or len(pair) != 2 or not all(
-                isinstance(v, Real) and not isinstance(v, (bool, np.bool_)) for v in pair):
+                is_number(v) for v in pair):
             raise InputError(f"{want}, two real numbers each, got {span!r} for {name!r}")
 
 
@@ -654,7 +678,7 @@ def check_center(center) -> tuple:
     for c in items:
         if isinstance(c, np.ndarray) and c.ndim == 0:
             c = c[()]
-        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (Real, np.integer, np.floating)):
+        if not is_number(c):
             raise bad
         try:
             out.append(float(c))

@@ -26,6 +26,7 @@ import numpy as np
 from .._cuda import MAX_WEIGHTS
 from ..backend import Backend, array_module, check_host_memory, get_backend, is_cupy
 from ..errors import InputError, check_count
+from ..files import check_hdf5_written
 from .detector import (Detector, _to_numpy, check_detector, check_disk, check_read_shape,
                        check_regions, detector_weights, weight_ranges)
 
@@ -237,6 +238,7 @@ def check_4d(name, data):
     if np.dtype(dtype).kind not in "uif":
         hint = " (cast 1-bit frames to uint8)" if np.dtype(dtype).kind == "b" else ""
         raise InputError(f"{name}: expected real detector counts, got dtype {dtype}{hint}")
+    check_hdf5_written(name, data)  # an HDF5 dataset never or partly written
     return data
 
 
@@ -269,6 +271,14 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
     -------
     Reduction
         Before any rotation (detector axes).
+
+    Raises
+    ------
+    InputError
+        Naming ``name`` for data that are not a real 4-D array of at least 2
+        along every axis, or an ``h5py.Dataset`` never or only partly written
+        (HDF5 would read what is missing as its fill value); naming the
+        argument for a bad detector, region, radius or ``chunk_bytes``.
     """
     check_4d(name, data)
     chunk_bytes = check_count("chunk_bytes", chunk_bytes, 1)

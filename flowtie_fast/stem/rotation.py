@@ -18,6 +18,11 @@ from .detector import _to_numpy
 
 __all__ = ["calibrate_rotation", "rotate_com"]
 
+#: The finest coarse-search step of :func:`calibrate_rotation`, in degrees: the
+#: search tries 180 / step angles for each handedness (a step of 1e-9 asked for
+#: 1.3 TiB), and the golden-section refinement that follows resolves far below it.
+MIN_STEP_DEGREES = 0.01
+
 
 def rotate_com(com, degrees: float, flip: bool):
     """COM vectors from detector axes to scan axes: optional transpose, then rotation.
@@ -85,7 +90,8 @@ def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
         A phase gradient in rad/Å in scan axes that resolves the 180°
         ambiguity.
     step_degrees : float
-        Step of the coarse search in degrees (default 1).
+        Step of the coarse search in degrees (default 1), from
+        :data:`MIN_STEP_DEGREES` (0.01) to 90.
 
     Returns
     -------
@@ -94,17 +100,28 @@ def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
         ``reference_gradient``, else in [0, 180).
     flip : bool
         Whether the detector axes are to be transposed before rotating.
+
+    Raises
+    ------
+    InputError
+        Where ``com`` is not a finite real array (2, Sy, Sx) of at least 3
+        scan positions a side (the curl is a central difference),
+        ``step_degrees`` lies outside [0.01, 90], or ``reference_gradient``
+        does not match ``com``.
     """
     if hasattr(com, "shape"):
         _check_com_shape("com", com)
     com = _to_numpy(com)
     _check_com_shape("com", com)
+    if min(com.shape[1:]) < 3:
+        raise InputError(f"com: expected at least 3 scan positions a side (the curl is a "
+                         f"central difference), got shape {tuple(com.shape)}")
     if com.dtype.kind not in "iuf":
         raise InputError(f"com: expected real numbers, got dtype {com.dtype}")
     com = com.astype(np.float64)
     if not np.isfinite(com).all():
         raise InputError("com: contains NaN or Inf; expected a finite centre of mass")
-    step_degrees = check_real("step_degrees", step_degrees, low=0, low_open=True)
+    step_degrees = check_real("step_degrees", step_degrees, low=MIN_STEP_DEGREES)
     if step_degrees > 90:
         raise InputError(f"step_degrees: expected at most 90, got {step_degrees!r}")
     ref = None

@@ -40,14 +40,13 @@ import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
-from numbers import Real
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..backend import _gib, host_available_memory
-from ..errors import InputError, check_count, check_positive, check_real
+from ..errors import InputError, check_count, check_positive, check_real, is_number
 from ..files import atomic_path, check_input_file
 from ..flow.infer import FlowEnsemble, check_model_source, flow_inputs, load_model
 from ..flow.model import FlowNet
@@ -162,7 +161,7 @@ class TrainConfig:
                 raise InputError(f"teacher: expected a model name or file, got {self.teacher!r}")
             self.teacher = str(self.teacher) or None
         d = self.distill
-        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (Real, np.floating, np.integer)) \
+        if not is_number(d) \
                 or not 0.0 <= float(d) <= 1.0:
             raise InputError(f"distill: expected a fraction in [0, 1], got {d!r}")
         self.distill = float(d)
