@@ -111,6 +111,8 @@ def test_calibration_file_is_complete():
     assert tuple(cal["members"]) == trust.MEMBERS
     assert 1.0 <= cal["scale"] <= 5.0
     assert 0 < cal["spread_limit_no_signal"] <= cal["spread_limit"] < 1
+    assert 0 < cal["orientation_limit_degrees"] < 90 and cal["orientation_significance"] > 4
+    assert -1 < cal["orientation_sign_limit"] < 0
 
 
 # ---------------------------------------------------------------- drift between the scans
