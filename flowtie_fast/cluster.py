@@ -47,7 +47,8 @@ import numpy as np
 
 from .backend import get_backend, gpu_available, is_cupy, to_host
 from .errors import (BackendError, InputError, ResultError, TrustWarning, check_choice,
-                     check_count, check_float_dtype, check_positive, first_line)
+                     check_count, check_float_dtype, check_positive, first_line,
+                     is_integer)
 from .noise import check_noise
 from .plan import Plan
 from .planes import FLUX_RATIO, check_intensity_stats
@@ -113,7 +114,7 @@ def visible_devices(devices="auto", environ=None, count=None) -> list:
                          f"indices or UUIDs, got {devices!r}")
     out = []
     for d in devices:
-        if isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 0:
+        if is_integer(d) and d >= 0:
             out.append(str(int(d)))
         elif isinstance(d, str) and d.strip() and "," not in d and \
                 not d.strip().lstrip("+-").isdigit():

@@ -320,3 +320,9 @@ def test_each_call_checks_its_gradients_orientation_on_the_cached_plans(pinned):
         else:
             _, info = cluster.reconstruct_many(stack, "icom", gradient=grads, **kw)
         assert [("trust" in v) for v in info] == [wrong] * 4
+
+
+def test_a_duration_is_no_device_index():
+    with pytest.raises(ft.InputError, match="devices: expected GPU indices"):
+        cluster.visible_devices([np.timedelta64(1, "s")])
+    assert cluster.visible_devices([0, np.int64(1)]) == ["0", "1"]
