@@ -371,6 +371,9 @@ def _evaluate(args) -> int:
 
     given = args.methods is not None
     methods = args.methods if given else list(available_methods())
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:  # before anything is printed
+        raise InputError(f"--methods: each method once, got {twice[0]!r} more than once")
     if "flowtie" not in methods and (args.model or args.precision != "float32"):
         raise InputError("--model/--precision: apply to flowtie only, which "
                          + ("--methods leaves out" if given else

@@ -63,3 +63,9 @@ def test_library_default_is_unchanged_and_raises_without_gradient(tmp_path):
     assert [(r["case"], r["method"]) for r in rows] == [
         ("a_with_gradient.npz", "tie"), ("a_with_gradient.npz", "icom"), ("b_images.npz", "tie")]
     assert all(np.isfinite(r["time_ms"]) for r in rows)
+
+
+def test_a_method_given_twice_is_refused_before_anything_is_printed(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "tie"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--methods: each method once, got 'tie' more than once" in err
