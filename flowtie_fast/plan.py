@@ -28,9 +28,10 @@ FFTW's plans can be kept between runs in a wisdom file
 
 A measured gradient is checked for curl (a detector rotation or flip given
 wrong, swapped components: :func:`~flowtie_fast.trust.gradient_orientation`)
-once, on the first one given whose signal can tell (``testable``; of the first
-:data:`ORIENTATION_CHECKS` given at most): the orientation belongs to the
-set-up, not to a frame, and the check costs more than an ``icom`` solve. ``plan.gradient_orientation`` keeps it; where it is suspect a
+once, on the first one given whose signal can tell (``testable``; each of the
+first :data:`ORIENTATION_CHECKS` given, then one in that many): the
+orientation belongs to the set-up, not to a frame, and the check costs more
+than an ``icom`` solve. ``plan.gradient_orientation`` keeps it; where it is suspect a
 :class:`~flowtie_fast.errors.TrustWarning` says so, every ``icom`` solve's
 ``plan.info["trust"]`` repeats it, and ``flowtie`` does not fall back to it.
 
@@ -70,8 +71,10 @@ from .trust import gradient_orientation, orientation_warning
 
 __all__ = ["Plan"]
 
-#: How many measured gradients a plan checks for curl at most while none has
-#: had the signal to tell (a run of noise alone is not checked for ever).
+#: How many measured gradients a plan checks for curl while none has had the
+#: signal to tell; after them, one in this many (a run of noise alone is not
+#: checked at every frame, and the first telling frame after it is checked
+#: within this many).
 ORIENTATION_CHECKS = 64
 
 _INPUT_NAMES = ("minus", "zero", "plus", "gradient", "out")
@@ -178,8 +181,7 @@ class Plan:
                                     cuda_graphs=bool(cuda_graphs))
         self._local = threading.local()  # plan.info: each thread's latest solve
         self.info = {}
-        self.gradient_orientation = None  # the curl check of the first telling gradient
-        self._orientation_checks = 0
+        self.reset_orientation()  # the curl check of the first telling gradient
         self.timings["setup"] = time.perf_counter() - start
         if warmup:
             self._warm_up()
@@ -200,6 +202,7 @@ class Plan:
         """Forget the curl check of the measured gradients: the next one given
         is checked again (another specimen, detector or set-up)."""
         self.gradient_orientation, self._orientation_checks = None, 0
+        self._gradients_unchecked = 0
 
     def __repr__(self) -> str:
         return (f"Plan(shape={self.shape}, method={self.method!r}, dz={self.dz} Å, "
@@ -338,9 +341,12 @@ class Plan:
             self._output("uncertainty_out", uncertainty_out, self.shape,
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
         options = self.options if noise is None else replace(self.options, noise=noise)
-        if (gradient is not None and not (self.gradient_orientation or {}).get("testable")
-                and self._orientation_checks < ORIENTATION_CHECKS):
-            self._check_orientation(gradient)  # after every refusal of the call's arguments
+        if gradient is not None and not (self.gradient_orientation or {}).get("testable"):
+            self._gradients_unchecked += 1
+            # every gradient at first, then one in ORIENTATION_CHECKS (a run of noise)
+            if (self._orientation_checks < ORIENTATION_CHECKS
+                    or self._gradients_unchecked % ORIENTATION_CHECKS == 0):
+                self._check_orientation(gradient)  # after every refusal of the arguments
         if gradient is not None and (self.gradient_orientation or {}).get("suspect"):
             options = replace(options, gradient_suspect=self.gradient_orientation["why"])
         self.info = self.solver.solve_planes(

@@ -36,8 +36,9 @@ from .stem.focal import (apply_registration, check_com_extent, check_register, c
 __all__ = ["FocalSeries", "FocalTriplet"]
 
 #: Virtual images whose TIE phase has the sign of the specimen's phase: the
-#: reference that tells a detector rotation from its half turn.
-SIGNED_IMAGES = ("bf", "bf-full")
+#: reference that tells a detector rotation from its half turn (the full disk's
+#: images carry little phase contrast, annular ones the opposite sign).
+SIGNED_IMAGES = ("bf",)
 
 
 def _checks_backend():
@@ -246,13 +247,23 @@ class FocalSeries:
             warnings.warn(check["why"], TrustWarning, stacklevel=4)
 
     def _plain_tie_gradient(self, planes=None):
-        """The gradient (rad/Å) of the ``tie`` phase of the planes alone (or of
-        ``planes`` at their positions), without a noise model (no warning of it
-        concerns the caller), on the CPU in float64."""
+        """The gradient (rad/Å) of the uniform-intensity TIE phase of the
+        planes alone (or of ``planes`` at their positions), ``φ = ∇⁻²(-k
+        ∂I/∂z) / Ī``, by NumPy FFTs on the host in float64 (periodic): the
+        reference of the half-turn checks, with no solver to plan, no noise
+        model and no warning."""
         planes = [np.asarray(to_host(p), np.float64) for p in planes or self.planes]
-        series = FocalSeries(planes, self.z, self.pixel_size, self.energy, z0=self.z0)
-        return reconstruct(series, method="tie", backend=_checks_backend(),
-                           dtype="float64").gradient
+        didz = sum(w * p for w, p in zip(self.derivative_weights, planes))
+        mean = float(sum(w * p for w, p in zip(self.intensity_weights, planes)).mean())
+        if not mean > 0:
+            raise InputError("planes: no positive in-focus intensity to take a TIE phase of")
+        qy = np.fft.fftfreq(didz.shape[0], self.pixel_size[0])[:, None]
+        qx = np.fft.fftfreq(didz.shape[1], self.pixel_size[1])[None, :]
+        q2 = 4 * np.pi ** 2 * (qy ** 2 + qx ** 2)
+        q2[0, 0] = np.inf  # the mean phase is free
+        phase = self.wavenumber * np.fft.fft2(didz) / (mean * q2)
+        return np.stack([np.fft.ifft2(2j * np.pi * qy * phase).real,
+                         np.fft.ifft2(2j * np.pi * qx * phase).real])
 
     @property
     def shape(self) -> tuple:

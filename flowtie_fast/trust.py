@@ -572,8 +572,9 @@ def orientation_warning(check, rotation=None, flip=None) -> str:
         return (f"gradient: it points against the gradient of the bright-field TIE phase "
                 f"(correlation {check['tie_correlation']:.2f}): the detector rotation looks "
                 f"half a turn wrong, and an icom phase from it is the negative phase; {fix} "
-                f"(unless the -dz and +dz scans are swapped: the TIE phase's sign follows "
-                f"their order)")
+                f"(unless the -dz and +dz scans are swapped, which turns the TIE phase, or "
+                f"the specimen is tens of nm thick, where the centre of mass no longer "
+                f"follows the phase: check on a thin region)")
     return (f"gradient: {check['curl_fraction']:.0%} of its power is curl, which no phase "
             f"gradient has ({check['least_curl_fraction']:.0%} after {turn}): its "
             f"orientation looks wrong by about {check['misorientation']:.0f}° (a detector "

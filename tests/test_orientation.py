@@ -209,7 +209,7 @@ def test_a_list_and_a_scalar_pixel_size_are_read():
 def test_a_plan_checks_again_after_a_gradient_that_cannot_tell(monkeypatch):
     """A first frame of noise cannot tell a turn: the plan checks the next
     ones, and finds the 90° turn there; after ORIENTATION_CHECKS untelling
-    frames it stops checking."""
+    frames it checks one frame in that many, and still finds it."""
     phi, g = _field(n=(32, 32))
     planes = [np.ones(phi.shape, np.float32)] * 3
     rng = np.random.default_rng(2)
@@ -225,8 +225,13 @@ def test_a_plan_checks_again_after_a_gradient_that_cannot_tell(monkeypatch):
                     backend="cpu")
     for _ in range(3):
         noisy.solve(*planes, gradient=rng.standard_normal(g.shape).astype(np.float32))
-    noisy.solve(*planes, gradient=rotate_com(g, 90.0, False).astype(np.float32))
-    assert noisy.gradient_orientation["testable"] is False  # no longer checked
+    turned = rotate_com(g, 90.0, False).astype(np.float32)
+    noisy.solve(*planes, gradient=turned)
+    assert noisy.gradient_orientation["testable"] is False  # not checked at every frame
+    noisy.solve(*planes, gradient=turned)
+    with pytest.warns(ft.TrustWarning, match="gradient: "):  # one in ORIENTATION_CHECKS
+        noisy.solve(*planes, gradient=turned)
+    assert noisy.gradient_orientation["suspect"] and "trust" in noisy.info
 
 
 def test_a_refused_call_leaves_the_plan_s_check_as_it_was():

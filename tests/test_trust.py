@@ -416,7 +416,7 @@ def test_a_detector_rotation_given_wrong_is_caught_and_the_right_one_named(case)
     assert safe.info["fallback"] == "tie"
 
 
-@pytest.mark.parametrize("virtual", ["abf", "df"])
+@pytest.mark.parametrize("virtual", ["abf", "df", "bf-full"])
 def test_the_half_turn_is_told_by_the_bright_field_whatever_the_planes(case, virtual):
     """Annular bright- and dark-field images do not carry the phase's sign:
     the half turn of an explicit rotation, and the one "auto" chooses, are
