@@ -24,7 +24,8 @@ import warnings
 import numpy as np
 
 from ..backend import array_module, is_cupy, to_host
-from ..errors import InputError, check_choice, check_count, check_positive, check_real
+from ..errors import (InputError, TrustWarning, check_choice, check_count, check_positive,
+                      check_real)
 from ..noise import Noise, band_noise, poisson_noise
 from ..physics import wavelength
 from .detector import (Detector, check_region, mean_pattern, sample_patterns,
@@ -201,6 +202,8 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
                              f"its patterns hold counts outside the {virtual!r} region; expected "
                              "a region the beam reaches: check center and bf_radius, or choose "
                              "another virtual image (e.g. 'whole')")
+    for n, r in zip(("minus", "zero", "plus"), reductions):
+        check_missing_frames(n, r.virtual.get("whole"))
     energy = reductions[1].detector.energy
     # The noise first: an interpolating shift smooths it.
     noise = virtual_image_noise(planes, scan_step, energy, reductions[1].regions, virtual)
@@ -219,6 +222,47 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
         else:
             planes, registration = register_planes(planes, signals, register)
     return reductions, planes, scan_step, energy, noise, registration
+
+
+#: A scan whose patterns hold this many counts on average has no empty pattern
+#: by chance (Poisson: e⁻²⁰); where some are empty, frames are missing.
+MISSING_FRAME_MEAN = 20.0
+
+
+def check_missing_frames(name, whole) -> None:
+    """Warn where some scan positions' patterns are empty and the others are not.
+
+    A pattern with no signal on the whole detector is no specimen's (vacuum
+    passes the whole beam): a frame dropped by the camera, or a file whose
+    unwritten frames read as zeros. Its pixel is wrong in every image and in
+    the centre of mass.
+
+    Parameters
+    ----------
+    name : str
+        The dataset, for the message (``minus``, ``zero``, ``plus``).
+    whole : array (Sy, Sx) or None
+        The whole-detector sum of each pattern (nothing is checked for None).
+
+    Warns
+    -----
+    TrustWarning
+        Where positions sum to exactly zero while the patterns average more
+        than :data:`MISSING_FRAME_MEAN`.
+    """
+    if whole is None:
+        return
+    w = to_host(whole)
+    empty = w == 0
+    count = int(empty.sum())
+    if not count or not float(w.mean()) > MISSING_FRAME_MEAN:
+        return
+    first = tuple(int(i) for i in np.argwhere(empty)[0])
+    warnings.warn(f"{name}: {count} of {w.size} scan positions hold an empty pattern (the "
+                  f"first at {first}) while the patterns average {float(w.mean()):.4g}: "
+                  "frames missing (dropped, or unwritten in the file and read as zeros)? "
+                  "Those positions are wrong in every image and in the centre of mass",
+                  TrustWarning, stacklevel=4)
 
 
 def check_reductions(reductions, virtual) -> None:
