@@ -362,9 +362,18 @@ def _create_tmp(folder: Path, stem: str) -> Path:
         tmp = folder / f".{stem}{_TMP_MARK}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
             fd = os.open(tmp, flags, 0o666)
-        except FileExistsError:
+        except FileExistsError:  # another's: left alone
             continue
-        os.close(fd)
+        except BaseException:  # interrupted (Ctrl-C): a file of this random name is ours
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        try:
+            os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         return tmp
     raise FileExistsError(errno.EEXIST, "no free name for a temporary file", str(folder))
 
@@ -456,14 +465,15 @@ def atomic_path(path, overwrite: bool = True, *, name: str = "output"):
     overwrite = _check_bool("overwrite", overwrite)
     folder = path.parent
     stem = _tmp_stem(path.name)
+    tmp = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _remove_stale(folder, stem)
-        tmp = _create_tmp(folder, stem)
-    except OSError as exc:
-        raise _write_error(name, path, exc, None) from exc
-    _LIVE.add(tmp)
-    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _remove_stale(folder, stem)
+            tmp = _create_tmp(folder, stem)
+        except OSError as exc:
+            raise _write_error(name, path, exc, None) from exc
+        _LIVE.add(tmp)
         try:
             yield tmp
             _fsync_file(tmp)
@@ -474,9 +484,10 @@ def atomic_path(path, overwrite: bool = True, *, name: str = "output"):
             _fsync_dir(folder)
         except OSError as exc:
             raise _write_error(name, path, exc, tmp) from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException:  # an interrupt between the creation and the write included
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
     finally:
         _LIVE.discard(tmp)

@@ -1024,3 +1024,21 @@ def test_loose_but_valid_files_load(tmp_path, suffix):
             f.create_dataset("material", data="GaAs")
         with ft.load(tmp_path / "ok.h5") as ds:
             assert ds.meta["material"] == "GaAs"
+
+
+@pytest.mark.parametrize("where", ["open", "close"])
+def test_an_interrupt_while_the_temporary_is_made_leaves_none(tmp_path, monkeypatch, where):
+    """Ctrl-C landing as the temporary is created (the file made, its name not
+    yet returned) leaves no temporary behind in a process that goes on."""
+    real = getattr(ft_files.os, where)
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft_files.os, where, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with ft_files.atomic_path(tmp_path / "r.npz"):
+            pass
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
