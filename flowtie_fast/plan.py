@@ -36,7 +36,8 @@ than an ``icom`` solve. ``plan.gradient_orientation`` keeps it; where it is susp
 ``plan.info["trust"]`` repeats it, and ``flowtie`` does not fall back to it.
 
 Thread model: a plan serialises its own calls with a lock (it owns buffers),
-so one plan shared by many threads is safe but runs one solve at a time;
+so one plan shared by many threads is safe but runs one solve at a time
+(``plan.info`` is kept per thread: each reads its own latest solve's);
 for parallel solves give each thread its own plan (tested: 8 threads with a
 plan each give results identical to one thread). On the CPU the Numba kernels
 then run concurrently, which needs a thread-safe Numba threading layer (omp
