@@ -162,9 +162,12 @@ class FocalSeries:
         (:func:`flowtie_fast.trust.gradient_orientation`; ``suspect`` and,
         where suspect, ``why``). A gradient with curl beyond its noise is
         taken in the wrong orientation (a detector rotation or flip given
-        wrong, swapped components): a :class:`TrustWarning` says so here, and
-        the solves do not lean on it (``icom`` says so again, the other
-        methods neither check against it nor fall back to it).
+        wrong, swapped components), one that points against the gradient of
+        the planes' TIE phase beyond its noise as half a turn off
+        (``tie_correlation``, :func:`flowtie_fast.trust.sign_check`): a
+        :class:`TrustWarning` says so here, and the solves do not lean on it
+        (``icom`` says so again, the other methods neither check against it
+        nor fall back to it).
     """
 
     def __init__(self, planes, z, pixel_size, energy, z0: float = 0.0, degree=None,
@@ -212,7 +215,7 @@ class FocalSeries:
         self.gradient_orientation = None
         if gradient is not None:
             self.gradient = self._check_gradient(gradient)
-            self._check_orientation()
+            self._check_orientation(sign=True)
 
     @staticmethod
     def _plane_names(n):

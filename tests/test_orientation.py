@@ -273,3 +273,22 @@ def test_each_thread_reads_its_own_solve_s_info():
     for t in threads:
         t.join()
     assert seen == {"a": [True] * 50, "b": [True] * 50}
+
+
+def test_a_negated_gradient_given_with_its_planes_is_caught_by_their_tie_phase():
+    """A gradient of the wrong sign has no curl; the planes' TIE phase tells."""
+    from flowtie_fast.simulation.optics import defocus_triplet, gaussian_bumps
+
+    phi = gaussian_bumps(64, 0.3, 12, 0.4, (0.8, 2.0), seed=3)
+    t = defocus_triplet(phi, 40.0, 0.3, 300e3)
+    q = np.fft.fftfreq(64, 0.3) * 2j * np.pi
+    spectrum = np.fft.fft2(phi)
+    g = np.stack([np.fft.ifft2(q[:, None] * spectrum).real,
+                  np.fft.ifft2(q[None, :] * spectrum).real])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        right = ft.FocalTriplet(*t.planes, dz=40.0, pixel_size=0.3, energy=300e3, gradient=g)
+    assert right.gradient_orientation["tie_correlation"] > 0.9
+    with pytest.warns(ft.TrustWarning, match="half a turn wrong.* turn it by 180°"):
+        wrong = ft.FocalTriplet(*t.planes, dz=40.0, pixel_size=0.3, energy=300e3, gradient=-g)
+    assert wrong.gradient_orientation["suspect"]

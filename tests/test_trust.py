@@ -444,9 +444,9 @@ def test_the_half_turn_is_told_by_the_bright_field_whatever_the_planes(case, vir
 
 def test_a_fallback_to_icom_says_when_the_tie_phase_contradicts_it():
     """A measured gradient of the wrong sign has no curl: where the flow is not
-    trusted, the icom phase returned is the negative phase, and the TIE phase
-    of the planes, which contradicts it, is named in the warning (a right
-    gradient's fallback is not)."""
+    trusted and nothing caught it before, the icom phase returned is the
+    negative phase, and the TIE phase of the planes, which contradicts it, is
+    named in the warning (a right gradient's fallback is not)."""
     from flowtie_fast.simulation.optics import defocus_triplet, gaussian_bumps
 
     phi = gaussian_bumps(64, 0.3, 12, 0.4, (0.8, 2.0), seed=3)
@@ -457,7 +457,9 @@ def test_a_fallback_to_icom_says_when_the_tie_phase_contradicts_it():
     g = np.stack([np.fft.ifft2(y * spectrum).real, np.fft.ifft2(x * spectrum).real])
     for sign, contradicted in ((1.0, False), (-1.0, True)):
         triplet = ft.FocalTriplet(*t.planes, dz=40.0, pixel_size=0.3, energy=300e3,
-                                  gradient=sign * g)
+                                  gradient=g)
+        # turned after the triplet's own checks (which catch it: a Plan's do not)
+        triplet.gradient = sign * g
         with pytest.warns(ft.TrustWarning, match="not trusted") as caught:
             # a flow taken for untrusted whatever it is: the fallback is the subject
             with pytest.MonkeyPatch.context() as mp:
