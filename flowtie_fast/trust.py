@@ -525,8 +525,15 @@ def sign_check(check, gradient, tie_gradient) -> None:
     xp = array_module(gradient)
     a = gradient.astype(xp.float64)
     b = xp.asarray(tie_gradient).astype(xp.float64)
+    if a.ndim != 3 or a.shape[0] != 2 or b.shape != a.shape:
+        raise InputError(f"tie_gradient: expected the shape of gradient (2, Ny, Nx), got "
+                         f"{tuple(b.shape)} and {tuple(a.shape)}")
     a = a - a.mean(axis=(1, 2), keepdims=True)
     b = b - b.mean(axis=(1, 2), keepdims=True)
+    for c in (a, b):  # to about 1: squares beyond 1e154 overflow (r is scale-free)
+        top = float(xp.abs(c).max()) if c.size else 0.0
+        if top > 0 and math.isfinite(top) and not 1e-100 < top < 1e100:
+            c /= top
     sums = np.asarray(to_host(xp.stack([xp.sum(a * b), xp.sum(a * a), xp.sum(b * b)])))
     norm = math.sqrt(float(sums[1]) * float(sums[2]))
     r = float(sums[0]) / norm if norm > 0 and math.isfinite(norm) else 0.0

@@ -292,3 +292,15 @@ def test_a_negated_gradient_given_with_its_planes_is_caught_by_their_tie_phase()
     with pytest.warns(ft.TrustWarning, match="half a turn wrong.* turn it by 180°"):
         wrong = ft.FocalTriplet(*t.planes, dz=40.0, pixel_size=0.3, energy=300e3, gradient=-g)
     assert wrong.gradient_orientation["suspect"]
+
+
+def test_the_sign_check_reads_any_scale_and_refuses_unlike_shapes():
+    _, g = _field()
+    for scale in (1e-200, 1.0, 1e200):
+        check = trust.gradient_orientation(g, STEP)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no overflow
+            trust.sign_check(check, g * scale, g * scale)
+        assert check["tie_correlation"] == pytest.approx(1.0)
+    with pytest.raises(ft.InputError, match="tie_gradient: expected the shape of gradient"):
+        trust.sign_check(trust.gradient_orientation(g, STEP), g, g[:, :8])

@@ -484,6 +484,8 @@ def test_stem_helpers_refuse_empty_and_unbounded_inputs():
             stem.sample_patterns(data, count=count)
     with pytest.raises(ft.InputError, match="data: expected a scan of at least one position"):
         stem.sample_patterns(np.ones((0, 4, 8, 8)))
+    with pytest.raises(ft.InputError, match=r"data: expected a 4D-STEM dataset .* shape \(4,\)"):
+        stem.sample_patterns(np.zeros(4))  # raised ValueError (unpacking)
     assert stem.sample_patterns(data, count=3).shape[1:] == (8, 8)
 
 

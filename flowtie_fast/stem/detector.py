@@ -236,11 +236,15 @@ def sample_patterns(data, count: int = 256, name: str = "data"):
     Raises
     ------
     InputError
-        Where ``count`` is not a positive integer, or the scan holds no
-        position.
+        Where ``data`` is not 4-D, ``count`` not a positive integer, or the
+        scan holds no position.
     """
     count = check_count("count", count)
-    sy, sx = data.shape[:2]
+    shape = tuple(getattr(data, "shape", ()))
+    if len(shape) != 4:
+        raise InputError(f"{name}: expected a 4D-STEM dataset (Sy, Sx, Ky, Kx), got "
+                         f"{'shape ' + str(shape) if shape else type(data).__name__}")
+    sy, sx = shape[:2]
     if sy < 1 or sx < 1:
         raise InputError(f"{name}: expected a scan of at least one position, got shape "
                          f"{tuple(data.shape)}")
