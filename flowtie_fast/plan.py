@@ -202,8 +202,8 @@ class Plan:
     def reset_orientation(self):
         """Forget the curl check of the measured gradients: the next one given
         is checked again (another specimen, detector or set-up)."""
-        self.gradient_orientation, self._orientation_checks = None, 0
-        self._gradients_unchecked = 0
+        self.gradient_orientation = None
+        self._untelling = 0  # gradients given since, none of them telling
 
     def __repr__(self) -> str:
         return (f"Plan(shape={self.shape}, method={self.method!r}, dz={self.dz} Å, "
@@ -235,16 +235,13 @@ class Plan:
     def _check_orientation(self, gradient):
         """The curl check of a measured gradient (finite values are checked
         later by the solve: a non-finite one is left for it to refuse)."""
-        xp = self.backend.xp
-        if not bool(xp.isfinite(gradient).all()):
+        if not bool(self.backend.xp.isfinite(gradient).all()):
             return
-        self._orientation_checks += 1
         check = gradient_orientation(gradient, self.pixel_size)
         self.gradient_orientation = check
-        if check["testable"]:
-            if check["suspect"]:
-                check["why"] = orientation_warning(check)
-                warnings.warn(check["why"], TrustWarning, stacklevel=4)
+        if check["suspect"]:
+            check["why"] = orientation_warning(check)
+            warnings.warn(check["why"], TrustWarning, stacklevel=4)
 
     def _image(self, name, a, shape):
         """``a`` checked as an input of ``shape``: an array of this plan's
@@ -343,10 +340,10 @@ class Plan:
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
         options = self.options if noise is None else replace(self.options, noise=noise)
         if gradient is not None and not (self.gradient_orientation or {}).get("testable"):
-            self._gradients_unchecked += 1
+            self._untelling += 1
             # every gradient at first, then one in ORIENTATION_CHECKS (a run of noise)
-            if (self._orientation_checks < ORIENTATION_CHECKS
-                    or self._gradients_unchecked % ORIENTATION_CHECKS == 0):
+            if (self._untelling <= ORIENTATION_CHECKS
+                    or self._untelling % ORIENTATION_CHECKS == 0):
                 self._check_orientation(gradient)  # after every refusal of the arguments
         if gradient is not None and (self.gradient_orientation or {}).get("suspect"):
             options = replace(options, gradient_suspect=self.gradient_orientation["why"])

@@ -69,6 +69,7 @@ from .backend import array_module, to_host
 from .errors import InputError, check_positive
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, load_model
 from .noise import COUNTS, denoise, poisson_noise
+from .stem.rotation import least_turn
 
 __all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict",
            "disagreement", "classical_verdict", "gradient_orientation",
@@ -345,6 +346,16 @@ def classical_verdict(method: str, value: float):
 MIN_SIDE = 5
 
 
+def _unit_scaled(a, scale):
+    """``a`` divided by ``scale`` (its largest magnitude) where that lies
+    beyond 1e±100: in float64 the squares of values beyond 1e154 overflow and
+    below 1e-154 lose their digits, and what is summed here is scale-free.
+    ``a`` is a float64 work array, divided in place."""
+    if 0 < scale < math.inf and not 1e-100 < scale < 1e100:
+        a /= scale  # (divided: 1/scale overflows for subnormal scales)
+    return a
+
+
 def _curl_forms(g, step, scale=1.0):
     """The curl and divergence sums of a gradient field and of its transpose:
     ``(Σc², Σcd, Σd²)`` per orientation (as given, components swapped), from
@@ -358,10 +369,8 @@ def _curl_forms(g, step, scale=1.0):
     # in float64 squares of values beyond 1e154 overflow and below 1e-154 lose
     # their digits.
     sy, sx = step[0] / max(step), step[1] / max(step)
-    a, b = g[0].astype(xp.float64), g[1].astype(xp.float64)
-    if not 1e-100 < scale < 1e100:  # (divided: 1/scale overflows for subnormal scales)
-        a /= scale
-        b /= scale
+    a = _unit_scaled(g[0].astype(xp.float64), scale)
+    b = _unit_scaled(g[1].astype(xp.float64), scale)
     a0 = (a[2:, 1:-1] - a[:-2, 1:-1]) / (2 * sy)
     a1 = (a[1:-1, 2:] - a[1:-1, :-2]) / (2 * sx)
     b0 = (b[2:, 1:-1] - b[:-2, 1:-1]) / (2 * sy)
@@ -380,21 +389,13 @@ def _curl_forms(g, step, scale=1.0):
     return sums[0], (sums[1] if blocks else None), ny * nx, by * bx
 
 
-def _least(a, b, c):
-    """Least and largest of ``E(θ) = a cos²θ + 2b sinθ cosθ + c sin²θ`` and
-    the θ (degrees, [0, 180)) of the least."""
-    mid, half = (a + c) / 2, math.hypot((a - c) / 2, b)
-    theta = 0.5 * (math.degrees(math.atan2(b, (a - c) / 2)) + 180.0)
-    return mid - half, mid + half, theta % 180.0
-
-
 def _orientation(forms, n):
     """:func:`gradient_orientation`'s numbers from one set of sums over ``n``
     values, or None where they hold no variation."""
     total = forms[0, 0] + forms[0, 2]
     if not total > 0 or not math.isfinite(total):
         return None
-    (lo, hi, theta), (flo, fhi, ftheta) = _least(*forms[0]), _least(*forms[1])
+    (lo, hi, theta), (flo, fhi, ftheta) = least_turn(*forms[0]), least_turn(*forms[1])
     flip = flo < lo
     least, top, theta = (flo, fhi, ftheta) if flip else (lo, hi, theta)
     excess = max(forms[0, 0] - least, 0.0)
@@ -530,10 +531,8 @@ def sign_check(check, gradient, tie_gradient) -> None:
                          f"{tuple(b.shape)} and {tuple(a.shape)}")
     a = a - a.mean(axis=(1, 2), keepdims=True)
     b = b - b.mean(axis=(1, 2), keepdims=True)
-    for c in (a, b):  # to about 1: squares beyond 1e154 overflow (r is scale-free)
-        top = float(xp.abs(c).max()) if c.size else 0.0
-        if top > 0 and math.isfinite(top) and not 1e-100 < top < 1e100:
-            c /= top
+    for c in (a, b):  # r is scale-free
+        _unit_scaled(c, float(xp.abs(c).max()) if c.size else 0.0)
     sums = np.asarray(to_host(xp.stack([xp.sum(a * b), xp.sum(a * a), xp.sum(b * b)])))
     norm = math.sqrt(float(sums[1]) * float(sums[2]))
     r = float(sums[0]) / norm if norm > 0 and math.isfinite(norm) else 0.0

@@ -16,11 +16,10 @@ from ..backend import array_module
 from ..errors import InputError, check_real
 from .detector import _to_numpy
 
-__all__ = ["calibrate_rotation", "rotate_com"]
+__all__ = ["calibrate_rotation", "least_turn", "rotate_com"]
 
-#: The finest coarse-search step of :func:`calibrate_rotation`, in degrees: the
-#: search tries 180 / step angles for each handedness (a step of 1e-9 asked for
-#: 1.3 TiB), and the golden-section refinement that follows resolves far below it.
+#: The finest ``step_degrees`` :func:`calibrate_rotation` accepts, in degrees
+#: (the step of the search it once ran: 1e-9 asked for 1.3 TiB).
 MIN_STEP_DEGREES = 0.01
 
 
@@ -64,20 +63,52 @@ def _rotate(com, degrees, flip):
 
 
 
-def _curl_energy(com):
-    gy, gx = com
-    dgx_dy = np.roll(gx, -1, 0) - np.roll(gx, 1, 0)
-    dgy_dx = np.roll(gy, -1, 1) - np.roll(gy, 1, 1)
-    return float(np.mean((dgx_dy - dgy_dx) ** 2))
+def least_turn(a, b, c):
+    """Least and largest of ``E(θ) = a cos²θ + 2b sinθ cosθ + c sin²θ`` and the
+    θ of the least, in degrees in [0, 180).
 
+    The curl of a vector field turned by θ is ``cos θ curl + sin θ div`` of
+    the field, so its squared sum is such a form (``a = Σ curl²``, ``b = Σ
+    curl·div``, ``c = Σ div²``): the turn that leaves the least curl is this
+    closed form, not a search.
+
+    Parameters
+    ----------
+    a, b, c : float
+        The form's coefficients.
+
+    Returns
+    -------
+    least : float
+        The least value of ``E``.
+    most : float
+        Its largest value.
+    theta : float
+        The θ of the least, degrees (0 where ``E`` is the same at every θ).
+    """
+    mid, half = (a + c) / 2, math.hypot((a - c) / 2, b)
+    if half == 0:
+        return mid, mid, 0.0
+    theta = 0.5 * (math.degrees(math.atan2(b, (a - c) / 2)) + 180.0)
+    return mid - half, mid + half, theta % 180.0
+
+
+def _periodic_form(com):
+    """``(Σ curl², Σ curl·div, Σ div²)`` of a field (2, Sy, Sx) by periodic
+    central differences (the form :func:`least_turn` minimises)."""
+    g0, g1 = com
+    curl = (np.roll(g1, -1, 0) - np.roll(g1, 1, 0)) - (np.roll(g0, -1, 1) - np.roll(g0, 1, 1))
+    div = (np.roll(g0, -1, 0) - np.roll(g0, 1, 0)) + (np.roll(g1, -1, 1) - np.roll(g1, 1, 1))
+    return float(np.sum(curl * curl)), float(np.sum(curl * div)), float(np.sum(div * div))
 
 
 def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
     """Detector rotation (degrees) and flip that make the COM field curl-free.
 
     A phase gradient has no curl, so the right rotation minimises the mean
-    squared curl (as py4DSTEM and LiberTEM do); a coarse search over 0–180°
-    for both handednesses is refined by golden section. The curl cannot tell
+    squared curl (as py4DSTEM and LiberTEM do), by periodic central
+    differences; for each handedness that minimum is a closed form
+    (:func:`least_turn`), the lower of the two is taken. The curl cannot tell
     θ from θ + 180°: ``reference_gradient`` (e.g. the gradient of a TIE
     phase, rad/Å) picks the one that agrees with it; without it the answer
     lies in [0, 180).
@@ -90,8 +121,9 @@ def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
         A phase gradient in rad/Å in scan axes that resolves the 180°
         ambiguity.
     step_degrees : float
-        Step of the coarse search in degrees (default 1), from
-        :data:`MIN_STEP_DEGREES` (0.01) to 90.
+        Accepted for callers of the search this replaced (default 1), and
+        checked as then (:data:`MIN_STEP_DEGREES`, 0.01, to 90); the minimum
+        is exact at any step.
 
     Returns
     -------
@@ -132,22 +164,11 @@ def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
                              f"{com.shape} like com, got {ref.dtype} {ref.shape}")
         if not np.isfinite(ref).all():
             raise InputError("reference_gradient: expected finite values, got NaN or Inf")
-    best = None
-    for flip in (False, True):
-        for deg in np.arange(0.0, 180.0, step_degrees):
-            e = _curl_energy(_rotate(com, deg, flip))
-            if best is None or e < best[0]:
-                best = (e, deg, flip)
-    _, deg, flip = best
-    lo, hi = deg - step_degrees, deg + step_degrees
-    g = (math.sqrt(5) - 1) / 2
-    for _ in range(30):
-        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-        if _curl_energy(_rotate(com, a, flip)) < _curl_energy(_rotate(com, b, flip)):
-            hi = b
-        else:
-            lo = a
-    deg = 0.5 * (lo + hi) % 180.0
+    # The least-curl turn of each handedness in closed form (least_turn).
+    (lo, _, deg), (flo, _, fdeg) = (least_turn(*_periodic_form(com[::-1] if f else com))
+                                    for f in (False, True))
+    flip = flo < lo
+    deg = fdeg if flip else deg
     if ref is not None:
         if float(np.sum(_rotate(com, deg, flip) * ref)) < 0:
             deg += 180.0
