@@ -28,7 +28,9 @@ FFTW's plans can be kept between runs in a wisdom file
 
 A measured gradient is checked for curl (a detector rotation or flip given
 wrong, swapped components: :func:`~flowtie_fast.trust.gradient_orientation`)
-once, on the first one given whose signal can tell (``testable``; each of the
+and, where it has none, for its sign against the TIE gradient of the planes
+given with it (half a turn, or a gradient negated:
+:func:`~flowtie_fast.trust.sign_check`) once, on the first one given whose signal can tell (``testable``; each of the
 first :data:`ORIENTATION_CHECKS` given, then one in that many): the
 orientation belongs to the set-up, not to a frame, and the check costs more
 than an ``icom`` solve. ``plan.gradient_orientation`` keeps it; where it is suspect a
@@ -68,7 +70,8 @@ from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation)
 from .planes import check_not_masked, focal_weights
-from .trust import gradient_orientation, orientation_warning
+from .trust import (gradient_orientation, orientation_warning, plain_tie_gradient,
+                    sign_check)
 
 __all__ = ["Plan"]
 
@@ -232,13 +235,39 @@ class Plan:
 
     # ------------------------------------------------------------------ checks
 
-    def _check_orientation(self, gradient):
-        """The curl check of a measured gradient (finite values are checked
-        later by the solve: a non-finite one is left for it to refuse)."""
-        if not bool(self.backend.xp.isfinite(gradient).all()):
+    def _orientation(self, gradient, planes):
+        """Check a measured gradient given with ``planes`` while no telling one
+        was (every one at first, then one in :data:`ORIENTATION_CHECKS`: a run
+        of noise); the warning of a suspect orientation, else None."""
+        if gradient is None:
+            return None
+        if not (self.gradient_orientation or {}).get("testable"):
+            self._untelling += 1
+            if (self._untelling <= ORIENTATION_CHECKS
+                    or self._untelling % ORIENTATION_CHECKS == 0):
+                self._check_orientation(gradient, planes)
+        check = self.gradient_orientation or {}
+        return check["why"] if check.get("suspect") else None
+
+    def _check_orientation(self, gradient, planes):
+        """The curl check of a measured gradient and, where it passes, its sign
+        against the TIE gradient of the planes given with it (finite values
+        are checked later by the solve: a non-finite input is left for it to
+        refuse)."""
+        xp = self.backend.xp
+        if not all(bool(xp.isfinite(a).all()) for a in (gradient, *planes)):
             return
         check = gradient_orientation(gradient, self.pixel_size)
         self.gradient_orientation = check
+        if check["testable"] and not check["suspect"]:
+            try:
+                tie = plain_tie_gradient(planes, self._derivative_weights,
+                                         self._intensity_weights, self.wavenumber,
+                                         self.pixel_size)
+            except InputError:  # no TIE phase of these planes: no sign to compare
+                check["tie_correlation"] = None
+            else:
+                sign_check(check, gradient, tie)
         if check["suspect"]:
             check["why"] = orientation_warning(check)
             warnings.warn(check["why"], TrustWarning, stacklevel=4)
@@ -339,14 +368,9 @@ class Plan:
             self._output("uncertainty_out", uncertainty_out, self.shape,
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
         options = self.options if noise is None else replace(self.options, noise=noise)
-        if gradient is not None and not (self.gradient_orientation or {}).get("testable"):
-            self._untelling += 1
-            # every gradient at first, then one in ORIENTATION_CHECKS (a run of noise)
-            if (self._untelling <= ORIENTATION_CHECKS
-                    or self._untelling % ORIENTATION_CHECKS == 0):
-                self._check_orientation(gradient)  # after every refusal of the arguments
-        if gradient is not None and (self.gradient_orientation or {}).get("suspect"):
-            options = replace(options, gradient_suspect=self.gradient_orientation["why"])
+        suspect = self._orientation(gradient, planes)  # after every refusal of the arguments
+        if suspect:
+            options = replace(options, gradient_suspect=suspect)
         self.info = self.solver.solve_planes(
             planes, self._derivative_weights, self._intensity_weights, self.wavenumber,
             self.method, gradient=gradient, out=out, gradient_out=grad,
@@ -425,6 +449,13 @@ class Plan:
             except InputError as exc:
                 raise InputError(f"stack[{i}]: {exc}") from exc
         if batched:
+            suspect = None
+            for i in range(b if gradient is not None else 0):
+                suspect = self._orientation(gradient[i], [stack[i, j] for j in range(3)])
+                if (self.gradient_orientation or {}).get("testable"):
+                    break
+            if suspect:  # the network reads the gradient: said, as solve says it
+                self.info = {"trust": suspect}
             return self.solver.flow_batch(stack, self._derivative_weights,
                                           self._intensity_weights, self.wavenumber,
                                           gradient=gradient, out=out,

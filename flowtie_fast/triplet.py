@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .backend import array_stats, get_backend, is_cupy, to_host
+from .backend import array_stats, get_backend, is_cupy
 from .errors import (RANGES, InputError, TrustWarning, check_count, check_positive, check_real,
                      first_line)
 from .noise import Noise, check_noise, estimate_noise, poisson_noise
@@ -28,7 +28,8 @@ from .physics import wavenumber
 from .planes import (check_gradient, check_image, check_intensity_stats, check_not_masked,
                      check_positions, focal_weights)
 from .solvers import reconstruct
-from .trust import gradient_orientation, orientation_warning, sign_check
+from .trust import (gradient_orientation, orientation_warning, plain_tie_gradient,
+                    sign_check)
 from .stem.focal import (apply_registration, check_com_extent, check_register, check_rotation,
                          com_poisson_noise, orient, prepare_planes, reduce_triplet,
                          register_planes, virtual_image_noise)
@@ -251,22 +252,10 @@ class FocalSeries:
 
     def _plain_tie_gradient(self, planes=None):
         """The gradient (rad/Å) of the uniform-intensity TIE phase of the
-        planes alone (or of ``planes`` at their positions), ``φ = ∇⁻²(-k
-        ∂I/∂z) / Ī``, by NumPy FFTs on the host in float64 (periodic): the
-        reference of the half-turn checks, with no solver to plan, no noise
-        model and no warning."""
-        planes = [np.asarray(to_host(p), np.float64) for p in planes or self.planes]
-        didz = sum(w * p for w, p in zip(self.derivative_weights, planes))
-        mean = float(sum(w * p for w, p in zip(self.intensity_weights, planes)).mean())
-        if not mean > 0:
-            raise InputError("planes: no positive in-focus intensity to take a TIE phase of")
-        qy = np.fft.fftfreq(didz.shape[0], self.pixel_size[0])[:, None]
-        qx = np.fft.fftfreq(didz.shape[1], self.pixel_size[1])[None, :]
-        q2 = 4 * np.pi ** 2 * (qy ** 2 + qx ** 2)
-        q2[0, 0] = np.inf  # the mean phase is free
-        phase = self.wavenumber * np.fft.fft2(didz) / (mean * q2)
-        return np.stack([np.fft.ifft2(2j * np.pi * qy * phase).real,
-                         np.fft.ifft2(2j * np.pi * qx * phase).real])
+        planes alone (or of ``planes`` at their positions):
+        :func:`flowtie_fast.trust.plain_tie_gradient`."""
+        return plain_tie_gradient(planes or self.planes, self.derivative_weights,
+                                  self.intensity_weights, self.wavenumber, self.pixel_size)
 
     @property
     def shape(self) -> tuple:

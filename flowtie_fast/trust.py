@@ -73,7 +73,7 @@ from .stem.rotation import least_turn
 
 __all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict",
            "disagreement", "classical_verdict", "gradient_orientation",
-           "orientation_warning", "sign_check", "MEMBERS", "NO_UNCERTAINTY"]
+           "orientation_warning", "plain_tie_gradient", "sign_check", "MEMBERS", "NO_UNCERTAINTY"]
 
 MEMBERS = ("default", "seed0", "seed2", "seed3")  # the calibrated set of shipped models
 CALIBRATION_FILE = "calibration.json"
@@ -541,6 +541,50 @@ def sign_check(check, gradient, tie_gradient) -> None:
     n = gradient.shape[1] * gradient.shape[2]
     if r < cal["orientation_sign_limit"] and r * math.sqrt(n) < -cal["orientation_significance"]:
         check.update(suspect=True, misorientation=180.0, correction=(180.0, False))
+
+
+def plain_tie_gradient(planes, derivative_weights, intensity_weights, wavenumber,
+                       pixel_size) -> np.ndarray:
+    """The gradient of the uniform-intensity TIE phase of focal planes alone:
+    the reference of :func:`sign_check`.
+
+    ``φ = ∇⁻²(-k ∂I/∂z) / Ī`` by NumPy FFTs on the host in float64
+    (periodic), with no solver to plan, no noise model and no warning.
+
+    Parameters
+    ----------
+    planes : sequence of arrays (Ny, Nx)
+        Intensities (NumPy or CuPy; copied to the host).
+    derivative_weights, intensity_weights : sequences of float
+        Per plane: ``∂I/∂z = Σ w_i I_i`` (1/Å) and the in-focus intensity
+        ``Σ v_i I_i``.
+    wavenumber : float
+        ``k = 2π/λ`` in rad/Å.
+    pixel_size : (float, float)
+        Å along (axis 0, axis 1).
+
+    Returns
+    -------
+    ndarray (2, Ny, Nx)
+        rad/Å, float64.
+
+    Raises
+    ------
+    InputError
+        Naming ``planes`` where the in-focus intensity has no positive mean.
+    """
+    planes = [np.asarray(to_host(p), np.float64) for p in planes]
+    didz = sum(w * p for w, p in zip(derivative_weights, planes))
+    mean = float(sum(w * p for w, p in zip(intensity_weights, planes)).mean())
+    if not mean > 0:
+        raise InputError("planes: no positive in-focus intensity to take a TIE phase of")
+    qy = np.fft.fftfreq(didz.shape[0], pixel_size[0])[:, None]
+    qx = np.fft.fftfreq(didz.shape[1], pixel_size[1])[None, :]
+    q2 = 4 * np.pi ** 2 * (qy ** 2 + qx ** 2)
+    q2[0, 0] = np.inf  # the mean phase is free
+    phase = wavenumber * np.fft.fft2(didz) / (mean * q2)
+    return np.stack([np.fft.ifft2(2j * np.pi * qy * phase).real,
+                     np.fft.ifft2(2j * np.pi * qx * phase).real])
 
 
 def orientation_warning(check, rotation=None, flip=None) -> str:

@@ -304,3 +304,37 @@ def test_the_sign_check_reads_any_scale_and_refuses_unlike_shapes():
         assert check["tie_correlation"] == pytest.approx(1.0)
     with pytest.raises(ft.InputError, match="tie_gradient: expected the shape of gradient"):
         trust.sign_check(trust.gradient_orientation(g, STEP), g, g[:, :8])
+
+
+def test_a_plan_flags_a_negated_gradient_against_its_planes_tie_phase():
+    """A gradient negated (or turned by 180°) has no curl; the plan compares
+    the first telling one with the TIE gradient of the planes given with it,
+    as a triplet does: icom says so in plan.info, flowtie falls back to the
+    TIE, and a batched network pass says so too. The right sign passes."""
+    from fields import periodic_field
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    kw = dict(dz=dz, pixel_size=pixel, energy=energy, backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        right = ft.Plan(phi.shape, method="icom", **kw)
+        phase = right.solve(*planes, gradient=g.astype(np.float32))
+    assert right.gradient_orientation["tie_correlation"] > 0.9
+    assert rel_rms(phase, phi) < 0.05 and "trust" not in right.info
+    negated = (-g).astype(np.float32)
+    with pytest.warns(ft.TrustWarning, match="180"):
+        wrong = ft.Plan(phi.shape, method="icom", **kw)
+        wrong.solve(*planes, gradient=negated)
+    assert wrong.gradient_orientation["suspect"]
+    assert wrong.gradient_orientation["tie_correlation"] < -0.9
+    assert wrong.info["trust"] == wrong.gradient_orientation["why"]
+    with pytest.warns(ft.TrustWarning):
+        flow = ft.Plan(phi.shape, method="flowtie", **kw)
+        flow.solve(*planes, gradient=negated)
+    assert flow.info["fallback"] == "tie"
+    with pytest.warns(ft.TrustWarning, match="180"):
+        batch = ft.Plan(phi.shape, method="flowtie", uncertainty=False, **kw)
+        batch.solve_batch(np.stack([planes, planes]), gradient=np.stack([negated, negated]))
+    assert batch.info["trust"] == batch.gradient_orientation["why"]
