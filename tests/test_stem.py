@@ -511,3 +511,22 @@ def test_empty_patterns_among_full_ones_are_warned(rng):
         except ft.InputError:
             pass  # too few counts to be reduced is another matter
     assert not any("empty pattern" in str(w.message) for w in caught)
+
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+@pytest.mark.filterwarnings("ignore::flowtie_fast.errors.TrustWarning")
+def test_data_with_the_detector_axes_first_are_told_to_move_them():
+    """A reader that returns (detector y, detector x, scan y, scan x) (an NCEM
+    .emd) makes the scan image the "pattern": no disk with dark field around
+    it. The warning names the axis order and the fix."""
+    data, k = _disk_data()
+    kw = dict(dz=20.0, scan_step=0.2, k_sampling=k, energy=E, backend="cpu")
+    swapped = [np.ascontiguousarray(np.moveaxis(d, (2, 3), (0, 1))) for d in data]
+    with pytest.warns(stem.DetectorWarning, match=r"detector axes first .*"
+                                                  r"numpy\.moveaxis\(data, \(0, 1\), \(2, 3\)\)"):
+        try:
+            ft.FocalTriplet.from_4dstem(*swapped, **kw)
+        except ft.InputError:  # refused further on: the warning came first
+            pass
+    back = [np.moveaxis(d, (0, 1), (2, 3)) for d in swapped]
+    assert all(np.array_equal(b, d) for b, d in zip(back, data))

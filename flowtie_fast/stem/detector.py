@@ -597,7 +597,10 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
             "mrad) and 'whole' images are made: no 'bf-full', 'abf' or 'df', no noise "
             "measured above the band limit, the scans not registered; record the "
             "whole disk with dark field around it (a shorter camera length, an uncropped "
-            "detector)", DetectorWarning, stacklevel=3)
+            "detector), or, where the patterns do hold a disk, give the data's axes as "
+            "(scan y, scan x, detector y, detector x): a reader that returns the detector "
+            "axes first (an NCEM .emd) needs numpy.moveaxis(data, (0, 1), (2, 3))",
+            DetectorWarning, stacklevel=3)
         return detector, {"bf": (0.0, bf_radius), "whole": (0.0, np.inf)}
     regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
                "df": (disk, np.inf), "whole": (0.0, np.inf)}
