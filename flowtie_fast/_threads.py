@@ -105,13 +105,15 @@ def prepare() -> Decision:
     ------
     BackendError
         Where ``FLOWTIE_OMP_GUARD`` holds a value that is neither on nor off,
-        or ``OMP_NUM_THREADS`` one the runtimes cannot take
-        (:func:`check_thread_count`).
+        ``OMP_NUM_THREADS`` one the runtimes cannot take
+        (:func:`check_thread_count`), or ``OMP_WAIT_POLICY`` or
+        ``GOMP_SPINCOUNT`` one they would ignore (:func:`check_wait_policy`).
     """
     global _DECISION
     with _LOCK:
         if _DECISION is None:
-            check_thread_count()  # before an OpenMP runtime reads it
+            check_thread_count()  # before an OpenMP runtime reads them
+            check_wait_policy()
             _DECISION = _decide()
         return _DECISION
 
@@ -135,6 +137,33 @@ def check_thread_count() -> None:
         raise BackendError(f"backend: OMP_NUM_THREADS={value!r}: expected a thread count from 1 "
                            "to 4096 (or a comma-separated list of them, one per nesting "
                            "level); fix or unset OMP_NUM_THREADS")
+
+
+def check_wait_policy() -> None:
+    """Refuse an ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` the OpenMP runtimes
+    would ignore with a message of their own (libgomp prints "Invalid value
+    for environment variable" and spins by its default): the policy must be
+    ``ACTIVE`` or ``PASSIVE`` (any case), the spin count a non-negative
+    integer, optionally with a k, M, G or T suffix, or ``INFINITE`` /
+    ``INFINITY``.
+
+    Raises
+    ------
+    BackendError
+        Naming the variable and its value.
+    """
+    policy = os.environ.get("OMP_WAIT_POLICY", "").strip()
+    if policy and policy.upper() not in ("ACTIVE", "PASSIVE"):
+        raise BackendError(f"backend: OMP_WAIT_POLICY={policy[:80]!r}: expected ACTIVE or "
+                           "PASSIVE; fix or unset OMP_WAIT_POLICY")
+    spin = os.environ.get("GOMP_SPINCOUNT", "").strip()
+    if not spin or spin.upper() in ("INFINITE", "INFINITY"):
+        return
+    digits = spin[:-1] if spin[-1:] in ("k", "K", "M", "G", "T") else spin
+    if not (digits.isascii() and digits.isdigit()):
+        raise BackendError(f"backend: GOMP_SPINCOUNT={spin[:80]!r}: expected a non-negative "
+                           "integer (optionally with a k, M, G or T suffix) or INFINITE; fix "
+                           "or unset GOMP_SPINCOUNT")
 
 
 def describe() -> str:

@@ -181,6 +181,37 @@ def test_an_omp_thread_count_the_runtimes_cannot_take_is_refused_naming_it(tmp_p
     assert not (tmp_path / "out.npz").exists()
 
 
+@pytest.mark.parametrize("name,value", [("OMP_WAIT_POLICY", "bogus"),
+                                        ("OMP_WAIT_POLICY", "sleep"),
+                                        ("GOMP_SPINCOUNT", "-1"), ("GOMP_SPINCOUNT", "lots")])
+def test_an_omp_wait_policy_the_runtimes_would_ignore_is_refused_naming_it(tmp_path, name,
+                                                                          value):
+    """libgomp prints its own message for these and goes on spinning by its
+    default: the backend refuses them in one line before any runtime loads."""
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "in.npz", t)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OMP_", "GOMP_", "NUMBA_", "FLOWTIE_"))}
+    run = subprocess.run([sys.executable, "-m", "flowtie_fast._entry", "reconstruct",
+                          str(source), "-o", str(tmp_path / "out.npz"), "--backend", "cpu",
+                          "--kernels", "numba"],
+                         capture_output=True, text=True, env={**env, name: value}, timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stderr.count("\n") == 1 and f"{name}={value!r}" in run.stderr, run.stderr
+    assert "libgomp" not in run.stderr
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_usual_omp_wait_policies_are_accepted(monkeypatch):
+    from flowtie_fast import _threads
+
+    for policy, spin in (("PASSIVE", ""), ("active", "0"), (" Passive ", "10k"), ("", "INFINITE"),
+                         ("", "300000")):
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+        monkeypatch.setenv("GOMP_SPINCOUNT", spin)
+        _threads.check_wait_policy()
+
+
 def test_a_usual_omp_thread_count_is_accepted(monkeypatch):
     from flowtie_fast import _threads
 
