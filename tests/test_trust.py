@@ -499,3 +499,24 @@ def test_the_shipped_flow_is_not_trusted_on_images_other_than_bright_field(case,
     plain = ft.FocalTriplet(*t.planes, dz=case.dz, pixel_size=case.scan_step,
                             energy=case.energy)
     assert plain.virtual is None  # unknown: not judged by it
+
+
+@pytest.mark.parametrize("virtual", ["df", "abf", "bf-full", "whole"])
+def test_the_tie_on_images_other_than_bright_field_says_so(case, virtual):
+    """The TIE's contrast is that of bright-field images: on 60 noise-free
+    corpus files `tie` on other planes gave NMSE 0.79 at best ('bf-full' and
+    'whole' a near-flat phase), mostly without a word."""
+    kw = dict(dz=case.dz, scan_step=case.scan_step, k_sampling=case.k_sampling,
+              energy=case.energy, backend="cpu")
+    planes = [case.minus, case.zero, case.plus]
+    t = ft.FocalTriplet.from_4dstem(*planes, virtual=virtual, **kw)
+    for method in ("tie", "tie-uniform", "tie-exact", "gd"):
+        with pytest.warns(ft.TrustWarning, match=f"^{method}: the planes are '{virtual}' "):
+            rec = ft.reconstruct(t, method=method, backend="cpu", max_iter=5
+                                 if method in ("tie-exact", "gd") else None)
+        assert "trust" in rec.info
+    bf = ft.FocalTriplet.from_4dstem(*planes, **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ft.reconstruct(bf, method="tie", backend="cpu")
+    assert not any("the planes are" in str(w.message) for w in caught)
