@@ -169,6 +169,12 @@ class FocalSeries:
         :class:`TrustWarning` says so here, and the solves do not lean on it
         (``icom`` says so again, the other methods neither check against it
         nor fall back to it).
+    virtual : str or None
+        The 4D-STEM virtual image the planes are (``"bf"``, ``"abf"``, ...:
+        set by :meth:`FocalTriplet.from_4dstem` and
+        :meth:`FocalTriplet.from_reductions`); None where unknown. The
+        shipped flow models read ``"bf"`` images: ``flowtie`` does not trust
+        them on others.
     """
 
     def __init__(self, planes, z, pixel_size, energy, z0: float = 0.0, degree=None,
@@ -214,6 +220,7 @@ class FocalSeries:
         self.gradient = None
         self.gradient_noise = None  # Noise of the gradient's two components, (rad/Å)²
         self.gradient_orientation = None
+        self.virtual = None  # the 4D-STEM virtual image the planes are (from_reductions)
         if gradient is not None:
             self.gradient = self._check_gradient(gradient)
             self._check_orientation(sign=True)
@@ -495,6 +502,7 @@ class FocalTriplet(FocalSeries):
             reductions, rotation, flip,
             t._tie_gradient if bright else lambda: t._plain_tie_gradient(reference))
         t.registration = registration
+        t.virtual = virtual
         gradient = t._check_gradient(reductions[1].gradient)
         t.gradient = gradient - gradient.mean(axis=(1, 2), keepdims=True)
         t._check_orientation(rotation, flip, sign=given and (bright or reference is not None),

@@ -566,7 +566,7 @@ def plain_tie_gradient(planes, derivative_weights, intensity_weights, wavenumber
     Returns
     -------
     ndarray (2, Ny, Nx)
-        rad/Å, float64.
+        The gradient in rad/Å, float64.
 
     Raises
     ------

@@ -28,8 +28,8 @@ from ..errors import (InputError, TrustWarning, check_choice, check_count, check
                       check_real)
 from ..noise import Noise, band_noise, poisson_noise
 from ..physics import wavelength
-from .detector import (Detector, check_region, mean_pattern, sample_patterns,
-                       triplet_geometry)
+from .detector import (Detector, check_com_radius, check_region, mean_pattern,
+                       sample_patterns, triplet_geometry)
 from .reduction import (Reduction, _is_dask, check_4d, check_float32_range,
                         check_reduction_memory, reduce_4dstem)
 from .registration import RegistrationWarning, apply_shift, register_triplet
@@ -110,6 +110,7 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
     detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius)
     check_choice("virtual", virtual, tuple(regions))
     check_region(virtual, regions, detector, bf_radius is not None)
+    check_com_radius(com_radius, regions, detector)
     for n, d in zip(names, data):  # sums beyond float32 (data of a wider dtype)
         if np.dtype(d.dtype).kind == "f" and np.dtype(d.dtype).itemsize > 4:
             check_float32_range(n, sample if n == "zero" else sample_patterns(d, name=n), detector)

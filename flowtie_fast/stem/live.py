@@ -42,8 +42,8 @@ from .._cuda import MAX_WEIGHTS
 from ..backend import get_backend, gpu_available
 from ..errors import BackendError, InputError, check_positive
 from ..triplet import FocalTriplet
-from .detector import (VIRTUAL_IMAGES, check_detector, check_disk, check_regions,
-                       detector_weights, triplet_geometry, weight_ranges)
+from .detector import (VIRTUAL_IMAGES, check_com_radius, check_detector, check_disk,
+                       check_regions, detector_weights, triplet_geometry, weight_ranges)
 from .focal import check_register, holds_counts
 from .reduction import (_native, check_float32_range, check_pixel_ranges, finish_reduction,
                         reduce_frames)
@@ -493,6 +493,7 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
         check_float32_range("zero", mean[None], detector)
     if virtual not in regions:
         raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
+    check_com_radius(com_radius, regions, detector, stacklevel=3)
     reductions = [reduce_with_libertem(ctx, d, detector, regions, com_radius_mrad=com_radius,
                                        name=n, backends=backends)
                   for n, d in zip(("minus", "zero", "plus"), datasets)]
