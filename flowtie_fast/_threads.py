@@ -41,6 +41,7 @@ import ctypes
 import glob
 import importlib.util
 import os
+import re
 import sys
 import threading
 
@@ -144,8 +145,8 @@ def check_wait_policy() -> None:
     would ignore with a message of their own (libgomp prints "Invalid value
     for environment variable" and spins by its default): the policy must be
     ``ACTIVE`` or ``PASSIVE`` (any case), the spin count a non-negative
-    integer, optionally with a k, M, G or T suffix, or ``INFINITE`` /
-    ``INFINITY``.
+    integer below 2**64, optionally with a k, M, G or T suffix (either case),
+    or ``INFINITE`` / ``INFINITY``.
 
     Raises
     ------
@@ -159,8 +160,10 @@ def check_wait_policy() -> None:
     spin = os.environ.get("GOMP_SPINCOUNT", "").strip()
     if not spin or spin.upper() in ("INFINITE", "INFINITY"):
         return
-    digits = spin[:-1] if spin[-1:] in ("k", "K", "M", "G", "T") else spin
-    if not (digits.isascii() and digits.isdigit()):
+    # libgomp's own reading: a decimal count (a + sign allowed) below 2**64, spaces,
+    # then a suffix in either case
+    count = re.fullmatch(r"\+?0*([0-9]{1,20})[ \t\n\v\f\r]*[kKmMgGtT]?", spin)
+    if count is None or int(count.group(1)) >= 2 ** 64:
         raise BackendError(f"backend: GOMP_SPINCOUNT={spin[:80]!r}: expected a non-negative "
                            "integer (optionally with a k, M, G or T suffix) or INFINITE; fix "
                            "or unset GOMP_SPINCOUNT")

@@ -212,6 +212,21 @@ def test_usual_omp_wait_policies_are_accepted(monkeypatch):
         _threads.check_wait_policy()
 
 
+def test_spin_counts_libgomp_reads_are_accepted_and_those_it_ignores_refused(monkeypatch):
+    """libgomp reads the suffix in either case, after spaces, and a count up to
+    2**64 - 1; it ignores (with its own message) a count beyond that."""
+    from flowtie_fast import _threads
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    for spin in ("10m", "1g", "2t", "10 k", "+10", "18446744073709551615"):
+        monkeypatch.setenv("GOMP_SPINCOUNT", spin)
+        _threads.check_wait_policy()
+    for spin in ("18446744073709551616", "1" * 5000, "10kk", "1e5"):
+        monkeypatch.setenv("GOMP_SPINCOUNT", spin)
+        with pytest.raises(ft.BackendError, match="GOMP_SPINCOUNT="):
+            _threads.check_wait_policy()
+
+
 def test_a_usual_omp_thread_count_is_accepted(monkeypatch):
     from flowtie_fast import _threads
 
