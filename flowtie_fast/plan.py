@@ -184,6 +184,8 @@ class Plan:
                                     uncertainty=method == "flowtie" and uncertainty is not False,
                                     cuda_graphs=bool(cuda_graphs))
         self._local = threading.local()  # plan.info: each thread's latest solve
+        # a thread sharing the plan waits for a check under way, not reading it half done
+        self._orientation_lock = threading.Lock()
         self.info = {}
         self.reset_orientation()  # the curl check of the first telling gradient
         self.timings["setup"] = time.perf_counter() - start
@@ -205,8 +207,9 @@ class Plan:
     def reset_orientation(self):
         """Forget the curl check of the measured gradients: the next one given
         is checked again (another specimen, detector or set-up)."""
-        self.gradient_orientation = None
-        self._untelling = 0  # gradients given since, none of them telling
+        with self._orientation_lock:
+            self.gradient_orientation = None
+            self._untelling = 0  # gradients given since, none of them telling
 
     def __repr__(self) -> str:
         return (f"Plan(shape={self.shape}, method={self.method!r}, dz={self.dz} Å, "
@@ -241,12 +244,13 @@ class Plan:
         of noise); the warning of a suspect orientation, else None."""
         if gradient is None:
             return None
-        if not (self.gradient_orientation or {}).get("testable"):
-            self._untelling += 1
-            if (self._untelling <= ORIENTATION_CHECKS
-                    or self._untelling % ORIENTATION_CHECKS == 0):
-                self._check_orientation(gradient, planes)
-        check = self.gradient_orientation or {}
+        with self._orientation_lock:
+            if not (self.gradient_orientation or {}).get("testable"):
+                self._untelling += 1
+                if (self._untelling <= ORIENTATION_CHECKS
+                        or self._untelling % ORIENTATION_CHECKS == 0):
+                    self._check_orientation(gradient, planes)
+            check = self.gradient_orientation or {}
         return check["why"] if check.get("suspect") else None
 
     def _check_orientation(self, gradient, planes):
@@ -258,7 +262,6 @@ class Plan:
         if not all(bool(xp.isfinite(a).all()) for a in (gradient, *planes)):
             return
         check = gradient_orientation(gradient, self.pixel_size)
-        self.gradient_orientation = check
         if check["testable"] and not check["suspect"]:
             try:
                 tie = plain_tie_gradient(planes, self._derivative_weights,
@@ -270,6 +273,8 @@ class Plan:
                 sign_check(check, gradient, tie)
         if check["suspect"]:
             check["why"] = orientation_warning(check)
+        self.gradient_orientation = check  # whole: another thread reads it as it is
+        if check["suspect"]:
             warnings.warn(check["why"], TrustWarning, stacklevel=4)
 
     def _image(self, name, a, shape):

@@ -338,3 +338,50 @@ def test_a_plan_flags_a_negated_gradient_against_its_planes_tie_phase():
         batch = ft.Plan(phi.shape, method="flowtie", uncertainty=False, **kw)
         batch.solve_batch(np.stack([planes, planes]), gradient=np.stack([negated, negated]))
     assert batch.info["trust"] == batch.gradient_orientation["why"]
+
+
+def test_a_thread_sharing_a_plan_waits_for_the_sign_check_under_way(monkeypatch):
+    """Two threads give a shared plan a negated gradient at once: the one that
+    comes while the other's check compares the sign does not read that check
+    half done (curl-free, not yet suspect) and return the negative phase
+    without a word."""
+    import threading
+    import time
+
+    from fields import periodic_field
+
+    from flowtie_fast import plan as plan_module
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    negated = (-g).astype(np.float32)
+    plan = ft.Plan(phi.shape, method="icom", dz=dz, pixel_size=pixel, energy=energy,
+                   backend="cpu")
+    comparing = threading.Event()
+    reference = plan_module.plain_tie_gradient
+
+    def slow_reference(*args):  # the first check's comparison takes a while
+        comparing.set()
+        time.sleep(0.3)
+        return reference(*args)
+
+    monkeypatch.setattr(plan_module, "plain_tie_gradient", slow_reference)
+    said = {}
+
+    def run(name):
+        plan.solve(*planes, gradient=negated)
+        said[name] = plan.info.get("trust")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = threading.Thread(target=run, args=("first",))
+        first.start()
+        assert comparing.wait(30)
+        run("second")
+        first.join()
+    assert plan.gradient_orientation["suspect"]
+    why = plan.gradient_orientation["why"]
+    assert said == {"first": why, "second": why}
+    # the check ran once: its warning once, then each icom solve says so
+    assert sum(str(w.message) == why for w in caught) == 1
