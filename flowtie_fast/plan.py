@@ -255,11 +255,16 @@ class Plan:
 
     def _check_orientation(self, gradient, planes):
         """The curl check of a measured gradient and, where it passes, its sign
-        against the TIE gradient of the planes given with it (finite values
-        are checked later by the solve: a non-finite input is left for it to
-        refuse)."""
+        against the TIE gradient of the planes given with it (planes or a
+        gradient the solve will refuse are left for it to refuse: no
+        verdict)."""
         xp = self.backend.xp
         if not all(bool(xp.isfinite(a).all()) for a in (gradient, *planes)):
+            return
+        try:  # as the solve checks them: a call it refuses leaves no verdict
+            self.solver.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3])
+            self.solver._check_gradient(gradient)
+        except InputError:
             return
         check = gradient_orientation(gradient, self.pixel_size)
         if check["testable"] and not check["suspect"]:

@@ -385,3 +385,28 @@ def test_a_thread_sharing_a_plan_waits_for_the_sign_check_under_way(monkeypatch)
     assert said == {"first": why, "second": why}
     # the check ran once: its warning once, then each icom solve says so
     assert sum(str(w.message) == why for w in caught) == 1
+
+
+def test_planes_the_solve_refuses_leave_no_sign_verdict():
+    """The sign check reads the planes; a call refused for them (here: -dz and
+    +dz swapped, and a negative pixel) must not leave its verdict to flag the
+    right data that follow."""
+    from fields import periodic_field
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    g = g.astype(np.float32)
+    bad = [planes[2], planes[1], planes[0].copy()]
+    bad[2][3, 5] = -1.0
+    for method in ("icom", "tie"):
+        plan = ft.Plan(phi.shape, method=method, dz=dz, pixel_size=pixel, energy=energy,
+                       backend="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ft.InputError, match="plus: expected non-negative"):
+                plan.solve(*bad, gradient=g)
+            assert plan.gradient_orientation is None
+            plan.solve(*planes, gradient=g)
+        assert plan.gradient_orientation["tie_correlation"] > 0.9
+        assert "trust" not in plan.info
