@@ -564,3 +564,35 @@ def test_a_centre_of_mass_limited_inside_the_bright_field_disk_is_warned():
     assert rel_rms(phases[None], phi) < 0.05
     assert rel_rms(phases[30.0], phi) < 0.05
     assert np.std(phases[10.0]) < 0.5 * np.std(phi)  # what the warning is about
+
+
+def test_the_com_radius_the_warning_advises_is_not_warned_again():
+    """The warning names the least com_radius that is not inside the disk:
+    rounded up, not to the nearest (a disk of 20.12 mrad advised 20.1, which
+    was warned again, "limited to 20.1 mrad, inside the disk (20.1 mrad)")."""
+    import re
+
+    det, radius_px = 53, 12.4
+    k = 20e-3 / ft.wavelength(E) / radius_px
+    iy, ix = np.indices((det, det), dtype=np.float64) - (det - 1) / 2
+    off = np.random.default_rng(0).normal(0, 0.3, (2, 16, 16))
+    r = np.hypot(iy - off[0][..., None, None], ix - off[1][..., None, None])
+    data = (1000 / (1 + np.exp((r - radius_px) / 0.5))).astype(np.float32)
+    kw = dict(dz=20.0, scan_step=0.25, k_sampling=k, energy=E, backend="cpu", register=False)
+    with pytest.warns(ft.TrustWarning, match="^com_radius:") as caught:
+        t = ft.FocalTriplet.from_4dstem(data, data, data, com_radius=15.0, **kw)
+    disk = t.reductions[1].regions["bf-full"][1]
+    assert 20.0 < disk < 20.15  # a radius that .3g rounds down
+    message = next(str(w.message) for w in caught if str(w.message).startswith("com_radius:"))
+    advised = float(re.search(r"give com_radius=([0-9.e+]+) or more", message).group(1))
+    assert disk <= advised < disk + 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        ft.FocalTriplet.from_4dstem(data, data, data, com_radius=advised, **kw)
+    # just inside: the two radii are written so that they differ
+    with pytest.warns(ft.TrustWarning, match="^com_radius:") as caught:
+        ft.FocalTriplet.from_4dstem(data, data, data, com_radius=disk - 1e-4, **kw)
+    message = next(str(w.message) for w in caught if str(w.message).startswith("com_radius:"))
+    limit, measured = re.search(r"limited to ([0-9.]+) mrad, inside the bright-field disk "
+                                r"\(([0-9.]+) mrad", message).groups()
+    assert limit != measured

@@ -464,12 +464,16 @@ def check_com_radius(com_radius, regions: dict, detector: Detector, name: str = 
     com_radius = check_disk("com_radius", com_radius, detector)
     disk = regions.get("bf-full", (0.0, 0.0))[1]
     if com_radius < disk:
+        # enough digits to tell the two apart, and a limit advised that is not inside
+        digits = next((p for p in range(3, 17) if f"{com_radius:.{p}g}" != f"{disk:.{p}g}"), 17)
+        step = 10.0 ** (math.floor(math.log10(disk)) - digits + 1)
+        least = math.ceil(disk / step) * step
         warnings.warn(
-            f"com_radius: the centre of mass is limited to {com_radius:.3g} mrad, inside the "
-            f"bright-field disk ({disk:.3g} mrad measured on {name}): the disk's edge, whose "
-            "shift carries the phase gradient, is cut off, and the centre of mass (icom's "
-            f"phase) comes out too weak; give com_radius={disk:.3g} or more, or None for the "
-            "whole detector", TrustWarning, stacklevel=stacklevel)
+            f"com_radius: the centre of mass is limited to {com_radius:.{digits}g} mrad, inside "
+            f"the bright-field disk ({disk:.{digits}g} mrad measured on {name}): the disk's "
+            "edge, whose shift carries the phase gradient, is cut off, and the centre of mass "
+            f"(icom's phase) comes out too weak; give com_radius={least:.{digits}g} or more, "
+            "or None for the whole detector", TrustWarning, stacklevel=stacklevel)
     return com_radius
 
 
