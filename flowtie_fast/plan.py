@@ -63,13 +63,14 @@ from dataclasses import replace
 import numpy as np
 
 from .backend import get_backend, is_cupy
-from .errors import InputError, TrustWarning, check_positive, first_line
+from .errors import InputError, TrustWarning, check_choice, check_positive, first_line
 from .fft import load_wisdom, save_wisdom
 from .noise import COUNTS, check_noise
 from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
-                      check_regularisation)
+                      check_regularisation, image_verdict)
 from .planes import check_not_masked, focal_weights
+from .stem.detector import VIRTUAL_IMAGES
 from .trust import (gradient_orientation, orientation_warning, plain_tie_gradient,
                     sign_check)
 
@@ -145,14 +146,24 @@ class Plan:
         shape at the warm-up and replayed at every solve (default True;
         False launches it eagerly). The classical kernels and FFTs of a solve
         are launched call by call, not captured. No effect on the CPU.
+    virtual : {"bf", "bf-full", "abf", "df", "whole"}
+        The 4D-STEM virtual image the planes are (default "bf", the images
+        the TIE and the shipped flow models read). On any other, as for a
+        triplet of those images: the sign of a measured gradient is not
+        checked against the planes' TIE phase (their contrast does not
+        follow it), the TIE methods say their phase is not the specimen's
+        (a :class:`~flowtie_fast.errors.TrustWarning` here, and
+        ``plan.info["trust"]`` at each solve) and ``flowtie`` does not
+        trust the shipped models.
     """
 
     def __init__(self, shape, pixel_size, dz, energy, method="tie", *, backend="auto",
                  threads=None, dtype="float32", boundary="periodic", scheme="auto", alpha=0.0,
                  floor="auto", denoise=True, model=None, uncertainty=None, tol=None,
                  max_iter=None, preconditioner="biharmonic", warmup=True, wisdom=None,
-                 cuda_graphs=True):
+                 cuda_graphs=True, virtual="bf"):
         check_options(method, tol, max_iter, preconditioner, model, uncertainty)
+        self.virtual = check_choice("virtual", virtual, VIRTUAL_IMAGES)
         check_regularisation(method, alpha, floor)
         for name, flag in (("warmup", warmup), ("cuda_graphs", cuda_graphs)):
             if not isinstance(flag, (bool, np.bool_)):
@@ -182,13 +193,17 @@ class Plan:
         self.options = SolveOptions(tol=tol, max_iter=max_iter, preconditioner=preconditioner,
                                     model=model, residual=False, names=_INPUT_NAMES[:3],
                                     uncertainty=method == "flowtie" and uncertainty is not False,
-                                    cuda_graphs=bool(cuda_graphs))
+                                    cuda_graphs=bool(cuda_graphs), planes_image=self.virtual)
         self._local = threading.local()  # plan.info: each thread's latest solve
         # a thread sharing the plan waits for a check under way, not reading it half done
         self._orientation_lock = threading.Lock()
         self.info = {}
         self.reset_orientation()  # the curl check of the first telling gradient
         self.timings["setup"] = time.perf_counter() - start
+        why = image_verdict(method, self.virtual)
+        if why is not None:  # once here; each solve's plan.info["trust"] repeats it
+            warnings.warn(f"{method}: {why}; give a plan the 'bf' images, or method='icom'",
+                          TrustWarning, stacklevel=2)
         if warmup:
             self._warm_up()
 
@@ -267,7 +282,8 @@ class Plan:
         except InputError:
             return
         check = gradient_orientation(gradient, self.pixel_size)
-        if check["testable"] and not check["suspect"]:
+        # the half turn against the TIE phase, whose sign only bright-field images follow
+        if check["testable"] and not check["suspect"] and self.virtual == "bf":
             try:
                 tie = plain_tie_gradient(planes, self._derivative_weights,
                                          self._intensity_weights, self.wavenumber,
@@ -278,6 +294,9 @@ class Plan:
                 sign_check(check, gradient, tie)
         if check["suspect"]:
             check["why"] = orientation_warning(check)
+            if check.get("misorientation") == 180.0:
+                check["why"] += ("; if the planes are not bright-field images, name them: "
+                                 "Plan(..., virtual='abf'), 'df', ...")
         self.gradient_orientation = check  # whole: another thread reads it as it is
         if check["suspect"]:
             warnings.warn(check["why"], TrustWarning, stacklevel=4)

@@ -410,3 +410,35 @@ def test_planes_the_solve_refuses_leave_no_sign_verdict():
             plan.solve(*planes, gradient=g)
         assert plan.gradient_orientation["tie_correlation"] > 0.9
         assert "trust" not in plan.info
+
+
+def test_a_plan_of_other_than_bright_field_images_says_so_and_skips_the_sign_check():
+    """The sign of a measured gradient is checked against the planes' TIE
+    phase only where the planes are bright-field images (the contrast of
+    'abf' and 'df' images does not follow the phase: a plan given them with
+    the right gradient flagged a half turn on most corpus files). A plan told
+    its planes are 'df' images skips that check, and its TIE methods say
+    their phase is not the specimen's; a name it does not know is refused."""
+    from fields import periodic_field
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    kw = dict(dz=dz, pixel_size=pixel, energy=energy, backend="cpu")
+    negated = (-g).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dark = ft.Plan(phi.shape, method="icom", virtual="df", **kw)
+        dark.solve(*planes, gradient=negated)
+    assert dark.gradient_orientation["testable"] and not dark.gradient_orientation["suspect"]
+    assert "tie_correlation" not in dark.gradient_orientation and "trust" not in dark.info
+    with pytest.warns(ft.TrustWarning, match=r"virtual='abf'"):
+        ft.Plan(phi.shape, method="icom", **kw).solve(*planes, gradient=negated)
+    with pytest.warns(ft.TrustWarning, match=r"^tie: the planes are 'df' images"):
+        tie = ft.Plan(phi.shape, method="tie", virtual="df", **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, by the plan
+        tie.solve(*planes)
+    assert "'df' images" in tie.info["trust"]
+    with pytest.raises(ft.InputError, match="^virtual: "):
+        ft.Plan(phi.shape, method="icom", virtual="dark", **kw)
