@@ -55,6 +55,7 @@ from .planes import FLUX_RATIO, check_intensity_stats
 from .poisson import resolve_scheme
 from .solvers import (_check_alpha, _check_bool, _check_floor, check_options,
                       check_regularisation)
+from .stem.detector import VIRTUAL_IMAGES
 from .triplet import FocalTriplet
 
 __all__ = ["cached_plans", "local_cluster", "reconstruct_many", "release_plans",
@@ -62,7 +63,7 @@ __all__ = ["cached_plans", "local_cluster", "reconstruct_many", "release_plans",
 
 #: Plan options that :func:`reconstruct_many` passes to each worker's Plan.
 PLAN_OPTIONS = ("boundary", "scheme", "alpha", "floor", "denoise", "model", "uncertainty",
-                "tol", "max_iter", "preconditioner", "wisdom")
+                "tol", "max_iter", "preconditioner", "wisdom", "virtual")
 
 #: The library's exceptions that travel back from a worker as themselves.
 _ERRORS = {cls.__name__: cls for cls in (InputError, ResultError, BackendError)}
@@ -538,6 +539,7 @@ def _check_plan_options(method, backend, threads, dtype, options) -> tuple:
     _check_alpha(alpha)  # the checks of the worker's TIESolver
     _check_floor(floor)
     _check_bool("denoise", options.get("denoise", True))
+    check_choice("virtual", options.get("virtual", "bf"), VIRTUAL_IMAGES)
     resolve_scheme(options.get("boundary", "periodic"), options.get("scheme", "auto"))
     model = options.get("model")
     if model is not None and not isinstance(model, (str, os.PathLike)):
@@ -595,6 +597,22 @@ def _check_values(stack, gradient):
         first = int(np.flatnonzero(~np.isfinite(gradient).reshape(len(gradient), -1)
                                    .all(axis=1))[0])
         raise InputError(f"gradient[{first}]: contains NaN or Inf")
+
+
+def _triplets_image(triplets, given) -> dict:
+    """``{"virtual": image}`` where the triplets record one virtual image
+    (``FocalTriplet.virtual``, from 4D-STEM data), else ``{}``;
+    :class:`InputError` where they record several, or ``given`` differs."""
+    images = {getattr(t, "virtual", None) for t in triplets} - {None}
+    if len(images) > 1:
+        raise InputError(f"stack: triplets of different virtual images {sorted(images)}; "
+                         "expected one kind of image in a call")
+    if not images:
+        return {}
+    image = images.pop()
+    if given is not None and given != image:
+        raise InputError(f"virtual: {given!r} given for triplets of {image!r} images")
+    return {"virtual": image}
 
 
 def _from_triplets(triplets, pixel_size, dz, energy, gradient, noise):
@@ -681,7 +699,9 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
         Those of :class:`~flowtie_fast.plan.Plan`: ``boundary``, ``scheme``,
         ``alpha``, ``floor``, ``denoise``, ``model`` (a shipped name or a
         file path), ``uncertainty``, ``tol``, ``max_iter``,
-        ``preconditioner``, ``wisdom`` (a file every worker can read).
+        ``preconditioner``, ``wisdom`` (a file every worker can read),
+        ``virtual`` (the planes' image; taken from the triplets where they
+        record one).
 
     Returns
     -------
@@ -706,6 +726,8 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
         A worker's backend refused to start, a batch was lost with its
         worker or a closed cluster, or a worker failed to write a file.
     """
+    if isinstance(stack, (list, tuple)):  # the triplets' virtual image, for the plans
+        options = {**options, **_triplets_image(stack, options.get("virtual"))}
     threads, dtype, items = _check_plan_options(method, backend, threads, dtype, options)
     for name, flag in (("return_gradient", return_gradient), ("return_info", return_info)):
         if not isinstance(flag, (bool, np.bool_)):

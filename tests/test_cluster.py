@@ -326,3 +326,26 @@ def test_a_duration_is_no_device_index():
     with pytest.raises(ft.InputError, match="devices: expected GPU indices"):
         cluster.visible_devices([np.timedelta64(1, "s")])
     assert cluster.visible_devices([0, np.int64(1)]) == ["0", "1"]
+
+
+def test_the_triplets_virtual_image_reaches_the_plans_and_conflicts_are_refused():
+    """Triplets reduced from 4D-STEM data record their virtual image: the
+    workers' plans are made for it (a 'df' triplet's TIE says its phase is
+    not the specimen's, as reconstruct does); triplets of several images, or
+    a virtual= that contradicts theirs, are refused before anything is sent."""
+    triplets = [ft.FocalTriplet(*p, dz=DZ, pixel_size=PIXEL, energy=E) for p in _stack(2)]
+    for t in triplets:
+        t.virtual = "df"
+    assert cluster._triplets_image(triplets, None) == {"virtual": "df"}
+    assert cluster._triplets_image(triplets, "df") == {"virtual": "df"}
+    with pytest.raises(ft.InputError, match=r"^virtual: 'bf' given for triplets of 'df'"):
+        cluster.reconstruct_many(triplets, "tie", client=_Unused(), virtual="bf")
+    triplets[1].virtual = "bf"
+    with pytest.raises(ft.InputError, match=r"^stack: triplets of different virtual images"):
+        cluster.reconstruct_many(triplets, "tie", client=_Unused())
+    with pytest.raises(ft.InputError, match="^virtual: "):
+        cluster.reconstruct_many(_stack(2), "tie", pixel_size=PIXEL, dz=DZ, energy=E,
+                                 client=_Unused(), virtual="dark")
+    with pytest.warns(ft.TrustWarning, match="'df' images"):
+        cluster._worker_plan(cluster._Spec((N, N), (PIXEL, PIXEL), DZ, E, "tie", "cpu", 1,
+                                           "float32", (("virtual", "df"),)))
