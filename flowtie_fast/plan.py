@@ -28,12 +28,13 @@ FFTW's plans can be kept between runs in a wisdom file
 
 A measured gradient is checked for curl (a detector rotation or flip given
 wrong, swapped components: :func:`~flowtie_fast.trust.gradient_orientation`)
-and, where it has none, for its sign against the TIE gradient of the planes
-given with it (half a turn, or a gradient negated:
-:func:`~flowtie_fast.trust.sign_check`) once, on the first one given whose signal can tell (``testable``; each of the
-first :data:`ORIENTATION_CHECKS` given, then one in that many): the
-orientation belongs to the set-up, not to a frame, and the check costs more
-than an ``icom`` solve. ``plan.gradient_orientation`` keeps it; where it is suspect a
+and, where it has none and the planes are bright-field images, for its sign
+against the TIE gradient of the planes given with it (half a turn, or a
+gradient negated: :func:`~flowtie_fast.trust.sign_check`) once, on the
+first one given whose signal can tell (``testable``; each of the first
+:data:`ORIENTATION_CHECKS` given, then one in that many): the orientation
+belongs to the set-up, not to a frame, and the check costs more than an
+``icom`` solve. ``plan.gradient_orientation`` keeps it; where it is suspect a
 :class:`~flowtie_fast.errors.TrustWarning` says so, every ``icom`` solve's
 ``plan.info["trust"]`` repeats it, and ``flowtie`` does not fall back to it.
 

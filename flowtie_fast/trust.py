@@ -73,7 +73,8 @@ from .stem.rotation import least_turn
 
 __all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict",
            "disagreement", "classical_verdict", "gradient_orientation",
-           "orientation_warning", "plain_tie_gradient", "sign_check", "MEMBERS", "NO_UNCERTAINTY"]
+           "orientation_warning", "plain_tie_gradient", "sign_check", "MEMBERS",
+           "NO_UNCERTAINTY"]
 
 MEMBERS = ("default", "seed0", "seed2", "seed3")  # the calibrated set of shipped models
 CALIBRATION_FILE = "calibration.json"

@@ -487,8 +487,9 @@ def disk_fills_detector(mean) -> tuple:
     a disk cut along such a chord lies an eighth of its radius or more
     beyond the edge, and the dark field around it is gone or cut short. A
     disk that only touches an edge (a chord shorter than its radius: its
-    radius measured within about 1 %, its centre within 3 % of it) is not. A flat mean pattern (a detector all
-    bright field, or patterns without a disk) fills it too.
+    radius measured within about 1 %, its centre within 3 % of it) is not. A
+    flat mean pattern (a detector all bright field, or patterns without a
+    disk) fills it too.
 
     Parameters
     ----------
