@@ -201,7 +201,7 @@ class Plan:
         self.info = {}
         self.reset_orientation()  # the curl check of the first telling gradient
         self.timings["setup"] = time.perf_counter() - start
-        why = image_verdict(method, self.virtual)
+        why = image_verdict(method, self.virtual, model, not self.options.uncertainty)
         if why is not None:  # once here; each solve's plan.info["trust"] repeats it
             warnings.warn(f"{method}: {why}; give a plan the 'bf' images, or method='icom'",
                           TrustWarning, stacklevel=2)
@@ -486,6 +486,9 @@ class Plan:
                     break
             if suspect:  # the network reads the gradient: said, as solve says it
                 self.info = {"trust": suspect}
+            why = image_verdict(self.method, self.virtual, self.options.model, True)
+            if why is not None:  # the plan warned once
+                self.info.setdefault("trust", why)
             return self.solver.flow_batch(stack, self._derivative_weights,
                                           self._intensity_weights, self.wavenumber,
                                           gradient=gradient, out=out,

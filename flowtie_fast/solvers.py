@@ -361,15 +361,27 @@ class SolveOptions:
     cuda_graphs: bool = True
 
 
-def image_verdict(method, image):
-    """Why a TIE method's phase of ``image`` planes is not the specimen's, or
-    None: the contrast of 4D-STEM virtual images other than the bright field
+def image_verdict(method, image, model=None, network_alone=False):
+    """Why a phase of ``image`` planes is not the specimen's, or None.
+
+    The contrast of 4D-STEM virtual images other than the bright field
     ``"bf"`` does not follow the TIE (on 60 noise-free corpus files ``tie``
     reached NMSE 0.79 at best on ``"bf-full"``, ``"abf"``, ``"df"`` and
-    ``"whole"`` planes). ``icom`` does not read the planes; ``flowtie``
-    judges them in its trust check. None for an unknown ``image``."""
-    if method in ("icom", "flowtie") or image in (None, "bf"):
+    ``"whole"`` planes), and the shipped flow models were trained on
+    ``"bf"`` images. ``icom`` does not read the planes; ``flowtie`` with its
+    trust check judges them there (and falls back); the network alone
+    (``network_alone``) of a shipped ``model`` (None: the default) is told
+    here. None for an unknown ``image`` and for a model of your own.
+    """
+    if method == "icom" or image in (None, "bf"):
         return None
+    if method == "flowtie":
+        shipped = model is None or trust.is_shipped(model) or (
+            isinstance(model, str) and (model in SHIPPED or model in ENSEMBLES))
+        if not (network_alone and shipped):
+            return None
+        return (f"the planes are {image!r} images and the shipped models read bright-field "
+                "'bf' ones: this flow's phase is not the specimen's")
     return (f"the planes are {image!r} images, whose contrast does not follow the TIE "
             "(bright-field 'bf' images do): this phase is not the specimen's")
 
@@ -716,7 +728,8 @@ class TIESolver:
                               "(triplet.registration); if they drifted, this phase is wrong. "
                               "method='icom' uses the in-focus scan alone", TrustWarning,
                               stacklevel=3)
-            why = image_verdict(method, options.planes_image)
+            why = image_verdict(method, options.planes_image, options.model,
+                                not options.uncertainty)
             if why is not None:
                 info.setdefault("trust", why)
                 warnings.warn(f"{method}: {why}; FocalTriplet.from_4dstem(..., virtual='bf'), "
@@ -916,7 +929,8 @@ class TIESolver:
         else:
             self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
                                gradient, method, out, gradient_out, info, options)
-            why = image_verdict(method, options.planes_image)  # the plan warned once
+            why = image_verdict(method, options.planes_image, options.model,
+                                not options.uncertainty)  # the plan warned once
             if why is not None:
                 info.setdefault("trust", why)
         self._check_result(method, out, gradient_out)
