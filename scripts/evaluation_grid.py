@@ -57,6 +57,19 @@ def cases(folders):
                 yield f, True, 0, "crystal"
 
 
+def present(folders, limit=None):
+    """The :func:`cases` whose file is there, the first ``limit`` of them
+    (None: all)."""
+    n = 0
+    for case in cases(folders):
+        if not case[0].exists():
+            continue
+        n += 1
+        if limit and n > limit:
+            return
+        yield case
+
+
 def chooses(folder: str, case: str) -> bool:
     """The half of the cases that choose a limit (the validation crystals and the
     even-numbered corpus series); the other half (the test crystals and the
@@ -125,14 +138,8 @@ def run(folders, out, limit=None):
         for line in out.read_text().splitlines():
             r = json.loads(line)
             done.add((r["case"], r["dose"], r["drift"] is not None))
-    n = 0
     with out.open("a") as f:
-        for path, periodic, margin, kind in cases(folders):
-            if not path.exists():
-                continue
-            n += 1
-            if limit and n > limit:
-                break
+        for path, periodic, margin, kind in present(folders, limit):
             for dose in DOSES:
                 for shifts in DRIFTS:
                     if (path.stem, dose, shifts is not None) in done:

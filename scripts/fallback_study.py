@@ -29,7 +29,7 @@ import flowtie_fast as ft
 from flowtie_fast.evaluation.evaluate import phase_errors
 
 sys.path.insert(0, str(Path(__file__).parent))
-from evaluation_grid import cases, triplet_of  # noqa: E402
+from evaluation_grid import present, triplet_of  # noqa: E402
 
 CLASSICAL = ("tie-uniform", "tie", "tie-exact", "gd", "icom")
 DOSES = (None, 1e5, 1e4, 1e3)
@@ -38,13 +38,7 @@ DOSES = (None, 1e5, 1e4, 1e3)
 def collect(folders, out: Path, limit=None):
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    n = 0
-    for path, periodic, margin, kind in cases(folders):
-        if not path.exists():
-            continue
-        n += 1
-        if limit and n > limit:
-            break
+    for path, periodic, margin, kind in present(folders, limit):
         for dose in DOSES:
             name = out / f"{path.stem}_{'none' if dose is None else f'{dose:.0e}'}.npz"
             if name.exists():
