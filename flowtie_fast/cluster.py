@@ -614,7 +614,8 @@ def _triplets_image(triplets, given) -> dict:
         return {}
     image = images.pop()
     if given is not None and given != image:
-        raise InputError(f"virtual: {given!r} given for triplets of {image!r} images")
+        raise InputError(f"virtual: {given!r} given for triplets of {image!r} images; "
+                         f"expected {image!r}, or no virtual= (the triplets' own)")
     return {"virtual": image}
 
 

@@ -366,3 +366,12 @@ def test_a_batched_flows_verdict_reaches_every_item():
                                       spec, 0, False)
     assert result[0] == "ok"
     assert [("'df' images" in v.get("trust", "")) for v in result[3]] == [True, True]
+
+
+def test_a_contradicted_virtual_image_names_what_is_expected():
+    """virtual= that contradicts the triplets' recorded image says which
+    one is expected, not only that they differ."""
+    t = ft.FocalTriplet(*_stack(1)[0], dz=DZ, pixel_size=PIXEL, energy=E)
+    t.virtual = "df"
+    with pytest.raises(ft.InputError, match=r"expected 'df', or no virtual="):
+        cluster.reconstruct_many([t], "tie", client=_Unused(), virtual="bf")
