@@ -419,7 +419,10 @@ def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradien
             else:
                 out = plan.solve_batch(stack, gradient=gradient, noise=noise,
                                        gradient_out=grad_out)
-                verdicts = [_verdict(it) for it in plan.info.get("items", [{}] * b)]
+                # a batched flow (flowtie without the trust check) has one
+                # verdict for the whole batch, no per-item ones: each item's
+                items = plan.info.get("items") or [plan.info] * b
+                verdicts = [_verdict(it) for it in items]
         with _PLANS_LOCK:
             entry[1] += 1
         return ("ok", be.to_numpy(out), None if grad_out is None else be.to_numpy(grad_out),
@@ -611,7 +614,8 @@ def _triplets_image(triplets, given) -> dict:
         return {}
     image = images.pop()
     if given is not None and given != image:
-        raise InputError(f"virtual: {given!r} given for triplets of {image!r} images")
+        raise InputError(f"virtual: {given!r} given for triplets of {image!r} images; "
+                         f"expected {image!r}, or no virtual= (the triplets' own)")
     return {"virtual": image}
 
 

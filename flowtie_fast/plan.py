@@ -152,10 +152,12 @@ class Plan:
         the TIE and the shipped flow models read). On any other, as for a
         triplet of those images: the sign of a measured gradient is not
         checked against the planes' TIE phase (their contrast does not
-        follow it), the TIE methods say their phase is not the specimen's
-        (a :class:`~flowtie_fast.errors.TrustWarning` here, and
-        ``plan.info["trust"]`` at each solve) and ``flowtie`` does not
-        trust the shipped models.
+        follow it), the TIE methods and the shipped network alone
+        (``flowtie``, ``uncertainty=False``) say their phase is not the
+        specimen's (a :class:`~flowtie_fast.errors.TrustWarning` here, and
+        ``plan.info["trust"]`` at each solve) and ``flowtie`` with its trust
+        check does not trust the shipped models (a warning at each solve,
+        as for any flow it does not trust).
     """
 
     def __init__(self, shape, pixel_size, dz, energy, method="tie", *, backend="auto",

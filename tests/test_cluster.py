@@ -349,3 +349,29 @@ def test_the_triplets_virtual_image_reaches_the_plans_and_conflicts_are_refused(
     with pytest.warns(ft.TrustWarning, match="'df' images"):
         cluster._worker_plan(cluster._Spec((N, N), (PIXEL, PIXEL), DZ, E, "tie", "cpu", 1,
                                            "float32", (("virtual", "df"),)))
+
+
+def test_a_batched_flows_verdict_reaches_every_item():
+    """flowtie without the trust check solves an array batch at once, and
+    its plan's verdict is the batch's (no per-item verdicts): the shipped
+    network on 'df' planes says its phase is not the specimen's, and each
+    item's verdict from the worker says so too (it came back empty)."""
+    import warnings
+
+    spec = cluster._Spec((N, N), (PIXEL, PIXEL), DZ, E, "flowtie", "cpu", 1, "float32",
+                         (("uncertainty", False), ("virtual", "df")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)  # the worker's plan says it once
+        result = cluster._solve_batch(_stack(2), np.zeros((2, 2, N, N), np.float32), None,
+                                      spec, 0, False)
+    assert result[0] == "ok"
+    assert [("'df' images" in v.get("trust", "")) for v in result[3]] == [True, True]
+
+
+def test_a_contradicted_virtual_image_names_what_is_expected():
+    """virtual= that contradicts the triplets' recorded image says which
+    one is expected, not only that they differ."""
+    t = ft.FocalTriplet(*_stack(1)[0], dz=DZ, pixel_size=PIXEL, energy=E)
+    t.virtual = "df"
+    with pytest.raises(ft.InputError, match=r"expected 'df', or no virtual="):
+        cluster.reconstruct_many([t], "tie", client=_Unused(), virtual="bf")

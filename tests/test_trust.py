@@ -549,3 +549,25 @@ def test_the_network_alone_on_images_other_than_bright_field_says_so(case):
         bf = ft.FocalTriplet.from_4dstem(*planes, **kw)
         assert "trust" not in ft.reconstruct(bf, method="flowtie", backend="cpu",
                                              uncertainty=False).info
+
+
+def test_a_shipped_model_given_by_its_path_alone_on_other_images_says_so(case, tmp_path):
+    """A shipped file given by its path is a shipped model (its trust check
+    falls back on 'df' planes): the network alone of it on 'df' planes
+    says so as the shipped name does; it returned its flow without a word.
+    A model of your own is still not judged."""
+    from flowtie_fast.flow.infer import default_model_path
+    from flowtie_fast.solvers import image_verdict
+
+    path = default_model_path("default")
+    for given in (path, str(path)):
+        assert "shipped models" in image_verdict("flowtie", "df", given, True)
+    assert image_verdict("flowtie", "df", _tiny_model(tmp_path / "tiny.pt"), True) is None
+    t = ft.FocalTriplet.from_4dstem(case.minus, case.zero, case.plus, virtual="df",
+                                    dz=case.dz, scan_step=case.scan_step,
+                                    k_sampling=case.k_sampling, energy=case.energy,
+                                    backend="cpu")
+    with pytest.warns(ft.TrustWarning, match="shipped models read bright-field"):
+        rec = ft.reconstruct(t, method="flowtie", backend="cpu", model=str(path),
+                             uncertainty=False)
+    assert "'df' images" in rec.info["trust"]
