@@ -72,8 +72,7 @@ from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation, image_verdict)
 from .planes import check_not_masked, focal_weights
 from .stem.detector import VIRTUAL_IMAGES
-from .trust import (gradient_orientation, orientation_warning, plain_tie_gradient,
-                    sign_check)
+from .trust import checked_orientation, plain_tie_gradient
 
 __all__ = ["Plan"]
 
@@ -276,30 +275,19 @@ class Plan:
         against the TIE gradient of the planes given with it (planes or a
         gradient the solve will refuse are left for it to refuse: no
         verdict)."""
-        xp = self.backend.xp
-        if not all(bool(xp.isfinite(a).all()) for a in (gradient, *planes)):
-            return
-        try:  # as the solve checks them: a call it refuses leaves no verdict
+        try:  # as the solve checks them (finite, ...): a call it refuses leaves no verdict
             self.solver.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3])
             self.solver._check_gradient(gradient)
         except InputError:
             return
-        check = gradient_orientation(gradient, self.pixel_size)
         # the half turn against the TIE phase, whose sign only bright-field images follow
-        if check["testable"] and not check["suspect"] and self.virtual == "bf":
-            try:
-                tie = plain_tie_gradient(planes, self._derivative_weights,
-                                         self._intensity_weights, self.wavenumber,
-                                         self.pixel_size)
-            except InputError:  # no TIE phase of these planes: no sign to compare
-                check["tie_correlation"] = None
-            else:
-                sign_check(check, gradient, tie)
-        if check["suspect"]:
-            check["why"] = orientation_warning(check)
-            if check.get("misorientation") == 180.0:
-                check["why"] += ("; if the planes are not bright-field images, name them: "
-                                 "Plan(..., virtual='abf'), 'df', ...")
+        tie = None if self.virtual != "bf" else lambda: plain_tie_gradient(
+            planes, self._derivative_weights, self._intensity_weights, self.wavenumber,
+            self.pixel_size)
+        check = checked_orientation(gradient, self.pixel_size, tie, testable_only=True)
+        if check.get("misorientation") == 180.0:  # half a turn: suspect by the sign check
+            check["why"] += ("; if the planes are not bright-field images, name them: "
+                             "Plan(..., virtual='abf'), 'df', ...")
         self.gradient_orientation = check  # whole: another thread reads it as it is
         if check["suspect"]:
             warnings.warn(check["why"], TrustWarning, stacklevel=4)

@@ -1195,12 +1195,12 @@ class TIESolver:
             verdict.update(trusted=False, why="the measured gradient it reads looks "
                            "wrongly oriented (triplet.gradient_orientation)")
         other_image = options.planes_image not in (None, "bf")
-        if other_image and trust.is_shipped(model):
-            # trained on bright-field images: the contrast of the others does
-            # not follow the phase (a 'df' triplet's flow was 100x off in NMSE)
-            verdict.update(trusted=False, why=(
-                f"the planes are {options.planes_image!r} images and the shipped models "
-                "read bright-field ones: FocalTriplet.from_4dstem(..., virtual='bf')"))
+        # trained on bright-field images: the contrast of the others does not
+        # follow the phase (a 'df' triplet's flow was 100x off in NMSE); the
+        # reason the network alone is told, here the trust check's
+        why = image_verdict("flowtie", options.planes_image, model, network_alone=True)
+        if why is not None:
+            verdict.update(trusted=False, why=why)
         info.update(verdict)
         if verdict["trusted"]:
             if spread is not None:

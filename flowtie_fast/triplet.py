@@ -28,8 +28,7 @@ from .physics import wavenumber
 from .planes import (check_gradient, check_image, check_intensity_stats, check_not_masked,
                      check_positions, focal_weights)
 from .solvers import reconstruct
-from .trust import (gradient_orientation, orientation_warning, plain_tie_gradient,
-                    sign_check)
+from .trust import checked_orientation, plain_tie_gradient
 from .stem.focal import (apply_registration, check_com_extent, check_register, check_rotation,
                          com_poisson_noise, orient, prepare_planes, reduce_triplet,
                          register_planes, virtual_image_noise)
@@ -244,17 +243,12 @@ class FocalSeries:
         it passes, also its sign against the TIE gradient of the planes, or
         of the ``reference`` planes (:func:`flowtie_fast.trust.sign_check`: a
         turn by 180° has no curl)."""
-        check = gradient_orientation(self.gradient, self.pixel_size)
+        check = checked_orientation(
+            self.gradient, self.pixel_size,
+            (lambda: self._plain_tie_gradient(reference)) if sign else None,
+            rotation=rotation, flip=flip)
         self.gradient_orientation = check
-        if sign and not check["suspect"]:
-            try:
-                tie = self._plain_tie_gradient(reference)
-            except InputError:  # no TIE phase of these planes: no sign to compare
-                check["tie_correlation"] = None
-            else:
-                sign_check(check, self.gradient, tie)
         if check["suspect"]:
-            check["why"] = orientation_warning(check, rotation, flip)
             warnings.warn(check["why"], TrustWarning, stacklevel=4)
 
     def _plain_tie_gradient(self, planes=None):

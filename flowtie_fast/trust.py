@@ -73,8 +73,8 @@ from .stem.rotation import least_turn
 
 __all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict",
            "disagreement", "classical_verdict", "gradient_orientation",
-           "orientation_warning", "plain_tie_gradient", "sign_check", "MEMBERS",
-           "NO_UNCERTAINTY"]
+           "checked_orientation", "orientation_warning", "plain_tie_gradient", "sign_check",
+           "MEMBERS", "NO_UNCERTAINTY"]
 
 MEMBERS = ("default", "seed0", "seed2", "seed3")  # the calibrated set of shipped models
 CALIBRATION_FILE = "calibration.json"
@@ -544,6 +544,49 @@ def sign_check(check, gradient, tie_gradient) -> None:
         check.update(suspect=True, misorientation=180.0, correction=(180.0, False))
 
 
+def checked_orientation(gradient, pixel_size, tie_gradient=None, *, rotation=None,
+                        flip=None, testable_only=False) -> dict:
+    """:func:`gradient_orientation`, then, where the gradient passes it,
+    :func:`sign_check` against a TIE gradient, and the message where either
+    finds it suspect: the check of a triplet's and of a plan's gradient.
+
+    Parameters
+    ----------
+    gradient : array (2, Ny, Nx)
+        The measured gradient, rad/Å.
+    pixel_size : float or (float, float)
+        Å.
+    tie_gradient : callable, optional
+        No arguments, returns the reference gradient (:func:`plain_tie_gradient`
+        of bright-field planes); an :class:`InputError` from it (no TIE phase
+        of those planes) leaves ``tie_correlation`` None. None: no sign check.
+    rotation, flip : float and bool, optional
+        As in :func:`orientation_warning`.
+    testable_only : bool
+        Compare the sign only where the curl check could tell (a plan, which
+        checks again while none could, keeps a stable verdict so).
+
+    Returns
+    -------
+    dict
+        What :func:`gradient_orientation` returned, with ``tie_correlation``
+        where the sign was compared and ``why`` (:func:`orientation_warning`)
+        where suspect.
+    """
+    check = gradient_orientation(gradient, pixel_size)
+    if (tie_gradient is not None and not check["suspect"]
+            and (check["testable"] or not testable_only)):
+        try:
+            tie = tie_gradient()
+        except InputError:  # no TIE phase of these planes: no sign to compare
+            check["tie_correlation"] = None
+        else:
+            sign_check(check, gradient, tie)
+    if check["suspect"]:
+        check["why"] = orientation_warning(check, rotation, flip)
+    return check
+
+
 def plain_tie_gradient(planes, derivative_weights, intensity_weights, wavenumber,
                        pixel_size) -> np.ndarray:
     """The gradient of the uniform-intensity TIE phase of focal planes alone:
@@ -606,16 +649,6 @@ def orientation_warning(check, rotation=None, flip=None) -> str:
         One sentence for a :class:`~flowtie_fast.errors.TrustWarning` and
         ``info["trust"]``.
     """
-    theta, transpose = check["correction"]
-    if rotation is None:
-        turn = f"rotating it by {round(theta) % 180:d}°" + (
-            " after swapping its two components" if transpose else "")
-        fix = "check the order of its components (d/d axis 0 first) and the detector rotation"
-    else:
-        right = (theta - rotation) if transpose else (theta + rotation)
-        turn = "the rotation and flip named below"
-        fix = (f"rotation={round(right) % 180:d} (or {round(right) % 180 + 180:d}) with "
-               f"flip={bool(flip) != transpose}, or rotation='auto', would make it curl-free")
     if check.get("misorientation") == 180.0:
         fix = ("turn it by 180°" if rotation is None else
                f"rotation={round(rotation + 180) % 360:d} with flip={bool(flip)}, or "
@@ -627,6 +660,16 @@ def orientation_warning(check, rotation=None, flip=None) -> str:
                 f"the specimen is thick or heavy (a few nm of gold at a defocus step of "
                 f"80 Å), where the bright-field TIE phase or the centre of mass no longer "
                 f"follows the phase: check on a thin region)")
+    theta, transpose = check["correction"]
+    if rotation is None:
+        turn = f"rotating it by {round(theta) % 180:d}°" + (
+            " after swapping its two components" if transpose else "")
+        fix = "check the order of its components (d/d axis 0 first) and the detector rotation"
+    else:
+        right = (theta - rotation) if transpose else (theta + rotation)
+        turn = "the rotation and flip named below"
+        fix = (f"rotation={round(right) % 180:d} (or {round(right) % 180 + 180:d}) with "
+               f"flip={bool(flip) != transpose}, or rotation='auto', would make it curl-free")
     return (f"gradient: {check['curl_fraction']:.0%} of its power is curl, which no phase "
             f"gradient has ({check['least_curl_fraction']:.0%} after {turn}): its "
             f"orientation looks wrong by about {check['misorientation']:.0f}° (a detector "

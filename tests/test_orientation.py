@@ -145,8 +145,9 @@ def test_a_plan_checks_the_first_telling_gradient_once(monkeypatch):
     assert wrong.info["trust"] == why
     calls = []
     # checked once: later frames are not checked again, and still carry the verdict
-    monkeypatch.setattr("flowtie_fast.plan.gradient_orientation",
-                        lambda *a: calls.append(a) or trust.gradient_orientation(*a))
+    original = trust.gradient_orientation
+    monkeypatch.setattr("flowtie_fast.trust.gradient_orientation",
+                        lambda *a: calls.append(a) or original(*a))
     wrong.solve(*planes, gradient=swapped)
     assert calls == [] and wrong.info["trust"] == why
 

@@ -428,7 +428,7 @@ def check_disk(name: str, radius, detector: Detector) -> float:
 
 
 def check_com_radius(com_radius, regions: dict, detector: Detector, name: str = "zero",
-                     stacklevel: int = 4):
+                     stacklevel: int = 4) -> None:
     """Warn where the centre of mass is limited to less than the bright-field disk.
 
     The phase gradient moves the bright-field disk; a centre of mass taken
@@ -454,13 +454,13 @@ def check_com_radius(com_radius, regions: dict, detector: Detector, name: str = 
     stacklevel : int
         Of the warning: the caller's line (default 4: ``from_4dstem``'s).
 
-    Returns
-    -------
-    float or None
-        The checked ``com_radius`` in mrad.
+    Raises
+    ------
+    InputError
+        Naming ``com_radius`` where :func:`check_disk` refuses it.
     """
     if com_radius is None:
-        return None
+        return
     com_radius = check_disk("com_radius", com_radius, detector)
     disk = regions.get("bf-full", (0.0, 0.0))[1]
     if com_radius < disk:
@@ -474,7 +474,6 @@ def check_com_radius(com_radius, regions: dict, detector: Detector, name: str = 
             "edge, whose shift carries the phase gradient, is cut off, and the centre of mass "
             f"(icom's phase) comes out too weak; give com_radius={least:.{digits}g} or more, "
             "or None for the whole detector", TrustWarning, stacklevel=stacklevel)
-    return com_radius
 
 
 def disk_fills_detector(mean) -> tuple:

@@ -161,8 +161,7 @@ class TrainConfig:
                 raise InputError(f"teacher: expected a model name or file, got {self.teacher!r}")
             self.teacher = str(self.teacher) or None
         d = self.distill
-        if not is_number(d) \
-                or not 0.0 <= float(d) <= 1.0:
+        if not is_number(d) or not 0.0 <= float(d) <= 1.0:
             raise InputError(f"distill: expected a fraction in [0, 1], got {d!r}")
         self.distill = float(d)
         if self.distill > 0 and not self.teacher:
