@@ -528,8 +528,11 @@ def test_data_with_the_detector_axes_first_are_told_to_move_them():
             ft.FocalTriplet.from_4dstem(*swapped, **kw)
         except ft.InputError:  # refused further on: the warning came first
             pass
+    # the fix the warning names gives data the library reads without it
     back = [np.moveaxis(d, (0, 1), (2, 3)) for d in swapped]
-    assert all(np.array_equal(b, d) for b, d in zip(back, data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", stem.DetectorWarning)
+        ft.FocalTriplet.from_4dstem(*back, **kw)
 
 
 def test_a_centre_of_mass_limited_inside_the_bright_field_disk_is_warned():
