@@ -170,14 +170,18 @@ def _reconstruct(args) -> int:
         options["virtual"] = args.virtual
     if args.register is not None:
         options["register"] = {"on": True, "periodic": "periodic", "off": False}[args.register]
+    if args.normalize is not None:
+        options["normalize"] = args.normalize == "on"
     with ft.load(args.file) as ds:
-        for flag, given in (("--virtual", args.virtual), ("--register", args.register)):
+        for flag, given in (("--virtual", args.virtual), ("--register", args.register),
+                            ("--normalize", args.normalize)):
             if given and ds.kind != "4dstem":
                 raise ft.InputError(f"{flag}: applies to 4D-STEM files only; "
                                     f"{args.file.name} holds a triplet of images")
         be = _one_shot_backend(args.backend, args.kernels, ds)
         t = ds.triplet(backend=be, **options) if ds.kind == "4dstem" else ds.triplet()
         _report_registration(getattr(t, "registration", None))
+        _report_flux(getattr(t, "flux", None))
         extra = {}
         if args.method == "flowtie":
             extra["model"] = _flow_model(args.model, args.precision, be)
@@ -228,6 +232,17 @@ def _report_registration(record) -> None:
              "not applied (under 0.1 px)")
     print(f"registration from the {record['signal']} images: shifts (dy, dx) px {shifts}; "
           f"{state}")
+
+
+def _report_flux(record) -> None:
+    """One line on the electrons per pattern of a 4D-STEM triplet's scans."""
+    m = (record or {}).get("per_pattern")
+    if not m or not all(v > 0 for v in m):  # nothing measured, or nothing to compare
+        return
+    state = "planes scaled to the in-focus scan's" if record["applied"] else \
+        "planes used as recorded"
+    print(f"beam: the -dz and +dz scans hold {m[0] / m[1]:.4g} and {m[2] / m[1]:.4g} times the "
+          f"in-focus scan's electrons per pattern; {state}")
 
 
 #: 4D-STEM data (bytes as stored) up to which ``--kernels auto`` takes the NumPy
@@ -800,6 +815,9 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--register", choices=("on", "periodic", "off"),
                      help="4D-STEM: undo the drift between the three scans (default on; "
                           "periodic for scans of whole unit cells; off)")
+    rec.add_argument("--normalize", choices=("on", "off"),
+                     help="4D-STEM: bring the -dz and +dz scans to the in-focus scan's beam "
+                          "current, from the electrons their patterns hold (default on; off)")
     rec.set_defaults(func=_reconstruct)
 
     sim = command("simulate", parents=[common, overwrite],

@@ -29,9 +29,9 @@ from .planes import (check_gradient, check_image, check_intensity_stats, check_n
                      check_positions, focal_weights)
 from .solvers import reconstruct
 from .trust import checked_orientation, plain_tie_gradient
-from .stem.focal import (apply_registration, check_com_extent, check_register, check_rotation,
-                         com_poisson_noise, orient, prepare_planes, reduce_triplet,
-                         register_planes, virtual_image_noise)
+from .stem.focal import (apply_registration, check_com_extent, check_normalize, check_register,
+                         check_rotation, com_poisson_noise, orient, prepare_planes, reduce_triplet,
+                         register_planes, scaled, virtual_image_noise)
 
 __all__ = ["FocalSeries", "FocalTriplet"]
 
@@ -48,12 +48,14 @@ def _checks_backend():
     return get_backend("cpu", kernels="numpy")
 
 
-def _bright_field(reductions, registration, register):
-    """The reductions' "bf" images, registered as the planes were, or None
-    where one of them has none."""
+def _bright_field(reductions, registration, register, flux):
+    """The reductions' "bf" images, scaled and registered as the planes were,
+    or None where one of them has none."""
     images = [r.virtual.get("bf") for r in reductions]
     if any(i is None for i in images):
         return None
+    if flux["applied"]:
+        images = scaled(images, flux["scale"])
     return apply_registration(images, registration, register)
 
 
@@ -220,6 +222,7 @@ class FocalSeries:
         self.gradient_noise = None  # Noise of the gradient's two components, (rad/Å)²
         self.gradient_orientation = None
         self.virtual = None  # the 4D-STEM virtual image the planes are (from_reductions)
+        self.flux = None  # the scans' electrons per pattern and the planes' scale (idem)
         if gradient is not None:
             self.gradient = self._check_gradient(gradient)
             self._check_orientation(sign=True)
@@ -332,7 +335,7 @@ class FocalTriplet(FocalSeries):
     @classmethod
     def from_4dstem(cls, minus, zero, plus, dz, scan_step, k_sampling, energy, *, center=None,
                     virtual="bf", bf_radius=None, com_radius=None, rotation=0.0, flip=False,
-                    register=True, backend="auto", chunk_bytes=64 << 20):
+                    register=True, normalize=True, backend="auto", chunk_bytes=64 << 20):
         """Focal triplet from 4D-STEM data recorded at three probe defoci.
 
         Each dataset is reduced in one pass (chunked, bounded memory) to the
@@ -387,6 +390,17 @@ class FocalTriplet(FocalSeries):
             that align each plane, row 1 zero); shifts under 0.1 px are
             reported, not applied, and an unreliable estimate is not applied,
             with a :class:`~flowtie_fast.stem.registration.RegistrationWarning`.
+        normalize : bool
+            Bring the ±dz planes to the in-focus scan's beam current (default
+            True): each is scaled by the ratio of the electrons the in-focus
+            scan's patterns hold on the whole detector to those its own
+            hold (the same whatever the defocus, to 0.24 % on simulations),
+            so that a current, dwell time or gain that changed between the
+            scans does not enter the focal derivative. The electrons per
+            pattern and the factors are in ``triplet.flux``
+            (:func:`~flowtie_fast.stem.focal.flux_record`); a factor beyond
+            1.5 either way is applied with a :class:`TrustWarning`. False
+            uses the planes as recorded.
         backend : {"auto", "cpu", "gpu"}
             Where the reduction runs (default "auto": the GPU where one
             answers).
@@ -401,6 +415,8 @@ class FocalTriplet(FocalSeries):
         check_rotation(rotation)  # before the pass over the data
         if not isinstance(flip, (bool, np.bool_)):
             raise InputError(f"flip: expected True or False, got {flip!r}")
+        check_register(register)
+        check_normalize(normalize)
         data = {"minus": minus, "zero": zero, "plus": plus}
         for name, d in data.items():
             check_not_masked(name, d)
@@ -419,11 +435,11 @@ class FocalTriplet(FocalSeries):
                                 "it was read", reason=first_line(exc)) from exc
         return cls.from_reductions(reductions, dz, scan_step, virtual=virtual,
                                    rotation=rotation, flip=flip, counts=counts,
-                                   register=register)
+                                   register=register, normalize=normalize)
 
     @classmethod
     def from_reductions(cls, reductions, dz, scan_step, *, virtual="bf", rotation=0.0,
-                        flip=False, counts=False, register=True):
+                        flip=False, counts=False, register=True, normalize=True):
         """Focal triplet from the three reductions of a 4D-STEM triplet.
 
         The second half of :meth:`from_4dstem`, for reductions made elsewhere
@@ -455,6 +471,10 @@ class FocalTriplet(FocalSeries):
         register : bool or "periodic"
             Undo the drift between the three scans (default True; as in
             :meth:`from_4dstem`).
+        normalize : bool
+            Bring the ±dz planes to the in-focus scan's beam current, from
+            the reductions' ``"whole"`` images (default True; as in
+            :meth:`from_4dstem`).
 
         Returns
         -------
@@ -483,19 +503,21 @@ class FocalTriplet(FocalSeries):
         check_rotation(rotation)
         if not isinstance(counts, (bool, np.bool_)):
             raise InputError(f"counts: expected True or False, got {counts!r}")
-        reductions, planes, scan_step, energy, noise, registration = prepare_planes(
-            reductions, scan_step, virtual=virtual, counts=counts, register=register)
+        reductions, planes, scan_step, energy, noise, registration, flux = prepare_planes(
+            reductions, scan_step, virtual=virtual, counts=counts, register=register,
+            normalize=normalize)
         check_com_extent(reductions[1], "zero")
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
         # The half turn is told by the TIE phase of bright-field images, whose
         # contrast follows the phase (that of "abf" and "df" images does not).
         bright = virtual in SIGNED_IMAGES
-        reference = None if bright else _bright_field(reductions, registration, register)
+        reference = None if bright else _bright_field(reductions, registration, register, flux)
         given = not isinstance(rotation, str)  # "auto" resolves 180° with the TIE phase
         reductions, rotation, flip = orient(
             reductions, rotation, flip,
             t._tie_gradient if bright else lambda: t._plain_tie_gradient(reference))
         t.registration = registration
+        t.flux = flux
         t.virtual = virtual
         gradient = t._check_gradient(reductions[1].gradient)
         t.gradient = gradient - gradient.mean(axis=(1, 2), keepdims=True)

@@ -599,3 +599,85 @@ def test_the_com_radius_the_warning_advises_is_not_warned_again():
     limit, measured = re.search(r"limited to ([0-9.]+) mrad, inside the bright-field disk "
                                 r"\(([0-9.]+) mrad", message).groups()
     assert limit != measured
+
+
+def _textured_scans(seed=5, det=41, radius_px=9.5, scan=(20, 22)):
+    """Three 4D scans of one specimen (a bright-field disk whose brightness
+    and edge shift vary over the scan, a dark-field floor), alike in the
+    three, as electron counts (uint16)."""
+    rng = np.random.default_rng(seed)
+    iy, ix = np.indices((det, det)) - (det - 1) / 2
+    tilt = 0.6 * rng.standard_normal((2, *scan, 1, 1))
+    disk = (np.hypot(iy - tilt[0], ix - tilt[1]) <= radius_px).astype(np.float64)
+    bright = 1 + 0.3 * rng.random((*scan, 1, 1))
+    lam = 200 * disk * bright + 5 * (1 - disk) * (2 - bright)
+    k = 20e-3 / ft.wavelength(E) / radius_px
+    return [rng.poisson(lam).astype(np.uint16) for _ in range(3)], k
+
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+def test_a_beam_current_changed_between_the_scans_is_undone():
+    """The ±dz scans recorded at 1.08 and 0.93 times the in-focus scan's
+    current: with ``normalize`` (the default) their planes are those of the
+    same scans at one current, the factors are recorded, and the Poisson
+    noise of the scaled counts is c² times theirs; without it the planes
+    keep the change."""
+    data, k = _textured_scans()
+    kw = dict(dz=20.0, scan_step=0.2, k_sampling=k, energy=E, backend="cpu", register=False)
+    same = ft.FocalTriplet.from_4dstem(*data, **kw)
+    assert same.flux["applied"] and same.flux["scale"][1] == 1.0
+    rng = np.random.default_rng(1)
+    # the same specimen at other currents: counts drawn anew at 1.08 and 0.93 times
+    changed = [rng.poisson(data[0] * 1.08).astype(np.uint16), data[1],
+               rng.poisson(data[2] * 0.93).astype(np.uint16)]
+    t = ft.FocalTriplet.from_4dstem(*changed, **kw)
+    scale = t.flux["scale"]
+    assert scale[0] == pytest.approx(1 / 1.08, rel=2e-3)
+    assert scale[2] == pytest.approx(1 / 0.93, rel=2e-3)
+    m = t.flux["per_pattern"]
+    assert m[0] / m[1] == pytest.approx(1.08, rel=2e-3) and m[2] / m[1] == pytest.approx(0.93, rel=2e-3)
+    for got, want in zip(t.planes, same.planes):
+        assert abs(float(got.mean()) / float(want.mean()) - 1) < 3e-3
+    raw = ft.FocalTriplet.from_4dstem(*changed, **kw, normalize=False)
+    assert not raw.flux["applied"]
+    assert float(raw.minus.mean()) / float(same.minus.mean()) == pytest.approx(1.08, rel=3e-3)
+    np.testing.assert_allclose(np.asarray(t.minus), np.asarray(raw.minus) * scale[0], rtol=1e-6)
+    # the noise of the planes follows them
+    if t.noise.source == "poisson":
+        for c, v, v_raw in zip(scale, t.noise.variance, raw.noise.variance):
+            assert v == pytest.approx(c * c * v_raw, rel=1e-6)
+    else:
+        for c, v, v_raw in zip(scale, t.noise.variance, raw.noise.variance):
+            assert v == pytest.approx(c * c * v_raw, rel=0.02)
+
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+def test_scans_of_another_dwell_time_are_scaled_with_a_warning():
+    """A +dz scan that holds twice the electrons a pattern (twice the dwell
+    time) is brought to the in-focus scan's flux with a TrustWarning that
+    names it and the option that turns the scaling off; an option that is
+    not a bool is refused before the data are read."""
+    data, k = _textured_scans()
+    kw = dict(dz=20.0, scan_step=0.2, k_sampling=k, energy=E, backend="cpu", register=False)
+    doubled = [data[0], data[1], (data[2] * 2).astype(np.uint16)]
+    with pytest.warns(ft.TrustWarning, match=r"^plus holds 2 times the in-focus scan's "
+                                             r"electrons per pattern.*normalize=False"):
+        t = ft.FocalTriplet.from_4dstem(*doubled, **kw)
+    assert t.flux["scale"][2] == pytest.approx(0.5, rel=2e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        ft.FocalTriplet.from_4dstem(*data, **kw)  # one current: no warning
+
+    class Unread:
+        shape = (20, 22, 41, 41)
+        dtype = np.dtype(np.uint16)
+        ndim = 4
+
+        def __getitem__(self, key):
+            raise AssertionError("read before the options were checked")
+
+        def __array__(self, *a, **k):
+            raise AssertionError("read before the options were checked")
+
+    with pytest.raises(ft.InputError, match=r"^normalize: expected True or False, got 'yes'"):
+        ft.FocalTriplet.from_4dstem(Unread(), Unread(), Unread(), **kw, normalize="yes")

@@ -4,6 +4,8 @@ training data's."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import warnings
 
 import numpy as np
@@ -182,6 +184,20 @@ def test_register_is_checked(case):
 
 # ---------------------------------------------------------------- the command line
 
+def test_cli_normalize_off_uses_the_planes_as_recorded(case, tmp_path, capsys):
+    """``--normalize off`` reaches from_4dstem (the scaled +dz scan keeps its
+    flux in the planes) and says so; on a triplet of images it is refused."""
+    from flowtie_fast.cli import main
+
+    src = tmp_path / "dim.npz"
+    ft.save(src, dataclasses.replace(case, plus=case.plus * np.float32(0.9)))
+    for flag, told in (("on", "planes scaled"), ("off", "planes used as recorded")):
+        out = tmp_path / f"rec_{flag}.npz"
+        assert main(["reconstruct", str(src), "-o", str(out), "--method", "icom",
+                     "--register", "off", "--normalize", flag]) == 0
+        line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("beam:")]
+        assert len(line) == 1 and told in line[0] and " 0.9 times" in line[0]
+
 def test_cli_writes_the_uncertainty_and_says_when_it_falls_back(case, tmp_path, capsys):
     from flowtie_fast.cli import main
 
@@ -194,6 +210,8 @@ def test_cli_writes_the_uncertainty_and_says_when_it_falls_back(case, tmp_path, 
         assert f["uncertainty"].shape == case.phase.shape and "fallback" not in f
     text = capsys.readouterr()
     assert "registration from the df images" in text.out
+    assert re.search(r"beam: the -dz and \+dz scans hold [0-9.]+ and [0-9.]+ times the in-focus "
+                     r"scan's electrons per pattern; planes scaled", text.out)
 
     low = tmp_path / "low.npz"
     rng = np.random.default_rng(1)

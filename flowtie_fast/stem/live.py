@@ -44,7 +44,7 @@ from ..errors import BackendError, InputError, check_positive
 from ..triplet import FocalTriplet
 from .detector import (VIRTUAL_IMAGES, check_com_radius, check_detector, check_disk,
                        check_regions, detector_weights, triplet_geometry, weight_ranges)
-from .focal import check_register, holds_counts
+from .focal import check_normalize, check_register, holds_counts
 from .reduction import (_native, check_float32_range, check_pixel_ranges, finish_reduction,
                         reduce_frames)
 
@@ -403,7 +403,7 @@ def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=Non
 
 def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, center=None,
                           virtual="bf", bf_radius=None, com_radius=None, rotation=0.0,
-                          flip=False, register=True, backends=None):
+                          flip=False, register=True, normalize=True, backends=None):
     """:meth:`FocalTriplet.from_4dstem` with the passes run by LiberTEM.
 
     One more pass (LiberTEM's SumUDF over the in-focus dataset) gives the
@@ -442,6 +442,9 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     register : bool or "periodic"
         Undo the drift between the three scans (default True; False to
         skip, for scans known to be aligned; as in :meth:`from_4dstem`).
+    normalize : bool
+        Bring the ±dz planes to the in-focus scan's beam current (default
+        True; as in :meth:`from_4dstem`).
     backends : None, str or tuple of str
         LiberTEM's ``backends`` for every pass (see
         :func:`reduce_with_libertem`; default None).
@@ -470,6 +473,7 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
         raise InputError(f"virtual: expected one of {VIRTUAL_IMAGES}, got {virtual!r}")
     backends = _check_backends(ctx, backends)
     check_register(register)  # before any pass
+    check_normalize(normalize)
     check_positive("dz", dz, pair=True)
     check_positive("scan_step", scan_step, pair=True)
     shapes = [tuple(d.shape) for d in datasets]
@@ -501,4 +505,4 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     return FocalTriplet.from_reductions(reductions, dz, scan_step, virtual=virtual,
                                         rotation=rotation, flip=flip,
                                         counts=holds_counts(datasets),
-                                        register=register)
+                                        register=register, normalize=normalize)
