@@ -9,7 +9,7 @@ common case ``I(z0 - dz), I(z0), I(z0 + dz)``.
 Both are containers: they check what they are given (:mod:`flowtie_fast.planes`)
 and hold it. ``FocalTriplet.from_4dstem`` and ``from_reductions`` build one
 from 4D-STEM data by the steps of :mod:`flowtie_fast.stem.focal` (reduction,
-registration, rotation); ``register=`` undoes drift by
+beam current, registration, rotation); ``register=`` undoes drift by
 :mod:`flowtie_fast.stem.registration`. The rotation calibration's TIE phase
 is the one :func:`flowtie_fast.solvers.reconstruct` gives.
 """
