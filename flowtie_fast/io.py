@@ -3,33 +3,54 @@
 Layout ``flowtie_fast/1`` (the same keys in both formats; HDF5 stores the
 scalars as attributes of the root group and the arrays as datasets):
 
-=============  =========================  ==========================================
-key            shape / type               meaning
-=============  =========================  ==========================================
-format         str                        ``"flowtie_fast/1"``
-kind           str                        ``"4dstem"`` or ``"triplet"``
-minus          (Sy, Sx, Ky, Kx) or        data at z = -dz (abTEM defocus +dz),
-               (Ny, Nx)                   any real dtype
-zero, plus     same                       at z = 0 and z = +dz
-dz             (2,) float, Å              (dz_minus, dz_plus)
-scan_step      (2,) float, Å              scan step (4dstem) or pixel size (triplet)
-k_sampling     (2,) float, 1/Å            detector sampling (4dstem only)
-energy         float, eV
-phase_gt       (Sy, Sx) float, rad        ground-truth phase (optional)
-gradient_gt    (2, Sy, Sx) float, rad/Å   its gradient (optional)
-gradient       (2, Ny, Nx) float, rad/Å   a measured phase gradient of a triplet
-                                          (optional; triplets only: 4D-STEM data
-                                          give theirs, the centre of mass, when
-                                          reduced), for ``method="icom"``
-material       str                        optional
-thickness      float, Å                   optional
-semiangle      float, mrad                optional
-=============  =========================  ==========================================
+=====================  =========================  ==========================================
+key                    shape / type               meaning
+=====================  =========================  ==========================================
+format                 str                        ``"flowtie_fast/1"``
+kind                   str                        ``"4dstem"`` or ``"triplet"``
+minus                  (Sy, Sx, Ky, Kx) or        data at z = -dz (abTEM defocus +dz),
+                       (Ny, Nx)                   any real dtype
+zero, plus             same                       at z = 0 and z = +dz
+dz                     (2,) float, Å              (dz_minus, dz_plus)
+scan_step              (2,) float, Å              scan step (4dstem) or pixel size (triplet)
+k_sampling             (2,) float, 1/Å            detector sampling (4dstem only)
+energy                 float, eV
+phase_gt               (Sy, Sx) float, rad        ground-truth phase (optional)
+gradient_gt            (2, Sy, Sx) float, rad/Å   its gradient (optional)
+gradient               (2, Ny, Nx) float, rad/Å   a measured phase gradient of a triplet
+                                                  (optional; triplets only: 4D-STEM data
+                                                  give theirs, the centre of mass, when
+                                                  reduced), for ``method="icom"``
+virtual                str                        the 4D-STEM virtual image the planes are,
+                                                  one of ``"bf"``, ``"bf-full"``,
+                                                  ``"abf"``, ``"df"``, ``"whole"``
+                                                  (optional; triplets only)
+noise                  (3,) float, intensity²     the planes' noise variance, one per
+                                                  plane (optional; triplets only)
+noise_source           str                        where it came from: ``"poisson"``,
+                                                  ``"band"``, ``"given"`` or
+                                                  ``"estimated"`` (optional with
+                                                  ``noise``; default ``"given"``)
+gradient_noise         (2,) float, (rad/Å)²       the noise variance of the measured
+                                                  gradient, per component (optional,
+                                                  with ``gradient``)
+gradient_noise_source  str                        as ``noise_source``, for
+                                                  ``gradient_noise``
+material               str                        optional
+thickness              float, Å                   optional
+semiangle              float, mrad                optional
+=====================  =========================  ==========================================
 
 ``format`` and ``kind`` are optional when reading (files written by hand
 may leave them out), but checked when present: a format newer than
 ``flowtie_fast/1`` ("written by a newer flowtie_fast") and a ``kind`` that
 disagrees with the arrays' dimensions are refused.
+
+A triplet without ``virtual`` (planes given directly, or a file of an older
+version) loads with ``virtual`` None; one without ``noise`` has its noise
+estimated again when the triplet is made (Poisson for integer planes, else
+unknown). The registration record of a 4D-STEM triplet
+(``triplet.registration``) is not stored.
 
 Writes are atomic (a temporary file in the target folder, flushed to disk,
 then a rename), so a failed write leaves nothing behind. Temporaries are named
@@ -63,7 +84,9 @@ from .files import (_check_bool, _short, _suffix, as_path, atomic_path, check_hd
                     check_input_file, check_target)
 from .backend import _gib, host_available_memory, is_cupy
 from .errors import RANGES, InputError, check_positive, is_number
+from .noise import SOURCES, Noise
 from .physics import wavelength
+from .stem.detector import VIRTUAL_IMAGES
 from .triplet import FocalTriplet, HDF5ReadError
 
 __all__ = ["Dataset", "load", "save"]
@@ -72,8 +95,12 @@ FORMAT = "flowtie_fast/1"
 _ARRAYS = ("minus", "zero", "plus", "phase_gt", "gradient_gt", "gradient")
 _REQUIRED = ("minus", "zero", "plus", "dz", "scan_step", "energy")
 _OPTIONAL_SCALARS = ("material", "thickness", "semiangle")
+# A triplet's record of its planes: the noise of the planes (one variance per
+# plane, intensity²) and of the measured gradient (one per component, (rad/Å)²).
+_NOISES = (("noise", 3, "intensity²", "plane"), ("gradient_noise", 2, "(rad/Å)²", "component"))
+_TRIPLET_ONLY = ("gradient", "virtual") + tuple(k for k, *_ in _NOISES)
 _KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy", "format", "kind") + \
-    _OPTIONAL_SCALARS
+    _OPTIONAL_SCALARS + ("virtual",) + tuple(n for k, *_ in _NOISES for n in (k, k + "_source"))
 
 
 @dataclass
@@ -108,6 +135,16 @@ class Dataset:
     gradient : array (2, Ny, Nx), optional
         A measured phase gradient in rad/Å of a triplet of images, given to
         the triplet (``method="icom"``).
+    virtual : str, optional
+        The 4D-STEM virtual image a triplet's planes are (``"bf"``,
+        ``"bf-full"``, ``"abf"``, ``"df"``, ``"whole"``), given to the
+        triplet; None (the default) where unknown.
+    noise : Noise, optional
+        The noise of a triplet's planes (variances in intensity²), given to
+        the triplet; None (the default): estimated when it is made.
+    gradient_noise : Noise, optional
+        The noise of the measured ``gradient`` (variances per component in
+        (rad/Å)²), given to the triplet (``icom`` filters by it).
     _handle, _closed, _path : optional
         Internal: the open HDF5 file, whether it was closed, and the file's
         path.
@@ -124,6 +161,9 @@ class Dataset:
     gradient_gt: object = None
     meta: dict = field(default_factory=dict)
     gradient: object = None
+    virtual: str | None = None
+    noise: Noise | None = None
+    gradient_noise: Noise | None = None
     _handle: object = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
     _path: object = field(default=None, repr=False)
@@ -151,7 +191,9 @@ class Dataset:
                  f"scan_step={nums(self.scan_step)} Å", f"energy={float(self.energy):g} eV"]
         if self.k_sampling is not None:
             parts.append(f"k_sampling={nums(self.k_sampling)} 1/Å")
-        extra = [k for k in ("gradient", "phase_gt", "gradient_gt")
+        if self.virtual is not None:
+            parts.append(f"virtual={self.virtual!r}")
+        extra = [k for k in ("gradient", "phase_gt", "gradient_gt", "noise", "gradient_noise")
                  if getattr(self, k) is not None]
         if extra:
             parts.append(f"with={extra}")
@@ -180,7 +222,8 @@ class Dataset:
         FocalTriplet
             For 4D-STEM data, the reduced triplet (with its ``gradient``, the
             centre of mass); for images, the three images and any measured
-            ``gradient`` (rad/Å).
+            ``gradient`` (rad/Å), ``virtual``, ``noise`` and ``gradient_noise``
+            stored with them.
         """
         self._check_open("dataset")
         unknown = sorted(k for k in kwargs if k not in _TRIPLET_OPTIONS)
@@ -205,8 +248,10 @@ class Dataset:
         where = Path(self._name())
         planes = [_read(getattr(self, k), k, where) for k in ("minus", "zero", "plus")]
         gradient = None if self.gradient is None else _read(self.gradient, "gradient", where)
-        return FocalTriplet(*planes, dz=self.dz, pixel_size=self.scan_step, energy=self.energy,
-                            gradient=gradient)
+        t = FocalTriplet(*planes, dz=self.dz, pixel_size=self.scan_step, energy=self.energy,
+                         gradient=gradient, noise=self.noise, virtual=self.virtual)
+        t.gradient_noise = self.gradient_noise
+        return t
 
     def _name(self) -> str:
         """How messages name this dataset: its file's name, else ``dataset``."""
@@ -274,7 +319,9 @@ def _from_object(obj) -> Dataset:
     if isinstance(obj, FocalTriplet):
         host = [None if a is None else (a.get() if is_cupy(a) else a)
                 for a in (*obj.planes, obj.gradient)]
-        return Dataset(*host[:3], obj.dz, obj.pixel_size, obj.energy, gradient=host[3])
+        return Dataset(*host[:3], obj.dz, obj.pixel_size, obj.energy, gradient=host[3],
+                       virtual=obj.virtual, noise=obj.noise,
+                       gradient_noise=getattr(obj, "gradient_noise", None))
     # A simulate.SimulationCase (duck-typed: the module needs abTEM).
     if all(hasattr(obj, a) for a in ("minus", "zero", "plus", "k_sampling", "phase")):
         return Dataset(obj.minus, obj.zero, obj.plus, (obj.dz, obj.dz), tuple(obj.scan_step),
@@ -298,6 +345,13 @@ def _fields(ds: Dataset) -> dict:
         out["gradient_gt"] = ds.gradient_gt
     if ds.gradient is not None:
         out["gradient"] = ds.gradient
+    if ds.virtual is not None:
+        out["virtual"] = ds.virtual
+    for k, *_ in _NOISES:
+        noise = getattr(ds, k)
+        if noise is not None:
+            out[k] = np.asarray(noise.variance, float)
+            out[k + "_source"] = noise.source
     for k in _OPTIONAL_SCALARS:
         if ds.meta.get(k) is not None:
             out[k] = ds.meta[k]
@@ -308,8 +362,11 @@ def save(path, obj, overwrite: bool = False) -> Path:
     """Write a triplet, a 4D-STEM dataset or a simulated case atomically.
 
     A :class:`~flowtie_fast.triplet.FocalTriplet`'s measured ``gradient``
-    (e.g. the centre of mass of 4D-STEM data) is stored too, as ``gradient``,
-    and given back to the triplet by :meth:`Dataset.triplet`.
+    (e.g. the centre of mass of 4D-STEM data), the virtual image its planes
+    are (``virtual``), the noise of its planes (``noise``) and of its
+    gradient (``gradient_noise``) are stored too, under those keys, and
+    given back to the triplet by :meth:`Dataset.triplet`; its registration
+    record is not.
 
     Parameters
     ----------
@@ -336,9 +393,11 @@ def save(path, obj, overwrite: bool = False) -> Path:
         Naming ``path`` for a path that is not a writable file path (a
         directory, a folder that is a file, a name too long, an existing file
         when ``overwrite`` is False), ``overwrite`` for a value that is not a
-        bool, ``obj`` for another object, a closed HDF5 dataset, or
+        bool, ``obj`` for another object, a closed HDF5 dataset,
         ``meta`` keys the layout does not store (all but ``material``,
-        ``thickness`` and ``semiangle``).
+        ``thickness`` and ``semiangle``), or a gradient, virtual image or
+        noise given with 4D-STEM data, or a noise that is not a
+        :class:`~flowtie_fast.noise.Noise` of finite non-negative variances.
     OSError
         When the file cannot be written (disk full, read-only file system,
         permission denied), naming ``path``; no temporary is left.
@@ -354,9 +413,13 @@ def save(path, obj, overwrite: bool = False) -> Path:
         raise InputError(f"obj: the layout {FORMAT} stores the meta keys "
                          f"{', '.join(_OPTIONAL_SCALARS)} only, not {_short(repr(lost), 80)}; "
                          "remove them from meta (and keep them elsewhere) to save")
-    if ds.gradient is not None and ds.kind == "4dstem":
-        raise InputError("obj: a measured 'gradient' is stored for a triplet of images only; "
-                         "4D-STEM data give their own (the centre of mass) when reduced")
+    given = [k for k in _TRIPLET_ONLY if getattr(ds, k) is not None]
+    if given and ds.kind == "4dstem":
+        raise InputError(f"obj: {_triplet_only(given)}")
+    for k, *_ in _NOISES:
+        if not isinstance(getattr(ds, k), (Noise, type(None))):
+            raise InputError(f"obj: expected its {k} to be a Noise or None, got "
+                             f"{_short(repr(getattr(ds, k)), 60)}")
     try:
         fields = _fields(ds)
     except (AttributeError, TypeError, ValueError) as exc:
@@ -711,19 +774,26 @@ def _read(v, k: str, path: Path) -> np.ndarray:
         raise InputError(f"{path.name}: '{k}' cannot be read ({exc})") from exc
 
 
-def _positive(fields: dict, k: str, path: Path, most: int, unit: str) -> tuple:
-    """Key ``k``: ``most`` positive finite floats (one value is repeated)."""
-    want = "a positive finite number" + (" or a pair of them" if most == 2 else "")
-    want += f" ({unit})"
+def _reals(fields: dict, k: str, path: Path, counts, want: str) -> np.ndarray:
+    """Key ``k``: a number or a flat run of real numbers, as many as one of
+    ``counts``, as float64; :class:`InputError` saying it must be ``want``
+    otherwise."""
     v = _as_array(fields[k], k, path)
-    if v.shape is None or len(v.shape) > 1 or not 1 <= int(np.prod(v.shape)) <= most:
+    if v.shape is None or len(v.shape) > 1 or int(np.prod(v.shape)) not in counts:
         got = "no dataspace" if v.shape is None else \
             f"{int(np.prod(v.shape))} values of shape {tuple(v.shape)}"
         raise InputError(f"{path.name}: '{k}' must be {want}, got {got}")
     a = _read(v, k, path)
     if a.dtype.kind not in "iuf":
         raise InputError(f"{path.name}: '{k}' must be {want}, got {_describe(a)}")
-    values = a.astype(float).reshape(-1)
+    return a.astype(float).reshape(-1)
+
+
+def _positive(fields: dict, k: str, path: Path, most: int, unit: str) -> tuple:
+    """Key ``k``: ``most`` positive finite floats (one value is repeated)."""
+    want = "a positive finite number" + (" or a pair of them" if most == 2 else "")
+    want += f" ({unit})"
+    values = _reals(fields, k, path, range(1, most + 1), want)
     if not (np.isfinite(values).all() and (values > 0).all()):
         raise InputError(f"{path.name}: '{k}' must be {want}, got {values.tolist()}")
     if k in RANGES:  # a unit slip (metres, keV) is named with the file's key
@@ -792,9 +862,10 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
         k_sampling = _positive(fields, "k_sampling", path, 2, "1/Å")
     scan = shape[:2]
     truth = {}
-    if "gradient" in fields and len(shape) == 4:
-        raise InputError(f"{path.name}: 'gradient' is for a triplet of images; 4D-STEM data "
-                         "give their own (the centre of mass) when reduced: remove it")
+    given = [k for k in _TRIPLET_ONLY if k in fields]
+    if given and len(shape) == 4:
+        raise InputError(f"{path.name}: {_triplet_only(given)}: remove "
+                         f"{'it' if len(given) == 1 else 'them'}")
     for k, want in (("phase_gt", scan), ("gradient_gt", (2,) + scan), ("gradient", (2,) + scan)):
         if k in fields:
             got = _array_shape(fields, k, path)
@@ -805,6 +876,17 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
                 what = "a measured gradient" if k == "gradient" else "a ground truth"
                 raise InputError(f"{path.name}: '{k}' contains NaN or Inf; {what} must be "
                                  "finite")
+    virtual = None
+    if "virtual" in fields:
+        virtual = _text(fields, "virtual", path)
+        if virtual not in VIRTUAL_IMAGES:
+            raise InputError(f"{path.name}: 'virtual' must be one of {VIRTUAL_IMAGES} (the "
+                             f"4D-STEM virtual image the planes are), got {_short(virtual)!r}")
+    noises = {k: _noise(fields, k, path, count, unit, each)
+              for k, count, unit, each in _NOISES}
+    if noises["gradient_noise"] is not None and "gradient" not in fields:
+        raise InputError(f"{path.name}: 'gradient_noise' without 'gradient'; expected the "
+                         "noise of a measured gradient stored with it")
     meta = {}
     if "material" in fields:
         meta["material"] = _text(fields, "material", path)
@@ -818,7 +900,36 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
     arr = (lambda k: fields[k]) if lazy else (lambda k: np.asarray(fields[k]))
     return Dataset(arr("minus"), arr("zero"), arr("plus"), dz, scan_step, energy, k_sampling,
                    truth.get("phase_gt"), truth.get("gradient_gt"), meta,
-                   gradient=truth.get("gradient"), _handle=handle, _path=path)
+                   gradient=truth.get("gradient"), virtual=virtual, _handle=handle,
+                   _path=path, **noises)
+
+
+def _triplet_only(keys) -> str:
+    """Why 4D-STEM data hold none of ``keys`` (of :data:`_TRIPLET_ONLY`)."""
+    return (f"{', '.join(repr(k) for k in keys)} {'is' if len(keys) == 1 else 'are'} for a "
+            "triplet of images only; 4D-STEM data give their own (the centre of mass, the "
+            "virtual image chosen, their noise) when reduced")
+
+
+def _noise(fields: dict, k: str, path: Path, count: int, unit: str, each: str):
+    """Key ``k`` and ``k_source``: the :class:`~flowtie_fast.noise.Noise`
+    of ``count`` finite non-negative variances (``unit``, one per ``each``)
+    and a known source (default ``"given"``), or None where ``k`` is absent."""
+    source = k + "_source"
+    if k not in fields:
+        if source in fields:
+            raise InputError(f"{path.name}: '{source}' without '{k}'; expected both or "
+                             "neither")
+        return None
+    want = f"{count} finite non-negative variances ({unit}, one per {each})"
+    values = _reals(fields, k, path, (count,), want)
+    if not (np.isfinite(values).all() and (values >= 0).all()):
+        raise InputError(f"{path.name}: '{k}' must be {want}, got {values.tolist()}")
+    name = _text(fields, source, path) if source in fields else "given"
+    if name not in SOURCES:
+        raise InputError(f"{path.name}: '{source}' must be one of {SOURCES}, got "
+                         f"{_short(name)!r}")
+    return Noise(tuple(float(v) for v in values), name)
 
 
 def _check_format(fields: dict, path: Path, shape: tuple) -> None:

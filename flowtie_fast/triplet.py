@@ -21,14 +21,15 @@ import warnings
 import numpy as np
 
 from .backend import array_stats, get_backend, is_cupy
-from .errors import (RANGES, InputError, TrustWarning, check_count, check_positive, check_real,
-                     first_line)
+from .errors import (RANGES, InputError, TrustWarning, check_choice, check_count, check_positive,
+                     check_real, first_line)
 from .noise import Noise, check_noise, estimate_noise, poisson_noise
 from .physics import wavenumber
 from .planes import (check_gradient, check_image, check_intensity_stats, check_not_masked,
                      check_positions, focal_weights)
 from .solvers import reconstruct
 from .trust import checked_orientation, plain_tie_gradient
+from .stem.detector import VIRTUAL_IMAGES
 from .stem.focal import (apply_registration, check_com_extent, check_normalize, check_register,
                          check_rotation, com_poisson_noise, orient, prepare_planes, reduce_triplet,
                          register_planes, scaled, virtual_image_noise)
@@ -154,6 +155,9 @@ class FocalSeries:
         (:mod:`flowtie_fast.noise`). Default: Poisson statistics where the
         planes are counts (an integer dtype), otherwise unknown (None: no
         regularisation).
+    virtual : {"bf", "bf-full", "abf", "df", "whole"} or None, optional
+        The 4D-STEM virtual image the planes are (default None: unknown,
+        planes given directly); see the attribute.
 
     Attributes
     ----------
@@ -172,14 +176,17 @@ class FocalSeries:
         nor fall back to it).
     virtual : str or None
         The 4D-STEM virtual image the planes are (``"bf"``, ``"abf"``, ...:
-        set by :meth:`FocalTriplet.from_4dstem` and
+        given, or set by :meth:`FocalTriplet.from_4dstem` and
         :meth:`FocalTriplet.from_reductions`); None where unknown. The
         shipped flow models read ``"bf"`` images: ``flowtie`` does not trust
-        them on others.
+        them on others, and the TIE methods warn that their phase of them is
+        not the specimen's. A measured gradient given with planes of another
+        image is checked for curl but not for its sign (the TIE phase of such
+        images does not follow the specimen's).
     """
 
     def __init__(self, planes, z, pixel_size, energy, z0: float = 0.0, degree=None,
-                 gradient=None, noise=None):
+                 gradient=None, noise=None, virtual=None):
         if isinstance(planes, (list, tuple)):
             planes = list(planes)
         elif planes is not None and getattr(planes, "ndim", 0) == 3:
@@ -221,11 +228,12 @@ class FocalSeries:
         self.gradient = None
         self.gradient_noise = None  # Noise of the gradient's two components, (rad/Å)²
         self.gradient_orientation = None
-        self.virtual = None  # the 4D-STEM virtual image the planes are (from_reductions)
-        self.flux = None  # the scans' electrons per pattern and the planes' scale (idem)
+        self.virtual = None if virtual is None else check_choice("virtual", virtual,
+                                                                 VIRTUAL_IMAGES)
+        self.flux = None  # a 4D-STEM triplet's electrons per pattern and scale (from_reductions)
         if gradient is not None:
             self.gradient = self._check_gradient(gradient)
-            self._check_orientation(sign=True)
+            self._check_orientation(sign=self.virtual in (None,) + SIGNED_IMAGES)
 
     @staticmethod
     def _plane_names(n):
@@ -311,6 +319,9 @@ class FocalTriplet(FocalSeries):
         :meth:`from_4dstem` registers by default, from the dark field).
         ``"periodic"`` for images of whole periods. The record is in
         ``triplet.registration``.
+    virtual : {"bf", "bf-full", "abf", "df", "whole"} or None, optional
+        The 4D-STEM virtual image the planes are (default None: unknown; see
+        :class:`FocalSeries`).
 
     Examples
     --------
@@ -318,12 +329,12 @@ class FocalTriplet(FocalSeries):
     """
 
     def __init__(self, minus, zero, plus, dz, pixel_size, energy, gradient=None, noise=None,
-                 register=False):
+                 register=False, virtual=None):
         dz_minus, dz_plus = check_positive("dz", dz, pair=True)
         self.dz = (dz_minus, dz_plus)
         check_register(register)
         super().__init__([minus, zero, plus], [-dz_minus, 0.0, dz_plus], pixel_size, energy,
-                         z0=0.0, degree=2, gradient=gradient, noise=noise)
+                         z0=0.0, degree=2, gradient=gradient, noise=noise, virtual=virtual)
         self.registration = None
         if register:
             self.planes, self.registration = register_planes(self.planes, None, register)
@@ -507,7 +518,8 @@ class FocalTriplet(FocalSeries):
             reductions, scan_step, virtual=virtual, counts=counts, register=register,
             normalize=normalize)
         check_com_extent(reductions[1], "zero")
-        t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise)
+        t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise,
+                virtual=virtual)
         # The half turn is told by the TIE phase of bright-field images, whose
         # contrast follows the phase (that of "abf" and "df" images does not).
         bright = virtual in SIGNED_IMAGES
@@ -518,7 +530,6 @@ class FocalTriplet(FocalSeries):
             t._tie_gradient if bright else lambda: t._plain_tie_gradient(reference))
         t.registration = registration
         t.flux = flux
-        t.virtual = virtual
         gradient = t._check_gradient(reductions[1].gradient)
         t.gradient = gradient - gradient.mean(axis=(1, 2), keepdims=True)
         t._check_orientation(rotation, flip, sign=given and (bright or reference is not None),

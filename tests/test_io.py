@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+from test_stem import E, _disk_data
 
 import flowtie_fast as ft
 import flowtie_fast.files as ft_files
@@ -657,11 +660,109 @@ def test_a_triplet_keeps_its_measured_gradient_through_save_and_load(tmp_path):
         np.testing.assert_array_equal(ft.reconstruct(back, method="icom", backend="cpu").phase,
                                       expected)
     stack = [np.ones((2, 2, 4, 4))] * 3
-    with pytest.raises(ft.InputError, match="^obj: a measured 'gradient' is stored for a "
+    with pytest.raises(ft.InputError, match="^obj: 'gradient' is for a "
                                             "triplet of images only"):
         ft.save(tmp_path / "s.npz", ft.Dataset(*stack, dz=(20.0, 20.0), scan_step=(0.2, 0.2),
                                                energy=300e3, k_sampling=(0.1, 0.1),
                                                gradient=np.zeros((2, 2, 2))))
+
+
+@pytest.fixture(scope="module")
+def dark_field_triplet():
+    """A 4D-STEM triplet of annular dark-field ('df') images, with the noise
+    of its planes and of its centre of mass measured above the band limit."""
+    data, k = _disk_data()
+    return ft.FocalTriplet.from_4dstem(*data, dz=20.0, scan_step=0.2, k_sampling=k, energy=E,
+                                       virtual="df", backend="cpu")
+
+
+def _solved(t, method, **kw):
+    """The phase of ``t`` by ``method`` on the CPU, its info and the messages of
+    the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rec = ft.reconstruct(t, method=method, backend="cpu", **kw)
+    return rec.phase, rec.info, [str(w.message) for w in caught
+                                 if issubclass(w.category, ft.TrustWarning)]
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_a_triplet_keeps_its_virtual_image_and_noise_through_save_and_load(
+        tmp_path, dark_field_triplet, suffix):
+    """save dropped triplet.virtual and triplet.noise: reloaded 'df' planes
+    were taken for planes of unknown image (the TIE methods said nothing of
+    them) and of unknown noise (nothing regularised). The reloaded triplet
+    solves as the original, warnings included."""
+    t = dark_field_triplet
+    assert t.noise.source == "band" and t.gradient_noise is not None
+    with ft.load(ft.save(tmp_path / f"df{suffix}", t)) as ds:
+        assert ds.virtual == "df" and ds.noise == t.noise
+        back = ds.triplet()
+    assert back.virtual == "df"
+    assert back.noise == t.noise and back.gradient_noise == t.gradient_noise
+    for method in ("tie", "icom"):
+        phase, info, said = _solved(back, method)
+        expected, info_expected, said_expected = _solved(t, method)
+        np.testing.assert_array_equal(phase, expected)
+        assert info.get("trust") == info_expected.get("trust") and said == said_expected
+    assert any(m.startswith("tie: the planes are 'df' images") for m in _solved(back, "tie")[2])
+
+
+def test_a_reloaded_dark_field_triplet_is_not_trusted_by_the_flow_models(tmp_path,
+                                                                          dark_field_triplet):
+    """A reloaded triplet of 'df' planes was judged as bright-field planes by
+    flowtie's trust check (the shipped models read 'bf' images): it keeps the
+    original's verdict, reason, warning and fallback phase."""
+    pytest.importorskip("torch")
+    t = dark_field_triplet
+    with ft.load(ft.save(tmp_path / "df.h5", t)) as ds:
+        back = ds.triplet()
+    phase, info, said = _solved(back, "flowtie")
+    expected, info_expected, said_expected = _solved(t, "flowtie")
+    assert info["trusted"] is False and info["fallback"] == info_expected["fallback"] == "icom"
+    assert said == said_expected
+    assert any("the planes are 'df' images and the shipped models read bright-field" in m
+               for m in said)
+    np.testing.assert_array_equal(phase, expected)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_a_triplet_file_without_virtual_or_noise_loads_as_before(tmp_path, suffix):
+    """Files of the layout written before virtual and noise were stored load
+    as they did: virtual None, the noise estimated when the triplet is made
+    (Poisson for counts, else unknown), the gradient's noise unknown."""
+    rng = np.random.default_rng(5)
+    gradient = 0.01 * rng.standard_normal((2, 16, 12))
+    for dtype, source in ((np.float64, None), (np.uint16, "poisson")):
+        planes = [rng.integers(90, 110, (16, 12)).astype(dtype) for _ in range(3)]
+        path = tmp_path / f"old_{np.dtype(dtype).name}{suffix}"
+        ft.io.write_fields(path, {"format": "flowtie_fast/1", "kind": "triplet", "minus": planes[0],
+                                  "zero": planes[1], "plus": planes[2],
+                                  "dz": np.array([20.0, 20.0]), "scan_step": np.array([0.2, 0.2]),
+                                  "energy": 300e3, "gradient": gradient},
+                           arrays=ft.io._ARRAYS)
+        with ft.load(path) as ds:
+            assert ds.virtual is ds.noise is ds.gradient_noise is None
+            t = ds.triplet()
+        assert t.virtual is None and t.gradient_noise is None
+        assert (t.noise is None) if source is None else (t.noise.source == source)
+        np.testing.assert_array_equal(t.gradient, gradient)
+
+
+def test_a_noise_that_is_no_noise_is_not_saved(tmp_path):
+    """A Dataset's noise must be a Noise (as a triplet holds) to be written."""
+    planes = [np.ones((4, 4))] * 3
+    ds = ft.Dataset(*planes, dz=(20.0, 20.0), scan_step=(0.2, 0.2), energy=300e3, noise=0.5)
+    with pytest.raises(ft.InputError, match=r"^obj: expected its noise to be a Noise or None, "
+                                            r"got 0.5$"):
+        ft.save(tmp_path / "n.npz", ds)
+    bad = ft.Dataset(*planes, dz=(20.0, 20.0), scan_step=(0.2, 0.2), energy=300e3,
+                     noise=ft.noise.Noise((1.0, -1.0, 1.0), "given"))
+    with pytest.raises(ft.InputError, match=r"^obj: 'noise' must be 3 finite non-negative "
+                                            r"variances \(intensity², one per plane\), got "
+                                            r"\[1.0, -1.0, 1.0\]$"):
+        ft.save(tmp_path / "n.npz", bad)
+    assert not (tmp_path / "n.npz").exists()
 
 
 # --------------------------------------------------------------------------- hostile files
@@ -755,6 +856,26 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"gradient": np.full((2, 4, 4), np.inf)}, "gradient", "contains NaN or Inf; a "
                                                                 "measured gradient must be"),
     ("4", {"gradient": np.zeros((2, 2, 2))}, "gradient", "is for a triplet of images"),
+    # The virtual image and the noise of a triplet's planes steer its solves.
+    ("3", {"virtual": "dark"}, "virtual", r"must be one of \('bf', 'bf-full', 'abf', 'df', "
+                                          r"'whole'\) \(the 4D-STEM virtual image the planes "
+                                          r"are\), got 'dark'$"),
+    ("3", {"virtual": 2.0}, "virtual", "must be a string, got 2.0"),
+    ("4", {"virtual": "df"}, "virtual", "is for a triplet of images only"),
+    ("3", {"noise": np.ones(2)}, "noise", r"must be 3 finite non-negative variances "
+                                          r"\(intensity², one per plane\), got 2 values of "
+                                          r"shape \(2,\)$"),
+    ("3", {"noise": np.ones((3, 1))}, "noise", r"got 3 values of shape \(3, 1\)$"),
+    ("3", {"noise": np.array([1.0, -2.0, 1.0])}, "noise", r"got \[1.0, -2.0, 1.0\]$"),
+    ("3", {"noise": np.array([1.0, np.nan, 1.0])}, "noise", r"got \[1.0, nan, 1.0\]$"),
+    ("3", {"noise": np.array([True, True, True])}, "noise", "dtype bool"),
+    ("3", {"noise": np.ones(3), "noise_source": "guessed"}, "noise_source",
+     r"must be one of \('poisson', 'band', 'given', 'estimated'\), got 'guessed'$"),
+    ("3", {"noise_source": "band"}, "noise_source", "without 'noise'; expected both or neither"),
+    ("4", {"noise": np.ones(3)}, "noise", "is for a triplet of images only"),
+    ("3", {"gradient_noise": np.ones(2)}, "gradient_noise", "without 'gradient'"),
+    ("3", {"gradient": np.zeros((2, 4, 4)), "gradient_noise": np.ones(3)}, "gradient_noise",
+     r"must be 2 finite non-negative variances \(\(rad/Å\)², one per component\), got 3 "),
 ]
 
 

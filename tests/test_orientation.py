@@ -443,3 +443,27 @@ def test_a_plan_of_other_than_bright_field_images_says_so_and_skips_the_sign_che
     assert "'df' images" in tie.info["trust"]
     with pytest.raises(ft.InputError, match="^virtual: "):
         ft.Plan(phi.shape, method="icom", virtual="dark", **kw)
+
+
+def test_a_triplet_of_other_than_bright_field_images_skips_the_sign_check():
+    """A triplet told its planes are 'df' images (as one loaded from a file
+    that records it) checks its gradient for curl, not for its sign against
+    the planes' TIE phase, as a plan does; a name it does not know is
+    refused."""
+    from fields import periodic_field
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    kw = dict(dz=dz, pixel_size=pixel, energy=energy, gradient=(-g).astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dark = ft.FocalTriplet(*planes, virtual="df", **kw)
+    assert dark.virtual == "df" and dark.gradient_orientation["testable"]
+    assert "tie_correlation" not in dark.gradient_orientation
+    with pytest.warns(ft.TrustWarning, match="half a turn wrong"):
+        bright = ft.FocalTriplet(*planes, virtual="bf", **kw)
+    assert bright.gradient_orientation["suspect"]
+    with pytest.raises(ft.InputError, match=r"^virtual: expected one of \('bf', 'bf-full', "
+                                            r"'abf', 'df', 'whole'\), got 'dark'$"):
+        ft.FocalTriplet(*planes, virtual="dark", **kw)
