@@ -36,6 +36,11 @@ gradient_noise         (2,) float, (rad/Å)²       the noise variance of the me
                                                   with ``gradient``)
 gradient_noise_source  str                        as ``noise_source``, for
                                                   ``gradient_noise``
+registration           str (JSON)                 the record of the scans' registration
+                                                  (``triplet.registration``: ``shifts``
+                                                  (3 x 2 px), ``reliable``, ``applied``,
+                                                  ``signal``, ``why``; optional; triplets
+                                                  only)
 material               str                        optional
 thickness              float, Å                   optional
 semiangle              float, mrad                optional
@@ -49,8 +54,8 @@ disagrees with the arrays' dimensions are refused.
 A triplet without ``virtual`` (planes given directly, or a file of an older
 version) loads with ``virtual`` None; one without ``noise`` has its noise
 estimated again when the triplet is made (Poisson for integer planes, else
-unknown). The registration record of a 4D-STEM triplet
-(``triplet.registration``) is not stored.
+unknown); one without ``registration`` has no record of its scans'
+registration (``triplet.registration`` None).
 
 Writes are atomic (a temporary file in the target folder, flushed to disk,
 then a rename), so a failed write leaves nothing behind. Temporaries are named
@@ -71,6 +76,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import math
 import os
 import re
 import sys
@@ -98,9 +105,11 @@ _OPTIONAL_SCALARS = ("material", "thickness", "semiangle")
 # A triplet's record of its planes: the noise of the planes (one variance per
 # plane, intensity²) and of the measured gradient (one per component, (rad/Å)²).
 _NOISES = (("noise", 3, "intensity²", "plane"), ("gradient_noise", 2, "(rad/Å)²", "component"))
-_TRIPLET_ONLY = ("gradient", "virtual") + tuple(k for k, *_ in _NOISES)
+_TRIPLET_ONLY = ("gradient", "virtual", "registration") + tuple(k for k, *_ in _NOISES)
+_REGISTRATION = {"shifts": "3 x 2 shifts in px", "reliable": "true or false",
+                 "applied": "true or false", "signal": "text or null", "why": "text or null"}
 _KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy", "format", "kind") + \
-    _OPTIONAL_SCALARS + ("virtual",) + tuple(n for k, *_ in _NOISES for n in (k, k + "_source"))
+    _OPTIONAL_SCALARS + ("virtual", "registration") + tuple(n for k, *_ in _NOISES for n in (k, k + "_source"))
 
 
 @dataclass
@@ -145,6 +154,11 @@ class Dataset:
     gradient_noise : Noise, optional
         The noise of the measured ``gradient`` (variances per component in
         (rad/Å)²), given to the triplet (``icom`` filters by it).
+    registration : dict, optional
+        The record of a triplet's registration (``triplet.registration``:
+        ``shifts`` (3, 2) in px, ``reliable``, ``applied``, ``signal``,
+        ``why``), given back to the triplet: where it says the drift could
+        not be measured, the reloaded triplet is judged so, as the original.
     _handle, _closed, _path : optional
         Internal: the open HDF5 file, whether it was closed, and the file's
         path.
@@ -164,6 +178,7 @@ class Dataset:
     virtual: str | None = None
     noise: Noise | None = None
     gradient_noise: Noise | None = None
+    registration: dict | None = None
     _handle: object = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
     _path: object = field(default=None, repr=False)
@@ -251,6 +266,9 @@ class Dataset:
         t = FocalTriplet(*planes, dz=self.dz, pixel_size=self.scan_step, energy=self.energy,
                          gradient=gradient, noise=self.noise, virtual=self.virtual)
         t.gradient_noise = self.gradient_noise
+        if self.registration is not None:
+            t.registration = {**self.registration,
+                              "shifts": np.array(self.registration["shifts"], float)}
         return t
 
     def _name(self) -> str:
@@ -321,7 +339,8 @@ def _from_object(obj) -> Dataset:
                 for a in (*obj.planes, obj.gradient)]
         return Dataset(*host[:3], obj.dz, obj.pixel_size, obj.energy, gradient=host[3],
                        virtual=obj.virtual, noise=obj.noise,
-                       gradient_noise=getattr(obj, "gradient_noise", None))
+                       gradient_noise=getattr(obj, "gradient_noise", None),
+                       registration=getattr(obj, "registration", None))
     # A simulate.SimulationCase (duck-typed: the module needs abTEM).
     if all(hasattr(obj, a) for a in ("minus", "zero", "plus", "k_sampling", "phase")):
         return Dataset(obj.minus, obj.zero, obj.plus, (obj.dz, obj.dz), tuple(obj.scan_step),
@@ -347,6 +366,9 @@ def _fields(ds: Dataset) -> dict:
         out["gradient"] = ds.gradient
     if ds.virtual is not None:
         out["virtual"] = ds.virtual
+    if ds.registration is not None:
+        out["registration"] = json.dumps(_registration_record(ds.registration,
+                                                             "obj: its registration"))
     for k, *_ in _NOISES:
         noise = getattr(ds, k)
         if noise is not None:
@@ -364,9 +386,9 @@ def save(path, obj, overwrite: bool = False) -> Path:
     A :class:`~flowtie_fast.triplet.FocalTriplet`'s measured ``gradient``
     (e.g. the centre of mass of 4D-STEM data), the virtual image its planes
     are (``virtual``), the noise of its planes (``noise``) and of its
-    gradient (``gradient_noise``) are stored too, under those keys, and
-    given back to the triplet by :meth:`Dataset.triplet`; its registration
-    record is not.
+    gradient (``gradient_noise``) and the record of its scans' registration
+    (``registration``, as JSON text) are stored too, under those keys, and
+    given back to the triplet by :meth:`Dataset.triplet`.
 
     Parameters
     ----------
@@ -395,9 +417,10 @@ def save(path, obj, overwrite: bool = False) -> Path:
         when ``overwrite`` is False), ``overwrite`` for a value that is not a
         bool, ``obj`` for another object, a closed HDF5 dataset,
         ``meta`` keys the layout does not store (all but ``material``,
-        ``thickness`` and ``semiangle``), or a gradient, virtual image or
-        noise given with 4D-STEM data, or a noise that is not a
-        :class:`~flowtie_fast.noise.Noise` of finite non-negative variances.
+        ``thickness`` and ``semiangle``), or a gradient, virtual image,
+        noise or registration record given with 4D-STEM data, a noise that
+        is not a :class:`~flowtie_fast.noise.Noise` of finite non-negative
+        variances, or a registration record that is not one.
     OSError
         When the file cannot be written (disk full, read-only file system,
         permission denied), naming ``path``; no temporary is left.
@@ -884,6 +907,15 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
                              f"4D-STEM virtual image the planes are), got {_short(virtual)!r}")
     noises = {k: _noise(fields, k, path, count, unit, each)
               for k, count, unit, each in _NOISES}
+    registration = None
+    if "registration" in fields:
+        text = _text(fields, "registration", path)
+        try:
+            record = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"{path.name}: 'registration' must be JSON text of the "
+                             f"registration record, got {_short(repr(text), 60)} ({exc})") from None
+        registration = _registration_record(record, f"{path.name}: 'registration'")
     if noises["gradient_noise"] is not None and "gradient" not in fields:
         raise InputError(f"{path.name}: 'gradient_noise' without 'gradient'; expected the "
                          "noise of a measured gradient stored with it")
@@ -900,15 +932,43 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
     arr = (lambda k: fields[k]) if lazy else (lambda k: np.asarray(fields[k]))
     return Dataset(arr("minus"), arr("zero"), arr("plus"), dz, scan_step, energy, k_sampling,
                    truth.get("phase_gt"), truth.get("gradient_gt"), meta,
-                   gradient=truth.get("gradient"), virtual=virtual, _handle=handle,
+                   gradient=truth.get("gradient"), virtual=virtual,
+                   registration=registration, _handle=handle,
                    _path=path, **noises)
+
+
+def _registration_record(record, name: str) -> dict:
+    """A registration record (``triplet.registration``) checked and made of
+    plain values (the shifts a nested list of floats); :class:`InputError`
+    naming ``name`` where it is not one."""
+    want = ("a registration record {" +
+            ", ".join(f"{k!r}: {v}" for k, v in _REGISTRATION.items()) + "}")
+    if not isinstance(record, dict) or not {"shifts", "reliable", "applied"} <= set(record) \
+            or not set(record) <= set(_REGISTRATION):
+        raise InputError(f"{name} must be {want}, got {_short(repr(record), 80)}")
+    try:
+        shifts = np.array(record["shifts"], dtype=object)
+        ok = shifts.shape == (3, 2) and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and
+            not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v))
+            for v in shifts.ravel())
+    except (TypeError, ValueError):
+        ok = False
+    flags = all(isinstance(record[k], (bool, np.bool_)) for k in ("reliable", "applied"))
+    texts = all(isinstance(record.get(k), (str, type(None))) for k in ("signal", "why"))
+    if not (ok and flags and texts) or (record["applied"] and not record["reliable"]):
+        raise InputError(f"{name} must be {want} (applied only where reliable), got "
+                         f"{_short(repr(record), 80)}")
+    return {"shifts": [[float(v) for v in row] for row in shifts],
+            "reliable": bool(record["reliable"]), "applied": bool(record["applied"]),
+            "signal": record.get("signal"), "why": record.get("why")}
 
 
 def _triplet_only(keys) -> str:
     """Why 4D-STEM data hold none of ``keys`` (of :data:`_TRIPLET_ONLY`)."""
     return (f"{', '.join(repr(k) for k in keys)} {'is' if len(keys) == 1 else 'are'} for a "
             "triplet of images only; 4D-STEM data give their own (the centre of mass, the "
-            "virtual image chosen, their noise) when reduced")
+            "virtual image chosen, their noise, their registration) when reduced")
 
 
 def _noise(fields: dict, k: str, path: Path, count: int, unit: str, each: str):

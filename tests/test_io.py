@@ -708,6 +708,32 @@ def test_a_triplet_keeps_its_virtual_image_and_noise_through_save_and_load(
     assert any(m.startswith("tie: the planes are 'df' images") for m in _solved(back, "tie")[2])
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_a_triplet_keeps_its_registration_record_through_save_and_load(tmp_path, suffix):
+    """A triplet whose drift could not be measured is judged so by every
+    method (a TrustWarning, flowtie not trusted); save dropped the record,
+    and the reloaded triplet's phase came back without the word. The
+    record, shifts included, survives the round trip, and so does the
+    verdict."""
+    rng = np.random.default_rng(2)
+    base = rng.random((6, 6)) + 1
+    planes = [base * (1 + 0.01 * i) for i in (-1, 0, 1)]
+    with pytest.warns(UserWarning, match="too small to measure a drift"):
+        t = ft.FocalTriplet(*planes, dz=20.0, pixel_size=0.2, energy=300e3, register=True)
+    assert t.registration["reliable"] is False
+    with ft.load(ft.save(tmp_path / f"small{suffix}", t)) as ds:
+        back = ds.triplet()
+    assert set(back.registration) == set(t.registration)
+    np.testing.assert_array_equal(back.registration["shifts"], t.registration["shifts"])
+    assert {k: v for k, v in back.registration.items() if k != "shifts"} == \
+        {k: v for k, v in t.registration.items() if k != "shifts"}
+    for triplet in (t, back):
+        with pytest.warns(ft.TrustWarning, match="drift between the scans could not be "
+                                                 "measured"):
+            rec = ft.reconstruct(triplet, method="tie-uniform", backend="cpu")
+        assert rec.info["trust"] == "the drift between the scans could not be measured"
+
+
 def test_a_reloaded_dark_field_triplet_is_not_trusted_by_the_flow_models(tmp_path,
                                                                           dark_field_triplet):
     """A reloaded triplet of 'df' planes was judged as bright-field planes by
@@ -802,6 +828,10 @@ def _write_case(path, fields):
 
 _OBJECTS = np.array([["a", 1], [None, 2.0]] * 2, dtype=object)
 
+#: A registration record as save writes it: the drift could not be measured.
+_REG = ('{"shifts": [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], "reliable": false, '
+        '"applied": false, "signal": null, "why": "images under 8 px a side"}')
+
 _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"dz": "abc"}, "dz", r"must be a positive finite number or a pair of them \(Å\), "
                                r"got .?'abc'"),
@@ -876,6 +906,23 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"gradient_noise": np.ones(2)}, "gradient_noise", "without 'gradient'"),
     ("3", {"gradient": np.zeros((2, 4, 4)), "gradient_noise": np.ones(3)}, "gradient_noise",
      r"must be 2 finite non-negative variances \(\(rad/Å\)², one per component\), got 3 "),
+    # The registration record: JSON data, never code; every field checked.
+    ("3", {"registration": "{not json"}, "registration", "must be JSON text of the "
+                                                         "registration record"),
+    ("3", {"registration": "[1, 2]"}, "registration", r"must be a registration record"),
+    ("3", {"registration": _REG.replace('"applied": false', '"applied": true')},
+     "registration", r"applied only where reliable"),
+    ("3", {"registration": _REG.replace("[0.0, 0.0], [0.0, 0.0]", "[0.0, 0.0]")},
+     "registration", "must be a registration record"),
+    ("3", {"registration": _REG.replace("[0.0, 0.0], [0.0, 0.0]", "[0.0, NaN], [0.0, 0.0]")},
+     "registration", "must be a registration record"),
+    ("3", {"registration": _REG.replace("[0.0, 0.0], [0.0, 0.0]", "[0.0, true], [0.0, 0.0]")},
+     "registration", "must be a registration record"),
+    ("3", {"registration": _REG.replace('"why"', '"code"')}, "registration",
+     "must be a registration record"),
+    ("3", {"registration": _REG.replace('"reliable": false', '"reliable": 0')},
+     "registration", "must be a registration record"),
+    ("4", {"registration": _REG}, "registration", "is for a triplet of images only"),
 ]
 
 
