@@ -107,7 +107,8 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
     mean = mean_pattern(sample)
     if not np.isfinite(mean).all():
         raise InputError("zero: the patterns contain NaN or Inf")
-    detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius)
+    detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius,
+                                         sample=sample)
     check_choice("virtual", virtual, tuple(regions))
     check_region(virtual, regions, detector, bf_radius is not None)
     check_com_radius(com_radius, regions, detector)
