@@ -370,8 +370,12 @@ class FocalTriplet(FocalSeries):
         energy : float
             Electron energy in eV.
         center : (float, float), optional
-            Detector centre in pixels; default: found from the bright-field
-            disk of patterns sampled across the in-focus scan.
+            Detector centre (row, column) in pixels; default: found from the
+            bright-field disk of patterns sampled across the in-focus scan. A
+            centre given is used as given, with a
+            :class:`~flowtie_fast.stem.detector.DetectorWarning` where it lies
+            more than 0.08 disk radii and 5 standard errors from the disk's
+            measured centre (:func:`~flowtie_fast.stem.detector.check_center_given`).
         virtual : {"bf", "bf-full", "abf", "df", "whole"}
             Which virtual image forms the planes: a small bright-field disk
             (radius ``bf_radius``: coherent bright field, the image the TIE

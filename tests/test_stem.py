@@ -246,8 +246,9 @@ def _window_phase_and_gradient(n=32, step=0.25):
 
 
 def test_a_constant_centre_of_mass_offset_is_no_phase_ramp():
-    """A detector centre given 0.8 px off (or descan) moves every spot alike: the
-    triplet's gradient drops that mean, so that iCOM over a non-periodic field
+    """A detector centre given 0.8 px off (or descan) moves every spot alike
+    (and is warned: it is off the spot measured); the triplet's gradient
+    drops that mean, so that iCOM over a non-periodic field
     (mirror boundary) returns φ, not φ plus a ramp of several times φ."""
     phi, grad = _window_phase_and_gradient()
     offsets_px = grad / (2 * np.pi) / K_SAMPLING
@@ -255,7 +256,8 @@ def test_a_constant_centre_of_mass_offset_is_no_phase_ramp():
     kwargs = dict(dz=20.0, scan_step=0.25, k_sampling=K_SAMPLING, energy=E, backend="cpu",
                   register=False)
     exact = ft.FocalTriplet.from_4dstem(data, data, data, center=(16.0, 15.0), **kwargs)
-    off = ft.FocalTriplet.from_4dstem(data, data, data, center=(16.3, 14.2), **kwargs)
+    with pytest.warns(stem.DetectorWarning, match=r"^center: "):  # 0.29 spot radii off
+        off = ft.FocalTriplet.from_4dstem(data, data, data, center=(16.3, 14.2), **kwargs)
     for t in (exact, off):
         rec = ft.reconstruct(t, method="icom", backend="cpu", boundary="mirror",
                              dtype="float64")
@@ -681,3 +683,70 @@ def test_scans_of_another_dwell_time_are_scaled_with_a_warning():
 
     with pytest.raises(ft.InputError, match=r"^normalize: expected True or False, got 'yes'"):
         ft.FocalTriplet.from_4dstem(Unread(), Unread(), Unread(), **kw, normalize="yes")
+
+
+def _shifted_disk_data(det=(53, 61), center=(26.0, 30.0), radius_px=12.4):
+    """Three 4D scans of a soft-edged bright-field disk centred at ``center``
+    (row, column) px on a non-square detector, moved by a phase gradient over
+    a 32 x 32 scan (a specimen), alike in the three, with a weak dark-field
+    floor; k_sampling puts its edge at 20 mrad at 300 keV."""
+    _, grad = _phase_and_gradient()
+    k = 20e-3 / ft.wavelength(E) / radius_px
+    offsets = grad / (2 * np.pi) / k  # px
+    iy, ix = np.indices(det, dtype=np.float64)
+    r = np.hypot(iy - center[0] - offsets[0][..., None, None],
+                 ix - center[1] - offsets[1][..., None, None])
+    disk = 1000 / (1 + np.exp((r - radius_px) / 0.5)) + 5.0
+    return [(disk * (1 + 0.01 * i)).astype(np.float32) for i in (-1, 0, 1)], k
+
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+def test_a_centre_given_off_the_bright_field_disk_is_warned(rng):
+    """A detector centre given a quarter of the disk's radius off shifts every
+    centre of mass and cuts the 'bf' disk off-centre: a DetectorWarning names
+    center, the value given, the measured centre, the distance in px and disk
+    radii and what to do; the centre given is still used. The right centre
+    (noise-free or re-measured on Poisson counts) and no centre pass
+    silently; the right centre in (column, row) order is told as such."""
+    data, k = _shifted_disk_data()
+    kw = dict(dz=20.0, scan_step=0.25, k_sampling=k, energy=E, backend="cpu")
+    counted = [rng.poisson(d * 0.05).astype(np.uint16) for d in data]  # 50 e in the disk's px
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", stem.DetectorWarning)
+        found = ft.FocalTriplet.from_4dstem(*data, **kw)
+        for d in (data, counted):
+            ft.FocalTriplet.from_4dstem(*d, **kw, center=(26.0, 30.0))
+            ft.FocalTriplet.from_4dstem(*d, **kw, center=(26.3, 29.8))  # 0.03 radii
+    assert found.reductions[1].detector.center == pytest.approx((26.0, 30.0), abs=0.05)
+    for dy, dx in ((3.1, 0.0), (0.0, -3.1), (-2.19, 2.19)):  # 0.25 radii
+        given = (26.0 + dy, 30.0 + dx)
+        with pytest.warns(stem.DetectorWarning,
+                          match=rf"^center: the detector centre given, \({given[0]:.4g}, "
+                                rf"{given[1]:.4g}\) \(row, column\) px, lies 3.1 px \(0.25 "
+                                r"bright-field disk radii .* from the disk's centre \(26, 30\) "
+                                r"measured .*omit center= to use the measured one, or check the "
+                                r"centre's \(row, column\) order"):
+            t = ft.FocalTriplet.from_4dstem(*data, **kw, center=given)
+        assert t.reductions[1].detector.center == given  # a warning, not a refusal
+    with pytest.warns(stem.DetectorWarning, match=r"^center: .*\(30, 26\).* it is the measured "
+                                                  r"centre in \(column, row\) order: give "
+                                                  r"center=\(26, 30\)"):
+        ft.FocalTriplet.from_4dstem(*counted, **kw, center=(30.0, 26.0))
+
+
+def test_center_scatter_is_the_measured_centres_standard_error(rng):
+    """The bootstrap scatter of the centre over 256 sampled patterns (their
+    counts and the specimen's shifts of the disk) matches the scatter of the
+    centres measured on independent samples of the scan's positions, drawn
+    again."""
+    data, _ = _shifted_disk_data()
+    scan = data[1].reshape(-1, *data[1].shape[2:]) * 0.002  # 1 e in a disk px
+
+    def sample():
+        return rng.poisson(scan[rng.integers(0, len(scan), 256)])
+
+    centres = [stem.find_center(sample()) for _ in range(40)]
+    truth = float(np.sqrt(np.var(centres, axis=0, ddof=1).mean()))
+    got = [stem.detector.center_scatter(sample(), seed=i) for i in range(5)]
+    assert 0.6 * truth < np.median(got) < 1.6 * truth
+    assert stem.detector.center_scatter(scan[:1]) == 0.0

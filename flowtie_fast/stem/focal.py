@@ -63,8 +63,11 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
     energy : float
         Electron energy in eV.
     center : (float, float), optional
-        Detector centre in pixels (default None: found from the bright-field
-        disk of patterns sampled across the in-focus scan).
+        Detector centre (row, column) in pixels (default None: found from the
+        bright-field disk of patterns sampled across the in-focus scan); one
+        given is checked against that disk: a
+        :class:`~flowtie_fast.stem.detector.DetectorWarning` where it lies off
+        it (:func:`~flowtie_fast.stem.detector.check_center_given`).
     virtual : {"bf", "bf-full", "abf", "df", "whole"}, optional
         The virtual image that will form the planes (default "bf"): checked
         to be among the regions measured and to hold detector pixels. Every
@@ -110,7 +113,8 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
     mean = mean_pattern(sample)
     if not np.isfinite(mean).all():
         raise InputError("zero: the patterns contain NaN or Inf")
-    detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius)
+    detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius,
+                                         sample=sample)
     check_choice("virtual", virtual, tuple(regions))
     check_region(virtual, regions, detector, bf_radius is not None)
     check_com_radius(com_radius, regions, detector)
