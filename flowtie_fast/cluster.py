@@ -53,7 +53,7 @@ from .noise import check_noise
 from .plan import Plan
 from .planes import FLUX_RATIO, check_intensity_stats
 from .poisson import resolve_scheme
-from .solvers import (_check_alpha, _check_bool, _check_floor, check_options,
+from .solvers import (_check_alpha, _check_bool, _check_floor, _suspect, check_options,
                       check_regularisation)
 from .stem.detector import VIRTUAL_IMAGES
 from .triplet import FocalTriplet
@@ -388,12 +388,15 @@ def _verdict(info) -> dict:
     return out
 
 
-def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradient: bool):
+def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradient: bool,
+                 records=None):
     """One batch on a worker: ``("ok", phase, gradient or None, verdicts)``,
     the arrays NumPy and ``verdicts`` one dict per item (:func:`_verdict`),
     or ``("error", exception name, message)`` for the library's own errors,
     with the items numbered as in the whole stack. The solves' warnings are
-    shown on the worker; the verdicts carry what they say to the caller."""
+    shown on the worker; the verdicts carry what they say to the caller.
+    ``records``: per item of triplets, ``(registration, suspect)`` as the
+    triplet records them (:func:`_from_triplets`), with ``noise`` per item."""
     try:
         entry = _worker_plan(spec)
         plan = entry[0]
@@ -407,12 +410,14 @@ def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradien
             if isinstance(noise, list):  # one per item (triplets): solved one at a time
                 out = be.empty((b,) + plan.shape, plan.dtype)
                 verdicts = []
+                records = records or [(None, None)] * b
                 for i in range(b):
                     try:
-                        plan.solve(stack[i, 0], stack[i, 1], stack[i, 2],
-                                   gradient=None if gradient is None else gradient[i],
-                                   out=out[i], noise=noise[i],
-                                   gradient_out=None if grad_out is None else grad_out[i])
+                        plan._solve(stack[i, 0], stack[i, 1], stack[i, 2],
+                                    gradient=None if gradient is None else gradient[i],
+                                    out=out[i], noise=noise[i],
+                                    gradient_out=None if grad_out is None else grad_out[i],
+                                    registration=records[i][0], suspect=records[i][1])
                     except InputError as exc:
                         raise type(exc)(f"stack[{i}]: {exc}") from exc
                     verdicts.append(_verdict(plan.info))
@@ -620,7 +625,10 @@ def _triplets_image(triplets, given) -> dict:
 
 
 def _from_triplets(triplets, pixel_size, dz, energy, gradient, noise):
-    """Planes, gradients, per-item noise and geometry of a sequence of FocalTriplet."""
+    """Planes, gradients, per-item noise, geometry and per-item records
+    (``(registration, suspect)``: the drift measured between the scans, and why
+    the triplet's own check found its gradient misoriented) of a sequence of
+    FocalTriplet."""
     for i, t in enumerate(triplets):
         if not isinstance(t, FocalTriplet):
             raise InputError(f"stack[{i}]: expected a FocalTriplet (a sequence of them), got "
@@ -643,8 +651,9 @@ def _from_triplets(triplets, pixel_size, dz, energy, gradient, noise):
             raise InputError(f"stack[{i}]: expected a gradient in every triplet or in none")
     planes = np.stack([np.stack([to_host(p) for p in t.planes]) for t in triplets])
     grads = None if first.gradient is None else np.stack([to_host(t.gradient) for t in triplets])
+    records = [(t.registration, _suspect(t)) for t in triplets]
     return planes, grads, [t.noise for t in triplets], first.pixel_size, first.dz[0], \
-        first.energy
+        first.energy, records
 
 
 def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=None,
@@ -739,9 +748,10 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
     if isinstance(stack, (list, tuple)):
         if not stack:
             raise InputError("stack: expected at least one triplet, got an empty sequence")
-        stack, gradient, noise, pixel_size, dz, energy = _from_triplets(
+        stack, gradient, noise, pixel_size, dz, energy, records = _from_triplets(
             stack, pixel_size, dz, energy, gradient, noise)
     else:
+        records = None
         for name, value in (("pixel_size", pixel_size), ("dz", dz), ("energy", energy)):
             if value is None:
                 raise InputError(f"{name}: expected a value for an array stack, got None")
@@ -787,6 +797,9 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
     def batch_noise(i0):
         return noise[i0:i0 + batch_size] if per_item else noise
 
+    def batch_records(i0):
+        return None if records is None else records[i0:i0 + batch_size]
+
     if lazy or _is_dask(gradient):
         import dask
         import dask.array as da
@@ -795,7 +808,8 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
         grads = [None] * len(starts) if gradient is None else \
             da.asarray(gradient).rechunk((batch_size, 2, ny, nx)).to_delayed().ravel()
         tasks = [dask.delayed(_solve_batch, pure=False)(s, g, batch_noise(i0), spec, i0,
-                                                        bool(return_gradient))
+                                                        bool(return_gradient),
+                                                        batch_records(i0))
                  for s, g, i0 in zip(stacks, grads, starts)]
         futures = client.compute(tasks)
     else:
@@ -803,7 +817,7 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
         gparts = [None] * len(starts) if gradient is None else client.scatter(
             [gradient[i0:i0 + batch_size] for i0 in starts], hash=False)
         futures = [client.submit(_solve_batch, s, g, batch_noise(i0), spec, i0,
-                                 bool(return_gradient), pure=False)
+                                 bool(return_gradient), batch_records(i0), pure=False)
                    for s, g, i0 in zip(parts, gparts, starts)]
     phase, grad, verdicts = _gather(client, futures, starts, b)
     _warn_untrusted(verdicts, method)

@@ -367,6 +367,20 @@ class Plan:
             ``out`` is written (and ``plan.info`` is then empty: never the
             verdict of an earlier solve).
         """
+        return self._solve(minus, zero, plus, gradient=gradient, out=out,
+                           gradient_out=gradient_out, noise=noise,
+                           uncertainty_out=uncertainty_out)
+
+    def _solve(self, minus, zero, plus, *, gradient=None, out=None, gradient_out=None,
+               noise=None, uncertainty_out=None, registration=None, suspect=None):
+        """:meth:`solve`, with what a triplet records beside its arrays
+        (:func:`~flowtie_fast.cluster.reconstruct_many` of FocalTriplets):
+        ``registration`` (``triplet.registration``: where the drift between
+        its scans could not be measured, the TIE methods say so and
+        ``flowtie`` does not trust its flow, as :func:`reconstruct` does) and
+        ``suspect`` (why its own check found its gradient misoriented, e.g.
+        against the bright-field images of a ``"df"`` triplet, which this
+        plan does not see)."""
         self.info = {}
         planes = [self._image(n, a, self.shape)
                   for n, a in (("minus", minus), ("zero", zero), ("plus", plus))]
@@ -388,9 +402,12 @@ class Plan:
             self._output("uncertainty_out", uncertainty_out, self.shape,
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
         options = self.options if noise is None else replace(self.options, noise=noise)
-        suspect = self._orientation(gradient, planes)  # after every refusal of the arguments
+        own = self._orientation(gradient, planes)  # after every refusal of the arguments
+        suspect = suspect or own  # a triplet's own verdict first
         if suspect:
             options = replace(options, gradient_suspect=suspect)
+        if registration is not None:
+            options = replace(options, registration=registration)
         self.info = self.solver.solve_planes(
             planes, self._derivative_weights, self._intensity_weights, self.wavenumber,
             self.method, gradient=gradient, out=out, gradient_out=grad,

@@ -405,6 +405,21 @@ def _suspect(series):
     return check.get("why") if check and check.get("suspect") else None
 
 
+def _warn_unregistered(method, registration, info, stacklevel):
+    """Where the drift between the scans could not be measured (``registration``,
+    ``triplet.registration``, says it is not reliable), a phase of ``method``
+    may be wrong: ``info["trust"]`` and a :class:`TrustWarning` say so. Not for
+    ``icom`` (the in-focus scan alone) nor ``flowtie`` (its trust check weighs
+    the record itself)."""
+    if method in ("icom", "flowtie") or not registration or registration.get("reliable", True):
+        return
+    info["trust"] = "the drift between the scans could not be measured"
+    warnings.warn(f"{method}: the drift between the scans could not be measured "
+                  "(triplet.registration); if they drifted, this phase is wrong. "
+                  "method='icom' uses the in-focus scan alone", TrustWarning,
+                  stacklevel=stacklevel + 1)
+
+
 def _beyond_memory(count: int, shape, exc) -> InputError:
     """The refusal of ``count`` triplets of ``shape`` px whose flow pass ran
     out of memory (``exc``): the input's size, not the network, is at fault."""
@@ -733,14 +748,7 @@ class TIESolver:
                 series.planes, series.derivative_weights, series.intensity_weights,
                 series.wavenumber, series.gradient, method, phase, grad, info, options)
             self._check_result(method, phase, grad)
-            registration = getattr(series, "registration", None)
-            if (method != "flowtie" and registration is not None
-                    and not registration.get("reliable", True)):
-                info["trust"] = "the drift between the scans could not be measured"
-                warnings.warn(f"{method}: the drift between the scans could not be measured "
-                              "(triplet.registration); if they drifted, this phase is wrong. "
-                              "method='icom' uses the in-focus scan alone", TrustWarning,
-                              stacklevel=3)
+            _warn_unregistered(method, options.registration, info, stacklevel=3)
             why = image_verdict(method, options.planes_image, options.model,
                                 not options.uncertainty)
             if why is not None:
@@ -942,6 +950,7 @@ class TIESolver:
         else:
             self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
                                gradient, method, out, gradient_out, info, options)
+            _warn_unregistered(method, options.registration, info, stacklevel=5)
             why = image_verdict(method, options.planes_image, options.model,
                                 not options.uncertainty)  # the plan warned once
             if why is not None:

@@ -375,3 +375,35 @@ def test_a_contradicted_virtual_image_names_what_is_expected():
     t.virtual = "df"
     with pytest.raises(ft.InputError, match=r"expected 'df', or no virtual="):
         cluster.reconstruct_many([t], "tie", client=_Unused(), virtual="bf")
+
+
+def test_triplets_carry_their_registration_and_orientation_verdicts_to_the_items(pinned):
+    """A triplet records beside its planes whether the drift between its
+    scans could be measured (``triplet.registration``) and its own check of
+    its gradient's orientation (against the bright-field images of a 'df'
+    triplet, which a plan given its planes does not see): each item of
+    reconstruct_many is judged by them as reconstruct judges the triplet,
+    not returned without a word."""
+    small = smooth_triplets(2, 6, seed=1)  # too small to measure a drift
+    with pytest.warns(UserWarning, match="too small to measure a drift"):
+        triplets = [ft.FocalTriplet(*p, dz=DZ, pixel_size=PIXEL, energy=E, register=True)
+                    for p in small]
+    assert not triplets[0].registration["reliable"]
+    with pytest.warns(ft.TrustWarning, match="drift between the scans could not be measured"):
+        want = ft.reconstruct(triplets[0], "tie", backend="cpu", threads=1)
+    drift = "the drift between the scans could not be measured"
+    with pytest.warns(ft.TrustWarning, match=r"2 of 2 tie phases .*stack\[0\]: the drift"):
+        phase, info = cluster.reconstruct_many(triplets, "tie", client=pinned, threads=1,
+                                               return_info=True)
+    assert [v.get("trust") for v in info] == [drift, drift]
+    np.testing.assert_allclose(phase[0], want.phase, rtol=1e-5, atol=1e-6)
+
+    y, x = np.mgrid[:N, :N] * PIXEL
+    gradient = np.stack([np.cos(y), -np.sin(x)])  # curl-free: a plan's own check passes it
+    t = ft.FocalTriplet(*_stack(1)[0], dz=DZ, pixel_size=PIXEL, energy=E, gradient=gradient)
+    why = "gradient: it points against the gradient of the bright-field TIE phase"
+    t.gradient_orientation = {"testable": True, "suspect": True, "why": why}  # as from_4dstem
+    with pytest.warns(ft.TrustWarning, match=r"1 of 1 icom phases .*stack\[0\]: gradient: it"):
+        _, info = cluster.reconstruct_many([t], "icom", client=pinned, threads=1,
+                                           return_info=True)
+    assert info[0]["trust"] == why

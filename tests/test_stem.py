@@ -385,6 +385,29 @@ def _disk_data(det=53, radius_px=12.4, seed=3):
 
 
 @pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+def test_a_detector_sampling_of_the_whole_detector_is_refused_naming_it():
+    """k_sampling given as the detector's whole extent (per image, not per
+    pixel) put the bright-field disk at radians and scaled the centre of
+    mass with it: icom returned a phase thousands of times too strong
+    without a word. A disk beyond any probe's convergence semi-angle is
+    refused naming k_sampling, in from_4dstem and in the geometry that
+    triplet_with_libertem shares."""
+    data, k = _disk_data()
+    kw = dict(dz=20.0, scan_step=0.2, energy=E, backend="cpu")
+    t = ft.FocalTriplet.from_4dstem(*data, k_sampling=k, **kw)
+    assert t.reductions[1].regions["bf-full"][1] == pytest.approx(20.0, rel=0.03)
+    whole = k * data[1].shape[-1]  # 53 px: a disk of about 1060 mrad
+    with pytest.raises(ft.InputError, match=r"^k_sampling: the bright-field disk measures "
+                                            r"10\d\d mrad .* beyond the 500 mrad"):
+        ft.FocalTriplet.from_4dstem(*data, k_sampling=whole, **kw)
+    with pytest.raises(ft.InputError, match=r"^k_sampling: .*one detector pixel in 1/Å"):
+        stem.triplet_geometry(stem.mean_pattern(data[1]), (whole, whole), E)
+    # the largest disk taken: the simulations' own limit of the semi-angle
+    edge = k * stem.detector.MAX_DISK_MRAD / 20.0 * 0.98
+    stem.triplet_geometry(stem.mean_pattern(data[1]), (edge, edge), E)
+
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
 def test_a_detector_inside_the_bright_field_disk_is_flagged():
     """A detector cropped to 15 x 15 px inside a 20 mrad disk measured a
     'bf-full' disk of the detector's own size, and its 'df' image was bright

@@ -801,6 +801,7 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
                          f"{tuple(mean.shape)} detector, got {center!r}")
     detector = Detector(tuple(mean.shape), k_sampling, energy, center)
     disk = bf_radius_mrad(mean, detector)
+    check_disk_angle(disk, detector)
     bf_radius = 0.25 * disk if bf_radius is None else check_disk("bf_radius", bf_radius,
                                                                    detector)
     fills, on_edge, edge = disk_fills_detector(mean)
@@ -835,6 +836,29 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
             f"about {1 + share:.3g} times too strong; subtract the detector's measured dark "
             "level, not more", TrustWarning, stacklevel=3)
     return detector, regions
+
+
+#: mrad: the largest bright-field disk (a probe's convergence semi-angle) taken;
+#: the reduction's small-angle geometry (angle = λ|k|) is 5 % off there, and
+#: probes converge by a few tens of mrad (the simulations' limit is the same).
+MAX_DISK_MRAD = 500.0
+
+
+def check_disk_angle(disk: float, detector: Detector) -> None:
+    """Refuse a bright-field disk measured beyond :data:`MAX_DISK_MRAD`: the
+    detector sampling is then not that of one pixel in 1/Å (the whole
+    detector's extent, or 1/nm), and the centre of mass, scaled by it, gives
+    an ``icom`` phase as many times too strong without a word.
+    :class:`InputError` naming ``k_sampling``."""
+    if disk <= MAX_DISK_MRAD:
+        return
+    ks = tuple(float(f"{k:.4g}") for k in detector.k_sampling)
+    raise InputError(
+        f"k_sampling: the bright-field disk measures {disk:.4g} mrad with {ks} 1/Å per pixel "
+        f"at {detector.energy:.4g} eV, beyond the {MAX_DISK_MRAD:g} mrad of any probe's "
+        "convergence semi-angle; expected the sampling of one detector pixel in 1/Å (the "
+        f"whole detector's extent over its {detector.shape} pixels, or a value in 1/nm, is "
+        "that many or 10 times too large)")
 
 
 #: Beyond this many bright-field radii the mean pattern holds only the far
