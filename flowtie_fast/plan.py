@@ -277,7 +277,7 @@ class Plan:
         verdict)."""
         try:  # as the solve checks them (finite, ...): a call it refuses leaves no verdict
             self.solver.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3])
-            self.solver._check_gradient(gradient)
+            self.solver._check_gradient(gradient, self.wavenumber)
         except InputError:
             return
         # the half turn against the TIE phase, whose sign only bright-field images follow
@@ -482,7 +482,7 @@ class Plan:
                     self.solver.validate_planes([stack[i, j] for j in range(3)],
                                                 self._intensity_weights, _INPUT_NAMES[:3])
                 if gradient is not None:
-                    self.solver._check_gradient(gradient[i])
+                    self.solver._check_gradient(gradient[i], self.wavenumber)
             except InputError as exc:
                 raise InputError(f"stack[{i}]: {exc}") from exc
         if batched:

@@ -173,6 +173,45 @@ def _variance(a) -> float:
 
 
 
+#: rad/Å: the largest measured phase gradient taken at any energy. 2π × a
+#: centre of mass of the electron's whole wavenumber (1/λ, 50 1/Å at 300 kV)
+#: is a few hundred.
+GRADIENT_LIMIT = 1e4
+#: rad: the largest deflection ``|∇φ| / k`` a measured phase gradient may
+#: imply (``k = 2π/λ``): a centre of mass at half a radian is beyond any
+#: probe's convergence and any detector's reach (a bright-field disk beyond
+#: 500 mrad is refused as well). A gradient in other units (1/Å without the
+#: 2π, per pixel, per nm, ...) or scaled by a slip reaches it first.
+MAX_DEFLECTION = 0.5
+
+
+def gradient_limit(wavenumber=None) -> float:
+    """The largest measured phase gradient taken, rad/Å: :data:`GRADIENT_LIMIT`,
+    or at the wavenumber ``k`` (rad/Å) the smaller :data:`MAX_DEFLECTION` ×
+    ``k`` (160 rad/Å at 300 keV, 65 at 60 keV)."""
+    return GRADIENT_LIMIT if wavenumber is None else min(GRADIENT_LIMIT,
+                                                        MAX_DEFLECTION * float(wavenumber))
+
+
+def check_gradient_peak(g, wavenumber=None) -> None:
+    """:class:`InputError` naming ``gradient`` where a checked gradient
+    (:func:`check_gradient`) exceeds :func:`gradient_limit` anywhere (one pass
+    for its maximum, one for its minimum)."""
+    peak = max(abs(float(g.max())), abs(float(g.min())))
+    limit = gradient_limit(wavenumber)
+    if peak <= limit:
+        return
+    if wavenumber is None or limit == GRADIENT_LIMIT:
+        why = "a phase gradient is a few rad/Å: 2π × a centre of mass within the detector"
+    else:
+        why = (f"it would deflect the electron by {peak / float(wavenumber):.3g} rad "
+               f"(|∇φ| / k, k = {float(wavenumber):.4g} rad/Å), beyond the "
+               f"{MAX_DEFLECTION:g} rad any centre of mass reaches")
+    raise InputError(f"gradient: values up to {peak:.3g} rad/Å, expected at most {limit:.4g} "
+                     f"({why}); check its units (rad/Å: 2π × the centre of mass in 1/Å), or "
+                     "rescale it")
+
+
 def check_gradient(g, shape):
     """A measured phase gradient (2, Ny, Nx) in rad/Å: a real, finite array of
     images of ``shape`` (NumPy or CuPy, returned without a copy where possible);

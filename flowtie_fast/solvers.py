@@ -67,15 +67,12 @@ from .flow.infer import _shipped_name as _shipped_file
 from .noise import (ALPHA_MAX, COUNTS, GRADIENT_THRESHOLD, check_noise, denoise,
                     discrepancy_alpha, poisson_noise, teague_floor)
 from .poisson import PoissonSolver, resolve_scheme
-from .planes import check_gradient, check_intensity_stats
+from .planes import GRADIENT_LIMIT, check_gradient, check_gradient_peak, check_intensity_stats
 
 __all__ = ["METHODS", "Reconstruction", "SolveOptions", "TIESolver", "reconstruct"]
 
 METHODS = ("tie-uniform", "tie", "tie-exact", "gd", "icom", "flowtie")
 
-#: rad/Å: the largest phase gradient integrated. 2π × a centre of mass of the
-#: electron's whole wavenumber (1/λ, 50 1/Å at 300 kV) is a few hundred.
-GRADIENT_LIMIT = 1e4
 SOLVER_IMAGES = 14  # images of the working dtype a TIESolver adds to its Poisson solver
 
 
@@ -518,7 +515,7 @@ class TIESolver:
         # Attributes a caller may have set since the series checked them.
         check_noise(getattr(series, "noise", None), len(series.planes))
         if series.gradient is not None:
-            check_gradient(series.gradient, self.shape)
+            check_gradient_peak(check_gradient(series.gradient, self.shape), series.wavenumber)
 
     def _derivative_and_intensity(self, planes, derivative_weights, intensity_weights,
                                   names=None):
@@ -769,7 +766,7 @@ class TIESolver:
         and ``grad``; returns the mean intensity and the unnormalised residual map
         where the method computes it anyway (else None)."""
         if gradient is not None and method != "flowtie":
-            gradient = self._check_gradient(gradient)  # before anything is written
+            gradient = self._check_gradient(gradient, k)  # before anything is written
         mean, planes = self._derivative_and_intensity(planes, derivative_weights,
                                                       intensity_weights, options.names)
         tol, max_iter = options.tol, options.max_iter
@@ -943,7 +940,7 @@ class TIESolver:
             self.validate_planes(planes, intensity_weights,
                                  options.names or ("minus", "zero", "plus"))
             # Checked before anything is written.
-            self.poisson.integrate(self._check_gradient(gradient), out=out,
+            self.poisson.integrate(self._check_gradient(gradient, wavenumber), out=out,
                                    grad_out=gradient_out)
             if options.gradient_suspect:
                 info["trust"] = options.gradient_suspect
@@ -1106,16 +1103,13 @@ class TIESolver:
                 f"physical parameters (pixel_size {self.pixel_size[0]:g} x "
                 f"{self.pixel_size[1]:g} Å, dz, energy) and the planes' units")
 
-    def _check_gradient(self, gradient):
+    def _check_gradient(self, gradient, wavenumber=None):
         """A measured phase gradient (2, Ny, Nx), rad/Å, checked
         (:func:`~flowtie_fast.planes.check_gradient`) and within
-        :data:`GRADIENT_LIMIT`, in the working dtype."""
+        :func:`~flowtie_fast.planes.gradient_limit` of the wavenumber (rad/Å)
+        where it is known, in the working dtype."""
         g = check_gradient(gradient, self.shape)
-        peak = max(abs(float(g.max())), abs(float(g.min())))
-        if peak > GRADIENT_LIMIT:
-            raise InputError(f"gradient: values up to {peak:.3g} rad/Å, expected at most "
-                             f"{GRADIENT_LIMIT:g} (a phase gradient is a few rad/Å: 2π × a centre "
-                             "of mass within the detector); check its units, or rescale it")
+        check_gradient_peak(g, wavenumber)
         return self.backend.asarray(g, self.dtype)
 
     def _flow_model(self, model):

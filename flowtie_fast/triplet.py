@@ -25,8 +25,8 @@ from .errors import (RANGES, InputError, TrustWarning, check_choice, check_count
                      check_real, first_line)
 from .noise import Noise, check_noise, estimate_noise, poisson_noise
 from .physics import wavenumber
-from .planes import (check_gradient, check_image, check_intensity_stats, check_not_masked,
-                     check_positions, focal_weights)
+from .planes import (check_gradient, check_gradient_peak, check_image, check_intensity_stats,
+                     check_not_masked, check_positions, focal_weights)
 from .solvers import reconstruct
 from .trust import checked_orientation, plain_tie_gradient
 from .stem.detector import VIRTUAL_IMAGES
@@ -245,7 +245,12 @@ class FocalSeries:
         return self._plane_names(len(self.planes))
 
     def _check_gradient(self, g):
-        return check_gradient(g, self.shape)
+        """A measured gradient checked (:func:`~flowtie_fast.planes.check_gradient`)
+        and within the deflection any centre of mass reaches at this energy
+        (:func:`~flowtie_fast.planes.gradient_limit`)."""
+        g = check_gradient(g, self.shape)
+        check_gradient_peak(g, self.wavenumber)
+        return g
 
     def _check_orientation(self, rotation=None, flip=None, sign=False, reference=None):
         """The measured gradient's curl check (:func:`flowtie_fast.trust.

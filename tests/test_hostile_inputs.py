@@ -331,8 +331,36 @@ def test_a_gradient_of_absurd_magnitude_is_refused_not_integrated():
                   lambda: ft.Plan((N, N), PIXEL, DZ, E, method="icom", backend="cpu",
                                   warmup=False).solve(*planes(), gradient=t.gradient)):
         with pytest.raises(ft.InputError, match=r"^gradient: values up to 1e\+28 rad/Å, "
-                                                r"expected at most 10000"):
+                                                r"expected at most 159\.6 "):
             solve()
+
+
+def test_a_gradient_beyond_any_deflection_is_refused_where_it_is_given():
+    """A centre of mass in 1/Å given 1000 times too large (peak 400 rad/Å,
+    a deflection of 1.25 rad at 300 keV: no centre of mass reaches it) gave
+    an icom phase 1000 times too strong without a word. Refused where it is
+    given (the triplet, a Plan's solve), naming gradient, the deflection and
+    the units expected; 20 rad/Å (63 mrad) is taken, and so is 400 rad/Å where
+    no energy is known (TIESolver.integrate: the energy-free limit)."""
+    rng = np.random.default_rng(3)
+    slip = 400 * np.tanh(rng.standard_normal((2, N, N)))
+    slip[0, 0, 0] = 400.0
+    says = (r"^gradient: values up to 400 rad/Å, expected at most 159\.6 \(it would deflect "
+            r"the electron by 1\.25 rad .* beyond the 0\.5 rad any centre of mass reaches\); "
+            r"check its units \(rad/Å: 2π × the centre of mass in 1/Å\)")
+    with pytest.raises(ft.InputError, match=says):
+        ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E, gradient=slip)
+    plan = ft.Plan((N, N), PIXEL, DZ, E, method="icom", backend="cpu", warmup=False)
+    with pytest.raises(ft.InputError, match=says):
+        plan.solve(*planes(), gradient=slip)
+    with pytest.raises(ft.InputError, match=r"expected at most 64\.56 \(it would deflect"):
+        ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=60e3, gradient=slip / 5)
+    fine = slip / 20
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E, gradient=fine)
+    assert np.isfinite(ft.reconstruct(t, method="icom", backend="cpu").phase).all()
+    plan.solve(*planes(), gradient=fine)
+    solver = ft.TIESolver((N, N), PIXEL, backend="cpu")
+    assert np.isfinite(solver.integrate(slip).phase).all()
 
 
 @pytest.mark.parametrize("method", ["icom", "flowtie"])

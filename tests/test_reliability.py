@@ -630,7 +630,10 @@ def test_a_gradient_beyond_float32_is_named_as_such(plan):
     with pytest.raises(ft.InputError, match="^gradient: values up to 1e\\+300 exceed"):
         ft.Plan((N, N), PIXEL, DZ, E, method="icom", backend="cpu", warmup=False).solve(
             *planes(), gradient=np.full((2, N, N), -1e300))
-    assert triplet(gradient=np.full((2, N, N), 1e30)).gradient.dtype == np.float64
+    # within float32, but no deflection reaches it: refused where the triplet is made
+    with pytest.raises(ft.InputError, match=r"^gradient: values up to 1e\+30 rad/Å, expected "
+                                            r"at most 159\.6 \(it would deflect"):
+        triplet(gradient=np.full((2, N, N), 1e30))
 
 
 def test_plane_positions_are_real_numbers():
