@@ -737,6 +737,15 @@ class _Parser(argparse.ArgumentParser):
         text = " ".join(str(message).split())
         self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, except that arguments no command takes are named by the
+        command they were given to (``flowtie evaluate: error: ...``)."""
+        args, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(self, "commands", {}).get(getattr(args, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+
 
 def _path(text: str) -> Path:
     """A path argument as a :class:`~pathlib.Path`; an empty one is a usage
@@ -761,6 +770,7 @@ def _parser() -> argparse.ArgumentParser:
     overwrite.add_argument("--overwrite", action="store_true",
                            help="replace existing output files (default: refuse to start)")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices  # name -> its parser, which names stray arguments
 
     def command(name, **kwargs):
         kwargs.setdefault("description", kwargs.get("help"))

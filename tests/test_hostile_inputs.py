@@ -956,7 +956,8 @@ def test_a_model_configuration_of_impossible_input_channels_is_named(tmp_path, c
      "flowtie reconstruct: error: argument --method: invalid choice: 'nope'"),
     (["demo", "--size", "1e3"], "flowtie demo: error: argument --size: invalid int value"),
     (["reconstruct", "in.npz", "-o", "o.npz", "--bogus"],
-     "flowtie: error: unrecognized arguments: --bogus"),
+     "flowtie reconstruct: error: unrecognized arguments: --bogus"),
+    (["evaluate", "a", "b"], "flowtie evaluate: error: unrecognized arguments: b"),
 ])
 def test_a_usage_error_is_one_line(capsys, argv, says):
     """Bad usage printed the command's whole usage (up to ten lines) before
