@@ -686,9 +686,17 @@ def test_scans_of_another_dwell_time_are_scaled_with_a_warning():
     kw = dict(dz=20.0, scan_step=0.2, k_sampling=k, energy=E, backend="cpu", register=False)
     doubled = [data[0], data[1], (data[2] * 2).astype(np.uint16)]
     with pytest.warns(ft.TrustWarning, match=r"^plus holds 2 times the in-focus scan's "
-                                             r"electrons per pattern.*normalize=False"):
+                                             r"electrons per pattern.*normalize=False uses them"):
         t = ft.FocalTriplet.from_4dstem(*doubled, **kw)
     assert t.flux["scale"][2] == pytest.approx(0.5, rel=2e-3)
+    # as recorded, twice the flux is refused by the planes' own check; 1.7 times is taken
+    with pytest.raises(ft.InputError, match=r"^plus: a mean intensity 2 times that of zero"):
+        ft.FocalTriplet.from_4dstem(*doubled, **kw, normalize=False)
+    brighter = [data[0], data[1], np.round(data[2] * 1.7).astype(np.uint16)]
+    with pytest.warns(ft.TrustWarning, match=r"^plus holds 1.7 times .*the planes are used as "
+                                             r"recorded \(normalize=False\)"):
+        raw = ft.FocalTriplet.from_4dstem(*brighter, **kw, normalize=False)
+    assert not raw.flux["applied"] and raw.flux["scale"][2] == pytest.approx(1 / 1.7, rel=2e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ft.TrustWarning)
         ft.FocalTriplet.from_4dstem(*data, **kw)  # one current: no warning

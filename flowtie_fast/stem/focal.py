@@ -224,6 +224,7 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
     for n, r in zip(("minus", "zero", "plus"), reductions):
         check_missing_frames(n, r.virtual.get("whole"))
     flux = flux_record(reductions)
+    check_flux(flux, normalize)
     if normalize and flux["applied"]:
         planes = scaled(planes, flux["scale"])
     else:
@@ -284,14 +285,6 @@ def flux_record(reductions) -> dict:
         scan's planes to the in-focus scan's flux; ``"applied"``: whether
         they are usable (the scale is ``(1, 1, 1)`` otherwise);
         ``"why"``: why not, or None.
-
-    Warns
-    -----
-    TrustWarning
-        Where a factor lies beyond :data:`FLUX_WARN_FACTOR` either way: the
-        planes are still scaled, but a scan of another dwell time, a beam
-        partly blanked or a detector setting changed between the scans is
-        more likely than a drift of the current.
     """
     wholes = [r.virtual.get("whole") for r in reductions]
     if any(w is None for w in wholes):
@@ -302,18 +295,31 @@ def flux_record(reductions) -> dict:
         return {"per_pattern": means, "scale": (1.0, 1.0, 1.0), "applied": False,
                 "why": "a scan's patterns hold no electrons on average"}
     scale = (means[1] / means[0], 1.0, means[1] / means[2])
-    far = [(n, c) for n, c in zip(("minus", "plus"), scale[::2])
-           if not 1 / FLUX_WARN_FACTOR <= c <= FLUX_WARN_FACTOR]
-    if far:
-        told = "; ".join(f"{n} holds {1 / c:.3g} times the in-focus scan's electrons per "
-                         "pattern" for n, c in far)
-        warnings.warn(f"{told} (whole-detector sums {means[0]:.4g}, {means[1]:.4g}, "
-                      f"{means[2]:.4g}): more than a drift of the beam current; the planes "
-                      "are scaled to the in-focus scan's flux, but check that the three "
-                      "scans share the dwell time, the detector's settings and the beam "
-                      "(normalize=False uses the planes as recorded)", TrustWarning,
-                      stacklevel=4)
     return {"per_pattern": means, "scale": scale, "applied": True, "why": None}
+
+
+def check_flux(flux: dict, normalize: bool) -> None:
+    """Warn where :func:`flux_record`'s factors lie beyond
+    :data:`FLUX_WARN_FACTOR` either way: a scan of another dwell time, a beam
+    partly blanked or a detector setting changed between the scans is then
+    more likely than a drift of the current. The warning (a
+    :class:`TrustWarning`) says whether the planes are scaled
+    (``normalize``) or used as recorded."""
+    if not flux["applied"]:
+        return
+    far = [(n, c) for n, c in zip(("minus", "plus"), flux["scale"][::2])
+           if not 1 / FLUX_WARN_FACTOR <= c <= FLUX_WARN_FACTOR]
+    if not far:
+        return
+    told = "; ".join(f"{n} holds {1 / c:.3g} times the in-focus scan's electrons per pattern"
+                     for n, c in far)
+    done = ("the planes are scaled to the in-focus scan's flux (normalize=False uses them as "
+            "recorded)" if normalize else "the planes are used as recorded (normalize=False)")
+    m = flux["per_pattern"]
+    warnings.warn(f"{told} (whole-detector sums {m[0]:.4g}, {m[1]:.4g}, {m[2]:.4g}): more than "
+                  f"a drift of the beam current; {done}; check that the three scans share the "
+                  "dwell time, the detector's settings and the beam", TrustWarning,
+                  stacklevel=4)
 
 
 def scaled(planes, scale) -> list:
