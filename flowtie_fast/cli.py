@@ -118,7 +118,7 @@ def _demo(args) -> int:
     fig = demo.figure(case, rows)
     with atomic_path(args.png, args.overwrite) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    print(f"figure: {args.png}")
+    print(f"figure: {_shown_path(args.png)}")
     return 0
 
 
@@ -210,10 +210,10 @@ def _reconstruct(args) -> int:
                  overwrite=args.overwrite)
     done = f"{args.method} (returned the {rec.info['fallback']} phase)" \
         if rec.info.get("fallback") else args.method
-    print(f"{done}: {args.output} ({rec.info.get('time', 0) * 1e3:.1f} ms)")
+    print(f"{done}: {_shown_path(args.output)} ({rec.info.get('time', 0) * 1e3:.1f} ms)")
     if args.png is not None:
         _figure(args.png, fields, truth, args.method, args.overwrite)
-        print(f"figure: {args.png}")
+        print(f"figure: {_shown_path(args.png)}")
     return 0
 
 
@@ -335,7 +335,7 @@ def _simulate(args) -> int:
                             device=args.device)
     for c in cases:
         path = ft.save(out / _case_name(c.material, c.thickness), c, overwrite=args.overwrite)
-        print(f"{path}  ({c.zero.shape}, thickness {c.thickness:.1f} Å)")
+        print(f"{_shown_path(path)}  ({c.zero.shape}, thickness {c.thickness:.1f} Å)")
     print(f"simulated {len(cases)} thicknesses in {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -412,7 +412,7 @@ def _evaluate(args) -> int:
     if args.output is not None:
         with atomic_path(args.output, args.overwrite) as tmp:
             tmp.write_text(table)
-        print(f"table: {args.output}")
+        print(f"table: {_shown_path(args.output)}")
     return 0
 
 
@@ -458,7 +458,7 @@ def _train(args) -> int:
         return 2
     # any other failure (out of memory inside PyTorch, ...) is the environment's: main()
     training.export_torchscript(model, args.output, cfg)
-    print(f"model: {args.output}")
+    print(f"model: {_shown_path(args.output)}")
     return 0
 
 
@@ -745,6 +745,14 @@ class _Parser(argparse.ArgumentParser):
             command = getattr(self, "commands", {}).get(getattr(args, "command", None), self)
             command.error(f"unrecognized arguments: {' '.join(extra)}")
         return args
+
+
+def _shown_path(path) -> str:
+    """A path for a line of output: as it is, or quoted with its escapes where
+    it holds characters that are not printable (a newline would split the
+    line a log parser reads)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 def _path(text: str) -> Path:

@@ -1789,3 +1789,15 @@ def test_a_closed_standard_output_is_named_as_such_not_an_unexpected_error(tmp_p
         assert run.returncode == 1, run.stderr
         with np.load(out) as written:
             assert np.isfinite(written["phase"]).all()
+
+
+def test_an_output_name_with_a_newline_is_shown_on_one_line(tmp_path, capsys):
+    """The line naming the output printed a newline in its name raw: one
+    result read as two lines by a log parser. Quoted with its escapes."""
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "in.npz", t)
+    out = tmp_path / "x\ny.npz"
+    assert cli.main(["reconstruct", str(source), "-o", str(out), "--method", "tie",
+                     "--backend", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert out.exists() and len(lines) == 1 and repr(str(out)) in lines[0], lines
