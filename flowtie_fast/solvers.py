@@ -1189,10 +1189,13 @@ class TIESolver:
             # the classical phase of the measured gradient
             g, _ = self._denoised_gradient(gradient, options.gradient_noise)
             icom = self.poisson.integrate(g, out=scratch)
-        verdict = trust.verdict(None if spread is None else float(xp.sqrt((spread ** 2).mean())),
-                                float(phases[0].std()), snr,
-                                None if icom is None else float(icom.std()),
-                                options.registration)
+        with np.errstate(over="ignore", invalid="ignore"):
+            # a flow beyond float32's squares (a broken model) is refused after the
+            # verdict, by the result's check, not by NumPy's overflow warning here
+            verdict = trust.verdict(
+                None if spread is None else float(xp.sqrt((spread ** 2).mean())),
+                float(phases[0].std()), snr, None if icom is None else float(icom.std()),
+                options.registration)
         if options.gradient_suspect and getattr(model, "in_channels", 4) == 6:
             # a network that reads the centre of mass reads it misoriented too
             verdict.update(trusted=False, why="the measured gradient it reads looks "

@@ -5,6 +5,7 @@ a flow with NaN or Inf is refused at prediction instead of becoming the phase.""
 from __future__ import annotations
 
 import json
+import warnings
 import pickle
 import shutil
 import struct
@@ -264,3 +265,26 @@ def test_a_flow_with_nan_at_prediction_raises_naming_the_model(tmp_path):
     planes[0][0, 0] = np.nan
     with pytest.raises(ft.InputError, match="input planes, didz or centre of mass hold NaN"):
         FlowModel(save_module(Linear(), tmp_path / "linear.pt")).predict(planes, didz, K, PIXEL)
+
+
+class Huge(torch.nn.Module):
+    """A finite flow of 1e30 rad/px: within float32, its squares are not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x[:, :2], 1e30) * torch.sign(x[:, 1:2] - 1.0)
+
+
+def test_a_flow_beyond_any_phase_gradient_is_refused_without_numpy_s_overflow(tmp_path):
+    """A model whose flow is 1e30 (finite in float32) was refused by the
+    result's check, after NumPy's 'overflow encountered' RuntimeWarning
+    escaped from the trust check's statistics (an exception under
+    warnings-as-errors): only the ResultError, naming the stage."""
+    path = save_module(Huge(), tmp_path / "huge.pt")
+    planes, _ = smooth_triplet()
+    t = ft.FocalTriplet(*planes, dz=50.0, pixel_size=PIXEL, energy=300e3)
+    FlowModel(path)  # finite: it passes the load-time probe
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(ft.ResultError, match=r"^flowtie"):
+            ft.reconstruct(t, method="flowtie", backend="cpu", model=str(path),
+                           uncertainty=True)
