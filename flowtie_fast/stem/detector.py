@@ -611,11 +611,21 @@ def center_scatter(patterns, resamples: int = 32, seed: int = 0) -> float:
     if is_cupy(patterns):
         patterns = patterns.get()
     stack = np.asarray(patterns)
-    shape = stack.shape[-2:]
-    stack = stack.reshape(-1, shape[0] * shape[1])
+    stack = stack.reshape(-1, *stack.shape[-2:])
     n = stack.shape[0]
     if n < 2:
         return 0.0
+    # Only the disk decides its centre: the resamples are made of the box of the
+    # mean pattern's bright field, widened by a quarter of its size each way
+    # (a few times fewer pixels than a large detector's, the same scatter).
+    bright = _bright_field(mean_pattern(stack))
+    if bright.any():
+        rows, cols = np.flatnonzero(bright.any(axis=1)), np.flatnonzero(bright.any(axis=0))
+        wy, wx = (max(2, (a[-1] - a[0] + 1) // 4) for a in (rows, cols))
+        stack = stack[:, max(rows[0] - wy, 0):rows[-1] + wy + 1,
+                      max(cols[0] - wx, 0):cols[-1] + wx + 1]
+    shape = stack.shape[-2:]
+    stack = stack.reshape(n, shape[0] * shape[1])
     rng = np.random.default_rng(seed)
     picks = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64) / n
     means = np.empty((resamples, stack.shape[1]))
