@@ -675,7 +675,11 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
         Intensities ``(minus, zero, plus)`` at ``-dz, 0, +dz``: NumPy, CuPy
         (copied to the host) or dask (each chunk read on the worker that
         solves it). Triplets must share shape, pixel size, even dz and energy;
-        their planes, gradients and noise are used.
+        their planes, gradients, the noise of their planes, their registration
+        records and their own orientation checks are used, not the noise of
+        their gradients (``icom`` does not filter the gradient here, as in a
+        :class:`~flowtie_fast.plan.Plan`; :func:`~flowtie_fast.solvers.reconstruct`
+        does).
     method : str
         One of :data:`~flowtie_fast.solvers.METHODS` (default "tie").
     pixel_size : float or (float, float)
