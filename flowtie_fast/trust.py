@@ -402,11 +402,14 @@ def _orientation(forms, n):
     excess = max(forms[0, 0] - least, 0.0)
     share = min(excess / (top - least), 1.0) if top > least else 0.0
     most = max(hi, fhi)  # a turn by 90° of the least-curl orientation, or a flip
+    # A given orientation that only a transpose makes curl-free is no turn of the
+    # right one: its icom phase is another phase altogether, as harmful as a
+    # quarter turn's (the angle of the turns' formula means nothing there).
     return {"contrast": float((most - least) / total * math.sqrt(n)),
             "curl_fraction": float(forms[0, 0] / total),
             "least_curl_fraction": float(least / total),
             "significance": float(excess / total * math.sqrt(n)),
-            "misorientation": math.degrees(math.asin(math.sqrt(share))),
+            "misorientation": 90.0 if flip else math.degrees(math.asin(math.sqrt(share))),
             "correction": (float(theta), bool(flip))}
 
 
@@ -454,7 +457,9 @@ def gradient_orientation(gradient, pixel_size) -> dict:
         given; ``least_curl_fraction``: at its least-curl orientation;
         ``misorientation``: the angle (degrees, 0-90; 180 from
         :func:`sign_check`) the given orientation lies from the least-curl
-        one, ``asin √((given - least) / (most - least))``; ``correction``:
+        one, ``asin √((given - least) / (most - least))``, and 90 where the
+        least-curl orientation is a transpose of the given one (a flip is no
+        turn: its ``icom`` phase is another phase); ``correction``:
         ``(degrees, transpose)``, the rotation of
         :func:`~flowtie_fast.stem.rotation.rotate_com` (after swapping the
         components where ``transpose``) that makes the gradient curl-free, up

@@ -87,6 +87,28 @@ def test_swapped_components_are_caught_by_the_triplet_and_every_solve():
     assert tie_right.info["icom_disagreement"] is not None
 
 
+def test_swapped_components_that_leave_little_curl_are_caught():
+    """On this field the components swapped hold 20 % curl, which the turns'
+    formula read as a misorientation of 26°, under the 30° limit: icom
+    returned another phase (NMSE 1.02) without a word. A given orientation
+    that only a transpose makes curl-free is no turn: flagged."""
+    from fields import periodic_field
+
+    pixel = (0.2, 0.25)
+    phi, intensity, _, g = periodic_field((96, 80), pixel)
+    right = trust.gradient_orientation(g, pixel)
+    assert right["testable"] and not right["suspect"]
+    check = trust.gradient_orientation(g[::-1], pixel)
+    assert 0.1 < check["curl_fraction"] < 0.3 and check["least_curl_fraction"] < 0.01
+    assert check["suspect"] and check["misorientation"] == 90.0
+    assert check["correction"][1] is True
+    planes = [intensity] * 3
+    with pytest.warns(ft.TrustWarning, match=r"gradient: \d+% of its power is curl"):
+        t = ft.FocalTriplet(*planes, dz=20.0, pixel_size=pixel, energy=300e3, gradient=g[::-1])
+    with pytest.warns(ft.TrustWarning, match="icom: gradient:"):
+        ft.reconstruct(t, method="icom", backend="cpu")
+
+
 @pytest.mark.parametrize("shape", [(8, 8), (16, 16), (24, 40), (64, 64)])
 def test_noise_alone_is_never_suspect(shape):
     """White noise has as much curl as divergence at every orientation: its
