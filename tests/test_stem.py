@@ -735,6 +735,13 @@ def test_scaling_that_cannot_be_done_is_warned_not_skipped_without_a_word():
         warnings.simplefilter("error", ft.TrustWarning)
         raw = ft.FocalTriplet.from_4dstem(*dark, **kw, normalize=False)
     np.testing.assert_array_equal(np.asarray(raw.minus), np.asarray(t.minus))
+    # reductions made elsewhere without the whole detector's image: nothing to compare
+    reductions = t.reductions
+    for r in reductions:
+        del r.virtual["whole"]
+    with pytest.warns(ft.TrustWarning, match=r"^normalize: the reductions hold no "
+                                             r"whole-detector image .*not scaled"):
+        ft.FocalTriplet.from_reductions(reductions, 20.0, 0.2, register=False)
 
 
 def _shifted_disk_data(det=(53, 61), center=(26.0, 30.0), radius_px=12.4):

@@ -307,17 +307,22 @@ def check_flux(flux: dict, normalize: bool) -> None:
     (``normalize``) or used as recorded.
 
     Where a scan's patterns sum to no positive number of electrons on
-    average (a dark level subtracted beyond the dark field's), the beam
-    currents cannot be compared and the planes are used as recorded: with
+    average (a dark level subtracted beyond the dark field's), or reductions
+    made elsewhere hold no whole-detector image, the beam currents cannot be
+    compared and the planes are used as recorded: with
     ``normalize`` a :class:`TrustWarning` names the scan (the scaling asked
     for is not done)."""
     m = flux["per_pattern"]
-    if normalize and m is not None and not flux["applied"]:
-        bad = [f"{n}'s {v:.4g}" for n, v in zip(("minus", "zero", "plus"), m)
-               if not (v > 0 and math.isfinite(v))]
-        warnings.warn(f"normalize: the whole-detector sums of the patterns average "
-                      f"{', '.join(bad)}, no positive number of electrons (a dark level "
-                      "subtracted?): the scans' beam currents cannot be compared and the "
+    if normalize and not flux["applied"]:
+        if m is None:
+            what = ("the reductions hold no whole-detector image ('whole' in "
+                    "Reduction.virtual)")
+        else:
+            bad = [f"{n}'s {v:.4g}" for n, v in zip(("minus", "zero", "plus"), m)
+                   if not (v > 0 and math.isfinite(v))]
+            what = (f"the whole-detector sums of the patterns average {', '.join(bad)}, no "
+                    "positive number of electrons (a dark level subtracted?)")
+        warnings.warn(f"normalize: {what}: the scans' beam currents cannot be compared and the "
                       "planes are used as recorded, not scaled", TrustWarning, stacklevel=4)
     if not flux["applied"]:
         return
