@@ -909,13 +909,8 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
               for k, count, unit, each in _NOISES}
     registration = None
     if "registration" in fields:
-        text = _text(fields, "registration", path)
-        try:
-            record = json.loads(text)
-        except ValueError as exc:
-            raise InputError(f"{path.name}: 'registration' must be JSON text of the "
-                             f"registration record, got {_short(repr(text), 60)} ({exc})") from None
-        registration = _registration_record(record, f"{path.name}: 'registration'")
+        registration = _registration_record(_registration_json(fields, path),
+                                            f"{path.name}: 'registration'")
     if noises["gradient_noise"] is not None and "gradient" not in fields:
         raise InputError(f"{path.name}: 'gradient_noise' without 'gradient'; expected the "
                          "noise of a measured gradient stored with it")
@@ -937,6 +932,36 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
                    _path=path, **noises)
 
 
+#: characters: the longest registration record read (one is a few hundred).
+_REGISTRATION_CHARS = 1 << 16
+
+
+def _unique_keys(pairs) -> dict:
+    """A JSON object's pairs as a dict; :class:`ValueError` on a key given twice
+    (which of them counts would be the parser's choice)."""
+    record = {}
+    for k, v in pairs:
+        if k in record:
+            raise ValueError(f"key {k!r} given twice")
+        record[k] = v
+    return record
+
+
+def _registration_json(fields: dict, path: Path):
+    """Key ``registration``: JSON text of at most :data:`_REGISTRATION_CHARS`
+    characters, nested no deeper than Python's parser reaches, without a key
+    given twice, parsed; :class:`InputError` naming it otherwise."""
+    text = _text(fields, "registration", path)
+    want = f"{path.name}: 'registration' must be JSON text of the registration record"
+    if len(text) > _REGISTRATION_CHARS:
+        raise InputError(f"{want} (a few hundred characters), got {len(text)} characters")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise InputError(f"{want}, got {_short(repr(text), 60)} ({why})") from None
+
+
 def _registration_record(record, name: str) -> dict:
     """A registration record (``triplet.registration``) checked and made of
     plain values (the shifts a nested list of floats); :class:`InputError`
@@ -952,7 +977,7 @@ def _registration_record(record, name: str) -> dict:
             isinstance(v, (int, float, np.integer, np.floating)) and
             not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v))
             for v in shifts.ravel())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # an integer beyond float's range
         ok = False
     flags = all(isinstance(record[k], (bool, np.bool_)) for k in ("reliable", "applied"))
     texts = all(isinstance(record.get(k), (str, type(None))) for k in ("signal", "why"))

@@ -923,6 +923,18 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"registration": _REG.replace('"reliable": false', '"reliable": 0')},
      "registration", "must be a registration record"),
     ("4", {"registration": _REG}, "registration", "is for a triplet of images only"),
+    # A parser's limits are the file's: deep nesting, integers beyond float, repeated keys.
+    ("3", {"registration": "[" * 5000 + "]" * 5000}, "registration",
+     r"must be JSON text of the registration record, got .* \(nested too deeply\)$"),
+    ("3", {"registration": _REG.replace("[0.0, 0.0], [0.0, 0.0]", "[0.0, 1" + "0" * 400 +
+                                        "], [0.0, 0.0]")},
+     "registration", "must be a registration record"),
+    ("3", {"registration": _REG.replace('"applied": false', '"applied": true, "applied": false')
+           .replace('"reliable": false', '"reliable": true')},
+     "registration", r"must be JSON text .*key 'applied' given twice"),
+    ("3", {"registration": _REG.replace('"images under 8 px a side"', '"' + "x" * 70000 + '"')},
+     "registration", r"must be JSON text of the registration record \(a few hundred "
+                     r"characters\), got 70\d\d\d characters$"),
 ]
 
 

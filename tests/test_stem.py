@@ -716,6 +716,34 @@ def test_scans_of_another_dwell_time_are_scaled_with_a_warning():
         ft.FocalTriplet.from_4dstem(Unread(), Unread(), Unread(), **kw, normalize="yes")
 
 
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+def test_scaling_that_cannot_be_done_is_warned_not_skipped_without_a_word():
+    """±dz scans with a dark level subtracted beyond their dark field (their
+    whole-detector sums negative on average, their bright-field disks still
+    bright): normalize=True left their planes as recorded without a word; a
+    TrustWarning names the scans, and normalize=False stays silent."""
+    data, k = _textured_scans()
+    kw = dict(dz=20.0, scan_step=0.2, k_sampling=k, energy=E, backend="cpu", register=False)
+    dark = [data[0].astype(np.float32) - 50, data[1], data[2].astype(np.float32) - 50]
+    with pytest.warns(ft.TrustWarning, match=r"^normalize: the whole-detector sums of the "
+                                             r"patterns average minus's -\d.*, plus's -\d.*, "
+                                             r"no positive number of electrons .*used as "
+                                             r"recorded, not scaled"):
+        t = ft.FocalTriplet.from_4dstem(*dark, **kw)
+    assert not t.flux["applied"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        raw = ft.FocalTriplet.from_4dstem(*dark, **kw, normalize=False)
+    np.testing.assert_array_equal(np.asarray(raw.minus), np.asarray(t.minus))
+    # reductions made elsewhere without the whole detector's image: nothing to compare
+    reductions = t.reductions
+    for r in reductions:
+        del r.virtual["whole"]
+    with pytest.warns(ft.TrustWarning, match=r"^normalize: the reductions hold no "
+                                             r"whole-detector image .*not scaled"):
+        ft.FocalTriplet.from_reductions(reductions, 20.0, 0.2, register=False)
+
+
 def _shifted_disk_data(det=(53, 61), center=(26.0, 30.0), radius_px=12.4):
     """Three 4D scans of a soft-edged bright-field disk centred at ``center``
     (row, column) px on a non-square detector, moved by a phase gradient over

@@ -304,7 +304,26 @@ def check_flux(flux: dict, normalize: bool) -> None:
     partly blanked or a detector setting changed between the scans is then
     more likely than a drift of the current. The warning (a
     :class:`TrustWarning`) says whether the planes are scaled
-    (``normalize``) or used as recorded."""
+    (``normalize``) or used as recorded.
+
+    Where a scan's patterns sum to no positive number of electrons on
+    average (a dark level subtracted beyond the dark field's), or reductions
+    made elsewhere hold no whole-detector image, the beam currents cannot be
+    compared and the planes are used as recorded: with
+    ``normalize`` a :class:`TrustWarning` names the scan (the scaling asked
+    for is not done)."""
+    m = flux["per_pattern"]
+    if normalize and not flux["applied"]:
+        if m is None:
+            what = ("the reductions hold no whole-detector image ('whole' in "
+                    "Reduction.virtual)")
+        else:
+            bad = [f"{n}'s {v:.4g}" for n, v in zip(("minus", "zero", "plus"), m)
+                   if not (v > 0 and math.isfinite(v))]
+            what = (f"the whole-detector sums of the patterns average {', '.join(bad)}, no "
+                    "positive number of electrons (a dark level subtracted?)")
+        warnings.warn(f"normalize: {what}: the scans' beam currents cannot be compared and the "
+                      "planes are used as recorded, not scaled", TrustWarning, stacklevel=4)
     if not flux["applied"]:
         return
     far = [(n, c) for n, c in zip(("minus", "plus"), flux["scale"][::2])
