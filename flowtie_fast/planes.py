@@ -178,17 +178,19 @@ def _variance(a) -> float:
 #: is a few hundred.
 GRADIENT_LIMIT = 1e4
 #: rad: the largest deflection ``|∇φ| / k`` a measured phase gradient may
-#: imply (``k = 2π/λ``): a centre of mass at half a radian is beyond any
-#: probe's convergence and any detector's reach (a bright-field disk beyond
-#: 500 mrad is refused as well). A gradient in other units (1/Å without the
-#: 2π, per pixel, per nm, ...) or scaled by a slip reaches it first.
-MAX_DEFLECTION = 0.5
+#: imply (``k = 2π/λ``): a centre of mass at a radian is beyond any probe's
+#: convergence and any pixelated detector's reach (one sparse pattern's centre
+#: of mass can sit at the detector's edge, some hundreds of mrad out; a
+#: bright-field disk beyond 500 mrad is refused as well). A gradient in other
+#: units (1/Å without the 2π, per nm, ...) or scaled by a slip of 1000 reaches
+#: it first.
+MAX_DEFLECTION = 1.0
 
 
 def gradient_limit(wavenumber=None) -> float:
     """The largest measured phase gradient taken, rad/Å: :data:`GRADIENT_LIMIT`,
     or at the wavenumber ``k`` (rad/Å) the smaller :data:`MAX_DEFLECTION` ×
-    ``k`` (160 rad/Å at 300 keV, 65 at 60 keV)."""
+    ``k`` (319 rad/Å at 300 keV, 129 at 60 keV)."""
     return GRADIENT_LIMIT if wavenumber is None else min(GRADIENT_LIMIT,
                                                         MAX_DEFLECTION * float(wavenumber))
 

@@ -632,7 +632,7 @@ def test_a_gradient_beyond_float32_is_named_as_such(plan):
             *planes(), gradient=np.full((2, N, N), -1e300))
     # within float32, but no deflection reaches it: refused where the triplet is made
     with pytest.raises(ft.InputError, match=r"^gradient: values up to 1e\+30 rad/Å, expected "
-                                            r"at most 159\.6 \(it would deflect"):
+                                            r"at most 319\.1 \(it would deflect"):
         triplet(gradient=np.full((2, N, N), 1e30))
 
 

@@ -809,3 +809,26 @@ def test_center_scatter_is_the_measured_centres_standard_error(rng):
     got = [stem.detector.center_scatter(sample(), seed=i) for i in range(5)]
     assert 0.6 * truth < np.median(got) < 1.6 * truth
     assert stem.detector.center_scatter(scan[:1]) == 0.0
+
+
+def test_a_sparse_pattern_at_a_wide_angle_detector_s_edge_is_not_refused():
+    """One in-focus pattern holding a single electron on the edge row of a
+    detector that reaches 600 mrad puts its centre of mass there: the limit
+    on a measured gradient (a deflection of a radian) must not refuse the
+    triplet, whose gradient the reduction measured, not the caller."""
+    det, conv, edge = 128, 30e-3, 0.6
+    k = edge / ft.wavelength(E) / (det / 2)
+    radius = conv / ft.wavelength(E) / k
+    iy, ix = np.indices((det, det)) - (det - 1) / 2
+    disk = (np.hypot(iy, ix) <= radius).astype(np.float64)
+    rng = np.random.default_rng(0)
+    scans = [rng.poisson(200 * disk / disk.sum() * (1 + 0.05 * rng.random((16, 16, 1, 1))))
+             .astype(np.float32) for _ in range(3)]
+    scans[1][3, 4] = 0
+    scans[1][3, 4, det // 2, det - 1] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = ft.FocalTriplet.from_4dstem(*scans, dz=20.0, scan_step=0.2, k_sampling=k,
+                                        energy=E, register=False)
+    g = np.asarray(t.gradient)
+    assert 0.5 < float(np.abs(g).max()) / ft.wavenumber(E) < 1.0  # the edge, under a radian
