@@ -255,10 +255,13 @@ class Plan:
 
     # ------------------------------------------------------------------ checks
 
-    def _orientation(self, gradient, planes):
+    def _orientation(self, gradient, planes, stacklevel=4):
         """Check a measured gradient given with ``planes`` while no telling one
         was (every one at first, then one in :data:`ORIENTATION_CHECKS`: a run
-        of noise); the warning of a suspect orientation, else None."""
+        of noise); the warning of a suspect orientation, else None.
+        ``stacklevel``: of its :class:`TrustWarning`, counted from
+        :meth:`_check_orientation` (4: the caller of a public method that
+        calls this one)."""
         if gradient is None:
             return None
         with self._orientation_lock:
@@ -266,11 +269,11 @@ class Plan:
                 self._untelling += 1
                 if (self._untelling <= ORIENTATION_CHECKS
                         or self._untelling % ORIENTATION_CHECKS == 0):
-                    self._check_orientation(gradient, planes)
+                    self._check_orientation(gradient, planes, stacklevel)
             check = self.gradient_orientation or {}
         return check["why"] if check.get("suspect") else None
 
-    def _check_orientation(self, gradient, planes):
+    def _check_orientation(self, gradient, planes, stacklevel=4):
         """The curl check of a measured gradient and, where it passes, its sign
         against the TIE gradient of the planes given with it (planes or a
         gradient the solve will refuse are left for it to refuse: no
@@ -290,7 +293,7 @@ class Plan:
                              "Plan(..., virtual='abf'), 'df', ...")
         self.gradient_orientation = check  # whole: another thread reads it as it is
         if check["suspect"]:
-            warnings.warn(check["why"], TrustWarning, stacklevel=4)
+            warnings.warn(check["why"], TrustWarning, stacklevel=stacklevel)
 
     def _image(self, name, a, shape):
         """``a`` checked as an input of ``shape``: an array of this plan's
@@ -402,7 +405,8 @@ class Plan:
             self._output("uncertainty_out", uncertainty_out, self.shape,
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
         options = self.options if noise is None else replace(self.options, noise=noise)
-        own = self._orientation(gradient, planes)  # after every refusal of the arguments
+        # after every refusal of the arguments; warned at the caller of solve (solve, _solve)
+        own = self._orientation(gradient, planes, stacklevel=5)
         suspect = suspect or own  # a triplet's own verdict first
         if suspect:
             options = replace(options, gradient_suspect=suspect)

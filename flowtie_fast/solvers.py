@@ -765,8 +765,11 @@ class TIESolver:
         """The solve itself, on validated arrays and under the lock: fills ``phase``
         and ``grad``; returns the mean intensity and the unnormalised residual map
         where the method computes it anyway (else None)."""
-        if gradient is not None and method != "flowtie":
-            gradient = self._check_gradient(gradient, k)  # before anything is written
+        if gradient is not None:  # before anything is written
+            if method == "flowtie":  # read as given by the network; its icom fallback too
+                check_gradient_peak(check_gradient(gradient, self.shape), k)
+            else:
+                gradient = self._check_gradient(gradient, k)
         mean, planes = self._derivative_and_intensity(planes, derivative_weights,
                                                       intensity_weights, options.names)
         tol, max_iter = options.tol, options.max_iter

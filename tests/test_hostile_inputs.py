@@ -363,6 +363,27 @@ def test_a_gradient_beyond_any_deflection_is_refused_where_it_is_given():
     assert np.isfinite(solver.integrate(slip).phase).all()
 
 
+def test_a_flowtie_plan_refuses_a_gradient_beyond_any_deflection():
+    """A flowtie Plan read a measured gradient unchecked: 400 rad/Å (a centre
+    of mass 1000 times too large) came back as its icom fallback's phase,
+    1000 times too strong, under a warning that named only the flow. Refused
+    before anything is written, as by the plans of the other methods."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    slip = 400 * np.tanh(rng.standard_normal((2, N, N)))
+    slip[0, 0, 0] = 400.0
+    plan = ft.Plan((N, N), PIXEL, DZ, E, method="flowtie", backend="cpu", warmup=False)
+    out = np.full((N, N), 7.0, np.float32)
+    with pytest.raises(ft.InputError, match=r"^gradient: values up to 400 rad/Å, expected "
+                                            r"at most 159\.6 \(it would deflect"):
+        plan.solve(*planes(), gradient=slip, out=out)
+    assert (out == 7.0).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)  # the verdict is not under test
+        plan.solve(*planes(), gradient=slip / 20, out=out)
+    assert np.isfinite(out).all()
+
+
 @pytest.mark.parametrize("method", ["icom", "flowtie"])
 def test_a_batch_with_one_absurd_gradient_is_refused_before_any_item_is_written(method):
     kw = {"uncertainty": False} if method == "flowtie" else {}

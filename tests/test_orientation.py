@@ -489,3 +489,19 @@ def test_a_triplet_of_other_than_bright_field_images_skips_the_sign_check():
     with pytest.raises(ft.InputError, match=r"^virtual: expected one of \('bf', 'bf-full', "
                                             r"'abf', 'df', 'whole'\), got 'dark'$"):
         ft.FocalTriplet(*planes, virtual="dark", **kw)
+
+
+def test_a_plans_orientation_warning_names_the_line_that_called_solve():
+    """The TrustWarning of a misoriented gradient given to Plan.solve named a
+    line of plan.py (the solve's own call of its body) instead of the
+    caller's."""
+    from fields import periodic_field
+
+    pixel = (0.2, 0.25)
+    phi, intensity, _, g = periodic_field((96, 80), pixel)
+    planes = [intensity.astype(np.float32)] * 3
+    turned = np.ascontiguousarray(np.stack([g[1], -g[0]])).astype(np.float32)  # 90°
+    plan = ft.Plan(phi.shape, pixel, 20.0, 300e3, method="icom", backend="cpu", warmup=False)
+    with pytest.warns(ft.TrustWarning, match="of its power is curl") as caught:
+        plan.solve(*planes, gradient=turned)
+    assert [w.filename for w in caught] == [__file__]

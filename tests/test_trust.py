@@ -191,12 +191,25 @@ def test_cli_normalize_off_uses_the_planes_as_recorded(case, tmp_path, capsys):
 
     src = tmp_path / "dim.npz"
     ft.save(src, dataclasses.replace(case, plus=case.plus * np.float32(0.9)))
+    phases = {}
     for flag, told in (("on", "planes scaled"), ("off", "planes used as recorded")):
         out = tmp_path / f"rec_{flag}.npz"
-        assert main(["reconstruct", str(src), "-o", str(out), "--method", "icom",
+        assert main(["reconstruct", str(src), "-o", str(out), "--method", "tie-uniform",
                      "--register", "off", "--normalize", flag]) == 0
         line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("beam:")]
         assert len(line) == 1 and told in line[0] and " 0.9 times" in line[0]
+        with np.load(out) as f:
+            phases[flag] = f["phase"]
+    # the TIE reads the planes: the dimmer +dz scan as recorded moves its phase
+    assert not np.allclose(phases["on"], phases["off"], rtol=0, atol=1e-3 * np.ptp(phases["on"]))
+    images = tmp_path / "images.npz"
+    ft.save(images, ft.FocalTriplet(case.minus.sum(axis=(2, 3)), case.zero.sum(axis=(2, 3)),
+                                    case.plus.sum(axis=(2, 3)), dz=case.dz,
+                                    pixel_size=case.scan_step, energy=case.energy))
+    assert main(["reconstruct", str(images), "-o", str(tmp_path / "img.npz"), "--method",
+                 "tie", "--normalize", "off"]) == 2
+    assert "--normalize: applies to 4D-STEM files only" in capsys.readouterr().err
+
 
 def test_cli_writes_the_uncertainty_and_says_when_it_falls_back(case, tmp_path, capsys):
     from flowtie_fast.cli import main
