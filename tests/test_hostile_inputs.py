@@ -375,7 +375,7 @@ def test_a_flowtie_plan_refuses_a_gradient_beyond_any_deflection():
     plan = ft.Plan((N, N), PIXEL, DZ, E, method="flowtie", backend="cpu", warmup=False)
     out = np.full((N, N), 7.0, np.float32)
     with pytest.raises(ft.InputError, match=r"^gradient: values up to 400 rad/Å, expected "
-                                            r"at most 159\.6 \(it would deflect"):
+                                            r"at most 319\.1 \(it would deflect"):
         plan.solve(*planes(), gradient=slip, out=out)
     assert (out == 7.0).all()
     with warnings.catch_warnings():
