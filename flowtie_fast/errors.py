@@ -5,12 +5,28 @@ Every error about the caller's input is a :class:`InputError`, a subclass of
 """
 
 import math
+import os
+import sys
 from numbers import Real
 
 import numpy as np
 
 # The public names; the check_* helpers below are the package's own.
 __all__ = ["BackendError", "InputError", "ResultError", "TrustWarning"]
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` of :func:`warnings.warn`, called by the caller of this
+    function, that names the first frame outside flowtie_fast: the user's
+    line, however many of the library's functions lie between (an entry point
+    calling another, as ``from_4dstem`` calls ``from_reductions``)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class InputError(ValueError):

@@ -686,9 +686,16 @@ def test_scans_of_another_dwell_time_are_scaled_with_a_warning():
     kw = dict(dz=20.0, scan_step=0.2, k_sampling=k, energy=E, backend="cpu", register=False)
     doubled = [data[0], data[1], (data[2] * 2).astype(np.uint16)]
     with pytest.warns(ft.TrustWarning, match=r"^plus holds 2 times the in-focus scan's "
-                                             r"electrons per pattern.*normalize=False uses them"):
+                                             r"electrons per pattern.*normalize=False uses "
+                                             r"them") as told:
         t = ft.FocalTriplet.from_4dstem(*doubled, **kw)
     assert t.flux["scale"][2] == pytest.approx(0.5, rel=2e-3)
+    # the warning names the caller's line, not the library's
+    assert {w.filename for w in told if w.category is ft.TrustWarning} == {__file__}
+    ds = ft.Dataset(*doubled, (20.0, 20.0), (0.2, 0.2), E, (k, k))
+    with pytest.warns(ft.TrustWarning, match=r"^plus holds 2 times") as told:
+        ds.triplet(backend="cpu", register=False)
+    assert {w.filename for w in told if w.category is ft.TrustWarning} == {__file__}
     # as recorded, twice the flux is refused by the planes' own check; 1.7 times is taken
     with pytest.raises(ft.InputError, match=r"^plus: a mean intensity 2 times that of zero"):
         ft.FocalTriplet.from_4dstem(*doubled, **kw, normalize=False)

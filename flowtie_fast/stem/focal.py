@@ -27,7 +27,7 @@ import numpy as np
 
 from ..backend import array_module, is_cupy, to_host
 from ..errors import (InputError, TrustWarning, check_choice, check_count, check_positive,
-                      check_real)
+                      check_real, user_stacklevel)
 from ..noise import Noise, band_noise, poisson_noise
 from ..physics import wavelength
 from .detector import (Detector, check_com_radius, check_region, mean_pattern,
@@ -241,7 +241,7 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
         if any(x is None for x in signals):  # no dark field on this detector
             warnings.warn("register: the detector records no dark field to measure the "
                           "drift on; not applied: the planes are used as recorded",
-                          RegistrationWarning, stacklevel=3)
+                          RegistrationWarning, stacklevel=user_stacklevel())
             registration = {"shifts": np.zeros((3, 2)), "reliable": False,
                             "applied": False, "signal": None,
                             "why": "no dark field on the detector"}
@@ -323,7 +323,8 @@ def check_flux(flux: dict, normalize: bool) -> None:
             what = (f"the whole-detector sums of the patterns average {', '.join(bad)}, no "
                     "positive number of electrons (a dark level subtracted?)")
         warnings.warn(f"normalize: {what}: the scans' beam currents cannot be compared and the "
-                      "planes are used as recorded, not scaled", TrustWarning, stacklevel=4)
+                      "planes are used as recorded, not scaled", TrustWarning,
+                      stacklevel=user_stacklevel())
     if not flux["applied"]:
         return
     far = [(n, c) for n, c in zip(("minus", "plus"), flux["scale"][::2])
@@ -338,7 +339,7 @@ def check_flux(flux: dict, normalize: bool) -> None:
     warnings.warn(f"{told} (whole-detector sums {m[0]:.4g}, {m[1]:.4g}, {m[2]:.4g}): more than "
                   f"a drift of the beam current; {done}; check that the three scans share the "
                   "dwell time, the detector's settings and the beam", TrustWarning,
-                  stacklevel=4)
+                  stacklevel=user_stacklevel())
 
 
 def scaled(planes, scale) -> list:
@@ -386,7 +387,7 @@ def check_missing_frames(name, whole) -> None:
                   f"first at {first}) while the patterns average {float(w.mean()):.4g}: "
                   "frames missing (dropped, or unwritten in the file and read as zeros)? "
                   "Those positions are wrong in every image and in the centre of mass",
-                  TrustWarning, stacklevel=4)
+                  TrustWarning, stacklevel=user_stacklevel())
 
 
 def check_reductions(reductions, virtual) -> None:
@@ -580,7 +581,7 @@ def register_planes(planes, signals, register):
     if min(planes[0].shape) < 8:
         warnings.warn(f"register: images of {tuple(planes[0].shape)} px are too small to "
                       "measure a drift (at least 8 px a side); the planes are used as "
-                      "recorded", RegistrationWarning, stacklevel=4)
+                      "recorded", RegistrationWarning, stacklevel=user_stacklevel())
         return planes, {**record, "why": "images under 8 px a side"}
     host = [to_host(p) for p in planes]
     source = None if signals is None else [to_host(s) for s in signals]
