@@ -41,6 +41,11 @@ registration           str (JSON)                 the record of the scans' regis
                                                   (3 x 2 px), ``reliable``, ``applied``,
                                                   ``signal``, ``why``; optional; triplets
                                                   only)
+orientation            str (JSON)                 ``{"suspect": true, "why": text}``: the
+                                                  gradient's own orientation check, made
+                                                  when the triplet was, found it misoriented
+                                                  (optional, with ``gradient``; triplets
+                                                  only)
 material               str                        optional
 thickness              float, Å                   optional
 semiangle              float, mrad                optional
@@ -55,7 +60,11 @@ A triplet without ``virtual`` (planes given directly, or a file of an older
 version) loads with ``virtual`` None; one without ``noise`` has its noise
 estimated again when the triplet is made (Poisson for integer planes, else
 unknown); one without ``registration`` has no record of its scans'
-registration (``triplet.registration`` None).
+registration (``triplet.registration`` None). ``orientation`` keeps a
+verdict the reloaded triplet could not reach again: the sign of the
+centre of mass of a triplet of ``"abf"`` or ``"df"`` planes was checked
+against the bright-field images of its 4D-STEM data, which the file does
+not hold.
 
 Writes are atomic (a temporary file in the target folder, flushed to disk,
 then a rename), so a failed write leaves nothing behind. Temporaries are named
@@ -81,6 +90,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,7 +100,7 @@ from numpy.lib import format as npy
 from .files import (_check_bool, _short, _suffix, as_path, atomic_path, check_hdf5_written,
                     check_input_file, check_target)
 from .backend import _gib, host_available_memory, is_cupy
-from .errors import RANGES, InputError, check_positive, is_number
+from .errors import RANGES, InputError, TrustWarning, check_positive, is_number
 from .noise import SOURCES, Noise
 from .physics import wavelength
 from .stem.detector import VIRTUAL_IMAGES
@@ -105,11 +115,12 @@ _OPTIONAL_SCALARS = ("material", "thickness", "semiangle")
 # A triplet's record of its planes: the noise of the planes (one variance per
 # plane, intensity²) and of the measured gradient (one per component, (rad/Å)²).
 _NOISES = (("noise", 3, "intensity²", "plane"), ("gradient_noise", 2, "(rad/Å)²", "component"))
-_TRIPLET_ONLY = ("gradient", "virtual", "registration") + tuple(k for k, *_ in _NOISES)
+_TRIPLET_ONLY = ("gradient", "virtual", "registration", "orientation") + \
+    tuple(k for k, *_ in _NOISES)
 _REGISTRATION = {"shifts": "3 x 2 shifts in px", "reliable": "true or false",
                  "applied": "true or false", "signal": "text or null", "why": "text or null"}
 _KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy", "format", "kind") + \
-    _OPTIONAL_SCALARS + ("virtual", "registration") + tuple(n for k, *_ in _NOISES for n in (k, k + "_source"))
+    _OPTIONAL_SCALARS + ("virtual", "registration", "orientation") + tuple(n for k, *_ in _NOISES for n in (k, k + "_source"))
 
 
 @dataclass
@@ -159,6 +170,12 @@ class Dataset:
         ``shifts`` (3, 2) in px, ``reliable``, ``applied``, ``signal``,
         ``why``), given back to the triplet: where it says the drift could
         not be measured, the reloaded triplet is judged so, as the original.
+    orientation : dict, optional
+        ``{"suspect": True, "why": str}`` where the triplet's own check found
+        its measured gradient misoriented (``triplet.gradient_orientation``),
+        given back to the triplet with its :class:`~flowtie_fast.errors.TrustWarning`
+        where its check made anew does not find it (the bright-field images it
+        was checked against are not in the file).
     _handle, _closed, _path : optional
         Internal: the open HDF5 file, whether it was closed, and the file's
         path.
@@ -179,6 +196,7 @@ class Dataset:
     noise: Noise | None = None
     gradient_noise: Noise | None = None
     registration: dict | None = None
+    orientation: dict | None = None
     _handle: object = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
     _path: object = field(default=None, repr=False)
@@ -269,6 +287,9 @@ class Dataset:
         if self.registration is not None:
             t.registration = {**self.registration,
                               "shifts": np.array(self.registration["shifts"], float)}
+        if self.orientation is not None and not (t.gradient_orientation or {}).get("suspect"):
+            t.gradient_orientation = {**(t.gradient_orientation or {}), **self.orientation}
+            warnings.warn(self.orientation["why"], TrustWarning, stacklevel=2)
         return t
 
     def _name(self) -> str:
@@ -340,7 +361,8 @@ def _from_object(obj) -> Dataset:
         return Dataset(*host[:3], obj.dz, obj.pixel_size, obj.energy, gradient=host[3],
                        virtual=obj.virtual, noise=obj.noise,
                        gradient_noise=getattr(obj, "gradient_noise", None),
-                       registration=getattr(obj, "registration", None))
+                       registration=getattr(obj, "registration", None),
+                       orientation=_suspect_record(obj.gradient_orientation))
     # A simulate.SimulationCase (duck-typed: the module needs abTEM).
     if all(hasattr(obj, a) for a in ("minus", "zero", "plus", "k_sampling", "phase")):
         return Dataset(obj.minus, obj.zero, obj.plus, (obj.dz, obj.dz), tuple(obj.scan_step),
@@ -369,6 +391,9 @@ def _fields(ds: Dataset) -> dict:
     if ds.registration is not None:
         out["registration"] = json.dumps(_registration_record(ds.registration,
                                                              "obj: its registration"))
+    if ds.orientation is not None:
+        out["orientation"] = json.dumps(_orientation_record(ds.orientation,
+                                                           "obj: its orientation"))
     for k, *_ in _NOISES:
         noise = getattr(ds, k)
         if noise is not None:
@@ -907,10 +932,16 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
                              f"4D-STEM virtual image the planes are), got {_short(virtual)!r}")
     noises = {k: _noise(fields, k, path, count, unit, each)
               for k, count, unit, each in _NOISES}
-    registration = None
+    registration = orientation = None
     if "registration" in fields:
-        registration = _registration_record(_registration_json(fields, path),
+        registration = _registration_record(_json_field(fields, "registration", path),
                                             f"{path.name}: 'registration'")
+    if "orientation" in fields:
+        if "gradient" not in fields:
+            raise InputError(f"{path.name}: 'orientation' without 'gradient'; expected the "
+                             "verdict on a measured gradient stored with it")
+        orientation = _orientation_record(_json_field(fields, "orientation", path),
+                                          f"{path.name}: 'orientation'")
     if noises["gradient_noise"] is not None and "gradient" not in fields:
         raise InputError(f"{path.name}: 'gradient_noise' without 'gradient'; expected the "
                          "noise of a measured gradient stored with it")
@@ -928,12 +959,13 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
     return Dataset(arr("minus"), arr("zero"), arr("plus"), dz, scan_step, energy, k_sampling,
                    truth.get("phase_gt"), truth.get("gradient_gt"), meta,
                    gradient=truth.get("gradient"), virtual=virtual,
-                   registration=registration, _handle=handle,
+                   registration=registration, orientation=orientation, _handle=handle,
                    _path=path, **noises)
 
 
-#: characters: the longest registration record read (one is a few hundred).
-_REGISTRATION_CHARS = 1 << 16
+#: characters: the longest JSON record read (a registration record or an
+#: orientation verdict is a few hundred).
+_JSON_CHARS = 1 << 16
 
 
 def _unique_keys(pairs) -> dict:
@@ -947,13 +979,13 @@ def _unique_keys(pairs) -> dict:
     return record
 
 
-def _registration_json(fields: dict, path: Path):
-    """Key ``registration``: JSON text of at most :data:`_REGISTRATION_CHARS`
-    characters, nested no deeper than Python's parser reaches, without a key
-    given twice, parsed; :class:`InputError` naming it otherwise."""
-    text = _text(fields, "registration", path)
-    want = f"{path.name}: 'registration' must be JSON text of the registration record"
-    if len(text) > _REGISTRATION_CHARS:
+def _json_field(fields: dict, key: str, path: Path):
+    """Key ``key``: JSON text of at most :data:`_JSON_CHARS` characters, nested
+    no deeper than Python's parser reaches, without a key given twice, parsed;
+    :class:`InputError` naming it otherwise."""
+    text = _text(fields, key, path)
+    want = f"{path.name}: '{key}' must be JSON text of the {key} record"
+    if len(text) > _JSON_CHARS:
         raise InputError(f"{want} (a few hundred characters), got {len(text)} characters")
     try:
         return json.loads(text, object_pairs_hook=_unique_keys)
@@ -989,11 +1021,34 @@ def _registration_record(record, name: str) -> dict:
             "signal": record.get("signal"), "why": record.get("why")}
 
 
+def _suspect_record(check) -> dict | None:
+    """``{"suspect": True, "why": ...}`` of a triplet's orientation check
+    (``triplet.gradient_orientation``) where it found the gradient
+    misoriented, else None."""
+    if not check or not check.get("suspect"):
+        return None
+    return {"suspect": True, "why": str(check.get("why") or "the measured gradient looks "
+                                        "wrongly oriented (triplet.gradient_orientation)")}
+
+
+def _orientation_record(record, name: str) -> dict:
+    """An orientation verdict ``{"suspect": true, "why": text}`` checked;
+    :class:`InputError` naming ``name`` where it is not one."""
+    if not (isinstance(record, dict) and set(record) == {"suspect", "why"}
+            and record["suspect"] is True and isinstance(record["why"], str)
+            and record["why"].strip()):
+        raise InputError(f'{name} must be a verdict {{"suspect": true, "why": text}} (stored '
+                         f"only where the check found the gradient misoriented), got "
+                         f"{_short(repr(record), 80)}")
+    return {"suspect": True, "why": record["why"]}
+
+
 def _triplet_only(keys) -> str:
     """Why 4D-STEM data hold none of ``keys`` (of :data:`_TRIPLET_ONLY`)."""
     return (f"{', '.join(repr(k) for k in keys)} {'is' if len(keys) == 1 else 'are'} for a "
             "triplet of images only; 4D-STEM data give their own (the centre of mass, the "
-            "virtual image chosen, their noise, their registration) when reduced")
+            "virtual image chosen, their noise, their registration, the check of their "
+            "gradient) when reduced")
 
 
 def _noise(fields: dict, k: str, path: Path, count: int, unit: str, each: str):

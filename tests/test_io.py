@@ -734,6 +734,37 @@ def test_a_triplet_keeps_its_registration_record_through_save_and_load(tmp_path,
         assert rec.info["trust"] == "the drift between the scans could not be measured"
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_a_triplet_keeps_the_verdict_of_its_gradient_s_orientation(tmp_path, suffix):
+    """A triplet of 'df' planes had its centre of mass checked against the
+    bright-field images of its 4D-STEM data, which a file does not hold: the
+    reloaded triplet checked it for curl only, and a half turn found when it
+    was made came back as the negative icom phase without a word. The
+    verdict is stored; the reloaded triplet says it again and every method
+    reads it."""
+    rng = np.random.default_rng(4)
+    planes = [1 + 0.05 * rng.random((16, 16)) for _ in range(3)]
+    gradient = 0.01 * rng.standard_normal((2, 16, 16))
+    t = ft.FocalTriplet(*planes, dz=20.0, pixel_size=0.2, energy=300e3, gradient=gradient,
+                        virtual="df")
+    why = "gradient: points against the bright-field TIE gradient (half a turn off?)"
+    t.gradient_orientation = {**t.gradient_orientation, "suspect": True, "why": why}
+    with ft.load(ft.save(tmp_path / f"turned{suffix}", t)) as ds:
+        assert ds.orientation == {"suspect": True, "why": why}
+        with pytest.warns(ft.TrustWarning, match=r"^gradient: points against"):
+            back = ds.triplet()
+    assert back.gradient_orientation["suspect"] is True
+    assert back.gradient_orientation["why"] == why
+    for triplet in (t, back):
+        with pytest.warns(ft.TrustWarning, match="icom: gradient: points against"):
+            rec = ft.reconstruct(triplet, method="icom", backend="cpu")
+        assert rec.info["trust"] == why
+    # a triplet whose check found nothing stores no verdict
+    t.gradient_orientation = {**t.gradient_orientation, "suspect": False}
+    with ft.load(ft.save(tmp_path / f"right{suffix}", t)) as ds:
+        assert ds.orientation is None
+
+
 def test_a_reloaded_dark_field_triplet_is_not_trusted_by_the_flow_models(tmp_path,
                                                                           dark_field_triplet):
     """A reloaded triplet of 'df' planes was judged as bright-field planes by
@@ -923,6 +954,16 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"registration": _REG.replace('"reliable": false', '"reliable": 0')},
      "registration", "must be a registration record"),
     ("4", {"registration": _REG}, "registration", "is for a triplet of images only"),
+    # The verdict of the gradient's own orientation check: data, never code.
+    ("3", {"gradient": np.zeros((2, 4, 4)), "orientation": '{"suspect": false, "why": "x"}'},
+     "orientation", r"must be a verdict \{\"suspect\": true, \"why\": text\}"),
+    ("3", {"gradient": np.zeros((2, 4, 4)), "orientation": '{"suspect": true}'},
+     "orientation", "must be a verdict"),
+    ("3", {"gradient": np.zeros((2, 4, 4)),
+           "orientation": '{"suspect": true, "why": "a", "why": "b"}'},
+     "orientation", "given twice"),
+    ("3", {"orientation": '{"suspect": true, "why": "x"}'}, "orientation",
+     "without 'gradient'"),
     # A parser's limits are the file's: deep nesting, integers beyond float, repeated keys.
     ("3", {"registration": "[" * 5000 + "]" * 5000}, "registration",
      r"must be JSON text of the registration record, got .* \(nested too deeply\)$"),
