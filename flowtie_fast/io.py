@@ -1,12 +1,17 @@
 """Files: one documented layout in ``.npz`` and HDF5 (``.h5``/``.hdf5``).
 
-Layout ``flowtie_fast/1`` (the same keys in both formats; HDF5 stores the
-scalars as attributes of the root group and the arrays as datasets):
+Layout ``flowtie_fast/2`` (the same keys in both formats; HDF5 stores the
+scalars as attributes of the root group and the arrays as datasets). A file
+is written as ``flowtie_fast/1`` where it holds none of the keys version 2
+added (``virtual``, ``noise``, ``gradient_noise``, ``registration``,
+``orientation`` and the sources), so that earlier versions read it; where it
+holds one, as ``flowtie_fast/2``, which earlier versions refuse ("written by
+a newer flowtie_fast") rather than drop what steers the solves:
 
 =====================  =========================  ==========================================
 key                    shape / type               meaning
 =====================  =========================  ==========================================
-format                 str                        ``"flowtie_fast/1"``
+format                 str                        ``"flowtie_fast/1"`` or ``"flowtie_fast/2"``
 kind                   str                        ``"4dstem"`` or ``"triplet"``
 minus                  (Sy, Sx, Ky, Kx) or        data at z = -dz (abTEM defocus +dz),
                        (Ny, Nx)                   any real dtype
@@ -108,7 +113,7 @@ from .triplet import FocalTriplet, HDF5ReadError
 
 __all__ = ["Dataset", "load", "save"]
 
-FORMAT = "flowtie_fast/1"
+FORMAT = "flowtie_fast/2"  # the newest layout read and written
 _ARRAYS = ("minus", "zero", "plus", "phase_gt", "gradient_gt", "gradient")
 _REQUIRED = ("minus", "zero", "plus", "dz", "scan_step", "energy")
 _OPTIONAL_SCALARS = ("material", "thickness", "semiangle")
@@ -117,6 +122,8 @@ _OPTIONAL_SCALARS = ("material", "thickness", "semiangle")
 _NOISES = (("noise", 3, "intensity²", "plane"), ("gradient_noise", 2, "(rad/Å)²", "component"))
 _TRIPLET_ONLY = ("gradient", "virtual", "registration", "orientation") + \
     tuple(k for k, *_ in _NOISES)
+#: The keys layout 2 added: a file holding one is written as flowtie_fast/2.
+_VERSION_2 = ("virtual", "noise", "gradient_noise", "registration", "orientation")
 _REGISTRATION = {"shifts": "3 x 2 shifts in px", "reliable": "true or false",
                  "applied": "true or false", "signal": "text or null", "why": "text or null"}
 _KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy", "format", "kind") + \
@@ -374,7 +381,8 @@ def _from_object(obj) -> Dataset:
 
 
 def _fields(ds: Dataset) -> dict:
-    out = {"format": FORMAT, "kind": ds.kind, "minus": ds.minus, "zero": ds.zero,
+    newer = any(getattr(ds, k) is not None for k in _VERSION_2)
+    out = {"format": FORMAT if newer else "flowtie_fast/1", "kind": ds.kind, "minus": ds.minus, "zero": ds.zero,
            "plus": ds.plus, "dz": np.asarray(ds.dz, float).reshape(-1)[[0, -1]],
            "scan_step": np.broadcast_to(np.asarray(ds.scan_step, float), (2,)),
            "energy": float(ds.energy)}

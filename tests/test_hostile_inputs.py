@@ -1181,7 +1181,7 @@ def test_save_refuses_meta_it_would_drop_instead_of_losing_it(tmp_path, suffix):
     m, z, p = planes()
     ds = ft.Dataset(m, z, p, (DZ, DZ), (PIXEL, PIXEL), E,
                     meta={"material": "GaAs", "operator": "é", "run": 7})
-    with pytest.raises(ft.InputError, match=r"^obj: the layout flowtie_fast/1 stores the meta "
+    with pytest.raises(ft.InputError, match=r"^obj: the layout flowtie_fast/2 stores the meta "
                        r"keys material, thickness, semiangle only, not \['operator', 'run'\]"):
         ft.save(tmp_path / f"a{suffix}", ds)
     assert not list(tmp_path.iterdir())

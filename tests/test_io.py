@@ -905,8 +905,8 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     # The declared format and kind were ignored: a newer file loaded as this layout.
     ("3", {"format": "flowtie_fast/9"}, "format", r"is 'flowtie_fast/9': written by a newer "
                                                   r"flowtie_fast \(this version reads up to "
-                                                  r"'flowtie_fast/1'\)"),
-    ("3", {"format": "h5py/1"}, "format", r"must be 'flowtie_fast/1', got 'h5py/1'$"),
+                                                  r"'flowtie_fast/2'\)"),
+    ("3", {"format": "h5py/1"}, "format", r"must be 'flowtie_fast/2', got 'h5py/1'$"),
     ("3", {"format": 1.0}, "format", "must be a string, got 1.0"),
     ("3", {"kind": "4dstem"}, "kind", r"is '4dstem' but 'zero' has shape \(4, 4\) \(2-D "
                                       r"images \(a triplet\)\); expected kind 'triplet'$"),
@@ -1263,3 +1263,28 @@ def test_an_interrupt_while_the_temporary_is_made_leaves_none(tmp_path, monkeypa
             pass
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_a_file_is_written_in_the_oldest_layout_that_holds_it(tmp_path, suffix):
+    """Earlier versions read the keys of layout 1 and drop the rest: a file
+    with a virtual image, a noise, a registration record or an orientation
+    verdict is written as flowtie_fast/2 (which they refuse rather than judge
+    'df' planes as bright-field ones); one without, as flowtie_fast/1."""
+    rng = np.random.default_rng(6)
+    planes = [1 + 0.05 * rng.random((12, 12)) for _ in range(3)]
+    kw = dict(dz=20.0, pixel_size=0.2, energy=300e3)
+    plain = ft.FocalTriplet(*planes, **kw)
+    labelled = ft.FocalTriplet(*planes, **kw, virtual="df")
+    for t, want in ((plain, "flowtie_fast/1"), (labelled, "flowtie_fast/2")):
+        path = ft.save(tmp_path / f"{want[-1]}{suffix}", t)
+        if suffix == ".npz":
+            with np.load(path) as f:
+                assert str(f["format"]) == want
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                assert f.attrs["format"] == want
+        with ft.load(path) as ds:
+            assert ds.triplet().virtual == t.virtual
