@@ -53,7 +53,7 @@ from .noise import check_noise
 from .plan import Plan
 from .planes import FLUX_RATIO, check_intensity_stats
 from .poisson import resolve_scheme
-from .solvers import (_check_alpha, _check_bool, _check_floor, _suspect, check_options,
+from .solvers import (_check_alpha, _check_bool, _check_floor, check_options,
                       check_regularisation)
 from .stem.detector import VIRTUAL_IMAGES
 from .triplet import FocalTriplet
@@ -395,8 +395,9 @@ def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradien
     or ``("error", exception name, message)`` for the library's own errors,
     with the items numbered as in the whole stack. The solves' warnings are
     shown on the worker; the verdicts carry what they say to the caller.
-    ``records``: per item of triplets, ``(registration, suspect)`` as the
-    triplet records them (:func:`_from_triplets`), with ``noise`` per item."""
+    ``records``: per item of triplets, ``(registration, gradient_orientation)``
+    as the triplet records them (:func:`_from_triplets`), with ``noise`` per
+    item."""
     try:
         entry = _worker_plan(spec)
         plan = entry[0]
@@ -413,11 +414,11 @@ def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradien
                 records = records or [(None, None)] * b
                 for i in range(b):
                     try:
-                        plan._solve(stack[i, 0], stack[i, 1], stack[i, 2],
-                                    gradient=None if gradient is None else gradient[i],
-                                    out=out[i], noise=noise[i],
-                                    gradient_out=None if grad_out is None else grad_out[i],
-                                    registration=records[i][0], suspect=records[i][1])
+                        plan.solve(stack[i, 0], stack[i, 1], stack[i, 2],
+                                   gradient=None if gradient is None else gradient[i],
+                                   out=out[i], noise=noise[i],
+                                   gradient_out=None if grad_out is None else grad_out[i],
+                                   registration=records[i][0], orientation=records[i][1])
                     except InputError as exc:
                         raise type(exc)(f"stack[{i}]: {exc}") from exc
                     verdicts.append(_verdict(plan.info))
@@ -626,9 +627,9 @@ def _triplets_image(triplets, given) -> dict:
 
 def _from_triplets(triplets, pixel_size, dz, energy, gradient, noise):
     """Planes, gradients, per-item noise, geometry and per-item records
-    (``(registration, suspect)``: the drift measured between the scans, and why
-    the triplet's own check found its gradient misoriented) of a sequence of
-    FocalTriplet."""
+    (``(registration, gradient_orientation)``: the drift measured between the
+    scans, and the triplet's own check of its gradient's orientation) of a
+    sequence of FocalTriplet."""
     for i, t in enumerate(triplets):
         if not isinstance(t, FocalTriplet):
             raise InputError(f"stack[{i}]: expected a FocalTriplet (a sequence of them), got "
@@ -651,7 +652,7 @@ def _from_triplets(triplets, pixel_size, dz, energy, gradient, noise):
             raise InputError(f"stack[{i}]: expected a gradient in every triplet or in none")
     planes = np.stack([np.stack([to_host(p) for p in t.planes]) for t in triplets])
     grads = None if first.gradient is None else np.stack([to_host(t.gradient) for t in triplets])
-    records = [(t.registration, _suspect(t)) for t in triplets]
+    records = [(t.registration, t.gradient_orientation) for t in triplets]
     return planes, grads, [t.noise for t in triplets], first.pixel_size, first.dz[0], \
         first.energy, records
 

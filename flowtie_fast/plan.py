@@ -85,6 +85,33 @@ ORIENTATION_CHECKS = 64
 _INPUT_NAMES = ("minus", "zero", "plus", "gradient", "out")
 
 
+def _brief(value) -> str:
+    """A value for a message: its repr, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_records(registration, orientation):
+    """``registration`` and ``orientation`` of :meth:`Plan.solve` checked:
+    the record (or None), and why the verdict given found the gradient
+    misoriented (or None); :class:`InputError` naming the argument otherwise."""
+    if registration is not None and not (
+            isinstance(registration, dict)
+            and isinstance(registration.get("reliable"), (bool, np.bool_))):
+        raise InputError(f"registration: expected a registration record (a triplet's "
+                         f"registration: a dict whose 'reliable' is True or False) or None, "
+                         f"got {_brief(registration)}")
+    if orientation is None:
+        return registration, None
+    if not (isinstance(orientation, dict)
+            and isinstance(orientation.get("suspect"), (bool, np.bool_))
+            and (not orientation["suspect"] or isinstance(orientation.get("why"), str))):
+        raise InputError(f"orientation: expected an orientation verdict (a triplet's "
+                         f"gradient_orientation: a dict whose 'suspect' is True or False, "
+                         f"with its 'why' where True) or None, got {_brief(orientation)}")
+    return registration, orientation["why"] if orientation["suspect"] else None
+
+
 class Plan:
     """A prepared solve of one image shape, defocus step, method and backend.
 
@@ -333,7 +360,7 @@ class Plan:
     # ------------------------------------------------------------------ solves
 
     def solve(self, minus, zero, plus, *, gradient=None, out=None, gradient_out=None,
-              noise=None, uncertainty_out=None):
+              noise=None, uncertainty_out=None, registration=None, orientation=None):
         """The phase (rad, mean zero) of one triplet.
 
         Parameters
@@ -362,6 +389,20 @@ class Plan:
             :data:`~flowtie_fast.trust.NO_UNCERTAINTY` (-1, no standard
             deviation) and ``plan.info["uncertainty"]`` says why: never the
             previous solve's map.
+        registration : dict, optional
+            The record of the planes' registration (a triplet's
+            ``registration``; a dict whose ``"reliable"`` is True or False):
+            where it says the drift between the scans could not be measured,
+            the TIE methods say so and ``flowtie`` does not trust its flow, as
+            :func:`~flowtie_fast.solvers.reconstruct` does for the triplet.
+            Default None: the planes are taken as registered.
+        orientation : dict, optional
+            The verdict of a check of ``gradient``'s orientation made where
+            more was known than this plan sees (a triplet's
+            ``gradient_orientation``: its ``"suspect"`` True or False and its
+            ``"why"``; e.g. the sign of a ``"df"`` triplet's centre of mass
+            checked against bright-field images): where it found the gradient
+            misoriented, the solve reads it so, before the plan's own check.
 
         Returns
         -------
@@ -370,20 +411,6 @@ class Plan:
             ``out`` is written (and ``plan.info`` is then empty: never the
             verdict of an earlier solve).
         """
-        return self._solve(minus, zero, plus, gradient=gradient, out=out,
-                           gradient_out=gradient_out, noise=noise,
-                           uncertainty_out=uncertainty_out)
-
-    def _solve(self, minus, zero, plus, *, gradient=None, out=None, gradient_out=None,
-               noise=None, uncertainty_out=None, registration=None, suspect=None):
-        """:meth:`solve`, with what a triplet records beside its arrays
-        (:func:`~flowtie_fast.cluster.reconstruct_many` of FocalTriplets):
-        ``registration`` (``triplet.registration``: where the drift between
-        its scans could not be measured, the TIE methods say so and
-        ``flowtie`` does not trust its flow, as :func:`reconstruct` does) and
-        ``suspect`` (why its own check found its gradient misoriented, e.g.
-        against the bright-field images of a ``"df"`` triplet, which this
-        plan does not see)."""
         self.info = {}
         planes = [self._image(n, a, self.shape)
                   for n, a in (("minus", minus), ("zero", zero), ("plus", plus))]
@@ -404,10 +431,10 @@ class Plan:
                 raise InputError("uncertainty_out: needs a flowtie plan with uncertainty")
             self._output("uncertainty_out", uncertainty_out, self.shape,
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
+        registration, given = _check_records(registration, orientation)
         options = self.options if noise is None else replace(self.options, noise=noise)
-        # after every refusal of the arguments; warned at the caller of solve (solve, _solve)
-        own = self._orientation(gradient, planes, stacklevel=5)
-        suspect = suspect or own  # a triplet's own verdict first
+        own = self._orientation(gradient, planes)  # after every refusal of the arguments
+        suspect = given or own  # the verdict given first
         if suspect:
             options = replace(options, gradient_suspect=suspect)
         if registration is not None:

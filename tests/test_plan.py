@@ -254,3 +254,32 @@ def test_a_flowtie_plan_hands_its_cuda_graphs_choice_to_the_network(monkeypatch,
     plan.solve_batch(np.stack([np.stack(planes)] * 2),
                      gradient=np.zeros((2, 2, 32, 32), np.float32))
     assert seen == ([None, None] if flag else [False, False])  # None: the model's own choice
+
+
+def test_a_plan_reads_the_records_a_triplet_keeps_beside_its_arrays():
+    """``registration`` and ``orientation``: what a triplet (or a live
+    pipeline that registers its scans) knows beyond the arrays. A drift
+    that could not be measured makes the TIE methods say so and flowtie not
+    trust its flow; a verdict that the gradient is misoriented reaches icom's
+    verdict (plan.info["trust"]), as reconstruct does for the triplet;
+    anything else is refused naming the argument."""
+    ((m, z, p), gradient), = frames(1)
+    drift = {"shifts": np.zeros((3, 2)), "reliable": False, "applied": False}
+    tie = ft.Plan((N, N), PIXEL, DZ, E, method="tie-uniform", backend="cpu", warmup=False)
+    with pytest.warns(ft.TrustWarning, match="drift between the scans could not be measured"):
+        tie.solve(m, z, p, registration=drift)
+    assert tie.info["trust"] == "the drift between the scans could not be measured"
+    tie.solve(m, z, p, registration={**drift, "reliable": True})
+    assert "trust" not in tie.info
+    icom = ft.Plan((N, N), PIXEL, DZ, E, method="icom", backend="cpu", warmup=False)
+    why = "gradient: half a turn off (checked against the bright-field images)"
+    icom.solve(m, z, p, gradient=gradient, orientation={"suspect": True, "why": why})
+    assert icom.info["trust"] == why  # the verdict was warned where it was made
+    icom.solve(m, z, p, gradient=gradient, orientation={"suspect": False})
+    assert "trust" not in icom.info
+    for kw, name in (({"registration": {"reliable": "no"}}, "registration"),
+                     ({"registration": [False]}, "registration"),
+                     ({"orientation": {"suspect": True}}, "orientation"),
+                     ({"orientation": "suspect"}, "orientation")):
+        with pytest.raises(ft.InputError, match=rf"^{name}: expected"):
+            icom.solve(m, z, p, gradient=gradient, **kw)
