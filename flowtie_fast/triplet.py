@@ -183,6 +183,14 @@ class FocalSeries:
         not the specimen's. A measured gradient given with planes of another
         image is checked for curl but not for its sign (the TIE phase of such
         images does not follow the specimen's).
+    flux : dict or None
+        Of a 4D-STEM triplet (:meth:`FocalTriplet.from_4dstem`,
+        :meth:`FocalTriplet.from_reductions`): the scans' mean whole-detector
+        sums (``"per_pattern"``), the factors that bring the ±dz planes to the
+        in-focus scan's beam current (``"scale"``), whether they were applied
+        (``"applied"``) and why not (``"why"``;
+        :func:`~flowtie_fast.stem.focal.flux_record`); None for planes given
+        directly.
     """
 
     def __init__(self, planes, z, pixel_size, energy, z0: float = 0.0, degree=None,

@@ -195,8 +195,9 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
         The record of the registration (see ``FocalTriplet.registration``);
         None for ``register=False``.
     flux : dict
-        :func:`flux_record`'s record, ``"applied"`` False where
-        ``normalize`` is False.
+        :func:`flux_record`'s record; where ``normalize`` is False,
+        ``"applied"`` False and ``"why"`` ``"normalize=False"`` (the factors
+        measured are kept).
 
     Raises
     ------
@@ -227,8 +228,8 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
     check_flux(flux, normalize)
     if normalize and flux["applied"]:
         planes = scaled(planes, flux["scale"])
-    else:
-        flux = {**flux, "applied": False}
+    elif flux["applied"]:  # measured, not applied: the factors stay, as the reason why
+        flux = {**flux, "applied": False, "why": "normalize=False"}
     energy = reductions[1].detector.energy
     # The noise first: an interpolating shift smooths it.
     noise = virtual_image_noise(planes, scan_step, energy, reductions[1].regions, virtual)
