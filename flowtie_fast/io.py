@@ -127,7 +127,8 @@ _VERSION_2 = ("virtual", "noise", "gradient_noise", "registration", "orientation
 _REGISTRATION = {"shifts": "3 x 2 shifts in px", "reliable": "true or false",
                  "applied": "true or false", "signal": "text or null", "why": "text or null"}
 _KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy", "format", "kind") + \
-    _OPTIONAL_SCALARS + ("virtual", "registration", "orientation") + tuple(n for k, *_ in _NOISES for n in (k, k + "_source"))
+    _OPTIONAL_SCALARS + ("virtual", "registration", "orientation") + \
+    tuple(n for k, *_ in _NOISES for n in (k, k + "_source"))
 
 
 @dataclass
@@ -382,8 +383,9 @@ def _from_object(obj) -> Dataset:
 
 def _fields(ds: Dataset) -> dict:
     newer = any(getattr(ds, k) is not None for k in _VERSION_2)
-    out = {"format": FORMAT if newer else "flowtie_fast/1", "kind": ds.kind, "minus": ds.minus, "zero": ds.zero,
-           "plus": ds.plus, "dz": np.asarray(ds.dz, float).reshape(-1)[[0, -1]],
+    out = {"format": FORMAT if newer else "flowtie_fast/1", "kind": ds.kind,
+           "minus": ds.minus, "zero": ds.zero, "plus": ds.plus,
+           "dz": np.asarray(ds.dz, float).reshape(-1)[[0, -1]],
            "scan_step": np.broadcast_to(np.asarray(ds.scan_step, float), (2,)),
            "energy": float(ds.energy)}
     if ds.k_sampling is not None:
