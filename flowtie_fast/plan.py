@@ -282,13 +282,10 @@ class Plan:
 
     # ------------------------------------------------------------------ checks
 
-    def _orientation(self, gradient, planes, stacklevel=4):
+    def _orientation(self, gradient, planes):
         """Check a measured gradient given with ``planes`` while no telling one
         was (every one at first, then one in :data:`ORIENTATION_CHECKS`: a run
-        of noise); the warning of a suspect orientation, else None.
-        ``stacklevel``: of its :class:`TrustWarning`, counted from
-        :meth:`_check_orientation` (4: the caller of a public method that
-        calls this one)."""
+        of noise); the warning of a suspect orientation, else None."""
         if gradient is None:
             return None
         with self._orientation_lock:
@@ -296,11 +293,11 @@ class Plan:
                 self._untelling += 1
                 if (self._untelling <= ORIENTATION_CHECKS
                         or self._untelling % ORIENTATION_CHECKS == 0):
-                    self._check_orientation(gradient, planes, stacklevel)
+                    self._check_orientation(gradient, planes)
             check = self.gradient_orientation or {}
         return check["why"] if check.get("suspect") else None
 
-    def _check_orientation(self, gradient, planes, stacklevel=4):
+    def _check_orientation(self, gradient, planes):
         """The curl check of a measured gradient and, where it passes, its sign
         against the TIE gradient of the planes given with it (planes or a
         gradient the solve will refuse are left for it to refuse: no
@@ -320,7 +317,7 @@ class Plan:
                              "Plan(..., virtual='abf'), 'df', ...")
         self.gradient_orientation = check  # whole: another thread reads it as it is
         if check["suspect"]:
-            warnings.warn(check["why"], TrustWarning, stacklevel=stacklevel)
+            warnings.warn(check["why"], TrustWarning, stacklevel=4)  # solve's caller
 
     def _image(self, name, a, shape):
         """``a`` checked as an input of ``shape``: an array of this plan's
