@@ -110,6 +110,7 @@ from .noise import SOURCES, Noise
 from .physics import wavelength
 from .stem.detector import VIRTUAL_IMAGES
 from .triplet import FocalTriplet, HDF5ReadError
+from .trust import suspicion
 
 __all__ = ["Dataset", "load", "save"]
 
@@ -1035,10 +1036,8 @@ def _suspect_record(check) -> dict | None:
     """``{"suspect": True, "why": ...}`` of a triplet's orientation check
     (``triplet.gradient_orientation``) where it found the gradient
     misoriented, else None."""
-    if not check or not check.get("suspect"):
-        return None
-    return {"suspect": True, "why": str(check.get("why") or "the measured gradient looks "
-                                        "wrongly oriented (triplet.gradient_orientation)")}
+    why = suspicion(check)
+    return None if why is None else {"suspect": True, "why": why}
 
 
 def _orientation_record(record, name: str) -> dict:

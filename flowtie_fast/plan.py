@@ -72,7 +72,7 @@ from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation, image_verdict)
 from .planes import check_not_masked, focal_weights
 from .stem.detector import VIRTUAL_IMAGES
-from .trust import checked_orientation, plain_tie_gradient
+from .trust import checked_orientation, plain_tie_gradient, suspicion
 
 __all__ = ["Plan"]
 
@@ -109,7 +109,7 @@ def _check_records(registration, orientation):
         raise InputError(f"orientation: expected an orientation verdict (a triplet's "
                          f"gradient_orientation: a dict whose 'suspect' is True or False, "
                          f"with its 'why' where True) or None, got {_brief(orientation)}")
-    return registration, orientation["why"] if orientation["suspect"] else None
+    return registration, suspicion(orientation)
 
 
 class Plan:

@@ -398,8 +398,7 @@ def image_verdict(method, image, model=None, network_alone=False):
 
 def _suspect(series):
     """Why a series' measured gradient looks wrongly oriented, or None."""
-    check = getattr(series, "gradient_orientation", None)
-    return check.get("why") if check and check.get("suspect") else None
+    return trust.suspicion(getattr(series, "gradient_orientation", None))
 
 
 def _warn_unregistered(method, registration, info, stacklevel):

@@ -74,6 +74,7 @@ from .stem.rotation import least_turn
 __all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict",
            "disagreement", "classical_verdict", "gradient_orientation",
            "checked_orientation", "orientation_warning", "plain_tie_gradient", "sign_check",
+           "suspicion",
            "MEMBERS", "NO_UNCERTAINTY"]
 
 MEMBERS = ("default", "seed0", "seed2", "seed3")  # the calibrated set of shipped models
@@ -547,6 +548,27 @@ def sign_check(check, gradient, tie_gradient) -> None:
     n = gradient.shape[1] * gradient.shape[2]
     if r < cal["orientation_sign_limit"] and r * math.sqrt(n) < -cal["orientation_significance"]:
         check.update(suspect=True, misorientation=180.0, correction=(180.0, False))
+
+
+def suspicion(check) -> str | None:
+    """Why an orientation check found the measured gradient misoriented.
+
+    Parameters
+    ----------
+    check : dict or None
+        A triplet's ``gradient_orientation`` (:func:`checked_orientation`),
+        or None (no check).
+
+    Returns
+    -------
+    str or None
+        Its ``why`` (a generic sentence where it has none) where ``suspect``
+        is True, else None.
+    """
+    if not check or not check.get("suspect"):
+        return None
+    return str(check.get("why") or "the measured gradient looks wrongly oriented "
+               "(triplet.gradient_orientation)")
 
 
 def checked_orientation(gradient, pixel_size, tie_gradient=None, *, rotation=None,

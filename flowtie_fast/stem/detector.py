@@ -19,7 +19,8 @@ import numpy as np
 
 from .._cuda import MAX_WEIGHTS  # weight rows one pass computes (the CUDA tile)
 from ..backend import array_module, is_cupy
-from ..errors import InputError, TrustWarning, check_count, check_positive, is_integer, is_number
+from ..errors import (InputError, TrustWarning, check_count, check_positive, is_integer,
+                      is_number, user_stacklevel)
 from ..physics import wavelength
 
 __all__ = ["Detector", "DetectorWarning", "VIRTUAL_IMAGES", "find_center", "triplet_geometry"]
@@ -587,7 +588,7 @@ CENTER_TOLERANCE = 0.08
 CENTER_SIGMAS = 5.0
 
 
-def center_scatter(patterns, resamples: int = 32, seed: int = 0) -> float:
+def center_scatter(patterns, resamples: int = 32, seed: int = 0, mean=None) -> float:
     """Standard error of :func:`find_center` on the mean of ``patterns``, per
     axis, in pixels: the scatter of the centre over bootstrap resamples of the
     patterns (their counting noise and the specimen's shifts of the disk).
@@ -601,6 +602,9 @@ def center_scatter(patterns, resamples: int = 32, seed: int = 0) -> float:
         Bootstrap resamples (default 32).
     seed : int, optional
         Of the resampling (default 0: the same patterns give the same value).
+    mean : ndarray (Ky, Kx), optional
+        The patterns' mean (:func:`mean_pattern`) where the caller has it
+        (default None: taken here), which bounds the disk's box.
 
     Returns
     -------
@@ -618,7 +622,7 @@ def center_scatter(patterns, resamples: int = 32, seed: int = 0) -> float:
     # Only the disk decides its centre: the resamples are made of the box of the
     # mean pattern's bright field, widened by a quarter of its size each way
     # (a few times fewer pixels than a large detector's, the same scatter).
-    bright = _bright_field(mean_pattern(stack))
+    bright = _bright_field(mean_pattern(stack) if mean is None else np.asarray(mean))
     if bright.any():
         rows, cols = np.flatnonzero(bright.any(axis=1)), np.flatnonzero(bright.any(axis=0))
         wy, wx = (max(2, (a[-1] - a[0] + 1) // 4) for a in (rows, cols))
@@ -684,8 +688,7 @@ def center_offset(center, mean, scatter: float = 0.0) -> dict:
             "swapped": warned and math.hypot(cx - my, cy - mx) <= limit}
 
 
-def check_center_given(center, mean, scatter: float = 0.0, name: str = "zero",
-                       stacklevel: int = 5) -> None:
+def check_center_given(center, mean, scatter: float = 0.0, name: str = "zero") -> None:
     """Warn where a detector centre given lies off the bright-field disk
     measured on the mean pattern (:func:`center_offset`).
 
@@ -701,17 +704,10 @@ def check_center_given(center, mean, scatter: float = 0.0, name: str = "zero",
 
     Parameters
     ----------
-    center : (float, float)
-        The centre given, (row, column) in detector pixels.
-    mean : ndarray (Ky, Kx)
-        The mean pattern (:func:`mean_pattern`).
-    scatter : float, optional
-        Standard error of the measured centre per axis in pixels
-        (:func:`center_scatter`; default 0.0).
+    center, mean, scatter
+        As in :func:`center_offset`.
     name : str, optional
         The data the mean pattern comes from (default "zero").
-    stacklevel : int, optional
-        Of the warning (default 5: the caller of ``from_4dstem``).
     """
     off = center_offset(center, mean, scatter)
     if not off["warned"]:
@@ -734,7 +730,7 @@ def check_center_given(center, mean, scatter: float = 0.0, name: str = "zero",
         f"off made the TIE phase up to 9 times worse); {fix}. The disk's centre is the one "
         "to give also where a beam tilt moves it off the optical axis; an axis measured "
         "without a specimen can lie up to 0.15 radii from it on thick crystals",
-        DetectorWarning, stacklevel=stacklevel)
+        DetectorWarning, stacklevel=user_stacklevel())
 
 
 def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name="zero",
@@ -816,7 +812,7 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
                                                                    detector)
     fills, on_edge, edge = disk_fills_detector(mean)
     if given is not None and sample is not None and not fills:
-        check_center_given(center, mean, center_scatter(sample), name)
+        check_center_given(center, mean, center_scatter(sample, mean=mean), name)
     if fills:
         mrad_per_px = 1e3 * wavelength(energy) * np.asarray(k_sampling, float)
         reach = min(min(c + 0.5, n - 0.5 - c) * d
