@@ -495,7 +495,8 @@ class FocalTriplet(FocalSeries):
             Transpose the detector axes before rotating (default False).
         counts : bool
             Whether the patterns were electron counts (an integer dtype;
-            default False).
+            default False). True of reductions whose planes hold values that
+            are not whole numbers (floating-point patterns) is refused.
         register : bool or "periodic"
             Undo the drift between the three scans (default True; as in
             :meth:`from_4dstem`).

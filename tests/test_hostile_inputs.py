@@ -270,6 +270,26 @@ def test_from_reductions_refuses_a_counts_that_is_not_a_bool():
         ft.FocalTriplet.from_reductions(reductions, DZ, 3.0, counts="no", register=False)
 
 
+def test_from_reductions_refuses_counts_true_of_patterns_that_are_not_counts():
+    """Floating-point patterns (gain-corrected, normalised) said to be counts took
+    Poisson noise from their means in the wrong units without a word: refused,
+    naming counts, the value that is no whole number and what is expected."""
+    from flowtie_fast.stem.focal import reduce_triplet
+    data = [p * np.float32(0.37) for p in patterns()]
+    reductions, counted = reduce_triplet(*data, 0.05, E, backend="cpu")
+    assert not counted
+    with pytest.raises(ft.InputError, match=r"^counts: True, but the 'bf' image of minus holds "
+                                            r"[0-9.e+]+ \(dtype float\d+\), not a whole number "
+                                            r"of counts; expected .*integer electron counts.*"
+                                            r"or counts=False"):
+        ft.FocalTriplet.from_reductions(reductions, DZ, 3.0, counts=True, register=False)
+    # the same patterns as counts=False, and integer counts as counts=True, are taken
+    ft.FocalTriplet.from_reductions(reductions, DZ, 3.0, counts=False, register=False)
+    reductions, counted = reduce_triplet(*patterns(), 0.05, E, backend="cpu")
+    t = ft.FocalTriplet.from_reductions(reductions, DZ, 3.0, counts=counted, register=False)
+    assert counted and t.noise.source == "poisson"
+
+
 def test_a_centre_of_mass_beyond_the_detector_is_refused():
     """Dark-subtracted patterns whose sums are near zero gave a centre of mass of
     ~70 1/Å on a detector of 0.5 1/Å, integrated without a word."""

@@ -203,7 +203,8 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
     ------
     InputError
         Where ``reductions``, ``virtual``, ``scan_step``, ``register`` or
-        ``normalize`` is refused.
+        ``normalize`` is refused, or ``counts`` is True of images that are
+        not sums of counts (:func:`check_counts`).
     """
     reductions = list(reductions)
     if len(reductions) != 3 or not all(isinstance(r, Reduction) for r in reductions):
@@ -213,6 +214,8 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
     scan_step = check_positive("scan_step", scan_step, pair=True)
     normalize = check_normalize(normalize)
     check_reductions(reductions, virtual)
+    if counts:
+        check_counts(reductions, virtual)
     planes = [r.virtual[virtual] for r in reductions]
     for n, p, r in zip(("minus", "zero", "plus"), planes, reductions):
         whole = r.virtual.get("whole")
@@ -250,6 +253,48 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
             planes, registration = register_planes(planes, signals, register)
     return reductions, planes, scan_step, energy, noise, registration, flux
 
+
+
+#: Counts: how far from a whole number a value of a virtual image of counts
+#: may lie (its sums of whole counts are whole numbers in float32 and float64).
+COUNTS_TOLERANCE = 1e-3
+
+
+def check_counts(reductions, virtual) -> None:
+    """``counts=True`` checked against the reductions it is said of.
+
+    A virtual image of counts sums whole counts over whole pixels (a
+    detector region weighs a pixel 0 or 1), so each of its values is a whole
+    number; one that is not was reduced from patterns that are not counts
+    (gain-corrected, dark-subtracted or normalised floating-point data),
+    whose Poisson noise taken from their means would be in the wrong units.
+
+    Parameters
+    ----------
+    reductions : list of three :class:`~flowtie_fast.stem.reduction.Reduction`
+        Of the datasets at ``-dz, 0, +dz``, checked by :func:`check_reductions`.
+    virtual : str
+        The virtual image that forms the planes.
+
+    Raises
+    ------
+    InputError
+        Naming ``counts``, the first reduction whose ``virtual`` image holds a
+        value farther than :data:`COUNTS_TOLERANCE` from a whole number, that
+        value and the image's dtype.
+    """
+    for n, r in zip(("minus", "zero", "plus"), reductions):
+        image = r.virtual[virtual]
+        xp = array_module(image)
+        off = xp.abs(image - xp.rint(image)).ravel()
+        worst = int(xp.argmax(off))
+        if float(off[worst]) > COUNTS_TOLERANCE:
+            raise InputError(f"counts: True, but the {virtual!r} image of {n} holds "
+                             f"{float(image.ravel()[worst]):.6g} (dtype {image.dtype}), not a "
+                             "whole number of counts; expected reductions of integer "
+                             "electron counts (patterns of an integer dtype), or counts=False "
+                             "for patterns that are not counts (gain-corrected, "
+                             "dark-subtracted, normalised floating point)")
 
 #: A scan whose patterns hold more than this factor more or fewer electrons
 #: than the in-focus scan's is warned: more than a drift of the beam current.
