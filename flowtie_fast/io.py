@@ -130,6 +130,10 @@ _REGISTRATION = {"shifts": "3 x 2 shifts in px", "reliable": "true or false",
 _KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy", "format", "kind") + \
     _OPTIONAL_SCALARS + ("virtual", "registration", "orientation") + \
     tuple(n for k, *_ in _NOISES for n in (k, k + "_source"))
+#: The keys that hold text (the rest hold numbers).
+_TEXT_KEYS = ("format", "kind", "material", "virtual", "registration", "orientation") + \
+    tuple(k + "_source" for k, *_ in _NOISES)
+_NUMBERS = "real numbers (integers or floats)"
 
 
 @dataclass
@@ -768,6 +772,9 @@ def _read_h5(path: Path, suffix: str):
                 if key in fields:  # which of the two is meant cannot be told
                     raise InputError(f"{path.name}: '{key}' is both a dataset and a root "
                                      "attribute; expected one of them")
+                # h5py reads an enumeration attribute as bare integers: its type tells
+                _check_not_enum(handle.attrs.get_id(key), key, path,
+                                "a string" if key in _TEXT_KEYS else _NUMBERS)
                 fields[key] = handle.attrs[key]
     except InputError:
         handle.close()
@@ -815,14 +822,36 @@ def _as_array(v, k: str, path: Path):
         raise InputError(f"{path.name}: '{k}' cannot be read ({exc})") from exc
 
 
+def _enum_members(dtype) -> dict | None:
+    """The members (name -> value) of an HDF5 enumeration's dtype, None for
+    any other dtype. h5py reads an enumeration as its integer base type and
+    keeps the names in the dtype's metadata (``h5py.check_enum_dtype``):
+    its values are labels, not measurements."""
+    metadata = getattr(dtype, "metadata", None)
+    members = metadata.get("enum") if metadata else None
+    return dict(members) if isinstance(members, dict) else None
+
+
+def _check_not_enum(v, k: str, path: Path, want: str = _NUMBERS) -> None:
+    """Refuse key ``k`` whose dtype (``v.dtype``) is an HDF5 enumeration (its
+    integers are labels), naming the key, the dtype and its members, and
+    saying that ``want`` is expected."""
+    members = _enum_members(getattr(v, "dtype", None))
+    if members is not None:
+        shown = _short(", ".join(f"{n}={x}" for n, x in sorted(members.items(),
+                                                                key=lambda m: m[1])), 60)
+        raise InputError(f"{path.name}: '{k}' has dtype {v.dtype}, an HDF5 enumeration "
+                         f"({shown}); expected {want}, not labels")
+
+
 def _array_shape(fields: dict, k: str, path: Path) -> tuple:
     """The shape of array ``k``, checked to hold real numbers."""
     v = _as_array(fields[k], k, path)
     if v.shape is None:
         raise InputError(f"{path.name}: '{k}' is an empty HDF5 dataset; expected an array")
     if v.dtype.kind not in "iuf":
-        raise InputError(f"{path.name}: '{k}' has dtype {v.dtype}; expected real numbers "
-                         "(integers or floats)")
+        raise InputError(f"{path.name}: '{k}' has dtype {v.dtype}; expected {_NUMBERS}")
+    _check_not_enum(v, k, path)
     return tuple(v.shape)
 
 
@@ -845,6 +874,7 @@ def _reals(fields: dict, k: str, path: Path, counts, want: str) -> np.ndarray:
     a = _read(v, k, path)
     if a.dtype.kind not in "iuf":
         raise InputError(f"{path.name}: '{k}' must be {want}, got {_describe(a)}")
+    _check_not_enum(v if _is_h5_dataset(v) else a, k, path)
     return a.astype(float).reshape(-1)
 
 
@@ -869,6 +899,7 @@ def _text(fields: dict, k: str, path: Path) -> str:
         if v.shape != ():
             raise InputError(f"{path.name}: '{k}' must be a string, got a dataset of shape "
                              f"{v.shape}")
+        _check_not_enum(v, k, path, "a string")
         try:
             v = v[()]
         except Exception as exc:

@@ -1090,6 +1090,36 @@ def test_hostile_hdf5_objects_raise_input_errors(tmp_path, key, make, says):
         ft.load(path).close()
 
 
+def _h5_enum(f, k):
+    """An HDF5 enumeration whose members are labels (h5py reads them as integers)."""
+    import h5py
+
+    kind = h5py.enum_dtype({"LOW": 0, "HIGH": 1000}, basetype="i2")
+    if k in ft.io._ARRAYS:
+        f.create_dataset(k, data=np.full((4, 4), 1000, "i2"), dtype=kind)
+    else:
+        f.attrs.create(k, 1000, dtype=kind)
+
+
+@pytest.mark.parametrize("key, as_dataset", [("zero", True), ("plus", True), ("dz", False),
+                                             ("energy", True), ("material", False)])
+def test_hdf5_enumerations_are_refused_naming_the_key_and_the_dtype(tmp_path, key, as_dataset):
+    """An enumeration's integers are labels, not measurements: they were read as
+    intensities (or a defocus) without a word."""
+    h5py = pytest.importorskip("h5py", reason="h5py is needed to write an HDF5 enumeration")
+    path = tmp_path / "enum.h5"
+    fields = {**_base_triplet(), key: _h5_enum}
+    if as_dataset and key not in ft.io._ARRAYS:  # a scalar key as a dataset
+        kind = h5py.enum_dtype({"LOW": 0, "HIGH": 1000}, basetype="i2")
+        fields[key] = lambda f, k: f.create_dataset(k, data=np.array(1000, "i2"), dtype=kind)
+    _write_case(path, fields)
+    want = "a string" if key == "material" else r"real numbers \(integers or floats\)"
+    with pytest.raises(ft.InputError, match=rf"^enum.h5: '{key}' has dtype int16, an HDF5 "
+                                            rf"enumeration \(LOW=0, HIGH=1000\); expected "
+                                            rf"{want}, not labels$"):
+        ft.load(path).close()
+
+
 def test_load_says_what_a_path_that_is_not_a_file_is(tmp_path):
     """A directory, a FIFO or a loop of links was 'no such file'; a name over
     the file system's limit raised OSError 36 from Path.is_file."""
