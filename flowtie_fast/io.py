@@ -937,13 +937,15 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
     if len(shape) not in (2, 4):
         raise InputError(f"{path.name}: 'zero' must be 2-D (triplet) or 4-D (4D-STEM), got "
                          f"shape {shape}")
+    if 0 in shape:  # before the others are compared with it: the empty one is named
+        raise InputError(f"{path.name}: 'zero' is empty (shape {shape})")
     for k in ("minus", "plus"):
         other = _array_shape(fields, k, path)
+        if 0 in other:
+            raise InputError(f"{path.name}: '{k}' is empty (shape {other})")
         if other != shape:
             raise InputError(f"{path.name}: '{k}' has shape {other}, expected {shape} like "
                              "'zero'")
-    if 0 in shape:
-        raise InputError(f"{path.name}: 'zero' is empty (shape {shape})")
     _check_format(fields, path, shape)
     k_sampling = None
     if len(shape) == 4:

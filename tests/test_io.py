@@ -890,6 +890,12 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"zero": np.full((4, 4), "a")}, "zero", "has dtype"),
     ("3", {"minus": np.zeros((0, 4)), "zero": np.zeros((0, 4)), "plus": np.zeros((0, 4))},
      "zero", r"is empty \(shape \(0, 4\)\)"),
+    # The empty plane is named, not the full one compared with it.
+    ("3", {"zero": np.zeros((0, 0))}, "zero", r"is empty \(shape \(0, 0\)\)$"),
+    ("3", {"zero": np.zeros((4, 0))}, "zero", r"is empty \(shape \(4, 0\)\)$"),
+    ("3", {"plus": np.zeros((0, 4))}, "plus", r"is empty \(shape \(0, 4\)\)$"),
+    ("4", {"zero": np.zeros((2, 2, 0, 3))}, "zero", r"is empty \(shape \(2, 2, 0, 3\)\)$"),
+    ("4", {"minus": np.zeros((0, 2, 3, 3))}, "minus", r"is empty \(shape \(0, 2, 3, 3\)\)$"),
     ("3", {"phase_gt": np.ones((4, 4), complex)}, "phase_gt", "has dtype complex128"),
     ("3", {"gradient_gt": np.ones((4, 4))}, "gradient_gt", r"has shape \(4, 4\), expected "
                                                            r"\(2, 4, 4\)"),
