@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import errno
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -728,18 +729,69 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+#: An argument argparse reads as a negative number, not an option.
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, whose usage errors are one line like every other
     failure of the command (exit status 2), pointing to ``--help`` for the
     usage; its subcommands' parsers are of this class too."""
 
+    def add_argument(self, *args, **kwargs):
+        """argparse's, keeping the option strings this parser takes, and those
+        that print and exit (``--help``, ``--version``), for
+        :meth:`stray_options`."""
+        action = super().add_argument(*args, **kwargs)
+        self.__dict__.setdefault("option_names", set()).update(action.option_strings)
+        if kwargs.get("action") in ("help", "version"):
+            self.__dict__.setdefault("exit_names", set()).update(action.option_strings)
+        return action
+
     def error(self, message):
         text = " ".join(str(message).split())
         self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
 
+    def _takes(self, arg: str, names) -> bool:
+        """Whether ``arg`` is one of the options ``names`` as argparse reads
+        it: whole, with ``=value``, a unique prefix of a long option, or a
+        short option with its value or further flags attached."""
+        name = arg.split("=", 1)[0]
+        if name in names:
+            return True
+        if name.startswith("--"):
+            return self.allow_abbrev and any(n.startswith(name) for n in names)
+        return len(arg) > 2 and arg[:2] in names
+
+    def stray_options(self, args) -> tuple[list, bool]:
+        """The options before the command (the arguments up to the first that
+        is not an option) that this parser does not take, and whether those
+        before the command ask for ``--help`` or ``--version``. argparse set
+        stray options aside and then said only that the command was missing
+        (``flowtie --bogus``), or had the command name them as its own."""
+        names = self.__dict__.get("option_names", set())
+        exits = self.__dict__.get("exit_names", set())
+        stray, exit_ = [], False
+        for arg in args:
+            if arg == "--" or not arg.startswith("-") or _NEGATIVE_NUMBER.match(arg):
+                break
+            if not self._takes(arg, names):
+                stray.append(arg)
+            elif self._takes(arg, exits):
+                exit_ = True
+        return stray, exit_
+
     def parse_args(self, args=None, namespace=None):
-        """argparse's, except that arguments no command takes are named by the
+        """argparse's, except that options before the command that ``flowtie``
+        does not take are named by ``flowtie`` (``flowtie: error:
+        unrecognized arguments: --bogus``; ``--help`` and ``--version``
+        given with them still print), and arguments no command takes by the
         command they were given to (``flowtie evaluate: error: ...``)."""
+        args = sys.argv[1:] if args is None else list(args)
+        if getattr(self, "commands", None):
+            stray, exit_ = self.stray_options(args)
+            if stray and not exit_:
+                self.error(f"unrecognized arguments: {' '.join(stray)}")
         args, extra = self.parse_known_args(args, namespace)
         if extra:
             command = getattr(self, "commands", {}).get(getattr(args, "command", None), self)

@@ -999,6 +999,11 @@ def test_a_model_configuration_of_impossible_input_channels_is_named(tmp_path, c
     (["reconstruct", "in.npz", "-o", "o.npz", "--bogus"],
      "flowtie reconstruct: error: unrecognized arguments: --bogus"),
     (["evaluate", "a", "b"], "flowtie evaluate: error: unrecognized arguments: b"),
+    # an option before the command was "the following arguments are required: command"
+    (["--bogus"], "flowtie: error: unrecognized arguments: --bogus"),
+    (["--debug", "--bogus", "--x=1"], "flowtie: error: unrecognized arguments: --bogus --x=1"),
+    (["--bogus", "reconstruct", "in.npz", "-o", "o.npz"],
+     "flowtie: error: unrecognized arguments: --bogus"),
 ])
 def test_a_usage_error_is_one_line(capsys, argv, says):
     """Bad usage printed the command's whole usage (up to ten lines) before
@@ -1008,6 +1013,15 @@ def test_a_usage_error_is_one_line(capsys, argv, says):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(says) and "--help" in err[0], err
+
+
+def test_help_and_version_still_print_beside_an_unknown_option(capsys):
+    for argv, says in ((["--bogus", "--help"], "usage: flowtie"),
+                       (["--bogus", "--version"], "flowtie_fast ")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 0
+        assert capsys.readouterr().out.startswith(says)
 
 
 def test_an_unwritable_standard_output_is_named_as_such(tmp_path):
