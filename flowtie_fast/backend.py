@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 from . import _numpy_kernels, _threads
 from ._cuda import CudaKernels, load_module
-from .errors import BackendError, InputError, check_count, first_line
+from .errors import BackendError, InputError, check_count, first_line, user_stacklevel
 
 __all__ = ["KERNELS", "Backend", "array_module", "get_backend", "gpu_available", "is_cupy",
            "to_host"]
@@ -87,7 +87,7 @@ def _warn_no_pyfftw() -> None:
         "pyFFTW is not installed: the CPU backend uses scipy.fft, which is slower; "
         "install pyFFTW (pip install pyfftw) for planned FFTs",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from .files import _create_tmp, _tmp_stem, as_path, atomic_path, check_input_file, check_target
 from .backend import _have_pyfftw
-from .errors import BackendError, InputError, first_line
+from .errors import BackendError, InputError, first_line, user_stacklevel
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -443,7 +443,7 @@ def load_wisdom(path) -> bool:
                       if not ok]
         warnings.warn(f"wisdom: FFTW rejected the {', '.join(precisions)} wisdom in {path!r} "
                       "(written by another FFTW build, or damaged); plans are measured "
-                      "afresh", RuntimeWarning, stacklevel=2)
+                      "afresh", RuntimeWarning, stacklevel=user_stacklevel())
         return False
     return True
 

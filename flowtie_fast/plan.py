@@ -64,7 +64,8 @@ from dataclasses import replace
 import numpy as np
 
 from .backend import get_backend, is_cupy
-from .errors import InputError, TrustWarning, check_choice, check_positive, first_line
+from .errors import (InputError, TrustWarning, check_choice, check_positive, first_line,
+                     user_stacklevel)
 from .fft import load_wisdom, save_wisdom
 from .noise import COUNTS, check_noise
 from .physics import wavenumber
@@ -232,7 +233,7 @@ class Plan:
         why = image_verdict(method, self.virtual, model, not self.options.uncertainty)
         if why is not None:  # once here; each solve's plan.info["trust"] repeats it
             warnings.warn(f"{method}: {why}; give a plan the 'bf' images, or method='icom'",
-                          TrustWarning, stacklevel=2)
+                          TrustWarning, stacklevel=user_stacklevel())
         if warmup:
             self._warm_up()
 
@@ -317,7 +318,7 @@ class Plan:
                              "Plan(..., virtual='abf'), 'df', ...")
         self.gradient_orientation = check  # whole: another thread reads it as it is
         if check["suspect"]:
-            warnings.warn(check["why"], TrustWarning, stacklevel=4)  # solve's caller
+            warnings.warn(check["why"], TrustWarning, stacklevel=user_stacklevel())
 
     def _image(self, name, a, shape):
         """``a`` checked as an input of ``shape``: an array of this plan's

@@ -61,7 +61,7 @@ from . import trust
 from .backend import Backend, get_backend
 from .errors import (InputError, ResultError, TrustWarning, check_choice, check_count,
                      check_finite_result, check_float_dtype, check_real, first_line,
-                     out_of_memory)
+                     out_of_memory, user_stacklevel)
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, FlowModel, load_model
 from .flow.infer import _shipped_name as _shipped_file
 from .noise import (ALPHA_MAX, COUNTS, GRADIENT_THRESHOLD, check_noise, denoise,
@@ -401,19 +401,20 @@ def _suspect(series):
     return trust.suspicion(getattr(series, "gradient_orientation", None))
 
 
-def _warn_unregistered(method, registration, info, stacklevel):
+def _warn_unregistered(method, registration, info):
     """Where the drift between the scans could not be measured (``registration``,
     ``triplet.registration``, says it is not reliable), a phase of ``method``
-    may be wrong: ``info["trust"]`` and a :class:`TrustWarning` say so. Not for
-    ``icom`` (the in-focus scan alone) nor ``flowtie`` (its trust check weighs
-    the record itself)."""
+    may be wrong: ``info["trust"]`` and a :class:`TrustWarning`, at the
+    caller's line (:func:`~flowtie_fast.errors.user_stacklevel`), say so. Not
+    for ``icom`` (the in-focus scan alone) nor ``flowtie`` (its trust check
+    weighs the record itself)."""
     if method in ("icom", "flowtie") or not registration or registration.get("reliable", True):
         return
     info["trust"] = "the drift between the scans could not be measured"
     warnings.warn(f"{method}: the drift between the scans could not be measured "
                   "(triplet.registration); if they drifted, this phase is wrong. "
                   "method='icom' uses the in-focus scan alone", TrustWarning,
-                  stacklevel=stacklevel + 1)
+                  stacklevel=user_stacklevel())
 
 
 def _beyond_memory(count: int, shape, exc) -> InputError:
@@ -729,11 +730,12 @@ class TIESolver:
                             "icom: the measured gradient holds no phase above its noise "
                             f"({noise.source} noise): the phase is zero; a larger dose "
                             "may carry it")
-                        warnings.warn(rec.info["trust"], TrustWarning, stacklevel=3)
+                        warnings.warn(rec.info["trust"], TrustWarning,
+                                      stacklevel=user_stacklevel())
                 if options.gradient_suspect and "trust" not in rec.info:
                     rec.info["trust"] = options.gradient_suspect
                     warnings.warn(f"icom: {options.gradient_suspect}", TrustWarning,
-                                  stacklevel=3)
+                                  stacklevel=user_stacklevel())
                 rec.info["time"] = time.perf_counter() - start
                 return rec
             phase = self.poisson.output(out)
@@ -744,13 +746,14 @@ class TIESolver:
                 series.planes, series.derivative_weights, series.intensity_weights,
                 series.wavenumber, series.gradient, method, phase, grad, info, options)
             self._check_result(method, phase, grad)
-            _warn_unregistered(method, options.registration, info, stacklevel=3)
+            _warn_unregistered(method, options.registration, info)
             why = image_verdict(method, options.planes_image, options.model,
                                 not options.uncertainty)
             if why is not None:
                 info.setdefault("trust", why)
                 warnings.warn(f"{method}: {why}; FocalTriplet.from_4dstem(..., virtual='bf'), "
-                              "or method='icom'", TrustWarning, stacklevel=3)
+                              "or method='icom'", TrustWarning,
+                              stacklevel=user_stacklevel())
             info["time"] = time.perf_counter() - start
             rec = Reconstruction(phase, grad, method, info, info.pop("uncertainty_map", None))
             if residual is not None:
@@ -798,7 +801,7 @@ class TIESolver:
                                  f"at a relative residual of {info['relative_residual'][-1]:.3g}"
                                  f", above its tolerance {info['tol']:.3g}: the phase is the "
                                  "last iterate (a larger max_iter, or dtype='float64')")
-                warnings.warn(info["trust"], TrustWarning, stacklevel=4)
+                warnings.warn(info["trust"], TrustWarning, stacklevel=user_stacklevel())
         elif method == "gd":
             residual = self._gradient_descent(k, mean, phase, grad, info, tol, max_iter,
                                               options.preconditioner or "biharmonic",
@@ -832,7 +835,7 @@ class TIESolver:
         why = trust.classical_verdict(method, value)
         if why is not None and "trust" not in info:  # one warning a solve
             info["trust"] = why
-            warnings.warn(why, TrustWarning, stacklevel=5)
+            warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
 
     def _denoised_gradient(self, gradient, noise):
         """A measured gradient in the working dtype, filtered by its noise where
@@ -867,7 +870,8 @@ class TIESolver:
                 warnings.warn("the focal derivative holds no signal above the noise of the "
                               f"planes ({noise.source} noise): the phase is zero; a "
                               "larger dose or defocus step, or the measured gradient "
-                              "(method='icom'), may carry it", TrustWarning, stacklevel=4)
+                              "(method='icom'), may carry it", TrustWarning,
+                              stacklevel=user_stacklevel())
         if self.alpha == "auto":
             # The filter is linear: α of the source -k ∂I/∂z / Ī is that of ∂I/∂z.
             self.poisson.alpha = discrepancy_alpha(self._didz, self.pixel_size, var_d)
@@ -949,7 +953,7 @@ class TIESolver:
         else:
             self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
                                gradient, method, out, gradient_out, info, options)
-            _warn_unregistered(method, options.registration, info, stacklevel=5)
+            _warn_unregistered(method, options.registration, info)
             why = image_verdict(method, options.planes_image, options.model,
                                 not options.uncertainty)  # the plan warned once
             if why is not None:
@@ -1247,7 +1251,7 @@ class TIESolver:
                                 grad_out=grad)
         warnings.warn(f"flowtie: the flow is not trusted on this input ({verdict['why']}); "
                       f"returned the {info['fallback']} phase instead{also}",
-                      TrustWarning, stacklevel=5)
+                      TrustWarning, stacklevel=user_stacklevel())
         return None
 
     def _residual(self, series, phase):
@@ -1407,7 +1411,7 @@ class TIESolver:
                              f"stopping rule was met (tol {tol:.3g}), {far}: the phase is "
                              "the last iterate (a larger max_iter, the 'biharmonic' "
                              "preconditioner, or method='tie-exact')")
-            warnings.warn(info["trust"], TrustWarning, stacklevel=5)
+            warnings.warn(info["trust"], TrustWarning, stacklevel=user_stacklevel())
         return self._true_residual(x, k) if want_residual else None
 
     def _true_residual(self, x, k):

@@ -22,7 +22,7 @@ import numpy as np
 
 from .backend import array_stats, get_backend, is_cupy
 from .errors import (RANGES, InputError, TrustWarning, check_choice, check_count, check_positive,
-                     check_real, first_line)
+                     check_real, first_line, user_stacklevel)
 from .noise import Noise, check_noise, estimate_noise, poisson_noise
 from .physics import wavenumber
 from .planes import (check_gradient, check_gradient_peak, check_image, check_intensity_stats,
@@ -40,7 +40,6 @@ __all__ = ["FocalSeries", "FocalTriplet"]
 #: reference that tells a detector rotation from its half turn (the full disk's
 #: images carry little phase contrast, annular ones the opposite sign).
 SIGNED_IMAGES = ("bf",)
-
 
 def _checks_backend():
     """The backend of the triplet's own checks (the TIE phase that tells a
@@ -81,7 +80,7 @@ def _counts_noise(planes, stats):
     if not all(integer):
         warnings.warn("planes: some are integers (counts?) and some floating point; their "
                       "noise is unknown and nothing is regularised (pass noise=)",
-                      TrustWarning, stacklevel=4)
+                      TrustWarning, stacklevel=user_stacklevel())
         return None
     size = planes[0].shape[0] * planes[0].shape[1]
     poisson = poisson_noise(stats[:, 1] / size)
@@ -94,7 +93,7 @@ def _counts_noise(planes, stats):
     warnings.warn(f"planes: integer planes whose noise ({sum(estimated) / 3:.3g}, estimated "
                   f"from the images) is {ratio:.2g} times that of electron counts of their "
                   "mean: taken as measured, not as counts (pass noise= to state it)",
-                  TrustWarning, stacklevel=4)
+                  TrustWarning, stacklevel=user_stacklevel())
     return Noise(tuple(estimated), "estimated")
 
 
@@ -273,7 +272,7 @@ class FocalSeries:
             rotation=rotation, flip=flip)
         self.gradient_orientation = check
         if check["suspect"]:
-            warnings.warn(check["why"], TrustWarning, stacklevel=4)
+            warnings.warn(check["why"], TrustWarning, stacklevel=user_stacklevel())
 
     def _plain_tie_gradient(self, planes=None):
         """The gradient (rad/Å) of the uniform-intensity TIE phase of the

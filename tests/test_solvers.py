@@ -247,3 +247,28 @@ def test_tikhonov_damps_low_frequencies():
     plain = ft.reconstruct(t, method="tie-uniform", backend="cpu", dtype="float64")
     damped = ft.reconstruct(t, method="tie-uniform", backend="cpu", dtype="float64", alpha=1.0)
     assert np.std(damped.phase) < 0.9 * np.std(plain.phase)
+
+
+def test_warnings_name_the_caller_s_line_whatever_the_entry_point():
+    """A solve's warnings were raised with fixed stack levels counted for one
+    path through the library: from reconstruct the "no signal" warning named
+    a line of solvers.py, from Plan.solve another one, or a line beyond the
+    caller; a FocalSeries's named none of the caller's."""
+    rng = np.random.default_rng(0)
+    p = 100 + rng.normal(0, 1, (32, 32))
+    t = ft.FocalTriplet(p, p, p, 20.0, 0.2, E, noise=1.0)  # no focal derivative at all
+    unregistered = {"shifts": np.zeros((3, 2)), "reliable": False, "applied": False,
+                    "signal": None, "why": "images under 8 px a side"}
+    plan = ft.Plan((32, 32), 0.2, 20.0, E, method="tie", backend="cpu", warmup=False)
+    calls = [("no signal above the noise", lambda: ft.reconstruct(t, backend="cpu")),
+             ("no signal above the noise", lambda: ft.reconstruct(t, method="gd",
+                                                                 backend="cpu")),
+             ("no signal above the noise", lambda: plan.solve(p, p, p, noise=1.0)),
+             ("drift between the scans", lambda: plan.solve(
+                 p, p, p + rng.normal(0, 1, p.shape), registration=unregistered)),
+             ("some are integers", lambda: ft.FocalSeries(
+                 [p.astype(np.uint16), p, p], [-20.0, 0.0, 20.0], 0.2, E))]
+    for says, call in calls:
+        with pytest.warns(UserWarning, match=says) as caught:
+            call()
+        assert [w.filename for w in caught] == [__file__], (says, caught[0].filename)

@@ -426,8 +426,11 @@ def test_a_detector_inside_the_bright_field_disk_is_flagged():
 
     cropped = [d[..., 19:34, 19:34] for d in data]
     with pytest.warns(stem.DetectorWarning, match=r"^zero: the bright-field disk fills the "
-                                                  r"detector \(.* mrad measured.*no dark field"):
+                                                  r"detector \(.* mrad measured.*no dark field"
+                      ) as told:
         t = ft.FocalTriplet.from_4dstem(*cropped, **kw)
+    # at the caller's line (it named one in triplet.py)
+    assert {w.filename for w in told if w.category is stem.DetectorWarning} == {__file__}
     regions = t.reductions[1].regions
     assert set(regions) == {"bf", "whole"}
     assert t.noise is None or t.noise.source != "band"
@@ -485,8 +488,9 @@ def test_a_dark_level_subtracted_too_far_is_warned_and_read_noise_is_not(rng):
         right = ft.FocalTriplet.from_4dstem(noisy, noisy, noisy, **kw)
     low = noisy - 1000.0 / (3 * data.shape[2] * data.shape[3])  # a third of the sum gone
     with pytest.warns(ft.TrustWarning,
-                      match=r"far dark field .* below zero.* about 1\.[45]\d* times"):
+                      match=r"far dark field .* below zero.* about 1\.[45]\d* times") as told:
         wrong = ft.FocalTriplet.from_4dstem(low, low, low, **kw)
+    assert {w.filename for w in told} == {__file__}  # the caller's line, not triplet.py's
     ratio = np.std(ft.reconstruct(wrong, method="icom", backend="cpu").phase) / np.std(
         ft.reconstruct(right, method="icom", backend="cpu").phase)
     assert 1.4 < ratio < 1.6

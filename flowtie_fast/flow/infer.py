@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import is_cupy
-from ..errors import BackendError, InputError, first_line
+from ..errors import BackendError, InputError, first_line, user_stacklevel
 from ..files import check_input_file
 from ..physics import wavenumber as _wavenumber
 
@@ -619,7 +619,7 @@ class FlowModel:
                 self._fused = None  # one assignment: safe beside other threads
                 warnings.warn(f"flow model {str(self.path)!r}: the fused oneDNN path failed "
                               f"({first_line(exc)}); running the TorchScript module",
-                              RuntimeWarning, stacklevel=5)
+                              RuntimeWarning, stacklevel=user_stacklevel())
                 return v
         return self.module(x)
 
@@ -665,7 +665,8 @@ class FlowModel:
         except Exception as exc:  # an operator that cannot be captured
             self._graph_failed.add(key)
             warnings.warn(f"flow model: CUDA graph capture failed ({type(exc).__name__}: "
-                          f"{exc}); predicting without graphs", RuntimeWarning, stacklevel=4)
+                          f"{exc}); predicting without graphs", RuntimeWarning,
+                          stacklevel=user_stacklevel())
             return None
         if len(self._graphs) >= self._MAX_GRAPHS:
             self._graphs.pop(next(iter(self._graphs)))
@@ -781,7 +782,7 @@ class _FusedFlowNet:
             ok, why = False, f"{type(exc).__name__}: {first_line(exc)}"
         if not ok:
             warnings.warn(f"flow model: the fused oneDNN path is off ({why}); running the "
-                          "TorchScript module", RuntimeWarning, stacklevel=4)
+                          "TorchScript module", RuntimeWarning, stacklevel=user_stacklevel())
         return ok
 
     def _conv(self, x, name, gelu=True):

@@ -428,8 +428,7 @@ def check_disk(name: str, radius, detector: Detector) -> float:
     return radius
 
 
-def check_com_radius(com_radius, regions: dict, detector: Detector, name: str = "zero",
-                     stacklevel: int = 4) -> None:
+def check_com_radius(com_radius, regions: dict, detector: Detector, name: str = "zero") -> None:
     """Warn where the centre of mass is limited to less than the bright-field disk.
 
     The phase gradient moves the bright-field disk; a centre of mass taken
@@ -451,9 +450,8 @@ def check_com_radius(com_radius, regions: dict, detector: Detector, name: str = 
         :func:`~flowtie_fast.stem.reduction.reduce_4dstem`).
     name : str
         The data the disk was measured on, named in the warning (default
-        "zero").
-    stacklevel : int
-        Of the warning: the caller's line (default 4: ``from_4dstem``'s).
+        "zero"; the warning names the caller's line:
+        :func:`~flowtie_fast.errors.user_stacklevel`).
 
     Raises
     ------
@@ -474,7 +472,7 @@ def check_com_radius(com_radius, regions: dict, detector: Detector, name: str = 
             f"the bright-field disk ({disk:.{digits}g} mrad measured on {name}): the disk's "
             "edge, whose shift carries the phase gradient, is cut off, and the centre of mass "
             f"(icom's phase) comes out too weak; give com_radius={least:.{digits}g} or more, "
-            "or None for the whole detector", TrustWarning, stacklevel=stacklevel)
+            "or None for the whole detector", TrustWarning, stacklevel=user_stacklevel())
 
 
 def disk_fills_detector(mean) -> tuple:
@@ -828,7 +826,7 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
             "detector), or, where the patterns do hold a disk, give the data's axes as "
             "(scan y, scan x, detector y, detector x): a reader that returns the detector "
             "axes first (an NCEM .emd) needs numpy.moveaxis(data, (0, 1), (2, 3))",
-            DetectorWarning, stacklevel=3)
+            DetectorWarning, stacklevel=user_stacklevel())
         return detector, {"bf": (0.0, bf_radius), "whole": (0.0, np.inf)}
     regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
                "df": (disk, np.inf), "whole": (0.0, np.inf)}
@@ -840,7 +838,7 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
             f"zero: a dark level subtracted too far has taken from each pattern {share:.3g} "
             f"times the sum left to it, and the centre of mass (icom's gradient) comes out "
             f"about {1 + share:.3g} times too strong; subtract the detector's measured dark "
-            "level, not more", TrustWarning, stacklevel=3)
+            "level, not more", TrustWarning, stacklevel=user_stacklevel())
     return detector, regions
 
 

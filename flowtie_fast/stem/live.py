@@ -497,7 +497,7 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
         check_float32_range("zero", mean[None], detector)
     if virtual not in regions:
         raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
-    check_com_radius(com_radius, regions, detector, stacklevel=3)
+    check_com_radius(com_radius, regions, detector)
     reductions = [reduce_with_libertem(ctx, d, detector, regions, com_radius_mrad=com_radius,
                                        name=n, backends=backends)
                   for n, d in zip(("minus", "zero", "plus"), datasets)]

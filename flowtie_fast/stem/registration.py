@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError, check_count, check_real
+from ..errors import InputError, check_count, check_real, user_stacklevel
 
 __all__ = ["RegistrationWarning", "Shift", "apply_shift", "estimate_shift", "register_triplet"]
 
@@ -982,7 +982,7 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
                    if apply_unreliable else "not applied: the planes are used as recorded")
     for text in problems:
         warnings.warn(f"register_triplet: {text}; {consequence}", RegistrationWarning,
-                      stacklevel=2)
+                      stacklevel=user_stacklevel())
 
     shifts = np.zeros((3, 2))
     shifts[0], shifts[2] = s0, s2
