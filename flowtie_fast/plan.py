@@ -73,7 +73,7 @@ from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation, image_verdict)
 from .planes import check_not_masked, focal_weights
 from .stem.detector import VIRTUAL_IMAGES
-from .trust import checked_orientation, plain_tie_gradient, suspicion
+from .trust import SIGNED_IMAGES, checked_orientation, plain_tie_gradient, suspicion
 
 __all__ = ["Plan"]
 
@@ -309,7 +309,7 @@ class Plan:
         except InputError:
             return
         # the half turn against the TIE phase, whose sign only bright-field images follow
-        tie = None if self.virtual != "bf" else lambda: plain_tie_gradient(
+        tie = None if self.virtual not in SIGNED_IMAGES else lambda: plain_tie_gradient(
             planes, self._derivative_weights, self._intensity_weights, self.wavenumber,
             self.pixel_size)
         check = checked_orientation(gradient, self.pixel_size, tie, testable_only=True)

@@ -381,7 +381,7 @@ def image_verdict(method, image, model=None, network_alone=False):
     shipped name, or a shipped file given by its path) is told here. None
     for an unknown ``image`` and for a model of your own.
     """
-    if method == "icom" or image in (None, "bf"):
+    if method == "icom" or image is None or image in trust.SIGNED_IMAGES:
         return None
     if method == "flowtie":
         shipped = model is None or trust.is_shipped(model) or (
@@ -1206,7 +1206,8 @@ class TIESolver:
             # a network that reads the centre of mass reads it misoriented too
             verdict.update(trusted=False, why="the measured gradient it reads looks "
                            "wrongly oriented (triplet.gradient_orientation)")
-        other_image = options.planes_image not in (None, "bf")
+        # the TIE phase is a reference only where it is the specimen's
+        tie_is_reference = image_verdict("tie", options.planes_image) is None
         # trained on bright-field images: the contrast of the others does not
         # follow the phase (a 'df' triplet's flow was 100x off in NMSE); the
         # reason the network alone is told, here the trust check's
@@ -1238,7 +1239,7 @@ class TIESolver:
             value = trust.disagreement(tie, phase, scratch=self._buf("tmp"))
             info["icom_disagreement"] = value
             limit = trust.calibration()["classical_disagreement_limit"]
-            if value > limit and not other_image:  # the TIE of other images is no reference
+            if value > limit and tie_is_reference:
                 also = (f", which the tie phase contradicts (mean squared difference "
                         f"{value:.3g} times its variance, limit {limit:g}): it may be wrong "
                         f"as well (a measured gradient of the wrong sign, scale or "

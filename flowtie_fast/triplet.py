@@ -28,7 +28,7 @@ from .physics import wavenumber
 from .planes import (check_gradient, check_gradient_peak, check_image, check_intensity_stats,
                      check_not_masked, check_positions, focal_weights)
 from .solvers import reconstruct
-from .trust import checked_orientation, plain_tie_gradient
+from .trust import SIGNED_IMAGES, checked_orientation, plain_tie_gradient
 from .stem.detector import VIRTUAL_IMAGES
 from .stem.focal import (apply_registration, check_com_extent, check_normalize, check_register,
                          check_rotation, com_poisson_noise, orient, prepare_planes, reduce_triplet,
@@ -36,10 +36,6 @@ from .stem.focal import (apply_registration, check_com_extent, check_normalize, 
 
 __all__ = ["FocalSeries", "FocalTriplet"]
 
-#: Virtual images whose TIE phase has the sign of the specimen's phase: the
-#: reference that tells a detector rotation from its half turn (the full disk's
-#: images carry little phase contrast, annular ones the opposite sign).
-SIGNED_IMAGES = ("bf",)
 
 def _checks_backend():
     """The backend of the triplet's own checks (the TIE phase that tells a

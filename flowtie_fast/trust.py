@@ -84,6 +84,12 @@ CALIBRATION_FILE = "calibration.json"
 #: returned, or a single model of your own): a standard deviation cannot be
 #: negative, so it cannot be taken for a map.
 NO_UNCERTAINTY = -1.0
+#: The 4D-STEM virtual images whose contrast follows the TIE: their TIE phase
+#: is the specimen's, sign included (the reference that tells a detector
+#: rotation from its half turn, and against which another phase is checked);
+#: the full disk's images carry little phase contrast, annular ones the
+#: opposite sign. Planes of unknown image (None) are taken as these.
+SIGNED_IMAGES = ("bf",)
 
 
 @functools.lru_cache(maxsize=1)
