@@ -45,10 +45,19 @@ Tikhonov α (``alpha="auto"``, not the default)
     crystals it lost to the filter above at every dose from 1e3 to 1e6 e/Å²
     (docs/evaluation.md).
 
-Measured gradient (``icom``)
+Measured gradient (``icom``, :func:`denoise_gradient`)
     The 4D-STEM centre of mass is band-limited like the images; its noise is
-    measured above the band and each component is filtered as above with
-    the threshold ``ln M`` (:func:`GRADIENT_THRESHOLD`).
+    measured above the band. A phase gradient has no curl, so only the
+    curl-free (longitudinal) part of the measured field, ``L(q) = q̂ · Ĝ(q)``,
+    carries phase: it holds all the signal and half the noise. That part is
+    filtered in two stages. Detection: unless some mode passes the level
+    pure noise reaches in one field of M in M (``2 ln M`` in units of the
+    noise power), the gradient holds no phase above its noise and the phase
+    is zero. Then every mode above the level pure noise passes about once a
+    field (``ln M``) keeps the Wiener gain ``1 - N σ_L² / P(q)``. For the
+    mirror boundary the field is first extended by reflection, as the mirror
+    Poisson solve extends it, and the levels are those of that field's real
+    (χ² with one degree of freedom) mode powers.
 
 Iterative methods
     Without the filter (``denoise=False``), ``tie-exact`` and ``gd`` stop once
@@ -66,9 +75,9 @@ import numpy as np
 from .backend import array_module, to_host
 from .errors import InputError
 
-__all__ = ["Noise", "COUNTS", "GRADIENT_THRESHOLD", "check_noise", "estimate_noise",
+__all__ = ["Noise", "COUNTS", "check_noise", "estimate_noise",
            "poisson_noise",
-           "band_noise", "denoise",
+           "band_noise", "denoise", "denoise_gradient", "gradient_levels",
            "discrepancy_alpha", "teague_floor", "ALPHA_MAX"]
 
 COUNTS = "counts"  # a solve's noise: Poisson statistics of the planes it is given
@@ -376,27 +385,6 @@ def teague_floor(variance: float, mean: float) -> float:
 
 
 
-def GRADIENT_THRESHOLD(a) -> float:
-    """The threshold (in units of the noise power) for a measured phase
-    gradient: ``ln M``, half the universal one. Integrating a gradient
-    amplifies a noise mode by 1/q, not 1/q² as the TIE does, and the full
-    threshold removed more signal than noise on the 4D-STEM centre of mass
-    (docs/evaluation.md).
-
-    Parameters
-    ----------
-    a : array (Ny, Nx)
-        One component of the gradient (NumPy or CuPy); only its shape is read.
-
-    Returns
-    -------
-    float
-        ``ln M``, M = ``Ny * (Nx // 2 + 1)`` the modes of the half plane; the
-        ``threshold`` of :func:`denoise`.
-    """
-    return math.log(a.shape[0] * (a.shape[1] // 2 + 1))
-
-
 def denoise(a, variance: float, threshold: float | None = None) -> int:
     """Filter ``a`` in place by its own spectrum and a known white noise.
 
@@ -438,4 +426,127 @@ def denoise(a, variance: float, threshold: float | None = None) -> int:
         return 0
     gain[0, 0] = 1.0
     a[...] = xp.fft.irfft2(spec * gain, s=a.shape)
+    return kept
+
+
+def _chi2_1_level(p: float) -> float:
+    """The level ``t`` that a χ² variable of one degree of freedom (mean 1)
+    exceeds with probability ``p``: ``erfc(√(t/2)) = p``, by bisection."""
+    lo, hi = 0.0, 400.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if math.erfc(math.sqrt(0.5 * mid)) > p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def gradient_levels(shape, mirror: bool = False) -> tuple:
+    """The detection and the keeping level of :func:`denoise_gradient`, in
+    units of the noise power of a mode.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(Ny, Nx)`` of the gradient's components.
+    mirror : bool
+        Levels for the field extended by reflection (the mirror boundary).
+
+    Returns
+    -------
+    (float, float)
+        ``(detect, keep)``: pure noise passes ``detect`` somewhere in about
+        one field of M (M independent modes) and ``keep`` about once a
+        field. Periodic: exponential mode powers, ``2 ln M`` and ``ln M``
+        with ``M = Ny (Nx // 2 + 1)``; mirror: real mode powers (χ² with
+        one degree of freedom), ``M = Ny Nx``.
+    """
+    ny, nx = int(shape[0]), int(shape[1])
+    if mirror:
+        m = ny * nx
+        return _chi2_1_level(1.0 / m ** 2), _chi2_1_level(1.0 / m)
+    m = ny * (nx // 2 + 1)
+    return 2.0 * math.log(m), math.log(m)
+
+
+def denoise_gradient(g, variance, mirror: bool = False) -> int:
+    """Filter a measured phase gradient in place: its curl-free part, by its
+    own spectrum and a known white noise (module docstring).
+
+    The curl-free part ``L(q) = q̂ · Ĝ(q)`` of the two components is all a
+    phase integrates; it carries the whole signal and noise of power
+    ``N (q̂_y² σ_y² + q̂_x² σ_x²)`` per mode. Unless one of its modes passes
+    the detection level of :func:`gradient_levels`, ``g`` becomes zero (it
+    holds no phase above its noise). Otherwise each mode above the keeping
+    level keeps the Wiener gain ``1 - noise / P(q)`` and the others are
+    removed, and ``g`` becomes the gradient of the filtered part (curl-free,
+    mean zero: neither the curl nor the mean is a phase's, and the phase
+    integrated from ``g`` is unchanged by removing them).
+
+    Parameters
+    ----------
+    g : array (2, Ny, Nx), real (NumPy or CuPy)
+        ``(∂φ/∂y, ∂φ/∂x)`` in rad/Å (any units: those of ``variance``'s
+        square root); overwritten.
+    variance : (float, float)
+        Variance of the white noise of each component per pixel (``g``'s
+        units²).
+    mirror : bool
+        Filter the field extended by reflection (``∂φ/∂y`` odd in y, even
+        in x; ``∂φ/∂x`` the reverse), as a mirror-boundary Poisson solve
+        sees it, instead of the periodic one.
+
+    Returns
+    -------
+    int
+        The number of Fourier modes of the (extended) field kept, 0 where
+        ``g`` became zero.
+    """
+    xp = array_module(g)
+    ny, nx = g.shape[1:]
+    gy, gx = g[0].astype(xp.float64), g[1].astype(xp.float64)
+    if mirror:
+        gy = xp.concatenate([xp.concatenate([gy, gy[:, ::-1]], axis=1),
+                             -xp.concatenate([gy[::-1], gy[::-1, ::-1]], axis=1)], axis=0)
+        gx = xp.concatenate([xp.concatenate([gx, -gx[:, ::-1]], axis=1),
+                             xp.concatenate([gx[::-1], -gx[::-1, ::-1]], axis=1)], axis=0)
+    my, mx = gy.shape
+    qy = xp.fft.fftfreq(my)[:, None]
+    qx = xp.fft.rfftfreq(mx)[None, :]
+    q = xp.sqrt(qy * qy + qx * qx)
+    q[0, 0] = 1.0
+    uy, ux = qy / q, qx / q
+    longitudinal = uy * xp.fft.rfft2(gy) + ux * xp.fft.rfft2(gx)
+    fy, fx = uy * uy, ux * ux  # each component's share of a mode's noise
+    if mirror:
+        # A reflected field's modes are cosine (even) or sine (odd) sums of the
+        # pixels: their noise is twice the rest's at frequency 0 of a cosine
+        # and at the Nyquist frequency of a sine, and none at the others' ends.
+        ky = xp.abs(xp.fft.fftfreq(my) * my)[:, None]
+        kx = xp.fft.rfftfreq(mx)[None, :] * mx
+        even_y, odd_y = xp.where(ky == 0, 2.0, xp.where(ky == ny, 0.0, 1.0)), \
+            xp.where(ky == 0, 0.0, xp.where(ky == ny, 2.0, 1.0))
+        even_x, odd_x = xp.where(kx == 0, 2.0, xp.where(kx == nx, 0.0, 1.0)), \
+            xp.where(kx == 0, 0.0, xp.where(kx == nx, 2.0, 1.0))
+        fy, fx = fy * odd_y * even_x, fx * even_y * odd_x
+    noise = (my * mx) * (fy * float(variance[0]) + fx * float(variance[1]))
+    power = longitudinal.real ** 2 + longitudinal.imag ** 2
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        # a mode without noise (a component stated noise-free) passes whole; a
+        # mode that no pixel reaches (fy + fx == 0: the mean, a reflection's
+        # corner) holds nothing but rounding
+        ratio = xp.where(noise > 0, power / xp.where(noise > 0, noise, 1.0),
+                         xp.where((power > 0) & (fy + fx > 0), xp.inf, 0.0))
+    ratio[0, 0] = 0.0  # the mean: no phase
+    detect, keep = gradient_levels((ny, nx), mirror)
+    if not bool((ratio > detect).any()):
+        g[...] = 0
+        return 0
+    with np.errstate(divide="ignore"):
+        gain = xp.where(ratio > keep, 1.0 - 1.0 / xp.maximum(ratio, 1e-300), 0.0)
+    kept = int(xp.count_nonzero(gain))
+    longitudinal *= gain
+    g[0] = xp.fft.irfft2(uy * longitudinal, s=(my, mx))[:ny, :nx]
+    g[1] = xp.fft.irfft2(ux * longitudinal, s=(my, mx))[:ny, :nx]
     return kept

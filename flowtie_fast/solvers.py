@@ -64,7 +64,7 @@ from .errors import (InputError, ResultError, TrustWarning, check_choice, check_
                      out_of_memory, user_stacklevel)
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, FlowModel, load_model
 from .flow.infer import _shipped_name as _shipped_file
-from .noise import (ALPHA_MAX, COUNTS, GRADIENT_THRESHOLD, check_noise, denoise,
+from .noise import (ALPHA_MAX, COUNTS, check_noise, denoise, denoise_gradient,
                     discrepancy_alpha, poisson_noise, teague_floor)
 from .poisson import PoissonSolver, resolve_scheme
 from .planes import GRADIENT_LIMIT, check_gradient, check_gradient_peak, check_intensity_stats
@@ -725,16 +725,18 @@ class TIESolver:
                 rec = self.integrate(g, out=out, gradient_out=gradient_out, _locked=True)
                 if kept is not None:
                     rec.info.update(noise=noise.source, denoise=kept)
-                    if not int(self.backend.xp.count_nonzero(rec.phase)):
-                        rec.info["trust"] = (
-                            "icom: the measured gradient holds no phase above its noise "
-                            f"({noise.source} noise): the phase is zero; a larger dose "
-                            "may carry it")
-                        warnings.warn(rec.info["trust"], TrustWarning,
-                                      stacklevel=user_stacklevel())
-                if options.gradient_suspect and "trust" not in rec.info:
+                # one warning: a misoriented gradient is the cause of what follows
+                # from it (a turned gradient is mostly curl, which the filter drops)
+                if options.gradient_suspect:
                     rec.info["trust"] = options.gradient_suspect
                     warnings.warn(f"icom: {options.gradient_suspect}", TrustWarning,
+                                  stacklevel=user_stacklevel())
+                elif kept is not None and not int(self.backend.xp.count_nonzero(rec.phase)):
+                    rec.info["trust"] = (
+                        "icom: the measured gradient holds no phase above its noise "
+                        f"({noise.source} noise): the phase is zero; a larger dose "
+                        "may carry it")
+                    warnings.warn(rec.info["trust"], TrustWarning,
                                   stacklevel=user_stacklevel())
                 rec.info["time"] = time.perf_counter() - start
                 return rec
@@ -839,13 +841,14 @@ class TIESolver:
 
     def _denoised_gradient(self, gradient, noise):
         """A measured gradient in the working dtype, filtered by its noise where
-        that is known and ``denoise`` is on (a copy: the caller keeps its own);
-        and the Fourier modes kept per component (None: not filtered)."""
+        that is known and ``denoise`` is on (a copy: the caller keeps its own;
+        :func:`~flowtie_fast.noise.denoise_gradient`, for this solver's
+        boundary); and the Fourier modes kept (None: not filtered)."""
         g = self.backend.asarray(gradient, self.dtype)
         if not (self.denoise and noise is not None):
             return g, None
         g = g.copy()
-        return g, [denoise(g[i], noise.variance[i], GRADIENT_THRESHOLD(g[i])) for i in range(2)]
+        return g, denoise_gradient(g, noise.variance, mirror=self.poisson.mirror)
 
     def _regularise(self, noise, mean, k, derivative_weights, intensity_weights, info,
                     quiet=False):
