@@ -125,7 +125,9 @@ def as_path(name: str, path, *, file: bool = False) -> Path:
     the whole within the file system's limits, and with ``file``, not ending
     in a separator (the path of a folder, which :class:`~pathlib.Path` would
     silently turn into that of a file); :class:`InputError` naming ``name``
-    otherwise. Nothing is read from the disk."""
+    otherwise. A leading ``~`` or ``~user`` is the home folder, as a shell
+    reads it (not a folder named ``~`` in the working one). Nothing is read
+    from the disk."""
     if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
         raise InputError(f"{name}: expected a file path (str or pathlib.Path), got "
                          f"{type(path).__name__}")
@@ -143,7 +145,7 @@ def as_path(name: str, path, *, file: bool = False) -> Path:
     if file and text[-1] in (os.sep, os.altsep or os.sep):
         raise InputError(f"{name}: {_short(text, 200)!r} ends with {text[-1]!r}, the path of a "
                          "folder; expected the path of a file (drop the trailing separator)")
-    path = Path(text)
+    path = Path(os.path.expanduser(text))
     _check_name_lengths(name, path)
     return path
 

@@ -122,8 +122,11 @@ class Plan:
         Image shape (Ny, Nx).
     pixel_size : float or (float, float)
         Sampling along (axis 0, axis 1) in Å.
-    dz : float
-        Defocus step in Å: the planes are at ``-dz, 0, +dz`` (docs/conventions.md).
+    dz : float or (float, float)
+        Defocus step in Å: the planes are at ``-dz, 0, +dz`` (docs/conventions.md);
+        a pair ``(dz_minus, dz_plus)`` for uneven spacing (as a triplet's or a
+        loaded file's ``dz``). Kept as ``plan.dz``: one number where the two
+        are equal.
     energy : float
         Electron energy in eV.
     method : str
@@ -198,7 +201,8 @@ class Plan:
         for name, flag in (("warmup", warmup), ("cuda_graphs", cuda_graphs)):
             if not isinstance(flag, (bool, np.bool_)):
                 raise InputError(f"{name}: expected True or False, got {flag!r}")
-        self.dz = check_positive("dz", dz)
+        dz_minus, dz_plus = check_positive("dz", dz, pair=True)
+        self.dz = dz_minus if dz_minus == dz_plus else (dz_minus, dz_plus)
         self.energy = check_positive("energy", energy)
         self.method = method
         start = time.perf_counter()
@@ -218,7 +222,7 @@ class Plan:
         self.pixel_size = self.solver.pixel_size
         self.wavenumber = wavenumber(self.energy)
         self._intensity_weights, self._derivative_weights = focal_weights(
-            (-self.dz, 0.0, self.dz))
+            (-dz_minus, 0.0, dz_plus))
         # Planes reach the plan unvalidated: the derivative step checks them.
         self.options = SolveOptions(tol=tol, max_iter=max_iter, preconditioner=preconditioner,
                                     model=model, residual=False, names=_INPUT_NAMES[:3],

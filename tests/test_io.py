@@ -1324,3 +1324,16 @@ def test_a_file_is_written_in_the_oldest_layout_that_holds_it(tmp_path, suffix):
                 assert f.attrs["format"] == want
         with ft.load(path) as ds:
             assert ds.triplet().virtual == t.virtual
+
+
+def test_a_path_from_home_is_the_home_folder_not_a_folder_named_tilde(workdir, monkeypatch):
+    """save('~/x.npz') made a folder named '~' in the working folder (which a
+    later 'rm -rf ~' to clean it up would have taken for the home folder)."""
+    home = workdir / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    a = np.ones((8, 8))
+    t = ft.FocalTriplet(a, a * 1.1, a * 1.2, dz=20.0, pixel_size=0.2, energy=300e3)
+    ft.save("~/x.npz", t)
+    assert (home / "x.npz").is_file() and not (workdir / "~").exists()
+    assert ft.load("~/x.npz").dz == (20.0, 20.0)

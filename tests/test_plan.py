@@ -42,6 +42,24 @@ def test_plan_equals_reconstruct(method):
     assert all(v >= 0 for v in plan.timings.values()) and plan.timings["solve"] > 0
 
 
+@pytest.mark.parametrize("method", ["tie", "tie-exact"])
+def test_plan_takes_an_uneven_defocus_pair_as_a_triplet_does(method):
+    """A loaded file's or a triplet's dz is a pair: Plan refused it ('expected
+    a positive number, got (25.45, 25.45)'); an uneven pair solves as the
+    triplet of the same pair, an even one as its single step."""
+    (planes, grad), = frames(1)
+    t = ft.FocalTriplet(*planes, dz=(15.0, 25.0), pixel_size=PIXEL, energy=E, gradient=grad)
+    plan = ft.Plan((N, N), PIXEL, t.dz, E, method=method, backend="cpu")
+    assert plan.dz == (15.0, 25.0)
+    np.testing.assert_array_equal(plan.solve(*planes, gradient=grad),
+                                  ft.reconstruct(t, method=method, backend="cpu").phase)
+    even = ft.Plan((N, N), PIXEL, (DZ, DZ), E, method=method, backend="cpu")
+    assert even.dz == DZ
+    np.testing.assert_array_equal(even.solve(*planes, gradient=grad),
+                                  ft.Plan((N, N), PIXEL, DZ, E, method=method,
+                                          backend="cpu").solve(*planes, gradient=grad))
+
+
 @pytest.mark.parametrize("method", DIRECT + ITERATIVE)
 def test_plan_solves_without_allocating(method):
     """After the warm-up, a solve into caller-owned outputs allocates no image:
