@@ -1856,3 +1856,15 @@ def test_an_output_name_with_a_newline_is_shown_on_one_line(tmp_path, capsys):
                      "--backend", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert out.exists() and len(lines) == 1 and repr(str(out)) in lines[0], lines
+
+
+@pytest.mark.parametrize("index, name", [(0, "minus"), (1, "zero"), (2, "plus")])
+def test_a_nan_pattern_of_any_scan_is_named_by_its_scan_position(index, name):
+    """A NaN in one pattern of the ±dz scans was named with its scan position,
+    one in the in-focus scan only as 'the patterns contain NaN or Inf'."""
+    data = [d.astype(np.float32) for d in patterns((8, 8, 16, 16))]
+    data[index][3, 5, 4, 4] = np.nan
+    with pytest.raises(ft.InputError, match=rf"^{name}: contains NaN or Inf \(.*scan position "
+                                            r"\(3, 5\)"):
+        ft.FocalTriplet.from_4dstem(*data, dz=DZ, scan_step=0.2, k_sampling=0.05, energy=E,
+                                    backend="cpu")

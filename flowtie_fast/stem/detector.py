@@ -208,6 +208,29 @@ def bf_radius_mrad(patterns, detector: Detector) -> float:
 
 
 
+def sampled_positions(scan, count: int = 256):
+    """The scan rows and columns :func:`sample_patterns` reads: pattern ``i``
+    of its stack is at ``(rows[i // len(cols)], cols[i % len(cols)])``.
+
+    Parameters
+    ----------
+    scan : (int, int)
+        ``(Sy, Sx)``, positions of the scan.
+    count : int, optional
+        The most patterns to take (default 256).
+
+    Returns
+    -------
+    (array of int, array of int)
+        The rows and the columns, increasing.
+    """
+    sy, sx = int(scan[0]), int(scan[1])
+    rows = np.unique(np.linspace(0, sy - 1, min(sy, 16)).astype(int))
+    per_row = max(1, count // len(rows))
+    cols = np.unique(np.linspace(0, sx - 1, min(sx, per_row)).astype(int))
+    return rows, cols
+
+
 def sample_patterns(data, count: int = 256, name: str = "data"):
     """Up to ``count`` patterns spread evenly over the scan (cheap: no full pass).
 
@@ -249,9 +272,7 @@ def sample_patterns(data, count: int = 256, name: str = "data"):
     if sy < 1 or sx < 1:
         raise InputError(f"{name}: expected a scan of at least one position, got shape "
                          f"{tuple(data.shape)}")
-    rows = np.unique(np.linspace(0, sy - 1, min(sy, 16)).astype(int))
-    per_row = max(1, count // len(rows))
-    cols = np.unique(np.linspace(0, sx - 1, min(sx, per_row)).astype(int))
+    rows, cols = sampled_positions((sy, sx), count)
     if is_cupy(data):
         xp = array_module(data)
         picked = data[xp.asarray(rows)[:, None], xp.asarray(cols)[None, :]]

@@ -31,7 +31,7 @@ from ..errors import (InputError, TrustWarning, check_choice, check_count, check
 from ..noise import Noise, band_noise, poisson_noise
 from ..physics import wavelength
 from .detector import (Detector, check_com_radius, check_region, mean_pattern,
-                       sample_patterns, triplet_geometry)
+                       sample_patterns, sampled_positions, triplet_geometry)
 from .reduction import (Reduction, _is_dask, check_4d, check_float32_range,
                         check_reduction_memory, reduce_4dstem)
 from .registration import RegistrationWarning, apply_shift, register_triplet
@@ -44,6 +44,21 @@ __all__ = ["flux_record", "holds_counts", "orient", "prepare_planes", "reduce_tr
 #: dark field of thick crystals shifts by a few hundredths of a pixel with
 #: defocus alone).
 REGISTRATION_THRESHOLD = 0.1
+
+
+def _nonfinite_position(sample, data) -> str:
+    """`` (at scan position (r, c), ...)`` of the first sampled pattern of
+    ``data`` that holds NaN or Inf (:func:`sample_patterns`' stack
+    ``sample``), or "" where none does (a mean beyond float range)."""
+    xp = array_module(sample)
+    bad = ~xp.isfinite(sample.reshape(len(sample), -1)).all(axis=1)
+    if not bool(bad.any()):
+        return ""
+    first = int(xp.argmax(bad))
+    rows, cols = sampled_positions(data.shape[:2])
+    return (f" (at scan position ({int(rows[first // len(cols)])}, "
+            f"{int(cols[first % len(cols)])}), one of the patterns sampled for the "
+            "detector's geometry)")
 
 
 def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtual="bf",
@@ -112,7 +127,7 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
     sample = sample_patterns(data[1], name="zero")
     mean = mean_pattern(sample)
     if not np.isfinite(mean).all():
-        raise InputError("zero: the patterns contain NaN or Inf")
+        raise InputError(f"zero: contains NaN or Inf{_nonfinite_position(sample, data[1])}")
     detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius,
                                          sample=sample)
     check_choice("virtual", virtual, tuple(regions))
