@@ -32,7 +32,7 @@ from .trust import checked_orientation, plain_tie_gradient
 from .stem.detector import VIRTUAL_IMAGES
 from .stem.focal import (apply_registration, check_com_extent, check_normalize, check_register,
                          check_rotation, com_poisson_noise, orient, prepare_planes, reduce_triplet,
-                         register_planes, scaled, virtual_image_noise)
+                         register_planes, saturation_record, scaled, virtual_image_noise)
 
 __all__ = ["FocalSeries", "FocalTriplet"]
 
@@ -191,6 +191,18 @@ class FocalSeries:
         (``"applied"``) and why not (``"why"``;
         :func:`~flowtie_fast.stem.focal.flux_record`); None for planes given
         directly.
+    saturation : dict or None
+        Of a 4D-STEM triplet made from the datasets (:meth:`FocalTriplet.
+        from_4dstem`): whether patterns sampled across each scan pile up at a
+        top value or reach their integer dtype's full scale (a detector
+        saturated, counts clipped or wrapped around). ``"saturated"`` (bool:
+        any scan), ``"why"`` (the messages of the scans that do, or None)
+        and ``"scans"`` (``"minus"``, ``"zero"``, ``"plus"``: each
+        :func:`~flowtie_fast.stem.detector.saturation`'s record). Where
+        saturated, every solve's ``rec.info["trust"]`` says so (and
+        ``flowtie``'s ``rec.info["trusted"]`` is False). None where not
+        checked (planes given directly, reductions made elsewhere, a triplet
+        loaded from a file).
     """
 
     def __init__(self, planes, z, pixel_size, energy, z0: float = 0.0, degree=None,
@@ -239,6 +251,7 @@ class FocalSeries:
         self.virtual = None if virtual is None else check_choice("virtual", virtual,
                                                                  VIRTUAL_IMAGES)
         self.flux = None  # a 4D-STEM triplet's electrons per pattern and scale (from_reductions)
+        self.saturation = None  # a 4D-STEM triplet's pile-up check (from_reductions)
         if gradient is not None:
             self.gradient = self._check_gradient(gradient)
             self._check_orientation(sign=self.virtual in (None,) + SIGNED_IMAGES)
@@ -547,6 +560,7 @@ class FocalTriplet(FocalSeries):
             t._tie_gradient if bright else lambda: t._plain_tie_gradient(reference))
         t.registration = registration
         t.flux = flux
+        t.saturation = saturation_record(reductions)
         gradient = t._check_gradient(reductions[1].gradient)
         t.gradient = gradient - gradient.mean(axis=(1, 2), keepdims=True)
         t._check_orientation(rotation, flip, sign=given and (bright or reference is not None),

@@ -840,3 +840,63 @@ def test_a_sparse_pattern_at_a_wide_angle_detector_s_edge_is_not_refused():
                                         energy=E, register=False)
     g = np.asarray(t.gradient)
     assert 0.5 < float(np.abs(g).max()) / ft.wavenumber(E) < 1.0  # the edge, under a radian
+
+
+
+def _counted_disks(scale=0.2, seed=0):
+    """:func:`_shifted_disk_data` as electron counts (uint16, about 200 in a
+    disk pixel, up to ~270), its intensities and the kwargs of a triplet
+    whose "bf" images leave room above their band limit (0.1 Å steps)."""
+    data, k = _shifted_disk_data()
+    rng = np.random.default_rng(seed)
+    counted = [rng.poisson(d * scale).astype(np.uint16) for d in data]
+    kw = dict(dz=20.0, scan_step=0.1, k_sampling=k, energy=E, backend="cpu")
+    return counted, [d * scale for d in data], kw
+
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+def test_patterns_that_pile_up_at_a_top_value_are_warned_and_recorded():
+    """Counts clipped at a top value (a saturated detector: ~15 % of the
+    pixels at exactly 190) pass every other check; a DetectorWarning names
+    the scan clipped, the value and its share, the triplet records it, and
+    every solve's info["trust"] says so (flowtie's "trusted" is False). The
+    counts as drawn, their noise-free intensities and counts that stay under
+    uint8's full scale pass silently."""
+    counted, noise_free, kw = _counted_disks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", stem.DetectorWarning)
+        warnings.simplefilter("error", ft.TrustWarning)
+        for data in (counted, noise_free, [(c // 2).astype(np.uint8) for c in counted]):
+            t = ft.FocalTriplet.from_4dstem(*data, **kw)
+            assert t.saturation is not None and not t.saturation["saturated"]
+    assert t.saturation["scans"]["zero"]["full_scale"] is False
+    clipped = [counted[0], counted[1], np.minimum(counted[2], 190)]
+    with pytest.warns(stem.DetectorWarning, match=r"^plus: \d+ of the \d+ pixels of 256 patterns "
+                      r"sampled across the scan \(0\.0\d+ of them\) read exactly 190, its "
+                      r"maximum, .* counts that pile up at a top value, a detector saturated or "
+                      r"counts clipped\. The bright field is cut flat .*lower the dose"):
+        t = ft.FocalTriplet.from_4dstem(*clipped, **kw)
+    sat = t.saturation
+    assert sat["saturated"] and sat["why"].startswith("plus: ")
+    assert not sat["scans"]["minus"]["saturated"] and not sat["scans"]["zero"]["saturated"]
+    assert sat["scans"]["plus"]["value"] == 190 and 0.05 < sat["scans"]["plus"]["share"] < 0.2
+    for method in ("icom", "tie"):
+        assert "the detector saturated" in ft.reconstruct(t, method=method).info["trust"]
+
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+def test_counts_at_their_dtype_s_full_scale_are_warned_as_clipped_or_wrapped():
+    """Counts of up to ~600 cast to uint8 wrap around modulo 256 (no pile-up
+    anywhere): the maximum, 255, is uint8's full scale, which is warned for
+    every scan, as counts clipped there are."""
+    counted, _, kw = _counted_disks(scale=0.5)
+    assert min(c.max() for c in counted) > 500
+    for data in ([c.astype(np.uint8) for c in counted],
+                 [np.minimum(c, 255).astype(np.uint8) for c in counted]):
+        with pytest.warns(stem.DetectorWarning, match=r"^minus: .* read exactly 255, its maximum"
+                          r".*; 255 is the full scale of uint8: counts above it were clipped "
+                          r"there or, cast to it \(astype\), wrapped around modulo 256; zero: "
+                          r".*; plus: "):
+            t = ft.FocalTriplet.from_4dstem(*data, **kw)
+        assert all(r["full_scale"] for r in t.saturation["scans"].values())
+

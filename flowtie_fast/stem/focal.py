@@ -4,8 +4,9 @@ The steps of :meth:`FocalTriplet.from_4dstem <flowtie_fast.triplet.FocalTriplet.
 that need no triplet:
 
 - :func:`reduce_triplet`: the three datasets checked, the detector geometry
-  measured once on the in-focus scan, and each dataset reduced in one pass
-  to its virtual images and centre of mass;
+  measured once on the in-focus scan, the patterns sampled from each scan
+  checked for a saturated detector (:func:`check_saturation`), and each
+  dataset reduced in one pass to its virtual images and centre of mass;
 - :func:`prepare_planes`: the chosen virtual images as planes, brought to
   the in-focus scan's beam current (:func:`flux_record`, from the electrons
   each scan's patterns hold), their noise measured above the band limit,
@@ -30,8 +31,9 @@ from ..errors import (InputError, TrustWarning, check_choice, check_count, check
                       check_real, user_stacklevel)
 from ..noise import Noise, band_noise, poisson_noise
 from ..physics import wavelength
-from .detector import (Detector, check_com_radius, check_region, mean_pattern,
-                       sample_patterns, triplet_geometry)
+from .detector import (SATURATION_EFFECT, Detector, DetectorWarning, check_com_radius,
+                       check_region, mean_pattern, sample_patterns, saturation,
+                       triplet_geometry)
 from .reduction import (Reduction, _is_dask, check_4d, check_float32_range,
                         check_reduction_memory, reduce_4dstem)
 from .registration import RegistrationWarning, apply_shift, register_triplet
@@ -118,13 +120,53 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
     check_choice("virtual", virtual, tuple(regions))
     check_region(virtual, regions, detector, bf_radius is not None)
     check_com_radius(com_radius, regions, detector)
-    for n, d in zip(names, data):  # sums beyond float32 (data of a wider dtype)
+    samples = [sample if n == "zero" else sample_patterns(d, name=n) for n, d in zip(names, data)]
+    for n, d, s in zip(names, data, samples):  # sums beyond float32 (data of a wider dtype)
         if np.dtype(d.dtype).kind == "f" and np.dtype(d.dtype).itemsize > 4:
-            check_float32_range(n, sample if n == "zero" else sample_patterns(d, name=n), detector)
+            check_float32_range(n, s, detector)
+    records = check_saturation(samples, [d.dtype for d in data])
     reductions = [reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,
                                 backend=backend, chunk_bytes=chunk_bytes, name=n)
                   for n, d in zip(names, data)]
+    reductions = [dataclasses.replace(r, saturation=rec) for r, rec in zip(reductions, records)]
     return reductions, holds_counts(data)
+
+
+def check_saturation(samples, dtypes) -> list:
+    """The saturation records of the three scans' sampled patterns
+    (:func:`~flowtie_fast.stem.detector.saturation`), with one
+    :class:`~flowtie_fast.stem.detector.DetectorWarning` naming every scan
+    whose patterns pile up at a top value or reach the full scale of their
+    integer dtype.
+
+    Parameters
+    ----------
+    samples : three arrays (N, Ky, Kx)
+        Patterns sampled across the scans at ``-dz, 0, +dz``
+        (:func:`~flowtie_fast.stem.detector.sample_patterns`).
+    dtypes : three dtypes
+        The datasets' dtypes.
+
+    Returns
+    -------
+    list of three dict
+        The records, in the order minus, zero, plus (one warning names
+        every scan that saturated).
+    """
+    records = [saturation(s, n, np.dtype(dt))
+               for n, s, dt in zip(("minus", "zero", "plus"), samples, dtypes)]
+    why = saturation_why(records)
+    if why is not None:
+        warnings.warn(why, DetectorWarning, stacklevel=user_stacklevel())
+    return records
+
+
+def saturation_why(records):
+    """One message for the scans whose saturation ``records`` say they
+    saturated (what each showed, then what it does and what to do:
+    :data:`~flowtie_fast.stem.detector.SATURATION_EFFECT`), or None."""
+    seen = [r["why"] for r in records if r is not None and r.get("saturated")]
+    return "; ".join(seen) + ". " + SATURATION_EFFECT if seen else None
 
 
 def holds_counts(datasets) -> bool:
@@ -297,6 +339,31 @@ def flux_record(reductions) -> dict:
                 "why": "a scan's patterns hold no electrons on average"}
     scale = (means[1] / means[0], 1.0, means[1] / means[2])
     return {"per_pattern": means, "scale": scale, "applied": True, "why": None}
+
+
+def saturation_record(reductions):
+    """A triplet's saturation record (``FocalTriplet.saturation``) from its
+    reductions' own (:func:`reduce_triplet` sets them), or None where none
+    was checked.
+
+    Parameters
+    ----------
+    reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
+        Of the datasets at ``-dz, 0, +dz``.
+
+    Returns
+    -------
+    dict or None
+        ``"saturated"`` (whether any scan is), ``"why"`` (the messages of
+        those that are, or None) and ``"scans"`` (each scan's record, or None
+        for a scan not checked).
+    """
+    scans = {n: getattr(r, "saturation", None) for n, r in zip(("minus", "zero", "plus"),
+                                                               reductions)}
+    if all(rec is None for rec in scans.values()):
+        return None
+    why = saturation_why(list(scans.values()))
+    return {"saturated": why is not None, "why": why, "scans": scans}
 
 
 def check_flux(flux: dict, normalize: bool) -> None:
