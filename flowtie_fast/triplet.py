@@ -68,8 +68,10 @@ SPARSE_COUNTS = 1.0
 
 
 def _counts_noise(planes, stats):
-    """The noise of planes given without one: Poisson where every plane is of
-    an integer dtype and its noise, estimated from the image, is within a
+    """The noise of planes given without one: Poisson (counts in electrons
+    assumed: images hold no band limit to measure a gain against, and
+    detector units of a gain under 10 pass this check) where every plane is
+    of an integer dtype and its noise, estimated from the image, is within a
     factor 10 of the Poisson variance, or where they hold under one count a
     pixel (sparse counts, mostly zeros, whose noise the image estimate
     cannot measure); the estimate, with a TrustWarning, where integer planes
@@ -153,8 +155,9 @@ class FocalSeries:
         White-noise variance of the planes (intensity², one number or one per
         plane), from which the classical methods set their regularisation
         (:mod:`flowtie_fast.noise`). Default: Poisson statistics where the
-        planes are counts (an integer dtype), otherwise unknown (None: no
-        regularisation).
+        planes are counts (an integer dtype: electrons, not detector units
+        of a gain, whose noise would be underestimated by the gain),
+        otherwise unknown (None: no regularisation).
     virtual : {"bf", "bf-full", "abf", "df", "whole"} or None, optional
         The 4D-STEM virtual image the planes are (default None: unknown,
         planes given directly); see the attribute.
@@ -189,8 +192,11 @@ class FocalSeries:
         sums (``"per_pattern"``), the factors that bring the ±dz planes to the
         in-focus scan's beam current (``"scale"``), whether they were applied
         (``"applied"``) and why not (``"why"``;
-        :func:`~flowtie_fast.stem.focal.flux_record`); None for planes given
-        directly.
+        :func:`~flowtie_fast.stem.focal.flux_record`), and for counts whose
+        noise is measured above the band limit too, ``"gain"``: the two
+        noise estimates and the gain their ratio implies
+        (:func:`~flowtie_fast.stem.focal.gain_record`; None otherwise); None
+        for planes given directly.
     saturation : dict or None
         Of a 4D-STEM triplet made from the datasets (:meth:`FocalTriplet.
         from_4dstem`): whether patterns sampled across each scan pile up at a

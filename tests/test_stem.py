@@ -626,15 +626,25 @@ def test_the_com_radius_the_warning_advises_is_not_warned_again():
     assert limit != measured
 
 
+def _smooth(a, sigma=1.5):
+    """``a`` smoothed over its last two axes by a periodic Gaussian of
+    ``sigma`` px, rescaled to unit standard deviation."""
+    qy = np.fft.fftfreq(a.shape[-2])[:, None]
+    qx = np.fft.fftfreq(a.shape[-1])[None, :]
+    out = np.fft.ifft2(np.fft.fft2(a) * np.exp(-2 * (np.pi * sigma) ** 2 * (qy**2 + qx**2))).real
+    return out / out.std(axis=(-2, -1), keepdims=True)
+
+
 def _textured_scans(seed=5, det=41, radius_px=9.5, scan=(20, 22)):
     """Three 4D scans of one specimen (a bright-field disk whose brightness
-    and edge shift vary over the scan, a dark-field floor), alike in the
+    and edge shift vary smoothly over the scan, within the band limit of a
+    scanned image as a specimen's do, a dark-field floor), alike in the
     three, as electron counts (uint16)."""
     rng = np.random.default_rng(seed)
     iy, ix = np.indices((det, det)) - (det - 1) / 2
-    tilt = 0.6 * rng.standard_normal((2, *scan, 1, 1))
+    tilt = 0.6 * _smooth(rng.standard_normal((2, *scan)))[..., None, None]
     disk = (np.hypot(iy - tilt[0], ix - tilt[1]) <= radius_px).astype(np.float64)
-    bright = 1 + 0.3 * rng.random((*scan, 1, 1))
+    bright = 1.15 + 0.3 * _smooth(rng.random(scan) - 0.5)[..., None, None] / np.sqrt(12)
     lam = 200 * disk * bright + 5 * (1 - disk) * (2 - bright)
     k = 20e-3 / ft.wavelength(E) / radius_px
     return [rng.poisson(lam).astype(np.uint16) for _ in range(3)], k
@@ -900,3 +910,34 @@ def test_counts_at_their_dtype_s_full_scale_are_warned_as_clipped_or_wrapped():
             t = ft.FocalTriplet.from_4dstem(*data, **kw)
         assert all(r["full_scale"] for r in t.saturation["scans"].values())
 
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+def test_counts_in_detector_units_take_the_measured_noise_and_name_the_gain():
+    """Integer patterns in detector units of a gain of 5 per electron hold 5
+    times the Poisson variance of their mean: where the noise is measured
+    above the band limit, a TrustWarning names the gain, triplet.flux["gain"]
+    records both estimates, and the larger (the measured one) is the noise.
+    Right counts pass silently with a ratio near 1; counts without their
+    Poisson noise (rounded intensities) take the Poisson noise, the larger."""
+    counted, noise_free, kw = _counted_disks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        right = ft.FocalTriplet.from_4dstem(*counted, **kw)
+    assert 0.8 < right.flux["gain"]["ratio"] < 1.25
+    with pytest.warns(ft.TrustWarning, match=r"^noise: the 'bf' planes' noise measured above "
+                      r"the band limit is [4-6]\.\d+ times the variance of electron counts of "
+                      r"their mean: the counts are not electrons but detector units of a gain "
+                      r"of about [4-6]\.\d+ per electron"):
+        adu = ft.FocalTriplet.from_4dstem(*[5 * c.astype(np.int32) for c in counted], **kw)
+    gain = adu.flux["gain"]
+    assert 4 < gain["ratio"] < 6 and adu.noise.source == "band"
+    assert adu.noise.variance == pytest.approx(gain["band"])
+    rounded = [np.rint(d).astype(np.uint16) for d in noise_free]
+    with warnings.catch_warnings(), \
+            pytest.warns(ft.TrustWarning, match=r"^noise: .* is 0(\.\d+)? times .*: the counts "
+                         r"hold less noise than electrons .*the Poisson noise of their mean, "
+                         r"the larger, is used"):
+        warnings.simplefilter("ignore", stem.DetectorWarning)  # their flat disk piles up
+        t = ft.FocalTriplet.from_4dstem(*rounded, **kw)
+    assert t.noise.source == "poisson" and t.flux["gain"]["ratio"] < 0.5
+    assert t.noise.variance == pytest.approx(t.flux["gain"]["poisson"])
