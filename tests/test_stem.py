@@ -941,3 +941,16 @@ def test_counts_in_detector_units_take_the_measured_noise_and_name_the_gain():
         t = ft.FocalTriplet.from_4dstem(*rounded, **kw)
     assert t.noise.source == "poisson" and t.flux["gain"]["ratio"] < 0.5
     assert t.noise.variance == pytest.approx(t.flux["gain"]["poisson"])
+
+
+def test_counts_spread_evenly_up_to_their_maximum_are_not_taken_for_a_pile_up():
+    """Counts with no falling tail (uniform random integers: 24 pixels at the
+    maximum against 18 at the value below, as a test fixture drew them) are
+    not a pile-up; 40 against 18 is (more than 3 standard deviations of the
+    count below beyond it)."""
+    rng = np.random.default_rng(0)
+    for at_top, flagged in ((24, False), (40, True)):
+        sample = rng.integers(0, 297, 30 * 144).astype(np.uint16)
+        sample[:18], sample[18:36], sample[36:36 + at_top] = 297, 298, 299
+        rec = stem.detector.saturation(rng.permutation(sample).reshape(30, 12, 12))
+        assert rec["value"] == 299 and rec["saturated"] is flagged, rec

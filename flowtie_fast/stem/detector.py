@@ -988,6 +988,10 @@ SATURATION_MIN_PIXELS = 16
 #: patterns), a maximum held by 16 pixels or more held at most 0.18 times
 #: the pixels at the value under it.
 SATURATION_RATIO = 1.0
+#: ... by more than this many standard deviations of that value's count (its
+#: square root): counts spread evenly up to their maximum (no tail, as
+#: uniform random integers) hold about as many at the top as below it.
+SATURATION_SIGMAS = 3.0
 #: What saturated patterns do, and what to do, for the warning.
 SATURATION_EFFECT = (
     "The bright field is cut flat (or, wrapped around, scrambled), so the centre of mass and "
@@ -1038,8 +1042,9 @@ def saturation(sample, name: str = "zero", dtype=None) -> dict:
         ``"full_scale"``: whether the maximum is the integer dtype's full
         scale; ``"saturated"``: whether the pixels at the maximum are a
         pile-up (at least :data:`SATURATION_SHARE` of them and
-        :data:`SATURATION_MIN_PIXELS`, more than :data:`SATURATION_RATIO` times the
-        next lower value's, in counts) or the maximum is the full scale;
+        :data:`SATURATION_MIN_PIXELS`, more than :data:`SATURATION_RATIO`
+        times the next lower value's and :data:`SATURATION_SIGMAS` standard
+        deviations of it, in counts) or the maximum is the full scale;
         ``"why"``: what was seen, naming ``name`` (:data:`SATURATION_EFFECT`
         says what it does), or None.
     """
@@ -1065,7 +1070,7 @@ def saturation(sample, name: str = "zero", dtype=None) -> dict:
             lower = float(xp.where(under, sample.astype(xp.float64), -np.inf).max())
         if lower is not None:
             below = int(xp.count_nonzero(sample == lower))
-        piled = at_top > SATURATION_RATIO * below
+        piled = at_top > SATURATION_RATIO * below + SATURATION_SIGMAS * math.sqrt(below)
     record = {"value": top, "pixels": at_top, "share": share, "next": below,
               "full_scale": bool(full), "saturated": bool(piled or full), "why": None}
     if not record["saturated"]:
