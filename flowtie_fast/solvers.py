@@ -417,6 +417,22 @@ def _warn_unregistered(method, registration, info):
                   stacklevel=user_stacklevel())
 
 
+def _mark_saturated(method, series, info) -> None:
+    """Where a triplet's patterns saturated (``series.saturation``, warned when
+    it was made), ``info["trust"]`` says so first, for every method (another
+    reason the solve found follows it): the centre of mass and the planes
+    are both biased, so no phase is a fallback, and ``flowtie``'s
+    ``info["trusted"]`` is False (its phase is returned)."""
+    record = getattr(series, "saturation", None)
+    if not isinstance(record, dict) or not record.get("saturated"):
+        return
+    other = info.get("trust")
+    info["trust"] = (f"the detector saturated (triplet.saturation): {record['why']}"
+                     + (f"; also: {other}" if other else ""))
+    if method == "flowtie":
+        info["trusted"] = False
+
+
 def _beyond_memory(count: int, shape, exc) -> InputError:
     """The refusal of ``count`` triplets of ``shape`` px whose flow pass ran
     out of memory (``exc``): the input's size, not the network, is at fault."""
@@ -738,6 +754,7 @@ class TIESolver:
                         "may carry it")
                     warnings.warn(rec.info["trust"], TrustWarning,
                                   stacklevel=user_stacklevel())
+                _mark_saturated(method, series, rec.info)
                 rec.info["time"] = time.perf_counter() - start
                 return rec
             phase = self.poisson.output(out)
@@ -756,6 +773,7 @@ class TIESolver:
                 warnings.warn(f"{method}: {why}; FocalTriplet.from_4dstem(..., virtual='bf'), "
                               "or method='icom'", TrustWarning,
                               stacklevel=user_stacklevel())
+            _mark_saturated(method, series, info)
             info["time"] = time.perf_counter() - start
             rec = Reconstruction(phase, grad, method, info, info.pop("uncertainty_map", None))
             if residual is not None:

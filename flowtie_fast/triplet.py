@@ -32,7 +32,7 @@ from .trust import SIGNED_IMAGES, checked_orientation, plain_tie_gradient
 from .stem.detector import VIRTUAL_IMAGES
 from .stem.focal import (apply_registration, check_com_extent, check_normalize, check_register,
                          check_rotation, com_poisson_noise, orient, prepare_planes, reduce_triplet,
-                         register_planes, scaled, virtual_image_noise)
+                         register_planes, saturation_record, scaled, virtual_image_noise)
 
 __all__ = ["FocalSeries", "FocalTriplet"]
 
@@ -63,8 +63,10 @@ SPARSE_COUNTS = 1.0
 
 
 def _counts_noise(planes, stats):
-    """The noise of planes given without one: Poisson where every plane is of
-    an integer dtype and its noise, estimated from the image, is within a
+    """The noise of planes given without one: Poisson (counts in electrons
+    assumed: images hold no band limit to measure a gain against, and
+    detector units of a gain under 10 pass this check) where every plane is
+    of an integer dtype and its noise, estimated from the image, is within a
     factor 10 of the Poisson variance, or where they hold under one count a
     pixel (sparse counts, mostly zeros, whose noise the image estimate
     cannot measure); the estimate, with a TrustWarning, where integer planes
@@ -148,8 +150,9 @@ class FocalSeries:
         White-noise variance of the planes (intensity², one number or one per
         plane), from which the classical methods set their regularisation
         (:mod:`flowtie_fast.noise`). Default: Poisson statistics where the
-        planes are counts (an integer dtype), otherwise unknown (None: no
-        regularisation).
+        planes are counts (an integer dtype: electrons, not detector units
+        of a gain, whose noise would be underestimated by the gain),
+        otherwise unknown (None: no regularisation).
     virtual : {"bf", "bf-full", "abf", "df", "whole"} or None, optional
         The 4D-STEM virtual image the planes are (default None: unknown,
         planes given directly); see the attribute.
@@ -184,8 +187,23 @@ class FocalSeries:
         sums (``"per_pattern"``), the factors that bring the ±dz planes to the
         in-focus scan's beam current (``"scale"``), whether they were applied
         (``"applied"``) and why not (``"why"``;
-        :func:`~flowtie_fast.stem.focal.flux_record`); None for planes given
-        directly.
+        :func:`~flowtie_fast.stem.focal.flux_record`), and for counts whose
+        noise is measured above the band limit too, ``"gain"``: the two
+        noise estimates and the gain their ratio implies
+        (:func:`~flowtie_fast.stem.focal.gain_record`; None otherwise); None
+        for planes given directly.
+    saturation : dict or None
+        Of a 4D-STEM triplet made from the datasets (:meth:`FocalTriplet.
+        from_4dstem`): whether patterns sampled across each scan pile up at a
+        top value or reach their integer dtype's full scale (a detector
+        saturated, counts clipped or wrapped around). ``"saturated"`` (bool:
+        any scan), ``"why"`` (the messages of the scans that do, or None)
+        and ``"scans"`` (``"minus"``, ``"zero"``, ``"plus"``: each
+        :func:`~flowtie_fast.stem.detector.saturation`'s record). Where
+        saturated, every solve's ``rec.info["trust"]`` says so (and
+        ``flowtie``'s ``rec.info["trusted"]`` is False). None where not
+        checked (planes given directly, reductions made elsewhere, a triplet
+        loaded from a file).
     """
 
     def __init__(self, planes, z, pixel_size, energy, z0: float = 0.0, degree=None,
@@ -234,6 +252,7 @@ class FocalSeries:
         self.virtual = None if virtual is None else check_choice("virtual", virtual,
                                                                  VIRTUAL_IMAGES)
         self.flux = None  # a 4D-STEM triplet's electrons per pattern and scale (from_reductions)
+        self.saturation = None  # a 4D-STEM triplet's pile-up check (from_reductions)
         if gradient is not None:
             self.gradient = self._check_gradient(gradient)
             self._check_orientation(sign=self.virtual in (None,) + SIGNED_IMAGES)
@@ -543,6 +562,7 @@ class FocalTriplet(FocalSeries):
             t._tie_gradient if bright else lambda: t._plain_tie_gradient(reference))
         t.registration = registration
         t.flux = flux
+        t.saturation = saturation_record(reductions)
         gradient = t._check_gradient(reductions[1].gradient)
         t.gradient = gradient - gradient.mean(axis=(1, 2), keepdims=True)
         t._check_orientation(rotation, flip, sign=given and (bright or reference is not None),

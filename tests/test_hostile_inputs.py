@@ -1199,8 +1199,9 @@ def test_an_output_of_an_ndarray_subclass_with_its_own_rules_is_refused(kind):
 def test_4dstem_data_whose_shape_does_not_describe_them_are_refused_naming_them():
     d = patterns()
     lying = _ArrayLike(d[0][:2, :2, :4, :4], d[0].shape, np.uint16)
-    with pytest.raises(ft.InputError, match=r"^minus: reading scan rows 0:6 of a _ArrayLike of "
-                       r"shape \(6, 6, 16, 16\) gave shape \(2, 2, 4, 4\)"):
+    with pytest.raises(ft.InputError, match=r"^minus: reading scan row 0 of a _ArrayLike of "
+                       r"shape \(6, 6, 16, 16\) failed \(IndexError: .*\): its shape does "
+                       r"not describe its data"):
         ft.FocalTriplet.from_4dstem(lying, d[1], d[2], **STEM)
     lying = _ArrayLike(d[1][:, :, :8], d[1].shape, np.uint16)
     with pytest.raises(ft.InputError, match=r"^zero: reading scan row 0 of a _ArrayLike"):

@@ -552,7 +552,8 @@ def test_4dstem_refusals_name_the_cause():
     bad = data.copy()
     bad[1, 1, 8, 8] = np.nan
     args = dict(dz=DZ, scan_step=PIXEL, k_sampling=0.05, energy=E, backend="cpu")
-    with pytest.raises(ft.InputError, match="zero: the patterns contain NaN or Inf"):
+    with pytest.raises(ft.InputError,
+                       match=r"zero: contains NaN or Inf \(at scan position \(1, 1\)"):
         ft.FocalTriplet.from_4dstem(data, bad, data, **args)
     with pytest.raises(ft.InputError, match="bf_radius: 0.001 mrad is smaller than half a "
                                             "detector pixel"):

@@ -630,15 +630,25 @@ def test_the_com_radius_the_warning_advises_is_not_warned_again():
     assert limit != measured
 
 
+def _smooth(a, sigma=1.5):
+    """``a`` smoothed over its last two axes by a periodic Gaussian of
+    ``sigma`` px, rescaled to unit standard deviation."""
+    qy = np.fft.fftfreq(a.shape[-2])[:, None]
+    qx = np.fft.fftfreq(a.shape[-1])[None, :]
+    out = np.fft.ifft2(np.fft.fft2(a) * np.exp(-2 * (np.pi * sigma) ** 2 * (qy**2 + qx**2))).real
+    return out / out.std(axis=(-2, -1), keepdims=True)
+
+
 def _textured_scans(seed=5, det=41, radius_px=9.5, scan=(20, 22)):
     """Three 4D scans of one specimen (a bright-field disk whose brightness
-    and edge shift vary over the scan, a dark-field floor), alike in the
+    and edge shift vary smoothly over the scan, within the band limit of a
+    scanned image as a specimen's do, a dark-field floor), alike in the
     three, as electron counts (uint16)."""
     rng = np.random.default_rng(seed)
     iy, ix = np.indices((det, det)) - (det - 1) / 2
-    tilt = 0.6 * rng.standard_normal((2, *scan, 1, 1))
+    tilt = 0.6 * _smooth(rng.standard_normal((2, *scan)))[..., None, None]
     disk = (np.hypot(iy - tilt[0], ix - tilt[1]) <= radius_px).astype(np.float64)
-    bright = 1 + 0.3 * rng.random((*scan, 1, 1))
+    bright = 1.15 + 0.3 * _smooth(rng.random(scan) - 0.5)[..., None, None] / np.sqrt(12)
     lam = 200 * disk * bright + 5 * (1 - disk) * (2 - bright)
     k = 20e-3 / ft.wavelength(E) / radius_px
     return [rng.poisson(lam).astype(np.uint16) for _ in range(3)], k
@@ -844,3 +854,107 @@ def test_a_sparse_pattern_at_a_wide_angle_detector_s_edge_is_not_refused():
                                         energy=E, register=False)
     g = np.asarray(t.gradient)
     assert 0.5 < float(np.abs(g).max()) / ft.wavenumber(E) < 1.0  # the edge, under a radian
+
+
+
+def _counted_disks(scale=0.2, seed=0):
+    """:func:`_shifted_disk_data` as electron counts (uint16, about 200 in a
+    disk pixel, up to ~270), its intensities and the kwargs of a triplet
+    whose "bf" images leave room above their band limit (0.1 Å steps)."""
+    data, k = _shifted_disk_data()
+    rng = np.random.default_rng(seed)
+    counted = [rng.poisson(d * scale).astype(np.uint16) for d in data]
+    kw = dict(dz=20.0, scan_step=0.1, k_sampling=k, energy=E, backend="cpu")
+    return counted, [d * scale for d in data], kw
+
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+def test_patterns_that_pile_up_at_a_top_value_are_warned_and_recorded():
+    """Counts clipped at a top value (a saturated detector: ~15 % of the
+    pixels at exactly 190) pass every other check; a DetectorWarning names
+    the scan clipped, the value and its share, the triplet records it, and
+    every solve's info["trust"] says so (flowtie's "trusted" is False). The
+    counts as drawn, their noise-free intensities and counts that stay under
+    uint8's full scale pass silently."""
+    counted, noise_free, kw = _counted_disks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", stem.DetectorWarning)
+        warnings.simplefilter("error", ft.TrustWarning)
+        for data in (counted, noise_free, [(c // 2).astype(np.uint8) for c in counted]):
+            t = ft.FocalTriplet.from_4dstem(*data, **kw)
+            assert t.saturation is not None and not t.saturation["saturated"]
+    assert t.saturation["scans"]["zero"]["full_scale"] is False
+    clipped = [counted[0], counted[1], np.minimum(counted[2], 190)]
+    with pytest.warns(stem.DetectorWarning, match=r"^plus: \d+ of the \d+ pixels of 256 patterns "
+                      r"sampled across the scan \(0\.0\d+ of them\) read exactly 190, its "
+                      r"maximum, .* counts that pile up at a top value, a detector saturated or "
+                      r"counts clipped\. The bright field is cut flat .*lower the dose"):
+        t = ft.FocalTriplet.from_4dstem(*clipped, **kw)
+    sat = t.saturation
+    assert sat["saturated"] and sat["why"].startswith("plus: ")
+    assert not sat["scans"]["minus"]["saturated"] and not sat["scans"]["zero"]["saturated"]
+    assert sat["scans"]["plus"]["value"] == 190 and 0.05 < sat["scans"]["plus"]["share"] < 0.2
+    for method in ("icom", "tie"):
+        assert "the detector saturated" in ft.reconstruct(t, method=method).info["trust"]
+
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+def test_counts_at_their_dtype_s_full_scale_are_warned_as_clipped_or_wrapped():
+    """Counts of up to ~600 cast to uint8 wrap around modulo 256 (no pile-up
+    anywhere): the maximum, 255, is uint8's full scale, which is warned for
+    every scan, as counts clipped there are."""
+    counted, _, kw = _counted_disks(scale=0.5)
+    assert min(c.max() for c in counted) > 500
+    for data in ([c.astype(np.uint8) for c in counted],
+                 [np.minimum(c, 255).astype(np.uint8) for c in counted]):
+        with pytest.warns(stem.DetectorWarning, match=r"^minus: .* read exactly 255, its maximum"
+                          r".*; 255 is the full scale of uint8: counts above it were clipped "
+                          r"there or, cast to it \(astype\), wrapped around modulo 256; zero: "
+                          r".*; plus: "):
+            t = ft.FocalTriplet.from_4dstem(*data, **kw)
+        assert all(r["full_scale"] for r in t.saturation["scans"].values())
+
+
+@pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
+def test_counts_in_detector_units_take_the_measured_noise_and_name_the_gain():
+    """Integer patterns in detector units of a gain of 5 per electron hold 5
+    times the Poisson variance of their mean: where the noise is measured
+    above the band limit, a TrustWarning names the gain, triplet.flux["gain"]
+    records both estimates, and the larger (the measured one) is the noise.
+    Right counts pass silently with a ratio near 1; counts without their
+    Poisson noise (rounded intensities) take the Poisson noise, the larger."""
+    counted, noise_free, kw = _counted_disks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        right = ft.FocalTriplet.from_4dstem(*counted, **kw)
+    assert 0.8 < right.flux["gain"]["ratio"] < 1.25
+    with pytest.warns(ft.TrustWarning, match=r"^noise: the 'bf' planes' noise measured above "
+                      r"the band limit is [4-6]\.\d+ times the variance of electron counts of "
+                      r"their mean: the counts are not electrons but detector units of a gain "
+                      r"of about [4-6]\.\d+ per electron"):
+        adu = ft.FocalTriplet.from_4dstem(*[5 * c.astype(np.int32) for c in counted], **kw)
+    gain = adu.flux["gain"]
+    assert 4 < gain["ratio"] < 6 and adu.noise.source == "band"
+    assert adu.noise.variance == pytest.approx(gain["band"])
+    rounded = [np.rint(d).astype(np.uint16) for d in noise_free]
+    with warnings.catch_warnings(), \
+            pytest.warns(ft.TrustWarning, match=r"^noise: .* is 0(\.\d+)? times .*: the counts "
+                         r"hold less noise than electrons .*the Poisson noise of their mean, "
+                         r"the larger, is used"):
+        warnings.simplefilter("ignore", stem.DetectorWarning)  # their flat disk piles up
+        t = ft.FocalTriplet.from_4dstem(*rounded, **kw)
+    assert t.noise.source == "poisson" and t.flux["gain"]["ratio"] < 0.5
+    assert t.noise.variance == pytest.approx(t.flux["gain"]["poisson"])
+
+
+def test_counts_spread_evenly_up_to_their_maximum_are_not_taken_for_a_pile_up():
+    """Counts with no falling tail (uniform random integers: 24 pixels at the
+    maximum against 18 at the value below, as a test fixture drew them) are
+    not a pile-up; 40 against 18 is (more than 3 standard deviations of the
+    count below beyond it)."""
+    rng = np.random.default_rng(0)
+    for at_top, flagged in ((24, False), (40, True)):
+        sample = rng.integers(0, 297, 30 * 144).astype(np.uint16)
+        sample[:18], sample[18:36], sample[36:36 + at_top] = 297, 298, 299
+        rec = stem.detector.saturation(rng.permutation(sample).reshape(30, 12, 12))
+        assert rec["value"] == 299 and rec["saturated"] is flagged, rec

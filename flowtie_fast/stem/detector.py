@@ -19,8 +19,8 @@ import numpy as np
 
 from .._cuda import MAX_WEIGHTS  # weight rows one pass computes (the CUDA tile)
 from ..backend import array_module, is_cupy
-from ..errors import (InputError, TrustWarning, check_count, check_positive, is_integer,
-                      is_number, user_stacklevel)
+from ..errors import (InputError, TrustWarning, check_count, check_positive, first_line,
+                      is_integer, is_number, user_stacklevel)
 from ..physics import wavelength
 
 __all__ = ["Detector", "DetectorWarning", "VIRTUAL_IMAGES", "find_center", "triplet_geometry"]
@@ -281,7 +281,13 @@ def sample_patterns(data, count: int = 256, name: str = "data"):
     want = (len(cols),) + tuple(int(n) for n in data.shape[2:])
     picked = []
     for r in rows:
-        block = _to_numpy(data[int(r), cols])
+        try:
+            block = _to_numpy(data[int(r), cols])
+        except (IndexError, KeyError, TypeError, ValueError) as exc:  # an array-like's own
+            raise InputError(f"{name}: reading scan row {int(r)} of a {type(data).__name__} "
+                             f"of shape {tuple(data.shape)} failed ({type(exc).__name__}: "
+                             f"{first_line(exc)}): its shape does not describe its "
+                             "data") from exc
         check_read_shape(name, data, block, want, f"scan row {int(r)}")
         picked.append(block)
     return np.concatenate(picked, axis=0)
@@ -992,3 +998,120 @@ def check_region(name: str, regions: dict, detector: Detector, bf_given: bool) -
                          f"bf_radius={hint}")
     raise InputError(f"virtual: the {name!r} region ({inner:.3g} to {outer:.3g} mrad) holds no "
                      "detector pixel; choose another virtual image")
+
+
+#: A top value that at least this share of the sampled pixels sits at
+#: exactly (0.01 %), ...
+SATURATION_SHARE = 1e-4
+#: ... at least this many pixels (a handful at a maximum is chance: 5 against
+#: 2 at the value below was seen on right counts), ...
+SATURATION_MIN_PIXELS = 16
+#: ... and more pixels than the next lower value holds (times this ratio) is
+#: a pile-up: a detector or a conversion that clipped the counts there. The
+#: maximum of right counts lies in a tail that falls off, below the value
+#: under it: on 40 corpus files at 1e2 to 1e6 e/Å² (1320 samples of 256
+#: patterns), a maximum held by 16 pixels or more held at most 0.18 times
+#: the pixels at the value under it.
+SATURATION_RATIO = 1.0
+#: ... by more than this many standard deviations of that value's count (its
+#: square root): counts spread evenly up to their maximum (no tail, as
+#: uniform random integers) hold about as many at the top as below it.
+SATURATION_SIGMAS = 3.0
+#: What saturated patterns do, and what to do, for the warning.
+SATURATION_EFFECT = (
+    "The bright field is cut flat (or, wrapped around, scrambled), so the centre of mass and "
+    "the virtual images' intensities are biased and every phase is wrong (a GaAs simulation "
+    "clipped at 19 % of its pixels: icom NMSE 0.50 -> 0.76, flowtie 0.19 -> 0.66); lower "
+    "the dose, the beam current or the detector's gain, or record in a wider dtype")
+
+
+def saturation(sample, name: str = "zero", dtype=None) -> dict:
+    """Whether patterns sampled from a 4D-STEM dataset pile up at a top value.
+
+    A detector that saturates (a counter's limit, a full well) or a
+    conversion that clips (``np.minimum``, a cast with clipping) puts every
+    pixel that would read more at one value: the bright field is cut flat,
+    so the centre of mass, which weighs the disk's moving edge, and the
+    virtual images' intensities are biased, while every other check passes
+    (on a GaAs corpus triplet of 1e6 electrons a pattern clipped at 0.9 of
+    the bright field's median, 20 % of the pixels: ``flowtie`` NMSE 0.19 ->
+    0.66, ``icom`` 0.50 -> 0.76). Counts that exceed the full scale of an
+    integer dtype and are cast to it (``counts.astype(np.uint8)``) wrap
+    around instead: their maximum is the dtype's full scale, which is
+    flagged whatever the number of pixels there.
+
+    The pile-up is looked for in counts only: an integer dtype, or floating
+    point values that are all whole numbers. Noise-free floating-point
+    patterns (simulations) can repeat one value exactly (a flat disk in
+    vacuum at many scan positions) and are not judged.
+
+    Parameters
+    ----------
+    sample : array (N, Ky, Kx)
+        Patterns sampled across the scan (:func:`sample_patterns`; NumPy or
+        CuPy), in the data's units (counts).
+    name : str, optional
+        The scan the patterns come from, for the message (default "zero").
+    dtype : dtype, optional
+        The dataset's dtype (default: the sample's); an integer one has a
+        full scale (``np.iinfo(dtype).max``: 255 for uint8, 65535 for
+        uint16).
+
+    Returns
+    -------
+    dict
+        ``"value"``: the sample's maximum (the data's units); ``"pixels"``:
+        the sampled pixels at exactly it; ``"share"``: their share of the
+        sampled pixels; ``"next"``: the pixels at the next lower value (0
+        where not counted: too few at the top to be a pile-up);
+        ``"full_scale"``: whether the maximum is the integer dtype's full
+        scale; ``"saturated"``: whether the pixels at the maximum are a
+        pile-up (at least :data:`SATURATION_SHARE` of them and
+        :data:`SATURATION_MIN_PIXELS`, more than :data:`SATURATION_RATIO`
+        times the next lower value's and :data:`SATURATION_SIGMAS` standard
+        deviations of it, in counts) or the maximum is the full scale;
+        ``"why"``: what was seen, naming ``name`` (:data:`SATURATION_EFFECT`
+        says what it does), or None.
+    """
+    xp = array_module(sample)
+    dtype = np.dtype(sample.dtype if dtype is None else dtype)
+    size = int(sample.size)
+    top = sample.max()
+    at_top = int(xp.count_nonzero(sample == top))
+    top = float(top)
+    share = at_top / size if size else 0.0
+    full = dtype.kind in "iu" and top == float(np.iinfo(dtype).max)
+    below, lower = 0, None
+    piled = False
+    if at_top >= SATURATION_MIN_PIXELS and share >= SATURATION_SHARE and (
+            dtype.kind in "iu" or bool(xp.all(sample == xp.floor(sample)))):
+        under = sample < top
+        if not bool(under.any()):
+            lower = None  # every pixel at the top: nothing below it
+        elif xp is np:  # no float64 copy of the sample
+            least = np.iinfo(dtype).min if dtype.kind in "iu" else -np.inf
+            lower = float(sample.max(where=under, initial=least))
+        else:
+            lower = float(xp.where(under, sample.astype(xp.float64), -np.inf).max())
+        if lower is not None:
+            below = int(xp.count_nonzero(sample == lower))
+        piled = at_top > SATURATION_RATIO * below + SATURATION_SIGMAS * math.sqrt(below)
+    record = {"value": top, "pixels": at_top, "share": share, "next": below,
+              "full_scale": bool(full), "saturated": bool(piled or full), "why": None}
+    if not record["saturated"]:
+        return record
+    n = sample.shape[0] if sample.ndim > 2 else 1
+    seen = (f"{at_top} of the {size} pixels of {n} patterns sampled across the scan "
+            f"({share:.3g} of them) read exactly {top:.6g}, its maximum")
+    if piled and lower is None:
+        seen += ", every pixel sampled: patterns flat at a top value, a detector saturated"
+    elif piled:
+        seen += (f", {at_top / max(below, 1):.3g} times as many as the next lower value, "
+                 f"{lower:.6g}, holds ({below}): counts that pile up at a top value, a "
+                 "detector saturated or counts clipped")
+    if full:
+        seen += (f"; {top:.6g} is the full scale of {dtype}: counts above it were clipped "
+                 "there or, cast to it (astype), wrapped around modulo "
+                 f"{int(np.iinfo(dtype).max) + 1}")
+    record["why"] = f"{name}: {seen}"
+    return record

@@ -4,8 +4,9 @@ The steps of :meth:`FocalTriplet.from_4dstem <flowtie_fast.triplet.FocalTriplet.
 that need no triplet:
 
 - :func:`reduce_triplet`: the three datasets checked, the detector geometry
-  measured once on the in-focus scan, and each dataset reduced in one pass
-  to its virtual images and centre of mass;
+  measured once on the in-focus scan, the patterns sampled from each scan
+  checked for a saturated detector (:func:`check_saturation`), and each
+  dataset reduced in one pass to its virtual images and centre of mass;
 - :func:`prepare_planes`: the chosen virtual images as planes, brought to
   the in-focus scan's beam current (:func:`flux_record`, from the electrons
   each scan's patterns hold), their noise measured above the band limit,
@@ -30,8 +31,9 @@ from ..errors import (InputError, TrustWarning, check_choice, check_count, check
                       check_real, user_stacklevel)
 from ..noise import Noise, band_noise, poisson_noise
 from ..physics import wavelength
-from .detector import (Detector, check_com_radius, check_region, mean_pattern,
-                       sample_patterns, sampled_positions, triplet_geometry)
+from .detector import (SATURATION_EFFECT, Detector, DetectorWarning, check_com_radius,
+                       check_region, mean_pattern, sample_patterns, sampled_positions,
+                       saturation, triplet_geometry)
 from .reduction import (Reduction, _is_dask, check_4d, check_float32_range,
                         check_reduction_memory, reduce_4dstem)
 from .registration import RegistrationWarning, apply_shift, register_triplet
@@ -133,13 +135,53 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
     check_choice("virtual", virtual, tuple(regions))
     check_region(virtual, regions, detector, bf_radius is not None)
     check_com_radius(com_radius, regions, detector)
-    for n, d in zip(names, data):  # sums beyond float32 (data of a wider dtype)
+    samples = [sample if n == "zero" else sample_patterns(d, name=n) for n, d in zip(names, data)]
+    for n, d, s in zip(names, data, samples):  # sums beyond float32 (data of a wider dtype)
         if np.dtype(d.dtype).kind == "f" and np.dtype(d.dtype).itemsize > 4:
-            check_float32_range(n, sample if n == "zero" else sample_patterns(d, name=n), detector)
+            check_float32_range(n, s, detector)
+    records = check_saturation(samples, [d.dtype for d in data])
     reductions = [reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,
                                 backend=backend, chunk_bytes=chunk_bytes, name=n)
                   for n, d in zip(names, data)]
+    reductions = [dataclasses.replace(r, saturation=rec) for r, rec in zip(reductions, records)]
     return reductions, holds_counts(data)
+
+
+def check_saturation(samples, dtypes) -> list:
+    """The saturation records of the three scans' sampled patterns
+    (:func:`~flowtie_fast.stem.detector.saturation`), with one
+    :class:`~flowtie_fast.stem.detector.DetectorWarning` naming every scan
+    whose patterns pile up at a top value or reach the full scale of their
+    integer dtype.
+
+    Parameters
+    ----------
+    samples : three arrays (N, Ky, Kx)
+        Patterns sampled across the scans at ``-dz, 0, +dz``
+        (:func:`~flowtie_fast.stem.detector.sample_patterns`).
+    dtypes : three dtypes
+        The datasets' dtypes.
+
+    Returns
+    -------
+    list of three dict
+        The records, in the order minus, zero, plus (one warning names
+        every scan that saturated).
+    """
+    records = [saturation(s, n, np.dtype(dt))
+               for n, s, dt in zip(("minus", "zero", "plus"), samples, dtypes)]
+    why = saturation_why(records)
+    if why is not None:
+        warnings.warn(why, DetectorWarning, stacklevel=user_stacklevel())
+    return records
+
+
+def saturation_why(records):
+    """One message for the scans whose saturation ``records`` say they
+    saturated (what each showed, then what it does and what to do:
+    :data:`~flowtie_fast.stem.detector.SATURATION_EFFECT`), or None."""
+    seen = [r["why"] for r in records if r is not None and r.get("saturated")]
+    return "; ".join(seen) + ". " + SATURATION_EFFECT if seen else None
 
 
 def holds_counts(datasets) -> bool:
@@ -204,15 +246,20 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
     energy : float
         Electron energy in eV, of the in-focus reduction's detector.
     noise : Noise or None
-        Measured above the band limit, else Poisson where ``counts``, else
-        None (unknown).
+        Measured above the band limit; where ``counts``, the larger, plane by
+        plane, of that and the Poisson noise of the planes' means (Poisson
+        alone where nothing can be measured, :func:`larger_noise`); else None
+        (unknown).
     registration : dict or None
         The record of the registration (see ``FocalTriplet.registration``);
         None for ``register=False``.
     flux : dict
         :func:`flux_record`'s record; where ``normalize`` is False,
         ``"applied"`` False and ``"why"`` ``"normalize=False"`` (the factors
-        measured are kept).
+        measured are kept). With ``"gain"``: :func:`gain_record`'s record
+        where the planes are counts whose noise is measured above the band
+        limit too (a :class:`TrustWarning` where the two differ by more than
+        :data:`GAIN_FACTOR`), else None.
 
     Raises
     ------
@@ -251,9 +298,16 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
     energy = reductions[1].detector.energy
     # The noise first: an interpolating shift smooths it.
     noise = virtual_image_noise(planes, scan_step, energy, reductions[1].regions, virtual)
-    if noise is None and counts:  # a count's variance is the count: c² n = c (c n) scaled
+    gain = None
+    if counts:  # a count's variance is the count: c² n = c (c n) scaled
         scale = flux["scale"] if flux["applied"] else (1.0, 1.0, 1.0)
-        noise = poisson_noise([c * float(p.mean()) for c, p in zip(scale, planes)])
+        poisson = poisson_noise([c * float(p.mean()) for c, p in zip(scale, planes)])
+        if noise is not None:
+            gain = gain_record(poisson, noise, virtual)
+            if gain["why"] is not None:
+                warnings.warn(gain["why"], TrustWarning, stacklevel=user_stacklevel())
+        noise = larger_noise(noise, poisson)
+    flux = {**flux, "gain": gain}
     registration = None
     if check_register(register):
         signals = [r.virtual.get("df") for r in reductions]
@@ -357,6 +411,118 @@ def flux_record(reductions) -> dict:
                 "why": "a scan's patterns hold no electrons on average"}
     scale = (means[1] / means[0], 1.0, means[1] / means[2])
     return {"per_pattern": means, "scale": scale, "applied": True, "why": None}
+
+
+#: Band-limit and Poisson noise of counts that differ by more than this factor
+#: either way are warned: the counts are not electrons (detector units of a
+#: gain, counts scaled, noise-free intensities rounded). On right counts of
+#: corpus files the band estimate reached 2.7 times the Poisson one at 1e6
+#: e/Å² (signal above the band limit, growing with the dose: the median of
+#: the power there rises with it), hence 3 rather than 2: a gain of 2 is not
+#: always told, and needs not be (the larger estimate, the measured one, is
+#: used whatever the warning; docs/reliability.md has the figures).
+GAIN_FACTOR = 3.0
+
+
+def gain_record(poisson, band, virtual: str = "bf") -> dict:
+    """The two noise estimates of the planes of counts, and the gain their
+    ratio implies.
+
+    Counts of electrons have the variance of their mean (Poisson); the
+    power above the band limit measures the variance whatever the unit. A
+    detector that records ``g`` units per electron (ADU) gives ``g²`` times
+    the variance of ``g`` times the mean: the band estimate is ``g`` times
+    the Poisson one. The larger of the two is the noise used
+    (:func:`larger_noise`): taken as electrons, counts of a gain of 2 to 9
+    kept 100 to 450 noise modes in the TIE's filter.
+
+    Parameters
+    ----------
+    poisson, band : Noise
+        The planes' noise as Poisson from their means and as measured above
+        the band limit (intensity², one per plane).
+    virtual : str, optional
+        The virtual image the planes are, for the message (default "bf").
+
+    Returns
+    -------
+    dict
+        ``"poisson"``, ``"band"``: the variances (tuples); ``"ratio"``: the
+        band's sum over the Poisson's (the gain in units per electron; inf
+        where the Poisson sum is 0); ``"why"``: a message where the ratio
+        lies beyond :data:`GAIN_FACTOR` either way, else None.
+    """
+    total = float(sum(poisson.variance))
+    ratio = float(sum(band.variance)) / total if total > 0 else math.inf
+    why = None
+    if not 1 / GAIN_FACTOR <= ratio <= GAIN_FACTOR:
+        if ratio > 1:
+            what = (f"{ratio:.3g} times the variance of electron counts of their mean: the "
+                    f"counts are not electrons but detector units of a gain of about "
+                    f"{ratio:.3g} per electron (ADU), or hold more noise than the electrons' "
+                    "(read noise, a noisy gain); the measured noise is used")
+        else:
+            what = (f"{ratio:.3g} times the variance of electron counts of their mean: the "
+                    "counts hold less noise than electrons would (noise-free intensities "
+                    "rounded, counts scaled down, detector units of a gain of about "
+                    f"{ratio:.3g} per electron); the Poisson noise of their mean, the larger, "
+                    "is used")
+        why = (f"noise: the {virtual!r} planes' noise measured above the band limit is "
+               f"{what}. Convert the data to electrons (divide by the gain) for a noise "
+               "known from the counts, or pass the planes with noise= stated")
+    return {"poisson": tuple(poisson.variance), "band": tuple(band.variance), "ratio": ratio,
+            "why": why}
+
+
+def larger_noise(measured, poisson):
+    """The larger, plane by plane, of a noise
+    measured above the band limit and the Poisson noise of counts, so that
+    neither a gain in the counts (detector units) nor a measurement that
+    falls short underestimates it.
+
+    Parameters
+    ----------
+    measured, poisson : Noise or None
+        Variances of the same planes or gradient components; either may be
+        None (unknown).
+
+    Returns
+    -------
+    Noise or None
+        The other where one is None; else the larger variance of each, with
+        the source of the larger sum.
+    """
+    if measured is None or poisson is None:
+        return poisson if measured is None else measured
+    source = measured.source if sum(measured.variance) >= sum(poisson.variance) \
+        else poisson.source
+    return Noise(tuple(max(float(a), float(b))
+                       for a, b in zip(measured.variance, poisson.variance)), source)
+
+
+def saturation_record(reductions):
+    """A triplet's saturation record (``FocalTriplet.saturation``) from its
+    reductions' own (:func:`reduce_triplet` sets them), or None where none
+    was checked.
+
+    Parameters
+    ----------
+    reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
+        Of the datasets at ``-dz, 0, +dz``.
+
+    Returns
+    -------
+    dict or None
+        ``"saturated"`` (whether any scan is), ``"why"`` (the messages of
+        those that are, or None) and ``"scans"`` (each scan's record, or None
+        for a scan not checked).
+    """
+    scans = {n: getattr(r, "saturation", None) for n, r in zip(("minus", "zero", "plus"),
+                                                               reductions)}
+    if all(rec is None for rec in scans.values()):
+        return None
+    why = saturation_why(list(scans.values()))
+    return {"saturated": why is not None, "why": why, "scans": scans}
 
 
 def check_flux(flux: dict, normalize: bool) -> None:

@@ -58,6 +58,11 @@ class Reduction:
     regions : dict of str -> (float, float), optional
         The virtual detectors, ``name -> (inner, outer)`` in mrad (default
         empty).
+    saturation : dict or None, optional
+        Whether the dataset's sampled patterns pile up at a top value
+        (:func:`~flowtie_fast.stem.detector.saturation`'s record), as
+        :func:`~flowtie_fast.stem.focal.reduce_triplet` sets it; None where
+        not checked (default: reductions made elsewhere).
     """
 
     virtual: dict
@@ -66,6 +71,7 @@ class Reduction:
     rotation: float = 0.0
     flip: bool = False
     regions: dict = field(default_factory=dict)
+    saturation: dict | None = None
 
     @property
     def gradient(self):
