@@ -91,7 +91,8 @@ def score(path: Path) -> None:
     for r in rows:
         groups[_cycle(r["case"])].append(r)
         groups[f"dose {r['dose']}"].append(r)
-    print("| rows | n | earlier: > 1 / worst / geometric mean | library: > 1 / worst / geometric mean |")
+    print("| rows | n | earlier: > 1 / worst / geometric mean "
+          "| library: > 1 / worst / geometric mean |")
     print("| --- | ---: | --- | --- |")
     for name in ("validation", "test", "other", *sorted(k for k in groups if k[:4] == "dose")):
         rs = groups[name]
