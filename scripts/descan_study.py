@@ -14,6 +14,7 @@ difference from the bright-field TIE gradient removed instead.
 
     python scripts/descan_study.py data/corpus -o data/descan.jsonl [--per-family 6]
     python scripts/descan_study.py --table data/descan.jsonl
+    python scripts/descan_study.py data/corpus --flowtie --per-family 3 -o data/descan_flowtie.jsonl
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from scipy import ndimage
 
 import flowtie_fast as ft
 from flowtie_fast.evaluation.evaluate import phase_errors
+from flowtie_fast.stem.descan import descan_plane
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import evaluation_grid  # noqa: E402
@@ -104,7 +106,7 @@ def icom(t, boundary, truth):
                                        boundary=boundary).phase, truth)[1]
 
 
-def one(path, periodic, margin, kind, dose, total, rng):
+def one(path, periodic, margin, kind, dose, total, rng, flowtie=False):
     ds = ft.load(path)
     A = None
     if total:
@@ -115,7 +117,9 @@ def one(path, periodic, margin, kind, dose, total, rng):
     real_load = evaluation_grid.ft.load
     evaluation_grid.ft.load = lambda _path: ds
     try:
-        t, truth, boundary, _ = triplet_of(path, periodic, margin, dose, None, rng)
+        # (a) as before the plane removal: only the mean removed
+        t, truth, boundary, _ = triplet_of(path, periodic, margin, dose, None, rng,
+                                           descan="none")
     finally:
         evaluation_grid.ft.load = real_load
     row = {"case": path.stem, "kind": kind, "periodic": periodic, "dose": dose,
@@ -126,8 +130,8 @@ def one(path, periodic, margin, kind, dose, total, rng):
     plane, S = fit_plane(g)
     row["ramp_px"], row["ramp_share"], row["ramp_phase"] = ramp_size(
         g, plane, S, t.pixel_size, ds.k_sampling)
-    t2 = copy.copy(t)
-    t2.gradient = (g - plane).astype(t.gradient.dtype)
+    t2 = copy.copy(t)  # (b): what from_4dstem's default, descan="plane", gives
+    t2.gradient = descan_plane(t.gradient, ds.energy, ds.k_sampling)[0]
     row["icom_plane"] = icom(t2, boundary, truth)
     # (c) the plane of the centre of mass's difference from the bright-field TIE
     # gradient (a disk moved within the "bf" detector's margin leaves the "bf"
@@ -142,6 +146,11 @@ def one(path, periodic, margin, kind, dose, total, rng):
             g, plane_c, S_c, t.pixel_size, ds.k_sampling)
     except ft.InputError:
         pass
+    if flowtie:  # the library's flowtie (trust check and fallback on), (a) and (b)
+        for name, tt in (("flowtie", t), ("flowtie_plane", t2)):
+            rec = ft.reconstruct(tt, method="flowtie", backend="cpu", boundary=boundary)
+            row[name] = phase_errors(rec.phase, truth)[1]
+            row[name + "_fallback"] = rec.info.get("fallback")
     row["curl_suspect"] = bool((t.gradient_orientation or {}).get("suspect"))
     row["truth_range"] = float(truth.max() - truth.min())
     return row
@@ -167,7 +176,7 @@ def choose_files(folder, per_family):
     return [c for f in sorted(by) for c in by[f]]
 
 
-def run(folder, out, per_family):
+def run(folder, out, per_family, flowtie=False, doses=DOSES, ramps=RAMPS):
     done = set()
     if out.exists():
         for line in out.read_text().splitlines():
@@ -175,8 +184,8 @@ def run(folder, out, per_family):
             done.add((r["case"], r["dose"], r["descan_px"]))
     with out.open("a") as f:
         for path, periodic, margin, kind in choose_files(folder, per_family):
-            for dose in DOSES:
-                for total in RAMPS:
+            for dose in doses:
+                for total in ramps:
                     if (path.stem, dose, total) in done:
                         continue
                     # one seed per case and condition: resumable, same draws again
@@ -186,7 +195,8 @@ def run(folder, out, per_family):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         try:
-                            row = one(path, periodic, margin, kind, dose, total, rng)
+                            row = one(path, periodic, margin, kind, dose, total, rng,
+                                      flowtie)
                         except ft.InputError as exc:
                             row = {"case": path.stem, "kind": kind, "dose": dose,
                                    "descan_px": total, "error": str(exc)}
@@ -245,13 +255,18 @@ def main(argv=None):
     parser.add_argument("folder", nargs="?", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("data/descan.jsonl"))
     parser.add_argument("--per-family", type=int, default=6)
+    parser.add_argument("--flowtie", action="store_true",
+                        help="also flowtie (a) and (b), noise-free, right and 1 px only")
     parser.add_argument("--table", type=Path)
     args = parser.parse_args(argv)
     if args.table:
         print(table(args.table))
         return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    run(args.folder, args.output, args.per_family)
+    if args.flowtie:
+        run(args.folder, args.output, args.per_family, True, (None,), (0.0, 1.0))
+    else:
+        run(args.folder, args.output, args.per_family)
     return 0
 
 
