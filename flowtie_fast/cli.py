@@ -173,9 +173,11 @@ def _reconstruct(args) -> int:
         options["register"] = {"on": True, "periodic": "periodic", "off": False}[args.register]
     if args.normalize is not None:
         options["normalize"] = args.normalize == "on"
+    if args.descan is not None:
+        options["descan"] = args.descan
     with ft.load(args.file) as ds:
         for flag, given in (("--virtual", args.virtual), ("--register", args.register),
-                            ("--normalize", args.normalize)):
+                            ("--normalize", args.normalize), ("--descan", args.descan)):
             if given and ds.kind != "4dstem":
                 raise ft.InputError(f"{flag}: applies to 4D-STEM files only; "
                                     f"{args.file.name} holds a triplet of images")
@@ -888,6 +890,9 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--normalize", choices=("on", "off"),
                      help="4D-STEM: bring the -dz and +dz scans to the in-focus scan's beam "
                           "current, from the electrons their patterns hold (default on; off)")
+    rec.add_argument("--descan", choices=("plane", "none"),
+                     help="4D-STEM: remove the centre of mass's least-squares plane "
+                          "(uncorrected descan; default plane), or only its mean (none)")
     rec.set_defaults(func=_reconstruct)
 
     sim = command("simulate", parents=[common, overwrite],

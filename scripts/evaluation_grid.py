@@ -109,9 +109,10 @@ def one(path, periodic, margin, kind, dose, shifts, rng):
     return row
 
 
-def triplet_of(path, periodic, margin, dose, shifts, rng):
+def triplet_of(path, periodic, margin, dose, shifts, rng, **options):
     """The triplet of one case and condition as the grid reconstructs it, its
-    ground-truth phase (cropped to the window), the boundary and the file."""
+    ground-truth phase (cropped to the window), the boundary and the file;
+    ``options`` go to ``from_4dstem`` (e.g. ``descan="none"``)."""
     ds = ft.load(path)
     planes = [np.asarray(p) for p in (ds.minus, ds.zero, ds.plus)]
     truth = np.asarray(ds.phase_gt, float)
@@ -127,7 +128,7 @@ def triplet_of(path, periodic, margin, dose, shifts, rng):
         planes = [counts(p, dose, ds.scan_step, rng, dtype=np.uint32) for p in planes]
     t = ft.FocalTriplet.from_4dstem(*planes, dz=ds.dz, scan_step=ds.scan_step,
                                     k_sampling=ds.k_sampling, energy=ds.energy, backend="cpu",
-                                    register="periodic" if periodic else True)
+                                    register="periodic" if periodic else True, **options)
     return t, truth, "periodic" if periodic else "mirror", ds
 
 

@@ -253,9 +253,12 @@ def test_a_constant_centre_of_mass_offset_is_no_phase_ramp():
     phi, grad = _window_phase_and_gradient()
     offsets_px = grad / (2 * np.pi) / K_SAMPLING
     data = gaussian_patterns(offsets_px)
+    # this φ is one bump over the field, most of its gradient a plane: kept (descan="none",
+    # which then warns that a plane that large looks like descan)
     kwargs = dict(dz=20.0, scan_step=0.25, k_sampling=K_SAMPLING, energy=E, backend="cpu",
-                  register=False)
-    exact = ft.FocalTriplet.from_4dstem(data, data, data, center=(16.0, 15.0), **kwargs)
+                  register=False, descan="none")
+    with pytest.warns(ft.TrustWarning, match="kept"):
+        exact = ft.FocalTriplet.from_4dstem(data, data, data, center=(16.0, 15.0), **kwargs)
     with pytest.warns(stem.DetectorWarning, match=r"^center: "):  # 0.29 spot radii off
         off = ft.FocalTriplet.from_4dstem(data, data, data, center=(16.3, 14.2), **kwargs)
     for t in (exact, off):
@@ -266,6 +269,80 @@ def test_a_constant_centre_of_mass_offset_is_no_phase_ramp():
     # the reductions keep the centre of mass as measured: the offset is there
     shift = (off.reductions[1].com - exact.reductions[1].com).mean(axis=(1, 2))
     assert np.allclose(shift, [-0.3 * K_SAMPLING, 0.8 * K_SAMPLING], rtol=0.05)
+
+
+def _descan_px(n, total, direction):
+    """Disk displacement (2, n, n) in detector px of a descan that moves it by
+    ``total`` px from one end of the scan to the other: along the detector
+    direction ``direction`` (angle in degrees), linearly along scan axis 1."""
+    a = np.deg2rad(direction)
+    ramp = total * (np.arange(n) / (n - 1) - 0.5)
+    return np.stack([np.sin(a) * np.broadcast_to(ramp, (n, n)),
+                     np.cos(a) * np.broadcast_to(ramp, (n, n))])
+
+
+@pytest.mark.parametrize("direction", [0.0, 90.0, 35.0])
+def test_a_descan_ramp_is_removed_from_the_gradient_and_warned(direction):
+    """Uncorrected descan moves every spot by an amount that grows linearly
+    across the scan (2 detector px here): along its own axis (0°) the ramp has
+    no curl, and iCOM integrated it into a quadratic phase without a word.
+    The triplet's gradient drops its plane by default, records it in
+    ``triplet.descan`` and warns that it is large; ``descan="none"`` keeps
+    it, and warns that iCOM's phase is not the specimen's."""
+    phi, grad = _phase_and_gradient()
+    offsets_px = grad / (2 * np.pi) / K_SAMPLING
+    kwargs = dict(dz=20.0, scan_step=0.25, k_sampling=K_SAMPLING, energy=E,
+                  center=(16.0, 15.0), backend="cpu", register=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        right = ft.FocalTriplet.from_4dstem(*[gaussian_patterns(offsets_px)] * 3, **kwargs)
+    assert right.descan["applied"] and not right.descan["large"]
+    assert right.descan["across_px"] < 0.05
+    data = gaussian_patterns(offsets_px + _descan_px(32, 2.0, direction))
+    with pytest.warns(ft.TrustWarning, match=r"moves linearly by 2\.0\d detector px .*removed"):
+        t = ft.FocalTriplet.from_4dstem(data, data, data, **kwargs)
+    assert t.descan["mode"] == "plane" and t.descan["applied"] and t.descan["large"]
+    assert abs(t.descan["across_px"] - 2.0) < 0.05
+    assert abs(t.descan["across_mrad"] - 2.0 * K_SAMPLING * ft.physics.wavelength(E) * 1e3) < 0.05
+    assert np.abs(t.gradient - right.gradient).max() < 0.01 * np.abs(right.gradient).max()
+    rec = ft.reconstruct(t, method="icom", backend="cpu", dtype="float64")
+    assert rel_rms(rec.phase, phi) < 0.01
+    with pytest.warns(ft.TrustWarning, match="kept .descan='none'.: icom integrates"):
+        kept = ft.FocalTriplet.from_4dstem(data, data, data, descan="none", **kwargs)
+    assert kept.descan["mode"] == "none" and not kept.descan["applied"]
+    rec = ft.reconstruct(kept, method="icom", backend="cpu", dtype="float64")
+    if direction == 90.0:  # across its own axis the ramp is all curl, which iCOM drops
+        assert rel_rms(rec.phase, phi) < 0.01
+    else:
+        assert rel_rms(rec.phase, phi) > 0.3
+
+
+def test_descan_plane_fits_and_removes_an_analytic_plane():
+    """The least-squares plane of each component is found exactly, on a
+    non-square scan, whatever else (zero-mean, orthogonal to it) is there."""
+    ny, nx = 12, 17
+    y, x = np.mgrid[:ny, :nx].astype(float)
+    u, v = y - (ny - 1) / 2, x - (nx - 1) / 2  # even functions of these have no slope
+    wiggle = np.stack([np.cos(0.9 * u) * np.cos(0.4 * v), np.cos(0.3 * u * v)])
+    slopes = np.array([[0.02, -0.01], [0.005, 0.03]])  # rad/Å per px: component, axis
+    g = (wiggle + 0.7 + slopes[:, 0, None, None] * y + slopes[:, 1, None, None] * x)
+    g = g.astype(np.float32)
+    out, rec = stem.descan_plane(g, E, (0.05, 0.05))
+    assert np.allclose(rec["slopes"], slopes, atol=1e-6)
+    assert out.dtype == np.float32
+    _, left = stem.fit_plane(out)
+    assert np.abs(left).max() < 1e-6
+    kept, rec_none = stem.descan_plane(g, E, 0.05, mode="none")
+    assert rec_none["slopes"] == rec["slopes"] and not rec_none["applied"]
+    assert np.allclose(kept, g - g.mean(axis=(1, 2), keepdims=True))
+
+
+def test_from_4dstem_refuses_an_unknown_descan_mode(rng):
+    data = rng.random((4, 4, 9, 9)).astype(np.float32)
+    with pytest.raises(ft.InputError, match=r"^descan: expected one of 'plane', 'none', "
+                                            r"got 'yes'"):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.25,
+                                    k_sampling=K_SAMPLING, energy=E, descan="yes")
 
 
 def test_from_reductions_leaves_the_reductions_given_unchanged():

@@ -6,6 +6,8 @@
   to its virtual images and centre of mass (chunked, dask, CUDA or Numba);
 - :mod:`~flowtie_fast.stem.rotation`: the detector-to-scan rotation of the
   centre of mass, calibrated by its curl;
+- :mod:`~flowtie_fast.stem.descan`: the plane of the centre of mass
+  (uncorrected descan), measured and removed;
 - :mod:`~flowtie_fast.stem.registration`: the drift between the three scans,
   estimated and undone;
 - :mod:`~flowtie_fast.stem.focal`: the steps of
@@ -19,6 +21,7 @@ except :mod:`~flowtie_fast.stem.live`, which hands its reductions to
 ``FocalTriplet.from_reductions``.
 """
 
+from .descan import check_descan, descan_plane, fit_plane
 from .detector import (Detector, DetectorWarning, bf_radius_mrad, detector_weights,
                        disk_fills_detector, find_center, mean_pattern, sample_patterns,
                        triplet_geometry, weight_ranges)
@@ -29,8 +32,9 @@ from .registration import (RegistrationWarning, Shift, apply_shift, estimate_shi
 from .rotation import calibrate_rotation, rotate_com
 
 __all__ = ["Detector", "DetectorWarning", "Reduction", "RegistrationWarning", "Shift",
-           "apply_shift", "bf_radius_mrad", "calibrate_rotation", "detector_weights",
-           "disk_fills_detector", "estimate_shift", "find_center", "finish_reduction",
+           "apply_shift", "bf_radius_mrad", "calibrate_rotation", "check_descan",
+           "descan_plane", "detector_weights",
+           "disk_fills_detector", "estimate_shift", "find_center", "fit_plane", "finish_reduction",
            "mean_pattern", "orient", "prepare_planes", "reduce_4dstem", "reduce_frames",
            "reduce_triplet", "register_planes", "register_triplet", "rotate_com",
            "sample_patterns", "triplet_geometry", "weight_ranges"]
