@@ -416,6 +416,20 @@ def test_a_hot_pixel_is_not_taken_for_the_bright_field_disk(value):
     assert np.allclose(t.reductions[1].detector.center, (15.5, 15.5), atol=0.05)
 
 
+def test_spikes_in_a_few_patterns_are_named_as_transient_not_as_hot_pixels():
+    """Three X-ray spikes in 3 of 256 patterns outshone the disk in the mean of
+    the sampled patterns and were refused as hot pixels, 'inf times its
+    brightest neighbour'; the refusal now says what they are."""
+    data = _disk_patterns()
+    for position in ((2, 3), (8, 8), (13, 1)):
+        data[position + (1, 1)] = 1e6
+    with pytest.raises(ft.InputError, match=r"^zero: detector pixel \(1, 1\) of the mean "
+                       r"pattern is .* times its brightest neighbour, from 3 of the 256 "
+                       r"patterns sampled .* transient spikes"):
+        ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.2, k_sampling=0.05,
+                                    energy=300e3, backend="cpu")
+
+
 def test_sparse_counts_are_not_taken_for_hot_pixels():
     rng = np.random.default_rng(3)
     data = [rng.poisson(_disk_patterns(total=3.0)).astype(np.uint8) for _ in range(3)]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._cuda import MAX_WEIGHTS  # weight rows one pass computes (the CUDA tile)
-from ..backend import array_module, is_cupy
+from ..backend import array_module, is_cupy, to_host
 from ..errors import (InputError, TrustWarning, check_count, check_positive, first_line,
                       is_integer, is_number, user_stacklevel)
 from ..physics import wavelength
@@ -545,7 +545,7 @@ def disk_fills_detector(mean) -> tuple:
 HOT_PIXEL_RATIO = 4.0
 
 
-def check_hot_pixels(mean, name="zero") -> None:
+def check_hot_pixels(mean, name="zero", sample=None) -> None:
     """Refuse a mean pattern whose bright field is made of isolated pixels.
 
     The detector centre and the bright-field disk are measured on the pixels
@@ -563,6 +563,10 @@ def check_hot_pixels(mean, name="zero") -> None:
     name : str, optional
         The data the mean pattern comes from, named in the message (default
         "zero").
+    sample : array (N, Ky, Kx), optional
+        The patterns ``mean`` averages (:func:`sample_patterns`): where the
+        brightest pixel is bright in fewer than half of them, the message
+        names transient spikes (X-rays, cosmic rays) instead of hot pixels.
 
     Raises
     ------
@@ -587,9 +591,23 @@ def check_hot_pixels(mean, name="zero") -> None:
     isolated = bright & (m > HOT_PIXEL_RATIO * np.maximum(neighbours, 0))
     if bright.any() and np.array_equal(isolated, bright):
         i, j = (int(v) for v in np.unravel_index(np.argmax(m), m.shape))
-        ratio = m[i, j] / neighbours[i, j] if neighbours[i, j] > 0 else math.inf
+        than = (f"{m[i, j] / neighbours[i, j]:.3g} times its brightest neighbour"
+                if neighbours[i, j] > 0 else "bright where its neighbours are all zero")
+        if sample is not None:
+            values = np.asarray(to_host(sample[:, i, j]), np.float64)
+            typical = float(np.median(values))
+            spiked = int(np.count_nonzero(values > HOT_PIXEL_RATIO * max(typical, 1.0)))
+            if 0 < spiked < len(values) / 2:
+                raise InputError(
+                    f"{name}: detector pixel ({i}, {j}) of the mean pattern is {than}, from "
+                    f"{spiked} of the {len(values)} patterns sampled across the scan only (up to "
+                    f"{values.max():.4g} there, {typical:.3g} in half of them): transient "
+                    "spikes (X-rays, cosmic rays) outshine the bright-field disk, and the "
+                    "detector centre, the disk and those patterns' centre of mass would be "
+                    "measured on them; expected patterns with such isolated pixels removed "
+                    "(e.g. each replaced by the median of its neighbours)")
         raise InputError(f"{name}: detector pixel ({i}, {j}) of the mean pattern is "
-                         f"{ratio:.3g} times its brightest neighbour, and the pixels above "
+                         f"{than}, and the pixels above "
                          "half of it are all such isolated pixels (hot pixels, a bright-field "
                          "disk within one pixel, or counts too few to show the disk): the "
                          "detector centre, the bright-field disk and the centre of mass would "
@@ -824,7 +842,7 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
                              "level subtracted?)")
         raise InputError(f"{name}: every sampled pattern is zero everywhere (a dropped "
                          "frame?)")
-    check_hot_pixels(mean, name)
+    check_hot_pixels(mean, name, sample)
     given = center
     center = find_center(mean) if center is None else check_center(center)
     if not all(math.isfinite(c) and 0 <= c <= n - 1 for c, n in zip(center, mean.shape)):
