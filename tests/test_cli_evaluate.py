@@ -69,3 +69,13 @@ def test_a_method_given_twice_is_refused_before_anything_is_printed(tmp_path, ca
     assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "tie"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "--methods: each method once, got 'tie' more than once" in err
+
+
+def test_an_unreadable_case_is_refused_before_any_case_is_solved(tmp_path, capsys):
+    """A damaged file among the cases was found only when its turn came, after
+    the cases before it had been solved and their rows were thrown away."""
+    write_cases(tmp_path)
+    (tmp_path / "c_damaged.npz").write_bytes(b"PK\x03\x04 not a zip archive")
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--repeats", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert "c_damaged.npz" in err and "NMSE" not in out

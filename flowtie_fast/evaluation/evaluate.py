@@ -213,7 +213,9 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
     Raises
     ------
     InputError
-        Before any file is read, for arguments of the wrong type or range: a
+        Before any case is solved, for a file that cannot be read or holds no
+        ground truth; before any file is read, for arguments of the wrong
+        type or range: a
         method that is not one of :data:`~flowtie_fast.solvers.METHODS` or
         given twice, ``repeats`` not a positive integer, ``model`` without
         ``flowtie`` among the methods, ``paths`` not a path or a list of them.
@@ -243,11 +245,13 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
     rows = []
     files = case_files(paths)
     names = [p.name for p in files]
-    for path in files:
-        case = path.name if names.count(path.name) == 1 else str(path)
+    for path in files:  # every file readable and with a truth before any is solved
         with load(path) as ds:
             if ds.phase_gt is None:
                 raise InputError(f"{path.name}: no ground truth ('phase_gt') to evaluate against")
+    for path in files:
+        case = path.name if names.count(path.name) == 1 else str(path)
+        with load(path) as ds:
             t = ds.triplet(backend=backend, **(triplet_options or {}))
             truth = ds.phase_gt
             material = ds.meta.get("material", path.stem)
