@@ -156,3 +156,14 @@ def test_a_pixel_beyond_the_screen_s_float32_sums_is_still_replaced(plan):
     out, caught = _quiet(lambda: plan.solve(*planes))
     assert len(caught) == 1 and "minus: 1 isolated pixel" in str(caught[0].message)
     assert phase_errors(out, TRUTH)[1] < 1e-4
+
+
+def test_an_hdf5_file_truncated_after_a_lazy_load_is_refused_not_read_as_zeros(tmp_path):
+    pytest.importorskip("h5py")
+    path = tmp_path / "t.h5"
+    ft.save(path, _triplet([p.astype(np.float32) for p in PLANES]))
+    data = ft.load(path)  # lazy: the planes are read by triplet()
+    with open(path, "r+b") as f:
+        f.truncate(int(path.stat().st_size * 0.9))
+    with pytest.raises(InputError, match="plus: rows .* exactly zero where"):
+        data.triplet()
