@@ -269,6 +269,56 @@ def focal_derivative3_stats(minus, zero, plus, out, wm, wz, wp, scratch, stats):
         stats[k, 1] = acc
 
 
+@njit(inline="always", fastmath={"reassoc"})
+def _row_screen(a, i, nx):
+    """Row ``i`` of ``a``: the values at or below zero, and the sums of the
+    squared differences of neighbours and of their fourth powers, in
+    ``a``'s dtype (a row's sums: float32 keeps the screen's figures to a few
+    parts in 1e5, and vectorises twice as wide as float64)."""
+    t = a.dtype.type
+    zeros = t(0)  # counted in the dtype too (exact to 2**24 a row): an integer
+    s2 = t(0)     # counter halves the vector width (48 -> 33 us for 3 x 256² float32)
+    s4 = t(0)
+    for j in range(nx - 1):
+        v = a[i, j]
+        zeros += t(v <= 0)
+        g = a[i, j + 1] - v
+        g2 = g * g
+        s2 += g2
+        s4 += g2 * g2
+    zeros += t(a[i, nx - 1] <= 0)
+    return zeros, s2, s4
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
+def planes_screen3(minus, zero, plus, scratch, out):
+    """``out[k] = (zeros, sum of squares, sum of fourth powers)`` of each of
+    the three 2-D arrays (at least 2 columns), in one parallel pass: the
+    number of values at or below zero, and the sums of the squared
+    differences of neighbours along axis 1 and of their fourth powers (each
+    row's in the arrays' dtype, the rows' in float64; a fourth power beyond
+    float32 makes the sum Inf, which the screen reads as an outlier). The
+    screen of :func:`flowtie_fast.planes.screen_planes`; ``scratch`` is a
+    (9, Ny) float64 work array. One parallel region for the three planes,
+    and no running minimum or maximum (which does not vectorise): about one
+    pass over the planes, as :func:`focal_derivative3_stats`."""
+    ny, nx = minus.shape
+    for row in prange(ny):
+        i = np.int64(row)  # prange indices may be unsigned: keep index arithmetic signed
+        z, q, f = _row_screen(minus, i, nx)
+        scratch[0, i], scratch[1, i], scratch[2, i] = z, q, f
+        z, q, f = _row_screen(zero, i, nx)
+        scratch[3, i], scratch[4, i], scratch[5, i] = z, q, f
+        z, q, f = _row_screen(plus, i, nx)
+        scratch[6, i], scratch[7, i], scratch[8, i] = z, q, f
+    for k in range(3):  # plain loops: an array .sum() would be another parallel region
+        for m in range(3):
+            acc = 0.0
+            for i in range(ny):
+                acc += scratch[3 * k + m, i]
+            out[k, m] = acc
+
+
 def set_threads(n: int) -> None:
     """Set Numba's thread count for the calling thread (thread-local in Numba)."""
     numba.set_num_threads(n)

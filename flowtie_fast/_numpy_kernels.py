@@ -142,6 +142,35 @@ def focal_derivative3_stats(minus, zero, plus, out, wm, wz, wp, scratch, stats):
         plane_stats(plane, scratch, stats, k)
 
 
+def screen_stats(a) -> tuple:
+    """``(zeros, sum of squares, sum of fourth powers)`` of the 2-D array ``a``
+    (NumPy, or CuPy: its own operations), at least 2 columns wide, as float64:
+    the number of values at or below zero, and the sums of the squared
+    differences of neighbours along axis 1 and of their fourth powers. The
+    screen of :func:`flowtie_fast.planes.screen_planes`, vectorised, in
+    blocks of rows of about 4 M values (a memory map or a broadcast view
+    larger than memory is read, not copied whole)."""
+    zeros = s2 = s4 = 0.0
+    step = max(1, (1 << 22) // a.shape[1])
+    for start in range(0, a.shape[0], step):
+        block = a[start:start + step]
+        d = block[:, 1:].astype(np.float64) - block[:, :-1]
+        d *= d
+        zeros += float((block <= 0).sum())
+        s2 += float(d.sum())
+        d *= d
+        s4 += float(d.sum())
+    return zeros, s2, s4
+
+
+def planes_screen3(minus, zero, plus, scratch, out):
+    """``out[k] = (zeros, sum of squares, sum of fourth powers)`` of each of
+    the three 2-D arrays (the twin of the Numba kernel; ``scratch`` is
+    unused): :func:`screen_stats`."""
+    for k, a in enumerate((minus, zero, plus)):
+        out[k] = screen_stats(a)
+
+
 def set_threads(n: int) -> None:
     """No thread pool to size: NumPy's element-wise operations run on one thread."""
 

@@ -411,7 +411,13 @@ class Plan:
         out
             The phase. Non-finite input raises :class:`InputError` before
             ``out`` is written (and ``plan.info`` is then empty: never the
-            verdict of an earlier solve).
+            verdict of an earlier solve), as does a row, column or block of
+            one plane that is exactly zero where another holds signal;
+            isolated pixels of one plane far from their neighbours are
+            replaced by their neighbours' median in a copy, with a
+            :class:`~flowtie_fast.errors.TrustWarning` and
+            ``plan.info["plane_defects"]``
+            (:func:`~flowtie_fast.planes.screen_planes`).
         """
         self.info = {}
         planes = [self._image(n, a, self.shape)

@@ -67,7 +67,8 @@ from .flow.infer import _shipped_name as _shipped_file
 from .noise import (ALPHA_MAX, COUNTS, check_noise, denoise, denoise_gradient,
                     discrepancy_alpha, poisson_noise, teague_floor)
 from .poisson import PoissonSolver, resolve_scheme
-from .planes import GRADIENT_LIMIT, check_gradient, check_gradient_peak, check_intensity_stats
+from .planes import (GRADIENT_LIMIT, check_gradient, check_gradient_peak, check_intensity_stats,
+                     screen_planes, screen_stats)
 
 __all__ = ["METHODS", "Reconstruction", "SolveOptions", "TIESolver", "reconstruct"]
 
@@ -121,8 +122,13 @@ class Reconstruction:
         ``rel_spread``, ``snr``, ``icom_ratio``, ``why``) and, where the flow
         was not trusted, ``fallback``: the classical method (``icom`` or
         ``tie``; ``tie`` where the gradient's orientation looks wrong) whose
-        phase was returned. ``trust``: why a classical phase
-        may be wrong, where a :class:`TrustWarning` said so.
+        phase was returned. The methods that solve from the planes:
+        ``plane_defects`` where isolated pixels of one plane were found far
+        from their neighbours (``triplet.plane_defects``,
+        :func:`~flowtie_fast.planes.screen_planes`: replaced by the median of
+        their neighbours, or not where too many), with ``trust``. ``trust``:
+        why a classical phase may be wrong, where a :class:`TrustWarning` said
+        so.
     uncertainty : array (Ny, Nx) or None, optional
         ``flowtie``: the standard deviation of the phase at each pixel in rad
         (float32), the spread of the shipped models' phases times a factor
@@ -509,6 +515,10 @@ class TIESolver:
         # Minimum and sum of each plane (validation and mean intensity), made once.
         self._stats_scratch = None if be.is_gpu else np.empty((6, self.shape[0]))
         self._stats = np.empty((3, 2))
+        # The screen of the planes for defects of one plane (planes.screen_planes).
+        self._screen_scratch = np.empty((9, self.shape[0]))
+        self._screen_out = np.empty((3, 3))
+        self._defects = None  # what the latest screen found (under the lock)
         self._buffers: dict = {}  # work arrays of the iterative methods, made once
         self._lock = threading.Lock()
 
@@ -563,6 +573,13 @@ class TIESolver:
             stats = self.backend.plane_stats(planes, scratch, self._stats)
         mean = self._check_planes(names, given, planes, stats,
                                   (0.0, 1.0, 0.0) if in_focus else iw)
+        planes, self._defects = screen_planes(names, planes, self._screen(planes),
+                                              where="info['plane_defects']")
+        if self._defects is not None and self._defects["repaired"]:  # rare: again, repaired
+            fused = False
+            stats = self.backend.plane_stats(planes)
+            mean = self._check_planes(names, given, planes, stats,
+                                      (0.0, 1.0, 0.0) if in_focus else iw)
         if len(planes) == 3:
             if not fused:
                 kern.focal_derivative3(*planes, self._didz, *(t(w) for w in dw))
@@ -609,7 +626,18 @@ class TIESolver:
         iw = intensity_weights
         if len(planes) == 3 and _is_in_focus_row(iw):
             iw = (0.0, 1.0, 0.0)
-        return self._check_planes(names, given, planes, self.backend.plane_stats(planes), iw)
+        mean = self._check_planes(names, given, planes, self.backend.plane_stats(planes), iw)
+        screen_planes(names, planes, self._screen(planes), repair=False)  # refusals only
+        return mean
+
+    def _screen(self, planes) -> np.ndarray:
+        """Per plane, the figures of :func:`~flowtie_fast.planes.screen_stats`
+        (N x 3, float64): one pass of a kernel over three planes on the CPU, the
+        array module's operations on the GPU."""
+        if len(planes) == 3 and not self.backend.is_gpu:
+            self.backend.kernels.planes_screen3(*planes, self._screen_scratch, self._screen_out)
+            return self._screen_out
+        return np.array([screen_stats(p) for p in planes], dtype=np.float64).reshape(-1, 3)
 
     def _check_planes(self, names, given, planes, stats, iw):
         """The checks of the planes' statistics (``given``: the planes as passed,
@@ -765,6 +793,10 @@ class TIESolver:
                 series.planes, series.derivative_weights, series.intensity_weights,
                 series.wavenumber, series.gradient, method, phase, grad, info, options)
             self._check_result(method, phase, grad)
+            defects = getattr(series, "plane_defects", None)  # found (and warned) as given
+            if defects is not None:
+                info["plane_defects"] = defects
+                info.setdefault("trust", defects["why"])
             _warn_unregistered(method, options.registration, info)
             why = image_verdict(method, options.planes_image, options.model,
                                 not options.uncertainty)
@@ -794,6 +826,7 @@ class TIESolver:
                 gradient = self._check_gradient(gradient, k)
         mean, planes = self._derivative_and_intensity(planes, derivative_weights,
                                                       intensity_weights, options.names)
+        defects = self._defects  # warned by the screen; recorded once solved
         tol, max_iter = options.tol, options.max_iter
         want = options.residual
         residual = None
@@ -834,6 +867,9 @@ class TIESolver:
             else:
                 self._check_against_gradient(method, gradient, options.gradient_noise, phase,
                                              info)
+        if defects is not None:
+            info["plane_defects"] = defects
+            info.setdefault("trust", defects["why"])
         self.backend.synchronize()
         return mean, residual
 

@@ -20,13 +20,13 @@ import warnings
 
 import numpy as np
 
-from .backend import array_stats, get_backend, is_cupy
+from .backend import array_stats, get_backend, host_available_memory, is_cupy
 from .errors import (RANGES, InputError, TrustWarning, check_choice, check_count, check_positive,
                      check_real, first_line, user_stacklevel)
 from .noise import Noise, check_noise, estimate_noise, poisson_noise
 from .physics import wavenumber
 from .planes import (check_gradient, check_gradient_peak, check_image, check_intensity_stats,
-                     check_not_masked, check_positions, focal_weights)
+                     check_not_masked, check_positions, focal_weights, screen_planes)
 from .solvers import reconstruct
 from .trust import SIGNED_IMAGES, checked_orientation, plain_tie_gradient
 from .stem.descan import check_descan, check_descan_mode, descan_plane
@@ -94,6 +94,18 @@ def _counts_noise(planes, stats):
                   "mean: taken as measured, not as counts (pass noise= to state it)",
                   TrustWarning, stacklevel=user_stacklevel())
     return Noise(tuple(estimated), "estimated")
+
+
+def _solvable(planes) -> bool:
+    """Whether a solve of ``planes`` could fit in the host's memory: their
+    float32 copies, which every solve holds, within what is available now
+    (CuPy planes: always). Planes larger (a memory map, a broadcast view) are
+    not screened for defects when the triplet is made: the solve refuses
+    them first."""
+    if is_cupy(planes[0]):
+        return True
+    available = host_available_memory()
+    return available is None or 4 * sum(p.size for p in planes) <= available
 
 
 class HDF5ReadError(InputError):
@@ -182,6 +194,16 @@ class FocalSeries:
         not the specimen's. A measured gradient given with planes of another
         image is checked for curl but not for its sign (the TIE phase of such
         images does not follow the specimen's).
+    plane_defects : dict or None
+        Isolated pixels of one plane far from their neighbours (cosmic rays,
+        hot or dead pixels) found when the planes were given
+        (:func:`~flowtie_fast.planes.screen_planes`): per plane name, the
+        pixels as ``[row, column, value, median of its 8 neighbours]``
+        (``"pixels"``), whether they were replaced by that median in the
+        planes held (``"repaired"``) and the :class:`TrustWarning`'s message
+        (``"why"``); None where none were found. A row, column or block of
+        one plane that is exactly zero where another holds signal is refused
+        (:class:`InputError`).
     flux : dict or None
         Of a 4D-STEM triplet (:meth:`FocalTriplet.from_4dstem`,
         :meth:`FocalTriplet.from_reductions`): the scans' mean whole-detector
@@ -247,6 +269,12 @@ class FocalSeries:
                                  for nm, p in zip(names[1:], planes[1:])]
         stats = array_stats(self.planes)
         check_intensity_stats(names, stats, self.planes)
+        self.plane_defects = None
+        if _solvable(self.planes):  # else the solve refuses them (and screens what it solves)
+            self.planes, self.plane_defects = screen_planes(
+                names, self.planes, where=f"{self._record_name}.plane_defects")
+        if self.plane_defects is not None and self.plane_defects["repaired"]:
+            stats = array_stats(self.planes)
         self.noise = check_noise(noise, len(self.planes))
         if self.noise is None:
             self.noise = _counts_noise(self.planes, stats)
@@ -266,6 +294,8 @@ class FocalSeries:
         if gradient is not None:
             self.gradient = self._check_gradient(gradient)
             self._check_orientation(sign=self.virtual in (None,) + SIGNED_IMAGES)
+
+    _record_name = "series"
 
     @staticmethod
     def _plane_names(n):
@@ -375,6 +405,8 @@ class FocalTriplet(FocalSeries):
         self.registration = None
         if register:
             self.planes, self.registration = register_planes(self.planes, None, register)
+
+    _record_name = "triplet"
 
     @staticmethod
     def _plane_names(n):

@@ -185,12 +185,12 @@ def test_4dstem_calibrations_are_checked():
 
 def overflowing_planes():
     """Finite float32 planes whose transport overflows float32 in the solve:
-    one bright pixel of 3e37 in each of the ±dz planes, at two places (a
-    whole plane x3e37 is now refused before the solve, its flux far from the
-    others')."""
+    a bright 2 x 2 block of 3e37 in each of the ±dz planes, at two places (a
+    whole plane x3e37 is refused before the solve, its flux far from the
+    others'; one bright pixel alone is replaced by its neighbours' median)."""
     p = planes()
-    p[0][3, 3] += np.float32(3e37)
-    p[2][N - 4, N - 5] += np.float32(3e37)
+    p[0][3:5, 3:5] += np.float32(3e37)
+    p[2][N - 5:N - 3, N - 6:N - 4] += np.float32(3e37)
     return p
 
 
@@ -401,8 +401,8 @@ def test_gd_refuses_an_objective_that_overflows():
     """gd returned an all-zero phase marked converged when |k ∂I/∂z|² overflowed
     float32 (an accepted mean intensity, 9e11, with an extreme focal change)."""
     p = [a * np.float32(9e11) for a in planes()]
-    p[0][3, 3] += np.float32(9e20)  # one extreme pixel in each of the ±dz planes
-    p[2][N - 4, N - 5] += np.float32(9e20)
+    p[0][3:5, 3:5] += np.float32(9e20)  # an extreme 2 x 2 block in each of the ±dz planes
+    p[2][N - 5:N - 3, N - 6:N - 4] += np.float32(9e20)  # (one pixel alone is replaced)
     with pytest.raises(ResultError, match="gd: the objective overflows"):
         ft.reconstruct(triplet(p), method="gd", backend="cpu")
     p = [a * np.float32(9e11) for a in planes()]  # the former input: its flux is refused
