@@ -470,7 +470,7 @@ def gradient_levels(shape, mirror: bool = False) -> tuple:
     return 2.0 * math.log(m), math.log(m)
 
 
-def denoise_gradient(g, variance, mirror: bool = False) -> int:
+def denoise_gradient(g, variance, mirror: bool = False, pixel_size=(1.0, 1.0)) -> int:
     """Filter a measured phase gradient in place: its curl-free part, by its
     own spectrum and a known white noise (module docstring).
 
@@ -496,6 +496,9 @@ def denoise_gradient(g, variance, mirror: bool = False) -> int:
         Filter the field extended by reflection (``∂φ/∂y`` odd in y, even
         in x; ``∂φ/∂x`` the reverse), as a mirror-boundary Poisson solve
         sees it, instead of the periodic one.
+    pixel_size : (float, float)
+        ``(hy, hx)``, any unit (only their ratio sets the direction of a
+        mode, ``q̂``; default square pixels).
 
     Returns
     -------
@@ -512,10 +515,15 @@ def denoise_gradient(g, variance, mirror: bool = False) -> int:
         gx = xp.concatenate([xp.concatenate([gx, -gx[:, ::-1]], axis=1),
                              xp.concatenate([gx[::-1], -gx[::-1, ::-1]], axis=1)], axis=0)
     my, mx = gy.shape
-    qy = xp.fft.fftfreq(my)[:, None]
-    qx = xp.fft.rfftfreq(mx)[None, :]
+    qy = xp.fft.fftfreq(my, float(pixel_size[0]))[:, None]
+    qx = xp.fft.rfftfreq(mx, float(pixel_size[1]))[None, :]
+    if not mirror:  # periodic: no derivative on the Nyquist lines (the spectral solve's)
+        if my % 2 == 0:
+            qy[my // 2] = 0.0
+        if mx % 2 == 0:
+            qx[:, -1] = 0.0
     q = xp.sqrt(qy * qy + qx * qx)
-    q[0, 0] = 1.0
+    q[q == 0] = 1.0
     uy, ux = qy / q, qx / q
     longitudinal = uy * xp.fft.rfft2(gy) + ux * xp.fft.rfft2(gx)
     fy, fx = uy * uy, ux * ux  # each component's share of a mode's noise

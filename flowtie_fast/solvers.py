@@ -902,7 +902,8 @@ class TIESolver:
         if not (self.denoise and noise is not None):
             return g, None
         g = g.copy()
-        return g, denoise_gradient(g, noise.variance, mirror=self.poisson.mirror)
+        return g, denoise_gradient(g, noise.variance, mirror=self.poisson.mirror,
+                                   pixel_size=self.pixel_size)
 
     def _regularise(self, noise, mean, k, derivative_weights, intensity_weights, info,
                     quiet=False):
@@ -1248,10 +1249,16 @@ class TIESolver:
         snr = trust.derivative_snr(self._didz, options.noise, derivative_weights,
                                    self._stats, self.shape)
         icom = None
+        empty = ""  # why the measured gradient gives no fallback
         if gradient is not None and not options.gradient_suspect:
-            # the classical phase of the measured gradient
-            g, _ = self._denoised_gradient(gradient, options.gradient_noise)
-            icom = self.poisson.integrate(g, out=scratch)
+            # the classical phase of the measured gradient; none where it holds no
+            # phase above its noise (a zero phase is no reference, nor a fallback)
+            g, kept = self._denoised_gradient(gradient, options.gradient_noise)
+            if kept == 0:
+                empty = ("; the measured gradient holds no phase above its noise "
+                         f"({options.gradient_noise.source} noise)")
+            else:
+                icom = self.poisson.integrate(g, out=scratch)
         with np.errstate(over="ignore", invalid="ignore"):
             # a flow beyond float32's squares (a broken model) is refused after the
             # verdict, by the result's check, not by NumPy's overflow warning here
@@ -1308,7 +1315,7 @@ class TIESolver:
             self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k, out=phase,
                                 grad_out=grad)
         warnings.warn(f"flowtie: the flow is not trusted on this input ({verdict['why']}); "
-                      f"returned the {info['fallback']} phase instead{also}",
+                      f"returned the {info['fallback']} phase instead{also}{empty}",
                       TrustWarning, stacklevel=user_stacklevel())
         return None
 

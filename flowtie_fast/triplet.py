@@ -511,6 +511,7 @@ class FocalTriplet(FocalSeries):
             raise InputError(f"flip: expected True or False, got {flip!r}")
         check_register(register)
         check_normalize(normalize)
+        check_descan_mode(descan)
         data = {"minus": minus, "zero": zero, "plus": plus}
         for name, d in data.items():
             check_not_masked(name, d)

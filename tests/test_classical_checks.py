@@ -146,3 +146,23 @@ def test_icom_of_a_gradient_that_is_all_noise_says_its_phase_is_zero():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.any(ft.reconstruct(t, method="icom", backend="cpu").phase)
+
+
+def test_flowtie_falls_back_to_the_tie_where_the_gradient_holds_no_phase_above_its_noise():
+    """A measured gradient that is all noise gave the zero phase as flowtie's
+    'icom' fallback, with the TIE phase said to contradict it ('inf times its
+    variance'); the TIE phase is returned instead, and the warning says why."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    n = 64
+    y, x = np.mgrid[:n, :n]
+    s = np.sin(2 * np.pi * x / 16) * np.cos(2 * np.pi * y / 16)
+    planes = [rng.poisson(2000 * (1 + 0.05 * c * s)).astype(np.uint16) for c in (-1, 0, 1)]
+    t = ft.FocalTriplet(*planes, dz=20.0, pixel_size=0.5, energy=E,
+                        gradient=1e-3 * rng.standard_normal((2, n, n)))
+    t.gradient_noise = ft.Noise((1e-6, 1e-6), "given")
+    with pytest.warns(ft.TrustWarning, match=r"returned the tie phase instead; the measured "
+                      r"gradient holds no phase above its noise"):
+        rec = ft.reconstruct(t, method="flowtie", backend="cpu")
+    assert rec.info["fallback"] == "tie" and np.any(rec.phase)
+    assert rec.info.get("icom_disagreement") is None

@@ -343,6 +343,10 @@ def test_from_4dstem_refuses_an_unknown_descan_mode(rng):
                                             r"got 'yes'"):
         ft.FocalTriplet.from_4dstem(data, data, data, dz=20.0, scan_step=0.25,
                                     k_sampling=K_SAMPLING, energy=E, descan="yes")
+    # before the data are read: a typo is not found after a pass over them
+    with pytest.raises(ft.InputError, match=r"^descan: "):
+        ft.FocalTriplet.from_4dstem(data, data[..., :5], data, dz=20.0, scan_step=0.25,
+                                    k_sampling=K_SAMPLING, energy=E, descan="yes")
 
 
 def test_from_reductions_leaves_the_reductions_given_unchanged():
@@ -1035,3 +1039,17 @@ def test_counts_spread_evenly_up_to_their_maximum_are_not_taken_for_a_pile_up():
         sample[:18], sample[18:36], sample[36:36 + at_top] = 297, 298, 299
         rec = stem.detector.saturation(rng.permutation(sample).reshape(30, 12, 12))
         assert rec["value"] == 299 and rec["saturated"] is flagged, rec
+
+
+@pytest.mark.parametrize("value", [65535, 4095])
+def test_a_stuck_detector_pixel_is_not_taken_for_a_saturated_detector(value):
+    """One detector pixel stuck at the full scale (or at a 12-bit maximum)
+    in every pattern was reported as a saturated detector, and every solve
+    after it distrusted; the same value at many detector pixels still is."""
+    rng = np.random.default_rng(0)
+    sample = rng.poisson(30, (256, 32, 32)).astype(np.uint16)
+    sample[:, 5, 7] = value
+    rec = stem.detector.saturation(sample)
+    assert not rec["saturated"] and rec["detector_pixels"] == 1
+    sample[:, 10:14, 10:14] = value  # 17 detector pixels at the top: a clipped bright field
+    assert stem.detector.saturation(sample)["saturated"]

@@ -213,9 +213,9 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
     Raises
     ------
     InputError
-        Before any case is solved, for a file that cannot be read or holds no
-        ground truth; before any file is read, for arguments of the wrong
-        type or range: a
+        Before any case is solved, for a file that cannot be opened or holds
+        no ground truth (planes an HDF5 file holds are read at its turn);
+        before any file is read, for arguments of the wrong type or range: a
         method that is not one of :data:`~flowtie_fast.solvers.METHODS` or
         given twice, ``repeats`` not a positive integer, ``model`` without
         ``flowtie`` among the methods, ``paths`` not a path or a list of them.

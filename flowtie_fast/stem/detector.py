@@ -1035,6 +1035,9 @@ SATURATION_RATIO = 1.0
 #: square root): counts spread evenly up to their maximum (no tail, as
 #: uniform random integers) hold about as many at the top as below it.
 SATURATION_SIGMAS = 3.0
+#: A top value held at this many detector pixels or fewer, whatever the
+#: patterns, is theirs (stuck or hot pixels), not a saturated bright field.
+STUCK_PIXELS = 4
 #: What saturated patterns do, and what to do, for the warning.
 SATURATION_EFFECT = (
     "The bright field is cut flat (or, wrapped around, scrambled), so the centre of mass and "
@@ -1087,7 +1090,10 @@ def saturation(sample, name: str = "zero", dtype=None) -> dict:
         pile-up (at least :data:`SATURATION_SHARE` of them and
         :data:`SATURATION_MIN_PIXELS`, more than :data:`SATURATION_RATIO`
         times the next lower value's and :data:`SATURATION_SIGMAS` standard
-        deviations of it, in counts) or the maximum is the full scale;
+        deviations of it, in counts) or the maximum is the full scale, and
+        the pixels at the maximum lie at more than :data:`STUCK_PIXELS`
+        detector pixels (``"detector_pixels"``: at fewer, stuck or hot pixels
+        of the camera);
         ``"why"``: what was seen, naming ``name`` (:data:`SATURATION_EFFECT`
         says what it does), or None.
     """
@@ -1114,8 +1120,13 @@ def saturation(sample, name: str = "zero", dtype=None) -> dict:
         if lower is not None:
             below = int(xp.count_nonzero(sample == lower))
         piled = at_top > SATURATION_RATIO * below + SATURATION_SIGMAS * math.sqrt(below)
+    # At a few detector pixels only, the top value is theirs (stuck or hot
+    # pixels of the camera), not a saturated bright field's or wrapped counts'.
+    spots = int(xp.count_nonzero((sample == top).any(axis=0))) if sample.ndim == 3 else at_top
+    stuck = spots <= STUCK_PIXELS
     record = {"value": top, "pixels": at_top, "share": share, "next": below,
-              "full_scale": bool(full), "saturated": bool(piled or full), "why": None}
+              "full_scale": bool(full), "detector_pixels": spots,
+              "saturated": bool((piled or full) and not stuck), "why": None}
     if not record["saturated"]:
         return record
     n = sample.shape[0] if sample.ndim > 2 else 1

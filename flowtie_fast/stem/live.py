@@ -44,6 +44,7 @@ from ..errors import BackendError, InputError, check_positive
 from ..triplet import FocalTriplet
 from .detector import (VIRTUAL_IMAGES, check_com_radius, check_detector, check_disk,
                        check_regions, detector_weights, triplet_geometry, weight_ranges)
+from .descan import check_descan_mode
 from .focal import check_normalize, check_register, holds_counts
 from .reduction import (_native, check_float32_range, check_pixel_ranges, finish_reduction,
                         reduce_frames)
@@ -403,7 +404,8 @@ def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=Non
 
 def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, center=None,
                           virtual="bf", bf_radius=None, com_radius=None, rotation=0.0,
-                          flip=False, register=True, normalize=True, backends=None):
+                          flip=False, register=True, normalize=True, descan="plane",
+                          backends=None):
     """:meth:`FocalTriplet.from_4dstem` with the passes run by LiberTEM.
 
     One more pass (LiberTEM's SumUDF over the in-focus dataset) gives the
@@ -445,6 +447,9 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     normalize : bool
         Bring the ±dz planes to the in-focus scan's beam current (default
         True; as in :meth:`from_4dstem`).
+    descan : {"plane", "none"}
+        Remove the centre of mass's least-squares plane (default "plane"), or
+        only its mean; as in :meth:`from_4dstem`.
     backends : None, str or tuple of str
         LiberTEM's ``backends`` for every pass (see
         :func:`reduce_with_libertem`; default None).
@@ -474,6 +479,7 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     backends = _check_backends(ctx, backends)
     check_register(register)  # before any pass
     check_normalize(normalize)
+    check_descan_mode(descan)
     check_positive("dz", dz, pair=True)
     check_positive("scan_step", scan_step, pair=True)
     shapes = [tuple(d.shape) for d in datasets]
@@ -505,4 +511,5 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     return FocalTriplet.from_reductions(reductions, dz, scan_step, virtual=virtual,
                                         rotation=rotation, flip=flip,
                                         counts=holds_counts(datasets),
-                                        register=register, normalize=normalize)
+                                        register=register, normalize=normalize,
+                                        descan=descan)
