@@ -1249,16 +1249,15 @@ class TIESolver:
         snr = trust.derivative_snr(self._didz, options.noise, derivative_weights,
                                    self._stats, self.shape)
         icom = None
-        empty = ""  # why the measured gradient gives no fallback
+        empty = ""  # where the measured gradient holds no phase above its noise
         if gradient is not None and not options.gradient_suspect:
-            # the classical phase of the measured gradient; none where it holds no
-            # phase above its noise (a zero phase is no reference, nor a fallback)
+            # the classical phase of the measured gradient (zero where it holds no
+            # phase above its noise: then the flow's scale against it is infinite)
             g, kept = self._denoised_gradient(gradient, options.gradient_noise)
+            icom = self.poisson.integrate(g, out=scratch)
             if kept == 0:
                 empty = ("; the measured gradient holds no phase above its noise "
                          f"({options.gradient_noise.source} noise)")
-            else:
-                icom = self.poisson.integrate(g, out=scratch)
         with np.errstate(over="ignore", invalid="ignore"):
             # a flow beyond float32's squares (a broken model) is refused after the
             # verdict, by the result's check, not by NumPy's overflow warning here
@@ -1284,16 +1283,20 @@ class TIESolver:
                 info["uncertainty_map"] = (spread * scale).astype(self.dtype)
             return residual
         # Not trusted: the classical phase instead, from the measured gradient
-        # where there is one (it does not go through the focal derivative).
-        fallback = "icom" if icom is not None else "tie"
+        # where there is one (it does not go through the focal derivative); the
+        # TIE's where that gradient holds no phase above its noise and the TIE
+        # phase is the specimen's (bright-field planes), else the zero phase.
+        use_icom = icom is not None and not (empty and tie_is_reference)
+        fallback = "icom" if use_icom else "tie"
         info["uncertainty"] = (f"none: the flow was not trusted; the {fallback} phase "
                                "returned has no calibrated uncertainty")
         also = ""
-        if icom is not None:
+        if use_icom:
             info["fallback"] = "icom"
             phase[...] = icom
             if grad is not None:
                 self.poisson.gradient(phase, out=grad)
+        if use_icom and not empty:
             # The TIE phase as a second opinion on it (a gradient of the wrong
             # sign or scale has no curl and passes the orientation check).
             floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
@@ -1308,7 +1311,7 @@ class TIESolver:
                         f"{value:.3g} times its variance, limit {limit:g}): it may be wrong "
                         f"as well (a measured gradient of the wrong sign, scale or "
                         f"orientation)")
-        else:
+        elif not use_icom:
             info["fallback"] = "tie"
             floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
                                         intensity_weights, info)

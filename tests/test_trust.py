@@ -53,7 +53,10 @@ def test_noise_free_flow_is_trusted_with_a_calibrated_uncertainty(case):
 
 
 def test_a_dose_far_below_training_falls_back_to_icom(case):
-    t = _triplet(case, dose=300.0, seed=1)
+    """At 1e3 e/Å² (training: 1e4 and 1e5) the flow is not trusted and the
+    centre of mass's phase is returned; at 300 e/Å² that holds no phase above
+    its noise and the TIE's is returned, here zero too."""
+    t = _triplet(case, dose=1e3, seed=1)
     raw = ft.reconstruct(t, method="flowtie", backend="cpu", uncertainty=False)
     with pytest.warns(ft.TrustWarning, match="not trusted"):
         safe = ft.reconstruct(t, method="flowtie", backend="cpu")
@@ -63,6 +66,12 @@ def test_a_dose_far_below_training_falls_back_to_icom(case):
     np.testing.assert_array_equal(safe.phase, icom.phase)
     # the raw flow was worse than the classical phase it was replaced by
     assert phase_errors(raw.phase, case.phase)[1] > phase_errors(safe.phase, case.phase)[1]
+    lower = _triplet(case, dose=300.0, seed=1)
+    with pytest.warns(ft.TrustWarning, match="gradient holds no phase above its noise"):
+        safe = ft.reconstruct(lower, method="flowtie", backend="cpu")
+    assert safe.info["fallback"] == "tie" and "icom_disagreement" not in safe.info
+    np.testing.assert_array_equal(safe.phase, ft.reconstruct(lower, method="tie",
+                                                             backend="cpu").phase)
 
 
 def test_uncertainty_off_is_the_network_alone(case):
@@ -228,7 +237,7 @@ def test_cli_writes_the_uncertainty_and_says_when_it_falls_back(case, tmp_path, 
 
     low = tmp_path / "low.npz"
     rng = np.random.default_rng(1)
-    planes = [counts(p, 300.0, case.scan_step, rng, dtype=np.uint16)
+    planes = [counts(p, 1e3, case.scan_step, rng, dtype=np.uint16)
               for p in (case.minus, case.zero, case.plus)]
     ft.save(low, ft.io.Dataset(*planes, (case.dz, case.dz), case.scan_step, case.energy,
                                case.k_sampling, case.phase, case.gradient))
