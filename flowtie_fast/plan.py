@@ -308,7 +308,8 @@ class Plan:
         gradient the solve will refuse are left for it to refuse: no
         verdict)."""
         try:  # as the solve checks them (finite, ...): a call it refuses leaves no verdict
-            self.solver.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3])
+            self.solver.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3],
+                                        screen=False)  # the solve screens them
             self.solver._check_gradient(gradient, self.wavenumber)
         except InputError:
             return

@@ -596,7 +596,7 @@ class TIESolver:
                                     self._intensity)
         return mean, planes
 
-    def validate_planes(self, planes, intensity_weights, names):
+    def validate_planes(self, planes, intensity_weights, names, screen=True):
         """Check planes as a solve would, without solving.
 
         A batch is checked whole this way before any item is written.
@@ -610,6 +610,11 @@ class TIESolver:
             in-focus intensity from the planes (dimensionless).
         names : sequence of str
             How messages name the planes.
+        screen : bool
+            Also refuse the defects of one plane that make a phase from the
+            planes wrong (:func:`~flowtie_fast.planes.screen_planes`; default
+            True). False where no phase is made from them (``icom``), or
+            where the solve that follows screens them.
 
         Returns
         -------
@@ -627,7 +632,8 @@ class TIESolver:
         if len(planes) == 3 and _is_in_focus_row(iw):
             iw = (0.0, 1.0, 0.0)
         mean = self._check_planes(names, given, planes, self.backend.plane_stats(planes), iw)
-        screen_planes(names, planes, self._screen(planes), repair=False)  # refusals only
+        if screen:
+            screen_planes(names, planes, self._screen(planes), repair=False)  # refusals only
         return mean
 
     def _screen(self, planes) -> np.ndarray:
@@ -1000,9 +1006,10 @@ class TIESolver:
         self.backend.prepare()
         self.poisson.alpha = 0.0 if self.alpha == "auto" else self.alpha
         if method == "icom":
-            # The planes are not used, but checked as every solve checks them.
+            # The planes are not used, but checked as every solve checks them
+            # (not for defects of one plane: no phase here is made from them).
             self.validate_planes(planes, intensity_weights,
-                                 options.names or ("minus", "zero", "plus"))
+                                 options.names or ("minus", "zero", "plus"), screen=False)
             # Checked before anything is written.
             self.poisson.integrate(self._check_gradient(gradient, wavenumber), out=out,
                                    grad_out=gradient_out)
