@@ -481,8 +481,11 @@ def denoise_gradient(g, variance, mirror: bool = False, pixel_size=(1.0, 1.0)) -
     holds no phase above its noise). Otherwise each mode above the keeping
     level keeps the Wiener gain ``1 - noise / P(q)`` and the others are
     removed, and ``g`` becomes the gradient of the filtered part (curl-free,
-    mean zero: neither the curl nor the mean is a phase's, and the phase
-    integrated from ``g`` is unchanged by removing them).
+    mean zero: neither the curl nor the mean is a phase's, and the periodic
+    spectral Poisson solve integrates the same phase from ``g`` without
+    them; the mirror solve's finite differences see a slightly different
+    curl-free part, which moved a noise-free phase band-limited below 0.2
+    and 0.45 cycles per pixel by 0.2 % and 4 %).
 
     Parameters
     ----------
