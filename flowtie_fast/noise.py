@@ -67,6 +67,7 @@ Iterative methods
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -462,7 +463,12 @@ def gradient_levels(shape, mirror: bool = False) -> tuple:
         with ``M = Ny (Nx // 2 + 1)``; mirror: real mode powers (χ² with
         one degree of freedom), ``M = Ny Nx``.
     """
-    ny, nx = int(shape[0]), int(shape[1])
+    return _levels(int(shape[0]), int(shape[1]), bool(mirror))
+
+
+@functools.lru_cache(maxsize=64)
+def _levels(ny: int, nx: int, mirror: bool) -> tuple:
+    """:func:`gradient_levels` of one shape, made once (the bisections)."""
     if mirror:
         m = ny * nx
         return _chi2_1_level(1.0 / m ** 2), _chi2_1_level(1.0 / m)

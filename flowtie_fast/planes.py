@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from . import _numpy_kernels
-from .backend import array_module, is_cupy
+from .backend import array_module, is_cupy, to_host
 from .errors import RANGES, InputError, TrustWarning, check_real, is_number, user_stacklevel
 
 __all__ = ["check_gradient", "check_image", "check_intensity_stats", "check_not_masked",
@@ -554,11 +554,6 @@ def screen_planes(names, planes, screen=None, *, repair=True, where="the record"
     return _repair_spikes(names, planes, limit, spiky, where)
 
 
-def _host(a) -> np.ndarray:
-    """A plane as a float64 NumPy array (a CuPy plane copied to the host)."""
-    return np.asarray(a.get() if is_cupy(a) else a, dtype=np.float64)
-
-
 def _runs(indices) -> str:
     """Sorted indices as runs, ``"3, 40-47"`` (the first four runs)."""
     runs, start = [], None
@@ -576,8 +571,7 @@ def _check_zero_regions(names, planes, k) -> None:
     column or an aligned tile where another plane holds signal
     (:func:`screen_planes`). The other planes are read only along the lines
     and tiles that are zero in plane ``k``."""
-    a = planes[k]
-    mine = (a.get() if is_cupy(a) else np.asarray(a)) > 0  # no float64 copy: every solve
+    mine = to_host(planes[k]) > 0  # no float64 copy: every solve
     others = [(j, planes[j]) for j in range(len(planes)) if j != k]
     ny, nx = mine.shape
     for axis, line, length in ((1, "row", nx), (0, "column", ny)):
@@ -588,7 +582,7 @@ def _check_zero_regions(names, planes, k) -> None:
             continue
         need = min(ZERO_POSITIVES, length)
         for j, other in others:
-            lines = _host(other[dead] if axis == 1 else other[:, dead]) > 0
+            lines = to_host(other[dead] if axis == 1 else other[:, dead]) > 0
             held = lines.sum(axis=axis)
             bad = held >= need
             if bad.any():
@@ -614,7 +608,7 @@ def _check_zero_regions(names, planes, k) -> None:
         return
     ty, tx = np.nonzero(dead)
     for j, other in others:
-        tiles = _host(other)[:cy, :cx].reshape(cy // t, t, cx // t, t)[ty, :, tx, :]
+        tiles = to_host(other)[:cy, :cx].reshape(cy // t, t, cx // t, t)[ty, :, tx, :]
         bad = (tiles > 0).all(axis=(1, 2))
         if bad.any():
             rows, cols = ty[bad], tx[bad]
@@ -664,7 +658,7 @@ def _candidates(a, limit):
 def _repair_spikes(names, planes, limit, spiky, where):
     """Find, replace and report the isolated outlying pixels of the planes
     ``spiky`` (:func:`screen_planes`)."""
-    host = [_host(p) for p in planes]
+    host = [np.asarray(to_host(p), np.float64) for p in planes]
     limit = list(limit)
     for k, a in enumerate(host):  # sparse counts: at least SPARSE_QUANTA counts
         positive = a[a > 0]

@@ -769,9 +769,8 @@ class TIESolver:
             start = time.perf_counter()
             self.poisson.alpha = 0.0 if self.alpha == "auto" else self.alpha
             if method == "icom":
-                g, kept = self._denoised_gradient(series.gradient,
-                                                  getattr(series, "gradient_noise", None))
                 noise = getattr(series, "gradient_noise", None)
+                g, kept = self._denoised_gradient(series.gradient, noise)
                 rec = self.integrate(g, out=out, gradient_out=gradient_out, _locked=True)
                 if kept is not None:
                     rec.info.update(noise=noise.source, denoise=kept)

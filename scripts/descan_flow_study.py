@@ -14,7 +14,6 @@ noise-free and at 1e4 e⁻/Å² (one draw, seed 0), no drift and
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -86,15 +85,7 @@ def score(path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", nargs="?", type=Path)
-    parser.add_argument("-o", "--output", type=Path, default=Path("data/descan_flow.jsonl"))
-    parser.add_argument("--score", type=Path, help="print the summary of a study file")
-    args = parser.parse_args(argv)
-    if args.score:
-        score(args.score)
-    else:
-        run(args.folder, args.output)
+    grid.study_main(__doc__, run, score, "data/descan_flow.jsonl", argv)
 
 
 if __name__ == "__main__":

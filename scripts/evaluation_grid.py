@@ -35,6 +35,21 @@ DOSES = (None, 1e3, 1e4, 1e5)
 DRIFTS = (None, ((2.3, -1.7), (-1.8, -2.0)))
 
 
+def study_main(doc: str, run, score, output: str, argv=None) -> None:
+    """The command line of a corpus study: ``FOLDER -o OUT`` runs ``run(folder,
+    out)``, ``--score FILE`` prints ``score(file)``; ``doc`` (the study's module
+    docstring) gives the description, ``output`` the default output path."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("folder", nargs="?", type=Path)
+    parser.add_argument("-o", "--output", type=Path, default=Path(output))
+    parser.add_argument("--score", type=Path, help="print the summary of a study file")
+    args = parser.parse_args(argv)
+    if args.score:
+        score(args.score)
+    else:
+        run(args.folder, args.output)
+
+
 def cases(folders):
     """(path, periodic, margin, kind) of every file with a ground truth."""
     for folder in folders:

@@ -16,7 +16,6 @@ catch without false alarms.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -71,15 +70,7 @@ def score(path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", nargs="?", type=Path)
-    parser.add_argument("-o", "--output", type=Path, default=Path("data/scale.jsonl"))
-    parser.add_argument("--score", type=Path, help="print the summary of a study file")
-    args = parser.parse_args(argv)
-    if args.score:
-        score(args.score)
-    else:
-        run(args.folder, args.output)
+    grid.study_main(__doc__, run, score, "data/scale.jsonl", argv)
 
 
 if __name__ == "__main__":
