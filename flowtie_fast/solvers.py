@@ -65,6 +65,7 @@ from .errors import (InputError, ResultError, TrustWarning, check_choice, check_
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, FlowModel, load_model
 from .flow.infer import _shipped_name as _shipped_file
 from .noise import (ALPHA_MAX, COUNTS, check_noise, denoise, denoise_gradient,
+                    denoise_gradient_bytes,
                     discrepancy_alpha, poisson_noise, teague_floor)
 from .poisson import PoissonSolver, resolve_scheme
 from .planes import (GRADIENT_LIMIT, check_gradient, check_gradient_peak, check_intensity_stats,
@@ -906,6 +907,9 @@ class TIESolver:
         g = self.backend.asarray(gradient, self.dtype)
         if not (self.denoise and noise is not None):
             return g, None
+        self.backend.check_memory("gradient", f"a measured gradient of {self.shape}",
+                                  denoise_gradient_bytes(self.shape, self.poisson.mirror)
+                                  + g.nbytes, "the filter of the gradient's noise")
         g = g.copy()
         return g, denoise_gradient(g, noise.variance, mirror=self.poisson.mirror,
                                    pixel_size=self.pixel_size)

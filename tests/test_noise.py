@@ -13,7 +13,7 @@ import pytest
 
 import flowtie_fast as ft
 from flowtie_fast.noise import (ALPHA_MAX, band_noise, check_noise, denoise, denoise_gradient,
-                                discrepancy_alpha,
+                                discrepancy_alpha, gradient_levels,
                                 poisson_noise, teague_floor)
 from flowtie_fast.simulation.optics import defocus_triplet, gaussian_bumps
 
@@ -363,3 +363,84 @@ def test_icom_of_a_weak_phase_under_heavy_noise_is_never_worse_than_flat(boundar
             rec = ft.reconstruct(t, method="icom", backend="cpu", boundary=boundary)
         errors.append(_nmse(rec.phase, phi) if np.any(rec.phase) else 1.0)
     assert max(errors) <= 1.0 + 1e-9
+
+
+def _mirror_reference(g, variance, pixel_size):
+    """:func:`denoise_gradient` with ``mirror=True`` the plain way: extend the
+    field by reflection to (2 Ny, 2 Nx) (``∂φ/∂y`` odd in y, even in x;
+    ``∂φ/∂x`` the reverse), filter its rfft modes, keep the first quadrant.
+    Returns the filtered field and the rfft modes kept."""
+    ny, nx = g.shape[1:]
+    gy, gx = g[0].astype(np.float64), g[1].astype(np.float64)
+    gy = np.block([[gy, gy[:, ::-1]], [-gy[::-1], -gy[::-1, ::-1]]])
+    gx = np.block([[gx, -gx[:, ::-1]], [gx[::-1], -gx[::-1, ::-1]]])
+    my, mx = gy.shape
+    qy = np.fft.fftfreq(my, pixel_size[0])[:, None]
+    qx = np.fft.rfftfreq(mx, pixel_size[1])[None, :]
+    q = np.hypot(qy, qx)
+    q[q == 0] = 1.0
+    uy, ux = qy / q, qx / q
+    lon = uy * np.fft.rfft2(gy) + ux * np.fft.rfft2(gx)
+    ky = np.abs(np.fft.fftfreq(my) * my)[:, None]
+    kx = (np.fft.rfftfreq(mx) * mx)[None, :]
+
+    def ends(k, n, first, last):
+        return np.where(k == 0, first, np.where(k == n, last, 1.0))
+
+    fy = uy ** 2 * ends(ky, ny, 0.0, 2.0) * ends(kx, nx, 2.0, 0.0)
+    fx = ux ** 2 * ends(ky, ny, 2.0, 0.0) * ends(kx, nx, 0.0, 2.0)
+    noise = my * mx * (fy * variance[0] + fx * variance[1])
+    with np.errstate(divide="ignore", invalid="ignore"):  # no noise: rounding unless a pixel reaches it
+        ratio = np.where(fy + fx > 0, np.abs(lon) ** 2 / noise, 0.0)
+    ratio[0, 0] = 0.0
+    detect, keep = gradient_levels((ny, nx), True)
+    if not (ratio > detect).any():
+        return np.zeros_like(g, dtype=np.float64), 0
+    gain = np.where(ratio > keep, 1.0 - 1.0 / np.maximum(ratio, 1e-300), 0.0)
+    lon *= gain
+    # each component keeps the modes of its own symmetry: an even (cosine)
+    # direction has none at the Nyquist frequency (∂φ/∂y in x, ∂φ/∂x in y)
+    sy, sx = uy * lon, ux * lon
+    sy[:, nx] = 0.0
+    sx[ny, :] = 0.0
+    out = np.stack([np.fft.irfft2(sy, s=(my, mx))[:ny, :nx],
+                    np.fft.irfft2(sx, s=(my, mx))[:ny, :nx]])
+    return out, int(np.count_nonzero(gain))
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (33, 20), (17, 40)])
+@pytest.mark.parametrize("sigma", [0.02, 0.2])
+def test_mirror_gradient_filter_equals_the_filter_of_the_reflected_field(shape, sigma):
+    """The mirror filter works on the field's sine and cosine transforms, not
+    on the reflected field four times its size; it keeps the same modes and
+    returns the same field as filtering the reflection itself."""
+    ny, nx = shape
+    h = (0.25, 0.4)
+    phi = gaussian_bumps(max(shape), 0.25, 5, 0.8, (1.5, 3.0), seed=4)[:ny, :nx]
+    g = np.stack(np.gradient(phi, *h)) + np.random.default_rng(5).normal(0.0, sigma, (2, ny, nx))
+    variance = (sigma ** 2, 0.5 * sigma ** 2)
+    expected, kept = _mirror_reference(g, variance, h)
+    assert kept > 0
+    got = g.copy()
+    assert denoise_gradient(got, variance, mirror=True, pixel_size=h) == kept
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("boundary", ["periodic", "mirror"])
+def test_the_gradient_filter_is_refused_before_it_allocates_more_than_is_free(boundary,
+                                                                              monkeypatch):
+    """The filter's working arrays (about 90 bytes a pixel for the mirror
+    boundary) are counted before they are allocated: with too little memory
+    free the solve is refused naming the gradient, not left to a MemoryError."""
+    h, n = 0.25, 24
+    phi = gaussian_bumps(n, h, 3, 0.5, (1.5, 3.0), seed=1)
+    flat = np.ones((n, n))
+    t = ft.FocalTriplet(flat, flat, flat, dz=10.0, pixel_size=h, energy=E,
+                        gradient=_spectral_gradient(phi, h))
+    t.gradient_noise = ft.Noise((1e-4, 1e-4), "given")
+    solver = ft.TIESolver((n, n), h, backend="cpu", boundary=boundary)
+    assert np.any(solver.solve(t, method="icom").phase)
+    monkeypatch.setattr(solver.backend, "available_memory", lambda: 40 * n * n)
+    with pytest.raises(ft.InputError, match=r"gradient: a measured gradient of \(24, 24\) "
+                                            r"needs about .* for the filter of the gradient's"):
+        solver.solve(t, method="icom")
