@@ -3,8 +3,9 @@
 Layout ``flowtie_fast/2`` (the same keys in both formats; HDF5 stores the
 scalars as attributes of the root group and the arrays as datasets). A file
 is written as ``flowtie_fast/1`` where it holds none of the keys version 2
-added (``virtual``, ``noise``, ``gradient_noise``, ``registration``,
-``orientation`` and the sources), so that earlier versions read it; where it
+added (``virtual``, ``noise``, ``gradient_noise``, the records
+``registration``, ``orientation``, ``saturation``, ``descan``, ``flux``,
+``plane_defects``, and the sources), so that earlier versions read it; where it
 holds one, as ``flowtie_fast/2``, which earlier versions refuse ("written by
 a newer flowtie_fast") rather than drop what steers the solves:
 
@@ -51,6 +52,24 @@ orientation            str (JSON)                 ``{"suspect": true, "why": tex
                                                   when the triplet was, found it misoriented
                                                   (optional, with ``gradient``; triplets
                                                   only)
+saturation             str (JSON)                 the pile-up check of a 4D-STEM triplet's
+                                                  patterns (``triplet.saturation``:
+                                                  ``saturated``, ``why``, ``scans``;
+                                                  optional; triplets only)
+descan                 str (JSON)                 the descan plane of its gradient
+                                                  (``triplet.descan``: ``mode``,
+                                                  ``applied``, ``slopes`` (2 x 2),
+                                                  ``across_px``, ``across_mrad``,
+                                                  ``large``; optional, with ``gradient``;
+                                                  triplets only)
+flux                   str (JSON)                 its scans' beam-current factors
+                                                  (``triplet.flux``: ``per_pattern``,
+                                                  ``scale``, ``applied``, ``why``,
+                                                  ``gain``; optional; triplets only)
+plane_defects          str (JSON)                 the isolated pixels replaced in the planes
+                                                  (``triplet.plane_defects``: ``pixels``
+                                                  per plane, ``repaired`` (true), ``why``;
+                                                  optional; triplets only)
 material               str                        optional
 thickness              float, Å                   optional
 semiangle              float, mrad                optional
@@ -69,7 +88,16 @@ registration (``triplet.registration`` None). ``orientation`` keeps a
 verdict the reloaded triplet could not reach again: the sign of the
 centre of mass of a triplet of ``"abf"`` or ``"df"`` planes was checked
 against the bright-field images of its 4D-STEM data, which the file does
-not hold.
+not hold; so does ``saturation`` (the patterns are not in the file): a
+reloaded triplet whose detector saturated is distrusted by every solve, as
+the original. ``plane_defects`` is stored where the pixels were replaced
+(the planes stored are the repaired ones, in which they are not found
+again); pixels reported and not replaced (too many) are not stored: the
+planes stored still hold them, and the reloaded triplet finds them again.
+The records are JSON text, checked field by field when read (types,
+counts, finite numbers, no key given twice), of at most 65536 characters
+(``plane_defects``: more, as many as the pixels the planes' size lets be
+replaced take).
 
 Writes are atomic (a temporary file in the target folder, flushed to disk,
 then a rename), so a failed write leaves nothing behind. Temporaries are named
@@ -88,6 +116,7 @@ through the reduction.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import json
@@ -108,7 +137,8 @@ from .backend import _gib, host_available_memory, is_cupy
 from .errors import RANGES, InputError, TrustWarning, check_positive, is_number
 from .noise import SOURCES, Noise
 from .physics import wavelength
-from .stem.detector import VIRTUAL_IMAGES
+from .planes import repair_limit
+from .stem.detector import VIRTUAL_IMAGES, DetectorWarning
 from .triplet import FocalTriplet, HDF5ReadError
 from .trust import suspicion
 
@@ -121,17 +151,22 @@ _OPTIONAL_SCALARS = ("material", "thickness", "semiangle")
 # A triplet's record of its planes: the noise of the planes (one variance per
 # plane, intensity²) and of the measured gradient (one per component, (rad/Å)²).
 _NOISES = (("noise", 3, "intensity²", "plane"), ("gradient_noise", 2, "(rad/Å)²", "component"))
-_TRIPLET_ONLY = ("gradient", "virtual", "registration", "orientation") + \
-    tuple(k for k, *_ in _NOISES)
+#: A triplet's records, stored as JSON text and checked on reading (see
+#: :func:`_json_record`): the registration, the verdict of its gradient's
+#: orientation check and, of a 4D-STEM triplet, the pile-up check of its
+#: patterns, the descan plane, the beam-current factors and the isolated
+#: pixels its planes had replaced.
+_RECORDS = ("registration", "orientation", "saturation", "descan", "flux", "plane_defects")
+_TRIPLET_ONLY = ("gradient", "virtual") + _RECORDS + tuple(k for k, *_ in _NOISES)
 #: The keys layout 2 added: a file holding one is written as flowtie_fast/2.
-_VERSION_2 = ("virtual", "noise", "gradient_noise", "registration", "orientation")
+_VERSION_2 = ("virtual", "noise", "gradient_noise") + _RECORDS
 _REGISTRATION = {"shifts": "3 x 2 shifts in px", "reliable": "true or false",
                  "applied": "true or false", "signal": "text or null", "why": "text or null"}
 _KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy", "format", "kind") + \
-    _OPTIONAL_SCALARS + ("virtual", "registration", "orientation") + \
+    _OPTIONAL_SCALARS + ("virtual",) + _RECORDS + \
     tuple(n for k, *_ in _NOISES for n in (k, k + "_source"))
 #: The keys that hold text (the rest hold numbers).
-_TEXT_KEYS = ("format", "kind", "material", "virtual", "registration", "orientation") + \
+_TEXT_KEYS = ("format", "kind", "material", "virtual") + _RECORDS + \
     tuple(k + "_source" for k, *_ in _NOISES)
 _NUMBERS = "real numbers (integers or floats)"
 
@@ -189,6 +224,25 @@ class Dataset:
         given back to the triplet with its :class:`~flowtie_fast.errors.TrustWarning`
         where its check made anew does not find it (the bright-field images it
         was checked against are not in the file).
+    saturation : dict, optional
+        The pile-up check of a 4D-STEM triplet's patterns
+        (``triplet.saturation``), given back to the triplet: where it found
+        the detector saturated, every solve of the reloaded triplet says so
+        (``info["trust"]``), as of the original, and
+        :meth:`triplet` warns again (a
+        :class:`~flowtie_fast.stem.DetectorWarning`).
+    descan : dict, optional
+        The descan plane of a 4D-STEM triplet's gradient
+        (``triplet.descan``), given back to the triplet.
+    flux : dict, optional
+        The beam-current factors of a 4D-STEM triplet's scans
+        (``triplet.flux``), given back to the triplet.
+    plane_defects : dict, optional
+        The isolated pixels replaced in a triplet's planes
+        (``triplet.plane_defects``, where ``"repaired"``), given back to the
+        triplet with its :class:`~flowtie_fast.errors.TrustWarning`: the
+        planes stored are the repaired ones, in which they are not found
+        again.
     _handle, _closed, _path : optional
         Internal: the open HDF5 file, whether it was closed, and the file's
         path.
@@ -210,6 +264,10 @@ class Dataset:
     gradient_noise: Noise | None = None
     registration: dict | None = None
     orientation: dict | None = None
+    saturation: dict | None = None
+    descan: dict | None = None
+    flux: dict | None = None
+    plane_defects: dict | None = None
     _handle: object = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
     _path: object = field(default=None, repr=False)
@@ -268,8 +326,10 @@ class Dataset:
         FocalTriplet
             For 4D-STEM data, the reduced triplet (with its ``gradient``, the
             centre of mass); for images, the three images and any measured
-            ``gradient`` (rad/Å), ``virtual``, ``noise`` and ``gradient_noise``
-            stored with them.
+            ``gradient`` (rad/Å), ``virtual``, ``noise``, ``gradient_noise``
+            and records (``registration``, ``gradient_orientation``'s verdict,
+            ``saturation``, ``descan``, ``flux``, ``plane_defects``) stored
+            with them.
         """
         self._check_open("dataset")
         unknown = sorted(k for k in kwargs if k not in _TRIPLET_OPTIONS)
@@ -303,6 +363,15 @@ class Dataset:
         if self.orientation is not None and not (t.gradient_orientation or {}).get("suspect"):
             t.gradient_orientation = {**(t.gradient_orientation or {}), **self.orientation}
             warnings.warn(self.orientation["why"], TrustWarning, stacklevel=2)
+        # the triplet's own copies: a record changed on one is not changed on the other
+        t.descan, t.flux, t.saturation = copy.deepcopy((self.descan, self.flux,
+                                                        self.saturation))
+        if self.saturation is not None and self.saturation["saturated"]:
+            warnings.warn(self.saturation["why"], DetectorWarning, stacklevel=2)
+        if self.plane_defects is not None:  # the planes held are the repaired ones
+            t.plane_defects = _joined_defects(copy.deepcopy(self.plane_defects),
+                                              t.plane_defects)
+            warnings.warn(self.plane_defects["why"], TrustWarning, stacklevel=2)
         return t
 
     def _name(self) -> str:
@@ -375,7 +444,10 @@ def _from_object(obj) -> Dataset:
                        virtual=obj.virtual, noise=obj.noise,
                        gradient_noise=getattr(obj, "gradient_noise", None),
                        registration=getattr(obj, "registration", None),
-                       orientation=_suspect_record(obj.gradient_orientation))
+                       orientation=_suspect_record(obj.gradient_orientation),
+                       saturation=getattr(obj, "saturation", None),
+                       descan=getattr(obj, "descan", None), flux=getattr(obj, "flux", None),
+                       plane_defects=_stored_defects(getattr(obj, "plane_defects", None)))
     # A simulate.SimulationCase (duck-typed: the module needs abTEM).
     if all(hasattr(obj, a) for a in ("minus", "zero", "plus", "k_sampling", "phase")):
         return Dataset(obj.minus, obj.zero, obj.plus, (obj.dz, obj.dz), tuple(obj.scan_step),
@@ -403,12 +475,9 @@ def _fields(ds: Dataset) -> dict:
         out["gradient"] = ds.gradient
     if ds.virtual is not None:
         out["virtual"] = ds.virtual
-    if ds.registration is not None:
-        out["registration"] = json.dumps(_registration_record(ds.registration,
-                                                             "obj: its registration"))
-    if ds.orientation is not None:
-        out["orientation"] = json.dumps(_orientation_record(ds.orientation,
-                                                           "obj: its orientation"))
+    for k in _RECORDS:
+        if getattr(ds, k) is not None:
+            out[k] = _json_text(k, getattr(ds, k), _plane_shape(ds))
     for k, *_ in _NOISES:
         noise = getattr(ds, k)
         if noise is not None:
@@ -426,9 +495,13 @@ def save(path, obj, overwrite: bool = False) -> Path:
     A :class:`~flowtie_fast.triplet.FocalTriplet`'s measured ``gradient``
     (e.g. the centre of mass of 4D-STEM data), the virtual image its planes
     are (``virtual``), the noise of its planes (``noise``) and of its
-    gradient (``gradient_noise``) and the record of its scans' registration
-    (``registration``, as JSON text) are stored too, under those keys, and
-    given back to the triplet by :meth:`Dataset.triplet`.
+    gradient (``gradient_noise``) and its records, as JSON text: the
+    registration of its scans (``registration``), a suspect orientation of
+    its gradient (``orientation``), the pile-up check of its patterns
+    (``saturation``), the descan plane (``descan``), the scans' beam-current
+    factors (``flux``) and the isolated pixels replaced in its planes
+    (``plane_defects``, where they were replaced) are stored too, under
+    those keys, and given back to the triplet by :meth:`Dataset.triplet`.
 
     Parameters
     ----------
@@ -458,9 +531,10 @@ def save(path, obj, overwrite: bool = False) -> Path:
         bool, ``obj`` for another object, a closed HDF5 dataset,
         ``meta`` keys the layout does not store (all but ``material``,
         ``thickness`` and ``semiangle``), or a gradient, virtual image,
-        noise or registration record given with 4D-STEM data, a noise that
-        is not a :class:`~flowtie_fast.noise.Noise` of finite non-negative
-        variances, or a registration record that is not one.
+        noise or record given with 4D-STEM data, a noise that is not a
+        :class:`~flowtie_fast.noise.Noise` of finite non-negative variances,
+        or a record that is not one (``obj: its saturation must be ...``,
+        naming the record and the field).
     OSError
         When the file cannot be written (disk full, read-only file system,
         permission denied), naming ``path``; no temporary is left.
@@ -485,6 +559,8 @@ def save(path, obj, overwrite: bool = False) -> Path:
                              f"{_short(repr(getattr(ds, k)), 60)}")
     try:
         fields = _fields(ds)
+    except InputError:  # a record that is not one, named
+        raise
     except (AttributeError, TypeError, ValueError) as exc:
         raise InputError(f"obj: cannot be written ({' '.join(str(exc).split())}); expected "
                          "arrays for the planes and numbers for dz, scan_step and energy") \
@@ -621,9 +697,10 @@ def load(path) -> Dataset:
     """Read a file written by :func:`save` (or any file in the layout).
 
     Only the keys of the layout are read; nothing in the file is executed
-    (no pickles) and HDF5 links to other files, virtual and external datasets
-    are refused, and so are HDF5 datasets never or only partly written (which
-    HDF5 would read as their fill value).
+    (no pickles; records are JSON data) and HDF5 links to other files,
+    virtual and external datasets are refused, and so are HDF5 datasets
+    never or only partly written (which HDF5 would read as their fill
+    value).
 
     Parameters
     ----------
@@ -643,10 +720,14 @@ def load(path) -> Dataset:
         not bools, complex numbers, strings or objects), calibrations that are
         not positive finite numbers of the right count (``dz``, ``scan_step``
         and ``k_sampling``: 1 or 2, ``energy``: 1), a ``format`` newer than
-        this version reads or a ``kind`` the arrays contradict, HDF5
-        datasets never written or missing chunks, and unreadable or
-        truncated files; naming ``path`` for a path that is not
-        a regular file (missing, a directory, a FIFO, a loop of links).
+        this version reads or a ``kind`` the arrays contradict, a record
+        (``registration``, ``orientation``, ``saturation``, ``descan``,
+        ``flux``, ``plane_defects``) that is not JSON text of one (too long,
+        a key given twice, a field of the wrong type, NaN or an infinite
+        number where a finite one is expected; the message names the
+        field), HDF5 datasets never written or missing chunks, and
+        unreadable or truncated files; naming ``path`` for a path that is
+        not a regular file (missing, a directory, a FIFO, a loop of links).
     """
     path = as_path("path", path, file=True)
     suffix = _suffix(path)
@@ -976,16 +1057,11 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
                              f"4D-STEM virtual image the planes are), got {_short(virtual)!r}")
     noises = {k: _noise(fields, k, path, count, unit, each)
               for k, count, unit, each in _NOISES}
-    registration = orientation = None
-    if "registration" in fields:
-        registration = _registration_record(_json_field(fields, "registration", path),
-                                            f"{path.name}: 'registration'")
-    if "orientation" in fields:
-        if "gradient" not in fields:
-            raise InputError(f"{path.name}: 'orientation' without 'gradient'; expected the "
-                             "verdict on a measured gradient stored with it")
-        orientation = _orientation_record(_json_field(fields, "orientation", path),
-                                          f"{path.name}: 'orientation'")
+    for k in ("orientation", "descan"):
+        if k in fields and "gradient" not in fields:
+            raise InputError(f"{path.name}: '{k}' without 'gradient'; expected the record of "
+                             "a measured gradient stored with it")
+    records = {k: _json_record(fields, k, path, shape) for k in _RECORDS if k in fields}
     if noises["gradient_noise"] is not None and "gradient" not in fields:
         raise InputError(f"{path.name}: 'gradient_noise' without 'gradient'; expected the "
                          "noise of a measured gradient stored with it")
@@ -1002,14 +1078,17 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
     arr = (lambda k: fields[k]) if lazy else (lambda k: np.asarray(fields[k]))
     return Dataset(arr("minus"), arr("zero"), arr("plus"), dz, scan_step, energy, k_sampling,
                    truth.get("phase_gt"), truth.get("gradient_gt"), meta,
-                   gradient=truth.get("gradient"), virtual=virtual,
-                   registration=registration, orientation=orientation, _handle=handle,
-                   _path=path, **noises)
+                   gradient=truth.get("gradient"), virtual=virtual, _handle=handle,
+                   _path=path, **records, **noises)
 
 
 #: characters: the longest JSON record read (a registration record or an
-#: orientation verdict is a few hundred).
+#: orientation verdict is a few hundred, a saturation record a few thousand);
+#: a record of replaced pixels may hold more (:func:`_json_limit`).
 _JSON_CHARS = 1 << 16
+#: characters of one pixel ``[row, column, value, median]`` of a
+#: ``plane_defects`` record, at most (four floats' reprs of up to 24 each).
+_PIXEL_CHARS = 128
 
 
 def _unique_keys(pairs) -> dict:
@@ -1023,14 +1102,26 @@ def _unique_keys(pairs) -> dict:
     return record
 
 
-def _json_field(fields: dict, key: str, path: Path):
-    """Key ``key``: JSON text of at most :data:`_JSON_CHARS` characters, nested
+def _json_limit(key: str, shape: tuple) -> tuple:
+    """The most characters of record ``key`` of planes of ``shape`` (Ny, Nx),
+    and how the message says it: :data:`_JSON_CHARS`, and for
+    ``plane_defects`` as many more as the pixels three planes may have
+    replaced (:func:`~flowtie_fast.planes.repair_limit`) take."""
+    if key != "plane_defects":
+        return _JSON_CHARS, "a few hundred characters"
+    most = _JSON_CHARS + 3 * int(repair_limit(shape[-2:])) * _PIXEL_CHARS
+    return most, f"at most {most} characters for planes of {shape[-2:]} px"
+
+
+def _json_field(fields: dict, key: str, path: Path, shape: tuple = (1, 1)):
+    """Key ``key``: JSON text of at most :func:`_json_limit` characters, nested
     no deeper than Python's parser reaches, without a key given twice, parsed;
     :class:`InputError` naming it otherwise."""
     text = _text(fields, key, path)
     want = f"{path.name}: '{key}' must be JSON text of the {key} record"
-    if len(text) > _JSON_CHARS:
-        raise InputError(f"{want} (a few hundred characters), got {len(text)} characters")
+    most, said = _json_limit(key, shape)
+    if len(text) > most:
+        raise InputError(f"{want} ({said}), got {len(text)} characters")
     try:
         return json.loads(text, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
@@ -1085,12 +1176,252 @@ def _orientation_record(record, name: str) -> dict:
     return {"suspect": True, "why": record["why"]}
 
 
+class _NotRecord(Exception):
+    """A field of a record that is not what it must be: ``args`` are where
+    (``"scans.plus.share"``) and what it must be."""
+
+
+def _flag(v, where: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise _NotRecord(where, "true or false")
+    return bool(v)
+
+
+def _words(v, where: str):
+    if v is not None and not isinstance(v, str):
+        raise _NotRecord(where, "text or null")
+    return v
+
+
+def _number(least=-math.inf, most=math.inf, *, whole=False, positive=False, infinite=False):
+    """A check of a number of a record (not a bool, not NaN, finite unless
+    ``infinite``) from ``least`` to ``most`` (above 0 where ``positive``;
+    an integer's value where ``whole``): the float (an int where given one)."""
+    want = "a whole number" if whole else "a number"
+    want += " above 0" if positive else f" of at least {least:g}" if least > -math.inf else ""
+    want += f" and at most {most:g}" if most < math.inf else ""
+    want += "" if infinite else " (finite)"
+
+    def check(v, where: str):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                                  np.floating)):
+            raise _NotRecord(where, want)
+        try:
+            f = float(v)
+        except OverflowError:  # an integer beyond float's range
+            raise _NotRecord(where, want) from None
+        if math.isnan(f) or not (infinite or math.isfinite(f)) or not least <= f <= most \
+                or (positive and not f > 0) or (whole and not (math.isfinite(f) and
+                                                               f == int(f))):
+            raise _NotRecord(where, want)
+        return int(v) if isinstance(v, (int, np.integer)) else f
+    return check
+
+
+def _maybe(check):
+    """``check``, or None."""
+    return lambda v, where: None if v is None else check(v, where)
+
+
+def _seq(check, count, kind=tuple):
+    """A list of ``count`` values ``check`` takes, as ``kind``."""
+    def run(v, where: str):
+        if not isinstance(v, (list, tuple)) or len(v) != count:
+            raise _NotRecord(where, f"a list of {count}")
+        return kind(check(x, f"{where}[{i}]") for i, x in enumerate(v))
+    return run
+
+
+def _object(spec: dict, optional: dict | None = None):
+    """An object of exactly the keys of ``spec`` (and any of ``optional``),
+    each checked by its check, in that order."""
+    optional = optional or {}
+
+    def run(v, where: str):
+        want = "{" + ", ".join(list(spec) + [k + "?" for k in optional]) + "}"
+        if not isinstance(v, dict) or not set(spec) <= set(v) \
+                or not set(v) <= set(spec) | set(optional):
+            raise _NotRecord(where or "the record", f"an object {want}")
+        dot = f"{where}." if where else ""
+        return {k: check(v[k], dot + k) for k, check in {**spec, **optional}.items()
+                if k in v}
+    return run
+
+
+def _one_of(*choices):
+    def check(v, where: str):
+        if not isinstance(v, str) or v not in choices:
+            raise _NotRecord(where, f"one of {choices}")
+        return v
+    return check
+
+
+_PLANES = ("minus", "zero", "plus")
+_SCAN = _object({"value": _number(), "pixels": _number(0, whole=True),
+                 "share": _number(0, 1), "next": _number(0, whole=True),
+                 "full_scale": _flag, "detector_pixels": _number(0, whole=True),
+                 "saturated": _flag, "why": _words})
+_SATURATION = _object({"saturated": _flag, "why": _words,
+                       "scans": _object({n: _maybe(_SCAN) for n in _PLANES})})
+_DESCAN = _object({"mode": _one_of("plane", "none"), "applied": _flag,
+                   "slopes": _seq(_seq(_number(), 2, list), 2, list),
+                   "across_px": _number(0), "across_mrad": _number(0), "large": _flag})
+_GAIN = _object({"poisson": _seq(_number(0), 3), "band": _seq(_number(0), 3),
+                 "ratio": _number(0, infinite=True), "why": _words})
+_FLUX = _object({"per_pattern": _maybe(_seq(_number(), 3)),
+                 "scale": _seq(_number(positive=True), 3), "applied": _flag, "why": _words},
+                {"gain": _maybe(_GAIN)})
+
+
+def _checked(check, record, name: str, what: str, consistent=None):
+    """``record`` checked by ``check`` (and ``consistent``, which returns
+    where and what is wrong, or None); :class:`InputError` naming ``name``
+    where it is not ``what``."""
+    try:
+        out = check(record, "")
+        wrong = None if consistent is None else consistent(out)
+        if wrong is not None:
+            raise _NotRecord(*wrong)
+    except _NotRecord as exc:
+        where, want = exc.args
+        raise InputError(f"{name} must be {what}: {where} must be {want}, got "
+                         f"{_short(repr(record), 80)}") from None
+    return out
+
+
+def _saturation_record(record, name: str, shape=None) -> dict:
+    """A saturation record (``triplet.saturation``,
+    :func:`~flowtie_fast.stem.focal.saturation_record`) checked and made of
+    plain values; :class:`InputError` naming ``name`` where it is not one."""
+    def consistent(r):
+        scans = [s for s in r["scans"].values() if s is not None]
+        if not scans:
+            return "scans", "a record of at least one scan"
+        if r["saturated"] != any(s["saturated"] for s in scans):
+            return "saturated", "true where a scan saturated, else false"
+        if r["saturated"] != bool(r["why"] and r["why"].strip()):
+            return "why", "text where saturated, else null"
+        return None
+    return _checked(_SATURATION, record, name, "a saturation record {saturated, why, "
+                    "scans: {minus, zero, plus}}", consistent)
+
+
+def _descan_record(record, name: str, shape=None) -> dict:
+    """A descan record (``triplet.descan``,
+    :func:`~flowtie_fast.stem.descan.descan_plane`) checked;
+    :class:`InputError` naming ``name`` where it is not one."""
+    def consistent(r):
+        return None if r["applied"] == (r["mode"] == "plane") else \
+            ("applied", "true where mode is 'plane', else false")
+    return _checked(_DESCAN, record, name, "a descan record {mode, applied, slopes, "
+                    "across_px, across_mrad, large}", consistent)
+
+
+def _flux_record(record, name: str, shape=None) -> dict:
+    """A flux record (``triplet.flux``,
+    :func:`~flowtie_fast.stem.focal.flux_record`, with its ``gain``) checked;
+    :class:`InputError` naming ``name`` where it is not one."""
+    return _checked(_FLUX, record, name, "a flux record {per_pattern, scale, applied, why, "
+                    "gain}")
+
+
+def _defects_record(record, name: str, shape) -> dict:
+    """A record of the isolated pixels replaced in planes of ``shape``
+    (``triplet.plane_defects``, :func:`~flowtie_fast.planes.screen_planes`,
+    ``"repaired"``) checked: each plane's pixels ``[row, column, value,
+    median]`` within the planes and no more than were replaced
+    (:func:`~flowtie_fast.planes.repair_limit`); :class:`InputError`
+    naming ``name`` where it is not one."""
+    ny, nx = shape[-2:]
+    most = int(repair_limit((ny, nx)))
+    pixel = _seq(_number(), 4, list)
+    row, col = _number(0, ny - 1, whole=True), _number(0, nx - 1, whole=True)
+
+    def pixels(v, where):
+        if not isinstance(v, dict) or not v or not set(v) <= set(_PLANES):
+            raise _NotRecord(where, f"an object of some of {_PLANES}")
+        out = {}
+        for n in (n for n in _PLANES if n in v):
+            if not isinstance(v[n], list) or not 0 < len(v[n]) <= most:
+                raise _NotRecord(f"{where}.{n}", f"a list of 1 to {most} pixels [row, column, "
+                                 "value, median]")
+            out[n] = [pixel(p, f"{where}.{n}[{i}]") for i, p in enumerate(v[n])]
+            for i, p in enumerate(out[n]):
+                row(p[0], f"{where}.{n}[{i}][0]")
+                col(p[1], f"{where}.{n}[{i}][1]")
+        return out
+
+    def repaired(v, where):
+        if v is not True:
+            raise _NotRecord(where, "true (a record is stored only where its pixels were "
+                             "replaced)")
+        return True
+
+    def why(v, where):
+        if not isinstance(v, str) or not v.strip():
+            raise _NotRecord(where, "text")
+        return v
+    return _checked(_object({"pixels": pixels, "repaired": repaired, "why": why}), record,
+                    name, "a record of replaced pixels {pixels, repaired, why}")
+
+
+#: Each record's check: (record, name, shape of the planes) -> the record, plain.
+_RECORD_CHECKS = {
+    "registration": lambda r, name, shape: _registration_record(r, name),
+    "orientation": lambda r, name, shape: _orientation_record(r, name),
+    "saturation": _saturation_record, "descan": _descan_record, "flux": _flux_record,
+    "plane_defects": _defects_record}
+
+
+def _json_text(key: str, record, shape: tuple) -> str:
+    """Record ``key`` of a triplet of planes of ``shape`` checked (an
+    :class:`InputError` naming ``obj`` and it otherwise) and written as JSON
+    text, within what :func:`_json_record` reads back."""
+    text = json.dumps(_RECORD_CHECKS[key](record, f"obj: its {key}", shape))
+    most, said = _json_limit(key, shape)
+    if len(text) > most:
+        raise InputError(f"obj: its {key} takes {len(text)} characters as JSON text, beyond "
+                         f"the {most} a file's is read up to ({said})")
+    return text
+
+
+def _json_record(fields: dict, key: str, path: Path, shape: tuple):
+    """Record ``key`` of a file of planes of ``shape``: JSON text
+    (:func:`_json_field`) of a record its check takes; :class:`InputError`
+    naming the file and the key otherwise."""
+    return _RECORD_CHECKS[key](_json_field(fields, key, path, shape), f"{path.name}: '{key}'",
+                               shape)
+
+
+def _plane_shape(ds: Dataset) -> tuple:
+    return tuple(int(n) for n in ds.zero.shape)
+
+
+def _stored_defects(record):
+    """``triplet.plane_defects`` as stored: None where its pixels were not
+    replaced (the planes stored still hold them, and the loaded triplet finds
+    them again), else the record."""
+    return None if isinstance(record, dict) and record.get("repaired") is False else record
+
+
+def _joined_defects(stored: dict, found):
+    """A loaded triplet's ``plane_defects``: the record ``stored`` (pixels
+    replaced before the planes were stored) and any ``found`` in the planes
+    stored, joined."""
+    if found is None:
+        return stored
+    pixels = {n: stored["pixels"].get(n, []) + found["pixels"].get(n, [])
+              for n in _PLANES if n in stored["pixels"] or n in found["pixels"]}
+    return {"pixels": pixels, "repaired": found["repaired"],
+            "why": f"{stored['why']}; also: {found['why']}"}
+
+
 def _triplet_only(keys) -> str:
     """Why 4D-STEM data hold none of ``keys`` (of :data:`_TRIPLET_ONLY`)."""
     return (f"{', '.join(repr(k) for k in keys)} {'is' if len(keys) == 1 else 'are'} for a "
             "triplet of images only; 4D-STEM data give their own (the centre of mass, the "
             "virtual image chosen, their noise, their registration, the check of their "
-            "gradient) when reduced")
+            "gradient, their saturation, descan and flux records) when reduced")
 
 
 def _noise(fields: dict, k: str, path: Path, count: int, unit: str, each: str):

@@ -655,6 +655,14 @@ def _candidates(a, limit):
     return np.nonzero(beyond)
 
 
+def repair_limit(shape) -> float:
+    """The most isolated pixels of one plane of ``shape`` (Ny, Nx) that
+    :func:`screen_planes` replaces: :data:`MAX_REPAIR` of its pixels, and at
+    least 16; beyond, they are reported and not replaced."""
+    ny, nx = shape
+    return max(16, MAX_REPAIR * ny * nx)
+
+
 def _repair_spikes(names, planes, limit, spiky, where):
     """Find, replace and report the isolated outlying pixels of the planes
     ``spiky`` (:func:`screen_planes`)."""
@@ -682,7 +690,7 @@ def _repair_spikes(names, planes, limit, spiky, where):
             found[k] = (rows[hot], cols[hot], value[hot], median)
     if not found:
         return planes, None
-    most = max(16, MAX_REPAIR * ny * nx)
+    most = repair_limit((ny, nx))
     repaired = all(v[0].size <= most for v in found.values())
     parts = []
     for k, (rows, cols, value, median) in found.items():

@@ -225,8 +225,8 @@ class FocalSeries:
         :func:`~flowtie_fast.stem.detector.saturation`'s record). Where
         saturated, every solve's ``rec.info["trust"]`` says so (and
         ``flowtie``'s ``rec.info["trusted"]`` is False). None where not
-        checked (planes given directly, reductions made elsewhere, a triplet
-        loaded from a file).
+        checked (planes given directly, reductions made elsewhere); a
+        triplet saved and loaded keeps it (:func:`~flowtie_fast.io.save`).
     descan : dict or None
         Of a 4D-STEM triplet: the least-squares plane of the centre of mass
         (uncorrected descan, and the specimen's own plane), how far it

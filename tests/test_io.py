@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import math
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
-from test_stem import E, _disk_data
+from test_stem import E, _counted_disks, _disk_data
 
 import flowtie_fast as ft
 import flowtie_fast.files as ft_files
 import flowtie_fast.io  # noqa: F401  (ft.io is an attribute once the submodule is imported)
+from flowtie_fast import stem
 
 
 @pytest.fixture
@@ -765,6 +771,118 @@ def test_a_triplet_keeps_the_verdict_of_its_gradient_s_orientation(tmp_path, suf
         assert ds.orientation is None
 
 
+@pytest.fixture(scope="module")
+def saturated_triplet():
+    """A 4D-STEM triplet of counts whose +dz scan is clipped at a top value
+    (a saturated detector), with its descan plane, flux factors and gain."""
+    counted, _, kw = _counted_disks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the saturation and the registration, as tested
+        return ft.FocalTriplet.from_4dstem(counted[0], counted[1],
+                                           np.minimum(counted[2], 190), **kw)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_a_saturated_triplet_keeps_its_verdict_through_save_and_load(
+        tmp_path, saturated_triplet, suffix):
+    """A triplet whose detector saturated is distrusted by every solve
+    (info["trust"], flowtie's "trusted" False); save dropped its saturation
+    record, and the reloaded triplet's phase came back trusted. The record
+    survives the round trip, the reloaded triplet warns again, and every
+    method gives the original's verdict and fallback."""
+    t = saturated_triplet
+    assert t.saturation["saturated"]
+    with ft.load(ft.save(tmp_path / f"sat{suffix}", t)) as ds:
+        assert ds.saturation == t.saturation
+        with pytest.warns(stem.DetectorWarning, match=r"^plus: .* read exactly 190"):
+            back = ds.triplet()
+    assert back.saturation == t.saturation
+    methods = ["tie", "icom"] + (["flowtie"] if importlib.util.find_spec("torch") else [])
+    for method in methods:
+        _, info, said = _solved(back, method)
+        _, info_expected, said_expected = _solved(t, method)
+        assert info["trust"].startswith("the detector saturated (triplet.saturation): plus: ")
+        assert info["trust"] == info_expected["trust"] and said == said_expected
+        assert info.get("fallback") == info_expected.get("fallback")
+        assert info.get("trusted") == info_expected.get("trusted")
+        if method == "flowtie":
+            assert info["trusted"] is False
+
+
+def test_flowtie_reconstruct_of_a_saved_saturated_triplet_says_it_saturated(
+        tmp_path, saturated_triplet, capsys):
+    """`flowtie reconstruct` of a saved triplet reads it through load: the
+    saturation is warned again and the scans' beam currents reported, as of
+    the 4D-STEM file it was made from (neither was said before)."""
+    from flowtie_fast.cli import main
+
+    path = ft.save(tmp_path / "sat.npz", saturated_triplet)
+    assert main(["reconstruct", str(path), "-o", str(tmp_path / "out.npz"), "--method",
+                 "icom", "--backend", "cpu"]) == 0
+    said = capsys.readouterr()
+    assert re.search(r"^flowtie reconstruct: warning: plus: .* read exactly 190, its maximum",
+                     said.err, re.M)
+    assert "beam: the -dz and +dz scans hold " in said.out
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_a_4dstem_triplet_keeps_its_descan_and_flux_records_through_save_and_load(
+        tmp_path, saturated_triplet, suffix):
+    """The descan plane removed from a 4D-STEM triplet's gradient and the
+    beam-current factors of its scans (with the gain of its counts) were
+    dropped by save; they come back equal, types included."""
+    t = saturated_triplet
+    assert t.descan["applied"] and t.flux["applied"] and t.flux["gain"] is not None
+    path = ft.save(tmp_path / f"records{suffix}", t)
+    with ft.load(path) as ds:
+        with pytest.warns(stem.DetectorWarning):
+            back = ds.triplet()
+    assert back.descan == t.descan and back.flux == t.flux
+    assert isinstance(back.flux["scale"], tuple) and isinstance(back.descan["slopes"], list)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_a_triplet_keeps_the_record_of_its_replaced_pixels_through_save_and_load(
+        tmp_path, suffix):
+    """A triplet whose isolated pixels were replaced stores the repaired
+    planes, in which nothing is found again: save dropped
+    triplet.plane_defects, and the reloaded triplet's solves no longer said
+    the planes had been repaired. The record comes back equal, with its
+    TrustWarning, and every solve reports it as for the original. Pixels
+    too many to be replaced are not stored: the planes stored still hold
+    them, and the reloaded triplet finds them again."""
+    rng = np.random.default_rng(8)
+    y, x = np.mgrid[:32, :32]
+    base = 100 * (1 + 0.2 * np.sin(x / 3.0) * np.cos(y / 4.0))
+    planes = [base * (1 + 0.01 * i) + rng.normal(0, 0.1, base.shape) for i in (-1, 0, 1)]
+    planes[2][20, 11] *= 20  # a cosmic ray
+    with pytest.warns(ft.TrustWarning, match=r"^plus: 1 isolated pixel .* replaced"):
+        t = ft.FocalTriplet(*planes, dz=20.0, pixel_size=0.2, energy=300e3)
+    assert t.plane_defects["repaired"]
+    with ft.load(ft.save(tmp_path / f"ray{suffix}", t)) as ds:
+        assert ds.plane_defects == t.plane_defects
+        with pytest.warns(ft.TrustWarning, match=r"^plus: 1 isolated pixel"):
+            back = ds.triplet()
+    assert back.plane_defects == t.plane_defects
+    for method in ("tie", "tie-uniform"):
+        _, info, said = _solved(back, method)
+        _, info_expected, said_expected = _solved(t, method)
+        assert info["plane_defects"] == info_expected["plane_defects"] == t.plane_defects
+        assert info["trust"] == info_expected["trust"] == t.plane_defects["why"]
+    # more than the screen replaces: reported, not replaced, found again when loaded
+    many = [p.copy() for p in planes]
+    for i in range(20):
+        many[2][1 + (i // 5) * 6, 2 + (i % 5) * 6] *= 20
+    with pytest.warns(ft.TrustWarning, match=r"^plus: 21 isolated pixels .* not replaced"):
+        t = ft.FocalTriplet(*many, dz=20.0, pixel_size=0.2, energy=300e3)
+    assert not t.plane_defects["repaired"]
+    with ft.load(ft.save(tmp_path / f"rays{suffix}", t)) as ds:
+        assert ds.plane_defects is None
+        with pytest.warns(ft.TrustWarning, match=r"^plus: 21 isolated pixels"):
+            back = ds.triplet()
+    assert back.plane_defects == t.plane_defects
+
+
 def test_a_reloaded_dark_field_triplet_is_not_trusted_by_the_flow_models(tmp_path,
                                                                           dark_field_triplet):
     """A reloaded triplet of 'df' planes was judged as bright-field planes by
@@ -862,6 +980,19 @@ _OBJECTS = np.array([["a", 1], [None, 2.0]] * 2, dtype=object)
 #: A registration record as save writes it: the drift could not be measured.
 _REG = ('{"shifts": [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], "reliable": false, '
         '"applied": false, "signal": null, "why": "images under 8 px a side"}')
+
+#: A saturation record as save writes it: the +dz scan clipped at 190.
+_SAT = ('{"saturated": true, "why": "plus: x. y", "scans": {"minus": null, "zero": null, '
+        '"plus": {"value": 190.0, "pixels": 180, "share": 0.1, "next": 3, "full_scale": false, '
+        '"detector_pixels": 40, "saturated": true, "why": "plus: x"}}}')
+#: A descan record as save writes it.
+_DESCAN = ('{"mode": "plane", "applied": true, "slopes": [[0.0, 1e-05], [2e-05, 0.0]], '
+           '"across_px": 0.25, "across_mrad": 0.4, "large": false}')
+#: A flux record as save writes it.
+_FLUX = ('{"per_pattern": [98.0, 100.0, 102.0], "scale": [1.02, 1.0, 0.98], "applied": true, '
+         '"why": null, "gain": null}')
+#: A record of one replaced pixel of the +dz plane (4 x 4 planes).
+_DEFECTS = '{"pixels": {"plus": [[2.0, 1.0, 40.0, 2.0]]}, "repaired": true, "why": "plus: 1"}'
 
 _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"dz": "abc"}, "dz", r"must be a positive finite number or a pair of them \(Å\), "
@@ -982,6 +1113,54 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"registration": _REG.replace('"images under 8 px a side"', '"' + "x" * 70000 + '"')},
      "registration", r"must be JSON text of the registration record \(a few hundred "
                      r"characters\), got 70\d\d\d characters$"),
+    # The records of a 4D-STEM triplet: data, never code; every field checked.
+    ("3", {"saturation": "[true]"}, "saturation", r"must be a saturation record .*: the "
+                                                  r"record must be an object"),
+    ("3", {"saturation": _SAT.replace('"value": 190.0', '"value": NaN')}, "saturation",
+     r"must be a saturation record .*: scans\.plus\.value must be a number \(finite\)"),
+    ("3", {"saturation": _SAT.replace('"value": 190.0', '"value": "190"')}, "saturation",
+     r"scans\.plus\.value must be a number"),
+    ("3", {"saturation": _SAT.replace('"pixels": 180', '"pixels": 1' + "0" * 400)},
+     "saturation", r"scans\.plus\.pixels must be a whole number"),
+    ("3", {"saturation": _SAT.replace('"saturated": true, "why": "plus: x. y"',
+                                      '"saturated": false, "why": null')},
+     "saturation", r"saturated must be true where a scan saturated"),
+    ("3", {"saturation": _SAT.replace('"why": "plus: x. y"', '"why": "' + "x" * 70000 + '"')},
+     "saturation", r"must be JSON text of the saturation record \(a few hundred characters\), "
+                   r"got 70\d\d\d characters$"),
+    ("3", {"saturation": _SAT.replace('"minus": null', '"minus": null, "minus": null')},
+     "saturation", "key 'minus' given twice"),
+    ("4", {"saturation": _SAT}, "saturation", "is for a triplet of images only"),
+    ("3", {"gradient": np.zeros((2, 4, 4)), "descan": _DESCAN.replace("0.25", "Infinity")},
+     "descan", r"must be a descan record .*: across_px must be a number of at least 0 "
+               r"\(finite\)"),
+    ("3", {"gradient": np.zeros((2, 4, 4)), "descan": _DESCAN.replace('"plane"', '"none"')},
+     "descan", r"applied must be true where mode is 'plane'"),
+    ("3", {"gradient": np.zeros((2, 4, 4)), "descan": _DESCAN.replace(', "large": false', "")},
+     "descan", r"the record must be an object \{mode, applied"),
+    ("3", {"descan": _DESCAN}, "descan", "without 'gradient'"),
+    ("3", {"flux": _FLUX.replace("1.02", "NaN")}, "flux",
+     r"must be a flux record .*: scale\[0\] must be a number above 0 \(finite\)"),
+    ("3", {"flux": _FLUX.replace("[1.02, 1.0, 0.98]", "[1.02, 1.0]")}, "flux",
+     r"scale must be a list of 3"),
+    ("3", {"flux": _FLUX.replace('"gain": null', '"gain": {"ratio": 1}')}, "flux",
+     r"gain must be an object \{poisson, band, ratio, why\}"),
+    ("3", {"flux": _FLUX.replace('"why": null', '"why": 5')}, "flux", "why must be text or null"),
+    ("3", {"plane_defects": _DEFECTS.replace("true", "false")}, "plane_defects",
+     r"repaired must be true \(a record is stored only where its pixels were replaced\)"),
+    ("3", {"plane_defects": _DEFECTS.replace("[2.0, 1.0,", "[4.0, 1.0,")}, "plane_defects",
+     r"pixels\.plus\[0\]\[0\] must be a whole number of at least 0 and at most 3"),
+    ("3", {"plane_defects": _DEFECTS.replace("40.0, 2.0", "NaN, 2.0")}, "plane_defects",
+     r"pixels\.plus\[0\]\[2\] must be a number \(finite\)"),
+    ("3", {"plane_defects": _DEFECTS.replace('"plus"', '"planes[2]"')}, "plane_defects",
+     r"pixels must be an object of some of \('minus', 'zero', 'plus'\)"),
+    ("3", {"plane_defects": _DEFECTS.replace("[[2.0, 1.0, 40.0, 2.0]]",
+                                             ", ".join(["[2.0, 1.0, 40.0, 2.0]"] * 17)
+                                             .join("[]"))},
+     "plane_defects", r"pixels\.plus must be a list of 1 to 16 pixels"),
+    ("3", {"plane_defects": _DEFECTS.replace('"why": "plus: 1"', '"why": "' + "x" * 80000 + '"')},
+     "plane_defects", r"must be JSON text of the plane_defects record \(at most 71680 "
+                      r"characters for planes of \(4, 4\) px\), got 80\d\d\d characters$"),
 ]
 
 
@@ -993,6 +1172,55 @@ def test_hostile_files_raise_input_errors(tmp_path, suffix, base, changes, key, 
     _write_case(path, fields)
     with pytest.raises(ft.InputError, match=rf"^bad{suffix}: '{key}' .*{says}"):
         ft.load(path).close()
+
+
+def _leaves(v, at=()):
+    """The paths to the leaves (numbers, text, flags, null) of a JSON value."""
+    if isinstance(v, dict):
+        return [p for k, x in v.items() for p in _leaves(x, at + (k,))] or [at]
+    if isinstance(v, list):
+        return [p for i, x in enumerate(v) for p in _leaves(x, at + (i,))] or [at]
+    return [at]
+
+
+def _replaced(v, at, new):
+    if not at:
+        return new
+    v = json.loads(json.dumps(v))
+    inner = v
+    for k in at[:-1]:
+        inner = inner[k]
+    inner[at[-1]] = new
+    return v
+
+
+@pytest.mark.parametrize("key, text", [("saturation", _SAT), ("descan", _DESCAN),
+                                       ("flux", _FLUX.replace('"gain": null', '"gain": {'
+                                                              '"poisson": [1.0, 1.0, 1.0], '
+                                                              '"band": [2.0, 2.0, 2.0], '
+                                                              '"ratio": 2.0, "why": null}')),
+                                       ("plane_defects", _DEFECTS)])
+def test_every_field_of_a_stored_record_is_checked(key, text):
+    """Each leaf of a record replaced by a value of another kind (null, text,
+    a flag, NaN, ±Infinity, an integer beyond float, a list, an object) is
+    either taken (where the record allows it) or refused with an InputError
+    naming the file and the key; never another exception, and what is taken
+    is written back as JSON within the limit."""
+    record = json.loads(text)
+    check = ft.io._RECORD_CHECKS[key]
+    assert check(record, "f.npz: 'x'", (4, 4)) is not None
+    hostile = [None, "x", True, math.nan, math.inf, -math.inf, 10 ** 400, -1, [], {}, [1.0]]
+    for at in _leaves(record):
+        for value in hostile:
+            text = json.dumps(_replaced(record, at, value))
+            fields = {"rec": text}
+            try:
+                got = check(ft.io._json_field(fields, "rec", Path("f.npz"), (4, 4)),
+                            f"f.npz: '{key}'", (4, 4))
+            except ft.InputError as exc:
+                assert str(exc).startswith(f"f.npz: '{key}' must be"), str(exc)
+                continue
+            ft.io._json_text(key, got, (4, 4))  # what is taken can be written
 
 
 def test_object_arrays_in_npz_are_never_unpickled(tmp_path):
