@@ -404,6 +404,56 @@ def test_rotation_functions_refuse_bad_inputs():
         stem.calibrate_rotation(com, reference_gradient=np.ones((2, 4, 4)))
 
 
+@pytest.mark.parametrize("call", ["rotate_com", "fit_plane", "descan_plane"])
+@pytest.mark.parametrize("bad,says", [
+    ("nan", r"contains NaN or Inf"), ("complex", r"expected real numbers, got dtype complex"),
+    ("flat", r"expected an array \(2, Sy, Sx\), got shape \(8, 8\)"),
+    ("empty", r"expected at least one scan position")])
+def test_public_field_functions_refuse_what_they_would_turn_into_nan(call, bad, says):
+    """rotate_com, fit_plane and descan_plane returned NaN everywhere for one
+    NaN of the field, rotated complex values as complex numbers and raised
+    ValueError for a 2-D one."""
+    _, grad = _phase_and_gradient(n=8)
+    field = {"nan": np.where(np.arange(64).reshape(8, 8) == 9, np.nan, grad),
+             "complex": grad.astype(complex), "flat": grad[0],
+             "empty": grad[:, :0]}[bad]
+    name = {"rotate_com": "com", "fit_plane": "field", "descan_plane": "gradient"}[call]
+    run = {"rotate_com": lambda f: stem.rotate_com(f, 10.0, False),
+           "fit_plane": stem.fit_plane,
+           "descan_plane": lambda f: stem.descan_plane(f, E, K_SAMPLING)}[call]
+    with pytest.raises(ft.InputError, match=rf"^{name}: {says}"):
+        run(field)
+
+
+def test_descan_plane_refuses_a_mode_or_sampling_it_would_misread():
+    """An unknown mode was taken as "none" (the plane kept without a word), a
+    NaN k_sampling gave a NaN ``across_px`` that no warning compares above."""
+    _, grad = _phase_and_gradient(n=8)
+    with pytest.raises(ft.InputError, match=r"^mode: expected one of 'plane', 'none', "
+                                            r"got 'Plane'"):
+        stem.descan_plane(grad, E, K_SAMPLING, mode="Plane")
+    for k in (np.nan, 0.0, (0.05, -1.0)):
+        with pytest.raises(ft.InputError, match=r"^k_sampling: expected"):
+            stem.descan_plane(grad, E, k)
+
+
+@pytest.mark.parametrize("scale", [1e300, 1e-300])
+def test_calibrate_rotation_does_not_depend_on_the_scale_of_the_field(scale):
+    """The squared curl of a field of 1e300 overflowed (a rotation of NaN), of
+    1e-300 underflowed (0 degrees whatever the rotation); the turn and flip
+    are those of the field at any scale, the reference's sign too."""
+    _, grad = _phase_and_gradient()
+    com = stem.rotate_com(grad, -37.0, False)
+    want, want_flip = stem.calibrate_rotation(com, reference_gradient=grad)
+    assert abs(want - 37.0) < 0.2 and not want_flip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, flip = stem.calibrate_rotation(com * scale, reference_gradient=grad * scale)
+        half, _ = stem.calibrate_rotation(com * scale)
+    assert got == pytest.approx(want, abs=1e-9) and flip == want_flip
+    assert half == pytest.approx(want % 180, abs=1e-9)
+
+
 @pytest.mark.filterwarnings("ignore::flowtie_fast.stem.DetectorWarning")  # random patterns
 def test_from_4dstem_rejects_bad_data(rng):
     good = rng.random((4, 4, 8, 8)).astype(np.float32)
