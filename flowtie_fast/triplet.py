@@ -207,7 +207,8 @@ class FocalSeries:
     flux : dict or None
         Of a 4D-STEM triplet (:meth:`FocalTriplet.from_4dstem`,
         :meth:`FocalTriplet.from_reductions`): the scans' mean whole-detector
-        sums (``"per_pattern"``), the factors that bring the ±dz planes to the
+        sums (``"per_pattern"``, without isolated outlying patterns, counted
+        in ``"excluded"``), the factors that bring the ±dz planes to the
         in-focus scan's beam current (``"scale"``), whether they were applied
         (``"applied"``) and why not (``"why"``;
         :func:`~flowtie_fast.stem.focal.flux_record`), and for counts whose
