@@ -418,7 +418,7 @@ def flux_record(reductions) -> dict:
     if any(w is None for w in wholes):
         return {"per_pattern": None, "excluded": None, "scale": (1.0, 1.0, 1.0),
                 "applied": False, "why": "no whole-detector image"}
-    hosts = [np.asarray(to_host(w), np.float64) for w in wholes]
+    hosts = [to_host(w) for w in wholes]  # no float64 copies: a scan's image can be large
     outliers = ([(np.zeros(0, np.intp),) * 2] * 3 if not all(np.isfinite(h).all() for h in hosts)
                 or len({h.shape for h in hosts}) > 1 else outlying_pixels(hosts))
     means, excluded = [], []
@@ -426,9 +426,9 @@ def flux_record(reductions) -> dict:
         if rows.size and rows.size < h.size:
             keep = np.ones(h.shape, bool)
             keep[rows, cols] = False
-            means.append(float(h[keep].mean()))
+            means.append(float(np.mean(h, dtype=np.float64, where=keep)))
         else:
-            means.append(float(h.mean()))
+            means.append(float(h.mean(dtype=np.float64)))
         excluded.append(int(rows.size))
     means = tuple(means)
     if not all(m > 0 and math.isfinite(m) for m in means):
