@@ -387,11 +387,6 @@ def flux_record(reductions) -> dict:
     enter the focal derivative as if the specimen had made it (5 % on a weak
     object took the TIE's phase to an NMSE of 1.6).
 
-    Parameters
-    ----------
-    reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
-        Of the datasets at ``-dz, 0, +dz``.
-
     A pattern that holds far more or fewer electrons than every one of its 8
     neighbours, in one scan alone (a cosmic ray or an X-ray on the detector,
     a frame dropped or read twice: an isolated outlying pixel of the
@@ -401,6 +396,11 @@ def flux_record(reductions) -> dict:
     the factors put into every pixel of the focal derivative (a weak phase's
     TIE NMSE from 1.4e-5 to 3.8, without a word where it lay outside the
     bright field).
+
+    Parameters
+    ----------
+    reductions : three :class:`~flowtie_fast.stem.reduction.Reduction`
+        Of the datasets at ``-dz, 0, +dz``.
 
     Returns
     -------

@@ -61,10 +61,23 @@ def _check_com_shape(name, com):
 
 
 def check_field(name: str, field) -> None:
-    """A vector field (2, Sy, Sx) of real numbers, finite, of at least one
-    scan position (NumPy or CuPy): :class:`InputError` naming ``name``
-    otherwise (a NaN would make every value of a rotation or a fitted plane
-    NaN; a complex field would be rotated as complex numbers)."""
+    """Refuse what is not a vector field (2, Sy, Sx) of finite real numbers.
+
+    A NaN would make every value of a rotation or a fitted plane NaN; a
+    complex field would be rotated as complex numbers.
+
+    Parameters
+    ----------
+    name : str
+        The argument, for the message.
+    field : array (2, Sy, Sx)
+        NumPy or CuPy; at least one scan position.
+
+    Raises
+    ------
+    InputError
+        Naming ``name`` where ``field`` is not such a field.
+    """
     _check_com_shape(name, field)
     if min(field.shape[1:]) < 1:
         raise InputError(f"{name}: expected at least one scan position, got shape "
