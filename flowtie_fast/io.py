@@ -1261,8 +1261,12 @@ _SCAN = _object({"value": _number(), "pixels": _number(0, whole=True),
                  "share": _number(0, 1), "next": _number(0, whole=True),
                  "full_scale": _flag, "detector_pixels": _number(0, whole=True),
                  "saturated": _flag, "why": _words})
-_SATURATION = _object({"saturated": _flag, "why": _words,
-                       "scans": _object({n: _maybe(_SCAN) for n in _PLANES})})
+#: Of integer planes given directly: each plane's maximum and pixels at full scale.
+_PLANE_TOP = _object({"value": _number(0, whole=True), "pixels": _number(0, whole=True),
+                      "full_scale": _flag, "saturated": _flag})
+_SATURATION = _object({"saturated": _flag, "why": _words},
+                      {"scans": _object({n: _maybe(_SCAN) for n in _PLANES}),
+                       "planes": _object({n: _maybe(_PLANE_TOP) for n in _PLANES})})
 _DESCAN = _object({"mode": _one_of("plane", "none"), "applied": _flag,
                    "slopes": _seq(_seq(_number(), 2, list), 2, list),
                    "across_px": _number(0), "across_mrad": _number(0), "large": _flag})
@@ -1270,7 +1274,8 @@ _GAIN = _object({"poisson": _seq(_number(0), 3), "band": _seq(_number(0), 3),
                  "ratio": _number(0, infinite=True), "why": _words})
 _FLUX = _object({"per_pattern": _maybe(_seq(_number(), 3)),
                  "scale": _seq(_number(positive=True), 3), "applied": _flag, "why": _words},
-                {"gain": _maybe(_GAIN)})
+                {"gain": _maybe(_GAIN),
+                 "excluded": _maybe(_seq(_number(0, whole=True), 3, list))})
 
 
 def _checked(check, record, name: str, what: str, consistent=None):
@@ -1294,16 +1299,19 @@ def _saturation_record(record, name: str, shape=None) -> dict:
     :func:`~flowtie_fast.stem.focal.saturation_record`) checked and made of
     plain values; :class:`InputError` naming ``name`` where it is not one."""
     def consistent(r):
-        scans = [s for s in r["scans"].values() if s is not None]
+        if ("scans" in r) == ("planes" in r):
+            return "the record", "of the scans (4D-STEM) or of the planes (images), one of them"
+        kind = "scans" if "scans" in r else "planes"
+        scans = [s for s in r[kind].values() if s is not None]
         if not scans:
-            return "scans", "a record of at least one scan"
+            return kind, f"a record of at least one {kind[:-1]}"
         if r["saturated"] != any(s["saturated"] for s in scans):
             return "saturated", "true where a scan saturated, else false"
         if r["saturated"] != bool(r["why"] and r["why"].strip()):
             return "why", "text where saturated, else null"
         return None
     return _checked(_SATURATION, record, name, "a saturation record {saturated, why, "
-                    "scans: {minus, zero, plus}}", consistent)
+                    "scans or planes: {minus, zero, plus}}", consistent)
 
 
 def _descan_record(record, name: str, shape=None) -> dict:
@@ -1321,7 +1329,7 @@ def _flux_record(record, name: str, shape=None) -> dict:
     """A flux record (``triplet.flux``,
     :func:`~flowtie_fast.stem.focal.flux_record`, with its ``gain``) checked;
     :class:`InputError` naming ``name`` where it is not one."""
-    return _checked(_FLUX, record, name, "a flux record {per_pattern, scale, applied, why, "
+    return _checked(_FLUX, record, name, "a flux record {per_pattern, excluded, scale, applied, why, "
                     "gain}")
 
 

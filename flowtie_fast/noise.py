@@ -75,7 +75,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import array_module, to_host
-from .errors import InputError
+from .errors import InputError, check_count, check_positive, check_real
 
 __all__ = ["Noise", "COUNTS", "check_noise", "estimate_noise",
            "poisson_noise",
@@ -139,6 +139,28 @@ def _short(value) -> str:
         return f"an array of shape {tuple(shape)}"
     text = " ".join(repr(value).split())  # one line (an array's repr wraps)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_image(name: str, a):
+    """``a`` as a 2-D array of real numbers (NumPy or CuPy; a nested list is
+    read as NumPy): :class:`InputError` naming ``name`` otherwise."""
+    if not hasattr(a, "shape"):
+        try:
+            a = np.asarray(a)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{name}: expected a 2-D array of real numbers, got "
+                             f"{type(a).__name__}") from exc
+    if len(a.shape) != 2:
+        raise InputError(f"{name}: expected a 2-D array, got shape {tuple(a.shape)}")
+    dtype = np.dtype(getattr(a, "dtype", object))
+    if dtype.kind not in "iuf":
+        raise InputError(f"{name}: expected real numbers, got dtype {dtype}")
+    return a
+
+
+def _not_finite(name: str) -> InputError:
+    return InputError(f"{name}: contains NaN or Inf, or values whose squares or sums "
+                      "overflow float64; expected finite intensities of a usual scale")
 
 
 def _holds_bool_or_text(values) -> bool:
@@ -237,13 +259,15 @@ def estimate_noise(plane) -> float:
         The variance per pixel, intensity²; 0 for an image under 3 pixels on
         a side.
     """
-    a = to_host(plane).astype(np.float64)
+    a = to_host(_check_image("plane", plane)).astype(np.float64)
     if min(a.shape) < 3:
         return 0.0
     r = (a[:-2, :-2] - 2 * a[:-2, 1:-1] + a[:-2, 2:]
          - 2 * a[1:-1, :-2] + 4 * a[1:-1, 1:-1] - 2 * a[1:-1, 2:]
          + a[2:, :-2] - 2 * a[2:, 1:-1] + a[2:, 2:])
     sigma = math.sqrt(math.pi / 2) * float(np.abs(r).sum()) / (6 * r.size)
+    if not math.isfinite(sigma * sigma):  # NaN in, or differences beyond float64
+        raise _not_finite("plane")
     return sigma * sigma
 
 
@@ -259,8 +283,17 @@ def poisson_noise(means) -> Noise:
     -------
     Noise
         Variances equal to the means (counts²), source ``"poisson"``.
+
+    Raises
+    ------
+    InputError
+        Where ``means`` is not a sequence of finite non-negative numbers.
     """
-    return Noise(tuple(float(m) for m in means), "poisson")
+    if isinstance(means, (str, bytes)) or not hasattr(means, "__iter__"):
+        raise InputError(f"means: expected a sequence of mean counts, one per plane, got "
+                         f"{_short(means)}")
+    return Noise(tuple(check_real(f"means[{i}]", m, low=0.0) for i, m in enumerate(means)),
+                 "poisson")
 
 
 def band_noise(planes, pixel_size, band_limit):
@@ -281,8 +314,23 @@ def band_noise(planes, pixel_size, band_limit):
         Per plane, the variance per pixel (intensity²), source ``"band"``;
         None where too few frequencies lie above the band limit (under 5 %
         of the modes, or under 16).
+
+    Raises
+    ------
+    InputError
+        Where the planes are not 2-D real arrays of one shape or hold NaN or
+        Inf, or ``pixel_size`` or ``band_limit`` is not a positive number.
     """
+    pixel_size = check_positive("pixel_size", pixel_size, pair=True)
+    band_limit = check_real("band_limit", band_limit, low=0.0, low_open=True)
+    if isinstance(planes, (str, bytes)) or not hasattr(planes, "__len__") or not len(planes):
+        raise InputError(f"planes: expected a sequence of 2-D arrays, got {_short(planes)}")
+    planes = [_check_image(f"planes[{i}]", p) for i, p in enumerate(planes)]
     shape = tuple(planes[0].shape)
+    for i, p in enumerate(planes):
+        if tuple(p.shape) != shape:
+            raise InputError(f"planes[{i}]: expected shape {shape} like planes[0], got "
+                             f"{tuple(p.shape)}")
     qy = np.fft.fftfreq(shape[0], pixel_size[0])[:, None]
     qx = np.fft.rfftfreq(shape[1], pixel_size[1])[None, :]
     above = (qy ** 2 + qx ** 2) > (BAND_MARGIN * band_limit) ** 2
@@ -295,6 +343,8 @@ def band_noise(planes, pixel_size, band_limit):
         power = np.abs(np.fft.rfft2(a - a.mean())[above]) ** 2 / n
         # A periodogram ordinate of white noise is exponential: median = ln 2 x mean.
         variance.append(float(np.median(power)) / math.log(2))
+        if not math.isfinite(variance[-1]):
+            raise _not_finite(f"planes[{len(variance) - 1}]")
     return Noise(tuple(variance), "band")
 
 
@@ -330,7 +380,19 @@ def discrepancy_alpha(source, pixel_size, variance: float, *, bins: int = 400) -
     float
         0 when the variance is 0; :data:`ALPHA_MAX` when the noise accounts
         for all the power of ``source``.
+
+    Raises
+    ------
+    InputError
+        Where ``source`` is not a finite real 2-D array, ``variance`` not a
+        finite non-negative number (a NaN or negative one gave 0: no
+        regularisation), ``pixel_size`` not positive or ``bins`` not a
+        positive integer.
     """
+    variance = check_real("variance", variance, low=0.0)
+    pixel_size = check_positive("pixel_size", pixel_size, pair=True)
+    bins = check_count("bins", bins)
+    source = _check_image("source", source)
     if not variance > 0:
         return 0.0
     f = to_host(source).astype(np.float64)
@@ -340,6 +402,8 @@ def discrepancy_alpha(source, pixel_size, variance: float, *, bins: int = 400) -
     s, mult = _symbols(shape, pixel_size)
     power = (mult * (spec.real ** 2 + spec.imag ** 2)).ravel()[1:]  # without q = 0
     s = s.ravel()[1:]
+    if not math.isfinite(float(power.sum())):
+        raise _not_finite("source")
     target = n * (n - 1) * float(variance)
     if power.sum() <= target:
         return ALPHA_MAX
@@ -381,7 +445,14 @@ def teague_floor(variance: float, mean: float) -> float:
     float
         The floor as a fraction of the mean, ``max(1e-3, min(1, 2 σ / Ī))``;
         1e-3 where the variance or the mean is not positive.
+
+    Raises
+    ------
+    InputError
+        Where ``variance`` or ``mean`` is not a finite real number (a NaN
+        gave the floor of no noise).
     """
+    variance, mean = check_real("variance", variance), check_real("mean", mean)
     if not variance > 0 or not mean > 0:
         return FLOOR_MIN
     return max(FLOOR_MIN, min(1.0, 2.0 * math.sqrt(variance) / mean))
@@ -412,9 +483,33 @@ def denoise(a, variance: float, threshold: float | None = None) -> int:
     int
         The number of Fourier modes kept (besides the mean, which is
         removed).
+
+    Raises
+    ------
+    InputError
+        Where ``a`` is not a writeable floating-point 2-D array or holds NaN or Inf
+        (which made it zero: "no signal"), ``variance`` is not a finite
+        non-negative number (a negative one amplified the modes kept, a NaN
+        one made ``a`` zero) or ``threshold`` is below 1 (the Wiener gain
+        would turn negative) or not finite.
     """
+    variance = check_real("variance", variance, low=0.0)
+    if threshold is not None:
+        threshold = check_real("threshold", threshold, low=1.0)
+    if not hasattr(a, "shape"):
+        raise InputError(f"a: expected a 2-D array (filtered in place), got "
+                         f"{type(a).__name__}")
+    _check_image("a", a)
+    if a.dtype.kind != "f":  # the filtered values would be truncated to integers
+        raise InputError(f"a: expected a floating-point array (filtered in place), got "
+                         f"dtype {a.dtype}")
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        raise InputError("a: the array is read-only; expected a writeable array (it is "
+                         "filtered in place)")
     xp = array_module(a)
     spec = xp.fft.rfft2(a.astype(xp.float64))
+    if not math.isfinite(float(spec[0, 0].real)):  # the sum: NaN or Inf anywhere
+        raise _not_finite("a")
     power = spec.real ** 2 + spec.imag ** 2
     noise = a.size * float(variance)
     if threshold is None:

@@ -663,17 +663,52 @@ def repair_limit(shape) -> float:
     return max(16, MAX_REPAIR * ny * nx)
 
 
-def _repair_spikes(names, planes, limit, spiky, where):
-    """Find, replace and report the isolated outlying pixels of the planes
-    ``spiky`` (:func:`screen_planes`)."""
+def outlying_pixels(planes) -> list:
+    """Per plane, the isolated outlying pixels :func:`screen_planes` would
+    replace (above all their 8 neighbours, or below all, by more than the
+    plane's threshold, in that plane alone), found without a warning or a
+    refusal: ``(rows, cols)`` index arrays, empty where there are none.
+
+    For statistics that one such pixel would bias (the mean electrons per
+    pattern of :func:`~flowtie_fast.stem.focal.flux_record`: one pattern of
+    4096 hit by a cosmic ray moves it by a share that enters the focal
+    derivative whole).
+
+    Parameters
+    ----------
+    planes : sequence of arrays (Ny, Nx)
+        Finite images of one shape (NumPy or CuPy), at least 2 px a side.
+
+    Returns
+    -------
+    list of (ndarray, ndarray)
+        One ``(rows, cols)`` per plane.
+    """
+    planes = list(planes)
+    none = (np.zeros(0, np.intp), np.zeros(0, np.intp))
+    shape = tuple(planes[0].shape)
+    if min(shape) < 2:
+        return [none for _ in planes]
+    screen = np.array([screen_stats(p) for p in planes], dtype=np.float64)
+    limit = spike_thresholds(shape, screen)
+    pairs = shape[0] * (shape[1] - 1)
+    spiky = [k for k, (_, s2, s4) in enumerate(screen.tolist())
+             if limit[k] > 0 and not s4 - 3.0 * s2 * s2 / pairs <= limit[k] ** 4]
+    found = _find_spikes(planes, limit, spiky)[0] if spiky else {}
+    return [found[k][:2] if k in found else none for k in range(len(planes))]
+
+
+def _find_spikes(planes, limit, spiky):
+    """The isolated outlying pixels of the planes ``spiky``: per plane index,
+    ``(rows, cols, values, medians of their 8 neighbours)``; and the
+    thresholds used (raised for sparse counts)."""
     host = [np.asarray(to_host(p), np.float64) for p in planes]
     limit = list(limit)
     for k, a in enumerate(host):  # sparse counts: at least SPARSE_QUANTA counts
         positive = a[a > 0]
         if 0 < positive.size <= (1 - SPARSE_ZEROS) * a.size:
             limit[k] = max(limit[k], SPARSE_QUANTA * float(positive.min()))
-    found, out = {}, list(planes)
-    ny, nx = host[0].shape
+    found = {}
     for k in spiky:
         rows, cols = _candidates(host[k], limit[k])
         near = _neighbours(host[k], rows, cols)
@@ -688,9 +723,16 @@ def _repair_spikes(names, planes, limit, spiky, where):
         if hot.any():
             median = np.nanmedian(near[hot], axis=1)
             found[k] = (rows[hot], cols[hot], value[hot], median)
+    return found, limit
+
+
+def _repair_spikes(names, planes, limit, spiky, where):
+    """Find, replace and report the isolated outlying pixels of the planes
+    ``spiky`` (:func:`screen_planes`)."""
+    (found, limit), out = _find_spikes(planes, limit, spiky), list(planes)
     if not found:
         return planes, None
-    most = repair_limit((ny, nx))
+    most = repair_limit(planes[0].shape)
     repaired = all(v[0].size <= most for v in found.values())
     parts = []
     for k, (rows, cols, value, median) in found.items():

@@ -809,6 +809,43 @@ def test_a_saturated_triplet_keeps_its_verdict_through_save_and_load(
             assert info["trusted"] is False
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_integer_images_at_full_scale_keep_their_verdict_through_save_and_load(
+        tmp_path, suffix):
+    """Integer planes given directly carry a saturation record of the planes
+    (not of scans): it is saved, read back and checked like the scans' one
+    (a record of the planes was refused by save), for saturated planes and
+    for planes below their full scale alike."""
+    from flowtie_fast.evaluation.phantom import phase_object
+    from flowtie_fast.simulation.optics import defocus_series
+
+    phase, amp = phase_object(48, 0.5)
+    s = defocus_series(phase, (-20.0, 0.0, 20.0), 0.5, 300e3, amp)
+    kw = dict(dz=20.0, pixel_size=0.5, energy=300e3)
+    over = 65535 / float(np.percentile(np.asarray(s.planes[0]), 99))
+    for scale, saturated in ((over, True), (1000.0, False)):
+        planes = [np.minimum(np.round(np.asarray(p) * scale), 65535).astype(np.uint16)
+                  for p in s.planes]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ft.TrustWarning)
+            t = ft.FocalTriplet(*planes, **kw)
+        assert t.saturation["saturated"] is saturated and "planes" in t.saturation
+        with ft.load(ft.save(tmp_path / f"{saturated}{suffix}", t)) as ds:
+            assert ds.saturation == t.saturation
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                back = ds.triplet()
+        assert back.saturation == t.saturation
+        if saturated:
+            _, info, _ = _solved(back, "tie")
+            assert info["trust"] == _solved(t, "tie")[1]["trust"]
+            assert info["trust"].startswith("the detector saturated (triplet.saturation): minus")
+    bad = {**t.saturation, "scans": {"minus": None, "zero": None, "plus": None}}
+    t.saturation = bad
+    with pytest.raises(ft.InputError, match="its saturation must be a saturation record"):
+        ft.save(tmp_path / f"both{suffix}", t)
+
+
 def test_flowtie_reconstruct_of_a_saved_saturated_triplet_says_it_saturated(
         tmp_path, saturated_triplet, capsys):
     """`flowtie reconstruct` of a saved triplet reads it through load: the

@@ -13,7 +13,7 @@ import pytest
 
 import flowtie_fast as ft
 from flowtie_fast.noise import (ALPHA_MAX, band_noise, check_noise, denoise, denoise_gradient,
-                                discrepancy_alpha, gradient_levels,
+                                discrepancy_alpha, estimate_noise, gradient_levels,
                                 poisson_noise, teague_floor)
 from flowtie_fast.simulation.optics import defocus_triplet, gaussian_bumps
 
@@ -184,6 +184,45 @@ def test_floor_rule():
     assert teague_floor(25.0, 100.0) == pytest.approx(0.1)
     assert teague_floor(1e6, 1.0) == 1.0
     assert poisson_noise([4.0, 5.0]).variance == (4.0, 5.0)
+
+
+@pytest.mark.parametrize("call,says", [
+    (lambda a: denoise(a, np.nan), r"^variance: expected a finite number >= 0"),
+    (lambda a: denoise(a, -0.25), r"^variance: expected a finite number >= 0"),
+    (lambda a: denoise(a, 0.25, threshold=0.5), r"^threshold: expected a finite number >= 1"),
+    (lambda a: denoise(np.where(a > 2, np.nan, a), 0.25), r"^a: contains NaN or Inf"),
+    (lambda a: denoise(np.round(a).astype(np.int32), 0.25), r"^a: expected a floating-point"),
+    (lambda a: denoise(np.broadcast_to(a, a.shape), 0.25), r"^a: the array is read-only"),
+    (lambda a: denoise(a[0], 0.25), r"^a: expected a 2-D array"),
+    (lambda a: discrepancy_alpha(a, (0.2, 0.2), np.nan), r"^variance: expected a finite"),
+    (lambda a: discrepancy_alpha(a, (0.2, 0.2), -1.0), r"^variance: expected a finite"),
+    (lambda a: discrepancy_alpha(a, (0.0, 0.2), 0.1), r"^pixel_size: expected a positive"),
+    (lambda a: discrepancy_alpha(a, (0.2, 0.2), 0.1, bins=0), r"^bins: expected a positive"),
+    (lambda a: discrepancy_alpha(a * np.nan, (0.2, 0.2), 0.1), r"^source: contains NaN"),
+    (lambda a: teague_floor(np.nan, 1.0), r"^variance: expected a finite number"),
+    (lambda a: poisson_noise([1.0, -2.0, 1.0]), r"^means\[1\]: expected a finite number >= 0"),
+    (lambda a: poisson_noise([1.0, np.nan, 1.0]), r"^means\[1\]: expected a finite number"),
+    (lambda a: poisson_noise(3.0), r"^means: expected a sequence"),
+    (lambda a: estimate_noise(a * np.nan), r"^plane: contains NaN or Inf"),
+    (lambda a: estimate_noise(a * 1e300), r"^plane: contains NaN or Inf, or values whose"),
+    (lambda a: estimate_noise(a[0]), r"^plane: expected a 2-D array"),
+    (lambda a: band_noise([a, a * np.nan], (0.2, 0.2), 1.0), r"^planes\[1\]: contains NaN"),
+    (lambda a: band_noise([a, a[:8]], (0.2, 0.2), 1.0), r"^planes\[1\]: expected shape"),
+    (lambda a: band_noise([a], (0.0, 0.2), 1.0), r"^pixel_size: expected a positive"),
+    (lambda a: band_noise([a], (0.2, 0.2), np.nan), r"^band_limit: expected a finite"),
+])
+def test_the_public_noise_helpers_refuse_what_they_would_misread(call, says):
+    """Each returned a wrong number or raised another exception: denoise made
+    an array of one NaN, or a NaN variance, zero ("no signal"), amplified
+    its modes for a negative variance and truncated an integer array;
+    discrepancy_alpha gave 0 (no regularisation) for a NaN or negative
+    variance; teague_floor the floor of no noise for a NaN; poisson_noise a
+    Noise of negative or NaN variances; estimate_noise and band_noise NaN or
+    Inf; several raised ValueError, IndexError or ZeroDivisionError."""
+    rng = np.random.default_rng(0)
+    a = 1.0 + rng.normal(0, 0.5, (32, 32))
+    with pytest.raises(ft.InputError, match=says):
+        call(a.copy())
 
 
 @pytest.mark.parametrize("bad", ["high", -1.0, [1.0, 2.0], [np.nan] * 3, True, object(),

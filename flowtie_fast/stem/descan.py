@@ -23,8 +23,9 @@ import warnings
 import numpy as np
 
 from ..backend import array_module, to_host
-from ..errors import InputError, TrustWarning, user_stacklevel
+from ..errors import InputError, TrustWarning, check_positive, user_stacklevel
 from ..physics import wavelength
+from .rotation import check_field
 
 __all__ = ["DESCAN_MODES", "DESCAN_WARN_PX", "check_descan", "check_descan_mode",
            "descan_plane", "fit_plane"]
@@ -77,7 +78,19 @@ def fit_plane(field):
     slopes : ndarray (2, 2), float64
         ``slopes[c, a]``: the change of component ``c`` per pixel along axis
         ``a`` (units of ``field`` per px).
+
+    Raises
+    ------
+    InputError
+        Where ``field`` is not a finite real array (2, Ny, Nx).
     """
+    if not hasattr(field, "shape"):  # a nested list
+        try:
+            field = np.asarray(field)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"field: expected an array (2, Ny, Nx) of real numbers, got "
+                             f"{type(field).__name__}") from exc
+    check_field("field", field)
     field = np.asarray(field, np.float64)
     ny, nx = field.shape[1:]
     y = np.arange(ny, dtype=np.float64) - (ny - 1) / 2
@@ -121,7 +134,20 @@ def descan_plane(gradient, energy, k_sampling, mode="plane"):
         the centre of mass between the scan's farthest corners, in detector
         px and in mrad; ``"large"``: whether ``across_px`` exceeds
         :data:`DESCAN_WARN_PX`.
+
+    Raises
+    ------
+    InputError
+        Where ``gradient`` is not a finite real array (2, Ny, Nx), ``mode``
+        is not one of :data:`DESCAN_MODES` (any other value was taken as
+        ``"none"``), or ``energy`` or ``k_sampling`` is not a positive number
+        in range.
     """
+    check_field("gradient", gradient)
+    if not isinstance(mode, str) or mode not in DESCAN_MODES:
+        raise InputError(f"mode: expected one of {', '.join(map(repr, DESCAN_MODES))}, "
+                         f"got {mode!r}")
+    k_sampling = check_positive("k_sampling", k_sampling, pair=True)
     g = gradient
     _, slopes = fit_plane(to_host(g))
     ny, nx = g.shape[1:]

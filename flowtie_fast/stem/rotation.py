@@ -16,7 +16,7 @@ from ..backend import array_module
 from ..errors import InputError, check_real
 from .detector import _to_numpy
 
-__all__ = ["calibrate_rotation", "least_turn", "rotate_com"]
+__all__ = ["calibrate_rotation", "check_field", "least_turn", "rotate_com"]
 
 #: The finest ``step_degrees`` :func:`calibrate_rotation` accepts, in degrees
 #: (the step of the search it once ran: 1e-9 asked for 1.3 TiB).
@@ -39,11 +39,17 @@ def rotate_com(com, degrees: float, flip: bool):
     -------
     array (2, Sy, Sx)
         A new array.
+
+    Raises
+    ------
+    InputError
+        Where ``com`` is not a finite real array (2, Sy, Sx), ``degrees``
+        not a finite number or ``flip`` not a bool.
     """
     if not isinstance(flip, (bool, np.bool_)):
         raise InputError(f"flip: expected True or False, got {flip!r}")
     degrees = check_real("degrees", degrees)
-    _check_com_shape("com", com)
+    check_field("com", com)
     return _rotate(com, degrees, bool(flip))
 
 
@@ -52,6 +58,35 @@ def _check_com_shape(name, com):
     if shape is None or len(shape) != 3 or shape[0] != 2:
         got = f"shape {tuple(shape)}" if shape is not None else type(com).__name__
         raise InputError(f"{name}: expected an array (2, Sy, Sx), got {got}")
+
+
+def check_field(name: str, field) -> None:
+    """Refuse what is not a vector field (2, Sy, Sx) of finite real numbers.
+
+    A NaN would make every value of a rotation or a fitted plane NaN; a
+    complex field would be rotated as complex numbers.
+
+    Parameters
+    ----------
+    name : str
+        The argument, for the message.
+    field : array (2, Sy, Sx)
+        NumPy or CuPy; at least one scan position.
+
+    Raises
+    ------
+    InputError
+        Naming ``name`` where ``field`` is not such a field.
+    """
+    _check_com_shape(name, field)
+    if min(field.shape[1:]) < 1:
+        raise InputError(f"{name}: expected at least one scan position, got shape "
+                         f"{tuple(field.shape)}")
+    dtype = np.dtype(getattr(field, "dtype", object))
+    if dtype.kind not in "iuf":
+        raise InputError(f"{name}: expected real numbers, got dtype {dtype}")
+    if dtype.kind == "f" and not bool(array_module(field).isfinite(field).all()):
+        raise InputError(f"{name}: contains NaN or Inf; expected finite values")
 
 
 def _rotate(com, degrees, flip):
@@ -153,6 +188,11 @@ def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
     com = com.astype(np.float64)
     if not np.isfinite(com).all():
         raise InputError("com: contains NaN or Inf; expected a finite centre of mass")
+    # The turn and flip do not depend on the field's scale: on a unit scale its
+    # squared curl cannot overflow (a com of 1e300 gave a rotation of NaN).
+    peak = float(np.abs(com).max())
+    if peak > 0:
+        com = com / peak
     step_degrees = check_real("step_degrees", step_degrees, low=MIN_STEP_DEGREES)
     if step_degrees > 90:
         raise InputError(f"step_degrees: expected at most 90, got {step_degrees!r}")
@@ -164,6 +204,10 @@ def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
                              f"{com.shape} like com, got {ref.dtype} {ref.shape}")
         if not np.isfinite(ref).all():
             raise InputError("reference_gradient: expected finite values, got NaN or Inf")
+        ref = ref.astype(np.float64)
+        peak = float(np.abs(ref).max())
+        if peak > 0:  # only the sign of its agreement is read
+            ref = ref / peak
     # The least-curl turn of each handedness in closed form (least_turn).
     (lo, _, deg), (flo, _, fdeg) = (least_turn(*_periodic_form(com[::-1] if f else com))
                                     for f in (False, True))
