@@ -1329,8 +1329,8 @@ def _flux_record(record, name: str, shape=None) -> dict:
     """A flux record (``triplet.flux``,
     :func:`~flowtie_fast.stem.focal.flux_record`, with its ``gain``) checked;
     :class:`InputError` naming ``name`` where it is not one."""
-    return _checked(_FLUX, record, name, "a flux record {per_pattern, excluded, scale, applied, why, "
-                    "gain}")
+    return _checked(_FLUX, record, name, "a flux record {per_pattern, excluded, scale, "
+                    "applied, why, gain}")
 
 
 def _defects_record(record, name: str, shape) -> dict:
