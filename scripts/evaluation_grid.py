@@ -7,7 +7,9 @@ and every condition (dose in e⁻/Å² or noise-free; drift of the ±dz scans or
 none), the phase NMSE of every method, flowtie as the library returns it (the
 trust check and fallback on) and the network alone, the ratio of flowtie's
 MSE to the best classical method's, the uncertainty's coverage (share of
-pixels with ``|error| <= uncertainty``) and the registration's error.
+pixels with ``|error| <= uncertainty``), the registration's error and, of
+each TIE method, the norm of its TIE residual over a flat phase's
+(``METHOD_residual``).
 
     python scripts/evaluation_grid.py data/test data/corpus -o data/grid.jsonl
     (of a sweep folder, the thinnest and the thickest file of each series)
@@ -106,9 +108,18 @@ def one(path, periodic, margin, kind, dose, shifts, rng):
         got = reg["shifts"][[0, 2]]
         row["registration_error"] = float(np.abs(got - want).max()) if reg["applied"] else None
         row["registration_applied"] = bool(reg["applied"])
+    flat = None
     for m in CLASSICAL:
-        row[m] = phase_errors(ft.reconstruct(t, method=m, backend="cpu",
-                                             boundary=boundary).phase, truth)[1]
+        rec = ft.reconstruct(t, method=m, backend="cpu", boundary=boundary)
+        row[m] = phase_errors(rec.phase, truth)[1]
+        if m != "icom":  # the TIE residual against a flat phase's, k ∂I/∂z / Ī
+            if flat is None:
+                planes = [np.asarray(p, np.float64) for p in t.planes]
+                didz = sum(w * p for w, p in zip(t.derivative_weights, planes))
+                focus = sum(w * p for w, p in zip(t.intensity_weights, planes))
+                flat = float(np.linalg.norm(t.wavenumber * didz / focus.mean()))
+            row[m + "_residual"] = float(np.linalg.norm(np.asarray(rec.residual))) / flat \
+                if flat > 0 else None
     raw = ft.reconstruct(t, method="flowtie", backend="cpu", boundary=boundary,
                          uncertainty=False)
     safe = ft.reconstruct(t, method="flowtie", backend="cpu", boundary=boundary)
