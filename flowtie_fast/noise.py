@@ -124,8 +124,11 @@ class Noise:
         return float(sum(float(w) ** 2 * v for w, v in zip(weights, self.variance)))
 
     def __repr__(self) -> str:
-        v = ", ".join(f"{x:.3g}" for x in self.variance)
-        return f"Noise(variance=({v}), source={self.source!r})"
+        try:
+            v = "(" + ", ".join(f"{x:.3g}" for x in self.variance) + ")"
+        except (TypeError, ValueError):  # not checked yet: shown as given (checked when used)
+            v = _short(self.variance)
+        return f"Noise(variance={v}, source={self.source!r})"
 
 
 SOURCES = ("poisson", "band", "given", "estimated")
@@ -580,8 +583,20 @@ GRADIENT_FILTER_BYTES = (48, 88)
 
 
 def denoise_gradient_bytes(shape, mirror: bool = False) -> int:
-    """Memory :func:`denoise_gradient` allocates for a gradient of ``shape``
-    ``(Ny, Nx)`` (bytes; its own working arrays, not ``g``)."""
+    """Memory :func:`denoise_gradient` allocates for its own working arrays.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(Ny, Nx)`` of the gradient's components, in pixels.
+    mirror : bool
+        For the mirror boundary's filter (default: the periodic one).
+
+    Returns
+    -------
+    int
+        Bytes, at most (not counting the gradient itself).
+    """
     return GRADIENT_FILTER_BYTES[bool(mirror)] * int(shape[0]) * int(shape[1])
 
 

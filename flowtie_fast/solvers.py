@@ -194,8 +194,10 @@ def check_options(method, tol=None, max_iter=None, preconditioner="biharmonic", 
             raise InputError(f"uncertainty: applies to method 'flowtie' only, got method "
                              f"{method!r}")
     check_choice("preconditioner", preconditioner, ("biharmonic", "none"))
-    if tol is not None:
-        check_real("tol", tol, low=0.0, low_open=True)
+    if tol is not None and check_real("tol", tol, low=0.0, low_open=True) >= 1.0:
+        raise InputError(f"tol: expected a relative residual below 1 (e.g. 1e-5), got {tol!r}: "
+                         "a stop at or above 1 accepts a phase that fits the data no better "
+                         "than a flat one")
     if max_iter is not None:
         check_count("max_iter", max_iter, 1, 10**7)
     if model is not None and method != "flowtie":

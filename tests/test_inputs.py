@@ -139,6 +139,8 @@ def test_bad_gradient_shape(planes):
     (dict(tolerance=1e-3), "options: unknown"),
     (dict(tol=0.0, method="tie-exact"), "tol: expected a finite number > 0"),
     (dict(tol=np.nan, method="gd"), "tol: expected a finite number > 0"),
+    (dict(tol=1.0, method="gd"), "tol: expected a relative residual below 1"),
+    (dict(tol=5.0, method="tie-exact"), "tol: expected a relative residual below 1"),
     (dict(max_iter=0, method="gd"), "max_iter: expected an integer in"),
     (dict(max_iter=2.5, method="tie-exact"), "max_iter: expected an integer in"),
 ])

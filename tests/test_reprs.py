@@ -70,3 +70,11 @@ def test_flowtie_reconstruction_prints_one_line(triplet):
         warnings.simplefilter("ignore", ft.TrustWarning)
         rec = ft.reconstruct(t, method="flowtie", backend="cpu")
     assert "method='flowtie'" in short(rec)
+
+
+def test_a_noise_not_yet_checked_prints_as_given():
+    """A Noise's values are checked where it is used; its repr, which a log
+    line may call first, prints what it holds instead of raising."""
+    assert repr(ft.Noise("abc", "given")) == "Noise(variance='abc', source='given')"
+    assert repr(ft.Noise((1.0, 2.0, 3.0), "given")) == \
+        "Noise(variance=(1, 2, 3), source='given')"
