@@ -4,8 +4,19 @@
   propagation (a weak phase object on a non-uniform amplitude), retrieves it
   with every TIE method and prints the phase error and the time of each.
 - ``flowtie reconstruct FILE --method M -o OUT [--png FIGURE]`` reconstructs a
-  file of the flowtie_fast layout (triplet or 4D-STEM) and writes the phase,
-  gradient and residual atomically (``.npz`` or ``.h5``).
+  file of the flowtie_fast layout (triplet or 4D-STEM) and writes atomically
+  (``.npz``, or ``.h5`` with the arrays as datasets and the rest as root
+  attributes) ``phase`` (rad), ``gradient`` (rad/Å), ``residual`` (1/Å²),
+  ``uncertainty`` (rad; ``flowtie`` with its trust check, where it returned
+  its flow's phase),
+  ``method``, ``pixel_size`` (Å), ``source`` (the input's path),
+  ``fallback`` (text, where ``flowtie`` returned a classical phase) and
+  ``verdict``: JSON text of the entries of the solve's ``info`` that say
+  whether to trust the phase (:data:`~flowtie_fast.trust.VERDICT_KEYS`:
+  ``trusted`` true or false and, where false, ``why`` for ``flowtie``'s
+  trust check; ``fallback``; ``trust``, the text of any warning against the
+  phase, e.g. a saturated detector's), ``{}`` where nothing was said. Older
+  versions wrote no ``verdict``.
 - ``flowtie simulate`` runs abTEM for a thickness series and writes one file
   per thickness (extra ``sim``).
 - ``flowtie evaluate DIR`` runs every method on every simulated case and prints
@@ -24,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import re
 import signal
@@ -50,6 +62,7 @@ from flowtie_fast.stem.detector import VIRTUAL_IMAGES
 __all__ = ["main"]
 from flowtie_fast.io import write_fields
 from flowtie_fast.solvers import METHODS
+from flowtie_fast.trust import verdict_entries
 
 
 def _demo_fresnel(args) -> int:
@@ -198,6 +211,8 @@ def _reconstruct(args) -> int:
             fields["uncertainty"] = be.to_numpy(rec.uncertainty)
         if rec.info.get("fallback"):
             fields["fallback"] = rec.info["fallback"]
+        # whether to trust the phase, as reconstruct judged it (JSON: trusted a bool)
+        fields["verdict"] = json.dumps(verdict_entries(rec.info))
         if ds.phase_gt is not None:
             from flowtie_fast.evaluation.evaluate import phase_errors
 
@@ -861,7 +876,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="a .npz or .h5 file of the flowtie_fast layout (ft.save)")
     rec.add_argument("--method", default="tie", choices=METHODS, help="phase retrieval method")
     rec.add_argument("-o", "--output", type=str, required=True,
-                     help=".npz or .h5 to write: phase (rad), gradient (rad/Å), residual")
+                     help=".npz or .h5 to write: phase (rad), gradient (rad/Å), residual "
+                          "and the verdict (JSON: trusted, fallback, why, trust)")
     rec.add_argument("--png", type=str, help="also write a figure here (default: none)")
     rec.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"),
                      help="where to compute (auto: the GPU where one answers)")

@@ -50,13 +50,14 @@ from .errors import (BackendError, InputError, ResultError, TrustWarning, check_
                      check_count, check_float_dtype, check_positive, first_line,
                      is_integer)
 from .noise import check_noise
-from .plan import Plan
+from .plan import Plan, _check_records, triplet_records
 from .planes import FLUX_RATIO, check_intensity_stats
 from .poisson import resolve_scheme
 from .solvers import (_check_alpha, _check_bool, _check_floor, check_options,
                       check_regularisation)
 from .stem.detector import VIRTUAL_IMAGES
 from .triplet import FocalTriplet
+from .trust import VERDICT_KEYS as _VERDICT_KEYS, verdict_entries
 
 __all__ = ["cached_plans", "local_cluster", "reconstruct_many", "release_plans",
            "visible_devices", "worker_environments", "worker_specs"]
@@ -373,31 +374,23 @@ def _worker_plan(spec: _Spec):
 
 
 #: The entries of a solve's ``info`` that say whether to trust its phase,
-#: carried back from the workers per item (:func:`reconstruct_many`).
-VERDICT_KEYS = ("trusted", "fallback", "why", "trust")
-
-
-def _verdict(info) -> dict:
-    """The trust entries (:data:`VERDICT_KEYS`) of one solve's ``info``, as
-    plain Python values."""
-    out = {}
-    for key in VERDICT_KEYS:
-        value = info.get(key)
-        if value is not None:
-            out[key] = bool(value) if key == "trusted" else str(value)
-    return out
+#: carried back from the workers per item (:func:`reconstruct_many`;
+#: :data:`flowtie_fast.trust.VERDICT_KEYS`).
+VERDICT_KEYS = _VERDICT_KEYS
 
 
 def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradient: bool,
                  records=None):
     """One batch on a worker: ``("ok", phase, gradient or None, verdicts)``,
-    the arrays NumPy and ``verdicts`` one dict per item (:func:`_verdict`),
+    the arrays NumPy and ``verdicts`` one dict per item
+    (:func:`~flowtie_fast.trust.verdict_entries`),
     or ``("error", exception name, message)`` for the library's own errors,
     with the items numbered as in the whole stack. The solves' warnings are
     shown on the worker; the verdicts carry what they say to the caller.
-    ``records``: per item of triplets, ``(registration, gradient_orientation)``
-    as the triplet records them (:func:`_from_triplets`), with ``noise`` per
-    item."""
+    ``records``: per item of triplets, the records :meth:`Plan.solve
+    <flowtie_fast.plan.Plan.solve>` takes as the triplet keeps them
+    (:func:`~flowtie_fast.plan.triplet_records`, checked by
+    :func:`_from_triplets`), with ``noise`` per item."""
     try:
         entry = _worker_plan(spec)
         plan = entry[0]
@@ -411,24 +404,24 @@ def _solve_batch(stack, gradient, noise, spec: _Spec, start: int, return_gradien
             if isinstance(noise, list):  # one per item (triplets): solved one at a time
                 out = be.empty((b,) + plan.shape, plan.dtype)
                 verdicts = []
-                records = records or [(None, None)] * b
+                records = records or [{}] * b
                 for i in range(b):
                     try:
                         plan.solve(stack[i, 0], stack[i, 1], stack[i, 2],
                                    gradient=None if gradient is None else gradient[i],
                                    out=out[i], noise=noise[i],
                                    gradient_out=None if grad_out is None else grad_out[i],
-                                   registration=records[i][0], orientation=records[i][1])
+                                   **records[i])
                     except InputError as exc:
                         raise type(exc)(f"stack[{i}]: {exc}") from exc
-                    verdicts.append(_verdict(plan.info))
+                    verdicts.append(verdict_entries(plan.info))
             else:
                 out = plan.solve_batch(stack, gradient=gradient, noise=noise,
                                        gradient_out=grad_out)
                 # a batched flow (flowtie without the trust check) has one
                 # verdict for the whole batch, no per-item ones: each item's
                 items = plan.info.get("items") or [plan.info] * b
-                verdicts = [_verdict(it) for it in items]
+                verdicts = [verdict_entries(it) for it in items]
         with _PLANS_LOCK:
             entry[1] += 1
         return ("ok", be.to_numpy(out), None if grad_out is None else be.to_numpy(grad_out),
@@ -627,9 +620,11 @@ def _triplets_image(triplets, given) -> dict:
 
 def _from_triplets(triplets, pixel_size, dz, energy, gradient, noise):
     """Planes, gradients, per-item noise, geometry and per-item records
-    (``(registration, gradient_orientation)``: the drift measured between the
-    scans, and the triplet's own check of its gradient's orientation) of a
-    sequence of FocalTriplet."""
+    (:func:`~flowtie_fast.plan.triplet_records`: the drift measured between
+    the scans, the triplet's own check of its gradient's orientation, the
+    pile-up check of its patterns and the pixels replaced in its planes, as
+    :meth:`Plan.solve <flowtie_fast.plan.Plan.solve>` takes them, checked as
+    it checks them) of a sequence of FocalTriplet."""
     for i, t in enumerate(triplets):
         if not isinstance(t, FocalTriplet):
             raise InputError(f"stack[{i}]: expected a FocalTriplet (a sequence of them), got "
@@ -652,7 +647,12 @@ def _from_triplets(triplets, pixel_size, dz, energy, gradient, noise):
             raise InputError(f"stack[{i}]: expected a gradient in every triplet or in none")
     planes = np.stack([np.stack([to_host(p) for p in t.planes]) for t in triplets])
     grads = None if first.gradient is None else np.stack([to_host(t.gradient) for t in triplets])
-    records = [(t.registration, t.gradient_orientation) for t in triplets]
+    records = [triplet_records(t) for t in triplets]
+    for i, r in enumerate(records):  # refused here, before anything is sent
+        try:
+            _check_records(**r)
+        except InputError as exc:
+            raise InputError(f"stack[{i}]: {exc}") from exc
     return planes, grads, [t.noise for t in triplets], first.pixel_size, first.dz[0], \
         first.energy, records
 
@@ -676,8 +676,11 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
         Intensities ``(minus, zero, plus)`` at ``-dz, 0, +dz``: NumPy, CuPy
         (copied to the host) or dask (each chunk read on the worker that
         solves it). Triplets must share shape, pixel size, even dz and energy;
-        their planes, gradients, the noise of their planes, their registration
-        records and their own orientation checks are used, not the noise of
+        their planes, gradients, the noise of their planes and their records
+        (registration, their own orientation checks, the pile-up check of
+        their patterns, the pixels replaced in their planes: each item's
+        verdict is the one :func:`~flowtie_fast.solvers.reconstruct` gives
+        the triplet) are used, not the noise of
         their gradients (``icom`` does not filter the gradient here, as in a
         :class:`~flowtie_fast.plan.Plan`; :func:`~flowtie_fast.solvers.reconstruct`
         does).

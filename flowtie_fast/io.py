@@ -99,6 +99,13 @@ counts, finite numbers, no key given twice), of at most 65536 characters
 (``plane_defects``: more, as many as the pixels the planes' size lets be
 replaced take).
 
+The output of ``flowtie reconstruct`` (:func:`write_fields`) is not of this
+layout and is not read by :func:`load`: it holds the phase, its gradient,
+residual and uncertainty, ``method``, ``pixel_size``, ``source``,
+``fallback`` and ``verdict`` (JSON text of the solve's trust entries:
+:data:`~flowtie_fast.trust.VERDICT_KEYS`; absent from files of earlier
+versions); :mod:`flowtie_fast.cli` lists its keys.
+
 Writes are atomic (a temporary file in the target folder, flushed to disk,
 then a rename), so a failed write leaves nothing behind. Temporaries are named
 ``.NAME.flowtie-tmp.<host>.<pid>.<random>``; the leftovers of a killed writer

@@ -75,7 +75,7 @@ from .planes import check_not_masked, focal_weights
 from .stem.detector import VIRTUAL_IMAGES
 from .trust import SIGNED_IMAGES, checked_orientation, plain_tie_gradient, suspicion
 
-__all__ = ["Plan"]
+__all__ = ["Plan", "triplet_records"]
 
 #: How many measured gradients a plan checks for curl while none has had the
 #: signal to tell; after them, one in this many (a run of noise alone is not
@@ -92,16 +92,36 @@ def _brief(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check_records(registration, orientation):
-    """``registration`` and ``orientation`` of :meth:`Plan.solve` checked:
-    the record (or None), and why the verdict given found the gradient
-    misoriented (or None); :class:`InputError` naming the argument otherwise."""
+def _check_records(registration, orientation, saturation=None, plane_defects=None):
+    """The records of :meth:`Plan.solve` checked, where given (each a dict of
+    a triplet, a few dict lookups: checked at every call, outside the
+    solve): ``registration`` (or None), why the ``orientation`` verdict
+    found the gradient misoriented (or None), ``saturation`` and
+    ``plane_defects`` (or None); :class:`InputError` naming the argument
+    otherwise. The fields checked are those the verdict reads."""
     if registration is not None and not (
             isinstance(registration, dict)
             and isinstance(registration.get("reliable"), (bool, np.bool_))):
         raise InputError(f"registration: expected a registration record (a triplet's "
                          f"registration: a dict whose 'reliable' is True or False) or None, "
                          f"got {_brief(registration)}")
+    if saturation is not None and not (
+            isinstance(saturation, dict)
+            and isinstance(saturation.get("saturated"), (bool, np.bool_))
+            and (not saturation["saturated"] or _is_text(saturation.get("why")))):
+        raise InputError(f"saturation: expected a saturation record (a triplet's saturation: "
+                         f"a dict whose 'saturated' is True or False, with its 'why' where "
+                         f"True) or None, got {_brief(saturation)}")
+    if plane_defects is not None and not (
+            isinstance(plane_defects, dict)
+            and isinstance(plane_defects.get("repaired"), (bool, np.bool_))
+            and _is_text(plane_defects.get("why"))
+            and isinstance(plane_defects.get("pixels"), dict)
+            and set(plane_defects["pixels"]) <= set(_INPUT_NAMES[:3])):
+        raise InputError(f"plane_defects: expected a record of replaced pixels (a triplet's "
+                         f"plane_defects: a dict of 'pixels' per plane minus, zero, plus, "
+                         f"'repaired' True or False and its 'why') or None, got "
+                         f"{_brief(plane_defects)}")
     if orientation is None:
         return registration, None
     if not (isinstance(orientation, dict)
@@ -111,6 +131,35 @@ def _check_records(registration, orientation):
                          f"gradient_orientation: a dict whose 'suspect' is True or False, "
                          f"with its 'why' where True) or None, got {_brief(orientation)}")
     return registration, suspicion(orientation)
+
+
+def _is_text(value) -> bool:
+    """Whether ``value`` is text that says something (a record's ``why``)."""
+    return isinstance(value, str) and bool(value.strip())
+
+
+def triplet_records(triplet) -> dict:
+    """The records a triplet keeps beside its arrays, as :meth:`Plan.solve`
+    takes them (``registration``, ``orientation``, ``saturation``,
+    ``plane_defects``; None where the triplet has none): with them a plan
+    gives the verdict :func:`~flowtie_fast.solvers.reconstruct` gives the
+    triplet (``plan.solve(*t.planes, gradient=t.gradient,
+    **triplet_records(t))``).
+
+    Parameters
+    ----------
+    triplet : FocalTriplet
+        The triplet (e.g. from ``FocalTriplet.from_4dstem``).
+
+    Returns
+    -------
+    dict
+        The keyword arguments of :meth:`Plan.solve` for its records.
+    """
+    return {"registration": getattr(triplet, "registration", None),
+            "orientation": getattr(triplet, "gradient_orientation", None),
+            "saturation": getattr(triplet, "saturation", None),
+            "plane_defects": getattr(triplet, "plane_defects", None)}
 
 
 class Plan:
@@ -363,7 +412,8 @@ class Plan:
     # ------------------------------------------------------------------ solves
 
     def solve(self, minus, zero, plus, *, gradient=None, out=None, gradient_out=None,
-              noise=None, uncertainty_out=None, registration=None, orientation=None):
+              noise=None, uncertainty_out=None, registration=None, orientation=None,
+              saturation=None, plane_defects=None):
         """The phase (rad, mean zero) of one triplet.
 
         Parameters
@@ -406,6 +456,24 @@ class Plan:
             ``"why"``; e.g. the sign of a ``"df"`` triplet's centre of mass
             checked against bright-field images): where it found the gradient
             misoriented, the solve reads it so, before the plan's own check.
+        saturation : dict, optional
+            The pile-up check of the 4D-STEM patterns the planes were made
+            from (a triplet's ``saturation``: its ``"saturated"`` True or
+            False and its ``"why"``): where it says the detector saturated,
+            ``plan.info["trust"]`` starts with it for every method and
+            ``flowtie``'s ``plan.info["trusted"]`` is False (its phase is
+            returned: no other phase is a fallback), as
+            :func:`~flowtie_fast.solvers.reconstruct` does for the triplet.
+        plane_defects : dict, optional
+            The isolated pixels replaced in the planes before they were given
+            (a triplet's ``plane_defects``: ``"pixels"`` per plane,
+            ``"repaired"``, ``"why"``): reported as
+            ``plan.info["plane_defects"]``, and its ``"why"`` as
+            ``plan.info["trust"]`` where nothing else is, as ``reconstruct``
+            reports them (the planes given, repaired, no longer show them).
+            ``flowtie_fast.plan.triplet_records(t)`` gives a triplet's four
+            records as these arguments. A malformed record raises :class:`InputError` naming
+            its argument before anything is written.
 
         Returns
         -------
@@ -440,14 +508,18 @@ class Plan:
                 raise InputError("uncertainty_out: needs a flowtie plan with uncertainty")
             self._output("uncertainty_out", uncertainty_out, self.shape,
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
-        registration, given = _check_records(registration, orientation)
-        options = self.options if noise is None else replace(self.options, noise=noise)
+        registration, given = _check_records(registration, orientation, saturation,
+                                             plane_defects)
+        changes = {} if noise is None else {"noise": noise}
         own = self._orientation(gradient, planes)  # after every refusal of the arguments
         suspect = given or own  # the verdict given first
         if suspect:
-            options = replace(options, gradient_suspect=suspect)
-        if registration is not None:
-            options = replace(options, registration=registration)
+            changes["gradient_suspect"] = suspect
+        for key, record in (("registration", registration), ("saturation", saturation),
+                            ("plane_defects", plane_defects)):
+            if record is not None:
+                changes[key] = record
+        options = replace(self.options, **changes) if changes else self.options
         self.info = self.solver.solve_planes(
             planes, self._derivative_weights, self._intensity_weights, self.wavenumber,
             self.method, gradient=gradient, out=out, gradient_out=grad,

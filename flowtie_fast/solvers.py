@@ -339,6 +339,15 @@ class SolveOptions:
         The noise of a measured gradient ((rad/Å)², per component).
     registration : dict or None
         The record of the scans' registration (``triplet.registration``).
+    saturation : dict or None
+        The pile-up check of a 4D-STEM triplet's patterns
+        (``triplet.saturation``): where ``"saturated"``, every method's
+        ``info["trust"]`` starts with its ``"why"`` and ``flowtie``'s
+        ``info["trusted"]`` is False.
+    plane_defects : dict or None
+        The isolated pixels replaced in the planes before they were given
+        (``triplet.plane_defects``): reported as ``info["plane_defects"]``,
+        and its ``"why"`` as ``info["trust"]`` where nothing else is.
     gradient_suspect : str or None
         Why the measured gradient's orientation looks wrong (its curl check,
         ``triplet.gradient_orientation["why"]``): then ``icom`` says so and
@@ -364,6 +373,8 @@ class SolveOptions:
     noise: object = None
     gradient_noise: object = None
     registration: dict | None = None
+    saturation: dict | None = None
+    plane_defects: dict | None = None
     gradient_suspect: str | None = None
     planes_image: str | None = None
     names: tuple | None = None
@@ -426,13 +437,23 @@ def _warn_unregistered(method, registration, info):
                   stacklevel=user_stacklevel())
 
 
-def _mark_saturated(method, series, info) -> None:
-    """Where a triplet's patterns saturated (``series.saturation``, warned when
-    it was made), ``info["trust"]`` says so first, for every method (another
-    reason the solve found follows it): the centre of mass and the planes
-    are both biased, so no phase is a fallback, and ``flowtie``'s
-    ``info["trusted"]`` is False (its phase is returned)."""
-    record = getattr(series, "saturation", None)
+def _record_defects(defects, info) -> None:
+    """The isolated pixels replaced in the planes (``defects``: a record of
+    :func:`~flowtie_fast.planes.screen_planes`, warned where it was made, or
+    None) into ``info["plane_defects"]``, and its ``"why"`` as
+    ``info["trust"]`` where nothing else is."""
+    if defects is not None:
+        info["plane_defects"] = defects
+        info.setdefault("trust", defects["why"])
+
+
+def _mark_saturated(method, record, info) -> None:
+    """Where a triplet's patterns saturated (``record``: its ``saturation``,
+    warned when it was made; None where unknown), ``info["trust"]`` says so
+    first, for every method (another reason the solve found follows it): the
+    centre of mass and the planes are both biased, so no phase is a
+    fallback, and ``flowtie``'s ``info["trusted"]`` is False (its phase is
+    returned)."""
     if not isinstance(record, dict) or not record.get("saturated"):
         return
     other = info.get("trust")
@@ -756,6 +777,8 @@ class TIESolver:
                                noise=getattr(series, "noise", None),
                                gradient_noise=getattr(series, "gradient_noise", None),
                                registration=getattr(series, "registration", None),
+                               saturation=getattr(series, "saturation", None),
+                               plane_defects=getattr(series, "plane_defects", None),
                                gradient_suspect=_suspect(series),
                                planes_image=getattr(series, "virtual", None),
                                uncertainty=method == "flowtie" and uncertainty is not False)
@@ -790,7 +813,7 @@ class TIESolver:
                         "may carry it")
                     warnings.warn(rec.info["trust"], TrustWarning,
                                   stacklevel=user_stacklevel())
-                _mark_saturated(method, series, rec.info)
+                _mark_saturated(method, options.saturation, rec.info)
                 rec.info["time"] = time.perf_counter() - start
                 return rec
             phase = self.poisson.output(out)
@@ -801,10 +824,8 @@ class TIESolver:
                 series.planes, series.derivative_weights, series.intensity_weights,
                 series.wavenumber, series.gradient, method, phase, grad, info, options)
             self._check_result(method, phase, grad)
-            defects = getattr(series, "plane_defects", None)  # found (and warned) as given
-            if defects is not None:
-                info["plane_defects"] = defects
-                info.setdefault("trust", defects["why"])
+            # found (and warned) when the series was made
+            _record_defects(options.plane_defects, info)
             _warn_unregistered(method, options.registration, info)
             why = image_verdict(method, options.planes_image, options.model,
                                 not options.uncertainty)
@@ -813,7 +834,7 @@ class TIESolver:
                 warnings.warn(f"{method}: {why}; FocalTriplet.from_4dstem(..., virtual='bf'), "
                               "or method='icom'", TrustWarning,
                               stacklevel=user_stacklevel())
-            _mark_saturated(method, series, info)
+            _mark_saturated(method, options.saturation, info)
             info["time"] = time.perf_counter() - start
             rec = Reconstruction(phase, grad, method, info, info.pop("uncertainty_map", None))
             if residual is not None:
@@ -875,9 +896,7 @@ class TIESolver:
             else:
                 self._check_against_gradient(method, gradient, options.gradient_noise, phase,
                                              info)
-        if defects is not None:
-            info["plane_defects"] = defects
-            info.setdefault("trust", defects["why"])
+        _record_defects(defects, info)
         self.backend.synchronize()
         return mean, residual
 
@@ -1023,11 +1042,14 @@ class TIESolver:
         else:
             self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
                                gradient, method, out, gradient_out, info, options)
+            # the records given, read as solve reads a triplet's, in its order
+            _record_defects(options.plane_defects, info)
             _warn_unregistered(method, options.registration, info)
             why = image_verdict(method, options.planes_image, options.model,
                                 not options.uncertainty)  # the plan warned once
             if why is not None:
                 info.setdefault("trust", why)
+        _mark_saturated(method, options.saturation, info)
         self._check_result(method, out, gradient_out)
         return info.pop("uncertainty_map", None)
 

@@ -74,8 +74,39 @@ from .stem.rotation import least_turn
 __all__ = ["calibration", "members", "is_shipped", "derivative_snr", "verdict",
            "disagreement", "classical_verdict", "gradient_orientation",
            "checked_orientation", "orientation_warning", "plain_tie_gradient", "sign_check",
-           "suspicion",
-           "MEMBERS", "NO_UNCERTAINTY"]
+           "suspicion", "verdict_entries",
+           "MEMBERS", "NO_UNCERTAINTY", "VERDICT_KEYS"]
+
+#: The entries of a solve's ``info`` that say whether to trust its phase
+#: (``trusted``, ``fallback`` and ``why`` of ``flowtie``'s trust check;
+#: ``trust`` where any solve said its phase is not to be taken as it
+#: stands): those :func:`~flowtie_fast.cluster.reconstruct_many` carries back
+#: per item and ``flowtie reconstruct`` writes into its output (``verdict``).
+VERDICT_KEYS = ("trusted", "fallback", "why", "trust")
+
+
+def verdict_entries(info) -> dict:
+    """The trust entries (:data:`VERDICT_KEYS`) of one solve's ``info``.
+
+    Parameters
+    ----------
+    info : dict
+        A solve's information (``rec.info``, ``plan.info``).
+
+    Returns
+    -------
+    dict
+        Those of its entries that are set, as plain Python values
+        (``trusted`` a bool, the others text): empty where the solve said
+        nothing against its phase.
+    """
+    out = {}
+    for key in VERDICT_KEYS:
+        value = info.get(key)
+        if value is not None:
+            out[key] = bool(value) if key == "trusted" else str(value)
+    return out
+
 
 MEMBERS = ("default", "seed0", "seed2", "seed3")  # the calibrated set of shipped models
 CALIBRATION_FILE = "calibration.json"

@@ -8,7 +8,9 @@ device answers."""
 
 from __future__ import annotations
 
+import copy
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -320,6 +322,39 @@ def test_each_call_checks_its_gradients_orientation_on_the_cached_plans(pinned):
         else:
             _, info = cluster.reconstruct_many(stack, "icom", gradient=grads, **kw)
         assert [("trust" in v) for v in info] == [wrong] * 4
+
+
+def test_triplets_carry_their_saturation_and_replaced_pixels_to_the_items(pinned):
+    """A saturated triplet (``triplet.saturation``) and the pixels replaced in
+    its planes (``triplet.plane_defects``) reached the workers' plans
+    without those records: its items came back without the detector's
+    verdict that reconstruct gives. Each item's verdict is reconstruct's;
+    a malformed record is refused here, before anything is sent."""
+    from test_stem import saturated_triplet_with_a_hot_pixel
+
+    from flowtie_fast.trust import verdict_entries
+
+    t = saturated_triplet_with_a_hot_pixel()
+    clean = copy.copy(t)
+    clean.plane_defects = None  # the same planes, none said to be replaced
+    for method in ("tie", "icom"):
+        want = []
+        for item in (t, clean):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                want.append(verdict_entries(
+                    ft.reconstruct(item, method, backend="cpu", threads=1).info))
+        assert all(w["trust"].startswith("the detector saturated (triplet.saturation): ")
+                   for w in want)
+        with pytest.warns(ft.TrustWarning, match=rf"2 of 2 {method} phases .*stack\[0\]: "
+                                                 r"the detector saturated"):
+            _, info = cluster.reconstruct_many([t, clean], method, client=pinned, threads=1,
+                                               return_info=True)
+        assert info == want
+    bad = copy.copy(t)
+    bad.saturation = {"saturated": "yes"}
+    with pytest.raises(ft.InputError, match=r"^stack\[1\]: saturation: expected"):
+        cluster.reconstruct_many([t, bad], "tie", client=_Unused())
 
 
 def test_a_duration_is_no_device_index():

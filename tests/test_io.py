@@ -862,6 +862,48 @@ def test_flowtie_reconstruct_of_a_saved_saturated_triplet_says_it_saturated(
     assert "beam: the -dz and +dz scans hold " in said.out
 
 
+@pytest.mark.parametrize("method, suffix", [("tie", ".npz"), ("icom", ".h5"),
+                                           ("flowtie", ".npz")])
+def test_flowtie_reconstruct_writes_the_verdict_of_a_saturated_triplet(
+        tmp_path, saturated_triplet, method, suffix):
+    """The output of `flowtie reconstruct` held the phase and, for flowtie, the
+    fallback, but not the verdict: a phase flagged (a saturated detector,
+    flowtie's flow not trusted) read later from the file looked like any
+    other. The file holds ``verdict``, JSON text of the solve's trust
+    entries, equal to reconstruct's for the same triplet."""
+    from flowtie_fast.cli import main
+    from flowtie_fast.trust import verdict_entries
+
+    if method == "flowtie" and importlib.util.find_spec("torch") is None:
+        pytest.skip("flowtie needs PyTorch")
+    path = ft.save(tmp_path / "sat.npz", saturated_triplet)
+    with ft.load(path) as ds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = verdict_entries(ft.reconstruct(ds.triplet(), method=method,
+                                                  backend="cpu").info)
+    assert want["trust"].startswith("the detector saturated (triplet.saturation): plus: ")
+    out = tmp_path / f"out{suffix}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["reconstruct", str(path), "-o", str(out), "--method", method,
+                     "--backend", "cpu"]) == 0
+    if suffix == ".npz":
+        with np.load(out) as f:
+            text, keys = str(f["verdict"]), set(f.files)
+    else:
+        import h5py
+
+        with h5py.File(out, "r") as f:
+            text, keys = f.attrs["verdict"], set(f.attrs) | set(f)
+            text = text.decode() if isinstance(text, bytes) else str(text)
+    verdict = json.loads(text)
+    assert verdict == want
+    if method == "flowtie":
+        assert verdict["trusted"] is False
+    assert ("fallback" in keys) == ("fallback" in want)
+
+
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])
 def test_a_4dstem_triplet_keeps_its_descan_and_flux_records_through_save_and_load(
         tmp_path, saturated_triplet, suffix):

@@ -1,13 +1,18 @@
 """Plans for acquisition software: same answers as reconstruct, no allocation per
 solve, batches, threads, wisdom files and clear errors."""
 
+import importlib.util
 import threading
+import warnings
 
 import numpy as np
 import pytest
 from fields import least_peak_bytes
+from test_stem import saturated_triplet_with_a_hot_pixel
 
 import flowtie_fast as ft
+from flowtie_fast.plan import triplet_records
+from flowtie_fast.trust import verdict_entries
 
 N, PIXEL, DZ, E = 64, 0.2, 20.0, 300e3
 DIRECT = ["tie-uniform", "tie", "icom"]
@@ -301,3 +306,59 @@ def test_a_plan_reads_the_records_a_triplet_keeps_beside_its_arrays():
                      ({"orientation": "suspect"}, "orientation")):
         with pytest.raises(ft.InputError, match=rf"^{name}: expected"):
             icom.solve(m, z, p, gradient=gradient, **kw)
+
+
+@pytest.fixture(scope="module")
+def saturated_with_a_hot_pixel():
+    return saturated_triplet_with_a_hot_pixel()
+
+
+def _verdicts(fn):
+    """fn()'s verdict entries and info["plane_defects"], warnings silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = fn()
+    return verdict_entries(info), info.get("plane_defects")
+
+
+@pytest.mark.parametrize("method", ["tie", "icom", "flowtie"])
+def test_a_plan_given_a_triplet_s_saturation_and_replaced_pixels_gives_reconstruct_s_verdict(
+        saturated_with_a_hot_pixel, method):
+    """A saturated 4D-STEM acquisition solved through a Plan was trusted: the
+    plan had no way to be told the detector saturated (nor which pixels were
+    replaced in the planes it is given, which no longer show them).
+    ``saturation=`` and ``plane_defects=`` give it the triplet's records: the
+    plan's verdict (trust, trusted, fallback) and its plane_defects are
+    reconstruct's; a malformed record is refused naming its argument."""
+    if method == "flowtie" and importlib.util.find_spec("torch") is None:
+        pytest.skip("flowtie needs PyTorch")
+    t = saturated_with_a_hot_pixel
+    want, want_defects = _verdicts(
+        lambda: ft.reconstruct(t, method=method, backend="cpu").info)
+    assert want["trust"].startswith("the detector saturated (triplet.saturation): plus: ")
+    if method == "flowtie":
+        assert want["trusted"] is False
+    plan = ft.Plan(t.shape, t.pixel_size, t.dz, t.energy, method=method, backend="cpu",
+                   warmup=False)
+
+    def solve(**records):
+        plan.solve(*t.planes, gradient=t.gradient, noise=t.noise, **records)
+        return plan.info
+    got, got_defects = _verdicts(lambda: solve(**triplet_records(t)))
+    assert got == want
+    if method != "icom":  # reconstruct reports them where a phase is made from the planes
+        assert want_defects is t.plane_defects
+    assert got_defects == want_defects
+    bare, _ = _verdicts(lambda: solve())  # without the records: nothing said of them
+    assert "detector saturated" not in bare.get("trust", "")
+    refused = (({"saturation": {"saturated": "yes"}}, "saturation"),
+               ({"saturation": {"saturated": True, "why": " "}}, "saturation"),
+               ({"saturation": ["saturated"]}, "saturation"),
+               ({"plane_defects": {"repaired": True, "why": "x"}}, "plane_defects"),
+               ({"plane_defects": {"pixels": {"top": []}, "repaired": True, "why": "x"}},
+                "plane_defects"))
+    for kw, name in refused:
+        plan.info["x"] = 1
+        with pytest.raises(ft.InputError, match=rf"^{name}: expected"):
+            solve(**kw)
+        assert plan.info == {}  # never the verdict of an earlier solve

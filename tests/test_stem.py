@@ -1037,6 +1037,25 @@ def _counted_disks(scale=0.2, seed=0):
     return counted, [d * scale for d in data], kw
 
 
+def saturated_triplet_with_a_hot_pixel():
+    """A 4D-STEM triplet whose +dz scan is clipped at a top value (a
+    saturated detector, ``triplet.saturation``), its planes then given again
+    with a hot pixel in one plane (replaced: ``triplet.plane_defects``),
+    with its gradient, noise and records (registration, saturation)."""
+    counted, _, kw = _counted_disks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the saturation and the hot pixel, as tested
+        t = ft.FocalTriplet.from_4dstem(counted[0], counted[1], np.minimum(counted[2], 190),
+                                        **kw)
+        planes = [np.array(p) for p in t.planes]
+        planes[2][10, 12] *= 20  # a cosmic ray
+        h = ft.FocalTriplet(*planes, dz=t.dz, pixel_size=t.pixel_size, energy=t.energy,
+                            gradient=t.gradient, virtual=t.virtual, noise=t.noise)
+    assert t.saturation["saturated"] and h.plane_defects["repaired"]
+    h.registration, h.saturation = t.registration, t.saturation
+    return h
+
+
 @pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")
 def test_patterns_that_pile_up_at_a_top_value_are_warned_and_recorded():
     """Counts clipped at a top value (a saturated detector: ~15 % of the
