@@ -979,6 +979,18 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"registration": _REG.replace('"applied": false', '"applied": true, "applied": false')
            .replace('"reliable": false', '"reliable": true')},
      "registration", r"must be JSON text .*key 'applied' given twice"),
+    # Texts the command line prints: JSON escapes of control characters (terminal
+    # escapes, newlines) or lone surrogates (a UnicodeEncodeError naming nothing).
+    ("3", {"registration": _REG.replace("images under", "\\ud800 images")}, "registration",
+     r"must be a registration record .*holds '\\ud800', a lone surrogate"),
+    ("3", {"registration": _REG.replace("images under", "\\u001b[2J images")}, "registration",
+     r"must be a registration record .*holds '\\x1b', a control character; expected "
+     "printable text"),
+    ("3", {"registration": _REG.replace("images under", "\\nflowtie: error: x")},
+     "registration", r"holds '\\n', a control character"),
+    ("3", {"gradient": np.zeros((2, 4, 4)),
+           "orientation": '{"suspect": true, "why": "\\u009b31m"}'},
+     "orientation", r"must be a verdict .*holds '\\x9b', a control character"),
     ("3", {"registration": _REG.replace('"images under 8 px a side"', '"' + "x" * 70000 + '"')},
      "registration", r"must be JSON text of the registration record \(a few hundred "
                      r"characters\), got 70\d\d\d characters$"),
