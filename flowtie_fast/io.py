@@ -767,6 +767,12 @@ def _read_h5(path: Path, suffix: str):
                 raise InputError(f"{path.name}: '{key}' is a virtual or external dataset; "
                                  "expected data stored in this file")
             check_hdf5_written(path.name, obj)
+            twin = next((k for k in ("minus", "zero", "plus")
+                         if k in fields and key in ("minus", "zero", "plus")
+                         and fields[k].id == obj.id), None)
+            if twin is not None:  # a plane linked twice: one recording read as two planes
+                raise InputError(f"{path.name}: '{key}' and '{twin}' are one HDF5 dataset "
+                                 "(linked under both names); expected three recorded planes")
             fields[key] = obj
         for key in _KEYS:
             if key in handle.attrs:
