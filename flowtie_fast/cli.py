@@ -436,7 +436,9 @@ def _train(args) -> int:
     # Neither the checkpoint nor the model may replace a training file.
     data_files = [q for d in map(Path, args.data)
                   for q in (sorted(d.iterdir()) if d.is_dir() else [d])]
-    check_not_input("--checkpoint", args.checkpoint, data_files)
+    # The teacher is read too (where it is a file, not a shipped name).
+    teacher = [args.teacher] if args.teacher and os.path.lexists(args.teacher) else []
+    check_not_input("--checkpoint", args.checkpoint, [*data_files, *teacher])
     training.check_checkpoints(cfg, args.checkpoint, args.resume, args.overwrite)
     # The model and the checkpoint are two files (-o was called "the input file").
     try:
@@ -446,7 +448,7 @@ def _train(args) -> int:
                          "model and the checkpoint need two files (e.g. -o flowtie_model.pt)") \
             from None
     # Resuming continues the run whose model -o holds: it is replaced at the end.
-    check_output(args.output, inputs=[*data_files, args.checkpoint, args.resume],
+    check_output(args.output, inputs=[*data_files, *teacher, args.checkpoint, args.resume],
                  overwrite=args.overwrite or args.resume is not None,
                  suffixes=(".pt", ".pth", ".ts"))
     samples = load_samples(args.data, doses=doses)

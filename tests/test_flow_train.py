@@ -871,3 +871,28 @@ def test_a_model_path_that_is_the_checkpoint_is_named_as_such(tmp_path, capsys):
                        "--checkpoint path; the model and the checkpoint need two files (e.g. "
                        "-o flowtie_model.pt)"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.npz", "link.pt"]
+
+
+def test_the_teacher_file_is_never_replaced_by_the_model_or_the_checkpoint(tmp_path, capsys):
+    """`flowtie train --teacher t.pt --distill 0.5 -o t.pt --overwrite` read the
+    teacher and then replaced it with the student: an input file overwritten."""
+    from flowtie_fast.cli import main
+    from flowtie_fast.flow.model import FlowNet
+
+    teacher = export_torchscript(FlowNet(in_channels=6, width=4, depth=1), tmp_path / "t.pt")
+    (tmp_path / "link.pt").symlink_to(teacher)
+    before = teacher.read_bytes()
+    data = tmp_path / "case.npz"
+    data.write_bytes(b"never read")
+    base = ["train", str(data), "--distill", "0.5", "--overwrite"]
+    for given, option, target in (("t.pt", "-o", "output"), ("link.pt", "-o", "output"),
+                                  ("t.pt", "--checkpoint", "--checkpoint")):
+        other = ["--checkpoint", str(tmp_path / "c.ckpt")] if option == "-o" else \
+            ["-o", str(tmp_path / "m.pt")]
+        assert main([*base, "--teacher", str(tmp_path / given), option, str(teacher),
+                     *other]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(
+            f"flowtie train: error: {target}: {str(teacher)!r} is the input file"), err
+    assert teacher.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.npz", "link.pt", "t.pt"]
