@@ -130,7 +130,7 @@ def _demo(args) -> int:
               f"{row.seconds * 1e3:>24.3f}")
     print(_demo_note(demo.REPEATS))
     fig = demo.figure(case, rows)
-    with atomic_path(args.png, args.overwrite) as tmp:
+    with atomic_path(args.png, args.overwrite, name="--png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     print(f"figure: {_shown_path(args.png)}")
     return 0
@@ -142,24 +142,25 @@ def _demo_png() -> Path:
     return Path(tempfile.gettempdir()) / "flowtie_demo.png"
 
 
-def _save_panels(path, panels, title=None, overwrite=True) -> None:
-    """A row of grey images with colour bars, written atomically as PNG."""
+def _save_panels(path, panels, title=None, overwrite=True, name="--png") -> None:
+    """A row of grey images with colour bars, written atomically as PNG
+    (``name``: the option that gave ``path``, for the messages)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.1))
-    for ax, (name, img) in zip(np.atleast_1d(axes), panels):
+    for ax, (label, img) in zip(np.atleast_1d(axes), panels):
         im = ax.imshow(np.asarray(img), cmap="gray")
-        ax.set_title(name, fontsize=8)
+        ax.set_title(label, fontsize=8)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     try:
-        with atomic_path(path, overwrite) as tmp:
+        with atomic_path(path, overwrite, name=name) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
@@ -450,10 +451,19 @@ def _train(args) -> int:
     # Neither the checkpoint nor the model may replace a training file.
     data_files = [q for d in map(Path, args.data)
                   for q in (sorted(d.iterdir()) if d.is_dir() else [d])]
-    check_not_input("--checkpoint", args.checkpoint, data_files)
+    # The teacher is read too (where it is a file, not a shipped name).
+    teacher = [args.teacher] if args.teacher and os.path.lexists(args.teacher) else []
+    check_not_input("--checkpoint", args.checkpoint, [*data_files, *teacher])
     training.check_checkpoints(cfg, args.checkpoint, args.resume, args.overwrite)
+    # The model and the checkpoint are two files (-o was called "the input file").
+    try:
+        check_not_input("output", args.output, [args.checkpoint])
+    except InputError:
+        raise InputError(f"output: {str(args.output)!r} is also the --checkpoint path; the "
+                         "model and the checkpoint need two files (e.g. -o flowtie_model.pt)") \
+            from None
     # Resuming continues the run whose model -o holds: it is replaced at the end.
-    check_output(args.output, inputs=[*data_files, args.checkpoint, args.resume],
+    check_output(args.output, inputs=[*data_files, *teacher, args.checkpoint, args.resume],
                  overwrite=args.overwrite or args.resume is not None,
                  suffixes=(".pt", ".pth", ".ts"))
     samples = load_samples(args.data, doses=doses)

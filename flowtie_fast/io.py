@@ -131,6 +131,7 @@ import math
 import os
 import re
 import sys
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -854,6 +855,12 @@ def _read_h5(path: Path, suffix: str):
                 raise InputError(f"{path.name}: '{key}' is a virtual or external dataset; "
                                  "expected data stored in this file")
             check_hdf5_written(path.name, obj)
+            twin = next((k for k in ("minus", "zero", "plus")
+                         if k in fields and key in ("minus", "zero", "plus")
+                         and fields[k].id == obj.id), None)
+            if twin is not None:  # a plane linked twice: one recording read as two planes
+                raise InputError(f"{path.name}: '{key}' and '{twin}' are one HDF5 dataset "
+                                 "(linked under both names); expected three recorded planes")
             fields[key] = obj
         for key in _KEYS:
             if key in handle.attrs:
@@ -1136,6 +1143,33 @@ def _json_field(fields: dict, key: str, path: Path, shape: tuple = (1, 1)):
         raise InputError(f"{want}, got {_short(repr(text), 60)} ({why})") from None
 
 
+def _check_printable(record, name: str, want: str) -> None:
+    """Refuse a record whose texts hold a control character or a lone
+    surrogate (JSON escapes such as ``"\\u001b[2J"``, ``"\\n"``,
+    ``"\\ud800"``): its ``why`` is printed in the command's messages (raw
+    terminal escapes and lines, or a UnicodeEncodeError naming nothing)."""
+    bad = _unprintable(record)
+    if bad is not None:
+        what = "a lone surrogate, which UTF-8 cannot encode" if "\ud800" <= bad <= "\udfff" \
+            else "a control character"
+        raise InputError(f"{name} must be {want}, got {_short(repr(record), 80)} (its text "
+                         f"holds {bad!r}, {what}; expected printable text)")
+
+
+def _unprintable(value):
+    """The first character of a parsed JSON value's texts (keys included) that
+    is a control character (category Cc: terminal escapes, newlines) or a
+    lone surrogate (Cs), or None: such text would be printed raw in a message,
+    or fail to print at all."""
+    if isinstance(value, str):
+        return next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        return next((bad for v in value if (bad := _unprintable(v)) is not None), None)
+    return None
+
+
 def _registration_record(record, name: str) -> dict:
     """A registration record (``triplet.registration``) checked and made of
     plain values (the shifts a nested list of floats); :class:`InputError`
@@ -1145,6 +1179,7 @@ def _registration_record(record, name: str) -> dict:
     if not isinstance(record, dict) or not {"shifts", "reliable", "applied"} <= set(record) \
             or not set(record) <= set(_REGISTRATION):
         raise InputError(f"{name} must be {want}, got {_short(repr(record), 80)}")
+    _check_printable(record, name, want)
     try:
         shifts = np.array(record["shifts"], dtype=object)
         ok = shifts.shape == (3, 2) and all(
@@ -1180,6 +1215,7 @@ def _orientation_record(record, name: str) -> dict:
         raise InputError(f'{name} must be a verdict {{"suspect": true, "why": text}} (stored '
                          f"only where the check found the gradient misoriented), got "
                          f"{_short(repr(record), 80)}")
+    _check_printable(record, name, 'a verdict {"suspect": true, "why": text}')
     return {"suspect": True, "why": record["why"]}
 
 

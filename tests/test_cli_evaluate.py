@@ -79,3 +79,29 @@ def test_an_unreadable_case_is_refused_before_any_case_is_solved(tmp_path, capsy
     assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--repeats", "1"]) == 2
     out, err = capsys.readouterr()
     assert "c_damaged.npz" in err and "NMSE" not in out
+
+
+def test_a_case_given_twice_is_refused_before_any_case_is_solved(tmp_path, capsys):
+    """`flowtie evaluate DIR DIR/a.npz`, a link to a case in its folder, or
+    `flowtie train DIR DIR` counted the case twice (its rows twice in the
+    table, twice the weight in training) without a word."""
+    import pytest
+
+    from flowtie_fast.evaluation.evaluate import case_files
+
+    write_cases(tmp_path)
+    one = tmp_path / "b_images.npz"
+    for given, twice in (([tmp_path, tmp_path], tmp_path / "a_with_gradient.npz"),
+                         ([tmp_path, one], one), ([one, str(one)], one)):
+        with pytest.raises(ft.InputError, match=rf"^paths: '{twice}' is given twice; expected "
+                                                 "each case once$"):
+            case_files(given)
+    (tmp_path / "c_link.npz").symlink_to(one)
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"flowtie evaluate: error: paths: '{tmp_path / 'c_link.npz'}' is given twice "
+                   f"(also as '{one}'); expected each case once"], err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ft.InputError, match=rf"^paths: no .npz/.h5 files in '{empty}'$"):
+        case_files(empty)

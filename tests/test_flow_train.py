@@ -815,3 +815,84 @@ def test_a_cosine_schedule_resumes_exactly(tmp_path):
     assert not torch.equal(flat.state_dict()["head.weight"], whole.state_dict()["head.weight"])
     with pytest.raises(ft.InputError, match="schedule: expected 'constant' or 'cosine'"):
         TrainConfig(schedule="linear")
+
+
+_FULL_DISK = r"""
+import errno, resource, sys
+from pathlib import Path
+import torch
+from flowtie_fast.flow.model import FlowNet
+from flowtie_fast.training.train import _save, export_torchscript
+
+folder = Path(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # a disk that fills at 4 KiB
+for name, write in (("checkpoint", lambda: _save(folder / "c.ckpt", {"w": torch.zeros(4096)})),
+                    ("output", lambda: export_torchscript(FlowNet(in_channels=4, width=8,
+                                                                  depth=1), folder / "m.pt"))):
+    try:
+        write()
+    except OSError as exc:
+        assert exc.errno == errno.EFBIG, exc
+        print(name, str(exc).split("] ", 1)[1])
+"""
+
+
+def test_a_full_disk_while_saving_a_model_or_checkpoint_is_an_oserror(tmp_path):
+    """PyTorch's own file writer aborted the process (std::terminate, exit 134,
+    a C++ stack trace) when the disk filled while a TorchScript model was
+    exported, and raised an opaque RuntimeError ("unexpected pos 12416 vs
+    12312") for a checkpoint; both are serialised in memory and written from
+    Python now: an OSError naming the file, and no temporary left."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == [
+        f"checkpoint checkpoint: {str(tmp_path / 'c.ckpt')!r} cannot be written (File too large)",
+        f"output output: {str(tmp_path / 'm.pt')!r} cannot be written (File too large)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_path_that_is_the_checkpoint_is_named_as_such(tmp_path, capsys):
+    """-o equal to --checkpoint (by name or through a link) was refused as
+    "output: 'm.pt' is the input file": the checkpoint is written, not read."""
+    from flowtie_fast.cli import main
+
+    data = tmp_path / "case.npz"
+    data.write_bytes(b"never read")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "m.pt")
+    for checkpoint in ("m.pt", "link.pt"):
+        assert main(["train", str(data), "-o", str(tmp_path / "m.pt"), "--checkpoint",
+                     str(tmp_path / checkpoint)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"flowtie train: error: output: {str(tmp_path / 'm.pt')!r} is also the "
+                       "--checkpoint path; the model and the checkpoint need two files (e.g. "
+                       "-o flowtie_model.pt)"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.npz", "link.pt"]
+
+
+def test_the_teacher_file_is_never_replaced_by_the_model_or_the_checkpoint(tmp_path, capsys):
+    """`flowtie train --teacher t.pt --distill 0.5 -o t.pt --overwrite` read the
+    teacher and then replaced it with the student: an input file overwritten."""
+    from flowtie_fast.cli import main
+    from flowtie_fast.flow.model import FlowNet
+
+    teacher = export_torchscript(FlowNet(in_channels=6, width=4, depth=1), tmp_path / "t.pt")
+    (tmp_path / "link.pt").symlink_to(teacher)
+    before = teacher.read_bytes()
+    data = tmp_path / "case.npz"
+    data.write_bytes(b"never read")
+    base = ["train", str(data), "--distill", "0.5", "--overwrite"]
+    for given, option, target in (("t.pt", "-o", "output"), ("link.pt", "-o", "output"),
+                                  ("t.pt", "--checkpoint", "--checkpoint")):
+        other = ["--checkpoint", str(tmp_path / "c.ckpt")] if option == "-o" else \
+            ["-o", str(tmp_path / "m.pt")]
+        assert main([*base, "--teacher", str(tmp_path / given), option, str(teacher),
+                     *other]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(
+            f"flowtie train: error: {target}: {str(teacher)!r} is the input file"), err
+    assert teacher.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.npz", "link.pt", "t.pt"]

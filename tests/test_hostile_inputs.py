@@ -1869,3 +1869,27 @@ def test_a_nan_pattern_of_any_scan_is_named_by_its_scan_position(index, name):
                                             r"\(3, 5\)"):
         ft.FocalTriplet.from_4dstem(*data, dz=DZ, scan_step=0.2, k_sampling=0.05, energy=E,
                                     backend="cpu")
+
+
+def test_a_figure_that_cannot_be_written_is_named_by_png(tmp_path, capsys, monkeypatch):
+    """A full disk while the --png figure was written was reported as
+    "output: 'f.png' cannot be written", naming -o (already written) instead
+    of --png."""
+    import errno
+
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.figure  # noqa: F401
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    t = ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E)
+    source = ft.save(tmp_path / "in.npz", t)
+    out, png = tmp_path / "o.npz", tmp_path / "f.png"
+    assert cli.main(["reconstruct", str(source), "-o", str(out), "--png", str(png),
+                     "--backend", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flowtie reconstruct: error: ")
+    assert f"--png: {str(png)!r} cannot be written (No space left on device)" in err[0], err
+    assert out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.npz", "o.npz"]

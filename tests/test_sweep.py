@@ -443,3 +443,46 @@ def test_a_folder_given_as_the_recipe_is_called_a_folder(tmp_path, capsys):
     assert "is a directory" in capsys.readouterr().err
     with pytest.raises(ft.InputError, match=r"^config: no such file"):
         sweep.load_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("make", ["folder", "fifo", "device", "dangling", "binary"])
+def test_a_manifest_that_is_no_file_of_json_lines_is_refused_before_any_series(
+        tmp_path, capsys, monkeypatch, make):
+    """A manifest.jsonl that was a folder, a FIFO or a link to a device or to
+    nothing was read as empty: the sweep then simulated a series (minutes)
+    and failed on the folder, blocked forever opening the FIFO, appended its
+    records to /dev/null (lost: every rerun simulated them again) or created
+    the link's target wherever it pointed. A manifest of other bytes than
+    UTF-8 stopped `--list` with "'utf-8' codec can't decode byte 0x94 ...",
+    naming neither the file nor the line."""
+    import os
+
+    cfg_path = _write(tmp_path, TINY)
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = out / "manifest.jsonl"
+    if make == "folder":
+        manifest.mkdir()
+    elif make == "fifo":
+        os.mkfifo(manifest)
+    elif make == "device":
+        manifest.symlink_to(os.devnull)
+    elif make == "dangling":
+        manifest.symlink_to(tmp_path / "elsewhere" / "m.jsonl")
+    else:
+        manifest.write_bytes(b'{"id": "s0000"}\n\x94\xff not text\n')
+    expected = {"folder": "is a directory", "fifo": "is a FIFO", "device": "is a device",
+                "dangling": "is a symbolic link to", "binary": "line 2 of"}[make]
+
+    def simulated(*args, **kwargs):
+        raise AssertionError("a series was simulated")
+
+    monkeypatch.setattr(sweep, "simulate_specimen", simulated)
+    for extra in (["--list"], []):
+        assert main(["simulate", "--sweep", str(cfg_path), "-o", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("flowtie simulate: error: manifest: "), err
+        assert expected in err and "manifest.jsonl" in err and len(err.splitlines()) == 1
+    with pytest.raises(ft.InputError, match=f"^manifest: .*{expected}"):
+        sweep.read_manifest(out)
+    assert not (tmp_path / "elsewhere").exists()

@@ -154,22 +154,34 @@ def case_files(paths):
     if not given:
         raise InputError("paths: expected a file or folder path or a list of them, got an "
                          "empty list")
-    out = []
+    out, seen = [], {}
     for p in given:
         p = as_path("paths", p)
         if p.is_dir():
             try:
-                out += sorted(q for q in p.iterdir()
-                              if q.suffix.lower() in (".npz", ".h5", ".hdf5"))
+                found = sorted(q for q in p.iterdir()
+                               if q.suffix.lower() in (".npz", ".h5", ".hdf5"))
             except OSError as exc:
                 raise InputError(f"paths: the folder {str(p)!r} cannot be read "
                                  f"({exc.strerror})") from exc
         elif not p.exists():
             raise InputError(f"paths: no such file or folder {str(p)!r}")
         else:
-            out.append(p)
+            found = [p]
+        for q in found:  # one case given twice would count twice, without a word
+            try:
+                st = os.stat(q)
+            except OSError:  # a link to nothing, a loop: named when the file is read
+                continue
+            first = seen.setdefault((st.st_dev, st.st_ino), q)
+            if first is not q:
+                how = "" if str(first) == str(q) else f" (also as {str(first)!r})"
+                raise InputError(f"paths: {str(q)!r} is given twice{how}; expected each case "
+                                 "once")
+        out += found
     if not out:
-        raise InputError(f"paths: no .npz/.h5 files in {paths}")
+        shown = ", ".join(repr(str(p)) for p in given)
+        raise InputError(f"paths: no .npz/.h5 files in {shown}")
     return out
 
 

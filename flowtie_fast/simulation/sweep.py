@@ -1023,15 +1023,25 @@ def read_manifest(folder) -> dict:
         Naming the file, the line and the key, for a line of a series (a JSON
         object with a string ``id``) whose ``plan``, ``files``, ``index``,
         ``scan``, ``truth`` or ``acquisition`` is not of the form
-        :func:`run` writes (an edited or foreign manifest).
+        :func:`run` writes (an edited or foreign manifest); naming
+        ``manifest`` for one that is no regular file (a folder, a FIFO,
+        a device, a link to nothing: a sweep's records would be lost in it,
+        or its write would block or fail after a series was simulated) or
+        holds a line that is not UTF-8 text (a run writes ASCII lines).
     """
     path = Path(folder) / "manifest.jsonl"
     out = {}
-    if not path.is_file():
+    if not os.path.lexists(path):
         return out
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
+    check_input_file("manifest", path)
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise InputError(f"manifest: line {number} of {str(path)!r} is not UTF-8 text "
+                                 f"(byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                                 "expected the JSON lines of a sweep's manifest") from None
             if not line:
                 continue
             try:

@@ -34,6 +34,7 @@ kind.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -337,9 +338,20 @@ def _plain(obj):
     return obj
 
 
+def _write_bytes(path, write, name: str) -> None:
+    """Serialise with ``write(buffer)`` in memory, then write the bytes
+    atomically to ``path`` from Python: PyTorch's own file writer aborts the
+    process (C++ ``std::terminate``) or raises an opaque ``RuntimeError`` when
+    the disk fills, where a Python write raises an ``OSError`` that
+    :func:`atomic_path` names and cleans up."""
+    buffer = io.BytesIO()
+    write(buffer)
+    with atomic_path(path, name=name) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
+
+
 def _save(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    _write_bytes(path, lambda f: torch.save(state, f), "checkpoint")
 
 
 # What a checkpoint holds: required keys, then those that older checkpoints lack.
@@ -726,6 +738,5 @@ def export_torchscript(model: FlowNet, path, cfg: TrainConfig | None = None) -> 
                                         "depth": model.depth, "stride": model.stride,
                                         "channels": model.channels,
                                         "train": asdict(cfg) if cfg else None})}
-    with atomic_path(path) as tmp:
-        torch.jit.save(scripted, str(tmp), _extra_files=extra)
+    _write_bytes(path, lambda f: torch.jit.save(scripted, f, _extra_files=extra), "output")
     return path
