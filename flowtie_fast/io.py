@@ -1231,8 +1231,9 @@ def _flag(v, where: str) -> bool:
 
 
 def _words(v, where: str):
-    if v is not None and not isinstance(v, str):
-        raise _NotRecord(where, "text or null")
+    if v is not None and (not isinstance(v, str) or _unprintable(v) is not None):
+        # a record's text is printed in messages: no terminal escapes, no lone surrogates
+        raise _NotRecord(where, "printable text or null")
     return v
 
 
