@@ -372,10 +372,13 @@ class Dataset:
             t.gradient_orientation = {**(t.gradient_orientation or {}), **self.orientation}
             warnings.warn(self.orientation["why"], TrustWarning, stacklevel=2)
         # the triplet's own copies: a record changed on one is not changed on the other
-        t.descan, t.flux, t.saturation = copy.deepcopy((self.descan, self.flux,
-                                                        self.saturation))
-        if self.saturation is not None and self.saturation["saturated"]:
-            warnings.warn(self.saturation["why"], DetectorWarning, stacklevel=2)
+        t.descan, t.flux = copy.deepcopy((self.descan, self.flux))
+        # integer planes were checked for saturation as the triplet was made (and
+        # warned): a stored record replaces that check only where it found none
+        if self.saturation is not None and not (t.saturation or {}).get("saturated"):
+            t.saturation = copy.deepcopy(self.saturation)
+            if self.saturation["saturated"]:
+                warnings.warn(self.saturation["why"], DetectorWarning, stacklevel=2)
         if self.plane_defects is not None:  # the planes held are the repaired ones
             t.plane_defects = _joined_defects(copy.deepcopy(self.plane_defects),
                                               t.plane_defects)

@@ -846,6 +846,30 @@ def test_integer_images_at_full_scale_keep_their_verdict_through_save_and_load(
         ft.save(tmp_path / f"both{suffix}", t)
 
 
+def test_integer_images_at_full_scale_of_a_dataset_without_the_record_stay_distrusted():
+    """A dataset of integer planes that holds no saturation record (a
+    flowtie_fast/1 file, a Dataset made in memory) gives a triplet whose own
+    full-scale check stands: the record the triplet found in its planes is
+    not replaced by the dataset's absent one."""
+    from flowtie_fast.evaluation.phantom import phase_object
+    from flowtie_fast.simulation.optics import defocus_series
+
+    phase, amp = phase_object(48, 0.5)
+    s = defocus_series(phase, (-20.0, 0.0, 20.0), 0.5, 300e3, amp)
+    over = 65535 / float(np.percentile(np.asarray(s.planes[0]), 99))
+    planes = [np.minimum(np.round(np.asarray(p) * over), 65535).astype(np.uint16)
+              for p in s.planes]
+    ds = ft.io.Dataset(*planes, (20.0, 20.0), (0.5, 0.5), 300e3)
+    assert ds.saturation is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = ds.triplet()
+    assert t.saturation is not None and t.saturation["saturated"]
+    assert sum("full scale of uint16" in str(w.message) for w in caught) == 1
+    _, info, _ = _solved(t, "tie")
+    assert info["trust"].startswith("the detector saturated (triplet.saturation): minus")
+
+
 def test_flowtie_reconstruct_of_a_saved_saturated_triplet_says_it_saturated(
         tmp_path, saturated_triplet, capsys):
     """`flowtie reconstruct` of a saved triplet reads it through load: the
