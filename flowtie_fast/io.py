@@ -238,7 +238,10 @@ class Dataset:
         the detector saturated, every solve of the reloaded triplet says so
         (``info["trust"]``), as of the original, and
         :meth:`triplet` warns again (a
-        :class:`~flowtie_fast.stem.DetectorWarning`).
+        :class:`~flowtie_fast.stem.DetectorWarning`). Integer planes are
+        checked anew as the triplet is made (with their own
+        :class:`~flowtie_fast.errors.TrustWarning`): their check stands where
+        it finds them saturated, or where the file holds no record.
     descan : dict, optional
         The descan plane of a 4D-STEM triplet's gradient
         (``triplet.descan``), given back to the triplet.
