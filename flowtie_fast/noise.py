@@ -388,9 +388,8 @@ def discrepancy_alpha(source, pixel_size, variance: float, *, bins: int = 400) -
     ------
     InputError
         Where ``source`` is not a finite real 2-D array, ``variance`` not a
-        finite non-negative number (a NaN or negative one gave 0: no
-        regularisation), ``pixel_size`` not positive or ``bins`` not a
-        positive integer.
+        finite non-negative number, ``pixel_size`` not positive or ``bins``
+        not a positive integer.
     """
     variance = check_real("variance", variance, low=0.0)
     pixel_size = check_positive("pixel_size", pixel_size, pair=True)
@@ -452,8 +451,7 @@ def teague_floor(variance: float, mean: float) -> float:
     Raises
     ------
     InputError
-        Where ``variance`` or ``mean`` is not a finite real number (a NaN
-        gave the floor of no noise).
+        Where ``variance`` or ``mean`` is not a finite real number.
     """
     variance, mean = check_real("variance", variance), check_real("mean", mean)
     if not variance > 0 or not mean > 0:
@@ -490,11 +488,10 @@ def denoise(a, variance: float, threshold: float | None = None) -> int:
     Raises
     ------
     InputError
-        Where ``a`` is not a writeable floating-point 2-D array or holds NaN or Inf
-        (which made it zero: "no signal"), ``variance`` is not a finite
-        non-negative number (a negative one amplified the modes kept, a NaN
-        one made ``a`` zero) or ``threshold`` is below 1 (the Wiener gain
-        would turn negative) or not finite.
+        Where ``a`` is not a writeable floating-point 2-D array or holds NaN
+        or Inf, ``variance`` is not a finite non-negative number, or
+        ``threshold`` is below 1 (the Wiener gain would turn negative) or not
+        finite.
     """
     variance = check_real("variance", variance, low=0.0)
     if threshold is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import warnings
 from dataclasses import replace
@@ -38,16 +39,9 @@ from flowtie_fast.training import train as T
 from flowtie_fast.training.data import load_corpus
 from flowtie_fast.simulation.sweep import read_manifest
 
-CYCLE = 8  # the round-robin split: validation cycles 5, 9, 13, ...; test 7, 11, 15, ...
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_corpus import split  # noqa: E402  (the corpus's held-out halves)
 
-
-def split(index: int) -> str:
-    c = index // CYCLE
-    if c >= 5 and (c - 5) % 4 == 0:
-        return "validation"
-    if c >= 7 and (c - 7) % 4 == 0:
-        return "test"
-    return "train"
 
 
 def semiangles(folder) -> dict:

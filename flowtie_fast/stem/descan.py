@@ -139,8 +139,7 @@ def descan_plane(gradient, energy, k_sampling, mode="plane"):
     ------
     InputError
         Where ``gradient`` is not a finite real array (2, Ny, Nx), ``mode``
-        is not one of :data:`DESCAN_MODES` (any other value was taken as
-        ``"none"``), or ``energy`` or ``k_sampling`` is not a positive number
+        is not one of :data:`DESCAN_MODES`, or ``energy`` or ``k_sampling`` is not a positive number
         in range.
     """
     check_field("gradient", gradient)

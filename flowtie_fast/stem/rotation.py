@@ -189,7 +189,7 @@ def calibrate_rotation(com, reference_gradient=None, step_degrees: float = 1.0):
     if not np.isfinite(com).all():
         raise InputError("com: contains NaN or Inf; expected a finite centre of mass")
     # The turn and flip do not depend on the field's scale: on a unit scale its
-    # squared curl cannot overflow (a com of 1e300 gave a rotation of NaN).
+    # squared curl can neither overflow nor underflow.
     peak = float(np.abs(com).max())
     if peak > 0:
         com = com / peak
