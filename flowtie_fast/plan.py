@@ -72,7 +72,7 @@ from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation, image_verdict)
 from .planes import check_not_masked, focal_weights
-from .stem.detector import VIRTUAL_IMAGES
+from .stem.detector import VIRTUAL_IMAGES, image_saturation
 from .trust import SIGNED_IMAGES, checked_orientation, plain_tie_gradient, suspicion
 
 __all__ = ["Plan", "triplet_records"]
@@ -464,6 +464,11 @@ class Plan:
             ``flowtie``'s ``plan.info["trusted"]`` is False (its phase is
             returned: no other phase is a fallback), as
             :func:`~flowtie_fast.solvers.reconstruct` does for the triplet.
+            Without it, planes of an integer dtype are checked for pixels at
+            their full scale as a triplet checks them
+            (:func:`~flowtie_fast.stem.detector.image_saturation`: one
+            maximum per plane, a :class:`TrustWarning` and the same verdict
+            where more than 4 pixels of a plane read it).
         plane_defects : dict, optional
             The isolated pixels replaced in the planes before they were given
             (a triplet's ``plane_defects``: ``"pixels"`` per plane,
@@ -510,6 +515,8 @@ class Plan:
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
         registration, given = _check_records(registration, orientation, saturation,
                                              plane_defects)
+        if saturation is None:  # integer planes at their full scale: a camera's clip
+            saturation = image_saturation(_INPUT_NAMES[:3], (minus, zero, plus))
         changes = {} if noise is None else {"noise": noise}
         own = self._orientation(gradient, planes)  # after every refusal of the arguments
         suspect = given or own  # the verdict given first

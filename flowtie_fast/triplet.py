@@ -30,7 +30,7 @@ from .planes import (check_gradient, check_gradient_peak, check_image, check_int
 from .solvers import reconstruct
 from .trust import SIGNED_IMAGES, checked_orientation, plain_tie_gradient
 from .stem.descan import check_descan, check_descan_mode, descan_plane
-from .stem.detector import STUCK_PIXELS, VIRTUAL_IMAGES
+from .stem.detector import VIRTUAL_IMAGES, image_saturation
 from .stem.focal import (apply_registration, check_com_extent, check_normalize, check_register,
                          check_rotation, com_poisson_noise, orient, prepare_planes, reduce_triplet,
                          register_planes, saturation_record, scaled, virtual_image_noise)
@@ -94,49 +94,6 @@ def _counts_noise(planes, stats):
                   "mean: taken as measured, not as counts (pass noise= to state it)",
                   TrustWarning, stacklevel=user_stacklevel())
     return Noise(tuple(estimated), "estimated")
-
-
-def _image_saturation(names, planes):
-    """The full-scale check of integer planes (a camera's images, counts): a
-    triplet's ``saturation`` record, with a :class:`TrustWarning` where more
-    than :data:`~flowtie_fast.stem.detector.STUCK_PIXELS` pixels of a plane
-    read exactly its dtype's full scale (255 for uint8, 65535 for uint16);
-    None where no plane is of an integer dtype.
-
-    A camera at its full scale, or counts clipped at it or cast to a
-    narrower dtype (which wraps them around), cut the planes flat where they
-    are brightest or scramble them: the focal derivative loses its contrast
-    there and every method's phase is wrong (1 % of each plane clipped: NMSE
-    1.4e-5 -> 0.23 on the tests' phase object; 5 %: 0.9), while every other
-    check passes. A pile-up below the full scale (a 12-bit camera in uint16,
-    a clip at another value) is not judged here: noise-free integer images
-    (rounded simulations) pile up at their maximum too (the in-focus plane
-    of a phase object is flat at 1)."""
-    if not any(np.dtype(p.dtype).kind in "iu" for p in planes):
-        return None
-    records, seen = {}, []
-    for n, p in zip(names, planes):
-        dtype = np.dtype(p.dtype)
-        if dtype.kind not in "iu":
-            records[n] = None
-            continue
-        full = int(np.iinfo(dtype).max)
-        top = int(p.max())
-        pixels = int((p == full).sum()) if top == full else 0
-        saturated = pixels > STUCK_PIXELS
-        records[n] = {"value": top, "pixels": pixels, "full_scale": top == full,
-                      "saturated": saturated}
-        if saturated:
-            seen.append(f"{n}: {pixels} of its pixels ({pixels / p.size:.3g}) read exactly "
-                        f"{full}, the full scale of {dtype}")
-    why = None
-    if seen:
-        why = ("; ".join(seen) + ": values above it were clipped there by a saturated camera "
-               "or, cast to it (astype), wrapped around; the planes are cut flat or "
-               "scrambled where they are brightest and every phase is wrong there and beyond; "
-               "lower the dose or the exposure, or record in a wider dtype")
-        warnings.warn(f"planes: {why}", TrustWarning, stacklevel=user_stacklevel())
-    return {"saturated": bool(seen), "why": why, "planes": records}
 
 
 def _solvable(planes) -> bool:
@@ -340,7 +297,7 @@ class FocalSeries:
                                                                  VIRTUAL_IMAGES)
         self.flux = None  # a 4D-STEM triplet's electrons per pattern and scale (from_reductions)
         # integer planes' pile-up check (a 4D-STEM triplet's: from_reductions)
-        self.saturation = _image_saturation(names, self.planes)
+        self.saturation = image_saturation(names, self.planes)
         self.descan = None  # a 4D-STEM triplet's descan plane (from_reductions)
         if gradient is not None:
             self.gradient = self._check_gradient(gradient)

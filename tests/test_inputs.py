@@ -254,3 +254,14 @@ def test_integer_planes_at_their_full_scale_are_named_saturated(dtype):
     assert rec.info["trust"].startswith("the detector saturated (triplet.saturation): minus:")
     floats = ft.FocalTriplet(*[c.astype(np.float32) for c in clipped], **kw)
     assert floats.saturation is None
+    # a Plan given the camera's frames themselves judges them as the triplet does
+    plan = ft.Plan((64, 64), 0.5, 20.0, 300e3, method="tie", backend="cpu")
+    with pytest.warns(ft.TrustWarning, match=r"^planes: minus: \d+ of its pixels"):
+        plan.solve(*clipped)
+    assert plan.info["trust"].startswith(rec.info["trust"])  # the Plan's own noise may add
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        warnings.filterwarnings("ignore", "planes: integer planes whose noise", ft.TrustWarning)
+        warnings.filterwarnings("ignore", "the focal derivative holds no signal", ft.TrustWarning)
+        plan.solve(*below)
+    assert "saturated" not in plan.info.get("trust", "")
