@@ -336,10 +336,12 @@ class Plan:
 
     # ------------------------------------------------------------------ checks
 
-    def _orientation(self, gradient, planes):
+    def _orientation(self, gradient, planes, aligned=True):
         """Check a measured gradient given with ``planes`` while no telling one
         was (every one at first, then one in :data:`ORIENTATION_CHECKS`: a run
-        of noise); the warning of a suspect orientation, else None."""
+        of noise); the warning of a suspect orientation, else None. Its sign
+        is compared with the planes' TIE phase only where they are
+        ``aligned`` (no registration record, or a reliable one)."""
         if gradient is None:
             return None
         with self._orientation_lock:
@@ -347,15 +349,15 @@ class Plan:
                 self._untelling += 1
                 if (self._untelling <= ORIENTATION_CHECKS
                         or self._untelling % ORIENTATION_CHECKS == 0):
-                    self._check_orientation(gradient, planes)
+                    self._check_orientation(gradient, planes, aligned)
             check = self.gradient_orientation or {}
         return check["why"] if check.get("suspect") else None
 
-    def _check_orientation(self, gradient, planes):
-        """The curl check of a measured gradient and, where it passes, its sign
-        against the TIE gradient of the planes given with it (planes or a
-        gradient the solve will refuse are left for it to refuse: no
-        verdict)."""
+    def _check_orientation(self, gradient, planes, aligned=True):
+        """The curl check of a measured gradient and, where it passes and the
+        planes are ``aligned``, its sign against the TIE gradient of the
+        planes given with it (planes or a gradient the solve will refuse are
+        left for it to refuse: no verdict)."""
         try:  # as the solve checks them (finite, ...): a call it refuses leaves no verdict
             self.solver.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3],
                                         screen=False)  # the solve screens them
@@ -363,9 +365,10 @@ class Plan:
         except InputError:
             return
         # the half turn against the TIE phase, whose sign only bright-field images follow
-        tie = None if self.virtual not in SIGNED_IMAGES else lambda: plain_tie_gradient(
-            planes, self._derivative_weights, self._intensity_weights, self.wavenumber,
-            self.pixel_size)
+        tie = None if self.virtual not in SIGNED_IMAGES or not aligned else \
+            lambda: plain_tie_gradient(planes, self._derivative_weights,
+                                       self._intensity_weights, self.wavenumber,
+                                       self.pixel_size)
         check = checked_orientation(gradient, self.pixel_size, tie, testable_only=True)
         if check.get("misorientation") == 180.0:  # half a turn: suspect by the sign check
             check["why"] += ("; if the planes are not bright-field images, name them: "
@@ -518,7 +521,10 @@ class Plan:
         if saturation is None:  # integer planes at their full scale: a camera's clip
             saturation = image_saturation(_INPUT_NAMES[:3], (minus, zero, plus))
         changes = {} if noise is None else {"noise": noise}
-        own = self._orientation(gradient, planes)  # after every refusal of the arguments
+        # after every refusal of the arguments; the sign against the TIE phase
+        # only of planes not known to be misaligned
+        own = self._orientation(gradient, planes,
+                                registration is None or bool(registration.get("reliable")))
         suspect = given or own  # the verdict given first
         if suspect:
             changes["gradient_suspect"] = suspect

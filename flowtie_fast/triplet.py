@@ -641,8 +641,12 @@ class FocalTriplet(FocalSeries):
         detector = reductions[1].detector
         t.gradient, t.descan = descan_plane(gradient, energy, detector.k_sampling, descan)
         check_descan(t.descan)
-        t._check_orientation(rotation, flip, sign=given and (bright or reference is not None),
-                             reference=reference)
+        # The TIE phase is a reference for the sign only of planes known to be
+        # aligned: of scans whose drift could not be measured it is not the
+        # specimen's (a right centre of mass was read as half a turn wrong).
+        aligned = registration is None or bool(registration.get("reliable"))
+        t._check_orientation(rotation, flip, sign=given and aligned and (
+            bright or reference is not None), reference=reference)
         t.gradient_noise = virtual_image_noise(list(t.gradient), scan_step, energy,
                                                 reductions[1].regions, virtual)
         if t.gradient_noise is None and counts:  # no room above the band: the counts'

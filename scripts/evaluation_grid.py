@@ -207,15 +207,59 @@ def table(path):
     return "\n".join(lines)
 
 
+def _group(row) -> str:
+    case = row["case"]
+    if case[0] == "s" and case[1:5].isdigit():
+        return "corpus (unseen kinds and conditions)"
+    if case.split("_")[0] in ("Cu", "CeO2"):
+        return "validation (Cu, CeO2)"
+    return "test (GaAs, SrTiO3, Si, MgO)"
+
+
+def summary(path) -> str:
+    """Counts of a grid file's rows per group (test, validation, corpus) and
+    dose: flowtie as returned worse than the best classical method, at most
+    half its error, NMSE above 1 (flowtie, the network alone, the best
+    classical method), fallbacks, and the uncertainty's coverage in 0.5-0.95
+    where a map was returned (median)."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    rows = [r for r in rows if "error" not in r]
+    head = ("| group | dose | rows | flowtie worse than best classical | flowtie at most 0.5x "
+            "| flowtie NMSE > 1 | network alone NMSE > 1 | best classical NMSE > 1 | fell back "
+            "| coverage in 0.5-0.95 (median) |")
+    lines = [head, "|" + " --- |" * 3 + " ---: |" * 6 + " --- |"]
+    order = ("test", "validation", "corpus")
+    groups = sorted({_group(r) for r in rows}, key=lambda g: order.index(g.split()[0]))
+    for g in groups:
+        for dose in (None, 1e5, 1e4, 1e3):
+            sel = [r for r in rows if _group(r) == g and r["dose"] == dose]
+            if not sel:
+                continue
+            cov = [r["coverage"] for r in sel if r.get("coverage") is not None]
+            inside = sum(0.5 <= c <= 0.95 for c in cov)
+            cells = [g, "none" if dose is None else f"{dose:.0e}", len(sel),
+                     sum(r["ratio"] > 1 for r in sel), sum(r["ratio"] <= 0.5 for r in sel),
+                     sum(r["flowtie"] > 1 for r in sel), sum(r["flowtie_raw"] > 1 for r in sel),
+                     sum(r[r["best_classical"]] > 1 for r in sel),
+                     sum(bool(r.get("fallback")) for r in sel),
+                     f"{inside} of {len(cov)} ({np.median(cov):.2f})" if cov else "-"]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="*", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("data/grid.jsonl"))
     parser.add_argument("--limit", type=int, help="first N cases only")
     parser.add_argument("--table", type=Path, help="print the Markdown table of a grid file")
+    parser.add_argument("--summary", type=Path, help="print the counts per group and dose")
     args = parser.parse_args(argv)
     if args.table:
         print(table(args.table))
+        return 0
+    if args.summary:
+        print(summary(args.summary))
         return 0
     run(args.folders, args.output, args.limit)
     return 0
