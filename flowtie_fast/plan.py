@@ -519,7 +519,7 @@ class Plan:
         registration, given = _check_records(registration, orientation, saturation,
                                              plane_defects)
         if saturation is None:  # integer planes at their full scale: a camera's clip
-            saturation = image_saturation(_INPUT_NAMES[:3], (minus, zero, plus))
+            saturation = image_saturation(_INPUT_NAMES[:3], planes)
         changes = {} if noise is None else {"noise": noise}
         # after every refusal of the arguments; the sign against the TIE phase
         # only of planes not known to be misaligned
