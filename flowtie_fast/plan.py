@@ -138,6 +138,10 @@ def _is_text(value) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+#: The records :meth:`Plan.solve` takes beside the arrays.
+_RECORD_KEYS = ("registration", "orientation", "saturation", "plane_defects")
+
+
 def triplet_records(triplet) -> dict:
     """The records a triplet keeps beside its arrays, as :meth:`Plan.solve`
     takes them (``registration``, ``orientation``, ``saturation``,
@@ -539,8 +543,35 @@ class Plan:
             uncertainty_out=uncertainty_out, options=options)
         return out
 
+    @staticmethod
+    def _batch_records(records, b):
+        """``records`` of :meth:`solve_batch` checked: None, or B dicts (or
+        None) of the keywords of :meth:`solve`'s records, each checked as
+        :meth:`solve` checks them; :class:`InputError` naming the item
+        otherwise."""
+        if records is None:
+            return None
+        if isinstance(records, (str, bytes, dict)) or not hasattr(records, "__len__") \
+                or len(records) != b:
+            raise InputError(f"records: expected a sequence of {b} records, one per item "
+                             f"(plan.triplet_records of each triplet, or None), got "
+                             f"{_brief(records)}")
+        out = []
+        for i, r in enumerate(records):
+            r = {} if r is None else r
+            if not isinstance(r, dict) or not set(r) <= set(_RECORD_KEYS):
+                raise InputError(f"records[{i}]: expected a dict of some of {_RECORD_KEYS} "
+                                 f"(plan.triplet_records of a triplet) or None, got "
+                                 f"{_brief(r)}")
+            try:
+                _check_records(**{k: r.get(k) for k in _RECORD_KEYS})
+            except InputError as exc:
+                raise InputError(f"records[{i}]: {exc}") from exc
+            out.append(r)
+        return out
+
     def solve_batch(self, stack, *, gradient=None, out=None, gradient_out=None, noise=None,
-                    uncertainty_out=None):
+                    uncertainty_out=None, records=None):
         """Phases of many triplets: (B, 3, Ny, Nx) in, (B, Ny, Nx) out.
 
         For a time or tilt series. The plan's buffers serve every item; for
@@ -565,6 +596,14 @@ class Plan:
         uncertainty_out : array (B, Ny, Nx), optional
             As for :meth:`solve`, per item. ``plan.info["items"]`` holds each
             item's verdict, ``plan.info["trusted"]`` whether all were trusted.
+        records : sequence of B dict, optional
+            Per item, the records :meth:`solve` takes (``registration``,
+            ``orientation``, ``saturation``, ``plane_defects``; e.g.
+            :func:`triplet_records` of the item's triplet, or None): each
+            item is then solved by :meth:`solve` with them (no whole-batch
+            network pass) and its verdict in ``plan.info["items"]`` is the
+            one :func:`~flowtie_fast.solvers.reconstruct` gives its triplet.
+            All are checked before any item is solved.
 
         Returns
         -------
@@ -598,7 +637,9 @@ class Plan:
                          (stack, gradient, out, gradient_out),
                          ("stack", "gradient", "out", "gradient_out"))
         noise = check_noise(noise, 3)
-        batched = self.method == "flowtie" and b > 1 and not self.options.uncertainty
+        records = self._batch_records(records, b)
+        batched = self.method == "flowtie" and b > 1 and not self.options.uncertainty \
+            and records is None
         # Every item is checked before the first is solved: a refusal writes nothing
         # (flow_batch checks the planes itself).
         for i in range(b):
@@ -635,7 +676,7 @@ class Plan:
                            gradient_out=None if gradient_out is None else gradient_out[i],
                            noise=noise,
                            uncertainty_out=None if uncertainty_out is None
-                           else uncertainty_out[i])
+                           else uncertainty_out[i], **(records[i] if records else {}))
             except InputError as exc:
                 raise type(exc)(f"stack[{i}]: {exc}") from exc
             items.append(self.info)

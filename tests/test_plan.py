@@ -362,3 +362,38 @@ def test_a_plan_given_a_triplet_s_saturation_and_replaced_pixels_gives_reconstru
         with pytest.raises(ft.InputError, match=rf"^{name}: expected"):
             solve(**kw)
         assert plan.info == {}  # never the verdict of an earlier solve
+
+
+@pytest.mark.parametrize("uncertainty", [True, False])
+def test_a_batch_given_each_item_s_records_gives_each_reconstruct_s_verdict(
+        saturated_with_a_hot_pixel, uncertainty):
+    """``solve_batch(records=)`` carries each triplet's records to its item
+    (a batch of a saturated acquisition and the same planes told nothing):
+    the items' verdicts are reconstruct's and the bare solve's, also where
+    the network would otherwise see the whole batch at once; malformed
+    records are refused, naming the item, before anything is written."""
+    pytest.importorskip("torch")
+    t = saturated_with_a_hot_pixel
+    want, _ = _verdicts(lambda: ft.reconstruct(t, method="flowtie", backend="cpu",
+                                               uncertainty=uncertainty).info)
+    assert want["trust"].startswith("the detector saturated (triplet.saturation): plus: ")
+    plan = ft.Plan(t.shape, t.pixel_size, t.dz, t.energy, method="flowtie", backend="cpu",
+                   uncertainty=uncertainty, warmup=False)
+    bare, _ = _verdicts(lambda: (plan.solve(*t.planes, gradient=t.gradient, noise=t.noise),
+                                 plan.info)[1])
+    stack = np.stack([np.stack([np.asarray(p, np.float32) for p in t.planes])] * 2)
+    grads = np.stack([np.asarray(t.gradient, np.float32)] * 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan.solve_batch(stack, gradient=grads, noise=t.noise,
+                         records=[triplet_records(t), None])
+    items = [verdict_entries(it) for it in plan.info["items"]]
+    assert items == [want, bare]
+    out = np.full((2,) + t.shape, 7.0, np.float32)
+    for records, match in (([triplet_records(t)], r"^records: expected a sequence of 2"),
+                           ([None, {"saturated": True}], r"^records\[1\]: expected a dict"),
+                           ([None, {"saturation": {"saturated": "yes"}}],
+                            r"^records\[1\]: saturation: expected")):
+        with pytest.raises(ft.InputError, match=match):
+            plan.solve_batch(stack, gradient=grads, out=out, records=records)
+        assert np.all(out == 7.0)
