@@ -384,7 +384,7 @@ class Dataset:
                 warnings.warn(self.saturation["why"], DetectorWarning, stacklevel=2)
         if self.plane_defects is not None:  # the planes held are the repaired ones
             t.plane_defects = _joined_defects(copy.deepcopy(self.plane_defects),
-                                              t.plane_defects)
+                                              t.plane_defects, t.shape)
             warnings.warn(self.plane_defects["why"], TrustWarning, stacklevel=2)
         return t
 
@@ -1106,6 +1106,10 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
 #: orientation verdict is a few hundred, a saturation record a few thousand);
 #: a record of replaced pixels may hold more (:func:`_json_limit`).
 _JSON_CHARS = 1 << 16
+#: Screens a stored ``plane_defects`` record may join: the pixels replaced
+#: before the planes were stored, and those the loaded triplet's screen
+#: replaced in them (:func:`_joined_defects`).
+_SCREENS = 2
 #: characters of one pixel ``[row, column, value, median]`` of a
 #: ``plane_defects`` record, at most (four floats' reprs of up to 24 each).
 _PIXEL_CHARS = 128
@@ -1129,7 +1133,7 @@ def _json_limit(key: str, shape: tuple) -> tuple:
     replaced (:func:`~flowtie_fast.planes.repair_limit`) take."""
     if key != "plane_defects":
         return _JSON_CHARS, "a few hundred characters"
-    most = _JSON_CHARS + 3 * int(repair_limit(shape[-2:])) * _PIXEL_CHARS
+    most = _JSON_CHARS + 3 * _SCREENS * int(repair_limit(shape[-2:])) * _PIXEL_CHARS
     return most, f"at most {most} characters for planes of {shape[-2:]} px"
 
 
@@ -1391,7 +1395,7 @@ def _defects_record(record, name: str, shape) -> dict:
     (:func:`~flowtie_fast.planes.repair_limit`); :class:`InputError`
     naming ``name`` where it is not one."""
     ny, nx = shape[-2:]
-    most = int(repair_limit((ny, nx)))
+    most = _SCREENS * int(repair_limit((ny, nx)))
     pixel = _seq(_number(), 4, list)
     row, col = _number(0, ny - 1, whole=True), _number(0, nx - 1, whole=True)
 
@@ -1462,16 +1466,23 @@ def _stored_defects(record):
     return None if isinstance(record, dict) and record.get("repaired") is False else record
 
 
-def _joined_defects(stored: dict, found):
+def _joined_defects(stored: dict, found, shape):
     """A loaded triplet's ``plane_defects``: the record ``stored`` (pixels
     replaced before the planes were stored) and any ``found`` in the planes
-    stored, joined."""
+    stored, of ``shape`` (Ny, Nx). Pixels found and replaced join it (at most
+    :data:`_SCREENS` screens' worth a plane, the newest kept, so that the
+    triplet can be saved again); pixels found and not replaced (too many)
+    stay in the planes, are found again at every load and are only named
+    in ``why``: the record stays one of replaced pixels."""
     if found is None:
         return stored
-    pixels = {n: stored["pixels"].get(n, []) + found["pixels"].get(n, [])
+    why = f"{stored['why']}; also: {found['why']}"
+    if not found["repaired"]:
+        return {**stored, "why": why}
+    most = _SCREENS * int(repair_limit(shape))
+    pixels = {n: (stored["pixels"].get(n, []) + found["pixels"].get(n, []))[-most:]
               for n in _PLANES if n in stored["pixels"] or n in found["pixels"]}
-    return {"pixels": pixels, "repaired": found["repaired"],
-            "why": f"{stored['why']}; also: {found['why']}"}
+    return {"pixels": pixels, "repaired": True, "why": why}
 
 
 def _triplet_only(keys) -> str:

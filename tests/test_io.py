@@ -1705,3 +1705,40 @@ def test_one_hdf5_dataset_linked_as_two_planes_is_refused(tmp_path, twins, link)
                                             r"dataset \(linked under both names\); expected "
                                             r"three recorded planes$"):
         ft.load(path)
+
+
+def test_a_loaded_triplet_whose_planes_show_new_outliers_saves_again(tmp_path):
+    """A stored record of replaced pixels joins those the loaded triplet's
+    screen replaces in the stored planes; the joined record was refused by
+    the next save (more pixels than one screen replaces), and a join with
+    pixels found and not replaced dropped the stored ones at the next save.
+    Both save again now, keeping the pixels replaced."""
+    import flowtie_fast.io as fio
+    from flowtie_fast.evaluation.phantom import phase_object
+    from flowtie_fast.simulation.optics import defocus_series
+
+    phase, amp = phase_object(48, 0.5)
+    s = defocus_series(phase, (-20.0, 0.0, 20.0), 0.5, 300e3, amp)
+    planes = [np.asarray(p, np.float64).copy() for p in s.planes]
+    planes[0][10, 12] *= 20  # an outlier the stored record does not hold
+    stored = {"pixels": {"minus": [[r, 3, 1.0, 1.0] for r in range(16)]}, "repaired": True,
+              "why": "minus: 16 isolated pixels replaced"}
+    ds = fio.Dataset(*planes, (20.0, 20.0), (0.5, 0.5), 300e3, plane_defects=stored)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = ds.triplet()
+    assert len(t.plane_defects["pixels"]["minus"]) == 17 and t.plane_defects["repaired"]
+    with ft.load(ft.save(tmp_path / "again.npz", t)) as back:
+        assert back.plane_defects["pixels"]["minus"][:16] == stored["pixels"]["minus"]
+    # pixels found and not replaced stay in the planes: the stored record is kept
+    many = [p.copy() for p in planes]
+    rng = np.random.default_rng(0)
+    rows, cols = rng.choice(np.arange(2, 46), 40), rng.choice(np.arange(2, 46), 40)
+    many[0][rows, cols] *= 30
+    ds = fio.Dataset(*many, (20.0, 20.0), (0.5, 0.5), 300e3, plane_defects=stored)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = ds.triplet()
+    assert t.plane_defects["pixels"] == stored["pixels"] and t.plane_defects["repaired"]
+    with ft.load(ft.save(tmp_path / "kept.npz", t)) as back:
+        assert back.plane_defects["pixels"] == stored["pixels"]
