@@ -96,8 +96,9 @@ again); pixels reported and not replaced (too many) are not stored: the
 planes stored still hold them, and the reloaded triplet finds them again.
 The records are JSON text, checked field by field when read (types,
 counts, finite numbers, no key given twice), of at most 65536 characters
-(``plane_defects``: more, as many as the pixels the planes' size lets be
-replaced take).
+(``plane_defects``: more, as many as the pixels two screens of planes of
+that size replace take: those replaced before a triplet was stored and
+those its reloaded planes showed).
 
 The output of ``flowtie reconstruct`` (:func:`write_fields`) is not of this
 layout and is not read by :func:`load`: it holds the phase, its gradient,
@@ -1391,7 +1392,7 @@ def _defects_record(record, name: str, shape) -> dict:
     """A record of the isolated pixels replaced in planes of ``shape``
     (``triplet.plane_defects``, :func:`~flowtie_fast.planes.screen_planes`,
     ``"repaired"``) checked: each plane's pixels ``[row, column, value,
-    median]`` within the planes and no more than were replaced
+    median]`` within the planes and no more than two screens replace
     (:func:`~flowtie_fast.planes.repair_limit`); :class:`InputError`
     naming ``name`` where it is not one."""
     ny, nx = shape[-2:]

@@ -1274,11 +1274,11 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"plane_defects": _DEFECTS.replace('"plus"', '"planes[2]"')}, "plane_defects",
      r"pixels must be an object of some of \('minus', 'zero', 'plus'\)"),
     ("3", {"plane_defects": _DEFECTS.replace("[[2.0, 1.0, 40.0, 2.0]]",
-                                             ", ".join(["[2.0, 1.0, 40.0, 2.0]"] * 17)
+                                             ", ".join(["[2.0, 1.0, 40.0, 2.0]"] * 33)
                                              .join("[]"))},
-     "plane_defects", r"pixels\.plus must be a list of 1 to 16 pixels"),
+     "plane_defects", r"pixels\.plus must be a list of 1 to 32 pixels"),
     ("3", {"plane_defects": _DEFECTS.replace('"why": "plus: 1"', '"why": "' + "x" * 80000 + '"')},
-     "plane_defects", r"must be JSON text of the plane_defects record \(at most 71680 "
+     "plane_defects", r"must be JSON text of the plane_defects record \(at most 77824 "
                       r"characters for planes of \(4, 4\) px\), got 80\d\d\d characters$"),
 ]
 
