@@ -70,7 +70,7 @@ from .fft import load_wisdom, save_wisdom
 from .noise import COUNTS, check_noise
 from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
-                      check_regularisation, image_verdict)
+                      check_regularisation, check_verdict_records, image_verdict)
 from .planes import check_not_masked, focal_weights
 from .stem.detector import VIRTUAL_IMAGES, image_saturation
 from .trust import SIGNED_IMAGES, checked_orientation, plain_tie_gradient, suspicion
@@ -105,23 +105,7 @@ def _check_records(registration, orientation, saturation=None, plane_defects=Non
         raise InputError(f"registration: expected a registration record (a triplet's "
                          f"registration: a dict whose 'reliable' is True or False) or None, "
                          f"got {_brief(registration)}")
-    if saturation is not None and not (
-            isinstance(saturation, dict)
-            and isinstance(saturation.get("saturated"), (bool, np.bool_))
-            and (not saturation["saturated"] or _is_text(saturation.get("why")))):
-        raise InputError(f"saturation: expected a saturation record (a triplet's saturation: "
-                         f"a dict whose 'saturated' is True or False, with its 'why' where "
-                         f"True) or None, got {_brief(saturation)}")
-    if plane_defects is not None and not (
-            isinstance(plane_defects, dict)
-            and isinstance(plane_defects.get("repaired"), (bool, np.bool_))
-            and _is_text(plane_defects.get("why"))
-            and isinstance(plane_defects.get("pixels"), dict)
-            and set(plane_defects["pixels"]) <= set(_INPUT_NAMES[:3])):
-        raise InputError(f"plane_defects: expected a record of replaced pixels (a triplet's "
-                         f"plane_defects: a dict of 'pixels' per plane minus, zero, plus, "
-                         f"'repaired' True or False and its 'why') or None, got "
-                         f"{_brief(plane_defects)}")
+    check_verdict_records(saturation, plane_defects)
     if orientation is None:
         return registration, None
     if not (isinstance(orientation, dict)
@@ -131,11 +115,6 @@ def _check_records(registration, orientation, saturation=None, plane_defects=Non
                          f"gradient_orientation: a dict whose 'suspect' is True or False, "
                          f"with its 'why' where True) or None, got {_brief(orientation)}")
     return registration, suspicion(orientation)
-
-
-def _is_text(value) -> bool:
-    """Whether ``value`` is text that says something (a record's ``why``)."""
-    return isinstance(value, str) and bool(value.strip())
 
 
 #: The records :meth:`Plan.solve` takes beside the arrays.

@@ -437,6 +437,55 @@ def _warn_unregistered(method, registration, info):
                   stacklevel=user_stacklevel())
 
 
+def check_verdict_records(saturation=None, plane_defects=None, prefix="") -> None:
+    """The records a solve's verdict reads, checked where given: a
+    ``saturation`` record (a dict whose ``"saturated"`` is True or False,
+    with its ``"why"`` text where True) and a ``plane_defects`` record (a
+    dict of ``"pixels"`` per plane minus, zero, plus, ``"repaired"`` True or
+    False and its ``"why"``); only the fields the verdict reads.
+
+    Parameters
+    ----------
+    saturation, plane_defects : dict or None
+        The records (a triplet's, or :meth:`Plan.solve
+        <flowtie_fast.plan.Plan.solve>`'s arguments).
+    prefix : str
+        Put before the names in messages (e.g. ``"triplet."``).
+
+    Raises
+    ------
+    InputError
+        Naming the record (``saturation: expected ...``).
+    """
+    if saturation is not None and not (
+            isinstance(saturation, dict)
+            and isinstance(saturation.get("saturated"), (bool, np.bool_))
+            and (not saturation["saturated"] or _is_text(saturation.get("why")))):
+        raise InputError(f"{prefix}saturation: expected a saturation record (a triplet's "
+                         f"saturation: a dict whose 'saturated' is True or False, with its "
+                         f"'why' where True) or None, got {_brief_record(saturation)}")
+    if plane_defects is not None and not (
+            isinstance(plane_defects, dict)
+            and isinstance(plane_defects.get("repaired"), (bool, np.bool_))
+            and _is_text(plane_defects.get("why"))
+            and isinstance(plane_defects.get("pixels"), dict)
+            and set(plane_defects["pixels"]) <= {"minus", "zero", "plus"}):
+        raise InputError(f"{prefix}plane_defects: expected a record of replaced pixels (a "
+                         f"triplet's plane_defects: a dict of 'pixels' per plane minus, zero, "
+                         f"plus, 'repaired' True or False and its 'why') or None, got "
+                         f"{_brief_record(plane_defects)}")
+
+
+def _is_text(value) -> bool:
+    """Whether ``value`` is text that says something (a record's ``why``)."""
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _brief_record(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _record_defects(defects, info) -> None:
     """The isolated pixels replaced in the planes (``defects``: a record of
     :func:`~flowtie_fast.planes.screen_planes`, warned where it was made, or
@@ -768,6 +817,8 @@ class TIESolver:
         """
         check_options(method, tol, max_iter, preconditioner, model, uncertainty)
         self._check_series(series)
+        check_verdict_records(getattr(series, "saturation", None),
+                              getattr(series, "plane_defects", None), prefix="triplet.")
         if method == "icom" and series.gradient is None:
             raise InputError("method: 'icom' needs a measured phase gradient "
                              "(FocalSeries(..., gradient=...))")

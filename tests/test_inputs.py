@@ -265,3 +265,18 @@ def test_integer_planes_at_their_full_scale_are_named_saturated(dtype):
         warnings.filterwarnings("ignore", "the focal derivative holds no signal", ft.TrustWarning)
         plan.solve(*below)
     assert "saturated" not in plan.info.get("trust", "")
+
+
+def test_records_set_by_hand_on_a_triplet_are_checked_by_the_solve():
+    """A solve reads a triplet's saturation and plane_defects records for
+    its verdict: one set by hand that is not such a record is refused,
+    naming it (a saturated record without its 'why' raised a KeyError; one
+    that is not a dict was ignored)."""
+    t = ft.FocalTriplet(*_PLANES, **_triplet_kw())
+    for attr, value in (("saturation", {"saturated": True}), ("saturation", "yes"),
+                        ("plane_defects", {"repaired": True, "why": "x"})):
+        setattr(t, attr, value)
+        with pytest.raises(ft.InputError, match=rf"^triplet\.{attr}: expected"):
+            ft.reconstruct(t, method="tie", backend="cpu")
+        setattr(t, attr, None)
+    ft.reconstruct(t, method="tie", backend="cpu")
