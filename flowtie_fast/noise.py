@@ -76,6 +76,7 @@ import numpy as np
 
 from .backend import array_module, to_host
 from .errors import InputError, check_count, check_positive, check_real
+from .planes import check_not_masked
 
 __all__ = ["Noise", "COUNTS", "check_noise", "estimate_noise",
            "poisson_noise",
@@ -146,7 +147,9 @@ def _short(value) -> str:
 
 def _check_image(name: str, a):
     """``a`` as a 2-D array of real numbers (NumPy or CuPy; a nested list is
-    read as NumPy): :class:`InputError` naming ``name`` otherwise."""
+    read as NumPy; not a masked array, whose mask would be ignored):
+    :class:`InputError` naming ``name`` otherwise."""
+    check_not_masked(name, a)
     if not hasattr(a, "shape"):
         try:
             a = np.asarray(a)

@@ -483,3 +483,13 @@ def test_the_gradient_filter_is_refused_before_it_allocates_more_than_is_free(bo
     with pytest.raises(ft.InputError, match=r"gradient: a measured gradient of \(24, 24\) "
                                             r"needs about .* for the filter of the gradient's"):
         solver.solve(t, method="icom")
+
+
+def test_the_noise_helpers_refuse_masked_arrays():
+    """The mask of a masked array would be ignored: the noise helpers refuse
+    it as the solvers do, naming the argument."""
+    a = np.ma.masked_array(np.ones((8, 8)), mask=np.eye(8, dtype=bool))
+    with pytest.raises(ft.InputError, match="^plane: masked arrays are not supported"):
+        estimate_noise(a)
+    with pytest.raises(ft.InputError, match="^a: masked arrays are not supported"):
+        denoise(a, 1.0)
