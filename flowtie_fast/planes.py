@@ -540,18 +540,22 @@ def screen_planes(names, planes, screen=None, *, repair=True, where="the record"
             _check_zero_regions(names, planes, k)
     if not repair:
         return planes, None
-    ny, nx = planes[0].shape
-    limit = spike_thresholds((ny, nx), screen)
-    pairs = ny * (nx - 1)
-    spiky = []
-    for k, (_, s2, s4) in enumerate(figures):
-        excess = s4 - 3.0 * s2 * s2 / pairs
-        # a sum beyond its dtype (Inf, NaN) is examined too
-        if limit[k] > 0 and not excess <= limit[k] ** 4:
-            spiky.append(k)
+    limit = spike_thresholds(planes[0].shape, screen)
+    spiky = _spiky(planes[0].shape, figures, limit)
     if not spiky:
         return planes, None
     return _repair_spikes(names, planes, limit, spiky, where)
+
+
+def _spiky(shape, figures, limit) -> list:
+    """The planes whose fourth moment of neighbours' differences a pixel
+    beyond its neighbours by the plane's threshold would give
+    (:func:`screen_planes`): their indices. ``figures``: per plane,
+    :func:`screen_stats` (a list of 3 floats); ``limit``: the thresholds."""
+    pairs = shape[0] * (shape[1] - 1)
+    # a sum beyond its dtype (Inf, NaN) is examined too
+    return [k for k, (_, s2, s4) in enumerate(figures)
+            if limit[k] > 0 and not s4 - 3.0 * s2 * s2 / pairs <= limit[k] ** 4]
 
 
 def _runs(indices) -> str:
@@ -691,9 +695,7 @@ def outlying_pixels(planes) -> list:
         return [none for _ in planes]
     screen = np.array([screen_stats(p) for p in planes], dtype=np.float64)
     limit = spike_thresholds(shape, screen)
-    pairs = shape[0] * (shape[1] - 1)
-    spiky = [k for k, (_, s2, s4) in enumerate(screen.tolist())
-             if limit[k] > 0 and not s4 - 3.0 * s2 * s2 / pairs <= limit[k] ** 4]
+    spiky = _spiky(shape, screen.tolist(), limit)
     found = _find_spikes(planes, limit, spiky)[0] if spiky else {}
     return [found[k][:2] if k in found else none for k in range(len(planes))]
 
