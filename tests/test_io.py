@@ -16,7 +16,7 @@ from test_stem import E, _counted_disks, _disk_data
 import flowtie_fast as ft
 import flowtie_fast.files as ft_files
 import flowtie_fast.io  # noqa: F401  (ft.io is an attribute once the submodule is imported)
-from flowtie_fast import stem
+from flowtie_fast import records, stem
 
 
 @pytest.fixture
@@ -1326,7 +1326,7 @@ def test_every_field_of_a_stored_record_is_checked(key, text):
     naming the file and the key; never another exception, and what is taken
     is written back as JSON within the limit."""
     record = json.loads(text)
-    check = ft.io._RECORD_CHECKS[key]
+    check = records.RECORD_CHECKS[key]
     assert check(record, "f.npz: 'x'", (4, 4)) is not None
     hostile = [None, "x", True, math.nan, math.inf, -math.inf, 10 ** 400, -1, [], {}, [1.0]]
     for at in _leaves(record):
@@ -1339,7 +1339,7 @@ def test_every_field_of_a_stored_record_is_checked(key, text):
             except ft.InputError as exc:
                 assert str(exc).startswith(f"f.npz: '{key}' must be"), str(exc)
                 continue
-            ft.io._json_text(key, got, (4, 4))  # what is taken can be written
+            records.json_text(key, got, (4, 4))  # what is taken can be written
 
 
 def test_object_arrays_in_npz_are_never_unpickled(tmp_path):
