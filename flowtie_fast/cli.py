@@ -190,13 +190,13 @@ def _reconstruct(args) -> int:
     if args.descan is not None:
         options["descan"] = args.descan
     with ft.load(args.file) as ds:
-        for flag, given in (("--virtual", args.virtual), ("--register", args.register),
-                            ("--normalize", args.normalize), ("--descan", args.descan)):
+        for flag, given in (("--virtual", args.virtual), ("--normalize", args.normalize),
+                            ("--descan", args.descan)):
             if given and ds.kind != "4dstem":
                 raise ft.InputError(f"{flag}: applies to 4D-STEM files only; "
                                     f"{args.file.name} holds a triplet of images")
         be = _one_shot_backend(args.backend, args.kernels, ds)
-        t = ds.triplet(backend=be, **options) if ds.kind == "4dstem" else ds.triplet()
+        t = ds.triplet(backend=be, **options)
         _report_registration(getattr(t, "registration", None))
         _report_flux(getattr(t, "flux", None))
         extra = {}
@@ -237,7 +237,7 @@ def _reconstruct(args) -> int:
 
 
 def _report_registration(record) -> None:
-    """One line on the registration of a 4D-STEM triplet's scans."""
+    """One line on the registration of a triplet's planes."""
     if not record:
         return
     if record.get("why"):  # nothing was measured: no shifts to report
@@ -249,8 +249,9 @@ def _report_registration(record) -> None:
     state = ("applied" if record["applied"] else
              "not applied (unreliable)" if not record["reliable"] else
              "not applied (under 0.1 px)")
-    print(f"registration from the {record['signal']} images: shifts (dy, dx) px {shifts}; "
-          f"{state}")
+    source = {"df": "the dark-field images", "planes": "the planes themselves"}.get(
+        record.get("signal"), "the planes")
+    print(f"registration from {source}: shifts (dy, dx) px {shifts}; {state}")
 
 
 def _report_flux(record) -> None:
@@ -911,8 +912,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="flowtie: run the network alone, without the uncertainty map, the "
                           "trust check and the fallback to the classical phase (4x faster)")
     rec.add_argument("--register", choices=("on", "periodic", "off"),
-                     help="4D-STEM: undo the drift between the three scans (default on; "
-                          "periodic for scans of whole unit cells; off)")
+                     help="undo the drift of the -dz and +dz planes against the in-focus "
+                          "one: 4D-STEM from the dark field (default on), image triplets from "
+                          "the images (default off: biased by the phase's own transport); "
+                          "periodic for fields of whole unit cells; off)")
     rec.add_argument("--normalize", choices=("on", "off"),
                      help="4D-STEM: bring the -dz and +dz scans to the in-focus scan's beam "
                           "current, from the electrons their patterns hold (default on; off)")

@@ -323,7 +323,10 @@ class Dataset:
         **kwargs
             Options of :meth:`~flowtie_fast.triplet.FocalTriplet.from_4dstem`
             (``virtual``, ``rotation``, ``register``, ...) for 4D-STEM data;
-            for images only ``backend``, which is ignored (images are read as
+            for images ``register`` (default False, as for
+            :class:`~flowtie_fast.triplet.FocalTriplet`: a stored
+            registration record is kept unless the images are registered
+            again) and ``backend``, which is ignored (images are read as
             they are).
 
         Returns
@@ -352,6 +355,7 @@ class Dataset:
                                  f"({exc.reason}); the file is damaged or truncated, or "
                                  "changed while it was read") from exc
         kwargs.pop("backend", None)  # images are read as they are
+        register = kwargs.pop("register", False)
         if kwargs:
             raise InputError(f"options: {sorted(kwargs)} apply to 4D-STEM data only; this "
                              "file holds a triplet of images")
@@ -360,9 +364,10 @@ class Dataset:
         planes = [_read(getattr(self, k), k, where) for k in ("minus", "zero", "plus")]
         gradient = None if self.gradient is None else _read(self.gradient, "gradient", where)
         t = FocalTriplet(*planes, dz=self.dz, pixel_size=self.scan_step, energy=self.energy,
-                         gradient=gradient, noise=self.noise, virtual=self.virtual)
+                         gradient=gradient, noise=self.noise, virtual=self.virtual,
+                         register=register)
         t.gradient_noise = self.gradient_noise
-        if self.registration is not None:
+        if self.registration is not None and t.registration is None:
             t.registration = {**self.registration,
                               "shifts": np.array(self.registration["shifts"], float)}
         if self.orientation is not None and not (t.gradient_orientation or {}).get("suspect"):

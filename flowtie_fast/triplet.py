@@ -389,9 +389,15 @@ class FocalTriplet(FocalSeries):
         Undo a drift of the ±dz images against the in-focus one, estimated
         from the images themselves (default False: from images alone, the
         mean lateral transport of the image by the specimen's phase gradient
-        cannot be told from drift, which biases the estimate by up to a few
-        tenths of a pixel for strong phase objects or large dz;
-        :meth:`from_4dstem` registers by default, from the dark field).
+        cannot be told from drift; :meth:`from_4dstem` registers by default,
+        from the dark field). Either way costs where it is wrong: on a
+        Fresnel phase object, a drift of 0.2 px left in takes the TIE's
+        phase error to 0.6-6 times the phase's variance (registered: 0.005),
+        while on a field of strong intensity contrast (40 %) spanning a few
+        periods the estimate reads the defocus change as a 0.4 px shift and
+        applying it takes an exact phase to 4 times its rms. Shifts under
+        0.1 px and unreliable estimates are recorded, not applied; images
+        over 512 px a side are measured on their central 512 px.
         ``"periodic"`` for images of whole periods. The record is in
         ``triplet.registration``.
     virtual : {"bf", "bf-full", "abf", "df", "whole"} or None, optional

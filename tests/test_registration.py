@@ -3,6 +3,7 @@ translations, shifting, triplets, refusal of unreliable estimates, bad arguments
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -600,3 +601,82 @@ def test_sharp_placing_matches_are_not_refused_by_a_sharp_third(monkeypatch):
     _, shifts, reliable = quiet(register_triplet, signals, signals=signals, periodic=False)
     assert reliable
     np.testing.assert_allclose(shifts[[0, 2]], [[-2.3, 1.7], [1.8, 2.0]])
+
+
+# ------------------------------------------------------- image triplets: window, default, files
+
+def _drifted_fresnel(n, d):
+    """A Fresnel triplet of ``n`` px a side with its ±dz planes moved by ±``d``
+    (px, (dy, dx)), mirror-extended at the edges as a window of a larger
+    field would be."""
+    truth = fresnel(n=n)
+    return truth, [apply_shift(truth[0], d, periodic=False), truth[1],
+                   apply_shift(truth[2], (-d[0], -d[1]), periodic=False)]
+
+
+def test_large_images_are_registered_from_their_central_window(monkeypatch):
+    """Images over the window are measured on its central part only: the
+    shift found is the one of the whole field, and the estimator never sees
+    the full planes."""
+    import flowtie_fast as ft
+    from flowtie_fast.stem import focal
+
+    monkeypatch.setattr(focal, "REGISTRATION_WINDOW", 128)
+    seen = []
+    real = focal.register_triplet
+    monkeypatch.setattr(focal, "register_triplet",
+                        lambda planes, **kw: seen.append(planes[0].shape) or real(planes, **kw))
+    truth, planes = _drifted_fresnel(256, (0.6, -1.3))
+    t = quiet(ft.FocalTriplet, *planes, dz=100.0, pixel_size=0.5, energy=300e3, register=True)
+    assert seen == [(128, 128)]
+    assert t.registration["applied"] and t.registration["reliable"]
+    np.testing.assert_allclose(t.registration["shifts"][0], [-0.6, 1.3], atol=0.05)
+    np.testing.assert_allclose(t.registration["shifts"][2], [0.6, -1.3], atol=0.05)
+    assert t.planes[0].shape == (256, 256)
+    inner = (slice(16, -16),) * 2
+    assert rel_rms(np.asarray(t.planes[2] - t.planes[0])[inner],
+                   (truth[2] - truth[0])[inner]) < 0.05
+
+
+def test_image_triplets_are_not_registered_unless_asked():
+    """The default for images is off: on a field of strong intensity
+    contrast over a few periods the estimate reads the defocus change itself
+    as a shift of a few tenths of a pixel, and applying it ruins an exact
+    TIE phase; asked for, a real drift is undone."""
+    import flowtie_fast as ft
+    from fields import rel_rms as phase_rms
+
+    phi, intensity, didz, _ = periodic_field(contrast=0.4)
+    planes = [intensity + z * didz for z in (-6.0, 0.0, 15.0)]
+    kw = dict(dz=(6.0, 15.0), pixel_size=(0.2, 0.25), energy=300e3)
+    plain = ft.FocalTriplet(*planes, **kw)
+    assert plain.registration is None
+    rec = ft.reconstruct(plain, method="tie-exact", backend="cpu", dtype="float64")
+    assert phase_rms(rec.phase, phi) < 1e-6
+    asked = quiet(ft.FocalTriplet, *planes, register=True, **kw)
+    assert asked.registration["applied"]  # a shift that is not there
+    assert np.hypot(*asked.registration["shifts"][0]) > 0.3
+    rec = ft.reconstruct(asked, method="tie-exact", backend="cpu", dtype="float64")
+    assert phase_rms(rec.phase, phi) > 1.0
+
+
+def test_an_image_file_is_registered_when_asked(tmp_path, capsys):
+    """``Dataset.triplet(register=True)`` and ``flowtie reconstruct --register on``
+    register the images of a file; by default they are used as stored."""
+    import flowtie_fast as ft
+    from flowtie_fast.cli import main
+
+    truth, planes = _drifted_fresnel(128, (0.8, 0.5))
+    ft.save(tmp_path / "i.npz", ft.FocalTriplet(*planes, dz=100.0, pixel_size=0.5,
+                                                energy=300e3))
+    with ft.load(tmp_path / "i.npz") as ds:
+        assert ds.triplet().registration is None
+        t = quiet(ds.triplet, register=True)
+    np.testing.assert_allclose(t.registration["shifts"][[0, 2]], [[-0.8, -0.5], [0.8, 0.5]],
+                               atol=0.05)
+    assert main(["reconstruct", str(tmp_path / "i.npz"), "-o", str(tmp_path / "o.npz"),
+                 "--method", "tie", "--register", "on"]) == 0
+    assert re.search(r"registration from the planes themselves: shifts \(dy, dx\) px "
+                     r"-dz \(-0\.[78]\d, -0\.[45]\d\), \+dz \(\+0\.[78]\d, \+0\.[45]\d\); "
+                     r"applied",
+                     capsys.readouterr().out)

@@ -231,7 +231,7 @@ def test_cli_writes_the_uncertainty_and_says_when_it_falls_back(case, tmp_path, 
     with np.load(out) as f:
         assert f["uncertainty"].shape == case.phase.shape and "fallback" not in f
     text = capsys.readouterr()
-    assert "registration from the df images" in text.out
+    assert "registration from the dark-field images" in text.out
     assert re.search(r"beam: the -dz and \+dz scans hold [0-9.]+ and [0-9.]+ times the in-focus "
                      r"scan's electrons per pattern; planes scaled", text.out)
 
@@ -260,8 +260,8 @@ def test_cli_refuses_options_that_do_not_apply(case, tmp_path, capsys):
     ft.save(images, ft.FocalTriplet(*t.planes, dz=t.dz, pixel_size=t.pixel_size,
                                     energy=t.energy))
     assert main(["reconstruct", str(images), "-o", str(tmp_path / "a.npz"),
-                 "--register", "off"]) == 2
-    assert "--register: applies to 4D-STEM files only" in capsys.readouterr().err
+                 "--normalize", "off"]) == 2
+    assert "--normalize: applies to 4D-STEM files only" in capsys.readouterr().err
     assert main(["reconstruct", str(images), "-o", str(tmp_path / "b.npz"), "--method", "tie",
                  "--no-uncertainty"]) == 2
     assert "--no-uncertainty" in capsys.readouterr().err

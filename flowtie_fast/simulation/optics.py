@@ -52,9 +52,10 @@ def defocus_series(phase, z, pixel_size, energy, amplitude=None) -> FocalSeries:
 
 
 def defocus_triplet(phase, dz: float, pixel_size, energy, amplitude=None) -> FocalTriplet:
-    """The focal triplet ``I(-dz), I(0), I(+dz)`` of ``amplitude * exp(i phase)``."""
+    """The focal triplet ``I(-dz), I(0), I(+dz)`` of ``amplitude * exp(i phase)``
+    (registered by construction: ``register=False``)."""
     s = defocus_series(phase, (-dz, 0.0, dz), pixel_size, energy, amplitude)
-    return FocalTriplet(*s.planes, dz=dz, pixel_size=pixel_size, energy=energy)
+    return FocalTriplet(*s.planes, dz=dz, pixel_size=pixel_size, energy=energy, register=False)
 
 
 def gaussian_bumps(n: int, pixel_size: float, count: int, height: float, widths, seed=0):

@@ -47,6 +47,10 @@ __all__ = ["flux_record", "holds_counts", "orient", "prepare_planes", "reduce_tr
 #: dark field of thick crystals shifts by a few hundredths of a pixel with
 #: defocus alone).
 REGISTRATION_THRESHOLD = 0.1
+#: px: the side of the central window the drift is measured on (a drift moves
+#: the whole field; a larger window costs time, not accuracy: 0.2 s at 256 px,
+#: 0.6 s at 512 px on two CPU cores).
+REGISTRATION_WINDOW = 512
 
 
 def _nonfinite_position(sample, data) -> str:
@@ -789,6 +793,15 @@ def check_normalize(normalize) -> bool:
     raise InputError(f"normalize: expected True or False, got {normalize!r}")
 
 
+def _central(a):
+    """The central window of ``a`` at most :data:`REGISTRATION_WINDOW` px a side."""
+    cuts = []
+    for n in a.shape[-2:]:
+        lo = max(0, (n - REGISTRATION_WINDOW) // 2)
+        cuts.append(slice(lo, lo + min(n, REGISTRATION_WINDOW)))
+    return a[..., cuts[0], cuts[1]]
+
+
 def register_planes(planes, signals, register):
     """The planes with the drift of the ±dz ones undone (shifts from
     ``signals`` when given, else from the planes), and the record of it.
@@ -799,7 +812,8 @@ def register_planes(planes, signals, register):
     periodically for ``register="periodic"`` (scans of whole periods), by
     mirror extension otherwise (:mod:`flowtie_fast.stem.registration`).
     Shifts under 0.1 px, and an estimate that is not reliable, are recorded
-    and not applied.
+    and not applied. Larger images are measured on their central
+    :data:`REGISTRATION_WINDOW` px (a drift moves the whole field).
 
     Parameters
     ----------
@@ -836,8 +850,8 @@ def register_planes(planes, signals, register):
                       "measure a drift (at least 8 px a side); the planes are used as "
                       "recorded", RegistrationWarning, stacklevel=user_stacklevel())
         return planes, {**record, "why": "images under 8 px a side"}
-    host = [to_host(p) for p in planes]
-    source = None if signals is None else [to_host(s) for s in signals]
+    host = [_central(to_host(p)) for p in planes]
+    source = None if signals is None else [_central(to_host(s)) for s in signals]
     _, shifts, reliable = register_triplet(host, signals=source, periodic=False,
                                            apply_unreliable=False, threshold=1e9)
     record.update(shifts=shifts, reliable=bool(reliable))
