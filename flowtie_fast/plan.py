@@ -353,7 +353,8 @@ class Plan:
                                        self._intensity_weights, self.wavenumber,
                                        self.pixel_size)
         check = checked_orientation(gradient, self.pixel_size, tie, testable_only=True)
-        if check.get("misorientation") == 180.0:  # half a turn: suspect by the sign check
+        if check.get("misorientation") == 180.0 or check.get("misscaled") is not None:
+            # suspect by the comparison with the TIE phase
             check["why"] += ("; if the planes are not bright-field images, name them: "
                              "Plan(..., virtual='abf'), 'df', ...")
         self.gradient_orientation = check  # whole: another thread reads it as it is

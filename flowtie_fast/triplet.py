@@ -181,7 +181,9 @@ class FocalSeries:
         taken in the wrong orientation (a detector rotation or flip given
         wrong, swapped components), one that points against the gradient of
         the planes' TIE phase beyond its noise as half a turn off
-        (``tie_correlation``, :func:`flowtie_fast.trust.sign_check`): a
+        (``tie_correlation``, :func:`flowtie_fast.trust.sign_check`), one
+        whose magnitude is beyond 3 times or under a third of that
+        gradient's as misscaled (``tie_scale``, ``misscaled``): a
         :class:`TrustWarning` says so here, and the solves do not lean on it
         (``icom`` says so again, the other methods neither check against it
         nor fall back to it).

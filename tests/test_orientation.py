@@ -363,6 +363,70 @@ def test_a_plan_flags_a_negated_gradient_against_its_planes_tie_phase():
     assert batch.info["trust"] == batch.gradient_orientation["why"]
 
 
+@pytest.mark.parametrize("factor, says", [(10.0, r"0\.10\d times it"), (0.1, r"10\.\d times it"),
+                                           (1 / (2 * np.pi), r"6\.\d+ times it"),
+                                           (0.001, r"10\d\d times it")])
+def test_a_gradient_of_the_wrong_scale_is_caught_by_the_planes_tie_phase(factor, says):
+    """A gradient in rad/nm, in cycles or scaled by a calibration given wrong
+    has the right pattern at the wrong scale: icom's phase is that many times the phase. The TIE phase of
+    the planes has the scale the defocus and the energy give; the triplet and
+    the plan compare the two and say so, flowtie falls back to the TIE. The
+    right gradient, and one 1.5 times off (within what thin crystals show),
+    pass."""
+    from fields import periodic_field
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    kw = dict(dz=dz, pixel_size=pixel, energy=energy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for near in (1.0, 1.5, 1 / 1.5):
+            right = ft.FocalTriplet(*planes, gradient=g * near, **kw)
+            low, high = right.gradient_orientation["tie_scale"]
+            assert low * (1 - 1e-6) <= 1 / near <= high * (1 + 1e-6) and high / low < 1.05
+            assert not right.gradient_orientation["suspect"]
+    with pytest.warns(ft.TrustWarning, match=f"gradient: the bright-field TIE phase of the "
+                                             f"planes has a gradient {says}.*unit given wrong"):
+        wrong = ft.FocalTriplet(*planes, gradient=g * factor, **kw)
+    check = wrong.gradient_orientation
+    assert check["suspect"] and check["misscaled"] == pytest.approx(1 / factor, rel=0.05)
+    with pytest.warns(ft.TrustWarning):
+        rec = ft.reconstruct(wrong, method="icom", backend="cpu")
+    assert rec.info["trust"] == check["why"]
+    with pytest.warns(ft.TrustWarning, match=says):
+        plan = ft.Plan(phi.shape, method="flowtie", backend="cpu", **kw)
+        plan.solve(*planes, gradient=(g * factor).astype(np.float32))
+    assert plan.gradient_orientation["misscaled"] == pytest.approx(1 / factor, rel=0.05)
+    assert plan.info["fallback"] == "tie"
+
+
+def test_the_scale_check_keeps_quiet_where_the_two_gradients_do_not_agree():
+    """Noise in the gradient widens the bracket of the scale instead of
+    biasing it: a right gradient buried in noise is never judged misscaled,
+    and one that shares nothing with the planes is not compared."""
+    from fields import periodic_field
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz) for s in (-1, 0, 1)]
+    tie = trust.plain_tie_gradient(planes, (-1 / (2 * dz), 0, 1 / (2 * dz)), (0, 1, 0),
+                                   ft.wavenumber(energy), pixel)
+    rng = np.random.default_rng(1)
+    for noise in (0.5, 2.0, 8.0):
+        noisy = g + noise * g.std() * rng.standard_normal(g.shape)
+        check = trust.gradient_orientation(noisy, pixel)
+        trust.sign_check(check, noisy, tie)
+        assert "misscaled" not in check, (noise, check["tie_scale"])
+        if check["tie_scale"] is not None:
+            low, high = check["tie_scale"]
+            assert low <= 1.0 <= high
+    unrelated = rng.standard_normal(g.shape) * g.std()
+    check = trust.gradient_orientation(unrelated, pixel)
+    trust.sign_check(check, unrelated, tie)
+    assert check["tie_scale"] is None and "misscaled" not in check
+
+
 def test_a_thread_sharing_a_plan_waits_for_the_sign_check_under_way(monkeypatch):
     """Two threads give a shared plan a negated gradient at once: the one that
     comes while the other's check compares the sign does not read that check
