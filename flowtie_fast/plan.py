@@ -319,6 +319,21 @@ class Plan:
 
     # ------------------------------------------------------------------ checks
 
+    @staticmethod
+    def _batch_saturation(stack):
+        """The full-scale check of :meth:`solve` over the items of an integer
+        ``stack`` (each saturated one warns): the text that names them, or
+        None."""
+        if np.dtype(stack.dtype).kind not in "iu":
+            return None
+        found = [(i, record["why"]) for i in range(len(stack))
+                 for record in [image_saturation(_INPUT_NAMES[:3], list(stack[i]))]
+                 if record["saturated"]]
+        if not found:
+            return None
+        items = ", ".join(f"stack[{i}]" for i, _ in found)
+        return (f"the detector saturated in {items} (of {len(stack)}): {found[0][1]}")
+
     def _orientation(self, gradient, planes, aligned=True):
         """Check a measured gradient given with ``planes`` while no telling one
         was (every one at first, then one in :data:`ORIENTATION_CHECKS`: a run
@@ -556,8 +571,11 @@ class Plan:
 
         For a time or tilt series. The plan's buffers serve every item; for
         ``flowtie`` with ``uncertainty=False`` the network sees the whole batch
-        at once (one forward pass) and the Poisson integration runs per item;
-        with the trust check, each item is solved as by :meth:`solve`.
+        at once (one forward pass) and the Poisson integration runs per item
+        (integer items at their dtype's full scale are named in
+        ``plan.info["trust"]``, with ``plan.info["trusted"]`` False, as
+        :meth:`solve` names them); with the trust check, each item is solved
+        as by :meth:`solve`.
 
         Parameters
         ----------
@@ -639,6 +657,11 @@ class Plan:
                     break
             if suspect:  # the network reads the gradient: said, as solve says it
                 self.info = {"trust": suspect}
+            clipped = self._batch_saturation(stack)
+            if clipped:  # said first, as solve says it
+                other = self.info.get("trust")
+                self.info = {"trust": clipped + (f"; also: {other}" if other else ""),
+                             "trusted": False}
             why = image_verdict(self.method, self.virtual, self.options.model, True)
             if why is not None:  # the plan warned once
                 self.info.setdefault("trust", why)

@@ -265,6 +265,19 @@ def test_integer_planes_at_their_full_scale_are_named_saturated(dtype):
         warnings.filterwarnings("ignore", "the focal derivative holds no signal", ft.TrustWarning)
         plan.solve(*below)
     assert "saturated" not in plan.info.get("trust", "")
+    # the whole-batch network pass of a flowtie plan judges each item too
+    pytest.importorskip("torch")
+    flow = ft.Plan((64, 64), 0.5, 20.0, 300e3, method="flowtie", uncertainty=False,
+                   backend="cpu")
+    g = np.stack(np.gradient(phase, 0.5)).astype(np.float32)  # rad/Å
+    with pytest.warns(ft.TrustWarning, match=r"^planes: minus: \d+ of its pixels"):
+        flow.solve_batch(np.stack([below, clipped, below]), gradient=np.stack([g, g, g]))
+    assert flow.info["trust"].startswith("the detector saturated in stack[1] (of 3): minus: ")
+    assert flow.info["trusted"] is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        flow.solve_batch(np.stack([below, below]), gradient=np.stack([g, g]))
+    assert "saturated" not in flow.info.get("trust", "") and "trusted" not in flow.info
 
 
 def test_records_set_by_hand_on_a_triplet_are_checked_by_the_solve():
