@@ -33,8 +33,17 @@ Denoising the focal derivative (``denoise=True``, the default)
     hold none above their noise) and ``info["denoise"]`` says 0 modes.
 
 Teague's floor (``floor="auto"``, the default)
-    ``max(1e-3, min(1, 2 σ_0 / Ī))`` as a fraction of the mean: the division
-    by the intensity skips pixels within two standard deviations of zero.
+    ``max(0.1, min(1, 2 σ_0 / Ī))`` as a fraction of the mean for the
+    division of ``tie``: it skips pixels within two standard deviations of
+    zero, and divides by no less than a tenth of the mean. The division
+    turns the curl of ``I ∇φ`` that Teague's method drops into phase
+    gradient amplified by ``Ī / I``: a near-opaque patch (1 % of the mean
+    intensity in a Fresnel phase object) took the phase error from 0.0004 to
+    3-37 times the phase's variance at a floor of 1e-3, 0.02-0.15 at 0.1;
+    on the 18 simulated test and validation crystals (noise-free and 1e4
+    e/Å²) no phase was worse at 0.1 than at 1e-3. ``tie-exact`` solves the
+    exact equation and only clips the intensity at ``max(1e-3, ...)`` to
+    keep its weights positive.
 
 Tikhonov α (``alpha="auto"``, not the default)
     Morozov's discrepancy principle: the α (Å⁻⁴) at which the regularised
@@ -86,7 +95,8 @@ __all__ = ["Noise", "COUNTS", "check_noise", "estimate_noise",
 
 COUNTS = "counts"  # a solve's noise: Poisson statistics of the planes it is given
 ALPHA_MAX = 1e12  # Å⁻⁴: the largest Tikhonov parameter a solver accepts
-FLOOR_MIN = 1e-3  # Teague's floor without noise, fraction of the mean intensity
+FLOOR_MIN = 1e-3  # the exact TIE's intensity clip without noise, fraction of the mean
+TEAGUE_FLOOR_MIN = 0.1  # Teague's division without noise, fraction of the mean
 BAND_MARGIN = 1.1  # frequencies above 1.1 x the band limit are taken as noise only
 BAND_MIN_FRACTION = 0.05  # of the modes, for a band estimate
 
@@ -435,7 +445,7 @@ def discrepancy_alpha(source, pixel_size, variance: float, *, bins: int = 400) -
     return math.exp(0.5 * (lo + hi))
 
 
-def teague_floor(variance: float, mean: float) -> float:
+def teague_floor(variance: float, mean: float, least: float = FLOOR_MIN) -> float:
     """Teague's intensity floor for a noise variance of the in-focus intensity.
 
     Parameters
@@ -444,12 +454,16 @@ def teague_floor(variance: float, mean: float) -> float:
         Noise variance of the in-focus intensity per pixel (intensity²).
     mean : float
         Mean in-focus intensity ``Ī`` (intensity).
+    least : float
+        The floor without noise, a fraction of the mean (default
+        :data:`FLOOR_MIN`, 1e-3, the exact TIE's clip; Teague's division
+        uses :data:`TEAGUE_FLOOR_MIN`, 0.1).
 
     Returns
     -------
     float
-        The floor as a fraction of the mean, ``max(1e-3, min(1, 2 σ / Ī))``;
-        1e-3 where the variance or the mean is not positive.
+        The floor as a fraction of the mean, ``max(least, min(1, 2 σ / Ī))``;
+        ``least`` where the variance or the mean is not positive.
 
     Raises
     ------
@@ -457,9 +471,12 @@ def teague_floor(variance: float, mean: float) -> float:
         Where ``variance`` or ``mean`` is not a finite real number.
     """
     variance, mean = check_real("variance", variance), check_real("mean", mean)
+    least = check_real("least", least, low=0.0)
+    if least > 1:
+        raise InputError(f"least: expected a fraction of the mean in [0, 1], got {least!r}")
     if not variance > 0 or not mean > 0:
-        return FLOOR_MIN
-    return max(FLOOR_MIN, min(1.0, 2.0 * math.sqrt(variance) / mean))
+        return least
+    return max(least, min(1.0, 2.0 * math.sqrt(variance) / mean))
 
 
 

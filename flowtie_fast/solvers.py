@@ -66,7 +66,8 @@ from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, FlowModel, load_model
 from .flow.infer import _shipped_name as _shipped_file
 from .noise import (ALPHA_MAX, COUNTS, check_noise, denoise, denoise_gradient,
                     denoise_gradient_bytes,
-                    discrepancy_alpha, poisson_noise, teague_floor)
+                    discrepancy_alpha, poisson_noise, teague_floor, FLOOR_MIN,
+                    TEAGUE_FLOOR_MIN)
 from .poisson import PoissonSolver, resolve_scheme
 from .planes import (GRADIENT_LIMIT, check_gradient, check_gradient_peak, check_intensity_stats,
                      screen_planes, screen_stats)
@@ -540,8 +541,10 @@ class TIESolver:
     floor : float or "auto"
         Intensity floor as a fraction of the mean in-focus intensity; Teague's
         division uses ``max(I, floor * Ī)``. "auto" (default): twice the
-        noise's standard deviation over the mean, at least 1e-3 (1e-3 where
-        the noise is unknown).
+        noise's standard deviation over the mean, at least 0.1 for ``tie``
+        (Teague's division) and 1e-3 for ``tie-exact`` (its clip of the
+        intensity, which keeps the weights positive); the rule:
+        :mod:`flowtie_fast.noise`.
     denoise : bool
         Filter the focal derivative by its spectrum and the series' noise
         before the classical methods solve (default True; nothing happens
@@ -914,7 +917,8 @@ class TIESolver:
         floor, noise_norm = self.floor, 0.0
         if method != "flowtie":
             floor, noise_norm = self._regularise(options.noise, mean, k,
-                                                 derivative_weights, intensity_weights, info)
+                                                 derivative_weights, intensity_weights, info,
+                                                 teague=method == "tie")
         if method == "flowtie":
             residual = self._flow(planes, gradient, k, options.model, phase, grad, info,
                                   want, options.cuda_graphs)
@@ -987,17 +991,19 @@ class TIESolver:
                                    pixel_size=self.pixel_size)
 
     def _regularise(self, noise, mean, k, derivative_weights, intensity_weights, info,
-                    quiet=False):
-        """Set this solve's Tikhonov parameter and return Teague's floor
-        (fraction of the mean) and the norm the noise gives the TIE residual,
+                    quiet=False, teague=False):
+        """Set this solve's Tikhonov parameter and return the intensity floor
+        (fraction of the mean: Teague's division's where ``teague``, else
+        the exact TIE's clip) and the norm the noise gives the TIE residual,
         ``k √N σ_D`` (0 without noise), from the series' noise
         (:mod:`flowtie_fast.noise`) where ``alpha`` / ``floor`` are "auto";
         ``quiet``: no warning (a phase the caller does not receive)."""
+        least = TEAGUE_FLOOR_MIN if teague else FLOOR_MIN
         if noise == COUNTS:
             noise = poisson_noise(self._stats[:, 1] / (self.shape[0] * self.shape[1]))
         info["noise"] = None if noise is None else noise.source
         if noise is None:
-            floor = 1e-3 if self.floor == "auto" else self.floor
+            floor = least if self.floor == "auto" else self.floor
             info.update(alpha=self.poisson.alpha, floor=floor)
             return floor, 0.0
         var_d = noise.combined(derivative_weights)  # of ∂I/∂z, intensity²/Å²
@@ -1014,7 +1020,7 @@ class TIESolver:
         if self.alpha == "auto":
             # The filter is linear: α of the source -k ∂I/∂z / Ī is that of ∂I/∂z.
             self.poisson.alpha = discrepancy_alpha(self._didz, self.pixel_size, var_d)
-        floor = teague_floor(var_i, mean) if self.floor == "auto" else self.floor
+        floor = teague_floor(var_i, mean, least) if self.floor == "auto" else self.floor
         info.update(alpha=self.poisson.alpha, floor=floor)
         if self.denoise:  # the filtered derivative is fitted exactly
             return floor, 0.0
@@ -1385,7 +1391,7 @@ class TIESolver:
             # The TIE phase as a second opinion on it (a gradient of the wrong
             # sign or scale has no curl and passes the orientation check).
             floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
-                                        intensity_weights, {}, quiet=True)
+                                        intensity_weights, {}, quiet=True, teague=True)
             tie = self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k,
                                       out=self._buf("tie_check"))
             value = trust.disagreement(tie, phase, scratch=self._buf("tmp"))
@@ -1399,7 +1405,7 @@ class TIESolver:
         elif not use_icom:
             info["fallback"] = "tie"
             floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
-                                        intensity_weights, info)
+                                        intensity_weights, info, teague=True)
             self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k, out=phase,
                                 grad_out=grad)
         warnings.warn(f"flowtie: the flow is not trusted on this input ({verdict['why']}); "

@@ -116,7 +116,9 @@ def test_plan_takes_counts_as_poisson(absorbing_object):
                       floor=1e-3)
         assert _nmse(raw.solve(*counts), phi) > 20
         floats = [p.astype(np.float32) for p in counts]  # unknown noise unless given
-        assert _nmse(plan.solve(*floats), phi) > 20
+        # unfiltered: worse than flat (Teague's floor of 0.1 without noise
+        # bounds the division, 4.97; at 1e-3, above, beyond 20)
+        assert _nmse(plan.solve(*floats), phi) > 2
         given = [float(p.mean()) for p in counts]
         assert _nmse(plan.solve(*floats, noise=given), phi) <= 1.0 + 1e-6
 
@@ -181,6 +183,8 @@ def test_discrepancy_alpha():
 
 def test_floor_rule():
     assert teague_floor(0.0, 10.0) == 1e-3
+    assert teague_floor(0.0, 10.0, least=0.1) == 0.1
+    assert teague_floor(4e-4, 1.0, least=0.1) == 0.1  # 2 σ / Ī = 0.04
     assert teague_floor(25.0, 100.0) == pytest.approx(0.1)
     assert teague_floor(1e6, 1.0) == 1.0
     assert poisson_noise([4.0, 5.0]).variance == (4.0, 5.0)
