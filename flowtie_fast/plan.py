@@ -655,22 +655,25 @@ class Plan:
                 suspect = self._orientation(gradient[i], [stack[i, j] for j in range(3)])
                 if (self.gradient_orientation or {}).get("testable"):
                     break
+            info = {}  # the plan's once the pass returns: a refused pass leaves none
             if suspect:  # the network reads the gradient: said, as solve says it
-                self.info = {"trust": suspect}
+                info = {"trust": suspect}
             clipped = self._batch_saturation(stack)
             if clipped:  # said first, as solve says it
-                other = self.info.get("trust")
-                self.info = {"trust": clipped + (f"; also: {other}" if other else ""),
-                             "trusted": False}
+                other = info.get("trust")
+                info = {"trust": clipped + (f"; also: {other}" if other else ""),
+                        "trusted": False}
             why = image_verdict(self.method, self.virtual, self.options.model, True)
             if why is not None:  # the plan warned once
-                self.info.setdefault("trust", why)
-            return self.solver.flow_batch(stack, self._derivative_weights,
-                                          self._intensity_weights, self.wavenumber,
-                                          gradient=gradient, out=out,
-                                          gradient_out=gradient_out, model=self.options.model,
-                                          names=_INPUT_NAMES[:3],
-                                          cuda_graphs=self.options.cuda_graphs)
+                info.setdefault("trust", why)
+            self.solver.flow_batch(stack, self._derivative_weights,
+                                   self._intensity_weights, self.wavenumber,
+                                   gradient=gradient, out=out,
+                                   gradient_out=gradient_out, model=self.options.model,
+                                   names=_INPUT_NAMES[:3],
+                                   cuda_graphs=self.options.cuda_graphs)
+            self.info = info
+            return out
         items = []
         for i in range(b):
             try:

@@ -416,11 +416,19 @@ class FocalTriplet(FocalSeries):
         dz_minus, dz_plus = check_positive("dz", dz, pair=True)
         self.dz = (dz_minus, dz_plus)
         check_register(register)
+        # registered: the gradient is checked against the TIE phase of the
+        # registered planes, not of the drifted ones
         super().__init__([minus, zero, plus], [-dz_minus, 0.0, dz_plus], pixel_size, energy,
-                         z0=0.0, degree=2, gradient=gradient, noise=noise, virtual=virtual)
+                         z0=0.0, degree=2, gradient=None if register else gradient,
+                         noise=noise, virtual=virtual)
         self.registration = None
         if register:
+            if gradient is not None:
+                self.gradient = self._check_gradient(gradient)
             self.planes, self.registration = register_planes(self.planes, None, register)
+            if self.gradient is not None:  # the sign only of planes known to be aligned
+                self._check_orientation(sign=self.virtual in (None,) + SIGNED_IMAGES
+                                        and bool(self.registration.get("reliable")))
 
     _record_name = "triplet"
 

@@ -280,6 +280,27 @@ def test_integer_planes_at_their_full_scale_are_named_saturated(dtype):
     assert "saturated" not in flow.info.get("trust", "") and "trusted" not in flow.info
 
 
+def test_a_refused_whole_batch_pass_leaves_no_verdict(monkeypatch):
+    """The whole-batch network pass of ``Plan.solve_batch`` refused (here: its
+    flow pass) leaves ``plan.info`` empty, as a refused solve does: not the
+    saturation verdict of a batch that returned nothing."""
+    pytest.importorskip("torch")
+    flow = ft.Plan((16, 16), 0.5, 20.0, 300e3, method="flowtie", uncertainty=False,
+                   backend="cpu")
+    stack = np.full((2, 3, 16, 16), 1000, np.uint16)
+    stack[:, :, :4, :4] = 65535  # 16 pixels of each plane at the full scale
+
+    def refuse(*args, **kwargs):
+        raise ft.InputError("planes: refused")
+
+    monkeypatch.setattr(flow.solver, "flow_batch", refuse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        with pytest.raises(ft.InputError, match="refused"):
+            flow.solve_batch(stack)
+    assert flow.info == {}
+
+
 def test_records_set_by_hand_on_a_triplet_are_checked_by_the_solve():
     """A solve reads a triplet's saturation and plane_defects records for
     its verdict: one set by hand that is not such a record is refused,

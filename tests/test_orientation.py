@@ -399,6 +399,7 @@ def test_a_gradient_of_the_wrong_scale_is_caught_by_the_planes_tie_phase(factor,
         plan.solve(*planes, gradient=(g * factor).astype(np.float32))
     assert plan.gradient_orientation["misscaled"] == pytest.approx(1 / factor, rel=0.05)
     assert plan.info["fallback"] == "tie"
+    assert "wrongly oriented or scaled" in plan.info["why"]  # the reason names the scale
 
 
 def test_the_scale_check_keeps_quiet_where_the_two_gradients_do_not_agree():

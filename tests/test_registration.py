@@ -680,3 +680,26 @@ def test_an_image_file_is_registered_when_asked(tmp_path, capsys):
                      r"-dz \(-0\.[78]\d, -0\.[45]\d\), \+dz \(\+0\.[78]\d, \+0\.[45]\d\); "
                      r"applied",
                      capsys.readouterr().out)
+
+
+def test_a_registered_triplet_checks_its_gradient_against_the_registered_planes():
+    """With ``register=True`` the measured gradient's sign and scale are
+    compared with the TIE phase of the registered planes: those of the
+    drifted ones share little with it and passed a gradient 10 times off or
+    negated without a word."""
+    import flowtie_fast as ft
+
+    phase = gaussian_bumps(128, 0.5, 60, 0.5, (2.0, 5.0), seed=1)
+    amp = 1 - 0.3 * gaussian_bumps(128, 0.5, 60, 1.0, (2.0, 5.0), seed=2) ** 2
+    truth = [np.asarray(p) for p in defocus_triplet(phase, 20.0, 0.5, 300e3,
+                                                    amplitude=amp).planes]
+    planes = [truth[0], truth[1], apply_shift(truth[2], (1.0, 0.6), periodic=False)]
+    g = np.stack(np.gradient(phase, 0.5))
+    kw = dict(dz=20.0, pixel_size=0.5, energy=300e3, register=True)
+    right = quiet(ft.FocalTriplet, *planes, gradient=g, **kw)
+    assert right.registration["applied"] and not right.gradient_orientation["suspect"]
+    assert right.gradient_orientation["tie_correlation"] > 0.8
+    for factor in (10.0, -1.0):
+        with pytest.warns(ft.TrustWarning, match="gradient: "):
+            wrong = ft.FocalTriplet(*planes, gradient=factor * g, **kw)
+        assert wrong.gradient_orientation["suspect"], factor
