@@ -73,7 +73,8 @@ from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation, check_verdict_records, image_verdict)
 from .planes import check_not_masked, focal_weights
 from .stem.detector import VIRTUAL_IMAGES, image_saturation
-from .trust import SIGNED_IMAGES, checked_orientation, plain_tie_gradient, suspicion
+from .trust import (SIGNED_IMAGES, checked_orientation,
+                    plain_tie_gradient, scale_warning, suspicion)
 
 __all__ = ["Plan", "triplet_records"]
 
@@ -118,6 +119,11 @@ def _check_records(registration, orientation, saturation=None, plane_defects=Non
 
 
 #: The records :meth:`Plan.solve` takes beside the arrays.
+#: What a verdict against the planes' TIE phase adds: the plan's planes may
+#: be other than the bright-field images it takes them for.
+_NOT_BRIGHT_FIELD = ("; if the planes are not bright-field images, name them: "
+                     "Plan(..., virtual='abf'), 'df', ...")
+
 _RECORD_KEYS = ("registration", "orientation", "saturation", "plane_defects")
 
 
@@ -368,13 +374,18 @@ class Plan:
                                        self._intensity_weights, self.wavenumber,
                                        self.pixel_size)
         check = checked_orientation(gradient, self.pixel_size, tie, testable_only=True)
-        if check.get("misorientation") == 180.0 or check.get("misscaled") is not None:
-            # suspect by the comparison with the TIE phase
-            check["why"] += ("; if the planes are not bright-field images, name them: "
-                             "Plan(..., virtual='abf'), 'df', ...")
+        if check.get("misorientation") == 180.0:  # suspect by the comparison with the TIE
+            check["why"] += _NOT_BRIGHT_FIELD
         self.gradient_orientation = check  # whole: another thread reads it as it is
-        if check["suspect"]:
-            warnings.warn(check["why"], TrustWarning, stacklevel=user_stacklevel())
+        for why in (check["why"] if check["suspect"] else None, self._misscaled()):
+            if why:
+                warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
+
+    def _misscaled(self):
+        """Where the measured gradient and the planes' TIE gradient disagree
+        in scale (:func:`~flowtie_fast.trust.scale_warning`), why; else None."""
+        why = scale_warning(self.gradient_orientation)
+        return None if why is None else why + _NOT_BRIGHT_FIELD
 
     def _image(self, name, a, shape):
         """``a`` checked as an input of ``shape``: an array of this plan's
@@ -527,6 +538,9 @@ class Plan:
         suspect = given or own  # the verdict given first
         if suspect:
             changes["gradient_suspect"] = suspect
+        misscaled = self._misscaled() if gradient is not None else None
+        if misscaled:
+            changes["gradient_misscaled"] = misscaled
         for key, record in (("registration", registration), ("saturation", saturation),
                             ("plane_defects", plane_defects)):
             if record is not None:
@@ -658,6 +672,11 @@ class Plan:
             info = {}  # the plan's once the pass returns: a refused pass leaves none
             if suspect:  # the network reads the gradient: said, as solve says it
                 info = {"trust": suspect}
+            misscaled = self._misscaled() if gradient is not None else None
+            if misscaled:  # as solve says it: first, and not trusted
+                other = info.get("trust")
+                info = {"trust": misscaled + (f"; also: {other}" if other else ""),
+                        "trusted": False}
             clipped = self._batch_saturation(stack)
             if clipped:  # said first, as solve says it
                 other = info.get("trust")

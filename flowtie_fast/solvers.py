@@ -354,6 +354,13 @@ class SolveOptions:
         ``triplet.gradient_orientation["why"]``): then ``icom`` says so and
         nothing else leans on the gradient (no check against it, no fallback
         to it).
+    gradient_misscaled : str or None
+        Why the measured gradient and the planes' TIE gradient disagree in
+        scale (:func:`flowtie_fast.trust.scale_warning`; a unit or
+        calibration of one of them is wrong, which the data cannot tell):
+        every method's ``info["trust"]`` starts with it, and ``flowtie``
+        returns its own phase with ``info["trusted"]`` False (no classical
+        phase is a safer fallback).
     planes_image : str or None
         The 4D-STEM virtual image the planes are (``series.virtual``: "bf",
         "abf", ...; None where unknown): ``flowtie``'s shipped models read
@@ -377,6 +384,7 @@ class SolveOptions:
     saturation: dict | None = None
     plane_defects: dict | None = None
     gradient_suspect: str | None = None
+    gradient_misscaled: str | None = None
     planes_image: str | None = None
     names: tuple | None = None
     cuda_graphs: bool = True
@@ -420,6 +428,25 @@ def image_verdict(method, image, model=None, network_alone=False):
 def _suspect(series):
     """Why a series' measured gradient looks wrongly oriented, or None."""
     return trust.suspicion(getattr(series, "gradient_orientation", None))
+
+
+def _misscaled(series):
+    """Why a series' measured gradient and planes disagree in scale, or None."""
+    return trust.scale_warning(getattr(series, "gradient_orientation", None))
+
+
+def _mark_misscaled(method, why, info) -> None:
+    """Where the measured gradient and the planes disagree in scale (``why``,
+    warned when the triplet or the plan checked them), ``info["trust"]``
+    says so first, for every method (one of the two is scaled wrong and
+    every phase leans on one of them); ``flowtie``'s ``info["trusted"]`` is
+    False."""
+    if not why:
+        return
+    other = info.get("trust")
+    info["trust"] = why + (f"; also: {other}" if other and other != why else "")
+    if method == "flowtie":
+        info["trusted"] = False
 
 
 def _warn_unregistered(method, registration, info):
@@ -834,6 +861,7 @@ class TIESolver:
                                saturation=getattr(series, "saturation", None),
                                plane_defects=getattr(series, "plane_defects", None),
                                gradient_suspect=_suspect(series),
+                               gradient_misscaled=_misscaled(series),
                                planes_image=getattr(series, "virtual", None),
                                uncertainty=method == "flowtie" and uncertainty is not False)
         inputs = (*series.planes, series.gradient, out)
@@ -867,6 +895,7 @@ class TIESolver:
                         "may carry it")
                     warnings.warn(rec.info["trust"], TrustWarning,
                                   stacklevel=user_stacklevel())
+                _mark_misscaled(method, options.gradient_misscaled, rec.info)
                 _mark_saturated(method, options.saturation, rec.info)
                 rec.info["time"] = time.perf_counter() - start
                 return rec
@@ -888,6 +917,7 @@ class TIESolver:
                 warnings.warn(f"{method}: {why}; FocalTriplet.from_4dstem(..., virtual='bf'), "
                               "or method='icom'", TrustWarning,
                               stacklevel=user_stacklevel())
+            _mark_misscaled(method, options.gradient_misscaled, info)
             _mark_saturated(method, options.saturation, info)
             info["time"] = time.perf_counter() - start
             rec = Reconstruction(phase, grad, method, info, info.pop("uncertainty_map", None))
@@ -1106,6 +1136,7 @@ class TIESolver:
                                 not options.uncertainty)  # the plan warned once
             if why is not None:
                 info.setdefault("trust", why)
+        _mark_misscaled(method, options.gradient_misscaled, info)
         _mark_saturated(method, options.saturation, info)
         self._check_result(method, out, gradient_out)
         return info.pop("uncertainty_map", None)
@@ -1341,7 +1372,8 @@ class TIESolver:
                                    self._stats, self.shape)
         icom = None
         empty = ""  # where the measured gradient holds no phase above its noise
-        if gradient is not None and not options.gradient_suspect:
+        if gradient is not None and not (options.gradient_suspect
+                                         or options.gradient_misscaled):
             # the classical phase of the measured gradient (zero where it holds no
             # phase above its noise: then the flow's scale against it is infinite)
             g, kept = self._denoised_gradient(gradient, options.gradient_noise)
@@ -1369,7 +1401,10 @@ class TIESolver:
         if why is not None:
             verdict.update(trusted=False, why=why)
         info.update(verdict)
-        if verdict["trusted"]:
+        # the gradient or the planes scaled wrong, which the data cannot tell: no
+        # classical phase is a safer fallback; the flow is kept, not trusted
+        # (_mark_misscaled), with its spread
+        if verdict["trusted"] or options.gradient_misscaled:
             if spread is not None:
                 info["uncertainty_map"] = (spread * scale).astype(self.dtype)
             return residual

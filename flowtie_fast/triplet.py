@@ -28,7 +28,7 @@ from .physics import wavenumber
 from .planes import (check_gradient, check_gradient_peak, check_image, check_intensity_stats,
                      check_not_masked, check_positions, focal_weights, screen_planes)
 from .solvers import reconstruct
-from .trust import SIGNED_IMAGES, checked_orientation, plain_tie_gradient
+from .trust import SIGNED_IMAGES, checked_orientation, orientation_warnings, plain_tie_gradient
 from .stem.descan import check_descan, check_descan_mode, descan_plane
 from .stem.detector import VIRTUAL_IMAGES, image_saturation
 from .stem.focal import (apply_registration, check_com_extent, check_normalize, check_register,
@@ -328,16 +328,17 @@ class FocalSeries:
         """The measured gradient's curl check (:func:`flowtie_fast.trust.
         gradient_orientation`) into ``gradient_orientation``, with a
         TrustWarning where its orientation looks wrong; with ``sign``, where
-        it passes, also its sign against the TIE gradient of the planes, or
-        of the ``reference`` planes (:func:`flowtie_fast.trust.sign_check`: a
-        turn by 180° has no curl)."""
+        it passes, also its sign and scale against the TIE gradient of the
+        planes, or of the ``reference`` planes
+        (:func:`flowtie_fast.trust.sign_check`: a turn by 180° has no curl),
+        with a TrustWarning where they disagree in scale."""
         check = checked_orientation(
             self.gradient, self.pixel_size,
             (lambda: self._plain_tie_gradient(reference)) if sign else None,
             rotation=rotation, flip=flip)
         self.gradient_orientation = check
-        if check["suspect"]:
-            warnings.warn(check["why"], TrustWarning, stacklevel=user_stacklevel())
+        for why in orientation_warnings(check):
+            warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
 
     def _plain_tie_gradient(self, planes=None):
         """The gradient (rad/Å) of the uniform-intensity TIE phase of the

@@ -542,12 +542,12 @@ def gradient_orientation(gradient, pixel_size) -> dict:
     return max(found, key=lambda f: (f["suspect"], f["testable"], f["significance"]))
 
 
-#: The factor beyond which a measured gradient's magnitude is suspect against
-#: the TIE gradient of its planes: on the noise-free test and validation
-#: crystals (Si, MgO, GaAs, SrTiO3, Cu, CeO2; 3.6-141 Å) the TIE gradient was
-#: 0.98-1.43 times the centre of mass's where they correlate (r 0.83-0.92) and
-#: 2.2-6.4 on 14 nm GaAs (r 0.35); a unit given wrong is a factor 10 (rad/nm),
-#: 2π (cycles) or 1000 (mrad).
+#: The factor beyond which a measured gradient and the TIE gradient of its
+#: planes disagree in scale: on the noise-free test and validation crystals
+#: (Si, MgO, GaAs, SrTiO3, Cu, CeO2; 3.6-141 Å) the bracket of the TIE
+#: gradient's scale lay within 0.98-1.43 times the centre of mass's where they
+#: correlate (r 0.83-0.92), 2.2-18 on 14 nm GaAs (r 0.35); a unit given wrong
+#: is a factor 10 (rad/nm), 2π (cycles) or 1000 (mrad).
 SCALE_LIMIT = 3.0
 
 
@@ -570,19 +570,21 @@ def sign_check(check, gradient, tie_gradient) -> None:
     TIE gradient is ``c`` times the measured one with ``c`` within
     ``[Σab/Σaa, Σbb/Σab]`` whatever the noise in either (each least-squares
     slope is biased towards its own end only). Where that whole bracket
-    lies beyond :data:`SCALE_LIMIT` or below its inverse, the gradient is
-    suspect of a unit, a calibration (``k_sampling``, ``scan_step``) or a
-    defocus given wrong: ``misscaled`` is the geometric mean
-    ``√(Σbb/Σaa)``.
+    lies beyond :data:`SCALE_LIMIT` or below its inverse, the two disagree
+    in scale: a unit or calibration of one of them is wrong (the gradient's
+    unit, ``k_sampling``; the planes' ``dz``, energy; ``scan_step`` scales
+    the TIE gradient) and the data cannot tell which: ``misscaled`` is the
+    geometric mean ``√(Σbb/Σaa)``, and the gradient is not judged suspect
+    (:func:`scale_warning`; every method's phase says so instead).
 
     Parameters
     ----------
     check : dict
         What :func:`gradient_orientation` returned, updated in place:
         ``tie_correlation`` ``r``, ``tie_scale`` (the bracket of ``c``, or
-        None where ``r`` is not significantly positive) and, where suspect,
-        ``suspect`` with ``misorientation`` 180 and ``correction``
-        ``(180.0, False)``, or with ``misscaled``.
+        None where ``r`` is not significantly positive), ``misscaled``
+        where the two disagree in scale and, where suspect, ``suspect`` with
+        ``misorientation`` 180 and ``correction`` ``(180.0, False)``.
     gradient, tie_gradient : arrays (2, Ny, Nx)
         The measured gradient and the gradient of the TIE phase of the
         planes, rad/Å (NumPy or CuPy, finite).
@@ -613,10 +615,38 @@ def sign_check(check, gradient, tie_gradient) -> None:
         check.update(suspect=True, misorientation=180.0, correction=(180.0, False))
     elif r * math.sqrt(n) > significant:
         ratio = units[1] / units[0]
-        low, high = ab / aa * ratio, bb / ab * ratio
+        low, high = sorted((ab / aa * ratio, bb / ab * ratio))  # equal but for rounding
         check["tie_scale"] = (low, high)
         if low > SCALE_LIMIT or high < 1 / SCALE_LIMIT:
-            check.update(suspect=True, misscaled=math.sqrt(bb / aa) * ratio)
+            check["misscaled"] = math.sqrt(bb / aa) * ratio
+
+
+def scale_warning(check) -> str | None:
+    """Where a measured gradient and the TIE gradient of its planes disagree
+    in scale (:func:`sign_check`'s ``misscaled``), why; else None.
+
+    Parameters
+    ----------
+    check : dict or None
+        A triplet's or a plan's ``gradient_orientation``, or None.
+
+    Returns
+    -------
+    str or None
+        One sentence for a :class:`~flowtie_fast.errors.TrustWarning` and
+        every solve's ``info["trust"]``.
+    """
+    if not check or check.get("misscaled") is None:
+        return None
+    factor, (low, high) = check["misscaled"], check["tie_scale"]
+    times = f"{factor:.0f}" if factor >= 100 else f"{factor:.3g}"
+    return (f"gradient and planes disagree in scale: the bright-field TIE phase of the "
+            f"planes has a gradient {times} times the measured one, with the same pattern "
+            f"(correlation {check['tie_correlation']:.2f}; between {low:.3g} and {high:.3g} "
+            f"times whatever the noise, where thin crystals give 1.0-1.4): a unit or "
+            f"calibration of one of them is wrong, the gradient's (rad/Å expected: rad/nm is "
+            f"10 times, cycles 2π; k_sampling) or the planes' (dz, energy), or scan_step; "
+            f"icom's phase is scaled wrong in the first case, the TIE methods' in the second")
 
 
 def suspicion(check) -> str | None:
@@ -683,6 +713,13 @@ def checked_orientation(gradient, pixel_size, tie_gradient=None, *, rotation=Non
     return check
 
 
+def orientation_warnings(check) -> list:
+    """The warnings a gradient's check gives: its orientation's (where
+    suspect) and its scale's (:func:`scale_warning`)."""
+    return [w for w in (check["why"] if check.get("suspect") else None,
+                        scale_warning(check)) if w]
+
+
 def plain_tie_gradient(planes, derivative_weights, intensity_weights, wavenumber,
                        pixel_size) -> np.ndarray:
     """The gradient of the uniform-intensity TIE phase of focal planes alone:
@@ -745,15 +782,6 @@ def orientation_warning(check, rotation=None, flip=None) -> str:
         One sentence for a :class:`~flowtie_fast.errors.TrustWarning` and
         ``info["trust"]``.
     """
-    if check.get("misscaled") is not None:
-        factor, (low, high) = check["misscaled"], check["tie_scale"]
-        times = f"{factor:.0f}" if factor >= 100 else f"{factor:.3g}"
-        return (f"gradient: the bright-field TIE phase of the planes has a gradient "
-                f"{times} times it, with the same pattern (correlation "
-                f"{check['tie_correlation']:.2f}; between {low:.3g} and {high:.3g} times "
-                f"whatever the noise, where the two agree within 0.7-1.5 on thin crystals): "
-                f"a unit given wrong (rad/Å expected: rad/nm is 10 times, mrad 1000), or the "
-                f"k_sampling, scan_step, dz or energy; an icom phase from it is scaled wrong")
     if check.get("misorientation") == 180.0:
         fix = ("turn it by 180°" if rotation is None else
                f"rotation={round(rotation + 180) % 360:d} with flip={bool(flip)}, or "

@@ -363,16 +363,19 @@ def test_a_plan_flags_a_negated_gradient_against_its_planes_tie_phase():
     assert batch.info["trust"] == batch.gradient_orientation["why"]
 
 
-@pytest.mark.parametrize("factor, says", [(10.0, r"0\.10\d times it"), (0.1, r"10\.\d times it"),
-                                           (1 / (2 * np.pi), r"6\.\d+ times it"),
-                                           (0.001, r"10\d\d times it")])
-def test_a_gradient_of_the_wrong_scale_is_caught_by_the_planes_tie_phase(factor, says):
+@pytest.mark.parametrize("factor, says", [(10.0, r"0\.10\d times the measured"),
+                                           (0.1, r"10\.\d times the measured"),
+                                           (1 / (2 * np.pi), r"6\.\d+ times the measured"),
+                                           (0.001, r"10\d\d times the measured")])
+def test_a_gradient_and_planes_of_different_scales_are_said_so_by_every_method(factor, says):
     """A gradient in rad/nm, in cycles or scaled by a calibration given wrong
-    has the right pattern at the wrong scale: icom's phase is that many times the phase. The TIE phase of
-    the planes has the scale the defocus and the energy give; the triplet and
-    the plan compare the two and say so, flowtie falls back to the TIE. The
-    right gradient, and one 1.5 times off (within what thin crystals show),
-    pass."""
+    has the right pattern at the wrong scale: icom's phase is that many
+    times the phase. The TIE phase of the planes has the scale the defocus
+    and the energy give; the triplet and the plan compare the two and warn.
+    Which of them is wrong the data cannot tell (a dz given wrong scales the
+    TIE instead, below): every method's info["trust"] says so, flowtie keeps
+    its own phase untrusted. The right gradient, and one 1.5 times off
+    (within what thin crystals show), pass."""
     from fields import periodic_field
 
     pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
@@ -384,22 +387,60 @@ def test_a_gradient_of_the_wrong_scale_is_caught_by_the_planes_tie_phase(factor,
         for near in (1.0, 1.5, 1 / 1.5):
             right = ft.FocalTriplet(*planes, gradient=g * near, **kw)
             low, high = right.gradient_orientation["tie_scale"]
-            assert low * (1 - 1e-6) <= 1 / near <= high * (1 + 1e-6) and high / low < 1.05
-            assert not right.gradient_orientation["suspect"]
-    with pytest.warns(ft.TrustWarning, match=f"gradient: the bright-field TIE phase of the "
-                                             f"planes has a gradient {says}.*unit given wrong"):
+            assert low <= high and high / low < 1.05
+            assert low * (1 - 1e-6) <= 1 / near <= high * (1 + 1e-6)
+            assert "misscaled" not in right.gradient_orientation
+            assert "trust" not in ft.reconstruct(right, method="icom", backend="cpu").info
+    with pytest.warns(ft.TrustWarning, match=f"^gradient and planes disagree in scale: the "
+                                             f"bright-field TIE phase of the planes has a "
+                                             f"gradient {says}.*unit or calibration"):
         wrong = ft.FocalTriplet(*planes, gradient=g * factor, **kw)
     check = wrong.gradient_orientation
-    assert check["suspect"] and check["misscaled"] == pytest.approx(1 / factor, rel=0.05)
-    with pytest.warns(ft.TrustWarning):
-        rec = ft.reconstruct(wrong, method="icom", backend="cpu")
-    assert rec.info["trust"] == check["why"]
+    assert check["misscaled"] == pytest.approx(1 / factor, rel=0.05)
+    assert not check["suspect"]  # its orientation is right
+    why = trust.scale_warning(check)
+    for method in ("icom", "tie", "tie-exact"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ft.TrustWarning)
+            rec = ft.reconstruct(wrong, method=method, backend="cpu")
+        assert rec.info["trust"].startswith(why), method
     with pytest.warns(ft.TrustWarning, match=says):
         plan = ft.Plan(phi.shape, method="flowtie", backend="cpu", **kw)
-        plan.solve(*planes, gradient=(g * factor).astype(np.float32))
+        phase = plan.solve(*planes, gradient=(g * factor).astype(np.float32))
     assert plan.gradient_orientation["misscaled"] == pytest.approx(1 / factor, rel=0.05)
-    assert plan.info["fallback"] == "tie"
-    assert "wrongly oriented or scaled" in plan.info["why"]  # the reason names the scale
+    assert plan.info["trusted"] is False and "fallback" not in plan.info
+    assert plan.info["trust"].startswith(why)
+    assert np.isfinite(phase).all()  # the flow's own phase (no fallback)
+    with pytest.warns(ft.TrustWarning, match=says):
+        batch = ft.Plan(phi.shape, method="flowtie", uncertainty=False, backend="cpu", **kw)
+        batch.solve_batch(np.stack([planes, planes]),
+                          gradient=np.stack([g * factor, g * factor]).astype(np.float32))
+    assert batch.info["trusted"] is False and batch.info["trust"].startswith(why)
+
+
+def test_a_defocus_given_wrong_is_said_by_every_method_and_does_not_blame_the_gradient():
+    """The right gradient with dz given 10 times too small: the TIE phases
+    are 10 times too large. The scale check cannot tell which side is wrong
+    and names both; the TIE methods say so (before it, their comparison
+    with the gradient did), and flowtie does not fall back to a TIE phase."""
+    from fields import periodic_field
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    kw = dict(dz=dz / 10, pixel_size=pixel, energy=energy)
+    with pytest.warns(ft.TrustWarning, match=r"disagree in scale.*the planes' \(dz, energy\)"):
+        t = ft.FocalTriplet(*planes, gradient=g.astype(np.float32), **kw)
+    assert t.gradient_orientation["misscaled"] == pytest.approx(10, rel=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        tie = ft.reconstruct(t, method="tie", backend="cpu")
+        icom = ft.reconstruct(t, method="icom", backend="cpu")
+        flow = ft.reconstruct(t, method="flowtie", backend="cpu")
+    assert rel_rms(tie.phase, phi) > 5 and "disagree in scale" in tie.info["trust"]
+    assert rel_rms(icom.phase, phi) < 0.05 and "disagree in scale" in icom.info["trust"]
+    assert flow.info["trusted"] is False and flow.info.get("fallback") != "tie"
+    assert "disagree in scale" in flow.info["trust"]
 
 
 def test_the_scale_check_keeps_quiet_where_the_two_gradients_do_not_agree():
