@@ -135,7 +135,9 @@ class Reconstruction:
         ``flowtie``: the standard deviation of the phase at each pixel in rad
         (float32), the spread of the shipped models' phases times a factor
         calibrated on validation simulations (:mod:`flowtie_fast.trust`); None
-        (default) for the classical methods, a fallback or
+        (default) for the classical methods, a fallback, a flow kept but not
+        trusted because the detector saturated or the gradient and the
+        planes disagree in scale (``info["uncertainty"]`` says why), or
         ``uncertainty=False``.
     _residual, _residual_fn : optional
         Internal (set by the solvers): the residual map (1/Å²), or the function
@@ -446,7 +448,7 @@ def _mark_misscaled(method, why, info) -> None:
     other = info.get("trust")
     info["trust"] = why + (f"; also: {other}" if other and other != why else "")
     if method == "flowtie":
-        info["trusted"] = False
+        _untrusted_flow(info, "the measured gradient and the planes disagree in scale")
 
 
 def _warn_unregistered(method, registration, info):
@@ -537,7 +539,19 @@ def _mark_saturated(method, record, info) -> None:
     info["trust"] = (f"the detector saturated (triplet.saturation): {record['why']}"
                      + (f"; also: {other}" if other else ""))
     if method == "flowtie":
-        info["trusted"] = False
+        _untrusted_flow(info, "the detector saturated")
+
+
+def _untrusted_flow(info, cause) -> None:
+    """``flowtie``'s phase kept but not trusted for ``cause``, which biases
+    the input every model reads: ``info["trusted"]`` False and no
+    uncertainty map (the models' spread was calibrated on clean data and
+    does not see the bias; ``rec.uncertainty`` None, a plan's
+    ``uncertainty_out`` :data:`~flowtie_fast.trust.NO_UNCERTAINTY`)."""
+    info["trusted"] = False
+    if info.pop("uncertainty_map", None) is not None:
+        info["uncertainty"] = (f"none: {cause}; the spread of the models, calibrated on "
+                               "clean data, does not measure the bias it brings")
 
 
 def _beyond_memory(count: int, shape, exc) -> InputError:

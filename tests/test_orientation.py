@@ -406,11 +406,20 @@ def test_a_gradient_and_planes_of_different_scales_are_said_so_by_every_method(f
         assert rec.info["trust"].startswith(why), method
     with pytest.warns(ft.TrustWarning, match=says):
         plan = ft.Plan(phi.shape, method="flowtie", backend="cpu", **kw)
-        phase = plan.solve(*planes, gradient=(g * factor).astype(np.float32))
+        u = np.full(phi.shape, 7.0, np.float32)
+        phase = plan.solve(*planes, gradient=(g * factor).astype(np.float32),
+                           uncertainty_out=u)
     assert plan.gradient_orientation["misscaled"] == pytest.approx(1 / factor, rel=0.05)
     assert plan.info["trusted"] is False and "fallback" not in plan.info
     assert plan.info["trust"].startswith(why)
     assert np.isfinite(phase).all()  # the flow's own phase (no fallback)
+    # and no uncertainty map: the models' spread does not see a scale given wrong
+    assert np.all(u == trust.NO_UNCERTAINTY)
+    assert plan.info["uncertainty"].startswith("none: the measured gradient and the planes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        rec = ft.reconstruct(wrong, method="flowtie", backend="cpu")
+    assert rec.uncertainty is None and rec.info["trusted"] is False
     with pytest.warns(ft.TrustWarning, match=says):
         batch = ft.Plan(phi.shape, method="flowtie", uncertainty=False, backend="cpu", **kw)
         batch.solve_batch(np.stack([planes, planes]),
