@@ -118,12 +118,12 @@ def _check_records(registration, orientation, saturation=None, plane_defects=Non
     return registration, suspicion(orientation)
 
 
-#: The records :meth:`Plan.solve` takes beside the arrays.
 #: What a verdict against the planes' TIE phase adds: the plan's planes may
 #: be other than the bright-field images it takes them for.
 _NOT_BRIGHT_FIELD = ("; if the planes are not bright-field images, name them: "
                      "Plan(..., virtual='abf'), 'df', ...")
 
+#: The records :meth:`Plan.solve` takes beside the arrays.
 _RECORD_KEYS = ("registration", "orientation", "saturation", "plane_defects")
 
 
