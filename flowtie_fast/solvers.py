@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from . import trust
-from .backend import Backend, get_backend
+from .backend import Backend, array_module, get_backend
 from .errors import (InputError, ResultError, TrustWarning, check_choice, check_count,
                      check_finite_result, check_float_dtype, check_real, first_line,
                      out_of_memory, user_stacklevel)
@@ -435,6 +435,18 @@ def _suspect(series):
 def _misscaled(series):
     """Why a series' measured gradient and planes disagree in scale, or None."""
     return trust.scale_warning(getattr(series, "gradient_orientation", None))
+
+
+#: Why a measured gradient that is the same at every pixel gives no phase.
+_CONSTANT_GRADIENT = ("the measured gradient is constant (the same at every pixel: zero once "
+                      "its mean is removed), so it holds no phase and its icom phase is zero; "
+                      "a centre-of-mass channel left unfilled or a gradient of the wrong array?")
+
+
+def _constant_gradient(gradient) -> bool:
+    """Whether each component of a measured gradient is one value throughout."""
+    xp = array_module(gradient)
+    return all(float(xp.max(c)) == float(xp.min(c)) for c in gradient)
 
 
 def _mark_misscaled(method, why, info) -> None:
@@ -902,6 +914,10 @@ class TIESolver:
                     rec.info["trust"] = options.gradient_suspect
                     warnings.warn(f"icom: {options.gradient_suspect}", TrustWarning,
                                   stacklevel=user_stacklevel())
+                elif _constant_gradient(series.gradient):
+                    rec.info["trust"] = f"icom: {_CONSTANT_GRADIENT}"
+                    warnings.warn(rec.info["trust"], TrustWarning,
+                                  stacklevel=user_stacklevel())
                 elif kept is not None and not int(self.backend.xp.count_nonzero(rec.phase)):
                     rec.info["trust"] = (
                         "icom: the measured gradient holds no phase above its noise "
@@ -1140,6 +1156,9 @@ class TIESolver:
                                    grad_out=gradient_out)
             if options.gradient_suspect:
                 info["trust"] = options.gradient_suspect
+            elif _constant_gradient(gradient):
+                info["trust"] = f"icom: {_CONSTANT_GRADIENT}"
+                warnings.warn(info["trust"], TrustWarning, stacklevel=user_stacklevel())
         else:
             self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
                                gradient, method, out, gradient_out, info, options)
@@ -1395,6 +1414,8 @@ class TIESolver:
             if kept == 0:
                 empty = ("; the measured gradient holds no phase above its noise "
                          f"({options.gradient_noise.source} noise)")
+            elif _constant_gradient(gradient):
+                empty = "; the measured gradient is constant: it holds no phase"
         with np.errstate(over="ignore", invalid="ignore"):
             # a flow beyond float32's squares (a broken model) is refused after the
             # verdict, by the result's check, not by NumPy's overflow warning here

@@ -646,7 +646,9 @@ def scale_warning(check) -> str | None:
             f"times whatever the noise, where thin crystals give 1.0-1.4): a unit or "
             f"calibration of one of them is wrong, the gradient's (rad/Å expected: rad/nm is "
             f"10 times, cycles 2π; k_sampling) or the planes' (dz, energy), or scan_step; "
-            f"icom's phase is scaled wrong in the first case, the TIE methods' in the second")
+            f"or the ±dz planes drifted against the in-focus one (images are not registered "
+            f"by default: register=True); icom's phase is scaled wrong in the first case, "
+            f"the TIE methods' in the others")
 
 
 def suspicion(check) -> str | None:

@@ -4,6 +4,7 @@ stops before its tolerance."""
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import numpy as np
@@ -166,3 +167,39 @@ def test_flowtie_falls_back_to_the_tie_where_the_gradient_holds_no_phase_above_i
         rec = ft.reconstruct(t, method="flowtie", backend="cpu")
     assert rec.info["fallback"] == "tie" and np.any(rec.phase)
     assert rec.info.get("icom_disagreement") is None
+
+
+def test_a_constant_measured_gradient_is_not_integrated_to_a_flat_phase_without_a_word():
+    """A centre-of-mass channel left at zero (or at one constant: a tilt, an
+    offset) holds no phase: icom integrated it to the zero phase without a
+    word, while the planes carry a 0.4 rad phase, through reconstruct and
+    through a Plan alike; flowtie, not trusted, fell back to that zero phase
+    (its warning said the TIE phase contradicts it 'inf times') where a
+    gradient found all noise makes it return the TIE phase. A constant
+    gradient, whatever its noise record, is said so and treated as one
+    that holds no phase."""
+    n, pixel, dz = 64, 0.2, 20.0
+    y, x = np.mgrid[:n, :n] * pixel
+    phi = 0.5 * np.exp(-((x - 6.4) ** 2 + (y - 6.4) ** 2) / 8.0)
+    q = 2 * np.pi * np.fft.fftfreq(n, pixel)
+    kz = (q[:, None] ** 2 + q[None, :] ** 2) / (2 * ft.wavenumber(E))
+    wave = np.fft.fft2(np.exp(1j * phi))
+    planes = [(np.abs(np.fft.ifft2(wave * np.exp(-1j * z * kz))) ** 2).astype(np.float32)
+              for z in (-dz, 0.0, dz)]
+    for constant in (np.zeros((2, n, n), np.float32), np.full((2, n, n), 0.1, np.float32)):
+        t = ft.FocalTriplet(*planes, dz=dz, pixel_size=pixel, energy=E, gradient=constant)
+        with pytest.warns(ft.TrustWarning, match="gradient is constant"):
+            rec = ft.reconstruct(t, method="icom", backend="cpu")
+        assert "gradient is constant" in rec.info["trust"]
+        plan = ft.Plan((n, n), pixel_size=pixel, dz=dz, energy=E, method="icom",
+                       backend="cpu")
+        with pytest.warns(ft.TrustWarning, match="gradient is constant"):
+            plan.solve(*planes, gradient=constant)
+        assert "gradient is constant" in plan.info["trust"]
+    if importlib.util.find_spec("torch") is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        rec = ft.reconstruct(t, method="flowtie", backend="cpu")
+    if rec.info["trusted"] is False:
+        assert rec.info["fallback"] == "tie" and np.any(rec.phase)

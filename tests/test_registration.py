@@ -704,3 +704,32 @@ def test_a_registered_triplet_checks_its_gradient_against_the_registered_planes(
         with pytest.warns(ft.TrustWarning, match=says):
             wrong = ft.FocalTriplet(*planes, gradient=factor * g, **kw)
         assert wrong.gradient_orientation.get(flag), factor
+
+
+def test_a_drift_left_in_the_planes_is_named_when_the_scale_check_trips():
+    """Images recorded one after another drift, and images are not registered
+    by default. A +dz image 3 px off, on an object with some absorption,
+    adds the shifted image's gradient to the focal derivative: the TIE
+    gradient of the planes is then some 6 times a right measured gradient,
+    with the same pattern, and the scale check trips. Its warning named only
+    units and calibrations (the gradient's, dz, energy, scan_step), none of
+    them wrong here; it must name the drift too, which register=True undoes
+    (and then the two agree)."""
+    import flowtie_fast as ft
+
+    n, pixel = 64, 0.2
+    y, x = np.mgrid[:n, :n] * pixel
+    phase = (0.5 * np.exp(-((x - 6.4) ** 2 + (y - 6.4) ** 2) / 8.0)
+             + 0.15 * np.exp(-((x - 3.8) ** 2 + (y - 8.3) ** 2) / 4.0))
+    amp = np.exp(-0.3 * np.exp(-((x - 8.3) ** 2 + (y - 4.5) ** 2) / 8.0))
+    truth = [np.asarray(p) for p in defocus_triplet(phase, 20.0, pixel, 300e3,
+                                                    amplitude=amp).planes]
+    planes = [truth[0], truth[1], np.roll(truth[2], 3, axis=1)]
+    g = np.stack(np.gradient(phase, pixel))
+    kw = dict(dz=20.0, pixel_size=pixel, energy=300e3, gradient=g)
+    with pytest.warns(ft.TrustWarning, match=r"disagree in scale.*drift.*register=True"):
+        drifted = ft.FocalTriplet(*planes, **kw)
+    assert drifted.gradient_orientation.get("misscaled")
+    registered = quiet(ft.FocalTriplet, *planes, register=True, **kw)
+    assert registered.registration["applied"]
+    assert "misscaled" not in registered.gradient_orientation
