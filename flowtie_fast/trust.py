@@ -650,7 +650,8 @@ def scale_warning(check) -> str | None:
     if not check or check.get("misscaled") is None:
         return None
     factor, (low, high) = check["misscaled"], check["tie_scale"]
-    times = f"{factor:.0f}" if factor >= 100 else f"{factor:.3g}"
+    times = (f"{factor:.3g}" if factor < 100 else f"{factor:.0f}" if factor < 1e15
+             else f"{factor:.2g}" if math.isfinite(factor) else "more than 1e308")
     return (f"gradient and planes disagree in scale: the bright-field TIE phase of the "
             f"planes has a gradient {times} times the measured one, with the same pattern "
             f"(correlation {check['tie_correlation']:.2f}; between {low:.3g} and {high:.3g} "
@@ -803,6 +804,7 @@ def orientation_warning(check, rotation=None, flip=None) -> str:
                 f"(correlation {check['tie_correlation']:.2f}): the detector rotation looks "
                 f"half a turn wrong, and an icom phase from it is the negative phase; {fix} "
                 f"(unless the -dz and +dz scans are swapped, which turns the TIE phase, or "
+                f"a drift between them is left in the planes or misestimated, or "
                 f"the specimen is thick or heavy (a few nm of gold at a defocus step of "
                 f"80 Å), where the bright-field TIE phase or the centre of mass no longer "
                 f"follows the phase: check on a thin region)")
