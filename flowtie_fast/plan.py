@@ -115,6 +115,12 @@ def _check_records(registration, orientation, saturation=None, plane_defects=Non
         raise InputError(f"orientation: expected an orientation verdict (a triplet's "
                          f"gradient_orientation: a dict whose 'suspect' is True or False, "
                          f"with its 'why' where True) or None, got {_brief(orientation)}")
+    try:  # its scale verdict, read as reconstruct reads the triplet's
+        scale_warning(orientation)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"orientation: a scale verdict ('misscaled') needs its 'tie_scale' "
+                         f"(low, high) and 'tie_correlation' as a triplet's check gives them, "
+                         f"got {_brief(orientation)}") from exc
     return registration, suspicion(orientation)
 
 
@@ -538,7 +544,10 @@ class Plan:
         suspect = given or own  # the verdict given first
         if suspect:
             changes["gradient_suspect"] = suspect
-        misscaled = self._misscaled() if gradient is not None else None
+        # the scale verdict given (a triplet's, as reconstruct reads it) first
+        misscaled = None if gradient is None else (
+            scale_warning(orientation) if orientation is not None else None) \
+            or self._misscaled()
         if misscaled:
             changes["gradient_misscaled"] = misscaled
         for key, record in (("registration", registration), ("saturation", saturation),
