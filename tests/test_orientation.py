@@ -684,3 +684,30 @@ def test_a_plan_told_a_triplet_s_scale_verdict_gives_reconstruct_s():
     broken = {**wrong.gradient_orientation, "tie_scale": None}
     with pytest.raises(ft.InputError, match="^orientation: a scale verdict"):
         plan.solve(*wrong.planes, gradient=wrong.gradient, orientation=broken)
+
+
+def test_a_plan_s_scale_verdict_is_the_check_s_it_solves_with():
+    """Plan.solve took the orientation verdict from its check under the
+    lock, then read ``plan.gradient_orientation`` again, unlocked, for the
+    scale verdict: another thread's reset_orientation (or check of another
+    gradient) in between left a solve of a gradient 10 times off without
+    its verdict, though its own check had warned. Here the other thread's
+    reset falls in that window."""
+    from fields import periodic_field
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    plan = ft.Plan(phi.shape, method="icom", backend="cpu", dz=dz, pixel_size=pixel,
+                   energy=energy)
+    checked = plan._orientation
+
+    def then_another_thread_resets(*args, **kwargs):
+        found = checked(*args, **kwargs)
+        plan.reset_orientation()
+        return found
+
+    plan._orientation = then_another_thread_resets
+    with pytest.warns(ft.TrustWarning, match="disagree in scale"):
+        plan.solve(*planes, gradient=(g * 10).astype(np.float32))
+    assert plan.info["trust"].startswith("gradient and planes disagree in scale")
