@@ -49,9 +49,13 @@ registration           str (JSON)                 the record of the scans' regis
                                                   only)
 orientation            str (JSON)                 ``{"suspect": true, "why": text}``: the
                                                   gradient's own orientation check, made
-                                                  when the triplet was, found it misoriented
-                                                  (optional, with ``gradient``; triplets
-                                                  only)
+                                                  when the triplet was, found it misoriented,
+                                                  and/or ``misscaled``, ``tie_scale``,
+                                                  ``tie_correlation`` where it found the
+                                                  gradient and planes disagree in scale
+                                                  (``suspect`` false, ``why`` null where that
+                                                  alone; optional, with ``gradient``;
+                                                  triplets only)
 saturation             str (JSON)                 the pile-up check of a 4D-STEM triplet's
                                                   patterns (``triplet.saturation``:
                                                   ``saturated``, ``why``, ``scans``;
@@ -147,6 +151,7 @@ from .physics import wavelength
 from .records import (RECORD_CHECKS, RECORDS, json_limit, json_text, joined_defects,
                       stored_defects, suspect_record, unique_keys)
 from .stem.detector import VIRTUAL_IMAGES, DetectorWarning
+from .trust import scale_warning
 from .triplet import FocalTriplet, HDF5ReadError
 
 __all__ = ["Dataset", "load", "save"]
@@ -370,9 +375,19 @@ class Dataset:
         if self.registration is not None and t.registration is None:
             t.registration = {**self.registration,
                               "shifts": np.array(self.registration["shifts"], float)}
-        if self.orientation is not None and not (t.gradient_orientation or {}).get("suspect"):
-            t.gradient_orientation = {**(t.gradient_orientation or {}), **self.orientation}
-            warnings.warn(self.orientation["why"], TrustWarning, stacklevel=2)
+        stored = self.orientation or {}
+        if stored.get("suspect") and not (t.gradient_orientation or {}).get("suspect"):
+            t.gradient_orientation = {**(t.gradient_orientation or {}), "suspect": True,
+                                      "why": stored["why"]}
+            warnings.warn(stored["why"], TrustWarning, stacklevel=2)
+        if stored.get("misscaled") is not None \
+                and scale_warning(t.gradient_orientation) is None:
+            # the scale verdict, where the check made anew does not reach it (an
+            # 'abf' or 'df' triplet's was made against bright-field images)
+            t.gradient_orientation = {**(t.gradient_orientation or {}),
+                                      **{k: stored[k] for k in
+                                         ("misscaled", "tie_scale", "tie_correlation")}}
+            warnings.warn(scale_warning(t.gradient_orientation), TrustWarning, stacklevel=2)
         # the triplet's own copies: a record changed on one is not changed on the other
         t.descan, t.flux = copy.deepcopy((self.descan, self.flux))
         # integer planes were checked for saturation as the triplet was made (and

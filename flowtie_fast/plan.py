@@ -115,6 +115,12 @@ def _check_records(registration, orientation, saturation=None, plane_defects=Non
         raise InputError(f"orientation: expected an orientation verdict (a triplet's "
                          f"gradient_orientation: a dict whose 'suspect' is True or False, "
                          f"with its 'why' where True) or None, got {_brief(orientation)}")
+    try:  # its scale verdict, read as reconstruct reads the triplet's
+        scale_warning(orientation)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"orientation: a scale verdict ('misscaled') needs its 'tie_scale' "
+                         f"(low, high) and 'tie_correlation' as a triplet's check gives them, "
+                         f"got {_brief(orientation)}") from exc
     return registration, suspicion(orientation)
 
 
@@ -343,11 +349,13 @@ class Plan:
     def _orientation(self, gradient, planes, aligned=True):
         """Check a measured gradient given with ``planes`` while no telling one
         was (every one at first, then one in :data:`ORIENTATION_CHECKS`: a run
-        of noise); the warning of a suspect orientation, else None. Its sign
-        is compared with the planes' TIE phase only where they are
+        of noise); the warning of a suspect orientation and that of a scale
+        disagreement (:meth:`_misscaled`), each or None, of one check read
+        under the lock (another thread's reset or check does not mix in). Its
+        sign is compared with the planes' TIE phase only where they are
         ``aligned`` (no registration record, or a reliable one)."""
         if gradient is None:
-            return None
+            return None, None
         with self._orientation_lock:
             if not (self.gradient_orientation or {}).get("testable"):
                 self._untelling += 1
@@ -355,7 +363,7 @@ class Plan:
                         or self._untelling % ORIENTATION_CHECKS == 0):
                     self._check_orientation(gradient, planes, aligned)
             check = self.gradient_orientation or {}
-        return check["why"] if check.get("suspect") else None
+        return check["why"] if check.get("suspect") else None, self._misscaled(check)
 
     def _check_orientation(self, gradient, planes, aligned=True):
         """The curl check of a measured gradient and, where it passes and the
@@ -377,14 +385,16 @@ class Plan:
         if check.get("misorientation") == 180.0:  # suspect by the comparison with the TIE
             check["why"] += _NOT_BRIGHT_FIELD
         self.gradient_orientation = check  # whole: another thread reads it as it is
-        for why in (check["why"] if check["suspect"] else None, self._misscaled()):
+        for why in (check["why"] if check["suspect"] else None, self._misscaled(check)):
             if why:
                 warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
 
-    def _misscaled(self):
-        """Where the measured gradient and the planes' TIE gradient disagree
-        in scale (:func:`~flowtie_fast.trust.scale_warning`), why; else None."""
-        why = scale_warning(self.gradient_orientation)
+    @staticmethod
+    def _misscaled(check):
+        """Where a check's measured gradient and the planes' TIE gradient
+        disagree in scale (:func:`~flowtie_fast.trust.scale_warning`), why;
+        else None."""
+        why = scale_warning(check)
         return None if why is None else why + _NOT_BRIGHT_FIELD
 
     def _image(self, name, a, shape):
@@ -533,12 +543,15 @@ class Plan:
         changes = {} if noise is None else {"noise": noise}
         # after every refusal of the arguments; the sign against the TIE phase
         # only of planes not known to be misaligned
-        own = self._orientation(gradient, planes,
-                                registration is None or bool(registration.get("reliable")))
+        own, own_scale = self._orientation(
+            gradient, planes, registration is None or bool(registration.get("reliable")))
         suspect = given or own  # the verdict given first
         if suspect:
             changes["gradient_suspect"] = suspect
-        misscaled = self._misscaled() if gradient is not None else None
+        # the scale verdict given (a triplet's, as reconstruct reads it) first
+        misscaled = None if gradient is None else (
+            scale_warning(orientation) if orientation is not None else None) \
+            or own_scale
         if misscaled:
             changes["gradient_misscaled"] = misscaled
         for key, record in (("registration", registration), ("saturation", saturation),
@@ -664,15 +677,15 @@ class Plan:
             except InputError as exc:
                 raise InputError(f"stack[{i}]: {exc}") from exc
         if batched:
-            suspect = None
+            suspect = misscaled = None
             for i in range(b if gradient is not None else 0):
-                suspect = self._orientation(gradient[i], [stack[i, j] for j in range(3)])
+                suspect, misscaled = self._orientation(gradient[i],
+                                                       [stack[i, j] for j in range(3)])
                 if (self.gradient_orientation or {}).get("testable"):
                     break
             info = {}  # the plan's once the pass returns: a refused pass leaves none
             if suspect:  # the network reads the gradient: said, as solve says it
                 info = {"trust": suspect}
-            misscaled = self._misscaled() if gradient is not None else None
             if misscaled:  # as solve says it: first, and not trusted
                 other = info.get("trust")
                 info = {"trust": misscaled + (f"; also: {other}" if other else ""),

@@ -164,23 +164,58 @@ def suspect_record(check) -> dict | None:
     -------
     dict or None
         ``{"suspect": True, "why": text}`` where the check found the gradient
-        misoriented, else None.
+        misoriented, and its scale verdict (``misscaled``, ``tie_scale``,
+        ``tie_correlation``) where it found the gradient and the planes
+        disagree in scale (``suspect`` False and ``why`` None where that
+        alone), else None.
     """
     why = suspicion(check)
-    return None if why is None else {"suspect": True, "why": why}
+    record = None if why is None else {"suspect": True, "why": why}
+    if check and check.get("misscaled") is not None \
+            and all(math.isfinite(v) for v in (check["misscaled"], *check["tie_scale"])):
+        record = record or {"suspect": False, "why": None}
+        record.update(misscaled=float(check["misscaled"]),
+                      tie_scale=[float(v) for v in check["tie_scale"]],
+                      tie_correlation=float(check["tie_correlation"]))
+    return record
+
+
+_SCALE_KEYS = {"misscaled", "tie_scale", "tie_correlation"}
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _orientation_record(record, name: str) -> dict:
-    """An orientation verdict ``{"suspect": true, "why": text}`` checked;
-    :class:`InputError` naming ``name`` where it is not one."""
-    if not (isinstance(record, dict) and set(record) == {"suspect", "why"}
-            and record["suspect"] is True and isinstance(record["why"], str)
-            and record["why"].strip()):
-        raise InputError(f'{name} must be a verdict {{"suspect": true, "why": text}} (stored '
-                         f"only where the check found the gradient misoriented), got "
-                         f"{_short(repr(record), 80)}")
-    _check_printable(record, name, 'a verdict {"suspect": true, "why": text}')
-    return {"suspect": True, "why": record["why"]}
+    """An orientation verdict ``{"suspect": true, "why": text}`` and/or a
+    scale verdict (``misscaled``, ``tie_scale``, ``tie_correlation``)
+    checked; :class:`InputError` naming ``name`` where it is not one."""
+    want = ('a verdict {"suspect": true, "why": text} (stored only where the check found the '
+            'gradient misoriented) and/or {"misscaled", "tie_scale", "tie_correlation"}')
+    ok = isinstance(record, dict) and {"suspect", "why"} <= set(record) \
+        and set(record) <= {"suspect", "why"} | _SCALE_KEYS
+    scaled = ok and _SCALE_KEYS <= set(record)
+    if ok and (set(record) & _SCALE_KEYS) and not scaled:
+        ok = False
+    if ok and scaled:
+        scale = record["tie_scale"]
+        ok = (_finite(record["misscaled"]) and record["misscaled"] > 0
+              and _finite(record["tie_correlation"])
+              and isinstance(scale, list) and len(scale) == 2 and all(map(_finite, scale)))
+    if ok:
+        ok = (record["suspect"] is True and isinstance(record["why"], str)
+              and bool(record["why"].strip())) or (
+            record["suspect"] is False and record["why"] is None and scaled)
+    if not ok:
+        raise InputError(f"{name} must be {want}, got {_short(repr(record), 80)}")
+    _check_printable(record, name, want)
+    out = {"suspect": record["suspect"], "why": record["why"]}
+    if scaled:
+        out.update(misscaled=float(record["misscaled"]),
+                   tie_scale=tuple(float(v) for v in record["tie_scale"]),
+                   tie_correlation=float(record["tie_correlation"]))
+    return out
 
 
 class _NotRecord(Exception):

@@ -654,3 +654,62 @@ def test_noise_in_the_planes_does_not_make_a_right_gradient_read_misscaled():
         if "misscaled" in t.gradient_orientation:
             flagged.append((seed, t.gradient_orientation["tie_scale"]))
     assert not flagged
+
+
+def test_a_plan_told_a_triplet_s_scale_verdict_gives_reconstruct_s():
+    """``plan.solve(*t.planes, gradient=t.gradient, **triplet_records(t))``
+    gives the verdict ``reconstruct(t)`` gives: since the scale verdict is
+    no longer an orientation suspicion, the plan read only the suspicion of
+    the record given and dropped the triplet's scale verdict where its own
+    check did not run again (a plan that had checked a right gradient
+    before, as reconstruct_many's plans of a batch): a gradient 10 times off
+    came back without a word."""
+    from fields import periodic_field
+    from flowtie_fast.plan import triplet_records
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    kw = dict(dz=dz, pixel_size=pixel, energy=energy)
+    right = ft.FocalTriplet(*planes, gradient=g.astype(np.float32), **kw)
+    with pytest.warns(ft.TrustWarning, match="disagree in scale"):
+        wrong = ft.FocalTriplet(*planes, gradient=(g * 10).astype(np.float32), **kw)
+    why = trust.scale_warning(wrong.gradient_orientation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        expected = ft.reconstruct(wrong, method="icom", backend="cpu").info["trust"]
+        plan = ft.Plan(phi.shape, method="icom", backend="cpu", **kw)
+        plan.solve(*right.planes, gradient=right.gradient, **triplet_records(right))
+        plan.solve(*wrong.planes, gradient=wrong.gradient, **triplet_records(wrong))
+    assert expected.startswith(why)
+    assert plan.info.get("trust") == expected
+    broken = {**wrong.gradient_orientation, "tie_scale": None}
+    with pytest.raises(ft.InputError, match="^orientation: a scale verdict"):
+        plan.solve(*wrong.planes, gradient=wrong.gradient, orientation=broken)
+
+
+def test_a_plan_s_scale_verdict_is_the_check_s_it_solves_with():
+    """Plan.solve took the orientation verdict from its check under the
+    lock, then read ``plan.gradient_orientation`` again, unlocked, for the
+    scale verdict: another thread's reset_orientation (or check of another
+    gradient) in between left a solve of a gradient 10 times off without
+    its verdict, though its own check had warned. Here the other thread's
+    reset falls in that window."""
+    from fields import periodic_field
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    plan = ft.Plan(phi.shape, method="icom", backend="cpu", dz=dz, pixel_size=pixel,
+                   energy=energy)
+    checked = plan._orientation
+
+    def then_another_thread_resets(*args, **kwargs):
+        found = checked(*args, **kwargs)
+        plan.reset_orientation()
+        return found
+
+    plan._orientation = then_another_thread_resets
+    with pytest.warns(ft.TrustWarning, match="disagree in scale"):
+        plan.solve(*planes, gradient=(g * 10).astype(np.float32))
+    assert plan.info["trust"].startswith("gradient and planes disagree in scale")
