@@ -543,9 +543,10 @@ def _mark_saturated(method, record, info) -> None:
     """Where a triplet's patterns saturated (``record``: its ``saturation``,
     warned when it was made; None where unknown), ``info["trust"]`` says so
     first, for every method (another reason the solve found follows it): the
-    centre of mass and the planes are both biased, so no phase is a
-    fallback, and ``flowtie``'s ``info["trusted"]`` is False (its phase is
-    returned)."""
+    centre of mass and the planes are both biased, so saturation itself
+    makes no fallback, and ``flowtie``'s ``info["trusted"]`` is False (its
+    own phase where its trust check passed it, else that check's
+    fallback)."""
     if not isinstance(record, dict) or not record.get("saturated"):
         return
     other = info.get("trust")
