@@ -368,9 +368,17 @@ class Dataset:
         where = Path(self._name())
         planes = [_read(getattr(self, k), k, where) for k in ("minus", "zero", "plus")]
         gradient = None if self.gradient is None else _read(self.gradient, "gradient", where)
+        # planes whose drift could not be measured when they were stored: their
+        # TIE phase is no reference for the gradient's sign and scale (the
+        # triplet compared none as it was made), unless registered now
+        unaligned = (not register and self.registration is not None
+                     and not self.registration.get("reliable"))
         t = FocalTriplet(*planes, dz=self.dz, pixel_size=self.scan_step, energy=self.energy,
-                         gradient=gradient, noise=self.noise, virtual=self.virtual,
-                         register=register)
+                         gradient=None if unaligned else gradient, noise=self.noise,
+                         virtual=self.virtual, register=register)
+        if unaligned and gradient is not None:
+            t.gradient = t._check_gradient(gradient)
+            t._check_orientation(sign=False)
         t.gradient_noise = self.gradient_noise
         if self.registration is not None and t.registration is None:
             t.registration = {**self.registration,

@@ -733,3 +733,39 @@ def test_a_drift_left_in_the_planes_is_named_when_the_scale_check_trips():
     registered = quiet(ft.FocalTriplet, *planes, register=True, **kw)
     assert registered.registration["applied"]
     assert "misscaled" not in registered.gradient_orientation
+
+
+def test_a_reloaded_triplet_whose_drift_was_not_measured_does_not_check_its_gradient_against_it(
+        tmp_path):
+    """A 4D-STEM triplet whose drift could not be measured compares its
+    gradient with no TIE phase of its planes (they may be offset). Saved and
+    loaded, it was checked anew against those planes: a right gradient with
+    a +dz plane 3 px off read 6 times off on load. The loaded triplet keeps
+    the curl check only, as the original; registered on load, it compares."""
+    import flowtie_fast as ft
+    from flowtie_fast import trust
+
+    n, pixel = 64, 0.2
+    y, x = np.mgrid[:n, :n] * pixel
+    phase = (0.5 * np.exp(-((x - 6.4) ** 2 + (y - 6.4) ** 2) / 8.0)
+             + 0.15 * np.exp(-((x - 3.8) ** 2 + (y - 8.3) ** 2) / 4.0))
+    amp = np.exp(-0.3 * np.exp(-((x - 8.3) ** 2 + (y - 4.5) ** 2) / 8.0))
+    truth = [np.asarray(p) for p in defocus_triplet(phase, 20.0, pixel, 300e3,
+                                                    amplitude=amp).planes]
+    planes = [truth[0], truth[1], np.roll(truth[2], 3, axis=1)]
+    g = np.stack(np.gradient(phase, pixel))
+    # as from_4dstem leaves a triplet whose dark field could not be registered
+    t = ft.FocalTriplet(*planes, dz=20.0, pixel_size=pixel, energy=300e3)
+    t.gradient = g
+    t.gradient_orientation = trust.checked_orientation(g, pixel)
+    t.registration = {"shifts": np.zeros((3, 2)), "reliable": False, "applied": False,
+                      "signal": "df", "why": None}
+    ft.save(tmp_path / "t.npz", t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = ft.load(tmp_path / "t.npz").triplet()
+    assert "tie_correlation" not in back.gradient_orientation
+    assert not back.gradient_orientation["suspect"]
+    assert back.registration["reliable"] is False
+    again = quiet(ft.load(tmp_path / "t.npz").triplet, register=True)
+    assert again.registration["applied"] and "tie_correlation" in again.gradient_orientation
