@@ -163,17 +163,14 @@ _OPTIONAL_SCALARS = ("material", "thickness", "semiangle")
 # A triplet's record of its planes: the noise of the planes (one variance per
 # plane, intensity²) and of the measured gradient (one per component, (rad/Å)²).
 _NOISES = (("noise", 3, "intensity²", "plane"), ("gradient_noise", 2, "(rad/Å)²", "component"))
-#: A triplet's records, stored as JSON text and checked on reading
-#: (:mod:`flowtie_fast.records`, :func:`_json_record`).
-_RECORDS = RECORDS
-_TRIPLET_ONLY = ("gradient", "virtual") + _RECORDS + tuple(k for k, *_ in _NOISES)
+_TRIPLET_ONLY = ("gradient", "virtual") + RECORDS + tuple(k for k, *_ in _NOISES)
 #: The keys layout 2 added: a file holding one is written as flowtie_fast/2.
-_VERSION_2 = ("virtual", "noise", "gradient_noise") + _RECORDS
+_VERSION_2 = ("virtual", "noise", "gradient_noise") + RECORDS
 _KEYS = _ARRAYS + ("dz", "scan_step", "k_sampling", "energy", "format", "kind") + \
-    _OPTIONAL_SCALARS + ("virtual",) + _RECORDS + \
+    _OPTIONAL_SCALARS + ("virtual",) + RECORDS + \
     tuple(n for k, *_ in _NOISES for n in (k, k + "_source"))
 #: The keys that hold text (the rest hold numbers).
-_TEXT_KEYS = ("format", "kind", "material", "virtual") + _RECORDS + \
+_TEXT_KEYS = ("format", "kind", "material", "virtual") + RECORDS + \
     tuple(k + "_source" for k, *_ in _NOISES)
 _NUMBERS = "real numbers (integers or floats)"
 
@@ -511,7 +508,7 @@ def _fields(ds: Dataset) -> dict:
         out["gradient"] = ds.gradient
     if ds.virtual is not None:
         out["virtual"] = ds.virtual
-    for k in _RECORDS:
+    for k in RECORDS:
         if getattr(ds, k) is not None:
             out[k] = json_text(k, getattr(ds, k), _plane_shape(ds))
     for k, *_ in _NOISES:
@@ -1103,7 +1100,7 @@ def _dataset(fields: dict, path: Path, handle, *, lazy=None) -> Dataset:
         if k in fields and "gradient" not in fields:
             raise InputError(f"{path.name}: '{k}' without 'gradient'; expected the record of "
                              "a measured gradient stored with it")
-    records = {k: _json_record(fields, k, path, shape) for k in _RECORDS if k in fields}
+    records = {k: _json_record(fields, k, path, shape) for k in RECORDS if k in fields}
     if noises["gradient_noise"] is not None and "gradient" not in fields:
         raise InputError(f"{path.name}: 'gradient_noise' without 'gradient'; expected the "
                          "noise of a measured gradient stored with it")

@@ -70,7 +70,8 @@ from .fft import load_wisdom, save_wisdom
 from .noise import COUNTS, check_noise
 from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
-                      check_regularisation, check_verdict_records, image_verdict)
+                      check_regularisation, check_verdict_records, image_verdict,
+                      lead_trust)
 from .planes import check_not_masked, focal_weights
 from .stem.detector import VIRTUAL_IMAGES, image_saturation
 from .trust import (SIGNED_IMAGES, checked_orientation,
@@ -97,7 +98,8 @@ def _check_records(registration, orientation, saturation=None, plane_defects=Non
     """The records of :meth:`Plan.solve` checked, where given (each a dict of
     a triplet, a few dict lookups: checked at every call, outside the
     solve): ``registration`` (or None), why the ``orientation`` verdict
-    found the gradient misoriented (or None), ``saturation`` and
+    found the gradient misoriented and why it found the gradient and the
+    planes disagree in scale (each or None), ``saturation`` and
     ``plane_defects`` (or None); :class:`InputError` naming the argument
     otherwise. The fields checked are those the verdict reads."""
     if registration is not None and not (
@@ -108,7 +110,7 @@ def _check_records(registration, orientation, saturation=None, plane_defects=Non
                          f"got {_brief(registration)}")
     check_verdict_records(saturation, plane_defects)
     if orientation is None:
-        return registration, None
+        return registration, None, None
     if not (isinstance(orientation, dict)
             and isinstance(orientation.get("suspect"), (bool, np.bool_))
             and (not orientation["suspect"] or isinstance(orientation.get("why"), str))):
@@ -116,12 +118,12 @@ def _check_records(registration, orientation, saturation=None, plane_defects=Non
                          f"gradient_orientation: a dict whose 'suspect' is True or False, "
                          f"with its 'why' where True) or None, got {_brief(orientation)}")
     try:  # its scale verdict, read as reconstruct reads the triplet's
-        scale_warning(orientation)
+        scale = scale_warning(orientation)
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"orientation: a scale verdict ('misscaled') needs its 'tie_scale' "
                          f"(low, high) and 'tie_correlation' as a triplet's check gives them, "
                          f"got {_brief(orientation)}") from exc
-    return registration, suspicion(orientation)
+    return registration, suspicion(orientation), scale
 
 
 #: What a verdict against the planes' TIE phase adds: the plan's planes may
@@ -536,8 +538,8 @@ class Plan:
                 raise InputError("uncertainty_out: needs a flowtie plan with uncertainty")
             self._output("uncertainty_out", uncertainty_out, self.shape,
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
-        registration, given = _check_records(registration, orientation, saturation,
-                                             plane_defects)
+        registration, given, given_scale = _check_records(registration, orientation,
+                                                          saturation, plane_defects)
         if saturation is None:  # integer planes at their full scale: a camera's clip
             saturation = image_saturation(_INPUT_NAMES[:3], planes)
         changes = {} if noise is None else {"noise": noise}
@@ -549,9 +551,7 @@ class Plan:
         if suspect:
             changes["gradient_suspect"] = suspect
         # the scale verdict given (a triplet's, as reconstruct reads it) first
-        misscaled = None if gradient is None else (
-            scale_warning(orientation) if orientation is not None else None) \
-            or own_scale
+        misscaled = None if gradient is None else given_scale or own_scale
         if misscaled:
             changes["gradient_misscaled"] = misscaled
         for key, record in (("registration", registration), ("saturation", saturation),
@@ -686,15 +686,11 @@ class Plan:
             info = {}  # the plan's once the pass returns: a refused pass leaves none
             if suspect:  # the network reads the gradient: said, as solve says it
                 info = {"trust": suspect}
-            if misscaled:  # as solve says it: first, and not trusted
-                other = info.get("trust")
-                info = {"trust": misscaled + (f"; also: {other}" if other else ""),
-                        "trusted": False}
-            clipped = self._batch_saturation(stack)
-            if clipped:  # said first, as solve says it
-                other = info.get("trust")
-                info = {"trust": clipped + (f"; also: {other}" if other else ""),
-                        "trusted": False}
+            # as solve says them: first, saturation before scale, and not trusted
+            for lead in (misscaled, self._batch_saturation(stack)):
+                if lead:
+                    lead_trust(info, lead)
+                    info["trusted"] = False
             why = image_verdict(self.method, self.virtual, self.options.model, True)
             if why is not None:  # the plan warned once
                 info.setdefault("trust", why)

@@ -183,10 +183,6 @@ def suspect_record(check) -> dict | None:
 _SCALE_KEYS = {"misscaled", "tie_scale", "tie_correlation"}
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _orientation_record(record, name: str) -> dict:
     """An orientation verdict ``{"suspect": true, "why": text}`` and/or a
     scale verdict (``misscaled``, ``tie_scale``, ``tie_correlation``)
@@ -199,10 +195,10 @@ def _orientation_record(record, name: str) -> dict:
     if ok and (set(record) & _SCALE_KEYS) and not scaled:
         ok = False
     if ok and scaled:
-        scale = record["tie_scale"]
-        ok = (_finite(record["misscaled"]) and record["misscaled"] > 0
-              and _finite(record["tie_correlation"])
-              and isinstance(scale, list) and len(scale) == 2 and all(map(_finite, scale)))
+        try:
+            scale = _SCALE({k: record[k] for k in _SCALE_KEYS}, "")
+        except _NotRecord:
+            ok = False
     if ok:
         ok = (record["suspect"] is True and isinstance(record["why"], str)
               and bool(record["why"].strip())) or (
@@ -212,9 +208,8 @@ def _orientation_record(record, name: str) -> dict:
     _check_printable(record, name, want)
     out = {"suspect": record["suspect"], "why": record["why"]}
     if scaled:
-        out.update(misscaled=float(record["misscaled"]),
-                   tie_scale=tuple(float(v) for v in record["tie_scale"]),
-                   tie_correlation=float(record["tie_correlation"]))
+        out.update({k: float(v) for k, v in scale.items() if k != "tie_scale"},
+                   tie_scale=tuple(float(v) for v in scale["tie_scale"]))
     return out
 
 
@@ -319,6 +314,10 @@ _FLUX = _object({"per_pattern": _maybe(_seq(_number(), 3)),
                  "scale": _seq(_number(positive=True), 3), "applied": _flag, "why": _words},
                 {"gain": _maybe(_GAIN),
                  "excluded": _maybe(_seq(_number(0, whole=True), 3, list))})
+
+#: A gradient's scale verdict (``trust.sign_check``), stored beside its orientation's.
+_SCALE = _object({"misscaled": _number(positive=True), "tie_scale": _seq(_number(), 2, list),
+                  "tie_correlation": _number()})
 
 
 def _checked(check, record, name: str, what: str, consistent=None):

@@ -450,6 +450,14 @@ def _constant_gradient(gradient) -> bool:
     return all(float(xp.max(c)) == float(xp.min(c)) for c in gradient)
 
 
+def lead_trust(info, why) -> None:
+    """``why`` put first in ``info["trust"]``, any reason already there
+    after it (``"; also: ..."``): the verdicts that bias every method's input
+    (saturation, a scale disagreement) lead the reasons a solve found."""
+    other = info.get("trust")
+    info["trust"] = why + (f"; also: {other}" if other and other != why else "")
+
+
 def _mark_misscaled(method, why, info) -> None:
     """Where the measured gradient and the planes disagree in scale (``why``,
     warned when the triplet or the plan checked them), ``info["trust"]``
@@ -458,8 +466,7 @@ def _mark_misscaled(method, why, info) -> None:
     False."""
     if not why:
         return
-    other = info.get("trust")
-    info["trust"] = why + (f"; also: {other}" if other and other != why else "")
+    lead_trust(info, why)
     if method == "flowtie":
         _untrusted_flow(info, "the measured gradient and the planes disagree in scale")
 
@@ -549,9 +556,7 @@ def _mark_saturated(method, record, info) -> None:
     fallback)."""
     if not isinstance(record, dict) or not record.get("saturated"):
         return
-    other = info.get("trust")
-    info["trust"] = (f"the detector saturated (triplet.saturation): {record['why']}"
-                     + (f"; also: {other}" if other else ""))
+    lead_trust(info, f"the detector saturated (triplet.saturation): {record['why']}")
     if method == "flowtie":
         _untrusted_flow(info, "the detector saturated")
 

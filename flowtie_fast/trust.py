@@ -385,13 +385,20 @@ def classical_verdict(method: str, value: float):
 MIN_SIDE = 5
 
 
+def _unit(scale) -> float:
+    """What :func:`_unit_scaled` divides by for a largest magnitude
+    ``scale``: the scale itself where it lies beyond 1e±100, else 1."""
+    return scale if 0 < scale < math.inf and not 1e-100 < scale < 1e100 else 1.0
+
+
 def _unit_scaled(a, scale):
     """``a`` divided by ``scale`` (its largest magnitude) where that lies
     beyond 1e±100: in float64 the squares of values beyond 1e154 overflow and
     below 1e-154 lose their digits, and what is summed here is scale-free.
     ``a`` is a float64 work array, divided in place."""
-    if 0 < scale < math.inf and not 1e-100 < scale < 1e100:
-        a /= scale  # (divided: 1/scale overflows for subnormal scales)
+    unit = _unit(scale)
+    if unit != 1.0:
+        a /= unit  # (divided: 1/scale overflows for subnormal scales)
     return a
 
 
@@ -613,7 +620,7 @@ def sign_check(check, gradient, tie_gradient) -> None:
     for c in (a, b):  # r is scale-free; the bracket takes the units back
         top = float(xp.abs(c).max()) if c.size else 0.0
         _unit_scaled(c, top)
-        units.append(top if 0 < top < math.inf and not 1e-100 < top < 1e100 else 1.0)
+        units.append(_unit(top))
     sums = np.asarray(to_host(xp.stack([xp.sum(a * b), xp.sum(a * a), xp.sum(b * b)])))
     ab, aa, bb = (float(v) for v in sums)
     norm = math.sqrt(aa * bb)

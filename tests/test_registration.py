@@ -706,6 +706,21 @@ def test_a_registered_triplet_checks_its_gradient_against_the_registered_planes(
         assert wrong.gradient_orientation.get(flag), factor
 
 
+def _absorbing_plus_drifted():
+    """A 64 px Fresnel phase object with some absorption (0.2 Å pixels, dz
+    20 Å, 300 keV) whose +dz image is 3 px off: its planes, its right
+    gradient (rad/Å) and the pixel size (Å)."""
+    n, pixel = 64, 0.2
+    y, x = np.mgrid[:n, :n] * pixel
+    phase = (0.5 * np.exp(-((x - 6.4) ** 2 + (y - 6.4) ** 2) / 8.0)
+             + 0.15 * np.exp(-((x - 3.8) ** 2 + (y - 8.3) ** 2) / 4.0))
+    amp = np.exp(-0.3 * np.exp(-((x - 8.3) ** 2 + (y - 4.5) ** 2) / 8.0))
+    truth = [np.asarray(p) for p in defocus_triplet(phase, 20.0, pixel, 300e3,
+                                                    amplitude=amp).planes]
+    planes = [truth[0], truth[1], np.roll(truth[2], 3, axis=1)]
+    return planes, np.stack(np.gradient(phase, pixel)), pixel
+
+
 def test_a_drift_left_in_the_planes_is_named_when_the_scale_check_trips():
     """Images recorded one after another drift, and images are not registered
     by default. A +dz image 3 px off, on an object with some absorption,
@@ -717,15 +732,7 @@ def test_a_drift_left_in_the_planes_is_named_when_the_scale_check_trips():
     (and then the two agree)."""
     import flowtie_fast as ft
 
-    n, pixel = 64, 0.2
-    y, x = np.mgrid[:n, :n] * pixel
-    phase = (0.5 * np.exp(-((x - 6.4) ** 2 + (y - 6.4) ** 2) / 8.0)
-             + 0.15 * np.exp(-((x - 3.8) ** 2 + (y - 8.3) ** 2) / 4.0))
-    amp = np.exp(-0.3 * np.exp(-((x - 8.3) ** 2 + (y - 4.5) ** 2) / 8.0))
-    truth = [np.asarray(p) for p in defocus_triplet(phase, 20.0, pixel, 300e3,
-                                                    amplitude=amp).planes]
-    planes = [truth[0], truth[1], np.roll(truth[2], 3, axis=1)]
-    g = np.stack(np.gradient(phase, pixel))
+    planes, g, pixel = _absorbing_plus_drifted()
     kw = dict(dz=20.0, pixel_size=pixel, energy=300e3, gradient=g)
     with pytest.warns(ft.TrustWarning, match=r"disagree in scale.*drift.*register=True"):
         drifted = ft.FocalTriplet(*planes, **kw)
@@ -745,15 +752,7 @@ def test_a_reloaded_triplet_whose_drift_was_not_measured_does_not_check_its_grad
     import flowtie_fast as ft
     from flowtie_fast import trust
 
-    n, pixel = 64, 0.2
-    y, x = np.mgrid[:n, :n] * pixel
-    phase = (0.5 * np.exp(-((x - 6.4) ** 2 + (y - 6.4) ** 2) / 8.0)
-             + 0.15 * np.exp(-((x - 3.8) ** 2 + (y - 8.3) ** 2) / 4.0))
-    amp = np.exp(-0.3 * np.exp(-((x - 8.3) ** 2 + (y - 4.5) ** 2) / 8.0))
-    truth = [np.asarray(p) for p in defocus_triplet(phase, 20.0, pixel, 300e3,
-                                                    amplitude=amp).planes]
-    planes = [truth[0], truth[1], np.roll(truth[2], 3, axis=1)]
-    g = np.stack(np.gradient(phase, pixel))
+    planes, g, pixel = _absorbing_plus_drifted()
     # as from_4dstem leaves a triplet whose dark field could not be registered
     t = ft.FocalTriplet(*planes, dz=20.0, pixel_size=pixel, energy=300e3)
     t.gradient = g

@@ -656,3 +656,25 @@ def test_the_sign_is_not_judged_against_planes_whose_drift_could_not_be_measured
     plain = ft.Plan(half.shape, half.pixel_size, **plan_kw)
     with pytest.warns(ft.TrustWarning, match="half a turn wrong"):
         plain.solve(*p32, gradient=g)
+
+
+def test_a_flow_kept_but_not_trusted_for_its_scale_gives_no_uncertainty():
+    """k_sampling given 10 times too large: the centre of mass is 10 times
+    the gradient the bright-field TIE phase gives. On GaAs [001] 11.3 Å the
+    flow still passes its own trust check and is returned, untrusted, with
+    no uncertainty map (the models' spread does not see a scale given
+    wrong); the right calibration keeps its map."""
+    (gaas,) = simulate_series("GaAs", (11.3,), scan_gpts=(16, 16), supercell=8.0,
+                              potential_sampling=0.08, max_angle=40.0)
+    kw = dict(dz=gaas.dz, scan_step=gaas.scan_step, energy=gaas.energy, backend="cpu")
+    planes = (gaas.minus, gaas.zero, gaas.plus)
+    right = ft.reconstruct(ft.FocalTriplet.from_4dstem(*planes, k_sampling=gaas.k_sampling,
+                                                       **kw), method="flowtie", backend="cpu")
+    assert right.info["trusted"] is True and right.uncertainty is not None
+    with pytest.warns(ft.TrustWarning, match="disagree in scale"):
+        t = ft.FocalTriplet.from_4dstem(*planes, k_sampling=tuple(10 * np.asarray(
+            gaas.k_sampling)), **kw)
+    rec = ft.reconstruct(t, method="flowtie", backend="cpu")
+    assert "fallback" not in rec.info and rec.info["trusted"] is False
+    assert rec.uncertainty is None
+    assert rec.info["uncertainty"].startswith("none: the measured gradient and the planes")
