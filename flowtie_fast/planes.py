@@ -249,7 +249,7 @@ def check_gradient(g, shape):
     if not is_cupy(g):
         try:
             g = np.asarray(g)
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # unreadable array-likes (a lazy file's read error)
             raise InputError(f"gradient: could not be read as an array ({exc})") from exc
     if g.dtype.kind not in "uif" or tuple(g.shape) != want:
         raise InputError(f"gradient: expected a real array of shape {want} (rad/Å), got "
@@ -553,9 +553,19 @@ def _spiky(shape, figures, limit) -> list:
     (:func:`screen_planes`): their indices. ``figures``: per plane,
     :func:`screen_stats` (a list of 3 floats); ``limit``: the thresholds."""
     pairs = shape[0] * (shape[1] - 1)
-    # a sum beyond its dtype (Inf, NaN) is examined too
-    return [k for k, (_, s2, s4) in enumerate(figures)
-            if limit[k] > 0 and not s4 - 3.0 * s2 * s2 / pairs <= limit[k] ** 4]
+    spiky = []
+    for k, (_, s2, s4) in enumerate(figures):
+        if not limit[k] > 0:
+            continue
+        if not (math.isfinite(s2) and math.isfinite(s4)) or limit[k] > _POW4_MAX:
+            spiky.append(k)  # sums or powers beyond float64: examined pixel by pixel
+        elif not s4 - 3.0 * s2 * s2 / pairs <= limit[k] ** 4:
+            spiky.append(k)
+    return spiky
+
+
+#: The largest threshold whose fourth power float64 holds.
+_POW4_MAX = 1e76
 
 
 def _runs(indices) -> str:

@@ -1893,3 +1893,40 @@ def test_a_figure_that_cannot_be_written_is_named_by_png(tmp_path, capsys, monke
     assert len(err) == 1 and err[0].startswith("flowtie reconstruct: error: ")
     assert f"--png: {str(png)!r} cannot be written (No space left on device)" in err[0], err
     assert out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.npz", "o.npz"]
+
+
+class _Unreadable:
+    """An array-like whose read fails, as a lazy file dataset's does."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def __array__(self, *args, **kwargs):
+        raise OSError("Can't read data (file truncated)")
+
+
+def test_an_unreadable_gradient_or_stack_is_an_input_error_naming_it():
+    m, z, p = planes()
+    message = r"could not be read as an array \(Can't read data"
+    with pytest.raises(ft.InputError, match=r"^gradient: " + message):
+        ft.FocalTriplet(m, z, p, dz=DZ, pixel_size=PIXEL, energy=E, gradient=_Unreadable((2, N, N)))
+    with pytest.raises(ft.InputError, match=r"^gradient: " + message):
+        ft.TIESolver((N, N), PIXEL, backend="cpu").integrate(_Unreadable((2, N, N)))
+    with pytest.raises(ft.InputError, match=r"^minus: expected a 4-D array"):
+        ft.FocalTriplet.from_4dstem(_Unreadable((6, 6, 16, 16)), *patterns()[1:], **STEM)
+
+
+@pytest.mark.parametrize("scale", [1e80, 1e120])
+def test_float64_planes_of_a_huge_but_representable_scale_are_solved(scale):
+    # the screen's fourth powers pass float64's range: the planes are examined
+    # pixel by pixel, not refused by a Python OverflowError
+    m, z, p = (a * scale for a in planes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no NumPy overflow warning leaks
+        t = ft.FocalTriplet(m, z, p, dz=DZ, pixel_size=PIXEL, energy=E)
+        phase = ft.reconstruct(t, method="tie", backend="cpu", dtype="float64").phase
+        ref = ft.reconstruct(ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E),
+                             method="tie", backend="cpu", dtype="float64").phase
+    assert np.allclose(phase, ref, atol=1e-6 * np.abs(ref).max())

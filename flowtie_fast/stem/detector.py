@@ -135,6 +135,8 @@ def mean_pattern(patterns):
         except (TypeError, ValueError) as exc:
             raise InputError(f"patterns: expected a real array (..., Ky, Kx), got "
                              f"{_shown(patterns)}") from exc
+        except Exception as exc:  # an array-like whose read fails (a lazy file dataset)
+            raise InputError(f"patterns: could not be read as an array ({exc})") from exc
     shape = tuple(patterns.shape)
     if patterns.dtype.kind not in "iuf" or len(shape) < 2:
         raise InputError(f"patterns: expected a real array (..., Ky, Kx) of patterns, got "
