@@ -69,8 +69,8 @@ from .noise import (ALPHA_MAX, COUNTS, check_noise, denoise, denoise_gradient,
                     discrepancy_alpha, poisson_noise, teague_floor, FLOOR_MIN,
                     TEAGUE_FLOOR_MIN)
 from .poisson import PoissonSolver, resolve_scheme
-from .planes import (GRADIENT_LIMIT, check_gradient, check_gradient_peak, check_intensity_stats,
-                     screen_planes, screen_stats)
+from .planes import (GRADIENT_LIMIT, MAX_DEFLECTION, check_gradient, check_gradient_peak,
+                     check_intensity_stats, gradient_limit, screen_planes, screen_stats)
 
 __all__ = ["METHODS", "Reconstruction", "SolveOptions", "TIESolver", "reconstruct"]
 
@@ -80,8 +80,10 @@ SOLVER_IMAGES = 14  # images of the working dtype a TIESolver adds to its Poisso
 
 
 class ImplausibleResult(ResultError):
-    """A result whose phase gradient exceeds :data:`GRADIENT_LIMIT`: refused
-    (a :class:`ResultError`) naming the stage."""
+    """A result whose phase gradient exceeds
+    :func:`~flowtie_fast.planes.gradient_limit` (:data:`GRADIENT_LIMIT`, or
+    the wavenumber where the energy is known): refused (a
+    :class:`ResultError`) naming the stage."""
 
 
 @dataclass
@@ -943,7 +945,7 @@ class TIESolver:
             mean, residual = self._solve_planes(
                 series.planes, series.derivative_weights, series.intensity_weights,
                 series.wavenumber, series.gradient, method, phase, grad, info, options)
-            self._check_result(method, phase, grad)
+            self._check_result(method, phase, grad, series.wavenumber)
             # found (and warned) when the series was made
             _record_defects(options.plane_defects, info)
             _warn_unregistered(method, options.registration, info)
@@ -1178,7 +1180,7 @@ class TIESolver:
                 info.setdefault("trust", why)
         _mark_misscaled(method, options.gradient_misscaled, info)
         _mark_saturated(method, options.saturation, info)
-        self._check_result(method, out, gradient_out)
+        self._check_result(method, out, gradient_out, wavenumber)
         return info.pop("uncertainty_map", None)
 
     def flow_batch(self, stack, derivative_weights, intensity_weights, wavenumber, *,
@@ -1245,7 +1247,7 @@ class TIESolver:
                 self.poisson.integrate(v[i], out=out[i], grad_out=grad)
             for i in range(b):
                 self._check_result("flowtie", out[i],
-                                   None if gradient_out is None else gradient_out[i])
+                                   None if gradient_out is None else gradient_out[i], wavenumber)
             be.synchronize()
         return out
 
@@ -1296,12 +1298,14 @@ class TIESolver:
 
     # ------------------------------------------------------------------ internals
 
-    def _check_result(self, stage, phase, grad=None):
+    def _check_result(self, stage, phase, grad=None, wavenumber=None):
         """The result checked finite and plausible, one sum of squares per array:
         :class:`ResultError` naming ``stage`` where it holds NaN or Inf, or where
-        its phase gradient provably exceeds :data:`GRADIENT_LIMIT` (the planes and
-        the physical parameters then describe no transport of intensity: a
-        millimetre pixel with a 1e-3 Å defocus step gave 1e19 rad). Lower bounds,
+        its phase gradient provably exceeds :func:`~flowtie_fast.planes.
+        gradient_limit` of ``wavenumber`` (rad/Å; None: :data:`GRADIENT_LIMIT`):
+        the planes and the physical parameters then describe no transport of
+        intensity (a millimetre pixel with a 1e-3 Å defocus step gave 1e19 rad;
+        a defocus step 2e4 times too small, a deflection of 5.7 rad). Lower bounds,
         so that nothing plausible is refused: ``max |∇φ| >= rms(∇φ)``; and without
         the gradient, some pair of neighbouring pixels differs by at least
         ``√2 rms(φ) / L`` rad/Å, ``L`` the longer side in Å (the smallest
@@ -1321,11 +1325,16 @@ class TIESolver:
                 # finite values whose squares overflow the working dtype
                 squares = float(xp.linalg.norm(a.astype(xp.float64))) ** 2
             peak = max(peak, math.sqrt(squares / a.size) / scale)
-        if peak > GRADIENT_LIMIT:
+        limit = gradient_limit(wavenumber)
+        if peak > limit:
+            why = (f"the {GRADIENT_LIMIT:g} rad/Å any phase gradient has (2π × a centre of "
+                   f"mass within the detector)" if limit == GRADIENT_LIMIT else
+                   f"{limit:.4g} rad/Å, a deflection of {MAX_DEFLECTION:g} rad at k = "
+                   f"{float(wavenumber):.4g} rad/Å (this one deflects the electron by at "
+                   f"least {peak / float(wavenumber):.3g} rad)")
             raise ImplausibleResult(
                 f"{stage}: the result's phase gradient reaches at least {peak:.3g} rad/Å, "
-                f"beyond the {GRADIENT_LIMIT:g} rad/Å any phase gradient has (2π × a centre "
-                f"of mass within the detector): refused rather than returned; check the "
+                f"beyond {why}: refused rather than returned; check the "
                 f"physical parameters (pixel_size {self.pixel_size[0]:g} x "
                 f"{self.pixel_size[1]:g} Å, dz, energy) and the planes' units")
 

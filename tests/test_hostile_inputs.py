@@ -594,7 +594,8 @@ def test_a_phase_whose_gradient_no_phase_has_is_refused_naming_the_stage(pixel, 
     (without a gradient_out, by a lower bound from the phase's own size: it
     catches the gross cases)."""
     t = ft.FocalTriplet(*planes(), dz=dz, pixel_size=pixel, energy=E)
-    says = rf"^{method}: the result's phase gradient reaches at least .* beyond the 10000 rad/Å"
+    says = (rf"^{method}: the result's phase gradient reaches at least .* beyond 319.1 rad/Å, "
+            r"a deflection of 1 rad at k = 319.1 rad/Å")
     with pytest.raises(ft.ResultError, match=says):
         ft.reconstruct(t, method=method, backend="cpu")
     plan = ft.Plan((N, N), pixel, dz, E, method=method, backend="cpu")
@@ -1930,3 +1931,26 @@ def test_float64_planes_of_a_huge_but_representable_scale_are_solved(scale):
         ref = ft.reconstruct(ft.FocalTriplet(*planes(), dz=DZ, pixel_size=PIXEL, energy=E),
                              method="tie", backend="cpu", dtype="float64").phase
     assert np.allclose(phase, ref, atol=1e-6 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("method", ["tie-uniform", "tie", "tie-exact", "gd"])
+def test_a_phase_deflecting_the_electron_beyond_a_radian_is_refused(method):
+    """A Fresnel triplet recorded at dz 20 Å, given dz 1e-3 Å (in range): the
+    TIE phase's gradient reached 5.7 k (1800 rad/Å at 300 keV), under the
+    fixed 1e4 rad/Å bound, and came back without a word; the bound is the
+    wavenumber's where the energy is known, as for a measured gradient."""
+    from flowtie_fast.simulation.optics import propagate
+    n, pixel = 64, 0.2
+    y, x = np.mgrid[:n, :n] * pixel
+    truth = 0.3 * np.exp(-((x - 6.4) ** 2 + (y - 6.4) ** 2) / 8.0)
+    recorded = [np.abs(propagate(np.exp(1j * truth), z, pixel, E)) ** 2 for z in (-DZ, 0, DZ)]
+    with pytest.raises(ft.ResultError, match=rf"^{method}: .* beyond 319.1 rad/Å, a "
+                       r"deflection of 1 rad .*deflects the electron by at least"):
+        ft.reconstruct(ft.FocalTriplet(*recorded, dz=1e-3, pixel_size=pixel, energy=E),
+                       method=method, backend="cpu")
+    plan = ft.Plan((n, n), pixel, 1e-3, E, method=method, backend="cpu")
+    with pytest.raises(ft.ResultError, match=rf"^{method}: .* beyond 319.1 rad/Å"):
+        plan.solve(*recorded, gradient_out=np.zeros((2, n, n), np.float32))
+    rec = ft.reconstruct(ft.FocalTriplet(*recorded, dz=DZ, pixel_size=pixel, energy=E),
+                         method=method, backend="cpu")
+    assert np.abs(np.gradient(rec.phase, pixel)).max() < 1.0  # the right step: a few 0.1 rad/Å
