@@ -295,6 +295,9 @@ def _one_of(*choices):
 
 
 _PLANES = ("minus", "zero", "plus")
+#: What a ``plane_defects`` record names: the planes, and the measured
+#: gradient (patterns whose centre of mass was replaced, scan px).
+_DEFECTS = _PLANES + ("gradient",)
 _SCAN = _object({"value": _number(), "pixels": _number(0, whole=True),
                  "share": _number(0, 1), "next": _number(0, whole=True),
                  "full_scale": _flag, "detector_pixels": _number(0, whole=True),
@@ -388,10 +391,10 @@ def _defects_record(record, name: str, shape) -> dict:
     row, col = _number(0, ny - 1, whole=True), _number(0, nx - 1, whole=True)
 
     def pixels(v, where):
-        if not isinstance(v, dict) or not v or not set(v) <= set(_PLANES):
-            raise _NotRecord(where, f"an object of some of {_PLANES}")
+        if not isinstance(v, dict) or not v or not set(v) <= set(_DEFECTS):
+            raise _NotRecord(where, f"an object of some of {_DEFECTS}")
         out = {}
-        for n in (n for n in _PLANES if n in v):
+        for n in (n for n in _DEFECTS if n in v):
             if not isinstance(v[n], list) or not 0 < len(v[n]) <= most:
                 raise _NotRecord(f"{where}.{n}", f"a list of 1 to {most} pixels [row, column, "
                                  "value, median]")
@@ -502,5 +505,5 @@ def joined_defects(stored: dict, found, shape):
         return {**stored, "why": why}
     most = _SCREENS * int(repair_limit(shape))
     pixels = {n: (stored["pixels"].get(n, []) + found["pixels"].get(n, []))[-most:]
-              for n in _PLANES if n in stored["pixels"] or n in found["pixels"]}
+              for n in _DEFECTS if n in stored["pixels"] or n in found["pixels"]}
     return {"pixels": pixels, "repaired": True, "why": why}

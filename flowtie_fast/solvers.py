@@ -482,7 +482,8 @@ def _warn_unregistered(method, registration, info):
     weighs the record itself)."""
     if method in ("icom", "flowtie") or not registration or registration.get("reliable", True):
         return
-    info["trust"] = "the drift between the scans could not be measured"
+    # first: a drift left in the planes explains a disagreement found before
+    lead_trust(info, "the drift between the scans could not be measured")
     warnings.warn(f"{method}: the drift between the scans could not be measured "
                   "(triplet.registration); if they drifted, this phase is wrong. "
                   "method='icom' uses the in-focus scan alone", TrustWarning,
@@ -521,10 +522,10 @@ def check_verdict_records(saturation=None, plane_defects=None, prefix="") -> Non
             and isinstance(plane_defects.get("repaired"), (bool, np.bool_))
             and _is_text(plane_defects.get("why"))
             and isinstance(plane_defects.get("pixels"), dict)
-            and set(plane_defects["pixels"]) <= {"minus", "zero", "plus"}):
+            and set(plane_defects["pixels"]) <= {"minus", "zero", "plus", "gradient"}):
         raise InputError(f"{prefix}plane_defects: expected a record of replaced pixels (a "
                          f"triplet's plane_defects: a dict of 'pixels' per plane minus, zero, "
-                         f"plus, 'repaired' True or False and its 'why') or None, got "
+                         f"plus or gradient, 'repaired' True or False and its 'why') or None, got "
                          f"{_brief_record(plane_defects)}")
 
 
@@ -539,8 +540,10 @@ def _brief_record(value) -> str:
 
 
 def _record_defects(defects, info) -> None:
-    """The isolated pixels replaced in the planes (``defects``: a record of
-    :func:`~flowtie_fast.planes.screen_planes`, warned where it was made, or
+    """The isolated pixels replaced in the planes, and the patterns whose
+    centre of mass was replaced (``defects``: a record of
+    :func:`~flowtie_fast.planes.screen_planes` and
+    :func:`~flowtie_fast.stem.focal.repair_com`, warned where it was made, or
     None) into ``info["plane_defects"]``, and its ``"why"`` as
     ``info["trust"]`` where nothing else is."""
     if defects is not None:
@@ -934,6 +937,10 @@ class TIESolver:
                         "may carry it")
                     warnings.warn(rec.info["trust"], TrustWarning,
                                   stacklevel=user_stacklevel())
+                defects = options.plane_defects
+                if defects is not None and "gradient" in defects["pixels"]:
+                    # patterns whose centre of mass was replaced (warned when made)
+                    _record_defects(defects, rec.info)
                 _mark_misscaled(method, options.gradient_misscaled, rec.info)
                 _mark_saturated(method, options.saturation, rec.info)
                 rec.info["time"] = time.perf_counter() - start

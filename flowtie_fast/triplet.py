@@ -33,7 +33,8 @@ from .stem.descan import check_descan, check_descan_mode, descan_plane
 from .stem.detector import VIRTUAL_IMAGES, image_saturation
 from .stem.focal import (apply_registration, check_com_extent, check_normalize, check_register,
                          check_rotation, com_poisson_noise, orient, prepare_planes, reduce_triplet,
-                         register_planes, saturation_record, scaled, virtual_image_noise)
+                         register_planes, repair_com, saturation_record, scaled,
+                         virtual_image_noise)
 
 __all__ = ["FocalSeries", "FocalTriplet"]
 
@@ -205,7 +206,10 @@ class FocalSeries:
         planes held (``"repaired"``) and the :class:`TrustWarning`'s message
         (``"why"``); None where none were found. A row, column or block of
         one plane that is exactly zero where another holds signal is refused
-        (:class:`InputError`).
+        (:class:`InputError`). Of a 4D-STEM triplet, ``"pixels"`` may also
+        name ``"gradient"``: the in-focus patterns hit by a transient whose
+        centre of mass was replaced, ``[row, column, |∇φ| before, |∇φ|
+        after]`` (:func:`~flowtie_fast.stem.focal.repair_com`).
     flux : dict or None
         Of a 4D-STEM triplet (:meth:`FocalTriplet.from_4dstem`,
         :meth:`FocalTriplet.from_reductions`): the scans' mean whole-detector
@@ -640,9 +644,14 @@ class FocalTriplet(FocalSeries):
         reductions, planes, scan_step, energy, noise, registration, flux = prepare_planes(
             reductions, scan_step, virtual=virtual, counts=counts, register=register,
             normalize=normalize)
+        reductions[1], hit, why = repair_com(reductions[1])
         check_com_extent(reductions[1], "zero")
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise,
                 virtual=virtual)
+        if hit is not None:  # one record of the pixels replaced, planes' and gradient's
+            found = t.plane_defects or {"pixels": {}, "repaired": True, "why": None}
+            t.plane_defects = {**found, "pixels": {**found["pixels"], "gradient": hit},
+                               "why": why if found["why"] is None else f"{found['why']}; {why}"}
         # The half turn is told by the TIE phase of bright-field images, whose
         # contrast follows the phase (that of "abf" and "df" images does not).
         bright = virtual in SIGNED_IMAGES

@@ -1305,7 +1305,7 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"plane_defects": _DEFECTS.replace("40.0, 2.0", "NaN, 2.0")}, "plane_defects",
      r"pixels\.plus\[0\]\[2\] must be a number \(finite\)"),
     ("3", {"plane_defects": _DEFECTS.replace('"plus"', '"planes[2]"')}, "plane_defects",
-     r"pixels must be an object of some of \('minus', 'zero', 'plus'\)"),
+     r"pixels must be an object of some of \('minus', 'zero', 'plus', 'gradient'\)"),
     ("3", {"plane_defects": _DEFECTS.replace("[[2.0, 1.0, 40.0, 2.0]]",
                                              ", ".join(["[2.0, 1.0, 40.0, 2.0]"] * 33)
                                              .join("[]"))},

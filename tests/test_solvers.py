@@ -9,6 +9,7 @@ from fields import neumann_field, periodic_field, rel_rms, triplet_from
 
 import flowtie_fast as ft
 from flowtie_fast import testing as reference
+from flowtie_fast import trust
 from flowtie_fast.simulation.optics import defocus_series, defocus_triplet, gaussian_bumps
 
 E = 300e3
@@ -299,3 +300,27 @@ def test_teague_does_not_blow_up_on_a_near_opaque_patch(depth, radius):
     exact = ft.reconstruct(t, method="tie-exact", backend="cpu")
     assert exact.info["floor"] == 1e-3
     assert phase_errors(np.asarray(exact.phase), phase)[1] < 1e-3
+
+
+def test_an_unmeasured_drift_leads_the_verdict_and_keeps_the_disagreement_found():
+    """Where the drift could not be measured, info['trust'] said only that:
+    the TIE phase's disagreement with the centre of mass, found before, was
+    dropped from the verdict a file stores (both were warned)."""
+    from flowtie_fast.evaluation.phantom import phase_object
+    from flowtie_fast.simulation.optics import defocus_triplet
+
+    n, px = 64, 0.5
+    phase, _ = phase_object(n, px)
+    planes = defocus_triplet(phase, 100.0, px, E).planes
+    y, x = np.mgrid[:n, :n] * px
+    other = 0.05 * np.sin(2 * np.pi * y / (n * px)) * np.cos(4 * np.pi * x / (n * px))
+    gradient = np.stack(np.gradient(other, px))  # a phase unlike the planes'
+    t = ft.FocalTriplet(*planes, dz=100.0, pixel_size=px, energy=E, gradient=gradient)
+    t.registration = {"shifts": np.zeros((3, 2)), "reliable": False, "applied": False,
+                      "signal": "df", "why": "quality too low"}
+    with pytest.warns(ft.TrustWarning):
+        rec = ft.reconstruct(t, method="tie", backend="cpu")
+    assert rec.info["icom_disagreement"] > trust.calibration()["classical_disagreement_limit"]
+    assert rec.info["trust"].startswith("the drift between the scans could not be measured; "
+                                        "also: tie: this phase is far from the one the "
+                                        "measured centre of mass gives")

@@ -31,7 +31,7 @@ from ..errors import (InputError, TrustWarning, check_choice, check_count, check
                       check_real, user_stacklevel)
 from ..noise import Noise, band_noise, poisson_noise
 from ..physics import wavelength
-from ..planes import outlying_pixels
+from ..planes import outlying_pixels, repair_limit
 from .detector import (SATURATION_EFFECT, Detector, DetectorWarning, check_com_radius,
                        check_region, mean_pattern, sample_patterns, sampled_positions,
                        saturation, triplet_geometry)
@@ -41,7 +41,7 @@ from .registration import RegistrationWarning, apply_shift, register_triplet
 from .rotation import calibrate_rotation, rotate_com
 
 __all__ = ["flux_record", "holds_counts", "orient", "prepare_planes", "reduce_triplet",
-           "register_planes"]
+           "register_planes", "repair_com"]
 
 #: px: smaller shifts are reported, not applied (the estimate's accuracy; the
 #: dark field of thick crystals shifts by a few hundredths of a pixel with
@@ -442,6 +442,82 @@ def flux_record(reductions) -> dict:
     scale = (means[1] / means[0], 1.0, means[1] / means[2])
     return {"per_pattern": means, "excluded": excluded, "scale": scale, "applied": True,
             "why": None}
+
+
+def repair_com(reduction, name="zero"):
+    """The centre of mass of the patterns hit by a transient (a cosmic ray or
+    an X-ray on the detector) replaced by the median of its neighbours'.
+
+    A hit adds its counts far from the disk's centre, where the centre of
+    mass weighs them most: one pixel of one pattern in 1024 (2000 counts on a
+    pattern of about 2000) took an ``icom`` phase's NMSE from 0.16 to 0.55,
+    65535 counts to 1.9, without a word. Such a pattern holds far more (or,
+    a negative value, fewer) electrons than each of its 8 neighbours: an
+    isolated outlying pixel of the whole-detector image, the test
+    :func:`flux_record` leaves it out of the beam current by
+    (:func:`~flowtie_fast.planes.outlying_pixels`). Its centre of mass is
+    no measure of the specimen either: each component becomes the median of
+    its 8 neighbours' (the other outliers left out). A hit too weak to stand
+    out of the pattern's electron count is not found here.
+
+    Parameters
+    ----------
+    reduction : Reduction
+        The scan whose centre of mass is used (the in-focus one); not
+        modified.
+    name : str
+        How the message names the scan (default ``"zero"``).
+
+    Returns
+    -------
+    reduction : Reduction
+        ``reduction`` itself where nothing was found (or no whole-detector
+        image was made), else a copy with the repaired centre of mass.
+    pixels : list or None
+        Per repaired pattern ``[row, column, |∇φ| before, |∇φ| after]`` (scan
+        px, rad/Å), or None.
+    why : str or None
+        The warning's text (warned here), or None.
+    """
+    whole = reduction.virtual.get("whole")
+    if whole is None:
+        return reduction, None, None
+    host = to_host(whole)
+    if min(host.shape) < 3 or not np.isfinite(host).all():
+        return reduction, None, None
+    rows, cols = outlying_pixels([host])[0]
+    if not rows.size or rows.size > repair_limit(host.shape):
+        # beyond planes.MAX_REPAIR of the scan: not isolated transients (the planes'
+        # screen reports such planes)
+        return reduction, None, None
+    xp = array_module(reduction.com)
+    com = np.array(to_host(reduction.com), dtype=np.float64)
+    bad = np.zeros(host.shape, bool)
+    bad[rows, cols] = True
+    ny, nx = host.shape
+    before = 2 * np.pi * np.hypot(com[0, rows, cols], com[1, rows, cols])
+    for r, c in zip(rows.tolist(), cols.tolist()):
+        r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, ny), max(c - 1, 0), min(c + 2, nx)
+        keep = ~bad[r0:r1, c0:c1]
+        if keep.any():
+            com[:, r, c] = np.median(com[:, r0:r1, c0:c1][:, keep], axis=1)
+    after = 2 * np.pi * np.hypot(com[0, rows, cols], com[1, rows, cols])
+    pixels = [[int(r), int(c), float(b), float(a)]
+              for r, c, b, a in zip(rows, cols, before, after)]
+    wholes = host[rows, cols]
+    w = int(np.argmax(np.abs(before - after)))
+    n = rows.size
+    why = (f"gradient: {n} pattern{'s' if n > 1 else ''} of {name} "
+           f"hold{'' if n > 1 else 's'} far more or fewer electrons than each of "
+           f"{'their' if n > 1 else 'its'} 8 neighbours (the worst at scan row {rows[w]}, "
+           f"column {cols[w]}: {wholes[w]:.4g} in the whole detector): cosmic rays or X-rays "
+           f"on the detector? {'their' if n > 1 else 'its'} centre of mass, |∇φ| "
+           f"{before[w]:.3g} rad/Å at the worst, replaced by the median of the neighbours' "
+           f"({after[w]:.3g}) (triplet.plane_defects['pixels']['gradient']); check the "
+           "camera's frames if they recur")
+    warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
+    com = xp.asarray(com.astype(np.dtype(reduction.com.dtype), copy=False))
+    return dataclasses.replace(reduction, com=com), pixels, why
 
 
 #: Band-limit and Poisson noise of counts that differ by more than this factor
