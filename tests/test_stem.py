@@ -1193,3 +1193,30 @@ def test_a_cosmic_ray_on_one_in_focus_pattern_does_not_bend_the_icom_phase(hit, 
         warnings.simplefilter("error", ft.TrustWarning)
         clean = ft.FocalTriplet.from_4dstem(data, data, data, **kwargs)
     assert clean.plane_defects is None
+
+
+def test_a_dropped_scan_row_is_refused_before_registration_can_smear_it():
+    """A row of dropped (all-zero) patterns in the +dz scan is refused with
+    register=False; registered (the default), the shift applied to the plane
+    had spread the zero row into values that passed, and the flux factors
+    counted it: a wrong phase with a warning about missing frames only."""
+    n, step = 32, 0.25
+
+    def offsets(dy, scale):
+        y = (np.arange(n)[:, None] + dy) * step
+        x = np.arange(n)[None, :] * step
+        a = 2 * np.pi / (n * step)
+        gy = 0.6 * a * np.cos(a * y) * np.cos(2 * a * x) - 0.3 * a * np.sin(a * x + a * y)
+        gx = -1.2 * a * np.sin(a * y) * np.sin(2 * a * x) - 0.3 * a * np.sin(a * x + a * y)
+        return scale * np.stack([gy, gx]) / (2 * np.pi) / K_SAMPLING
+
+    minus, zero = gaussian_patterns(offsets(0, 0.9)), gaussian_patterns(offsets(0, 1.0))
+    plus = gaussian_patterns(offsets(0.4, 1.1))  # drifted: a shift is measured and applied
+    plus[10] = 0
+    for register in (True, False):
+        with pytest.raises(ft.InputError, match=r"^plus: row 10 \(1 of 32, 3.12 %\) exactly "
+                           "zero where minus holds signal"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ft.TrustWarning)  # the missing frames' warning
+            ft.FocalTriplet.from_4dstem(minus, zero, plus, dz=20.0, scan_step=step,
+                                        k_sampling=K_SAMPLING, energy=E, center=(16.0, 15.0),
+                                        rotation=0.0, backend="cpu", register=register)

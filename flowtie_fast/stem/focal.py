@@ -31,7 +31,7 @@ from ..errors import (InputError, TrustWarning, check_choice, check_count, check
                       check_real, user_stacklevel)
 from ..noise import Noise, band_noise, poisson_noise
 from ..physics import wavelength
-from ..planes import outlying_pixels, repair_limit
+from ..planes import outlying_pixels, repair_limit, screen_planes
 from .detector import (SATURATION_EFFECT, Detector, DetectorWarning, check_com_radius,
                        check_region, mean_pattern, sample_patterns, sampled_positions,
                        saturation, triplet_geometry)
@@ -295,6 +295,10 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
                              "another virtual image (e.g. 'whole')")
     for n, r in zip(("minus", "zero", "plus"), reductions):
         check_missing_frames(n, r.virtual.get("whole"))
+    # A row, column or block exactly zero in one plane (dropped frames) is
+    # refused as recorded: a sub-pixel shift would smear it into small values
+    # that pass the triplet's check, and the flux factors would count it.
+    screen_planes(("minus", "zero", "plus"), planes, repair=False)
     flux = flux_record(reductions)
     check_flux(flux, normalize)
     if normalize and flux["applied"]:
