@@ -105,3 +105,18 @@ def test_a_case_given_twice_is_refused_before_any_case_is_solved(tmp_path, capsy
     empty.mkdir()
     with pytest.raises(ft.InputError, match=rf"^paths: no .npz/.h5 files in '{empty}'$"):
         case_files(empty)
+
+
+def test_a_case_refused_when_its_turn_comes_is_named(tmp_path, capsys):
+    """A case whose planes are refused (a zero row) said what was wrong but
+    not in which of the folder's files."""
+    write_cases(tmp_path)
+    ds = ft.load(tmp_path / "b_images.npz")
+    zero = np.array(ds.zero)
+    zero[5] = 0
+    ft.save(tmp_path / "c_dropped_row.npz",
+            ft.Dataset(ds.minus, zero, ds.plus, dz=ds.dz, scan_step=ds.scan_step,
+                       energy=ds.energy, phase_gt=ds.phase_gt))
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: c_dropped_row.npz: zero: row 5" in err, err

@@ -1220,3 +1220,23 @@ def test_a_dropped_scan_row_is_refused_before_registration_can_smear_it():
             ft.FocalTriplet.from_4dstem(minus, zero, plus, dz=20.0, scan_step=step,
                                         k_sampling=K_SAMPLING, energy=E, center=(16.0, 15.0),
                                         rotation=0.0, backend="cpu", register=register)
+
+
+@pytest.mark.parametrize("share, warned", [(0.25, False), (0.5, False), (0.8, True), (1.5, True)])
+def test_a_bf_radius_near_or_beyond_the_disk_is_warned_of(share, warned):
+    """A 'bf' detector as large as the bright-field disk sums away the defocus
+    contrast: the TIE phase was flat (NMSE 1.000) without a word, where a
+    com_radius inside the disk is warned of."""
+    from flowtie_fast.stem.detector import triplet_geometry
+
+    ky, kx = np.mgrid[:41, :41] - 20.0
+    mean = np.where(np.hypot(ky, kx) < 10, 100.0, 1.0)
+    _, regions = triplet_geometry(mean, 0.02, E)
+    disk = regions["bf-full"][1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        triplet_geometry(mean, 0.02, E, bf_radius=share * disk)
+    said = [str(w.message) for w in caught if str(w.message).startswith("bf_radius: ")]
+    assert bool(said) == warned, said
+    if warned:
+        assert f"{share:.2g} of the bright-field disk" in said[0]

@@ -226,7 +226,8 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
     ------
     InputError
         Before any case is solved, for a file that cannot be opened or holds
-        no ground truth (planes an HDF5 file holds are read at its turn);
+        no ground truth (planes an HDF5 file holds are read at its turn); a
+        case's triplet or solve refused, prefixed with its file's name;
         before any file is read, for arguments of the wrong type or range: a
         method that is not one of :data:`~flowtie_fast.solvers.METHODS` or
         given twice, ``repeats`` not a positive integer, ``model`` without
@@ -264,7 +265,10 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
     for path in files:
         case = path.name if names.count(path.name) == 1 else str(path)
         with load(path) as ds:
-            t = ds.triplet(backend=backend, **(triplet_options or {}))
+            try:  # the planes an HDF5 file holds are read here, one file at a time
+                t = ds.triplet(backend=backend, **(triplet_options or {}))
+            except InputError as exc:  # name the file it is refused for
+                raise type(exc)(f"{case}: {exc}") from None
             truth = ds.phase_gt
             material = ds.meta.get("material", path.stem)
             thickness = float(ds.meta.get("thickness", np.nan))
@@ -273,12 +277,12 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
             if skip_without_gradient and method in GRADIENT_METHODS and t.gradient is None:
                 continue
             options = {"model": model} if method == "flowtie" and model is not None else {}
-            rec, best = timed_reconstruct(t, method, backend, repeats, **options)
-            phase = rec.phase.get() if hasattr(rec.phase, "get") else rec.phase
             try:
+                rec, best = timed_reconstruct(t, method, backend, repeats, **options)
+                phase = rec.phase.get() if hasattr(rec.phase, "get") else rec.phase
                 mse, nmse = phase_errors(phase, truth)
-            except InputError as exc:  # name the file whose truth it is
-                raise InputError(f"{path.name}: {exc}") from None
+            except InputError as exc:  # name the file it is refused for
+                raise type(exc)(f"{case}: {exc}") from None
             rows.append({"case": case, "material": material, "thickness": thickness,
                          "method": method, "mse": mse, "nmse": nmse, "time_ms": best * 1e3,
                          "repeats": repeats, "fallback": rec.info.get("fallback")})

@@ -139,16 +139,19 @@ def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
             phase_gt = _truth32(ds.phase_gt, "phase_gt", path)
             gradient_gt = _truth32(ds.gradient_gt, "gradient_gt", path)
             for dose in doses:
-                if dose is None:
-                    t = ds.triplet(**{"backend": "cpu", **triplet_options})
-                elif ds.kind == "4dstem":
-                    counts = [poisson_counts(p, dose, ds.scan_step, rng, np.uint16)
-                              for p in (ds.minus, ds.zero, ds.plus)]
-                    t = FocalTriplet.from_4dstem(*counts, dz=ds.dz, scan_step=ds.scan_step,
-                                                 k_sampling=ds.k_sampling, energy=ds.energy,
-                                                 **{"backend": "cpu", **triplet_options})
-                else:
+                if dose is not None and ds.kind != "4dstem":
                     continue
+                try:  # named by its file: a folder holds many
+                    if dose is None:
+                        t = ds.triplet(**{"backend": "cpu", **triplet_options})
+                    else:
+                        counts = [poisson_counts(p, dose, ds.scan_step, rng, np.uint16)
+                                  for p in (ds.minus, ds.zero, ds.plus)]
+                        t = FocalTriplet.from_4dstem(*counts, dz=ds.dz, scan_step=ds.scan_step,
+                                                     k_sampling=ds.k_sampling, energy=ds.energy,
+                                                     **{"backend": "cpu", **triplet_options})
+                except InputError as exc:
+                    raise type(exc)(f"{Path(path).name}: {exc}") from None
                 planes = np.stack([np.asarray(p, np.float32) for p in t.planes])
                 com = (np.asarray(t.gradient, np.float32) / (2 * np.pi)
                        if t.gradient is not None else np.zeros((2,) + t.shape, np.float32))
