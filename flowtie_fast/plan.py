@@ -56,6 +56,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import warnings
@@ -84,6 +85,11 @@ __all__ = ["Plan", "triplet_records"]
 #: checked at every frame, and the first telling frame after it is checked
 #: within this many).
 ORIENTATION_CHECKS = 64
+#: Seconds after which a telling check is made again, on the next gradient
+#: given (a calibration changed in the middle of a run: the scale, the
+#: detector rotation). A check costs 4 to 15 times a 256² solve (15-24 ms on
+#: two CPU cores), once in this many seconds of solves.
+ORIENTATION_RECHECK_S = 30.0
 
 _INPUT_NAMES = ("minus", "zero", "plus", "gradient", "out")
 
@@ -305,6 +311,7 @@ class Plan:
         with self._orientation_lock:
             self.gradient_orientation = None
             self._untelling = 0  # gradients given since, none of them telling
+            self._checked_at = -math.inf  # time.monotonic() of the last check
 
     def __repr__(self) -> str:
         return (f"Plan(shape={self.shape}, method={self.method!r}, dz={self.dz} Å, "
@@ -351,7 +358,8 @@ class Plan:
     def _orientation(self, gradient, planes, aligned=True):
         """Check a measured gradient given with ``planes`` while no telling one
         was (every one at first, then one in :data:`ORIENTATION_CHECKS`: a run
-        of noise); the warning of a suspect orientation and that of a scale
+        of noise), and again once :data:`ORIENTATION_RECHECK_S` have passed
+        since the last check; the warning of a suspect orientation and that of a scale
         disagreement (:meth:`_misscaled`), each or None, of one check read
         under the lock (another thread's reset or check does not mix in). Its
         sign is compared with the planes' TIE phase only where they are
@@ -364,14 +372,17 @@ class Plan:
                 if (self._untelling <= ORIENTATION_CHECKS
                         or self._untelling % ORIENTATION_CHECKS == 0):
                     self._check_orientation(gradient, planes, aligned)
+            elif time.monotonic() - self._checked_at >= ORIENTATION_RECHECK_S:
+                self._check_orientation(gradient, planes, aligned, again=True)  # still so?
             check = self.gradient_orientation or {}
         return check["why"] if check.get("suspect") else None, self._misscaled(check)
 
-    def _check_orientation(self, gradient, planes, aligned=True):
+    def _check_orientation(self, gradient, planes, aligned=True, again=False):
         """The curl check of a measured gradient and, where it passes and the
         planes are ``aligned``, its sign against the TIE gradient of the
         planes given with it (planes or a gradient the solve will refuse are
-        left for it to refuse: no verdict)."""
+        left for it to refuse: no verdict). ``again``: a telling check made
+        anew, which an untelling one (a frame of noise) does not replace."""
         try:  # as the solve checks them (finite, ...): a call it refuses leaves no verdict
             self.solver.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3],
                                         screen=False)  # the solve screens them
@@ -384,6 +395,9 @@ class Plan:
                                        self._intensity_weights, self.wavenumber,
                                        self.pixel_size)
         check = checked_orientation(gradient, self.pixel_size, tie, testable_only=True)
+        self._checked_at = time.monotonic()
+        if again and not check.get("testable"):
+            return
         if check.get("misorientation") == 180.0:  # suspect by the comparison with the TIE
             check["why"] += _NOT_BRIGHT_FIELD
         self.gradient_orientation = check  # whole: another thread reads it as it is

@@ -473,6 +473,11 @@ def _mark_misscaled(method, why, info) -> None:
         _untrusted_flow(info, "the measured gradient and the planes disagree in scale")
 
 
+#: How the orientation check's text of a gradient half a turn off begins
+#: (:func:`flowtie_fast.trust.orientation_warning`).
+_HALF_TURN = "it points against the gradient of the bright-field TIE phase"
+
+
 def _warn_unregistered(method, registration, info):
     """Where the drift between the scans could not be measured (``registration``,
     ``triplet.registration``, says it is not reliable), a phase of ``method``
@@ -955,6 +960,9 @@ class TIESolver:
             self._check_result(method, phase, grad, series.wavenumber)
             # found (and warned) when the series was made
             _record_defects(options.plane_defects, info)
+            noise_check = getattr(series, "noise_check", None)
+            if noise_check is not None and options.noise is None and method != "flowtie":
+                lead_trust(info, noise_check)  # planes of noise alone: the cause of the rest
             _warn_unregistered(method, options.registration, info)
             why = image_verdict(method, options.planes_image, options.model,
                                 not options.uncertainty)
@@ -1024,6 +1032,13 @@ class TIESolver:
         if gradient is not None and method != "flowtie":
             if options.gradient_suspect:  # its orientation looks wrong: no reference
                 info["icom_disagreement"] = None
+                if _HALF_TURN in options.gradient_suspect:
+                    # the same evidence reads as -dz and +dz swapped, which turns this phase
+                    info.setdefault("trust", (
+                        f"{method}: the measured gradient points against this phase's: either "
+                        f"the detector rotation is half a turn wrong (icom's phase is then the "
+                        f"negative one) or the -dz and +dz scans are swapped (this one is); "
+                        f"the data cannot tell which"))
             else:
                 self._check_against_gradient(method, gradient, options.gradient_noise, phase,
                                              info)

@@ -497,3 +497,26 @@ def test_the_noise_helpers_refuse_masked_arrays():
         estimate_noise(a)
     with pytest.raises(ft.InputError, match="^a: masked arrays are not supported"):
         denoise(a, 1.0)
+
+
+def test_float_planes_of_noise_alone_are_warned_of(phase_object):
+    """Floating-point planes of unknown noise were solved as given: pure
+    noise came back as a phase of about 2 rad, without a word. Where their
+    focal derivative holds nothing above the scatter of their own pixels,
+    the triplet warns and the TIE methods' info says so; clean planes, and
+    planes of counts whose noise is known, say nothing."""
+    rng = np.random.default_rng(0)
+    noise = [rng.normal(1.0, 0.1, (96, 96)).astype(np.float32) for _ in range(3)]
+    with pytest.warns(ft.TrustWarning, match="^planes: their noise is unknown .* holds nothing "
+                      "above the noise their pixel-to-pixel scatter suggests"):
+        t = ft.FocalTriplet(*noise, dz=40.0, pixel_size=PIXEL, energy=E)
+    for method in CLASSICAL:
+        rec = ft.reconstruct(t, method=method, backend="cpu")
+        assert rec.info["trust"].startswith(t.noise_check)
+    phi, clean = phase_object
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        quiet = ft.FocalTriplet(*clean.planes, dz=40.0, pixel_size=PIXEL, energy=E)
+        given = ft.FocalTriplet(*noise, dz=40.0, pixel_size=PIXEL, energy=E, noise=0.01)
+    assert quiet.noise_check is None and given.noise_check is None
+    assert "trust" not in ft.reconstruct(quiet, method="tie", backend="cpu").info

@@ -315,6 +315,14 @@ def test_a_negated_gradient_given_with_its_planes_is_caught_by_their_tie_phase()
     with pytest.warns(ft.TrustWarning, match="half a turn wrong.* turn it by 180°"):
         wrong = ft.FocalTriplet(*t.planes, dz=40.0, pixel_size=0.3, energy=300e3, gradient=-g)
     assert wrong.gradient_orientation["suspect"]
+    # the same evidence reads as -dz and +dz swapped: the TIE methods' info
+    # says their phase may be the negative one (it said nothing)
+    for method in ("tie-uniform", "tie", "tie-exact", "gd"):
+        rec = ft.reconstruct(wrong, method=method, backend="cpu")
+        assert rec.info["trust"].startswith(f"{method}: the measured gradient points against "
+                                            "this phase's: either the detector rotation is "
+                                            "half a turn wrong"), rec.info
+        assert "the -dz and +dz scans are swapped (this one is)" in rec.info["trust"]
 
 
 def test_the_sign_check_reads_any_scale_and_refuses_unlike_shapes():
@@ -713,3 +721,35 @@ def test_a_plan_s_scale_verdict_is_the_check_s_it_solves_with():
     with pytest.warns(ft.TrustWarning, match="disagree in scale"):
         plan.solve(*planes, gradient=(g * 10).astype(np.float32))
     assert plan.info["trust"].startswith("gradient and planes disagree in scale")
+
+
+def test_a_plan_checks_its_gradient_again_once_the_recheck_time_has_passed(monkeypatch):
+    """A Plan kept its first telling verdict for every later frame: a
+    gradient negated or scaled 10 times in the middle of a run (a calibration
+    changed) went unseen, and a bad first frame left every later right one
+    flagged. The check is made again once ORIENTATION_RECHECK_S have passed."""
+    from fields import periodic_field
+
+    from flowtie_fast import plan as plan_module
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    right, negated = g.astype(np.float32), (-g).astype(np.float32)
+    plan = ft.Plan(phi.shape, method="icom", dz=dz, pixel_size=pixel, energy=energy,
+                   backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan.solve(*planes, gradient=right)
+        plan.solve(*planes, gradient=negated)  # within the time: the verdict stands
+    assert "trust" not in plan.info
+    monkeypatch.setattr(plan_module, "ORIENTATION_RECHECK_S", 0.0)
+    with pytest.warns(ft.TrustWarning, match="180"):
+        plan.solve(*planes, gradient=negated)
+    assert plan.info["trust"] == plan.gradient_orientation["why"]
+    with pytest.warns(ft.TrustWarning, match="disagree in scale"):
+        plan.solve(*planes, gradient=10 * right)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        phase = plan.solve(*planes, gradient=right)  # right again: the alarm is cleared
+    assert "trust" not in plan.info and rel_rms(phase, phi) < 0.05
