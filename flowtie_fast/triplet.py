@@ -117,6 +117,8 @@ def _unknown_noise_check(planes, derivative_weights, record_name) -> str | None:
     host = [np.asarray(p, np.float64) for p in planes]
     noise = Noise(tuple(estimate_noise(p) for p in host), "estimated")
     didz = sum(w * p for w, p in zip(derivative_weights, host))
+    if not np.ptp(didz) > 0:  # no focal derivative at all (identical planes): no noise either
+        return None
     if derivative_snr(didz, noise, derivative_weights, None, host[0].shape) > 0:
         return None
     why = ("planes: their noise is unknown (floating-point planes, no noise= given) and "
