@@ -207,7 +207,7 @@ def _reconstruct(args) -> int:
                              boundary=args.boundary, **extra)
         fields = {"phase": be.to_numpy(rec.phase), "gradient": be.to_numpy(rec.gradient),
                   "residual": be.to_numpy(rec.residual), "method": args.method,
-                  "pixel_size": np.asarray(t.pixel_size), "source": str(args.file)}
+                  "pixel_size": np.asarray(t.pixel_size), "source": _text_path(args.file)}
         if rec.uncertainty is not None:
             fields["uncertainty"] = be.to_numpy(rec.uncertainty)
         if rec.info.get("fallback"):
@@ -483,7 +483,7 @@ def _train(args) -> int:
                                   overwrite=args.overwrite, progress=report,
                                   log=lambda line: print(line, flush=True))
     except training.TrainingCollapse as exc:  # the settings' fault: nothing worth exporting
-        print(f"flowtie train: error: {exc}", file=sys.stderr)
+        print(f"flowtie train: error: {_printable(exc)}", file=sys.stderr)
         return 2
     # any other failure (out of memory inside PyTorch, ...) is the environment's: main()
     training.export_torchscript(model, args.output, cfg)
@@ -735,8 +735,7 @@ def _one_line_warning(command):
     def show(message, category, filename, lineno, file=None, line=None):
         if sys.stderr is None:  # started with it closed (``2>&-``): dropped, as by Python,
             return              # not printed on the standard output
-        text = " ".join(str(message).split())
-        print(f"flowtie {command}: warning: {text}", file=sys.stderr)
+        print(f"flowtie {command}: warning: {_printable(message)}", file=sys.stderr)
     return show
 
 
@@ -833,6 +832,13 @@ def _shown_path(path) -> str:
     line a log parser reads)."""
     text = str(path)
     return text if text.isprintable() else repr(text)
+
+
+def _text_path(path) -> str:
+    """A path as text any file format stores: bytes of its name that are not
+    UTF-8 (a Latin-1 name from another machine, held by Python as lone
+    surrogates) as backslash escapes."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def _path(text: str) -> Path:
@@ -1055,10 +1061,23 @@ def _exit_code(exc) -> int:
     return 1
 
 
+def _printable(text: str) -> str:
+    """``text`` on one line with control characters (a terminal's escape
+    sequences, carriage returns) and undecodable bytes of file names (lone
+    surrogates) shown as escapes, not sent to the terminal."""
+    text = " ".join(str(text).split())
+    return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF
+                   else ascii(c)[1:-1] for c in text)
+
+
 def _describe(exc) -> str:
     """One line for an exception: the message of a bad input (ours are
     ValueErrors) or of the environment ("[Errno 28] No space left on device:
-    'path'"); the kind for anything else."""
+    'path'"); the kind for anything else. Printable: see :func:`_printable`."""
+    return _printable(_description(exc))
+
+
+def _description(exc) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, _StdoutError):
         return exc.strerror

@@ -145,7 +145,7 @@ from numpy.lib import format as npy
 from .files import (_check_bool, _short, _suffix, as_path, atomic_path, check_hdf5_written,
                     check_input_file, check_target)
 from .backend import _gib, host_available_memory, is_cupy
-from .errors import RANGES, InputError, TrustWarning, check_positive, is_number
+from .errors import RANGES, InputError, TrustWarning, check_positive, first_line, is_number
 from .noise import SOURCES, Noise
 from .physics import wavelength
 from .records import (RECORD_CHECKS, RECORDS, json_limit, json_text, joined_defects,
@@ -278,6 +278,25 @@ class Dataset:
     _handle: object = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
     _path: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        # Planes given as nested lists are read as arrays here; anything else
+        # without a shape and a dtype (an array, a memory map, an HDF5 or dask
+        # dataset: read when used) is refused naming it.
+        for name in ("minus", "zero", "plus"):
+            value = getattr(self, name)
+            if hasattr(value, "shape") and hasattr(value, "dtype"):
+                continue
+            try:
+                array = np.asarray(value)
+            except Exception as exc:  # noqa: BLE001  ragged lists, objects
+                raise InputError(f"{name}: expected an array of intensities, got "
+                                 f"{type(value).__name__} ({first_line(exc)})") from None
+            if array.dtype.kind not in "uif" or array.ndim not in (2, 4):
+                raise InputError(f"{name}: expected a real array (Ny, Nx) or (Sy, Sx, Ky, Kx) "
+                                 f"of intensities, got {type(value).__name__} read as "
+                                 f"{array.dtype} {array.shape}")
+            setattr(self, name, array)
 
     @property
     def kind(self) -> str:

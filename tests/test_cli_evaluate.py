@@ -2,6 +2,7 @@
 PyTorch is installed, and a table whose numbers carry their units."""
 
 import importlib.util
+import os
 
 import numpy as np
 from fields import periodic_field, triplet_from
@@ -120,3 +121,47 @@ def test_a_case_refused_when_its_turn_comes_is_named(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--repeats", "1"]) == 2
     err = capsys.readouterr().err
     assert "error: c_dropped_row.npz: zero: row 5" in err, err
+
+
+def test_a_file_s_text_reaches_neither_the_terminal_nor_the_table_raw(tmp_path, capsys):
+    """A material of 'Ga<ESC>[2J...<newline>FAKE | row' cleared the screen in
+    evaluate and put a row of its own into the Markdown table."""
+    write_cases(tmp_path)
+    ds = ft.load(tmp_path / "b_images.npz")
+    ft.save(tmp_path / "b_images.npz",
+            ft.Dataset(ds.minus, ds.zero, ds.plus, dz=ds.dz, scan_step=ds.scan_step,
+                       energy=ds.energy, phase_gt=ds.phase_gt,
+                       meta={"material": "Ga\x1b[2J\nFAKE | row", "thickness": 25.0}),
+            overwrite=True)
+    table = tmp_path / "t.md"
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--repeats", "1",
+                     "-o", str(table)]) == 0
+    out = capsys.readouterr().out
+    text = table.read_text()
+    assert "\x1b" not in out and "\x1b" not in text
+    row = next(line for line in text.splitlines() if "FAKE" in line)
+    assert row.count(" | ") == 4 and "\\x1b[2J FAKE \\| row" in row  # five cells, escaped
+
+
+def test_a_file_name_that_is_not_utf8_is_escaped_in_what_is_written(tmp_path, capsys):
+    """A Latin-1 name from an acquisition PC ('caf\\xe9.npz'): evaluate ran every
+    case and then could not write its table, reconstruct -o x.h5 failed after
+    the solve ('surrogates not allowed'), and an .npz kept a source text that
+    no later writer could encode."""
+    import pytest
+
+    h5py = pytest.importorskip("h5py")
+    write_cases(tmp_path)
+    latin = tmp_path / os.fsdecode(b"caf\xe9.npz")
+    (tmp_path / "b_images.npz").rename(latin)
+    (tmp_path / "a_with_gradient.npz").unlink()
+    table = tmp_path / "t.md"
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "--repeats", "1",
+                     "-o", str(table)]) == 0
+    assert "| caf\\udce9.npz |" in table.read_text()
+    out = tmp_path / "out.h5"
+    assert cli.main(["reconstruct", str(latin), "--method", "tie", "-o", str(out)]) == 0
+    with h5py.File(out, "r") as f:
+        source = f.attrs["source"]
+    assert str(source).endswith("caf\\xe9.npz")
+    capsys.readouterr()

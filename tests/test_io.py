@@ -1775,3 +1775,16 @@ def test_a_loaded_triplet_whose_planes_show_new_outliers_saves_again(tmp_path):
     assert t.plane_defects["pixels"] == stored["pixels"] and t.plane_defects["repaired"]
     with ft.load(ft.save(tmp_path / "kept.npz", t)) as back:
         assert back.plane_defects["pixels"] == stored["pixels"]
+
+
+def test_a_dataset_reads_nested_lists_and_refuses_what_is_no_array():
+    """Dataset(list, list, list, ...) was taken as given: its kind and triplet
+    then raised AttributeError."""
+    planes = [(np.ones((8, 8)) * (1 + 0.01 * s)).tolist() for s in (-1, 0, 1)]
+    d = ft.Dataset(*planes, 20.0, 0.2, 300e3)
+    assert d.kind == "triplet" and d.triplet().shape == (8, 8)
+    for bad, says in (("abc", r"^minus: expected a real array .* got str read as <U3"),
+                      ([[1.0, 2.0], [3.0]], r"^minus: expected an array of intensities, got list"),
+                      ([1.0] * 5, r"^minus: expected a real array .* got list read as float64 \(5,\)")):
+        with pytest.raises(ft.InputError, match=says):
+            ft.Dataset(bad, *planes[1:], 20.0, 0.2, 300e3)

@@ -536,6 +536,13 @@ def test_a_detector_sampling_of_the_whole_detector_is_refused_naming_it():
     # the largest disk taken: the simulations' own limit of the semi-angle
     edge = k * stem.detector.MAX_DISK_MRAD / 20.0 * 0.98
     stem.triplet_geometry(stem.mean_pattern(data[1]), (edge, edge), E)
+    # a sampling in another unit, 1e5 times too small: a disk of 0.2 µrad,
+    # whose icom phase came out as many times too weak, without a word
+    with pytest.raises(ft.InputError, match=r"^k_sampling: the bright-field disk measures "
+                                            r"0.000\d+ mrad .* under the 0.001 mrad"):
+        ft.FocalTriplet.from_4dstem(*data, k_sampling=k * 1e-5, **kw)
+    least = k * stem.detector.MIN_DISK_MRAD / 20.0 * 1.02
+    stem.triplet_geometry(stem.mean_pattern(data[1]), (least, least), E)
 
 
 @pytest.mark.filterwarnings("ignore::flowtie_fast.stem.registration.RegistrationWarning")

@@ -288,8 +288,8 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
                          "repeats": repeats, "fallback": rec.info.get("fallback")})
         if progress is not None:
             shown = _thickness_text(thickness)
-            where = f"{material}, {shown} Å" if shown else material
-            progress(f"{case} ({where}): NMSE " + ", ".join(
+            where = f"{_shown(material)}, {shown} Å" if shown else _shown(material)
+            progress(f"{_shown(case)} ({where}): NMSE " + ", ".join(
                 f"{r['method']} {r['nmse']:.3f}" for r in rows[done:]))
     return rows
 
@@ -298,6 +298,19 @@ def _thickness_text(thickness) -> str:
     """A thickness in Å for display; "" for a file that records none (NaN),
     never "nan"."""
     return f"{thickness:.1f}" if np.isfinite(thickness) else ""
+
+
+def _shown(text) -> str:
+    """A file's text (its ``material``, a file name) on one line, with
+    control characters (a terminal's escape sequences) and undecodable bytes
+    shown as escapes."""
+    text = " ".join(str(text).split())
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _cell(text) -> str:
+    """:func:`_shown` for a Markdown table's cell: a ``|`` escaped."""
+    return _shown(text).replace("|", "\\|")
 
 
 def _case(r) -> tuple:
@@ -343,7 +356,8 @@ def format_table(rows) -> str:
         present = [by[case + (m,)] for m in methods if case + (m,) in by]
         best = min(present, key=lambda r: r["mse"])["method"]
         name, material, thickness = case
-        lines.append(f"| {name or '-'} | {material} | {_thickness_text(thickness) or '-'} | " +
+        lines.append(f"| {_cell(name or '-')} | {_cell(material)} | "
+                     f"{_thickness_text(thickness) or '-'} | " +
                      " | ".join(cells) + f" | {best} |")
     if fallbacks:
         lines += ["", "† flowtie did not trust its flow there and returned the classical "

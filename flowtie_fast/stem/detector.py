@@ -903,17 +903,28 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
 #: the reduction's small-angle geometry (angle = λ|k|) is 5 % off there, and
 #: probes converge by a few tens of mrad (the simulations' limit is the same).
 MAX_DISK_MRAD = 500.0
+#: mrad: the smallest bright-field disk taken (1 µrad, below the convergence
+#: of a low-angle Lorentz probe).
+MIN_DISK_MRAD = 1e-3
 
 
 def check_disk_angle(disk: float, detector: Detector) -> None:
     """Refuse a bright-field disk measured beyond :data:`MAX_DISK_MRAD`: the
     detector sampling is then not that of one pixel in 1/Å (the whole
     detector's extent, or 1/nm), and the centre of mass, scaled by it, gives
-    an ``icom`` phase as many times too strong without a word.
-    :class:`InputError` naming ``k_sampling``."""
+    an ``icom`` phase as many times too strong without a word; or under
+    :data:`MIN_DISK_MRAD` (a sampling in 1/m or 1/µm taken for 1/Å gave an
+    ``icom`` phase 6e4 times too weak). :class:`InputError` naming
+    ``k_sampling``."""
+    ks = tuple(float(f"{k:.4g}") for k in detector.k_sampling)
+    if 0 < disk < MIN_DISK_MRAD:
+        raise InputError(
+            f"k_sampling: the bright-field disk measures {disk:.4g} mrad with {ks} 1/Å per "
+            f"pixel at {detector.energy:.4g} eV, under the {MIN_DISK_MRAD:g} mrad (1 µrad) of "
+            "any probe's convergence semi-angle; expected the sampling of one detector pixel "
+            "in 1/Å (a value in another unit, or of a binned detector, is off by its factor)")
     if disk <= MAX_DISK_MRAD:
         return
-    ks = tuple(float(f"{k:.4g}") for k in detector.k_sampling)
     raise InputError(
         f"k_sampling: the bright-field disk measures {disk:.4g} mrad with {ks} 1/Å per pixel "
         f"at {detector.energy:.4g} eV, beyond the {MAX_DISK_MRAD:g} mrad of any probe's "
@@ -922,12 +933,12 @@ def check_disk_angle(disk: float, detector: Detector) -> None:
         "that many or 10 times too large)")
 
 
-#: Beyond this many bright-field radii the mean pattern holds only the far
-#: dark field, whose level is 0 or above for any specimen.
 #: The share of the measured bright-field disk beyond which a given
 #: ``bf_radius`` is warned of (the TIE phase of the test crystals: NMSE 0.3 at
 #: the default quarter, 0.55 at 0.75, 0.94 at the disk).
 BF_RADIUS_SHARE = 0.75
+#: Beyond this many bright-field radii the mean pattern holds only the far
+#: dark field, whose level is 0 or above for any specimen.
 DARK_FIELD_REACH = 1.5
 #: A far dark field below zero that takes more than this share of the patterns'
 #: sum (the centre of mass then scaled up by more than 1 + share) is warned.
