@@ -227,6 +227,7 @@ def _reconstruct(args) -> int:
         truth = ds.phase_gt
     write_fields(args.output, fields, arrays=("phase", "gradient", "residual", "uncertainty"),
                  overwrite=args.overwrite)
+    args.written.append(args.output)  # whole: a failure of the figure names it
     done = f"{args.method} (returned the {rec.info['fallback']} phase)" \
         if rec.info.get("fallback") else args.method
     print(f"{done}: {_shown_path(args.output)} ({rec.info.get('time', 0) * 1e3:.1f} ms)")
@@ -513,6 +514,7 @@ def main(argv=None) -> int:
         print("flowtie: interrupted while starting; nothing was done", file=sys.stderr)
         return 130
     args = parser.parse_args(argv)
+    args.written = []  # outputs complete on disk, named where a later step fails
     streams = _printable_streams()
     watch = _SignalWatch(args.command)
     stdout = sys.stdout
@@ -528,12 +530,14 @@ def main(argv=None) -> int:
             return status
     except KeyboardInterrupt as exc:
         how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
-        print(f"flowtie {args.command}: {how}; nothing half-written is left", file=sys.stderr)
+        print(f"flowtie {args.command}: {how}; nothing half-written is left"
+              f"{_written(args.written)}", file=sys.stderr)
         return 143 if how == "terminated" else 130
     except Exception as exc:  # one line, never a traceback (--debug shows it)
         if args.debug:
             traceback.print_exc()
-        print(f"flowtie {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        print(f"flowtie {args.command}: error: {_describe(exc)}{_written(args.written)}",
+              file=sys.stderr)
         return _exit_code(exc)
     finally:
         sys.stdout = stdout
@@ -832,6 +836,16 @@ def _shown_path(path) -> str:
     line a log parser reads)."""
     text = str(path)
     return text if text.isprintable() else repr(text)
+
+
+def _written(paths) -> str:
+    """What a failed command had written whole before it failed, for its
+    error line ("" where nothing): a rerun with the same outputs needs
+    --overwrite."""
+    if not paths:
+        return ""
+    return (f" ({', '.join(_shown_path(p) for p in paths)} written whole before it; "
+            "--overwrite replaces it)")
 
 
 def _text_path(path) -> str:

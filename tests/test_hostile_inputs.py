@@ -1954,3 +1954,22 @@ def test_a_phase_deflecting_the_electron_beyond_a_radian_is_refused(method):
     rec = ft.reconstruct(ft.FocalTriplet(*recorded, dz=DZ, pixel_size=pixel, energy=E),
                          method=method, backend="cpu")
     assert np.abs(np.gradient(rec.phase, pixel)).max() < 1.0  # the right step: a few 0.1 rad/Å
+
+
+def test_a_command_failing_after_its_output_was_written_names_it(tmp_path, monkeypatch, capsys):
+    """--png failing (a full disk, SIGTERM while the figure is drawn) left the
+    -o file complete while the error said nothing of it, and the same command
+    run again was refused: 'exists; pass --overwrite'."""
+    source = tmp_path / "t.npz"
+    ft.save(source, ft.Dataset(*planes(), dz=DZ, scan_step=PIXEL, energy=E))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "_figure", full_disk)
+    out = tmp_path / "o.npz"
+    assert cli.main(["reconstruct", str(source), "-o", str(out), "--png",
+                     str(tmp_path / "o.png")]) == 1
+    err = capsys.readouterr().err
+    assert out.exists()
+    assert err.rstrip().endswith(f"({out} written whole before it; --overwrite replaces it)"), err
