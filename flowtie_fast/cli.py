@@ -437,6 +437,10 @@ def _evaluate(args) -> int:
     return 0
 
 
+#: The names a training checkpoint may take (not those of data files).
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
+
+
 def _train(args) -> int:
     from flowtie_fast.training.data import check_doses, load_samples
     from flowtie_fast.training import train as training
@@ -456,6 +460,11 @@ def _train(args) -> int:
     # The teacher is read too (where it is a file, not a shipped name).
     teacher = [args.teacher] if args.teacher and os.path.lexists(args.teacher) else []
     check_not_input("--checkpoint", args.checkpoint, [*data_files, *teacher])
+    if args.checkpoint.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        # a checkpoint named as data (ck.npz in the data folder) broke every later
+        # run over that folder
+        raise InputError(f"--checkpoint: expected a file name ending in "
+                         f"{' or '.join(CHECKPOINT_SUFFIXES)}, got {_shown_path(args.checkpoint)}")
     training.check_checkpoints(cfg, args.checkpoint, args.resume, args.overwrite)
     # The model and the checkpoint are two files (-o was called "the input file").
     try:

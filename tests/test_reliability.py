@@ -991,3 +991,18 @@ def test_demo_options_of_the_other_demo_are_refused(capsys):
     capsys.readouterr()
     assert cli.main(["demo", "--fresnel", "--size", "32", "--png", "x.png"]) == 2
     assert "--png: the Fresnel demo writes no figure" in one_line_error(capsys, "demo")
+
+
+def test_a_checkpoint_named_as_data_is_refused(tmp_path, capsys):
+    """--checkpoint data/ck.npz put a PyTorch file among the data: every later
+    train or evaluate of that folder failed on it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    ft.save(data / "c1.npz", triplet(planes(dtype=np.float64)))
+    argv = ["train", str(data), "--checkpoint", str(data / "ck.npz"), "--steps", "1",
+            "-o", str(tmp_path / "m.pt")]
+    assert cli.main(argv) == 2
+    assert one_line_error(capsys, "train").startswith(
+        "flowtie train: error: --checkpoint: expected a file name ending in .ckpt or .pt or "
+        ".pth, got ")
+    assert sorted(p.name for p in data.iterdir()) == ["c1.npz"]
