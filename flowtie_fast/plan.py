@@ -384,8 +384,10 @@ class Plan:
         left for it to refuse: no verdict). ``again``: a telling check made
         anew, which an untelling one (a frame of noise) does not replace."""
         try:  # as the solve checks them (finite, ...): a call it refuses leaves no verdict
+            # the solve screens planes it makes a phase of; icom's are read here alone,
+            # and planes with a dropped row or block tell nothing of the gradient
             self.solver.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3],
-                                        screen=False)  # the solve screens them
+                                        screen=self.method == "icom")
             self.solver._check_gradient(gradient, self.wavenumber)
         except InputError:
             return

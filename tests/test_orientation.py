@@ -753,3 +753,24 @@ def test_a_plan_checks_its_gradient_again_once_the_recheck_time_has_passed(monke
         warnings.simplefilter("error")
         phase = plan.solve(*planes, gradient=right)  # right again: the alarm is cleared
     assert "trust" not in plan.info and rel_rms(phase, phi) < 0.05
+
+
+def test_an_icom_plan_reads_no_verdict_from_planes_with_a_dropped_row():
+    """An icom plan's planes feed only its orientation check; planes with a
+    dropped row (which every solve of a phase from them refuses) went into
+    it unscreened. They give no verdict now, and the icom phase stands."""
+    from fields import periodic_field
+
+    pixel, energy, dz = (0.2, 0.25), 300e3, 20.0
+    phi, intensity, didz, g = periodic_field(shape=(64, 64), pixel=pixel, energy=energy)
+    planes = [(intensity + s * dz * didz).astype(np.float32) for s in (-1, 0, 1)]
+    planes[2][40] = 0
+    plan = ft.Plan(phi.shape, method="icom", dz=dz, pixel_size=pixel, energy=energy,
+                   backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        phase = plan.solve(*planes, gradient=g.astype(np.float32))
+    assert plan.gradient_orientation is None and rel_rms(phase, phi) < 0.05
+    with pytest.raises(ft.InputError, match="^plus: row 40"):
+        ft.Plan(phi.shape, method="tie", dz=dz, pixel_size=pixel, energy=energy,
+                backend="cpu").solve(*planes)
