@@ -88,7 +88,7 @@ from .backend import array_module, to_host
 from .errors import InputError, check_count, check_positive, check_real
 from .planes import check_not_masked
 
-__all__ = ["Noise", "COUNTS", "check_noise", "estimate_noise",
+__all__ = ["Noise", "COUNTS", "check_noise", "counts_check", "estimate_noise",
            "poisson_noise",
            "band_noise", "denoise", "denoise_gradient", "denoise_gradient_bytes",
            "gradient_levels",
@@ -286,6 +286,53 @@ def estimate_noise(plane) -> float:
     if not math.isfinite(sigma * sigma):  # NaN in, or differences beyond float64
         raise _not_finite("plane")
     return sigma * sigma
+
+
+#: Estimated over Poisson variance beyond which (either way) integer planes
+#: are not electron counts (an 8-bit export, detector units of a gain).
+COUNTS_MISMATCH = 10.0
+#: Integer planes of fewer counts a pixel than this, mostly zeros, are counts:
+#: the image estimate of a Gaussian noise reads about 11 λ² for λ counts a
+#: pixel there, 0.1 of the Poisson variance λ at λ = 0.01, and cannot tell
+#: them from another unit.
+SPARSE_COUNTS = 1.0
+
+
+def counts_check(planes, sums) -> tuple:
+    """Whether integer planes are electron counts: their noise estimated from
+    the images (:func:`estimate_noise`) within :data:`COUNTS_MISMATCH` of the
+    Poisson noise of their means (detector units of a gain under 10 pass);
+    planes under 8 px a side, or of under :data:`SPARSE_COUNTS` counts a
+    pixel, are taken as counts unchecked.
+
+    Parameters
+    ----------
+    planes : sequence of 2-D arrays
+        The integer planes (NumPy or CuPy).
+    sums : sequence of float
+        Each plane's sum.
+
+    Returns
+    -------
+    poisson : Noise
+        The Poisson noise of the planes' means.
+    estimated : Noise or None
+        The images' own estimate (source ``"estimated"``), where measured.
+    why : str or None
+        Where they are not counts, why (the two noises' ratio); else None.
+    """
+    size = planes[0].shape[0] * planes[0].shape[1]
+    sums = np.asarray(sums, dtype=np.float64)
+    poisson = poisson_noise(sums / size)
+    if min(planes[0].shape) < 8 or float(sums.max()) < SPARSE_COUNTS * size:
+        return poisson, None, None
+    estimated = Noise(tuple(estimate_noise(p) for p in planes), "estimated")
+    ratio = sum(estimated.variance) / max(sum(poisson.variance), 1e-300)
+    if 1 / COUNTS_MISMATCH <= ratio <= COUNTS_MISMATCH:
+        return poisson, estimated, None
+    return poisson, estimated, (
+        f"planes: integer planes whose noise ({sum(estimated.variance) / 3:.3g}, estimated "
+        f"from the images) is {ratio:.2g} times that of electron counts of their mean")
 
 
 def poisson_noise(means) -> Noise:

@@ -68,7 +68,7 @@ from .backend import get_backend, is_cupy
 from .errors import (InputError, TrustWarning, check_choice, check_positive, first_line,
                      user_stacklevel)
 from .fft import load_wisdom, save_wisdom
-from .noise import COUNTS, check_noise
+from .noise import COUNTS, check_noise, counts_check
 from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation, check_verdict_records, image_verdict,
@@ -285,6 +285,7 @@ class Plan:
         self._orientation_lock = threading.Lock()
         self.info = {}
         self.reset_orientation()  # the curl check of the first telling gradient
+        self._counts = (-math.inf, None)  # time.monotonic() of the counts check, its why
         self.timings["setup"] = time.perf_counter() - start
         why = image_verdict(method, self.virtual, model, not self.options.uncertainty)
         if why is not None:  # once here; each solve's plan.info["trust"] repeats it
@@ -538,8 +539,10 @@ class Plan:
         planes = [self._image(n, a, self.shape)
                   for n, a in (("minus", minus), ("zero", zero), ("plus", plus))]
         noise = check_noise(noise, 3)
+        not_counts = None
         if noise is None and all(p.dtype.kind in "iu" for p in planes):
             noise = COUNTS
+            not_counts = self._counts_check(planes)
         if gradient is not None:
             gradient = self._image("gradient", gradient, (2,) + self.shape)
         if self.method == "icom" and gradient is None:
@@ -579,7 +582,29 @@ class Plan:
             planes, self._derivative_weights, self._intensity_weights, self.wavenumber,
             self.method, gradient=gradient, out=out, gradient_out=grad,
             uncertainty_out=uncertainty_out, options=options)
+        if not_counts is not None:
+            self.info.setdefault("trust", not_counts)
         return out
+
+    def _counts_check(self, planes):
+        """Whether integer planes given without a noise are electron counts
+        (:func:`~flowtie_fast.noise.counts_check`), checked on the first such
+        planes and again once :data:`ORIENTATION_RECHECK_S` have passed (an
+        estimate of the images' noise costs a few solves): why not, warned
+        when found, or None."""
+        with self._orientation_lock:
+            at, why = self._counts
+            if time.monotonic() - at < ORIENTATION_RECHECK_S:
+                return why
+            host = [np.asarray(p.get() if is_cupy(p) else p) for p in planes]
+            _, _, why = counts_check(host, [float(p.sum(dtype=np.float64)) for p in host])
+            if why is not None:
+                why += (": taken as counts all the same, whose noise regularises the plan's "
+                        "solves (pass noise=, e.g. noise=triplet.noise or the planes' "
+                        "variances)")
+                warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
+            self._counts = (time.monotonic(), why)
+            return why
 
     @staticmethod
     def _batch_records(records, b):

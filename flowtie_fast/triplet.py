@@ -23,7 +23,7 @@ import numpy as np
 from .backend import array_stats, get_backend, host_available_memory, is_cupy
 from .errors import (RANGES, InputError, TrustWarning, check_choice, check_count, check_positive,
                      check_real, first_line, user_stacklevel)
-from .noise import Noise, check_noise, estimate_noise, poisson_noise
+from .noise import Noise, check_noise, counts_check, estimate_noise, poisson_noise
 from .physics import wavenumber
 from .planes import (check_gradient, check_gradient_peak, check_image, check_intensity_stats,
                      check_not_masked, check_positions, focal_weights, screen_planes)
@@ -58,13 +58,6 @@ def _bright_field(reductions, registration, register, flux):
     return apply_registration(images, registration, register)
 
 
-COUNTS_MISMATCH = 10.0  # estimated / Poisson variance beyond which planes are not counts
-# Integer planes of fewer counts a pixel than this, mostly zeros, are counts: the image
-# estimate of a Gaussian noise reads about 11 λ² for λ counts a pixel there, 0.1 of the
-# Poisson variance λ at λ = 0.01, and cannot tell them from another unit.
-SPARSE_COUNTS = 1.0
-
-
 def _counts_noise(planes, stats):
     """The noise of planes given without one: Poisson (counts in electrons
     assumed: images hold no band limit to measure a gain against, and
@@ -83,19 +76,12 @@ def _counts_noise(planes, stats):
                       "noise is unknown and nothing is regularised (pass noise=)",
                       TrustWarning, stacklevel=user_stacklevel())
         return None
-    size = planes[0].shape[0] * planes[0].shape[1]
-    poisson = poisson_noise(stats[:, 1] / size)
-    if min(planes[0].shape) < 8 or float(stats[:, 1].max()) < SPARSE_COUNTS * size:
+    poisson, estimated, why = counts_check(planes, stats[:, 1])
+    if why is None:
         return poisson
-    estimated = [estimate_noise(p) for p in planes]
-    ratio = sum(estimated) / max(sum(poisson.variance), 1e-300)
-    if 1 / COUNTS_MISMATCH <= ratio <= COUNTS_MISMATCH:
-        return poisson
-    warnings.warn(f"planes: integer planes whose noise ({sum(estimated) / 3:.3g}, estimated "
-                  f"from the images) is {ratio:.2g} times that of electron counts of their "
-                  "mean: taken as measured, not as counts (pass noise= to state it)",
+    warnings.warn(f"{why}: taken as measured, not as counts (pass noise= to state it)",
                   TrustWarning, stacklevel=user_stacklevel())
-    return Noise(tuple(estimated), "estimated")
+    return estimated
 
 
 def _unknown_noise_check(planes, derivative_weights, record_name) -> str | None:

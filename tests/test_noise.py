@@ -520,3 +520,34 @@ def test_float_planes_of_noise_alone_are_warned_of(phase_object):
         given = ft.FocalTriplet(*noise, dz=40.0, pixel_size=PIXEL, energy=E, noise=0.01)
     assert quiet.noise_check is None and given.noise_check is None
     assert "trust" not in ft.reconstruct(quiet, method="tie", backend="cpu").info
+
+
+def test_a_plan_says_when_its_integer_planes_are_not_counts(absorbing_object, monkeypatch):
+    """Integer planes in detector units (a gain of 20): reconstruct measured
+    their noise and warned; a Plan took them as electron counts without a
+    word. It checks the first such planes (and again after the recheck
+    time), warns, and every solve's info says so."""
+    from flowtie_fast import plan as plan_module
+
+    phi, t = absorbing_object
+    counts = _counts(t, 1e3, np.random.default_rng(4))
+    adu = [(20 * c).astype(np.uint32) for c in counts]
+    plan = ft.Plan(phi.shape, PIXEL, 40.0, E, method="tie", backend="cpu")
+    with pytest.warns(ft.TrustWarning, match=r"^planes: integer planes whose noise .* is 20 "
+                      "times that of electron counts of their mean: taken as counts"):
+        plan.solve(*adu)
+    assert plan.info["noise"] == "poisson" and "is 20 times" in plan.info["trust"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)  # warned once, not at every frame
+        plan.solve(*adu)
+    assert "is 20 times" in plan.info["trust"]
+    right = ft.Plan(phi.shape, PIXEL, 40.0, E, method="tie", backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)  # the dose's "no signal"
+        right.solve(*counts)
+    assert "electron counts" not in str(right.info.get("trust"))
+    monkeypatch.setattr(plan_module, "ORIENTATION_RECHECK_S", 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        plan.solve(*counts)  # counts again: checked anew, the alarm cleared
+    assert "electron counts" not in str(plan.info.get("trust"))
