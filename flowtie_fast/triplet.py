@@ -16,6 +16,7 @@ is the one :func:`flowtie_fast.solvers.reconstruct` gives.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -98,15 +99,24 @@ def _unknown_noise_check(planes, derivative_weights, record_name) -> str | None:
     noise-free ones, and on 37, 69 and 169 at 1e5, 1e4 and 1e3 e/Å², where
     the TIE phase was worse than flat on 22, 49 and 165 of those.
     """
-    if is_cupy(planes[0]) or min(planes[0].shape) < 8:
+    if is_cupy(planes[0]) or min(planes[0].shape) < 8 or \
+            any(p.dtype.kind in "iu" for p in planes):  # mixed dtypes: warned already
         return None
-    host = [np.asarray(p, np.float64) for p in planes]
-    noise = Noise(tuple(estimate_noise(p) for p in host), "estimated")
-    didz = sum(w * p for w, p in zip(derivative_weights, host))
-    if not np.ptp(didz) > 0:  # no focal derivative at all (identical planes): no noise either
+    # scaled to a mean of 1 (the ratio does not depend on it): planes of a
+    # scale beyond float64's squares are refused by the solve, naming them
+    scale = float(np.mean(planes[len(planes) // 2], dtype=np.float64))
+    if not (math.isfinite(scale) and scale > 0):
         return None
-    if derivative_snr(didz, noise, derivative_weights, None, host[0].shape) > 0:
-        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        host = [np.asarray(p, np.float64) / scale for p in planes]
+        if not all(np.isfinite(p).all() for p in host):
+            return None
+        noise = Noise(tuple(estimate_noise(p) for p in host), "estimated")
+        didz = sum(w * p for w, p in zip(derivative_weights, host))
+        if not np.ptp(didz) > 0:  # no focal derivative (identical planes): no noise either
+            return None
+        if derivative_snr(didz, noise, derivative_weights, None, host[0].shape) > 0:
+            return None
     why = ("planes: their noise is unknown (floating-point planes, no noise= given) and "
            "their focal derivative holds nothing above the noise their pixel-to-pixel "
            "scatter suggests: the phase may be noise; give noise= (the planes' variance) to "

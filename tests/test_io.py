@@ -791,7 +791,8 @@ def test_a_triplet_keeps_the_scale_verdict_of_its_gradient(tmp_path, suffix):
     with ft.load(ft.save(tmp_path / f"scaled{suffix}", t)) as ds:
         with pytest.warns(ft.TrustWarning) as caught:
             back = ds.triplet()
-    assert [str(w.message) for w in caught] == [why]
+    # (these random planes are noise alone, said too: triplet.noise_check)
+    assert [str(w.message) for w in caught if str(w.message) != back.noise_check] == [why]
     assert trust.scale_warning(back.gradient_orientation) == why
     assert back.gradient_orientation["suspect"] is False
     for method in ("icom", "tie"):
