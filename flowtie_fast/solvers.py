@@ -963,6 +963,9 @@ class TIESolver:
             noise_check = getattr(series, "noise_check", None)
             if noise_check is not None and options.noise is None and method != "flowtie":
                 lead_trust(info, noise_check)  # planes of noise alone: the cause of the rest
+            defocus_check = getattr(series, "defocus_check", None)
+            if defocus_check is not None and method != "flowtie":
+                info.setdefault("trust", defocus_check)  # beyond the TIE's linear transport
             _warn_unregistered(method, options.registration, info)
             why = image_verdict(method, options.planes_image, options.model,
                                 not options.uncertainty)

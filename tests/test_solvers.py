@@ -3,6 +3,8 @@ field, a Fresnel-propagated phase object, gradient descent and iCOM."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from fields import neumann_field, periodic_field, rel_rms, triplet_from
@@ -324,3 +326,31 @@ def test_an_unmeasured_drift_leads_the_verdict_and_keeps_the_disagreement_found(
     assert rec.info["trust"].startswith("the drift between the scans could not be measured; "
                                         "also: tie: this phase is far from the one the "
                                         "measured centre of mass gives")
+
+
+def test_a_defocus_beyond_the_tie_s_linear_transport_is_said():
+    """A Fresnel phase object (a 1.4 Å bump) with every parameter in range:
+    the TIE phase's error rose with the defocus step to worse than flat at
+    1 µm, without a word. Beyond the limit of π λ dz q² over the focal
+    derivative's power, the triplet warns and the TIE methods' info says so."""
+    from flowtie_fast.evaluation.evaluate import phase_errors
+    from flowtie_fast.simulation.optics import propagate
+    from flowtie_fast.triplet import FRESNEL_LIMIT
+
+    n, px = 64, 0.2
+    y, x = np.mgrid[:n, :n] * px
+    truth = 0.3 * np.exp(-((x - 6.4) ** 2 + (y - 6.4) ** 2) / 2.0)
+    for dz, said in ((20.0, False), (500.0, False), (5000.0, True)):
+        planes = [np.abs(propagate(np.exp(1j * truth), z, px, E)) ** 2 for z in (-dz, 0, dz)]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t = ft.FocalTriplet(*planes, dz=dz, pixel_size=px, energy=E)
+        assert (t.defocus_check is not None) == said, (dz, t.defocus_check)
+        assert any(str(w.message) == t.defocus_check for w in caught) == said
+        rec = ft.reconstruct(t, method="tie", backend="cpu")
+        error = phase_errors(np.asarray(rec.phase), truth)[1]
+        if said:
+            assert rec.info["trust"] == t.defocus_check and error > 0.5
+            assert f"beyond {FRESNEL_LIMIT:g}" in t.defocus_check
+        else:
+            assert "trust" not in rec.info and error < 0.1
