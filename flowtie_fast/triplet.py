@@ -24,13 +24,12 @@ import numpy as np
 from .backend import array_stats, get_backend, host_available_memory, is_cupy
 from .errors import (RANGES, InputError, TrustWarning, check_choice, check_count, check_positive,
                      check_real, first_line, user_stacklevel)
-from .noise import Noise, check_noise, counts_check, denoise, estimate_noise, poisson_noise
+from .noise import Noise, check_noise, counts_check, denoise, estimate_noise
 from .physics import wavelength, wavenumber
 from .planes import (check_gradient, check_gradient_peak, check_image, check_intensity_stats,
                      check_not_masked, check_positions, focal_weights, screen_planes)
 from .solvers import reconstruct
-from .trust import (SIGNED_IMAGES, checked_orientation, derivative_snr, orientation_warnings,
-                    plain_tie_gradient)
+from .trust import SIGNED_IMAGES, checked_orientation, orientation_warnings, plain_tie_gradient
 from .stem.descan import check_descan, check_descan_mode, descan_plane
 from .stem.detector import VIRTUAL_IMAGES, image_saturation
 from .stem.focal import (apply_registration, check_com_extent, check_normalize, check_register,
@@ -85,46 +84,10 @@ def _counts_noise(planes, stats):
     return estimated
 
 
-def _unknown_noise_check(planes, derivative_weights, record_name) -> str | None:
-    """Where the planes' noise is unknown (floating-point planes given
-    without ``noise=``), whether their focal derivative holds anything above
-    the noise their own pixel-to-pixel scatter suggests
-    (:func:`~flowtie_fast.noise.estimate_noise`, not used to regularise: it
-    reads sharp structure as noise too). Nothing: a :class:`TrustWarning`,
-    and its text returned; else None.
-
-    Planes of pure noise came back from every TIE method as a phase of about
-    2 rad without a word. Over the simulated test, validation and corpus
-    triplets given as floats, nothing lay above the estimate on 1 of 248
-    noise-free ones, and on 37, 69 and 169 at 1e5, 1e4 and 1e3 e/Å², where
-    the TIE phase was worse than flat on 22, 49 and 165 of those.
-    """
-    if is_cupy(planes[0]) or min(planes[0].shape) < 8 or \
-            any(p.dtype.kind in "iu" for p in planes):  # mixed dtypes: warned already
-        return None
-    # scaled to a mean of 1 (the ratio does not depend on it): planes of a
-    # scale beyond float64's squares are refused by the solve, naming them
-    scale = float(np.mean(planes[len(planes) // 2], dtype=np.float64))
-    if not (math.isfinite(scale) and scale > 0):
-        return None
-    with np.errstate(over="ignore", invalid="ignore"):
-        host = [np.asarray(p, np.float64) / scale for p in planes]
-        if not all(np.isfinite(p).all() for p in host):
-            return None
-        noise = Noise(tuple(estimate_noise(p) for p in host), "estimated")
-        didz = sum(w * p for w, p in zip(derivative_weights, host))
-        if not np.ptp(didz) > 0:  # no focal derivative (identical planes): no noise either
-            return None
-        if derivative_snr(didz, noise, derivative_weights, None, host[0].shape) > 0:
-            return None
-    why = ("planes: their noise is unknown (floating-point planes, no noise= given) and "
-           "their focal derivative holds nothing above the noise their pixel-to-pixel "
-           "scatter suggests: the phase may be noise; give noise= (the planes' variance) to "
-           f"regularise it, or counts as integers ({record_name}.noise is None)")
-    warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
-    return why
-
-
+#: px: the planes' checks below read at most this central window of each
+#: plane (the statistics they measure are the whole field's; a 2048² field's
+#: would cost a second).
+CHECK_WINDOW = 512
 #: The power-weighted Fresnel phase ``π λ dz q²`` of the focal derivative
 #: beyond which the defocus step is too large for the TIE's linearisation:
 #: the TIE phase of Gaussian phase bumps (Fresnel-propagated, noise-free)
@@ -134,46 +97,82 @@ def _unknown_noise_check(planes, derivative_weights, record_name) -> str | None:
 FRESNEL_LIMIT = 2.0
 
 
-def _defocus_check(planes, derivative_weights, z, pixel_size, energy,
-                   noise=None) -> str | None:
-    """Whether the defocus step is small enough for the TIE: ``π λ dz q²``
-    (``dz`` the largest distance of a plane from focus) averaged over the
-    focal derivative's power spectrum, filtered by its ``noise``
-    (:func:`~flowtie_fast.noise.denoise`: white noise puts its power at the
-    highest frequencies; where unknown, the estimate of
-    :func:`~flowtie_fast.noise.estimate_noise`). Beyond :data:`FRESNEL_LIMIT` a
-    :class:`TrustWarning`, and its text returned; else None. A Fresnel phase
-    object with a 1.4 Å bump gave NMSE 0.09 at dz 500 Å and 1.03 at 1 µm,
-    every parameter in range, without a word."""
-    if is_cupy(planes[0]):
-        return None
-    host = [np.asarray(p, np.float64) for p in planes]
-    if not all(np.isfinite(p).all() for p in host):  # beyond float64: the solve refuses them
-        return None
-    if not isinstance(noise, Noise):  # unknown: the planes' own scatter, for this check only
-        noise = Noise(tuple(estimate_noise(p) for p in host), "estimated")
-    d = sum(w * p for w, p in zip(derivative_weights, host))
-    d -= d.mean()
-    if not (np.isfinite(d).all() and denoise(d, noise.combined(derivative_weights))):
-        return None  # nothing above the noise: no frequencies to judge
-    power = np.abs(np.fft.rfft2(d)) ** 2
-    total = float(power.sum())
-    if not (math.isfinite(total) and total > 0):
-        return None
-    ny, nx = d.shape
-    q2 = (np.fft.fftfreq(ny, pixel_size[0])[:, None] ** 2
-          + np.fft.rfftfreq(nx, pixel_size[1])[None, :] ** 2)
-    dz = float(np.max(np.abs(np.asarray(z, float))))
-    fresnel = math.pi * wavelength(energy) * dz * float((q2 * power).sum()) / total
-    if not fresnel > FRESNEL_LIMIT:
-        return None
-    why = (f"dz: a defocus of {dz:.4g} Å is large for the TIE at the spatial frequencies "
-           f"that carry the focal derivative (π λ dz q² = {fresnel:.2g} over its power, "
-           f"beyond {FRESNEL_LIMIT:g}: the TIE's linear transport no longer holds there, and "
-           "its phase was worse than half the phase's variance on simulations); a smaller "
-           "defocus step, or a larger pixel")
-    warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
-    return why
+def _planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
+                   record_name) -> tuple:
+    """Two checks of the focal derivative, made as the triplet is, each a
+    :class:`TrustWarning` and its text where it fails (else None), on the
+    central :data:`CHECK_WINDOW` of the planes:
+
+    - where the noise is unknown (``noise`` None: floating-point planes given
+      without ``noise=``), whether the derivative holds anything above the
+      noise the planes' own pixel-to-pixel scatter suggests
+      (:func:`~flowtie_fast.noise.estimate_noise`, read for this check only:
+      it takes sharp structure for noise too). Planes of pure noise came back
+      from every TIE method as a phase of about 2 rad without a word. Over
+      the simulated test, validation and corpus triplets given as floats,
+      nothing lay above the estimate on 1 of 248 noise-free ones, and on 37,
+      69 and 169 at 1e5, 1e4 and 1e3 e/Å², where the TIE phase was worse
+      than flat on 22, 49 and 165 of those;
+    - whether the defocus step is small enough for the TIE: ``π λ dz q²``
+      (``dz`` the largest distance of a plane from focus) averaged over the
+      power spectrum of the derivative filtered by its noise
+      (:func:`~flowtie_fast.noise.denoise`; white noise puts its power at
+      the highest frequencies), at most :data:`FRESNEL_LIMIT`. A Fresnel
+      phase object with a 1.4 Å bump gave NMSE 0.09 at dz 500 Å and 1.03 at
+      1 µm, every parameter in range, without a word.
+
+    Returns
+    -------
+    (noise_check, defocus_check) : str or None each
+    """
+    if is_cupy(planes[0]) or min(planes[0].shape) < 8:
+        return None, None
+    ny, nx = planes[0].shape
+    y0, x0 = max(0, (ny - CHECK_WINDOW) // 2), max(0, (nx - CHECK_WINDOW) // 2)
+    window = (slice(y0, y0 + CHECK_WINDOW), slice(x0, x0 + CHECK_WINDOW))
+    # scaled to a mean of 1 (neither check depends on it): planes of a scale
+    # beyond float64's squares are refused by the solve, naming them
+    scale = float(np.mean(planes[len(planes) // 2][window], dtype=np.float64))
+    if not (math.isfinite(scale) and scale > 0):
+        return None, None
+    unknown = noise is None
+    with np.errstate(over="ignore", invalid="ignore"):
+        host = [np.asarray(p[window], np.float64) / scale for p in planes]
+        if not all(np.isfinite(p).all() for p in host):
+            return None, None
+        if unknown:
+            noise = Noise(tuple(estimate_noise(p) for p in host), "estimated")
+        else:
+            noise = Noise(tuple(v / scale ** 2 for v in noise.variance), noise.source)
+        d = sum(w * p for w, p in zip(derivative_weights, host))
+        d -= d.mean()
+        if not np.ptp(d) > 0:  # no focal derivative (identical planes): nothing to judge
+            return None, None
+        kept = denoise(d, noise.combined(derivative_weights))
+    noise_check = defocus_check = None
+    if not kept and unknown:
+        noise_check = (
+            "planes: their noise is unknown (floating-point planes, no noise= given) and "
+            "their focal derivative holds nothing above the noise their pixel-to-pixel "
+            "scatter suggests: the phase may be noise; give noise= (the planes' variance) to "
+            f"regularise it, or counts as integers ({record_name}.noise is None)")
+        warnings.warn(noise_check, TrustWarning, stacklevel=user_stacklevel())
+    if kept:
+        power = np.abs(np.fft.rfft2(d)) ** 2
+        h, w = d.shape
+        q2 = (np.fft.fftfreq(h, pixel_size[0])[:, None] ** 2
+              + np.fft.rfftfreq(w, pixel_size[1])[None, :] ** 2)
+        dz = float(np.max(np.abs(np.asarray(z, float))))
+        fresnel = math.pi * wavelength(energy) * dz * float((q2 * power).sum() / power.sum())
+        if fresnel > FRESNEL_LIMIT:
+            defocus_check = (
+                f"dz: a defocus of {dz:.4g} Å is large for the TIE at the spatial frequencies "
+                f"that carry the focal derivative (π λ dz q² = {fresnel:.2g} over its power, "
+                f"beyond {FRESNEL_LIMIT:g}: the TIE's linear transport no longer holds there, "
+                "and its phase was worse than half the phase's variance on simulations); a "
+                "smaller defocus step, or a larger pixel")
+            warnings.warn(defocus_check, TrustWarning, stacklevel=user_stacklevel())
+    return noise_check, defocus_check
 
 
 def _solvable(planes) -> bool:
@@ -385,14 +384,13 @@ class FocalSeries:
         self.pixel_size = check_positive("pixel_size", pixel_size, pair=True)
         self.energy = check_positive("energy", energy)
         self.intensity_weights, self.derivative_weights = focal_weights(z, self.z0, degree)
-        self.noise_check = None
-        if self.noise is None and noise is None and _solvable(self.planes):
-            self.noise_check = _unknown_noise_check(self.planes, self.derivative_weights,
-                                                    self._record_name)
-        self.defocus_check = (_defocus_check(self.planes, self.derivative_weights,
-                                             self.z - self.z0, self.pixel_size, self.energy,
-                                             self.noise)
-                              if _solvable(self.planes) else None)
+        self.noise_check = self.defocus_check = None
+        mixed = len({p.dtype.kind in "iu" for p in self.planes}) > 1  # noise unknown: warned
+        if _solvable(self.planes) and not mixed:
+            self.noise_check, self.defocus_check = _planes_checks(
+                self.planes, self.derivative_weights, self.z - self.z0, self.pixel_size,
+                self.energy, self.noise if isinstance(self.noise, Noise) else None,
+                self._record_name)
         self.gradient = None
         self.gradient_noise = None  # Noise of the gradient's two components, (rad/Å)²
         self.gradient_orientation = None
