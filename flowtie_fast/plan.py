@@ -746,14 +746,19 @@ class Plan:
         items = []
         for i in range(b):
             try:
-                self.solve(stack[i, 0], stack[i, 1], stack[i, 2],
-                           gradient=None if gradient is None else gradient[i], out=out[i],
-                           gradient_out=None if gradient_out is None else gradient_out[i],
-                           noise=noise,
-                           uncertainty_out=None if uncertainty_out is None
-                           else uncertainty_out[i], **(records[i] if records else {}))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    self.solve(stack[i, 0], stack[i, 1], stack[i, 2],
+                               gradient=None if gradient is None else gradient[i], out=out[i],
+                               gradient_out=None if gradient_out is None else gradient_out[i],
+                               noise=noise,
+                               uncertainty_out=None if uncertainty_out is None
+                               else uncertainty_out[i], **(records[i] if records else {}))
             except InputError as exc:
                 raise type(exc)(f"stack[{i}]: {exc}") from exc
+            for w in caught:  # each warning names its item, as a refusal does
+                warnings.warn(w.category(f"stack[{i}]: {w.message}"),
+                              stacklevel=user_stacklevel())
             items.append(self.info)
         self.info = {"items": items}
         if self.method == "flowtie" and self.options.uncertainty:

@@ -169,8 +169,10 @@ def check_intensity_stats(names, stats, planes) -> None:
 
 
 def _variance(a) -> float:
-    """The variance of an image's values (NumPy or CuPy), in float64."""
-    return float(array_module(a).var(a, dtype=np.float64))
+    """The variance of an image's values (NumPy or CuPy), in float64 (inf
+    where its squares pass float64's range, without NumPy's warning)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(array_module(a).var(a, dtype=np.float64))
 
 
 
@@ -365,6 +367,9 @@ def focal_weights(z, z0: float = 0.0, degree: int | None = None):
     z = check_positions("z", z)
     z0 = check_real("z0", z0)
     n = z.size
+    if n < 2:  # a derivative needs two planes at least, whatever the degree
+        raise InputError(f"z: expected the positions of at least two planes (Å), got "
+                         f"{z.tolist()}")
     if degree is None:
         degree = min(2, n - 1)
     if not 1 <= degree < n:

@@ -1973,3 +1973,18 @@ def test_a_command_failing_after_its_output_was_written_names_it(tmp_path, monke
     err = capsys.readouterr().err
     assert out.exists()
     assert err.rstrip().endswith(f"({out} written whole before it; --overwrite replaces it)"), err
+
+
+def test_one_plane_position_is_refused_naming_z_and_batch_warnings_name_their_item():
+    """focal_weights((5.0,)) blamed 'degree' (not given) with an empty range;
+    a batch's warnings did not say which item they were about (its refusals
+    do: 'stack[2]: ...')."""
+    for z in ((5.0,), ()):
+        with pytest.raises(ft.InputError, match=r"^z: expected the positions of at least two "
+                                                r"planes \(Å\)"):
+            ft.focal_weights(z)
+    stack = np.stack([np.stack(planes(i)) for i in range(3)]).astype(np.float32)
+    stack[2, 2, 20, 20] *= 50
+    plan = ft.Plan((N, N), PIXEL, DZ, E, method="tie", backend="cpu")
+    with pytest.warns(ft.TrustWarning, match=r"^stack\[2\]: plus: 1 isolated pixel"):
+        plan.solve_batch(stack)
