@@ -1640,9 +1640,14 @@ class TIESolver:
             ad_norm2 = _dot(xp, ad, ad)
             if not ad_norm2 > 0:
                 if it == 0 and self.dtype == np.float32:  # |A d|² underflowed
-                    raise ResultError("gd: the descent step underflows the working precision "
-                                      "for intensities of this scale; rescale them (e.g. "
-                                      "divide by their mean) or use dtype='float64'")
+                    # rescaling helps only planes far from a mean of 1; else the
+                    # derivative has too little lateral structure for float32
+                    advice = ("rescale them (e.g. divide by their mean) or use "
+                              "dtype='float64'" if not 1e-3 <= mean <= 1e3 else
+                              "their mean is already of order 1: use dtype='float64' or "
+                              "method='tie'")
+                    raise ResultError(f"gd: the descent step underflows float32 for these "
+                                      f"planes (mean intensity {mean:.3g}); {advice}")
                 if it == 0:  # float64: the operator sees nothing of this residual
                     raise ResultError(f"gd: the first descent step is zero in float64 on this "
                                       f"{self.shape[0]} x {self.shape[1]} image (the operator "

@@ -788,8 +788,13 @@ def test_gd_refuses_a_step_that_underflows(monkeypatch):
 
     monkeypatch.setitem(solvers._INTENSITY_SCALE, np.float32, (1e-40, 1e12))
     p = [a * np.float32(1e-20) for a in planes()]
-    with pytest.raises(ResultError, match="gd: the descent step underflows"):
+    with pytest.raises(ResultError, match="gd: the descent step underflows .* rescale them"):
         ft.reconstruct(triplet(p), method="gd", backend="cpu")
+    # planes of a mean of 1 without lateral structure: rescaling cannot help
+    flat = [np.full((32, 32), v, np.float32) for v in (0.98, 1.0, 1.02)]
+    with pytest.raises(ResultError, match=r"mean intensity 1\); their mean is already of order "
+                                          r"1: use dtype='float64' or method='tie'"):
+        ft.reconstruct(triplet(flat), method="gd", backend="cpu")
 
 
 def test_options_a_method_would_ignore_are_refused():
