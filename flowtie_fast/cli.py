@@ -189,9 +189,11 @@ def _reconstruct(args) -> int:
         options["normalize"] = args.normalize == "on"
     if args.descan is not None:
         options["descan"] = args.descan
+    if args.bf_radius is not None:
+        options["bf_radius"] = args.bf_radius
     with ft.load(args.file) as ds:
         for flag, given in (("--virtual", args.virtual), ("--normalize", args.normalize),
-                            ("--descan", args.descan)):
+                            ("--descan", args.descan), ("--bf-radius", args.bf_radius)):
             if given and ds.kind != "4dstem":
                 raise ft.InputError(f"{flag}: applies to 4D-STEM files only; "
                                     f"{args.file.name} holds a triplet of images")
@@ -204,7 +206,7 @@ def _reconstruct(args) -> int:
             extra["model"] = _flow_model(args.model, args.precision, be)
             extra["uncertainty"] = not args.no_uncertainty
         rec = ft.reconstruct(t, method=args.method, backend=be,
-                             boundary=args.boundary, **extra)
+                             boundary=args.boundary, dtype=args.dtype, **extra)
         fields = {"phase": be.to_numpy(rec.phase), "gradient": be.to_numpy(rec.gradient),
                   "residual": be.to_numpy(rec.residual), "method": args.method,
                   "pixel_size": np.asarray(t.pixel_size), "source": _text_path(args.file)}
@@ -932,7 +934,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="4D-STEM: virtual image the planes are made of (bf, bf-full, abf, "
                           "df, whole; default bf)")
     rec.add_argument("--model", help="flowtie: shipped model name (default, fast, seed0, "
-                                     "seed2, seed3, ensemble) or a TorchScript file "
+                                     "seed2, seed3, ensemble, corpus) or a TorchScript file "
                                      "(default: default)")
     rec.add_argument("--precision", default="float32", choices=PRECISIONS,
                      help="flowtie: network arithmetic (bfloat16 ~1.9x faster on CPUs with "
@@ -951,6 +953,13 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--descan", choices=("plane", "none"),
                      help="4D-STEM: remove the centre of mass's least-squares plane "
                           "(uncorrected descan; default plane), or only its mean (none)")
+    rec.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                     help="working precision of the solve (default float32; float64 for "
+                          "intensities beyond float32's range or the slow convergence of "
+                          "tie-exact and gd)")
+    rec.add_argument("--bf-radius", type=float, metavar="MRAD", dest="bf_radius",
+                     help="4D-STEM: radius of the 'bf' virtual detector in mrad (default a "
+                          "quarter of the measured bright-field disk)")
     rec.set_defaults(func=_reconstruct)
 
     sim = command("simulate", parents=[common, overwrite],
@@ -1084,11 +1093,31 @@ def _exit_code(exc) -> int:
     return 1
 
 
+#: The library's arguments that the command line sets by an option: its
+#: messages name the option instead ("dtype='float64'" -> "--dtype float64").
+_OPTIONS = {"dtype": "--dtype", "bf_radius": "--bf-radius", "backend": "--backend",
+            "method": "--method", "register": "--register", "virtual": "--virtual",
+            "descan": "--descan", "normalize": "--normalize", "boundary": "--boundary"}
+_ON_OFF = {"True": "on", "False": "off"}
+_ARGUMENT = re.compile(r"\b(" + "|".join(_OPTIONS) + r")=('?)([\w.+\-]+)\2")
+
+
+def _as_options(text: str) -> str:
+    """A library message as the command line's: an argument it sets by an
+    option, ``name=value``, becomes ``--option value``; API-only phrases
+    become what a file holds."""
+    text = text.replace("(FocalTriplet.from_4dstem, or gradient=)",
+                        "(a 4D-STEM file, or a triplet file with its 'gradient')")
+    return _ARGUMENT.sub(lambda m: f"{_OPTIONS[m.group(1)]} "
+                                   f"{_ON_OFF.get(m.group(3), m.group(3))}", text)
+
+
 def _printable(text: str) -> str:
     """``text`` on one line with control characters (a terminal's escape
     sequences, carriage returns) and undecodable bytes of file names (lone
-    surrogates) shown as escapes, not sent to the terminal."""
-    text = " ".join(str(text).split())
+    surrogates) shown as escapes, not sent to the terminal; the library's
+    arguments named as the command line's options (:func:`_as_options`)."""
+    text = _as_options(" ".join(str(text).split()))
     return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF
                    else ascii(c)[1:-1] for c in text)
 

@@ -712,8 +712,9 @@ class TIESolver:
         fused = len(planes) == 3 and not self.backend.is_gpu
         if fused:  # the derivative and the planes' statistics in one pass
             stats = self._stats
-            kern.focal_derivative3_stats(*planes, self._didz, *(t(w) for w in dw),
-                                         self._stats_scratch, stats)
+            with np.errstate(over="ignore", invalid="ignore"):  # Inf or NaN: refused below
+                kern.focal_derivative3_stats(*planes, self._didz, *(t(w) for w in dw),
+                                             self._stats_scratch, stats)
         else:
             scratch = None if self._stats_scratch is None else self._stats_scratch[:2]
             stats = self.backend.plane_stats(planes, scratch, self._stats)
@@ -798,7 +799,8 @@ class TIESolver:
         try:
             check_intensity_stats(names, stats, planes)
         except InputError as exc:
-            self._explain_overflow(names, given, planes, exc)
+            with np.errstate(all="ignore"):  # the values it explains overflow on the way
+                self._explain_overflow(names, given, planes, exc)
             raise
         mean = 0.0
         for i, w in enumerate(iw):

@@ -1988,3 +1988,28 @@ def test_one_plane_position_is_refused_naming_z_and_batch_warnings_name_their_it
     plan = ft.Plan((N, N), PIXEL, DZ, E, method="tie", backend="cpu")
     with pytest.warns(ft.TrustWarning, match=r"^stack\[2\]: plus: 1 isolated pixel"):
         plan.solve_batch(stack)
+
+
+def test_the_command_line_names_its_own_options_in_the_library_s_advice(tmp_path, capsys):
+    """Refusals told a command-line user to pass dtype='float64' or
+    bf_radius=0.862, arguments the command line had no option for; a NumPy
+    RuntimeWarning leaked as a 'warning:' line."""
+    from flowtie_fast.cli import _as_options
+
+    assert _as_options("or use dtype='float64'") == "or use --dtype float64"
+    assert _as_options("give a larger one, e.g. bf_radius=0.862") == \
+        "give a larger one, e.g. --bf-radius 0.862"
+    assert _as_options("register=False skips it; method='icom'") == \
+        "--register off skips it; --method icom"
+    assert _as_options("pass noise= to state it") == "pass noise= to state it"  # no option
+    huge = [p * 1e50 for p in planes()]  # beyond float32, within float64
+    source = ft.save(tmp_path / "huge.npz", ft.Dataset(*huge, dz=DZ, scan_step=PIXEL, energy=E))
+    assert cli.main(["reconstruct", str(source), "-o", str(tmp_path / "a.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "warning:" not in err and err.rstrip().endswith("or use --dtype float64"), err
+    assert cli.main(["reconstruct", str(source), "-o", str(tmp_path / "b.npz"),
+                     "--dtype", "float64"]) == 0
+    assert np.isfinite(np.load(tmp_path / "b.npz")["phase"]).all()
+    assert cli.main(["reconstruct", str(source), "-o", str(tmp_path / "c.npz"),
+                     "--bf-radius", "5"]) == 2
+    assert "--bf-radius: applies to 4D-STEM files only" in capsys.readouterr().err
