@@ -129,6 +129,7 @@ through the reduction.
 from __future__ import annotations
 
 import copy
+import errno
 import importlib
 import inspect
 import json
@@ -876,6 +877,10 @@ def _read_h5(path: Path, suffix: str):
     try:
         handle = h5py.File(path, "r")
     except Exception as exc:
+        if "unable to lock file" in str(exc):  # the environment's state, not bad data
+            raise BlockingIOError(
+                errno.EAGAIN, f"{path.name} is held open for writing by another process "
+                "(HDF5's file lock): read it once the writer has closed it") from exc
         raise InputError(f"path: {path.name} is not a readable {suffix} file ({exc})") from exc
     fields, key = {}, None
     try:

@@ -1789,3 +1789,31 @@ def test_a_dataset_reads_nested_lists_and_refuses_what_is_no_array():
                       ([1.0] * 5, r"^minus: expected a real array .* got list read as float64 \(5,\)")):
         with pytest.raises(ft.InputError, match=says):
             ft.Dataset(bad, *planes[1:], 20.0, 0.2, 300e3)
+
+
+def test_an_hdf5_file_held_open_for_writing_is_said_so(tmp_path):
+    """A file the acquisition still writes (HDF5's file lock) was reported as
+    'not a readable .h5 file', bad input, exit 2: it is the environment's
+    state, a BlockingIOError (exit 1 on the command line) that says so."""
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("h5py")
+    path = ft.save(tmp_path / "busy.h5", ft.Dataset(*[np.ones((8, 8)) * v for v in (1, 1, 1)],
+                                                    dz=20.0, scan_step=0.2, energy=300e3))
+    writer = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time\n"
+                               f"f = h5py.File({str(path)!r}, 'a')\n"
+                               "print('open', flush=True)\ntime.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        with pytest.raises(BlockingIOError, match="busy.h5 is held open for writing by "
+                                                  "another process"):
+            ft.load(path)
+    finally:
+        writer.kill()
+        writer.wait()
+    time.sleep(0.1)
+    with ft.load(path) as ds:  # closed: read as usual
+        assert ds.kind == "triplet"
