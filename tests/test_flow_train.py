@@ -896,3 +896,26 @@ def test_the_teacher_file_is_never_replaced_by_the_model_or_the_checkpoint(tmp_p
             f"flowtie train: error: {target}: {str(teacher)!r} is the input file"), err
     assert teacher.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.npz", "link.pt", "t.pt"]
+
+
+def test_a_gradient_truth_unlike_its_phase_truth_is_refused_naming_the_file(tmp_path):
+    """A file whose gradient_gt was 1e6 times the gradient of its phase_gt was
+    trained on without a word; a dose of 1e-9 counts a pixel (empty planes)
+    ran until the training 'collapsed', blaming the learning rate."""
+    from flowtie_fast.training.data import load_samples
+    from flowtie_fast.training.train import TrainConfig
+
+    n, step = 32, 0.2
+    y, x = np.mgrid[:n, :n] * step
+    phase = 0.3 * np.sin(2 * np.pi * y / (n * step)) * np.cos(2 * np.pi * x / (n * step))
+    gradient = np.stack(np.gradient(phase, step, step))
+    planes = [np.ones((n, n)) * (1 + 0.01 * s + 0.01 * phase) for s in (-1, 0, 1)]
+    common = dict(dz=(20.0, 20.0), scan_step=(step, step), energy=300e3, phase_gt=phase)
+    ft.save(tmp_path / "good.npz", ft.Dataset(*planes, gradient_gt=gradient, **common))
+    assert len(load_samples([tmp_path / "good.npz"])) == 1
+    ft.save(tmp_path / "bad.npz", ft.Dataset(*planes, gradient_gt=1e6 * gradient, **common))
+    with pytest.raises(ft.InputError, match=r"^bad.npz: 'gradient_gt' is 1e\+06 times the "
+                                            r"gradient of its 'phase_gt'"):
+        load_samples([tmp_path / "bad.npz"])
+    with pytest.raises(ft.InputError, match=r"^dose: expected at least 0.1 counts per pixel"):
+        TrainConfig(dose=(1e-9, 1e-9))

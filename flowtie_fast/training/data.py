@@ -31,6 +31,7 @@ window around would put a seam into it.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -102,6 +103,32 @@ def _truth32(a, key: str, path) -> np.ndarray:
     return out
 
 
+#: The factor either way beyond which a file's ``gradient_gt`` and the
+#: gradient of its ``phase_gt`` (central differences) are not one phase's.
+TRUTH_MISMATCH = 10.0
+
+
+def _check_truths(phase, gradient, pixel_size, path) -> None:
+    """:class:`InputError` naming the file where its ``gradient_gt`` is not the
+    gradient of its ``phase_gt`` within :data:`TRUTH_MISMATCH` in RMS (a
+    gradient 1e6 times its phase's was trained on without a word; central
+    differences read a sharp phase's gradient low, never ten times)."""
+    if min(phase.shape) < 3 or tuple(gradient.shape[-2:]) != tuple(phase.shape):
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        step = [float(v) for v in np.broadcast_to(np.asarray(pixel_size, float), (2,))]
+        fd = np.gradient(np.asarray(phase, np.float64), *step)
+        want = math.sqrt(sum(float(np.mean(g * g)) for g in fd))
+        got = math.sqrt(float(np.mean(np.asarray(gradient, np.float64) ** 2)) * 2)
+    if not (want > 0 and math.isfinite(want) and math.isfinite(got)):
+        return
+    ratio = got / want
+    if not 1 / TRUTH_MISMATCH <= ratio <= TRUTH_MISMATCH:
+        raise InputError(f"{Path(path).name}: 'gradient_gt' is {ratio:.3g} times the gradient "
+                         f"of its 'phase_gt' (RMS, central differences at {step} Å); expected "
+                         "the gradient of that phase in rad/Å")
+
+
 def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
     """Samples from files of the flowtie_fast layout that carry a ground truth.
 
@@ -138,6 +165,7 @@ def load_samples(paths, doses=(None,), seed=0, **triplet_options) -> list:
                 continue
             phase_gt = _truth32(ds.phase_gt, "phase_gt", path)
             gradient_gt = _truth32(ds.gradient_gt, "gradient_gt", path)
+            _check_truths(phase_gt, gradient_gt, ds.scan_step, path)
             for dose in doses:
                 if dose is not None and ds.kind != "4dstem":
                     continue
@@ -315,6 +343,7 @@ def load_corpus(folder, *, variants=3, seed=0, ranges=None, min_dose=MIN_TRAININ
             # float32, as the samples hold them (checked to fit)
             phase = _truth32(ds.phase_gt, "phase_gt", path)
             gradient = _truth32(ds.gradient_gt, "gradient_gt", path)
+            _check_truths(phase, gradient, ds.scan_step, path)
         if margin:
             phase = phase[margin:-margin, margin:-margin]
             gradient = gradient[:, margin:-margin, margin:-margin]

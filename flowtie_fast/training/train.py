@@ -65,6 +65,10 @@ class TrainingCollapse(RuntimeError):
     are the cause, and nothing worth exporting was trained."""
 
 
+#: The fewest counts per pixel a training dose draws (``TrainConfig.dose``).
+MIN_COUNTS = 0.1
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of a training run (saved in checkpoints and exports).
@@ -154,6 +158,9 @@ class TrainConfig:
             lo, hi = check_positive("dose", dose, pair=True)
             if lo > hi:
                 raise InputError(f"dose: expected low <= high, got ({lo:g}, {hi:g})")
+            if lo < MIN_COUNTS:  # planes of no counts: every step refused, then "collapsed"
+                raise InputError(f"dose: expected at least {MIN_COUNTS:g} counts per pixel, "
+                                 f"got ({lo:g}, {hi:g}): fewer leave the planes empty")
             dose = (lo, hi)
         self.dose = tuple(dose)
         self.clip = check_real("clip", self.clip, low=0.0)
