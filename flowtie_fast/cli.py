@@ -498,7 +498,9 @@ def _train(args) -> int:
         print(f"flowtie train: error: {_printable(exc)}", file=sys.stderr)
         return 2
     # any other failure (out of memory inside PyTorch, ...) is the environment's: main()
-    training.export_torchscript(model, args.output, cfg)
+    # a model made meanwhile by another run is kept (checked free before the run)
+    training.export_torchscript(model, args.output, cfg,
+                                overwrite=args.overwrite or args.resume is not None)
     print(f"model: {_shown_path(args.output)}")
     return 0
 

@@ -919,3 +919,26 @@ def test_a_gradient_truth_unlike_its_phase_truth_is_refused_naming_the_file(tmp_
         load_samples([tmp_path / "bad.npz"])
     with pytest.raises(ft.InputError, match=r"^dose: expected at least 0.1 counts per pixel"):
         TrainConfig(dose=(1e-9, 1e-9))
+
+
+def test_a_run_keeps_the_model_and_checkpoint_another_run_made_meanwhile(tmp_path, capsys):
+    """Two `flowtie train` runs with the same -o and --checkpoint both exited
+    0, each replacing the other's files: the first checkpoint write and the
+    export keep a file made meanwhile (checked free before the run)."""
+    from flowtie_fast.flow.model import FlowNet
+    from flowtie_fast.training import train as tr
+
+    model = FlowNet(in_channels=6, width=4, depth=1)
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"the other run's model")
+    with pytest.raises(ft.InputError, match=r"^output: .*m.pt' was created meanwhile by "
+                                            r"another writer; it is kept"):
+        tr.export_torchscript(model, out, overwrite=False)
+    assert out.read_bytes() == b"the other run's model"
+    ck = tmp_path / "c.ckpt"
+    ck.write_bytes(b"the other run's checkpoint")
+    with pytest.raises(ft.InputError, match=r"^checkpoint: .*c.ckpt' was created meanwhile"):
+        tr._save(ck, {"step": 0}, overwrite=False)
+    assert ck.read_bytes() == b"the other run's checkpoint"
+    tr.export_torchscript(model, out)  # allowed: replaced
+    assert out.read_bytes() != b"the other run's model"

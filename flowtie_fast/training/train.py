@@ -345,20 +345,21 @@ def _plain(obj):
     return obj
 
 
-def _write_bytes(path, write, name: str) -> None:
+def _write_bytes(path, write, name: str, overwrite: bool = True) -> None:
     """Serialise with ``write(buffer)`` in memory, then write the bytes
     atomically to ``path`` from Python: PyTorch's own file writer aborts the
     process (C++ ``std::terminate``) or raises an opaque ``RuntimeError`` when
     the disk fills, where a Python write raises an ``OSError`` that
-    :func:`atomic_path` names and cleans up."""
+    :func:`atomic_path` names and cleans up. ``overwrite`` False: a file of
+    that name made meanwhile (another run's) is kept, an :class:`InputError`."""
     buffer = io.BytesIO()
     write(buffer)
-    with atomic_path(path, name=name) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, overwrite, name=name) as tmp, open(tmp, "wb") as f:
         f.write(buffer.getbuffer())
 
 
-def _save(path: Path, state: dict) -> None:
-    _write_bytes(path, lambda f: torch.save(state, f), "checkpoint")
+def _save(path: Path, state: dict, overwrite: bool = True) -> None:
+    _write_bytes(path, lambda f: torch.save(state, f), "checkpoint", overwrite)
 
 
 # What a checkpoint holds: required keys, then those that older checkpoints lack.
@@ -658,8 +659,14 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, resume=No
     snapshots = snapshots or [copy.deepcopy(state())]
     streak = loaded.get("streak", 0) if loaded else 0
 
+    # The first write replaces a file only where one was allowed to be there
+    # (checked before the run): another run's, made meanwhile, is kept.
+    replace_first = [overwrite or resume is not None]
+
     def save():
-        _save(checkpoint, {**state(), "snapshots": snapshots, "streak": streak})
+        _save(checkpoint, {**state(), "snapshots": snapshots, "streak": streak},
+              replace_first[0])
+        replace_first[0] = True  # this run's own from now on
 
     done_here = 0
     start = time.perf_counter()
@@ -737,13 +744,17 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, resume=No
     return model, history
 
 
-def export_torchscript(model: FlowNet, path, cfg: TrainConfig | None = None) -> Path:
-    """Script the model and save it atomically with its configuration."""
+def export_torchscript(model: FlowNet, path, cfg: TrainConfig | None = None,
+                       overwrite: bool = True) -> Path:
+    """Script the model and save it atomically with its configuration;
+    ``overwrite`` False keeps a file of that name made meanwhile (another
+    run's), an :class:`InputError`."""
     path = Path(path)
     scripted = torch.jit.script(model.eval())
     extra = {"config.json": json.dumps({"in_channels": model.in_channels, "width": model.width,
                                         "depth": model.depth, "stride": model.stride,
                                         "channels": model.channels,
                                         "train": asdict(cfg) if cfg else None})}
-    _write_bytes(path, lambda f: torch.jit.save(scripted, f, _extra_files=extra), "output")
+    _write_bytes(path, lambda f: torch.jit.save(scripted, f, _extra_files=extra), "output",
+                 overwrite)
     return path
