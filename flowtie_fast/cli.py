@@ -194,7 +194,7 @@ def _reconstruct(args) -> int:
     with ft.load(args.file) as ds:
         for flag, given in (("--virtual", args.virtual), ("--normalize", args.normalize),
                             ("--descan", args.descan), ("--bf-radius", args.bf_radius)):
-            if given and ds.kind != "4dstem":
+            if given is not None and ds.kind != "4dstem":
                 raise ft.InputError(f"{flag}: applies to 4D-STEM files only; "
                                     f"{args.file.name} holds a triplet of images")
         be = _one_shot_backend(args.backend, args.kernels, ds)
@@ -528,6 +528,8 @@ def main(argv=None) -> int:
         return 130
     args = parser.parse_args(argv)
     args.written = []  # outputs complete on disk, named where a later step fails
+    _COMMAND_OPTIONS.clear()  # the options the messages may name
+    _COMMAND_OPTIONS.update(parser.commands[args.command]._option_string_actions)
     streams = _printable_streams()
     watch = _SignalWatch(args.command)
     stdout = sys.stdout
@@ -1101,17 +1103,27 @@ _OPTIONS = {"dtype": "--dtype", "bf_radius": "--bf-radius", "backend": "--backen
             "method": "--method", "register": "--register", "virtual": "--virtual",
             "descan": "--descan", "normalize": "--normalize", "boundary": "--boundary"}
 _ON_OFF = {"True": "on", "False": "off"}
-_ARGUMENT = re.compile(r"\b(" + "|".join(_OPTIONS) + r")=('?)([\w.+\-]+)\2")
+# not within a word, a path or quotes (a file named 'virtual=bf.npz' stays)
+_ARGUMENT = re.compile(r"(?<![\w/'\".\-])(" + "|".join(_OPTIONS) + r")=('?)([\w.+\-]+)\2")
+#: The options of the command running (set by :func:`main`): only those are named.
+_COMMAND_OPTIONS: set = set()
 
 
-def _as_options(text: str) -> str:
-    """A library message as the command line's: an argument it sets by an
-    option, ``name=value``, becomes ``--option value``; API-only phrases
-    become what a file holds."""
+def _as_options(text: str, options=None) -> str:
+    """A library message as the command line's: an argument that the running
+    command sets by an option (``options``, default the running command's),
+    ``name=value``, becomes ``--option value``; API-only phrases become what
+    a file holds."""
+    options = _COMMAND_OPTIONS if options is None else options
     text = text.replace("(FocalTriplet.from_4dstem, or gradient=)",
                         "(a 4D-STEM file, or a triplet file with its 'gradient')")
-    return _ARGUMENT.sub(lambda m: f"{_OPTIONS[m.group(1)]} "
-                                   f"{_ON_OFF.get(m.group(3), m.group(3))}", text)
+
+    def option(m):
+        flag = _OPTIONS[m.group(1)]
+        if flag not in options:
+            return m.group(0)
+        return f"{flag} {_ON_OFF.get(m.group(3), m.group(3))}"
+    return _ARGUMENT.sub(option, text)
 
 
 def _printable(text: str) -> str:

@@ -88,7 +88,7 @@ from .backend import array_module, to_host
 from .errors import InputError, check_count, check_positive, check_real
 from .planes import check_not_masked
 
-__all__ = ["Noise", "COUNTS", "check_noise", "counts_check", "estimate_noise",
+__all__ = ["Noise", "COUNTS", "check_noise", "counts_check", "estimate_noise", "wiener_gain",
            "poisson_noise",
            "band_noise", "denoise", "denoise_gradient", "denoise_gradient_bytes",
            "gradient_levels",
@@ -279,15 +279,19 @@ def estimate_noise(plane) -> float:
     a = to_host(_check_image("plane", plane)).astype(np.float64)
     if min(a.shape) < 3:
         return 0.0
-    r = (a[:-2, :-2] - 2 * a[:-2, 1:-1] + a[:-2, 2:]
-         - 2 * a[1:-1, :-2] + 4 * a[1:-1, 1:-1] - 2 * a[1:-1, 2:]
-         + a[2:, :-2] - 2 * a[2:, 1:-1] + a[2:, 2:])
+    # the kernel is the outer product of [1, -2, 1] with itself: two passes
+    rows = a[:-2] - 2 * a[1:-1] + a[2:]
+    r = rows[:, :-2] - 2 * rows[:, 1:-1] + rows[:, 2:]
     sigma = math.sqrt(math.pi / 2) * float(np.abs(r).sum()) / (6 * r.size)
     if not math.isfinite(sigma * sigma):  # NaN in, or differences beyond float64
         raise _not_finite("plane")
     return sigma * sigma
 
 
+#: px: the checks of a triplet's and a plan's planes read at most this central
+#: window of each plane (the statistics they measure are the whole field's; a
+#: 2048² field's would cost a second).
+CHECK_WINDOW = 512
 #: Estimated over Poisson variance beyond which (either way) integer planes
 #: are not electron counts (an 8-bit export, detector units of a gain).
 COUNTS_MISMATCH = 10.0
@@ -528,6 +532,39 @@ def teague_floor(variance: float, mean: float, least: float = FLOOR_MIN) -> floa
 
 
 
+def wiener_gain(power, size: int, variance: float, threshold: float | None = None):
+    """The gain :func:`denoise` applies to each mode of a real image's
+    half-plane spectrum: ``1 - N σ² / P(q)`` where the power ``P(q)`` exceeds
+    ``threshold`` (default ``2 ln M``) times ``N σ²``, else 0; 0 for the mean.
+
+    Parameters
+    ----------
+    power : 2-D array
+        ``|rfft2(a)|²`` of an image ``a`` of ``size`` pixels (NumPy or CuPy).
+    size : int
+        The image's number of pixels ``N``.
+    variance : float
+        The white noise's variance per pixel ``σ²`` (the image's units²).
+    threshold : float, optional
+        In units of the noise power ``N σ²`` (default ``2 ln M``, ``M`` the
+        modes of ``power``).
+
+    Returns
+    -------
+    array
+        The gain per mode, in [0, 1), of ``power``'s shape and module.
+    """
+    xp = array_module(power)
+    noise = size * float(variance)
+    if threshold is None:
+        threshold = 2.0 * math.log(power.size)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        gain = xp.where(power > threshold * noise,
+                        1.0 - noise / xp.maximum(power, 1e-300), 0.0)
+    gain[0, 0] = 0.0
+    return gain
+
+
 def denoise(a, variance: float, threshold: float | None = None) -> int:
     """Filter ``a`` in place by its own spectrum and a known white noise.
 
@@ -578,14 +615,7 @@ def denoise(a, variance: float, threshold: float | None = None) -> int:
     spec = xp.fft.rfft2(a.astype(xp.float64))
     if not math.isfinite(float(spec[0, 0].real)):  # the sum: NaN or Inf anywhere
         raise _not_finite("a")
-    power = spec.real ** 2 + spec.imag ** 2
-    noise = a.size * float(variance)
-    if threshold is None:
-        threshold = 2.0 * math.log(power.size)
-    threshold = threshold * noise
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        gain = xp.where(power > threshold, 1.0 - noise / xp.maximum(power, 1e-300), 0.0)
-    gain[0, 0] = 0.0
+    gain = wiener_gain(spec.real ** 2 + spec.imag ** 2, a.size, variance, threshold)
     kept = int(xp.count_nonzero(gain))
     if kept == 0:
         a[...] = 0

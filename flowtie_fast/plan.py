@@ -68,7 +68,7 @@ from .backend import get_backend, is_cupy
 from .errors import (InputError, TrustWarning, check_choice, check_positive, first_line,
                      user_stacklevel)
 from .fft import load_wisdom, save_wisdom
-from .noise import COUNTS, check_noise, counts_check
+from .noise import CHECK_WINDOW, COUNTS, check_noise, counts_check
 from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation, check_verdict_records, image_verdict,
@@ -385,10 +385,9 @@ class Plan:
         left for it to refuse: no verdict). ``again``: a telling check made
         anew, which an untelling one (a frame of noise) does not replace."""
         try:  # as the solve checks them (finite, ...): a call it refuses leaves no verdict
-            # the solve screens planes it makes a phase of; icom's are read here alone,
-            # and planes with a dropped row or block tell nothing of the gradient
-            self.solver.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3],
-                                        screen=self.method == "icom")
+            # screened as the solve screens them (icom's are read here alone): planes
+            # with a dropped row or block tell nothing of the gradient
+            self.solver.validate_planes(planes, self._intensity_weights, _INPUT_NAMES[:3])
             self.solver._check_gradient(gradient, self.wavenumber)
         except InputError:
             return
@@ -542,7 +541,8 @@ class Plan:
         not_counts = None
         if noise is None and all(p.dtype.kind in "iu" for p in planes):
             noise = COUNTS
-            not_counts = self._counts_check(planes)
+            if self.method != "icom":  # icom's phase does not read the planes' noise
+                not_counts = self._counts_check(planes)
         if gradient is not None:
             gradient = self._image("gradient", gradient, (2,) + self.shape)
         if self.method == "icom" and gradient is None:
@@ -596,7 +596,11 @@ class Plan:
             at, why = self._counts
             if time.monotonic() - at < ORIENTATION_RECHECK_S:
                 return why
-            host = [np.asarray(p.get() if is_cupy(p) else p) for p in planes]
+            ny, nx = self.shape  # the central window the triplet's checks read
+            y0, x0 = max(0, (ny - CHECK_WINDOW) // 2), max(0, (nx - CHECK_WINDOW) // 2)
+            host = [np.asarray((p.get() if is_cupy(p) else p)[y0:y0 + CHECK_WINDOW,
+                                                                x0:x0 + CHECK_WINDOW])
+                    for p in planes]
             _, _, why = counts_check(host, [float(p.sum(dtype=np.float64)) for p in host])
             if why is not None:
                 why += (": taken as counts all the same, whose noise regularises the plan's "
@@ -746,19 +750,14 @@ class Plan:
         items = []
         for i in range(b):
             try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    self.solve(stack[i, 0], stack[i, 1], stack[i, 2],
-                               gradient=None if gradient is None else gradient[i], out=out[i],
-                               gradient_out=None if gradient_out is None else gradient_out[i],
-                               noise=noise,
-                               uncertainty_out=None if uncertainty_out is None
-                               else uncertainty_out[i], **(records[i] if records else {}))
+                self.solve(stack[i, 0], stack[i, 1], stack[i, 2],
+                           gradient=None if gradient is None else gradient[i], out=out[i],
+                           gradient_out=None if gradient_out is None else gradient_out[i],
+                           noise=noise,
+                           uncertainty_out=None if uncertainty_out is None
+                           else uncertainty_out[i], **(records[i] if records else {}))
             except InputError as exc:
                 raise type(exc)(f"stack[{i}]: {exc}") from exc
-            for w in caught:  # each warning names its item, as a refusal does
-                warnings.warn(w.category(f"stack[{i}]: {w.message}"),
-                              stacklevel=user_stacklevel())
             items.append(self.info)
         self.info = {"items": items}
         if self.method == "flowtie" and self.options.uncertainty:

@@ -544,6 +544,20 @@ def _brief_record(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _planes_defects(defects):
+    """A ``plane_defects`` record without its ``"gradient"`` entry (the
+    patterns whose centre of mass was replaced), for the methods that read
+    the planes alone; None where nothing else is left."""
+    if defects is None or "gradient" not in defects["pixels"]:
+        return defects
+    pixels = {k: v for k, v in defects["pixels"].items() if k != "gradient"}
+    if not pixels:
+        return None
+    # the centre of mass's text follows the planes' (FocalTriplet.from_reductions)
+    head, sep, _ = defects["why"].rpartition("; gradient: ")
+    return {**defects, "pixels": pixels, "why": head if sep else defects["why"]}
+
+
 def _record_defects(defects, info) -> None:
     """The isolated pixels replaced in the planes, and the patterns whose
     centre of mass was replaced (``defects``: a record of
@@ -960,8 +974,9 @@ class TIESolver:
                 series.planes, series.derivative_weights, series.intensity_weights,
                 series.wavenumber, series.gradient, method, phase, grad, info, options)
             self._check_result(method, phase, grad, series.wavenumber)
-            # found (and warned) when the series was made
-            _record_defects(options.plane_defects, info)
+            # found (and warned) when the series was made: the planes' (not the
+            # centre of mass's, which these methods do not read)
+            _record_defects(_planes_defects(options.plane_defects), info)
             noise_check = getattr(series, "noise_check", None)
             if noise_check is not None and options.noise is None and method != "flowtie":
                 lead_trust(info, noise_check)  # planes of noise alone: the cause of the rest

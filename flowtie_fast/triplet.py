@@ -24,7 +24,7 @@ import numpy as np
 from .backend import array_stats, get_backend, host_available_memory, is_cupy
 from .errors import (RANGES, InputError, TrustWarning, check_choice, check_count, check_positive,
                      check_real, first_line, user_stacklevel)
-from .noise import Noise, check_noise, counts_check, denoise, estimate_noise
+from .noise import CHECK_WINDOW, Noise, check_noise, counts_check, estimate_noise, wiener_gain
 from .physics import wavelength, wavenumber
 from .planes import (check_gradient, check_gradient_peak, check_image, check_intensity_stats,
                      check_not_masked, check_positions, focal_weights, screen_planes)
@@ -84,10 +84,6 @@ def _counts_noise(planes, stats):
     return estimated
 
 
-#: px: the planes' checks below read at most this central window of each
-#: plane (the statistics they measure are the whole field's; a 2048² field's
-#: would cost a second).
-CHECK_WINDOW = 512
 #: The power-weighted Fresnel phase ``π λ dz q²`` of the focal derivative
 #: beyond which the defocus step is too large for the TIE's linearisation:
 #: the TIE phase of Gaussian phase bumps (Fresnel-propagated, noise-free)
@@ -101,7 +97,7 @@ def _planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
                    record_name) -> tuple:
     """Two checks of the focal derivative, made as the triplet is, each a
     :class:`TrustWarning` and its text where it fails (else None), on the
-    central :data:`CHECK_WINDOW` of the planes:
+    central :data:`~flowtie_fast.noise.CHECK_WINDOW` of the planes:
 
     - where the noise is unknown (``noise`` None: floating-point planes given
       without ``noise=``), whether the derivative holds anything above the
@@ -140,15 +136,19 @@ def _planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
         host = [np.asarray(p[window], np.float64) / scale for p in planes]
         if not all(np.isfinite(p).all() for p in host):
             return None, None
-        if unknown:
-            noise = Noise(tuple(estimate_noise(p) for p in host), "estimated")
+        if unknown:  # one plane's estimate for all (a series' planes share a level)
+            level = estimate_noise(host[len(host) // 2])
+            noise = Noise((level,) * len(host), "estimated")
         else:
             noise = Noise(tuple(v / scale ** 2 for v in noise.variance), noise.source)
         d = sum(w * p for w, p in zip(derivative_weights, host))
-        d -= d.mean()
         if not np.ptp(d) > 0:  # no focal derivative (identical planes): nothing to judge
             return None, None
-        kept = denoise(d, noise.combined(derivative_weights))
+        spec = np.fft.rfft2(d)
+        power = spec.real ** 2 + spec.imag ** 2
+        # the modes denoise keeps, and their filtered power
+        power *= wiener_gain(power, d.size, noise.combined(derivative_weights)) ** 2
+        kept = bool(power.any())
     noise_check = defocus_check = None
     if not kept and unknown:
         noise_check = (
@@ -158,7 +158,6 @@ def _planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
             f"regularise it, or counts as integers ({record_name}.noise is None)")
         warnings.warn(noise_check, TrustWarning, stacklevel=user_stacklevel())
     if kept:
-        power = np.abs(np.fft.rfft2(d)) ** 2
         h, w = d.shape
         q2 = (np.fft.fftfreq(h, pixel_size[0])[:, None] ** 2
               + np.fft.rfftfreq(w, pixel_size[1])[None, :] ** 2)
@@ -739,7 +738,7 @@ class FocalTriplet(FocalSeries):
         reductions, planes, scan_step, energy, noise, registration, flux = prepare_planes(
             reductions, scan_step, virtual=virtual, counts=counts, register=register,
             normalize=normalize)
-        reductions[1], hit, why = repair_com(reductions[1])
+        reductions[1], hit, why = repair_com(reductions)
         check_com_extent(reductions[1], "zero")
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise,
                 virtual=virtual)

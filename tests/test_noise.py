@@ -551,3 +551,12 @@ def test_a_plan_says_when_its_integer_planes_are_not_counts(absorbing_object, mo
         warnings.simplefilter("ignore", ft.TrustWarning)
         plan.solve(*counts)  # counts again: checked anew, the alarm cleared
     assert "electron counts" not in str(plan.info.get("trust"))
+    # icom's phase does not read the planes' noise: nothing to say of it
+    g = np.zeros((2,) + phi.shape, np.float32)
+    g[0] = np.gradient(phi, PIXEL, axis=0)
+    icom = ft.Plan(phi.shape, PIXEL, 40.0, E, method="icom", backend="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        icom.solve(*adu, gradient=g)
+    assert not any("electron counts" in str(w.message) for w in caught)
+    assert "electron counts" not in str(icom.info.get("trust"))

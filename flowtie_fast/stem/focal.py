@@ -448,27 +448,41 @@ def flux_record(reductions) -> dict:
             "why": None}
 
 
-def repair_com(reduction, name="zero"):
+def _neighbours_median(image, r, c) -> float:
+    """The median of the (up to 8) neighbours of pixel ``(r, c)``."""
+    r0, c0 = max(r - 1, 0), max(c - 1, 0)
+    window = np.asarray(image[r0:r + 2, c0:c + 2], dtype=np.float64)
+    others = np.ones(window.shape, bool)
+    others[r - r0, c - c0] = False
+    return float(np.median(window[others]))
+
+
+def repair_com(reductions, name="zero"):
     """The centre of mass of the patterns hit by a transient (a cosmic ray or
     an X-ray on the detector) replaced by the median of its neighbours'.
 
     A hit adds its counts far from the disk's centre, where the centre of
     mass weighs them most: one pixel of one pattern in 1024 (2000 counts on a
     pattern of about 2000) took an ``icom`` phase's NMSE from 0.16 to 0.55,
-    65535 counts to 1.9, without a word. Such a pattern holds far more (or,
-    a negative value, fewer) electrons than each of its 8 neighbours: an
-    isolated outlying pixel of the whole-detector image, the test
-    :func:`flux_record` leaves it out of the beam current by
-    (:func:`~flowtie_fast.planes.outlying_pixels`). Its centre of mass is
-    no measure of the specimen either: each component becomes the median of
-    its 8 neighbours' (the other outliers left out). A hit too weak to stand
-    out of the pattern's electron count is not found here.
+    65535 counts to 1.9, without a word. Such a pattern holds far more
+    electrons than each of its 8 neighbours (or a negative value) in the
+    in-focus scan alone: an isolated outlying pixel of the whole-detector
+    images, screened over the three scans as :func:`flux_record` screens
+    them for the beam current (:func:`~flowtie_fast.planes.outlying_pixels`:
+    a feature of the specimen shows in every scan). Fewer electrons than the
+    neighbours is the specimen scattering beyond the detector, not a hit,
+    and is kept. The hit pattern's centre of mass is no measure of the
+    specimen: each component becomes the median of its 8 neighbours' (the
+    other hits left out). A hit too weak to stand out of the pattern's
+    electron count is not found here; more hits than
+    :func:`~flowtie_fast.planes.repair_limit` are warned of, not replaced.
 
     Parameters
     ----------
-    reduction : Reduction
-        The scan whose centre of mass is used (the in-focus one); not
-        modified.
+    reductions : three Reduction
+        The scans at ``-dz, 0, +dz``; the in-focus one's centre of mass is
+        repaired (a copy: none is modified), the others' whole-detector
+        images take part in the screen.
     name : str
         How the message names the scan (default ``"zero"``).
 
@@ -483,16 +497,34 @@ def repair_com(reduction, name="zero"):
     why : str or None
         The warning's text (warned here), or None.
     """
-    whole = reduction.virtual.get("whole")
-    if whole is None:
+    reduction = reductions[1]
+    wholes = [r.virtual.get("whole") for r in reductions]
+    if any(w is None for w in wholes):
         return reduction, None, None
-    host = to_host(whole)
-    if min(host.shape) < 3 or not np.isfinite(host).all():
+    hosts = [to_host(w) for w in wholes]
+    host = hosts[1]
+    if (min(host.shape) < 3 or len({h.shape for h in hosts}) > 1
+            or not all(np.isfinite(h).all() for h in hosts)):
         return reduction, None, None
-    rows, cols = outlying_pixels([host])[0]
-    if not rows.size or rows.size > repair_limit(host.shape):
-        # beyond planes.MAX_REPAIR of the scan: not isolated transients (the planes'
-        # screen reports such planes)
+    # the screen of the planes over the three scans, as the beam current's: a
+    # feature of the specimen shows in every scan, and the other scans' images
+    # keep the threshold where several hits would raise one image's own
+    rows, cols = outlying_pixels(hosts)[1]
+    if rows.size:
+        # a hit adds electrons: an excess, or a negative value (a dark frame's
+        # slip); fewer electrons than the neighbours is the specimen scattering
+        # beyond the detector
+        near = np.array([_neighbours_median(host, r, c)
+                         for r, c in zip(rows.tolist(), cols.tolist())])
+        hit = (host[rows, cols] > near) | (host[rows, cols] < 0)
+        rows, cols = rows[hit], cols[hit]
+    if not rows.size:
+        return reduction, None, None
+    if rows.size > repair_limit(host.shape):  # beyond planes.MAX_REPAIR: not transients
+        warnings.warn(f"gradient: {rows.size} patterns of {name} hold far more electrons than "
+                      "each of their 8 neighbours, too many to be isolated transients: their "
+                      "centre of mass is used as measured; check the camera's frames",
+                      TrustWarning, stacklevel=user_stacklevel())
         return reduction, None, None
     xp = array_module(reduction.com)
     com = np.array(to_host(reduction.com), dtype=np.float64)
@@ -512,7 +544,7 @@ def repair_com(reduction, name="zero"):
     w = int(np.argmax(np.abs(before - after)))
     n = rows.size
     why = (f"gradient: {n} pattern{'s' if n > 1 else ''} of {name} "
-           f"hold{'' if n > 1 else 's'} far more or fewer electrons than each of "
+           f"hold{'' if n > 1 else 's'} far more electrons than each of "
            f"{'their' if n > 1 else 'its'} 8 neighbours (the worst at scan row {rows[w]}, "
            f"column {cols[w]}: {wholes[w]:.4g} in the whole detector): cosmic rays or X-rays "
            f"on the detector? {'their' if n > 1 else 'its'} centre of mass, |∇φ| "

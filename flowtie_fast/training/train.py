@@ -661,7 +661,8 @@ def train(samples, cfg: TrainConfig | None = None, *, checkpoint=None, resume=No
 
     # The first write replaces a file only where one was allowed to be there
     # (checked before the run): another run's, made meanwhile, is kept.
-    replace_first = [overwrite or resume is not None]
+    replace_first = [overwrite or (resume is not None and checkpoint is not None
+                                   and _same_file(Path(checkpoint), Path(resume)))]
 
     def save():
         _save(checkpoint, {**state(), "snapshots": snapshots, "streak": streak},
