@@ -1037,8 +1037,9 @@ def check_region(name: str, regions: dict, detector: Detector, bf_given: bool) -
         disk = regions.get("bf-full", (0.0, 4 * outer))[1]  # none where it fills the detector
         how = "given" if bf_given else \
             f"the default, a quarter of the {disk:.3g} mrad bright-field disk"
+        cy, cx = detector.center
         raise InputError(f"bf_radius: the 'bf' disk of {outer:.3g} mrad ({how}) holds no "
-                         f"detector pixel around the centre {tuple(detector.center)} (the "
+                         f"detector pixel around the centre ({cy:.4g}, {cx:.4g}) (the "
                          f"nearest lies at {nearest:.3g} mrad); give a larger one, e.g. "
                          f"bf_radius={hint}")
     raise InputError(f"virtual: the {name!r} region ({inner:.3g} to {outer:.3g} mrad) holds no "
