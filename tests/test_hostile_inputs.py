@@ -1923,7 +1923,8 @@ def test_an_unreadable_gradient_or_stack_is_an_input_error_naming_it():
     m, z, p = planes()
     message = r"could not be read as an array \(Can't read data"
     with pytest.raises(ft.InputError, match=r"^gradient: " + message):
-        ft.FocalTriplet(m, z, p, dz=DZ, pixel_size=PIXEL, energy=E, gradient=_Unreadable((2, N, N)))
+        ft.FocalTriplet(m, z, p, dz=DZ, pixel_size=PIXEL, energy=E,
+                        gradient=_Unreadable((2, N, N)))
     with pytest.raises(ft.InputError, match=r"^gradient: " + message):
         ft.TIESolver((N, N), PIXEL, backend="cpu").integrate(_Unreadable((2, N, N)))
     with pytest.raises(ft.InputError, match=r"^minus: expected a 4-D array"):

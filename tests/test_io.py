@@ -1786,7 +1786,8 @@ def test_a_dataset_reads_nested_lists_and_refuses_what_is_no_array():
     assert d.kind == "triplet" and d.triplet().shape == (8, 8)
     for bad, says in (("abc", r"^minus: expected a real array .* got str read as <U3"),
                       ([[1.0, 2.0], [3.0]], r"^minus: expected an array of intensities, got list"),
-                      ([1.0] * 5, r"^minus: expected a real array .* got list read as float64 \(5,\)")):
+                      ([1.0] * 5,
+                       r"^minus: expected a real array .* got list read as float64 \(5,\)")):
         with pytest.raises(ft.InputError, match=says):
             ft.Dataset(bad, *planes[1:], 20.0, 0.2, 300e3)
 
