@@ -277,7 +277,7 @@ def estimate_noise(plane) -> float:
         The variance per pixel, intensity²; 0 for an image under 3 pixels on
         a side.
     """
-    a = to_host(_check_image("plane", plane)).astype(np.float64)
+    a = to_host(_check_image("plane", plane)).astype(np.float64, copy=False)
     if min(a.shape) < 3:
         return 0.0
     # the kernel is the outer product of [1, -2, 1] with itself: two passes
