@@ -285,7 +285,9 @@ class Plan:
         self._orientation_lock = threading.Lock()
         self.info = {}
         self.reset_orientation()  # the curl check of the first telling gradient
-        self._counts = (-math.inf, None)  # time.monotonic() of the counts check, its why
+        # the counts check: time.monotonic() of it, its why, and what it saw
+        # (the planes' dtype and a sparse mean of the in-focus plane)
+        self._counts = (-math.inf, None, None)
         self.timings["setup"] = time.perf_counter() - start
         why = image_verdict(method, self.virtual, model, not self.options.uncertainty)
         if why is not None:  # once here; each solve's plan.info["trust"] repeats it
@@ -589,12 +591,18 @@ class Plan:
     def _counts_check(self, planes):
         """Whether integer planes given without a noise are electron counts
         (:func:`~flowtie_fast.noise.counts_check`), checked on the first such
-        planes and again once :data:`ORIENTATION_RECHECK_S` have passed (an
-        estimate of the images' noise costs a few solves): why not, warned
-        when found, or None."""
+        planes, again once :data:`ORIENTATION_RECHECK_S` have passed (an
+        estimate of the images' noise costs a few solves), and at once where
+        the planes' dtype or scale changed (a sparse mean of the in-focus
+        plane, beyond a factor 1.25 either way: other frames, another
+        camera setting): why not, warned when found, or None."""
+        zero = planes[1]
+        seen = (np.dtype(zero.dtype).str, float(zero[::8, ::8].mean()))
         with self._orientation_lock:
-            at, why = self._counts
-            if time.monotonic() - at < ORIENTATION_RECHECK_S:
+            at, why, before = self._counts
+            same = before is not None and before[0] == seen[0] and (
+                before[1] == seen[1] or 0.8 * before[1] <= seen[1] <= 1.25 * before[1])
+            if same and time.monotonic() - at < ORIENTATION_RECHECK_S:
                 return why
             ny, nx = self.shape  # the central window the triplet's checks read
             y0, x0 = max(0, (ny - CHECK_WINDOW) // 2), max(0, (nx - CHECK_WINDOW) // 2)
@@ -607,7 +615,7 @@ class Plan:
                         "solves (pass noise=, e.g. noise=triplet.noise or the planes' "
                         "variances)")
                 warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
-            self._counts = (time.monotonic(), why)
+            self._counts = (time.monotonic(), why, seen)
             return why
 
     @staticmethod
