@@ -88,7 +88,8 @@ from .backend import array_module, to_host
 from .errors import InputError, check_count, check_positive, check_real
 from .planes import check_not_masked
 
-__all__ = ["Noise", "COUNTS", "check_noise", "counts_check", "estimate_noise", "planes_noise",
+__all__ = ["Noise", "COUNTS", "central", "check_noise", "counts_check", "estimate_noise",
+           "planes_noise",
            "wiener_gain",
            "poisson_noise",
            "band_noise", "denoise", "denoise_gradient", "denoise_gradient_bytes",
@@ -293,6 +294,15 @@ def estimate_noise(plane) -> float:
 #: window of each plane (the statistics they measure are the whole field's; a
 #: 2048² field's would cost a second).
 CHECK_WINDOW = 512
+def central(a, side: int = None):
+    """The central window of the 2-D array ``a`` (or of its last two axes),
+    at most ``side`` px a side (default :data:`CHECK_WINDOW`): a view."""
+    side = CHECK_WINDOW if side is None else side
+    cuts = tuple(slice(max(0, (n - side) // 2), max(0, (n - side) // 2) + min(n, side))
+                 for n in a.shape[-2:])
+    return a[(Ellipsis,) + cuts]
+
+
 #: Estimated over Poisson variance beyond which (either way) integer planes
 #: are not electron counts (an 8-bit export, detector units of a gain).
 COUNTS_MISMATCH = 10.0
@@ -329,8 +339,9 @@ def planes_noise(planes) -> float:
 
 def counts_check(planes, sums) -> tuple:
     """Whether integer planes are electron counts: their noise estimated from
-    the images (:func:`estimate_noise`) within :data:`COUNTS_MISMATCH` of the
-    Poisson noise of their means (detector units of a gain under 10 pass);
+    the images (:func:`planes_noise`, on their :func:`central` window) within
+    :data:`COUNTS_MISMATCH` of the Poisson noise of that window's means
+    (detector units of a gain under 10 pass);
     planes under 8 px a side, or of under :data:`SPARSE_COUNTS` counts a
     pixel, are taken as counts unchecked.
 
@@ -339,7 +350,7 @@ def counts_check(planes, sums) -> tuple:
     planes : sequence of 2-D arrays
         The integer planes (NumPy or CuPy).
     sums : sequence of float
-        Each plane's sum.
+        Each plane's sum (the Poisson noise returned is of the whole planes).
 
     Returns
     -------
@@ -358,9 +369,11 @@ def counts_check(planes, sums) -> tuple:
         return poisson, None, None
     # the structure-free estimate decides (a lattice read as noise in one plane
     # made right counts at 2e5 per pixel look 20 times too noisy)
-    level = planes_noise(planes)
+    windows = [to_host(central(p)) for p in planes]
+    level = planes_noise(windows)
     estimated = Noise((level,) * len(planes), "estimated")
-    ratio = sum(estimated.variance) / max(sum(poisson.variance), 1e-300)
+    means = sum(float(np.mean(w, dtype=np.float64)) for w in windows)
+    ratio = sum(estimated.variance) / max(means, 1e-300)
     if 1 / COUNTS_MISMATCH <= ratio <= COUNTS_MISMATCH:
         return poisson, estimated, None
     return poisson, estimated, (

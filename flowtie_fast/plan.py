@@ -68,7 +68,7 @@ from .backend import get_backend, is_cupy
 from .errors import (InputError, TrustWarning, check_choice, check_positive, first_line,
                      user_stacklevel)
 from .fft import load_wisdom, save_wisdom
-from .noise import CHECK_WINDOW, COUNTS, check_noise, counts_check
+from .noise import COUNTS, check_noise, counts_check
 from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation, check_verdict_records, image_verdict,
@@ -600,16 +600,11 @@ class Plan:
         seen = (np.dtype(zero.dtype).str, float(zero[::8, ::8].mean()))
         with self._orientation_lock:
             at, why, before = self._counts
-            same = before is not None and before[0] == seen[0] and (
-                before[1] == seen[1] or 0.8 * before[1] <= seen[1] <= 1.25 * before[1])
+            same = before is not None and before[0] == seen[0] and \
+                0.8 * before[1] <= seen[1] <= 1.25 * before[1]
             if same and time.monotonic() - at < ORIENTATION_RECHECK_S:
                 return why
-            ny, nx = self.shape  # the central window the triplet's checks read
-            y0, x0 = max(0, (ny - CHECK_WINDOW) // 2), max(0, (nx - CHECK_WINDOW) // 2)
-            host = [np.asarray((p.get() if is_cupy(p) else p)[y0:y0 + CHECK_WINDOW,
-                                                                x0:x0 + CHECK_WINDOW])
-                    for p in planes]
-            _, _, why = counts_check(host, [float(p.sum(dtype=np.float64)) for p in host])
+            _, _, why = counts_check(planes, [float(p.sum(dtype=np.float64)) for p in planes])
             if why is not None:
                 why += (": taken as counts all the same, whose noise regularises the plan's "
                         "solves (pass noise=, e.g. noise=triplet.noise or the planes' "

@@ -473,11 +473,6 @@ def _mark_misscaled(method, why, info) -> None:
         _untrusted_flow(info, "the measured gradient and the planes disagree in scale")
 
 
-#: How the orientation check's text of a gradient half a turn off begins
-#: (:func:`flowtie_fast.trust.orientation_warning`).
-_HALF_TURN = "it points against the gradient of the bright-field TIE phase"
-
-
 def _warn_unregistered(method, registration, info):
     """Where the drift between the scans could not be measured (``registration``,
     ``triplet.registration``, says it is not reliable), a phase of ``method``
@@ -1052,7 +1047,7 @@ class TIESolver:
         if gradient is not None and method != "flowtie":
             if options.gradient_suspect:  # its orientation looks wrong: no reference
                 info["icom_disagreement"] = None
-                if _HALF_TURN in options.gradient_suspect:
+                if trust.HALF_TURN in options.gradient_suspect:
                     # the same evidence reads as -dz and +dz swapped, which turns this phase
                     info.setdefault("trust", (
                         f"{method}: the measured gradient points against this phase's: either "

@@ -24,7 +24,7 @@ import numpy as np
 from .backend import array_stats, get_backend, host_available_memory, is_cupy
 from .errors import (RANGES, InputError, TrustWarning, check_choice, check_count, check_positive,
                      check_real, first_line, user_stacklevel)
-from .noise import CHECK_WINDOW, Noise, check_noise, counts_check, planes_noise, wiener_gain
+from .noise import Noise, central, check_noise, counts_check, planes_noise, wiener_gain
 from .physics import wavelength, wavenumber
 from .planes import (check_gradient, check_gradient_peak, check_image, check_intensity_stats,
                      check_not_masked, check_positions, focal_weights, screen_planes)
@@ -99,7 +99,7 @@ def _planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
                    record_name) -> tuple:
     """Two checks of the focal derivative, made as the triplet is, each a
     :class:`TrustWarning` and its text where it fails (else None), on the
-    central :data:`~flowtie_fast.noise.CHECK_WINDOW` of the planes:
+    :func:`~flowtie_fast.noise.central` window of the planes:
 
     - where the noise is unknown (``noise`` None: floating-point planes given
       without ``noise=``), whether the derivative holds anything above the
@@ -134,17 +134,14 @@ def _planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
     """
     if is_cupy(planes[0]) or min(planes[0].shape) < 8:
         return None, None
-    ny, nx = planes[0].shape
-    y0, x0 = max(0, (ny - CHECK_WINDOW) // 2), max(0, (nx - CHECK_WINDOW) // 2)
-    window = (slice(y0, y0 + CHECK_WINDOW), slice(x0, x0 + CHECK_WINDOW))
     # scaled to a mean of 1 (neither check depends on it): planes of a scale
     # beyond float64's squares are refused by the solve, naming them
-    scale = float(np.mean(planes[len(planes) // 2][window], dtype=np.float64))
+    scale = float(np.mean(central(planes[len(planes) // 2]), dtype=np.float64))
     if not (math.isfinite(scale) and scale > 0):
         return None, None
     unknown = noise is None
     with np.errstate(over="ignore", invalid="ignore"):
-        host = [np.asarray(p[window], np.float64) / scale for p in planes]
+        host = [np.asarray(central(p), np.float64) / scale for p in planes]
         if not all(np.isfinite(p).all() for p in host):
             return None, None
         if unknown:  # one estimate for all (a series' planes share a level)
@@ -390,7 +387,8 @@ class FocalSeries:
         stats = array_stats(self.planes)
         check_intensity_stats(names, stats, self.planes)
         self.plane_defects = None
-        if _solvable(self.planes):  # else the solve refuses them (and screens what it solves)
+        solvable = _solvable(self.planes)  # the host's free memory: read once
+        if solvable:  # else the solve refuses them (and screens what it solves)
             self.planes, self.plane_defects = screen_planes(
                 names, self.planes, where=f"{self._record_name}.plane_defects")
         if self.plane_defects is not None and self.plane_defects["repaired"]:
@@ -405,7 +403,7 @@ class FocalSeries:
         self.intensity_weights, self.derivative_weights = focal_weights(z, self.z0, degree)
         self.noise_check = self.defocus_check = None
         mixed = len({p.dtype.kind in "iu" for p in self.planes}) > 1  # noise unknown: warned
-        if _solvable(self.planes) and not mixed:
+        if solvable and not mixed:
             self.noise_check, self.defocus_check = _planes_checks(
                 self.planes, self.derivative_weights, self.z - self.z0, self.pixel_size,
                 self.energy, self.noise if isinstance(self.noise, Noise) else None,

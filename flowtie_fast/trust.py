@@ -786,6 +786,11 @@ def plain_tie_gradient(planes, derivative_weights, intensity_weights, wavenumber
                      np.fft.ifft2(2j * np.pi * qx * phase).real])
 
 
+#: How :func:`orientation_warning` says a gradient points half a turn off
+#: (the solves read it to add the other reading: the ±dz scans swapped).
+HALF_TURN = "it points against the gradient of the bright-field TIE phase"
+
+
 def orientation_warning(check, rotation=None, flip=None) -> str:
     """The message of a suspect :func:`gradient_orientation`.
 
@@ -808,7 +813,7 @@ def orientation_warning(check, rotation=None, flip=None) -> str:
         fix = ("turn it by 180°" if rotation is None else
                f"rotation={round(rotation + 180) % 360:d} with flip={bool(flip)}, or "
                f"rotation='auto'")
-        return (f"gradient: it points against the gradient of the bright-field TIE phase "
+        return (f"gradient: {HALF_TURN} "
                 f"(correlation {check['tie_correlation']:.2f}): the detector rotation looks "
                 f"half a turn wrong, and an icom phase from it is the negative phase; {fix} "
                 f"(unless the -dz and +dz scans are swapped, which turns the TIE phase, or "

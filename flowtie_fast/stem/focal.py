@@ -29,7 +29,7 @@ import numpy as np
 from ..backend import array_module, is_cupy, to_host
 from ..errors import (InputError, TrustWarning, check_choice, check_count, check_positive,
                       check_real, user_stacklevel)
-from ..noise import Noise, band_noise, poisson_noise
+from ..noise import Noise, band_noise, central, poisson_noise
 from ..physics import wavelength
 from ..planes import outlying_pixels, repair_limit, screen_planes
 from .detector import (SATURATION_EFFECT, Detector, DetectorWarning, check_com_radius,
@@ -906,15 +906,6 @@ def check_normalize(normalize) -> bool:
     raise InputError(f"normalize: expected True or False, got {normalize!r}")
 
 
-def _central(a):
-    """The central window of ``a`` at most :data:`REGISTRATION_WINDOW` px a side."""
-    cuts = []
-    for n in a.shape[-2:]:
-        lo = max(0, (n - REGISTRATION_WINDOW) // 2)
-        cuts.append(slice(lo, lo + min(n, REGISTRATION_WINDOW)))
-    return a[..., cuts[0], cuts[1]]
-
-
 def register_planes(planes, signals, register):
     """The planes with the drift of the ±dz ones undone (shifts from
     ``signals`` when given, else from the planes), and the record of it.
@@ -963,8 +954,8 @@ def register_planes(planes, signals, register):
                       "measure a drift (at least 8 px a side); the planes are used as "
                       "recorded", RegistrationWarning, stacklevel=user_stacklevel())
         return planes, {**record, "why": "images under 8 px a side"}
-    host = [_central(to_host(p)) for p in planes]
-    source = None if signals is None else [_central(to_host(s)) for s in signals]
+    host = [central(to_host(p), REGISTRATION_WINDOW) for p in planes]
+    source = None if signals is None else [central(to_host(s), REGISTRATION_WINDOW) for s in signals]
     _, shifts, reliable = register_triplet(host, signals=source, periodic=False,
                                            apply_unreliable=False, threshold=1e9)
     record.update(shifts=shifts, reliable=bool(reliable))
