@@ -53,7 +53,7 @@ import flowtie_fast as ft
 from flowtie_fast import __version__
 from flowtie_fast.errors import (BackendError, InputError, check_count, check_positive,
                                  out_of_memory)
-from flowtie_fast.files import (atomic_path, check_not_input, check_output,
+from flowtie_fast.files import (atomic_path, check_not_input, check_output, one_line,
                                 remove_live_temporaries)
 from flowtie_fast.flow import load_model
 from flowtie_fast.flow.infer import check_model_source
@@ -1131,9 +1131,7 @@ def _printable(text: str) -> str:
     sequences, carriage returns) and undecodable bytes of file names (lone
     surrogates) shown as escapes, not sent to the terminal; the library's
     arguments named as the command line's options (:func:`_as_options`)."""
-    text = _as_options(" ".join(str(text).split()))
-    return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF
-                   else ascii(c)[1:-1] for c in text)
+    return one_line(_as_options(" ".join(str(text).split())))
 
 
 def _describe(exc) -> str:

@@ -151,6 +151,15 @@ def as_path(name: str, path, *, file: bool = False) -> Path:
 
 
 
+def one_line(text) -> str:
+    """Text from a file or a user (a ``material``, a file name, a message
+    that quotes them) on one line, with control characters (a terminal's
+    escape sequences, carriage returns) and undecodable bytes of file names
+    (lone surrogates) shown as escapes."""
+    text = " ".join(str(text).split())
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _short(text: str, size: int = 60) -> str:
     return text if len(text) <= size else text[:size - 3] + "..."
 

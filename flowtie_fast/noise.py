@@ -295,8 +295,20 @@ def estimate_noise(plane) -> float:
 #: 2048² field's would cost a second).
 CHECK_WINDOW = 512
 def central(a, side: int = None):
-    """The central window of the 2-D array ``a`` (or of its last two axes),
-    at most ``side`` px a side (default :data:`CHECK_WINDOW`): a view."""
+    """The central window of an image, at most ``side`` px a side.
+
+    Parameters
+    ----------
+    a : array (..., Ny, Nx)
+        The image (NumPy or CuPy); its last two axes are cut.
+    side : int, optional
+        The window's largest side in px (default :data:`CHECK_WINDOW`).
+
+    Returns
+    -------
+    array
+        A view of ``a``: the whole of an axis no longer than ``side``.
+    """
     side = CHECK_WINDOW if side is None else side
     cuts = tuple(slice(max(0, (n - side) // 2), max(0, (n - side) // 2) + min(n, side))
                  for n in a.shape[-2:])

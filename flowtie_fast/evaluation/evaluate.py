@@ -17,7 +17,7 @@ import numpy as np
 
 from ..backend import get_backend
 from ..errors import InputError, check_count
-from ..files import as_path
+from ..files import as_path, one_line
 from ..io import load
 from ..solvers import METHODS, reconstruct
 
@@ -288,8 +288,8 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
                          "repeats": repeats, "fallback": rec.info.get("fallback")})
         if progress is not None:
             shown = _thickness_text(thickness)
-            where = f"{_shown(material)}, {shown} Å" if shown else _shown(material)
-            progress(f"{_shown(case)} ({where}): NMSE " + ", ".join(
+            where = f"{one_line(material)}, {shown} Å" if shown else one_line(material)
+            progress(f"{one_line(case)} ({where}): NMSE " + ", ".join(
                 f"{r['method']} {r['nmse']:.3f}" for r in rows[done:]))
     return rows
 
@@ -300,17 +300,10 @@ def _thickness_text(thickness) -> str:
     return f"{thickness:.1f}" if np.isfinite(thickness) else ""
 
 
-def _shown(text) -> str:
-    """A file's text (its ``material``, a file name) on one line, with
-    control characters (a terminal's escape sequences) and undecodable bytes
-    shown as escapes."""
-    text = " ".join(str(text).split())
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-
-
 def _cell(text) -> str:
-    """:func:`_shown` for a Markdown table's cell: a ``|`` escaped."""
-    return _shown(text).replace("|", "\\|")
+    """:func:`~flowtie_fast.files.one_line` for a Markdown table's cell: a
+    ``|`` escaped."""
+    return one_line(text).replace("|", "\\|")
 
 
 def _case(r) -> tuple:
