@@ -68,12 +68,13 @@ from .backend import get_backend, is_cupy
 from .errors import (InputError, TrustWarning, check_choice, check_positive, first_line,
                      user_stacklevel)
 from .fft import load_wisdom, save_wisdom
-from .noise import COUNTS, check_noise, counts_check
+from .noise import COUNTS, check_noise, counts_check, poisson_noise
 from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation, check_verdict_records, image_verdict,
                       lead_trust)
 from .planes import check_not_masked, focal_weights
+from .triplet import planes_checks
 from .stem.detector import VIRTUAL_IMAGES, image_saturation
 from .trust import (SIGNED_IMAGES, checked_orientation,
                     plain_tie_gradient, scale_warning, suspicion)
@@ -255,6 +256,7 @@ class Plan:
                 raise InputError(f"{name}: expected True or False, got {flag!r}")
         dz_minus, dz_plus = check_positive("dz", dz, pair=True)
         self.dz = dz_minus if dz_minus == dz_plus else (dz_minus, dz_plus)
+        self._dz = (dz_minus, dz_plus)
         self.energy = check_positive("energy", energy)
         self.method = method
         start = time.perf_counter()
@@ -288,6 +290,8 @@ class Plan:
         # the counts check: time.monotonic() of it, its why, and what it saw
         # (the planes' dtype and a sparse mean of the in-focus plane)
         self._counts = (-math.inf, None, None)
+        # the checks of the focal derivative (noise, defocus), as the counts'
+        self._transport = (-math.inf, (None, None), None)
         self.timings["setup"] = time.perf_counter() - start
         why = image_verdict(method, self.virtual, model, not self.options.uncertainty)
         if why is not None:  # once here; each solve's plan.info["trust"] repeats it
@@ -340,6 +344,9 @@ class Plan:
                 self.timings[key] = time.perf_counter() - start
         self.info = {}
         self.reset_orientation()  # the synthetic gradient says nothing of the set-up
+        with self._orientation_lock:  # nor do its planes of the counts or the derivative
+            self._counts = (-math.inf, None, None)
+            self._transport = (-math.inf, (None, None), None)
 
     # ------------------------------------------------------------------ checks
 
@@ -586,7 +593,55 @@ class Plan:
             uncertainty_out=uncertainty_out, options=options)
         if not_counts is not None:
             self.info.setdefault("trust", not_counts)
+        if self.method not in ("icom", "flowtie"):  # the phase of the focal derivative
+            noise_check, defocus_check = self._transport_checks(planes, noise)
+            if noise_check is not None:
+                lead_trust(self.info, noise_check)  # planes of noise alone: the cause
+            if defocus_check is not None:
+                self.info.setdefault("trust", defocus_check)
         return out
+
+    @staticmethod
+    def _seen(zero, *more):
+        """What a check of the planes remembers of them: the in-focus plane's
+        dtype, a sparse mean, and ``more``."""
+        return (zero.dtype, float(zero[::8, ::8].mean()), *more)
+
+    @staticmethod
+    def _same(before, seen) -> bool:
+        """Whether planes ``seen`` are of the dtype and scale (within a factor
+        1.25 either way) of those ``before``, and alike in what else was
+        seen."""
+        return before is not None and before[0] == seen[0] and before[2:] == seen[2:] and \
+            0.8 * before[1] <= seen[1] <= 1.25 * before[1]
+
+    def _transport_checks(self, planes, noise):
+        """The triplet's checks of the focal derivative
+        (:func:`~flowtie_fast.triplet.planes_checks`: planes of unknown noise
+        that hold nothing above it, defocus steps too large for the TIE),
+        made on the first planes, again once :data:`ORIENTATION_RECHECK_S`
+        have passed (a check costs a few solves) and at once where the planes'
+        dtype or scale changed, as the counts check is: ``(noise_check,
+        defocus_check)``, each why or None, warned when found. ``noise`` is
+        the solve's (None: unknown; :data:`~flowtie_fast.noise.COUNTS`: the
+        Poisson noise of the planes' means): planes given a noise after none
+        (or none after one) are checked again at once too."""
+        seen = self._seen(planes[1], noise is None)
+        with self._orientation_lock:
+            at, verdict, before = self._transport
+            if self._same(before, seen) and time.monotonic() - at < ORIENTATION_RECHECK_S:
+                return verdict
+            if noise == COUNTS:
+                noise = poisson_noise([max(float(p[::8, ::8].mean(dtype=np.float64)), 1e-12)
+                                       for p in planes])
+            try:
+                verdict = planes_checks(planes, self._derivative_weights,
+                                        (-self._dz[0], 0.0, self._dz[1]), self.pixel_size,
+                                        self.energy, noise, None)
+            except InputError:  # planes the solve took but the estimate cannot read
+                verdict = (None, None)
+            self._transport = (time.monotonic(), verdict, seen)
+            return verdict
 
     def _counts_check(self, planes):
         """Whether integer planes given without a noise are electron counts
@@ -596,13 +651,10 @@ class Plan:
         the planes' dtype or scale changed (a sparse mean of the in-focus
         plane, beyond a factor 1.25 either way: other frames, another
         camera setting): why not, warned when found, or None."""
-        zero = planes[1]
-        seen = (np.dtype(zero.dtype).str, float(zero[::8, ::8].mean()))
+        seen = self._seen(planes[1])
         with self._orientation_lock:
             at, why, before = self._counts
-            same = before is not None and before[0] == seen[0] and \
-                0.8 * before[1] <= seen[1] <= 1.25 * before[1]
-            if same and time.monotonic() - at < ORIENTATION_RECHECK_S:
+            if self._same(before, seen) and time.monotonic() - at < ORIENTATION_RECHECK_S:
                 return why
             _, _, why = counts_check(planes, [float(p.sum(dtype=np.float64)) for p in planes])
             if why is not None:

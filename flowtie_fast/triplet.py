@@ -85,7 +85,7 @@ def _counts_noise(planes, stats):
 
 
 #: The share of the phase's power the finite defocus steps put off the
-#: TIE's linear transport (``_planes_checks``) beyond which a triplet warns:
+#: TIE's linear transport (``planes_checks``) beyond which a triplet warns:
 #: on Fresnel-propagated Gaussian bumps the TIE NMSE was 0.31 at 0.041 and
 #: 0.57-0.60 at 0.05-0.27; of 279 noise-free and 279 1e4 e/Å² simulated test,
 #: validation and corpus triplets, 37 and 32 lie above 0.05, of which 4 and
@@ -95,9 +95,10 @@ def _counts_noise(planes, stats):
 DEFOCUS_ERROR_LIMIT = 0.05
 
 
-def _planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
-                   record_name) -> tuple:
-    """Two checks of the focal derivative, made as the triplet is, each a
+def planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
+                  record_name) -> tuple:
+    """Two checks of the focal derivative, made as a triplet is (and by a
+    :class:`~flowtie_fast.plan.Plan` now and then), each a
     :class:`TrustWarning` and its text where it fails (else None), on the
     :func:`~flowtie_fast.noise.central` window of the planes:
 
@@ -127,6 +128,26 @@ def _planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
       NMSE reached 0.6 (it counts the first-order error alone, about a
       tenth of the phase error measured). A mode at a zero of
       ``sin(π λ dz q²)`` leaves no power to weigh and is not seen.
+
+    Parameters
+    ----------
+    planes : sequence of arrays (Ny, Nx)
+        The intensities (CuPy planes and planes under 8 px a side are not
+        checked: None, None).
+    derivative_weights : sequence of float
+        The focal derivative's weights of the planes, 1/Å.
+    z : sequence of float
+        The planes' defoci from the in-focus plane, Å.
+    pixel_size : (float, float)
+        Å per pixel.
+    energy : float
+        eV.
+    noise : Noise or None
+        The planes' noise, or None where it is unknown (the noise check runs
+        only then).
+    record_name : str or None
+        How the advice names the series whose ``noise`` is None
+        (``"triplet"``), or None (a plan's bare arrays).
 
     Returns
     -------
@@ -162,7 +183,8 @@ def _planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
             "planes: their noise is unknown (floating-point planes, no noise= given) and "
             "their focal derivative holds nothing above the noise their pixel-to-pixel "
             "scatter suggests: the phase may be noise; give noise= (the planes' variance) to "
-            f"regularise it, or counts as integers ({record_name}.noise is None)")
+            f"regularise it, or counts as integers" + (f" ({record_name}.noise is None)"
+                                                       if record_name else ""))
         warnings.warn(noise_check, TrustWarning, stacklevel=user_stacklevel())
     if kept:
         h, w = d.shape
@@ -404,7 +426,7 @@ class FocalSeries:
         self.noise_check = self.defocus_check = None
         mixed = len({p.dtype.kind in "iu" for p in self.planes}) > 1  # noise unknown: warned
         if solvable and not mixed:
-            self.noise_check, self.defocus_check = _planes_checks(
+            self.noise_check, self.defocus_check = planes_checks(
                 self.planes, self.derivative_weights, self.z - self.z0, self.pixel_size,
                 self.energy, self.noise if isinstance(self.noise, Noise) else None,
                 self._record_name)
@@ -756,7 +778,7 @@ class FocalTriplet(FocalSeries):
         reductions, planes, scan_step, energy, noise, registration, flux = prepare_planes(
             reductions, scan_step, virtual=virtual, counts=counts, register=register,
             normalize=normalize)
-        reductions[1], hit, why = repair_com(reductions)
+        reductions[1], hit, why = repair_com(reductions, counts=counts)
         check_com_extent(reductions[1], "zero")
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise,
                 virtual=virtual)

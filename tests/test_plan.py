@@ -69,7 +69,9 @@ def test_plan_takes_an_uneven_defocus_pair_as_a_triplet_does(method):
 def test_plan_solves_without_allocating(method):
     """After the warm-up, a solve into caller-owned outputs allocates no image:
     the tracker sees NumPy's (and pyFFTW's) buffers, so one fresh image of
-    16 KB would show."""
+    16 KB would show. What it does allocate is bookkeeping: the verdicts'
+    text (3.5 KB where tie-exact's phase is far from the centre of mass's),
+    the checks' small reductions."""
     (planes, grad), = frames(1)
     plan = ft.Plan((N, N), PIXEL, DZ, E, method=method, backend="cpu")
     out = np.empty((N, N), np.float32)
@@ -80,7 +82,7 @@ def test_plan_solves_without_allocating(method):
     peak = least_peak_bytes(lambda: plan.solve(*planes, gradient=grad, out=out,
                                                 gradient_out=gout))
     image = N * N * 4
-    assert peak < image / 4, f"{method}: {peak} bytes allocated in one solve"
+    assert peak < image / 2, f"{method}: {peak} bytes allocated in one solve"
 
 
 @pytest.mark.parametrize("method", ["tie", "tie-exact"])
@@ -406,3 +408,57 @@ def test_a_batch_given_each_item_s_records_gives_each_reconstruct_s_verdict(
         with pytest.raises(ft.InputError, match=match):
             plan.solve_batch(stack, gradient=grads, out=out, records=records)
         assert np.all(out == 7.0)
+
+
+def test_a_plan_checks_the_focal_derivative_as_a_triplet_does(monkeypatch):
+    """A Plan solved planes of noise alone (a 2 rad phase) and defocus steps
+    beyond the TIE's linear transport (worse than flat) without a word, where
+    a triplet of the same planes warns. It makes the triplet's checks on its
+    first planes, again after ORIENTATION_RECHECK_S and where the planes'
+    scale changes, and its info says what they found; icom's does not read
+    the planes' derivative."""
+    import flowtie_fast.plan as plan_module
+    from flowtie_fast.simulation.optics import propagate
+
+    rng = np.random.default_rng(0)
+    noise = [rng.normal(1.0, 0.1, (96, 96)).astype(np.float32) for _ in range(3)]
+    plan = ft.Plan((96, 96), dz=40.0, pixel_size=0.2, energy=300e3, method="tie",
+                   backend="cpu")
+    with pytest.warns(ft.TrustWarning, match="^planes: their noise is unknown"):
+        plan.solve(*noise)
+    assert plan.info["trust"].startswith("planes: their noise is unknown")
+    with warnings.catch_warnings():  # the verdict kept, not warned again
+        warnings.simplefilter("error", ft.TrustWarning)
+        plan.solve(*noise)
+    assert plan.info["trust"].startswith("planes: their noise is unknown")
+    given = plan.solve(*noise, noise=0.01)  # noise known: the phase is regularised
+    assert "trust" not in plan.info or "noise is unknown" not in plan.info["trust"]
+    # a Fresnel phase object's planes (0.3 rad bump), clean at 20 Å, beyond the TIE at 5 µm
+    n, px = 64, 0.2
+    y, x = np.mgrid[:n, :n] * px
+    truth = 0.3 * np.exp(-((x - 6.4) ** 2 + (y - 6.4) ** 2) / 2.0)
+    for dz, said in ((20.0, False), (5000.0, True)):
+        planes = [np.abs(propagate(np.exp(1j * truth), z, px, 300e3)) ** 2
+                  for z in (-dz, 0, dz)]
+        p = ft.Plan((n, n), dz=dz, pixel_size=px, energy=300e3, method="tie", backend="cpu")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            p.solve(*planes)
+        defocus = [str(w.message) for w in caught if str(w.message).startswith("dz: ")]
+        assert bool(defocus) == said
+        assert (p.info.get("trust") == (defocus[0] if said else None)), p.info
+        if said:  # checked again (the delay set to 0): the same planes, the same verdict
+            monkeypatch.setattr(plan_module, "ORIENTATION_RECHECK_S", 0.0)
+            with pytest.warns(ft.TrustWarning, match="^dz: "):
+                p.solve(*planes)
+            assert p.info["trust"] == defocus[0]
+            noisy = [a * 3 for a in planes]  # another scale: checked again at once
+            monkeypatch.setattr(plan_module, "ORIENTATION_RECHECK_S", 1e9)
+            with pytest.warns(ft.TrustWarning, match="^dz: "):
+                p.solve(*noisy)
+    icom = ft.Plan((96, 96), dz=40.0, pixel_size=0.2, energy=300e3, method="icom",
+                   backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.TrustWarning)
+        icom.solve(*noise, gradient=rng.normal(0, 0.01, (2, 96, 96)).astype(np.float32))
+    assert "trust" not in icom.info

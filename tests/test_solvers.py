@@ -274,7 +274,8 @@ def test_warnings_name_the_caller_s_line_whatever_the_entry_point():
     for says, call in calls:
         with pytest.warns(UserWarning, match=says) as caught:
             call()
-        assert [w.filename for w in caught] == [__file__], (says, caught[0].filename)
+        # every warning (the drift's call also warns of planes of noise alone)
+        assert {w.filename for w in caught} == {__file__}, (says, caught[0].filename)
 
 
 @pytest.mark.parametrize("depth, radius", [(0.99, 10), (1.0, 10), (0.99, 30)])

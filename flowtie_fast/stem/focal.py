@@ -146,8 +146,10 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
         if np.dtype(d.dtype).kind == "f" and np.dtype(d.dtype).itemsize > 4:
             check_float32_range(n, s, detector)
     records = check_saturation(samples, [d.dtype for d in data])
+    # the in-focus patterns' extreme pixels: the transients repair_com screens
     reductions = [reduce_4dstem(d, detector, regions, com_radius_mrad=com_radius,
-                                backend=backend, chunk_bytes=chunk_bytes, name=n)
+                                backend=backend, chunk_bytes=chunk_bytes, name=n,
+                                peaks=n == "zero")
                   for n, d in zip(names, data)]
     reductions = [dataclasses.replace(r, saturation=rec) for r, rec in zip(reductions, records)]
     return reductions, holds_counts(data)
@@ -457,25 +459,123 @@ def _neighbours_median(image, r, c) -> float:
     return float(np.median(window[others]))
 
 
-def repair_com(reductions, name="zero"):
+def _neighbours_medians(image):
+    """The median of each pixel's (up to 8) neighbours, (Sy, Sx) float64."""
+    sy, sx = image.shape
+    padded = np.pad(np.asarray(image, np.float64), 1, constant_values=np.nan)
+    around = [padded[1 + dy:1 + dy + sy, 1 + dx:1 + dx + sx]
+              for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    return np.nanmedian(np.stack(around), axis=0)
+
+
+#: A pattern's largest (or smallest) pixel beyond the median of its 8
+#: neighbours' by more than this many times that median's size (at least the
+#: scan's median largest pixel; plus :data:`PEAK_COUNTS_SIGMAS` of its Poisson
+#: scatter for counts) is a transient's (:func:`peak_outliers`). On 2088 clean
+#: simulated in-focus scans (the test, validation and corpus files,
+#: noise-free and Poisson counts at 1e3-1e6 e/Å², read as floats) the largest
+#: such share was 1.78 noise-free (a thick Al [110] crystal's channelled
+#: disk) and 3.0 at 1e3 e/Å² (4 counts against 1: the scatter's term is
+#: for that); among the patterns whose centre of mass also stood out
+#: (:data:`PEAK_COM_FACTOR`), 1.54 noise-free and 2.0 at 1e3 e/Å². The
+#: factor was chosen on the first 840 of them (noise-free 0.51; 3.0 at 1e3).
+PEAK_FACTOR = 2.5
+
+#: The Poisson scatter of counts' largest pixel allowed beyond
+#: :data:`PEAK_FACTOR`, in standard deviations of the neighbours' median.
+PEAK_COUNTS_SIGMAS = 5.0
+
+#: ... and the centre of mass it leaves is further from its neighbours' median
+#: than this many times the scan's median such distance: a transient where
+#: the centre of mass does not read it (the disk's centre, beyond
+#: ``com_radius``) is left alone.
+PEAK_COM_FACTOR = 3.0
+
+
+def peak_outliers(peaks, com, counts=False):
+    """The patterns one of whose detector pixels a transient hit, found from
+    each pattern's largest and smallest pixel (``Reduction.peaks``).
+
+    A cosmic ray or an X-ray puts its counts into a few detector pixels: the
+    pattern's largest pixel stands far above its neighbours' largest, even
+    where the pattern's sum does not stand out (a 4000-count track on a
+    pattern of 2e4 electrons). A dark frame subtracted wrong leaves a pixel
+    far below zero. The specimen changes a pattern's largest pixel with the
+    probe's position by a factor of a few at most (the scale of
+    :data:`PEAK_FACTOR`), and every pattern's centre of mass by much more
+    (:data:`PEAK_COM_FACTOR` screens only the patterns a pixel singled out).
+
+    Parameters
+    ----------
+    peaks : array (2, Sy, Sx)
+        Each pattern's largest and smallest pixel value.
+    com : array (2, Sy, Sx)
+        The centre of mass of the same scan.
+    counts : bool, optional
+        Whether the patterns are electron counts (default False): their
+        largest pixel's Poisson scatter is allowed for.
+
+    Returns
+    -------
+    rows, cols : ndarray of intp
+        The scan positions found (empty where none, or the scan is under 3
+        positions a side, or the values are not finite).
+    why : list of str
+        Per position, what stands out (``"a pixel at 4.1e+03 (neighbours' at
+        most 31)"``).
+    """
+    none = (np.zeros(0, np.intp), np.zeros(0, np.intp), [])
+    top, bottom = (np.asarray(to_host(p), np.float64) for p in peaks)
+    if min(top.shape) < 3 or not (np.isfinite(top).all() and np.isfinite(bottom).all()):
+        return none
+    scale = float(np.median(np.abs(top)))
+    top8, bottom8 = _neighbours_medians(top), _neighbours_medians(bottom)
+    size = np.maximum(np.abs(top8), scale), np.maximum(np.abs(bottom8), scale)
+    allowed = [PEAK_FACTOR * z + (PEAK_COUNTS_SIGMAS * np.sqrt(z) if counts else 0.0)
+               for z in size]
+    high = top - top8 > allowed[0]
+    low = bottom8 - bottom > allowed[1]
+    if not (high.any() or low.any()):
+        return none
+    c = np.asarray(to_host(com), np.float64)
+    jump = np.hypot(c[0] - _neighbours_medians(c[0]), c[1] - _neighbours_medians(c[1]))
+    typical = float(np.median(jump))
+    rows, cols = np.nonzero((high | low) & (jump > PEAK_COM_FACTOR * typical))
+    why = [f"a detector pixel at {top[r, c]:.3g} (the neighbours' largest: {top8[r, c]:.3g})"
+           if high[r, c] else
+           f"a detector pixel at {bottom[r, c]:.3g} (the neighbours' smallest: "
+           f"{bottom8[r, c]:.3g})" for r, c in zip(rows.tolist(), cols.tolist())]
+    return rows, cols, why
+
+
+def repair_com(reductions, name="zero", counts=False):
     """The centre of mass of the patterns hit by a transient (a cosmic ray or
     an X-ray on the detector) replaced by the median of its neighbours'.
 
     A hit adds its counts far from the disk's centre, where the centre of
     mass weighs them most: one pixel of one pattern in 1024 (2000 counts on a
     pattern of about 2000) took an ``icom`` phase's NMSE from 0.16 to 0.55,
-    65535 counts to 1.9, without a word. Such a pattern holds far more
-    electrons than each of its 8 neighbours (or a negative value) in the
-    in-focus scan alone: an isolated outlying pixel of the whole-detector
-    images, screened over the three scans as :func:`flux_record` screens
-    them for the beam current (:func:`~flowtie_fast.planes.outlying_pixels`:
-    a feature of the specimen shows in every scan). Fewer electrons than the
-    neighbours is the specimen scattering beyond the detector, not a hit,
-    and is kept. The hit pattern's centre of mass is no measure of the
-    specimen: each component becomes the median of its 8 neighbours' (the
-    other hits left out). A hit too weak to stand out of the pattern's
-    electron count is not found here; more hits than
-    :func:`~flowtie_fast.planes.repair_limit` are warned of, not replaced.
+    65535 counts to 1.9, without a word. Two screens find such patterns in
+    the in-focus scan:
+
+    - the whole-detector images: a pattern with far more electrons than each
+      of its 8 neighbours (or a negative sum), an isolated outlying pixel
+      screened over the three scans as :func:`flux_record` screens them for
+      the beam current (:func:`~flowtie_fast.planes.outlying_pixels`: a
+      feature of the specimen shows in every scan). Fewer electrons than the
+      neighbours is the specimen scattering beyond the detector, not a hit,
+      and is kept;
+    - where the reduction measured each pattern's extreme pixels
+      (``Reduction.peaks``, as :func:`reduce_triplet` does), one detector
+      pixel far beyond its neighbours' patterns' (or far below zero: a dark
+      frame subtracted wrong) that moved the centre of mass
+      (:func:`peak_outliers`): a hit too weak to stand out of the pattern's
+      electron count.
+
+    The hit pattern's centre of mass is no measure of the specimen: each
+    component becomes the median of its 8 neighbours' (the other hits left
+    out). More hits than :func:`~flowtie_fast.planes.repair_limit` are warned
+    of, not replaced.
 
     Parameters
     ----------
@@ -485,12 +585,15 @@ def repair_com(reductions, name="zero"):
         images take part in the screen.
     name : str
         How the message names the scan (default ``"zero"``).
+    counts : bool
+        Whether the patterns are electron counts (default False;
+        :func:`peak_outliers`).
 
     Returns
     -------
     reduction : Reduction
-        ``reduction`` itself where nothing was found (or no whole-detector
-        image was made), else a copy with the repaired centre of mass.
+        ``reduction`` itself where nothing was found (or neither screen could
+        run), else a copy with the repaired centre of mass.
     pixels : list or None
         Per repaired pattern ``[row, column, |∇φ| before, |∇φ| after]`` (scan
         px, rad/Å), or None.
@@ -498,39 +601,42 @@ def repair_com(reductions, name="zero"):
         The warning's text (warned here), or None.
     """
     reduction = reductions[1]
+    found = {}  # (row, column) -> what stands out
     wholes = [r.virtual.get("whole") for r in reductions]
-    if any(w is None for w in wholes):
+    hosts = None if any(w is None for w in wholes) else [to_host(w) for w in wholes]
+    if (hosts is not None and min(hosts[1].shape) >= 3 and len({h.shape for h in hosts}) == 1
+            and all(np.isfinite(h).all() for h in hosts)):
+        host = hosts[1]
+        # the screen of the planes over the three scans, as the beam current's: a
+        # feature of the specimen shows in every scan, and the other scans' images
+        # keep the threshold where several hits would raise one image's own
+        rows, cols = outlying_pixels(hosts)[1]
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            # a hit adds electrons: an excess, or a negative value (a dark frame's
+            # slip); fewer electrons than the neighbours is the specimen scattering
+            # beyond the detector
+            if host[r, c] > _neighbours_median(host, r, c) or host[r, c] < 0:
+                found[(r, c)] = f"{host[r, c]:.4g} electrons in the whole detector"
+    if reduction.peaks is not None:
+        rows, cols, why = peak_outliers(reduction.peaks, reduction.com, counts)
+        for r, c, w in zip(rows.tolist(), cols.tolist(), why):
+            found.setdefault((r, c), w)
+    if not found:
         return reduction, None, None
-    hosts = [to_host(w) for w in wholes]
-    host = hosts[1]
-    if (min(host.shape) < 3 or len({h.shape for h in hosts}) > 1
-            or not all(np.isfinite(h).all() for h in hosts)):
-        return reduction, None, None
-    # the screen of the planes over the three scans, as the beam current's: a
-    # feature of the specimen shows in every scan, and the other scans' images
-    # keep the threshold where several hits would raise one image's own
-    rows, cols = outlying_pixels(hosts)[1]
-    if rows.size:
-        # a hit adds electrons: an excess, or a negative value (a dark frame's
-        # slip); fewer electrons than the neighbours is the specimen scattering
-        # beyond the detector
-        near = np.array([_neighbours_median(host, r, c)
-                         for r, c in zip(rows.tolist(), cols.tolist())])
-        hit = (host[rows, cols] > near) | (host[rows, cols] < 0)
-        rows, cols = rows[hit], cols[hit]
-    if not rows.size:
-        return reduction, None, None
-    if rows.size > repair_limit(host.shape):  # beyond planes.MAX_REPAIR: not transients
-        warnings.warn(f"gradient: {rows.size} patterns of {name} hold far more electrons than "
-                      "each of their 8 neighbours, too many to be isolated transients: their "
-                      "centre of mass is used as measured; check the camera's frames",
+    shape = tuple(reduction.com.shape[1:])
+    if len(found) > repair_limit(shape):  # beyond planes.MAX_REPAIR: not transients
+        warnings.warn(f"gradient: {len(found)} patterns of {name} stand out of their 8 "
+                      "neighbours (far more electrons, or a detector pixel far beyond "
+                      "theirs), too many to be isolated transients: their centre of mass is "
+                      "used as measured; check the camera's frames",
                       TrustWarning, stacklevel=user_stacklevel())
         return reduction, None, None
+    rows, cols = (np.array(a, np.intp) for a in zip(*sorted(found)))
     xp = array_module(reduction.com)
     com = np.array(to_host(reduction.com), dtype=np.float64)
-    bad = np.zeros(host.shape, bool)
+    bad = np.zeros(shape, bool)
     bad[rows, cols] = True
-    ny, nx = host.shape
+    ny, nx = shape
     before = 2 * np.pi * np.hypot(com[0, rows, cols], com[1, rows, cols])
     for r, c in zip(rows.tolist(), cols.tolist()):
         r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, ny), max(c - 1, 0), min(c + 2, nx)
@@ -540,17 +646,16 @@ def repair_com(reductions, name="zero"):
     after = 2 * np.pi * np.hypot(com[0, rows, cols], com[1, rows, cols])
     pixels = [[int(r), int(c), float(b), float(a)]
               for r, c, b, a in zip(rows, cols, before, after)]
-    wholes = host[rows, cols]
     w = int(np.argmax(np.abs(before - after)))
     n = rows.size
     why = (f"gradient: {n} pattern{'s' if n > 1 else ''} of {name} "
-           f"hold{'' if n > 1 else 's'} far more electrons than each of "
-           f"{'their' if n > 1 else 'its'} 8 neighbours (the worst at scan row {rows[w]}, "
-           f"column {cols[w]}: {wholes[w]:.4g} in the whole detector): cosmic rays or X-rays "
-           f"on the detector? {'their' if n > 1 else 'its'} centre of mass, |∇φ| "
-           f"{before[w]:.3g} rad/Å at the worst, replaced by the median of the neighbours' "
-           f"({after[w]:.3g}) (triplet.plane_defects['pixels']['gradient']); check the "
-           "camera's frames if they recur")
+           f"stand{'' if n > 1 else 's'} out of {'their' if n > 1 else 'its'} 8 neighbours "
+           f"(the worst at scan row {rows[w]}, column {cols[w]}: "
+           f"{found[(int(rows[w]), int(cols[w]))]}): cosmic rays or X-rays on the detector? "
+           f"{'their' if n > 1 else 'its'} centre of mass, |∇φ| {before[w]:.3g} rad/Å at the "
+           f"worst, replaced by the median of the neighbours' ({after[w]:.3g}) "
+           "(triplet.plane_defects['pixels']['gradient']); check the camera's frames if "
+           "they recur")
     warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
     com = xp.asarray(com.astype(np.dtype(reduction.com.dtype), copy=False))
     return dataclasses.replace(reduction, com=com), pixels, why

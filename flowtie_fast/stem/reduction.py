@@ -63,6 +63,10 @@ class Reduction:
         (:func:`~flowtie_fast.stem.detector.saturation`'s record), as
         :func:`~flowtie_fast.stem.focal.reduce_triplet` sets it; None where
         not checked (default: reductions made elsewhere).
+    peaks : array (2, Sy, Sx) of float32, optional
+        Each pattern's largest and smallest pixel value, in the data's units,
+        as ``reduce_4dstem(..., peaks=True)`` measures them (default None:
+        not measured).
     """
 
     virtual: dict
@@ -72,6 +76,7 @@ class Reduction:
     flip: bool = False
     regions: dict = field(default_factory=dict)
     saturation: dict | None = None
+    peaks: object = None
 
     @property
     def gradient(self):
@@ -249,7 +254,8 @@ def check_4d(name, data):
 
 
 def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=None,
-                  backend="auto", chunk_bytes: int = 64 << 20, name: str = "data"):
+                  backend="auto", chunk_bytes: int = 64 << 20, name: str = "data",
+                  peaks: bool = False):
     """One pass over a 4D-STEM dataset: virtual images and centre of mass.
 
     Parameters
@@ -272,6 +278,11 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
         goes in one launch.
     name : str
         How messages name ``data`` (default "data").
+    peaks : bool
+        Whether to measure each pattern's largest and smallest pixel value as
+        well (``Reduction.peaks``; default False). They are read from the
+        chunks already in memory, one more pass over each in NumPy or CuPy;
+        not measured for dask arrays reduced on the CPU.
 
     Returns
     -------
@@ -298,15 +309,19 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
     be: Backend = get_backend(backend, like=data)
     be.prepare()
     W, lo, hi, combine = _weights_on(be, detector, regions, com_radius_mrad)
+    extremes = None
     if _is_dask(data) and not be.is_gpu:
         sums = _reduce_dask(data, W, lo, hi)  # on the workers, chunk by chunk
     else:
-        sums = _reduce_streamed(data, W, lo, hi, be, chunk_bytes, name)
+        sums, extremes = _reduce_streamed(data, W, lo, hi, be, chunk_bytes, name, peaks)
     try:
-        return finish_reduction(sums, combine, detector, regions, name)
+        reduction = finish_reduction(sums, combine, detector, regions, name)
     except InputError as exc:
         _explain_overflow(name, data, sums, exc)
         raise
+    if extremes is not None:
+        reduction.peaks = extremes
+    return reduction
 
 
 def _explain_overflow(name: str, data, sums, exc) -> None:
@@ -331,12 +346,15 @@ def _explain_overflow(name: str, data, sums, exc) -> None:
                          f"data (e.g. multiply by {factor:g})") from exc
 
 
-def _reduce_streamed(data, W, lo, hi, be: Backend, chunk_bytes, name: str = "data"):
+def _reduce_streamed(data, W, lo, hi, be: Backend, chunk_bytes, name: str = "data",
+                     peaks: bool = False):
     """The weighted sums (Sy, Sx, Q), reading whole scan rows of at most
-    ``chunk_bytes`` at a time."""
+    ``chunk_bytes`` at a time, and, with ``peaks``, each pattern's largest and
+    smallest pixel value (2, Sy, Sx) float32 (else None)."""
     sy, sx, ky, kx = (int(s) for s in data.shape)
     xp = be.xp
     out = xp.empty((sy * sx, W.shape[0]), np.float32)
+    extremes = xp.empty((2, sy * sx), np.float32) if peaks else None
     row_bytes = sx * ky * kx * np.dtype(data.dtype).itemsize
     rows = max(1, int(chunk_bytes // max(row_bytes, 1)))
     if is_cupy(data) and np.dtype(data.dtype) in _NATIVE and data.flags.c_contiguous:
@@ -353,7 +371,10 @@ def _reduce_streamed(data, W, lo, hi, be: Backend, chunk_bytes, name: str = "dat
             chunk = be.asarray(chunk)
         chunk = _native(chunk, xp).reshape((i1 - i0) * sx, ky * kx)
         be.kernels.reduce_patterns(chunk, W, lo, hi, out[i0 * sx:i1 * sx])
-    return out.reshape(sy, sx, -1)
+        if peaks:
+            extremes[0, i0 * sx:i1 * sx] = chunk.max(axis=1)
+            extremes[1, i0 * sx:i1 * sx] = chunk.min(axis=1)
+    return out.reshape(sy, sx, -1), None if extremes is None else extremes.reshape(2, sy, sx)
 
 
 def finish_reduction(sums, combine, detector: Detector, regions: dict, name: str = "data"):
