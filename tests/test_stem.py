@@ -1247,6 +1247,9 @@ def test_a_bf_radius_near_or_beyond_the_disk_is_warned_of(share, warned):
     assert bool(said) == warned, said
     if warned:
         assert f"{share:.2g} of the bright-field disk" in said[0]
+    with warnings.catch_warnings():  # the planes are not the 'bf' images: nothing to say
+        warnings.simplefilter("error", ft.TrustWarning)
+        triplet_geometry(mean, 0.02, E, bf_radius=share * disk, virtual="abf")
 
 
 def test_several_hits_are_repaired_and_a_pattern_short_of_electrons_is_kept():

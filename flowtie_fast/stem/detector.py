@@ -780,7 +780,7 @@ def check_center_given(center, mean, scatter: float = 0.0, name: str = "zero") -
 
 
 def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name="zero",
-                     sample=None):
+                     sample=None, virtual="bf"):
     """Detector and virtual-detector regions for a focal triplet from the mean
     in-focus pattern.
 
@@ -805,6 +805,10 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
         ``center`` given is checked against the disk measured on them, within
         the scatter of that measurement over them (:func:`center_scatter`);
         default None: no check.
+    virtual : str
+        The virtual image that will form the planes (default "bf"): a
+        ``bf_radius`` of :data:`BF_RADIUS_SHARE` of the disk or more is
+        warned of only where it is "bf".
 
     Returns
     -------
@@ -878,7 +882,7 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
         return detector, {"bf": (0.0, bf_radius), "whole": (0.0, np.inf)}
     regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
                "df": (disk, np.inf), "whole": (0.0, np.inf)}
-    if bf_radius >= BF_RADIUS_SHARE * disk:
+    if virtual == "bf" and bf_radius >= BF_RADIUS_SHARE * disk:
         warnings.warn(
             f"bf_radius: the 'bf' images sum {bf_radius:.3g} mrad, {bf_radius / disk:.2g} of "
             f"the bright-field disk ({disk:.3g} mrad measured on {name}): a detector that "

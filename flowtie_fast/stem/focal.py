@@ -137,7 +137,7 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
     if not np.isfinite(mean).all():
         raise InputError(f"zero: contains NaN or Inf{_nonfinite_position(sample, data[1])}")
     detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius,
-                                         sample=sample)
+                                         sample=sample, virtual=virtual)
     check_choice("virtual", virtual, tuple(regions))
     check_region(virtual, regions, detector, bf_radius is not None)
     check_com_radius(com_radius, regions, detector)

@@ -494,7 +494,8 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     mean = np.asarray(total.data, np.float64) / (sy * sx)
     if not np.isfinite(mean).all():  # else named "the mean pattern is empty" (center)
         raise InputError("zero: the patterns contain NaN or Inf")
-    detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius)
+    detector, regions = triplet_geometry(mean, k_sampling, energy, center, bf_radius,
+                                         virtual=virtual)
     dtype = np.dtype(getattr(datasets[1], "dtype", np.float32))
     if (dtype.kind == "f" and dtype.itemsize > 4
             and 0 < float(np.abs(mean).max()) < float(np.finfo(np.float32).tiny)):
