@@ -452,6 +452,39 @@ def _constant_gradient(gradient) -> bool:
     return all(float(xp.max(c)) == float(xp.min(c)) for c in gradient)
 
 
+#: Conjugate gradients stop where the residual has grown beyond this many
+#: times the least it reached (diverged) ...
+PCG_DIVERGENCE = 1e3
+#: ... or has not taken that least down by a tenth for this many iterations
+#: (stalled): the working precision's floor, reached before a ``tol`` below it.
+PCG_STALL = 50
+#: The relative residual a conjugate-gradient solve reaches in each working
+#: dtype (its default ``tol``): a solve stopped at or below it is as good as
+#: the precision allows, whatever lower ``tol`` was asked for.
+PCG_PRECISION = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+
+
+def _pcg_verdict(info, dtype):
+    """Why a ``tie-exact`` solve's phase is not to be trusted, from its
+    record (``_pcg``), or None: stopped short of its ``tol`` above the
+    working precision's floor (:data:`PCG_PRECISION`). The phase returned is
+    the iterate of least residual."""
+    if info["converged"] or info["least_residual"] <= PCG_PRECISION[np.dtype(dtype)]:
+        return None
+    how = {"max_iter": f"after {info['iterations']} iterations (max_iter)",
+           "stalled": f"after {info['iterations']} iterations, the last {PCG_STALL} "
+                      "without a residual a tenth lower",
+           "diverged": f"after {info['iterations']} iterations, its residual growing "
+                       f"beyond {PCG_DIVERGENCE:g} times its least",
+           "breakdown": f"after {info['iterations']} iterations (the operator lost "
+                        "positivity)"}[info["stopped"]]
+    advice = "a larger max_iter, or dtype='float64'" if info["stopped"] == "max_iter" else \
+        "dtype='float64', or a larger tol"
+    return (f"tie-exact: stopped {how}, at a least relative residual of "
+            f"{info['least_residual']:.3g}, above its tolerance {info['tol']:.3g}: the phase "
+            f"is the iterate of that residual ({advice})")
+
+
 def lead_trust(info, why) -> None:
     """``why`` put first in ``info["trust"]``, any reason already there
     after it (``"; also: ..."``): the verdicts that bias every method's input
@@ -1032,12 +1065,10 @@ class TIESolver:
         elif method == "tie-exact":
             residual = self._pcg(k, mean, phase, grad, info, tol, max_iter, want, floor,
                                  noise_norm)
-            if not info["converged"]:
-                info["trust"] = (f"tie-exact: stopped after {info['iterations']} iterations "
-                                 f"at a relative residual of {info['relative_residual'][-1]:.3g}"
-                                 f", above its tolerance {info['tol']:.3g}: the phase is the "
-                                 "last iterate (a larger max_iter, or dtype='float64')")
-                warnings.warn(info["trust"], TrustWarning, stacklevel=user_stacklevel())
+            why = _pcg_verdict(info, self.dtype)
+            if why is not None:
+                info["trust"] = why
+                warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
         elif method == "gd":
             residual = self._gradient_descent(k, mean, phase, grad, info, tol, max_iter,
                                               options.preconditioner or "biharmonic",
@@ -1592,31 +1623,55 @@ class TIESolver:
         p = self._buf("p")
         p[...] = z
         tmp = self._buf("tmp")  # in-place updates: no temporaries per iteration
+        best = self._buf("best")  # the iterate of least residual so far
+        best[...] = x
         rz = _dot(xp, r, z)
         history = [float(xp.linalg.norm(r)) / b_norm]
+        least, at = history[0], 0
+        gained, mark = 0, least  # the last iteration that took it a tenth below mark
+        stopped = "max_iter"
         it = 0
         while history[-1] > tol and it < max_iter:
             ap = self._apply_a(p, ax)
             pap = _dot(xp, p, ap)
             if not pap > 0:
+                stopped = "breakdown"
                 break
             a = rz / pap
             x += xp.multiply(p, a, out=tmp)
             r -= xp.multiply(ap, a, out=tmp)
             history.append(float(xp.linalg.norm(r)) / b_norm)
             it += 1
+            if history[-1] < least:
+                if history[-1] < 0.9 * mark:
+                    gained, mark = it, history[-1]
+                least, at = history[-1], it
+                best[...] = x
             if history[-1] <= tol:
+                break
+            # Past the working precision's floor the recursion loses conjugacy:
+            # the residual stalls, then grows without bound (a float32 solve
+            # asked for tol 1e-8 went from NMSE 3e-9 to 5e8 in 50 iterations)
+            if not history[-1] <= PCG_DIVERGENCE * least:
+                stopped = "diverged"
+                break
+            if it - gained >= PCG_STALL:
+                stopped = "stalled"
                 break
             precondition(r, z)
             rz_new = _dot(xp, r, z)
             p *= rz_new / rz
             p += z
             rz = rz_new
+        if history[-1] <= tol:
+            stopped = "converged"
+        elif at != it:  # the least residual's iterate, not the last
+            x[...] = best
         x -= x.mean()
         if grad is not None:  # a Plan without gradient_out skips it
             P.gradient(x, out=grad)
-        info.update(iterations=it, converged=history[-1] <= tol, tol=tol,
-                    relative_residual=history)
+        info.update(iterations=it, converged=stopped == "converged", tol=tol,
+                    relative_residual=history, stopped=stopped, least_residual=least)
         return self._true_residual(x, k) if want_residual else None
 
     def _gradient_descent(self, k, mean, x, grad, info, tol, max_iter, preconditioner,
