@@ -217,12 +217,12 @@ def _reconstruct(args) -> int:
         # whether to trust the phase, as reconstruct judged it (JSON: trusted a bool)
         fields["verdict"] = json.dumps(verdict_entries(rec.info))
         if ds.phase_gt is not None:
-            from flowtie_fast.evaluation.evaluate import phase_errors
+            from flowtie_fast.evaluation.evaluate import nmse_text, phase_errors
 
             try:
                 mse, nmse = phase_errors(fields["phase"], ds.phase_gt)
                 print(f"phase error against the file's ground truth: MSE {mse:.4g} rad², "
-                      f"NMSE {nmse:.4g}")
+                      f"NMSE {nmse_text(nmse, '.4g')}")
             except InputError as exc:  # the result is still written
                 warnings.warn(f"no phase error against the file's ground truth: {exc}",
                               UserWarning, stacklevel=2)
@@ -429,7 +429,7 @@ def _evaluate(args) -> int:
           f"{args.repeats} runs after a warm-up run")
     rows = evaluate(args.directory, methods=methods, backend=args.backend,
                     repeats=args.repeats, triplet_options=options, model=model,
-                    progress=print, skip_without_gradient=not given)
+                    progress=print, skip_without_gradient=True)
     table = format_table(rows)
     print(table)
     if args.output is not None:
@@ -1017,7 +1017,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
                     help=f"methods to run, of {', '.join(METHODS)} (default: all of them; "
                          "flowtie where PyTorch is installed; icom and flowtie skip cases "
-                         "without a measured gradient)")
+                         "without a measured gradient, named or not)")
     ev.add_argument("--backend", default="cpu", choices=("auto", "cpu", "gpu"),
                     help="where to compute")
     ev.add_argument("--repeats", type=int, default=3, metavar="N",

@@ -165,3 +165,34 @@ def test_a_file_name_that_is_not_utf8_is_escaped_in_what_is_written(tmp_path, ca
         source = f.attrs["source"]
     assert str(source).endswith("caf\\xe9.npz")
     capsys.readouterr()
+
+
+def test_named_gradient_methods_skip_cases_without_a_gradient(tmp_path, capsys):
+    """`--methods tie icom` over a folder with a triplet of images (no
+    gradient) ran the cases before it, then stopped with an error and wrote
+    no table; as with the default methods, icom skips that case, saying so."""
+    write_cases(tmp_path)
+    out_md = tmp_path / "table.md"
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "tie", "icom", "--repeats", "1",
+                     "-o", str(out_md)]) == 0
+    out, _ = capsys.readouterr()
+    assert "b_images.npz" in out and "icom skipped (no measured gradient)" in out
+    table = out_md.read_text()
+    assert "a_with_gradient.npz" in table and "b_images.npz" in table
+
+
+def test_a_flat_ground_truth_reads_undefined_not_nan(tmp_path, capsys):
+    """A file whose phase_gt is flat printed "NMSE nan" and exited 0."""
+    from flowtie_fast.evaluation.evaluate import nmse_text
+
+    assert nmse_text(float("nan")) == "undefined (flat ground truth)"
+    assert nmse_text(0.25) == "0.250" and nmse_text(5e8, ".4g") == "5e+08"
+    write_cases(tmp_path)
+    ds = ft.load(tmp_path / "b_images.npz")
+    flat = tmp_path / "flat" / "c_flat.npz"
+    flat.parent.mkdir()
+    ft.save(flat, ft.Dataset(ds.minus, ds.zero, ds.plus, dz=ds.dz, scan_step=ds.scan_step,
+                             energy=ds.energy, phase_gt=np.zeros_like(ds.phase_gt)))
+    assert cli.main(["evaluate", str(flat.parent), "--methods", "tie", "--repeats", "1"]) == 0
+    out, _ = capsys.readouterr()
+    assert "nan" not in out and "undefined (flat ground truth)" in out

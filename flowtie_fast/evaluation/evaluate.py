@@ -10,6 +10,7 @@ divided by ``var(φ_gt)``.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import time
 
@@ -273,8 +274,10 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
             material = ds.meta.get("material", path.stem)
             thickness = float(ds.meta.get("thickness", np.nan))
         done = len(rows)
+        skipped = []
         for method in methods:
             if skip_without_gradient and method in GRADIENT_METHODS and t.gradient is None:
+                skipped.append(method)
                 continue
             options = {"model": model} if method == "flowtie" and model is not None else {}
             try:
@@ -289,9 +292,19 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
         if progress is not None:
             shown = _thickness_text(thickness)
             where = f"{one_line(material)}, {shown} Å" if shown else one_line(material)
-            progress(f"{one_line(case)} ({where}): NMSE " + ", ".join(
-                f"{r['method']} {r['nmse']:.3f}" for r in rows[done:]))
+            said = ["NMSE " + ", ".join(f"{r['method']} {nmse_text(r['nmse'])}"
+                                         for r in rows[done:])] if len(rows) > done else []
+            if skipped:
+                said.append(f"{' and '.join(skipped)} skipped (no measured gradient)")
+            progress(f"{one_line(case)} ({where}): " + "; ".join(said))
     return rows
+
+
+def nmse_text(nmse, spec: str = ".3f") -> str:
+    """An NMSE for display in the format ``spec``: ``"undefined (flat ground
+    truth)"`` where it is NaN (:func:`phase_errors`: nothing to normalise
+    by), never "nan"."""
+    return format(nmse, spec) if math.isfinite(nmse) else "undefined (flat ground truth)"
 
 
 def _thickness_text(thickness) -> str:
@@ -345,7 +358,8 @@ def format_table(rows) -> str:
             missing = missing or r is None
             mark = "†" if r is not None and r.get("fallback") else ""
             fallbacks = fallbacks or bool(mark)
-            cells.append("-" if r is None else f"{r['mse']:.4f} ({r['nmse']:.3f}){mark}")
+            cells.append("-" if r is None else
+                         f"{r['mse']:.4f} ({nmse_text(r['nmse'])}){mark}")
         present = [by[case + (m,)] for m in methods if case + (m,) in by]
         best = min(present, key=lambda r: r["mse"])["method"]
         name, material, thickness = case
