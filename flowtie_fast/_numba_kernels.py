@@ -1,4 +1,6 @@
-"""Numba twins of the CUDA kernels (``kernels/flowtie_ops.cuh``).
+"""Numba twins of the CUDA kernels (``kernels/flowtie_ops.cuh``), and one
+kernel of the CPU alone (:func:`pattern_extremes`, whose GPU counterpart is
+CuPy's own ``max`` and ``min``).
 
 Each function computes exactly what the CUDA kernel of the same name
 computes, row-parallel with ``prange``, into caller-supplied outputs; the
@@ -386,6 +388,26 @@ def reduce_patterns(data, W, lo, hi, out):
         for q in range(nq):
             for j in range(4):
                 out[p + j, q] = acc[q, j]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def pattern_extremes(data, out):
+    """``out[0, p]``, ``out[1, p]``: the largest and smallest value of pattern
+    ``p`` (a row of ``data``, (N, K), any real dtype; ``out`` (2, N) float32),
+    in one pass. Plain comparisons (NaN is never taken: such data are refused
+    by the reduction's sums) vectorise where ``max``/``min`` do not."""
+    npat, npix = data.shape
+    for p in prange(npat):
+        hi = data[p, 0]
+        lo = data[p, 0]
+        for k in range(npix):
+            v = data[p, k]
+            if v > hi:
+                hi = v
+            if v < lo:
+                lo = v
+        out[0, p] = hi
+        out[1, p] = lo
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})

@@ -176,6 +176,13 @@ def set_threads(n: int) -> None:
     """No thread pool to size: NumPy's element-wise operations run on one thread."""
 
 
+def pattern_extremes(data, out):
+    """``out[0]``, ``out[1]``: each pattern's (row's) largest and smallest
+    value, as float32."""
+    out[0] = data.max(axis=1)
+    out[1] = data.min(axis=1)
+
+
 def reduce_patterns(data, W, lo, hi, out):
     """``out[p, q] = sum_k W[q, k] * data[p, k]`` over ``k`` in ``[lo[q], hi[q])``
     clipped to the pattern, in float32: one matrix product of a float32 copy of

@@ -283,3 +283,24 @@ def test_the_weight_row_limit_is_the_kernels():
         CudaKernels.reduce_patterns(data, np.zeros((9, 16), np.float32), lo, hi, out)
     with pytest.raises(ValueError, match="W float32"):
         CudaKernels.reduce_patterns(data, np.zeros((2, 16)), lo[:2], hi[:2], out[:, :2].copy())
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32, np.float32,
+                                   np.float64])
+def test_pattern_extremes_numba_equals_numpy(dtype):
+    """The CPU kernel of each pattern's largest and smallest pixel equals
+    NumPy's max and min, into a strided view of the output as the reduction
+    passes it (its GPU counterpart is CuPy's own max and min)."""
+    from flowtie_fast import _numba_kernels, _numpy_kernels
+
+    rng = np.random.default_rng(0)
+    low = 0.0 if np.dtype(dtype).kind == "u" else 0.3
+    data = ((rng.random((37, 130)) - low) * 200).astype(dtype)
+    data[5, 129] = 7 if np.dtype(dtype).kind == "u" else -1000  # at the row's end
+    data[6, 0] = 250  # at its start
+    want = np.empty((2, 37), np.float32)
+    _numpy_kernels.pattern_extremes(data, want)
+    whole = np.zeros((2, 50), np.float32)
+    _numba_kernels.pattern_extremes(data, whole[:, 10:47])
+    np.testing.assert_array_equal(whole[:, 10:47], want)
+    assert not whole[:, :10].any() and not whole[:, 47:].any()

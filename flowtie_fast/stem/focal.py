@@ -529,12 +529,20 @@ def peak_outliers(peaks, com, counts=False):
     if min(top.shape) < 3 or not (np.isfinite(top).all() and np.isfinite(bottom).all()):
         return none
     scale = float(np.median(np.abs(top)))
-    top8, bottom8 = _neighbours_medians(top), _neighbours_medians(bottom)
-    size = np.maximum(np.abs(top8), scale), np.maximum(np.abs(bottom8), scale)
-    allowed = [PEAK_FACTOR * z + (PEAK_COUNTS_SIGMAS * np.sqrt(z) if counts else 0.0)
-               for z in size]
-    high = top - top8 > allowed[0]
-    low = bottom8 - bottom > allowed[1]
+
+    def allowed(near):
+        size = np.maximum(np.abs(near), scale)
+        return PEAK_FACTOR * size + (PEAK_COUNTS_SIGMAS * np.sqrt(size) if counts else 0.0)
+
+    top8 = _neighbours_medians(top)
+    high = top - top8 > allowed(top8)
+    if bottom.min() >= 0 and bottom.max() <= PEAK_FACTOR * scale:
+        # none can fall below its neighbours' smallest (at most bottom.max())
+        # by more than allowed (at least PEAK_FACTOR * scale): no pass needed
+        low = np.zeros(bottom.shape, bool)
+    else:
+        bottom8 = _neighbours_medians(bottom)
+        low = bottom8 - bottom > allowed(bottom8)
     if not (high.any() or low.any()):
         return none
     c = np.asarray(to_host(com), np.float64)

@@ -281,8 +281,9 @@ def reduce_4dstem(data, detector: Detector, regions: dict, *, com_radius_mrad=No
     peaks : bool
         Whether to measure each pattern's largest and smallest pixel value as
         well (``Reduction.peaks``; default False). They are read from the
-        chunks already in memory, one more pass over each in NumPy or CuPy;
-        not measured for dask arrays reduced on the CPU.
+        chunks already in memory, one more pass over each (the CPU kernel
+        ``pattern_extremes``, CuPy's ``max`` and ``min`` on the GPU); not
+        measured for dask arrays reduced on the CPU.
 
     Returns
     -------
@@ -372,8 +373,11 @@ def _reduce_streamed(data, W, lo, hi, be: Backend, chunk_bytes, name: str = "dat
         chunk = _native(chunk, xp).reshape((i1 - i0) * sx, ky * kx)
         be.kernels.reduce_patterns(chunk, W, lo, hi, out[i0 * sx:i1 * sx])
         if peaks:
-            extremes[0, i0 * sx:i1 * sx] = chunk.max(axis=1)
-            extremes[1, i0 * sx:i1 * sx] = chunk.min(axis=1)
+            part = extremes[:, i0 * sx:i1 * sx]
+            if be.is_gpu:
+                part[0], part[1] = chunk.max(axis=1), chunk.min(axis=1)
+            else:  # one pass (two for NumPy's reductions)
+                be.kernels.pattern_extremes(chunk, part)
     return out.reshape(sy, sx, -1), None if extremes is None else extremes.reshape(2, sy, sx)
 
 
