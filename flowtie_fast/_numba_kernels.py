@@ -394,8 +394,9 @@ def reduce_patterns(data, W, lo, hi, out):
 def pattern_extremes(data, out):
     """``out[0, p]``, ``out[1, p]``: the largest and smallest value of pattern
     ``p`` (a row of ``data``, (N, K), any real dtype; ``out`` (2, N) float32),
-    in one pass. Plain comparisons (NaN is never taken: such data are refused
-    by the reduction's sums) vectorise where ``max``/``min`` do not."""
+    in one pass. Plain comparisons vectorise where ``max``/``min`` do not;
+    they differ from NumPy's only for NaN (taken where it is a pattern's
+    first pixel, else skipped), data the reduction's sums refuse."""
     npat, npix = data.shape
     for p in prange(npat):
         hi = data[p, 0]

@@ -71,7 +71,7 @@ def _suffix(path: Path, suffixes=None, name: str = "path") -> str:
     if s not in suffixes:
         listed = suffixes[0] if len(suffixes) == 1 else \
             ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
-        raise InputError(f"{name}: expected a {listed} file, got {one_line(str(path))!r}")
+        raise InputError(f"{name}: expected a {listed} file, got {str(path)!r}")
     return s
 
 

@@ -286,12 +286,12 @@ class Plan:
         # a thread sharing the plan waits for a check under way, not reading it half done
         self._orientation_lock = threading.Lock()
         self.info = {}
-        self.reset_orientation()  # the curl check of the first telling gradient
-        # the counts check: time.monotonic() of it, its why, and what it saw
-        # (the planes' dtype and a sparse mean of the in-focus plane)
-        self._counts = (-math.inf, None, None)
-        # the checks of the focal derivative (noise, defocus), as the counts'
-        self._transport = (-math.inf, (None, None), None)
+        # the checks of earlier solves, each kept with time.monotonic() of it,
+        # its verdict and what it saw of the planes: the curl check of the
+        # first telling gradient, the counts check (the dtype and a sparse
+        # mean of the in-focus plane), the focal derivative's checks (the
+        # dtype, the focal contrast, whether a noise was given)
+        self.reset_orientation()
         self.timings["setup"] = time.perf_counter() - start
         why = image_verdict(method, self.virtual, model, not self.options.uncertainty)
         if why is not None:  # once here; each solve's plan.info["trust"] repeats it
@@ -313,12 +313,16 @@ class Plan:
         self._local.info = value
 
     def reset_orientation(self):
-        """Forget the curl check of the measured gradients: the next one given
-        is checked again (another specimen, detector or set-up)."""
+        """Forget the checks made on earlier solves: the curl check of the
+        measured gradients, and the counts and focal-derivative checks of the
+        planes; the next solve checks them again (another specimen, detector
+        or set-up)."""
         with self._orientation_lock:
             self.gradient_orientation = None
             self._untelling = 0  # gradients given since, none of them telling
             self._checked_at = -math.inf  # time.monotonic() of the last check
+            self._counts = (-math.inf, None, None)
+            self._transport = (-math.inf, (None, None), None)
 
     def __repr__(self) -> str:
         return (f"Plan(shape={self.shape}, method={self.method!r}, dz={self.dz} Å, "
@@ -343,10 +347,7 @@ class Plan:
                     pass                   # solve ran: real planes are checked at theirs
                 self.timings[key] = time.perf_counter() - start
         self.info = {}
-        self.reset_orientation()  # the synthetic gradient says nothing of the set-up
-        with self._orientation_lock:  # nor do its planes of the counts or the derivative
-            self._counts = (-math.inf, None, None)
-            self._transport = (-math.inf, (None, None), None)
+        self.reset_orientation()  # the synthetic planes say nothing of the set-up
 
     # ------------------------------------------------------------------ checks
 
@@ -608,25 +609,40 @@ class Plan:
         return (zero.dtype, float(zero[::8, ::8].mean()), *more)
 
     @staticmethod
+    def _contrast(planes) -> float:
+        """The outer planes' RMS difference over the in-focus plane's mean, on
+        every 8th pixel of every 8th row: what tells a frame of a specimen
+        from a blank one, whatever the exposure."""
+        minus, zero, plus = (p[::8, ::8] for p in planes)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            diff = plus.astype(np.float64) - minus
+            return float(np.sqrt(np.mean(diff * diff)) / abs(zero.mean(dtype=np.float64)))
+
+    @staticmethod
     def _same(before, seen) -> bool:
         """Whether planes ``seen`` are of the dtype and scale (within a factor
         1.25 either way) of those ``before``, and alike in what else was
         seen."""
-        return before is not None and before[0] == seen[0] and before[2:] == seen[2:] and \
-            0.8 * before[1] <= seen[1] <= 1.25 * before[1]
+        if before is None or before[0] != seen[0] or before[2:] != seen[2:]:
+            return False
+        a, b = before[1], seen[1]
+        return (a >= 0) == (b >= 0) and 0.8 * abs(a) <= abs(b) <= 1.25 * abs(a)
 
     def _transport_checks(self, planes, noise):
         """The triplet's checks of the focal derivative
         (:func:`~flowtie_fast.triplet.planes_checks`: planes of unknown noise
         that hold nothing above it, defocus steps too large for the TIE),
         made on the first planes, again once :data:`ORIENTATION_RECHECK_S`
-        have passed (a check costs a few solves) and at once where the planes'
-        dtype or scale changed, as the counts check is: ``(noise_check,
-        defocus_check)``, each why or None, warned when found. ``noise`` is
-        the solve's (None: unknown; :data:`~flowtie_fast.noise.COUNTS`: the
-        Poisson noise of the planes' means): planes given a noise after none
-        (or none after one) are checked again at once too."""
-        seen = self._seen(planes[1], noise is None)
+        have passed (a check costs a few solves), and at once where the
+        planes' dtype or focal contrast changed (a sparse sample's RMS
+        difference of the outer planes over the in-focus mean, beyond a
+        factor 1.25 either way: a blank frame after a specimen, or the
+        reverse; an exposure alone does not change it), or a noise is given
+        after none (or none after one): ``(noise_check, defocus_check)``,
+        each why or None, warned when found. ``noise`` is the solve's (None:
+        unknown; :data:`~flowtie_fast.noise.COUNTS`: the Poisson noise of the
+        planes' means)."""
+        seen = (planes[1].dtype, self._contrast(planes), noise is None)
         with self._orientation_lock:
             at, verdict, before = self._transport
             if self._same(before, seen) and time.monotonic() - at < ORIENTATION_RECHECK_S:

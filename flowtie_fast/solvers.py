@@ -476,8 +476,8 @@ def _pcg_verdict(info, dtype):
                       "without a residual a tenth lower",
            "diverged": f"after {info['iterations']} iterations, its residual growing "
                        f"beyond {PCG_DIVERGENCE:g} times its least",
-           "breakdown": f"after {info['iterations']} iterations (the operator lost "
-                        "positivity)"}[info["stopped"]]
+           "breakdown": f"after {info['iterations']} iterations (its products reached "
+                        "zero or lost positivity at the working precision)"}[info["stopped"]]
     advice = "a larger max_iter, or dtype='float64'" if info["stopped"] == "max_iter" else \
         "dtype='float64', or a larger tol"
     return (f"tie-exact: stopped {how}, at a least relative residual of "
@@ -1660,6 +1660,9 @@ class TIESolver:
                 break
             precondition(r, z)
             rz_new = _dot(xp, r, z)
+            if not (rz > 0 and rz_new > 0):  # the residual at the precision's zero
+                stopped = "breakdown"
+                break
             p *= rz_new / rz
             p += z
             rz = rz_new

@@ -179,6 +179,11 @@ def test_named_gradient_methods_skip_cases_without_a_gradient(tmp_path, capsys):
     assert "b_images.npz" in out and "icom skipped (no measured gradient)" in out
     table = out_md.read_text()
     assert "a_with_gradient.npz" in table and "b_images.npz" in table
+    # no case with a gradient at all: an error, not an empty table and exit 0
+    (tmp_path / "a_with_gradient.npz").unlink()
+    assert cli.main(["evaluate", str(tmp_path), "--methods", "icom", "--repeats", "1"]) == 2
+    _, err = capsys.readouterr()
+    assert "methods: icom need a measured phase gradient, which none of the cases holds" in err
 
 
 def test_a_flat_ground_truth_reads_undefined_not_nan(tmp_path, capsys):
@@ -187,6 +192,7 @@ def test_a_flat_ground_truth_reads_undefined_not_nan(tmp_path, capsys):
 
     assert nmse_text(float("nan")) == "undefined (flat ground truth)"
     assert nmse_text(0.25) == "0.250" and nmse_text(5e8, ".4g") == "5e+08"
+    assert nmse_text(float("inf")) == "inf"
     write_cases(tmp_path)
     ds = ft.load(tmp_path / "b_images.npz")
     flat = tmp_path / "flat" / "c_flat.npz"

@@ -415,8 +415,8 @@ def test_a_plan_checks_the_focal_derivative_as_a_triplet_does(monkeypatch):
     beyond the TIE's linear transport (worse than flat) without a word, where
     a triplet of the same planes warns. It makes the triplet's checks on its
     first planes, again after ORIENTATION_RECHECK_S and where the planes'
-    scale changes, and its info says what they found; icom's does not read
-    the planes' derivative."""
+    focal contrast changes, and its info says what they found; icom's does
+    not read the planes' derivative."""
     import flowtie_fast.plan as plan_module
     from flowtie_fast.simulation.optics import propagate
 
@@ -452,13 +452,47 @@ def test_a_plan_checks_the_focal_derivative_as_a_triplet_does(monkeypatch):
             with pytest.warns(ft.TrustWarning, match="^dz: "):
                 p.solve(*planes)
             assert p.info["trust"] == defocus[0]
-            noisy = [a * 3 for a in planes]  # another scale: checked again at once
+            brighter = [a * 3 for a in planes]  # another exposure: the verdict kept
             monkeypatch.setattr(plan_module, "ORIENTATION_RECHECK_S", 1e9)
-            with pytest.warns(ft.TrustWarning, match="^dz: "):
-                p.solve(*noisy)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", ft.TrustWarning)
+                p.solve(*brighter)
+            assert p.info["trust"] == defocus[0]
     icom = ft.Plan((96, 96), dz=40.0, pixel_size=0.2, energy=300e3, method="icom",
                    backend="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error", ft.TrustWarning)
         icom.solve(*noise, gradient=rng.normal(0, 0.01, (2, 96, 96)).astype(np.float32))
     assert "trust" not in icom.info
+
+
+def test_a_plan_s_derivative_verdict_follows_the_frames_not_their_exposure():
+    """The verdict of the derivative's checks was kept for 30 s while the
+    planes' scale stayed: a blank first frame flagged every good frame after
+    it, a good first frame let blank ones pass, and a stream whose exposure
+    alternated by 30 % was checked anew at every frame (4 times the solve's
+    cost). The check is made again where the focal contrast changes (blank
+    against specimen), not the exposure; reset_orientation() forgets it."""
+    from flowtie_fast.simulation.optics import propagate
+
+    n, px, dz = 96, 0.2, 40.0
+    y, x = np.mgrid[:n, :n] * px
+    truth = 0.5 * np.exp(-((x - 9.6) ** 2 + (y - 9.6) ** 2) / 8.0)
+    good = [(np.abs(propagate(np.exp(1j * truth), z, px, 300e3)) ** 2).astype(np.float32)
+            for z in (-dz, 0, dz)]
+    rng = np.random.default_rng(0)
+    blank = [rng.normal(1.0, 0.01, (n, n)).astype(np.float32) for _ in range(3)]
+    plan = ft.Plan((n, n), px, dz, 300e3, method="tie", backend="cpu")
+    said = []
+    for frames in (blank, good, blank, good):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ft.TrustWarning)
+            plan.solve(*frames)
+        said.append("noise is unknown" in str(plan.info.get("trust")))
+    assert said == [True, False, True, False]
+    checked = plan._transport[0]
+    for scale in (1.0, 1.3, 1.0, 1.3):  # the exposure alone: no new check
+        plan.solve(*[p * np.float32(scale) for p in good])
+    assert plan._transport[0] == checked
+    plan.reset_orientation()
+    assert plan._transport[1] == (None, None) and plan._counts[1] is None

@@ -232,7 +232,8 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
         before any file is read, for arguments of the wrong type or range: a
         method that is not one of :data:`~flowtie_fast.solvers.METHODS` or
         given twice, ``repeats`` not a positive integer, ``model`` without
-        ``flowtie`` among the methods, ``paths`` not a path or a list of them.
+        ``flowtie`` among the methods, ``paths`` not a path or a list of them;
+        after the cases, where ``skip_without_gradient`` left none solved.
     """
     if isinstance(methods, str):
         methods = (methods,)
@@ -297,6 +298,10 @@ def evaluate(paths, methods=DEFAULT_METHODS, *, backend="cpu", repeats=3, triple
             if skipped:
                 said.append(f"{' and '.join(skipped)} skipped (no measured gradient)")
             progress(f"{one_line(case)} ({where}): " + "; ".join(said))
+    if not rows:  # every case skipped: no table to give
+        raise InputError(f"methods: {', '.join(methods)} need a measured phase gradient, which "
+                         "none of the cases holds (4D-STEM files, or triplets saved with "
+                         "gradient=); add a method that reads the planes, e.g. tie")
     return rows
 
 
@@ -304,7 +309,7 @@ def nmse_text(nmse, spec: str = ".3f") -> str:
     """An NMSE for display in the format ``spec``: ``"undefined (flat ground
     truth)"`` where it is NaN (:func:`phase_errors`: nothing to normalise
     by), never "nan"."""
-    return format(nmse, spec) if math.isfinite(nmse) else "undefined (flat ground truth)"
+    return "undefined (flat ground truth)" if math.isnan(nmse) else format(nmse, spec)
 
 
 def _thickness_text(thickness) -> str:

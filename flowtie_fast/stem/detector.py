@@ -882,7 +882,7 @@ def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name
         return detector, {"bf": (0.0, bf_radius), "whole": (0.0, np.inf)}
     regions = {"bf": (0.0, bf_radius), "bf-full": (0.0, disk), "abf": (0.5 * disk, disk),
                "df": (disk, np.inf), "whole": (0.0, np.inf)}
-    if virtual == "bf" and bf_radius >= BF_RADIUS_SHARE * disk:
+    if isinstance(virtual, str) and virtual == "bf" and bf_radius >= BF_RADIUS_SHARE * disk:
         warnings.warn(
             f"bf_radius: the 'bf' images sum {bf_radius:.3g} mrad, {bf_radius / disk:.2g} of "
             f"the bright-field disk ({disk:.3g} mrad measured on {name}): a detector that "
