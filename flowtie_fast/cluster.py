@@ -688,8 +688,9 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
         One of :data:`~flowtie_fast.solvers.METHODS` (default "tie").
     pixel_size : float or (float, float)
         Sampling in Å (arrays only).
-    dz : float
-        Defocus step in Å (arrays only).
+    dz : float or (float, float)
+        Defocus step in Å (arrays only; a pair must be even, as a triplet's
+        ``dz``).
     energy : float
         Electron energy in eV (arrays only).
     gradient : array (B, 2, Ny, Nx), optional
@@ -765,7 +766,11 @@ def reconstruct_many(stack, method="tie", *, pixel_size=None, dz=None, energy=No
                 raise InputError(f"{name}: expected a value for an array stack, got None")
         noise = check_noise(noise, 3)
     pixel_size = check_positive("pixel_size", pixel_size, pair=True)
-    dz, energy = check_positive("dz", dz), check_positive("energy", energy)
+    dz, energy = check_positive("dz", dz, pair=True), check_positive("energy", energy)
+    if dz[0] != dz[1]:  # a triplet's pair, as Plan takes it: one step here
+        raise InputError(f"dz: expected an even defocus step (one number, or a pair of equal "
+                         f"ones as FocalTriplet.dz), got {dz} Å")
+    dz = dz[0]
     if is_cupy(stack):
         stack = stack.get()
     lazy = _is_dask(stack)

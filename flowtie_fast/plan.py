@@ -712,7 +712,11 @@ class Plan:
                     uncertainty_out=None, records=None):
         """Phases of many triplets: (B, 3, Ny, Nx) in, (B, Ny, Nx) out.
 
-        For a time or tilt series. The plan's buffers serve every item; for
+        For a time or tilt series. The plan's checks of the measured
+        gradient's orientation and scale, and of the planes, are the plan's
+        (made on the first items and every 30 s, as for :meth:`solve`), not
+        each item's: items of another set-up in one batch need a plan each,
+        or ``records`` with each triplet's verdicts. The plan's buffers serve every item; for
         ``flowtie`` with ``uncertainty=False`` the network sees the whole batch
         at once (one forward pass) and the Poisson integration runs per item
         (integer items at their dtype's full scale are named in
@@ -759,6 +763,9 @@ class Plan:
             raise InputError(f"stack: expected an array (B, 3, Ny, Nx), got shape "
                              f"{tuple(stack.shape)}")
         b = int(stack.shape[0])
+        if b == 0:  # no item: no verdict to give (reconstruct_many refuses it too)
+            raise InputError(f"stack: expected at least 1 triplet, got shape "
+                             f"{tuple(stack.shape)}")
         stack = self._image("stack", stack, (b, 3) + self.shape)
         if gradient is not None:
             gradient = self._image("gradient", gradient, (b, 2) + self.shape)
@@ -810,12 +817,17 @@ class Plan:
             why = image_verdict(self.method, self.virtual, self.options.model, True)
             if why is not None:  # the plan warned once
                 info.setdefault("trust", why)
+            defects = {}
             self.solver.flow_batch(stack, self._derivative_weights,
                                    self._intensity_weights, self.wavenumber,
                                    gradient=gradient, out=out,
                                    gradient_out=gradient_out, model=self.options.model,
                                    names=_INPUT_NAMES[:3],
-                                   cuda_graphs=self.options.cuda_graphs)
+                                   cuda_graphs=self.options.cuda_graphs, defects=defects)
+            if defects:  # repaired before the network read them (warned)
+                info["plane_defects"] = {f"stack[{i}]": record
+                                         for i, record in defects.items()}
+                info.setdefault("trust", "; ".join(r["why"] for r in defects.values()))
             self.info = info
             return out
         items = []

@@ -52,7 +52,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -998,9 +998,19 @@ class TIESolver:
             grad = self.poisson.output(gradient_out, (2,) + self.shape)
             info = {"backend": self.backend.name, "scheme": self.poisson.scheme,
                     "boundary": self.poisson.boundary}
+            planes, dweights, iweights = (series.planes, series.derivative_weights,
+                                          series.intensity_weights)
+            order = np.argsort(np.asarray(series.z, float), kind="stable")
+            if method == "flowtie" and (order != np.arange(len(order))).any():
+                # the network reads its planes as (-dz, 0, +dz): a series listed in
+                # another order had its planes read swapped (NMSE 1.1, unflagged)
+                planes = [planes[i] for i in order]
+                dweights, iweights = np.asarray(dweights)[order], np.asarray(iweights)[order]
+                if options.names:
+                    options = replace(options, names=tuple(options.names[i] for i in order))
             mean, residual = self._solve_planes(
-                series.planes, series.derivative_weights, series.intensity_weights,
-                series.wavenumber, series.gradient, method, phase, grad, info, options)
+                planes, dweights, iweights, series.wavenumber, series.gradient, method, phase,
+                grad, info, options)
             self._check_result(method, phase, grad, series.wavenumber)
             # found (and warned) when the series was made: the planes' (not the
             # centre of mass's, which these methods do not read)
@@ -1057,6 +1067,11 @@ class TIESolver:
             if options.uncertainty:
                 residual = self._trust(planes, gradient, k, options, mean, derivative_weights,
                                        intensity_weights, phase, grad, info, residual)
+            elif options.gradient_suspect:
+                # the network alone has no check to fall back by: the orientation
+                # verdict is its reason, as the batched pass says it (a swapped
+                # -dz and +dz reads as a half turn: the flow's phase is turned)
+                info.setdefault("trust", options.gradient_suspect)
         elif method == "tie-uniform":
             self.poisson.solve(self._didz, scale=-k / mean, out=phase, grad_out=grad)
         elif method == "tie":
@@ -1253,7 +1268,7 @@ class TIESolver:
 
     def flow_batch(self, stack, derivative_weights, intensity_weights, wavenumber, *,
                    gradient=None, out, gradient_out=None, model=None, names=None,
-                   cuda_graphs=True):
+                   cuda_graphs=True, defects=None):
         """``flowtie`` over a batch, without the trust check: one network call,
         then one Poisson integration per item.
 
@@ -1279,6 +1294,11 @@ class TIESolver:
             default ``("minus", "zero", "plus")``).
         cuda_graphs : bool
             As in :class:`SolveOptions` (default True).
+        defects : dict, optional
+            Filled with ``item -> record`` for the items whose planes had
+            isolated pixels replaced (:func:`~flowtie_fast.planes.screen_planes`,
+            warned): the network reads the repaired planes, in a copy of
+            ``stack`` (default None: not reported).
 
         Returns
         -------
@@ -1290,12 +1310,13 @@ class TIESolver:
         b = stack.shape[0]
         try:
             return self._flow_batch(stack, derivative_weights, intensity_weights, wavenumber,
-                                    gradient, out, gradient_out, model, names, cuda_graphs)
+                                    gradient, out, gradient_out, model, names, cuda_graphs,
+                                    defects)
         except MemoryError as exc:  # the whole batch's planes and network inputs at once
             raise _beyond_memory(b, self.shape, exc) from exc
 
     def _flow_batch(self, stack, derivative_weights, intensity_weights, wavenumber, gradient,
-                    out, gradient_out, model, names, cuda_graphs):
+                    out, gradient_out, model, names, cuda_graphs, defects=None):
         """The body of :meth:`flow_batch`, its arguments checked."""
         be = self.backend
         xp = be.xp
@@ -1305,10 +1326,18 @@ class TIESolver:
         with self._lock:
             be.prepare()
             for i in range(b):
-                self._derivative_and_intensity(list(planes[i]), derivative_weights,
-                                               intensity_weights,
-                                               [f"stack[{i}]: {n}" for n in names])
+                _, fixed = self._derivative_and_intensity(list(planes[i]), derivative_weights,
+                                                          intensity_weights,
+                                                          [f"stack[{i}]: {n}" for n in names])
                 didz[i] = self._didz
+                if self._defects is not None and self._defects["repaired"]:
+                    # the network reads the repaired planes too, never the caller's
+                    if planes is stack:
+                        planes = planes.copy()
+                    for j in range(3):
+                        planes[i, j] = fixed[j]
+                    if defects is not None:
+                        defects[i] = self._defects
             v = self._predict_flow(model, planes, didz, wavenumber, gradient, cuda_graphs)
             for i in range(b):
                 grad = None if gradient_out is None else gradient_out[i]
