@@ -642,6 +642,8 @@ class Plan:
         each why or None, warned when found. ``noise`` is the solve's (None:
         unknown; :data:`~flowtie_fast.noise.COUNTS`: the Poisson noise of the
         planes' means)."""
+        if self.backend.is_gpu:  # planes_checks reads host planes only: no pass to pay
+            return None, None
         seen = (planes[1].dtype, self._contrast(planes), noise is None)
         with self._orientation_lock:
             at, verdict, before = self._transport

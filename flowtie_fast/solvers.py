@@ -1323,6 +1323,7 @@ class TIESolver:
         b = stack.shape[0]
         planes = be.asarray(stack, self.dtype)
         didz = xp.empty((b,) + self.shape, self.dtype)
+        copied = False  # the caller's stack (or a view of it) is never written
         with self._lock:
             be.prepare()
             for i in range(b):
@@ -1332,8 +1333,8 @@ class TIESolver:
                 didz[i] = self._didz
                 if self._defects is not None and self._defects["repaired"]:
                     # the network reads the repaired planes too, never the caller's
-                    if planes is stack:
-                        planes = planes.copy()
+                    if not copied:
+                        planes, copied = planes.copy(), True
                     for j in range(3):
                         planes[i, j] = fixed[j]
                     if defects is not None:

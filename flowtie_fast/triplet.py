@@ -137,7 +137,11 @@ def planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
       triplets given as floats, nothing lay above the estimate on 1 of 256
       noise-free ones, and on 38, 74 and 176 at 1e5, 1e4 and 1e3 e/Å², where
       the TIE phase was worse than flat on 25, 57 and 174 of those (with the
-      in-focus estimate alone);
+      in-focus estimate alone); and, where something does, whether that
+      noise, carried whole into the phase by a solve that does not
+      regularise, outweighs :data:`NOISE_DOMINANCE_LIMIT` of the phase's
+      power (:func:`_noise_dominance`: one mode above the noise had kept the
+      first form of the check silent on phases worse than flat);
     - whether the defocus steps are small enough for the TIE: a weak phase's
       mode ``q`` puts ``sin(π λ z q²) φ(q)`` into the plane at ``z``, and
       the derivative's weights return ``r(q) = Σ w_i sin(a z_i) / a`` of its
