@@ -1208,9 +1208,9 @@ def _check_format(fields: dict, path: Path, shape: tuple) -> None:
     if "format" in fields:
         text = _text(fields, "format", path)
         match = re.fullmatch(r"flowtie_fast/([0-9]{1,9})", text.strip())
-        if match is None:
-            raise InputError(f"{path.name}: 'format' must be {FORMAT!r}, got "
-                             f"{_short(text)!r}")
+        if match is None or int(match[1]) < 1:  # layouts 1 and 2 exist
+            raise InputError(f"{path.name}: 'format' must be 'flowtie_fast/1' or {FORMAT!r}, "
+                             f"got {_short(text)!r}")
         if int(match[1]) > int(FORMAT.split("/")[1]):
             raise InputError(f"{path.name}: 'format' is {text.strip()!r}: written by a newer "
                              f"flowtie_fast (this version reads up to {FORMAT!r}); update "

@@ -1180,7 +1180,10 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
     ("3", {"format": "flowtie_fast/9"}, "format", r"is 'flowtie_fast/9': written by a newer "
                                                   r"flowtie_fast \(this version reads up to "
                                                   r"'flowtie_fast/2'\)"),
-    ("3", {"format": "h5py/1"}, "format", r"must be 'flowtie_fast/2', got 'h5py/1'$"),
+    ("3", {"format": "h5py/1"}, "format", r"must be 'flowtie_fast/1' or 'flowtie_fast/2', "
+                                          r"got 'h5py/1'$"),
+    ("3", {"format": "flowtie_fast/0"}, "format", r"must be 'flowtie_fast/1' or "
+                                                  r"'flowtie_fast/2', got 'flowtie_fast/0'$"),
     ("3", {"format": 1.0}, "format", "must be a string, got 1.0"),
     ("3", {"kind": "4dstem"}, "kind", r"is '4dstem' but 'zero' has shape \(4, 4\) \(2-D "
                                       r"images \(a triplet\)\); expected kind 'triplet'$"),
