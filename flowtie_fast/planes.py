@@ -649,9 +649,21 @@ def _short(name: str) -> str:
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
-def _neighbours(a, rows, cols) -> np.ndarray:
+def neighbours(a, rows, cols) -> np.ndarray:
     """The 8 neighbours (K, 8) of pixels ``(rows, cols)`` of the float64 array
-    ``a``, NaN beyond its edges."""
+    ``a``, NaN beyond its edges.
+
+    Parameters
+    ----------
+    a : ndarray (Ny, Nx) of float64
+        The image (host memory).
+    rows, cols : ndarray of int (K,)
+        The pixels.
+
+    Returns
+    -------
+    ndarray (K, 8) of float64
+    """
     ny, nx = a.shape
     out = np.full((rows.size, 8), np.nan)
     for n, (dy, dx) in enumerate(_OFFSETS):
@@ -728,14 +740,14 @@ def _find_spikes(planes, limit, spiky):
     found = {}
     for k in spiky:
         rows, cols = _candidates(host[k], limit[k])
-        near = _neighbours(host[k], rows, cols)
+        near = neighbours(host[k], rows, cols)
         value = host[k][rows, cols]
         hot = (value - np.nanmax(near, axis=1) > limit[k]) | (
             np.nanmin(near, axis=1) - value > limit[k])
         for j in range(len(planes)):  # structure shows in the other planes too
             if j != k and hot.any():
                 theirs = np.abs(host[j][rows, cols] - np.nanmedian(
-                    _neighbours(host[j], rows, cols), axis=1))
+                    neighbours(host[j], rows, cols), axis=1))
                 hot &= theirs <= limit[j] / 2
         if hot.any():
             median = np.nanmedian(near[hot], axis=1)

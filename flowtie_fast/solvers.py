@@ -1640,7 +1640,7 @@ class TIESolver:
         b = self._solvable_rhs(k)
         b_norm = float(xp.linalg.norm(b)) or 1.0
         if tol is None:
-            tol = max(1e-5 if self.dtype == np.float32 else 1e-10, noise_norm / b_norm)
+            tol = max(PCG_PRECISION[np.dtype(self.dtype)], noise_norm / b_norm)
 
         def precondition(r, out):
             P.teague(r, self._intensity, floor, scale=-1.0, out=out)

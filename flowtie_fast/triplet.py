@@ -107,13 +107,12 @@ DEFOCUS_ERROR_LIMIT = 0.05
 NOISE_DOMINANCE_LIMIT = 0.3
 
 
-def _noise_dominance(power, noise_power, q2) -> float:
+def _noise_dominance(power, noise_power, inverse) -> float:
     """The noise's share of an unregularised TIE phase's power: the
     derivative's white noise (``noise_power`` a mode) over the power above it,
     both weighted by the inverse Laplacian's ``1/q⁴`` (the zero mode left
-    out); inf where nothing lies above the noise."""
-    inverse = np.zeros_like(q2)
-    np.divide(1.0, q2 ** 2, out=inverse, where=q2 > 0)
+    out: ``inverse`` holds ``1/q⁴``, 0 at the zero mode); inf where nothing
+    lies above the noise."""
     signal = float((np.maximum(power - noise_power, 0.0) * inverse).sum())
     noise = float(noise_power * inverse.sum())
     return noise / signal if signal > 0 else math.inf
@@ -205,8 +204,10 @@ def planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
         h, w = d.shape
         q2 = (np.fft.fftfreq(h, pixel_size[0])[:, None] ** 2
               + np.fft.rfftfreq(w, pixel_size[1])[None, :] ** 2)
+        inverse = np.zeros_like(q2)  # the inverse Laplacian's 1/q⁴, 0 at the mean
+        np.divide(1.0, q2 ** 2, out=inverse, where=q2 > 0)
         level = noise.combined(derivative_weights)
-        dominance = _noise_dominance(power, level * d.size, q2) if unknown else 0.0
+        dominance = _noise_dominance(power, level * d.size, inverse) if unknown else 0.0
         # the modes denoise keeps, and their filtered power
         power *= wiener_gain(power, d.size, level) ** 2
         kept = bool(power.any())
@@ -235,7 +236,7 @@ def planes_checks(planes, derivative_weights, z, pixel_size, energy, noise,
         with np.errstate(divide="ignore", invalid="ignore"):
             response = sum(float(wi) * np.sin(a * zi) for wi, zi in zip(derivative_weights, zs))
             response = np.where(a > 0, response / a, 1.0)
-            phase_power = np.where(q2 > 0, power / q2 ** 2, 0.0)  # |φ(q)|² ∝ P_d / q⁴
+            phase_power = power * inverse  # |φ(q)|² ∝ P_d / q⁴
         total = float(phase_power.sum())
         error = float((phase_power * (1.0 - response) ** 2).sum()) / total if total > 0 else 0.0
         if error > DEFOCUS_ERROR_LIMIT:

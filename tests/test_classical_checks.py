@@ -64,10 +64,15 @@ def test_a_focal_derivative_the_gradient_contradicts_is_flagged(method):
     assert rec.info["trust"] == str(seen[0].message)
 
 
-def test_no_gradient_no_check():
+def _neumann_triplet():
+    """The Neumann test field's phase and a triplet 10 Å either side of focus."""
     phi, intensity, didz, _ = neumann_field(contrast=0.3)
-    t = ft.FocalTriplet(*[intensity + s * 10.0 * didz for s in (-1, 0, 1)], dz=10.0,
-                        pixel_size=PIXEL, energy=E)
+    return phi, ft.FocalTriplet(*[intensity + s * 10.0 * didz for s in (-1, 0, 1)],
+                                dz=10.0, pixel_size=PIXEL, energy=E)
+
+
+def test_no_gradient_no_check():
+    phi, t = _neumann_triplet()
     rec, seen = _solve(t, "tie")
     assert "icom_disagreement" not in rec.info and seen == []
 
@@ -104,9 +109,7 @@ def test_disagreement_scale():
 
 
 def test_tie_exact_that_stops_early_says_so():
-    phi, intensity, didz, _ = neumann_field(contrast=0.3)
-    t = ft.FocalTriplet(*[intensity + s * 10.0 * didz for s in (-1, 0, 1)], dz=10.0,
-                        pixel_size=PIXEL, energy=E)
+    phi, t = _neumann_triplet()
     rec, seen = _solve(t, "tie-exact", max_iter=1, tol=1e-14)
     assert not rec.info["converged"]
     assert len(seen) == 1 and "stopped after 1 iterations (max_iter)" in str(seen[0].message)
@@ -120,9 +123,7 @@ def test_gd_stopped_by_max_iter_warns_only_far_from_the_solution(preconditioner,
     """Stopped by max_iter, the biharmonic descent is already at the solution
     (no warning); the plain descent is 98 % away (warned, and the estimate of
     the distance says it is not close)."""
-    phi, intensity, didz, _ = neumann_field(contrast=0.3)
-    t = ft.FocalTriplet(*[intensity + s * 10.0 * didz for s in (-1, 0, 1)], dz=10.0,
-                        pixel_size=PIXEL, energy=E)
+    phi, t = _neumann_triplet()
     rec, seen = _solve(t, "gd", preconditioner=preconditioner, max_iter=40, tol=1e-300)
     assert not rec.info["converged"]
     error = rel_rms(rec.phase, phi)
@@ -214,14 +215,12 @@ def test_tie_exact_below_the_working_precision_returns_its_best_iterate():
     with tol 1e-30. It stops where the residual stalls or grows, returns the
     iterate of least residual, and says nothing where that is at the
     working precision."""
-    n, px, dz = 128, 0.2, 20.0
+    from flowtie_fast.simulation.optics import defocus_triplet
+
+    n, px = 128, 0.2
     y, x = np.mgrid[:n, :n] * px
     truth = 0.5 * np.exp(-((x - 12.8) ** 2 + (y - 12.8) ** 2) / 8.0)
-    q = 2 * np.pi * np.fft.fftfreq(n, px)
-    kz = (q[:, None] ** 2 + q[None, :] ** 2) / (2 * ft.wavenumber(E))
-    wave = np.fft.fft2(np.exp(1j * truth))
-    t = ft.FocalTriplet(*(np.abs(np.fft.ifft2(wave * np.exp(-1j * s * kz))) ** 2
-                          for s in (-dz, 0, dz)), dz=dz, pixel_size=px, energy=E)
+    t = defocus_triplet(truth, 20.0, px, E)
     for dtype, tol, max_iter in (("float32", 1e-8, 80), ("float32", 1e-30, 10 ** 7),
                                  ("float64", 1e-30, 10 ** 7)):  # float64: rz underflowed
         with warnings.catch_warnings():
@@ -240,9 +239,7 @@ def test_tie_exact_stopped_short_of_the_precision_says_how(monkeypatch):
     says which, and that the phase is the iterate of least residual."""
     import flowtie_fast.solvers as solvers
 
-    phi, intensity, didz, _ = neumann_field(contrast=0.3)
-    t = ft.FocalTriplet(*[intensity + s * 10.0 * didz for s in (-1, 0, 1)], dz=10.0,
-                        pixel_size=PIXEL, energy=E)
+    phi, t = _neumann_triplet()
     monkeypatch.setattr(solvers, "PCG_STALL", 1)  # any iteration short of a tenth stalls
     monkeypatch.setattr(solvers, "PCG_PRECISION", {np.dtype(np.float32): 0.0,
                                                   np.dtype(np.float64): 0.0})

@@ -249,4 +249,4 @@ def test_a_flow_a_twentieth_as_strong_as_the_measured_one_is_flat():
 
     v = trust.verdict(None, 1e-6, 1.0, icom_rms=1.0)
     assert not v["trusted"] and v["why"].startswith("the flow's phase is flat")
-    assert trust.verdict(None, 0.4, 1.0, icom_rms=1.0)["why"] != v["why"]
+    assert trust.verdict(None, 0.4, 1.0, icom_rms=1.0)["trusted"]  # the shipped flow's least

@@ -601,6 +601,7 @@ def test_float_planes_whose_phase_the_noise_dominates_are_warned_of():
     regularised = ft.reconstruct(given, method="tie", backend="cpu")
     assert phase_errors(np.asarray(regularised.phase), truth)[1] < 0.5
     # the estimate: one mode of power 5 N at 1/q⁴ = 1 over a white noise N on 3 modes
-    q2 = np.array([[0.0, 1.0, 1.0, 1.0]])
-    assert _noise_dominance(np.array([[0.0, 5.0, 1.0, 1.0]]), 1.0, q2) == pytest.approx(3 / 4)
-    assert _noise_dominance(np.ones((1, 4)), 1.0, q2) == np.inf
+    inverse = np.array([[0.0, 1.0, 1.0, 1.0]])  # 1/q⁴, 0 at the mean
+    assert _noise_dominance(np.array([[0.0, 5.0, 1.0, 1.0]]), 1.0,
+                            inverse) == pytest.approx(3 / 4)
+    assert _noise_dominance(np.ones((1, 4)), 1.0, inverse) == np.inf

@@ -31,7 +31,7 @@ from ..errors import (InputError, TrustWarning, check_choice, check_count, check
                       check_real, user_stacklevel)
 from ..noise import Noise, band_noise, central, poisson_noise
 from ..physics import wavelength
-from ..planes import outlying_pixels, repair_limit, screen_planes
+from ..planes import neighbours, outlying_pixels, repair_limit, screen_planes
 from .detector import (SATURATION_EFFECT, Detector, DetectorWarning, check_com_radius,
                        check_region, mean_pattern, sample_patterns, sampled_positions,
                        saturation, triplet_geometry)
@@ -450,36 +450,36 @@ def flux_record(reductions) -> dict:
             "why": None}
 
 
-def _neighbours_median(image, r, c) -> float:
-    """The median of the (up to 8) neighbours of pixel ``(r, c)``."""
-    r0, c0 = max(r - 1, 0), max(c - 1, 0)
-    window = np.asarray(image[r0:r + 2, c0:c + 2], dtype=np.float64)
-    others = np.ones(window.shape, bool)
-    others[r - r0, c - c0] = False
-    return float(np.median(window[others]))
+def _ranked_neighbours(image):
+    """Each pixel's 8 neighbours in ascending order, (Sy, Sx, 8) float64, NaN
+    (beyond the edge) last, and how many each has, (Sy, Sx): slices of the
+    padded image, sorted (``np.nanmedian`` over them took ten times as long
+    on a 256² scan)."""
+    sy, sx = image.shape
+    padded = np.pad(np.asarray(image, np.float64), 1, constant_values=np.nan)
+    around = np.sort(np.stack([padded[1 + dy:1 + dy + sy, 1 + dx:1 + dx + sx]
+                               for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx],
+                              axis=-1), axis=-1)
+    return around, np.isfinite(around).sum(axis=-1)
+
+
+def _ranked(around, index):
+    """The entries ``index`` (Sy, Sx) of the ranked neighbours."""
+    return np.take_along_axis(around, index[..., None], axis=-1)[..., 0]
 
 
 def _neighbours_medians(image):
     """The median of each pixel's (up to 8) neighbours, (Sy, Sx) float64."""
-    return np.nanmedian(_neighbours(image), axis=0)
-
-
-def _neighbours(image):
-    """Each pixel's 8 neighbours, (8, Sy, Sx) float64, NaN beyond the edge."""
-    sy, sx = image.shape
-    padded = np.pad(np.asarray(image, np.float64), 1, constant_values=np.nan)
-    return np.stack([padded[1 + dy:1 + dy + sy, 1 + dx:1 + dx + sx]
-                     for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+    around, count = _ranked_neighbours(image)
+    return 0.5 * (_ranked(around, (count - 1) // 2) + _ranked(around, count // 2))
 
 
 def _second_highest(image):
     """Each pixel's second highest neighbour (of up to 8; the highest where it
     has one), (Sy, Sx) float64: what the specimen puts beside a pattern, one
     neighbour hit too left out."""
-    around = np.sort(_neighbours(image), axis=0)  # NaN (beyond the edge) last
-    count = np.isfinite(around).sum(axis=0)
-    index = np.maximum(count - 2, 0)
-    return np.take_along_axis(around, index[None], axis=0)[0]
+    around, count = _ranked_neighbours(image)
+    return _ranked(around, np.maximum(count - 2, 0))
 
 
 #: A pattern's largest pixel beyond the second highest of its 8 neighbours'
@@ -647,11 +647,13 @@ def repair_com(reductions, name="zero", counts=False):
         # feature of the specimen shows in every scan, and the other scans' images
         # keep the threshold where several hits would raise one image's own
         rows, cols = outlying_pixels(hosts)[1]
-        for r, c in zip(rows.tolist(), cols.tolist()):
+        host = np.asarray(host, np.float64)
+        near = np.nanmedian(neighbours(host, rows, cols), axis=1) if rows.size else ()
+        for r, c, m in zip(rows.tolist(), cols.tolist(), list(near)):
             # a hit adds electrons: an excess, or a negative value (a dark frame's
             # slip); fewer electrons than the neighbours is the specimen scattering
             # beyond the detector
-            if host[r, c] > _neighbours_median(host, r, c) or host[r, c] < 0:
+            if host[r, c] > m or host[r, c] < 0:
                 found[(r, c)] = (f"{host[r, c]:.4g} electrons in the whole detector",
                                  _TRANSIENT if host[r, c] >= 0 else _DARK_SLIP)
     if reduction.peaks is not None:
@@ -1098,7 +1100,8 @@ def register_planes(planes, signals, register):
                       "recorded", RegistrationWarning, stacklevel=user_stacklevel())
         return planes, {**record, "why": "images under 8 px a side"}
     host = [central(to_host(p), REGISTRATION_WINDOW) for p in planes]
-    source = None if signals is None else [central(to_host(s), REGISTRATION_WINDOW) for s in signals]
+    source = None if signals is None else [central(to_host(s), REGISTRATION_WINDOW)
+                                           for s in signals]
     _, shifts, reliable = register_triplet(host, signals=source, periodic=False,
                                            apply_unreliable=False, threshold=1e9)
     record.update(shifts=shifts, reliable=bool(reliable))
