@@ -365,7 +365,9 @@ class SolveOptions:
         every method's ``info["trust"]`` starts with it; ``flowtie``'s
         ``info["trusted"]`` is False, with its own phase where the trust
         check passed it (no classical phase is a safer fallback), else the
-        TIE phase (never the ``icom`` phase of that gradient).
+        weaker (RMS) of the ``icom`` and TIE phases: the one scaled wrong is
+        off by at most about its own size where it is the weaker, by many
+        times the phase where it is the stronger.
     planes_image : str or None
         The 4D-STEM virtual image the planes are (``series.virtual``: "bf",
         "abf", ...; None where unknown): ``flowtie``'s shipped models read
@@ -1519,8 +1521,8 @@ class TIESolver:
                                    self._stats, self.shape)
         icom = None
         empty = ""  # where the measured gradient holds no phase above its noise
-        if gradient is not None and not (options.gradient_suspect
-                                         or options.gradient_misscaled):
+        misscaled = bool(options.gradient_misscaled)
+        if gradient is not None and not options.gradient_suspect:
             # the classical phase of the measured gradient (zero where it holds no
             # phase above its noise: then the flow's scale against it is infinite)
             g, kept = self._denoised_gradient(gradient, options.gradient_noise)
@@ -1535,7 +1537,8 @@ class TIESolver:
             # verdict, by the result's check, not by NumPy's overflow warning here
             verdict = trust.verdict(
                 None if spread is None else float(xp.sqrt((spread ** 2).mean())),
-                float(phases[0].std()), snr, None if icom is None else float(icom.std()),
+                float(phases[0].std()), snr,
+                None if icom is None or misscaled else float(icom.std()),
                 options.registration)
         if options.gradient_suspect and getattr(model, "in_channels", 4) == 6:
             # a network that reads the centre of mass reads it misoriented too
@@ -1559,16 +1562,19 @@ class TIESolver:
         # TIE's where that gradient holds no phase above its noise and the TIE
         # phase is the specimen's (bright-field planes), else the zero phase.
         use_icom = icom is not None and not (empty and tie_is_reference)
+        also = ""
+        if use_icom and misscaled:
+            use_icom, also = self._weaker_phase(icom, options, mean, k, derivative_weights,
+                                                intensity_weights, phase, grad, info)
         fallback = "icom" if use_icom else "tie"
         info["uncertainty"] = (f"none: the flow was not trusted; the {fallback} phase "
                                "returned has no calibrated uncertainty")
-        also = ""
         if use_icom:
             info["fallback"] = "icom"
             phase[...] = icom
             if grad is not None:
                 self.poisson.gradient(phase, out=grad)
-        if use_icom and not empty:
+        if use_icom and not (empty or misscaled):
             # The TIE phase as a second opinion on it (a gradient of the wrong
             # sign or scale has no curl and passes the orientation check).
             floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
@@ -1585,14 +1591,42 @@ class TIESolver:
                         f"orientation)")
         elif not use_icom:
             info["fallback"] = "tie"
-            floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
-                                        intensity_weights, info, teague=True)
-            self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k, out=phase,
-                                grad_out=grad)
+            if not (misscaled and icom is not None):  # else already in phase
+                floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
+                                            intensity_weights, info, teague=True)
+                self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k,
+                                    out=phase, grad_out=grad)
         warnings.warn(f"flowtie: the flow is not trusted on this input ({verdict['why']}); "
                       f"returned the {info['fallback']} phase instead{also}{empty}",
                       TrustWarning, stacklevel=user_stacklevel())
         return None
+
+    def _weaker_phase(self, icom, options, mean, k, derivative_weights, intensity_weights,
+                      phase, grad, info):
+        """Of the ``icom`` phase and the TIE phase, which disagree in scale
+        (``options.gradient_misscaled``: a unit or calibration of one of them
+        is wrong, or the TIE transfers the specimen's frequencies weakly),
+        whether the ``icom`` one is the weaker (RMS), and the sentence that
+        says so; the TIE phase is left in ``phase`` (and its gradient in
+        ``grad``) where it is the weaker.
+
+        The data cannot tell which is scaled right. The weaker phase is wrong
+        by at most about its own size where it is the one scaled wrong (a
+        phase c < 1 times the right one has an NMSE of ``(1 - c)²``); the
+        stronger, scaled wrong, by many times the phase (``(c - 1)²``: 81 at
+        a factor 10)."""
+        regularisation = {}
+        floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
+                                    intensity_weights, regularisation, quiet=True, teague=True)
+        self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k, out=phase,
+                            grad_out=grad)
+        icom_rms, tie_rms = float(icom.std()), float(phase.std())
+        use_icom = icom_rms <= tie_rms
+        if not use_icom:  # the TIE phase returned: its regularisation reported
+            info.update(regularisation)
+        return use_icom, (f", the weaker of the icom and tie phases, which disagree in "
+                          f"scale (RMS {icom_rms:.3g} and {tie_rms:.3g} rad): where it is "
+                          f"the one scaled wrong, it is wrong by at most about its size")
 
     def _residual(self, series, phase):
         """``(k ∂I/∂z + ∇·(I ∇φ)) / Ī`` from the series' planes."""

@@ -52,7 +52,8 @@ above the noise (limits in
 on the test ones after: docs/evaluation.md). Then the returned
 phase is the classical one, ``icom`` where a measured gradient exists (the
 4D-STEM centre of mass does not go through the focal derivative) and ``tie``
-otherwise, ``rec.info["fallback"]`` names it and a
+otherwise (the weaker of the two where they disagree in scale:
+:func:`sign_check`), ``rec.info["fallback"]`` names it and a
 :class:`~flowtie_fast.errors.TrustWarning` says so.
 """
 
