@@ -1562,8 +1562,9 @@ class TIESolver:
         # TIE's where that gradient holds no phase above its noise and the TIE
         # phase is the specimen's (bright-field planes), else the zero phase.
         use_icom = icom is not None and not (empty and tie_is_reference)
-        also = ""
-        if use_icom and misscaled:
+        also, tie_in_phase = "", False
+        if use_icom and misscaled and tie_is_reference:  # else the only phase of the specimen
+            tie_in_phase = True
             use_icom, also = self._weaker_phase(icom, options, mean, k, derivative_weights,
                                                 intensity_weights, phase, grad, info)
         fallback = "icom" if use_icom else "tie"
@@ -1591,7 +1592,7 @@ class TIESolver:
                         f"orientation)")
         elif not use_icom:
             info["fallback"] = "tie"
-            if not (misscaled and icom is not None):  # else already in phase
+            if not tie_in_phase:
                 floor, _ = self._regularise(options.noise, mean, k, derivative_weights,
                                             intensity_weights, info, teague=True)
                 self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k,
