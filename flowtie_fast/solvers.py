@@ -1542,8 +1542,8 @@ class TIESolver:
                 options.registration)
         if options.gradient_suspect and getattr(model, "in_channels", 4) == 6:
             # a network that reads the centre of mass reads it misoriented too
-            verdict.update(trusted=False, why="the measured gradient it reads looks "
-                           "wrongly oriented (triplet.gradient_orientation)")
+            verdict.update(trusted=False, why="the measured gradient it reads is suspect "
+                           "(triplet.gradient_orientation['why'])")
         # the TIE phase is a reference only where it is the specimen's
         tie_is_reference = image_verdict("tie", options.planes_image) is None
         # trained on bright-field images: the contrast of the others does not

@@ -31,7 +31,7 @@ from .planes import (check_gradient, check_gradient_peak, check_image, check_int
 from .solvers import reconstruct
 from .trust import SIGNED_IMAGES, checked_orientation, orientation_warnings, plain_tie_gradient
 from .stem.descan import check_descan, check_descan_mode, descan_plane
-from .stem.detector import VIRTUAL_IMAGES, image_saturation
+from .stem.detector import DISK_FILLS_COM, VIRTUAL_IMAGES, image_saturation
 from .stem.focal import (apply_registration, check_com_extent, check_normalize, check_register,
                          check_rotation, com_poisson_noise, orient, prepare_planes, reduce_triplet,
                          register_planes, repair_com, saturation_record, scaled,
@@ -844,8 +844,11 @@ class FocalTriplet(FocalSeries):
         # aligned: of scans whose drift could not be measured it is not the
         # specimen's (a right centre of mass was read as half a turn wrong).
         aligned = registration is None or bool(registration.get("reliable"))
-        t._check_orientation(rotation, flip, sign=given and aligned and (
-            bright or reference is not None), reference=reference)
+        if "df" in reductions[1].regions:
+            t._check_orientation(rotation, flip, sign=given and aligned and (
+                bright or reference is not None), reference=reference)
+        else:  # the disk fills the detector (stem.triplet_geometry), which warned
+            t.gradient_orientation = {"testable": False, "suspect": True, "why": DISK_FILLS_COM}
         t.gradient_noise = virtual_image_noise(list(t.gradient), scan_step, energy,
                                                 reductions[1].regions, virtual)
         if t.gradient_noise is None and counts:  # no room above the band: the counts'

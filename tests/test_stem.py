@@ -574,6 +574,15 @@ def test_a_detector_inside_the_bright_field_disk_is_flagged():
     assert t.noise is None or t.noise.source != "band"
     assert t.registration["signal"] is None
     np.testing.assert_array_equal(t.zero, t.reductions[1].virtual["bf"])
+    # its centre of mass does not see the disk's edge: no method leans on it
+    assert t.gradient_orientation["suspect"] is True
+    assert t.gradient_orientation["why"] == stem.detector.DISK_FILLS_COM
+    with pytest.warns(ft.TrustWarning, match="^icom: the bright-field disk fills the detector"):
+        icom = ft.reconstruct(t, method="icom", backend="cpu")
+    assert icom.info["trust"].startswith("the bright-field disk fills the detector")
+    with pytest.warns(ft.TrustWarning, match="returned the tie phase"):
+        flow = ft.reconstruct(t, method="flowtie", backend="cpu")
+    assert flow.info["fallback"] == "tie"
     with pytest.warns(stem.DetectorWarning), pytest.raises(ft.InputError, match="^virtual: "):
         ft.FocalTriplet.from_4dstem(*cropped, **kw, virtual="df")
     fills, on_edge, edge = stem.disk_fills_detector(stem.mean_pattern(cropped[1]))

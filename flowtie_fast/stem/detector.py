@@ -38,6 +38,16 @@ class DetectorWarning(UserWarning):
 
 
 
+#: Why the centre of mass of a detector the bright-field disk fills is not
+#: a phase gradient (``triplet.gradient_orientation["why"]``: no method leans
+#: on it; a simulated 8 x 8 px detector inside a 20 px disk gave an ``icom``
+#: phase a thousandth of the right one, a 24 x 24 px one 0.56 of its NMSE).
+DISK_FILLS_COM = ("the bright-field disk fills the detector: a centre of mass that does not "
+                  "record the disk's edge misses most of the beam's deflection (its phase "
+                  "is attenuated, to nothing where the detector lies well inside the "
+                  "disk); the TIE methods read the planes alone")
+
+
 @dataclass
 class Detector:
     """Pixelated detector geometry.
