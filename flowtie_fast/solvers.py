@@ -448,6 +448,18 @@ _CONSTANT_GRADIENT = ("the measured gradient is constant (the same at every pixe
                       "a centre-of-mass channel left unfilled or a gradient of the wrong array?")
 
 
+def _check_network_planes(series, order) -> None:
+    """Refuse a series the flow network cannot read: it reads three planes,
+    below, at and above the in-focus plane (trained on ``-dz, 0, +dz``)."""
+    z = np.asarray(series.z, float)[order]
+    z0 = float(getattr(series, "z0", 0.0))
+    if len(z) != 3 or not z[0] < z0 == z[1] < z[2]:
+        raise InputError(f"method: 'flowtie' reads three planes, one at z0 ({z0:g} Å) and one "
+                         f"on either side of it (the network's -dz, 0, +dz); this series has "
+                         f"{len(z)} at z = {[float(v) for v in z]} Å: give three such planes "
+                         f"(a FocalTriplet, or a FocalSeries of them), or use a TIE method")
+
+
 def _constant_gradient(gradient) -> bool:
     """Whether each component of a measured gradient is one value throughout."""
     xp = array_module(gradient)
@@ -1003,6 +1015,8 @@ class TIESolver:
             planes, dweights, iweights = (series.planes, series.derivative_weights,
                                           series.intensity_weights)
             order = np.argsort(np.asarray(series.z, float), kind="stable")
+            if method == "flowtie":
+                _check_network_planes(series, order)
             if method == "flowtie" and (order != np.arange(len(order))).any():
                 # the network reads its planes as (-dz, 0, +dz): a series listed in
                 # another order had its planes read swapped (NMSE 1.1, unflagged)

@@ -211,6 +211,23 @@ def test_a_series_listed_from_plus_to_minus_gives_the_flow_of_the_triplet():
     np.testing.assert_allclose(b, a, atol=1e-6)
 
 
+@pytest.mark.parametrize("z", [[-40.0, 40.0], [-80.0, -40.0, 0.0, 40.0, 80.0],
+                               [-40.0, 0.0, 40.0, 80.0], [-40.0, 10.0, 40.0]])
+def test_the_network_refuses_a_series_it_cannot_read(z):
+    """The network reads three planes, below, at and above z0: a series of
+    two planes failed inside it ("index 2 is out of bounds", blaming the
+    model file), one of five fed it its first three as -dz, 0, +dz. Refused
+    by name, for the TIE methods to solve."""
+    phi, t, g = _swappable_triplet()
+    planes = [t.zero + (v / 40.0) * (t.plus - t.zero) for v in z]
+    s = ft.FocalSeries(planes, z, pixel_size=0.25, energy=300e3, gradient=g, virtual="bf")
+    for uncertainty in (True, False):
+        with pytest.raises(ft.InputError, match=r"^method: 'flowtie' reads three planes, "
+                                                r"one at z0 \(0 Å\)"):
+            ft.reconstruct(s, method="flowtie", uncertainty=uncertainty, backend="cpu")
+    assert np.isfinite(ft.reconstruct(s, method="tie", backend="cpu").phase).all()
+
+
 def test_a_batched_flow_reads_the_repaired_planes_and_says_so():
     """One hot pixel in one item of a batched flowtie pass: the warning said
     it was replaced, but the network read the raw value (NMSE 86 on a test
