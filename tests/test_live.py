@@ -94,6 +94,37 @@ def test_bad_datasets_are_named(ctx, rng):
         reduce_with_libertem(ctx, ds, det, {"whole": (0, np.inf)})
 
 
+def test_what_the_udf_cannot_run_over_is_named(ctx, rng, tmp_path):
+    """Arrays instead of datasets, a dataset loaded with sync_offset and a
+    big-endian float file escaped as LiberTEM's AttributeError,
+    AssertionError and NotImplementedError."""
+    data = (rng.random((4, 4, 8, 8)) * 100).astype(np.float32)
+    kw = dict(dz=20.0, scan_step=0.25, k_sampling=K_SAMPLING, energy=E)
+    det = stem.Detector((8, 8), (K_SAMPLING, K_SAMPLING), E, (4.0, 4.0))
+    regions = {"whole": (0, np.inf)}
+    with pytest.raises(ft.InputError, match=r"^datasets: the minus entry is ndarray, expected "
+                                            r"a LiberTEM dataset .*FocalTriplet.from_4dstem"):
+        triplet_with_libertem(ctx, [data, data, data], **kw)
+    with pytest.raises(ft.InputError, match=r"^dataset: expected a LiberTEM dataset .*got "
+                                            r"ndarray"):
+        reduce_with_libertem(ctx, data, det, regions)
+    offset = ctx.load("memory", data=data, sig_dims=2, sync_offset=2)
+    with pytest.raises(ft.InputError, match=r"^dataset: loaded with sync_offset=2"):
+        reduce_with_libertem(ctx, offset, det, regions)
+    with pytest.raises(ft.InputError, match=r"^minus: loaded with sync_offset=2"):
+        triplet_with_libertem(ctx, [offset] * 3, **kw)
+    path = tmp_path / "big.npy"
+    np.save(path, data.astype(">f4"))
+    big = ctx.load("npy", path=str(path))
+    with pytest.raises(ft.InputError, match=r"^dataset: dtype >f4 is big-endian floating "
+                                            r"point, which LiberTEM does not read"):
+        reduce_with_libertem(ctx, big, det, regions)
+    np.save(path, data.astype(">u2"))  # integers it swaps
+    got = reduce_with_libertem(ctx, ctx.load("npy", path=str(path)), det, regions)
+    np.testing.assert_allclose(got.virtual["whole"],
+                               data.astype(np.uint16).sum(axis=(2, 3)), rtol=1e-6)
+
+
 def test_bad_arguments_are_refused_before_any_pass(ctx, rng, monkeypatch):
     """virtual=["bf"] raised TypeError after a full pass; datasets=None a
     TypeError."""

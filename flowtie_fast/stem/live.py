@@ -32,6 +32,7 @@ from collections.abc import Mapping, Set
 import numpy as np
 
 try:
+    from libertem.io.dataset.base import DataSet
     from libertem.udf import UDF
     from libertem.udf.sum import SumUDF
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -330,13 +331,31 @@ def _has_cuda_worker(ctx):
         return True
 
 
-def _check_dtype(dataset, name):
-    """A dataset of real detector counts: :class:`InputError` naming ``name``
-    otherwise, before any pass."""
+def _check_dataset(dataset, name):
+    """A LiberTEM dataset this module's UDF can run over, of real detector
+    counts: :class:`InputError` naming ``name`` otherwise, before any pass
+    (LiberTEM's own errors there are an ``AttributeError`` for an array, an
+    ``AssertionError`` for a ``sync_offset``, a ``NotImplementedError`` for
+    big-endian floats)."""
+    if not isinstance(dataset, DataSet):
+        raise InputError(f"{name}: expected a LiberTEM dataset (ctx.load(...)), got "
+                         f"{type(dataset).__name__}; arrays in memory go to "
+                         "FocalTriplet.from_4dstem, or through ctx.load('memory', data=...)")
     dtype = np.dtype(getattr(dataset, "dtype", np.float32))
     if dtype.kind not in "iuf":  # as from_4dstem: 1-bit frames are cast to uint8 first
         hint = " (cast 1-bit frames to uint8)" if dtype.kind == "b" else ""
         raise InputError(f"{name}: expected real detector counts, got dtype {dtype}{hint}")
+    if dtype.kind == "f" and not dtype.isnative:
+        raise InputError(f"{name}: dtype {dtype.str} is big-endian floating point, which "
+                         "LiberTEM does not read (no byte swapping of floats); write the file "
+                         "little-endian (array.astype('<f4')), or read it with NumPy and use "
+                         "FocalTriplet.from_4dstem")
+    offset = getattr(dataset, "_sync_offset", 0) or 0
+    if offset:
+        raise InputError(f"{name}: loaded with sync_offset={offset}, which the reduction "
+                         "cannot run over (LiberTEM hands it partitions in pieces); load it "
+                         "without sync_offset, or read the frames with NumPy, drop the "
+                         "first ones and use FocalTriplet.from_4dstem")
 
 
 def _nav_sig(dataset, name="dataset"):
@@ -380,7 +399,7 @@ def reduce_with_libertem(ctx, dataset, detector, regions, *, com_radius_mrad=Non
     """
     backends = _check_backends(ctx, backends)
     (sy, sx), sig = _nav_sig(dataset, name)
-    _check_dtype(dataset, name)
+    _check_dataset(dataset, name)
     check_detector(detector)
     check_regions(regions)
     if com_radius_mrad is not None:  # as reduce_4dstem: a negative one gave a zero COM
@@ -471,9 +490,10 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     if len(datasets) != 3:
         raise InputError(f"datasets: expected three (minus, zero, plus), got {len(datasets)}")
     for n, d in zip(("minus", "zero", "plus"), datasets):
-        if not hasattr(d, "shape"):
+        if not isinstance(d, DataSet):
             raise InputError(f"datasets: the {n} entry is {type(d).__name__}, expected a "
-                             "LiberTEM dataset (ctx.load(...))")
+                             "LiberTEM dataset (ctx.load(...)); arrays in memory go to "
+                             "FocalTriplet.from_4dstem")
     if not isinstance(virtual, str) or virtual not in VIRTUAL_IMAGES:
         raise InputError(f"virtual: expected one of {VIRTUAL_IMAGES}, got {virtual!r}")
     backends = _check_backends(ctx, backends)
@@ -487,7 +507,7 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
         raise InputError(f"datasets: expected equal shapes, got {shapes}")
     (sy, sx), _ = _nav_sig(datasets[1], "zero")
     for n, d in zip(("minus", "zero", "plus"), datasets):
-        _check_dtype(d, n)
+        _check_dataset(d, n)
     k_sampling = check_positive("k_sampling", k_sampling, pair=True)
     energy = check_positive("energy", energy)
     total = ctx.run_udf(dataset=datasets[1], udf=SumUDF(), backends=backends)["intensity"]
