@@ -48,7 +48,7 @@ def test_noise_free_flow_is_trusted_with_a_calibrated_uncertainty(case):
     assert np.isfinite(u).all() and (u >= 0).all() and u.max() > 0
     err = np.abs((rec.phase - rec.phase.mean()) - (case.phase - case.phase.mean()))
     coverage = float(np.mean(err <= u))
-    assert 0.5 <= coverage <= 0.95, coverage  # the per-case range asked of it
+    assert 0.53 <= coverage <= 0.83, coverage  # the per-case range asked of it: 68 ± 15 %
     assert rec.info["rel_spread"] < trust.calibration()["spread_limit"]
 
 
