@@ -124,10 +124,11 @@ def _unprintable(value):
     return None
 
 
-def _registration_record(record, name: str) -> dict:
+def _registration_record(record, name: str, shape=None) -> dict:
     """A registration record (``triplet.registration``) checked and made of
     plain values (the shifts a nested list of floats); :class:`InputError`
-    naming ``name`` where it is not one."""
+    naming ``name`` where it is not one, or, given the planes' ``shape``
+    (..., Ny, Nx), where a shift exceeds their extent along its axis."""
     want = ("a registration record {" +
             ", ".join(f"{k!r}: {v}" for k, v in _REGISTRATION.items()) + "}")
     if not isinstance(record, dict) or not {"shifts", "reliable", "applied"} <= set(record) \
@@ -147,6 +148,12 @@ def _registration_record(record, name: str) -> dict:
     if not (ok and flags and texts) or (record["applied"] and not record["reliable"]):
         raise InputError(f"{name} must be {want} (applied only where reliable), got "
                          f"{_short(repr(record), 80)}")
+    if shape is not None and len(shape) >= 2:
+        extent = [int(n) for n in shape[-2:]]
+        if any(abs(float(v)) > n for row in shifts for v, n in zip(row, extent)):
+            raise InputError(f"{name} must be {want} with shifts within the planes' extent "
+                             f"{tuple(extent)} px, got shifts "
+                             f"{_short(repr([[float(v) for v in r] for r in shifts]), 80)}")
     return {"shifts": [[float(v) for v in row] for row in shifts],
             "reliable": bool(record["reliable"]), "applied": bool(record["applied"]),
             "signal": record.get("signal"), "why": record.get("why")}
@@ -420,7 +427,7 @@ def _defects_record(record, name: str, shape) -> dict:
 
 #: Each record's check: (record, name, shape of the planes) -> the record, plain.
 RECORD_CHECKS = {
-    "registration": lambda r, name, shape: _registration_record(r, name),
+    "registration": _registration_record,
     "orientation": lambda r, name, shape: _orientation_record(r, name),
     "saturation": _saturation_record, "descan": _descan_record, "flux": _flux_record,
     "plane_defects": _defects_record}

@@ -1226,6 +1226,9 @@ _HOSTILE = [  # (base, changes, key, what the message says after the key)
      "registration", "must be a registration record"),
     ("3", {"registration": _REG.replace("[0.0, 0.0], [0.0, 0.0]", "[0.0, true], [0.0, 0.0]")},
      "registration", "must be a registration record"),
+    # a shift beyond the planes (printed by the CLI as applied, 300 digits)
+    ("3", {"registration": _REG.replace("[0.0, 0.0], [0.0, 0.0]", "[0.0, 1e300], [0.0, 0.0]")},
+     "registration", r"with shifts within the planes' extent"),
     ("3", {"registration": _REG.replace('"why"', '"code"')}, "registration",
      "must be a registration record"),
     ("3", {"registration": _REG.replace('"reliable": false', '"reliable": 0')},
