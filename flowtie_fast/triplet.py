@@ -47,7 +47,7 @@ def _checks_backend():
     return get_backend("cpu", kernels="numpy")
 
 
-def _bright_field(reductions, registration, register, flux):
+def _bright_field(reductions, registration, register, flux, dz):
     """The reductions' "bf" images, scaled and registered as the planes were,
     or None where one of them has none."""
     images = [r.virtual.get("bf") for r in reductions]
@@ -55,7 +55,7 @@ def _bright_field(reductions, registration, register, flux):
         return None
     if flux["applied"]:
         images = scaled(images, flux["scale"])
-    return apply_registration(images, registration, register)
+    return apply_registration(images, registration, register, dz)
 
 
 def _counts_noise(planes, stats):
@@ -603,7 +603,8 @@ class FocalTriplet(FocalSeries):
         if register:
             if gradient is not None:
                 self.gradient = self._check_gradient(gradient)
-            self.planes, self.registration = register_planes(self.planes, None, register)
+            self.planes, self.registration = register_planes(self.planes, None, register,
+                                                             self.dz)
             if self.gradient is not None:  # the sign only of planes known to be aligned
                 self._check_orientation(sign=self.virtual in (None,) + SIGNED_IMAGES
                                         and bool(self.registration.get("reliable")))
@@ -814,9 +815,10 @@ class FocalTriplet(FocalSeries):
         check_descan_mode(descan)
         if not isinstance(counts, (bool, np.bool_)):
             raise InputError(f"counts: expected True or False, got {counts!r}")
+        steps = check_positive("dz", dz, pair=True)  # the registration extrapolates by it
         reductions, planes, scan_step, energy, noise, registration, flux = prepare_planes(
             reductions, scan_step, virtual=virtual, counts=counts, register=register,
-            normalize=normalize)
+            normalize=normalize, dz=steps)
         reductions[1], hit, why = repair_com(reductions, counts=counts)
         check_com_extent(reductions[1], "zero")
         t = cls(*planes, dz=dz, pixel_size=scan_step, energy=energy, noise=noise,
@@ -828,7 +830,8 @@ class FocalTriplet(FocalSeries):
         # The half turn is told by the TIE phase of bright-field images, whose
         # contrast follows the phase (that of "abf" and "df" images does not).
         bright = virtual in SIGNED_IMAGES
-        reference = None if bright else _bright_field(reductions, registration, register, flux)
+        reference = None if bright else _bright_field(reductions, registration, register, flux,
+                                                      steps)
         given = not isinstance(rotation, str)  # "auto" resolves 180° with the TIE phase
         reductions, rotation, flip = orient(
             reductions, rotation, flip,

@@ -211,7 +211,7 @@ def holds_counts(datasets) -> bool:
 
 
 def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, register=True,
-                   normalize=True):
+                   normalize=True, dz=(1.0, 1.0)):
     """The planes of a triplet from its three reductions: the chosen virtual
     images, brought to one beam current, their noise, and the drift of the
     ±dz scans undone.
@@ -241,6 +241,10 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
         True), so that a beam current (or dwell time, or detector gain)
         that changed between the scans does not enter the focal derivative;
         False uses the planes as recorded.
+    dz : (float, float), optional
+        The defocus steps ``(dz_minus, dz_plus)`` in Å (default even): the
+        ratio by which a registration extrapolates the rows and columns a
+        shift leaves unrecorded (:func:`apply_registration`).
 
     Returns
     -------
@@ -331,7 +335,7 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
                             "applied": False, "signal": None,
                             "why": "no dark field on the detector"}
         else:
-            planes, registration = register_planes(planes, signals, register)
+            planes, registration = register_planes(planes, signals, register, dz)
     return reductions, planes, scan_step, energy, noise, registration, flux
 
 
@@ -1051,7 +1055,7 @@ def check_normalize(normalize) -> bool:
     raise InputError(f"normalize: expected True or False, got {normalize!r}")
 
 
-def register_planes(planes, signals, register):
+def register_planes(planes, signals, register, dz=(1.0, 1.0)):
     """The planes with the drift of the ±dz ones undone (shifts from
     ``signals`` when given, else from the planes), and the record of it.
 
@@ -1074,7 +1078,9 @@ def register_planes(planes, signals, register):
         which does not change with defocus); None: the planes themselves.
     register : True or "periodic"
         How the shifts are applied: ``"periodic"`` wraps around, anything
-        else extends by mirroring.
+        else extends by mirroring (:func:`apply_registration`).
+    dz : (float, float)
+        The defocus steps ``(dz_minus, dz_plus)`` in Å (default even).
 
     Returns
     -------
@@ -1108,10 +1114,42 @@ def register_planes(planes, signals, register):
     if not reliable:
         return planes, record
     record["applied"] = any(math.hypot(*shifts[i]) >= REGISTRATION_THRESHOLD for i in (0, 2))
-    return apply_registration(planes, record, register), record
+    return apply_registration(planes, record, register, dz), record
 
 
-def apply_registration(planes, record, register):
+def _unrecorded(shape, shift) -> np.ndarray:
+    """The pixels a non-periodic shift fills by mirroring: the
+    ``ceil(|dy|)`` rows and ``ceil(|dx|)`` columns at the edges the content
+    moves away from (:func:`~flowtie_fast.stem.registration.apply_shift`)."""
+    band = np.zeros(shape, bool)
+    for axis, d in enumerate(float(v) for v in shift):
+        n = min(math.ceil(abs(d)), shape[axis])
+        edge = slice(0, n) if d > 0 else slice(shape[axis] - n, shape[axis])
+        if n:
+            band[(edge, slice(None)) if axis == 0 else (slice(None), edge)] = True
+    return band
+
+
+def _fill_unrecorded(planes, record, dz) -> None:
+    """Where a shifted ±dz plane holds no recorded pixel (the band its shift
+    filled by mirroring: another place's intensity, whose difference with
+    the other planes is the specimen's contrast, not the defocus'), that
+    plane extrapolated linearly in z from the two recorded ones; where
+    neither ±dz plane is recorded, both set to the in-focus plane (no focal
+    derivative there). In place, on the host planes (float64) given."""
+    dm, dp = dz
+    minus, zero, plus = planes
+    bands = [_unrecorded(zero.shape, record["shifts"][i])
+             if math.hypot(*record["shifts"][i]) >= REGISTRATION_THRESHOLD
+             else np.zeros(zero.shape, bool) for i in (0, 2)]
+    both = bands[0] & bands[1]
+    only = [b & ~both for b in bands]
+    minus[only[0]] = zero[only[0]] - dm / dp * (plus[only[0]] - zero[only[0]])
+    plus[only[1]] = zero[only[1]] + dp / dm * (zero[only[1]] - minus[only[1]])
+    minus[both] = plus[both] = zero[both]
+
+
+def apply_registration(planes, record, register, dz=(1.0, 1.0)):
     """The ±dz planes shifted as a registration's record says (nothing where
     it was not applied, nor for a shift under ``REGISTRATION_THRESHOLD``).
 
@@ -1123,7 +1161,12 @@ def apply_registration(planes, record, register):
         What :func:`register_planes` returned (``shifts`` in px, ``applied``).
     register : True or "periodic"
         How the shifts are applied: ``"periodic"`` wraps around, anything
-        else extends by mirroring.
+        else extends by mirroring, and the rows and columns so filled are
+        replaced by the linear extrapolation in z of the recorded planes
+        (both ±dz planes by the in-focus one where neither is recorded).
+    dz : (float, float)
+        The defocus steps ``(dz_minus, dz_plus)`` in Å of that
+        extrapolation (default even).
 
     Returns
     -------
@@ -1135,16 +1178,22 @@ def apply_registration(planes, record, register):
     out = list(planes)
     if not record or not record.get("applied"):
         return out
+    periodic = register == "periodic"
+    host = [to_host(p).astype(np.float64) for p in planes]
+    moved = []
     for i in (0, 2):
         shift = record["shifts"][i]
-        if math.hypot(*shift) < REGISTRATION_THRESHOLD:
-            continue
-        shifted = apply_shift(to_host(planes[i]).astype(np.float64), shift,
-                              periodic=register == "periodic")
+        if math.hypot(*shift) >= REGISTRATION_THRESHOLD:
+            host[i] = apply_shift(host[i], shift, periodic=periodic)
+            moved.append(i)
+    if not periodic:
+        _fill_unrecorded(host, record, dz)
+        moved = [0, 2]  # either can be filled from the other
+    for i in moved:
         # Intensities: the interpolation's ringing below zero is clipped; the
         # plane keeps its device and floating dtype (counts become float64).
         xp = array_module(planes[i])
-        out[i] = xp.asarray(np.maximum(shifted, 0),
+        out[i] = xp.asarray(np.maximum(host[i], 0),
                             dtype=planes[i].dtype if planes[i].dtype.kind == "f" else np.float64)
     return out
 
