@@ -68,7 +68,7 @@ from .backend import get_backend, is_cupy
 from .errors import (InputError, TrustWarning, check_choice, check_positive, first_line,
                      user_stacklevel)
 from .fft import load_wisdom, save_wisdom
-from .noise import COUNTS, check_noise, counts_check, poisson_noise
+from .noise import COUNTS, check_noise, counts_check, gradient_noise_share, poisson_noise
 from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation, check_verdict_records, image_verdict,
@@ -92,6 +92,15 @@ ORIENTATION_CHECKS = 64
 #: two CPU cores), once in this many seconds of solves.
 ORIENTATION_RECHECK_S = 30.0
 
+#: The share of the ``icom`` phase's power above which the noise a measured
+#: gradient of unknown noise suggests by its own pixel scatter
+#: (:func:`~flowtie_fast.noise.gradient_noise_share`) is warned of.
+GRADIENT_NOISE_LIMIT = 1.0
+
+#: What a measured gradient's noise is expected as.
+_GRADIENT_NOISE = ("the variance of the measured gradient's noise ((rad/Å)², one real number "
+                   "or one per component; a triplet's gradient_noise)")
+
 _INPUT_NAMES = ("minus", "zero", "plus", "gradient", "out")
 
 
@@ -101,7 +110,8 @@ def _brief(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check_records(registration, orientation, saturation=None, plane_defects=None):
+def _check_records(registration, orientation, saturation=None, plane_defects=None,
+                   gradient_noise=None):
     """The records of :meth:`Plan.solve` checked, where given (each a dict of
     a triplet, a few dict lookups: checked at every call, outside the
     solve): ``registration`` (or None), why the ``orientation`` verdict
@@ -116,6 +126,7 @@ def _check_records(registration, orientation, saturation=None, plane_defects=Non
                          f"registration: a dict whose 'reliable' is True or False) or None, "
                          f"got {_brief(registration)}")
     check_verdict_records(saturation, plane_defects)
+    check_noise(gradient_noise, 2, "gradient_noise", _GRADIENT_NOISE)
     if orientation is None:
         return registration, None, None
     if not (isinstance(orientation, dict)
@@ -139,13 +150,14 @@ _NOT_BRIGHT_FIELD = ("; if the planes are not bright-field images, name them: "
                      "Plan(..., virtual='abf'), 'df', ...")
 
 #: The records :meth:`Plan.solve` takes beside the arrays.
-_RECORD_KEYS = ("registration", "orientation", "saturation", "plane_defects")
+_RECORD_KEYS = ("registration", "orientation", "saturation", "plane_defects", "gradient_noise")
 
 
 def triplet_records(triplet) -> dict:
     """The records a triplet keeps beside its arrays, as :meth:`Plan.solve`
     takes them (``registration``, ``orientation``, ``saturation``,
-    ``plane_defects``; None where the triplet has none): with them a plan
+    ``plane_defects``, ``gradient_noise``; None where the triplet has none):
+    with them a plan
     gives the verdict :func:`~flowtie_fast.solvers.reconstruct` gives the
     triplet (``plan.solve(*t.planes, gradient=t.gradient,
     **triplet_records(t))``).
@@ -163,7 +175,8 @@ def triplet_records(triplet) -> dict:
     return {"registration": getattr(triplet, "registration", None),
             "orientation": getattr(triplet, "gradient_orientation", None),
             "saturation": getattr(triplet, "saturation", None),
-            "plane_defects": getattr(triplet, "plane_defects", None)}
+            "plane_defects": getattr(triplet, "plane_defects", None),
+            "gradient_noise": getattr(triplet, "gradient_noise", None)}
 
 
 class Plan:
@@ -314,15 +327,16 @@ class Plan:
 
     def reset_orientation(self):
         """Forget the checks made on earlier solves: the curl check of the
-        measured gradients, and the counts and focal-derivative checks of the
-        planes; the next solve checks them again (another specimen, detector
-        or set-up)."""
+        measured gradients and of their noise, and the counts and
+        focal-derivative checks of the planes; the next solve checks them
+        again (another specimen, detector or set-up)."""
         with self._orientation_lock:
             self.gradient_orientation = None
             self._untelling = 0  # gradients given since, none of them telling
             self._checked_at = -math.inf  # time.monotonic() of the last check
             self._counts = (-math.inf, None, None)
             self._transport = (-math.inf, (None, None), None)
+            self._gradient_noise = (-math.inf, None, None)
 
     def __repr__(self) -> str:
         return (f"Plan(shape={self.shape}, method={self.method!r}, dz={self.dz} Å, "
@@ -464,7 +478,7 @@ class Plan:
 
     def solve(self, minus, zero, plus, *, gradient=None, out=None, gradient_out=None,
               noise=None, uncertainty_out=None, registration=None, orientation=None,
-              saturation=None, plane_defects=None):
+              saturation=None, plane_defects=None, gradient_noise=None):
         """The phase (rad, mean zero) of one triplet.
 
         Parameters
@@ -485,6 +499,17 @@ class Plan:
             ``floor`` "auto"; default: Poisson statistics where the planes
             are counts (an integer dtype), otherwise none
             (:mod:`flowtie_fast.noise`).
+        gradient_noise : Noise, float or (float, float), optional
+            White-noise variance of ``gradient``'s components, (rad/Å)² (a
+            triplet's ``gradient_noise``): ``icom`` filters the gradient by
+            it, as :func:`~flowtie_fast.solvers.reconstruct` does for the
+            triplet. Default None: unfiltered; then the plan estimates the
+            noise from the gradient's own pixel scatter (on the first
+            gradients, every 30 s and where their scale changes) and, where
+            that noise would carry more than :data:`GRADIENT_NOISE_LIMIT` of
+            the ``icom`` phase's power, says so (a :class:`TrustWarning` and
+            ``plan.info["trust"]``, of ``icom`` and of ``flowtie`` where it
+            returned the ``icom`` phase).
         uncertainty_out : array (Ny, Nx), optional
             ``flowtie`` with ``uncertainty``: filled with the phase's standard
             deviation (rad) where the flow is trusted. Where no map exists
@@ -527,7 +552,7 @@ class Plan:
             ``plan.info["plane_defects"]``, and its ``"why"`` as
             ``plan.info["trust"]`` where nothing else is, as ``reconstruct``
             reports them (the planes given, repaired, no longer show them).
-            ``flowtie_fast.plan.triplet_records(t)`` gives a triplet's four
+            ``flowtie_fast.plan.triplet_records(t)`` gives a triplet's five
             records as these arguments. A malformed record raises :class:`InputError` naming
             its argument before anything is written.
 
@@ -587,6 +612,9 @@ class Plan:
                             ("plane_defects", plane_defects)):
             if record is not None:
                 changes[key] = record
+        if gradient_noise is not None:
+            changes["gradient_noise"] = check_noise(gradient_noise, 2, "gradient_noise",
+                                                    _GRADIENT_NOISE)
         options = replace(self.options, **changes) if changes else self.options
         self.info = self.solver.solve_planes(
             planes, self._derivative_weights, self._intensity_weights, self.wavenumber,
@@ -594,6 +622,11 @@ class Plan:
             uncertainty_out=uncertainty_out, options=options)
         if not_counts is not None:
             self.info.setdefault("trust", not_counts)
+        if gradient is not None and gradient_noise is None and (
+                self.method == "icom" or self.info.get("fallback") == "icom"):
+            why = self._gradient_noise_check(gradient)
+            if why is not None:
+                self.info.setdefault("trust", why)
         if self.method not in ("icom", "flowtie"):  # the phase of the focal derivative
             noise_check, defocus_check = self._transport_checks(planes, noise)
             if noise_check is not None:
@@ -660,6 +693,37 @@ class Plan:
                 verdict = (None, None)
             self._transport = (time.monotonic(), verdict, seen)
             return verdict
+
+    def _gradient_noise_check(self, gradient):
+        """Whether the noise a measured gradient of unknown noise suggests by
+        its own pixel scatter would carry more than
+        :data:`GRADIENT_NOISE_LIMIT` of its ``icom`` phase's power
+        (:func:`~flowtie_fast.noise.gradient_noise_share`): why, warned when
+        found, or None. Checked on the first gradient, again once
+        :data:`ORIENTATION_RECHECK_S` have passed, and at once where the
+        gradient's dtype or scale (a sparse RMS, beyond a factor 1.25 either
+        way) changed."""
+        sample = gradient[:, ::8, ::8]
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = float(np.sqrt(np.mean(np.square(sample, dtype=np.float64))))
+        seen = (gradient.dtype, scale)
+        with self._orientation_lock:
+            at, why, before = self._gradient_noise
+            if self._same(before, seen) and time.monotonic() - at < ORIENTATION_RECHECK_S:
+                return why
+            share, variance = gradient_noise_share(gradient, self.pixel_size)
+            why = None
+            if share > GRADIENT_NOISE_LIMIT:
+                told = "more than" if math.isinf(share) else f"{share:.2g} times"
+                why = (f"icom: the measured gradient's phase may be mostly noise: the noise its "
+                       f"own pixel-to-pixel scatter suggests ({math.sqrt(variance):.2g} rad/Å a "
+                       f"component) would carry {told} the power of the phase above it (limit "
+                       f"{GRADIENT_NOISE_LIMIT:g}), and the plan does not filter a gradient of "
+                       "unknown noise: pass gradient_noise= (a triplet's gradient_noise) to "
+                       "filter it, or record a larger dose")
+                warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
+            self._gradient_noise = (time.monotonic(), why, seen)
+            return why
 
     def _counts_check(self, planes):
         """Whether integer planes given without a noise are electron counts

@@ -460,6 +460,11 @@ def _check_network_planes(series, order) -> None:
                          f"(a FocalTriplet, or a FocalSeries of them), or use a TIE method")
 
 
+#: Why an ``icom`` phase filtered by its gradient's noise is zero.
+_NO_GRADIENT_PHASE = ("icom: the measured gradient holds no phase above its noise ({} noise): "
+                      "the phase is zero; a larger dose may carry it")
+
+
 def _constant_gradient(gradient) -> bool:
     """Whether each component of a measured gradient is one value throughout."""
     xp = array_module(gradient)
@@ -994,10 +999,7 @@ class TIESolver:
                     warnings.warn(rec.info["trust"], TrustWarning,
                                   stacklevel=user_stacklevel())
                 elif kept is not None and not int(self.backend.xp.count_nonzero(rec.phase)):
-                    rec.info["trust"] = (
-                        "icom: the measured gradient holds no phase above its noise "
-                        f"({noise.source} noise): the phase is zero; a larger dose "
-                        "may carry it")
+                    rec.info["trust"] = _NO_GRADIENT_PHASE.format(noise.source)
                     warnings.warn(rec.info["trust"], TrustWarning,
                                   stacklevel=user_stacklevel())
                 defects = options.plane_defects
@@ -1259,13 +1261,19 @@ class TIESolver:
             # (not for defects of one plane: no phase here is made from them).
             self.validate_planes(planes, intensity_weights,
                                  options.names or ("minus", "zero", "plus"), screen=False)
-            # Checked before anything is written.
-            self.poisson.integrate(self._check_gradient(gradient, wavenumber), out=out,
-                                   grad_out=gradient_out)
+            # Checked before anything is written; filtered by its noise where given.
+            g, kept = self._denoised_gradient(self._check_gradient(gradient, wavenumber),
+                                              options.gradient_noise)
+            self.poisson.integrate(g, out=out, grad_out=gradient_out)
+            if kept is not None:
+                info.update(noise=options.gradient_noise.source, denoise=kept)
             if options.gradient_suspect:
                 info["trust"] = options.gradient_suspect
             elif _constant_gradient(gradient):
                 info["trust"] = f"icom: {_CONSTANT_GRADIENT}"
+                warnings.warn(info["trust"], TrustWarning, stacklevel=user_stacklevel())
+            elif kept is not None and not int(self.backend.xp.count_nonzero(out)):
+                info["trust"] = _NO_GRADIENT_PHASE.format(options.gradient_noise.source)
                 warnings.warn(info["trust"], TrustWarning, stacklevel=user_stacklevel())
         else:
             self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
