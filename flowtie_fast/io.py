@@ -402,8 +402,10 @@ class Dataset:
                               "shifts": np.array(self.registration["shifts"], float)}
         stored = self.orientation or {}
         if stored.get("suspect") and not (t.gradient_orientation or {}).get("suspect"):
-            t.gradient_orientation = {**(t.gradient_orientation or {}), "suspect": True,
-                                      "why": stored["why"]}
+            # the stored reason, not the correction of a check that found none
+            fresh = {k: v for k, v in (t.gradient_orientation or {}).items()
+                     if k not in ("misorientation", "correction")}
+            t.gradient_orientation = {**fresh, "suspect": True, "why": stored["why"]}
             warnings.warn(stored["why"], TrustWarning, stacklevel=2)
         if stored.get("misscaled") is not None \
                 and scale_warning(t.gradient_orientation) is None:

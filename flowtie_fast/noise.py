@@ -296,6 +296,11 @@ def estimate_noise(plane) -> float:
     return sigma * sigma
 
 
+#: The share of a measured gradient's power under which the noise estimated
+#: from its pixel scatter is not read as noise (:func:`gradient_noise_share`).
+CLEAN_GRADIENT = 0.01
+
+
 def gradient_noise_share(gradient, pixel_size) -> tuple:
     """How much of the phase integrated from a measured gradient of unknown
     noise its own pixel-to-pixel scatter suggests is noise.
@@ -309,7 +314,9 @@ def gradient_noise_share(gradient, pixel_size) -> tuple:
     component along ``q`` and ``1/(2π q)²`` of that into the phase's mode;
     the share is that noise's power in the phase over the power above it
     (both weighted so, the zero mode left out), inf where nothing lies
-    above it.
+    above it; 0 where the noise estimated is under :data:`CLEAN_GRADIENT` of
+    the gradient's power (a clean gradient whose curl-free part is weak,
+    such as one turned by 90°, holds little phase, but not noise).
 
     Parameters
     ----------
@@ -337,10 +344,11 @@ def gradient_noise_share(gradient, pixel_size) -> tuple:
     inverse = 1.0 / q2
     inverse[0, 0] = 0.0
     noise = ny * nx * variance
+    total = float(np.mean((g - g.mean(axis=(1, 2), keepdims=True)) ** 2))
+    if not variance > CLEAN_GRADIENT * total:
+        return 0.0, variance
     signal = float((np.maximum(power - noise, 0.0) * inverse).sum())
     share = noise * float(inverse.sum())
-    if share == 0:
-        return 0.0, variance
     return (share / signal if signal > 0 else math.inf), variance
 
 

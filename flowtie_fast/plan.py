@@ -622,7 +622,7 @@ class Plan:
             uncertainty_out=uncertainty_out, options=options)
         if not_counts is not None:
             self.info.setdefault("trust", not_counts)
-        if gradient is not None and gradient_noise is None and (
+        if gradient is not None and gradient_noise is None and not suspect and (
                 self.method == "icom" or self.info.get("fallback") == "icom"):
             why = self._gradient_noise_check(gradient)
             if why is not None:

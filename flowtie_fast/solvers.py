@@ -453,8 +453,10 @@ def _check_network_planes(series, order) -> None:
     below, at and above the in-focus plane (trained on ``-dz, 0, +dz``)."""
     z = np.asarray(series.z, float)[order]
     z0 = float(getattr(series, "z0", 0.0))
-    if len(z) != 3 or not z[0] < z0 == z[1] < z[2]:
-        raise InputError(f"method: 'flowtie' reads three planes, one at z0 ({z0:g} Å) and one "
+    # at z0 within rounding (a z0 computed as the middle of two planes)
+    at = len(z) == 3 and abs(z[1] - z0) <= 1e-9 * max(z[2] - z[0], abs(z0), 1.0)
+    if not (at and z[0] < z[1] < z[2]):
+        raise InputError(f"method: 'flowtie' reads three planes, one at z0 ({z0!r} Å) and one "
                          f"on either side of it (the network's -dz, 0, +dz); this series has "
                          f"{len(z)} at z = {[float(v) for v in z]} Å: give three such planes "
                          f"(a FocalTriplet, or a FocalSeries of them), or use a TIE method")
@@ -1564,8 +1566,8 @@ class TIESolver:
                 options.registration)
         if options.gradient_suspect and getattr(model, "in_channels", 4) == 6:
             # a network that reads the centre of mass reads it misoriented too
-            verdict.update(trusted=False, why="the measured gradient it reads is suspect "
-                           "(triplet.gradient_orientation['why'])")
+            verdict.update(trusted=False, why="the measured gradient it reads is suspect: "
+                           + options.gradient_suspect)
         # the TIE phase is a reference only where it is the specimen's
         tie_is_reference = image_verdict("tie", options.planes_image) is None
         # trained on bright-field images: the contrast of the others does not
@@ -1644,7 +1646,9 @@ class TIESolver:
         self.poisson.teague(self._didz, self._intensity, floor * mean, scale=-k, out=phase,
                             grad_out=grad)
         icom_rms, tie_rms = float(icom.std()), float(phase.std())
-        use_icom = icom_rms <= tie_rms
+        # a TIE phase of nothing above the noise is no candidate: the weaker only
+        # by having no phase
+        use_icom = icom_rms <= tie_rms or regularisation.get("denoise") == 0
         if not use_icom:  # the TIE phase returned: its regularisation reported
             info.update(regularisation)
         return use_icom, (f", the weaker of the icom and tie phases, which disagree in "

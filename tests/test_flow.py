@@ -223,9 +223,24 @@ def test_the_network_refuses_a_series_it_cannot_read(z):
     s = ft.FocalSeries(planes, z, pixel_size=0.25, energy=300e3, gradient=g, virtual="bf")
     for uncertainty in (True, False):
         with pytest.raises(ft.InputError, match=r"^method: 'flowtie' reads three planes, "
-                                                r"one at z0 \(0 Å\)"):
+                                                r"one at z0 \(0.0 Å\)"):
             ft.reconstruct(s, method="flowtie", uncertainty=uncertainty, backend="cpu")
     assert np.isfinite(ft.reconstruct(s, method="tie", backend="cpu").phase).all()
+
+
+def test_the_network_reads_a_series_whose_z0_is_its_middle_plane_within_rounding():
+    """z0 computed as the middle of the outer planes (1020.0999999999999 for
+    a plane at 1020.1) was refused as lying off the in-focus plane."""
+    phi, t, g = _swappable_triplet()
+    z = [0.1, 0.1 + 40, 0.1 + 80]
+    s = ft.FocalSeries([t.minus, t.zero, t.plus], z, pixel_size=0.25, energy=300e3,
+                       z0=(z[0] + z[2]) / 2, gradient=g, virtual="bf")
+    assert s.z0 != z[1]
+    a = ft.reconstruct(s, method="flowtie", uncertainty=False, backend="cpu").phase
+    centred = ft.FocalSeries([t.minus, t.zero, t.plus], [-40.0, 0.0, 40.0], pixel_size=0.25,
+                             energy=300e3, gradient=g, virtual="bf")
+    b = ft.reconstruct(centred, method="flowtie", uncertainty=False, backend="cpu").phase
+    np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())
 
 
 def test_a_batched_flow_reads_the_repaired_planes_and_says_so():
