@@ -847,10 +847,10 @@ class FocalTriplet(FocalSeries):
         # aligned: of scans whose drift could not be measured it is not the
         # specimen's (a right centre of mass was read as half a turn wrong).
         aligned = registration is None or bool(registration.get("reliable"))
-        if "df" in reductions[1].regions:
+        if not reductions[1].disk_fills:
             t._check_orientation(rotation, flip, sign=given and aligned and (
                 bright or reference is not None), reference=reference)
-        else:  # the disk fills the detector (stem.triplet_geometry), which warned
+        else:  # the disk fills the detector (stem.triplet_geometry warned)
             t.gradient_orientation = {"testable": False, "suspect": True, "why": DISK_FILLS_COM}
         t.gradient_noise = virtual_image_noise(list(t.gradient), scan_step, energy,
                                                 reductions[1].regions, virtual)

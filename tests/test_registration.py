@@ -802,3 +802,45 @@ def test_rows_a_mirrored_shift_leaves_unrecorded_carry_no_focal_derivative(drift
     assert still < 1e-4 and nmse(registered) < 0.01
     monkeypatch.setattr(focal, "_fill_unrecorded", lambda *a: None)  # mirrored rows as they were
     assert nmse(ft.FocalTriplet(*drifted, register=True, **kw)) > 0.05
+
+
+def test_unrecorded_columns_are_extrapolated_with_the_uneven_steps():
+    """Planes linear in z at (-10, 0, +40) Å: the columns the -dz plane's
+    shift leaves unrecorded are its value there exactly, from the in-focus
+    and +dz planes by the steps' ratio (swapped, they would be off by the
+    contrast times 7.5); where neither ±dz plane is recorded both take the
+    in-focus values."""
+    from flowtie_fast.stem.focal import apply_registration
+
+    a = 1.0 + 0.1 * bandlimited((32, 32), 0.2, 1)
+    b = 0.002 * bandlimited((32, 32), 0.2, 2)
+    minus, zero, plus = a - 10 * b, a, a + 40 * b
+    recorded = np.roll(minus, -3, axis=1)  # its scan drifted 3 columns left
+    record = {"shifts": np.array([[0.0, 3.0], [0.0, 0.0], [0.0, 0.0]]), "applied": True}
+    out = apply_registration([recorded, zero, plus], record, True, dz=(10.0, 40.0))
+    np.testing.assert_allclose(out[0][:, :3], minus[:, :3], rtol=1e-12)
+    np.testing.assert_allclose(out[0][:, 3:], minus[:, 3:], rtol=1e-12)  # whole columns moved
+    assert out[2] is plus or np.array_equal(out[2], plus)
+    both = {"shifts": np.array([[0.0, 3.0], [0.0, 0.0], [0.0, 2.0]]), "applied": True}
+    out = apply_registration([recorded, zero, np.roll(plus, -2, axis=1)], both, True,
+                             dz=(10.0, 40.0))
+    np.testing.assert_array_equal(out[0][:, :2], zero[:, :2])
+    np.testing.assert_array_equal(out[2][:, :2], zero[:, :2])
+
+
+def test_a_field_edge_neither_drifted_scan_records_is_warned_of():
+    """Both ±dz scans drifted 6 rows the same way: after the shifts those rows
+    hold neither, and their focal derivative is zero; the registration says
+    so instead of leaving a flat band in the phase unexplained."""
+    import flowtie_fast as ft
+
+    pixel, energy, dz = 0.25, 300e3, 50.0
+    phi = gaussian_bumps(64, pixel, 6, 0.5, (1.0, 2.0), seed=2)
+    amplitude = np.exp(-0.2 * np.abs(gaussian_bumps(64, pixel, 6, 1.0, (1.0, 2.0), seed=3)))
+    t = defocus_triplet(phi, dz, pixel, energy, amplitude=amplitude)
+    drifted = (np.roll(t.minus, 6, axis=0), t.zero, np.roll(t.plus, 6, axis=0))
+    with pytest.warns(RegistrationWarning, match=r"^register: after the shifts, 3\d\d px \(9\.\d% "
+                                                 r"of the field, at its edges\) are recorded by "
+                                                 r"neither ±dz scan"):
+        r = ft.FocalTriplet(*drifted, dz=dz, pixel_size=pixel, energy=energy, register=True)
+    assert r.registration["applied"]

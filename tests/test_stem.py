@@ -583,6 +583,14 @@ def test_a_detector_inside_the_bright_field_disk_is_flagged():
     with pytest.warns(ft.TrustWarning, match="returned the tie phase"):
         flow = ft.reconstruct(t, method="flowtie", backend="cpu")
     assert flow.info["fallback"] == "tie"
+    assert flow.info["why"].endswith(stem.detector.DISK_FILLS_COM)
+    # reductions of the whole detector made with regions of one's own choice
+    # (no 'df') are not taken for it: the geometry decides, not the names
+    det = whole.reductions[1].detector
+    own = [stem.reduce_4dstem(d, det, {"bf": (0.0, 5.0), "whole": (0.0, np.inf)},
+                              backend="cpu") for d in data]
+    mine = ft.FocalTriplet.from_reductions(own, dz=20.0, scan_step=0.2, register=False)
+    assert not (mine.gradient_orientation or {}).get("suspect")
     with pytest.warns(stem.DetectorWarning), pytest.raises(ft.InputError, match="^virtual: "):
         ft.FocalTriplet.from_4dstem(*cropped, **kw, virtual="df")
     fills, on_edge, edge = stem.disk_fills_detector(stem.mean_pattern(cropped[1]))

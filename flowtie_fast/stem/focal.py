@@ -151,7 +151,9 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
                                 backend=backend, chunk_bytes=chunk_bytes, name=n,
                                 peaks=n == "zero")
                   for n, d in zip(names, data)]
-    reductions = [dataclasses.replace(r, saturation=rec) for r, rec in zip(reductions, records)]
+    fills = "df" not in regions  # triplet_geometry's mark of a disk filling the detector
+    reductions = [dataclasses.replace(r, saturation=rec, disk_fills=fills)
+                  for r, rec in zip(reductions, records)]
     return reductions, holds_counts(data)
 
 
@@ -280,6 +282,7 @@ def prepare_planes(reductions, scan_step, *, virtual="bf", counts=False, registe
         ``normalize`` is refused, or ``counts`` is True of images that are
         not sums of counts (:func:`check_counts`).
     """
+    dz = check_positive("dz", dz, pair=True)
     reductions = list(reductions)
     if len(reductions) != 3 or not all(isinstance(r, Reduction) for r in reductions):
         raise InputError("reductions: expected three flowtie_fast.stem.Reduction "
@@ -1098,6 +1101,7 @@ def register_planes(planes, signals, register, dz=(1.0, 1.0)):
     RegistrationWarning
         Where the images are under 8 px a side: nothing is measured.
     """
+    dz = check_positive("dz", dz, pair=True)
     record = {"shifts": np.zeros((3, 2)), "reliable": False, "applied": False,
               "signal": "planes" if signals is None else "df"}
     if min(planes[0].shape) < 8:
@@ -1114,7 +1118,22 @@ def register_planes(planes, signals, register, dz=(1.0, 1.0)):
     if not reliable:
         return planes, record
     record["applied"] = any(math.hypot(*shifts[i]) >= REGISTRATION_THRESHOLD for i in (0, 2))
+    if record["applied"] and register != "periodic":
+        minus, plus = _bands(planes[1].shape, record)
+        neither = int(np.count_nonzero(minus & plus))
+        if neither > UNRECORDED_SHARE * minus.size:  # more than a corner
+            warnings.warn(
+                f"register: after the shifts, {neither} px ({neither / minus.size:.1%} of the "
+                "field, at its edges) are recorded by neither ±dz scan (both drifted the "
+                "same way): the focal derivative there is taken as zero, and the TIE "
+                "phase there is only the continuation of its surroundings",
+                RegistrationWarning, stacklevel=user_stacklevel())
     return apply_registration(planes, record, register, dz), record
+
+
+#: The share of the field that neither ±dz scan records after the shifts
+#: (both drifted the same way) beyond which a registration warns.
+UNRECORDED_SHARE = 0.01
 
 
 def _unrecorded(shape, shift) -> np.ndarray:
@@ -1130,6 +1149,14 @@ def _unrecorded(shape, shift) -> np.ndarray:
     return band
 
 
+def _bands(shape, record) -> list:
+    """The pixels each applied shift of the ±dz planes leaves unrecorded
+    (:func:`_unrecorded`; none for a shift under the threshold)."""
+    return [_unrecorded(shape, record["shifts"][i])
+            if math.hypot(*record["shifts"][i]) >= REGISTRATION_THRESHOLD
+            else np.zeros(shape, bool) for i in (0, 2)]
+
+
 def _fill_unrecorded(planes, record, dz) -> None:
     """Where a shifted ±dz plane holds no recorded pixel (the band its shift
     filled by mirroring: another place's intensity, whose difference with
@@ -1139,9 +1166,7 @@ def _fill_unrecorded(planes, record, dz) -> None:
     derivative there). In place, on the host planes (float64) given."""
     dm, dp = dz
     minus, zero, plus = planes
-    bands = [_unrecorded(zero.shape, record["shifts"][i])
-             if math.hypot(*record["shifts"][i]) >= REGISTRATION_THRESHOLD
-             else np.zeros(zero.shape, bool) for i in (0, 2)]
+    bands = _bands(zero.shape, record)
     both = bands[0] & bands[1]
     only = [b & ~both for b in bands]
     minus[only[0]] = zero[only[0]] - dm / dp * (plus[only[0]] - zero[only[0]])

@@ -26,6 +26,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Mapping, Set
 
@@ -525,8 +526,10 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
     if virtual not in regions:
         raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
     check_com_radius(com_radius, regions, detector)
-    reductions = [reduce_with_libertem(ctx, d, detector, regions, com_radius_mrad=com_radius,
-                                       name=n, backends=backends)
+    fills = "df" not in regions  # triplet_geometry's mark of a disk filling the detector
+    reductions = [dataclasses.replace(
+        reduce_with_libertem(ctx, d, detector, regions, com_radius_mrad=com_radius, name=n,
+                             backends=backends), disk_fills=fills)
                   for n, d in zip(("minus", "zero", "plus"), datasets)]
     # counts give the noise where it cannot be measured, as in from_4dstem
     return FocalTriplet.from_reductions(reductions, dz, scan_step, virtual=virtual,

@@ -67,6 +67,12 @@ class Reduction:
         Each pattern's largest and smallest pixel value, in the data's units,
         as ``reduce_4dstem(..., peaks=True)`` measures them (default None:
         not measured).
+    disk_fills : bool, optional
+        Whether the bright-field disk fills the detector, no dark field
+        around it (:func:`~flowtie_fast.stem.detector.disk_fills_detector`,
+        as :func:`~flowtie_fast.stem.focal.reduce_triplet` sets it; default
+        False: reductions made elsewhere): then the centre of mass does not
+        measure the beam's deflection.
     """
 
     virtual: dict
@@ -77,6 +83,7 @@ class Reduction:
     regions: dict = field(default_factory=dict)
     saturation: dict | None = None
     peaks: object = None
+    disk_fills: bool = False
 
     @property
     def gradient(self):
