@@ -1113,7 +1113,7 @@ def register_planes(planes, signals, register, dz=(1.0, 1.0)):
     source = None if signals is None else [central(to_host(s), REGISTRATION_WINDOW)
                                            for s in signals]
     _, shifts, reliable = register_triplet(host, signals=source, periodic=False,
-                                           apply_unreliable=False, threshold=1e9)
+                                           apply_unreliable=False, threshold=1e9, dz=dz)
     record.update(shifts=shifts, reliable=bool(reliable))
     if not reliable:
         return planes, record

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError, check_count, check_real, user_stacklevel
+from ..errors import InputError, check_count, check_positive, check_real, user_stacklevel
 
 __all__ = ["RegistrationWarning", "Shift", "apply_shift", "estimate_shift", "register_triplet"]
 
@@ -669,9 +669,10 @@ def _combine(e01: Shift, e21: Shift, e02: Shift, min_quality: float):
     return None, None, None
 
 
-def _consistent_shifts(planes, s0, s2, periodic):
+def _consistent_shifts(planes, s0, s2, periodic, weights=(1.0, 1.0)):
     """Refine the shifts (s0, s2) of planes 0 and 2 by Gauss-Newton
-    (Levenberg-Marquardt damped) on ``Σ_k g(k) |A0 + A2 - 2 P1|²``,
+    (Levenberg-Marquardt damped) on ``Σ_k g(k) |c0 A0 + c2 A2 - 2 P1|²``
+    (``weights`` ``(c0, c2)``: 1 and 1 for even defocus steps, :func:`_step_weights`),
     ``Aj`` the spectrum of plane j shifted by sj, ``g`` the product of the
     ±dz planes' signal fractions (as in :func:`_correlate`); apodized, with
     windows following each plane's content, when not periodic.
@@ -720,18 +721,19 @@ def _consistent_shifts(planes, s0, s2, periodic):
     def residual(s):
         a0 = spectrum(0, s[0], s[1]) * np.exp(-1j * (ky * s[0] + kx * s[1]))
         a2 = spectrum(2, s[2], s[3]) * np.exp(-1j * (ky * s[2] + kx * s[3]))
-        r = a0 + a2 - 2 * f1
+        r = c0 * a0 + c2 * a2 - 2 * f1
         return r, a0, a2, float((weight * (r.real**2 + r.imag**2)).sum())
 
     def gram(vectors, w):
         return np.array([[float((w * (u.real * v.real + u.imag * v.imag)).sum()) for v in vectors]
                          for u in vectors])
 
+    c0, c2 = weights
     s = np.concatenate([s0, s2]).astype(np.float64)
     r, a0, a2, cost = residual(s)
     damping = 1e-3
     for _ in range(_GN_STEPS):
-        jac = [-1j * ky * a0, -1j * kx * a0, -1j * ky * a2, -1j * kx * a2]
+        jac = [-1j * ky * c0 * a0, -1j * kx * c0 * a0, -1j * ky * c2 * a2, -1j * kx * c2 * a2]
         h = gram(jac, weight)
         g = gram(jac + [r], weight)[-1, :4]
         diag = np.where(np.diag(h) > 0, np.diag(h), 1.0)
@@ -751,9 +753,9 @@ def _consistent_shifts(planes, s0, s2, periodic):
             break
 
     var = sum(_noise_floor(f.real**2 + f.imag**2, shape) * c
-              for f, c in ((outer[0], 1), (outer[1], 1), (f1, 4)))
-    jac = [-1j * ky * a0 * gain[0], -1j * kx * a0 * gain[0],
-           -1j * ky * a2 * gain[1], -1j * kx * a2 * gain[1]]
+              for f, c in ((outer[0], c0 * c0), (outer[1], c2 * c2), (f1, 4)))
+    jac = [-1j * ky * c0 * a0 * gain[0], -1j * kx * c0 * a0 * gain[0],
+           -1j * ky * c2 * a2 * gain[1], -1j * kx * c2 * a2 * gain[1]]
     hinv = np.linalg.pinv(gram(jac, weight))
     cov = hinv @ (gram(jac, weight**2) * (var / 2)) @ hinv
     diff = np.array([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, -1.0]])
@@ -772,8 +774,16 @@ CLOSURE_QUALITY = 0.2
 CLOSURE_TRUST = 0.95
 
 
+def _step_weights(dz) -> tuple:
+    """``(c0, c2)`` with ``c0 I(-dm) + c2 I(+dp) = 2 I(0)`` to first order in
+    the defocus steps ``dz = (dm, dp)``: ``2 dp / (dm + dp)`` and
+    ``2 dm / (dm + dp)`` (1 and 1 for even steps)."""
+    dm, dp = (float(v) for v in dz)
+    return 2 * dp / (dm + dp), 2 * dm / (dm + dp)
+
+
 def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min_quality=0.5,
-                     threshold=0.02, apply_unreliable=True):
+                     threshold=0.02, apply_unreliable=True, dz=(1.0, 1.0)):
     """Estimate and undo the drift of the -dz and +dz planes against the in-focus one.
 
     With ``signals`` (a defocus-invariant image of each scan), the shifts of
@@ -855,6 +865,12 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
     apply_unreliable : bool
         Whether shifts are applied when the estimate is unreliable (default
         True); with False the planes come back as given.
+    dz : (float, float)
+        The defocus steps ``(dz_minus, dz_plus)`` in Å (default even): from
+        the planes alone, steps 2 and 3 read ``c0 I(-dz) + c2 I(+dz) = 2
+        I(0)`` with ``c0 = 2 dz_plus / (dz_minus + dz_plus)`` and ``c2 = 2
+        dz_minus / (dz_minus + dz_plus)`` (steps of (40, 10) Å read as even
+        had a drift of 0.3 px found and applied on planes without any).
 
     Returns
     -------
@@ -898,6 +914,7 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
     if min_quality > 1:
         raise InputError(f"min_quality: expected a number in [0, 1], got {min_quality!r}")
     threshold = check_real("threshold", threshold, low=0.0)
+    weights = _step_weights(check_positive("dz", dz, pair=True))
 
     images = planes if signals is None else signals
     invert = signals is None
@@ -953,14 +970,16 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
     else:
         if s0 is None:  # no pair matched: start from the raw estimates, the check decides
             s0, s2 = np.array([e01.dy, e01.dx]), np.array([e21.dy, e21.dx])
-        s0, s2, sigma = _consistent_shifts(planes, s0, s2, periodic)
+        s0, s2, sigma = _consistent_shifts(planes, s0, s2, periodic, weights)
         if sigma > _MAX_SIGMA:
             problems.append(f"the relative shift of plane 0 and plane 2, {_fmt(s0 - s2)} px, is "
                             f"uncertain by ±{sigma:.2f} px (noise standard error, more than "
                             f"{_MAX_SIGMA} px)")
         p = [np.asarray(a, dtype=np.float64) for a in planes]
         for i, j, s, other in ((0, 2, s0, s2), (2, 0, s2, s0)):
-            target = 2 * p[1] - apply_shift(p[j], other, periodic=periodic)
+            # its first-order prediction from the other two
+            c = dict(zip((0, 2), weights))
+            target = (2 * p[1] - c[j] * apply_shift(p[j], other, periodic=periodic)) / c[i]
             check = _estimate(target, p[i], periodic, 100, False, with_sigma=False)
             miss = float(np.hypot(check.dy - s[0], check.dx - s[1]))
             if check.quality < min_quality:
