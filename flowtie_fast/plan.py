@@ -506,17 +506,6 @@ class Plan:
             ``floor`` "auto"; default: Poisson statistics where the planes
             are counts (an integer dtype), otherwise none
             (:mod:`flowtie_fast.noise`).
-        gradient_noise : Noise, float or (float, float), optional
-            White-noise variance of ``gradient``'s components, (rad/Å)² (a
-            triplet's ``gradient_noise``): ``icom`` filters the gradient by
-            it, as :func:`~flowtie_fast.solvers.reconstruct` does for the
-            triplet. Default None: unfiltered; then the plan estimates the
-            noise from the gradient's own pixel scatter (on the first
-            gradients, every 30 s and where their scale changes) and, where
-            that noise would carry more than :data:`GRADIENT_NOISE_LIMIT` of
-            the ``icom`` phase's power, says so (a :class:`TrustWarning` and
-            ``plan.info["trust"]``, of ``icom`` and of ``flowtie`` where it
-            returned the ``icom`` phase).
         uncertainty_out : array (Ny, Nx), optional
             ``flowtie`` with ``uncertainty``: filled with the phase's standard
             deviation (rad) where the flow is trusted. Where no map exists
@@ -562,6 +551,17 @@ class Plan:
             ``flowtie_fast.plan.triplet_records(t)`` gives a triplet's five
             records as these arguments. A malformed record raises :class:`InputError` naming
             its argument before anything is written.
+        gradient_noise : Noise, float or (float, float), optional
+            White-noise variance of ``gradient``'s components, (rad/Å)² (a
+            triplet's ``gradient_noise``): ``icom`` filters the gradient by
+            it, as :func:`~flowtie_fast.solvers.reconstruct` does for the
+            triplet. Default None: unfiltered; then the plan estimates the
+            noise from the gradient's own pixel scatter (on the first
+            gradients, every 30 s and where their scale changes) and, where
+            that noise would carry more than :data:`GRADIENT_NOISE_LIMIT` of
+            the ``icom`` phase's power, says so (a :class:`TrustWarning` and
+            ``plan.info["trust"]``, of ``icom`` and of ``flowtie`` where it
+            returned the ``icom`` phase).
 
         Returns
         -------
