@@ -710,9 +710,8 @@ class Plan:
         :data:`ORIENTATION_RECHECK_S` have passed, and at once where the
         gradient's dtype or scale (a sparse RMS, beyond a factor 1.25 either
         way) changed."""
-        sample = gradient[:, ::8, ::8]
-        with np.errstate(over="ignore", invalid="ignore"):
-            scale = float(np.sqrt(np.mean(np.square(sample, dtype=np.float64))))
+        sample = gradient[:, ::8, ::8].astype(np.float64)  # NumPy or CuPy, as given
+        scale = math.sqrt(float((sample * sample).mean()))
         seen = (gradient.dtype, scale)
         with self._orientation_lock:
             at, why, before = self._gradient_noise
