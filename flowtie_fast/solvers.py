@@ -1046,8 +1046,8 @@ class TIESolver:
                                 not options.uncertainty)
             if why is not None:
                 info.setdefault("trust", why)
-                warnings.warn(f"{method}: {why}; FocalTriplet.from_4dstem(..., virtual='bf'), "
-                              "or method='icom'", TrustWarning,
+                warnings.warn(f"{method}: {why}; make the planes bright-field images "
+                              "(virtual='bf'), or use method='icom'", TrustWarning,
                               stacklevel=user_stacklevel())
             _mark_misscaled(method, options.gradient_misscaled, info)
             _mark_saturated(method, options.saturation, info)
