@@ -125,6 +125,23 @@ def test_what_the_udf_cannot_run_over_is_named(ctx, rng, tmp_path):
                                data.astype(np.uint16).sum(axis=(2, 3)), rtol=1e-6)
 
 
+def test_a_bf_disk_that_holds_no_detector_pixel_is_named_as_from_4dstem_names_it(ctx):
+    """A 4 x 4 px detector: the default 'bf' disk (a quarter of the measured
+    one) holds no pixel. From LiberTEM the refusal said the image was zero
+    everywhere; from_4dstem names bf_radius and a size that holds one."""
+    iy, ix = np.indices((4, 4))
+    disk = (np.hypot(iy - 1.5, ix - 1.5) < 1.6).astype(np.float32)
+    data = np.broadcast_to(100 * disk, (8, 8, 4, 4)).copy()
+    kw = dict(dz=20.0, scan_step=0.25, k_sampling=K_SAMPLING, energy=E)
+    with pytest.raises(ft.InputError) as direct:
+        ft.FocalTriplet.from_4dstem(data, data, data, backend="cpu", **kw)
+    ds = ctx.load("memory", data=data, sig_dims=2)
+    with pytest.raises(ft.InputError) as live_:
+        triplet_with_libertem(ctx, [ds, ds, ds], **kw)
+    assert str(live_.value) == str(direct.value)
+    assert str(live_.value).startswith("bf_radius: ")
+
+
 def test_bad_arguments_are_refused_before_any_pass(ctx, rng, monkeypatch):
     """virtual=["bf"] raised TypeError after a full pass; datasets=None a
     TypeError."""
