@@ -64,11 +64,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from .backend import get_backend, is_cupy
+from .backend import array_module, get_backend, is_cupy
 from .errors import (InputError, TrustWarning, check_choice, check_positive, first_line,
                      user_stacklevel)
 from .fft import load_wisdom, save_wisdom
-from .noise import COUNTS, check_noise, counts_check, gradient_noise_share, poisson_noise
+from .noise import COUNTS, check_noise, counts_check, gradient_noise_warning, poisson_noise
 from .physics import wavenumber
 from .solvers import (ImplausibleResult, SolveOptions, TIESolver, check_options,
                       check_regularisation, check_verdict_records, image_verdict,
@@ -91,18 +91,6 @@ ORIENTATION_CHECKS = 64
 #: detector rotation). A check costs 4 to 15 times a 256² solve (15-24 ms on
 #: two CPU cores), once in this many seconds of solves.
 ORIENTATION_RECHECK_S = 30.0
-
-#: The share of the ``icom`` phase's power above which the noise a measured
-#: gradient of unknown noise suggests by its own pixel scatter
-#: (:func:`~flowtie_fast.noise.gradient_noise_share`) is warned of: chosen on
-#: the validation crystals and the even corpus series (the limit with the
-#: fewest plan ``icom`` phases flagged at NMSE < 0.5 plus phases worse than
-#: flat not flagged, the middle of a tie; 1 and 4 of 401 rows), scored on the
-#: test crystals and the odd series: of 412 rows (noise-free, 1e4, 1e3, 300
-#: and 100 e/Å², 2026-12-06) 108 were worse than flat, 91 of them flagged
-#: (5 of the 17 missed noise-free, their error not noise); none flagged
-#: below NMSE 0.5, 75 between 0.5 and 1.
-GRADIENT_NOISE_LIMIT = 0.7
 
 #: What a measured gradient's noise is expected as.
 _GRADIENT_NOISE = ("the variance of the measured gradient's noise ((rad/Å)², one real number "
@@ -558,7 +546,7 @@ class Plan:
             triplet. Default None: unfiltered; then the plan estimates the
             noise from the gradient's own pixel scatter (on the first
             gradients, every 30 s and where their scale changes) and, where
-            that noise would carry more than :data:`GRADIENT_NOISE_LIMIT` of
+            that noise would carry more than :data:`~flowtie_fast.noise.GRADIENT_NOISE_LIMIT` of
             the ``icom`` phase's power, says so (a :class:`TrustWarning` and
             ``plan.info["trust"]``, of ``icom`` and of ``flowtie`` where it
             returned the ``icom`` phase).
@@ -599,8 +587,12 @@ class Plan:
                 raise InputError("uncertainty_out: needs a flowtie plan with uncertainty")
             self._output("uncertainty_out", uncertainty_out, self.shape,
                          (*inputs, gradient_out), (*_INPUT_NAMES, "gradient_out"))
+        if gradient_noise is not None and gradient is None:
+            raise InputError("gradient_noise: given without a gradient (the noise of a "
+                             "measured gradient: give gradient= too, or leave it None)")
         registration, given, given_scale = _check_records(registration, orientation,
-                                                          saturation, plane_defects)
+                                                          saturation, plane_defects,
+                                                          gradient_noise)
         if saturation is None:  # integer planes at their full scale: a camera's clip
             saturation = image_saturation(_INPUT_NAMES[:3], planes)
         changes = {} if noise is None else {"noise": noise}
@@ -629,7 +621,8 @@ class Plan:
             uncertainty_out=uncertainty_out, options=options)
         if not_counts is not None:
             self.info.setdefault("trust", not_counts)
-        if gradient is not None and gradient_noise is None and not suspect and (
+        filtered = gradient_noise is not None and self.solver.denoise
+        if gradient is not None and not filtered and not suspect and (
                 self.method == "icom" or self.info.get("fallback") == "icom"):
             why = self._gradient_noise_check(gradient)
             if why is not None:
@@ -704,29 +697,27 @@ class Plan:
     def _gradient_noise_check(self, gradient):
         """Whether the noise a measured gradient of unknown noise suggests by
         its own pixel scatter would carry more than
-        :data:`GRADIENT_NOISE_LIMIT` of its ``icom`` phase's power
+        :data:`~flowtie_fast.noise.GRADIENT_NOISE_LIMIT` of its ``icom`` phase's power
         (:func:`~flowtie_fast.noise.gradient_noise_share`): why, warned when
         found, or None. Checked on the first gradient, again once
         :data:`ORIENTATION_RECHECK_S` have passed, and at once where the
         gradient's dtype or scale (a sparse RMS, beyond a factor 1.25 either
         way) changed."""
-        sample = gradient[:, ::8, ::8].astype(np.float64)  # NumPy or CuPy, as given
-        scale = math.sqrt(float((sample * sample).mean()))
+        # 16 to 32 samples a side (a 24 px scan read every 8th pixel gave 3 x 3,
+        # whose RMS noise alone moved beyond the factor); a few kB copied
+        step = max(1, min(gradient.shape[1:]) // 16)
+        sample = gradient[:, ::step, ::step].ravel()  # NumPy or CuPy, as given
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = math.sqrt(abs(float(array_module(sample).vdot(sample, sample)))
+                              / max(sample.size, 1))
         seen = (gradient.dtype, scale)
         with self._orientation_lock:
             at, why, before = self._gradient_noise
             if self._same(before, seen) and time.monotonic() - at < ORIENTATION_RECHECK_S:
                 return why
-            share, variance = gradient_noise_share(gradient, self.pixel_size)
-            why = None
-            if share > GRADIENT_NOISE_LIMIT:
-                told = "more than" if math.isinf(share) else f"{share:.2g} times"
-                why = (f"icom: the measured gradient's phase may be mostly noise: the noise its "
-                       f"own pixel-to-pixel scatter suggests ({math.sqrt(variance):.2g} rad/Å a "
-                       f"component) would carry {told} the power of the phase above it (limit "
-                       f"{GRADIENT_NOISE_LIMIT:g}), and the plan does not filter a gradient of "
-                       "unknown noise: pass gradient_noise= (a triplet's gradient_noise) to "
-                       "filter it, or record a larger dose")
+            why = gradient_noise_warning(gradient, self.pixel_size,
+                                         "pass gradient_noise= (a triplet's gradient_noise)")
+            if why is not None:
                 warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
             self._gradient_noise = (time.monotonic(), why, seen)
             return why

@@ -65,6 +65,7 @@ from .errors import (InputError, ResultError, TrustWarning, check_choice, check_
 from .flow.infer import ENSEMBLES, SHIPPED, FlowEnsemble, FlowModel, load_model
 from .flow.infer import _shipped_name as _shipped_file
 from .noise import (ALPHA_MAX, COUNTS, check_noise, denoise, denoise_gradient,
+                    gradient_noise_warning,
                     denoise_gradient_bytes,
                     discrepancy_alpha, poisson_noise, teague_floor, FLOOR_MIN,
                     TEAGUE_FLOOR_MIN)
@@ -461,6 +462,11 @@ def _check_network_planes(series, order) -> None:
                          f"{len(z)} at z = {[float(v) for v in z]} Å: give three such planes "
                          f"(a FocalTriplet, or a FocalSeries of them), or use a TIE method")
 
+
+#: How a triplet's gradient is given its noise, where it holds none.
+_GIVE_GRADIENT_NOISE = ("make the triplet with FocalTriplet.from_4dstem, which measures it, or "
+                        "set triplet.gradient_noise = flowtie_fast.noise.Noise((var_y, var_x), "
+                        "'given') in (rad/Å)²")
 
 #: Why an ``icom`` phase filtered by its gradient's noise is zero.
 _NO_GRADIENT_PHASE = ("icom: the measured gradient holds no phase above its noise ({} noise): "
@@ -1004,6 +1010,12 @@ class TIESolver:
                     rec.info["trust"] = _NO_GRADIENT_PHASE.format(noise.source)
                     warnings.warn(rec.info["trust"], TrustWarning,
                                   stacklevel=user_stacklevel())
+                elif kept is None:  # unfiltered: its own scatter tells what noise it holds
+                    why = gradient_noise_warning(series.gradient, self.pixel_size,
+                                                 _GIVE_GRADIENT_NOISE)
+                    if why is not None:
+                        rec.info["trust"] = why
+                        warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
                 defects = options.plane_defects
                 if defects is not None and "gradient" in defects["pixels"]:
                     # patterns whose centre of mass was replaced (warned when made)
@@ -1032,6 +1044,13 @@ class TIESolver:
                 planes, dweights, iweights, series.wavenumber, series.gradient, method, phase,
                 grad, info, options)
             self._check_result(method, phase, grad, series.wavenumber)
+            if info.get("fallback") == "icom" and not (self.denoise and options.gradient_noise):
+                # the icom phase returned, unfiltered: its own scatter tells its noise
+                why = gradient_noise_warning(series.gradient, self.pixel_size,
+                                             _GIVE_GRADIENT_NOISE)
+                if why is not None:
+                    info.setdefault("trust", why)
+                    warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
             # found (and warned) when the series was made: the planes' (not the
             # centre of mass's, which these methods do not read)
             _record_defects(_planes_defects(options.plane_defects), info)

@@ -528,6 +528,30 @@ def test_a_gradient_of_unknown_noise_that_is_mostly_noise_is_said_so():
         told = plan.solve(*planes, gradient=noisy, gradient_noise=sigma ** 2)
     assert not plan.info.get("trust", "").startswith("icom: the measured gradient")
     assert rel_rms(told, phi) < rel_rms(raw, phi) / 2
+    before = plan.gradient_orientation
     with pytest.raises(ft.InputError, match=r"^gradient_noise: expected 1 or 2 finite "
                                             r"non-negative variances \(\(rad/Å\)²\)"):
         plan.solve(*planes, gradient=noisy, gradient_noise=[1.0, 2.0, 3.0])
+    assert plan.gradient_orientation is before  # refused before anything changed
+    with pytest.raises(ft.InputError, match=r"^gradient_noise: given without a gradient"):
+        ft.Plan(phi.shape, pixel, dz, energy, backend="cpu").solve(*planes,
+                                                                   gradient_noise=1.0)
+    # a noise given to a plan that does not filter (denoise=False) still leaves it to the check
+    raw_plan = ft.Plan(phi.shape, pixel, dz, energy, method="icom", denoise=False,
+                       backend="cpu")
+    with pytest.warns(ft.TrustWarning, match="mostly noise"):
+        raw_plan.solve(*planes, gradient=noisy, gradient_noise=sigma ** 2)
+    # reconstruct of a triplet whose gradient has no noise recorded says the same
+    t = ft.FocalTriplet(*planes, dz=dz, pixel_size=pixel, energy=energy, gradient=noisy)
+    with pytest.warns(ft.TrustWarning, match="^icom: the measured gradient's phase may be "
+                                             "mostly noise.*FocalTriplet.from_4dstem"):
+        rec = ft.reconstruct(t, method="icom", backend="cpu")
+    assert rec.info["trust"].startswith("icom: the measured gradient's phase may be")
+    # and triplet_records hands a triplet's noise to the plan, which filters by it
+    t.gradient_noise = ft.noise.Noise((sigma ** 2, sigma ** 2), "given")
+    assert triplet_records(t)["gradient_noise"] is t.gradient_noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ft.TrustWarning)
+        kept = plan.solve(*planes, gradient=noisy, **triplet_records(t))
+        np.testing.assert_allclose(kept, ft.reconstruct(t, method="icom", backend="cpu").phase,
+                                   atol=1e-5)

@@ -847,7 +847,7 @@ def test_a_field_edge_neither_drifted_scan_records_is_warned_of():
     assert r.registration["applied"]
 
 
-@pytest.mark.parametrize("steps", [(40.0, 10.0), (10.0, 40.0)])
+@pytest.mark.parametrize("steps", [(40.0, 10.0), (10.0, 40.0), (10.0, 80.0), (120.0, 8.0)])
 def test_planes_of_uneven_steps_are_registered_with_their_steps(steps):
     """From the planes alone the ±dz planes were read as mirror images of
     each other around the in-focus one, true for even steps only: at (40,
