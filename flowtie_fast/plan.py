@@ -92,10 +92,6 @@ ORIENTATION_CHECKS = 64
 #: two CPU cores), once in this many seconds of solves.
 ORIENTATION_RECHECK_S = 30.0
 
-#: What a measured gradient's noise is expected as.
-_GRADIENT_NOISE = ("the variance of the measured gradient's noise ((rad/Å)², one real number "
-                   "or one per component; a triplet's gradient_noise)")
-
 _INPUT_NAMES = ("minus", "zero", "plus", "gradient", "out")
 
 
@@ -121,7 +117,7 @@ def _check_records(registration, orientation, saturation=None, plane_defects=Non
                          f"registration: a dict whose 'reliable' is True or False) or None, "
                          f"got {_brief(registration)}")
     check_verdict_records(saturation, plane_defects)
-    check_noise(gradient_noise, 2, "gradient_noise", _GRADIENT_NOISE)
+    check_noise(gradient_noise, 2, "gradient_noise", "component")
     if orientation is None:
         return registration, None, None
     if not (isinstance(orientation, dict)
@@ -590,9 +586,9 @@ class Plan:
         if gradient_noise is not None and gradient is None:
             raise InputError("gradient_noise: given without a gradient (the noise of a "
                              "measured gradient: give gradient= too, or leave it None)")
+        gradient_noise = check_noise(gradient_noise, 2, "gradient_noise", "component")
         registration, given, given_scale = _check_records(registration, orientation,
-                                                          saturation, plane_defects,
-                                                          gradient_noise)
+                                                          saturation, plane_defects)
         if saturation is None:  # integer planes at their full scale: a camera's clip
             saturation = image_saturation(_INPUT_NAMES[:3], planes)
         changes = {} if noise is None else {"noise": noise}
@@ -612,8 +608,7 @@ class Plan:
             if record is not None:
                 changes[key] = record
         if gradient_noise is not None:
-            changes["gradient_noise"] = check_noise(gradient_noise, 2, "gradient_noise",
-                                                    _GRADIENT_NOISE)
+            changes["gradient_noise"] = gradient_noise
         options = replace(self.options, **changes) if changes else self.options
         self.info = self.solver.solve_planes(
             planes, self._derivative_weights, self._intensity_weights, self.wavenumber,
@@ -661,6 +656,22 @@ class Plan:
         a, b = before[1], seen[1]
         return (a >= 0) == (b >= 0) and 0.8 * abs(a) <= abs(b) <= 1.25 * abs(a)
 
+    def _recalled(self, slot, seen, check, *args):
+        """The verdict of a check of earlier solves, kept in attribute
+        ``slot`` as ``(time.monotonic() of it, verdict, what it saw)``: made
+        anew by ``check(*args)`` (returns the verdict, warns what it finds;
+        no closure is made at each solve) on the first solve, once :data:`ORIENTATION_RECHECK_S` have
+        passed, and at once where ``seen`` differs from what the last check
+        saw (:meth:`_same`); a thread sharing the plan waits for a check
+        under way."""
+        with self._orientation_lock:
+            at, verdict, before = getattr(self, slot)
+            if self._same(before, seen) and time.monotonic() - at < ORIENTATION_RECHECK_S:
+                return verdict
+            verdict = check(*args)
+            setattr(self, slot, (time.monotonic(), verdict, seen))
+            return verdict
+
     def _transport_checks(self, planes, noise):
         """The triplet's checks of the focal derivative
         (:func:`~flowtie_fast.triplet.planes_checks`: planes of unknown noise
@@ -677,22 +688,21 @@ class Plan:
         planes' means)."""
         if self.backend.is_gpu:  # planes_checks reads host planes only: no pass to pay
             return None, None
-        seen = (planes[1].dtype, self._contrast(planes), noise is None)
-        with self._orientation_lock:
-            at, verdict, before = self._transport
-            if self._same(before, seen) and time.monotonic() - at < ORIENTATION_RECHECK_S:
-                return verdict
-            if noise == COUNTS:
-                noise = poisson_noise([max(float(p[::8, ::8].mean(dtype=np.float64)), 1e-12)
-                                       for p in planes])
-            try:
-                verdict = planes_checks(planes, self._derivative_weights,
-                                        (-self._dz[0], 0.0, self._dz[1]), self.pixel_size,
-                                        self.energy, noise, None)
-            except InputError:  # planes the solve took but the estimate cannot read
-                verdict = (None, None)
-            self._transport = (time.monotonic(), verdict, seen)
-            return verdict
+        return self._recalled("_transport",
+                              (planes[1].dtype, self._contrast(planes), noise is None),
+                              self._transport_verdict, planes, noise)
+
+    def _transport_verdict(self, planes, noise):
+        """:meth:`_transport_checks` made anew."""
+        if noise == COUNTS:
+            noise = poisson_noise([max(float(p[::8, ::8].mean(dtype=np.float64)), 1e-12)
+                                   for p in planes])
+        try:
+            return planes_checks(planes, self._derivative_weights,
+                                 (-self._dz[0], 0.0, self._dz[1]), self.pixel_size,
+                                 self.energy, noise, None)
+        except InputError:  # planes the solve took but the estimate cannot read
+            return None, None
 
     def _gradient_noise_check(self, gradient):
         """Whether the noise a measured gradient of unknown noise suggests by
@@ -710,17 +720,16 @@ class Plan:
         with np.errstate(over="ignore", invalid="ignore"):
             scale = math.sqrt(abs(float(array_module(sample).vdot(sample, sample)))
                               / max(sample.size, 1))
-        seen = (gradient.dtype, scale)
-        with self._orientation_lock:
-            at, why, before = self._gradient_noise
-            if self._same(before, seen) and time.monotonic() - at < ORIENTATION_RECHECK_S:
-                return why
-            why = gradient_noise_warning(gradient, self.pixel_size,
-                                         "pass gradient_noise= (a triplet's gradient_noise)")
-            if why is not None:
-                warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
-            self._gradient_noise = (time.monotonic(), why, seen)
-            return why
+        return self._recalled("_gradient_noise", (gradient.dtype, scale),
+                              self._gradient_noise_verdict, gradient)
+
+    def _gradient_noise_verdict(self, gradient):
+        """:meth:`_gradient_noise_check` made anew."""
+        why = gradient_noise_warning(gradient, self.pixel_size,
+                                     "pass gradient_noise= (a triplet's gradient_noise)")
+        if why is not None:
+            warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
+        return why
 
     def _counts_check(self, planes):
         """Whether integer planes given without a noise are electron counts
@@ -730,19 +739,17 @@ class Plan:
         the planes' dtype or scale changed (a sparse mean of the in-focus
         plane, beyond a factor 1.25 either way: other frames, another
         camera setting): why not, warned when found, or None."""
-        seen = self._seen(planes[1])
-        with self._orientation_lock:
-            at, why, before = self._counts
-            if self._same(before, seen) and time.monotonic() - at < ORIENTATION_RECHECK_S:
-                return why
-            _, _, why = counts_check(planes, [float(p.sum(dtype=np.float64)) for p in planes])
-            if why is not None:
-                why += (": taken as counts all the same, whose noise regularises the plan's "
-                        "solves (pass noise=, e.g. noise=triplet.noise or the planes' "
-                        "variances)")
-                warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
-            self._counts = (time.monotonic(), why, seen)
-            return why
+        return self._recalled("_counts", self._seen(planes[1]), self._counts_verdict, planes)
+
+    @staticmethod
+    def _counts_verdict(planes):
+        """:meth:`_counts_check` made anew."""
+        _, _, why = counts_check(planes, [float(p.sum(dtype=np.float64)) for p in planes])
+        if why is not None:
+            why += (": taken as counts all the same, whose noise regularises the plan's "
+                    "solves (pass noise=, e.g. noise=triplet.noise or the planes' variances)")
+            warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
+        return why
 
     @staticmethod
     def _batch_records(records, b):
