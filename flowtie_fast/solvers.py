@@ -994,28 +994,7 @@ class TIESolver:
                 noise = getattr(series, "gradient_noise", None)
                 g, kept = self._denoised_gradient(series.gradient, noise)
                 rec = self.integrate(g, out=out, gradient_out=gradient_out, _locked=True)
-                if kept is not None:
-                    rec.info.update(noise=noise.source, denoise=kept)
-                # one warning: a misoriented gradient is the cause of what follows
-                # from it (a turned gradient is mostly curl, which the filter drops)
-                if options.gradient_suspect:
-                    rec.info["trust"] = options.gradient_suspect
-                    warnings.warn(f"icom: {options.gradient_suspect}", TrustWarning,
-                                  stacklevel=user_stacklevel())
-                elif _constant_gradient(series.gradient):
-                    rec.info["trust"] = f"icom: {_CONSTANT_GRADIENT}"
-                    warnings.warn(rec.info["trust"], TrustWarning,
-                                  stacklevel=user_stacklevel())
-                elif kept is not None and not int(self.backend.xp.count_nonzero(rec.phase)):
-                    rec.info["trust"] = _NO_GRADIENT_PHASE.format(noise.source)
-                    warnings.warn(rec.info["trust"], TrustWarning,
-                                  stacklevel=user_stacklevel())
-                elif kept is None:  # unfiltered: its own scatter tells what noise it holds
-                    why = gradient_noise_warning(series.gradient, self.pixel_size,
-                                                 _GIVE_GRADIENT_NOISE)
-                    if why is not None:
-                        rec.info["trust"] = why
-                        warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
+                self._icom_verdict(rec.phase, series.gradient, noise, kept, options, rec.info)
                 defects = options.plane_defects
                 if defects is not None and "gradient" in defects["pixels"]:
                     # patterns whose centre of mass was replaced (warned when made)
@@ -1033,24 +1012,23 @@ class TIESolver:
             order = np.argsort(np.asarray(series.z, float), kind="stable")
             if method == "flowtie":
                 _check_network_planes(series, order)
-            if method == "flowtie" and (order != np.arange(len(order))).any():
-                # the network reads its planes as (-dz, 0, +dz): a series listed in
-                # another order had its planes read swapped (NMSE 1.1, unflagged)
-                planes = [planes[i] for i in order]
-                dweights, iweights = np.asarray(dweights)[order], np.asarray(iweights)[order]
-                if options.names:
-                    options = replace(options, names=tuple(options.names[i] for i in order))
+                if order.tolist() != [0, 1, 2]:
+                    # the network reads its planes as (-dz, 0, +dz): a series listed in
+                    # another order had its planes read swapped (NMSE 1.1, unflagged)
+                    planes = [planes[i] for i in order]
+                    dweights = np.asarray(dweights)[order]
+                    iweights = np.asarray(iweights)[order]
+                    if options.names:
+                        options = replace(options,
+                                          names=tuple(options.names[i] for i in order))
             mean, residual = self._solve_planes(
                 planes, dweights, iweights, series.wavenumber, series.gradient, method, phase,
                 grad, info, options)
             self._check_result(method, phase, grad, series.wavenumber)
             if info.get("fallback") == "icom" and not (self.denoise and options.gradient_noise):
-                # the icom phase returned, unfiltered: its own scatter tells its noise
-                why = gradient_noise_warning(series.gradient, self.pixel_size,
-                                             _GIVE_GRADIENT_NOISE)
+                why = self._unfiltered_gradient(series.gradient)  # the icom phase returned
                 if why is not None:
                     info.setdefault("trust", why)
-                    warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
             # found (and warned) when the series was made: the planes' (not the
             # centre of mass's, which these methods do not read)
             _record_defects(_planes_defects(options.plane_defects), info)
@@ -1286,16 +1264,9 @@ class TIESolver:
             g, kept = self._denoised_gradient(self._check_gradient(gradient, wavenumber),
                                               options.gradient_noise)
             self.poisson.integrate(g, out=out, grad_out=gradient_out)
-            if kept is not None:
-                info.update(noise=options.gradient_noise.source, denoise=kept)
-            if options.gradient_suspect:
-                info["trust"] = options.gradient_suspect
-            elif _constant_gradient(gradient):
-                info["trust"] = f"icom: {_CONSTANT_GRADIENT}"
-                warnings.warn(info["trust"], TrustWarning, stacklevel=user_stacklevel())
-            elif kept is not None and not int(self.backend.xp.count_nonzero(out)):
-                info["trust"] = _NO_GRADIENT_PHASE.format(options.gradient_noise.source)
-                warnings.warn(info["trust"], TrustWarning, stacklevel=user_stacklevel())
+            # the plan warned its own checks of the gradient (orientation, noise)
+            self._icom_verdict(out, gradient, options.gradient_noise, kept, options, info,
+                               plan=True)
         else:
             self._solve_planes(planes, derivative_weights, intensity_weights, wavenumber,
                                gradient, method, out, gradient_out, info, options)
@@ -1673,6 +1644,45 @@ class TIESolver:
         return use_icom, (f", the weaker of the icom and tie phases, which disagree in "
                           f"scale (RMS {icom_rms:.3g} and {tie_rms:.3g} rad): where it is "
                           f"the one scaled wrong, it is wrong by at most about its size")
+
+    def _icom_verdict(self, phase, gradient, noise, kept, options, info, plan=False):
+        """What an ``icom`` phase integrated from ``gradient`` is, into
+        ``info``: its noise filter's record (``kept`` modes of ``noise``; None:
+        not filtered) and, first found, why it may be wrong: the gradient's
+        orientation verdict (a misoriented gradient is the cause of what
+        follows from it: a turned gradient is mostly curl, which the filter
+        drops), a constant gradient, nothing above its noise, or, unfiltered,
+        the noise its own scatter suggests. Warned, but for a ``plan``'s
+        solve, whose plan warns its orientation and noise checks itself."""
+        if kept is not None:
+            info.update(noise=noise.source, denoise=kept)
+        why = None
+        if options.gradient_suspect:
+            info["trust"] = options.gradient_suspect
+            if not plan:
+                warnings.warn(f"icom: {options.gradient_suspect}", TrustWarning,
+                              stacklevel=user_stacklevel())
+        elif _constant_gradient(gradient):
+            why = f"icom: {_CONSTANT_GRADIENT}"
+        elif kept is not None and not int(self.backend.xp.count_nonzero(phase)):
+            why = _NO_GRADIENT_PHASE.format(noise.source)
+        elif kept is None and not plan:
+            self._unfiltered_gradient(gradient, info)
+        if why is not None:
+            info["trust"] = why
+            warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
+
+    def _unfiltered_gradient(self, gradient, info=None):
+        """Where the noise an unfiltered measured gradient's own scatter
+        suggests would dominate its ``icom`` phase
+        (:func:`~flowtie_fast.noise.gradient_noise_warning`), why, warned
+        (and ``info["trust"]``, given ``info``); else None."""
+        why = gradient_noise_warning(gradient, self.pixel_size, _GIVE_GRADIENT_NOISE)
+        if why is not None:
+            if info is not None:
+                info["trust"] = why
+            warnings.warn(why, TrustWarning, stacklevel=user_stacklevel())
+        return why
 
     def _residual(self, series, phase):
         """``(k ∂I/∂z + ∇·(I ∇φ)) / Ī`` from the series' planes."""

@@ -789,6 +789,22 @@ def check_center_given(center, mean, scatter: float = 0.0, name: str = "zero") -
         DetectorWarning, stacklevel=user_stacklevel())
 
 
+def disk_filled(regions) -> bool:
+    """Whether :func:`triplet_geometry` found the bright-field disk filling the
+    detector: its regions then hold no ``"df"`` annulus (its documented mark).
+
+    Parameters
+    ----------
+    regions : dict
+        What :func:`triplet_geometry` returned with the detector.
+
+    Returns
+    -------
+    bool
+    """
+    return "df" not in regions
+
+
 def triplet_geometry(mean, k_sampling, energy, center=None, bf_radius=None, name="zero",
                      sample=None, virtual="bf"):
     """Detector and virtual-detector regions for a focal triplet from the mean

@@ -33,8 +33,8 @@ from ..noise import Noise, band_noise, central, poisson_noise
 from ..physics import wavelength
 from ..planes import neighbours, outlying_pixels, repair_limit, screen_planes
 from .detector import (SATURATION_EFFECT, Detector, DetectorWarning, check_com_radius,
-                       check_region, mean_pattern, sample_patterns, sampled_positions,
-                       saturation, triplet_geometry)
+                       check_region, disk_filled, mean_pattern, sample_patterns,
+                       sampled_positions, saturation, triplet_geometry)
 from .reduction import (Reduction, _is_dask, check_4d, check_float32_range,
                         check_reduction_memory, reduce_4dstem)
 from .registration import RegistrationWarning, apply_shift, register_triplet
@@ -151,7 +151,7 @@ def reduce_triplet(minus, zero, plus, k_sampling, energy, *, center=None, virtua
                                 backend=backend, chunk_bytes=chunk_bytes, name=n,
                                 peaks=n == "zero")
                   for n, d in zip(names, data)]
-    fills = "df" not in regions  # triplet_geometry's mark of a disk filling the detector
+    fills = disk_filled(regions)
     reductions = [dataclasses.replace(r, saturation=rec, disk_fills=fills)
                   for r, rec in zip(reductions, records)]
     return reductions, holds_counts(data)

@@ -45,8 +45,8 @@ from ..backend import get_backend, gpu_available
 from ..errors import BackendError, InputError, check_positive
 from ..triplet import FocalTriplet
 from .detector import (VIRTUAL_IMAGES, check_com_radius, check_detector, check_disk,
-                       check_region, check_regions, detector_weights, triplet_geometry,
-                       weight_ranges)
+                       check_region, check_regions, detector_weights, disk_filled,
+                       triplet_geometry, weight_ranges)
 from .descan import check_descan_mode
 from .focal import check_normalize, check_register, holds_counts
 from .reduction import (_native, check_float32_range, check_pixel_ranges, finish_reduction,
@@ -528,7 +528,7 @@ def triplet_with_libertem(ctx, datasets, dz, scan_step, k_sampling, energy, *, c
         raise InputError(f"virtual: expected one of {tuple(regions)}, got {virtual!r}")
     check_region(virtual, regions, detector, bf_radius is not None)  # as from_4dstem
     check_com_radius(com_radius, regions, detector)
-    fills = "df" not in regions  # triplet_geometry's mark of a disk filling the detector
+    fills = disk_filled(regions)
     reductions = [dataclasses.replace(
         reduce_with_libertem(ctx, d, detector, regions, com_radius_mrad=com_radius, name=n,
                              backends=backends), disk_fills=fills)

@@ -979,9 +979,9 @@ def register_triplet(planes, *, signals=None, periodic=True, max_shift=None, min
                             f"uncertain by ±{sigma:.2f} px (noise standard error, more than "
                             f"{_MAX_SIGMA} px)")
         p = [np.asarray(a, dtype=np.float64) for a in planes]
+        c = dict(zip((0, 2), weights))
         for i, j, s, other in ((0, 2, s0, s2), (2, 0, s2, s0)):
             # its first-order prediction from the other two
-            c = dict(zip((0, 2), weights))
             target = (2 * p[1] - c[j] * apply_shift(p[j], other, periodic=periodic)) / c[i]
             check = _estimate(target, p[i], periodic, 100, False, with_sigma=False)
             miss = float(np.hypot(check.dy - s[0], check.dx - s[1]))
